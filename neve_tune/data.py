@@ -1,0 +1,186 @@
+"""Datasets, by name: ``digits`` (bundled with scikit-learn, the offline default),
+``cifar10``/``cifar100`` and ``imagefolder`` (torchvision loaders over files already on
+disk; nothing is downloaded at run time) and ``synthetic`` (for tests).
+
+Every loader returns a :class:`DataBundle` with a train and a test set; the test set is
+only for the final evaluation. :func:`validation_split` carves the held-out part that the
+validation-based baselines need out of the training set.
+
+Example::
+
+    >>> from neve_tune.data import get_dataset
+    >>> bundle = get_dataset("digits", seed=0)
+    >>> len(bundle.train), len(bundle.test), bundle.input_shape, bundle.num_classes
+    (1437, 360, (1, 8, 8), 10)
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+__all__ = ["DataBundle", "DATASETS", "get_dataset", "register_dataset", "validation_split"]
+
+CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
+CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DataBundle:
+    name: str
+    train: Dataset
+    test: Dataset
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+DATASETS: dict[str, Callable[..., DataBundle]] = {}
+
+
+def register_dataset(name: str) -> Callable:
+    def deco(fn: Callable[..., DataBundle]) -> Callable[..., DataBundle]:
+        DATASETS[name] = fn
+        return fn
+
+    return deco
+
+
+def get_dataset(name: str, **options) -> DataBundle:
+    """The data set registered as ``name``, built with ``options``."""
+    if name not in DATASETS:
+        raise ValueError(f"data must be one of {sorted(DATASETS)}, got {name!r}")
+    return DATASETS[name](**options)
+
+
+def validation_split(dataset: Dataset, fraction: float = 0.1, seed: int = 0) -> tuple[Subset, Subset]:
+    """(train, validation) subsets, ``fraction`` of ``dataset`` held out, seeded."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    n = len(dataset)  # type: ignore[arg-type]
+    n_val = max(1, int(round(n * fraction)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
+    return Subset(dataset, sorted(perm[n_val:])), Subset(dataset, sorted(perm[:n_val]))
+
+
+@functools.lru_cache(maxsize=8)
+def _digits_arrays(seed: int, test_fraction: float):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    return x_tr, x_te, y_tr, y_te
+
+
+@register_dataset("digits")
+def digits(seed: int = 0, test_fraction: float = 0.2, **_: object) -> DataBundle:
+    """The 1,797 8x8 handwritten digits of scikit-learn: 1,437 train / 360 test images
+    (stratified, split by ``seed``), scaled to [0, 1] and standardised with the training
+    mean and std."""
+    x_tr, x_te, y_tr, y_te = _digits_arrays(int(seed), float(test_fraction))
+    xt = torch.tensor(x_tr, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    xe = torch.tensor(x_te, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    mean, std = xt.mean(), xt.std()
+    xt, xe = (xt - mean) / std, (xe - mean) / std
+    return DataBundle(
+        "digits",
+        TensorDataset(xt, torch.tensor(y_tr, dtype=torch.long)),
+        TensorDataset(xe, torch.tensor(y_te, dtype=torch.long)),
+        (1, 8, 8),
+        10,
+    )
+
+
+@register_dataset("synthetic")
+def synthetic(
+    seed: int = 0,
+    num_train: int = 256,
+    num_test: int = 128,
+    input_shape: tuple[int, ...] = (1, 8, 8),
+    num_classes: int = 4,
+    noise: float = 1.0,
+    **_: object,
+) -> DataBundle:
+    """Gaussian class clusters around seeded random centres: small, learnable, instant."""
+    gen = torch.Generator().manual_seed(int(seed))
+    centres = torch.randn((num_classes, *input_shape), generator=gen) * 1.5
+
+    def draw(n: int) -> TensorDataset:
+        y = torch.randint(num_classes, (n,), generator=gen)
+        x = centres[y] + noise * torch.randn((n, *input_shape), generator=gen)
+        return TensorDataset(x, y)
+
+    return DataBundle("synthetic", draw(num_train), draw(num_test), tuple(input_shape), num_classes)
+
+
+def _missing(name: str, root: Path, expected: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{name} was not found under data_root={str(root)!r}: put {expected} there "
+        "(nothing is downloaded at run time), or pass --data-root to where it lies"
+    )
+
+
+def _cifar(name: str, root: str | os.PathLike | None, augment: bool) -> DataBundle:
+    from torchvision import datasets, transforms as T
+
+    root = Path(root or os.environ.get("NEVE_DATA", "data")).expanduser()
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    norm = T.Normalize(CIFAR_MEAN[name], CIFAR_STD[name])
+    train_tf = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []
+    folder = cls.base_folder
+    try:
+        train = cls(str(root), train=True, download=False, transform=T.Compose([*train_tf, T.ToTensor(), norm]))
+        test = cls(str(root), train=False, download=False, transform=T.Compose([T.ToTensor(), norm]))
+    except RuntimeError as e:
+        raise _missing(name, root, f"the python version of the data set, unpacked as {folder}/") from e
+    return DataBundle(name, train, test, (3, 32, 32), 100 if name == "cifar100" else 10)
+
+
+@register_dataset("cifar10")
+def cifar10(data_root: str | os.PathLike | None = None, augment: bool = True, **_: object) -> DataBundle:
+    """CIFAR-10 from ``data_root/cifar-10-batches-py`` (torchvision format), with the
+    usual random crop + flip on the training set."""
+    return _cifar("cifar10", data_root, augment)
+
+
+@register_dataset("cifar100")
+def cifar100(data_root: str | os.PathLike | None = None, augment: bool = True, **_: object) -> DataBundle:
+    """CIFAR-100 from ``data_root/cifar-100-python`` (torchvision format)."""
+    return _cifar("cifar100", data_root, augment)
+
+
+@register_dataset("imagefolder")
+def imagefolder(
+    data_root: str | os.PathLike | None = None,
+    image_size: int = 224,
+    train_dir: str = "train",
+    test_dir: str = "val",
+    augment: bool = True,
+    **_: object,
+) -> DataBundle:
+    """An ImageNet-style tree: ``data_root/train/<class>/*.jpg`` and
+    ``data_root/val/<class>/*.jpg`` (torchvision ``ImageFolder``)."""
+    from torchvision import datasets, transforms as T
+
+    root = Path(data_root or os.environ.get("NEVE_DATA", "data")).expanduser()
+    for sub in (train_dir, test_dir):
+        if not (root / sub).is_dir():
+            raise _missing("imagefolder", root, f"{train_dir}/<class>/<images> and {test_dir}/<class>/<images>")
+    norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    if augment:
+        train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    else:
+        train_tf = T.Compose([T.Resize(image_size), T.CenterCrop(image_size), T.ToTensor(), norm])
+    test_tf = T.Compose([T.Resize(int(image_size * 8 / 7)), T.CenterCrop(image_size), T.ToTensor(), norm])
+    train = datasets.ImageFolder(str(root / train_dir), transform=train_tf)
+    test = datasets.ImageFolder(str(root / test_dir), transform=test_tf)
+    if train.classes != test.classes:
+        raise ValueError(f"{train_dir}/ and {test_dir}/ under {root} hold different classes")
+    return DataBundle("imagefolder", train, test, (3, image_size, image_size), len(train.classes))

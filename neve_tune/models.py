@@ -1,0 +1,151 @@
+"""Models by name: ``small_cnn`` (digits), ``resnet20``/``resnet32`` (CIFAR ResNets of
+He et al. 2016, option-A shortcuts, as used in the NeVe paper), ``timm:<name>`` and
+``torchvision:<name>`` (any model of those libraries, never with pretrained weights).
+
+Example::
+
+    >>> from neve_tune.models import create_model
+    >>> model = create_model("resnet32", num_classes=10, input_shape=(3, 32, 32))
+    >>> sum(p.numel() for p in model.parameters())
+    464154
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MODELS", "create_model", "register_model", "SmallCNN", "CifarResNet"]
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable:
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **options) -> nn.Module:
+    """Build ``name`` for inputs of ``input_shape`` (C, H, W) and ``num_classes`` outputs."""
+    if name.startswith("timm:"):
+        import timm
+
+        arch = name[5:]
+        if arch not in timm.list_models():
+            raise ValueError(f"model {name!r}: timm has no architecture {arch!r}")
+        extra = {"img_size": input_shape[-1]} if _accepts_img_size(arch) else {}
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=input_shape[0], **extra, **options)
+    if name.startswith("torchvision:"):
+        import torchvision
+
+        arch = name[12:]
+        if arch not in torchvision.models.list_models():
+            raise ValueError(f"model {name!r}: torchvision has no architecture {arch!r}")
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **options)
+    if name not in MODELS:
+        raise ValueError(f"model must be one of {sorted(MODELS)}, 'timm:<name>' or 'torchvision:<name>', got {name!r}")
+    return MODELS[name](num_classes=num_classes, input_shape=tuple(input_shape), **options)
+
+
+def _accepts_img_size(arch: str) -> bool:
+    return any(k in arch for k in ("vit", "deit", "swin", "beit", "eva", "cait", "xcit"))
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 conv blocks with batch norm, a pooled flatten and a two-layer head."""
+
+    def __init__(self, num_classes: int = 10, input_shape: tuple[int, ...] = (1, 8, 8), width: int = 32) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        self.features = nn.Sequential(
+            nn.Conv2d(c, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(2 * width * (h // 2) * (w // 2), 128),
+            nn.ReLU(),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@register_model("small_cnn")
+def small_cnn(num_classes: int, input_shape: tuple[int, ...], width: int = 32) -> nn.Module:
+    return SmallCNN(num_classes, input_shape, width)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.pad = planes - in_planes if (stride != 1 or in_planes != planes) else 0
+        self.stride = stride
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad == 0:
+            return x
+        # option A: subsample and zero-pad channels, no parameters
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for 32x32 inputs: 16/32/64 channels, n blocks per stage."""
+
+    def __init__(self, depth: int, num_classes: int = 10, in_chans: int = 3) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_chans, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, planes_in = [], 16
+        for i, planes in enumerate((16, 32, 64)):
+            blocks = []
+            for j in range(n):
+                blocks.append(_BasicBlock(planes_in, planes, 2 if (i > 0 and j == 0) else 1))
+                planes_in = planes
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.fc = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.fc(out)
+
+
+@register_model("resnet20")
+def resnet20(num_classes: int, input_shape: tuple[int, ...] = (3, 32, 32)) -> nn.Module:
+    return CifarResNet(20, num_classes, input_shape[0])
+
+
+@register_model("resnet32")
+def resnet32(num_classes: int, input_shape: tuple[int, ...] = (3, 32, 32)) -> nn.Module:
+    return CifarResNet(32, num_classes, input_shape[0])

@@ -1,0 +1,318 @@
+"""The reference epoch loop every backend uses, with counted cost and checkpoints.
+
+:func:`fit` trains until its controller (:class:`~neve_tune.control.NeVe` or
+:class:`~neve_tune.control.ValidationControl`) stops, and after every epoch writes a
+checkpoint (model, optimizer, controller with its velocity state, history, cost, RNG)
+atomically. Called again with the same ``checkpoint_path`` it resumes after the last
+finished epoch, so the velocity series continues as if the run had never stopped.
+
+Cost is counted, not guessed (DESIGN section 4): ``train_samples`` (forward+backward),
+``probe_samples`` and ``eval_samples`` (forward only), ``wall_s``. ``epochs_equiv``
+expresses it in full-data training epochs, a forward-only sample counting one third
+of a trained one (the usual forward:backward = 1:2 FLOP ratio).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+__all__ = ["Cost", "FitResult", "batches", "evaluate", "fit", "train_epoch", "load_checkpoint"]
+
+METRIC_NAMES = (
+    "epoch",
+    "velocity",
+    "velocity_change",
+    "train_loss",
+    "train_acc",
+    "lr",
+    "neve_stop",
+    "diverged",
+    "epoch_time_s",
+    "train_samples",
+    "probe_samples",
+    "eval_samples",
+)
+FORWARD_FRACTION = 1.0 / 3.0  # cost of a forward-only sample relative to a trained one
+
+
+@dataclass
+class Cost:
+    """Samples processed and seconds spent; add them with ``+``."""
+
+    train_samples: int = 0
+    probe_samples: int = 0
+    eval_samples: int = 0
+    wall_s: float = 0.0
+
+    def __add__(self, other: "Cost") -> "Cost":
+        return Cost(
+            self.train_samples + other.train_samples,
+            self.probe_samples + other.probe_samples,
+            self.eval_samples + other.eval_samples,
+            self.wall_s + other.wall_s,
+        )
+
+    def epochs_equiv(self, full_train_size: int) -> float:
+        """Cost in full-data training epochs (forward-only samples count 1/3)."""
+        fwd = self.probe_samples + self.eval_samples
+        return (self.train_samples + FORWARD_FRACTION * fwd) / float(full_train_size)
+
+    def as_dict(self, full_train_size: int | None = None) -> dict[str, float]:
+        d: dict[str, float] = asdict(self)
+        if full_train_size:
+            d["epochs_equiv"] = self.epochs_equiv(full_train_size)
+        return d
+
+
+@dataclass
+class FitResult:
+    stopped_by: str
+    epochs: int
+    history: list[dict[str, Any]]
+    cost: Cost
+    final: dict[str, Any] = field(default_factory=dict)
+
+
+def _tensor_source(dataset: Dataset) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None] | None:
+    """(tensors, indices) when ``dataset`` is a TensorDataset or a Subset of one."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors, None
+    if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorDataset):
+        return dataset.dataset.tensors, torch.as_tensor(list(dataset.indices), dtype=torch.long)
+    return None
+
+
+def batches(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of ``(inputs, targets)`` in a seeded order; in-memory tensor datasets are
+    sliced directly, anything else goes through a ``DataLoader``."""
+    gen = torch.Generator().manual_seed(int(seed))
+    source = _tensor_source(dataset)
+    if source is not None:
+        tensors, idx = source
+        n = len(dataset)  # type: ignore[arg-type]
+        order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
+        if idx is not None:
+            order = idx[order]
+        for start in range(0, n, batch_size):
+            sel = order[start : start + batch_size]
+            yield tensors[0][sel], tensors[1][sel]
+        return
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=num_workers)
+    yield from loader
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    device: torch.device,
+    seed: int,
+    loss_fn: Callable = F.cross_entropy,
+    amp_dtype: torch.dtype | None = None,
+    scaler: "torch.amp.GradScaler | None" = None,
+    num_workers: int = 0,
+) -> tuple[float, float, int]:
+    """One pass over ``dataset``: (mean loss, accuracy, samples)."""
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
+    for x, y in batches(dataset, batch_size, shuffle=True, seed=seed, num_workers=num_workers):
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = model(x)
+            loss = loss_fn(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        b = y.shape[0]
+        loss_sum += loss.detach().float() * b
+        correct += (out.detach().argmax(1) == y).sum()
+        n += b
+    return float(loss_sum) / max(n, 1), float(correct) / max(n, 1), n
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    loss_fn: Callable = F.cross_entropy,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[float, float, int]:
+    """(mean loss, accuracy, samples) of ``model`` on ``dataset`` in eval mode."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    try:
+        for x, y in batches(dataset, batch_size):
+            x, y = x.to(device), y.to(device)
+            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = model(x)
+            loss_sum += float(loss_fn(out.float(), y, reduction="sum"))
+            correct += int((out.argmax(1) == y).sum())
+            n += int(y.shape[0])
+    finally:
+        model.train(was_training)
+    return loss_sum / max(n, 1), correct / max(n, 1), n
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Atomic write: a crash mid-save never leaves a torn checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_set: Dataset,
+    controller: Any,
+    *,
+    batch_size: int,
+    val_set: Dataset | None = None,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    loss_fn: Callable = F.cross_entropy,
+    amp_dtype: torch.dtype | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    num_workers: int = 0,
+) -> FitResult:
+    """Train ``model`` until ``controller`` stops.
+
+    ``on_epoch(metrics)`` is called after each epoch's checkpoint is written, with the
+    DESIGN metric names (plus ``val_loss``/``val_acc`` when ``val_set`` is given); it may
+    raise (e.g. ``optuna.TrialPruned``) to end the run. Epochs restored from
+    ``checkpoint_path`` are not reported again.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    device = torch.device(device)
+    history: list[dict[str, Any]] = []
+    cost = Cost()
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        ckpt = load_checkpoint(checkpoint_path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        controller.load_state_dict(ckpt["controller"])
+        history = list(ckpt["history"])
+        cost = Cost(**ckpt["cost"])
+        _set_rng_state(ckpt["rng"])
+    scaler = None
+    if amp_dtype == torch.float16 and device.type == "cuda":
+        scaler = torch.amp.GradScaler("cuda")
+
+    if not history:  # epoch 0: the reference measurement
+        t0 = time.perf_counter()
+        controller.start()
+        cost.probe_samples += controller.probe_samples
+        cost.wall_s += time.perf_counter() - t0
+
+    while not controller.should_stop:
+        t0 = time.perf_counter()
+        epoch = controller.epoch + 1
+        train_loss, train_acc, n = train_epoch(
+            model,
+            optimizer,
+            train_set,
+            batch_size,
+            device=device,
+            seed=seed * 1_000_003 + epoch,
+            loss_fn=loss_fn,
+            amp_dtype=amp_dtype,
+            scaler=scaler,
+            num_workers=num_workers,
+        )
+        cost.train_samples += n
+        extra: dict[str, Any] = {}
+        val_loss = None
+        if val_set is not None:
+            val_loss, val_acc, nv = evaluate(model, val_set, device=device, loss_fn=loss_fn, amp_dtype=amp_dtype)
+            cost.eval_samples += nv
+            extra = {"val_loss": val_loss, "val_acc": val_acc}
+        step = controller.step(train_loss, val_loss)
+        cost.probe_samples += controller.probe_samples
+        dt = time.perf_counter() - t0
+        cost.wall_s += dt
+        metrics = {
+            "epoch": epoch,
+            "velocity": step.get("velocity"),
+            "velocity_change": step.get("velocity_change"),
+            "train_loss": train_loss if math.isfinite(train_loss) else float("nan"),
+            "train_acc": train_acc,
+            "lr": step["lr"],
+            "neve_stop": bool(step.get("neve_stop", False)),
+            "diverged": bool(step["diverged"]),
+            "epoch_time_s": dt,
+            "train_samples": cost.train_samples,
+            "probe_samples": cost.probe_samples,
+            "eval_samples": cost.eval_samples,
+            **extra,
+        }
+        history.append(metrics)
+        if checkpoint_path is not None:
+            save_checkpoint(
+                checkpoint_path,
+                {
+                    "version": 1,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "controller": controller.state_dict(),
+                    "history": history,
+                    "cost": asdict(cost),
+                    "rng": _rng_state(),
+                },
+            )
+        if on_epoch is not None:
+            on_epoch(metrics)
+    return FitResult(controller.stopped_by, len(history), history, cost, history[-1] if history else {})
