@@ -127,11 +127,13 @@ def _missing(name: str, root: Path, expected: str) -> FileNotFoundError:
     )
 
 
-def _cifar(name: str, root: str | os.PathLike | None, augment: bool) -> DataBundle:
+def _cifar(name: str, root: str | os.PathLike | None, augment: bool, verify: bool) -> DataBundle:
     from torchvision import datasets, transforms as T
 
     root = Path(root or os.environ.get("NEVE_DATA", "data")).expanduser()
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    if not verify:  # same parser, without the md5 check of the official archive files
+        cls = type(cls.__name__, (cls,), {"_check_integrity": lambda self: True, "meta": {**cls.meta, "md5": None}})
     norm = T.Normalize(CIFAR_MEAN[name], CIFAR_STD[name])
     train_tf = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []
     folder = cls.base_folder
@@ -144,16 +146,21 @@ def _cifar(name: str, root: str | os.PathLike | None, augment: bool) -> DataBund
 
 
 @register_dataset("cifar10")
-def cifar10(data_root: str | os.PathLike | None = None, augment: bool = True, **_: object) -> DataBundle:
+def cifar10(
+    data_root: str | os.PathLike | None = None, augment: bool = True, verify: bool = True, **_: object
+) -> DataBundle:
     """CIFAR-10 from ``data_root/cifar-10-batches-py`` (torchvision format), with the
-    usual random crop + flip on the training set."""
-    return _cifar("cifar10", data_root, augment)
+    usual random crop + flip on the training set. ``verify=False`` skips the md5 check of
+    the official files (for re-packed copies)."""
+    return _cifar("cifar10", data_root, augment, verify)
 
 
 @register_dataset("cifar100")
-def cifar100(data_root: str | os.PathLike | None = None, augment: bool = True, **_: object) -> DataBundle:
+def cifar100(
+    data_root: str | os.PathLike | None = None, augment: bool = True, verify: bool = True, **_: object
+) -> DataBundle:
     """CIFAR-100 from ``data_root/cifar-100-python`` (torchvision format)."""
-    return _cifar("cifar100", data_root, augment)
+    return _cifar("cifar100", data_root, augment, verify)
 
 
 @register_dataset("imagefolder")

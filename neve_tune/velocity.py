@@ -259,9 +259,7 @@ class NeuralVelocity:
                 raise _HookError(f"layer {name!r} returned no tensor; it cannot be monitored")
             y = y.detach()
             axis = state.axis % y.ndim
-            dims = tuple(d for d in range(y.ndim) if d != axis)
-            yf = y.float()
-            sq = yf.square().sum(dims) if dims else yf.square()
+            sq = _neuron_dot(y, y, axis)
             k = state.calls
             state.calls += 1
             store_dev = y.device if self.storage == "model" else self.storage
@@ -275,8 +273,7 @@ class NeuralVelocity:
                     "unlike the reference measurement; the probe or the model changed"
                 )
             ref = state.refs[k]
-            reff = ref.to(device=y.device, dtype=torch.float32, non_blocking=True)
-            dot = (yf * reff).sum(dims) if dims else yf * reff
+            dot = _neuron_dot(y, ref.to(device=y.device, non_blocking=True), axis)
             state.dot = dot if state.dot is None else state.dot + dot
             state.cur_sq = sq if state.cur_sq is None else state.cur_sq + sq
             ref.copy_(y, non_blocking=True)
@@ -374,9 +371,7 @@ class NeuralVelocity:
         """|y_ref|^2 per neuron from the stored (possibly half-precision) reference."""
         total = None
         for ref in s.refs:
-            axis = s.axis % ref.ndim
-            dims = tuple(d for d in range(ref.ndim) if d != axis)
-            sq = ref.float().square().sum(dims) if dims else ref.float().square()
+            sq = _neuron_dot(ref, ref, s.axis % ref.ndim)
             total = sq if total is None else total + sq
         return total
 
@@ -400,10 +395,10 @@ class NeuralVelocity:
         layers = {}
         for name, s in self._state.items():
             layers[name] = {
-                "refs": [r.detach().cpu() for r in s.refs],
-                "ref_sq": None if s.ref_sq is None else s.ref_sq.cpu(),
-                "velocity": None if s.velocity is None else s.velocity.cpu(),
-                "prev_velocity": None if s.prev_velocity is None else s.prev_velocity.cpu(),
+                "refs": [_cpu_copy(r) for r in s.refs],
+                "ref_sq": _cpu_copy(s.ref_sq),
+                "velocity": _cpu_copy(s.velocity),
+                "prev_velocity": _cpu_copy(s.prev_velocity),
             }
         return {"epoch": self.epoch, "momentum": self.momentum, "layers": layers}
 
@@ -418,12 +413,33 @@ class NeuralVelocity:
         device = self._device() if self.storage == "model" else self.storage
         for name, s in self._state.items():
             d = state_dict["layers"][name]
-            s.refs = [r.to(device=device, dtype=self.storage_dtype) for r in d["refs"]]
-            s.ref_sq = None if d["ref_sq"] is None else d["ref_sq"].to(device)
-            s.velocity = None if d["velocity"] is None else d["velocity"].to(device)
-            s.prev_velocity = None if d["prev_velocity"] is None else d["prev_velocity"].to(device)
+            s.refs = [r.to(device=device, dtype=self.storage_dtype, copy=True) for r in d["refs"]]
+            s.ref_sq, s.velocity, s.prev_velocity = (
+                None if d[k] is None else d[k].to(device=device, copy=True) for k in ("ref_sq", "velocity", "prev_velocity")
+            )
         self.epoch = int(state_dict["epoch"])
         self.momentum = float(state_dict.get("momentum", self.momentum))
+
+
+def _neuron_dot(a: torch.Tensor, b: torch.Tensor, axis: int) -> torch.Tensor:
+    """Per-neuron ``sum(a * b)`` over every dim but ``axis``, in float32.
+
+    For channel-first outputs ``[N, C, ...]`` each (sample, neuron) row is contiguous, so
+    a batched matmul of row vectors reduces it without materialising ``a * b`` (the
+    activations are the largest tensors of the probe forward).
+    """
+    a, b = a.float(), b.float()
+    if a.ndim == 1:
+        return a * b
+    if axis == 1 and a.ndim >= 3 and a.is_contiguous() and b.is_contiguous():
+        n, c = a.shape[0], a.shape[1]
+        return torch.matmul(a.view(n, c, 1, -1), b.view(n, c, -1, 1)).view(n, c).sum(0)
+    return (a * b).sum(tuple(d for d in range(a.ndim) if d != axis))
+
+
+def _cpu_copy(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A detached host copy: the live buffers are updated in place by later measurements."""
+    return None if t is None else t.detach().to("cpu", copy=True)
 
 
 def _similarity(dot: torch.Tensor, sq: torch.Tensor, ref_sq: torch.Tensor) -> torch.Tensor:

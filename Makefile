@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    the main job: NeVe search vs validation-based ASHA on digits
+#   make test   the test suite (fast tests; `make test-slow` runs the long end-to-end ones)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.neve-installed
+
+.PHONY: run test test-slow test-all bench setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the pinned CUDA build of torch runs on CPU too; pip takes it from the local wheel cache when present
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/neve-tune compare digits --trials 20 --repeats 5 --out runs/compare --json runs/compare/compare.json
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow"
+
+bench: $(STAMP)
+	$(PY) benchmarks/velocity_overhead.py
+	$(PY) benchmarks/optuna_workers.py
+	$(PY) benchmarks/ray_trials.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

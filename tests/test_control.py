@@ -1,0 +1,124 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from neve_tune import NeVe, NeuralVelocity, ValidationControl, gaussian_probe
+
+
+def _setup(lr=0.1, **kw):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    nv = NeuralVelocity(model, gaussian_probe((4,), 16))
+    return model, opt, NeVe(opt, nv, **kw)
+
+
+def _nudge(model, scale):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale)
+
+
+def test_stops_when_velocity_under_threshold_after_min_epochs():
+    model, opt, neve = _setup(threshold=1e-2, min_epochs=3, max_epochs=50)
+    neve.start()
+    out = []
+    for _ in range(10):
+        m = neve.step(train_loss=0.5)  # model unchanged: velocity decays towards 0
+        out.append(m)
+        if neve.should_stop:
+            break
+    # 1 - rho = 0 each epoch, so v = 0 from epoch 1; the rule waits for min_epochs
+    assert [m["neve_stop"] for m in out] == [False, False, True]
+    assert neve.stopped_by == "velocity" and out[-1]["epoch"] == 3
+    with pytest.raises(RuntimeError, match="already stopped"):
+        neve.step(0.5)
+
+
+def test_max_epochs_cap_and_result_names():
+    model, opt, neve = _setup(threshold=1e-9, max_epochs=3)
+    neve.start()
+    for i in range(3):
+        _nudge(model, 0.1 * (i + 1))
+        m = neve.step(train_loss=1.0)
+    assert set(m) == {"epoch", "velocity", "velocity_change", "lr", "neve_stop", "diverged"}
+    assert neve.stopped_by == "max_epochs" and m["velocity"] > 1e-9
+
+
+def test_non_finite_loss_marks_diverged_without_raising():
+    model, opt, neve = _setup()
+    neve.start()
+    m = neve.step(train_loss=float("nan"))
+    assert m["diverged"] and neve.stopped_by == "diverged" and m["velocity"] is None
+
+
+def test_non_finite_velocity_marks_diverged():
+    model, opt, neve = _setup()
+    neve.start()
+    with torch.no_grad():
+        model[0].weight.fill_(float("inf"))
+    m = neve.step(train_loss=0.3)
+    assert m["diverged"] and neve.stopped_by == "diverged"
+
+
+@pytest.mark.parametrize("signal", ["velocity_change", "velocity"])
+def test_lr_decays_on_plateau_of_the_signal(signal):
+    model, opt, neve = _setup(lr=1.0, threshold=1e-12, max_epochs=40, patience=2, lr_signal=signal)
+    neve.start()
+    lrs = []
+    for i in range(20):
+        _nudge(model, 0.01 * (i + 1) ** 2 * (-1) ** i)  # growing changes: the signal never improves
+        lrs.append(neve.step(train_loss=1.0)["lr"])
+    assert lrs[0] == 1.0 and min(lrs) < 1.0
+    assert all(b in (a, a * 0.5) for a, b in zip(lrs, lrs[1:]))
+    assert isinstance(neve.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def test_state_dict_round_trip():
+    model, opt, neve = _setup(threshold=1e-12, patience=1)
+    neve.start()
+    for i in range(5):
+        _nudge(model, 0.05 * (-1) ** i)
+        neve.step(1.0)
+    state = neve.state_dict()
+    _, opt2, neve2 = _setup(threshold=1e-12, patience=1)
+    neve2.velocity.model.load_state_dict(model.state_dict())
+    opt2.load_state_dict(opt.state_dict())
+    neve2.load_state_dict(state)
+    _nudge(model, 0.01)
+    _nudge(neve2.velocity.model, 0.01)
+    a, b = neve.step(1.0), neve2.step(1.0)
+    assert a == b
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"threshold": 0}, "threshold"),
+        ({"threshold": -1e-3}, "threshold"),
+        ({"threshold": math.inf}, "threshold"),
+        ({"min_epochs": 5, "max_epochs": 3}, "min_epochs"),
+        ({"max_epochs": 0}, "max_epochs"),
+        ({"lr_signal": "loss"}, "lr_signal"),
+    ],
+)
+def test_bad_arguments_name_the_parameter(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _setup(**kw)
+
+
+def test_validation_control_plateau_early_stopping_and_cap():
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    ctl = ValidationControl(opt, max_epochs=30, patience=1, early_stopping=3)
+    losses = [1.0, 0.9, 0.95, 0.96, 0.97, 0.98]
+    out = [ctl.step(0.1, v) for v in losses[:5]]
+    assert ctl.stopped_by == "early_stopping" and ctl.best_epoch == 2 and ctl.epoch == 5
+    assert out[-1]["lr"] < 1.0
+    capped = ValidationControl(torch.optim.SGD(model.parameters(), lr=1.0), max_epochs=2)
+    capped.step(1, 1.0), capped.step(1, 0.5)
+    assert capped.stopped_by == "max_epochs"
+    with pytest.raises(ValueError, match="val_loss"):
+        ValidationControl(opt).step(1.0)

@@ -1,0 +1,112 @@
+import json
+
+import pytest
+import torch
+
+from neve_tune import load_study, run_trial
+from neve_tune.cli import main
+from neve_tune.data import get_dataset
+from neve_tune.train import Cost, load_checkpoint
+
+SMALL = dict(data="synthetic", max_epochs=8, lr_patience=0)
+
+
+class Killed(Exception):
+    pass
+
+
+def _study(**kw):
+    return load_study("digits").replace(**{**SMALL, **kw})
+
+
+def test_resumed_run_continues_the_same_velocity_and_lr_series(tmp_path):
+    study = _study()
+    cfg = {"lr": 0.2, "threshold": 1e-6, "batch_size": 32}
+    full = run_trial(study, cfg, seed=3, evaluate_test=False)
+    assert len({m["lr"] for m in full["history"]}) > 1, "the run should decay its LR at least once"
+
+    ckpt = tmp_path / "trial.pt"
+    seen = []
+
+    def die_at_4(m):
+        seen.append(m["epoch"])
+        if m["epoch"] == 4:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run_trial(study, cfg, seed=3, checkpoint_path=ckpt, on_epoch=die_at_4, evaluate_test=False)
+    assert load_checkpoint(ckpt)["epoch"] == 4
+    resumed_seen = []
+    resumed = run_trial(study, cfg, seed=3, checkpoint_path=ckpt, on_epoch=lambda m: resumed_seen.append(m["epoch"]))
+    assert seen == [1, 2, 3, 4] and resumed_seen == list(range(5, full["epochs"] + 1))
+    for key in ("velocity", "velocity_change", "lr", "train_loss"):
+        assert [m[key] for m in resumed["history"]] == [m[key] for m in full["history"]], key
+    assert resumed["stopped_by"] == full["stopped_by"]
+
+
+def test_cost_counters_add_up():
+    study = _study(max_epochs=3, probe_samples=7)
+    cfg = {"lr": 0.05, "threshold": 1e-9, "batch_size": 50}
+    rec = run_trial(study, cfg, seed=0, evaluate_test=True)
+    n_train = len(get_dataset("synthetic").train)
+    assert rec["epochs"] == 3 and rec["stopped_by"] == "max_epochs"
+    assert rec["cost"]["train_samples"] == 3 * n_train
+    assert rec["cost"]["probe_samples"] == 4 * 7  # reference + one per epoch
+    assert rec["cost"]["eval_samples"] == 0
+    assert rec["cost"]["epochs_equiv"] == pytest.approx((3 * n_train + 28 / 3) / n_train)
+    assert [m["train_samples"] for m in rec["history"]] == [n_train, 2 * n_train, 3 * n_train]
+
+    asha = run_trial(study, cfg, method="asha", seed=0, evaluate_test=False)
+    n_fit, n_val = n_train - round(0.1 * n_train), round(0.1 * n_train)
+    assert asha["cost"]["train_samples"] == 3 * n_fit
+    assert asha["cost"]["eval_samples"] == 3 * n_val
+    assert asha["cost"]["probe_samples"] == 0
+    assert all("val_loss" in m for m in asha["history"])
+    assert Cost(1, 2, 3, 1.0) + Cost(1, 1, 1, 0.5) == Cost(2, 3, 4, 1.5)
+
+
+def test_retrain_replays_the_lr_schedule_on_all_data():
+    study = _study()
+    rec = run_trial(study, {"lr": 0.1, "batch_size": 64}, method="retrain", lr_schedule=[0.1, 0.1, 0.05], evaluate_test=False)
+    assert [m["lr"] for m in rec["history"]] == [0.1, 0.1, 0.05]
+    assert rec["cost"]["train_samples"] == 3 * len(get_dataset("synthetic").train)
+
+
+def test_divergence_ends_the_trial_without_raising():
+    rec = run_trial(_study(), {"lr": 1e6, "threshold": 1e-3, "batch_size": 32}, seed=0)
+    assert rec["stopped_by"] == "diverged" and rec["history"][-1]["diverged"]
+
+
+def test_default_digits_run_stops_on_velocity_with_97_percent(tmp_path):
+    out = tmp_path / "run.json"
+    assert main(["train", "--json", str(out), "--quiet"]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["stopped_by"] == "velocity"
+    assert rec["epochs"] < load_study("digits").max_epochs
+    assert rec["test_acc"] >= 0.97
+    assert set(rec["history"][0]) >= {
+        "epoch", "velocity", "velocity_change", "train_loss", "train_acc", "lr", "neve_stop",
+        "diverged", "epoch_time_s", "train_samples", "probe_samples", "eval_samples",
+    }
+    assert (tmp_path / "run.png").stat().st_size > 10_000
+
+    low = tmp_path / "low.json"
+    assert main(["train", "--lr", str(load_study("digits").defaults["lr"] / 100), "--json", str(low), "--quiet"]) == 0
+    low_rec = json.loads(low.read_text())
+    assert low_rec["history"][-1]["train_loss"] > 10 * rec["history"][-1]["train_loss"]
+
+
+def test_cli_bad_input_is_one_clear_line(capsys):
+    assert main(["train", "--threshold", "0"]) == 2
+    assert "--threshold must be > 0" in capsys.readouterr().err
+    assert main(["train", "no_such_study"]) == 2
+    assert "study file 'no_such_study' not found" in capsys.readouterr().err
+    assert main(["train", "--data", "cifar10", "--data-root", "/nonexistent"]) == 2
+    assert "put the python version" in capsys.readouterr().err
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    run_trial(_study(max_epochs=2), {"lr": 0.05, "batch_size": 64}, checkpoint_path=ckpt, evaluate_test=False)
+    state = torch.load(ckpt, weights_only=True)
+    assert state["epoch"] == 2 and "velocity" in state["controller"]
