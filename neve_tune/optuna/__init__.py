@@ -1,0 +1,55 @@
+"""Optuna backend: the NeVe pruner, per-epoch reporting, the objective builder, workers.
+
+A NeVe search with Optuna needs no validation split. Each trial trains on the whole
+training set, decays its learning rate and stops on its own velocity
+(:class:`neve_tune.NeVe`), and reports the velocity every epoch as its intermediate
+objective; :class:`NeVePruner` prunes diverged trials and, at successive-halving rungs,
+the least settled ones.
+
+- :class:`NeVePruner`: an :class:`optuna.pruners.BasePruner`.
+- :func:`report_epoch`: the one call an objective makes per epoch.
+- :func:`make_objective`: a study file -> an Optuna objective.
+- :func:`run_worker` / ``neve-tune optuna worker``: trials against a shared study in any
+  storage (in-memory, SQLite, journal file, PostgreSQL), heartbeats and retries.
+- :func:`plot_study`: velocity curves and search history as PNG.
+
+Example::
+
+    import optuna
+    from neve_tune import load_study
+    from neve_tune.optuna import NeVePruner, make_objective
+
+    search = optuna.create_study(direction="minimize", pruner=NeVePruner())
+    search.optimize(make_objective(load_study("digits")), n_trials=20)
+
+Only this package imports Optuna; ``import neve_tune`` does not.
+"""
+
+from ._objective import SUMMARY_ATTRS, checkpoint_path_for, make_objective, suggest_config
+from ._plots import plot_study
+from ._pruner import SETTINGS_ATTR, NeVePruner
+from ._report import EPOCH_ATTR_PREFIX, epoch_key, report_epoch, trial_history
+from ._storage import StorageError, make_storage, redact_url
+from ._worker import StudyNotFoundError, open_study, run_worker
+from ._cli import add_cli
+
+__all__ = [
+    "EPOCH_ATTR_PREFIX",
+    "NeVePruner",
+    "SETTINGS_ATTR",
+    "SUMMARY_ATTRS",
+    "StorageError",
+    "StudyNotFoundError",
+    "add_cli",
+    "checkpoint_path_for",
+    "epoch_key",
+    "make_objective",
+    "make_storage",
+    "open_study",
+    "plot_study",
+    "redact_url",
+    "report_epoch",
+    "run_worker",
+    "suggest_config",
+    "trial_history",
+]

@@ -1,0 +1,229 @@
+"""The objective builder: a study file -> an Optuna objective."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import optuna
+import torch
+from optuna.trial import BaseTrial
+
+from ..data import DataBundle
+from ..study import Choice, IntUniform, LogUniform, Study, Uniform, load_study, run_trial
+from ..train import Cost, load_checkpoint
+from ._report import report_epoch, trial_history
+
+__all__ = ["make_objective", "suggest_config", "checkpoint_path_for", "SUMMARY_ATTRS"]
+
+OBJECTIVE_METHODS = ("neve", "asha", "asha_es")
+# user attributes a finished (COMPLETE or PRUNED) trial carries besides its epoch series
+SUMMARY_ATTRS = ("method", "seed", "stopped_by", "epochs", "objective", "best_epoch", "test_acc", "test_loss", "cost")
+
+
+def suggest_config(trial: BaseTrial, study: Study) -> dict[str, Any]:
+    """Sample ``study.search_space`` with ``trial.suggest_*`` and return the full config
+    (the study's defaults overwritten by the sampled values)."""
+    sampled: dict[str, Any] = {}
+    for name, dist in study.search_space.items():
+        if isinstance(dist, LogUniform):
+            sampled[name] = trial.suggest_float(name, dist.low, dist.high, log=True)
+        elif isinstance(dist, Uniform):
+            sampled[name] = trial.suggest_float(name, dist.low, dist.high)
+        elif isinstance(dist, IntUniform):
+            sampled[name] = trial.suggest_int(name, dist.low, dist.high, log=dist.log)
+        elif isinstance(dist, Choice):
+            sampled[name] = trial.suggest_categorical(name, list(dist.values))
+        else:
+            raise TypeError(f"search space {name!r}: expected LogUniform/Uniform/IntUniform/Choice, got {dist!r}")
+    return study.config(sampled)
+
+
+def _frozen(trial: BaseTrial) -> optuna.trial.FrozenTrial | None:
+    return getattr(trial, "_cached_frozen_trial", None)
+
+
+def _root_trial_number(trial: BaseTrial) -> int:
+    """The number of the first trial of a retry chain (``RetryHeartbeatStaleTrialCallback``
+    stores it as the system attribute ``failed_trial``); the trial's own number otherwise."""
+    frozen = _frozen(trial)
+    if frozen is not None:
+        root = frozen.system_attrs.get("failed_trial")
+        if isinstance(root, int):
+            return root
+    return int(trial.number)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "study"
+
+
+def checkpoint_path_for(checkpoint_dir: str | os.PathLike, trial: BaseTrial) -> Path:
+    """Where ``trial`` checkpoints: ``checkpoint_dir/<study name>/trial_<n>.pt``, ``n``
+    being the number of the trial it retries (if any), so a retry resumes from its
+    checkpoint. Workers on several machines need ``checkpoint_dir`` on shared storage."""
+    study = getattr(trial, "study", None)
+    name = _safe(study.study_name) if study is not None else "study"
+    return Path(checkpoint_dir) / name / f"trial_{_root_trial_number(trial):06d}.pt"
+
+
+def _summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: record.get(k) for k in SUMMARY_ATTRS}
+
+
+def make_objective(
+    study: Study | str | os.PathLike,
+    *,
+    method: str = "neve",
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    data: DataBundle | None = None,
+    evaluate_test: bool = True,
+    keep_checkpoints: bool = False,
+) -> Callable[[optuna.Trial], float]:
+    """An Optuna objective that trains one sampled configuration of ``study``.
+
+    Each call samples the study's search space (``trial.suggest_*``), trains with
+    :func:`neve_tune.run_trial` and, after every epoch, calls
+    :func:`~neve_tune.optuna.report_epoch` (velocity for ``method="neve"``; validation
+    loss for the validation baselines ``"asha"``/``"asha_es"``) and
+    ``trial.should_prune()``, raising :class:`optuna.TrialPruned` when told to. It
+    returns the record's objective (NeVe: the last epoch's mean training loss; the
+    baselines: validation loss) and stores the summary (``test_acc``, ``stopped_by``,
+    ``epochs``, ``cost``, ``objective``, ...) in the trial's user attributes; a pruned
+    trial stores the same summary (``stopped_by="pruned"``, ``test_acc=None``). A trial
+    that diverges is pruned, never failed.
+
+    With ``checkpoint_dir``, every epoch is checkpointed to
+    :func:`checkpoint_path_for`; a trial retried after its worker died
+    (``RetryHeartbeatStaleTrialCallback``) resumes from that checkpoint and reports only
+    the epochs its predecessor had not, so its velocity series is the uninterrupted one.
+    The checkpoint is deleted when the trial finishes unless ``keep_checkpoints``.
+
+    The data set is loaded once, on the first trial (or pass ``data``).
+
+    Example::
+
+        >>> import optuna
+        >>> from neve_tune import load_study
+        >>> from neve_tune.optuna import NeVePruner, make_objective
+        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+        >>> study = load_study("digits").replace(max_epochs=2)
+        >>> search = optuna.create_study(pruner=NeVePruner(), sampler=optuna.samplers.TPESampler(seed=0))
+        >>> search.optimize(make_objective(study), n_trials=2)
+        >>> sorted(search.trials[0].user_attrs)[:3]
+        ['best_epoch', 'cost', 'epoch_0001']
+    """
+    study = load_study(study)
+    if method not in OBJECTIVE_METHODS:
+        raise ValueError(f"method must be one of {OBJECTIVE_METHODS}, got {method!r}")
+    signal = "velocity" if method == "neve" else "val_loss"
+    lock = threading.Lock()
+    cache: dict[str, DataBundle] = {}
+    if data is not None:
+        cache["data"] = data
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def get_data() -> DataBundle:
+        with lock:
+            if "data" not in cache:
+                cache["data"] = study.load_data()
+            return cache["data"]
+
+    def objective(trial: optuna.Trial) -> float:
+        config = suggest_config(trial, study)
+        bundle = get_data()
+        ckpt = checkpoint_path_for(checkpoint_dir, trial) if checkpoint_dir is not None else None
+        trial.set_user_attr("worker", worker)
+        last: dict[str, Any] = {}
+
+        if ckpt is not None and ckpt.exists():
+            # A retry: report the epochs the checkpoint holds that this trial does not
+            # (report_epoch skips the others), then judge them once.
+            history = list(load_checkpoint(ckpt).get("history", []))
+            for m in history:
+                report_epoch(trial, m, signal=signal)
+            if history:
+                last = dict(history[-1])
+                trial.set_user_attr("resumed_from_epoch", int(history[-1]["epoch"]))
+                if trial.should_prune():
+                    _finish_pruned(trial, method, seed, last, ckpt, keep_checkpoints, len(bundle.train))
+                    raise optuna.TrialPruned(f"pruned at epoch {last['epoch']} (restored)")
+
+        def on_epoch(metrics: dict[str, Any]) -> None:
+            last.clear()
+            last.update(metrics)
+            report_epoch(trial, metrics, signal=signal)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {metrics['epoch']}")
+
+        try:
+            record = run_trial(
+                study,
+                config,
+                method=method,
+                seed=seed,
+                device=device,
+                checkpoint_path=ckpt,
+                on_epoch=on_epoch,
+                data=bundle,
+                evaluate_test=evaluate_test,
+            )
+        except optuna.TrialPruned:
+            _finish_pruned(trial, method, seed, last, ckpt, keep_checkpoints, len(bundle.train))
+            raise
+        if record["stopped_by"] == "diverged":
+            final = record["history"][-1] if record["history"] else {}
+            _finish_pruned(trial, method, seed, final, ckpt, keep_checkpoints, len(bundle.train), "diverged")
+            raise optuna.TrialPruned(f"diverged at epoch {record['epochs']}")
+        for key, value in _summary(record).items():
+            trial.set_user_attr(key, value)
+        _drop(ckpt, keep_checkpoints)
+        return float(record["objective"])
+
+    return objective
+
+
+def _drop(ckpt: Path | None, keep: bool) -> None:
+    if ckpt is not None and not keep:
+        ckpt.unlink(missing_ok=True)
+
+
+def _finish_pruned(
+    trial: BaseTrial,
+    method: str,
+    seed: int,
+    last: Mapping[str, Any],
+    ckpt: Path | None,
+    keep: bool,
+    full_train_size: int,
+    stopped_by: str = "pruned",
+) -> None:
+    """Summary attributes of a pruned trial, from its last epoch's metrics."""
+    epochs = int(last.get("epoch", 0))
+    spent = Cost(
+        int(last.get("train_samples") or 0),
+        int(last.get("probe_samples") or 0),
+        int(last.get("eval_samples") or 0),
+        float(sum((m.get("epoch_time_s") or 0.0) for m in trial_history(trial))),
+    )
+    cost = spent.as_dict(full_train_size)
+    summary = {
+        "method": method,
+        "seed": seed,
+        "stopped_by": "diverged" if last.get("diverged") else stopped_by,
+        "epochs": epochs,
+        "objective": None,
+        "best_epoch": None,
+        "test_acc": None,
+        "test_loss": None,
+        "cost": cost,
+    }
+    for key, value in summary.items():
+        trial.set_user_attr(key, value)
+    _drop(ckpt, keep)

@@ -1,0 +1,286 @@
+"""``NeVePruner``: validation-free trial pruning on NeVe velocity (or training loss)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+from typing import TYPE_CHECKING, Any
+
+from optuna.pruners import BasePruner, SuccessiveHalvingPruner
+
+from ._report import direction_sign, epoch_key
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["NeVePruner", "PRUNER_SIGNALS", "SETTINGS_ATTR"]
+
+PRUNER_SIGNALS = ("velocity", "train_loss")
+SETTINGS_ATTR = "neve_pruner"  # study user attribute holding the settings every worker must share
+_SETTINGS_VERSION = 1
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+class NeVePruner(BasePruner):
+    """Pruner for NeVe searches: asynchronous successive halving on a validation-free
+    signal, plus divergence pruning.
+
+    Each trial reports, after every epoch, its NeVe velocity as the intermediate objective
+    (use :func:`~neve_tune.optuna.report_epoch`, which also stores the epoch's metrics in
+    the trial's user attributes). At every :meth:`prune` call the rule is, in order:
+
+    1. **Diverged**: the reported value is NaN/inf, or the epoch's training loss or
+       velocity is not finite, or the epoch is flagged ``diverged`` -> prune.
+    2. **Converged**: the epoch is flagged ``neve_stop`` (velocity under the trial's
+       threshold) -> never prune. Convergence is the trial's own stop: it returns its
+       objective and COMPLETEs. (Its rung values are still recorded, so it competes.)
+    3. **Unsettled**: the velocity stayed above ``divergence_bound`` for the last
+       ``divergence_patience`` reported epochs -> prune. A velocity of about 2/3 is what
+       a network whose probe outputs decorrelate completely every epoch settles at
+       (``1 / (1 + mu)`` with momentum ``mu = 0.5``); healthy runs fall below 0.6 within
+       one or two epochs.
+    4. **Rungs** (asynchronous successive halving, exactly Optuna's
+       :class:`~optuna.pruners.SuccessiveHalvingPruner`, rung state in the storage): at
+       epoch ``min_resource * reduction_factor ** (min_early_stopping_rate + rung)`` a
+       trial is promoted only if its signal is in the best ``1 / reduction_factor`` of
+       all trials that reached that rung, else it is pruned. With ``signal="velocity"``
+       the trials with the **highest velocity** (the least settled) lose; with
+       ``signal="train_loss"`` those with the highest mean training loss of the epoch.
+       Neither needs a validation set.
+
+    The default signal is ``"velocity"``: it is what the trial reports, it is built from
+    cosine similarities so it does not depend on the scale of activations or of the loss
+    (one rule fits every model and loss), and the NeVe stop ends settled trials anyway,
+    so at a rung the velocity ranks how far each trial still is from its own stop.
+    ``"train_loss"`` ranks by how well the training set is already fit; it favours
+    high learning rates at early rungs. (Measured against each other and against
+    validation-based ASHA by ``neve-tune compare``.)
+
+    The pruner never changes a learning rate (Optuna pruners cannot): LR decay and the
+    convergence stop happen inside the trial (:class:`neve_tune.NeVe`).
+
+    **Shared studies.** ``optuna create-study`` cannot store a pruner. The first time a
+    ``NeVePruner`` is used on a study, it stores its settings in the study user attribute
+    ``"neve_pruner"``; every later worker checks them at each trial and refuses, with a
+    :class:`ValueError` saying what differs, when its own differ. Use
+    :meth:`from_study` to adopt a study's stored settings.
+
+    **Orientation.** :func:`~neve_tune.optuna.report_epoch` reports ``+velocity`` in a
+    minimize study and ``-velocity`` in a maximize one, so that the value Optuna keeps for
+    a pruned trial ranks more settled trials better in the study's direction (TPE). The
+    pruner undoes that sign, so its rule is the same for both directions.
+
+    Example:
+
+        A search over the learning rate in which each trial reports a stand-in for its
+        velocity and training loss every epoch:
+
+        .. code-block:: python
+
+            import optuna
+            from neve_tune.optuna import NeVePruner, report_epoch
+
+
+            def objective(trial):
+                lr = trial.suggest_float("lr", 1e-3, 1.0, log=True)
+                loss = 2.3
+                for epoch in range(1, 41):
+                    loss *= 1.0 - min(lr, 0.5) / 2  # one epoch of "training"
+                    velocity = lr / epoch  # its NeVe velocity
+                    report_epoch(trial, {"epoch": epoch, "velocity": velocity,
+                                         "train_loss": loss, "neve_stop": velocity < 1e-3})
+                    if velocity < 1e-3:  # converged: the trial stops itself and COMPLETEs
+                        break
+                    if trial.should_prune():
+                        raise optuna.TrialPruned()
+                return loss  # validation-free objective: the last epoch's training loss
+
+
+            study = optuna.create_study(pruner=NeVePruner(), sampler=optuna.samplers.TPESampler(seed=0))
+            study.optimize(objective, n_trials=20)
+
+        With real training, :func:`neve_tune.optuna.make_objective` builds that objective
+        from a study file: ``study.optimize(make_objective(load_study("digits")), 20)``.
+
+    Args:
+        signal:
+            ``"velocity"`` (default; the reported intermediate value) or ``"train_loss"``
+            (the epoch's mean training loss, read from the trial's user attributes).
+        min_resource:
+            Epochs before the first rung (Optuna's ``min_resource``; ``r`` in ASHA).
+        reduction_factor:
+            About ``1 / reduction_factor`` of the trials reaching a rung are promoted.
+        min_early_stopping_rate:
+            Shifts the first rung to ``min_resource * reduction_factor ** rate``.
+        divergence_bound:
+            Velocity above which a trial counts as unsettled (rule 3).
+        divergence_patience:
+            How many consecutive reported epochs above ``divergence_bound`` prune a trial.
+    """
+
+    def __init__(
+        self,
+        signal: str = "velocity",
+        *,
+        min_resource: int = 1,
+        reduction_factor: int = 4,
+        min_early_stopping_rate: int = 0,
+        divergence_bound: float = 0.6,
+        divergence_patience: int = 5,
+    ) -> None:
+        if signal not in PRUNER_SIGNALS:
+            raise ValueError(f"signal must be one of {PRUNER_SIGNALS}, got {signal!r}")
+        for name, value, low in (
+            ("min_resource", min_resource, 1),
+            ("reduction_factor", reduction_factor, 2),
+            ("min_early_stopping_rate", min_early_stopping_rate, 0),
+            ("divergence_patience", divergence_patience, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+            if value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
+        if isinstance(divergence_bound, bool) or not isinstance(divergence_bound, (int, float)):
+            raise TypeError(f"divergence_bound must be a float, got {divergence_bound!r}")
+        if not divergence_bound > 0:  # inf is allowed: turns rule 3 off
+            raise ValueError(f"divergence_bound must be > 0 (inf turns the rule off), got {divergence_bound}")
+        self._signal = signal
+        self._min_resource = min_resource
+        self._reduction_factor = reduction_factor
+        self._min_early_stopping_rate = min_early_stopping_rate
+        self._divergence_bound = float(divergence_bound)
+        self._divergence_patience = divergence_patience
+        self._sha = SuccessiveHalvingPruner(
+            min_resource=min_resource,
+            reduction_factor=reduction_factor,
+            min_early_stopping_rate=min_early_stopping_rate,
+        )
+        self._lock = threading.Lock()
+        self._checked: dict[tuple[int, int], int] = {}  # (storage, study id) -> last trial checked
+
+    # ------------------------------------------------------------ settings
+    @property
+    def signal(self) -> str:
+        return self._signal
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The constructor arguments, as stored in the study (JSON)."""
+        return {
+            "signal": self._signal,
+            "min_resource": self._min_resource,
+            "reduction_factor": self._reduction_factor,
+            "min_early_stopping_rate": self._min_early_stopping_rate,
+            "divergence_bound": self._divergence_bound if math.isfinite(self._divergence_bound) else "inf",
+            "divergence_patience": self._divergence_patience,
+        }
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.settings.items())
+        return f"NeVePruner({args})"
+
+    @classmethod
+    def _from_settings(cls, settings: dict[str, Any]) -> "NeVePruner":
+        s = {k: v for k, v in settings.items() if k != "version"}
+        if s.get("divergence_bound") == "inf":
+            s["divergence_bound"] = math.inf
+        signal = s.pop("signal", "velocity")
+        return cls(signal, **s)
+
+    @classmethod
+    def from_study(cls, study: "optuna.study.Study", **overrides: Any) -> "NeVePruner":
+        """A pruner with the settings stored in ``study`` (defaults where none are stored),
+        with ``overrides`` applied; :meth:`bind` then refuses overrides that conflict with
+        stored settings."""
+        stored = study.user_attrs.get(SETTINGS_ATTR)
+        settings: dict[str, Any] = dict(stored) if isinstance(stored, dict) else {}
+        settings.update(overrides)
+        return cls._from_settings(settings)
+
+    def bind(self, study: "optuna.study.Study") -> None:
+        """Store this pruner's settings in ``study`` if it holds none; raise
+        :class:`ValueError` if it holds different ones. :meth:`prune` calls it once per
+        trial, so every worker on a shared study prunes by the same rule."""
+        mine = {**self.settings, "version": _SETTINGS_VERSION}
+        stored = study.user_attrs.get(SETTINGS_ATTR)
+        if stored is None:
+            study.set_user_attr(SETTINGS_ATTR, mine)
+            stored = study.user_attrs.get(SETTINGS_ATTR)  # read back: a concurrent first writer wins
+        if stored != mine:
+            theirs = {k: v for k, v in dict(stored).items() if k != "version"} if isinstance(stored, dict) else stored
+            diff = {k: (theirs.get(k), v) for k, v in self.settings.items() if isinstance(theirs, dict) and theirs.get(k) != v}
+            raise ValueError(
+                f"study {study.study_name!r} prunes with NeVePruner settings {theirs} (stored in its user attribute "
+                f"{SETTINGS_ATTR!r} by the first worker), but this worker uses {self.settings}; differing "
+                f"(study, this worker): {diff}. Start every worker with the same settings, or with none to adopt "
+                "the study's (NeVePruner.from_study)."
+            )
+
+    def _check_once_per_trial(self, study: "optuna.study.Study", number: int) -> None:
+        key = (id(study._storage), study._study_id)
+        with self._lock:
+            if self._checked.get(key) == number:
+                return
+        self.bind(study)
+        with self._lock:
+            self._checked[key] = number
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        state["_checked"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ the rule
+    def prune(self, study: "optuna.study.Study", trial: "optuna.trial.FrozenTrial") -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        self._check_once_per_trial(study, trial.number)
+        sign = direction_sign(study.direction)
+        reported = trial.intermediate_values[step]
+        epoch = trial.user_attrs.get(epoch_key(step))
+        epoch = epoch if isinstance(epoch, dict) else {}
+
+        # 1. diverged: non-finite velocity (reported NaN) or loss, or flagged by the controller
+        if not math.isfinite(reported) or epoch.get("diverged"):
+            return True
+        if "train_loss" in epoch and not _finite(epoch["train_loss"]):
+            return True
+        if "velocity" in epoch and epoch["velocity"] is not None and not _finite(epoch["velocity"]):
+            return True
+
+        # 2. converged: never pruned (but its values still enter the rungs below)
+        converged = bool(epoch.get("neve_stop"))
+
+        # 3. unsettled for too long
+        if not converged and self._unsettled(trial, sign):
+            return True
+
+        # 4. successive-halving rungs on the signal, oriented so "better" = lower signal
+        if self._signal == "velocity":
+            view = trial
+        else:
+            value = epoch.get("train_loss")
+            if not _finite(value):
+                return False  # no training loss stored for this epoch: nothing to compare
+            view = copy.copy(trial)
+            view.intermediate_values = {step: sign * float(value)}
+        pruned = self._sha.prune(study, view)
+        return pruned and not converged
+
+    def _unsettled(self, trial: "optuna.trial.FrozenTrial", sign: float) -> bool:
+        if not math.isfinite(self._divergence_bound):
+            return False
+        steps = sorted(trial.intermediate_values)[-self._divergence_patience :]
+        if len(steps) < self._divergence_patience:
+            return False
+        return all(sign * trial.intermediate_values[s] > self._divergence_bound for s in steps)

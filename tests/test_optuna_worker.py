@@ -1,0 +1,327 @@
+"""The objective builder, the worker and its CLI: storages, retries, plots, bad input."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import neve_tune.optuna._objective as objective_module
+from neve_tune import load_study
+from neve_tune.cli import main
+from neve_tune.optuna import (
+    SETTINGS_ATTR,
+    NeVePruner,
+    StorageError,
+    checkpoint_path_for,
+    make_objective,
+    make_storage,
+    plot_study,
+    redact_url,
+    suggest_config,
+    trial_history,
+)
+from neve_tune.optuna._storage import normalize_url, storage_kind
+from neve_tune.study import Choice, IntUniform, LogUniform, Study, Uniform, run_trial
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+TINY = """
+from neve_tune import Choice, LogUniform, Study
+
+STUDY = Study(
+    name="tiny",
+    data="digits",
+    model="small_cnn",
+    search_space={{
+        "lr": LogUniform({low}, {high}),
+        "threshold": LogUniform(1e-4, 1e-2),
+        "batch_size": Choice([64, 128]),
+    }},
+    max_epochs={epochs},
+)
+"""
+
+
+def _study_file(tmp_path: Path, epochs: int = 2, low: float = 0.01, high: float = 0.2, name: str = "tiny") -> str:
+    path = tmp_path / f"{name}.py"
+    path.write_text(TINY.format(epochs=epochs, low=low, high=high))
+    return str(path)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One CPU thread: the 2 cores are shared, and oversubscribed torch threads crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    study = load_study("digits").replace(max_epochs=3)
+    return study, study.load_data()
+
+
+# ------------------------------------------------------------------ storage helpers
+def test_redact_url() -> None:
+    assert redact_url("postgresql://neve:hunter2@db:5432/s") == "postgresql://neve:***@db:5432/s"
+    assert redact_url("postgresql+psycopg2://neve:p%40ss@db/s") == "postgresql+psycopg2://neve:***@db/s"
+    assert redact_url("mysql://root@db/s") == "mysql://root@db/s"
+    assert redact_url("sqlite:///a.db") == "sqlite:///a.db"
+    assert redact_url(None) == "<in-memory>"
+    url = "postgresql://neve:hunter2@db/s"
+    assert "hunter2" not in redact_url(url, f"failed: {url} (password hunter2)")
+
+
+def test_normalize_and_kind() -> None:
+    assert normalize_url("sqlite:///a.db") == "sqlite:///a.db"
+    assert normalize_url("postgres://u:p@h/d").split("://")[0] in ("postgresql", "postgresql+psycopg2")
+    assert storage_kind(None) == storage_kind(":memory:") == "memory"
+    assert storage_kind("sqlite:///a.db") == "rdb"
+    assert storage_kind("journal:x") == storage_kind("search.log") == "journal"
+    with pytest.raises(ValueError, match="neither"):
+        storage_kind("not-a-storage")
+
+
+def test_unreachable_storage_is_a_clear_error() -> None:
+    with pytest.raises(StorageError) as e:
+        make_storage("postgresql://neve:hunter2@127.0.0.1:1/nothing")
+    assert "cannot reach storage" in str(e.value) and "hunter2" not in str(e.value)
+    assert make_storage(None) is None
+
+
+# ------------------------------------------------------------------ search space
+def test_suggest_config_every_distribution() -> None:
+    study = Study(
+        name="space",
+        search_space={
+            "lr": LogUniform(1e-3, 1e-1),
+            "momentum": Uniform(0.5, 0.99),
+            "width": IntUniform(8, 64, log=True),
+            "batch_size": Choice([32, 64]),
+        },
+    )
+    search = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = search.ask()
+    cfg = suggest_config(trial, study)
+    assert 1e-3 <= cfg["lr"] <= 1e-1 and 0.5 <= cfg["momentum"] <= 0.99
+    assert isinstance(cfg["width"], int) and 8 <= cfg["width"] <= 64
+    assert cfg["batch_size"] in (32, 64) and cfg["threshold"] == study.defaults["threshold"]
+    dists = trial._cached_frozen_trial.distributions
+    assert dists["lr"].log and dists["width"].log and not dists["momentum"].log
+
+
+# ------------------------------------------------------------------ objective
+def test_objective_reports_velocity_and_summary(digits) -> None:
+    study, data = digits
+    search = optuna.create_study(pruner=NeVePruner(), sampler=optuna.samplers.TPESampler(seed=1))
+    search.optimize(make_objective(study, data=data), n_trials=2)
+    for t in search.trials:
+        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        hist = trial_history(t)
+        assert [m["epoch"] for m in hist] == sorted(t.intermediate_values)
+        assert [t.intermediate_values[m["epoch"]] for m in hist] == [m["velocity"] for m in hist]
+        assert t.user_attrs["epochs"] == len(hist) and t.user_attrs["method"] == "neve"
+        assert t.user_attrs["cost"]["train_samples"] == hist[-1]["train_samples"]
+        if t.state == TrialState.COMPLETE:
+            assert t.value == pytest.approx(hist[-1]["train_loss"])
+            assert 0.0 <= t.user_attrs["test_acc"] <= 1.0
+            assert t.user_attrs["stopped_by"] in ("velocity", "max_epochs")
+
+
+def test_objective_asha_reports_val_loss(digits) -> None:
+    study, data = digits
+    search = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    search.optimize(make_objective(study.replace(max_epochs=2), method="asha", data=data), n_trials=1)
+    t = search.trials[0]
+    hist = trial_history(t)
+    assert [t.intermediate_values[m["epoch"]] for m in hist] == [m["val_loss"] for m in hist]
+    assert t.value == pytest.approx(hist[-1]["val_loss"])
+
+
+def test_objective_rejects_bad_method(digits) -> None:
+    with pytest.raises(ValueError, match="method"):
+        make_objective(digits[0], method="retrain")
+
+
+def test_diverged_trial_is_pruned_not_failed(digits) -> None:
+    study, data = digits
+    space = {"lr": LogUniform(50.0, 100.0), "threshold": LogUniform(1e-4, 1e-3), "batch_size": Choice([32])}
+    search = optuna.create_study(pruner=optuna.pruners.NopPruner())  # even without NeVePruner
+    search.optimize(make_objective(study.replace(search_space=space), data=data), n_trials=1)
+    t = search.trials[0]
+    assert t.state == TrialState.PRUNED and t.user_attrs["stopped_by"] == "diverged"
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL: escapes every ``except Exception``."""
+
+
+@pytest.mark.parametrize("inherit", [True, False])
+def test_retried_trial_resumes_from_checkpoint(digits, tmp_path, monkeypatch, inherit) -> None:
+    study, data = digits
+    study = study.replace(max_epochs=4)
+    params = {"lr": 0.05, "threshold": 1e-4, "batch_size": 128}
+    reference = run_trial(study, params, data=data, evaluate_test=False)
+    ref_velocity = {m["epoch"]: m["velocity"] for m in reference["history"]}
+
+    search = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", pruner=NeVePruner(min_resource=100))
+    search.enqueue_trial(params)
+    ckpt_dir = tmp_path / "ckpt"
+    objective = make_objective(study, data=data, checkpoint_dir=ckpt_dir, evaluate_test=False)
+
+    real_report = objective_module.report_epoch
+
+    def dies_at_epoch_3(trial, metrics, **kw):
+        if metrics["epoch"] == 3:  # epoch 3 is checkpointed, not reported: the worst moment
+            raise _Killed()
+        return real_report(trial, metrics, **kw)
+
+    monkeypatch.setattr(objective_module, "report_epoch", dies_at_epoch_3)
+    trial = search.ask()
+    with pytest.raises(_Killed):
+        objective(trial)
+    search.tell(trial, state=TrialState.FAIL)  # what the heartbeat check does to a dead worker's trial
+    ckpt = checkpoint_path_for(ckpt_dir, trial)
+    assert ckpt.exists()
+
+    monkeypatch.setattr(objective_module, "report_epoch", real_report)
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=inherit)
+    retry(search, search.trials[0])
+    search.optimize(objective, n_trials=1)
+
+    t = search.trials[1]
+    assert t.state == TrialState.COMPLETE and t.system_attrs["failed_trial"] == 0
+    assert t.user_attrs["resumed_from_epoch"] == 3
+    assert t.intermediate_values == ref_velocity  # the uninterrupted series, no step twice
+    assert [m["velocity"] for m in trial_history(t)] == [ref_velocity[e] for e in (1, 2, 3, 4)]
+    assert t.value == pytest.approx(reference["objective"])
+    assert not ckpt.exists()  # deleted once the trial finished
+
+
+# ------------------------------------------------------------------ CLI worker
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_cli_worker_runs_trials(tmp_path, capsys, kind) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else f"journal:{tmp_path / 's.log'}"
+    args = ["optuna", "worker", _study_file(tmp_path), "--storage", url, "--create", "--trials", "2",
+            "--sampler-seed", "0", "--threads", "1", "--checkpoint-dir", str(tmp_path / "ckpt"),
+            "--plots", str(tmp_path / "plots")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("trial ") >= 2 and "ran 2 trials" in out
+    search = optuna.load_study(study_name="tiny", storage=make_storage(url, heartbeat_interval=None))
+    assert len(search.trials) == 2
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in search.trials)
+    assert search.user_attrs[SETTINGS_ATTR]["signal"] == "velocity"
+    assert (tmp_path / "plots" / "velocity_curves.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "search_history.png").stat().st_size > 1000
+
+    # a second worker with other pruner settings is refused, with what differs
+    assert main([*args[:-2], "--signal", "train_loss"]) == 2
+    err = capsys.readouterr().err
+    assert "NeVePruner settings" in err and "signal" in err and "Traceback" not in err
+    # ... and one with another method too
+    assert main([*args[:-2], "--method", "asha"]) == 2
+    assert "method" in capsys.readouterr().err
+
+    assert main(["optuna", "plot", "--study-name", "tiny", "--storage", url, "--out", str(tmp_path / "p2")]) == 0
+    assert (tmp_path / "p2" / "search_history.png").exists()
+
+
+def test_cli_worker_needs_existing_study(tmp_path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert main(["optuna", "worker", _study_file(tmp_path), "--storage", url, "--trials", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "optuna create-study" in err
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("unknown_study", "not found"),
+        ("empty_range", "LogUniform needs 0 < low < high"),
+        ("unreachable", "cannot reach storage"),
+        ("bad_storage", "neither an SQLAlchemy URL"),
+        ("no_trials", "--trials"),
+    ],
+)
+def test_cli_bad_input(tmp_path, capsys, case, message) -> None:
+    good = _study_file(tmp_path)
+    args = {
+        "unknown_study": [str(tmp_path / "nope.py"), "--trials", "1"],
+        "empty_range": [_study_file(tmp_path, low=0.1, high=0.1, name="empty"), "--trials", "1"],
+        "unreachable": [good, "--storage", "postgresql://neve:hunter2@127.0.0.1:1/db", "--trials", "1"],
+        "bad_storage": [good, "--storage", "no-such-thing", "--trials", "1"],
+        "no_trials": [good],
+    }[case]
+    assert main(["optuna", "worker", *args]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and "Traceback" not in captured.err
+    assert "hunter2" not in captured.err + captured.out
+
+
+def test_cli_missing_dataset_fails_before_any_trial(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("NEVE_DATA", str(tmp_path / "no-data"))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert main(["optuna", "worker", "cifar10_resnet32", "--storage", url, "--create", "--trials", "1"]) == 2
+    assert "cifar10 was not found" in capsys.readouterr().err
+
+
+def test_cli_bad_input_in_a_real_process(tmp_path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "neve_tune.cli", "optuna", "worker", "digits", "--trials", "1",
+         "--storage", "postgresql://neve:hunter2@127.0.0.1:1/db"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "cannot reach storage" in proc.stderr and "Traceback" not in proc.stderr
+    assert "hunter2" not in proc.stderr + proc.stdout
+
+
+# ------------------------------------------------------------------ studies and plots
+@pytest.mark.parametrize(
+    "name, data, model",
+    [
+        ("digits", "digits", "small_cnn"),
+        ("cifar10_resnet32", "cifar10", "resnet32"),
+        ("cifar100_resnet32", "cifar100", "resnet32"),
+        ("imagenet_folder_timm", "imagefolder", "timm:resnet18"),
+    ],
+)
+def test_bundled_studies_load(name, data, model) -> None:
+    study = load_study(name)
+    study.validate()
+    assert (study.name, study.data, study.model) == (name, data, model)
+    assert {"lr", "threshold", "batch_size"} <= set(study.search_space)
+    if name.startswith("cifar"):
+        cfg = study.config()
+        assert (cfg["lr"], cfg["momentum"], cfg["weight_decay"], cfg["batch_size"]) == (0.1, 0.9, 5e-4, 100)
+        assert study.max_epochs == 250 and 0 < study.resources["gpu"] < 1
+    # the search space maps onto Optuna distributions
+    trial = optuna.create_study().ask()
+    assert set(suggest_config(trial, study)) >= set(study.search_space)
+
+
+def test_plot_study(tmp_path) -> None:
+    search = optuna.create_study()
+    for i in range(3):
+        t = search.ask()
+        for e in (1, 2):
+            from neve_tune.optuna import report_epoch
+
+            report_epoch(t, {"epoch": e, "velocity": 0.1 / (e + i), "train_loss": 1.0, "diverged": False})
+        search.tell(t, 1.0 - 0.1 * i) if i != 1 else search.tell(t, state=TrialState.PRUNED)
+    paths = plot_study(search, tmp_path)
+    assert all(p.stat().st_size > 1000 for p in paths.values())
+    assert math.isfinite(torch.tensor(1.0).item())  # plots leave torch untouched
+    assert os.path.basename(paths["velocity_curves"]) == "velocity_curves.png"
