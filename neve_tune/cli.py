@@ -161,5 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m neve_tune.cli`: use the package's module, not a __main__ copy
+    from neve_tune.cli import main as _main
+
+    sys.exit(_main())

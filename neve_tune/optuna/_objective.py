@@ -85,6 +85,7 @@ def make_objective(
     data: DataBundle | None = None,
     evaluate_test: bool = True,
     keep_checkpoints: bool = False,
+    model_fn: Callable[[], torch.nn.Module] | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """An Optuna objective that trains one sampled configuration of ``study``.
 
@@ -105,7 +106,8 @@ def make_objective(
     the epochs its predecessor had not, so its velocity series is the uninterrupted one.
     The checkpoint is deleted when the trial finishes unless ``keep_checkpoints``.
 
-    The data set is loaded once, on the first trial (or pass ``data``).
+    The data set is loaded once, on the first trial (or pass ``data``); ``model_fn``
+    replaces the study's model (a factory of fresh models, for your own architecture).
 
     Example::
 
@@ -173,6 +175,7 @@ def make_objective(
                 on_epoch=on_epoch,
                 data=bundle,
                 evaluate_test=evaluate_test,
+                model_fn=model_fn,
             )
         except optuna.TrialPruned:
             _finish_pruned(trial, method, seed, last, ckpt, keep_checkpoints, len(bundle.train))

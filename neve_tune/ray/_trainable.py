@@ -1,0 +1,301 @@
+"""``neve_trainable``: a Ray Tune function trainable built on :func:`neve_tune.study.run_trial`.
+
+Every epoch it reports the DESIGN metric names with ``tune.report`` together with a
+``tune.Checkpoint`` holding the whole trial state (model, optimizer, controller with the
+velocity state, history, cost counters, RNG); a restarted or retried trial resumes from
+``tune.get_checkpoint()`` and continues the same velocity series.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import ray
+from ray import tune
+
+from ..data import DataBundle
+from ..models import create_model
+from ..study import METHODS, Choice, IntUniform, LogUniform, Study, Uniform, load_study, resolve_device, run_trial
+from ..train import METRIC_NAMES, Cost, evaluate, load_checkpoint
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "SUMMARY_KEYS",
+    "check_resources",
+    "check_resources_available",
+    "neve_trainable",
+    "reported_metrics",
+    "to_ray_space",
+]
+
+CHECKPOINT_FILE = "neve_trial.pt"
+# keys of the last result of a trial that ran to its end (the test set is read only there)
+SUMMARY_KEYS = ("test_acc", "test_loss", "objective", "stopped_by", "epochs", "best_epoch", "epochs_equiv", "wall_s")
+TRAINABLE_METHODS = ("neve", "asha", "asha_es")
+
+
+def reported_metrics(method: str = "neve") -> tuple[str, ...]:
+    """Every key ``neve_trainable(method=...)`` reports each epoch, then at the end."""
+    if method not in TRAINABLE_METHODS:
+        raise ValueError(f"method must be one of {TRAINABLE_METHODS}, got {method!r}")
+    extra = ("val_loss", "val_acc") if method != "neve" else ()
+    return METRIC_NAMES + extra + ("epochs_equiv", "node_id") + tuple(k for k in SUMMARY_KEYS if k != "epochs_equiv")
+
+
+# ---------------------------------------------------------------- search space
+def to_ray_space(study: "Study | str | os.PathLike", *, seed: int | None = None) -> dict[str, Any]:
+    """The study's search space as a Ray Tune ``param_space``/``config``.
+
+    ``LogUniform`` -> ``tune.loguniform``, ``Uniform`` -> ``tune.uniform``, ``IntUniform``
+    -> ``tune.randint``/``tune.lograndint`` (both ends included, as in the study), ``Choice``
+    -> ``tune.choice``. With ``seed``, every trial also gets ``config["seed"] = seed``.
+    """
+    study = load_study(study)
+    study.validate()
+    space: dict[str, Any] = {}
+    for name, d in study.search_space.items():
+        if isinstance(d, LogUniform):
+            space[name] = tune.loguniform(d.low, d.high)
+        elif isinstance(d, Uniform):
+            space[name] = tune.uniform(d.low, d.high)
+        elif isinstance(d, IntUniform):
+            space[name] = (tune.lograndint if d.log else tune.randint)(d.low, d.high + 1)
+        elif isinstance(d, Choice):
+            space[name] = tune.choice(list(d.values))
+        else:  # validate() rejects this already
+            raise TypeError(f"search space {name!r}: cannot convert {d!r}")
+    if seed is not None:
+        space["seed"] = int(seed)
+    return space
+
+
+# ---------------------------------------------------------------- resources
+_RESOURCE_KEYS = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}
+
+
+def check_resources(resources: Mapping[str, Any], *, name: str = "resources") -> dict[str, float]:
+    """Per-trial resources as Tune wants them: ``{"cpu": c, "gpu": g, ...}``.
+
+    ``cpu`` >= 0, ``gpu`` >= 0 and either below 1 (several trials share a GPU; Ray does
+    not split its memory) or a whole number; other keys are custom Ray resources.
+    """
+    if not isinstance(resources, Mapping):
+        raise TypeError(f"{name} must be a dict like {{'cpu': 1, 'gpu': 0.5}}, got {resources!r}")
+    out: dict[str, float] = {}
+    for key, value in resources.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"{name}: keys must be resource names, got {key!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name}[{key!r}] must be a number >= 0, got {value!r}")
+        out[key.lower() if key.lower() in _RESOURCE_KEYS else key] = float(value)
+    gpu = out.get("gpu", 0.0)
+    if gpu > 1 and not float(gpu).is_integer():
+        raise ValueError(f"{name}['gpu'] must be below 1 (a shared GPU) or a whole number, got {gpu}")
+    out.setdefault("cpu", 1.0)
+    out.setdefault("gpu", 0.0)
+    if out["cpu"] == 0 and out["gpu"] == 0 and len(out) == 2:
+        raise ValueError(f"{name} must ask for some CPU or GPU, got {dict(resources)!r}")
+    return out
+
+
+def check_resources_available(resources: Mapping[str, float]) -> None:
+    """Raise ``ValueError`` when no alive node of the connected Ray cluster can hold one
+    trial with ``resources`` (Tune would otherwise wait for them forever)."""
+    if not ray.is_initialized():
+        raise RuntimeError("check_resources_available needs a connected Ray cluster: call ray.init() first")
+    need = {_RESOURCE_KEYS.get(k, k): v for k, v in check_resources(resources).items() if v > 0}
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    for node in nodes:
+        have = node.get("Resources", {})
+        if all(have.get(k, 0.0) + 1e-9 >= v for k, v in need.items()):
+            return
+    offer = [{k: v for k, v in n.get("Resources", {}).items() if k in ("CPU", "GPU") or not k.startswith("node:")} for n in nodes]
+    offer = [{k: v for k, v in o.items() if k not in ("object_store_memory",) and not k.startswith("accelerator_type")} for o in offer]
+    raise ValueError(
+        f"resources per trial {dict(resources)} cannot be met: no node of this Ray cluster has them "
+        f"(alive nodes offer {offer}); lower them (--cpus-per-trial/--gpus-per-trial, study.resources) "
+        f"or add nodes"
+    )
+
+
+# ---------------------------------------------------------------- the trainable
+def _check_config(study: Study, config: Mapping[str, Any]) -> tuple[dict[str, Any], int | None]:
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a dict of hyperparameters, got {config!r}")
+    known = set(study.defaults) | set(study.search_space) | {"seed"}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"config has unknown hyperparameters {unknown}; study {study.name!r} knows {sorted(known)}")
+    sampled = {k: v for k, v in config.items() if k != "seed"}
+    seed = config.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"config['seed'] must be an int, got {seed!r}")
+    return study.config(sampled), seed
+
+
+def _summary(method: str, state: Mapping[str, Any], model: Any, bundle: DataBundle, device: Any, amp: str | None) -> dict[str, Any]:
+    import torch
+
+    history = state["history"]
+    controller = state["controller"]
+    last = history[-1] if history else {}
+    if method == "asha":
+        objective = last.get("val_loss", float("nan"))
+        best_epoch = len(history)
+    elif method == "asha_es":
+        best = controller.get("best_loss", math.inf)
+        objective = best if math.isfinite(best) else float("nan")
+        best_epoch = int(controller.get("best_epoch", 0))
+    else:
+        objective = last.get("train_loss", float("nan"))
+        best_epoch = len(history)
+    cost = Cost(**state["cost"]).as_dict(len(bundle.train))  # type: ignore[arg-type]
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
+    test_loss, test_acc, _ = evaluate(model, bundle.test, device=device, amp_dtype=amp_dtype)
+    return {
+        "test_acc": float(test_acc),
+        "test_loss": float(test_loss),
+        "objective": float(objective),
+        "stopped_by": controller["stopped_by"],
+        "epochs": len(history),
+        "best_epoch": best_epoch,
+        "epochs_equiv": float(cost["epochs_equiv"]),
+        "wall_s": float(cost["wall_s"]),
+    }
+
+
+def _report(metrics: dict[str, Any], checkpoint_file: Path) -> None:
+    """``tune.report`` with a copy of the trial's checkpoint file (Tune persists it to the
+    run's storage during the call, so the copy can go right after)."""
+    with tempfile.TemporaryDirectory(prefix="neve_ckpt_") as d:
+        shutil.copy2(checkpoint_file, Path(d, CHECKPOINT_FILE))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _set_threads() -> None:
+    import torch
+
+    try:
+        cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    except Exception:  # not inside a Tune trial
+        return
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def _make_train_fn(study: Study, method: str, seed: int | None, device: Any) -> Callable[..., None]:
+    def train(config: dict[str, Any], data: DataBundle | None = None) -> None:
+        cfg, config_seed = _check_config(study, config)
+        trial_seed = config_seed if config_seed is not None else (seed if seed is not None else 0)
+        _set_threads()
+        bundle = data if data is not None else study.load_data()
+        dev = resolve_device(device)
+        node_id = ray.get_runtime_context().get_node_id()
+        holder: dict[str, Any] = {}
+
+        def model_fn() -> Any:
+            holder["model"] = create_model(study.model, bundle.num_classes, bundle.input_shape, **study.model_options)
+            return holder["model"]
+
+        workdir = Path(tempfile.mkdtemp(prefix="neve_trial_"))
+        local = workdir / CHECKPOINT_FILE
+        finished = {"reported": False}
+        try:
+            checkpoint = tune.get_checkpoint()
+            if checkpoint is not None:
+                with checkpoint.as_directory() as d:
+                    src = Path(d, CHECKPOINT_FILE)
+                    if not src.is_file():
+                        raise FileNotFoundError(f"checkpoint {checkpoint.path} has no {CHECKPOINT_FILE}: not a neve_trainable checkpoint")
+                    shutil.copy2(src, local)
+
+            def on_epoch(m: dict[str, Any]) -> None:
+                state = load_checkpoint(local)
+                cost = Cost(**state["cost"])  # type: ignore[arg-type]
+                metrics = dict(m, epochs_equiv=cost.epochs_equiv(len(bundle.train)), node_id=node_id)
+                if state["controller"]["stopped_by"] is not None:  # the trial's last epoch
+                    metrics.update(_summary(method, state, holder["model"], bundle, dev, study.amp), done=True)
+                    finished["reported"] = True
+                _report(metrics, local)
+
+            record = run_trial(
+                study, cfg, method=method, seed=trial_seed, device=dev, checkpoint_path=local,
+                on_epoch=on_epoch, data=bundle, evaluate_test=False, model_fn=model_fn,
+            )
+            if not finished["reported"] and record["history"]:
+                # restored from a checkpoint of the last epoch whose report never arrived
+                state = load_checkpoint(local)
+                metrics = dict(record["history"][-1], node_id=node_id)
+                metrics.update(_summary(method, state, holder["model"], bundle, dev, study.amp), done=True)
+                _report(metrics, local)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    train.__name__ = train.__qualname__ = f"neve_{study.name}" if method == "neve" else f"{method}_{study.name}"
+    return train
+
+
+def neve_trainable(
+    study: "Study | str | os.PathLike",
+    *,
+    method: str = "neve",
+    seed: int | None = None,
+    device: str | None = None,
+    data: DataBundle | None = None,
+    resources: Mapping[str, float] | None = None,
+) -> Any:
+    """A Ray Tune function trainable that trains one configuration of ``study``.
+
+    The trial's ``config`` holds sampled hyperparameters (``lr``, ``threshold``,
+    ``batch_size``, ...; missing ones come from ``study.defaults``; unknown keys are an
+    error) and optionally ``seed`` (else ``seed``, else 0). Each epoch it reports the
+    DESIGN metrics (``epoch``, ``velocity``, ``velocity_change``, ``train_loss``,
+    ``train_acc``, ``lr``, ``neve_stop``, ``diverged``, ``epoch_time_s``, the cumulative
+    ``train_samples``/``probe_samples``/``eval_samples``; ``val_loss``/``val_acc`` for the
+    validation baselines) plus ``node_id``, with a ``tune.Checkpoint`` of the whole trial
+    state. A trial restarted by Tune (``FailureConfig(max_failures=...)``,
+    ``Tuner.restore``) resumes from its last checkpoint with the same velocity series.
+
+    The result of the epoch on which the trial stops itself (velocity under its threshold,
+    ``max_epochs``, divergence, early stopping) also holds the final record: ``test_acc``,
+    ``test_loss`` (the test set is read there, once, never for a decision),
+    ``objective``, ``stopped_by``, ``epochs``, ``best_epoch``, ``epochs_equiv``,
+    ``wall_s`` and ``done=True``. A trial stopped by a scheduler has no test score.
+
+    Args:
+        study: a :class:`~neve_tune.study.Study`, a study file or a bundled name.
+        method: ``"neve"``, or the validation baselines ``"asha"``/``"asha_es"``
+            (``study.val_fraction`` of the training set held out).
+        seed: the seed of trials whose config has none.
+        device: ``"cpu"``, ``"cuda"``...; default: the GPU Ray gave the trial, if any.
+        data: a :class:`~neve_tune.data.DataBundle` shipped to the workers through the
+            object store (``tune.with_parameters``); default: each trial loads the study's.
+        resources: per-trial resources, default ``study.resources`` (e.g.
+            ``{"cpu": 1, "gpu": 0.25}``: four trials share one GPU).
+
+    Example::
+
+        from ray import tune
+        from neve_tune.ray import NeVeStopper, neve_trainable, to_ray_space
+        tune.run(neve_trainable("digits"), config=to_ray_space("digits"),
+                 stop=NeVeStopper(), num_samples=20)
+    """
+    study = load_study(study)
+    study.validate()
+    if method not in TRAINABLE_METHODS:
+        hint = " ('retrain' is not a search method)" if method in METHODS else ""
+        raise ValueError(f"method must be one of {TRAINABLE_METHODS}, got {method!r}{hint}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None, got {seed!r}")
+    if data is not None and not isinstance(data, DataBundle):
+        raise TypeError(f"data must be a neve_tune.data.DataBundle or None, got {type(data).__name__}")
+    res = check_resources(resources if resources is not None else study.resources,
+                          name="resources" if resources is not None else f"study {study.name!r} resources")
+    fn: Any = _make_train_fn(study, method, seed, device)
+    if data is not None:
+        fn = tune.with_parameters(fn, data=data)
+    return tune.with_resources(fn, res)
