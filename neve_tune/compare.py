@@ -123,20 +123,59 @@ def _ray_search(
     neve_signal: str,
     on_trial: Callable[[], None],
 ) -> list[dict[str, Any]]:
-    from .ray import compare_search
+    import tempfile
 
-    return compare_search(
-        study,
-        method,
-        trials=trials,
-        seed=seed,
-        data=data,
-        model_fn=model_fn,
-        device=device,
-        grace_period=GRACE_PERIOD,
-        reduction_factor=REDUCTION_FACTOR,
-        on_trial=on_trial,
-    )
+    import ray
+    from ray import tune
+
+    from .ray import run_search
+
+    # neve_signal is Optuna's: NeVeASHAScheduler ranks on the training loss, velocity deciding convergence
+    class _Done(tune.Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            on_trial()
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            on_trial()
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    with tempfile.TemporaryDirectory(prefix="neve_compare_") as tmp:
+        results = run_search(
+            study, method=method, num_samples=trials, seed=seed, storage_path=tmp,
+            name=f"{study.name}-{method}-{seed}", device=device, callbacks=[_Done()],
+            grace_period=GRACE_PERIOD, reduction_factor=REDUCTION_FACTOR, data=data, model_fn=model_fn,
+        )
+        out = []
+        for i, r in enumerate(sorted(results, key=lambda r: r.metrics.get("trial_id", ""))):
+            df = r.metrics_dataframe
+            rows = [] if df is None else df.sort_values("training_iteration").to_dict("records")
+            last = r.metrics or {}
+            n = len(data.train)  # type: ignore[arg-type]
+            epochs = int(last.get("epoch") or len(rows))
+            objective = last.get("objective")
+            finished = bool(last.get("done")) and last.get("stopped_by") != "diverged"
+            complete = finished and isinstance(objective, float) and math.isfinite(objective)
+            cost = Cost(int(last.get("train_samples") or 0), int(last.get("probe_samples") or 0),
+                        int(last.get("eval_samples") or 0), float(sum(x.get("epoch_time_s") or 0.0 for x in rows)))
+            out.append({
+                "number": i,
+                "config": study.config({k: r.config[k] for k in study.search_space if k in r.config}),
+                "state": "COMPLETE" if complete else ("FAIL" if r.error else "PRUNED"),
+                "stopped_by": last.get("stopped_by") if finished else ("diverged" if last.get("diverged") else "pruned"),
+                "epochs": epochs,
+                "best_epoch": last.get("best_epoch"),
+                "objective": float(objective) if complete else None,
+                "test_acc": last.get("test_acc") if complete else None,
+                "cost": cost.as_dict(n),
+                "lrs": [x.get("lr") for x in rows],
+                "velocity": [_nan_to_none(x.get("velocity")) for x in rows],
+            })
+    return out
+
+
+def _nan_to_none(x: Any) -> float | None:
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
 
 
 def _rung_edges(max_epochs: int) -> list[int]:
@@ -281,17 +320,15 @@ def _mean_std(xs: Sequence[float | None]) -> tuple[float | None, float | None]:
 
 
 def _mean_curve(curves: Sequence[Sequence[Sequence[float]]]) -> list[list[float]]:
-    """Mean over runs of the best-so-far test accuracy, at every cost where any run has a point
-    (a run contributes from its first point on)."""
-    xs = sorted({p[0] for c in curves for p in c})
+    """Mean over runs of the best-so-far test accuracy (a step function of cost), at every
+    cost where every run already has a point, so each point averages the same runs."""
+    curves = [c for c in curves if c]
+    if not curves:
+        return []
+    start = max(c[0][0] for c in curves)
     out = []
-    for x in xs:
-        vals = []
-        for c in curves:
-            ys = [p[1] for p in c if p[0] <= x]
-            if ys:
-                vals.append(ys[-1])
-        out.append([x, statistics.fmean(vals)])
+    for x in sorted({p[0] for c in curves for p in c if p[0] >= start}):
+        out.append([x, statistics.fmean([[p[1] for p in c if p[0] <= x][-1] for c in curves])])
     return out
 
 
@@ -343,7 +380,7 @@ def compare(
     repeats: int = 1,
     retrain: bool = True,
     device: str | None = None,
-    neve_signal: str = "velocity",
+    neve_signal: str = "train_loss",
     searches: Sequence[str] = SEARCHES,
     data: DataBundle | None = None,
     model_fn: Callable[[], torch.nn.Module] | None = None,
@@ -364,6 +401,8 @@ def compare(
         raise ValueError(f"trials must be a positive int, got {trials!r}")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    if neve_signal not in ("velocity", "train_loss"):
+        raise ValueError(f"neve_signal must be 'velocity' or 'train_loss', got {neve_signal!r}")
     bad = [s for s in searches if s not in SEARCHES]
     if bad or not searches:
         raise ValueError(f"searches must be a non-empty subset of {SEARCHES}, got {list(searches)}")
@@ -461,20 +500,24 @@ def summary_table(result: Mapping[str, Any]) -> str:
     rows = [head, "",
             f"{'search':9s} {'test acc (final model)':>24s} {'cost to final model':>22s} {'search cost':>18s} {'wall s':>8s}",
             f"{'':9s} {'mean ± std':>24s} {'epochs-equiv':>22s} {'epochs-equiv':>18s} {'':>8s}"]
+    def pm(d: Mapping[str, Any], key: str, scale: float = 1.0, fmt: str = ".3f") -> str:
+        if d.get(key) is None:
+            return "-"
+        return f"{scale * d[key]:{fmt}} ± {scale * (d.get(key + '_std') or 0.0):{fmt.lstrip('+')}}"
+
     for m in SEARCHES:
         if m not in result:
             continue
         r = result[m]
         acc = f"{100 * r['test_acc']:.2f} ± {100 * (r['test_acc_std'] or 0):.2f} %" if r["test_acc"] is not None else "-"
-        cost = f"{r['cost']['epochs_equiv']:.1f} ± {r['cost_std']['epochs_equiv'] or 0:.1f}"
-        scost = f"{r['search_cost']['epochs_equiv']:.1f} ± {r['search_cost_std']['epochs_equiv'] or 0:.1f}"
-        rows.append(f"{m:9s} {acc:>24s} {cost:>22s} {scost:>18s} {r['cost']['wall_s']:8.1f}")
+        cost = pm({"c": r["cost"]["epochs_equiv"], "c_std": r["cost_std"]["epochs_equiv"]}, "c", fmt=".1f")
+        scost = pm({"c": r["search_cost"]["epochs_equiv"], "c_std": r["search_cost_std"]["epochs_equiv"]}, "c", fmt=".1f")
+        rows.append(f"{m:9s} {acc:>24s} {cost:>22s} {scost:>18s} {r['cost']['wall_s'] or 0.0:8.1f}")
     for base, d in (("asha", result), ("asha_es", result.get("vs_asha_es"))):
-        if d and d.get("cost_ratio") is not None:
+        if d and "cost_ratio" in d:
             rows.append(
-                f"NeVe vs {base:8s} cost ratio {d['cost_ratio']:.3f} ± {d['cost_ratio_std']:.3f}   "
-                f"search cost ratio {d['search_cost_ratio']:.3f} ± {d['search_cost_ratio_std']:.3f}   "
-                f"test acc diff {100 * d['test_acc_diff']:+.2f} ± {100 * d['test_acc_diff_std']:.2f} pt"
+                f"NeVe vs {base:8s} cost ratio {pm(d, 'cost_ratio')}   search cost ratio {pm(d, 'search_cost_ratio')}   "
+                f"test acc diff {pm(d, 'test_acc_diff', 100, '+.2f')} pt"
             )
     rows.append("")
     rows.append("epochs spent per rung interval (mean per seed):")
@@ -517,8 +560,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=1, help="run the comparison K times, seeds seed..seed+K-1")
     p.add_argument("--max-epochs", type=int, help="override the study's max_epochs (same for every search)")
     p.add_argument("--searches", default=",".join(SEARCHES), help="comma-separated subset of neve,asha,asha_es")
-    p.add_argument("--neve-signal", choices=["velocity", "train_loss"], default="velocity",
-                   help="NeVePruner rung signal")
+    p.add_argument("--neve-signal", choices=["velocity", "train_loss"], default="train_loss",
+                   help="NeVePruner rung signal (default train_loss, measured better on digits)")
+    p.add_argument("--objective", help="NeVe's validation-free objective: tse_e1 (default), tse_e<N>, tse_ema")
     p.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=True,
                    help="retrain the validation searches' best configuration on all training data (default on)")
     p.add_argument("--device", default=None)
@@ -534,6 +578,8 @@ def _cli(args: argparse.Namespace) -> int:
     changes: dict[str, Any] = {}
     if args.max_epochs is not None:
         changes["max_epochs"] = args.max_epochs
+    if args.objective:
+        changes["objective"] = args.objective
     if args.data_root:
         changes["data_options"] = {**study.data_options, "data_root": args.data_root}
     if changes:

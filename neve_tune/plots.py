@@ -83,10 +83,16 @@ def plot_anytime(
 ) -> Path:
     """Step curves of ``[cost, test_acc]`` points, one per search, on one figure."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    finals = []
     for label, pts in curves.items():
         if pts:
             xs, ys = zip(*[(float(p[0]), float(p[1])) for p in pts])
             ax.step(xs, ys, where="post", label=label, marker=".")
+            finals.append(ys[-1])
+    if finals:  # zoom on where the searches end up; earlier, worse points fall below the axis
+        low = min(finals)
+        ax.set_ylim(max(0.0, low - 3 * (1.0 - low) - 0.01), min(1.0, max(finals) + 0.01) if max(finals) < 0.99 else 1.0)
+    ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy")
     ax.set_title(title)

@@ -8,7 +8,7 @@ Methods:
 
 - ``"neve"``: the whole training set, velocity on the probe each epoch, LR decay on the
   velocity change, stop on the velocity threshold; objective: the last epoch's mean
-  training loss (TSE-E with E = 1).
+  training loss (TSE-E with E = 1; ``Study.objective`` selects another estimate).
 - ``"asha"``: ``val_fraction`` of the training set held out, ``ReduceLROnPlateau`` on
   validation loss, ``max_epochs`` fixed; objective: validation loss of the last epoch.
 - ``"asha_es"``: the same with early stopping after ``early_stopping`` epochs without a
@@ -141,6 +141,7 @@ class Study:
     lr_patience: int = 10
     val_fraction: float = 0.1
     early_stopping: int = 10
+    objective: str = "tse_e1"
     amp: str | None = None
     resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
 
@@ -157,6 +158,24 @@ class Study:
         check_epochs(self.min_epochs, self.max_epochs)
         if self.probe not in ("noise", "train"):
             raise ValueError(f"probe must be 'noise' or 'train', got {self.probe!r}")
+        if not isinstance(self.objective, str) or not (self.objective == "tse_ema" or (self.objective.startswith("tse_e") and self.objective[5:].isdigit()
+                                                   and int(self.objective[5:]) >= 1)):
+            raise ValueError(f"objective must be 'tse_e<N>' (N >= 1) or 'tse_ema', got {self.objective!r}")
+        if self.lr_signal not in ("velocity_change", "velocity"):
+            raise ValueError(f"lr_signal must be 'velocity_change' or 'velocity', got {self.lr_signal!r}")
+        if not 0.0 < self.lr_factor < 1.0:
+            raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor!r}")
+        for key in ("lr_patience", "early_stopping"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "lr_patience" else 1):
+                raise ValueError(f"{key} must be an int >= {0 if key == 'lr_patience' else 1}, got {v!r}")
+        if isinstance(self.probe_samples, bool) or not isinstance(self.probe_samples, int) or self.probe_samples < 1:
+            raise ValueError(f"probe_samples must be a positive int, got {self.probe_samples!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        for key in ("lr", "batch_size"):
+            if key not in self.defaults and key not in self.search_space:
+                raise ValueError(f"study {self.name!r}: {key!r} is neither in defaults nor in search_space")
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
 
@@ -243,6 +262,40 @@ class _LRReplay:
             self._set(self.epoch)
 
 
+def trial_objective(
+    study: Study, method: str, history: Sequence[Mapping[str, Any]], controller_state: Mapping[str, Any]
+) -> tuple[float, int]:
+    """(objective, best epoch) of a finished run, lower is better.
+
+    ``neve``/``retrain``: the study's validation-free objective over the training losses
+    (``study.objective``: ``"tse_e1"`` the last epoch's, ``"tse_eN"`` the mean of the last
+    N epochs', ``"tse_ema"`` their exponential moving average, Ru et al. 2021);
+    ``asha``: the last validation loss; ``asha_es``: the best validation loss.
+    """
+    nan = float("nan")
+    if method == "asha":
+        return (float(history[-1]["val_loss"]) if history else nan), len(history)
+    if method == "asha_es":
+        best = float(controller_state.get("best_loss", math.inf))
+        return (best if math.isfinite(best) else nan), int(controller_state.get("best_epoch", 0))
+    losses = [float(m["train_loss"]) for m in history]
+    return training_speed_estimate(losses, study.objective), len(history)
+
+
+def training_speed_estimate(losses: Sequence[float], kind: str = "tse_e1", ema_decay: float = 0.9) -> float:
+    """A validation-free estimate from per-epoch mean training losses (Ru et al. 2021)."""
+    if not losses:
+        return float("nan")
+    if kind == "tse_ema":
+        ema = losses[0]
+        for x in losses[1:]:
+            ema = ema_decay * ema + (1 - ema_decay) * x
+        return float(ema)
+    e = int(kind[len("tse_e"):])
+    tail = losses[-e:]
+    return float(sum(tail) / len(tail))
+
+
 def make_optimizer(model: torch.nn.Module, config: Mapping[str, Any]) -> torch.optim.Optimizer:
     name = str(config.get("optimizer", "sgd")).lower()
     lr, wd = float(config["lr"]), float(config.get("weight_decay", 0.0))
@@ -286,6 +339,9 @@ def run_trial(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     cfg = study.config(config)
+    for key in ("lr", "batch_size") + (("threshold",) if method == "neve" else ()):
+        if key not in cfg:
+            raise ValueError(f"config has no {key!r} (and study {study.name!r} has no default for it)")
     device = resolve_device(device)
     bundle = data if data is not None else study.load_data()
     full_train = bundle.train
@@ -341,17 +397,10 @@ def run_trial(
         amp_dtype=amp_dtype,
         checkpoint_path=checkpoint_path,
         on_epoch=on_epoch,
+        checkpoint_meta={"config": dict(cfg), "method": method, "seed": seed},
     )
     hist = result.history
-    if method in ("neve", "retrain"):
-        objective = hist[-1]["train_loss"] if hist else float("nan")
-        best_epoch = len(hist)
-    elif method == "asha":
-        objective = hist[-1]["val_loss"]
-        best_epoch = len(hist)
-    else:
-        objective = controller.best_loss if math.isfinite(controller.best_loss) else float("nan")
-        best_epoch = controller.best_epoch
+    objective, best_epoch = trial_objective(study, method, hist, controller.state_dict())
     record: dict[str, Any] = {
         "config": cfg,
         "method": method,

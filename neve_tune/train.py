@@ -226,30 +226,41 @@ def fit(
     checkpoint_path: str | os.PathLike | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     num_workers: int = 0,
+    checkpoint_meta: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train ``model`` until ``controller`` stops.
 
     ``on_epoch(metrics)`` is called after each epoch's checkpoint is written, with the
     DESIGN metric names (plus ``val_loss``/``val_acc`` when ``val_set`` is given); it may
     raise (e.g. ``optuna.TrialPruned``) to end the run. Epochs restored from
-    ``checkpoint_path`` are not reported again.
+    ``checkpoint_path`` are not reported again. ``checkpoint_meta`` (e.g. the run's
+    config) is stored with each checkpoint; resuming from one whose meta differs raises.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if len(train_set) == 0:  # type: ignore[arg-type]
+        raise ValueError("train_set is empty")
     device = torch.device(device)
     history: list[dict[str, Any]] = []
     cost = Cost()
+    scaler = None
+    if amp_dtype == torch.float16 and device.type == "cuda":
+        scaler = torch.amp.GradScaler("cuda")
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         ckpt = load_checkpoint(checkpoint_path)
+        if checkpoint_meta is not None and ckpt.get("meta") not in (None, checkpoint_meta):
+            raise ValueError(
+                f"checkpoint_path {str(checkpoint_path)!r} belongs to another run ({ckpt['meta']}), "
+                f"not {checkpoint_meta}; remove it or use another path"
+            )
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         controller.load_state_dict(ckpt["controller"])
         history = list(ckpt["history"])
         cost = Cost(**ckpt["cost"])
         _set_rng_state(ckpt["rng"])
-    scaler = None
-    if amp_dtype == torch.float16 and device.type == "cuda":
-        scaler = torch.amp.GradScaler("cuda")
 
     if not history:  # epoch 0: the reference measurement
         t0 = time.perf_counter()
@@ -311,6 +322,8 @@ def fit(
                     "history": history,
                     "cost": asdict(cost),
                     "rng": _rng_state(),
+                    "scaler": None if scaler is None else scaler.state_dict(),
+                    "meta": checkpoint_meta,
                 },
             )
         if on_epoch is not None:

@@ -31,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, Union
 
@@ -184,8 +185,9 @@ class NeuralVelocity:
             names and/or types, or a predicate ``(name, module) -> bool``.
         storage: where reference outputs live: ``"model"`` (the model's device) or
             ``"cpu"`` / any ``torch.device``.
-        storage_dtype: ``torch.float32`` (exact) or ``torch.float16``/``torch.bfloat16``
-            to halve the memory; sums are always computed in float32.
+        storage_dtype: ``torch.float32`` (exact) or ``torch.bfloat16``/``torch.float16``
+            to halve the memory; sums are always computed in float32. Prefer bfloat16:
+            float16 overflows above 65504 and flushes outputs under ~6e-8 to zero.
         batch_size: probe samples per forward (None: the whole probe at once).
         autocast_dtype: run the probe forward under ``torch.autocast`` with this dtype,
             as an AMP training loop does; outputs are cast to float32 before use.
@@ -215,6 +217,8 @@ class NeuralVelocity:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if storage_dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"storage_dtype must be float32, float16 or bfloat16, got {storage_dtype}")
+        if autocast_dtype not in (None, torch.float16, torch.bfloat16):
+            raise ValueError(f"autocast_dtype must be None, torch.float16 or torch.bfloat16, got {autocast_dtype!r}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
         if storage != "model" and not isinstance(storage, torch.device):
@@ -231,6 +235,7 @@ class NeuralVelocity:
         self.batch_size = batch_size
         self.autocast_dtype = autocast_dtype
         self.layers = select_layers(self.module, layers)
+        self._default_layers = layers is None
         self._state = {n: _LayerState(neuron_axis(m)) for n, m in self.layers.items()}
         self.epoch = -1  # epoch of the last measurement
         self.last_report: VelocityReport | None = None
@@ -332,9 +337,16 @@ class NeuralVelocity:
                 s.refs = []
         self._forward_probe()
         if first:
-            for name, s in self._state.items():
-                if s.calls == 0:
-                    raise ValueError(f"monitored layer {name!r} was not called by the probe forward")
+            silent = [n for n, s in self._state.items() if s.calls == 0]
+            if silent and not self._default_layers:
+                raise ValueError(f"monitored layers {silent} were not called by the probe forward")
+            if silent:  # e.g. MultiheadAttention.out_proj (used through its weight), train-only heads
+                warnings.warn(f"not monitoring {silent}: the probe forward never calls them", stacklevel=2)
+                for n in silent:
+                    del self._state[n], self.layers[n]
+                if not self._state:
+                    raise ValueError("no monitored layer was called by the probe forward")
+            for s in self._state.values():
                 s.ref_sq = self._ref_sq(s)
             self.epoch = 0
             self.last_report = VelocityReport(0, None, None, {}, int(self.probe.shape[0]))

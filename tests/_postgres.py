@@ -23,6 +23,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / ".ci" / "postgres.sh"
 
 
+def _unavailable(reason: str) -> None:
+    """Skip, or fail where PostgreSQL is required (CI sets NEVE_REQUIRE_POSTGRES=1)."""
+    if os.environ.get("NEVE_REQUIRE_POSTGRES"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     url = os.environ.get("NEVE_TEST_POSTGRES_URL")
@@ -37,11 +44,11 @@ def postgres_url() -> Iterator[str]:
             ["bash", str(SCRIPT), "start", str(data)], capture_output=True, text=True, timeout=600
         )
     except (OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"cannot start PostgreSQL: {e}")
+        _unavailable(f"cannot start PostgreSQL: {e}")
     m = re.search(r"NEVE_TEST_POSTGRES_URL=(\S+)", out.stdout)
     if out.returncode != 0 or m is None:
         subprocess.run(["bash", str(SCRIPT), "stop", str(data)], capture_output=True)
-        pytest.skip(f"cannot start PostgreSQL with .ci/postgres.sh: {out.stderr.strip()[-400:]}")
+        _unavailable(f"cannot start PostgreSQL with .ci/postgres.sh: {out.stderr.strip()[-400:]}")
     try:
         yield m.group(1)
     finally:

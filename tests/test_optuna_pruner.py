@@ -78,7 +78,7 @@ def test_pickle_roundtrip_keeps_settings() -> None:
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_velocity_rung_prunes_least_settled(direction, storage) -> None:
     # reduction_factor=2, first rung at epoch 1
-    study = _study(NeVePruner(min_resource=1, reduction_factor=2), direction, storage)
+    study = _study(NeVePruner("velocity", min_resource=1, reduction_factor=2), direction, storage)
     t0 = study.ask()
     assert _report(t0, 1, 0.10) is False  # alone at the rung: promoted
     t1 = study.ask()
@@ -96,7 +96,7 @@ def test_velocity_rung_prunes_least_settled(direction, storage) -> None:
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_velocity_rung_second_rung(direction) -> None:
-    study = _study(NeVePruner(min_resource=1, reduction_factor=2), direction)
+    study = _study(NeVePruner("velocity", min_resource=1, reduction_factor=2), direction)
     t0, t1 = study.ask(), study.ask()
     assert _report(t0, 1, 0.2) is False
     assert _report(t1, 1, 0.1) is False
@@ -109,7 +109,7 @@ def test_velocity_rung_second_rung(direction) -> None:
 
 
 def test_min_early_stopping_rate_moves_first_rung() -> None:
-    study = _study(NeVePruner(min_resource=1, reduction_factor=2, min_early_stopping_rate=2))
+    study = _study(NeVePruner("velocity", min_resource=1, reduction_factor=2, min_early_stopping_rate=2))
     t0, t1 = study.ask(), study.ask()
     for e in (1, 2, 3):
         assert _report(t0, e, 0.01) is False
@@ -120,7 +120,7 @@ def test_min_early_stopping_rate_moves_first_rung() -> None:
 
 def test_seeded_history_rung_values() -> None:
     # 8 finished trials already competed at rung 0 (as SuccessiveHalvingPruner stores it)
-    study = _study(NeVePruner(min_resource=1, reduction_factor=4))
+    study = _study(NeVePruner("velocity", min_resource=1, reduction_factor=4))
     for i, v in enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]):
         study.add_trial(
             optuna.trial.create_trial(
@@ -201,7 +201,7 @@ def test_infinite_bound_turns_rule_off() -> None:
 # ------------------------------------------------------------------ convergence
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_converged_trial_is_never_pruned(direction, storage) -> None:
-    study = _study(NeVePruner(min_resource=1, reduction_factor=2), direction, storage)
+    study = _study(NeVePruner("velocity", min_resource=1, reduction_factor=2), direction, storage)
     t0 = study.ask()
     assert _report(t0, 1, 0.0001) is False
     t1 = study.ask()

@@ -222,7 +222,7 @@ def test_cli_worker_runs_trials(tmp_path, capsys, kind) -> None:
     search = optuna.load_study(study_name="tiny", storage=make_storage(url, heartbeat_interval=None))
     assert len(search.trials) == 2
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in search.trials)
-    assert search.user_attrs[SETTINGS_ATTR]["signal"] == "velocity"
+    assert search.user_attrs[SETTINGS_ATTR]["signal"] == "train_loss"  # the default
     assert (tmp_path / "plots" / "velocity_curves.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "search_history.png").stat().st_size > 1000
 

@@ -110,3 +110,10 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     run_trial(_study(max_epochs=2), {"lr": 0.05, "batch_size": 64}, checkpoint_path=ckpt, evaluate_test=False)
     state = torch.load(ckpt, weights_only=True)
     assert state["epoch"] == 2 and "velocity" in state["controller"]
+
+
+def test_a_checkpoint_of_another_configuration_is_refused(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    run_trial(_study(max_epochs=2), {"lr": 0.05, "batch_size": 64}, checkpoint_path=ckpt, evaluate_test=False)
+    with pytest.raises(ValueError, match="belongs to another run"):
+        run_trial(_study(max_epochs=2), {"lr": 0.01, "batch_size": 64}, checkpoint_path=ckpt, evaluate_test=False)

@@ -309,3 +309,17 @@ def test_model_with_no_layer_to_monitor():
         NeuralVelocity(nn.Sequential(nn.ReLU()), torch.zeros(2, 2))
     with pytest.raises(ValueError, match="not modules of the model"):
         NeuralVelocity(nn.Sequential(nn.Linear(2, 2)), torch.zeros(2, 2), layers=["nope"])
+
+
+def test_default_layers_the_probe_never_calls_are_dropped_with_a_warning():
+    # MultiheadAttention uses out_proj through its weight, never calls it
+    model = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True)
+    nv = NeuralVelocity(model, gaussian_probe((5, 8), 4))
+    with pytest.warns(UserWarning, match="self_attn.out_proj"):
+        nv.measure()
+    assert "self_attn.out_proj" not in nv.layers and "linear1" in nv.layers
+    _perturb(model, 1, scale=0.1)
+    assert nv.measure().model_velocity > 0
+    named = NeuralVelocity(model, gaussian_probe((5, 8), 4), layers=["self_attn.out_proj"])
+    with pytest.raises(ValueError, match="not called by the probe forward"):
+        named.measure()

@@ -100,6 +100,8 @@ def run_search(
     callbacks: list | None = None,
     reuse_actors: bool = True,
     verbose: int = 0,
+    data: Any = None,
+    model_fn: Any = None,
 ) -> Any:
     """Run one Ray Tune search of ``study`` on the connected Ray cluster (``ray.init``
     first; a local one is started if none is) and return its ``ResultGrid``
@@ -110,7 +112,8 @@ def run_search(
     the validation baseline with Ray's ``ASHAScheduler`` on ``val_loss``. Trials are
     sampled from :func:`to_ray_space` with a seeded ``BasicVariantGenerator`` (same seed,
     same configurations); trial ``i`` trains with seed ``seed``. ``storage_path`` must be
-    shared by every node on a cluster. ``resume=True`` restores the experiment
+    shared by every node on a cluster. ``data``/``model_fn`` replace the study's data set
+    and model (see :func:`neve_trainable`). ``resume=True`` restores the experiment
     ``storage_path/name`` with ``Tuner.restore`` and finishes it. ``reuse_actors`` (on by
     default) keeps trial processes between trials: a fresh one spends seconds importing
     torch (see ``benchmarks/ray_trials.py``).
@@ -139,11 +142,11 @@ def run_search(
         ray.init(address="local", include_dashboard=False)
     check_resources_available(res)
 
-    trainable = neve_trainable(study, method=method, seed=seed, device=device, resources=res)
+    trainable = neve_trainable(study, method=method, seed=seed, device=device, resources=res, data=data, model_fn=model_fn)
     sched = _scheduler(scheduler, study, method, grace_period, reduction_factor)
     stop: Any = None
     if method == "neve" and stopper:
-        stop = stopper if isinstance(stopper, NeVeStopper) else NeVeStopper()
+        stop = stopper if isinstance(stopper, NeVeStopper) else NeVeStopper(grace_period=study.min_epochs)
     elif not isinstance(stopper, bool):
         stop = stopper
     storage = str(Path(storage_path).resolve()) if storage_path is not None else None

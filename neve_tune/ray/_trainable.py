@@ -20,7 +20,7 @@ from ray import tune
 
 from ..data import DataBundle
 from ..models import create_model
-from ..study import METHODS, Choice, IntUniform, LogUniform, Study, Uniform, load_study, resolve_device, run_trial
+from ..study import METHODS, Choice, IntUniform, LogUniform, Study, Uniform, load_study, resolve_device, run_trial, trial_objective
 from ..train import METRIC_NAMES, Cost, evaluate, load_checkpoint
 
 __all__ = [
@@ -138,24 +138,14 @@ def _check_config(study: Study, config: Mapping[str, Any]) -> tuple[dict[str, An
     return study.config(sampled), seed
 
 
-def _summary(method: str, state: Mapping[str, Any], model: Any, bundle: DataBundle, device: Any, amp: str | None) -> dict[str, Any]:
+def _summary(study: Study, method: str, state: Mapping[str, Any], model: Any, bundle: DataBundle, device: Any) -> dict[str, Any]:
     import torch
 
     history = state["history"]
     controller = state["controller"]
-    last = history[-1] if history else {}
-    if method == "asha":
-        objective = last.get("val_loss", float("nan"))
-        best_epoch = len(history)
-    elif method == "asha_es":
-        best = controller.get("best_loss", math.inf)
-        objective = best if math.isfinite(best) else float("nan")
-        best_epoch = int(controller.get("best_epoch", 0))
-    else:
-        objective = last.get("train_loss", float("nan"))
-        best_epoch = len(history)
+    objective, best_epoch = trial_objective(study, method, history, controller)
     cost = Cost(**state["cost"]).as_dict(len(bundle.train))  # type: ignore[arg-type]
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp or "")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(study.amp or "")
     test_loss, test_acc, _ = evaluate(model, bundle.test, device=device, amp_dtype=amp_dtype)
     return {
         "test_acc": float(test_acc),
@@ -187,7 +177,9 @@ def _set_threads() -> None:
     torch.set_num_threads(max(1, int(cpus)))
 
 
-def _make_train_fn(study: Study, method: str, seed: int | None, device: Any) -> Callable[..., None]:
+def _make_train_fn(
+    study: Study, method: str, seed: int | None, device: Any, user_model_fn: Callable[[], Any] | None = None
+) -> Callable[..., None]:
     def train(config: dict[str, Any], data: DataBundle | None = None) -> None:
         cfg, config_seed = _check_config(study, config)
         trial_seed = config_seed if config_seed is not None else (seed if seed is not None else 0)
@@ -198,7 +190,10 @@ def _make_train_fn(study: Study, method: str, seed: int | None, device: Any) -> 
         holder: dict[str, Any] = {}
 
         def model_fn() -> Any:
-            holder["model"] = create_model(study.model, bundle.num_classes, bundle.input_shape, **study.model_options)
+            if user_model_fn is not None:
+                holder["model"] = user_model_fn()
+            else:
+                holder["model"] = create_model(study.model, bundle.num_classes, bundle.input_shape, **study.model_options)
             return holder["model"]
 
         workdir = Path(tempfile.mkdtemp(prefix="neve_trial_"))
@@ -218,7 +213,7 @@ def _make_train_fn(study: Study, method: str, seed: int | None, device: Any) -> 
                 cost = Cost(**state["cost"])  # type: ignore[arg-type]
                 metrics = dict(m, epochs_equiv=cost.epochs_equiv(len(bundle.train)), node_id=node_id)
                 if state["controller"]["stopped_by"] is not None:  # the trial's last epoch
-                    metrics.update(_summary(method, state, holder["model"], bundle, dev, study.amp), done=True)
+                    metrics.update(_summary(study, method, state, holder["model"], bundle, dev), done=True)
                     finished["reported"] = True
                 _report(metrics, local)
 
@@ -230,7 +225,7 @@ def _make_train_fn(study: Study, method: str, seed: int | None, device: Any) -> 
                 # restored from a checkpoint of the last epoch whose report never arrived
                 state = load_checkpoint(local)
                 metrics = dict(record["history"][-1], node_id=node_id)
-                metrics.update(_summary(method, state, holder["model"], bundle, dev, study.amp), done=True)
+                metrics.update(_summary(study, method, state, holder["model"], bundle, dev), done=True)
                 _report(metrics, local)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -247,6 +242,7 @@ def neve_trainable(
     device: str | None = None,
     data: DataBundle | None = None,
     resources: Mapping[str, float] | None = None,
+    model_fn: Callable[[], Any] | None = None,
 ) -> Any:
     """A Ray Tune function trainable that trains one configuration of ``study``.
 
@@ -276,6 +272,8 @@ def neve_trainable(
             object store (``tune.with_parameters``); default: each trial loads the study's.
         resources: per-trial resources, default ``study.resources`` (e.g.
             ``{"cpu": 1, "gpu": 0.25}``: four trials share one GPU).
+        model_fn: a factory of fresh models replacing the study's model (pickled to the
+            workers with the trainable).
 
     Example::
 
@@ -295,7 +293,7 @@ def neve_trainable(
         raise TypeError(f"data must be a neve_tune.data.DataBundle or None, got {type(data).__name__}")
     res = check_resources(resources if resources is not None else study.resources,
                           name="resources" if resources is not None else f"study {study.name!r} resources")
-    fn: Any = _make_train_fn(study, method, seed, device)
+    fn: Any = _make_train_fn(study, method, seed, device, model_fn)
     if data is not None:
         fn = tune.with_parameters(fn, data=data)
     return tune.with_resources(fn, res)
