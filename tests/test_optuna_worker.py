@@ -227,7 +227,7 @@ def test_cli_worker_runs_trials(tmp_path, capsys, kind) -> None:
     assert (tmp_path / "plots" / "search_history.png").stat().st_size > 1000
 
     # a second worker with other pruner settings is refused, with what differs
-    assert main([*args[:-2], "--signal", "train_loss"]) == 2
+    assert main([*args[:-2], "--signal", "velocity"]) == 2
     err = capsys.readouterr().err
     assert "NeVePruner settings" in err and "signal" in err and "Traceback" not in err
     # ... and one with another method too
