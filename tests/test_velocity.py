@@ -323,3 +323,24 @@ def test_default_layers_the_probe_never_calls_are_dropped_with_a_warning():
     named = NeuralVelocity(model, gaussian_probe((5, 8), 4), layers=["self_attn.out_proj"])
     with pytest.raises(ValueError, match="not called by the probe forward"):
         named.measure()
+
+
+def test_outputs_modified_in_place_downstream_are_copied_not_kept():
+    torch.manual_seed(0)
+    # BatchNorm output is rewritten by ReLU(inplace=True); the Linear output is not touched
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(144, 3))
+    probe = gaussian_probe((1, 8, 8), 6)
+    nv = NeuralVelocity(model, probe)
+    nv.measure()
+    assert nv._copied == {"1"}
+    outs = []
+    for step in range(3):
+        _perturb(model, step, scale=0.05)
+        with torch.no_grad():
+            model.eval()
+            bn = model[1](model[0](probe)).clone()
+            outs.append(bn)
+        rep = nv.measure()
+    # the stored BN reference is the pre-ReLU output of the last measurement
+    assert torch.allclose(nv._state["1"].refs[0], outs[-1], atol=1e-6)
+    assert rep.layers["1"].shape == (4,)
