@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import optuna
@@ -28,7 +29,7 @@ from neve_tune.optuna import (
     suggest_config,
     trial_history,
 )
-from neve_tune.optuna._storage import normalize_url, storage_kind
+from neve_tune.optuna._storage import SQLiteRDBStorage, normalize_url, storage_kind
 from neve_tune.study import Choice, IntUniform, LogUniform, Study, Uniform, run_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -97,6 +98,58 @@ def test_unreachable_storage_is_a_clear_error() -> None:
         make_storage("postgresql://neve:hunter2@127.0.0.1:1/nothing")
     assert "cannot reach storage" in str(e.value) and "hunter2" not in str(e.value)
     assert make_storage(None) is None
+
+
+def _pop_concurrently(url: str, workers: int = 3, each: int = 20) -> list[int]:
+    """Enqueue ``workers * each`` trials, then let ``workers`` threads (each with its own
+    storage, i.e. its own SQLite connections, as separate worker processes have) ask for
+    ``each`` trials at once; the trial numbers they got."""
+    study = optuna.create_study(study_name="queue", storage=make_storage(url, heartbeat_interval=None))
+    for i in range(workers * each):
+        study.enqueue_trial({"x": float(i)})
+    barrier = threading.Barrier(workers)
+    popped: list[int] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            s = optuna.load_study(study_name="queue", storage=make_storage(url, heartbeat_interval=None))
+            barrier.wait()
+            for _ in range(each):
+                popped.append(s.ask().number)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return popped
+
+
+def test_sqlite_workers_never_pop_the_same_enqueued_trial(tmp_path) -> None:
+    """Regression: on SQLite two workers could both take the same WAITING trial (the state
+    check ran outside the write transaction), train it twice, and the second one's tell
+    failed with "Cannot tell a COMPLETE trial" (benchmarks/optuna_workers.py, 2 workers).
+    With plain RDBStorage this popped about 15 of 60 trials twice."""
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    assert isinstance(make_storage(url, heartbeat_interval=None), SQLiteRDBStorage)
+    popped = _pop_concurrently(url)
+    assert len(popped) == 60 and len(set(popped)) == 60, sorted(popped)
+
+    # refused state changes (a finished trial; a running one asked to start) release the
+    # write lock: another connection that waits at most 1 s can still write
+    storage = make_storage(url, heartbeat_interval=None)
+    first, second = optuna.load_study(study_name="queue", storage=storage).trials[:2]
+    assert storage.set_trial_state_values(first._trial_id, TrialState.COMPLETE, [1.0]) is True
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_state_values(first._trial_id, TrialState.FAIL)
+    assert storage.set_trial_state_values(second._trial_id, TrialState.RUNNING) is False
+    impatient = SQLiteRDBStorage(url, engine_kwargs={"connect_args": {"timeout": 1}})
+    assert impatient.set_trial_state_values(second._trial_id, TrialState.COMPLETE, [2.0]) is True
+    assert storage.get_trial(second._trial_id).value == 2.0
 
 
 # ------------------------------------------------------------------ search space

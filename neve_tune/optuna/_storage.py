@@ -6,7 +6,9 @@ shorthands for journal files):
 - ``None``, ``""`` or ``":memory:"``: an in-memory storage (one process only);
 - an SQLAlchemy URL (``sqlite:///search.db``, ``postgresql://user:pw@host/db``,
   ``mysql+pymysql://...``): an :class:`optuna.storages.RDBStorage`, with heartbeats so a
-  killed worker's trial is failed and retried (``RetryHeartbeatStaleTrialCallback``);
+  killed worker's trial is failed and retried (``RetryHeartbeatStaleTrialCallback``).
+  SQLite gets :class:`SQLiteRDBStorage`, whose trial state changes are atomic across
+  processes (see there);
 - ``journal:PATH``, or a path ending in ``.log``/``.journal``/``.jsonl``: a journal file
   (:class:`optuna.storages.JournalStorage` over ``JournalFileBackend``). Journal storages
   have no heartbeats; use an RDB storage where workers may die.
@@ -22,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.trial import TrialState
 
-__all__ = ["redact_url", "make_storage", "normalize_url", "storage_kind", "StorageError"]
+__all__ = ["redact_url", "make_storage", "normalize_url", "storage_kind", "StorageError", "SQLiteRDBStorage"]
 
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 _PASSWORD_RE = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/@:]*):(?P<pw>[^@/]*)@")
@@ -111,6 +114,41 @@ def storage_kind(url: str | None) -> str:
     )
 
 
+class SQLiteRDBStorage(RDBStorage):
+    """An :class:`~optuna.storages.RDBStorage` on SQLite whose trial state changes are
+    atomic across processes.
+
+    ``RDBStorage.set_trial_state_values`` reads the trial's state with ``SELECT ... FOR
+    UPDATE``, checks it, then writes the new one. SQLite has no ``FOR UPDATE`` (SQLAlchemy
+    drops it) and Python's ``sqlite3`` driver begins a transaction only at the first write,
+    so the check reads a state another process may be changing at that moment. Two
+    workers could both pop the same enqueued (WAITING) trial, both train it, and the
+    second to finish then failed with ``Cannot tell a COMPLETE trial``; two workers could
+    also both fail the same stale trial and retry it twice. Here a no-op ``UPDATE`` of the
+    trial first takes SQLite's write lock (waiting for it under the busy timeout), so the
+    check and the write form one transaction no other process can interleave with.
+    """
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        import sqlalchemy
+
+        session = self.scoped_session()
+        try:
+            session.execute(
+                sqlalchemy.text("UPDATE trials SET state = state WHERE trial_id = :trial_id"), {"trial_id": trial_id}
+            )
+        except Exception as e:
+            session.rollback()
+            session.close()
+            if isinstance(e, sqlalchemy.exc.SQLAlchemyError):  # as RDBStorage reports it
+                raise optuna.exceptions.StorageInternalError(f"cannot lock trial {trial_id} for a state change: {e}") from e
+            raise
+        # RDBStorage's own session is this thread's same scoped session, so its read, check
+        # and write run in the transaction that now holds the lock; it commits (or rolls
+        # back) and closes it.
+        return super().set_trial_state_values(trial_id, state, values)
+
+
 def make_storage(
     url: str | None,
     *,
@@ -166,7 +204,8 @@ def make_storage(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            cls = SQLiteRDBStorage if url.startswith("sqlite") else optuna.storages.RDBStorage
+            return cls(url, engine_kwargs=engine_kwargs, **kwargs)
     except ImportError as e:
         raise StorageError(f"storage {redact_url(given)!r} needs a database driver that is not installed: {e}") from None
     except Exception as e:  # sqlalchemy.exc.OperationalError, ArgumentError, ...
