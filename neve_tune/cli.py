@@ -18,9 +18,9 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-__all__ = ["main", "CLIError"]
+__all__ = ["main", "CLIError", "json_safe", "write_json"]
 
 # subcommand -> (module providing add_cli, one-line help)
 PLUGINS: dict[str, tuple[str, str]] = {
@@ -112,15 +112,16 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_safe(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
+    """``x`` as strict JSON values: tensors/numpy scalars unwrapped, NaN and inf as None."""
+    if isinstance(x, Mapping):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if hasattr(x, "item") and callable(x.item):
+        x = x.item()
     if isinstance(x, float) and not math.isfinite(x):
         return None
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if hasattr(x, "item") and callable(x.item):
-        return _json_safe(x.item())
     return x
 
 
@@ -128,7 +129,7 @@ def write_json(path: str | Path, obj: Any) -> None:
     """Strict JSON (non-finite numbers become null)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(obj), indent=2, allow_nan=False) + "\n")
+    path.write_text(json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:

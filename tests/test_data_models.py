@@ -3,7 +3,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from neve_tune import NeuralVelocity, gaussian_probe
 from neve_tune.data import get_dataset, validation_split

@@ -33,6 +33,8 @@ from typing import Any, Mapping
 from optuna.study import StudyDirection
 from optuna.trial import BaseTrial, FrozenTrial
 
+from ..cli import json_safe
+
 __all__ = [
     "EPOCH_ATTR_PREFIX",
     "REPORT_SIGNALS",
@@ -63,18 +65,6 @@ def direction_sign(direction: StudyDirection) -> float:
 
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _json_value(x: Any) -> Any:
-    if hasattr(x, "item") and callable(x.item) and not isinstance(x, (list, tuple, dict)):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, Mapping):
-        return {str(k): _json_value(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_value(v) for v in x]
-    return x
 
 
 def _study_direction(trial: BaseTrial) -> StudyDirection:
@@ -126,7 +116,7 @@ def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = 
     known_steps = frozen.intermediate_values if frozen is not None else {}
     key = epoch_key(step)
     if key not in trial.user_attrs:
-        trial.set_user_attr(key, _json_value(dict(metrics)))
+        trial.set_user_attr(key, json_safe(dict(metrics)))
     if step not in known_steps:
         trial.report(value, step)
     return value
