@@ -407,6 +407,11 @@ def compare(
     if bad or not searches:
         raise ValueError(f"searches must be a non-empty subset of {SEARCHES}, got {list(searches)}")
     bar = tqdm(total=trials * len(searches) * repeats, desc="trials", unit="trial", disable=not progress)
+    started_ray = False
+    if backend == "ray":
+        import ray
+
+        started_ray = not ray.is_initialized()
     runs = []
     train_size = 0
     t0 = time.perf_counter()
@@ -424,6 +429,10 @@ def compare(
                 bar.write(_run_line(run))
     finally:
         bar.close()
+        if started_ray:  # a Ray that compare started is compare's to stop
+            import ray
+
+            ray.shutdown()
     result = {
         "study": study.name,
         "backend": backend,

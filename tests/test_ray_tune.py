@@ -47,6 +47,8 @@ MAX_EPOCHS = 8
 
 @pytest.fixture(scope="module")
 def ray_2cpus():
+    if ray.is_initialized():  # a Ray left by an earlier test module would have other resources
+        ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
