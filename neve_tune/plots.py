@@ -63,8 +63,8 @@ def plot_velocity_curves(
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, hist in histories.items():
         xs, ys = _series(hist, "velocity")
-        if ys:
-            ax.plot(xs, ys, lw=1, alpha=0.8, label=label)
+        if ys:  # trials pruned after an epoch or two show as dots
+            ax.plot(xs, ys, lw=1, alpha=0.8, label=label, marker="." if len(ys) < 3 else None)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("model velocity")
