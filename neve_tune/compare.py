@@ -198,7 +198,7 @@ def epochs_by_rung(trials: Sequence[Mapping[str, Any]], max_epochs: int) -> dict
     return out
 
 
-def _anytime(trials: Sequence[Mapping[str, Any]], full: int) -> tuple[list[list[float]], Mapping[str, Any] | None]:
+def _anytime(trials: Sequence[Mapping[str, Any]]) -> tuple[list[list[float]], Mapping[str, Any] | None]:
     """[cumulative cost, test acc of the best-so-far configuration] after each trial."""
     curve: list[list[float]] = []
     spent = 0.0
@@ -214,7 +214,7 @@ def _anytime(trials: Sequence[Mapping[str, Any]], full: int) -> tuple[list[list[
     return curve, best
 
 
-def _total(trials: Iterable[Mapping[str, Any]], full: int) -> Cost:
+def _total(trials: Iterable[Mapping[str, Any]]) -> Cost:
     total = Cost()
     for t in trials:
         c = t["cost"]
@@ -234,8 +234,8 @@ def _search_record(
     model_fn: Callable[[], torch.nn.Module] | None,
 ) -> dict[str, Any]:
     full = len(data.train)
-    curve, best = _anytime(trials, full)
-    search_cost = _total(trials, full)
+    curve, best = _anytime(trials)
+    search_cost = _total(trials)
     final_cost = search_cost
     record: dict[str, Any] = {
         "method": method,
@@ -264,7 +264,7 @@ def _search_record(
         anytime=curve,
         epochs_by_rung=epochs_by_rung(trials, study.max_epochs),
         stopped_by=stopped,
-        trials=[{k: v for k, v in t.items() if k not in ("lrs", "velocity")} | {"velocity": t["velocity"]} for t in trials],
+        trials=[{k: v for k, v in t.items() if k != "lrs"} for t in trials],
     )
     return record
 

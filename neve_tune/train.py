@@ -231,7 +231,8 @@ def fit(
     """Train ``model`` until ``controller`` stops.
 
     ``on_epoch(metrics)`` is called after each epoch's checkpoint is written, with the
-    DESIGN metric names (plus ``val_loss``/``val_acc`` when ``val_set`` is given); it may
+    DESIGN metric names plus ``stopped_by`` (None until the last epoch; and
+    ``val_loss``/``val_acc`` when ``val_set`` is given); it may
     raise (e.g. ``optuna.TrialPruned``) to end the run. Epochs restored from
     ``checkpoint_path`` are not reported again. ``checkpoint_meta`` (e.g. the run's
     config) is stored with each checkpoint; resuming from one whose meta differs raises.
@@ -307,6 +308,7 @@ def fit(
             "train_samples": cost.train_samples,
             "probe_samples": cost.probe_samples,
             "eval_samples": cost.eval_samples,
+            "stopped_by": controller.stopped_by,  # None until the run's last epoch
             **extra,
         }
         history.append(metrics)

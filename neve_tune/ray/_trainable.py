@@ -209,11 +209,11 @@ def _make_train_fn(
                     shutil.copy2(src, local)
 
             def on_epoch(m: dict[str, Any]) -> None:
-                state = load_checkpoint(local)
-                cost = Cost(**state["cost"])  # type: ignore[arg-type]
+                cost = Cost(m["train_samples"], m["probe_samples"], m["eval_samples"])
                 metrics = dict(m, epochs_equiv=cost.epochs_equiv(len(bundle.train)), node_id=node_id)
-                if state["controller"]["stopped_by"] is not None:  # the trial's last epoch
-                    metrics.update(_summary(study, method, state, holder["model"], bundle, dev), done=True)
+                del metrics["stopped_by"]  # reported with the summary, on the last epoch only
+                if m["stopped_by"] is not None:  # the trial's last epoch: read its whole state once
+                    metrics.update(_summary(study, method, load_checkpoint(local), holder["model"], bundle, dev), done=True)
                     finished["reported"] = True
                 _report(metrics, local)
 
