@@ -18,7 +18,9 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
+
+from ._json import json_safe, write_json
 
 __all__ = ["main", "CLIError", "json_safe", "write_json"]
 
@@ -110,26 +112,6 @@ def _train(args: argparse.Namespace) -> int:
         plot_history(record["history"], plot_path, title=f"{study.name}: lr={config['lr']:g}, threshold={config['threshold']:g}")
         print(f"wrote {plot_path}")
     return 0
-
-
-def json_safe(x: Any) -> Any:
-    """``x`` as strict JSON values: tensors/numpy scalars unwrapped, NaN and inf as None."""
-    if isinstance(x, Mapping):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    if hasattr(x, "item") and callable(x.item):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Strict JSON (non-finite numbers become null)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:

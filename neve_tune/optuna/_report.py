@@ -33,7 +33,7 @@ from typing import Any, Mapping
 from optuna.study import StudyDirection
 from optuna.trial import BaseTrial, FrozenTrial
 
-from ..cli import json_safe
+from .._json import json_safe
 
 __all__ = [
     "EPOCH_ATTR_PREFIX",

@@ -1,0 +1,129 @@
+"""Argument checks shared by every module: one wording for every bad value.
+
+Each check raises ``TypeError`` (wrong kind) or ``ValueError`` (out of range) naming the
+parameter, the value and what is allowed, and returns the value converted to a plain
+Python number, so NumPy scalars and 0-d tensors are accepted wherever a number is.
+
+    >>> check_int("trials", 20, minimum=1)
+    20
+    >>> check_int("trials", 0, minimum=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: trials must be an int >= 1, got 0
+    >>> check_float("threshold", 1e-3, positive=True)
+    0.001
+    >>> to_float("velocity", None, allow_none=True) is None
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+__all__ = ["check_choice", "check_float", "check_int", "is_finite", "to_float"]
+
+
+def _unwrap(value: Any) -> Any:
+    """A NumPy scalar or a one-element tensor/array as a Python scalar; others unchanged."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    item = getattr(value, "item", None)
+    if callable(item):
+        size = getattr(value, "size", None)
+        n = size() if callable(size) and not isinstance(size, int) else size
+        numel = getattr(value, "numel", None)
+        if callable(numel):
+            n = numel()
+        if n in (None, 1):
+            try:
+                return item()
+            except (TypeError, ValueError):
+                return value
+    return value
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool) or type(value).__name__ in ("bool_", "bool")
+
+
+def check_int(name: str, value: Any, *, minimum: int | None = None, allow_none: bool = False) -> int | None:
+    """``value`` as an ``int`` (bools refused), at least ``minimum`` when given."""
+    value = _unwrap(value)
+    if value is None and allow_none:
+        return None
+    allowed = "an int" + (f" >= {minimum}" if minimum is not None else "") + (" or None" if allow_none else "")
+    if _is_bool(value) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {allowed}, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def check_float(
+    name: str,
+    value: Any,
+    *,
+    positive: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_none: bool = False,
+) -> float | None:
+    """``value`` as a finite ``float`` (bools refused) inside the given bounds."""
+    value = _unwrap(value)
+    if value is None and allow_none:
+        return None
+    if positive:
+        low, low_open = 0.0, True
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high:g}")
+    allowed = "a finite number" + (" " + " and ".join(parts) if parts else "") + (" or None" if allow_none else "")
+    if _is_bool(value) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {allowed}, got {value!r}")
+    value = float(value)
+    ok = math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple | list) -> Any:
+    """``value`` if it is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def to_float(name: str, value: Any, *, allow_none: bool = False) -> float | None:
+    """A reported number (Python, NumPy or 0-d tensor) as a ``float``; NaN/inf kept.
+
+    ``None`` is returned only when ``allow_none``; anything that is not a real number
+    raises ``TypeError`` naming ``name``.
+    """
+    value = _unwrap(value)
+    if value is None:
+        if allow_none:
+            return None
+        raise TypeError(f"{name} must be a number, got None")
+    if _is_bool(value) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number (Python, NumPy or 0-d tensor), got {value!r}")
+    return float(value)
+
+
+def is_finite(value: Any) -> bool:
+    """True for a finite real number (Python, NumPy or 0-d tensor); False for None, NaN, inf."""
+    value = _unwrap(value)
+    if value is None or _is_bool(value) or not isinstance(value, numbers.Real):
+        return False
+    return math.isfinite(float(value))
