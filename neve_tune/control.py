@@ -1,43 +1,69 @@
 """Per-trial controllers: what happens to the learning rate and whether to go on.
 
-:class:`NeVe` (DESIGN section 2) needs no held-out data: after each epoch it measures the
+:class:`NeVe` (docs/design.md, "The controller") needs no held-out data: after each epoch it measures the
 velocity, steps torch's ``ReduceLROnPlateau`` on the velocity change (or the velocity),
 and stops once the velocity is under ``threshold``. :class:`ValidationControl` is the
 validation-based baseline: ``ReduceLROnPlateau`` on validation loss, a fixed epoch cap and,
-optionally, early stopping on validation loss.
+optionally, early stopping on validation loss. :class:`LRReplay` replays a recorded
+learning-rate schedule (the final retrain of a validation-based search).
 
-Both expose the same small interface, used by :func:`neve_tune.train.fit`:
-``start()``, ``step(train_loss, val_loss=None) -> dict``, ``should_stop``, ``stopped_by``,
-``state_dict()`` / ``load_state_dict()``.
+All three implement :class:`Controller`, the interface :func:`neve_tune.train.fit` uses.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from ._checks import check_choice, check_float, check_int, is_finite
 from .velocity import NeuralVelocity
 
-__all__ = ["NeVe", "ValidationControl", "check_epochs"]
+__all__ = ["Controller", "LRReplay", "NeVe", "ValidationControl", "check_epochs"]
 
 LR_SIGNALS = ("velocity_change", "velocity")
 
 
+@runtime_checkable
+class Controller(Protocol):
+    """What :func:`neve_tune.train.fit` needs from a per-trial controller.
+
+    ``start()`` runs before the first epoch (NeVe records its reference outputs there);
+    ``step(train_loss, val_loss=None)`` closes an epoch and returns its metrics (at
+    least ``epoch``, ``lr``, ``diverged``); ``stopped_by`` is None while the run goes on;
+    ``probe_samples`` is the forward-only samples one ``step`` costs.
+    """
+
+    epoch: int
+    stopped_by: str | None
+
+    @property
+    def should_stop(self) -> bool: ...
+
+    @property
+    def probe_samples(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def step(self, train_loss: float, val_loss: float | None = None) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None: ...
+
+
 def check_epochs(min_epochs: int, max_epochs: int) -> None:
-    for name, v in (("min_epochs", min_epochs), ("max_epochs", max_epochs)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int, got {v!r}")
-    if max_epochs < 1:
-        raise ValueError(f"max_epochs must be at least 1, got {max_epochs}")
-    if not 0 <= min_epochs <= max_epochs:
+    check_int("max_epochs", max_epochs, minimum=1)
+    check_int("min_epochs", min_epochs, minimum=0)
+    if min_epochs > max_epochs:
         raise ValueError(f"min_epochs must be in [0, max_epochs={max_epochs}], got {min_epochs}")
 
 
 def _finite(x: float | None) -> bool:
-    return x is None or math.isfinite(x)
+    """A metric that is absent (None) or a finite number; NaN/inf mean divergence."""
+    return x is None or is_finite(x)
 
 
 def _lr(optimizer: torch.optim.Optimizer) -> float:
@@ -81,12 +107,8 @@ class NeVe:
         factor: float = 0.5,
         patience: int = 10,
     ) -> None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise TypeError(f"threshold must be a positive float, got {threshold!r}")
-        if not (threshold > 0 and math.isfinite(threshold)):
-            raise ValueError(f"threshold must be a positive finite float, got {threshold}")
-        if lr_signal not in LR_SIGNALS:
-            raise ValueError(f"lr_signal must be one of {LR_SIGNALS}, got {lr_signal!r}")
+        threshold = check_float("threshold", threshold, positive=True)
+        check_choice("lr_signal", lr_signal, LR_SIGNALS)
         if not isinstance(velocity, NeuralVelocity):
             raise TypeError(f"velocity must be a NeuralVelocity, got {type(velocity).__name__}")
         check_epochs(min_epochs, max_epochs)
@@ -186,8 +208,7 @@ class ValidationControl:
         early_stopping: int | None = None,
     ) -> None:
         check_epochs(0, max_epochs)
-        if early_stopping is not None and (not isinstance(early_stopping, int) or early_stopping < 1):
-            raise ValueError(f"early_stopping must be a positive int or None, got {early_stopping!r}")
+        check_int("early_stopping", early_stopping, minimum=1, allow_none=True)
         self.optimizer = optimizer
         self.max_epochs = max_epochs
         self.early_stopping = early_stopping
@@ -239,3 +260,60 @@ class ValidationControl:
         self.best_loss = float(state_dict["best_loss"])
         self.best_epoch = int(state_dict["best_epoch"])
         self.scheduler.load_state_dict(dict(state_dict["scheduler"]))
+
+
+class LRReplay:
+    """Replays a recorded per-epoch learning-rate schedule for ``len(lrs)`` epochs.
+
+    A validation-based search retrains its best configuration on all training data this
+    way: the same learning rates its trial saw, without the held-out split. It stops at
+    the end of the schedule (``"max_epochs"``) or on a non-finite loss (``"diverged"``).
+
+        >>> import torch
+        >>> opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+        >>> replay = LRReplay(opt, [0.1, 0.05])
+        >>> [replay.step(0.5)["lr"] for _ in range(2)], replay.stopped_by
+        ([0.1, 0.05], 'max_epochs')
+    """
+
+    probe_samples = 0
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lrs: Sequence[float]) -> None:
+        if not lrs:
+            raise ValueError("lr_schedule must hold at least one epoch")
+        self.optimizer = optimizer
+        self.lrs = [check_float(f"lr_schedule[{i}]", lr, positive=True) for i, lr in enumerate(lrs)]
+        self.epoch = 0
+        self.stopped_by: str | None = None
+        self._set(0)
+
+    def _set(self, i: int) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = float(self.lrs[i])
+
+    @property
+    def should_stop(self) -> bool:
+        return self.stopped_by is not None
+
+    def start(self) -> None:
+        pass
+
+    def step(self, train_loss: float, val_loss: float | None = None) -> dict[str, Any]:
+        lr = _lr(self.optimizer)
+        self.epoch += 1
+        diverged = not _finite(train_loss)
+        if diverged:
+            self.stopped_by = "diverged"
+        elif self.epoch >= len(self.lrs):
+            self.stopped_by = "max_epochs"
+        else:
+            self._set(self.epoch)
+        return {"epoch": self.epoch, "lr": lr, "diverged": diverged}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "stopped_by": self.stopped_by}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.epoch, self.stopped_by = int(state_dict["epoch"]), state_dict["stopped_by"]
+        if self.stopped_by is None:
+            self._set(self.epoch)

@@ -6,7 +6,7 @@ checkpoint (model, optimizer, controller with its velocity state, history, cost,
 atomically. Called again with the same ``checkpoint_path`` it resumes after the last
 finished epoch, so the velocity series continues as if the run had never stopped.
 
-Cost is counted, not guessed (DESIGN section 4): ``train_samples`` (forward+backward),
+Cost is counted, not guessed (docs/design.md, "Cost model"): ``train_samples`` (forward+backward),
 ``probe_samples`` and ``eval_samples`` (forward only), ``wall_s``. ``epochs_equiv``
 expresses it in full-data training epochs, a forward-only sample counting one third
 of a trained one (the usual forward:backward = 1:2 FLOP ratio).
@@ -26,53 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-__all__ = ["Cost", "FitResult", "batches", "evaluate", "fit", "train_epoch", "load_checkpoint"]
+from ._checks import check_int
+from .records import METRIC_NAMES, Cost
 
-METRIC_NAMES = (
-    "epoch",
-    "velocity",
-    "velocity_change",
-    "train_loss",
-    "train_acc",
-    "lr",
-    "neve_stop",
-    "diverged",
-    "epoch_time_s",
-    "train_samples",
-    "probe_samples",
-    "eval_samples",
-)
-FORWARD_FRACTION = 1.0 / 3.0  # cost of a forward-only sample relative to a trained one
-
-
-@dataclass
-class Cost:
-    """Samples processed and seconds spent; add them with ``+``."""
-
-    train_samples: int = 0
-    probe_samples: int = 0
-    eval_samples: int = 0
-    wall_s: float = 0.0
-
-    def __add__(self, other: "Cost") -> "Cost":
-        return Cost(
-            self.train_samples + other.train_samples,
-            self.probe_samples + other.probe_samples,
-            self.eval_samples + other.eval_samples,
-            self.wall_s + other.wall_s,
-        )
-
-    def epochs_equiv(self, full_train_size: int) -> float:
-        """Cost in full-data training epochs (forward-only samples count 1/3)."""
-        fwd = self.probe_samples + self.eval_samples
-        return (self.train_samples + FORWARD_FRACTION * fwd) / float(full_train_size)
-
-    def as_dict(self, full_train_size: int | None = None) -> dict[str, float]:
-        d: dict[str, float] = asdict(self)
-        if full_train_size:
-            d["epochs_equiv"] = self.epochs_equiv(full_train_size)
-        return d
-
+__all__ = ["Cost", "FitResult", "METRIC_NAMES", "batches", "evaluate", "fit", "train_epoch", "load_checkpoint"]
 
 @dataclass
 class FitResult:
@@ -231,14 +188,13 @@ def fit(
     """Train ``model`` until ``controller`` stops.
 
     ``on_epoch(metrics)`` is called after each epoch's checkpoint is written, with the
-    DESIGN metric names plus ``stopped_by`` (None until the last epoch; and
+    metric names (:data:`neve_tune.records.METRIC_NAMES`) plus ``stopped_by`` (None until the last epoch; and
     ``val_loss``/``val_acc`` when ``val_set`` is given); it may
     raise (e.g. ``optuna.TrialPruned``) to end the run. Epochs restored from
     ``checkpoint_path`` are not reported again. ``checkpoint_meta`` (e.g. the run's
     config) is stored with each checkpoint; resuming from one whose meta differs raises.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_int("batch_size", batch_size, minimum=1)
     if len(train_set) == 0:  # type: ignore[arg-type]
         raise ValueError("train_set is empty")
     device = torch.device(device)

@@ -25,7 +25,7 @@ from neve_tune.ray import (  # noqa: E402
     to_ray_space,
 )
 from neve_tune.ray._scheduler import STATE_FILE  # noqa: E402
-from neve_tune.study import Choice, IntUniform, LogUniform, Uniform, load_study  # noqa: E402
+from neve_tune import Choice, IntUniform, LogUniform, Uniform, load_study  # noqa: E402
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 

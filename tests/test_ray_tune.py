@@ -34,8 +34,9 @@ from neve_tune.ray import (  # noqa: E402
     to_ray_space,
 )
 from neve_tune.ray._scheduler import STATE_FILE  # noqa: E402
-from neve_tune.study import Choice, LogUniform, load_study, run_trial  # noqa: E402
-from neve_tune.train import METRIC_NAMES, load_checkpoint  # noqa: E402
+from neve_tune import Choice, LogUniform, load_study, run_trial  # noqa: E402
+from neve_tune.records import METRIC_NAMES
+from neve_tune.train import load_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -132,7 +133,7 @@ def test_cli_ray_run_neve(ray_2cpus, study, tmp_path, capsys):
         "'threshold': LogUniform(0.09, 0.2), 'batch_size': Choice([64, 128])})\n"
     )
     out_json = tmp_path / "out.json"
-    code = cli_main(["ray", "run", str(study_file), "--num-samples", "2", "--storage-path", str(tmp_path / "runs"),
+    code = cli_main(["ray", "run", str(study_file), "--trials", "2", "--storage-path", str(tmp_path / "runs"),
                      "--name", "cli", "--json", str(out_json), "--seed", "3"])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -246,8 +247,8 @@ def test_crashed_trial_resumes_with_the_same_velocity_series(ray_2cpus, study, t
         ref = run_trial(study, {k: v for k, v in config.items() if k != "seed"}, seed=5, data=clean, evaluate_test=False)
     finally:
         torch.set_num_threads(threads)
-    assert list(history["velocity"]) == [h["velocity"] for h in ref["history"]]
-    assert list(history["train_loss"]) == [h["train_loss"] for h in ref["history"]]
+    assert list(history["velocity"]) == [h["velocity"] for h in ref.history]
+    assert list(history["train_loss"]) == [h["train_loss"] for h in ref.history]
 
 
 @pytest.mark.slow
