@@ -18,12 +18,13 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from ._checks import check_choice, check_float, check_int, is_finite
+from ._checks import check_choice, check_float, check_int, is_finite, to_float
 from .velocity import NeuralVelocity
 
 __all__ = ["Controller", "LRReplay", "NeVe", "ValidationControl", "check_epochs"]
 
 LR_SIGNALS = ("velocity_change", "velocity")
+THRESHOLD_MODES = ("absolute", "relative")
 
 
 @runtime_checkable
@@ -31,8 +32,8 @@ class Controller(Protocol):
     """What :func:`neve_tune.train.fit` needs from a per-trial controller.
 
     ``start()`` runs before the first epoch (NeVe records its reference outputs there);
-    ``step(train_loss, val_loss=None)`` closes an epoch and returns its metrics (at
-    least ``epoch``, ``lr``, ``diverged``); ``stopped_by`` is None while the run goes on;
+    ``step(train_loss, val_loss=None, *, prediction_changes=None)`` closes an epoch and
+    returns its metrics (at least ``epoch``, ``lr``, ``diverged``); ``stopped_by`` is None while the run goes on;
     ``probe_samples`` is the forward-only samples one ``step`` costs.
     """
 
@@ -47,7 +48,9 @@ class Controller(Protocol):
 
     def start(self) -> None: ...
 
-    def step(self, train_loss: float, val_loss: float | None = None) -> dict[str, Any]: ...
+    def step(
+        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None
+    ) -> dict[str, Any]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -71,16 +74,32 @@ def _lr(optimizer: torch.optim.Optimizer) -> float:
 
 
 class NeVe:
-    """Velocity-driven LR decay and stopping for one training run.
+    """Velocity-driven LR decay and stopping for one training run, with no held-out data.
 
     After every epoch, :meth:`step`:
 
     1. measures the velocity ``V^t`` and its change ``D^t`` on the probe;
     2. steps ``ReduceLROnPlateau(mode="min", factor, patience, threshold=0)`` on ``D^t``
        (``lr_signal="velocity_change"``, from the 2nd epoch) or on ``V^t``;
-    3. stops when ``V^t < threshold`` and at least ``min_epochs`` epochs ran
-       (``stopped_by="velocity"``), or at ``max_epochs`` (``"max_epochs"``);
+    3. ends the run (``stopped_by``), after at least ``min_epochs`` epochs:
+
+       - ``"velocity"``: ``V^t < threshold`` (``threshold_mode="absolute"``), or
+         ``V^t / max_s V^s < threshold`` (``"relative"``: scale-free, since velocity
+         follows the learning rate);
+       - ``"prediction_changes"``: the memorisation guard (``pc_patience`` set): the
+         moving average over ``pc_window`` epochs of the training examples whose
+         predicted class changed (``prediction_changes``, from :func:`neve_tune.train.fit`)
+         has not reached a new minimum for ``pc_patience`` epochs (Label Wave);
+       - ``"stalled"``: either stop above (or the ``max_epochs`` cap) on a run that did not
+         learn: its training loss is not below ``(1 - stall_margin)`` times its first
+         epoch's, or not below ``(1 - stall_margin) * log(num_classes)`` (chance) when
+         ``num_classes`` is given. A stalled run is not converged;
+       - ``"max_epochs"``: the cap;
     4. a non-finite training loss or velocity ends the run as ``"diverged"`` (no exception).
+
+    ``neve_stop`` is true on the epoch the run ends as converged (``"velocity"`` or
+    ``"prediction_changes"``); ``stalled`` on the epoch it ends as stalled. The rule is
+    written out in docs/design.md, "The controller".
 
     Example::
 
@@ -92,7 +111,7 @@ class NeVe:
         >>> neve.start()
         >>> metrics = neve.step(train_loss=0.7)    # after one training epoch
         >>> sorted(metrics)
-        ['diverged', 'epoch', 'lr', 'neve_stop', 'velocity', 'velocity_change']
+        ['diverged', 'epoch', 'lr', 'neve_stop', 'stalled', 'velocity', 'velocity_change']
     """
 
     def __init__(
@@ -106,21 +125,39 @@ class NeVe:
         lr_signal: str = "velocity_change",
         factor: float = 0.5,
         patience: int = 10,
+        threshold_mode: str = "absolute",
+        num_classes: int | None = None,
+        stall_margin: float = 0.1,
+        pc_patience: int | None = None,
+        pc_window: int = 3,
     ) -> None:
         threshold = check_float("threshold", threshold, positive=True)
         check_choice("lr_signal", lr_signal, LR_SIGNALS)
+        check_choice("threshold_mode", threshold_mode, THRESHOLD_MODES)
         if not isinstance(velocity, NeuralVelocity):
             raise TypeError(f"velocity must be a NeuralVelocity, got {type(velocity).__name__}")
         check_epochs(min_epochs, max_epochs)
+        check_int("patience", patience, minimum=0)
+        check_float("factor", factor, low=0.0, high=1.0, low_open=True, high_open=True)
         self.optimizer = optimizer
         self.velocity = velocity
         self.threshold = float(threshold)
+        self.threshold_mode = threshold_mode
         self.min_epochs = min_epochs
         self.max_epochs = max_epochs
         self.lr_signal = lr_signal
+        self.num_classes = check_int("num_classes", num_classes, minimum=2, allow_none=True)
+        self.stall_margin = check_float("stall_margin", stall_margin, low=0.0, high=1.0, high_open=True)
+        self.pc_patience = check_int("pc_patience", pc_patience, minimum=1, allow_none=True)
+        self.pc_window = check_int("pc_window", pc_window, minimum=1)
         self.scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience, threshold=0.0)
         self.epoch = 0
         self.stopped_by: str | None = None
+        self.first_loss: float | None = None
+        self.peak_velocity = 0.0
+        self.pc_series: list[float] = []
+        self.pc_best: float | None = None
+        self.pc_best_epoch = 0
 
     @property
     def should_stop(self) -> bool:
@@ -135,37 +172,67 @@ class NeVe:
     def probe_samples(self) -> int:
         return int(self.velocity.probe.shape[0])
 
-    def step(self, train_loss: float, val_loss: float | None = None) -> dict[str, Any]:
-        """Close one training epoch; ``val_loss`` is ignored (NeVe needs none)."""
+    def learned(self, train_loss: float) -> bool:
+        """Whether ``train_loss`` shows the run learned (see the class docstring)."""
+        keep = 1.0 - self.stall_margin
+        if self.first_loss is None or not train_loss < keep * self.first_loss:
+            return False
+        return self.num_classes is None or train_loss < keep * math.log(self.num_classes)
+
+    def _prediction_changes_stop(self, prediction_changes: Any) -> bool:
+        if prediction_changes is None:
+            return False
+        self.pc_series.append(to_float("prediction_changes", prediction_changes))  # type: ignore[arg-type]
+        if len(self.pc_series) < self.pc_window:
+            return False
+        level = sum(self.pc_series[-self.pc_window :]) / self.pc_window
+        if self.pc_best is None or level < self.pc_best:
+            self.pc_best, self.pc_best_epoch = level, self.epoch
+        return self.pc_patience is not None and self.epoch - self.pc_best_epoch >= self.pc_patience
+
+    def step(
+        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None
+    ) -> dict[str, Any]:
+        """Close one training epoch; ``val_loss`` is ignored (NeVe needs none);
+        ``prediction_changes`` feeds the memorisation guard."""
         if self.should_stop:
             raise RuntimeError(f"the run already stopped ({self.stopped_by}); step() after stop")
+        train_loss = to_float("train_loss", train_loss)  # type: ignore[assignment]
         self.start()
         lr = _lr(self.optimizer)
         self.epoch += 1
+        if self.first_loss is None and _finite(train_loss):
+            self.first_loss = float(train_loss)
         velocity = change = None
         diverged = not _finite(train_loss)
         if not diverged:
             report = self.velocity.measure()
             velocity, change = report.model_velocity, report.velocity_change
             diverged = not (_finite(velocity) and _finite(change))
-        neve_stop = False
         if diverged:
             self.stopped_by = "diverged"
         else:
             signal = velocity if self.lr_signal == "velocity" else change
             if signal is not None:
                 self.scheduler.step(signal)
-            neve_stop = self.epoch >= self.min_epochs and velocity < self.threshold
-            if neve_stop:
-                self.stopped_by = "velocity"
-            elif self.epoch >= self.max_epochs:
-                self.stopped_by = "max_epochs"
+            self.peak_velocity = max(self.peak_velocity, float(velocity))  # type: ignore[arg-type]
+            settled = velocity / self.peak_velocity if self.threshold_mode == "relative" and self.peak_velocity > 0 else velocity
+            pc_stop = self._prediction_changes_stop(prediction_changes)
+            may_stop = self.epoch >= self.min_epochs
+            velocity_stop = may_stop and settled < self.threshold  # type: ignore[operator]
+            pc_stop = may_stop and pc_stop
+            if velocity_stop or pc_stop or self.epoch >= self.max_epochs:
+                if not self.learned(train_loss):
+                    self.stopped_by = "stalled"
+                else:
+                    self.stopped_by = "velocity" if velocity_stop else "prediction_changes" if pc_stop else "max_epochs"
         return {
             "epoch": self.epoch,
             "velocity": velocity,
             "velocity_change": change,
             "lr": lr,
-            "neve_stop": neve_stop,
+            "neve_stop": self.stopped_by in ("velocity", "prediction_changes"),
+            "stalled": self.stopped_by == "stalled",
             "diverged": diverged,
         }
 
@@ -176,6 +243,11 @@ class NeVe:
             "threshold": self.threshold,
             "scheduler": self.scheduler.state_dict(),
             "velocity": self.velocity.state_dict(),
+            "first_loss": self.first_loss,
+            "peak_velocity": self.peak_velocity,
+            "pc_series": list(self.pc_series),
+            "pc_best": self.pc_best,
+            "pc_best_epoch": self.pc_best_epoch,
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -184,6 +256,11 @@ class NeVe:
         self.threshold = float(state_dict["threshold"])
         self.scheduler.load_state_dict(dict(state_dict["scheduler"]))
         self.velocity.load_state_dict(state_dict["velocity"])
+        self.first_loss = state_dict.get("first_loss")
+        self.peak_velocity = float(state_dict.get("peak_velocity", 0.0))
+        self.pc_series = [float(x) for x in state_dict.get("pc_series", [])]
+        self.pc_best = state_dict.get("pc_best")
+        self.pc_best_epoch = int(state_dict.get("pc_best_epoch", 0))
 
 
 class ValidationControl:
@@ -225,7 +302,9 @@ class ValidationControl:
     def start(self) -> None:
         pass
 
-    def step(self, train_loss: float, val_loss: float | None = None) -> dict[str, Any]:
+    def step(
+        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None
+    ) -> dict[str, Any]:
         if val_loss is None:
             raise ValueError("val_loss is required: ValidationControl decides on validation loss")
         if self.should_stop:
@@ -298,7 +377,9 @@ class LRReplay:
     def start(self) -> None:
         pass
 
-    def step(self, train_loss: float, val_loss: float | None = None) -> dict[str, Any]:
+    def step(
+        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None
+    ) -> dict[str, Any]:
         lr = _lr(self.optimizer)
         self.epoch += 1
         diverged = not _finite(train_loss)

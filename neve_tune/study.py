@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from ._checks import check_int
+from ._checks import check_choice, check_float, check_int
 from .control import check_epochs
 from .data import DataBundle, get_dataset
 from .space import Choice, Distribution, IntUniform, LogUniform, Uniform, default_space, validate_space
@@ -60,7 +60,11 @@ class Study:
     probe_samples: int = 100
     lr_signal: str = "velocity_change"
     lr_factor: float = 0.5
-    lr_patience: int = 10
+    lr_patience: int | str = 10
+    threshold_mode: str = "absolute"
+    stall_margin: float = 0.1
+    pc_patience: int | None = None
+    pc_window: int = 3
     val_fraction: float = 0.1
     early_stopping: int = 10
     objective: str = "tse_e1"
@@ -84,7 +88,12 @@ class Study:
             raise ValueError(f"lr_signal must be 'velocity_change' or 'velocity', got {self.lr_signal!r}")
         if not 0.0 < self.lr_factor < 1.0:
             raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor!r}")
-        check_int("lr_patience", self.lr_patience, minimum=0)
+        if self.lr_patience != "auto":
+            check_int("lr_patience", self.lr_patience, minimum=0)
+        check_choice("threshold_mode", self.threshold_mode, ("absolute", "relative"))
+        check_float("stall_margin", self.stall_margin, low=0.0, high=1.0, high_open=True)
+        check_int("pc_patience", self.pc_patience, minimum=1, allow_none=True)
+        check_int("pc_window", self.pc_window, minimum=1)
         check_int("early_stopping", self.early_stopping, minimum=1)
         check_int("probe_samples", self.probe_samples, minimum=1)
         if not 0.0 < self.val_fraction < 1.0:
@@ -94,6 +103,14 @@ class Study:
                 raise ValueError(f"study {self.name!r}: {key!r} is neither in defaults nor in search_space")
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
+
+    @property
+    def plateau_patience(self) -> int:
+        """``lr_patience`` in epochs: ``"auto"`` scales it to the budget, ``max(2, max_epochs // 20)``
+        (3 for 60 epochs, 12 for the paper's 250); the same for NeVe and the baselines."""
+        if self.lr_patience == "auto":
+            return max(2, self.max_epochs // 20)
+        return int(self.lr_patience)
 
     def config(self, sampled: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Full hyperparameters: defaults overwritten by ``sampled``."""

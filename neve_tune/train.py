@@ -56,23 +56,26 @@ def batches(
     shuffle: bool = False,
     seed: int = 0,
     num_workers: int = 0,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of ``(inputs, targets)`` in a seeded order; in-memory tensor datasets are
-    sliced directly, anything else goes through a ``DataLoader``."""
+    with_positions: bool = False,
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Batches of ``(inputs, targets)`` in a seeded order (``+ (positions,)`` with
+    ``with_positions``: each example's index in ``dataset``); in-memory tensor datasets
+    are sliced directly, anything else goes through a ``DataLoader``."""
     gen = torch.Generator().manual_seed(int(seed))
+    n = len(dataset)  # type: ignore[arg-type]
+    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
     source = _tensor_source(dataset)
     if source is not None:
         tensors, idx = source
-        n = len(dataset)  # type: ignore[arg-type]
-        order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
-        if idx is not None:
-            order = idx[order]
+        rows = order if idx is None else idx[order]
         for start in range(0, n, batch_size):
-            sel = order[start : start + batch_size]
-            yield tensors[0][sel], tensors[1][sel]
+            sel = rows[start : start + batch_size]
+            batch = (tensors[0][sel], tensors[1][sel])
+            yield (*batch, order[start : start + batch_size]) if with_positions else batch
         return
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=num_workers)
-    yield from loader
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=order.tolist(), num_workers=num_workers)
+    for start, (x, y) in zip(range(0, n, batch_size), loader):
+        yield (x, y, order[start : start + batch_size]) if with_positions else (x, y)
 
 
 def train_epoch(
@@ -87,13 +90,19 @@ def train_epoch(
     amp_dtype: torch.dtype | None = None,
     scaler: "torch.amp.GradScaler | None" = None,
     num_workers: int = 0,
+    predictions: torch.Tensor | None = None,
 ) -> tuple[float, float, int]:
-    """One pass over ``dataset``: (mean loss, accuracy, samples)."""
+    """One pass over ``dataset``: (mean loss, accuracy, samples).
+
+    With ``predictions`` (a long tensor of ``len(dataset)``), the class each example was
+    predicted as in this pass is written at its position: what the training pass already
+    computes, so prediction changes between epochs cost no extra forward.
+    """
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     n = 0
-    for x, y in batches(dataset, batch_size, shuffle=True, seed=seed, num_workers=num_workers):
+    for x, y, pos in batches(dataset, batch_size, shuffle=True, seed=seed, num_workers=num_workers, with_positions=True):
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -108,8 +117,11 @@ def train_epoch(
             loss.backward()
             optimizer.step()
         b = y.shape[0]
+        pred = out.detach().argmax(1)
         loss_sum += loss.detach().float() * b
-        correct += (out.detach().argmax(1) == y).sum()
+        correct += (pred == y).sum()
+        if predictions is not None:
+            predictions[pos.to(predictions.device)] = pred.to(predictions.device)
         n += b
     return float(loss_sum) / max(n, 1), float(correct) / max(n, 1), n
 
@@ -203,6 +215,8 @@ def fit(
     scaler = None
     if amp_dtype == torch.float16 and device.type == "cuda":
         scaler = torch.amp.GradScaler("cuda")
+    # the class predicted for each training example in the last training pass
+    predictions = torch.full((len(train_set),), -1, dtype=torch.long)  # type: ignore[arg-type]
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         ckpt = load_checkpoint(checkpoint_path)
         if checkpoint_meta is not None and ckpt.get("meta") not in (None, checkpoint_meta):
@@ -217,6 +231,8 @@ def fit(
         controller.load_state_dict(ckpt["controller"])
         history = list(ckpt["history"])
         cost = Cost(**ckpt["cost"])
+        if ckpt.get("predictions") is not None:
+            predictions = ckpt["predictions"].clone()
         _set_rng_state(ckpt["rng"])
 
     if not history:  # epoch 0: the reference measurement
@@ -228,6 +244,7 @@ def fit(
     while not controller.should_stop:
         t0 = time.perf_counter()
         epoch = controller.epoch + 1
+        previous = predictions.clone()
         train_loss, train_acc, n = train_epoch(
             model,
             optimizer,
@@ -239,7 +256,9 @@ def fit(
             amp_dtype=amp_dtype,
             scaler=scaler,
             num_workers=num_workers,
+            predictions=predictions,
         )
+        changes = int((predictions != previous).sum()) if bool((previous >= 0).all()) else None
         cost.train_samples += n
         extra: dict[str, Any] = {}
         val_loss = None
@@ -247,7 +266,7 @@ def fit(
             val_loss, val_acc, nv = evaluate(model, val_set, device=device, loss_fn=loss_fn, amp_dtype=amp_dtype)
             cost.eval_samples += nv
             extra = {"val_loss": val_loss, "val_acc": val_acc}
-        step = controller.step(train_loss, val_loss)
+        step = controller.step(train_loss, val_loss, prediction_changes=changes)
         cost.probe_samples += controller.probe_samples
         dt = time.perf_counter() - t0
         cost.wall_s += dt
@@ -257,8 +276,10 @@ def fit(
             "velocity_change": step.get("velocity_change"),
             "train_loss": train_loss if math.isfinite(train_loss) else float("nan"),
             "train_acc": train_acc,
+            "prediction_changes": changes,
             "lr": step["lr"],
             "neve_stop": bool(step.get("neve_stop", False)),
+            "stalled": bool(step.get("stalled", False)),
             "diverged": bool(step["diverged"]),
             "epoch_time_s": dt,
             "train_samples": cost.train_samples,
@@ -281,6 +302,7 @@ def fit(
                     "cost": asdict(cost),
                     "rng": _rng_state(),
                     "scaler": None if scaler is None else scaler.state_dict(),
+                    "predictions": predictions,
                     "meta": checkpoint_meta,
                 },
             )

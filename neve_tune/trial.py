@@ -122,6 +122,7 @@ def make_controller(
     input_shape: tuple[int, ...],
     seed: int,
     lr_schedule: Sequence[float] | None = None,
+    num_classes: int | None = None,
 ) -> Any:
     """The per-trial controller of ``method``: :class:`~neve_tune.NeVe` with the study's
     probe and budget, :class:`~neve_tune.ValidationControl` for the baselines, or
@@ -139,7 +140,12 @@ def make_controller(
             max_epochs=study.max_epochs,
             lr_signal=study.lr_signal,
             factor=study.lr_factor,
-            patience=study.lr_patience,
+            patience=study.plateau_patience,
+            threshold_mode=study.threshold_mode,
+            num_classes=num_classes,
+            stall_margin=study.stall_margin,
+            pc_patience=study.pc_patience,
+            pc_window=study.pc_window,
         )
     if method == "retrain":
         return LRReplay(optimizer, lr_schedule or [])
@@ -147,7 +153,7 @@ def make_controller(
         optimizer,
         max_epochs=study.max_epochs,
         factor=study.lr_factor,
-        patience=study.lr_patience,
+        patience=study.plateau_patience,
         early_stopping=study.early_stopping if method == "asha_es" else None,
     )
 
@@ -194,7 +200,8 @@ def run_trial(
     model = model.to(device)
     optimizer = make_optimizer(model, cfg)
     controller = make_controller(study, method, model, optimizer, cfg, train_set=train_set,
-                                 input_shape=bundle.input_shape, seed=seed, lr_schedule=lr_schedule)
+                                 input_shape=bundle.input_shape, seed=seed, lr_schedule=lr_schedule,
+                                 num_classes=bundle.num_classes)
     fitted = fit(
         model,
         optimizer,

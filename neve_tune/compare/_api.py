@@ -178,6 +178,7 @@ def compare(
         "trials": trials,
         "seeds": [seed + k for k in range(repeats)],
         "max_epochs": study.max_epochs,
+        "data_options": dict(study.data_options),
         "retrain": retrain,
         "neve_signal": neve_signal,
         "train_size": train_size,

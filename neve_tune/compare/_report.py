@@ -27,7 +27,8 @@ def _run_line(run: Mapping[str, Any]) -> str:
 def summary_table(result: Mapping[str, Any]) -> str:
     """The terminal table: one row per search (means over seeds, ± std)."""
     n = len(result["runs"])
-    head = (f"{result['study']} · backend {result['backend']} · {result['trials']} trials · "
+    data = "".join(f" · {k} {v}" for k, v in (result.get("data_options") or {}).items() if k != "data_root")
+    head = (f"{result['study']}{data} · backend {result['backend']} · {result['trials']} trials · "
             f"max_epochs {result['max_epochs']} · {n} seed{'s' if n > 1 else ''}")
     rows = [head, "",
             f"{'search':9s} {'test acc (final model)':>24s} {'cost to final model':>22s} {'search cost':>18s} {'wall s':>8s}",
