@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import pickle
 import random
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,7 +19,7 @@ import torch
 
 pytest.importorskip("ray.tune")
 
-from ray.tune import Stopper  # noqa: E402
+from ray.tune import Callback, Stopper  # noqa: E402
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler  # noqa: E402
 from ray.tune.search.sample import Categorical, Float, Integer  # noqa: E402
 from ray.tune.stopper import CombinedStopper, MaximumIterationStopper  # noqa: E402
@@ -529,3 +532,102 @@ def test_trainable_config_check():
     assert cfg["lr"] == 0.2 and cfg["batch_size"] == study.defaults["batch_size"] and seed == 3
     with pytest.raises(ValueError, match=r"config has unknown hyperparameters \['learning_rate'\]"):
         _check_config(study, {"learning_rate": 0.1})
+
+
+# ------------------------------------------------------------------ a real Tuner.restore
+def _synthetic_trainable(config: dict) -> None:
+    """Eight epochs of made-up metrics, a checkpoint each epoch; ends itself on neve_stop."""
+    import json
+    import os
+    import tempfile
+    import time
+
+    from ray import tune
+
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d, open(os.path.join(d, "e.json")) as f:
+            start = json.load(f)["epoch"]
+    for epoch in range(start + 1, 9):
+        time.sleep(0.3)
+        velocity = 0.5 * 0.7**epoch
+        metrics = {"epoch": epoch, "train_loss": config["loss"] * 0.9**epoch, "velocity": velocity,
+                   "neve_stop": bool(velocity < config["threshold"]), "diverged": False, "stalled": False}
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "e.json"), "w") as f:
+                json.dump({"epoch": epoch}, f)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        if metrics["neve_stop"]:
+            return
+
+
+class _InterruptOnce(Callback):
+    """Fails the driver once, when two trials have finished and another one has reported."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def on_step_begin(self, iteration, trials, **info):
+        if os.path.exists(self.marker):
+            return
+        done = [t.trial_id for t in trials if t.status == "TERMINATED"]
+        running = [t for t in trials if t.status == "RUNNING" and (t.last_result or {}).get("training_iteration", 0) >= 1]
+        if len(done) >= 2 and running:
+            Path(self.marker).write_text(",".join(done))
+            raise RuntimeError("injected driver interrupt")
+
+
+class _DumpScheduler(Callback):
+    """Writes the scheduler's state when the experiment ends (``before``, then ``after``)."""
+
+    def __init__(self, scheduler: NeVeASHAScheduler, folder: str) -> None:
+        self.scheduler, self.folder = scheduler, folder
+
+    def on_experiment_end(self, trials, **info):
+        name = "after" if os.path.exists(os.path.join(self.folder, "before")) else "before"
+        Path(self.folder, name).write_bytes(pickle.dumps(self.scheduler.state_dict()))
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_rungs_survive_a_real_tuner_restore(tmp_path, monkeypatch):
+    import ray
+    import ray.cloudpickle
+    from ray import tune
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")  # an experiment snapshot every step
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        sched = NeVeASHAScheduler(max_t=8, grace_period=1, reduction_factor=2)
+        space = {"loss": tune.grid_search([1.0, 0.5, 2.0]), "threshold": tune.grid_search([0.1, 0.03])}
+        marker = str(tmp_path / "interrupted")
+        tuner = tune.Tuner(
+            _synthetic_trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(scheduler=sched, max_concurrent_trials=2),
+            run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), stop=NeVeStopper(), verbose=0,
+                                      callbacks=[sched.callback(), _InterruptOnce(marker), _DumpScheduler(sched, str(tmp_path))]),
+        )
+        with pytest.raises(Exception, match="injected driver interrupt"):
+            tuner.fit()
+        finished_before = set(Path(marker).read_text().split(","))
+        before = pickle.loads((tmp_path / "before").read_bytes())
+        assert finished_before <= set(before["outcome"])
+
+        grid = tune.Tuner.restore(str(tmp_path / "exp"), trainable=_synthetic_trainable, resume_unfinished=True).fit()
+        assert len(grid) == 6 and not grid.errors
+        after = pickle.loads((tmp_path / "after").read_bytes())
+    finally:
+        ray.shutdown()
+    ids = {r.metrics["trial_id"] for r in grid}
+    # the trials that had finished are not run again: only the restored state knows them
+    assert set(after["outcome"]) == ids
+    for tid in finished_before:
+        assert after["outcome"][tid] == before["outcome"][tid]
+        for (_, rec_before), (_, rec_after) in zip(before["rungs"][0], after["rungs"][0]):
+            assert rec_after.get(tid) == rec_before.get(tid)
+    assert set(after["outcome"].values()) <= {"converged", "pruned", "completed", "max_t"}
