@@ -6,11 +6,12 @@ scheduler (:mod:`neve_tune.ray._scheduler`) apply exactly the same rule.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 from ray.tune.stopper import Stopper
 
-from .._checks import _is_bool, _unwrap, check_float, check_int, is_finite, to_float
+from .._checks import _is_bool, _unwrap, check_float, check_int, to_float
 
 __all__ = ["NeVeStopper", "velocity_verdict", "CONVERGED", "DIVERGED", "STALLED"]
 
@@ -66,7 +67,10 @@ def _check_key(value: Any, name: str) -> str:
 
 def _flag(result: Mapping[str, Any], key: str, who: str) -> bool:
     """A reported boolean (Python, NumPy or 0-d tensor); missing or ``None`` is false."""
-    value = _unwrap(result.get(key))
+    value = result.get(key)
+    if value is True or value is False:  # the common case, without the conversion
+        return value
+    value = _unwrap(value)
     if value is None:
         return False
     if not _is_bool(value):
@@ -145,7 +149,7 @@ def velocity_verdict(
     if _flag(result, "diverged", who):
         return DIVERGED
     value = to_float(f"{who}: metric {metric!r}", result[metric], allow_none=True) if metric in result else None
-    if value is not None and not is_finite(value):
+    if value is not None and not math.isfinite(value):
         return DIVERGED
     if _flag(result, "stalled", who):
         return STALLED
