@@ -199,7 +199,7 @@ class NeVeASHAScheduler(FIFOScheduler):
         self._active: dict[str, int] = {}  # trial_id -> bracket index, while the trial may report
         self._outcome: dict[str, str] = {}  # trial_id -> one of _OUTCOMES
         self._counts: dict[str, int] = dict.fromkeys(_OUTCOMES, 0)
-        self._num_stopped = 0
+        self._stops = 0
         self._restored = False
         self._warned_unrestored = False
 
@@ -256,7 +256,7 @@ class NeVeASHAScheduler(FIFOScheduler):
             value = to_float(f"{type(self).__name__}: metric {self._rung_metric!r}", result[self._rung_metric], allow_none=True)
             action = self._on_rung(tid, t, value)
         if action == TrialScheduler.STOP:
-            self._num_stopped += 1
+            self._stops += 1
             if tid not in self._outcome:
                 self._set_outcome(tid, MAX_T if t >= self._max_t else PRUNED)
         return action
@@ -367,7 +367,7 @@ class NeVeASHAScheduler(FIFOScheduler):
         if self._outcome.get(trial_id) in (CONVERGED, DIVERGED, STALLED):
             return  # the repeated final result
         self._set_outcome(trial_id, why)
-        self._num_stopped += 1
+        self._stops += 1
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
@@ -377,7 +377,7 @@ class NeVeASHAScheduler(FIFOScheduler):
             "rungs": [[(r.milestone, dict(r.values)) for r in bracket] for bracket in self._brackets],
             "trial_bracket": dict(self._active),
             "outcome": dict(self._outcome),
-            "num_stopped": self._num_stopped,
+            "num_stopped": self._stops,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -401,7 +401,7 @@ class NeVeASHAScheduler(FIFOScheduler):
         self._counts = dict.fromkeys(_OUTCOMES, 0)
         for tid, why in state["outcome"].items():
             self._set_outcome(tid, why)
-        self._num_stopped = int(state["num_stopped"])
+        self._stops = int(state["num_stopped"])
         self._restored = True
 
     def save(self, checkpoint_path: str) -> None:
