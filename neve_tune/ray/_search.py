@@ -150,11 +150,12 @@ def run_search(
     sched = _scheduler(scheduler, study, method, grace_period, reduction_factor, neve_signal)
     stop: Any = None
     if method == "neve" and stopper:
-        stop = stopper if isinstance(stopper, NeVeStopper) else NeVeStopper(grace_period=study.min_epochs)
+        stop = stopper if isinstance(stopper, NeVeStopper) else NeVeStopper()
     elif not isinstance(stopper, bool):
         stop = stopper
     storage = str(Path(storage_path).resolve()) if storage_path is not None else None
-    cbs = [_TrialLines()] + list(callbacks or [])
+    # the scheduler's rungs travel in Tune's experiment checkpoint through its callback
+    cbs = [_TrialLines()] + ([sched.callback()] if isinstance(sched, NeVeASHAScheduler) else []) + list(callbacks or [])
     failure = tune.FailureConfig(max_failures=max_failures)
     ckpt_cfg = tune.CheckpointConfig(num_to_keep=2)
 
