@@ -89,7 +89,9 @@ class NeVe:
        - ``"prediction_changes"``: the memorisation guard (``pc_patience`` set): the
          moving average over ``pc_window`` epochs of the training examples whose
          predicted class changed (``prediction_changes``, from :func:`neve_tune.train.fit`)
-         has not reached a new minimum for ``pc_patience`` epochs (Label Wave);
+         has not reached a new minimum for ``pc_patience`` epochs (Label Wave); with
+         ``pc_restore`` the model's weights of the epoch of that minimum
+         (``pc_best_epoch``) are put back, since the epochs after it memorise;
        - ``"stalled"``: either stop above (or the ``max_epochs`` cap) on a run that did not
          learn: its training loss is not below ``(1 - stall_margin)`` times its first
          epoch's, or not below ``(1 - stall_margin) * log(num_classes)`` (chance) when
@@ -130,6 +132,7 @@ class NeVe:
         stall_margin: float = 0.1,
         pc_patience: int | None = None,
         pc_window: int = 3,
+        pc_restore: bool = True,
     ) -> None:
         threshold = check_float("threshold", threshold, positive=True)
         check_choice("lr_signal", lr_signal, LR_SIGNALS)
@@ -150,6 +153,8 @@ class NeVe:
         self.stall_margin = check_float("stall_margin", stall_margin, low=0.0, high=1.0, high_open=True)
         self.pc_patience = check_int("pc_patience", pc_patience, minimum=1, allow_none=True)
         self.pc_window = check_int("pc_window", pc_window, minimum=1)
+        self.pc_restore = bool(pc_restore)
+        self._best_weights: dict[str, torch.Tensor] | None = None
         self.scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience, threshold=0.0)
         self.epoch = 0
         self.stopped_by: str | None = None
@@ -162,6 +167,14 @@ class NeVe:
     @property
     def should_stop(self) -> bool:
         return self.stopped_by is not None
+
+    @property
+    def best_epoch(self) -> int:
+        """The epoch whose weights the model holds at the end: the prediction-changes
+        minimum after a restoring guard stop, else the last epoch."""
+        if self.stopped_by == "prediction_changes" and self.pc_restore and self._best_weights is not None:
+            return self.pc_best_epoch
+        return self.epoch
 
     def start(self) -> None:
         """Record the reference outputs (epoch 0) if not done yet."""
@@ -188,6 +201,8 @@ class NeVe:
         level = sum(self.pc_series[-self.pc_window :]) / self.pc_window
         if self.pc_best is None or level < self.pc_best:
             self.pc_best, self.pc_best_epoch = level, self.epoch
+            if self.pc_patience is not None and self.pc_restore:
+                self._best_weights = {k: v.detach().clone() for k, v in self.velocity.module.state_dict().items()}
         return self.pc_patience is not None and self.epoch - self.pc_best_epoch >= self.pc_patience
 
     def step(
@@ -226,6 +241,8 @@ class NeVe:
                     self.stopped_by = "stalled"
                 else:
                     self.stopped_by = "velocity" if velocity_stop else "prediction_changes" if pc_stop else "max_epochs"
+                if self.stopped_by == "prediction_changes" and self.pc_restore and self._best_weights is not None:
+                    self.velocity.module.load_state_dict(self._best_weights)
         return {
             "epoch": self.epoch,
             "velocity": velocity,
@@ -248,6 +265,7 @@ class NeVe:
             "pc_series": list(self.pc_series),
             "pc_best": self.pc_best,
             "pc_best_epoch": self.pc_best_epoch,
+            "best_weights": None if self._best_weights is None else dict(self._best_weights),
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -261,6 +279,8 @@ class NeVe:
         self.pc_series = [float(x) for x in state_dict.get("pc_series", [])]
         self.pc_best = state_dict.get("pc_best")
         self.pc_best_epoch = int(state_dict.get("pc_best_epoch", 0))
+        best = state_dict.get("best_weights")
+        self._best_weights = None if best is None else {k: v.clone() for k, v in best.items()}
 
 
 class ValidationControl:

@@ -65,6 +65,7 @@ class Study:
     stall_margin: float = 0.1
     pc_patience: int | None = None
     pc_window: int = 3
+    pc_restore: bool = True
     val_fraction: float = 0.1
     early_stopping: int = 10
     objective: str = "tse_e1"

@@ -79,8 +79,12 @@ def trial_objective(
     if method == "asha_es":
         best = float(controller_state.get("best_loss", math.inf))
         return (best if math.isfinite(best) else nan), int(controller_state.get("best_epoch", 0))
-    losses = [float(m["train_loss"]) for m in history]
-    return training_speed_estimate(losses, study.objective), len(history)
+    # a NeVe run whose guard restored an earlier epoch's weights is judged at that epoch
+    best = len(history)
+    if method == "neve" and controller_state.get("stopped_by") == "prediction_changes" and controller_state.get("best_weights"):
+        best = int(controller_state.get("pc_best_epoch") or best)
+    losses = [float(m["train_loss"]) for m in history[:best]]
+    return training_speed_estimate(losses, study.objective), best
 
 
 def training_speed_estimate(losses: Sequence[float], kind: str = "tse_e1", ema_decay: float = 0.9) -> float:
@@ -146,6 +150,7 @@ def make_controller(
             stall_margin=study.stall_margin,
             pc_patience=study.pc_patience,
             pc_window=study.pc_window,
+            pc_restore=study.pc_restore,
         )
     if method == "retrain":
         return LRReplay(optimizer, lr_schedule or [])

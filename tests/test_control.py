@@ -194,3 +194,16 @@ def test_validation_control_plateau_early_stopping_and_cap():
     assert capped.stopped_by == "max_epochs"
     with pytest.raises(ValueError, match="val_loss"):
         ValidationControl(opt).step(1.0)
+
+
+def test_prediction_changes_guard_restores_the_weights_of_its_minimum():
+    model, opt, neve = _setup(threshold=1e-9, max_epochs=50, pc_patience=2, pc_window=1)
+    neve.start()
+    weights = {}
+    for i, pc in enumerate([None, 40, 20, 30, 35]):
+        _nudge(model, 0.1)  # "training": the weights of epoch i + 1
+        weights[i + 1] = [p.detach().clone() for p in model.parameters()]
+        neve.step(train_loss=1.0 / (i + 1), prediction_changes=pc)
+    assert neve.stopped_by == "prediction_changes" and neve.best_epoch == 3
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), weights[3]))
+    assert not all(torch.equal(p, q) for p, q in zip(weights[5], weights[3]))
