@@ -1,0 +1,177 @@
+"""Where users rely on a validation-free search: label noise, small data, slow learners.
+
+Runs ``neve_tune.compare`` on digits under several data conditions (clean, symmetric
+label noise, a fraction of the training set) for several NeVe variants and the two
+validation baselines, each over the same seeds, trials and budget, and prints one table:
+test accuracy of each search's final model (mean ± std over seeds) and its cost to that
+model (epochs-equivalent), with NeVe's accuracy difference and cost ratio against each
+baseline under the same rule set.
+
+    python benchmarks/trust.py                         # every condition and variant below
+    python benchmarks/trust.py --conditions clean,noise20 --variants guard_auto,baselines_auto
+    python benchmarks/trust.py --table-only            # print the table of finished jobs
+
+Each job runs in its own process with one torch thread (``--jobs`` at once) and writes
+``runs/trust/<condition>__<variant>.json``; finished jobs are not run again. Figures are
+deterministic on one machine, not across machines. The README's tables come from this
+script; ``make run`` is the clean digits row of the default variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# data condition -> (data options, first seed)
+CONDITIONS: dict[str, tuple[dict[str, Any], int]] = {
+    "clean": ({}, 0),
+    "noise20": ({"label_noise": 0.2}, 0),
+    "noise40": ({"label_noise": 0.4}, 0),
+    "frac25": ({"train_fraction": 0.25}, 0),
+    "frac50": ({"train_fraction": 0.5}, 0),
+    # held out from every choice: other splits, another noise rate and noise seed
+    "noise30_heldout": ({"label_noise": 0.3, "noise_seed": 1}, 10),
+    "frac25_heldout": ({"train_fraction": 0.25}, 10),
+}
+
+# variant -> (searches, Study changes), every rule spelled out (not relative to the
+# defaults). "baselines_*" run asha and asha_es under the named shared LR-patience rule;
+# a NeVe variant is compared with the baselines under its own LR-patience rule.
+GUARD = {"pc_patience": 3, "pc_window": 3}
+VARIANTS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "guard_auto": (("neve",), {**GUARD, "lr_patience": "auto"}),
+    "guard_p10": (("neve",), {**GUARD, "lr_patience": 10}),
+    "noguard_auto": (("neve",), {"pc_patience": None, "lr_patience": "auto"}),
+    "noguard_p10": (("neve",), {"pc_patience": None, "lr_patience": 10}),
+    "guard_auto_norestore": (("neve",), {**GUARD, "pc_restore": False, "lr_patience": "auto"}),
+    "guard_auto_relative": (("neve",), {**GUARD, "lr_patience": "auto", "threshold_mode": "relative",
+                                        "search_space": "relative"}),
+    "baselines_auto": (("asha", "asha_es"), {"lr_patience": "auto"}),
+    "baselines_p10": (("asha", "asha_es"), {"lr_patience": 10}),
+}
+
+
+def _study(condition: str, variant: str) -> Any:
+    from neve_tune import LogUniform, load_study
+
+    data, _ = CONDITIONS[condition]
+    study = load_study("digits")
+    changes = dict(VARIANTS[variant][1])
+    if changes.pop("search_space", None) == "relative":
+        changes["search_space"] = {**study.search_space, "threshold": LogUniform(1e-3, 1e-1)}
+    return study.replace(data_options={**study.data_options, **data}, **changes)
+
+
+def run_job(condition: str, variant: str, seeds: int, trials: int, out: str) -> str:
+    import torch
+
+    from neve_tune._json import write_json
+    from neve_tune.compare import compare
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    result = compare(_study(condition, variant), trials=trials, seed=CONDITIONS[condition][1], repeats=seeds,
+                     searches=VARIANTS[variant][0], progress=False)
+    result["job"] = {"condition": condition, "variant": variant, "seconds": time.perf_counter() - t0}
+    write_json(out, result)
+    return out
+
+
+def _fmt(mean: float | None, std: float | None, scale: float = 1.0, digits: int = 2) -> str:
+    if mean is None:
+        return "-"
+    return f"{scale * mean:.{digits}f} ± {scale * (std or 0.0):.{digits}f}"
+
+
+def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def table(folder: Path, neve_variants: list[str], baseline_variant: dict[str, str]) -> str:
+    """One block per condition: each NeVe variant and each baseline, NeVe's paired diffs."""
+    results: dict[tuple[str, str], Any] = {}
+    for path in folder.glob("*.json"):
+        r = json.loads(path.read_text())
+        results[(r["job"]["condition"], r["job"]["variant"])] = r
+    lines = [f"{'condition':16s} {'search':28s} {'test acc %':>14s} {'cost (epochs)':>15s} "
+             f"{'vs asha_es: acc pt':>19s} {'cost ratio':>12s} {'vs asha: acc pt':>16s} {'cost ratio':>12s}"]
+    for cond in CONDITIONS:
+        for variant in neve_variants + sorted({v for v in baseline_variant.values()}):
+            r = results.get((cond, variant))
+            if r is None:
+                continue
+            for search in VARIANTS[variant][0]:
+                s = r[search]
+                row = (f"{cond:16s} {search + ' [' + variant + ']':28s} "
+                       f"{_fmt(s['test_acc'], s['test_acc_std'], 100):>14s} "
+                       f"{_fmt(s['cost']['epochs_equiv'], s['cost_std']['epochs_equiv'], 1, 1):>15s}")
+                if search == "neve":
+                    base = results.get((cond, baseline_variant[variant]))
+                    for b in ("asha_es", "asha"):
+                        if base is None:
+                            row += f" {'-':>19s} {'-':>12s}"
+                            continue
+                        pairs = list(zip(s["test_acc_runs"], base[b]["test_acc_runs"]))
+                        costs = [(rn["neve"]["cost"]["epochs_equiv"], rb[b]["cost"]["epochs_equiv"])
+                                 for rn, rb in zip(r["runs"], base["runs"])]
+                        d = _mean_std([100 * (a - c) for a, c in pairs if a is not None and c is not None])
+                        q = _mean_std([a / c for a, c in costs if c])
+                        row += f" {_fmt(*d, digits=2):>19s} {_fmt(*q, digits=3):>12s}"
+                lines.append(row)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--conditions", default=",".join(CONDITIONS))
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--out", default=str(ROOT / "runs" / "trust"))
+    p.add_argument("--table-only", action="store_true")
+    args = p.parse_args(argv)
+    conditions = [c for c in args.conditions.split(",") if c]
+    variants = [v for v in args.variants.split(",") if v]
+    for name, known in (("condition", CONDITIONS), ("variant", VARIANTS)):
+        bad = [x for x in (conditions if name == "condition" else variants) if x not in known]
+        if bad:
+            p.error(f"unknown {name}(s) {bad}; known: {list(known)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        todo = [(c, v) for c in conditions for v in variants if not (out / f"{c}__{v}.json").exists()]
+        # the slow jobs (baselines) first, so the pool ends together
+        todo.sort(key=lambda cv: (not cv[1].startswith("baselines"), cv[0]))
+        print(f"{len(todo)} jobs, {args.jobs} at a time", flush=True)
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {pool.submit(run_job, c, v, args.seeds, args.trials, str(out / f"{c}__{v}.json")): (c, v)
+                       for c, v in todo}
+            for f in as_completed(futures):
+                c, v = futures[f]
+                f.result()
+                print(f"done {c} / {v}", flush=True)
+    neve_variants = [v for v in VARIANTS if not v.startswith("baselines")]
+    pairing = {v: ("baselines_p10" if "_p10" in v else "baselines_auto") for v in neve_variants}
+    print(table(out, neve_variants, pairing))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())
