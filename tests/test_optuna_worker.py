@@ -169,7 +169,7 @@ def test_suggest_config_every_distribution() -> None:
     assert 1e-3 <= cfg["lr"] <= 1e-1 and 0.5 <= cfg["momentum"] <= 0.99
     assert isinstance(cfg["width"], int) and 8 <= cfg["width"] <= 64
     assert cfg["batch_size"] in (32, 64) and cfg["threshold"] == study.defaults["threshold"]
-    dists = trial._cached_frozen_trial.distributions
+    dists = trial.distributions
     assert dists["lr"].log and dists["width"].log and not dists["momentum"].log
 
 

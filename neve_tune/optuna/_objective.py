@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -16,7 +17,7 @@ from optuna.trial import BaseTrial
 from ..data import DataBundle
 from ..study import Choice, IntUniform, LogUniform, Study, Uniform, load_study, run_trial
 from ..train import Cost, load_checkpoint
-from ._report import report_epoch, trial_history
+from ._report import report_epoch, running_trial, trial_history
 
 __all__ = ["make_objective", "suggest_config", "checkpoint_path_for", "SUMMARY_ATTRS"]
 
@@ -43,18 +44,17 @@ def suggest_config(trial: BaseTrial, study: Study) -> dict[str, Any]:
     return study.config(sampled)
 
 
-def _frozen(trial: BaseTrial) -> optuna.trial.FrozenTrial | None:
-    return getattr(trial, "_cached_frozen_trial", None)
-
-
 def _root_trial_number(trial: BaseTrial) -> int:
-    """The number of the first trial of a retry chain (``RetryHeartbeatStaleTrialCallback``
-    stores it as the system attribute ``failed_trial``); the trial's own number otherwise."""
-    frozen = _frozen(trial)
+    """The number of the first trial of a retry chain
+    (``RetryHeartbeatStaleTrialCallback.retried_trial_number``); the trial's own number
+    otherwise."""
+    frozen = running_trial(trial)
     if frozen is not None:
-        root = frozen.system_attrs.get("failed_trial")
-        if isinstance(root, int):
-            return root
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            root = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+        if root is not None:
+            return int(root)
     return int(trial.number)
 
 
