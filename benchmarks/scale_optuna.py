@@ -11,11 +11,12 @@ every epoch stored as ``report_epoch`` stores it, the rung values as ``NeVePrune
 stores them, a quarter of the trials PRUNED). Then, for each pruner in turn, on that same
 study, ``--workers`` fresh processes each run ``--trials-per-worker`` new trials of ``--epochs`` epochs against it: every
 epoch is reported with ``report_epoch`` (the same writes for both pruners) and followed
-by one timed ``trial.should_prune()``. The new trials beat every seeded one, so they
-are promoted at each rung and every epoch is timed. ``should_prune`` includes Optuna's own read of the
+by one timed ``trial.should_prune()``, and the pruner's own ``prune`` inside it is timed
+too. The new trials beat every seeded one, so they are promoted at each rung and every
+epoch is timed. The pruners run in the order A B B A and each row merges its two runs. ``should_prune`` includes Optuna's own read of the
 trial; at a rung (epochs 1 and 4 here) the pruner also reads the other trials' rung
-values. Columns: calls timed, mean / median / p95 / max per call in ms, and the means at
-rung epochs and between rungs.
+values. Columns: calls timed; ``should_prune`` mean / median / p95 in ms; the pruner's own
+``prune``: mean, mean at rung epochs, mean between rungs, max.
 """
 
 from __future__ import annotations
@@ -41,6 +42,20 @@ from neve_tune.optuna import NeVePruner, epoch_key, make_storage, redact_url, re
 
 PRUNERS = ("NeVePruner", "SuccessiveHalvingPruner")
 RUNG_EPOCHS = (1, 4)  # min_resource=1, reduction_factor=4
+
+
+class _Timed(optuna.pruners.BasePruner):
+    """Times the wrapped pruner's own ``prune`` (``should_prune`` also reads the trial)."""
+
+    def __init__(self, inner: optuna.pruners.BasePruner) -> None:
+        self.inner, self.last = inner, 0.0
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        t0 = time.perf_counter()
+        try:
+            return self.inner.prune(study, trial)
+        finally:
+            self.last = time.perf_counter() - t0
 
 
 def _pruner(name: str) -> optuna.pruners.BasePruner:
@@ -86,9 +101,10 @@ def seed(study: optuna.Study, n: int, epochs: int, seed_: int) -> None:
 def worker(url: str, name: str, pruner: str, trials: int, epochs: int, seed_: int, out: "mp.Queue") -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng = random.Random(seed_)
+    timed = _Timed(_pruner(pruner))
     study = optuna.load_study(study_name=name, storage=make_storage(url, heartbeat_interval=None),
-                              pruner=_pruner(pruner), sampler=optuna.samplers.RandomSampler(seed=seed_))
-    times: list[tuple[int, float]] = []
+                              pruner=timed, sampler=optuna.samplers.RandomSampler(seed=seed_))
+    times: list[tuple[int, float, float]] = []
     for _ in range(trials):
         trial = study.ask()
         lr = trial.suggest_float("lr", 1e-3, 1.0, log=True)
@@ -98,7 +114,7 @@ def worker(url: str, name: str, pruner: str, trials: int, epochs: int, seed_: in
             report_epoch(trial, m)
             t0 = time.perf_counter()
             pruned = trial.should_prune()
-            times.append((e, time.perf_counter() - t0))
+            times.append((e, time.perf_counter() - t0, timed.last))
             value = m["train_loss"]
             if pruned:
                 state = TrialState.PRUNED
@@ -107,7 +123,7 @@ def worker(url: str, name: str, pruner: str, trials: int, epochs: int, seed_: in
     out.put(times)
 
 
-def measure(url: str, name: str, n: int, pruner: str, workers: int, trials: int, epochs: int) -> dict:
+def run_workers(url: str, name: str, pruner: str, workers: int, trials: int, epochs: int) -> list:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [ctx.Process(target=worker, args=(url, name, pruner, trials, epochs, 100 + w, out)) for w in range(workers)]
@@ -116,15 +132,19 @@ def measure(url: str, name: str, n: int, pruner: str, workers: int, trials: int,
     times = [x for _ in procs for x in out.get()]
     for p in procs:
         p.join()
-    ms = sorted(t * 1e3 for _, t in times)
-    at = [t * 1e3 for e, t in times if e in RUNG_EPOCHS]
-    off = [t * 1e3 for e, t in times if e not in RUNG_EPOCHS]
-    return {
-        "n": n, "pruner": pruner, "calls": len(ms),
-        "mean": statistics.fmean(ms), "median": statistics.median(ms), "p95": ms[int(0.95 * (len(ms) - 1))],
-        "max": ms[-1], "rung": statistics.fmean(at) if at else float("nan"),
-        "between": statistics.fmean(off) if off else float("nan"),
-    }
+    return times
+
+
+def summary(n: int, pruner: str, times: list) -> str:
+    total = sorted(t * 1e3 for _, t, _ in times)
+    own = sorted(p * 1e3 for _, _, p in times)
+    at = [p * 1e3 for e, _, p in times if e in RUNG_EPOCHS]
+    off = [p * 1e3 for e, _, p in times if e not in RUNG_EPOCHS]
+    return (
+        f"{n:>7} {pruner:<24} {len(total):>5} {statistics.fmean(total):>8.2f} {statistics.median(total):>7.2f} "
+        f"{total[int(0.95 * (len(total) - 1))]:>7.2f} {statistics.fmean(own):>8.2f} "
+        f"{statistics.fmean(at) if at else float('nan'):>8.2f} {statistics.fmean(off) if off else float('nan'):>8.2f} {own[-1]:>7.1f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(f"storage {redact_url(args.storage)}, {args.workers} worker processes x {args.trials_per_worker} trials x "
           f"up to {args.epochs} epochs; rungs at epochs {RUNG_EPOCHS}")
-    print(f"{'trials':>7} {'pruner':<24} {'calls':>5} {'mean ms':>8} {'median':>7} {'p95':>7} {'max':>7} "
-          f"{'at rung':>8} {'between':>8}")
+    print(f"{'':>7} {'':<24} {'':>5} {'should_prune() ms':^24} {'the pruner own prune() ms':^35}")
+    print(f"{'trials':>7} {'pruner':<24} {'calls':>5} {'mean':>8} {'median':>7} {'p95':>7} {'mean':>8} "
+          f"{'at rung':>8} {'between':>8} {'max':>7}")
     for n in args.trials:
         name = f"scale_{n}_{uuid.uuid4().hex[:6]}"
         storage = make_storage(args.storage, heartbeat_interval=None)
@@ -150,10 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         seed(study, n, args.epochs, seed_=n)
         print(f"{n:>7} (seeded in {time.perf_counter() - t0:.0f} s)", flush=True)
+        times: dict[str, list] = {p: [] for p in PRUNERS}
+        for pruner in (*PRUNERS, *reversed(PRUNERS)):  # A B B A: the study grows and the server warms up
+            times[pruner] += run_workers(args.storage, name, pruner, args.workers, args.trials_per_worker, args.epochs)
         for pruner in PRUNERS:
-            r = measure(args.storage, name, n, pruner, args.workers, args.trials_per_worker, args.epochs)
-            print(f"{r['n']:>7} {r['pruner']:<24} {r['calls']:>5} {r['mean']:>8.2f} {r['median']:>7.2f} {r['p95']:>7.2f} "
-                  f"{r['max']:>7.1f} {r['rung']:>8.2f} {r['between']:>8.2f}", flush=True)
+            print(summary(n, pruner, times[pruner]), flush=True)
         optuna.delete_study(study_name=name, storage=storage)
     return 0
 
