@@ -14,6 +14,7 @@ import optuna
 import torch
 from optuna.trial import BaseTrial
 
+from .._checks import check_choice
 from ..data import DataBundle
 from ..study import Choice, IntUniform, LogUniform, Study, Uniform, load_study, run_trial
 from ..train import Cost, load_checkpoint
@@ -122,8 +123,7 @@ def make_objective(
         ['best_epoch', 'cost', 'epoch_0001']
     """
     study = load_study(study)
-    if method not in OBJECTIVE_METHODS:
-        raise ValueError(f"method must be one of {OBJECTIVE_METHODS}, got {method!r}")
+    check_choice("method", method, OBJECTIVE_METHODS)
     signal = "velocity" if method == "neve" else "val_loss"
     lock = threading.Lock()
     cache: dict[str, DataBundle] = {}

@@ -158,7 +158,9 @@ class NeVePruner(BasePruner):
             min_early_stopping_rate=min_early_stopping_rate,
         )
         self._lock = threading.Lock()
-        self._checked: dict[tuple[int, str], int] = {}  # (study object, name) -> last trial checked
+        # (study object, name) -> (last trial checked, direction sign): one settings check and
+        # one direction read per trial, not per epoch
+        self._checked: dict[tuple[int, str], tuple[int, float]] = {}
 
     # ------------------------------------------------------------ settings
     @property
@@ -217,14 +219,18 @@ class NeVePruner(BasePruner):
                 "the study's (NeVePruner.from_study)."
             )
 
-    def _check_once_per_trial(self, study: "optuna.study.Study", number: int) -> None:
+    def _check_once_per_trial(self, study: "optuna.study.Study", number: int) -> float:
+        """Bind to ``study`` once per trial; the study's direction sign."""
         key = (id(study), study.study_name)
         with self._lock:
-            if self._checked.get(key) == number:
-                return
+            checked = self._checked.get(key)
+        if checked is not None and checked[0] == number:
+            return checked[1]
         self.bind(study)
+        sign = direction_sign(study.direction)
         with self._lock:
-            self._checked[key] = number
+            self._checked[key] = (number, sign)
+        return sign
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -241,8 +247,7 @@ class NeVePruner(BasePruner):
         step = trial.last_step
         if step is None:
             return False
-        self._check_once_per_trial(study, trial.number)
-        sign = direction_sign(study.direction)
+        sign = self._check_once_per_trial(study, trial.number)
         reported = trial.intermediate_values[step]
         epoch = trial.user_attrs.get(epoch_key(step))
         epoch = epoch if isinstance(epoch, dict) else {}
