@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -169,8 +170,6 @@ def test_sqlite_workers_retry_a_dead_workers_trial_once(tmp_path) -> None:
     study_id = storage.get_study_id_from_name("stale")
     for _ in range(STALE):  # trials whose worker died right after its first heartbeat
         storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, study.ask().number))
-    import time
-
     time.sleep(2.5)  # past the grace period
     workers = 3
     barrier = threading.Barrier(workers)
