@@ -45,7 +45,7 @@ def main() -> None:
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from neve_tune.ray import neve_trainable
-    from neve_tune.study import load_study, run_trial
+    from neve_tune import load_study, run_trial
 
     study = load_study("digits").replace(max_epochs=args.epochs)
     configs = [{"lr": 0.05, "threshold": 1e-9, "batch_size": 64, "seed": i} for i in range(args.trials)]

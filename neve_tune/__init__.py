@@ -5,23 +5,29 @@ backends live in :mod:`neve_tune.optuna` and :mod:`neve_tune.ray` and import the
 library only there.
 """
 
-from .control import NeVe, ValidationControl
+from .control import Controller, LRReplay, NeVe, ValidationControl
 from .probe import dataset_probe, gaussian_probe
-from .study import Choice, IntUniform, LogUniform, Study, Uniform, load_study, run_trial
-from .train import Cost, FitResult, evaluate, fit
+from .records import Cost, TrialResult
+from .space import Choice, IntUniform, LogUniform, Uniform
+from .study import Study, load_study
+from .train import FitResult, evaluate, fit
+from .trial import run_trial
 from .velocity import NeuralVelocity, VelocityReport
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Choice",
+    "Controller",
     "Cost",
     "FitResult",
     "IntUniform",
+    "LRReplay",
     "LogUniform",
     "NeVe",
     "NeuralVelocity",
     "Study",
+    "TrialResult",
     "Uniform",
     "ValidationControl",
     "VelocityReport",

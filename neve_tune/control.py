@@ -1,43 +1,72 @@
 """Per-trial controllers: what happens to the learning rate and whether to go on.
 
-:class:`NeVe` (DESIGN section 2) needs no held-out data: after each epoch it measures the
+:class:`NeVe` (docs/design.md, "The controller") needs no held-out data: after each epoch it measures the
 velocity, steps torch's ``ReduceLROnPlateau`` on the velocity change (or the velocity),
 and stops once the velocity is under ``threshold``. :class:`ValidationControl` is the
 validation-based baseline: ``ReduceLROnPlateau`` on validation loss, a fixed epoch cap and,
-optionally, early stopping on validation loss.
+optionally, early stopping on validation loss. :class:`LRReplay` replays a recorded
+learning-rate schedule (the final retrain of a validation-based search).
 
-Both expose the same small interface, used by :func:`neve_tune.train.fit`:
-``start()``, ``step(train_loss, val_loss=None) -> dict``, ``should_stop``, ``stopped_by``,
-``state_dict()`` / ``load_state_dict()``.
+All three implement :class:`Controller`, the interface :func:`neve_tune.train.fit` uses.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from ._checks import check_choice, check_float, check_int, is_finite, to_float
 from .velocity import NeuralVelocity
 
-__all__ = ["NeVe", "ValidationControl", "check_epochs"]
+__all__ = ["Controller", "LRReplay", "NeVe", "ValidationControl", "check_epochs"]
 
 LR_SIGNALS = ("velocity_change", "velocity")
+THRESHOLD_MODES = ("absolute", "relative")
+
+
+@runtime_checkable
+class Controller(Protocol):
+    """What :func:`neve_tune.train.fit` needs from a per-trial controller.
+
+    ``start()`` runs before the first epoch (NeVe records its reference outputs there);
+    ``step(train_loss, val_loss=None, *, prediction_changes=None)`` closes an epoch and
+    returns its metrics (at least ``epoch``, ``lr``, ``diverged``); ``stopped_by`` is None while the run goes on;
+    ``probe_samples`` is the forward-only samples one ``step`` costs.
+    """
+
+    epoch: int
+    stopped_by: str | None
+
+    @property
+    def should_stop(self) -> bool: ...
+
+    @property
+    def probe_samples(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def step(
+        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None
+    ) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None: ...
 
 
 def check_epochs(min_epochs: int, max_epochs: int) -> None:
-    for name, v in (("min_epochs", min_epochs), ("max_epochs", max_epochs)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int, got {v!r}")
-    if max_epochs < 1:
-        raise ValueError(f"max_epochs must be at least 1, got {max_epochs}")
-    if not 0 <= min_epochs <= max_epochs:
+    check_int("max_epochs", max_epochs, minimum=1)
+    check_int("min_epochs", min_epochs, minimum=0)
+    if min_epochs > max_epochs:
         raise ValueError(f"min_epochs must be in [0, max_epochs={max_epochs}], got {min_epochs}")
 
 
 def _finite(x: float | None) -> bool:
-    return x is None or math.isfinite(x)
+    """A metric that is absent (None) or a finite number; NaN/inf mean divergence."""
+    return x is None or is_finite(x)
 
 
 def _lr(optimizer: torch.optim.Optimizer) -> float:
@@ -45,16 +74,34 @@ def _lr(optimizer: torch.optim.Optimizer) -> float:
 
 
 class NeVe:
-    """Velocity-driven LR decay and stopping for one training run.
+    """Velocity-driven LR decay and stopping for one training run, with no held-out data.
 
     After every epoch, :meth:`step`:
 
     1. measures the velocity ``V^t`` and its change ``D^t`` on the probe;
     2. steps ``ReduceLROnPlateau(mode="min", factor, patience, threshold=0)`` on ``D^t``
        (``lr_signal="velocity_change"``, from the 2nd epoch) or on ``V^t``;
-    3. stops when ``V^t < threshold`` and at least ``min_epochs`` epochs ran
-       (``stopped_by="velocity"``), or at ``max_epochs`` (``"max_epochs"``);
+    3. ends the run (``stopped_by``), after at least ``min_epochs`` epochs:
+
+       - ``"velocity"``: ``V^t < threshold`` (``threshold_mode="absolute"``), or
+         ``V^t / max_s V^s < threshold`` (``"relative"``: scale-free, since velocity
+         follows the learning rate);
+       - ``"prediction_changes"``: the memorisation guard (``pc_patience`` set): the
+         moving average over ``pc_window`` epochs of the training examples whose
+         predicted class changed (``prediction_changes``, from :func:`neve_tune.train.fit`)
+         has not reached a new minimum for ``pc_patience`` epochs (Label Wave); with
+         ``pc_restore`` the model's weights of the epoch of that minimum
+         (``pc_best_epoch``) are put back, since the epochs after it memorise;
+       - ``"stalled"``: either stop above (or the ``max_epochs`` cap) on a run that did not
+         learn: its training loss is not below ``(1 - stall_margin)`` times its first
+         epoch's, or not below ``(1 - stall_margin) * log(num_classes)`` (chance) when
+         ``num_classes`` is given. A stalled run is not converged;
+       - ``"max_epochs"``: the cap;
     4. a non-finite training loss or velocity ends the run as ``"diverged"`` (no exception).
+
+    ``neve_stop`` is true on the epoch the run ends as converged (``"velocity"`` or
+    ``"prediction_changes"``); ``stalled`` on the epoch it ends as stalled. The rule is
+    written out in docs/design.md, "The controller".
 
     Example::
 
@@ -66,7 +113,7 @@ class NeVe:
         >>> neve.start()
         >>> metrics = neve.step(train_loss=0.7)    # after one training epoch
         >>> sorted(metrics)
-        ['diverged', 'epoch', 'lr', 'neve_stop', 'velocity', 'velocity_change']
+        ['diverged', 'epoch', 'lr', 'neve_stop', 'stalled', 'velocity', 'velocity_change']
     """
 
     def __init__(
@@ -80,29 +127,54 @@ class NeVe:
         lr_signal: str = "velocity_change",
         factor: float = 0.5,
         patience: int = 10,
+        threshold_mode: str = "absolute",
+        num_classes: int | None = None,
+        stall_margin: float = 0.1,
+        pc_patience: int | None = None,
+        pc_window: int = 3,
+        pc_restore: bool = True,
     ) -> None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise TypeError(f"threshold must be a positive float, got {threshold!r}")
-        if not (threshold > 0 and math.isfinite(threshold)):
-            raise ValueError(f"threshold must be a positive finite float, got {threshold}")
-        if lr_signal not in LR_SIGNALS:
-            raise ValueError(f"lr_signal must be one of {LR_SIGNALS}, got {lr_signal!r}")
+        threshold = check_float("threshold", threshold, positive=True)
+        check_choice("lr_signal", lr_signal, LR_SIGNALS)
+        check_choice("threshold_mode", threshold_mode, THRESHOLD_MODES)
         if not isinstance(velocity, NeuralVelocity):
             raise TypeError(f"velocity must be a NeuralVelocity, got {type(velocity).__name__}")
         check_epochs(min_epochs, max_epochs)
+        check_int("patience", patience, minimum=0)
+        check_float("factor", factor, low=0.0, high=1.0, low_open=True, high_open=True)
         self.optimizer = optimizer
         self.velocity = velocity
         self.threshold = float(threshold)
+        self.threshold_mode = threshold_mode
         self.min_epochs = min_epochs
         self.max_epochs = max_epochs
         self.lr_signal = lr_signal
+        self.num_classes = check_int("num_classes", num_classes, minimum=2, allow_none=True)
+        self.stall_margin = check_float("stall_margin", stall_margin, low=0.0, high=1.0, high_open=True)
+        self.pc_patience = check_int("pc_patience", pc_patience, minimum=1, allow_none=True)
+        self.pc_window = check_int("pc_window", pc_window, minimum=1)
+        self.pc_restore = bool(pc_restore)
+        self._best_weights: dict[str, torch.Tensor] | None = None
         self.scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience, threshold=0.0)
         self.epoch = 0
         self.stopped_by: str | None = None
+        self.first_loss: float | None = None
+        self.peak_velocity = 0.0
+        self.pc_series: list[float] = []
+        self.pc_best: float | None = None
+        self.pc_best_epoch = 0
 
     @property
     def should_stop(self) -> bool:
         return self.stopped_by is not None
+
+    @property
+    def best_epoch(self) -> int:
+        """The epoch whose weights the model holds at the end: the prediction-changes
+        minimum after a restoring guard stop, else the last epoch."""
+        if self.stopped_by == "prediction_changes" and self.pc_restore and self._best_weights is not None:
+            return self.pc_best_epoch
+        return self.epoch
 
     def start(self) -> None:
         """Record the reference outputs (epoch 0) if not done yet."""
@@ -113,37 +185,71 @@ class NeVe:
     def probe_samples(self) -> int:
         return int(self.velocity.probe.shape[0])
 
-    def step(self, train_loss: float, val_loss: float | None = None) -> dict[str, Any]:
-        """Close one training epoch; ``val_loss`` is ignored (NeVe needs none)."""
+    def learned(self, train_loss: float) -> bool:
+        """Whether ``train_loss`` shows the run learned (see the class docstring)."""
+        keep = 1.0 - self.stall_margin
+        if self.first_loss is None or not train_loss < keep * self.first_loss:
+            return False
+        return self.num_classes is None or train_loss < keep * math.log(self.num_classes)
+
+    def _prediction_changes_stop(self, prediction_changes: Any) -> bool:
+        if prediction_changes is None:
+            return False
+        self.pc_series.append(to_float("prediction_changes", prediction_changes))  # type: ignore[arg-type]
+        if len(self.pc_series) < self.pc_window:
+            return False
+        level = sum(self.pc_series[-self.pc_window :]) / self.pc_window
+        if self.pc_best is None or level < self.pc_best:
+            self.pc_best, self.pc_best_epoch = level, self.epoch
+            if self.pc_patience is not None and self.pc_restore:
+                self._best_weights = {k: v.detach().clone() for k, v in self.velocity.module.state_dict().items()}
+        return self.pc_patience is not None and self.epoch - self.pc_best_epoch >= self.pc_patience
+
+    def step(
+        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None
+    ) -> dict[str, Any]:
+        """Close one training epoch; ``val_loss`` is ignored (NeVe needs none);
+        ``prediction_changes`` feeds the memorisation guard."""
         if self.should_stop:
             raise RuntimeError(f"the run already stopped ({self.stopped_by}); step() after stop")
+        train_loss = to_float("train_loss", train_loss)  # type: ignore[assignment]
         self.start()
         lr = _lr(self.optimizer)
         self.epoch += 1
+        if self.first_loss is None and _finite(train_loss):
+            self.first_loss = float(train_loss)
         velocity = change = None
         diverged = not _finite(train_loss)
         if not diverged:
             report = self.velocity.measure()
             velocity, change = report.model_velocity, report.velocity_change
             diverged = not (_finite(velocity) and _finite(change))
-        neve_stop = False
         if diverged:
             self.stopped_by = "diverged"
         else:
             signal = velocity if self.lr_signal == "velocity" else change
             if signal is not None:
                 self.scheduler.step(signal)
-            neve_stop = self.epoch >= self.min_epochs and velocity < self.threshold
-            if neve_stop:
-                self.stopped_by = "velocity"
-            elif self.epoch >= self.max_epochs:
-                self.stopped_by = "max_epochs"
+            self.peak_velocity = max(self.peak_velocity, float(velocity))  # type: ignore[arg-type]
+            settled = velocity / self.peak_velocity if self.threshold_mode == "relative" and self.peak_velocity > 0 else velocity
+            pc_stop = self._prediction_changes_stop(prediction_changes)
+            may_stop = self.epoch >= self.min_epochs
+            velocity_stop = may_stop and settled < self.threshold  # type: ignore[operator]
+            pc_stop = may_stop and pc_stop
+            if velocity_stop or pc_stop or self.epoch >= self.max_epochs:
+                if not self.learned(train_loss):
+                    self.stopped_by = "stalled"
+                else:
+                    self.stopped_by = "velocity" if velocity_stop else "prediction_changes" if pc_stop else "max_epochs"
+                if self.stopped_by == "prediction_changes" and self.pc_restore and self._best_weights is not None:
+                    self.velocity.module.load_state_dict(self._best_weights)
         return {
             "epoch": self.epoch,
             "velocity": velocity,
             "velocity_change": change,
             "lr": lr,
-            "neve_stop": neve_stop,
+            "neve_stop": self.stopped_by in ("velocity", "prediction_changes"),
+            "stalled": self.stopped_by == "stalled",
             "diverged": diverged,
         }
 
@@ -154,6 +260,12 @@ class NeVe:
             "threshold": self.threshold,
             "scheduler": self.scheduler.state_dict(),
             "velocity": self.velocity.state_dict(),
+            "first_loss": self.first_loss,
+            "peak_velocity": self.peak_velocity,
+            "pc_series": list(self.pc_series),
+            "pc_best": self.pc_best,
+            "pc_best_epoch": self.pc_best_epoch,
+            "best_weights": None if self._best_weights is None else dict(self._best_weights),
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -162,6 +274,13 @@ class NeVe:
         self.threshold = float(state_dict["threshold"])
         self.scheduler.load_state_dict(dict(state_dict["scheduler"]))
         self.velocity.load_state_dict(state_dict["velocity"])
+        self.first_loss = state_dict.get("first_loss")
+        self.peak_velocity = float(state_dict.get("peak_velocity", 0.0))
+        self.pc_series = [float(x) for x in state_dict.get("pc_series", [])]
+        self.pc_best = state_dict.get("pc_best")
+        self.pc_best_epoch = int(state_dict.get("pc_best_epoch", 0))
+        best = state_dict.get("best_weights")
+        self._best_weights = None if best is None else {k: v.clone() for k, v in best.items()}
 
 
 class ValidationControl:
@@ -186,8 +305,7 @@ class ValidationControl:
         early_stopping: int | None = None,
     ) -> None:
         check_epochs(0, max_epochs)
-        if early_stopping is not None and (not isinstance(early_stopping, int) or early_stopping < 1):
-            raise ValueError(f"early_stopping must be a positive int or None, got {early_stopping!r}")
+        check_int("early_stopping", early_stopping, minimum=1, allow_none=True)
         self.optimizer = optimizer
         self.max_epochs = max_epochs
         self.early_stopping = early_stopping
@@ -204,7 +322,9 @@ class ValidationControl:
     def start(self) -> None:
         pass
 
-    def step(self, train_loss: float, val_loss: float | None = None) -> dict[str, Any]:
+    def step(
+        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None
+    ) -> dict[str, Any]:
         if val_loss is None:
             raise ValueError("val_loss is required: ValidationControl decides on validation loss")
         if self.should_stop:
@@ -239,3 +359,62 @@ class ValidationControl:
         self.best_loss = float(state_dict["best_loss"])
         self.best_epoch = int(state_dict["best_epoch"])
         self.scheduler.load_state_dict(dict(state_dict["scheduler"]))
+
+
+class LRReplay:
+    """Replays a recorded per-epoch learning-rate schedule for ``len(lrs)`` epochs.
+
+    A validation-based search retrains its best configuration on all training data this
+    way: the same learning rates its trial saw, without the held-out split. It stops at
+    the end of the schedule (``"max_epochs"``) or on a non-finite loss (``"diverged"``).
+
+        >>> import torch
+        >>> opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+        >>> replay = LRReplay(opt, [0.1, 0.05])
+        >>> [replay.step(0.5)["lr"] for _ in range(2)], replay.stopped_by
+        ([0.1, 0.05], 'max_epochs')
+    """
+
+    probe_samples = 0
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lrs: Sequence[float]) -> None:
+        if not lrs:
+            raise ValueError("lr_schedule must hold at least one epoch")
+        self.optimizer = optimizer
+        self.lrs = [check_float(f"lr_schedule[{i}]", lr, positive=True) for i, lr in enumerate(lrs)]
+        self.epoch = 0
+        self.stopped_by: str | None = None
+        self._set(0)
+
+    def _set(self, i: int) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = float(self.lrs[i])
+
+    @property
+    def should_stop(self) -> bool:
+        return self.stopped_by is not None
+
+    def start(self) -> None:
+        pass
+
+    def step(
+        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None
+    ) -> dict[str, Any]:
+        lr = _lr(self.optimizer)
+        self.epoch += 1
+        diverged = not _finite(train_loss)
+        if diverged:
+            self.stopped_by = "diverged"
+        elif self.epoch >= len(self.lrs):
+            self.stopped_by = "max_epochs"
+        else:
+            self._set(self.epoch)
+        return {"epoch": self.epoch, "lr": lr, "diverged": diverged}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "stopped_by": self.stopped_by}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.epoch, self.stopped_by = int(state_dict["epoch"]), state_dict["stopped_by"]
+        if self.stopped_by is None:
+            self._set(self.epoch)

@@ -18,14 +18,25 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-__all__ = ["DataBundle", "DATASETS", "get_dataset", "register_dataset", "validation_split"]
+from ._checks import check_float, check_int
+
+__all__ = [
+    "DATASETS",
+    "DataBundle",
+    "dataset_labels",
+    "get_dataset",
+    "register_dataset",
+    "stratified_subset",
+    "symmetric_label_noise",
+    "validation_split",
+]
 
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
 CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
@@ -34,11 +45,16 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 @dataclass
 class DataBundle:
+    """A training set, a test set (read only for the final evaluation), one input's shape
+    and the number of classes. ``flipped`` holds the training positions whose label
+    :func:`symmetric_label_noise` changed (None: no noise added)."""
+
     name: str
     train: Dataset
     test: Dataset
     input_shape: tuple[int, ...]
     num_classes: int
+    flipped: torch.Tensor | None = None
 
 
 DATASETS: dict[str, Callable[..., DataBundle]] = {}
@@ -52,11 +68,100 @@ def register_dataset(name: str) -> Callable:
     return deco
 
 
-def get_dataset(name: str, **options) -> DataBundle:
-    """The data set registered as ``name``, built with ``options``."""
+def get_dataset(
+    name: str, *, train_fraction: float = 1.0, label_noise: float = 0.0, noise_seed: int = 0, **options: Any
+) -> DataBundle:
+    """The data set registered as ``name``, built with ``options``.
+
+    ``train_fraction`` keeps a stratified, seeded (``options["seed"]``) fraction of the
+    training set; ``label_noise`` then flips that fraction of its labels to another class
+    (:func:`symmetric_label_noise`, seeded by ``noise_seed``). The test set is never touched.
+    """
     if name not in DATASETS:
         raise ValueError(f"data must be one of {sorted(DATASETS)}, got {name!r}")
-    return DATASETS[name](**options)
+    train_fraction = check_float("train_fraction", train_fraction, low=0.0, high=1.0, low_open=True)
+    label_noise = check_float("label_noise", label_noise, low=0.0, high=1.0, high_open=True)
+    noise_seed = check_int("noise_seed", noise_seed)
+    bundle = DATASETS[name](**options)
+    if train_fraction < 1.0:
+        bundle = replace(bundle, train=stratified_subset(bundle.train, train_fraction, seed=int(options.get("seed", 0))))
+    if label_noise > 0.0:
+        train, flipped = symmetric_label_noise(bundle.train, label_noise, bundle.num_classes, seed=noise_seed)
+        bundle = replace(bundle, train=train, flipped=flipped)
+    return bundle
+
+
+def dataset_labels(dataset: Dataset) -> torch.Tensor:
+    """Every label of ``dataset`` as a long tensor, without loading inputs where the
+    dataset keeps its labels apart (tensor datasets, torchvision ``targets``)."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].long()
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return torch.as_tensor(targets, dtype=torch.long)
+    return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)  # type: ignore[arg-type]
+
+
+def stratified_subset(dataset: Dataset, fraction: float, seed: int = 0) -> Subset:
+    """``fraction`` of every class of ``dataset`` (at least one example each), seeded.
+
+        >>> import torch
+        >>> ds = TensorDataset(torch.zeros(100, 2), torch.arange(100) % 4)
+        >>> sub = stratified_subset(ds, 0.25, seed=0)
+        >>> len(sub), torch.bincount(dataset_labels(sub)).tolist()
+        (24, [6, 6, 6, 6])
+    """
+    fraction = check_float("fraction", fraction, low=0.0, high=1.0, low_open=True)
+    labels = dataset_labels(dataset)
+    gen = torch.Generator().manual_seed(int(seed))
+    keep: list[int] = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        keep += idx[: max(1, int(round(fraction * len(idx))))].tolist()
+    return Subset(dataset, sorted(keep))
+
+
+class _Relabeled(Dataset):
+    """``dataset`` with its labels replaced (inputs untouched)."""
+
+    def __init__(self, dataset: Dataset, labels: torch.Tensor) -> None:
+        self.dataset, self.labels = dataset, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Any, torch.Tensor]:
+        return self.dataset[i][0], self.labels[i]
+
+
+def symmetric_label_noise(dataset: Dataset, rate: float, num_classes: int, seed: int = 0) -> tuple[Dataset, torch.Tensor]:
+    """``dataset`` with exactly ``round(rate * len)`` labels flipped, each to one of the
+    other ``num_classes - 1`` classes chosen uniformly; returns it and the flipped positions.
+
+        >>> import torch
+        >>> ds = TensorDataset(torch.zeros(50, 2), torch.arange(50) % 5)
+        >>> noisy, flipped = symmetric_label_noise(ds, 0.2, 5, seed=1)
+        >>> len(flipped), bool((dataset_labels(noisy) != dataset_labels(ds)).sum() == 10)
+        (10, True)
+    """
+    rate = check_float("label_noise", rate, low=0.0, high=1.0, high_open=True)
+    check_int("num_classes", num_classes, minimum=2)
+    labels = dataset_labels(dataset)
+    n = len(labels)
+    gen = torch.Generator().manual_seed(int(seed))
+    flipped = torch.randperm(n, generator=gen)[: int(round(rate * n))].sort().values
+    shift = torch.randint(1, num_classes, (len(flipped),), generator=gen)
+    noisy = labels.clone()
+    noisy[flipped] = (labels[flipped] + shift) % num_classes
+    source = dataset
+    if isinstance(source, Subset) and isinstance(source.dataset, TensorDataset):
+        source = TensorDataset(*(t[torch.as_tensor(list(source.indices), dtype=torch.long)] for t in source.dataset.tensors))
+    if isinstance(source, TensorDataset):
+        return TensorDataset(source.tensors[0], noisy, *source.tensors[2:]), flipped
+    return _Relabeled(dataset, noisy), flipped
 
 
 def validation_split(dataset: Dataset, fraction: float = 0.1, seed: int = 0) -> tuple[Subset, Subset]:

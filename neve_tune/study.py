@@ -1,109 +1,31 @@
-"""Study files and the one function that runs a trial of them.
+"""Study files: what a search trains and over which hyperparameters.
 
-A study file (``studies/*.py``) defines ``STUDY = Study(...)``: data, model, search space
-and budgets. Every backend (Optuna, Ray Tune, the comparison) turns a sampled ``config``
-into a finished trial with :func:`run_trial`, so they all train the same way.
+A study file (``studies/*.py``, shipped inside the package as :mod:`neve_tune.studies`)
+defines ``STUDY = Study(...)``: data, model, search space and budgets. Every backend
+(Optuna, Ray Tune, the comparison) turns a sampled ``config`` into a finished trial with
+:func:`neve_tune.run_trial`, so they all train the same way.
 
-Methods:
-
-- ``"neve"``: the whole training set, velocity on the probe each epoch, LR decay on the
-  velocity change, stop on the velocity threshold; objective: the last epoch's mean
-  training loss (TSE-E with E = 1; ``Study.objective`` selects another estimate).
-- ``"asha"``: ``val_fraction`` of the training set held out, ``ReduceLROnPlateau`` on
-  validation loss, ``max_epochs`` fixed; objective: validation loss of the last epoch.
-- ``"asha_es"``: the same with early stopping after ``early_stopping`` epochs without a
-  new best validation loss; objective: the best validation loss.
-- ``"retrain"``: the whole training set for ``epochs`` epochs, replaying a recorded
-  per-epoch learning-rate schedule (how a validation-based search gets its final model).
+    >>> from neve_tune import load_study
+    >>> study = load_study("digits")
+    >>> study.data, study.model, study.max_epochs, sorted(study.search_space)
+    ('digits', 'small_cnn', 60, ['batch_size', 'lr', 'threshold'])
 """
 
 from __future__ import annotations
 
-import importlib.util
-import math
 import os
+import types
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping
 
-import torch
+from ._checks import check_choice, check_float, check_int
+from .control import check_epochs
+from .data import DataBundle, get_dataset
+from .space import Choice, Distribution, IntUniform, LogUniform, Uniform, default_space, validate_space
 
-from .control import NeVe, ValidationControl, check_epochs
-from .data import DataBundle, get_dataset, validation_split
-from .models import create_model
-from .probe import dataset_probe, gaussian_probe
-from .train import evaluate, fit
-from .velocity import NeuralVelocity
-
-__all__ = [
-    "Choice",
-    "IntUniform",
-    "LogUniform",
-    "Uniform",
-    "Study",
-    "METHODS",
-    "load_study",
-    "run_trial",
-    "resolve_device",
-]
-
-METHODS = ("neve", "asha", "asha_es", "retrain")
-STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
-
-
-# ---------------------------------------------------------------- search space
-@dataclass(frozen=True)
-class LogUniform:
-    low: float
-    high: float
-
-    def validate(self, name: str) -> None:
-        if not (0 < self.low < self.high):
-            raise ValueError(f"search space {name!r}: LogUniform needs 0 < low < high, got [{self.low}, {self.high}]")
-
-
-@dataclass(frozen=True)
-class Uniform:
-    low: float
-    high: float
-
-    def validate(self, name: str) -> None:
-        if not self.low < self.high:
-            raise ValueError(f"search space {name!r}: Uniform needs low < high, got [{self.low}, {self.high}]")
-
-
-@dataclass(frozen=True)
-class IntUniform:
-    low: int
-    high: int
-    log: bool = False
-
-    def validate(self, name: str) -> None:
-        if not self.low < self.high or (self.log and self.low < 1):
-            raise ValueError(f"search space {name!r}: IntUniform needs low < high (low >= 1 if log), got [{self.low}, {self.high}]")
-
-
-@dataclass(frozen=True)
-class Choice:
-    values: tuple
-
-    def __init__(self, values: Sequence) -> None:
-        object.__setattr__(self, "values", tuple(values))
-
-    def validate(self, name: str) -> None:
-        if not self.values:
-            raise ValueError(f"search space {name!r}: Choice needs at least one value, got none")
-
-
-Distribution = LogUniform | Uniform | IntUniform | Choice
-
-
-def _default_space() -> dict[str, Distribution]:
-    return {
-        "lr": LogUniform(1e-3, 0.5),
-        "threshold": LogUniform(1e-4, 1e-2),
-        "batch_size": Choice([32, 64, 128]),
-    }
+__all__ = ["Choice", "IntUniform", "LogUniform", "Study", "Uniform", "bundled_studies", "load_study"]
 
 
 def _default_params() -> dict[str, Any]:
@@ -130,7 +52,7 @@ class Study:
     data_options: dict[str, Any] = field(default_factory=dict)
     model: str = "small_cnn"
     model_options: dict[str, Any] = field(default_factory=dict)
-    search_space: dict[str, Distribution] = field(default_factory=_default_space)
+    search_space: dict[str, Distribution] = field(default_factory=default_space)
     defaults: dict[str, Any] = field(default_factory=_default_params)
     max_epochs: int = 60
     min_epochs: int = 0
@@ -138,7 +60,12 @@ class Study:
     probe_samples: int = 100
     lr_signal: str = "velocity_change"
     lr_factor: float = 0.5
-    lr_patience: int = 10
+    lr_patience: int | str = 10
+    threshold_mode: str = "absolute"
+    stall_margin: float = 0.1
+    pc_patience: int | None = None
+    pc_window: int = 3
+    pc_restore: bool = True
     val_fraction: float = 0.1
     early_stopping: int = 10
     objective: str = "tse_e1"
@@ -151,10 +78,7 @@ class Study:
     def validate(self) -> None:
         if not self.search_space:
             raise ValueError(f"study {self.name!r}: search_space is empty")
-        for k, d in self.search_space.items():
-            if not isinstance(d, (LogUniform, Uniform, IntUniform, Choice)):
-                raise TypeError(f"search space {k!r}: expected LogUniform/Uniform/IntUniform/Choice, got {d!r}")
-            d.validate(k)
+        validate_space(self.search_space)
         check_epochs(self.min_epochs, self.max_epochs)
         if self.probe not in ("noise", "train"):
             raise ValueError(f"probe must be 'noise' or 'train', got {self.probe!r}")
@@ -165,12 +89,14 @@ class Study:
             raise ValueError(f"lr_signal must be 'velocity_change' or 'velocity', got {self.lr_signal!r}")
         if not 0.0 < self.lr_factor < 1.0:
             raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor!r}")
-        for key in ("lr_patience", "early_stopping"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "lr_patience" else 1):
-                raise ValueError(f"{key} must be an int >= {0 if key == 'lr_patience' else 1}, got {v!r}")
-        if isinstance(self.probe_samples, bool) or not isinstance(self.probe_samples, int) or self.probe_samples < 1:
-            raise ValueError(f"probe_samples must be a positive int, got {self.probe_samples!r}")
+        if self.lr_patience != "auto":
+            check_int("lr_patience", self.lr_patience, minimum=0)
+        check_choice("threshold_mode", self.threshold_mode, ("absolute", "relative"))
+        check_float("stall_margin", self.stall_margin, low=0.0, high=1.0, high_open=True)
+        check_int("pc_patience", self.pc_patience, minimum=1, allow_none=True)
+        check_int("pc_window", self.pc_window, minimum=1)
+        check_int("early_stopping", self.early_stopping, minimum=1)
+        check_int("probe_samples", self.probe_samples, minimum=1)
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         for key in ("lr", "batch_size"):
@@ -178,6 +104,14 @@ class Study:
                 raise ValueError(f"study {self.name!r}: {key!r} is neither in defaults nor in search_space")
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
+
+    @property
+    def plateau_patience(self) -> int:
+        """``lr_patience`` in epochs: ``"auto"`` scales it to the budget, ``max(2, max_epochs // 20)``
+        (3 for 60 epochs, 12 for the paper's 250); the same for NeVe and the baselines."""
+        if self.lr_patience == "auto":
+            return max(2, self.max_epochs // 20)
+        return int(self.lr_patience)
 
     def config(self, sampled: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Full hyperparameters: defaults overwritten by ``sampled``."""
@@ -199,222 +133,44 @@ def load_study(study: "str | os.PathLike | Study") -> Study:
     """A :class:`Study` from a file path, a bundled study name (``"digits"``) or itself."""
     if isinstance(study, Study):
         return study
+    if not isinstance(study, (str, os.PathLike)):
+        raise TypeError(f"study must be a Study, a study file path or a bundled study name, got {study!r}")
     path = Path(study)
-    if not path.exists() and not path.suffix:
-        path = STUDIES_DIR / f"{study}.py"
+    if not path.exists() and not path.suffix and str(study) in bundled_studies():
+        bundled = resources.files("neve_tune.studies").joinpath(f"{study}.py")
+        with resources.as_file(bundled) as real:  # a real file, so the study's own __file__ works
+            return _exec_study(str(study), real.read_text(), str(real))
     if not path.is_file():
-        known = sorted(p.stem for p in STUDIES_DIR.glob("*.py")) if STUDIES_DIR.is_dir() else []
-        raise FileNotFoundError(f"study file {str(study)!r} not found; bundled studies: {known}")
-    spec = importlib.util.spec_from_file_location(f"neve_study_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+        raise FileNotFoundError(f"study file {str(study)!r} not found; bundled studies: {bundled_studies()}")
+    return _exec_study(path.stem, path.read_text(), str(path))
+
+
+def bundled_studies() -> list[str]:
+    """Names of the study files shipped with the package (``studies/`` in the source tree)."""
+    root = resources.files("neve_tune.studies")
+    return sorted(p.name[:-3] for p in root.iterdir() if p.name.endswith(".py") and not p.name.startswith("_"))
+
+
+def _exec_study(stem: str, source: str, origin: str) -> Study:
+    """Run a study file's source and return its ``STUDY``; its own errors become one line."""
+    module = types.ModuleType(f"neve_study_{stem}")
+    module.__file__ = origin
+    try:
+        exec(compile(source, origin, "exec"), module.__dict__)
+    except SyntaxError as e:
+        raise ValueError(f"study file {origin!r} has a syntax error at line {e.lineno}: {e.msg}") from None
+    except Exception as e:  # the file's own code failed: say which file, keep the cause
+        raise ValueError(f"study file {origin!r} failed to load: {type(e).__name__}: {e}") from e
     obj = getattr(module, "STUDY", None)
     if not isinstance(obj, Study):
-        raise ValueError(f"study file {str(path)!r} must define STUDY = neve_tune.Study(...)")
+        raise ValueError(f"study file {origin!r} must define STUDY = neve_tune.Study(...)")
     return obj
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def __getattr__(name: str) -> Any:
+    # names that lived here before the trial machinery moved to neve_tune.trial
+    if name in ("run_trial", "resolve_device", "trial_objective", "training_speed_estimate", "make_optimizer", "METHODS"):
+        from . import trial
 
-
-# ---------------------------------------------------------------- one trial
-class _LRReplay:
-    """Controller for a retrain: sets each epoch's recorded LR, runs ``len(lrs)`` epochs."""
-
-    probe_samples = 0
-
-    def __init__(self, optimizer: torch.optim.Optimizer, lrs: Sequence[float]) -> None:
-        if not lrs:
-            raise ValueError("lr_schedule must hold at least one epoch")
-        self.optimizer, self.lrs, self.epoch, self.stopped_by = optimizer, list(lrs), 0, None
-        self._set(0)
-
-    def _set(self, i: int) -> None:
-        for g in self.optimizer.param_groups:
-            g["lr"] = float(self.lrs[i])
-
-    should_stop = property(lambda self: self.stopped_by is not None)
-
-    def start(self) -> None:
-        pass
-
-    def step(self, train_loss: float, val_loss: float | None = None) -> dict[str, Any]:
-        lr = float(self.optimizer.param_groups[0]["lr"])
-        self.epoch += 1
-        diverged = not math.isfinite(train_loss)
-        if diverged:
-            self.stopped_by = "diverged"
-        elif self.epoch >= len(self.lrs):
-            self.stopped_by = "max_epochs"
-        else:
-            self._set(self.epoch)
-        return {"epoch": self.epoch, "lr": lr, "diverged": diverged}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "stopped_by": self.stopped_by}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.epoch, self.stopped_by = int(state["epoch"]), state["stopped_by"]
-        if self.stopped_by is None:
-            self._set(self.epoch)
-
-
-def trial_objective(
-    study: Study, method: str, history: Sequence[Mapping[str, Any]], controller_state: Mapping[str, Any]
-) -> tuple[float, int]:
-    """(objective, best epoch) of a finished run, lower is better.
-
-    ``neve``/``retrain``: the study's validation-free objective over the training losses
-    (``study.objective``: ``"tse_e1"`` the last epoch's, ``"tse_eN"`` the mean of the last
-    N epochs', ``"tse_ema"`` their exponential moving average, Ru et al. 2021);
-    ``asha``: the last validation loss; ``asha_es``: the best validation loss.
-    """
-    nan = float("nan")
-    if method == "asha":
-        return (float(history[-1]["val_loss"]) if history else nan), len(history)
-    if method == "asha_es":
-        best = float(controller_state.get("best_loss", math.inf))
-        return (best if math.isfinite(best) else nan), int(controller_state.get("best_epoch", 0))
-    losses = [float(m["train_loss"]) for m in history]
-    return training_speed_estimate(losses, study.objective), len(history)
-
-
-def training_speed_estimate(losses: Sequence[float], kind: str = "tse_e1", ema_decay: float = 0.9) -> float:
-    """A validation-free estimate from per-epoch mean training losses (Ru et al. 2021)."""
-    if not losses:
-        return float("nan")
-    if kind == "tse_ema":
-        ema = losses[0]
-        for x in losses[1:]:
-            ema = ema_decay * ema + (1 - ema_decay) * x
-        return float(ema)
-    e = int(kind[len("tse_e"):])
-    tail = losses[-e:]
-    return float(sum(tail) / len(tail))
-
-
-def make_optimizer(model: torch.nn.Module, config: Mapping[str, Any]) -> torch.optim.Optimizer:
-    name = str(config.get("optimizer", "sgd")).lower()
-    lr, wd = float(config["lr"]), float(config.get("weight_decay", 0.0))
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(config.get("momentum", 0.9)), weight_decay=wd)
-    if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
-    if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
-    raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {name!r}")
-
-
-def run_trial(
-    study: Study,
-    config: Mapping[str, Any],
-    *,
-    method: str = "neve",
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    checkpoint_path: str | os.PathLike | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    data: DataBundle | None = None,
-    evaluate_test: bool = True,
-    lr_schedule: Sequence[float] | None = None,
-    model_fn: Callable[[], torch.nn.Module] | None = None,
-) -> dict[str, Any]:
-    """Train one configuration and return its record.
-
-    ``config`` holds the hyperparameters (``lr``, ``threshold``, ``batch_size``, ...;
-    missing ones come from ``study.defaults``). ``seed`` fixes initialisation, data order
-    and the validation split. ``on_epoch(metrics)`` sees each new epoch (DESIGN names;
-    ``val_loss``/``val_acc`` too for validation methods) after its checkpoint is saved.
-    The test set is touched once, after training, only when ``evaluate_test``.
-
-    Returns a dict: ``config``, ``method``, ``seed``, ``stopped_by``, ``epochs``,
-    ``objective``, ``best_epoch``, ``test_acc``, ``test_loss``, ``cost`` (with
-    ``epochs_equiv`` relative to the full training set), ``history``.
-    """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    cfg = study.config(config)
-    for key in ("lr", "batch_size") + (("threshold",) if method == "neve" else ()):
-        if key not in cfg:
-            raise ValueError(f"config has no {key!r} (and study {study.name!r} has no default for it)")
-    device = resolve_device(device)
-    bundle = data if data is not None else study.load_data()
-    full_train = bundle.train
-    train_set, val_set = full_train, None
-    if method in ("asha", "asha_es"):
-        train_set, val_set = validation_split(full_train, study.val_fraction, seed=seed)
-
-    torch.manual_seed(seed)
-    model = model_fn() if model_fn is not None else create_model(
-        study.model, bundle.num_classes, bundle.input_shape, **study.model_options
-    )
-    model = model.to(device)
-    optimizer = make_optimizer(model, cfg)
-    batch_size = int(cfg["batch_size"])
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(study.amp or "")
-
-    if method == "neve":
-        if study.probe == "noise":
-            probe = gaussian_probe(bundle.input_shape, study.probe_samples, seed=seed)
-        else:
-            probe = dataset_probe(train_set, study.probe_samples, seed=seed)
-        nv = NeuralVelocity(model, probe, autocast_dtype=amp_dtype)
-        controller: Any = NeVe(
-            optimizer,
-            nv,
-            threshold=float(cfg["threshold"]),
-            min_epochs=study.min_epochs,
-            max_epochs=study.max_epochs,
-            lr_signal=study.lr_signal,
-            factor=study.lr_factor,
-            patience=study.lr_patience,
-        )
-    elif method == "retrain":
-        controller = _LRReplay(optimizer, lr_schedule or [])
-    else:
-        controller = ValidationControl(
-            optimizer,
-            max_epochs=study.max_epochs,
-            factor=study.lr_factor,
-            patience=study.lr_patience,
-            early_stopping=study.early_stopping if method == "asha_es" else None,
-        )
-
-    result = fit(
-        model,
-        optimizer,
-        train_set,
-        controller,
-        batch_size=batch_size,
-        val_set=val_set,
-        device=device,
-        seed=seed,
-        amp_dtype=amp_dtype,
-        checkpoint_path=checkpoint_path,
-        on_epoch=on_epoch,
-        checkpoint_meta={"config": dict(cfg), "method": method, "seed": seed},
-    )
-    hist = result.history
-    objective, best_epoch = trial_objective(study, method, hist, controller.state_dict())
-    record: dict[str, Any] = {
-        "config": cfg,
-        "method": method,
-        "seed": seed,
-        "stopped_by": result.stopped_by,
-        "epochs": result.epochs,
-        "objective": float(objective),
-        "best_epoch": best_epoch,
-        "cost": result.cost.as_dict(len(full_train)),
-        "history": hist,
-        "test_acc": None,
-        "test_loss": None,
-    }
-    if evaluate_test:
-        loss, acc, n = evaluate(model, bundle.test, device=device, amp_dtype=amp_dtype)
-        record.update(test_acc=acc, test_loss=loss, test_samples=n)
-    return record
+        return getattr(trial, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

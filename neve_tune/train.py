@@ -6,7 +6,7 @@ checkpoint (model, optimizer, controller with its velocity state, history, cost,
 atomically. Called again with the same ``checkpoint_path`` it resumes after the last
 finished epoch, so the velocity series continues as if the run had never stopped.
 
-Cost is counted, not guessed (DESIGN section 4): ``train_samples`` (forward+backward),
+Cost is counted, not guessed (docs/design.md, "Cost model"): ``train_samples`` (forward+backward),
 ``probe_samples`` and ``eval_samples`` (forward only), ``wall_s``. ``epochs_equiv``
 expresses it in full-data training epochs, a forward-only sample counting one third
 of a trained one (the usual forward:backward = 1:2 FLOP ratio).
@@ -26,53 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-__all__ = ["Cost", "FitResult", "batches", "evaluate", "fit", "train_epoch", "load_checkpoint"]
+from ._checks import check_int
+from .records import METRIC_NAMES, Cost
 
-METRIC_NAMES = (
-    "epoch",
-    "velocity",
-    "velocity_change",
-    "train_loss",
-    "train_acc",
-    "lr",
-    "neve_stop",
-    "diverged",
-    "epoch_time_s",
-    "train_samples",
-    "probe_samples",
-    "eval_samples",
-)
-FORWARD_FRACTION = 1.0 / 3.0  # cost of a forward-only sample relative to a trained one
-
-
-@dataclass
-class Cost:
-    """Samples processed and seconds spent; add them with ``+``."""
-
-    train_samples: int = 0
-    probe_samples: int = 0
-    eval_samples: int = 0
-    wall_s: float = 0.0
-
-    def __add__(self, other: "Cost") -> "Cost":
-        return Cost(
-            self.train_samples + other.train_samples,
-            self.probe_samples + other.probe_samples,
-            self.eval_samples + other.eval_samples,
-            self.wall_s + other.wall_s,
-        )
-
-    def epochs_equiv(self, full_train_size: int) -> float:
-        """Cost in full-data training epochs (forward-only samples count 1/3)."""
-        fwd = self.probe_samples + self.eval_samples
-        return (self.train_samples + FORWARD_FRACTION * fwd) / float(full_train_size)
-
-    def as_dict(self, full_train_size: int | None = None) -> dict[str, float]:
-        d: dict[str, float] = asdict(self)
-        if full_train_size:
-            d["epochs_equiv"] = self.epochs_equiv(full_train_size)
-        return d
-
+__all__ = ["Cost", "FitResult", "METRIC_NAMES", "batches", "evaluate", "fit", "train_epoch", "load_checkpoint"]
 
 @dataclass
 class FitResult:
@@ -99,23 +56,26 @@ def batches(
     shuffle: bool = False,
     seed: int = 0,
     num_workers: int = 0,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of ``(inputs, targets)`` in a seeded order; in-memory tensor datasets are
-    sliced directly, anything else goes through a ``DataLoader``."""
+    with_positions: bool = False,
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Batches of ``(inputs, targets)`` in a seeded order (``+ (positions,)`` with
+    ``with_positions``: each example's index in ``dataset``); in-memory tensor datasets
+    are sliced directly, anything else goes through a ``DataLoader``."""
     gen = torch.Generator().manual_seed(int(seed))
+    n = len(dataset)  # type: ignore[arg-type]
+    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
     source = _tensor_source(dataset)
     if source is not None:
         tensors, idx = source
-        n = len(dataset)  # type: ignore[arg-type]
-        order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
-        if idx is not None:
-            order = idx[order]
+        rows = order if idx is None else idx[order]
         for start in range(0, n, batch_size):
-            sel = order[start : start + batch_size]
-            yield tensors[0][sel], tensors[1][sel]
+            sel = rows[start : start + batch_size]
+            batch = (tensors[0][sel], tensors[1][sel])
+            yield (*batch, order[start : start + batch_size]) if with_positions else batch
         return
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=num_workers)
-    yield from loader
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=order.tolist(), num_workers=num_workers)
+    for start, (x, y) in zip(range(0, n, batch_size), loader):
+        yield (x, y, order[start : start + batch_size]) if with_positions else (x, y)
 
 
 def train_epoch(
@@ -130,13 +90,19 @@ def train_epoch(
     amp_dtype: torch.dtype | None = None,
     scaler: "torch.amp.GradScaler | None" = None,
     num_workers: int = 0,
+    predictions: torch.Tensor | None = None,
 ) -> tuple[float, float, int]:
-    """One pass over ``dataset``: (mean loss, accuracy, samples)."""
+    """One pass over ``dataset``: (mean loss, accuracy, samples).
+
+    With ``predictions`` (a long tensor of ``len(dataset)``), the class each example was
+    predicted as in this pass is written at its position: what the training pass already
+    computes, so prediction changes between epochs cost no extra forward.
+    """
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     n = 0
-    for x, y in batches(dataset, batch_size, shuffle=True, seed=seed, num_workers=num_workers):
+    for x, y, pos in batches(dataset, batch_size, shuffle=True, seed=seed, num_workers=num_workers, with_positions=True):
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -151,8 +117,11 @@ def train_epoch(
             loss.backward()
             optimizer.step()
         b = y.shape[0]
+        pred = out.detach().argmax(1)
         loss_sum += loss.detach().float() * b
-        correct += (out.detach().argmax(1) == y).sum()
+        correct += (pred == y).sum()
+        if predictions is not None:
+            predictions[pos.to(predictions.device)] = pred.to(predictions.device)
         n += b
     return float(loss_sum) / max(n, 1), float(correct) / max(n, 1), n
 
@@ -231,14 +200,13 @@ def fit(
     """Train ``model`` until ``controller`` stops.
 
     ``on_epoch(metrics)`` is called after each epoch's checkpoint is written, with the
-    DESIGN metric names plus ``stopped_by`` (None until the last epoch; and
+    metric names (:data:`neve_tune.records.METRIC_NAMES`) plus ``stopped_by`` (None until the last epoch; and
     ``val_loss``/``val_acc`` when ``val_set`` is given); it may
     raise (e.g. ``optuna.TrialPruned``) to end the run. Epochs restored from
     ``checkpoint_path`` are not reported again. ``checkpoint_meta`` (e.g. the run's
     config) is stored with each checkpoint; resuming from one whose meta differs raises.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_int("batch_size", batch_size, minimum=1)
     if len(train_set) == 0:  # type: ignore[arg-type]
         raise ValueError("train_set is empty")
     device = torch.device(device)
@@ -247,6 +215,8 @@ def fit(
     scaler = None
     if amp_dtype == torch.float16 and device.type == "cuda":
         scaler = torch.amp.GradScaler("cuda")
+    # the class predicted for each training example in the last training pass
+    predictions = torch.full((len(train_set),), -1, dtype=torch.long)  # type: ignore[arg-type]
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         ckpt = load_checkpoint(checkpoint_path)
         if checkpoint_meta is not None and ckpt.get("meta") not in (None, checkpoint_meta):
@@ -261,6 +231,8 @@ def fit(
         controller.load_state_dict(ckpt["controller"])
         history = list(ckpt["history"])
         cost = Cost(**ckpt["cost"])
+        if ckpt.get("predictions") is not None:
+            predictions = ckpt["predictions"].clone()
         _set_rng_state(ckpt["rng"])
 
     if not history:  # epoch 0: the reference measurement
@@ -272,6 +244,7 @@ def fit(
     while not controller.should_stop:
         t0 = time.perf_counter()
         epoch = controller.epoch + 1
+        previous = predictions.clone()
         train_loss, train_acc, n = train_epoch(
             model,
             optimizer,
@@ -283,7 +256,9 @@ def fit(
             amp_dtype=amp_dtype,
             scaler=scaler,
             num_workers=num_workers,
+            predictions=predictions,
         )
+        changes = int((predictions != previous).sum()) if bool((previous >= 0).all()) else None
         cost.train_samples += n
         extra: dict[str, Any] = {}
         val_loss = None
@@ -291,7 +266,7 @@ def fit(
             val_loss, val_acc, nv = evaluate(model, val_set, device=device, loss_fn=loss_fn, amp_dtype=amp_dtype)
             cost.eval_samples += nv
             extra = {"val_loss": val_loss, "val_acc": val_acc}
-        step = controller.step(train_loss, val_loss)
+        step = controller.step(train_loss, val_loss, prediction_changes=changes)
         cost.probe_samples += controller.probe_samples
         dt = time.perf_counter() - t0
         cost.wall_s += dt
@@ -301,8 +276,10 @@ def fit(
             "velocity_change": step.get("velocity_change"),
             "train_loss": train_loss if math.isfinite(train_loss) else float("nan"),
             "train_acc": train_acc,
+            "prediction_changes": changes,
             "lr": step["lr"],
             "neve_stop": bool(step.get("neve_stop", False)),
+            "stalled": bool(step.get("stalled", False)),
             "diverged": bool(step["diverged"]),
             "epoch_time_s": dt,
             "train_samples": cost.train_samples,
@@ -325,6 +302,7 @@ def fit(
                     "cost": asdict(cost),
                     "rng": _rng_state(),
                     "scaler": None if scaler is None else scaler.state_dict(),
+                    "predictions": predictions,
                     "meta": checkpoint_meta,
                 },
             )

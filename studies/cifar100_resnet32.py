@@ -8,8 +8,6 @@ decay 5e-4, batch 100, at most 250 epochs, half a GPU per trial) on
     neve-tune optuna worker studies/cifar100_resnet32.py --storage postgresql://... --trials 20
 """
 
-from pathlib import Path
-
 from neve_tune import load_study
 
-STUDY = load_study(Path(__file__).with_name("cifar10_resnet32.py")).replace(name="cifar100_resnet32", data="cifar100")
+STUDY = load_study("cifar10_resnet32").replace(name="cifar100_resnet32", data="cifar100")

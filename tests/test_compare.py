@@ -86,7 +86,7 @@ def test_cost_of_a_search_adds_up_over_its_trials_and_retrain():
 
 
 def test_test_set_is_never_read_while_training_and_decides_nothing(monkeypatch):
-    import neve_tune.study as study_mod
+    import neve_tune.trial as study_mod
     import neve_tune.train as train_mod
     from neve_tune.data import DataBundle
 

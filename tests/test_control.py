@@ -25,8 +25,8 @@ def test_stops_when_velocity_under_threshold_after_min_epochs():
     model, opt, neve = _setup(threshold=1e-2, min_epochs=3, max_epochs=50)
     neve.start()
     out = []
-    for _ in range(10):
-        m = neve.step(train_loss=0.5)  # model unchanged: velocity decays towards 0
+    for i in range(10):
+        m = neve.step(train_loss=0.5 / (i + 1))  # model unchanged: velocity decays towards 0
         out.append(m)
         if neve.should_stop:
             break
@@ -42,9 +42,81 @@ def test_max_epochs_cap_and_result_names():
     neve.start()
     for i in range(3):
         _nudge(model, 0.1 * (i + 1))
-        m = neve.step(train_loss=1.0)
-    assert set(m) == {"epoch", "velocity", "velocity_change", "lr", "neve_stop", "diverged"}
+        m = neve.step(train_loss=1.0 / (i + 1))
+    assert set(m) == {"epoch", "velocity", "velocity_change", "lr", "neve_stop", "stalled", "diverged"}
     assert neve.stopped_by == "max_epochs" and m["velocity"] > 1e-9
+
+
+@pytest.mark.parametrize("losses, num_classes", [
+    ([2.0, 1.95, 1.9, 1.85], None),       # within 10% of the first epoch's loss
+    ([2.30, 2.0, 1.5, 1.0], 2),           # dropped, but still above 0.9 * log(2) = 0.62 (chance)
+    ([0.69, 0.69, 0.69, 0.69], 2),        # a dead network at chance
+])
+def test_a_velocity_stop_without_learning_ends_as_stalled_never_converged(losses, num_classes):
+    model, opt, neve = _setup(threshold=1e-2, min_epochs=len(losses), max_epochs=50, num_classes=num_classes)
+    neve.start()
+    for loss in losses:
+        m = neve.step(train_loss=loss)  # model unchanged: the velocity stop fires at min_epochs
+    assert neve.stopped_by == "stalled" and m["stalled"] and not m["neve_stop"]
+    assert not neve.learned(losses[-1])
+
+
+def test_a_run_that_learned_stops_as_converged():
+    model, opt, neve = _setup(threshold=1e-2, min_epochs=3, max_epochs=50, num_classes=2)
+    neve.start()
+    for loss in (0.69, 0.5, 0.3):  # under 0.9 * first epoch's loss and under 0.9 * chance
+        m = neve.step(train_loss=loss)
+    assert neve.stopped_by == "velocity" and m["neve_stop"] and not m["stalled"]
+
+
+def test_max_epochs_without_learning_is_stalled():
+    model, opt, neve = _setup(threshold=1e-9, max_epochs=3)
+    neve.start()
+    for i in range(3):
+        _nudge(model, 0.1 * (i + 1))
+        m = neve.step(train_loss=1.0)
+    assert neve.stopped_by == "stalled" and m["stalled"]
+
+
+def test_relative_threshold_is_scale_free():
+    # the same velocity series, scaled: a relative stop fires on the same epoch, an absolute one does not
+    fired = {}
+    for scale in (1.0, 0.01):
+        model, opt, neve = _setup(threshold=0.5, max_epochs=20, threshold_mode="relative")
+        neve.start()
+        for i in range(20):
+            _nudge(model, scale * 0.5 ** i)
+            neve.step(train_loss=1.0 / (i + 1))
+            if neve.should_stop:
+                break
+        fired[scale] = (neve.stopped_by, neve.epoch)
+    assert fired[1.0] == fired[0.01] and fired[1.0][0] == "velocity"
+
+
+def test_prediction_changes_guard_stops_at_the_first_local_minimum():
+    model, opt, neve = _setup(threshold=1e-9, max_epochs=50, pc_patience=2, pc_window=1)
+    neve.start()
+    changes = [None, 40, 20, 10, 5, 8, 12, 20, 30]  # falls, then rises: memorisation
+    for i, pc in enumerate(changes):
+        _nudge(model, 0.1)
+        m = neve.step(train_loss=1.0 / (i + 1), prediction_changes=pc)
+        if neve.should_stop:
+            break
+    # minimum 5 at epoch 5; two epochs without a new minimum: stop at epoch 7
+    assert neve.stopped_by == "prediction_changes" and neve.epoch == 7 and m["neve_stop"]
+    assert neve.pc_best_epoch == 5
+
+
+def test_prediction_changes_guard_state_round_trip():
+    model, opt, neve = _setup(threshold=1e-9, max_epochs=50, pc_patience=3, pc_window=2)
+    neve.start()
+    for i, pc in enumerate([None, 9, 7, 8]):
+        neve.step(train_loss=1.0 / (i + 1), prediction_changes=pc)
+    state = neve.state_dict()
+    model2, opt2, other = _setup(threshold=1e-9, max_epochs=50, pc_patience=3, pc_window=2)
+    other.load_state_dict(state)
+    assert (other.pc_series, other.pc_best, other.pc_best_epoch, other.first_loss) == (
+        neve.pc_series, neve.pc_best, neve.pc_best_epoch, neve.first_loss)
 
 
 def test_non_finite_loss_marks_diverged_without_raising():
@@ -122,3 +194,16 @@ def test_validation_control_plateau_early_stopping_and_cap():
     assert capped.stopped_by == "max_epochs"
     with pytest.raises(ValueError, match="val_loss"):
         ValidationControl(opt).step(1.0)
+
+
+def test_prediction_changes_guard_restores_the_weights_of_its_minimum():
+    model, opt, neve = _setup(threshold=1e-9, max_epochs=50, pc_patience=2, pc_window=1)
+    neve.start()
+    weights = {}
+    for i, pc in enumerate([None, 40, 20, 30, 35]):
+        _nudge(model, 0.1)  # "training": the weights of epoch i + 1
+        weights[i + 1] = [p.detach().clone() for p in model.parameters()]
+        neve.step(train_loss=1.0 / (i + 1), prediction_changes=pc)
+    assert neve.stopped_by == "prediction_changes" and neve.best_epoch == 3
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), weights[3]))
+    assert not all(torch.equal(p, q) for p, q in zip(weights[5], weights[3]))

@@ -140,7 +140,7 @@ def test_killed_worker_trial_is_retried_and_resumes(postgres_url, tmp_path) -> N
     storage = _storage(postgres_url)
     optuna.load_study(study_name=name, storage=storage).enqueue_trial(params)
 
-    recovery = ("--trials", "1", "--heartbeat-interval", "1", "--grace-period", "2")
+    recovery = ("--trials", "1", "--heartbeat-interval", "1", "--heartbeat-grace-period", "2")
     first = subprocess.Popen(
         _worker_cmd(study_file, name, postgres_url, tmp_path, *recovery),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -184,7 +184,7 @@ def test_killed_worker_trial_is_retried_and_resumes(postgres_url, tmp_path) -> N
         reference = run_trial(load_study(study_file), params, evaluate_test=False)
     finally:
         torch.set_num_threads(before)
-    assert retried.intermediate_values == {m["epoch"]: m["velocity"] for m in reference["history"]}
-    assert retried.value == pytest.approx(reference["objective"])
+    assert retried.intermediate_values == {m["epoch"]: m["velocity"] for m in reference.history}
+    assert retried.value == pytest.approx(reference.objective)
     assert not any((tmp_path / "ckpt").rglob("*.pt"))  # checkpoint removed once finished
     assert os.path.isdir(tmp_path / "ckpt")

@@ -48,7 +48,7 @@ def test_reports_velocity_oriented_by_direction(direction, sign, storage) -> Non
     assert report_epoch(trial, _metrics(2, 0.125)) == sign * 0.125
     frozen = study.trials[0]
     assert frozen.intermediate_values == {1: sign * 0.25, 2: sign * 0.125}
-    # the raw series, with every DESIGN name, is in the user attributes (JSON, string keys)
+    # the raw series, with every metric name, is in the user attributes (JSON, string keys)
     hist = trial_history(frozen)
     assert [m["epoch"] for m in hist] == [1, 2]
     assert [m["velocity"] for m in hist] == [0.25, 0.125]

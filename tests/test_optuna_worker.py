@@ -31,7 +31,7 @@ from neve_tune.optuna import (
     trial_history,
 )
 from neve_tune.optuna._storage import SQLiteRDBStorage, normalize_url, storage_kind
-from neve_tune.study import Choice, IntUniform, LogUniform, Study, Uniform, run_trial
+from neve_tune import Choice, IntUniform, LogUniform, Study, Uniform, run_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -267,7 +267,7 @@ def test_retried_trial_resumes_from_checkpoint(digits, tmp_path, monkeypatch, in
     study = study.replace(max_epochs=4)
     params = {"lr": 0.05, "threshold": 1e-4, "batch_size": 128}
     reference = run_trial(study, params, data=data, evaluate_test=False)
-    ref_velocity = {m["epoch"]: m["velocity"] for m in reference["history"]}
+    ref_velocity = {m["epoch"]: m["velocity"] for m in reference.history}
 
     search = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", pruner=NeVePruner(min_resource=100))
     search.enqueue_trial(params)
@@ -300,7 +300,7 @@ def test_retried_trial_resumes_from_checkpoint(digits, tmp_path, monkeypatch, in
     assert t.user_attrs["resumed_from_epoch"] == 3
     assert t.intermediate_values == ref_velocity  # the uninterrupted series, no step twice
     assert [m["velocity"] for m in trial_history(t)] == [ref_velocity[e] for e in (1, 2, 3, 4)]
-    assert t.value == pytest.approx(reference["objective"])
+    assert t.value == pytest.approx(reference.objective)
     assert not ckpt.exists()  # deleted once the trial finished
 
 
@@ -310,7 +310,7 @@ def test_cli_worker_runs_trials(tmp_path, capsys, kind) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else f"journal:{tmp_path / 's.log'}"
     args = ["optuna", "worker", _study_file(tmp_path), "--storage", url, "--create", "--trials", "2",
             "--sampler-seed", "0", "--threads", "1", "--checkpoint-dir", str(tmp_path / "ckpt"),
-            "--plots", str(tmp_path / "plots")]
+            "--out", str(tmp_path / "plots")]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count("trial ") >= 2 and "ran 2 trials" in out

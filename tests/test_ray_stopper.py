@@ -1,18 +1,26 @@
 """Unit tests of the Ray Tune stopper, scheduler, search space and checks, in Ray's own
-style: direct calls with fake results and trials, pickling round trips. No Ray cluster."""
+style: direct calls with fake results and trials, pickling round trips. No Ray cluster
+(except the one test marked slow, which restores a real experiment)."""
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import pickle
+import random
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("ray.tune")
 
-from ray.tune import Stopper  # noqa: E402
-from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler  # noqa: E402
+from ray.tune import Callback, Stopper  # noqa: E402
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler  # noqa: E402
 from ray.tune.search.sample import Categorical, Float, Integer  # noqa: E402
 from ray.tune.stopper import CombinedStopper, MaximumIterationStopper  # noqa: E402
 
@@ -24,8 +32,8 @@ from neve_tune.ray import (  # noqa: E402
     reported_metrics,
     to_ray_space,
 )
-from neve_tune.ray._scheduler import STATE_FILE  # noqa: E402
-from neve_tune.study import Choice, IntUniform, LogUniform, Uniform, load_study  # noqa: E402
+from neve_tune import Choice, IntUniform, LogUniform, Uniform, load_study  # noqa: E402
+from neve_tune.ray._scheduler import NeVeASHAStateCallback, _Rung  # noqa: E402
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
@@ -38,9 +46,8 @@ def res(it: int, velocity: float | None, threshold: float | None = 0.01, **extra
     return r
 
 
-def fake_trial(tid: str, staging: str | None = None, status: str = "PENDING") -> SimpleNamespace:
-    storage = SimpleNamespace(experiment_driver_staging_path=staging) if staging else None
-    return SimpleNamespace(trial_id=tid, storage=storage, status=status)
+def fake_trial(tid: str, status: str = "PENDING") -> SimpleNamespace:
+    return SimpleNamespace(trial_id=tid, status=status)
 
 
 # ------------------------------------------------------------------ NeVeStopper
@@ -73,14 +80,47 @@ class TestNeVeStopper:
         assert s.stopped_by("a") == "converged"
         assert s("b", res(2, None, diverged=True)) is True
         assert s("c", res(2, float("nan"))) is True
-        assert s("d", res(2, math.inf)) is True
+        assert s("d", res(2, math.inf, neve_stop=False)) is True  # a NaN/inf velocity is divergence, whatever neve_stop says
         assert s.stopped_by("b") == s.stopped_by("c") == s.stopped_by("d") == "diverged"
         assert (s.num_converged, s.num_diverged) == (1, 3)
+
+    def test_a_reported_neve_stop_is_trusted(self):
+        # the controller has min_epochs=3: velocity under the threshold at epochs 1-2 is not a stop
+        s = NeVeStopper()
+        assert s("a", res(1, 1e-6, neve_stop=False)) is False
+        assert s("a", res(2, 1e-6, neve_stop=False)) is False
+        assert s("a", res(3, 1e-6, neve_stop=True)) is True and s.stopped_by("a") == "converged"
+        # and a controller's stop needs no threshold here, nor a velocity
+        assert s("b", {"training_iteration": 4, "train_loss": 0.1, "neve_stop": True}) is True
+        assert s("c", res(2, 0.5, threshold=None, neve_stop=False)) is False
+
+    def test_stalled_stops_as_not_converged(self):
+        s = NeVeStopper(max_converged_trials=1)
+        assert s("a", res(4, 1e-6, neve_stop=False, stalled=True)) is True
+        assert s("b", res(4, 1e-6, stalled=np.bool_(True))) is True  # no neve_stop: stalled still wins
+        assert s.stopped_by("a") == s.stopped_by("b") == "stalled"
+        assert (s.num_converged, s.num_stalled) == (0, 2) and s.stop_all() is False
+        assert s("c", res(4, 0.5, stalled=False, neve_stop=False)) is False
+
+    @pytest.mark.parametrize(
+        "make",
+        [float, np.float32, np.float64, lambda v: torch.tensor(v), lambda v: torch.tensor(v, dtype=torch.float16)],
+        ids=["python", "np.float32", "np.float64", "tensor", "tensor-fp16"],
+    )
+    def test_numpy_and_tensor_scalars(self, make):
+        s = NeVeStopper()
+        thr = {"threshold": make(0.01)}
+        assert s("a", {**res(1, make(0.5), threshold=None), "config": thr}) is False
+        assert s("a", {**res(2, make(0.005), threshold=None), "config": thr}) is True
+        assert s("b", {**res(1, make(float("nan")))}) is True
+        assert s("c", res(1, make(0.5), neve_stop=np.bool_(True))) is True
+        assert s("d", res(1, make(0.5), neve_stop=torch.tensor(False))) is False
+        assert (s.stopped_by("a"), s.stopped_by("b"), s.stopped_by("c")) == ("converged", "diverged", "converged")
 
     def test_velocity_none_is_not_a_decision(self):
         assert NeVeStopper()("a", res(1, None)) is False
 
-    def test_grace_period(self):
+    def test_grace_period_applies_to_raw_velocity_only(self):
         s = NeVeStopper(grace_period=3)
         assert s("a", res(2, 1e-6)) is False
         assert s("a", res(3, 1e-6)) is True
@@ -94,6 +134,12 @@ class TestNeVeStopper:
         assert s.num_converged == 1 and s.stop_all() is False
         assert s("b", res(5, 0.001)) is True
         assert s.num_converged == 2 and s.stop_all() is True
+
+    def test_a_later_stop_of_the_same_trial_is_counted_once(self):
+        s = NeVeStopper()
+        assert s("a", res(2, 0.001)) is True
+        assert s("a", res(3, float("nan"))) is True  # a retried trial that then diverged
+        assert (s.stopped_by("a"), s.num_converged, s.num_diverged) == ("diverged", 0, 1)
 
     def test_experiment_level_stop_is_off_by_default(self):
         s = NeVeStopper()
@@ -110,6 +156,13 @@ class TestNeVeStopper:
         assert s2("b", res(2, 0.001)) is True and s2.num_converged == 1
         assert s2("a", res(2, 0.001)) is True and s2.stop_all() is True
 
+    def test_state_of_an_earlier_version_loads(self):
+        old = NeVeStopper.__new__(NeVeStopper)
+        old.__dict__.update(_threshold=None, _metric="velocity", _threshold_key="threshold", _grace_period=0,
+                            _max_converged=None, _last_iteration={"a": 2}, _stopped={"a": (2, "converged")})
+        s = pickle.loads(pickle.dumps(old))
+        assert s.num_converged == 1 and s("b", res(1, 0.001)) is True and s.num_converged == 2
+
     def test_combined_with_ray_stoppers(self):
         s = CombinedStopper(NeVeStopper(), MaximumIterationStopper(max_iter=3))
         assert s("a", res(1, 0.5)) is False
@@ -123,10 +176,11 @@ class TestNeVeStopper:
     def test_bare_result_is_ignored(self):
         assert NeVeStopper()("a", {"training_iteration": 0, "done": True, "config": {}}) is False
 
-    def test_unknown_metric_name_is_a_clear_error(self):
-        s = NeVeStopper(metric="velocty")
-        with pytest.raises(ValueError, match=r"metric 'velocty' is not in the trial's result; it reports \['epoch', 'train_loss', 'velocity'\]"):
-            s("a", res(1, 0.5))
+    def test_missing_velocity_is_a_clear_error(self):
+        with pytest.raises(ValueError, match=r"the trial's result has neither 'velocity' nor 'neve_stop'; it reports \['train_loss'\]"):
+            NeVeStopper()("a", {"training_iteration": 1, "train_loss": 0.3, "config": {"threshold": 0.1}})
+        with pytest.raises(ValueError, match=r"has neither 'velocty' nor 'neve_stop'; it reports \['epoch', 'train_loss', 'velocity'\]"):
+            NeVeStopper(metric="velocty")("a", res(1, 0.5))
 
     def test_missing_threshold_is_a_clear_error(self):
         with pytest.raises(ValueError, match="no velocity threshold for this trial"):
@@ -134,27 +188,39 @@ class TestNeVeStopper:
 
     @pytest.mark.parametrize("bad", [0, -1e-3, float("nan"), float("inf")])
     def test_threshold_must_be_positive(self, bad):
-        with pytest.raises(ValueError, match="threshold must be a positive finite float"):
+        with pytest.raises(ValueError, match="threshold must be a finite number > 0"):
             NeVeStopper(threshold=bad)
-        with pytest.raises(ValueError, match="the trial's 'threshold' must be a positive finite float"):
+        with pytest.raises(ValueError, match="the trial's 'threshold' must be a finite number > 0"):
             NeVeStopper()("a", res(1, 0.5, threshold=bad))
 
     def test_bad_arguments(self):
-        with pytest.raises(TypeError, match="threshold must be a positive float, got '0.1'"):
+        with pytest.raises(TypeError, match="threshold must be a finite number > 0, got '0.1'"):
             NeVeStopper(threshold="0.1")
         with pytest.raises(TypeError, match="metric must be a non-empty str"):
             NeVeStopper(metric="")
-        with pytest.raises(ValueError, match="grace_period must be an int >= 0"):
+        with pytest.raises(ValueError, match="grace_period must be an int >= 0, got -1"):
             NeVeStopper(grace_period=-1)
-        with pytest.raises(ValueError, match="max_converged_trials must be a positive int or None"):
+        with pytest.raises(TypeError, match="grace_period must be an int >= 0, got True"):
+            NeVeStopper(grace_period=True)
+        with pytest.raises(ValueError, match="max_converged_trials must be an int >= 1 or None, got 0"):
             NeVeStopper(max_converged_trials=0)
+        assert NeVeStopper(grace_period=np.int64(2), max_converged_trials=torch.tensor(3)).stop_all() is False
 
-    def test_non_numeric_velocity(self):
-        with pytest.raises(TypeError, match="metric 'velocity' must be a number"):
+    def test_non_numeric_values(self):
+        with pytest.raises(TypeError, match=r"NeVeStopper: metric 'velocity' must be a number \(Python, NumPy or 0-d tensor\), got 'fast'"):
             NeVeStopper()("a", res(1, "fast"))
+        with pytest.raises(TypeError, match="NeVeStopper: 'neve_stop' must be a bool, got 'yes'"):
+            NeVeStopper()("a", res(1, 0.5, neve_stop="yes"))
+        with pytest.raises(TypeError, match="NeVeStopper: 'stalled' must be a bool, got 1.0"):
+            NeVeStopper()("a", res(1, 0.5, stalled=1.0))
 
 
 # ------------------------------------------------------------------ NeVeASHAScheduler
+def go(it: int, train_loss: float, **extra) -> dict:
+    """A result the trial's controller says to go on with (neve_stop false)."""
+    return res(it, 0.5, train_loss=train_loss, neve_stop=False, **extra)
+
+
 class TestNeVeASHAScheduler:
     def sched(self, **kw) -> NeVeASHAScheduler:
         kw.setdefault("max_t", 16)
@@ -162,12 +228,72 @@ class TestNeVeASHAScheduler:
         kw.setdefault("reduction_factor", 2)
         return NeVeASHAScheduler(**kw)
 
-    def test_built_on_ray_asha(self):
+    def test_is_a_ray_trial_scheduler(self):
         s = self.sched()
-        assert isinstance(s, AsyncHyperBandScheduler)
-        assert (s.metric, s._mode) == ("train_loss", "min")
+        assert isinstance(s, FIFOScheduler) and not isinstance(s, AsyncHyperBandScheduler)
+        assert (s.metric, s.mode) == ("train_loss", "min")
         assert s.set_search_properties("train_loss", "min") is True
+        assert s.set_search_properties(None, None) is True
         assert s.set_search_properties("val_loss", "min") is False
+        assert s.set_search_properties("train_loss", "max") is False
+
+    @staticmethod
+    def rungs(scheduler) -> list[str]:
+        """The bracket lines of ``debug_string()``: every rung's milestone and cutoff, in
+        Ray's format (public output, no private attribute)."""
+        return [line for line in scheduler.debug_string().splitlines() if line.startswith("Bracket:")]
+
+    def test_same_rungs_as_rays_asha(self):
+        for kw in ({"max_t": 16, "grace_period": 1, "reduction_factor": 2}, {"max_t": 60, "grace_period": 1, "reduction_factor": 4},
+                   {"max_t": 100, "grace_period": 3, "reduction_factor": 3, "brackets": 3}, {"max_t": 81, "grace_period": 1, "reduction_factor": 3}):
+            ours = self.rungs(NeVeASHAScheduler(**kw))
+            assert ours == self.rungs(AsyncHyperBandScheduler(metric="x", mode="min", **kw)), kw
+            assert len(ours) == kw.get("brackets", 1) and ours[0].startswith("Bracket: Iter ")
+
+    def test_cutoff_is_numpys_nanpercentile(self):
+        rng = random.Random(0)
+        for rf in (2, 3, 4, 1.5, 2.7):
+            q = ((1 - 1 / rf) * 100) / 100
+            for n in (1, 2, 3, 5, 17, 100):
+                rung = _Rung(1)
+                values = [rng.choice([rng.gauss(0, 1), float(rng.randint(-3, 3)), math.nan]) for _ in range(n)]
+                for i, v in enumerate(values):
+                    rung.add(str(i), v)
+                expected = np.nanpercentile(values, (1 - 1 / rf) * 100) if not all(map(math.isnan, values)) else math.nan
+                got = rung.cutoff(q)
+                assert (math.isnan(got) and math.isnan(expected)) or got == expected, (rf, n, values)
+        assert _Rung(1).cutoff(0.5) is None
+
+    @pytest.mark.parametrize("kw", [{"reduction_factor": 2}, {"reduction_factor": 3, "max_t": 27}, {"reduction_factor": 2, "stop_last_trials": False},
+                                    {"reduction_factor": 4, "mode": "max"}])
+    def test_same_decisions_as_rays_asha(self, kw):
+        # with no velocity decision (neve_stop false), the scheduler is ASHA: on a random
+        # asynchronous stream it takes Ray's decision for every result
+        kw = {"max_t": 16, "grace_period": 1, **kw}
+        ours = NeVeASHAScheduler(**kw)
+        ray_asha = AsyncHyperBandScheduler(metric="train_loss", **{"mode": "min", **kw})
+        rng = random.Random(1)
+        trials = [fake_trial(f"t{i}") for i in range(60)]
+        for t in trials:
+            ours.on_trial_add(None, t)
+            ray_asha.on_trial_add(None, t)
+        epoch = {t.trial_id: 0 for t in trials}
+        live = list(trials)
+        decisions = {CONTINUE: 0, STOP: 0}
+        while live:
+            t = rng.choice(live)
+            epoch[t.trial_id] += 1
+            r = go(epoch[t.trial_id], round(rng.uniform(0, 2), 1))  # rounded: ties happen
+            a, b = ours.on_trial_result(None, t, dict(r)), ray_asha.on_trial_result(None, t, dict(r))
+            assert a == b, (t.trial_id, r)
+            decisions[a] += 1
+            if a == STOP or epoch[t.trial_id] >= kw["max_t"]:
+                ours.on_trial_complete(None, t, dict(r))
+                ray_asha.on_trial_complete(None, t, dict(r))
+                live.remove(t)
+        assert decisions[CONTINUE] > 100 and decisions[STOP] > 20, decisions
+        assert self.rungs(ours) == self.rungs(ray_asha)  # the same cutoff at every rung
+        assert "None" not in self.rungs(ours)[0]
 
     def test_prunes_on_training_loss_at_rungs(self):
         s = self.sched()
@@ -175,10 +301,10 @@ class TestNeVeASHAScheduler:
         for t in trials:
             s.on_trial_add(None, t)
         # rung at t=1: the lower loss the better
-        assert s.on_trial_result(None, trials[0], res(1, 0.5, train_loss=1.0)) == CONTINUE
-        assert s.on_trial_result(None, trials[1], res(1, 0.5, train_loss=0.5)) == CONTINUE
-        assert s.on_trial_result(None, trials[2], res(1, 0.5, train_loss=2.0)) == STOP
-        assert s.on_trial_result(None, trials[3], res(1, 0.5, train_loss=0.4)) == CONTINUE
+        assert s.on_trial_result(None, trials[0], go(1, 1.0)) == CONTINUE
+        assert s.on_trial_result(None, trials[1], go(1, 0.5)) == CONTINUE
+        assert s.on_trial_result(None, trials[2], go(1, 2.0)) == STOP
+        assert s.on_trial_result(None, trials[3], go(1, np.float32(0.25))) == CONTINUE
         assert s.outcome("t2") == "pruned" and s.num_pruned == 1
 
     def test_velocity_decides_convergence_before_rungs(self):
@@ -190,7 +316,15 @@ class TestNeVeASHAScheduler:
         # b would lose at the rung, but its velocity is under its threshold: converged
         assert s.on_trial_result(None, b, res(1, 0.001, threshold=0.01, train_loss=5.0)) == STOP
         assert s.outcome("b") == "converged" and s.num_pruned == 0
-        assert s._brackets[0]._rungs[-1][1]["b"] == -5.0  # recorded at rung 1
+        assert s.rung_values()[-1][1]["b"] == 5.0  # recorded at rung 1
+
+    def test_a_reported_neve_stop_is_trusted(self):
+        s = self.sched()
+        a = fake_trial("a")
+        s.on_trial_add(None, a)
+        assert s.on_trial_result(None, a, res(1, 1e-6, train_loss=0.3, neve_stop=False)) == CONTINUE  # min_epochs not reached
+        assert s.on_trial_result(None, a, res(2, 1e-6, threshold=None, train_loss=0.2, neve_stop=True)) == STOP
+        assert s.outcome("a") == "converged"
 
     def test_neve_stop_converges_and_diverged_stops_unrecorded(self):
         s = self.sched()
@@ -200,10 +334,25 @@ class TestNeVeASHAScheduler:
         assert s.on_trial_result(None, a, res(2, 0.5, neve_stop=True)) == STOP
         assert s.on_trial_result(None, b, res(2, None, diverged=True, train_loss=float("nan"))) == STOP
         assert (s.outcome("a"), s.outcome("b")) == ("converged", "diverged")
-        assert all("b" not in rec for _, rec in s._brackets[0]._rungs)
+        assert all("b" not in rec for _, rec in s.rung_values())
         s.on_trial_complete(None, b, res(2, None, diverged=True, train_loss=float("nan")))
-        assert all("b" not in rec for _, rec in s._brackets[0]._rungs)
-        assert "converged=1 diverged=1" in s.debug_string()
+        assert all("b" not in rec for _, rec in s.rung_values())
+        assert "converged=1 diverged=1 stalled=0" in s.debug_string()
+
+    def test_stalled_stops_unrecorded_and_not_converged(self):
+        s = self.sched()
+        a, b = fake_trial("a"), fake_trial("b")
+        s.on_trial_add(None, a)
+        s.on_trial_add(None, b)
+        assert s.on_trial_result(None, a, go(1, 2.3)) == CONTINUE
+        assert s.on_trial_result(None, a, res(2, 1e-6, train_loss=2.3, neve_stop=False, stalled=True)) == STOP
+        s.on_trial_complete(None, a, res(2, 1e-6, train_loss=2.3, neve_stop=False, stalled=True))
+        # b stalled and was stopped by a NeVeStopper: the scheduler only sees it complete
+        s.on_trial_complete(None, b, res(2, 1e-6, train_loss=2.2, stalled=torch.tensor(True)))
+        assert (s.outcome("a"), s.outcome("b")) == ("stalled", "stalled")
+        assert s.rung_values()[-1][1] == {"a": 2.3}  # a's rung-1 value, from before it stalled
+        assert all(not rec for _, rec in s.rung_values()[:-1])
+        assert "converged=0 diverged=0 stalled=2" in s.debug_string()
 
     def test_trials_stopped_by_the_stopper_are_classified_on_complete(self):
         # Tune calls a NeVeStopper before the scheduler: a converged trial then only
@@ -216,75 +365,114 @@ class TestNeVeASHAScheduler:
         s.on_trial_complete(None, a, res(2, 0.001, train_loss=0.6))
         s.on_trial_complete(None, b, res(1, 0.5, train_loss=0.7))
         assert (s.outcome("a"), s.outcome("b")) == ("converged", "completed")
-        assert s._brackets[0]._rungs[-2][1] == {"a": -0.6}  # rung 2
-        assert s._brackets[0]._rungs[-1][1] == {"a": -0.8, "b": -0.7}  # rung 1
+        assert s.rung_values()[-2][1] == {"a": 0.6}  # rung 2
+        assert s.rung_values()[-1][1] == {"a": 0.8, "b": 0.7}  # rung 1
 
     def test_stops_at_max_t(self):
         s = self.sched(max_t=4)
         t = fake_trial("a")
         s.on_trial_add(None, t)
-        assert s.on_trial_result(None, t, res(4, 0.5)) == STOP
+        assert s.on_trial_result(None, t, go(4, 0.5)) == STOP
         assert s.outcome("a") == "max_t"
+
+    def test_missing_velocity_is_a_clear_error(self):
+        s = self.sched(velocity_metric="vel")
+        t = fake_trial("a")
+        s.on_trial_add(None, t)
+        with pytest.raises(ValueError, match="NeVeASHAScheduler: the trial's result has neither 'vel' nor 'neve_stop'"):
+            s.on_trial_result(None, t, res(1, 0.5))
 
     def test_pickle_round_trip(self):
         s = self.sched()
         t = fake_trial("a")
         s.on_trial_add(None, t)
-        s.on_trial_result(None, t, res(1, 0.5, train_loss=0.3))
+        s.on_trial_result(None, t, go(1, 0.3))
         s2 = pickle.loads(pickle.dumps(s))
-        assert s2._brackets[0]._rungs[-1][1] == {"a": -0.3}
-        assert s2.on_trial_result(None, t, res(2, 0.5, train_loss=0.2)) == CONTINUE
+        assert s2.rung_values()[-1][1] == {"a": 0.3}
+        assert s2.on_trial_result(None, t, go(2, 0.2)) == CONTINUE
 
-    def test_state_survives_a_restore(self, tmp_path):
-        staging = str(tmp_path / "driver_artifacts")
-        s = self.sched()
-        trials = [fake_trial(f"t{i}", staging) for i in range(3)]
+    def _run_three(self, s: NeVeASHAScheduler) -> list:
+        trials = [fake_trial(f"t{i}") for i in range(3)]
         for t in trials:
             s.on_trial_add(None, t)
-        s.on_trial_result(None, trials[0], res(1, 0.5, train_loss=0.5))
+        s.on_trial_result(None, trials[0], go(1, 0.5))
         s.on_trial_result(None, trials[1], res(1, 0.001, train_loss=0.4))  # converged
-        s.on_trial_result(None, trials[2], res(1, 0.5, train_loss=0.9))  # pruned
-        assert (tmp_path / "driver_artifacts" / STATE_FILE).is_file()
-        # what Tuner.restore does: a fresh scheduler (from tuner.pkl), trials re-added
-        fresh = self.sched()
+        s.on_trial_complete(None, trials[1], res(1, 0.001, train_loss=0.4))
+        s.on_trial_result(None, trials[2], go(1, 0.9))  # pruned
+        s.on_trial_complete(None, trials[2], go(1, 0.9))
+        return trials
+
+    def test_state_survives_a_restore_through_its_callback(self):
+        s = self.sched()
+        cb = s.callback()
+        assert isinstance(cb, NeVeASHAStateCallback) and cb.scheduler is s
+        trials = self._run_three(s)
+        # what the Tuner does: scheduler and callbacks pickled together in tuner.pkl, the
+        # callback's get_state in the experiment checkpoint, set_state before the trials
+        # are added back (finished ones as TERMINATED)
+        saved = pickle.dumps(cb.get_state())
+        tuner_state = pickle.loads(pickle.dumps({"scheduler": s, "callbacks": [cb]}))
+        assert tuner_state["callbacks"][0].scheduler is tuner_state["scheduler"]
+        fresh = self.sched()  # tuner.pkl holds the scheduler as it was before fit()
+        fresh_cb = fresh.callback()
+        fresh_cb.set_state(pickle.loads(saved))
         for t in trials:
-            fresh.on_trial_add(None, fake_trial(t.trial_id, staging, status="TERMINATED" if t is not trials[0] else "PENDING"))
-        assert fresh._brackets[0]._rungs == s._brackets[0]._rungs
+            fresh.on_trial_add(None, fake_trial(t.trial_id, status="TERMINATED" if t is not trials[0] else "PENDING"))
+        assert fresh.state_dict() == s.state_dict()
         assert (fresh.outcome("t1"), fresh.outcome("t2"), fresh.num_pruned) == ("converged", "pruned", 1)
-        assert fresh.on_trial_result(None, trials[0], res(2, 0.5, train_loss=0.3)) == CONTINUE
+        assert fresh.on_trial_result(None, trials[0], go(2, 0.3)) == CONTINUE
+        assert fresh.rung_values() == s.rung_values()[:-2] + [(2, {"t0": 0.3}), s.rung_values()[-1]]
 
-    def test_restore_without_state_starts_fresh_and_persist_off_writes_nothing(self, tmp_path):
-        staging = str(tmp_path / "d")
+    def test_restore_without_state_warns_and_starts_fresh(self, caplog):
+        s = self.sched()
+        with caplog.at_level(logging.WARNING, logger="neve_tune.ray._scheduler"):
+            s.on_trial_add(None, fake_trial("a", status="TERMINATED"))
+            s.on_trial_add(None, fake_trial("b", status="TERMINATED"))
+        assert [r.getMessage() for r in caplog.records] == [
+            "NeVeASHAScheduler: a restored experiment, but no rung state was restored: its rungs start empty. "
+            "Pass RunConfig(callbacks=[scheduler.callback()]) to keep them across Tuner.restore."
+        ]
+        assert all(not rec for _, rec in s.rung_values())
+
+    def test_persist_off_saves_nothing(self):
         s = self.sched(persist=False)
-        t = fake_trial("a", staging)
-        s.on_trial_add(None, t)
-        s.on_trial_result(None, t, res(1, 0.5))
-        assert not (tmp_path / "d").exists()
+        self._run_three(s)
+        assert s.callback().get_state() is None
 
-    def test_state_of_other_rungs_is_rejected(self, tmp_path):
-        staging = str(tmp_path / "d")
+    def test_state_of_other_rungs_is_rejected(self):
         s = self.sched(max_t=16)
-        s.on_trial_add(None, fake_trial("a", staging))
+        self._run_three(s)
         other = self.sched(max_t=64)
-        other.on_trial_add(None, fake_trial("a", staging))  # warns, starts with empty rungs
-        assert all(not rec for _, rec in other._brackets[0]._rungs)
+        with pytest.raises(ValueError, match="state has other rungs than this scheduler"):
+            other.callback().set_state(s.callback().get_state())
+        with pytest.raises(ValueError, match="state version 7 is not supported"):
+            other.load_state_dict({**s.state_dict(), "version": 7})
 
-    def test_unknown_velocity_metric_is_a_clear_error(self):
-        s = self.sched(velocity_metric="vel")
-        t = fake_trial("a")
-        s.on_trial_add(None, t)
-        with pytest.raises(ValueError, match="NeVeASHAScheduler: metric 'vel' is not in the trial's result"):
-            s.on_trial_result(None, t, res(1, 0.5))
+    def test_save_and_restore_hooks(self, tmp_path):
+        s = self.sched()
+        self._run_three(s)
+        s.save(str(tmp_path / "s.pkl"))
+        fresh = self.sched()
+        fresh.restore(str(tmp_path / "s.pkl"))
+        assert fresh.state_dict() == s.state_dict()
 
     def test_bad_arguments(self):
-        with pytest.raises(ValueError, match="mode must be 'min' or 'max'"):
+        with pytest.raises(ValueError, match=r"mode must be one of \('min', 'max'\), got 'minimize'"):
             NeVeASHAScheduler(mode="minimize")
-        with pytest.raises(ValueError, match="grace_period must be <= max_t=4"):
+        with pytest.raises(ValueError, match="grace_period must be <= max_t=4, got 5"):
             NeVeASHAScheduler(max_t=4, grace_period=5)
-        with pytest.raises(ValueError, match="reduction_factor must be a number > 1"):
+        with pytest.raises(ValueError, match="reduction_factor must be a finite number > 1"):
             NeVeASHAScheduler(reduction_factor=1)
-        with pytest.raises(ValueError, match="threshold must be a positive finite float"):
+        with pytest.raises(TypeError, match="max_t must be an int >= 1, got 10.5"):
+            NeVeASHAScheduler(max_t=10.5)
+        with pytest.raises(TypeError, match="brackets must be an int >= 1, got True"):
+            NeVeASHAScheduler(brackets=True)
+        with pytest.raises(ValueError, match="threshold must be a finite number > 0"):
             NeVeASHAScheduler(threshold=0.0)
+        with pytest.raises(TypeError, match="metric must be a non-empty str"):
+            NeVeASHAScheduler(metric="")
+        with pytest.raises(TypeError, match="callback needs a NeVeASHAScheduler"):
+            NeVeASHAStateCallback(AsyncHyperBandScheduler())
 
 
 # ------------------------------------------------------------------ space, resources, trainable args
@@ -350,3 +538,107 @@ def test_trainable_config_check():
     assert cfg["lr"] == 0.2 and cfg["batch_size"] == study.defaults["batch_size"] and seed == 3
     with pytest.raises(ValueError, match=r"config has unknown hyperparameters \['learning_rate'\]"):
         _check_config(study, {"learning_rate": 0.1})
+
+
+# ------------------------------------------------------------------ a real Tuner.restore
+def _synthetic_trainable(config: dict) -> None:
+    """Eight epochs of made-up metrics, a checkpoint each epoch; ends itself on neve_stop."""
+    import json
+    import os
+    import tempfile
+    import time
+
+    from ray import tune
+
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d, open(os.path.join(d, "e.json")) as f:
+            start = json.load(f)["epoch"]
+    for epoch in range(start + 1, 9):
+        time.sleep(0.3)
+        velocity = 0.5 * 0.7**epoch
+        metrics = {"epoch": epoch, "train_loss": config["loss"] * 0.9**epoch, "velocity": velocity,
+                   "neve_stop": bool(velocity < config["threshold"]), "diverged": False, "stalled": False}
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "e.json"), "w") as f:
+                json.dump({"epoch": epoch}, f)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        if metrics["neve_stop"]:
+            return
+
+
+class _InterruptOnce(Callback):
+    """Fails the driver once, when two trials have finished and another one has reported."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def on_step_begin(self, iteration, trials, **info):
+        if os.path.exists(self.marker):
+            return
+        done = [t.trial_id for t in trials if t.status == "TERMINATED"]
+        running = [t for t in trials if t.status == "RUNNING" and (t.last_result or {}).get("training_iteration", 0) >= 1]
+        if len(done) >= 2 and running:
+            Path(self.marker).write_text(",".join(done))
+            raise RuntimeError("injected driver interrupt")
+
+
+class _DumpScheduler(Callback):
+    """Writes the scheduler's state when the experiment ends (``before``, then ``after``)."""
+
+    def __init__(self, scheduler: NeVeASHAScheduler, folder: str) -> None:
+        self.scheduler, self.folder = scheduler, folder
+
+    def on_experiment_end(self, trials, **info):
+        name = "after" if os.path.exists(os.path.join(self.folder, "before")) else "before"
+        Path(self.folder, name).write_bytes(pickle.dumps(self.scheduler.state_dict()))
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_rungs_survive_a_real_tuner_restore(tmp_path, monkeypatch):
+    """The public route the scheduler's state takes (checked on Ray 2.60): Tune saves
+    ``Callback.get_state`` with each experiment snapshot, pickles scheduler and callbacks
+    together in ``tuner.pkl``, and calls ``set_state`` before adding the restored trials
+    back. Without ``sched.callback()`` the last assertion fails: finished trials are
+    not run again, so only the restored state knows them."""
+    import ray
+    import ray.cloudpickle
+    from ray import tune
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")  # an experiment snapshot every step
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        sched = NeVeASHAScheduler(max_t=8, grace_period=1, reduction_factor=2)
+        space = {"loss": tune.grid_search([1.0, 0.5, 2.0]), "threshold": tune.grid_search([0.1, 0.03])}
+        marker = str(tmp_path / "interrupted")
+        tuner = tune.Tuner(
+            _synthetic_trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(scheduler=sched, max_concurrent_trials=2),
+            run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), stop=NeVeStopper(), verbose=0,
+                                      callbacks=[sched.callback(), _InterruptOnce(marker), _DumpScheduler(sched, str(tmp_path))]),
+        )
+        with pytest.raises(Exception, match="injected driver interrupt"):
+            tuner.fit()
+        finished_before = set(Path(marker).read_text().split(","))
+        before = pickle.loads((tmp_path / "before").read_bytes())
+        assert finished_before <= set(before["outcome"])
+
+        grid = tune.Tuner.restore(str(tmp_path / "exp"), trainable=_synthetic_trainable, resume_unfinished=True).fit()
+        assert len(grid) == 6 and not grid.errors
+        after = pickle.loads((tmp_path / "after").read_bytes())
+    finally:
+        ray.shutdown()
+    ids = {r.metrics["trial_id"] for r in grid}
+    # the trials that had finished are not run again: only the restored state knows them
+    assert set(after["outcome"]) == ids
+    for tid in finished_before:
+        assert after["outcome"][tid] == before["outcome"][tid]
+        for (_, rec_before), (_, rec_after) in zip(before["rungs"][0], after["rungs"][0]):
+            assert rec_after.get(tid) == rec_before.get(tid)
+    assert set(after["outcome"].values()) <= {"converged", "pruned", "completed", "max_t"}

@@ -33,9 +33,9 @@ from neve_tune.ray import (  # noqa: E402
     run_search,
     to_ray_space,
 )
-from neve_tune.ray._scheduler import STATE_FILE  # noqa: E402
-from neve_tune.study import Choice, LogUniform, load_study, run_trial  # noqa: E402
-from neve_tune.train import METRIC_NAMES, load_checkpoint  # noqa: E402
+from neve_tune import Choice, LogUniform, load_study, run_trial  # noqa: E402
+from neve_tune.records import METRIC_NAMES
+from neve_tune.train import load_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -120,8 +120,7 @@ def test_tuner_with_scheduler_and_stopper(ray_2cpus, study, tmp_path):
             state = load_checkpoint(Path(d, "neve_trial.pt"))
         assert state["epoch"] == m["epoch"] and state["controller"]["velocity"]
     assert finished >= 1
-    state = pickle.loads((tmp_path / "tuner" / STATE_FILE).read_bytes())
-    assert len(state["outcome"]) == 4  # the scheduler saw every trial end
+    assert len(scheduler.state_dict()["outcome"]) == 4  # the scheduler saw every trial end
 
 
 def test_cli_ray_run_neve(ray_2cpus, study, tmp_path, capsys):
@@ -132,7 +131,7 @@ def test_cli_ray_run_neve(ray_2cpus, study, tmp_path, capsys):
         "'threshold': LogUniform(0.09, 0.2), 'batch_size': Choice([64, 128])})\n"
     )
     out_json = tmp_path / "out.json"
-    code = cli_main(["ray", "run", str(study_file), "--num-samples", "2", "--storage-path", str(tmp_path / "runs"),
+    code = cli_main(["ray", "run", str(study_file), "--trials", "2", "--storage-path", str(tmp_path / "runs"),
                      "--name", "cli", "--json", str(out_json), "--seed", "3"])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -202,6 +201,16 @@ class CrashOnce(Dataset):
         return self.x[i], self.y[i]
 
 
+class DumpScheduler(tune.Callback):
+    """Writes the scheduler's state to ``path`` when the experiment ends."""
+
+    def __init__(self, scheduler: NeVeASHAScheduler, path: str) -> None:
+        self.scheduler, self.path = scheduler, path
+
+    def on_experiment_end(self, trials, **info):
+        Path(self.path).write_bytes(pickle.dumps(self.scheduler.state_dict()))
+
+
 class InterruptOnce(tune.Callback):
     """Fails the driver once: after a trial finished and another one has reported."""
 
@@ -246,22 +255,23 @@ def test_crashed_trial_resumes_with_the_same_velocity_series(ray_2cpus, study, t
         ref = run_trial(study, {k: v for k, v in config.items() if k != "seed"}, seed=5, data=clean, evaluate_test=False)
     finally:
         torch.set_num_threads(threads)
-    assert list(history["velocity"]) == [h["velocity"] for h in ref["history"]]
-    assert list(history["train_loss"]) == [h["train_loss"] for h in ref["history"]]
+    assert list(history["velocity"]) == [h["velocity"] for h in ref.history]
+    assert list(history["train_loss"]) == [h["train_loss"] for h in ref.history]
 
 
 @pytest.mark.slow
 def test_tuner_restore_finishes_an_interrupted_experiment(ray_2cpus, study, tmp_path):
     marker = str(tmp_path / "interrupted")
+    scheduler = NeVeASHAScheduler(max_t=MAX_EPOCHS, grace_period=1, reduction_factor=2)
     tuner = tune.Tuner(
         neve_trainable(study),
         param_space=to_ray_space(study),
         tune_config=tune.TuneConfig(
-            num_samples=4, search_alg=BasicVariantGenerator(random_state=2, max_concurrent=2),
-            scheduler=NeVeASHAScheduler(max_t=MAX_EPOCHS, grace_period=1, reduction_factor=2),
+            num_samples=4, search_alg=BasicVariantGenerator(random_state=2, max_concurrent=2), scheduler=scheduler,
         ),
         run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), stop=NeVeStopper(),
-                                  callbacks=[InterruptOnce(marker)], verbose=0),
+                                  callbacks=[scheduler.callback(), InterruptOnce(marker),
+                                             DumpScheduler(scheduler, str(tmp_path / "scheduler.pkl"))], verbose=0),
     )
     with pytest.raises(Exception, match="injected driver interrupt"):
         tuner.fit()
@@ -281,6 +291,7 @@ def test_tuner_restore_finishes_an_interrupted_experiment(ray_2cpus, study, tmp_
         assert (df.groupby("epoch")["velocity"].nunique() == 1).all()
         assert (df.groupby("epoch")["train_loss"].nunique() == 1).all()
         assert r.metrics.get("stopped_by") == "velocity" or "test_acc" not in r.metrics  # converged or pruned
-    # the restored scheduler reloaded its rungs: it knows the trials finished before the interrupt
-    state = pickle.loads((tmp_path / "exp" / STATE_FILE).read_bytes())
+    # the restored scheduler reloaded its rungs (through its callback): it knows the trials
+    # finished before the interrupt, which are not run again
+    state = pickle.loads((tmp_path / "scheduler.pkl").read_bytes())
     assert set(state["outcome"]) == ids

@@ -6,7 +6,8 @@ import torch
 from neve_tune import load_study, run_trial
 from neve_tune.cli import main
 from neve_tune.data import get_dataset
-from neve_tune.train import Cost, load_checkpoint
+from neve_tune.records import Cost
+from neve_tune.train import load_checkpoint
 
 SMALL = dict(data="synthetic", max_epochs=8, lr_patience=0)
 
@@ -23,7 +24,7 @@ def test_resumed_run_continues_the_same_velocity_and_lr_series(tmp_path):
     study = _study()
     cfg = {"lr": 0.2, "threshold": 1e-6, "batch_size": 32}
     full = run_trial(study, cfg, seed=3, evaluate_test=False)
-    assert len({m["lr"] for m in full["history"]}) > 1, "the run should decay its LR at least once"
+    assert len({m["lr"] for m in full.history}) > 1, "the run should decay its LR at least once"
 
     ckpt = tmp_path / "trial.pt"
     seen = []
@@ -38,10 +39,10 @@ def test_resumed_run_continues_the_same_velocity_and_lr_series(tmp_path):
     assert load_checkpoint(ckpt)["epoch"] == 4
     resumed_seen = []
     resumed = run_trial(study, cfg, seed=3, checkpoint_path=ckpt, on_epoch=lambda m: resumed_seen.append(m["epoch"]))
-    assert seen == [1, 2, 3, 4] and resumed_seen == list(range(5, full["epochs"] + 1))
+    assert seen == [1, 2, 3, 4] and resumed_seen == list(range(5, full.epochs + 1))
     for key in ("velocity", "velocity_change", "lr", "train_loss"):
-        assert [m[key] for m in resumed["history"]] == [m[key] for m in full["history"]], key
-    assert resumed["stopped_by"] == full["stopped_by"]
+        assert [m[key] for m in resumed.history] == [m[key] for m in full.history], key
+    assert resumed.stopped_by == full.stopped_by
 
 
 def test_cost_counters_add_up():
@@ -49,32 +50,32 @@ def test_cost_counters_add_up():
     cfg = {"lr": 0.05, "threshold": 1e-9, "batch_size": 50}
     rec = run_trial(study, cfg, seed=0, evaluate_test=True)
     n_train = len(get_dataset("synthetic").train)
-    assert rec["epochs"] == 3 and rec["stopped_by"] == "max_epochs"
-    assert rec["cost"]["train_samples"] == 3 * n_train
-    assert rec["cost"]["probe_samples"] == 4 * 7  # reference + one per epoch
-    assert rec["cost"]["eval_samples"] == 0
-    assert rec["cost"]["epochs_equiv"] == pytest.approx((3 * n_train + 28 / 3) / n_train)
-    assert [m["train_samples"] for m in rec["history"]] == [n_train, 2 * n_train, 3 * n_train]
+    assert rec.epochs == 3 and rec.stopped_by == "max_epochs"
+    assert rec.cost.train_samples == 3 * n_train
+    assert rec.cost.probe_samples == 4 * 7  # reference + one per epoch
+    assert rec.cost.eval_samples == 0
+    assert rec.cost.epochs_equiv(rec.train_size) == pytest.approx((3 * n_train + 28 / 3) / n_train)
+    assert [m["train_samples"] for m in rec.history] == [n_train, 2 * n_train, 3 * n_train]
 
     asha = run_trial(study, cfg, method="asha", seed=0, evaluate_test=False)
     n_fit, n_val = n_train - round(0.1 * n_train), round(0.1 * n_train)
-    assert asha["cost"]["train_samples"] == 3 * n_fit
-    assert asha["cost"]["eval_samples"] == 3 * n_val
-    assert asha["cost"]["probe_samples"] == 0
-    assert all("val_loss" in m for m in asha["history"])
+    assert asha.cost.train_samples == 3 * n_fit
+    assert asha.cost.eval_samples == 3 * n_val
+    assert asha.cost.probe_samples == 0
+    assert all("val_loss" in m for m in asha.history)
     assert Cost(1, 2, 3, 1.0) + Cost(1, 1, 1, 0.5) == Cost(2, 3, 4, 1.5)
 
 
 def test_retrain_replays_the_lr_schedule_on_all_data():
     study = _study()
     rec = run_trial(study, {"lr": 0.1, "batch_size": 64}, method="retrain", lr_schedule=[0.1, 0.1, 0.05], evaluate_test=False)
-    assert [m["lr"] for m in rec["history"]] == [0.1, 0.1, 0.05]
-    assert rec["cost"]["train_samples"] == 3 * len(get_dataset("synthetic").train)
+    assert [m["lr"] for m in rec.history] == [0.1, 0.1, 0.05]
+    assert rec.cost.train_samples == 3 * len(get_dataset("synthetic").train)
 
 
 def test_divergence_ends_the_trial_without_raising():
     rec = run_trial(_study(), {"lr": 1e6, "threshold": 1e-3, "batch_size": 32}, seed=0)
-    assert rec["stopped_by"] == "diverged" and rec["history"][-1]["diverged"]
+    assert rec.stopped_by == "diverged" and rec.history[-1]["diverged"]
 
 
 def test_default_digits_run_stops_on_velocity_with_97_percent(tmp_path):
@@ -98,7 +99,7 @@ def test_default_digits_run_stops_on_velocity_with_97_percent(tmp_path):
 
 def test_cli_bad_input_is_one_clear_line(capsys):
     assert main(["train", "--threshold", "0"]) == 2
-    assert "--threshold must be > 0" in capsys.readouterr().err
+    assert "--threshold must be a finite number > 0" in capsys.readouterr().err
     assert main(["train", "no_such_study"]) == 2
     assert "study file 'no_such_study' not found" in capsys.readouterr().err
     assert main(["train", "--data", "cifar10", "--data-root", "/nonexistent"]) == 2

@@ -12,6 +12,9 @@ the least settled ones.
 - :func:`run_worker` / ``neve-tune optuna worker``: trials against a shared study in any
   storage (in-memory, SQLite, journal file, PostgreSQL), heartbeats and retries.
 - :func:`plot_study`: velocity curves and search history as PNG.
+- :func:`search_trials`: the comparison's adapter (one seeded search -> its trials).
+
+The command line ``neve-tune optuna worker|plot`` lives in :mod:`neve_tune.cli.optuna`.
 
 Example::
 
@@ -31,7 +34,7 @@ from ._pruner import SETTINGS_ATTR, NeVePruner
 from ._report import EPOCH_ATTR_PREFIX, epoch_key, report_epoch, trial_history
 from ._storage import StorageError, make_storage, redact_url
 from ._worker import StudyNotFoundError, open_study, run_worker
-from ._cli import add_cli
+from ._search import search_trials
 
 __all__ = [
     "EPOCH_ATTR_PREFIX",
@@ -40,7 +43,6 @@ __all__ = [
     "SUMMARY_ATTRS",
     "StorageError",
     "StudyNotFoundError",
-    "add_cli",
     "checkpoint_path_for",
     "epoch_key",
     "make_objective",
@@ -50,6 +52,7 @@ __all__ = [
     "redact_url",
     "report_epoch",
     "run_worker",
+    "search_trials",
     "suggest_config",
     "trial_history",
 ]

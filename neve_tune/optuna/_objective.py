@@ -16,8 +16,11 @@ from optuna.trial import BaseTrial
 
 from .._checks import check_choice
 from ..data import DataBundle
-from ..study import Choice, IntUniform, LogUniform, Study, Uniform, load_study, run_trial
-from ..train import Cost, load_checkpoint
+from ..records import Cost, TrialResult
+from ..space import Choice, IntUniform, LogUniform, Uniform
+from ..study import Study, load_study
+from ..train import load_checkpoint
+from ..trial import run_trial
 from ._report import report_epoch, running_trial, trial_history
 
 __all__ = ["make_objective", "suggest_config", "checkpoint_path_for", "SUMMARY_ATTRS"]
@@ -72,8 +75,9 @@ def checkpoint_path_for(checkpoint_dir: str | os.PathLike, trial: BaseTrial) -> 
     return Path(checkpoint_dir) / name / f"trial_{_root_trial_number(trial):06d}.pt"
 
 
-def _summary(record: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: record.get(k) for k in SUMMARY_ATTRS}
+def _summary(result: TrialResult) -> dict[str, Any]:
+    summary = result.summary()
+    return {k: summary.get(k) for k in SUMMARY_ATTRS}
 
 
 def make_objective(
@@ -180,14 +184,14 @@ def make_objective(
         except optuna.TrialPruned:
             _finish_pruned(trial, method, seed, last, ckpt, keep_checkpoints, len(bundle.train))
             raise
-        if record["stopped_by"] == "diverged":
-            final = record["history"][-1] if record["history"] else {}
-            _finish_pruned(trial, method, seed, final, ckpt, keep_checkpoints, len(bundle.train), "diverged")
-            raise optuna.TrialPruned(f"diverged at epoch {record['epochs']}")
+        if record.stopped_by in ("diverged", "stalled"):
+            final = record.history[-1] if record.history else {}
+            _finish_pruned(trial, method, seed, final, ckpt, keep_checkpoints, len(bundle.train), record.stopped_by)
+            raise optuna.TrialPruned(f"{record.stopped_by} at epoch {record.epochs}")
         for key, value in _summary(record).items():
             trial.set_user_attr(key, value)
         _drop(ckpt, keep_checkpoints)
-        return float(record["objective"])
+        return float(record.objective)
 
     return objective
 
@@ -209,12 +213,8 @@ def _finish_pruned(
 ) -> None:
     """Summary attributes of a pruned trial, from its last epoch's metrics."""
     epochs = int(last.get("epoch", 0))
-    spent = Cost(
-        int(last.get("train_samples") or 0),
-        int(last.get("probe_samples") or 0),
-        int(last.get("eval_samples") or 0),
-        float(sum((m.get("epoch_time_s") or 0.0) for m in trial_history(trial))),
-    )
+    spent = Cost.from_dict(last)
+    spent.wall_s = float(sum((m.get("epoch_time_s") or 0.0) for m in trial_history(trial)))
     cost = spent.as_dict(full_train_size)
     summary = {
         "method": method,

@@ -1,14 +1,17 @@
 """Ray Tune backend: NeVe-controlled trials, a velocity stopper and a validation-free scheduler.
 
-- :class:`NeVeStopper` (a ``ray.tune.Stopper``): stops a trial when its velocity is under
-  its own (searched) threshold, or when it diverged.
-- :class:`NeVeASHAScheduler` (Ray's ``AsyncHyperBandScheduler``): rung pruning on the
-  epoch's training loss, velocity deciding convergence; rung state survives
-  ``Tuner.restore``.
-- :func:`neve_trainable`: a function trainable over a study file, reporting the DESIGN
-  metrics and a ``tune.Checkpoint`` every epoch, resuming from ``tune.get_checkpoint()``.
+- :class:`NeVeStopper` (a ``ray.tune.Stopper``): stops a trial whose own controller reported
+  convergence (``neve_stop``), or (without that key) whose velocity is under its own
+  (searched) threshold, or that diverged or stalled.
+- :class:`NeVeASHAScheduler`: asynchronous successive halving on the epoch's training loss
+  (or velocity), velocity deciding convergence; its rung state survives ``Tuner.restore``
+  when ``RunConfig(callbacks=[scheduler.callback()])`` carries it
+  (:class:`NeVeASHAStateCallback`).
+- :func:`neve_trainable`: a function trainable over a study file, reporting the
+  metric names of docs/design.md and a ``tune.Checkpoint`` every epoch, resuming from ``tune.get_checkpoint()``.
 - :func:`to_ray_space`, :func:`run_search`, :func:`asha_scheduler` (the validation
-  baseline), and ``neve-tune ray run`` (:func:`add_cli`).
+  baseline), :func:`search_trials` (the comparison's adapter); the command line
+  ``neve-tune ray run`` lives in :mod:`neve_tune.cli.ray`.
 
 Example::
 
@@ -18,21 +21,22 @@ Example::
              stop=NeVeStopper(), num_samples=20)
 """
 
-from ._cli import add_cli, asha_scheduler, run_search, summarize
-from ._scheduler import NeVeASHAScheduler
+from ._scheduler import NeVeASHAScheduler, NeVeASHAStateCallback
 from ._stopper import NeVeStopper, velocity_verdict
+from ._search import asha_scheduler, run_search, search_trials, summarize
 from ._trainable import check_resources, check_resources_available, neve_trainable, reported_metrics, to_ray_space
 
 __all__ = [
     "NeVeASHAScheduler",
+    "NeVeASHAStateCallback",
     "NeVeStopper",
-    "add_cli",
     "asha_scheduler",
     "check_resources",
     "check_resources_available",
     "neve_trainable",
     "reported_metrics",
     "run_search",
+    "search_trials",
     "summarize",
     "to_ray_space",
     "velocity_verdict",

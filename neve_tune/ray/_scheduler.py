@@ -1,61 +1,122 @@
 """``NeVeASHAScheduler``: asynchronous successive halving on a validation-free signal.
 
-Ray's :class:`~ray.tune.schedulers.AsyncHyperBandScheduler` does the rung bookkeeping;
-this subclass changes what it looks at (the epoch's mean training loss instead of a
-validation loss), lets the velocity decide convergence and divergence before any rung
-comparison, and keeps its rung state across ``Tuner.restore`` (which Ray does not do for
-schedulers, ray issue #30838).
+The scheduler keeps its own rung bookkeeping (the rule of Ray's
+:class:`~ray.tune.schedulers.AsyncHyperBandScheduler`, same rungs, same cutoffs) and uses
+only Ray Tune's public scheduler and callback interfaces. Ray does not save schedulers in
+its experiment checkpoint (ray issue #30838) but does save callbacks, so the rung state
+travels through :meth:`NeVeASHAScheduler.callback`, a ``ray.tune.Callback`` whose
+``get_state``/``set_state`` carry :meth:`NeVeASHAScheduler.state_dict`.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
-import os
+import math
 import pickle
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+import numpy as np
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from ._stopper import CONVERGED, DIVERGED, check_threshold, velocity_verdict
+from .._checks import check_choice, check_float, check_int, to_float
+from ._stopper import CONVERGED, DIVERGED, STALLED, _check_key, check_threshold, velocity_verdict
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
-    from ray.tune.experiment import Trial
 
-__all__ = ["NeVeASHAScheduler", "STATE_FILE"]
+__all__ = ["NeVeASHAScheduler", "NeVeASHAStateCallback"]
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "neve_asha_scheduler_state.pkl"
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+_STATE_KEY = "neve_asha_scheduler"
+PRUNED, MAX_T, COMPLETED = "pruned", "max_t", "completed"
+_OUTCOMES = (CONVERGED, DIVERGED, STALLED, PRUNED, MAX_T, COMPLETED)
 
 
-class NeVeASHAScheduler(AsyncHyperBandScheduler):
+class _Rung:
+    """One rung: the values recorded there (``sign * metric``, higher is better) by trial,
+    and the non-NaN ones kept sorted, so the cutoff costs O(1) and a record O(log n)
+    comparisons instead of a percentile over every recorded value."""
+
+    __slots__ = ("milestone", "values", "_sorted")
+
+    def __init__(self, milestone: float) -> None:
+        self.milestone = milestone
+        self.values: dict[str, float] = {}
+        self._sorted: list[float] = []
+
+    def add(self, trial_id: str, value: float) -> None:
+        self.values[trial_id] = value
+        if not math.isnan(value):
+            bisect.insort(self._sorted, value)
+
+    def cutoff(self, q: float) -> float | None:
+        """``numpy.nanpercentile(values, 100 * q)`` (linear), bit for bit; ``None`` when
+        nothing is recorded, NaN when only NaN is."""
+        if not self.values:
+            return None
+        a, n = self._sorted, len(self._sorted)
+        if n == 0:
+            return math.nan
+        index = (n - 1) * q
+        lo = math.floor(index)
+        if lo >= n - 1:
+            return a[-1]
+        t = index - lo
+        lo_v, hi_v = a[lo], a[lo + 1]
+        diff = hi_v - lo_v
+        return hi_v - diff * (1 - t) if t >= 0.5 else lo_v + diff * t  # numpy's _lerp
+
+
+def _bracket_milestones(min_t: int, max_t: int, rf: float, s: int) -> list[float]:
+    """Rung milestones of bracket ``s``, highest first (Ray's formula, so the rungs match)."""
+    n = int(np.log(max_t / min_t) / np.log(rf) - s + 1)
+    return [min_t * rf ** (k + s) for k in reversed(range(n))]
+
+
+class NeVeASHAScheduler(FIFOScheduler):
     """ASHA on the training loss; the velocity decides when a trial has converged.
 
-    For every result of a trial, in this order:
+    For every result of a trial, in this order (the rule of :func:`velocity_verdict`,
+    the same as :class:`~neve_tune.ray.NeVeStopper`):
 
     1. diverged (``diverged`` true, or the velocity NaN/inf): STOP; the trial is left out
        of every rung;
-    2. converged (``neve_stop`` true, or ``velocity < `` the trial's own threshold, read
-       from its result or config like :class:`~neve_tune.ray.NeVeStopper` does): its
-       ``metric`` is recorded at the rungs it reached, then STOP. A converged trial is
+    2. stalled (``stalled`` true: the velocity fell but the training loss did not): STOP,
+       outcome ``"stalled"``; never counted as converged and left out of every rung;
+    3. converged (``neve_stop`` true; only when no ``neve_stop`` is reported,
+       ``velocity <`` the trial's own threshold, from its result or config): its
+       ``metric`` is recorded at the rung it reached, then STOP. A converged trial is
        finished, never counted as pruned;
-    3. otherwise Ray's asynchronous successive halving: at each rung
-       (``grace_period * reduction_factor**k`` in ``time_attr`` units, up to ``max_t``)
-       a trial whose ``metric`` (default ``"train_loss"``, the epoch's mean training loss,
-       ``mode="min"``) is not in the best ``1/reduction_factor`` of the trials recorded
-       at that rung is stopped (pruned). No validation data is needed.
+    4. otherwise asynchronous successive halving, the rule of Ray's
+       ``AsyncHyperBandScheduler``: rungs at ``grace_period * reduction_factor**k``
+       (``time_attr`` units) up to ``max_t``. The first time a trial reaches a rung its
+       ``metric`` (default ``"train_loss"``, the epoch's mean training loss,
+       ``mode="min"``) is recorded there, and the trial is stopped (pruned) if it is
+       worse than the ``1 - 1/reduction_factor`` quantile of the values already recorded
+       at that rung (the first trial at a rung always continues). At ``max_t`` the trial
+       is stopped (``stop_last_trials``). No validation data is needed.
 
-    Rung state (``Tuner.restore``): Ray does not restore scheduler state. This scheduler
-    writes it (rungs, trial -> bracket, counters) to ``neve_asha_scheduler_state.pkl``
-    in the experiment's driver staging folder after every change; Tune uploads that
-    folder with its experiment state and downloads ``*.pkl`` before re-adding trials, so
-    the restored scheduler reloads it when the first trial is added. Rung records may be
-    slightly ahead of the restored trials (they are written at once, the experiment state
-    periodically); a resumed trial then just finds its rungs already decided. Pass
-    ``persist=False`` to keep Ray's behaviour (fresh rungs after a restore).
+    A trial that a :class:`~neve_tune.ray.NeVeStopper` stopped (Tune asks the stopper
+    first) reaches only ``on_trial_complete``; it is classified by the same rule and
+    recorded unless it diverged or stalled. Each result costs O(log n) for n trials at a
+    rung, and nothing is written to disk.
+
+    **Restoring** (``Tuner.restore``): Ray saves callbacks, not schedulers, in its
+    experiment checkpoint. Pass the scheduler's :meth:`callback` in the run config and
+    the rungs, outcomes and trial brackets come back with the experiment::
+
+        sched = NeVeASHAScheduler(max_t=60)
+        tune.Tuner(trainable, tune_config=tune.TuneConfig(scheduler=sched),
+                   run_config=tune.RunConfig(callbacks=[sched.callback()]))
+
+    (``tune.run(..., scheduler=sched, callbacks=[sched.callback()])`` likewise.) Without
+    it a restored experiment starts with empty rungs, as with Ray's own schedulers, and
+    a warning says so. The state matches the experiment snapshot it was saved with.
 
     Args:
         metric: the rung metric (``"train_loss"``; any reported key works).
@@ -65,20 +126,33 @@ class NeVeASHAScheduler(AsyncHyperBandScheduler):
         grace_period, reduction_factor, brackets, stop_last_trials: as in
             :class:`~ray.tune.schedulers.AsyncHyperBandScheduler`.
         velocity_metric, threshold_key, threshold: the convergence rule (see above).
-        persist: write the rung state for ``Tuner.restore``.
+        persist: whether :meth:`callback` saves the rung state (``False``: Ray's
+            behaviour, fresh rungs after a restore).
 
     Example::
 
+        >>> from types import SimpleNamespace
         >>> from neve_tune.ray import NeVeASHAScheduler
-        >>> sched = NeVeASHAScheduler(max_t=60, grace_period=2, reduction_factor=3)
-        >>> sched.metric, sched._mode
+        >>> sched = NeVeASHAScheduler(max_t=16, grace_period=1, reduction_factor=2)
+        >>> sched.metric, sched.mode
         ('train_loss', 'min')
+        >>> a, b = SimpleNamespace(trial_id="a", status="PENDING"), SimpleNamespace(trial_id="b", status="PENDING")
+        >>> sched.on_trial_add(None, a), sched.on_trial_add(None, b)
+        (None, None)
+        >>> epoch1 = {"training_iteration": 1, "velocity": 0.2, "neve_stop": False}
+        >>> sched.on_trial_result(None, a, {**epoch1, "train_loss": 0.5})
+        'CONTINUE'
+        >>> sched.on_trial_result(None, b, {**epoch1, "train_loss": 0.9})  # worse at rung 1
+        'STOP'
+        >>> sched.outcome("b"), sched.num_pruned
+        ('pruned', 1)
 
         In a search::
 
+            sched = NeVeASHAScheduler(max_t=60)
             tune.Tuner(neve_trainable("digits"), param_space=to_ray_space("digits"),
-                       tune_config=tune.TuneConfig(scheduler=NeVeASHAScheduler(max_t=60),
-                                                   num_samples=20)).fit()
+                       tune_config=tune.TuneConfig(scheduler=sched, num_samples=20),
+                       run_config=tune.RunConfig(stop=NeVeStopper(), callbacks=[sched.callback()])).fit()
     """
 
     def __init__(
@@ -97,172 +171,241 @@ class NeVeASHAScheduler(AsyncHyperBandScheduler):
         threshold: float | None = None,
         persist: bool = True,
     ) -> None:
-        for name, value in (("metric", metric), ("time_attr", time_attr), ("velocity_metric", velocity_metric), ("threshold_key", threshold_key)):
-            if not isinstance(value, str) or not value:
-                raise TypeError(f"{name} must be a non-empty str, got {value!r}")
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        for name, value in (("max_t", max_t), ("grace_period", grace_period), ("brackets", brackets)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if grace_period > max_t:
-            raise ValueError(f"grace_period must be <= max_t={max_t}, got {grace_period}")
-        if isinstance(reduction_factor, bool) or not isinstance(reduction_factor, (int, float)) or not reduction_factor > 1:
-            raise ValueError(f"reduction_factor must be a number > 1, got {reduction_factor!r}")
-        super().__init__(
-            time_attr=time_attr,
-            metric=metric,
-            mode=mode,
-            max_t=max_t,
-            grace_period=grace_period,
-            reduction_factor=reduction_factor,
-            brackets=brackets,
-            stop_last_trials=stop_last_trials,
-        )
-        self._velocity_metric = velocity_metric
-        self._threshold_key = threshold_key
+        super().__init__()
+        self._rung_metric = _check_key(metric, "metric")
+        self._time_attr = _check_key(time_attr, "time_attr")
+        self._velocity_metric = _check_key(velocity_metric, "velocity_metric")
+        self._threshold_key = _check_key(threshold_key, "threshold_key")
+        self._mode = check_choice("mode", mode, ("min", "max"))
+        self._sign = -1.0 if mode == "min" else 1.0
+        self._max_t = check_int("max_t", max_t, minimum=1)
+        grace_period = check_int("grace_period", grace_period, minimum=1)
+        if grace_period > self._max_t:
+            raise ValueError(f"grace_period must be <= max_t={self._max_t}, got {grace_period}")
+        self._grace_period = grace_period
+        self._rf = check_float("reduction_factor", reduction_factor, low=1.0, low_open=True)
+        self._quantile = ((1 - 1 / self._rf) * 100) / 100  # as Ray computes it, for equal cutoffs
+        n_brackets = check_int("brackets", brackets, minimum=1)
+        if not isinstance(stop_last_trials, bool):
+            raise TypeError(f"stop_last_trials must be a bool, got {stop_last_trials!r}")
+        self._stop_last_trials = stop_last_trials
         self._threshold = None if threshold is None else check_threshold(threshold)
-        self._persist = bool(persist)
-        self._state_dir: str | None = None
-        self._state_loaded = False
-        self._num_converged = 0
-        self._num_diverged = 0
-        self._outcome: dict[str, str] = {}  # trial_id -> "converged" | "diverged" | "pruned"
+        if not isinstance(persist, bool):
+            raise TypeError(f"persist must be a bool, got {persist!r}")
+        self._persist = persist
+        self._brackets: list[list[_Rung]] = [
+            [_Rung(m) for m in _bracket_milestones(grace_period, self._max_t, self._rf, s)] for s in range(n_brackets)
+        ]
+        self._active: dict[str, int] = {}  # trial_id -> bracket index, while the trial may report
+        self._outcome: dict[str, str] = {}  # trial_id -> one of _OUTCOMES
+        self._counts: dict[str, int] = dict.fromkeys(_OUTCOMES, 0)
+        self._stops = 0
+        self._restored = False
+        self._warned_unrestored = False
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def metric(self) -> str:
+        return self._rung_metric
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        # metric and mode are set here already; Tune may still pass the TuneConfig's
+        return not ((metric and metric != self._rung_metric) or (mode and mode != self._mode))
+
+    def callback(self) -> "NeVeASHAStateCallback":
+        """A ``ray.tune.Callback`` that saves this scheduler's state with the experiment
+        checkpoint and loads it back on ``Tuner.restore``: put it in
+        ``RunConfig(callbacks=[...])`` (or ``tune.run(callbacks=[...])``)."""
+        return NeVeASHAStateCallback(self)
 
     # ------------------------------------------------------------------ Tune hooks
-    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
-        # metric and mode are always set here; Tune may still pass the TuneConfig's
-        if (metric and metric != self._metric) or (mode and mode != self._mode):
-            return False
-        return True
-
-    def on_trial_add(self, tune_controller: "TuneController", trial: "Trial") -> None:
-        if self._persist and not self._state_loaded:
-            self._state_loaded = True
-            staging = getattr(getattr(trial, "storage", None), "experiment_driver_staging_path", None)
-            if staging:
-                self._state_dir = str(staging)
-                self._load_state()
-        if trial.trial_id in self._trial_info:  # a retried trial, or known from the restored state
+    def on_trial_add(self, tune_controller: "TuneController", trial: Trial) -> None:
+        tid = trial.trial_id
+        if tid in self._active:  # a retried trial, or one known from the restored state
             return
-        if getattr(trial, "status", None) == "TERMINATED":  # a finished trial re-added by a restore
+        if getattr(trial, "status", None) == Trial.TERMINATED:  # a finished trial re-added by a restore
+            if not self._restored and tid not in self._outcome and not self._warned_unrestored:
+                self._warned_unrestored = True
+                logger.warning(
+                    "NeVeASHAScheduler: a restored experiment, but no rung state was restored: its rungs start "
+                    "empty. Pass RunConfig(callbacks=[scheduler.callback()]) to keep them across Tuner.restore."
+                )
             return
-        super().on_trial_add(tune_controller, trial)
-        self._save_state()
+        self._active[tid] = self._choose_bracket()
 
-    def on_trial_result(self, tune_controller: "TuneController", trial: "Trial", result: dict) -> str:
-        verdict = velocity_verdict(
-            result,
-            metric=self._velocity_metric,
-            threshold_key=self._threshold_key,
-            threshold=self._threshold,
-            who=type(self).__name__,
-        )
-        if verdict == DIVERGED:
-            self._finish(trial.trial_id, DIVERGED)
+    def on_trial_result(self, tune_controller: "TuneController", trial: Trial, result: dict) -> str:
+        tid = trial.trial_id
+        verdict = self._verdict(result)
+        if verdict in (DIVERGED, STALLED):
+            self._finish(tid, verdict)
             return TrialScheduler.STOP
         if verdict == CONVERGED:
-            self._record(trial, result)
-            self._finish(trial.trial_id, CONVERGED)
+            self._record(tid, result)
+            self._finish(tid, CONVERGED)
             return TrialScheduler.STOP
-        action = super().on_trial_result(tune_controller, trial, result)
-        if action == TrialScheduler.STOP and trial.trial_id not in self._outcome:
-            at_max = result.get(self._time_attr, 0) >= self._max_t
-            self._outcome[trial.trial_id] = "max_t" if at_max else "pruned"
-        self._save_state()
+        if self._time_attr not in result or self._rung_metric not in result:
+            return TrialScheduler.CONTINUE
+        t = to_float(self._time_attr, result[self._time_attr])
+        if t >= self._max_t and self._stop_last_trials:
+            action = TrialScheduler.STOP
+        else:
+            value = to_float(f"{type(self).__name__}: metric {self._rung_metric!r}", result[self._rung_metric], allow_none=True)
+            action = self._on_rung(tid, t, value)
+        if action == TrialScheduler.STOP:
+            self._stops += 1
+            if tid not in self._outcome:
+                self._set_outcome(tid, MAX_T if t >= self._max_t else PRUNED)
         return action
 
-    def on_trial_complete(self, tune_controller: "TuneController", trial: "Trial", result: dict) -> None:
-        # A trial stopped by a NeVeStopper (which runs before any scheduler) or by itself
-        # ends here without a decision of ours: classify it by the same rule.
-        if trial.trial_id not in self._trial_info:
+    def on_trial_complete(self, tune_controller: "TuneController", trial: Trial, result: dict) -> None:
+        tid = trial.trial_id
+        if tid not in self._active:
             return
-        verdict = velocity_verdict(
-            result, metric=self._velocity_metric, threshold_key=self._threshold_key,
-            threshold=self._threshold, who=type(self).__name__,
-        )
+        verdict = self._verdict(result)
         if verdict is not None:
-            self._finish(trial.trial_id, verdict)
-        elif trial.trial_id not in self._outcome:
-            self._outcome[trial.trial_id] = "completed"
-        if self._outcome.get(trial.trial_id) != DIVERGED:
-            self._record(trial, result)
-        del self._trial_info[trial.trial_id]
-        self._save_state()
+            self._finish(tid, verdict)
+        elif tid not in self._outcome:
+            self._set_outcome(tid, COMPLETED)
+        if self._outcome[tid] not in (DIVERGED, STALLED):
+            self._record(tid, result)
+        del self._active[tid]
 
-    def on_trial_remove(self, tune_controller: "TuneController", trial: "Trial") -> None:
-        self._trial_info.pop(trial.trial_id, None)
-        self._save_state()
+    def on_trial_remove(self, tune_controller: "TuneController", trial: Trial) -> None:
+        self._active.pop(trial.trial_id, None)
 
     def debug_string(self) -> str:
-        pruned = sum(1 for v in self._outcome.values() if v == "pruned")
+        c = self._counts
+        rungs = "\n".join(
+            "Bracket: " + " | ".join(f"Iter {r.milestone:.3f}: {r.cutoff(self._quantile)}" for r in bracket)
+            for bracket in self._brackets
+        )
         return (
-            f"Using NeVeASHA on {self._metric!r} ({self._mode}): pruned={pruned} converged={self._num_converged} "
-            f"diverged={self._num_diverged}\n" + "\n".join(b.debug_str() for b in self._brackets)
+            f"Using NeVeASHA on {self._rung_metric!r} ({self._mode}): pruned={c[PRUNED]} converged={c[CONVERGED]} "
+            f"diverged={c[DIVERGED]} stalled={c[STALLED]}\n{rungs}"
         )
 
     # ------------------------------------------------------------------ outcomes
     def outcome(self, trial_id: str) -> str | None:
-        """How the trial ended: ``"converged"``, ``"diverged"``, ``"pruned"`` (lost at a
-        rung), ``"max_t"``, ``"completed"`` (ended by itself otherwise), or ``None``."""
+        """How the trial ended: ``"converged"``, ``"diverged"``, ``"stalled"``,
+        ``"pruned"`` (lost at a rung), ``"max_t"``, ``"completed"`` (ended by itself
+        otherwise), or ``None``."""
         return self._outcome.get(trial_id)
 
     @property
     def num_pruned(self) -> int:
-        return sum(1 for v in self._outcome.values() if v == "pruned")
+        return self._counts[PRUNED]
 
-    def _record(self, trial: "Trial", result: dict) -> None:
-        """Put a finished trial's value in the rungs it reached (no decision)."""
-        bracket = self._trial_info.get(trial.trial_id)
-        if bracket is None or self._time_attr not in result or self._metric not in result:
+    def rung_values(self, bracket: int = 0) -> list[tuple[float, dict[str, float]]]:
+        """The rungs of one bracket, highest first: ``(milestone, {trial_id: metric})``,
+        in the metric's own units."""
+        return [(r.milestone, {k: self._sign * v for k, v in r.values.items()}) for r in self._brackets[bracket]]
+
+    # ------------------------------------------------------------------ internals
+    def _verdict(self, result: dict) -> str | None:
+        return velocity_verdict(
+            result, metric=self._velocity_metric, threshold_key=self._threshold_key,
+            threshold=self._threshold, who=type(self).__name__,
+        )
+
+    def _choose_bracket(self) -> int:
+        if len(self._brackets) == 1:
+            return 0
+        # Ray's rule: a softmax over the brackets' numbers of rungs
+        sizes = np.array([len(b) for b in self._brackets])
+        probs = np.e ** (sizes - sizes.max())
+        return int(np.random.choice(len(self._brackets), p=probs / probs.sum()))
+
+    def _bracket(self, trial_id: str) -> list[_Rung]:
+        if trial_id not in self._active:  # a result of a trial never added (e.g. restored without state)
+            self._active[trial_id] = self._choose_bracket()
+        return self._brackets[self._active[trial_id]]
+
+    def _on_rung(self, trial_id: str, t: float, value: float | None) -> str:
+        """Ray's asynchronous successive halving decision for one result."""
+        action = TrialScheduler.CONTINUE
+        for rung in self._bracket(trial_id):  # highest milestone first
+            if t >= rung.milestone and trial_id in rung.values and not self._stop_last_trials:
+                break  # decided at this rung already
+            if t < rung.milestone or trial_id in rung.values:
+                continue
+            if value is None:
+                logger.warning("NeVeASHAScheduler: metric %r is None; not recorded", self._rung_metric)
+                break
+            reward = self._sign * value
+            cutoff = rung.cutoff(self._quantile)
+            if cutoff is not None and reward < cutoff:
+                action = TrialScheduler.STOP
+            rung.add(trial_id, reward)
+            break
+        return action
+
+    def _record(self, trial_id: str, result: dict) -> None:
+        """Put a finished trial's value in the rung it reached (no decision)."""
+        if self._time_attr not in result or self._rung_metric not in result:
             return
-        value = result[self._metric]
+        value = to_float(f"{type(self).__name__}: metric {self._rung_metric!r}", result[self._rung_metric], allow_none=True)
         if value is None:
             return
-        t = result[self._time_attr]
-        for milestone, recorded in bracket._rungs:
-            if t >= milestone and trial.trial_id not in recorded:
-                recorded[trial.trial_id] = self._metric_op * value
+        t = to_float(self._time_attr, result[self._time_attr])
+        for rung in self._bracket(trial_id):
+            if t >= rung.milestone and trial_id not in rung.values:
+                rung.add(trial_id, self._sign * value)
                 break
 
-    def _finish(self, trial_id: str, why: str) -> None:
-        if self._outcome.get(trial_id) in (CONVERGED, DIVERGED):
-            return  # the repeated final result
+    def _set_outcome(self, trial_id: str, why: str) -> None:
+        old = self._outcome.get(trial_id)
+        if old is not None:
+            self._counts[old] -= 1
         self._outcome[trial_id] = why
-        if why == CONVERGED:
-            self._num_converged += 1
-        else:
-            self._num_diverged += 1
-        self._num_stopped += 1
-        self._save_state()
+        self._counts[why] += 1
+
+    def _finish(self, trial_id: str, why: str) -> None:
+        if self._outcome.get(trial_id) in (CONVERGED, DIVERGED, STALLED):
+            return  # the repeated final result
+        self._set_outcome(trial_id, why)
+        self._stops += 1
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
-        index = {id(b): i for i, b in enumerate(self._brackets)}
+        """Rungs, trial brackets, outcomes and counters as plain picklable data."""
         return {
             "version": _STATE_VERSION,
-            "rungs": [[(m, dict(rec)) for m, rec in b._rungs] for b in self._brackets],
-            "trial_bracket": {tid: index[id(b)] for tid, b in self._trial_info.items()},
+            "rungs": [[(r.milestone, dict(r.values)) for r in bracket] for bracket in self._brackets],
+            "trial_bracket": dict(self._active),
             "outcome": dict(self._outcome),
-            "num_converged": self._num_converged,
-            "num_diverged": self._num_diverged,
-            "num_stopped": self._num_stopped,
+            "num_stopped": self._stops,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != _STATE_VERSION or len(state["rungs"]) != len(self._brackets):
-            raise ValueError("scheduler state does not match this NeVeASHAScheduler's brackets")
+        """Load a :meth:`state_dict`; ``ValueError`` when it was made with other rungs
+        (another ``max_t``, ``grace_period``, ``reduction_factor`` or ``brackets``)."""
+        if state.get("version") not in (1, _STATE_VERSION):
+            raise ValueError(f"NeVeASHAScheduler state version {state.get('version')!r} is not supported")
+        if [[m for m, _ in b] for b in state["rungs"]] != [[r.milestone for r in b] for b in self._brackets]:
+            raise ValueError(
+                "NeVeASHAScheduler state has other rungs than this scheduler "
+                "(max_t, grace_period, reduction_factor or brackets changed?)"
+            )
         for bracket, rungs in zip(self._brackets, state["rungs"]):
-            if [m for m, _ in rungs] != [m for m, _ in bracket._rungs]:
-                raise ValueError("scheduler state has other rungs than this NeVeASHAScheduler (max_t, grace_period, reduction_factor changed?)")
-            bracket._rungs = [(m, dict(rec)) for m, rec in rungs]
-        self._trial_info = {tid: self._brackets[i] for tid, i in state["trial_bracket"].items()}
-        self._outcome = dict(state["outcome"])
-        self._num_converged = int(state["num_converged"])
-        self._num_diverged = int(state["num_diverged"])
-        self._num_stopped = int(state["num_stopped"])
+            for rung, (_, values) in zip(bracket, rungs):
+                rung.values, rung._sorted = {}, []
+                for tid, v in values.items():
+                    rung.values[tid] = float(v)
+                rung._sorted = sorted(v for v in rung.values.values() if not math.isnan(v))
+        self._active = {str(k): int(v) for k, v in state["trial_bracket"].items()}
+        self._outcome = {}
+        self._counts = dict.fromkeys(_OUTCOMES, 0)
+        for tid, why in state["outcome"].items():
+            self._set_outcome(tid, why)
+        self._stops = int(state["num_stopped"])
+        self._restored = True
 
     def save(self, checkpoint_path: str) -> None:
+        """Tune's scheduler hook (Tune does not call it; :meth:`callback` does the saving)."""
         with open(checkpoint_path, "wb") as f:
             pickle.dump(self.state_dict(), f)
 
@@ -270,25 +413,41 @@ class NeVeASHAScheduler(AsyncHyperBandScheduler):
         with open(checkpoint_path, "rb") as f:
             self.load_state_dict(pickle.load(f))
 
-    def _save_state(self) -> None:
-        if not (self._persist and self._state_dir):
-            return
-        try:
-            os.makedirs(self._state_dir, exist_ok=True)
-            path = Path(self._state_dir, STATE_FILE)
-            tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-            self.save(str(tmp))
-            os.replace(tmp, path)
-        except OSError as e:  # never fail a search for a bookkeeping file
-            logger.warning("NeVeASHAScheduler: could not write its state to %s: %s", self._state_dir, e)
 
-    def _load_state(self) -> None:
-        path = Path(self._state_dir or "", STATE_FILE)
-        if not path.is_file():
+class NeVeASHAStateCallback(Callback):
+    """Carries a :class:`NeVeASHAScheduler`'s state in Ray Tune's experiment checkpoint.
+
+    Tune calls ``get_state`` when it checkpoints the experiment (periodically, not on
+    every result) and ``set_state`` on ``Tuner.restore`` before the restored trials are
+    added back, so the scheduler resumes with the rungs of the snapshot. Get it from
+    :meth:`NeVeASHAScheduler.callback`; the scheduler and its callback are pickled
+    together in the ``Tuner``'s own state, so the restored callback fills the restored
+    scheduler.
+
+        >>> sched = NeVeASHAScheduler(max_t=16, grace_period=1, reduction_factor=2)
+        >>> cb = sched.callback()
+        >>> fresh = NeVeASHAScheduler(max_t=16, grace_period=1, reduction_factor=2)
+        >>> fresh.callback().set_state(cb.get_state())
+        >>> fresh.state_dict() == sched.state_dict()
+        True
+    """
+
+    def __init__(self, scheduler: NeVeASHAScheduler) -> None:
+        if not isinstance(scheduler, NeVeASHAScheduler):
+            raise TypeError(f"NeVeASHAStateCallback: the callback needs a NeVeASHAScheduler, got {type(scheduler).__name__}")
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict[str, Any] | None:
+        if not self.scheduler._persist:
+            return None
+        return {_STATE_KEY: self.scheduler.state_dict()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        saved = state.get(_STATE_KEY) if isinstance(state, dict) else None
+        if saved is None:
             return
-        try:
-            self.restore(str(path))
-        except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
-            logger.warning("NeVeASHAScheduler: ignoring unreadable state %s (%s); rungs start empty", path, e)
-            return
-        logger.info("NeVeASHAScheduler: restored rung state of %d trials from %s", len(self._outcome) + len(self._trial_info), path)
+        self.scheduler.load_state_dict(saved)
+        logger.info(
+            "NeVeASHAScheduler: restored its rung state: %d trials ended, %d still in a bracket",
+            len(saved["outcome"]), len(saved["trial_bracket"]),
+        )

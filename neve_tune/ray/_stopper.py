@@ -1,6 +1,6 @@
-"""``NeVeStopper``: stop each Ray Tune trial on its own velocity threshold.
+"""``NeVeStopper``: stop each Ray Tune trial on its own NeVe verdict.
 
-The decision rule lives in :func:`velocity_verdict` so that the stopper and the
+The decision rule lives in :func:`velocity_verdict`, so that the stopper and the
 scheduler (:mod:`neve_tune.ray._scheduler`) apply exactly the same rule.
 """
 
@@ -11,10 +11,13 @@ from typing import Any, Mapping
 
 from ray.tune.stopper import Stopper
 
-__all__ = ["NeVeStopper", "velocity_verdict", "CONVERGED", "DIVERGED"]
+from .._checks import _is_bool, _unwrap, check_float, check_int, to_float
+
+__all__ = ["NeVeStopper", "velocity_verdict", "CONVERGED", "DIVERGED", "STALLED"]
 
 CONVERGED = "converged"
 DIVERGED = "diverged"
+STALLED = "stalled"
 
 # Keys Tune fills in by itself, or that a bare final result carries: a result holding only
 # these carries no training metrics (e.g. a function trainable that returned early).
@@ -34,6 +37,7 @@ _AUTO_KEYS = frozenset(
         "config",
         "time_since_restore",
         "iterations_since_restore",
+        "timesteps_since_restore",
         "checkpoint_dir_name",
         "should_checkpoint",
         "__duplicate__",
@@ -42,12 +46,17 @@ _AUTO_KEYS = frozenset(
 
 
 def check_threshold(value: Any, name: str = "threshold") -> float:
-    """``value`` as a positive finite float, else a ``TypeError``/``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a positive float, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite float, got {value!r}")
-    return float(value)
+    """``value`` (Python, NumPy or 0-d tensor) as a positive finite float, else a
+    ``TypeError``/``ValueError`` naming ``name``.
+
+    >>> check_threshold(1e-3)
+    0.001
+    >>> check_threshold(0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: threshold must be a finite number > 0, got 0.0
+    """
+    return check_float(name, value, positive=True)
 
 
 def _check_key(value: Any, name: str) -> str:
@@ -56,8 +65,42 @@ def _check_key(value: Any, name: str) -> str:
     return value
 
 
+def _flag(result: Mapping[str, Any], key: str, who: str) -> bool:
+    """A reported boolean (Python, NumPy or 0-d tensor); missing or ``None`` is false."""
+    value = result.get(key)
+    if value is True or value is False:  # the common case, without the conversion
+        return value
+    value = _unwrap(value)
+    if value is None:
+        return False
+    if not _is_bool(value):
+        raise TypeError(f"{who}: {key!r} must be a bool, got {value!r}")
+    return bool(value)
+
+
 def _bare(result: Mapping[str, Any]) -> bool:
     return all(k in _AUTO_KEYS for k in result)
+
+
+def _trial_threshold(result: Mapping[str, Any], threshold_key: str, default: float | None, who: str) -> float:
+    thr: Any = result.get(threshold_key)
+    if thr is None:
+        config = result.get("config")
+        if isinstance(config, Mapping):
+            thr = config.get(threshold_key)
+        else:  # schedulers get flattened results
+            thr = result.get(f"config/{threshold_key}")
+    if thr is None:
+        thr = default
+    if thr is None:
+        raise ValueError(
+            f"{who}: no velocity threshold for this trial: put {threshold_key!r} in the trial's config "
+            f"(it is searched) or in its result, or pass threshold= to {who}"
+        )
+    try:
+        return check_threshold(thr, f"{who}: the trial's {threshold_key!r}")
+    except TypeError as e:
+        raise ValueError(str(e)) from None
 
 
 def velocity_verdict(
@@ -69,99 +112,119 @@ def velocity_verdict(
     grace_period: int = 0,
     who: str = "NeVeStopper",
 ) -> str | None:
-    """``"diverged"``, ``"converged"`` or ``None`` (go on) for one Tune result.
+    """``"diverged"``, ``"stalled"``, ``"converged"`` or ``None`` (go on) for one Tune result.
 
-    - diverged: ``result["diverged"]`` is true, or ``result[metric]`` is NaN or infinite;
-    - converged: ``result["neve_stop"]`` is true (the trial's own NeVe controller stopped
-      it), or ``result[metric] < threshold`` once ``training_iteration >= grace_period``.
-      The threshold is ``result[threshold_key]``, else ``result["config"][threshold_key]``
-      (``"config/<threshold_key>"`` in a flattened result; it is a searched hyperparameter,
-      so each trial has its own), else ``threshold``.
+    Checked in this order (numbers may be Python, NumPy or 0-d torch scalars):
 
-    Raises ``ValueError`` when the result has training metrics but not ``metric``, when no
-    threshold can be found, or when the trial's threshold is not a positive finite number.
+    1. diverged: ``result["diverged"]`` is true, or ``result[metric]`` is NaN or infinite;
+    2. stalled: ``result["stalled"]`` is true (the velocity fell but the training loss
+       did not: the trial did not learn). Never counted as converged;
+    3. when the result has a ``neve_stop`` key, it decides: converged if it is true, go on
+       if it is false. The trial's controller already applied its threshold and
+       ``min_epochs``, so the velocity is not judged again;
+    4. otherwise the raw velocity decides: converged when ``result[metric] < threshold``
+       and ``training_iteration >= grace_period``. The threshold is
+       ``result[threshold_key]``, else ``result["config"][threshold_key]``
+       (``"config/<threshold_key>"`` in a flattened result; it is searched, so each trial
+       has its own), else ``threshold``. ``result[metric] = None`` means "not measured
+       this iteration": go on.
+
+    Raises ``ValueError`` naming the key when a result with training metrics has neither
+    ``metric`` nor ``neve_stop``, or when no threshold can be found or it is not a
+    positive finite number; ``TypeError`` when ``metric`` is not a number or a flag not a
+    bool.
+
+    >>> velocity_verdict({"velocity": 0.5, "neve_stop": True})
+    'converged'
+    >>> velocity_verdict({"velocity": 0.001, "neve_stop": False})  # trusted: min_epochs not reached
+    >>> velocity_verdict({"velocity": 0.001, "config": {"threshold": 0.01}})
+    'converged'
+    >>> velocity_verdict({"velocity": 0.001, "stalled": True, "neve_stop": False})
+    'stalled'
+    >>> velocity_verdict({"train_loss": 0.3})
+    Traceback (most recent call last):
+    ...
+    ValueError: NeVeStopper: the trial's result has neither 'velocity' nor 'neve_stop'; it reports ['train_loss']
     """
-    if result.get("diverged") is True:
+    if _flag(result, "diverged", who):
         return DIVERGED
+    value = to_float(f"{who}: metric {metric!r}", result[metric], allow_none=True) if metric in result else None
+    if value is not None and not math.isfinite(value):
+        return DIVERGED
+    if _flag(result, "stalled", who):
+        return STALLED
+    if "neve_stop" in result:
+        return CONVERGED if _flag(result, "neve_stop", who) else None
     if metric not in result:
         if _bare(result):
             return None
         keys = sorted(k for k in result if k not in _AUTO_KEYS)
-        raise ValueError(f"{who}: metric {metric!r} is not in the trial's result; it reports {keys}")
-    value = result[metric]
+        raise ValueError(f"{who}: the trial's result has neither {metric!r} nor 'neve_stop'; it reports {keys}")
     if value is None:  # not measured this iteration
-        return CONVERGED if result.get("neve_stop") is True else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{who}: metric {metric!r} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        return DIVERGED
-    if result.get("neve_stop") is True:
-        return CONVERGED
-    if result.get("training_iteration", math.inf) < grace_period:
         return None
-    thr: Any = result.get(threshold_key)
-    if thr is None:
-        config = result.get("config")
-        if isinstance(config, Mapping):
-            thr = config.get(threshold_key)
-        else:  # schedulers get flattened results
-            thr = result.get(f"config/{threshold_key}")
-    if thr is None:
-        thr = threshold
-    if thr is None:
-        raise ValueError(
-            f"{who}: no velocity threshold for this trial: put {threshold_key!r} in the trial's config "
-            f"(it is searched) or in its result, or pass threshold= to {who}"
-        )
-    try:
-        thr = check_threshold(thr, f"{who}: the trial's {threshold_key!r}")
-    except TypeError as e:
-        raise ValueError(str(e)) from None
-    return CONVERGED if value < thr else None
+    if to_float("training_iteration", result.get("training_iteration", grace_period)) < grace_period:
+        return None
+    return CONVERGED if value < _trial_threshold(result, threshold_key, threshold, who) else None
 
 
 class NeVeStopper(Stopper):
-    """Stop a trial when its velocity is under its own threshold, or when it diverged.
+    """Stop a trial when its NeVe controller converged, or when it diverged or stalled.
 
     For every result a trial reports, the trial is stopped when
 
-    - ``diverged`` is true or ``metric`` (default ``"velocity"``) is NaN/inf: diverged;
-    - ``neve_stop`` is true (the NeVe controller inside the trial already stopped it), or
-      ``metric < threshold`` and ``training_iteration >= grace_period``: converged.
+    - ``diverged`` is true, or ``metric`` (default ``"velocity"``) is NaN/inf: diverged;
+    - ``stalled`` is true (velocity under the threshold, training loss not dropping):
+      stalled, not converged;
+    - ``neve_stop`` is true: converged. When the result carries ``neve_stop`` the stopper
+      trusts it and does not judge the velocity itself, so ``min_epochs`` is set once,
+      in the trial's controller;
+    - only when no ``neve_stop`` is reported: ``metric < threshold`` and
+      ``training_iteration >= grace_period``: converged.
 
     The threshold is searched, so each trial has its own: it is read from the result
     (``threshold_key``, default ``"threshold"``), else from the trial's config, else the
-    ``threshold`` passed here. A trainable must report at least ``metric``; the results of
-    :func:`neve_tune.ray.neve_trainable` carry every DESIGN metric.
+    ``threshold`` passed here. Numbers may be Python, NumPy or 0-d torch scalars. A
+    result with training metrics but neither ``metric`` nor ``neve_stop`` raises a
+    ``ValueError`` naming the key. The results of :func:`neve_tune.ray.neve_trainable`
+    carry every metric this needs.
 
     With ``max_converged_trials=N`` the whole experiment stops once ``N`` trials have
     converged (``stop_all``); otherwise ``stop_all`` is always false.
 
     State is per trial (plain dicts keyed by trial id), picklable, and restored by
     ``Tuner.restore``. It is keyed on ``training_iteration``: the last result of a function
-    trainable, which Tune passes a second time, does not count twice.
+    trainable, which Tune passes a second time, does not count twice. Each call costs
+    O(1), whatever the number of trials.
 
     Args:
         threshold: fallback threshold for trials whose config/result has none.
         metric: the velocity key in the results.
         threshold_key: the threshold key in the trial's config or result.
-        grace_period: no velocity stop before this ``training_iteration``.
+        grace_period: no raw-velocity stop before this ``training_iteration`` (a
+            reported ``neve_stop`` is trusted at any iteration).
         max_converged_trials: stop the experiment after this many converged trials.
 
     Example::
 
-        >>> from ray import tune
+        >>> import numpy as np
         >>> from neve_tune.ray import NeVeStopper
         >>> stopper = NeVeStopper()
         >>> stopper("t1", {"training_iteration": 1, "velocity": 0.3, "config": {"threshold": 0.01}})
         False
-        >>> stopper("t1", {"training_iteration": 2, "velocity": 0.005, "config": {"threshold": 0.01}})
+        >>> stopper("t1", {"training_iteration": 2, "velocity": np.float32(0.005), "config": {"threshold": 0.01}})
         True
         >>> stopper.stopped_by("t1")
         'converged'
+        >>> stopper("t2", {"training_iteration": 2, "velocity": 0.005, "neve_stop": False})  # trusted
+        False
+        >>> stopper("t2", {"training_iteration": 3, "velocity": 0.004, "neve_stop": False, "stalled": True})
+        True
+        >>> stopper.stopped_by("t2"), stopper.num_converged
+        ('stalled', 1)
 
         In a search (``num_samples`` trials of the digits study, each stopped at its velocity)::
 
+            from ray import tune
             from neve_tune.ray import NeVeStopper, neve_trainable, to_ray_space
             tune.run(neve_trainable("digits"), config=to_ray_space("digits"),
                      stop=NeVeStopper(), num_samples=20)
@@ -179,20 +242,14 @@ class NeVeStopper(Stopper):
         self._threshold = None if threshold is None else check_threshold(threshold)
         self._metric = _check_key(metric, "metric")
         self._threshold_key = _check_key(threshold_key, "threshold_key")
-        if isinstance(grace_period, bool) or not isinstance(grace_period, int) or grace_period < 0:
-            raise ValueError(f"grace_period must be an int >= 0, got {grace_period!r}")
-        self._grace_period = grace_period
-        if max_converged_trials is not None and (
-            isinstance(max_converged_trials, bool) or not isinstance(max_converged_trials, int) or max_converged_trials < 1
-        ):
-            raise ValueError(f"max_converged_trials must be a positive int or None, got {max_converged_trials!r}")
-        self._max_converged = max_converged_trials
-        # trial_id -> last training_iteration seen; trial_id -> (iteration, verdict) at stop
-        self._last_iteration: dict[str, int] = {}
+        self._grace_period = check_int("grace_period", grace_period, minimum=0)
+        self._max_converged = check_int("max_converged_trials", max_converged_trials, minimum=1, allow_none=True)
+        # trial_id -> (iteration, verdict) at stop; counts by verdict (stop_all is called every step)
         self._stopped: dict[str, tuple[int, str]] = {}
+        self._counts: dict[str, int] = {CONVERGED: 0, DIVERGED: 0, STALLED: 0}
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        iteration = int(result.get("training_iteration", 0))
+        iteration = int(to_float("training_iteration", result.get("training_iteration", 0)))
         done = self._stopped.get(trial_id)
         if done is not None and iteration <= done[0]:
             return True  # the same (final) result again: decided already, count nothing
@@ -203,32 +260,47 @@ class NeVeStopper(Stopper):
             threshold=self._threshold,
             grace_period=self._grace_period,
         )
-        self._last_iteration[trial_id] = max(iteration, self._last_iteration.get(trial_id, 0))
         if verdict is None:
             return False
+        if done is not None:  # a later result of a trial stopped before (a retry): recount
+            self._counts[done[1]] -= 1
         self._stopped[trial_id] = (iteration, verdict)
+        self._counts[verdict] += 1
         return True
 
     def stop_all(self) -> bool:
-        return self._max_converged is not None and self.num_converged >= self._max_converged
+        return self._max_converged is not None and self._counts[CONVERGED] >= self._max_converged
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # stoppers pickled by an earlier neve_tune (in an experiment to restore) had no counts
+        self.__dict__.update(state)
+        if "_counts" not in state:
+            self._counts = {CONVERGED: 0, DIVERGED: 0, STALLED: 0}
+            for _, verdict in self._stopped.values():
+                self._counts[verdict] += 1
+        self.__dict__.pop("_last_iteration", None)
 
     # ------------------------------------------------------------ introspection
     def stopped_by(self, trial_id: str) -> str | None:
-        """``"converged"``, ``"diverged"`` or ``None`` (not stopped by this stopper)."""
+        """``"converged"``, ``"diverged"``, ``"stalled"`` or ``None`` (not stopped by this stopper)."""
         done = self._stopped.get(trial_id)
         return done[1] if done else None
 
     @property
     def num_converged(self) -> int:
-        return sum(1 for _, v in self._stopped.values() if v == CONVERGED)
+        return self._counts[CONVERGED]
 
     @property
     def num_diverged(self) -> int:
-        return sum(1 for _, v in self._stopped.values() if v == DIVERGED)
+        return self._counts[DIVERGED]
+
+    @property
+    def num_stalled(self) -> int:
+        return self._counts[STALLED]
 
     def __repr__(self) -> str:
         return (
             f"NeVeStopper(threshold={self._threshold}, metric={self._metric!r}, threshold_key={self._threshold_key!r}, "
             f"grace_period={self._grace_period}, max_converged_trials={self._max_converged}; "
-            f"converged={self.num_converged}, diverged={self.num_diverged})"
+            f"converged={self.num_converged}, diverged={self.num_diverged}, stalled={self.num_stalled})"
         )

@@ -1,6 +1,6 @@
-"""``neve_trainable``: a Ray Tune function trainable built on :func:`neve_tune.study.run_trial`.
+"""``neve_trainable``: a Ray Tune function trainable built on :func:`neve_tune.run_trial`.
 
-Every epoch it reports the DESIGN metric names with ``tune.report`` together with a
+Every epoch it reports the metric names (:data:`neve_tune.records.METRIC_NAMES`) with ``tune.report`` together with a
 ``tune.Checkpoint`` holding the whole trial state (model, optimizer, controller with the
 velocity state, history, cost counters, RNG); a restarted or retried trial resumes from
 ``tune.get_checkpoint()`` and continues the same velocity series.
@@ -19,9 +19,11 @@ import ray
 from ray import tune
 
 from ..data import DataBundle
-from ..models import create_model
-from ..study import METHODS, Choice, IntUniform, LogUniform, Study, Uniform, load_study, resolve_device, run_trial, trial_objective
-from ..train import METRIC_NAMES, Cost, evaluate, load_checkpoint
+from .._checks import check_int
+from ..records import METHODS, METRIC_NAMES, Cost, TrialResult
+from ..space import Choice, IntUniform, LogUniform, Uniform
+from ..study import Study, load_study
+from ..trial import resolve_device, run_trial
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -138,24 +140,17 @@ def _check_config(study: Study, config: Mapping[str, Any]) -> tuple[dict[str, An
     return study.config(sampled), seed
 
 
-def _summary(study: Study, method: str, state: Mapping[str, Any], model: Any, bundle: DataBundle, device: Any) -> dict[str, Any]:
-    import torch
-
-    history = state["history"]
-    controller = state["controller"]
-    objective, best_epoch = trial_objective(study, method, history, controller)
-    cost = Cost(**state["cost"]).as_dict(len(bundle.train))  # type: ignore[arg-type]
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(study.amp or "")
-    test_loss, test_acc, _ = evaluate(model, bundle.test, device=device, amp_dtype=amp_dtype)
+def _summary(result: TrialResult) -> dict[str, Any]:
+    """The final record's keys of the last result (:data:`SUMMARY_KEYS`)."""
     return {
-        "test_acc": float(test_acc),
-        "test_loss": float(test_loss),
-        "objective": float(objective),
-        "stopped_by": controller["stopped_by"],
-        "epochs": len(history),
-        "best_epoch": best_epoch,
-        "epochs_equiv": float(cost["epochs_equiv"]),
-        "wall_s": float(cost["wall_s"]),
+        "test_acc": result.test_acc,
+        "test_loss": result.test_loss,
+        "objective": result.objective,
+        "stopped_by": result.stopped_by,
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "epochs_equiv": result.cost.epochs_equiv(result.train_size),
+        "wall_s": result.cost.wall_s,
     }
 
 
@@ -187,18 +182,9 @@ def _make_train_fn(
         bundle = data if data is not None else study.load_data()
         dev = resolve_device(device)
         node_id = ray.get_runtime_context().get_node_id()
-        holder: dict[str, Any] = {}
-
-        def model_fn() -> Any:
-            if user_model_fn is not None:
-                holder["model"] = user_model_fn()
-            else:
-                holder["model"] = create_model(study.model, bundle.num_classes, bundle.input_shape, **study.model_options)
-            return holder["model"]
-
         workdir = Path(tempfile.mkdtemp(prefix="neve_trial_"))
         local = workdir / CHECKPOINT_FILE
-        finished = {"reported": False}
+        last: dict[str, Any] = {}
         try:
             checkpoint = tune.get_checkpoint()
             if checkpoint is not None:
@@ -209,23 +195,24 @@ def _make_train_fn(
                     shutil.copy2(src, local)
 
             def on_epoch(m: dict[str, Any]) -> None:
-                cost = Cost(m["train_samples"], m["probe_samples"], m["eval_samples"])
+                cost = Cost.from_dict(m)
                 metrics = dict(m, epochs_equiv=cost.epochs_equiv(len(bundle.train)), node_id=node_id)
                 del metrics["stopped_by"]  # reported with the summary, on the last epoch only
-                if m["stopped_by"] is not None:  # the trial's last epoch: read its whole state once
-                    metrics.update(_summary(study, method, load_checkpoint(local), holder["model"], bundle, dev), done=True)
-                    finished["reported"] = True
+                if m["stopped_by"] is not None:  # the last epoch: reported with the final record below
+                    last.update(metrics)
+                    return
                 _report(metrics, local)
 
-            record = run_trial(
+            result = run_trial(
                 study, cfg, method=method, seed=trial_seed, device=dev, checkpoint_path=local,
-                on_epoch=on_epoch, data=bundle, evaluate_test=False, model_fn=model_fn,
+                on_epoch=on_epoch, data=bundle, evaluate_test=True, model_fn=user_model_fn,
             )
-            if not finished["reported"] and record["history"]:
-                # restored from a checkpoint of the last epoch whose report never arrived
-                state = load_checkpoint(local)
-                metrics = dict(record["history"][-1], node_id=node_id)
-                metrics.update(_summary(study, method, state, holder["model"], bundle, dev), done=True)
+            if result.history:
+                # the last epoch (or, restored from a checkpoint of the last epoch whose
+                # report never arrived, that epoch) with the final record
+                metrics = last or dict(result.history[-1], node_id=node_id)
+                metrics.pop("stopped_by", None)
+                metrics.update(_summary(result), done=True)
                 _report(metrics, local)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -249,7 +236,7 @@ def neve_trainable(
     The trial's ``config`` holds sampled hyperparameters (``lr``, ``threshold``,
     ``batch_size``, ...; missing ones come from ``study.defaults``; unknown keys are an
     error) and optionally ``seed`` (else ``seed``, else 0). Each epoch it reports the
-    DESIGN metrics (``epoch``, ``velocity``, ``velocity_change``, ``train_loss``,
+    metrics of docs/design.md (``epoch``, ``velocity``, ``velocity_change``, ``train_loss``,
     ``train_acc``, ``lr``, ``neve_stop``, ``diverged``, ``epoch_time_s``, the cumulative
     ``train_samples``/``probe_samples``/``eval_samples``; ``val_loss``/``val_acc`` for the
     validation baselines) plus ``node_id``, with a ``tune.Checkpoint`` of the whole trial
@@ -287,8 +274,7 @@ def neve_trainable(
     if method not in TRAINABLE_METHODS:
         hint = " ('retrain' is not a search method)" if method in METHODS else ""
         raise ValueError(f"method must be one of {TRAINABLE_METHODS}, got {method!r}{hint}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None, got {seed!r}")
+    check_int("seed", seed, allow_none=True)
     if data is not None and not isinstance(data, DataBundle):
         raise TypeError(f"data must be a neve_tune.data.DataBundle or None, got {type(data).__name__}")
     res = check_resources(resources if resources is not None else study.resources,

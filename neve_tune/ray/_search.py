@@ -1,9 +1,10 @@
-"""``run_search`` and ``neve-tune ray run``: a whole Ray Tune search from a study file."""
+"""Whole Ray Tune searches of a study file: ``run_search``, its summary, and the
+comparison's adapter ``search_trials``."""
 
 from __future__ import annotations
 
-import argparse
 import math
+import tempfile
 import os
 import sys
 from pathlib import Path
@@ -13,12 +14,16 @@ import ray
 from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from ..study import Choice, LogUniform, Study, Uniform, load_study
+from .._checks import check_choice, check_int
+from ..compare._records import SearchTrial
+from ..records import Cost
+from ..space import Choice, LogUniform, Uniform
+from ..study import Study, load_study
 from ._scheduler import NeVeASHAScheduler
 from ._stopper import NeVeStopper
 from ._trainable import TRAINABLE_METHODS, check_resources, check_resources_available, neve_trainable, reported_metrics, to_ray_space
 
-__all__ = ["add_cli", "asha_scheduler", "run_search", "summarize"]
+__all__ = ["APIS", "SCHEDULERS", "asha_scheduler", "run_search", "search_trials", "summarize"]
 
 SCHEDULERS = ("auto", "neve_asha", "asha", "fifo")
 APIS = ("tuner", "run")
@@ -36,7 +41,7 @@ def asha_scheduler(study: "Study | str | os.PathLike", **overrides: Any) -> Any:
     return ASHAScheduler(**kw)
 
 
-def _scheduler(kind: str, study: Study, method: str, grace_period: int, reduction_factor: float) -> Any:
+def _scheduler(kind: str, study: Study, method: str, grace_period: int, reduction_factor: float, signal: str) -> Any:
     if kind == "auto":
         kind = "neve_asha" if method == "neve" else "asha"
     if kind == "fifo":
@@ -48,7 +53,8 @@ def _scheduler(kind: str, study: Study, method: str, grace_period: int, reductio
     if kind == "neve_asha":
         if method != "neve":
             raise ValueError(f"scheduler 'neve_asha' needs method 'neve', got {method!r}; use 'asha'")
-        return NeVeASHAScheduler(max_t=study.max_epochs, grace_period=grace_period, reduction_factor=reduction_factor)
+        return NeVeASHAScheduler(metric=signal, max_t=study.max_epochs, grace_period=grace_period,
+                                 reduction_factor=reduction_factor)
     raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {kind!r}")
 
 
@@ -102,6 +108,7 @@ def run_search(
     verbose: int = 0,
     data: Any = None,
     model_fn: Any = None,
+    neve_signal: str = "train_loss",
 ) -> Any:
     """Run one Ray Tune search of ``study`` on the connected Ray cluster (``ray.init``
     first; a local one is started if none is) and return its ``ResultGrid``
@@ -116,20 +123,17 @@ def run_search(
     and model (see :func:`neve_trainable`). ``resume=True`` restores the experiment
     ``storage_path/name`` with ``Tuner.restore`` and finishes it. ``reuse_actors`` (on by
     default) keeps trial processes between trials: a fresh one spends seconds importing
-    torch (see ``benchmarks/ray_trials.py``).
+    torch (see ``benchmarks/ray_trials.py``). ``neve_signal`` is the rung metric of
+    :class:`NeVeASHAScheduler` (``"train_loss"`` or ``"velocity"``).
     """
     study = load_study(study)
-    if method not in TRAINABLE_METHODS:
-        raise ValueError(f"method must be one of {TRAINABLE_METHODS}, got {method!r}")
-    if api not in APIS:
-        raise ValueError(f"api must be one of {APIS}, got {api!r}")
-    for pname, v in (("num_samples", num_samples), ("grace_period", grace_period)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{pname} must be a positive int, got {v!r}")
-    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < -1:
-        raise ValueError(f"max_failures must be an int >= -1 (-1: retry forever), got {max_failures!r}")
-    if max_concurrent_trials is not None and (not isinstance(max_concurrent_trials, int) or max_concurrent_trials < 1):
-        raise ValueError(f"max_concurrent_trials must be a positive int or None, got {max_concurrent_trials!r}")
+    check_choice("method", method, TRAINABLE_METHODS)
+    check_choice("api", api, APIS)
+    check_choice("neve_signal", neve_signal, ("train_loss", "velocity"))
+    check_int("num_samples", num_samples, minimum=1)
+    check_int("grace_period", grace_period, minimum=1)
+    check_int("max_failures", max_failures, minimum=-1)
+    check_int("max_concurrent_trials", max_concurrent_trials, minimum=1, allow_none=True)
     thr = study.search_space.get("threshold")
     if isinstance(thr, (LogUniform, Uniform)) and not thr.low > 0:
         raise ValueError(f"search space 'threshold' must be > 0, got low={thr.low}")
@@ -143,14 +147,15 @@ def run_search(
     check_resources_available(res)
 
     trainable = neve_trainable(study, method=method, seed=seed, device=device, resources=res, data=data, model_fn=model_fn)
-    sched = _scheduler(scheduler, study, method, grace_period, reduction_factor)
+    sched = _scheduler(scheduler, study, method, grace_period, reduction_factor, neve_signal)
     stop: Any = None
     if method == "neve" and stopper:
-        stop = stopper if isinstance(stopper, NeVeStopper) else NeVeStopper(grace_period=study.min_epochs)
+        stop = stopper if isinstance(stopper, NeVeStopper) else NeVeStopper()
     elif not isinstance(stopper, bool):
         stop = stopper
     storage = str(Path(storage_path).resolve()) if storage_path is not None else None
-    cbs = [_TrialLines()] + list(callbacks or [])
+    # the scheduler's rungs travel in Tune's experiment checkpoint through its callback
+    cbs = [_TrialLines()] + ([sched.callback()] if isinstance(sched, NeVeASHAScheduler) else []) + list(callbacks or [])
     failure = tune.FailureConfig(max_failures=max_failures)
     ckpt_cfg = tune.CheckpointConfig(num_to_keep=2)
 
@@ -223,93 +228,73 @@ def summarize(results: Any) -> dict[str, Any]:
     return {"trials": rows, "best": best, "total_epochs_equiv": cost, "errors": sum(1 for r in rows if r["error"])}
 
 
-# ------------------------------------------------------------------ CLI
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("ray", help="Ray Tune searches with NeVeStopper, locally or on a cluster", description="Ray Tune backend.")
-    sub = p.add_subparsers(dest="ray_command", metavar="VERB")
-    r = sub.add_parser("run", help="run a search of a study file", description=_run.__doc__)
-    r.add_argument("study", nargs="?", default="digits", help="study file or bundled name (default: digits)")
-    r.add_argument("--address", help="Ray cluster to join ('auto', 'HOST:6379'); default: start a local Ray")
-    r.add_argument("--num-cpus", type=int, help="CPUs of the local Ray started without --address")
-    r.add_argument("--method", choices=TRAINABLE_METHODS, default="neve", help="neve (default), or the validation baselines")
-    r.add_argument("--num-samples", type=int, default=8, help="trials to run (default: 8)")
-    r.add_argument("--scheduler", choices=SCHEDULERS, default="auto", help="auto: neve_asha for neve, asha for the baselines")
-    r.add_argument("--no-stopper", action="store_true", help="no NeVeStopper (the trial's own controller still stops it)")
-    r.add_argument("--max-epochs", type=int, help="epoch cap per trial (default: the study's)")
-    r.add_argument("--grace-period", type=int, default=1, help="first rung, in epochs (default: 1)")
-    r.add_argument("--reduction-factor", type=float, default=4, help="rung reduction factor (default: 4)")
-    r.add_argument("--cpus-per-trial", type=float, help="default: the study's resources")
-    r.add_argument("--gpus-per-trial", type=float, help="fractional GPUs share one GPU (default: the study's)")
-    r.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as resources allow)")
-    r.add_argument("--storage-path", help="where results and checkpoints go; shared by all nodes on a cluster")
-    r.add_argument("--name", help="experiment name (a folder under --storage-path)")
-    r.add_argument("--max-failures", type=int, default=0, help="retries of a failed trial from its last checkpoint")
-    r.add_argument("--resume", action="store_true", help="restore --storage-path/--name with Tuner.restore and finish it")
-    r.add_argument("--api", choices=APIS, default="tuner", help="tune.Tuner (default) or tune.run")
-    r.add_argument("--seed", type=int, default=0, help="sampling and training seed (default: 0)")
-    r.add_argument("--device", help="cpu, cuda (default: the GPU Ray gives the trial, if any)")
-    r.add_argument("--json", dest="json_path", help="write trials and the best one here")
-    r.add_argument("--verbose", type=int, default=0, choices=[0, 1, 2, 3], help="Ray Tune's own progress output")
-    r.set_defaults(func=_run)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
-def _run(args: argparse.Namespace) -> int:
-    """Run a Ray Tune search of a study file: NeVe-controlled trials, NeVeStopper and the
-    NeVeASHAScheduler (or the validation ASHA baseline), on a local Ray or a cluster."""
-    from ..cli import CLIError, write_json
+def search_trials(
+    study: Study,
+    method: str,
+    *,
+    trials: int,
+    seed: int,
+    data: Any,
+    model_fn: Any = None,
+    device: str | None = None,
+    neve_signal: str = "train_loss",
+    on_trial: Any = lambda: None,
+    grace_period: int = 1,
+    reduction_factor: int = 4,
+) -> list[SearchTrial]:
+    """The comparison's Ray adapter: :func:`run_search` in a temporary folder, its trials
+    as records (``neve_signal``: the :class:`NeVeASHAScheduler` rung metric)."""
 
-    study = load_study(args.study)
-    if args.max_epochs is not None:
-        study = study.replace(max_epochs=args.max_epochs)
-    resources = None
-    if args.cpus_per_trial is not None or args.gpus_per_trial is not None:
-        resources = dict(study.resources)
-        if args.cpus_per_trial is not None:
-            resources["cpu"] = args.cpus_per_trial
-        if args.gpus_per_trial is not None:
-            resources["gpu"] = args.gpus_per_trial
-    if args.address and args.num_cpus is not None:
-        raise CLIError("--num-cpus is for a local Ray; a cluster joined with --address has its own")
-    started = False
+    class _Done(tune.Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            on_trial()
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            on_trial()
+
     if not ray.is_initialized():
-        kw: dict[str, Any] = {"address": args.address} if args.address else {"address": "local", "num_cpus": args.num_cpus, "include_dashboard": False}
-        ray.init(**kw)
-        started = True
-    try:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    train_size = len(data.train)
+    with tempfile.TemporaryDirectory(prefix="neve_compare_") as tmp:
         results = run_search(
-            study,
-            method=args.method,
-            num_samples=args.num_samples,
-            scheduler=args.scheduler,
-            stopper=not args.no_stopper,
-            seed=args.seed,
-            storage_path=args.storage_path,
-            name=args.name,
-            resources=resources,
-            max_concurrent_trials=args.max_concurrent,
-            max_failures=args.max_failures,
-            grace_period=args.grace_period,
-            reduction_factor=args.reduction_factor,
-            api=args.api,
-            resume=args.resume,
-            device=args.device,
-            verbose=args.verbose,
+            study, method=method, num_samples=trials, seed=seed, storage_path=tmp,
+            name=f"{study.name}-{method}-{seed}", device=device, callbacks=[_Done()],
+            grace_period=grace_period, reduction_factor=reduction_factor, data=data, model_fn=model_fn,
+            neve_signal=neve_signal,
         )
-        summary = summarize(results)
-    finally:
-        if started:
-            ray.shutdown()
-    n = len(summary["trials"])
-    done = sum(1 for t in summary["trials"] if t.get("stopped_by"))
-    print(f"{n} trials: {done} stopped themselves, {n - done - summary['errors']} stopped by Tune, {summary['errors']} failed; "
-          f"total cost {summary['total_epochs_equiv']:.1f} epochs")
-    best = summary["best"]
-    if best:
-        cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in best["config"].items())
-        print(f"best: {cfg}  objective={best['objective']:.4f}  test_acc={_fmt(best.get('test_acc'))}  "
-              f"epochs={best.get('epochs')}  stopped_by={best.get('stopped_by')}")
-    if args.json_path:
-        write_json(args.json_path, {"study": study.name, "method": args.method, **summary})
-        print(f"wrote {args.json_path}")
-    return 1 if summary["errors"] else 0
+        out = []
+        for i, r in enumerate(sorted(results, key=lambda r: r.metrics.get("trial_id", ""))):
+            df = r.metrics_dataframe
+            rows = [] if df is None else df.sort_values("training_iteration").to_dict("records")
+            last = r.metrics or {}
+            objective = last.get("objective")
+            finished = bool(last.get("done")) and last.get("stopped_by") not in ("diverged", "stalled")
+            complete = finished and isinstance(objective, float) and math.isfinite(objective)
+            cost = Cost.from_dict(last)
+            cost.wall_s = float(sum(x.get("epoch_time_s") or 0.0 for x in rows))
+            if finished:
+                stopped_by = last.get("stopped_by")
+            else:
+                stopped_by = last.get("stopped_by") if last.get("stopped_by") in ("diverged", "stalled") else (
+                    "diverged" if last.get("diverged") else "pruned")
+            out.append(SearchTrial(
+                number=i,
+                config=study.config({k: r.config[k] for k in study.search_space if k in r.config}),
+                state="COMPLETE" if complete else ("FAIL" if r.error else "PRUNED"),
+                stopped_by=stopped_by,
+                epochs=int(last.get("epoch") or len(rows)),
+                best_epoch=last.get("best_epoch"),
+                objective=float(objective) if complete else None,
+                test_acc=last.get("test_acc") if complete else None,
+                cost=cost,
+                train_size=train_size,
+                lrs=[x.get("lr") for x in rows],
+                velocity=[_nan_to_none(x.get("velocity")) for x in rows],
+            ))
+    return out
+
+
+def _nan_to_none(x: Any) -> float | None:
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)

@@ -1,4 +1,4 @@
-"""``neve-tune optuna worker|plot``: the command line of the Optuna backend."""
+"""``neve-tune optuna worker|plot``: the command line of the Optuna backend (:mod:`neve_tune.optuna`)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,23 @@ import argparse
 import math
 from typing import Any
 
-from ..cli import CLIError
-from ._storage import StorageError, redact_url
-from ._worker import StudyNotFoundError
+from ._args import (
+    CLIError,
+    add_device,
+    add_max_epochs,
+    add_out,
+    add_quiet,
+    add_seed,
+    add_storage,
+    add_study,
+    add_trials,
+    check_device,
+    check_output_paths,
+    deprecated_alias,
+    positive_int,
+)
 
 __all__ = ["add_cli"]
-
-
-class OptunaCLIError(CLIError, ValueError):
-    """A one-line CLI error. Also a ValueError, so ``neve_tune.cli.main`` reports it even
-    when the CLI runs as ``python -m neve_tune.cli`` (where its CLIError is another class)."""
-
-
-def _error(message: str) -> Exception:
-    return OptunaCLIError(message)
 
 _WORKER_DOC = """Run trials of a study file against a shared Optuna study, as on any machine of a
 distributed Optuna search:
@@ -34,24 +37,6 @@ ones. With an RDB storage (sqlite:///..., postgresql://...) trials send heartbea
 trial whose worker died is retried by the next worker and resumes from its checkpoint."""
 
 
-def _pos_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _storage_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--storage",
-        help="sqlite:///FILE, postgresql://USER:PW@HOST/DB, mysql+pymysql://..., journal:FILE or FILE.log "
-        "(default: in-memory, this process only)",
-    )
-
-
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``neve-tune optuna`` and its subcommands."""
     top = subparsers.add_parser("optuna", help="Optuna: workers on a shared study, NeVe pruner", description=__doc__)
@@ -62,21 +47,21 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "worker", help="run trials against a shared study", description=_WORKER_DOC,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    w.add_argument("study", help="study file (studies/digits.py) or bundled name (digits)")
+    add_study(w, required=True)
     w.add_argument("--study-name", help="name of the Optuna study (default: the study file's name)")
-    _storage_arg(w)
-    w.add_argument("--trials", type=_pos_int, help="trials this worker runs (default: until --timeout or --total-trials)")
-    w.add_argument("--total-trials", type=_pos_int, help="stop once the study holds this many complete+pruned trials")
+    add_storage(w)
+    add_trials(w, "trials this worker runs (default: until --timeout or --total-trials)")
+    w.add_argument("--total-trials", type=positive_int, help="stop once the study holds this many complete+pruned trials")
     w.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     w.add_argument("--create", action="store_true", help="create the study if it does not exist")
     w.add_argument("--direction", choices=["minimize", "maximize"], default="minimize", help="with --create")
     w.add_argument("--method", choices=["neve", "asha", "asha_es"], default="neve",
                    help="neve (default), or the validation-based baselines with SuccessiveHalvingPruner")
-    w.add_argument("--seed", type=int, default=0, help="training seed of every trial (default 0)")
+    add_seed(w, "training seed of every trial (default 0)")
     w.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler")
-    w.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
-    w.add_argument("--threads", type=_pos_int, help="torch CPU threads of this worker (default: torch's)")
-    w.add_argument("--max-epochs", type=_pos_int, help="override the study file's max_epochs")
+    add_device(w)
+    w.add_argument("--threads", type=positive_int, help="torch CPU threads of this worker (default: torch's)")
+    add_max_epochs(w)
     w.add_argument("--checkpoint-dir", default="neve_checkpoints",
                    help="per-trial checkpoints, so a retried trial resumes (shared storage across machines; "
                         "default: ./neve_checkpoints)")
@@ -84,24 +69,28 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints of finished trials")
     g = w.add_argument_group("NeVePruner (default: the settings stored in the study, else the defaults)")
     g.add_argument("--signal", choices=["velocity", "train_loss"])
-    g.add_argument("--min-resource", type=_pos_int)
+    g.add_argument("--min-resource", type=positive_int)
     g.add_argument("--reduction-factor", type=int)
     g.add_argument("--min-early-stopping-rate", type=int)
     g.add_argument("--divergence-bound", type=float)
-    g.add_argument("--divergence-patience", type=_pos_int)
+    g.add_argument("--divergence-patience", type=positive_int)
     h = w.add_argument_group("recovery (RDB storages)")
-    h.add_argument("--heartbeat-interval", type=_pos_int, default=60, help="seconds (default 60)")
-    h.add_argument("--grace-period", type=_pos_int, help="seconds without heartbeat before a trial is failed (default 2x)")
+    h.add_argument("--heartbeat-interval", type=positive_int, default=60, help="seconds (default 60)")
+    h.add_argument("--heartbeat-grace-period", dest="heartbeat_grace_period", type=positive_int,
+                   help="seconds without heartbeat before a trial is failed (default 2x the interval)")
+    deprecated_alias(h, "--grace-period", "--heartbeat-grace-period", "heartbeat_grace_period", type=positive_int)
     h.add_argument("--max-retry", type=int, default=3, help="retries of a trial whose worker died (default 3)")
     h.add_argument("--no-heartbeat", action="store_true", help="no heartbeats, no retries")
-    w.add_argument("--plots", help="write velocity_curves.png and search_history.png here when done")
-    w.add_argument("--quiet", action="store_true", help="no per-trial lines")
+    add_out(w, "write velocity_curves.png and search_history.png here when done")
+    deprecated_alias(w, "--plots", "--out", "out")
+    add_quiet(w)
     w.set_defaults(func=_worker)
 
     p = sub.add_parser("plot", help="velocity curves of all trials and the search history (PNG)")
     p.add_argument("--study-name", required=True)
-    _storage_arg(p)
-    p.add_argument("--out", default="plots", help="output folder (default: plots)")
+    add_storage(p)
+    add_out(p, "output folder (default: plots)")
+    p.set_defaults(out="plots")
     p.set_defaults(func=_plot)
 
 
@@ -116,11 +105,12 @@ def _pruner_options(args: argparse.Namespace) -> dict[str, Any]:
 def _worker(args: argparse.Namespace) -> int:
     import optuna
 
-    from ._plots import plot_study
-    from ._worker import run_worker
+    from ..optuna import StorageError, StudyNotFoundError, plot_study, redact_url, run_worker
 
+    device = check_device(args.device)
+    check_output_paths(dirs={"--out": args.out, "--checkpoint-dir": None if args.no_checkpoints else args.checkpoint_dir})
     if args.trials is None and args.timeout is None and args.total_trials is None:
-        raise _error("give --trials N, --total-trials N or --timeout SECONDS")
+        raise CLIError("give --trials N, --total-trials N or --timeout SECONDS")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         search = run_worker(
@@ -132,7 +122,7 @@ def _worker(args: argparse.Namespace) -> int:
             total_trials=args.total_trials,
             method=args.method,
             seed=args.seed,
-            device=args.device,
+            device=device,
             checkpoint_dir=None if args.no_checkpoints else args.checkpoint_dir,
             keep_checkpoints=args.keep_checkpoints,
             pruner_options=_pruner_options(args),
@@ -140,18 +130,18 @@ def _worker(args: argparse.Namespace) -> int:
             create=args.create,
             direction=args.direction,
             heartbeat_interval=None if args.no_heartbeat else args.heartbeat_interval,
-            grace_period=args.grace_period,
+            grace_period=args.heartbeat_grace_period,
             max_retry=args.max_retry,
             torch_threads=args.threads,
             changes={"max_epochs": args.max_epochs} if args.max_epochs else None,
             log=None if args.quiet else (lambda line: print(line, flush=True)),
         )
     except (StorageError, StudyNotFoundError) as e:
-        raise _error(str(e.args[0]) if e.args else str(e)) from None
+        raise CLIError(str(e.args[0]) if e.args else str(e)) from None
     except ValueError as e:
         raise ValueError(redact_url(args.storage, str(e))) from None
-    if args.plots:
-        for path in plot_study(search, args.plots).values():
+    if args.out:
+        for path in plot_study(search, args.out).values():
             print(f"wrote {path}")
     return 0
 
@@ -159,16 +149,15 @@ def _worker(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     import optuna
 
-    from ._plots import plot_study
-    from ._worker import open_study
+    from ..optuna import StorageError, StudyNotFoundError, open_study, plot_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.storage is None:
-        raise _error("--storage is required: an in-memory study has nothing to plot")
+        raise CLIError("--storage is required: an in-memory study has nothing to plot")
     try:
         search = open_study(args.study_name, args.storage, heartbeat_interval=None)
     except (StorageError, StudyNotFoundError) as e:
-        raise _error(str(e)) from None
+        raise CLIError(str(e)) from None
     for path in plot_study(search, args.out).values():
         print(f"wrote {path}")
     return 0

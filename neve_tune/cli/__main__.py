@@ -1,0 +1,7 @@
+"""``python -m neve_tune.cli``."""
+
+import sys
+
+from neve_tune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,165 @@
+"""Argument builders shared by every verb: one flag, one meaning, one default.
+
+| flag             | meaning                                                        |
+|------------------|----------------------------------------------------------------|
+| STUDY            | a study file or a bundled study name (default: digits)         |
+| --trials N       | trials to run (``ray run`` also takes Ray's ``--num-samples``) |
+| --max-epochs N   | epoch cap of every trial (default: the study's)                |
+| --seed N         | training (and sampling) seed                                   |
+| --device D       | ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda:1``...   |
+| --out DIR        | folder for the PNG plots                                       |
+| --json FILE      | the machine-readable record                                    |
+| --storage URL    | an Optuna storage                                              |
+| --min-resource N | the first rung, in epochs (Ray calls it grace period)          |
+| --quiet          | no progress bar or per-trial lines                             |
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CLIError",
+    "add_device",
+    "add_json",
+    "add_max_epochs",
+    "add_out",
+    "add_quiet",
+    "add_seed",
+    "add_storage",
+    "add_study",
+    "add_trials",
+    "check_output_paths",
+    "deprecated_alias",
+    "positive_int",
+    "study_from_args",
+]
+
+
+class CLIError(ValueError):
+    """A user error: printed as one line, exit status 2, no traceback."""
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def add_study(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    if required:
+        p.add_argument("study", help="study file (studies/digits.py) or bundled name (digits)")
+    else:
+        p.add_argument("study", nargs="?", default="digits", help="study file or bundled name (default: digits)")
+
+
+def add_trials(p: argparse.ArgumentParser, help: str, default: int | None = None, *aliases: str) -> None:
+    p.add_argument("--trials", *aliases, dest="trials", type=positive_int, default=default, help=help)
+
+
+def add_max_epochs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-epochs", type=positive_int, help="epoch cap of every trial (default: the study's)")
+
+
+def add_seed(p: argparse.ArgumentParser, help: str = "training and sampling seed (default: 0)") -> None:
+    p.add_argument("--seed", type=int, default=0, help=help)
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ... (default: auto)")
+
+
+def add_out(p: argparse.ArgumentParser, help: str = "folder for the PNG plots") -> None:
+    p.add_argument("--out", help=help)
+
+
+def add_json(p: argparse.ArgumentParser, help: str = "write the record here (JSON)") -> None:
+    p.add_argument("--json", dest="json_path", help=help)
+
+
+def add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-trial lines")
+
+
+def add_storage(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage",
+        help="sqlite:///FILE, postgresql://USER:PW@HOST/DB, mysql+pymysql://..., journal:FILE or FILE.log "
+        "(default: in-memory, this process only)",
+    )
+
+
+class _DeprecatedAlias(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str, new: str = "", **kw: Any) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
+        print(f"neve-tune: {option_string} is deprecated, use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def deprecated_alias(p: argparse.ArgumentParser, old: str, new: str, dest: str, **kw: Any) -> None:
+    """``old`` keeps working (hidden from help, with a warning) and sets ``dest`` like ``new``."""
+    p.add_argument(old, dest=dest, action=_DeprecatedAlias, new=new, help=argparse.SUPPRESS, **kw)
+
+
+def check_device(device: str | None) -> str:
+    """``device`` if torch knows it and it is present here; else a one-line error."""
+    import torch
+
+    if device in (None, "auto"):
+        return "auto"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: CUDA is not available on this machine (use --device auto or cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise CLIError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device  # type: ignore[return-value]
+
+
+def check_output_paths(files: dict[str, Any] | None = None, dirs: dict[str, Any] | None = None) -> None:
+    """Before any work: each output file (``{"--json": path}``) and output folder
+    (``{"--out": path}``) can be created and written; else a one-line error naming the flag."""
+    for is_dir, group in ((False, files or {}), (True, dirs or {})):
+        for flag, value in group.items():
+            if not value:
+                continue
+            path = Path(value)
+            if not is_dir and path.is_dir():
+                raise CLIError(f"{flag} {value}: is a directory, expected a file path")
+            if is_dir and path.exists() and not path.is_dir():
+                raise CLIError(f"{flag} {value}: is a file, expected a folder")
+            existing = path if is_dir else path.parent
+            while not existing.exists():
+                existing = existing.parent
+            if not existing.is_dir():
+                raise CLIError(f"{flag} {value}: {existing} is not a folder")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise CLIError(f"{flag} {value}: {existing} is not writable")
+
+
+def study_from_args(args: argparse.Namespace, **extra_changes: Any) -> Any:
+    """The study named by ``args.study`` with the shared overrides applied
+    (``--max-epochs``, ``--data-root`` where the verb has them)."""
+    from ..study import load_study
+
+    study = load_study(args.study)
+    changes: dict[str, Any] = {}
+    if getattr(args, "max_epochs", None) is not None:
+        changes["max_epochs"] = args.max_epochs
+    if getattr(args, "data_root", None):
+        changes["data_options"] = {**study.data_options, "data_root": args.data_root}
+    changes.update({k: v for k, v in extra_changes.items() if v is not None})
+    return study.replace(**changes) if changes else study

@@ -1,0 +1,132 @@
+"""``neve-tune ray run``: a Ray Tune search of a study file (:mod:`neve_tune.ray`)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .._json import write_json
+from ._args import (
+    CLIError,
+    add_device,
+    add_json,
+    add_max_epochs,
+    add_seed,
+    add_study,
+    add_trials,
+    check_device,
+    check_output_paths,
+    deprecated_alias,
+    positive_int,
+    study_from_args,
+)
+
+__all__ = ["add_cli"]
+
+SCHEDULERS = ("auto", "neve_asha", "asha", "fifo")
+APIS = ("tuner", "run")
+TRAINABLE_METHODS = ("neve", "asha", "asha_es")
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return "-" if x is None else str(x)
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("ray", help="Ray Tune searches with NeVeStopper, locally or on a cluster", description="Ray Tune backend.")
+    sub = p.add_subparsers(dest="ray_command", metavar="VERB")
+    r = sub.add_parser("run", help="run a search of a study file", description=_run.__doc__)
+    add_study(r)
+    r.add_argument("--address", help="Ray cluster to join ('auto', 'HOST:6379'); default: start a local Ray")
+    r.add_argument("--num-cpus", type=int, help="CPUs of the local Ray started without --address")
+    r.add_argument("--method", choices=TRAINABLE_METHODS, default="neve", help="neve (default), or the validation baselines")
+    add_trials(r, "trials to run (default: 8)", 8, "--num-samples")
+    r.add_argument("--scheduler", choices=SCHEDULERS, default="auto", help="auto: neve_asha for neve, asha for the baselines")
+    r.add_argument("--no-stopper", action="store_true", help="no NeVeStopper (the trial's own controller still stops it)")
+    add_max_epochs(r)
+    r.add_argument("--neve-signal", choices=["train_loss", "velocity"], default="train_loss",
+                   help="rung metric of the NeVe scheduler (default: train_loss)")
+    r.add_argument("--min-resource", dest="min_resource", type=positive_int, default=1,
+                   help="first rung, in epochs (Ray's grace_period; default: 1)")
+    deprecated_alias(r, "--grace-period", "--min-resource", "min_resource", type=positive_int)
+    r.add_argument("--reduction-factor", type=float, default=4, help="rung reduction factor (default: 4)")
+    r.add_argument("--cpus-per-trial", type=float, help="default: the study's resources")
+    r.add_argument("--gpus-per-trial", type=float, help="fractional GPUs share one GPU (default: the study's)")
+    r.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as resources allow)")
+    r.add_argument("--storage-path", help="where results and checkpoints go; shared by all nodes on a cluster")
+    r.add_argument("--name", help="experiment name (a folder under --storage-path)")
+    r.add_argument("--max-failures", type=int, default=0, help="retries of a failed trial from its last checkpoint")
+    r.add_argument("--resume", action="store_true", help="restore --storage-path/--name with Tuner.restore and finish it")
+    r.add_argument("--api", choices=APIS, default="tuner", help="tune.Tuner (default) or tune.run")
+    add_seed(r)
+    add_device(r)
+    add_json(r, "write trials and the best one here")
+    r.add_argument("--verbose", type=int, default=0, choices=[0, 1, 2, 3], help="Ray Tune's own progress output")
+    r.set_defaults(func=_run)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run a Ray Tune search of a study file: NeVe-controlled trials, NeVeStopper and the
+    NeVeASHAScheduler (or the validation ASHA baseline), on a local Ray or a cluster."""
+    import ray
+
+    from ..ray import run_search, summarize
+
+    device = check_device(args.device)
+    check_output_paths(files={"--json": args.json_path}, dirs={"--storage-path": args.storage_path})
+    study = study_from_args(args)
+    resources = None
+    if args.cpus_per_trial is not None or args.gpus_per_trial is not None:
+        resources = dict(study.resources)
+        if args.cpus_per_trial is not None:
+            resources["cpu"] = args.cpus_per_trial
+        if args.gpus_per_trial is not None:
+            resources["gpu"] = args.gpus_per_trial
+    if args.address and args.num_cpus is not None:
+        raise CLIError("--num-cpus is for a local Ray; a cluster joined with --address has its own")
+    started = False
+    if not ray.is_initialized():
+        kw: dict[str, Any] = {"address": args.address} if args.address else {"address": "local", "num_cpus": args.num_cpus, "include_dashboard": False}
+        ray.init(**kw)
+        started = True
+    try:
+        results = run_search(
+            study,
+            method=args.method,
+            num_samples=args.trials,
+            scheduler=args.scheduler,
+            stopper=not args.no_stopper,
+            seed=args.seed,
+            storage_path=args.storage_path,
+            name=args.name,
+            resources=resources,
+            max_concurrent_trials=args.max_concurrent,
+            max_failures=args.max_failures,
+            grace_period=args.min_resource,
+            neve_signal=args.neve_signal,
+            reduction_factor=args.reduction_factor,
+            api=args.api,
+            resume=args.resume,
+            device=device,
+            verbose=args.verbose,
+        )
+        summary = summarize(results)
+    finally:
+        if started:
+            ray.shutdown()
+    n = len(summary["trials"])
+    done = sum(1 for t in summary["trials"] if t.get("stopped_by"))
+    print(f"{n} trials: {done} stopped themselves, {n - done - summary['errors']} stopped by Tune, {summary['errors']} failed; "
+          f"total cost {summary['total_epochs_equiv']:.1f} epochs")
+    best = summary["best"]
+    if best:
+        cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in best["config"].items())
+        print(f"best: {cfg}  objective={best['objective']:.4f}  test_acc={_fmt(best.get('test_acc'))}  "
+              f"epochs={best.get('epochs')}  stopped_by={best.get('stopped_by')}")
+    if args.json_path:
+        write_json(args.json_path, {"study": study.name, "method": args.method, **summary})
+        print(f"wrote {args.json_path}")
+    return 1 if summary["errors"] else 0

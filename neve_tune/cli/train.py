@@ -1,0 +1,103 @@
+"""``neve-tune train``: one NeVe-controlled training run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .._checks import check_float, check_int
+from .._json import write_json
+from ._args import (
+    add_device,
+    add_json,
+    add_max_epochs,
+    add_out,
+    add_quiet,
+    add_study,
+    check_device,
+    check_output_paths,
+    deprecated_alias,
+    study_from_args,
+)
+
+__all__ = ["add_cli"]
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="one NeVe-controlled training run", description=_train.__doc__)
+    add_study(p)
+    p.add_argument("--data", help="data set: digits, cifar10, cifar100, imagefolder, synthetic (default: the study's)")
+    p.add_argument("--data-root", help="folder holding the data set files (CIFAR, imagefolder)")
+    p.add_argument("--model", help="small_cnn, resnet20, resnet32, timm:<name>, torchvision:<name>")
+    p.add_argument("--lr", type=float, help="initial learning rate (default: the study's)")
+    p.add_argument("--threshold", type=float, help="velocity threshold under which training stops")
+    p.add_argument("--batch-size", type=int)
+    add_max_epochs(p)
+    p.add_argument("--min-epochs", type=int)
+    p.add_argument("--lr-signal", choices=["velocity_change", "velocity"])
+    p.add_argument("--seed", type=int, default=0)
+    add_device(p)
+    p.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision")
+    p.add_argument("--checkpoint", help="checkpoint file: written every epoch, resumed from if it exists")
+    add_json(p, "write the run's record here")
+    add_out(p, "folder for history.png: velocity, LR and loss per epoch (default: next to --json, else none)")
+    deprecated_alias(p, "--plot", "--out", "plot")
+    add_quiet(p)
+    p.set_defaults(func=_train, plot=None)
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Train one configuration under NeVe control: velocity decays the LR and stops the run."""
+    from tqdm.auto import tqdm
+
+    from ..trial import run_trial
+
+    device = check_device(args.device)
+    check_output_paths(files={"--json": args.json_path, "--plot": args.plot, "--checkpoint": args.checkpoint},
+                       dirs={"--out": args.out})
+    study = study_from_args(args, data=args.data, model=args.model, min_epochs=args.min_epochs,
+                            lr_signal=args.lr_signal, amp=args.amp)
+    config = study.config()
+    for key in ("lr", "threshold", "batch_size"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    check_float("--lr", config["lr"], positive=True)
+    check_float("--threshold", config["threshold"], positive=True)
+    check_int("--batch-size", config["batch_size"], minimum=1)
+
+    bar = tqdm(total=study.max_epochs, desc="epochs", unit="ep", disable=args.quiet, file=sys.stderr)
+
+    def on_epoch(m: dict[str, Any]) -> None:
+        bar.update(1)
+        if not args.quiet:
+            v = "nan" if m["velocity"] is None else f"{m['velocity']:.5f}"
+            bar.write(
+                f"epoch {m['epoch']:3d}  velocity {v}  train_loss {m['train_loss']:.4f}  "
+                f"train_acc {m['train_acc']:.4f}  lr {m['lr']:.4g}  {m['epoch_time_s']:.2f}s"
+            )
+
+    result = run_trial(study, config, method="neve", seed=args.seed, device=device,
+                       checkpoint_path=args.checkpoint, on_epoch=on_epoch)
+    bar.close()
+    print(
+        f"stopped_by={result.stopped_by} epochs={result.epochs} test_acc={result.test_acc:.4f} "
+        f"train_samples={result.cost.train_samples} probe_samples={result.cost.probe_samples} "
+        f"wall_s={result.cost.wall_s:.1f}"
+    )
+    if args.plot:
+        plot_path: str | None = args.plot
+    elif args.out:
+        plot_path = str(Path(args.out) / "history.png")
+    else:
+        plot_path = str(Path(args.json_path).with_suffix(".png")) if args.json_path else None
+    if args.json_path:
+        write_json(args.json_path, result.to_dict())
+        print(f"wrote {args.json_path}")
+    if plot_path:
+        from ..plots import plot_history
+
+        plot_history(result.history, plot_path, title=f"{study.name}: lr={config['lr']:g}, threshold={config['threshold']:g}")
+        print(f"wrote {plot_path}")
+    return 0

@@ -1,0 +1,59 @@
+"""NeVe search vs validation-based ASHA: the same search, measured cost and test accuracy.
+
+:func:`compare` runs three searches on the same data, trial count, sampler, seeds,
+``max_epochs`` and ranges for the shared hyperparameters:
+
+- ``neve``: the whole training set, velocity on the probe every epoch, LR decay and stop
+  in the trial, :class:`~neve_tune.optuna.NeVePruner` / :class:`~neve_tune.ray.NeVeStopper`,
+  validation-free objective (the last epoch's mean training loss);
+- ``asha``: 10% of the training set held out, validation loss every epoch,
+  ``ReduceLROnPlateau`` on it, fixed ``max_epochs``, Optuna's ``SuccessiveHalvingPruner``
+  or Ray's ``ASHAScheduler`` (grace period 1, reduction factor 4), objective: validation
+  loss;
+- ``asha_es``: the same plus early stopping on validation loss (patience 10).
+
+Cost is counted two ways: the search alone (``search_cost``) and the cost to a final
+model that learned from the whole training set (``cost``). A validation-based search's
+best configuration is retrained on all training data, replaying the learning rates of its
+trial for the epochs it ran (``asha``) or up to its best epoch (``asha_es``); that retrain
+and its test accuracy belong to that search. The NeVe search's best trial already trained
+on everything: its model is the final model.
+
+The test set is read once per finished trial, after training, to draw the anytime curve
+(test accuracy of the best configuration so far against the cost so far); no decision
+(sampling, pruning, stopping, selection) reads it.
+
+Modules: ``_records`` (a search's trials, cost, anytime curve), ``_aggregate`` (means
+over seeds), ``_report`` (table, JSON, plots), ``_api`` (:func:`compare`,
+:func:`compare_searches`). Each backend's search adapter lives in its own package
+(``neve_tune.optuna.search_trials``, ``neve_tune.ray.search_trials``). The protocol is
+written out in docs/design.md, "Comparison protocol".
+
+Example::
+
+    from neve_tune.compare import compare
+    result = compare("digits", backend="optuna", trials=20, seed=0)
+    print(result["cost_ratio"], result["test_acc_diff"])
+"""
+
+from ..records import SEARCH_METHODS as SEARCHES
+from ._aggregate import aggregate, mean_std
+from ._api import BACKENDS, NEVE_SIGNALS, compare, compare_searches
+from ._records import SearchTrial, anytime_curve, epochs_by_rung, total_cost
+from ._report import summary_table, write_outputs
+
+__all__ = [
+    "BACKENDS",
+    "NEVE_SIGNALS",
+    "SEARCHES",
+    "SearchTrial",
+    "aggregate",
+    "anytime_curve",
+    "compare",
+    "compare_searches",
+    "epochs_by_rung",
+    "mean_std",
+    "summary_table",
+    "total_cost",
+    "write_outputs",
+]

@@ -1,0 +1,226 @@
+"""``compare`` and ``compare_searches``: the searches side by side, repeated over seeds."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from .._checks import check_choice, check_int
+from ..data import DataBundle
+from ..records import SEARCH_METHODS as SEARCHES
+from ..study import Study, load_study
+from ..trial import run_trial
+from ._aggregate import aggregate, ratios
+from ._records import GRACE_PERIOD, REDUCTION_FACTOR, SearchTrial, anytime_curve, epochs_by_rung, total_cost
+from ._report import _run_line
+
+__all__ = ["BACKENDS", "NEVE_SIGNALS", "compare", "compare_searches"]
+
+BACKENDS = ("optuna", "ray")
+NEVE_SIGNALS = ("train_loss", "velocity")
+
+SearchFn = Callable[..., list[SearchTrial]]
+
+
+def _search_fn(backend: str) -> SearchFn:
+    if backend == "optuna":
+        from ..optuna import search_trials
+    else:
+        from ..ray import search_trials
+    return search_trials
+
+
+def _search_record(
+    study: Study,
+    method: str,
+    trials: list[SearchTrial],
+    *,
+    data: DataBundle,
+    seed: int,
+    device: str | None,
+    retrain: bool,
+    model_fn: Callable[[], torch.nn.Module] | None,
+) -> dict[str, Any]:
+    """One search's record; a validation search's best configuration is retrained on all
+    training data, replaying its learning rates (``asha``: every epoch it ran;
+    ``asha_es``: up to its best epoch), and that retrain is part of its cost."""
+    full = len(data.train)  # type: ignore[arg-type]
+    curve, best = anytime_curve(trials)
+    search_cost = total_cost(trials)
+    final_cost = search_cost
+    record: dict[str, Any] = {
+        "method": method,
+        "best_config": None if best is None else best.config,
+        "search_test_acc": None if best is None else best.test_acc,
+        "test_acc": None if best is None else best.test_acc,
+        "retrain": None,
+    }
+    if best is not None and method != "neve" and retrain:
+        epochs = int(best.best_epoch or best.epochs) if method == "asha_es" else best.epochs
+        lrs = [float(x) for x in best.lrs[:epochs]]  # type: ignore[arg-type]
+        rt = run_trial(study, best.config, method="retrain", seed=seed, device=device, data=data,
+                       lr_schedule=lrs, model_fn=model_fn)
+        final_cost = search_cost + rt.cost
+        record["retrain"] = {"epochs": rt.epochs, "test_acc": rt.test_acc, "cost": rt.cost.as_dict(full)}
+        record["test_acc"] = rt.test_acc
+        curve = curve + [[final_cost.epochs_equiv(full), float(rt.test_acc)]]  # type: ignore[arg-type]
+    stopped: dict[str, int] = {}
+    for t in trials:
+        key = t.stopped_by or t.state.lower()
+        stopped[key] = stopped.get(key, 0) + 1
+    record.update(
+        cost=final_cost.as_dict(full),
+        search_cost=search_cost.as_dict(full),
+        anytime=curve,
+        epochs_by_rung=epochs_by_rung(trials, study.max_epochs),
+        stopped_by=stopped,
+        trials=[t.to_dict() for t in trials],
+    )
+    return record
+
+
+def _one_run(
+    study: Study,
+    *,
+    backend: str,
+    trials: int,
+    seed: int,
+    data: DataBundle,
+    model_fn: Callable[[], torch.nn.Module] | None,
+    device: str | None,
+    retrain: bool,
+    neve_signal: str,
+    searches: Sequence[str],
+    on_trial: Callable[[], None],
+) -> dict[str, Any]:
+    search_trials = _search_fn(backend)
+    run: dict[str, Any] = {"seed": seed}
+    for method in searches:
+        t0 = time.perf_counter()
+        found = search_trials(study, method, trials=trials, seed=seed, data=data, model_fn=model_fn, device=device,
+                              neve_signal=neve_signal, on_trial=on_trial,
+                              grace_period=GRACE_PERIOD, reduction_factor=REDUCTION_FACTOR)
+        run[method] = _search_record(study, method, found, data=data, seed=seed, device=device, retrain=retrain,
+                                     model_fn=model_fn)
+        run[method]["elapsed_s"] = time.perf_counter() - t0
+    if "neve" in run and "asha" in run:
+        run.update(ratios(run["neve"], run["asha"]))
+    if "neve" in run and "asha_es" in run:
+        run["vs_asha_es"] = ratios(run["neve"], run["asha_es"])
+    return run
+
+
+def compare(
+    study: Study | str,
+    *,
+    backend: str = "optuna",
+    trials: int = 20,
+    seed: int = 0,
+    repeats: int = 1,
+    retrain: bool = True,
+    device: str | None = None,
+    neve_signal: str = "train_loss",
+    searches: Sequence[str] = SEARCHES,
+    data: DataBundle | None = None,
+    model_fn: Callable[[], torch.nn.Module] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the searches ``repeats`` times (seeds ``seed, seed+1, ...``) and return the record.
+
+    Each repeat uses its own seed for the sampler, the trials and, for bundled data sets,
+    the train/test split. The top-level figures are means over repeats with ``*_std``
+    beside them; ``runs`` holds one full record per seed. ``neve_signal`` is the rung
+    signal of the NeVe search's pruner (Optuna) or scheduler (Ray).
+    """
+    from tqdm.auto import tqdm
+
+    study = load_study(study)
+    check_choice("backend", backend, BACKENDS)
+    check_int("trials", trials, minimum=1)
+    check_int("repeats", repeats, minimum=1)
+    check_choice("neve_signal", neve_signal, NEVE_SIGNALS)
+    bad = [s for s in searches if s not in SEARCHES]
+    if bad or not searches:
+        raise ValueError(f"searches must be a non-empty subset of {SEARCHES}, got {list(searches)}")
+    bar = tqdm(total=trials * len(searches) * repeats, desc="trials", unit="trial", disable=not progress)
+    started_ray = False
+    if backend == "ray":
+        import ray
+
+        started_ray = not ray.is_initialized()
+    runs = []
+    train_size = 0
+    t0 = time.perf_counter()
+    try:
+        for k in range(repeats):
+            s = seed + k
+            bundle = data if data is not None else study.load_data(seed=s)
+            train_size = len(bundle.train)  # type: ignore[arg-type]
+            bar.set_postfix_str(f"seed {s}")
+            run = _one_run(study, backend=backend, trials=trials, seed=s, data=bundle, model_fn=model_fn,
+                           device=device, retrain=retrain, neve_signal=neve_signal, searches=searches,
+                           on_trial=lambda: bar.update(1))
+            runs.append(run)
+            if progress and "cost_ratio" in run:
+                bar.write(_run_line(run))
+    finally:
+        bar.close()
+        if started_ray:  # a Ray that compare started is compare's to stop
+            import ray
+
+            ray.shutdown()
+    return {
+        "study": study.name,
+        "backend": backend,
+        "trials": trials,
+        "seeds": [seed + k for k in range(repeats)],
+        "max_epochs": study.max_epochs,
+        "data_options": dict(study.data_options),
+        "retrain": retrain,
+        "neve_signal": neve_signal,
+        "train_size": train_size,
+        **aggregate(runs, searches),
+        "runs": runs,
+        "elapsed_s": time.perf_counter() - t0,
+    }
+
+
+def compare_searches(
+    train_set: Dataset,
+    test_set: Dataset,
+    model_fn: Callable[[], torch.nn.Module],
+    *,
+    backend: str = "optuna",
+    trials: int = 20,
+    seed: int = 0,
+    repeats: int = 1,
+    num_classes: int | None = None,
+    search_space: Mapping[str, Any] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    **budget: Any,
+) -> dict[str, Any]:
+    """:func:`compare` on your own data and model.
+
+    ``train_set``/``test_set`` yield ``(input, label)`` pairs; ``model_fn()`` builds a fresh
+    model. ``budget`` sets any :class:`~neve_tune.Study` field (``max_epochs``,
+    ``min_epochs``, ``probe_samples``, ``val_fraction``, ``early_stopping``, ...);
+    ``search_space``/``defaults`` override the default LR/threshold/batch-size search.
+    """
+    x0, _ = train_set[0]
+    if num_classes is None:
+        labels = [int(train_set[i][1]) for i in range(len(train_set))]  # type: ignore[arg-type]
+        num_classes = max(labels) + 1
+    bundle = DataBundle("user", train_set, test_set, tuple(torch.as_tensor(x0).shape), num_classes)
+    fields: dict[str, Any] = {"name": "user", **budget}
+    if search_space is not None:
+        fields["search_space"] = dict(search_space)
+    if defaults is not None:
+        base = Study(name="defaults").defaults
+        fields["defaults"] = {**base, **defaults}
+    study = Study(**fields)
+    return compare(study, backend=backend, trials=trials, seed=seed, repeats=repeats, data=bundle,
+                   model_fn=model_fn, progress=progress)

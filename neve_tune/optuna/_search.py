@@ -1,0 +1,80 @@
+"""The comparison's Optuna adapter: one in-memory search -> its trials as records."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import optuna
+import torch
+
+from ..compare._records import SearchTrial
+from ..data import DataBundle
+from ..records import Cost
+from ..study import Study
+from ._objective import make_objective
+from ._pruner import NeVePruner
+from ._report import trial_history
+
+__all__ = ["search_trials"]
+
+
+def search_trials(
+    study: Study,
+    method: str,
+    *,
+    trials: int,
+    seed: int,
+    data: DataBundle,
+    model_fn: Callable[[], torch.nn.Module] | None = None,
+    device: str | None = None,
+    neve_signal: str = "train_loss",
+    on_trial: Callable[[], None] = lambda: None,
+    grace_period: int = 1,
+    reduction_factor: int = 4,
+) -> list[SearchTrial]:
+    """Run ``trials`` trials of ``method`` with a seeded TPE sampler and return them.
+
+    ``neve``: :class:`NeVePruner` on ``neve_signal``; ``asha``/``asha_es``: Optuna's
+    ``SuccessiveHalvingPruner`` on validation loss; both with the same rungs.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if method == "neve":
+        pruner: optuna.pruners.BasePruner = NeVePruner(
+            signal=neve_signal, min_resource=grace_period, reduction_factor=reduction_factor
+        )
+    else:
+        pruner = optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=grace_period, reduction_factor=reduction_factor, min_early_stopping_rate=0
+        )
+    search = optuna.create_study(
+        study_name=f"{study.name}-{method}-{seed}",
+        direction="minimize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=pruner,
+    )
+    extra: dict[str, Any] = {"model_fn": model_fn} if model_fn is not None else {}
+    objective = make_objective(study, method=method, seed=seed, device=device, data=data, **extra)
+    search.optimize(objective, n_trials=trials, callbacks=[lambda s, t: on_trial()], catch=())
+    train_size = len(data.train)  # type: ignore[arg-type]
+    out = []
+    for t in search.trials:
+        attrs = t.user_attrs
+        history = trial_history(t)
+        complete = t.state == optuna.trial.TrialState.COMPLETE
+        out.append(
+            SearchTrial(
+                number=t.number,
+                config=study.config(t.params),
+                state=t.state.name,
+                stopped_by=attrs.get("stopped_by"),
+                epochs=int(attrs.get("epochs") or len(history)),
+                best_epoch=attrs.get("best_epoch"),
+                objective=t.value if complete else None,
+                test_acc=attrs.get("test_acc"),
+                cost=Cost.from_dict(attrs.get("cost") or {}),
+                train_size=train_size,
+                lrs=[m.get("lr") for m in history],
+                velocity=[m.get("velocity") for m in history],
+            )
+        )
+    return out

@@ -1,0 +1,240 @@
+"""One trial: a sampled configuration of a study, trained to its end.
+
+:func:`run_trial` is the one function every backend (Optuna objective, Ray trainable,
+the comparison) calls, so they all train the same way. Methods (``neve_tune.records.METHODS``):
+
+- ``"neve"``: the whole training set, velocity on the probe each epoch, LR decay on the
+  velocity change, stop on the velocity threshold; objective: the last epoch's mean
+  training loss (TSE-E with E = 1; ``Study.objective`` selects another estimate).
+- ``"asha"``: ``val_fraction`` of the training set held out, ``ReduceLROnPlateau`` on
+  validation loss, ``max_epochs`` fixed; objective: validation loss of the last epoch.
+- ``"asha_es"``: the same with early stopping after ``early_stopping`` epochs without a
+  new best validation loss; objective: the best validation loss.
+- ``"retrain"``: the whole training set for ``len(lr_schedule)`` epochs, replaying a
+  recorded per-epoch learning-rate schedule (how a validation-based search gets its
+  final model).
+
+    >>> from neve_tune import load_study, run_trial
+    >>> result = run_trial(load_study("digits").replace(max_epochs=2), {"lr": 0.05})
+    >>> result.method, result.epochs, result.stopped_by, result.cost.train_samples
+    ('neve', 2, 'max_epochs', 2874)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from ._checks import check_choice, check_float
+from .control import LRReplay, NeVe, ValidationControl
+from .data import DataBundle, validation_split
+from .models import create_model
+from .probe import dataset_probe, gaussian_probe
+from .records import METHODS, TrialResult
+from .study import Study
+from .train import evaluate, fit
+from .velocity import NeuralVelocity
+
+__all__ = [
+    "METHODS",
+    "make_controller",
+    "make_optimizer",
+    "resolve_device",
+    "run_trial",
+    "training_speed_estimate",
+    "trial_objective",
+]
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None: CUDA when available, else CPU; otherwise the device named."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def amp_dtype(study: Study) -> torch.dtype | None:
+    """The autocast dtype of ``study.amp`` (None: full precision)."""
+    return AMP_DTYPES.get(study.amp or "")
+
+
+def trial_objective(
+    study: Study, method: str, history: Sequence[Mapping[str, Any]], controller_state: Mapping[str, Any]
+) -> tuple[float, int]:
+    """(objective, best epoch) of a finished run, lower is better.
+
+    ``neve``/``retrain``: the study's validation-free objective over the training losses
+    (``study.objective``: ``"tse_e1"`` the last epoch's, ``"tse_eN"`` the mean of the last
+    N epochs', ``"tse_ema"`` their exponential moving average, Ru et al. 2021);
+    ``asha``: the last validation loss; ``asha_es``: the best validation loss.
+    """
+    nan = float("nan")
+    if method == "asha":
+        return (float(history[-1]["val_loss"]) if history else nan), len(history)
+    if method == "asha_es":
+        best = float(controller_state.get("best_loss", math.inf))
+        return (best if math.isfinite(best) else nan), int(controller_state.get("best_epoch", 0))
+    # a NeVe run whose guard restored an earlier epoch's weights is judged at that epoch
+    best = len(history)
+    if method == "neve" and controller_state.get("stopped_by") == "prediction_changes" and controller_state.get("best_weights"):
+        best = int(controller_state.get("pc_best_epoch") or best)
+    losses = [float(m["train_loss"]) for m in history[:best]]
+    return training_speed_estimate(losses, study.objective), best
+
+
+def training_speed_estimate(losses: Sequence[float], kind: str = "tse_e1", ema_decay: float = 0.9) -> float:
+    """A validation-free estimate from per-epoch mean training losses (Ru et al. 2021)."""
+    if not losses:
+        return float("nan")
+    if kind == "tse_ema":
+        ema = losses[0]
+        for x in losses[1:]:
+            ema = ema_decay * ema + (1 - ema_decay) * x
+        return float(ema)
+    e = int(kind[len("tse_e"):])
+    tail = losses[-e:]
+    return float(sum(tail) / len(tail))
+
+
+def make_optimizer(model: torch.nn.Module, config: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """The optimizer ``config["optimizer"]`` names (``sgd``, ``adam``, ``adamw``)."""
+    name = str(config.get("optimizer", "sgd")).lower()
+    lr = check_float("lr", config["lr"], positive=True)
+    wd = check_float("weight_decay", config.get("weight_decay", 0.0), low=0.0)
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(config.get("momentum", 0.9)), weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
+    raise ValueError(f"optimizer must be 'sgd', 'adam' or 'adamw', got {name!r}")
+
+
+def make_controller(
+    study: Study,
+    method: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: Mapping[str, Any],
+    *,
+    train_set: Any,
+    input_shape: tuple[int, ...],
+    seed: int,
+    lr_schedule: Sequence[float] | None = None,
+    num_classes: int | None = None,
+) -> Any:
+    """The per-trial controller of ``method``: :class:`~neve_tune.NeVe` with the study's
+    probe and budget, :class:`~neve_tune.ValidationControl` for the baselines, or
+    :class:`~neve_tune.control.LRReplay` for a retrain."""
+    if method == "neve":
+        if study.probe == "noise":
+            probe = gaussian_probe(input_shape, study.probe_samples, seed=seed)
+        else:
+            probe = dataset_probe(train_set, study.probe_samples, seed=seed)
+        return NeVe(
+            optimizer,
+            NeuralVelocity(model, probe, autocast_dtype=amp_dtype(study)),
+            threshold=float(config["threshold"]),
+            min_epochs=study.min_epochs,
+            max_epochs=study.max_epochs,
+            lr_signal=study.lr_signal,
+            factor=study.lr_factor,
+            patience=study.plateau_patience,
+            threshold_mode=study.threshold_mode,
+            num_classes=num_classes,
+            stall_margin=study.stall_margin,
+            pc_patience=study.pc_patience,
+            pc_window=study.pc_window,
+            pc_restore=study.pc_restore,
+        )
+    if method == "retrain":
+        return LRReplay(optimizer, lr_schedule or [])
+    return ValidationControl(
+        optimizer,
+        max_epochs=study.max_epochs,
+        factor=study.lr_factor,
+        patience=study.plateau_patience,
+        early_stopping=study.early_stopping if method == "asha_es" else None,
+    )
+
+
+def run_trial(
+    study: Study,
+    config: Mapping[str, Any],
+    *,
+    method: str = "neve",
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    data: DataBundle | None = None,
+    evaluate_test: bool = True,
+    lr_schedule: Sequence[float] | None = None,
+    model_fn: Callable[[], torch.nn.Module] | None = None,
+) -> TrialResult:
+    """Train one configuration and return its :class:`~neve_tune.records.TrialResult`.
+
+    ``config`` holds the hyperparameters (``lr``, ``threshold``, ``batch_size``, ...;
+    missing ones come from ``study.defaults``). ``seed`` fixes initialisation, data order
+    and the validation split. ``on_epoch(metrics)`` sees each new epoch (the metric names
+    of :data:`neve_tune.records.METRIC_NAMES`; ``val_loss``/``val_acc`` too for validation
+    methods) after its checkpoint is saved. The test set is touched once, after training,
+    only when ``evaluate_test``. ``model_fn`` builds the model instead of ``study.model``.
+    """
+    check_choice("method", method, METHODS)
+    cfg = study.config(config)
+    for key in ("lr", "batch_size") + (("threshold",) if method == "neve" else ()):
+        if key not in cfg:
+            raise ValueError(f"config has no {key!r} (and study {study.name!r} has no default for it)")
+    device = resolve_device(device)
+    bundle = data if data is not None else study.load_data()
+    full_train = bundle.train
+    train_set, val_set = full_train, None
+    if method in ("asha", "asha_es"):
+        train_set, val_set = validation_split(full_train, study.val_fraction, seed=seed)
+
+    torch.manual_seed(seed)
+    model = model_fn() if model_fn is not None else create_model(
+        study.model, bundle.num_classes, bundle.input_shape, **study.model_options
+    )
+    model = model.to(device)
+    optimizer = make_optimizer(model, cfg)
+    controller = make_controller(study, method, model, optimizer, cfg, train_set=train_set,
+                                 input_shape=bundle.input_shape, seed=seed, lr_schedule=lr_schedule,
+                                 num_classes=bundle.num_classes)
+    fitted = fit(
+        model,
+        optimizer,
+        train_set,
+        controller,
+        batch_size=int(cfg["batch_size"]),
+        val_set=val_set,
+        device=device,
+        seed=seed,
+        amp_dtype=amp_dtype(study),
+        checkpoint_path=checkpoint_path,
+        on_epoch=on_epoch,
+        checkpoint_meta={"config": dict(cfg), "method": method, "seed": seed},
+    )
+    objective, best_epoch = trial_objective(study, method, fitted.history, controller.state_dict())
+    result = TrialResult(
+        config=cfg,
+        method=method,
+        seed=seed,
+        stopped_by=fitted.stopped_by,
+        epochs=fitted.epochs,
+        objective=float(objective),
+        best_epoch=best_epoch,
+        cost=fitted.cost,
+        history=fitted.history,
+        train_size=len(full_train),  # type: ignore[arg-type]
+    )
+    if evaluate_test:
+        loss, acc, n = evaluate(model, bundle.test, device=device, amp_dtype=amp_dtype(study))
+        result.test_acc, result.test_loss, result.test_samples = acc, loss, n
+    return result

@@ -1,0 +1,1 @@
+"""The bundled study files (``neve_tune.load_study("digits")``); each defines ``STUDY``."""
