@@ -257,6 +257,18 @@ def test_diverged_trial_is_pruned_not_failed(digits) -> None:
     assert t.state == TrialState.PRUNED and t.user_attrs["stopped_by"] == "diverged"
 
 
+def test_stalled_trial_is_pruned_and_says_stalled(digits) -> None:
+    """A trial that settles without learning (here: an LR too small to move, cut at
+    max_epochs) is pruned by NeVePruner on its stalled epoch, and its summary says why."""
+    study, data = digits
+    space = {"lr": LogUniform(1e-7, 2e-7), "threshold": LogUniform(1e-4, 1e-3), "batch_size": Choice([128])}
+    search = optuna.create_study(pruner=NeVePruner(min_resource=100))
+    search.optimize(make_objective(study.replace(search_space=space, max_epochs=2), data=data), n_trials=1)
+    t = search.trials[0]
+    assert trial_history(t)[-1]["stalled"] is True
+    assert t.state == TrialState.PRUNED and t.user_attrs["stopped_by"] == "stalled" and t.last_step == 2
+
+
 class _Killed(BaseException):
     """Stands in for SIGKILL: escapes every ``except Exception``."""
 

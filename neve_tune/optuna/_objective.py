@@ -219,7 +219,7 @@ def _finish_pruned(
     summary = {
         "method": method,
         "seed": seed,
-        "stopped_by": "diverged" if last.get("diverged") else stopped_by,
+        "stopped_by": "diverged" if last.get("diverged") else "stalled" if last.get("stalled") else stopped_by,
         "epochs": epochs,
         "objective": None,
         "best_epoch": None,
