@@ -20,7 +20,7 @@ DIRECTIONS = ["minimize", "maximize"]
 @pytest.fixture(params=["memory", "sqlite", "journal"])
 def storage(request, tmp_path):
     if request.param == "memory":
-        return None
+        return optuna.storages.InMemoryStorage()
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'study.db'}"
     from optuna.storages.journal import JournalFileBackend
@@ -164,7 +164,7 @@ def test_non_finite_always_pruned(direction, metrics, storage) -> None:
     trial = study.ask()
     assert _report(trial, 1, 0.2) is False
     report_epoch(trial, {"epoch": 2, "lr": 0.1, **metrics})
-    assert math.isnan(trial._cached_frozen_trial.intermediate_values[2])
+    assert math.isnan(study.trials[0].intermediate_values[2])
     assert trial.should_prune() is True
 
 
@@ -213,6 +213,57 @@ def test_converged_trial_is_never_pruned(direction, storage) -> None:
     assert study.trials[1].system_attrs["completed_rung_0"] == pytest.approx((1 if direction == "minimize" else -1) * 0.0005)
 
 
+@pytest.mark.parametrize("signal", ["velocity", "train_loss"])
+def test_stalled_trial_is_pruned(signal, storage) -> None:
+    # no rung before epoch 100: only the stalled rule can fire
+    study = _study(NeVePruner(signal, min_resource=100), storage=storage)
+    trial = study.ask()
+    assert _report(trial, 1, 0.2, stalled=False) is False
+    assert _report(trial, 2, 1e-5, stalled=True) is True  # settled without learning
+
+
+def test_stalled_flag_of_an_earlier_epoch_does_not_prune() -> None:
+    study = _study(NeVePruner(min_resource=100))
+    trial = study.ask()
+    report_epoch(trial, _epoch(1, 0.2, stalled=True))
+    assert _report(trial, 2, 0.1, stalled=False) is False  # only the last epoch counts
+
+
+def test_converged_epoch_is_never_pruned_even_if_stalled() -> None:
+    study = _study(NeVePruner(min_resource=100))
+    trial = study.ask()
+    assert _report(trial, 1, 1e-5, neve_stop=True, stalled=True) is False
+
+
+@pytest.mark.parametrize("missing", ["key", "no_epoch_attr"])
+def test_train_loss_signal_without_train_loss_raises(missing) -> None:
+    study = _study(NeVePruner("train_loss", min_resource=100))
+    trial = study.ask()
+    if missing == "key":  # what NeVe.step() returns: no train_loss
+        report_epoch(trial, {"epoch": 1, "velocity": 0.2, "lr": 0.1, "neve_stop": False, "diverged": False})
+    else:  # an objective that reports without report_epoch
+        trial.report(0.2, 1)
+    with pytest.raises(ValueError, match="report the epoch's mean training loss.*signal='velocity'"):
+        trial.should_prune()
+    # the velocity signal needs no training loss
+    other = _study(NeVePruner("velocity", min_resource=100)).ask()
+    report_epoch(other, {"epoch": 1, "velocity": 0.2})
+    assert other.should_prune() is False
+
+
+def test_numpy_and_tensor_scalars_rank_like_floats() -> None:
+    np = pytest.importorskip("numpy")
+    torch = pytest.importorskip("torch")
+    study = _study(NeVePruner("train_loss", min_resource=1, reduction_factor=2))
+    t0 = study.ask()
+    report_epoch(t0, {"epoch": 1, "velocity": np.float32(0.5), "train_loss": torch.tensor(0.3)})
+    assert t0.should_prune() is False
+    t1 = study.ask()
+    report_epoch(t1, {"epoch": 1, "velocity": torch.tensor(0.05), "train_loss": np.float64(0.9)})
+    assert t1.should_prune() is True  # a higher training loss, not a NaN
+    assert study.trials[1].intermediate_values == {1: pytest.approx(0.05)}
+
+
 def test_convergence_does_not_hide_divergence() -> None:
     study = _study(NeVePruner(min_resource=100))
     trial = study.ask()
@@ -234,7 +285,7 @@ def test_settings_stored_in_study_on_first_use(storage) -> None:
 def test_conflicting_settings_refused(storage) -> None:
     study = _study(NeVePruner("velocity"), storage=storage)
     _report(study.ask(), 1, 0.1)
-    other = optuna.load_study(study_name=study.study_name, storage=study._storage, pruner=NeVePruner("train_loss"))
+    other = optuna.load_study(study_name=study.study_name, storage=storage, pruner=NeVePruner("train_loss"))
     trial = other.ask()
     report_epoch(trial, _epoch(1, 0.2))
     with pytest.raises(ValueError, match="signal"):

@@ -86,6 +86,79 @@ def test_other_signals(signal, key) -> None:
     assert study.trials[0].intermediate_values[1] == -{"val_loss": 0.9, "train_loss": 0.7}[key]
 
 
+@pytest.mark.parametrize("kind", ["python", "float32", "float64", "tensor"])
+@pytest.mark.parametrize("direction, sign", [("minimize", 1.0), ("maximize", -1.0)])
+def test_numpy_and_tensor_scalars_are_numbers(kind, direction, sign) -> None:
+    """Regression: a NumPy float32 or a 0-d tensor velocity was reported as NaN (and the
+    trial pruned as diverged)."""
+    np = pytest.importorskip("numpy")
+    torch = pytest.importorskip("torch")
+    cast = {"python": float, "float32": np.float32, "float64": np.float64, "tensor": torch.tensor}[kind]
+    study = optuna.create_study(direction=direction, pruner=NeVePruner(min_resource=100))
+    trial = study.ask()
+    epoch = np.int64(1) if kind != "python" else 1
+    metrics = {**_metrics(1, cast(0.3), train_loss=cast(1.25), lr=cast(0.1), diverged=np.bool_(False)), "epoch": epoch}
+    assert report_epoch(trial, metrics) == pytest.approx(sign * 0.3)
+    assert trial.should_prune() is False
+    frozen = study.trials[0]
+    assert frozen.intermediate_values == {1: pytest.approx(sign * 0.3)}
+    stored = trial_history(frozen)[0]
+    assert stored["velocity"] == pytest.approx(0.3) and stored["train_loss"] == 1.25 and stored["epoch"] == 1
+    assert all(type(stored[k]) in (int, float, bool) for k in ("velocity", "train_loss", "lr", "epoch", "diverged"))
+
+
+@pytest.mark.parametrize(
+    "metrics, signal, error, message",
+    [
+        ({"epoch": 1, "train_loss": 1.0}, "velocity", ValueError, "no 'velocity'"),
+        ({"epoch": 1, "velocty": 0.1, "train_loss": 1.0}, "velocity", ValueError, r"no 'velocity'.*'velocty'"),
+        ({"epoch": 1, "velocity": 0.1}, "val_loss", ValueError, "no 'val_loss'"),
+        ({"velocity": 0.1}, "velocity", ValueError, "no 'epoch'"),
+        ({"epoch": 1.7, "velocity": 0.1}, "velocity", TypeError, r"metrics\['epoch'\] must be an int >= 0, got 1.7"),
+        ({"epoch": "x", "velocity": 0.1}, "velocity", TypeError, r"metrics\['epoch'\] must be an int"),
+        ({"epoch": -1, "velocity": 0.1}, "velocity", ValueError, r"metrics\['epoch'\] must be an int >= 0"),
+        ({"epoch": True, "velocity": 0.1}, "velocity", TypeError, r"metrics\['epoch'\]"),
+        ({"epoch": 1, "velocity": "fast"}, "velocity", TypeError, r"metrics\['velocity'\] must be a number"),
+        ({"epoch": 1, "velocity": 0.1, "train_loss": "low"}, "velocity", TypeError, r"metrics\['train_loss'\]"),
+        ({"epoch": 1, "velocity": None}, "velocity", ValueError, "None on an epoch not flagged 'diverged'"),
+        (None, "velocity", TypeError, "metrics must be a mapping"),
+        ([("epoch", 1)], "velocity", TypeError, "metrics must be a mapping"),
+        ({"epoch": 1, "velocity": 0.1}, "accuracy", ValueError, "signal must be one of"),
+    ],
+)
+def test_bad_metrics_are_clear_errors(metrics, signal, error, message) -> None:
+    study = optuna.create_study()
+    trial = study.ask()
+    with pytest.raises(error, match=message):
+        report_epoch(trial, metrics, signal=signal)
+    assert study.trials[0].intermediate_values == {} and study.trials[0].user_attrs == {}  # nothing written
+
+
+@pytest.mark.parametrize("inherit", [True, False])
+def test_retried_trial_reports_each_step_once(inherit, tmp_path) -> None:
+    """A retry inherits its predecessor's epoch attributes (and its intermediate values
+    only with ``inherit_intermediate_values``); replaying the history reports exactly the
+    steps the retry lacks, read through public API."""
+    from neve_tune.optuna import make_storage
+
+    study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=None))
+    trial = study.ask()
+    for e in (1, 2):
+        report_epoch(trial, _metrics(e, 0.1 * e))
+    trial.set_user_attr(epoch_key(3), _metrics(3, 0.3))  # killed between the attribute and the report
+    study.tell(trial, state=TrialState.FAIL)
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=inherit)
+    retry(study, study.trials[0])
+    again = study.ask()
+    assert again.number == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Optuna warns when a step is reported twice
+        for e in (1, 2, 3, 4):
+            report_epoch(again, _metrics(e, 0.1 * e))
+    assert study.trials[1].intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4})
+
+
 def test_bad_input() -> None:
     trial = optuna.create_study().ask()
     with pytest.raises(ValueError, match="signal"):

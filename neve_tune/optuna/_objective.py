@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -13,13 +14,14 @@ import optuna
 import torch
 from optuna.trial import BaseTrial
 
+from .._checks import check_choice
 from ..data import DataBundle
 from ..records import Cost, TrialResult
 from ..space import Choice, IntUniform, LogUniform, Uniform
 from ..study import Study, load_study
 from ..train import load_checkpoint
 from ..trial import run_trial
-from ._report import report_epoch, trial_history
+from ._report import report_epoch, running_trial, trial_history
 
 __all__ = ["make_objective", "suggest_config", "checkpoint_path_for", "SUMMARY_ATTRS"]
 
@@ -46,18 +48,17 @@ def suggest_config(trial: BaseTrial, study: Study) -> dict[str, Any]:
     return study.config(sampled)
 
 
-def _frozen(trial: BaseTrial) -> optuna.trial.FrozenTrial | None:
-    return getattr(trial, "_cached_frozen_trial", None)
-
-
 def _root_trial_number(trial: BaseTrial) -> int:
-    """The number of the first trial of a retry chain (``RetryHeartbeatStaleTrialCallback``
-    stores it as the system attribute ``failed_trial``); the trial's own number otherwise."""
-    frozen = _frozen(trial)
+    """The number of the first trial of a retry chain
+    (``RetryHeartbeatStaleTrialCallback.retried_trial_number``); the trial's own number
+    otherwise."""
+    frozen = running_trial(trial)
     if frozen is not None:
-        root = frozen.system_attrs.get("failed_trial")
-        if isinstance(root, int):
-            return root
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            root = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+        if root is not None:
+            return int(root)
     return int(trial.number)
 
 
@@ -126,8 +127,7 @@ def make_objective(
         ['best_epoch', 'cost', 'epoch_0001']
     """
     study = load_study(study)
-    if method not in OBJECTIVE_METHODS:
-        raise ValueError(f"method must be one of {OBJECTIVE_METHODS}, got {method!r}")
+    check_choice("method", method, OBJECTIVE_METHODS)
     signal = "velocity" if method == "neve" else "val_loss"
     lock = threading.Lock()
     cache: dict[str, DataBundle] = {}
@@ -219,7 +219,7 @@ def _finish_pruned(
     summary = {
         "method": method,
         "seed": seed,
-        "stopped_by": "diverged" if last.get("diverged") else stopped_by,
+        "stopped_by": "diverged" if last.get("diverged") else "stalled" if last.get("stalled") else stopped_by,
         "epochs": epochs,
         "objective": None,
         "best_epoch": None,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import threading
 from typing import TYPE_CHECKING, Any
 
 from optuna.pruners import BasePruner, SuccessiveHalvingPruner
 
+from .._checks import check_choice, check_int, is_finite, to_float
+from ._compat import with_step_value
 from ._report import direction_sign, epoch_key
 
 if TYPE_CHECKING:
@@ -19,10 +20,6 @@ __all__ = ["NeVePruner", "PRUNER_SIGNALS", "SETTINGS_ATTR"]
 PRUNER_SIGNALS = ("velocity", "train_loss")
 SETTINGS_ATTR = "neve_pruner"  # study user attribute holding the settings every worker must share
 _SETTINGS_VERSION = 1
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 class NeVePruner(BasePruner):
@@ -36,14 +33,18 @@ class NeVePruner(BasePruner):
     1. **Diverged**: the reported value is NaN/inf, or the epoch's training loss or
        velocity is not finite, or the epoch is flagged ``diverged`` -> prune.
     2. **Converged**: the epoch is flagged ``neve_stop`` (velocity under the trial's
-       threshold) -> never prune. Convergence is the trial's own stop: it returns its
-       objective and COMPLETEs. (Its rung values are still recorded, so it competes.)
-    3. **Unsettled**: the velocity stayed above ``divergence_bound`` for the last
+       threshold) -> never prune by the rules below. Convergence is the trial's own
+       stop: it returns its objective and COMPLETEs. (Its rung values are still
+       recorded, so it competes.)
+    3. **Stalled**: the epoch is flagged ``stalled`` (the velocity fell under the
+       threshold but the training loss did not drop: the trial settled without
+       learning) -> prune.
+    4. **Unsettled**: the velocity stayed above ``divergence_bound`` for the last
        ``divergence_patience`` reported epochs -> prune. A velocity of about 2/3 is what
        a network whose probe outputs decorrelate completely every epoch settles at
        (``1 / (1 + mu)`` with momentum ``mu = 0.5``); healthy runs fall below 0.6 within
        one or two epochs.
-    4. **Rungs** (asynchronous successive halving, exactly Optuna's
+    5. **Rungs** (asynchronous successive halving, exactly Optuna's
        :class:`~optuna.pruners.SuccessiveHalvingPruner`, rung state in the storage): at
        epoch ``min_resource * reduction_factor ** (min_early_stopping_rate + rung)`` a
        trial is promoted only if its signal is in the best ``1 / reduction_factor`` of
@@ -113,6 +114,8 @@ class NeVePruner(BasePruner):
         signal:
             ``"train_loss"`` (default; the epoch's mean training loss, read from the
             trial's user attributes) or ``"velocity"`` (the reported intermediate value).
+            With ``"train_loss"``, an epoch reported without ``train_loss`` makes
+            :meth:`prune` raise a ``ValueError`` that says so, instead of never pruning.
         min_resource:
             Epochs before the first rung (Optuna's ``min_resource``; ``r`` in ASHA).
         reduction_factor:
@@ -120,7 +123,7 @@ class NeVePruner(BasePruner):
         min_early_stopping_rate:
             Shifts the first rung to ``min_resource * reduction_factor ** rate``.
         divergence_bound:
-            Velocity above which a trial counts as unsettled (rule 3).
+            Velocity above which a trial counts as unsettled (rule 4).
         divergence_patience:
             How many consecutive reported epochs above ``divergence_bound`` prune a trial.
     """
@@ -135,27 +138,19 @@ class NeVePruner(BasePruner):
         divergence_bound: float = 0.6,
         divergence_patience: int = 5,
     ) -> None:
-        if signal not in PRUNER_SIGNALS:
-            raise ValueError(f"signal must be one of {PRUNER_SIGNALS}, got {signal!r}")
-        for name, value, low in (
-            ("min_resource", min_resource, 1),
-            ("reduction_factor", reduction_factor, 2),
-            ("min_early_stopping_rate", min_early_stopping_rate, 0),
-            ("divergence_patience", divergence_patience, 1),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {value!r}")
-            if value < low:
-                raise ValueError(f"{name} must be >= {low}, got {value}")
-        if isinstance(divergence_bound, bool) or not isinstance(divergence_bound, (int, float)):
-            raise TypeError(f"divergence_bound must be a float, got {divergence_bound!r}")
-        if not divergence_bound > 0:  # inf is allowed: turns rule 3 off
-            raise ValueError(f"divergence_bound must be > 0 (inf turns the rule off), got {divergence_bound}")
+        check_choice("signal", signal, PRUNER_SIGNALS)
+        min_resource = check_int("min_resource", min_resource, minimum=1)
+        reduction_factor = check_int("reduction_factor", reduction_factor, minimum=2)
+        min_early_stopping_rate = check_int("min_early_stopping_rate", min_early_stopping_rate, minimum=0)
+        divergence_patience = check_int("divergence_patience", divergence_patience, minimum=1)
+        divergence_bound = to_float("divergence_bound", divergence_bound)
+        if not divergence_bound > 0:  # inf is allowed: turns the unsettled rule off
+            raise ValueError(f"divergence_bound must be a number > 0 (inf turns the rule off), got {divergence_bound!r}")
         self._signal = signal
         self._min_resource = min_resource
         self._reduction_factor = reduction_factor
         self._min_early_stopping_rate = min_early_stopping_rate
-        self._divergence_bound = float(divergence_bound)
+        self._divergence_bound = divergence_bound
         self._divergence_patience = divergence_patience
         self._sha = SuccessiveHalvingPruner(
             min_resource=min_resource,
@@ -163,7 +158,9 @@ class NeVePruner(BasePruner):
             min_early_stopping_rate=min_early_stopping_rate,
         )
         self._lock = threading.Lock()
-        self._checked: dict[tuple[int, int], int] = {}  # (storage, study id) -> last trial checked
+        # (study object, name) -> (last trial checked, direction sign): one settings check and
+        # one direction read per trial, not per epoch
+        self._checked: dict[tuple[int, str], tuple[int, float]] = {}
 
     # ------------------------------------------------------------ settings
     @property
@@ -222,14 +219,18 @@ class NeVePruner(BasePruner):
                 "the study's (NeVePruner.from_study)."
             )
 
-    def _check_once_per_trial(self, study: "optuna.study.Study", number: int) -> None:
-        key = (id(study._storage), study._study_id)
+    def _check_once_per_trial(self, study: "optuna.study.Study", number: int) -> float:
+        """Bind to ``study`` once per trial; the study's direction sign."""
+        key = (id(study), study.study_name)
         with self._lock:
-            if self._checked.get(key) == number:
-                return
+            checked = self._checked.get(key)
+        if checked is not None and checked[0] == number:
+            return checked[1]
         self.bind(study)
+        sign = direction_sign(study.direction)
         with self._lock:
-            self._checked[key] = number
+            self._checked[key] = (number, sign)
+        return sign
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -246,36 +247,40 @@ class NeVePruner(BasePruner):
         step = trial.last_step
         if step is None:
             return False
-        self._check_once_per_trial(study, trial.number)
-        sign = direction_sign(study.direction)
+        sign = self._check_once_per_trial(study, trial.number)
         reported = trial.intermediate_values[step]
         epoch = trial.user_attrs.get(epoch_key(step))
         epoch = epoch if isinstance(epoch, dict) else {}
 
         # 1. diverged: non-finite velocity (reported NaN) or loss, or flagged by the controller
+        #    (JSON stores NaN/inf as null, so a present null is a non-finite value)
         if not math.isfinite(reported) or epoch.get("diverged"):
             return True
-        if "train_loss" in epoch and not _finite(epoch["train_loss"]):
+        if "train_loss" in epoch and not is_finite(epoch["train_loss"]):
             return True
-        if "velocity" in epoch and epoch["velocity"] is not None and not _finite(epoch["velocity"]):
+        if "velocity" in epoch and epoch["velocity"] is not None and not is_finite(epoch["velocity"]):
             return True
+        if self._signal == "train_loss" and "train_loss" not in epoch:
+            raise ValueError(
+                f"NeVePruner(signal='train_loss') found no 'train_loss' in epoch {step} of trial {trial.number} "
+                f"(user attribute {epoch_key(step)!r}): report the epoch's mean training loss, e.g. "
+                "report_epoch(trial, {'epoch': e, 'velocity': v, 'train_loss': loss}), "
+                "or prune on velocity alone with NeVePruner(signal='velocity')"
+            )
 
         # 2. converged: never pruned (but its values still enter the rungs below)
         converged = bool(epoch.get("neve_stop"))
 
-        # 3. unsettled for too long
+        # 3. stalled (the velocity settled but the training loss did not drop): not learned
+        if not converged and epoch.get("stalled"):
+            return True
+
+        # 4. unsettled for too long
         if not converged and self._unsettled(trial, sign):
             return True
 
-        # 4. successive-halving rungs on the signal, oriented so "better" = lower signal
-        if self._signal == "velocity":
-            view = trial
-        else:
-            value = epoch.get("train_loss")
-            if not _finite(value):
-                return False  # no training loss stored for this epoch: nothing to compare
-            view = copy.copy(trial)
-            view.intermediate_values = {step: sign * float(value)}
+        # 5. successive-halving rungs on the signal, oriented so "better" = lower signal
+        view = trial if self._signal == "velocity" else with_step_value(trial, step, sign * float(epoch["train_loss"]))
         pruned = self._sha.prune(study, view)
         return pruned and not converged
 

@@ -7,7 +7,7 @@
    validation baselines), *oriented by the study's direction*: ``+velocity`` in a
    ``minimize`` study and ``-velocity`` in a ``maximize`` one, and NaN when the velocity
    or the loss is not finite (the trial diverged);
-2. stores the epoch's whole metric dict (DESIGN names: velocity, losses, LR, cost
+2. stores the epoch's whole metric dict (velocity, losses, LR, cost
    counters, ...) as the trial user attribute ``epoch_0001``, ``epoch_0002``, ...
    (string step keys, JSON values, non-finite numbers as ``null``).
 
@@ -26,13 +26,12 @@ replay a restored history through it.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
-
 from optuna.study import StudyDirection
-from optuna.trial import BaseTrial, FrozenTrial
+from optuna.trial import BaseTrial, FrozenTrial, TrialState
 
+from .._checks import check_choice, check_int, is_finite, to_float
 from .._json import json_safe
 
 __all__ = [
@@ -42,7 +41,6 @@ __all__ = [
     "report_epoch",
     "direction_sign",
     "trial_history",
-    "reported_to_raw",
 ]
 
 EPOCH_ATTR_PREFIX = "epoch_"
@@ -50,21 +48,25 @@ REPORT_SIGNALS = ("velocity", "val_loss", "train_loss")
 
 
 def epoch_key(epoch: int) -> str:
-    """User-attribute key of one epoch's metrics: ``epoch_0007`` (sorts as text)."""
-    return f"{EPOCH_ATTR_PREFIX}{int(epoch):04d}"
+    """User-attribute key of one epoch's metrics: ``epoch_0007`` (sorts as text).
+
+    >>> epoch_key(7)
+    'epoch_0007'
+    """
+    return f"{EPOCH_ATTR_PREFIX}{check_int('epoch', epoch, minimum=0):04d}"
 
 
 def direction_sign(direction: StudyDirection) -> float:
-    """``+1.0`` for a minimize study, ``-1.0`` for a maximize one."""
+    """``+1.0`` for a minimize study, ``-1.0`` for a maximize one.
+
+    >>> direction_sign(StudyDirection.MAXIMIZE)
+    -1.0
+    """
     if direction == StudyDirection.MAXIMIZE:
         return -1.0
     if direction == StudyDirection.MINIMIZE:
         return 1.0
     raise ValueError(f"study direction must be MINIMIZE or MAXIMIZE, got {direction!r}")
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _study_direction(trial: BaseTrial) -> StudyDirection:
@@ -75,6 +77,25 @@ def _study_direction(trial: BaseTrial) -> StudyDirection:
     if len(directions) != 1:
         raise ValueError("report_epoch needs a single-objective study; Optuna cannot report intermediate values otherwise")
     return directions[0]
+
+
+def running_trial(trial: BaseTrial) -> FrozenTrial | None:
+    """The stored state of the running ``trial`` (its intermediate values and system
+    attributes, which :class:`optuna.Trial` does not expose), read through the public
+    ``Study.get_trials``; ``None`` for a trial without a study (``FixedTrial``)."""
+    study = getattr(trial, "study", None)
+    if study is None:
+        return None
+    number = trial.number
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number == number:
+            return t
+    return None
+
+
+def _reported_steps(trial: BaseTrial) -> set[int]:
+    frozen = running_trial(trial)
+    return set(frozen.intermediate_values) if frozen is not None else set()
 
 
 def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = "velocity") -> float:
@@ -88,8 +109,19 @@ def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = 
     goes into the user attribute :func:`epoch_key(epoch) <epoch_key>`. A step the trial
     already holds is skipped (nothing is written twice).
 
+    The rule for the input, so that nothing turns into NaN silently:
+
+    - numbers may be Python, NumPy or 0-d torch scalars;
+    - ``epoch`` is required, an int >= 0 (``1.7`` is refused, not truncated);
+    - ``metrics[signal]`` is required (the ``ValueError`` names it and the keys given);
+      it may be ``None`` only on an epoch flagged ``diverged``;
+    - ``train_loss``, when present, must be a number or ``None``. It is not required
+      here, but :class:`~neve_tune.optuna.NeVePruner` with ``signal="train_loss"`` (its
+      default) refuses epochs without it.
+
     Example::
 
+        >>> import numpy as np
         >>> import optuna
         >>> from neve_tune.optuna import NeVePruner, report_epoch
         >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -97,27 +129,40 @@ def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = 
         >>> trial = study.ask()
         >>> report_epoch(trial, {"epoch": 1, "velocity": 0.25, "train_loss": 1.2, "lr": 0.1})
         -0.25
+        >>> report_epoch(trial, {"epoch": 2, "velocity": np.float32(0.125), "train_loss": 1.1})
+        -0.125
         >>> trial.user_attrs["epoch_0001"]["velocity"]
         0.25
+        >>> report_epoch(trial, {"epoch": 3, "velocty": 0.1})
+        Traceback (most recent call last):
+        ...
+        ValueError: metrics has no 'velocity' (the signal reported to Optuna); its keys: ['epoch', 'velocty']
     """
-    if signal not in REPORT_SIGNALS:
-        raise ValueError(f"signal must be one of {REPORT_SIGNALS}, got {signal!r}")
+    check_choice("signal", signal, REPORT_SIGNALS)
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must be a mapping of metric names to values (one epoch), got {metrics!r}")
     if "epoch" not in metrics:
-        raise ValueError(f"metrics must hold 'epoch' (the step), got keys {sorted(metrics)}")
-    step = int(metrics["epoch"])
-    if step < 0:
-        raise ValueError(f"metrics['epoch'] must be >= 0, got {step}")
+        raise ValueError(f"metrics has no 'epoch' (the step); its keys: {sorted(map(str, metrics))}")
+    step = check_int("metrics['epoch']", metrics["epoch"], minimum=0)
+    if signal not in metrics:
+        raise ValueError(f"metrics has no {signal!r} (the signal reported to Optuna); its keys: {sorted(map(str, metrics))}")
+    raw = to_float(f"metrics[{signal!r}]", metrics[signal], allow_none=True)
+    train_loss = to_float("metrics['train_loss']", metrics.get("train_loss"), allow_none=True)
+    diverged = bool(metrics.get("diverged", False))
+    if raw is None and not diverged:
+        raise ValueError(f"metrics[{signal!r}] is None on an epoch not flagged 'diverged' (epoch {step})")
+    diverged = diverged or ("train_loss" in metrics and not is_finite(train_loss))
     sign = direction_sign(_study_direction(trial))
-    raw = metrics.get(signal)
-    diverged = bool(metrics.get("diverged", False)) or not _finite(metrics.get("train_loss", 0.0))
-    value = sign * float(raw) if (_finite(raw) and not diverged) else float("nan")
+    value = sign * raw if (raw is not None and is_finite(raw) and not diverged) else float("nan")
 
-    frozen = getattr(trial, "_cached_frozen_trial", None)
-    known_steps = frozen.intermediate_values if frozen is not None else {}
+    # The epoch attribute is written before the report, so an epoch without it was never
+    # reported. One with it may come from a predecessor this trial retries (user attributes
+    # are inherited, intermediate values only on request): check the stored steps then.
     key = epoch_key(step)
     if key not in trial.user_attrs:
         trial.set_user_attr(key, json_safe(dict(metrics)))
-    if step not in known_steps:
+        trial.report(value, step)
+    elif step not in _reported_steps(trial):
         trial.report(value, step)
     return value
 
@@ -127,10 +172,3 @@ def trial_history(trial: FrozenTrial | BaseTrial) -> list[dict[str, Any]]:
     attrs = trial.user_attrs
     keys = [k for k in attrs if k.startswith(EPOCH_ATTR_PREFIX) and k[len(EPOCH_ATTR_PREFIX):].isdigit()]
     return [dict(attrs[k]) for k in sorted(keys, key=lambda k: int(k[len(EPOCH_ATTR_PREFIX):]))]
-
-
-def reported_to_raw(value: float, direction: StudyDirection) -> float:
-    """Undo the orientation of a reported value (``sign * value``)."""
-    return direction_sign(direction) * value
-
-

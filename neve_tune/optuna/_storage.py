@@ -7,8 +7,8 @@ shorthands for journal files):
 - an SQLAlchemy URL (``sqlite:///search.db``, ``postgresql://user:pw@host/db``,
   ``mysql+pymysql://...``): an :class:`optuna.storages.RDBStorage`, with heartbeats so a
   killed worker's trial is failed and retried (``RetryHeartbeatStaleTrialCallback``).
-  SQLite gets :class:`SQLiteRDBStorage`, whose trial state changes are atomic across
-  processes (see there);
+  SQLite gets :class:`SQLiteRDBStorage`, whose transactions take the write lock first,
+  so several worker processes on one machine are safe (see :func:`sqlite_engine_kwargs`);
 - ``journal:PATH``, or a path ending in ``.log``/``.journal``/``.jsonl``: a journal file
   (:class:`optuna.storages.JournalStorage` over ``JournalFileBackend``). Journal storages
   have no heartbeats; use an RDB storage where workers may die.
@@ -19,15 +19,18 @@ A URL is never printed with its password: every message goes through :func:`reda
 from __future__ import annotations
 
 import re
+import sqlite3
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
-from optuna.trial import TrialState
 
-__all__ = ["redact_url", "make_storage", "normalize_url", "storage_kind", "StorageError", "SQLiteRDBStorage"]
+from .._checks import check_int
+
+__all__ = ["redact_url", "make_storage", "normalize_url", "storage_kind", "StorageError", "SQLiteRDBStorage", "sqlite_engine_kwargs"]
 
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 _PASSWORD_RE = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/@:]*):(?P<pw>[^@/]*)@")
@@ -114,39 +117,110 @@ def storage_kind(url: str | None) -> str:
     )
 
 
-class SQLiteRDBStorage(RDBStorage):
-    """An :class:`~optuna.storages.RDBStorage` on SQLite whose trial state changes are
-    atomic across processes.
+_TRANSACTIONAL = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|REPLACE|WITH|CREATE|DROP|ALTER)\b", re.IGNORECASE)
 
-    ``RDBStorage.set_trial_state_values`` reads the trial's state with ``SELECT ... FOR
-    UPDATE``, checks it, then writes the new one. SQLite has no ``FOR UPDATE`` (SQLAlchemy
-    drops it) and Python's ``sqlite3`` driver begins a transaction only at the first write,
-    so the check reads a state another process may be changing at that moment. Two
-    workers could both pop the same enqueued (WAITING) trial, both train it, and the
-    second to finish then failed with ``Cannot tell a COMPLETE trial``; two workers could
-    also both fail the same stale trial and retry it twice. Here a no-op ``UPDATE`` of the
-    trial first takes SQLite's write lock (waiting for it under the busy timeout), so the
-    check and the write form one transaction no other process can interleave with.
-    """
 
-    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
-        import sqlalchemy
+# Connections of this thread now inside a BEGIN IMMEDIATE transaction. A connection the
+# same thread opens meanwhile (Optuna checks its schema version on a second connection
+# while a session is open) begins a deferred one instead: it only reads, which SQLite
+# allows beside the write lock, where waiting for that lock would wait for itself.
+_holding = threading.local()
 
-        session = self.scoped_session()
+
+def _holders() -> set[int]:
+    held = getattr(_holding, "ids", None)
+    if held is None:
+        held = _holding.ids = set()
+    return held
+
+
+class _ImmediateCursor(sqlite3.Cursor):
+    """A cursor that opens every transaction with ``BEGIN IMMEDIATE``."""
+
+    def _begin(self, sql: str) -> None:
+        con = self.connection
+        if con.in_transaction or not _TRANSACTIONAL.match(sql):
+            return
+        held = _holders()
+        if held - {id(con)}:
+            super().execute("BEGIN")
+        else:
+            super().execute("BEGIN IMMEDIATE")  # waits for the write lock under the busy timeout
+            held.add(id(con))
+
+    def execute(self, sql: str, parameters: Any = (), /) -> "_ImmediateCursor":
+        self._begin(sql)
+        return super().execute(sql, parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> "_ImmediateCursor":
+        self._begin(sql)
+        return super().executemany(sql, seq_of_parameters)
+
+
+class _ImmediateConnection(sqlite3.Connection):
+    """An ``sqlite3`` connection whose cursors begin transactions with ``BEGIN IMMEDIATE``."""
+
+    def cursor(self, factory: Any = _ImmediateCursor) -> sqlite3.Cursor:  # type: ignore[override]
+        return super().cursor(factory)
+
+    def commit(self) -> None:
         try:
-            session.execute(
-                sqlalchemy.text("UPDATE trials SET state = state WHERE trial_id = :trial_id"), {"trial_id": trial_id}
-            )
-        except Exception as e:
-            session.rollback()
-            session.close()
-            if isinstance(e, sqlalchemy.exc.SQLAlchemyError):  # as RDBStorage reports it
-                raise optuna.exceptions.StorageInternalError(f"cannot lock trial {trial_id} for a state change: {e}") from e
-            raise
-        # RDBStorage's own session is this thread's same scoped session, so its read, check
-        # and write run in the transaction that now holds the lock; it commits (or rolls
-        # back) and closes it.
-        return super().set_trial_state_values(trial_id, state, values)
+            super().commit()
+        finally:
+            if not self.in_transaction:
+                _holders().discard(id(self))
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            _holders().discard(id(self))
+
+    def close(self) -> None:
+        _holders().discard(id(self))
+        super().close()
+
+
+def sqlite_engine_kwargs(timeout: float = 60.0) -> dict[str, Any]:
+    """SQLAlchemy ``engine_kwargs`` that make an SQLite :class:`~optuna.storages.RDBStorage`
+    safe for several worker processes.
+
+    ``RDBStorage.set_trial_state_values`` reads a trial's state with ``SELECT ... FOR
+    UPDATE``, checks it and writes the new one. SQLite has no ``FOR UPDATE`` and Python's
+    ``sqlite3`` begins a transaction only at the first write, so two workers could both
+    read the same enqueued (WAITING) trial, both pop and train it (the second ``tell``
+    then failed with ``Cannot tell a COMPLETE trial``), or both fail the same stale trial
+    and retry it twice. These arguments give every connection a cursor that opens each
+    transaction with ``BEGIN IMMEDIATE``: the transaction holds SQLite's write lock from
+    its first statement (waiting up to ``timeout`` seconds for it), so Optuna's
+    read-check-write is one step no other process can interleave with. Only public
+    interfaces are involved: ``RDBStorage(engine_kwargs=...)``, SQLAlchemy's
+    ``connect_args`` and the ``factory`` argument of :func:`sqlite3.connect`. The cost:
+    reads wait for writes too, so SQLite suits a few workers on one machine; use
+    PostgreSQL for many, or across machines.
+
+    Example::
+
+        >>> import optuna
+        >>> storage = optuna.storages.RDBStorage("sqlite:///:memory:", engine_kwargs=sqlite_engine_kwargs())
+        >>> optuna.create_study(storage=storage).study_name.startswith("no-name")
+        True
+    """
+    return {"connect_args": {"timeout": float(timeout), "factory": _ImmediateConnection}}
+
+
+class SQLiteRDBStorage(RDBStorage):
+    """An :class:`~optuna.storages.RDBStorage` on SQLite whose transactions are atomic
+    across processes: it opens ``url`` with :func:`sqlite_engine_kwargs` (merged into
+    any ``engine_kwargs`` given)."""
+
+    def __init__(self, url: str, engine_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        merged = dict(engine_kwargs or {})
+        given = dict(merged.get("connect_args") or {})
+        connect_args = sqlite_engine_kwargs(given.pop("timeout", 60.0))["connect_args"]
+        connect_args.update(given)
+        merged["connect_args"] = connect_args
+        super().__init__(url, engine_kwargs=merged, **kwargs)
 
 
 def make_storage(
@@ -185,8 +259,8 @@ def make_storage(
             raise StorageError(f"cannot open journal file {path!r}: {e}") from None
     kwargs: dict[str, Any] = {}
     if heartbeat_interval is not None:
-        if isinstance(heartbeat_interval, bool) or not isinstance(heartbeat_interval, int) or heartbeat_interval < 1:
-            raise ValueError(f"heartbeat_interval must be a positive int (seconds) or None, got {heartbeat_interval!r}")
+        heartbeat_interval = check_int("heartbeat_interval", heartbeat_interval, minimum=1)
+        grace_period = check_int("grace_period", grace_period, minimum=1, allow_none=True)
         with warnings.catch_warnings():  # heartbeats and the retry callback are "experimental" since 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
@@ -196,11 +270,11 @@ def make_storage(
             heartbeat_stale_trial_callback=callback,
         )
     given, url = url, normalize_url(url)
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("sqlite"):
-        engine_kwargs["connect_args"] = {"timeout": 60}
-    elif url.startswith("postgresql"):
-        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("postgresql"):  # a server connection can go stale between trials; a file cannot
+        engine_kwargs.update(pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    elif not url.startswith("sqlite"):
+        engine_kwargs["pool_pre_ping"] = True
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import optuna
@@ -12,6 +11,7 @@ import torch
 from optuna.pruners import BasePruner, SuccessiveHalvingPruner
 from optuna.trial import FrozenTrial, TrialState
 
+from .._checks import check_choice, check_int
 from ..study import Study, load_study
 from ._objective import OBJECTIVE_METHODS, make_objective
 from ._pruner import NeVePruner
@@ -44,8 +44,7 @@ def open_study(
     the password redacted."""
     backend = make_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry)
     if backend is None or create:
-        if direction not in ("minimize", "maximize"):
-            raise ValueError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
+        check_choice("direction", direction, ("minimize", "maximize"))
         return optuna.create_study(
             study_name=study_name,
             storage=backend,
@@ -145,13 +144,12 @@ def run_worker(
     if changes:
         study = study.replace(**changes)
     study.validate()
-    if method not in OBJECTIVE_METHODS:
-        raise ValueError(f"method must be one of {OBJECTIVE_METHODS}, got {method!r}")
-    for name, v in (("n_trials", n_trials), ("total_trials", total_trials)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    check_choice("method", method, OBJECTIVE_METHODS)
+    n_trials = check_int("n_trials", n_trials, minimum=1, allow_none=True)
+    total_trials = check_int("total_trials", total_trials, minimum=1, allow_none=True)
+    torch_threads = check_int("torch_threads", torch_threads, minimum=1, allow_none=True)
     if torch_threads is not None:
-        torch.set_num_threads(int(torch_threads))
+        torch.set_num_threads(torch_threads)
     data = study.load_data()  # fail here, not inside a trial, when the data set is missing
     study_name = study_name or study.name
     sampler = optuna.samplers.TPESampler(seed=sampler_seed)
@@ -224,8 +222,4 @@ def run_worker(
             pass
         log(line)
     return search
-
-
-def default_checkpoint_dir() -> Path:
-    return Path(os.environ.get("NEVE_CHECKPOINT_DIR", "neve_checkpoints"))
 
