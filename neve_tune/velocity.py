@@ -16,6 +16,17 @@ it in place later in the forward (checked through its version counter; e.g. a fo
 ``ReLU(inplace=True)`` does), and copied otherwise or when stored elsewhere or in half
 precision.
 
+With ``reference="sketch"`` the previous outputs are not kept. Each neuron keeps a
+seeded linear sketch ``S y`` of ``sketch_dim`` numbers plus its exact norm, and
+
+    1 - rho = |y/|y| - y'/|y'| |^2 / 2  is estimated as  |S y/|y| - S y'/|y'| |^2 / 2
+
+(a squared distance, which a random projection keeps up to a relative error of about
+``sqrt(2 / sketch_dim)`` per neuron; V averages it over every neuron). ``S`` gives each
+coordinate a seeded random sign and adds it into one of ``sketch_dim`` buckets chosen by
+its position, so every bucket mixes samples and positions. Layers whose per-neuron
+output is no longer than ``sketch_dim`` keep exact references. See :class:`NeuralVelocity`.
+
 Example::
 
     >>> import torch
@@ -34,6 +45,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, Union
@@ -41,8 +53,11 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import torch
 from torch import nn
 
+from ._checks import check_choice, check_int
+
 __all__ = [
     "DEFAULT_LAYER_TYPES",
+    "REFERENCES",
     "NeuralVelocity",
     "VelocityReport",
     "neuron_axis",
@@ -62,6 +77,9 @@ DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
     nn.LayerNorm,
     nn.GroupNorm,
 )
+
+REFERENCES = ("exact", "sketch")
+_CHUNK = 1 << 20  # elements of an output sketched at once
 
 # Neuron axis by layer type; the first matching base class wins, anything else uses dim 1.
 _NEURON_AXIS: dict[type[nn.Module], int] = {nn.Linear: -1, nn.LayerNorm: -1}
@@ -162,9 +180,10 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
 class _LayerState:
     """Reference outputs and running sums of one monitored layer."""
 
-    __slots__ = ("axis", "refs", "ref_sq", "dot", "cur_sq", "calls", "velocity", "prev_velocity")
+    __slots__ = ("axis", "refs", "ref_sq", "dot", "cur_sq", "calls", "velocity",
+                 "width", "row_shape", "rows", "ref_rows", "index", "signs", "sketch", "cur_sketch")
 
-    def __init__(self, axis: int) -> None:
+    def __init__(self, axis: int, index: int = 0) -> None:
         self.axis = axis
         self.refs: list[torch.Tensor] = []  # one per hook call (probe chunk / module reuse)
         self.ref_sq: torch.Tensor | None = None  # |y_prev|^2 per neuron
@@ -172,7 +191,15 @@ class _LayerState:
         self.cur_sq: torch.Tensor | None = None
         self.calls = 0
         self.velocity: torch.Tensor | None = None
-        self.prev_velocity: torch.Tensor | None = None
+        # reference="sketch" only: width 0 means exact references for this layer
+        self.width: int | None = None  # decided by the first call
+        self.row_shape: tuple[int, int] | None = None  # (neurons C, positions R per row)
+        self.rows = 0  # rows [A] seen in the current forward
+        self.ref_rows = 0
+        self.index = index  # position among the monitored layers: seeds its signs
+        self.signs: list[tuple[torch.Tensor, ...]] = []  # int8 +-1 (s, u[, v]) per call
+        self.sketch: torch.Tensor | None = None  # [width, C] of the previous measurement
+        self.cur_sketch: torch.Tensor | None = None
 
 
 class NeuralVelocity:
@@ -194,6 +221,37 @@ class NeuralVelocity:
         batch_size: probe samples per forward (None: the whole probe at once).
         autocast_dtype: run the probe forward under ``torch.autocast`` with this dtype,
             as an AMP training loop does; outputs are cast to float32 before use.
+        reference: ``"exact"`` keeps every monitored output of the last measurement (the
+            cosine of DESIGN section 1, exactly); ``"sketch"`` keeps a seeded sketch of
+            ``sketch_dim`` float32 numbers and the exact norm per neuron instead (see the
+            module docstring): far less memory, ``1 - rho`` estimated to about
+            ``sqrt(2 / sketch_dim)`` relative per neuron. A layer whose per-neuron output
+            (samples x positions of one call) has at most ``sketch_dim`` numbers stays exact.
+            Sketches are always float32, so ``storage_dtype`` must stay float32 with them.
+        sketch_dim: numbers kept per neuron with ``reference="sketch"``.
+        sketch_seed: seed of the sketch's random signs; a resumed run reads it from
+            :meth:`state_dict`.
+
+    With sketches, a layer must produce the same per-sample shape on every call of a
+    forward (module reuse with other shapes needs ``reference="exact"``).
+
+    Example::
+
+        >>> import torch
+        >>> from neve_tune import NeuralVelocity, gaussian_probe
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Flatten(),
+        ...                             torch.nn.Linear(8 * 16 * 16, 4))
+        >>> probe = gaussian_probe((1, 16, 16), num_samples=64, seed=0)
+        >>> exact = NeuralVelocity(model, probe)
+        >>> sketch = NeuralVelocity(model, probe, reference="sketch", sketch_dim=256)
+        >>> _ = exact.measure(), sketch.measure()
+        >>> exact.nbytes > 15 * sketch.nbytes   # conv: 64 x 256 numbers per neuron -> 256 (+ int8 signs)
+        True
+        >>> with torch.no_grad():
+        ...     _ = model[0].weight.mul_(1.1).add_(0.05)
+        >>> a, b = exact.measure().model_velocity, sketch.measure().model_velocity
+        >>> abs(b - a) / a < 0.05
+        True
     """
 
     def __init__(
@@ -207,6 +265,9 @@ class NeuralVelocity:
         storage_dtype: torch.dtype = torch.float32,
         batch_size: int | None = None,
         autocast_dtype: torch.dtype | None = None,
+        reference: str = "exact",
+        sketch_dim: int = 256,
+        sketch_seed: int = 0,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -224,6 +285,14 @@ class NeuralVelocity:
             raise ValueError(f"autocast_dtype must be None, torch.float16 or torch.bfloat16, got {autocast_dtype!r}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        check_choice("reference", reference, REFERENCES)
+        sketch_dim = check_int("sketch_dim", sketch_dim, minimum=1)
+        sketch_seed = check_int("sketch_seed", sketch_seed, minimum=0)
+        if reference == "sketch" and storage_dtype != torch.float32:
+            raise ValueError(
+                f"storage_dtype must be torch.float32 with reference='sketch' (sketches are float32 "
+                f"and already small), got {storage_dtype}"
+            )
         if storage != "model" and not isinstance(storage, torch.device):
             try:
                 storage = torch.device(storage)
@@ -237,13 +306,15 @@ class NeuralVelocity:
         self.storage_dtype = storage_dtype
         self.batch_size = batch_size
         self.autocast_dtype = autocast_dtype
+        self.reference = reference
+        self.sketch_dim = sketch_dim
+        self.sketch_seed = sketch_seed
         self.layers = select_layers(self.module, layers)
         self._default_layers = layers is None
-        self._state = {n: _LayerState(neuron_axis(m)) for n, m in self.layers.items()}
+        self._state = {n: _LayerState(neuron_axis(m), i) for i, (n, m) in enumerate(self.layers.items())}
         self._copied: set[str] = set()  # layers whose outputs are modified in place downstream
         self._watch: list[tuple[str, torch.Tensor, int]] = []
         self.epoch = -1  # epoch of the last measurement
-        self.last_report: VelocityReport | None = None
 
     # ------------------------------------------------------------------ measurement
     def _device(self) -> torch.device:
@@ -270,6 +341,8 @@ class NeuralVelocity:
             y = y.detach()
             axis = state.axis % y.ndim
             sq = _neuron_dot(y, y, axis)
+            if self.reference == "sketch" and self._sketch_call(name, state, y, axis, sq, first):
+                return
             k = state.calls
             state.calls += 1
             store_dev = y.device if self.storage == "model" else self.storage
@@ -296,6 +369,70 @@ class NeuralVelocity:
                 ref.copy_(y, non_blocking=True)
 
         return hook
+
+    def _sketch_call(self, name: str, state: _LayerState, y: torch.Tensor, axis: int, sq: torch.Tensor,
+                     first: bool) -> bool:
+        """Add one call's output to the layer's sketch; False when the layer keeps exact references."""
+        c = y.shape[axis]
+        a = math.prod(y.shape[:axis])
+        r = math.prod(y.shape[axis + 1:])
+        if state.width is None:  # the first call of the first measurement decides
+            if a * r <= self.sketch_dim:
+                state.width = 0
+            else:
+                state.width = self.sketch_dim if r == 1 or r >= self.sketch_dim else (self.sketch_dim // r) * r
+            state.row_shape = (c, r)
+        if state.width == 0:
+            return False
+        if state.row_shape != (c, r):
+            raise _HookError(
+                f"layer {name!r} produced output {tuple(y.shape)} with (neurons, positions) {(c, r)} in call "
+                f"{state.calls}, unlike {state.row_shape} in its first call; use reference='exact' for it"
+            )
+        sg, u, v = self._call_signs(state, (a, c, r), y.device)
+        y3 = y.reshape(a, c, r)
+        w = state.width
+        # rows in chunks of ~_CHUNK elements (whole buckets): small temporaries stay in cache
+        unit = w if r == 1 else (1 if r >= w else w // r)
+        step = unit * max(1, _CHUNK // (unit * c * r))
+        start = state.rows % w
+        part = None
+        for a0 in range(0, a, step):
+            a1 = min(a, a0 + step)
+            uu = u[(start + a0) // w: -(-(start + a1) // w)] if r == 1 else u[a0:a1]
+            p = _sketch(y3[a0:a1], sg[a0 * r: a1 * r], uu, v, row0=state.rows + a0, width=w)
+            part = p if part is None else part.add_(p)
+        state.rows += a
+        state.calls += 1
+        state.cur_sq = sq if state.cur_sq is None else state.cur_sq + sq
+        state.cur_sketch = part if state.cur_sketch is None else state.cur_sketch + part
+        return True
+
+    def _call_signs(
+        self, state: _LayerState, shape: tuple[int, int, int], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The seeded random +-1 signs ``(s, u, v)`` of this call of the layer (see :func:`_sketch`),
+        as float32 on ``device``.
+
+        Every layer and call draws its own (int8, kept from the first measurement on, drawn
+        on the CPU so that every device sees the same): estimation errors that shared signs
+        would correlate across layers or neurons average out instead.
+        """
+        a, c, r = shape
+        k = state.calls
+        if k == len(state.signs):
+            gen = torch.Generator().manual_seed((self.sketch_seed * 1_000_003 + state.index) * 65_537 + k)
+            u_rows = -(-(state.rows % state.width + a) // state.width) if r == 1 else a
+            sizes = [(a * r,), (u_rows, c)] + ([(c, r)] if r > state.width else [])
+            state.signs.append(
+                tuple((torch.randint(0, 2, n, generator=gen, dtype=torch.int8) * 2 - 1).to(device) for n in sizes)
+            )
+        signs = state.signs[k]
+        if signs[0].numel() != a * r:
+            raise _HookError(f"call {k} of a sketched layer produced {a * r} values per neuron, "
+                             f"{signs[0].numel()} in the reference; the probe or the model changed")
+        out = [t.to(device=device, dtype=torch.float32) for t in signs]
+        return out[0], out[1], out[2] if len(out) > 2 else None
 
     @contextlib.contextmanager
     def _probe_mode(self):
@@ -352,7 +489,7 @@ class NeuralVelocity:
         """Forward the probe once and update every neuron's velocity."""
         first = self.epoch < 0
         for s in self._state.values():
-            s.calls, s.dot, s.cur_sq = 0, None, None
+            s.calls, s.dot, s.cur_sq, s.rows, s.cur_sketch = 0, None, None, 0, None
             if first:
                 s.refs = []
         self._forward_probe()
@@ -367,10 +504,13 @@ class NeuralVelocity:
                 if not self._state:
                     raise ValueError("no monitored layer was called by the probe forward")
             for s in self._state.values():
-                s.ref_sq = self._ref_sq(s)
+                if s.width:
+                    s.sketch = s.cur_sketch.to(self._store_device(s.cur_sketch.device))
+                    s.ref_sq, s.ref_rows, s.cur_sketch = s.cur_sq.to(s.sketch.device), s.rows, None
+                else:
+                    s.ref_sq = self._ref_sq(s)
             self.epoch = 0
-            self.last_report = VelocityReport(0, None, None, {}, int(self.probe.shape[0]))
-            return self.last_report
+            return VelocityReport(0, None, None, {}, int(self.probe.shape[0]))
 
         mu = self.momentum
         layer_v: dict[str, torch.Tensor] = {}
@@ -378,26 +518,41 @@ class NeuralVelocity:
         count = 0
         changes = []
         for name, s in self._state.items():
-            if s.calls != len(s.refs):
+            if s.width:
+                if s.rows != s.ref_rows:
+                    raise RuntimeError(f"layer {name!r} produced {s.rows} rows, {s.ref_rows} in the reference")
+                dev = s.cur_sketch.device
+                rho = _sketch_similarity(s.cur_sketch, s.cur_sq, s.sketch.to(dev), s.ref_sq.to(dev))
+                if s.sketch.device == dev:
+                    s.sketch.copy_(s.cur_sketch)
+                else:
+                    s.sketch = s.cur_sketch.to(s.sketch.device)
+                s.cur_sketch = None
+            elif s.calls != len(s.refs):
                 raise RuntimeError(f"layer {name!r} was called {s.calls} times, {len(s.refs)} in the reference")
-            rho = _similarity(s.dot, s.cur_sq, s.ref_sq.to(s.dot.device))
+            else:
+                rho = _similarity(s.dot, s.cur_sq, s.ref_sq.to(s.dot.device))
             prev = s.velocity if s.velocity is not None else torch.zeros_like(rho)
             prev = prev.to(rho.device)
             v = (1.0 - rho) - mu * prev
             if s.velocity is not None:
                 changes.append((v - prev).square().mean())
-            s.prev_velocity = s.velocity
             s.velocity = v
-            s.ref_sq = s.cur_sq if self.storage_dtype == torch.float32 else self._ref_sq(s)
-            s.ref_sq = s.ref_sq.to(s.refs[0].device)
+            if s.width:
+                s.ref_sq = s.cur_sq.to(s.sketch.device)
+            else:
+                s.ref_sq = s.cur_sq if self.storage_dtype == torch.float32 else self._ref_sq(s)
+                s.ref_sq = s.ref_sq.to(s.refs[0].device)
             layer_v[name] = v
             abs_sum = abs_sum + v.abs().sum()
             count += v.numel()
         self.epoch += 1
         model_v = float(abs_sum / count)
         change = float(torch.stack([c.to(layer_v[next(iter(layer_v))].device) for c in changes]).mean()) if changes else None
-        self.last_report = VelocityReport(self.epoch, model_v, change, layer_v, int(self.probe.shape[0]))
-        return self.last_report
+        return VelocityReport(self.epoch, model_v, change, layer_v, int(self.probe.shape[0]))
+
+    def _store_device(self, compute: torch.device) -> torch.device:
+        return compute if self.storage == "model" else self.storage
 
     def _ref_sq(self, s: _LayerState) -> torch.Tensor:
         """|y_ref|^2 per neuron from the stored (possibly half-precision) reference."""
@@ -410,10 +565,11 @@ class NeuralVelocity:
     # ------------------------------------------------------------------ bookkeeping
     @property
     def nbytes(self) -> int:
-        """Bytes held: reference outputs plus per-neuron sums and velocities."""
+        """Bytes held: reference outputs or sketches, per-neuron sums and velocities, and the
+        sketch's sign sequence."""
         total = 0
         for s in self._state.values():
-            for t in [*s.refs, s.ref_sq, s.velocity, s.prev_velocity]:
+            for t in [*s.refs, s.ref_sq, s.velocity, s.sketch, *(t for call in s.signs for t in call)]:
                 if t is not None:
                     total += t.numel() * t.element_size()
         return total
@@ -430,11 +586,25 @@ class NeuralVelocity:
                 "refs": [_cpu_copy(r) for r in s.refs],
                 "ref_sq": _cpu_copy(s.ref_sq),
                 "velocity": _cpu_copy(s.velocity),
-                "prev_velocity": _cpu_copy(s.prev_velocity),
             }
-        return {"epoch": self.epoch, "momentum": self.momentum, "layers": layers}
+            if self.reference == "sketch":
+                layers[name].update(sketch=_cpu_copy(s.sketch), rows=s.ref_rows, width=s.width,
+                                    row_shape=None if s.row_shape is None else list(s.row_shape))
+        state: dict[str, Any] = {"epoch": self.epoch, "momentum": self.momentum, "layers": layers}
+        if self.reference == "sketch":
+            state.update(reference="sketch", sketch_dim=self.sketch_dim, sketch_seed=self.sketch_seed)
+        return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the reference kind (exact or sketch, with its size and
+        seed) must match this monitor's."""
+        saved = (state_dict.get("reference", "exact"), state_dict.get("sketch_dim"), state_dict.get("sketch_seed"))
+        mine = (self.reference, *((self.sketch_dim, self.sketch_seed) if self.reference == "sketch" else (None, None)))
+        if saved != mine:
+            raise ValueError(
+                f"state_dict holds reference/sketch_dim/sketch_seed {saved}, this monitor uses {mine}; "
+                "build the NeuralVelocity with the same settings"
+            )
         missing = set(self._state) - set(state_dict["layers"])
         extra = set(state_dict["layers"]) - set(self._state)
         if missing or extra:
@@ -446,9 +616,13 @@ class NeuralVelocity:
         for name, s in self._state.items():
             d = state_dict["layers"][name]
             s.refs = [r.to(device=device, dtype=self.storage_dtype, copy=True) for r in d["refs"]]
-            s.ref_sq, s.velocity, s.prev_velocity = (
-                None if d[k] is None else d[k].to(device=device, copy=True) for k in ("ref_sq", "velocity", "prev_velocity")
+            s.ref_sq, s.velocity = (
+                None if d[k] is None else d[k].to(device=device, copy=True) for k in ("ref_sq", "velocity")
             )
+            if self.reference == "sketch":
+                s.sketch = None if d["sketch"] is None else d["sketch"].to(device=device, copy=True)
+                s.ref_rows, s.width = int(d["rows"]), d["width"]
+                s.row_shape = None if d["row_shape"] is None else tuple(int(x) for x in d["row_shape"])
         self.epoch = int(state_dict["epoch"])
         self.momentum = float(state_dict.get("momentum", self.momentum))
 
@@ -466,6 +640,74 @@ def _neuron_dot(a: torch.Tensor, b: torch.Tensor, axis: int) -> torch.Tensor:
         n, c = a.shape[0], a.shape[1]
         return torch.linalg.vecdot(a.view(n, c, -1), b.view(n, c, -1)).sum(0)
     return (a * b).sum(tuple(d for d in range(a.ndim) if d != axis))
+
+
+def _sketch(
+    y: torch.Tensor, s: torch.Tensor, u: torch.Tensor, v: torch.Tensor | None, *, row0: int, width: int
+) -> torch.Tensor:
+    """Sketch ``[width, C]`` of one call's output ``y``, viewed as ``[A, C, R]`` (rows,
+    neurons, positions), whose rows start at ``row0`` in the layer's forward.
+
+    Buckets (each adds up ``A * R / width`` elements, a fixed interleave that mixes
+    samples and positions, so the sums are strided reductions):
+
+    - ``R == 1`` (Linear/LayerNorm outputs ``[..., C]``): row ``n`` goes to ``n mod width``;
+    - ``R >= width``: ``(n, r)`` goes to ``r mod width``;
+    - else ``(n mod G) * R + r`` with ``G = width // R``.
+
+    Element ``(n, c, r)`` is multiplied by ``s[n * R + r]`` (which makes the estimate
+    unbiased) times a per-neuron sign over the index that buckets add up: ``u[n, c]``, or
+    ``u[block of n, c]`` when ``R == 1``, and ``v[c, r]`` when ``R > width``. Without the
+    per-neuron signs every neuron of a layer would err the same way, and V would not
+    average the errors out.
+    """
+    a, c, r = y.shape
+    if r == 1:  # rows; u[j] signs the j-th block of width rows this call touches
+        z = y.view(a, c).float() * s.view(a, 1)  # 2-D: a trailing size-1 dim makes the product slow
+        out = z.new_zeros(width, c)
+        start = row0 % width
+        head = min(a, width - start) if start else 0
+        if head:
+            out[start:start + head] += z[:head] * u[0]
+        rest = z[head:]
+        j = 1 if head else 0
+        q = rest.shape[0] // width
+        if q:
+            out += rest[: q * width].view(q, width, c).mul_(u[j:j + q].unsqueeze(1)).sum(0)
+        tail = rest.shape[0] - q * width
+        if tail:
+            out[:tail] += rest[q * width:] * u[j + q]
+        return out
+    z = y.float() * s.view(a, 1, r)
+    if r >= width:
+        w = torch.bmm(u.t().unsqueeze(1), z.permute(1, 0, 2)).squeeze(1)  # [C, R]: sum over rows
+        if v is None:
+            return w.t()
+        w = w * v
+        q = r // width
+        out = w[:, : q * width].reshape(c, q, width).sum(1)
+        if r > q * width:
+            out[:, : r - q * width] += w[:, q * width:]
+        return out.t()
+    g = width // r
+    z.mul_(u.unsqueeze(2))
+    pre = row0 % g
+    post = -(pre + a) % g
+    if pre or post:
+        z = torch.cat([z.new_zeros(pre, c, r), z, z.new_zeros(post, c, r)])
+    return z.view(-1, g, c, r).sum(0).permute(0, 2, 1).reshape(g * r, c)
+
+
+def _sketch_similarity(cur: torch.Tensor, sq: torch.Tensor, ref: torch.Tensor, ref_sq: torch.Tensor) -> torch.Tensor:
+    """Per-neuron cosine from sketches ``[width, C]`` and exact squared norms ``[C]``:
+    ``rho = 1 - |S y/|y| - S y'/|y'| |^2 / 2``, with the zero-vector conventions of DESIGN section 1."""
+    norm, ref_norm = sq.sqrt(), ref_sq.sqrt()
+    one = torch.ones_like(norm)
+    dist = (cur / torch.where(norm > 0, norm, one) - ref / torch.where(ref_norm > 0, ref_norm, one)).square().sum(0)
+    rho = (1.0 - 0.5 * dist).clamp(-1.0, 1.0)
+    zero_cur, zero_ref = sq == 0, ref_sq == 0
+    rho = torch.where(zero_cur & zero_ref, torch.ones_like(rho), rho)
+    return torch.where(zero_cur ^ zero_ref, torch.zeros_like(rho), rho)
 
 
 def _cpu_copy(t: torch.Tensor | None) -> torch.Tensor | None:
