@@ -26,7 +26,8 @@ Checks, in order (``--only NAME,...`` runs a subset):
 ``compare``   ``neve-tune compare`` (every search) at a tiny budget. Pass: exit 0 and
               the JSON it writes holds every search.
 
-Output format (stdout; one line per check, fixed columns, then a summary line)::
+Output format (stdout; one line per check, fixed columns, then a summary line; the
+libraries' own progress and logs go to stderr)::
 
     gpu_check  device=<name>  torch=<version>  cuda=<version|none>  mode=<gpu|dry-run>
     check       result  seconds  details
@@ -43,6 +44,7 @@ failed, else 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -295,7 +297,8 @@ def check_ray(sz: Sizes, tmp: Path) -> tuple[bool, str]:
         space = {"lr": 0.05, "batch_size": 64, "threshold": 1e-9, "seed": tune.grid_search([0, 1, 2, 3])}
         tuner = tune.Tuner(trainable, param_space=space,
                            run_config=tune.RunConfig(storage_path=str(tmp / "ray"), name="gpu_check", verbose=0))
-        grid = tuner.fit()
+        with contextlib.redirect_stdout(sys.stderr):  # Tune's progress stays out of the table
+            grid = tuner.fit()
         spans = []
         for res in grid:
             if res.error is not None:

@@ -17,7 +17,7 @@ Four measurements, printed as tables:
 4. ViT-B/16 at 224 px with 100 probe samples: bytes for exact float32, half and sketch
    references, from a forward on the ``meta`` device (nothing is allocated).
 
-    OMP_NUM_THREADS=1 python benchmarks/sketch.py [--sketch-dim 256] [--rounds 7]
+    OMP_NUM_THREADS=1 python benchmarks/sketch.py [--sketch-dim 512] [--rounds 7]
         [--epochs 8] [--digits-runs 10] [--skip PART ...]
 """
 
@@ -175,7 +175,7 @@ def vit_b_memory(sketch_dim: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sketch-dim", type=int, default=256)
+    ap.add_argument("--sketch-dim", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--digits-runs", type=int, default=10)

@@ -197,7 +197,7 @@ class _LayerState:
         self.rows = 0  # rows [A] seen in the current forward
         self.ref_rows = 0
         self.index = index  # position among the monitored layers: seeds its signs
-        self.signs: list[tuple[torch.Tensor, ...]] = []  # int8 +-1 (s, u[, v]) per call
+        self.signs: list[tuple[torch.Tensor, ...]] = []  # int8 +-1 (u[, v]) per call
         self.sketch: torch.Tensor | None = None  # [width, C] of the previous measurement
         self.cur_sketch: torch.Tensor | None = None
 
@@ -266,7 +266,7 @@ class NeuralVelocity:
         batch_size: int | None = None,
         autocast_dtype: torch.dtype | None = None,
         reference: str = "exact",
-        sketch_dim: int = 256,
+        sketch_dim: int = 512,
         sketch_seed: int = 0,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -314,6 +314,7 @@ class NeuralVelocity:
         self._state = {n: _LayerState(neuron_axis(m), i) for i, (n, m) in enumerate(self.layers.items())}
         self._copied: set[str] = set()  # layers whose outputs are modified in place downstream
         self._watch: list[tuple[str, torch.Tensor, int]] = []
+        self._element_signs: dict[tuple[int, torch.device], torch.Tensor] = {}  # sketch signs s, by length
         self.epoch = -1  # epoch of the last measurement
 
     # ------------------------------------------------------------------ measurement
@@ -412,26 +413,30 @@ class NeuralVelocity:
         self, state: _LayerState, shape: tuple[int, int, int], device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The seeded random +-1 signs ``(s, u, v)`` of this call of the layer (see :func:`_sketch`),
-        as float32 on ``device``.
+        as float32 on ``device``. All are int8 once drawn, on the CPU so that every device
+        sees the same.
 
-        Every layer and call draws its own (int8, kept from the first measurement on, drawn
-        on the CPU so that every device sees the same): estimation errors that shared signs
-        would correlate across layers or neurons average out instead.
+        ``u`` and ``v`` are the layer's and call's own: they decorrelate the estimation
+        errors of neurons and of layers, which then average out in V. ``s`` only has to
+        make each neuron's estimate unbiased, so every layer with as many elements per
+        neuron shares one.
         """
         a, c, r = shape
         k = state.calls
+        u_rows = -(-(state.rows % state.width + a) // state.width) if r == 1 else a
         if k == len(state.signs):
             gen = torch.Generator().manual_seed((self.sketch_seed * 1_000_003 + state.index) * 65_537 + k)
-            u_rows = -(-(state.rows % state.width + a) // state.width) if r == 1 else a
-            sizes = [(a * r,), (u_rows, c)] + ([(c, r)] if r > state.width else [])
-            state.signs.append(
-                tuple((torch.randint(0, 2, n, generator=gen, dtype=torch.int8) * 2 - 1).to(device) for n in sizes)
-            )
+            sizes = [(u_rows, c)] + ([(c, r)] if r > state.width else [])
+            state.signs.append(tuple(_random_signs(n, gen).to(device) for n in sizes))
         signs = state.signs[k]
-        if signs[0].numel() != a * r:
-            raise _HookError(f"call {k} of a sketched layer produced {a * r} values per neuron, "
-                             f"{signs[0].numel()} in the reference; the probe or the model changed")
-        out = [t.to(device=device, dtype=torch.float32) for t in signs]
+        if signs[0].shape != (u_rows, c):
+            raise _HookError(f"call {k} of a sketched layer produced {a} rows, unlike the reference; "
+                             "the probe or the model changed")
+        key = (a * r, device)
+        if key not in self._element_signs:
+            gen = torch.Generator().manual_seed(self.sketch_seed * 1_000_003 + 7_919 * a * r)
+            self._element_signs[key] = _random_signs((a * r,), gen).to(device)
+        out = [t.to(device=device, dtype=torch.float32) for t in (self._element_signs[key], *signs)]
         return out[0], out[1], out[2] if len(out) > 2 else None
 
     @contextlib.contextmanager
@@ -567,7 +572,7 @@ class NeuralVelocity:
     def nbytes(self) -> int:
         """Bytes held: reference outputs or sketches, per-neuron sums and velocities, and the
         sketch's sign sequence."""
-        total = 0
+        total = sum(t.numel() * t.element_size() for t in self._element_signs.values())
         for s in self._state.values():
             for t in [*s.refs, s.ref_sq, s.velocity, s.sketch, *(t for call in s.signs for t in call)]:
                 if t is not None:
@@ -640,6 +645,10 @@ def _neuron_dot(a: torch.Tensor, b: torch.Tensor, axis: int) -> torch.Tensor:
         n, c = a.shape[0], a.shape[1]
         return torch.linalg.vecdot(a.view(n, c, -1), b.view(n, c, -1)).sum(0)
     return (a * b).sum(tuple(d for d in range(a.ndim) if d != axis))
+
+
+def _random_signs(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 2, shape, generator=gen, dtype=torch.int8) * 2 - 1
 
 
 def _sketch(

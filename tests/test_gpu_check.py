@@ -23,7 +23,9 @@ def _rows(out: str) -> dict[str, list[str]]:
     lines = out.strip().splitlines()
     assert lines[0].startswith("gpu_check  device=") and "mode=dry-run" in lines[0]
     assert lines[1].split() == ["check", "result", "seconds", "details"]
-    return {line.split()[0]: line.split(None, 3)[1:] for line in lines[2:]}
+    rows = {line.split()[0]: line.split(None, 3)[1:] for line in lines[2:] if line.strip()}
+    assert "summary" in rows and len(rows) == len(lines) - 2, out  # nothing but the table on stdout
+    return rows
 
 
 def test_dry_run_of_the_in_process_checks(capsys):
