@@ -153,15 +153,16 @@ def check_velocity(sz: Sizes) -> tuple[bool, str]:
     model = create_model(name, 10, shape).eval()
     probe = gaussian_probe(shape, sz.probe, seed=0)
     ok, parts = True, []
-    fp32_cpu = _series(model, "cpu", probe)
+    exact = {"reference": "exact"}
+    fp32_cpu = _series(model, "cpu", probe, **exact)
     for label, kw, limit in (
-        ("fp32", {}, 1e-5),
+        ("fp32", exact, 1e-5),
         ("sketch fp32", {"reference": "sketch"}, 1e-5),
-        *((f"{str(dt).split('.')[-1]} autocast", {"autocast_dtype": dt}, 1e-3) for dt in sz.amp),
+        *((f"{str(dt).split('.')[-1]} autocast", {**exact, "autocast_dtype": dt}, 1e-3) for dt in sz.amp),
     ):
         # autocast is compared with the CPU under the same autocast (where the CPU runs it):
         # against float32 the half-precision rounding alone moves V far more than 1e-3
-        ref = fp32_cpu if not kw else _series(model, "cpu", probe, **kw)
+        ref = fp32_cpu if kw is exact else _series(model, "cpu", probe, **kw)
         against = "cpu"
         if not all(math.isfinite(v) for v, _ in ref):
             ref, against = fp32_cpu, "cpu fp32"

@@ -58,8 +58,8 @@ def memory_and_time(name: str, sketch_dim: int, rounds: int) -> None:
     torch.manual_seed(0)
     model = MODELS[name]().eval()
     probe = gaussian_probe((3, 32, 32), 100, seed=0)
-    exact = NeuralVelocity(model, probe)
-    half = NeuralVelocity(model, probe, storage_dtype=torch.bfloat16)
+    exact = NeuralVelocity(model, probe, reference="exact")
+    half = NeuralVelocity(model, probe, reference="exact", storage_dtype=torch.bfloat16)
     sketch = NeuralVelocity(model, probe, reference="sketch", sketch_dim=sketch_dim)
     for nv in (exact, half, sketch):
         nv.measure()
@@ -96,7 +96,7 @@ def training_errors(name: str, sketch_dim: int, epochs: int, seed: int = 0) -> N
     probe = gaussian_probe((3, 32, 32), 100, seed=seed)
     opt = (torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9) if name == "resnet32"
            else torch.optim.AdamW(model.parameters(), lr=1e-3))
-    exact = NeuralVelocity(model, probe)
+    exact = NeuralVelocity(model, probe, reference="exact")
     sketch = NeuralVelocity(model, probe, reference="sketch", sketch_dim=sketch_dim)
     sketch.measure()
     rows: list[tuple[Any, ...]] = []
@@ -163,11 +163,15 @@ def vit_b_memory(sketch_dim: int) -> None:
         model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=1000)
     probe = torch.empty(100, 3, 224, 224, device="meta")
     rows = []
-    for label, kw in (("exact float32", {}), ("half (bf16)", {"storage_dtype": torch.bfloat16}),
+    for label, kw in (("exact float32", {"reference": "exact"}),
+                      ("half (bf16)", {"reference": "exact", "storage_dtype": torch.bfloat16}),
                       (f"sketch k={sketch_dim}", {"reference": "sketch", "sketch_dim": sketch_dim})):
         nv = NeuralVelocity(model, probe, **kw)
         nv.measure()  # shapes only: every tensor lives on the meta device
         rows.append((label, nv.nbytes, nv.num_neurons))
+    auto = NeuralVelocity(model, probe)
+    print(f"\nViT-B/16: exact_reference_bytes() {auto.exact_reference_bytes() / 1e9:.3f} GB "
+          f"(from one probe sample) > sketch_above {auto.sketch_above / 2**30:g} GiB: reference='auto' picks sketch")
     print(f"\nViT-B/16 at 224 px, 100 probe samples, {rows[0][2]} neurons (meta-device forward, nothing allocated)")
     for label, nbytes, _ in rows:
         print(f"  {label:16s} {nbytes / 1e9:8.3f} GB   ({rows[0][1] / nbytes:6.1f}x less than float32)")
