@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.neve-installed
 
-.PHONY: run test test-slow test-all bench setup clean
+.PHONY: run test test-slow test-all bench gpu-check setup clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/velocity_overhead.py
 	$(PY) benchmarks/optuna_workers.py
 	$(PY) benchmarks/ray_trials.py
+
+# on a lent GPU: one table, exit status 1 on any failure (see benchmarks/gpu_check.py)
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

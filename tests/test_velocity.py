@@ -344,3 +344,174 @@ def test_outputs_modified_in_place_downstream_are_copied_not_kept():
     # the stored BN reference is the pre-ReLU output of the last measurement
     assert torch.allclose(nv._state["1"].refs[0], outs[-1], atol=1e-6)
     assert rep.layers["1"].shape == (4,)
+
+
+# ----------------------------------------------------------------- sketched references
+def _tokens_model() -> nn.Module:
+    return nn.Sequential(nn.Linear(6, 12), nn.LayerNorm(12), nn.GELU(), nn.Linear(12, 5))
+
+
+def _conv_model() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 64, 4))
+
+
+@pytest.mark.parametrize(
+    "make, shape, dim",
+    [
+        (_tokens_model, (10, 6), 16),  # rows: [N, T, C] outputs, tokens on the last dim
+        (_conv_model, (2, 8, 8), 16),  # R = 64 positions > width: per-neuron position signs
+        (_conv_model, (2, 8, 8), 64),  # R == width
+        (_conv_model, (2, 8, 8), 256),  # R < width: 4 sample groups
+    ],
+)
+def test_sketch_is_an_unbiased_estimate_of_the_exact_velocity(make, shape, dim):
+    torch.manual_seed(0)
+    model = make()
+    probe = gaussian_probe(shape, 40, seed=1)
+    exact = NeuralVelocity(model, probe)
+    sketches = [NeuralVelocity(model, probe, reference="sketch", sketch_dim=dim, sketch_seed=s) for s in range(60)]
+    for nv in (exact, *sketches):
+        nv.measure()
+    assert any(s.width for s in sketches[0]._state.values())
+    _perturb(model, 1, scale=0.1)
+    want = exact.measure().model_velocity
+    got = np.array([nv.measure().model_velocity for nv in sketches])
+    assert got.mean() == pytest.approx(want, rel=0.05)  # the mean over seeds: no bias
+    assert np.abs(got / want - 1).max() < 0.5
+    assert len(set(got.tolist())) > 50  # the seed changes the signs
+
+
+def test_sketch_tracks_the_exact_series_and_holds_far_less():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                          nn.Flatten(), nn.Linear(16 * 256, 10))
+    probe = gaussian_probe((3, 16, 16), 50, seed=0)
+    exact = NeuralVelocity(model, probe)
+    sketch = NeuralVelocity(model, probe, reference="sketch", sketch_dim=256)
+    exact.measure(), sketch.measure()
+    assert [n for n, s in sketch._state.items() if not s.width] == ["5"]  # the head: 50 values per neuron
+    assert sketch.nbytes * 20 < exact.nbytes
+    for step in range(4):
+        _perturb(model, step, scale=0.03)
+        a, b = exact.measure(), sketch.measure()
+        assert b.epoch == a.epoch
+        assert b.model_velocity == pytest.approx(a.model_velocity, rel=0.05)
+        torch.testing.assert_close(b.layers["5"], a.layers["5"])  # exact layers stay exact
+        if a.velocity_change is not None:
+            assert b.velocity_change == pytest.approx(a.velocity_change, rel=0.2)
+
+
+def test_sketch_keeps_small_layers_exact_bit_for_bit():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    probe = gaussian_probe((4,), 10)
+    exact, sketch = NeuralVelocity(model, probe), NeuralVelocity(model, probe, reference="sketch")
+    exact.measure(), sketch.measure()
+    for s in range(3):
+        _perturb(model, s)
+        a, b = exact.measure(), sketch.measure()
+        assert (a.model_velocity, a.velocity_change) == (b.model_velocity, b.velocity_change)
+
+
+def test_sketch_zero_vector_conventions():
+    lin = nn.Linear(2, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]]))
+        lin.bias.zero_()
+    probe = gaussian_probe((20, 2), 4, seed=0)  # 80 rows per neuron > sketch_dim
+    nv = NeuralVelocity(nn.Sequential(lin), probe, reference="sketch", sketch_dim=8)
+    nv.measure()
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 1.0]]))
+    assert nv.measure().layers["0"].tolist() == [0.0, 1.0, 1.0]
+
+
+def test_sketch_with_a_chunked_probe_stays_close():
+    torch.manual_seed(0)
+    model = _conv_model()
+    probe = gaussian_probe((2, 8, 8), 30, seed=0)
+    exact = NeuralVelocity(model, probe)
+    chunked = NeuralVelocity(model, probe, reference="sketch", sketch_dim=128, batch_size=7)
+    exact.measure(), chunked.measure()
+    for s in range(2):
+        _perturb(model, s, scale=0.05)
+        assert chunked.measure().model_velocity == pytest.approx(exact.measure().model_velocity, rel=0.1)
+
+
+def test_sketch_state_dict_round_trip_continues_identically(tmp_path):
+    torch.manual_seed(0)
+    model = _conv_model()
+    probe = gaussian_probe((2, 8, 8), 20)
+    a = NeuralVelocity(model, probe, reference="sketch", sketch_dim=32, sketch_seed=7)
+    a.measure()
+    _perturb(model, 1, scale=0.05)
+    a.measure()
+    torch.save(a.state_dict(), tmp_path / "nv.pt")
+    b = NeuralVelocity(model, probe, reference="sketch", sketch_dim=32, sketch_seed=7)
+    b.load_state_dict(torch.load(tmp_path / "nv.pt", weights_only=True))
+    for s in (2, 3):
+        _perturb(model, s, scale=0.05)
+        ra, rb = a.measure(), b.measure()
+        assert (rb.epoch, rb.model_velocity, rb.velocity_change) == (ra.epoch, ra.model_velocity, ra.velocity_change)
+    assert b.nbytes == a.nbytes
+
+
+def test_sketch_state_dict_must_match_the_settings():
+    model = _conv_model()
+    probe = gaussian_probe((2, 8, 8), 20)
+    src = NeuralVelocity(model, probe, reference="sketch", sketch_dim=32, sketch_seed=1)
+    src.measure()
+    state = src.state_dict()
+    assert (state["reference"], state["sketch_dim"], state["sketch_seed"]) == ("sketch", 32, 1)
+    for other in (NeuralVelocity(model, probe), NeuralVelocity(model, probe, reference="sketch", sketch_dim=32),
+                  NeuralVelocity(model, probe, reference="sketch", sketch_dim=64, sketch_seed=1)):
+        with pytest.raises(ValueError, match="sketch_seed"):
+            other.load_state_dict(state)
+    exact = NeuralVelocity(model, probe)
+    exact.measure()
+    with pytest.raises(ValueError, match="reference"):
+        src.load_state_dict(exact.state_dict())
+
+
+def test_sketch_memory_from_a_meta_device_forward():
+    with torch.device("meta"):
+        model = _conv_model()
+    probe = torch.empty(100, 2, 8, 8, device="meta")
+    exact = NeuralVelocity(model, probe)
+    sketch = NeuralVelocity(model, probe, reference="sketch", sketch_dim=64)
+    exact.measure(), sketch.measure()  # shapes only, nothing allocated
+    assert exact.nbytes == 2 * 100 * 6 * 64 * 4 + 100 * 4 * 4 + (6 + 6 + 4) * 4
+    assert sketch.nbytes < exact.nbytes / 5  # on so small a model the signs (100 x 64 positions) dominate
+
+
+def test_bad_sketch_arguments():
+    model = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="reference"):
+        NeuralVelocity(model, torch.zeros(3, 2), reference="approx")
+    with pytest.raises(ValueError, match="sketch_dim"):
+        NeuralVelocity(model, torch.zeros(3, 2), reference="sketch", sketch_dim=0)
+    with pytest.raises(TypeError, match="sketch_seed"):
+        NeuralVelocity(model, torch.zeros(3, 2), reference="sketch", sketch_seed=1.5)
+    with pytest.raises(ValueError, match="sketch_above"):
+        NeuralVelocity(model, torch.zeros(3, 2), sketch_above=-1)
+
+
+def test_auto_reference_sketches_only_above_the_memory_threshold():
+    torch.manual_seed(0)
+    model = _conv_model()
+    probe = gaussian_probe((2, 8, 8), 20)
+    exact_bytes = 20 * (6 * 64 * 2 + 4) * 4  # conv + bn outputs and the head, float32
+    default = NeuralVelocity(model, probe)
+    assert default.reference == "auto" and default.exact_reference_bytes() == exact_bytes
+    small, big = NeuralVelocity(model, probe, sketch_above=exact_bytes), NeuralVelocity(model, probe, sketch_above=exact_bytes - 1)
+    exact = NeuralVelocity(model, probe, reference="exact")
+    for nv in (default, small, big, exact):
+        nv.measure()
+    assert (default.reference, small.reference, big.reference) == ("exact", "exact", "sketch")
+    _perturb(model, 1, scale=0.05)
+    want = exact.measure().model_velocity
+    assert default.measure().model_velocity == small.measure().model_velocity == want
+    assert big.measure().model_velocity == pytest.approx(want, rel=0.1)
+    resumed = NeuralVelocity(model, probe, sketch_above=0)  # would sketch, but takes the saved kind
+    resumed.load_state_dict(default.state_dict())
+    assert resumed.reference == "exact"
