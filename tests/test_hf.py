@@ -13,6 +13,7 @@ import torch
 import transformers
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
+import neve_tune
 from neve_tune.hf import KeywordInput, NeVeTrainerCallback, token_probe
 from neve_tune.optuna import NeVePruner, trial_history
 
@@ -176,3 +177,12 @@ def test_hyperparameter_search_optuna_prunes(tmp_path):
     for t in complete:  # each completed trial stopped itself by velocity before 10 epochs
         last = trial_history(t)[-1]
         assert last["neve_stop"] is True and last["epoch"] < 10
+
+
+def test_embedding_level_noise_probe(tmp_path):
+    probe = neve_tune.gaussian_probe((SEQ, 16), num_samples=50, seed=0)  # [N, seq, hidden]
+    neve = NeVeTrainerCallback(probe=probe, probe_key="inputs_embeds", threshold=1e-9)
+    trainer = Trainer(model=tiny_bert(), args=_args(tmp_path, num_train_epochs=2), train_dataset=Tokens(), callbacks=[neve])
+    trainer.train()
+    assert len(neve.history) == 2 and all(v > 0 for v in neve.velocities)
+    assert not any("word_embeddings" in name for name in neve.neve.velocity.layers)

@@ -1,5 +1,6 @@
-"""The plain PyTorch loop of the README (``docs/plain_loop.py``) runs as written and stops
-by velocity; the same loop inside an Optuna study with NeVePruner gets pruned."""
+"""The README's integration snippets (``docs/plain_loop.py``, ``docs/lightning_example.py``,
+``docs/hf_example.py``) run as written and stop by velocity; the plain loop inside an
+Optuna study with NeVePruner gets pruned."""
 
 from __future__ import annotations
 
@@ -26,13 +27,24 @@ def test_plain_loop_runs_as_written_and_stops_by_velocity(capsys):
     assert capsys.readouterr().out.startswith("velocity ")
 
 
-def test_readme_shows_the_same_loop():
-    readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
-    shown = [b for b in blocks if "gaussian_probe((20,)" in b]
+@pytest.mark.parametrize("name", ["lightning_example.py", "hf_example.py"])
+def test_integration_snippets_run_as_written(name, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the HF example writes under runs/
+    scope = runpy.run_path(str(ROOT / "docs" / name), run_name="__main__")
+    assert scope["neve"].stopped_by == "velocity" and scope["neve"].velocities[-1] < 1e-2
+    assert capsys.readouterr().out.splitlines()[-1].startswith("velocity ")
+
+
+@pytest.mark.parametrize("name", ["plain_loop.py", "lightning_example.py", "hf_example.py"])
+def test_readme_shows_the_same_snippet(name):
+    code = (ROOT / "docs" / name).read_text().strip()
+    marker = next(line for line in code.splitlines() if line.startswith("from neve_tune"))
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    last = code.splitlines()[-1]
+    shown = [b for b in blocks if marker + "\n" in b and b.strip().splitlines()[-1] == last]
     if not shown:
-        pytest.skip("README does not show the plain loop yet")
-    assert shown[0].strip() == SNIPPET.read_text().strip()
+        pytest.skip(f"README does not show docs/{name} yet")
+    assert shown[0].strip() == code
 
 
 def _objective(trial: optuna.Trial) -> float:
