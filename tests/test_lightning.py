@@ -179,6 +179,25 @@ def test_resume_from_checkpoint_keeps_the_velocity_series(tmp_path):
     assert resumed.neve.epoch == resumed.neve.velocity.epoch == 6
 
 
+def test_resume_from_a_model_checkpoint_saved_mid_run(tmp_path):
+    # ModelCheckpoint saves after this callback's epoch end: the checkpoint holds that epoch's measurement
+    def run(max_epochs, callbacks, ckpt=None, **kwargs):
+        torch.manual_seed(0)
+        neve = NeVeCallback(threshold=1e-9)
+        trainer = pl.Trainer(max_epochs=max_epochs, callbacks=[neve, *callbacks], logger=False,
+                             enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                             default_root_dir=str(tmp_path), **kwargs)
+        trainer.fit(Net(lr=0.5), _loader(), ckpt_path=ckpt)
+        return neve
+
+    every = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, every_n_epochs=1,
+                                         filename="{epoch}")
+    whole = run(5, [every])
+    resumed = run(5, [], ckpt=str(tmp_path / "ck" / "epoch=1.ckpt"), enable_checkpointing=False)  # after 2 epochs
+    assert len(resumed.history) == 5
+    assert resumed.velocities == pytest.approx(whole.velocities, rel=1e-5)
+
+
 def test_optuna_study_prunes_and_converges():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize", pruner=NeVePruner(signal="train_loss"))
