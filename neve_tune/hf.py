@@ -20,6 +20,8 @@ With ``Trainer.hyperparameter_search(backend="optuna", pruner=NeVePruner(), ...)
 ``model_init`` with :meth:`NeVeTrainerCallback.track_trial`: the Trainer passes each Optuna
 trial to ``model_init``, and the callback then reports every measurement to it
 (:func:`neve_tune.optuna.report_epoch`) and raises ``optuna.TrialPruned`` when the pruner says so.
+With ``backend="ray"`` each trial stops itself by velocity and the Trainer reports its final
+evaluation to Tune (pass the training set as ``eval_dataset`` for a validation-free objective).
 
 Importing this module needs ``transformers`` (``pip install neve_tune[hf]``);
 ``import neve_tune`` does not.

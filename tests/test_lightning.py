@@ -225,6 +225,18 @@ def test_optuna_study_prunes_and_converges():
         assert all("train_loss" in m and "velocity" in m for m in history)
 
 
+@pytest.mark.slow  # about 20 s: two spawned processes
+def test_ddp_ranks_stop_together():
+    # each rank measures the same weights on the same probe; rank 0's decision is broadcast
+    neve = NeVeCallback(threshold=1e-2, min_epochs=2)
+    trainer = pl.Trainer(max_epochs=MAX_EPOCHS, callbacks=[neve], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=2,
+                         strategy="ddp_spawn")
+    trainer.fit(Net(lr=0.5), _loader())
+    logged = trainer.callback_metrics  # sent back from rank 0
+    assert float(logged["neve_stop"]) == 1.0 and float(logged["velocity"]) < 1e-2
+
+
 @pytest.mark.ray
 @pytest.mark.slow  # 20-40 s: a local Ray and two Lightning trials
 def test_ray_tune_lightning_reporting_and_neve_stopper(tmp_path):
