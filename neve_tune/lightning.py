@@ -120,6 +120,8 @@ class NeVeCallback(pl.Callback):
     Lightning checkpoints) holds the controller, the velocity series and the per-epoch
     ``history``, so ``fit(ckpt_path=...)`` continues the same velocity series; resuming
     with a larger trainer ``max_epochs`` continues a run that had stopped at the old one.
+    A built probe is rebuilt from its recorded shape; a given ``probe`` is not saved, so
+    pass the same one when resuming.
 
     Args:
         probe: probe inputs ``[N, ...]``, or None to build a Gaussian one.
@@ -231,9 +233,13 @@ class NeVeCallback(pl.Callback):
                 f"the training batch's inputs have shape {tuple(x.shape)}; a probe needs [batch, ...] inputs, "
                 "pass probe="
             )
+        if not x.is_floating_point():
+            raise ValueError(
+                f"the training batch's inputs are {x.dtype} (token ids?): Gaussian noise does not fit them; pass probe= "
+                "with ids, e.g. torch.randint(vocab_size, (100, seq_len), generator=torch.Generator().manual_seed(0))"
+            )
         self._probe_shape = tuple(int(s) for s in x.shape[1:])
-        dtype = x.dtype if x.is_floating_point() else torch.float32
-        self._build(trainer, pl_module, gaussian_probe(self._probe_shape, self.probe_samples, self.probe_seed, dtype))
+        self._build(trainer, pl_module, gaussian_probe(self._probe_shape, self.probe_samples, self.probe_seed, x.dtype))
 
     # ------------------------------------------------------------ per epoch
     def _train_loss(self, trainer: "pl.Trainer") -> float:

@@ -151,6 +151,15 @@ def test_bad_arguments(kwargs, error):
         NeVeCallback(**kwargs)
 
 
+def test_token_batches_need_a_probe():
+    ids = torch.randint(0, 10, (64, 8))
+    loader = DataLoader(TensorDataset(ids.float(), ids[:, 0] % 2), batch_size=32)
+    int_loader = DataLoader(TensorDataset(ids, ids[:, 0] % 2), batch_size=32)
+    _trainer([NeVeCallback()], max_epochs=1).fit(Net(), loader)  # float inputs: a Gaussian probe
+    with pytest.raises(ValueError, match=r"token ids\?\): .* pass probe="):
+        _trainer([NeVeCallback()], max_epochs=1).fit(Net(), int_loader)
+
+
 def test_batch_inputs_errors():
     with pytest.raises(ValueError, match="input_key='z'"):
         batch_inputs({"x": torch.zeros(2, 2)}, "z")
