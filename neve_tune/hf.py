@@ -41,6 +41,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("neve_tune.hf needs transformers: pip install 'neve_tune[hf]' (or transformers>=4.40)") from e
 
+from ._callbacks import check_controller_options
 from ._checks import check_float, check_int
 from .control import NeVe
 from .probe import gaussian_probe
@@ -143,10 +144,7 @@ class NeVeTrainerCallback(TrainerCallback):
             raise TypeError(f"probe must be a torch.Tensor [N, ...] or None, got {type(probe).__name__}")
         if not isinstance(probe_key, str) or not probe_key:
             raise TypeError(f"probe_key must be a non-empty str, got {probe_key!r}")
-        allowed = {"min_epochs", "max_epochs", "lr_signal", "factor", "patience"}
-        unknown = sorted(set(controller_options) - allowed)
-        if unknown:
-            raise TypeError(f"unknown NeVeTrainerCallback options {unknown}; NeVe options are {sorted(allowed)}")
+        check_controller_options(controller_options, "NeVeTrainerCallback")
         self.threshold = check_float("threshold", threshold, positive=True)
         self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1, allow_none=True)
         self.probe = probe

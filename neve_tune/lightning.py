@@ -46,6 +46,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         "neve_tune.lightning needs Lightning 2: pip install 'neve_tune[lightning]' (or lightning>=2.2)"
     ) from e
 
+from ._callbacks import check_controller_options
 from ._checks import check_float, check_int, to_float
 from .control import NeVe
 from .probe import gaussian_probe
@@ -154,10 +155,7 @@ class NeVeCallback(pl.Callback):
             raise TypeError(f"loss_key must be a non-empty str, got {loss_key!r}")
         if isinstance(input_key, bool) or not isinstance(input_key, (str, int)):
             raise TypeError(f"input_key must be a str or an int, got {input_key!r}")
-        allowed = {"min_epochs", "max_epochs", "lr_signal", "factor", "patience"}
-        unknown = sorted(set(controller_options) - allowed)
-        if unknown:
-            raise TypeError(f"unknown NeVeCallback options {unknown}; NeVe options are {sorted(allowed)}")
+        check_controller_options(controller_options, "NeVeCallback")
         self.threshold = check_float("threshold", threshold, positive=True)
         self.probe = probe
         self.trial = trial
