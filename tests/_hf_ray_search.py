@@ -1,0 +1,52 @@
+"""``Trainer.hyperparameter_search(backend="ray")`` with NeVeTrainerCallback, run as a script
+by ``tests/test_hf.py``: transformers' Ray backend pickles the Trainer, which fails in a
+process where another Trainer already trained (accelerate's shared state then holds a
+weakref), so the search gets a fresh process, as a user's search script would.
+
+Prints one JSON line: the trials' status, last epoch and objective, and the best LR.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import ray
+from ray import tune
+from transformers import Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_hf import Tokens, _args, tiny_bert  # noqa: E402
+
+from neve_tune.hf import NeVeTrainerCallback  # noqa: E402
+
+
+def main(out: Path) -> None:
+    warnings.filterwarnings("ignore")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        data = Tokens()
+        neve = NeVeTrainerCallback(threshold=1e-2, min_epochs=2)
+        trainer = Trainer(model_init=tiny_bert, args=_args(out, num_train_epochs=15), train_dataset=data,
+                          eval_dataset=data, callbacks=[neve])  # objective: final training-set loss
+        best = trainer.hyperparameter_search(
+            hp_space=lambda _: {"learning_rate": tune.grid_search([1e-2, 2e-2])},
+            backend="ray",
+            direction="minimize",
+            n_trials=1,
+            storage_path=str(out / "ray"),
+            verbose=0,
+        )
+        trials = [
+            {"status": t.status, "epoch": t.last_result.get("epoch"), "objective": t.last_result.get("objective")}
+            for t in best.run_summary.trials
+        ]
+        print(json.dumps({"trials": trials, "best_lr": best.hyperparameters["learning_rate"]}))
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

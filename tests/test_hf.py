@@ -1,0 +1,205 @@
+"""NeVeTrainerCallback on a real ``transformers.Trainer`` with a tiny randomly initialised
+BERT built from a config (nothing downloaded): it stops by velocity at epoch ends or every
+N steps, follows the Trainer's LR scheduler, and prunes inside
+``Trainer.hyperparameter_search(backend="optuna")`` with NeVePruner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import transformers
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+import neve_tune
+from neve_tune.hf import KeywordInput, NeVeTrainerCallback, token_probe
+from neve_tune.optuna import NeVePruner, trial_history
+
+transformers.logging.set_verbosity_error()
+
+VOCAB, SEQ = 50, 8
+
+
+class Tokens(torch.utils.data.Dataset):
+    """128 random sequences; the label is whether the first token is in the lower half."""
+
+    def __init__(self, n: int = 128) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randint(0, VOCAB, (n, SEQ), generator=g)
+        self.y = (self.x[:, 0] < VOCAB // 2).long()
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.x[i], "labels": self.y[i]}
+
+
+def tiny_bert(trial=None) -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    return BertForSequenceClassification(config)
+
+
+def _args(tmp_path, **kwargs) -> TrainingArguments:
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        num_train_epochs=15,
+        per_device_train_batch_size=32,  # 4 steps per epoch
+        learning_rate=1e-2,
+        lr_scheduler_type="constant",
+        logging_steps=2,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    base.update(kwargs)
+    return TrainingArguments(**base)
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        yield
+
+
+def test_token_probe_is_seeded_and_in_range():
+    a = token_probe(VOCAB, SEQ, num_samples=30, seed=3)
+    assert a.shape == (30, SEQ) and a.dtype == torch.long
+    assert 0 <= int(a.min()) and int(a.max()) < VOCAB
+    assert a.equal(token_probe(VOCAB, SEQ, 30, seed=3)) and not a.equal(token_probe(VOCAB, SEQ, 30, seed=4))
+    state = torch.random.get_rng_state()
+    token_probe(VOCAB, SEQ)
+    assert torch.equal(state, torch.random.get_rng_state())
+    with pytest.raises(ValueError, match="vocab_size must be an int >= 1"):
+        token_probe(0, SEQ)
+    with pytest.raises(TypeError, match="seq_len must be an int"):
+        token_probe(VOCAB, 2.5)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="every_n_steps must be an int >= 1"):
+        NeVeTrainerCallback(every_n_steps=0)
+    with pytest.raises(ValueError, match="threshold must be"):
+        NeVeTrainerCallback(threshold=-1.0)
+    with pytest.raises(TypeError, match="unknown NeVeTrainerCallback options"):
+        NeVeTrainerCallback(min_epoch=2)
+
+
+def test_keyword_input_feeds_input_ids():
+    model = tiny_bert().eval()
+    ids = token_probe(VOCAB, SEQ, 4)
+    with torch.no_grad():
+        assert torch.equal(KeywordInput(model, "input_ids")(ids).logits, model(input_ids=ids).logits)
+
+
+def test_trainer_stops_by_velocity_at_epoch_end(tmp_path):
+    neve = NeVeTrainerCallback(threshold=1e-2, min_epochs=2)
+    trainer = Trainer(model=tiny_bert(), args=_args(tmp_path), train_dataset=Tokens(), callbacks=[neve])
+    trainer.train()
+    assert neve.stopped_by == "velocity"
+    n = len(neve.history)
+    assert 2 <= n < 15 and trainer.state.global_step == 4 * n
+    assert [m["step"] for m in neve.history] == [4 * (i + 1) for i in range(n)]
+    assert neve.velocities[-1] < 1e-2 <= min(neve.velocities[:-1])
+    assert neve.history[-1]["neve_stop"] is True
+    assert neve.history[-1]["train_loss"] < neve.history[0]["train_loss"]
+    # the probe built from train_dataset[0]: token ids of the model's vocabulary, its length
+    probe = neve.neve.velocity.probe
+    assert probe.equal(token_probe(VOCAB, SEQ, 100, seed=0))
+    monitored = set(neve.neve.velocity.layers)
+    assert "model.classifier" in monitored and any("LayerNorm" in name for name in monitored)
+
+
+def test_every_n_steps_and_the_lr_follows_the_trainer_schedule(tmp_path):
+    # measured every 2 steps, logged every 3: the callback asks the Trainer to log at each point
+    neve = NeVeTrainerCallback(threshold=1e-9, every_n_steps=2, patience=0, lr_signal="velocity", max_epochs=6)
+    args = _args(tmp_path, logging_steps=3, num_train_epochs=5, learning_rate=5e-2)
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=Tokens(), callbacks=[neve])
+    trainer.train()
+    assert [m["step"] for m in neve.history] == [2, 4, 6, 8, 10, 12]
+    assert neve.stopped_by == "max_epochs" and trainer.state.global_step == 12
+    lrs = [m["lr"] for m in neve.history]
+    assert lrs[0] == 5e-2 and lrs[-1] < 5e-2  # decayed by NeVe, kept by the constant schedule
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(trainer.lr_scheduler.base_lrs[0])
+
+
+def test_missing_probe_key_is_a_clear_error(tmp_path):
+    neve = NeVeTrainerCallback(probe_key="pixel_values")
+    trainer = Trainer(model=tiny_bert(), args=_args(tmp_path), train_dataset=Tokens(), callbacks=[neve])
+    with pytest.raises(ValueError, match=r"train_dataset\[0\]\['pixel_values'\]"):
+        trainer.train()
+
+
+def test_hyperparameter_search_optuna_prunes(tmp_path):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    neve = NeVeTrainerCallback(threshold=1e-2, min_epochs=2)
+    storage = optuna.storages.InMemoryStorage()
+    data = Tokens()
+    trainer = Trainer(
+        model_init=neve.track_trial(tiny_bert),
+        args=_args(tmp_path, num_train_epochs=10),
+        train_dataset=data,
+        eval_dataset=data,  # the objective: the final training-set loss, no validation split
+        callbacks=[neve],
+    )
+    lrs = [3e-2, 2e-2, 3e-4, 2e-4]  # in this order: the low LRs lose at the first rung on training loss
+
+    def hp_space(trial: optuna.Trial) -> dict:
+        lr = lrs[trial.number]
+        return {"learning_rate": trial.suggest_float("learning_rate", lr, lr)}
+
+    best = trainer.hyperparameter_search(
+        hp_space=hp_space,
+        backend="optuna",
+        direction="minimize",
+        n_trials=4,
+        storage=storage,
+        study_name="hf",
+        pruner=NeVePruner(signal="train_loss"),
+    )
+    study = optuna.load_study(study_name="hf", storage=storage)
+    states = {t.params["learning_rate"]: t.state for t in study.trials}
+    pruned = [lr for lr, s in states.items() if s == optuna.trial.TrialState.PRUNED]
+    assert {2e-4, 3e-4} <= set(pruned), states  # at the first rung; 2e-2 may lose to 3e-2 at the second
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete and best.hyperparameters["learning_rate"] == 3e-2
+    for t in study.trials:
+        history = trial_history(t)
+        assert history and [m["epoch"] for m in history] == sorted(t.intermediate_values)
+        assert all("train_loss" in m and "velocity" in m for m in history)
+    for t in complete:  # each completed trial stopped itself by velocity before 10 epochs
+        last = trial_history(t)[-1]
+        assert last["neve_stop"] is True and last["epoch"] < 10
+
+
+def test_embedding_level_noise_probe(tmp_path):
+    probe = neve_tune.gaussian_probe((SEQ, 16), num_samples=50, seed=0)  # [N, seq, hidden]
+    neve = NeVeTrainerCallback(probe=probe, probe_key="inputs_embeds", threshold=1e-9)
+    trainer = Trainer(model=tiny_bert(), args=_args(tmp_path, num_train_epochs=2), train_dataset=Tokens(), callbacks=[neve])
+    trainer.train()
+    assert len(neve.history) == 2 and all(v > 0 for v in neve.velocities)
+    assert not any("word_embeddings" in name for name in neve.neve.velocity.layers)
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # about 20 s: a local Ray and two Trainer runs
+def test_hyperparameter_search_ray_trials_stop_by_velocity(tmp_path):
+    script = Path(__file__).with_name("_hf_ray_search.py")
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(report["trials"]) == 2 and all(t["status"] == "TERMINATED" for t in report["trials"])
+    for t in report["trials"]:  # the Trainer's final evaluation comes after the callback stopped training
+        assert t["epoch"] < 15 and t["objective"] < 0.1
+    assert report["best_lr"] in (1e-2, 2e-2)
