@@ -2,7 +2,7 @@
 
 A fixed probe is forwarded through the model once per epoch. For each monitored
 neuron ``i`` the output ``y_i^t`` over the whole probe is compared with the one of the
-previous measurement (DESIGN section 1)::
+previous measurement (docs/design.md, "Velocity")::
 
     rho_i^t = clamp(cos(y_i^t, y_i^{t-1}), -1, 1)     (1 if both are zero, 0 if one is)
     v_i^t   = (1 - rho_i^t) - mu * v_i^{t-1}           (v^0 = 0, mu = 0.5)
@@ -223,7 +223,7 @@ class NeuralVelocity:
         autocast_dtype: run the probe forward under ``torch.autocast`` with this dtype,
             as an AMP training loop does; outputs are cast to float32 before use.
         reference: ``"exact"`` keeps every monitored output of the last measurement (the
-            cosine of DESIGN section 1, exactly); ``"sketch"`` keeps a seeded sketch of
+            cosine of docs/design.md, "Velocity", exactly); ``"sketch"`` keeps a seeded sketch of
             ``sketch_dim`` float32 numbers and the exact norm per neuron instead (see the
             module docstring): far less memory, ``1 - rho`` estimated to about
             ``sqrt(2 / sketch_dim)`` relative per neuron. A layer whose per-neuron output
@@ -740,7 +740,7 @@ def _sketch(
 
 def _sketch_similarity(cur: torch.Tensor, sq: torch.Tensor, ref: torch.Tensor, ref_sq: torch.Tensor) -> torch.Tensor:
     """Per-neuron cosine from sketches ``[width, C]`` and exact squared norms ``[C]``:
-    ``rho = 1 - |S y/|y| - S y'/|y'| |^2 / 2``, with the zero-vector conventions of DESIGN section 1."""
+    ``rho = 1 - |S y/|y| - S y'/|y'| |^2 / 2``, with the zero-vector conventions of docs/design.md, "Velocity"."""
     norm, ref_norm = sq.sqrt(), ref_sq.sqrt()
     one = torch.ones_like(norm)
     dist = (cur / torch.where(norm > 0, norm, one) - ref / torch.where(ref_norm > 0, ref_norm, one)).square().sum(0)
@@ -756,7 +756,7 @@ def _cpu_copy(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _similarity(dot: torch.Tensor, sq: torch.Tensor, ref_sq: torch.Tensor) -> torch.Tensor:
-    """Per-neuron cosine with the zero-vector conventions of DESIGN section 1."""
+    """Per-neuron cosine with the zero-vector conventions of docs/design.md, "Velocity"."""
     zero_cur = sq == 0
     zero_ref = ref_sq == 0
     denom = sq.sqrt() * ref_sq.sqrt()

@@ -209,10 +209,15 @@ class TestNeVeStopper:
     def test_non_numeric_values(self):
         with pytest.raises(TypeError, match=r"NeVeStopper: metric 'velocity' must be a number \(Python, NumPy or 0-d tensor\), got 'fast'"):
             NeVeStopper()("a", res(1, "fast"))
-        with pytest.raises(TypeError, match="NeVeStopper: 'neve_stop' must be a bool, got 'yes'"):
+        with pytest.raises(TypeError, match=r"NeVeStopper: 'neve_stop' must be a bool \(or 0/1\), got 'yes'"):
             NeVeStopper()("a", res(1, 0.5, neve_stop="yes"))
-        with pytest.raises(TypeError, match="NeVeStopper: 'stalled' must be a bool, got 1.0"):
-            NeVeStopper()("a", res(1, 0.5, stalled=1.0))
+        with pytest.raises(TypeError, match=r"NeVeStopper: 'stalled' must be a bool \(or 0/1\), got 0.5"):
+            NeVeStopper()("a", res(1, 0.5, stalled=0.5))
+
+    def test_flags_logged_as_floats_by_lightning(self):
+        # Lightning's log() turns bools into float tensors: 1.0 / 0.0 are flags
+        assert NeVeStopper()("a", res(1, 0.5, neve_stop=1.0, diverged=0.0)) is True
+        assert NeVeStopper()("b", res(1, 0.5, neve_stop=torch.tensor(0.0), diverged=0.0)) is False
 
 
 # ------------------------------------------------------------------ NeVeASHAScheduler

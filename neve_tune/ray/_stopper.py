@@ -74,7 +74,9 @@ def _flag(result: Mapping[str, Any], key: str, who: str) -> bool:
     if value is None:
         return False
     if not _is_bool(value):
-        raise TypeError(f"{who}: {key!r} must be a bool, got {value!r}")
+        if isinstance(value, (int, float)) and value in (0, 1):  # Lightning logs flags as 0.0/1.0
+            return bool(value)
+        raise TypeError(f"{who}: {key!r} must be a bool (or 0/1), got {value!r}")
     return bool(value)
 
 
