@@ -17,12 +17,13 @@ from typing import Sequence
 import torch
 from torch.utils.data import Dataset
 
+from ._checks import check_int
+
 __all__ = ["gaussian_probe", "dataset_probe"]
 
 
 def _check_count(num_samples: int) -> int:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
-        raise TypeError(f"num_samples must be an int, got {num_samples!r}")
+    num_samples = check_int("num_samples", num_samples)  # type: ignore[assignment]
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples} (an empty probe measures nothing)")
     return num_samples

@@ -45,6 +45,14 @@ class Study:
 
     ``defaults`` holds every hyperparameter a trial uses; those in ``search_space`` are
     overwritten by the sampled values. ``resources`` is per trial (Ray).
+
+    Trial control (docs/design.md, "The controller"): ``lr_patience`` is the
+    ``ReduceLROnPlateau`` patience of NeVe and of the validation baselines alike
+    (``"auto"``: ``max(2, max_epochs // 20)``); ``threshold_mode`` ``"absolute"`` or
+    ``"relative"`` (velocity over its peak); ``stall_margin`` the drop in training loss
+    (from the first epoch, and from chance) that counts as learning; ``pc_patience`` /
+    ``pc_window`` / ``pc_restore`` the memorisation guard (None: off). The defaults are the
+    measured ones (README, "Validation-free choices").
     """
 
     name: str
@@ -60,10 +68,10 @@ class Study:
     probe_samples: int = 100
     lr_signal: str = "velocity_change"
     lr_factor: float = 0.5
-    lr_patience: int | str = 10
+    lr_patience: int | str = "auto"
     threshold_mode: str = "absolute"
     stall_margin: float = 0.1
-    pc_patience: int | None = None
+    pc_patience: int | None = 3
     pc_window: int = 3
     pc_restore: bool = True
     val_fraction: float = 0.1

@@ -54,7 +54,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_int
+from ._checks import check_choice, check_float, check_int
 
 __all__ = [
     "DEFAULT_LAYER_TYPES",
@@ -287,10 +287,7 @@ class NeuralVelocity:
             raise TypeError(f"probe must be a torch.Tensor, got {type(probe).__name__}")
         if probe.ndim == 0 or probe.shape[0] == 0:
             raise ValueError(f"probe is empty (shape {tuple(probe.shape)}); it needs at least one sample")
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-            raise TypeError(f"momentum must be a float in [0, 1), got {momentum!r}")
-        if not 0.0 <= float(momentum) < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        momentum = check_float("momentum", momentum, low=0.0, high=1.0, high_open=True)
         if storage_dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"storage_dtype must be float32, float16 or bfloat16, got {storage_dtype}")
         if autocast_dtype not in (None, torch.float16, torch.bfloat16):

@@ -515,7 +515,7 @@ def test_check_resources():
     assert check_resources({"GPU": 1}) == {"gpu": 1.0, "cpu": 1.0}
     with pytest.raises(ValueError, match=r"resources\['gpu'\] must be below 1 \(a shared GPU\) or a whole number, got 1.5"):
         check_resources({"cpu": 1, "gpu": 1.5})
-    with pytest.raises(ValueError, match=r"resources\['cpu'\] must be a number >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"resources\['cpu'\] must be a finite number >= 0, got -1.0"):
         check_resources({"cpu": -1})
     with pytest.raises(ValueError, match="must ask for some CPU or GPU"):
         check_resources({"cpu": 0, "gpu": 0})

@@ -19,7 +19,7 @@ import ray
 from ray import tune
 
 from ..data import DataBundle
-from .._checks import check_int
+from .._checks import check_float, check_int
 from ..records import METHODS, METRIC_NAMES, Cost, TrialResult
 from ..space import Choice, IntUniform, LogUniform, Uniform
 from ..study import Study, load_study
@@ -92,8 +92,7 @@ def check_resources(resources: Mapping[str, Any], *, name: str = "resources") ->
     for key, value in resources.items():
         if not isinstance(key, str) or not key:
             raise TypeError(f"{name}: keys must be resource names, got {key!r}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name}[{key!r}] must be a number >= 0, got {value!r}")
+        value = check_float(f"{name}[{key!r}]", value, low=0.0)
         out[key.lower() if key.lower() in _RESOURCE_KEYS else key] = float(value)
     gpu = out.get("gpu", 0.0)
     if gpu > 1 and not float(gpu).is_integer():
@@ -135,8 +134,7 @@ def _check_config(study: Study, config: Mapping[str, Any]) -> tuple[dict[str, An
         raise ValueError(f"config has unknown hyperparameters {unknown}; study {study.name!r} knows {sorted(known)}")
     sampled = {k: v for k, v in config.items() if k != "seed"}
     seed = config.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"config['seed'] must be an int, got {seed!r}")
+    seed = check_int("config['seed']", seed, allow_none=True)
     return study.config(sampled), seed
 
 
