@@ -234,11 +234,22 @@ def test_optuna_study_prunes_and_converges():
         assert all("train_loss" in m and "velocity" in m for m in history)
 
 
+class _DestroyProcessGroup(pl.Callback):
+    """Tears the gloo group down in step on every rank. A spawned rank that exits with the
+    group alive can abort in gloo's worker threads at interpreter exit (SIGABRT, "terminate
+    called without an active exception"); Lightning's own CI destroys the group the same way."""
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
 @pytest.mark.slow  # about 20 s: two spawned processes
 def test_ddp_ranks_stop_together():
     # each rank measures the same weights on the same probe; rank 0's decision is broadcast
     neve = NeVeCallback(threshold=1e-2, min_epochs=2)
-    trainer = pl.Trainer(max_epochs=MAX_EPOCHS, callbacks=[neve], logger=False, enable_checkpointing=False,
+    trainer = pl.Trainer(max_epochs=MAX_EPOCHS, callbacks=[neve, _DestroyProcessGroup()], logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=2,
                          strategy="ddp_spawn")
     trainer.fit(Net(lr=0.5), _loader())
