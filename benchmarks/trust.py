@@ -10,6 +10,7 @@ baseline under the same rule set.
     python benchmarks/trust.py                         # every condition and variant below
     python benchmarks/trust.py --conditions clean,noise20 --variants guard_auto,baselines_auto
     python benchmarks/trust.py --table-only            # print the table of finished jobs
+    python benchmarks/trust.py --table-only --per-seed --plot docs/small_data.png
 
 Each job runs in its own process with one torch thread (``--jobs`` at once) and writes
 ``runs/trust/<condition>__<variant>.json``; finished jobs are not run again. Figures are
@@ -102,10 +103,7 @@ def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
 
 def table(folder: Path, neve_variants: list[str], baseline_variant: dict[str, str]) -> str:
     """One block per condition: each NeVe variant and each baseline, NeVe's paired diffs."""
-    results: dict[tuple[str, str], Any] = {}
-    for path in folder.glob("*.json"):
-        r = json.loads(path.read_text())
-        results[(r["job"]["condition"], r["job"]["variant"])] = r
+    results = _load(folder)
     lines = [f"{'condition':16s} {'search':28s} {'test acc %':>14s} {'cost (epochs)':>15s} "
              f"{'vs asha_es: acc pt':>19s} {'cost ratio':>12s} {'vs asha: acc pt':>16s} {'cost ratio':>12s}"]
     for cond in CONDITIONS:
@@ -135,6 +133,68 @@ def table(folder: Path, neve_variants: list[str], baseline_variant: dict[str, st
     return "\n".join(lines)
 
 
+def _load(folder: Path) -> dict[tuple[str, str], Any]:
+    results: dict[tuple[str, str], Any] = {}
+    for path in folder.glob("*.json"):
+        r = json.loads(path.read_text())
+        results[(r["job"]["condition"], r["job"]["variant"])] = r
+    return results
+
+
+def per_seed(folder: Path, variant: str = "guard_auto", baselines: str = "baselines_auto") -> str:
+    """Test accuracy of each search's final model, seed by seed (a mean hides a collapsed seed)."""
+    results = _load(folder)
+    lines = [f"per seed, test acc % ({variant} against {baselines})"]
+    for cond in CONDITIONS:
+        neve, base = results.get((cond, variant)), results.get((cond, baselines))
+        if neve is None or base is None:
+            continue
+        for name, runs in (("neve", neve["neve"]["test_acc_runs"]), ("asha", base["asha"]["test_acc_runs"]),
+                           ("asha_es", base["asha_es"]["test_acc_runs"])):
+            xs = [x for x in runs if x is not None]
+            cells = " ".join(f"{100 * x:6.2f}" for x in xs)
+            lines.append(f"{cond:16s} {name:8s} {cells}   median {100 * statistics.median(xs):6.2f}")
+    return "\n".join(lines)
+
+
+def plot_data_size(folder: Path, path: Path, variant: str = "guard_auto", baselines: str = "baselines_auto") -> None:
+    """NeVe's accuracy difference and cost ratio against both baselines over the training fraction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = _load(folder)
+    sizes = [(0.25, "frac25"), (0.5, "frac50"), (1.0, "clean")]
+    fig, (ax_acc, ax_cost) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for b, color in (("asha", "tab:blue"), ("asha_es", "tab:orange")):
+        xs, acc, acc_sd, cost, cost_sd = [], [], [], [], []
+        for frac, cond in sizes:
+            neve, base = results.get((cond, variant)), results.get((cond, baselines))
+            if neve is None or base is None:
+                continue
+            d = _mean_std([100 * (a - c) for a, c in zip(neve["neve"]["test_acc_runs"], base[b]["test_acc_runs"])
+                           if a is not None and c is not None])
+            q = _mean_std([rn["neve"]["cost"]["epochs_equiv"] / rb[b]["cost"]["epochs_equiv"]
+                           for rn, rb in zip(neve["runs"], base["runs"]) if rb[b]["cost"]["epochs_equiv"]])
+            xs.append(frac), acc.append(d[0]), acc_sd.append(d[1]), cost.append(q[0]), cost_sd.append(q[1])
+        ax_acc.errorbar(xs, acc, yerr=acc_sd, marker="o", capsize=3, color=color, label=f"NeVe - {b}")
+        ax_cost.errorbar(xs, cost, yerr=cost_sd, marker="o", capsize=3, color=color, label=f"NeVe / {b}")
+    ax_acc.axhline(0, color="grey", lw=0.8)
+    ax_cost.axhline(1, color="grey", lw=0.8)
+    ax_acc.set(xlabel="fraction of the digits training set", ylabel="test acc difference (pt)", xscale="log")
+    ax_cost.set(xlabel="fraction of the digits training set", ylabel="cost ratio to final model", xscale="log")
+    for ax in (ax_acc, ax_cost):
+        ax.set_xticks([0.25, 0.5, 1.0], ["25%", "50%", "100%"])
+        ax.set_xticks([], minor=True)
+        ax.legend(fontsize=8)
+    fig.suptitle("NeVe search vs validation-based ASHA by data size (digits, 5 seeds, mean ± std)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--conditions", default=",".join(CONDITIONS))
@@ -144,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "runs" / "trust"))
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--per-seed", action="store_true", help="also print each seed's test accuracy")
+    p.add_argument("--plot", default=None, help="write accuracy difference and cost ratio by data size (PNG)")
     args = p.parse_args(argv)
     conditions = [c for c in args.conditions.split(",") if c]
     variants = [v for v in args.variants.split(",") if v]
@@ -168,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     neve_variants = [v for v in VARIANTS if not v.startswith("baselines")]
     pairing = {v: ("baselines_p10" if "_p10" in v else "baselines_auto") for v in neve_variants}
     print(table(out, neve_variants, pairing))
+    if args.per_seed:
+        print(per_seed(out))
+    if args.plot:
+        plot_data_size(out, Path(args.plot))
+        print(f"wrote {args.plot}")
     return 0
 
 

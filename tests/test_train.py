@@ -118,3 +118,27 @@ def test_a_checkpoint_of_another_configuration_is_refused(tmp_path):
     run_trial(_study(max_epochs=2), {"lr": 0.05, "batch_size": 64}, checkpoint_path=ckpt, evaluate_test=False)
     with pytest.raises(ValueError, match="belongs to another run"):
         run_trial(_study(max_epochs=2), {"lr": 0.01, "batch_size": 64}, checkpoint_path=ckpt, evaluate_test=False)
+
+
+def test_train_takes_the_shared_data_and_control_flags(tmp_path, capsys):
+    # 20% noisy labels at LR 0.05: the guard stops within 12 epochs; without it the run goes on memorising
+    args = ["train", "--label-noise", "0.2", "--lr", "0.05", "--max-epochs", "30", "--quiet"]
+    guarded, free = tmp_path / "guard.json", tmp_path / "free.json"
+    assert main(args + ["--pc-patience", "3", "--json", str(guarded)]) == 0
+    assert main(args + ["--pc-patience", "0", "--lr-patience", "10", "--json", str(free)]) == 0
+    g, f = json.loads(guarded.read_text()), json.loads(free.read_text())
+    assert g["stopped_by"] == "prediction_changes" and g["epochs"] <= 15
+    assert f["stopped_by"] != "prediction_changes" and f["epochs"] > g["epochs"]
+    assert g["test_acc"] > f["test_acc"]
+    assert all(m["prediction_changes"] is not None for m in g["history"][1:])
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--pc-patience", "-1", "--pc-patience must be >= 0 (0: off), got -1"),
+    ("--lr-patience", "soon", "--lr-patience must be an int or 'auto', got 'soon'"),
+    ("--label-noise", "1.5", "label_noise must be a finite number >= 0 and < 1, got 1.5"),
+    ("--train-fraction", "0", "train_fraction must be a finite number > 0 and <= 1, got 0.0"),
+])
+def test_shared_flags_refuse_bad_values_naming_them(flag, value, message, capsys):
+    assert main(["train", flag, value, "--quiet"]) == 2
+    assert message in capsys.readouterr().err

@@ -11,6 +11,8 @@
 | --json FILE      | the machine-readable record                                    |
 | --storage URL    | an Optuna storage                                              |
 | --min-resource N | the first rung, in epochs (Ray calls it grace period)          |
+| --train-fraction, --label-noise, --noise-seed | the training data (test set untouched) |
+| --lr-patience, --threshold-mode, --pc-patience | the trial's controller             |
 | --quiet          | no progress bar or per-trial lines                             |
 """
 
@@ -24,6 +26,7 @@ from typing import Any
 
 __all__ = [
     "CLIError",
+    "add_data_changes",
     "add_device",
     "add_json",
     "add_max_epochs",
@@ -32,6 +35,7 @@ __all__ = [
     "add_seed",
     "add_storage",
     "add_study",
+    "add_trial_control",
     "add_trials",
     "check_output_paths",
     "deprecated_alias",
@@ -150,16 +154,54 @@ def check_output_paths(files: dict[str, Any] | None = None, dirs: dict[str, Any]
                 raise CLIError(f"{flag} {value}: {existing} is not writable")
 
 
+def add_data_changes(p: argparse.ArgumentParser) -> None:
+    """--train-fraction, --label-noise, --noise-seed: change the training data, never the test set."""
+    g = p.add_argument_group("data (the test set is never touched)")
+    g.add_argument("--train-fraction", type=float, help="keep this stratified fraction of the training set (default 1)")
+    g.add_argument("--label-noise", type=float, help="flip this fraction of the training labels to another class")
+    g.add_argument("--noise-seed", type=int, help="seed of the flipped labels (default 0)")
+
+
+def add_trial_control(p: argparse.ArgumentParser) -> None:
+    """--lr-patience, --threshold-mode, --pc-patience: the controller of every trial."""
+    g = p.add_argument_group("trial control (a rule the searches share applies to all of them)")
+    g.add_argument("--lr-patience", help="ReduceLROnPlateau patience in epochs, or 'auto' (max(2, max_epochs // 20); "
+                                         "the default)")
+    g.add_argument("--threshold-mode", choices=["absolute", "relative"],
+                   help="NeVe's velocity stop: V < t (default), or V / peak V < t")
+    g.add_argument("--pc-patience", type=int, help="NeVe's memorisation guard: stop when prediction changes have not "
+                                                    "reached a new low for this many epochs (default 3; 0: off)")
+
+
+def _lr_patience(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise CLIError(f"--lr-patience must be an int or 'auto', got {text!r}") from None
+
+
 def study_from_args(args: argparse.Namespace, **extra_changes: Any) -> Any:
-    """The study named by ``args.study`` with the shared overrides applied
-    (``--max-epochs``, ``--data-root`` where the verb has them)."""
+    """The study named by ``args.study`` with the shared overrides applied (``--max-epochs``,
+    ``--data-root``, the data changes and the trial control, where the verb has them)."""
     from ..study import load_study
 
     study = load_study(args.study)
     changes: dict[str, Any] = {}
     if getattr(args, "max_epochs", None) is not None:
         changes["max_epochs"] = args.max_epochs
-    if getattr(args, "data_root", None):
-        changes["data_options"] = {**study.data_options, "data_root": args.data_root}
+    data = {key: getattr(args, key) for key in ("data_root", "train_fraction", "label_noise", "noise_seed")
+            if getattr(args, key, None) is not None}
+    if data:
+        changes["data_options"] = {**study.data_options, **data}
+    if getattr(args, "lr_patience", None) is not None:
+        changes["lr_patience"] = _lr_patience(args.lr_patience)
+    if getattr(args, "pc_patience", None) is not None:
+        if args.pc_patience < 0:
+            raise CLIError(f"--pc-patience must be >= 0 (0: off), got {args.pc_patience}")
+        changes["pc_patience"] = args.pc_patience or None
+    if getattr(args, "threshold_mode", None) is not None:
+        changes["threshold_mode"] = args.threshold_mode
     changes.update({k: v for k, v in extra_changes.items() if v is not None})
     return study.replace(**changes) if changes else study

@@ -7,7 +7,7 @@ import argparse
 from ..compare._api import BACKENDS, NEVE_SIGNALS
 from ..records import SEARCH_METHODS
 from ._args import (
-    CLIError,
+    add_data_changes,
     add_device,
     add_json,
     add_max_epochs,
@@ -15,6 +15,7 @@ from ._args import (
     add_quiet,
     add_seed,
     add_study,
+    add_trial_control,
     add_trials,
     check_device,
     check_output_paths,
@@ -23,13 +24,6 @@ from ._args import (
 )
 
 __all__ = ["add_cli"]
-
-
-def _int(flag: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise CLIError(f"{flag} must be an int or 'auto', got {text!r}") from None
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -49,15 +43,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--objective", help="NeVe's validation-free objective: tse_e1 (default), tse_e<N>, tse_ema")
     p.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=True,
                    help="retrain the validation searches' best configuration on all training data (default on)")
-    g = p.add_argument_group("data (the same for every search; the test set is never touched)")
-    g.add_argument("--train-fraction", type=float, help="keep this stratified fraction of the training set (default 1)")
-    g.add_argument("--label-noise", type=float, help="flip this fraction of the training labels to another class")
-    g.add_argument("--noise-seed", type=int, help="seed of the flipped labels (default 0)")
-    c = p.add_argument_group("trial control (a rule the searches share applies to all of them)")
-    c.add_argument("--lr-patience", help="ReduceLROnPlateau patience in epochs, or 'auto' (max(2, max_epochs // 20))")
-    c.add_argument("--threshold-mode", choices=["absolute", "relative"], help="NeVe's velocity stop: V < t, or V / peak V < t")
-    c.add_argument("--pc-patience", type=int, help="NeVe's memorisation guard: stop when prediction changes "
-                                                    "have not reached a new low for this many epochs (0: off)")
+    add_data_changes(p)
+    add_trial_control(p)
     add_device(p)
     p.add_argument("--data-root", help="folder holding the data set files (CIFAR, imagefolder)")
     add_json(p, "write the full record here")
@@ -72,18 +59,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     device = check_device(args.device)
     check_output_paths(files={"--json": args.json_path}, dirs={"--out": args.out})
-    study = study_from_args(args, objective=args.objective, threshold_mode=args.threshold_mode)
-    data = {k: v for k, v in (("train_fraction", args.train_fraction), ("label_noise", args.label_noise),
-                              ("noise_seed", args.noise_seed)) if v is not None}
-    changes: dict = {}
-    if data:
-        changes["data_options"] = {**study.data_options, **data}
-    if args.lr_patience is not None:
-        changes["lr_patience"] = "auto" if args.lr_patience == "auto" else _int("--lr-patience", args.lr_patience)
-    if args.pc_patience is not None:
-        changes["pc_patience"] = args.pc_patience or None
-    if changes:
-        study = study.replace(**changes)
+    study = study_from_args(args, objective=args.objective)
     searches = [s.strip() for s in args.searches.split(",") if s.strip()]
     result = compare(study, backend=args.backend, trials=args.trials, seed=args.seed, repeats=args.repeats,
                      retrain=args.retrain, device=device, neve_signal=args.neve_signal, searches=searches,

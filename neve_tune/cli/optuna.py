@@ -8,6 +8,7 @@ from typing import Any
 
 from ._args import (
     CLIError,
+    add_data_changes,
     add_device,
     add_max_epochs,
     add_out,
@@ -15,11 +16,13 @@ from ._args import (
     add_seed,
     add_storage,
     add_study,
+    add_trial_control,
     add_trials,
     check_device,
     check_output_paths,
     deprecated_alias,
     positive_int,
+    study_from_args,
 )
 
 __all__ = ["add_cli"]
@@ -62,6 +65,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     add_device(w)
     w.add_argument("--threads", type=positive_int, help="torch CPU threads of this worker (default: torch's)")
     add_max_epochs(w)
+    add_data_changes(w)
+    add_trial_control(w)
     w.add_argument("--checkpoint-dir", default="neve_checkpoints",
                    help="per-trial checkpoints, so a retried trial resumes (shared storage across machines; "
                         "default: ./neve_checkpoints)")
@@ -114,7 +119,7 @@ def _worker(args: argparse.Namespace) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         search = run_worker(
-            args.study,
+            study_from_args(args),
             study_name=args.study_name,
             storage=args.storage,
             n_trials=args.trials,
@@ -133,7 +138,6 @@ def _worker(args: argparse.Namespace) -> int:
             grace_period=args.heartbeat_grace_period,
             max_retry=args.max_retry,
             torch_threads=args.threads,
-            changes={"max_epochs": args.max_epochs} if args.max_epochs else None,
             log=None if args.quiet else (lambda line: print(line, flush=True)),
         )
     except (StorageError, StudyNotFoundError) as e:

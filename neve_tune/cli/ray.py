@@ -8,11 +8,13 @@ from typing import Any
 from .._json import write_json
 from ._args import (
     CLIError,
+    add_data_changes,
     add_device,
     add_json,
     add_max_epochs,
     add_seed,
     add_study,
+    add_trial_control,
     add_trials,
     check_device,
     check_output_paths,
@@ -46,6 +48,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--scheduler", choices=SCHEDULERS, default="auto", help="auto: neve_asha for neve, asha for the baselines")
     r.add_argument("--no-stopper", action="store_true", help="no NeVeStopper (the trial's own controller still stops it)")
     add_max_epochs(r)
+    add_data_changes(r)
+    add_trial_control(r)
     r.add_argument("--neve-signal", choices=["train_loss", "velocity"], default="train_loss",
                    help="rung metric of the NeVe scheduler (default: train_loss)")
     r.add_argument("--min-resource", dest="min_resource", type=positive_int, default=1,

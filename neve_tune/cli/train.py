@@ -10,12 +10,14 @@ from typing import Any
 from .._checks import check_float, check_int
 from .._json import write_json
 from ._args import (
+    add_data_changes,
     add_device,
     add_json,
     add_max_epochs,
     add_out,
     add_quiet,
     add_study,
+    add_trial_control,
     check_device,
     check_output_paths,
     deprecated_alias,
@@ -38,6 +40,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-epochs", type=int)
     p.add_argument("--lr-signal", choices=["velocity_change", "velocity"])
     p.add_argument("--seed", type=int, default=0)
+    add_data_changes(p)
+    add_trial_control(p)
     add_device(p)
     p.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision")
     p.add_argument("--checkpoint", help="checkpoint file: written every epoch, resumed from if it exists")
