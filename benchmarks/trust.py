@@ -57,7 +57,14 @@ VARIANTS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "guard_auto_norestore": (("neve",), {**GUARD, "pc_restore": False, "lr_patience": "auto"}),
     "guard_auto_relative": (("neve",), {**GUARD, "lr_patience": "auto", "threshold_mode": "relative",
                                         "search_space": "relative"}),
+    # the LR decays when the prediction changes stop settling (not on the velocity change)
+    "pcdecay_auto": (("neve",), {"lr_signal": "prediction_changes", "pc_patience": None, "lr_patience": "auto"}),
+    "pcdecay_guard8_auto": (("neve",), {"lr_signal": "prediction_changes", "pc_patience": 8, "pc_window": 3,
+                                        "lr_patience": "auto"}),
+    "pcdecay_auto_f02": (("neve",), {"lr_signal": "prediction_changes", "pc_patience": None, "lr_patience": "auto",
+                                     "lr_factor": 0.2}),
     "baselines_auto": (("asha", "asha_es"), {"lr_patience": "auto"}),
+    "baselines_auto_f02": (("asha", "asha_es"), {"lr_patience": "auto", "lr_factor": 0.2}),
     "baselines_p10": (("asha", "asha_es"), {"lr_patience": 10}),
 }
 
@@ -228,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                 f.result()
                 print(f"done {c} / {v}", flush=True)
     neve_variants = [v for v in VARIANTS if not v.startswith("baselines")]
-    pairing = {v: ("baselines_p10" if "_p10" in v else "baselines_auto") for v in neve_variants}
+    pairing = {v: ("baselines_p10" if "_p10" in v else "baselines_auto_f02" if "_f02" in v else "baselines_auto")
+               for v in neve_variants}
     print(table(out, neve_variants, pairing))
     if args.per_seed:
         print(per_seed(out))

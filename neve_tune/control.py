@@ -23,7 +23,7 @@ from .velocity import NeuralVelocity
 
 __all__ = ["Controller", "LRReplay", "NeVe", "ValidationControl", "check_epochs"]
 
-LR_SIGNALS = ("velocity_change", "velocity")
+LR_SIGNALS = ("velocity_change", "velocity", "prediction_changes")
 THRESHOLD_MODES = ("absolute", "relative")
 
 
@@ -80,7 +80,10 @@ class NeVe:
 
     1. measures the velocity ``V^t`` and its change ``D^t`` on the probe;
     2. steps ``ReduceLROnPlateau(mode="min", factor, patience, threshold=0)`` on ``D^t``
-       (``lr_signal="velocity_change"``, from the 2nd epoch) or on ``V^t``;
+       (``lr_signal="velocity_change"``, from the 2nd epoch), on ``V^t``
+       (``"velocity"``), or on the moving average of ``prediction_changes`` over
+       ``pc_window`` epochs (``"prediction_changes"``: the LR decays once the predictions
+       stop settling, which on noisy labels is when memorisation starts);
     3. ends the run (``stopped_by``), after at least ``min_epochs`` epochs:
 
        - ``"velocity"``: ``V^t < threshold`` (``threshold_mode="absolute"``), or
@@ -192,13 +195,19 @@ class NeVe:
             return False
         return self.num_classes is None or train_loss < keep * math.log(self.num_classes)
 
+    def _pc_level(self) -> float | None:
+        """The moving average of prediction changes over the last ``pc_window`` epochs."""
+        if len(self.pc_series) < self.pc_window:
+            return None
+        return sum(self.pc_series[-self.pc_window :]) / self.pc_window
+
     def _prediction_changes_stop(self, prediction_changes: Any) -> bool:
         if prediction_changes is None:
             return False
         self.pc_series.append(to_float("prediction_changes", prediction_changes))  # type: ignore[arg-type]
-        if len(self.pc_series) < self.pc_window:
+        level = self._pc_level()
+        if level is None:
             return False
-        level = sum(self.pc_series[-self.pc_window :]) / self.pc_window
         if self.pc_best is None or level < self.pc_best:
             self.pc_best, self.pc_best_epoch = level, self.epoch
             if self.pc_patience is not None and self.pc_restore:
@@ -227,12 +236,20 @@ class NeVe:
         if diverged:
             self.stopped_by = "diverged"
         else:
-            signal = velocity if self.lr_signal == "velocity" else change
+            pc_stop = self._prediction_changes_stop(prediction_changes)
+            if self.lr_signal == "prediction_changes":
+                if prediction_changes is None and self.epoch > 1:
+                    raise ValueError(
+                        "lr_signal='prediction_changes' needs step(..., prediction_changes=n) from the 2nd epoch on: "
+                        "n = training examples whose predicted class changed since the previous epoch"
+                    )
+                signal = self._pc_level()
+            else:
+                signal = velocity if self.lr_signal == "velocity" else change
             if signal is not None:
                 self.scheduler.step(signal)
             self.peak_velocity = max(self.peak_velocity, float(velocity))  # type: ignore[arg-type]
             settled = velocity / self.peak_velocity if self.threshold_mode == "relative" and self.peak_velocity > 0 else velocity
-            pc_stop = self._prediction_changes_stop(prediction_changes)
             may_stop = self.epoch >= self.min_epochs
             velocity_stop = may_stop and settled < self.threshold  # type: ignore[operator]
             pc_stop = may_stop and pc_stop

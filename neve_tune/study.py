@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ._checks import check_choice, check_float, check_int
-from .control import check_epochs
+from .control import LR_SIGNALS, check_epochs
 from .data import DataBundle, get_dataset
 from .space import Choice, Distribution, IntUniform, LogUniform, Uniform, default_space, validate_space
 
@@ -93,8 +93,7 @@ class Study:
         if not isinstance(self.objective, str) or not (self.objective == "tse_ema" or (self.objective.startswith("tse_e") and self.objective[5:].isdigit()
                                                    and int(self.objective[5:]) >= 1)):
             raise ValueError(f"objective must be 'tse_e<N>' (N >= 1) or 'tse_ema', got {self.objective!r}")
-        if self.lr_signal not in ("velocity_change", "velocity"):
-            raise ValueError(f"lr_signal must be 'velocity_change' or 'velocity', got {self.lr_signal!r}")
+        check_choice("lr_signal", self.lr_signal, LR_SIGNALS)
         if not 0.0 < self.lr_factor < 1.0:
             raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor!r}")
         if self.lr_patience != "auto":

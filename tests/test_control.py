@@ -107,6 +107,28 @@ def test_prediction_changes_guard_stops_at_the_first_local_minimum():
     assert neve.pc_best_epoch == 5
 
 
+def test_lr_decays_when_prediction_changes_stop_settling():
+    model, opt, neve = _setup(threshold=1e-9, max_epochs=50, lr_signal="prediction_changes", patience=1, pc_window=1)
+    neve.start()
+    lrs = []
+    for i, pc in enumerate([None, 40, 20, 10, 12, 15, 9, 11, 13]):
+        _nudge(model, 0.1)
+        lrs.append(neve.step(train_loss=1.0 / (i + 1), prediction_changes=pc)["lr"])
+    lrs.append(opt.param_groups[0]["lr"])
+    # new lows at 40, 20, 10; 12 and 15 are two epochs without one (> patience 1): halve; 9 is a
+    # new low; 11 and 13 halve again. The LR a step reports is the one its epoch trained with.
+    assert lrs == [0.1] * 6 + [0.05] * 3 + [0.025]
+    assert neve.stopped_by is None  # the guard is off: the decay alone does not stop the run
+
+
+def test_lr_signal_prediction_changes_needs_them_reported():
+    model, opt, neve = _setup(threshold=1e-9, max_epochs=50, lr_signal="prediction_changes")
+    neve.start()
+    neve.step(train_loss=1.0)  # epoch 1: nothing to compare with yet
+    with pytest.raises(ValueError, match="lr_signal='prediction_changes' needs step"):
+        neve.step(train_loss=0.5)
+
+
 def test_prediction_changes_guard_state_round_trip():
     model, opt, neve = _setup(threshold=1e-9, max_epochs=50, pc_patience=3, pc_window=2)
     neve.start()

@@ -9,6 +9,7 @@ from typing import Any
 
 from .._checks import check_float, check_int
 from .._json import write_json
+from ..control import LR_SIGNALS
 from ._args import (
     add_data_changes,
     add_device,
@@ -38,7 +39,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int)
     add_max_epochs(p)
     p.add_argument("--min-epochs", type=int)
-    p.add_argument("--lr-signal", choices=["velocity_change", "velocity"])
+    p.add_argument("--lr-signal", choices=list(LR_SIGNALS), help="what NeVe's ReduceLROnPlateau watches (default: the study's)")
     p.add_argument("--seed", type=int, default=0)
     add_data_changes(p)
     add_trial_control(p)
