@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+import socket
+import sys
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .._json import write_json
 from ._args import (
@@ -23,11 +28,14 @@ from ._args import (
     study_from_args,
 )
 
-__all__ = ["add_cli"]
+__all__ = ["add_cli", "check_address"]
 
 SCHEDULERS = ("auto", "neve_asha", "asha", "fifo")
 APIS = ("tuner", "run")
 TRAINABLE_METHODS = ("neve", "asha", "asha_es")
+RAY_CLIENT_PORT = 10001  # Ray Client's default server port (ray start --ray-client-server-port)
+ADDRESS_TIMEOUT_S = 3.0
+ADDRESS_FORMS = "HOST:PORT (the head's GCS, e.g. 10.0.0.5:6379), ray://HOST:PORT (Ray Client) or 'auto'"
 
 
 def _fmt(x: Any) -> str:
@@ -41,7 +49,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="ray_command", metavar="VERB")
     r = sub.add_parser("run", help="run a search of a study file", description=_run.__doc__)
     add_study(r)
-    r.add_argument("--address", help="Ray cluster to join ('auto', 'HOST:6379'); default: start a local Ray")
+    r.add_argument("--address", help="Ray cluster to join ('auto', 'HOST:6379', 'ray://HOST:10001'); default: start a local Ray")
     r.add_argument("--num-cpus", type=int, help="CPUs of the local Ray started without --address")
     r.add_argument("--method", choices=TRAINABLE_METHODS, default="neve", help="neve (default), or the validation baselines")
     add_trials(r, "trials to run (default: 8)", 8, "--num-samples")
@@ -72,6 +80,84 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
+def _endpoint(address: str, source: str) -> tuple[str, int]:
+    """``(host, port)`` of a Ray address: ``HOST:PORT`` or ``ray://HOST[:PORT]``."""
+    client = address.startswith("ray://")
+    if "://" in address and not client:
+        raise CLIError(f"{source}: expected {ADDRESS_FORMS}")
+    parts = urlsplit(address if client else "//" + address)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = -1
+    if not parts.hostname or port == -1 or (port is None and not client) or parts.path.strip("/"):
+        raise CLIError(f"{source}: expected {ADDRESS_FORMS}")
+    return parts.hostname, RAY_CLIENT_PORT if port is None else port
+
+
+def _ray_address_file() -> Path:
+    """Where ``ray start`` records the running cluster and ``ray.init(address="auto")``
+    reads it: ``/tmp/ray/ray_current_cluster`` (``$RAY_TMPDIR``, or ``$TMPDIR`` on Linux,
+    in place of ``/tmp``, as Ray itself does)."""
+    tmp = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None) or "/tmp"
+    return Path(tmp) / "ray" / "ray_current_cluster"
+
+
+def check_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
+    """Raise :class:`CLIError` when nothing answers at ``--address``, within ``timeout`` s.
+
+    Why: ``ray.init`` retries an address nobody listens at for a minute or more, printing
+    a warning per try. A TCP connection to the head tells in seconds. ``auto`` resolves as
+    ``ray.init`` does: ``$RAY_ADDRESS``, else the cluster ``ray start`` recorded
+    (:func:`_ray_address_file`); with neither, ``ray.init`` looks for a local Ray itself
+    and its ``ConnectionError`` becomes the error (see :func:`_init`). ``local`` starts a
+    Ray, so there is nothing to check.
+    """
+    if address == "local":
+        return
+    source = f"--address {address}"
+    target = address
+    if address == "auto":
+        env = os.environ.get("RAY_ADDRESS", "")
+        if env:
+            target, source = env, f"--address auto (RAY_ADDRESS={env})"
+        else:
+            path = _ray_address_file()
+            try:
+                target = path.read_text().strip()
+            except OSError:
+                return
+            if not target:
+                return
+            source = f"--address auto (the cluster recorded in {path}: {target})"
+        if target in ("local", "auto"):
+            return
+    host, port = _endpoint(target, source)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except socket.gaierror as e:
+        raise CLIError(f"{source}: cannot resolve host {host!r} ({e.strerror})") from None
+    except TimeoutError:
+        raise CLIError(f"{source}: no answer from {host}:{port} within {timeout:g} s; is the Ray head running and reachable?") from None
+    except OSError as e:
+        raise CLIError(f"{source}: nothing listens at {host}:{port} ({e.strerror or e}); start the head with "
+                       f"`ray start --head` or give the address it printed") from None
+
+
+def _init(ray: Any, address: str | None, num_cpus: int | None) -> None:
+    """``ray.init`` on ``address`` (a local Ray when ``None``), its ``ConnectionError``
+    as a one-line :class:`CLIError` naming ``--address``."""
+    if address is None:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
+        return
+    try:
+        ray.init(address=address)
+    except ConnectionError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CLIError(f"--address {address}: cannot join the Ray cluster: {first}") from None
+
+
 def _run(args: argparse.Namespace) -> int:
     """Run a Ray Tune search of a study file: NeVe-controlled trials, NeVeStopper and the
     NeVeASHAScheduler (or the validation ASHA baseline), on a local Ray or a cluster."""
@@ -91,10 +177,11 @@ def _run(args: argparse.Namespace) -> int:
             resources["gpu"] = args.gpus_per_trial
     if args.address and args.num_cpus is not None:
         raise CLIError("--num-cpus is for a local Ray; a cluster joined with --address has its own")
+    if args.address:
+        check_address(args.address)  # before ray.init, which would retry for a minute
     started = False
     if not ray.is_initialized():
-        kw: dict[str, Any] = {"address": args.address} if args.address else {"address": "local", "num_cpus": args.num_cpus, "include_dashboard": False}
-        ray.init(**kw)
+        _init(ray, args.address, args.num_cpus)
         started = True
     try:
         results = run_search(

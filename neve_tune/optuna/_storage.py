@@ -24,16 +24,20 @@ import threading
 import warnings
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from .._checks import check_int
 
 __all__ = ["redact_url", "make_storage", "normalize_url", "storage_kind", "StorageError", "SQLiteRDBStorage", "sqlite_engine_kwargs"]
 
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
-_PASSWORD_RE = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^/@:]*):(?P<pw>[^@/]*)@")
+_SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pwd", "secret", "token", "sslpassword"})
+_HIDDEN = "***"
 
 
 class StorageError(Exception):
@@ -41,8 +45,17 @@ class StorageError(Exception):
 
 
 def redact_url(url: str | None, text: str | None = None) -> str:
-    """``url`` with its password replaced by ``***`` (or ``text`` with every occurrence of
-    that password replaced, when ``text`` is given).
+    """``url`` with its password and secret query parameters (``password``, ``passwd``,
+    ``pwd``, ``secret``, ``token``, ``sslpassword``, any case) replaced by ``***`` (or
+    ``text`` with that URL and every form of those secrets replaced, when ``text`` is
+    given: driver errors quote the password decoded or re-encoded, not as written).
+
+    Parsing and rendering are SQLAlchemy's (:func:`sqlalchemy.engine.make_url`,
+    ``render_as_string(hide_password=True)``), so the URL shown is the one the storage
+    opens. A password with an unencoded ``@`` is ambiguous (SQLAlchemy ends it at the
+    first ``@``): then everything up to the last ``@`` counts as credentials, so more is
+    hidden, never less. A URL with nothing to hide, and anything that is not an
+    SQLAlchemy URL (``journal:PATH``, a file path), comes back as given.
 
     Example::
 
@@ -50,28 +63,88 @@ def redact_url(url: str | None, text: str | None = None) -> str:
         'postgresql://neve:***@db:5432/search'
         >>> redact_url("postgresql://neve:s3cret@db/search", "cannot reach postgresql://neve:s3cret@db/search")
         'cannot reach postgresql://neve:***@db/search'
+        >>> redact_url("postgresql://neve@db/search?sslmode=require&sslpassword=k3y")
+        'postgresql://neve@db/search?sslmode=require&sslpassword=***'
         >>> redact_url("sqlite:///search.db")
         'sqlite:///search.db'
     """
     if url is None:
         return "<in-memory>" if text is None else text
-    m = _PASSWORD_RE.match(url)
+    found = _redacted(url)
+    if found is None:
+        return url if text is None else text
+    shown, secrets = found
     if text is None:
-        return url if m is None else f"{m.group('head')}:***@{url[m.end():]}"
-    if m is None or not m.group("pw"):
-        return text
-    pw = m.group("pw")
-    text = text.replace(url, redact_url(url))
-    for variant in {pw, _unquote(pw)}:
-        if variant:
-            text = text.replace(variant, "***")
+        return shown
+    text = text.replace(url, shown)
+    for secret in sorted(secrets, key=len, reverse=True):  # longest first: a short form inside a long one
+        text = text.replace(secret, _HIDDEN)
     return text
 
 
-def _unquote(s: str) -> str:
-    from urllib.parse import unquote
+def _forms(secret: str, *, written: str | None = None) -> set[str]:
+    """The forms a secret can take in a message: as written in the URL, decoded, encoded."""
+    forms = {secret, unquote(secret), unquote_plus(secret), quote(secret, safe=""), quote_plus(secret)}
+    if written is not None:
+        forms.add(written)
+    return {f for f in forms if f and f != _HIDDEN}
 
-    return unquote(s)
+
+def _hide_query(parsed: URL) -> tuple[URL, set[str]]:
+    """``parsed`` with the values of secret query parameters replaced, and those values."""
+    keys = [k for k in parsed.query if k.lower() in _SECRET_QUERY_KEYS]
+    secrets: set[str] = set()
+    for k in keys:
+        value = parsed.query[k]
+        for v in (value,) if isinstance(value, str) else value:
+            secrets |= _forms(v)
+    return (parsed.update_query_dict({k: _HIDDEN for k in keys}) if keys else parsed), secrets
+
+
+def _render(parsed: URL) -> str:
+    # render_as_string percent-encodes the query's "***"; show it as the password's is shown
+    return parsed.render_as_string(hide_password=True).replace(quote_plus(_HIDDEN), _HIDDEN)
+
+
+def _redacted(url: str) -> tuple[str, set[str]] | None:
+    """``(url with its secrets hidden, the secrets in every form)``; ``None`` when ``url``
+    is no SQLAlchemy URL or holds no secret."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None  # journal:PATH, a file path, ":memory:"
+    # An authority (user:password@host) follows "://" unless a path does (sqlite:///FILE).
+    has_authority = not rest.startswith("/")
+    if has_authority and rest.count("@") > 1:
+        parsed: URL | None = None  # SQLAlchemy would end the password at the first '@'
+    else:
+        try:
+            parsed = make_url(url)
+        except (ArgumentError, ValueError):  # an unknown scheme syntax, a port that is no number
+            parsed = None
+    if parsed is not None:
+        written = rest[: rest.find("@")].partition(":")[2] if parsed.password is not None else None
+        parsed, secrets = _hide_query(parsed)
+        if written is not None:
+            secrets |= _forms(parsed.password or "", written=written)
+        elif not secrets:
+            return None
+        return _render(parsed), secrets
+    if not has_authority:
+        return None
+    userinfo, at, hostpart = rest.rpartition("@")
+    user, colon, written = userinfo.partition(":")
+    secrets = _forms(unquote(written), written=written) if colon else set()
+    try:  # the placeholder driver name: only the part after "://" is parsed here
+        tail = make_url("neve://" + hostpart)
+    except (ArgumentError, ValueError):
+        return f"{scheme}://{_HIDDEN}", secrets | {rest}  # unparseable: show the scheme only
+    if at:
+        tail = tail.set(username=unquote(user), password=unquote(written) if colon else None)
+    tail, query_secrets = _hide_query(tail)
+    secrets |= query_secrets
+    if not secrets:
+        return None
+    return scheme + "://" + _render(tail)[len("neve://"):], secrets
 
 
 def _importable(module: str) -> bool:
