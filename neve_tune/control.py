@@ -69,6 +69,16 @@ def _finite(x: float | None) -> bool:
     return x is None or is_finite(x)
 
 
+def _reopened(stopped_by: str | None, epoch: int, max_epochs: int) -> str | None:
+    """A restored ``stopped_by``, None when the run had stopped only at a cap smaller than
+    ``max_epochs``: the cap is a setting, not part of the run, so a larger one continues
+    it. Any other stop (velocity, prediction_changes, stalled, diverged, early_stopping)
+    is the run's own end and stays."""
+    if stopped_by == "max_epochs" and epoch < max_epochs:
+        return None
+    return stopped_by
+
+
 def _lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
@@ -286,8 +296,10 @@ class NeVe:
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a run; one stopped only by a smaller ``max_epochs`` cap than this
+        controller's is reopened (:func:`_reopened`) and goes on up to this cap."""
         self.epoch = int(state_dict["epoch"])
-        self.stopped_by = state_dict["stopped_by"]
+        self.stopped_by = _reopened(state_dict["stopped_by"], self.epoch, self.max_epochs)
         self.threshold = float(state_dict["threshold"])
         self.scheduler.load_state_dict(dict(state_dict["scheduler"]))
         self.velocity.load_state_dict(state_dict["velocity"])
@@ -371,8 +383,9 @@ class ValidationControl:
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a run; one stopped only by a smaller ``max_epochs`` cap is reopened."""
         self.epoch = int(state_dict["epoch"])
-        self.stopped_by = state_dict["stopped_by"]
+        self.stopped_by = _reopened(state_dict["stopped_by"], self.epoch, self.max_epochs)
         self.best_loss = float(state_dict["best_loss"])
         self.best_epoch = int(state_dict["best_epoch"])
         self.scheduler.load_state_dict(dict(state_dict["scheduler"]))
@@ -432,6 +445,8 @@ class LRReplay:
         return {"epoch": self.epoch, "stopped_by": self.stopped_by}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        self.epoch, self.stopped_by = int(state_dict["epoch"]), state_dict["stopped_by"]
+        """Restore a replay; one that ended with a shorter schedule goes on with this one."""
+        self.epoch = int(state_dict["epoch"])
+        self.stopped_by = _reopened(state_dict["stopped_by"], self.epoch, len(self.lrs))
         if self.stopped_by is None:
             self._set(self.epoch)

@@ -30,6 +30,8 @@ from ._checks import check_float, check_int
 __all__ = [
     "DATASETS",
     "DataBundle",
+    "check_data_changes",
+    "data_identity",
     "dataset_labels",
     "get_dataset",
     "register_dataset",
@@ -79,9 +81,7 @@ def get_dataset(
     """
     if name not in DATASETS:
         raise ValueError(f"data must be one of {sorted(DATASETS)}, got {name!r}")
-    train_fraction = check_float("train_fraction", train_fraction, low=0.0, high=1.0, low_open=True)
-    label_noise = check_float("label_noise", label_noise, low=0.0, high=1.0, high_open=True)
-    noise_seed = check_int("noise_seed", noise_seed)
+    train_fraction, label_noise, noise_seed = check_data_changes(train_fraction, label_noise, noise_seed)
     bundle = DATASETS[name](**options)
     if train_fraction < 1.0:
         bundle = replace(bundle, train=stratified_subset(bundle.train, train_fraction, seed=int(options.get("seed", 0))))
@@ -89,6 +89,28 @@ def get_dataset(
         train, flipped = symmetric_label_noise(bundle.train, label_noise, bundle.num_classes, seed=noise_seed)
         bundle = replace(bundle, train=train, flipped=flipped)
     return bundle
+
+
+def check_data_changes(train_fraction: Any = 1.0, label_noise: Any = 0.0, noise_seed: Any = 0) -> tuple[float, float, int]:
+    """The data changes checked (``0 < train_fraction <= 1``, ``0 <= label_noise < 1``,
+    an int ``noise_seed``) and converted; a ``ValueError``/``TypeError`` naming the bad one."""
+    return (
+        check_float("train_fraction", train_fraction, low=0.0, high=1.0, low_open=True),  # type: ignore[return-value]
+        check_float("label_noise", label_noise, low=0.0, high=1.0, high_open=True),
+        check_int("noise_seed", noise_seed),
+    )
+
+
+# options that say where the files lie or how they are checked, not what the data is
+_LOCATION_OPTIONS = ("data_root", "verify")
+
+
+def data_identity(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """What makes a training set what it is: ``name`` and its options with the data
+    changes' defaults filled in, without those that only say where the files lie
+    (``data_root``, ``verify``): moving the data does not change a run."""
+    opts = {"train_fraction": 1.0, "label_noise": 0.0, "noise_seed": 0, **options}
+    return {"name": name, **{k: opts[k] for k in sorted(opts) if k not in _LOCATION_OPTIONS}}
 
 
 def dataset_labels(dataset: Dataset) -> torch.Tensor:

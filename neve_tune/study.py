@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 from ._checks import check_choice, check_float, check_int
 from .control import LR_SIGNALS, check_epochs
-from .data import DataBundle, get_dataset
+from .data import DataBundle, check_data_changes, get_dataset
 from .space import Choice, Distribution, IntUniform, LogUniform, Uniform, default_space, validate_space
 
 __all__ = ["Choice", "IntUniform", "LogUniform", "Study", "Uniform", "bundled_studies", "load_study"]
@@ -88,6 +88,8 @@ class Study:
             raise ValueError(f"study {self.name!r}: search_space is empty")
         validate_space(self.search_space)
         check_epochs(self.min_epochs, self.max_epochs)
+        opts = self.data_options
+        check_data_changes(opts.get("train_fraction", 1.0), opts.get("label_noise", 0.0), opts.get("noise_seed", 0))
         if self.probe not in ("noise", "train"):
             raise ValueError(f"probe must be 'noise' or 'train', got {self.probe!r}")
         if not isinstance(self.objective, str) or not (self.objective == "tse_ema" or (self.objective.startswith("tse_e") and self.objective[5:].isdigit()

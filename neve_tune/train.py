@@ -4,7 +4,11 @@
 :class:`~neve_tune.control.ValidationControl`) stops, and after every epoch writes a
 checkpoint (model, optimizer, controller with its velocity state, history, cost, RNG)
 atomically. Called again with the same ``checkpoint_path`` it resumes after the last
-finished epoch, so the velocity series continues as if the run had never stopped.
+finished epoch, so the velocity series continues as if the run had never stopped; a run
+that had stopped only at a smaller ``max_epochs`` cap goes on up to the controller's
+cap. A checkpoint that cannot be resumed from (unreadable, not a neve_tune checkpoint,
+or made by another run) raises :class:`CheckpointError`, one line naming
+``checkpoint_path``.
 
 Cost is counted, not guessed (docs/design.md, "Cost model"): ``train_samples`` (forward+backward),
 ``probe_samples`` and ``eval_samples`` (forward only), ``wall_s``. ``epochs_equiv``
@@ -29,7 +33,22 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from ._checks import check_int
 from .records import METRIC_NAMES, Cost
 
-__all__ = ["Cost", "FitResult", "METRIC_NAMES", "batches", "evaluate", "fit", "train_epoch", "load_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "Cost",
+    "FitResult",
+    "METRIC_NAMES",
+    "batches",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
+    "save_checkpoint",
+    "train_epoch",
+]
+
+CHECKPOINT_VERSION = 1
+# what every checkpoint fit writes holds; anything else is not a neve_tune checkpoint
+CHECKPOINT_KEYS = ("version", "epoch", "model", "optimizer", "controller", "history", "cost", "rng")
 
 @dataclass
 class FitResult:
@@ -167,17 +186,92 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from: unreadable, not a neve_tune checkpoint,
+    or made by another run. Its text is one line: the parameter, the path, what is wrong
+    and what to do; :meth:`message` words it for another name (the CLI's ``--checkpoint``)."""
+
+    def __init__(self, path: str | os.PathLike, problem: str,
+                 advice: str = "delete it to start over, or pass another path") -> None:
+        self.path, self.problem, self.advice = str(path), problem, advice
+        super().__init__(self.message())
+
+    def message(self, name: str = "checkpoint_path") -> str:
+        return f"{name} {self.path!r} {self.problem}; {self.advice}"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (Ray ships exceptions between processes)
+        return type(self), (self.path, self.problem, self.advice)
+
+
+def _first_line(error: BaseException, limit: int = 120) -> str:
+    text = (str(error).strip().splitlines() or [""])[0].strip()
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Atomic write: a crash mid-save never leaves a torn checkpoint."""
+    """Atomic write: the payload goes to a temporary file in the same folder, flushed to
+    disk, which then replaces ``path`` (``os.replace``), so a run killed mid-save leaves
+    the previous checkpoint whole, never a truncated one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint written by :func:`fit` (``weights_only`` loading); a
+    :class:`CheckpointError` when ``path`` is missing, a folder, empty, truncated, not a
+    torch file, or a torch file of something else."""
+    p = Path(path)
+    if p.is_dir():
+        raise CheckpointError(path, "is a folder, not a checkpoint file", "pass the path of a checkpoint file")
+    if not p.is_file():
+        raise CheckpointError(path, "does not exist", "pass the path of an existing checkpoint")
+    if p.stat().st_size == 0:
+        raise CheckpointError(path, "is empty")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # any failure to unpickle: truncated, text, another format
+        raise CheckpointError(path, f"cannot be read as a torch checkpoint (truncated or another format; {_first_line(e)})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(path, f"holds a {type(ckpt).__name__}, not a neve_tune checkpoint")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(path, f"is not a neve_tune checkpoint (it has no {', '.join(map(repr, missing))})")
+    if ckpt["version"] != CHECKPOINT_VERSION:
+        raise CheckpointError(path, f"has version {ckpt['version']!r}; this neve_tune reads version {CHECKPOINT_VERSION}")
+    return ckpt
+
+
+def _meta_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between a checkpoint's run guard and this run's, one phrase each.
+
+    Only the fields both hold are compared: a checkpoint written before a field joined
+    the guard (``data`` and ``model`` were added after ``config``/``method``/``seed``) is
+    accepted, being most likely a crash-resume of the same command; a model that does not
+    fit it is still refused, by the state-dict loading in :func:`fit`, as a
+    :class:`CheckpointError`."""
+    out: list[str] = []
+    for key in current:
+        if key not in stored or stored[key] == current[key]:
+            continue
+        old, new = stored[key], current[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            for sub in sorted(set(old) | set(new), key=str):
+                if old.get(sub) != new.get(sub):
+                    out.append(f"{key} {sub}: {old.get(sub)!r} in the checkpoint, {new.get(sub)!r} now")
+        else:
+            out.append(f"{key}: {old!r} in the checkpoint, {new!r} now")
+    return out
 
 
 def fit(
@@ -204,7 +298,12 @@ def fit(
     ``val_loss``/``val_acc`` when ``val_set`` is given); it may
     raise (e.g. ``optuna.TrialPruned``) to end the run. Epochs restored from
     ``checkpoint_path`` are not reported again. ``checkpoint_meta`` (e.g. the run's
-    config) is stored with each checkpoint; resuming from one whose meta differs raises.
+    config, method, seed, data and model: the run guard) is stored with each checkpoint;
+    resuming from one whose meta differs raises :class:`CheckpointError` naming what
+    differs. ``max_epochs`` is not part of it: a run that stopped only at the cap
+    (``stopped_by == "max_epochs"``) continues up to a larger one, with the same velocity
+    series as an uninterrupted run; a run that stopped for any other reason is finished
+    and its result is returned as it is.
     """
     check_int("batch_size", batch_size, minimum=1)
     if len(train_set) == 0:  # type: ignore[arg-type]
@@ -219,21 +318,30 @@ def fit(
     predictions = torch.full((len(train_set),), -1, dtype=torch.long)  # type: ignore[arg-type]
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         ckpt = load_checkpoint(checkpoint_path)
-        if checkpoint_meta is not None and ckpt.get("meta") not in (None, checkpoint_meta):
-            raise ValueError(
-                f"checkpoint_path {str(checkpoint_path)!r} belongs to another run ({ckpt['meta']}), "
-                f"not {checkpoint_meta}; remove it or use another path"
-            )
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        controller.load_state_dict(ckpt["controller"])
-        history = list(ckpt["history"])
-        cost = Cost(**ckpt["cost"])
-        if ckpt.get("predictions") is not None:
-            predictions = ckpt["predictions"].clone()
-        _set_rng_state(ckpt["rng"])
+        if checkpoint_meta is not None and isinstance(ckpt.get("meta"), dict):
+            differences = _meta_differences(ckpt["meta"], checkpoint_meta)
+            if differences:
+                raise CheckpointError(checkpoint_path, f"belongs to another run ({'; '.join(differences)})",
+                                      "delete it to start over, or use another path")
+        try:
+            if scaler is not None and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            controller.load_state_dict(ckpt["controller"])
+            history = list(ckpt["history"])
+            cost = Cost(**ckpt["cost"])
+            if ckpt.get("predictions") is not None:
+                if tuple(ckpt["predictions"].shape) != tuple(predictions.shape):
+                    raise ValueError(f"its training set had {ckpt['predictions'].numel()} examples, "
+                                     f"this one has {predictions.numel()}")
+                predictions = ckpt["predictions"].clone()
+            _set_rng_state(ckpt["rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+            raise CheckpointError(checkpoint_path, f"does not fit this run ({_first_line(e)})") from None
+        if history and not controller.should_stop and history[-1].get("stopped_by") is not None:
+            # reopened (a run stopped by a smaller max_epochs cap): its last epoch is no longer the last
+            history[-1] = {**history[-1], "stopped_by": None}
 
     if not history:  # epoch 0: the reference measurement
         t0 = time.perf_counter()
@@ -293,7 +401,7 @@ def fit(
             save_checkpoint(
                 checkpoint_path,
                 {
-                    "version": 1,
+                    "version": CHECKPOINT_VERSION,
                     "epoch": epoch,
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),

@@ -30,7 +30,7 @@ import torch
 
 from ._checks import check_choice, check_float
 from .control import LRReplay, NeVe, ValidationControl
-from .data import DataBundle, validation_split
+from .data import DataBundle, data_identity, validation_split
 from .models import create_model
 from .probe import dataset_probe, gaussian_probe
 from .records import METHODS, TrialResult
@@ -43,6 +43,7 @@ __all__ = [
     "make_controller",
     "make_optimizer",
     "resolve_device",
+    "run_guard",
     "run_trial",
     "training_speed_estimate",
     "trial_objective",
@@ -52,10 +53,48 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None: CUDA when available, else CPU; otherwise the device named."""
+    """``"auto"``/None: CUDA when available, else CPU; otherwise the device named, which
+    must be one torch knows and, for CUDA, present here (else a ``ValueError`` naming ``device``)."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine (use 'auto' or 'cpu')")
+    return dev
+
+
+def _plain(value: Any) -> Any:
+    """``value`` made of what a ``weights_only`` checkpoint holds (numbers, strings, None,
+    lists, tuples, dicts); anything else by its ``repr``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return repr(value)
+
+
+def run_guard(study: Study, config: Mapping[str, Any], method: str, seed: int,
+              model: torch.nn.Module | None = None, model_fn: Callable[[], torch.nn.Module] | None = None) -> dict[str, Any]:
+    """What a checkpoint must share with a run to be resumed by it: the configuration,
+    method, seed, data (:func:`neve_tune.data.data_identity`: not where it lies) and model.
+    ``max_epochs`` is not part of it: a larger cap continues a run stopped by the cap."""
+    if model_fn is None:
+        model_id: dict[str, Any] = {"name": study.model, **study.model_options}
+    else:
+        cls = type(model) if model is not None else type(model_fn)
+        model_id = {"name": f"model_fn:{cls.__module__}.{cls.__qualname__}"}
+    return {
+        "config": dict(config),
+        "method": method,
+        "seed": seed,
+        "data": _plain(data_identity(study.data, study.data_options)),
+        "model": _plain(model_id),
+    }
 
 
 def amp_dtype(study: Study) -> torch.dtype | None:
@@ -219,7 +258,7 @@ def run_trial(
         amp_dtype=amp_dtype(study),
         checkpoint_path=checkpoint_path,
         on_epoch=on_epoch,
-        checkpoint_meta={"config": dict(cfg), "method": method, "seed": seed},
+        checkpoint_meta=run_guard(study, cfg, method, seed, model, model_fn),
     )
     objective, best_epoch = trial_objective(study, method, fitted.history, controller.state_dict())
     result = TrialResult(

@@ -287,6 +287,10 @@ class NeuralVelocity:
             raise TypeError(f"probe must be a torch.Tensor, got {type(probe).__name__}")
         if probe.ndim == 0 or probe.shape[0] == 0:
             raise ValueError(f"probe is empty (shape {tuple(probe.shape)}); it needs at least one sample")
+        if probe.is_floating_point() and probe.device.type != "meta":  # a meta probe has no values
+            bad = int((~torch.isfinite(probe.detach())).sum())
+            if bad:
+                raise ValueError(f"probe must be finite: {bad} of {probe.numel()} values are NaN or inf")
         momentum = check_float("momentum", momentum, low=0.0, high=1.0, high_open=True)
         if storage_dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"storage_dtype must be float32, float16 or bfloat16, got {storage_dtype}")

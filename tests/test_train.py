@@ -7,7 +7,7 @@ from neve_tune import load_study, run_trial
 from neve_tune.cli import main
 from neve_tune.data import get_dataset
 from neve_tune.records import Cost
-from neve_tune.train import load_checkpoint
+from neve_tune.train import CheckpointError, load_checkpoint, save_checkpoint
 
 SMALL = dict(data="synthetic", max_epochs=8, lr_patience=0)
 
@@ -142,3 +142,91 @@ def test_train_takes_the_shared_data_and_control_flags(tmp_path, capsys):
 def test_shared_flags_refuse_bad_values_naming_them(flag, value, message, capsys):
     assert main(["train", flag, value, "--quiet"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_larger_max_epochs_continues_a_run_stopped_by_the_cap(tmp_path):
+    cfg = {"lr": 0.2, "threshold": 1e-6, "batch_size": 32}
+    full = run_trial(_study(), cfg, seed=3, evaluate_test=False)
+    assert full.epochs > 4
+    ckpt = tmp_path / "trial.pt"
+    capped = run_trial(_study(max_epochs=4), cfg, seed=3, checkpoint_path=ckpt, evaluate_test=False)
+    assert (capped.stopped_by, capped.epochs) == ("max_epochs", 4)
+    seen = []
+    more = run_trial(_study(), cfg, seed=3, checkpoint_path=ckpt, on_epoch=lambda m: seen.append(m["epoch"]),
+                     evaluate_test=False)
+    assert seen == list(range(5, full.epochs + 1))
+    for key in ("velocity", "velocity_change", "lr", "train_loss", "prediction_changes", "stopped_by"):
+        assert [m[key] for m in more.history] == [m[key] for m in full.history], key
+    assert (more.stopped_by, more.epochs) == (full.stopped_by, full.epochs)
+
+
+def test_a_finished_run_is_not_continued_and_the_cli_says_why(tmp_path, capsys):
+    ckpt = tmp_path / "ck.pt"
+    base = ["train", "--data", "synthetic", "--threshold", "0.05", "--lr-patience", "0", "--checkpoint", str(ckpt), "--quiet"]
+    assert main(base + ["--max-epochs", "10", "--json", str(tmp_path / "a.json")]) == 0
+    first = json.loads((tmp_path / "a.json").read_text())
+    assert first["stopped_by"] == "velocity" and first["epochs"] < 10
+    capsys.readouterr()
+    assert main(base + ["--max-epochs", "20", "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"the run already stopped by velocity at epoch {first['epochs']}; nothing to continue\n" in out
+    again = json.loads((tmp_path / "b.json").read_text())
+    assert again["history"] == first["history"] and load_checkpoint(ckpt)["epoch"] == first["epochs"]
+
+    # stopped by the cap: the same cap says so, a larger one trains on
+    capped = tmp_path / "capped.pt"
+    base[base.index(str(ckpt))] = str(capped)
+    assert main(base + ["--max-epochs", "2"]) == 0
+    assert main(base + ["--max-epochs", "2"]) == 0
+    assert "the run already stopped by max_epochs at epoch 2; nothing to continue (a larger --max-epochs" in capsys.readouterr().out
+    assert main(base + ["--max-epochs", "3", "--json", str(tmp_path / "c.json")]) == 0
+    assert "nothing to continue" not in capsys.readouterr().out
+    assert [m["epoch"] for m in json.loads((tmp_path / "c.json").read_text())["history"]] == [1, 2, 3]
+
+
+def test_a_checkpoint_of_another_model_or_data_is_refused_naming_what_differs(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    cfg = {"lr": 0.05, "batch_size": 64}
+    run_trial(_study(max_epochs=2), cfg, checkpoint_path=ckpt, evaluate_test=False)
+    for changes, differs in [
+        ({"model_options": {"width": 16}}, "model width: None in the checkpoint, 16 now"),
+        ({"data_options": {"label_noise": 0.2}}, "data label_noise: 0.0 in the checkpoint, 0.2 now"),
+        ({"data_options": {"train_fraction": 0.5}}, "data train_fraction: 1.0 in the checkpoint, 0.5 now"),
+        ({"data": "digits"}, "data name: 'synthetic' in the checkpoint, 'digits' now"),
+    ]:
+        with pytest.raises(CheckpointError, match="belongs to another run") as caught:
+            run_trial(_study(max_epochs=2, **changes), cfg, checkpoint_path=ckpt, evaluate_test=False)
+        assert differs in str(caught.value) and "delete it" in str(caught.value)
+    # moving the data is fine: data_root is not part of the guard (and a larger cap continues)
+    moved = run_trial(_study(max_epochs=3, data_options={"data_root": str(tmp_path)}), cfg, checkpoint_path=ckpt,
+                      evaluate_test=False)
+    assert moved.epochs == 3
+
+
+def test_an_old_checkpoint_without_data_and_model_in_its_guard(tmp_path):
+    ckpt = tmp_path / "old.pt"
+    cfg = {"lr": 0.05, "batch_size": 64}
+    run_trial(_study(max_epochs=2), cfg, checkpoint_path=ckpt, evaluate_test=False)
+    state = torch.load(ckpt, weights_only=True)
+    state["meta"] = {k: state["meta"][k] for k in ("config", "method", "seed")}  # as written before data/model joined
+    torch.save(state, ckpt)
+    # a model that does not fit it is refused in one line, not deep inside load_state_dict ...
+    with pytest.raises(CheckpointError, match=r"does not fit this run \(RuntimeError: Error\(s\) in loading state_dict"):
+        run_trial(_study(max_epochs=3, model_options={"width": 16}), cfg, checkpoint_path=ckpt, evaluate_test=False)
+    # ... and the same run is accepted (most likely a crash-resume of the same command)
+    assert run_trial(_study(max_epochs=3), cfg, checkpoint_path=ckpt, evaluate_test=False).epochs == 3
+
+
+def test_saving_a_checkpoint_is_atomic(tmp_path, monkeypatch):
+    ckpt = tmp_path / "c.pt"
+    save_checkpoint(ckpt, {"epoch": 1})
+
+    def killed_mid_write(obj, f, *a, **kw):
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(ckpt, {"epoch": 2})
+    assert torch.load(ckpt, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"], "no temporary file left behind"

@@ -6,6 +6,7 @@ import argparse
 import math
 from typing import Any
 
+from .._checks import check_float
 from ._args import (
     CLIError,
     add_data_changes,
@@ -114,6 +115,8 @@ def _worker(args: argparse.Namespace) -> int:
 
     device = check_device(args.device)
     check_output_paths(dirs={"--out": args.out, "--checkpoint-dir": None if args.no_checkpoints else args.checkpoint_dir})
+    if args.timeout is not None:
+        check_float("--timeout", args.timeout, positive=True)
     if args.trials is None and args.timeout is None and args.total_trials is None:
         raise CLIError("give --trials N, --total-trials N or --timeout SECONDS")
     optuna.logging.set_verbosity(optuna.logging.WARNING)

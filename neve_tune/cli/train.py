@@ -11,6 +11,7 @@ from .._checks import check_float, check_int
 from .._json import write_json
 from ..control import LR_SIGNALS
 from ._args import (
+    CLIError,
     add_data_changes,
     add_device,
     add_json,
@@ -57,6 +58,7 @@ def _train(args: argparse.Namespace) -> int:
     """Train one configuration under NeVe control: velocity decays the LR and stops the run."""
     from tqdm.auto import tqdm
 
+    from ..train import CheckpointError
     from ..trial import run_trial
 
     device = check_device(args.device)
@@ -72,9 +74,16 @@ def _train(args: argparse.Namespace) -> int:
     check_float("--threshold", config["threshold"], positive=True)
     check_int("--batch-size", config["batch_size"], minimum=1)
 
-    bar = tqdm(total=study.max_epochs, desc="epochs", unit="ep", disable=args.quiet, file=sys.stderr)
+    data = study.load_data()  # a missing or bad data set fails here, before any output
+    bar: Any = None
+    trained: list[int] = []
 
     def on_epoch(m: dict[str, Any]) -> None:
+        nonlocal bar
+        if bar is None:  # created on the first trained epoch: a refused checkpoint prints no bar
+            bar = tqdm(total=study.max_epochs, initial=m["epoch"] - 1, desc="epochs", unit="ep",
+                       disable=args.quiet, file=sys.stderr)
+        trained.append(m["epoch"])
         bar.update(1)
         if not args.quiet:
             v = "nan" if m["velocity"] is None else f"{m['velocity']:.5f}"
@@ -83,9 +92,17 @@ def _train(args: argparse.Namespace) -> int:
                 f"train_acc {m['train_acc']:.4f}  lr {m['lr']:.4g}  {m['epoch_time_s']:.2f}s"
             )
 
-    result = run_trial(study, config, method="neve", seed=args.seed, device=device,
-                       checkpoint_path=args.checkpoint, on_epoch=on_epoch)
-    bar.close()
+    try:
+        result = run_trial(study, config, method="neve", seed=args.seed, device=device,
+                           checkpoint_path=args.checkpoint, on_epoch=on_epoch, data=data)
+    except CheckpointError as e:
+        raise CLIError(e.message("--checkpoint")) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.checkpoint and not trained and result.history:
+        hint = " (a larger --max-epochs continues it)" if result.stopped_by == "max_epochs" else ""
+        print(f"the run already stopped by {result.stopped_by} at epoch {result.epochs}; nothing to continue{hint}")
     print(
         f"stopped_by={result.stopped_by} epochs={result.epochs} test_acc={result.test_acc:.4f} "
         f"train_samples={result.cost.train_samples} probe_samples={result.cost.probe_samples} "

@@ -11,8 +11,9 @@ import torch
 from optuna.pruners import BasePruner, SuccessiveHalvingPruner
 from optuna.trial import FrozenTrial, TrialState
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_float, check_int
 from ..study import Study, load_study
+from ..trial import resolve_device
 from ._objective import OBJECTIVE_METHODS, make_objective
 from ._pruner import NeVePruner
 from ._storage import make_storage, redact_url, storage_kind
@@ -148,6 +149,8 @@ def run_worker(
     n_trials = check_int("n_trials", n_trials, minimum=1, allow_none=True)
     total_trials = check_int("total_trials", total_trials, minimum=1, allow_none=True)
     torch_threads = check_int("torch_threads", torch_threads, minimum=1, allow_none=True)
+    timeout = check_float("timeout", timeout, positive=True, allow_none=True)
+    resolve_device(device)  # an unknown or absent device fails here, not as a FAIL trial
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
     data = study.load_data()  # fail here, not inside a trial, when the data set is missing

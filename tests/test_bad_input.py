@@ -1,0 +1,218 @@
+"""Bad input, one table: every case ends with exit status 2 (CLI) or one clear exception
+(Python API), one line naming the option or parameter, and no traceback.
+
+The CLI cases run ``neve_tune.cli.main`` in-process with CUDA hidden, so the table means the
+same on a GPU machine. Where training could start, ``--data synthetic --max-epochs 1``
+keeps a wrongly accepted case short; since none of them may train, a case also asserts
+that nothing reached stdout (no epoch line, no worker line, no result).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import optuna
+import pytest
+import torch
+
+from neve_tune import NeVe, NeuralVelocity, gaussian_probe, load_study, run_trial
+from neve_tune.cli import main
+from neve_tune.optuna import report_epoch, run_worker
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+FAST = ["--data", "synthetic", "--max-epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bad files the table points at, made once: study files, checkpoints, a file
+    standing where a folder should be."""
+    d = tmp_path_factory.mktemp("bad")
+    (d / "syntax_error.py").write_text("from neve_tune import Study\nSTUDY = Study(name='x'\n")
+    (d / "raises.py").write_text("raise RuntimeError('no GPU quota today')\n")
+    (d / "empty.pt").write_bytes(b"")
+    (d / "text.pt").write_text("epoch,loss\n1,0.5\n")
+    torch.save(torch.ones(3), d / "tensor.pt")
+    torch.save({"weights": torch.ones(2), "step": 3}, d / "other_dict.pt")
+    (d / "folder.pt").mkdir()
+    (d / "a_file").write_text("not a folder\n")
+    # a real checkpoint of `train --data synthetic --max-epochs 1`, and a truncated copy of it
+    assert main(["train", *FAST, "--device", "cpu", "--checkpoint", str(d / "good.pt"), "--quiet"]) == 0
+    data = (d / "good.pt").read_bytes()
+    (d / "truncated.pt").write_bytes(data[: len(data) // 2])
+    return d
+
+
+def _no_fail_trial(url: str) -> None:
+    """The worker refused before any trial: no FAIL trial in its storage."""
+    for summary in optuna.get_all_study_summaries(url, include_best_trial=False):
+        trials = optuna.load_study(study_name=summary.study_name, storage=url).get_trials(deepcopy=False)
+        assert not [t.number for t in trials if t.state == optuna.trial.TrialState.FAIL]
+
+
+def _worker(device: str, db: str) -> list[str]:
+    return ["optuna", "worker", "digits", "--device", device, "--trials", "1", "--create",
+            "--storage", f"sqlite:///{{d}}/{db}.db", "--max-epochs", "1"]
+
+
+# (argv, expected exit status, a substring of the one error line; {d} is the inputs folder)
+CLI_CASES = [
+    pytest.param(["train", "{d}/syntax_error.py"], 2, "study file '{d}/syntax_error.py' has a syntax error at line 2",
+                 id="study-syntax-error"),
+    pytest.param(["train", "{d}/raises.py"], 2, "study file '{d}/raises.py' failed to load: RuntimeError: no GPU quota",
+                 id="study-raises-on-import"),
+    pytest.param(["train", "--device", "cuda", *FAST], 2, "--device cuda: CUDA is not available", id="train-device-cuda"),
+    pytest.param(["train", "--device", "banana", *FAST], 2, "--device must be auto, cpu, cuda or cuda:N, got 'banana'",
+                 id="train-device-banana"),
+    pytest.param(["compare", "--device", "cuda", "--trials", "1", "--max-epochs", "1"], 2, "--device cuda: CUDA is not available",
+                 id="compare-device-cuda"),
+    pytest.param(["compare", "--device", "banana", "--trials", "1", "--max-epochs", "1"], 2,
+                 "--device must be auto, cpu, cuda or cuda:N, got 'banana'", id="compare-device-banana"),
+    pytest.param(_worker("cuda", "w_cuda"), 2, "--device cuda: CUDA is not available", id="worker-device-cuda"),
+    pytest.param(_worker("banana", "w_banana"), 2, "--device must be auto, cpu, cuda or cuda:N, got 'banana'",
+                 id="worker-device-banana"),
+    pytest.param(["train", *FAST, "--checkpoint", "{d}/empty.pt"], 2,
+                 "--checkpoint '{d}/empty.pt' is empty; delete it to start over", id="checkpoint-empty"),
+    pytest.param(["train", *FAST, "--checkpoint", "{d}/truncated.pt"], 2,
+                 "--checkpoint '{d}/truncated.pt' cannot be read as a torch checkpoint", id="checkpoint-truncated"),
+    pytest.param(["train", *FAST, "--checkpoint", "{d}/text.pt"], 2,
+                 "--checkpoint '{d}/text.pt' cannot be read as a torch checkpoint", id="checkpoint-text"),
+    pytest.param(["train", *FAST, "--checkpoint", "{d}/tensor.pt"], 2,
+                 "--checkpoint '{d}/tensor.pt' holds a Tensor, not a neve_tune checkpoint; delete it", id="checkpoint-tensor"),
+    pytest.param(["train", *FAST, "--checkpoint", "{d}/other_dict.pt"], 2,
+                 "--checkpoint '{d}/other_dict.pt' is not a neve_tune checkpoint", id="checkpoint-other-dict"),
+    pytest.param(["train", *FAST, "--checkpoint", "{d}/folder.pt"], 2, "--checkpoint {d}/folder.pt: is a directory",
+                 id="checkpoint-directory"),
+    pytest.param(["train", *FAST, "--checkpoint", "{d}/good.pt", "--label-noise", "0.2"], 2,
+                 "--checkpoint '{d}/good.pt' belongs to another run (data label_noise: 0.0 in the checkpoint, 0.2 now)",
+                 id="checkpoint-other-data-options"),
+    pytest.param(["train", *FAST, "--checkpoint", "{d}/good.pt", "--model", "resnet20"], 2,
+                 "belongs to another run (model name: 'small_cnn' in the checkpoint, 'resnet20' now)",
+                 id="checkpoint-other-model"),
+    pytest.param(["train", "--max-epochs", "1", "--checkpoint", "{d}/good.pt"], 2,
+                 "belongs to another run (data name: 'synthetic' in the checkpoint, 'digits' now)",
+                 id="checkpoint-other-data"),
+    pytest.param(["train", "--lr", "inf", *FAST], 2, "--lr must be a finite number > 0, got inf", id="lr-inf"),
+    pytest.param(["train", "--lr", "-1", *FAST], 2, "--lr must be a finite number > 0, got -1.0", id="lr-negative"),
+    pytest.param(["train", "--threshold", "0", *FAST], 2, "--threshold must be a finite number > 0, got 0.0",
+                 id="threshold-zero"),
+    pytest.param(["optuna", "worker", "digits", "--timeout", "-5", "--max-epochs", "1"], 2,
+                 "--timeout must be a finite number > 0, got -5.0", id="worker-timeout-negative"),
+    pytest.param(["train", *FAST, "--json", "{d}/a_file/run.json"], 2, "--json {d}/a_file/run.json: {d}/a_file is not a folder",
+                 id="json-unwritable"),
+    pytest.param(["train", *FAST, "--out", "{d}/a_file/plots"], 2, "--out {d}/a_file/plots: {d}/a_file is not a folder",
+                 id="out-unwritable"),
+    pytest.param(["optuna", "worker", "digits", "--trials", "1", "--max-epochs", "1", "--checkpoint-dir", "{d}/a_file/ck"], 2,
+                 "--checkpoint-dir {d}/a_file/ck: {d}/a_file is not a folder", id="checkpoint-dir-unwritable"),
+    pytest.param(["train", "--lr-patience", "soon", *FAST], 2, "--lr-patience must be an int or 'auto', got 'soon'",
+                 id="lr-patience-word"),
+    pytest.param(["train", "--pc-patience", "-1", *FAST], 2, "--pc-patience must be >= 0 (0: off), got -1",
+                 id="pc-patience-negative"),
+    pytest.param(["train", "--label-noise", "1.5", *FAST], 2, "label_noise must be a finite number >= 0 and < 1, got 1.5",
+                 id="label-noise-above-1"),
+    pytest.param(["train", "--train-fraction", "0", *FAST], 2, "train_fraction must be a finite number > 0 and <= 1, got 0.0",
+                 id="train-fraction-zero"),
+]
+
+
+@pytest.mark.parametrize("argv, status, message", CLI_CASES)
+def test_cli_bad_input(argv: list[str], status: int, message: str, inputs: Path, capsys: pytest.CaptureFixture[str],
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    before = sorted(p.name for p in inputs.rglob("*"))
+    argv = [a.format(d=inputs) for a in argv]
+    capsys.readouterr()
+    assert main(argv) == status
+    out, err = capsys.readouterr()
+    assert message.format(d=inputs) in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert out == "", "refused before any work: nothing on stdout"
+    if "--storage" in argv:
+        _no_fail_trial(argv[argv.index("--storage") + 1])
+        (inputs / argv[argv.index("--storage") + 1].rsplit("/", 1)[1]).unlink(missing_ok=True)
+    assert sorted(p.name for p in inputs.rglob("*")) == before, "no file written, none removed"
+
+
+def _model() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+
+def _neve(**kw: Any) -> NeVe:
+    model = _model()
+    return NeVe(torch.optim.SGD(model.parameters(), lr=0.1), NeuralVelocity(model, gaussian_probe((4,), 8)), **kw)
+
+
+def _step_none() -> None:
+    neve = _neve()
+    neve.start()
+    neve.step(None)  # type: ignore[arg-type]
+
+
+def _report(metrics: Any) -> None:
+    report_epoch(optuna.create_study().ask(), metrics)
+
+
+def _run_from_checkpoint(name: str) -> Callable[[Path], Any]:
+    def run(d: Path) -> Any:
+        study = load_study("digits").replace(data="synthetic", max_epochs=1)
+        return run_trial(study, {}, checkpoint_path=d / name, evaluate_test=False)
+    return run
+
+
+# (call, expected exception, a substring of its message naming the parameter); calls take the inputs folder
+API_CASES = [
+    pytest.param(lambda d: _neve(patience=-1), ValueError, "patience must be an int >= 0, got -1", id="neve-patience"),
+    pytest.param(lambda d: _step_none(), TypeError, "train_loss must be a number, got None", id="neve-step-none"),
+    pytest.param(lambda d: NeuralVelocity(_model(), torch.full((8, 4), math.nan)), ValueError,
+                 "probe must be finite: 32 of 32 values are NaN or inf", id="probe-nan"),
+    pytest.param(lambda d: _report({"epoch": 1.7, "velocity": 0.1}), TypeError, "metrics['epoch'] must be an int >= 0, got 1.7",
+                 id="report-epoch-float"),
+    pytest.param(lambda d: _report({"epoch": "x", "velocity": 0.1}), TypeError, "metrics['epoch'] must be an int >= 0, got 'x'",
+                 id="report-epoch-str"),
+    pytest.param(lambda d: _report(None), TypeError, "metrics must be a mapping", id="report-metrics-none"),
+    pytest.param(_run_from_checkpoint("empty.pt"), ValueError, "checkpoint_path '{d}/empty.pt' is empty; delete it",
+                 id="checkpoint-empty"),
+    pytest.param(_run_from_checkpoint("truncated.pt"), ValueError, "checkpoint_path '{d}/truncated.pt' cannot be read",
+                 id="checkpoint-truncated"),
+    pytest.param(_run_from_checkpoint("text.pt"), ValueError, "checkpoint_path '{d}/text.pt' cannot be read",
+                 id="checkpoint-text"),
+    pytest.param(_run_from_checkpoint("tensor.pt"), ValueError, "checkpoint_path '{d}/tensor.pt' holds a Tensor",
+                 id="checkpoint-tensor"),
+    pytest.param(_run_from_checkpoint("other_dict.pt"), ValueError,
+                 "checkpoint_path '{d}/other_dict.pt' is not a neve_tune checkpoint", id="checkpoint-other-dict"),
+    pytest.param(_run_from_checkpoint("folder.pt"), ValueError, "checkpoint_path '{d}/folder.pt' is a folder",
+                 id="checkpoint-directory"),
+    pytest.param(lambda d: run_worker("digits", device="banana", n_trials=1, log=None, create=True,
+                                      storage=f"sqlite:///{d}/api_worker.db"), ValueError,
+                 "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'banana'", id="worker-device-banana"),
+    pytest.param(lambda d: run_worker("digits", timeout=-5, log=None), ValueError,
+                 "timeout must be a finite number > 0 or None, got -5", id="worker-timeout-negative"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", API_CASES)
+def test_api_bad_input(call: Callable[[Path], Any], error: type[Exception], message: str, inputs: Path,
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(error) as caught:
+        call(inputs)
+    text = str(caught.value)
+    assert message.format(d=inputs) in text
+    assert "\n" not in text
+    assert "Traceback" not in capsys.readouterr().err
+    db = inputs / "api_worker.db"
+    if db.exists():
+        _no_fail_trial(f"sqlite:///{db}")
+        db.unlink()
+
+
+def test_a_checkpoint_that_cannot_be_read_is_left_in_place(inputs: Path, tmp_path: Path) -> None:
+    """Refused, not overwritten: the user decides whether to delete it."""
+    ckpt = tmp_path / "truncated.pt"
+    shutil.copy(inputs / "truncated.pt", ckpt)
+    assert main(["train", *FAST, "--checkpoint", str(ckpt), "--quiet"]) == 2
+    assert ckpt.read_bytes() == (inputs / "truncated.pt").read_bytes()
