@@ -286,8 +286,12 @@ def test_tuner_restore_finishes_an_interrupted_experiment(ray_2cpus, study, tmp_
     for r in grid:
         df = r.metrics_dataframe
         # epochs reported after the experiment's last snapshot are trained again after the
-        # restore (from the last checkpoint the snapshot knows): same values, deterministic
-        assert sorted(set(df["epoch"])) == list(range(1, r.metrics["epoch"] + 1))
+        # restore (from the last checkpoint the snapshot knows): same values, deterministic.
+        # A rung decision the snapshot did not record is taken again on the rung as it is now
+        # (asynchronous halving decides on arrival order, as Ray's ASHA does), so a trial
+        # promoted before the interrupt may be stopped at that rung after it.
+        epochs = sorted(set(df["epoch"]))
+        assert epochs == list(range(1, epochs[-1] + 1)) and r.metrics["epoch"] in epochs
         assert (df.groupby("epoch")["velocity"].nunique() == 1).all()
         assert (df.groupby("epoch")["train_loss"].nunique() == 1).all()
         assert r.metrics.get("stopped_by") == "velocity" or "test_acc" not in r.metrics  # converged or pruned
