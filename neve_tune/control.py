@@ -83,7 +83,21 @@ def _lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
-class NeVe:
+class _Stoppable:
+    """What every controller shares: it is over once ``stopped_by`` is set; ``start`` does
+    nothing unless the controller has something to record before the first epoch."""
+
+    stopped_by: str | None
+
+    @property
+    def should_stop(self) -> bool:
+        return self.stopped_by is not None
+
+    def start(self) -> None:
+        pass
+
+
+class NeVe(_Stoppable):
     """Velocity-driven LR decay and stopping for one training run, with no held-out data.
 
     After every epoch, :meth:`step`:
@@ -176,10 +190,6 @@ class NeVe:
         self.pc_series: list[float] = []
         self.pc_best: float | None = None
         self.pc_best_epoch = 0
-
-    @property
-    def should_stop(self) -> bool:
-        return self.stopped_by is not None
 
     @property
     def best_epoch(self) -> int:
@@ -312,7 +322,7 @@ class NeVe:
         self._best_weights = None if best is None else {k: v.clone() for k, v in best.items()}
 
 
-class ValidationControl:
+class ValidationControl(_Stoppable):
     """The validation-based baseline controller.
 
     After every epoch, :meth:`step` steps ``ReduceLROnPlateau(mode="min", factor,
@@ -343,13 +353,6 @@ class ValidationControl:
         self.best_loss = math.inf
         self.best_epoch = 0
         self.stopped_by: str | None = None
-
-    @property
-    def should_stop(self) -> bool:
-        return self.stopped_by is not None
-
-    def start(self) -> None:
-        pass
 
     def step(
         self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None
@@ -391,7 +394,7 @@ class ValidationControl:
         self.scheduler.load_state_dict(dict(state_dict["scheduler"]))
 
 
-class LRReplay:
+class LRReplay(_Stoppable):
     """Replays a recorded per-epoch learning-rate schedule for ``len(lrs)`` epochs.
 
     A validation-based search retrains its best configuration on all training data this
@@ -419,13 +422,6 @@ class LRReplay:
     def _set(self, i: int) -> None:
         for g in self.optimizer.param_groups:
             g["lr"] = float(self.lrs[i])
-
-    @property
-    def should_stop(self) -> bool:
-        return self.stopped_by is not None
-
-    def start(self) -> None:
-        pass
 
     def step(
         self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None

@@ -6,22 +6,7 @@ import argparse
 
 from ..compare._api import BACKENDS, NEVE_SIGNALS
 from ..records import SEARCH_METHODS
-from ._args import (
-    add_data_changes,
-    add_device,
-    add_json,
-    add_max_epochs,
-    add_out,
-    add_quiet,
-    add_seed,
-    add_study,
-    add_trial_control,
-    add_trials,
-    check_device,
-    check_output_paths,
-    positive_int,
-    study_from_args,
-)
+from . import _args as cli
 
 __all__ = ["add_cli"]
 
@@ -31,25 +16,25 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("compare", help="NeVe search vs validation-based ASHA", description=compare_module.__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_study(p)
+    cli.add_study(p)
     p.add_argument("--backend", choices=BACKENDS, default="optuna")
-    add_trials(p, "trials per search (default 20)", 20)
-    add_seed(p)
-    p.add_argument("--repeats", type=positive_int, default=1, help="run the comparison K times, seeds seed..seed+K-1")
-    add_max_epochs(p)
+    cli.add_trials(p, "trials per search (default 20)", 20)
+    cli.add_seed(p)
+    p.add_argument("--repeats", type=cli.positive_int, default=1, help="run the comparison K times, seeds seed..seed+K-1")
+    cli.add_max_epochs(p)
     p.add_argument("--searches", default=",".join(SEARCH_METHODS), help="comma-separated subset of neve,asha,asha_es")
     p.add_argument("--neve-signal", choices=NEVE_SIGNALS, default="train_loss",
                    help="rung signal of the NeVe search's pruner/scheduler (default train_loss, measured better on digits)")
     p.add_argument("--objective", help="NeVe's validation-free objective: tse_e1 (default), tse_e<N>, tse_ema")
     p.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=True,
                    help="retrain the validation searches' best configuration on all training data (default on)")
-    add_data_changes(p)
-    add_trial_control(p)
-    add_device(p)
+    cli.add_data_changes(p)
+    cli.add_trial_control(p)
+    cli.add_device(p)
     p.add_argument("--data-root", help="folder holding the data set files (CIFAR, imagefolder)")
-    add_json(p, "write the full record here")
-    add_out(p, "folder for the PNG plots (anytime.png, velocity.png)")
-    add_quiet(p)
+    cli.add_json(p, "write the full record here")
+    cli.add_out(p, "folder for the PNG plots (anytime.png, velocity.png)")
+    cli.add_quiet(p)
     p.set_defaults(func=_compare)
 
 
@@ -57,9 +42,9 @@ def _compare(args: argparse.Namespace) -> int:
     """Run the comparison; print its table; write its JSON and plots."""
     from ..compare import compare, summary_table, write_outputs
 
-    device = check_device(args.device)
-    check_output_paths(files={"--json": args.json_path}, dirs={"--out": args.out})
-    study = study_from_args(args, objective=args.objective)
+    device = cli.check_device(args.device)
+    cli.check_output_paths(files={"--json": args.json_path}, dirs={"--out": args.out})
+    study = cli.study_from_args(args, objective=args.objective)
     searches = [s.strip() for s in args.searches.split(",") if s.strip()]
     result = compare(study, backend=args.backend, trials=args.trials, seed=args.seed, repeats=args.repeats,
                      retrain=args.retrain, device=device, neve_signal=args.neve_signal, searches=searches,

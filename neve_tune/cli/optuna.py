@@ -7,24 +7,7 @@ import math
 from typing import Any
 
 from .._checks import check_float
-from ._args import (
-    CLIError,
-    add_data_changes,
-    add_device,
-    add_max_epochs,
-    add_out,
-    add_quiet,
-    add_seed,
-    add_storage,
-    add_study,
-    add_trial_control,
-    add_trials,
-    check_device,
-    check_output_paths,
-    deprecated_alias,
-    positive_int,
-    study_from_args,
-)
+from . import _args as cli
 
 __all__ = ["add_cli"]
 
@@ -51,23 +34,23 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "worker", help="run trials against a shared study", description=_WORKER_DOC,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_study(w, required=True)
+    cli.add_study(w, required=True)
     w.add_argument("--study-name", help="name of the Optuna study (default: the study file's name)")
-    add_storage(w)
-    add_trials(w, "trials this worker runs (default: until --timeout or --total-trials)")
-    w.add_argument("--total-trials", type=positive_int, help="stop once the study holds this many complete+pruned trials")
+    cli.add_storage(w)
+    cli.add_trials(w, "trials this worker runs (default: until --timeout or --total-trials)")
+    w.add_argument("--total-trials", type=cli.positive_int, help="stop once the study holds this many complete+pruned trials")
     w.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     w.add_argument("--create", action="store_true", help="create the study if it does not exist")
     w.add_argument("--direction", choices=["minimize", "maximize"], default="minimize", help="with --create")
     w.add_argument("--method", choices=["neve", "asha", "asha_es"], default="neve",
                    help="neve (default), or the validation-based baselines with SuccessiveHalvingPruner")
-    add_seed(w, "training seed of every trial (default 0)")
+    cli.add_seed(w, "training seed of every trial (default 0)")
     w.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler")
-    add_device(w)
-    w.add_argument("--threads", type=positive_int, help="torch CPU threads of this worker (default: torch's)")
-    add_max_epochs(w)
-    add_data_changes(w)
-    add_trial_control(w)
+    cli.add_device(w)
+    w.add_argument("--threads", type=cli.positive_int, help="torch CPU threads of this worker (default: torch's)")
+    cli.add_max_epochs(w)
+    cli.add_data_changes(w)
+    cli.add_trial_control(w)
     w.add_argument("--checkpoint-dir", default="neve_checkpoints",
                    help="per-trial checkpoints, so a retried trial resumes (shared storage across machines; "
                         "default: ./neve_checkpoints)")
@@ -75,27 +58,27 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints of finished trials")
     g = w.add_argument_group("NeVePruner (default: the settings stored in the study, else the defaults)")
     g.add_argument("--signal", choices=["velocity", "train_loss"])
-    g.add_argument("--min-resource", type=positive_int)
+    g.add_argument("--min-resource", type=cli.positive_int)
     g.add_argument("--reduction-factor", type=int)
     g.add_argument("--min-early-stopping-rate", type=int)
     g.add_argument("--divergence-bound", type=float)
-    g.add_argument("--divergence-patience", type=positive_int)
+    g.add_argument("--divergence-patience", type=cli.positive_int)
     h = w.add_argument_group("recovery (RDB storages)")
-    h.add_argument("--heartbeat-interval", type=positive_int, default=60, help="seconds (default 60)")
-    h.add_argument("--heartbeat-grace-period", dest="heartbeat_grace_period", type=positive_int,
+    h.add_argument("--heartbeat-interval", type=cli.positive_int, default=60, help="seconds (default 60)")
+    h.add_argument("--heartbeat-grace-period", dest="heartbeat_grace_period", type=cli.positive_int,
                    help="seconds without heartbeat before a trial is failed (default 2x the interval)")
-    deprecated_alias(h, "--grace-period", "--heartbeat-grace-period", "heartbeat_grace_period", type=positive_int)
+    cli.deprecated_alias(h, "--grace-period", "--heartbeat-grace-period", "heartbeat_grace_period", type=cli.positive_int)
     h.add_argument("--max-retry", type=int, default=3, help="retries of a trial whose worker died (default 3)")
     h.add_argument("--no-heartbeat", action="store_true", help="no heartbeats, no retries")
-    add_out(w, "write velocity_curves.png and search_history.png here when done")
-    deprecated_alias(w, "--plots", "--out", "out")
-    add_quiet(w)
+    cli.add_out(w, "write velocity_curves.png and search_history.png here when done")
+    cli.deprecated_alias(w, "--plots", "--out", "out")
+    cli.add_quiet(w)
     w.set_defaults(func=_worker)
 
     p = sub.add_parser("plot", help="velocity curves of all trials and the search history (PNG)")
     p.add_argument("--study-name", required=True)
-    add_storage(p)
-    add_out(p, "output folder (default: plots)")
+    cli.add_storage(p)
+    cli.add_out(p, "output folder (default: plots)")
     p.set_defaults(out="plots")
     p.set_defaults(func=_plot)
 
@@ -113,16 +96,16 @@ def _worker(args: argparse.Namespace) -> int:
 
     from ..optuna import StorageError, StudyNotFoundError, plot_study, redact_url, run_worker
 
-    device = check_device(args.device)
-    check_output_paths(dirs={"--out": args.out, "--checkpoint-dir": None if args.no_checkpoints else args.checkpoint_dir})
+    device = cli.check_device(args.device)
+    cli.check_output_paths(dirs={"--out": args.out, "--checkpoint-dir": None if args.no_checkpoints else args.checkpoint_dir})
     if args.timeout is not None:
         check_float("--timeout", args.timeout, positive=True)
     if args.trials is None and args.timeout is None and args.total_trials is None:
-        raise CLIError("give --trials N, --total-trials N or --timeout SECONDS")
+        raise cli.CLIError("give --trials N, --total-trials N or --timeout SECONDS")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         search = run_worker(
-            study_from_args(args),
+            cli.study_from_args(args),
             study_name=args.study_name,
             storage=args.storage,
             n_trials=args.trials,
@@ -144,7 +127,7 @@ def _worker(args: argparse.Namespace) -> int:
             log=None if args.quiet else (lambda line: print(line, flush=True)),
         )
     except (StorageError, StudyNotFoundError) as e:
-        raise CLIError(str(e.args[0]) if e.args else str(e)) from None
+        raise cli.CLIError(str(e.args[0]) if e.args else str(e)) from None
     except ValueError as e:
         raise ValueError(redact_url(args.storage, str(e))) from None
     if args.out:
@@ -160,11 +143,11 @@ def _plot(args: argparse.Namespace) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.storage is None:
-        raise CLIError("--storage is required: an in-memory study has nothing to plot")
+        raise cli.CLIError("--storage is required: an in-memory study has nothing to plot")
     try:
         search = open_study(args.study_name, args.storage, heartbeat_interval=None)
     except (StorageError, StudyNotFoundError) as e:
-        raise CLIError(str(e)) from None
+        raise cli.CLIError(str(e)) from None
     for path in plot_study(search, args.out).values():
         print(f"wrote {path}")
     return 0

@@ -11,22 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .._json import write_json
-from ._args import (
-    CLIError,
-    add_data_changes,
-    add_device,
-    add_json,
-    add_max_epochs,
-    add_seed,
-    add_study,
-    add_trial_control,
-    add_trials,
-    check_device,
-    check_output_paths,
-    deprecated_alias,
-    positive_int,
-    study_from_args,
-)
+from . import _args as cli
 
 __all__ = ["add_cli", "check_address"]
 
@@ -48,21 +33,21 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("ray", help="Ray Tune searches with NeVeStopper, locally or on a cluster", description="Ray Tune backend.")
     sub = p.add_subparsers(dest="ray_command", metavar="VERB")
     r = sub.add_parser("run", help="run a search of a study file", description=_run.__doc__)
-    add_study(r)
+    cli.add_study(r)
     r.add_argument("--address", help="Ray cluster to join ('auto', 'HOST:6379', 'ray://HOST:10001'); default: start a local Ray")
     r.add_argument("--num-cpus", type=int, help="CPUs of the local Ray started without --address")
     r.add_argument("--method", choices=TRAINABLE_METHODS, default="neve", help="neve (default), or the validation baselines")
-    add_trials(r, "trials to run (default: 8)", 8, "--num-samples")
+    cli.add_trials(r, "trials to run (default: 8)", 8, "--num-samples")
     r.add_argument("--scheduler", choices=SCHEDULERS, default="auto", help="auto: neve_asha for neve, asha for the baselines")
     r.add_argument("--no-stopper", action="store_true", help="no NeVeStopper (the trial's own controller still stops it)")
-    add_max_epochs(r)
-    add_data_changes(r)
-    add_trial_control(r)
+    cli.add_max_epochs(r)
+    cli.add_data_changes(r)
+    cli.add_trial_control(r)
     r.add_argument("--neve-signal", choices=["train_loss", "velocity"], default="train_loss",
                    help="rung metric of the NeVe scheduler (default: train_loss)")
-    r.add_argument("--min-resource", dest="min_resource", type=positive_int, default=1,
+    r.add_argument("--min-resource", dest="min_resource", type=cli.positive_int, default=1,
                    help="first rung, in epochs (Ray's grace_period; default: 1)")
-    deprecated_alias(r, "--grace-period", "--min-resource", "min_resource", type=positive_int)
+    cli.deprecated_alias(r, "--grace-period", "--min-resource", "min_resource", type=cli.positive_int)
     r.add_argument("--reduction-factor", type=float, default=4, help="rung reduction factor (default: 4)")
     r.add_argument("--cpus-per-trial", type=float, help="default: the study's resources")
     r.add_argument("--gpus-per-trial", type=float, help="fractional GPUs share one GPU (default: the study's)")
@@ -72,9 +57,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--max-failures", type=int, default=0, help="retries of a failed trial from its last checkpoint")
     r.add_argument("--resume", action="store_true", help="restore --storage-path/--name with Tuner.restore and finish it")
     r.add_argument("--api", choices=APIS, default="tuner", help="tune.Tuner (default) or tune.run")
-    add_seed(r)
-    add_device(r)
-    add_json(r, "write trials and the best one here")
+    cli.add_seed(r)
+    cli.add_device(r)
+    cli.add_json(r, "write trials and the best one here")
     r.add_argument("--verbose", type=int, default=0, choices=[0, 1, 2, 3], help="Ray Tune's own progress output")
     r.set_defaults(func=_run)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -84,14 +69,14 @@ def _endpoint(address: str, source: str) -> tuple[str, int]:
     """``(host, port)`` of a Ray address: ``HOST:PORT`` or ``ray://HOST[:PORT]``."""
     client = address.startswith("ray://")
     if "://" in address and not client:
-        raise CLIError(f"{source}: expected {ADDRESS_FORMS}")
+        raise cli.CLIError(f"{source}: expected {ADDRESS_FORMS}")
     parts = urlsplit(address if client else "//" + address)
     try:
         port = parts.port
     except ValueError:  # not a number, or out of range
         port = -1
     if not parts.hostname or port == -1 or (port is None and not client) or parts.path.strip("/"):
-        raise CLIError(f"{source}: expected {ADDRESS_FORMS}")
+        raise cli.CLIError(f"{source}: expected {ADDRESS_FORMS}")
     return parts.hostname, RAY_CLIENT_PORT if port is None else port
 
 
@@ -104,7 +89,7 @@ def _ray_address_file() -> Path:
 
 
 def check_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
-    """Raise :class:`CLIError` when nothing answers at ``--address``, within ``timeout`` s.
+    """Raise :class:`cli.CLIError` when nothing answers at ``--address``, within ``timeout`` s.
 
     Why: ``ray.init`` retries an address nobody listens at for a minute or more, printing
     a warning per try. A TCP connection to the head tells in seconds. ``auto`` resolves as
@@ -137,17 +122,17 @@ def check_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except socket.gaierror as e:
-        raise CLIError(f"{source}: cannot resolve host {host!r} ({e.strerror})") from None
+        raise cli.CLIError(f"{source}: cannot resolve host {host!r} ({e.strerror})") from None
     except TimeoutError:
-        raise CLIError(f"{source}: no answer from {host}:{port} within {timeout:g} s; is the Ray head running and reachable?") from None
+        raise cli.CLIError(f"{source}: no answer from {host}:{port} within {timeout:g} s; is the Ray head running and reachable?") from None
     except OSError as e:
-        raise CLIError(f"{source}: nothing listens at {host}:{port} ({e.strerror or e}); start the head with "
+        raise cli.CLIError(f"{source}: nothing listens at {host}:{port} ({e.strerror or e}); start the head with "
                        f"`ray start --head` or give the address it printed") from None
 
 
 def _init(ray: Any, address: str | None, num_cpus: int | None) -> None:
     """``ray.init`` on ``address`` (a local Ray when ``None``), its ``ConnectionError``
-    as a one-line :class:`CLIError` naming ``--address``."""
+    as a one-line :class:`cli.CLIError` naming ``--address``."""
     if address is None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False)
         return
@@ -155,7 +140,7 @@ def _init(ray: Any, address: str | None, num_cpus: int | None) -> None:
         ray.init(address=address)
     except ConnectionError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CLIError(f"--address {address}: cannot join the Ray cluster: {first}") from None
+        raise cli.CLIError(f"--address {address}: cannot join the Ray cluster: {first}") from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -165,9 +150,9 @@ def _run(args: argparse.Namespace) -> int:
 
     from ..ray import run_search, summarize
 
-    device = check_device(args.device)
-    check_output_paths(files={"--json": args.json_path}, dirs={"--storage-path": args.storage_path})
-    study = study_from_args(args)
+    device = cli.check_device(args.device)
+    cli.check_output_paths(files={"--json": args.json_path}, dirs={"--storage-path": args.storage_path})
+    study = cli.study_from_args(args)
     resources = None
     if args.cpus_per_trial is not None or args.gpus_per_trial is not None:
         resources = dict(study.resources)
@@ -176,7 +161,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.gpus_per_trial is not None:
             resources["gpu"] = args.gpus_per_trial
     if args.address and args.num_cpus is not None:
-        raise CLIError("--num-cpus is for a local Ray; a cluster joined with --address has its own")
+        raise cli.CLIError("--num-cpus is for a local Ray; a cluster joined with --address has its own")
     if args.address:
         check_address(args.address)  # before ray.init, which would retry for a minute
     started = False

@@ -10,47 +10,33 @@ from typing import Any
 from .._checks import check_float, check_int
 from .._json import write_json
 from ..control import LR_SIGNALS
-from ._args import (
-    CLIError,
-    add_data_changes,
-    add_device,
-    add_json,
-    add_max_epochs,
-    add_out,
-    add_quiet,
-    add_study,
-    add_trial_control,
-    check_device,
-    check_output_paths,
-    deprecated_alias,
-    study_from_args,
-)
+from . import _args as cli
 
 __all__ = ["add_cli"]
 
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="one NeVe-controlled training run", description=_train.__doc__)
-    add_study(p)
+    cli.add_study(p)
     p.add_argument("--data", help="data set: digits, cifar10, cifar100, imagefolder, synthetic (default: the study's)")
     p.add_argument("--data-root", help="folder holding the data set files (CIFAR, imagefolder)")
     p.add_argument("--model", help="small_cnn, resnet20, resnet32, timm:<name>, torchvision:<name>")
     p.add_argument("--lr", type=float, help="initial learning rate (default: the study's)")
     p.add_argument("--threshold", type=float, help="velocity threshold under which training stops")
     p.add_argument("--batch-size", type=int)
-    add_max_epochs(p)
+    cli.add_max_epochs(p)
     p.add_argument("--min-epochs", type=int)
     p.add_argument("--lr-signal", choices=list(LR_SIGNALS), help="what NeVe's ReduceLROnPlateau watches (default: the study's)")
     p.add_argument("--seed", type=int, default=0)
-    add_data_changes(p)
-    add_trial_control(p)
-    add_device(p)
+    cli.add_data_changes(p)
+    cli.add_trial_control(p)
+    cli.add_device(p)
     p.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision")
     p.add_argument("--checkpoint", help="checkpoint file: written every epoch, resumed from if it exists")
-    add_json(p, "write the run's record here")
-    add_out(p, "folder for history.png: velocity, LR and loss per epoch (default: next to --json, else none)")
-    deprecated_alias(p, "--plot", "--out", "plot")
-    add_quiet(p)
+    cli.add_json(p, "write the run's record here")
+    cli.add_out(p, "folder for history.png: velocity, LR and loss per epoch (default: next to --json, else none)")
+    cli.deprecated_alias(p, "--plot", "--out", "plot")
+    cli.add_quiet(p)
     p.set_defaults(func=_train, plot=None)
 
 
@@ -61,10 +47,10 @@ def _train(args: argparse.Namespace) -> int:
     from ..train import CheckpointError
     from ..trial import run_trial
 
-    device = check_device(args.device)
-    check_output_paths(files={"--json": args.json_path, "--plot": args.plot, "--checkpoint": args.checkpoint},
+    device = cli.check_device(args.device)
+    cli.check_output_paths(files={"--json": args.json_path, "--plot": args.plot, "--checkpoint": args.checkpoint},
                        dirs={"--out": args.out})
-    study = study_from_args(args, data=args.data, model=args.model, min_epochs=args.min_epochs,
+    study = cli.study_from_args(args, data=args.data, model=args.model, min_epochs=args.min_epochs,
                             lr_signal=args.lr_signal, amp=args.amp)
     config = study.config()
     for key in ("lr", "threshold", "batch_size"):
@@ -96,7 +82,7 @@ def _train(args: argparse.Namespace) -> int:
         result = run_trial(study, config, method="neve", seed=args.seed, device=device,
                            checkpoint_path=args.checkpoint, on_epoch=on_epoch, data=data)
     except CheckpointError as e:
-        raise CLIError(e.message("--checkpoint")) from None
+        raise cli.CLIError(e.message("--checkpoint")) from None
     finally:
         if bar is not None:
             bar.close()
