@@ -63,6 +63,8 @@ VARIANTS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                                         "lr_patience": "auto"}),
     "pcdecay_auto_f02": (("neve",), {"lr_signal": "prediction_changes", "pc_patience": None, "lr_patience": "auto",
                                      "lr_factor": 0.2}),
+    # selection: how settled the predictions became, not how low the training loss went
+    "guard_auto_pcmin": (("neve",), {**GUARD, "lr_patience": "auto", "objective": "pc_min"}),
     "baselines_auto": (("asha", "asha_es"), {"lr_patience": "auto"}),
     "baselines_auto_f02": (("asha", "asha_es"), {"lr_patience": "auto", "lr_factor": 0.2}),
     "baselines_p10": (("asha", "asha_es"), {"lr_patience": 10}),

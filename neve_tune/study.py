@@ -92,9 +92,9 @@ class Study:
         check_data_changes(opts.get("train_fraction", 1.0), opts.get("label_noise", 0.0), opts.get("noise_seed", 0))
         if self.probe not in ("noise", "train"):
             raise ValueError(f"probe must be 'noise' or 'train', got {self.probe!r}")
-        if not isinstance(self.objective, str) or not (self.objective == "tse_ema" or (self.objective.startswith("tse_e") and self.objective[5:].isdigit()
-                                                   and int(self.objective[5:]) >= 1)):
-            raise ValueError(f"objective must be 'tse_e<N>' (N >= 1) or 'tse_ema', got {self.objective!r}")
+        if not isinstance(self.objective, str) or not (self.objective in ("tse_ema", "pc_min") or (
+                self.objective.startswith("tse_e") and self.objective[5:].isdigit() and int(self.objective[5:]) >= 1)):
+            raise ValueError(f"objective must be 'tse_e<N>' (N >= 1), 'tse_ema' or 'pc_min', got {self.objective!r}")
         check_choice("lr_signal", self.lr_signal, LR_SIGNALS)
         if not 0.0 < self.lr_factor < 1.0:
             raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor!r}")

@@ -110,6 +110,7 @@ def trial_objective(
     ``neve``/``retrain``: the study's validation-free objective over the training losses
     (``study.objective``: ``"tse_e1"`` the last epoch's, ``"tse_eN"`` the mean of the last
     N epochs', ``"tse_ema"`` their exponential moving average, Ru et al. 2021);
+    ``"pc_min"`` the lowest moving average of the prediction changes;
     ``asha``: the last validation loss; ``asha_es``: the best validation loss.
     """
     nan = float("nan")
@@ -122,8 +123,19 @@ def trial_objective(
     best = len(history)
     if method == "neve" and controller_state.get("stopped_by") == "prediction_changes" and controller_state.get("best_weights"):
         best = int(controller_state.get("pc_best_epoch") or best)
+    if study.objective == "pc_min":
+        return prediction_changes_minimum(history[:best], study.pc_window), best
     losses = [float(m["train_loss"]) for m in history[:best]]
     return training_speed_estimate(losses, study.objective), best
+
+
+def prediction_changes_minimum(history: Sequence[Mapping[str, Any]], window: int) -> float:
+    """The lowest moving average (over ``window`` epochs) of the prediction changes: how
+    settled the run's predictions became before it stopped (NaN before ``window`` epochs)."""
+    pcs = [m.get("prediction_changes") for m in history]
+    levels = [sum(pcs[i - window + 1:i + 1]) / window for i in range(window - 1, len(pcs))
+              if None not in pcs[i - window + 1:i + 1]]
+    return float(min(levels)) if levels else float("nan")
 
 
 def training_speed_estimate(losses: Sequence[float], kind: str = "tse_e1", ema_decay: float = 0.9) -> float:

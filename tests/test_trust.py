@@ -173,3 +173,23 @@ def test_neve_step_rejects_a_missing_loss():
     neve = NeVe(torch.optim.SGD(model.parameters(), lr=0.1), NeuralVelocity(model, gaussian_probe((3,), 4)))
     with pytest.raises(TypeError, match="train_loss must be a number"):
         neve.step(None)
+
+
+def test_objectives_by_hand():
+    from neve_tune.trial import prediction_changes_minimum, training_speed_estimate, trial_objective
+
+    history = [{"train_loss": l, "prediction_changes": pc}
+               for l, pc in zip([2.0, 1.0, 0.6, 0.5, 0.4], [None, 30, 12, 9, 15])]
+    assert training_speed_estimate([2.0, 1.0, 0.6]) == 0.6
+    assert training_speed_estimate([2.0, 1.0, 0.6], "tse_e2") == pytest.approx(0.8)
+    # moving averages over 2 epochs: (30+12)/2, (12+9)/2, (9+15)/2 -> lowest 10.5
+    assert prediction_changes_minimum(history, 2) == 10.5
+    assert math.isnan(prediction_changes_minimum(history[:2], 2))
+    study = load_study("digits").replace(objective="pc_min", pc_window=2)
+    assert trial_objective(study, "neve", history, {"stopped_by": "velocity"}) == (10.5, 5)
+    # after a restoring guard stop the run is judged at the restored epoch
+    state = {"stopped_by": "prediction_changes", "best_weights": {"w": 1}, "pc_best_epoch": 3}
+    assert trial_objective(study, "neve", history, state) == (21.0, 3)
+    assert trial_objective(study.replace(objective="tse_e1"), "neve", history, state) == (0.6, 3)
+    with pytest.raises(ValueError, match="objective must be"):
+        study.replace(objective="pc_max")
