@@ -23,14 +23,22 @@ trial to ``model_init``, and the callback then reports every measurement to it
 With ``backend="ray"`` each trial stops itself by velocity and the Trainer reports its final
 evaluation to Tune (pass the training set as ``eval_dataset`` for a validation-free objective).
 
+Resuming: every Trainer checkpoint gets the callback's state (``neve_state.pt``, see
+:data:`STATE_FILE`), and ``trainer.train(resume_from_checkpoint=...)`` continues the same
+velocity series, LR decay and history from it.
+
 Importing this module needs ``transformers`` (``pip install neve_tune[hf]``);
 ``import neve_tune`` does not.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import math
+import os
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -45,9 +53,47 @@ from ._callbacks import check_controller_options
 from ._checks import check_float, check_int
 from .control import NeVe
 from .probe import gaussian_probe
+from .train import save_checkpoint
 from .velocity import NeuralVelocity
 
-__all__ = ["KeywordInput", "NeVeTrainerCallback", "token_probe"]
+__all__ = ["STATE_FILE", "KeywordInput", "NeVeTrainerCallback", "token_probe"]
+
+#: The callback's state in each Trainer checkpoint folder (``checkpoint-<global_step>``).
+STATE_FILE = "neve_state.pt"
+_STATE_KEYS = ("format", "global_step", "log_digest", "neve", "history", "probe", "probe_digest", "loss")
+
+
+def _log_digest(log_history: list[dict[str, Any]]) -> str:
+    """Fingerprint of ``TrainerState.log_history``: the same before ``trainer_state.json`` is
+    written and after it is read back (JSON keeps Python floats exactly)."""
+    text = json.dumps(log_history, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _probe_digest(probe: torch.Tensor) -> str:
+    x = probe.detach().to("cpu").contiguous()
+    h = hashlib.sha256(f"{tuple(x.shape)} {x.dtype}".encode())
+    h.update(x.view(-1).view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+    return h.hexdigest()
+
+
+def _read_state(path: str) -> dict[str, Any]:
+    """A NeVe state file, or a ValueError naming it."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, empty, not a torch file, unsafe pickle
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ValueError(
+            f"NeVe state file {path!r} cannot be read ({type(e).__name__}: {first}); delete it to start the velocity "
+            "series over from this checkpoint, or resume from another checkpoint"
+        ) from None
+    missing = [k for k in _STATE_KEYS if k not in saved] if isinstance(saved, dict) else list(_STATE_KEYS)
+    if missing:
+        raise ValueError(
+            f"NeVe state file {path!r} is not a NeVeTrainerCallback state (missing {missing}); delete it to start the "
+            "velocity series over from this checkpoint"
+        )
+    return saved
 
 
 def token_probe(vocab_size: int, seq_len: int, num_samples: int = 100, seed: int = 0) -> torch.Tensor:
@@ -100,6 +146,24 @@ class NeVeTrainerCallback(TrainerCallback):
     itself). When the controller stops (``stopped_by``: ``"velocity"``,
     ``"max_epochs"``, ``"diverged"``, ...) ``control.should_training_stop`` is set.
     Every measurement's metrics (with ``train_loss`` and ``step``) go to :attr:`history`.
+
+    Checkpoints: at every Trainer save (``on_save``, on the process that writes checkpoints)
+    the callback writes its state to :data:`STATE_FILE` in the checkpoint folder
+    (``<output_dir>/checkpoint-<global_step>``; ``<output_dir>/<run>/checkpoint-<step>`` in
+    a hyperparameter search), atomically: the controller (references, velocity series,
+    ``ReduceLROnPlateau``), :attr:`history`, the loss logged since the last measurement and a
+    probe built from the data; it asks the Trainer to log at each save, since the Trainer's
+    checkpoint drops the loss it has not logged yet. When ``trainer.train(resume_from_checkpoint=...)`` resumes,
+    ``on_train_begin`` finds that file and loads it before any measurement, so the series
+    goes on as if never interrupted. The file is looked for in
+    ``args.resume_from_checkpoint`` (set it for a checkpoint outside ``output_dir``) and in
+    ``output_dir``'s ``checkpoint-<global_step>``, and used only if it was saved at the
+    resumed step with the same Trainer log history. A checkpoint without it (saved without
+    this callback) gives one warning and a fresh series from the resumed weights; an
+    unreadable one raises ``ValueError`` naming the file. A given ``probe`` is not saved:
+    pass the same one when resuming (another raises ``ValueError``). A run that had
+    stopped by the controller ends again after the Trainer's first resumed step; one
+    stopped by the ``max_epochs`` cap goes on when the resumed run has more epochs.
 
     With a ``trial`` (given here, or learnt through :meth:`track_trial` under
     ``Trainer.hyperparameter_search``) each measurement is reported with
@@ -156,11 +220,16 @@ class NeVeTrainerCallback(TrainerCallback):
         self.controller_options = dict(controller_options)
         self.neve: NeVe | None = None
         self.history: list[dict[str, Any]] = []
+        self.resumed_from: str | None = None
+        self._warned: set[str] = set()
         self._reset_run()
 
     def _reset_run(self) -> None:
         self.neve = None
         self.history = []
+        self.resumed_from = None  # the state file this run continued, if any
+        self._built_probe: torch.Tensor | None = None
+        self._probe_digest: str | None = None
         self._lr_scheduler: Any = None
         self._loss_sum = 0.0  # logged loss x steps since the last measurement
         self._loss_steps = 0
@@ -219,7 +288,19 @@ class NeVeTrainerCallback(TrainerCallback):
         if model is None or optimizer is None:
             raise RuntimeError("NeVeTrainerCallback needs the Trainer's model and optimizer at on_train_begin")
         self._reset_run()
-        probe = self.probe if self.probe is not None else self._build_probe(model, train_dataloader)
+        saved = self._find_saved_state(args, state) if state.global_step > 0 else None
+        if self.probe is not None:
+            probe = self.probe
+            if saved is not None and saved["probe_digest"] not in (None, _probe_digest(probe)):
+                raise ValueError(
+                    f"the probe given to NeVeTrainerCallback differs from the one the velocity series in "
+                    f"{self.resumed_from!r} was measured on; pass the same probe= to resume it"
+                )
+        elif saved is not None and saved["probe"] is not None:
+            probe = self._built_probe = saved["probe"]
+        else:
+            probe = self._built_probe = self._build_probe(model, train_dataloader)
+        self._probe_digest = _probe_digest(probe)
         options = dict(self.controller_options)
         if "max_epochs" not in options:
             if self.every_n_steps:
@@ -230,8 +311,107 @@ class NeVeTrainerCallback(TrainerCallback):
         self.neve = NeVe(optimizer, velocity, threshold=self.threshold, **options)
         self._lr_scheduler = lr_scheduler
         self._last_log_step = state.global_step
+        if saved is not None:
+            self.neve.load_state_dict(saved["neve"])
+            self.history = [dict(m) for m in saved["history"]]
+            loss = saved["loss"]
+            self._loss_sum, self._loss_steps = float(loss["sum"]), int(loss["steps"])
+            self._pending = bool(loss.get("pending", False))
+            if self.neve.should_stop:  # the run had ended by the controller: end it again
+                control.should_training_stop = True
         self.neve.start()
         return control
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self, state: Any = None) -> dict[str, Any]:
+        """What :data:`STATE_FILE` holds (``state``: the Trainer's ``TrainerState``, whose
+        ``global_step`` and log history identify the checkpoint)."""
+        if self.neve is None:
+            raise RuntimeError("NeVeTrainerCallback has no state before on_train_begin")
+        return {
+            "format": 1,
+            "global_step": None if state is None else int(state.global_step),
+            "log_digest": None if state is None else _log_digest(state.log_history),
+            "neve": self.neve.state_dict(),
+            "history": [dict(m) for m in self.history],
+            "probe": self._built_probe,
+            "probe_digest": self._probe_digest,
+            "loss": {"sum": self._loss_sum, "steps": self._loss_steps, "pending": self._pending},
+        }
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(message, stacklevel=3)
+
+    @staticmethod
+    def _run_dirs(args: Any, state: Any, trial: Any) -> list[str]:
+        """Where the Trainer puts its ``checkpoint-<step>`` folders: ``output_dir``, or a
+        per-trial folder in it during a hyperparameter search (``hp_name(trial)``, else
+        ``run-<trial number>``)."""
+        dirs = [args.output_dir]
+        if getattr(state, "trial_name", None):
+            dirs.append(os.path.join(args.output_dir, str(state.trial_name)))
+        number = getattr(trial, "number", None)
+        if isinstance(number, int):
+            dirs.append(os.path.join(args.output_dir, f"run-{number}"))
+        return dirs
+
+    def _checkpoint_folder(self, args: Any, state: Any) -> str | None:
+        """The folder the Trainer has just saved: ``checkpoint-<global_step>`` in a run
+        folder, holding a ``trainer_state.json`` of this very state."""
+        name = f"checkpoint-{state.global_step}"
+        digest = _log_digest(state.log_history)
+        for run_dir in self._run_dirs(args, state, self.trial):
+            folder = os.path.join(run_dir, name)
+            try:
+                with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as f:
+                    written = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if written.get("global_step") == state.global_step and _log_digest(written.get("log_history", [])) == digest:
+                return folder
+        return None
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.neve is None or not args.should_save:  # only the process that writes the checkpoint
+            return control
+        folder = self._checkpoint_folder(args, state)
+        if folder is None:
+            self._warn_once(
+                f"NeVeTrainerCallback found no checkpoint-{state.global_step} folder with this run's trainer_state.json "
+                f"under {args.output_dir!r}; the NeVe state is not saved, a resumed run will start a new velocity series"
+            )
+            return control
+        save_checkpoint(os.path.join(folder, STATE_FILE), self.state_dict(state))
+        return control
+
+    def _find_saved_state(self, args: Any, state: Any) -> dict[str, Any] | None:
+        """The saved state of the checkpoint this run resumes (``state.global_step`` > 0 at
+        ``on_train_begin`` only after the Trainer restored a checkpoint's ``TrainerState``)."""
+        name = f"checkpoint-{state.global_step}"
+        folders = []
+        if isinstance(args.resume_from_checkpoint, str) and args.resume_from_checkpoint:
+            folders.append(args.resume_from_checkpoint)
+        folders += [os.path.join(d, name) for d in self._run_dirs(args, state, self.trial)]
+        digest = _log_digest(state.log_history)
+        other = []
+        for folder in dict.fromkeys(folders):
+            path = os.path.join(folder, STATE_FILE)
+            if not os.path.isfile(path):
+                continue
+            saved = _read_state(path)
+            if saved["global_step"] == state.global_step and saved["log_digest"] == digest:
+                self.resumed_from = path
+                return saved
+            other.append(path)
+        where = f"{STATE_FILE} in {sorted(set(folders))}" + (f" (found {other}, saved by other runs or steps)" if other else "")
+        self._warn_once(
+            f"NeVeTrainerCallback resumes at step {state.global_step} but found no NeVe state of this checkpoint "
+            f"({where}); the velocity series starts over from the resumed weights. For a checkpoint outside output_dir, "
+            "set TrainingArguments(resume_from_checkpoint=...) to its folder"
+        )
+        return None
 
     # ------------------------------------------------------------ measurement points
     def _measure_point(self, state, control):
@@ -243,15 +423,22 @@ class NeVeTrainerCallback(TrainerCallback):
         control.should_log = True  # the Trainer logs the loss right after this hook
         return control
 
+    def _log_before_save(self, control):
+        """The Trainer's loss since its last log is not in its checkpoint: have it logged
+        (into this callback's saved loss) before a save that the Trainer has decided on."""
+        if control.should_save and self.neve is not None and not self.neve.should_stop:
+            control.should_log = True
+        return control
+
     def on_step_end(self, args, state, control, **kwargs):
         if self.every_n_steps and state.global_step % self.every_n_steps == 0:
-            return self._measure_point(state, control)
-        return control
+            control = self._measure_point(state, control)
+        return self._log_before_save(control)
 
     def on_epoch_end(self, args, state, control, **kwargs):
         if not self.every_n_steps:
-            return self._measure_point(state, control)
-        return control
+            control = self._measure_point(state, control)
+        return self._log_before_save(control)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs and state.global_step > self._last_log_step:

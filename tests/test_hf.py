@@ -15,10 +15,10 @@ import optuna
 import pytest
 import torch
 import transformers
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
 import neve_tune
-from neve_tune.hf import KeywordInput, NeVeTrainerCallback, token_probe
+from neve_tune.hf import STATE_FILE, KeywordInput, NeVeTrainerCallback, token_probe
 from neve_tune.optuna import NeVePruner, trial_history
 
 transformers.logging.set_verbosity_error()
@@ -203,3 +203,117 @@ def test_hyperparameter_search_ray_trials_stop_by_velocity(tmp_path):
     for t in report["trials"]:  # the Trainer's final evaluation comes after the callback stopped training
         assert t["epoch"] < 15 and t["objective"] < 0.1
     assert report["best_lr"] in (1e-2, 2e-2)
+
+
+class _KillAfter(TrainerCallback):
+    """Ends training after ``epochs`` epochs, as a killed job would (its last checkpoint stays)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if state.epoch >= self.epochs:
+            control.should_training_stop = True
+        return control
+
+
+def _resumable_run(tmp_path, name, *, kill_after=None, resume=None, epochs=8):
+    neve = NeVeTrainerCallback(threshold=1e-9, patience=0, lr_signal="velocity")
+    callbacks = [neve] + ([_KillAfter(kill_after)] if kill_after else [])
+    args = _args(tmp_path, output_dir=str(tmp_path / name), num_train_epochs=epochs, save_strategy="epoch")
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=Tokens(), callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, neve
+
+
+def test_resume_from_checkpoint_keeps_the_velocity_series(tmp_path):
+    _, whole = _resumable_run(tmp_path, "whole")
+    assert len(whole.history) == 8 and whole.stopped_by == "max_epochs"
+    lrs = [m["lr"] for m in whole.history]
+    # the velocity rose at the 3rd measurement: ReduceLROnPlateau halves the LR only if it
+    # remembers the best velocity of the first two, which the resumed run must restore
+    assert lrs[:3] == [1e-2] * 3 and lrs[3:] == [5e-3] * 5
+
+    _, killed = _resumable_run(tmp_path, "killed", kill_after=2)
+    checkpoint = tmp_path / "killed" / "checkpoint-8"  # 4 steps per epoch
+    assert len(killed.history) == 2 and (checkpoint / STATE_FILE).is_file()
+    trainer, resumed = _resumable_run(tmp_path, "killed", resume=str(checkpoint))
+    assert resumed.resumed_from == str(checkpoint / STATE_FILE)
+    assert trainer.state.global_step == 32 and len(resumed.history) == 8
+    # the whole series: the first two measurements restored, the rest measured after the resume
+    assert resumed.velocities == pytest.approx(whole.velocities, rel=1e-9, abs=0)  # bitwise equal on CPU
+    assert [m["lr"] for m in resumed.history] == lrs
+    assert [m["step"] for m in resumed.history] == [4 * (i + 1) for i in range(8)]
+    assert [m["train_loss"] for m in resumed.history] == pytest.approx([m["train_loss"] for m in whole.history], rel=1e-9)
+    assert resumed.neve.epoch == resumed.neve.velocity.epoch == 8 and resumed.stopped_by == "max_epochs"
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(trainer.lr_scheduler.base_lrs[0])
+
+
+class _KillAtStep(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+        return control
+
+
+def test_resume_between_measurement_points(tmp_path):
+    # measured every 3 steps, checkpoints every 5: the checkpoint at step 10 falls between
+    # the points at 9 and 12, so the loss of step 10 is saved with the callback (the
+    # Trainer logs it before saving; its own checkpoint would drop it)
+    def run(name, resume=None, kill_at=None) -> NeVeTrainerCallback:
+        neve = NeVeTrainerCallback(threshold=1e-9, every_n_steps=3, patience=0, lr_signal="velocity")
+        args = _args(tmp_path, output_dir=str(tmp_path / name), num_train_epochs=5, logging_steps=4,
+                     save_strategy="steps", save_steps=5)
+        callbacks = [neve] + ([_KillAtStep(kill_at)] if kill_at else [])
+        Trainer(model=tiny_bert(), args=args, train_dataset=Tokens(), callbacks=callbacks).train(resume_from_checkpoint=resume)
+        return neve
+
+    whole = run("whole")
+    run("killed", kill_at=10)
+    resumed = run("killed", resume=str(tmp_path / "killed" / "checkpoint-10"))
+    assert [m["step"] for m in resumed.history] == [m["step"] for m in whole.history] == [3, 6, 9, 12, 15, 18]
+    for key in ("velocity", "train_loss", "lr"):
+        assert [m[key] for m in resumed.history] == pytest.approx([m[key] for m in whole.history], rel=1e-9, abs=0), key
+
+
+def test_resume_without_or_with_an_unreadable_neve_state(tmp_path):
+    args = _args(tmp_path, num_train_epochs=2, save_strategy="epoch")
+    Trainer(model=tiny_bert(), args=args, train_dataset=Tokens()).train()  # no NeVe: no state saved
+    checkpoint = tmp_path / "out" / "checkpoint-8"
+    assert checkpoint.is_dir() and not (checkpoint / STATE_FILE).exists()
+
+    def resume() -> NeVeTrainerCallback:
+        neve = NeVeTrainerCallback(threshold=1e-9)
+        trainer = Trainer(model=tiny_bert(), args=_args(tmp_path, num_train_epochs=3, save_strategy="no"),
+                          train_dataset=Tokens(), callbacks=[neve])
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+        return neve
+
+    with pytest.warns(UserWarning, match="no NeVe state of this checkpoint.*starts over") as caught:
+        fresh = resume()
+    assert sum("NeVe state" in str(w.message) for w in caught) == 1
+    assert fresh.resumed_from is None and [m["step"] for m in fresh.history] == [12]  # one new measurement
+
+    (checkpoint / STATE_FILE).write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=rf"NeVe state file '.*checkpoint-8/{STATE_FILE}' cannot be read"):
+        resume()
+
+
+def test_resume_needs_the_same_given_probe(tmp_path):
+    def run(probe, resume=None, kill_after=None) -> NeVeTrainerCallback:
+        neve = NeVeTrainerCallback(probe=probe, threshold=1e-9)
+        args = _args(tmp_path, num_train_epochs=2, save_strategy="epoch")
+        callbacks = [neve] + ([_KillAfter(kill_after)] if kill_after else [])
+        Trainer(model=tiny_bert(), args=args, train_dataset=Tokens(), callbacks=callbacks).train(resume_from_checkpoint=resume)
+        return neve
+
+    probe = token_probe(VOCAB, SEQ, 20, seed=1)
+    first = run(probe, kill_after=1)
+    resumed = run(probe.clone(), resume=True)  # the last checkpoint in output_dir: checkpoint-4
+    assert resumed.resumed_from.endswith(f"checkpoint-4/{STATE_FILE}") and resumed.velocities[:1] == first.velocities
+    assert len(resumed.history) == 2
+    with pytest.raises(ValueError, match="differs from the one the velocity series"):
+        run(token_probe(VOCAB, SEQ, 20, seed=2), resume=str(tmp_path / "out" / "checkpoint-4"))
