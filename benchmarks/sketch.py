@@ -24,7 +24,6 @@ Four measurements, printed as tables:
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 from typing import Any, Callable

@@ -49,8 +49,8 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError("neve_tune.hf needs transformers: pip install 'neve_tune[hf]' (or transformers>=4.40)") from e
 
-from ._callbacks import check_controller_options
-from ._checks import check_float, check_int
+from ._callbacks import CallbackSettings
+from ._checks import check_int
 from .control import NeVe
 from .probe import gaussian_probe
 from .train import save_checkpoint
@@ -134,7 +134,7 @@ class KeywordInput(nn.Module):
         return self.model(**{self.key: x})
 
 
-class NeVeTrainerCallback(TrainerCallback):
+class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
     """NeVe LR decay and stopping for ``transformers.Trainer`` (optionally with Optuna).
 
     Measurement points are every epoch end, or every ``every_n_steps`` optimizer steps.
@@ -204,22 +204,12 @@ class NeVeTrainerCallback(TrainerCallback):
         layers: Any = None,
         **controller_options: Any,
     ) -> None:
-        if probe is not None and not isinstance(probe, torch.Tensor):
-            raise TypeError(f"probe must be a torch.Tensor [N, ...] or None, got {type(probe).__name__}")
         if not isinstance(probe_key, str) or not probe_key:
             raise TypeError(f"probe_key must be a non-empty str, got {probe_key!r}")
-        check_controller_options(controller_options, "NeVeTrainerCallback")
-        self.threshold = check_float("threshold", threshold, positive=True)
+        self._settings("NeVeTrainerCallback", probe, threshold, trial, probe_samples, probe_seed, layers,
+                       controller_options)
         self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1, allow_none=True)
-        self.probe = probe
-        self.trial = trial
         self.probe_key = probe_key
-        self.probe_samples = check_int("probe_samples", probe_samples, minimum=1)
-        self.probe_seed = check_int("probe_seed", probe_seed)
-        self.layers = layers
-        self.controller_options = dict(controller_options)
-        self.neve: NeVe | None = None
-        self.history: list[dict[str, Any]] = []
         self.resumed_from: str | None = None
         self._warned: set[str] = set()
         self._reset_run()

@@ -46,8 +46,8 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         "neve_tune.lightning needs Lightning 2: pip install 'neve_tune[lightning]' (or lightning>=2.2)"
     ) from e
 
-from ._callbacks import check_controller_options
-from ._checks import check_float, check_int, to_float
+from ._callbacks import CallbackSettings
+from ._checks import to_float
 from .control import NeVe
 from .probe import gaussian_probe
 from .velocity import NeuralVelocity
@@ -94,7 +94,7 @@ def batch_inputs(batch: Any, input_key: str | int = 0) -> torch.Tensor:
     return x
 
 
-class NeVeCallback(pl.Callback):
+class NeVeCallback(CallbackSettings, pl.Callback):
     """NeVe LR decay and stopping (and optionally Optuna pruning) for a Lightning run.
 
     At the end of every training epoch (never during the sanity check):
@@ -149,24 +149,13 @@ class NeVeCallback(pl.Callback):
         layers: Any = None,
         **controller_options: Any,
     ) -> None:
-        if probe is not None and not isinstance(probe, torch.Tensor):
-            raise TypeError(f"probe must be a torch.Tensor [N, ...] or None, got {type(probe).__name__}")
         if not isinstance(loss_key, str) or not loss_key:
             raise TypeError(f"loss_key must be a non-empty str, got {loss_key!r}")
         if isinstance(input_key, bool) or not isinstance(input_key, (str, int)):
             raise TypeError(f"input_key must be a str or an int, got {input_key!r}")
-        check_controller_options(controller_options, "NeVeCallback")
-        self.threshold = check_float("threshold", threshold, positive=True)
-        self.probe = probe
-        self.trial = trial
+        self._settings("NeVeCallback", probe, threshold, trial, probe_samples, probe_seed, layers, controller_options)
         self.loss_key = loss_key
         self.input_key = input_key
-        self.probe_samples = check_int("probe_samples", probe_samples, minimum=1)
-        self.probe_seed = check_int("probe_seed", probe_seed)
-        self.layers = layers
-        self.controller_options = dict(controller_options)
-        self.neve: NeVe | None = None
-        self.history: list[dict[str, Any]] = []
         self.pruned = False
         self._probe_shape: tuple[int, ...] | None = None
         self._pending_state: dict[str, Any] | None = None

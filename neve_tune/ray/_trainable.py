@@ -8,7 +8,6 @@ velocity state, history, cost counters, RNG); a restarted or retried trial resum
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
