@@ -9,7 +9,7 @@ accuracy (for this diagnosis only) every other epoch:
 - ``prediction_changes``: ``ReduceLROnPlateau`` on the 3-epoch moving average of the
   training examples whose predicted class changed (patience and factor as given).
 
-    python benchmarks/pc_lr_decay.py                       # the three configurations of the README
+    python benchmarks/pc_lr_decay.py                       # the three runs of the README
     python benchmarks/pc_lr_decay.py --noise 0.4 --patience 1 --factor 0.5
 
 Figures are deterministic on one machine, not across machines.
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-# (seed, lr, batch size): the configurations the NeVe search picked on 20% noise, seeds 0-2
+# (seed, lr, batch size): learning rates the NeVe search tried on 20% noise, seeds 0-2
 CONFIGS = [(2, 0.015, 64), (0, 0.03, 32), (1, 0.013, 64)]
 
 
