@@ -10,7 +10,7 @@ from .probe import dataset_probe, gaussian_probe
 from .records import Cost, TrialResult
 from .space import Choice, IntUniform, LogUniform, Uniform
 from .study import Study, load_study
-from .train import FitResult, evaluate, fit
+from .train import FitResult, PredictionChanges, evaluate, fit
 from .trial import run_trial
 from .velocity import NeuralVelocity, VelocityReport
 
@@ -26,6 +26,7 @@ __all__ = [
     "LogUniform",
     "NeVe",
     "NeuralVelocity",
+    "PredictionChanges",
     "Study",
     "TrialResult",
     "Uniform",

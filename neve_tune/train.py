@@ -38,6 +38,7 @@ __all__ = [
     "Cost",
     "FitResult",
     "METRIC_NAMES",
+    "PredictionChanges",
     "batches",
     "evaluate",
     "fit",
@@ -66,6 +67,62 @@ def _tensor_source(dataset: Dataset) -> tuple[tuple[torch.Tensor, ...], torch.Te
     if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorDataset):
         return dataset.dataset.tensors, torch.as_tensor(list(dataset.indices), dtype=torch.long)
     return None
+
+
+class PredictionChanges:
+    """Counts the training examples whose predicted class changed since the previous epoch:
+    the signal of the memorisation guard (docs/design.md, "The memorisation guard"), from
+    the predictions the training pass already makes.
+
+    During an epoch, call ``update(index, output)`` with each batch's example indices (into
+    the training set) and the model's outputs (logits, or class ids); after it, call
+    ``epoch_end()`` once and pass its result to ``NeVe.step(..., prediction_changes=)``. It
+    is None on the first epoch (nothing to compare with) and while some example has not
+    been seen yet.
+
+        >>> import torch
+        >>> pc = PredictionChanges(4)
+        >>> pc.update(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 1, 0]))
+        >>> pc.epoch_end() is None
+        True
+        >>> pc.update(torch.tensor([2, 0]), torch.tensor([[0.1, 0.9], [0.8, 0.2]]))  # logits
+        >>> pc.update(torch.tensor([1, 3]), torch.tensor([1, 1]))
+        >>> pc.epoch_end()                   # example 3 changed from class 0 to 1
+        1
+    """
+
+    def __init__(self, num_examples: int) -> None:
+        n = check_int("num_examples", num_examples, minimum=1)
+        self.predictions = torch.full((n,), -1, dtype=torch.long)  # the last class seen per example
+        self._previous = self.predictions.clone()
+
+    def update(self, index: torch.Tensor, output: torch.Tensor) -> None:
+        """Record the classes predicted for the examples ``index`` (logits ``[B, C]`` or ids ``[B]``)."""
+        if not isinstance(index, torch.Tensor) or not isinstance(output, torch.Tensor):
+            raise TypeError("index and output must be tensors (example indices, and logits or class ids)")
+        classes = output.detach().argmax(-1) if output.is_floating_point() else output.detach()
+        if classes.shape != index.shape:
+            raise ValueError(f"index has shape {tuple(index.shape)} but the outputs give classes of shape "
+                             f"{tuple(classes.shape)}: pass one index per example of the batch")
+        self.predictions[index.to("cpu", torch.long)] = classes.to("cpu", torch.long)
+
+    def epoch_end(self) -> int | None:
+        """The count of changed predictions against the previous epoch (None if not comparable yet)."""
+        seen = bool((self._previous >= 0).all())
+        changes = int((self.predictions != self._previous).sum()) if seen else None
+        self._previous = self.predictions.clone()
+        return changes
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"predictions": self.predictions.clone()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        predictions = state_dict["predictions"]
+        if tuple(predictions.shape) != tuple(self.predictions.shape):
+            raise ValueError(f"its training set had {predictions.numel()} examples, "
+                             f"this one has {self.predictions.numel()}")
+        self.predictions = predictions.clone()
+        self._previous = predictions.clone()  # saved at an epoch's end
 
 
 def batches(
@@ -315,7 +372,7 @@ def fit(
     if amp_dtype == torch.float16 and device.type == "cuda":
         scaler = torch.amp.GradScaler("cuda")
     # the class predicted for each training example in the last training pass
-    predictions = torch.full((len(train_set),), -1, dtype=torch.long)  # type: ignore[arg-type]
+    tracker = PredictionChanges(len(train_set))  # type: ignore[arg-type]
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         ckpt = load_checkpoint(checkpoint_path)
         if checkpoint_meta is not None and isinstance(ckpt.get("meta"), dict):
@@ -332,10 +389,7 @@ def fit(
             history = list(ckpt["history"])
             cost = Cost(**ckpt["cost"])
             if ckpt.get("predictions") is not None:
-                if tuple(ckpt["predictions"].shape) != tuple(predictions.shape):
-                    raise ValueError(f"its training set had {ckpt['predictions'].numel()} examples, "
-                                     f"this one has {predictions.numel()}")
-                predictions = ckpt["predictions"].clone()
+                tracker.load_state_dict({"predictions": ckpt["predictions"]})
             _set_rng_state(ckpt["rng"])
         except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
             raise CheckpointError(checkpoint_path, f"does not fit this run ({_first_line(e)})") from None
@@ -352,7 +406,6 @@ def fit(
     while not controller.should_stop:
         t0 = time.perf_counter()
         epoch = controller.epoch + 1
-        previous = predictions.clone()
         train_loss, train_acc, n = train_epoch(
             model,
             optimizer,
@@ -364,9 +417,9 @@ def fit(
             amp_dtype=amp_dtype,
             scaler=scaler,
             num_workers=num_workers,
-            predictions=predictions,
+            predictions=tracker.predictions,
         )
-        changes = int((predictions != previous).sum()) if bool((previous >= 0).all()) else None
+        changes = tracker.epoch_end()
         cost.train_samples += n
         extra: dict[str, Any] = {}
         val_loss = None
@@ -410,7 +463,7 @@ def fit(
                     "cost": asdict(cost),
                     "rng": _rng_state(),
                     "scaler": None if scaler is None else scaler.state_dict(),
-                    "predictions": predictions,
+                    "predictions": tracker.predictions,
                     "meta": checkpoint_meta,
                 },
             )

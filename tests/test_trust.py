@@ -193,3 +193,40 @@ def test_objectives_by_hand():
     assert trial_objective(study.replace(objective="tse_e1"), "neve", history, state) == (0.6, 3)
     with pytest.raises(ValueError, match="objective must be"):
         study.replace(objective="pc_max")
+
+
+def test_prediction_changes_in_your_own_loop_feed_the_guard():
+    from neve_tune import PredictionChanges
+
+    torch.manual_seed(0)
+    x = torch.randn(256, 8); y = (x[:, 0] > 0).long()
+    flip = torch.randperm(256)[:64]
+    y[flip] = 1 - y[flip]  # 25% wrong labels: the guard should stop before memorising them
+    model = nn.Sequential(nn.Linear(8, 256), nn.ReLU(), nn.Linear(256, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    neve = NeVe(opt, NeuralVelocity(model, gaussian_probe((8,), 64, seed=0)), threshold=1e-9, max_epochs=300,
+                num_classes=2, pc_patience=3, pc_window=3)
+    pc = PredictionChanges(len(x))
+    neve.start()
+    counts = []
+    while not neve.should_stop:
+        g = torch.Generator().manual_seed(neve.epoch)
+        total = 0.0
+        for idx in torch.randperm(len(x), generator=g).split(32):
+            out = model(x[idx])
+            loss = nn.functional.cross_entropy(out, y[idx])
+            opt.zero_grad(); loss.backward(); opt.step()
+            pc.update(idx, out)
+            total += loss.item()
+        counts.append(pc.epoch_end())
+        neve.step(train_loss=total / 8, prediction_changes=counts[-1])
+    assert counts[0] is None and all(isinstance(c, int) for c in counts[1:])
+    assert neve.stopped_by == "prediction_changes" and neve.epoch < 300
+    # the same counts as fit's own bookkeeping would give: a restored tracker continues them
+    state = pc.state_dict()
+    again = PredictionChanges(len(x))
+    again.load_state_dict(state)
+    again.update(torch.arange(256), state["predictions"])
+    assert again.epoch_end() == 0
+    with pytest.raises(ValueError, match="one index per example"):
+        again.update(torch.arange(3), torch.zeros(4, 2))
