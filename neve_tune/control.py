@@ -96,6 +96,10 @@ class _Stoppable:
     def start(self) -> None:
         pass
 
+    def _check_open(self) -> None:
+        if self.should_stop:
+            raise RuntimeError(f"the run already stopped ({self.stopped_by}); step() after stop")
+
 
 class NeVe(_Stoppable):
     """Velocity-driven LR decay and stopping for one training run, with no held-out data.
@@ -239,8 +243,12 @@ class NeVe(_Stoppable):
     ) -> dict[str, Any]:
         """Close one training epoch; ``val_loss`` is ignored (NeVe needs none);
         ``prediction_changes`` feeds the memorisation guard."""
-        if self.should_stop:
-            raise RuntimeError(f"the run already stopped ({self.stopped_by}); step() after stop")
+        self._check_open()
+        if self.lr_signal == "prediction_changes" and prediction_changes is None and self.epoch >= 1:
+            raise ValueError(
+                "lr_signal='prediction_changes' needs step(..., prediction_changes=n) from the 2nd epoch on: "
+                "n = training examples whose predicted class changed since the previous epoch"
+            )
         train_loss = to_float("train_loss", train_loss)  # type: ignore[assignment]
         self.start()
         lr = _lr(self.optimizer)
@@ -258,11 +266,6 @@ class NeVe(_Stoppable):
         else:
             pc_stop = self._prediction_changes_stop(prediction_changes)
             if self.lr_signal == "prediction_changes":
-                if prediction_changes is None and self.epoch > 1:
-                    raise ValueError(
-                        "lr_signal='prediction_changes' needs step(..., prediction_changes=n) from the 2nd epoch on: "
-                        "n = training examples whose predicted class changed since the previous epoch"
-                    )
                 signal = self._pc_level()
             else:
                 signal = velocity if self.lr_signal == "velocity" else change
@@ -359,8 +362,7 @@ class ValidationControl(_Stoppable):
     ) -> dict[str, Any]:
         if val_loss is None:
             raise ValueError("val_loss is required: ValidationControl decides on validation loss")
-        if self.should_stop:
-            raise RuntimeError(f"the run already stopped ({self.stopped_by}); step() after stop")
+        self._check_open()
         lr = _lr(self.optimizer)
         self.epoch += 1
         diverged = not (_finite(train_loss) and _finite(val_loss))

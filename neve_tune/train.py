@@ -166,13 +166,13 @@ def train_epoch(
     amp_dtype: torch.dtype | None = None,
     scaler: "torch.amp.GradScaler | None" = None,
     num_workers: int = 0,
-    predictions: torch.Tensor | None = None,
+    predictions: PredictionChanges | None = None,
 ) -> tuple[float, float, int]:
     """One pass over ``dataset``: (mean loss, accuracy, samples).
 
-    With ``predictions`` (a long tensor of ``len(dataset)``), the class each example was
-    predicted as in this pass is written at its position: what the training pass already
-    computes, so prediction changes between epochs cost no extra forward.
+    With ``predictions`` (a :class:`PredictionChanges` of ``len(dataset)``), the class each
+    example was predicted as in this pass is recorded at its position: what the training
+    pass already computes, so prediction changes between epochs cost no extra forward.
     """
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -197,7 +197,7 @@ def train_epoch(
         loss_sum += loss.detach().float() * b
         correct += (pred == y).sum()
         if predictions is not None:
-            predictions[pos.to(predictions.device)] = pred.to(predictions.device)
+            predictions.update(pos, pred)
         n += b
     return float(loss_sum) / max(n, 1), float(correct) / max(n, 1), n
 
@@ -417,7 +417,7 @@ def fit(
             amp_dtype=amp_dtype,
             scaler=scaler,
             num_workers=num_workers,
-            predictions=tracker.predictions,
+            predictions=tracker,
         )
         changes = tracker.epoch_end()
         cost.train_samples += n

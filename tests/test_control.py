@@ -127,6 +127,7 @@ def test_lr_signal_prediction_changes_needs_them_reported():
     neve.step(train_loss=1.0)  # epoch 1: nothing to compare with yet
     with pytest.raises(ValueError, match="lr_signal='prediction_changes' needs step"):
         neve.step(train_loss=0.5)
+    assert neve.epoch == 1 and neve.velocity.epoch == 1  # refused before anything was measured
 
 
 def test_prediction_changes_guard_state_round_trip():

@@ -15,7 +15,7 @@ from torch.utils.data import TensorDataset
 from neve_tune import NeVe, NeuralVelocity, gaussian_probe, load_study, run_trial
 from neve_tune.data import dataset_labels, get_dataset, stratified_subset, symmetric_label_noise
 from neve_tune.optuna import NeVePruner, make_objective
-from neve_tune.train import fit, train_epoch
+from neve_tune.train import PredictionChanges, fit, train_epoch
 
 
 class _ParityFlipper(nn.Module):
@@ -82,11 +82,11 @@ def test_train_epoch_writes_each_prediction_at_its_example_despite_shuffling():
     x = torch.arange(n, dtype=torch.float32).view(n, 1)
     data = TensorDataset(x, torch.zeros(n, dtype=torch.long))
     model = _ParityFlipper(n, 5)
-    predictions = torch.full((n,), -1, dtype=torch.long)
+    predictions = PredictionChanges(n)
     train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), data, 5, device=torch.device("cpu"), seed=3,
                 predictions=predictions)
     expected = torch.where(x[:, 0].long() % 2 == 0, x[:, 0].long() % 2, torch.zeros(n, dtype=torch.long))
-    assert torch.equal(predictions, expected)
+    assert torch.equal(predictions.predictions, expected)
 
 
 def test_a_run_that_does_not_learn_ends_stalled_end_to_end():
@@ -196,8 +196,6 @@ def test_objectives_by_hand():
 
 
 def test_prediction_changes_in_your_own_loop_feed_the_guard():
-    from neve_tune import PredictionChanges
-
     torch.manual_seed(0)
     x = torch.randn(256, 8); y = (x[:, 0] > 0).long()
     flip = torch.randperm(256)[:64]
