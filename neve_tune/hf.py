@@ -53,7 +53,7 @@ from ._callbacks import CallbackSettings
 from ._checks import check_int
 from .control import NeVe
 from .probe import gaussian_probe
-from .train import save_checkpoint
+from .train import CheckpointError, load_state_file, save_checkpoint
 from .velocity import NeuralVelocity
 
 __all__ = ["STATE_FILE", "KeywordInput", "NeVeTrainerCallback", "token_probe"]
@@ -80,20 +80,11 @@ def _probe_digest(probe: torch.Tensor) -> str:
 def _read_state(path: str) -> dict[str, Any]:
     """A NeVe state file, or a ValueError naming it."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, empty, not a torch file, unsafe pickle
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise ValueError(
-            f"NeVe state file {path!r} cannot be read ({type(e).__name__}: {first}); delete it to start the velocity "
-            "series over from this checkpoint, or resume from another checkpoint"
-        ) from None
-    missing = [k for k in _STATE_KEYS if k not in saved] if isinstance(saved, dict) else list(_STATE_KEYS)
-    if missing:
-        raise ValueError(
-            f"NeVe state file {path!r} is not a NeVeTrainerCallback state (missing {missing}); delete it to start the "
-            "velocity series over from this checkpoint"
-        )
-    return saved
+        return load_state_file(path, _STATE_KEYS, "NeVeTrainerCallback state",
+                               "delete it to start the velocity series over from this checkpoint, "
+                               "or resume from another checkpoint")
+    except CheckpointError as e:
+        raise ValueError(e.message("NeVe state file")) from None
 
 
 def token_probe(vocab_size: int, seq_len: int, num_samples: int = 100, seed: int = 0) -> torch.Tensor:

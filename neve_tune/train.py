@@ -284,26 +284,35 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         raise
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint written by :func:`fit` (``weights_only`` loading); a
-    :class:`CheckpointError` when ``path`` is missing, a folder, empty, truncated, not a
-    torch file, or a torch file of something else."""
+def load_state_file(path: str | os.PathLike, required: tuple[str, ...], kind: str,
+                    advice: str = "delete it to start over, or pass another path") -> dict[str, Any]:
+    """The dict a state file written by :func:`save_checkpoint` holds (``weights_only``
+    loading); a :class:`CheckpointError` when ``path`` is missing, a folder, empty,
+    truncated, not a torch file, or not a ``kind`` (a dict without the ``required`` keys)."""
     p = Path(path)
     if p.is_dir():
         raise CheckpointError(path, "is a folder, not a checkpoint file", "pass the path of a checkpoint file")
     if not p.is_file():
         raise CheckpointError(path, "does not exist", "pass the path of an existing checkpoint")
     if p.stat().st_size == 0:
-        raise CheckpointError(path, "is empty")
+        raise CheckpointError(path, "is empty", advice)
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # any failure to unpickle: truncated, text, another format
-        raise CheckpointError(path, f"cannot be read as a torch checkpoint (truncated or another format; {_first_line(e)})") from None
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(path, f"holds a {type(ckpt).__name__}, not a neve_tune checkpoint")
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+        raise CheckpointError(path, "cannot be read as a torch checkpoint (truncated or another format; "
+                                    f"{_first_line(e)})", advice) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"holds a {type(state).__name__}, not a {kind}", advice)
+    missing = [k for k in required if k not in state]
     if missing:
-        raise CheckpointError(path, f"is not a neve_tune checkpoint (it has no {', '.join(map(repr, missing))})")
+        raise CheckpointError(path, f"is not a {kind} (it has no {', '.join(map(repr, missing))})", advice)
+    return state
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint written by :func:`fit`; a :class:`CheckpointError` when it cannot be
+    one (see :func:`load_state_file`) or has another format version."""
+    ckpt = load_state_file(path, CHECKPOINT_KEYS, "neve_tune checkpoint")
     if ckpt["version"] != CHECKPOINT_VERSION:
         raise CheckpointError(path, f"has version {ckpt['version']!r}; this neve_tune reads version {CHECKPOINT_VERSION}")
     return ckpt
