@@ -104,7 +104,11 @@ class PredictionChanges:
         if classes.shape != index.shape:
             raise ValueError(f"index has shape {tuple(index.shape)} but the outputs give classes of shape "
                              f"{tuple(classes.shape)}: pass one index per example of the batch")
-        self.predictions[index.to("cpu", torch.long)] = classes.to("cpu", torch.long)
+        index = index.to("cpu", torch.long)
+        n = self.predictions.numel()
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):  # a negative one would wrap silently
+            raise IndexError(f"index must hold example indices in [0, {n}), got {int(index.min())}..{int(index.max())}")
+        self.predictions[index] = classes.to("cpu", torch.long)
 
     def epoch_end(self) -> int | None:
         """The count of changed predictions against the previous epoch (None if not comparable yet)."""

@@ -228,3 +228,5 @@ def test_prediction_changes_in_your_own_loop_feed_the_guard():
     assert again.epoch_end() == 0
     with pytest.raises(ValueError, match="one index per example"):
         again.update(torch.arange(3), torch.zeros(4, 2))
+    with pytest.raises(IndexError, match=r"index must hold example indices in \[0, 256\), got -1\.\.1"):
+        again.update(torch.tensor([-1, 0, 1]), torch.zeros(3, 2))
