@@ -32,7 +32,10 @@ from torch.utils.data import Dataset
 
 from ._checks import check_int
 
-__all__ = ["PredictionChanges", "SubsetPredictionChanges", "eval_forward"]
+__all__ = ["PREDICTION_CHANGES", "PredictionChanges", "SubsetPredictionChanges", "eval_forward"]
+
+#: where fit counts prediction changes: in the training pass, or on a fixed subset
+PREDICTION_CHANGES = ("in_pass", "subset")
 
 Forward = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -230,7 +233,8 @@ class SubsetPredictionChanges:
             raise ValueError("dataset is empty; SubsetPredictionChanges needs at least one example")
         gen = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
         rows = torch.randperm(n, generator=gen)[: min(k, n)].sort().values.tolist()
-        items = [_pick_input(dataset[i], input_key) for i in rows]
+        with torch.random.fork_rng(devices=[]):  # an augmenting dataset must not advance training's RNG
+            items = [_pick_input(dataset[i], input_key) for i in rows]
         return cls(_stack(items, "dataset inputs"), batch_size=batch_size, forward=forward)
 
     @property
@@ -306,3 +310,45 @@ def _pick_input(item: Any, input_key: Any) -> Any:
             raise ValueError(f"input_key must be a position in the dataset's items (of length {len(item)}), got {input_key!r}")
         return item[input_key]
     return item
+
+
+class FitPredictionChanges:
+    """The prediction changes :func:`neve_tune.train.fit` reports, from either source:
+    ``"in_pass"`` (:attr:`in_pass` goes to ``train_epoch``, no extra forward) or
+    ``"subset"`` (``subset_size`` training examples drawn with ``seed``, forwarded after
+    each epoch; their forward-only samples are returned with the count)."""
+
+    def __init__(self, source: str, train_set: Dataset, *, seed: int, subset_size: int = 1000) -> None:
+        if source not in PREDICTION_CHANGES:
+            raise ValueError(f"prediction_changes must be one of {PREDICTION_CHANGES}, got {source!r}")
+        check_int("pc_subset_size", subset_size, minimum=1)
+        self.source = source
+        n = len(train_set)  # type: ignore[arg-type]
+        self.in_pass = PredictionChanges(n) if source == "in_pass" else None
+        self.subset = (SubsetPredictionChanges.from_dataset(train_set, subset_size, seed=abs(int(seed)))
+                       if source == "subset" else None)
+
+    def epoch_end(self, model: nn.Module, amp_dtype: torch.dtype | None = None) -> tuple[int | None, int]:
+        """(this epoch's count, forward-only samples it cost)."""
+        if self.in_pass is not None:
+            return self.in_pass.epoch_end(), 0
+        assert self.subset is not None
+        device = _model_device(model)
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            return self.subset.measure(model), self.subset.num_examples
+
+    def checkpoint(self) -> dict[str, Any]:
+        """What a checkpoint holds of it (``predictions``: the in-pass classes, as before)."""
+        if self.in_pass is not None:
+            return {"predictions": self.in_pass.predictions}
+        return {"predictions": None, "pc_subset": self.subset.state_dict()}  # type: ignore[union-attr]
+
+    def load_checkpoint(self, ckpt: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint :meth:`checkpoint` wrote; another source is refused."""
+        saved = "subset" if ckpt.get("pc_subset") is not None else "in_pass"
+        if saved != self.source:
+            raise ValueError(f"it counted prediction_changes={saved!r}, this run counts {self.source!r}")
+        if self.subset is not None:
+            self.subset.load_state_dict(ckpt["pc_subset"])
+        elif ckpt.get("predictions") is not None:
+            self.in_pass.load_state_dict({"predictions": ckpt["predictions"]})  # type: ignore[union-attr]

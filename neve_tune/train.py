@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ._checks import check_int
-from .prediction_changes import PredictionChanges
+from .prediction_changes import FitPredictionChanges, PredictionChanges
 from .records import METRIC_NAMES, Cost
 
 __all__ = [
@@ -301,6 +301,8 @@ def fit(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     num_workers: int = 0,
     checkpoint_meta: dict[str, Any] | None = None,
+    prediction_changes: str = "in_pass",
+    pc_subset_size: int = 1000,
 ) -> FitResult:
     """Train ``model`` until ``controller`` stops.
 
@@ -315,6 +317,12 @@ def fit(
     (``stopped_by == "max_epochs"``) continues up to a larger one, with the same velocity
     series as an uninterrupted run; a run that stopped for any other reason is finished
     and its result is returned as it is.
+
+    ``prediction_changes`` says where the reported ``prediction_changes`` are counted:
+    ``"in_pass"`` (the class of every training example in the training pass, no extra
+    forward) or ``"subset"`` (:class:`~neve_tune.SubsetPredictionChanges` on
+    ``pc_subset_size`` training examples drawn with ``seed``, forwarded in eval mode after
+    each epoch; their forward-only samples are counted in ``probe_samples``).
     """
     check_int("batch_size", batch_size, minimum=1)
     if len(train_set) == 0:  # type: ignore[arg-type]
@@ -325,8 +333,7 @@ def fit(
     scaler = None
     if amp_dtype == torch.float16 and device.type == "cuda":
         scaler = torch.amp.GradScaler("cuda")
-    # the class predicted for each training example in the last training pass
-    tracker = PredictionChanges(len(train_set))  # type: ignore[arg-type]
+    tracker = FitPredictionChanges(prediction_changes, train_set, seed=seed, subset_size=pc_subset_size)
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         ckpt = load_checkpoint(checkpoint_path)
         if checkpoint_meta is not None and isinstance(ckpt.get("meta"), dict):
@@ -342,8 +349,7 @@ def fit(
             controller.load_state_dict(ckpt["controller"])
             history = list(ckpt["history"])
             cost = Cost(**ckpt["cost"])
-            if ckpt.get("predictions") is not None:
-                tracker.load_state_dict({"predictions": ckpt["predictions"]})
+            tracker.load_checkpoint(ckpt)
             _set_rng_state(ckpt["rng"])
         except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
             raise CheckpointError(checkpoint_path, f"does not fit this run ({_first_line(e)})") from None
@@ -371,10 +377,11 @@ def fit(
             amp_dtype=amp_dtype,
             scaler=scaler,
             num_workers=num_workers,
-            predictions=tracker,
+            predictions=tracker.in_pass,
         )
-        changes = tracker.epoch_end()
+        changes, forwarded = tracker.epoch_end(model, amp_dtype)
         cost.train_samples += n
+        cost.probe_samples += forwarded
         extra: dict[str, Any] = {}
         val_loss = None
         if val_set is not None:
@@ -417,7 +424,7 @@ def fit(
                     "cost": asdict(cost),
                     "rng": _rng_state(),
                     "scaler": None if scaler is None else scaler.state_dict(),
-                    "predictions": tracker.predictions,
+                    **tracker.checkpoint(),
                     "meta": checkpoint_meta,
                 },
             )
