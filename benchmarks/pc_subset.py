@@ -4,13 +4,15 @@ Runs the default digits configuration (what ``neve-tune train digits --seed S`` 
 the study's defaults, the guard on) with ``prediction_changes="in_pass"`` (every
 training example, from the training pass, no extra forward) and with
 ``prediction_changes="subset"`` (K training examples forwarded in eval mode after each
-epoch; K = 1000, 300, or all), on clean labels, 20% and 40% symmetric label noise and 25%
+epoch; K = 1000, 300, or all; ``--variants ... in_pass_w5 subset1000_w5``: the guard's
+moving average over 5 epochs), on clean labels, 20% and 40% symmetric label noise and 25%
 of the training set, and prints, per condition and variant: stop epoch, stop reasons,
 test accuracy of the restored model and cost (full-data epochs, the subset's forward
 counted), mean ± std over seeds, and the paired differences against ``in_pass``.
 
     python benchmarks/pc_subset.py                       # 4 conditions x 5 seeds x 4 variants
     python benchmarks/pc_subset.py --table-only          # reprint from runs/pc_subset/
+    python benchmarks/pc_subset.py --variants in_pass in_pass_w5 subset1000 subset1000_w5
     python benchmarks/pc_subset.py --seeds 0 1 --conditions noise20 --variants in_pass subset1000
 
 Each run is stored in runs/pc_subset/ and not repeated. One torch thread. Figures are
@@ -36,23 +38,26 @@ CONDITIONS = {
     "noise40": {"label_noise": 0.4},
     "data25": {"train_fraction": 0.25},
 }
-# variant: (prediction_changes, pc_subset_size)
+# variant: (prediction_changes, pc_subset_size, pc_window)
 VARIANTS = {
-    "in_pass": ("in_pass", 1000),
-    "subset1000": ("subset", 1000),
-    "subset_all": ("subset", 10**9),
-    "subset300": ("subset", 300),
+    "in_pass": ("in_pass", 1000, 3),
+    "subset1000": ("subset", 1000, 3),
+    "subset_all": ("subset", 10**9, 3),
+    "subset300": ("subset", 300, 3),
+    "in_pass_w5": ("in_pass", 1000, 5),
+    "subset1000_w5": ("subset", 1000, 5),
 }
+DEFAULT_VARIANTS = ["in_pass", "subset1000", "subset_all", "subset300"]
 
 
 def run(condition: str, variant: str, seed: int) -> dict[str, Any]:
     """One ``neve-tune train digits`` run; its summary."""
     from neve_tune import load_study, run_trial
 
-    source, size = VARIANTS[variant]
+    source, size, window = VARIANTS[variant]
     study = load_study("digits")
     study = study.replace(data_options={**study.data_options, **CONDITIONS[condition]},
-                          prediction_changes=source, pc_subset_size=size)
+                          prediction_changes=source, pc_subset_size=size, pc_window=window)
     result = run_trial(study, study.config(), seed=seed)
     return {"condition": condition, "variant": variant, "seed": seed, "stopped_by": result.stopped_by,
             "epochs": result.epochs, "best_epoch": result.best_epoch, "test_acc": 100 * result.test_acc,
@@ -60,9 +65,9 @@ def run(condition: str, variant: str, seed: int) -> dict[str, Any]:
             "pc": [m["prediction_changes"] for m in result.history]}
 
 
-def _ms(xs: list[float], fmt: str = ".2f") -> str:
+def _ms(xs: list[float], fmt: str = ".2f", signed: bool = False) -> str:
     sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{statistics.mean(xs):{fmt}} ± {sd:{fmt}}"
+    return f"{statistics.mean(xs):{'+' if signed else ''}{fmt}} ± {sd:{fmt}}"
 
 
 def table(rows: list[dict[str, Any]], variants: list[str]) -> str:
@@ -86,7 +91,7 @@ def table(rows: list[dict[str, Any]], variants: list[str]) -> str:
                 f"| {cond} | {var} | {_ms([r['epochs'] for r in mine], '.1f')} "
                 f"| {', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))} "
                 f"| {_ms([r['test_acc'] for r in mine])} | {_ms([r['cost'] for r in mine], '.1f')} "
-                f"| {_ms(dacc) if paired else ''} | {_ms(dcost, '.1f') if paired else ''} "
+                f"| {_ms(dacc, signed=True) if paired else ''} | {_ms(dcost, '.1f', signed=True) if paired else ''} "
                 f"| {' '.join(f'{d:+.2f}' for d in dacc) if paired else ''} |")
     n = {len({r['seed'] for r in rows if r['condition'] == c}) for c in CONDITIONS} - {0}
     return "\n".join(lines) + f"\n(seeds per condition: {sorted(n)})"
@@ -96,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=list(CONDITIONS))
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=DEFAULT_VARIANTS,
+                   help="_w5: the guard's moving average over 5 epochs instead of 3 (default: the first four)")
     p.add_argument("--table-only", action="store_true", help="print the table of the stored runs only")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
