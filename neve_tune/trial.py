@@ -40,6 +40,7 @@ from .velocity import NeuralVelocity
 
 __all__ = [
     "METHODS",
+    "controller_settings",
     "make_controller",
     "make_optimizer",
     "resolve_device",
@@ -81,8 +82,9 @@ def _plain(value: Any) -> Any:
 def run_guard(study: Study, config: Mapping[str, Any], method: str, seed: int,
               model: torch.nn.Module | None = None, model_fn: Callable[[], torch.nn.Module] | None = None) -> dict[str, Any]:
     """What a checkpoint must share with a run to be resumed by it: the configuration,
-    method, seed, data (:func:`neve_tune.data.data_identity`: not where it lies) and model.
-    ``max_epochs`` is not part of it: a larger cap continues a run stopped by the cap."""
+    method, seed, data (:func:`neve_tune.data.data_identity`: not where it lies), model and
+    controller settings (:func:`controller_settings`). ``max_epochs`` is not part of it: a
+    larger cap continues a run stopped by the cap."""
     if model_fn is None:
         model_id: dict[str, Any] = {"name": study.model, **study.model_options}
     else:
@@ -94,7 +96,29 @@ def run_guard(study: Study, config: Mapping[str, Any], method: str, seed: int,
         "seed": seed,
         "data": _plain(data_identity(study.data, study.data_options)),
         "model": _plain(model_id),
+        "controller": _plain(controller_settings(study, method)),
     }
+
+
+def controller_settings(study: Study, method: str) -> dict[str, Any]:
+    """The study fields that shape ``method``'s controller state, as the study holds them
+    (``lr_patience`` may be ``"auto"``: the scheduler restored from a checkpoint keeps its
+    own patience, so a larger ``max_epochs`` still continues a run). A resumed run with
+    other values would mix two controllers' states, so the run guard holds them.
+
+        >>> from neve_tune import load_study
+        >>> sorted(controller_settings(load_study("digits"), "asha_es"))
+        ['early_stopping', 'lr_factor', 'lr_patience', 'val_fraction']
+    """
+    if method == "neve":
+        names: tuple[str, ...] = ("lr_signal", "lr_factor", "lr_patience", "threshold_mode", "min_epochs",
+                                  "stall_margin", "pc_patience", "pc_window", "pc_restore", "probe",
+                                  "probe_samples", "amp")
+    elif method in ("asha", "asha_es"):
+        names = ("lr_factor", "lr_patience", "val_fraction") + (("early_stopping",) if method == "asha_es" else ())
+    else:  # retrain: the replayed schedule is the run's; a longer one continues it
+        names = ()
+    return {name: getattr(study, name) for name in names}
 
 
 def amp_dtype(study: Study) -> torch.dtype | None:
