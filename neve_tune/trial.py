@@ -29,7 +29,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ._checks import check_choice, check_float
-from .control import LRReplay, NeVe, ValidationControl
+from .baselines import LRReplay, ValidationControl
+from .control import NeVe
 from .data import DataBundle, data_identity, validation_split
 from .models import create_model
 from .probe import dataset_probe, gaussian_probe
