@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -35,9 +35,11 @@ from .data import DataBundle, data_identity, validation_split
 from .models import create_model
 from .probe import dataset_probe, gaussian_probe
 from .records import METHODS, TrialResult
-from .study import Study
 from .train import evaluate, fit
 from .velocity import NeuralVelocity
+
+if TYPE_CHECKING:  # a type only: study.py names run_trial's module for its old names, so no import back
+    from .study import Study
 
 __all__ = [
     "METHODS",
@@ -263,16 +265,12 @@ def run_trial(
     only when ``evaluate_test``. ``model_fn`` builds the model instead of ``study.model``.
     """
     check_choice("method", method, METHODS)
-    cfg = study.config(config)
-    for key in ("lr", "batch_size") + (("threshold",) if method == "neve" else ()):
-        if key not in cfg:
-            raise ValueError(f"config has no {key!r} (and study {study.name!r} has no default for it)")
+    cfg = _trial_config(study, config, method)
     device = resolve_device(device)
     bundle = data if data is not None else study.load_data()
-    full_train = bundle.train
-    train_set, val_set = full_train, None
+    train_set, val_set = bundle.train, None
     if method in ("asha", "asha_es"):
-        train_set, val_set = validation_split(full_train, study.val_fraction, seed=seed)
+        train_set, val_set = validation_split(bundle.train, study.val_fraction, seed=seed)
 
     torch.manual_seed(seed)
     model = model_fn() if model_fn is not None else create_model(
@@ -283,34 +281,24 @@ def run_trial(
     controller = make_controller(study, method, model, optimizer, cfg, train_set=train_set,
                                  input_shape=bundle.input_shape, seed=seed, lr_schedule=lr_schedule,
                                  num_classes=bundle.num_classes)
-    fitted = fit(
-        model,
-        optimizer,
-        train_set,
-        controller,
-        batch_size=int(cfg["batch_size"]),
-        val_set=val_set,
-        device=device,
-        seed=seed,
-        amp_dtype=amp_dtype(study),
-        checkpoint_path=checkpoint_path,
-        on_epoch=on_epoch,
-        checkpoint_meta=run_guard(study, cfg, method, seed, model, model_fn),
-    )
+    fitted = fit(model, optimizer, train_set, controller, batch_size=int(cfg["batch_size"]), val_set=val_set,
+                 device=device, seed=seed, amp_dtype=amp_dtype(study), checkpoint_path=checkpoint_path,
+                 on_epoch=on_epoch, checkpoint_meta=run_guard(study, cfg, method, seed, model, model_fn))
     objective, best_epoch = trial_objective(study, method, fitted.history, controller.state_dict())
-    result = TrialResult(
-        config=cfg,
-        method=method,
-        seed=seed,
-        stopped_by=fitted.stopped_by,
-        epochs=fitted.epochs,
-        objective=float(objective),
-        best_epoch=best_epoch,
-        cost=fitted.cost,
-        history=fitted.history,
-        train_size=len(full_train),  # type: ignore[arg-type]
-    )
+    result = TrialResult(config=cfg, method=method, seed=seed, stopped_by=fitted.stopped_by, epochs=fitted.epochs,
+                         objective=float(objective), best_epoch=best_epoch, cost=fitted.cost, history=fitted.history,
+                         train_size=len(bundle.train))  # type: ignore[arg-type]
     if evaluate_test:
         loss, acc, n = evaluate(model, bundle.test, device=device, amp_dtype=amp_dtype(study))
         result.test_acc, result.test_loss, result.test_samples = acc, loss, n
     return result
+
+
+def _trial_config(study: Study, config: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """The trial's full hyperparameters (study defaults overwritten by ``config``), with
+    those every trial of ``method`` needs."""
+    cfg = study.config(config)
+    for key in ("lr", "batch_size") + (("threshold",) if method == "neve" else ()):
+        if key not in cfg:
+            raise ValueError(f"config has no {key!r} (and study {study.name!r} has no default for it)")
+    return cfg
