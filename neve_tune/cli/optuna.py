@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from .._checks import check_float
+from ..records import SEARCH_METHODS
 from . import _args as cli
 
 __all__ = ["add_cli"]
@@ -42,7 +43,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     w.add_argument("--create", action="store_true", help="create the study if it does not exist")
     w.add_argument("--direction", choices=["minimize", "maximize"], default="minimize", help="with --create")
-    w.add_argument("--method", choices=["neve", "asha", "asha_es"], default="neve",
+    w.add_argument("--method", choices=SEARCH_METHODS, default="neve",
                    help="neve (default), or the validation-based baselines with SuccessiveHalvingPruner")
     cli.add_seed(w, "training seed of every trial (default 0)")
     w.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler")
