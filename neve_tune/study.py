@@ -52,7 +52,7 @@ class Study:
     ``"relative"`` (velocity over its peak); ``stall_margin`` the drop in training loss
     (from the first epoch, and from chance) that counts as learning; ``pc_patience`` /
     ``pc_window`` / ``pc_restore`` the memorisation guard (None: off). The defaults are the
-    measured ones (README, "Validation-free choices").
+    measured ones (README, "Which validation-free defaults, and why").
     """
 
     name: str

@@ -18,7 +18,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from .._checks import check_choice, check_float, check_int, to_float
-from ._rungs import _bracket_milestones, _choose_bracket, _Rung
+from ._halving import _bracket_milestones, _choose_bracket, _Rung
 from ._stopper import CONVERGED, DIVERGED, STALLED, _check_key, check_threshold, velocity_verdict
 
 if TYPE_CHECKING:
