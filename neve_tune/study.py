@@ -23,6 +23,7 @@ from typing import Any, Mapping
 from ._checks import check_choice, check_float, check_int
 from .control import LR_SIGNALS, check_epochs
 from .data import DataBundle, check_data_changes, get_dataset
+from .prediction_changes import PREDICTION_CHANGES
 from .space import Choice, Distribution, IntUniform, LogUniform, Uniform, default_space, validate_space
 
 __all__ = ["Choice", "IntUniform", "LogUniform", "Study", "Uniform", "bundled_studies", "load_study"]
@@ -51,7 +52,8 @@ class Study:
     (``"auto"``: ``max(2, max_epochs // 20)``); ``threshold_mode`` ``"absolute"`` or
     ``"relative"`` (velocity over its peak); ``stall_margin`` the drop in training loss
     (from the first epoch, and from chance) that counts as learning; ``pc_patience`` /
-    ``pc_window`` / ``pc_restore`` the memorisation guard (None: off). The defaults are the
+    ``pc_window`` / ``pc_restore`` the memorisation guard (None: off), counted
+    ``prediction_changes="in_pass"`` or on a subset of ``pc_subset_size`` examples. The defaults are the
     measured ones (README, "Validation-free choices").
     """
 
@@ -74,6 +76,8 @@ class Study:
     pc_patience: int | None = 3
     pc_window: int = 3
     pc_restore: bool = True
+    prediction_changes: str = "in_pass"
+    pc_subset_size: int = 1000
     val_fraction: float = 0.1
     early_stopping: int = 10
     objective: str = "tse_e1"
@@ -104,6 +108,8 @@ class Study:
         check_float("stall_margin", self.stall_margin, low=0.0, high=1.0, high_open=True)
         check_int("pc_patience", self.pc_patience, minimum=1, allow_none=True)
         check_int("pc_window", self.pc_window, minimum=1)
+        check_choice("prediction_changes", self.prediction_changes, PREDICTION_CHANGES)
+        check_int("pc_subset_size", self.pc_subset_size, minimum=1)
         check_int("early_stopping", self.early_stopping, minimum=1)
         check_int("probe_samples", self.probe_samples, minimum=1)
         if not 0.0 < self.val_fraction < 1.0:

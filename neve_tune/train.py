@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ._checks import check_int
+from .prediction_changes import FitPredictionChanges, PredictionChanges
 from .records import METRIC_NAMES, Cost
 
 __all__ = [
@@ -67,66 +68,6 @@ def _tensor_source(dataset: Dataset) -> tuple[tuple[torch.Tensor, ...], torch.Te
     if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorDataset):
         return dataset.dataset.tensors, torch.as_tensor(list(dataset.indices), dtype=torch.long)
     return None
-
-
-class PredictionChanges:
-    """Counts the training examples whose predicted class changed since the previous epoch:
-    the signal of the memorisation guard (docs/design.md, "The memorisation guard"), from
-    the predictions the training pass already makes.
-
-    During an epoch, call ``update(index, output)`` with each batch's example indices (into
-    the training set) and the model's outputs (logits, or class ids); after it, call
-    ``epoch_end()`` once and pass its result to ``NeVe.step(..., prediction_changes=)``. It
-    is None on the first epoch (nothing to compare with) and while some example has not
-    been seen yet.
-
-        >>> import torch
-        >>> pc = PredictionChanges(4)
-        >>> pc.update(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 1, 0]))
-        >>> pc.epoch_end() is None
-        True
-        >>> pc.update(torch.tensor([2, 0]), torch.tensor([[0.1, 0.9], [0.8, 0.2]]))  # logits
-        >>> pc.update(torch.tensor([1, 3]), torch.tensor([1, 1]))
-        >>> pc.epoch_end()                   # example 3 changed from class 0 to 1
-        1
-    """
-
-    def __init__(self, num_examples: int) -> None:
-        n = check_int("num_examples", num_examples, minimum=1)
-        self.predictions = torch.full((n,), -1, dtype=torch.long)  # the last class seen per example
-        self._previous = self.predictions.clone()
-
-    def update(self, index: torch.Tensor, output: torch.Tensor) -> None:
-        """Record the classes predicted for the examples ``index`` (logits ``[B, C]`` or ids ``[B]``)."""
-        if not isinstance(index, torch.Tensor) or not isinstance(output, torch.Tensor):
-            raise TypeError("index and output must be tensors (example indices, and logits or class ids)")
-        classes = output.detach().argmax(-1) if output.is_floating_point() else output.detach()
-        if classes.shape != index.shape:
-            raise ValueError(f"index has shape {tuple(index.shape)} but the outputs give classes of shape "
-                             f"{tuple(classes.shape)}: pass one index per example of the batch")
-        index = index.to("cpu", torch.long)
-        n = self.predictions.numel()
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):  # a negative one would wrap silently
-            raise IndexError(f"index must hold example indices in [0, {n}), got {int(index.min())}..{int(index.max())}")
-        self.predictions[index] = classes.to("cpu", torch.long)
-
-    def epoch_end(self) -> int | None:
-        """The count of changed predictions against the previous epoch (None if not comparable yet)."""
-        seen = bool((self._previous >= 0).all())
-        changes = int((self.predictions != self._previous).sum()) if seen else None
-        self._previous = self.predictions.clone()
-        return changes
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"predictions": self.predictions.clone()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        predictions = state_dict["predictions"]
-        if tuple(predictions.shape) != tuple(self.predictions.shape):
-            raise ValueError(f"its training set had {predictions.numel()} examples, "
-                             f"this one has {self.predictions.numel()}")
-        self.predictions = predictions.clone()
-        self._previous = predictions.clone()  # saved at an epoch's end
 
 
 def batches(
@@ -360,6 +301,8 @@ def fit(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     num_workers: int = 0,
     checkpoint_meta: dict[str, Any] | None = None,
+    prediction_changes: str = "in_pass",
+    pc_subset_size: int = 1000,
 ) -> FitResult:
     """Train ``model`` until ``controller`` stops.
 
@@ -374,6 +317,12 @@ def fit(
     (``stopped_by == "max_epochs"``) continues up to a larger one, with the same velocity
     series as an uninterrupted run; a run that stopped for any other reason is finished
     and its result is returned as it is.
+
+    ``prediction_changes`` says where the reported ``prediction_changes`` are counted:
+    ``"in_pass"`` (the class of every training example in the training pass, no extra
+    forward) or ``"subset"`` (:class:`~neve_tune.SubsetPredictionChanges` on
+    ``pc_subset_size`` training examples drawn with ``seed``, forwarded in eval mode after
+    each epoch; their forward-only samples are counted in ``probe_samples``).
     """
     check_int("batch_size", batch_size, minimum=1)
     if len(train_set) == 0:  # type: ignore[arg-type]
@@ -384,8 +333,7 @@ def fit(
     scaler = None
     if amp_dtype == torch.float16 and device.type == "cuda":
         scaler = torch.amp.GradScaler("cuda")
-    # the class predicted for each training example in the last training pass
-    tracker = PredictionChanges(len(train_set))  # type: ignore[arg-type]
+    tracker = FitPredictionChanges(prediction_changes, train_set, seed=seed, subset_size=pc_subset_size)
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         ckpt = load_checkpoint(checkpoint_path)
         if checkpoint_meta is not None and isinstance(ckpt.get("meta"), dict):
@@ -401,8 +349,7 @@ def fit(
             controller.load_state_dict(ckpt["controller"])
             history = list(ckpt["history"])
             cost = Cost(**ckpt["cost"])
-            if ckpt.get("predictions") is not None:
-                tracker.load_state_dict({"predictions": ckpt["predictions"]})
+            tracker.load_checkpoint(ckpt)
             _set_rng_state(ckpt["rng"])
         except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
             raise CheckpointError(checkpoint_path, f"does not fit this run ({_first_line(e)})") from None
@@ -430,10 +377,11 @@ def fit(
             amp_dtype=amp_dtype,
             scaler=scaler,
             num_workers=num_workers,
-            predictions=tracker,
+            predictions=tracker.in_pass,
         )
-        changes = tracker.epoch_end()
+        changes, forwarded = tracker.epoch_end(model, amp_dtype)
         cost.train_samples += n
+        cost.probe_samples += forwarded
         extra: dict[str, Any] = {}
         val_loss = None
         if val_set is not None:
@@ -476,7 +424,7 @@ def fit(
                     "cost": asdict(cost),
                     "rng": _rng_state(),
                     "scaler": None if scaler is None else scaler.state_dict(),
-                    "predictions": tracker.predictions,
+                    **tracker.checkpoint(),
                     "meta": checkpoint_meta,
                 },
             )

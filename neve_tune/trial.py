@@ -271,6 +271,9 @@ def run_trial(
         checkpoint_path=checkpoint_path,
         on_epoch=on_epoch,
         checkpoint_meta=run_guard(study, cfg, method, seed, model, model_fn),
+        # only NeVe's guard reads them; the baselines keep the free in-pass count
+        prediction_changes=study.prediction_changes if method == "neve" else "in_pass",
+        pc_subset_size=study.pc_subset_size,
     )
     objective, best_epoch = trial_objective(study, method, fitted.history, controller.state_dict())
     result = TrialResult(
