@@ -182,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--table", action="store_true", help="replay every cached pool and print the table")
+    p.add_argument("--rungs", default="train_loss,velocity,consensus", help="rung signals to replay")
+    p.add_argument("--criteria", default=None, help="final criteria to print (default: all)")
+    p.add_argument("--reduction-factor", type=int, default=None, help="replay other rungs (default: the pruner's)")
+    p.add_argument("--partial", action="store_true", help="include pools still recording")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,9 +207,11 @@ def main(argv: list[str] | None = None) -> int:
                 f.result()
                 print("done", *futs[f], flush=True)
     if args.table:
-        from selection_replay import print_tables
+        from selection_replay import CRITERIA, print_tables
 
-        print_tables(out)
+        rungs = {} if args.reduction_factor is None else {"reduction_factor": args.reduction_factor}
+        crit = args.criteria.split(",") if args.criteria else CRITERIA
+        print_tables(out, args.rungs.split(","), crit, partial=args.partial, **rungs)
     return 0
 
 

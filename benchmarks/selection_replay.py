@@ -46,11 +46,36 @@ def _consensus_rung(pool: Pool, i: int, epoch: int, at_rung: list[int]) -> dict[
     return {j: -float(a) for j, a in zip(at_rung, agree)}
 
 
+def _tse_rung(pool: Pool, i: int, epoch: int, at_rung: list[int]) -> dict[int, float]:
+    """The sum of the training losses up to the rung epoch (the same epochs for all)."""
+    return {j: sel.tse(pool["trials"][j]["history"], epoch) for j in at_rung}
+
+
+def _fit_excess_rung(pool: Pool, i: int, epoch: int, at_rung: list[int]) -> dict[int, float]:
+    """|fit of the given labels - the vote's| at the rung epoch, among the trials there."""
+    if len(at_rung) < 2:
+        return {j: 0.0 for j in at_rung}
+    preds = torch.stack([_preds(pool["trials"][j]["history"][epoch - 1]["subset_pred"]) for j in at_rung])
+    ex = sel.fit_excess(preds, _preds(pool["subset_labels"]), pool["num_classes"])
+    return {j: abs(float(x)) for j, x in zip(at_rung, ex)}
+
+
+def _zeta_rung(pool: Pool, i: int, epoch: int, at_rung: list[int]) -> dict[int, float]:
+    return {j: sel.susceptibility(pool["trials"][j]["history"], epoch) for j in at_rung}
+
+
 RUNG_SIGNALS: dict[str, RungSignal] = {
+    "zeta": _zeta_rung,
+    "fit_excess": _fit_excess_rung,
     "train_loss": _static(lambda m: float(m["train_loss"]) if m.get("train_loss") is not None else math.nan),
     "velocity": _static(lambda m: float(m["velocity"]) if m.get("velocity") is not None else math.nan),
+    "tse": _tse_rung,
     "consensus": _consensus_rung,
+    "consensus_frozen": _consensus_rung,
 }
+# signals whose competitors keep the value they recorded when they reached the rung (as
+# Optuna's successive halving keeps them); the others are judged again at each decision
+FROZEN = {"train_loss", "velocity", "tse", "consensus_frozen"}
 
 
 def _reported(m: dict[str, Any]) -> float:
@@ -67,12 +92,25 @@ def _promotable(value: float, competing: list[float], reduction_factor: int) -> 
     return value <= sorted(competing)[idx]
 
 
+def pruner_rungs() -> dict[str, Any]:
+    """The rung settings of the search being replayed: ``NeVePruner``'s defaults, which
+    ``neve-tune compare`` uses (``min_resource`` 1, ``reduction_factor`` 4)."""
+    from neve_tune.optuna import NeVePruner
+
+    s = NeVePruner().settings
+    keys = ("min_resource", "reduction_factor", "min_early_stopping_rate", "divergence_bound", "divergence_patience")
+    return {k: (math.inf if s[k] == "inf" else s[k]) for k in keys}
+
+
 def replay_search(pool: Pool, rung_signal: str | RungSignal = "train_loss", *, min_resource: int = 1,
                   reduction_factor: int = 4, min_early_stopping_rate: int = 0, divergence_bound: float = 0.6,
                   divergence_patience: int = 5) -> list[dict[str, Any]]:
-    """Per trial: ``{"state": "COMPLETE"|"PRUNED", "epochs": last epoch run}``."""
+    """Per trial: ``{"state": "COMPLETE"|"PRUNED", "epochs": last epoch run}``; the
+    keyword arguments are ``NeVePruner``'s (:func:`pruner_rungs` gives its defaults)."""
     signal = RUNG_SIGNALS[rung_signal] if isinstance(rung_signal, str) else rung_signal
     reached: dict[int, list[int]] = {}  # rung -> trials that recorded a value there
+    recorded: dict[int, dict[int, float]] = {}  # rung -> trial -> the value it recorded
+    frozen = rung_signal in FROZEN
     out = []
     for i, trial in enumerate(pool["trials"]):
         hist, rung, velocities, state, last = trial["history"], 0, [], "COMPLETE", len(trial["history"])
@@ -96,6 +134,9 @@ def replay_search(pool: Pool, rung_signal: str | RungSignal = "train_loss", *, m
                     pruned = True
                     break
                 reached[rung].append(i)
+                if frozen:
+                    values = {**recorded.get(rung, {}), i: values[i]}
+                recorded.setdefault(rung, {})[i] = values[i]
                 if not _promotable(values[i], [values[j] for j in at_rung], reduction_factor):
                     pruned = True
                     break
@@ -183,7 +224,8 @@ def trial_cost(pool: Pool, i: int, epochs: int) -> float:
     return (m["train_samples"] + fwd / 3.0) / pool["train_size"]
 
 
-def evaluate_pool(pool: Pool, rung_signals: Sequence[str] = ("train_loss", "velocity", "consensus")) -> dict[str, Any]:
+def evaluate_pool(pool: Pool, rung_signals: Sequence[str] = ("train_loss", "velocity", "consensus"),
+                  **rungs: Any) -> dict[str, Any]:
     """Per criterion: on the unpruned pool (tau, pick, regret) and inside a replayed search
     per rung signal (pick, regret, cost). Test accuracy is read here only to report."""
     trials = pool["trials"]
@@ -198,7 +240,7 @@ def evaluate_pool(pool: Pool, rung_signals: Sequence[str] = ("train_loss", "velo
         res["pool"][c] = {"tau": kendall_tau(scores[c], [accs[i] for i in idx]),
                           "acc": None if p is None else accs[p], "regret": None if p is None else best_acc - accs[p]}
     for rs in rung_signals:
-        decisions = replay_search(pool, rs)
+        decisions = replay_search(pool, rs, **{**pruner_rungs(), **rungs})
         done = [i for i, d in enumerate(decisions) if d["state"] == "COMPLETE" and _finished(trials[i])]
         cost = sum(trial_cost(pool, i, d["epochs"]) for i, d in enumerate(decisions))
         sc = final_scores(pool, done)
@@ -214,15 +256,16 @@ def _m(xs: Sequence[float | None], scale: float = 1.0, fmt: str = "{:+.2f}") -> 
     return fmt.format(statistics.fmean(v)) if v else "-"
 
 
-def print_tables(folder: Path, rung_signals: Sequence[str] = ("train_loss", "velocity", "consensus")) -> None:
+def print_tables(folder: Path, rung_signals: Sequence[str] = ("train_loss", "velocity", "consensus"),
+                 criteria: Sequence[str] = CRITERIA, partial: bool = False, **rungs: Any) -> None:
     import json
 
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for path in sorted(folder.glob("*.json")):
         pool = json.loads(path.read_text())
-        if len(pool["trials"]) < len(pool["configs"]):
+        if len(pool["trials"]) < len(pool["configs"]) and not partial:
             continue  # still recording
-        groups.setdefault((pool["data"], pool["condition"]), []).append(evaluate_pool(pool, rung_signals))
+        groups.setdefault((pool["data"], pool["condition"]), []).append(evaluate_pool(pool, rung_signals, **rungs))
     for (data, cond), rs in sorted(groups.items()):
         eps = _m([r["eps"] for r in rs], 100, "{:.1f}")
         true = _m([r["true_eps"] for r in rs], 100, "{:.1f}")
@@ -233,7 +276,7 @@ def print_tables(folder: Path, rung_signals: Sequence[str] = ("train_loss", "vel
         print(f"  search cost by rung signal: {cost}")
         head = "".join(f" {'rungs ' + s + ': pick, regret':>31s}" for s in rung_signals)
         print(f"  {'criterion':15s} {'pool: tau':>9s} {'pick %':>7s} {'regret':>7s}{head}")
-        for c in CRITERIA:
+        for c in criteria:
             row = (f"  {c:15s} {_m([r['pool'][c]['tau'] for r in rs]):>9s} "
                    f"{_m([r['pool'][c]['acc'] for r in rs], 100, '{:.2f}'):>7s} "
                    f"{_m([r['pool'][c]['regret'] for r in rs], 100, '{:.2f}'):>7s}")
