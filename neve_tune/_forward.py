@@ -47,10 +47,11 @@ def check_probe_target(probe_module: Any, probe_fn: Any) -> None:
 
 
 class ProbeForward(nn.Module):
-    """Forwards probe inputs through ``model``'s submodule ``module_name``, or ``fn(model, x)``."""
+    """Forwards probe inputs through ``model`` (as the keyword ``key`` when given), its
+    submodule ``module_name``, or ``fn(model, x)``."""
 
     def __init__(self, model: nn.Module, module_name: str | None = None,
-                 fn: Callable[[nn.Module, torch.Tensor], Any] | None = None) -> None:
+                 fn: Callable[[nn.Module, torch.Tensor], Any] | None = None, key: str | None = None) -> None:
         super().__init__()
         if module_name is not None:
             names = dict(model.named_modules())
@@ -63,11 +64,13 @@ class ProbeForward(nn.Module):
         self.model = model
         self.module_name = module_name
         self.fn = fn
+        self.key = key  # pass the probe as this keyword argument (Hugging Face: input_ids=)
 
     def forward(self, x: torch.Tensor) -> Any:
         if self.fn is not None:
             return self.fn(self.model, x)
-        return self.model.get_submodule(self.module_name)(x) if self.module_name else self.model(x)
+        target = self.model.get_submodule(self.module_name) if self.module_name else self.model
+        return target(**{self.key: x}) if self.key else target(x)
 
 
 def prefixed_layers(layers: Any, module_name: str | None) -> Any:

@@ -45,8 +45,13 @@ class PCSource:
             raise ValueError(f"{who}(prediction_changes='subset') draws its subset from the training set, which is not "
                              f"an indexable data set here ({type(dataset).__name__}); pass a SubsetPredictionChanges you "
                              "built, or pc_patience=None to turn the guard off")
-        counter = subset_class.from_dataset(dataset, num_examples=SUBSET_SIZE, seed=seed, input_key=input_key,
-                                            forward=forward)
+        try:
+            counter = subset_class.from_dataset(dataset, num_examples=SUBSET_SIZE, seed=seed, input_key=input_key,
+                                                forward=forward)
+        except (KeyError, IndexError, ValueError, TypeError) as e:
+            raise ValueError(f"{who}(prediction_changes='subset') cannot draw its subset of training inputs with "
+                             f"input_key={input_key!r} ({e}); pass input_key= naming the examples' model input, "
+                             "or pc_patience=None to turn the guard off") from e
         return cls(counter)
 
     @property
@@ -74,3 +79,26 @@ def batch_logits(outputs: Any, who: str) -> torch.Tensor:
         raise ValueError(f"{who}(prediction_changes='batch') counts the training pass's predictions: return "
                          f"{{'loss': loss, 'logits': logits}} from training_step (it returned {got})")
     return logits
+
+
+def check_classes(forward: Callable[[nn.Module, Any], Any], model: nn.Module, dataset: Any, input_key: Any,
+                  who: str) -> None:
+    """Refuse, when training starts, a model whose outputs are not class logits
+    ``[batch, classes]``: prediction changes count changed argmax classes per example.
+    One training input goes through ``forward`` in eval mode under ``no_grad``."""
+    item = dataset[0]
+    x = torch.as_tensor(item[input_key] if isinstance(item, (dict, tuple, list)) else item).unsqueeze(0)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = forward(model, x.to(device))
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{who}'s memorisation guard counts changed class predictions, but the model's output for "
+                         f"one example is {got}, not logits [1, classes]; pass pc_patience=None to turn the guard off, "
+                         "or a SubsetPredictionChanges with forward= giving logits")
