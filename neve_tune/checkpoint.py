@@ -128,9 +128,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def fit_payload(epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, controller: Any,
-                history: list[dict[str, Any]], cost: Cost, scaler: Any, predictions: torch.Tensor | None,
+                history: list[dict[str, Any]], cost: Cost, scaler: Any, predictions: dict[str, Any],
                 meta: dict[str, Any] | None) -> dict[str, Any]:
-    """What :func:`~neve_tune.train.fit` saves after ``epoch``: everything to resume the run."""
+    """What :func:`~neve_tune.train.fit` saves after ``epoch``: everything to resume the run
+    (``predictions``: the prediction-change counter's own entries)."""
     return {
         "version": CHECKPOINT_VERSION,
         "epoch": epoch,
@@ -141,7 +142,7 @@ def fit_payload(epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, 
         "cost": asdict(cost),
         "rng": rng_state(),
         "scaler": None if scaler is None else scaler.state_dict(),
-        "predictions": predictions,
+        **predictions,
         "meta": meta,
     }
 

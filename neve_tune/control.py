@@ -25,10 +25,34 @@ from ._controller import Controller, _finite, _lr, _reopened, _Stoppable, check_
 from .baselines import LRReplay, ValidationControl
 from .velocity import NeuralVelocity
 
-__all__ = ["Controller", "LRReplay", "NeVe", "ValidationControl", "check_epochs"]
+__all__ = ["Controller", "LRReplay", "NeVe", "ValidationControl", "check_epochs", "learned"]
 
 LR_SIGNALS = ("velocity_change", "velocity", "prediction_changes")
 THRESHOLD_MODES = ("absolute", "relative")
+
+
+def learned(train_loss: float, first_loss: float | None, *, stall_margin: float = 0.1, num_classes: int | None = None) -> bool:
+    """The stall rule: whether a run whose first epoch's training loss was ``first_loss``
+    learned by the epoch whose loss is ``train_loss``. It did when that loss is below
+    ``(1 - stall_margin) * first_loss`` and, when ``num_classes`` is known, below
+    ``(1 - stall_margin) * log(num_classes)`` (chance). A run with no first loss has not.
+    :class:`NeVe` and ``neve_tune.ray.NeVeStopper`` judge by this one rule.
+
+    >>> learned(0.5, 0.7), learned(0.68, 0.7), learned(0.64, 0.73, num_classes=2)
+    (True, False, False)
+    """
+    keep = 1.0 - stall_margin
+    if first_loss is None or not train_loss < keep * first_loss:
+        return False
+    return num_classes is None or train_loss < keep * math.log(num_classes)
+
+
+def _count(value: Any) -> int | float | None:
+    """A reported count (Python, NumPy or 0-d tensor) as a plain number: an int when whole."""
+    number = to_float("prediction_changes", value, allow_none=True)
+    if number is None or not number.is_integer():
+        return number
+    return int(number)
 
 
 class NeVe(_Stoppable):
@@ -73,8 +97,8 @@ class NeVe(_Stoppable):
         >>> neve = NeVe(opt, NeuralVelocity(model, gaussian_probe((4,), 16)), threshold=1e-3, max_epochs=5)
         >>> neve.start()
         >>> metrics = neve.step(train_loss=0.7)    # after one training epoch
-        >>> sorted(metrics)
-        ['diverged', 'epoch', 'lr', 'neve_stop', 'stalled', 'velocity', 'velocity_change']
+        >>> sorted(metrics)  # the inputs come back too, ready for report_epoch / tune.report
+        ['diverged', 'epoch', 'lr', 'neve_stop', 'prediction_changes', 'stalled', 'train_loss', 'velocity', 'velocity_change']
     """
 
     def __init__(
@@ -143,11 +167,8 @@ class NeVe(_Stoppable):
         return int(self.velocity.probe.shape[0])
 
     def learned(self, train_loss: float) -> bool:
-        """Whether ``train_loss`` shows the run learned (see the class docstring)."""
-        keep = 1.0 - self.stall_margin
-        if self.first_loss is None or not train_loss < keep * self.first_loss:
-            return False
-        return self.num_classes is None or train_loss < keep * math.log(self.num_classes)
+        """Whether ``train_loss`` shows the run learned (:func:`learned`)."""
+        return learned(train_loss, self.first_loss, stall_margin=self.stall_margin, num_classes=self.num_classes)
 
     def _pc_level(self) -> float | None:
         """The moving average of prediction changes over the last ``pc_window`` epochs."""
@@ -158,7 +179,7 @@ class NeVe(_Stoppable):
     def _prediction_changes_stop(self, prediction_changes: Any) -> bool:
         if prediction_changes is None:
             return False
-        self.pc_series.append(to_float("prediction_changes", prediction_changes))  # type: ignore[arg-type]
+        self.pc_series.append(float(prediction_changes))
         level = self._pc_level()
         if level is None:
             return False
@@ -172,7 +193,17 @@ class NeVe(_Stoppable):
         self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None
     ) -> dict[str, Any]:
         """Close one training epoch; ``val_loss`` is ignored (NeVe needs none);
-        ``prediction_changes`` feeds the memorisation guard."""
+        ``prediction_changes`` feeds the memorisation guard.
+
+        Returns the epoch's metrics with its inputs: ``train_loss`` (as a float),
+        ``prediction_changes`` (``None`` when not given) and ``val_loss`` when given, so
+        the dict goes straight to ``neve_tune.optuna.report_epoch`` or ``ray.tune.report``.
+        :meth:`start` must have run before the first epoch, as a torch LR scheduler
+        records its initial state when it is built before training: it records the
+        untrained outputs the first velocity compares with. A ``step`` without it is
+        refused (measuring the reference now would give epoch 1 a velocity of 0 and a
+        bogus stop); a controller restored with :meth:`load_state_dict` needs no start.
+        """
         self._check_open()
         if self.lr_signal == "prediction_changes" and prediction_changes is None and self.epoch >= 1:
             raise ValueError(
@@ -180,7 +211,14 @@ class NeVe(_Stoppable):
                 "n = training examples whose predicted class changed since the previous epoch"
             )
         train_loss = to_float("train_loss", train_loss)  # type: ignore[assignment]
-        self.start()
+        if self.velocity.epoch < 0:
+            raise RuntimeError(
+                "NeVe.step() before start(): call neve.start() once before the first training epoch "
+                "(it records the probe's reference outputs)"
+            )
+        if val_loss is not None:
+            val_loss = to_float("val_loss", val_loss)  # type: ignore[assignment]
+        prediction_changes = _count(prediction_changes)
         lr = _lr(self.optimizer)
         self.epoch += 1
         if self.first_loss is None and _finite(train_loss):
@@ -213,15 +251,20 @@ class NeVe(_Stoppable):
                     self.stopped_by = "velocity" if velocity_stop else "prediction_changes" if pc_stop else "max_epochs"
                 if self.stopped_by == "prediction_changes" and self.pc_restore and self._best_weights is not None:
                     self.velocity.module.load_state_dict(self._best_weights)
-        return {
+        metrics = {
             "epoch": self.epoch,
             "velocity": velocity,
             "velocity_change": change,
+            "train_loss": train_loss,
+            "prediction_changes": prediction_changes,
             "lr": lr,
             "neve_stop": self.stopped_by in ("velocity", "prediction_changes"),
             "stalled": self.stopped_by == "stalled",
             "diverged": diverged,
         }
+        if val_loss is not None:
+            metrics["val_loss"] = val_loss
+        return metrics
 
     def state_dict(self) -> dict[str, Any]:
         return {

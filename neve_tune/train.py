@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from ._checks import check_int
 from .checkpoint import (CheckpointError, check_guard, first_line, fit_payload, load_checkpoint, load_state_file,
                          save_checkpoint, set_rng_state)
+from .prediction_changes import FitPredictionChanges, PredictionChanges
 from .records import METRIC_NAMES, Cost
 
 __all__ = [
@@ -68,66 +69,6 @@ def _tensor_source(dataset: Dataset) -> tuple[tuple[torch.Tensor, ...], torch.Te
     if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorDataset):
         return dataset.dataset.tensors, torch.as_tensor(list(dataset.indices), dtype=torch.long)
     return None
-
-
-class PredictionChanges:
-    """Counts the training examples whose predicted class changed since the previous epoch:
-    the signal of the memorisation guard (docs/design.md, "The memorisation guard"), from
-    the predictions the training pass already makes.
-
-    During an epoch, call ``update(index, output)`` with each batch's example indices (into
-    the training set) and the model's outputs (logits, or class ids); after it, call
-    ``epoch_end()`` once and pass its result to ``NeVe.step(..., prediction_changes=)``. It
-    is None on the first epoch (nothing to compare with) and while some example has not
-    been seen yet.
-
-        >>> import torch
-        >>> pc = PredictionChanges(4)
-        >>> pc.update(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 1, 0]))
-        >>> pc.epoch_end() is None
-        True
-        >>> pc.update(torch.tensor([2, 0]), torch.tensor([[0.1, 0.9], [0.8, 0.2]]))  # logits
-        >>> pc.update(torch.tensor([1, 3]), torch.tensor([1, 1]))
-        >>> pc.epoch_end()                   # example 3 changed from class 0 to 1
-        1
-    """
-
-    def __init__(self, num_examples: int) -> None:
-        n = check_int("num_examples", num_examples, minimum=1)
-        self.predictions = torch.full((n,), -1, dtype=torch.long)  # the last class seen per example
-        self._previous = self.predictions.clone()
-
-    def update(self, index: torch.Tensor, output: torch.Tensor) -> None:
-        """Record the classes predicted for the examples ``index`` (logits ``[B, C]`` or ids ``[B]``)."""
-        if not isinstance(index, torch.Tensor) or not isinstance(output, torch.Tensor):
-            raise TypeError("index and output must be tensors (example indices, and logits or class ids)")
-        classes = output.detach().argmax(-1) if output.is_floating_point() else output.detach()
-        if classes.shape != index.shape:
-            raise ValueError(f"index has shape {tuple(index.shape)} but the outputs give classes of shape "
-                             f"{tuple(classes.shape)}: pass one index per example of the batch")
-        index = index.to("cpu", torch.long)
-        n = self.predictions.numel()
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):  # a negative one would wrap silently
-            raise IndexError(f"index must hold example indices in [0, {n}), got {int(index.min())}..{int(index.max())}")
-        self.predictions[index] = classes.to("cpu", torch.long)
-
-    def epoch_end(self) -> int | None:
-        """The count of changed predictions against the previous epoch (None if not comparable yet)."""
-        seen = bool((self._previous >= 0).all())
-        changes = int((self.predictions != self._previous).sum()) if seen else None
-        self._previous = self.predictions.clone()
-        return changes
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"predictions": self.predictions.clone()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        predictions = state_dict["predictions"]
-        if tuple(predictions.shape) != tuple(self.predictions.shape):
-            raise ValueError(f"its training set had {predictions.numel()} examples, "
-                             f"this one has {self.predictions.numel()}")
-        self.predictions = predictions.clone()
-        self._previous = predictions.clone()  # saved at an epoch's end
 
 
 def batches(
@@ -251,20 +192,26 @@ def fit(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     num_workers: int = 0,
     checkpoint_meta: dict[str, Any] | None = None,
+    prediction_changes: str = "in_pass",
+    pc_subset_size: int = 1000,
 ) -> FitResult:
     """Train ``model`` until ``controller`` stops.
 
     ``on_epoch(metrics)`` is called after each epoch's checkpoint is written, with the
-    metric names (:data:`neve_tune.records.METRIC_NAMES`) plus ``stopped_by`` (None until the last epoch; and
-    ``val_loss``/``val_acc`` when ``val_set`` is given); it may
-    raise (e.g. ``optuna.TrialPruned``) to end the run. Epochs restored from
-    ``checkpoint_path`` are not reported again. ``checkpoint_meta`` (e.g. the run's
-    config, method, seed, data, model and controller settings: the run guard) is stored
-    with each checkpoint; resuming from one whose meta differs, or that has none, raises
-    :class:`CheckpointError` naming what differs. ``max_epochs`` is not part of it: a run that stopped only at the cap
-    (``stopped_by == "max_epochs"``) continues up to a larger one, with the same velocity
-    series as an uninterrupted run; a run that stopped for any other reason is finished
-    and its result is returned as it is.
+    metric names (:data:`neve_tune.records.METRIC_NAMES`) plus ``stopped_by`` (None until
+    the last epoch; and ``val_loss``/``val_acc`` with ``val_set``); it may raise (e.g.
+    ``optuna.TrialPruned``) to end the run. Epochs restored from ``checkpoint_path`` are not
+    reported again. ``checkpoint_meta`` (the run guard: config, method, seed, data, model,
+    controller settings) is stored with each checkpoint; resuming from one whose meta
+    differs, or that has none, raises :class:`CheckpointError` naming what differs.
+    ``max_epochs`` is not part of it: a run that stopped only at the cap continues up to a
+    larger one with the same velocity series as an uninterrupted run; a run stopped for
+    any other reason is finished and returned as it is.
+
+    ``prediction_changes``: ``"in_pass"`` counts the class of every training example in the
+    training pass (no extra forward); ``"subset"`` (:class:`~neve_tune.SubsetPredictionChanges`)
+    forwards ``pc_subset_size`` training examples drawn with ``seed`` in eval mode after
+    each epoch, their samples counted in ``probe_samples``.
     """
     check_int("batch_size", batch_size, minimum=1)
     if len(train_set) == 0:  # type: ignore[arg-type]
@@ -272,18 +219,12 @@ def fit(
     device = torch.device(device)
     history: list[dict[str, Any]] = []
     cost = Cost()
-    scaler = None
-    if amp_dtype == torch.float16 and device.type == "cuda":
-        scaler = torch.amp.GradScaler("cuda")
-    # the class predicted for each training example in the last training pass
-    tracker = PredictionChanges(len(train_set))  # type: ignore[arg-type]
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
+    tracker = FitPredictionChanges(prediction_changes, train_set, seed=seed, subset_size=pc_subset_size)
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         history, cost = _resume(checkpoint_path, checkpoint_meta, model, optimizer, controller, scaler, tracker)
     if not history:  # epoch 0: the reference measurement
-        t0 = time.perf_counter()
-        controller.start()
-        cost.probe_samples += controller.probe_samples
-        cost.wall_s += time.perf_counter() - t0
+        _start(controller, cost)
     while not controller.should_stop:
         metrics = _fit_epoch(model, optimizer, train_set, controller, tracker, cost, batch_size=batch_size,
                              val_set=val_set, device=device, seed=seed, loss_fn=loss_fn, amp_dtype=amp_dtype,
@@ -291,15 +232,24 @@ def fit(
         history.append(metrics)
         if checkpoint_path is not None:
             save_checkpoint(checkpoint_path, fit_payload(metrics["epoch"], model, optimizer, controller, history, cost,
-                                                         scaler, tracker.predictions, checkpoint_meta))
+                                                         scaler, tracker.checkpoint(), checkpoint_meta))
         if on_epoch is not None:
             on_epoch(metrics)
     return FitResult(controller.stopped_by, len(history), history, cost)
 
 
+def _start(controller: Any, cost: Cost) -> None:
+    """Epoch 0: the controller records what it needs before training (NeVe: the probe's
+    reference outputs), counted in ``cost``."""
+    t0 = time.perf_counter()
+    controller.start()
+    cost.probe_samples += controller.probe_samples
+    cost.wall_s += time.perf_counter() - t0
+
+
 def _resume(checkpoint_path: str | os.PathLike, checkpoint_meta: dict[str, Any] | None, model: nn.Module,
             optimizer: torch.optim.Optimizer, controller: Any, scaler: Any,
-            tracker: PredictionChanges) -> tuple[list[dict[str, Any]], Cost]:
+            tracker: FitPredictionChanges) -> tuple[list[dict[str, Any]], Cost]:
     """Load the checkpoint into the run's objects; its (history, cost). Refused, as a
     :class:`CheckpointError`, when it belongs to another run or does not fit this one."""
     ckpt = load_checkpoint(checkpoint_path)
@@ -312,8 +262,7 @@ def _resume(checkpoint_path: str | os.PathLike, checkpoint_meta: dict[str, Any] 
         controller.load_state_dict(ckpt["controller"])
         history = list(ckpt["history"])
         cost = Cost(**ckpt["cost"])
-        if ckpt.get("predictions") is not None:
-            tracker.load_state_dict({"predictions": ckpt["predictions"]})
+        tracker.load_checkpoint(ckpt)
         set_rng_state(ckpt["rng"])
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise CheckpointError(checkpoint_path, f"does not fit this run ({first_line(e)})") from None
@@ -324,7 +273,7 @@ def _resume(checkpoint_path: str | os.PathLike, checkpoint_meta: dict[str, Any] 
 
 
 def _fit_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, controller: Any,
-               tracker: PredictionChanges, cost: Cost, *, batch_size: int, val_set: Dataset | None,
+               tracker: FitPredictionChanges, cost: Cost, *, batch_size: int, val_set: Dataset | None,
                device: torch.device, seed: int, loss_fn: Callable, amp_dtype: torch.dtype | None, scaler: Any,
                num_workers: int) -> dict[str, Any]:
     """One epoch of :func:`fit`: train, evaluate (``val_set``), step the controller; its
@@ -342,10 +291,11 @@ def _fit_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Da
         amp_dtype=amp_dtype,
         scaler=scaler,
         num_workers=num_workers,
-        predictions=tracker,
+        predictions=tracker.in_pass,
     )
-    changes = tracker.epoch_end()
+    changes, forwarded = tracker.epoch_end(model, amp_dtype)
     cost.train_samples += n
+    cost.probe_samples += forwarded
     extra: dict[str, Any] = {}
     val_loss = None
     if val_set is not None:

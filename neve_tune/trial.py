@@ -115,8 +115,8 @@ def controller_settings(study: Study, method: str) -> dict[str, Any]:
     """
     if method == "neve":
         names: tuple[str, ...] = ("lr_signal", "lr_factor", "lr_patience", "threshold_mode", "min_epochs",
-                                  "stall_margin", "pc_patience", "pc_window", "pc_restore", "probe",
-                                  "probe_samples", "amp")
+                                  "stall_margin", "pc_patience", "pc_window", "pc_restore", "prediction_changes",
+                                  "pc_subset_size", "probe", "probe_samples", "amp")
     elif method in ("asha", "asha_es"):
         names = ("lr_factor", "lr_patience", "val_fraction") + (("early_stopping",) if method == "asha_es" else ())
     else:  # retrain: the replayed schedule is the run's; a longer one continues it
@@ -283,7 +283,10 @@ def run_trial(
                                  num_classes=bundle.num_classes)
     fitted = fit(model, optimizer, train_set, controller, batch_size=int(cfg["batch_size"]), val_set=val_set,
                  device=device, seed=seed, amp_dtype=amp_dtype(study), checkpoint_path=checkpoint_path,
-                 on_epoch=on_epoch, checkpoint_meta=run_guard(study, cfg, method, seed, model, model_fn))
+                 on_epoch=on_epoch, checkpoint_meta=run_guard(study, cfg, method, seed, model, model_fn),
+                 # only NeVe's guard reads them; the baselines keep the free in-pass count
+                 prediction_changes=study.prediction_changes if method == "neve" else "in_pass",
+                 pc_subset_size=study.pc_subset_size)
     objective, best_epoch = trial_objective(study, method, fitted.history, controller.state_dict())
     result = TrialResult(config=cfg, method=method, seed=seed, stopped_by=fitted.stopped_by, epochs=fitted.epochs,
                          objective=float(objective), best_epoch=best_epoch, cost=fitted.cost, history=fitted.history,

@@ -118,19 +118,12 @@ def deprecated_alias(p: argparse.ArgumentParser, old: str, new: str, dest: str, 
 
 def check_device(device: str | None) -> str:
     """``device`` if torch knows it and it is present here; else a one-line error."""
-    import torch
+    from .._checks import check_device as check
 
-    if device in (None, "auto"):
-        return "auto"
     try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise CLIError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {device}: CUDA is not available on this machine (use --device auto or cpu)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise CLIError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device  # type: ignore[return-value]
+        return check("--device", device)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def check_output_paths(files: dict[str, Any] | None = None, dirs: dict[str, Any] | None = None) -> None:
@@ -171,6 +164,10 @@ def add_trial_control(p: argparse.ArgumentParser) -> None:
                    help="NeVe's velocity stop: V < t (default), or V / peak V < t")
     g.add_argument("--pc-patience", type=int, help="NeVe's memorisation guard: stop when prediction changes have not "
                                                     "reached a new low for this many epochs (default 3; 0: off)")
+    g.add_argument("--prediction-changes", choices=["in_pass", "subset"],
+                   help="where the guard counts prediction changes: in the training pass (default), or on a fixed "
+                        "subset of --pc-subset-size training examples forwarded after each epoch")
+    g.add_argument("--pc-subset-size", type=int, help="examples in that subset (default 1000, or all when fewer)")
 
 
 def _lr_patience(text: str) -> int | str:
@@ -203,5 +200,8 @@ def study_from_args(args: argparse.Namespace, **extra_changes: Any) -> Any:
         changes["pc_patience"] = args.pc_patience or None
     if getattr(args, "threshold_mode", None) is not None:
         changes["threshold_mode"] = args.threshold_mode
+    for key in ("prediction_changes", "pc_subset_size"):
+        if getattr(args, key, None) is not None:
+            changes[key] = getattr(args, key)
     changes.update({k: v for k, v in extra_changes.items() if v is not None})
     return study.replace(**changes) if changes else study
