@@ -21,7 +21,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from ._checks import check_choice, check_float, check_int, is_finite, to_float
 from .velocity import NeuralVelocity
 
-__all__ = ["Controller", "LRReplay", "NeVe", "ValidationControl", "check_epochs"]
+__all__ = ["Controller", "LRReplay", "NeVe", "ValidationControl", "check_epochs", "learned"]
 
 LR_SIGNALS = ("velocity_change", "velocity", "prediction_changes")
 THRESHOLD_MODES = ("absolute", "relative")
@@ -62,6 +62,22 @@ def check_epochs(min_epochs: int, max_epochs: int) -> None:
     check_int("min_epochs", min_epochs, minimum=0)
     if min_epochs > max_epochs:
         raise ValueError(f"min_epochs must be in [0, max_epochs={max_epochs}], got {min_epochs}")
+
+
+def learned(train_loss: float, first_loss: float | None, *, stall_margin: float = 0.1, num_classes: int | None = None) -> bool:
+    """The stall rule: whether a run whose first epoch's training loss was ``first_loss``
+    learned by the epoch whose loss is ``train_loss``. It did when that loss is below
+    ``(1 - stall_margin) * first_loss`` and, when ``num_classes`` is known, below
+    ``(1 - stall_margin) * log(num_classes)`` (chance). A run with no first loss has not.
+    :class:`NeVe` and ``neve_tune.ray.NeVeStopper`` judge by this one rule.
+
+    >>> learned(0.5, 0.7), learned(0.68, 0.7), learned(0.64, 0.73, num_classes=2)
+    (True, False, False)
+    """
+    keep = 1.0 - stall_margin
+    if first_loss is None or not train_loss < keep * first_loss:
+        return False
+    return num_classes is None or train_loss < keep * math.log(num_classes)
 
 
 def _finite(x: float | None) -> bool:
@@ -221,11 +237,8 @@ class NeVe(_Stoppable):
         return int(self.velocity.probe.shape[0])
 
     def learned(self, train_loss: float) -> bool:
-        """Whether ``train_loss`` shows the run learned (see the class docstring)."""
-        keep = 1.0 - self.stall_margin
-        if self.first_loss is None or not train_loss < keep * self.first_loss:
-            return False
-        return self.num_classes is None or train_loss < keep * math.log(self.num_classes)
+        """Whether ``train_loss`` shows the run learned (:func:`learned`)."""
+        return learned(train_loss, self.first_loss, stall_margin=self.stall_margin, num_classes=self.num_classes)
 
     def _pc_level(self) -> float | None:
         """The moving average of prediction changes over the last ``pc_window`` epochs."""

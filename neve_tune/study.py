@@ -20,11 +20,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from ._checks import check_choice, check_float, check_int
+from ._checks import check_choice, check_float, check_int, check_seed
 from .control import LR_SIGNALS, check_epochs
 from .data import DataBundle, check_data_changes, get_dataset
 from .prediction_changes import PREDICTION_CHANGES
-from .space import Choice, Distribution, IntUniform, LogUniform, Uniform, default_space, validate_space
+from .space import Choice, Distribution, IntUniform, LogUniform, Uniform, check_hyperparameter, default_space, validate_space
 
 __all__ = ["Choice", "IntUniform", "LogUniform", "Study", "Uniform", "bundled_studies", "load_study"]
 
@@ -88,11 +88,28 @@ class Study:
         self.validate()
 
     def validate(self) -> None:
+        """Every field, in one line naming it (``study 'x': ...``): the search space's
+        bounds and choices and the defaults go through the checks the command-line flags
+        use (:func:`neve_tune.space.check_hyperparameter`)."""
+        try:
+            self._validate()
+        except (TypeError, ValueError) as e:
+            prefix = f"study {self.name!r}: "
+            raise type(e)(str(e) if str(e).startswith(prefix) else prefix + str(e)) from None
+
+    def _validate(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
         if not self.search_space:
-            raise ValueError(f"study {self.name!r}: search_space is empty")
+            raise ValueError("search_space is empty")
         validate_space(self.search_space)
+        for key, value in self.defaults.items():
+            check_hyperparameter(key, value, f"defaults[{key!r}]")
+        check_int("max_epochs", self.max_epochs, minimum=1)
+        check_int("min_epochs", self.min_epochs, minimum=0)
         check_epochs(self.min_epochs, self.max_epochs)
         opts = self.data_options
+        check_seed("data_options['noise_seed']", opts.get("noise_seed", 0))
         check_data_changes(opts.get("train_fraction", 1.0), opts.get("label_noise", 0.0), opts.get("noise_seed", 0))
         if self.probe not in ("noise", "train"):
             raise ValueError(f"probe must be 'noise' or 'train', got {self.probe!r}")
@@ -116,7 +133,7 @@ class Study:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         for key in ("lr", "batch_size"):
             if key not in self.defaults and key not in self.search_space:
-                raise ValueError(f"study {self.name!r}: {key!r} is neither in defaults nor in search_space")
+                raise ValueError(f"{key!r} is neither in defaults nor in search_space")
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
 

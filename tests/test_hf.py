@@ -21,6 +21,9 @@ import neve_tune
 from neve_tune.hf import STATE_FILE, KeywordInput, NeVeTrainerCallback, token_probe
 from neve_tune.optuna import NeVePruner, trial_history
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _subset_stub import install as install_subset  # noqa: E402
+
 transformers.logging.set_verbosity_error()
 
 VOCAB, SEQ = 50, 8
@@ -67,7 +70,8 @@ def _args(tmp_path, **kwargs) -> TrainingArguments:
 
 
 @pytest.fixture(autouse=True)
-def _quiet():
+def _quiet(monkeypatch):
+    install_subset(monkeypatch)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         yield
@@ -185,7 +189,7 @@ def test_hyperparameter_search_optuna_prunes(tmp_path):
 
 def test_embedding_level_noise_probe(tmp_path):
     probe = neve_tune.gaussian_probe((SEQ, 16), num_samples=50, seed=0)  # [N, seq, hidden]
-    neve = NeVeTrainerCallback(probe=probe, probe_key="inputs_embeds", threshold=1e-9)
+    neve = NeVeTrainerCallback(probe=probe, probe_key="inputs_embeds", input_key="input_ids", threshold=1e-9)
     trainer = Trainer(model=tiny_bert(), args=_args(tmp_path, num_train_epochs=2), train_dataset=Tokens(), callbacks=[neve])
     trainer.train()
     assert len(neve.history) == 2 and all(v > 0 for v in neve.velocities)

@@ -17,6 +17,9 @@ import neve_tune
 from neve_tune.lightning import NeVeCallback, batch_inputs
 from neve_tune.optuna import NeVePruner, trial_history
 
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+from _subset_stub import install as install_subset  # noqa: E402
+
 MAX_EPOCHS = 12
 
 
@@ -64,7 +67,8 @@ def _trainer(callbacks, max_epochs: int = MAX_EPOCHS, **kwargs) -> pl.Trainer:
 
 
 @pytest.fixture(autouse=True)
-def _quiet():
+def _quiet(monkeypatch):
+    install_subset(monkeypatch)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*LightningModule.*sanity.*")

@@ -118,19 +118,12 @@ def deprecated_alias(p: argparse.ArgumentParser, old: str, new: str, dest: str, 
 
 def check_device(device: str | None) -> str:
     """``device`` if torch knows it and it is present here; else a one-line error."""
-    import torch
+    from .._checks import check_device as check
 
-    if device in (None, "auto"):
-        return "auto"
     try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise CLIError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {device}: CUDA is not available on this machine (use --device auto or cpu)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise CLIError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device  # type: ignore[return-value]
+        return check("--device", device)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def check_output_paths(files: dict[str, Any] | None = None, dirs: dict[str, Any] | None = None) -> None:

@@ -22,7 +22,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from .._checks import check_choice, check_float, check_int, to_float
-from ._stopper import CONVERGED, DIVERGED, STALLED, _check_key, check_threshold, velocity_verdict
+from ._stopper import CONVERGED, DIVERGED, STALLED, _check_key, check_threshold, remember_first_loss, velocity_verdict
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -89,7 +89,9 @@ class NeVeASHAScheduler(FIFOScheduler):
     2. stalled (``stalled`` true: the velocity fell but the training loss did not): STOP,
        outcome ``"stalled"``; never counted as converged and left out of every rung;
     3. converged (``neve_stop`` true; only when no ``neve_stop`` is reported,
-       ``velocity <`` the trial's own threshold, from its result or config): its
+       ``velocity <`` the trial's own threshold, from its result or config, from
+       iteration 2, on a trial whose training loss fell from its first result's, else
+       stalled): its
        ``metric`` is recorded at the rung it reached, then STOP. A converged trial is
        finished, never counted as pruned;
     4. otherwise asynchronous successive halving, the rule of Ray's
@@ -198,6 +200,7 @@ class NeVeASHAScheduler(FIFOScheduler):
         ]
         self._active: dict[str, int] = {}  # trial_id -> bracket index, while the trial may report
         self._outcome: dict[str, str] = {}  # trial_id -> one of _OUTCOMES
+        self._first_loss: dict[str, tuple[float, float]] = {}  # for the stall rule on raw velocity
         self._counts: dict[str, int] = dict.fromkeys(_OUTCOMES, 0)
         self._stops = 0
         self._restored = False
@@ -239,7 +242,7 @@ class NeVeASHAScheduler(FIFOScheduler):
 
     def on_trial_result(self, tune_controller: "TuneController", trial: Trial, result: dict) -> str:
         tid = trial.trial_id
-        verdict = self._verdict(result)
+        verdict = self._verdict(tid, result)
         if verdict in (DIVERGED, STALLED):
             self._finish(tid, verdict)
             return TrialScheduler.STOP
@@ -265,7 +268,7 @@ class NeVeASHAScheduler(FIFOScheduler):
         tid = trial.trial_id
         if tid not in self._active:
             return
-        verdict = self._verdict(result)
+        verdict = self._verdict(tid, result)
         if verdict is not None:
             self._finish(tid, verdict)
         elif tid not in self._outcome:
@@ -305,10 +308,11 @@ class NeVeASHAScheduler(FIFOScheduler):
         return [(r.milestone, {k: self._sign * v for k, v in r.values.items()}) for r in self._brackets[bracket]]
 
     # ------------------------------------------------------------------ internals
-    def _verdict(self, result: dict) -> str | None:
+    def _verdict(self, trial_id: str, result: dict) -> str | None:
         return velocity_verdict(
             result, metric=self._velocity_metric, threshold_key=self._threshold_key,
             threshold=self._threshold, who=type(self).__name__,
+            first_loss=remember_first_loss(self._first_loss, trial_id, result),
         )
 
     def _choose_bracket(self) -> int:
@@ -378,6 +382,7 @@ class NeVeASHAScheduler(FIFOScheduler):
             "trial_bracket": dict(self._active),
             "outcome": dict(self._outcome),
             "num_stopped": self._stops,
+            "first_loss": dict(self._first_loss),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -402,6 +407,7 @@ class NeVeASHAScheduler(FIFOScheduler):
         for tid, why in state["outcome"].items():
             self._set_outcome(tid, why)
         self._stops = int(state["num_stopped"])
+        self._first_loss = {str(k): (float(i), float(v)) for k, (i, v) in state.get("first_loss", {}).items()}
         self._restored = True
 
     def save(self, checkpoint_path: str) -> None:
