@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--criteria", default=None, help="final criteria to print (default: all)")
     p.add_argument("--reduction-factor", type=int, default=None, help="replay other rungs (default: the pruner's)")
     p.add_argument("--partial", action="store_true", help="include pools still recording")
+    p.add_argument("--summary", default=None, help="conditions to summarise choices over (e.g. the design ones)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -211,7 +212,14 @@ def main(argv: list[str] | None = None) -> int:
 
         rungs = {} if args.reduction_factor is None else {"reduction_factor": args.reduction_factor}
         crit = args.criteria.split(",") if args.criteria else CRITERIA
-        print_tables(out, args.rungs.split(","), crit, partial=args.partial, **rungs)
+        if args.summary:
+            from selection_replay import print_summary
+
+            conds = list(DESIGN) if args.summary == "design" else list(HELDOUT) if args.summary == "heldout" \
+                else args.summary.split(",")
+            print_summary(out, args.rungs.split(","), crit, conds, **rungs)
+        else:
+            print_tables(out, args.rungs.split(","), crit, partial=args.partial, **rungs)
     return 0
 
 

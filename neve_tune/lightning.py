@@ -63,6 +63,8 @@ __all__ = ["NeVeCallback", "batch_inputs"]
 
 # names NeVe.step() returns that are not logged: Lightning keeps its own "epoch"
 _NOT_LOGGED = frozenset({"epoch"})
+# LightningModule.forward only passes on to nn.Module's: a module without its own has none
+_PLACEHOLDERS = (pl.LightningModule.forward,)
 
 
 class NeVeCallback(CallbackSettings, pl.Callback):
@@ -201,7 +203,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         """What the probe goes through (see :mod:`neve_tune._forward`)."""
         if self.probe_module is not None or self.probe_fn is not None:
             return ProbeForward(pl_module, self.probe_module, self.probe_fn)
-        if not has_forward(pl_module):
+        if not has_forward(pl_module, _PLACEHOLDERS):
             raise ValueError(f"{type(pl_module).__name__} has no forward() for the probe; pass "
                              "NeVeCallback(probe_module='<submodule>') or probe_fn=lambda module, x: ...")
         return pl_module
@@ -218,7 +220,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
                 raise ValueError("prediction_changes='batch' sees one process's batches only; under DDP use "
                                  "prediction_changes='subset'")
             return PCSource(PredictionChanges(len(dataset)))  # type: ignore[arg-type]
-        if self.probe_fn is None and not has_forward(pl_module):
+        if self.probe_fn is None and not has_forward(pl_module, _PLACEHOLDERS):
             raise ValueError(f"{type(pl_module).__name__} has no forward() for the guard's subset; pass probe_fn= "
                              "(returning logits), or pc_patience=None to turn the guard off")
         return PCSource.subset(subset_class(self.who), dataset, seed=self.probe_seed, input_key=self.input_key,

@@ -106,7 +106,8 @@ def _check_worker_flags(args: argparse.Namespace) -> str:
     if args.trials is None and args.timeout is None and args.total_trials is None:
         raise cli.CLIError("give --trials N, --total-trials N or --timeout SECONDS")
     check_seed("--seed", args.seed)
-    check_seed("--sampler-seed", args.sampler_seed, allow_none=True)
+    if args.sampler_seed is not None:
+        check_seed("--sampler-seed", args.sampler_seed)
     check_int("--max-retry", args.max_retry, minimum=0)
     check_direction("--direction", args.direction)
     for flag in ("reduction_factor", "min_early_stopping_rate"):
@@ -162,8 +163,9 @@ def _plot(args: argparse.Namespace) -> int:
 
     if args.storage is None:
         raise cli.CLIError("--storage is required: an in-memory study has nothing to plot")
-    cli.check_output_paths(dirs={"--out": args.out}, files={f"--out {args.out}/{name}": Path(args.out) / name
-                                                            for name in ("velocity_curves.png", "search_history.png")})
+    cli.check_output_paths(dirs={"--out": args.out})
+    for name in ("velocity_curves.png", "search_history.png"):  # the files plot_study writes there
+        cli.check_output_paths(files={"--out": Path(args.out) / name})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         search = open_study(args.study_name, args.storage, heartbeat_interval=None)
