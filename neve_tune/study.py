@@ -197,12 +197,3 @@ def _exec_study(stem: str, source: str, origin: str) -> Study:
     if not isinstance(obj, Study):
         raise ValueError(f"study file {origin!r} must define STUDY = neve_tune.Study(...)")
     return obj
-
-
-def __getattr__(name: str) -> Any:
-    # names that lived here before the trial machinery moved to neve_tune.trial
-    if name in ("run_trial", "resolve_device", "trial_objective", "training_speed_estimate", "make_optimizer", "METHODS"):
-        from . import trial
-
-        return getattr(trial, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from optuna.pruners import BasePruner, SuccessiveHalvingPruner
@@ -39,8 +40,8 @@ class NeVePruner(BasePruner):
     3. **Stalled**: the epoch is flagged ``stalled`` (the velocity fell under the
        threshold but the training loss did not drop: the trial settled without
        learning) -> prune.
-    4. **Unsettled**: the velocity stayed above ``divergence_bound`` for the last
-       ``divergence_patience`` reported epochs -> prune. A velocity of about 2/3 is what
+    4. **Unsettled**: the velocity stayed above ``unsettled_bound`` for the last
+       ``unsettled_patience`` reported epochs -> prune. A velocity of about 2/3 is what
        a network whose probe outputs decorrelate completely every epoch settles at
        (``1 / (1 + mu)`` with momentum ``mu = 0.5``); healthy runs fall below 0.6 within
        one or two epochs.
@@ -122,10 +123,14 @@ class NeVePruner(BasePruner):
             About ``1 / reduction_factor`` of the trials reaching a rung are promoted.
         min_early_stopping_rate:
             Shifts the first rung to ``min_resource * reduction_factor ** rate``.
-        divergence_bound:
-            Velocity above which a trial counts as unsettled (rule 4).
-        divergence_patience:
-            How many consecutive reported epochs above ``divergence_bound`` prune a trial.
+        unsettled_bound:
+            Velocity above which a trial counts as unsettled (rule 4; ``inf`` turns the
+            rule off).
+        unsettled_patience:
+            How many consecutive reported epochs above ``unsettled_bound`` prune a trial.
+        divergence_bound, divergence_patience:
+            Deprecated names of ``unsettled_bound`` and ``unsettled_patience`` (they
+            configure rule 4, not rule 1); removed in the next release.
     """
 
     def __init__(
@@ -135,23 +140,27 @@ class NeVePruner(BasePruner):
         min_resource: int = 1,
         reduction_factor: int = 4,
         min_early_stopping_rate: int = 0,
-        divergence_bound: float = 0.6,
-        divergence_patience: int = 5,
+        unsettled_bound: float | None = None,
+        unsettled_patience: int | None = None,
+        divergence_bound: float | None = None,
+        divergence_patience: int | None = None,
     ) -> None:
+        unsettled_bound = _renamed("divergence_bound", divergence_bound, "unsettled_bound", unsettled_bound, 0.6)
+        unsettled_patience = _renamed("divergence_patience", divergence_patience, "unsettled_patience", unsettled_patience, 5)
         check_choice("signal", signal, PRUNER_SIGNALS)
         min_resource = check_int("min_resource", min_resource, minimum=1)
         reduction_factor = check_int("reduction_factor", reduction_factor, minimum=2)
         min_early_stopping_rate = check_int("min_early_stopping_rate", min_early_stopping_rate, minimum=0)
-        divergence_patience = check_int("divergence_patience", divergence_patience, minimum=1)
-        divergence_bound = to_float("divergence_bound", divergence_bound)
-        if not divergence_bound > 0:  # inf is allowed: turns the unsettled rule off
-            raise ValueError(f"divergence_bound must be a number > 0 (inf turns the rule off), got {divergence_bound!r}")
+        unsettled_patience = check_int("unsettled_patience", unsettled_patience, minimum=1)
+        unsettled_bound = to_float("unsettled_bound", unsettled_bound)
+        if not unsettled_bound > 0:  # inf is allowed: turns the unsettled rule off
+            raise ValueError(f"unsettled_bound must be a number > 0 (inf turns the rule off), got {unsettled_bound!r}")
         self._signal = signal
         self._min_resource = min_resource
         self._reduction_factor = reduction_factor
         self._min_early_stopping_rate = min_early_stopping_rate
-        self._divergence_bound = divergence_bound
-        self._divergence_patience = divergence_patience
+        self._unsettled_bound = unsettled_bound
+        self._unsettled_patience = unsettled_patience
         self._sha = SuccessiveHalvingPruner(
             min_resource=min_resource,
             reduction_factor=reduction_factor,
@@ -175,8 +184,8 @@ class NeVePruner(BasePruner):
             "min_resource": self._min_resource,
             "reduction_factor": self._reduction_factor,
             "min_early_stopping_rate": self._min_early_stopping_rate,
-            "divergence_bound": self._divergence_bound if math.isfinite(self._divergence_bound) else "inf",
-            "divergence_patience": self._divergence_patience,
+            "unsettled_bound": self._unsettled_bound if math.isfinite(self._unsettled_bound) else "inf",
+            "unsettled_patience": self._unsettled_patience,
         }
 
     def __repr__(self) -> str:
@@ -185,9 +194,9 @@ class NeVePruner(BasePruner):
 
     @classmethod
     def _from_settings(cls, settings: dict[str, Any]) -> "NeVePruner":
-        s = {k: v for k, v in settings.items() if k != "version"}
-        if s.get("divergence_bound") == "inf":
-            s["divergence_bound"] = math.inf
+        s = _current_names({k: v for k, v in settings.items() if k != "version"})
+        if s.get("unsettled_bound") == "inf":
+            s["unsettled_bound"] = math.inf
         return cls(**s)
 
     @classmethod
@@ -209,6 +218,8 @@ class NeVePruner(BasePruner):
         if stored is None:
             study.set_user_attr(SETTINGS_ATTR, mine)
             stored = study.user_attrs.get(SETTINGS_ATTR)  # read back: a concurrent first writer wins
+        if isinstance(stored, dict):
+            stored = _current_names(stored)  # a study stored under the deprecated names
         if stored != mine:
             theirs = {k: v for k, v in dict(stored).items() if k != "version"} if isinstance(stored, dict) else stored
             diff = {k: (theirs.get(k), v) for k, v in self.settings.items() if isinstance(theirs, dict) and theirs.get(k) != v}
@@ -285,9 +296,26 @@ class NeVePruner(BasePruner):
         return pruned and not converged
 
     def _unsettled(self, trial: "optuna.trial.FrozenTrial", sign: float) -> bool:
-        if not math.isfinite(self._divergence_bound):
+        if not math.isfinite(self._unsettled_bound):
             return False
-        steps = sorted(trial.intermediate_values)[-self._divergence_patience :]
-        if len(steps) < self._divergence_patience:
+        steps = sorted(trial.intermediate_values)[-self._unsettled_patience :]
+        if len(steps) < self._unsettled_patience:
             return False
-        return all(sign * trial.intermediate_values[s] > self._divergence_bound for s in steps)
+        return all(sign * trial.intermediate_values[s] > self._unsettled_bound for s in steps)
+
+
+_OLD_NAMES = {"divergence_bound": "unsettled_bound", "divergence_patience": "unsettled_patience"}
+
+
+def _current_names(settings: dict[str, Any]) -> dict[str, Any]:
+    """Stored settings with the deprecated names of rule 4's parameters replaced."""
+    return {_OLD_NAMES.get(k, k): v for k, v in settings.items()}
+
+
+def _renamed(old: str, old_value: Any, new: str, new_value: Any, default: Any) -> Any:
+    if old_value is None:
+        return default if new_value is None else new_value
+    if new_value is not None:
+        raise ValueError(f"give {new} only ({old} is its deprecated name)")
+    warnings.warn(f"NeVePruner({old}=...) is deprecated, use {new}", DeprecationWarning, stacklevel=3)
+    return old_value
