@@ -22,9 +22,6 @@ from neve_tune.hf import STATE_FILE, KeywordInput, NeVeTrainerCallback, token_pr
 from neve_tune.hf._state import read_state
 from neve_tune.optuna import NeVePruner, trial_history
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _subset_stub import install as install_subset  # noqa: E402
-
 transformers.logging.set_verbosity_error()
 
 VOCAB, SEQ = 50, 8
@@ -71,8 +68,7 @@ def _args(tmp_path, **kwargs) -> TrainingArguments:
 
 
 @pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    install_subset(monkeypatch)
+def _quiet():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         yield
