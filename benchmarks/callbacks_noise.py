@@ -12,6 +12,9 @@ order and the flipped labels (``--noise-seed s``). Three ways:
   the training pass);
 - ``lightning``: a ``LightningModule`` around the same model with :class:`NeVeCallback`
   (prediction changes on a seeded subset of 1,000 training inputs);
+- ``train_subset``: the same with ``Study(prediction_changes="subset")`` (``neve-tune train
+  ... --prediction-changes subset``): the callbacks' source of prediction changes in ``fit``,
+  which separates the source's effect from the loop's;
 - ``hf``: a ``transformers.Trainer`` (``optimizers=(SGD, None)``, ``lr_scheduler_type=
   "constant"``, no gradient clipping) with :class:`NeVeTrainerCallback` (the same subset).
 
@@ -37,17 +40,18 @@ from typing import Any
 import torch
 
 
-def _study(noise: float, seed: int, guard: bool):
+def _study(noise: float, seed: int, guard: bool, prediction_changes: str = "in_pass"):
     from neve_tune import load_study
 
     options = {"label_noise": noise, "noise_seed": seed} if noise > 0 else {}
-    return load_study("digits").replace(data_options=options, pc_patience=3 if guard else None)
+    return load_study("digits").replace(data_options=options, pc_patience=3 if guard else None,
+                                        prediction_changes=prediction_changes)
 
 
-def run_train(noise: float, seed: int, guard: bool) -> dict[str, Any]:
+def run_train(noise: float, seed: int, guard: bool, prediction_changes: str = "in_pass") -> dict[str, Any]:
     from neve_tune import run_trial
 
-    study = _study(noise, seed, guard)
+    study = _study(noise, seed, guard, prediction_changes)
     result = run_trial(study, study.config(), seed=seed, device="cpu")
     return {"epochs": result.epochs, "stopped_by": result.stopped_by, "best_epoch": result.best_epoch,
             "test_acc": result.test_acc}
@@ -139,13 +143,17 @@ def run_hf(noise: float, seed: int, guard: bool) -> dict[str, Any]:
             "test_acc": acc}
 
 
-RUNNERS = {"train": run_train, "lightning": run_lightning, "hf": run_hf}
+def run_train_subset(noise: float, seed: int, guard: bool) -> dict[str, Any]:
+    return run_train(noise, seed, guard, prediction_changes="subset")
+
+
+RUNNERS = {"train": run_train, "train_subset": run_train_subset, "lightning": run_lightning, "hf": run_hf}
 
 
 def settings(noise: float, only: str | None) -> list[tuple[str, float, str, bool]]:
     """(label, noise, runner, guard) for every row of the table."""
     noisy = [(f"{int(noise * 100)}% noise", noise, r, True) for r in RUNNERS]
-    clean = [("clean", 0.0, r, g) for r in RUNNERS for g in (True, False)]
+    clean = [("clean", 0.0, r, g) for r in RUNNERS if r != "train_subset" for g in (True, False)]
     return noisy if only == "noisy" else clean if only == "clean" else noisy + clean
 
 
@@ -162,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    print(f"{'data':<10} {'loop':<10} {'guard':<6} {'seed':>4} {'epochs':>6} {'stopped_by':<19} {'restored':>8} "
+    print(f"{'data':<10} {'loop':<12} {'guard':<6} {'seed':>4} {'epochs':>6} {'stopped_by':<19} {'restored':>8} "
           f"{'test_acc':>8} {'wall_s':>7}", flush=True)
     summary = []
     for label, noise, runner, guard in settings(args.noise, args.only):
@@ -171,11 +179,11 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             r = RUNNERS[runner](noise, seed, guard)
             accs.append(100 * r["test_acc"])
-            print(f"{label:<10} {runner:<10} {'on' if guard else 'off':<6} {seed:>4} {r['epochs']:>6} "
+            print(f"{label:<10} {runner:<12} {'on' if guard else 'off':<6} {seed:>4} {r['epochs']:>6} "
                   f"{r['stopped_by']:<19} {r['best_epoch']:>8} {100 * r['test_acc']:>8.2f} "
                   f"{time.perf_counter() - t0:>7.1f}", flush=True)
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        summary.append(f"{label:<10} {runner:<10} {'on' if guard else 'off':<6} test_acc {statistics.mean(accs):6.2f}"
+        summary.append(f"{label:<10} {runner:<12} {'on' if guard else 'off':<6} test_acc {statistics.mean(accs):6.2f}"
                        f" +- {sd:.2f} over seeds {args.seeds}")
     print("\nmean test accuracy (%) of the model each run ends with")
     print("\n".join(summary))

@@ -19,6 +19,7 @@ import torch
 from ._checks import check_float, check_int
 from ._forward import check_probe_target
 from .control import NeVe
+from .prediction_changes import PredictionChanges, SubsetPredictionChanges
 
 __all__ = ["CallbackSettings", "auto_patience", "check_controller_options", "check_trial"]
 
@@ -131,12 +132,9 @@ class CallbackSettings:
         self.history: list[dict[str, Any]] = []
 
     def _check_source(self, source: Any) -> Any:
-        from .train import PredictionChanges
-
         if source is None or (isinstance(source, str) and source in self.sources):
             return source
-        subset = _subset_class()
-        if isinstance(source, PredictionChanges) or (subset is not None and isinstance(source, subset)):
+        if isinstance(source, (PredictionChanges, SubsetPredictionChanges)):
             return source
         raise ValueError(f"prediction_changes must be one of {list(self.sources)}, a PredictionChanges, a "
                          f"SubsetPredictionChanges or None (the guard off), got {source!r}")
@@ -164,17 +162,3 @@ class CallbackSettings:
             text += f"; weights restored to {unit} {neve.best_epoch}, the prediction-changes minimum"
         return text
 
-
-def _subset_class() -> Any:
-    """``neve_tune.SubsetPredictionChanges`` where this neve_tune has it."""
-    import neve_tune
-
-    return getattr(neve_tune, "SubsetPredictionChanges", None)
-
-
-def subset_class(who: str) -> Any:
-    cls = _subset_class()
-    if cls is None:
-        raise RuntimeError(f"{who}(prediction_changes='subset') needs neve_tune.SubsetPredictionChanges, which this "
-                           "neve_tune lacks; pass pc_patience=None or a PredictionChanges you update")
-    return cls

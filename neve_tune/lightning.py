@@ -49,14 +49,14 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         "neve_tune.lightning needs Lightning 2: pip install 'neve_tune[lightning]' (or lightning>=2.2)"
     ) from e
 
-from ._callbacks import CallbackSettings, subset_class
+from ._callbacks import CallbackSettings
 from ._checks import to_float
 from ._forward import ProbeForward, batch_inputs, has_forward, prefixed_layers
 from ._lr_compose import check_composable, follow_decay, lrs
 from .control import NeVe
 from .probe import gaussian_probe
 from ._pc_source import PCSource, batch_logits
-from .train import PredictionChanges
+from .prediction_changes import PredictionChanges
 from .velocity import NeuralVelocity
 
 __all__ = ["NeVeCallback", "batch_inputs"]
@@ -223,7 +223,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         if self.probe_fn is None and not has_forward(pl_module, _PLACEHOLDERS):
             raise ValueError(f"{type(pl_module).__name__} has no forward() for the guard's subset; pass probe_fn= "
                              "(returning logits), or pc_patience=None to turn the guard off")
-        return PCSource.subset(subset_class(self.who), dataset, seed=self.probe_seed, input_key=self.input_key,
+        return PCSource.subset(dataset, seed=self.probe_seed, input_key=self.input_key,
                                who=self.who, forward=self.probe_fn)
 
     def _build(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", probe: torch.Tensor) -> None:

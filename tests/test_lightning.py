@@ -20,9 +20,6 @@ import neve_tune
 from neve_tune.lightning import NeVeCallback, batch_inputs
 from neve_tune.optuna import NeVePruner, trial_history
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _subset_stub import install as install_subset  # noqa: E402
-
 MAX_EPOCHS = 12
 
 
@@ -70,8 +67,7 @@ def _trainer(callbacks, max_epochs: int = MAX_EPOCHS, logger=False, **kwargs) ->
 
 
 @pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    install_subset(monkeypatch)
+def _quiet():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*LightningModule.*sanity.*")

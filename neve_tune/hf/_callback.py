@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from .._callbacks import CallbackSettings, check_trial, subset_class
+from .._callbacks import CallbackSettings, check_trial
 from .._checks import check_int
 from .._forward import ProbeForward, prefixed_layers
 from .._lr_compose import check_composable, follow_decay, lrs
@@ -200,7 +200,7 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         if not isinstance(spec, str):
             return PCSource(spec)
         forward = self.probe_fn or logits_forward(self.input_key)
-        source = PCSource.subset(subset_class(self.who), dataset, seed=self.probe_seed, input_key=self.input_key,
+        source = PCSource.subset(dataset, seed=self.probe_seed, input_key=self.input_key,
                                  who=self.who, forward=forward)
         check_classes(forward, model, dataset, self.input_key, self.who)
         return source
