@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # (threshold_mode, threshold): the current default first, then the alternatives measured
+DEFAULT_RULE = ("relative", 1e-2)  # the studies' and callbacks' default, chosen from this table
 RULES = [("absolute", 1e-3), ("absolute", 2e-3), ("absolute", 5e-4),
          ("relative", 1e-3), ("relative", 3e-3), ("relative", 1e-2), ("relative", 3e-2), ("relative", 1e-1)]
 
@@ -280,26 +281,62 @@ def _rule_name(mode: str, threshold: float) -> str:
     return f"{'abs' if mode == 'absolute' else 'rel'} {threshold:g}"
 
 
-def table(out: Path, families: list[str], seeds: list[int], max_epochs: dict[str, int]) -> str:
+def _records(out: Path, family: str, seeds: list[int]) -> list[dict[str, Any]]:
+    return [json.loads(_record_path(out, family, s).read_text()) for s in seeds]
+
+
+def _stops(recs: list[dict[str, Any]], mode: str, thr: float) -> list[tuple[int, str, dict[str, Any]]]:
+    """(epoch, stopped_by, that epoch's row) per seed."""
+    out = []
+    for rec in recs:
+        epoch, why = replay(rec["rows"], mode, thr, rec["num_classes"], rec["max_epochs"])
+        out.append((epoch, why, rec["rows"][epoch - 1]))
+    return out
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def table(out: Path, families: list[str], seeds: list[int]) -> str:
+    """Velocity's scale per family, then every rule's stop per seed."""
     lines = ["velocity scale (mean over seeds): epoch 1 | median | min over the run;  final train/test acc at the cap",
-             f"{'family':<12} {'V1':>8} {'median':>8} {'min':>9}  {'acc@cap':>11}  epochs"]
+             f"{'family':<18} {'V1':>8} {'median':>9} {'min':>9}  {'acc@cap':>11}  epochs"]
     stops = []
     for fam in families:
-        recs = [json.loads(_record_path(out, fam, s).read_text()) for s in seeds]
+        recs = _records(out, fam, seeds)
         vs = [[r["velocity"] for r in rec["rows"]] for rec in recs]
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-        lines.append(f"{fam:<12} {mean([v[0] for v in vs]):8.4f} {mean([statistics.median(v) for v in vs]):8.4f} "
-                     f"{mean([min(v) for v in vs]):9.2e}  {mean([r['rows'][-1]['train_acc'] for r in recs]):5.3f}/"
-                     f"{mean([r['rows'][-1]['test_acc'] for r in recs]):5.3f}  {max_epochs[fam]}")
+        lines.append(f"{fam:<18} {_mean([v[0] for v in vs]):8.4f} {_mean([statistics.median(v) for v in vs]):9.2e} "
+                     f"{_mean([min(v) for v in vs]):9.2e}  {_mean([r['rows'][-1]['train_acc'] for r in recs]):5.3f}/"
+                     f"{_mean([r['rows'][-1]['test_acc'] for r in recs]):5.3f}  {recs[0]['max_epochs']}")
         for mode, thr in RULES:
-            cells = []
-            for rec in recs:
-                epoch, why = replay(rec["rows"], mode, thr, rec["num_classes"], max_epochs[fam])
-                row = rec["rows"][epoch - 1]
-                cells.append(f"{epoch:>2}{why[0]} {row['train_acc']:.2f}/{row['test_acc']:.2f}")
-            stops.append(f"{fam:<12} {_rule_name(mode, thr):<10} " + "  ".join(cells))
+            cells = [f"{e:>2}{why[0]} {row['train_acc']:.2f}/{row['test_acc']:.2f}" for e, why, row in _stops(recs, mode, thr)]
+            stops.append(f"{fam:<18} {_rule_name(mode, thr):<10} " + "  ".join(cells))
     lines += ["", "stop epoch per seed (v: velocity, m: max_epochs, s: stalled)  train acc/test acc at that epoch"]
     return "\n".join(lines + stops)
+
+
+def markdown(out: Path, families: list[str], seeds: list[int], default: tuple[str, float]) -> str:
+    """The README's table: scale, stop epochs per seed under every rule (suffix s: stalled,
+    m: the cap), and the accuracies at the default rule's stop and at the cap."""
+    head = ["family", "V epoch 1", "median V", "min V"] + [_rule_name(*r) for r in RULES]
+    head += [f"train / test acc at {_rule_name(*default)} stop", "train / test acc at the cap"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for fam in families:
+        recs = _records(out, fam, seeds)
+        vs = [[r["velocity"] for r in rec["rows"]] for rec in recs]
+        cells = [f"`{fam}`", f"{_mean([v[0] for v in vs]):.2g}", f"{_mean([statistics.median(v) for v in vs]):.1e}",
+                 f"{_mean([min(v) for v in vs]):.0e}"]
+        for rule in RULES:
+            stops = _stops(recs, *rule)
+            text = "/".join(f"{e}{'' if why == 'velocity' else why[0]}" for e, why, _ in stops)
+            cells.append(f"**{text}**" if rule == default else text)
+        at = [row for _, _, row in _stops(recs, *default)]
+        cap = [rec["rows"][-1] for rec in recs]
+        for picked in (at, cap):
+            cells.append(f"{_mean([r['train_acc'] for r in picked]) * 100:.1f} / {_mean([r['test_acc'] for r in picked]) * 100:.1f}")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                    "epochs (10: the NeVe class default)")
     p.add_argument("--out", default=str(ROOT / "runs" / "model_families"))
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--markdown", action="store_true", help="also print the README's table")
     p.add_argument("--verify", metavar="MODE:THRESHOLD", help="rerun seed 0 live under this rule, compare with the replay")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -335,7 +373,9 @@ def main(argv: list[str] | None = None) -> int:
                                         "lr_patience": args.lr_patience,
                                         "wall_s": time.perf_counter() - t0, "rows": rows}))
             print(f"{fam} seed {seed}: {len(rows)} epochs in {time.perf_counter() - t0:.0f} s", flush=True)
-    print(table(out, families, args.seeds, caps))
+    print(table(out, families, args.seeds))
+    if args.markdown:
+        print(markdown(out, families, args.seeds, DEFAULT_RULE))
     if args.verify:
         mode, thr = args.verify.split(":")
         for fam in families:
