@@ -32,7 +32,7 @@ __all__ = ["Choice", "IntUniform", "LogUniform", "Study", "Uniform", "bundled_st
 def _default_params() -> dict[str, Any]:
     return {
         "lr": 0.05,
-        "threshold": 1e-3,
+        "threshold": 1e-2,
         "batch_size": 64,
         "momentum": 0.9,
         "weight_decay": 5e-4,
@@ -49,8 +49,9 @@ class Study:
 
     Trial control (docs/design.md, "The controller"): ``lr_patience`` is the
     ``ReduceLROnPlateau`` patience of NeVe and of the validation baselines alike
-    (``"auto"``: ``max(2, max_epochs // 20)``); ``threshold_mode`` ``"absolute"`` or
-    ``"relative"`` (velocity over its peak); ``stall_margin`` the drop in training loss
+    (``"auto"``: ``max(2, max_epochs // 20)``); ``threshold_mode`` ``"relative"`` (the
+    default: velocity over its running peak, the ``threshold`` a ratio, 1e-2 by default,
+    searched over 1e-3–1e-1) or ``"absolute"`` (velocity itself); ``stall_margin`` the drop in training loss
     (from the first epoch, and from chance) that counts as learning; ``pc_patience`` /
     ``pc_window`` / ``pc_restore`` the memorisation guard (None: off), counted
     ``prediction_changes="in_pass"`` or on a subset of ``pc_subset_size`` examples. The defaults are the
@@ -71,7 +72,7 @@ class Study:
     lr_signal: str = "velocity_change"
     lr_factor: float = 0.5
     lr_patience: int | str = "auto"
-    threshold_mode: str = "absolute"
+    threshold_mode: str = "relative"
     stall_margin: float = 0.1
     pc_patience: int | None = 3
     pc_window: int = 3
