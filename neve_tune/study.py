@@ -55,7 +55,10 @@ class Study:
     (from the first epoch, and from chance) that counts as learning; ``pc_patience`` /
     ``pc_window`` / ``pc_restore`` the memorisation guard (None: off), counted
     ``prediction_changes="in_pass"`` or on a subset of ``pc_subset_size`` examples. The defaults are the
-    measured ones (README, "Which validation-free defaults, and why").
+    measured ones (README, "Which validation-free defaults, and why"). ``selection_subset`` (0: off) makes each
+    NeVe trial record, every epoch, the classes it predicts for that many training examples
+    (a fixed seeded subset, ``subset_pred``), which ``NeVePruner(signal="consensus")`` compares
+    across trials (docs/design.md, "Selection criteria").
     """
 
     name: str
@@ -79,6 +82,7 @@ class Study:
     pc_restore: bool = True
     prediction_changes: str = "in_pass"
     pc_subset_size: int = 1000
+    selection_subset: int = 0
     val_fraction: float = 0.1
     early_stopping: int = 10
     objective: str = "tse_e1"
@@ -128,6 +132,7 @@ class Study:
         check_int("pc_window", self.pc_window, minimum=1)
         check_choice("prediction_changes", self.prediction_changes, PREDICTION_CHANGES)
         check_int("pc_subset_size", self.pc_subset_size, minimum=1)
+        check_int("selection_subset", self.selection_subset, minimum=0)
         check_int("early_stopping", self.early_stopping, minimum=1)
         check_int("probe_samples", self.probe_samples, minimum=1)
         if not 0.0 < self.val_fraction < 1.0:
