@@ -307,3 +307,10 @@ def test_the_cli_and_the_study_take_the_subset(tmp_path, capsys):
     assert "pc_subset_size" in capsys.readouterr().err
     with pytest.raises(ValueError, match="prediction_changes must be one of"):
         neve_tune.load_study("digits").replace(prediction_changes="batch")
+
+
+def test_inputs_follow_the_models_dtype():
+    model = nn.Linear(4, 3).double()              # float32 inputs, a float64 model
+    pc = SubsetPredictionChanges(torch.randn(10, 4))
+    assert pc.measure(model) is None and pc.measure(model) == 0
+    assert pc.inputs.dtype == torch.float32       # the stored subset is left as it is
