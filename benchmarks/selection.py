@@ -118,7 +118,8 @@ def record_trial(study: Any, config: dict[str, Any], seed: int, bundle: Any, sig
     def on_epoch(metrics: dict[str, Any]) -> None:
         model = holder["model"]
         extra.append({"zeta_drop": random_label_drop(model, sig["zeta_inputs"], sig["zeta_labels"], metrics["lr"]),
-                      "subset_pred": _codes(subset_predictions(model, sig["inputs"]))})
+                      # the study's own subset when it records one (Study.selection_subset), else the pool's
+                      "subset_pred": metrics.get("subset_pred") or _codes(subset_predictions(model, sig["inputs"]))})
 
     r = run_trial(study, config, seed=seed, data=bundle, on_epoch=on_epoch, model_fn=model_fn)
     history = [{**m, **e} for m, e in zip(r.history, extra)]

@@ -128,7 +128,11 @@ def replay_search(pool: Pool, rung_signal: str | RungSignal = "train_loss", *, m
                 break
             pruned = False
             while epoch >= min_resource * reduction_factor ** (min_early_stopping_rate + rung):
-                at_rung = reached.setdefault(rung, []) + [i]
+                if frozen:  # those that recorded a value at this rung (Optuna's successive halving)
+                    at_rung = reached.setdefault(rung, []) + [i]
+                else:  # those that reported this epoch (NeVePruner(signal="consensus"))
+                    at_rung = [j for j in range(i) if out[j]["epochs"] >= epoch] + [i]
+                    reached.setdefault(rung, [])
                 values = signal(pool, i, epoch, at_rung)
                 if math.isnan(values[i]):
                     pruned = True

@@ -241,6 +241,30 @@ def make_controller(
     )
 
 
+def _selection_hook(study: Study, method: str, train_set: Any, seed: int, model: torch.nn.Module,
+                    on_epoch: Callable[[dict[str, Any]], None] | None
+                    ) -> tuple[Callable[[dict[str, Any]], None] | None, Callable[[], int]]:
+    """With ``study.selection_subset``, an ``on_epoch`` that first adds ``subset_pred`` (the
+    classes the model predicts for a fixed subset drawn with ``seed``: the same for every
+    trial of a search) to the epoch's metrics and counts its forward samples as probe
+    samples; and the count of those samples so far."""
+    if not study.selection_subset or method != "neve":
+        return on_epoch, lambda: 0
+    from .selection import SelectionSubset
+
+    subset = SelectionSubset.from_dataset(train_set, study.selection_subset, seed=seed)
+    done = [0]
+
+    def hook(metrics: dict[str, Any]) -> None:
+        metrics["subset_pred"] = subset.predict(model)
+        done[0] += subset.num_examples
+        metrics["probe_samples"] = int(metrics.get("probe_samples") or 0) + done[0]
+        if on_epoch is not None:
+            on_epoch(metrics)
+
+    return hook, lambda: done[0]
+
+
 def run_trial(
     study: Study,
     config: Mapping[str, Any],
@@ -278,6 +302,7 @@ def run_trial(
     )
     model = model.to(device)
     optimizer = make_optimizer(model, cfg)
+    on_epoch, extra_forward = _selection_hook(study, method, full_train, seed, model, on_epoch)
     controller = make_controller(study, method, model, optimizer, cfg, train_set=train_set,
                                  input_shape=bundle.input_shape, seed=seed, lr_schedule=lr_schedule,
                                  num_classes=bundle.num_classes)
@@ -287,6 +312,7 @@ def run_trial(
                  # only NeVe's guard reads them; the baselines keep the free in-pass count
                  prediction_changes=study.prediction_changes if method == "neve" else "in_pass",
                  pc_subset_size=study.pc_subset_size)
+    fitted.cost.probe_samples += extra_forward()
     objective, best_epoch = trial_objective(study, method, fitted.history, controller.state_dict())
     result = TrialResult(config=cfg, method=method, seed=seed, stopped_by=fitted.stopped_by, epochs=fitted.epochs,
                          objective=float(objective), best_epoch=best_epoch, cost=fitted.cost, history=fitted.history,

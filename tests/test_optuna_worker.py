@@ -432,3 +432,11 @@ def test_plot_study(tmp_path) -> None:
     assert all(p.stat().st_size > 1000 for p in paths.values())
     assert math.isfinite(torch.tensor(1.0).item())  # plots leave torch untouched
     assert os.path.basename(paths["velocity_curves"]) == "velocity_curves.png"
+
+
+def test_importing_the_optuna_backend_leaves_the_matplotlib_backend_alone() -> None:
+    code = ("import matplotlib; matplotlib.use('svg'); import neve_tune.optuna, neve_tune.cli.optuna; "
+            "print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "svg"

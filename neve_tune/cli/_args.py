@@ -191,7 +191,8 @@ def add_trial_control(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-patience", help="ReduceLROnPlateau patience in epochs, or 'auto' (max(2, max_epochs // 20); "
                                          "the default)")
     g.add_argument("--threshold-mode", choices=["absolute", "relative"],
-                   help="NeVe's velocity stop: V < t (default), or V / peak V < t")
+                   help="NeVe's velocity stop: V / peak V < t (the studies' default), or V < t; "
+                        "the searched range of t stays the study's")
     g.add_argument("--pc-patience", type=int, help="NeVe's memorisation guard: stop when prediction changes have not "
                                                     "reached a new low for this many epochs (default 3; 0: off)")
     g.add_argument("--prediction-changes", choices=["in_pass", "subset"],

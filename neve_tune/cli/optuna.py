@@ -65,8 +65,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--min-resource", type=cli.positive_int)
     g.add_argument("--reduction-factor", type=int)
     g.add_argument("--min-early-stopping-rate", type=int)
-    g.add_argument("--divergence-bound", type=float)
-    g.add_argument("--divergence-patience", type=cli.positive_int)
+    g.add_argument("--unsettled-bound", type=float, help="velocity above which a trial counts as unsettled (inf: off)")
+    g.add_argument("--unsettled-patience", type=cli.positive_int,
+                   help="epochs in a row above --unsettled-bound that prune a trial")
+    cli.deprecated_alias(g, "--divergence-bound", "--unsettled-bound", "unsettled_bound", type=float)
+    cli.deprecated_alias(g, "--divergence-patience", "--unsettled-patience", "unsettled_patience", type=cli.positive_int)
     h = w.add_argument_group("recovery (RDB storages)")
     h.add_argument("--heartbeat-interval", type=cli.positive_int, default=60, help="seconds (default 60)")
     h.add_argument("--heartbeat-grace-period", dest="heartbeat_grace_period", type=cli.positive_int,
@@ -88,10 +91,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _pruner_options(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("signal", "min_resource", "reduction_factor", "min_early_stopping_rate", "divergence_bound", "divergence_patience")
+    names = ("signal", "min_resource", "reduction_factor", "min_early_stopping_rate", "unsettled_bound", "unsettled_patience")
     opts = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    if "divergence_bound" in opts and math.isinf(opts["divergence_bound"]):
-        opts["divergence_bound"] = math.inf
+    if "unsettled_bound" in opts and math.isinf(opts["unsettled_bound"]):
+        opts["unsettled_bound"] = math.inf
     return opts
 
 
