@@ -444,10 +444,25 @@ def test_a_users_prediction_changes_and_the_guard_off(tmp_path):
     neve = NeVeTrainerCallback(threshold=1e-9, prediction_changes=counter)
     Trainer(model=tiny_bert(), args=_args(tmp_path, num_train_epochs=2), train_dataset=Tokens(), callbacks=[neve]).train()
     assert [m["prediction_changes"] for m in neve.history] == [None, None]  # never updated: nothing to compare
-    off = NeVeTrainerCallback(threshold=1e-9, pc_patience=None)
+    off = NeVeTrainerCallback(threshold=1e-9, pc_patience=None, probe_samples=20, probe_seed=3)
     Trainer(model=tiny_bert(), args=_args(tmp_path, num_train_epochs=2), train_dataset=NoisyTokens(),
             callbacks=[off]).train()
     assert off.neve.pc_patience is None and off.stopped_by == "max_epochs"
+    assert off.neve.velocity.probe.equal(token_probe(VOCAB, SEQ, 20, seed=3))
+
+
+def test_controller_options_reach_the_controller(tmp_path):
+    options = {"min_epochs": 4, "max_epochs": 9, "factor": 0.3, "patience": 1, "lr_signal": "velocity",
+               "threshold_mode": "relative", "num_classes": 2, "stall_margin": 0.2, "pc_patience": 5, "pc_window": 2,
+               "pc_restore": False}
+    neve = NeVeTrainerCallback(threshold=0.5, **options)
+    Trainer(model=tiny_bert(), args=_args(tmp_path), train_dataset=Tokens(), callbacks=[neve, _KillAtStep(1)]).train()
+    c = neve.neve
+    got = {"min_epochs": c.min_epochs, "max_epochs": c.max_epochs, "factor": c.scheduler.factor,
+           "patience": c.scheduler.patience, "lr_signal": c.lr_signal, "threshold_mode": c.threshold_mode,
+           "num_classes": c.num_classes, "stall_margin": c.stall_margin, "pc_patience": c.pc_patience,
+           "pc_window": c.pc_window, "pc_restore": c.pc_restore}
+    assert got == options and c.threshold == 0.5
 
 
 @pytest.mark.slow  # 20-40 s: two trials and a resumed run of a tiny BERT
