@@ -83,17 +83,10 @@ def _summary(result: TrialResult) -> dict[str, Any]:
 
 
 def make_objective(
-    study: Study | str | os.PathLike,
-    *,
-    method: str = "neve",
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    checkpoint_dir: str | os.PathLike | None = None,
-    data: DataBundle | None = None,
-    evaluate_test: bool = True,
-    keep_checkpoints: bool = False,
-    model_fn: Callable[[], torch.nn.Module] | None = None,
-    stop: PoliteStop | None = None,
+    study: Study | str | os.PathLike, *, method: str = "neve", seed: int = 0,
+    device: str | torch.device | None = None, checkpoint_dir: str | os.PathLike | None = None,
+    data: DataBundle | None = None, evaluate_test: bool = True, keep_checkpoints: bool = False,
+    model_fn: Callable[[], torch.nn.Module] | None = None, stop: PoliteStop | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """An Optuna objective that trains one sampled configuration of ``study``.
 

@@ -56,25 +56,25 @@ def search_trials(
     objective = make_objective(study, method=method, seed=seed, device=device, data=data, **extra)
     search.optimize(objective, n_trials=trials, callbacks=[lambda s, t: on_trial()], catch=())
     train_size = len(data.train)  # type: ignore[arg-type]
-    out = []
-    for t in search.trials:
-        attrs = t.user_attrs
-        history = trial_history(t)
-        complete = t.state == optuna.trial.TrialState.COMPLETE
-        out.append(
-            SearchTrial(
-                number=t.number,
-                config=study.config(t.params),
-                state=t.state.name,
-                stopped_by=attrs.get("stopped_by"),
-                epochs=int(attrs.get("epochs") or len(history)),
-                best_epoch=attrs.get("best_epoch"),
-                objective=t.value if complete else None,
-                test_acc=attrs.get("test_acc"),
-                cost=Cost.from_dict(attrs.get("cost") or {}),
-                train_size=train_size,
-                lrs=[m.get("lr") for m in history],
-                velocity=[m.get("velocity") for m in history],
-            )
-        )
-    return out
+    return [_record(t, study, train_size) for t in search.trials]
+
+
+def _record(t: optuna.trial.FrozenTrial, study: Study, train_size: int) -> SearchTrial:
+    """One finished trial as the comparison's record."""
+    attrs = t.user_attrs
+    history = trial_history(t)
+    complete = t.state == optuna.trial.TrialState.COMPLETE
+    return SearchTrial(
+        number=t.number,
+        config=study.config(t.params),
+        state=t.state.name,
+        stopped_by=attrs.get("stopped_by"),
+        epochs=int(attrs.get("epochs") or len(history)),
+        best_epoch=attrs.get("best_epoch"),
+        objective=t.value if complete else None,
+        test_acc=attrs.get("test_acc"),
+        cost=Cost.from_dict(attrs.get("cost") or {}),
+        train_size=train_size,
+        lrs=[m.get("lr") for m in history],
+        velocity=[m.get("velocity") for m in history],
+    )
