@@ -22,7 +22,9 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["check_choice", "check_float", "check_int", "is_finite", "to_float"]
+__all__ = ["MAX_SEED", "check_choice", "check_device", "check_float", "check_int", "check_seed", "is_finite", "to_float"]
+
+MAX_SEED = 2**32 - 1  # NumPy and scikit-learn take seeds in [0, 2**32 - 1]; torch takes them too
 
 
 def _unwrap(value: Any) -> Any:
@@ -60,6 +62,53 @@ def check_int(name: str, value: Any, *, minimum: int | None = None, allow_none: 
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
     return value
+
+
+def check_seed(name: str, value: Any, *, allow_none: bool = False) -> int | None:
+    """A seed: an int in ``[0, 2**32 - 1]`` (NumPy's range, which torch and scikit-learn
+    accept too), so a bad seed is refused under its own name, not by whichever library
+    meets it first.
+
+    >>> check_seed("--seed", 2**32)
+    Traceback (most recent call last):
+    ...
+    ValueError: --seed must be an int in [0, 4294967295], got 4294967296
+    """
+    value = _unwrap(value)
+    if value is None and allow_none:
+        return None
+    if _is_bool(value) or not isinstance(value, numbers.Integral) or not 0 <= int(value) <= MAX_SEED:
+        kind = TypeError if _is_bool(value) or not isinstance(value, numbers.Integral) else ValueError
+        raise kind(f"{name} must be an int in [0, {MAX_SEED}]{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
+
+
+def check_device(name: str, device: Any) -> str:
+    """``device`` as a string if torch can train on it here: ``auto`` (None too), ``cpu``,
+    ``cuda``/``cuda:N`` with that GPU present, ``mps`` where Apple's backend is available.
+    Anything else (``meta``, a typo, an absent GPU) is refused in one line naming ``name``.
+    """
+    import torch
+
+    if device is None or device == "auto":
+        return "auto"
+    text = str(device)
+    forms = "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"{name} must be {forms}, got {text!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} {text}: CUDA is not available on this machine (use auto or cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"{name} {text}: Apple's MPS backend is not available on this machine (use auto or cpu)")
+    elif dev.type != "cpu":
+        raise ValueError(f"{name} must be {forms}, got {text!r} (torch cannot train on a {dev.type!r} device here)")
+    return text
 
 
 def check_float(

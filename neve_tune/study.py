@@ -20,10 +20,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from ._checks import check_choice, check_float, check_int
+from ._checks import check_choice, check_float, check_int, check_seed
 from .control import LR_SIGNALS, check_epochs
 from .data import DataBundle, check_data_changes, get_dataset
-from .space import Choice, Distribution, IntUniform, LogUniform, Uniform, default_space, validate_space
+from .prediction_changes import PREDICTION_CHANGES
+from .space import Choice, Distribution, IntUniform, LogUniform, Uniform, check_hyperparameter, default_space, validate_space
 
 __all__ = ["Choice", "IntUniform", "LogUniform", "Study", "Uniform", "bundled_studies", "load_study"]
 
@@ -52,8 +53,12 @@ class Study:
     default: velocity over its running peak, the ``threshold`` a ratio, 1e-2 by default,
     searched over 1e-3–1e-1) or ``"absolute"`` (velocity itself); ``stall_margin`` the drop in training loss
     (from the first epoch, and from chance) that counts as learning; ``pc_patience`` /
-    ``pc_window`` / ``pc_restore`` the memorisation guard (None: off). The defaults are the
-    measured ones (README, "Validation-free choices").
+    ``pc_window`` / ``pc_restore`` the memorisation guard (None: off), counted
+    ``prediction_changes="in_pass"`` or on a subset of ``pc_subset_size`` examples. The defaults are the
+    measured ones (README, "Which validation-free defaults, and why"). ``selection_subset`` (0: off) makes each
+    NeVe trial record, every epoch, the classes it predicts for that many training examples
+    (a fixed seeded subset, ``subset_pred``), which ``NeVePruner(signal="consensus")`` compares
+    across trials (docs/design.md, "Selection criteria").
     """
 
     name: str
@@ -75,6 +80,9 @@ class Study:
     pc_patience: int | None = 3
     pc_window: int = 3
     pc_restore: bool = True
+    prediction_changes: str = "in_pass"
+    pc_subset_size: int = 1000
+    selection_subset: int = 0
     val_fraction: float = 0.1
     early_stopping: int = 10
     objective: str = "tse_e1"
@@ -85,11 +93,28 @@ class Study:
         self.validate()
 
     def validate(self) -> None:
+        """Every field, in one line naming it (``study 'x': ...``): the search space's
+        bounds and choices and the defaults go through the checks the command-line flags
+        use (:func:`neve_tune.space.check_hyperparameter`)."""
+        try:
+            self._validate()
+        except (TypeError, ValueError) as e:
+            prefix = f"study {self.name!r}: "
+            raise type(e)(str(e) if str(e).startswith(prefix) else prefix + str(e)) from None
+
+    def _validate(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
         if not self.search_space:
-            raise ValueError(f"study {self.name!r}: search_space is empty")
+            raise ValueError("search_space is empty")
         validate_space(self.search_space)
+        for key, value in self.defaults.items():
+            check_hyperparameter(key, value, f"defaults[{key!r}]")
+        check_int("max_epochs", self.max_epochs, minimum=1)
+        check_int("min_epochs", self.min_epochs, minimum=0)
         check_epochs(self.min_epochs, self.max_epochs)
         opts = self.data_options
+        check_seed("data_options['noise_seed']", opts.get("noise_seed", 0))
         check_data_changes(opts.get("train_fraction", 1.0), opts.get("label_noise", 0.0), opts.get("noise_seed", 0))
         if self.probe not in ("noise", "train"):
             raise ValueError(f"probe must be 'noise' or 'train', got {self.probe!r}")
@@ -105,13 +130,16 @@ class Study:
         check_float("stall_margin", self.stall_margin, low=0.0, high=1.0, high_open=True)
         check_int("pc_patience", self.pc_patience, minimum=1, allow_none=True)
         check_int("pc_window", self.pc_window, minimum=1)
+        check_choice("prediction_changes", self.prediction_changes, PREDICTION_CHANGES)
+        check_int("pc_subset_size", self.pc_subset_size, minimum=1)
+        check_int("selection_subset", self.selection_subset, minimum=0)
         check_int("early_stopping", self.early_stopping, minimum=1)
         check_int("probe_samples", self.probe_samples, minimum=1)
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         for key in ("lr", "batch_size"):
             if key not in self.defaults and key not in self.search_space:
-                raise ValueError(f"study {self.name!r}: {key!r} is neither in defaults nor in search_space")
+                raise ValueError(f"{key!r} is neither in defaults nor in search_space")
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
 
@@ -175,12 +203,3 @@ def _exec_study(stem: str, source: str, origin: str) -> Study:
     if not isinstance(obj, Study):
         raise ValueError(f"study file {origin!r} must define STUDY = neve_tune.Study(...)")
     return obj
-
-
-def __getattr__(name: str) -> Any:
-    # names that lived here before the trial machinery moved to neve_tune.trial
-    if name in ("run_trial", "resolve_device", "trial_objective", "training_speed_estimate", "make_optimizer", "METHODS"):
-        from . import trial
-
-        return getattr(trial, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -165,7 +165,7 @@ def test_sqlite_workers_retry_a_dead_workers_trial_once(tmp_path) -> None:
     interleaving that could retry a trial twice is rare here: this test did not catch it
     with plain RDBStorage either; the pop test above does catch its twin."""
     url = f"sqlite:///{tmp_path / 'h.db'}"
-    storage = make_storage(url, heartbeat_interval=1, grace_period=1, max_retry=3)
+    storage = make_storage(url, heartbeat_interval=1, heartbeat_grace_period=1, max_retry=3)
     study = optuna.create_study(study_name="stale", storage=storage)
     study_id = storage.get_study_id_from_name("stale")
     for _ in range(STALE):  # trials whose worker died right after its first heartbeat
@@ -177,7 +177,7 @@ def test_sqlite_workers_retry_a_dead_workers_trial_once(tmp_path) -> None:
 
     def check() -> None:
         try:
-            s = optuna.load_study(study_name="stale", storage=make_storage(url, heartbeat_interval=1, grace_period=1))
+            s = optuna.load_study(study_name="stale", storage=make_storage(url, heartbeat_interval=1, heartbeat_grace_period=1))
             barrier.wait()
             optuna.storages.fail_stale_trials(s)
         except BaseException as e:  # pragma: no cover - reported below
@@ -432,3 +432,11 @@ def test_plot_study(tmp_path) -> None:
     assert all(p.stat().st_size > 1000 for p in paths.values())
     assert math.isfinite(torch.tensor(1.0).item())  # plots leave torch untouched
     assert os.path.basename(paths["velocity_curves"]) == "velocity_curves.png"
+
+
+def test_importing_the_optuna_backend_leaves_the_matplotlib_backend_alone() -> None:
+    code = ("import matplotlib; matplotlib.use('svg'); import neve_tune.optuna, neve_tune.cli.optuna; "
+            "print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "svg"

@@ -5,9 +5,12 @@ where the address check should have stopped the run."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,8 +106,47 @@ def test_auto_without_a_cluster_reports_ray_inits_connection_error(no_ray_env, m
     assert err.endswith("--address auto: cannot join the Ray cluster: Could not find any running Ray instance."), err
 
 
-def test_a_listening_head_passes_the_check(no_ray_env, monkeypatch, capsys) -> None:
-    """The check only refuses what does not answer: with a listener, ray.init is reached."""
+@contextlib.contextmanager
+def _server(answer: bytes | None, close: bool = False) -> Iterator[str]:
+    """A localhost server that accepts, reads what the client sends, then answers
+    ``answer`` (None: nothing, the connection held open) or closes at once."""
+    server = socket.create_server(("127.0.0.1", 0))
+    conns: list[socket.socket] = []
+
+    def serve() -> None:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        conns.append(conn)
+        if close:
+            conn.close()
+            return
+        conn.settimeout(5)
+        try:
+            conn.recv(1024)
+            if answer is not None:
+                conn.sendall(answer)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+        for c in conns:
+            c.close()
+        thread.join(5)
+
+
+# what a gRPC server sends first: an empty SETTINGS frame on stream 0 (RFC 9113)
+HTTP2_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def test_a_grpc_head_passes_the_check(no_ray_env, monkeypatch, capsys) -> None:
+    """The check only refuses what is no Ray: an HTTP/2 (gRPC) answer reaches ray.init."""
     reached: list[str] = []
 
     def init(address: str) -> None:
@@ -113,11 +155,36 @@ def test_a_listening_head_passes_the_check(no_ray_env, monkeypatch, capsys) -> N
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", init)
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        address = f"127.0.0.1:{server.getsockname()[1]}"
+    with _server(HTTP2_SETTINGS) as address:
         assert cli_main([*ARGS, "--address", address]) == 2
     assert reached == [address]
     assert "stand-in for ray.init" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("answer, close, said", [
+    (None, False, "sent nothing within 3 s"),
+    (b"HTTP/1.1 400 Bad Request\r\n\r\n", False, "its answer is not HTTP/2"),
+    (b"\xff" * 64, False, "its answer is not HTTP/2"),
+    (b"", True, "HTTP/2"),  # closed or reset, as the timing falls
+], ids=["silent", "http1", "garbage", "closes"])
+def test_a_port_that_is_not_ray_fails_fast(answer, close, said, no_ray_init, no_ray_env, capsys) -> None:
+    """A port that accepts TCP but is no Ray head: exit 2 in seconds (ray.init would hang)."""
+    start = time.monotonic()
+    with _server(answer, close) as address:
+        assert cli_main([*ARGS, "--address", address]) == 2
+    err = _one_line_error(capsys)
+    assert f"--address {address}: {address} is not a Ray head" in err and said in err, err
+    assert time.monotonic() - start < 30  # a loose bound: the check itself waits 3 s at most
+
+
+def test_bad_ray_flags_are_refused_before_ray_starts(no_ray_init, no_ray_env, capsys) -> None:
+    for flag, value, said in [("--reduction-factor", "1", "--reduction-factor must be a finite number > 1"),
+                              ("--max-concurrent", "0", "--max-concurrent must be an int >= 1"),
+                              ("--seed", "99999999999999999999", "--seed must be an int in [0, 4294967295]"),
+                              ("--num-cpus", "0", "--num-cpus must be an int >= 1")]:
+        assert cli_main([*ARGS, flag, value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert said in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
 
 
 def test_in_a_real_process_no_traceback_no_retries(dead_port, no_ray_env) -> None:

@@ -74,11 +74,40 @@ def test_in_memory() -> None:
     assert redact_url(None, "message") == "message"
 
 
+def test_an_unencoded_at_in_the_password_is_named_not_hidden_behind_the_driver() -> None:
+    """SQLAlchemy ends the password at the first '@' (the driver then sees a wrong host):
+    refused before connecting, with the fix, never the password."""
+    with pytest.raises(StorageError) as e:
+        make_storage("postgresql://neve:p@ss/w:rd@127.0.0.1:1/nothing", heartbeat_interval=None)
+    message = str(e.value)
+    assert "127.0.0.1" in message and "unencoded '@'" in message and "%40" in message
+    for form in ("p@ss/w:rd", "p@ss", "ss/w:rd", quote("p@ss/w:rd", safe="")):
+        assert form not in message
+
+
+def test_a_port_that_cannot_be_read_is_named_not_int_parsing() -> None:
+    with pytest.raises(StorageError) as e:
+        make_storage("postgresql://neve:s3cret@db:notaport/search", heartbeat_interval=None)
+    message = str(e.value)
+    assert "cannot be read" in message and "percent-encode" in message
+    assert "invalid literal" not in message and "s3cret" not in message
+
+
 def test_unreachable_storage_error_hides_an_odd_password() -> None:
     """The whole path: make_storage's error names the storage, never the password."""
     with pytest.raises(StorageError) as e:
-        make_storage("postgresql://neve:p@ss/w:rd@127.0.0.1:1/nothing", heartbeat_interval=None)
+        make_storage("postgresql://neve:p%40ss%2Fw%3Ard@127.0.0.1:1/nothing", heartbeat_interval=None)
     message = str(e.value)
     assert "cannot reach storage" in message and "127.0.0.1" in message
     for form in ("p@ss/w:rd", "p@ss", "ss/w:rd", quote("p@ss/w:rd", safe="")):
         assert form not in message
+
+
+@pytest.mark.parametrize("password", ["p", "o", "1"])
+def test_a_short_password_hides_only_itself(password: str) -> None:
+    """Only the password hides: the same letters inside other words stay."""
+    url = f"postgresql://neve:{password}@db:5432/search"
+    message = f"could not connect to {url}: password '{password}' rejected; port open, option postgres 10"
+    out = redact_url(url, message)
+    assert out == ("could not connect to postgresql://neve:***@db:5432/search: password '***' rejected; "
+                   "port open, option postgres 10")

@@ -19,8 +19,10 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ __all__ = [
     "add_trial_control",
     "add_trials",
     "check_output_paths",
+    "clean_stale_temporaries",
     "deprecated_alias",
     "positive_int",
     "study_from_args",
@@ -118,40 +121,60 @@ def deprecated_alias(p: argparse.ArgumentParser, old: str, new: str, dest: str, 
 
 def check_device(device: str | None) -> str:
     """``device`` if torch knows it and it is present here; else a one-line error."""
-    import torch
+    from .._checks import check_device as check
 
-    if device in (None, "auto"):
-        return "auto"
     try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise CLIError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {device}: CUDA is not available on this machine (use --device auto or cpu)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise CLIError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device  # type: ignore[return-value]
+        return check("--device", device)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def check_output_paths(files: dict[str, Any] | None = None, dirs: dict[str, Any] | None = None) -> None:
     """Before any work: each output file (``{"--json": path}``) and output folder
-    (``{"--out": path}``) can be created and written; else a one-line error naming the flag."""
-    for is_dir, group in ((False, files or {}), (True, dirs or {})):
+    (``{"--out": path}``) can be created and written; else a one-line error naming the flag.
+
+    A folder permission bit is not proof (``/proc``, a read-only mount, root), so the
+    deepest folder that exists is probed by writing a temporary file there, removed at
+    once. An existing output file must be a regular, writable file: ``/dev/full`` or a
+    pipe would take the record only to lose it after the work.
+    """
+    for is_dir, group in ((True, dirs or {}), (False, files or {})):
         for flag, value in group.items():
-            if not value:
-                continue
-            path = Path(value)
-            if not is_dir and path.is_dir():
-                raise CLIError(f"{flag} {value}: is a directory, expected a file path")
-            if is_dir and path.exists() and not path.is_dir():
-                raise CLIError(f"{flag} {value}: is a file, expected a folder")
-            existing = path if is_dir else path.parent
-            while not existing.exists():
-                existing = existing.parent
-            if not existing.is_dir():
-                raise CLIError(f"{flag} {value}: {existing} is not a folder")
-            if not os.access(existing, os.W_OK | os.X_OK):
-                raise CLIError(f"{flag} {value}: {existing} is not writable")
+            if value:
+                _check_output(flag, Path(value), is_dir)
+
+
+def _check_output(flag: str, path: Path, is_dir: bool) -> None:
+    if not is_dir and path.is_dir():
+        raise CLIError(f"{flag} {path}: is a directory, expected a file path")
+    if is_dir and path.exists() and not path.is_dir():
+        raise CLIError(f"{flag} {path}: is a file, expected a folder")
+    if not is_dir and path.exists():
+        if not path.is_file():
+            raise CLIError(f"{flag} {path}: is not a regular file (a device or a pipe); give a file path")
+        if not os.access(path, os.W_OK):
+            raise CLIError(f"{flag} {path}: is not writable")
+    existing = path if is_dir else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CLIError(f"{flag} {path}: {existing} is not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".neve-write-probe-") as probe:
+            probe.write(b"x")
+            probe.flush()
+    except OSError as e:
+        raise CLIError(f"{flag} {path}: {existing} is not writable ({e.strerror or e})") from None
+
+
+def clean_stale_temporaries(checkpoint: str | os.PathLike) -> list[Path]:
+    """Remove the ``CHECKPOINT.tmp<PID>`` files saves killed mid-write left beside
+    ``checkpoint`` (a run about to use it is its only writer); return them."""
+    path = Path(checkpoint)
+    stale = sorted(path.parent.glob(glob.escape(path.name) + ".tmp*")) if path.parent.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def add_data_changes(p: argparse.ArgumentParser) -> None:
@@ -172,6 +195,10 @@ def add_trial_control(p: argparse.ArgumentParser) -> None:
                         "the searched range of t stays the study's")
     g.add_argument("--pc-patience", type=int, help="NeVe's memorisation guard: stop when prediction changes have not "
                                                     "reached a new low for this many epochs (default 3; 0: off)")
+    g.add_argument("--prediction-changes", choices=["in_pass", "subset"],
+                   help="where the guard counts prediction changes: in the training pass (default), or on a fixed "
+                        "subset of --pc-subset-size training examples forwarded after each epoch")
+    g.add_argument("--pc-subset-size", type=int, help="examples in that subset (default 1000, or all when fewer)")
 
 
 def _lr_patience(text: str) -> int | str:
@@ -186,6 +213,7 @@ def _lr_patience(text: str) -> int | str:
 def study_from_args(args: argparse.Namespace, **extra_changes: Any) -> Any:
     """The study named by ``args.study`` with the shared overrides applied (``--max-epochs``,
     ``--data-root``, the data changes and the trial control, where the verb has them)."""
+    from .._checks import check_seed
     from ..study import load_study
 
     study = load_study(args.study)
@@ -196,6 +224,10 @@ def study_from_args(args: argparse.Namespace, **extra_changes: Any) -> Any:
             if getattr(args, key, None) is not None}
     if data:
         changes["data_options"] = {**study.data_options, **data}
+    if getattr(args, "noise_seed", None) is not None:
+        check_seed("--noise-seed", args.noise_seed)
+    if getattr(args, "seed", None) is not None:
+        check_seed("--seed", args.seed)
     if getattr(args, "lr_patience", None) is not None:
         changes["lr_patience"] = _lr_patience(args.lr_patience)
     if getattr(args, "pc_patience", None) is not None:
@@ -204,5 +236,8 @@ def study_from_args(args: argparse.Namespace, **extra_changes: Any) -> Any:
         changes["pc_patience"] = args.pc_patience or None
     if getattr(args, "threshold_mode", None) is not None:
         changes["threshold_mode"] = args.threshold_mode
+    for key in ("prediction_changes", "pc_subset_size"):
+        if getattr(args, key, None) is not None:
+            changes[key] = getattr(args, key)
     changes.update({k: v for k, v in extra_changes.items() if v is not None})
     return study.replace(**changes) if changes else study

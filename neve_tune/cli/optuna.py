@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 from typing import Any
 
-from .._checks import check_float
+from .._checks import check_float, check_int, check_seed
+from ..records import SEARCH_METHODS
 from . import _args as cli
 
 __all__ = ["add_cli"]
@@ -41,11 +43,13 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--total-trials", type=cli.positive_int, help="stop once the study holds this many complete+pruned trials")
     w.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     w.add_argument("--create", action="store_true", help="create the study if it does not exist")
-    w.add_argument("--direction", choices=["minimize", "maximize"], default="minimize", help="with --create")
-    w.add_argument("--method", choices=["neve", "asha", "asha_es"], default="neve",
+    w.add_argument("--direction", default="minimize",
+                   help="with --create; only 'minimize' is accepted: the objective is a loss")
+    w.add_argument("--method", choices=SEARCH_METHODS, default="neve",
                    help="neve (default), or the validation-based baselines with SuccessiveHalvingPruner")
     cli.add_seed(w, "training seed of every trial (default 0)")
-    w.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler")
+    w.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler; each trial's TPE is seeded from it and the "
+                                                    "trial number, so workers given one seed sample apart")
     cli.add_device(w)
     w.add_argument("--threads", type=cli.positive_int, help="torch CPU threads of this worker (default: torch's)")
     cli.add_max_epochs(w)
@@ -61,8 +65,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--min-resource", type=cli.positive_int)
     g.add_argument("--reduction-factor", type=int)
     g.add_argument("--min-early-stopping-rate", type=int)
-    g.add_argument("--divergence-bound", type=float)
-    g.add_argument("--divergence-patience", type=cli.positive_int)
+    g.add_argument("--unsettled-bound", type=float, help="velocity above which a trial counts as unsettled (inf: off)")
+    g.add_argument("--unsettled-patience", type=cli.positive_int,
+                   help="epochs in a row above --unsettled-bound that prune a trial")
+    cli.deprecated_alias(g, "--divergence-bound", "--unsettled-bound", "unsettled_bound", type=float)
+    cli.deprecated_alias(g, "--divergence-patience", "--unsettled-patience", "unsettled_patience", type=cli.positive_int)
     h = w.add_argument_group("recovery (RDB storages)")
     h.add_argument("--heartbeat-interval", type=cli.positive_int, default=60, help="seconds (default 60)")
     h.add_argument("--heartbeat-grace-period", dest="heartbeat_grace_period", type=cli.positive_int,
@@ -84,17 +91,16 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _pruner_options(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("signal", "min_resource", "reduction_factor", "min_early_stopping_rate", "divergence_bound", "divergence_patience")
+    names = ("signal", "min_resource", "reduction_factor", "min_early_stopping_rate", "unsettled_bound", "unsettled_patience")
     opts = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    if "divergence_bound" in opts and math.isinf(opts["divergence_bound"]):
-        opts["divergence_bound"] = math.inf
+    if "unsettled_bound" in opts and math.isinf(opts["unsettled_bound"]):
+        opts["unsettled_bound"] = math.inf
     return opts
 
 
-def _worker(args: argparse.Namespace) -> int:
-    import optuna
-
-    from ..optuna import StorageError, StudyNotFoundError, plot_study, redact_url, run_worker
+def _check_worker_flags(args: argparse.Namespace) -> str:
+    """Every flag of ``worker`` checked under its own name, before any storage or data."""
+    from ..optuna._worker import check_direction
 
     device = cli.check_device(args.device)
     cli.check_output_paths(dirs={"--out": args.out, "--checkpoint-dir": None if args.no_checkpoints else args.checkpoint_dir})
@@ -102,6 +108,23 @@ def _worker(args: argparse.Namespace) -> int:
         check_float("--timeout", args.timeout, positive=True)
     if args.trials is None and args.timeout is None and args.total_trials is None:
         raise cli.CLIError("give --trials N, --total-trials N or --timeout SECONDS")
+    check_seed("--seed", args.seed)
+    if args.sampler_seed is not None:
+        check_seed("--sampler-seed", args.sampler_seed)
+    check_int("--max-retry", args.max_retry, minimum=0)
+    check_direction("--direction", args.direction)
+    for flag in ("reduction_factor", "min_early_stopping_rate"):
+        value = getattr(args, flag)
+        check_int("--" + flag.replace("_", "-"), value, minimum=2 if flag == "reduction_factor" else 0, allow_none=True)
+    return device
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import optuna
+
+    from ..optuna import StorageError, StudyNotFoundError, plot_study, redact_url, run_worker
+
+    device = _check_worker_flags(args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         search = run_worker(
@@ -121,7 +144,7 @@ def _worker(args: argparse.Namespace) -> int:
             create=args.create,
             direction=args.direction,
             heartbeat_interval=None if args.no_heartbeat else args.heartbeat_interval,
-            grace_period=args.heartbeat_grace_period,
+            heartbeat_grace_period=args.heartbeat_grace_period,
             max_retry=args.max_retry,
             torch_threads=args.threads,
             log=None if args.quiet else (lambda line: print(line, flush=True)),
@@ -141,9 +164,12 @@ def _plot(args: argparse.Namespace) -> int:
 
     from ..optuna import StorageError, StudyNotFoundError, open_study, plot_study
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.storage is None:
         raise cli.CLIError("--storage is required: an in-memory study has nothing to plot")
+    cli.check_output_paths(dirs={"--out": args.out})
+    for name in ("velocity_curves.png", "search_history.png"):  # the files plot_study writes there
+        cli.check_output_paths(files={"--out": Path(args.out) / name})
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         search = open_study(args.study_name, args.storage, heartbeat_interval=None)
     except (StorageError, StudyNotFoundError) as e:

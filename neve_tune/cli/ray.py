@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .._checks import check_float, check_int, check_seed
 from .._json import write_json
+from ..records import SCHEDULERS, SEARCH_METHODS
 from . import _args as cli
 
 __all__ = ["add_cli", "check_address"]
 
-SCHEDULERS = ("auto", "neve_asha", "asha", "fifo")
 APIS = ("tuner", "run")
-TRAINABLE_METHODS = ("neve", "asha", "asha_es")
+TRAINABLE_METHODS = SEARCH_METHODS
 RAY_CLIENT_PORT = 10001  # Ray Client's default server port (ray start --ray-client-server-port)
 ADDRESS_TIMEOUT_S = 3.0
 ADDRESS_FORMS = "HOST:PORT (the head's GCS, e.g. 10.0.0.5:6379), ray://HOST:PORT (Ray Client) or 'auto'"
@@ -89,10 +90,13 @@ def _ray_address_file() -> Path:
 
 
 def check_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
-    """Raise :class:`cli.CLIError` when nothing answers at ``--address``, within ``timeout`` s.
+    """Raise :class:`cli.CLIError` when no Ray head answers at ``--address``, within
+    ``timeout`` s (for the connection, then for the handshake).
 
     Why: ``ray.init`` retries an address nobody listens at for a minute or more, printing
-    a warning per try. A TCP connection to the head tells in seconds. ``auto`` resolves as
+    a warning per try, and hangs for minutes on a port that accepts but is no Ray. A TCP
+    connection and an HTTP/2 handshake (:func:`_http2_handshake`; the GCS is a gRPC
+    server) tell in seconds. ``auto`` resolves as
     ``ray.init`` does: ``$RAY_ADDRESS``, else the cluster ``ray start`` recorded
     (:func:`_ray_address_file`); with neither, ``ray.init`` looks for a local Ray itself
     and its ``ConnectionError`` becomes the error (see :func:`_init`). ``local`` starts a
@@ -119,8 +123,8 @@ def check_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
             return
     host, port = _endpoint(target, source)
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            answer = _http2_handshake(conn, timeout)
     except socket.gaierror as e:
         raise cli.CLIError(f"{source}: cannot resolve host {host!r} ({e.strerror})") from None
     except TimeoutError:
@@ -128,6 +132,41 @@ def check_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
     except OSError as e:
         raise cli.CLIError(f"{source}: nothing listens at {host}:{port} ({e.strerror or e}); start the head with "
                        f"`ray start --head` or give the address it printed") from None
+    if answer is not None:
+        raise cli.CLIError(f"{source}: {host}:{port} is not a Ray head ({answer}); give the address `ray start --head` "
+                           f"printed (GCS port, 6379 by default) or ray://HOST:10001")
+
+
+# The client connection preface of HTTP/2 (RFC 9113, section 3.4) and an empty SETTINGS frame.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_SETTINGS = 0x4
+
+
+def _http2_handshake(conn: socket.socket, timeout: float) -> str | None:
+    """``None`` if the server at ``conn`` speaks gRPC's HTTP/2: it answers the client
+    preface with a SETTINGS frame on stream 0, as every gRPC server (Ray's GCS, the Ray
+    Client server) does at once. Else what it did instead, in words. A TCP connect alone
+    would accept any listener (``ray.init`` then waits minutes on it). With
+    ``RAY_USE_TLS`` set the handshake is TLS first, so only the connect is checked."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+        return None
+    conn.settimeout(timeout)
+    conn.sendall(_HTTP2_PREFACE)
+    header = b""
+    try:
+        while len(header) < 9:
+            chunk = conn.recv(9 - len(header))
+            if not chunk:
+                return "it closed the connection without an HTTP/2 answer" if not header else "its answer is not HTTP/2"
+            header += chunk
+    except TimeoutError:
+        return f"it sent {'nothing' if not header else 'too little'} within {timeout:g} s in answer to an HTTP/2 handshake"
+    except OSError as e:
+        return f"it dropped the HTTP/2 handshake ({e.strerror or e})"
+    frame_type, stream = header[3], int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+    if frame_type != _SETTINGS or stream != 0:
+        return "its answer is not HTTP/2 (no SETTINGS frame)"
+    return None
 
 
 def _init(ray: Any, address: str | None, num_cpus: int | None) -> None:
@@ -141,6 +180,25 @@ def _init(ray: Any, address: str | None, num_cpus: int | None) -> None:
     except ConnectionError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise cli.CLIError(f"--address {address}: cannot join the Ray cluster: {first}") from None
+
+
+def _check_flags(args: argparse.Namespace, study: Any, resources: Any) -> None:
+    """Every ``ray run`` flag under its own name, then what only the search can judge."""
+    from ..ray._search import check_search_args
+
+    check_int("--num-cpus", args.num_cpus, minimum=1, allow_none=True)
+    check_int("--max-concurrent", args.max_concurrent, minimum=1, allow_none=True)
+    check_int("--max-failures", args.max_failures, minimum=-1)
+    check_float("--reduction-factor", args.reduction_factor, low=1.0, low_open=True)
+    check_seed("--seed", args.seed)
+    for flag, value in (("--cpus-per-trial", args.cpus_per_trial), ("--gpus-per-trial", args.gpus_per_trial)):
+        check_float(flag, value, low=0.0, allow_none=True)
+    if args.resume and not (args.storage_path and args.name):
+        raise cli.CLIError("--resume needs --storage-path and --name (the experiment folder to restore)")
+    check_search_args(study, method=args.method, num_samples=args.trials, scheduler=args.scheduler, seed=args.seed,
+                      resources=resources, max_concurrent_trials=args.max_concurrent, max_failures=args.max_failures,
+                      min_resource=args.min_resource, reduction_factor=args.reduction_factor, api=args.api,
+                      neve_signal=args.neve_signal)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -162,6 +220,7 @@ def _run(args: argparse.Namespace) -> int:
             resources["gpu"] = args.gpus_per_trial
     if args.address and args.num_cpus is not None:
         raise cli.CLIError("--num-cpus is for a local Ray; a cluster joined with --address has its own")
+    _check_flags(args, study, resources)  # all of them before ray.init: a bad flag costs no cluster start
     if args.address:
         check_address(args.address)  # before ray.init, which would retry for a minute
     started = False
@@ -181,7 +240,7 @@ def _run(args: argparse.Namespace) -> int:
             resources=resources,
             max_concurrent_trials=args.max_concurrent,
             max_failures=args.max_failures,
-            grace_period=args.min_resource,
+            min_resource=args.min_resource,
             neve_signal=args.neve_signal,
             reduction_factor=args.reduction_factor,
             api=args.api,

@@ -32,6 +32,8 @@ from ._objective import SUMMARY_ATTRS, checkpoint_path_for, make_objective, sugg
 from ._plots import plot_study
 from ._pruner import SETTINGS_ATTR, NeVePruner
 from ._report import EPOCH_ATTR_PREFIX, epoch_key, report_epoch, trial_history
+from ._sampler import TrialSeededTPESampler
+from ._stop import WorkerInterrupted
 from ._storage import StorageError, make_storage, redact_url
 from ._worker import StudyNotFoundError, open_study, run_worker
 from ._search import search_trials
@@ -43,6 +45,8 @@ __all__ = [
     "SUMMARY_ATTRS",
     "StorageError",
     "StudyNotFoundError",
+    "TrialSeededTPESampler",
+    "WorkerInterrupted",
     "checkpoint_path_for",
     "epoch_key",
     "make_objective",

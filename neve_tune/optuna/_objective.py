@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import socket
@@ -16,16 +17,17 @@ from optuna.trial import BaseTrial
 
 from .._checks import check_choice
 from ..data import DataBundle
-from ..records import Cost, TrialResult
+from ..records import SEARCH_METHODS, Cost, TrialResult
 from ..space import Choice, IntUniform, LogUniform, Uniform
 from ..study import Study, load_study
 from ..train import load_checkpoint
 from ..trial import run_trial
 from ._report import report_epoch, running_trial, trial_history
+from ._stop import Abandon, PoliteStop
 
 __all__ = ["make_objective", "suggest_config", "checkpoint_path_for", "SUMMARY_ATTRS"]
 
-OBJECTIVE_METHODS = ("neve", "asha", "asha_es")
+OBJECTIVE_METHODS = SEARCH_METHODS
 # user attributes a finished (COMPLETE or PRUNED) trial carries besides its epoch series
 SUMMARY_ATTRS = ("method", "seed", "stopped_by", "epochs", "objective", "best_epoch", "test_acc", "test_loss", "cost")
 
@@ -91,6 +93,7 @@ def make_objective(
     evaluate_test: bool = True,
     keep_checkpoints: bool = False,
     model_fn: Callable[[], torch.nn.Module] | None = None,
+    stop: PoliteStop | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """An Optuna objective that trains one sampled configuration of ``study``.
 
@@ -109,10 +112,13 @@ def make_objective(
     :func:`checkpoint_path_for`; a trial retried after its worker died
     (``RetryHeartbeatStaleTrialCallback``) resumes from that checkpoint and reports only
     the epochs its predecessor had not, so its velocity series is the uninterrupted one.
-    The checkpoint is deleted when the trial finishes unless ``keep_checkpoints``.
+    Temporary files a killed save left beside that checkpoint are removed first. The
+    checkpoint is deleted when the trial finishes unless ``keep_checkpoints``.
 
     The data set is loaded once, on the first trial (or pass ``data``); ``model_fn``
     replaces the study's model (a factory of fresh models, for your own architecture).
+    ``stop`` (used by :func:`~neve_tune.optuna.run_worker`) lets SIGINT/SIGTERM leave
+    a trial between epochs or mid-epoch without failing it (``neve_tune.optuna._stop``).
 
     Example::
 
@@ -128,72 +134,111 @@ def make_objective(
     """
     study = load_study(study)
     check_choice("method", method, OBJECTIVE_METHODS)
-    signal = "velocity" if method == "neve" else "val_loss"
-    lock = threading.Lock()
-    cache: dict[str, DataBundle] = {}
+    run = _TrialRun(study, method, seed, device, checkpoint_dir, evaluate_test, keep_checkpoints, model_fn,
+                    stop or PoliteStop())
     if data is not None:
-        cache["data"] = data
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+        run.cache["data"] = data
+    return run
 
-    def get_data() -> DataBundle:
-        with lock:
-            if "data" not in cache:
-                cache["data"] = study.load_data()
-            return cache["data"]
 
-    def objective(trial: optuna.Trial) -> float:
-        config = suggest_config(trial, study)
-        bundle = get_data()
-        ckpt = checkpoint_path_for(checkpoint_dir, trial) if checkpoint_dir is not None else None
-        trial.set_user_attr("worker", worker)
+class _TrialRun:
+    """The objective :func:`make_objective` returns: one call trains one trial."""
+
+    def __init__(self, study: Study, method: str, seed: int, device: Any, checkpoint_dir: Any, evaluate_test: bool,
+                 keep: bool, model_fn: Any, stop: PoliteStop) -> None:
+        self.study, self.method, self.seed, self.device = study, method, seed, device
+        self.checkpoint_dir, self.evaluate_test, self.keep, self.model_fn = checkpoint_dir, evaluate_test, keep, model_fn
+        self.stop = stop
+        self.signal = "velocity" if method == "neve" else "val_loss"
+        self.lock = threading.Lock()
+        self.cache: dict[str, DataBundle] = {}
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.current_trial: int | None = None  # the trial a polite stop left (None once it ended)
+
+    def data(self) -> DataBundle:
+        with self.lock:
+            if "data" not in self.cache:
+                self.cache["data"] = self.study.load_data()
+            return self.cache["data"]
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.current_trial = trial.number
+        try:
+            value = self._train(trial)
+        except Abandon:
+            raise
+        except BaseException:
+            self.current_trial = None
+            raise
+        self.current_trial = None
+        return value
+
+    def _train(self, trial: optuna.Trial) -> float:
+        with self.stop.writing():
+            config = suggest_config(trial, self.study)
+            trial.set_user_attr("worker", self.worker)
+        bundle = self.data()
+        ckpt = self._checkpoint(trial)
         last: dict[str, Any] = {}
-
-        if ckpt is not None and ckpt.exists():
-            # A retry: report the epochs the checkpoint holds that this trial does not
-            # (report_epoch skips the others), then judge them once.
-            history = list(load_checkpoint(ckpt).get("history", []))
-            for m in history:
-                report_epoch(trial, m, signal=signal)
-            if history:
-                last = dict(history[-1])
-                trial.set_user_attr("resumed_from_epoch", int(history[-1]["epoch"]))
-                if trial.should_prune():
-                    _finish_pruned(trial, method, seed, last, ckpt, keep_checkpoints, len(bundle.train))
-                    raise optuna.TrialPruned(f"pruned at epoch {last['epoch']} (restored)")
+        with self.stop.writing():
+            self._replay(trial, ckpt, last, len(bundle.train))  # type: ignore[arg-type]
 
         def on_epoch(metrics: dict[str, Any]) -> None:
-            last.clear()
-            last.update(metrics)
-            report_epoch(trial, metrics, signal=signal)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {metrics['epoch']}")
+            with self.stop.writing():
+                last.clear()
+                last.update(metrics)
+                report_epoch(trial, metrics, signal=self.signal)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {metrics['epoch']}")
 
         try:
-            record = run_trial(
-                study,
-                config,
-                method=method,
-                seed=seed,
-                device=device,
-                checkpoint_path=ckpt,
-                on_epoch=on_epoch,
-                data=bundle,
-                evaluate_test=evaluate_test,
-                model_fn=model_fn,
-            )
+            with self.stop.abandonable():
+                record = run_trial(self.study, config, method=self.method, seed=self.seed, device=self.device,
+                                   checkpoint_path=ckpt, on_epoch=on_epoch, data=bundle,
+                                   evaluate_test=self.evaluate_test, model_fn=self.model_fn)
         except optuna.TrialPruned:
-            _finish_pruned(trial, method, seed, last, ckpt, keep_checkpoints, len(bundle.train))
+            with self.stop.writing(then_stop=False):
+                _finish_pruned(trial, self.method, self.seed, last, ckpt, self.keep, len(bundle.train))  # type: ignore[arg-type]
             raise
+        with self.stop.writing(then_stop=False):
+            return self._finish(trial, record, ckpt, len(bundle.train))  # type: ignore[arg-type]
+
+    def _checkpoint(self, trial: BaseTrial) -> Path | None:
+        """The trial's checkpoint path; temporary files a killed save left there are removed
+        (this trial is the only writer: its previous worker is dead or stopped)."""
+        if self.checkpoint_dir is None:
+            return None
+        ckpt = checkpoint_path_for(self.checkpoint_dir, trial)
+        if ckpt.parent.is_dir():
+            for stale in ckpt.parent.glob(glob.escape(ckpt.name) + ".tmp*"):
+                stale.unlink(missing_ok=True)
+        return ckpt
+
+    def _replay(self, trial: BaseTrial, ckpt: Path | None, last: dict[str, Any], train_size: int) -> None:
+        """A retry: report the epochs the checkpoint holds that this trial does not
+        (report_epoch skips the others), then judge them once."""
+        if ckpt is None or not ckpt.exists():
+            return
+        history = list(load_checkpoint(ckpt).get("history", []))
+        for m in history:
+            report_epoch(trial, m, signal=self.signal)
+        if history:
+            last.update(history[-1])
+            trial.set_user_attr("resumed_from_epoch", int(history[-1]["epoch"]))
+            if trial.should_prune():
+                _finish_pruned(trial, self.method, self.seed, last, ckpt, self.keep, train_size)
+                raise optuna.TrialPruned(f"pruned at epoch {last['epoch']} (restored)")
+
+    def _finish(self, trial: BaseTrial, record: TrialResult, ckpt: Path | None, train_size: int) -> float:
+        """A diverged or stalled trial is pruned; a finished one stores its summary."""
         if record.stopped_by in ("diverged", "stalled"):
             final = record.history[-1] if record.history else {}
-            _finish_pruned(trial, method, seed, final, ckpt, keep_checkpoints, len(bundle.train), record.stopped_by)
+            _finish_pruned(trial, self.method, self.seed, final, ckpt, self.keep, train_size, record.stopped_by)
             raise optuna.TrialPruned(f"{record.stopped_by} at epoch {record.epochs}")
         for key, value in _summary(record).items():
             trial.set_user_attr(key, value)
-        _drop(ckpt, keep_checkpoints)
+        _drop(ckpt, self.keep)
         return float(record.objective)
-
-    return objective
 
 
 def _drop(ckpt: Path | None, keep: bool) -> None:

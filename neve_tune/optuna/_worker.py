@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Any, Callable, Sequence
 
 import optuna
 import torch
 from optuna.pruners import BasePruner, SuccessiveHalvingPruner
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from .._checks import check_choice, check_float, check_int
+from .._checks import check_choice, check_device, check_float, check_int, check_seed
 from ..study import Study, load_study
 from ..trial import resolve_device
 from ._objective import OBJECTIVE_METHODS, make_objective
 from ._pruner import NeVePruner
+from ._sampler import TrialSeededTPESampler
+from ._stop import Abandon, PoliteStop, WorkerInterrupted
 from ._storage import make_storage, redact_url, storage_kind
 
-__all__ = ["run_worker", "open_study", "StudyNotFoundError", "METHOD_ATTR", "format_trial"]
+__all__ = ["run_worker", "open_study", "StudyNotFoundError", "METHOD_ATTR", "format_trial", "check_direction",
+           "WorkerInterrupted"]
 
 METHOD_ATTR = "neve_method"  # study user attribute: the method every worker must run
 
@@ -36,14 +41,18 @@ def open_study(
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: BasePruner | None = None,
     heartbeat_interval: int | None = 60,
-    grace_period: int | None = None,
+    heartbeat_grace_period: int | None = None,
     max_retry: int | None = 3,
+    grace_period: int | None = None,
 ) -> optuna.Study:
     """Load ``study_name`` from ``storage`` (a URL, see :func:`make_storage`); create it
     when ``create`` or when the storage is in-memory. Raises :class:`StorageError` for an
     unreachable storage and :class:`StudyNotFoundError` for a missing study, both with
-    the password redacted."""
-    backend = make_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry)
+    the password redacted. ``grace_period`` is the deprecated name of
+    ``heartbeat_grace_period``."""
+    heartbeat_grace_period = _renamed("grace_period", grace_period, "heartbeat_grace_period", heartbeat_grace_period)
+    backend = make_storage(storage, heartbeat_interval=heartbeat_interval, heartbeat_grace_period=heartbeat_grace_period,
+                           max_retry=max_retry)
     if backend is None or create:
         check_choice("direction", direction, ("minimize", "maximize"))
         return optuna.create_study(
@@ -66,6 +75,16 @@ def open_study(
             f"create it with `optuna create-study --study-name {study_name} --storage URL --direction minimize`, "
             "or pass --create"
         ) from None
+
+
+def _renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
+    """The value of a renamed parameter given under its deprecated name (one release)."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise ValueError(f"give {new} only ({old} is its deprecated name)")
+    warnings.warn(f"{old} is deprecated, use {new}", DeprecationWarning, stacklevel=3)
+    return old_value
 
 
 def format_trial(trial: FrozenTrial) -> str:
@@ -112,27 +131,37 @@ def run_worker(
     create: bool = False,
     direction: str = "minimize",
     heartbeat_interval: int | None = 60,
-    grace_period: int | None = None,
+    heartbeat_grace_period: int | None = None,
     max_retry: int | None = 3,
     torch_threads: int | None = None,
     changes: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = print,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    grace_period: int | None = None,
 ) -> optuna.Study:
     """Run trials of ``study_file`` against the Optuna study ``study_name`` in ``storage``.
 
     This is what ``neve-tune optuna worker`` runs on each machine. ``n_trials`` trials (or
     until ``timeout`` seconds; or until the study holds ``total_trials`` finished trials)
-    are sampled by TPE and trained by :func:`make_objective`. The pruner is a
-    :class:`NeVePruner` (``method="neve"``; settings from ``pruner_options``, else those
-    stored in the study, else the defaults) or Optuna's ``SuccessiveHalvingPruner`` on
-    validation loss (the ``"asha"`` baselines). With an RDB storage, trials send
-    heartbeats and a trial whose worker died is retried and resumes from its checkpoint
-    under ``checkpoint_dir`` (shared storage when the workers run on several machines).
-    ``changes`` overrides fields of the study file (e.g. ``{"max_epochs": 5}``).
+    are sampled by TPE and trained by :func:`make_objective`. With ``sampler_seed``, each
+    trial's TPE is seeded from it and the trial number (:class:`TrialSeededTPESampler`),
+    so workers given one seed never sample alike. The pruner is a :class:`NeVePruner`
+    (``method="neve"``; settings from ``pruner_options``, else those stored in the study,
+    else the defaults) or Optuna's ``SuccessiveHalvingPruner`` on validation loss (the
+    ``"asha"`` baselines). The objective is a loss, so the study must minimize. With an
+    RDB storage, trials send heartbeats every ``heartbeat_interval`` s, a trial silent for
+    ``heartbeat_grace_period`` s (its worker died) is retried and resumes from its
+    checkpoint under ``checkpoint_dir`` (shared storage when the workers run on several
+    machines). ``changes`` overrides fields of the study file (e.g. ``{"max_epochs": 5}``).
+
+    SIGINT/SIGTERM stop the worker politely (``neve_tune.optuna._stop``): the running
+    trial keeps its checkpoint and is re-queued at once, then :class:`WorkerInterrupted`
+    (a ``KeyboardInterrupt``) is raised. ``grace_period`` is the deprecated name of
+    ``heartbeat_grace_period``.
 
     Raises :class:`StorageError`, :class:`StudyNotFoundError`, ``ValueError`` (conflicting
-    settings, bad arguments) and ``FileNotFoundError`` (unknown study file).
+    settings, bad arguments) and ``FileNotFoundError`` (unknown study file), all before any
+    trial starts.
 
     Example::
 
@@ -141,88 +170,165 @@ def run_worker(
         >>> len(search.trials)
         2
     """
-    study = load_study(study_file)
-    if changes:
-        study = study.replace(**changes)
-    study.validate()
-    check_choice("method", method, OBJECTIVE_METHODS)
-    n_trials = check_int("n_trials", n_trials, minimum=1, allow_none=True)
-    total_trials = check_int("total_trials", total_trials, minimum=1, allow_none=True)
-    torch_threads = check_int("torch_threads", torch_threads, minimum=1, allow_none=True)
-    timeout = check_float("timeout", timeout, positive=True, allow_none=True)
-    resolve_device(device)  # an unknown or absent device fails here, not as a FAIL trial
+    heartbeat_grace_period = _renamed("grace_period", grace_period, "heartbeat_grace_period", heartbeat_grace_period)
+    study = load_study(study_file).replace(**(changes or {}))
+    settings = _WorkerSettings.checked(n_trials=n_trials, total_trials=total_trials, torch_threads=torch_threads,
+                                       timeout=timeout, method=method, seed=seed, device=device,
+                                       sampler_seed=sampler_seed, direction=direction, max_retry=max_retry)
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
     data = study.load_data()  # fail here, not inside a trial, when the data set is missing
     study_name = study_name or study.name
-    sampler = optuna.samplers.TPESampler(seed=sampler_seed)
-    search = open_study(
-        study_name,
-        storage,
-        create=create,
-        direction=direction,
-        sampler=sampler,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-        max_retry=max_retry,
-    )
+    search = open_study(study_name, storage, create=create, direction=direction, sampler=_sampler(sampler_seed),
+                        heartbeat_interval=heartbeat_interval, heartbeat_grace_period=heartbeat_grace_period,
+                        max_retry=max_retry)
+    _check_search(search, method)
+    search.pruner = _pruner(search, method, pruner, pruner_options)
+    if checkpoint_dir is None and storage_kind(storage) == "rdb" and heartbeat_interval is not None and log:
+        log("note: no checkpoint directory, so a retried trial restarts from epoch 0 (pass --checkpoint-dir)")
+    stop = PoliteStop()
+    objective = make_objective(study, method=method, seed=seed, device=device, checkpoint_dir=checkpoint_dir,
+                               data=data, keep_checkpoints=keep_checkpoints, stop=stop)
+    mine: list[int] = []
+    cbs, n_trials = _callbacks(mine, log, callbacks, total_trials, settings.n_trials, timeout, stop)
+    if log:
+        log(f"worker {os.getpid()}: study {study_name!r} in {redact_url(storage)}, method={method}, "
+            f"pruner={search.pruner!r}, sampler={search.sampler!r}, "
+            f"trials={n_trials if n_trials is not None else 'unbounded'}")
+    t0 = time.perf_counter()
+    _optimize(search, objective, stop, n_trials=n_trials, timeout=timeout, callbacks=cbs, max_retry=max_retry)
+    if log:
+        log(_closing_line(search, len(mine), time.perf_counter() - t0))
+    return search
+
+
+class _WorkerSettings:
+    """The worker's own arguments, checked before any storage or data is touched."""
+
+    n_trials: int | None
+
+    @classmethod
+    def checked(cls, **kw: Any) -> "_WorkerSettings":
+        self = cls()
+        check_choice("method", kw["method"], OBJECTIVE_METHODS)
+        self.n_trials = check_int("n_trials", kw["n_trials"], minimum=1, allow_none=True)
+        check_int("total_trials", kw["total_trials"], minimum=1, allow_none=True)
+        check_int("torch_threads", kw["torch_threads"], minimum=1, allow_none=True)
+        check_float("timeout", kw["timeout"], positive=True, allow_none=True)
+        check_seed("seed", kw["seed"])
+        check_seed("sampler_seed", kw["sampler_seed"], allow_none=True)
+        check_int("max_retry", kw["max_retry"], minimum=0, allow_none=True)
+        check_direction("direction", kw["direction"])
+        resolve_device(check_device("device", kw["device"]))  # absent devices fail here, not as FAIL trials
+        return self
+
+
+def check_direction(name: str, direction: Any) -> str:
+    """The objective of every method is a loss (training or validation), so a study
+    must minimize it; ``maximize`` would search for the worst configuration."""
+    check_choice(name, direction, ("minimize", "maximize"))
+    if direction != "minimize":
+        raise ValueError(f"{name} must be 'minimize': the objective is a loss (training loss for neve, "
+                         f"validation loss for the baselines), got {direction!r}")
+    return direction
+
+
+def _sampler(sampler_seed: int | None) -> optuna.samplers.BaseSampler:
+    """Seeded: TPE seeded per trial (workers sharing a seed sample apart); else TPE
+    seeded from the OS (every worker its own stream)."""
+    return optuna.samplers.TPESampler() if sampler_seed is None else TrialSeededTPESampler(sampler_seed)
+
+
+def _check_search(search: optuna.Study, method: str) -> None:
+    """One objective, minimized, run with the method stored in the study."""
     if len(search.directions) != 1:
-        raise ValueError(f"study {study_name!r} has {len(search.directions)} objectives; a worker needs a single-objective study")
+        raise ValueError(f"study {search.study_name!r} has {len(search.directions)} objectives; "
+                         "a worker needs a single-objective study")
+    if search.direction != optuna.study.StudyDirection.MINIMIZE:
+        raise ValueError(f"study {search.study_name!r} maximizes; its objective is a loss, so it must minimize "
+                         f"(create it with --direction minimize)")
     _check_method(search, method)
+
+
+def _pruner(search: optuna.Study, method: str, pruner: BasePruner | None, options: dict[str, Any] | None) -> BasePruner:
+    """The given pruner, else NeVe's (settings: ``options``, else the study's) or
+    successive halving on validation loss for the baselines."""
     if pruner is None:
         if method == "neve":
-            pruner = NeVePruner.from_study(search, **(pruner_options or {}))
+            pruner = NeVePruner.from_study(search, **(options or {}))
         else:
-            if pruner_options:
-                raise ValueError(f"pruner options {sorted(pruner_options)} apply to method 'neve' only")
+            if options:
+                raise ValueError(f"pruner options {sorted(options)} apply to method 'neve' only")
             pruner = SuccessiveHalvingPruner(min_resource=1, reduction_factor=4)
     if isinstance(pruner, NeVePruner):
         pruner.bind(search)  # refuse now, not in the middle of a trial
-    search.pruner = pruner
+    return pruner
 
-    if checkpoint_dir is None and storage_kind(storage) == "rdb" and heartbeat_interval is not None:
-        if log:
-            log("note: no checkpoint directory, so a retried trial restarts from epoch 0 (pass --checkpoint-dir)")
-    objective = make_objective(
-        study,
-        method=method,
-        seed=seed,
-        device=device,
-        checkpoint_dir=checkpoint_dir,
-        data=data,
-        keep_checkpoints=keep_checkpoints,
-    )
-    mine: list[int] = []
+
+def _callbacks(mine: list[int], log: Callable[[str], None] | None, extra: Sequence[Callable[..., None]],
+               total_trials: int | None, n_trials: int | None, timeout: float | None,
+               stop: PoliteStop) -> tuple[list[Callable[[optuna.Study, FrozenTrial], None]], int | None]:
+    """The callbacks after each trial (its line, the study's total, a polite stop) and
+    the trial count ``optimize`` runs."""
 
     def on_finish(s: optuna.Study, t: FrozenTrial) -> None:
         mine.append(t.number)
         if log:
             log(format_trial(t))
 
-    cbs: list[Callable[[optuna.Study, FrozenTrial], None]] = [on_finish, *callbacks]
+    def stop_between_trials(s: optuna.Study, t: FrozenTrial) -> None:
+        if stop.requested:
+            s.stop()
+
+    cbs: list[Callable[[optuna.Study, FrozenTrial], None]] = [on_finish, *extra, stop_between_trials]
     if total_trials is not None:
         cbs.append(optuna.study.MaxTrialsCallback(total_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)))
         if n_trials is None and timeout is None:
             n_trials = total_trials
-    if log:
-        log(
-            f"worker {os.getpid()}: study {study_name!r} in {redact_url(storage)}, method={method}, "
-            f"pruner={pruner!r}, trials={n_trials if n_trials is not None else 'unbounded'}"
-        )
-    t0 = time.perf_counter()
-    search.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=cbs, gc_after_trial=False)
-    if log:
-        counts = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
-        for t in search.get_trials(deepcopy=False):
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        line = f"worker {os.getpid()}: ran {len(mine)} trials in {time.perf_counter() - t0:.1f}s; study: " + ", ".join(
-            f"{k.lower()}={v}" for k, v in counts.items() if v
-        )
-        try:
-            best = search.best_trial
-            line += f"; best trial {best.number} value={best.value:.5g} params={best.params}"
-        except ValueError:
-            pass
-        log(line)
-    return search
+    return cbs, n_trials
 
+
+def _optimize(search: optuna.Study, objective: Callable[[optuna.Trial], float], stop: PoliteStop, *,
+              n_trials: int | None, timeout: float | None, callbacks: list[Callable[..., None]],
+              max_retry: int | None) -> None:
+    """``search.optimize`` under SIGINT/SIGTERM handlers: a trial left by a polite stop is
+    failed and re-queued at once with the heartbeat's retry callback (its checkpoint,
+    intermediate values and rung state carry over), then :class:`WorkerInterrupted`."""
+    with stop.installed():
+        try:
+            search.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=callbacks, gc_after_trial=False)
+        except Abandon:
+            pass
+    if not stop.requested:
+        return
+    number = getattr(objective, "current_trial", None)
+    if number is None or search.get_trials(deepcopy=False)[number].state != TrialState.RUNNING:
+        raise WorkerInterrupted(stop.signal_name or "a signal")
+    search.tell(number, state=TrialState.FAIL)
+    failed = search.get_trials(deepcopy=False)[number]
+    before = {t.number for t in search.get_trials(deepcopy=False)}
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)(search, failed)
+    added = sorted({t.number for t in search.get_trials(deepcopy=False)} - before)
+    epochs = max(failed.intermediate_values, default=0)
+    raise WorkerInterrupted(stop.signal_name or "a signal", number, added[0] if added else None, epochs)
+
+
+
+
+
+def _closing_line(search: optuna.Study, ran: int, seconds: float) -> str:
+    """The worker's last line: its trials, the study's states, the best trial."""
+    counts = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
+    for t in search.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    line = f"worker {os.getpid()}: ran {ran} trials in {seconds:.1f}s; study: " + ", ".join(
+        f"{k.lower()}={v}" for k, v in counts.items() if v
+    )
+    try:
+        best = search.best_trial
+        line += f"; best trial {best.number} value={best.value:.5g} params={best.params}"
+    except ValueError:
+        pass
+    return line

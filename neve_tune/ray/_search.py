@@ -7,6 +7,7 @@ import math
 import tempfile
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -14,18 +15,16 @@ import ray
 from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_float, check_int, check_seed
 from ..compare._records import SearchTrial
-from ..records import Cost
-from ..space import Choice, LogUniform, Uniform
+from ..records import SCHEDULERS, Cost
 from ..study import Study, load_study
 from ._scheduler import NeVeASHAScheduler
 from ._stopper import NeVeStopper
 from ._trainable import TRAINABLE_METHODS, check_resources, check_resources_available, neve_trainable, reported_metrics, to_ray_space
 
-__all__ = ["APIS", "SCHEDULERS", "asha_scheduler", "run_search", "search_trials", "summarize"]
+__all__ = ["APIS", "SCHEDULERS", "asha_scheduler", "check_search_args", "run_search", "search_trials", "summarize"]
 
-SCHEDULERS = ("auto", "neve_asha", "asha", "fifo")
 APIS = ("tuner", "run")
 
 
@@ -41,7 +40,10 @@ def asha_scheduler(study: "Study | str | os.PathLike", **overrides: Any) -> Any:
     return ASHAScheduler(**kw)
 
 
-def _scheduler(kind: str, study: Study, method: str, grace_period: int, reduction_factor: float, signal: str) -> Any:
+def _scheduler(kind: str, study: Study, method: str, min_resource: int, reduction_factor: float, signal: str,
+               build: bool = True) -> Any:
+    """The trial scheduler ``kind`` names for ``method`` (``build=False``: only check
+    that the pair fits)."""
     if kind == "auto":
         kind = "neve_asha" if method == "neve" else "asha"
     if kind == "fifo":
@@ -49,12 +51,12 @@ def _scheduler(kind: str, study: Study, method: str, grace_period: int, reductio
     if kind == "asha":
         if method == "neve":
             raise ValueError("scheduler 'asha' decides on val_loss, which method 'neve' does not report; use 'neve_asha'")
-        return asha_scheduler(study, grace_period=grace_period, reduction_factor=reduction_factor)
+        return asha_scheduler(study, grace_period=min_resource, reduction_factor=reduction_factor) if build else None
     if kind == "neve_asha":
         if method != "neve":
             raise ValueError(f"scheduler 'neve_asha' needs method 'neve', got {method!r}; use 'asha'")
-        return NeVeASHAScheduler(metric=signal, max_t=study.max_epochs, grace_period=grace_period,
-                                 reduction_factor=reduction_factor)
+        return NeVeASHAScheduler(metric=signal, max_t=study.max_epochs, grace_period=min_resource,
+                                 reduction_factor=reduction_factor) if build else None
     raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {kind!r}")
 
 
@@ -98,7 +100,7 @@ def run_search(
     resources: Mapping[str, float] | None = None,
     max_concurrent_trials: int | None = None,
     max_failures: int = 0,
-    grace_period: int = 1,
+    min_resource: int | None = None,
     reduction_factor: float = 4,
     api: str = "tuner",
     resume: bool = False,
@@ -109,6 +111,7 @@ def run_search(
     data: Any = None,
     model_fn: Any = None,
     neve_signal: str = "train_loss",
+    grace_period: int | None = None,
 ) -> Any:
     """Run one Ray Tune search of ``study`` on the connected Ray cluster (``ray.init``
     first; a local one is started if none is) and return its ``ResultGrid``
@@ -116,96 +119,107 @@ def run_search(
 
     ``method="neve"``: :func:`neve_trainable` + :class:`NeVeStopper` +
     :class:`NeVeASHAScheduler` (``scheduler="auto"``); ``method="asha"``/``"asha_es"``:
-    the validation baseline with Ray's ``ASHAScheduler`` on ``val_loss``. Trials are
-    sampled from :func:`to_ray_space` with a seeded ``BasicVariantGenerator`` (same seed,
-    same configurations); trial ``i`` trains with seed ``seed``. ``storage_path`` must be
-    shared by every node on a cluster. ``data``/``model_fn`` replace the study's data set
-    and model (see :func:`neve_trainable`). ``resume=True`` restores the experiment
-    ``storage_path/name`` with ``Tuner.restore`` and finishes it. ``reuse_actors`` (on by
-    default) keeps trial processes between trials: a fresh one spends seconds importing
-    torch (see ``benchmarks/ray_trials.py``). ``neve_signal`` is the rung metric of
-    :class:`NeVeASHAScheduler` (``"train_loss"`` or ``"velocity"``).
+    the validation baseline with Ray's ``ASHAScheduler`` on ``val_loss``. Both start their
+    first rung at ``min_resource`` epochs (default 1; Ray calls it ``grace_period``, the
+    deprecated name of this argument). Trials are sampled at random from
+    :func:`to_ray_space` with a seeded ``BasicVariantGenerator`` (same seed, same
+    configurations; not TPE, unlike the Optuna backend); trial ``i`` trains with seed
+    ``seed``. ``storage_path`` must be shared by every node on a cluster. ``data``/
+    ``model_fn`` replace the study's data set and model (see :func:`neve_trainable`).
+    ``resume=True`` restores the experiment ``storage_path/name`` with ``Tuner.restore``
+    and finishes it. ``reuse_actors`` (on by default) keeps trial processes between
+    trials: a fresh one spends seconds importing torch (see ``benchmarks/ray_trials.py``).
+    ``neve_signal`` is the rung metric of :class:`NeVeASHAScheduler` (``"train_loss"`` or
+    ``"velocity"``). Every argument is checked (:func:`check_search_args`) before Ray starts.
     """
+    if grace_period is not None:
+        if min_resource is not None:
+            raise ValueError("give min_resource only (grace_period is its deprecated name)")
+        warnings.warn("grace_period is deprecated, use min_resource", DeprecationWarning, stacklevel=2)
+        min_resource = grace_period
+    min_resource = 1 if min_resource is None else min_resource
     study = load_study(study)
-    check_choice("method", method, TRAINABLE_METHODS)
-    check_choice("api", api, APIS)
-    check_choice("neve_signal", neve_signal, ("train_loss", "velocity"))
-    check_int("num_samples", num_samples, minimum=1)
-    check_int("grace_period", grace_period, minimum=1)
-    check_int("max_failures", max_failures, minimum=-1)
-    check_int("max_concurrent_trials", max_concurrent_trials, minimum=1, allow_none=True)
-    thr = study.search_space.get("threshold")
-    if isinstance(thr, (LogUniform, Uniform)) and not thr.low > 0:
-        raise ValueError(f"search space 'threshold' must be > 0, got low={thr.low}")
-    if isinstance(thr, Choice) and not all(isinstance(v, (int, float)) and v > 0 for v in thr.values):
-        raise ValueError(f"search space 'threshold' values must be > 0, got {list(thr.values)}")
-    if not study.defaults.get("threshold", 1) > 0:
-        raise ValueError(f"study default threshold must be > 0, got {study.defaults.get('threshold')!r}")
-    res = check_resources(resources if resources is not None else study.resources)
+    res = check_search_args(study, method=method, num_samples=num_samples, scheduler=scheduler, seed=seed,
+                            resources=resources, max_concurrent_trials=max_concurrent_trials, max_failures=max_failures,
+                            min_resource=min_resource, reduction_factor=reduction_factor, api=api,
+                            neve_signal=neve_signal, resume=resume, storage_path=storage_path, name=name)
     if not ray.is_initialized():
         ray.init(address="local", include_dashboard=False)
     check_resources_available(res)
-
     trainable = neve_trainable(study, method=method, seed=seed, device=device, resources=res, data=data, model_fn=model_fn)
-    sched = _scheduler(scheduler, study, method, grace_period, reduction_factor, neve_signal)
-    stop: Any = None
-    if method == "neve" and stopper:
-        stop = stopper if isinstance(stopper, NeVeStopper) else NeVeStopper()
-    elif not isinstance(stopper, bool):
-        stop = stopper
+    sched = _scheduler(scheduler, study, method, min_resource, reduction_factor, neve_signal)
     storage = str(Path(storage_path).resolve()) if storage_path is not None else None
+    if resume:
+        return _restore(trainable, storage, name)
     # the scheduler's rungs travel in Tune's experiment checkpoint through its callback
     cbs = [_TrialLines()] + ([sched.callback()] if isinstance(sched, NeVeASHAScheduler) else []) + list(callbacks or [])
-    failure = tune.FailureConfig(max_failures=max_failures)
-    ckpt_cfg = tune.CheckpointConfig(num_to_keep=2)
-
-    if resume:
-        if storage is None or not name:
-            raise ValueError("resume needs storage_path and name (the experiment folder to restore)")
-        path = os.path.join(storage, name)
-        if not tune.Tuner.can_restore(path):
-            raise FileNotFoundError(f"no Ray Tune experiment to restore at {path!r}")
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-        return tuner.fit()
-
-    space = to_ray_space(study)
     # a seeded sampler; it enforces the concurrency limit itself (Tune ignores
     # max_concurrent_trials for a search generator)
     search_alg = BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent_trials or 0)
-    if api == "run":
-        return tune.run(
-            trainable,
-            config=space,
-            num_samples=num_samples,
-            search_alg=search_alg,
-            scheduler=sched,
-            stop=stop,
-            storage_path=storage,
-            name=name,
-            max_failures=max_failures,
-            reuse_actors=reuse_actors,
-            checkpoint_config=ckpt_cfg,
-            callbacks=cbs,
-            verbose=verbose,
-        )
+    run = _run_api if api == "run" else _tuner_api
+    return run(trainable, to_ray_space(study), num_samples=num_samples, search_alg=search_alg, scheduler=sched,
+               stop=_stopper(method, stopper), storage=storage, name=name, max_failures=max_failures,
+               reuse_actors=reuse_actors, callbacks=cbs, verbose=verbose)
+
+
+def check_search_args(study: Study, *, method: str = "neve", num_samples: int = 8, scheduler: str = "auto",
+                      seed: int = 0, resources: Mapping[str, float] | None = None,
+                      max_concurrent_trials: int | None = None, max_failures: int = 0, min_resource: int = 1,
+                      reduction_factor: float = 4, api: str = "tuner", neve_signal: str = "train_loss",
+                      resume: bool = False, storage_path: Any = None, name: str | None = None) -> dict[str, float]:
+    """Every argument of :func:`run_search` that can be judged without Ray, each error
+    naming its argument; returns the per-trial resources. The command line calls it before
+    ``ray.init``, so a bad flag costs no cluster start."""
+    check_choice("method", method, TRAINABLE_METHODS)
+    check_choice("api", api, APIS)
+    check_choice("neve_signal", neve_signal, ("train_loss", "velocity"))
+    check_choice("scheduler", scheduler, SCHEDULERS)
+    check_int("num_samples", num_samples, minimum=1)
+    check_int("min_resource", min_resource, minimum=1)
+    check_float("reduction_factor", reduction_factor, low=1.0, low_open=True)
+    check_int("max_failures", max_failures, minimum=-1)
+    check_int("max_concurrent_trials", max_concurrent_trials, minimum=1, allow_none=True)
+    check_seed("seed", seed)
+    _scheduler(scheduler, study, method, min_resource, reduction_factor, neve_signal, build=False)
+    if resume and (storage_path is None or not name):
+        raise ValueError("resume needs storage_path and name (the experiment folder to restore)")
+    return check_resources(resources if resources is not None else study.resources)
+
+
+def _stopper(method: str, stopper: Any) -> Any:
+    """NeVeStopper for NeVe searches (``True``), a given stopper as is, else none."""
+    if method == "neve" and stopper:
+        return stopper if isinstance(stopper, NeVeStopper) else NeVeStopper()
+    return None if isinstance(stopper, bool) else stopper
+
+
+def _restore(trainable: Any, storage: str | None, name: str | None) -> Any:
+    path = os.path.join(storage or "", name or "")
+    if not tune.Tuner.can_restore(path):
+        raise FileNotFoundError(f"no Ray Tune experiment to restore at {path!r}")
+    return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True).fit()
+
+
+def _run_api(trainable: Any, space: Any, *, num_samples: int, search_alg: Any, scheduler: Any, stop: Any,
+             storage: str | None, name: str | None, max_failures: int, reuse_actors: bool, callbacks: list,
+             verbose: int) -> Any:
+    return tune.run(trainable, config=space, num_samples=num_samples, search_alg=search_alg, scheduler=scheduler,
+                    stop=stop, storage_path=storage, name=name, max_failures=max_failures, reuse_actors=reuse_actors,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2), callbacks=callbacks, verbose=verbose)
+
+
+def _tuner_api(trainable: Any, space: Any, *, num_samples: int, search_alg: Any, scheduler: Any, stop: Any,
+               storage: str | None, name: str | None, max_failures: int, reuse_actors: bool, callbacks: list,
+               verbose: int) -> Any:
     tuner = tune.Tuner(
         trainable,
         param_space=space,
-        tune_config=tune.TuneConfig(
-            num_samples=num_samples,
-            search_alg=search_alg,
-            scheduler=sched,
-            reuse_actors=reuse_actors,
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=storage,
-            stop=stop,
-            failure_config=failure,
-            checkpoint_config=ckpt_cfg,
-            callbacks=cbs,
-            verbose=verbose,
-        ),
+        tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=search_alg, scheduler=scheduler,
+                                    reuse_actors=reuse_actors),
+        run_config=tune.RunConfig(name=name, storage_path=storage, stop=stop,
+                                  failure_config=tune.FailureConfig(max_failures=max_failures),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2), callbacks=callbacks,
+                                  verbose=verbose),
     )
     return tuner.fit()
 
@@ -261,7 +275,7 @@ def search_trials(
         results = run_search(
             study, method=method, num_samples=trials, seed=seed, storage_path=tmp,
             name=f"{study.name}-{method}-{seed}", device=device, callbacks=[_Done()],
-            grace_period=grace_period, reduction_factor=reduction_factor, data=data, model_fn=model_fn,
+            min_resource=grace_period, reduction_factor=reduction_factor, data=data, model_fn=model_fn,
             neve_signal=neve_signal,
         )
         out = []
