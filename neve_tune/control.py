@@ -25,10 +25,32 @@ from ._controller import Controller, _finite, _lr, _reopened, _Stoppable, check_
 from .baselines import LRReplay, ValidationControl
 from .velocity import NeuralVelocity
 
-__all__ = ["Controller", "LRReplay", "NeVe", "ValidationControl", "check_epochs", "learned"]
+__all__ = ["Controller", "LRReplay", "NeVe", "ValidationControl", "check_epochs", "learned", "resolve_threshold"]
 
 LR_SIGNALS = ("velocity_change", "velocity", "prediction_changes")
 THRESHOLD_MODES = ("absolute", "relative")
+# the velocity stop when no threshold is given: V / peak V < 1e-2, chosen from the model-family
+# table (README, "One stop rule for every model family"; docs/design.md, "The controller")
+DEFAULT_THRESHOLD_MODE = "relative"
+DEFAULT_THRESHOLDS = {"relative": 1e-2, "absolute": 1e-3}
+
+
+def resolve_threshold(threshold: float | None = None, threshold_mode: str | None = None) -> tuple[float, str]:
+    """The velocity stop's ``(threshold, threshold_mode)``.
+
+    No threshold: the default rule, relative 1e-2 (1e-3 with ``threshold_mode="absolute"``).
+    A threshold without a mode is a velocity (``"absolute"``), as it always was, so a
+    value written for the absolute rule keeps its meaning.
+
+    >>> resolve_threshold(), resolve_threshold(1e-3), resolve_threshold(0.05, "relative")
+    ((0.01, 'relative'), (0.001, 'absolute'), (0.05, 'relative'))
+    """
+    if threshold_mode is None:
+        threshold_mode = DEFAULT_THRESHOLD_MODE if threshold is None else "absolute"
+    check_choice("threshold_mode", threshold_mode, THRESHOLD_MODES)
+    if threshold is None:
+        threshold = DEFAULT_THRESHOLDS[threshold_mode]
+    return float(check_float("threshold", threshold, positive=True)), threshold_mode  # type: ignore[arg-type]
 
 
 def learned(train_loss: float, first_loss: float | None, *, stall_margin: float = 0.1, num_classes: int | None = None) -> bool:
@@ -68,9 +90,10 @@ class NeVe(_Stoppable):
        stop settling, which on noisy labels is when memorisation starts);
     3. ends the run (``stopped_by``), after at least ``min_epochs`` epochs:
 
-       - ``"velocity"``: ``V^t < threshold`` (``threshold_mode="absolute"``), or
-         ``V^t / max_s V^s < threshold`` (``"relative"``: scale-free, since velocity
-         follows the learning rate);
+       - ``"velocity"``: ``V^t / max_s V^s < threshold`` (``threshold_mode="relative"``:
+         scale-free, since velocity follows the learning rate), or ``V^t < threshold``
+         (``"absolute"``). With neither given, the default rule: relative, 1e-2; a
+         ``threshold`` given alone is absolute (:func:`resolve_threshold`);
        - ``"prediction_changes"``: the memorisation guard (``pc_patience`` set): the
          moving average over ``pc_window`` epochs of the training examples whose
          predicted class changed (``prediction_changes``, from :func:`neve_tune.train.fit`)
@@ -106,22 +129,21 @@ class NeVe(_Stoppable):
         optimizer: torch.optim.Optimizer,
         velocity: NeuralVelocity,
         *,
-        threshold: float = 1e-3,
+        threshold: float | None = None,
         min_epochs: int = 0,
         max_epochs: int = 100,
         lr_signal: str = "velocity_change",
         factor: float = 0.5,
         patience: int = 10,
-        threshold_mode: str = "absolute",
+        threshold_mode: str | None = None,
         num_classes: int | None = None,
         stall_margin: float = 0.1,
         pc_patience: int | None = None,
         pc_window: int = 3,
         pc_restore: bool = True,
     ) -> None:
-        threshold = check_float("threshold", threshold, positive=True)
+        threshold, threshold_mode = resolve_threshold(threshold, threshold_mode)
         check_choice("lr_signal", lr_signal, LR_SIGNALS)
-        check_choice("threshold_mode", threshold_mode, THRESHOLD_MODES)
         if not isinstance(velocity, NeuralVelocity):
             raise TypeError(f"velocity must be a NeuralVelocity, got {type(velocity).__name__}")
         check_epochs(min_epochs, max_epochs)
