@@ -6,11 +6,12 @@ library only there.
 """
 
 from .control import Controller, LRReplay, NeVe, ValidationControl
+from .prediction_changes import PredictionChanges, SubsetPredictionChanges
 from .probe import dataset_probe, gaussian_probe
 from .records import Cost, TrialResult
 from .space import Choice, IntUniform, LogUniform, Uniform
 from .study import Study, load_study
-from .train import FitResult, PredictionChanges, evaluate, fit
+from .train import FitResult, evaluate, fit
 from .trial import run_trial
 from .velocity import NeuralVelocity, VelocityReport
 
@@ -28,6 +29,7 @@ __all__ = [
     "NeuralVelocity",
     "PredictionChanges",
     "Study",
+    "SubsetPredictionChanges",
     "TrialResult",
     "Uniform",
     "ValidationControl",

@@ -1,10 +1,13 @@
 """Lightning 2 (``lightning.pytorch``): NeVe as a callback, with Optuna pruning and Ray Tune.
 
 :class:`NeVeCallback` turns any ``LightningModule`` into a NeVe run without a validation
-loader. After each training epoch it measures the velocity on a fixed probe, drives the
-learning rate of ``trainer.optimizers[0]`` through :class:`neve_tune.NeVe`, logs the
+loader, with the controller :func:`neve_tune.train.fit` runs: after each training epoch
+it measures the velocity on a fixed probe and the prediction changes of the memorisation
+guard on a fixed subset of training inputs, drives the learning rate of the module's
+optimizer through :class:`neve_tune.NeVe` (on top of the user's LR scheduler), logs the
 epoch's metrics with ``pl_module.log`` and stops the trainer once the velocity is under
-``threshold``. Given an Optuna ``trial`` it also reports every epoch
+``threshold``, the guard fires (restoring the weights of its restore point), or the run
+stalls. Given an Optuna ``trial`` it also reports every epoch
 (:func:`neve_tune.optuna.report_epoch`) and prunes, as optuna-integration's
 ``PyTorchLightningPruningCallback`` does but on validation-free signals.
 
@@ -20,9 +23,9 @@ Example (the training loss must be logged per epoch under ``loss_key``)::
             self.log("train_loss", loss, on_step=False, on_epoch=True)
             return loss
 
-    neve = NeVeCallback(threshold=1e-3)
+    neve = NeVeCallback(threshold=1e-3, num_classes=10, verbose=True)
     pl.Trainer(max_epochs=100, callbacks=[neve]).fit(Net(), train_loader)
-    print(neve.stopped_by)    # "velocity", "max_epochs", "diverged", ...
+    print(neve.stopped_by)    # "velocity", "prediction_changes", "stalled", "max_epochs", "diverged"
 
 Under Ray Tune, list ``NeVeCallback`` *before* Ray's
 ``ray.tune.integration.pytorch_lightning.TuneReportCheckpointCallback(on="train_epoch_end")``:
@@ -48,93 +51,91 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from ._callbacks import CallbackSettings
 from ._checks import to_float
+from ._forward import ProbeForward, batch_inputs, has_forward, prefixed_layers
+from ._lr_compose import check_composable, follow_decay, lrs
 from .control import NeVe
 from .probe import gaussian_probe
+from ._pc_source import PCSource, batch_logits
+from .prediction_changes import PredictionChanges
 from .velocity import NeuralVelocity
 
 __all__ = ["NeVeCallback", "batch_inputs"]
 
 # names NeVe.step() returns that are not logged: Lightning keeps its own "epoch"
 _NOT_LOGGED = frozenset({"epoch"})
-
-
-def batch_inputs(batch: Any, input_key: str | int = 0) -> torch.Tensor:
-    """The input tensor of one training batch: the batch itself, its ``input_key``-th
-    element (tuple/list) or its ``input_key`` entry (dict).
-
-    >>> import torch
-    >>> batch_inputs((torch.zeros(8, 3), torch.zeros(8))).shape
-    torch.Size([8, 3])
-    >>> batch_inputs({"x": torch.zeros(4, 2), "y": torch.zeros(4)}, "x").shape
-    torch.Size([4, 2])
-    """
-    if isinstance(batch, torch.Tensor):
-        return batch
-    if isinstance(batch, Mapping):
-        if input_key not in batch:
-            raise ValueError(
-                f"input_key={input_key!r} is not in the training batch, which holds {sorted(map(str, batch))}; "
-                "pass input_key= naming the model's input, or probe="
-            )
-        x = batch[input_key]
-    elif isinstance(batch, (tuple, list)):
-        if not isinstance(input_key, int) or not -len(batch) <= input_key < len(batch):
-            raise ValueError(
-                f"input_key={input_key!r} does not index the training batch (a {type(batch).__name__} of "
-                f"{len(batch)}); pass an int position, or probe="
-            )
-        x = batch[input_key]
-    else:
-        raise TypeError(
-            f"cannot find the inputs in a training batch of type {type(batch).__name__}; pass probe= "
-            "(a tensor [N, ...] of probe inputs)"
-        )
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"the training batch's input {input_key!r} is a {type(x).__name__}, not a tensor; pass probe=")
-    return x
+# LightningModule.forward only passes on to nn.Module's: a module without its own has none
+_PLACEHOLDERS = (pl.LightningModule.forward,)
 
 
 class NeVeCallback(CallbackSettings, pl.Callback):
-    """NeVe LR decay and stopping (and optionally Optuna pruning) for a Lightning run.
+    """NeVe LR decay, stopping and memorisation guard (optionally Optuna pruning) for a Lightning run.
 
     At the end of every training epoch (never during the sanity check):
 
     1. ``train_loss`` is read from ``trainer.callback_metrics[loss_key]`` (its epoch mean
-       ``loss_key + "_epoch"`` when logged with both ``on_step`` and ``on_epoch``); a
-       missing key raises ``KeyError`` saying how to log it;
-    2. :meth:`neve_tune.NeVe.step` measures the velocity on the probe and steps the LR of
-       ``trainer.optimizers[0]``;
-    3. every numeric metric (``velocity``, ``velocity_change``, ``lr``, ``neve_stop``,
-       ``diverged``, ``train_loss`` and whatever else the controller returns, e.g.
-       ``stalled``) is logged with ``pl_module.log`` (booleans as 0/1; ``None`` skipped);
-    4. with ``trial``: on global rank zero, :func:`neve_tune.optuna.report_epoch` and
+       ``loss_key + "_epoch"`` when logged with both ``on_step`` and ``on_epoch``);
+    2. the prediction changes are counted (``prediction_changes``, see below);
+    3. :meth:`neve_tune.NeVe.step` measures the velocity and steps the LR of the optimizer;
+       a decay is applied on top of the user's LR schedulers (their ``base_lrs`` scale with
+       it); a scheduler that cannot compose (``OneCycleLR``, ``CyclicLR``,
+       ``SequentialLR``, ``ChainedScheduler``) is refused when training starts;
+    4. every numeric metric (``velocity``, ``velocity_change``, ``lr``, ``neve_stop``,
+       ``stalled``, ``diverged``, ``train_loss``, ``prediction_changes``) is logged with
+       ``pl_module.log`` (booleans as 0/1; ``None`` skipped);
+    5. with ``trial``: on global rank zero, :func:`neve_tune.optuna.report_epoch` and
        ``trial.should_prune()``; the decision is shared with ``trainer.strategy.broadcast``;
        a pruned run stops and raises ``optuna.TrialPruned`` (on one process; under DDP
        every rank stops and :meth:`check_pruned` raises after ``fit``);
-    5. once the controller stops (``stopped_by``: ``"velocity"``, ``"max_epochs"``,
-       ``"diverged"``, ...) ``trainer.should_stop`` is set.
+    6. once the controller stops (``stopped_by``) ``trainer.should_stop`` is set, the
+       reason goes to every logger's hyperparameters (``neve_stopped_by``,
+       ``neve_stop_epoch``, ``neve_best_epoch``) and, with ``verbose``, one line is printed.
+       A guard stop (``"prediction_changes"``) has restored the weights of the epoch of the
+       prediction-changes minimum (``pc_restore``), as ``fit`` does.
 
-    With ``probe=None`` the probe is ``gaussian_probe(shape, probe_samples, probe_seed)``,
-    ``shape`` being that of one input of the first training batch (found by
-    :func:`batch_inputs` with ``input_key``), recorded before the first optimizer step.
-    ``max_epochs`` defaults to the trainer's. The callback's ``state_dict`` (saved in
-    Lightning checkpoints) holds the controller, the velocity series and the per-epoch
-    ``history``, so ``fit(ckpt_path=...)`` continues the same velocity series; resuming
-    with a larger trainer ``max_epochs`` continues a run that had stopped at the old one.
-    A built probe is rebuilt from its recorded shape; a given ``probe`` is not saved, so
-    pass the same one when resuming.
+    The defaults are the studies' (docs/design.md, "The callbacks"): the guard on
+    (``pc_patience=3``, ``pc_window=3``, ``pc_restore=True``), ``patience="auto"``
+    (``max(2, max_epochs // 20)``), ``max_epochs`` the trainer's. Pass ``num_classes`` so
+    a run that stays at chance ends ``"stalled"``.
+
+    Prediction changes (``prediction_changes``): ``"subset"`` (default) forwards a fixed
+    subset of 1,000 training inputs (drawn with ``probe_seed``; found in each item with
+    ``input_key``) in eval mode once per epoch; ``"batch"`` counts the training pass's own
+    predictions when the batches carry example indices (``index_key``) and
+    ``training_step`` returns ``{"loss": loss, "logits": logits}`` (one process only); a
+    :class:`neve_tune.PredictionChanges` you update or a
+    :class:`neve_tune.SubsetPredictionChanges` you built is used as given; None turns the
+    guard off.
+
+    The probe: ``probe``, or ``gaussian_probe(shape, probe_samples, probe_seed)`` with the
+    shape of one input of the first training batch (:func:`batch_inputs`). It goes through
+    the module's ``forward``, its submodule ``probe_module``, or ``probe_fn(module,
+    inputs)`` (for a module without ``forward``; the guard's subset then goes through
+    ``probe_fn`` too). The callback's ``state_dict`` (saved in Lightning checkpoints under
+    :attr:`state_key`, unique per configuration) holds the controller, the velocity series,
+    the prediction-change series and the per-epoch ``history``, so ``fit(ckpt_path=...)``
+    continues the same run; a larger trainer ``max_epochs`` continues a run that had
+    stopped at the old one. A given ``probe`` is not saved: pass the same one when resuming.
 
     Args:
         probe: probe inputs ``[N, ...]``, or None to build a Gaussian one.
         threshold: velocity under which the run has converged.
         trial: an Optuna trial to report to and prune, or None.
         loss_key: the ``callback_metrics`` key of the training loss.
-        input_key: where the inputs are in a batch (int position or dict key).
-        probe_samples, probe_seed: size and seed of the built probe.
-        layers: monitored layers (see :class:`neve_tune.NeuralVelocity`).
+        input_key: where the inputs are in a batch or data set item (int position or dict key).
+        probe_samples: size of the built probe (100; refused with ``probe``).
+        probe_seed: seed of the built probe and of the guard's subset.
+        layers: monitored layers (see :class:`neve_tune.NeuralVelocity`; names of the module).
+        probe_module, probe_fn: what the probe goes through (see above).
+        prediction_changes: the guard's source (see above).
+        index_key: where a batch holds the examples' indices (``prediction_changes="batch"``).
+        verbose: print one line when the callback stops the run.
         **controller_options: more :class:`neve_tune.NeVe` options (``min_epochs``,
-            ``max_epochs``, ``factor``, ``patience``, ``lr_signal``).
+            ``max_epochs``, ``factor``, ``patience``, ``lr_signal``, ``threshold_mode``,
+            ``num_classes``, ``stall_margin``, ``pc_patience``, ``pc_window``, ``pc_restore``).
     """
+
+    who = "NeVeCallback"
+    sources = ("subset", "batch")
 
     def __init__(
         self,
@@ -144,21 +145,40 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         *,
         loss_key: str = "train_loss",
         input_key: str | int = 0,
-        probe_samples: int = 100,
+        probe_samples: int | None = None,
         probe_seed: int = 0,
         layers: Any = None,
+        probe_module: str | None = None,
+        probe_fn: Any = None,
+        prediction_changes: Any = "subset",
+        index_key: str | int | None = None,
+        verbose: bool = False,
         **controller_options: Any,
     ) -> None:
         if not isinstance(loss_key, str) or not loss_key:
             raise TypeError(f"loss_key must be a non-empty str, got {loss_key!r}")
-        if isinstance(input_key, bool) or not isinstance(input_key, (str, int)):
-            raise TypeError(f"input_key must be a str or an int, got {input_key!r}")
-        self._settings("NeVeCallback", probe, threshold, trial, probe_samples, probe_seed, layers, controller_options)
-        self.loss_key = loss_key
-        self.input_key = input_key
+        for name, key in (("input_key", input_key), ("index_key", index_key)):
+            if isinstance(key, bool) or not isinstance(key, (str, int, type(None))) or (key is None and name == "input_key"):
+                raise TypeError(f"{name} must be a str or an int, got {key!r}")
+        self._settings(probe, threshold, trial, probe_samples, probe_seed, layers, probe_module, probe_fn,
+                       prediction_changes, verbose, controller_options)
+        if (self.source_spec == "batch") != (index_key is not None):
+            raise ValueError("prediction_changes='batch' and index_key= go together: index_key names where each "
+                             "batch holds its examples' indices (with the guard on)")
+        self.loss_key, self.input_key, self.index_key = loss_key, input_key, index_key
         self.pruned = False
+        self._source: PCSource | None = None
+        self._schedulers: list[Any] = []
         self._probe_shape: tuple[int, ...] | None = None
         self._pending_state: dict[str, Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        """Unique per configuration, so two NeVeCallbacks in one Trainer keep their own state."""
+        options = {k: v for k, v in sorted(self.controller_options.items()) if isinstance(v, (int, float, str, type(None)))}
+        return self._generate_state_key(threshold=self.threshold, loss_key=self.loss_key, input_key=self.input_key,
+                                        probe_module=self.probe_module, probe_seed=self.probe_seed,
+                                        layers=repr(self.layers), **options)
 
     # ------------------------------------------------------------ results
     @property
@@ -179,29 +199,58 @@ class NeVeCallback(CallbackSettings, pl.Callback):
             raise optuna.TrialPruned(f"trial pruned at epoch {len(self.history)}")
 
     # ------------------------------------------------------------ setup
+    def _forward(self, pl_module: "pl.LightningModule") -> torch.nn.Module:
+        """What the probe goes through (see :mod:`neve_tune._forward`)."""
+        if self.probe_module is not None or self.probe_fn is not None:
+            return ProbeForward(pl_module, self.probe_module, self.probe_fn)
+        if not has_forward(pl_module, _PLACEHOLDERS):
+            raise ValueError(f"{type(pl_module).__name__} has no forward() for the probe; pass "
+                             "NeVeCallback(probe_module='<submodule>') or probe_fn=lambda module, x: ...")
+        return pl_module
+
+    def _build_source(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> PCSource | None:
+        spec = self.source_spec
+        if spec is None:
+            return None
+        if not isinstance(spec, str):
+            return PCSource(spec)
+        dataset = getattr(trainer.train_dataloader, "dataset", None)
+        if spec == "batch":
+            if trainer.world_size > 1:
+                raise ValueError("prediction_changes='batch' sees one process's batches only; under DDP use "
+                                 "prediction_changes='subset'")
+            return PCSource(PredictionChanges(len(dataset)))  # type: ignore[arg-type]
+        if self.probe_fn is None and not has_forward(pl_module, _PLACEHOLDERS):
+            raise ValueError(f"{type(pl_module).__name__} has no forward() for the guard's subset; pass probe_fn= "
+                             "(returning logits), or pc_patience=None to turn the guard off")
+        return PCSource.subset(dataset, seed=self.probe_seed, input_key=self.input_key,
+                               who=self.who, forward=self.probe_fn)
+
     def _build(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", probe: torch.Tensor) -> None:
-        if not trainer.optimizers:
-            raise RuntimeError("NeVeCallback needs an optimizer: configure_optimizers returned none")
-        options = dict(self.controller_options)
-        if "max_epochs" not in options and isinstance(trainer.max_epochs, int) and trainer.max_epochs > 0:
-            options["max_epochs"] = trainer.max_epochs
-        velocity = NeuralVelocity(pl_module, probe, layers=self.layers)
+        budget = trainer.max_epochs if isinstance(trainer.max_epochs, int) and trainer.max_epochs > 0 else None
+        options = self.controller_kwargs(budget)
+        layers = prefixed_layers(self.layers, self.probe_module) if self.probe_module or self.probe_fn else self.layers
+        velocity = NeuralVelocity(self._forward(pl_module), probe, layers=layers)
         self.neve = NeVe(trainer.optimizers[0], velocity, threshold=self.threshold, **options)
         state, self._pending_state = self._pending_state, None
         if state is not None:
             self.neve.load_state_dict(state["neve"])
             self.history = [dict(m) for m in state.get("history", [])]
-            # a run that ended at the old epoch cap goes on when the cap was raised
-            if self.neve.stopped_by == "max_epochs" and self.neve.epoch < self.neve.max_epochs:
-                self.neve.stopped_by = None
+            if state.get("prediction_changes") is not None and self._source is not None:
+                self._source.load_state_dict(state["prediction_changes"])
         self.neve.start()
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self.pruned = False
+        if len(trainer.optimizers) != 1:
+            raise ValueError(f"NeVeCallback drives one optimizer; configure_optimizers returned {len(trainer.optimizers)}")
+        self._schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+        check_composable(self._schedulers, self.who)
         if self.neve is not None and self._pending_state is None:
             # a second fit() has new optimizers: rebuild the controller from its own state
             self._pending_state = self.state_dict()
             self.neve = None
+        self._source = self._build_source(trainer, pl_module)
         probe = self.probe
         if probe is None and self._pending_state is not None and self._pending_state.get("probe_shape"):
             self._probe_shape = tuple(self._pending_state["probe_shape"])
@@ -228,6 +277,11 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         self._probe_shape = tuple(int(s) for s in x.shape[1:])
         self._build(trainer, pl_module, gaussian_probe(self._probe_shape, self.probe_samples, self.probe_seed, x.dtype))
 
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.source_spec == "batch" and self._source is not None:
+            self._source.counter.update(batch_inputs(batch, self.index_key), batch_logits(outputs, self.who))
+
     # ------------------------------------------------------------ per epoch
     def _train_loss(self, trainer: "pl.Trainer") -> float:
         metrics = trainer.callback_metrics
@@ -240,16 +294,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
             f"logged loss; logged keys are {sorted(metrics)}"
         )
 
-    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        if trainer.sanity_checking or self.neve is None:
-            return
-        if self.neve.should_stop:  # e.g. resumed past the controller's own stop
-            trainer.should_stop = True
-            return
-        train_loss = self._train_loss(trainer)
-        metrics = dict(self.neve.step(train_loss=train_loss))
-        metrics.setdefault("train_loss", train_loss)
-        self.history.append(metrics)
+    def _log(self, pl_module: "pl.LightningModule", metrics: Mapping[str, Any]) -> None:
         for name, value in metrics.items():
             if name in _NOT_LOGGED or value is None or isinstance(value, str):
                 continue
@@ -259,24 +304,51 @@ class NeVeCallback(CallbackSettings, pl.Callback):
                 continue  # not a number: kept in history only
             pl_module.log(name, value, on_step=False, on_epoch=True)
 
-        if self.trial is not None:
-            prune = False
-            if trainer.is_global_zero:
-                from .optuna import report_epoch
+    def _prune(self, trainer: "pl.Trainer", metrics: dict[str, Any]) -> bool:
+        prune = False
+        if trainer.is_global_zero:
+            from .optuna import report_epoch
 
-                report_epoch(self.trial, metrics)
-                prune = bool(self.trial.should_prune())
-            prune = bool(trainer.strategy.broadcast(prune))
-            if prune:
-                self.pruned = True
-                trainer.should_stop = True
-                if trainer.world_size == 1:
-                    self.check_pruned()
-                return
+            report_epoch(self.trial, metrics)
+            prune = bool(self.trial.should_prune())
+        if bool(trainer.strategy.broadcast(prune)):
+            self.pruned = trainer.should_stop = True
+            if trainer.world_size == 1:
+                self.check_pruned()
+            return True
+        return False
 
-        stop = bool(trainer.strategy.broadcast(self.neve.should_stop))
-        if stop:
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if trainer.sanity_checking or self.neve is None:
+            return
+        if self.neve.should_stop:  # e.g. resumed past the controller's own stop
             trainer.should_stop = True
+            return
+        train_loss = self._train_loss(trainer)
+        changes = None if self._source is None else self._source.measure(pl_module)
+        before = lrs(self.neve.optimizer)
+        metrics = dict(self.neve.step(train_loss=train_loss, prediction_changes=changes))
+        follow_decay(self._schedulers, self.neve.optimizer, before)
+        metrics.setdefault("train_loss", train_loss)
+        metrics.setdefault("prediction_changes", changes)
+        self.history.append(metrics)
+        self._log(pl_module, metrics)
+        if self.trial is not None and self._prune(trainer, metrics):
+            return
+        if bool(trainer.strategy.broadcast(self.neve.should_stop)):
+            trainer.should_stop = True
+            self._report_stop(trainer)
+
+    def _report_stop(self, trainer: "pl.Trainer") -> None:
+        """The stop reason in every logger's hyperparameters, and one printed line with ``verbose``."""
+        neve = self.neve
+        if neve is None or neve.stopped_by is None or not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"neve_stopped_by": neve.stopped_by, "neve_stop_epoch": neve.epoch,
+                                    "neve_best_epoch": neve.best_epoch})
+        if self.verbose:
+            print(self.stop_line("epoch"), flush=True)
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -286,6 +358,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
             "neve": self.neve.state_dict(),
             "history": [dict(m) for m in self.history],
             "probe_shape": list(self._probe_shape) if self.probe is None and self._probe_shape else None,
+            "prediction_changes": None if self._source is None else self._source.state_dict(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

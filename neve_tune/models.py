@@ -1,4 +1,4 @@
-"""Models by name: ``small_cnn`` (digits), ``resnet20``/``resnet32`` (CIFAR ResNets of
+"""Models by name: ``small_cnn`` (digits), ``small_cnn1d`` (1-D signals, MNIST-1D), ``resnet20``/``resnet32`` (CIFAR ResNets of
 He et al. 2016, option-A shortcuts, as used in the NeVe paper), ``timm:<name>`` and
 ``torchvision:<name>`` (any model of those libraries, never with pretrained weights).
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MODELS", "create_model", "register_model", "SmallCNN", "CifarResNet"]
+__all__ = ["MODELS", "create_model", "register_model", "SmallCNN", "SmallCNN1d", "CifarResNet"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -32,7 +32,7 @@ def register_model(name: str) -> Callable:
 
 
 def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **options) -> nn.Module:
-    """Build ``name`` for inputs of ``input_shape`` (C, H, W) and ``num_classes`` outputs."""
+    """Build ``name`` for inputs of ``input_shape`` ((C, H, W) images, (C, L) signals) and ``num_classes`` outputs."""
     if name.startswith("timm:"):
         import timm
 
@@ -86,6 +86,37 @@ class SmallCNN(nn.Module):
 @register_model("small_cnn")
 def small_cnn(num_classes: int, input_shape: tuple[int, ...], width: int = 32) -> nn.Module:
     return SmallCNN(num_classes, input_shape, width)
+
+
+class SmallCNN1d(nn.Module):
+    """Three 1-D conv blocks with batch norm (the last two halve the length), a flatten
+    and a linear head: for short signals such as MNIST-1D's 40 samples.
+
+        >>> model = SmallCNN1d(10, (1, 40))
+        >>> model(torch.zeros(2, 1, 40)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, num_classes: int = 10, input_shape: tuple[int, ...] = (1, 40), width: int = 32) -> None:
+        super().__init__()
+        if len(input_shape) != 2:
+            raise ValueError(f"input_shape must be (channels, length) for a 1-D CNN, got {tuple(input_shape)}")
+        c, length = input_shape
+
+        def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
+            return [nn.Conv1d(cin, cout, 5, stride, 2, bias=False), nn.BatchNorm1d(cout), nn.ReLU()]
+
+        self.features = nn.Sequential(*block(c, width, 1), *block(width, width, 2), *block(width, 2 * width, 2))
+        out_len = ((length - 1) // 2) // 2 + 1  # two stride-2 convs with padding 2, kernel 5
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * out_len, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@register_model("small_cnn1d")
+def small_cnn1d(num_classes: int, input_shape: tuple[int, ...] = (1, 40), width: int = 32) -> nn.Module:
+    return SmallCNN1d(num_classes, input_shape, width)
 
 
 class _BasicBlock(nn.Module):

@@ -1,7 +1,10 @@
-"""Probe sets: the fixed inputs forwarded once per epoch to measure velocity.
+"""Probe sets: the fixed inputs forwarded once per epoch to measure velocity, and how
+they run through a model.
 
 The probe must be the same every epoch, so each builder draws from its own seeded
-``torch.Generator`` and never touches the global RNG that training uses.
+``torch.Generator`` and never touches the global RNG that training uses; the forward
+(:func:`probe_mode`) runs in eval mode, without gradients, on a forked RNG, so it
+changes neither the model's modes nor the training's random draws.
 
 Example::
 
@@ -12,14 +15,16 @@ Example::
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 from ._checks import check_int
 
-__all__ = ["gaussian_probe", "dataset_probe"]
+__all__ = ["check_probe", "dataset_probe", "gaussian_probe", "module_device", "probe_inputs", "probe_mode"]
 
 
 def _check_count(num_samples: int) -> int:
@@ -59,3 +64,62 @@ def dataset_probe(dataset: Dataset, num_samples: int = 100, seed: int = 0) -> to
         x = item[0] if isinstance(item, (tuple, list)) else item
         xs.append(torch.as_tensor(x))
     return torch.stack(xs)
+
+
+def check_probe(probe: object) -> None:
+    """A probe is a non-empty tensor of finite inputs ``[N, ...]``; else one line naming ``probe``."""
+    if not isinstance(probe, torch.Tensor):
+        raise TypeError(f"probe must be a torch.Tensor, got {type(probe).__name__}")
+    if probe.ndim == 0 or probe.shape[0] == 0:
+        raise ValueError(f"probe is empty (shape {tuple(probe.shape)}); it needs at least one sample")
+    if probe.is_floating_point() and probe.device.type != "meta":  # a meta probe has no values
+        bad = int((~torch.isfinite(probe.detach())).sum())
+        if bad:
+            raise ValueError(f"probe must be finite: {bad} of {probe.numel()} values are NaN or inf")
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Where ``module`` lives: its first parameter's (or buffer's) device, else the CPU."""
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def probe_inputs(probe: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """``probe`` on ``module``'s device, floating inputs in its parameters' dtype."""
+    probe = probe.to(module_device(module))
+    if probe.is_floating_point():
+        dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+        probe = probe.to(dtype)
+    return probe
+
+
+@contextlib.contextmanager
+def probe_mode(module: nn.Module, autocast_dtype: torch.dtype | None = None) -> Iterator[None]:
+    """Eval mode, no grad, forked RNG (and ``torch.autocast`` to ``autocast_dtype``); every
+    module's own training flag restored after.
+
+        >>> model = torch.nn.Sequential(torch.nn.Dropout(0.5))
+        >>> with probe_mode(model):
+        ...     model.training
+        False
+        >>> model.training
+        True
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    device = module_device(module)
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=rng_devices, device_type=device.type if device.type == "cuda" else "cuda"):
+            module.eval()
+            with torch.no_grad():
+                if autocast_dtype is not None:
+                    with torch.autocast(device_type=device.type, dtype=autocast_dtype):
+                        yield
+                else:
+                    yield
+    finally:
+        for m, mode in modes:
+            m.training = mode

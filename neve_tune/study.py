@@ -23,6 +23,7 @@ from typing import Any, Mapping
 from ._checks import check_choice, check_float, check_int, check_seed
 from .control import LR_SIGNALS, check_epochs
 from .data import DataBundle, check_data_changes, get_dataset
+from .prediction_changes import PREDICTION_CHANGES
 from .space import Choice, Distribution, IntUniform, LogUniform, Uniform, check_hyperparameter, default_space, validate_space
 
 __all__ = ["Choice", "IntUniform", "LogUniform", "Study", "Uniform", "bundled_studies", "load_study"]
@@ -31,7 +32,7 @@ __all__ = ["Choice", "IntUniform", "LogUniform", "Study", "Uniform", "bundled_st
 def _default_params() -> dict[str, Any]:
     return {
         "lr": 0.05,
-        "threshold": 1e-3,
+        "threshold": 1e-2,
         "batch_size": 64,
         "momentum": 0.9,
         "weight_decay": 5e-4,
@@ -48,11 +49,16 @@ class Study:
 
     Trial control (docs/design.md, "The controller"): ``lr_patience`` is the
     ``ReduceLROnPlateau`` patience of NeVe and of the validation baselines alike
-    (``"auto"``: ``max(2, max_epochs // 20)``); ``threshold_mode`` ``"absolute"`` or
-    ``"relative"`` (velocity over its peak); ``stall_margin`` the drop in training loss
+    (``"auto"``: ``max(2, max_epochs // 20)``); ``threshold_mode`` ``"relative"`` (the
+    default: velocity over its running peak, the ``threshold`` a ratio, 1e-2 by default,
+    searched over 1e-3–1e-1) or ``"absolute"`` (velocity itself); ``stall_margin`` the drop in training loss
     (from the first epoch, and from chance) that counts as learning; ``pc_patience`` /
-    ``pc_window`` / ``pc_restore`` the memorisation guard (None: off). The defaults are the
-    measured ones (README, "Validation-free choices").
+    ``pc_window`` / ``pc_restore`` the memorisation guard (None: off), counted
+    ``prediction_changes="in_pass"`` or on a subset of ``pc_subset_size`` examples. The defaults are the
+    measured ones (README, "Which validation-free defaults, and why"). ``selection_subset`` (0: off) makes each
+    NeVe trial record, every epoch, the classes it predicts for that many training examples
+    (a fixed seeded subset, ``subset_pred``), which ``NeVePruner(signal="consensus")`` compares
+    across trials (docs/design.md, "Selection criteria").
     """
 
     name: str
@@ -69,11 +75,14 @@ class Study:
     lr_signal: str = "velocity_change"
     lr_factor: float = 0.5
     lr_patience: int | str = "auto"
-    threshold_mode: str = "absolute"
+    threshold_mode: str = "relative"
     stall_margin: float = 0.1
     pc_patience: int | None = 3
     pc_window: int = 3
     pc_restore: bool = True
+    prediction_changes: str = "in_pass"
+    pc_subset_size: int = 1000
+    selection_subset: int = 0
     val_fraction: float = 0.1
     early_stopping: int = 10
     objective: str = "tse_e1"
@@ -121,6 +130,9 @@ class Study:
         check_float("stall_margin", self.stall_margin, low=0.0, high=1.0, high_open=True)
         check_int("pc_patience", self.pc_patience, minimum=1, allow_none=True)
         check_int("pc_window", self.pc_window, minimum=1)
+        check_choice("prediction_changes", self.prediction_changes, PREDICTION_CHANGES)
+        check_int("pc_subset_size", self.pc_subset_size, minimum=1)
+        check_int("selection_subset", self.selection_subset, minimum=0)
         check_int("early_stopping", self.early_stopping, minimum=1)
         check_int("probe_samples", self.probe_samples, minimum=1)
         if not 0.0 < self.val_fraction < 1.0:

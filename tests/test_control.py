@@ -43,7 +43,8 @@ def test_max_epochs_cap_and_result_names():
     for i in range(3):
         _nudge(model, 0.1 * (i + 1))
         m = neve.step(train_loss=1.0 / (i + 1))
-    assert set(m) == {"epoch", "velocity", "velocity_change", "lr", "neve_stop", "stalled", "diverged"}
+    assert set(m) == {"epoch", "velocity", "velocity_change", "train_loss", "prediction_changes", "lr", "neve_stop",
+                      "stalled", "diverged"}
     assert neve.stopped_by == "max_epochs" and m["velocity"] > 1e-9
 
 
@@ -230,3 +231,49 @@ def test_prediction_changes_guard_restores_the_weights_of_its_minimum():
     assert neve.stopped_by == "prediction_changes" and neve.best_epoch == 3
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), weights[3]))
     assert not all(torch.equal(p, q) for p, q in zip(weights[5], weights[3]))
+
+
+@pytest.mark.parametrize("kind", ["python", "numpy", "tensor"])
+def test_step_returns_its_inputs_as_plain_numbers(kind):
+    np = pytest.importorskip("numpy")
+    cast = {"python": lambda v: v, "numpy": np.float32, "tensor": torch.tensor}[kind]
+    count = {"python": lambda v: v, "numpy": np.int64, "tensor": torch.tensor}[kind]
+    model, opt, neve = _setup(threshold=1e-9, max_epochs=5, pc_patience=3)
+    neve.start()
+    first = neve.step(train_loss=cast(0.75))
+    assert first["train_loss"] == 0.75 and type(first["train_loss"]) is float
+    assert first["prediction_changes"] is None and "val_loss" not in first
+    second = neve.step(cast(0.5), cast(0.625), prediction_changes=count(12))
+    assert (second["train_loss"], second["val_loss"], second["prediction_changes"]) == (0.5, 0.625, 12)
+    assert type(second["prediction_changes"]) is int and type(second["val_loss"]) is float
+    assert neve.pc_series == [12.0]
+
+
+def test_step_without_start_is_refused_and_changes_nothing():
+    model, opt, neve = _setup(threshold=1e-2, max_epochs=5)
+    with pytest.raises(RuntimeError, match=r"^NeVe.step\(\) before start\(\): call neve.start\(\) once before the first"):
+        neve.step(train_loss=0.7)
+    assert neve.epoch == 0 and neve.stopped_by is None and neve.velocity.epoch < 0
+    neve.start()
+    _nudge(model, 0.1)
+    m = neve.step(train_loss=0.7)  # the refused call did not count: this is epoch 1
+    assert m["epoch"] == 1 and m["velocity"] > 1e-2 and not m["stalled"]
+
+
+def test_a_restored_controller_steps_without_start():
+    model, opt, neve = _setup(threshold=1e-9, max_epochs=5)
+    neve.start()
+    _nudge(model, 0.1)
+    neve.step(train_loss=1.0)
+    _, _, fresh = _setup(threshold=1e-9, max_epochs=5)
+    fresh.load_state_dict(neve.state_dict())
+    assert fresh.step(train_loss=0.8)["epoch"] == 2
+
+
+@pytest.mark.parametrize("bad, error", [("many", TypeError), (True, TypeError)])
+def test_bad_prediction_changes_name_the_parameter(bad, error):
+    model, opt, neve = _setup(threshold=1e-2, max_epochs=5)
+    neve.start()
+    with pytest.raises(error, match="prediction_changes must be a number"):
+        neve.step(train_loss=0.5, prediction_changes=bad)
+    assert neve.epoch == 0

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from neve_tune import NeuralVelocity, gaussian_probe
-from neve_tune.data import get_dataset, validation_split
+from neve_tune.data import dataset_labels, get_dataset, validation_split
 from neve_tune.models import create_model
 from neve_tune.probe import dataset_probe
 from neve_tune.velocity import select_layers
@@ -100,3 +100,78 @@ def test_unknown_model_names_are_refused():
         create_model("lenet", 10, (1, 8, 8))
     with pytest.raises(ValueError, match="timm has no architecture"):
         create_model("timm:not_a_model", 10, (3, 32, 32))
+
+
+def test_mnist1d_is_generated_offline_fixed_by_seed_and_leaves_global_rngs_alone(tmp_path, monkeypatch):
+    import random
+    import socket
+
+    from neve_tune.data import _mnist1d_pool
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("MNIST-1D tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.chdir(tmp_path)  # the package's own get_dataset would write a pickle here
+    import sklearn.model_selection  # noqa: F401  (its first import draws from Python's generator)
+
+    _mnist1d_pool.cache_clear()
+    np.random.seed(7)
+    random.seed(7)
+    expected_np, expected_py = np.random.rand(), random.random()
+    np.random.seed(7)
+    random.seed(7)
+    a = get_dataset("mnist1d", seed=0)
+    assert (np.random.rand(), random.random()) == (expected_np, expected_py)
+    assert list(tmp_path.iterdir()) == []
+
+    assert a.name == "mnist1d" and a.input_shape == (1, 40) and a.num_classes == 10
+    x, y = a.train.tensors
+    assert x.shape == (4000, 1, 40) and x.dtype == torch.float32 and a.test.tensors[0].shape == (1000, 1, 40)
+    # stratified: the 500 examples of each class split 400 / 100
+    assert torch.bincount(y).tolist() == [400] * 10 and torch.bincount(a.test.tensors[1]).tolist() == [100] * 10
+    assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1.0) < 1e-4
+    b, c = get_dataset("mnist1d", seed=0), get_dataset("mnist1d", seed=1)
+    assert torch.equal(x, b.train.tensors[0]) and torch.equal(y, b.train.tensors[1])
+    assert not torch.equal(x, c.train.tensors[0])
+    with pytest.raises(ValueError, match="test_fraction must be"):
+        get_dataset("mnist1d", test_fraction=1.0)
+
+
+def test_mnist1d_takes_the_data_changes():
+    clean = get_dataset("mnist1d", seed=2)
+    small = get_dataset("mnist1d", seed=2, train_fraction=0.25)
+    assert len(small.train) == 1000 and torch.bincount(dataset_labels(small.train)).tolist() == [100] * 10
+    noisy = get_dataset("mnist1d", seed=2, label_noise=0.2, noise_seed=3)
+    changed = torch.nonzero(dataset_labels(noisy.train) != clean.train.tensors[1]).flatten()
+    assert len(changed) == 800 and torch.equal(changed, noisy.flipped)
+    assert torch.equal(noisy.test.tensors[1], clean.test.tensors[1])
+
+
+def test_small_cnn1d_forwards_and_velocity_monitors_its_layers():
+    model = create_model("small_cnn1d", 10, (1, 40))
+    assert model(torch.zeros(3, 1, 40)).shape == (3, 10)
+    kinds = [type(m).__name__ for m in select_layers(model).values()]
+    assert kinds.count("Conv1d") == 3 and kinds.count("BatchNorm1d") == 3 and kinds.count("Linear") == 1
+    assert create_model("small_cnn1d", 4, (2, 33))(torch.zeros(1, 2, 33)).shape == (1, 4)
+    with pytest.raises(ValueError, match="input_shape must be"):
+        create_model("small_cnn1d", 10, (1, 8, 8))
+
+
+def test_mnist1d_study_trains_through_the_cli(tmp_path):
+    import json
+
+    from neve_tune import load_study
+    from neve_tune.cli import main
+    from neve_tune.study import bundled_studies
+
+    assert "mnist1d" in bundled_studies()
+    study = load_study("mnist1d")
+    assert (study.data, study.model) == ("mnist1d", "small_cnn1d")
+    out = tmp_path / "run.json"
+    args = ["train", "mnist1d", "--max-epochs", "2", "--train-fraction", "0.25", "--label-noise", "0.2"]
+    assert main([*args, "--device", "cpu", "--json", str(out), "--quiet"]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["epochs"] == 2 and rec["history"][0]["train_samples"] == 1000
+    assert rec["history"][-1]["train_acc"] > 0.2 and 0.0 <= rec["test_acc"] <= 1.0

@@ -39,7 +39,9 @@ CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
 
 def res(it: int, velocity: float | None, threshold: float | None = 0.01, **extra) -> dict:
-    r = {"training_iteration": it, "epoch": it, "velocity": velocity, "train_loss": extra.pop("train_loss", 1.0)}
+    """A result of iteration ``it``; by default the training loss halves each iteration
+    (a trial that learns)."""
+    r = {"training_iteration": it, "epoch": it, "velocity": velocity, "train_loss": extra.pop("train_loss", 1.0 / it)}
     if threshold is not None:
         r["config"] = {"threshold": threshold, "lr": 0.1}
     r.update(extra)
@@ -52,8 +54,13 @@ def fake_trial(tid: str, status: str = "PENDING") -> SimpleNamespace:
 
 # ------------------------------------------------------------------ NeVeStopper
 class TestNeVeStopper:
-    def test_is_a_ray_stopper(self):
-        assert isinstance(NeVeStopper(), Stopper)
+    def test_tune_keeps_it_as_a_stopper_with_stop_all(self):
+        # Tune wraps a plain callable in a FunctionStopper whose stop_all is always False
+        # (max_converged_trials would then be ignored); a Stopper it keeps as given
+        from ray.tune import Experiment
+
+        stopper = NeVeStopper(max_converged_trials=1)
+        assert Experiment("neve", lambda config: None, stop=stopper).stopper is stopper
 
     def test_stops_under_the_trials_own_threshold(self):
         s = NeVeStopper()
@@ -66,13 +73,16 @@ class TestNeVeStopper:
 
     def test_threshold_from_result_before_config_before_default(self):
         s = NeVeStopper(threshold=0.5)
-        assert s("a", res(1, 0.2, threshold=None)) is True  # default 0.5
-        assert s("b", res(1, 0.2, threshold=0.1)) is False  # config 0.1
-        assert s("c", {**res(1, 0.2, threshold=0.1), "threshold": 0.3}) is True  # result 0.3
+        assert s("a", res(2, 0.2, threshold=None)) is True  # default 0.5
+        assert s("b", res(2, 0.2, threshold=0.1)) is False  # config 0.1
+        assert s("c", {**res(2, 0.2, threshold=0.1), "threshold": 0.3}) is True  # result 0.3
 
     def test_threshold_from_a_flattened_result(self):
         # what schedulers get from Tune: {"config/threshold": ...}
-        assert NeVeStopper()("a", {"training_iteration": 1, "velocity": 0.02, "config/threshold": 0.05}) is True
+        s = NeVeStopper()
+        assert s("a", {"training_iteration": 1, "velocity": 0.5, "train_loss": 1.0, "config/threshold": 0.05}) is False
+        assert s("a", {"training_iteration": 2, "velocity": 0.02, "train_loss": 0.5, "config/threshold": 0.05}) is True
+        assert s.stopped_by("a") == "converged"
 
     def test_neve_stop_and_diverged(self):
         s = NeVeStopper()
@@ -129,10 +139,11 @@ class TestNeVeStopper:
     def test_repeated_final_result_does_not_count_twice(self):
         s = NeVeStopper(max_converged_trials=2)
         final = res(4, 0.001)
+        assert s("a", res(1, 0.5)) is False
         assert s("a", final) is True
         assert s("a", dict(final, done=True)) is True  # Tune's duplicate of the last result
         assert s.num_converged == 1 and s.stop_all() is False
-        assert s("b", res(5, 0.001)) is True
+        assert s("b", res(1, 0.5)) is False and s("b", res(5, 0.001)) is True
         assert s.num_converged == 2 and s.stop_all() is True
 
     def test_a_later_stop_of_the_same_trial_is_counted_once(self):
@@ -150,6 +161,7 @@ class TestNeVeStopper:
     def test_pickle_round_trip_keeps_per_trial_state(self):
         s = NeVeStopper(max_converged_trials=2)
         s("a", res(1, 0.5))
+        s("b", res(1, 0.5))
         s("b", res(2, 0.001))
         s2 = pickle.loads(pickle.dumps(s))
         assert s2.stopped_by("b") == "converged" and s2.stopped_by("a") is None
@@ -161,7 +173,8 @@ class TestNeVeStopper:
         old.__dict__.update(_threshold=None, _metric="velocity", _threshold_key="threshold", _grace_period=0,
                             _max_converged=None, _last_iteration={"a": 2}, _stopped={"a": (2, "converged")})
         s = pickle.loads(pickle.dumps(old))
-        assert s.num_converged == 1 and s("b", res(1, 0.001)) is True and s.num_converged == 2
+        assert s("b", res(1, 0.5)) is False
+        assert s.num_converged == 1 and s("b", res(2, 0.001)) is True and s.num_converged == 2
 
     def test_combined_with_ray_stoppers(self):
         s = CombinedStopper(NeVeStopper(), MaximumIterationStopper(max_iter=3))
@@ -169,9 +182,11 @@ class TestNeVeStopper:
         assert s("a", res(2, 0.001)) is True
         assert [s("b", res(i, 0.5)) for i in (1, 2, 3)] == [False, False, True]  # MaximumIterationStopper counts calls
 
-    def test_user_trainable_with_only_velocity(self):
-        s = NeVeStopper()
-        assert s("a", {"training_iteration": 1, "velocity": 0.02, "config": {"threshold": 0.05}}) is True
+    def test_user_trainable_with_only_velocity_is_told_to_report_its_loss(self):
+        with pytest.raises(ValueError, match=r"a result with a raw 'velocity' and no 'neve_stop' needs 'train_loss'.*reports \['velocity'\]"):
+            NeVeStopper()("a", {"training_iteration": 1, "velocity": 0.02, "config": {"threshold": 0.05}})
+        with pytest.raises(ValueError, match=r"needs 'loss'.*reports \['train_loss', 'velocity'\]"):
+            NeVeStopper(loss_metric="loss")("a", {"training_iteration": 1, "velocity": 0.5, "train_loss": 1.0, "config": {"threshold": 0.05}})
 
     def test_bare_result_is_ignored(self):
         assert NeVeStopper()("a", {"training_iteration": 0, "done": True, "config": {}}) is False
@@ -184,14 +199,14 @@ class TestNeVeStopper:
 
     def test_missing_threshold_is_a_clear_error(self):
         with pytest.raises(ValueError, match="no velocity threshold for this trial"):
-            NeVeStopper()("a", res(1, 0.5, threshold=None))
+            NeVeStopper()("a", res(2, 0.5, threshold=None))
 
     @pytest.mark.parametrize("bad", [0, -1e-3, float("nan"), float("inf")])
     def test_threshold_must_be_positive(self, bad):
         with pytest.raises(ValueError, match="threshold must be a finite number > 0"):
             NeVeStopper(threshold=bad)
         with pytest.raises(ValueError, match="the trial's 'threshold' must be a finite number > 0"):
-            NeVeStopper()("a", res(1, 0.5, threshold=bad))
+            NeVeStopper()("a", res(2, 0.5, threshold=bad))
 
     def test_bad_arguments(self):
         with pytest.raises(TypeError, match="threshold must be a finite number > 0, got '0.1'"):
@@ -318,10 +333,20 @@ class TestNeVeASHAScheduler:
         s.on_trial_add(None, a)
         s.on_trial_add(None, b)
         assert s.on_trial_result(None, a, res(1, 0.5, train_loss=0.1)) == CONTINUE
-        # b would lose at the rung, but its velocity is under its threshold: converged
-        assert s.on_trial_result(None, b, res(1, 0.001, threshold=0.01, train_loss=5.0)) == STOP
+        assert s.on_trial_result(None, b, res(1, 0.5, train_loss=0.05)) == CONTINUE
+        assert s.on_trial_result(None, a, res(2, 0.5, train_loss=0.01)) == CONTINUE
+        # b would lose at rung 2, but its velocity is under its threshold and its loss fell: converged
+        assert s.on_trial_result(None, b, res(2, 0.001, threshold=0.01, train_loss=0.04)) == STOP
         assert s.outcome("b") == "converged" and s.num_pruned == 0
-        assert s.rung_values()[-1][1]["b"] == 5.0  # recorded at rung 1
+        assert s.rung_values()[-2][1]["b"] == 0.04  # recorded at rung 2
+
+    def test_a_raw_velocity_stop_without_learning_is_stalled(self):
+        s = self.sched()
+        a = fake_trial("a")
+        s.on_trial_add(None, a)
+        assert s.on_trial_result(None, a, res(1, 1e-6, train_loss=0.73)) == CONTINUE  # too early to judge
+        assert s.on_trial_result(None, a, res(2, 1e-6, train_loss=0.70)) == STOP
+        assert s.outcome("a") == "stalled" and all("a" not in rec for _, rec in s.rung_values()[:-1])
 
     def test_a_reported_neve_stop_is_trusted(self):
         s = self.sched()
@@ -401,8 +426,9 @@ class TestNeVeASHAScheduler:
         for t in trials:
             s.on_trial_add(None, t)
         s.on_trial_result(None, trials[0], go(1, 0.5))
-        s.on_trial_result(None, trials[1], res(1, 0.001, train_loss=0.4))  # converged
-        s.on_trial_complete(None, trials[1], res(1, 0.001, train_loss=0.4))
+        s.on_trial_result(None, trials[1], res(1, 0.5, train_loss=0.45))
+        s.on_trial_result(None, trials[1], res(2, 0.001, train_loss=0.4))  # converged
+        s.on_trial_complete(None, trials[1], res(2, 0.001, train_loss=0.4))
         s.on_trial_result(None, trials[2], go(1, 0.9))  # pruned
         s.on_trial_complete(None, trials[2], go(1, 0.9))
         return trials
@@ -426,7 +452,7 @@ class TestNeVeASHAScheduler:
         assert fresh.state_dict() == s.state_dict()
         assert (fresh.outcome("t1"), fresh.outcome("t2"), fresh.num_pruned) == ("converged", "pruned", 1)
         assert fresh.on_trial_result(None, trials[0], go(2, 0.3)) == CONTINUE
-        assert fresh.rung_values() == s.rung_values()[:-2] + [(2, {"t0": 0.3}), s.rung_values()[-1]]
+        assert fresh.rung_values() == s.rung_values()[:-2] + [(2, {"t1": 0.4, "t0": 0.3}), s.rung_values()[-1]]
 
     def test_restore_without_state_warns_and_starts_fresh(self, caplog):
         s = self.sched()
@@ -452,14 +478,6 @@ class TestNeVeASHAScheduler:
             other.callback().set_state(s.callback().get_state())
         with pytest.raises(ValueError, match="state version 7 is not supported"):
             other.load_state_dict({**s.state_dict(), "version": 7})
-
-    def test_save_and_restore_hooks(self, tmp_path):
-        s = self.sched()
-        self._run_three(s)
-        s.save(str(tmp_path / "s.pkl"))
-        fresh = self.sched()
-        fresh.restore(str(tmp_path / "s.pkl"))
-        assert fresh.state_dict() == s.state_dict()
 
     def test_bad_arguments(self):
         with pytest.raises(ValueError, match=r"mode must be one of \('min', 'max'\), got 'minimize'"):

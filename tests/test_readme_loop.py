@@ -1,6 +1,8 @@
-"""The README's integration snippets (``docs/plain_loop.py``, ``docs/lightning_example.py``,
-``docs/hf_example.py``) run as written and stop by velocity; the plain loop inside an
-Optuna study with NeVePruner gets pruned."""
+"""Every README recipe runs as written: each ``python`` block of the README is a file of
+``docs/`` (the same text) that a test here runs, or is listed in ``NOT_RUN_HERE`` with the
+test that runs its API instead. The plain loop, the plain loop in an Optuna study, the
+Lightning and Hugging Face examples run fast; a trainable of your own under Ray Tune runs
+in the slow suite."""
 
 from __future__ import annotations
 
@@ -16,34 +18,94 @@ from neve_tune import NeVe, NeuralVelocity, gaussian_probe
 from neve_tune.optuna import NeVePruner, report_epoch, trial_history
 
 ROOT = Path(__file__).resolve().parents[1]
-SNIPPET = ROOT / "docs" / "plain_loop.py"
+DOCS = ROOT / "docs"
+SNIPPET = DOCS / "plain_loop.py"
+
+#: the docs files the README shows; each has a test below that runs it as written
+RECIPES = ("plain_loop.py", "optuna_loop.py", "lightning_example.py", "hf_example.py", "ray_trainable.py")
+#: README blocks that are not run as written here (first line -> why, and what tests the API)
+NOT_RUN_HERE = {
+    "from neve_tune import load_study": "20 digits trials; make_objective runs in tests/test_optuna_*.py",
+    "from neve_tune.ray import NeVeASHAScheduler, NeVeStopper, neve_trainable, to_ray_space":
+        "40 digits trials on Ray; tests/test_ray_tune.py runs the same calls",
+    "from neve_tune.compare import compare, compare_searches": "needs your data; tests/test_compare.py",
+}
+
+
+def _readme_blocks() -> list[str]:
+    return [b.strip() for b in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)]
+
+
+def _run(name: str, capsys) -> tuple[dict, str]:
+    scope = runpy.run_path(str(DOCS / name), run_name="__main__")
+    return scope, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_readme_shows_the_same_snippet(name):
+    code = (DOCS / name).read_text().strip()
+    assert code in _readme_blocks(), f"README must show docs/{name} in a python block, as written"
+
+
+def test_every_readme_block_is_a_recipe_run_here_or_listed():
+    recipes = {(DOCS / name).read_text().strip() for name in RECIPES}
+    for block in _readme_blocks():
+        if block in recipes:
+            continue
+        imports = [line for line in block.splitlines() if line.startswith("from neve_tune")]
+        assert any(line in NOT_RUN_HERE for line in imports), (
+            "a README python block is neither a docs/ recipe run by this file nor listed in NOT_RUN_HERE:\n" + block
+        )
+    assert set(RECIPES) == {p.name for p in DOCS.glob("*.py")}, "every docs/*.py is a README recipe run here"
 
 
 def test_plain_loop_runs_as_written_and_stops_by_velocity(capsys):
-    scope = runpy.run_path(str(SNIPPET), run_name="__main__")
+    scope, out = _run("plain_loop.py", capsys)
     neve = scope["neve"]
     assert neve.stopped_by == "velocity"
     assert scope["metrics"]["velocity"] < 1e-2 and scope["metrics"]["epoch"] < neve.max_epochs
-    assert capsys.readouterr().out.startswith("velocity ")
+    assert out.startswith("velocity ")
+
+
+def test_plain_loop_in_optuna_runs_as_written(capsys):
+    scope, out = _run("optuna_loop.py", capsys)
+    trials = scope["study"].trials
+    states = [t.state for t in trials]
+    assert len(trials) == 8 and optuna.trial.TrialState.PRUNED in states
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done and all(trial_history(t)[-1]["neve_stop"] for t in done)
+    # the objective returned the training loss that step() handed back
+    assert all(t.value == trial_history(t)[-1]["train_loss"] for t in done)
+    assert scope["study"].best_params["lr"] > 0.1 and out.startswith("{'lr': ")
 
 
 @pytest.mark.parametrize("name", ["lightning_example.py", "hf_example.py"])
 def test_integration_snippets_run_as_written(name, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the HF example writes under runs/
-    scope = runpy.run_path(str(ROOT / "docs" / name), run_name="__main__")
+    scope, out = _run(name, capsys)
     assert scope["neve"].stopped_by == "velocity" and scope["neve"].velocities[-1] < 1e-2
-    assert capsys.readouterr().out.splitlines()[-1].startswith("velocity ")
+    assert out.splitlines()[-1].startswith("velocity ")
 
 
-@pytest.mark.parametrize("name", ["plain_loop.py", "lightning_example.py", "hf_example.py"])
-def test_readme_shows_the_same_snippet(name):
-    code = (ROOT / "docs" / name).read_text().strip()
-    marker = next(line for line in code.splitlines() if line.startswith("from neve_tune"))
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
-    last = code.splitlines()[-1]
-    shown = [b for b in blocks if marker + "\n" in b and b.strip().splitlines()[-1] == last]
-    assert shown, f"README must show docs/{name} in a python block, as written"
-    assert shown[0].strip() == code
+@pytest.mark.ray
+@pytest.mark.slow  # a local Ray: 30-120 s on a shared 2-core machine
+def test_ray_trainable_runs_as_written(tmp_path, monkeypatch, capsys):
+    import ray
+    import ray.train.constants
+
+    monkeypatch.setattr(ray.train.constants, "DEFAULT_STORAGE_PATH", str(tmp_path))  # not ~/ray_results
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        scope, out = _run("ray_trainable.py", capsys)
+    finally:
+        ray.shutdown()
+    stopper, results = scope["stopper"], scope["results"]
+    assert not results.errors and len(results) == 2
+    ended = {r.config["lr"]: stopper.stopped_by(r.metrics["trial_id"]) for r in results}
+    assert ended == {1e-05: "stalled", 0.5: "converged"}
+    assert out.splitlines()[-1] == "{1e-05: ('stalled', 1), 0.5: ('converged', 7)}"  # the README quotes it
 
 
 def _objective(trial: optuna.Trial) -> float:
@@ -59,7 +121,7 @@ def _objective(trial: optuna.Trial) -> float:
         for xb, yb in zip(x.split(64), y.split(64)):
             loss = torch.nn.functional.cross_entropy(model(xb), yb)
             optimizer.zero_grad(); loss.backward(); optimizer.step(); total += loss.item()
-        metrics = {**neve.step(train_loss=total / 8), "train_loss": total / 8}
+        metrics = neve.step(train_loss=total / 8)  # step() hands the loss back
         report_epoch(trial, metrics)
         if trial.should_prune():
             raise optuna.TrialPruned()

@@ -147,11 +147,16 @@ def test_linear_over_tokens_uses_last_dim_in_a_timm_vit():
             assert v[i].item() == pytest.approx(1 - _cos(a, b), abs=1e-5)
 
 
-def test_layer_norm_axis_and_registry():
+def test_layer_norm_axis_and_subclasses():
     assert neuron_axis(nn.LayerNorm(4)) == -1
     assert neuron_axis(nn.Linear(2, 2)) == -1
     assert neuron_axis(nn.BatchNorm1d(4)) == 1
     assert neuron_axis(nn.GroupNorm(2, 4)) == 1
+
+    class MyLinear(nn.Linear):  # a subclass takes its base class's axis
+        pass
+
+    assert neuron_axis(MyLinear(2, 2)) == -1 and neuron_axis(nn.Conv2d(1, 2, 1)) == 1
     model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6))
     nv = NeuralVelocity(model, gaussian_probe((3, 4), 5))
     nv.measure()

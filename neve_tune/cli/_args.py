@@ -191,9 +191,14 @@ def add_trial_control(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-patience", help="ReduceLROnPlateau patience in epochs, or 'auto' (max(2, max_epochs // 20); "
                                          "the default)")
     g.add_argument("--threshold-mode", choices=["absolute", "relative"],
-                   help="NeVe's velocity stop: V < t (default), or V / peak V < t")
+                   help="NeVe's velocity stop: V / peak V < t (the studies' default), or V < t; "
+                        "the searched range of t stays the study's")
     g.add_argument("--pc-patience", type=int, help="NeVe's memorisation guard: stop when prediction changes have not "
                                                     "reached a new low for this many epochs (default 3; 0: off)")
+    g.add_argument("--prediction-changes", choices=["in_pass", "subset"],
+                   help="where the guard counts prediction changes: in the training pass (default), or on a fixed "
+                        "subset of --pc-subset-size training examples forwarded after each epoch")
+    g.add_argument("--pc-subset-size", type=int, help="examples in that subset (default 1000, or all when fewer)")
 
 
 def _lr_patience(text: str) -> int | str:
@@ -231,5 +236,8 @@ def study_from_args(args: argparse.Namespace, **extra_changes: Any) -> Any:
         changes["pc_patience"] = args.pc_patience or None
     if getattr(args, "threshold_mode", None) is not None:
         changes["threshold_mode"] = args.threshold_mode
+    for key in ("prediction_changes", "pc_subset_size"):
+        if getattr(args, key, None) is not None:
+            changes[key] = getattr(args, key)
     changes.update({k: v for k, v in extra_changes.items() if v is not None})
     return study.replace(**changes) if changes else study

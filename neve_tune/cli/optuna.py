@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .._checks import check_float, check_int, check_seed
+from ..records import SEARCH_METHODS
 from . import _args as cli
 
 __all__ = ["add_cli"]
@@ -45,7 +46,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--create", action="store_true", help="create the study if it does not exist")
     w.add_argument("--direction", default="minimize",
                    help="with --create; only 'minimize' is accepted: the objective is a loss")
-    w.add_argument("--method", choices=["neve", "asha", "asha_es"], default="neve",
+    w.add_argument("--method", choices=SEARCH_METHODS, default="neve",
                    help="neve (default), or the validation-based baselines with SuccessiveHalvingPruner")
     cli.add_seed(w, "training seed of every trial (default 0)")
     w.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler; each trial's TPE is seeded from it and the "

@@ -19,11 +19,12 @@ __all__ = ["add_cli"]
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="one NeVe-controlled training run", description=_train.__doc__)
     cli.add_study(p)
-    p.add_argument("--data", help="data set: digits, cifar10, cifar100, imagefolder, synthetic (default: the study's)")
+    p.add_argument("--data", help="data set: digits, mnist1d, cifar10, cifar100, imagefolder, synthetic (default: the study's)")
     p.add_argument("--data-root", help="folder holding the data set files (CIFAR, imagefolder)")
-    p.add_argument("--model", help="small_cnn, resnet20, resnet32, timm:<name>, torchvision:<name>")
+    p.add_argument("--model", help="small_cnn, small_cnn1d, resnet20, resnet32, timm:<name>, torchvision:<name>")
     p.add_argument("--lr", type=float, help="initial learning rate (default: the study's)")
-    p.add_argument("--threshold", type=float, help="velocity threshold under which training stops")
+    p.add_argument("--threshold", type=float, help="velocity threshold under which training stops "
+                                                   "(under the default relative rule, a ratio to the peak velocity)")
     p.add_argument("--batch-size", type=int)
     cli.add_max_epochs(p)
     p.add_argument("--min-epochs", type=int)

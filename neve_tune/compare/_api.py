@@ -138,19 +138,9 @@ def compare(
     from tqdm.auto import tqdm
 
     study = load_study(study)
-    check_choice("backend", backend, BACKENDS)
-    check_int("trials", trials, minimum=1)
-    check_int("repeats", repeats, minimum=1)
-    check_choice("neve_signal", neve_signal, NEVE_SIGNALS)
-    bad = [s for s in searches if s not in SEARCHES]
-    if bad or not searches:
-        raise ValueError(f"searches must be a non-empty subset of {SEARCHES}, got {list(searches)}")
+    _check_arguments(backend, trials, repeats, neve_signal, searches)
     bar = tqdm(total=trials * len(searches) * repeats, desc="trials", unit="trial", disable=not progress)
-    started_ray = False
-    if backend == "ray":
-        import ray
-
-        started_ray = not ray.is_initialized()
+    started_ray = backend == "ray" and not _ray_running()
     runs = []
     train_size = 0
     t0 = time.perf_counter()
@@ -173,19 +163,28 @@ def compare(
 
             ray.shutdown()
     return {
-        "study": study.name,
-        "backend": backend,
-        "trials": trials,
-        "seeds": [seed + k for k in range(repeats)],
-        "max_epochs": study.max_epochs,
-        "data_options": dict(study.data_options),
-        "retrain": retrain,
-        "neve_signal": neve_signal,
-        "train_size": train_size,
-        **aggregate(runs, searches),
-        "runs": runs,
+        "study": study.name, "backend": backend, "trials": trials, "seeds": [seed + k for k in range(repeats)],
+        "max_epochs": study.max_epochs, "data_options": dict(study.data_options), "retrain": retrain,
+        "neve_signal": neve_signal, "train_size": train_size, **aggregate(runs, searches), "runs": runs,
         "elapsed_s": time.perf_counter() - t0,
     }
+
+
+def _check_arguments(backend: str, trials: int, repeats: int, neve_signal: str, searches: Sequence[str]) -> None:
+    """:func:`compare`'s settings, each refused in one line naming it."""
+    check_choice("backend", backend, BACKENDS)
+    check_int("trials", trials, minimum=1)
+    check_int("repeats", repeats, minimum=1)
+    check_choice("neve_signal", neve_signal, NEVE_SIGNALS)
+    bad = [s for s in searches if s not in SEARCHES]
+    if bad or not searches:
+        raise ValueError(f"searches must be a non-empty subset of {SEARCHES}, got {list(searches)}")
+
+
+def _ray_running() -> bool:
+    import ray
+
+    return ray.is_initialized()
 
 
 def compare_searches(

@@ -17,7 +17,7 @@ from optuna.trial import BaseTrial
 
 from .._checks import check_choice
 from ..data import DataBundle
-from ..records import Cost, TrialResult
+from ..records import SEARCH_METHODS, Cost, TrialResult
 from ..space import Choice, IntUniform, LogUniform, Uniform
 from ..study import Study, load_study
 from ..train import load_checkpoint
@@ -27,7 +27,7 @@ from ._stop import Abandon, PoliteStop
 
 __all__ = ["make_objective", "suggest_config", "checkpoint_path_for", "SUMMARY_ATTRS"]
 
-OBJECTIVE_METHODS = ("neve", "asha", "asha_es")
+OBJECTIVE_METHODS = SEARCH_METHODS
 # user attributes a finished (COMPLETE or PRUNED) trial carries besides its epoch series
 SUMMARY_ATTRS = ("method", "seed", "stopped_by", "epochs", "objective", "best_epoch", "test_acc", "test_loss", "cost")
 

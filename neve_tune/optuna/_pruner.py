@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NeVePruner", "PRUNER_SIGNALS", "SETTINGS_ATTR"]
 
-PRUNER_SIGNALS = ("velocity", "train_loss")
+PRUNER_SIGNALS = ("velocity", "train_loss", "consensus")
 SETTINGS_ATTR = "neve_pruner"  # study user attribute holding the settings every worker must share
 _SETTINGS_VERSION = 1
 
@@ -52,7 +52,11 @@ class NeVePruner(BasePruner):
        all trials that reached that rung, else it is pruned. With ``signal="velocity"``
        the trials with the **highest velocity** (the least settled) lose; with
        ``signal="train_loss"`` those with the highest mean training loss of the epoch.
-       Neither needs a validation set.
+       Neither needs a validation set. With ``signal="consensus"`` those whose predictions
+       on the study's fixed subset (``subset_pred``, recorded when
+       ``Study.selection_subset > 0``) agree least with the majority vote of the other
+       trials at the same epoch lose; every trial at the rung is judged again against the
+       same vote (trials that reported that epoch, in the storage), with Optuna's rule.
 
     The default signal is ``"train_loss"``, because it measured better. On digits (20
     trials of TPE, ``max_epochs=60``, 5 seeds), the final model's test accuracy was
@@ -271,6 +275,12 @@ class NeVePruner(BasePruner):
             return True
         if "velocity" in epoch and epoch["velocity"] is not None and not is_finite(epoch["velocity"]):
             return True
+        if self._signal == "consensus" and not isinstance(epoch.get("subset_pred"), str):
+            raise ValueError(
+                f"NeVePruner(signal='consensus') found no 'subset_pred' in epoch {step} of trial {trial.number}: "
+                "record the predictions on the fixed subset with Study(selection_subset=500) (or report "
+                "'subset_pred', neve_tune.selection.SelectionSubset.predict, each epoch)"
+            )
         if self._signal == "train_loss" and "train_loss" not in epoch:
             raise ValueError(
                 f"NeVePruner(signal='train_loss') found no 'train_loss' in epoch {step} of trial {trial.number} "
@@ -291,9 +301,31 @@ class NeVePruner(BasePruner):
             return True
 
         # 5. successive-halving rungs on the signal, oriented so "better" = lower signal
+        if self._signal == "consensus":
+            return self._consensus_rung(study, trial, step, epoch["subset_pred"]) and not converged
         view = trial if self._signal == "velocity" else with_step_value(trial, step, sign * float(epoch["train_loss"]))
         pruned = self._sha.prune(study, view)
         return pruned and not converged
+
+    def _consensus_rung(self, study: "optuna.study.Study", trial: "optuna.trial.FrozenTrial", step: int,
+                        mine: str) -> bool:
+        """Pruned at a rung when its agreement with the others' vote is not in the best
+        ``1 / reduction_factor`` of the trials that reported this epoch (Optuna's rule)."""
+        from ..selection import consensus_scores
+
+        k = 0
+        while self._min_resource * self._reduction_factor ** (self._min_early_stopping_rate + k) < step:
+            k += 1
+        if self._min_resource * self._reduction_factor ** (self._min_early_stopping_rate + k) != step:
+            return False
+        key = epoch_key(step)
+        preds = {t.number: t.user_attrs[key]["subset_pred"] for t in study.get_trials(deepcopy=False)
+                 if t.number != trial.number and isinstance(t.user_attrs.get(key), dict)
+                 and isinstance(t.user_attrs[key].get("subset_pred"), str)}
+        preds[trial.number] = mine
+        scores = consensus_scores(preds)
+        ranked = sorted(scores.values())
+        return not scores[trial.number] <= ranked[max(len(ranked) // self._reduction_factor - 1, 0)]
 
     def _unsettled(self, trial: "optuna.trial.FrozenTrial", sign: float) -> bool:
         if not math.isfinite(self._unsettled_bound):

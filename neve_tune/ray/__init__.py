@@ -9,6 +9,8 @@
   (:class:`NeVeASHAStateCallback`).
 - :func:`neve_trainable`: a function trainable over a study file, reporting the
   metric names of docs/design.md and a ``tune.Checkpoint`` every epoch, resuming from ``tune.get_checkpoint()``.
+- :func:`report_epoch`: what a trainable of your own reports each epoch (checked keys,
+  plain numbers, ``ray.tune.report``), the sibling of :func:`neve_tune.optuna.report_epoch`.
 - :func:`to_ray_space`, :func:`run_search`, :func:`asha_scheduler` (the validation
   baseline), :func:`search_trials` (the comparison's adapter); the command line
   ``neve-tune ray run`` lives in :mod:`neve_tune.cli.ray`.
@@ -22,6 +24,7 @@ Example::
 """
 
 from ._scheduler import NeVeASHAScheduler, NeVeASHAStateCallback
+from ._report import report_epoch
 from ._stopper import NeVeStopper, velocity_verdict
 from ._search import asha_scheduler, run_search, search_trials, summarize
 from ._trainable import check_resources, check_resources_available, neve_trainable, reported_metrics, to_ray_space
@@ -34,6 +37,7 @@ __all__ = [
     "check_resources",
     "check_resources_available",
     "neve_trainable",
+    "report_epoch",
     "reported_metrics",
     "run_search",
     "search_trials",

@@ -10,19 +10,16 @@ travels through :meth:`NeVeASHAScheduler.callback`, a ``ray.tune.Callback`` whos
 
 from __future__ import annotations
 
-import bisect
 import logging
-import math
-import pickle
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from .._checks import check_choice, check_float, check_int, to_float
-from ._stopper import CONVERGED, DIVERGED, STALLED, _check_key, check_threshold, velocity_verdict
+from ._halving import _bracket_milestones, _choose_bracket, _Rung
+from ._stopper import CONVERGED, DIVERGED, STALLED, _check_key, check_threshold, remember_first_loss, velocity_verdict
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -37,47 +34,6 @@ PRUNED, MAX_T, COMPLETED = "pruned", "max_t", "completed"
 _OUTCOMES = (CONVERGED, DIVERGED, STALLED, PRUNED, MAX_T, COMPLETED)
 
 
-class _Rung:
-    """One rung: the values recorded there (``sign * metric``, higher is better) by trial,
-    and the non-NaN ones kept sorted, so the cutoff costs O(1) and a record O(log n)
-    comparisons instead of a percentile over every recorded value."""
-
-    __slots__ = ("milestone", "values", "_sorted")
-
-    def __init__(self, milestone: float) -> None:
-        self.milestone = milestone
-        self.values: dict[str, float] = {}
-        self._sorted: list[float] = []
-
-    def add(self, trial_id: str, value: float) -> None:
-        self.values[trial_id] = value
-        if not math.isnan(value):
-            bisect.insort(self._sorted, value)
-
-    def cutoff(self, q: float) -> float | None:
-        """``numpy.nanpercentile(values, 100 * q)`` (linear), bit for bit; ``None`` when
-        nothing is recorded, NaN when only NaN is."""
-        if not self.values:
-            return None
-        a, n = self._sorted, len(self._sorted)
-        if n == 0:
-            return math.nan
-        index = (n - 1) * q
-        lo = math.floor(index)
-        if lo >= n - 1:
-            return a[-1]
-        t = index - lo
-        lo_v, hi_v = a[lo], a[lo + 1]
-        diff = hi_v - lo_v
-        return hi_v - diff * (1 - t) if t >= 0.5 else lo_v + diff * t  # numpy's _lerp
-
-
-def _bracket_milestones(min_t: int, max_t: int, rf: float, s: int) -> list[float]:
-    """Rung milestones of bracket ``s``, highest first (Ray's formula, so the rungs match)."""
-    n = int(np.log(max_t / min_t) / np.log(rf) - s + 1)
-    return [min_t * rf ** (k + s) for k in reversed(range(n))]
-
-
 class NeVeASHAScheduler(FIFOScheduler):
     """ASHA on the training loss; the velocity decides when a trial has converged.
 
@@ -89,7 +45,9 @@ class NeVeASHAScheduler(FIFOScheduler):
     2. stalled (``stalled`` true: the velocity fell but the training loss did not): STOP,
        outcome ``"stalled"``; never counted as converged and left out of every rung;
     3. converged (``neve_stop`` true; only when no ``neve_stop`` is reported,
-       ``velocity <`` the trial's own threshold, from its result or config): its
+       ``velocity <`` the trial's own threshold, from its result or config, from
+       iteration 2, on a trial whose training loss fell from its first result's, else
+       stalled): its
        ``metric`` is recorded at the rung it reached, then STOP. A converged trial is
        finished, never counted as pruned;
     4. otherwise asynchronous successive halving, the rule of Ray's
@@ -198,6 +156,7 @@ class NeVeASHAScheduler(FIFOScheduler):
         ]
         self._active: dict[str, int] = {}  # trial_id -> bracket index, while the trial may report
         self._outcome: dict[str, str] = {}  # trial_id -> one of _OUTCOMES
+        self._first_loss: dict[str, tuple[float, float]] = {}  # for the stall rule on raw velocity
         self._counts: dict[str, int] = dict.fromkeys(_OUTCOMES, 0)
         self._stops = 0
         self._restored = False
@@ -239,7 +198,7 @@ class NeVeASHAScheduler(FIFOScheduler):
 
     def on_trial_result(self, tune_controller: "TuneController", trial: Trial, result: dict) -> str:
         tid = trial.trial_id
-        verdict = self._verdict(result)
+        verdict = self._verdict(tid, result)
         if verdict in (DIVERGED, STALLED):
             self._finish(tid, verdict)
             return TrialScheduler.STOP
@@ -265,7 +224,7 @@ class NeVeASHAScheduler(FIFOScheduler):
         tid = trial.trial_id
         if tid not in self._active:
             return
-        verdict = self._verdict(result)
+        verdict = self._verdict(tid, result)
         if verdict is not None:
             self._finish(tid, verdict)
         elif tid not in self._outcome:
@@ -305,19 +264,15 @@ class NeVeASHAScheduler(FIFOScheduler):
         return [(r.milestone, {k: self._sign * v for k, v in r.values.items()}) for r in self._brackets[bracket]]
 
     # ------------------------------------------------------------------ internals
-    def _verdict(self, result: dict) -> str | None:
+    def _verdict(self, trial_id: str, result: dict) -> str | None:
         return velocity_verdict(
             result, metric=self._velocity_metric, threshold_key=self._threshold_key,
             threshold=self._threshold, who=type(self).__name__,
+            first_loss=remember_first_loss(self._first_loss, trial_id, result),
         )
 
     def _choose_bracket(self) -> int:
-        if len(self._brackets) == 1:
-            return 0
-        # Ray's rule: a softmax over the brackets' numbers of rungs
-        sizes = np.array([len(b) for b in self._brackets])
-        probs = np.e ** (sizes - sizes.max())
-        return int(np.random.choice(len(self._brackets), p=probs / probs.sum()))
+        return _choose_bracket(self._brackets)
 
     def _bracket(self, trial_id: str) -> list[_Rung]:
         if trial_id not in self._active:  # a result of a trial never added (e.g. restored without state)
@@ -378,12 +333,13 @@ class NeVeASHAScheduler(FIFOScheduler):
             "trial_bracket": dict(self._active),
             "outcome": dict(self._outcome),
             "num_stopped": self._stops,
+            "first_loss": dict(self._first_loss),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Load a :meth:`state_dict`; ``ValueError`` when it was made with other rungs
         (another ``max_t``, ``grace_period``, ``reduction_factor`` or ``brackets``)."""
-        if state.get("version") not in (1, _STATE_VERSION):
+        if state.get("version") != _STATE_VERSION:
             raise ValueError(f"NeVeASHAScheduler state version {state.get('version')!r} is not supported")
         if [[m for m, _ in b] for b in state["rungs"]] != [[r.milestone for r in b] for b in self._brackets]:
             raise ValueError(
@@ -392,26 +348,15 @@ class NeVeASHAScheduler(FIFOScheduler):
             )
         for bracket, rungs in zip(self._brackets, state["rungs"]):
             for rung, (_, values) in zip(bracket, rungs):
-                rung.values, rung._sorted = {}, []
-                for tid, v in values.items():
-                    rung.values[tid] = float(v)
-                rung._sorted = sorted(v for v in rung.values.values() if not math.isnan(v))
+                rung.load(values)
         self._active = {str(k): int(v) for k, v in state["trial_bracket"].items()}
         self._outcome = {}
         self._counts = dict.fromkeys(_OUTCOMES, 0)
         for tid, why in state["outcome"].items():
             self._set_outcome(tid, why)
         self._stops = int(state["num_stopped"])
+        self._first_loss = {str(k): (float(i), float(v)) for k, (i, v) in state.get("first_loss", {}).items()}
         self._restored = True
-
-    def save(self, checkpoint_path: str) -> None:
-        """Tune's scheduler hook (Tune does not call it; :meth:`callback` does the saving)."""
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.state_dict(), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.load_state_dict(pickle.load(f))
 
 
 class NeVeASHAStateCallback(Callback):

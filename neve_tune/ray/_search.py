@@ -17,7 +17,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from .._checks import check_choice, check_float, check_int, check_seed
 from ..compare._records import SearchTrial
-from ..records import Cost
+from ..records import SCHEDULERS, Cost
 from ..study import Study, load_study
 from ._scheduler import NeVeASHAScheduler
 from ._stopper import NeVeStopper
@@ -25,7 +25,6 @@ from ._trainable import TRAINABLE_METHODS, check_resources, check_resources_avai
 
 __all__ = ["APIS", "SCHEDULERS", "asha_scheduler", "check_search_args", "run_search", "search_trials", "summarize"]
 
-SCHEDULERS = ("auto", "neve_asha", "asha", "fifo")
 APIS = ("tuner", "run")
 
 

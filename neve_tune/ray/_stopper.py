@@ -11,13 +11,19 @@ from typing import Any, Mapping
 
 from ray.tune.stopper import Stopper
 
-from .._checks import _is_bool, _unwrap, check_float, check_int, to_float
+from .._checks import _is_bool, _unwrap, check_float, check_int, is_finite, to_float
+from ..control import learned
 
-__all__ = ["NeVeStopper", "velocity_verdict", "CONVERGED", "DIVERGED", "STALLED"]
+__all__ = ["NeVeStopper", "velocity_verdict", "remember_first_loss", "CONVERGED", "DIVERGED", "STALLED", "MIN_RAW_EPOCHS"]
 
 CONVERGED = "converged"
 DIVERGED = "diverged"
 STALLED = "stalled"
+
+#: No stop on a raw velocity before this ``training_iteration``: the controller's stall
+#: rule (:func:`neve_tune.control.learned`) needs the first epoch's loss and a later one,
+#: so a velocity stop at iteration 1 could only ever be "stalled".
+MIN_RAW_EPOCHS = 2
 
 # Keys Tune fills in by itself, or that a bare final result carries: a result holding only
 # these carries no training metrics (e.g. a function trainable that returned early).
@@ -111,36 +117,48 @@ def velocity_verdict(
     metric: str = "velocity",
     threshold_key: str = "threshold",
     threshold: float | None = None,
-    grace_period: int = 0,
+    grace_period: int = MIN_RAW_EPOCHS,
     who: str = "NeVeStopper",
+    first_loss: float | None = None,
+    loss_metric: str = "train_loss",
+    num_classes: int | None = None,
+    stall_margin: float = 0.1,
 ) -> str | None:
     """``"diverged"``, ``"stalled"``, ``"converged"`` or ``None`` (go on) for one Tune result.
 
     Checked in this order (numbers may be Python, NumPy or 0-d torch scalars):
 
-    1. diverged: ``result["diverged"]`` is true, or ``result[metric]`` is NaN or infinite;
+    1. diverged: ``result["diverged"]`` is true, or ``result[metric]`` or
+       ``result[loss_metric]`` is NaN or infinite;
     2. stalled: ``result["stalled"]`` is true (the velocity fell but the training loss
        did not: the trial did not learn). Never counted as converged;
     3. when the result has a ``neve_stop`` key, it decides: converged if it is true, go on
        if it is false. The trial's controller already applied its threshold and
        ``min_epochs``, so the velocity is not judged again;
-    4. otherwise the raw velocity decides: converged when ``result[metric] < threshold``
-       and ``training_iteration >= grace_period``. The threshold is
-       ``result[threshold_key]``, else ``result["config"][threshold_key]``
-       (``"config/<threshold_key>"`` in a flattened result; it is searched, so each trial
-       has its own), else ``threshold``. ``result[metric] = None`` means "not measured
-       this iteration": go on.
+    4. otherwise the raw velocity decides, as the controller would: the velocity stop
+       fires when ``result[metric] < threshold`` and ``training_iteration >=
+       grace_period`` (default :data:`MIN_RAW_EPOCHS` = 2); the trial then ends
+       ``"converged"`` if it learned by the controller's stall rule
+       (:func:`neve_tune.control.learned`: ``result[loss_metric]`` below ``(1 -
+       stall_margin)`` times ``first_loss``, the loss of the trial's first result, and
+       below ``(1 - stall_margin) * log(num_classes)`` when ``num_classes`` is given),
+       else ``"stalled"``. Without ``first_loss`` this result counts as the first, so it
+       cannot have learned. The threshold is ``result[threshold_key]``, else
+       ``result["config"][threshold_key]`` (``"config/<threshold_key>"`` in a flattened
+       result; it is searched, so each trial has its own), else ``threshold``.
+       ``result[metric] = None`` means "not measured this iteration": go on.
 
     Raises ``ValueError`` naming the key when a result with training metrics has neither
-    ``metric`` nor ``neve_stop``, or when no threshold can be found or it is not a
-    positive finite number; ``TypeError`` when ``metric`` is not a number or a flag not a
-    bool.
+    ``metric`` nor ``neve_stop``, when a raw-velocity result has no ``loss_metric``, or
+    when no threshold can be found or it is not a positive finite number; ``TypeError``
+    when ``metric`` is not a number or a flag not a bool.
 
     >>> velocity_verdict({"velocity": 0.5, "neve_stop": True})
     'converged'
     >>> velocity_verdict({"velocity": 0.001, "neve_stop": False})  # trusted: min_epochs not reached
-    >>> velocity_verdict({"velocity": 0.001, "config": {"threshold": 0.01}})
-    'converged'
+    >>> raw = {"training_iteration": 3, "velocity": 0.001, "train_loss": 0.2, "config": {"threshold": 0.01}}
+    >>> velocity_verdict(raw, first_loss=0.7), velocity_verdict(raw, first_loss=0.21)
+    ('converged', 'stalled')
     >>> velocity_verdict({"velocity": 0.001, "stalled": True, "neve_stop": False})
     'stalled'
     >>> velocity_verdict({"train_loss": 0.3})
@@ -153,6 +171,9 @@ def velocity_verdict(
     value = to_float(f"{who}: metric {metric!r}", result[metric], allow_none=True) if metric in result else None
     if value is not None and not math.isfinite(value):
         return DIVERGED
+    loss = to_float(f"{who}: metric {loss_metric!r}", result[loss_metric], allow_none=True) if loss_metric in result else None
+    if loss is not None and not math.isfinite(loss):
+        return DIVERGED
     if _flag(result, "stalled", who):
         return STALLED
     if "neve_stop" in result:
@@ -164,9 +185,39 @@ def velocity_verdict(
         raise ValueError(f"{who}: the trial's result has neither {metric!r} nor 'neve_stop'; it reports {keys}")
     if value is None:  # not measured this iteration
         return None
+    if loss is None:
+        keys = sorted(k for k in result if k not in _AUTO_KEYS)
+        raise ValueError(
+            f"{who}: a result with a raw {metric!r} and no 'neve_stop' needs {loss_metric!r} (the epoch's mean "
+            f"training loss) to tell a converged trial from a stalled one; it reports {keys}"
+        )
     if to_float("training_iteration", result.get("training_iteration", grace_period)) < grace_period:
         return None
-    return CONVERGED if value < _trial_threshold(result, threshold_key, threshold, who) else None
+    if not value < _trial_threshold(result, threshold_key, threshold, who):
+        return None
+    first = loss if first_loss is None else first_loss
+    return CONVERGED if learned(loss, first, stall_margin=stall_margin, num_classes=num_classes) else STALLED
+
+
+def remember_first_loss(first: dict[str, tuple[float, float]], trial_id: str, result: Mapping[str, Any],
+                        loss_metric: str = "train_loss") -> float | None:
+    """Keep in ``first`` (trial id -> (iteration, loss)) the finite ``loss_metric`` of the
+    earliest iteration seen for the trial, and return it (None before any).
+
+    >>> first = {}
+    >>> remember_first_loss(first, "t", {"training_iteration": 2, "train_loss": 0.6})
+    0.6
+    >>> remember_first_loss(first, "t", {"training_iteration": 1, "train_loss": 0.7})  # an earlier one wins
+    0.7
+    """
+    loss = _unwrap(result.get(loss_metric))
+    if is_finite(loss):
+        iteration = to_float("training_iteration", result.get("training_iteration", 0))
+        known = first.get(trial_id)
+        if known is None or iteration < known[0]:
+            first[trial_id] = (float(iteration), float(loss))  # type: ignore[arg-type]
+    known = first.get(trial_id)
+    return None if known is None else known[1]
 
 
 class NeVeStopper(Stopper):
@@ -180,8 +231,13 @@ class NeVeStopper(Stopper):
     - ``neve_stop`` is true: converged. When the result carries ``neve_stop`` the stopper
       trusts it and does not judge the velocity itself, so ``min_epochs`` is set once,
       in the trial's controller;
-    - only when no ``neve_stop`` is reported: ``metric < threshold`` and
-      ``training_iteration >= grace_period``: converged.
+    - only when no ``neve_stop`` is reported (a raw velocity, e.g. from a trainable of
+      your own): ``metric < threshold`` and ``training_iteration >= grace_period``
+      (default 2, :data:`MIN_RAW_EPOCHS`) fire the velocity stop, and the controller's
+      stall rule judges it: converged only if ``loss_metric`` (``"train_loss"``) fell
+      below ``(1 - stall_margin)`` times the trial's first reported loss and, with
+      ``num_classes``, below ``(1 - stall_margin) * log(num_classes)`` (chance);
+      otherwise stalled. Such results must carry ``loss_metric``.
 
     The threshold is searched, so each trial has its own: it is read from the result
     (``threshold_key``, default ``"threshold"``), else from the trial's config, else the
@@ -203,26 +259,36 @@ class NeVeStopper(Stopper):
         metric: the velocity key in the results.
         threshold_key: the threshold key in the trial's config or result.
         grace_period: no raw-velocity stop before this ``training_iteration`` (a
-            reported ``neve_stop`` is trusted at any iteration).
+            reported ``neve_stop`` is trusted at any iteration); at least 2 lets the
+            stall rule see a loss drop.
         max_converged_trials: stop the experiment after this many converged trials.
+        loss_metric: the training-loss key of raw-velocity results.
+        num_classes: the task's number of classes: a raw-velocity trial whose loss
+            stays near chance (``log(num_classes)``) ends stalled.
+        stall_margin: the relative loss drop that counts as learning (the controller's).
 
     Example::
 
         >>> import numpy as np
         >>> from neve_tune.ray import NeVeStopper
-        >>> stopper = NeVeStopper()
-        >>> stopper("t1", {"training_iteration": 1, "velocity": 0.3, "config": {"threshold": 0.01}})
+        >>> stopper = NeVeStopper(num_classes=2)
+        >>> cfg = {"threshold": 0.01}
+        >>> stopper("t1", {"training_iteration": 1, "velocity": 0.3, "train_loss": 0.69, "config": cfg})
         False
-        >>> stopper("t1", {"training_iteration": 2, "velocity": np.float32(0.005), "config": {"threshold": 0.01}})
+        >>> stopper("t1", {"training_iteration": 2, "velocity": np.float32(0.005), "train_loss": 0.3, "config": cfg})
         True
-        >>> stopper.stopped_by("t1")
-        'converged'
+        >>> stopper("t3", {"training_iteration": 1, "velocity": 1e-6, "train_loss": 0.73, "config": cfg})  # too early
+        False
+        >>> stopper("t3", {"training_iteration": 2, "velocity": 1e-6, "train_loss": 0.72, "config": cfg})
+        True
+        >>> stopper.stopped_by("t1"), stopper.stopped_by("t3")
+        ('converged', 'stalled')
         >>> stopper("t2", {"training_iteration": 2, "velocity": 0.005, "neve_stop": False})  # trusted
         False
         >>> stopper("t2", {"training_iteration": 3, "velocity": 0.004, "neve_stop": False, "stalled": True})
         True
-        >>> stopper.stopped_by("t2"), stopper.num_converged
-        ('stalled', 1)
+        >>> stopper.stopped_by("t2"), stopper.num_converged, stopper.num_stalled
+        ('stalled', 1, 2)
 
         In a search (``num_samples`` trials of the digits study, each stopped at its velocity)::
 
@@ -238,17 +304,24 @@ class NeVeStopper(Stopper):
         *,
         metric: str = "velocity",
         threshold_key: str = "threshold",
-        grace_period: int = 0,
+        grace_period: int = MIN_RAW_EPOCHS,
         max_converged_trials: int | None = None,
+        loss_metric: str = "train_loss",
+        num_classes: int | None = None,
+        stall_margin: float = 0.1,
     ) -> None:
         self._threshold = None if threshold is None else check_threshold(threshold)
         self._metric = _check_key(metric, "metric")
         self._threshold_key = _check_key(threshold_key, "threshold_key")
         self._grace_period = check_int("grace_period", grace_period, minimum=0)
         self._max_converged = check_int("max_converged_trials", max_converged_trials, minimum=1, allow_none=True)
+        self._loss_metric = _check_key(loss_metric, "loss_metric")
+        self._num_classes = check_int("num_classes", num_classes, minimum=2, allow_none=True)
+        self._stall_margin = check_float("stall_margin", stall_margin, low=0.0, high=1.0, high_open=True)
         # trial_id -> (iteration, verdict) at stop; counts by verdict (stop_all is called every step)
         self._stopped: dict[str, tuple[int, str]] = {}
         self._counts: dict[str, int] = {CONVERGED: 0, DIVERGED: 0, STALLED: 0}
+        self._first_loss: dict[str, tuple[float, float]] = {}  # trial_id -> (iteration, loss) of its first result
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         iteration = int(to_float("training_iteration", result.get("training_iteration", 0)))
@@ -261,6 +334,10 @@ class NeVeStopper(Stopper):
             threshold_key=self._threshold_key,
             threshold=self._threshold,
             grace_period=self._grace_period,
+            first_loss=remember_first_loss(self._first_loss, trial_id, result, self._loss_metric),
+            loss_metric=self._loss_metric,
+            num_classes=self._num_classes,
+            stall_margin=self._stall_margin,
         )
         if verdict is None:
             return False
@@ -281,6 +358,8 @@ class NeVeStopper(Stopper):
             for _, verdict in self._stopped.values():
                 self._counts[verdict] += 1
         self.__dict__.pop("_last_iteration", None)
+        for key, default in (("_loss_metric", "train_loss"), ("_num_classes", None), ("_stall_margin", 0.1), ("_first_loss", {})):
+            self.__dict__.setdefault(key, default)
 
     # ------------------------------------------------------------ introspection
     def stopped_by(self, trial_id: str) -> str | None:
@@ -303,6 +382,7 @@ class NeVeStopper(Stopper):
     def __repr__(self) -> str:
         return (
             f"NeVeStopper(threshold={self._threshold}, metric={self._metric!r}, threshold_key={self._threshold_key!r}, "
-            f"grace_period={self._grace_period}, max_converged_trials={self._max_converged}; "
+            f"grace_period={self._grace_period}, max_converged_trials={self._max_converged}, "
+            f"loss_metric={self._loss_metric!r}, num_classes={self._num_classes}, stall_margin={self._stall_margin}; "
             f"converged={self.num_converged}, diverged={self.num_diverged}, stalled={self.num_stalled})"
         )

@@ -1,0 +1,383 @@
+"""``NeVeTrainerCallback``: NeVe as a ``transformers.TrainerCallback``."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from .._callbacks import CallbackSettings, check_trial
+from .._checks import check_int
+from .._forward import ProbeForward, prefixed_layers
+from .._lr_compose import check_composable, follow_decay, lrs
+from .._pc_source import PCSource, check_classes
+from ..control import NeVe
+from ..train import save_checkpoint
+from ..velocity import NeuralVelocity
+from . import _state
+from ._probe import logits_forward, probe_from_example
+
+__all__ = ["NeVeTrainerCallback"]
+
+
+class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
+    """NeVe LR decay, stopping and memorisation guard for ``transformers.Trainer`` (optionally with Optuna).
+
+    Measurement points are every epoch end, or every ``every_n_steps`` optimizer steps.
+    At each one the callback takes the mean training loss since the previous point (the
+    Trainer's logged ``loss``, weighted by steps; it asks the Trainer to log at that point
+    with ``control.should_log``), counts the prediction changes, then
+    :meth:`neve_tune.NeVe.step` measures the velocity and steps the LR. NeVe's decay
+    multiplies the Trainer's LR scheduler ``base_lrs``, so it composes with any
+    ``lr_scheduler_type`` (``"constant"`` gives the NeVe schedule itself); a scheduler that
+    cannot compose (a ``OneCycleLR`` passed in ``optimizers=``, ...) is refused when
+    training starts. When the controller stops (``stopped_by``: ``"velocity"``,
+    ``"prediction_changes"``, ``"stalled"``, ``"max_epochs"``, ``"diverged"``)
+    ``control.should_training_stop`` is set, ``state.log_history`` gets
+    ``{"neve_stopped_by": ..., "neve_stop_measurement": ..., "neve_best_measurement": ...}``
+    and, with ``verbose``, one line is printed. A guard stop has restored the weights of
+    the measurement of the prediction-changes minimum (``pc_restore``), as ``fit`` does.
+    Every measurement's metrics (with ``train_loss``, ``prediction_changes`` and ``step``)
+    go to :attr:`history`.
+
+    Defaults are the studies' (docs/design.md, "The callbacks"): the guard on
+    (``pc_patience=3``, ``pc_window=3``, ``pc_restore=True``), ``patience="auto"``
+    (``max(2, max_epochs // 20)``), ``max_epochs`` the Trainer's epochs (or, with
+    ``every_n_steps``, its measurement points). Pass ``num_classes`` so a run that stays at
+    chance ends ``"stalled"``. The guard's prediction changes (``prediction_changes``):
+    ``"subset"`` forwards 1,000 training inputs (``train_dataset[i][input_key]``, drawn with
+    ``probe_seed``) at each point and counts the changed argmax of the model's ``logits``
+    (``[batch, classes]``: a model with other outputs is refused at the start; pass
+    ``pc_patience=None``); a :class:`neve_tune.SubsetPredictionChanges` you built or a
+    :class:`neve_tune.PredictionChanges` you update (e.g. in ``compute_loss``) is used as
+    given; None turns the guard off.
+
+    Checkpoints: at every Trainer save the callback writes its state to
+    :data:`neve_tune.hf.STATE_FILE` in the folder just saved (``checkpoint-<step>`` in
+    ``output_dir``, or in a run folder of it under ``Trainer.hyperparameter_search``:
+    :mod:`neve_tune.hf._state`): the controller, :attr:`history`, the prediction-change
+    series, the loss logged since the last point and a built probe; it asks the Trainer to
+    log at each save, since the Trainer's checkpoint drops the loss it has not logged yet.
+    ``trainer.train(resume_from_checkpoint=...)`` loads it in ``on_train_begin``: the file
+    of the checkpoint whose ``trainer_state.json`` is the resumed state (also in
+    ``args.resume_from_checkpoint``). A checkpoint without it gives one warning and a fresh
+    series; an unreadable one raises ``ValueError`` naming it. A given ``probe`` is not
+    saved: pass the same one when resuming (another raises ``ValueError``).
+
+    With a ``trial`` (given here, or learnt through :meth:`track_trial` under
+    ``Trainer.hyperparameter_search(backend="optuna")``) each measurement is reported with
+    :func:`neve_tune.optuna.report_epoch` and ``optuna.TrialPruned`` is raised when
+    ``trial.should_prune()``. Keep ``eval_strategy="no"``.
+
+    The probe: ``probe``, or one built from ``train_dataset[0][probe_key]`` (integer ids:
+    :func:`neve_tune.hf.token_probe` over ``model.config.vocab_size``; floats: a seeded
+    Gaussian probe), given to the model as ``probe_key=``, to its submodule
+    ``probe_module`` the same way, or to ``probe_fn(model, probe)``.
+
+    Args:
+        probe: probe inputs ``[N, ...]`` or None.
+        threshold: velocity under which the run has converged.
+        every_n_steps: measure every N optimizer steps instead of at epoch ends.
+        trial: an Optuna trial to report to and prune.
+        probe_key: the model's keyword argument that receives the probe.
+        input_key: the training examples' entry (and the model's keyword) the guard's
+            subset is drawn from and given as (default: ``probe_key``).
+        probe_samples: size of the built probe (100; refused with ``probe``).
+        probe_seed: seed of the built probe and of the guard's subset.
+        layers: monitored layers (see :class:`neve_tune.NeuralVelocity`; names of the model).
+        probe_module, probe_fn: what the probe goes through (see above).
+        prediction_changes: the guard's source (see above).
+        verbose: print one line when the callback stops the run.
+        **controller_options: more :class:`neve_tune.NeVe` options (``min_epochs``,
+            ``max_epochs`` (counted in measurements), ``factor``, ``patience``,
+            ``lr_signal``, ``threshold_mode``, ``num_classes``, ``stall_margin``,
+            ``pc_patience``, ``pc_window``, ``pc_restore``).
+    """
+
+    who = "NeVeTrainerCallback"
+
+    def __init__(
+        self,
+        probe: torch.Tensor | None = None,
+        threshold: float = 1e-3,
+        every_n_steps: int | None = None,
+        *,
+        trial: Any = None,
+        probe_key: str = "input_ids",
+        input_key: str | None = None,
+        probe_samples: int | None = None,
+        probe_seed: int = 0,
+        layers: Any = None,
+        probe_module: str | None = None,
+        probe_fn: Any = None,
+        prediction_changes: Any = "subset",
+        verbose: bool = False,
+        **controller_options: Any,
+    ) -> None:
+        for name, key in (("probe_key", probe_key), ("input_key", input_key)):
+            if not (isinstance(key, str) and key) and not (key is None and name == "input_key"):
+                raise TypeError(f"{name} must be a non-empty str, got {key!r}")
+        self._settings(probe, threshold, trial, probe_samples, probe_seed, layers, probe_module, probe_fn,
+                       prediction_changes, verbose, controller_options)
+        self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1, allow_none=True)
+        if input_key is not None and self.source_spec != "subset":
+            raise ValueError("input_key names the data set's input for the guard's subset; with "
+                             f"prediction_changes={prediction_changes!r} and pc_patience={self.controller_options['pc_patience']!r} "
+                             "it is unused: drop it")
+        self.probe_key = probe_key
+        self.input_key = probe_key if input_key is None else input_key
+        self._warned: set[str] = set()
+        self._reset_run()
+
+    def _reset_run(self) -> None:
+        self.neve = None
+        self.history = []
+        self.resumed_from: str | None = None  # the state file this run continued, if any
+        self._built_probe: torch.Tensor | None = None
+        self._probe_digest: str | None = None
+        self._lr_scheduler: Any = None
+        self._source: PCSource | None = None
+        self._model: nn.Module | None = None
+        self._loss_sum = 0.0  # logged loss x steps since the last measurement
+        self._loss_steps = 0
+        self._last_log_step = 0
+        self._pending = False
+
+    # ------------------------------------------------------------ results
+    @property
+    def stopped_by(self) -> str | None:
+        return None if self.neve is None else self.neve.stopped_by
+
+    @property
+    def velocities(self) -> list[float | None]:
+        return [m.get("velocity") for m in self.history]
+
+    def track_trial(self, model_init: Callable[..., nn.Module]) -> Callable[[Any], nn.Module]:
+        """Wrap a Trainer ``model_init`` so this callback learns each Optuna search trial.
+
+        ``Trainer.hyperparameter_search`` calls ``model_init(trial)`` at the start of every
+        trial (``model_init(None)`` when the Trainer is built; a dict of the sampled
+        values under Ray, which has no trial to report to); the wrapper records an Optuna
+        trial and calls ``model_init`` with it if it takes an argument.
+        """
+        takes_trial = len(inspect.signature(model_init).parameters) >= 1
+
+        def wrapped(trial: Any = None) -> nn.Module:
+            self.trial = None if isinstance(trial, dict) else check_trial(trial)
+            return model_init(trial) if takes_trial else model_init()
+
+        return wrapped
+
+    # ------------------------------------------------------------ setup
+    def _probe_for(self, model: nn.Module, dataset: Any, saved: dict[str, Any] | None) -> torch.Tensor:
+        if self.probe is not None:
+            if saved is not None and saved["probe_digest"] not in (None, _state.probe_digest(self.probe)):
+                raise ValueError(
+                    f"the probe given to NeVeTrainerCallback differs from the one the velocity series in "
+                    f"{self.resumed_from!r} was measured on; pass the same probe= to resume it"
+                )
+            return self.probe
+        if saved is not None and saved["probe"] is not None:
+            self._built_probe = saved["probe"]
+            return self._built_probe
+        try:
+            example = dataset[0]  # type: ignore[index]
+        except Exception as e:  # iterable datasets, or none
+            raise ValueError(f"probe=None needs an indexable train_dataset to shape the probe; pass probe= ({e})") from e
+        self._built_probe = probe_from_example(example, self.probe_key, model, self.probe_samples, self.probe_seed)
+        return self._built_probe
+
+    def _build_source(self, model: nn.Module, dataset: Any) -> PCSource | None:
+        spec = self.source_spec
+        if spec is None:
+            return None
+        if not isinstance(spec, str):
+            return PCSource(spec)
+        forward = self.probe_fn or logits_forward(self.input_key)
+        source = PCSource.subset(dataset, seed=self.probe_seed, input_key=self.input_key,
+                                 who=self.who, forward=forward)
+        check_classes(forward, model, dataset, self.input_key, self.who)
+        return source
+
+    def _max_measurements(self, state: Any) -> int:
+        if self.every_n_steps:
+            return max(1, math.ceil(state.max_steps / self.every_n_steps))
+        return max(1, math.ceil(state.num_train_epochs))
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None,
+                       train_dataloader=None, **kwargs):
+        if model is None or optimizer is None:
+            raise RuntimeError("NeVeTrainerCallback needs the Trainer's model and optimizer at on_train_begin")
+        self._reset_run()
+        check_composable([lr_scheduler] if lr_scheduler is not None else [], self.who)
+        saved = self._find_saved_state(args, state) if state.global_step > 0 else None
+        dataset = getattr(train_dataloader, "dataset", None)
+        probe = self._probe_for(model, dataset, saved)
+        self._probe_digest = _state.probe_digest(probe)
+        self._source = self._build_source(model, dataset)
+        forward = ProbeForward(model, self.probe_module, self.probe_fn, key=self.probe_key)
+        velocity = NeuralVelocity(forward, probe, layers=prefixed_layers(self.layers, self.probe_module))
+        self.neve = NeVe(optimizer, velocity, threshold=self.threshold,
+                         **self.controller_kwargs(self._max_measurements(state)))
+        self._lr_scheduler, self._model = lr_scheduler, model
+        self._last_log_step = state.global_step
+        if saved is not None:
+            self._load(saved, control)
+        self.neve.start()
+        return control
+
+    def _load(self, saved: dict[str, Any], control: Any) -> None:
+        assert self.neve is not None
+        self.neve.load_state_dict(saved["neve"])
+        self.history = [dict(m) for m in saved["history"]]
+        if saved.get("prediction_changes") is not None and self._source is not None:
+            self._source.load_state_dict(saved["prediction_changes"])
+        loss = saved["loss"]
+        self._loss_sum, self._loss_steps = float(loss["sum"]), int(loss["steps"])
+        self._pending = bool(loss.get("pending", False))
+        if self.neve.should_stop:  # the run had ended by the controller: end it again
+            control.should_training_stop = True
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self, state: Any = None) -> dict[str, Any]:
+        """What :data:`neve_tune.hf.STATE_FILE` holds (``state``: the Trainer's
+        ``TrainerState``, whose ``global_step`` and log history identify the checkpoint)."""
+        if self.neve is None:
+            raise RuntimeError("NeVeTrainerCallback has no state before on_train_begin")
+        return {
+            "format": 1,
+            "global_step": None if state is None else int(state.global_step),
+            "log_digest": None if state is None else _state.log_digest(state.log_history),
+            "neve": self.neve.state_dict(),
+            "history": [dict(m) for m in self.history],
+            "probe": self._built_probe,
+            "probe_digest": self._probe_digest,
+            "loss": {"sum": self._loss_sum, "steps": self._loss_steps, "pending": self._pending},
+            "prediction_changes": None if self._source is None else self._source.state_dict(),
+        }
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(message, stacklevel=3)
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.neve is None or not args.should_save:  # only the process that writes the checkpoint
+            return control
+        folder = _state.saved_folder(args.output_dir, state)
+        if folder is None:
+            self._warn_once(
+                f"NeVeTrainerCallback found no checkpoint-{state.global_step} folder with this run's trainer_state.json "
+                f"under {args.output_dir!r}; the NeVe state is not saved, a resumed run will start a new velocity series"
+            )
+            return control
+        save_checkpoint(os.path.join(folder, _state.STATE_FILE), self.state_dict(state))
+        return control
+
+    def _find_saved_state(self, args: Any, state: Any) -> dict[str, Any] | None:
+        """The saved state of the checkpoint this run resumes (``state.global_step`` > 0 at
+        ``on_train_begin`` only after the Trainer restored a checkpoint's ``TrainerState``)."""
+        folders = []
+        if isinstance(args.resume_from_checkpoint, str) and args.resume_from_checkpoint:
+            folders.append(args.resume_from_checkpoint)
+        folders += _state.candidate_folders(args.output_dir, state.global_step)
+        digest = _state.log_digest(state.log_history)
+        other = []
+        for folder in dict.fromkeys(folders):
+            path = os.path.join(folder, _state.STATE_FILE)
+            if not os.path.isfile(path):
+                continue
+            saved = _state.read_state(path)
+            if saved["global_step"] == state.global_step and saved["log_digest"] == digest:
+                self.resumed_from = path
+                return saved
+            other.append(path)
+        where = f"{_state.STATE_FILE} in {sorted(set(folders))}" + (
+            f" (found {other}, saved by other runs or steps)" if other else "")
+        self._warn_once(
+            f"NeVeTrainerCallback resumes at step {state.global_step} but found no NeVe state of this checkpoint "
+            f"({where}); the velocity series starts over from the resumed weights. For a checkpoint outside output_dir, "
+            "set TrainingArguments(resume_from_checkpoint=...) to its folder"
+        )
+        return None
+
+    # ------------------------------------------------------------ measurement points
+    def _measure_point(self, state, control):
+        if self.neve is None or self.neve.should_stop:
+            return control
+        if self._last_log_step == state.global_step and self._loss_steps > 0:
+            return self._measure(state, control)
+        self._pending = True
+        control.should_log = True  # the Trainer logs the loss right after this hook
+        return control
+
+    def _log_before_save(self, control):
+        """The Trainer's loss since its last log is not in its checkpoint: have it logged
+        (into this callback's saved loss) before a save that the Trainer has decided on."""
+        if control.should_save and self.neve is not None and not self.neve.should_stop:
+            control.should_log = True
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.every_n_steps and state.global_step % self.every_n_steps == 0:
+            control = self._measure_point(state, control)
+        return self._log_before_save(control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if not self.every_n_steps:
+            control = self._measure_point(state, control)
+        return self._log_before_save(control)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs and state.global_step > self._last_log_step:
+            steps = state.global_step - self._last_log_step
+            self._loss_sum += float(logs["loss"]) * steps
+            self._loss_steps += steps
+            self._last_log_step = state.global_step
+        if self._pending:
+            if self._loss_steps == 0:  # no training step since the last point: nothing to measure
+                self._pending = False
+                return control
+            return self._measure(state, control)
+        return control
+
+    def _measure(self, state, control):
+        self._pending = False
+        train_loss = self._loss_sum / self._loss_steps
+        self._loss_sum, self._loss_steps = 0.0, 0
+        neve = self.neve
+        changes = None if self._source is None else self._source.measure(self._model)
+        before = lrs(neve.optimizer)
+        metrics = dict(neve.step(train_loss=train_loss, prediction_changes=changes))
+        follow_decay([self._lr_scheduler], neve.optimizer, before)
+        metrics.setdefault("train_loss", train_loss)
+        metrics.setdefault("prediction_changes", changes)
+        metrics["step"] = state.global_step
+        self.history.append(metrics)
+        if self.trial is not None and state.is_world_process_zero:
+            from ..optuna import report_epoch
+
+            report_epoch(self.trial, metrics)
+            if self.trial.should_prune():
+                import optuna
+
+                raise optuna.TrialPruned(f"pruned at measurement {metrics['epoch']} (step {state.global_step})")
+        if neve.should_stop:
+            control.should_training_stop = True
+            self._report_stop(state)
+        return control
+
+    def _report_stop(self, state: Any) -> None:
+        """The stop reason in the Trainer's ``log_history``, and one printed line with ``verbose``."""
+        neve = self.neve
+        assert neve is not None
+        state.log_history.append({"neve_stopped_by": neve.stopped_by, "neve_stop_measurement": neve.epoch,
+                                  "neve_best_measurement": neve.best_epoch, "step": state.global_step})
+        if self.verbose and state.is_world_process_zero:
+            print(self.stop_line("epoch" if not self.every_n_steps else "measurement"), flush=True)

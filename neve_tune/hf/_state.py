@@ -1,0 +1,82 @@
+"""The callback's state file in Trainer checkpoints, and finding it again on resume.
+
+Every Trainer checkpoint folder (``checkpoint-<global_step>``, named with transformers'
+public ``PREFIX_CHECKPOINT_DIR``; ``TRAINER_STATE_NAME`` likewise) gets :data:`STATE_FILE`. The folder is found without
+re-deriving the Trainer's own naming (a hyperparameter search puts each trial's folders
+under ``<output_dir>/<run name>``, ``run-<trial id>`` by default): the candidates are
+``<output_dir>/checkpoint-<step>`` and ``<output_dir>/<any folder>/checkpoint-<step>``,
+and the one that belongs to this run is the one whose ``trainer_state.json`` holds this
+very state (same ``global_step``, same log history: :func:`log_digest`).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from typing import Any
+
+import torch
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from ..train import CheckpointError, load_state_file
+
+__all__ = ["STATE_FILE", "candidate_folders", "log_digest", "probe_digest", "read_state", "saved_folder"]
+
+#: The callback's state in each Trainer checkpoint folder (``checkpoint-<global_step>``).
+STATE_FILE = "neve_state.pt"
+STATE_KEYS = ("format", "global_step", "log_digest", "neve", "history", "probe", "probe_digest", "loss")
+
+
+def log_digest(log_history: list[dict[str, Any]]) -> str:
+    """Fingerprint of ``TrainerState.log_history``: the same before ``trainer_state.json`` is
+    written and after it is read back (JSON keeps Python floats exactly)."""
+    text = json.dumps(log_history, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def probe_digest(probe: torch.Tensor) -> str:
+    x = probe.detach().to("cpu").contiguous()
+    h = hashlib.sha256(f"{tuple(x.shape)} {x.dtype}".encode())
+    h.update(x.view(-1).view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+    return h.hexdigest()
+
+
+def read_state(path: str) -> dict[str, Any]:
+    """A NeVe state file, or a ValueError naming it."""
+    try:
+        return load_state_file(path, STATE_KEYS, "NeVeTrainerCallback state",
+                               "delete it to start the velocity series over from this checkpoint, "
+                               "or resume from another checkpoint")
+    except CheckpointError as e:
+        raise ValueError(e.message("NeVe state file")) from None
+
+
+def candidate_folders(output_dir: str, global_step: int) -> list[str]:
+    """``checkpoint-<global_step>`` in ``output_dir`` and in each folder directly under it."""
+    name = f"{PREFIX_CHECKPOINT_DIR}-{global_step}"
+    inside = sorted(glob.glob(os.path.join(glob.escape(output_dir), "*", name)))
+    return [os.path.join(output_dir, name), *inside]
+
+
+def _written_state(folder: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(folder, TRAINER_STATE_NAME), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def saved_folder(output_dir: str, state: Any) -> str | None:
+    """The checkpoint folder the Trainer has just saved ``state`` in: of the candidates,
+    the one whose ``trainer_state.json`` is this state (the newest, should two runs match)."""
+    digest = log_digest(state.log_history)
+    found = []
+    for folder in candidate_folders(output_dir, state.global_step):
+        written = _written_state(folder)
+        if written is not None and written.get("global_step") == state.global_step \
+                and log_digest(written.get("log_history", [])) == digest:
+            found.append((os.path.getmtime(os.path.join(folder, TRAINER_STATE_NAME)), folder))
+    return max(found)[1] if found else None

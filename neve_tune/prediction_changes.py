@@ -1,0 +1,334 @@
+"""Prediction changes: the signal of the memorisation guard (docs/design.md, "The memorisation guard").
+
+The count of training examples whose predicted class changed since the previous epoch,
+measured in one of two ways:
+
+- :class:`PredictionChanges` records the class each example got in the training pass
+  itself (no extra forward); the batches must carry the examples' indices;
+- :class:`SubsetPredictionChanges` forwards a fixed, seeded subset of K training inputs
+  once per epoch in eval mode (no indices needed: what a Lightning or Hugging Face
+  callback can do), at the cost of K forward-only samples per epoch.
+
+Either count goes to ``NeVe.step(..., prediction_changes=)``.
+
+    >>> import torch
+    >>> from neve_tune import SubsetPredictionChanges
+    >>> model = torch.nn.Linear(4, 3)
+    >>> pc = SubsetPredictionChanges(torch.randn(50, 4))
+    >>> pc.measure(model) is None       # the first call records the predictions
+    True
+    >>> pc.measure(model)               # nothing trained in between
+    0
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ._checks import check_int
+from .probe import module_device, probe_inputs, probe_mode
+
+__all__ = ["PREDICTION_CHANGES", "PredictionChanges", "SubsetPredictionChanges", "eval_forward"]
+
+#: where fit counts prediction changes: in the training pass, or on a fixed subset
+PREDICTION_CHANGES = ("in_pass", "subset")
+
+Forward = Callable[[nn.Module, Any], torch.Tensor]
+
+
+def _check_classes(name: str, value: torch.Tensor, what: str) -> torch.Tensor:
+    """``value`` as int64 on the CPU if it holds integers (not bools, not floats)."""
+    if value.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer {what}, got a bool tensor (a mask: pass the indices it selects, "
+                        "e.g. mask.nonzero().squeeze(1))")
+    if value.is_floating_point() or value.is_complex():
+        raise TypeError(f"{name} must hold integer {what}, got a {value.dtype} tensor (floats would be truncated)")
+    return value.to("cpu", torch.long)
+
+
+class PredictionChanges:
+    """Counts the training examples whose predicted class changed since the previous epoch,
+    from the predictions the training pass already makes.
+
+    During an epoch, call ``update(index, output)`` with each batch's example indices (into
+    the training set) and the model's outputs (logits, or class ids); after it, call
+    ``epoch_end()`` once and pass its result to ``NeVe.step(..., prediction_changes=)``. It
+    is None on the first epoch (nothing to compare with) and while some example has not
+    been seen yet. Indices must be integers in ``[0, num_examples)``, class ids integers
+    ``>= 0``; anything else (floats, bool masks, -1) is refused naming the parameter.
+
+        >>> import torch
+        >>> pc = PredictionChanges(4)
+        >>> pc.update(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 1, 0]))
+        >>> pc.epoch_end() is None
+        True
+        >>> pc.update(torch.tensor([2, 0]), torch.tensor([[0.1, 0.9], [0.8, 0.2]]))  # logits
+        >>> pc.update(torch.tensor([1, 3]), torch.tensor([1, 1]))
+        >>> pc.epoch_end()                   # example 3 changed from class 0 to 1
+        1
+    """
+
+    def __init__(self, num_examples: int) -> None:
+        n = check_int("num_examples", num_examples, minimum=1)
+        self.predictions = torch.full((n,), -1, dtype=torch.long)  # the last class seen per example; -1: unseen
+        self._previous = self.predictions.clone()
+
+    def update(self, index: torch.Tensor, output: torch.Tensor) -> None:
+        """Record the classes predicted for the examples ``index`` (logits ``[B, C]`` or ids ``[B]``)."""
+        if not isinstance(index, torch.Tensor):
+            raise TypeError(f"index must be a tensor of example indices, got {type(index).__name__}")
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"output must be a tensor of logits or class ids, got {type(output).__name__}")
+        index = _check_classes("index", index, "example indices")
+        if output.is_floating_point():
+            classes = output.detach().argmax(-1).to("cpu")
+        else:
+            classes = _check_classes("output", output.detach(), "class ids (or floating-point logits)")
+        if classes.shape != index.shape:
+            raise ValueError(f"index has shape {tuple(index.shape)} but output gives classes of shape "
+                             f"{tuple(classes.shape)}: pass one index per example of the batch")
+        n = self.predictions.numel()
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):  # a negative one would wrap silently
+            raise IndexError(f"index must hold example indices in [0, {n}), got {int(index.min())}..{int(index.max())}")
+        if classes.numel() and int(classes.min()) < 0:  # -1 marks "unseen": the count would stay None for good
+            raise ValueError(f"output must hold class ids >= 0, got {int(classes.min())}")
+        self.predictions[index] = classes
+
+    def epoch_end(self) -> int | None:
+        """The count of changed predictions against the previous epoch (None if not comparable yet)."""
+        seen = bool((self._previous >= 0).all())
+        changes = int((self.predictions != self._previous).sum()) if seen else None
+        self._previous = self.predictions.clone()
+        return changes
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"predictions": self.predictions.clone()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        predictions = state_dict["predictions"]
+        if tuple(predictions.shape) != tuple(self.predictions.shape):
+            raise ValueError(f"its training set had {predictions.numel()} examples, "
+                             f"this one has {self.predictions.numel()}")
+        self.predictions = predictions.clone()
+        self._previous = predictions.clone()  # saved at an epoch's end
+
+
+# a measuring forward: eval mode, no grad, forked RNG, every module's training flag restored
+# after (in eval mode BatchNorm uses its running statistics and does not update them)
+eval_forward = probe_mode
+
+
+def _to_model(batch: Any, model: nn.Module) -> Any:
+    """Every tensor of ``batch`` on ``model``'s device, floating ones in its dtype."""
+    if isinstance(batch, torch.Tensor):
+        return probe_inputs(batch, model)
+    if isinstance(batch, Mapping):
+        return {k: _to_model(v, model) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_model(v, model) for v in batch)
+    return batch
+
+
+def _stack(items: list[Any], name: str) -> Any:
+    """One batch from single inputs: tensors stacked, dicts stacked key by key."""
+    first = items[0]
+    if isinstance(first, Mapping):
+        return {k: _stack([it[k] for it in items], f"{name}[{k!r}]") for k in first}
+    try:
+        return torch.stack([torch.as_tensor(it) for it in items])
+    except (TypeError, RuntimeError, ValueError) as e:
+        raise TypeError(f"{name} must hold tensors of one shape (or dicts of them): {e}") from None
+
+
+def _length(inputs: Any) -> int:
+    if isinstance(inputs, torch.Tensor):
+        return int(inputs.shape[0]) if inputs.dim() else 0
+    return len(next(iter(inputs.values()))) if inputs else 0
+
+
+def _rows(inputs: Any, start: int, stop: int) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        return inputs[start:stop]
+    return {k: v[start:stop] for k, v in inputs.items()}
+
+
+def _check_inputs(inputs: Any) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        if inputs.dim() == 0 or inputs.shape[0] == 0:
+            raise ValueError(f"inputs must be a batch [K, ...] of at least one example, got shape {tuple(inputs.shape)}")
+        return inputs
+    if isinstance(inputs, Mapping):
+        if not inputs or not all(isinstance(v, torch.Tensor) and v.dim() >= 1 for v in inputs.values()):
+            raise TypeError("inputs must be a tensor [K, ...] or a non-empty dict of tensors [K, ...]")
+        sizes = {k: int(v.shape[0]) for k, v in inputs.items()}
+        if len(set(sizes.values())) != 1 or 0 in sizes.values():
+            raise ValueError(f"inputs must hold one positive number of examples in every entry, got {sizes}")
+        return dict(inputs)
+    raise TypeError(f"inputs must be a tensor [K, ...] or a dict of tensors [K, ...], got {type(inputs).__name__}")
+
+
+class SubsetPredictionChanges:
+    """Prediction changes counted on a fixed subset of training inputs, forwarded once per
+    epoch in eval mode: no example indices needed, so any loop or callback can use it.
+
+    ``measure(model)`` forwards ``inputs`` in batches of ``batch_size`` in eval mode under
+    ``no_grad`` (every module's training flag restored after, BatchNorm statistics not
+    updated, training's RNG not advanced), on the model's device, takes the argmax class
+    of each example and returns how many differ from the previous call: None on the
+    first call. ``forward(model, batch) -> logits`` adapts a model whose input is not a
+    single tensor (e.g. a dict of token ids; ``inputs`` may then be a dict of tensors with
+    K rows each). Build the subset from a data set with :meth:`from_dataset`. Each call
+    costs :attr:`num_examples` forward-only samples.
+
+        >>> import torch
+        >>> from torch.utils.data import TensorDataset
+        >>> data = TensorDataset(torch.randn(3000, 4), torch.randint(0, 3, (3000,)))
+        >>> pc = SubsetPredictionChanges.from_dataset(data, num_examples=1000, seed=0)
+        >>> model = torch.nn.Linear(4, 3)
+        >>> pc.num_examples, pc.measure(model), pc.measure(model)
+        (1000, None, 0)
+    """
+
+    def __init__(self, inputs: Any, *, batch_size: int = 256, forward: Forward | None = None) -> None:
+        self.inputs = _check_inputs(inputs)
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        if forward is not None and not callable(forward):
+            raise TypeError(f"forward must be a callable (model, batch) -> logits, got {type(forward).__name__}")
+        self.forward = forward
+        self.predictions: torch.Tensor | None = None  # the classes of the last measure()
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, num_examples: int = 1000, seed: int = 0, input_key: Any = 0, *,
+                     batch_size: int = 256, forward: Forward | None = None) -> "SubsetPredictionChanges":
+        """The inputs of ``num_examples`` items of ``dataset`` drawn without replacement
+        with ``seed`` (all of them when it has fewer), in a fixed order. Each item is an
+        ``(x, y)`` tuple (``input_key=0`` picks ``x``) or a dict (``input_key`` names the
+        input, or ``None`` keeps every entry but ``"labels"``/``"label"`` and strings)."""
+        k = check_int("num_examples", num_examples, minimum=1)
+        n = len(dataset)  # type: ignore[arg-type]
+        if n == 0:
+            raise ValueError("dataset is empty; SubsetPredictionChanges needs at least one example")
+        gen = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
+        rows = torch.randperm(n, generator=gen)[: min(k, n)].sort().values.tolist()
+        with torch.random.fork_rng(devices=[]):  # an augmenting dataset must not advance training's RNG
+            items = [_pick_input(dataset[i], input_key) for i in rows]
+        return cls(_stack(items, "dataset inputs"), batch_size=batch_size, forward=forward)
+
+    @property
+    def num_examples(self) -> int:
+        """K: the examples forwarded by each :meth:`measure` (its cost in forward-only samples)."""
+        return _length(self.inputs)
+
+    def _classes(self, model: nn.Module) -> torch.Tensor:
+        out = []
+        with eval_forward(model):
+            for start in range(0, self.num_examples, self.batch_size):
+                batch = _to_model(_rows(self.inputs, start, start + self.batch_size), model)
+                logits = self.forward(model, batch) if self.forward is not None else model(batch)
+                if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+                    got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                    raise ValueError(f"forward must return logits [batch, classes] for each batch, got {got}"
+                                     " (pass forward=lambda model, batch: model(batch).logits or similar)")
+                out.append(logits.argmax(-1).cpu())
+        return torch.cat(out)
+
+    def fingerprint(self) -> float:
+        """A checksum of the inputs (position-weighted sum), so a resumed run can tell
+        that it measures the same subset."""
+        values = [self.inputs] if isinstance(self.inputs, torch.Tensor) else [self.inputs[k] for k in sorted(self.inputs, key=str)]
+        total = 0.0
+        for v in values:
+            flat = v.reshape(v.shape[0], -1)
+            cols = torch.arange(1, flat.shape[1] + 1, dtype=torch.float64, device=v.device) / flat.shape[1]
+            for start in range(0, flat.shape[0], self.batch_size):  # in chunks: no float64 copy of everything
+                rows = flat[start : start + self.batch_size].to(torch.float64)
+                per_row = rows @ cols
+                total += float((per_row * torch.arange(start + 1, start + 1 + per_row.numel(), dtype=torch.float64, device=v.device)).sum())
+        return total
+
+    def measure(self, model: nn.Module) -> int | None:
+        """Forward the subset; the count of examples whose predicted class changed since
+        the previous call (None on the first)."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        classes = self._classes(model)
+        changes = None if self.predictions is None else int((classes != self.predictions).sum())
+        self.predictions = classes
+        return changes
+
+    def state_dict(self) -> dict[str, Any]:
+        """The last predictions (the inputs are rebuilt by the user: same data, same seed)."""
+        return {"num_examples": self.num_examples, "fingerprint": self.fingerprint(),
+                "predictions": None if self.predictions is None else self.predictions.clone()}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Continue the series of a saved run: the next :meth:`measure` compares with its last."""
+        predictions = state_dict["predictions"]
+        if int(state_dict["num_examples"]) != self.num_examples:
+            raise ValueError(f"state_dict was measured on {int(state_dict['num_examples'])} examples, "
+                             f"this subset has {self.num_examples}")
+        stored = state_dict.get("fingerprint")
+        if stored is not None and abs(float(stored) - self.fingerprint()) > 1e-6 * max(1.0, abs(float(stored))):
+            raise ValueError("state_dict was measured on other inputs (another data set or seed): "
+                             "rebuild the subset as the saved run did")
+        self.predictions = None if predictions is None else torch.as_tensor(predictions, dtype=torch.long).clone()
+
+
+def _pick_input(item: Any, input_key: Any) -> Any:
+    if isinstance(item, Mapping):
+        if input_key is None:
+            return {k: v for k, v in item.items() if k not in ("labels", "label") and not isinstance(v, str)}
+        if input_key not in item:
+            raise KeyError(f"input_key {input_key!r} is not a key of the dataset's items (keys: {sorted(item, key=str)})")
+        return item[input_key]
+    if isinstance(item, (tuple, list)):
+        if not isinstance(input_key, int) or not -len(item) <= input_key < len(item):
+            raise ValueError(f"input_key must be a position in the dataset's items (of length {len(item)}), got {input_key!r}")
+        return item[input_key]
+    return item
+
+
+class FitPredictionChanges:
+    """The prediction changes :func:`neve_tune.train.fit` reports, from either source:
+    ``"in_pass"`` (:attr:`in_pass` goes to ``train_epoch``, no extra forward) or
+    ``"subset"`` (``subset_size`` training examples drawn with ``seed``, forwarded after
+    each epoch; their forward-only samples are returned with the count)."""
+
+    def __init__(self, source: str, train_set: Dataset, *, seed: int, subset_size: int = 1000) -> None:
+        if source not in PREDICTION_CHANGES:
+            raise ValueError(f"prediction_changes must be one of {PREDICTION_CHANGES}, got {source!r}")
+        check_int("pc_subset_size", subset_size, minimum=1)
+        self.source = source
+        n = len(train_set)  # type: ignore[arg-type]
+        self.in_pass = PredictionChanges(n) if source == "in_pass" else None
+        self.subset = (SubsetPredictionChanges.from_dataset(train_set, subset_size, seed=abs(int(seed)))
+                       if source == "subset" else None)
+
+    def epoch_end(self, model: nn.Module, amp_dtype: torch.dtype | None = None) -> tuple[int | None, int]:
+        """(this epoch's count, forward-only samples it cost)."""
+        if self.in_pass is not None:
+            return self.in_pass.epoch_end(), 0
+        assert self.subset is not None
+        device = module_device(model)
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            return self.subset.measure(model), self.subset.num_examples
+
+    def checkpoint(self) -> dict[str, Any]:
+        """What a checkpoint holds of it (``predictions``: the in-pass classes, as before)."""
+        if self.in_pass is not None:
+            return {"predictions": self.in_pass.predictions}
+        return {"predictions": None, "pc_subset": self.subset.state_dict()}  # type: ignore[union-attr]
+
+    def load_checkpoint(self, ckpt: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint :meth:`checkpoint` wrote; another source is refused."""
+        saved = "subset" if ckpt.get("pc_subset") is not None else "in_pass"
+        if saved != self.source:
+            raise ValueError(f"it counted prediction_changes={saved!r}, this run counts {self.source!r}")
+        if self.subset is not None:
+            self.subset.load_state_dict(ckpt["pc_subset"])
+        elif ckpt.get("predictions") is not None:
+            self.in_pass.load_state_dict({"predictions": ckpt["predictions"]})  # type: ignore[union-attr]

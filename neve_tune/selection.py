@@ -1,0 +1,263 @@
+"""Validation-free selection criteria: which trial of a search wins, from training signals only.
+
+Each criterion is a plain function of what a trial records while it trains (its per-epoch
+history, see :data:`neve_tune.records.METRIC_NAMES`) or, for the cross-trial consensus, of
+the trials' predicted classes on a fixed, seeded subset of training examples (the same
+subset for every trial). Every ``*_score`` is lower-is-better, like a trial objective, and
+NaN where the trial has no value (it diverged, or is too short). No criterion reads a
+validation or test set. docs/design.md, "Selection criteria", gives the rules.
+
+- :func:`final_loss`: today's objective, the training loss at the stop or restore epoch;
+- :func:`pc_min`: the lowest moving average of the prediction changes;
+- :func:`tse`: the sum of the training losses over a fixed first ``k`` epochs (Ru et al.,
+  NeurIPS 2021);
+- :func:`susceptibility`: the running mean ``zeta`` of the loss drop that one SGD step on
+  a batch with random labels achieves from a copy of the model (Forouzesh, Sedghi and
+  Thiran, ICLR 2023); measured each epoch by :func:`random_label_drop`;
+- :func:`consensus_agreement`: agreement of each trial's predictions with the majority
+  vote of the other trials; :func:`noise_rate_estimate` (``eps``) and :func:`fit_excess`
+  (the trial's fit of the given labels minus the vote's, ``1 - eps``).
+
+    >>> import torch
+    >>> preds = torch.tensor([[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 0, 0]])
+    >>> consensus_agreement(preds, num_classes=4).tolist()
+    [0.5, 0.75, 0.75]
+    >>> tse([{"train_loss": 2.0}, {"train_loss": 1.0}], k=3)  # padded with the last loss
+    4.0
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "SelectionSubset",
+    "consensus_agreement",
+    "consensus_scores",
+    "decode_predictions",
+    "encode_predictions",
+    "fit_excess",
+    "final_loss",
+    "majority_vote",
+    "noise_rate_estimate",
+    "pc_min",
+    "random_label_drop",
+    "subset_predictions",
+    "susceptibility",
+    "tse",
+    "zeta_gate",
+]
+
+History = Sequence[Mapping[str, Any]]
+NAN = float("nan")
+
+
+def _upto(history: History, epoch: int | None) -> History:
+    return history if epoch is None else history[: int(epoch)]
+
+
+def _finite(x: Any) -> bool:
+    return x is not None and math.isfinite(float(x))
+
+
+def final_loss(history: History, epoch: int | None = None) -> float:
+    """The mean training loss of ``epoch`` (default: the last one): today's objective
+    (``tse_e1`` at the stop or restore epoch)."""
+    h = _upto(history, epoch)
+    if not h or not _finite(h[-1].get("train_loss")):
+        return NAN
+    return float(h[-1]["train_loss"])
+
+
+def pc_min(history: History, window: int = 3, epoch: int | None = None) -> float:
+    """The lowest ``window``-epoch moving average of ``prediction_changes`` up to ``epoch``
+    (NaN before ``window`` measured epochs): how settled the predictions became."""
+    pcs = [m.get("prediction_changes") for m in _upto(history, epoch)]
+    levels = [sum(pcs[i - window + 1:i + 1]) / window for i in range(window - 1, len(pcs))
+              if None not in pcs[i - window + 1:i + 1]]
+    return float(min(levels)) if levels else NAN
+
+
+def tse(history: History, k: int) -> float:
+    """The sum of the first ``k`` epochs' mean training losses, the same ``k`` for every
+    trial (Ru et al. 2021). A run that ended before ``k`` epochs counts its last loss for
+    each missing epoch (its model stays where it stopped); NaN if a loss is not finite."""
+    losses = [m.get("train_loss") for m in history[:k]]
+    if not losses or not all(_finite(x) for x in losses):
+        return NAN
+    losses = [float(x) for x in losses]
+    return float(sum(losses) + (k - len(losses)) * losses[-1])
+
+
+def susceptibility(history: History, epoch: int | None = None, key: str = "zeta_drop") -> float:
+    """``zeta``: the mean over epochs (up to ``epoch``) of the per-epoch random-label loss
+    drop ``history[i][key]`` (:func:`random_label_drop`). Low: the model resists fitting
+    random labels (Forouzesh et al. 2023). NaN when no epoch has a finite value."""
+    drops = [float(m[key]) for m in _upto(history, epoch) if _finite(m.get(key))]
+    return float(sum(drops) / len(drops)) if drops else NAN
+
+
+def zeta_gate(train_acc: Sequence[float], zeta: Sequence[float]) -> list[bool]:
+    """The susceptibility gate: keep trials with training accuracy >= the mean and
+    ``zeta`` <= the mean (means over the trials with finite values; others are dropped)."""
+    ok = [_finite(a) and _finite(z) for a, z in zip(train_acc, zeta)]
+    accs = [float(a) for a, k in zip(train_acc, ok) if k]
+    zs = [float(z) for z, k in zip(zeta, ok) if k]
+    if not accs:
+        return [False] * len(ok)
+    mean_acc, mean_z = sum(accs) / len(accs), sum(zs) / len(zs)
+    return [k and float(a) >= mean_acc - 1e-12 and float(z) <= mean_z + 1e-12 for a, z, k in zip(train_acc, zeta, ok)]
+
+
+def majority_vote(predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The most predicted class of each example over trials (rows); ties go to the
+    lowest class index. ``predictions``: (trials, examples) class indices."""
+    counts = F.one_hot(predictions.long(), num_classes).sum(0)
+    return counts.argmax(1)
+
+
+def consensus_agreement(predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Each trial's fraction of examples on which it predicts the majority vote of the
+    *other* trials (NaN for a single trial). Trials that fit the shared signal agree;
+    those that fit noise or failed to learn do not."""
+    preds = predictions.long()
+    t = preds.shape[0]
+    if t < 2:
+        return torch.full((t,), NAN)
+    counts = F.one_hot(preds, num_classes).sum(0)  # (examples, classes)
+    out = torch.empty(t)
+    for i in range(t):
+        others = counts - F.one_hot(preds[i], num_classes)
+        out[i] = (others.argmax(1) == preds[i]).float().mean()
+    return out
+
+
+def noise_rate_estimate(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """``eps``: the fraction of given labels that the trials' majority vote disagrees with,
+    an estimate of the label-noise rate of the training set."""
+    vote = majority_vote(predictions, num_classes)
+    return float((vote != labels.long()).float().mean())
+
+
+def fit_excess(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """How far each trial's fit of the given labels exceeds the vote's (``1 - eps``):
+    positive when it fitted labels the consensus calls noise, negative when it fits less
+    than the consensus. Rank by the absolute value (lower is better)."""
+    fit = (predictions.long() == labels.long()).float().mean(1)
+    return fit - (1.0 - noise_rate_estimate(predictions, labels, num_classes))
+
+
+@torch.no_grad()
+def subset_predictions(model: nn.Module, inputs: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """The classes ``model`` predicts for ``inputs`` (the fixed subset) in eval mode; the
+    model's mode is restored. Forward only: ``len(inputs)`` forward samples of cost."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        out = [model(inputs[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(inputs), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def random_label_drop(model: nn.Module, inputs: torch.Tensor, random_labels: torch.Tensor, lr: float) -> float:
+    """The loss drop on ``(inputs, random_labels)`` after one plain SGD step at ``lr`` from
+    a copy of ``model`` (the model itself is untouched): how easily it fits labels that
+    carry no signal. Losses are measured in eval mode; the step is taken in train mode.
+    Cost: ``len(inputs)`` trained samples plus twice as many forward ones."""
+    clone = copy.deepcopy(model)
+    device = next(clone.parameters()).device
+    x, y = inputs.to(device), random_labels.to(device).long()
+    with torch.random.fork_rng(devices=[]):  # the trial's RNG stream stays as it was
+        clone.eval()
+        with torch.no_grad():
+            before = float(F.cross_entropy(clone(x), y))
+        clone.train()
+        clone.zero_grad(set_to_none=True)
+        F.cross_entropy(clone(x), y).backward()
+        with torch.no_grad():
+            for p in clone.parameters():
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-float(lr))
+        clone.eval()
+        with torch.no_grad():
+            after = float(F.cross_entropy(clone(x), y))
+    return before - after
+
+
+# one character per class: compact in JSON storage (Optuna user attributes, checkpoints)
+_CODE_OFFSET, _CODE_LIMIT = 48, 55_000  # below the UTF-16 surrogates
+
+
+def encode_predictions(classes: torch.Tensor) -> str:
+    """Predicted classes as a string, one character per example (``chr(48 + class)``).
+
+    >>> encode_predictions(torch.tensor([0, 3, 9]))
+    '039'
+    """
+    values = classes.long().tolist()
+    if values and not 0 <= min(values) <= max(values) < _CODE_LIMIT:
+        raise ValueError(f"classes must be in [0, {_CODE_LIMIT}), got {min(values)}..{max(values)}")
+    return "".join(chr(_CODE_OFFSET + c) for c in values)
+
+
+def decode_predictions(codes: str) -> torch.Tensor:
+    """The inverse of :func:`encode_predictions`."""
+    return torch.tensor([ord(c) - _CODE_OFFSET for c in codes], dtype=torch.long)
+
+
+def consensus_scores(predictions: Mapping[Any, str]) -> dict[Any, float]:
+    """Minus :func:`consensus_agreement` of each trial (lower is better), from the encoded
+    predictions of the same subset by each trial (key: any trial id). One trial alone
+    scores 0; predictions of another length than the first raise a ``ValueError``."""
+    keys = list(predictions)
+    if len(keys) < 2:
+        return {k: 0.0 for k in keys}
+    lengths = {len(predictions[k]) for k in keys}
+    if len(lengths) != 1:
+        raise ValueError(f"predictions must cover the same subset in every trial, got lengths {sorted(lengths)}")
+    preds = torch.stack([decode_predictions(predictions[k]) for k in keys])
+    agree = consensus_agreement(preds, int(preds.max()) + 1)
+    return {k: -float(a) for k, a in zip(keys, agree)}
+
+
+class SelectionSubset:
+    """A fixed, seeded subset of training inputs whose predicted classes a trial records
+    each epoch (``subset_pred`` in its metrics), so that trials can be compared with the
+    other trials' majority vote (:func:`consensus_scores`). The same ``seed`` and data give
+    every trial the same subset; its size bounds what each trial stores.
+
+    >>> from torch.utils.data import TensorDataset
+    >>> ds = TensorDataset(torch.randn(20, 4), torch.zeros(20, dtype=torch.long))
+    >>> sub = SelectionSubset.from_dataset(ds, num_examples=5, seed=0)
+    >>> len(sub.predict(torch.nn.Linear(4, 3)))
+    5
+    """
+
+    def __init__(self, inputs: torch.Tensor) -> None:
+        self.inputs = inputs
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, num_examples: int = 500, seed: int = 0) -> "SelectionSubset":
+        from ._checks import check_int
+
+        check_int("num_examples", num_examples, minimum=1)
+        n = len(dataset)
+        gen = torch.Generator().manual_seed(int(seed))
+        pos = torch.randperm(n, generator=gen)[: min(num_examples, n)].sort().values
+        return cls(torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in pos]))
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.inputs)
+
+    def predict(self, model: nn.Module) -> str:
+        """The encoded classes ``model`` predicts for the subset (eval mode, no grad)."""
+        return encode_predictions(subset_predictions(model, self.inputs))

@@ -1,0 +1,170 @@
+"""Validation-free selection criteria on hand-checkable histories, and the replay harness
+(benchmarks/selection.py) against a real Optuna search on the same trials."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from torch import nn
+
+from neve_tune import load_study, run_trial
+from neve_tune import selection as sel
+from neve_tune.optuna import NeVePruner, make_objective, report_epoch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import selection as harness  # noqa: E402
+import selection_replay as replay  # noqa: E402
+
+H = [  # a tiny history: four epochs
+    {"train_loss": 2.0, "train_acc": 0.3, "prediction_changes": None, "zeta_drop": 0.4},
+    {"train_loss": 1.0, "train_acc": 0.6, "prediction_changes": 30, "zeta_drop": 0.2},
+    {"train_loss": 0.5, "train_acc": 0.8, "prediction_changes": 10, "zeta_drop": None},
+    {"train_loss": 0.25, "train_acc": 0.9, "prediction_changes": 20, "zeta_drop": 0.6},
+]
+
+
+def test_final_loss_at_stop_or_restore_epoch():
+    assert sel.final_loss(H) == 0.25
+    assert sel.final_loss(H, epoch=2) == 1.0
+    assert math.isnan(sel.final_loss([]))
+    assert math.isnan(sel.final_loss([{"train_loss": float("nan")}]))
+
+
+def test_pc_min_moving_average():
+    assert sel.pc_min(H, window=2) == 15.0  # (30+10)/2=20, (10+20)/2=15
+    assert sel.pc_min(H, window=2, epoch=3) == 20.0
+    assert sel.pc_min(H, window=3) == 20.0
+    assert math.isnan(sel.pc_min(H, window=4))  # the first epoch has none
+
+
+def test_tse_sums_a_fixed_first_k_epochs():
+    assert sel.tse(H, 2) == 3.0
+    assert sel.tse(H, 4) == 3.75
+    assert sel.tse(H, 6) == 4.25  # two missing epochs at the last loss 0.25
+    assert math.isnan(sel.tse([{"train_loss": None}], 3))
+
+
+def test_susceptibility_is_the_running_mean_of_the_drops():
+    assert sel.susceptibility(H) == pytest.approx(0.4)  # (0.4+0.2+0.6)/3, the missing one skipped
+    assert sel.susceptibility(H, epoch=2) == pytest.approx(0.3)
+    assert math.isnan(sel.susceptibility([{"zeta_drop": None}]))
+
+
+def test_zeta_gate_keeps_accurate_and_unsusceptible_trials():
+    acc = [0.9, 0.9, 0.5, 0.8, float("nan")]
+    zeta = [0.1, 0.5, 0.1, 0.2, 0.0]
+    # means over the four finite trials: acc 0.775, zeta 0.225
+    assert sel.zeta_gate(acc, zeta) == [True, False, False, True, False]
+    assert sel.zeta_gate([float("nan")], [1.0]) == [False]
+
+
+def test_majority_vote_breaks_ties_to_the_lowest_class():
+    preds = torch.tensor([[0, 1, 2], [1, 1, 2], [2, 0, 2]])
+    assert sel.majority_vote(preds, 3).tolist() == [0, 1, 2]
+
+
+def test_consensus_agreement_leave_one_out():
+    preds = torch.tensor([[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 0, 0]])
+    # votes (ties to the lower class): of trials 1, 2 [0, 1, 0, 0] -> trial 0 agrees on 2/4;
+    # of 0, 2 [0, 1, 0, 0] -> trial 1 on 3/4; of 0, 1 [0, 1, 2, 0] -> trial 2 on 3/4
+    assert sel.consensus_agreement(preds, 4).tolist() == [0.5, 0.75, 0.75]
+    assert math.isnan(float(sel.consensus_agreement(preds[:1], 4)[0]))
+
+
+def test_noise_rate_estimate_and_fit_excess():
+    preds = torch.tensor([[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 0, 0]])
+    labels = torch.tensor([0, 1, 2, 3])
+    # vote [0, 1, 2, 0] disagrees with one label of four
+    assert sel.noise_rate_estimate(preds, labels, 4) == 0.25
+    # fits 4/4, 3/4, 2/4 against the vote's 3/4
+    assert sel.fit_excess(preds, labels, 4).tolist() == [0.25, 0.0, -0.25]
+
+
+def test_random_label_drop_leaves_the_model_and_rng_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    assert sel.random_label_drop(model, x, y, lr=0.0) == 0.0
+    drop = sel.random_label_drop(model, x, y, lr=0.1)
+    assert drop > 0.0  # a small gradient step lowers the loss it is taken on
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_subset_predictions_restore_the_mode():
+    model = nn.Sequential(nn.Linear(4, 3))
+    x = torch.randn(7, 4)
+    model.train()
+    out = sel.subset_predictions(model, x, batch_size=3)
+    assert model.training and out.tolist() == model(x).argmax(1).tolist()
+
+
+def test_gated_ranking_and_pick():
+    assert replay.pick(replay._gated([False, True, True], [0.1, 0.5, 0.3]), [7, 8, 9]) == 9
+    assert replay.pick([float("nan"), 2.0], [0, 1]) == 1
+    assert replay._promotable(1.0, [1.0, 2.0, 3.0], 4) and not replay._promotable(2.0, [1.0, 2.0, 3.0], 4)
+
+
+@pytest.mark.parametrize("signal", ["train_loss", "velocity", "consensus"])
+def test_replay_takes_the_decisions_of_a_real_search(signal):
+    """The same six configurations trained unpruned (the pool) and searched with
+    NeVePruner: the replay prunes the same trials at the same epochs."""
+    torch.set_num_threads(1)
+    study = load_study("digits").replace(data="synthetic", max_epochs=8, lr_patience=1, selection_subset=64)
+    bundle = study.load_data(seed=3)
+    configs = harness.sample_configs(study, 6, seed=3)
+    pool = harness.fill_pool(harness.new_pool(study, bundle, 3, configs), study, bundle, 6)
+    pruner = NeVePruner(signal=signal, min_resource=1, reduction_factor=2)
+    search = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), pruner=pruner)
+    for cfg in configs:
+        search.enqueue_trial(cfg)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    search.optimize(make_objective(study, seed=3, data=bundle), n_trials=6)
+    real = [(t.state.name, int(t.user_attrs["epochs"])) for t in search.trials]
+    s = pruner.settings
+    mine = replay.replay_search(pool, signal, min_resource=s["min_resource"], reduction_factor=s["reduction_factor"])
+    assert [(d["state"], d["epochs"]) for d in mine] == real
+    assert {st for st, _ in real} == {"COMPLETE", "PRUNED"}  # the check means something
+    # the recorded histories are the search's (the extra signals perturb nothing)
+    for t, rec in zip(search.trials, pool["trials"]):
+        e = int(t.user_attrs["epochs"])
+        assert t.user_attrs[f"epoch_{e:04d}"]["train_loss"] == pytest.approx(rec["history"][e - 1]["train_loss"], abs=0)
+        assert t.user_attrs[f"epoch_{e:04d}"]["subset_pred"] == rec["history"][e - 1]["subset_pred"]
+
+
+def test_selection_subset_records_predictions_and_counts_their_cost():
+    study = load_study("digits").replace(data="synthetic", max_epochs=2)
+    plain = run_trial(study, {"lr": 0.05}, seed=1)
+    rec = run_trial(study.replace(selection_subset=40), {"lr": 0.05}, seed=1)
+    assert [len(m["subset_pred"]) for m in rec.history] == [40, 40]
+    assert "subset_pred" not in plain.history[-1]
+    assert rec.history[-1]["train_loss"] == plain.history[-1]["train_loss"]  # nothing else changes
+    assert rec.cost.probe_samples == plain.cost.probe_samples + 80 == rec.history[-1]["probe_samples"]
+    with pytest.raises(ValueError, match="selection_subset"):
+        study.replace(selection_subset=-1)
+
+
+def test_consensus_scores_and_encoding():
+    codes = {"a": sel.encode_predictions(torch.tensor([0, 1, 2, 3])), "b": "0120", "c": "0100"}
+    assert sel.decode_predictions(codes["a"]).tolist() == [0, 1, 2, 3]
+    assert sel.consensus_scores(codes) == {"a": -0.5, "b": -0.75, "c": -0.75}
+    assert sel.consensus_scores({"a": "01"}) == {"a": 0.0}
+    with pytest.raises(ValueError, match="same subset"):
+        sel.consensus_scores({"a": "01", "b": "012"})
+    with pytest.raises(ValueError, match="classes"):
+        sel.encode_predictions(torch.tensor([-1]))
+
+
+def test_consensus_pruner_refuses_epochs_without_predictions():
+    search = optuna.create_study(pruner=NeVePruner(signal="consensus"))
+    trial = search.ask()
+    report_epoch(trial, {"epoch": 1, "velocity": 0.3, "train_loss": 1.0})
+    with pytest.raises(ValueError, match="selection_subset"):
+        trial.should_prune()
