@@ -77,4 +77,24 @@ def search_trials(
                 velocity=[m.get("velocity") for m in history],
             )
         )
+    if method == "neve" and study.selection == "consensus":
+        _rank_by_consensus(search, out)
     return out
+
+
+def _rank_by_consensus(search: optuna.Study, out: list[SearchTrial]) -> None:
+    """``Study.selection="consensus"``: each finished trial's objective becomes minus its
+    agreement with the majority vote of every trial's last predictions on the subset, so
+    the search picks the most consensual trial (neve_tune.selection.pick_by_consensus)."""
+    from ..selection import consensus_scores
+
+    last = {}
+    for t in search.trials:
+        preds = [m["subset_pred"] for m in trial_history(t) if isinstance(m.get("subset_pred"), str)]
+        if preds:
+            last[t.number] = preds[-1]
+    candidates = [r.number for r in out if r.state == "COMPLETE" and r.number in last]
+    scores = consensus_scores(last, candidates)
+    for r in out:
+        if r.number in scores:
+            r.objective = scores[r.number]
