@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reduction-factor", type=int, default=None, help="replay other rungs (default: the pruner's)")
     p.add_argument("--min-resource", type=int, default=None, help="replay another first rung (default: the pruner's)")
     p.add_argument("--partial", action="store_true", help="include pools still recording")
+    p.add_argument("--markdown", action="store_true", help="print the README's tables")
     p.add_argument("--summary", default=None, help="conditions to summarise choices over (e.g. the design ones)")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -216,7 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.min_resource is not None:
             rungs["min_resource"] = args.min_resource
         crit = args.criteria.split(",") if args.criteria else CRITERIA
-        if args.summary:
+        if args.markdown:
+            from selection_replay import print_markdown
+
+            print_markdown(out, crit, args.rungs.split(","), **rungs)
+        elif args.summary:
             from selection_replay import print_summary
 
             conds = list(DESIGN) if args.summary == "design" else list(HELDOUT) if args.summary == "heldout" \
