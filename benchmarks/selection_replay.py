@@ -98,13 +98,13 @@ def pruner_rungs() -> dict[str, Any]:
     from neve_tune.optuna import NeVePruner
 
     s = NeVePruner().settings
-    keys = ("min_resource", "reduction_factor", "min_early_stopping_rate", "divergence_bound", "divergence_patience")
+    keys = ("min_resource", "reduction_factor", "min_early_stopping_rate", "unsettled_bound", "unsettled_patience")
     return {k: (math.inf if s[k] == "inf" else s[k]) for k in keys}
 
 
 def replay_search(pool: Pool, rung_signal: str | RungSignal = "train_loss", *, min_resource: int = 1,
-                  reduction_factor: int = 4, min_early_stopping_rate: int = 0, divergence_bound: float = 0.6,
-                  divergence_patience: int = 5) -> list[dict[str, Any]]:
+                  reduction_factor: int = 4, min_early_stopping_rate: int = 0, unsettled_bound: float = 0.6,
+                  unsettled_patience: int = 5) -> list[dict[str, Any]]:
     """Per trial: ``{"state": "COMPLETE"|"PRUNED", "epochs": last epoch run}``; the
     keyword arguments are ``NeVePruner``'s (:func:`pruner_rungs` gives its defaults)."""
     signal = RUNG_SIGNALS[rung_signal] if isinstance(rung_signal, str) else rung_signal
@@ -121,8 +121,8 @@ def replay_search(pool: Pool, rung_signal: str | RungSignal = "train_loss", *, m
             if not math.isfinite(rep):
                 state, last = "PRUNED", epoch
                 break
-            unsettled = (len(velocities) >= divergence_patience and math.isfinite(divergence_bound)
-                         and all(v > divergence_bound for v in velocities[-divergence_patience:]))
+            unsettled = (len(velocities) >= unsettled_patience and math.isfinite(unsettled_bound)
+                         and all(v > unsettled_bound for v in velocities[-unsettled_patience:]))
             if not converged and (m.get("stalled") or unsettled):
                 state, last = "PRUNED", epoch
                 break

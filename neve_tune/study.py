@@ -60,7 +60,7 @@ class Study:
     (a fixed seeded subset, ``subset_pred``), which ``NeVePruner(signal="consensus")`` compares
     across trials; ``selection="consensus"`` (it needs ``selection_subset``) makes the
     comparison's NeVe search pick, among its finished trials, the one that agrees most with
-    the majority vote of all trials instead of the lowest objective (docs/design.md,
+    the majority vote of the others instead of the lowest objective (docs/design.md,
     "Selection criteria").
     """
 

@@ -85,8 +85,9 @@ def _record(t: optuna.trial.FrozenTrial, study: Study, train_size: int) -> Searc
 
 def _rank_by_consensus(search: optuna.Study, out: list[SearchTrial]) -> None:
     """``Study.selection="consensus"``: each finished trial's objective becomes minus its
-    agreement with the majority vote of every trial's last predictions on the subset, so
-    the search picks the most consensual trial (neve_tune.selection.pick_by_consensus)."""
+    agreement with the majority vote of the other finished trials' last predictions on the
+    subset, so the search picks the most consensual trial (pruned trials do not vote: with
+    their votes the pick measured worse on MNIST-1D, README "Which trial wins")."""
     from ..selection import consensus_scores
 
     last = {}
@@ -95,7 +96,7 @@ def _rank_by_consensus(search: optuna.Study, out: list[SearchTrial]) -> None:
         if preds:
             last[t.number] = preds[-1]
     candidates = [r.number for r in out if r.state == "COMPLETE" and r.number in last]
-    scores = consensus_scores(last, candidates)
+    scores = consensus_scores({k: last[k] for k in candidates})
     for r in out:
         if r.number in scores:
             r.objective = scores[r.number]
