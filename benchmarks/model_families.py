@@ -15,11 +15,12 @@ MLP on scikit-learn's breast cancer, standardised), ``wine_mlp`` (the same on wi
 ``mnist1d_cnn`` (a 1-D CNN on MNIST-1D, generated offline by the ``mnist1d`` package),
 ``bert`` (a 2-layer ``BertForSequenceClassification``, hidden 32, on a synthetic token
 task, in a plain loop with ``token_probe``) and ``vit`` (timm ``VisionTransformer`` on the
-8x8 digits, patch 2, depth 3, width 48).
+8x8 digits, patch 2, depth 3, width 48). ``FAMILY@LR`` trains a family at another initial LR.
 
     OMP_NUM_THREADS=1 python benchmarks/model_families.py                  # all, seeds 0-2, 60 epochs
     OMP_NUM_THREADS=1 python benchmarks/model_families.py --table-only     # reprint from runs/model_families
     OMP_NUM_THREADS=1 python benchmarks/model_families.py --verify relative:0.01
+    OMP_NUM_THREADS=1 python benchmarks/model_families.py --lr-patience 10 --out runs/model_families_p10
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # (threshold_mode, threshold): the current default first, then the alternatives measured
+DEFAULT_RULE = ("relative", 1e-2)  # the studies' and callbacks' default, chosen from this table
 RULES = [("absolute", 1e-3), ("absolute", 2e-3), ("absolute", 5e-4),
          ("relative", 1e-3), ("relative", 3e-3), ("relative", 1e-2), ("relative", 3e-2), ("relative", 1e-1)]
 
@@ -180,13 +182,15 @@ FAMILIES: dict[str, Callable[[int], Setup]] = {
 }
 
 
-def _controller(s: Setup, optimizer: torch.optim.Optimizer, max_epochs: int, rule: tuple[str, float] | None):
+def _controller(s: Setup, optimizer: torch.optim.Optimizer, max_epochs: int, rule: tuple[str, float] | None,
+                lr_patience: int | None):
     from neve_tune import NeVe, NeuralVelocity
 
     mode, threshold = rule if rule is not None else ("absolute", 1e-12)
+    patience = max(2, max_epochs // 20) if lr_patience is None else lr_patience  # None: the studies' "auto"
     return NeVe(optimizer, NeuralVelocity(s.model, s.probe), threshold=threshold, threshold_mode=mode,
                 max_epochs=max_epochs, min_epochs=max_epochs if rule is None else 0,  # None: never stop early
-                patience=max(2, max_epochs // 20), factor=0.5, num_classes=s.num_classes, pc_patience=None)
+                patience=patience, factor=0.5, num_classes=s.num_classes, pc_patience=None)
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -209,7 +213,7 @@ def _plain_loop(s: Setup, optimizer, neve, seed: int, on_epoch: Callable[[dict],
             out = _logits(s.model, x[idx])
             loss = F.cross_entropy(out, y[idx])
             optimizer.zero_grad(); loss.backward(); optimizer.step()
-            total += float(loss) * len(idx); correct += int((out.argmax(1) == y[idx]).sum())
+            total += loss.item() * len(idx); correct += int((out.argmax(1) == y[idx]).sum())
             tracker.update(idx, out.detach())
         changes = tracker.epoch_end()
         m = neve.step(train_loss=total / len(y), prediction_changes=changes)
@@ -227,16 +231,19 @@ def _test_acc(model: nn.Module, test: TensorDataset) -> float:
     return acc
 
 
-def run(family: str, seed: int, max_epochs: int,
-        rule: tuple[str, float] | None = None) -> tuple[list[dict[str, Any]], int]:
+def run(family: str, seed: int, max_epochs: int, rule: tuple[str, float] | None = None,
+        lr_patience: int | None = None) -> tuple[list[dict[str, Any]], int]:
     """One run's per-epoch record and class count (``rule`` None: to ``max_epochs`` without a stop)."""
     from neve_tune.train import fit
     from neve_tune.trial import make_optimizer
 
     torch.manual_seed(seed)
-    s = FAMILIES[family](seed)
+    name, _, lr = family.partition("@")  # "wine_mlp@0.005": the family at another initial LR
+    s = FAMILIES[name](seed)
+    if lr:
+        s.optimizer = {**s.optimizer, "lr": float(lr)}
     optimizer = make_optimizer(s.model, s.optimizer)
-    neve = _controller(s, optimizer, max_epochs, rule)
+    neve = _controller(s, optimizer, max_epochs, rule, lr_patience)
     rows: list[dict[str, Any]] = []
     keys = ("epoch", "velocity", "velocity_change", "train_loss", "train_acc", "prediction_changes", "lr", "stopped_by")
 
@@ -274,26 +281,62 @@ def _rule_name(mode: str, threshold: float) -> str:
     return f"{'abs' if mode == 'absolute' else 'rel'} {threshold:g}"
 
 
-def table(out: Path, families: list[str], seeds: list[int], max_epochs: dict[str, int]) -> str:
+def _records(out: Path, family: str, seeds: list[int]) -> list[dict[str, Any]]:
+    return [json.loads(_record_path(out, family, s).read_text()) for s in seeds]
+
+
+def _stops(recs: list[dict[str, Any]], mode: str, thr: float) -> list[tuple[int, str, dict[str, Any]]]:
+    """(epoch, stopped_by, that epoch's row) per seed."""
+    out = []
+    for rec in recs:
+        epoch, why = replay(rec["rows"], mode, thr, rec["num_classes"], rec["max_epochs"])
+        out.append((epoch, why, rec["rows"][epoch - 1]))
+    return out
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def table(out: Path, families: list[str], seeds: list[int]) -> str:
+    """Velocity's scale per family, then every rule's stop per seed."""
     lines = ["velocity scale (mean over seeds): epoch 1 | median | min over the run;  final train/test acc at the cap",
-             f"{'family':<12} {'V1':>8} {'median':>8} {'min':>9}  {'acc@cap':>11}  epochs"]
+             f"{'family':<18} {'V1':>8} {'median':>9} {'min':>9}  {'acc@cap':>11}  epochs"]
     stops = []
     for fam in families:
-        recs = [json.loads(_record_path(out, fam, s).read_text()) for s in seeds]
+        recs = _records(out, fam, seeds)
         vs = [[r["velocity"] for r in rec["rows"]] for rec in recs]
-        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-        lines.append(f"{fam:<12} {mean([v[0] for v in vs]):8.4f} {mean([statistics.median(v) for v in vs]):8.4f} "
-                     f"{mean([min(v) for v in vs]):9.2e}  {mean([r['rows'][-1]['train_acc'] for r in recs]):5.3f}/"
-                     f"{mean([r['rows'][-1]['test_acc'] for r in recs]):5.3f}  {max_epochs[fam]}")
+        lines.append(f"{fam:<18} {_mean([v[0] for v in vs]):8.4f} {_mean([statistics.median(v) for v in vs]):9.2e} "
+                     f"{_mean([min(v) for v in vs]):9.2e}  {_mean([r['rows'][-1]['train_acc'] for r in recs]):5.3f}/"
+                     f"{_mean([r['rows'][-1]['test_acc'] for r in recs]):5.3f}  {recs[0]['max_epochs']}")
         for mode, thr in RULES:
-            cells = []
-            for rec in recs:
-                epoch, why = replay(rec["rows"], mode, thr, rec["num_classes"], max_epochs[fam])
-                row = rec["rows"][epoch - 1]
-                cells.append(f"{epoch:>2}{why[0]} {row['train_acc']:.2f}/{row['test_acc']:.2f}")
-            stops.append(f"{fam:<12} {_rule_name(mode, thr):<10} " + "  ".join(cells))
+            cells = [f"{e:>2}{why[0]} {row['train_acc']:.2f}/{row['test_acc']:.2f}" for e, why, row in _stops(recs, mode, thr)]
+            stops.append(f"{fam:<18} {_rule_name(mode, thr):<10} " + "  ".join(cells))
     lines += ["", "stop epoch per seed (v: velocity, m: max_epochs, s: stalled)  train acc/test acc at that epoch"]
     return "\n".join(lines + stops)
+
+
+def markdown(out: Path, families: list[str], seeds: list[int], default: tuple[str, float]) -> str:
+    """The README's table: scale, stop epochs per seed under every rule (suffix s: stalled,
+    m: the cap), and the accuracies at the default rule's stop and at the cap."""
+    head = ["family", "V epoch 1", "median V", "min V"] + [_rule_name(*r) for r in RULES]
+    head += [f"train / test acc at {_rule_name(*default)} stop", "train / test acc at the cap"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for fam in families:
+        recs = _records(out, fam, seeds)
+        vs = [[r["velocity"] for r in rec["rows"]] for rec in recs]
+        cells = [f"`{fam}`", f"{_mean([v[0] for v in vs]):.2g}", f"{_mean([statistics.median(v) for v in vs]):.1e}",
+                 f"{_mean([min(v) for v in vs]):.0e}"]
+        for rule in RULES:
+            stops = _stops(recs, *rule)
+            text = "/".join(f"{e}{'' if why == 'velocity' else why[0]}" for e, why, _ in stops)
+            cells.append(f"**{text}**" if rule == default else text)
+        at = [row for _, _, row in _stops(recs, *default)]
+        cap = [rec["rows"][-1] for rec in recs]
+        for picked in (at, cap):
+            cells.append(f"{_mean([r['train_acc'] for r in picked]) * 100:.1f} / {_mean([r['test_acc'] for r in picked]) * 100:.1f}")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,15 +345,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max-epochs", type=int, default=60)
     p.add_argument("--epochs-for", nargs="*", default=[], help="FAMILY=N: a smaller cap for a slow family")
+    p.add_argument("--lr-patience", default="auto", help="'auto' (the studies': max(2, max_epochs // 20)) or "
+                   "epochs (10: the NeVe class default)")
     p.add_argument("--out", default=str(ROOT / "runs" / "model_families"))
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--markdown", action="store_true", help="also print the README's table")
     p.add_argument("--verify", metavar="MODE:THRESHOLD", help="rerun seed 0 live under this rule, compare with the replay")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     families = [f for f in args.families.split(",") if f]
-    unknown = sorted(set(families) - set(FAMILIES))
+    unknown = sorted({f.partition("@")[0] for f in families} - set(FAMILIES))
     if unknown:
         p.error(f"--families: unknown {unknown}; known {sorted(FAMILIES)}")
+    patience = None if args.lr_patience == "auto" else int(args.lr_patience)
     caps = {f: args.max_epochs for f in families}
     caps.update({k: int(v) for k, v in (e.split("=") for e in args.epochs_for)})
     out = Path(args.out)
@@ -319,18 +366,21 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             path = _record_path(out, fam, seed)
             if path.exists() and json.loads(path.read_text())["max_epochs"] == caps[fam]:
-                continue
+                continue  # recorded already (a record holds its lr_patience; use another --out for another)
             t0 = time.perf_counter()
-            rows, k = run(fam, seed, caps[fam])
+            rows, k = run(fam, seed, caps[fam], lr_patience=patience)
             path.write_text(json.dumps({"family": fam, "seed": seed, "max_epochs": caps[fam], "num_classes": k,
+                                        "lr_patience": args.lr_patience,
                                         "wall_s": time.perf_counter() - t0, "rows": rows}))
             print(f"{fam} seed {seed}: {len(rows)} epochs in {time.perf_counter() - t0:.0f} s", flush=True)
-    print(table(out, families, args.seeds, caps))
+    print(table(out, families, args.seeds))
+    if args.markdown:
+        print(markdown(out, families, args.seeds, DEFAULT_RULE))
     if args.verify:
         mode, thr = args.verify.split(":")
         for fam in families:
             rec = json.loads(_record_path(out, fam, args.seeds[0]).read_text())
-            live, _ = run(fam, args.seeds[0], caps[fam], (mode, float(thr)))
+            live, _ = run(fam, args.seeds[0], caps[fam], (mode, float(thr)), patience)
             want = replay(rec["rows"], mode, float(thr), rec["num_classes"], caps[fam])
             got = (live[-1]["epoch"], live[-1]["stopped_by"])
             print(f"verify {fam} seed {args.seeds[0]} {args.verify}: live {got}, replay {want}: "

@@ -118,7 +118,8 @@ def record_trial(study: Any, config: dict[str, Any], seed: int, bundle: Any, sig
     def on_epoch(metrics: dict[str, Any]) -> None:
         model = holder["model"]
         extra.append({"zeta_drop": random_label_drop(model, sig["zeta_inputs"], sig["zeta_labels"], metrics["lr"]),
-                      "subset_pred": _codes(subset_predictions(model, sig["inputs"]))})
+                      # the study's own subset when it records one (Study.selection_subset), else the pool's
+                      "subset_pred": metrics.get("subset_pred") or _codes(subset_predictions(model, sig["inputs"]))})
 
     r = run_trial(study, config, seed=seed, data=bundle, on_epoch=on_epoch, model_fn=model_fn)
     history = [{**m, **e} for m, e in zip(r.history, extra)]
@@ -185,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rungs", default="train_loss,velocity,consensus", help="rung signals to replay")
     p.add_argument("--criteria", default=None, help="final criteria to print (default: all)")
     p.add_argument("--reduction-factor", type=int, default=None, help="replay other rungs (default: the pruner's)")
+    p.add_argument("--min-resource", type=int, default=None, help="replay another first rung (default: the pruner's)")
     p.add_argument("--partial", action="store_true", help="include pools still recording")
+    p.add_argument("--markdown", action="store_true", help="print the README's tables")
+    p.add_argument("--summary", default=None, help="conditions to summarise choices over (e.g. the design ones)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -210,8 +214,21 @@ def main(argv: list[str] | None = None) -> int:
         from selection_replay import CRITERIA, print_tables
 
         rungs = {} if args.reduction_factor is None else {"reduction_factor": args.reduction_factor}
+        if args.min_resource is not None:
+            rungs["min_resource"] = args.min_resource
         crit = args.criteria.split(",") if args.criteria else CRITERIA
-        print_tables(out, args.rungs.split(","), crit, partial=args.partial, **rungs)
+        if args.markdown:
+            from selection_replay import print_markdown
+
+            print_markdown(out, crit, args.rungs.split(","), **rungs)
+        elif args.summary:
+            from selection_replay import print_summary
+
+            conds = list(DESIGN) if args.summary == "design" else list(HELDOUT) if args.summary == "heldout" \
+                else args.summary.split(",")
+            print_summary(out, args.rungs.split(","), crit, conds, **rungs)
+        else:
+            print_tables(out, args.rungs.split(","), crit, partial=args.partial, **rungs)
     return 0
 
 

@@ -128,7 +128,11 @@ def replay_search(pool: Pool, rung_signal: str | RungSignal = "train_loss", *, m
                 break
             pruned = False
             while epoch >= min_resource * reduction_factor ** (min_early_stopping_rate + rung):
-                at_rung = reached.setdefault(rung, []) + [i]
+                if frozen:  # those that recorded a value at this rung (Optuna's successive halving)
+                    at_rung = reached.setdefault(rung, []) + [i]
+                else:  # those that reported this epoch (NeVePruner(signal="consensus"))
+                    at_rung = [j for j in range(i) if out[j]["epochs"] >= epoch] + [i]
+                    reached.setdefault(rung, [])
                 values = signal(pool, i, epoch, at_rung)
                 if math.isnan(values[i]):
                     pruned = True
@@ -155,9 +159,10 @@ def _finished(t: dict[str, Any]) -> bool:
     return t["stopped_by"] not in ("diverged", "stalled") and t["objective"] is not None and math.isfinite(t["objective"])
 
 
-def final_scores(pool: Pool, idx: Sequence[int]) -> dict[str, list[float]]:
+def final_scores(pool: Pool, idx: Sequence[int], voters: Sequence[str] = ()) -> dict[str, list[float]]:
     """Each criterion's score (lower is better) of the trials ``idx`` at their stop or restore
-    epoch; the consensus among those trials only."""
+    epoch; the consensus among those trials, and for ``consensus_all`` with the predictions
+    ``voters`` (pruned trials' last ones) voting too."""
     ts = [pool["trials"][i] for i in idx]
     at = [int(t["best_epoch"] or t["epochs"]) for t in ts]
     out: dict[str, list[float]] = {
@@ -184,8 +189,14 @@ def final_scores(pool: Pool, idx: Sequence[int]) -> dict[str, list[float]]:
         out["cons_gate+loss"] = _gated([a >= mean_agree - 1e-12 for a in agree], out["loss"])
         out["auto_eps"] = out["consensus"] if eps >= 0.1 else out["loss"]
         out["eps"] = [eps] * n  # not a criterion: the estimate, for the table
+        if voters:
+            extra = torch.stack([_preds(v) for v in voters])
+            everyone = sel.consensus_agreement(torch.cat([preds, extra]), k)[:n].tolist()
+            out["consensus_all"] = [-a for a in everyone]
+        else:
+            out["consensus_all"] = out["consensus"]
     else:
-        for name in ("consensus", "fit_excess", "cons_gate+loss", "auto_eps", "eps"):
+        for name in ("consensus", "consensus_all", "fit_excess", "cons_gate+loss", "auto_eps", "eps"):
             out[name] = [0.0] * n
     return out
 
@@ -197,7 +208,7 @@ def _gated(gate: Sequence[bool], score: Sequence[float]) -> list[float]:
 
 
 CRITERIA = ("loss", "pc_min", "tse5", "tse16", "zeta", "zeta_gate+zeta", "zeta_gate+loss", "consensus",
-            "fit_excess", "cons_gate+loss", "auto_eps")
+            "consensus_all", "fit_excess", "cons_gate+loss", "auto_eps")
 
 
 def kendall_tau(scores: Sequence[float], accs: Sequence[float]) -> float:
@@ -243,7 +254,9 @@ def evaluate_pool(pool: Pool, rung_signals: Sequence[str] = ("train_loss", "velo
         decisions = replay_search(pool, rs, **{**pruner_rungs(), **rungs})
         done = [i for i, d in enumerate(decisions) if d["state"] == "COMPLETE" and _finished(trials[i])]
         cost = sum(trial_cost(pool, i, d["epochs"]) for i, d in enumerate(decisions))
-        sc = final_scores(pool, done)
+        voters = [trials[i]["history"][d["epochs"] - 1]["subset_pred"] for i, d in enumerate(decisions)
+                  if d["state"] == "PRUNED" and "subset_pred" in trials[i]["history"][d["epochs"] - 1]]
+        sc = final_scores(pool, done, voters)
         res["search"][rs] = {"cost": cost, "complete": len(done), "picks": {}}
         for c in CRITERIA:
             p = pick(sc[c], done)
@@ -285,3 +298,64 @@ def print_tables(folder: Path, rung_signals: Sequence[str] = ("train_loss", "vel
                 reg = [r["best"] - a if a is not None else None for r, a in zip(rs, accs)]
                 row += f" {_m(accs, 100, '{:.2f}'):>22s} {_m(reg, 100, '{:.2f}'):>8s}"
             print(row)
+
+
+def print_summary(folder: Path, rung_signals: Sequence[str], criteria: Sequence[str], conditions: Sequence[str],
+                  **rungs: Any) -> None:
+    """Per data set, over ``conditions``: each (rung signal, criterion)'s mean search regret
+    (points) and mean cost, plus the worst condition's mean regret: how a choice is made."""
+    import json
+
+    by: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(folder.glob("*.json")):
+        pool = json.loads(path.read_text())
+        if pool["condition"] in conditions and len(pool["trials"]) == len(pool["configs"]):
+            r = evaluate_pool(pool, rung_signals, **rungs)
+            r["condition"] = pool["condition"]
+            by.setdefault(pool["data"], []).append(r)
+    for data, rs in sorted(by.items()):
+        conds = sorted({r["condition"] for r in rs})
+        print(f"\n{data}: {len(rs)} pools over {conds}; search regret (pt) mean / worst condition, cost (epochs)")
+        for s in rung_signals:
+            cost = statistics.fmean(r["search"][s]["cost"] for r in rs)
+            cells = []
+            for c in criteria:
+                reg = {cd: [100 * (r["best"] - r["search"][s]["picks"][c]) for r in rs
+                            if r["condition"] == cd and r["search"][s]["picks"][c] is not None] for cd in conds}
+                per = [statistics.fmean(v) for v in reg.values() if v]
+                cells.append(f"{c} {statistics.fmean(per):.2f}/{max(per):.2f}" if per else f"{c} -")
+            print(f"  rungs {s:16s} cost {cost:6.1f} | " + "  ".join(cells))
+
+
+def print_markdown(folder: Path, criteria: Sequence[str], rung_signals: Sequence[str] = ("train_loss", "consensus"),
+                   **rungs: Any) -> None:
+    """The README's tables: per data set, each criterion's Kendall tau and regret on the
+    unpruned pools, and its regret inside replayed searches per rung signal, by condition."""
+    import json
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for path in sorted(folder.glob("*.json")):
+        pool = json.loads(path.read_text())
+        if len(pool["trials"]) == len(pool["configs"]):
+            groups.setdefault((pool["data"], pool["condition"]), []).append(evaluate_pool(pool, rung_signals, **rungs))
+    for data in sorted({d for d, _ in groups}):
+        conds = [c for (d, c) in groups if d == data]
+        head = " | ".join(f"{c} ({len(groups[(data, c)])})" for c in conds)
+        print(f"\n{data}: tau / pick regret (pt) on the unpruned pools; then regret inside searches by rung signal\n")
+        print(f"| criterion | {head} |\n|---|" + "---|" * len(conds))
+        for c in criteria:
+            cells = []
+            for cd in conds:
+                rs = groups[(data, cd)]
+                cells.append(f"{_m([r['pool'][c]['tau'] for r in rs])} / {_m([r['pool'][c]['regret'] for r in rs], 100, '{:.2f}')}")
+            print(f"| {c} | " + " | ".join(cells) + " |")
+        for s in rung_signals:
+            costs = " | ".join(_m([r["search"][s]["cost"] for r in groups[(data, cd)]], 1, "{:.1f}") for cd in conds)
+            print(f"| *search, rungs on {s}: cost (epochs)* | {costs} |")
+            for c in criteria:
+                cells = []
+                for cd in conds:
+                    rs = groups[(data, cd)]
+                    reg = [r["best"] - r["search"][s]["picks"][c] for r in rs if r["search"][s]["picks"][c] is not None]
+                    cells.append(_m(reg, 100, "{:.2f}"))
+                print(f"| rungs {s}, pick {c} | " + " | ".join(cells) + " |")

@@ -1,7 +1,8 @@
 """Shared by the Lightning and Hugging Face callbacks (no third-party import here).
 
 Both callbacks run the controller :func:`neve_tune.train.fit` runs, with the studies'
-defaults (docs/design.md, "The callbacks"): the memorisation guard on (``pc_patience=3``,
+defaults (docs/design.md, "The callbacks"): the relative velocity threshold
+(``threshold_mode="relative"``, ``threshold=1e-2``: stop when V / peak V < 1e-2), the memorisation guard on (``pc_patience=3``,
 ``pc_window=3``, ``pc_restore=True``), its prediction changes counted on a fixed seeded
 subset of 1,000 training inputs (:class:`neve_tune.SubsetPredictionChanges`, since a
 callback sees batches, not example indices), ``patience="auto"`` (``max(2, max_epochs //
@@ -19,13 +20,16 @@ import torch
 from ._checks import check_float, check_int
 from ._forward import check_probe_target
 from .control import NeVe
+from .prediction_changes import PredictionChanges, SubsetPredictionChanges
 
 __all__ = ["CallbackSettings", "auto_patience", "check_controller_options", "check_trial"]
 
 # set by the callback itself, never through **controller_options
 _OWN = {"self", "optimizer", "velocity", "threshold"}
 # the studies' trial control (neve_tune.Study), which the callbacks share
-STUDY_DEFAULTS: dict[str, Any] = {"patience": "auto", "pc_patience": 3, "pc_window": 3, "pc_restore": True}
+STUDY_DEFAULTS: dict[str, Any] = {"patience": "auto", "threshold_mode": "relative", "pc_patience": 3, "pc_window": 3,
+                                  "pc_restore": True}
+DEFAULT_THRESHOLD = 1e-2  # the studies' default: with threshold_mode="relative", V / peak V < 1e-2
 
 
 def auto_patience(max_epochs: int) -> int:
@@ -131,12 +135,9 @@ class CallbackSettings:
         self.history: list[dict[str, Any]] = []
 
     def _check_source(self, source: Any) -> Any:
-        from .train import PredictionChanges
-
         if source is None or (isinstance(source, str) and source in self.sources):
             return source
-        subset = _subset_class()
-        if isinstance(source, PredictionChanges) or (subset is not None and isinstance(source, subset)):
+        if isinstance(source, (PredictionChanges, SubsetPredictionChanges)):
             return source
         raise ValueError(f"prediction_changes must be one of {list(self.sources)}, a PredictionChanges, a "
                          f"SubsetPredictionChanges or None (the guard off), got {source!r}")
@@ -164,17 +165,3 @@ class CallbackSettings:
             text += f"; weights restored to {unit} {neve.best_epoch}, the prediction-changes minimum"
         return text
 
-
-def _subset_class() -> Any:
-    """``neve_tune.SubsetPredictionChanges`` where this neve_tune has it."""
-    import neve_tune
-
-    return getattr(neve_tune, "SubsetPredictionChanges", None)
-
-
-def subset_class(who: str) -> Any:
-    cls = _subset_class()
-    if cls is None:
-        raise RuntimeError(f"{who}(prediction_changes='subset') needs neve_tune.SubsetPredictionChanges, which this "
-                           "neve_tune lacks; pass pc_patience=None or a PredictionChanges you update")
-    return cls

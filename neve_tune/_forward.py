@@ -31,9 +31,10 @@ __all__ = ["ProbeForward", "batch_inputs", "check_probe_target", "has_forward", 
 PREFIX = "model."
 
 
-def has_forward(module: nn.Module) -> bool:
-    """Whether ``module`` defines its own ``forward`` (``nn.Module``'s raises NotImplementedError)."""
-    return type(module).forward is not nn.Module.forward
+def has_forward(module: nn.Module, placeholders: tuple[Any, ...] = ()) -> bool:
+    """Whether ``module`` defines its own ``forward``: not ``nn.Module``'s (it raises
+    NotImplementedError) nor one of ``placeholders`` (e.g. ``LightningModule.forward``, which calls it)."""
+    return type(module).forward not in (nn.Module.forward, *placeholders)
 
 
 def check_probe_target(probe_module: Any, probe_fn: Any) -> None:

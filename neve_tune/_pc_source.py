@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .train import PredictionChanges
+from .prediction_changes import PredictionChanges, SubsetPredictionChanges, eval_forward
 
 __all__ = ["PCSource", "SUBSET_SIZE"]
 
@@ -38,7 +38,7 @@ class PCSource:
         self.counter = counter
 
     @classmethod
-    def subset(cls, subset_class: Any, dataset: Any, *, seed: int, input_key: Any, who: str,
+    def subset(cls, dataset: Any, *, seed: int, input_key: Any, who: str,
                forward: Callable[[nn.Module, Any], torch.Tensor] | None = None) -> "PCSource":
         """The default: ``SUBSET_SIZE`` inputs of ``dataset`` drawn with ``seed``."""
         if dataset is None or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
@@ -46,7 +46,7 @@ class PCSource:
                              f"an indexable data set here ({type(dataset).__name__}); pass a SubsetPredictionChanges you "
                              "built, or pc_patience=None to turn the guard off")
         try:
-            counter = subset_class.from_dataset(dataset, num_examples=SUBSET_SIZE, seed=seed, input_key=input_key,
+            counter = SubsetPredictionChanges.from_dataset(dataset, num_examples=SUBSET_SIZE, seed=seed, input_key=input_key,
                                                 forward=forward)
         except (KeyError, IndexError, ValueError, TypeError) as e:
             raise ValueError(f"{who}(prediction_changes='subset') cannot draw its subset of training inputs with "
@@ -89,14 +89,8 @@ def check_classes(forward: Callable[[nn.Module, Any], Any], model: nn.Module, da
     item = dataset[0]
     x = torch.as_tensor(item[input_key] if isinstance(item, (dict, tuple, list)) else item).unsqueeze(0)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            out = forward(model, x.to(device))
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    with eval_forward(model):
+        out = forward(model, x.to(device))
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"{who}'s memorisation guard counts changed class predictions, but the model's output for "

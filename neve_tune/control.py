@@ -5,63 +5,52 @@ velocity, steps torch's ``ReduceLROnPlateau`` on the velocity change (or the vel
 and stops once the velocity is under ``threshold``. :class:`ValidationControl` is the
 validation-based baseline: ``ReduceLROnPlateau`` on validation loss, a fixed epoch cap and,
 optionally, early stopping on validation loss. :class:`LRReplay` replays a recorded
-learning-rate schedule (the final retrain of a validation-based search).
+learning-rate schedule (the final retrain of a validation-based search). The two
+baselines live in :mod:`neve_tune.baselines` and are importable from here too.
 
-All three implement :class:`Controller`, the interface :func:`neve_tune.train.fit` uses.
+All three implement :class:`Controller` (:mod:`neve_tune._controller`), the interface
+:func:`neve_tune.train.fit` uses.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping
 
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from ._checks import check_choice, check_float, check_int, is_finite, to_float
+from ._checks import check_choice, check_float, check_int, to_float
+from ._controller import Controller, _finite, _lr, _reopened, _Stoppable, check_epochs
+from .baselines import LRReplay, ValidationControl
 from .velocity import NeuralVelocity
 
-__all__ = ["Controller", "LRReplay", "NeVe", "ValidationControl", "check_epochs", "learned"]
+__all__ = ["Controller", "LRReplay", "NeVe", "ValidationControl", "check_epochs", "learned", "resolve_threshold"]
 
 LR_SIGNALS = ("velocity_change", "velocity", "prediction_changes")
 THRESHOLD_MODES = ("absolute", "relative")
+# the velocity stop when no threshold is given: V / peak V < 1e-2, chosen from the model-family
+# table (README, "One stop rule for every model family"; docs/design.md, "The controller")
+DEFAULT_THRESHOLD_MODE = "relative"
+DEFAULT_THRESHOLDS = {"relative": 1e-2, "absolute": 1e-3}
 
 
-@runtime_checkable
-class Controller(Protocol):
-    """What :func:`neve_tune.train.fit` needs from a per-trial controller.
+def resolve_threshold(threshold: float | None = None, threshold_mode: str | None = None) -> tuple[float, str]:
+    """The velocity stop's ``(threshold, threshold_mode)``.
 
-    ``start()`` runs before the first epoch (NeVe records its reference outputs there);
-    ``step(train_loss, val_loss=None, *, prediction_changes=None)`` closes an epoch and
-    returns its metrics (at least ``epoch``, ``lr``, ``diverged``); ``stopped_by`` is None while the run goes on;
-    ``probe_samples`` is the forward-only samples one ``step`` costs.
+    No threshold: the default rule, relative 1e-2 (1e-3 with ``threshold_mode="absolute"``).
+    A threshold without a mode is a velocity (``"absolute"``), as it always was, so a
+    value written for the absolute rule keeps its meaning.
+
+    >>> resolve_threshold(), resolve_threshold(1e-3), resolve_threshold(0.05, "relative")
+    ((0.01, 'relative'), (0.001, 'absolute'), (0.05, 'relative'))
     """
-
-    epoch: int
-    stopped_by: str | None
-
-    @property
-    def should_stop(self) -> bool: ...
-
-    @property
-    def probe_samples(self) -> int: ...
-
-    def start(self) -> None: ...
-
-    def step(
-        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None
-    ) -> dict[str, Any]: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None: ...
-
-
-def check_epochs(min_epochs: int, max_epochs: int) -> None:
-    check_int("max_epochs", max_epochs, minimum=1)
-    check_int("min_epochs", min_epochs, minimum=0)
-    if min_epochs > max_epochs:
-        raise ValueError(f"min_epochs must be in [0, max_epochs={max_epochs}], got {min_epochs}")
+    if threshold_mode is None:
+        threshold_mode = DEFAULT_THRESHOLD_MODE if threshold is None else "absolute"
+    check_choice("threshold_mode", threshold_mode, THRESHOLD_MODES)
+    if threshold is None:
+        threshold = DEFAULT_THRESHOLDS[threshold_mode]
+    return float(check_float("threshold", threshold, positive=True)), threshold_mode  # type: ignore[arg-type]
 
 
 def learned(train_loss: float, first_loss: float | None, *, stall_margin: float = 0.1, num_classes: int | None = None) -> bool:
@@ -80,49 +69,12 @@ def learned(train_loss: float, first_loss: float | None, *, stall_margin: float 
     return num_classes is None or train_loss < keep * math.log(num_classes)
 
 
-def _finite(x: float | None) -> bool:
-    """A metric that is absent (None) or a finite number; NaN/inf mean divergence."""
-    return x is None or is_finite(x)
-
-
-def _reopened(stopped_by: str | None, epoch: int, max_epochs: int) -> str | None:
-    """A restored ``stopped_by``, None when the run had stopped only at a cap smaller than
-    ``max_epochs``: the cap is a setting, not part of the run, so a larger one continues
-    it. Any other stop (velocity, prediction_changes, stalled, diverged, early_stopping)
-    is the run's own end and stays."""
-    if stopped_by == "max_epochs" and epoch < max_epochs:
-        return None
-    return stopped_by
-
-
 def _count(value: Any) -> int | float | None:
     """A reported count (Python, NumPy or 0-d tensor) as a plain number: an int when whole."""
     number = to_float("prediction_changes", value, allow_none=True)
     if number is None or not number.is_integer():
         return number
     return int(number)
-
-
-def _lr(optimizer: torch.optim.Optimizer) -> float:
-    return float(optimizer.param_groups[0]["lr"])
-
-
-class _Stoppable:
-    """What every controller shares: it is over once ``stopped_by`` is set; ``start`` does
-    nothing unless the controller has something to record before the first epoch."""
-
-    stopped_by: str | None
-
-    @property
-    def should_stop(self) -> bool:
-        return self.stopped_by is not None
-
-    def start(self) -> None:
-        pass
-
-    def _check_open(self) -> None:
-        if self.should_stop:
-            raise RuntimeError(f"the run already stopped ({self.stopped_by}); step() after stop")
 
 
 class NeVe(_Stoppable):
@@ -138,9 +90,10 @@ class NeVe(_Stoppable):
        stop settling, which on noisy labels is when memorisation starts);
     3. ends the run (``stopped_by``), after at least ``min_epochs`` epochs:
 
-       - ``"velocity"``: ``V^t < threshold`` (``threshold_mode="absolute"``), or
-         ``V^t / max_s V^s < threshold`` (``"relative"``: scale-free, since velocity
-         follows the learning rate);
+       - ``"velocity"``: ``V^t / max_s V^s < threshold`` (``threshold_mode="relative"``:
+         scale-free, since velocity follows the learning rate), or ``V^t < threshold``
+         (``"absolute"``). With neither given, the default rule: relative, 1e-2; a
+         ``threshold`` given alone is absolute (:func:`resolve_threshold`);
        - ``"prediction_changes"``: the memorisation guard (``pc_patience`` set): the
          moving average over ``pc_window`` epochs of the training examples whose
          predicted class changed (``prediction_changes``, from :func:`neve_tune.train.fit`)
@@ -176,22 +129,21 @@ class NeVe(_Stoppable):
         optimizer: torch.optim.Optimizer,
         velocity: NeuralVelocity,
         *,
-        threshold: float = 1e-3,
+        threshold: float | None = None,
         min_epochs: int = 0,
         max_epochs: int = 100,
         lr_signal: str = "velocity_change",
         factor: float = 0.5,
         patience: int = 10,
-        threshold_mode: str = "absolute",
+        threshold_mode: str | None = None,
         num_classes: int | None = None,
         stall_margin: float = 0.1,
         pc_patience: int | None = None,
         pc_window: int = 3,
         pc_restore: bool = True,
     ) -> None:
-        threshold = check_float("threshold", threshold, positive=True)
+        threshold, threshold_mode = resolve_threshold(threshold, threshold_mode)
         check_choice("lr_signal", lr_signal, LR_SIGNALS)
-        check_choice("threshold_mode", threshold_mode, THRESHOLD_MODES)
         if not isinstance(velocity, NeuralVelocity):
             raise TypeError(f"velocity must be a NeuralVelocity, got {type(velocity).__name__}")
         check_epochs(min_epochs, max_epochs)
@@ -366,128 +318,3 @@ class NeVe(_Stoppable):
         self.pc_best_epoch = int(state_dict.get("pc_best_epoch", 0))
         best = state_dict.get("best_weights")
         self._best_weights = None if best is None else {k: v.clone() for k, v in best.items()}
-
-
-class ValidationControl(_Stoppable):
-    """The validation-based baseline controller.
-
-    After every epoch, :meth:`step` steps ``ReduceLROnPlateau(mode="min", factor,
-    patience, threshold=0)`` on the validation loss; it stops at ``max_epochs``
-    (``"max_epochs"``), after ``early_stopping`` epochs without a new best validation loss
-    when that is set (``"early_stopping"``), or when a loss is non-finite (``"diverged"``).
-    ``best_epoch`` is the epoch of the lowest validation loss.
-    """
-
-    probe_samples = 0
-
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        *,
-        max_epochs: int = 100,
-        factor: float = 0.5,
-        patience: int = 10,
-        early_stopping: int | None = None,
-    ) -> None:
-        check_epochs(0, max_epochs)
-        check_int("early_stopping", early_stopping, minimum=1, allow_none=True)
-        self.optimizer = optimizer
-        self.max_epochs = max_epochs
-        self.early_stopping = early_stopping
-        self.scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience, threshold=0.0)
-        self.epoch = 0
-        self.best_loss = math.inf
-        self.best_epoch = 0
-        self.stopped_by: str | None = None
-
-    def step(
-        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None
-    ) -> dict[str, Any]:
-        if val_loss is None:
-            raise ValueError("val_loss is required: ValidationControl decides on validation loss")
-        self._check_open()
-        lr = _lr(self.optimizer)
-        self.epoch += 1
-        diverged = not (_finite(train_loss) and _finite(val_loss))
-        if diverged:
-            self.stopped_by = "diverged"
-        else:
-            self.scheduler.step(val_loss)
-            if val_loss < self.best_loss:
-                self.best_loss, self.best_epoch = float(val_loss), self.epoch
-            if self.early_stopping is not None and self.epoch - self.best_epoch >= self.early_stopping:
-                self.stopped_by = "early_stopping"
-            elif self.epoch >= self.max_epochs:
-                self.stopped_by = "max_epochs"
-        return {"epoch": self.epoch, "lr": lr, "diverged": diverged, "best_epoch": self.best_epoch}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "stopped_by": self.stopped_by,
-            "best_loss": self.best_loss,
-            "best_epoch": self.best_epoch,
-            "scheduler": self.scheduler.state_dict(),
-        }
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore a run; one stopped only by a smaller ``max_epochs`` cap is reopened."""
-        self.epoch = int(state_dict["epoch"])
-        self.stopped_by = _reopened(state_dict["stopped_by"], self.epoch, self.max_epochs)
-        self.best_loss = float(state_dict["best_loss"])
-        self.best_epoch = int(state_dict["best_epoch"])
-        self.scheduler.load_state_dict(dict(state_dict["scheduler"]))
-
-
-class LRReplay(_Stoppable):
-    """Replays a recorded per-epoch learning-rate schedule for ``len(lrs)`` epochs.
-
-    A validation-based search retrains its best configuration on all training data this
-    way: the same learning rates its trial saw, without the held-out split. It stops at
-    the end of the schedule (``"max_epochs"``) or on a non-finite loss (``"diverged"``).
-
-        >>> import torch
-        >>> opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
-        >>> replay = LRReplay(opt, [0.1, 0.05])
-        >>> [replay.step(0.5)["lr"] for _ in range(2)], replay.stopped_by
-        ([0.1, 0.05], 'max_epochs')
-    """
-
-    probe_samples = 0
-
-    def __init__(self, optimizer: torch.optim.Optimizer, lrs: Sequence[float]) -> None:
-        if not lrs:
-            raise ValueError("lr_schedule must hold at least one epoch")
-        self.optimizer = optimizer
-        self.lrs = [check_float(f"lr_schedule[{i}]", lr, positive=True) for i, lr in enumerate(lrs)]
-        self.epoch = 0
-        self.stopped_by: str | None = None
-        self._set(0)
-
-    def _set(self, i: int) -> None:
-        for g in self.optimizer.param_groups:
-            g["lr"] = float(self.lrs[i])
-
-    def step(
-        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None
-    ) -> dict[str, Any]:
-        lr = _lr(self.optimizer)
-        self.epoch += 1
-        diverged = not _finite(train_loss)
-        if diverged:
-            self.stopped_by = "diverged"
-        elif self.epoch >= len(self.lrs):
-            self.stopped_by = "max_epochs"
-        else:
-            self._set(self.epoch)
-        return {"epoch": self.epoch, "lr": lr, "diverged": diverged}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "stopped_by": self.stopped_by}
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore a replay; one that ended with a shorter schedule goes on with this one."""
-        self.epoch = int(state_dict["epoch"])
-        self.stopped_by = _reopened(state_dict["stopped_by"], self.epoch, len(self.lrs))
-        if self.stopped_by is None:
-            self._set(self.epoch)

@@ -49,20 +49,22 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         "neve_tune.lightning needs Lightning 2: pip install 'neve_tune[lightning]' (or lightning>=2.2)"
     ) from e
 
-from ._callbacks import CallbackSettings, subset_class
+from ._callbacks import DEFAULT_THRESHOLD, CallbackSettings
 from ._checks import to_float
 from ._forward import ProbeForward, batch_inputs, has_forward, prefixed_layers
 from ._lr_compose import check_composable, follow_decay, lrs
 from .control import NeVe
 from .probe import gaussian_probe
 from ._pc_source import PCSource, batch_logits
-from .train import PredictionChanges
+from .prediction_changes import PredictionChanges
 from .velocity import NeuralVelocity
 
 __all__ = ["NeVeCallback", "batch_inputs"]
 
 # names NeVe.step() returns that are not logged: Lightning keeps its own "epoch"
 _NOT_LOGGED = frozenset({"epoch"})
+# LightningModule.forward only passes on to nn.Module's: a module without its own has none
+_PLACEHOLDERS = (pl.LightningModule.forward,)
 
 
 class NeVeCallback(CallbackSettings, pl.Callback):
@@ -90,7 +92,8 @@ class NeVeCallback(CallbackSettings, pl.Callback):
        A guard stop (``"prediction_changes"``) has restored the weights of the epoch of the
        prediction-changes minimum (``pc_restore``), as ``fit`` does.
 
-    The defaults are the studies' (docs/design.md, "The callbacks"): the guard on
+    The defaults are the studies' (docs/design.md, "The callbacks"): the relative velocity
+    threshold (``threshold_mode="relative"``, ``threshold=1e-2``), the guard on
     (``pc_patience=3``, ``pc_window=3``, ``pc_restore=True``), ``patience="auto"``
     (``max(2, max_epochs // 20)``), ``max_epochs`` the trainer's. Pass ``num_classes`` so
     a run that stays at chance ends ``"stalled"``.
@@ -116,7 +119,8 @@ class NeVeCallback(CallbackSettings, pl.Callback):
 
     Args:
         probe: probe inputs ``[N, ...]``, or None to build a Gaussian one.
-        threshold: velocity under which the run has converged.
+        threshold: the velocity stop: V / peak V under it (default ``threshold_mode="relative"``,
+            1e-2, the studies' rule), or V under it with ``threshold_mode="absolute"``.
         trial: an Optuna trial to report to and prune, or None.
         loss_key: the ``callback_metrics`` key of the training loss.
         input_key: where the inputs are in a batch or data set item (int position or dict key).
@@ -138,7 +142,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
     def __init__(
         self,
         probe: torch.Tensor | None = None,
-        threshold: float = 1e-3,
+        threshold: float = DEFAULT_THRESHOLD,
         trial: Any = None,
         *,
         loss_key: str = "train_loss",
@@ -201,7 +205,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         """What the probe goes through (see :mod:`neve_tune._forward`)."""
         if self.probe_module is not None or self.probe_fn is not None:
             return ProbeForward(pl_module, self.probe_module, self.probe_fn)
-        if not has_forward(pl_module):
+        if not has_forward(pl_module, _PLACEHOLDERS):
             raise ValueError(f"{type(pl_module).__name__} has no forward() for the probe; pass "
                              "NeVeCallback(probe_module='<submodule>') or probe_fn=lambda module, x: ...")
         return pl_module
@@ -218,10 +222,10 @@ class NeVeCallback(CallbackSettings, pl.Callback):
                 raise ValueError("prediction_changes='batch' sees one process's batches only; under DDP use "
                                  "prediction_changes='subset'")
             return PCSource(PredictionChanges(len(dataset)))  # type: ignore[arg-type]
-        if self.probe_fn is None and not has_forward(pl_module):
+        if self.probe_fn is None and not has_forward(pl_module, _PLACEHOLDERS):
             raise ValueError(f"{type(pl_module).__name__} has no forward() for the guard's subset; pass probe_fn= "
                              "(returning logits), or pc_patience=None to turn the guard off")
-        return PCSource.subset(subset_class(self.who), dataset, seed=self.probe_seed, input_key=self.input_key,
+        return PCSource.subset(dataset, seed=self.probe_seed, input_key=self.input_key,
                                who=self.who, forward=self.probe_fn)
 
     def _build(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", probe: torch.Tensor) -> None:

@@ -14,7 +14,7 @@ reasons, the counted :class:`Cost` and the :class:`TrialResult` that
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "FORWARD_FRACTION",
     "METHODS",
     "METRIC_NAMES",
+    "SCHEDULERS",
     "SEARCH_METHODS",
     "STOP_REASONS",
     "TrialResult",
@@ -31,7 +32,10 @@ __all__ = [
 #: validation search's best configuration (see docs/design.md, "Comparison protocol")
 METHODS = ("neve", "asha", "asha_es", "retrain")
 #: the methods a search runs trials of
-SEARCH_METHODS = ("neve", "asha", "asha_es")
+SEARCH_METHODS = tuple(m for m in METHODS if m != "retrain")
+#: how a Ray search schedules its trials (``auto``: ``neve_asha`` for NeVe, ``asha`` for
+#: the validation baselines)
+SCHEDULERS = ("auto", "neve_asha", "asha", "fifo")
 
 #: metric names every backend reports each epoch (docs/design.md, "Metric names")
 METRIC_NAMES = (
@@ -122,7 +126,6 @@ class TrialResult:
     test_acc: float | None = None
     test_loss: float | None = None
     test_samples: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def converged(self) -> bool:
@@ -151,7 +154,6 @@ class TrialResult:
         }
         if self.test_samples is not None:
             d["test_samples"] = self.test_samples
-        d.update(self.extra)
         return d
 
     def summary(self) -> dict[str, Any]:

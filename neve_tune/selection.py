@@ -37,11 +37,16 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "SelectionSubset",
     "consensus_agreement",
+    "consensus_scores",
+    "decode_predictions",
+    "encode_predictions",
     "fit_excess",
     "final_loss",
     "majority_vote",
     "noise_rate_estimate",
+    "pick_by_consensus",
     "pc_min",
     "random_label_drop",
     "subset_predictions",
@@ -186,3 +191,94 @@ def random_label_drop(model: nn.Module, inputs: torch.Tensor, random_labels: tor
         with torch.no_grad():
             after = float(F.cross_entropy(clone(x), y))
     return before - after
+
+
+# one character per class: compact in JSON storage (Optuna user attributes, checkpoints)
+_CODE_OFFSET, _CODE_LIMIT = 48, 55_000  # below the UTF-16 surrogates
+
+
+def encode_predictions(classes: torch.Tensor) -> str:
+    """Predicted classes as a string, one character per example (``chr(48 + class)``).
+
+    >>> encode_predictions(torch.tensor([0, 3, 9]))
+    '039'
+    """
+    values = classes.long().tolist()
+    if values and not 0 <= min(values) <= max(values) < _CODE_LIMIT:
+        raise ValueError(f"classes must be in [0, {_CODE_LIMIT}), got {min(values)}..{max(values)}")
+    return "".join(chr(_CODE_OFFSET + c) for c in values)
+
+
+def decode_predictions(codes: str) -> torch.Tensor:
+    """The inverse of :func:`encode_predictions`."""
+    return torch.tensor([ord(c) - _CODE_OFFSET for c in codes], dtype=torch.long)
+
+
+def consensus_scores(predictions: Mapping[Any, str], candidates: Sequence[Any] | None = None) -> dict[Any, float]:
+    """Minus :func:`consensus_agreement` (lower is better) of each of ``candidates`` (default:
+    every trial), from the encoded predictions of the same subset by each trial (key: any
+    trial id); every trial in ``predictions`` votes. One trial alone scores 0; predictions
+    of another length than the others raise a ``ValueError``.
+
+    >>> consensus_scores({"a": "0123", "b": "0120", "c": "0100"}, candidates=["b", "c"])
+    {'b': -0.75, 'c': -0.75}
+    """
+    keys = list(predictions)
+    wanted = keys if candidates is None else list(candidates)
+    if len(keys) < 2:
+        return {k: 0.0 for k in wanted}
+    lengths = {len(predictions[k]) for k in keys}
+    if len(lengths) != 1:
+        raise ValueError(f"predictions must cover the same subset in every trial, got lengths {sorted(lengths)}")
+    preds = torch.stack([decode_predictions(predictions[k]) for k in keys])
+    agree = dict(zip(keys, consensus_agreement(preds, int(preds.max()) + 1).tolist()))
+    return {k: -float(agree[k]) for k in wanted}
+
+
+def pick_by_consensus(last_predictions: Mapping[Any, str], candidates: Sequence[Any]) -> Any:
+    """The candidate (a finished trial) whose predictions agree most with the majority vote
+    of all the other trials (``last_predictions``: every trial's latest predictions on the
+    subset, pruned ones included); ties go to the first candidate. None without candidates.
+
+    >>> pick_by_consensus({1: "0123", 2: "0120", 3: "0100", 4: "0100"}, candidates=[1, 2])
+    2
+    """
+    if not candidates:
+        return None
+    scores = consensus_scores(last_predictions, candidates)
+    return min(candidates, key=lambda k: scores[k])
+
+
+class SelectionSubset:
+    """A fixed, seeded subset of training inputs whose predicted classes a trial records
+    each epoch (``subset_pred`` in its metrics), so that trials can be compared with the
+    other trials' majority vote (:func:`consensus_scores`). The same ``seed`` and data give
+    every trial the same subset; its size bounds what each trial stores.
+
+    >>> from torch.utils.data import TensorDataset
+    >>> ds = TensorDataset(torch.randn(20, 4), torch.zeros(20, dtype=torch.long))
+    >>> sub = SelectionSubset.from_dataset(ds, num_examples=5, seed=0)
+    >>> len(sub.predict(torch.nn.Linear(4, 3)))
+    5
+    """
+
+    def __init__(self, inputs: torch.Tensor) -> None:
+        self.inputs = inputs
+
+    @classmethod
+    def from_dataset(cls, dataset: Any, num_examples: int = 500, seed: int = 0) -> "SelectionSubset":
+        from ._checks import check_int
+
+        check_int("num_examples", num_examples, minimum=1)
+        n = len(dataset)
+        gen = torch.Generator().manual_seed(int(seed))
+        pos = torch.randperm(n, generator=gen)[: min(num_examples, n)].sort().values
+        return cls(torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in pos]))
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.inputs)
+
+    def predict(self, model: nn.Module) -> str:
+        """The encoded classes ``model`` predicts for the subset (eval mode, no grad)."""
+        return encode_predictions(subset_predictions(model, self.inputs))

@@ -137,10 +137,11 @@ def _space_values(dist: Distribution) -> list[tuple[str, Any]]:
 
 
 def default_space() -> dict[str, Distribution]:
-    """What a search tunes when a study says nothing: initial LR, velocity threshold, batch size."""
+    """What a search tunes when a study says nothing: initial LR, velocity threshold (a ratio to
+    the run's peak velocity under the default ``threshold_mode="relative"``), batch size."""
     return {
         "lr": LogUniform(1e-3, 0.5),
-        "threshold": LogUniform(1e-4, 1e-2),
+        "threshold": LogUniform(1e-3, 1e-1),  # relative: V / peak V (Study.threshold_mode)
         "batch_size": Choice([32, 64, 128]),
     }
 

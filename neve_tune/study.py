@@ -32,7 +32,7 @@ __all__ = ["Choice", "IntUniform", "LogUniform", "Study", "Uniform", "bundled_st
 def _default_params() -> dict[str, Any]:
     return {
         "lr": 0.05,
-        "threshold": 1e-3,
+        "threshold": 1e-2,
         "batch_size": 64,
         "momentum": 0.9,
         "weight_decay": 5e-4,
@@ -49,12 +49,19 @@ class Study:
 
     Trial control (docs/design.md, "The controller"): ``lr_patience`` is the
     ``ReduceLROnPlateau`` patience of NeVe and of the validation baselines alike
-    (``"auto"``: ``max(2, max_epochs // 20)``); ``threshold_mode`` ``"absolute"`` or
-    ``"relative"`` (velocity over its peak); ``stall_margin`` the drop in training loss
+    (``"auto"``: ``max(2, max_epochs // 20)``); ``threshold_mode`` ``"relative"`` (the
+    default: velocity over its running peak, the ``threshold`` a ratio, 1e-2 by default,
+    searched over 1e-3–1e-1) or ``"absolute"`` (velocity itself); ``stall_margin`` the drop in training loss
     (from the first epoch, and from chance) that counts as learning; ``pc_patience`` /
     ``pc_window`` / ``pc_restore`` the memorisation guard (None: off), counted
     ``prediction_changes="in_pass"`` or on a subset of ``pc_subset_size`` examples. The defaults are the
-    measured ones (README, "Validation-free choices").
+    measured ones (README, "Which validation-free defaults, and why"). ``selection_subset`` (0: off) makes each
+    NeVe trial record, every epoch, the classes it predicts for that many training examples
+    (a fixed seeded subset, ``subset_pred``), which ``NeVePruner(signal="consensus")`` compares
+    across trials; ``selection="consensus"`` (it needs ``selection_subset``) makes the
+    comparison's NeVe search pick, among its finished trials, the one that agrees most with
+    the majority vote of all trials instead of the lowest objective (docs/design.md,
+    "Selection criteria").
     """
 
     name: str
@@ -71,13 +78,15 @@ class Study:
     lr_signal: str = "velocity_change"
     lr_factor: float = 0.5
     lr_patience: int | str = "auto"
-    threshold_mode: str = "absolute"
+    threshold_mode: str = "relative"
     stall_margin: float = 0.1
     pc_patience: int | None = 3
     pc_window: int = 3
     pc_restore: bool = True
     prediction_changes: str = "in_pass"
     pc_subset_size: int = 1000
+    selection_subset: int = 0
+    selection: str = "objective"
     val_fraction: float = 0.1
     early_stopping: int = 10
     objective: str = "tse_e1"
@@ -127,6 +136,11 @@ class Study:
         check_int("pc_window", self.pc_window, minimum=1)
         check_choice("prediction_changes", self.prediction_changes, PREDICTION_CHANGES)
         check_int("pc_subset_size", self.pc_subset_size, minimum=1)
+        check_int("selection_subset", self.selection_subset, minimum=0)
+        check_choice("selection", self.selection, ("objective", "consensus"))
+        if self.selection == "consensus" and not self.selection_subset:
+            raise ValueError("selection='consensus' needs selection_subset > 0 (e.g. 500): the trials' predictions "
+                             "on that fixed subset are what it compares")
         check_int("early_stopping", self.early_stopping, minimum=1)
         check_int("probe_samples", self.probe_samples, minimum=1)
         if not 0.0 < self.val_fraction < 1.0:
@@ -197,12 +211,3 @@ def _exec_study(stem: str, source: str, origin: str) -> Study:
     if not isinstance(obj, Study):
         raise ValueError(f"study file {origin!r} must define STUDY = neve_tune.Study(...)")
     return obj
-
-
-def __getattr__(name: str) -> Any:
-    # names that lived here before the trial machinery moved to neve_tune.trial
-    if name in ("run_trial", "resolve_device", "trial_objective", "training_speed_estimate", "make_optimizer", "METHODS"):
-        from . import trial
-
-        return getattr(trial, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

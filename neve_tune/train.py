@@ -3,12 +3,12 @@
 :func:`fit` trains until its controller (:class:`~neve_tune.control.NeVe` or
 :class:`~neve_tune.control.ValidationControl`) stops, and after every epoch writes a
 checkpoint (model, optimizer, controller with its velocity state, history, cost, RNG)
-atomically. Called again with the same ``checkpoint_path`` it resumes after the last
-finished epoch, so the velocity series continues as if the run had never stopped; a run
-that had stopped only at a smaller ``max_epochs`` cap goes on up to the controller's
-cap. A checkpoint that cannot be resumed from (unreadable, not a neve_tune checkpoint,
-or made by another run) raises :class:`CheckpointError`, one line naming
-``checkpoint_path``.
+atomically; the format is :mod:`neve_tune.checkpoint`'s. Called again with the same
+``checkpoint_path`` it resumes after the last finished epoch, so the velocity series
+continues as if the run had never stopped; a run that had stopped only at a smaller
+``max_epochs`` cap goes on up to the controller's cap. A checkpoint that cannot be
+resumed from (unreadable, not a neve_tune checkpoint, made by another run, or without
+the run's guard) raises :class:`CheckpointError`, one line naming ``checkpoint_path``.
 
 Cost is counted, not guessed (docs/design.md, "Cost model"): ``train_samples`` (forward+backward),
 ``probe_samples`` and ``eval_samples`` (forward only), ``wall_s``. ``epochs_equiv``
@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -31,6 +31,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ._checks import check_int
+from .checkpoint import (CheckpointError, check_guard, first_line, fit_payload, load_checkpoint, load_state_file,
+                         save_checkpoint, set_rng_state)
 from .prediction_changes import FitPredictionChanges, PredictionChanges
 from .records import METRIC_NAMES, Cost
 
@@ -44,21 +46,20 @@ __all__ = [
     "evaluate",
     "fit",
     "load_checkpoint",
+    "load_state_file",
     "save_checkpoint",
     "train_epoch",
 ]
 
-CHECKPOINT_VERSION = 1
-# what every checkpoint fit writes holds; anything else is not a neve_tune checkpoint
-CHECKPOINT_KEYS = ("version", "epoch", "model", "optimizer", "controller", "history", "cost", "rng")
 
 @dataclass
 class FitResult:
+    """How a :func:`fit` run ended, its per-epoch metrics and its counted cost."""
+
     stopped_by: str
     epochs: int
     history: list[dict[str, Any]]
     cost: Cost
-    final: dict[str, Any] = field(default_factory=dict)
 
 
 def _tensor_source(dataset: Dataset) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None] | None:
@@ -175,116 +176,6 @@ def evaluate(
     return loss_sum / max(n, 1), correct / max(n, 1), n
 
 
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from: unreadable, not a neve_tune checkpoint,
-    or made by another run. Its text is one line: the parameter, the path, what is wrong
-    and what to do; :meth:`message` words it for another name (the CLI's ``--checkpoint``)."""
-
-    def __init__(self, path: str | os.PathLike, problem: str,
-                 advice: str = "delete it to start over, or pass another path") -> None:
-        self.path, self.problem, self.advice = str(path), problem, advice
-        super().__init__(self.message())
-
-    def message(self, name: str = "checkpoint_path") -> str:
-        return f"{name} {self.path!r} {self.problem}; {self.advice}"
-
-    def __reduce__(self) -> tuple[Any, ...]:  # picklable (Ray ships exceptions between processes)
-        return type(self), (self.path, self.problem, self.advice)
-
-
-def _first_line(error: BaseException, limit: int = 120) -> str:
-    text = (str(error).strip().splitlines() or [""])[0].strip()
-    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Atomic write: the payload goes to a temporary file in the same folder, flushed to
-    disk, which then replaces ``path`` (``os.replace``), so a run killed mid-save leaves
-    the previous checkpoint whole, never a truncated one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def load_state_file(path: str | os.PathLike, required: tuple[str, ...], kind: str,
-                    advice: str = "delete it to start over, or pass another path") -> dict[str, Any]:
-    """The dict a state file written by :func:`save_checkpoint` holds (``weights_only``
-    loading); a :class:`CheckpointError` when ``path`` is missing, a folder, empty,
-    truncated, not a torch file, or not a ``kind`` (a dict without the ``required`` keys)."""
-    p = Path(path)
-    if p.is_dir():
-        raise CheckpointError(path, "is a folder, not a checkpoint file", "pass the path of a checkpoint file")
-    if not p.is_file():
-        raise CheckpointError(path, "does not exist", "pass the path of an existing checkpoint")
-    if p.stat().st_size == 0:
-        raise CheckpointError(path, "is empty", advice)
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # any failure to unpickle: truncated, text, another format
-        raise CheckpointError(path, "cannot be read as a torch checkpoint (truncated or another format; "
-                                    f"{_first_line(e)})", advice) from None
-    if not isinstance(state, dict):
-        raise CheckpointError(path, f"holds a {type(state).__name__}, not a {kind}", advice)
-    missing = [k for k in required if k not in state]
-    if missing:
-        raise CheckpointError(path, f"is not a {kind} (it has no {', '.join(map(repr, missing))})", advice)
-    return state
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint written by :func:`fit`; a :class:`CheckpointError` when it cannot be
-    one (see :func:`load_state_file`) or has another format version."""
-    ckpt = load_state_file(path, CHECKPOINT_KEYS, "neve_tune checkpoint")
-    if ckpt["version"] != CHECKPOINT_VERSION:
-        raise CheckpointError(path, f"has version {ckpt['version']!r}; this neve_tune reads version {CHECKPOINT_VERSION}")
-    return ckpt
-
-
-def _meta_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """What differs between a checkpoint's run guard and this run's, one phrase each.
-
-    Only the fields both hold are compared: a checkpoint written before a field joined
-    the guard (``data`` and ``model`` were added after ``config``/``method``/``seed``) is
-    accepted, being most likely a crash-resume of the same command; a model that does not
-    fit it is still refused, by the state-dict loading in :func:`fit`, as a
-    :class:`CheckpointError`."""
-    out: list[str] = []
-    for key in current:
-        if key not in stored or stored[key] == current[key]:
-            continue
-        old, new = stored[key], current[key]
-        if isinstance(old, dict) and isinstance(new, dict):
-            for sub in sorted(set(old) | set(new), key=str):
-                if old.get(sub) != new.get(sub):
-                    out.append(f"{key} {sub}: {old.get(sub)!r} in the checkpoint, {new.get(sub)!r} now")
-        else:
-            out.append(f"{key}: {old!r} in the checkpoint, {new!r} now")
-    return out
-
-
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -307,22 +198,20 @@ def fit(
     """Train ``model`` until ``controller`` stops.
 
     ``on_epoch(metrics)`` is called after each epoch's checkpoint is written, with the
-    metric names (:data:`neve_tune.records.METRIC_NAMES`) plus ``stopped_by`` (None until the last epoch; and
-    ``val_loss``/``val_acc`` when ``val_set`` is given); it may
-    raise (e.g. ``optuna.TrialPruned``) to end the run. Epochs restored from
-    ``checkpoint_path`` are not reported again. ``checkpoint_meta`` (e.g. the run's
-    config, method, seed, data and model: the run guard) is stored with each checkpoint;
-    resuming from one whose meta differs raises :class:`CheckpointError` naming what
-    differs. ``max_epochs`` is not part of it: a run that stopped only at the cap
-    (``stopped_by == "max_epochs"``) continues up to a larger one, with the same velocity
-    series as an uninterrupted run; a run that stopped for any other reason is finished
-    and its result is returned as it is.
+    metric names (:data:`neve_tune.records.METRIC_NAMES`) plus ``stopped_by`` (None until
+    the last epoch; and ``val_loss``/``val_acc`` with ``val_set``); it may raise (e.g.
+    ``optuna.TrialPruned``) to end the run. Epochs restored from ``checkpoint_path`` are not
+    reported again. ``checkpoint_meta`` (the run guard: config, method, seed, data, model,
+    controller settings) is stored with each checkpoint; resuming from one whose meta
+    differs, or that has none, raises :class:`CheckpointError` naming what differs.
+    ``max_epochs`` is not part of it: a run that stopped only at the cap continues up to a
+    larger one with the same velocity series as an uninterrupted run; a run stopped for
+    any other reason is finished and returned as it is.
 
-    ``prediction_changes`` says where the reported ``prediction_changes`` are counted:
-    ``"in_pass"`` (the class of every training example in the training pass, no extra
-    forward) or ``"subset"`` (:class:`~neve_tune.SubsetPredictionChanges` on
-    ``pc_subset_size`` training examples drawn with ``seed``, forwarded in eval mode after
-    each epoch; their forward-only samples are counted in ``probe_samples``).
+    ``prediction_changes``: ``"in_pass"`` counts the class of every training example in the
+    training pass (no extra forward); ``"subset"`` (:class:`~neve_tune.SubsetPredictionChanges`)
+    forwards ``pc_subset_size`` training examples drawn with ``seed`` in eval mode after
+    each epoch, their samples counted in ``probe_samples``.
     """
     check_int("batch_size", batch_size, minimum=1)
     if len(train_set) == 0:  # type: ignore[arg-type]
@@ -330,104 +219,108 @@ def fit(
     device = torch.device(device)
     history: list[dict[str, Any]] = []
     cost = Cost()
-    scaler = None
-    if amp_dtype == torch.float16 and device.type == "cuda":
-        scaler = torch.amp.GradScaler("cuda")
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
     tracker = FitPredictionChanges(prediction_changes, train_set, seed=seed, subset_size=pc_subset_size)
     if checkpoint_path is not None and Path(checkpoint_path).exists():
-        ckpt = load_checkpoint(checkpoint_path)
-        if checkpoint_meta is not None and isinstance(ckpt.get("meta"), dict):
-            differences = _meta_differences(ckpt["meta"], checkpoint_meta)
-            if differences:
-                raise CheckpointError(checkpoint_path, f"belongs to another run ({'; '.join(differences)})",
-                                      "delete it to start over, or use another path")
-        try:
-            if scaler is not None and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            controller.load_state_dict(ckpt["controller"])
-            history = list(ckpt["history"])
-            cost = Cost(**ckpt["cost"])
-            tracker.load_checkpoint(ckpt)
-            _set_rng_state(ckpt["rng"])
-        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
-            raise CheckpointError(checkpoint_path, f"does not fit this run ({_first_line(e)})") from None
-        if history and not controller.should_stop and history[-1].get("stopped_by") is not None:
-            # reopened (a run stopped by a smaller max_epochs cap): its last epoch is no longer the last
-            history[-1] = {**history[-1], "stopped_by": None}
-
+        history, cost = _resume(checkpoint_path, checkpoint_meta, model, optimizer, controller, scaler, tracker)
     if not history:  # epoch 0: the reference measurement
-        t0 = time.perf_counter()
-        controller.start()
-        cost.probe_samples += controller.probe_samples
-        cost.wall_s += time.perf_counter() - t0
-
+        _start(controller, cost)
     while not controller.should_stop:
-        t0 = time.perf_counter()
-        epoch = controller.epoch + 1
-        train_loss, train_acc, n = train_epoch(
-            model,
-            optimizer,
-            train_set,
-            batch_size,
-            device=device,
-            seed=seed * 1_000_003 + epoch,
-            loss_fn=loss_fn,
-            amp_dtype=amp_dtype,
-            scaler=scaler,
-            num_workers=num_workers,
-            predictions=tracker.in_pass,
-        )
-        changes, forwarded = tracker.epoch_end(model, amp_dtype)
-        cost.train_samples += n
-        cost.probe_samples += forwarded
-        extra: dict[str, Any] = {}
-        val_loss = None
-        if val_set is not None:
-            val_loss, val_acc, nv = evaluate(model, val_set, device=device, loss_fn=loss_fn, amp_dtype=amp_dtype)
-            cost.eval_samples += nv
-            extra = {"val_loss": val_loss, "val_acc": val_acc}
-        step = controller.step(train_loss, val_loss, prediction_changes=changes)
-        cost.probe_samples += controller.probe_samples
-        dt = time.perf_counter() - t0
-        cost.wall_s += dt
-        metrics = {
-            "epoch": epoch,
-            "velocity": step.get("velocity"),
-            "velocity_change": step.get("velocity_change"),
-            "train_loss": train_loss if math.isfinite(train_loss) else float("nan"),
-            "train_acc": train_acc,
-            "prediction_changes": changes,
-            "lr": step["lr"],
-            "neve_stop": bool(step.get("neve_stop", False)),
-            "stalled": bool(step.get("stalled", False)),
-            "diverged": bool(step["diverged"]),
-            "epoch_time_s": dt,
-            "train_samples": cost.train_samples,
-            "probe_samples": cost.probe_samples,
-            "eval_samples": cost.eval_samples,
-            "stopped_by": controller.stopped_by,  # None until the run's last epoch
-            **extra,
-        }
+        metrics = _fit_epoch(model, optimizer, train_set, controller, tracker, cost, batch_size=batch_size,
+                             val_set=val_set, device=device, seed=seed, loss_fn=loss_fn, amp_dtype=amp_dtype,
+                             scaler=scaler, num_workers=num_workers)
         history.append(metrics)
         if checkpoint_path is not None:
-            save_checkpoint(
-                checkpoint_path,
-                {
-                    "version": CHECKPOINT_VERSION,
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "controller": controller.state_dict(),
-                    "history": history,
-                    "cost": asdict(cost),
-                    "rng": _rng_state(),
-                    "scaler": None if scaler is None else scaler.state_dict(),
-                    **tracker.checkpoint(),
-                    "meta": checkpoint_meta,
-                },
-            )
+            save_checkpoint(checkpoint_path, fit_payload(metrics["epoch"], model, optimizer, controller, history, cost,
+                                                         scaler, tracker.checkpoint(), checkpoint_meta))
         if on_epoch is not None:
             on_epoch(metrics)
-    return FitResult(controller.stopped_by, len(history), history, cost, history[-1] if history else {})
+    return FitResult(controller.stopped_by, len(history), history, cost)
+
+
+def _start(controller: Any, cost: Cost) -> None:
+    """Epoch 0: the controller records what it needs before training (NeVe: the probe's
+    reference outputs), counted in ``cost``."""
+    t0 = time.perf_counter()
+    controller.start()
+    cost.probe_samples += controller.probe_samples
+    cost.wall_s += time.perf_counter() - t0
+
+
+def _resume(checkpoint_path: str | os.PathLike, checkpoint_meta: dict[str, Any] | None, model: nn.Module,
+            optimizer: torch.optim.Optimizer, controller: Any, scaler: Any,
+            tracker: FitPredictionChanges) -> tuple[list[dict[str, Any]], Cost]:
+    """Load the checkpoint into the run's objects; its (history, cost). Refused, as a
+    :class:`CheckpointError`, when it belongs to another run or does not fit this one."""
+    ckpt = load_checkpoint(checkpoint_path)
+    check_guard(checkpoint_path, ckpt.get("meta"), checkpoint_meta)
+    try:
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        controller.load_state_dict(ckpt["controller"])
+        history = list(ckpt["history"])
+        cost = Cost(**ckpt["cost"])
+        tracker.load_checkpoint(ckpt)
+        set_rng_state(ckpt["rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise CheckpointError(checkpoint_path, f"does not fit this run ({first_line(e)})") from None
+    if history and not controller.should_stop and history[-1].get("stopped_by") is not None:
+        # reopened (a run stopped by a smaller max_epochs cap): its last epoch is no longer the last
+        history[-1] = {**history[-1], "stopped_by": None}
+    return history, cost
+
+
+def _fit_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, controller: Any,
+               tracker: FitPredictionChanges, cost: Cost, *, batch_size: int, val_set: Dataset | None,
+               device: torch.device, seed: int, loss_fn: Callable, amp_dtype: torch.dtype | None, scaler: Any,
+               num_workers: int) -> dict[str, Any]:
+    """One epoch of :func:`fit`: train, evaluate (``val_set``), step the controller; its
+    metrics (the counters in ``cost`` updated)."""
+    t0 = time.perf_counter()
+    epoch = controller.epoch + 1
+    train_loss, train_acc, n = train_epoch(
+        model,
+        optimizer,
+        train_set,
+        batch_size,
+        device=device,
+        seed=seed * 1_000_003 + epoch,
+        loss_fn=loss_fn,
+        amp_dtype=amp_dtype,
+        scaler=scaler,
+        num_workers=num_workers,
+        predictions=tracker.in_pass,
+    )
+    changes, forwarded = tracker.epoch_end(model, amp_dtype)
+    cost.train_samples += n
+    cost.probe_samples += forwarded
+    extra: dict[str, Any] = {}
+    val_loss = None
+    if val_set is not None:
+        val_loss, val_acc, nv = evaluate(model, val_set, device=device, loss_fn=loss_fn, amp_dtype=amp_dtype)
+        cost.eval_samples += nv
+        extra = {"val_loss": val_loss, "val_acc": val_acc}
+    step = controller.step(train_loss, val_loss, prediction_changes=changes)
+    cost.probe_samples += controller.probe_samples
+    dt = time.perf_counter() - t0
+    cost.wall_s += dt
+    return {
+        "epoch": epoch,
+        "velocity": step.get("velocity"),
+        "velocity_change": step.get("velocity_change"),
+        "train_loss": train_loss if math.isfinite(train_loss) else float("nan"),
+        "train_acc": train_acc,
+        "prediction_changes": changes,
+        "lr": step["lr"],
+        "neve_stop": bool(step.get("neve_stop", False)),
+        "stalled": bool(step.get("stalled", False)),
+        "diverged": bool(step["diverged"]),
+        "epoch_time_s": dt,
+        "train_samples": cost.train_samples,
+        "probe_samples": cost.probe_samples,
+        "eval_samples": cost.eval_samples,
+        "stopped_by": controller.stopped_by,  # None until the run's last epoch
+        **extra,
+    }

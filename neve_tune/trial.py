@@ -24,22 +24,26 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 
 from ._checks import check_choice, check_float
-from .control import LRReplay, NeVe, ValidationControl
+from .baselines import LRReplay, ValidationControl
+from .control import NeVe
 from .data import DataBundle, data_identity, validation_split
 from .models import create_model
 from .probe import dataset_probe, gaussian_probe
 from .records import METHODS, TrialResult
-from .study import Study
 from .train import evaluate, fit
 from .velocity import NeuralVelocity
 
+if TYPE_CHECKING:  # a type only: study.py names run_trial's module for its old names, so no import back
+    from .study import Study
+
 __all__ = [
     "METHODS",
+    "controller_settings",
     "make_controller",
     "make_optimizer",
     "resolve_device",
@@ -81,8 +85,9 @@ def _plain(value: Any) -> Any:
 def run_guard(study: Study, config: Mapping[str, Any], method: str, seed: int,
               model: torch.nn.Module | None = None, model_fn: Callable[[], torch.nn.Module] | None = None) -> dict[str, Any]:
     """What a checkpoint must share with a run to be resumed by it: the configuration,
-    method, seed, data (:func:`neve_tune.data.data_identity`: not where it lies) and model.
-    ``max_epochs`` is not part of it: a larger cap continues a run stopped by the cap."""
+    method, seed, data (:func:`neve_tune.data.data_identity`: not where it lies), model and
+    controller settings (:func:`controller_settings`). ``max_epochs`` is not part of it: a
+    larger cap continues a run stopped by the cap."""
     if model_fn is None:
         model_id: dict[str, Any] = {"name": study.model, **study.model_options}
     else:
@@ -94,7 +99,29 @@ def run_guard(study: Study, config: Mapping[str, Any], method: str, seed: int,
         "seed": seed,
         "data": _plain(data_identity(study.data, study.data_options)),
         "model": _plain(model_id),
+        "controller": _plain(controller_settings(study, method)),
     }
+
+
+def controller_settings(study: Study, method: str) -> dict[str, Any]:
+    """The study fields that shape ``method``'s controller state, as the study holds them
+    (``lr_patience`` may be ``"auto"``: the scheduler restored from a checkpoint keeps its
+    own patience, so a larger ``max_epochs`` still continues a run). A resumed run with
+    other values would mix two controllers' states, so the run guard holds them.
+
+        >>> from neve_tune import load_study
+        >>> sorted(controller_settings(load_study("digits"), "asha_es"))
+        ['early_stopping', 'lr_factor', 'lr_patience', 'val_fraction']
+    """
+    if method == "neve":
+        names: tuple[str, ...] = ("lr_signal", "lr_factor", "lr_patience", "threshold_mode", "min_epochs",
+                                  "stall_margin", "pc_patience", "pc_window", "pc_restore", "prediction_changes",
+                                  "pc_subset_size", "probe", "probe_samples", "amp")
+    elif method in ("asha", "asha_es"):
+        names = ("lr_factor", "lr_patience", "val_fraction") + (("early_stopping",) if method == "asha_es" else ())
+    else:  # retrain: the replayed schedule is the run's; a longer one continues it
+        names = ()
+    return {name: getattr(study, name) for name in names}
 
 
 def amp_dtype(study: Study) -> torch.dtype | None:
@@ -214,6 +241,30 @@ def make_controller(
     )
 
 
+def _selection_hook(study: Study, method: str, train_set: Any, seed: int, model: torch.nn.Module,
+                    on_epoch: Callable[[dict[str, Any]], None] | None
+                    ) -> tuple[Callable[[dict[str, Any]], None] | None, Callable[[], int]]:
+    """With ``study.selection_subset``, an ``on_epoch`` that first adds ``subset_pred`` (the
+    classes the model predicts for a fixed subset drawn with ``seed``: the same for every
+    trial of a search) to the epoch's metrics and counts its forward samples as probe
+    samples; and the count of those samples so far."""
+    if not study.selection_subset or method != "neve":
+        return on_epoch, lambda: 0
+    from .selection import SelectionSubset
+
+    subset = SelectionSubset.from_dataset(train_set, study.selection_subset, seed=seed)
+    done = [0]
+
+    def hook(metrics: dict[str, Any]) -> None:
+        metrics["subset_pred"] = subset.predict(model)
+        done[0] += subset.num_examples
+        metrics["probe_samples"] = int(metrics.get("probe_samples") or 0) + done[0]
+        if on_epoch is not None:
+            on_epoch(metrics)
+
+    return hook, lambda: done[0]
+
+
 def run_trial(
     study: Study,
     config: Mapping[str, Any],
@@ -238,16 +289,12 @@ def run_trial(
     only when ``evaluate_test``. ``model_fn`` builds the model instead of ``study.model``.
     """
     check_choice("method", method, METHODS)
-    cfg = study.config(config)
-    for key in ("lr", "batch_size") + (("threshold",) if method == "neve" else ()):
-        if key not in cfg:
-            raise ValueError(f"config has no {key!r} (and study {study.name!r} has no default for it)")
+    cfg = _trial_config(study, config, method)
     device = resolve_device(device)
     bundle = data if data is not None else study.load_data()
-    full_train = bundle.train
-    train_set, val_set = full_train, None
+    train_set, val_set = bundle.train, None
     if method in ("asha", "asha_es"):
-        train_set, val_set = validation_split(full_train, study.val_fraction, seed=seed)
+        train_set, val_set = validation_split(bundle.train, study.val_fraction, seed=seed)
 
     torch.manual_seed(seed)
     model = model_fn() if model_fn is not None else create_model(
@@ -255,40 +302,32 @@ def run_trial(
     )
     model = model.to(device)
     optimizer = make_optimizer(model, cfg)
+    on_epoch, extra_forward = _selection_hook(study, method, bundle.train, seed, model, on_epoch)
     controller = make_controller(study, method, model, optimizer, cfg, train_set=train_set,
                                  input_shape=bundle.input_shape, seed=seed, lr_schedule=lr_schedule,
                                  num_classes=bundle.num_classes)
-    fitted = fit(
-        model,
-        optimizer,
-        train_set,
-        controller,
-        batch_size=int(cfg["batch_size"]),
-        val_set=val_set,
-        device=device,
-        seed=seed,
-        amp_dtype=amp_dtype(study),
-        checkpoint_path=checkpoint_path,
-        on_epoch=on_epoch,
-        checkpoint_meta=run_guard(study, cfg, method, seed, model, model_fn),
-        # only NeVe's guard reads them; the baselines keep the free in-pass count
-        prediction_changes=study.prediction_changes if method == "neve" else "in_pass",
-        pc_subset_size=study.pc_subset_size,
-    )
+    fitted = fit(model, optimizer, train_set, controller, batch_size=int(cfg["batch_size"]), val_set=val_set,
+                 device=device, seed=seed, amp_dtype=amp_dtype(study), checkpoint_path=checkpoint_path,
+                 on_epoch=on_epoch, checkpoint_meta=run_guard(study, cfg, method, seed, model, model_fn),
+                 # only NeVe's guard reads them; the baselines keep the free in-pass count
+                 prediction_changes=study.prediction_changes if method == "neve" else "in_pass",
+                 pc_subset_size=study.pc_subset_size)
+    fitted.cost.probe_samples += extra_forward()
     objective, best_epoch = trial_objective(study, method, fitted.history, controller.state_dict())
-    result = TrialResult(
-        config=cfg,
-        method=method,
-        seed=seed,
-        stopped_by=fitted.stopped_by,
-        epochs=fitted.epochs,
-        objective=float(objective),
-        best_epoch=best_epoch,
-        cost=fitted.cost,
-        history=fitted.history,
-        train_size=len(full_train),  # type: ignore[arg-type]
-    )
+    result = TrialResult(config=cfg, method=method, seed=seed, stopped_by=fitted.stopped_by, epochs=fitted.epochs,
+                         objective=float(objective), best_epoch=best_epoch, cost=fitted.cost, history=fitted.history,
+                         train_size=len(bundle.train))  # type: ignore[arg-type]
     if evaluate_test:
         loss, acc, n = evaluate(model, bundle.test, device=device, amp_dtype=amp_dtype(study))
         result.test_acc, result.test_loss, result.test_samples = acc, loss, n
     return result
+
+
+def _trial_config(study: Study, config: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """The trial's full hyperparameters (study defaults overwritten by ``config``), with
+    those every trial of ``method`` needs."""
+    cfg = study.config(config)
+    for key in ("lr", "batch_size") + (("threshold",) if method == "neve" else ()):
+        if key not in cfg:
+            raise ValueError(f"config has no {key!r} (and study {study.name!r} has no default for it)")
+    return cfg

@@ -366,7 +366,7 @@ class NeuralVelocity:
             s.load_state_dict(state_dict["layers"][name], device=device, dtype=self.storage_dtype,
                               sketch=self.reference == "sketch")
         self.epoch = int(state_dict["epoch"])
-        self.momentum = float(state_dict.get("momentum", self.momentum))
+        self.momentum = float(state_dict["momentum"])
 
 
 def _check_arguments(model: Any, probe: Any, momentum: Any, storage: Any, storage_dtype: Any, batch_size: Any,

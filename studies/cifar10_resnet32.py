@@ -29,6 +29,7 @@ STUDY = Study(
         "weight_decay": 5e-4,
         "optimizer": "sgd",
     },
+    threshold_mode="absolute",  # the velocity itself, as searched above (the relative default is unmeasured here)
     max_epochs=250,
     lr_signal="velocity_change",
     lr_factor=0.5,

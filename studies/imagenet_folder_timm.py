@@ -29,6 +29,7 @@ STUDY = Study(
         "weight_decay": 1e-4,
         "optimizer": "sgd",
     },
+    threshold_mode="absolute",  # the velocity itself, as searched above (the relative default is unmeasured here)
     max_epochs=90,
     lr_patience=5,
     amp="bf16",

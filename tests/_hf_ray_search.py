@@ -3,11 +3,13 @@ by ``tests/test_hf.py``: transformers' Ray backend pickles the Trainer, which fa
 process where another Trainer already trained (accelerate's shared state then holds a
 weakref), so the search gets a fresh process, as a user's search script would.
 
-Prints one JSON line: the trials' status, last epoch and objective, and the best LR.
+Prints one JSON line: the trials' status, last epoch and objective, their run folders'
+callback states (one ``run-<trial id>`` folder per trial), and the best LR.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import sys
 import warnings
@@ -16,11 +18,22 @@ from pathlib import Path
 import ray
 from ray import tune
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_hf import Tokens, _args, tiny_bert  # noqa: E402
 
-from neve_tune.hf import NeVeTrainerCallback  # noqa: E402
+from neve_tune.hf import STATE_FILE, NeVeTrainerCallback  # noqa: E402
+from neve_tune.hf._state import read_state  # noqa: E402
+
+
+def _trial(t, output_dir: Path) -> dict:
+    states = sorted(glob.glob(str(output_dir / f"run-{t.trial_id}" / f"{PREFIX_CHECKPOINT_DIR}-*" / STATE_FILE)),
+                    key=lambda p: int(Path(p).parent.name.rsplit("-", 1)[1]))
+    last = read_state(states[-1]) if states else {"history": [{}]}
+    return {"status": t.status, "epoch": t.last_result.get("epoch"), "objective": t.last_result.get("objective"),
+            "trial_id": t.trial_id, "lr": t.config["learning_rate"], "states": states,
+            "state_lr": last["history"][0].get("lr"), "state_measurements": len(last["history"])}
 
 
 def main(out: Path) -> None:
@@ -29,7 +42,8 @@ def main(out: Path) -> None:
     try:
         data = Tokens()
         neve = NeVeTrainerCallback(threshold=1e-2, min_epochs=2)
-        trainer = Trainer(model_init=tiny_bert, args=_args(out, num_train_epochs=15), train_dataset=data,
+        args = _args(out, num_train_epochs=15, save_strategy="epoch")
+        trainer = Trainer(model_init=tiny_bert, args=args, train_dataset=data,
                           eval_dataset=data, callbacks=[neve])  # objective: final training-set loss
         best = trainer.hyperparameter_search(
             hp_space=lambda _: {"learning_rate": tune.grid_search([1e-2, 2e-2])},
@@ -39,10 +53,7 @@ def main(out: Path) -> None:
             storage_path=str(out / "ray"),
             verbose=0,
         )
-        trials = [
-            {"status": t.status, "epoch": t.last_result.get("epoch"), "objective": t.last_result.get("objective")}
-            for t in best.run_summary.trials
-        ]
+        trials = [_trial(t, out / "out") for t in best.run_summary.trials]
         print(json.dumps({"trials": trials, "best_lr": best.hyperparameters["learning_rate"]}))
     finally:
         ray.shutdown()

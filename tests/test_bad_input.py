@@ -26,6 +26,19 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 FAST = ["--data", "synthetic", "--max-epochs", "1"]
 
+BAD_STUDY = """
+from neve_tune import Choice, LogUniform, Study, Uniform
+
+STUDY = Study(name="bad", data="synthetic", max_epochs=1, {fields})
+"""
+# study files whose search space or defaults no trial could train with
+BAD_STUDIES = {
+    "batch_choice": 'search_space={"lr": LogUniform(1e-3, 0.1), "batch_size": Choice([0, -5])}',
+    "lr_negative": 'search_space={"lr": Uniform(-1, -0.5)}',
+    "lr_infinite": 'search_space={"lr": LogUniform(1e-3, float("inf"))}',
+    "lr_word": 'search_space={"threshold": LogUniform(1e-4, 1e-2)}, defaults={"lr": "fast", "batch_size": 64}',
+}
+
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -40,6 +53,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.save({"weights": torch.ones(2), "step": 3}, d / "other_dict.pt")
     (d / "folder.pt").mkdir()
     (d / "a_file").write_text("not a folder\n")
+    for name, fields in BAD_STUDIES.items():
+        (d / f"{name}.py").write_text(BAD_STUDY.format(fields=fields))
     # a real checkpoint of `train --data synthetic --max-epochs 1`, and a truncated copy of it
     assert main(["train", *FAST, "--device", "cpu", "--checkpoint", str(d / "good.pt"), "--quiet"]) == 0
     data = (d / "good.pt").read_bytes()
@@ -96,8 +111,8 @@ CLI_CASES = [
     pytest.param(["train", "--max-epochs", "1", "--checkpoint", "{d}/good.pt"], 2,
                  "belongs to another run (data name: 'synthetic' in the checkpoint, 'digits' now)",
                  id="checkpoint-other-data"),
-    pytest.param(["train", "--lr", "inf", *FAST], 2, "--lr must be a finite number > 0, got inf", id="lr-inf"),
-    pytest.param(["train", "--lr", "-1", *FAST], 2, "--lr must be a finite number > 0, got -1.0", id="lr-negative"),
+    pytest.param(["train", "--lr", "inf", *FAST], 2, "--lr must be a finite number > 0 and <= 3.40282e+38, got inf", id="lr-inf"),
+    pytest.param(["train", "--lr", "-1", *FAST], 2, "--lr must be a finite number > 0 and <= 3.40282e+38, got -1.0", id="lr-negative"),
     pytest.param(["train", "--threshold", "0", *FAST], 2, "--threshold must be a finite number > 0, got 0.0",
                  id="threshold-zero"),
     pytest.param(["optuna", "worker", "digits", "--timeout", "-5", "--max-epochs", "1"], 2,
@@ -116,6 +131,60 @@ CLI_CASES = [
                  id="label-noise-above-1"),
     pytest.param(["train", "--train-fraction", "0", *FAST], 2, "train_fraction must be a finite number > 0 and <= 1, got 0.0",
                  id="train-fraction-zero"),
+    # outputs that could not take the record: refused before training, not after it
+    pytest.param(["train", *FAST, "--json", "/proc/x.json"], 2, "--json /proc/x.json: /proc is not writable", id="json-proc"),
+    pytest.param(["train", *FAST, "--json", "/dev/full"], 2, "--json /dev/full: is not a regular file", id="json-dev-full"),
+    pytest.param(["train", *FAST, "--out", "/proc/plots"], 2, "--out /proc/plots: /proc is not writable", id="out-proc"),
+    pytest.param(["train", *FAST, "--checkpoint", "/proc/ck.pt"], 2, "--checkpoint /proc/ck.pt: /proc is not writable",
+                 id="checkpoint-proc"),
+    pytest.param(["optuna", "plot", "--study-name", "x", "--storage", "sqlite:///{d}/plot.db", "--out", "{d}/a_file"], 2,
+                 "--out {d}/a_file: is a file, expected a folder", id="plot-out-is-a-file"),
+    pytest.param(["optuna", "plot", "--study-name", "x", "--storage", "sqlite:///{d}/plot.db", "--out", "/proc/plots"], 2,
+                 "--out /proc/plots: /proc is not writable", id="plot-out-unwritable"),
+    pytest.param(["optuna", "worker", "digits", "--trials", "1", "--max-epochs", "1", "--out", "/proc/plots"], 2,
+                 "--out /proc/plots: /proc is not writable", id="worker-out-unwritable"),
+    # numbers out of range, named by their flag
+    pytest.param(["train", "--lr", "1e39", *FAST], 2, "--lr must be a finite number > 0 and <= 3.40282e+38, got 1e+39",
+                 id="lr-overflows-float32"),
+    pytest.param(["train", "--batch-size", "0", *FAST], 2, "--batch-size must be an int >= 1, got 0", id="batch-size-zero"),
+    pytest.param(["train", "--seed", "99999999999999999999", *FAST], 2,
+                 "--seed must be an int in [0, 4294967295], got 99999999999999999999", id="train-seed-huge"),
+    pytest.param(["train", "--noise-seed", "-1", *FAST], 2, "--noise-seed must be an int in [0, 4294967295], got -1",
+                 id="noise-seed-negative"),
+    pytest.param(["compare", "--seed", "4294967295", "--repeats", "2", "--trials", "1", "--max-epochs", "1"], 2,
+                 "--seed + --repeats - 1 must be an int in [0, 4294967295], got 4294967296", id="compare-last-seed-huge"),
+    pytest.param([*_worker("cpu", "w_seed"), "--seed", "99999999999999999999"], 2,
+                 "--seed must be an int in [0, 4294967295], got 99999999999999999999", id="worker-seed-huge"),
+    pytest.param([*_worker("cpu", "w_sseed"), "--sampler-seed", "-3"], 2, "--sampler-seed must be an int in [0, 4294967295], got -3",
+                 id="worker-sampler-seed-negative"),
+    pytest.param([*_worker("cpu", "w_retry"), "--max-retry", "-1"], 2, "--max-retry must be an int >= 0, got -1",
+                 id="worker-max-retry-negative"),
+    pytest.param([*_worker("cpu", "w_dir"), "--direction", "maximize"], 2,
+                 "--direction must be 'minimize': the objective is a loss", id="worker-direction-maximize"),
+    # devices torch cannot train on here
+    pytest.param(["train", "--device", "meta", *FAST], 2, "--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'meta'",
+                 id="train-device-meta"),
+    pytest.param(["train", "--device", "mps", *FAST], 2, "--device mps: Apple's MPS backend is not available", id="train-device-mps"),
+    pytest.param(_worker("meta", "w_meta"), 2, "got 'meta' (torch cannot train on a 'meta' device here)", id="worker-device-meta"),
+    # storages
+    pytest.param(["optuna", "worker", "digits", "--trials", "1", "--max-epochs", "1", "--storage",
+                  "postgresql://neve:p@ss@127.0.0.1:1/db"], 2,
+                 "storage 'postgresql://neve:***@127.0.0.1:1/db' is not a valid URL: its user or password holds an unencoded '@'",
+                 id="storage-password-with-at"),
+    # study files: one line naming the field, in every verb, before storage or training
+    pytest.param(["train", "{d}/batch_choice.py"], 2,
+                 "study 'bad': search space 'batch_size': Choice value 0: batch_size must be an int >= 1, got 0",
+                 id="study-batch-size-choice"),
+    pytest.param(["train", "{d}/lr_negative.py"], 2, "study 'bad': search space 'lr': low: lr must be a finite number > 0",
+                 id="study-lr-negative"),
+    pytest.param(["train", "{d}/lr_infinite.py"], 2, "study 'bad': search space 'lr': LogUniform high must be a finite number, got inf",
+                 id="study-lr-infinite"),
+    pytest.param(["train", "{d}/lr_word.py"], 2, "study 'bad': defaults['lr'] must be a finite number > 0",
+                 id="study-default-lr-word"),
+    pytest.param(["optuna", "worker", "{d}/batch_choice.py", "--trials", "1", "--create", "--storage", "sqlite:///{d}/w_study.db"],
+                 2, "search space 'batch_size': Choice value 0", id="worker-study-batch-size-choice"),
+    pytest.param(["compare", "{d}/lr_infinite.py", "--trials", "1"], 2, "search space 'lr': LogUniform high must be a finite number",
+                 id="compare-study-lr-infinite"),
 ]
 
 
@@ -132,7 +201,7 @@ def test_cli_bad_input(argv: list[str], status: int, message: str, inputs: Path,
     assert len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
     assert out == "", "refused before any work: nothing on stdout"
-    if "--storage" in argv:
+    if "--storage" in argv and argv[argv.index("--storage") + 1].startswith("sqlite"):
         _no_fail_trial(argv[argv.index("--storage") + 1])
         (inputs / argv[argv.index("--storage") + 1].rsplit("/", 1)[1]).unlink(missing_ok=True)
     assert sorted(p.name for p in inputs.rglob("*")) == before, "no file written, none removed"
@@ -192,6 +261,17 @@ API_CASES = [
                  "device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'banana'", id="worker-device-banana"),
     pytest.param(lambda d: run_worker("digits", timeout=-5, log=None), ValueError,
                  "timeout must be a finite number > 0 or None, got -5", id="worker-timeout-negative"),
+    pytest.param(lambda d: run_worker("digits", seed=10**20, n_trials=1, log=None, create=True,
+                                      storage=f"sqlite:///{d}/api_worker.db"), ValueError,
+                 "seed must be an int in [0, 4294967295], got 100000000000000000000", id="worker-seed-huge"),
+    pytest.param(lambda d: run_worker("digits", direction="maximize", n_trials=1, log=None), ValueError,
+                 "direction must be 'minimize': the objective is a loss", id="worker-direction-maximize"),
+    pytest.param(lambda d: run_worker("digits", max_retry=-1, n_trials=1, log=None), ValueError,
+                 "max_retry must be an int >= 0 or None, got -1", id="worker-max-retry-negative"),
+    pytest.param(lambda d: run_worker("digits", device="meta", n_trials=1, log=None), ValueError,
+                 "device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'meta'", id="worker-device-meta"),
+    pytest.param(lambda d: load_study("digits").replace(defaults={"lr": "fast", "batch_size": 64}), TypeError,
+                 "study 'digits': defaults['lr'] must be a finite number > 0", id="study-default-lr-word"),
 ]
 
 
@@ -216,3 +296,14 @@ def test_a_checkpoint_that_cannot_be_read_is_left_in_place(inputs: Path, tmp_pat
     shutil.copy(inputs / "truncated.pt", ckpt)
     assert main(["train", *FAST, "--checkpoint", str(ckpt), "--quiet"]) == 2
     assert ckpt.read_bytes() == (inputs / "truncated.pt").read_bytes()
+
+
+def test_train_removes_what_a_killed_save_left_beside_its_checkpoint(inputs: Path, tmp_path: Path) -> None:
+    """A save killed mid-write leaves ``CHECKPOINT.tmp<PID>``; the next run on that
+    checkpoint removes it (it is the checkpoint's only writer), and nothing else."""
+    ckpt = tmp_path / "run.pt"
+    shutil.copy(inputs / "good.pt", ckpt)
+    (tmp_path / "run.pt.tmp31337").write_bytes(b"half a save")
+    (tmp_path / "other.pt.tmp31337").write_bytes(b"not ours")
+    assert main(["train", *FAST, "--device", "cpu", "--checkpoint", str(ckpt), "--quiet"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.pt.tmp31337", "run.pt"]

@@ -19,10 +19,8 @@ from transformers import BertConfig, BertForSequenceClassification, Trainer, Tra
 
 import neve_tune
 from neve_tune.hf import STATE_FILE, KeywordInput, NeVeTrainerCallback, token_probe
+from neve_tune.hf._state import read_state
 from neve_tune.optuna import NeVePruner, trial_history
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _subset_stub import install as install_subset  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 
@@ -70,8 +68,7 @@ def _args(tmp_path, **kwargs) -> TrainingArguments:
 
 
 @pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    install_subset(monkeypatch)
+def _quiet():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         yield
@@ -108,7 +105,7 @@ def test_keyword_input_feeds_input_ids():
 
 
 def test_trainer_stops_by_velocity_at_epoch_end(tmp_path):
-    neve = NeVeTrainerCallback(threshold=1e-2, min_epochs=2)
+    neve = NeVeTrainerCallback(threshold=1e-2, threshold_mode="absolute", min_epochs=2)
     trainer = Trainer(model=tiny_bert(), args=_args(tmp_path), train_dataset=Tokens(), callbacks=[neve])
     trainer.train()
     assert neve.stopped_by == "velocity"
@@ -206,6 +203,9 @@ def test_hyperparameter_search_ray_trials_stop_by_velocity(tmp_path):
     assert len(report["trials"]) == 2 and all(t["status"] == "TERMINATED" for t in report["trials"])
     for t in report["trials"]:  # the Trainer's final evaluation comes after the callback stopped training
         assert t["epoch"] < 15 and t["objective"] < 0.1
+        # one callback state per trial run, in its run-<trial id> folder, measured at that trial's LR
+        assert t["states"] and all(f"/run-{t['trial_id']}/checkpoint-" in path for path in t["states"])
+        assert t["state_lr"] == t["lr"] and t["state_measurements"] == t["epoch"]
     assert report["best_lr"] in (1e-2, 2e-2)
 
 
@@ -321,3 +321,178 @@ def test_resume_needs_the_same_given_probe(tmp_path):
     assert len(resumed.history) == 2
     with pytest.raises(ValueError, match="differs from the one the velocity series"):
         run(token_probe(VOCAB, SEQ, 20, seed=2), resume=str(tmp_path / "out" / "checkpoint-4"))
+
+
+# ---------------------------------------------------------------- the whole controller
+
+class NoisyTokens(Tokens):
+    """Tokens with 20% of the labels flipped: the tiny BERT memorises them."""
+
+    def __init__(self, noise: float = 0.2) -> None:
+        super().__init__()
+        flip = torch.rand(len(self.y), generator=torch.Generator().manual_seed(1)) < noise
+        self.y = torch.where(flip, 1 - self.y, self.y)
+
+
+class _Weights(TrainerCallback):
+    """Keeps the model's weights at every epoch end, before the callbacks listed after it."""
+
+    def __init__(self) -> None:
+        self.saved: list[dict[str, torch.Tensor]] = []
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        self.saved.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+
+def test_guard_stops_on_noisy_labels_and_restores_its_restore_point(tmp_path):
+    weights, neve = _Weights(), NeVeTrainerCallback(threshold=1e-9)  # the studies' guard
+    trainer = Trainer(model=tiny_bert(), args=_args(tmp_path, num_train_epochs=30), train_dataset=NoisyTokens(),
+                      callbacks=[weights, neve])
+    trainer.train()
+    assert neve.stopped_by == "prediction_changes" and neve.neve.epoch < 30
+    best = neve.neve.best_epoch
+    final = trainer.model.state_dict()
+    assert best < neve.neve.epoch
+    assert all(torch.equal(final[k], weights.saved[best - 1][k]) for k in final)
+    assert not all(torch.equal(final[k], weights.saved[-1][k]) for k in final)
+    changes = [m["prediction_changes"] for m in neve.history]
+    assert changes[0] is None and all(isinstance(c, int) for c in changes[1:])  # the subset: all 128 examples
+    logged = [e for e in trainer.state.log_history if "neve_stopped_by" in e]
+    assert logged == [{"neve_stopped_by": "prediction_changes", "neve_stop_measurement": neve.neve.epoch,
+                       "neve_best_measurement": best, "step": trainer.state.global_step}]
+
+
+def test_an_untrained_run_ends_stalled(tmp_path, capsys):
+    neve = NeVeTrainerCallback(threshold=1e-2, num_classes=2, verbose=True)
+    trainer = Trainer(model=tiny_bert(), args=_args(tmp_path, learning_rate=1e-7), train_dataset=Tokens(),
+                      callbacks=[neve])
+    trainer.train()
+    assert neve.stopped_by == "stalled" and neve.history[-1]["stalled"] is True and not neve.history[-1]["neve_stop"]
+    out = [line for line in capsys.readouterr().out.splitlines() if line.startswith("NeVeTrainerCallback")]
+    assert out == [f"NeVeTrainerCallback: stopped by stalled at epoch {neve.neve.epoch} "
+                   f"(velocity {neve.velocities[-1]:.3g}, threshold 0.01)"]
+    assert [e["neve_stopped_by"] for e in trainer.state.log_history if "neve_stopped_by" in e] == ["stalled"]
+
+
+def test_patience_auto_follows_the_trainer_budget(tmp_path):
+    for epochs, every, options, budget, expected in [(100, None, {}, 100, 5), (60, None, {"patience": 4}, 60, 4),
+                                                     (15, 1, {}, 60, 3)]:  # 60 steps: 60 measurement points
+        neve = NeVeTrainerCallback(threshold=1e-9, pc_patience=None, every_n_steps=every, **options)
+        trainer = Trainer(model=tiny_bert(), args=_args(tmp_path, num_train_epochs=epochs), train_dataset=Tokens(),
+                          callbacks=[neve, _KillAtStep(1)])
+        trainer.train()
+        assert (neve.neve.max_epochs, neve.neve.scheduler.patience) == (budget, expected), (epochs, every, options)
+
+
+def test_a_scheduler_that_cannot_compose_is_refused(tmp_path):
+    model = tiny_bert()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    cycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=100)
+    trainer = Trainer(model=model, args=_args(tmp_path), train_dataset=Tokens(), callbacks=[NeVeTrainerCallback()],
+                      optimizers=(opt, cycle))
+    with pytest.raises(ValueError, match="cannot compose NeVe's LR decay with OneCycleLR.*remove the OneCycleLR"):
+        trainer.train()
+
+
+def test_a_submodule_or_a_function_is_probed(tmp_path):
+    probe = neve_tune.gaussian_probe((SEQ, 16), num_samples=20, seed=0)
+    encoder = NeVeTrainerCallback(probe=probe, probe_key="inputs_embeds", probe_module="bert", input_key="input_ids",
+                                  threshold=1e-9)
+    Trainer(model=tiny_bert(), args=_args(tmp_path, num_train_epochs=2), train_dataset=Tokens(),
+            callbacks=[encoder]).train()
+    layers = set(encoder.neve.velocity.layers)
+    assert layers and all(n.startswith("model.bert.") for n in layers) and "model.classifier" not in layers
+    fn = NeVeTrainerCallback(probe_fn=lambda m, x: m(input_ids=x).logits, layers=["classifier"], threshold=1e-9)
+    Trainer(model=tiny_bert(), args=_args(tmp_path, num_train_epochs=2), train_dataset=Tokens(), callbacks=[fn]).train()
+    assert list(fn.neve.velocity.layers) == ["model.classifier"] and isinstance(fn.history[1]["prediction_changes"], int)
+
+
+def test_the_guard_refuses_a_model_without_class_logits(tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    model = BertForMaskedLM(BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=32))
+    data = [{"input_ids": x, "labels": x} for x in Tokens().x]
+    trainer = Trainer(model=model, args=_args(tmp_path), train_dataset=data, callbacks=[NeVeTrainerCallback()])
+    with pytest.raises(ValueError, match=r"output for one example is \(1, 8, 50\), not logits.*pc_patience=None"):
+        trainer.train()
+    off = NeVeTrainerCallback(pc_patience=None, threshold=1e-9)
+    Trainer(model=model, args=_args(tmp_path, num_train_epochs=1), train_dataset=data, callbacks=[off]).train()
+    assert len(off.history) == 1
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"trial": "not a trial"}, "trial must be an optuna trial"),
+    ({"probe": torch.zeros(2, SEQ, dtype=torch.long), "probe_samples": 2}, "probe_samples sizes a built probe"),
+    ({"prediction_changes": "batch"}, "prediction_changes must be one of"),
+    ({"prediction_changes": None, "pc_patience": 3}, r"pc_patience=\.\.\.\) needs prediction changes"),
+    ({"prediction_changes": None, "lr_signal": "prediction_changes"}, "lr_signal='prediction_changes'"),
+    ({"pc_patience": None, "pc_window": 2}, "unused with the guard off"),
+    ({"pc_patience": None, "input_key": "input_ids"}, "input_key names the data set's input"),
+    ({"input_key": ""}, "input_key must be a non-empty str"),
+    ({"probe_fn": "f"}, "probe_fn must be a function"),
+    ({"probe_module": 3}, "probe_module must be a submodule name"),
+    ({"verbose": 1}, "verbose must be a bool"),
+])
+def test_options_it_cannot_honour_are_refused(kwargs, error):
+    with pytest.raises((TypeError, ValueError), match=error):
+        NeVeTrainerCallback(**kwargs)
+
+
+def test_a_users_prediction_changes_and_the_guard_off(tmp_path):
+    counter = neve_tune.PredictionChanges(128)
+    neve = NeVeTrainerCallback(threshold=1e-9, prediction_changes=counter)
+    Trainer(model=tiny_bert(), args=_args(tmp_path, num_train_epochs=2), train_dataset=Tokens(), callbacks=[neve]).train()
+    assert [m["prediction_changes"] for m in neve.history] == [None, None]  # never updated: nothing to compare
+    off = NeVeTrainerCallback(threshold=1e-9, pc_patience=None, probe_samples=20, probe_seed=3)
+    Trainer(model=tiny_bert(), args=_args(tmp_path, num_train_epochs=2), train_dataset=NoisyTokens(),
+            callbacks=[off]).train()
+    assert off.neve.pc_patience is None and off.stopped_by == "max_epochs"
+    assert off.neve.velocity.probe.equal(token_probe(VOCAB, SEQ, 20, seed=3))
+
+
+def test_controller_options_reach_the_controller(tmp_path):
+    options = {"min_epochs": 4, "max_epochs": 9, "factor": 0.3, "patience": 1, "lr_signal": "velocity",
+               "threshold_mode": "relative", "num_classes": 2, "stall_margin": 0.2, "pc_patience": 5, "pc_window": 2,
+               "pc_restore": False}
+    neve = NeVeTrainerCallback(threshold=0.5, **options)
+    Trainer(model=tiny_bert(), args=_args(tmp_path), train_dataset=Tokens(), callbacks=[neve, _KillAtStep(1)]).train()
+    c = neve.neve
+    got = {"min_epochs": c.min_epochs, "max_epochs": c.max_epochs, "factor": c.scheduler.factor,
+           "patience": c.scheduler.patience, "lr_signal": c.lr_signal, "threshold_mode": c.threshold_mode,
+           "num_classes": c.num_classes, "stall_margin": c.stall_margin, "pc_patience": c.pc_patience,
+           "pc_window": c.pc_window, "pc_restore": c.pc_restore}
+    assert got == options and c.threshold == 0.5
+
+
+@pytest.mark.slow  # 20-40 s: two trials and a resumed run of a tiny BERT
+def test_hyperparameter_search_optuna_keeps_one_state_per_run_and_resumes_inside_a_run_folder(tmp_path):
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    neve = NeVeTrainerCallback(threshold=1e-9, lr_signal="velocity", patience=0)
+    data = Tokens()
+    args = _args(tmp_path, num_train_epochs=3, save_strategy="epoch")
+    trainer = Trainer(model_init=neve.track_trial(tiny_bert), args=args, train_dataset=data, eval_dataset=data,
+                      callbacks=[neve])
+    lrs = [2e-2, 5e-2]
+    storage = optuna.storages.InMemoryStorage()
+    trainer.hyperparameter_search(
+        hp_space=lambda trial: {"learning_rate": trial.suggest_float("learning_rate", *[lrs[trial.number]] * 2)},
+        backend="optuna", direction="minimize", n_trials=2, storage=storage, study_name="runs")
+    study = optuna.load_study(study_name="runs", storage=storage)
+    out = tmp_path / "out"
+    for t in study.trials:  # each trial's run folder holds its own state, measured at its own LR
+        states = [read_state(out / f"run-{t.number}" / f"{PREFIX_CHECKPOINT_DIR}-{4 * k}" / STATE_FILE) for k in (1, 2, 3)]
+        assert [len(s["history"]) for s in states] == [1, 2, 3]
+        assert states[0]["history"][0]["lr"] == lrs[t.number]
+        assert [m["velocity"] for m in states[-1]["history"]] == pytest.approx([m["velocity"] for m in trial_history(t)])
+    # resume trial 1 from its run folder: the series goes on from its second measurement
+    whole = trial_history(study.trials[1])
+    resumed = NeVeTrainerCallback(threshold=1e-9, lr_signal="velocity", patience=0)
+    again = Trainer(model=tiny_bert(), args=_args(tmp_path, num_train_epochs=3, learning_rate=lrs[1]),
+                    train_dataset=data, callbacks=[resumed])
+    checkpoint = out / "run-1" / f"{PREFIX_CHECKPOINT_DIR}-8"
+    again.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.resumed_from == str(checkpoint / STATE_FILE)
+    assert [m["velocity"] for m in resumed.history] == pytest.approx([m["velocity"] for m in whole], rel=1e-6)

@@ -4,8 +4,11 @@ NeVeStopper, and resumes from a Lightning checkpoint with the same velocity seri
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import lightning.pytorch as pl
 import optuna
@@ -16,9 +19,6 @@ from torch.utils.data import DataLoader, TensorDataset
 import neve_tune
 from neve_tune.lightning import NeVeCallback, batch_inputs
 from neve_tune.optuna import NeVePruner, trial_history
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
-from _subset_stub import install as install_subset  # noqa: E402
 
 MAX_EPOCHS = 12
 
@@ -53,11 +53,11 @@ class Net(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
-def _trainer(callbacks, max_epochs: int = MAX_EPOCHS, **kwargs) -> pl.Trainer:
+def _trainer(callbacks, max_epochs: int = MAX_EPOCHS, logger=False, **kwargs) -> pl.Trainer:
     return pl.Trainer(
         max_epochs=max_epochs,
         callbacks=callbacks,
-        logger=False,
+        logger=logger,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -67,8 +67,7 @@ def _trainer(callbacks, max_epochs: int = MAX_EPOCHS, **kwargs) -> pl.Trainer:
 
 
 @pytest.fixture(autouse=True)
-def _quiet(monkeypatch):
-    install_subset(monkeypatch)
+def _quiet():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*LightningModule.*sanity.*")
@@ -76,12 +75,26 @@ def _quiet(monkeypatch):
 
 
 def test_import_neve_tune_needs_no_lightning():
-    assert "NeVeCallback" not in dir(neve_tune)
+    # a fresh interpreter: this one has imported lightning already
+    code = "import sys, neve_tune; print(sorted(m for m in sys.modules if m.split('.')[0] == 'lightning'))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_default_rule_is_the_studies_relative_threshold():
+    torch.manual_seed(0)
+    neve = NeVeCallback(min_epochs=2, pc_patience=None)  # V / peak V < 1e-2
+    _trainer([neve], max_epochs=40).fit(Net(lr=0.5), _loader())
+    ratios = [v / max(neve.velocities[: i + 1]) for i, v in enumerate(neve.velocities)]
+    assert neve.neve.threshold_mode == "relative" and neve.threshold == 1e-2
+    assert neve.stopped_by == "velocity" and ratios[-1] < 1e-2 <= min(ratios[1:-1])
 
 
 def test_run_stops_by_velocity_and_logs_metrics():
     torch.manual_seed(0)
-    neve = NeVeCallback(threshold=1e-2, min_epochs=2, patience=1)
+    neve = NeVeCallback(threshold=1e-2, threshold_mode="absolute", min_epochs=2, patience=1)
     trainer = _trainer([neve])
     trainer.fit(Net(lr=0.5), _loader())
     assert neve.stopped_by == "velocity"
@@ -300,3 +313,313 @@ def test_ray_tune_lightning_reporting_and_neve_stopper(tmp_path):
         assert result["velocity"] < 1e-2 and 2 <= result["training_iteration"] < MAX_EPOCHS
         assert result["neve_stop"] == 1.0  # Lightning logs flags as 0.0 / 1.0
         assert {"train_loss", "lr", "velocity_change", "diverged"} <= set(result)
+
+
+# ---------------------------------------------------------------- the whole controller
+
+def _noisy_loader(noise: float = 0.2, with_index: bool = False) -> DataLoader:
+    """256 examples, ``noise`` of their labels flipped: the MLP memorises them at LR 0.5."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 8, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    flip = torch.rand(256, generator=g) < noise
+    y[flip] = 1 - y[flip]
+    tensors = (x, y, torch.arange(256)) if with_index else (x, y)
+    return DataLoader(TensorDataset(*tensors), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+
+class _Weights(pl.Callback):
+    """Keeps the module's weights at every epoch end, before the callbacks listed after it."""
+
+    def __init__(self) -> None:
+        self.saved: list[dict[str, torch.Tensor]] = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.saved.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_guard_stops_on_noisy_labels_and_restores_its_restore_point():
+    torch.manual_seed(0)
+    weights, neve = _Weights(), NeVeCallback(threshold=1e-9)  # the studies' guard: pc_patience=3, pc_window=3
+    model = Net(lr=0.5)
+    _trainer([weights, neve], max_epochs=40).fit(model, _noisy_loader())
+    assert neve.stopped_by == "prediction_changes" and neve.neve.epoch < 40
+    best = neve.neve.best_epoch
+    assert best < neve.neve.epoch and neve.history[-1]["neve_stop"] is True
+    assert _same(model.state_dict(), weights.saved[best - 1]) and not _same(model.state_dict(), weights.saved[-1])
+    changes = [m["prediction_changes"] for m in neve.history]
+    assert changes[0] is None and all(isinstance(c, int) for c in changes[1:])  # the subset: all 256 examples
+
+
+def test_guard_without_restore_keeps_the_last_weights():
+    torch.manual_seed(0)
+    weights, neve = _Weights(), NeVeCallback(threshold=1e-9, pc_restore=False)
+    model = Net(lr=0.5)
+    _trainer([weights, neve], max_epochs=40).fit(model, _noisy_loader())
+    assert neve.stopped_by == "prediction_changes" and _same(model.state_dict(), weights.saved[-1])
+
+
+def test_guard_off_runs_on_and_refuses_its_options():
+    torch.manual_seed(0)
+    neve = NeVeCallback(threshold=1e-9, pc_patience=None)
+    _trainer([neve], max_epochs=12).fit(Net(lr=0.5), _noisy_loader())
+    assert neve.stopped_by == "max_epochs" and all(m["prediction_changes"] is None for m in neve.history)
+    for kwargs, error in [
+        ({"prediction_changes": None, "pc_patience": 3}, r"pc_patience=\.\.\.\) needs prediction changes"),
+        ({"prediction_changes": None, "lr_signal": "prediction_changes"}, r"lr_signal='prediction_changes'\) needs"),
+        ({"pc_patience": None, "pc_window": 5}, r"\['pc_window'\] are unused with the guard off"),
+        ({"pc_patience": None, "pc_restore": False}, "unused with the guard off"),
+        ({"pc_patience": None, "prediction_changes": neve_tune.PredictionChanges(4)}, "unused with the guard off"),
+        ({"prediction_changes": "batch"}, "index_key= go together"),
+        ({"index_key": 2}, "index_key= go together"),
+        ({"prediction_changes": "all"}, "prediction_changes must be one of"),
+    ]:
+        with pytest.raises(ValueError, match=error):
+            NeVeCallback(**kwargs)
+
+
+def test_lr_signal_prediction_changes_decays_on_the_subset():
+    torch.manual_seed(0)
+    neve = NeVeCallback(threshold=1e-9, lr_signal="prediction_changes", patience=0, pc_window=1, pc_patience=None)
+    _trainer([neve], max_epochs=8).fit(Net(lr=0.5), _noisy_loader())
+    lrs = [m["lr"] for m in neve.history]
+    assert neve.stopped_by == "max_epochs" and lrs[0] == 0.5 and lrs[-1] < 0.5
+
+
+class IndexedNet(Net):
+    """Its batches carry the examples' indices; training_step returns the logits too."""
+
+    def training_step(self, batch, batch_idx):
+        x, y, _ = batch
+        logits = self(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return {"loss": loss, "logits": logits}
+
+
+def test_batch_indices_count_the_training_pass():
+    torch.manual_seed(0)
+    neve = NeVeCallback(threshold=1e-9, prediction_changes="batch", index_key=2, input_key=0)
+    _trainer([neve], max_epochs=40).fit(IndexedNet(lr=0.5), _noisy_loader(with_index=True))
+    changes = [m["prediction_changes"] for m in neve.history]
+    assert changes[0] is None and all(isinstance(c, int) and 0 <= c <= 256 for c in changes[1:])
+    assert neve.stopped_by == "prediction_changes"
+
+    class LossOnly(IndexedNet):
+        def training_step(self, batch, batch_idx):
+            return super().training_step(batch, batch_idx)["loss"]
+
+    with pytest.raises(ValueError, match=r"return \{'loss': loss, 'logits': logits\} from training_step"):
+        _trainer([NeVeCallback(prediction_changes="batch", index_key=2)], max_epochs=1).fit(
+            LossOnly(), _noisy_loader(with_index=True))
+
+
+def test_a_users_prediction_changes_is_read_at_each_epoch_end():
+    counter = neve_tune.PredictionChanges(256)
+
+    class Counting(IndexedNet):
+        def training_step(self, batch, batch_idx):
+            out = super().training_step(batch, batch_idx)
+            counter.update(batch[2], out["logits"])
+            return out["loss"]
+
+    torch.manual_seed(0)
+    neve = NeVeCallback(threshold=1e-9, prediction_changes=counter)
+    _trainer([neve], max_epochs=3).fit(Counting(lr=0.5), _noisy_loader(with_index=True))
+    assert neve.history[0]["prediction_changes"] is None and isinstance(neve.history[1]["prediction_changes"], int)
+
+
+def test_an_untrained_run_ends_stalled_not_converged():
+    torch.manual_seed(0)
+    neve = NeVeCallback(threshold=1e-2)
+    _trainer([neve], max_epochs=12).fit(Net(lr=1e-5), _loader())
+    assert neve.stopped_by == "stalled" and neve.history[-1]["stalled"] is True
+    assert neve.history[-1]["neve_stop"] is False
+
+
+def test_patience_auto_follows_the_trainer_budget():
+    for max_epochs, options, expected in [(60, {}, 3), (100, {}, 5), (10, {}, 2), (60, {"patience": 7}, 7),
+                                          (60, {"max_epochs": 200}, 10)]:
+        neve = NeVeCallback(threshold=1e-9, **options)
+        _trainer([neve], max_epochs=max_epochs, limit_train_batches=1).fit(Net(), _loader())
+        assert neve.neve.scheduler.patience == expected, (max_epochs, options)
+    with pytest.raises(ValueError, match="patience must be"):
+        NeVeCallback(patience=-1)
+
+
+class ScheduledNet(Net):
+    def __init__(self, lr: float, scheduler) -> None:
+        super().__init__(lr=lr)
+        self.make_scheduler = scheduler
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=self.lr)
+        return {"optimizer": opt, "lr_scheduler": self.make_scheduler(opt)}
+
+
+def _lrs_with(scheduler, max_epochs=5, patience=0, factor=0.5) -> tuple[list[float], float]:
+    torch.manual_seed(0)
+    neve = NeVeCallback(threshold=1e-9, patience=patience, factor=factor, lr_signal="velocity", pc_patience=None)
+    trainer = _trainer([neve], max_epochs=max_epochs)
+    trainer.fit(ScheduledNet(8.0, scheduler) if scheduler else Net(lr=8.0), _loader())
+    return [m["lr"] for m in neve.history], trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def test_neve_decay_composes_with_the_users_lr_scheduler():
+    alone, _ = _lrs_with(None)
+    assert alone == [8.0, 8.0, 8.0, 4.0, 4.0]  # NeVe halves the LR after the 3rd epoch
+    constant, _ = _lrs_with(lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0))
+    assert constant == alone  # LambdaLR recomputes from base_lrs: NeVe's decay is applied on top
+    # StepLR halves every 2 epochs; NeVe's halvings multiply that schedule
+    step = lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)  # noqa: E731
+    schedule, _ = _lrs_with(step, patience=100)  # NeVe never decays: the schedule alone
+    assert schedule == [8.0, 4.0, 4.0, 2.0, 2.0]  # Lightning steps epoch schedulers before epoch-end callbacks
+    stepped, final = _lrs_with(step)
+    ratios = [a / b for a, b in zip(stepped, schedule)]
+    assert all(r in (1.0, 0.5, 0.25, 0.125) for r in ratios) and ratios == sorted(ratios, reverse=True), stepped
+    assert ratios[-1] < 1.0 and final <= stepped[-1]
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=100), "OneCycleLR"),
+    (lambda opt: torch.optim.lr_scheduler.CyclicLR(opt, 0.1, 1.0), "CyclicLR"),
+])
+def test_schedulers_that_cannot_compose_are_refused_at_fit_start(make, name):
+    neve = NeVeCallback()
+    with pytest.raises(ValueError, match=rf"cannot compose NeVe's LR decay with {name}.*remove the {name}"):
+        _trainer([neve], max_epochs=2).fit(ScheduledNet(0.5, make), _loader())
+    assert neve.history == []
+
+
+class NoForward(pl.LightningModule):
+    """A module without forward(): an encoder and a head used in training_step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU())
+        self.head = torch.nn.Linear(16, 2)
+
+    def training_step(self, batch, batch_idx):
+        loss = torch.nn.functional.cross_entropy(self.head(self.encoder(batch[0])), batch[1])
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+def test_a_module_without_forward_is_probed_through_a_submodule_or_a_function():
+    with pytest.raises(ValueError, match=r"NoForward has no forward\(\) for the probe; pass NeVeCallback\(probe_module="):
+        _trainer([NeVeCallback(pc_patience=None)], max_epochs=1).fit(NoForward(), _loader())
+    with pytest.raises(ValueError, match=r"no forward\(\) for the guard's subset; pass probe_fn="):
+        _trainer([NeVeCallback(probe_module="encoder")], max_epochs=1).fit(NoForward(), _loader())
+    torch.manual_seed(0)
+    encoder = NeVeCallback(probe_module="encoder", pc_patience=None, threshold=1e-9)
+    _trainer([encoder], max_epochs=2).fit(NoForward(), _loader())
+    assert set(encoder.neve.velocity.layers) == {"model.encoder.0"} and len(encoder.history) == 2
+    torch.manual_seed(0)
+    whole = NeVeCallback(probe_fn=lambda m, x: m.head(m.encoder(x)), threshold=1e-9)  # the guard's subset too
+    _trainer([whole], max_epochs=2).fit(NoForward(), _loader())
+    assert set(whole.neve.velocity.layers) == {"model.encoder.0", "model.head"}
+    assert isinstance(whole.history[1]["prediction_changes"], int)
+    named = NeVeCallback(probe_fn=lambda m, x: m.head(m.encoder(x)), layers=["head"], pc_patience=None)
+    _trainer([named], max_epochs=1).fit(NoForward(), _loader())
+    assert set(named.neve.velocity.layers) == {"model.head"}
+    with pytest.raises(ValueError, match="probe_module='decoder' is not a submodule"):
+        _trainer([NeVeCallback(probe_module="decoder", pc_patience=None)], max_epochs=1).fit(NoForward(), _loader())
+    with pytest.raises(ValueError, match="not both"):
+        NeVeCallback(probe_module="encoder", probe_fn=lambda m, x: x)
+
+
+def test_two_callbacks_in_one_trainer_keep_their_own_state(tmp_path):
+    def run(ckpt=None, max_epochs=3):
+        torch.manual_seed(0)
+        a, b = NeVeCallback(threshold=1e-9), NeVeCallback(threshold=1e-8, pc_patience=None)
+        trainer = _trainer([a, b], max_epochs=max_epochs)
+        trainer.fit(Net(lr=0.5), _loader(), ckpt_path=ckpt)
+        return trainer, a, b
+
+    assert NeVeCallback(threshold=1e-9).state_key != NeVeCallback(threshold=1e-8).state_key
+    assert NeVeCallback().state_key == NeVeCallback().state_key  # a configuration, not an instance
+    trainer, a, b = run()
+    trainer.save_checkpoint(tmp_path / "two.ckpt")
+    saved = torch.load(tmp_path / "two.ckpt", weights_only=False)["callbacks"]
+    assert {a.state_key, b.state_key} <= set(saved) and saved[a.state_key]["neve"]["threshold"] == 1e-9
+    _, a2, b2 = run(ckpt=str(tmp_path / "two.ckpt"), max_epochs=4)
+    assert a2.neve.threshold == 1e-9 and b2.neve.threshold == 1e-8 and len(a2.history) == len(b2.history) == 4
+    with pytest.raises(RuntimeError, match="state_key"):  # Lightning's own check: the same configuration twice
+        _trainer([NeVeCallback(), NeVeCallback()], max_epochs=1).fit(Net(), _loader())
+
+
+class _Hparams(pl.loggers.logger.Logger):
+    """Records what is logged, as a real logger would write it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hparams: dict = {}
+
+    name = "record"
+    version = 0
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        self.hparams.update(params)
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+
+def test_the_stop_is_printed_with_verbose_and_logged(capsys):
+    torch.manual_seed(0)
+    record = _Hparams()
+    neve = NeVeCallback(threshold=1e-2, min_epochs=2, verbose=True)
+    _trainer([neve], logger=record).fit(Net(lr=0.5), _loader())
+    stop = [line for line in capsys.readouterr().out.splitlines() if line.startswith("NeVeCallback")]
+    assert stop == [f"NeVeCallback: stopped by velocity at epoch {len(neve.history)} "
+                    f"(velocity {neve.velocities[-1]:.3g}, threshold 0.01)"]
+    assert record.hparams["neve_stopped_by"] == "velocity" and record.hparams["neve_stop_epoch"] == len(neve.history)
+    torch.manual_seed(0)
+    quiet = NeVeCallback(threshold=1e-2, min_epochs=2)
+    _trainer([quiet], max_epochs=MAX_EPOCHS).fit(Net(lr=0.5), _loader())
+    assert "stopped by" not in capsys.readouterr().out
+    with pytest.raises(TypeError, match="verbose must be a bool"):
+        NeVeCallback(verbose="yes")
+
+
+def test_controller_options_change_the_run():
+    def run(**options):
+        torch.manual_seed(0)
+        neve = NeVeCallback(**{"threshold": 1e-2, "pc_patience": None, **options})
+        _trainer([neve], max_epochs=MAX_EPOCHS).fit(Net(lr=0.5), _loader())
+        return neve
+
+    base = run()
+    assert base.stopped_by == "velocity"
+    assert len(run(min_epochs=len(base.history) + 2).history) == len(base.history) + 2
+    assert run(max_epochs=2).stopped_by == "max_epochs"
+    relative = run(threshold_mode="relative", threshold=0.05)  # V / peak V < 0.05, whatever V's scale
+    ratios = [v / max(relative.velocities[: i + 1]) for i, v in enumerate(relative.velocities)]
+    assert relative.stopped_by == "velocity" and ratios[-1] < 0.05 <= min(ratios[:-1])
+    assert relative.velocities[-1] > 1e-2 or len(relative.history) != len(base.history)
+    assert run(num_classes=2, stall_margin=0.9).stopped_by == "stalled"  # loss not under 10% of chance
+    assert run(stall_margin=0.99).stopped_by == "stalled"
+    assert _lrs_with(None, factor=0.25)[0] == [8.0, 8.0, 8.0, 2.0, 2.0]
+
+
+def test_probe_options():
+    torch.manual_seed(0)
+    seeded = NeVeCallback(probe_seed=3, probe_samples=20, pc_patience=None)
+    _trainer([seeded], max_epochs=1).fit(Net(), _loader())
+    assert seeded.neve.velocity.probe.equal(neve_tune.gaussian_probe((8,), 20, seed=3))
+    layers = NeVeCallback(layers=["net.2"], pc_patience=None)
+    _trainer([layers], max_epochs=1).fit(Net(), _loader())
+    assert list(layers.neve.velocity.layers) == ["net.2"]
+    with pytest.raises(ValueError, match="probe_samples sizes a built probe"):
+        NeVeCallback(probe=torch.zeros(4, 8), probe_samples=4)
+    with pytest.raises(TypeError, match=r"trial must be an optuna trial \(optuna.Trial\) or None, got str"):
+        NeVeCallback(trial="not a trial")
+    with pytest.raises(TypeError, match="index_key must be"):
+        NeVeCallback(index_key=1.5)

@@ -57,10 +57,10 @@ def test_no_report_never_prunes() -> None:
         ({"min_resource": 0}, ValueError),
         ({"reduction_factor": 1}, ValueError),
         ({"min_early_stopping_rate": -1}, ValueError),
-        ({"divergence_bound": 0.0}, ValueError),
-        ({"divergence_patience": 0}, ValueError),
+        ({"unsettled_bound": 0.0}, ValueError),
+        ({"unsettled_patience": 0}, ValueError),
         ({"min_resource": 1.5}, TypeError),
-        ({"divergence_bound": "high"}, TypeError),
+        ({"unsettled_bound": "high"}, TypeError),
     ],
 )
 def test_bad_arguments(kwargs, error) -> None:
@@ -70,7 +70,7 @@ def test_bad_arguments(kwargs, error) -> None:
 
 
 def test_pickle_roundtrip_keeps_settings() -> None:
-    p = NeVePruner("train_loss", reduction_factor=3, divergence_bound=0.7)
+    p = NeVePruner("train_loss", reduction_factor=3, unsettled_bound=0.7)
     q = pickle.loads(pickle.dumps(p))
     assert q.settings == p.settings and repr(q) == repr(p)
 
@@ -178,7 +178,7 @@ def test_raw_nan_report_is_pruned() -> None:
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_velocity_above_bound_for_patience(direction, storage) -> None:
-    study = _study(NeVePruner(min_resource=100, divergence_bound=0.6, divergence_patience=3), direction, storage)
+    study = _study(NeVePruner(min_resource=100, unsettled_bound=0.6, unsettled_patience=3), direction, storage)
     trial = study.ask()
     assert _report(trial, 1, 0.9) is False
     assert _report(trial, 2, 0.8) is False  # 2 epochs above the bound: not yet
@@ -186,7 +186,7 @@ def test_velocity_above_bound_for_patience(direction, storage) -> None:
 
 
 def test_velocity_dipping_below_bound_resets_patience() -> None:
-    study = _study(NeVePruner(min_resource=100, divergence_bound=0.6, divergence_patience=3))
+    study = _study(NeVePruner(min_resource=100, unsettled_bound=0.6, unsettled_patience=3))
     trial = study.ask()
     for epoch, v in enumerate([0.9, 0.9, 0.5, 0.9, 0.9], start=1):
         assert _report(trial, epoch, v) is False
@@ -194,7 +194,7 @@ def test_velocity_dipping_below_bound_resets_patience() -> None:
 
 
 def test_infinite_bound_turns_rule_off() -> None:
-    study = _study(NeVePruner(min_resource=100, divergence_bound=math.inf, divergence_patience=1))
+    study = _study(NeVePruner(min_resource=100, unsettled_bound=math.inf, unsettled_patience=1))
     trial = study.ask()
     assert _report(trial, 1, 3.0) is False
 
@@ -292,15 +292,15 @@ def test_conflicting_settings_refused(storage) -> None:
     with pytest.raises(ValueError, match="signal"):
         trial.should_prune()
     with pytest.raises(ValueError, match="same settings"):
-        NeVePruner(divergence_patience=9).bind(study)
+        NeVePruner(unsettled_patience=9).bind(study)
 
 
 def test_same_settings_accepted_and_from_study_adopts(storage) -> None:
-    study = _study(NeVePruner("train_loss", reduction_factor=3, divergence_bound=math.inf), storage=storage)
+    study = _study(NeVePruner("train_loss", reduction_factor=3, unsettled_bound=math.inf), storage=storage)
     _report(study.ask(), 1, 0.1)
-    NeVePruner("train_loss", reduction_factor=3, divergence_bound=math.inf).bind(study)  # no error
+    NeVePruner("train_loss", reduction_factor=3, unsettled_bound=math.inf).bind(study)  # no error
     adopted = NeVePruner.from_study(study)
-    assert adopted.settings == NeVePruner("train_loss", reduction_factor=3, divergence_bound=math.inf).settings
+    assert adopted.settings == NeVePruner("train_loss", reduction_factor=3, unsettled_bound=math.inf).settings
     adopted.bind(study)
     with pytest.raises(ValueError):
         NeVePruner.from_study(study, signal="velocity").bind(study)
@@ -340,3 +340,18 @@ def test_optimize_with_pruner(direction) -> None:
             assert t.state == TrialState.PRUNED and t.last_step <= 5
         if t.state == TrialState.COMPLETE:
             assert t.user_attrs[f"epoch_{t.last_step:04d}"]["neve_stop"] or t.last_step == 30
+
+
+def test_deprecated_names_of_the_unsettled_rule_still_work_and_adopt_old_studies() -> None:
+    with pytest.warns(DeprecationWarning, match="divergence_bound=...\\) is deprecated, use unsettled_bound"):
+        old = NeVePruner(divergence_bound=0.7, divergence_patience=2)
+    assert old.settings == NeVePruner(unsettled_bound=0.7, unsettled_patience=2).settings
+    with pytest.raises(ValueError, match="give unsettled_bound only"):
+        NeVePruner(unsettled_bound=0.7, divergence_bound=0.7)
+    study = optuna.create_study()
+    stored = {**NeVePruner().settings, "version": 1}
+    stored["divergence_bound"] = stored.pop("unsettled_bound")  # a study stored before the rename
+    stored["divergence_patience"] = stored.pop("unsettled_patience")
+    study.set_user_attr(SETTINGS_ATTR, stored)
+    NeVePruner().bind(study)  # the same settings under the old names: adopted, not a conflict
+    assert NeVePruner.from_study(study).settings == NeVePruner().settings

@@ -433,3 +433,41 @@ def test_plot_study(tmp_path) -> None:
     assert all(p.stat().st_size > 1000 for p in paths.values())
     assert math.isfinite(torch.tensor(1.0).item())  # plots leave torch untouched
     assert os.path.basename(paths["velocity_curves"]) == "velocity_curves.png"
+
+
+def test_importing_the_optuna_backend_leaves_the_matplotlib_backend_alone() -> None:
+    code = ("import matplotlib; matplotlib.use('svg'); import neve_tune.optuna, neve_tune.cli.optuna; "
+            "print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "svg"
+
+
+def test_checkpoint_dir_defaults_to_the_environment(tmp_path, monkeypatch) -> None:
+    """NEVE_CHECKPOINT_DIR (documented) is the worker's default checkpoint folder."""
+    from neve_tune.cli import build_parser
+
+    monkeypatch.setenv("NEVE_CHECKPOINT_DIR", str(tmp_path / "shared"))
+    args = build_parser(["optuna"]).parse_args(["optuna", "worker", "digits", "--trials", "1"])
+    assert args.checkpoint_dir == str(tmp_path / "shared")
+    monkeypatch.delenv("NEVE_CHECKPOINT_DIR")
+    args = build_parser(["optuna"]).parse_args(["optuna", "worker", "digits", "--trials", "1"])
+    assert args.checkpoint_dir == "neve_checkpoints"
+    args = build_parser(["optuna"]).parse_args(["optuna", "worker", "digits", "--checkpoint-dir", "x", "--trials", "1"])
+    assert args.checkpoint_dir == "x"
+
+
+def test_a_retry_removes_the_temporary_files_a_killed_save_left(digits, tmp_path) -> None:
+    """``trial_N.pt.tmp<PID>`` beside a trial's checkpoint: its previous worker died mid-save.
+    The trial that takes the checkpoint over removes them; other trials' files stay."""
+    study, data = digits
+    search = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", pruner=NeVePruner(min_resource=100))
+    search.enqueue_trial({"lr": 0.05, "threshold": 1e-4, "batch_size": 128})
+    ckpt_dir = tmp_path / "ckpt"
+    folder = ckpt_dir / search.study_name
+    folder.mkdir(parents=True)
+    (folder / "trial_000000.pt.tmp4242").write_bytes(b"half a save")
+    (folder / "trial_000007.pt.tmp4242").write_bytes(b"another trial's")
+    search.optimize(make_objective(study.replace(max_epochs=1), data=data, checkpoint_dir=ckpt_dir,
+                                   evaluate_test=False), n_trials=1)
+    assert sorted(p.name for p in folder.iterdir()) == ["trial_000007.pt.tmp4242"]

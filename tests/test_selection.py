@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from neve_tune import load_study
+from neve_tune import load_study, run_trial
 from neve_tune import selection as sel
-from neve_tune.optuna import NeVePruner, make_objective
+from neve_tune.optuna import NeVePruner, make_objective, report_epoch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import selection as harness  # noqa: E402
@@ -112,12 +112,12 @@ def test_gated_ranking_and_pick():
     assert replay._promotable(1.0, [1.0, 2.0, 3.0], 4) and not replay._promotable(2.0, [1.0, 2.0, 3.0], 4)
 
 
-@pytest.mark.parametrize("signal", ["train_loss", "velocity"])
+@pytest.mark.parametrize("signal", ["train_loss", "velocity", "consensus"])
 def test_replay_takes_the_decisions_of_a_real_search(signal):
     """The same six configurations trained unpruned (the pool) and searched with
     NeVePruner: the replay prunes the same trials at the same epochs."""
     torch.set_num_threads(1)
-    study = load_study("digits").replace(data="synthetic", max_epochs=8, lr_patience=1)
+    study = load_study("digits").replace(data="synthetic", max_epochs=8, lr_patience=1, selection_subset=64)
     bundle = study.load_data(seed=3)
     configs = harness.sample_configs(study, 6, seed=3)
     pool = harness.fill_pool(harness.new_pool(study, bundle, 3, configs), study, bundle, 6)
@@ -136,3 +136,56 @@ def test_replay_takes_the_decisions_of_a_real_search(signal):
     for t, rec in zip(search.trials, pool["trials"]):
         e = int(t.user_attrs["epochs"])
         assert t.user_attrs[f"epoch_{e:04d}"]["train_loss"] == pytest.approx(rec["history"][e - 1]["train_loss"], abs=0)
+        assert t.user_attrs[f"epoch_{e:04d}"]["subset_pred"] == rec["history"][e - 1]["subset_pred"]
+
+
+def test_selection_subset_records_predictions_and_counts_their_cost():
+    study = load_study("digits").replace(data="synthetic", max_epochs=2)
+    plain = run_trial(study, {"lr": 0.05}, seed=1)
+    rec = run_trial(study.replace(selection_subset=40), {"lr": 0.05}, seed=1)
+    assert [len(m["subset_pred"]) for m in rec.history] == [40, 40]
+    assert "subset_pred" not in plain.history[-1]
+    assert rec.history[-1]["train_loss"] == plain.history[-1]["train_loss"]  # nothing else changes
+    assert rec.cost.probe_samples == plain.cost.probe_samples + 80 == rec.history[-1]["probe_samples"]
+    with pytest.raises(ValueError, match="selection_subset"):
+        study.replace(selection_subset=-1)
+
+
+def test_consensus_scores_and_encoding():
+    codes = {"a": sel.encode_predictions(torch.tensor([0, 1, 2, 3])), "b": "0120", "c": "0100"}
+    assert sel.decode_predictions(codes["a"]).tolist() == [0, 1, 2, 3]
+    assert sel.consensus_scores(codes) == {"a": -0.5, "b": -0.75, "c": -0.75}
+    assert sel.consensus_scores({"a": "01"}) == {"a": 0.0}
+    with pytest.raises(ValueError, match="same subset"):
+        sel.consensus_scores({"a": "01", "b": "012"})
+    with pytest.raises(ValueError, match="classes"):
+        sel.encode_predictions(torch.tensor([-1]))
+
+
+def test_consensus_pruner_refuses_epochs_without_predictions():
+    search = optuna.create_study(pruner=NeVePruner(signal="consensus"))
+    trial = search.ask()
+    report_epoch(trial, {"epoch": 1, "velocity": 0.3, "train_loss": 1.0})
+    with pytest.raises(ValueError, match="selection_subset"):
+        trial.should_prune()
+
+
+def test_compare_with_consensus_rungs_and_pick():
+    """A NeVe search pruning on the consensus and picking the most consensual finished trial."""
+    from neve_tune.compare import compare
+
+    study = load_study("digits").replace(data="synthetic", max_epochs=4, lr_patience=1, selection_subset=32,
+                                         selection="consensus")
+    r = compare(study, trials=4, seed=2, searches=("neve",), neve_signal="consensus", progress=False)
+    trials = r["runs"][0]["neve"]["trials"]
+    done = [t for t in trials if t["state"] == "COMPLETE"]
+    assert done and all(-1.0 <= t["objective"] <= 0.0 for t in done)  # minus an agreement
+    best = min(done, key=lambda t: t["objective"])
+    assert r["runs"][0]["neve"]["test_acc"] == best["test_acc"]
+    with pytest.raises(ValueError, match="selection_subset"):
+        compare(study.replace(selection="objective", selection_subset=0), trials=1, searches=("neve",),
+                neve_signal="consensus", progress=False)
+    with pytest.raises(ValueError, match="backend='optuna'"):
+        compare(study, trials=1, searches=("neve",), backend="ray", progress=False)
+    with pytest.raises(ValueError, match="selection_subset > 0"):
+        study.replace(selection_subset=0)

@@ -203,18 +203,90 @@ def test_a_checkpoint_of_another_model_or_data_is_refused_naming_what_differs(tm
     assert moved.epochs == 3
 
 
-def test_an_old_checkpoint_without_data_and_model_in_its_guard(tmp_path):
-    ckpt = tmp_path / "old.pt"
+@pytest.mark.parametrize("changes, differs", [
+    ({"lr_patience": 3}, "controller lr_patience: 0 in the checkpoint, 3 now"),
+    ({"pc_patience": 5}, "controller pc_patience: 3 in the checkpoint, 5 now"),
+    ({"pc_patience": None}, "controller pc_patience: 3 in the checkpoint, None now"),
+    ({"threshold_mode": "relative"}, "controller threshold_mode: 'absolute' in the checkpoint, 'relative' now"),
+    ({"lr_signal": "velocity"}, "controller lr_signal: 'velocity_change' in the checkpoint, 'velocity' now"),
+    ({"probe_samples": 50}, "controller probe_samples: 100 in the checkpoint, 50 now"),
+])
+def test_a_checkpoint_of_other_controller_settings_is_refused_naming_the_setting(tmp_path, changes, differs):
+    ckpt = tmp_path / "c.pt"
+    cfg = {"lr": 0.05, "threshold": 1e-6, "batch_size": 64}
+    run_trial(_study(max_epochs=2), cfg, checkpoint_path=ckpt, evaluate_test=False)
+    with pytest.raises(CheckpointError, match="belongs to another run") as caught:
+        run_trial(_study(max_epochs=3, **changes), cfg, checkpoint_path=ckpt, evaluate_test=False)
+    assert differs in str(caught.value) and "\n" not in str(caught.value)
+    assert load_checkpoint(ckpt)["epoch"] == 2, "nothing trained"
+    # the same settings with a larger cap continue
+    assert run_trial(_study(max_epochs=3), cfg, checkpoint_path=ckpt, evaluate_test=False).epochs == 3
+
+
+def test_a_validation_run_guard_holds_its_early_stopping_and_split(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    cfg = {"lr": 0.05, "batch_size": 64}
+    run_trial(_study(max_epochs=2), cfg, method="asha_es", checkpoint_path=ckpt, evaluate_test=False)
+    for changes, differs in [({"early_stopping": 4}, "controller early_stopping: 10 in the checkpoint, 4 now"),
+                             ({"val_fraction": 0.2}, "controller val_fraction: 0.1 in the checkpoint, 0.2 now")]:
+        with pytest.raises(CheckpointError, match="belongs to another run") as caught:
+            run_trial(_study(max_epochs=3, **changes), cfg, method="asha_es", checkpoint_path=ckpt, evaluate_test=False)
+        assert differs in str(caught.value)
+
+
+def test_the_cli_refuses_a_checkpoint_of_other_controller_settings_in_one_line(tmp_path, capsys):
+    ckpt = tmp_path / "ck.pt"
+    base = ["train", "--data", "synthetic", "--max-epochs", "2", "--checkpoint", str(ckpt), "--quiet"]
+    assert main(base + ["--lr-patience", "0"]) == 0
+    capsys.readouterr()
+    assert main(base + ["--lr-patience", "4", "--max-epochs", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--checkpoint" in err and "controller lr_patience: 0 in the checkpoint, 4 now" in err
+    assert load_checkpoint(ckpt)["epoch"] == 2
+
+
+def test_a_checkpoint_without_its_run_record_is_refused(tmp_path):
+    ckpt = tmp_path / "c.pt"
     cfg = {"lr": 0.05, "batch_size": 64}
     run_trial(_study(max_epochs=2), cfg, checkpoint_path=ckpt, evaluate_test=False)
     state = torch.load(ckpt, weights_only=True)
-    state["meta"] = {k: state["meta"][k] for k in ("config", "method", "seed")}  # as written before data/model joined
+    del state["meta"]
     torch.save(state, ckpt)
-    # a model that does not fit it is refused in one line, not deep inside load_state_dict ...
-    with pytest.raises(CheckpointError, match=r"does not fit this run \(RuntimeError: Error\(s\) in loading state_dict"):
-        run_trial(_study(max_epochs=3, model_options={"width": 16}), cfg, checkpoint_path=ckpt, evaluate_test=False)
-    # ... and the same run is accepted (most likely a crash-resume of the same command)
-    assert run_trial(_study(max_epochs=3), cfg, checkpoint_path=ckpt, evaluate_test=False).epochs == 3
+    # resumed with another LR it would train at the old one while its record claims the new one
+    for lr in (0.01, 0.05):
+        with pytest.raises(CheckpointError) as caught:
+            run_trial(_study(max_epochs=3), {**cfg, "lr": lr}, checkpoint_path=ckpt, evaluate_test=False)
+        assert "has no run record ('meta')" in str(caught.value) and "\n" not in str(caught.value)
+    assert load_checkpoint(ckpt)["epoch"] == 2, "nothing trained"
+
+
+def test_a_run_guard_missing_a_field_is_refused_naming_it(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    cfg = {"lr": 0.05, "batch_size": 64}
+    run_trial(_study(max_epochs=2), cfg, checkpoint_path=ckpt, evaluate_test=False)
+    state = torch.load(ckpt, weights_only=True)
+    state["meta"] = {k: v for k, v in state["meta"].items() if k != "model"}
+    torch.save(state, ckpt)
+    with pytest.raises(CheckpointError, match=r"belongs to another run \(model: absent in the checkpoint, \{'name'"):
+        run_trial(_study(max_epochs=3), cfg, checkpoint_path=ckpt, evaluate_test=False)
+
+
+def test_a_model_that_does_not_fit_the_checkpoint_is_refused_in_one_line(tmp_path):
+    from neve_tune import NeVe, NeuralVelocity, fit, gaussian_probe
+    from neve_tune.models import create_model
+
+    data = get_dataset("synthetic")
+    ckpt = tmp_path / "c.pt"
+    for width, epochs in ((32, 1), (16, 2)):
+        torch.manual_seed(0)
+        model = create_model("small_cnn", data.num_classes, data.input_shape, width=width)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        control = NeVe(opt, NeuralVelocity(model, gaussian_probe(data.input_shape, 8)), max_epochs=epochs)
+        if width == 32:
+            fit(model, opt, data.train, control, batch_size=64, checkpoint_path=ckpt)  # no run guard at all
+            continue
+        with pytest.raises(CheckpointError, match=r"does not fit this run \(RuntimeError: Error\(s\) in loading state_dict"):
+            fit(model, opt, data.train, control, batch_size=64, checkpoint_path=ckpt)
 
 
 def test_saving_a_checkpoint_is_atomic(tmp_path, monkeypatch):

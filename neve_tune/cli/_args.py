@@ -19,8 +19,10 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ __all__ = [
     "add_trial_control",
     "add_trials",
     "check_output_paths",
+    "clean_stale_temporaries",
     "deprecated_alias",
     "positive_int",
     "study_from_args",
@@ -128,23 +131,50 @@ def check_device(device: str | None) -> str:
 
 def check_output_paths(files: dict[str, Any] | None = None, dirs: dict[str, Any] | None = None) -> None:
     """Before any work: each output file (``{"--json": path}``) and output folder
-    (``{"--out": path}``) can be created and written; else a one-line error naming the flag."""
-    for is_dir, group in ((False, files or {}), (True, dirs or {})):
+    (``{"--out": path}``) can be created and written; else a one-line error naming the flag.
+
+    A folder permission bit is not proof (``/proc``, a read-only mount, root), so the
+    deepest folder that exists is probed by writing a temporary file there, removed at
+    once. An existing output file must be a regular, writable file: ``/dev/full`` or a
+    pipe would take the record only to lose it after the work.
+    """
+    for is_dir, group in ((True, dirs or {}), (False, files or {})):
         for flag, value in group.items():
-            if not value:
-                continue
-            path = Path(value)
-            if not is_dir and path.is_dir():
-                raise CLIError(f"{flag} {value}: is a directory, expected a file path")
-            if is_dir and path.exists() and not path.is_dir():
-                raise CLIError(f"{flag} {value}: is a file, expected a folder")
-            existing = path if is_dir else path.parent
-            while not existing.exists():
-                existing = existing.parent
-            if not existing.is_dir():
-                raise CLIError(f"{flag} {value}: {existing} is not a folder")
-            if not os.access(existing, os.W_OK | os.X_OK):
-                raise CLIError(f"{flag} {value}: {existing} is not writable")
+            if value:
+                _check_output(flag, Path(value), is_dir)
+
+
+def _check_output(flag: str, path: Path, is_dir: bool) -> None:
+    if not is_dir and path.is_dir():
+        raise CLIError(f"{flag} {path}: is a directory, expected a file path")
+    if is_dir and path.exists() and not path.is_dir():
+        raise CLIError(f"{flag} {path}: is a file, expected a folder")
+    if not is_dir and path.exists():
+        if not path.is_file():
+            raise CLIError(f"{flag} {path}: is not a regular file (a device or a pipe); give a file path")
+        if not os.access(path, os.W_OK):
+            raise CLIError(f"{flag} {path}: is not writable")
+    existing = path if is_dir else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CLIError(f"{flag} {path}: {existing} is not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".neve-write-probe-") as probe:
+            probe.write(b"x")
+            probe.flush()
+    except OSError as e:
+        raise CLIError(f"{flag} {path}: {existing} is not writable ({e.strerror or e})") from None
+
+
+def clean_stale_temporaries(checkpoint: str | os.PathLike) -> list[Path]:
+    """Remove the ``CHECKPOINT.tmp<PID>`` files saves killed mid-write left beside
+    ``checkpoint`` (a run about to use it is its only writer); return them."""
+    path = Path(checkpoint)
+    stale = sorted(path.parent.glob(glob.escape(path.name) + ".tmp*")) if path.parent.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def add_data_changes(p: argparse.ArgumentParser) -> None:
@@ -161,7 +191,8 @@ def add_trial_control(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-patience", help="ReduceLROnPlateau patience in epochs, or 'auto' (max(2, max_epochs // 20); "
                                          "the default)")
     g.add_argument("--threshold-mode", choices=["absolute", "relative"],
-                   help="NeVe's velocity stop: V < t (default), or V / peak V < t")
+                   help="NeVe's velocity stop: V / peak V < t (the studies' default), or V < t; "
+                        "the searched range of t stays the study's")
     g.add_argument("--pc-patience", type=int, help="NeVe's memorisation guard: stop when prediction changes have not "
                                                     "reached a new low for this many epochs (default 3; 0: off)")
     g.add_argument("--prediction-changes", choices=["in_pass", "subset"],
@@ -182,6 +213,7 @@ def _lr_patience(text: str) -> int | str:
 def study_from_args(args: argparse.Namespace, **extra_changes: Any) -> Any:
     """The study named by ``args.study`` with the shared overrides applied (``--max-epochs``,
     ``--data-root``, the data changes and the trial control, where the verb has them)."""
+    from .._checks import check_seed
     from ..study import load_study
 
     study = load_study(args.study)
@@ -192,6 +224,10 @@ def study_from_args(args: argparse.Namespace, **extra_changes: Any) -> Any:
             if getattr(args, key, None) is not None}
     if data:
         changes["data_options"] = {**study.data_options, **data}
+    if getattr(args, "noise_seed", None) is not None:
+        check_seed("--noise-seed", args.noise_seed)
+    if getattr(args, "seed", None) is not None:
+        check_seed("--seed", args.seed)
     if getattr(args, "lr_patience", None) is not None:
         changes["lr_patience"] = _lr_patience(args.lr_patience)
     if getattr(args, "pc_patience", None) is not None:

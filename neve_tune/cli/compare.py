@@ -6,6 +6,7 @@ import argparse
 
 from ..compare._api import BACKENDS, NEVE_SIGNALS
 from ..records import SEARCH_METHODS
+from .._checks import check_seed
 from . import _args as cli
 
 __all__ = ["add_cli"]
@@ -44,6 +45,8 @@ def _compare(args: argparse.Namespace) -> int:
 
     device = cli.check_device(args.device)
     cli.check_output_paths(files={"--json": args.json_path}, dirs={"--out": args.out})
+    check_seed("--seed", args.seed)
+    check_seed("--seed + --repeats - 1", args.seed + args.repeats - 1)  # the last repeat's seed
     study = cli.study_from_args(args, objective=args.objective)
     searches = [s.strip() for s in args.searches.split(",") if s.strip()]
     result = compare(study, backend=args.backend, trials=args.trials, seed=args.seed, repeats=args.repeats,

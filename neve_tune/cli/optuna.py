@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from .._checks import check_float, check_int, check_seed
+from ..records import SEARCH_METHODS
 from . import _args as cli
 
 __all__ = ["add_cli"]
@@ -44,7 +46,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--create", action="store_true", help="create the study if it does not exist")
     w.add_argument("--direction", default="minimize",
                    help="with --create; only 'minimize' is accepted: the objective is a loss")
-    w.add_argument("--method", choices=["neve", "asha", "asha_es"], default="neve",
+    w.add_argument("--method", choices=SEARCH_METHODS, default="neve",
                    help="neve (default), or the validation-based baselines with SuccessiveHalvingPruner")
     cli.add_seed(w, "training seed of every trial (default 0)")
     w.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler; each trial's TPE is seeded from it and the "
@@ -54,9 +56,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     cli.add_max_epochs(w)
     cli.add_data_changes(w)
     cli.add_trial_control(w)
-    w.add_argument("--checkpoint-dir", default="neve_checkpoints",
+    w.add_argument("--checkpoint-dir", default=os.environ.get("NEVE_CHECKPOINT_DIR") or "neve_checkpoints",
                    help="per-trial checkpoints, so a retried trial resumes (shared storage across machines; "
-                        "default: ./neve_checkpoints)")
+                        "default: $NEVE_CHECKPOINT_DIR, else ./neve_checkpoints)")
     w.add_argument("--no-checkpoints", action="store_true", help="do not checkpoint trials")
     w.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints of finished trials")
     g = w.add_argument_group("NeVePruner (default: the settings stored in the study, else the defaults)")
@@ -64,8 +66,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--min-resource", type=cli.positive_int)
     g.add_argument("--reduction-factor", type=int)
     g.add_argument("--min-early-stopping-rate", type=int)
-    g.add_argument("--divergence-bound", type=float)
-    g.add_argument("--divergence-patience", type=cli.positive_int)
+    g.add_argument("--unsettled-bound", type=float, help="velocity above which a trial counts as unsettled (inf: off)")
+    g.add_argument("--unsettled-patience", type=cli.positive_int,
+                   help="epochs in a row above --unsettled-bound that prune a trial")
+    cli.deprecated_alias(g, "--divergence-bound", "--unsettled-bound", "unsettled_bound", type=float)
+    cli.deprecated_alias(g, "--divergence-patience", "--unsettled-patience", "unsettled_patience", type=cli.positive_int)
     h = w.add_argument_group("recovery (RDB storages)")
     h.add_argument("--heartbeat-interval", type=cli.positive_int, default=60, help="seconds (default 60)")
     h.add_argument("--heartbeat-grace-period", dest="heartbeat_grace_period", type=cli.positive_int,
@@ -87,10 +92,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _pruner_options(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("signal", "min_resource", "reduction_factor", "min_early_stopping_rate", "divergence_bound", "divergence_patience")
+    names = ("signal", "min_resource", "reduction_factor", "min_early_stopping_rate", "unsettled_bound", "unsettled_patience")
     opts = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
-    if "divergence_bound" in opts and math.isinf(opts["divergence_bound"]):
-        opts["divergence_bound"] = math.inf
+    if "unsettled_bound" in opts and math.isinf(opts["unsettled_bound"]):
+        opts["unsettled_bound"] = math.inf
     return opts
 
 
@@ -105,7 +110,8 @@ def _check_worker_flags(args: argparse.Namespace) -> str:
     if args.trials is None and args.timeout is None and args.total_trials is None:
         raise cli.CLIError("give --trials N, --total-trials N or --timeout SECONDS")
     check_seed("--seed", args.seed)
-    check_seed("--sampler-seed", args.sampler_seed, allow_none=True)
+    if args.sampler_seed is not None:
+        check_seed("--sampler-seed", args.sampler_seed)
     check_int("--max-retry", args.max_retry, minimum=0)
     check_direction("--direction", args.direction)
     for flag in ("reduction_factor", "min_early_stopping_rate"):
@@ -161,8 +167,9 @@ def _plot(args: argparse.Namespace) -> int:
 
     if args.storage is None:
         raise cli.CLIError("--storage is required: an in-memory study has nothing to plot")
-    cli.check_output_paths(dirs={"--out": args.out}, files={f"--out {args.out}/{name}": Path(args.out) / name
-                                                            for name in ("velocity_curves.png", "search_history.png")})
+    cli.check_output_paths(dirs={"--out": args.out})
+    for name in ("velocity_curves.png", "search_history.png"):  # the files plot_study writes there
+        cli.check_output_paths(files={"--out": Path(args.out) / name})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         search = open_study(args.study_name, args.storage, heartbeat_interval=None)

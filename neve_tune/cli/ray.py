@@ -12,13 +12,13 @@ from urllib.parse import urlsplit
 
 from .._checks import check_float, check_int, check_seed
 from .._json import write_json
+from ..records import SCHEDULERS, SEARCH_METHODS
 from . import _args as cli
 
 __all__ = ["add_cli", "check_address"]
 
-SCHEDULERS = ("auto", "neve_asha", "asha", "fifo")
 APIS = ("tuner", "run")
-TRAINABLE_METHODS = ("neve", "asha", "asha_es")
+TRAINABLE_METHODS = SEARCH_METHODS
 RAY_CLIENT_PORT = 10001  # Ray Client's default server port (ray start --ray-client-server-port)
 ADDRESS_TIMEOUT_S = 3.0
 ADDRESS_FORMS = "HOST:PORT (the head's GCS, e.g. 10.0.0.5:6379), ray://HOST:PORT (Ray Client) or 'auto'"

@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .._checks import check_float, check_int
+from .._checks import check_int
 from .._json import write_json
 from ..control import LR_SIGNALS
+from ..space import check_hyperparameter
 from . import _args as cli
 
 __all__ = ["add_cli"]
@@ -22,7 +23,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-root", help="folder holding the data set files (CIFAR, imagefolder)")
     p.add_argument("--model", help="small_cnn, small_cnn1d, resnet20, resnet32, timm:<name>, torchvision:<name>")
     p.add_argument("--lr", type=float, help="initial learning rate (default: the study's)")
-    p.add_argument("--threshold", type=float, help="velocity threshold under which training stops")
+    p.add_argument("--threshold", type=float, help="velocity threshold under which training stops "
+                                                   "(under the default relative rule, a ratio to the peak velocity)")
     p.add_argument("--batch-size", type=int)
     cli.add_max_epochs(p)
     p.add_argument("--min-epochs", type=int)
@@ -50,15 +52,16 @@ def _train(args: argparse.Namespace) -> int:
     device = cli.check_device(args.device)
     cli.check_output_paths(files={"--json": args.json_path, "--plot": args.plot, "--checkpoint": args.checkpoint},
                        dirs={"--out": args.out})
+    if args.min_epochs is not None:
+        check_int("--min-epochs", args.min_epochs, minimum=0)
     study = cli.study_from_args(args, data=args.data, model=args.model, min_epochs=args.min_epochs,
                             lr_signal=args.lr_signal, amp=args.amp)
     config = study.config()
-    for key in ("lr", "threshold", "batch_size"):
+    for key in ("lr", "threshold", "batch_size"):  # the study's own values were checked when it loaded
         if getattr(args, key) is not None:
-            config[key] = getattr(args, key)
-    check_float("--lr", config["lr"], positive=True)
-    check_float("--threshold", config["threshold"], positive=True)
-    check_int("--batch-size", config["batch_size"], minimum=1)
+            config[key] = check_hyperparameter(key, getattr(args, key), "--" + key.replace("_", "-"))
+    if args.checkpoint:
+        cli.clean_stale_temporaries(args.checkpoint)
 
     data = study.load_data()  # a missing or bad data set fails here, before any output
     bar: Any = None

@@ -20,7 +20,7 @@ from ._report import _run_line
 __all__ = ["BACKENDS", "NEVE_SIGNALS", "compare", "compare_searches"]
 
 BACKENDS = ("optuna", "ray")
-NEVE_SIGNALS = ("train_loss", "velocity")
+NEVE_SIGNALS = ("train_loss", "velocity", "consensus")
 
 SearchFn = Callable[..., list[SearchTrial]]
 
@@ -138,19 +138,9 @@ def compare(
     from tqdm.auto import tqdm
 
     study = load_study(study)
-    check_choice("backend", backend, BACKENDS)
-    check_int("trials", trials, minimum=1)
-    check_int("repeats", repeats, minimum=1)
-    check_choice("neve_signal", neve_signal, NEVE_SIGNALS)
-    bad = [s for s in searches if s not in SEARCHES]
-    if bad or not searches:
-        raise ValueError(f"searches must be a non-empty subset of {SEARCHES}, got {list(searches)}")
+    _check_arguments(backend, trials, repeats, neve_signal, searches, study)
     bar = tqdm(total=trials * len(searches) * repeats, desc="trials", unit="trial", disable=not progress)
-    started_ray = False
-    if backend == "ray":
-        import ray
-
-        started_ray = not ray.is_initialized()
+    started_ray = backend == "ray" and not _ray_running()
     runs = []
     train_size = 0
     t0 = time.perf_counter()
@@ -173,19 +163,35 @@ def compare(
 
             ray.shutdown()
     return {
-        "study": study.name,
-        "backend": backend,
-        "trials": trials,
-        "seeds": [seed + k for k in range(repeats)],
-        "max_epochs": study.max_epochs,
-        "data_options": dict(study.data_options),
-        "retrain": retrain,
-        "neve_signal": neve_signal,
-        "train_size": train_size,
-        **aggregate(runs, searches),
-        "runs": runs,
+        "study": study.name, "backend": backend, "trials": trials, "seeds": [seed + k for k in range(repeats)],
+        "max_epochs": study.max_epochs, "data_options": dict(study.data_options), "retrain": retrain,
+        "neve_signal": neve_signal, "train_size": train_size, **aggregate(runs, searches), "runs": runs,
         "elapsed_s": time.perf_counter() - t0,
     }
+
+
+def _check_arguments(backend: str, trials: int, repeats: int, neve_signal: str, searches: Sequence[str],
+                     study: Study) -> None:
+    """:func:`compare`'s settings, each refused in one line naming it."""
+    check_choice("backend", backend, BACKENDS)
+    check_int("trials", trials, minimum=1)
+    check_int("repeats", repeats, minimum=1)
+    check_choice("neve_signal", neve_signal, NEVE_SIGNALS)
+    if (neve_signal == "consensus" or study.selection == "consensus") and backend != "optuna":
+        raise ValueError("neve_signal='consensus' and Study.selection='consensus' need backend='optuna' "
+                         "(the Ray scheduler ranks numeric metrics only)")
+    if neve_signal == "consensus" and not study.selection_subset:
+        raise ValueError("neve_signal='consensus' needs a study with selection_subset > 0 (e.g. "
+                         "study.replace(selection_subset=500)): the predictions it compares")
+    bad = [s for s in searches if s not in SEARCHES]
+    if bad or not searches:
+        raise ValueError(f"searches must be a non-empty subset of {SEARCHES}, got {list(searches)}")
+
+
+def _ray_running() -> bool:
+    import ray
+
+    return ray.is_initialized()
 
 
 def compare_searches(

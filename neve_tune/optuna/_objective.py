@@ -17,7 +17,7 @@ from optuna.trial import BaseTrial
 
 from .._checks import check_choice
 from ..data import DataBundle
-from ..records import Cost, TrialResult
+from ..records import SEARCH_METHODS, Cost, TrialResult
 from ..space import Choice, IntUniform, LogUniform, Uniform
 from ..study import Study, load_study
 from ..train import load_checkpoint
@@ -27,7 +27,7 @@ from ._stop import Abandon, PoliteStop
 
 __all__ = ["make_objective", "suggest_config", "checkpoint_path_for", "SUMMARY_ATTRS"]
 
-OBJECTIVE_METHODS = ("neve", "asha", "asha_es")
+OBJECTIVE_METHODS = SEARCH_METHODS
 # user attributes a finished (COMPLETE or PRUNED) trial carries besides its epoch series
 SUMMARY_ATTRS = ("method", "seed", "stopped_by", "epochs", "objective", "best_epoch", "test_acc", "test_loss", "cost")
 
@@ -83,17 +83,10 @@ def _summary(result: TrialResult) -> dict[str, Any]:
 
 
 def make_objective(
-    study: Study | str | os.PathLike,
-    *,
-    method: str = "neve",
-    seed: int = 0,
-    device: str | torch.device | None = None,
-    checkpoint_dir: str | os.PathLike | None = None,
-    data: DataBundle | None = None,
-    evaluate_test: bool = True,
-    keep_checkpoints: bool = False,
-    model_fn: Callable[[], torch.nn.Module] | None = None,
-    stop: PoliteStop | None = None,
+    study: Study | str | os.PathLike, *, method: str = "neve", seed: int = 0,
+    device: str | torch.device | None = None, checkpoint_dir: str | os.PathLike | None = None,
+    data: DataBundle | None = None, evaluate_test: bool = True, keep_checkpoints: bool = False,
+    model_fn: Callable[[], torch.nn.Module] | None = None, stop: PoliteStop | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """An Optuna objective that trains one sampled configuration of ``study``.
 

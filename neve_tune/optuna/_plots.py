@@ -7,7 +7,6 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from ..plots import plot_velocity_curves
 from ._report import trial_history
 
 __all__ = ["plot_study"]
@@ -23,8 +22,12 @@ def plot_study(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
     """Write ``velocity_curves.png`` (velocity vs epoch of every trial, from the epoch
     series :func:`~neve_tune.optuna.report_epoch` stored) and ``search_history.png``
     (objective of each complete trial with the best so far; epochs each trial ran,
-    by state) into ``out_dir``; return their paths."""
-    import matplotlib.pyplot as plt  # neve_tune.plots selected the Agg backend
+    by state) into ``out_dir``; return their paths.
+
+    The search history is drawn on a :class:`matplotlib.figure.Figure`, which needs no
+    pyplot backend, so importing :mod:`neve_tune.optuna` leaves the user's backend alone.
+    """
+    from ..plots import plot_velocity_curves  # imported here: it selects the Agg backend
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -40,7 +43,18 @@ def plot_study(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
         )
     }
 
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    paths["search_history"] = _search_history(study, trials, out / "search_history.png")
+    return paths
+
+
+def _search_history(study: optuna.Study, trials: list, path: Path) -> Path:
+    """Objective of each complete trial with the best so far (top); epochs each trial ran,
+    by state (bottom)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(7, 6))
+    ax1, ax2 = fig.subplots(2, 1, sharex=True)
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     if complete:
         xs = [t.number for t in complete]
@@ -60,8 +74,6 @@ def plot_study(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
         pts = [(t.number, len(trial_history(t)) or (t.last_step or 0)) for t in trials if t.state == state]
         if pts:
             ax2.scatter(*zip(*pts), color=color, marker=marker, label=state.name.lower())
-    from matplotlib.ticker import MaxNLocator
-
     ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.set_xlabel("trial")
@@ -70,8 +82,5 @@ def plot_study(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
     if trials:
         ax2.legend(fontsize=8)
     fig.tight_layout()
-    path = out / "search_history.png"
     fig.savefig(path, dpi=110)
-    plt.close(fig)
-    paths["search_history"] = path
-    return paths
+    return path

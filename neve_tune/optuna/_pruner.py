@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from optuna.pruners import BasePruner, SuccessiveHalvingPruner
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NeVePruner", "PRUNER_SIGNALS", "SETTINGS_ATTR"]
 
-PRUNER_SIGNALS = ("velocity", "train_loss")
+PRUNER_SIGNALS = ("velocity", "train_loss", "consensus")
 SETTINGS_ATTR = "neve_pruner"  # study user attribute holding the settings every worker must share
 _SETTINGS_VERSION = 1
 
@@ -40,8 +41,8 @@ class NeVePruner(BasePruner):
     3. **Stalled**: the epoch is flagged ``stalled`` (the velocity fell under the
        threshold but the training loss did not drop: the trial settled without
        learning) -> prune.
-    4. **Unsettled**: the velocity stayed above ``divergence_bound`` for the last
-       ``divergence_patience`` reported epochs -> prune. A velocity of about 2/3 is what
+    4. **Unsettled**: the velocity stayed above ``unsettled_bound`` for the last
+       ``unsettled_patience`` reported epochs -> prune. A velocity of about 2/3 is what
        a network whose probe outputs decorrelate completely every epoch settles at
        (``1 / (1 + mu)`` with momentum ``mu = 0.5``); healthy runs fall below 0.6 within
        one or two epochs.
@@ -52,7 +53,11 @@ class NeVePruner(BasePruner):
        all trials that reached that rung, else it is pruned. With ``signal="velocity"``
        the trials with the **highest velocity** (the least settled) lose; with
        ``signal="train_loss"`` those with the highest mean training loss of the epoch.
-       Neither needs a validation set.
+       Neither needs a validation set. With ``signal="consensus"`` those whose predictions
+       on the study's fixed subset (``subset_pred``, recorded when
+       ``Study.selection_subset > 0``) agree least with the majority vote of the other
+       trials at the same epoch lose; every trial at the rung is judged again against the
+       same vote (trials that reported that epoch, in the storage), with Optuna's rule.
 
     The default signal is ``"train_loss"``, because it measured better. On digits (20
     trials of TPE, ``max_epochs=60``, 5 seeds), the final model's test accuracy was
@@ -123,10 +128,14 @@ class NeVePruner(BasePruner):
             About ``1 / reduction_factor`` of the trials reaching a rung are promoted.
         min_early_stopping_rate:
             Shifts the first rung to ``min_resource * reduction_factor ** rate``.
-        divergence_bound:
-            Velocity above which a trial counts as unsettled (rule 4).
-        divergence_patience:
-            How many consecutive reported epochs above ``divergence_bound`` prune a trial.
+        unsettled_bound:
+            Velocity above which a trial counts as unsettled (rule 4; ``inf`` turns the
+            rule off).
+        unsettled_patience:
+            How many consecutive reported epochs above ``unsettled_bound`` prune a trial.
+        divergence_bound, divergence_patience:
+            Deprecated names of ``unsettled_bound`` and ``unsettled_patience`` (they
+            configure rule 4, not rule 1); removed in the next release.
     """
 
     def __init__(
@@ -136,23 +145,27 @@ class NeVePruner(BasePruner):
         min_resource: int = 1,
         reduction_factor: int = 4,
         min_early_stopping_rate: int = 0,
-        divergence_bound: float = 0.6,
-        divergence_patience: int = 5,
+        unsettled_bound: float | None = None,
+        unsettled_patience: int | None = None,
+        divergence_bound: float | None = None,
+        divergence_patience: int | None = None,
     ) -> None:
+        unsettled_bound = _renamed("divergence_bound", divergence_bound, "unsettled_bound", unsettled_bound, 0.6)
+        unsettled_patience = _renamed("divergence_patience", divergence_patience, "unsettled_patience", unsettled_patience, 5)
         check_choice("signal", signal, PRUNER_SIGNALS)
         min_resource = check_int("min_resource", min_resource, minimum=1)
         reduction_factor = check_int("reduction_factor", reduction_factor, minimum=2)
         min_early_stopping_rate = check_int("min_early_stopping_rate", min_early_stopping_rate, minimum=0)
-        divergence_patience = check_int("divergence_patience", divergence_patience, minimum=1)
-        divergence_bound = to_float("divergence_bound", divergence_bound)
-        if not divergence_bound > 0:  # inf is allowed: turns the unsettled rule off
-            raise ValueError(f"divergence_bound must be a number > 0 (inf turns the rule off), got {divergence_bound!r}")
+        unsettled_patience = check_int("unsettled_patience", unsettled_patience, minimum=1)
+        unsettled_bound = to_float("unsettled_bound", unsettled_bound)
+        if not unsettled_bound > 0:  # inf is allowed: turns the unsettled rule off
+            raise ValueError(f"unsettled_bound must be a number > 0 (inf turns the rule off), got {unsettled_bound!r}")
         self._signal = signal
         self._min_resource = min_resource
         self._reduction_factor = reduction_factor
         self._min_early_stopping_rate = min_early_stopping_rate
-        self._divergence_bound = divergence_bound
-        self._divergence_patience = divergence_patience
+        self._unsettled_bound = unsettled_bound
+        self._unsettled_patience = unsettled_patience
         self._sha = SuccessiveHalvingPruner(
             min_resource=min_resource,
             reduction_factor=reduction_factor,
@@ -176,8 +189,8 @@ class NeVePruner(BasePruner):
             "min_resource": self._min_resource,
             "reduction_factor": self._reduction_factor,
             "min_early_stopping_rate": self._min_early_stopping_rate,
-            "divergence_bound": self._divergence_bound if math.isfinite(self._divergence_bound) else "inf",
-            "divergence_patience": self._divergence_patience,
+            "unsettled_bound": self._unsettled_bound if math.isfinite(self._unsettled_bound) else "inf",
+            "unsettled_patience": self._unsettled_patience,
         }
 
     def __repr__(self) -> str:
@@ -186,9 +199,9 @@ class NeVePruner(BasePruner):
 
     @classmethod
     def _from_settings(cls, settings: dict[str, Any]) -> "NeVePruner":
-        s = {k: v for k, v in settings.items() if k != "version"}
-        if s.get("divergence_bound") == "inf":
-            s["divergence_bound"] = math.inf
+        s = _current_names({k: v for k, v in settings.items() if k != "version"})
+        if s.get("unsettled_bound") == "inf":
+            s["unsettled_bound"] = math.inf
         return cls(**s)
 
     @classmethod
@@ -210,6 +223,8 @@ class NeVePruner(BasePruner):
         if stored is None:
             study.set_user_attr(SETTINGS_ATTR, mine)
             stored = study.user_attrs.get(SETTINGS_ATTR)  # read back: a concurrent first writer wins
+        if isinstance(stored, dict):
+            stored = _current_names(stored)  # a study stored under the deprecated names
         if stored != mine:
             theirs = {k: v for k, v in dict(stored).items() if k != "version"} if isinstance(stored, dict) else stored
             diff = {k: (theirs.get(k), v) for k, v in self.settings.items() if isinstance(theirs, dict) and theirs.get(k) != v}
@@ -261,6 +276,12 @@ class NeVePruner(BasePruner):
             return True
         if "velocity" in epoch and epoch["velocity"] is not None and not is_finite(epoch["velocity"]):
             return True
+        if self._signal == "consensus" and not isinstance(epoch.get("subset_pred"), str):
+            raise ValueError(
+                f"NeVePruner(signal='consensus') found no 'subset_pred' in epoch {step} of trial {trial.number}: "
+                "record the predictions on the fixed subset with Study(selection_subset=500) (or report "
+                "'subset_pred', neve_tune.selection.SelectionSubset.predict, each epoch)"
+            )
         if self._signal == "train_loss" and "train_loss" not in epoch:
             raise ValueError(
                 f"NeVePruner(signal='train_loss') found no 'train_loss' in epoch {step} of trial {trial.number} "
@@ -281,18 +302,40 @@ class NeVePruner(BasePruner):
             return True
 
         # 5. successive-halving rungs on the signal, oriented so "better" = lower signal
+        if self._signal == "consensus":
+            return self._consensus_rung(study, trial, step, epoch["subset_pred"]) and not converged
         value = self._velocity(trial, step, sign) if self._signal == "velocity" else float(epoch["train_loss"])
         view = with_step_value(trial, step, sign * value)
         pruned = self._sha.prune(study, view)
         return pruned and not converged
 
+    def _consensus_rung(self, study: "optuna.study.Study", trial: "optuna.trial.FrozenTrial", step: int,
+                        mine: str) -> bool:
+        """Pruned at a rung when its agreement with the others' vote is not in the best
+        ``1 / reduction_factor`` of the trials that reported this epoch (Optuna's rule)."""
+        from ..selection import consensus_scores
+
+        k = 0
+        while self._min_resource * self._reduction_factor ** (self._min_early_stopping_rate + k) < step:
+            k += 1
+        if self._min_resource * self._reduction_factor ** (self._min_early_stopping_rate + k) != step:
+            return False
+        key = epoch_key(step)
+        preds = {t.number: t.user_attrs[key]["subset_pred"] for t in study.get_trials(deepcopy=False)
+                 if t.number != trial.number and isinstance(t.user_attrs.get(key), dict)
+                 and isinstance(t.user_attrs[key].get("subset_pred"), str)}
+        preds[trial.number] = mine
+        scores = consensus_scores(preds)
+        ranked = sorted(scores.values())
+        return not scores[trial.number] <= ranked[max(len(ranked) // self._reduction_factor - 1, 0)]
+
     def _unsettled(self, trial: "optuna.trial.FrozenTrial", sign: float) -> bool:
-        if not math.isfinite(self._divergence_bound):
+        if not math.isfinite(self._unsettled_bound):
             return False
-        steps = sorted(trial.intermediate_values)[-self._divergence_patience :]
-        if len(steps) < self._divergence_patience:
+        steps = sorted(trial.intermediate_values)[-self._unsettled_patience :]
+        if len(steps) < self._unsettled_patience:
             return False
-        return all(self._velocity(trial, s, sign) > self._divergence_bound for s in steps)
+        return all(self._velocity(trial, s, sign) > self._unsettled_bound for s in steps)
 
     @staticmethod
     def _velocity(trial: "optuna.trial.FrozenTrial", step: int, sign: float) -> float:
@@ -303,3 +346,20 @@ class NeVePruner(BasePruner):
         if isinstance(epoch, dict) and epoch.get("velocity") is not None:
             return float(epoch["velocity"])
         return sign * trial.intermediate_values[step]
+
+
+_OLD_NAMES = {"divergence_bound": "unsettled_bound", "divergence_patience": "unsettled_patience"}
+
+
+def _current_names(settings: dict[str, Any]) -> dict[str, Any]:
+    """Stored settings with the deprecated names of rule 4's parameters replaced."""
+    return {_OLD_NAMES.get(k, k): v for k, v in settings.items()}
+
+
+def _renamed(old: str, old_value: Any, new: str, new_value: Any, default: Any) -> Any:
+    if old_value is None:
+        return default if new_value is None else new_value
+    if new_value is not None:
+        raise ValueError(f"give {new} only ({old} is its deprecated name)")
+    warnings.warn(f"NeVePruner({old}=...) is deprecated, use {new}", DeprecationWarning, stacklevel=3)
+    return old_value

@@ -10,18 +10,15 @@ travels through :meth:`NeVeASHAScheduler.callback`, a ``ray.tune.Callback`` whos
 
 from __future__ import annotations
 
-import bisect
 import logging
-import math
-import pickle
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from .._checks import check_choice, check_float, check_int, to_float
+from ._halving import _bracket_milestones, _choose_bracket, _Rung
 from ._stopper import CONVERGED, DIVERGED, STALLED, _check_key, check_threshold, remember_first_loss, velocity_verdict
 
 if TYPE_CHECKING:
@@ -35,47 +32,6 @@ _STATE_VERSION = 2
 _STATE_KEY = "neve_asha_scheduler"
 PRUNED, MAX_T, COMPLETED = "pruned", "max_t", "completed"
 _OUTCOMES = (CONVERGED, DIVERGED, STALLED, PRUNED, MAX_T, COMPLETED)
-
-
-class _Rung:
-    """One rung: the values recorded there (``sign * metric``, higher is better) by trial,
-    and the non-NaN ones kept sorted, so the cutoff costs O(1) and a record O(log n)
-    comparisons instead of a percentile over every recorded value."""
-
-    __slots__ = ("milestone", "values", "_sorted")
-
-    def __init__(self, milestone: float) -> None:
-        self.milestone = milestone
-        self.values: dict[str, float] = {}
-        self._sorted: list[float] = []
-
-    def add(self, trial_id: str, value: float) -> None:
-        self.values[trial_id] = value
-        if not math.isnan(value):
-            bisect.insort(self._sorted, value)
-
-    def cutoff(self, q: float) -> float | None:
-        """``numpy.nanpercentile(values, 100 * q)`` (linear), bit for bit; ``None`` when
-        nothing is recorded, NaN when only NaN is."""
-        if not self.values:
-            return None
-        a, n = self._sorted, len(self._sorted)
-        if n == 0:
-            return math.nan
-        index = (n - 1) * q
-        lo = math.floor(index)
-        if lo >= n - 1:
-            return a[-1]
-        t = index - lo
-        lo_v, hi_v = a[lo], a[lo + 1]
-        diff = hi_v - lo_v
-        return hi_v - diff * (1 - t) if t >= 0.5 else lo_v + diff * t  # numpy's _lerp
-
-
-def _bracket_milestones(min_t: int, max_t: int, rf: float, s: int) -> list[float]:
-    """Rung milestones of bracket ``s``, highest first (Ray's formula, so the rungs match)."""
-    n = int(np.log(max_t / min_t) / np.log(rf) - s + 1)
-    return [min_t * rf ** (k + s) for k in reversed(range(n))]
 
 
 class NeVeASHAScheduler(FIFOScheduler):
@@ -316,12 +272,7 @@ class NeVeASHAScheduler(FIFOScheduler):
         )
 
     def _choose_bracket(self) -> int:
-        if len(self._brackets) == 1:
-            return 0
-        # Ray's rule: a softmax over the brackets' numbers of rungs
-        sizes = np.array([len(b) for b in self._brackets])
-        probs = np.e ** (sizes - sizes.max())
-        return int(np.random.choice(len(self._brackets), p=probs / probs.sum()))
+        return _choose_bracket(self._brackets)
 
     def _bracket(self, trial_id: str) -> list[_Rung]:
         if trial_id not in self._active:  # a result of a trial never added (e.g. restored without state)
@@ -388,7 +339,7 @@ class NeVeASHAScheduler(FIFOScheduler):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Load a :meth:`state_dict`; ``ValueError`` when it was made with other rungs
         (another ``max_t``, ``grace_period``, ``reduction_factor`` or ``brackets``)."""
-        if state.get("version") not in (1, _STATE_VERSION):
+        if state.get("version") != _STATE_VERSION:
             raise ValueError(f"NeVeASHAScheduler state version {state.get('version')!r} is not supported")
         if [[m for m, _ in b] for b in state["rungs"]] != [[r.milestone for r in b] for b in self._brackets]:
             raise ValueError(
@@ -397,10 +348,7 @@ class NeVeASHAScheduler(FIFOScheduler):
             )
         for bracket, rungs in zip(self._brackets, state["rungs"]):
             for rung, (_, values) in zip(bracket, rungs):
-                rung.values, rung._sorted = {}, []
-                for tid, v in values.items():
-                    rung.values[tid] = float(v)
-                rung._sorted = sorted(v for v in rung.values.values() if not math.isnan(v))
+                rung.load(values)
         self._active = {str(k): int(v) for k, v in state["trial_bracket"].items()}
         self._outcome = {}
         self._counts = dict.fromkeys(_OUTCOMES, 0)
@@ -409,15 +357,6 @@ class NeVeASHAScheduler(FIFOScheduler):
         self._stops = int(state["num_stopped"])
         self._first_loss = {str(k): (float(i), float(v)) for k, (i, v) in state.get("first_loss", {}).items()}
         self._restored = True
-
-    def save(self, checkpoint_path: str) -> None:
-        """Tune's scheduler hook (Tune does not call it; :meth:`callback` does the saving)."""
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.state_dict(), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.load_state_dict(pickle.load(f))
 
 
 class NeVeASHAStateCallback(Callback):

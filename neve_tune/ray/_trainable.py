@@ -19,7 +19,7 @@ from ray import tune
 
 from ..data import DataBundle
 from .._checks import check_float, check_int
-from ..records import METHODS, METRIC_NAMES, Cost, TrialResult
+from ..records import METHODS, METRIC_NAMES, SEARCH_METHODS, Cost, TrialResult
 from ..space import Choice, IntUniform, LogUniform, Uniform
 from ..study import Study, load_study
 from ..trial import resolve_device, run_trial
@@ -37,7 +37,7 @@ __all__ = [
 CHECKPOINT_FILE = "neve_trial.pt"
 # keys of the last result of a trial that ran to its end (the test set is read only there)
 SUMMARY_KEYS = ("test_acc", "test_loss", "objective", "stopped_by", "epochs", "best_epoch", "epochs_equiv", "wall_s")
-TRAINABLE_METHODS = ("neve", "asha", "asha_es")
+TRAINABLE_METHODS = SEARCH_METHODS
 
 
 def reported_metrics(method: str = "neve") -> tuple[str, ...]:
@@ -267,6 +267,17 @@ def neve_trainable(
                  stop=NeVeStopper(), num_samples=20)
     """
     study = load_study(study)
+    _check_arguments(study, method, seed, data)
+    res = check_resources(resources if resources is not None else study.resources,
+                          name="resources" if resources is not None else f"study {study.name!r} resources")
+    fn: Any = _make_train_fn(study, method, seed, device, model_fn)
+    if data is not None:
+        fn = tune.with_parameters(fn, data=data)
+    return tune.with_resources(fn, res)
+
+
+def _check_arguments(study: Study, method: str, seed: int | None, data: DataBundle | None) -> None:
+    """:func:`neve_trainable`'s arguments, each refused in one line naming it."""
     study.validate()
     if method not in TRAINABLE_METHODS:
         hint = " ('retrain' is not a search method)" if method in METHODS else ""
@@ -274,9 +285,3 @@ def neve_trainable(
     check_int("seed", seed, allow_none=True)
     if data is not None and not isinstance(data, DataBundle):
         raise TypeError(f"data must be a neve_tune.data.DataBundle or None, got {type(data).__name__}")
-    res = check_resources(resources if resources is not None else study.resources,
-                          name="resources" if resources is not None else f"study {study.name!r} resources")
-    fn: Any = _make_train_fn(study, method, seed, device, model_fn)
-    if data is not None:
-        fn = tune.with_parameters(fn, data=data)
-    return tune.with_resources(fn, res)

@@ -1,0 +1,96 @@
+"""What every per-trial controller shares: the :class:`Controller` interface that
+:func:`neve_tune.train.fit` uses, the stop bookkeeping and the epoch-budget check.
+The controllers are :class:`~neve_tune.control.NeVe` (validation-free) and the
+baselines' :class:`~neve_tune.baselines.ValidationControl` and
+:class:`~neve_tune.baselines.LRReplay`.
+
+    >>> import torch
+    >>> from neve_tune import LRReplay
+    >>> opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    >>> isinstance(LRReplay(opt, [0.1]), Controller)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol, runtime_checkable
+
+import torch
+
+from ._checks import check_int, is_finite
+
+__all__ = ["Controller", "check_epochs"]
+
+
+@runtime_checkable
+class Controller(Protocol):
+    """What :func:`neve_tune.train.fit` needs from a per-trial controller.
+
+    ``start()`` runs before the first epoch (NeVe records its reference outputs there);
+    ``step(train_loss, val_loss=None, *, prediction_changes=None)`` closes an epoch and
+    returns its metrics (at least ``epoch``, ``lr``, ``diverged``); ``stopped_by`` is None while the run goes on;
+    ``probe_samples`` is the forward-only samples one ``step`` costs.
+    """
+
+    epoch: int
+    stopped_by: str | None
+
+    @property
+    def should_stop(self) -> bool: ...
+
+    @property
+    def probe_samples(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def step(
+        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None
+    ) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None: ...
+
+
+def check_epochs(min_epochs: int, max_epochs: int) -> None:
+    check_int("max_epochs", max_epochs, minimum=1)
+    check_int("min_epochs", min_epochs, minimum=0)
+    if min_epochs > max_epochs:
+        raise ValueError(f"min_epochs must be in [0, max_epochs={max_epochs}], got {min_epochs}")
+
+
+def _finite(x: float | None) -> bool:
+    """A metric that is absent (None) or a finite number; NaN/inf mean divergence."""
+    return x is None or is_finite(x)
+
+
+def _reopened(stopped_by: str | None, epoch: int, max_epochs: int) -> str | None:
+    """A restored ``stopped_by``, None when the run had stopped only at a cap smaller than
+    ``max_epochs``: the cap is a setting, not part of the run, so a larger one continues
+    it. Any other stop (velocity, prediction_changes, stalled, diverged, early_stopping)
+    is the run's own end and stays."""
+    if stopped_by == "max_epochs" and epoch < max_epochs:
+        return None
+    return stopped_by
+
+
+def _lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+class _Stoppable:
+    """What every controller shares: it is over once ``stopped_by`` is set; ``start`` does
+    nothing unless the controller has something to record before the first epoch."""
+
+    stopped_by: str | None
+
+    @property
+    def should_stop(self) -> bool:
+        return self.stopped_by is not None
+
+    def start(self) -> None:
+        pass
+
+    def _check_open(self) -> None:
+        if self.should_stop:
+            raise RuntimeError(f"the run already stopped ({self.stopped_by}); step() after stop")
