@@ -231,7 +231,7 @@ def test_the_pruner_reads_the_velocity_from_the_stored_epoch() -> None:
     assert settled.should_prune() is False
     report_epoch(unsettled, _metrics(1, 0.5, train_loss=0.1))  # the lower loss, but less settled
     assert unsettled.should_prune() is True
-    bound = optuna.create_study(pruner=NeVePruner(min_resource=100, divergence_bound=0.6, divergence_patience=2))
+    bound = optuna.create_study(pruner=NeVePruner(min_resource=100, unsettled_bound=0.6, unsettled_patience=2))
     trial = bound.ask()
     report_epoch(trial, _metrics(1, 0.9, train_loss=0.1))
     assert trial.should_prune() is False

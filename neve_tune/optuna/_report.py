@@ -142,6 +142,25 @@ def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = 
         ...
         ValueError: metrics has no 'train_loss' (the signal reported to Optuna); its keys: ['epoch', 'train_los', 'velocity']
     """
+    step, raw, diverged = _checked_epoch(metrics, signal)
+    sign = direction_sign(_study_direction(trial))
+    value = sign * raw if (raw is not None and is_finite(raw) and not diverged) else float("nan")
+
+    # The epoch attribute is written before the report, so an epoch without it was never
+    # reported. One with it may come from a predecessor this trial retries (user attributes
+    # are inherited, intermediate values only on request): check the stored steps then.
+    key = epoch_key(step)
+    if key not in trial.user_attrs:
+        trial.set_user_attr(key, json_safe(dict(metrics)))
+        trial.report(value, step)
+    elif step not in _reported_steps(trial):
+        trial.report(value, step)
+    return value
+
+
+def _checked_epoch(metrics: Mapping[str, Any], signal: str) -> tuple[int, float | None, bool]:
+    """(step, the signal's value, diverged) of one epoch's metrics, checked by the rule of
+    :func:`report_epoch`; a non-finite training loss or velocity counts as divergence."""
     check_choice("signal", signal, REPORT_SIGNALS)
     if not isinstance(metrics, Mapping):
         raise TypeError(f"metrics must be a mapping of metric names to values (one epoch), got {metrics!r}")
@@ -158,19 +177,7 @@ def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = 
         raise ValueError(f"metrics[{signal!r}] is None on an epoch not flagged 'diverged' (epoch {step})")
     diverged = diverged or ("train_loss" in metrics and not is_finite(train_loss))
     diverged = diverged or (velocity is not None and not is_finite(velocity))
-    sign = direction_sign(_study_direction(trial))
-    value = sign * raw if (raw is not None and is_finite(raw) and not diverged) else float("nan")
-
-    # The epoch attribute is written before the report, so an epoch without it was never
-    # reported. One with it may come from a predecessor this trial retries (user attributes
-    # are inherited, intermediate values only on request): check the stored steps then.
-    key = epoch_key(step)
-    if key not in trial.user_attrs:
-        trial.set_user_attr(key, json_safe(dict(metrics)))
-        trial.report(value, step)
-    elif step not in _reported_steps(trial):
-        trial.report(value, step)
-    return value
+    return step, raw, diverged  # type: ignore[return-value]
 
 
 def trial_history(trial: FrozenTrial | BaseTrial) -> list[dict[str, Any]]:
