@@ -277,7 +277,7 @@ class _Killed(BaseException):
 def test_retried_trial_resumes_from_checkpoint(digits, tmp_path, monkeypatch, inherit) -> None:
     study, data = digits
     study = study.replace(max_epochs=4)
-    params = {"lr": 0.05, "threshold": 1e-4, "batch_size": 128}
+    params = {"lr": 0.05, "threshold": 1e-3, "batch_size": 128}
     reference = run_trial(study, params, data=data, evaluate_test=False)
     ref_velocity = {m["epoch"]: m["velocity"] for m in reference.history}
 
@@ -461,7 +461,7 @@ def test_a_retry_removes_the_temporary_files_a_killed_save_left(digits, tmp_path
     The trial that takes the checkpoint over removes them; other trials' files stay."""
     study, data = digits
     search = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", pruner=NeVePruner(min_resource=100))
-    search.enqueue_trial({"lr": 0.05, "threshold": 1e-4, "batch_size": 128})
+    search.enqueue_trial({"lr": 0.05, "threshold": 1e-3, "batch_size": 128})
     ckpt_dir = tmp_path / "ckpt"
     folder = ckpt_dir / search.study_name
     folder.mkdir(parents=True)
