@@ -470,3 +470,14 @@ def test_a_retry_removes_the_temporary_files_a_killed_save_left(digits, tmp_path
     search.optimize(make_objective(study.replace(max_epochs=1), data=data, checkpoint_dir=ckpt_dir,
                                    evaluate_test=False), n_trials=1)
     assert sorted(p.name for p in folder.iterdir()) == ["trial_000007.pt.tmp4242"]
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_sqlite_url_runs_as_an_in_memory_study(tmp_path, capsys, url) -> None:
+    """Such a database lives in one connection (the heartbeat thread's own connection saw
+    no tables and raised); it is run as Optuna's in-memory storage instead."""
+    assert storage_kind(url) == "memory" and make_storage(url) is None
+    assert main(["optuna", "worker", _study_file(tmp_path, epochs=1), "--storage", url, "--trials", "1",
+                 "--threads", "1", "--no-checkpoints"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "ran 1 trials" in captured.out
