@@ -105,7 +105,7 @@ def test_keyword_input_feeds_input_ids():
 
 
 def test_trainer_stops_by_velocity_at_epoch_end(tmp_path):
-    neve = NeVeTrainerCallback(threshold=1e-2, min_epochs=2)
+    neve = NeVeTrainerCallback(threshold=1e-2, threshold_mode="absolute", min_epochs=2)
     trainer = Trainer(model=tiny_bert(), args=_args(tmp_path), train_dataset=Tokens(), callbacks=[neve])
     trainer.train()
     assert neve.stopped_by == "velocity"

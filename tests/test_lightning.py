@@ -83,9 +83,18 @@ def test_import_neve_tune_needs_no_lightning():
     assert done.stdout.strip() == "[]"
 
 
+def test_the_default_rule_is_the_studies_relative_threshold():
+    torch.manual_seed(0)
+    neve = NeVeCallback(min_epochs=2, pc_patience=None)  # V / peak V < 1e-2
+    _trainer([neve], max_epochs=40).fit(Net(lr=0.5), _loader())
+    ratios = [v / max(neve.velocities[: i + 1]) for i, v in enumerate(neve.velocities)]
+    assert neve.neve.threshold_mode == "relative" and neve.threshold == 1e-2
+    assert neve.stopped_by == "velocity" and ratios[-1] < 1e-2 <= min(ratios[1:-1])
+
+
 def test_run_stops_by_velocity_and_logs_metrics():
     torch.manual_seed(0)
-    neve = NeVeCallback(threshold=1e-2, min_epochs=2, patience=1)
+    neve = NeVeCallback(threshold=1e-2, threshold_mode="absolute", min_epochs=2, patience=1)
     trainer = _trainer([neve])
     trainer.fit(Net(lr=0.5), _loader())
     assert neve.stopped_by == "velocity"

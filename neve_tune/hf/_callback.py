@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from .._callbacks import CallbackSettings, check_trial
+from .._callbacks import DEFAULT_THRESHOLD, CallbackSettings, check_trial
 from .._checks import check_int
 from .._forward import ProbeForward, prefixed_layers
 from .._lr_compose import check_composable, follow_decay, lrs
@@ -46,7 +46,8 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
     Every measurement's metrics (with ``train_loss``, ``prediction_changes`` and ``step``)
     go to :attr:`history`.
 
-    Defaults are the studies' (docs/design.md, "The callbacks"): the guard on
+    Defaults are the studies' (docs/design.md, "The callbacks"): the relative velocity
+    threshold (``threshold_mode="relative"``, ``threshold=1e-2``), the guard on
     (``pc_patience=3``, ``pc_window=3``, ``pc_restore=True``), ``patience="auto"``
     (``max(2, max_epochs // 20)``), ``max_epochs`` the Trainer's epochs (or, with
     ``every_n_steps``, its measurement points). Pass ``num_classes`` so a run that stays at
@@ -82,7 +83,8 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
 
     Args:
         probe: probe inputs ``[N, ...]`` or None.
-        threshold: velocity under which the run has converged.
+        threshold: the velocity stop: V / peak V under it (default ``threshold_mode="relative"``,
+            1e-2, the studies' rule), or V under it with ``threshold_mode="absolute"``.
         every_n_steps: measure every N optimizer steps instead of at epoch ends.
         trial: an Optuna trial to report to and prune.
         probe_key: the model's keyword argument that receives the probe.
@@ -105,7 +107,7 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
     def __init__(
         self,
         probe: torch.Tensor | None = None,
-        threshold: float = 1e-3,
+        threshold: float = DEFAULT_THRESHOLD,
         every_n_steps: int | None = None,
         *,
         trial: Any = None,
