@@ -224,7 +224,7 @@ def test_objective_reports_velocity_and_summary(digits) -> None:
         assert t.state in (TrialState.COMPLETE, TrialState.PRUNED)
         hist = trial_history(t)
         assert [m["epoch"] for m in hist] == sorted(t.intermediate_values)
-        assert [t.intermediate_values[m["epoch"]] for m in hist] == [m["velocity"] for m in hist]
+        assert [t.intermediate_values[m["epoch"]] for m in hist] == [m["train_loss"] for m in hist]
         assert t.user_attrs["epochs"] == len(hist) and t.user_attrs["method"] == "neve"
         assert t.user_attrs["cost"]["train_samples"] == hist[-1]["train_samples"]
         if t.state == TrialState.COMPLETE:
@@ -280,6 +280,7 @@ def test_retried_trial_resumes_from_checkpoint(digits, tmp_path, monkeypatch, in
     params = {"lr": 0.05, "threshold": 1e-3, "batch_size": 128}
     reference = run_trial(study, params, data=data, evaluate_test=False)
     ref_velocity = {m["epoch"]: m["velocity"] for m in reference.history}
+    ref_loss = {m["epoch"]: m["train_loss"] for m in reference.history}
 
     search = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", pruner=NeVePruner(min_resource=100))
     search.enqueue_trial(params)
@@ -310,7 +311,7 @@ def test_retried_trial_resumes_from_checkpoint(digits, tmp_path, monkeypatch, in
     t = search.trials[1]
     assert t.state == TrialState.COMPLETE and t.system_attrs["failed_trial"] == 0
     assert t.user_attrs["resumed_from_epoch"] == 3
-    assert t.intermediate_values == ref_velocity  # the uninterrupted series, no step twice
+    assert t.intermediate_values == ref_loss  # the uninterrupted series, no step twice
     assert [m["velocity"] for m in trial_history(t)] == [ref_velocity[e] for e in (1, 2, 3, 4)]
     assert t.value == pytest.approx(reference.objective)
     assert not ckpt.exists()  # deleted once the trial finished
