@@ -98,8 +98,11 @@ def pruner_rungs() -> dict[str, Any]:
     from neve_tune.optuna import NeVePruner
 
     s = NeVePruner().settings
-    keys = ("min_resource", "reduction_factor", "min_early_stopping_rate", "divergence_bound", "divergence_patience")
-    return {k: (math.inf if s[k] == "inf" else s[k]) for k in keys}
+    # replay_search's names for the pruner's unsettled_bound / unsettled_patience
+    keys = {"min_resource": "min_resource", "reduction_factor": "reduction_factor",
+            "min_early_stopping_rate": "min_early_stopping_rate", "divergence_bound": "unsettled_bound",
+            "divergence_patience": "unsettled_patience"}
+    return {k: (math.inf if s[name] == "inf" else s[name]) for k, name in keys.items()}
 
 
 def replay_search(pool: Pool, rung_signal: str | RungSignal = "train_loss", *, min_resource: int = 1,
