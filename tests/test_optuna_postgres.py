@@ -241,4 +241,5 @@ def test_ctrl_c_on_a_worker_keeps_its_trial_for_the_next_worker(postgres_url, tm
         reference = run_trial(load_study(study_file), params, evaluate_test=False)
     finally:
         torch.set_num_threads(before)
-    assert retried.intermediate_values == {m["epoch"]: m["velocity"] for m in reference.history}
+    assert retried.intermediate_values == {m["epoch"]: m["train_loss"] for m in reference.history}
+    assert [m["velocity"] for m in trial_history(retried)] == [m["velocity"] for m in reference.history]
