@@ -1,8 +1,8 @@
 """The Lightning and Hugging Face callbacks against ``neve-tune train``, on noisy and clean digits.
 
 Each run trains the digits study's small CNN with the configuration ``neve-tune train
-digits`` uses (SGD lr 0.05, momentum 0.9, weight decay 5e-4, batch 64, velocity
-threshold 1e-3, 60 epochs, ``lr_patience="auto"``, the memorisation guard with
+digits`` uses (SGD lr 0.05, momentum 0.9, weight decay 5e-4, batch 64, the study's
+velocity threshold rule, 60 epochs, ``lr_patience="auto"``, the memorisation guard with
 ``pc_patience=3``, ``pc_window=3``, weight restore, ``num_classes=10``, the Gaussian probe
 of 100 samples seeded by the run's seed), seed ``s`` fixing the initialisation, the data
 order and the flipped labels (``--noise-seed s``). Three ways:
@@ -68,8 +68,8 @@ def _parts(noise: float, seed: int, guard: bool):
     model = create_model(study.model, bundle.num_classes, bundle.input_shape)
     optimizer = make_optimizer(model, study.config())
     probe = gaussian_probe(bundle.input_shape, study.probe_samples, seed=seed)
-    options = {"threshold": study.config()["threshold"], "num_classes": bundle.num_classes,
-               "pc_patience": 3 if guard else None}
+    options = {"threshold": study.config()["threshold"], "threshold_mode": study.threshold_mode,
+               "num_classes": bundle.num_classes, "pc_patience": 3 if guard else None}
     return study, bundle, model, optimizer, probe, options
 
 

@@ -186,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rungs", default="train_loss,velocity,consensus", help="rung signals to replay")
     p.add_argument("--criteria", default=None, help="final criteria to print (default: all)")
     p.add_argument("--reduction-factor", type=int, default=None, help="replay other rungs (default: the pruner's)")
+    p.add_argument("--min-resource", type=int, default=None, help="replay another first rung (default: the pruner's)")
     p.add_argument("--partial", action="store_true", help="include pools still recording")
+    p.add_argument("--markdown", action="store_true", help="print the README's tables")
     p.add_argument("--summary", default=None, help="conditions to summarise choices over (e.g. the design ones)")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -212,8 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         from selection_replay import CRITERIA, print_tables
 
         rungs = {} if args.reduction_factor is None else {"reduction_factor": args.reduction_factor}
+        if args.min_resource is not None:
+            rungs["min_resource"] = args.min_resource
         crit = args.criteria.split(",") if args.criteria else CRITERIA
-        if args.summary:
+        if args.markdown:
+            from selection_replay import print_markdown
+
+            print_markdown(out, crit, args.rungs.split(","), **rungs)
+        elif args.summary:
             from selection_replay import print_summary
 
             conds = list(DESIGN) if args.summary == "design" else list(HELDOUT) if args.summary == "heldout" \

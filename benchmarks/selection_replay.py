@@ -98,8 +98,11 @@ def pruner_rungs() -> dict[str, Any]:
     from neve_tune.optuna import NeVePruner
 
     s = NeVePruner().settings
-    keys = ("min_resource", "reduction_factor", "min_early_stopping_rate", "divergence_bound", "divergence_patience")
-    return {k: (math.inf if s[k] == "inf" else s[k]) for k in keys}
+    # replay_search's names for the pruner's unsettled_bound / unsettled_patience
+    keys = {"min_resource": "min_resource", "reduction_factor": "reduction_factor",
+            "min_early_stopping_rate": "min_early_stopping_rate", "divergence_bound": "unsettled_bound",
+            "divergence_patience": "unsettled_patience"}
+    return {k: (math.inf if s[name] == "inf" else s[name]) for k, name in keys.items()}
 
 
 def replay_search(pool: Pool, rung_signal: str | RungSignal = "train_loss", *, min_resource: int = 1,
@@ -325,3 +328,37 @@ def print_summary(folder: Path, rung_signals: Sequence[str], criteria: Sequence[
                 per = [statistics.fmean(v) for v in reg.values() if v]
                 cells.append(f"{c} {statistics.fmean(per):.2f}/{max(per):.2f}" if per else f"{c} -")
             print(f"  rungs {s:16s} cost {cost:6.1f} | " + "  ".join(cells))
+
+
+def print_markdown(folder: Path, criteria: Sequence[str], rung_signals: Sequence[str] = ("train_loss", "consensus"),
+                   **rungs: Any) -> None:
+    """The README's tables: per data set, each criterion's Kendall tau and regret on the
+    unpruned pools, and its regret inside replayed searches per rung signal, by condition."""
+    import json
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for path in sorted(folder.glob("*.json")):
+        pool = json.loads(path.read_text())
+        if len(pool["trials"]) == len(pool["configs"]):
+            groups.setdefault((pool["data"], pool["condition"]), []).append(evaluate_pool(pool, rung_signals, **rungs))
+    for data in sorted({d for d, _ in groups}):
+        conds = [c for (d, c) in groups if d == data]
+        head = " | ".join(f"{c} ({len(groups[(data, c)])})" for c in conds)
+        print(f"\n{data}: tau / pick regret (pt) on the unpruned pools; then regret inside searches by rung signal\n")
+        print(f"| criterion | {head} |\n|---|" + "---|" * len(conds))
+        for c in criteria:
+            cells = []
+            for cd in conds:
+                rs = groups[(data, cd)]
+                cells.append(f"{_m([r['pool'][c]['tau'] for r in rs])} / {_m([r['pool'][c]['regret'] for r in rs], 100, '{:.2f}')}")
+            print(f"| {c} | " + " | ".join(cells) + " |")
+        for s in rung_signals:
+            costs = " | ".join(_m([r["search"][s]["cost"] for r in groups[(data, cd)]], 1, "{:.1f}") for cd in conds)
+            print(f"| *search, rungs on {s}: cost (epochs)* | {costs} |")
+            for c in criteria:
+                cells = []
+                for cd in conds:
+                    rs = groups[(data, cd)]
+                    reg = [r["best"] - r["search"][s]["picks"][c] for r in rs if r["search"][s]["picks"][c] is not None]
+                    cells.append(_m(reg, 100, "{:.2f}"))
+                print(f"| rungs {s}, pick {c} | " + " | ".join(cells) + " |")

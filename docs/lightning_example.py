@@ -15,6 +15,6 @@ class Net(pl.LightningModule):
 torch.manual_seed(0)
 x = torch.randn(512, 20); y = (x[:, :2].sum(1) > 0).long()
 loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64)
-neve = NeVeCallback(threshold=1e-2, num_classes=2, verbose=True)  # the guard on; probe: 100 Gaussian inputs
+neve = NeVeCallback(num_classes=2, verbose=True)  # stop: V / peak V < 1e-2, or the guard; probe: Gaussian
 pl.Trainer(max_epochs=100, callbacks=[neve], logger=False, enable_checkpointing=False).fit(Net(), loader)
 print(neve.stopped_by, len(neve.history), round(neve.velocities[-1], 4))

@@ -1,7 +1,8 @@
 """Shared by the Lightning and Hugging Face callbacks (no third-party import here).
 
 Both callbacks run the controller :func:`neve_tune.train.fit` runs, with the studies'
-defaults (docs/design.md, "The callbacks"): the memorisation guard on (``pc_patience=3``,
+defaults (docs/design.md, "The callbacks"): the relative velocity threshold
+(``threshold_mode="relative"``, ``threshold=1e-2``: stop when V / peak V < 1e-2), the memorisation guard on (``pc_patience=3``,
 ``pc_window=3``, ``pc_restore=True``), its prediction changes counted on a fixed seeded
 subset of 1,000 training inputs (:class:`neve_tune.SubsetPredictionChanges`, since a
 callback sees batches, not example indices), ``patience="auto"`` (``max(2, max_epochs //
@@ -26,7 +27,9 @@ __all__ = ["CallbackSettings", "auto_patience", "check_controller_options", "che
 # set by the callback itself, never through **controller_options
 _OWN = {"self", "optimizer", "velocity", "threshold"}
 # the studies' trial control (neve_tune.Study), which the callbacks share
-STUDY_DEFAULTS: dict[str, Any] = {"patience": "auto", "pc_patience": 3, "pc_window": 3, "pc_restore": True}
+STUDY_DEFAULTS: dict[str, Any] = {"patience": "auto", "threshold_mode": "relative", "pc_patience": 3, "pc_window": 3,
+                                  "pc_restore": True}
+DEFAULT_THRESHOLD = 1e-2  # the studies' default: with threshold_mode="relative", V / peak V < 1e-2
 
 
 def auto_patience(max_epochs: int) -> int:

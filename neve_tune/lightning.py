@@ -49,7 +49,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         "neve_tune.lightning needs Lightning 2: pip install 'neve_tune[lightning]' (or lightning>=2.2)"
     ) from e
 
-from ._callbacks import CallbackSettings
+from ._callbacks import DEFAULT_THRESHOLD, CallbackSettings
 from ._checks import to_float
 from ._forward import ProbeForward, batch_inputs, has_forward, prefixed_layers
 from ._lr_compose import check_composable, follow_decay, lrs
@@ -92,7 +92,8 @@ class NeVeCallback(CallbackSettings, pl.Callback):
        A guard stop (``"prediction_changes"``) has restored the weights of the epoch of the
        prediction-changes minimum (``pc_restore``), as ``fit`` does.
 
-    The defaults are the studies' (docs/design.md, "The callbacks"): the guard on
+    The defaults are the studies' (docs/design.md, "The callbacks"): the relative velocity
+    threshold (``threshold_mode="relative"``, ``threshold=1e-2``), the guard on
     (``pc_patience=3``, ``pc_window=3``, ``pc_restore=True``), ``patience="auto"``
     (``max(2, max_epochs // 20)``), ``max_epochs`` the trainer's. Pass ``num_classes`` so
     a run that stays at chance ends ``"stalled"``.
@@ -118,7 +119,8 @@ class NeVeCallback(CallbackSettings, pl.Callback):
 
     Args:
         probe: probe inputs ``[N, ...]``, or None to build a Gaussian one.
-        threshold: velocity under which the run has converged.
+        threshold: the velocity stop: V / peak V under it (default ``threshold_mode="relative"``,
+            1e-2, the studies' rule), or V under it with ``threshold_mode="absolute"``.
         trial: an Optuna trial to report to and prune, or None.
         loss_key: the ``callback_metrics`` key of the training loss.
         input_key: where the inputs are in a batch or data set item (int position or dict key).
@@ -140,7 +142,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
     def __init__(
         self,
         probe: torch.Tensor | None = None,
-        threshold: float = 1e-3,
+        threshold: float = DEFAULT_THRESHOLD,
         trial: Any = None,
         *,
         loss_key: str = "train_loss",

@@ -23,14 +23,14 @@ Either count goes to ``NeVe.step(..., prediction_changes=)``.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from ._checks import check_int
+from .probe import module_device, probe_inputs, probe_mode
 
 __all__ = ["PREDICTION_CHANGES", "PredictionChanges", "SubsetPredictionChanges", "eval_forward"]
 
@@ -117,38 +117,19 @@ class PredictionChanges:
         self._previous = predictions.clone()  # saved at an epoch's end
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
+# a measuring forward: eval mode, no grad, forked RNG, every module's training flag restored
+# after (in eval mode BatchNorm uses its running statistics and does not update them)
+eval_forward = probe_mode
 
 
-@contextlib.contextmanager
-def eval_forward(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no grad for a measuring forward, with the RNG forked (training's
-    random stream is not advanced) and every module's own training flag restored after.
-    In eval mode BatchNorm uses its running statistics and does not update them."""
-    modes = [(m, m.training) for m in model.modules()]
-    device = _model_device(model)
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=cuda, device_type="cuda"), torch.no_grad():
-            model.eval()
-            yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
+def _to_model(batch: Any, model: nn.Module) -> Any:
+    """Every tensor of ``batch`` on ``model``'s device, floating ones in its dtype."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        return probe_inputs(batch, model)
     if isinstance(batch, Mapping):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: _to_model(v, model) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
+        return type(batch)(_to_model(v, model) for v in batch)
     return batch
 
 
@@ -243,11 +224,10 @@ class SubsetPredictionChanges:
         return _length(self.inputs)
 
     def _classes(self, model: nn.Module) -> torch.Tensor:
-        device = _model_device(model)
         out = []
         with eval_forward(model):
             for start in range(0, self.num_examples, self.batch_size):
-                batch = _to_device(_rows(self.inputs, start, start + self.batch_size), device)
+                batch = _to_model(_rows(self.inputs, start, start + self.batch_size), model)
                 logits = self.forward(model, batch) if self.forward is not None else model(batch)
                 if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
                     got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -333,7 +313,7 @@ class FitPredictionChanges:
         if self.in_pass is not None:
             return self.in_pass.epoch_end(), 0
         assert self.subset is not None
-        device = _model_device(model)
+        device = module_device(model)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             return self.subset.measure(model), self.subset.num_examples
 

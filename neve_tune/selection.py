@@ -46,6 +46,7 @@ __all__ = [
     "final_loss",
     "majority_vote",
     "noise_rate_estimate",
+    "pick_by_consensus",
     "pc_min",
     "random_label_drop",
     "subset_predictions",
@@ -213,19 +214,39 @@ def decode_predictions(codes: str) -> torch.Tensor:
     return torch.tensor([ord(c) - _CODE_OFFSET for c in codes], dtype=torch.long)
 
 
-def consensus_scores(predictions: Mapping[Any, str]) -> dict[Any, float]:
-    """Minus :func:`consensus_agreement` of each trial (lower is better), from the encoded
-    predictions of the same subset by each trial (key: any trial id). One trial alone
-    scores 0; predictions of another length than the first raise a ``ValueError``."""
+def consensus_scores(predictions: Mapping[Any, str], candidates: Sequence[Any] | None = None) -> dict[Any, float]:
+    """Minus :func:`consensus_agreement` (lower is better) of each of ``candidates`` (default:
+    every trial), from the encoded predictions of the same subset by each trial (key: any
+    trial id); every trial in ``predictions`` votes. One trial alone scores 0; predictions
+    of another length than the others raise a ``ValueError``.
+
+    >>> consensus_scores({"a": "0123", "b": "0120", "c": "0100"}, candidates=["b", "c"])
+    {'b': -0.75, 'c': -0.75}
+    """
     keys = list(predictions)
+    wanted = keys if candidates is None else list(candidates)
     if len(keys) < 2:
-        return {k: 0.0 for k in keys}
+        return {k: 0.0 for k in wanted}
     lengths = {len(predictions[k]) for k in keys}
     if len(lengths) != 1:
         raise ValueError(f"predictions must cover the same subset in every trial, got lengths {sorted(lengths)}")
     preds = torch.stack([decode_predictions(predictions[k]) for k in keys])
-    agree = consensus_agreement(preds, int(preds.max()) + 1)
-    return {k: -float(a) for k, a in zip(keys, agree)}
+    agree = dict(zip(keys, consensus_agreement(preds, int(preds.max()) + 1).tolist()))
+    return {k: -float(agree[k]) for k in wanted}
+
+
+def pick_by_consensus(last_predictions: Mapping[Any, str], candidates: Sequence[Any]) -> Any:
+    """The candidate (a finished trial) whose predictions agree most with the majority vote
+    of all the other trials (``last_predictions``: every trial's latest predictions on the
+    subset, pruned ones included); ties go to the first candidate. None without candidates.
+
+    >>> pick_by_consensus({1: "0123", 2: "0120", 3: "0100", 4: "0100"}, candidates=[1, 2])
+    2
+    """
+    if not candidates:
+        return None
+    scores = consensus_scores(last_predictions, candidates)
+    return min(candidates, key=lambda k: scores[k])
 
 
 class SelectionSubset:

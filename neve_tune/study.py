@@ -58,7 +58,10 @@ class Study:
     measured ones (README, "Which validation-free defaults, and why"). ``selection_subset`` (0: off) makes each
     NeVe trial record, every epoch, the classes it predicts for that many training examples
     (a fixed seeded subset, ``subset_pred``), which ``NeVePruner(signal="consensus")`` compares
-    across trials (docs/design.md, "Selection criteria").
+    across trials; ``selection="consensus"`` (it needs ``selection_subset``) makes the
+    comparison's NeVe search pick, among its finished trials, the one that agrees most with
+    the majority vote of all trials instead of the lowest objective (docs/design.md,
+    "Selection criteria").
     """
 
     name: str
@@ -83,6 +86,7 @@ class Study:
     prediction_changes: str = "in_pass"
     pc_subset_size: int = 1000
     selection_subset: int = 0
+    selection: str = "objective"
     val_fraction: float = 0.1
     early_stopping: int = 10
     objective: str = "tse_e1"
@@ -133,6 +137,10 @@ class Study:
         check_choice("prediction_changes", self.prediction_changes, PREDICTION_CHANGES)
         check_int("pc_subset_size", self.pc_subset_size, minimum=1)
         check_int("selection_subset", self.selection_subset, minimum=0)
+        check_choice("selection", self.selection, ("objective", "consensus"))
+        if self.selection == "consensus" and not self.selection_subset:
+            raise ValueError("selection='consensus' needs selection_subset > 0 (e.g. 500): the trials' predictions "
+                             "on that fixed subset are what it compares")
         check_int("early_stopping", self.early_stopping, minimum=1)
         check_int("probe_samples", self.probe_samples, minimum=1)
         if not 0.0 < self.val_fraction < 1.0:

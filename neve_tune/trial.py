@@ -302,7 +302,7 @@ def run_trial(
     )
     model = model.to(device)
     optimizer = make_optimizer(model, cfg)
-    on_epoch, extra_forward = _selection_hook(study, method, full_train, seed, model, on_epoch)
+    on_epoch, extra_forward = _selection_hook(study, method, bundle.train, seed, model, on_epoch)
     controller = make_controller(study, method, model, optimizer, cfg, train_set=train_set,
                                  input_shape=bundle.input_shape, seed=seed, lr_schedule=lr_schedule,
                                  num_classes=bundle.num_classes)

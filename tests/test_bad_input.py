@@ -296,3 +296,14 @@ def test_a_checkpoint_that_cannot_be_read_is_left_in_place(inputs: Path, tmp_pat
     shutil.copy(inputs / "truncated.pt", ckpt)
     assert main(["train", *FAST, "--checkpoint", str(ckpt), "--quiet"]) == 2
     assert ckpt.read_bytes() == (inputs / "truncated.pt").read_bytes()
+
+
+def test_train_removes_what_a_killed_save_left_beside_its_checkpoint(inputs: Path, tmp_path: Path) -> None:
+    """A save killed mid-write leaves ``CHECKPOINT.tmp<PID>``; the next run on that
+    checkpoint removes it (it is the checkpoint's only writer), and nothing else."""
+    ckpt = tmp_path / "run.pt"
+    shutil.copy(inputs / "good.pt", ckpt)
+    (tmp_path / "run.pt.tmp31337").write_bytes(b"half a save")
+    (tmp_path / "other.pt.tmp31337").write_bytes(b"not ours")
+    assert main(["train", *FAST, "--device", "cpu", "--checkpoint", str(ckpt), "--quiet"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.pt.tmp31337", "run.pt"]

@@ -50,9 +50,13 @@ def test_a_failing_check_fails_the_run(capsys, monkeypatch):
     assert rows["summary"][:1] == ["FAIL"]
 
 
-def test_unknown_check_is_refused():
-    with pytest.raises(SystemExit):
+def test_unknown_check_is_refused(capsys):
+    """Refused with argparse's usage error: exit status 2 and the name, never a silent 0."""
+    with pytest.raises(SystemExit) as exited:
         _load().main(["--dry-run", "--only", "velocity,warp"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--only: unknown checks ['warp']" in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has CUDA: the real check would run")

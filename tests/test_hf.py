@@ -105,7 +105,7 @@ def test_keyword_input_feeds_input_ids():
 
 
 def test_trainer_stops_by_velocity_at_epoch_end(tmp_path):
-    neve = NeVeTrainerCallback(threshold=1e-2, min_epochs=2)
+    neve = NeVeTrainerCallback(threshold=1e-2, threshold_mode="absolute", min_epochs=2)
     trainer = Trainer(model=tiny_bert(), args=_args(tmp_path), train_dataset=Tokens(), callbacks=[neve])
     trainer.train()
     assert neve.stopped_by == "velocity"
@@ -444,10 +444,25 @@ def test_a_users_prediction_changes_and_the_guard_off(tmp_path):
     neve = NeVeTrainerCallback(threshold=1e-9, prediction_changes=counter)
     Trainer(model=tiny_bert(), args=_args(tmp_path, num_train_epochs=2), train_dataset=Tokens(), callbacks=[neve]).train()
     assert [m["prediction_changes"] for m in neve.history] == [None, None]  # never updated: nothing to compare
-    off = NeVeTrainerCallback(threshold=1e-9, pc_patience=None)
+    off = NeVeTrainerCallback(threshold=1e-9, pc_patience=None, probe_samples=20, probe_seed=3)
     Trainer(model=tiny_bert(), args=_args(tmp_path, num_train_epochs=2), train_dataset=NoisyTokens(),
             callbacks=[off]).train()
     assert off.neve.pc_patience is None and off.stopped_by == "max_epochs"
+    assert off.neve.velocity.probe.equal(token_probe(VOCAB, SEQ, 20, seed=3))
+
+
+def test_controller_options_reach_the_controller(tmp_path):
+    options = {"min_epochs": 4, "max_epochs": 9, "factor": 0.3, "patience": 1, "lr_signal": "velocity",
+               "threshold_mode": "relative", "num_classes": 2, "stall_margin": 0.2, "pc_patience": 5, "pc_window": 2,
+               "pc_restore": False}
+    neve = NeVeTrainerCallback(threshold=0.5, **options)
+    Trainer(model=tiny_bert(), args=_args(tmp_path), train_dataset=Tokens(), callbacks=[neve, _KillAtStep(1)]).train()
+    c = neve.neve
+    got = {"min_epochs": c.min_epochs, "max_epochs": c.max_epochs, "factor": c.scheduler.factor,
+           "patience": c.scheduler.patience, "lr_signal": c.lr_signal, "threshold_mode": c.threshold_mode,
+           "num_classes": c.num_classes, "stall_margin": c.stall_margin, "pc_patience": c.pc_patience,
+           "pc_window": c.pc_window, "pc_restore": c.pc_restore}
+    assert got == options and c.threshold == 0.5
 
 
 @pytest.mark.slow  # 20-40 s: two trials and a resumed run of a tiny BERT
@@ -481,3 +496,17 @@ def test_hyperparameter_search_optuna_keeps_one_state_per_run_and_resumes_inside
     again.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.resumed_from == str(checkpoint / STATE_FILE)
     assert [m["velocity"] for m in resumed.history] == pytest.approx([m["velocity"] for m in whole], rel=1e-6)
+
+
+def test_two_callbacks_in_one_trainer_need_their_own_state_file(tmp_path):
+    args = _args(tmp_path, num_train_epochs=1, save_strategy="epoch")
+    twins = [NeVeTrainerCallback(threshold=1e-9), NeVeTrainerCallback(threshold=1e-8)]
+    with pytest.raises(ValueError, match=r"already saves neve_state.pt; pass state_key="):
+        Trainer(model=tiny_bert(), args=args, train_dataset=Tokens(), callbacks=twins).train()
+    a, b = NeVeTrainerCallback(threshold=1e-9), NeVeTrainerCallback(threshold=1e-8, state_key="strict")
+    Trainer(model=tiny_bert(), args=args, train_dataset=Tokens(), callbacks=[a, b]).train()
+    folder = tmp_path / "out" / "checkpoint-4"
+    assert read_state(folder / STATE_FILE)["neve"]["threshold"] == 1e-9
+    assert read_state(folder / "neve_state-strict.pt")["neve"]["threshold"] == 1e-8
+    with pytest.raises(ValueError, match="state_key must be a name"):
+        NeVeTrainerCallback(state_key="a/b")

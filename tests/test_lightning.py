@@ -83,9 +83,18 @@ def test_import_neve_tune_needs_no_lightning():
     assert done.stdout.strip() == "[]"
 
 
+def test_the_default_rule_is_the_studies_relative_threshold():
+    torch.manual_seed(0)
+    neve = NeVeCallback(min_epochs=2, pc_patience=None)  # V / peak V < 1e-2
+    _trainer([neve], max_epochs=40).fit(Net(lr=0.5), _loader())
+    ratios = [v / max(neve.velocities[: i + 1]) for i, v in enumerate(neve.velocities)]
+    assert neve.neve.threshold_mode == "relative" and neve.threshold == 1e-2
+    assert neve.stopped_by == "velocity" and ratios[-1] < 1e-2 <= min(ratios[1:-1])
+
+
 def test_run_stops_by_velocity_and_logs_metrics():
     torch.manual_seed(0)
-    neve = NeVeCallback(threshold=1e-2, min_epochs=2, patience=1)
+    neve = NeVeCallback(threshold=1e-2, threshold_mode="absolute", min_epochs=2, patience=1)
     trainer = _trainer([neve])
     trainer.fit(Net(lr=0.5), _loader())
     assert neve.stopped_by == "velocity"
@@ -591,9 +600,10 @@ def test_controller_options_change_the_run():
     assert base.stopped_by == "velocity"
     assert len(run(min_epochs=len(base.history) + 2).history) == len(base.history) + 2
     assert run(max_epochs=2).stopped_by == "max_epochs"
-    assert run(threshold_mode="relative").neve.threshold_mode == "relative"
-    relative = run(threshold_mode="relative")
-    assert len(relative.history) != len(base.history) or relative.velocities[-1] / max(relative.velocities) < 1e-2
+    relative = run(threshold_mode="relative", threshold=0.05)  # V / peak V < 0.05, whatever V's scale
+    ratios = [v / max(relative.velocities[: i + 1]) for i, v in enumerate(relative.velocities)]
+    assert relative.stopped_by == "velocity" and ratios[-1] < 0.05 <= min(ratios[:-1])
+    assert relative.velocities[-1] > 1e-2 or len(relative.history) != len(base.history)
     assert run(num_classes=2, stall_margin=0.9).stopped_by == "stalled"  # loss not under 10% of chance
     assert run(stall_margin=0.99).stopped_by == "stalled"
     assert _lrs_with(None, factor=0.25)[0] == [8.0, 8.0, 8.0, 2.0, 2.0]

@@ -105,7 +105,9 @@ def test_two_workers_share_a_study(postgres_url, tmp_path) -> None:
     _create_study(postgres_url, name)
     study_file = tmp_path / "tiny.py"
     study_file.write_text(TINY)
-    cmd = _worker_cmd(study_file, name, postgres_url, tmp_path, "--trials", "2", "--heartbeat-interval", "5")
+    # one sampler seed for both: each trial's TPE is seeded from it and the trial number
+    cmd = _worker_cmd(study_file, name, postgres_url, tmp_path, "--trials", "2", "--heartbeat-interval", "5",
+                      "--sampler-seed", "7")
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):
@@ -118,6 +120,7 @@ def test_two_workers_share_a_study(postgres_url, tmp_path) -> None:
     trials = search.get_trials(deepcopy=False)
     assert len(trials) == 4  # none lost
     assert sorted(t.number for t in trials) == list(range(4))
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4  # no configuration trained twice
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     # none run twice: each trial finished in exactly one worker, 2 each
     ran = [set(int(n) for n in re.findall(r"^trial (\d+) (?:COMPLETE|PRUNED)", out, re.M)) for out, _ in outs]
@@ -184,7 +187,59 @@ def test_killed_worker_trial_is_retried_and_resumes(postgres_url, tmp_path) -> N
         reference = run_trial(load_study(study_file), params, evaluate_test=False)
     finally:
         torch.set_num_threads(before)
-    assert retried.intermediate_values == {m["epoch"]: m["velocity"] for m in reference.history}
+    assert retried.intermediate_values == {m["epoch"]: m["train_loss"] for m in reference.history}
+    assert [m["velocity"] for m in trial_history(retried)] == [m["velocity"] for m in reference.history]
     assert retried.value == pytest.approx(reference.objective)
     assert not any((tmp_path / "ckpt").rglob("*.pt"))  # checkpoint removed once finished
     assert os.path.isdir(tmp_path / "ckpt")
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_worker_keeps_its_trial_for_the_next_worker(postgres_url, tmp_path) -> None:
+    """SIGINT mid-epoch: one line, exit 130, the trial re-queued at once (no grace period to
+    wait), and the next worker resumes it from its checkpoint with the uninterrupted series."""
+    name = f"ctrl_c_{uuid.uuid4().hex[:8]}"
+    _create_study(postgres_url, name)
+    study_file = tmp_path / "slow.py"
+    study_file.write_text(SLOW)
+    params = {"lr": 0.05, "threshold": 1e-4, "batch_size": 128}
+    storage = _storage(postgres_url)
+    optuna.load_study(study_name=name, storage=storage).enqueue_trial(params)
+    recovery = ("--trials", "1", "--heartbeat-interval", "1", "--heartbeat-grace-period", "60")
+    first = subprocess.Popen(_worker_cmd(study_file, name, postgres_url, tmp_path, *recovery),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stopped_after = None
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and first.poll() is None:
+            trials = storage.get_all_trials(storage.get_study_id_from_name(name))
+            if trials and len(trials[0].intermediate_values) >= 3:
+                time.sleep(0.3)  # into the next epoch
+                first.send_signal(signal.SIGINT)
+                stopped_after = len(storage.get_all_trials(storage.get_study_id_from_name(name))[0].intermediate_values)
+                break
+            time.sleep(0.05)
+        _, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert stopped_after is not None, "the worker ended before it could be stopped"
+    assert first.returncode == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "stopped by SIGINT: trial 0 re-queued as trial 1" in err
+
+    # the grace period is 60 s: only the immediate re-queue lets this worker resume it now
+    second = subprocess.run(_worker_cmd(study_file, name, postgres_url, tmp_path, *recovery),
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    stopped, retried = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    assert (stopped.state, retried.state) == (TrialState.FAIL, TrialState.COMPLETE)
+    assert retried.params == params and retried.system_attrs["failed_trial"] == 0
+    assert retried.user_attrs["resumed_from_epoch"] >= stopped_after
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = run_trial(load_study(study_file), params, evaluate_test=False)
+    finally:
+        torch.set_num_threads(before)
+    assert retried.intermediate_values == {m["epoch"]: m["train_loss"] for m in reference.history}
+    assert [m["velocity"] for m in trial_history(retried)] == [m["velocity"] for m in reference.history]

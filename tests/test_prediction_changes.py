@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -285,3 +287,30 @@ def test_fit_refuses_another_source_on_resume_and_bad_options(tmp_path):
         _fit_flipper(_Epochs(2), data, prediction_changes="subst")
     with pytest.raises(ValueError, match="pc_subset_size must be"):
         _fit_flipper(_Epochs(2), data, prediction_changes="subset", pc_subset_size=0)
+
+
+def test_the_cli_and_the_study_take_the_subset(tmp_path, capsys):
+    from neve_tune.cli import main
+
+    out = tmp_path / "run.json"
+    args = ["train", "--data", "synthetic", "--max-epochs", "3", "--quiet", "--json", str(out)]
+    assert main(args + ["--prediction-changes", "subset", "--pc-subset-size", "50"]) == 0
+    record = json.loads(out.read_text())
+    inpass = tmp_path / "inpass.json"
+    assert main(args[:-1] + [str(inpass)]) == 0
+    per_epoch = [m["probe_samples"] for m in record["history"]]
+    base = [m["probe_samples"] for m in json.loads(inpass.read_text())["history"]]
+    assert [a - b for a, b in zip(per_epoch, base)] == [50, 100, 150]   # the subset's forward, counted
+    assert record["history"][0]["prediction_changes"] is None and record["history"][1]["prediction_changes"] is not None
+    capsys.readouterr()
+    assert main(args + ["--pc-subset-size", "0"]) == 2
+    assert "pc_subset_size" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="prediction_changes must be one of"):
+        neve_tune.load_study("digits").replace(prediction_changes="batch")
+
+
+def test_inputs_follow_the_models_dtype():
+    model = nn.Linear(4, 3).double()              # float32 inputs, a float64 model
+    pc = SubsetPredictionChanges(torch.randn(10, 4))
+    assert pc.measure(model) is None and pc.measure(model) == 0
+    assert pc.inputs.dtype == torch.float32       # the stored subset is left as it is

@@ -168,3 +168,24 @@ def test_consensus_pruner_refuses_epochs_without_predictions():
     report_epoch(trial, {"epoch": 1, "velocity": 0.3, "train_loss": 1.0})
     with pytest.raises(ValueError, match="selection_subset"):
         trial.should_prune()
+
+
+def test_compare_with_consensus_rungs_and_pick():
+    """A NeVe search pruning on the consensus and picking the most consensual finished trial."""
+    from neve_tune.compare import compare
+
+    study = load_study("digits").replace(data="synthetic", max_epochs=4, lr_patience=1, selection_subset=32,
+                                         selection="consensus")
+    r = compare(study, trials=4, seed=2, searches=("neve",), neve_signal="consensus", progress=False)
+    trials = r["runs"][0]["neve"]["trials"]
+    done = [t for t in trials if t["state"] == "COMPLETE"]
+    assert done and all(-1.0 <= t["objective"] <= 0.0 for t in done)  # minus an agreement
+    best = min(done, key=lambda t: t["objective"])
+    assert r["runs"][0]["neve"]["test_acc"] == best["test_acc"]
+    with pytest.raises(ValueError, match="selection_subset"):
+        compare(study.replace(selection="objective", selection_subset=0), trials=1, searches=("neve",),
+                neve_signal="consensus", progress=False)
+    with pytest.raises(ValueError, match="backend='optuna'"):
+        compare(study, trials=1, searches=("neve",), backend="ray", progress=False)
+    with pytest.raises(ValueError, match="selection_subset > 0"):
+        study.replace(selection_subset=0)

@@ -13,11 +13,13 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from neve_tune import NeVe, NeuralVelocity, Study, gaussian_probe, load_study
+from neve_tune.control import resolve_threshold
 from neve_tune.space import LogUniform, default_space
 from neve_tune.trial import make_controller
 from neve_tune.velocity import VelocityReport
@@ -75,6 +77,27 @@ def test_relative_rule_stops_a_slow_scale_run_that_the_absolute_default_kills_as
 def test_relative_rule_never_stops_a_run_on_its_first_epoch():
     # V / peak is 1 on the first epoch whatever the scale, so any threshold under 1 waits
     assert _run([1e-9, 1e-9], _losses(2), threshold=0.5, threshold_mode="relative") == ("max_epochs", 2)
+
+
+def test_no_threshold_means_the_default_rule_and_a_given_one_keeps_its_meaning():
+    assert resolve_threshold() == (1e-2, "relative")
+    assert resolve_threshold(threshold_mode="absolute") == (1e-3, "absolute")
+    assert resolve_threshold(5e-3) == (5e-3, "absolute")  # a number alone is a velocity, as it always was
+    numpy_scalar, mode = resolve_threshold(np.float32(0.05), "relative")
+    assert type(numpy_scalar) is float and numpy_scalar == pytest.approx(0.05) and mode == "relative"
+    with pytest.raises(ValueError, match="threshold_mode must be one of"):
+        resolve_threshold(1e-3, "ratio")
+    with pytest.raises(ValueError, match="threshold must be a finite number > 0"):
+        resolve_threshold(0.0, "relative")
+    model = nn.Sequential(nn.Linear(4, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    default = NeVe(opt, NeuralVelocity(model, gaussian_probe((4,), 4)))
+    assert (default.threshold, default.threshold_mode) == (1e-2, "relative")
+    given = NeVe(opt, NeuralVelocity(model, gaussian_probe((4,), 4)), threshold=1e-3)
+    assert (given.threshold, given.threshold_mode) == (1e-3, "absolute")
+    # the default rule decides: the scripted slow-scale run stops on velocity, not at epoch 1 as stalled
+    series, losses = [1e-4 * 0.8 ** i for i in range(60)], [1.1 * 0.9 ** i for i in range(60)]
+    assert _run(series, losses, num_classes=3) == ("velocity", 22)
 
 
 def test_studies_default_to_the_relative_rule():

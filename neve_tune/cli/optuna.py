@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     cli.add_max_epochs(w)
     cli.add_data_changes(w)
     cli.add_trial_control(w)
-    w.add_argument("--checkpoint-dir", default="neve_checkpoints",
+    w.add_argument("--checkpoint-dir", default=os.environ.get("NEVE_CHECKPOINT_DIR") or "neve_checkpoints",
                    help="per-trial checkpoints, so a retried trial resumes (shared storage across machines; "
-                        "default: ./neve_checkpoints)")
+                        "default: $NEVE_CHECKPOINT_DIR, else ./neve_checkpoints)")
     w.add_argument("--no-checkpoints", action="store_true", help="do not checkpoint trials")
     w.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints of finished trials")
     g = w.add_argument_group("NeVePruner (default: the settings stored in the study, else the defaults)")

@@ -20,7 +20,7 @@ from ._report import _run_line
 __all__ = ["BACKENDS", "NEVE_SIGNALS", "compare", "compare_searches"]
 
 BACKENDS = ("optuna", "ray")
-NEVE_SIGNALS = ("train_loss", "velocity")
+NEVE_SIGNALS = ("train_loss", "velocity", "consensus")
 
 SearchFn = Callable[..., list[SearchTrial]]
 
@@ -138,7 +138,7 @@ def compare(
     from tqdm.auto import tqdm
 
     study = load_study(study)
-    _check_arguments(backend, trials, repeats, neve_signal, searches)
+    _check_arguments(backend, trials, repeats, neve_signal, searches, study)
     bar = tqdm(total=trials * len(searches) * repeats, desc="trials", unit="trial", disable=not progress)
     started_ray = backend == "ray" and not _ray_running()
     runs = []
@@ -170,12 +170,19 @@ def compare(
     }
 
 
-def _check_arguments(backend: str, trials: int, repeats: int, neve_signal: str, searches: Sequence[str]) -> None:
+def _check_arguments(backend: str, trials: int, repeats: int, neve_signal: str, searches: Sequence[str],
+                     study: Study) -> None:
     """:func:`compare`'s settings, each refused in one line naming it."""
     check_choice("backend", backend, BACKENDS)
     check_int("trials", trials, minimum=1)
     check_int("repeats", repeats, minimum=1)
     check_choice("neve_signal", neve_signal, NEVE_SIGNALS)
+    if (neve_signal == "consensus" or study.selection == "consensus") and backend != "optuna":
+        raise ValueError("neve_signal='consensus' and Study.selection='consensus' need backend='optuna' "
+                         "(the Ray scheduler ranks numeric metrics only)")
+    if neve_signal == "consensus" and not study.selection_subset:
+        raise ValueError("neve_signal='consensus' needs a study with selection_subset > 0 (e.g. "
+                         "study.replace(selection_subset=500)): the predictions it compares")
     bad = [s for s in searches if s not in SEARCHES]
     if bad or not searches:
         raise ValueError(f"searches must be a non-empty subset of {SEARCHES}, got {list(searches)}")

@@ -27,9 +27,6 @@ def plot_study(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
     The search history is drawn on a :class:`matplotlib.figure.Figure`, which needs no
     pyplot backend, so importing :mod:`neve_tune.optuna` leaves the user's backend alone.
     """
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     from ..plots import plot_velocity_curves  # imported here: it selects the Agg backend
 
     out = Path(out_dir)
@@ -45,6 +42,16 @@ def plot_study(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
             histories, out / "velocity_curves.png", title=f"{study.study_name}: velocity per trial"
         )
     }
+
+    paths["search_history"] = _search_history(study, trials, out / "search_history.png")
+    return paths
+
+
+def _search_history(study: optuna.Study, trials: list, path: Path) -> Path:
+    """Objective of each complete trial with the best so far (top); epochs each trial ran,
+    by state (bottom)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(7, 6))
     ax1, ax2 = fig.subplots(2, 1, sharex=True)
@@ -75,7 +82,5 @@ def plot_study(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
     if trials:
         ax2.legend(fontsize=8)
     fig.tight_layout()
-    path = out / "search_history.png"
     fig.savefig(path, dpi=110)
-    paths["search_history"] = path
-    return paths
+    return path

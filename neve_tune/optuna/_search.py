@@ -56,25 +56,46 @@ def search_trials(
     objective = make_objective(study, method=method, seed=seed, device=device, data=data, **extra)
     search.optimize(objective, n_trials=trials, callbacks=[lambda s, t: on_trial()], catch=())
     train_size = len(data.train)  # type: ignore[arg-type]
-    out = []
-    for t in search.trials:
-        attrs = t.user_attrs
-        history = trial_history(t)
-        complete = t.state == optuna.trial.TrialState.COMPLETE
-        out.append(
-            SearchTrial(
-                number=t.number,
-                config=study.config(t.params),
-                state=t.state.name,
-                stopped_by=attrs.get("stopped_by"),
-                epochs=int(attrs.get("epochs") or len(history)),
-                best_epoch=attrs.get("best_epoch"),
-                objective=t.value if complete else None,
-                test_acc=attrs.get("test_acc"),
-                cost=Cost.from_dict(attrs.get("cost") or {}),
-                train_size=train_size,
-                lrs=[m.get("lr") for m in history],
-                velocity=[m.get("velocity") for m in history],
-            )
-        )
+    out = [_record(t, study, train_size) for t in search.trials]
+    if method == "neve" and study.selection == "consensus":
+        _rank_by_consensus(search, out)
     return out
+
+
+def _record(t: optuna.trial.FrozenTrial, study: Study, train_size: int) -> SearchTrial:
+    """One finished trial as the comparison's record."""
+    attrs = t.user_attrs
+    history = trial_history(t)
+    complete = t.state == optuna.trial.TrialState.COMPLETE
+    return SearchTrial(
+        number=t.number,
+        config=study.config(t.params),
+        state=t.state.name,
+        stopped_by=attrs.get("stopped_by"),
+        epochs=int(attrs.get("epochs") or len(history)),
+        best_epoch=attrs.get("best_epoch"),
+        objective=t.value if complete else None,
+        test_acc=attrs.get("test_acc"),
+        cost=Cost.from_dict(attrs.get("cost") or {}),
+        train_size=train_size,
+        lrs=[m.get("lr") for m in history],
+        velocity=[m.get("velocity") for m in history],
+    )
+
+
+def _rank_by_consensus(search: optuna.Study, out: list[SearchTrial]) -> None:
+    """``Study.selection="consensus"``: each finished trial's objective becomes minus its
+    agreement with the majority vote of every trial's last predictions on the subset, so
+    the search picks the most consensual trial (neve_tune.selection.pick_by_consensus)."""
+    from ..selection import consensus_scores
+
+    last = {}
+    for t in search.trials:
+        preds = [m["subset_pred"] for m in trial_history(t) if isinstance(m.get("subset_pred"), str)]
+        if preds:
+            last[t.number] = preds[-1]
+    candidates = [r.number for r in out if r.state == "COMPLETE" and r.number in last]
+    scores = consensus_scores(last, candidates)
+    for r in out:
+        if r.number in scores:
+            r.objective = scores[r.number]

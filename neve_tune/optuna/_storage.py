@@ -60,11 +60,7 @@ def make_storage(
     Raises :class:`StorageError` (with the password redacted) when the storage cannot be
     opened, ``ValueError`` for a bad setting.
     """
-    if grace_period is not None:
-        if heartbeat_grace_period is not None:
-            raise ValueError("give heartbeat_grace_period only (grace_period is its deprecated name)")
-        warnings.warn("grace_period is deprecated, use heartbeat_grace_period", DeprecationWarning, stacklevel=2)
-        heartbeat_grace_period = grace_period
+    heartbeat_grace_period = _renamed_grace(grace_period, heartbeat_grace_period)
     max_retry = check_int("max_retry", max_retry, minimum=0, allow_none=True)
     kind = storage_kind(url)
     if kind == "memory":
@@ -92,6 +88,15 @@ def make_storage(
     except Exception as e:  # sqlalchemy.exc.OperationalError, ArgumentError, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StorageError(f"cannot reach storage {redact_url(given)!r}: {redact_url(url, redact_url(given, first))}") from None
+
+
+def _renamed_grace(grace_period: int | None, heartbeat_grace_period: int | None) -> int | None:
+    if grace_period is None:
+        return heartbeat_grace_period
+    if heartbeat_grace_period is not None:
+        raise ValueError("give heartbeat_grace_period only (grace_period is its deprecated name)")
+    warnings.warn("grace_period is deprecated, use heartbeat_grace_period", DeprecationWarning, stacklevel=3)
+    return grace_period
 
 
 def _journal(url: str) -> BaseStorage:

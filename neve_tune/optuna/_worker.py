@@ -1,4 +1,23 @@
-"""A worker: runs trials of a study file against a shared Optuna study."""
+"""A worker: runs trials of a study file against a shared Optuna study.
+
+The rules :func:`run_worker` follows (``neve-tune optuna worker`` on each machine):
+
+- **Sampling**: TPE. With ``sampler_seed``, each trial's TPE is seeded from it and the
+  trial number (:class:`~neve_tune.optuna.TrialSeededTPESampler`), so workers given one
+  seed never sample alike; without, every worker seeds from the OS.
+- **Training**: :func:`~neve_tune.optuna.make_objective` (NeVe, or the validation
+  baselines ``"asha"``/``"asha_es"``). The objective is a loss, so a study must minimize.
+- **Pruning**: a :class:`~neve_tune.optuna.NeVePruner` for ``method="neve"`` (settings
+  from ``pruner_options``, else those stored in the study, else the defaults), Optuna's
+  ``SuccessiveHalvingPruner`` on validation loss for the baselines.
+- **Recovery**: with an RDB storage, trials send heartbeats every ``heartbeat_interval``
+  s; a trial silent for ``heartbeat_grace_period`` s (its worker died) is retried and
+  resumes from its checkpoint under ``checkpoint_dir`` (shared storage when the workers
+  run on several machines).
+- **Polite stops**: SIGINT/SIGTERM leave the running trial with its checkpoint and
+  re-queue it at once (:mod:`neve_tune.optuna._stop`), then :class:`WorkerInterrupted`
+  (a ``KeyboardInterrupt``) is raised.
+"""
 
 from __future__ import annotations
 
@@ -113,55 +132,24 @@ def _check_method(study: optuna.Study, method: str) -> None:
 
 
 def run_worker(
-    study_file: Study | str | os.PathLike,
-    *,
-    study_name: str | None = None,
-    storage: str | None = None,
-    n_trials: int | None = None,
-    timeout: float | None = None,
-    total_trials: int | None = None,
-    method: str = "neve",
-    seed: int = 0,
-    device: str | None = None,
-    checkpoint_dir: str | os.PathLike | None = None,
-    keep_checkpoints: bool = False,
-    pruner: BasePruner | None = None,
-    pruner_options: dict[str, Any] | None = None,
-    sampler_seed: int | None = None,
-    create: bool = False,
-    direction: str = "minimize",
-    heartbeat_interval: int | None = 60,
-    heartbeat_grace_period: int | None = None,
-    max_retry: int | None = 3,
-    torch_threads: int | None = None,
-    changes: dict[str, Any] | None = None,
-    log: Callable[[str], None] | None = print,
-    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
-    grace_period: int | None = None,
+    study_file: Study | str | os.PathLike, *, study_name: str | None = None, storage: str | None = None,
+    n_trials: int | None = None, timeout: float | None = None, total_trials: int | None = None, method: str = "neve",
+    seed: int = 0, device: str | None = None, checkpoint_dir: str | os.PathLike | None = None,
+    keep_checkpoints: bool = False, pruner: BasePruner | None = None, pruner_options: dict[str, Any] | None = None,
+    sampler_seed: int | None = None, create: bool = False, direction: str = "minimize",
+    heartbeat_interval: int | None = 60, heartbeat_grace_period: int | None = None, max_retry: int | None = 3,
+    torch_threads: int | None = None, changes: dict[str, Any] | None = None, log: Callable[[str], None] | None = print,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (), grace_period: int | None = None,
 ) -> optuna.Study:
-    """Run trials of ``study_file`` against the Optuna study ``study_name`` in ``storage``.
+    """Run trials of ``study_file`` against the Optuna study ``study_name`` in ``storage``
+    (what ``neve-tune optuna worker`` runs on each machine; the rules are in the module doc).
 
-    This is what ``neve-tune optuna worker`` runs on each machine. ``n_trials`` trials (or
-    until ``timeout`` seconds; or until the study holds ``total_trials`` finished trials)
-    are sampled by TPE and trained by :func:`make_objective`. With ``sampler_seed``, each
-    trial's TPE is seeded from it and the trial number (:class:`TrialSeededTPESampler`),
-    so workers given one seed never sample alike. The pruner is a :class:`NeVePruner`
-    (``method="neve"``; settings from ``pruner_options``, else those stored in the study,
-    else the defaults) or Optuna's ``SuccessiveHalvingPruner`` on validation loss (the
-    ``"asha"`` baselines). The objective is a loss, so the study must minimize. With an
-    RDB storage, trials send heartbeats every ``heartbeat_interval`` s, a trial silent for
-    ``heartbeat_grace_period`` s (its worker died) is retried and resumes from its
-    checkpoint under ``checkpoint_dir`` (shared storage when the workers run on several
-    machines). ``changes`` overrides fields of the study file (e.g. ``{"max_epochs": 5}``).
-
-    SIGINT/SIGTERM stop the worker politely (``neve_tune.optuna._stop``): the running
-    trial keeps its checkpoint and is re-queued at once, then :class:`WorkerInterrupted`
-    (a ``KeyboardInterrupt``) is raised. ``grace_period`` is the deprecated name of
-    ``heartbeat_grace_period``.
-
-    Raises :class:`StorageError`, :class:`StudyNotFoundError`, ``ValueError`` (conflicting
-    settings, bad arguments) and ``FileNotFoundError`` (unknown study file), all before any
-    trial starts.
+    ``n_trials`` trials, or until ``timeout`` seconds, or until the study holds
+    ``total_trials`` finished ones. ``changes`` overrides fields of the study file.
+    ``grace_period`` is the deprecated name of ``heartbeat_grace_period``. Every argument
+    is checked before any storage or data is touched. Raises :class:`StorageError`,
+    :class:`StudyNotFoundError`, ``ValueError``, ``FileNotFoundError``; and
+    :class:`WorkerInterrupted` after a polite stop.
 
     Example::
 
@@ -172,16 +160,15 @@ def run_worker(
     """
     heartbeat_grace_period = _renamed("grace_period", grace_period, "heartbeat_grace_period", heartbeat_grace_period)
     study = load_study(study_file).replace(**(changes or {}))
-    settings = _WorkerSettings.checked(n_trials=n_trials, total_trials=total_trials, torch_threads=torch_threads,
-                                       timeout=timeout, method=method, seed=seed, device=device,
-                                       sampler_seed=sampler_seed, direction=direction, max_retry=max_retry)
+    _check_arguments(n_trials=n_trials, total_trials=total_trials, torch_threads=torch_threads, timeout=timeout,
+                     method=method, seed=seed, device=device, sampler_seed=sampler_seed, direction=direction,
+                     max_retry=max_retry)
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
     data = study.load_data()  # fail here, not inside a trial, when the data set is missing
-    study_name = study_name or study.name
-    search = open_study(study_name, storage, create=create, direction=direction, sampler=_sampler(sampler_seed),
-                        heartbeat_interval=heartbeat_interval, heartbeat_grace_period=heartbeat_grace_period,
-                        max_retry=max_retry)
+    search = open_study(study_name or study.name, storage, create=create, direction=direction,
+                        sampler=_sampler(sampler_seed), heartbeat_interval=heartbeat_interval,
+                        heartbeat_grace_period=heartbeat_grace_period, max_retry=max_retry)
     _check_search(search, method)
     search.pruner = _pruner(search, method, pruner, pruner_options)
     if checkpoint_dir is None and storage_kind(storage) == "rdb" and heartbeat_interval is not None and log:
@@ -190,11 +177,10 @@ def run_worker(
     objective = make_objective(study, method=method, seed=seed, device=device, checkpoint_dir=checkpoint_dir,
                                data=data, keep_checkpoints=keep_checkpoints, stop=stop)
     mine: list[int] = []
-    cbs, n_trials = _callbacks(mine, log, callbacks, total_trials, settings.n_trials, timeout, stop)
+    cbs, n_trials = _callbacks(mine, log, callbacks, total_trials, n_trials, timeout, stop)
     if log:
-        log(f"worker {os.getpid()}: study {study_name!r} in {redact_url(storage)}, method={method}, "
-            f"pruner={search.pruner!r}, sampler={search.sampler!r}, "
-            f"trials={n_trials if n_trials is not None else 'unbounded'}")
+        log(f"worker {os.getpid()}: study {search.study_name!r} in {redact_url(storage)}, method={method}, "
+            f"pruner={search.pruner!r}, sampler={search.sampler!r}, trials={n_trials or 'unbounded'}")
     t0 = time.perf_counter()
     _optimize(search, objective, stop, n_trials=n_trials, timeout=timeout, callbacks=cbs, max_retry=max_retry)
     if log:
@@ -202,25 +188,18 @@ def run_worker(
     return search
 
 
-class _WorkerSettings:
-    """The worker's own arguments, checked before any storage or data is touched."""
-
-    n_trials: int | None
-
-    @classmethod
-    def checked(cls, **kw: Any) -> "_WorkerSettings":
-        self = cls()
-        check_choice("method", kw["method"], OBJECTIVE_METHODS)
-        self.n_trials = check_int("n_trials", kw["n_trials"], minimum=1, allow_none=True)
-        check_int("total_trials", kw["total_trials"], minimum=1, allow_none=True)
-        check_int("torch_threads", kw["torch_threads"], minimum=1, allow_none=True)
-        check_float("timeout", kw["timeout"], positive=True, allow_none=True)
-        check_seed("seed", kw["seed"])
-        check_seed("sampler_seed", kw["sampler_seed"], allow_none=True)
-        check_int("max_retry", kw["max_retry"], minimum=0, allow_none=True)
-        check_direction("direction", kw["direction"])
-        resolve_device(check_device("device", kw["device"]))  # absent devices fail here, not as FAIL trials
-        return self
+def _check_arguments(**kw: Any) -> None:
+    """The worker's own arguments, under their names, before any storage or data."""
+    check_choice("method", kw["method"], OBJECTIVE_METHODS)
+    check_int("n_trials", kw["n_trials"], minimum=1, allow_none=True)
+    check_int("total_trials", kw["total_trials"], minimum=1, allow_none=True)
+    check_int("torch_threads", kw["torch_threads"], minimum=1, allow_none=True)
+    check_float("timeout", kw["timeout"], positive=True, allow_none=True)
+    check_seed("seed", kw["seed"])
+    check_seed("sampler_seed", kw["sampler_seed"], allow_none=True)
+    check_int("max_retry", kw["max_retry"], minimum=0, allow_none=True)
+    check_direction("direction", kw["direction"])
+    resolve_device(check_device("device", kw["device"]))  # absent devices fail here, not as FAIL trials
 
 
 def check_direction(name: str, direction: Any) -> str:

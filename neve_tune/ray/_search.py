@@ -88,29 +88,12 @@ def _fmt(x: Any) -> str:
 
 
 def run_search(
-    study: "Study | str | os.PathLike",
-    *,
-    method: str = "neve",
-    num_samples: int = 8,
-    scheduler: str = "auto",
-    stopper: bool | NeVeStopper = True,
-    seed: int = 0,
-    storage_path: str | os.PathLike | None = None,
-    name: str | None = None,
-    resources: Mapping[str, float] | None = None,
-    max_concurrent_trials: int | None = None,
-    max_failures: int = 0,
-    min_resource: int | None = None,
-    reduction_factor: float = 4,
-    api: str = "tuner",
-    resume: bool = False,
-    device: str | None = None,
-    callbacks: list | None = None,
-    reuse_actors: bool = True,
-    verbose: int = 0,
-    data: Any = None,
-    model_fn: Any = None,
-    neve_signal: str = "train_loss",
+    study: "Study | str | os.PathLike", *, method: str = "neve", num_samples: int = 8, scheduler: str = "auto",
+    stopper: bool | NeVeStopper = True, seed: int = 0, storage_path: str | os.PathLike | None = None,
+    name: str | None = None, resources: Mapping[str, float] | None = None, max_concurrent_trials: int | None = None,
+    max_failures: int = 0, min_resource: int | None = None, reduction_factor: float = 4, api: str = "tuner",
+    resume: bool = False, device: str | None = None, callbacks: list | None = None, reuse_actors: bool = True,
+    verbose: int = 0, data: Any = None, model_fn: Any = None, neve_signal: str = "train_loss",
     grace_period: int | None = None,
 ) -> Any:
     """Run one Ray Tune search of ``study`` on the connected Ray cluster (``ray.init``
@@ -132,12 +115,7 @@ def run_search(
     ``neve_signal`` is the rung metric of :class:`NeVeASHAScheduler` (``"train_loss"`` or
     ``"velocity"``). Every argument is checked (:func:`check_search_args`) before Ray starts.
     """
-    if grace_period is not None:
-        if min_resource is not None:
-            raise ValueError("give min_resource only (grace_period is its deprecated name)")
-        warnings.warn("grace_period is deprecated, use min_resource", DeprecationWarning, stacklevel=2)
-        min_resource = grace_period
-    min_resource = 1 if min_resource is None else min_resource
+    min_resource = _renamed_min_resource(grace_period, min_resource)
     study = load_study(study)
     res = check_search_args(study, method=method, num_samples=num_samples, scheduler=scheduler, seed=seed,
                             resources=resources, max_concurrent_trials=max_concurrent_trials, max_failures=max_failures,
@@ -160,6 +138,15 @@ def run_search(
     return run(trainable, to_ray_space(study), num_samples=num_samples, search_alg=search_alg, scheduler=sched,
                stop=_stopper(method, stopper), storage=storage, name=name, max_failures=max_failures,
                reuse_actors=reuse_actors, callbacks=cbs, verbose=verbose)
+
+
+def _renamed_min_resource(grace_period: int | None, min_resource: int | None) -> int:
+    if grace_period is None:
+        return 1 if min_resource is None else min_resource
+    if min_resource is not None:
+        raise ValueError("give min_resource only (grace_period is its deprecated name)")
+    warnings.warn("grace_period is deprecated, use min_resource", DeprecationWarning, stacklevel=3)
+    return grace_period
 
 
 def check_search_args(study: Study, *, method: str = "neve", num_samples: int = 8, scheduler: str = "auto",
@@ -278,36 +265,39 @@ def search_trials(
             min_resource=grace_period, reduction_factor=reduction_factor, data=data, model_fn=model_fn,
             neve_signal=neve_signal,
         )
-        out = []
-        for i, r in enumerate(sorted(results, key=lambda r: r.metrics.get("trial_id", ""))):
-            df = r.metrics_dataframe
-            rows = [] if df is None else df.sort_values("training_iteration").to_dict("records")
-            last = r.metrics or {}
-            objective = last.get("objective")
-            finished = bool(last.get("done")) and last.get("stopped_by") not in ("diverged", "stalled")
-            complete = finished and isinstance(objective, float) and math.isfinite(objective)
-            cost = Cost.from_dict(last)
-            cost.wall_s = float(sum(x.get("epoch_time_s") or 0.0 for x in rows))
-            if finished:
-                stopped_by = last.get("stopped_by")
-            else:
-                stopped_by = last.get("stopped_by") if last.get("stopped_by") in ("diverged", "stalled") else (
-                    "diverged" if last.get("diverged") else "pruned")
-            out.append(SearchTrial(
-                number=i,
-                config=study.config({k: r.config[k] for k in study.search_space if k in r.config}),
-                state="COMPLETE" if complete else ("FAIL" if r.error else "PRUNED"),
-                stopped_by=stopped_by,
-                epochs=int(last.get("epoch") or len(rows)),
-                best_epoch=last.get("best_epoch"),
-                objective=float(objective) if complete else None,
-                test_acc=last.get("test_acc") if complete else None,
-                cost=cost,
-                train_size=train_size,
-                lrs=[x.get("lr") for x in rows],
-                velocity=[_nan_to_none(x.get("velocity")) for x in rows],
-            ))
-    return out
+        ordered = sorted(results, key=lambda r: r.metrics.get("trial_id", ""))
+        return [_record(i, r, study, train_size) for i, r in enumerate(ordered)]
+
+
+def _record(i: int, r: Any, study: Study, train_size: int) -> SearchTrial:
+    """One Tune result as the comparison's record (a trial Tune stopped counts as pruned)."""
+    df = r.metrics_dataframe
+    rows = [] if df is None else df.sort_values("training_iteration").to_dict("records")
+    last = r.metrics or {}
+    objective = last.get("objective")
+    finished = bool(last.get("done")) and last.get("stopped_by") not in ("diverged", "stalled")
+    complete = finished and isinstance(objective, float) and math.isfinite(objective)
+    cost = Cost.from_dict(last)
+    cost.wall_s = float(sum(x.get("epoch_time_s") or 0.0 for x in rows))
+    if finished:
+        stopped_by = last.get("stopped_by")
+    else:
+        stopped_by = last.get("stopped_by") if last.get("stopped_by") in ("diverged", "stalled") else (
+            "diverged" if last.get("diverged") else "pruned")
+    return SearchTrial(
+        number=i,
+        config=study.config({k: r.config[k] for k in study.search_space if k in r.config}),
+        state="COMPLETE" if complete else ("FAIL" if r.error else "PRUNED"),
+        stopped_by=stopped_by,
+        epochs=int(last.get("epoch") or len(rows)),
+        best_epoch=last.get("best_epoch"),
+        objective=float(objective) if complete else None,
+        test_acc=last.get("test_acc") if complete else None,
+        cost=cost,
+        train_size=train_size,
+        lrs=[x.get("lr") for x in rows],
+        velocity=[_nan_to_none(x.get("velocity")) for x in rows],
+    )
 
 
 def _nan_to_none(x: Any) -> float | None:
