@@ -226,53 +226,16 @@ class NeVe(_Stoppable):
         refused (measuring the reference now would give epoch 1 a velocity of 0 and a
         bogus stop); a controller restored with :meth:`load_state_dict` needs no start.
         """
-        self._check_open()
-        if self.lr_signal == "prediction_changes" and prediction_changes is None and self.epoch >= 1:
-            raise ValueError(
-                "lr_signal='prediction_changes' needs step(..., prediction_changes=n) from the 2nd epoch on: "
-                "n = training examples whose predicted class changed since the previous epoch"
-            )
-        train_loss = to_float("train_loss", train_loss)  # type: ignore[assignment]
-        if self.velocity.epoch < 0:
-            raise RuntimeError(
-                "NeVe.step() before start(): call neve.start() once before the first training epoch "
-                "(it records the probe's reference outputs)"
-            )
-        if val_loss is not None:
-            val_loss = to_float("val_loss", val_loss)  # type: ignore[assignment]
-        prediction_changes = _count(prediction_changes)
+        train_loss, val_loss, prediction_changes = self._inputs(train_loss, val_loss, prediction_changes)
         lr = _lr(self.optimizer)
         self.epoch += 1
         if self.first_loss is None and _finite(train_loss):
             self.first_loss = float(train_loss)
-        velocity = change = None
-        diverged = not _finite(train_loss)
-        if not diverged:
-            report = self.velocity.measure()
-            velocity, change = report.model_velocity, report.velocity_change
-            diverged = not (_finite(velocity) and _finite(change))
+        velocity, change, diverged = self._measure(train_loss)
         if diverged:
             self.stopped_by = "diverged"
         else:
-            pc_stop = self._prediction_changes_stop(prediction_changes)
-            if self.lr_signal == "prediction_changes":
-                signal = self._pc_level()
-            else:
-                signal = velocity if self.lr_signal == "velocity" else change
-            if signal is not None:
-                self.scheduler.step(signal)
-            self.peak_velocity = max(self.peak_velocity, float(velocity))  # type: ignore[arg-type]
-            settled = velocity / self.peak_velocity if self.threshold_mode == "relative" and self.peak_velocity > 0 else velocity
-            may_stop = self.epoch >= self.min_epochs
-            velocity_stop = may_stop and settled < self.threshold  # type: ignore[operator]
-            pc_stop = may_stop and pc_stop
-            if velocity_stop or pc_stop or self.epoch >= self.max_epochs:
-                if not self.learned(train_loss):
-                    self.stopped_by = "stalled"
-                else:
-                    self.stopped_by = "velocity" if velocity_stop else "prediction_changes" if pc_stop else "max_epochs"
-                if self.stopped_by == "prediction_changes" and self.pc_restore and self._best_weights is not None:
-                    self.velocity.module.load_state_dict(self._best_weights)
+            self._decide(train_loss, velocity, change, prediction_changes)  # type: ignore[arg-type]
         metrics = {
             "epoch": self.epoch,
             "velocity": velocity,
@@ -287,6 +250,55 @@ class NeVe(_Stoppable):
         if val_loss is not None:
             metrics["val_loss"] = val_loss
         return metrics
+
+    def _inputs(self, train_loss: Any, val_loss: Any, prediction_changes: Any) -> tuple[float, float | None, Any]:
+        """The step's inputs checked (before anything changes) and as plain numbers."""
+        self._check_open()
+        if self.lr_signal == "prediction_changes" and prediction_changes is None and self.epoch >= 1:
+            raise ValueError(
+                "lr_signal='prediction_changes' needs step(..., prediction_changes=n) from the 2nd epoch on: "
+                "n = training examples whose predicted class changed since the previous epoch"
+            )
+        train_loss = to_float("train_loss", train_loss)
+        if self.velocity.epoch < 0:
+            raise RuntimeError(
+                "NeVe.step() before start(): call neve.start() once before the first training epoch "
+                "(it records the probe's reference outputs)"
+            )
+        if val_loss is not None:
+            val_loss = to_float("val_loss", val_loss)
+        return train_loss, val_loss, _count(prediction_changes)  # type: ignore[return-value]
+
+    def _measure(self, train_loss: float) -> tuple[float | None, float | None, bool]:
+        """(velocity, velocity change, diverged); nothing is measured after a non-finite loss."""
+        if not _finite(train_loss):
+            return None, None, True
+        report = self.velocity.measure()
+        velocity, change = report.model_velocity, report.velocity_change
+        return velocity, change, not (_finite(velocity) and _finite(change))
+
+    def _decide(self, train_loss: float, velocity: float, change: float | None, prediction_changes: Any) -> None:
+        """Step the LR schedule and set ``stopped_by`` when a stop fires (class docstring, 2-3)."""
+        pc_stop = self._prediction_changes_stop(prediction_changes)
+        if self.lr_signal == "prediction_changes":
+            signal = self._pc_level()
+        else:
+            signal = velocity if self.lr_signal == "velocity" else change
+        if signal is not None:
+            self.scheduler.step(signal)
+        self.peak_velocity = max(self.peak_velocity, float(velocity))
+        settled = velocity / self.peak_velocity if self.threshold_mode == "relative" and self.peak_velocity > 0 else velocity
+        may_stop = self.epoch >= self.min_epochs
+        velocity_stop = may_stop and settled < self.threshold
+        pc_stop = may_stop and pc_stop
+        if not (velocity_stop or pc_stop or self.epoch >= self.max_epochs):
+            return
+        if not self.learned(train_loss):
+            self.stopped_by = "stalled"
+        else:
+            self.stopped_by = "velocity" if velocity_stop else "prediction_changes" if pc_stop else "max_epochs"
+        if self.stopped_by == "prediction_changes" and self.pc_restore and self._best_weights is not None:
+            self.velocity.module.load_state_dict(self._best_weights)
 
     def state_dict(self) -> dict[str, Any]:
         return {

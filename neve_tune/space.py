@@ -112,7 +112,7 @@ HYPERPARAMETERS: dict[str, Callable[[str, Any], Any]] = {
     "batch_size": lambda n, v: check_int(n, v, minimum=1),
     "momentum": lambda n, v: check_float(n, v, low=0.0, high=1.0, high_open=True),
     "weight_decay": lambda n, v: check_float(n, v, low=0.0),
-    "optimizer": lambda n, v: check_choice(n, v, ("sgd", "adam", "adamw")),
+    "optimizer": lambda n, v: check_choice(n, v.lower() if isinstance(v, str) else v, ("sgd", "adam", "adamw")),
 }
 
 

@@ -152,10 +152,10 @@ def test_dashboard_shows_every_epoch_as_reported(reported, dashboard) -> None:
         assert sorted(shown) == steps, (number, shown)
         for metrics, value in epochs:
             step = metrics["epoch"]
-            # the intermediate value is what report_epoch reported: the oriented velocity
+            # the intermediate value is what report_epoch reported: the oriented training loss
             assert shown[step] == value or (math.isnan(shown[step]) and math.isnan(value)), (number, step)
             if math.isfinite(value):
-                assert value == sign * metrics["velocity"]
+                assert value == sign * metrics["train_loss"]
             # the user attribute is the whole epoch's metric dict, complete (the dashboard
             # cuts attribute values at 1024 characters: a cut one would not parse)
             key = epoch_key(step)

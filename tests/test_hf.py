@@ -496,3 +496,17 @@ def test_hyperparameter_search_optuna_keeps_one_state_per_run_and_resumes_inside
     again.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.resumed_from == str(checkpoint / STATE_FILE)
     assert [m["velocity"] for m in resumed.history] == pytest.approx([m["velocity"] for m in whole], rel=1e-6)
+
+
+def test_two_callbacks_in_one_trainer_need_their_own_state_file(tmp_path):
+    args = _args(tmp_path, num_train_epochs=1, save_strategy="epoch")
+    twins = [NeVeTrainerCallback(threshold=1e-9), NeVeTrainerCallback(threshold=1e-8)]
+    with pytest.raises(ValueError, match=r"already saves neve_state.pt; pass state_key="):
+        Trainer(model=tiny_bert(), args=args, train_dataset=Tokens(), callbacks=twins).train()
+    a, b = NeVeTrainerCallback(threshold=1e-9), NeVeTrainerCallback(threshold=1e-8, state_key="strict")
+    Trainer(model=tiny_bert(), args=args, train_dataset=Tokens(), callbacks=[a, b]).train()
+    folder = tmp_path / "out" / "checkpoint-4"
+    assert read_state(folder / STATE_FILE)["neve"]["threshold"] == 1e-9
+    assert read_state(folder / "neve_state-strict.pt")["neve"]["threshold"] == 1e-8
+    with pytest.raises(ValueError, match="state_key must be a name"):
+        NeVeTrainerCallback(state_key="a/b")

@@ -50,7 +50,7 @@ def test_neve_pruner_on_train_loss_records_the_loss_as_rung_value(storage) -> No
     reported velocity."""
     study = optuna.create_study(storage=storage, pruner=NeVePruner("train_loss", min_resource=1, reduction_factor=2))
     trial = study.ask()
-    report_epoch(trial, {"epoch": 1, "velocity": 0.5, "train_loss": 0.25})
+    report_epoch(trial, {"epoch": 1, "velocity": 0.5, "train_loss": 0.25}, signal="velocity")
     assert trial.should_prune() is False
     frozen = study.trials[0]
     assert frozen.intermediate_values == {1: 0.5}

@@ -187,7 +187,8 @@ def test_killed_worker_trial_is_retried_and_resumes(postgres_url, tmp_path) -> N
         reference = run_trial(load_study(study_file), params, evaluate_test=False)
     finally:
         torch.set_num_threads(before)
-    assert retried.intermediate_values == {m["epoch"]: m["velocity"] for m in reference.history}
+    assert retried.intermediate_values == {m["epoch"]: m["train_loss"] for m in reference.history}
+    assert [m["velocity"] for m in trial_history(retried)] == [m["velocity"] for m in reference.history]
     assert retried.value == pytest.approx(reference.objective)
     assert not any((tmp_path / "ckpt").rglob("*.pt"))  # checkpoint removed once finished
     assert os.path.isdir(tmp_path / "ckpt")
@@ -240,4 +241,5 @@ def test_ctrl_c_on_a_worker_keeps_its_trial_for_the_next_worker(postgres_url, tm
         reference = run_trial(load_study(study_file), params, evaluate_test=False)
     finally:
         torch.set_num_threads(before)
-    assert retried.intermediate_values == {m["epoch"]: m["velocity"] for m in reference.history}
+    assert retried.intermediate_values == {m["epoch"]: m["train_loss"] for m in reference.history}
+    assert [m["velocity"] for m in trial_history(retried)] == [m["velocity"] for m in reference.history]

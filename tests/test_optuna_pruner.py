@@ -38,7 +38,8 @@ def _epoch(epoch: int, velocity: float | None, train_loss: float = 1.0, **extra)
 
 
 def _report(trial, epoch, velocity, train_loss=1.0, **extra) -> bool:
-    report_epoch(trial, _epoch(epoch, velocity, train_loss, **extra))
+    # the velocity as the reported value: the pruner must not depend on which value is reported
+    report_epoch(trial, _epoch(epoch, velocity, train_loss, **extra), signal="velocity")
     return trial.should_prune()
 
 
@@ -239,15 +240,15 @@ def test_converged_epoch_is_never_pruned_even_if_stalled() -> None:
 def test_train_loss_signal_without_train_loss_raises(missing) -> None:
     study = _study(NeVePruner("train_loss", min_resource=100))
     trial = study.ask()
-    if missing == "key":  # what NeVe.step() returns: no train_loss
-        report_epoch(trial, {"epoch": 1, "velocity": 0.2, "lr": 0.1, "neve_stop": False, "diverged": False})
+    if missing == "key":  # an epoch without train_loss, its velocity reported
+        report_epoch(trial, {"epoch": 1, "velocity": 0.2, "lr": 0.1, "neve_stop": False, "diverged": False}, signal="velocity")
     else:  # an objective that reports without report_epoch
         trial.report(0.2, 1)
     with pytest.raises(ValueError, match="report the epoch's mean training loss.*signal='velocity'"):
         trial.should_prune()
     # the velocity signal needs no training loss
     other = _study(NeVePruner("velocity", min_resource=100)).ask()
-    report_epoch(other, {"epoch": 1, "velocity": 0.2})
+    report_epoch(other, {"epoch": 1, "velocity": 0.2}, signal="velocity")
     assert other.should_prune() is False
 
 
@@ -256,10 +257,10 @@ def test_numpy_and_tensor_scalars_rank_like_floats() -> None:
     torch = pytest.importorskip("torch")
     study = _study(NeVePruner("train_loss", min_resource=1, reduction_factor=2))
     t0 = study.ask()
-    report_epoch(t0, {"epoch": 1, "velocity": np.float32(0.5), "train_loss": torch.tensor(0.3)})
+    report_epoch(t0, {"epoch": 1, "velocity": np.float32(0.5), "train_loss": torch.tensor(0.3)}, signal="velocity")
     assert t0.should_prune() is False
     t1 = study.ask()
-    report_epoch(t1, {"epoch": 1, "velocity": torch.tensor(0.05), "train_loss": np.float64(0.9)})
+    report_epoch(t1, {"epoch": 1, "velocity": torch.tensor(0.05), "train_loss": np.float64(0.9)}, signal="velocity")
     assert t1.should_prune() is True  # a higher training loss, not a NaN
     assert study.trials[1].intermediate_values == {1: pytest.approx(0.05)}
 

@@ -1,5 +1,6 @@
-"""report_epoch: what trial.report carries, the epoch series in user attrs, and how
-pruned trials then rank for TPE in minimize and maximize studies."""
+"""report_epoch: what trial.report carries (the objective's quantity, the training loss,
+so a trial's value means one thing in every state), the epoch series in user attrs, and
+how pruned trials then rank for TPE in minimize and maximize studies."""
 
 from __future__ import annotations
 
@@ -41,13 +42,13 @@ def _create(direction: str, storage) -> optuna.Study:
 
 
 @pytest.mark.parametrize("direction, sign", [("minimize", 1.0), ("maximize", -1.0)])
-def test_reports_velocity_oriented_by_direction(direction, sign, storage) -> None:
+def test_reports_the_training_loss_oriented_by_direction(direction, sign, storage) -> None:
     study = _create(direction, storage)
     trial = study.ask()
-    assert report_epoch(trial, _metrics(1, 0.25)) == sign * 0.25
-    assert report_epoch(trial, _metrics(2, 0.125)) == sign * 0.125
+    assert report_epoch(trial, _metrics(1, 0.25, train_loss=1.5)) == sign * 1.5
+    assert report_epoch(trial, _metrics(2, 0.125, train_loss=0.75)) == sign * 0.75
     frozen = study.trials[0]
-    assert frozen.intermediate_values == {1: sign * 0.25, 2: sign * 0.125}
+    assert frozen.intermediate_values == {1: sign * 1.5, 2: sign * 0.75}
     # the raw series, with every metric name, is in the user attributes (JSON, string keys)
     hist = trial_history(frozen)
     assert [m["epoch"] for m in hist] == [1, 2]
@@ -70,20 +71,20 @@ def test_non_finite_values_become_nan_and_null(storage) -> None:
 def test_repeated_step_is_skipped_without_warning() -> None:
     study = optuna.create_study()
     trial = study.ask()
-    report_epoch(trial, _metrics(1, 0.3))
+    report_epoch(trial, _metrics(1, 0.3, train_loss=0.5))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert report_epoch(trial, _metrics(1, 0.9)) == 0.9  # what would be reported...
-    assert study.trials[0].intermediate_values == {1: 0.3}  # ...but the first report stays
+        assert report_epoch(trial, _metrics(1, 0.9, train_loss=0.25)) == 0.25  # what would be reported...
+    assert study.trials[0].intermediate_values == {1: 0.5}  # ...but the first report stays
     assert trial_history(study.trials[0])[0]["velocity"] == 0.3
 
 
-@pytest.mark.parametrize("signal, key", [("val_loss", "val_loss"), ("train_loss", "train_loss")])
-def test_other_signals(signal, key) -> None:
+@pytest.mark.parametrize("signal, value", [("val_loss", 0.9), ("train_loss", 0.7), ("velocity", 0.3)])
+def test_other_signals(signal, value) -> None:
     study = optuna.create_study(direction="maximize")
     trial = study.ask()
     report_epoch(trial, _metrics(1, 0.3, train_loss=0.7, val_loss=0.9), signal=signal)
-    assert study.trials[0].intermediate_values[1] == -{"val_loss": 0.9, "train_loss": 0.7}[key]
+    assert study.trials[0].intermediate_values[1] == -value
 
 
 @pytest.mark.parametrize("kind", ["python", "float32", "float64", "tensor"])
@@ -98,10 +99,10 @@ def test_numpy_and_tensor_scalars_are_numbers(kind, direction, sign) -> None:
     trial = study.ask()
     epoch = np.int64(1) if kind != "python" else 1
     metrics = {**_metrics(1, cast(0.3), train_loss=cast(1.25), lr=cast(0.1), diverged=np.bool_(False)), "epoch": epoch}
-    assert report_epoch(trial, metrics) == pytest.approx(sign * 0.3)
+    assert report_epoch(trial, metrics) == pytest.approx(sign * 1.25)
     assert trial.should_prune() is False
     frozen = study.trials[0]
-    assert frozen.intermediate_values == {1: pytest.approx(sign * 0.3)}
+    assert frozen.intermediate_values == {1: pytest.approx(sign * 1.25)}
     stored = trial_history(frozen)[0]
     assert stored["velocity"] == pytest.approx(0.3) and stored["train_loss"] == 1.25 and stored["epoch"] == 1
     assert all(type(stored[k]) in (int, float, bool) for k in ("velocity", "train_loss", "lr", "epoch", "diverged"))
@@ -111,6 +112,9 @@ def test_numpy_and_tensor_scalars_are_numbers(kind, direction, sign) -> None:
     "metrics, signal, error, message",
     [
         ({"epoch": 1, "train_loss": 1.0}, "velocity", ValueError, "no 'velocity'"),
+        ({"epoch": 1, "velocity": 0.1}, "train_loss", ValueError, r"no 'train_loss' \(the signal reported to Optuna\)"),
+        ({"epoch": 1, "velocity": 0.1, "train_los": 0.5}, "train_loss", ValueError, r"no 'train_loss'.*'train_los'"),
+        ({"epoch": 1, "velocity": "fast", "train_loss": 0.5}, "train_loss", TypeError, r"metrics\['velocity'\] must be a number"),
         ({"epoch": 1, "velocty": 0.1, "train_loss": 1.0}, "velocity", ValueError, r"no 'velocity'.*'velocty'"),
         ({"epoch": 1, "velocity": 0.1}, "val_loss", ValueError, "no 'val_loss'"),
         ({"velocity": 0.1}, "velocity", ValueError, "no 'epoch'"),
@@ -144,8 +148,8 @@ def test_retried_trial_reports_each_step_once(inherit, tmp_path) -> None:
     study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=None))
     trial = study.ask()
     for e in (1, 2):
-        report_epoch(trial, _metrics(e, 0.1 * e))
-    trial.set_user_attr(epoch_key(3), _metrics(3, 0.3))  # killed between the attribute and the report
+        report_epoch(trial, _metrics(e, 0.5, train_loss=0.1 * e))
+    trial.set_user_attr(epoch_key(3), _metrics(3, 0.5, train_loss=0.3))  # killed between the attribute and the report
     study.tell(trial, state=TrialState.FAIL)
     with pytest.warns(optuna.exceptions.ExperimentalWarning):
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=inherit)
@@ -155,7 +159,7 @@ def test_retried_trial_reports_each_step_once(inherit, tmp_path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Optuna warns when a step is reported twice
         for e in (1, 2, 3, 4):
-            report_epoch(again, _metrics(e, 0.1 * e))
+            report_epoch(again, _metrics(e, 0.5, train_loss=0.1 * e))
     assert study.trials[1].intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4})
 
 
@@ -172,7 +176,7 @@ def test_bad_input() -> None:
 
 def test_fixed_trial_is_accepted() -> None:
     trial = optuna.trial.FixedTrial({"lr": 0.1})
-    assert report_epoch(trial, _metrics(1, 0.2)) == 0.2
+    assert report_epoch(trial, _metrics(1, 0.2, train_loss=0.6)) == 0.6
     assert trial.user_attrs[epoch_key(1)]["velocity"] == 0.2
 
 
@@ -186,25 +190,50 @@ def test_history_is_in_epoch_order_past_padding() -> None:
 
 
 @pytest.mark.parametrize("direction", ["minimize", "maximize"])
-def test_pruned_trials_rank_settled_first_for_tpe(direction) -> None:
-    """TPE ranks pruned trials by deepest step, then value in the study's direction; with
-    the oriented report the more settled trial ranks first in both directions, and a
-    diverged (NaN) trial last."""
+def test_a_pruned_trial_has_the_value_of_a_complete_one_and_ranks_by_it_for_tpe(direction) -> None:
+    """A pruned trial's value is its training loss at the epoch it was pruned, the same
+    quantity a complete trial returns; TPE ranks pruned trials by deepest step, then that
+    loss in the study's direction, a diverged (NaN) trial last."""
     study = optuna.create_study(direction=direction)
-    velocities = {"settled": 0.01, "unsettled": 0.4, "diverged": None}
-    for name, v in velocities.items():
+    losses = {"fits": 0.2, "fits_less": 0.8, "diverged": None}
+    for name, loss in losses.items():
         trial = study.ask()
         trial.set_user_attr("name", name)
-        report_epoch(trial, _metrics(1, 0.9))
-        report_epoch(trial, _metrics(2, v, diverged=v is None, train_loss=float("nan") if v is None else 1.0))
+        report_epoch(trial, _metrics(1, 0.9, train_loss=2.0))
+        report_epoch(trial, _metrics(2, None if loss is None else 0.01, diverged=loss is None,
+                                     train_loss=float("nan") if loss is None else loss))
         study.tell(trial, state=TrialState.PRUNED)
     shallow = study.ask()
     shallow.set_user_attr("name", "shallow")
-    report_epoch(shallow, _metrics(1, 0.001))
+    report_epoch(shallow, _metrics(1, 0.001, train_loss=0.05))
     study.tell(shallow, state=TrialState.PRUNED)
+    done = study.ask()
+    report_epoch(done, _metrics(1, 0.9, train_loss=2.0))
+    study.tell(done, 0.3 if direction == "minimize" else -0.3)  # a complete trial returns its training loss
 
-    ranked = sorted(study.trials, key=lambda t: _get_pruned_trial_score(t, study))
-    assert [t.user_attrs["name"] for t in ranked] == ["settled", "unsettled", "diverged", "shallow"]
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    ranked = sorted(pruned, key=lambda t: _get_pruned_trial_score(t, study))
+    assert [t.user_attrs["name"] for t in ranked] == ["fits", "fits_less", "diverged", "shallow"]
     sign = 1.0 if direction == "minimize" else -1.0
-    assert ranked[0].value == pytest.approx(sign * 0.01)  # a pruned trial's value: its signed velocity
+    assert ranked[0].value == pytest.approx(sign * 0.2) and ranked[1].value == pytest.approx(sign * 0.8)
     assert ranked[2].value is None  # Optuna keeps no value for a NaN last report
+    # one quantity on one axis: every value is a training loss (in the study's orientation)
+    values = {t.number: sign * t.value for t in study.trials if t.value is not None}
+    assert values == pytest.approx({0: 0.2, 1: 0.8, 3: 0.05, 4: 0.3})
+
+
+def test_the_pruner_reads_the_velocity_from_the_stored_epoch() -> None:
+    """The reported value is the training loss; NeVePruner's velocity rules read the
+    velocity from the epoch report_epoch stored, so they still judge the velocity."""
+    study = optuna.create_study(pruner=NeVePruner("velocity", min_resource=1, reduction_factor=2))
+    settled, unsettled = study.ask(), study.ask()
+    report_epoch(settled, _metrics(1, 0.1, train_loss=0.9))
+    assert settled.should_prune() is False
+    report_epoch(unsettled, _metrics(1, 0.5, train_loss=0.1))  # the lower loss, but less settled
+    assert unsettled.should_prune() is True
+    bound = optuna.create_study(pruner=NeVePruner(min_resource=100, unsettled_bound=0.6, unsettled_patience=2))
+    trial = bound.ask()
+    report_epoch(trial, _metrics(1, 0.9, train_loss=0.1))
+    assert trial.should_prune() is False
+    report_epoch(trial, _metrics(2, 0.9, train_loss=0.05))  # unsettled for 2 epochs, whatever its loss
+    assert trial.should_prune() is True

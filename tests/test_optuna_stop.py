@@ -117,7 +117,8 @@ def test_polite_stop_keeps_the_trial_and_the_next_worker_resumes_it(tmp_path: Pa
         reference = run_trial(load_study(study_file), params, evaluate_test=False)
     finally:
         torch.set_num_threads(before)
-    assert retried.intermediate_values == {m["epoch"]: m["velocity"] for m in reference.history}
+    assert retried.intermediate_values == {m["epoch"]: m["train_loss"] for m in reference.history}
+    assert [m["velocity"] for m in trial_history(retried)] == [m["velocity"] for m in reference.history]
     assert retried.value == pytest.approx(reference.objective)
     assert not list((tmp_path / "ckpt").rglob("*.pt"))  # removed once the trial finished
 

@@ -207,7 +207,7 @@ def test_a_checkpoint_of_another_model_or_data_is_refused_naming_what_differs(tm
     ({"lr_patience": 3}, "controller lr_patience: 0 in the checkpoint, 3 now"),
     ({"pc_patience": 5}, "controller pc_patience: 3 in the checkpoint, 5 now"),
     ({"pc_patience": None}, "controller pc_patience: 3 in the checkpoint, None now"),
-    ({"threshold_mode": "relative"}, "controller threshold_mode: 'absolute' in the checkpoint, 'relative' now"),
+    ({"threshold_mode": "absolute"}, "controller threshold_mode: 'relative' in the checkpoint, 'absolute' now"),
     ({"lr_signal": "velocity"}, "controller lr_signal: 'velocity_change' in the checkpoint, 'velocity' now"),
     ({"probe_samples": 50}, "controller probe_samples: 100 in the checkpoint, 50 now"),
 ])

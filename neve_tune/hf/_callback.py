@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import re
 import warnings
 from typing import Any, Callable
 
@@ -96,6 +97,8 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         probe_module, probe_fn: what the probe goes through (see above).
         prediction_changes: the guard's source (see above).
         verbose: print one line when the callback stops the run.
+        state_key: a name for this callback's state file (``neve_state-<name>.pt``), needed
+            by a second NeVeTrainerCallback in one Trainer.
         **controller_options: more :class:`neve_tune.NeVe` options (``min_epochs``,
             ``max_epochs`` (counted in measurements), ``factor``, ``patience``,
             ``lr_signal``, ``threshold_mode``, ``num_classes``, ``stall_margin``,
@@ -120,8 +123,11 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         probe_fn: Any = None,
         prediction_changes: Any = "subset",
         verbose: bool = False,
+        state_key: str | None = None,
         **controller_options: Any,
     ) -> None:
+        if state_key is not None and not (isinstance(state_key, str) and re.fullmatch(r"[\w.-]+", state_key)):
+            raise ValueError(f"state_key must be a name of letters, digits, '_', '.' or '-', got {state_key!r}")
         for name, key in (("probe_key", probe_key), ("input_key", input_key)):
             if not (isinstance(key, str) and key) and not (key is None and name == "input_key"):
                 raise TypeError(f"{name} must be a non-empty str, got {key!r}")
@@ -134,6 +140,7 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
                              "it is unused: drop it")
         self.probe_key = probe_key
         self.input_key = probe_key if input_key is None else input_key
+        self.state_file = _state.STATE_FILE if state_key is None else f"neve_state-{state_key}.pt"
         self._warned: set[str] = set()
         self._reset_run()
 
@@ -217,6 +224,7 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         if model is None or optimizer is None:
             raise RuntimeError("NeVeTrainerCallback needs the Trainer's model and optimizer at on_train_begin")
         self._reset_run()
+        _state.claim(state, self.state_file, self)
         check_composable([lr_scheduler] if lr_scheduler is not None else [], self.who)
         saved = self._find_saved_state(args, state) if state.global_step > 0 else None
         dataset = getattr(train_dataloader, "dataset", None)
@@ -279,7 +287,7 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
                 f"under {args.output_dir!r}; the NeVe state is not saved, a resumed run will start a new velocity series"
             )
             return control
-        save_checkpoint(os.path.join(folder, _state.STATE_FILE), self.state_dict(state))
+        save_checkpoint(os.path.join(folder, self.state_file), self.state_dict(state))
         return control
 
     def _find_saved_state(self, args: Any, state: Any) -> dict[str, Any] | None:
@@ -289,18 +297,11 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         if isinstance(args.resume_from_checkpoint, str) and args.resume_from_checkpoint:
             folders.append(args.resume_from_checkpoint)
         folders += _state.candidate_folders(args.output_dir, state.global_step)
-        digest = _state.log_digest(state.log_history)
-        other = []
-        for folder in dict.fromkeys(folders):
-            path = os.path.join(folder, _state.STATE_FILE)
-            if not os.path.isfile(path):
-                continue
-            saved = _state.read_state(path)
-            if saved["global_step"] == state.global_step and saved["log_digest"] == digest:
-                self.resumed_from = path
-                return saved
-            other.append(path)
-        where = f"{_state.STATE_FILE} in {sorted(set(folders))}" + (
+        path, saved, other = _state.find_saved(folders, state, self.state_file)
+        if saved is not None:
+            self.resumed_from = path
+            return saved
+        where = f"{self.state_file} in {sorted(set(folders))}" + (
             f" (found {other}, saved by other runs or steps)" if other else "")
         self._warn_once(
             f"NeVeTrainerCallback resumes at step {state.global_step} but found no NeVe state of this checkpoint "

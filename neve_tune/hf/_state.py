@@ -15,6 +15,7 @@ import glob
 import hashlib
 import json
 import os
+import weakref
 from typing import Any
 
 import torch
@@ -23,7 +24,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..train import CheckpointError, load_state_file
 
-__all__ = ["STATE_FILE", "candidate_folders", "log_digest", "probe_digest", "read_state", "saved_folder"]
+__all__ = ["STATE_FILE", "candidate_folders", "claim", "find_saved", "log_digest", "probe_digest", "read_state",
+           "saved_folder"]
 
 #: The callback's state in each Trainer checkpoint folder (``checkpoint-<global_step>``).
 STATE_FILE = "neve_state.pt"
@@ -80,3 +82,35 @@ def saved_folder(output_dir: str, state: Any) -> str | None:
                 and log_digest(written.get("log_history", [])) == digest:
             found.append((os.path.getmtime(os.path.join(folder, TRAINER_STATE_NAME)), folder))
     return max(found)[1] if found else None
+
+
+def find_saved(folders: list[str], state: Any, state_file: str) -> tuple[str | None, dict[str, Any] | None, list[str]]:
+    """(path, saved state) of the first ``state_file`` in ``folders`` saved at this very
+    ``state`` (same ``global_step`` and log history), else ``(None, None, [other files])``."""
+    digest = log_digest(state.log_history)
+    other = []
+    for folder in dict.fromkeys(folders):
+        path = os.path.join(folder, state_file)
+        if not os.path.isfile(path):
+            continue
+        saved = read_state(path)
+        if saved["global_step"] == state.global_step and saved["log_digest"] == digest:
+            return path, saved, other
+        other.append(path)
+    return None, None, other
+
+
+# (id of a TrainerState, state file) -> (the state, the callback saving that file), both weakly held
+_CLAIMS: dict[tuple[int, str], tuple[Any, Any]] = {}
+
+
+def claim(state: Any, state_file: str, owner: Any) -> None:
+    """Refuse a second callback of one Trainer (one ``TrainerState``) saving ``state_file``."""
+    key = (id(state), state_file)
+    held = _CLAIMS.get(key)
+    if held is not None and held[0]() is state and held[1]() not in (None, owner):
+        raise ValueError(f"another NeVeTrainerCallback of this Trainer already saves {state_file}; "
+                         "pass state_key='<name>' to one of them (its state goes to neve_state-<name>.pt)")
+    for k in [k for k, v in _CLAIMS.items() if v[0]() is None]:
+        del _CLAIMS[k]
+    _CLAIMS[key] = (weakref.ref(state), weakref.ref(owner))

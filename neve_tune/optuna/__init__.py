@@ -2,9 +2,10 @@
 
 A NeVe search with Optuna needs no validation split. Each trial trains on the whole
 training set, decays its learning rate and stops on its own velocity
-(:class:`neve_tune.NeVe`), and reports the velocity every epoch as its intermediate
-objective; :class:`NeVePruner` prunes diverged trials and, at successive-halving rungs,
-the least settled ones.
+(:class:`neve_tune.NeVe`), and reports every epoch its training loss as the
+intermediate value (so a trial's value is a training loss in every state) with the
+velocity and flags in its user attributes; :class:`NeVePruner` prunes diverged and
+stalled trials and, at successive-halving rungs, those that fit the training set worst.
 
 - :class:`NeVePruner`: an :class:`optuna.pruners.BasePruner`.
 - :func:`report_epoch`: the one call an objective makes per epoch.

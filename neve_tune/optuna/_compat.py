@@ -4,9 +4,9 @@ Checked against Optuna :data:`CHECKED_OPTUNA`. ``tests/test_optuna_compat.py`` t
 every assumption listed here and fails (it does not skip) when an Optuna release breaks
 one; a failure means this module must change, not the test.
 
-**Successive halving on a signal other than the reported value.** ``NeVePruner`` with
-``signal="train_loss"`` runs Optuna's own :class:`~optuna.pruners.SuccessiveHalvingPruner`
-on the epoch's training loss while the trial reports its velocity. Optuna has no public
+**Successive halving on a signal other than the reported value.** ``NeVePruner`` runs
+Optuna's own :class:`~optuna.pruners.SuccessiveHalvingPruner` on the signal it reads from
+the stored epoch (training loss or velocity), whatever value the trial reports. Optuna has no public
 way to hand a pruner another value, so :func:`with_step_value` gives it a shallow copy of
 the trial whose ``intermediate_values`` hold that value. This relies on two details of
 ``SuccessiveHalvingPruner.prune`` (``optuna/pruners/_successive_halving.py``):

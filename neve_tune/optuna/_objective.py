@@ -92,7 +92,7 @@ def make_objective(
 
     Each call samples the study's search space (``trial.suggest_*``), trains with
     :func:`neve_tune.run_trial` and, after every epoch, calls
-    :func:`~neve_tune.optuna.report_epoch` (velocity for ``method="neve"``; validation
+    :func:`~neve_tune.optuna.report_epoch` (training loss for ``method="neve"``; validation
     loss for the validation baselines ``"asha"``/``"asha_es"``) and
     ``trial.should_prune()``, raising :class:`optuna.TrialPruned` when told to. It
     returns the record's objective (NeVe: the last epoch's mean training loss; the
@@ -142,7 +142,7 @@ class _TrialRun:
         self.study, self.method, self.seed, self.device = study, method, seed, device
         self.checkpoint_dir, self.evaluate_test, self.keep, self.model_fn = checkpoint_dir, evaluate_test, keep, model_fn
         self.stop = stop
-        self.signal = "velocity" if method == "neve" else "val_loss"
+        self.signal = "train_loss" if method == "neve" else "val_loss"
         self.lock = threading.Lock()
         self.cache: dict[str, DataBundle] = {}
         self.worker = f"{socket.gethostname()}:{os.getpid()}"

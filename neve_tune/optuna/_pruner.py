@@ -27,9 +27,10 @@ class NeVePruner(BasePruner):
     """Pruner for NeVe searches: asynchronous successive halving on a validation-free
     signal, plus divergence pruning.
 
-    Each trial reports, after every epoch, its NeVe velocity as the intermediate objective
-    (use :func:`~neve_tune.optuna.report_epoch`, which also stores the epoch's metrics in
-    the trial's user attributes). At every :meth:`prune` call the rule is, in order:
+    Each trial reports every epoch with :func:`~neve_tune.optuna.report_epoch`: its
+    training loss as the intermediate value and the epoch's metrics (velocity, flags) in
+    the trial's user attributes, where this pruner reads them. At every :meth:`prune`
+    call the rule is, in order:
 
     1. **Diverged**: the reported value is NaN/inf, or the epoch's training loss or
        velocity is not finite, or the epoch is flagged ``diverged`` -> prune.
@@ -66,8 +67,9 @@ class NeVePruner(BasePruner):
     so ``"velocity"`` pruned them and kept slow, low-LR trials. The training loss ranks how
     well the training set is already fit and keeps the fast learners. Neither signal needs
     a validation set. ``neve-tune compare --neve-signal velocity`` reruns that measurement.
-    Velocity stays the reported intermediate value either way, and convergence and
-    divergence are judged on it.
+    Either way the velocity is read from the stored epoch, whatever value the trial
+    reports (a trial reporting by hand with ``trial.report`` and no stored epoch has its
+    reported value taken as its velocity).
 
     The pruner never changes a learning rate (Optuna pruners cannot): LR decay and the
     convergence stop happen inside the trial (:class:`neve_tune.NeVe`).
@@ -78,10 +80,9 @@ class NeVePruner(BasePruner):
     :class:`ValueError` saying what differs, when its own differ. Use
     :meth:`from_study` to adopt a study's stored settings.
 
-    **Orientation.** :func:`~neve_tune.optuna.report_epoch` reports ``+velocity`` in a
-    minimize study and ``-velocity`` in a maximize one, so that the value Optuna keeps for
-    a pruned trial ranks more settled trials better in the study's direction (TPE). The
-    pruner undoes that sign, so its rule is the same for both directions.
+    **Orientation.** :func:`~neve_tune.optuna.report_epoch` reports ``+value`` in a
+    minimize study and ``-value`` in a maximize one; the pruner undoes that sign, so its
+    rule is the same for both directions.
 
     Example:
 
@@ -117,8 +118,8 @@ class NeVePruner(BasePruner):
 
     Args:
         signal:
-            ``"train_loss"`` (default; the epoch's mean training loss, read from the
-            trial's user attributes) or ``"velocity"`` (the reported intermediate value).
+            ``"train_loss"`` (default; the epoch's mean training loss) or ``"velocity"``,
+            both read from the epoch stored in the trial's user attributes.
             With ``"train_loss"``, an epoch reported without ``train_loss`` makes
             :meth:`prune` raise a ``ValueError`` that says so, instead of never pruning.
         min_resource:
@@ -303,7 +304,8 @@ class NeVePruner(BasePruner):
         # 5. successive-halving rungs on the signal, oriented so "better" = lower signal
         if self._signal == "consensus":
             return self._consensus_rung(study, trial, step, epoch["subset_pred"]) and not converged
-        view = trial if self._signal == "velocity" else with_step_value(trial, step, sign * float(epoch["train_loss"]))
+        value = self._velocity(trial, step, sign) if self._signal == "velocity" else float(epoch["train_loss"])
+        view = with_step_value(trial, step, sign * value)
         pruned = self._sha.prune(study, view)
         return pruned and not converged
 
@@ -333,7 +335,17 @@ class NeVePruner(BasePruner):
         steps = sorted(trial.intermediate_values)[-self._unsettled_patience :]
         if len(steps) < self._unsettled_patience:
             return False
-        return all(sign * trial.intermediate_values[s] > self._unsettled_bound for s in steps)
+        return all(self._velocity(trial, s, sign) > self._unsettled_bound for s in steps)
+
+    @staticmethod
+    def _velocity(trial: "optuna.trial.FrozenTrial", step: int, sign: float) -> float:
+        """The velocity of epoch ``step``, from the epoch ``report_epoch`` stored; a trial
+        that reported its velocity by hand (``trial.report``, no epoch attribute) has it
+        as the reported value, oriented by ``sign``."""
+        epoch = trial.user_attrs.get(epoch_key(step))
+        if isinstance(epoch, dict) and epoch.get("velocity") is not None:
+            return float(epoch["velocity"])
+        return sign * trial.intermediate_values[step]
 
 
 _OLD_NAMES = {"divergence_bound": "unsettled_bound", "divergence_patience": "unsettled_patience"}

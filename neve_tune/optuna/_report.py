@@ -2,22 +2,26 @@
 
 :func:`report_epoch` is the one call an objective makes per epoch. It
 
-1. reports the **intermediate objective** with ``trial.report(value, step=epoch)``: the
-   epoch's NeVe velocity (``signal="velocity"``, the default; ``val_loss`` for the
-   validation baselines), *oriented by the study's direction*: ``+velocity`` in a
-   ``minimize`` study and ``-velocity`` in a ``maximize`` one, and NaN when the velocity
-   or the loss is not finite (the trial diverged);
-2. stores the epoch's whole metric dict (velocity, losses, LR, cost
-   counters, ...) as the trial user attribute ``epoch_0001``, ``epoch_0002``, ...
-   (string step keys, JSON values, non-finite numbers as ``null``).
+1. reports the **intermediate objective** with ``trial.report(value, step=epoch)``: by
+   default the epoch's mean training loss (``signal="train_loss"``), the value a NeVe
+   trial that completes returns (its validation-free objective); ``val_loss`` for the
+   validation baselines, whose objective it is; ``velocity`` on request. The value is
+   *oriented by the study's direction* (``-value`` in a ``maximize`` study) and NaN when
+   it, the training loss or the velocity is not finite (the trial diverged);
+2. stores the epoch's whole metric dict (velocity, losses, LR, cost counters, ...) as
+   the trial user attribute ``epoch_0001``, ``epoch_0002``, ... (string step keys, JSON
+   values, non-finite numbers as ``null``): :class:`~neve_tune.optuna.NeVePruner`,
+   optuna-dashboard and :func:`neve_tune.optuna.plot_study` read the velocity there.
 
-Why the orientation: Optuna stores a PRUNED trial's value as its last intermediate value
-and TPE ranks pruned trials (after every complete one) by deepest step, then that value
-"better first" in the study's direction, NaN last. A lower velocity means a more settled
-trial, so the signed value makes "better in the study's direction" mean "more settled"
-in both directions, and a diverged trial always ranks last. The raw velocity stays in the
-user attributes, where the pruner, optuna-dashboard and :func:`neve_tune.optuna.plot_study`
-read it.
+**One meaning per value.** Optuna stores a PRUNED trial's value as its last intermediate
+value, and TPE ranks pruned trials (after every complete one) by deepest step, then that
+value in the study's direction, NaN last. Reporting the objective's own quantity makes a
+trial's value the training loss in every state (complete: at its last or restored
+epoch; pruned: at the epoch it was pruned), so optuna-dashboard plots one quantity on
+one axis, and TPE ranks a pruned trial that fits the training set worse as worse. With
+``Study.objective="pc_min"`` the complete value is a prediction-change level while
+pruned trials still carry their training loss (that level is undefined for the first
+``pc_window`` epochs).
 
 A resumed or retried trial must not report a step twice (Optuna ignores the repeat with
 a warning): :func:`report_epoch` skips steps the trial already holds, so an objective can
@@ -98,14 +102,15 @@ def _reported_steps(trial: BaseTrial) -> set[int]:
     return set(frozen.intermediate_values) if frozen is not None else set()
 
 
-def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = "velocity") -> float:
+def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = "train_loss") -> float:
     """Report one finished epoch of ``trial`` and return the reported value.
 
     ``metrics`` is the epoch's metric dict (``neve_tune.run_trial``'s ``on_epoch``
     argument: ``epoch``, ``velocity``, ``train_loss``, ``lr``, cost counters, ...).
-    ``trial.report`` receives ``sign * metrics[signal]`` at ``step = metrics["epoch"]``,
+    ``trial.report`` receives ``sign * metrics[signal]`` (``signal``: ``"train_loss"``,
+    the default, ``"val_loss"`` or ``"velocity"``) at ``step = metrics["epoch"]``,
     ``sign`` being ``+1`` for a minimize and ``-1`` for a maximize study; NaN when that
-    value or the training loss is not finite, or when the epoch diverged. The whole dict
+    value, the training loss or the velocity is not finite, or when the epoch diverged. The whole dict
     goes into the user attribute :func:`epoch_key(epoch) <epoch_key>`. A step the trial
     already holds is skipped (nothing is written twice).
 
@@ -115,9 +120,8 @@ def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = 
     - ``epoch`` is required, an int >= 0 (``1.7`` is refused, not truncated);
     - ``metrics[signal]`` is required (the ``ValueError`` names it and the keys given);
       it may be ``None`` only on an epoch flagged ``diverged``;
-    - ``train_loss``, when present, must be a number or ``None``. It is not required
-      here, but :class:`~neve_tune.optuna.NeVePruner` with ``signal="train_loss"`` (its
-      default) refuses epochs without it.
+    - ``train_loss`` and ``velocity``, when present, must be numbers or ``None``;
+      :class:`~neve_tune.optuna.NeVePruner` reads the velocity from the stored epoch.
 
     Example::
 
@@ -125,33 +129,20 @@ def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = 
         >>> import optuna
         >>> from neve_tune.optuna import NeVePruner, report_epoch
         >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
-        >>> study = optuna.create_study(direction="maximize", pruner=NeVePruner())
+        >>> study = optuna.create_study(pruner=NeVePruner())
         >>> trial = study.ask()
-        >>> report_epoch(trial, {"epoch": 1, "velocity": 0.25, "train_loss": 1.2, "lr": 0.1})
-        -0.25
-        >>> report_epoch(trial, {"epoch": 2, "velocity": np.float32(0.125), "train_loss": 1.1})
-        -0.125
+        >>> report_epoch(trial, {"epoch": 1, "velocity": 0.25, "train_loss": 1.25, "lr": 0.1})
+        1.25
+        >>> report_epoch(trial, {"epoch": 2, "velocity": np.float32(0.125), "train_loss": np.float32(1.0)})
+        1.0
         >>> trial.user_attrs["epoch_0001"]["velocity"]
         0.25
-        >>> report_epoch(trial, {"epoch": 3, "velocty": 0.1})
+        >>> report_epoch(trial, {"epoch": 3, "velocity": 0.1, "train_los": 0.9})
         Traceback (most recent call last):
         ...
-        ValueError: metrics has no 'velocity' (the signal reported to Optuna); its keys: ['epoch', 'velocty']
+        ValueError: metrics has no 'train_loss' (the signal reported to Optuna); its keys: ['epoch', 'train_los', 'velocity']
     """
-    check_choice("signal", signal, REPORT_SIGNALS)
-    if not isinstance(metrics, Mapping):
-        raise TypeError(f"metrics must be a mapping of metric names to values (one epoch), got {metrics!r}")
-    if "epoch" not in metrics:
-        raise ValueError(f"metrics has no 'epoch' (the step); its keys: {sorted(map(str, metrics))}")
-    step = check_int("metrics['epoch']", metrics["epoch"], minimum=0)
-    if signal not in metrics:
-        raise ValueError(f"metrics has no {signal!r} (the signal reported to Optuna); its keys: {sorted(map(str, metrics))}")
-    raw = to_float(f"metrics[{signal!r}]", metrics[signal], allow_none=True)
-    train_loss = to_float("metrics['train_loss']", metrics.get("train_loss"), allow_none=True)
-    diverged = bool(metrics.get("diverged", False))
-    if raw is None and not diverged:
-        raise ValueError(f"metrics[{signal!r}] is None on an epoch not flagged 'diverged' (epoch {step})")
-    diverged = diverged or ("train_loss" in metrics and not is_finite(train_loss))
+    step, raw, diverged = _checked_epoch(metrics, signal)
     sign = direction_sign(_study_direction(trial))
     value = sign * raw if (raw is not None and is_finite(raw) and not diverged) else float("nan")
 
@@ -165,6 +156,28 @@ def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = 
     elif step not in _reported_steps(trial):
         trial.report(value, step)
     return value
+
+
+def _checked_epoch(metrics: Mapping[str, Any], signal: str) -> tuple[int, float | None, bool]:
+    """(step, the signal's value, diverged) of one epoch's metrics, checked by the rule of
+    :func:`report_epoch`; a non-finite training loss or velocity counts as divergence."""
+    check_choice("signal", signal, REPORT_SIGNALS)
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must be a mapping of metric names to values (one epoch), got {metrics!r}")
+    if "epoch" not in metrics:
+        raise ValueError(f"metrics has no 'epoch' (the step); its keys: {sorted(map(str, metrics))}")
+    step = check_int("metrics['epoch']", metrics["epoch"], minimum=0)
+    if signal not in metrics:
+        raise ValueError(f"metrics has no {signal!r} (the signal reported to Optuna); its keys: {sorted(map(str, metrics))}")
+    raw = to_float(f"metrics[{signal!r}]", metrics[signal], allow_none=True)
+    train_loss = to_float("metrics['train_loss']", metrics.get("train_loss"), allow_none=True)
+    velocity = to_float("metrics['velocity']", metrics.get("velocity"), allow_none=True)
+    diverged = bool(metrics.get("diverged", False))
+    if raw is None and not diverged:
+        raise ValueError(f"metrics[{signal!r}] is None on an epoch not flagged 'diverged' (epoch {step})")
+    diverged = diverged or ("train_loss" in metrics and not is_finite(train_loss))
+    diverged = diverged or (velocity is not None and not is_finite(velocity))
+    return step, raw, diverged  # type: ignore[return-value]
 
 
 def trial_history(trial: FrozenTrial | BaseTrial) -> list[dict[str, Any]]:

@@ -126,32 +126,26 @@ def velocity_verdict(
 ) -> str | None:
     """``"diverged"``, ``"stalled"``, ``"converged"`` or ``None`` (go on) for one Tune result.
 
-    Checked in this order (numbers may be Python, NumPy or 0-d torch scalars):
+    In this order (numbers may be Python, NumPy or 0-d torch scalars):
 
     1. diverged: ``result["diverged"]`` is true, or ``result[metric]`` or
        ``result[loss_metric]`` is NaN or infinite;
-    2. stalled: ``result["stalled"]`` is true (the velocity fell but the training loss
-       did not: the trial did not learn). Never counted as converged;
-    3. when the result has a ``neve_stop`` key, it decides: converged if it is true, go on
-       if it is false. The trial's controller already applied its threshold and
-       ``min_epochs``, so the velocity is not judged again;
-    4. otherwise the raw velocity decides, as the controller would: the velocity stop
-       fires when ``result[metric] < threshold`` and ``training_iteration >=
-       grace_period`` (default :data:`MIN_RAW_EPOCHS` = 2); the trial then ends
-       ``"converged"`` if it learned by the controller's stall rule
-       (:func:`neve_tune.control.learned`: ``result[loss_metric]`` below ``(1 -
-       stall_margin)`` times ``first_loss``, the loss of the trial's first result, and
-       below ``(1 - stall_margin) * log(num_classes)`` when ``num_classes`` is given),
-       else ``"stalled"``. Without ``first_loss`` this result counts as the first, so it
-       cannot have learned. The threshold is ``result[threshold_key]``, else
-       ``result["config"][threshold_key]`` (``"config/<threshold_key>"`` in a flattened
-       result; it is searched, so each trial has its own), else ``threshold``.
-       ``result[metric] = None`` means "not measured this iteration": go on.
+    2. stalled: ``result["stalled"]`` is true (the trial did not learn). Never converged;
+    3. a ``neve_stop`` key decides: converged if true, go on if false (the trial's
+       controller applied its threshold and ``min_epochs`` already);
+    4. otherwise the raw velocity, judged as the controller would
+       (:func:`_raw_velocity_verdict`): from ``training_iteration >= grace_period``
+       (default :data:`MIN_RAW_EPOCHS` = 2), ``result[metric] <`` the trial's threshold
+       (``result[threshold_key]``, else its config's, else ``threshold``) ends it
+       ``"converged"`` if it learned by :func:`neve_tune.control.learned` (its loss
+       against ``first_loss``, its first result's, and chance with ``num_classes``),
+       else ``"stalled"``. Without ``first_loss`` this result is the first, so it cannot
+       have learned. ``result[metric] = None`` means "not measured": go on.
 
     Raises ``ValueError`` naming the key when a result with training metrics has neither
     ``metric`` nor ``neve_stop``, when a raw-velocity result has no ``loss_metric``, or
-    when no threshold can be found or it is not a positive finite number; ``TypeError``
-    when ``metric`` is not a number or a flag not a bool.
+    when the threshold is missing or not positive; ``TypeError`` for a non-number metric
+    or a non-bool flag.
 
     >>> velocity_verdict({"velocity": 0.5, "neve_stop": True})
     'converged'
@@ -159,8 +153,6 @@ def velocity_verdict(
     >>> raw = {"training_iteration": 3, "velocity": 0.001, "train_loss": 0.2, "config": {"threshold": 0.01}}
     >>> velocity_verdict(raw, first_loss=0.7), velocity_verdict(raw, first_loss=0.21)
     ('converged', 'stalled')
-    >>> velocity_verdict({"velocity": 0.001, "stalled": True, "neve_stop": False})
-    'stalled'
     >>> velocity_verdict({"train_loss": 0.3})
     Traceback (most recent call last):
     ...
@@ -168,16 +160,26 @@ def velocity_verdict(
     """
     if _flag(result, "diverged", who):
         return DIVERGED
-    value = to_float(f"{who}: metric {metric!r}", result[metric], allow_none=True) if metric in result else None
-    if value is not None and not math.isfinite(value):
-        return DIVERGED
-    loss = to_float(f"{who}: metric {loss_metric!r}", result[loss_metric], allow_none=True) if loss_metric in result else None
-    if loss is not None and not math.isfinite(loss):
+    value, loss = _number(result, metric, who), _number(result, loss_metric, who)
+    if any(x is not None and not math.isfinite(x) for x in (value, loss)):
         return DIVERGED
     if _flag(result, "stalled", who):
         return STALLED
     if "neve_stop" in result:
         return CONVERGED if _flag(result, "neve_stop", who) else None
+    rule = dict(grace_period=grace_period, first_loss=first_loss, num_classes=num_classes, stall_margin=stall_margin)
+    return _raw_velocity_verdict(result, value, loss, metric, loss_metric, threshold_key, threshold, who, **rule)
+
+
+def _number(result: Mapping[str, Any], key: str, who: str) -> float | None:
+    return to_float(f"{who}: metric {key!r}", result[key], allow_none=True) if key in result else None
+
+
+def _raw_velocity_verdict(result: Mapping[str, Any], value: float | None, loss: float | None, metric: str,
+                          loss_metric: str, threshold_key: str, threshold: float | None, who: str, *,
+                          grace_period: int, first_loss: float | None, num_classes: int | None,
+                          stall_margin: float) -> str | None:
+    """Rule 4 of :func:`velocity_verdict`: a result without ``neve_stop``."""
     if metric not in result:
         if _bare(result):
             return None
