@@ -214,13 +214,18 @@ def digits(seed: int = 0, test_fraction: float = 0.2, **_: object) -> DataBundle
     x_tr, x_te, y_tr, y_te = _digits_arrays(int(seed), float(test_fraction))
     xt = torch.tensor(x_tr, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
     xe = torch.tensor(x_te, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+    return _standardised("digits", xt, xe, y_tr, y_te)
+
+
+def _standardised(name: str, xt: torch.Tensor, xe: torch.Tensor, y_tr: Any, y_te: Any) -> DataBundle:
+    """Train and test inputs standardised with the training mean and std, as a 10-class bundle."""
     mean, std = xt.mean(), xt.std()
     xt, xe = (xt - mean) / std, (xe - mean) / std
     return DataBundle(
-        "digits",
+        name,
         TensorDataset(xt, torch.tensor(y_tr, dtype=torch.long)),
         TensorDataset(xe, torch.tensor(y_te, dtype=torch.long)),
-        (1, 8, 8),
+        tuple(xt.shape[1:]),
         10,
     )
 
@@ -266,15 +271,7 @@ def mnist1d(seed: int = 0, test_fraction: float = 0.2, num_samples: int = 5000, 
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=int(seed), stratify=y)
     xt = torch.tensor(x_tr, dtype=torch.float32).unsqueeze(1)
     xe = torch.tensor(x_te, dtype=torch.float32).unsqueeze(1)
-    mean, std = xt.mean(), xt.std()
-    xt, xe = (xt - mean) / std, (xe - mean) / std
-    return DataBundle(
-        "mnist1d",
-        TensorDataset(xt, torch.tensor(y_tr, dtype=torch.long)),
-        TensorDataset(xe, torch.tensor(y_te, dtype=torch.long)),
-        (1, xt.shape[-1]),
-        10,
-    )
+    return _standardised("mnist1d", xt, xe, y_tr, y_te)
 
 
 @register_dataset("synthetic")

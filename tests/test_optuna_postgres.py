@@ -28,6 +28,10 @@ try:
     from tests._postgres import postgres_url  # noqa: F401
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     from _postgres import postgres_url  # noqa: F401
+try:
+    from tests._studies import slow_probe_study
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from _studies import slow_probe_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.postgres
@@ -47,38 +51,7 @@ STUDY = Study(
 )
 """
 
-# A study whose model sleeps 0.2 s in every eval-mode forward (the once-per-epoch velocity
-# probe), so that a test can kill its worker in the middle of a trial. Training is unchanged.
-SLOW = """
-import time
-
-from torch import nn
-
-from neve_tune import Choice, LogUniform, Study
-from neve_tune.models import MODELS, SmallCNN
-
-
-class SlowProbeCNN(nn.Module):
-    def __init__(self, num_classes, input_shape):
-        super().__init__()
-        self.net = SmallCNN(num_classes, input_shape)
-
-    def forward(self, x):
-        if not self.training:
-            time.sleep(0.2)
-        return self.net(x)
-
-
-MODELS["slow_probe_cnn"] = SlowProbeCNN
-
-STUDY = Study(
-    name="slow",
-    data="digits",
-    model="slow_probe_cnn",
-    search_space={"lr": LogUniform(0.01, 0.2), "threshold": LogUniform(1e-4, 1e-2), "batch_size": Choice([64, 128])},
-    max_epochs=8,
-)
-"""
+SLOW = slow_probe_study(8)
 
 
 def _create_study(url: str, name: str) -> None:

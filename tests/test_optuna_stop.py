@@ -22,43 +22,17 @@ from neve_tune import load_study, run_trial
 from neve_tune.optuna import TrialSeededTPESampler, trial_history
 from neve_tune.optuna._stop import Abandon, PoliteStop
 
+try:
+    from tests._studies import slow_probe_study
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from _studies import slow_probe_study
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 BIN = Path(sys.executable).parent
 NEVE = [str(BIN / "neve-tune")] if (BIN / "neve-tune").exists() else [sys.executable, "-m", "neve_tune.cli"]
 
-# The model sleeps 0.2 s in every eval-mode forward (the once-per-epoch velocity probe),
-# so a signal can land in the middle of an epoch. Training is unchanged.
-SLOW = """
-import time
-
-from torch import nn
-
-from neve_tune import Choice, LogUniform, Study
-from neve_tune.models import MODELS, SmallCNN
-
-
-class SlowProbeCNN(nn.Module):
-    def __init__(self, num_classes, input_shape):
-        super().__init__()
-        self.net = SmallCNN(num_classes, input_shape)
-
-    def forward(self, x):
-        if not self.training:
-            time.sleep(0.2)
-        return self.net(x)
-
-
-MODELS["slow_probe_cnn"] = SlowProbeCNN
-
-STUDY = Study(
-    name="slow",
-    data="digits",
-    model="slow_probe_cnn",
-    search_space={"lr": LogUniform(0.01, 0.2), "threshold": LogUniform(1e-4, 1e-2), "batch_size": Choice([64, 128])},
-    max_epochs=6,
-)
-"""
+SLOW = slow_probe_study(6)
 
 
 def _worker(study_file: Path, url: str, tmp_path: Path) -> list[str]:

@@ -12,6 +12,11 @@ from torch.utils.data import Dataset, TensorDataset
 import neve_tune
 from neve_tune.prediction_changes import PredictionChanges, SubsetPredictionChanges
 
+try:
+    from tests._controllers import CountingController
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from _controllers import CountingController
+
 
 class _Fixed(nn.Module):
     """Predicts the class stored in feature 0 of each input (shifted by ``shift``)."""
@@ -192,34 +197,6 @@ def test_update_after_a_refused_class_id_still_counts():
 
 
 # fit(prediction_changes="subset"): the count, its cost, and a resumed run
-class _Epochs:
-    """A controller that only counts epochs and records what fit reports."""
-
-    probe_samples = 0
-
-    def __init__(self, epochs: int) -> None:
-        self.epoch, self.epochs, self.stopped_by, self.seen = 0, epochs, None, []
-
-    should_stop = property(lambda self: self.stopped_by is not None)
-
-    def start(self) -> None:
-        pass
-
-    def step(self, train_loss, val_loss=None, *, prediction_changes=None):
-        self.epoch += 1
-        self.seen.append(prediction_changes)
-        if self.epoch >= self.epochs:
-            self.stopped_by = "max_epochs"
-        return {"epoch": self.epoch, "lr": 0.0, "diverged": False}
-
-    def state_dict(self):
-        return {"epoch": self.epoch, "stopped_by": self.stopped_by}
-
-    def load_state_dict(self, s):  # a run stopped by a smaller cap goes on
-        self.epoch = s["epoch"]
-        self.stopped_by = None if self.epoch < self.epochs else s["stopped_by"]
-
-
 class _Flipper(nn.Module):
     """In eval mode predicts ``(x + trained epochs) % 2`` for even x and 0 for odd x, the
     epochs counted from its training-mode calls (a buffer, so checkpoints hold it): the
@@ -250,24 +227,24 @@ def _fit_flipper(ctl, data, **kw):
 
 def test_fit_counts_on_the_subset_and_charges_its_forward():
     data = _flip_data(20)
-    ctl = _Epochs(4)
+    ctl = CountingController(4)
     result = _fit_flipper(ctl, data, prediction_changes="subset", pc_subset_size=6)
     sub = SubsetPredictionChanges.from_dataset(data, 6, seed=0)
     evens = int((sub.inputs[:, 0].long() % 2 == 0).sum())
     assert ctl.seen == [None, evens, evens, evens] and evens > 0
     assert [m["probe_samples"] for m in result.history] == [6, 12, 18, 24]
     assert result.cost.probe_samples == 24 and result.cost.train_samples == 80
-    whole = _fit_flipper(_Epochs(4), data, prediction_changes="subset", pc_subset_size=1000)
+    whole = _fit_flipper(CountingController(4), data, prediction_changes="subset", pc_subset_size=1000)
     assert [m["prediction_changes"] for m in whole.history] == [None, 10, 10, 10]
     assert whole.cost.probe_samples == 80
 
 
 def test_fit_subset_resume_equals_uninterrupted(tmp_path):
     data = _flip_data(20)
-    whole = _fit_flipper(_Epochs(5), data, prediction_changes="subset", pc_subset_size=7)
+    whole = _fit_flipper(CountingController(5), data, prediction_changes="subset", pc_subset_size=7)
     ckpt = tmp_path / "ck.pt"
-    _fit_flipper(_Epochs(2), data, prediction_changes="subset", pc_subset_size=7, checkpoint_path=ckpt)
-    resumed = _fit_flipper(_Epochs(5), data, checkpoint_path=ckpt, prediction_changes="subset", pc_subset_size=7)
+    _fit_flipper(CountingController(2), data, prediction_changes="subset", pc_subset_size=7, checkpoint_path=ckpt)
+    resumed = _fit_flipper(CountingController(5), data, checkpoint_path=ckpt, prediction_changes="subset", pc_subset_size=7)
     assert whole.history[1]["prediction_changes"] > 0
     keys = ("epoch", "prediction_changes", "probe_samples", "train_samples")
     assert [{k: m[k] for k in keys} for m in resumed.history] == [{k: m[k] for k in keys} for m in whole.history]
@@ -276,17 +253,17 @@ def test_fit_subset_resume_equals_uninterrupted(tmp_path):
 def test_fit_refuses_another_source_on_resume_and_bad_options(tmp_path):
     data = _flip_data(20)
     ckpt = tmp_path / "ck.pt"
-    _fit_flipper(_Epochs(2), data, checkpoint_path=ckpt)
+    _fit_flipper(CountingController(2), data, checkpoint_path=ckpt)
     with pytest.raises(neve_tune.train.CheckpointError, match="it counted prediction_changes='in_pass'"):
-        _fit_flipper(_Epochs(4), data, checkpoint_path=ckpt, prediction_changes="subset")
+        _fit_flipper(CountingController(4), data, checkpoint_path=ckpt, prediction_changes="subset")
     with pytest.raises(neve_tune.train.CheckpointError, match="measured on 5 examples, this subset has 6"):
         sub = tmp_path / "sub.pt"
-        _fit_flipper(_Epochs(2), data, checkpoint_path=sub, prediction_changes="subset", pc_subset_size=5)
-        _fit_flipper(_Epochs(4), data, checkpoint_path=sub, prediction_changes="subset", pc_subset_size=6)
+        _fit_flipper(CountingController(2), data, checkpoint_path=sub, prediction_changes="subset", pc_subset_size=5)
+        _fit_flipper(CountingController(4), data, checkpoint_path=sub, prediction_changes="subset", pc_subset_size=6)
     with pytest.raises(ValueError, match="prediction_changes must be one of"):
-        _fit_flipper(_Epochs(2), data, prediction_changes="subst")
+        _fit_flipper(CountingController(2), data, prediction_changes="subst")
     with pytest.raises(ValueError, match="pc_subset_size must be"):
-        _fit_flipper(_Epochs(2), data, prediction_changes="subset", pc_subset_size=0)
+        _fit_flipper(CountingController(2), data, prediction_changes="subset", pc_subset_size=0)
 
 
 def test_the_cli_and_the_study_take_the_subset(tmp_path, capsys):

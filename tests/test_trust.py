@@ -17,6 +17,11 @@ from neve_tune.data import dataset_labels, get_dataset, stratified_subset, symme
 from neve_tune.optuna import NeVePruner, make_objective
 from neve_tune.train import PredictionChanges, fit, train_epoch
 
+try:
+    from tests._controllers import CountingController
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from _controllers import CountingController
+
 
 class _ParityFlipper(nn.Module):
     """Predicts class ``(x + epoch) % 2`` for even x and class 0 for odd x, where the
@@ -38,39 +43,12 @@ class _ParityFlipper(nn.Module):
         return nn.functional.one_hot(cls, 2).float() * 10 + self.w * 0
 
 
-class _Fixed:
-    """A controller that only counts epochs (so fit's bookkeeping is what is tested)."""
-
-    probe_samples = 0
-
-    def __init__(self, epochs: int) -> None:
-        self.epoch, self.epochs, self.stopped_by, self.seen = 0, epochs, None, []
-
-    should_stop = property(lambda self: self.stopped_by is not None)
-
-    def start(self) -> None:
-        pass
-
-    def step(self, train_loss, val_loss=None, *, prediction_changes=None):
-        self.epoch += 1
-        self.seen.append(prediction_changes)
-        if self.epoch >= self.epochs:
-            self.stopped_by = "max_epochs"
-        return {"epoch": self.epoch, "lr": 0.0, "diverged": False}
-
-    def state_dict(self):
-        return {"epoch": self.epoch, "stopped_by": self.stopped_by}
-
-    def load_state_dict(self, s):
-        self.epoch, self.stopped_by = s["epoch"], s["stopped_by"]
-
-
 def test_prediction_changes_counted_by_hand():
     n, bs = 10, 3
     data = TensorDataset(torch.arange(n, dtype=torch.float32).view(n, 1), torch.zeros(n, dtype=torch.long))
     model = _ParityFlipper(n, bs)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    ctl = _Fixed(4)
+    ctl = CountingController(4)
     result = fit(model, opt, data, ctl, batch_size=bs, seed=0)
     # epoch 1 has nothing to compare with; then the 5 even examples flip every epoch
     assert ctl.seen == [None, 5, 5, 5]
