@@ -1,4 +1,13 @@
-"""Study files the worker tests write into a temporary folder."""
+"""Study files the worker tests write into a temporary folder, and the check of a resumed trial."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from neve_tune import load_study, run_trial
+from neve_tune.optuna import trial_history
 
 # The model sleeps 0.2 s in every eval-mode forward (the once-per-epoch velocity probe), so a
 # test can signal or kill its worker in the middle of an epoch. Training is unchanged.
@@ -37,3 +46,18 @@ STUDY = Study(
 def slow_probe_study(max_epochs: int) -> str:
     """The source of a study file whose probe forward sleeps 0.2 s, capped at ``max_epochs``."""
     return _SLOW.replace("MAX_EPOCHS", str(int(max_epochs)))
+
+
+def assert_resumed_like_uninterrupted(retried: Any, study_file: Any, params: dict) -> Any:
+    """A resumed trial reported the same training-loss series, and stored the same velocity
+    series, as one uninterrupted run of ``params`` (one torch thread, as the workers train);
+    returns that run's result."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = run_trial(load_study(study_file), params, evaluate_test=False)
+    finally:
+        torch.set_num_threads(before)
+    assert retried.intermediate_values == {m["epoch"]: m["train_loss"] for m in reference.history}
+    assert [m["velocity"] for m in trial_history(retried)] == [m["velocity"] for m in reference.history]
+    return reference

@@ -17,10 +17,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
-from neve_tune import load_study, run_trial
 from neve_tune.optuna import trial_history
 from neve_tune.optuna._storage import normalize_url
 
@@ -29,9 +27,9 @@ try:
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     from _postgres import postgres_url  # noqa: F401
 try:
-    from tests._studies import slow_probe_study
+    from tests._studies import assert_resumed_like_uninterrupted, slow_probe_study
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from _studies import slow_probe_study
+    from _studies import assert_resumed_like_uninterrupted, slow_probe_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.postgres
@@ -153,15 +151,8 @@ def test_killed_worker_trial_is_retried_and_resumes(postgres_url, tmp_path) -> N
     # the epochs before the kill were not trained again: their records are the killed trial's
     assert trial_history(retried)[:killed_after] == trial_history(killed)[:killed_after]
 
-    # the reported velocity series equals an uninterrupted trial's
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        reference = run_trial(load_study(study_file), params, evaluate_test=False)
-    finally:
-        torch.set_num_threads(before)
-    assert retried.intermediate_values == {m["epoch"]: m["train_loss"] for m in reference.history}
-    assert [m["velocity"] for m in trial_history(retried)] == [m["velocity"] for m in reference.history]
+    # the series equal an uninterrupted trial's
+    reference = assert_resumed_like_uninterrupted(retried, study_file, params)
     assert retried.value == pytest.approx(reference.objective)
     assert not any((tmp_path / "ckpt").rglob("*.pt"))  # checkpoint removed once finished
     assert os.path.isdir(tmp_path / "ckpt")
@@ -208,11 +199,4 @@ def test_ctrl_c_on_a_worker_keeps_its_trial_for_the_next_worker(postgres_url, tm
     assert (stopped.state, retried.state) == (TrialState.FAIL, TrialState.COMPLETE)
     assert retried.params == params and retried.system_attrs["failed_trial"] == 0
     assert retried.user_attrs["resumed_from_epoch"] >= stopped_after
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        reference = run_trial(load_study(study_file), params, evaluate_test=False)
-    finally:
-        torch.set_num_threads(before)
-    assert retried.intermediate_values == {m["epoch"]: m["train_loss"] for m in reference.history}
-    assert [m["velocity"] for m in trial_history(retried)] == [m["velocity"] for m in reference.history]
+    assert_resumed_like_uninterrupted(retried, study_file, params)

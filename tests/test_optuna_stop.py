@@ -15,17 +15,15 @@ from pathlib import Path
 
 import optuna
 import pytest
-import torch
 from optuna.trial import TrialState
 
-from neve_tune import load_study, run_trial
 from neve_tune.optuna import TrialSeededTPESampler, trial_history
 from neve_tune.optuna._stop import Abandon, PoliteStop
 
 try:
-    from tests._studies import slow_probe_study
+    from tests._studies import assert_resumed_like_uninterrupted, slow_probe_study
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from _studies import slow_probe_study
+    from _studies import assert_resumed_like_uninterrupted, slow_probe_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -85,14 +83,7 @@ def test_polite_stop_keeps_the_trial_and_the_next_worker_resumes_it(tmp_path: Pa
     assert retried.user_attrs["resumed_from_epoch"] >= stopped_after  # from the checkpoint, not epoch 0
     assert trial_history(retried)[:stopped_after] == trial_history(stopped)[:stopped_after]
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        reference = run_trial(load_study(study_file), params, evaluate_test=False)
-    finally:
-        torch.set_num_threads(before)
-    assert retried.intermediate_values == {m["epoch"]: m["train_loss"] for m in reference.history}
-    assert [m["velocity"] for m in trial_history(retried)] == [m["velocity"] for m in reference.history]
+    reference = assert_resumed_like_uninterrupted(retried, study_file, params)
     assert retried.value == pytest.approx(reference.objective)
     assert not list((tmp_path / "ckpt").rglob("*.pt"))  # removed once the trial finished
 
