@@ -185,7 +185,5 @@ def test_compare_with_consensus_rungs_and_pick():
     with pytest.raises(ValueError, match="selection_subset"):
         compare(study.replace(selection="objective", selection_subset=0), trials=1, searches=("neve",),
                 neve_signal="consensus", progress=False)
-    with pytest.raises(ValueError, match="backend='optuna'"):
-        compare(study, trials=1, searches=("neve",), backend="ray", progress=False)
     with pytest.raises(ValueError, match="selection_subset > 0"):
         study.replace(selection_subset=0)

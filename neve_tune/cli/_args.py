@@ -201,6 +201,17 @@ def add_trial_control(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pc-subset-size", type=int, help="examples in that subset (default 1000, or all when fewer)")
 
 
+def add_selection(p: argparse.ArgumentParser) -> None:
+    """--selection, --selection-subset: which finished NeVe trial wins (README, "Which trial wins")."""
+    g = p.add_argument_group("selection (which NeVe trial wins; no validation set either way)")
+    g.add_argument("--selection", choices=["objective", "consensus"],
+                   help="pick the finished trial with the lowest objective (default), or the one whose predictions on "
+                        "a fixed training subset agree most with the other trials' majority vote")
+    g.add_argument("--selection-subset", type=int,
+                   help="training examples whose predicted classes each trial records for the vote (default 500 "
+                        "with --selection consensus or --neve-signal consensus, else 0: off)")
+
+
 def _lr_patience(text: str) -> int | str:
     if text == "auto":
         return text
@@ -208,6 +219,25 @@ def _lr_patience(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise CLIError(f"--lr-patience must be an int or 'auto', got {text!r}") from None
+
+
+def _selection_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The study fields of --selection/--selection-subset; a consensus rung or pick records
+    500 examples unless told otherwise."""
+    out: dict[str, Any] = {}
+    if getattr(args, "selection", None) is not None:
+        out["selection"] = args.selection
+    size = getattr(args, "selection_subset", None)
+    if size is not None:
+        if size < 0:
+            raise CLIError(f"--selection-subset must be >= 0 (0: off), got {size}")
+        out["selection_subset"] = size
+    wants_votes = "consensus" in (getattr(args, "selection", None), getattr(args, "neve_signal", None))
+    if wants_votes and size is None:
+        out["selection_subset"] = 500
+    if wants_votes and size == 0:
+        raise CLIError("--selection-subset 0 leaves no predictions for the consensus: give a size > 0 or omit it")
+    return out
 
 
 def study_from_args(args: argparse.Namespace, **extra_changes: Any) -> Any:
@@ -236,6 +266,7 @@ def study_from_args(args: argparse.Namespace, **extra_changes: Any) -> Any:
         changes["pc_patience"] = args.pc_patience or None
     if getattr(args, "threshold_mode", None) is not None:
         changes["threshold_mode"] = args.threshold_mode
+    changes.update(_selection_changes(args))
     for key in ("prediction_changes", "pc_subset_size"):
         if getattr(args, key, None) is not None:
             changes[key] = getattr(args, key)

@@ -25,12 +25,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     cli.add_max_epochs(p)
     p.add_argument("--searches", default=",".join(SEARCH_METHODS), help="comma-separated subset of neve,asha,asha_es")
     p.add_argument("--neve-signal", choices=NEVE_SIGNALS, default="train_loss",
-                   help="rung signal of the NeVe search's pruner/scheduler (default train_loss, measured better on digits)")
+                   help="rung signal of the NeVe search's pruner/scheduler (default train_loss; consensus: agreement with the "
+                        "other trials' vote, README \"Which trial wins\")")
     p.add_argument("--objective", help="NeVe's validation-free objective: tse_e1 (default), tse_e<N>, tse_ema, pc_min")
     p.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=True,
                    help="retrain the validation searches' best configuration on all training data (default on)")
     cli.add_data_changes(p)
     cli.add_trial_control(p)
+    cli.add_selection(p)
     cli.add_device(p)
     p.add_argument("--data-root", help="folder holding the data set files (CIFAR, imagefolder)")
     cli.add_json(p, "write the full record here")

@@ -177,9 +177,6 @@ def _check_arguments(backend: str, trials: int, repeats: int, neve_signal: str, 
     check_int("trials", trials, minimum=1)
     check_int("repeats", repeats, minimum=1)
     check_choice("neve_signal", neve_signal, NEVE_SIGNALS)
-    if (neve_signal == "consensus" or study.selection == "consensus") and backend != "optuna":
-        raise ValueError("neve_signal='consensus' and Study.selection='consensus' need backend='optuna' "
-                         "(the Ray scheduler ranks numeric metrics only)")
     if neve_signal == "consensus" and not study.selection_subset:
         raise ValueError("neve_signal='consensus' needs a study with selection_subset > 0 (e.g. "
                          "study.replace(selection_subset=500)): the predictions it compares")

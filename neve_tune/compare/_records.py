@@ -99,3 +99,18 @@ def total_cost(trials: Iterable[SearchTrial]) -> Cost:
     for t in trials:
         total = total + t.cost
     return total
+
+
+def rank_by_consensus(records: list[SearchTrial], last_predictions: dict[int, str]) -> None:
+    """``Study.selection="consensus"``: each finished trial's objective becomes minus its
+    agreement with the majority vote of the other finished trials' last predictions on the
+    subset (``last_predictions``: by trial number), so the search picks the most consensual
+    trial. Pruned trials do not vote: with their votes the pick measured worse on MNIST-1D
+    (README, "Which trial wins")."""
+    from ..selection import consensus_scores
+
+    candidates = [r.number for r in records if r.state == "COMPLETE" and r.number in last_predictions]
+    scores = consensus_scores({k: last_predictions[k] for k in candidates})
+    for r in records:
+        if r.number in scores:
+            r.objective = scores[r.number]

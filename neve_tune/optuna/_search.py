@@ -7,7 +7,7 @@ from typing import Any, Callable
 import optuna
 import torch
 
-from ..compare._records import SearchTrial
+from ..compare._records import SearchTrial, rank_by_consensus
 from ..data import DataBundle
 from ..records import Cost
 from ..study import Study
@@ -58,7 +58,7 @@ def search_trials(
     train_size = len(data.train)  # type: ignore[arg-type]
     out = [_record(t, study, train_size) for t in search.trials]
     if method == "neve" and study.selection == "consensus":
-        _rank_by_consensus(search, out)
+        rank_by_consensus(out, _last_predictions(search))
     return out
 
 
@@ -83,20 +83,11 @@ def _record(t: optuna.trial.FrozenTrial, study: Study, train_size: int) -> Searc
     )
 
 
-def _rank_by_consensus(search: optuna.Study, out: list[SearchTrial]) -> None:
-    """``Study.selection="consensus"``: each finished trial's objective becomes minus its
-    agreement with the majority vote of the other finished trials' last predictions on the
-    subset, so the search picks the most consensual trial (pruned trials do not vote: with
-    their votes the pick measured worse on MNIST-1D, README "Which trial wins")."""
-    from ..selection import consensus_scores
-
+def _last_predictions(search: optuna.Study) -> dict[int, str]:
+    """Each trial's last recorded predictions on the selection subset, by trial number."""
     last = {}
     for t in search.trials:
         preds = [m["subset_pred"] for m in trial_history(t) if isinstance(m.get("subset_pred"), str)]
         if preds:
             last[t.number] = preds[-1]
-    candidates = [r.number for r in out if r.state == "COMPLETE" and r.number in last]
-    scores = consensus_scores({k: last[k] for k in candidates})
-    for r in out:
-        if r.number in scores:
-            r.objective = scores[r.number]
+    return last

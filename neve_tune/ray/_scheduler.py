@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from .._checks import check_choice, check_float, check_int, to_float
+from ._consensus_rungs import ConsensusRungs, check_predictions
 from ._halving import _bracket_milestones, _choose_bracket, _Rung
+from ._scheduler_state import NeVeASHAStateCallback
 from ._stopper import CONVERGED, DIVERGED, STALLED, _check_key, check_threshold, remember_first_loss, velocity_verdict
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ __all__ = ["NeVeASHAScheduler", "NeVeASHAStateCallback"]
 logger = logging.getLogger(__name__)
 
 _STATE_VERSION = 2
-_STATE_KEY = "neve_asha_scheduler"
 PRUNED, MAX_T, COMPLETED = "pruned", "max_t", "completed"
 _OUTCOMES = (CONVERGED, DIVERGED, STALLED, PRUNED, MAX_T, COMPLETED)
 
@@ -57,7 +57,11 @@ class NeVeASHAScheduler(FIFOScheduler):
        ``mode="min"``) is recorded there, and the trial is stopped (pruned) if it is
        worse than the ``1 - 1/reduction_factor`` quantile of the values already recorded
        at that rung (the first trial at a rung always continues). At ``max_t`` the trial
-       is stopped (``stop_last_trials``). No validation data is needed.
+       is stopped (``stop_last_trials``). No validation data is needed. With
+       ``signal="consensus"`` the value at a rung is instead the trial's agreement with
+       the majority vote of the other trials at that rung, from each result's
+       ``predictions_key`` (a :class:`~neve_tune.selection.SelectionSubset` prediction;
+       :mod:`neve_tune.ray._consensus_rungs` gives the rule).
 
     A trial that a :class:`~neve_tune.ray.NeVeStopper` stopped (Tune asks the stopper
     first) reaches only ``on_trial_complete``; it is classified by the same rule and
@@ -86,6 +90,8 @@ class NeVeASHAScheduler(FIFOScheduler):
         velocity_metric, threshold_key, threshold: the convergence rule (see above).
         persist: whether :meth:`callback` saves the rung state (``False``: Ray's
             behaviour, fresh rungs after a restore).
+        signal: ``"metric"`` (rank on ``metric``) or ``"consensus"`` (see rule 4).
+        predictions_key: the result key of the encoded subset predictions (consensus).
 
     Example::
 
@@ -128,6 +134,8 @@ class NeVeASHAScheduler(FIFOScheduler):
         threshold_key: str = "threshold",
         threshold: float | None = None,
         persist: bool = True,
+        signal: str = "metric",
+        predictions_key: str = "subset_pred",
     ) -> None:
         super().__init__()
         self._rung_metric = _check_key(metric, "metric")
@@ -151,9 +159,12 @@ class NeVeASHAScheduler(FIFOScheduler):
         if not isinstance(persist, bool):
             raise TypeError(f"persist must be a bool, got {persist!r}")
         self._persist = persist
+        self._signal = check_choice("signal", signal, ("metric", "consensus"))
+        self._predictions_key = _check_key(predictions_key, "predictions_key")
         self._brackets: list[list[_Rung]] = [
             [_Rung(m) for m in _bracket_milestones(grace_period, self._max_t, self._rf, s)] for s in range(n_brackets)
         ]
+        self._votes = ConsensusRungs([[r.milestone for r in b] for b in self._brackets])
         self._active: dict[str, int] = {}  # trial_id -> bracket index, while the trial may report
         self._outcome: dict[str, str] = {}  # trial_id -> one of _OUTCOMES
         self._first_loss: dict[str, tuple[float, float]] = {}  # for the stall rule on raw velocity
@@ -180,6 +191,11 @@ class NeVeASHAScheduler(FIFOScheduler):
         checkpoint and loads it back on ``Tuner.restore``: put it in
         ``RunConfig(callbacks=[...])`` (or ``tune.run(callbacks=[...])``)."""
         return NeVeASHAStateCallback(self)
+
+    @property
+    def persist(self) -> bool:
+        """Whether :meth:`callback` saves the rung state."""
+        return self._persist
 
     # ------------------------------------------------------------------ Tune hooks
     def on_trial_add(self, tune_controller: "TuneController", trial: Trial) -> None:
@@ -211,6 +227,10 @@ class NeVeASHAScheduler(FIFOScheduler):
         t = to_float(self._time_attr, result[self._time_attr])
         if t >= self._max_t and self._stop_last_trials:
             action = TrialScheduler.STOP
+        elif self._signal == "consensus":
+            preds = check_predictions(result.get(self._predictions_key), self._predictions_key, type(self).__name__)
+            stop = self._votes.decide(self._bracket_index(tid), tid, t, preds, self._quantile, self._stop_last_trials)
+            action = TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
         else:
             value = to_float(f"{type(self).__name__}: metric {self._rung_metric!r}", result[self._rung_metric], allow_none=True)
             action = self._on_rung(tid, t, value)
@@ -274,10 +294,13 @@ class NeVeASHAScheduler(FIFOScheduler):
     def _choose_bracket(self) -> int:
         return _choose_bracket(self._brackets)
 
-    def _bracket(self, trial_id: str) -> list[_Rung]:
+    def _bracket_index(self, trial_id: str) -> int:
         if trial_id not in self._active:  # a result of a trial never added (e.g. restored without state)
             self._active[trial_id] = self._choose_bracket()
-        return self._brackets[self._active[trial_id]]
+        return self._active[trial_id]
+
+    def _bracket(self, trial_id: str) -> list[_Rung]:
+        return self._brackets[self._bracket_index(trial_id)]
 
     def _on_rung(self, trial_id: str, t: float, value: float | None) -> str:
         """Ray's asynchronous successive halving decision for one result."""
@@ -300,6 +323,11 @@ class NeVeASHAScheduler(FIFOScheduler):
 
     def _record(self, trial_id: str, result: dict) -> None:
         """Put a finished trial's value in the rung it reached (no decision)."""
+        if self._signal == "consensus":
+            preds = result.get(self._predictions_key)
+            if self._time_attr in result and isinstance(preds, str) and preds:
+                self._votes.record(self._bracket_index(trial_id), trial_id, to_float(self._time_attr, result[self._time_attr]), preds)
+            return
         if self._time_attr not in result or self._rung_metric not in result:
             return
         value = to_float(f"{type(self).__name__}: metric {self._rung_metric!r}", result[self._rung_metric], allow_none=True)
@@ -334,6 +362,7 @@ class NeVeASHAScheduler(FIFOScheduler):
             "outcome": dict(self._outcome),
             "num_stopped": self._stops,
             "first_loss": dict(self._first_loss),
+            "votes": self._votes.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -356,43 +385,6 @@ class NeVeASHAScheduler(FIFOScheduler):
             self._set_outcome(tid, why)
         self._stops = int(state["num_stopped"])
         self._first_loss = {str(k): (float(i), float(v)) for k, (i, v) in state.get("first_loss", {}).items()}
+        if "votes" in state:  # states saved before the consensus signal have none
+            self._votes.load_state_dict(state["votes"])
         self._restored = True
-
-
-class NeVeASHAStateCallback(Callback):
-    """Carries a :class:`NeVeASHAScheduler`'s state in Ray Tune's experiment checkpoint.
-
-    Tune calls ``get_state`` when it checkpoints the experiment (periodically, not on
-    every result) and ``set_state`` on ``Tuner.restore`` before the restored trials are
-    added back, so the scheduler resumes with the rungs of the snapshot. Get it from
-    :meth:`NeVeASHAScheduler.callback`; the scheduler and its callback are pickled
-    together in the ``Tuner``'s own state, so the restored callback fills the restored
-    scheduler.
-
-        >>> sched = NeVeASHAScheduler(max_t=16, grace_period=1, reduction_factor=2)
-        >>> cb = sched.callback()
-        >>> fresh = NeVeASHAScheduler(max_t=16, grace_period=1, reduction_factor=2)
-        >>> fresh.callback().set_state(cb.get_state())
-        >>> fresh.state_dict() == sched.state_dict()
-        True
-    """
-
-    def __init__(self, scheduler: NeVeASHAScheduler) -> None:
-        if not isinstance(scheduler, NeVeASHAScheduler):
-            raise TypeError(f"NeVeASHAStateCallback: the callback needs a NeVeASHAScheduler, got {type(scheduler).__name__}")
-        self.scheduler = scheduler
-
-    def get_state(self) -> dict[str, Any] | None:
-        if not self.scheduler._persist:
-            return None
-        return {_STATE_KEY: self.scheduler.state_dict()}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        saved = state.get(_STATE_KEY) if isinstance(state, dict) else None
-        if saved is None:
-            return
-        self.scheduler.load_state_dict(saved)
-        logger.info(
-            "NeVeASHAScheduler: restored its rung state: %d trials ended, %d still in a bracket",
-            len(saved["outcome"]), len(saved["trial_bracket"]),
-        )

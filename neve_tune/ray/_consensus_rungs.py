@@ -1,0 +1,95 @@
+"""The consensus rungs of :class:`~neve_tune.ray.NeVeASHAScheduler` (``signal="consensus"``):
+asynchronous successive halving where a trial's value at a rung is its agreement with the
+majority vote of the other trials that reached the same rung (their predicted classes on
+one fixed training subset, :class:`~neve_tune.selection.SelectionSubset`). No validation
+data; pure Python, no Ray.
+
+Agreements change as trials arrive (the vote grows), so each decision recomputes them for
+every trial recorded at the rung; the newcomer is stopped when its agreement is below the
+``1 - 1/reduction_factor`` quantile of the earlier trials' (Ray's ASHA cutoff, the first
+trial at a rung always continues).
+
+    >>> rungs = ConsensusRungs([[4.0, 1.0]])
+    >>> [rungs.decide(0, t, 1.0, p, 0.5) for t, p in (("a", "0123"), ("b", "0120"), ("c", "0100"))]
+    [False, False, False]
+    >>> rungs.decide(0, "d", 1.0, "3333", 0.5)          # agrees with nobody's vote
+    True
+    >>> sorted(rungs.state_dict()[0][1])
+    ['a', 'b', 'c', 'd']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._halving import _Rung
+
+__all__ = ["ConsensusRungs", "check_predictions"]
+
+
+def check_predictions(value: Any, key: str, who: str) -> str:
+    """The reported predictions (an encoded string), or a ``ValueError`` that says how to
+    report them."""
+    if isinstance(value, str) and value:
+        return value
+    raise ValueError(
+        f"{who}(signal='consensus') needs each result's {key!r}: the predicted classes of a fixed training subset, "
+        f"encoded (neve_tune.selection.SelectionSubset(...).predict(model), or Study(selection_subset=500) in "
+        f"neve_trainable); got {type(value).__name__}"
+    )
+
+
+class ConsensusRungs:
+    """The predictions recorded at each rung of each bracket (``milestones``: a list per
+    bracket, highest first, as the scheduler's rungs), by trial id."""
+
+    def __init__(self, milestones: list[list[float]]) -> None:
+        self._milestones = [list(b) for b in milestones]
+        self._preds: list[list[dict[str, str]]] = [[{} for _ in b] for b in milestones]
+
+    def decide(self, bracket: int, trial_id: str, t: float, predictions: str, quantile: float,
+               stop_last_trials: bool = True) -> bool:
+        """Record ``predictions`` at the highest rung ``t`` reached that the trial has not
+        reached before and return whether to stop it there (False when no new rung)."""
+        for milestone, preds in zip(self._milestones[bracket], self._preds[bracket]):
+            if t >= milestone and trial_id in preds and not stop_last_trials:
+                return False  # decided at this rung already
+            if t < milestone or trial_id in preds:
+                continue
+            others = list(preds)
+            preds[trial_id] = predictions
+            if not others:
+                return False
+            scores = _agreements(preds)
+            earlier = _Rung(milestone)
+            for k in others:
+                earlier.add(k, scores[k])
+            cutoff = earlier.cutoff(quantile)
+            return cutoff is not None and scores[trial_id] < cutoff
+        return False
+
+    def record(self, bracket: int, trial_id: str, t: float, predictions: str) -> None:
+        """Put a finished trial's predictions at the highest rung it reached (no decision)."""
+        for milestone, preds in zip(self._milestones[bracket], self._preds[bracket]):
+            if t >= milestone and trial_id not in preds:
+                preds[trial_id] = predictions
+                return
+
+    def agreements(self, bracket: int, milestone: float) -> dict[str, float]:
+        """Each recorded trial's agreement with the others' vote at one rung."""
+        preds = self._preds[bracket][self._milestones[bracket].index(milestone)]
+        return _agreements(preds) if len(preds) > 1 else {k: float("nan") for k in preds}
+
+    def state_dict(self) -> list[list[tuple[float, dict[str, str]]]]:
+        return [[(m, dict(p)) for m, p in zip(ms, ps)] for ms, ps in zip(self._milestones, self._preds)]
+
+    def load_state_dict(self, state: list[list[tuple[float, dict[str, str]]]]) -> None:
+        if [[m for m, _ in b] for b in state] != self._milestones:
+            raise ValueError("consensus rung state has other rungs than this scheduler")
+        self._preds = [[{str(k): str(v) for k, v in p.items()} for _, p in b] for b in state]
+
+
+def _agreements(preds: dict[str, str]) -> dict[str, float]:
+    from ..selection import consensus_scores
+
+    return {k: -v for k, v in consensus_scores(preds).items()}

@@ -1,0 +1,124 @@
+"""``NeVeASHAScheduler(signal="consensus")``: successive halving on each trial's agreement
+with the other trials' vote at the rung, in Ray's style (fake trials and results), and a
+real Ray search through ``compare(backend="ray")`` that prunes and picks by it."""
+
+from __future__ import annotations
+
+import pickle
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("ray.tune")
+
+from ray.tune.schedulers import TrialScheduler  # noqa: E402
+
+from neve_tune import load_study  # noqa: E402
+from neve_tune.ray import NeVeASHAScheduler  # noqa: E402
+from neve_tune.ray._consensus_rungs import ConsensusRungs  # noqa: E402
+
+CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
+
+
+def go(it: int, preds: str | None, **extra) -> dict:
+    r = {"training_iteration": it, "velocity": 0.5, "train_loss": 1.0 / it, "neve_stop": False, **extra}
+    if preds is not None:
+        r["subset_pred"] = preds
+    return r
+
+
+def sched(**kw) -> NeVeASHAScheduler:
+    return NeVeASHAScheduler(signal="consensus", max_t=16, grace_period=1, reduction_factor=2, **kw)
+
+
+def added(s: NeVeASHAScheduler, *ids: str) -> list[SimpleNamespace]:
+    trials = [SimpleNamespace(trial_id=i, status="PENDING") for i in ids]
+    for t in trials:
+        s.on_trial_add(None, t)
+    return trials
+
+
+def test_rungs_by_hand():
+    """Four trials at rung 1 (reduction factor 2: the median of the earlier trials'
+    agreements is the cutoff). a=0123, b=0120, c=0100: agreements 0.5/0.75/0.75 (the
+    selection module's doctest), c is above the median 0.625 of a and b; d=3333 agrees with
+    nothing the others vote (0, 1, 2, 0), so it is stopped."""
+    rungs = ConsensusRungs([[4.0, 1.0]])
+    assert rungs.decide(0, "a", 1, "0123", 0.5) is False  # the first trial at a rung continues
+    assert rungs.decide(0, "b", 1, "0120", 0.5) is False  # two trials agree equally: at the cutoff
+    assert rungs.decide(0, "c", 1, "0100", 0.5) is False
+    assert rungs.decide(0, "d", 1, "3333", 0.5) is True
+    assert rungs.decide(0, "a", 2, "0123", 0.5) is False  # no new rung reached
+    # d's votes split the third and fourth examples: each of a, b, c now agrees on two
+    assert rungs.agreements(0, 1.0) == pytest.approx({"a": 0.5, "b": 0.5, "c": 0.5, "d": 0.0})
+
+
+def test_scheduler_prunes_the_trial_that_disagrees_and_ranks_no_metric():
+    s = sched()
+    a, b, c, d = added(s, "a", "b", "c", "d")
+    # the training loss would prune d's rivals; the consensus ignores it
+    assert s.on_trial_result(None, a, go(1, "0123", train_loss=5.0)) == CONTINUE
+    assert s.on_trial_result(None, b, go(1, "0120", train_loss=9.0)) == CONTINUE
+    assert s.on_trial_result(None, c, go(1, "0100", train_loss=9.0)) == CONTINUE
+    assert s.on_trial_result(None, d, go(1, "3333", train_loss=0.1)) == STOP
+    assert s.outcome("d") == "pruned" and s.num_pruned == 1
+    assert s.rung_values()[-1][1] == {}  # no metric recorded: the rung holds predictions
+
+
+def test_converged_trials_vote_at_the_rung_they_reached():
+    s = sched()
+    a, b, c = added(s, "a", "b", "c")
+    done = go(2, "0000", neve_stop=True)
+    assert s.on_trial_result(None, a, done) == STOP and s.outcome("a") == "converged"
+    s.on_trial_complete(None, a, done)
+    assert s.on_trial_result(None, b, go(2, "0000")) == CONTINUE
+    assert s.on_trial_result(None, c, go(2, "1111")) == STOP  # a's vote counts at rung 2
+    assert sorted(s.state_dict()["votes"][0][-2][1]) == ["a", "b", "c"]
+
+
+def test_state_round_trip_and_pickle():
+    s = sched()
+    a, b, c = added(s, "a", "b", "c")
+    s.on_trial_result(None, a, go(1, "0011"))
+    s.on_trial_result(None, b, go(1, "0011"))
+    fresh = sched()
+    fresh.load_state_dict(s.state_dict())
+    for other in (fresh, pickle.loads(pickle.dumps(s))):
+        assert other.state_dict() == s.state_dict()
+        assert other.on_trial_result(None, c, go(1, "1100")) == STOP  # judged against a and b's votes
+    old = s.state_dict()
+    del old["votes"]  # a state saved before the consensus signal
+    sched().load_state_dict(old)
+
+
+def test_missing_predictions_are_a_clear_error():
+    s = sched()
+    (a,) = added(s, "a")
+    with pytest.raises(ValueError, match=r"signal='consensus'\) needs each result's 'subset_pred'.*SelectionSubset"):
+        s.on_trial_result(None, a, go(1, None))
+    with pytest.raises(ValueError, match="'preds'"):
+        sched(predictions_key="preds").on_trial_result(None, a, go(1, "01"))
+    with pytest.raises(ValueError, match="signal"):
+        NeVeASHAScheduler(signal="agreement")
+
+
+def test_ray_search_needs_the_subset():
+    from neve_tune.ray import run_search
+
+    with pytest.raises(ValueError, match="selection_subset > 0"):
+        run_search(load_study("digits"), neve_signal="consensus")
+
+
+def test_compare_on_ray_prunes_and_picks_by_consensus():
+    """A real local Ray search (``compare(backend="ray")``): each trial reports its subset
+    predictions, the scheduler ranks them at the rungs, and the final pick is the finished
+    trial that agrees most with the other finished trials' vote."""
+    from neve_tune.compare import compare
+
+    study = load_study("digits").replace(data="synthetic", max_epochs=4, lr_patience=1, selection_subset=32,
+                                         selection="consensus")
+    r = compare(study, backend="ray", trials=4, seed=2, searches=("neve",), neve_signal="consensus", progress=False)
+    neve = r["runs"][0]["neve"]
+    done = [t for t in neve["trials"] if t["state"] == "COMPLETE"]
+    assert done and all(-1.0 <= t["objective"] <= 0.0 for t in done)  # minus an agreement
+    assert neve["test_acc"] == min(done, key=lambda t: t["objective"])["test_acc"]
