@@ -185,6 +185,12 @@ CLI_CASES = [
                  2, "search space 'batch_size': Choice value 0", id="worker-study-batch-size-choice"),
     pytest.param(["compare", "{d}/lr_infinite.py", "--trials", "1"], 2, "search space 'lr': LogUniform high must be a finite number",
                  id="compare-study-lr-infinite"),
+    pytest.param(["compare", "--selection", "consensus", "--selection-subset", "0", "--trials", "1"], 2,
+                 "--selection-subset 0 leaves no predictions for the consensus", id="compare-consensus-no-subset"),
+    pytest.param(["compare", "--selection-subset", "-5", "--trials", "1"], 2,
+                 "--selection-subset must be >= 0 (0: off), got -5", id="compare-selection-subset-negative"),
+    pytest.param([*_worker("cpu", "w_cons"), "--signal", "consensus", "--selection-subset", "0"], 2,
+                 "--selection-subset 0 leaves no predictions for the consensus", id="worker-consensus-no-subset"),
 ]
 
 

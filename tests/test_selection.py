@@ -187,3 +187,47 @@ def test_compare_with_consensus_rungs_and_pick():
                 neve_signal="consensus", progress=False)
     with pytest.raises(ValueError, match="selection_subset > 0"):
         study.replace(selection_subset=0)
+
+
+def test_pick_trial_by_objective_or_consensus_from_the_storage(tmp_path):
+    """A distributed search's pick, read back from the storage: the predictions travel in the
+    epochs' user attributes, so a fresh handle on the study picks the same trial."""
+    from neve_tune.optuna import pick_trial, report_epoch
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    search = optuna.create_study(storage=storage, study_name="s")
+    assert pick_trial(search) is None and pick_trial(search, "consensus") is None  # nothing finished
+    for preds, loss in (("0123", 0.1), ("0120", 0.3), ("0100", 0.2), ("0100", 0.05)):
+        t = search.ask()
+        report_epoch(t, {"epoch": 1, "train_loss": loss, "velocity": 0.1, "subset_pred": preds})
+        if loss == 0.05:
+            search.tell(t, state=optuna.trial.TrialState.PRUNED)  # pruned: no candidate, no vote
+        else:
+            search.tell(t, loss)
+    again = optuna.load_study(study_name="s", storage=storage)
+    assert pick_trial(again).number == 0  # the lowest training loss
+    assert pick_trial(again, "consensus").number == 1  # agreements 0.5 / 0.75 / 0.75, tie to the first
+    with pytest.raises(ValueError, match="selection must be one of"):
+        pick_trial(again, "vote")
+    bare = optuna.create_study()
+    bare.optimize(lambda t: 1.0, n_trials=1)
+    with pytest.raises(ValueError, match="no 'subset_pred'.*selection_subset=500"):
+        pick_trial(bare, "consensus")
+
+
+def test_worker_prunes_and_picks_by_consensus(tmp_path, capsys):
+    """``neve-tune optuna worker --signal consensus --selection consensus``: the flags record
+    500 predictions per epoch (the default subset), the pruner ranks on them, and the
+    closing line names the consensus pick."""
+    from neve_tune.cli import main
+    from neve_tune.optuna import epoch_key, pick_trial
+
+    storage = f"sqlite:///{tmp_path}/w.db"
+    argv = ["optuna", "worker", "digits", "--create", "--storage", storage, "--trials", "4", "--max-epochs", "3",
+            "--signal", "consensus", "--selection", "consensus", "--no-checkpoints", "--no-heartbeat"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    search = optuna.load_study(study_name="digits", storage=storage)
+    assert len(search.trials[0].user_attrs[epoch_key(1)]["subset_pred"]) == 500
+    best = pick_trial(search, "consensus")
+    assert f"best trial {best.number} (by consensus)" in out, out

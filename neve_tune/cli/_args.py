@@ -232,7 +232,8 @@ def _selection_changes(args: argparse.Namespace) -> dict[str, Any]:
         if size < 0:
             raise CLIError(f"--selection-subset must be >= 0 (0: off), got {size}")
         out["selection_subset"] = size
-    wants_votes = "consensus" in (getattr(args, "selection", None), getattr(args, "neve_signal", None))
+    wants_votes = "consensus" in (getattr(args, "selection", None), getattr(args, "neve_signal", None),
+                                  getattr(args, "signal", None))
     if wants_votes and size is None:
         out["selection_subset"] = 500
     if wants_votes and size == 0:

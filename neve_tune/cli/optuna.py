@@ -56,13 +56,15 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     cli.add_max_epochs(w)
     cli.add_data_changes(w)
     cli.add_trial_control(w)
+    cli.add_selection(w)
     w.add_argument("--checkpoint-dir", default=os.environ.get("NEVE_CHECKPOINT_DIR") or "neve_checkpoints",
                    help="per-trial checkpoints, so a retried trial resumes (shared storage across machines; "
                         "default: $NEVE_CHECKPOINT_DIR, else ./neve_checkpoints)")
     w.add_argument("--no-checkpoints", action="store_true", help="do not checkpoint trials")
     w.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints of finished trials")
     g = w.add_argument_group("NeVePruner (default: the settings stored in the study, else the defaults)")
-    g.add_argument("--signal", choices=["velocity", "train_loss"])
+    g.add_argument("--signal", choices=["velocity", "train_loss", "consensus"],
+                   help="rung signal (consensus: agreement with the other trials' vote; it records --selection-subset)")
     g.add_argument("--min-resource", type=cli.positive_int)
     g.add_argument("--reduction-factor", type=int)
     g.add_argument("--min-early-stopping-rate", type=int)

@@ -13,6 +13,7 @@ stalled trials and, at successive-halving rungs, those that fit the training set
 - :func:`run_worker` / ``neve-tune optuna worker``: trials against a shared study in any
   storage (in-memory, SQLite, journal file, PostgreSQL), heartbeats and retries.
 - :func:`plot_study`: velocity curves and search history as PNG.
+- :func:`pick_trial`: the winning trial, by objective or by the cross-trial consensus.
 - :func:`search_trials`: the comparison's adapter (one seeded search -> its trials).
 
 The command line ``neve-tune optuna worker|plot`` lives in :mod:`neve_tune.cli.optuna`.
@@ -38,10 +39,12 @@ from ._stop import WorkerInterrupted
 from ._storage import StorageError, make_storage, redact_url
 from ._worker import StudyNotFoundError, open_study, run_worker
 from ._search import search_trials
+from ._selection import SELECTIONS, last_predictions, pick_trial
 
 __all__ = [
     "EPOCH_ATTR_PREFIX",
     "NeVePruner",
+    "SELECTIONS",
     "SETTINGS_ATTR",
     "SUMMARY_ATTRS",
     "StorageError",
@@ -50,9 +53,11 @@ __all__ = [
     "WorkerInterrupted",
     "checkpoint_path_for",
     "epoch_key",
+    "last_predictions",
     "make_objective",
     "make_storage",
     "open_study",
+    "pick_trial",
     "plot_study",
     "redact_url",
     "report_epoch",

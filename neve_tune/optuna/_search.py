@@ -14,6 +14,7 @@ from ..study import Study
 from ._objective import make_objective
 from ._pruner import NeVePruner
 from ._report import trial_history
+from ._selection import last_predictions
 
 __all__ = ["search_trials"]
 
@@ -58,7 +59,7 @@ def search_trials(
     train_size = len(data.train)  # type: ignore[arg-type]
     out = [_record(t, study, train_size) for t in search.trials]
     if method == "neve" and study.selection == "consensus":
-        rank_by_consensus(out, _last_predictions(search))
+        rank_by_consensus(out, last_predictions(search))
     return out
 
 
@@ -82,12 +83,3 @@ def _record(t: optuna.trial.FrozenTrial, study: Study, train_size: int) -> Searc
         velocity=[m.get("velocity") for m in history],
     )
 
-
-def _last_predictions(search: optuna.Study) -> dict[int, str]:
-    """Each trial's last recorded predictions on the selection subset, by trial number."""
-    last = {}
-    for t in search.trials:
-        preds = [m["subset_pred"] for m in trial_history(t) if isinstance(m.get("subset_pred"), str)]
-        if preds:
-            last[t.number] = preds[-1]
-    return last

@@ -38,6 +38,7 @@ from ..trial import resolve_device
 from ._objective import OBJECTIVE_METHODS, make_objective
 from ._pruner import NeVePruner
 from ._sampler import TrialSeededTPESampler
+from ._selection import pick_trial
 from ._stop import Abandon, PoliteStop, WorkerInterrupted
 from ._storage import make_storage, redact_url, storage_kind
 
@@ -184,7 +185,8 @@ def run_worker(
     t0 = time.perf_counter()
     _optimize(search, objective, stop, n_trials=n_trials, timeout=timeout, callbacks=cbs, max_retry=max_retry)
     if log:
-        log(_closing_line(search, len(mine), time.perf_counter() - t0))
+        log(_closing_line(search, len(mine), time.perf_counter() - t0,
+                          study.selection if method == "neve" else "objective"))
     return search
 
 
@@ -297,17 +299,17 @@ def _optimize(search: optuna.Study, objective: Callable[[optuna.Trial], float], 
 
 
 
-def _closing_line(search: optuna.Study, ran: int, seconds: float) -> str:
-    """The worker's last line: its trials, the study's states, the best trial."""
+def _closing_line(search: optuna.Study, ran: int, seconds: float, selection: str = "objective") -> str:
+    """The worker's last line: its trials, the study's states, the winning trial
+    (:func:`~neve_tune.optuna.pick_trial` by the study's ``selection``)."""
     counts = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
     for t in search.get_trials(deepcopy=False):
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     line = f"worker {os.getpid()}: ran {ran} trials in {seconds:.1f}s; study: " + ", ".join(
         f"{k.lower()}={v}" for k, v in counts.items() if v
     )
-    try:
-        best = search.best_trial
-        line += f"; best trial {best.number} value={best.value:.5g} params={best.params}"
-    except ValueError:
-        pass
+    best = pick_trial(search, selection)
+    if best is not None:
+        by = "" if selection == "objective" else f" (by {selection})"
+        line += f"; best trial {best.number}{by} value={best.value:.5g} params={best.params}"
     return line

@@ -14,8 +14,9 @@ trial at a rung always continues).
     [False, False, False]
     >>> rungs.decide(0, "d", 1.0, "3333", 0.5)          # agrees with nobody's vote
     True
-    >>> sorted(rungs.state_dict()[0][1])
-    ['a', 'b', 'c', 'd']
+    >>> milestone, preds = rungs.state_dict()[0][1]
+    >>> milestone, sorted(preds)
+    (1.0, ['a', 'b', 'c', 'd'])
 """
 
 from __future__ import annotations

@@ -1,0 +1,66 @@
+"""Which finished trial of an Optuna study wins: the lowest objective, or (``Study.selection
+= "consensus"``) the one whose last predictions on the fixed training subset agree most with
+the majority vote of the other finished trials' (README, "Which trial wins"). The
+predictions travel through the storage, in each epoch's user attribute (``subset_pred``),
+so any worker, or a script after the search, can pick.
+
+    >>> import optuna
+    >>> from neve_tune.optuna import pick_trial, report_epoch
+    >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+    >>> search = optuna.create_study()
+    >>> for preds, loss in (("0123", 0.1), ("0120", 0.3), ("0100", 0.2)):
+    ...     t = search.ask()
+    ...     _ = report_epoch(t, {"epoch": 1, "train_loss": loss, "velocity": 0.1, "subset_pred": preds})
+    ...     _ = search.tell(t, loss)
+    >>> pick_trial(search).number, pick_trial(search, "consensus").number
+    (0, 1)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._checks import check_choice
+from ._report import trial_history
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+__all__ = ["SELECTIONS", "last_predictions", "pick_trial"]
+
+SELECTIONS = ("objective", "consensus")
+
+
+def last_predictions(search: "optuna.Study") -> dict[int, str]:
+    """Each trial's last recorded predictions on the selection subset, by trial number
+    (trials that recorded none are left out)."""
+    last = {}
+    for t in search.get_trials(deepcopy=False):
+        preds = [m["subset_pred"] for m in trial_history(t) if isinstance(m.get("subset_pred"), str)]
+        if preds:
+            last[t.number] = preds[-1]
+    return last
+
+
+def pick_trial(search: "optuna.Study", selection: str = "objective") -> "FrozenTrial | None":
+    """The winning COMPLETE trial by ``selection`` (see the module doc), or None when no
+    trial finished. ``"consensus"`` needs predictions on the finished trials (record them
+    with ``Study(selection_subset=500)``); ties go to the lower trial number."""
+    import optuna
+
+    from ..selection import pick_by_consensus
+
+    check_choice("selection", selection, SELECTIONS)
+    done = search.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not done:
+        return None
+    if selection == "objective":
+        return search.best_trial
+    last = last_predictions(search)
+    candidates = [t.number for t in done if t.number in last]
+    if not candidates:
+        raise ValueError("selection='consensus' found no 'subset_pred' on the finished trials: record the "
+                         "predictions on the fixed subset with Study(selection_subset=500)")
+    number = pick_by_consensus({k: last[k] for k in candidates}, candidates)
+    return next(t for t in done if t.number == number)
