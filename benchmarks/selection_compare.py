@@ -49,12 +49,21 @@ HELDOUT: dict[str, tuple[dict[str, Any], int]] = {
 }
 CONDITIONS = {**DESIGN, **HELDOUT}
 
-# variant -> (searches, CLI flags); every NeVe variant is paired with "baselines"
+CONSENSUS = ("--neve-signal", "consensus", "--selection", "consensus")
+# variant -> (searches, CLI flags)
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "baselines": (("asha", "asha_es"), ()),
     "today": (("neve",), ()),
-    "consensus": (("neve",), ("--neve-signal", "consensus", "--selection", "consensus")),
+    "consensus": (("neve",), CONSENSUS),
+    # cheaper rungs: every search keeps 1/8 at epochs 1 and 8 (not 1/4 at 1, 4, 16)
+    "baselines_rf8": (("asha", "asha_es"), ("--reduction-factor", "8")),
+    "consensus_rf8": (("neve",), (*CONSENSUS, "--reduction-factor", "8")),
+    "today_rf8": (("neve",), ("--reduction-factor", "8")),
 }
+# the table's rows: a NeVe variant against the baselines run with the same rungs, and the
+# cheaper-rung variants also against the default baselines
+PAIRS = [("today", "baselines"), ("consensus", "baselines"), ("today_rf8", "baselines_rf8"),
+         ("consensus_rf8", "baselines_rf8"), ("today_rf8", "baselines"), ("consensus_rf8", "baselines")]
 
 
 def cli_args(data: str, condition: str, variant: str, seeds: int, trials: int) -> list[str]:
@@ -103,16 +112,16 @@ def _per_seed(record: Any, search: str, key: str) -> list[float]:
 
 
 def rows(results: dict[tuple[str, str, str], Any], data: str, variants: list[str]) -> list[list[str]]:
-    """One row per condition and NeVe variant, paired seed by seed with the baselines."""
+    """One row per condition and pair (NeVe variant, baselines), paired seed by seed."""
     out = []
     for cond in CONDITIONS:
-        base = results.get((data, cond, "baselines"))
-        for v in variants:
-            r = results.get((data, cond, v))
-            if r is None or base is None:
+        for v, b_name in PAIRS:
+            r, base = results.get((data, cond, v)), results.get((data, cond, b_name))
+            if v not in variants or r is None or base is None:
                 continue
             acc, cost = _per_seed(r, "neve", "acc"), _per_seed(r, "neve", "cost")
-            row = [cond + (" (held out)" if cond in HELDOUT else ""), v, f"{_stats(acc)} / {statistics.median(acc):.2f}"]
+            row = [cond + (" (held out)" if cond in HELDOUT else ""), f"{v} vs {b_name}",
+                   f"{_stats(acc)} / {statistics.median(acc):.2f}"]
             for b in ("asha", "asha_es"):
                 b_acc, b_cost = _per_seed(base, b, "acc"), _per_seed(base, b, "cost")
                 row += [f"{_stats(b_acc)} / {statistics.median(b_acc):.2f}",
@@ -123,7 +132,7 @@ def rows(results: dict[tuple[str, str, str], Any], data: str, variants: list[str
     return out
 
 
-HEADER = ["condition", "NeVe variant", "NeVe: mean ± std / median", "asha", "NeVe − asha", "cost ratio vs asha",
+HEADER = ["condition", "NeVe variant vs baselines", "NeVe: mean ± std / median", "asha", "NeVe − asha", "cost ratio vs asha",
           "asha_es", "NeVe − asha_es", "cost ratio vs asha_es", "NeVe per seed"]
 
 
@@ -147,9 +156,10 @@ def table(folder: Path, variants: list[str], markdown: bool) -> str:
 def _baseline_seeds(results: dict[tuple[str, str, str], Any], data: str) -> str:
     out = []
     for cond in CONDITIONS:
-        base = results.get((data, cond, "baselines"))
-        for b in ("asha", "asha_es") if base else ():
-            out.append(f"  {cond:12s} {b:8s} " + " ".join(f"{a:.2f}" for a in _per_seed(base, b, "acc")))
+        for name in ("baselines", "baselines_rf8"):
+            base = results.get((data, cond, name))
+            for b in ("asha", "asha_es") if base else ():
+                out.append(f"  {cond:12s} {name:14s} {b:8s} " + " ".join(f"{a:.2f}" for a in _per_seed(base, b, "acc")))
     return "\n".join(out)
 
 
@@ -157,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=",".join(DATASETS))
     p.add_argument("--conditions", default=",".join(CONDITIONS))
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default="baselines,today,consensus")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--jobs", type=int, default=2)

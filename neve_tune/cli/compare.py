@@ -27,6 +27,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--neve-signal", choices=NEVE_SIGNALS, default="train_loss",
                    help="rung signal of the NeVe search's pruner/scheduler (default train_loss; consensus: agreement with the "
                         "other trials' vote, README \"Which trial wins\")")
+    p.add_argument("--reduction-factor", type=int, default=4,
+                   help="every search's successive halving: rungs at epochs 1, rf, rf^2, ..., each keeping the best "
+                        "1/rf (default 4)")
     p.add_argument("--objective", help="NeVe's validation-free objective: tse_e1 (default), tse_e<N>, tse_ema, pc_min")
     p.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=True,
                    help="retrain the validation searches' best configuration on all training data (default on)")
@@ -53,6 +56,7 @@ def _compare(args: argparse.Namespace) -> int:
     searches = [s.strip() for s in args.searches.split(",") if s.strip()]
     result = compare(study, backend=args.backend, trials=args.trials, seed=args.seed, repeats=args.repeats,
                      retrain=args.retrain, device=device, neve_signal=args.neve_signal, searches=searches,
+                     reduction_factor=args.reduction_factor,
                      progress=not args.quiet)
     print(summary_table(result))
     for path in write_outputs(result, args.out, args.json_path):

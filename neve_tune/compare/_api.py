@@ -95,6 +95,7 @@ def _one_run(
     neve_signal: str,
     searches: Sequence[str],
     on_trial: Callable[[], None],
+    reduction_factor: int = REDUCTION_FACTOR,
 ) -> dict[str, Any]:
     search_trials = _search_fn(backend)
     run: dict[str, Any] = {"seed": seed}
@@ -102,7 +103,7 @@ def _one_run(
         t0 = time.perf_counter()
         found = search_trials(study, method, trials=trials, seed=seed, data=data, model_fn=model_fn, device=device,
                               neve_signal=neve_signal, on_trial=on_trial,
-                              grace_period=GRACE_PERIOD, reduction_factor=REDUCTION_FACTOR)
+                              grace_period=GRACE_PERIOD, reduction_factor=reduction_factor)
         run[method] = _search_record(study, method, found, data=data, seed=seed, device=device, retrain=retrain,
                                      model_fn=model_fn)
         run[method]["elapsed_s"] = time.perf_counter() - t0
@@ -124,6 +125,7 @@ def compare(
     device: str | None = None,
     neve_signal: str = "train_loss",
     searches: Sequence[str] = SEARCHES,
+    reduction_factor: int = REDUCTION_FACTOR,
     data: DataBundle | None = None,
     model_fn: Callable[[], torch.nn.Module] | None = None,
     progress: bool = True,
@@ -133,12 +135,15 @@ def compare(
     Each repeat uses its own seed for the sampler, the trials and, for bundled data sets,
     the train/test split. The top-level figures are means over repeats with ``*_std``
     beside them; ``runs`` holds one full record per seed. ``neve_signal`` is the rung
-    signal of the NeVe search's pruner (Optuna) or scheduler (Ray).
+    signal of the NeVe search's pruner (Optuna) or scheduler (Ray). ``reduction_factor``
+    sets every search's successive halving alike (rungs at epochs 1, rf, rf², ...; each
+    rung keeps the best 1/rf).
     """
     from tqdm.auto import tqdm
 
     study = load_study(study)
     _check_arguments(backend, trials, repeats, neve_signal, searches, study)
+    check_int("reduction_factor", reduction_factor, minimum=2)
     bar = tqdm(total=trials * len(searches) * repeats, desc="trials", unit="trial", disable=not progress)
     started_ray = backend == "ray" and not _ray_running()
     runs = []
@@ -152,7 +157,7 @@ def compare(
             bar.set_postfix_str(f"seed {s}")
             run = _one_run(study, backend=backend, trials=trials, seed=s, data=bundle, model_fn=model_fn,
                            device=device, retrain=retrain, neve_signal=neve_signal, searches=searches,
-                           on_trial=lambda: bar.update(1))
+                           on_trial=lambda: bar.update(1), reduction_factor=reduction_factor)
             runs.append(run)
             if progress and "cost_ratio" in run:
                 bar.write(_run_line(run))
@@ -165,7 +170,7 @@ def compare(
     return {
         "study": study.name, "backend": backend, "trials": trials, "seeds": [seed + k for k in range(repeats)],
         "max_epochs": study.max_epochs, "data_options": dict(study.data_options), "retrain": retrain,
-        "neve_signal": neve_signal, "train_size": train_size, **aggregate(runs, searches), "runs": runs,
+        "neve_signal": neve_signal, "reduction_factor": reduction_factor, "train_size": train_size, **aggregate(runs, searches), "runs": runs,
         "elapsed_s": time.perf_counter() - t0,
     }
 
