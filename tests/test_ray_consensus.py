@@ -15,7 +15,7 @@ from ray.tune.schedulers import TrialScheduler  # noqa: E402
 
 from neve_tune import load_study  # noqa: E402
 from neve_tune.ray import NeVeASHAScheduler  # noqa: E402
-from neve_tune.ray._consensus_rungs import ConsensusRungs  # noqa: E402
+from neve_tune.ray._consensus import ConsensusRungs  # noqa: E402
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 

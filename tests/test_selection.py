@@ -170,7 +170,7 @@ def test_consensus_pruner_refuses_epochs_without_predictions():
         trial.should_prune()
 
 
-def test_compare_with_consensus_rungs_and_pick():
+def test_compare_with_consensus_and_pick():
     """A NeVe search pruning on the consensus and picking the most consensual finished trial."""
     from neve_tune.compare import compare
 

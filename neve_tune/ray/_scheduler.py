@@ -17,7 +17,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from .._checks import check_choice, check_float, check_int, to_float
-from ._consensus_rungs import ConsensusRungs, check_predictions
+from ._consensus import ConsensusRungs, check_predictions
 from ._halving import _bracket_milestones, _choose_bracket, _Rung
 from ._scheduler_state import NeVeASHAStateCallback
 from ._stopper import CONVERGED, DIVERGED, STALLED, _check_key, check_threshold, remember_first_loss, velocity_verdict
@@ -61,7 +61,7 @@ class NeVeASHAScheduler(FIFOScheduler):
        ``signal="consensus"`` the value at a rung is instead the trial's agreement with
        the majority vote of the other trials at that rung, from each result's
        ``predictions_key`` (a :class:`~neve_tune.selection.SelectionSubset` prediction;
-       :mod:`neve_tune.ray._consensus_rungs` gives the rule).
+       :mod:`neve_tune.ray._consensus` gives the rule).
 
     A trial that a :class:`~neve_tune.ray.NeVeStopper` stopped (Tune asks the stopper
     first) reaches only ``on_trial_complete``; it is classified by the same rule and
