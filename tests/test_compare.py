@@ -170,6 +170,19 @@ def test_bad_arguments():
         compare(_study(), trials=0, progress=False)
     with pytest.raises(ValueError, match="searches"):
         compare(_study(), searches=["neve", "random"], progress=False)
+    with pytest.raises(ValueError, match="reduction_factor must be an int >= 2"):
+        compare(_study(), reduction_factor=1, progress=False)
+
+
+def test_reduction_factor_sets_every_searchs_rungs():
+    """rf 2 keeps half of the trials at each rung (epochs 1, 2, 4), rf 8 an eighth (epoch 1):
+    with the same sampled trials, a larger factor prunes more of them early, in every search."""
+    kept = {}
+    for rf in (2, 8):
+        r = compare(_study(), trials=8, seed=0, reduction_factor=rf, progress=False)
+        assert r["reduction_factor"] == rf
+        kept[rf] = {m: sum(t["epochs"] > 1 for t in r["runs"][0][m]["trials"]) for m in SEARCHES}
+    assert all(kept[8][m] < kept[2][m] for m in SEARCHES), kept
 
 
 @pytest.mark.ray
