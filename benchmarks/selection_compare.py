@@ -55,6 +55,9 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "baselines": (("asha", "asha_es"), ()),
     "today": (("neve",), ()),
     "consensus": (("neve",), CONSENSUS),
+    # the data-decided rule: consensus rungs and pick once the finished trials' fit of the
+    # subset's labels says they are noisy (estimated noise >= 10%), else today's
+    "auto": (("neve",), ("--neve-signal", "auto", "--selection", "auto")),
     # cheaper rungs: every search keeps 1/8 at epochs 1 and 8 (not 1/4 at 1, 4, 16)
     "baselines_rf8": (("asha", "asha_es"), ("--reduction-factor", "8")),
     "consensus_rf8": (("neve",), (*CONSENSUS, "--reduction-factor", "8")),
@@ -62,7 +65,7 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 # the table's rows: a NeVe variant against the baselines run with the same rungs, and the
 # cheaper-rung variants also against the default baselines
-PAIRS = [("today", "baselines"), ("consensus", "baselines"), ("today_rf8", "baselines_rf8"),
+PAIRS = [("today", "baselines"), ("consensus", "baselines"), ("auto", "baselines"), ("today_rf8", "baselines_rf8"),
          ("consensus_rf8", "baselines_rf8"), ("today_rf8", "baselines"), ("consensus_rf8", "baselines")]
 
 
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=",".join(DATASETS))
     p.add_argument("--conditions", default=",".join(CONDITIONS))
-    p.add_argument("--variants", default="baselines,today,consensus")
+    p.add_argument("--variants", default="baselines,today,consensus,auto")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--jobs", type=int, default=2)

@@ -16,7 +16,10 @@ validation or test set. docs/design.md, "Selection criteria", gives the rules.
   Thiran, ICLR 2023); measured each epoch by :func:`random_label_drop`;
 - :func:`consensus_agreement`: agreement of each trial's predictions with the majority
   vote of the other trials; :func:`noise_rate_estimate` (``eps``) and :func:`fit_excess`
-  (the trial's fit of the given labels minus the vote's, ``1 - eps``).
+  (the trial's fit of the given labels minus the vote's, ``1 - eps``);
+- :func:`selection_mode`: the data-decided rule (``"auto"``): rank by the consensus when
+  the finished trials' fit of the given labels says the labels are noisy
+  (:func:`noise_from_fits` >= :data:`NOISE_THRESHOLD`), else by the objective.
 
     >>> import torch
     >>> preds = torch.tensor([[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 0, 0]])
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "NOISE_THRESHOLD",
     "SelectionSubset",
     "consensus_agreement",
     "consensus_scores",
@@ -45,10 +49,12 @@ __all__ = [
     "fit_excess",
     "final_loss",
     "majority_vote",
+    "noise_from_fits",
     "noise_rate_estimate",
     "pick_by_consensus",
     "pc_min",
     "random_label_drop",
+    "selection_mode",
     "subset_predictions",
     "susceptibility",
     "tse",
@@ -57,6 +63,9 @@ __all__ = [
 
 History = Sequence[Mapping[str, Any]]
 NAN = float("nan")
+#: ``"auto"`` ranks by the consensus from this estimated label-noise rate on (the replay's
+#: "consensus if eps >= 10%" rule, README "Which trial wins")
+NOISE_THRESHOLD = 0.1
 
 
 def _upto(history: History, epoch: int | None) -> History:
@@ -152,6 +161,35 @@ def fit_excess(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int
     than the consensus. Rank by the absolute value (lower is better)."""
     fit = (predictions.long() == labels.long()).float().mean(1)
     return fit - (1.0 - noise_rate_estimate(predictions, labels, num_classes))
+
+
+def noise_from_fits(fits: Sequence[float | None]) -> float:
+    """The label-noise rate the finished trials suggest: one minus the median of their fit
+    of the given labels on the subset (``subset_fit``; trials that stopped before the
+    memorisation guard let them fit the flipped labels fit about ``1 - noise``). NaN
+    without a finite fit.
+
+    >>> noise_from_fits([0.99, 0.78, 0.81, None])
+    0.19
+    """
+    xs = sorted(float(f) for f in fits if _finite(f))
+    if not xs:
+        return NAN
+    mid = len(xs) // 2
+    median = xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+    return round(1.0 - median, 12)
+
+
+def selection_mode(fits: Sequence[float | None], threshold: float = NOISE_THRESHOLD) -> str:
+    """``"consensus"`` when :func:`noise_from_fits` is at least ``threshold``, else
+    ``"objective"`` (also without any finished trial's fit: nothing says the labels are
+    noisy yet).
+
+    >>> selection_mode([0.99, 1.0]), selection_mode([0.8, 0.85]), selection_mode([])
+    ('objective', 'consensus', 'objective')
+    """
+    eps = noise_from_fits(fits)
+    return "consensus" if math.isfinite(eps) and eps >= threshold else "objective"
 
 
 @torch.no_grad()
@@ -262,8 +300,9 @@ class SelectionSubset:
     5
     """
 
-    def __init__(self, inputs: torch.Tensor) -> None:
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         self.inputs = inputs
+        self.labels = None if labels is None else torch.as_tensor(labels).long()
 
     @classmethod
     def from_dataset(cls, dataset: Any, num_examples: int = 500, seed: int = 0) -> "SelectionSubset":
@@ -273,7 +312,8 @@ class SelectionSubset:
         n = len(dataset)
         gen = torch.Generator().manual_seed(int(seed))
         pos = torch.randperm(n, generator=gen)[: min(num_examples, n)].sort().values
-        return cls(torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in pos]))
+        items = [dataset[int(i)] for i in pos]
+        return cls(torch.stack([torch.as_tensor(x) for x, _ in items]), torch.tensor([int(y) for _, y in items]))
 
     @property
     def num_examples(self) -> int:
@@ -282,3 +322,10 @@ class SelectionSubset:
     def predict(self, model: nn.Module) -> str:
         """The encoded classes ``model`` predicts for the subset (eval mode, no grad)."""
         return encode_predictions(subset_predictions(model, self.inputs))
+
+    def fit(self, codes: str) -> float:
+        """The fraction of the subset on which encoded predictions match the given labels
+        (``subset_fit``); ``ValueError`` for a subset built without labels."""
+        if self.labels is None:
+            raise ValueError("this SelectionSubset has no labels: build it with SelectionSubset.from_dataset")
+        return float((decode_predictions(codes) == self.labels).float().mean())

@@ -60,8 +60,9 @@ class Study:
     (a fixed seeded subset, ``subset_pred``), which ``NeVePruner(signal="consensus")`` compares
     across trials; ``selection="consensus"`` (it needs ``selection_subset``) makes the
     comparison's NeVe search pick, among its finished trials, the one that agrees most with
-    the majority vote of the others instead of the lowest objective (docs/design.md,
-    "Selection criteria").
+    the majority vote of the others instead of the lowest objective; ``"auto"`` does so only
+    when the finished trials' fit of the subset's labels says the labels are noisy
+    (:func:`neve_tune.selection.selection_mode`) (docs/design.md, "Selection criteria").
     """
 
     name: str
@@ -137,9 +138,9 @@ class Study:
         check_choice("prediction_changes", self.prediction_changes, PREDICTION_CHANGES)
         check_int("pc_subset_size", self.pc_subset_size, minimum=1)
         check_int("selection_subset", self.selection_subset, minimum=0)
-        check_choice("selection", self.selection, ("objective", "consensus"))
-        if self.selection == "consensus" and not self.selection_subset:
-            raise ValueError("selection='consensus' needs selection_subset > 0 (e.g. 500): the trials' predictions "
+        check_choice("selection", self.selection, ("objective", "consensus", "auto"))
+        if self.selection in ("consensus", "auto") and not self.selection_subset:
+            raise ValueError(f"selection={self.selection!r} needs selection_subset > 0 (e.g. 500): the trials' predictions "
                              "on that fixed subset are what it compares")
         check_int("early_stopping", self.early_stopping, minimum=1)
         check_int("probe_samples", self.probe_samples, minimum=1)

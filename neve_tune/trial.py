@@ -246,7 +246,7 @@ def _selection_hook(study: Study, method: str, train_set: Any, seed: int, model:
                     ) -> tuple[Callable[[dict[str, Any]], None] | None, Callable[[], int]]:
     """With ``study.selection_subset``, an ``on_epoch`` that first adds ``subset_pred`` (the
     classes the model predicts for a fixed subset drawn with ``seed``: the same for every
-    trial of a search) to the epoch's metrics and counts its forward samples as probe
+    trial of a search) and ``subset_fit`` (their agreement with the given labels) to the epoch's metrics and counts its forward samples as probe
     samples; and the count of those samples so far."""
     if not study.selection_subset or method != "neve":
         return on_epoch, lambda: 0
@@ -257,6 +257,7 @@ def _selection_hook(study: Study, method: str, train_set: Any, seed: int, model:
 
     def hook(metrics: dict[str, Any]) -> None:
         metrics["subset_pred"] = subset.predict(model)
+        metrics["subset_fit"] = subset.fit(metrics["subset_pred"])
         done[0] += subset.num_examples
         metrics["probe_samples"] = int(metrics.get("probe_samples") or 0) + done[0]
         if on_epoch is not None:

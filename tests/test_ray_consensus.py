@@ -73,7 +73,7 @@ def test_converged_trials_vote_at_the_rung_they_reached():
     s.on_trial_complete(None, a, done)
     assert s.on_trial_result(None, b, go(2, "0000")) == CONTINUE
     assert s.on_trial_result(None, c, go(2, "1111")) == STOP  # a's vote counts at rung 2
-    assert sorted(s.state_dict()["votes"][0][-2][1]) == ["a", "b", "c"]
+    assert sorted(s.state_dict()["votes"]["rungs"][0][-2][1]) == ["a", "b", "c"]
 
 
 def test_state_round_trip_and_pickle():
@@ -122,3 +122,18 @@ def test_compare_on_ray_prunes_and_picks_by_consensus():
     done = [t for t in neve["trials"] if t["state"] == "COMPLETE"]
     assert done and all(-1.0 <= t["objective"] <= 0.0 for t in done)  # minus an agreement
     assert neve["test_acc"] == min(done, key=lambda t: t["objective"])["test_acc"]
+
+
+@pytest.mark.parametrize("fit, stopped", [(0.99, "b"), (0.7, "c")])
+def test_auto_ranks_on_the_consensus_once_finished_trials_look_noisy(fit: float, stopped: str):
+    """A finished trial that fit 99% of the subset's labels leaves the rungs on the metric
+    (b, the higher loss, stops); one that fit 70% turns them to the consensus (c, which
+    disagrees with the vote, stops). Both are recorded either way."""
+    s = NeVeASHAScheduler(signal="auto", max_t=16, grace_period=1, reduction_factor=2)
+    done, a, b, c = added(s, "done", "a", "b", "c")
+    s.on_trial_complete(None, done, go(1, "0000", subset_fit=fit, train_loss=0.1))
+    assert s.on_trial_result(None, a, go(1, "0000", train_loss=0.05)) == CONTINUE
+    verdicts = {"b": s.on_trial_result(None, b, go(1, "0000", train_loss=5.0)),
+                "c": s.on_trial_result(None, c, go(1, "1111", train_loss=0.05))}
+    assert {k for k, v in verdicts.items() if v == STOP} == {stopped}
+    assert sorted(s.rung_values()[-1][1]) == ["a", "b", "c", "done"]  # the metric is recorded too

@@ -231,3 +231,58 @@ def test_worker_prunes_and_picks_by_consensus(tmp_path, capsys):
     assert len(search.trials[0].user_attrs[epoch_key(1)]["subset_pred"]) == 500
     best = pick_trial(search, "consensus")
     assert f"best trial {best.number} (by consensus)" in out, out
+
+
+def test_auto_decides_from_the_finished_trials_fit():
+    """``"auto"``: 1 - the median fit of the subset's labels over the finished trials is the
+    noise estimate; from 10% on, the consensus decides."""
+    assert sel.noise_from_fits([1.0, 0.98, 0.5]) == pytest.approx(0.02)
+    assert sel.noise_from_fits([0.7, 0.9]) == pytest.approx(0.2)  # even count: mean of the middle two
+    assert math.isnan(sel.noise_from_fits([None, float("nan")]))
+    assert sel.selection_mode([0.9]) == "consensus"  # exactly 10% estimated noise
+    assert sel.selection_mode([0.91]) == "objective"
+    assert sel.selection_mode([0.95], threshold=0.01) == "consensus"
+    sub = sel.SelectionSubset(torch.zeros(3, 2), labels=torch.tensor([0, 1, 2]))
+    assert sub.fit("012") == 1.0 and sub.fit("010") == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="no labels"):
+        sel.SelectionSubset(torch.zeros(3, 2)).fit("012")
+
+
+def _finished(search: optuna.Study, fit: float) -> None:
+    from neve_tune.optuna import report_epoch
+
+    t = search.ask()
+    report_epoch(t, {"epoch": 1, "train_loss": 3.0, "velocity": 0.1, "subset_pred": "0000", "subset_fit": fit})
+    search.tell(t, 3.0)
+
+
+@pytest.mark.parametrize("fit, pruned_by", [(0.99, "train_loss"), (0.7, "consensus")])
+def test_auto_pruner_ranks_on_the_consensus_only_when_labels_look_noisy(fit: float, pruned_by: str):
+    """At rung 1, trial B has the lower training loss but disagrees with the vote; trial A
+    the reverse. With a finished trial that fit 99% of the labels the pruner ranks on the
+    loss (A pruned); with one that fit 70% (30% estimated noise) on the consensus (B pruned)."""
+    from neve_tune.optuna import NeVePruner, report_epoch
+
+    search = optuna.create_study(pruner=NeVePruner(signal="auto", reduction_factor=2))
+    _finished(search, fit)
+    a, b = search.ask(), search.ask()
+    report_epoch(a, {"epoch": 1, "train_loss": 2.0, "velocity": 0.5, "subset_pred": "0000", "subset_fit": 0.5})
+    report_epoch(b, {"epoch": 1, "train_loss": 0.5, "velocity": 0.5, "subset_pred": "1111", "subset_fit": 0.5})
+    # b is judged first: Optuna's halving ranks a trial among those judged at the rung before it
+    pruned = {name for name, t in (("consensus", b), ("train_loss", a)) if t.should_prune()}
+    assert pruned == {pruned_by}
+
+
+def test_compare_with_auto_rungs_and_pick():
+    from neve_tune.compare import compare
+
+    study = load_study("digits").replace(data="synthetic", max_epochs=4, lr_patience=1, selection_subset=32,
+                                         selection="auto")
+    r = compare(study, trials=4, seed=2, searches=("neve",), neve_signal="auto", progress=False)
+    done = [t for t in r["runs"][0]["neve"]["trials"] if t["state"] == "COMPLETE"]
+    assert done
+    # synthetic data has clean labels: the finished trials fit them, so the objective picks
+    assert all(t["objective"] > 0 for t in done)
+    assert r["runs"][0]["neve"]["test_acc"] == min(done, key=lambda t: t["objective"])["test_acc"]
+    with pytest.raises(ValueError, match="selection='auto' needs selection_subset > 0"):
+        study.replace(selection_subset=0)

@@ -204,12 +204,13 @@ def add_trial_control(p: argparse.ArgumentParser) -> None:
 def add_selection(p: argparse.ArgumentParser) -> None:
     """--selection, --selection-subset: which finished NeVe trial wins (README, "Which trial wins")."""
     g = p.add_argument_group("selection (which NeVe trial wins; no validation set either way)")
-    g.add_argument("--selection", choices=["objective", "consensus"],
+    g.add_argument("--selection", choices=["objective", "consensus", "auto"],
                    help="pick the finished trial with the lowest objective (default), or the one whose predictions on "
-                        "a fixed training subset agree most with the other trials' majority vote")
+                        "a fixed training subset agree most with the other trials' majority vote, or (auto) the "
+                        "latter only when the finished trials' fit of the subset's labels says they are noisy")
     g.add_argument("--selection-subset", type=int,
                    help="training examples whose predicted classes each trial records for the vote (default 500 "
-                        "with --selection consensus or --neve-signal consensus, else 0: off)")
+                        "with consensus or auto selection or signal, else 0: off)")
 
 
 def _lr_patience(text: str) -> int | str:
@@ -232,8 +233,8 @@ def _selection_changes(args: argparse.Namespace) -> dict[str, Any]:
         if size < 0:
             raise CLIError(f"--selection-subset must be >= 0 (0: off), got {size}")
         out["selection_subset"] = size
-    wants_votes = "consensus" in (getattr(args, "selection", None), getattr(args, "neve_signal", None),
-                                  getattr(args, "signal", None))
+    asked = (getattr(args, "selection", None), getattr(args, "neve_signal", None), getattr(args, "signal", None))
+    wants_votes = "consensus" in asked or "auto" in asked
     if wants_votes and size is None:
         out["selection_subset"] = 500
     if wants_votes and size == 0:

@@ -63,8 +63,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--no-checkpoints", action="store_true", help="do not checkpoint trials")
     w.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints of finished trials")
     g = w.add_argument_group("NeVePruner (default: the settings stored in the study, else the defaults)")
-    g.add_argument("--signal", choices=["velocity", "train_loss", "consensus"],
-                   help="rung signal (consensus: agreement with the other trials' vote; it records --selection-subset)")
+    g.add_argument("--signal", choices=["velocity", "train_loss", "consensus", "auto"],
+                   help="rung signal (consensus: agreement with the other trials' vote; auto: that when the finished "
+                        "trials say the labels are noisy, else train_loss; both record --selection-subset)")
     g.add_argument("--min-resource", type=cli.positive_int)
     g.add_argument("--reduction-factor", type=int)
     g.add_argument("--min-early-stopping-rate", type=int)

@@ -20,7 +20,7 @@ from ._report import _run_line
 __all__ = ["BACKENDS", "NEVE_SIGNALS", "compare", "compare_searches"]
 
 BACKENDS = ("optuna", "ray")
-NEVE_SIGNALS = ("train_loss", "velocity", "consensus")
+NEVE_SIGNALS = ("train_loss", "velocity", "consensus", "auto")
 
 SearchFn = Callable[..., list[SearchTrial]]
 
@@ -182,8 +182,8 @@ def _check_arguments(backend: str, trials: int, repeats: int, neve_signal: str, 
     check_int("trials", trials, minimum=1)
     check_int("repeats", repeats, minimum=1)
     check_choice("neve_signal", neve_signal, NEVE_SIGNALS)
-    if neve_signal == "consensus" and not study.selection_subset:
-        raise ValueError("neve_signal='consensus' needs a study with selection_subset > 0 (e.g. "
+    if neve_signal in ("consensus", "auto") and not study.selection_subset:
+        raise ValueError(f"neve_signal={neve_signal!r} needs a study with selection_subset > 0 (e.g. "
                          "study.replace(selection_subset=500)): the predictions it compares")
     bad = [s for s in searches if s not in SEARCHES]
     if bad or not searches:

@@ -101,16 +101,25 @@ def total_cost(trials: Iterable[SearchTrial]) -> Cost:
     return total
 
 
-def rank_by_consensus(records: list[SearchTrial], last_predictions: dict[int, str]) -> None:
+def rank_by_consensus(records: list[SearchTrial], last_predictions: dict[int, str], selection: str = "consensus",
+                      last_fits: dict[int, float] | None = None) -> str:
     """``Study.selection="consensus"``: each finished trial's objective becomes minus its
     agreement with the majority vote of the other finished trials' last predictions on the
     subset (``last_predictions``: by trial number), so the search picks the most consensual
     trial. Pruned trials do not vote: with their votes the pick measured worse on MNIST-1D
-    (README, "Which trial wins")."""
-    from ..selection import consensus_scores
+    (README, "Which trial wins"). ``"auto"`` does so only when the finished trials' last
+    fits of the subset's labels (``last_fits``) say the labels are noisy. Returns the rule
+    applied (``"consensus"`` or ``"objective"``)."""
+    from ..selection import consensus_scores, selection_mode
 
+    if selection == "auto":
+        done = [r.number for r in records if r.state == "COMPLETE"]
+        selection = selection_mode([(last_fits or {}).get(k) for k in done])
+    if selection != "consensus":
+        return selection
     candidates = [r.number for r in records if r.state == "COMPLETE" and r.number in last_predictions]
     scores = consensus_scores({k: last_predictions[k] for k in candidates})
     for r in records:
         if r.number in scores:
             r.objective = scores[r.number]
+    return selection

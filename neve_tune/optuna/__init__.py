@@ -39,7 +39,7 @@ from ._stop import WorkerInterrupted
 from ._storage import StorageError, make_storage, redact_url
 from ._worker import StudyNotFoundError, open_study, run_worker
 from ._search import search_trials
-from ._selection import SELECTIONS, last_predictions, pick_trial
+from ._selection import SELECTIONS, last_fits, last_predictions, pick_trial
 
 __all__ = [
     "EPOCH_ATTR_PREFIX",
@@ -53,6 +53,7 @@ __all__ = [
     "WorkerInterrupted",
     "checkpoint_path_for",
     "epoch_key",
+    "last_fits",
     "last_predictions",
     "make_objective",
     "make_storage",

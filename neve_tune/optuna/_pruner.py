@@ -11,6 +11,7 @@ from optuna.pruners import BasePruner, SuccessiveHalvingPruner
 
 from .._checks import check_choice, check_int, is_finite, to_float
 from ._compat import with_step_value
+from ._consensus import consensus_rung, finished_fits, rung_index
 from ._report import direction_sign, epoch_key
 
 if TYPE_CHECKING:
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NeVePruner", "PRUNER_SIGNALS", "SETTINGS_ATTR"]
 
-PRUNER_SIGNALS = ("velocity", "train_loss", "consensus")
+PRUNER_SIGNALS = ("velocity", "train_loss", "consensus", "auto")
 SETTINGS_ATTR = "neve_pruner"  # study user attribute holding the settings every worker must share
 _SETTINGS_VERSION = 1
 
@@ -58,6 +59,10 @@ class NeVePruner(BasePruner):
        ``Study.selection_subset > 0``) agree least with the majority vote of the other
        trials at the same epoch lose; every trial at the rung is judged again against the
        same vote (trials that reported that epoch, in the storage), with Optuna's rule.
+       With ``signal="auto"`` each rung decides by the consensus when the study's
+       COMPLETE trials fit the given labels on the subset so poorly that the labels look
+       noisy (``subset_fit``, :func:`neve_tune.selection.selection_mode`: estimated noise
+       >= 10%), else by the training loss (also before any trial finished).
 
     The default signal is ``"train_loss"``, because it measured better. On digits (20
     trials of TPE, ``max_epochs=60``, 5 seeds), the final model's test accuracy was
@@ -118,8 +123,9 @@ class NeVePruner(BasePruner):
 
     Args:
         signal:
-            ``"train_loss"`` (default; the epoch's mean training loss) or ``"velocity"``,
-            both read from the epoch stored in the trial's user attributes.
+            ``"train_loss"`` (default; the epoch's mean training loss), ``"velocity"``,
+            ``"consensus"`` or ``"auto"`` (rule 5), all read from the epoch stored in
+            the trial's user attributes.
             With ``"train_loss"``, an epoch reported without ``train_loss`` makes
             :meth:`prune` raise a ``ValueError`` that says so, instead of never pruning.
         min_resource:
@@ -276,13 +282,13 @@ class NeVePruner(BasePruner):
             return True
         if "velocity" in epoch and epoch["velocity"] is not None and not is_finite(epoch["velocity"]):
             return True
-        if self._signal == "consensus" and not isinstance(epoch.get("subset_pred"), str):
+        if self._signal in ("consensus", "auto") and not isinstance(epoch.get("subset_pred"), str):
             raise ValueError(
-                f"NeVePruner(signal='consensus') found no 'subset_pred' in epoch {step} of trial {trial.number}: "
+                f"NeVePruner(signal={self._signal!r}) found no 'subset_pred' in epoch {step} of trial {trial.number}: "
                 "record the predictions on the fixed subset with Study(selection_subset=500) (or report "
                 "'subset_pred', neve_tune.selection.SelectionSubset.predict, each epoch)"
             )
-        if self._signal == "train_loss" and "train_loss" not in epoch:
+        if self._signal in ("train_loss", "auto") and "train_loss" not in epoch:
             raise ValueError(
                 f"NeVePruner(signal='train_loss') found no 'train_loss' in epoch {step} of trial {trial.number} "
                 f"(user attribute {epoch_key(step)!r}): report the epoch's mean training loss, e.g. "
@@ -302,32 +308,22 @@ class NeVePruner(BasePruner):
             return True
 
         # 5. successive-halving rungs on the signal, oriented so "better" = lower signal
-        if self._signal == "consensus":
-            return self._consensus_rung(study, trial, step, epoch["subset_pred"]) and not converged
+        if self._signal_at(study) == "consensus":
+            index = rung_index(step, self._min_resource, self._reduction_factor, self._min_early_stopping_rate)
+            return (index is not None and not converged
+                    and consensus_rung(study, trial, step, epoch["subset_pred"], self._reduction_factor))
         value = self._velocity(trial, step, sign) if self._signal == "velocity" else float(epoch["train_loss"])
         view = with_step_value(trial, step, sign * value)
         pruned = self._sha.prune(study, view)
         return pruned and not converged
 
-    def _consensus_rung(self, study: "optuna.study.Study", trial: "optuna.trial.FrozenTrial", step: int,
-                        mine: str) -> bool:
-        """Pruned at a rung when its agreement with the others' vote is not in the best
-        ``1 / reduction_factor`` of the trials that reported this epoch (Optuna's rule)."""
-        from ..selection import consensus_scores
+    def _signal_at(self, study: "optuna.study.Study") -> str:
+        """The rung signal of this decision: ``"auto"`` resolved from the finished trials."""
+        if self._signal != "auto":
+            return self._signal
+        from ..selection import selection_mode
 
-        k = 0
-        while self._min_resource * self._reduction_factor ** (self._min_early_stopping_rate + k) < step:
-            k += 1
-        if self._min_resource * self._reduction_factor ** (self._min_early_stopping_rate + k) != step:
-            return False
-        key = epoch_key(step)
-        preds = {t.number: t.user_attrs[key]["subset_pred"] for t in study.get_trials(deepcopy=False)
-                 if t.number != trial.number and isinstance(t.user_attrs.get(key), dict)
-                 and isinstance(t.user_attrs[key].get("subset_pred"), str)}
-        preds[trial.number] = mine
-        scores = consensus_scores(preds)
-        ranked = sorted(scores.values())
-        return not scores[trial.number] <= ranked[max(len(ranked) // self._reduction_factor - 1, 0)]
+        return "consensus" if selection_mode(finished_fits(study)) == "consensus" else "train_loss"
 
     def _unsettled(self, trial: "optuna.trial.FrozenTrial", sign: float) -> bool:
         if not math.isfinite(self._unsettled_bound):

@@ -14,7 +14,7 @@ from ..study import Study
 from ._objective import make_objective
 from ._pruner import NeVePruner
 from ._report import trial_history
-from ._selection import last_predictions
+from ._selection import last_fits, last_predictions
 
 __all__ = ["search_trials"]
 
@@ -58,8 +58,8 @@ def search_trials(
     search.optimize(objective, n_trials=trials, callbacks=[lambda s, t: on_trial()], catch=())
     train_size = len(data.train)  # type: ignore[arg-type]
     out = [_record(t, study, train_size) for t in search.trials]
-    if method == "neve" and study.selection == "consensus":
-        rank_by_consensus(out, last_predictions(search))
+    if method == "neve" and study.selection in ("consensus", "auto"):
+        rank_by_consensus(out, last_predictions(search), study.selection, last_fits(search))
     return out
 
 

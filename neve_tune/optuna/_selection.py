@@ -27,9 +27,9 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-__all__ = ["SELECTIONS", "last_predictions", "pick_trial"]
+__all__ = ["SELECTIONS", "last_fits", "last_predictions", "pick_trial"]
 
-SELECTIONS = ("objective", "consensus")
+SELECTIONS = ("objective", "consensus", "auto")
 
 
 def last_predictions(search: "optuna.Study") -> dict[int, str]:
@@ -43,10 +43,22 @@ def last_predictions(search: "optuna.Study") -> dict[int, str]:
     return last
 
 
+def last_fits(search: "optuna.Study") -> dict[int, float]:
+    """Each trial's last recorded fit of the subset's given labels (``subset_fit``)."""
+    last = {}
+    for t in search.get_trials(deepcopy=False):
+        fits = [m["subset_fit"] for m in trial_history(t) if isinstance(m.get("subset_fit"), (int, float))]
+        if fits:
+            last[t.number] = float(fits[-1])
+    return last
+
+
 def pick_trial(search: "optuna.Study", selection: str = "objective") -> "FrozenTrial | None":
     """The winning COMPLETE trial by ``selection`` (see the module doc), or None when no
     trial finished. ``"consensus"`` needs predictions on the finished trials (record them
-    with ``Study(selection_subset=500)``); ties go to the lower trial number."""
+    with ``Study(selection_subset=500)``); ties go to the lower trial number. ``"auto"``
+    picks by the consensus when the finished trials' ``subset_fit`` says the labels are
+    noisy (:func:`neve_tune.selection.selection_mode`), else by the objective."""
     import optuna
 
     from ..selection import pick_by_consensus
@@ -55,6 +67,11 @@ def pick_trial(search: "optuna.Study", selection: str = "objective") -> "FrozenT
     done = search.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not done:
         return None
+    if selection == "auto":
+        from ..selection import selection_mode
+
+        fits = last_fits(search)
+        selection = selection_mode([fits.get(t.number) for t in done])
     if selection == "objective":
         return search.best_trial
     last = last_predictions(search)

@@ -14,7 +14,7 @@ trial at a rung always continues).
     [False, False, False]
     >>> rungs.decide(0, "d", 1.0, "3333", 0.5)          # agrees with nobody's vote
     True
-    >>> milestone, preds = rungs.state_dict()[0][1]
+    >>> milestone, preds = rungs.state_dict()["rungs"][0][1]
     >>> milestone, sorted(preds)
     (1.0, ['a', 'b', 'c', 'd'])
 """
@@ -47,6 +47,18 @@ class ConsensusRungs:
     def __init__(self, milestones: list[list[float]]) -> None:
         self._milestones = [list(b) for b in milestones]
         self._preds: list[list[dict[str, str]]] = [[{} for _ in b] for b in milestones]
+        self._fits: dict[str, float] = {}  # finished trials' last subset_fit, for "auto"
+
+    def add_fit(self, trial_id: str, fit: Any) -> None:
+        """A finished trial's last fit of the subset's given labels (ignored when absent)."""
+        if isinstance(fit, (int, float)) and not isinstance(fit, bool):
+            self._fits[trial_id] = float(fit)
+
+    def noisy(self) -> bool:
+        """Whether the finished trials' fits say the labels are noisy (``"auto"``)."""
+        from ..selection import selection_mode
+
+        return selection_mode(list(self._fits.values())) == "consensus"
 
     def decide(self, bracket: int, trial_id: str, t: float, predictions: str, quantile: float,
                stop_last_trials: bool = True) -> bool:
@@ -81,13 +93,15 @@ class ConsensusRungs:
         preds = self._preds[bracket][self._milestones[bracket].index(milestone)]
         return _agreements(preds) if len(preds) > 1 else {k: float("nan") for k in preds}
 
-    def state_dict(self) -> list[list[tuple[float, dict[str, str]]]]:
-        return [[(m, dict(p)) for m, p in zip(ms, ps)] for ms, ps in zip(self._milestones, self._preds)]
+    def state_dict(self) -> dict[str, Any]:
+        return {"rungs": [[(m, dict(p)) for m, p in zip(ms, ps)] for ms, ps in zip(self._milestones, self._preds)],
+                "fits": dict(self._fits)}
 
-    def load_state_dict(self, state: list[list[tuple[float, dict[str, str]]]]) -> None:
-        if [[m for m, _ in b] for b in state] != self._milestones:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if [[m for m, _ in b] for b in state["rungs"]] != self._milestones:
             raise ValueError("consensus rung state has other rungs than this scheduler")
-        self._preds = [[{str(k): str(v) for k, v in p.items()} for _, p in b] for b in state]
+        self._preds = [[{str(k): str(v) for k, v in p.items()} for _, p in b] for b in state["rungs"]]
+        self._fits = {str(k): float(v) for k, v in state.get("fits", {}).items()}
 
 
 def _agreements(preds: dict[str, str]) -> dict[str, float]:

@@ -61,7 +61,9 @@ class NeVeASHAScheduler(FIFOScheduler):
        ``signal="consensus"`` the value at a rung is instead the trial's agreement with
        the majority vote of the other trials at that rung, from each result's
        ``predictions_key`` (a :class:`~neve_tune.selection.SelectionSubset` prediction;
-       :mod:`neve_tune.ray._consensus` gives the rule).
+       :mod:`neve_tune.ray._consensus` gives the rule). ``signal="auto"`` ranks on the
+       consensus once the finished trials' ``subset_fit`` says the labels are noisy
+       (:func:`neve_tune.selection.selection_mode`), else on ``metric``.
 
     A trial that a :class:`~neve_tune.ray.NeVeStopper` stopped (Tune asks the stopper
     first) reaches only ``on_trial_complete``; it is classified by the same rule and
@@ -90,7 +92,7 @@ class NeVeASHAScheduler(FIFOScheduler):
         velocity_metric, threshold_key, threshold: the convergence rule (see above).
         persist: whether :meth:`callback` saves the rung state (``False``: Ray's
             behaviour, fresh rungs after a restore).
-        signal: ``"metric"`` (rank on ``metric``) or ``"consensus"`` (see rule 4).
+        signal: ``"metric"`` (rank on ``metric``), ``"consensus"`` or ``"auto"`` (rule 4).
         predictions_key: the result key of the encoded subset predictions (consensus).
 
     Example::
@@ -98,8 +100,6 @@ class NeVeASHAScheduler(FIFOScheduler):
         >>> from types import SimpleNamespace
         >>> from neve_tune.ray import NeVeASHAScheduler
         >>> sched = NeVeASHAScheduler(max_t=16, grace_period=1, reduction_factor=2)
-        >>> sched.metric, sched.mode
-        ('train_loss', 'min')
         >>> a, b = SimpleNamespace(trial_id="a", status="PENDING"), SimpleNamespace(trial_id="b", status="PENDING")
         >>> sched.on_trial_add(None, a), sched.on_trial_add(None, b)
         (None, None)
@@ -159,7 +159,7 @@ class NeVeASHAScheduler(FIFOScheduler):
         if not isinstance(persist, bool):
             raise TypeError(f"persist must be a bool, got {persist!r}")
         self._persist = persist
-        self._signal = check_choice("signal", signal, ("metric", "consensus"))
+        self._signal = check_choice("signal", signal, ("metric", "consensus", "auto"))
         self._predictions_key = _check_key(predictions_key, "predictions_key")
         self._brackets: list[list[_Rung]] = [
             [_Rung(m) for m in _bracket_milestones(grace_period, self._max_t, self._rf, s)] for s in range(n_brackets)
@@ -227,13 +227,8 @@ class NeVeASHAScheduler(FIFOScheduler):
         t = to_float(self._time_attr, result[self._time_attr])
         if t >= self._max_t and self._stop_last_trials:
             action = TrialScheduler.STOP
-        elif self._signal == "consensus":
-            preds = check_predictions(result.get(self._predictions_key), self._predictions_key, type(self).__name__)
-            stop = self._votes.decide(self._bracket_index(tid), tid, t, preds, self._quantile, self._stop_last_trials)
-            action = TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
         else:
-            value = to_float(f"{type(self).__name__}: metric {self._rung_metric!r}", result[self._rung_metric], allow_none=True)
-            action = self._on_rung(tid, t, value)
+            action = self._rung_decision(tid, t, result)
         if action == TrialScheduler.STOP:
             self._stops += 1
             if tid not in self._outcome:
@@ -251,6 +246,7 @@ class NeVeASHAScheduler(FIFOScheduler):
             self._set_outcome(tid, COMPLETED)
         if self._outcome[tid] not in (DIVERGED, STALLED):
             self._record(tid, result)
+            self._votes.add_fit(tid, result.get("subset_fit"))
         del self._active[tid]
 
     def on_trial_remove(self, tune_controller: "TuneController", trial: Trial) -> None:
@@ -321,16 +317,30 @@ class NeVeASHAScheduler(FIFOScheduler):
             break
         return action
 
+    def _metric(self, result: dict) -> float | None:
+        return to_float(f"{type(self).__name__}: metric {self._rung_metric!r}", result[self._rung_metric], allow_none=True)
+
+    def _rung_decision(self, trial_id: str, t: float, result: dict) -> str:
+        """Rule 4 on the metric, on the consensus, or (``"auto"``, which records both) on
+        the consensus once the finished trials say the labels are noisy."""
+        if self._signal != "metric":
+            preds = check_predictions(result.get(self._predictions_key), self._predictions_key, type(self).__name__)
+            stop = self._votes.decide(self._bracket_index(trial_id), trial_id, t, preds, self._quantile,
+                                      self._stop_last_trials)
+            if self._signal == "consensus" or self._votes.noisy():
+                if self._signal == "auto":
+                    self._on_rung(trial_id, t, self._metric(result))  # recorded, not deciding
+                return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
+        return self._on_rung(trial_id, t, self._metric(result))
+
     def _record(self, trial_id: str, result: dict) -> None:
         """Put a finished trial's value in the rung it reached (no decision)."""
-        if self._signal == "consensus":
-            preds = result.get(self._predictions_key)
-            if self._time_attr in result and isinstance(preds, str) and preds:
-                self._votes.record(self._bracket_index(trial_id), trial_id, to_float(self._time_attr, result[self._time_attr]), preds)
+        preds = result.get(self._predictions_key)
+        if self._signal != "metric" and self._time_attr in result and isinstance(preds, str) and preds:
+            self._votes.record(self._bracket_index(trial_id), trial_id, to_float(self._time_attr, result[self._time_attr]), preds)
+        if self._signal == "consensus" or self._time_attr not in result or self._rung_metric not in result:
             return
-        if self._time_attr not in result or self._rung_metric not in result:
-            return
-        value = to_float(f"{type(self).__name__}: metric {self._rung_metric!r}", result[self._rung_metric], allow_none=True)
+        value = self._metric(result)
         if value is None:
             return
         t = to_float(self._time_attr, result[self._time_attr])

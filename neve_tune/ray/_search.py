@@ -55,10 +55,10 @@ def _scheduler(kind: str, study: Study, method: str, min_resource: int, reductio
     if kind == "neve_asha":
         if method != "neve":
             raise ValueError(f"scheduler 'neve_asha' needs method 'neve', got {method!r}; use 'asha'")
-        if signal == "consensus" and not study.selection_subset:
-            raise ValueError("neve_signal='consensus' needs a study with selection_subset > 0 (e.g. "
+        if signal in ("consensus", "auto") and not study.selection_subset:
+            raise ValueError(f"neve_signal={signal!r} needs a study with selection_subset > 0 (e.g. "
                              "study.replace(selection_subset=500)): the predictions it compares")
-        kw: dict[str, Any] = {"signal": "consensus"} if signal == "consensus" else {"metric": signal}
+        kw: dict[str, Any] = {"signal": signal} if signal in ("consensus", "auto") else {"metric": signal}
         return NeVeASHAScheduler(max_t=study.max_epochs, grace_period=min_resource, reduction_factor=reduction_factor,
                                  **kw) if build else None
     raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {kind!r}")
@@ -117,7 +117,7 @@ def run_search(
     and finishes it. ``reuse_actors`` (on by default) keeps trial processes between
     trials: a fresh one spends seconds importing torch (see ``benchmarks/ray_trials.py``).
     ``neve_signal`` is the rung signal of :class:`NeVeASHAScheduler` (``"train_loss"``,
-    ``"velocity"``, or ``"consensus"``: it needs ``study.selection_subset``). Every argument is checked (:func:`check_search_args`) before Ray starts.
+    ``"velocity"``, ``"consensus"`` or ``"auto"``: both need ``study.selection_subset``). Every argument is checked (:func:`check_search_args`) before Ray starts.
     """
     min_resource = _renamed_min_resource(grace_period, min_resource)
     study = load_study(study)
@@ -163,7 +163,7 @@ def check_search_args(study: Study, *, method: str = "neve", num_samples: int = 
     ``ray.init``, so a bad flag costs no cluster start."""
     check_choice("method", method, TRAINABLE_METHODS)
     check_choice("api", api, APIS)
-    check_choice("neve_signal", neve_signal, ("train_loss", "velocity", "consensus"))
+    check_choice("neve_signal", neve_signal, ("train_loss", "velocity", "consensus", "auto"))
     check_choice("scheduler", scheduler, SCHEDULERS)
     check_int("num_samples", num_samples, minimum=1)
     check_int("min_resource", min_resource, minimum=1)
@@ -271,9 +271,11 @@ def search_trials(
         )
         ordered = sorted(results, key=lambda r: r.metrics.get("trial_id", ""))
         out = [_record(i, r, study, train_size) for i, r in enumerate(ordered)]
-        if method == "neve" and study.selection == "consensus":
+        if method == "neve" and study.selection in ("consensus", "auto"):
             last = {i: (r.metrics or {}).get("subset_pred") for i, r in enumerate(ordered)}
-            rank_by_consensus(out, {i: p for i, p in last.items() if isinstance(p, str)})
+            fits = {i: (r.metrics or {}).get("subset_fit") for i, r in enumerate(ordered)}
+            rank_by_consensus(out, {i: p for i, p in last.items() if isinstance(p, str)}, study.selection,
+                              {i: float(f) for i, f in fits.items() if isinstance(f, (int, float))})
         return out
 
 
