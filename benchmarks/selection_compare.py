@@ -62,11 +62,13 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "baselines_rf8": (("asha", "asha_es"), ("--reduction-factor", "8")),
     "consensus_rf8": (("neve",), (*CONSENSUS, "--reduction-factor", "8")),
     "today_rf8": (("neve",), ("--reduction-factor", "8")),
+    "auto_rf8": (("neve",), ("--neve-signal", "auto", "--selection", "auto", "--reduction-factor", "8")),
 }
 # the table's rows: a NeVe variant against the baselines run with the same rungs, and the
 # cheaper-rung variants also against the default baselines
 PAIRS = [("today", "baselines"), ("consensus", "baselines"), ("auto", "baselines"), ("today_rf8", "baselines_rf8"),
-         ("consensus_rf8", "baselines_rf8"), ("today_rf8", "baselines"), ("consensus_rf8", "baselines")]
+         ("consensus_rf8", "baselines_rf8"), ("auto_rf8", "baselines_rf8"), ("today_rf8", "baselines"),
+         ("consensus_rf8", "baselines"), ("auto_rf8", "baselines")]
 
 
 def cli_args(data: str, condition: str, variant: str, seeds: int, trials: int) -> list[str]:
