@@ -57,11 +57,11 @@ class Study:
     ``prediction_changes="in_pass"`` or on a subset of ``pc_subset_size`` examples. The defaults are the
     measured ones (README, "Which validation-free defaults, and why"). ``selection_subset`` (0: off) makes each
     NeVe trial record, every epoch, the classes it predicts for that many training examples
-    (a fixed seeded subset, ``subset_pred``), which ``NeVePruner(signal="consensus")`` compares
-    across trials; ``selection="consensus"`` (it needs ``selection_subset``) makes the
+    (a fixed seeded subset, ``subset_pred``, 500 by default), which ``NeVePruner(signal="consensus")``
+    compares across trials; ``selection="consensus"`` (it needs ``selection_subset``) makes the
     comparison's NeVe search pick, among its finished trials, the one that agrees most with
-    the majority vote of the others instead of the lowest objective; ``"auto"`` does so only
-    when the finished trials' fit of the subset's labels says the labels are noisy
+    the majority vote of the others instead of the lowest objective; ``"auto"`` (the default)
+    does so only when the finished trials' fit of the subset's labels says the labels are noisy
     (:func:`neve_tune.selection.selection_mode`) (docs/design.md, "Selection criteria").
     """
 
@@ -86,8 +86,8 @@ class Study:
     pc_restore: bool = True
     prediction_changes: str = "in_pass"
     pc_subset_size: int = 1000
-    selection_subset: int = 0
-    selection: str = "objective"
+    selection_subset: int = 500
+    selection: str = "auto"
     val_fraction: float = 0.1
     early_stopping: int = 10
     objective: str = "tse_e1"
@@ -151,6 +151,14 @@ class Study:
                 raise ValueError(f"{key!r} is neither in defaults nor in search_space")
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
+
+    @property
+    def rung_signal(self) -> str:
+        """The NeVe search's rung signal that goes with ``selection`` (what ``compare``,
+        ``run_search`` and a worker creating a study's pruner use unless told otherwise):
+        ``"auto"`` or ``"consensus"`` as the selection, ``"train_loss"`` for ``"objective"``
+        or without a selection subset."""
+        return self.selection if self.selection_subset and self.selection != "objective" else "train_loss"
 
     @property
     def plateau_patience(self) -> int:

@@ -330,7 +330,7 @@ def test_cli_worker_runs_trials(tmp_path, capsys, kind) -> None:
     search = optuna.load_study(study_name="tiny", storage=make_storage(url, heartbeat_interval=None))
     assert len(search.trials) == 2
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in search.trials)
-    assert search.user_attrs[SETTINGS_ATTR]["signal"] == "train_loss"  # the default
+    assert search.user_attrs[SETTINGS_ATTR]["signal"] == "auto"  # the default: the study's rung signal
     assert (tmp_path / "plots" / "velocity_curves.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "search_history.png").stat().st_size > 1000
 
@@ -482,3 +482,18 @@ def test_an_in_memory_sqlite_url_runs_as_an_in_memory_study(tmp_path, capsys, ur
                  "--threads", "1", "--no-checkpoints"]) == 0
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and "ran 1 trials" in captured.out
+
+
+def test_worker_adopts_a_stored_signal_over_the_study_files(tmp_path) -> None:
+    """A study created before the default became the study file's rung signal keeps its
+    stored pruner settings: a new worker adopts them instead of refusing."""
+    from neve_tune.optuna import NeVePruner, run_worker
+
+    storage = f"sqlite:///{tmp_path / 'old.db'}"
+    old = optuna.create_study(study_name="digits", storage=storage)
+    NeVePruner(signal="train_loss").bind(old)
+    search = run_worker("digits", storage=storage, n_trials=1, changes={"max_epochs": 1}, log=None)
+    assert search.pruner.signal == "train_loss"
+    fresh = run_worker("digits", storage=f"sqlite:///{tmp_path / 'new.db'}", create=True, n_trials=1,
+                       changes={"max_epochs": 1}, log=None)
+    assert fresh.pruner.signal == "auto"

@@ -141,7 +141,8 @@ def test_replay_takes_the_decisions_of_a_real_search(signal):
 
 def test_selection_subset_records_predictions_and_counts_their_cost():
     study = load_study("digits").replace(data="synthetic", max_epochs=2)
-    plain = run_trial(study, {"lr": 0.05}, seed=1)
+    assert study.selection_subset == 500 and study.rung_signal == "auto"  # the defaults
+    plain = run_trial(study.replace(selection_subset=0, selection="objective"), {"lr": 0.05}, seed=1)
     rec = run_trial(study.replace(selection_subset=40), {"lr": 0.05}, seed=1)
     assert [len(m["subset_pred"]) for m in rec.history] == [40, 40]
     assert "subset_pred" not in plain.history[-1]

@@ -24,9 +24,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=cli.positive_int, default=1, help="run the comparison K times, seeds seed..seed+K-1")
     cli.add_max_epochs(p)
     p.add_argument("--searches", default=",".join(SEARCH_METHODS), help="comma-separated subset of neve,asha,asha_es")
-    p.add_argument("--neve-signal", choices=NEVE_SIGNALS, default="train_loss",
-                   help="rung signal of the NeVe search's pruner/scheduler (default train_loss; consensus: agreement with the "
-                        "other trials' vote, README \"Which trial wins\")")
+    p.add_argument("--neve-signal", choices=NEVE_SIGNALS,
+                   help="rung signal of the NeVe search's pruner/scheduler (default: the study's, auto: the consensus "
+                        "once the finished trials say the labels are noisy, else train_loss; README \"Which trial wins\")")
     p.add_argument("--reduction-factor", type=int, default=4,
                    help="every search's successive halving: rungs at epochs 1, rf, rf^2, ..., each keeping the best "
                         "1/rf (default 4)")

@@ -45,9 +45,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     cli.add_data_changes(r)
     cli.add_trial_control(r)
     cli.add_selection(r)
-    r.add_argument("--neve-signal", choices=["train_loss", "velocity", "consensus", "auto"], default="train_loss",
-                   help="rung signal of the NeVe scheduler (default: train_loss; consensus/auto record "
-                        "--selection-subset predictions)")
+    r.add_argument("--neve-signal", choices=["train_loss", "velocity", "consensus", "auto"],
+                   help="rung signal of the NeVe scheduler (default: the study's, auto for the bundled studies)")
     r.add_argument("--min-resource", dest="min_resource", type=cli.positive_int, default=1,
                    help="first rung, in epochs (Ray's grace_period; default: 1)")
     cli.deprecated_alias(r, "--grace-period", "--min-resource", "min_resource", type=cli.positive_int)

@@ -123,7 +123,7 @@ def compare(
     repeats: int = 1,
     retrain: bool = True,
     device: str | None = None,
-    neve_signal: str = "train_loss",
+    neve_signal: str | None = None,
     searches: Sequence[str] = SEARCHES,
     reduction_factor: int = REDUCTION_FACTOR,
     data: DataBundle | None = None,
@@ -135,13 +135,15 @@ def compare(
     Each repeat uses its own seed for the sampler, the trials and, for bundled data sets,
     the train/test split. The top-level figures are means over repeats with ``*_std``
     beside them; ``runs`` holds one full record per seed. ``neve_signal`` is the rung
-    signal of the NeVe search's pruner (Optuna) or scheduler (Ray). ``reduction_factor``
+    signal of the NeVe search's pruner (Optuna) or scheduler (Ray); by default the study's
+    :attr:`~neve_tune.Study.rung_signal` (``"auto"`` for the bundled studies). ``reduction_factor``
     sets every search's successive halving alike (rungs at epochs 1, rf, rf², ...; each
     rung keeps the best 1/rf).
     """
     from tqdm.auto import tqdm
 
     study = load_study(study)
+    neve_signal = study.rung_signal if neve_signal is None else neve_signal
     _check_arguments(backend, trials, repeats, neve_signal, searches, study)
     check_int("reduction_factor", reduction_factor, minimum=2)
     bar = tqdm(total=trials * len(searches) * repeats, desc="trials", unit="trial", disable=not progress)

@@ -36,7 +36,7 @@ from .._checks import check_choice, check_device, check_float, check_int, check_
 from ..study import Study, load_study
 from ..trial import resolve_device
 from ._objective import OBJECTIVE_METHODS, make_objective
-from ._pruner import NeVePruner
+from ._pruner import SETTINGS_ATTR, NeVePruner
 from ._sampler import TrialSeededTPESampler
 from ._selection import pick_trial
 from ._stop import Abandon, PoliteStop, WorkerInterrupted
@@ -171,7 +171,7 @@ def run_worker(
                         sampler=_sampler(sampler_seed), heartbeat_interval=heartbeat_interval,
                         heartbeat_grace_period=heartbeat_grace_period, max_retry=max_retry)
     _check_search(search, method)
-    search.pruner = _pruner(search, method, pruner, pruner_options)
+    search.pruner = _pruner(search, method, pruner, pruner_options, study)
     if checkpoint_dir is None and storage_kind(storage) == "rdb" and heartbeat_interval is not None and log:
         log("note: no checkpoint directory, so a retried trial restarts from epoch 0 (pass --checkpoint-dir)")
     stop = PoliteStop()
@@ -231,12 +231,17 @@ def _check_search(search: optuna.Study, method: str) -> None:
     _check_method(search, method)
 
 
-def _pruner(search: optuna.Study, method: str, pruner: BasePruner | None, options: dict[str, Any] | None) -> BasePruner:
-    """The given pruner, else NeVe's (settings: ``options``, else the study's) or
-    successive halving on validation loss for the baselines."""
+def _pruner(search: optuna.Study, method: str, pruner: BasePruner | None, options: dict[str, Any] | None,
+            study: Study | None = None) -> BasePruner:
+    """The given pruner, else NeVe's (settings: ``options``, else those stored in the
+    Optuna study, else the study file's rung signal) or successive halving on validation
+    loss for the baselines."""
     if pruner is None:
         if method == "neve":
-            pruner = NeVePruner.from_study(search, **(options or {}))
+            options = dict(options or {})
+            if study is not None and SETTINGS_ATTR not in search.user_attrs:
+                options.setdefault("signal", study.rung_signal)
+            pruner = NeVePruner.from_study(search, **options)
         else:
             if options:
                 raise ValueError(f"pruner options {sorted(options)} apply to method 'neve' only")

@@ -97,7 +97,7 @@ def run_search(
     name: str | None = None, resources: Mapping[str, float] | None = None, max_concurrent_trials: int | None = None,
     max_failures: int = 0, min_resource: int | None = None, reduction_factor: float = 4, api: str = "tuner",
     resume: bool = False, device: str | None = None, callbacks: list | None = None, reuse_actors: bool = True,
-    verbose: int = 0, data: Any = None, model_fn: Any = None, neve_signal: str = "train_loss",
+    verbose: int = 0, data: Any = None, model_fn: Any = None, neve_signal: str | None = None,
     grace_period: int | None = None,
 ) -> Any:
     """Run one Ray Tune search of ``study`` on the connected Ray cluster (``ray.init``
@@ -116,11 +116,13 @@ def run_search(
     ``resume=True`` restores the experiment ``storage_path/name`` with ``Tuner.restore``
     and finishes it. ``reuse_actors`` (on by default) keeps trial processes between
     trials: a fresh one spends seconds importing torch (see ``benchmarks/ray_trials.py``).
-    ``neve_signal`` is the rung signal of :class:`NeVeASHAScheduler` (``"train_loss"``,
+    ``neve_signal`` (default: the study's :attr:`~neve_tune.Study.rung_signal`) is the rung
+    signal of :class:`NeVeASHAScheduler` (``"train_loss"``,
     ``"velocity"``, ``"consensus"`` or ``"auto"``: both need ``study.selection_subset``). Every argument is checked (:func:`check_search_args`) before Ray starts.
     """
     min_resource = _renamed_min_resource(grace_period, min_resource)
     study = load_study(study)
+    neve_signal = study.rung_signal if neve_signal is None else neve_signal
     res = check_search_args(study, method=method, num_samples=num_samples, scheduler=scheduler, seed=seed,
                             resources=resources, max_concurrent_trials=max_concurrent_trials, max_failures=max_failures,
                             min_resource=min_resource, reduction_factor=reduction_factor, api=api,
@@ -156,13 +158,14 @@ def _renamed_min_resource(grace_period: int | None, min_resource: int | None) ->
 def check_search_args(study: Study, *, method: str = "neve", num_samples: int = 8, scheduler: str = "auto",
                       seed: int = 0, resources: Mapping[str, float] | None = None,
                       max_concurrent_trials: int | None = None, max_failures: int = 0, min_resource: int = 1,
-                      reduction_factor: float = 4, api: str = "tuner", neve_signal: str = "train_loss",
+                      reduction_factor: float = 4, api: str = "tuner", neve_signal: str | None = None,
                       resume: bool = False, storage_path: Any = None, name: str | None = None) -> dict[str, float]:
     """Every argument of :func:`run_search` that can be judged without Ray, each error
     naming its argument; returns the per-trial resources. The command line calls it before
     ``ray.init``, so a bad flag costs no cluster start."""
     check_choice("method", method, TRAINABLE_METHODS)
     check_choice("api", api, APIS)
+    neve_signal = study.rung_signal if neve_signal is None else neve_signal
     check_choice("neve_signal", neve_signal, ("train_loss", "velocity", "consensus", "auto"))
     check_choice("scheduler", scheduler, SCHEDULERS)
     check_int("num_samples", num_samples, minimum=1)
