@@ -56,6 +56,8 @@ def _train(args: argparse.Namespace) -> int:
         check_int("--min-epochs", args.min_epochs, minimum=0)
     study = cli.study_from_args(args, data=args.data, model=args.model, min_epochs=args.min_epochs,
                             lr_signal=args.lr_signal, amp=args.amp)
+    # one run has no other trials to vote with: no selection subset to forward
+    study = study.replace(selection_subset=0, selection="objective")
     config = study.config()
     for key in ("lr", "threshold", "batch_size"):  # the study's own values were checked when it loaded
         if getattr(args, key) is not None:
