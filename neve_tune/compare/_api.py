@@ -144,8 +144,7 @@ def compare(
 
     study = load_study(study)
     neve_signal = study.rung_signal if neve_signal is None else neve_signal
-    _check_arguments(backend, trials, repeats, neve_signal, searches, study)
-    check_int("reduction_factor", reduction_factor, minimum=2)
+    _check_arguments(backend, trials, repeats, neve_signal, searches, study, reduction_factor)
     bar = tqdm(total=trials * len(searches) * repeats, desc="trials", unit="trial", disable=not progress)
     started_ray = backend == "ray" and not _ray_running()
     runs = []
@@ -172,15 +171,17 @@ def compare(
     return {
         "study": study.name, "backend": backend, "trials": trials, "seeds": [seed + k for k in range(repeats)],
         "max_epochs": study.max_epochs, "data_options": dict(study.data_options), "retrain": retrain,
-        "neve_signal": neve_signal, "reduction_factor": reduction_factor, "train_size": train_size, **aggregate(runs, searches), "runs": runs,
+        "neve_signal": neve_signal, "reduction_factor": reduction_factor, "train_size": train_size,
+        **aggregate(runs, searches), "runs": runs,
         "elapsed_s": time.perf_counter() - t0,
     }
 
 
 def _check_arguments(backend: str, trials: int, repeats: int, neve_signal: str, searches: Sequence[str],
-                     study: Study) -> None:
+                     study: Study, reduction_factor: int = REDUCTION_FACTOR) -> None:
     """:func:`compare`'s settings, each refused in one line naming it."""
     check_choice("backend", backend, BACKENDS)
+    check_int("reduction_factor", reduction_factor, minimum=2)
     check_int("trials", trials, minimum=1)
     check_int("repeats", repeats, minimum=1)
     check_choice("neve_signal", neve_signal, NEVE_SIGNALS)
