@@ -147,9 +147,8 @@ def compare(
     _check_arguments(backend, trials, repeats, neve_signal, searches, study, reduction_factor)
     bar = tqdm(total=trials * len(searches) * repeats, desc="trials", unit="trial", disable=not progress)
     started_ray = backend == "ray" and not _ray_running()
-    runs = []
-    train_size = 0
-    t0 = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    train_size, t0 = 0, time.perf_counter()
     try:
         for k in range(repeats):
             s = seed + k
