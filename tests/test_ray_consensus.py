@@ -106,7 +106,7 @@ def test_ray_search_needs_the_subset():
     from neve_tune.ray import run_search
 
     with pytest.raises(ValueError, match="selection_subset > 0"):
-        run_search(load_study("digits"), neve_signal="consensus")
+        run_search(load_study("digits").replace(selection_subset=0, selection="objective"), neve_signal="consensus")
 
 
 def test_compare_on_ray_prunes_and_picks_by_consensus():

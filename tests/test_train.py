@@ -52,9 +52,10 @@ def test_cost_counters_add_up():
     n_train = len(get_dataset("synthetic").train)
     assert rec.epochs == 3 and rec.stopped_by == "max_epochs"
     assert rec.cost.train_samples == 3 * n_train
-    assert rec.cost.probe_samples == 4 * 7  # reference + one per epoch
+    subset = min(study.selection_subset, n_train)  # the selection subset, forwarded after each epoch
+    assert rec.cost.probe_samples == 4 * 7 + 3 * subset  # velocity: reference + one per epoch
     assert rec.cost.eval_samples == 0
-    assert rec.cost.epochs_equiv(rec.train_size) == pytest.approx((3 * n_train + 28 / 3) / n_train)
+    assert rec.cost.epochs_equiv(rec.train_size) == pytest.approx((3 * n_train + (28 + 3 * subset) / 3) / n_train)
     assert [m["train_samples"] for m in rec.history] == [n_train, 2 * n_train, 3 * n_train]
 
     asha = run_trial(study, cfg, method="asha", seed=0, evaluate_test=False)
