@@ -99,7 +99,7 @@ def test_two_workers_share_a_study(postgres_url, tmp_path) -> None:
     assert ran[0].isdisjoint(ran[1]) and ran[0] | ran[1] == set(range(4))
     assert len({t.user_attrs["worker"] for t in trials}) == 2
     # both workers pruned by the one rule stored in the study
-    assert search.user_attrs["neve_pruner"]["signal"] == "train_loss"  # the default since 4017aaa
+    assert search.user_attrs["neve_pruner"]["signal"] == "auto"  # a new study takes the study file's rung signal
     for t in trials:
         assert len(trial_history(t)) == t.user_attrs["epochs"] == len(t.intermediate_values)
 
