@@ -52,6 +52,7 @@ __all__ = [
     "noise_from_fits",
     "noise_rate_estimate",
     "pick_by_consensus",
+    "consensus_winner",
     "pc_min",
     "random_label_drop",
     "selection_mode",
@@ -285,6 +286,22 @@ def pick_by_consensus(last_predictions: Mapping[Any, str], candidates: Sequence[
         return None
     scores = consensus_scores(last_predictions, candidates)
     return min(candidates, key=lambda k: scores[k])
+
+
+def consensus_winner(predictions: Mapping[Any, str], finished: Sequence[Any]) -> Any:
+    """:func:`pick_by_consensus` among the ``finished`` trials that recorded predictions (the
+    finished trials vote); ``ValueError`` when none did, None when nothing finished.
+
+    >>> consensus_winner({"a": "0123", "b": "0120", "c": "0100"}, ["a", "b", "c"])
+    'b'
+    """
+    if not finished:
+        return None
+    candidates = [k for k in finished if k in predictions]
+    if not candidates:
+        raise ValueError("the consensus found no 'subset_pred' on the finished trials: record the predictions on "
+                         "the fixed subset with Study(selection_subset=500)")
+    return pick_by_consensus({k: predictions[k] for k in candidates}, candidates)
 
 
 class SelectionSubset:

@@ -137,3 +137,23 @@ def test_auto_ranks_on_the_consensus_once_finished_trials_look_noisy(fit: float,
                 "c": s.on_trial_result(None, c, go(1, "1111", train_loss=0.05))}
     assert {k for k, v in verdicts.items() if v == STOP} == {stopped}
     assert sorted(s.rung_values()[-1][1]) == ["a", "b", "c", "done"]  # the metric is recorded too
+
+
+def test_summarize_picks_by_the_studys_selection():
+    """``neve-tune ray`` reports the winner by the study's selection: a, the lowest
+    objective, disagrees with b and c; with fits of 70% (30% estimated noise) ``auto``
+    takes the consensus (b, the first of the two that agree), with 99% the objective."""
+    from neve_tune.ray import summarize
+
+    def trial(tid, objective, preds, fit):
+        result = {"objective": objective, "subset_pred": preds, "subset_fit": fit, "epochs_equiv": 1.0}
+        return SimpleNamespace(trial_id=tid, config={}, last_result=result, error_file=None)
+
+    for fit, auto_pick in ((0.7, "b"), (0.99, "a")):
+        results = SimpleNamespace(trials=[trial("a", 0.1, "1111", fit), trial("b", 0.5, "0000", fit),
+                                          trial("c", 0.9, "0000", fit)])
+        assert summarize(results)["best"]["trial_id"] == "a"
+        assert summarize(results, "consensus")["best"]["trial_id"] == "b"
+        assert summarize(results, "auto")["best"]["trial_id"] == auto_pick
+    with pytest.raises(ValueError, match="selection must be one of"):
+        summarize(results, "vote")

@@ -249,7 +249,7 @@ def _run(args: argparse.Namespace) -> int:
             device=device,
             verbose=args.verbose,
         )
-        summary = summarize(results)
+        summary = summarize(results, study.selection if args.method == "neve" else "objective")
     finally:
         if started:
             ray.shutdown()

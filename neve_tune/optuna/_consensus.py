@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._report import epoch_key, trial_history
+from ._report import epoch_key
+from ._selection import last_fits
 
 if TYPE_CHECKING:
     import optuna
@@ -50,9 +51,4 @@ def finished_fits(study: "optuna.study.Study") -> list[float]:
     the label noise from, :func:`neve_tune.selection.selection_mode`)."""
     import optuna
 
-    fits = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        last = [m["subset_fit"] for m in trial_history(t) if isinstance(m.get("subset_fit"), (int, float))]
-        if last:
-            fits.append(float(last[-1]))
-    return fits
+    return list(last_fits(study, (optuna.trial.TrialState.COMPLETE,)).values())

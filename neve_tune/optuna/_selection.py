@@ -18,7 +18,7 @@ so any worker, or a script after the search, can pick.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._checks import check_choice
 from ._report import trial_history
@@ -32,25 +32,26 @@ __all__ = ["SELECTIONS", "last_fits", "last_predictions", "pick_trial"]
 SELECTIONS = ("objective", "consensus", "auto")
 
 
-def last_predictions(search: "optuna.Study") -> dict[int, str]:
+def _last(search: "optuna.Study", key: str, kind: type | tuple[type, ...], states: Any = None) -> dict[int, Any]:
+    """Each trial's (of ``states``, default all) last recorded epoch value of ``key`` of
+    type ``kind``, by trial number; trials that recorded none are left out."""
+    last = {}
+    for t in search.get_trials(deepcopy=False, states=states):
+        values = [m[key] for m in trial_history(t) if isinstance(m.get(key), kind)]
+        if values:
+            last[t.number] = values[-1]
+    return last
+
+
+def last_predictions(search: "optuna.Study", states: Any = None) -> dict[int, str]:
     """Each trial's last recorded predictions on the selection subset, by trial number
-    (trials that recorded none are left out)."""
-    last = {}
-    for t in search.get_trials(deepcopy=False):
-        preds = [m["subset_pred"] for m in trial_history(t) if isinstance(m.get("subset_pred"), str)]
-        if preds:
-            last[t.number] = preds[-1]
-    return last
+    (trials that recorded none are left out; ``states``: only trials in these states)."""
+    return _last(search, "subset_pred", str, states)
 
 
-def last_fits(search: "optuna.Study") -> dict[int, float]:
+def last_fits(search: "optuna.Study", states: Any = None) -> dict[int, float]:
     """Each trial's last recorded fit of the subset's given labels (``subset_fit``)."""
-    last = {}
-    for t in search.get_trials(deepcopy=False):
-        fits = [m["subset_fit"] for m in trial_history(t) if isinstance(m.get("subset_fit"), (int, float))]
-        if fits:
-            last[t.number] = float(fits[-1])
-    return last
+    return {k: float(v) for k, v in _last(search, "subset_fit", (int, float), states).items()}
 
 
 def pick_trial(search: "optuna.Study", selection: str = "objective") -> "FrozenTrial | None":
@@ -61,23 +62,17 @@ def pick_trial(search: "optuna.Study", selection: str = "objective") -> "FrozenT
     noisy (:func:`neve_tune.selection.selection_mode`), else by the objective."""
     import optuna
 
-    from ..selection import pick_by_consensus
+    from ..selection import consensus_winner, selection_mode
 
     check_choice("selection", selection, SELECTIONS)
-    done = search.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    complete = (optuna.trial.TrialState.COMPLETE,)
+    done = search.get_trials(deepcopy=False, states=complete)
     if not done:
         return None
     if selection == "auto":
-        from ..selection import selection_mode
-
-        fits = last_fits(search)
+        fits = last_fits(search, complete)
         selection = selection_mode([fits.get(t.number) for t in done])
     if selection == "objective":
         return search.best_trial
-    last = last_predictions(search)
-    candidates = [t.number for t in done if t.number in last]
-    if not candidates:
-        raise ValueError("selection='consensus' found no 'subset_pred' on the finished trials: record the "
-                         "predictions on the fixed subset with Study(selection_subset=500)")
-    number = pick_by_consensus({k: last[k] for k in candidates}, candidates)
+    number = consensus_winner(last_predictions(search, complete), [t.number for t in done])
     return next(t for t in done if t.number == number)
