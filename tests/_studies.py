@@ -1,8 +1,11 @@
-"""Study files the worker tests write into a temporary folder, and the check of a resumed trial."""
+"""Study files the worker tests write into a temporary folder, the signal a test sends its
+worker mid-trial, and the check of a resumed trial."""
 
 from __future__ import annotations
 
-from typing import Any
+import subprocess
+import time
+from typing import Any, Callable
 
 import torch
 
@@ -46,6 +49,21 @@ STUDY = Study(
 def slow_probe_study(max_epochs: int) -> str:
     """The source of a study file whose probe forward sleeps 0.2 s, capped at ``max_epochs``."""
     return _SLOW.replace("MAX_EPOCHS", str(int(max_epochs)))
+
+
+def signal_when_reported(proc: subprocess.Popen, reported: Callable[[], int], epochs: int, signum: int,
+                         pause: float = 0.0, timeout: float = 300) -> int | None:
+    """Send ``signum`` to the worker ``proc`` once its trial has reported ``epochs`` epochs
+    (``reported()``), ``pause`` seconds later (into the next epoch); return the epochs
+    reported then, or None when the worker ended (or ``timeout`` passed) first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if reported() >= epochs:
+            time.sleep(pause)
+            proc.send_signal(signum)
+            return reported()
+        time.sleep(0.05)
+    return None
 
 
 def assert_resumed_like_uninterrupted(retried: Any, study_file: Any, params: dict) -> Any:

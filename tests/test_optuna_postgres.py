@@ -27,9 +27,9 @@ try:
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     from _postgres import postgres_url  # noqa: F401
 try:
-    from tests._studies import assert_resumed_like_uninterrupted, slow_probe_study
+    from tests._studies import assert_resumed_like_uninterrupted, signal_when_reported, slow_probe_study
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from _studies import assert_resumed_like_uninterrupted, slow_probe_study
+    from _studies import assert_resumed_like_uninterrupted, signal_when_reported, slow_probe_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.postgres
@@ -59,6 +59,28 @@ def _create_study(url: str, name: str) -> None:
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+PARAMS = {"lr": 0.05, "threshold": 1e-4, "batch_size": 128}
+
+
+def _queued_slow_trial(url: str, tmp_path: Path, prefix: str) -> tuple[str, Path, optuna.storages.RDBStorage]:
+    """A fresh study with one queued trial (``PARAMS``) of the slow-probe study file."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    _create_study(url, name)
+    study_file = tmp_path / "slow.py"
+    study_file.write_text(SLOW)
+    storage = _storage(url)
+    optuna.load_study(study_name=name, storage=storage).enqueue_trial(PARAMS)
+    return name, study_file, storage
+
+
+def _reported(storage: optuna.storages.RDBStorage, name: str):
+    """The epochs the study's first trial has reported, read from the storage."""
+    def count() -> int:
+        trials = storage.get_all_trials(storage.get_study_id_from_name(name))
+        return len(trials[0].intermediate_values) if trials else 0
+    return count
 
 
 def _storage(url: str) -> optuna.storages.RDBStorage:
@@ -106,13 +128,7 @@ def test_two_workers_share_a_study(postgres_url, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_killed_worker_trial_is_retried_and_resumes(postgres_url, tmp_path) -> None:
-    name = f"kill_{uuid.uuid4().hex[:8]}"
-    _create_study(postgres_url, name)
-    study_file = tmp_path / "slow.py"
-    study_file.write_text(SLOW)
-    params = {"lr": 0.05, "threshold": 1e-4, "batch_size": 128}
-    storage = _storage(postgres_url)
-    optuna.load_study(study_name=name, storage=storage).enqueue_trial(params)
+    name, study_file, storage = _queued_slow_trial(postgres_url, tmp_path, "kill")
 
     recovery = ("--trials", "1", "--heartbeat-interval", "1", "--heartbeat-grace-period", "2")
     first = subprocess.Popen(
@@ -120,15 +136,8 @@ def test_killed_worker_trial_is_retried_and_resumes(postgres_url, tmp_path) -> N
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     killed_after = None
-    deadline = time.monotonic() + 300
     try:
-        while time.monotonic() < deadline and first.poll() is None:
-            trials = storage.get_all_trials(storage.get_study_id_from_name(name))
-            if trials and len(trials[0].intermediate_values) >= 3:
-                first.send_signal(signal.SIGKILL)  # mid-trial: 3 of 8 epochs reported
-                killed_after = len(trials[0].intermediate_values)
-                break
-            time.sleep(0.05)
+        killed_after = signal_when_reported(first, _reported(storage, name), 3, signal.SIGKILL)  # mid-trial
     finally:
         if first.poll() is None and killed_after is None:
             first.kill()
@@ -144,7 +153,7 @@ def test_killed_worker_trial_is_retried_and_resumes(postgres_url, tmp_path) -> N
     trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     killed, retried = trials
-    assert retried.params == killed.params == params
+    assert retried.params == killed.params == PARAMS
     assert retried.system_attrs["failed_trial"] == 0
     resumed = retried.user_attrs["resumed_from_epoch"]
     assert resumed >= killed_after  # it continued from the checkpoint, not from epoch 0
@@ -152,7 +161,7 @@ def test_killed_worker_trial_is_retried_and_resumes(postgres_url, tmp_path) -> N
     assert trial_history(retried)[:killed_after] == trial_history(killed)[:killed_after]
 
     # the series equal an uninterrupted trial's
-    reference = assert_resumed_like_uninterrupted(retried, study_file, params)
+    reference = assert_resumed_like_uninterrupted(retried, study_file, PARAMS)
     assert retried.value == pytest.approx(reference.objective)
     assert not any((tmp_path / "ckpt").rglob("*.pt"))  # checkpoint removed once finished
     assert os.path.isdir(tmp_path / "ckpt")
@@ -162,27 +171,12 @@ def test_killed_worker_trial_is_retried_and_resumes(postgres_url, tmp_path) -> N
 def test_ctrl_c_on_a_worker_keeps_its_trial_for_the_next_worker(postgres_url, tmp_path) -> None:
     """SIGINT mid-epoch: one line, exit 130, the trial re-queued at once (no grace period to
     wait), and the next worker resumes it from its checkpoint with the uninterrupted series."""
-    name = f"ctrl_c_{uuid.uuid4().hex[:8]}"
-    _create_study(postgres_url, name)
-    study_file = tmp_path / "slow.py"
-    study_file.write_text(SLOW)
-    params = {"lr": 0.05, "threshold": 1e-4, "batch_size": 128}
-    storage = _storage(postgres_url)
-    optuna.load_study(study_name=name, storage=storage).enqueue_trial(params)
+    name, study_file, storage = _queued_slow_trial(postgres_url, tmp_path, "ctrl_c")
     recovery = ("--trials", "1", "--heartbeat-interval", "1", "--heartbeat-grace-period", "60")
     first = subprocess.Popen(_worker_cmd(study_file, name, postgres_url, tmp_path, *recovery),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stopped_after = None
-    deadline = time.monotonic() + 300
     try:
-        while time.monotonic() < deadline and first.poll() is None:
-            trials = storage.get_all_trials(storage.get_study_id_from_name(name))
-            if trials and len(trials[0].intermediate_values) >= 3:
-                time.sleep(0.3)  # into the next epoch
-                first.send_signal(signal.SIGINT)
-                stopped_after = len(storage.get_all_trials(storage.get_study_id_from_name(name))[0].intermediate_values)
-                break
-            time.sleep(0.05)
+        stopped_after = signal_when_reported(first, _reported(storage, name), 3, signal.SIGINT, pause=0.3)
         _, err = first.communicate(timeout=120)
     finally:
         if first.poll() is None:
@@ -197,6 +191,6 @@ def test_ctrl_c_on_a_worker_keeps_its_trial_for_the_next_worker(postgres_url, tm
     assert second.returncode == 0, second.stderr[-3000:]
     stopped, retried = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     assert (stopped.state, retried.state) == (TrialState.FAIL, TrialState.COMPLETE)
-    assert retried.params == params and retried.system_attrs["failed_trial"] == 0
+    assert retried.params == PARAMS and retried.system_attrs["failed_trial"] == 0
     assert retried.user_attrs["resumed_from_epoch"] >= stopped_after
-    assert_resumed_like_uninterrupted(retried, study_file, params)
+    assert_resumed_like_uninterrupted(retried, study_file, PARAMS)

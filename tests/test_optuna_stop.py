@@ -10,7 +10,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -21,9 +20,9 @@ from neve_tune.optuna import TrialSeededTPESampler, trial_history
 from neve_tune.optuna._stop import Abandon, PoliteStop
 
 try:
-    from tests._studies import assert_resumed_like_uninterrupted, slow_probe_study
+    from tests._studies import assert_resumed_like_uninterrupted, signal_when_reported, slow_probe_study
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from _studies import assert_resumed_like_uninterrupted, slow_probe_study
+    from _studies import assert_resumed_like_uninterrupted, signal_when_reported, slow_probe_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -49,17 +48,12 @@ def test_polite_stop_keeps_the_trial_and_the_next_worker_resumes_it(tmp_path: Pa
     search.enqueue_trial(params)
 
     first = subprocess.Popen(_worker(study_file, url, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stopped_after = None
-    deadline = time.monotonic() + 300
+    def reported() -> int:
+        trials = search.get_trials(deepcopy=False)
+        return len(trials[0].intermediate_values) if trials else 0
+
     try:
-        while time.monotonic() < deadline and first.poll() is None:
-            trials = search.get_trials(deepcopy=False)
-            if trials and len(trials[0].intermediate_values) >= 2:
-                time.sleep(0.3)  # into the next epoch's probe: mid-epoch
-                first.send_signal(signum)
-                stopped_after = len(search.get_trials(deepcopy=False)[0].intermediate_values)
-                break
-            time.sleep(0.05)
+        stopped_after = signal_when_reported(first, reported, 2, signum, pause=0.3)  # into the next epoch's probe
         out, err = first.communicate(timeout=120)
     finally:
         if first.poll() is None:
