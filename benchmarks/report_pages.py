@@ -126,8 +126,9 @@ def _picks(record: Mapping[str, Any]) -> list[str]:
     return rows
 
 
-def render(record: Mapping[str, Any], json_name: str, results: Path = RESULTS) -> str:
+def render(record: Mapping[str, Any], json_name: str, results: Path | None = None) -> str:
     """The results page of one ``neve-tune compare --json`` record."""
+    results = RESULTS if results is None else results
     from neve_tune.compare import summary_table
 
     name = Path(json_name).stem
@@ -201,8 +202,9 @@ def _makefile_run() -> str | None:
     return None if m is None else re.sub(r"^\S*neve-tune", "neve-tune", m.group(1).strip())
 
 
-def render_index(json_names: list[str], results: Path = RESULTS) -> str:
+def render_index(json_names: list[str], results: Path | None = None) -> str:
     """``docs/results/index.md``: the generated pages, then the earlier measurements."""
+    results = RESULTS if results is None else results
     lines = [
         "# Results",
         "",
@@ -235,8 +237,9 @@ def render_index(json_names: list[str], results: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
-def expected_pages(results: Path = RESULTS) -> dict[Path, str]:
-    """Every page the JSON files of ``results`` make, with its text."""
+def expected_pages(results: Path | None = None) -> dict[Path, str]:
+    """Every page the JSON files of ``results`` (default ``docs/results``) make, with its text."""
+    results = RESULTS if results is None else results
     names = sorted(p.name for p in results.glob("*.json"))
     pages = {results / "index.md": render_index(names, results)}
     for name in names:
@@ -245,8 +248,9 @@ def expected_pages(results: Path = RESULTS) -> dict[Path, str]:
     return pages
 
 
-def stale_pages(results: Path = RESULTS) -> list[str]:
+def stale_pages(results: Path | None = None) -> list[str]:
     """Pages that differ from what their JSON makes, and generated pages without a JSON."""
+    results = RESULTS if results is None else results
     expected = expected_pages(results)
     wrong = [str(p) for p, text in expected.items() if not p.is_file() or p.read_text() != text]
     orphans = [str(p) for p in results.glob("*.md")
@@ -282,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(src.parent / "anytime.png", RESULTS / f"{dest.stem}_anytime.png")
     for path, text in expected_pages().items():
         path.write_text(text)
-        print(f"wrote {path.relative_to(ROOT)}")
+        print(f"wrote {path}")
     return 0
 
 
