@@ -102,3 +102,32 @@ def test_publishing_a_record_copies_it_and_writes_its_page(tmp_path: Path, monke
     assert (tmp_path / "results" / "compare_digits.json").read_text() == FIXTURE.read_text()
     assert (tmp_path / "results" / "compare_digits.md").is_file()
     assert report_pages.main([str(tmp_path / "missing.json")]) == 2
+
+
+def _make_run_record() -> dict:
+    """The fixture with make run's settings (what the Makefile's command would record)."""
+    record = json.loads(FIXTURE.read_text())
+    record.update(trials=20, seeds=[0, 1, 2, 3, 4], max_epochs=60)
+    return record
+
+
+def test_the_readme_headline_is_generated_once_make_runs_record_is_published(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    shutil.copyfile(ROOT / "README.md", readme)
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "compare_other.json").write_text(FIXTURE.read_text())  # not make run's settings
+    assert report_pages.expected_readme(results, readme) is None
+    assert str(readme) not in report_pages.stale_pages(results, readme)
+
+    record = _make_run_record()
+    (results / "compare_digits.json").write_text(json.dumps(record))
+    text = report_pages.expected_readme(results, readme)
+    before, after = readme.read_text().split(report_pages.BEGIN)[0], readme.read_text().split(report_pages.END)[1]
+    assert text is not None and text.startswith(before) and text.endswith(after)
+    block = text[text.index(report_pages.BEGIN):text.index(report_pages.END)]
+    assert summary_table(record) in block and "pasted" not in block
+    assert f"{record['cost_ratio']:.2f} of `asha`'s cost" in block
+    assert str(readme) in report_pages.stale_pages(results, readme)
+    readme.write_text(text)
+    assert str(readme) not in report_pages.stale_pages(results, readme)
