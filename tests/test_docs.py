@@ -66,8 +66,16 @@ def _blocks(path: Path) -> list[Block]:
         end = next(j for j in range(i + 1, len(lines)) if lines[j].rstrip() == "```")
         before = next((lines[k].strip() for k in range(i - 1, -1, -1) if lines[k].strip()), "")
         mk = MARKER.match(before)
-        out.append(Block(path, i + 1, m.group(1), "\n".join(lines[i + 1:end]) + "\n",
-                         mk.group(1) if mk else None, mk.group(2) if mk else ""))
+        out.append(
+            Block(
+                path,
+                i + 1,
+                m.group(1),
+                "\n".join(lines[i + 1 : end]) + "\n",
+                mk.group(1) if mk else None,
+                mk.group(2) if mk else "",
+            )
+        )
         i = end + 1
     return out
 
@@ -97,22 +105,29 @@ def test_every_marker_is_known_has_its_reason_and_sits_on_a_python_block(path: P
         kind, reason = m.groups()
         where = f"{path.relative_to(ROOT)}:{n + 1}"
         assert kind in KINDS, f"{where}: unknown marker {kind!r} (one of {KINDS})"
-        assert len(reason.split()) >= 2 or kind in ("runs-as", "excerpt-of"), f"{where}: {kind} needs a reason"
+        assert len(reason.split()) >= 2 or kind in ("runs-as", "excerpt-of"), (
+            f"{where}: {kind} needs a reason"
+        )
         nxt = next((k for k in range(n + 1, len(lines)) if lines[k].strip()), None)
-        assert nxt in starts and starts[nxt].lang == "python", f"{where}: the marker must precede a python block"
+        assert nxt in starts and starts[nxt].lang == "python", (
+            f"{where}: the marker must precede a python block"
+        )
 
 
 def _recipe(block: Block) -> Path:
     path = ROOT / block.arg
     assert path.is_file(), f"{block.id}: {block.arg} does not exist"
     assert path.parent == ROOT / "docs" and path.name in RECIPES, (
-        f"{block.id}: {block.arg} is not a recipe tests/test_readme_loop.py runs")
+        f"{block.id}: {block.arg} is not a recipe tests/test_readme_loop.py runs"
+    )
     return path
 
 
 @pytest.mark.parametrize("block", [b for b in PYTHON if b.marker == "runs-as"], ids=_id)
 def test_a_runs_as_block_is_its_file_as_written(block: Block) -> None:
-    assert block.code.strip() == _recipe(block).read_text().strip(), f"{block.id} differs from {block.arg}"
+    assert block.code.strip() == _recipe(block).read_text().strip(), (
+        f"{block.id} differs from {block.arg}"
+    )
 
 
 @pytest.mark.parametrize("block", [b for b in PYTHON if b.marker == "excerpt-of"], ids=_id)
@@ -122,14 +137,24 @@ def test_an_excerpt_is_lines_of_its_file_in_order(block: Block) -> None:
     for line in (ln.rstrip() for ln in block.code.splitlines()):
         if not line or line.strip().startswith("..."):
             continue
-        assert line in source[at:], f"{block.id}: {line.strip()!r} is not in {block.arg} (after line {at})"
+        assert line in source[at:], (
+            f"{block.id}: {line.strip()!r} is not in {block.arg} (after line {at})"
+        )
         at = source.index(line, at) + 1
 
 
 def _run(block: Block, tmp_path: Path, timeout: int) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(tmp_path), OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    proc = subprocess.run([sys.executable, "-c", block.code], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    env = dict(
+        os.environ, PYTHONPATH=str(ROOT), HOME=str(tmp_path), OMP_NUM_THREADS="1", MPLBACKEND="Agg"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", block.code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, f"{block.id} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
 
@@ -177,7 +202,10 @@ def test_bash_commands_name_what_exists(block: Block) -> None:
 def test_the_readme_opens_with_the_two_commands_and_stays_short() -> None:
     text = (ROOT / "README.md").read_text()
     first = _blocks(ROOT / "README.md")[0]
-    assert first.lang == "bash" and [c.split()[:2] for c in _commands(first)] == [["make", "run"], ["make", "test"]]
+    assert first.lang == "bash" and [c.split()[:2] for c in _commands(first)] == [
+        ["make", "run"],
+        ["make", "test"],
+    ]
     assert text.index("```") < text.index("\n## "), "the two commands come before any section"
     assert len(text.splitlines()) <= 250
     assert 'pip install "neve_tune[' in text
@@ -193,12 +221,24 @@ def test_relative_links_of_the_readme_exist(path: Path) -> None:
 def test_every_page_is_in_the_site_navigation() -> None:
     """mkdocs only notes a page left out of ``nav``; here it fails (the generated results
     pages aside, which ``docs/results/index.md`` lists as their records arrive)."""
-    nav = re.split(r"\n(?=\S)", (ROOT / "mkdocs.yml").read_text().split("\nnav:", 1)[1], maxsplit=1)[0]
+    nav = re.split(
+        r"\n(?=\S)", (ROOT / "mkdocs.yml").read_text().split("\nnav:", 1)[1], maxsplit=1
+    )[0]
     listed = set(re.findall(r"([\w/.-]+\.md)\s*$", nav, flags=re.M))
     pages = {str(p.relative_to(ROOT / "docs")) for p in (ROOT / "docs").rglob("*.md")}
     generated = {p for p in pages if p.startswith("results/") and p != "results/index.md"}
     assert pages - generated <= listed, sorted(pages - generated - listed)
     assert listed <= pages, sorted(listed - pages)
-    for module in ("neve_tune", "neve_tune.optuna", "neve_tune.ray", "neve_tune.lightning", "neve_tune.hf",
-                   "neve_tune.compare"):
-        assert any(f"::: {module}\n" in (ROOT / "docs" / p).read_text() for p in listed if p.startswith("api/")), module
+    for module in (
+        "neve_tune",
+        "neve_tune.optuna",
+        "neve_tune.ray",
+        "neve_tune.lightning",
+        "neve_tune.hf",
+        "neve_tune.compare",
+    ):
+        assert any(
+            f"::: {module}\n" in (ROOT / "docs" / p).read_text()
+            for p in listed
+            if p.startswith("api/")
+        ), module

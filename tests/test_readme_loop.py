@@ -38,11 +38,12 @@ def _run(name: str, capsys) -> tuple[dict, str]:
 @pytest.mark.parametrize("name", RECIPES)
 def test_a_docs_page_shows_the_recipe_as_written(name):
     code = (DOCS / name).read_text().strip()
-    assert code in _page_blocks(), f"a docs page must show docs/{name} in a python block, as written"
+    assert code in _page_blocks(), f"a docs page must show docs/{name} in a python block as written"
 
 
 def test_every_docs_python_file_is_a_recipe_run_here():
-    assert set(RECIPES) == {p.name for p in DOCS.glob("*.py")}, "every docs/*.py is a recipe run here"
+    shown = {p.name for p in DOCS.glob("*.py")}
+    assert set(RECIPES) == shown, "every docs/*.py is a recipe run here"
 
 
 def test_plain_loop_runs_as_written_and_stops_by_velocity(capsys):

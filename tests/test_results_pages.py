@@ -22,7 +22,9 @@ FIXTURE = Path(__file__).parent / "data" / "compare_tiny.json"
 
 
 def _load_generator():
-    spec = importlib.util.spec_from_file_location("report_pages", ROOT / "benchmarks" / "report_pages.py")
+    spec = importlib.util.spec_from_file_location(
+        "report_pages", ROOT / "benchmarks" / "report_pages.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
@@ -83,12 +85,23 @@ def test_the_page_command_of_make_runs_record_is_make_run() -> None:
 
 def test_the_command_carries_what_differs_from_the_defaults() -> None:
     record = json.loads(FIXTURE.read_text())
-    record.update(seeds=[10, 11], data_options={"label_noise": 0.2, "noise_seed": 1}, reduction_factor=8,
-                  neve_signal="train_loss")
+    record.update(
+        seeds=[10, 11],
+        data_options={"label_noise": 0.2, "noise_seed": 1},
+        reduction_factor=8,
+        neve_signal="train_loss",
+    )
     cmd = report_pages.command(record).split()
     assert cmd[:5] == ["neve-tune", "compare", "digits", "--trials", "3"]
-    for flag, value in (("--seed", "10"), ("--repeats", "2"), ("--max-epochs", "5"), ("--label-noise", "0.2"),
-                        ("--noise-seed", "1"), ("--reduction-factor", "8"), ("--neve-signal", "train_loss")):
+    for flag, value in (
+        ("--seed", "10"),
+        ("--repeats", "2"),
+        ("--max-epochs", "5"),
+        ("--label-noise", "0.2"),
+        ("--noise-seed", "1"),
+        ("--reduction-factor", "8"),
+        ("--neve-signal", "train_loss"),
+    ):
         assert cmd[cmd.index(flag) + 1] == value, flag
     assert report_pages.page_name(record) == "compare_digits_label_noise0.2_noise_seed1"
 
@@ -111,7 +124,9 @@ def _make_run_record() -> dict:
     return record
 
 
-def test_the_readme_headline_is_generated_once_make_runs_record_is_published(tmp_path: Path) -> None:
+def test_the_readme_headline_is_generated_once_make_runs_record_is_published(
+    tmp_path: Path,
+) -> None:
     readme = tmp_path / "README.md"
     shutil.copyfile(ROOT / "README.md", readme)
     results = tmp_path / "results"
@@ -123,9 +138,12 @@ def test_the_readme_headline_is_generated_once_make_runs_record_is_published(tmp
     record = _make_run_record()
     (results / "compare_digits.json").write_text(json.dumps(record))
     text = report_pages.expected_readme(results, readme)
-    before, after = readme.read_text().split(report_pages.BEGIN)[0], readme.read_text().split(report_pages.END)[1]
+    before, after = (
+        readme.read_text().split(report_pages.BEGIN)[0],
+        readme.read_text().split(report_pages.END)[1],
+    )
     assert text is not None and text.startswith(before) and text.endswith(after)
-    block = text[text.index(report_pages.BEGIN):text.index(report_pages.END)]
+    block = text[text.index(report_pages.BEGIN) : text.index(report_pages.END)]
     assert summary_table(record) in block and "pasted" not in block
     assert f"{record['cost_ratio']:.2f} of `asha`'s cost" in block
     assert str(readme) in report_pages.stale_pages(results, readme)
