@@ -198,6 +198,96 @@ def replay(rec: dict[str, Any], guard: Callable[..., tuple[int, int] | None] | N
     raise ValueError("the record ends before max_epochs")
 
 
+def _misfit(r: dict[str, Any], n: int) -> float:
+    """Training examples whose label the training pass did not fit, that epoch."""
+    return n * (1.0 - r["train_acc"])
+
+
+def guard_settled(rows: list[dict[str, Any]], n: int, patience: int = 3, window: int = 3,
+                  settle: float = 0.5, memorise: float = 0.0) -> tuple[int, int] | None:
+    """The guard with evidence: a minimum of the moving average counts only where the
+    predictions have settled while labels are still unfit (level <= ``settle`` x misfit:
+    the model refuses some labels, stably), and the stop needs, ``patience`` epochs later,
+    the misfit to have fallen by ``memorise`` x its value at that minimum (the refused
+    labels being fitted: memorisation)."""
+    best, best_epoch, best_misfit, series = None, 0, 0.0, []
+    for r in rows:
+        if r["prediction_changes"] is None:
+            continue
+        series.append(r["prediction_changes"])
+        if len(series) < window:
+            continue
+        level = sum(series[-window:]) / window
+        misfit = _misfit(r, n)
+        if (best is None or level < best) and level <= settle * misfit:
+            best, best_epoch, best_misfit = level, r["epoch"], misfit
+        if best is not None and r["epoch"] - best_epoch >= patience and misfit <= (1 - memorise) * best_misfit:
+            return r["epoch"], best_epoch
+    return None
+
+
+def guard_library(rows: list[dict[str, Any]], n: int, **options: Any) -> tuple[int, int] | None:
+    """(stop epoch, kept epoch) of the library's :class:`neve_tune.guard.MemorisationGuard`
+    with the studies' ``pc_patience=3``, ``pc_window=3``, fed as ``fit`` feeds it."""
+    from neve_tune.guard import MemorisationGuard
+
+    guard = MemorisationGuard(3, 3, **options)
+    for r in rows:
+        unfit = round(_misfit(r, n))
+        if guard.update(r["epoch"], r["prediction_changes"], unfit):
+            return r["epoch"], guard.best_epoch
+    return None
+
+
+GUARDS: dict[str, Callable[..., tuple[int, int] | None] | None] = {
+    "off": None,
+    "default": guard_library,
+    "today": guard_today,
+    "p6": lambda rows, n: guard_today(rows, n, patience=6),
+    "settled.5": lambda rows, n: guard_settled(rows, n, settle=0.5),
+    "settled.25": lambda rows, n: guard_settled(rows, n, settle=0.25),
+    "settled.1": lambda rows, n: guard_settled(rows, n, settle=0.1),
+    "turn.1": lambda rows, n: guard_settled(rows, n, settle=1e9, memorise=0.1),
+    "turn.2": lambda rows, n: guard_settled(rows, n, settle=1e9, memorise=0.2),
+    "s.25+t.1": lambda rows, n: guard_settled(rows, n, settle=0.25, memorise=0.1),
+    "s.5+t.1": lambda rows, n: guard_settled(rows, n, settle=0.5, memorise=0.1),
+    "s.5+t.2": lambda rows, n: guard_settled(rows, n, settle=0.5, memorise=0.2),
+    "p6+s.5+t.1": lambda rows, n: guard_settled(rows, n, patience=6, settle=0.5, memorise=0.1),
+    "s1+t.1": lambda rows, n: guard_settled(rows, n, settle=1.0, memorise=0.1),
+}
+
+
+def outcome(rec: dict[str, Any], guard: str) -> dict[str, Any]:
+    stop, kept, why = replay(rec, GUARDS[guard])
+    return {"stop": stop, "kept": kept, "why": why, "acc": rec["rows"][kept - 1]["test_acc"]}
+
+
+def table(recs: list[dict[str, Any]], guards: list[str]) -> str:
+    """Per (domain, noise): under each guard, the mean test accuracy of the kept model, its
+    mean and worst difference from the guard off, the share of runs within 1 point of the
+    run's best epoch, and how many runs the guard ended."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for rec in recs:
+        groups.setdefault((rec["domain"], rec["noise"]), []).append(rec)
+    lines = [f"{'domain':<11} {'noise':>5} {'guard':<10} {'acc':>6} {'d_off':>6} {'worst':>6} "
+             f"{'<=1pt best':>10} {'guard ends':>10}  per run (kept epoch: acc; *: guard ended)"]
+    for (domain, noise), group in sorted(groups.items()):
+        group.sort(key=lambda r: (r["lr_scale"], r["seed"]))
+        off = [outcome(r, "off")["acc"] for r in group]
+        best = [max(row["test_acc"] for row in r["rows"]) for r in group]
+        for g in guards:
+            outs = [outcome(r, g) for r in group]
+            d = [(o["acc"] - a) * 100 for o, a in zip(outs, off)]
+            near = sum((b - o["acc"]) * 100 <= 1.0 for o, b in zip(outs, best)) / len(group)
+            ends = sum(o["why"] == "prediction_changes" for o in outs)
+            runs = " ".join(f"{o['kept']}{'*' if o['why'] == 'prediction_changes' else ''}:{o['acc'] * 100:.0f}"
+                            for o in outs)
+            lines.append(f"{domain:<11} {noise:5.1f} {g:<10} {sum(o['acc'] for o in outs) / len(outs) * 100:6.2f} "
+                         f"{sum(d) / len(d):+6.2f} {min(d):+6.2f} {near:10.0%} {ends:>6}/{len(group):<3}  {runs}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def _path(out: Path, domain: str, noise: float, lr_scale: float, seed: int) -> Path:
     return out / f"{domain}_n{noise:g}_lr{lr_scale:g}_s{seed}.json"
 
@@ -231,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--table", action="store_true", help="replay the recorded runs only")
+    p.add_argument("--guards", default=",".join(GUARDS), help=f"rules to replay, of {list(GUARDS)}")
     args = p.parse_args(argv)
     domains = [d for d in args.domains.split(",") if d]
     unknown = sorted(set(domains) - set(DOMAINS))
@@ -246,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             futures = [pool.submit(_job, *t, args.max_epochs, str(out)) for t in todo]
             for f in as_completed(futures):
                 print(f.result(), flush=True)
+    print(table(load(out, domains), [g for g in args.guards.split(",") if g]))
     return 0
 
 

@@ -27,7 +27,7 @@ class Controller(Protocol):
     """What :func:`neve_tune.train.fit` needs from a per-trial controller.
 
     ``start()`` runs before the first epoch (NeVe records its reference outputs there);
-    ``step(train_loss, val_loss=None, *, prediction_changes=None)`` closes an epoch and
+    ``step(train_loss, val_loss=None, *, prediction_changes=None, unfit=None)`` closes an epoch and
     returns its metrics (at least ``epoch``, ``lr``, ``diverged``); ``stopped_by`` is None while the run goes on;
     ``probe_samples`` is the forward-only samples one ``step`` costs.
     """
@@ -44,7 +44,8 @@ class Controller(Protocol):
     def start(self) -> None: ...
 
     def step(
-        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None
+        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None,
+        unfit: int | None = None,
     ) -> dict[str, Any]: ...
 
     def state_dict(self) -> dict[str, Any]: ...

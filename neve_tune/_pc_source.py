@@ -11,9 +11,9 @@ themselves); a ``SubsetPredictionChanges`` they built is used as given.
     >>> from neve_tune import PredictionChanges
     >>> pc = PredictionChanges(2)
     >>> source = PCSource(pc)
-    >>> pc.update(torch.tensor([0, 1]), torch.tensor([1, 0]))
-    >>> source.measure(torch.nn.Identity()) is None      # the first epoch: nothing to compare with
-    True
+    >>> pc.update(torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([1, 1]))
+    >>> source.measure(torch.nn.Identity()) is None, source.unfit  # the first epoch: nothing to compare with
+    (True, 1)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torch import nn
 
 from .prediction_changes import PredictionChanges, SubsetPredictionChanges, eval_forward
 
-__all__ = ["PCSource", "SUBSET_SIZE"]
+__all__ = ["PCSource", "SUBSET_SIZE", "batch_labels"]
 
 SUBSET_SIZE = 1000
 
@@ -64,11 +64,33 @@ class PCSource:
             return self.counter.epoch_end()
         return self.counter.measure(model)
 
+    @property
+    def unfit(self) -> int | None:
+        """The examples of the last :meth:`measure` whose predicted class is not their label
+        (None where the labels are unknown)."""
+        return self.counter.unfit
+
     def state_dict(self) -> dict[str, Any]:
         return self.counter.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.counter.load_state_dict(state)
+
+
+def batch_labels(batch: Any) -> torch.Tensor | None:
+    """The labels of a training batch: a tuple's second entry, a dict's ``"labels"`` /
+    ``"label"`` / ``"y"``; None where the batch holds none (the guard then says what to pass).
+
+    >>> batch_labels((torch.zeros(2, 3), torch.tensor([1, 0]), torch.tensor([5, 6]))).tolist()
+    [1, 0]
+    """
+    if isinstance(batch, dict):
+        found = next((batch[k] for k in ("labels", "label", "y") if k in batch), None)
+    elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        found = batch[1]
+    else:
+        found = None
+    return found if isinstance(found, torch.Tensor) else None
 
 
 def batch_logits(outputs: Any, who: str) -> torch.Tensor:

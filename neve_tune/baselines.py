@@ -62,7 +62,8 @@ class ValidationControl(_Stoppable):
         self.stopped_by: str | None = None
 
     def step(
-        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None
+        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None,
+        unfit: int | None = None,
     ) -> dict[str, Any]:
         if val_loss is None:
             raise ValueError("val_loss is required: ValidationControl decides on validation loss")
@@ -130,7 +131,8 @@ class LRReplay(_Stoppable):
             g["lr"] = float(self.lrs[i])
 
     def step(
-        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None
+        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None,
+        unfit: int | None = None,
     ) -> dict[str, Any]:
         lr = _lr(self.optimizer)
         self.epoch += 1

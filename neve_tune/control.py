@@ -23,6 +23,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from ._checks import check_choice, check_float, check_int, to_float
 from ._controller import Controller, _finite, _lr, _reopened, _Stoppable, check_epochs
 from .baselines import LRReplay, ValidationControl
+from .guard import MemorisationGuard
 from .velocity import NeuralVelocity
 
 __all__ = ["Controller", "LRReplay", "NeVe", "ValidationControl", "check_epochs", "learned", "resolve_threshold"]
@@ -69,9 +70,9 @@ def learned(train_loss: float, first_loss: float | None, *, stall_margin: float 
     return num_classes is None or train_loss < keep * math.log(num_classes)
 
 
-def _count(value: Any) -> int | float | None:
+def _count(name: str, value: Any) -> int | float | None:
     """A reported count (Python, NumPy or 0-d tensor) as a plain number: an int when whole."""
-    number = to_float("prediction_changes", value, allow_none=True)
+    number = to_float(name, value, allow_none=True)
     if number is None or not number.is_integer():
         return number
     return int(number)
@@ -94,10 +95,13 @@ class NeVe(_Stoppable):
          scale-free, since velocity follows the learning rate), or ``V^t < threshold``
          (``"absolute"``). With neither given, the default rule: relative, 1e-2; a
          ``threshold`` given alone is absolute (:func:`resolve_threshold`);
-       - ``"prediction_changes"``: the memorisation guard (``pc_patience`` set): the
-         moving average over ``pc_window`` epochs of the training examples whose
-         predicted class changed (``prediction_changes``, from :func:`neve_tune.train.fit`)
-         has not reached a new minimum for ``pc_patience`` epochs (Label Wave); with
+       - ``"prediction_changes"``: the memorisation guard (``pc_patience`` set;
+         :class:`~neve_tune.guard.MemorisationGuard`): the moving average over
+         ``pc_window`` epochs of the training examples whose predicted class changed
+         (``prediction_changes``) had a settled minimum (below half the examples whose
+         predicted class is not their label, ``unfit``), has not reached a new one for
+         ``pc_patience`` epochs, and the network has since fitted a tenth of the labels
+         it refused there (Label Wave, with evidence of memorisation); with
          ``pc_restore`` the model's weights of the epoch of that minimum
          (``pc_best_epoch``) are put back, since the epochs after it memorise;
        - ``"stalled"``: either stop above (or the ``max_epochs`` cap) on a run that did not
@@ -121,7 +125,7 @@ class NeVe(_Stoppable):
         >>> neve.start()
         >>> metrics = neve.step(train_loss=0.7)    # after one training epoch
         >>> sorted(metrics)  # the inputs come back too, ready for report_epoch / tune.report
-        ['diverged', 'epoch', 'lr', 'neve_stop', 'prediction_changes', 'stalled', 'train_loss', 'velocity', 'velocity_change']
+        ['diverged', 'epoch', 'lr', 'neve_stop', 'prediction_changes', 'stalled', 'train_loss', 'unfit', 'velocity', 'velocity_change']
     """
 
     def __init__(
@@ -161,6 +165,7 @@ class NeVe(_Stoppable):
         self.pc_patience = check_int("pc_patience", pc_patience, minimum=1, allow_none=True)
         self.pc_window = check_int("pc_window", pc_window, minimum=1)
         self.pc_restore = bool(pc_restore)
+        self.guard = None if self.pc_patience is None else MemorisationGuard(self.pc_patience, self.pc_window)
         self._best_weights: dict[str, torch.Tensor] | None = None
         self.scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience, threshold=0.0)
         self.epoch = 0
@@ -168,8 +173,6 @@ class NeVe(_Stoppable):
         self.first_loss: float | None = None
         self.peak_velocity = 0.0
         self.pc_series: list[float] = []
-        self.pc_best: float | None = None
-        self.pc_best_epoch = 0
 
     @property
     def best_epoch(self) -> int:
@@ -198,24 +201,29 @@ class NeVe(_Stoppable):
             return None
         return sum(self.pc_series[-self.pc_window :]) / self.pc_window
 
-    def _prediction_changes_stop(self, prediction_changes: Any) -> bool:
+    @property
+    def pc_best_epoch(self) -> int:
+        """The epoch of the guard's kept minimum (0: none, or the guard is off)."""
+        return 0 if self.guard is None else self.guard.best_epoch
+
+    def _prediction_changes_stop(self, prediction_changes: Any, unfit: Any) -> bool:
         if prediction_changes is None:
             return False
         self.pc_series.append(float(prediction_changes))
-        level = self._pc_level()
-        if level is None:
+        if self.guard is None:
             return False
-        if self.pc_best is None or level < self.pc_best:
-            self.pc_best, self.pc_best_epoch = level, self.epoch
-            if self.pc_patience is not None and self.pc_restore:
-                self._best_weights = {k: v.detach().clone() for k, v in self.velocity.module.state_dict().items()}
-        return self.pc_patience is not None and self.epoch - self.pc_best_epoch >= self.pc_patience
+        stop = self.guard.update(self.epoch, prediction_changes, unfit)
+        if self.guard.kept and self.pc_restore:
+            self._best_weights = {k: v.detach().clone() for k, v in self.velocity.module.state_dict().items()}
+        return stop
 
     def step(
-        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None
+        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None,
+        unfit: int | None = None,
     ) -> dict[str, Any]:
         """Close one training epoch; ``val_loss`` is ignored (NeVe needs none);
-        ``prediction_changes`` feeds the memorisation guard.
+        ``prediction_changes`` and ``unfit`` (counted on the same examples: those whose
+        predicted class is not their label) feed the memorisation guard, which needs both.
 
         Returns the epoch's metrics with its inputs: ``train_loss`` (as a float),
         ``prediction_changes`` (``None`` when not given) and ``val_loss`` when given, so
@@ -226,7 +234,7 @@ class NeVe(_Stoppable):
         refused (measuring the reference now would give epoch 1 a velocity of 0 and a
         bogus stop); a controller restored with :meth:`load_state_dict` needs no start.
         """
-        train_loss, val_loss, prediction_changes = self._inputs(train_loss, val_loss, prediction_changes)
+        train_loss, val_loss, prediction_changes, unfit = self._inputs(train_loss, val_loss, prediction_changes, unfit)
         lr = _lr(self.optimizer)
         self.epoch += 1
         if self.first_loss is None and _finite(train_loss):
@@ -235,13 +243,14 @@ class NeVe(_Stoppable):
         if diverged:
             self.stopped_by = "diverged"
         else:
-            self._decide(train_loss, velocity, change, prediction_changes)  # type: ignore[arg-type]
+            self._decide(train_loss, velocity, change, prediction_changes, unfit)  # type: ignore[arg-type]
         metrics = {
             "epoch": self.epoch,
             "velocity": velocity,
             "velocity_change": change,
             "train_loss": train_loss,
             "prediction_changes": prediction_changes,
+            "unfit": unfit,
             "lr": lr,
             "neve_stop": self.stopped_by in ("velocity", "prediction_changes"),
             "stalled": self.stopped_by == "stalled",
@@ -251,7 +260,8 @@ class NeVe(_Stoppable):
             metrics["val_loss"] = val_loss
         return metrics
 
-    def _inputs(self, train_loss: Any, val_loss: Any, prediction_changes: Any) -> tuple[float, float | None, Any]:
+    def _inputs(self, train_loss: Any, val_loss: Any, prediction_changes: Any,
+                unfit: Any) -> tuple[float, float | None, Any, Any]:
         """The step's inputs checked (before anything changes) and as plain numbers."""
         self._check_open()
         if self.lr_signal == "prediction_changes" and prediction_changes is None and self.epoch >= 1:
@@ -267,7 +277,14 @@ class NeVe(_Stoppable):
             )
         if val_loss is not None:
             val_loss = to_float("val_loss", val_loss)
-        return train_loss, val_loss, _count(prediction_changes)  # type: ignore[return-value]
+        prediction_changes, unfit = _count("prediction_changes", prediction_changes), _count("unfit", unfit)
+        if self.guard is not None and prediction_changes is not None and unfit is None:
+            raise ValueError(
+                "the memorisation guard (pc_patience set) needs step(..., unfit=m) with prediction_changes: m = the "
+                "examples prediction_changes counts whose predicted class is not their label (PredictionChanges.unfit "
+                "after update(index, output, target); SubsetPredictionChanges.unfit), or pc_patience=None"
+            )
+        return train_loss, val_loss, prediction_changes, unfit
 
     def _measure(self, train_loss: float) -> tuple[float | None, float | None, bool]:
         """(velocity, velocity change, diverged); nothing is measured after a non-finite loss."""
@@ -277,9 +294,10 @@ class NeVe(_Stoppable):
         velocity, change = report.model_velocity, report.velocity_change
         return velocity, change, not (_finite(velocity) and _finite(change))
 
-    def _decide(self, train_loss: float, velocity: float, change: float | None, prediction_changes: Any) -> None:
+    def _decide(self, train_loss: float, velocity: float, change: float | None, prediction_changes: Any,
+                unfit: Any) -> None:
         """Step the LR schedule and set ``stopped_by`` when a stop fires (class docstring, 2-3)."""
-        pc_stop = self._prediction_changes_stop(prediction_changes)
+        pc_stop = self._prediction_changes_stop(prediction_changes, unfit)
         if self.lr_signal == "prediction_changes":
             signal = self._pc_level()
         else:
@@ -310,7 +328,7 @@ class NeVe(_Stoppable):
             "first_loss": self.first_loss,
             "peak_velocity": self.peak_velocity,
             "pc_series": list(self.pc_series),
-            "pc_best": self.pc_best,
+            "guard": None if self.guard is None else self.guard.state_dict(),
             "pc_best_epoch": self.pc_best_epoch,
             "best_weights": None if self._best_weights is None else dict(self._best_weights),
         }
@@ -326,7 +344,7 @@ class NeVe(_Stoppable):
         self.first_loss = state_dict.get("first_loss")
         self.peak_velocity = float(state_dict.get("peak_velocity", 0.0))
         self.pc_series = [float(x) for x in state_dict.get("pc_series", [])]
-        self.pc_best = state_dict.get("pc_best")
-        self.pc_best_epoch = int(state_dict.get("pc_best_epoch", 0))
+        if self.guard is not None:
+            self.guard.load_state_dict(state_dict["guard"])
         best = state_dict.get("best_weights")
         self._best_weights = None if best is None else {k: v.clone() for k, v in best.items()}

@@ -55,7 +55,7 @@ from ._forward import ProbeForward, batch_inputs, has_forward, prefixed_layers
 from ._lr_compose import check_composable, follow_decay, lrs
 from .control import NeVe
 from .probe import gaussian_probe
-from ._pc_source import PCSource, batch_logits
+from ._pc_source import PCSource, batch_labels, batch_logits
 from .prediction_changes import PredictionChanges
 from .velocity import NeuralVelocity
 
@@ -282,7 +282,8 @@ class NeVeCallback(CallbackSettings, pl.Callback):
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self.source_spec == "batch" and self._source is not None:
-            self._source.counter.update(batch_inputs(batch, self.index_key), batch_logits(outputs, self.who))
+            self._source.counter.update(batch_inputs(batch, self.index_key), batch_logits(outputs, self.who),
+                                        batch_labels(batch))
 
     # ------------------------------------------------------------ per epoch
     def _train_loss(self, trainer: "pl.Trainer") -> float:
@@ -329,7 +330,8 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         train_loss = self._train_loss(trainer)
         changes = None if self._source is None else self._source.measure(pl_module)
         before = lrs(self.neve.optimizer)
-        metrics = dict(self.neve.step(train_loss=train_loss, prediction_changes=changes))
+        unfit = None if self._source is None else self._source.unfit
+        metrics = dict(self.neve.step(train_loss=train_loss, prediction_changes=changes, unfit=unfit))
         follow_decay(self._schedulers, self.neve.optimizer, before)
         metrics.setdefault("train_loss", train_loss)
         metrics.setdefault("prediction_changes", changes)

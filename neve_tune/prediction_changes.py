@@ -54,31 +54,38 @@ class PredictionChanges:
     """Counts the training examples whose predicted class changed since the previous epoch,
     from the predictions the training pass already makes.
 
-    During an epoch, call ``update(index, output)`` with each batch's example indices (into
-    the training set) and the model's outputs (logits, or class ids); after it, call
-    ``epoch_end()`` once and pass its result to ``NeVe.step(..., prediction_changes=)``. It
-    is None on the first epoch (nothing to compare with) and while some example has not
-    been seen yet. Indices must be integers in ``[0, num_examples)``, class ids integers
-    ``>= 0``; anything else (floats, bool masks, -1) is refused naming the parameter.
+    During an epoch, call ``update(index, output, target)`` with each batch's example
+    indices (into the training set), the model's outputs (logits, or class ids) and the
+    batch's labels; after it, call ``epoch_end()`` once and pass its result to
+    ``NeVe.step(..., prediction_changes=)`` and :attr:`unfit` (the examples whose
+    predicted class is not their label, which the memorisation guard also needs) to
+    ``NeVe.step(..., unfit=)``. The count is None on the first epoch (nothing to compare
+    with) and while some example has not been seen yet; :attr:`unfit` is None until every
+    example was seen with its label. Indices must be integers in ``[0, num_examples)``,
+    class ids and labels integers ``>= 0``; anything else (floats, bool masks, -1) is
+    refused naming the parameter.
 
         >>> import torch
         >>> pc = PredictionChanges(4)
-        >>> pc.update(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 1, 0]))
-        >>> pc.epoch_end() is None
-        True
-        >>> pc.update(torch.tensor([2, 0]), torch.tensor([[0.1, 0.9], [0.8, 0.2]]))  # logits
-        >>> pc.update(torch.tensor([1, 3]), torch.tensor([1, 1]))
-        >>> pc.epoch_end()                   # example 3 changed from class 0 to 1
-        1
+        >>> pc.update(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 1, 1]))
+        >>> pc.epoch_end() is None, pc.unfit
+        (True, 1)
+        >>> pc.update(torch.tensor([2, 0]), torch.tensor([[0.1, 0.9], [0.8, 0.2]]), torch.tensor([1, 0]))  # logits
+        >>> pc.update(torch.tensor([1, 3]), torch.tensor([1, 1]), torch.tensor([1, 1]))
+        >>> pc.epoch_end(), pc.unfit         # example 3 changed from class 0 to 1, its label
+        (1, 0)
     """
 
     def __init__(self, num_examples: int) -> None:
         n = check_int("num_examples", num_examples, minimum=1)
         self.predictions = torch.full((n,), -1, dtype=torch.long)  # the last class seen per example; -1: unseen
         self._previous = self.predictions.clone()
+        self.targets = torch.full((n,), -1, dtype=torch.long)  # each example's label; -1: not given
+        self.unfit: int | None = None  # examples whose predicted class is not their label, at epoch_end()
 
-    def update(self, index: torch.Tensor, output: torch.Tensor) -> None:
-        """Record the classes predicted for the examples ``index`` (logits ``[B, C]`` or ids ``[B]``)."""
+    def update(self, index: torch.Tensor, output: torch.Tensor, target: torch.Tensor | None = None) -> None:
+        """Record the classes predicted for the examples ``index`` (logits ``[B, C]`` or ids
+        ``[B]``) and, with ``target``, their labels."""
         if not isinstance(index, torch.Tensor):
             raise TypeError(f"index must be a tensor of example indices, got {type(index).__name__}")
         if not isinstance(output, torch.Tensor):
@@ -96,17 +103,28 @@ class PredictionChanges:
             raise IndexError(f"index must hold example indices in [0, {n}), got {int(index.min())}..{int(index.max())}")
         if classes.numel() and int(classes.min()) < 0:  # -1 marks "unseen": the count would stay None for good
             raise ValueError(f"output must hold class ids >= 0, got {int(classes.min())}")
+        if target is not None:
+            if not isinstance(target, torch.Tensor):
+                raise TypeError(f"target must be a tensor of labels, got {type(target).__name__}")
+            target = _check_classes("target", target.detach(), "labels")
+            if target.shape != index.shape:
+                raise ValueError(f"target has shape {tuple(target.shape)}, index {tuple(index.shape)}: one label per example")
+            if target.numel() and int(target.min()) < 0:
+                raise ValueError(f"target must hold labels >= 0, got {int(target.min())}")
+            self.targets[index] = target
         self.predictions[index] = classes
 
     def epoch_end(self) -> int | None:
         """The count of changed predictions against the previous epoch (None if not comparable yet)."""
         seen = bool((self._previous >= 0).all())
         changes = int((self.predictions != self._previous).sum()) if seen else None
+        labelled = bool((self.targets >= 0).all() and (self.predictions >= 0).all())
+        self.unfit = int((self.predictions != self.targets).sum()) if labelled else None
         self._previous = self.predictions.clone()
         return changes
 
     def state_dict(self) -> dict[str, Any]:
-        return {"predictions": self.predictions.clone()}
+        return {"predictions": self.predictions.clone(), "targets": self.targets.clone()}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         predictions = state_dict["predictions"]
@@ -115,6 +133,7 @@ class PredictionChanges:
                              f"this one has {self.predictions.numel()}")
         self.predictions = predictions.clone()
         self._previous = predictions.clone()  # saved at an epoch's end
+        self.targets = state_dict["targets"].clone()
 
 
 # a measuring forward: eval mode, no grad, forked RNG, every module's training flag restored
@@ -193,8 +212,11 @@ class SubsetPredictionChanges:
         (1000, None, 0)
     """
 
-    def __init__(self, inputs: Any, *, batch_size: int = 256, forward: Forward | None = None) -> None:
+    def __init__(self, inputs: Any, *, labels: torch.Tensor | None = None, batch_size: int = 256,
+                 forward: Forward | None = None) -> None:
         self.inputs = _check_inputs(inputs)
+        self.labels = None if labels is None else _check_labels(labels, self.num_examples)
+        self.unfit: int | None = None  # examples whose predicted class is not their label, at measure()
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         if forward is not None and not callable(forward):
             raise TypeError(f"forward must be a callable (model, batch) -> logits, got {type(forward).__name__}")
@@ -207,7 +229,9 @@ class SubsetPredictionChanges:
         """The inputs of ``num_examples`` items of ``dataset`` drawn without replacement
         with ``seed`` (all of them when it has fewer), in a fixed order. Each item is an
         ``(x, y)`` tuple (``input_key=0`` picks ``x``) or a dict (``input_key`` names the
-        input, or ``None`` keeps every entry but ``"labels"``/``"label"`` and strings)."""
+        input, or ``None`` keeps every entry but ``"labels"``/``"label"`` and strings).
+        The labels (``y``, or a dict's ``"labels"``/``"label"``) are kept too, so
+        :meth:`measure` also counts :attr:`unfit`."""
         k = check_int("num_examples", num_examples, minimum=1)
         n = len(dataset)  # type: ignore[arg-type]
         if n == 0:
@@ -215,8 +239,11 @@ class SubsetPredictionChanges:
         gen = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
         rows = torch.randperm(n, generator=gen)[: min(k, n)].sort().values.tolist()
         with torch.random.fork_rng(devices=[]):  # an augmenting dataset must not advance training's RNG
-            items = [_pick_input(dataset[i], input_key) for i in rows]
-        return cls(_stack(items, "dataset inputs"), batch_size=batch_size, forward=forward)
+            items = [dataset[i] for i in rows]
+        inputs = _stack([_pick_input(item, input_key) for item in items], "dataset inputs")
+        labels = [_pick_label(item, input_key) for item in items]
+        found = None if any(y is None for y in labels) else torch.as_tensor(labels)
+        return cls(inputs, labels=found, batch_size=batch_size, forward=forward)
 
     @property
     def num_examples(self) -> int:
@@ -258,6 +285,7 @@ class SubsetPredictionChanges:
         classes = self._classes(model)
         changes = None if self.predictions is None else int((classes != self.predictions).sum())
         self.predictions = classes
+        self.unfit = None if self.labels is None else int((classes != self.labels).sum())
         return changes
 
     def state_dict(self) -> dict[str, Any]:
@@ -276,6 +304,30 @@ class SubsetPredictionChanges:
             raise ValueError("state_dict was measured on other inputs (another data set or seed): "
                              "rebuild the subset as the saved run did")
         self.predictions = None if predictions is None else torch.as_tensor(predictions, dtype=torch.long).clone()
+
+
+def _check_labels(labels: Any, k: int) -> torch.Tensor:
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a tensor of class ids, got {type(labels).__name__}")
+    labels = _check_classes("labels", labels, "class ids")
+    if tuple(labels.shape) != (k,):
+        raise ValueError(f"labels must hold one class id per input ({k}), got shape {tuple(labels.shape)}")
+    return labels
+
+
+def _pick_label(item: Any, input_key: Any) -> Any:
+    """The label of a data set item (a tuple's entry after the input, a dict's
+    ``"labels"``/``"label"``), as an int; None where it has none."""
+    if isinstance(item, Mapping):
+        label = item.get("labels", item.get("label"))
+    elif isinstance(item, (tuple, list)) and input_key == 0 and len(item) >= 2:
+        label = item[1]
+    else:
+        return None
+    try:
+        return int(label)
+    except (TypeError, ValueError):
+        return None  # not a class id (a sequence label, a string): no unfit count
 
 
 def _pick_input(item: Any, input_key: Any) -> Any:
@@ -308,19 +360,20 @@ class FitPredictionChanges:
         self.subset = (SubsetPredictionChanges.from_dataset(train_set, subset_size, seed=abs(int(seed)))
                        if source == "subset" else None)
 
-    def epoch_end(self, model: nn.Module, amp_dtype: torch.dtype | None = None) -> tuple[int | None, int]:
-        """(this epoch's count, forward-only samples it cost)."""
+    def epoch_end(self, model: nn.Module, amp_dtype: torch.dtype | None = None) -> tuple[int | None, int | None, int]:
+        """(this epoch's count, its unfit examples, forward-only samples it cost)."""
         if self.in_pass is not None:
-            return self.in_pass.epoch_end(), 0
+            return self.in_pass.epoch_end(), self.in_pass.unfit, 0
         assert self.subset is not None
         device = module_device(model)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            return self.subset.measure(model), self.subset.num_examples
+            changes = self.subset.measure(model)
+        return changes, self.subset.unfit, self.subset.num_examples
 
     def checkpoint(self) -> dict[str, Any]:
-        """What a checkpoint holds of it (``predictions``: the in-pass classes, as before)."""
+        """What a checkpoint holds of it (``predictions``: the in-pass tracker's state)."""
         if self.in_pass is not None:
-            return {"predictions": self.in_pass.predictions}
+            return {"predictions": self.in_pass.state_dict()}
         return {"predictions": None, "pc_subset": self.subset.state_dict()}  # type: ignore[union-attr]
 
     def load_checkpoint(self, ckpt: Mapping[str, Any]) -> None:
@@ -331,4 +384,4 @@ class FitPredictionChanges:
         if self.subset is not None:
             self.subset.load_state_dict(ckpt["pc_subset"])
         elif ckpt.get("predictions") is not None:
-            self.in_pass.load_state_dict({"predictions": ckpt["predictions"]})  # type: ignore[union-attr]
+            self.in_pass.load_state_dict(ckpt["predictions"])  # type: ignore[union-attr]

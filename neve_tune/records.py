@@ -45,6 +45,7 @@ METRIC_NAMES = (
     "train_loss",
     "train_acc",
     "prediction_changes",
+    "unfit",
     "lr",
     "neve_stop",
     "stalled",

@@ -143,7 +143,7 @@ def train_epoch(
         loss_sum += loss.detach().float() * b
         correct += (pred == y).sum()
         if predictions is not None:
-            predictions.update(pos, pred)
+            predictions.update(pos, pred, y)
         n += b
     return float(loss_sum) / max(n, 1), float(correct) / max(n, 1), n
 
@@ -293,7 +293,7 @@ def _fit_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Da
         num_workers=num_workers,
         predictions=tracker.in_pass,
     )
-    changes, forwarded = tracker.epoch_end(model, amp_dtype)
+    changes, unfit, forwarded = tracker.epoch_end(model, amp_dtype)
     cost.train_samples += n
     cost.probe_samples += forwarded
     extra: dict[str, Any] = {}
@@ -302,7 +302,7 @@ def _fit_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Da
         val_loss, val_acc, nv = evaluate(model, val_set, device=device, loss_fn=loss_fn, amp_dtype=amp_dtype)
         cost.eval_samples += nv
         extra = {"val_loss": val_loss, "val_acc": val_acc}
-    step = controller.step(train_loss, val_loss, prediction_changes=changes)
+    step = controller.step(train_loss, val_loss, prediction_changes=changes, unfit=unfit)
     cost.probe_samples += controller.probe_samples
     dt = time.perf_counter() - t0
     cost.wall_s += dt
@@ -313,6 +313,7 @@ def _fit_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Da
         "train_loss": train_loss if math.isfinite(train_loss) else float("nan"),
         "train_acc": train_acc,
         "prediction_changes": changes,
+        "unfit": unfit,
         "lr": step["lr"],
         "neve_stop": bool(step.get("neve_stop", False)),
         "stalled": bool(step.get("stalled", False)),

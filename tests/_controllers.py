@@ -8,16 +8,17 @@ class CountingController:
     probe_samples = 0
 
     def __init__(self, epochs: int) -> None:
-        self.epoch, self.epochs, self.stopped_by, self.seen = 0, epochs, None, []
+        self.epoch, self.epochs, self.stopped_by, self.seen, self.unfit = 0, epochs, None, [], []
 
     should_stop = property(lambda self: self.stopped_by is not None)
 
     def start(self) -> None:
         pass
 
-    def step(self, train_loss, val_loss=None, *, prediction_changes=None):
+    def step(self, train_loss, val_loss=None, *, prediction_changes=None, unfit=None):
         self.epoch += 1
         self.seen.append(prediction_changes)
+        self.unfit.append(unfit)
         if self.epoch >= self.epochs:
             self.stopped_by = "max_epochs"
         return {"epoch": self.epoch, "lr": 0.0, "diverged": False}

@@ -43,7 +43,7 @@ def test_max_epochs_cap_and_result_names():
     for i in range(3):
         _nudge(model, 0.1 * (i + 1))
         m = neve.step(train_loss=1.0 / (i + 1))
-    assert set(m) == {"epoch", "velocity", "velocity_change", "train_loss", "prediction_changes", "lr", "neve_stop",
+    assert set(m) == {"epoch", "velocity", "velocity_change", "train_loss", "prediction_changes", "unfit", "lr", "neve_stop",
                       "stalled", "diverged"}
     assert neve.stopped_by == "max_epochs" and m["velocity"] > 1e-9
 
@@ -94,18 +94,54 @@ def test_relative_threshold_is_scale_free():
     assert fired[1.0] == fired[0.01] and fired[1.0][0] == "velocity"
 
 
-def test_prediction_changes_guard_stops_at_the_first_local_minimum():
-    model, opt, neve = _setup(threshold=1e-9, max_epochs=50, pc_patience=2, pc_window=1)
+def _guarded(changes, unfit, **kw):
+    """Run NeVe with the guard over per-epoch (prediction_changes, unfit); the last metrics."""
+    model, opt, neve = _setup(threshold=1e-9, max_epochs=50, pc_patience=2, pc_window=1, **kw)
     neve.start()
-    changes = [None, 40, 20, 10, 5, 8, 12, 20, 30]  # falls, then rises: memorisation
-    for i, pc in enumerate(changes):
+    for i, (pc, u) in enumerate(zip(changes, unfit)):
         _nudge(model, 0.1)
-        m = neve.step(train_loss=1.0 / (i + 1), prediction_changes=pc)
+        m = neve.step(train_loss=1.0 / (i + 1), prediction_changes=pc, unfit=u)
         if neve.should_stop:
             break
-    # minimum 5 at epoch 5; two epochs without a new minimum: stop at epoch 7
+    return neve, m
+
+
+def test_prediction_changes_guard_stops_once_the_refused_labels_are_fitted():
+    # falls to a settled minimum (5 changes, 100 labels refused) at epoch 5, then rises while
+    # the refused labels get fitted (100 -> 85): memorisation
+    neve, m = _guarded([None, 40, 20, 10, 5, 8, 12, 20, 30], [300, 200, 150, 110, 100, 98, 85, 70, 60])
+    # two epochs after the minimum (epoch 7) 85 <= 0.9 * 100: stop there
     assert neve.stopped_by == "prediction_changes" and neve.epoch == 7 and m["neve_stop"]
     assert neve.pc_best_epoch == 5
+
+
+def test_prediction_changes_guard_waits_for_evidence_of_memorisation():
+    # the same turn in the changes, but the refused labels stay refused: the network churns,
+    # it does not memorise; the guard waits and stops once they are being fitted (epoch 9)
+    neve, m = _guarded([None, 40, 20, 10, 5, 8, 12, 20, 30, 30], [300, 200, 150, 110, 100, 99, 97, 95, 88, 80])
+    assert neve.stopped_by == "prediction_changes" and neve.epoch == 9 and neve.pc_best_epoch == 5
+
+
+def test_prediction_changes_guard_ignores_churn_of_a_learning_run():
+    # a slow learner: changes dip and rise, but stay above half the labels it has not fitted
+    # yet, so no minimum is settled and the guard never fires while it learns
+    neve, m = _guarded([None, 900, 700, 600, 650, 700, 640, 600, 500], [1500, 1300, 1200, 1100, 1000, 900, 800, 700, 600])
+    assert neve.stopped_by is None and neve.pc_best_epoch == 0
+
+
+def test_prediction_changes_guard_leaves_a_run_that_fits_every_label():
+    # clean labels, all fitted: nothing to memorise, whatever the changes do
+    neve, m = _guarded([None, 40, 10, 2, 0, 0, 1, 3, 0], [100, 30, 5, 1, 0, 0, 1, 2, 0])
+    assert neve.stopped_by is None
+
+
+def test_prediction_changes_guard_needs_the_unfit_count():
+    model, opt, neve = _setup(threshold=1e-9, max_epochs=50, pc_patience=2)
+    neve.start()
+    neve.step(train_loss=1.0)
+    with pytest.raises(ValueError, match=r"memorisation guard \(pc_patience set\) needs step\(\.\.\., unfit=m\)"):
+        neve.step(train_loss=0.5, prediction_changes=12)
+    assert neve.epoch == 1  # refused before anything changed
 
 
 def test_lr_decays_when_prediction_changes_stop_settling():
@@ -135,12 +171,13 @@ def test_prediction_changes_guard_state_round_trip():
     model, opt, neve = _setup(threshold=1e-9, max_epochs=50, pc_patience=3, pc_window=2)
     neve.start()
     for i, pc in enumerate([None, 9, 7, 8]):
-        neve.step(train_loss=1.0 / (i + 1), prediction_changes=pc)
+        neve.step(train_loss=1.0 / (i + 1), prediction_changes=pc, unfit=100 - i)
     state = neve.state_dict()
     model2, opt2, other = _setup(threshold=1e-9, max_epochs=50, pc_patience=3, pc_window=2)
     other.load_state_dict(state)
-    assert (other.pc_series, other.pc_best, other.pc_best_epoch, other.first_loss) == (
-        neve.pc_series, neve.pc_best, neve.pc_best_epoch, neve.first_loss)
+    assert neve.pc_best_epoch == 4  # moving averages 8, 7.5: the minimum at epoch 4
+    assert (other.pc_series, other.guard.state_dict(), other.pc_best_epoch, other.first_loss) == (
+        neve.pc_series, neve.guard.state_dict(), neve.pc_best_epoch, neve.first_loss)
 
 
 def test_non_finite_loss_marks_diverged_without_raising():
@@ -224,10 +261,10 @@ def test_prediction_changes_guard_restores_the_weights_of_its_minimum():
     model, opt, neve = _setup(threshold=1e-9, max_epochs=50, pc_patience=2, pc_window=1)
     neve.start()
     weights = {}
-    for i, pc in enumerate([None, 40, 20, 30, 35]):
+    for i, (pc, unfit) in enumerate([(None, 300), (40, 200), (20, 100), (30, 95), (35, 80)]):
         _nudge(model, 0.1)  # "training": the weights of epoch i + 1
         weights[i + 1] = [p.detach().clone() for p in model.parameters()]
-        neve.step(train_loss=1.0 / (i + 1), prediction_changes=pc)
+        neve.step(train_loss=1.0 / (i + 1), prediction_changes=pc, unfit=unfit)
     assert neve.stopped_by == "prediction_changes" and neve.best_epoch == 3
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), weights[3]))
     assert not all(torch.equal(p, q) for p, q in zip(weights[5], weights[3]))
@@ -243,9 +280,9 @@ def test_step_returns_its_inputs_as_plain_numbers(kind):
     first = neve.step(train_loss=cast(0.75))
     assert first["train_loss"] == 0.75 and type(first["train_loss"]) is float
     assert first["prediction_changes"] is None and "val_loss" not in first
-    second = neve.step(cast(0.5), cast(0.625), prediction_changes=count(12))
-    assert (second["train_loss"], second["val_loss"], second["prediction_changes"]) == (0.5, 0.625, 12)
-    assert type(second["prediction_changes"]) is int and type(second["val_loss"]) is float
+    second = neve.step(cast(0.5), cast(0.625), prediction_changes=count(12), unfit=count(30))
+    assert (second["train_loss"], second["val_loss"], second["prediction_changes"], second["unfit"]) == (0.5, 0.625, 12, 30)
+    assert type(second["prediction_changes"]) is int and type(second["unfit"]) is int and type(second["val_loss"]) is float
     assert neve.pc_series == [12.0]
 
 

@@ -424,7 +424,7 @@ def test_a_users_prediction_changes_is_read_at_each_epoch_end():
     class Counting(IndexedNet):
         def training_step(self, batch, batch_idx):
             out = super().training_step(batch, batch_idx)
-            counter.update(batch[2], out["logits"])
+            counter.update(batch[2], out["logits"], batch[1])
             return out["loss"]
 
     torch.manual_seed(0)

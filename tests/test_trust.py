@@ -192,10 +192,10 @@ def test_prediction_changes_in_your_own_loop_feed_the_guard():
             out = model(x[idx])
             loss = nn.functional.cross_entropy(out, y[idx])
             opt.zero_grad(); loss.backward(); opt.step()
-            pc.update(idx, out)
+            pc.update(idx, out, y[idx])
             total += loss.item()
         counts.append(pc.epoch_end())
-        neve.step(train_loss=total / 8, prediction_changes=counts[-1])
+        neve.step(train_loss=total / 8, prediction_changes=counts[-1], unfit=pc.unfit)
     assert counts[0] is None and all(isinstance(c, int) for c in counts[1:])
     assert neve.stopped_by == "prediction_changes" and neve.epoch < 300
     # the same counts as fit's own bookkeeping would give: a restored tracker continues them

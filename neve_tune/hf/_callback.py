@@ -357,7 +357,8 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         neve = self.neve
         changes = None if self._source is None else self._source.measure(self._model)
         before = lrs(neve.optimizer)
-        metrics = dict(neve.step(train_loss=train_loss, prediction_changes=changes))
+        unfit = None if self._source is None else self._source.unfit
+        metrics = dict(neve.step(train_loss=train_loss, prediction_changes=changes, unfit=unfit))
         follow_decay([self._lr_scheduler], neve.optimizer, before)
         metrics.setdefault("train_loss", train_loss)
         metrics.setdefault("prediction_changes", changes)

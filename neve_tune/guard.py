@@ -1,0 +1,104 @@
+"""The memorisation guard: stop a run that has started memorising wrong labels, never one
+that is still learning (docs/design.md, "The memorisation guard").
+
+Label Wave's observation: on noisy labels the number of training examples whose predicted
+class changes between epochs (``prediction_changes``) falls while the network fits the
+clean pattern, and rises again once it starts fitting the labels that pattern refuses.
+A network still learning (a slow start, a small set, a high learning rate) also churns,
+so a turn in the count alone is not evidence. :class:`MemorisationGuard` asks for two
+more facts, both from the same examples the count is taken on:
+
+1. **settled**: at the minimum it keeps, the predictions are stable while some labels
+   are still not fitted: the moving average of the changes is below ``settle`` times
+   ``unfit`` (the examples whose predicted class is not their label). A learning run
+   changes many predictions for each label it does not fit yet; a clean run that fits
+   every label has nothing left to memorise;
+2. **memorising**: when it stops, ``patience`` or more epochs after that minimum, the
+   network has since fitted labels it refused there: ``unfit`` has fallen by at least
+   ``memorise`` times its value at the minimum.
+
+The rule and its constants were chosen by replaying recorded runs against the epoch where
+each run's held-out accuracy peaked (``benchmarks/guard_replay.py``; README, "The
+memorisation guard, measured").
+
+    >>> guard = MemorisationGuard(patience=2, window=1)
+    >>> series = [(1, None, 600), (2, 300, 400), (3, 40, 300), (4, 60, 290), (5, 90, 240)]
+    >>> [guard.update(epoch, changes, unfit) for epoch, changes, unfit in series]
+    [False, False, False, False, True]
+    >>> guard.best_epoch
+    3
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ._checks import check_float, check_int
+
+__all__ = ["MemorisationGuard"]
+
+#: the moving average of changes at a kept minimum is below this share of the unfit labels
+SETTLE = 0.5
+#: at the stop, the unfit labels have fallen by this share since the minimum
+MEMORISE = 0.1
+
+
+class MemorisationGuard:
+    """Stops once the network memorises: after a settled minimum of the prediction
+    changes, ``patience`` epochs without a new one and the refused labels being fitted.
+
+    :meth:`update` takes, after each epoch, the epoch number, ``prediction_changes`` (None
+    on the first epoch) and ``unfit``, counted on the same examples; it returns whether the
+    run should stop now. :attr:`best_epoch` is the epoch of the kept minimum (0: none yet),
+    whose weights the caller restores.
+
+    Args:
+        patience: epochs after the kept minimum before a stop may fire (``pc_patience``).
+        window: epochs in the moving average of the changes (``pc_window``).
+        settle: a minimum is kept only where that average is below ``settle * unfit``.
+        memorise: the stop needs ``unfit <= (1 - memorise) * unfit`` at the minimum.
+    """
+
+    def __init__(self, patience: int = 3, window: int = 3, *, settle: float = SETTLE,
+                 memorise: float = MEMORISE) -> None:
+        self.patience = check_int("pc_patience", patience, minimum=1)
+        self.window = check_int("pc_window", window, minimum=1)
+        self.settle = check_float("settle", settle, positive=True)
+        self.memorise = check_float("memorise", memorise, low=0.0, high=1.0, high_open=True)
+        self.series: list[float] = []
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.best_unfit = 0.0
+        self.kept = False
+
+    def level(self) -> float | None:
+        """The moving average of the changes over the last ``window`` epochs."""
+        if len(self.series) < self.window:
+            return None
+        return sum(self.series[-self.window :]) / self.window
+
+    def update(self, epoch: int, prediction_changes: float | None, unfit: float | None) -> bool:
+        """Record one epoch; whether the run memorises and should stop now. The first
+        epoch's count is None (nothing to compare with) and is skipped."""
+        if prediction_changes is None:
+            return False
+        self.series.append(float(prediction_changes))
+        level = self.level()
+        if level is None or unfit is None:
+            return False
+        if (self.best is None or level < self.best) and level < self.settle * unfit:
+            self.best, self.best_epoch, self.best_unfit = level, epoch, float(unfit)
+            self.kept = True
+            return False
+        return (self.best is not None and epoch - self.best_epoch >= self.patience
+                and unfit <= (1.0 - self.memorise) * self.best_unfit)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"series": list(self.series), "best": self.best, "best_epoch": self.best_epoch,
+                "best_unfit": self.best_unfit}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.series = [float(x) for x in state_dict["series"]]
+        self.best = state_dict["best"]
+        self.best_epoch = int(state_dict["best_epoch"])
+        self.best_unfit = float(state_dict["best_unfit"])
