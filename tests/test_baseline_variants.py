@@ -238,3 +238,25 @@ def test_bad_values_of_the_new_settings_name_them(tmp_path, capsys):
     assert main(["compare", "digits", "--baseline-variants", "asha_es:f1", "--json", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "baseline_variants" in err[0] and not out.exists()
+
+
+# ------------------------------------------------------------------ the held-out labels
+def test_the_flipped_labels_are_not_the_held_out_ones():
+    """Label noise draws its flips from a random stream of its own: with the seeds alike,
+    the validation split (and the selection subset) hold about the noise rate of flipped
+    labels, not all of them (seed 0 once held out only flipped labels)."""
+    from neve_tune.data import dataset_labels, get_dataset, validation_split
+    from neve_tune.selection import SelectionSubset
+
+    clean = dataset_labels(get_dataset("digits").train)
+    for noise_seed in (0, 1):
+        noisy = get_dataset("digits", label_noise=0.2, noise_seed=noise_seed)
+        flipped = set(noisy.flipped.tolist())
+        for seed in range(4):
+            _, held_out = validation_split(noisy.train, 0.1, seed=seed)
+            share = sum(i in flipped for i in held_out.indices) / len(held_out.indices)
+            assert 0.1 < share < 0.3, (noise_seed, seed, share)
+            subset = SelectionSubset.from_dataset(noisy.train, 500, seed=seed)
+            truth = SelectionSubset.from_dataset(torch.utils.data.TensorDataset(noisy.train.tensors[0], clean), 500,
+                                                 seed=seed)
+            assert 0.1 < float((subset.labels != truth.labels).float().mean()) < 0.3
