@@ -174,36 +174,16 @@ def compare(
     (highest mean test accuracy, ties by lower cost) is named (``strongest_baseline``).
     ``notes`` says why a baseline's final model ended far below its own winner.
     """
-    from tqdm.auto import tqdm
-
     study = load_study(study)
     neve_signal = study.rung_signal if neve_signal is None else neve_signal
     _check_arguments(backend, trials, repeats, neve_signal, searches, study, reduction_factor)
     variants = _check_variants(baseline_variants, study, searches)
     names = [name for name, _, _ in _plan(study, searches, variants)]
-    bar = tqdm(total=trials * len(names) * repeats, desc="trials", unit="trial", disable=not progress)
-    started_ray = backend == "ray" and not _ray_running()
-    runs: list[dict[str, Any]] = []
-    train_size, t0 = 0, time.perf_counter()
-    try:
-        for k in range(repeats):
-            s = seed + k
-            bundle = data if data is not None else study.load_data(seed=s)
-            train_size = len(bundle.train)  # type: ignore[arg-type]
-            bar.set_postfix_str(f"seed {s}")
-            run = _one_run(study, backend=backend, trials=trials, seed=s, data=bundle, model_fn=model_fn,
-                           device=device, retrain=retrain, neve_signal=neve_signal, searches=searches,
-                           on_trial=lambda: bar.update(1), reduction_factor=reduction_factor,
-                           variants=variants)
-            runs.append(run)
-            if progress and "cost_ratio" in run:
-                bar.write(_run_line(run))
-    finally:
-        bar.close()
-        if started_ray:  # a Ray that compare started is compare's to stop
-            import ray
-
-            ray.shutdown()
+    t0 = time.perf_counter()
+    runs, train_size = _repeats(study, backend=backend, trials=trials, seeds=[seed + k for k in range(repeats)],
+                                data=data, model_fn=model_fn, device=device, retrain=retrain, neve_signal=neve_signal,
+                                searches=searches, variants=variants, reduction_factor=reduction_factor,
+                                progress=progress)
     agg = aggregate(runs, names)
     baselines = [n for n in names if n != "neve"]
     return {
@@ -215,6 +195,37 @@ def compare(
         "notes": [n for r in runs for n in r["notes"]], "runs": runs,
         "elapsed_s": time.perf_counter() - t0,
     }
+
+
+def _repeats(study: Study, *, seeds: list[int], data: DataBundle | None, progress: bool, backend: str,
+             trials: int, searches: Sequence[str], variants: Sequence[BaselineVariant], **kw: Any
+             ) -> tuple[list[dict[str, Any]], int]:
+    """One run per seed (its own data split for a bundled data set), with a progress bar;
+    the runs and the training set's size. A Ray that this started is stopped at the end."""
+    from tqdm.auto import tqdm
+
+    total = trials * len(_plan(study, searches, variants)) * len(seeds)
+    bar = tqdm(total=total, desc="trials", unit="trial", disable=not progress)
+    started_ray = backend == "ray" and not _ray_running()
+    runs: list[dict[str, Any]] = []
+    train_size = 0
+    try:
+        for s in seeds:
+            bundle = data if data is not None else study.load_data(seed=s)
+            train_size = len(bundle.train)  # type: ignore[arg-type]
+            bar.set_postfix_str(f"seed {s}")
+            run = _one_run(study, backend=backend, trials=trials, seed=s, data=bundle, searches=searches,
+                           variants=variants, on_trial=lambda: bar.update(1), **kw)
+            runs.append(run)
+            if progress and "cost_ratio" in run:
+                bar.write(_run_line(run))
+    finally:
+        bar.close()
+        if started_ray:  # a Ray that compare started is compare's to stop
+            import ray
+
+            ray.shutdown()
+    return runs, train_size
 
 
 def _check_variants(specs: str | Sequence[str] | None, study: Study, searches: Sequence[str]
