@@ -2,9 +2,10 @@
 
 :class:`ValidationControl` steps ``ReduceLROnPlateau`` on a validation metric (loss or
 accuracy), with a fixed epoch cap and, optionally, early stopping on that metric (the
-``asha`` and ``asha_es`` methods), and can keep the weights of its best epoch. :class:`LRReplay` replays a recorded learning-rate schedule: the
-final retrain of a validation search's best configuration on all training data
-(docs/design.md, "Comparison protocol"). Both implement
+``asha`` and ``asha_es`` methods), and can keep the weights of its best epoch.
+:class:`LRReplay` replays a recorded learning-rate schedule: the final retrain of a
+validation search's best configuration on all training data (docs/design.md,
+"Comparison protocol"). Both implement
 :class:`~neve_tune.control.Controller`; :class:`~neve_tune.control.NeVe` is the
 validation-free one.
 
@@ -69,7 +70,8 @@ class ValidationControl(_Stoppable):
         self.early_stopping = early_stopping
         self.metric = metric
         self.model = model if keep_best_weights else None
-        self.scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience, threshold=0.0)
+        self.scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience,
+                                           threshold=0.0)
         self.epoch = 0
         self.best = math.inf if mode == "min" else -math.inf
         self.best_epoch = 0
@@ -80,14 +82,15 @@ class ValidationControl(_Stoppable):
         return value < self.best if self.metric == "loss" else value > self.best
 
     def step(
-        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None,
-        val_acc: float | None = None,
+        self, train_loss: float, val_loss: float | None = None, *,
+        prediction_changes: int | None = None, val_acc: float | None = None,
     ) -> dict[str, Any]:
         """Close one epoch on its validation loss and accuracy; the one ``metric`` names is
         required (a ``ValueError`` names it)."""
         value = val_loss if self.metric == "loss" else val_acc
         if value is None:
-            raise ValueError(f"{self.metric_key} is required: ValidationControl decides on it (metric={self.metric!r})")
+            raise ValueError(f"{self.metric_key} is required: ValidationControl decides on it "
+                             f"(metric={self.metric!r})")
         self._check_open()
         lr = _lr(self.optimizer)
         self.epoch += 1
@@ -99,7 +102,8 @@ class ValidationControl(_Stoppable):
             if self._better(float(value)):
                 self.best, self.best_epoch = float(value), self.epoch
                 if self.model is not None:  # a copy: training goes on from the live weights
-                    self.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                    state = self.model.state_dict()
+                    self.best_weights = {k: v.detach().clone() for k, v in state.items()}
             if self.early_stopping is not None and self.epoch - self.best_epoch >= self.early_stopping:
                 self.stopped_by = "early_stopping"
             elif self.epoch >= self.max_epochs:

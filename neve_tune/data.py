@@ -182,7 +182,8 @@ def symmetric_label_noise(dataset: Dataset, rate: float, num_classes: int, seed:
     # selection subset or probe seeded alike draws torch.randperm(n) from torch's stream, and
     # with the flips drawn there too would hold exactly the flipped labels
     rng = np.random.default_rng([int(seed), NOISE_STREAM])
-    flipped = torch.as_tensor(rng.permutation(n)[: int(round(rate * n))], dtype=torch.long).sort().values
+    drawn = rng.permutation(n)[: int(round(rate * n))]
+    flipped = torch.as_tensor(drawn, dtype=torch.long).sort().values
     shift = torch.as_tensor(rng.integers(1, num_classes, size=len(flipped)), dtype=torch.long)
     noisy = labels.clone()
     noisy[flipped] = (labels[flipped] + shift) % num_classes

@@ -158,7 +158,8 @@ def trial_objective(
 
         if method == "asha" and study.final == "retrain":
             return (error(history[-1].get(key)) if history else nan), len(history)
-        return error(controller_state.get(f"best_{study.val_metric}")), int(controller_state.get("best_epoch", 0))
+        best = controller_state.get(f"best_{study.val_metric}")
+        return error(best), int(controller_state.get("best_epoch", 0))
     # a NeVe run whose guard restored an earlier epoch's weights is judged at that epoch
     best = len(history)
     if method == "neve" and controller_state.get("stopped_by") == "prediction_changes" and controller_state.get("best_weights"):
@@ -331,7 +332,7 @@ def run_trial(
                  pc_subset_size=study.pc_subset_size)
     fitted.cost.probe_samples += extra_forward()
     best_weights = getattr(controller, "best_weights", None)
-    if best_weights is not None:  # final="best_checkpoint": the run delivers its best epoch's weights
+    if best_weights is not None:  # final="best_checkpoint": the run delivers its best epoch
         model.load_state_dict(best_weights)
     objective, best_epoch = trial_objective(study, method, fitted.history, controller.state_dict())
     result = TrialResult(config=cfg, method=method, seed=seed, stopped_by=fitted.stopped_by, epochs=fitted.epochs,

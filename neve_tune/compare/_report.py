@@ -39,8 +39,8 @@ def summary_table(result: Mapping[str, Any]) -> str:
     strongest = result.get("strongest_baseline")
     w = max([9] + [len(m) + 2 for m in names])
     rows = [head, "",
-            f"{'search':{w}s} {'test acc (final model)':>24s} {'cost to final model':>22s} {'search cost':>18s} "
-            f"{'wall s':>8s}",
+            f"{'search':{w}s} {'test acc (final model)':>24s} {'cost to final model':>22s} "
+            f"{'search cost':>18s} {'wall s':>8s}",
             f"{'':{w}s} {'mean ± std':>24s} {'epochs-equiv':>22s} {'epochs-equiv':>18s} {'':>8s}"]
     def pm(d: Mapping[str, Any], key: str, scale: float = 1.0, fmt: str = ".3f") -> str:
         if d.get(key) is None:
@@ -53,21 +53,25 @@ def summary_table(result: Mapping[str, Any]) -> str:
         cost = pm({"c": r["cost"]["epochs_equiv"], "c_std": r["cost_std"]["epochs_equiv"]}, "c", fmt=".1f")
         scost = pm({"c": r["search_cost"]["epochs_equiv"], "c_std": r["search_cost_std"]["epochs_equiv"]}, "c", fmt=".1f")
         label = m + (" *" if m == strongest else "")
-        rows.append(f"{label:{w}s} {acc:>24s} {cost:>22s} {scost:>18s} {r['cost']['wall_s'] or 0.0:8.1f}")
+        wall = r["cost"]["wall_s"] or 0.0
+        rows.append(f"{label:{w}s} {acc:>24s} {cost:>22s} {scost:>18s} {wall:8.1f}")
     vs = result.get("vs") or {"asha": result, "asha_es": result.get("vs_asha_es")}
     for base, d in vs.items():
         if d and "cost_ratio" in d:
             rows.append(
                 f"NeVe vs {base:{w - 2}s} cost ratio {pm(d, 'cost_ratio')}   search cost ratio "
-                f"{pm(d, 'search_cost_ratio')}   test acc diff {pm(d, 'test_acc_diff', 100, '+.2f')} pt"
+                f"{pm(d, 'search_cost_ratio')}   "
+                f"test acc diff {pm(d, 'test_acc_diff', 100, '+.2f')} pt"
             )
     if strongest:
-        rows.append(f"* strongest baseline: {strongest} (highest mean test accuracy; ties by lower cost)")
+        rows.append(f"* strongest baseline: {strongest} "
+                    "(highest mean test accuracy; ties by lower cost)")
     rows.append("")
     rows.append("epochs spent per rung interval (mean per seed):")
     for m in names:
-        rows.append(f"  {m:{w - 1}s} " + "  ".join(f"{k}: {v:.0f}" for k, v in result[m]["epochs_by_rung"].items())
-                    + "   ended: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(result[m]["stopped_by"].items())))
+        rungs = "  ".join(f"{k}: {v:.0f}" for k, v in result[m]["epochs_by_rung"].items())
+        ended = ", ".join(f"{k} {v:.1f}" for k, v in sorted(result[m]["stopped_by"].items()))
+        rows.append(f"  {m:{w - 1}s} {rungs}   ended: {ended}")
     for note in result.get("notes") or []:
         rows.append(f"note (seed {note['seed']}): {note['text']}")
     return "\n".join(rows)

@@ -144,7 +144,8 @@ class _TrialRun:
         self.checkpoint_dir, self.evaluate_test, self.keep, self.model_fn = checkpoint_dir, evaluate_test, keep, model_fn
         self.stop = stop
         # what the trial's objective measures: the pruner ranks on it, lower is better
-        self.signal = "train_loss" if method == "neve" else {"loss": "val_loss", "acc": "val_error"}[study.val_metric]
+        val_signal = {"loss": "val_loss", "acc": "val_error"}[study.val_metric]
+        self.signal = "train_loss" if method == "neve" else val_signal
         self.lock = threading.Lock()
         self.cache: dict[str, DataBundle] = {}
         self.worker = f"{socket.gethostname()}:{os.getpid()}"

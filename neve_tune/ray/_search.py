@@ -37,7 +37,8 @@ def asha_scheduler(study: "Study | str | os.PathLike", **overrides: Any) -> Any:
 
     study = load_study(study)
     metric, mode = val_metric_key(study.val_metric)
-    kw: dict[str, Any] = dict(metric=metric, mode=mode, grace_period=1, reduction_factor=4, max_t=study.max_epochs)
+    kw: dict[str, Any] = dict(metric=metric, mode=mode, grace_period=1, reduction_factor=4,
+                              max_t=study.max_epochs)
     kw.update(overrides)
     return ASHAScheduler(**kw)
 
