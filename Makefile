@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.neve-installed
 
-.PHONY: run test test-slow test-all bench gpu-check setup clean
+.PHONY: run test test-slow test-all bench gpu-check docs setup clean
 
 setup: $(STAMP)
 
@@ -35,9 +35,19 @@ bench: $(STAMP)
 	$(PY) benchmarks/optuna_workers.py
 	$(PY) benchmarks/ray_trials.py
 
+# the docs site (mkdocs.yml, pages in docs/), warnings as errors, into site/
+DOCS_STAMP := $(VENV)/.neve-docs-installed
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $@
+
+docs: $(DOCS_STAMP)
+	$(PY) benchmarks/report_pages.py --check
+	$(VENV)/bin/mkdocs build --strict
+
 # on a lent GPU: one table, exit status 1 on any failure (see benchmarks/gpu_check.py)
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

@@ -78,7 +78,8 @@ def get_dataset(
 
     ``train_fraction`` keeps a stratified, seeded (``options["seed"]``) fraction of the
     training set; ``label_noise`` then flips that fraction of its labels to another class
-    (:func:`symmetric_label_noise`, seeded by ``noise_seed``). The test set is never touched.
+    (:func:`symmetric_label_noise`, seeded by ``noise_seed``). The test set is never changed;
+    it only scores the final models.
     """
     if name not in DATASETS:
         raise ValueError(f"data must be one of {sorted(DATASETS)}, got {name!r}")

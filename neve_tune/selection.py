@@ -65,7 +65,7 @@ __all__ = [
 History = Sequence[Mapping[str, Any]]
 NAN = float("nan")
 #: ``"auto"`` ranks by the consensus from this estimated label-noise rate on (the replay's
-#: "consensus if eps >= 10%" rule, README "Which trial wins")
+#: "consensus if eps >= 10%" rule, docs/measurements.md, "Which trial wins")
 NOISE_THRESHOLD = 0.1
 
 

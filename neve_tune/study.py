@@ -56,7 +56,8 @@ class Study:
     (from the first epoch, and from chance) that counts as learning; ``pc_patience`` /
     ``pc_window`` / ``pc_restore`` the memorisation guard (None: off), counted
     ``prediction_changes="in_pass"`` or on a subset of ``pc_subset_size`` examples. The defaults are the
-    measured ones (README, "Which validation-free defaults, and why"). ``selection_subset`` (0: off) makes each
+    measured ones (docs/measurements.md,
+    "Which validation-free defaults, and why"). ``selection_subset`` (0: off) makes each
     NeVe trial record, every epoch, the classes it predicts for that many training examples
     (a fixed seeded subset, ``subset_pred``, 500 by default), which ``NeVePruner(signal="consensus")``
     compares across trials; ``selection="consensus"`` (it needs ``selection_subset``) makes the

@@ -1,6 +1,6 @@
-"""Every README recipe runs as written: each ``python`` block of the README is a file of
-``docs/`` (the same text) that a test here runs, or is listed in ``NOT_RUN_HERE`` with the
-test that runs its API instead. The plain loop, the plain loop in an Optuna study, the
+"""Every recipe the docs show runs as written: each ``docs/*.py`` file is shown whole in a
+``python`` block of a docs page (``tests/test_docs.py`` checks those blocks against the
+files) and a test here runs it. The plain loop, the plain loop in an Optuna study, the
 Lightning and Hugging Face examples run fast; a trainable of your own under Ray Tune runs
 in the slow suite."""
 
@@ -21,19 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SNIPPET = DOCS / "plain_loop.py"
 
-#: the docs files the README shows; each has a test below that runs it as written
+#: the docs files the pages show; each has a test below that runs it as written
 RECIPES = ("plain_loop.py", "optuna_loop.py", "lightning_example.py", "hf_example.py", "ray_trainable.py")
-#: README blocks that are not run as written here (first line -> why, and what tests the API)
-NOT_RUN_HERE = {
-    "from neve_tune import load_study": "20 digits trials; make_objective runs in tests/test_optuna_*.py",
-    "from neve_tune.ray import NeVeASHAScheduler, NeVeStopper, neve_trainable, to_ray_space":
-        "40 digits trials on Ray; tests/test_ray_tune.py runs the same calls",
-    "from neve_tune.compare import compare, compare_searches": "needs your data; tests/test_compare.py",
-}
 
 
-def _readme_blocks() -> list[str]:
-    return [b.strip() for b in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)]
+def _page_blocks() -> list[str]:
+    return [b.strip() for page in sorted(DOCS.rglob("*.md"))
+            for b in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)]
 
 
 def _run(name: str, capsys) -> tuple[dict, str]:
@@ -42,21 +36,14 @@ def _run(name: str, capsys) -> tuple[dict, str]:
 
 
 @pytest.mark.parametrize("name", RECIPES)
-def test_readme_shows_the_same_snippet(name):
+def test_a_docs_page_shows_the_recipe_as_written(name):
     code = (DOCS / name).read_text().strip()
-    assert code in _readme_blocks(), f"README must show docs/{name} in a python block, as written"
+    assert code in _page_blocks(), f"a docs page must show docs/{name} in a python block as written"
 
 
-def test_every_readme_block_is_a_recipe_run_here_or_listed():
-    recipes = {(DOCS / name).read_text().strip() for name in RECIPES}
-    for block in _readme_blocks():
-        if block in recipes:
-            continue
-        imports = [line for line in block.splitlines() if line.startswith("from neve_tune")]
-        assert any(line in NOT_RUN_HERE for line in imports), (
-            "a README python block is neither a docs/ recipe run by this file nor listed in NOT_RUN_HERE:\n" + block
-        )
-    assert set(RECIPES) == {p.name for p in DOCS.glob("*.py")}, "every docs/*.py is a README recipe run here"
+def test_every_docs_python_file_is_a_recipe_run_here():
+    shown = {p.name for p in DOCS.glob("*.py")}
+    assert set(RECIPES) == shown, "every docs/*.py is a recipe run here"
 
 
 def test_plain_loop_runs_as_written_and_stops_by_velocity(capsys):
@@ -106,11 +93,11 @@ def test_ray_trainable_runs_as_written(tmp_path, monkeypatch, capsys):
     assert not results.errors and len(results) == 2
     ended = {r.config["lr"]: stopper.stopped_by(r.metrics["trial_id"]) for r in results}
     assert ended == {1e-05: "stalled", 0.5: "converged"}
-    assert out.splitlines()[-1] == "{1e-05: ('stalled', 1), 0.5: ('converged', 7)}"  # the README quotes it
+    assert out.splitlines()[-1] == "{1e-05: ('stalled', 1), 0.5: ('converged', 7)}"  # docs/ray.md quotes it
 
 
 def _objective(trial: optuna.Trial) -> float:
-    """The README loop with two more lines per epoch: report, then maybe prune."""
+    """The plain loop with two more lines per epoch: report, then maybe prune."""
     torch.manual_seed(0)
     x = torch.randn(512, 20); y = (x[:, :2].sum(1) > 0).long()
     model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))

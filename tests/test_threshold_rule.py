@@ -1,6 +1,6 @@
 """The default velocity-stop rule: relative to the run's own peak velocity, 1e-2.
 
-Chosen from the model-family table (README, "One stop rule for every model family";
+Chosen from the model-family table (docs/measurements.md, "One stop rule for every model family";
 ``benchmarks/model_families.py``). These tests pin what that choice rests on: the
 relative rule's reference is the running peak (not epoch 1), it ignores the velocity's
 scale where the absolute rule kills a slow-starting run as stalled, the studies carry it,

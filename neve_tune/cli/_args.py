@@ -179,7 +179,7 @@ def clean_stale_temporaries(checkpoint: str | os.PathLike) -> list[Path]:
 
 def add_data_changes(p: argparse.ArgumentParser) -> None:
     """--train-fraction, --label-noise, --noise-seed: change the training data, never the test set."""
-    g = p.add_argument_group("data (the test set is never touched)")
+    g = p.add_argument_group("data (the training set only; the test set only scores the final models)")
     g.add_argument("--train-fraction", type=float, help="keep this stratified fraction of the training set (default 1)")
     g.add_argument("--label-noise", type=float, help="flip this fraction of the training labels to another class")
     g.add_argument("--noise-seed", type=int, help="seed of the flipped labels (default 0)")
@@ -202,15 +202,18 @@ def add_trial_control(p: argparse.ArgumentParser) -> None:
 
 
 def add_selection(p: argparse.ArgumentParser) -> None:
-    """--selection, --selection-subset: which finished NeVe trial wins (README, "Which trial wins")."""
+    """--selection, --selection-subset: which finished NeVe trial wins (docs/measurements.md,
+    "Which trial wins")."""
     g = p.add_argument_group("selection (which NeVe trial wins; no validation set either way)")
     g.add_argument("--selection", choices=["objective", "consensus", "auto"],
-                   help="pick the finished trial with the lowest objective (default), or the one whose predictions on "
+                   help="pick the finished trial with the lowest objective, or the one whose predictions on "
                         "a fixed training subset agree most with the other trials' majority vote, or (auto) the "
-                        "latter only when the finished trials' fit of the subset's labels says they are noisy")
+                        "latter only when the finished trials' fit of the subset's labels says they are noisy "
+                        "(default: the study's; auto for every study unless its file says otherwise)")
     g.add_argument("--selection-subset", type=int,
-                   help="training examples whose predicted classes each trial records for the vote (default 500 "
-                        "with consensus or auto selection or signal, else 0: off)")
+                   help="training examples whose predicted classes each trial records for the vote (default: the "
+                        "study's, 500 unless its file says otherwise; 500 whenever --selection or the rung signal is "
+                        "consensus or auto; 0: off, only with --selection objective and a train_loss or velocity signal)")
 
 
 def _lr_patience(text: str) -> int | str:

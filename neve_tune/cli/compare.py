@@ -26,7 +26,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--searches", default=",".join(SEARCH_METHODS), help="comma-separated subset of neve,asha,asha_es")
     p.add_argument("--neve-signal", choices=NEVE_SIGNALS,
                    help="rung signal of the NeVe search's pruner/scheduler (default: the study's, auto: the consensus "
-                        "once the finished trials say the labels are noisy, else train_loss; README \"Which trial wins\")")
+                        "once the finished trials say the labels are noisy, else train_loss; "
+                        "docs/measurements.md, \"Which trial wins\")")
     p.add_argument("--reduction-factor", type=int, default=4,
                    help="every search's successive halving: rungs at epochs 1, rf, rf^2, ..., each keeping the best "
                         "1/rf (default 4)")

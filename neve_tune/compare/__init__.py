@@ -34,7 +34,8 @@ over seeds), ``_variants`` (baseline variants, the strongest, notes), ``_report`
 (table, JSON, plots), ``_api`` (:func:`compare`,
 :func:`compare_searches`). Each backend's search adapter lives in its own package
 (``neve_tune.optuna.search_trials``, ``neve_tune.ray.search_trials``). The protocol is
-written out in docs/design.md, "Comparison protocol".
+written out in docs/design.md, "Comparison protocol"; the printed table is explained block
+by block in docs/compare.md, "Reading the output".
 
 Example::
 

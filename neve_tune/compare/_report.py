@@ -30,7 +30,8 @@ def _run_line(run: Mapping[str, Any]) -> str:
 
 
 def summary_table(result: Mapping[str, Any]) -> str:
-    """The terminal table: one row per search (means over seeds, ± std)."""
+    """The terminal table: one row per search (means over seeds, ± std); each block is
+    explained in docs/compare.md, "Reading the output"."""
     n = len(result["runs"])
     data = "".join(f" · {k} {v}" for k, v in (result.get("data_options") or {}).items() if k != "data_root")
     head = (f"{result['study']}{data} · backend {result['backend']} · {result['trials']} trials · "

@@ -1,6 +1,6 @@
 """Which finished trial of an Optuna study wins: the lowest objective, or (``Study.selection
 = "consensus"``) the one whose last predictions on the fixed training subset agree most with
-the majority vote of the other finished trials' (README, "Which trial wins"). The
+the majority vote of the other finished trials' (docs/measurements.md, "Which trial wins"). The
 predictions travel through the storage, in each epoch's user attribute (``subset_pred``),
 so any worker, or a script after the search, can pick.
 

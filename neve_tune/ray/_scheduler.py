@@ -67,8 +67,8 @@ class NeVeASHAScheduler(FIFOScheduler):
 
     A trial that a :class:`~neve_tune.ray.NeVeStopper` stopped (Tune asks the stopper
     first) reaches only ``on_trial_complete``; it is classified by the same rule and
-    recorded unless it diverged or stalled. Each result costs O(log n) for n trials at a
-    rung, and nothing is written to disk.
+    recorded unless it diverged or stalled. A result costs O(log n) for n trials at a rung
+    on ``metric``, O(n·K) on the consensus (K subset examples); nothing is written to disk.
 
     **Restoring** (``Tuner.restore``): Ray saves callbacks, not schedulers, in its
     experiment checkpoint. Pass the scheduler's :meth:`callback` in the run config and

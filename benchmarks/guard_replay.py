@@ -1,0 +1,253 @@
+"""The memorisation guard measured directly: where it stops each run, against where that
+run's held-out accuracy peaked.
+
+Each run trains one model under NeVe's controller with the studies' LR decay
+(``ReduceLROnPlateau`` on the velocity change, ``lr_patience="auto"``) and no stop before
+``--max-epochs``, and records per epoch the velocity, the training loss and accuracy, the
+prediction changes counted in the training pass and, to score the rules only, the test
+accuracy. No rule reads the test accuracy. A stop does not change the run before it fires,
+so every guard rule is replayed on the recorded series together with the default velocity
+stop (relative, 1e-2) and the stall check, exactly as ``NeVe.step`` decides
+(:func:`replay`); ``--verify`` reruns one run live under the library's default rule and
+checks that the controller stops and keeps the epoch the replay says.
+
+Runs: domain x label noise x initial LR (the domain's LR times 1/4, 1, 4: a slow start,
+the default, a high LR) x seed. Conditions are fixed here before the first run:
+
+- design (choose the rule on these): ``digits`` (the digits study's small CNN) and
+  ``mnist1d`` (the bundled MNIST-1D, ``small_cnn1d``), noise 0 / 0.2 / 0.4, seeds 0-2;
+- held out (confirm on these, never tuned on): ``mnist1d_g7`` (MNIST-1D generated with
+  generator seed 7 and 3,000 samples), ``tabular5`` (a 2-hidden-layer MLP on a synthetic
+  5-class tabular task with ~15% irreducible error), ``tokens`` (a 2-layer BERT on a
+  token-counting task, AdamW) and ``vit`` (timm ViT on digits, AdamW), noise 0 / 0.2 /
+  0.4, seeds 0-2.
+
+    OMP_NUM_THREADS=1 python benchmarks/guard_replay.py --domains digits,mnist1d --jobs 2
+    OMP_NUM_THREADS=1 python benchmarks/guard_replay.py --table            # replay the records
+    OMP_NUM_THREADS=1 python benchmarks/guard_replay.py --verify digits:0.2:1:0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+OUT = ROOT / "runs" / "guard"
+
+DESIGN = ("digits", "mnist1d")
+HELDOUT = ("mnist1d_g7", "tabular5", "tokens", "vit")
+NOISES = (0.0, 0.2, 0.4)
+LR_SCALES = (0.25, 1.0, 4.0)
+SEEDS = (0, 1, 2)
+VELOCITY_RULE = ("relative", 1e-2)  # the studies' and callbacks' default stop
+
+
+def _bundle_setup(data: str, model: str, seed: int, **options: Any) -> Any:
+    from model_families import Setup, _sgd
+
+    from neve_tune import gaussian_probe
+    from neve_tune.data import get_dataset
+    from neve_tune.models import create_model
+
+    b = get_dataset(data, seed=seed, **options)
+    torch.manual_seed(seed)
+    return Setup(create_model(model, b.num_classes, b.input_shape), b.train, b.test,
+                 gaussian_probe(b.input_shape, 100, seed=seed), b.num_classes, _sgd(0.05), 64)
+
+
+def _mnist1d_g7(seed: int) -> Any:
+    """MNIST-1D from another generator seed (7) and size (3,000: 2,400 train / 600 test)."""
+    import numpy as np
+    from mnist1d.data import get_dataset_args, make_dataset
+    from model_families import Setup, _sgd, _standardised
+    from sklearn.model_selection import train_test_split
+
+    from neve_tune import gaussian_probe
+    from neve_tune.models import create_model
+
+    args = get_dataset_args()
+    args.seed, args.num_samples = 7, 3000
+    d = make_dataset(args)
+    x, y = np.concatenate([d["x"], d["x_test"]]), np.concatenate([d["y"], d["y_test"]])
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
+    xt, xe = _standardised(torch.tensor(x_tr, dtype=torch.float32), torch.tensor(x_te, dtype=torch.float32))
+    torch.manual_seed(seed)
+    return Setup(create_model("small_cnn1d", 10, (1, 40)), TensorDataset(xt[:, None], torch.tensor(y_tr)),
+                 TensorDataset(xe[:, None], torch.tensor(y_te)), gaussian_probe((1, 40), 100, seed=seed), 10,
+                 _sgd(0.05), 64)
+
+
+def _tabular5(seed: int) -> Any:
+    """5 classes, 20 features (8 informative), 3,000 train / 1,000 test; ``flip_y`` makes
+    ~15% of all labels (train and test) irreducibly random: the task's own error."""
+    from model_families import Setup, _sgd, _standardised
+    from sklearn.datasets import make_classification
+
+    from neve_tune import gaussian_probe
+
+    x, y = make_classification(n_samples=4000, n_features=20, n_informative=8, n_redundant=4, n_classes=5,
+                               n_clusters_per_class=2, class_sep=1.5, flip_y=0.15, random_state=100 + seed)
+    xt, xe = _standardised(torch.tensor(x[:3000], dtype=torch.float32), torch.tensor(x[3000:], dtype=torch.float32))
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(20, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 5))
+    return Setup(model, TensorDataset(xt, torch.tensor(y[:3000])), TensorDataset(xe, torch.tensor(y[3000:])),
+                 gaussian_probe((20,), 100, seed=seed), 5, _sgd(0.05), 64)
+
+
+def _from_families(name: str) -> Callable[[int], Any]:
+    def make(seed: int) -> Any:
+        import model_families
+
+        return model_families.FAMILIES[name](seed)
+
+    return make
+
+
+DOMAINS: dict[str, Callable[[int], Any]] = {
+    "digits": lambda seed: _bundle_setup("digits", "small_cnn", seed),
+    "mnist1d": lambda seed: _bundle_setup("mnist1d", "small_cnn1d", seed),
+    "mnist1d_g7": _mnist1d_g7,
+    "tabular5": _tabular5,
+    "tokens": _from_families("bert"),
+    "vit": _from_families("vit"),
+}
+
+
+def record(domain: str, noise: float, lr_scale: float, seed: int, max_epochs: int) -> dict[str, Any]:
+    """One run to ``max_epochs`` with no stop: its per-epoch rows."""
+    import model_families
+
+    from neve_tune.data import symmetric_label_noise
+    from neve_tune.train import fit
+    from neve_tune.trial import make_optimizer
+
+    torch.manual_seed(seed)
+    s = DOMAINS[domain](seed)
+    if noise > 0:
+        s.train, _ = symmetric_label_noise(s.train, noise, s.num_classes, seed=seed)
+    s.optimizer = {**s.optimizer, "lr": s.optimizer["lr"] * lr_scale}
+    optimizer = make_optimizer(s.model, s.optimizer)
+    neve = model_families._controller(s, optimizer, max_epochs, None, None)
+    rows: list[dict[str, Any]] = []
+    keys = ("epoch", "velocity", "train_loss", "train_acc", "prediction_changes", "lr")
+
+    def on_epoch(m: dict) -> None:
+        rows.append({**{k: m.get(k) for k in keys}, "test_acc": model_families._test_acc(s.model, s.test)})
+
+    if s.plain_loop:
+        model_families._plain_loop(s, optimizer, neve, seed, on_epoch)
+    else:
+        fit(s.model, optimizer, s.train, neve, batch_size=s.batch_size, seed=seed, on_epoch=on_epoch)
+    return {"domain": domain, "noise": noise, "lr_scale": lr_scale, "seed": seed, "max_epochs": max_epochs,
+            "num_classes": s.num_classes, "num_train": len(s.train), "rows": rows}
+
+
+# ---- the guard rules, replayed -------------------------------------------------------------
+
+
+def guard_today(rows: list[dict[str, Any]], n: int, patience: int = 3, window: int = 3) -> tuple[int, int] | None:
+    """(stop epoch, kept epoch) of the guard of 0.1.0: the moving average of prediction
+    changes has not reached a new minimum for ``patience`` epochs."""
+    best, best_epoch, series = None, 0, []
+    for r in rows:
+        if r["prediction_changes"] is None:
+            continue
+        series.append(r["prediction_changes"])
+        if len(series) < window:
+            continue
+        level = sum(series[-window:]) / window
+        if best is None or level < best:
+            best, best_epoch = level, r["epoch"]
+        if r["epoch"] - best_epoch >= patience:
+            return r["epoch"], best_epoch
+    return None
+
+
+def replay(rec: dict[str, Any], guard: Callable[..., tuple[int, int] | None] | None) -> tuple[int, int, str]:
+    """(stop epoch, kept epoch, stopped_by) of ``NeVe`` with the default velocity stop and
+    the given guard (None: off), from a run recorded without a stop."""
+    rows, k = rec["rows"], rec["num_classes"]
+    first, peak = rows[0]["train_loss"], 0.0
+    fired = guard(rows, rec["num_train"]) if guard is not None else None
+    for r in rows:
+        peak = max(peak, r["velocity"])
+        velocity_stop = r["velocity"] / peak < VELOCITY_RULE[1]
+        guard_stop = fired is not None and fired[0] == r["epoch"]
+        if velocity_stop or guard_stop or r["epoch"] >= rec["max_epochs"]:
+            learned = r["train_loss"] < 0.9 * first and r["train_loss"] < 0.9 * math.log(k)
+            if not learned:
+                return r["epoch"], r["epoch"], "stalled"
+            if velocity_stop:
+                return r["epoch"], r["epoch"], "velocity"
+            if guard_stop:
+                return r["epoch"], fired[1], "prediction_changes"  # type: ignore[index]
+            return r["epoch"], r["epoch"], "max_epochs"
+    raise ValueError("the record ends before max_epochs")
+
+
+def _path(out: Path, domain: str, noise: float, lr_scale: float, seed: int) -> Path:
+    return out / f"{domain}_n{noise:g}_lr{lr_scale:g}_s{seed}.json"
+
+
+def _job(domain: str, noise: float, lr_scale: float, seed: int, max_epochs: int, out: str) -> str:
+    torch.set_num_threads(1)
+    path = _path(Path(out), domain, noise, lr_scale, seed)
+    t0 = time.perf_counter()
+    rec = record(domain, noise, lr_scale, seed, max_epochs)
+    rec["wall_s"] = time.perf_counter() - t0
+    path.write_text(json.dumps(rec))
+    return f"{path.name}: {len(rec['rows'])} epochs in {rec['wall_s']:.0f} s"
+
+
+def load(out: Path, domains: list[str]) -> list[dict[str, Any]]:
+    recs = []
+    for path in sorted(out.glob("*.json")):
+        rec = json.loads(path.read_text())
+        if rec["domain"] in domains:
+            recs.append(rec)
+    return recs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--domains", default=",".join(DESIGN))
+    p.add_argument("--noises", default=",".join(f"{x:g}" for x in NOISES))
+    p.add_argument("--lr-scales", default=",".join(f"{x:g}" for x in LR_SCALES))
+    p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    p.add_argument("--max-epochs", type=int, default=60)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--out", default=str(OUT))
+    p.add_argument("--table", action="store_true", help="replay the recorded runs only")
+    args = p.parse_args(argv)
+    domains = [d for d in args.domains.split(",") if d]
+    unknown = sorted(set(domains) - set(DOMAINS))
+    if unknown:
+        p.error(f"--domains: unknown {unknown}; known {sorted(DOMAINS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.table:
+        todo = [(d, float(nz), float(lr), int(s)) for d in domains for nz in args.noises.split(",")
+                for lr in args.lr_scales.split(",") for s in args.seeds.split(",")]
+        todo = [t for t in todo if not _path(out, *t).exists()]
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            futures = [pool.submit(_job, *t, args.max_epochs, str(out)) for t in todo]
+            for f in as_completed(futures):
+                print(f.result(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
