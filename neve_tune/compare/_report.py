@@ -60,7 +60,7 @@ def summary_table(result: Mapping[str, Any]) -> str:
     for base, d in vs.items():
         if d and "cost_ratio" in d:
             rows.append(
-                f"NeVe vs {base:{w - 2}s} cost ratio {pm(d, 'cost_ratio')}   search cost ratio "
+                f"NeVe vs {base:{w - 1}s} cost ratio {pm(d, 'cost_ratio')}   search cost ratio "
                 f"{pm(d, 'search_cost_ratio')}   "
                 f"test acc diff {pm(d, 'test_acc_diff', 100, '+.2f')} pt"
             )
