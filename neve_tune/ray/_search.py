@@ -53,7 +53,8 @@ def _scheduler(kind: str, study: Study, method: str, min_resource: int, reductio
         return None
     if kind == "asha":
         if method == "neve":
-            raise ValueError("scheduler 'asha' decides on val_loss, which method 'neve' does not report; use 'neve_asha'")
+            raise ValueError("scheduler 'asha' decides on val_loss or val_acc, which method 'neve' does not "
+                             "report; use 'neve_asha'")
         return asha_scheduler(study, grace_period=min_resource, reduction_factor=reduction_factor) if build else None
     if kind == "neve_asha":
         if method != "neve":
