@@ -1,10 +1,11 @@
 """The validation-based baselines' controllers: what a validation search does in a trial.
 
-:class:`ValidationControl` steps ``ReduceLROnPlateau`` on validation loss, with a fixed
-epoch cap and, optionally, early stopping on validation loss (the ``asha`` and
-``asha_es`` methods). :class:`LRReplay` replays a recorded learning-rate schedule: the
-final retrain of a validation search's best configuration on all training data
-(docs/design.md, "Comparison protocol"). Both implement
+:class:`ValidationControl` steps ``ReduceLROnPlateau`` on a validation metric (loss or
+accuracy), with a fixed epoch cap and, optionally, early stopping on that metric (the
+``asha`` and ``asha_es`` methods), and can keep the weights of its best epoch.
+:class:`LRReplay` replays a recorded learning-rate schedule: the final retrain of a
+validation search's best configuration on all training data (docs/design.md,
+"Comparison protocol"). Both implement
 :class:`~neve_tune.control.Controller`; :class:`~neve_tune.control.NeVe` is the
 validation-free one.
 
@@ -23,8 +24,9 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from ._checks import check_float, check_int
+from ._checks import check_choice, check_float, check_int
 from ._controller import _finite, _lr, _reopened, _Stoppable, check_epochs
+from .records import VAL_METRICS, val_metric_key
 
 __all__ = ["LRReplay", "ValidationControl"]
 
@@ -32,11 +34,15 @@ __all__ = ["LRReplay", "ValidationControl"]
 class ValidationControl(_Stoppable):
     """The validation-based baseline controller.
 
-    After every epoch, :meth:`step` steps ``ReduceLROnPlateau(mode="min", factor,
-    patience, threshold=0)`` on the validation loss; it stops at ``max_epochs``
-    (``"max_epochs"``), after ``early_stopping`` epochs without a new best validation loss
-    when that is set (``"early_stopping"``), or when a loss is non-finite (``"diverged"``).
-    ``best_epoch`` is the epoch of the lowest validation loss.
+    After every epoch, :meth:`step` steps ``ReduceLROnPlateau(mode, factor, patience,
+    threshold=0)`` on the validation metric ``metric`` (``"loss"``: ``val_loss``, mode
+    ``min``; ``"acc"``: ``val_acc``, mode ``max``); it stops at ``max_epochs``
+    (``"max_epochs"``), after ``early_stopping`` epochs without a strictly better value when
+    that is set (``"early_stopping"``), or when a loss or the accuracy is non-finite
+    (``"diverged"``). ``best_epoch`` is the first epoch of the best value. With
+    ``keep_best_weights`` (it needs ``model``) the controller holds a copy of the model's
+    weights at ``best_epoch`` (:attr:`best_weights`, kept in its state for a resumed run):
+    what ``Study.final="best_checkpoint"`` delivers.
     """
 
     probe_samples = 0
@@ -49,56 +55,88 @@ class ValidationControl(_Stoppable):
         factor: float = 0.5,
         patience: int = 10,
         early_stopping: int | None = None,
+        metric: str = "loss",
+        keep_best_weights: bool = False,
+        model: torch.nn.Module | None = None,
     ) -> None:
         check_epochs(0, max_epochs)
         check_int("early_stopping", early_stopping, minimum=1, allow_none=True)
+        check_choice("metric", metric, VAL_METRICS)
+        self.metric_key, mode = val_metric_key(metric)
+        if keep_best_weights and model is None:
+            raise ValueError("keep_best_weights needs model: the module whose weights are kept")
         self.optimizer = optimizer
         self.max_epochs = max_epochs
         self.early_stopping = early_stopping
-        self.scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience, threshold=0.0)
+        self.metric = metric
+        self.model = model if keep_best_weights else None
+        self.scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience,
+                                           threshold=0.0)
         self.epoch = 0
-        self.best_loss = math.inf
+        self.best = math.inf if mode == "min" else -math.inf
         self.best_epoch = 0
+        self.best_weights: dict[str, torch.Tensor] | None = None
         self.stopped_by: str | None = None
 
+    def _better(self, value: float) -> bool:
+        return value < self.best if self.metric == "loss" else value > self.best
+
     def step(
-        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None,
-        unfit: int | None = None,
+        self, train_loss: float, val_loss: float | None = None, *,
+        prediction_changes: int | None = None, unfit: int | None = None, val_acc: float | None = None,
     ) -> dict[str, Any]:
-        if val_loss is None:
-            raise ValueError("val_loss is required: ValidationControl decides on validation loss")
+        """Close one epoch on its validation loss and accuracy; the one ``metric`` names is
+        required (a ``ValueError`` names it)."""
+        value = val_loss if self.metric == "loss" else val_acc
+        if value is None:
+            raise ValueError(f"{self.metric_key} is required: ValidationControl decides on it "
+                             f"(metric={self.metric!r})")
         self._check_open()
         lr = _lr(self.optimizer)
         self.epoch += 1
-        diverged = not (_finite(train_loss) and _finite(val_loss))
+        diverged = not (_finite(train_loss) and _finite(val_loss) and _finite(value))
         if diverged:
             self.stopped_by = "diverged"
         else:
-            self.scheduler.step(val_loss)
-            if val_loss < self.best_loss:
-                self.best_loss, self.best_epoch = float(val_loss), self.epoch
+            self.scheduler.step(value)
+            if self._better(float(value)):
+                self.best, self.best_epoch = float(value), self.epoch
+                if self.model is not None:  # a copy: training goes on from the live weights
+                    state = self.model.state_dict()
+                    self.best_weights = {k: v.detach().clone() for k, v in state.items()}
             if self.early_stopping is not None and self.epoch - self.best_epoch >= self.early_stopping:
                 self.stopped_by = "early_stopping"
             elif self.epoch >= self.max_epochs:
                 self.stopped_by = "max_epochs"
         return {"epoch": self.epoch, "lr": lr, "diverged": diverged, "best_epoch": self.best_epoch}
 
+    @property
+    def best_loss(self) -> float:
+        """The lowest validation loss so far (``metric="loss"``; NaN otherwise)."""
+        return self.best if self.metric == "loss" else math.nan
+
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state: dict[str, Any] = {
             "epoch": self.epoch,
             "stopped_by": self.stopped_by,
-            "best_loss": self.best_loss,
+            f"best_{self.metric}": self.best,
             "best_epoch": self.best_epoch,
             "scheduler": self.scheduler.state_dict(),
         }
+        if self.model is not None:
+            state["best_weights"] = None if self.best_weights is None else dict(self.best_weights)
+        return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a run; one stopped only by a smaller ``max_epochs`` cap is reopened."""
         self.epoch = int(state_dict["epoch"])
         self.stopped_by = _reopened(state_dict["stopped_by"], self.epoch, self.max_epochs)
-        self.best_loss = float(state_dict["best_loss"])
+        self.best = float(state_dict[f"best_{self.metric}"])
         self.best_epoch = int(state_dict["best_epoch"])
         self.scheduler.load_state_dict(dict(state_dict["scheduler"]))
+        if self.model is not None:
+            best = state_dict["best_weights"]
+            self.best_weights = None if best is None else {k: v.clone() for k, v in best.items()}
 
 
 class LRReplay(_Stoppable):

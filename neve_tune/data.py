@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
@@ -98,7 +99,7 @@ def check_data_changes(train_fraction: Any = 1.0, label_noise: Any = 0.0, noise_
     return (
         check_float("train_fraction", train_fraction, low=0.0, high=1.0, low_open=True),  # type: ignore[return-value]
         check_float("label_noise", label_noise, low=0.0, high=1.0, high_open=True),
-        check_int("noise_seed", noise_seed),
+        check_int("noise_seed", noise_seed, minimum=0),
     )
 
 
@@ -160,6 +161,10 @@ class _Relabeled(Dataset):
         return self.dataset[i][0], self.labels[i]
 
 
+#: keys the flips' NumPy stream apart from every torch-seeded draw of the package
+NOISE_STREAM = 0x6E6F697365  # "noise"
+
+
 def symmetric_label_noise(dataset: Dataset, rate: float, num_classes: int, seed: int = 0) -> tuple[Dataset, torch.Tensor]:
     """``dataset`` with exactly ``round(rate * len)`` labels flipped, each to one of the
     other ``num_classes - 1`` classes chosen uniformly; returns it and the flipped positions.
@@ -174,9 +179,13 @@ def symmetric_label_noise(dataset: Dataset, rate: float, num_classes: int, seed:
     check_int("num_classes", num_classes, minimum=2)
     labels = dataset_labels(dataset)
     n = len(labels)
-    gen = torch.Generator().manual_seed(int(seed))
-    flipped = torch.randperm(n, generator=gen)[: int(round(rate * n))].sort().values
-    shift = torch.randint(1, num_classes, (len(flipped),), generator=gen)
+    # a random stream of its own (NumPy's, keyed by NOISE_STREAM): a validation split,
+    # selection subset or probe seeded alike draws torch.randperm(n) from torch's stream, and
+    # with the flips drawn there too would hold exactly the flipped labels
+    rng = np.random.default_rng([int(seed), NOISE_STREAM])
+    drawn = rng.permutation(n)[: int(round(rate * n))]
+    flipped = torch.as_tensor(drawn, dtype=torch.long).sort().values
+    shift = torch.as_tensor(rng.integers(1, num_classes, size=len(flipped)), dtype=torch.long)
     noisy = labels.clone()
     noisy[flipped] = (labels[flipped] + shift) % num_classes
     source = dataset

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 __all__ = [
     "Cost",
+    "FINAL_MODELS",
     "FORWARD_FRACTION",
     "METHODS",
     "METRIC_NAMES",
@@ -26,6 +27,8 @@ __all__ = [
     "SEARCH_METHODS",
     "STOP_REASONS",
     "TrialResult",
+    "VAL_METRICS",
+    "val_metric_key",
 ]
 
 #: how a trial trains: NeVe, the two validation baselines, and the final retrain of a
@@ -36,6 +39,27 @@ SEARCH_METHODS = tuple(m for m in METHODS if m != "retrain")
 #: how a Ray search schedules its trials (``auto``: ``neve_asha`` for NeVe, ``asha`` for
 #: the validation baselines)
 SCHEDULERS = ("auto", "neve_asha", "asha", "fifo")
+
+#: the validation metric a baseline search decides on: its rungs, early stopping, LR plateau
+#: and pick (``Study.val_metric``): ``loss`` (reported as ``val_loss``, lower is better) or
+#: ``acc`` (``val_acc``, higher is better; the objective is the validation error 1 - acc)
+VAL_METRICS = ("loss", "acc")
+#: a validation search's final model (``Study.final``): ``retrain`` its winner's configuration
+#: on all training data, replaying the winner's learning rates; ``best_checkpoint`` keep the
+#: winner's own weights at its best validation epoch (trained on the held-in part, no retrain)
+FINAL_MODELS = ("retrain", "best_checkpoint")
+
+
+def val_metric_key(val_metric: str) -> tuple[str, str]:
+    """The reported metric name and its mode (Ray's ``metric``/``mode``) of ``val_metric``.
+
+        >>> val_metric_key("acc")
+        ('val_acc', 'max')
+    """
+    if val_metric not in VAL_METRICS:
+        raise ValueError(f"val_metric must be one of {VAL_METRICS}, got {val_metric!r}")
+    return ("val_loss", "min") if val_metric == "loss" else ("val_acc", "max")
+
 
 #: metric names every backend reports each epoch (docs/design.md, "Metric names")
 METRIC_NAMES = (
@@ -108,7 +132,8 @@ class TrialResult:
     """One finished training run of one configuration (:func:`neve_tune.run_trial`).
 
     ``objective`` is lower-is-better (NeVe: a validation-free training-loss estimate;
-    the baselines: validation loss) and NaN when the run has none (diverged, stalled).
+    the baselines: validation loss, or validation error ``1 - val_acc`` with
+    ``Study.val_metric="acc"``) and NaN when the run has none (diverged, stalled).
     ``train_size`` is the size of the full training set that ``cost`` is measured
     against (``epochs_equiv``). ``test_acc``/``test_loss`` are None unless the test set
     was read (once, after training).

@@ -24,6 +24,7 @@ from ._checks import check_choice, check_float, check_int, check_seed
 from .control import LR_SIGNALS, check_epochs
 from .data import DataBundle, check_data_changes, get_dataset
 from .prediction_changes import PREDICTION_CHANGES
+from .records import FINAL_MODELS, VAL_METRICS
 from .space import Choice, Distribution, IntUniform, LogUniform, Uniform, check_hyperparameter, default_space, validate_space
 
 __all__ = ["Choice", "IntUniform", "LogUniform", "Study", "Uniform", "bundled_studies", "load_study"]
@@ -64,6 +65,14 @@ class Study:
     the majority vote of the others instead of the lowest objective; ``"auto"`` (the default)
     does so only when the finished trials' fit of the subset's labels says the labels are noisy
     (:func:`neve_tune.selection.selection_mode`) (docs/design.md, "Selection criteria").
+
+    The validation baselines (``asha``, ``asha_es``) hold out ``val_fraction`` and decide
+    on ``val_metric`` (``"loss"``, or ``"acc"``: validation accuracy, the objective its
+    error ``1 - acc``): rungs, early stopping after ``early_stopping`` epochs, the LR
+    plateau and the pick. ``final`` is their final model: ``"retrain"`` (the winner's
+    configuration on all training data, the comparison's retrain) or ``"best_checkpoint"``
+    (each trial ends holding its weights of its best validation epoch; its objective is
+    that epoch's value) (docs/design.md, "Comparison protocol").
     """
 
     name: str
@@ -91,6 +100,8 @@ class Study:
     selection: str = "auto"
     val_fraction: float = 0.1
     early_stopping: int = 10
+    val_metric: str = "loss"
+    final: str = "retrain"
     objective: str = "tse_e1"
     amp: str | None = None
     resources: dict[str, float] = field(default_factory=lambda: {"cpu": 1, "gpu": 0})
@@ -144,6 +155,8 @@ class Study:
             raise ValueError(f"selection={self.selection!r} needs selection_subset > 0 (e.g. 500): the trials' predictions "
                              "on that fixed subset are what it compares")
         check_int("early_stopping", self.early_stopping, minimum=1)
+        check_choice("val_metric", self.val_metric, VAL_METRICS)
+        check_choice("final", self.final, FINAL_MODELS)
         check_int("probe_samples", self.probe_samples, minimum=1)
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")

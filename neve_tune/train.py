@@ -18,6 +18,7 @@ of a trained one (the usual forward:backward = 1:2 FLOP ratio).
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import time
@@ -272,6 +273,14 @@ def _resume(checkpoint_path: str | os.PathLike, checkpoint_meta: dict[str, Any] 
     return history, cost
 
 
+def _takes_val_acc(controller: Any) -> bool:
+    """Whether ``controller.step`` has a ``val_acc`` keyword (the validation baselines')."""
+    try:
+        return "val_acc" in inspect.signature(controller.step).parameters
+    except (TypeError, ValueError):  # a callable without a signature
+        return False
+
+
 def _fit_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, controller: Any,
                tracker: FitPredictionChanges, cost: Cost, *, batch_size: int, val_set: Dataset | None,
                device: torch.device, seed: int, loss_fn: Callable, amp_dtype: torch.dtype | None, scaler: Any,
@@ -297,12 +306,14 @@ def _fit_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Da
     cost.train_samples += n
     cost.probe_samples += forwarded
     extra: dict[str, Any] = {}
-    val_loss = None
+    val_loss, step_kw = None, {}
     if val_set is not None:
         val_loss, val_acc, nv = evaluate(model, val_set, device=device, loss_fn=loss_fn, amp_dtype=amp_dtype)
         cost.eval_samples += nv
         extra = {"val_loss": val_loss, "val_acc": val_acc}
-    step = controller.step(train_loss, val_loss, prediction_changes=changes, unfit=unfit)
+        if _takes_val_acc(controller):  # a controller that may decide on accuracy gets it too
+            step_kw["val_acc"] = val_acc
+    step = controller.step(train_loss, val_loss, prediction_changes=changes, unfit=unfit, **step_kw)
     cost.probe_samples += controller.probe_samples
     dt = time.perf_counter() - t0
     cost.wall_s += dt

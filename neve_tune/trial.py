@@ -7,9 +7,12 @@ the comparison) calls, so they all train the same way. Methods (``neve_tune.reco
   velocity change, stop on the velocity threshold; objective: the last epoch's mean
   training loss (TSE-E with E = 1; ``Study.objective`` selects another estimate).
 - ``"asha"``: ``val_fraction`` of the training set held out, ``ReduceLROnPlateau`` on
-  validation loss, ``max_epochs`` fixed; objective: validation loss of the last epoch.
+  the validation metric (``study.val_metric``: loss, or accuracy), ``max_epochs`` fixed;
+  objective: the validation loss (or error, ``1 - val_acc``) of the last epoch.
 - ``"asha_es"``: the same with early stopping after ``early_stopping`` epochs without a
-  new best validation loss; objective: the best validation loss.
+  new best validation value; objective: the best one.
+- With ``study.final="best_checkpoint"`` a baseline run ends holding the weights of its
+  best validation epoch (its objective and test score are that epoch's).
 - ``"retrain"``: the whole training set for ``len(lr_schedule)`` epochs, replaying a
   recorded per-epoch learning-rate schedule (how a validation-based search gets its
   final model).
@@ -34,7 +37,7 @@ from .control import NeVe
 from .data import DataBundle, data_identity, validation_split
 from .models import create_model
 from .probe import dataset_probe, gaussian_probe
-from .records import METHODS, TrialResult
+from .records import METHODS, TrialResult, val_metric_key
 from .train import evaluate, fit
 from .velocity import NeuralVelocity
 
@@ -119,6 +122,9 @@ def controller_settings(study: Study, method: str) -> dict[str, Any]:
                                   "pc_subset_size", "probe", "probe_samples", "amp")
     elif method in ("asha", "asha_es"):
         names = ("lr_factor", "lr_patience", "val_fraction") + (("early_stopping",) if method == "asha_es" else ())
+        # held only when not the defaults: a checkpoint written before they existed has those
+        names += tuple(n for n, default in (("val_metric", "loss"), ("final", "retrain"))
+                       if getattr(study, n) != default)
     else:  # retrain: the replayed schedule is the run's; a longer one continues it
         names = ()
     return {name: getattr(study, name) for name in names}
@@ -138,14 +144,22 @@ def trial_objective(
     (``study.objective``: ``"tse_e1"`` the last epoch's, ``"tse_eN"`` the mean of the last
     N epochs', ``"tse_ema"`` their exponential moving average, Ru et al. 2021);
     ``"pc_min"`` the lowest moving average of the prediction changes;
-    ``asha``: the last validation loss; ``asha_es``: the best validation loss.
+    ``asha``: the last epoch's validation value; ``asha_es``, and ``asha`` with
+    ``study.final="best_checkpoint"``: the best one (with its epoch). The value is the
+    validation loss, or the validation error ``1 - val_acc`` with ``study.val_metric="acc"``.
     """
     nan = float("nan")
-    if method == "asha":
-        return (float(history[-1]["val_loss"]) if history else nan), len(history)
-    if method == "asha_es":
-        best = float(controller_state.get("best_loss", math.inf))
-        return (best if math.isfinite(best) else nan), int(controller_state.get("best_epoch", 0))
+    if method in ("asha", "asha_es"):
+        key, _ = val_metric_key(study.val_metric)
+
+        def error(v: Any) -> float:  # lower is better whatever the metric
+            v = float(v) if v is not None else nan
+            return (v if study.val_metric == "loss" else 1.0 - v) if math.isfinite(v) else nan
+
+        if method == "asha" and study.final == "retrain":
+            return (error(history[-1].get(key)) if history else nan), len(history)
+        best = controller_state.get(f"best_{study.val_metric}")
+        return error(best), int(controller_state.get("best_epoch", 0))
     # a NeVe run whose guard restored an earlier epoch's weights is judged at that epoch
     best = len(history)
     if method == "neve" and controller_state.get("stopped_by") == "prediction_changes" and controller_state.get("best_weights"):
@@ -238,6 +252,9 @@ def make_controller(
         factor=study.lr_factor,
         patience=study.plateau_patience,
         early_stopping=study.early_stopping if method == "asha_es" else None,
+        metric=study.val_metric,
+        keep_best_weights=study.final == "best_checkpoint",
+        model=model,
     )
 
 
@@ -314,6 +331,9 @@ def run_trial(
                  prediction_changes=study.prediction_changes if method == "neve" else "in_pass",
                  pc_subset_size=study.pc_subset_size)
     fitted.cost.probe_samples += extra_forward()
+    best_weights = getattr(controller, "best_weights", None)
+    if best_weights is not None:  # final="best_checkpoint": the run delivers its best epoch
+        model.load_state_dict(best_weights)
     objective, best_epoch = trial_objective(study, method, fitted.history, controller.state_dict())
     result = TrialResult(config=cfg, method=method, seed=seed, stopped_by=fitted.stopped_by, epochs=fitted.epochs,
                          objective=float(objective), best_epoch=best_epoch, cost=fitted.cost, history=fitted.history,

@@ -34,6 +34,13 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--objective", help="NeVe's validation-free objective: tse_e1 (default), tse_e<N>, tse_ema, pc_min")
     p.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=True,
                    help="retrain the validation searches' best configuration on all training data (default on)")
+    p.add_argument("--baseline-variants", metavar="METHOD:METRIC:FINAL,...",
+                   help="also run these validation searches, each named so in the table and the "
+                        "JSON: method asha|asha_es, the validation metric its rungs, early "
+                        "stopping, LR plateau and pick decide on (loss|acc), its final model "
+                        "(retrain: on all data; best_checkpoint: the winner's weights of its best "
+                        "validation epoch); parts left out are the study's, e.g. "
+                        "asha_es:acc:best_checkpoint,asha:acc")
     cli.add_data_changes(p)
     cli.add_trial_control(p)
     cli.add_selection(p)
@@ -58,6 +65,7 @@ def _compare(args: argparse.Namespace) -> int:
     result = compare(study, backend=args.backend, trials=args.trials, seed=args.seed, repeats=args.repeats,
                      retrain=args.retrain, device=device, neve_signal=args.neve_signal, searches=searches,
                      reduction_factor=args.reduction_factor,
+                     baseline_variants=args.baseline_variants,
                      progress=not args.quiet)
     print(summary_table(result))
     for path in write_outputs(result, args.out, args.json_path):

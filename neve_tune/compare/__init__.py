@@ -12,6 +12,12 @@
   loss;
 - ``asha_es``: the same plus early stopping on validation loss (patience 10).
 
+Baseline variants (``baseline_variants``, ``--baseline-variants``) run the validation
+searches as a practitioner may: deciding on validation accuracy (``:acc``) and/or keeping
+the winner's own best-epoch weights as the final model (``:best_checkpoint``). NeVe is
+compared with each (``vs``); the strongest is named (``strongest_baseline``); ``notes``
+says why a baseline's final model ended far below its winner (``_variants``).
+
 Cost is counted two ways: the search alone (``search_cost``) and the cost to a final
 model that learned from the whole training set (``cost``). A validation-based search's
 best configuration is retrained on all training data, replaying the learning rates of its
@@ -24,7 +30,8 @@ The test set is read once per finished trial, after training, to draw the anytim
 (sampling, pruning, stopping, selection) reads it.
 
 Modules: ``_records`` (a search's trials, cost, anytime curve), ``_aggregate`` (means
-over seeds), ``_report`` (table, JSON, plots), ``_api`` (:func:`compare`,
+over seeds), ``_variants`` (baseline variants, the strongest, notes), ``_report``
+(table, JSON, plots), ``_api`` (:func:`compare`,
 :func:`compare_searches`). Each backend's search adapter lives in its own package
 (``neve_tune.optuna.search_trials``, ``neve_tune.ray.search_trials``). The protocol is
 written out in docs/design.md, "Comparison protocol"; the printed table is explained block

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 __all__ = ["aggregate", "mean_curve", "mean_std", "ratios"]
 
@@ -47,12 +47,17 @@ def ratios(neve: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, float 
 
 
 def aggregate(runs: Sequence[Mapping[str, Any]], searches: Sequence[str]) -> dict[str, Any]:
-    """Per search: means ± std over runs of cost, test accuracy, rungs and stop reasons;
-    NeVe's ratios against each baseline with their spread and per-run values."""
+    """Per search (``searches``: the names the runs hold them under): means ± std over runs
+    of cost, test accuracy, rungs and stop reasons; NeVe's ratios against each baseline
+    (``vs``; ``asha`` also at the top level, ``asha_es`` in ``vs_asha_es``) with their
+    spread and per-run values."""
     out: dict[str, Any] = {}
     for method in searches:
         recs = [r[method] for r in runs]
-        agg: dict[str, Any] = {"method": method}
+        agg: dict[str, Any] = {"method": recs[0].get("method", method)}
+        for key in ("val_metric", "final"):  # a validation search's variant
+            if key in recs[0]:
+                agg[key] = recs[0][key]
         for key in ("cost", "search_cost"):
             agg[key], agg[key + "_std"] = {}, {}
             for name in recs[0][key]:
@@ -71,16 +76,18 @@ def aggregate(runs: Sequence[Mapping[str, Any]], searches: Sequence[str]) -> dic
         agg["trials"] = [dict(t, seed=run["seed"]) for run in runs for t in run[method]["trials"]]
         out[method] = agg
 
-    def over_runs(base: str) -> dict[str, Any]:
+    def over_runs(pick: Callable[[Mapping[str, Any]], Mapping[str, Any]]) -> dict[str, Any]:
         d: dict[str, Any] = {}
         for key in RATIO_KEYS:
-            vals = [(r if base == "asha" else r["vs_asha_es"])[key] for r in runs]
+            vals = [pick(r)[key] for r in runs]
             d[key], d[key + "_std"] = mean_std(vals)
             d[key + "_runs"] = vals
         return d
 
     if "neve" in out and "asha" in out:
-        out.update(over_runs("asha"))
+        out.update(over_runs(lambda r: r))
     if "neve" in out and "asha_es" in out:
-        out["vs_asha_es"] = over_runs("asha_es")
+        out["vs_asha_es"] = over_runs(lambda r: r["vs_asha_es"])
+    if "neve" in out:  # NeVe against every baseline, variants included
+        out["vs"] = {b: over_runs(lambda r, b=b: r["vs"][b]) for b in searches if b != "neve"}
     return out

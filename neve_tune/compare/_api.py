@@ -16,6 +16,7 @@ from ..trial import run_trial
 from ._aggregate import aggregate, ratios
 from ._records import GRACE_PERIOD, REDUCTION_FACTOR, SearchTrial, anytime_curve, epochs_by_rung, total_cost
 from ._report import _run_line
+from ._variants import BaselineVariant, final_model_note, parse_variants, strongest_baseline
 
 __all__ = ["BACKENDS", "NEVE_SIGNALS", "compare", "compare_searches"]
 
@@ -43,10 +44,14 @@ def _search_record(
     device: str | None,
     retrain: bool,
     model_fn: Callable[[], torch.nn.Module] | None,
+    name: str | None = None,
 ) -> dict[str, Any]:
-    """One search's record; a validation search's best configuration is retrained on all
-    training data, replaying its learning rates (``asha``: every epoch it ran;
-    ``asha_es``: up to its best epoch), and that retrain is part of its cost."""
+    """One search's record. A validation search's final model is, with ``study.final``
+    ``"retrain"``, its best configuration retrained on all training data, replaying its
+    learning rates (``asha``: every epoch it ran; ``asha_es``: up to its best epoch), that
+    retrain part of its cost; with ``"best_checkpoint"``, the winner's own weights of its
+    best validation epoch (its trial's score), at no further cost. ``note`` says why the
+    final model ends far below its winner (:func:`final_model_note`), else None."""
     full = len(data.train)  # type: ignore[arg-type]
     curve, best = anytime_curve(trials)
     search_cost = total_cost(trials)
@@ -58,15 +63,22 @@ def _search_record(
         "test_acc": None if best is None else best.test_acc,
         "retrain": None,
     }
-    if best is not None and method != "neve" and retrain:
+    if method != "neve":
+        record.update(val_metric=study.val_metric, final=study.final)
+    if best is not None and method != "neve" and retrain and study.final == "retrain":
         epochs = int(best.best_epoch or best.epochs) if method == "asha_es" else best.epochs
         lrs = [float(x) for x in best.lrs[:epochs]]  # type: ignore[arg-type]
         rt = run_trial(study, best.config, method="retrain", seed=seed, device=device, data=data,
                        lr_schedule=lrs, model_fn=model_fn)
         final_cost = search_cost + rt.cost
-        record["retrain"] = {"epochs": rt.epochs, "test_acc": rt.test_acc, "cost": rt.cost.as_dict(full)}
+        record["retrain"] = {"epochs": rt.epochs, "test_acc": rt.test_acc,
+                             "cost": rt.cost.as_dict(full),
+                             "train_acc": rt.history[-1].get("train_acc") if rt.history else None}
         record["test_acc"] = rt.test_acc
         curve = curve + [[final_cost.epochs_equiv(full), float(rt.test_acc)]]  # type: ignore[arg-type]
+    if method != "neve":
+        record["note"] = final_model_note(name or method, method, study.val_metric, study.final,
+                                          best, record["retrain"])
     stopped: dict[str, int] = {}
     for t in trials:
         key = t.stopped_by or t.state.lower()
@@ -96,22 +108,38 @@ def _one_run(
     searches: Sequence[str],
     on_trial: Callable[[], None],
     reduction_factor: int = REDUCTION_FACTOR,
+    variants: Sequence[BaselineVariant] = (),
 ) -> dict[str, Any]:
     search_trials = _search_fn(backend)
-    run: dict[str, Any] = {"seed": seed}
-    for method in searches:
+    plan = _plan(study, searches, variants)
+    run: dict[str, Any] = {"seed": seed, "searches": [name for name, _, _ in plan]}
+    for name, method, own in plan:
         t0 = time.perf_counter()
-        found = search_trials(study, method, trials=trials, seed=seed, data=data, model_fn=model_fn, device=device,
-                              neve_signal=neve_signal, on_trial=on_trial,
+        found = search_trials(own, method, trials=trials, seed=seed, data=data, model_fn=model_fn,
+                              device=device, neve_signal=neve_signal, on_trial=on_trial,
                               grace_period=GRACE_PERIOD, reduction_factor=reduction_factor)
-        run[method] = _search_record(study, method, found, data=data, seed=seed, device=device, retrain=retrain,
-                                     model_fn=model_fn)
-        run[method]["elapsed_s"] = time.perf_counter() - t0
+        run[name] = _search_record(own, method, found, data=data, seed=seed, device=device,
+                                   retrain=retrain, model_fn=model_fn, name=name)
+        run[name]["elapsed_s"] = time.perf_counter() - t0
+    baselines = [name for name, method, _ in plan if method != "neve"]
+    if "neve" in run:
+        run["vs"] = {b: ratios(run["neve"], run[b]) for b in baselines}
     if "neve" in run and "asha" in run:
         run.update(ratios(run["neve"], run["asha"]))
     if "neve" in run and "asha_es" in run:
         run["vs_asha_es"] = ratios(run["neve"], run["asha_es"])
+    run["notes"] = [dict(run[b]["note"], seed=seed) for b in baselines if run[b].get("note")]
     return run
+
+
+def _plan(study: Study, searches: Sequence[str], variants: Sequence[BaselineVariant]
+          ) -> list[tuple[str, str, Study]]:
+    """(name, method, study) of every search to run: ``searches`` with the study's own
+    settings, then each baseline variant under its ``method:val_metric:final`` name."""
+    plan = [(m, m, study) for m in searches]
+    plan += [(v.name, v.method, study.replace(val_metric=v.val_metric, final=v.final))
+             for v in variants]
+    return plan
 
 
 def compare(
@@ -126,6 +154,7 @@ def compare(
     neve_signal: str | None = None,
     searches: Sequence[str] = SEARCHES,
     reduction_factor: int = REDUCTION_FACTOR,
+    baseline_variants: str | Sequence[str] | None = None,
     data: DataBundle | None = None,
     model_fn: Callable[[], torch.nn.Module] | None = None,
     progress: bool = True,
@@ -139,25 +168,57 @@ def compare(
     :attr:`~neve_tune.Study.rung_signal` (``"auto"`` for the bundled studies). ``reduction_factor``
     sets every search's successive halving alike (rungs at epochs 1, rf, rf², ...; each
     rung keeps the best 1/rf).
-    """
-    from tqdm.auto import tqdm
 
+    ``baseline_variants`` (``"asha_es:acc:best_checkpoint,asha:acc:retrain"`` or a list)
+    adds validation searches run another way (:mod:`~neve_tune.compare._variants`: the
+    validation metric they decide on, their final model), each under its own name beside
+    ``searches``. NeVe is compared with every baseline (``vs``), and the strongest one
+    (highest mean test accuracy, ties by lower cost) is named (``strongest_baseline``).
+    ``notes`` says why a baseline's final model ended far below its own winner.
+    """
     study = load_study(study)
     neve_signal = study.rung_signal if neve_signal is None else neve_signal
     _check_arguments(backend, trials, repeats, neve_signal, searches, study, reduction_factor)
-    bar = tqdm(total=trials * len(searches) * repeats, desc="trials", unit="trial", disable=not progress)
+    variants = _check_variants(baseline_variants, study, searches)
+    names = [name for name, _, _ in _plan(study, searches, variants)]
+    t0, seeds = time.perf_counter(), [seed + k for k in range(repeats)]
+    runs, train_size = _repeats(study, backend=backend, trials=trials, seeds=seeds, data=data,
+                                model_fn=model_fn, device=device, retrain=retrain,
+                                neve_signal=neve_signal, searches=searches, variants=variants,
+                                reduction_factor=reduction_factor, progress=progress)
+    agg = aggregate(runs, names)
+    baselines = [n for n in names if n != "neve"]
+    return {
+        "study": study.name, "backend": backend, "trials": trials, "seeds": seeds,
+        "max_epochs": study.max_epochs, "data_options": dict(study.data_options),
+        "retrain": retrain, "neve_signal": neve_signal, "reduction_factor": reduction_factor,
+        "train_size": train_size, "val_metric": study.val_metric, "final": study.final,
+        "searches": names, **agg, "strongest_baseline": strongest_baseline(agg, baselines),
+        "notes": [n for r in runs for n in r["notes"]], "runs": runs,
+        "elapsed_s": time.perf_counter() - t0,
+    }
+
+
+def _repeats(study: Study, *, seeds: list[int], data: DataBundle | None, progress: bool,
+             backend: str, trials: int, searches: Sequence[str],
+             variants: Sequence[BaselineVariant], **kw: Any) -> tuple[list[dict[str, Any]], int]:
+    """One run per seed (its own data split for a bundled data set), with a progress bar;
+    the runs and the training set's size. A Ray that this started is stopped at the end."""
+    from tqdm.auto import tqdm
+
+    total = trials * len(_plan(study, searches, variants)) * len(seeds)
+    bar = tqdm(total=total, desc="trials", unit="trial", disable=not progress)
     started_ray = backend == "ray" and not _ray_running()
     runs: list[dict[str, Any]] = []
-    train_size, t0 = 0, time.perf_counter()
+    train_size = 0
     try:
-        for k in range(repeats):
-            s = seed + k
+        for s in seeds:
             bundle = data if data is not None else study.load_data(seed=s)
             train_size = len(bundle.train)  # type: ignore[arg-type]
             bar.set_postfix_str(f"seed {s}")
-            run = _one_run(study, backend=backend, trials=trials, seed=s, data=bundle, model_fn=model_fn,
-                           device=device, retrain=retrain, neve_signal=neve_signal, searches=searches,
-                           on_trial=lambda: bar.update(1), reduction_factor=reduction_factor)
+            run = _one_run(study, backend=backend, trials=trials, seed=s, data=bundle,
+                           searches=searches, variants=variants, on_trial=lambda: bar.update(1),
+                           **kw)
             runs.append(run)
             if progress and "cost_ratio" in run:
                 bar.write(_run_line(run))
@@ -167,13 +228,20 @@ def compare(
             import ray
 
             ray.shutdown()
-    return {
-        "study": study.name, "backend": backend, "trials": trials, "seeds": [seed + k for k in range(repeats)],
-        "max_epochs": study.max_epochs, "data_options": dict(study.data_options), "retrain": retrain,
-        "neve_signal": neve_signal, "reduction_factor": reduction_factor, "train_size": train_size,
-        **aggregate(runs, searches), "runs": runs,
-        "elapsed_s": time.perf_counter() - t0,
-    }
+    return runs, train_size
+
+
+def _check_variants(specs: str | Sequence[str] | None, study: Study, searches: Sequence[str]
+                    ) -> list[BaselineVariant]:
+    """The baseline variants, each refused in one line naming ``baseline_variants``; one
+    that is a search of ``searches`` as the study runs it already is refused too."""
+    variants = parse_variants(specs, study)
+    for v in variants:
+        if v.method in searches and (v.val_metric, v.final) == (study.val_metric, study.final):
+            raise ValueError(f"baseline_variants: {v.name!r} is the search {v.method!r} already run "
+                             f"(the study's val_metric={study.val_metric!r}, "
+                             f"final={study.final!r}); leave it out")
+    return variants
 
 
 def _check_arguments(backend: str, trials: int, repeats: int, neve_signal: str, searches: Sequence[str],
@@ -211,6 +279,7 @@ def compare_searches(
     search_space: Mapping[str, Any] | None = None,
     defaults: Mapping[str, Any] | None = None,
     progress: bool = False,
+    baseline_variants: str | Sequence[str] | None = None,
     **budget: Any,
 ) -> dict[str, Any]:
     """:func:`compare` on your own data and model.
@@ -218,7 +287,8 @@ def compare_searches(
     ``train_set``/``test_set`` yield ``(input, label)`` pairs; ``model_fn()`` builds a fresh
     model. ``budget`` sets any :class:`~neve_tune.Study` field (``max_epochs``,
     ``min_epochs``, ``probe_samples``, ``val_fraction``, ``early_stopping``, ...);
-    ``search_space``/``defaults`` override the default LR/threshold/batch-size search.
+    ``search_space``/``defaults`` override the default LR/threshold/batch-size search;
+    ``baseline_variants`` as in :func:`compare`.
     """
     x0, _ = train_set[0]
     if num_classes is None:
@@ -233,4 +303,4 @@ def compare_searches(
         fields["defaults"] = {**base, **defaults}
     study = Study(**fields)
     return compare(study, backend=backend, trials=trials, seed=seed, repeats=repeats, data=bundle,
-                   model_fn=model_fn, progress=progress)
+                   model_fn=model_fn, progress=progress, baseline_variants=baseline_variants)

@@ -20,7 +20,8 @@ class SearchTrial:
 
     ``state`` is ``"COMPLETE"`` (a candidate for selection), ``"PRUNED"`` or ``"FAIL"``;
     ``objective`` and ``test_acc`` are None unless COMPLETE. ``lrs`` is the per-epoch
-    learning rate (a validation search's retrain replays it).
+    learning rate (a validation search's retrain replays it); ``val_acc`` the per-epoch
+    validation accuracy of a validation search's trial (the report's notes read it).
     """
 
     number: int
@@ -35,13 +36,14 @@ class SearchTrial:
     train_size: int
     lrs: list[float | None] = field(default_factory=list)
     velocity: list[float | None] = field(default_factory=list)
+    val_acc: list[float | None] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
         return self.state == "COMPLETE" and self.objective is not None and math.isfinite(self.objective)
 
     def to_dict(self) -> dict[str, Any]:
-        """The trial's JSON entry (``lrs`` left out)."""
+        """The trial's JSON entry (``lrs`` and ``val_acc`` left out)."""
         return {
             "number": self.number,
             "config": self.config,

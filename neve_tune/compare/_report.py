@@ -15,9 +15,14 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def _names(record: Mapping[str, Any]) -> list[str]:
+    """The searches a result (or one run) holds, in the order they ran."""
+    return list(record.get("searches") or [m for m in SEARCHES if m in record])
+
+
 def _run_line(run: Mapping[str, Any]) -> str:
     parts = [f"seed {run['seed']}:"]
-    for m in SEARCHES:
+    for m in _names(run):
         if m in run:
             parts.append(f"{m} acc {_fmt(run[m]['test_acc'], 4)} cost {_fmt(run[m]['cost']['epochs_equiv'], 1)}ep")
     parts.append(f"cost_ratio {_fmt(run.get('cost_ratio'))}")
@@ -31,34 +36,45 @@ def summary_table(result: Mapping[str, Any]) -> str:
     data = "".join(f" · {k} {v}" for k, v in (result.get("data_options") or {}).items() if k != "data_root")
     head = (f"{result['study']}{data} · backend {result['backend']} · {result['trials']} trials · "
             f"max_epochs {result['max_epochs']} · {n} seed{'s' if n > 1 else ''}")
+    names = _names(result)
+    strongest = result.get("strongest_baseline")
+    w = max([9] + [len(m) + 2 for m in names])
     rows = [head, "",
-            f"{'search':9s} {'test acc (final model)':>24s} {'cost to final model':>22s} {'search cost':>18s} {'wall s':>8s}",
-            f"{'':9s} {'mean ± std':>24s} {'epochs-equiv':>22s} {'epochs-equiv':>18s} {'':>8s}"]
+            f"{'search':{w}s} {'test acc (final model)':>24s} {'cost to final model':>22s} "
+            f"{'search cost':>18s} {'wall s':>8s}",
+            f"{'':{w}s} {'mean ± std':>24s} {'epochs-equiv':>22s} {'epochs-equiv':>18s} {'':>8s}"]
     def pm(d: Mapping[str, Any], key: str, scale: float = 1.0, fmt: str = ".3f") -> str:
         if d.get(key) is None:
             return "-"
         return f"{scale * d[key]:{fmt}} ± {scale * (d.get(key + '_std') or 0.0):{fmt.lstrip('+')}}"
 
-    for m in SEARCHES:
-        if m not in result:
-            continue
+    for m in names:
         r = result[m]
         acc = f"{100 * r['test_acc']:.2f} ± {100 * (r['test_acc_std'] or 0):.2f} %" if r["test_acc"] is not None else "-"
         cost = pm({"c": r["cost"]["epochs_equiv"], "c_std": r["cost_std"]["epochs_equiv"]}, "c", fmt=".1f")
         scost = pm({"c": r["search_cost"]["epochs_equiv"], "c_std": r["search_cost_std"]["epochs_equiv"]}, "c", fmt=".1f")
-        rows.append(f"{m:9s} {acc:>24s} {cost:>22s} {scost:>18s} {r['cost']['wall_s'] or 0.0:8.1f}")
-    for base, d in (("asha", result), ("asha_es", result.get("vs_asha_es"))):
+        label = m + (" *" if m == strongest else "")
+        wall = r["cost"]["wall_s"] or 0.0
+        rows.append(f"{label:{w}s} {acc:>24s} {cost:>22s} {scost:>18s} {wall:8.1f}")
+    vs = result.get("vs") or {"asha": result, "asha_es": result.get("vs_asha_es")}
+    for base, d in vs.items():
         if d and "cost_ratio" in d:
             rows.append(
-                f"NeVe vs {base:8s} cost ratio {pm(d, 'cost_ratio')}   search cost ratio {pm(d, 'search_cost_ratio')}   "
+                f"NeVe vs {base:{w - 1}s} cost ratio {pm(d, 'cost_ratio')}   search cost ratio "
+                f"{pm(d, 'search_cost_ratio')}   "
                 f"test acc diff {pm(d, 'test_acc_diff', 100, '+.2f')} pt"
             )
+    if strongest:
+        rows.append(f"* strongest baseline: {strongest} "
+                    "(highest mean test accuracy; ties by lower cost)")
     rows.append("")
     rows.append("epochs spent per rung interval (mean per seed):")
-    for m in SEARCHES:
-        if m in result:
-            rows.append(f"  {m:8s} " + "  ".join(f"{k}: {v:.0f}" for k, v in result[m]["epochs_by_rung"].items())
-                        + "   ended: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(result[m]["stopped_by"].items())))
+    for m in names:
+        rungs = "  ".join(f"{k}: {v:.0f}" for k, v in result[m]["epochs_by_rung"].items())
+        ended = ", ".join(f"{k} {v:.1f}" for k, v in sorted(result[m]["stopped_by"].items()))
+        rows.append(f"  {m:{w - 1}s} {rungs}   ended: {ended}")
+    for note in result.get("notes") or []:
+        rows.append(f"note (seed {note['seed']}): {note['text']}")
     return "\n".join(rows)
 
 
@@ -72,7 +88,7 @@ def write_outputs(result: Mapping[str, Any], out_dir: str | Path | None, json_pa
         written.append(Path(json_path))
     if out_dir:
         out = Path(out_dir)
-        curves = {m: result[m]["anytime"] for m in SEARCHES if m in result}
+        curves = {m: result[m]["anytime"] for m in _names(result) if m in result}
         written.append(plot_anytime(curves, out / "anytime.png",
                                     title=f"{result['study']}: best-so-far test accuracy vs cost (mean of {len(result['runs'])} seeds)"))
         if "neve" in result:

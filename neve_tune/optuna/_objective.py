@@ -93,7 +93,8 @@ def make_objective(
     Each call samples the study's search space (``trial.suggest_*``), trains with
     :func:`neve_tune.run_trial` and, after every epoch, calls
     :func:`~neve_tune.optuna.report_epoch` (training loss for ``method="neve"``; validation
-    loss for the validation baselines ``"asha"``/``"asha_es"``) and
+    loss for the validation baselines ``"asha"``/``"asha_es"``, or their validation error
+    ``1 - val_acc`` with ``study.val_metric="acc"``, so the study still minimises) and
     ``trial.should_prune()``, raising :class:`optuna.TrialPruned` when told to. It
     returns the record's objective (NeVe: the last epoch's mean training loss; the
     baselines: validation loss) and stores the summary (``test_acc``, ``stopped_by``,
@@ -142,7 +143,9 @@ class _TrialRun:
         self.study, self.method, self.seed, self.device = study, method, seed, device
         self.checkpoint_dir, self.evaluate_test, self.keep, self.model_fn = checkpoint_dir, evaluate_test, keep, model_fn
         self.stop = stop
-        self.signal = "train_loss" if method == "neve" else "val_loss"
+        # what the trial's objective measures: the pruner ranks on it, lower is better
+        val_signal = {"loss": "val_loss", "acc": "val_error"}[study.val_metric]
+        self.signal = "train_loss" if method == "neve" else val_signal
         self.lock = threading.Lock()
         self.cache: dict[str, DataBundle] = {}
         self.worker = f"{socket.gethostname()}:{os.getpid()}"

@@ -4,8 +4,9 @@
 
 1. reports the **intermediate objective** with ``trial.report(value, step=epoch)``: by
    default the epoch's mean training loss (``signal="train_loss"``), the value a NeVe
-   trial that completes returns (its validation-free objective); ``val_loss`` for the
-   validation baselines, whose objective it is; ``velocity`` on request. The value is
+   trial that completes returns (its validation-free objective); ``val_loss`` (or the
+   validation error ``val_error = 1 - val_acc``) for the validation baselines, whose
+   objective it is; ``velocity`` on request. The value is
    *oriented by the study's direction* (``-value`` in a ``maximize`` study) and NaN when
    it, the training loss or the velocity is not finite (the trial diverged);
 2. stores the epoch's whole metric dict (velocity, losses, LR, cost counters, ...) as
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 EPOCH_ATTR_PREFIX = "epoch_"
-REPORT_SIGNALS = ("velocity", "val_loss", "train_loss")
+REPORT_SIGNALS = ("velocity", "val_loss", "val_error", "train_loss")
 
 
 def epoch_key(epoch: int) -> str:
@@ -108,7 +109,8 @@ def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = 
     ``metrics`` is the epoch's metric dict (``neve_tune.run_trial``'s ``on_epoch``
     argument: ``epoch``, ``velocity``, ``train_loss``, ``lr``, cost counters, ...).
     ``trial.report`` receives ``sign * metrics[signal]`` (``signal``: ``"train_loss"``,
-    the default, ``"val_loss"`` or ``"velocity"``) at ``step = metrics["epoch"]``,
+    the default, ``"val_loss"``, ``"val_error"`` (``1 - metrics["val_acc"]`` unless given)
+    or ``"velocity"``) at ``step = metrics["epoch"]``,
     ``sign`` being ``+1`` for a minimize and ``-1`` for a maximize study; NaN when that
     value, the training loss or the velocity is not finite, or when the epoch diverged. The whole dict
     goes into the user attribute :func:`epoch_key(epoch) <epoch_key>`. A step the trial
@@ -167,6 +169,10 @@ def _checked_epoch(metrics: Mapping[str, Any], signal: str) -> tuple[int, float 
     if "epoch" not in metrics:
         raise ValueError(f"metrics has no 'epoch' (the step); its keys: {sorted(map(str, metrics))}")
     step = check_int("metrics['epoch']", metrics["epoch"], minimum=0)
+    if signal == "val_error" and signal not in metrics and "val_acc" in metrics:
+        # the validation error of an accuracy: lower is better, like every other signal
+        acc = to_float("metrics['val_acc']", metrics["val_acc"], allow_none=True)
+        metrics = {**metrics, "val_error": None if acc is None else 1.0 - acc}
     if signal not in metrics:
         raise ValueError(f"metrics has no {signal!r} (the signal reported to Optuna); its keys: {sorted(map(str, metrics))}")
     raw = to_float(f"metrics[{signal!r}]", metrics[signal], allow_none=True)

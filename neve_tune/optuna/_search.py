@@ -36,7 +36,8 @@ def search_trials(
     """Run ``trials`` trials of ``method`` with a seeded TPE sampler and return them.
 
     ``neve``: :class:`NeVePruner` on ``neve_signal``; ``asha``/``asha_es``: Optuna's
-    ``SuccessiveHalvingPruner`` on validation loss; both with the same rungs.
+    ``SuccessiveHalvingPruner`` on the study's validation metric (loss, or the error
+    ``1 - val_acc``: the study minimises either); both with the same rungs.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if method == "neve":
@@ -81,5 +82,6 @@ def _record(t: optuna.trial.FrozenTrial, study: Study, train_size: int) -> Searc
         train_size=train_size,
         lrs=[m.get("lr") for m in history],
         velocity=[m.get("velocity") for m in history],
+        val_acc=[m.get("val_acc") for m in history],
     )
 

@@ -17,7 +17,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from .._checks import check_choice, check_float, check_int, check_seed
 from ..compare._records import SearchTrial, rank_by_consensus
-from ..records import SCHEDULERS, Cost
+from ..records import SCHEDULERS, Cost, val_metric_key
 from ..study import Study, load_study
 from ._scheduler import NeVeASHAScheduler
 from ._stopper import NeVeStopper
@@ -29,13 +29,16 @@ APIS = ("tuner", "run")
 
 
 def asha_scheduler(study: "Study | str | os.PathLike", **overrides: Any) -> Any:
-    """The validation baseline's scheduler: Ray's ``ASHAScheduler`` on ``val_loss``
-    (``grace_period=1, reduction_factor=4, max_t=study.max_epochs``); use it with
-    ``neve_trainable(study, method="asha")``."""
+    """The validation baseline's scheduler: Ray's ``ASHAScheduler`` on the study's
+    validation metric (``val_loss``, mode ``min``; ``val_acc``, mode ``max``, with
+    ``study.val_metric="acc"``; ``grace_period=1, reduction_factor=4,
+    max_t=study.max_epochs``); use it with ``neve_trainable(study, method="asha")``."""
     from ray.tune.schedulers import ASHAScheduler
 
     study = load_study(study)
-    kw: dict[str, Any] = dict(metric="val_loss", mode="min", grace_period=1, reduction_factor=4, max_t=study.max_epochs)
+    metric, mode = val_metric_key(study.val_metric)
+    kw: dict[str, Any] = dict(metric=metric, mode=mode, grace_period=1, reduction_factor=4,
+                              max_t=study.max_epochs)
     kw.update(overrides)
     return ASHAScheduler(**kw)
 
@@ -50,7 +53,8 @@ def _scheduler(kind: str, study: Study, method: str, min_resource: int, reductio
         return None
     if kind == "asha":
         if method == "neve":
-            raise ValueError("scheduler 'asha' decides on val_loss, which method 'neve' does not report; use 'neve_asha'")
+            raise ValueError("scheduler 'asha' decides on val_loss or val_acc, which method 'neve' does not "
+                             "report; use 'neve_asha'")
         return asha_scheduler(study, grace_period=min_resource, reduction_factor=reduction_factor) if build else None
     if kind == "neve_asha":
         if method != "neve":
@@ -325,6 +329,7 @@ def _record(i: int, r: Any, study: Study, train_size: int) -> SearchTrial:
         train_size=train_size,
         lrs=[x.get("lr") for x in rows],
         velocity=[_nan_to_none(x.get("velocity")) for x in rows],
+        val_acc=[_nan_to_none(x.get("val_acc")) for x in rows],
     )
 
 
