@@ -56,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as e:  # CLIError is a ValueError
         print(f"neve-tune {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the disk or the storage failed (full, read-only): not the input
+        print(f"neve-tune {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:  # a worker's polite stop says what it kept
         print(f"neve-tune {args.command}: {e}" if str(e) else "interrupted", file=sys.stderr)
         return 130

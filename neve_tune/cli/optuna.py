@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,7 @@ def _check_worker_flags(args: argparse.Namespace) -> str:
 def _worker(args: argparse.Namespace) -> int:
     import optuna
 
-    from ..optuna import StorageError, StudyNotFoundError, plot_study, redact_url, run_worker
+    from ..optuna import StorageError, StudyNotFoundError, TrialLeft, plot_study, redact_url, run_worker
 
     device = _check_worker_flags(args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -155,6 +156,9 @@ def _worker(args: argparse.Namespace) -> int:
         )
     except (StorageError, StudyNotFoundError) as e:
         raise cli.CLIError(str(e.args[0]) if e.args else str(e)) from None
+    except TrialLeft as e:  # a checkpoint that could not be written or used: the trial waits re-queued
+        print(f"neve-tune optuna: error: {e}", file=sys.stderr)
+        return 1
     except ValueError as e:
         raise ValueError(redact_url(args.storage, str(e))) from None
     if args.out:

@@ -20,7 +20,8 @@ from ..data import DataBundle
 from ..records import SEARCH_METHODS, Cost, TrialResult
 from ..space import Choice, IntUniform, LogUniform, Uniform
 from ..study import Study, load_study
-from ..train import load_checkpoint
+from ..checkpoint import CheckpointError, CheckpointWriteError, DamagedCheckpointError
+from ..train import load_checkpoint, warn_damaged
 from ..trial import run_trial
 from ._report import report_epoch, running_trial, trial_history
 from ._stop import Abandon, PoliteStop
@@ -105,6 +106,10 @@ def make_objective(
     :func:`checkpoint_path_for`; a trial retried after its worker died
     (``RetryHeartbeatStaleTrialCallback``) resumes from that checkpoint and reports only
     the epochs its predecessor had not, so its velocity series is the uninterrupted one.
+    A damaged checkpoint (it fails its checksum) is logged in one line and removed, and the
+    trial starts over from epoch 0 (the same series again). A checkpoint that cannot be
+    written, or one of another run, makes the trial leave (:class:`~neve_tune.optuna.
+    _stop.TrialLeft` from :func:`~neve_tune.optuna.run_worker`, the trial re-queued).
     Temporary files a killed save left beside that checkpoint are removed first. The
     checkpoint is deleted when the trial finishes unless ``keep_checkpoints``.
 
@@ -147,6 +152,7 @@ class _TrialRun:
         self.cache: dict[str, DataBundle] = {}
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.current_trial: int | None = None  # the trial a polite stop left (None once it ended)
+        self.left: BaseException | None = None  # why the worker left current_trial, if not a signal
 
     def data(self) -> DataBundle:
         with self.lock:
@@ -160,6 +166,11 @@ class _TrialRun:
             value = self._train(trial)
         except Abandon:
             raise
+        except (CheckpointError, CheckpointWriteError) as e:
+            # its checkpoint cannot be written, or is no run's of this trial: failing the
+            # trial (a traceback, a lost trial) would not help; the worker re-queues it
+            self.left = e
+            raise Abandon() from None
         except BaseException:
             self.current_trial = None
             raise
@@ -212,7 +223,12 @@ class _TrialRun:
         (report_epoch skips the others), then judge them once."""
         if ckpt is None or not ckpt.exists():
             return
-        history = list(load_checkpoint(ckpt).get("history", []))
+        try:
+            history = list(load_checkpoint(ckpt).get("history", []))
+        except DamagedCheckpointError as e:  # never resumed from: the trial starts over
+            warn_damaged(e)
+            ckpt.unlink(missing_ok=True)
+            return
         for m in history:
             report_epoch(trial, m, signal=self.signal)
         if history:

@@ -17,6 +17,11 @@ The rules :func:`run_worker` follows (``neve-tune optuna worker`` on each machin
 - **Polite stops**: SIGINT/SIGTERM leave the running trial with its checkpoint and
   re-queue it at once (:mod:`neve_tune.optuna._stop`), then :class:`WorkerInterrupted`
   (a ``KeyboardInterrupt``) is raised.
+- **Checkpoints that fail**: a checkpoint that cannot be written (disk full, read-only
+  folder) or that is no run's of the trial stops the worker the same way: the trial is
+  failed and re-queued, then :class:`~neve_tune.optuna._stop.TrialLeft` says why in one
+  line. A damaged checkpoint (it fails its checksum) is not resumed from: the trial
+  starts over from epoch 0.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from ._objective import OBJECTIVE_METHODS, make_objective
 from ._pruner import SETTINGS_ATTR, NeVePruner
 from ._sampler import TrialSeededTPESampler
 from ._selection import pick_trial
-from ._stop import Abandon, PoliteStop, WorkerInterrupted
+from ._stop import Abandon, PoliteStop, TrialLeft, WorkerInterrupted
 from ._storage import make_storage, redact_url, storage_kind
 
 __all__ = ["run_worker", "open_study", "StudyNotFoundError", "METHOD_ATTR", "format_trial", "check_direction",
@@ -150,7 +155,8 @@ def run_worker(
     ``grace_period`` is the deprecated name of ``heartbeat_grace_period``. Every argument
     is checked before any storage or data is touched. Raises :class:`StorageError`,
     :class:`StudyNotFoundError`, ``ValueError``, ``FileNotFoundError``; and
-    :class:`WorkerInterrupted` after a polite stop.
+    :class:`WorkerInterrupted` after a polite stop, :class:`~neve_tune.optuna._stop.TrialLeft`
+    when a checkpoint could not be written.
 
     Example::
 
@@ -285,11 +291,21 @@ def _optimize(search: optuna.Study, objective: Callable[[optuna.Trial], float], 
             search.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=callbacks, gc_after_trial=False)
         except Abandon:
             pass
-    if not stop.requested:
+    left = getattr(objective, "left", None)
+    if not stop.requested and left is None:
         return
     number = getattr(objective, "current_trial", None)
     if number is None or search.get_trials(deepcopy=False)[number].state != TrialState.RUNNING:
         raise WorkerInterrupted(stop.signal_name or "a signal")
+    retry, epochs = _requeue(search, number, max_retry)
+    if left is not None:
+        raise TrialLeft(left, number, retry, epochs)
+    raise WorkerInterrupted(stop.signal_name or "a signal", number, retry, epochs)
+
+
+def _requeue(search: optuna.Study, number: int, max_retry: int | None) -> tuple[int | None, int]:
+    """Fail the running trial ``number`` and re-queue it with the heartbeat's retry
+    callback; (the retry's number or None, the epochs it reported)."""
     search.tell(number, state=TrialState.FAIL)
     failed = search.get_trials(deepcopy=False)[number]
     before = {t.number for t in search.get_trials(deepcopy=False)}
@@ -297,11 +313,7 @@ def _optimize(search: optuna.Study, objective: Callable[[optuna.Trial], float], 
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)(search, failed)
     added = sorted({t.number for t in search.get_trials(deepcopy=False)} - before)
-    epochs = max(failed.intermediate_values, default=0)
-    raise WorkerInterrupted(stop.signal_name or "a signal", number, added[0] if added else None, epochs)
-
-
-
+    return (added[0] if added else None), max(failed.intermediate_values, default=0)
 
 
 def _closing_line(search: optuna.Study, ran: int, seconds: float, selection: str = "objective") -> str:
