@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import Sequence
 
@@ -51,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # the library's warnings (a damaged checkpoint the run starts over from), one line each
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"neve-tune {args.command}: warning: %(message)s"))
+    logger = logging.getLogger("neve_tune")
+    logger.addHandler(handler)
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as e:  # CLIError is a ValueError
@@ -62,3 +68,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # a worker's polite stop says what it kept
         print(f"neve-tune {args.command}: {e}" if str(e) else "interrupted", file=sys.stderr)
         return 130
+    finally:
+        logger.removeHandler(handler)

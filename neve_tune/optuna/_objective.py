@@ -14,13 +14,14 @@ from typing import Any, Callable, Mapping
 import optuna
 import torch
 from optuna.trial import BaseTrial
+from sqlalchemy.exc import SQLAlchemyError
 
 from .._checks import check_choice
 from ..data import DataBundle
 from ..records import SEARCH_METHODS, Cost, TrialResult
 from ..space import Choice, IntUniform, LogUniform, Uniform
 from ..study import Study, load_study
-from ..checkpoint import CheckpointError, CheckpointWriteError, DamagedCheckpointError
+from ..checkpoint import CheckpointError, CheckpointWriteError, DamagedCheckpointError, first_line
 from ..train import load_checkpoint, warn_damaged
 from ..trial import run_trial
 from ._report import report_epoch, running_trial, trial_history
@@ -30,6 +31,8 @@ __all__ = ["make_objective", "suggest_config", "checkpoint_path_for", "SUMMARY_A
 
 OBJECTIVE_METHODS = SEARCH_METHODS
 # user attributes a finished (COMPLETE or PRUNED) trial carries besides its epoch series
+# what a storage that takes no writes raises (Optuna wraps SQLAlchemy's errors on commit)
+STORAGE_WRITE_ERRORS = (SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError)
 SUMMARY_ATTRS = ("method", "seed", "stopped_by", "epochs", "objective", "best_epoch", "test_acc", "test_loss", "cost")
 
 
@@ -166,10 +169,11 @@ class _TrialRun:
             value = self._train(trial)
         except Abandon:
             raise
-        except (CheckpointError, CheckpointWriteError) as e:
-            # its checkpoint cannot be written, or is no run's of this trial: failing the
-            # trial (a traceback, a lost trial) would not help; the worker re-queues it
-            self.left = e
+        except (CheckpointError, CheckpointWriteError, *STORAGE_WRITE_ERRORS) as e:
+            # its checkpoint or the storage cannot be written, or the checkpoint is no run's
+            # of this trial: failing it here (a traceback, a lost trial; Optuna's own FAIL
+            # write fails too on a full disk) would not help; the worker re-queues it
+            self.left = e if isinstance(e, (CheckpointError, CheckpointWriteError)) else _storage_error(e)
             raise Abandon() from None
         except BaseException:
             self.current_trial = None
@@ -248,6 +252,11 @@ class _TrialRun:
             trial.set_user_attr(key, value)
         _drop(ckpt, self.keep)
         return float(record.objective)
+
+
+def _storage_error(error: BaseException) -> RuntimeError:
+    """A storage error mid-trial in one line (SQLAlchemy's own text spans several)."""
+    return RuntimeError(f"the storage failed mid-trial ({first_line(error.__cause__ or error, 200)})")
 
 
 def _drop(ckpt: Path | None, keep: bool) -> None:

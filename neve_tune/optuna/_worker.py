@@ -38,14 +38,15 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from .._checks import check_choice, check_device, check_float, check_int, check_seed
+from ..checkpoint import first_line
 from ..study import Study, load_study
 from ..trial import resolve_device
-from ._objective import OBJECTIVE_METHODS, make_objective
+from ._objective import OBJECTIVE_METHODS, STORAGE_WRITE_ERRORS, make_objective
 from ._pruner import SETTINGS_ATTR, NeVePruner
 from ._sampler import TrialSeededTPESampler
 from ._selection import pick_trial
 from ._stop import Abandon, PoliteStop, TrialLeft, WorkerInterrupted
-from ._storage import make_storage, redact_url, storage_kind
+from ._storage import StorageError, make_storage, redact_url, storage_kind
 
 __all__ = ["run_worker", "open_study", "StudyNotFoundError", "METHOD_ATTR", "format_trial", "check_direction",
            "WorkerInterrupted"]
@@ -173,10 +174,15 @@ def run_worker(
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
     data = study.load_data()  # fail here, not inside a trial, when the data set is missing
-    search = open_study(study_name or study.name, storage, create=create, direction=direction,
-                        sampler=_sampler(sampler_seed), heartbeat_interval=heartbeat_interval,
-                        heartbeat_grace_period=heartbeat_grace_period, max_retry=max_retry)
-    _check_search(search, method)
+    try:
+        search = open_study(study_name or study.name, storage, create=create, direction=direction,
+                            sampler=_sampler(sampler_seed), heartbeat_interval=heartbeat_interval,
+                            heartbeat_grace_period=heartbeat_grace_period, max_retry=max_retry)
+        _check_search(search, method)
+        search.set_user_attr(METHOD_ATTR, method)  # one write now: a read-only storage fails here
+    except STORAGE_WRITE_ERRORS as e:  # read-only or full database file, unwritable journal
+        raise StorageError(f"storage {redact_url(storage)!r} cannot be written: "
+                           f"{redact_url(storage, first_line(e.__cause__ or e, 200))}") from None
     search.pruner = _pruner(search, method, pruner, pruner_options, study)
     if checkpoint_dir is None and storage_kind(storage) == "rdb" and heartbeat_interval is not None and log:
         log("note: no checkpoint directory, so a retried trial restarts from epoch 0 (pass --checkpoint-dir)")
@@ -297,7 +303,12 @@ def _optimize(search: optuna.Study, objective: Callable[[optuna.Trial], float], 
     number = getattr(objective, "current_trial", None)
     if number is None or search.get_trials(deepcopy=False)[number].state != TrialState.RUNNING:
         raise WorkerInterrupted(stop.signal_name or "a signal")
-    retry, epochs = _requeue(search, number, max_retry)
+    try:
+        retry, epochs = _requeue(search, number, max_retry)
+    except STORAGE_WRITE_ERRORS:  # the storage takes no writes (full disk)
+        if left is None:
+            raise
+        raise TrialLeft(left, number, stored=False) from None
     if left is not None:
         raise TrialLeft(left, number, retry, epochs)
     raise WorkerInterrupted(stop.signal_name or "a signal", number, retry, epochs)
