@@ -109,6 +109,9 @@ def _check_worker_flags(args: argparse.Namespace) -> str:
 
     device = cli.check_device(args.device)
     cli.check_output_paths(dirs={"--out": args.out, "--checkpoint-dir": None if args.no_checkpoints else args.checkpoint_dir})
+    if args.out:
+        for name in ("velocity_curves.png", "search_history.png"):  # the files plot_study writes there
+            cli.check_output_paths(files={"--out": Path(args.out) / name})
     if args.timeout is not None:
         check_float("--timeout", args.timeout, positive=True)
     if args.trials is None and args.timeout is None and args.total_trials is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 import socket
@@ -69,13 +70,21 @@ def _root_trial_number(trial: BaseTrial) -> int:
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "study"
+    """A folder name for a study name: other characters than letters, digits, ``._-``
+    become ``_``; a long one keeps its first 80 and a hash of the whole (a study name may
+    have 512 characters, a folder name 255 bytes)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "study"
+    if len(safe) > 100:
+        safe = f"{safe[:80]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return safe
 
 
 def checkpoint_path_for(checkpoint_dir: str | os.PathLike, trial: BaseTrial) -> Path:
     """Where ``trial`` checkpoints: ``checkpoint_dir/<study name>/trial_<n>.pt``, ``n``
     being the number of the trial it retries (if any), so a retry resumes from its
-    checkpoint. Workers on several machines need ``checkpoint_dir`` on shared storage."""
+    checkpoint. The study name becomes one folder name, whatever it holds (``/``, ``..``,
+    512 characters: see ``_safe``). Workers on several machines need ``checkpoint_dir``
+    on shared storage."""
     study = getattr(trial, "study", None)
     name = _safe(study.study_name) if study is not None else "study"
     return Path(checkpoint_dir) / name / f"trial_{_root_trial_number(trial):06d}.pt"
