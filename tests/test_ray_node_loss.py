@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -73,8 +74,10 @@ def cluster(tmp_path):
     address = f"127.0.0.1:{head_port}"
     logs = tmp_path / "logs"
     logs.mkdir()
-    # token authentication (Ray 2.60 `ray start --head`): the node and the drivers use it too
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="2")
+    # token authentication (Ray 2.60): `ray start --head` needs a token when the mode is on;
+    # the test's own, in the environment of the head, the node and the drivers
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
+               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="2")
     # each node its own temp dir, short (Ray's socket paths must stay under 108 bytes) and
     # not /tmp/ray: a `ray.init()` elsewhere on the machine must not find this cluster there
     temp = Path(tempfile.mkdtemp(prefix="neve_rn_"))
