@@ -236,3 +236,76 @@ def test_a_read_only_database_is_refused_before_any_trial(tmp_path: Path, capsys
         "OperationalError: (sqlite3.OperationalError) attempt to write a readonly database"], err
     assert out == "" and not (tmp_path / "ckpt").exists()
     assert optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials == []
+
+
+def test_a_worker_refuses_a_checkpoint_without_checksum_and_requeues_the_trial(tmp_path: Path, capsys) -> None:
+    """A retried trial whose checkpoint was written before 0.1.0: refused in one line
+    naming it (exit 1, no traceback), the trial re-queued rather than failed for good."""
+    study_file = tmp_path / "tiny.py"
+    study_file.write_text(STUDY_FILE)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    ckpt = _failed_trial_with_checkpoint(tmp_path, url, str(study_file))
+    torch.save(load_checkpoint(ckpt), ckpt)  # the same state, as neve_tune wrote it before 0.1.0
+    capsys.readouterr()
+    assert main(_worker(str(study_file), url, tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"neve-tune optuna: error: checkpoint_path {str(ckpt)!r} has no checksum (a neve_tune checkpoint of a "
+        "neve_tune before 0.1.0?), so nothing vouches for its bytes; delete it to start over, or pass another path; "
+        "trial 1 re-queued as trial 2, checkpoint kept at epoch 2"]
+    states = [t.state for t in optuna.load_study(study_name="tiny", storage=url).trials]
+    assert states == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING]
+
+
+def test_train_cli_says_disk_full_in_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint_module.os, "fsync", disk_full)
+    path = tmp_path / "run.pt"
+    capsys.readouterr()
+    assert main(["train", "--data", "synthetic", "--max-epochs", "2", "--device", "cpu", "--quiet",
+                 "--checkpoint", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"neve-tune train: error: cannot write checkpoint {str(path)!r}: No space left on device (ENOSPC)"]
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ the Ray trainable
+@pytest.mark.filterwarnings("ignore:`get_trial_resources` is meant to only be called")  # no Tune session here
+@pytest.mark.parametrize("how", ["intact", "middle", "truncated"])
+def test_a_ray_trial_restored_from_a_damaged_checkpoint_reports_what_tune_lacks(tmp_path: Path, how: str,
+                                                                                 monkeypatch, caplog) -> None:
+    """Tune restores a trial from its checkpoint of epoch 2. Intact: it resumes at epoch 3.
+    Damaged: it starts over, but reports only epochs 3 and 4 again (Tune has 1 and 2), with
+    the values of an uninterrupted run. No Ray runs: Tune's calls are stand-ins."""
+    pytest.importorskip("ray.tune")
+    import ray
+    from ray import tune
+
+    from neve_tune.ray import neve_trainable
+    from neve_tune.ray._trainable import CHECKPOINT_FILE, EPOCH_FILE
+
+    study = load_study("digits").replace(max_epochs=4)
+    reference = run_trial(study, PARAMS, evaluate_test=False)
+    folder = tmp_path / "tune_checkpoint"
+    folder.mkdir()
+    with pytest.raises(Killed):
+        run_trial(study, PARAMS, checkpoint_path=folder / CHECKPOINT_FILE, on_epoch=_killed_after(2),
+                  evaluate_test=False)
+    (folder / EPOCH_FILE).write_text('{"epoch": 2}')
+    if how != "intact":
+        damage(folder / CHECKPOINT_FILE, how)
+    reports: list[dict] = []
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(str(folder)))
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append(dict(metrics)))
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: type("Context", (), {"get_node_id": lambda self: "n"})())
+    with caplog.at_level(logging.WARNING, logger="neve_tune"):
+        neve_trainable(study)(dict(PARAMS))
+    assert [r["epoch"] for r in reports] == [3, 4] and reports[-1]["done"]
+    for r in reports:
+        expected = reference.history[r["epoch"] - 1]
+        assert (r["velocity"], r["train_loss"]) == (expected["velocity"], expected["train_loss"])
+    warned = [r.getMessage() for r in caplog.records if r.name == "neve_tune"]
+    assert len(warned) == (0 if how == "intact" else 1)

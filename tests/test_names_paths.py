@@ -73,6 +73,16 @@ def test_train_checks_every_output_before_training(make, flags: list[str], messa
     assert out == "" and sorted(tmp_path.rglob("*")) == before
 
 
+def test_worker_checks_the_plot_files_of_out_before_any_storage(tmp_path: Path, capsys) -> None:
+    (tmp_path / "plots" / "velocity_curves.png").mkdir(parents=True)
+    db = tmp_path / "s.db"
+    assert main(["optuna", "worker", "digits", "--trials", "1", "--create", "--storage", f"sqlite:///{db}",
+                 "--out", str(tmp_path / "plots")]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path}/plots/velocity_curves.png: is a directory" in err and len(err.strip().splitlines()) == 1
+    assert not db.exists()
+
+
 def test_ray_search_arguments_refuse_names_that_leave_their_folder() -> None:
     """The API: ``run_search(name=...)`` and the study's own name (it names the trials'
     folders when no name is given), checked with the other arguments before Ray starts."""
