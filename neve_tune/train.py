@@ -227,15 +227,9 @@ def fit(
     if len(train_set) == 0:  # type: ignore[arg-type]
         raise ValueError("train_set is empty")
     device = torch.device(device)
-    history: list[dict[str, Any]] = []
-    cost = Cost()
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
     tracker = FitPredictionChanges(prediction_changes, train_set, seed=seed, subset_size=pc_subset_size)
-    if checkpoint_path is not None and Path(checkpoint_path).exists():
-        try:
-            history, cost = _resume(checkpoint_path, checkpoint_meta, model, optimizer, controller, scaler, tracker)
-        except DamagedCheckpointError as e:  # refused before anything was loaded: start over
-            warn_damaged(e)
+    history, cost = _resume(checkpoint_path, checkpoint_meta, model, optimizer, controller, scaler, tracker)
     if not history:  # epoch 0: the reference measurement
         _start(controller, cost)
     while not controller.should_stop:
@@ -267,12 +261,19 @@ def _start(controller: Any, cost: Cost) -> None:
     cost.wall_s += time.perf_counter() - t0
 
 
-def _resume(checkpoint_path: str | os.PathLike, checkpoint_meta: dict[str, Any] | None, model: nn.Module,
+def _resume(checkpoint_path: str | os.PathLike | None, checkpoint_meta: dict[str, Any] | None, model: nn.Module,
             optimizer: torch.optim.Optimizer, controller: Any, scaler: Any,
             tracker: FitPredictionChanges) -> tuple[list[dict[str, Any]], Cost]:
-    """Load the checkpoint into the run's objects; its (history, cost). Refused, as a
+    """Load the checkpoint, if there is one, into the run's objects; its (history, cost),
+    empty for a fresh start (no checkpoint, or a damaged one: logged). Refused, as a
     :class:`CheckpointError`, when it belongs to another run or does not fit this one."""
-    ckpt = load_checkpoint(checkpoint_path)
+    if checkpoint_path is None or not Path(checkpoint_path).exists():
+        return [], Cost()
+    try:
+        ckpt = load_checkpoint(checkpoint_path)
+    except DamagedCheckpointError as e:  # refused before anything was loaded: start over
+        warn_damaged(e)
+        return [], Cost()
     check_guard(checkpoint_path, ckpt.get("meta"), checkpoint_meta)
     try:
         if scaler is not None and ckpt.get("scaler"):

@@ -309,3 +309,43 @@ def test_a_ray_trial_restored_from_a_damaged_checkpoint_reports_what_tune_lacks(
         assert (r["velocity"], r["train_loss"]) == (expected["velocity"], expected["train_loss"])
     warned = [r.getMessage() for r in caplog.records if r.name == "neve_tune"]
     assert len(warned) == (0 if how == "intact" else 1)
+
+
+@pytest.mark.parametrize("tell_fails", [False, True], ids=["requeued", "storage-refuses-the-fail-too"])
+def test_a_storage_that_stops_taking_writes_mid_trial_is_one_line(tmp_path: Path, capsys, monkeypatch,
+                                                                  tell_fails: bool) -> None:
+    """The database is full when epoch 2 is reported: one line, exit 1, never Optuna's
+    ``AssertionError: Should not reach.``. The trial is re-queued; when the storage refuses
+    even that, it stays RUNNING for the heartbeat to retry, and the line says so."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    import neve_tune.optuna._objective as objective_module
+
+    study_file = tmp_path / "tiny.py"
+    study_file.write_text(STUDY_FILE)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    optuna.create_study(study_name="tiny", storage=url).enqueue_trial(PARAMS)
+    real_report = objective_module.report_epoch
+    full = OperationalError("UPDATE trials", {}, sqlite3.OperationalError("database or disk is full"))
+
+    def full_at_epoch_2(trial, metrics, **kw):
+        if metrics["epoch"] == 2:
+            raise full
+        return real_report(trial, metrics, **kw)
+
+    monkeypatch.setattr(objective_module, "report_epoch", full_at_epoch_2)
+    if tell_fails:
+        monkeypatch.setattr(optuna.Study, "tell", lambda *a, **k: (_ for _ in ()).throw(
+            optuna.exceptions.StorageInternalError("An exception is raised during the commit.")))
+    capsys.readouterr()
+    assert main(_worker(str(study_file), url, tmp_path)) == 1
+    err = capsys.readouterr().err
+    cause = "the storage failed mid-trial (OperationalError: (sqlite3.OperationalError) database or disk is full)"
+    after = ("trial 0 left RUNNING (the storage takes no writes): a worker with heartbeats retries it once it does"
+             if tell_fails else "trial 0 re-queued as trial 1, checkpoint kept at epoch 1")
+    assert err.strip().splitlines() == [f"neve-tune optuna: error: {cause}; {after}"], err
+    monkeypatch.undo()
+    states = [t.state for t in optuna.load_study(study_name="tiny", storage=url).trials]
+    assert states == ([TrialState.RUNNING] if tell_fails else [TrialState.FAIL, TrialState.WAITING])

@@ -174,15 +174,9 @@ def run_worker(
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
     data = study.load_data()  # fail here, not inside a trial, when the data set is missing
-    try:
-        search = open_study(study_name or study.name, storage, create=create, direction=direction,
-                            sampler=_sampler(sampler_seed), heartbeat_interval=heartbeat_interval,
-                            heartbeat_grace_period=heartbeat_grace_period, max_retry=max_retry)
-        _check_search(search, method)
-        search.set_user_attr(METHOD_ATTR, method)  # one write now: a read-only storage fails here
-    except STORAGE_WRITE_ERRORS as e:  # read-only or full database file, unwritable journal
-        raise StorageError(f"storage {redact_url(storage)!r} cannot be written: "
-                           f"{redact_url(storage, first_line(e.__cause__ or e, 200))}") from None
+    search = _writable_study(study_name or study.name, storage, method, create=create, direction=direction,
+                             sampler=_sampler(sampler_seed), heartbeat_interval=heartbeat_interval,
+                             heartbeat_grace_period=heartbeat_grace_period, max_retry=max_retry)
     search.pruner = _pruner(search, method, pruner, pruner_options, study)
     if checkpoint_dir is None and storage_kind(storage) == "rdb" and heartbeat_interval is not None and log:
         log("note: no checkpoint directory, so a retried trial restarts from epoch 0 (pass --checkpoint-dir)")
@@ -199,6 +193,19 @@ def run_worker(
     if log:
         log(_closing_line(search, len(mine), time.perf_counter() - t0,
                           study.selection if method == "neve" else "objective"))
+    return search
+
+
+def _writable_study(name: str, storage: str | None, method: str, **open_kwargs: Any) -> optuna.Study:
+    """:func:`open_study`, checked (:func:`_check_search`) and written to once, so a
+    read-only or full database is a :class:`StorageError` before any trial."""
+    try:
+        search = open_study(name, storage, **open_kwargs)
+        _check_search(search, method)
+        search.set_user_attr(METHOD_ATTR, method)  # one write now: a read-only storage fails here
+    except STORAGE_WRITE_ERRORS as e:  # read-only or full database file, unwritable journal
+        raise StorageError(f"storage {redact_url(storage)!r} cannot be written: "
+                           f"{redact_url(storage, first_line(e.__cause__ or e, 200))}") from None
     return search
 
 
