@@ -45,11 +45,15 @@ def check_folder_name(label: str, name: Any) -> str:
     if not name.strip():
         raise ValueError(f"{label} must be a non-empty folder name, got {name!r}")
     if len(name) > MAX_NAME_CHARS:
-        raise ValueError(f"{label} must be at most {MAX_NAME_CHARS} characters (it names a folder), "
-                         f"got {len(name)}: {shown(name)}")
+        raise ValueError(
+            f"{label} must be at most {MAX_NAME_CHARS} characters (it names a folder), "
+            f"got {len(name)}: {shown(name)}"
+        )
     seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
     if name in (".", "..") or any(s in name for s in seps) or "\0" in name or os.path.isabs(name):
-        raise ValueError(f"{label} must be a plain folder name (no '/', '\\\\', '.' or '..'), got {shown(name)}")
+        raise ValueError(
+            f"{label} must be a plain folder name (no '/', '\\\\', '.' or '..'), got {shown(name)}"
+        )
     return name
 
 
@@ -61,6 +65,8 @@ def check_path_fits(label: str, path: str | os.PathLike) -> Path:
     for part in p.parts:
         size = len(os.fsencode(part))
         if size > MAX_COMPONENT_BYTES and part != p.anchor:
-            raise ValueError(f"{label} {shown(str(p))}: the name {shown(part, 40)} is {size} bytes long; "
-                             f"file systems hold at most {MAX_COMPONENT_BYTES}")
+            raise ValueError(
+                f"{label} {shown(str(p))}: the name {shown(part, 40)} is {size} bytes long; "
+                f"file systems hold at most {MAX_COMPONENT_BYTES}"
+            )
     return p

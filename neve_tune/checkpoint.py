@@ -96,7 +96,8 @@ class CheckpointWriteError(OSError):
 
     def __str__(self) -> str:
         name = errno.errorcode.get(self.errno or 0, "")
-        return f"cannot write checkpoint {self.path!r}: {self.reason}" + (f" ({name})" if name else "")
+        said = f"cannot write checkpoint {self.path!r}: {self.reason}"
+        return said + (f" ({name})" if name else "")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.path, self.errno, self.reason)
@@ -116,7 +117,8 @@ def _verified_payload(path: str | os.PathLike, data: bytes, advice: str) -> byte
     """The payload of a file's bytes ``data`` once its header vouches for it; None when
     the file has no header; :class:`DamagedCheckpointError` when the bytes do not match."""
     if 0 < len(data) < len(_MAGIC) and _MAGIC.startswith(data):
-        raise DamagedCheckpointError(path, "is damaged (cut short inside its checksum header)", advice)
+        raise DamagedCheckpointError(path, "is damaged (cut short inside its checksum header)",
+                                     advice)
     if not data.startswith(_MAGIC):
         return None
     header = data[:_HEADER_LEN]
@@ -124,13 +126,15 @@ def _verified_payload(path: str | os.PathLike, data: bytes, advice: str) -> byte
     try:
         digest, size = match[0].removeprefix("sha256="), int(match[1].removeprefix("bytes="))
     except (IndexError, ValueError):
-        raise DamagedCheckpointError(path, "is damaged (its checksum header is cut short or garbled)", advice) from None
+        raise DamagedCheckpointError(path, "is damaged (its checksum header is cut short or "
+                                           "garbled)", advice) from None
     payload = data[_HEADER_LEN:]
     if len(payload) != size:
-        raise DamagedCheckpointError(path, f"is damaged ({len(payload)} bytes after its header, {size} written: "
-                                           "truncated or grown)", advice)
+        raise DamagedCheckpointError(path, f"is damaged ({len(payload)} bytes after its header, "
+                                           f"{size} written: truncated or grown)", advice)
     if hashlib.sha256(payload).hexdigest() != digest:
-        raise DamagedCheckpointError(path, "is damaged (its SHA-256 differs from the one written with it)", advice)
+        raise DamagedCheckpointError(path, "is damaged (its SHA-256 differs from the one written "
+                                           "with it)", advice)
     return payload
 
 
@@ -192,16 +196,18 @@ def load_state_file(path: str | os.PathLike, required: tuple[str, ...], kind: st
     try:
         data = p.read_bytes()
     except OSError as e:
-        raise CheckpointError(path, f"cannot be read ({e.strerror or first_line(e)})", advice) from None
+        problem = f"cannot be read ({e.strerror or first_line(e)})"
+        raise CheckpointError(path, problem, advice) from None
     payload = _verified_payload(path, data, advice)
     try:
-        state = torch.load(io.BytesIO(data if payload is None else payload), map_location="cpu", weights_only=True)
+        source = io.BytesIO(data if payload is None else payload)
+        state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # any failure to unpickle: truncated, text, another format
         raise CheckpointError(path, "cannot be read as a torch checkpoint (truncated or another format; "
                                     f"{first_line(e)})", advice) from None
     if payload is None and isinstance(state, dict) and all(k in state for k in required):
-        raise CheckpointError(path, f"has no checksum (a {kind} of a neve_tune before 0.1.0?), so nothing "
-                                    "vouches for its bytes", advice)
+        raise CheckpointError(path, f"has no checksum (a {kind} of a neve_tune before 0.1.0?), "
+                                    "so nothing vouches for its bytes", advice)
     if not isinstance(state, dict):
         raise CheckpointError(path, f"holds a {type(state).__name__}, not a {kind}", advice)
     missing = [k for k in required if k not in state]

@@ -35,8 +35,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ._checks import check_int
-from .checkpoint import (CheckpointError, CheckpointWriteError, DamagedCheckpointError, check_guard, first_line,
-                         fit_payload, load_checkpoint, load_state_file, save_checkpoint, set_rng_state)
+from .checkpoint import (CheckpointError, CheckpointWriteError, DamagedCheckpointError, check_guard,
+                         first_line, fit_payload, load_checkpoint, load_state_file, save_checkpoint,
+                         set_rng_state)
 from .prediction_changes import FitPredictionChanges, PredictionChanges
 from .records import METRIC_NAMES, Cost
 
@@ -229,7 +230,8 @@ def fit(
     device = torch.device(device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
     tracker = FitPredictionChanges(prediction_changes, train_set, seed=seed, subset_size=pc_subset_size)
-    history, cost = _resume(checkpoint_path, checkpoint_meta, model, optimizer, controller, scaler, tracker)
+    history, cost = _resume(checkpoint_path, checkpoint_meta, model, optimizer, controller, scaler,
+                            tracker)
     if not history:  # epoch 0: the reference measurement
         _start(controller, cost)
     while not controller.should_stop:
@@ -261,7 +263,8 @@ def _start(controller: Any, cost: Cost) -> None:
     cost.wall_s += time.perf_counter() - t0
 
 
-def _resume(checkpoint_path: str | os.PathLike | None, checkpoint_meta: dict[str, Any] | None, model: nn.Module,
+def _resume(checkpoint_path: str | os.PathLike | None, checkpoint_meta: dict[str, Any] | None,
+            model: nn.Module,
             optimizer: torch.optim.Optimizer, controller: Any, scaler: Any,
             tracker: FitPredictionChanges) -> tuple[list[dict[str, Any]], Cost]:
     """Load the checkpoint, if there is one, into the run's objects; its (history, cost),

@@ -25,47 +25,86 @@ def _ray(storage: str, *flags: str) -> list[str]:
 
 # (argv with {d} the test's folder, a substring of the one error line)
 CASES = [
-    pytest.param(["--name", "../../escape"], "--name must be a plain folder name (no '/', '\\\\', '.' or '..'), "
-                 "got '../../escape'", id="name-escapes"),
+    pytest.param(
+        ["--name", "../../escape"],
+        "--name must be a plain folder name (no '/', '\\\\', '.' or '..'), got '../../escape'",
+        id="name-escapes",
+    ),
     pytest.param(["--name", "a/b"], "--name must be a plain folder name", id="name-with-slash"),
-    pytest.param(["--name", "/tmp/elsewhere"], "--name must be a plain folder name", id="name-absolute"),
+    pytest.param(
+        ["--name", "/tmp/elsewhere"], "--name must be a plain folder name", id="name-absolute"
+    ),
     pytest.param(["--name", ".."], "--name must be a plain folder name", id="name-dot-dot"),
     pytest.param(["--name", ""], "--name must be a non-empty folder name, got ''", id="name-empty"),
-    pytest.param(["--name", LONG], "--name must be at most 200 characters (it names a folder), got 300", id="name-long"),
-    pytest.param(["--json", "{d}/" + LONG + ".json"], "is 305 bytes long; file systems hold at most 255",
-                 id="json-name-long"),
+    pytest.param(
+        ["--name", LONG],
+        "--name must be at most 200 characters (it names a folder), got 300",
+        id="name-long",
+    ),
+    pytest.param(
+        ["--json", "{d}/" + LONG + ".json"],
+        "is 305 bytes long; file systems hold at most 255",
+        id="json-name-long",
+    ),
     pytest.param(["--json", ""], "--json '': give a file path", id="json-empty"),
 ]
 
 
 @pytest.mark.parametrize("flags, message", CASES)
-def test_ray_run_refuses_names_and_paths_before_any_work(flags: list[str], message: str, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_ray_run_refuses_names_and_paths_before_any_work(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     storage = tmp_path / "results"
     argv = _ray(str(storage), *(f.format(d=tmp_path) for f in flags))
     capsys.readouterr()
     assert main(argv) == 2
     out, err = capsys.readouterr()
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert out == "" and not storage.exists() and sorted(tmp_path.iterdir()) == [], "nothing written anywhere"
+    assert out == "" and not storage.exists() and sorted(tmp_path.iterdir()) == [], (
+        "nothing written anywhere"
+    )
 
 
-@pytest.mark.parametrize("make, flags, message", [
-    pytest.param(lambda d: (d / "r.png").mkdir(), ["--json", "{d}/r.json"],
-                 "--json (the plot beside it) {d}/r.png: is a directory", id="json-plot-is-a-folder"),
-    pytest.param(lambda d: (d / "plots" / "history.png").mkdir(parents=True), ["--out", "{d}/plots"],
-                 "--out (its history.png) {d}/plots/history.png: is a directory", id="out-plot-is-a-folder"),
-    pytest.param(lambda d: None, ["--json", "{d}/" + LONG + ".json"],
-                 "is 305 bytes long; file systems hold at most 255", id="json-name-long"),
-    pytest.param(lambda d: None, ["--json", ""], "--json '': give a file path", id="json-empty"),
-    pytest.param(lambda d: None, ["--out", ""], "--out '': give a folder path", id="out-empty"),
-])
-def test_train_checks_every_output_before_training(make, flags: list[str], message: str, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "make, flags, message",
+    [
+        pytest.param(
+            lambda d: (d / "r.png").mkdir(),
+            ["--json", "{d}/r.json"],
+            "--json (the plot beside it) {d}/r.png: is a directory",
+            id="json-plot-is-a-folder",
+        ),
+        pytest.param(
+            lambda d: (d / "plots" / "history.png").mkdir(parents=True),
+            ["--out", "{d}/plots"],
+            "--out (its history.png) {d}/plots/history.png: is a directory",
+            id="out-plot-is-a-folder",
+        ),
+        pytest.param(
+            lambda d: None,
+            ["--json", "{d}/" + LONG + ".json"],
+            "is 305 bytes long; file systems hold at most 255",
+            id="json-name-long",
+        ),
+        pytest.param(
+            lambda d: None, ["--json", ""], "--json '': give a file path", id="json-empty"
+        ),
+        pytest.param(lambda d: None, ["--out", ""], "--out '': give a folder path", id="out-empty"),
+    ],
+)
+def test_train_checks_every_output_before_training(
+    make,
+    flags: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     make(tmp_path)
     before = sorted(tmp_path.rglob("*"))
-    monkeypatch.setattr("neve_tune.trial.fit", lambda *a, **k: pytest.fail("trained despite a bad output path"))
+    monkeypatch.setattr(
+        "neve_tune.trial.fit", lambda *a, **k: pytest.fail("trained despite a bad output path")
+    )
     capsys.readouterr()
     assert main(["train", *FAST, *(f.format(d=tmp_path) for f in flags)]) == 2
     out, err = capsys.readouterr()
@@ -76,10 +115,28 @@ def test_train_checks_every_output_before_training(make, flags: list[str], messa
 def test_worker_checks_the_plot_files_of_out_before_any_storage(tmp_path: Path, capsys) -> None:
     (tmp_path / "plots" / "velocity_curves.png").mkdir(parents=True)
     db = tmp_path / "s.db"
-    assert main(["optuna", "worker", "digits", "--trials", "1", "--create", "--storage", f"sqlite:///{db}",
-                 "--out", str(tmp_path / "plots")]) == 2
+    assert (
+        main(
+            [
+                "optuna",
+                "worker",
+                "digits",
+                "--trials",
+                "1",
+                "--create",
+                "--storage",
+                f"sqlite:///{db}",
+                "--out",
+                str(tmp_path / "plots"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert f"--out {tmp_path}/plots/velocity_curves.png: is a directory" in err and len(err.strip().splitlines()) == 1
+    assert (
+        f"--out {tmp_path}/plots/velocity_curves.png: is a directory" in err
+        and len(err.strip().splitlines()) == 1
+    )
     assert not db.exists()
 
 
@@ -93,9 +150,13 @@ def test_ray_search_arguments_refuse_names_that_leave_their_folder() -> None:
     check_search_args(study, name="digits-neve-0")
     with pytest.raises(ValueError, match=r"^name must be a plain folder name .*got '\.\./x'$"):
         check_search_args(study, name="../x")
-    with pytest.raises(ValueError, match=r"^study 'a/b''s name \(it names the trials' folders\) must be a plain"):
+    with pytest.raises(
+        ValueError, match=r"^study 'a/b''s name \(it names the trials' folders\) must be a plain"
+    ):
         check_search_args(study.replace(name="a/b"), name="ok")
-    with pytest.raises(ValueError, match=r"study '.*\.\.\. \(600 characters\)'s name .* at most 200 characters"):
+    with pytest.raises(
+        ValueError, match=r"study '.*\.\.\. \(600 characters\)'s name .* at most 200 characters"
+    ):
         check_search_args(study.replace(name="s" * 600))
     with pytest.raises(ValueError, match="storage_path .* is 300 bytes long"):
         check_search_args(study, storage_path=f"/tmp/{LONG}")
@@ -109,7 +170,9 @@ def test_names_and_path_parts() -> None:
     with pytest.raises(TypeError, match="name must be a string, got 5"):
         check_folder_name("name", 5)
     assert check_path_fits("--json", "/tmp/" + "é" * 127) == Path("/tmp/" + "é" * 127)
-    with pytest.raises(ValueError, match=f"is 256 bytes long; file systems hold at most {MAX_COMPONENT_BYTES}"):
+    with pytest.raises(
+        ValueError, match=f"is 256 bytes long; file systems hold at most {MAX_COMPONENT_BYTES}"
+    ):
         check_path_fits("--json", "/tmp/" + "é" * 128)  # 2 bytes each in UTF-8
 
 

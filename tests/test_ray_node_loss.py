@@ -24,23 +24,40 @@ import pytest
 pytest.importorskip("ray.tune")
 psutil = pytest.importorskip("psutil")
 
-from tests.test_ray_cluster import RAY, _free_ports, _node_args, _stop, _wait_for_nodes  # noqa: E402
+from tests.test_ray_cluster import (  # noqa: E402
+    RAY,
+    _free_ports,
+    _node_args,
+    _stop,
+    _wait_for_nodes,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 STUDY = (
     "from neve_tune import Choice, LogUniform, Study\n"
-    "STUDY = Study(name='lost_node', max_epochs=10, resources={'cpu': 1, 'gpu': 0}, search_space={"
-    "'lr': LogUniform(0.03, 0.08), 'threshold': LogUniform(1e-6, 1e-5), 'batch_size': Choice([64])})\n"
+    "STUDY = Study(name='lost_node', max_epochs=10, resources={'cpu': 1, 'gpu': 0}, "
+    "search_space={'lr': LogUniform(0.03, 0.08), 'threshold': LogUniform(1e-6, 1e-5), "
+    "'batch_size': Choice([64])})\n"
 )
 
 
 def _node_ids(address: str, env: dict) -> dict[int, str]:
     """Node manager port -> node id of the alive nodes."""
-    code = ("import json, ray\n"
-            f"ray.init(address={address!r}, log_to_driver=False)\n"
-            "print(json.dumps({n['NodeManagerPort']: n['NodeID'] for n in ray.nodes() if n['Alive']}))\n")
-    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=env, capture_output=True, text=True)
+    code = (
+        "import json, ray\n"
+        f"ray.init(address={address!r}, log_to_driver=False)\n"
+        "alive = [n for n in ray.nodes() if n['Alive']]\n"
+        "print(json.dumps({n['NodeManagerPort']: n['NodeID'] for n in alive}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     return {int(k): v for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
 
 
@@ -76,22 +93,53 @@ def cluster(tmp_path):
     logs.mkdir()
     # token authentication (Ray 2.60): `ray start --head` needs a token when the mode is on;
     # the test's own, in the environment of the head, the node and the drivers
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
-               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="2")
+    env = dict(
+        os.environ,
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(16),
+        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="2",
+    )
     # each node its own temp dir, short (Ray's socket paths must stay under 108 bytes) and
     # not /tmp/ray: a `ray.init()` elsewhere on the machine must not find this cluster there
     temp = Path(tempfile.mkdtemp(prefix="neve_rn_"))
     procs: list[subprocess.Popen] = []
     try:
-        procs.append(subprocess.Popen(
-            [str(RAY), "start", "--head", f"--port={head_port}", "--node-ip-address=127.0.0.1",
-             "--include-dashboard=false", f"--temp-dir={temp / 'h'}", *_node_args(ports[:6])],
-            stdout=open(logs / "head.log", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(RAY),
+                    "start",
+                    "--head",
+                    f"--port={head_port}",
+                    "--node-ip-address=127.0.0.1",
+                    "--include-dashboard=false",
+                    f"--temp-dir={temp / 'h'}",
+                    *_node_args(ports[:6]),
+                ],
+                stdout=open(logs / "head.log", "w"),
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        )
         time.sleep(3)
-        procs.append(subprocess.Popen(
-            [str(RAY), "start", f"--address={address}", "--node-ip-address=127.0.0.1", f"--temp-dir={temp / 'n'}",
-             *_node_args(ports[6:12])],
-            stdout=open(logs / "node2.log", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(RAY),
+                    "start",
+                    f"--address={address}",
+                    "--node-ip-address=127.0.0.1",
+                    f"--temp-dir={temp / 'n'}",
+                    *_node_args(ports[6:12]),
+                ],
+                stdout=open(logs / "node2.log", "w"),
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        )
         _wait_for_nodes(address, 2, env)
         yield address, env, procs[1], _node_ids(address, env)[ports[6]]
     finally:
@@ -110,16 +158,42 @@ def test_a_lost_node_costs_no_trial_and_no_epoch(cluster, tmp_path):
     study_file.write_text(STUDY)
     storage, out = tmp_path / "shared", tmp_path / "lost.json"
     driver = subprocess.Popen(
-        [sys.executable, "-m", "neve_tune.cli", "ray", "run", str(study_file), "--address", address,
-         "--num-samples", "2", "--scheduler", "fifo", "--no-stopper", "--storage-path", str(storage),
-         "--name", "lost", "--json", str(out)],  # no --max-failures: the cluster default
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "neve_tune.cli",
+            "ray",
+            "run",
+            str(study_file),
+            "--address",
+            address,
+            "--num-samples",
+            "2",
+            "--scheduler",
+            "fifo",
+            "--no-stopper",
+            "--storage-path",
+            str(storage),
+            "--name",
+            "lost",
+            "--json",
+            str(out),
+        ],  # no --max-failures: the cluster default
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     killed_dir = None
     try:
         deadline = time.monotonic() + 300
         while killed_dir is None and time.monotonic() < deadline and driver.poll() is None:
             for trial_dir in (storage / "lost").glob("*/"):
-                if any(r.get("node_id") == node2_id and r.get("epoch", 0) >= 2 for r in _rows(trial_dir)):
+                if any(
+                    r.get("node_id") == node2_id and r.get("epoch", 0) >= 2
+                    for r in _rows(trial_dir)
+                ):
                     _raylet(node2).send_signal(signal.SIGKILL)  # the node is lost mid-trial
                     killed_dir = trial_dir
                     break
@@ -140,7 +214,9 @@ def test_a_lost_node_costs_no_trial_and_no_epoch(cluster, tmp_path):
     assert rows[-1].get("done"), "and went on to its own end there"
     lost = [r["epoch"] for r in rows if r["node_id"] == node2_id]
     resumed = [r["epoch"] for r in rows if r["node_id"] != node2_id]
-    assert resumed[0] == lost[-1] + 1 > 2, "from its last checkpoint: no epoch lost, none trained twice"
+    assert resumed[0] == lost[-1] + 1 > 2, (
+        "from its last checkpoint: no epoch lost, none trained twice"
+    )
     series = {r["epoch"]: r for r in rows}  # a restored epoch reported twice keeps its last report
 
     import torch
@@ -155,5 +231,9 @@ def test_a_lost_node_costs_no_trial_and_no_epoch(cluster, tmp_path):
     finally:
         torch.set_num_threads(before)
     assert sorted(series) == [m["epoch"] for m in reference.history]
-    assert [series[m["epoch"]]["velocity"] for m in reference.history] == [m["velocity"] for m in reference.history]
-    assert [series[m["epoch"]]["train_loss"] for m in reference.history] == [m["train_loss"] for m in reference.history]
+    assert [series[m["epoch"]]["velocity"] for m in reference.history] == [
+        m["velocity"] for m in reference.history
+    ]
+    assert [series[m["epoch"]]["train_loss"] for m in reference.history] == [
+        m["train_loss"] for m in reference.history
+    ]

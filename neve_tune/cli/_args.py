@@ -143,7 +143,8 @@ def check_output_paths(files: dict[str, Any] | None = None, dirs: dict[str, Any]
     for is_dir, group in ((True, dirs or {}), (False, files or {})):
         for flag, value in group.items():
             if value is not None and not str(value).strip():
-                raise CLIError(f"{flag} {str(value)!r}: give a {'folder' if is_dir else 'file'} path")
+                kind = "folder" if is_dir else "file"
+                raise CLIError(f"{flag} {str(value)!r}: give a {kind} path")
             if value:
                 _check_output(flag, Path(value), is_dir)
 

@@ -110,7 +110,7 @@ def _check_worker_flags(args: argparse.Namespace) -> str:
     device = cli.check_device(args.device)
     cli.check_output_paths(dirs={"--out": args.out, "--checkpoint-dir": None if args.no_checkpoints else args.checkpoint_dir})
     if args.out:
-        for name in ("velocity_curves.png", "search_history.png"):  # the files plot_study writes there
+        for name in ("velocity_curves.png", "search_history.png"):  # what plot_study writes there
             cli.check_output_paths(files={"--out": Path(args.out) / name})
     if args.timeout is not None:
         check_float("--timeout", args.timeout, positive=True)
@@ -130,7 +130,8 @@ def _check_worker_flags(args: argparse.Namespace) -> str:
 def _worker(args: argparse.Namespace) -> int:
     import optuna
 
-    from ..optuna import StorageError, StudyNotFoundError, TrialLeft, plot_study, redact_url, run_worker
+    from ..optuna import (StorageError, StudyNotFoundError, TrialLeft, plot_study, redact_url,
+                          run_worker)
 
     device = _check_worker_flags(args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -159,7 +160,7 @@ def _worker(args: argparse.Namespace) -> int:
         )
     except (StorageError, StudyNotFoundError) as e:
         raise cli.CLIError(str(e.args[0]) if e.args else str(e)) from None
-    except TrialLeft as e:  # a checkpoint that could not be written or used: the trial waits re-queued
+    except TrialLeft as e:  # a checkpoint or storage that failed: the trial waits, re-queued
         print(f"neve-tune optuna: error: {e}", file=sys.stderr)
         return 1
     except ValueError as e:

@@ -57,8 +57,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--storage-path", help="where results and checkpoints go; shared by all nodes on a cluster")
     r.add_argument("--name", help="experiment name (a folder under --storage-path)")
     r.add_argument("--max-failures", type=int,
-                   help="retries of a failed trial from its last checkpoint (-1: always; default: 2 with --address "
-                        "or on a local Ray of several nodes, where a lost node fails its trials; else 0)")
+                   help="retries of a failed trial from its last checkpoint (-1: always; "
+                        "default: 2 with --address or on a Ray of several nodes, where a lost "
+                        "node fails its trials; else 0)")
     r.add_argument("--resume", action="store_true", help="restore --storage-path/--name with Tuner.restore and finish it")
     r.add_argument("--api", choices=APIS, default="tuner", help="tune.Tuner (default) or tune.run")
     cli.add_seed(r)
@@ -241,7 +242,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.address:
         check_address(args.address)  # before ray.init, which would retry for a minute
     max_failures = args.max_failures
-    if max_failures is None and args.address:  # a cluster: a lost node's trials resume from their checkpoints
+    if max_failures is None and args.address:  # a lost node's trials resume from their checkpoints
         max_failures = CLUSTER_MAX_FAILURES
     started = False
     if not ray.is_initialized():

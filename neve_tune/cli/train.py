@@ -54,7 +54,8 @@ def _train(args: argparse.Namespace) -> int:
                        dirs={"--out": args.out})
     plot_path = _plot_path(args)
     if plot_path and not args.plot:  # the implicit plot, checked before training like the flags
-        cli.check_output_paths(files={"--out (its history.png)" if args.out else "--json (the plot beside it)": plot_path})
+        label = "--out (its history.png)" if args.out else "--json (the plot beside it)"
+        cli.check_output_paths(files={label: plot_path})
     if args.min_epochs is not None:
         check_int("--min-epochs", args.min_epochs, minimum=0)
     study = cli.study_from_args(args, data=args.data, model=args.model, min_epochs=args.min_epochs,

@@ -182,7 +182,8 @@ class _TrialRun:
             # its checkpoint or the storage cannot be written, or the checkpoint is no run's
             # of this trial: failing it here (a traceback, a lost trial; Optuna's own FAIL
             # write fails too on a full disk) would not help; the worker re-queues it
-            self.left = e if isinstance(e, (CheckpointError, CheckpointWriteError)) else _storage_error(e)
+            ours = isinstance(e, (CheckpointError, CheckpointWriteError))
+            self.left = e if ours else _storage_error(e)
             raise Abandon() from None
         except BaseException:
             self.current_trial = None
@@ -265,7 +266,8 @@ class _TrialRun:
 
 def _storage_error(error: BaseException) -> RuntimeError:
     """A storage error mid-trial in one line (SQLAlchemy's own text spans several)."""
-    return RuntimeError(f"the storage failed mid-trial ({first_line(error.__cause__ or error, 200)})")
+    cause = first_line(error.__cause__ or error, 200)
+    return RuntimeError(f"the storage failed mid-trial ({cause})")
 
 
 def _drop(ckpt: Path | None, keep: bool) -> None:

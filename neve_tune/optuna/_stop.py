@@ -63,12 +63,13 @@ class TrialLeft(RuntimeError):
     def __init__(self, cause: BaseException, trial: int, retry: int | None = None, epochs: int = 0,
                  stored: bool = True) -> None:
         super().__init__(str(cause))
-        self.cause, self.trial, self.retry, self.epochs, self.stored = cause, trial, retry, epochs, stored
+        self.cause, self.trial, self.retry, self.epochs = cause, trial, retry, epochs
+        self.stored = stored
 
     def __str__(self) -> str:
         if not self.stored:  # the storage itself refused the FAIL: the heartbeat retries the trial
-            return (f"{self.cause}; trial {self.trial} left RUNNING (the storage takes no writes): a worker "
-                    "with heartbeats retries it once it does")
+            return (f"{self.cause}; trial {self.trial} left RUNNING (the storage takes no writes): "
+                    "a worker with heartbeats retries it once it does")
         where = f"re-queued as trial {self.retry}" if self.retry is not None else "not re-queued (retries used up)"
         kept = f"checkpoint kept at epoch {self.epochs}" if self.epochs else "no epoch finished"
         return f"{self.cause}; trial {self.trial} {where}, {kept}"

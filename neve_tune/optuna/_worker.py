@@ -174,8 +174,9 @@ def run_worker(
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
     data = study.load_data()  # fail here, not inside a trial, when the data set is missing
-    search = _writable_study(study_name or study.name, storage, method, create=create, direction=direction,
-                             sampler=_sampler(sampler_seed), heartbeat_interval=heartbeat_interval,
+    search = _writable_study(study_name or study.name, storage, method, create=create,
+                             direction=direction, sampler=_sampler(sampler_seed),
+                             heartbeat_interval=heartbeat_interval,
                              heartbeat_grace_period=heartbeat_grace_period, max_retry=max_retry)
     search.pruner = _pruner(search, method, pruner, pruner_options, study)
     if checkpoint_dir is None and storage_kind(storage) == "rdb" and heartbeat_interval is not None and log:
@@ -196,7 +197,8 @@ def run_worker(
     return search
 
 
-def _writable_study(name: str, storage: str | None, method: str, **open_kwargs: Any) -> optuna.Study:
+def _writable_study(name: str, storage: str | None, method: str,
+                    **open_kwargs: Any) -> optuna.Study:
     """:func:`open_study`, checked (:func:`_check_search`) and written to once, so a
     read-only or full database is a :class:`StorageError` before any trial."""
     try:

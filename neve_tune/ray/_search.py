@@ -24,8 +24,8 @@ from ._scheduler import NeVeASHAScheduler
 from ._stopper import NeVeStopper
 from ._trainable import TRAINABLE_METHODS, check_resources, check_resources_available, neve_trainable, reported_metrics, to_ray_space
 
-__all__ = ["APIS", "CLUSTER_MAX_FAILURES", "SCHEDULERS", "asha_scheduler", "check_search_args", "default_max_failures",
-           "run_search", "search_trials", "summarize"]
+__all__ = ["APIS", "CLUSTER_MAX_FAILURES", "SCHEDULERS", "asha_scheduler", "check_search_args",
+           "default_max_failures", "run_search", "search_trials", "summarize"]
 
 APIS = ("tuner", "run")
 CLUSTER_MAX_FAILURES = 2  # retries of a trial on a multi-node cluster: survives a lost node, twice
@@ -98,7 +98,8 @@ def run_search(
     study: "Study | str | os.PathLike", *, method: str = "neve", num_samples: int = 8, scheduler: str = "auto",
     stopper: bool | NeVeStopper = True, seed: int = 0, storage_path: str | os.PathLike | None = None,
     name: str | None = None, resources: Mapping[str, float] | None = None, max_concurrent_trials: int | None = None,
-    max_failures: int | None = None, min_resource: int | None = None, reduction_factor: float = 4, api: str = "tuner",
+    max_failures: int | None = None, min_resource: int | None = None, reduction_factor: float = 4,
+    api: str = "tuner",
     resume: bool = False, device: str | None = None, callbacks: list | None = None, reuse_actors: bool = True,
     verbose: int = 0, data: Any = None, model_fn: Any = None, neve_signal: str | None = None,
     grace_period: int | None = None,
@@ -138,8 +139,7 @@ def run_search(
     if not ray.is_initialized():
         ray.init(address="local", include_dashboard=False)
     check_resources_available(res)
-    if max_failures is None:
-        max_failures = default_max_failures()
+    max_failures = default_max_failures() if max_failures is None else max_failures
     trainable = neve_trainable(study, method=method, seed=seed, device=device, resources=res, data=data, model_fn=model_fn)
     sched = _scheduler(scheduler, study, method, min_resource, reduction_factor, neve_signal)
     storage = str(Path(storage_path).resolve()) if storage_path is not None else None
@@ -191,7 +191,8 @@ def check_search_args(study: Study, *, method: str = "neve", num_samples: int = 
     check_int("min_resource", min_resource, minimum=1)
     check_float("reduction_factor", reduction_factor, low=1.0, low_open=True)
     check_int("max_failures", max_failures, minimum=-1, allow_none=True)
-    check_folder_name(f"study {shown(study.name)}'s name (it names the trials' folders)", study.name)
+    check_folder_name(f"study {shown(study.name)}'s name (it names the trials' folders)",
+                      study.name)
     if name is not None:
         check_folder_name("name", name)
     if storage_path is not None:
