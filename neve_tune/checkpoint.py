@@ -1,14 +1,22 @@
 """The checkpoint format of :func:`neve_tune.train.fit`: atomic writes, checked reads, and
 the run guard that keeps a checkpoint from being resumed by another run.
 
-A checkpoint is a ``torch.save`` dict, read back with ``weights_only=True``, holding
+A checkpoint file is a header line (a magic word, the SHA-256 and the length of the payload)
+followed by the payload, a ``torch.save`` dict read back with ``weights_only=True`` only
+once its bytes match the header's checksum. The dict holds
 :data:`CHECKPOINT_KEYS` (format ``version``, last finished ``epoch``, ``model``,
 ``optimizer``, ``controller`` with its velocity state, ``history``, ``cost``, ``rng``) plus
 ``scaler``, ``predictions`` and ``meta``: the run guard (configuration, method, seed,
 data, model and controller settings; :func:`neve_tune.trial.run_guard`). Resuming
 refuses, as a :class:`CheckpointError` of one line naming ``checkpoint_path``, a file that
 is not such a checkpoint, one whose guard differs from the run's (naming each difference),
-and one without a guard when the run has one.
+and one without a guard when the run has one. A file that starts with the header but
+whose payload is cut short or changed is a :class:`DamagedCheckpointError` (its bytes are
+not those written: :func:`neve_tune.train.fit` starts the run over, never resumes from
+it); a torch file without the header (a checkpoint of a neve_tune before 0.1.0, or no
+neve_tune checkpoint at all) is refused, since nothing can vouch for its bytes. A write
+that fails (disk full, read-only folder) raises :class:`CheckpointWriteError`, naming the
+file, and leaves the previous checkpoint whole.
 
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "c.pt")
@@ -23,6 +31,9 @@ and one without a guard when the run has one.
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -37,6 +48,8 @@ __all__ = [
     "CHECKPOINT_KEYS",
     "CHECKPOINT_VERSION",
     "CheckpointError",
+    "CheckpointWriteError",
+    "DamagedCheckpointError",
     "check_guard",
     "fit_payload",
     "load_checkpoint",
@@ -68,6 +81,63 @@ class CheckpointError(ValueError):
         return type(self), (self.path, self.problem, self.advice)
 
 
+class DamagedCheckpointError(CheckpointError):
+    """A neve_tune checkpoint whose bytes are not those written: truncated, or changed
+    (its SHA-256 differs from the one its header holds). Nothing in it can be trusted."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (disk full, read-only storage, ...): one
+    line naming the file; ``errno`` is the cause's. The previous checkpoint is whole."""
+
+    def __init__(self, path: str | os.PathLike, code: int | None, reason: str) -> None:
+        super().__init__(code, reason)
+        self.path, self.reason = str(path), reason
+
+    def __str__(self) -> str:
+        name = errno.errorcode.get(self.errno or 0, "")
+        said = f"cannot write checkpoint {self.path!r}: {self.reason}"
+        return said + (f" ({name})" if name else "")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.path, self.errno, self.reason)
+
+
+# the header line: magic word, SHA-256 of the payload, payload length (fixed width)
+_MAGIC = b"neve_tune checkpoint "
+_HEADER_LEN = len(_MAGIC) + len(b"sha256=") + 64 + len(b" bytes=") + 20 + 1
+
+
+def _header(payload: bytes) -> bytes:
+    line = f"sha256={hashlib.sha256(payload).hexdigest()} bytes={len(payload):020d}\n".encode()
+    return _MAGIC + line
+
+
+def _verified_payload(path: str | os.PathLike, data: bytes, advice: str) -> bytes | None:
+    """The payload of a file's bytes ``data`` once its header vouches for it; None when
+    the file has no header; :class:`DamagedCheckpointError` when the bytes do not match."""
+    if 0 < len(data) < len(_MAGIC) and _MAGIC.startswith(data):
+        raise DamagedCheckpointError(path, "is damaged (cut short inside its checksum header)",
+                                     advice)
+    if not data.startswith(_MAGIC):
+        return None
+    header = data[:_HEADER_LEN]
+    match = header[len(_MAGIC):].decode("ascii", "replace").split()
+    try:
+        digest, size = match[0].removeprefix("sha256="), int(match[1].removeprefix("bytes="))
+    except (IndexError, ValueError):
+        raise DamagedCheckpointError(path, "is damaged (its checksum header is cut short or "
+                                           "garbled)", advice) from None
+    payload = data[_HEADER_LEN:]
+    if len(payload) != size:
+        raise DamagedCheckpointError(path, f"is damaged ({len(payload)} bytes after its header, "
+                                           f"{size} written: truncated or grown)", advice)
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise DamagedCheckpointError(path, "is damaged (its SHA-256 differs from the one written "
+                                           "with it)", advice)
+    return payload
+
+
 def first_line(error: BaseException, limit: int = 120) -> str:
     """``Type: first line of the message``, cut to ``limit`` characters."""
     text = (str(error).strip().splitlines() or [""])[0].strip()
@@ -76,28 +146,46 @@ def first_line(error: BaseException, limit: int = 120) -> str:
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Atomic write: the payload goes to a temporary file in the same folder, flushed to
-    disk, which then replaces ``path`` (``os.replace``), so a run killed mid-save leaves
-    the previous checkpoint whole, never a truncated one."""
+    """Atomic, checked write: the header (SHA-256 and length of the serialized payload)
+    and the payload go to a temporary file in the same folder, flushed to disk, which
+    then replaces ``path`` (``os.replace``), so a run killed mid-save leaves the previous
+    checkpoint whole, never a truncated one. A failed write (disk full, read-only
+    folder) raises :class:`CheckpointWriteError` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            torch.save(payload, f)
+            f.write(_header(data))
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise CheckpointWriteError(path, e.errno, e.strerror or first_line(e)) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _unlink_quietly(tmp)
         raise
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # a read-only folder: nothing was written there either
+        pass
 
 
 def load_state_file(path: str | os.PathLike, required: tuple[str, ...], kind: str,
                     advice: str = "delete it to start over, or pass another path") -> dict[str, Any]:
     """The dict a state file written by :func:`save_checkpoint` holds (``weights_only``
-    loading); a :class:`CheckpointError` when ``path`` is missing, a folder, empty,
-    truncated, not a torch file, or not a ``kind`` (a dict without the ``required`` keys)."""
+    loading, after its checksum is verified); a :class:`DamagedCheckpointError` when its
+    bytes are not those written, a :class:`CheckpointError` when ``path`` is missing, a
+    folder, empty, not a torch file, without the checksum header, or not a ``kind`` (a
+    dict without the ``required`` keys)."""
     p = Path(path)
     if p.is_dir():
         raise CheckpointError(path, "is a folder, not a checkpoint file", "pass the path of a checkpoint file")
@@ -106,10 +194,20 @@ def load_state_file(path: str | os.PathLike, required: tuple[str, ...], kind: st
     if p.stat().st_size == 0:
         raise CheckpointError(path, "is empty", advice)
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        data = p.read_bytes()
+    except OSError as e:
+        problem = f"cannot be read ({e.strerror or first_line(e)})"
+        raise CheckpointError(path, problem, advice) from None
+    payload = _verified_payload(path, data, advice)
+    try:
+        source = io.BytesIO(data if payload is None else payload)
+        state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # any failure to unpickle: truncated, text, another format
         raise CheckpointError(path, "cannot be read as a torch checkpoint (truncated or another format; "
                                     f"{first_line(e)})", advice) from None
+    if payload is None and isinstance(state, dict) and all(k in state for k in required):
+        raise CheckpointError(path, f"has no checksum (a {kind} of a neve_tune before 0.1.0?), "
+                                    "so nothing vouches for its bytes", advice)
     if not isinstance(state, dict):
         raise CheckpointError(path, f"holds a {type(state).__name__}, not a {kind}", advice)
     missing = [k for k in required if k not in state]

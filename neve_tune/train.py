@@ -9,6 +9,9 @@ continues as if the run had never stopped; a run that had stopped only at a smal
 ``max_epochs`` cap goes on up to the controller's cap. A checkpoint that cannot be
 resumed from (unreadable, not a neve_tune checkpoint, made by another run, or without
 the run's guard) raises :class:`CheckpointError`, one line naming ``checkpoint_path``.
+A damaged one (its bytes fail the checksum written with them: truncated, or changed on
+disk) is never resumed from: one warning line names it and the run starts over from
+epoch 0, which, like a resume, gives the uninterrupted run's series.
 
 Cost is counted, not guessed (docs/design.md, "Cost model"): ``train_samples`` (forward+backward),
 ``probe_samples`` and ``eval_samples`` (forward only), ``wall_s``. ``epochs_equiv``
@@ -19,6 +22,7 @@ of a trained one (the usual forward:backward = 1:2 FLOP ratio).
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import os
 import time
@@ -32,14 +36,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ._checks import check_int
-from .checkpoint import (CheckpointError, check_guard, first_line, fit_payload, load_checkpoint, load_state_file,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (CheckpointError, CheckpointWriteError, DamagedCheckpointError, check_guard,
+                         first_line, fit_payload, load_checkpoint, load_state_file, save_checkpoint,
+                         set_rng_state)
 from .prediction_changes import FitPredictionChanges, PredictionChanges
 from .records import METRIC_NAMES, Cost
 
 __all__ = [
     "CheckpointError",
+    "CheckpointWriteError",
     "Cost",
+    "DamagedCheckpointError",
     "FitResult",
     "METRIC_NAMES",
     "PredictionChanges",
@@ -51,6 +58,8 @@ __all__ = [
     "save_checkpoint",
     "train_epoch",
 ]
+
+logger = logging.getLogger("neve_tune")
 
 
 @dataclass
@@ -207,7 +216,9 @@ def fit(
     differs, or that has none, raises :class:`CheckpointError` naming what differs.
     ``max_epochs`` is not part of it: a run that stopped only at the cap continues up to a
     larger one with the same velocity series as an uninterrupted run; a run stopped for
-    any other reason is finished and returned as it is.
+    any other reason is finished and returned as it is. A damaged checkpoint (it fails
+    its checksum) is logged in one line and the run starts over; a checkpoint that cannot
+    be written raises :class:`CheckpointWriteError` naming it.
 
     ``prediction_changes``: ``"in_pass"`` counts the class of every training example in the
     training pass (no extra forward); ``"subset"`` (:class:`~neve_tune.SubsetPredictionChanges`)
@@ -218,12 +229,10 @@ def fit(
     if len(train_set) == 0:  # type: ignore[arg-type]
         raise ValueError("train_set is empty")
     device = torch.device(device)
-    history: list[dict[str, Any]] = []
-    cost = Cost()
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
     tracker = FitPredictionChanges(prediction_changes, train_set, seed=seed, subset_size=pc_subset_size)
-    if checkpoint_path is not None and Path(checkpoint_path).exists():
-        history, cost = _resume(checkpoint_path, checkpoint_meta, model, optimizer, controller, scaler, tracker)
+    history, cost = _resume(checkpoint_path, checkpoint_meta, model, optimizer, controller, scaler,
+                            tracker)
     if not history:  # epoch 0: the reference measurement
         _start(controller, cost)
     while not controller.should_stop:
@@ -239,6 +248,13 @@ def fit(
     return FitResult(controller.stopped_by, len(history), history, cost)
 
 
+def warn_damaged(error: DamagedCheckpointError) -> None:
+    """The one line a damaged checkpoint gets (logger ``neve_tune``) before its run
+    starts over."""
+    logger.warning("checkpoint %r %s; not resuming from it: the run starts over from epoch 0",
+                   error.path, error.problem)
+
+
 def _start(controller: Any, cost: Cost) -> None:
     """Epoch 0: the controller records what it needs before training (NeVe: the probe's
     reference outputs), counted in ``cost``."""
@@ -248,12 +264,20 @@ def _start(controller: Any, cost: Cost) -> None:
     cost.wall_s += time.perf_counter() - t0
 
 
-def _resume(checkpoint_path: str | os.PathLike, checkpoint_meta: dict[str, Any] | None, model: nn.Module,
+def _resume(checkpoint_path: str | os.PathLike | None, checkpoint_meta: dict[str, Any] | None,
+            model: nn.Module,
             optimizer: torch.optim.Optimizer, controller: Any, scaler: Any,
             tracker: FitPredictionChanges) -> tuple[list[dict[str, Any]], Cost]:
-    """Load the checkpoint into the run's objects; its (history, cost). Refused, as a
+    """Load the checkpoint, if there is one, into the run's objects; its (history, cost),
+    empty for a fresh start (no checkpoint, or a damaged one: logged). Refused, as a
     :class:`CheckpointError`, when it belongs to another run or does not fit this one."""
-    ckpt = load_checkpoint(checkpoint_path)
+    if checkpoint_path is None or not Path(checkpoint_path).exists():
+        return [], Cost()
+    try:
+        ckpt = load_checkpoint(checkpoint_path)
+    except DamagedCheckpointError as e:  # refused before anything was loaded: start over
+        warn_damaged(e)
+        return [], Cost()
     check_guard(checkpoint_path, ckpt.get("meta"), checkpoint_meta)
     try:
         if scaler is not None and ckpt.get("scaler"):

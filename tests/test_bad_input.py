@@ -21,6 +21,7 @@ import torch
 from neve_tune import NeVe, NeuralVelocity, gaussian_probe, load_study, run_trial
 from neve_tune.cli import main
 from neve_tune.optuna import report_epoch, run_worker
+from neve_tune.train import load_checkpoint
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -55,10 +56,10 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "a_file").write_text("not a folder\n")
     for name, fields in BAD_STUDIES.items():
         (d / f"{name}.py").write_text(BAD_STUDY.format(fields=fields))
-    # a real checkpoint of `train --data synthetic --max-epochs 1`, and a truncated copy of it
+    # a real checkpoint of `train --data synthetic --max-epochs 1`, and its payload without the
+    # checksum header (as neve_tune wrote checkpoints before 0.1.0)
     assert main(["train", *FAST, "--device", "cpu", "--checkpoint", str(d / "good.pt"), "--quiet"]) == 0
-    data = (d / "good.pt").read_bytes()
-    (d / "truncated.pt").write_bytes(data[: len(data) // 2])
+    torch.save(load_checkpoint(d / "good.pt"), d / "unchecked.pt")
     return d
 
 
@@ -92,8 +93,10 @@ CLI_CASES = [
                  id="worker-device-banana"),
     pytest.param(["train", *FAST, "--checkpoint", "{d}/empty.pt"], 2,
                  "--checkpoint '{d}/empty.pt' is empty; delete it to start over", id="checkpoint-empty"),
-    pytest.param(["train", *FAST, "--checkpoint", "{d}/truncated.pt"], 2,
-                 "--checkpoint '{d}/truncated.pt' cannot be read as a torch checkpoint", id="checkpoint-truncated"),
+    pytest.param(["train", *FAST, "--checkpoint", "{d}/unchecked.pt"], 2,
+                 "--checkpoint '{d}/unchecked.pt' has no checksum (a neve_tune checkpoint of a "
+                 "neve_tune before 0.1.0?)",
+                 id="checkpoint-without-checksum"),
     pytest.param(["train", *FAST, "--checkpoint", "{d}/text.pt"], 2,
                  "--checkpoint '{d}/text.pt' cannot be read as a torch checkpoint", id="checkpoint-text"),
     pytest.param(["train", *FAST, "--checkpoint", "{d}/tensor.pt"], 2,
@@ -252,8 +255,9 @@ API_CASES = [
     pytest.param(lambda d: _report(None), TypeError, "metrics must be a mapping", id="report-metrics-none"),
     pytest.param(_run_from_checkpoint("empty.pt"), ValueError, "checkpoint_path '{d}/empty.pt' is empty; delete it",
                  id="checkpoint-empty"),
-    pytest.param(_run_from_checkpoint("truncated.pt"), ValueError, "checkpoint_path '{d}/truncated.pt' cannot be read",
-                 id="checkpoint-truncated"),
+    pytest.param(_run_from_checkpoint("unchecked.pt"), ValueError,
+                 "checkpoint_path '{d}/unchecked.pt' has no checksum",
+                 id="checkpoint-without-checksum"),
     pytest.param(_run_from_checkpoint("text.pt"), ValueError, "checkpoint_path '{d}/text.pt' cannot be read",
                  id="checkpoint-text"),
     pytest.param(_run_from_checkpoint("tensor.pt"), ValueError, "checkpoint_path '{d}/tensor.pt' holds a Tensor",
@@ -297,11 +301,13 @@ def test_api_bad_input(call: Callable[[Path], Any], error: type[Exception], mess
 
 
 def test_a_checkpoint_that_cannot_be_read_is_left_in_place(inputs: Path, tmp_path: Path) -> None:
-    """Refused, not overwritten: the user decides whether to delete it."""
-    ckpt = tmp_path / "truncated.pt"
-    shutil.copy(inputs / "truncated.pt", ckpt)
-    assert main(["train", *FAST, "--checkpoint", str(ckpt), "--quiet"]) == 2
-    assert ckpt.read_bytes() == (inputs / "truncated.pt").read_bytes()
+    """Refused, not overwritten (a file of no neve_tune run, or one no checksum vouches for):
+    the user decides whether to delete it."""
+    for name in ("unchecked.pt", "text.pt"):
+        ckpt = tmp_path / name
+        shutil.copy(inputs / name, ckpt)
+        assert main(["train", *FAST, "--checkpoint", str(ckpt), "--quiet"]) == 2
+        assert ckpt.read_bytes() == (inputs / name).read_bytes()
 
 
 def test_train_removes_what_a_killed_save_left_beside_its_checkpoint(inputs: Path, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from neve_tune import load_study, run_trial
 from neve_tune.cli import main
 from neve_tune.data import get_dataset
 from neve_tune.records import Cost
-from neve_tune.train import CheckpointError, load_checkpoint, save_checkpoint
+from neve_tune.train import CheckpointError, load_checkpoint, load_state_file, save_checkpoint
 
 SMALL = dict(data="synthetic", max_epochs=8, lr_patience=0)
 
@@ -110,7 +110,7 @@ def test_cli_bad_input_is_one_clear_line(capsys):
 def test_checkpoint_loads_with_weights_only(tmp_path):
     ckpt = tmp_path / "c.pt"
     run_trial(_study(max_epochs=2), {"lr": 0.05, "batch_size": 64}, checkpoint_path=ckpt, evaluate_test=False)
-    state = torch.load(ckpt, weights_only=True)
+    state = load_checkpoint(ckpt)  # verified, then read with torch.load(weights_only=True)
     assert state["epoch"] == 2 and "velocity" in state["controller"]
 
 
@@ -250,9 +250,9 @@ def test_a_checkpoint_without_its_run_record_is_refused(tmp_path):
     ckpt = tmp_path / "c.pt"
     cfg = {"lr": 0.05, "batch_size": 64}
     run_trial(_study(max_epochs=2), cfg, checkpoint_path=ckpt, evaluate_test=False)
-    state = torch.load(ckpt, weights_only=True)
+    state = load_checkpoint(ckpt)
     del state["meta"]
-    torch.save(state, ckpt)
+    save_checkpoint(ckpt, state)
     # resumed with another LR it would train at the old one while its record claims the new one
     for lr in (0.01, 0.05):
         with pytest.raises(CheckpointError) as caught:
@@ -265,9 +265,9 @@ def test_a_run_guard_missing_a_field_is_refused_naming_it(tmp_path):
     ckpt = tmp_path / "c.pt"
     cfg = {"lr": 0.05, "batch_size": 64}
     run_trial(_study(max_epochs=2), cfg, checkpoint_path=ckpt, evaluate_test=False)
-    state = torch.load(ckpt, weights_only=True)
+    state = load_checkpoint(ckpt)
     state["meta"] = {k: v for k, v in state["meta"].items() if k != "model"}
-    torch.save(state, ckpt)
+    save_checkpoint(ckpt, state)
     with pytest.raises(CheckpointError, match=r"belongs to another run \(model: absent in the checkpoint, \{'name'"):
         run_trial(_study(max_epochs=3), cfg, checkpoint_path=ckpt, evaluate_test=False)
 
@@ -301,5 +301,5 @@ def test_saving_a_checkpoint_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", killed_mid_write)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(ckpt, {"epoch": 2})
-    assert torch.load(ckpt, weights_only=True) == {"epoch": 1}
+    assert load_state_file(ckpt, ("epoch",), "state") == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"], "no temporary file left behind"

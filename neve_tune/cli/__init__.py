@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import Sequence
 
@@ -51,11 +52,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # the library's warnings (a damaged checkpoint the run starts over from), one line each
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"neve-tune {args.command}: warning: %(message)s"))
+    logger = logging.getLogger("neve_tune")
+    logger.addHandler(handler)
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as e:  # CLIError is a ValueError
         print(f"neve-tune {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the disk or the storage failed (full, read-only): not the input
+        print(f"neve-tune {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:  # a worker's polite stop says what it kept
         print(f"neve-tune {args.command}: {e}" if str(e) else "interrupted", file=sys.stderr)
         return 130
+    finally:
+        logger.removeHandler(handler)

@@ -136,15 +136,26 @@ def check_output_paths(files: dict[str, Any] | None = None, dirs: dict[str, Any]
     A folder permission bit is not proof (``/proc``, a read-only mount, root), so the
     deepest folder that exists is probed by writing a temporary file there, removed at
     once. An existing output file must be a regular, writable file: ``/dev/full`` or a
-    pipe would take the record only to lose it after the work.
+    pipe would take the record only to lose it after the work. An empty path is refused
+    (``--json ''`` would otherwise write nothing, silently), and so is a path with a
+    component longer than file systems hold (:func:`neve_tune._names.check_path_fits`).
     """
     for is_dir, group in ((True, dirs or {}), (False, files or {})):
         for flag, value in group.items():
+            if value is not None and not str(value).strip():
+                kind = "folder" if is_dir else "file"
+                raise CLIError(f"{flag} {str(value)!r}: give a {kind} path")
             if value:
                 _check_output(flag, Path(value), is_dir)
 
 
 def _check_output(flag: str, path: Path, is_dir: bool) -> None:
+    from .._names import check_path_fits
+
+    try:
+        check_path_fits(flag, path)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     if not is_dir and path.is_dir():
         raise CLIError(f"{flag} {path}: is a directory, expected a file path")
     if is_dir and path.exists() and not path.is_dir():

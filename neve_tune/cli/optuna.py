@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,9 @@ def _check_worker_flags(args: argparse.Namespace) -> str:
 
     device = cli.check_device(args.device)
     cli.check_output_paths(dirs={"--out": args.out, "--checkpoint-dir": None if args.no_checkpoints else args.checkpoint_dir})
+    if args.out:
+        for name in ("velocity_curves.png", "search_history.png"):  # what plot_study writes there
+            cli.check_output_paths(files={"--out": Path(args.out) / name})
     if args.timeout is not None:
         check_float("--timeout", args.timeout, positive=True)
     if args.trials is None and args.timeout is None and args.total_trials is None:
@@ -126,7 +130,8 @@ def _check_worker_flags(args: argparse.Namespace) -> str:
 def _worker(args: argparse.Namespace) -> int:
     import optuna
 
-    from ..optuna import StorageError, StudyNotFoundError, plot_study, redact_url, run_worker
+    from ..optuna import (StorageError, StudyNotFoundError, TrialLeft, plot_study, redact_url,
+                          run_worker)
 
     device = _check_worker_flags(args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -155,6 +160,9 @@ def _worker(args: argparse.Namespace) -> int:
         )
     except (StorageError, StudyNotFoundError) as e:
         raise cli.CLIError(str(e.args[0]) if e.args else str(e)) from None
+    except TrialLeft as e:  # a checkpoint or storage that failed: the trial waits, re-queued
+        print(f"neve-tune optuna: error: {e}", file=sys.stderr)
+        return 1
     except ValueError as e:
         raise ValueError(redact_url(args.storage, str(e))) from None
     if args.out:

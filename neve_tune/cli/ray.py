@@ -56,7 +56,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as resources allow)")
     r.add_argument("--storage-path", help="where results and checkpoints go; shared by all nodes on a cluster")
     r.add_argument("--name", help="experiment name (a folder under --storage-path)")
-    r.add_argument("--max-failures", type=int, default=0, help="retries of a failed trial from its last checkpoint")
+    r.add_argument("--max-failures", type=int,
+                   help="retries of a failed trial from its last checkpoint (-1: always; "
+                        "default: 2 with --address or on a Ray of several nodes, where a lost "
+                        "node fails its trials; else 0)")
     r.add_argument("--resume", action="store_true", help="restore --storage-path/--name with Tuner.restore and finish it")
     r.add_argument("--api", choices=APIS, default="tuner", help="tune.Tuner (default) or tune.run")
     cli.add_seed(r)
@@ -189,7 +192,11 @@ def _check_flags(args: argparse.Namespace, study: Any, resources: Any) -> None:
 
     check_int("--num-cpus", args.num_cpus, minimum=1, allow_none=True)
     check_int("--max-concurrent", args.max_concurrent, minimum=1, allow_none=True)
-    check_int("--max-failures", args.max_failures, minimum=-1)
+    check_int("--max-failures", args.max_failures, minimum=-1, allow_none=True)
+    if args.name is not None:
+        _check_name("--name", args.name)
+    if args.storage_path is not None:
+        _check_name("--storage-path", args.storage_path, folder=False)
     check_float("--reduction-factor", args.reduction_factor, low=1.0, low_open=True)
     check_seed("--seed", args.seed)
     for flag, value in (("--cpus-per-trial", args.cpus_per_trial), ("--gpus-per-trial", args.gpus_per_trial)):
@@ -202,12 +209,22 @@ def _check_flags(args: argparse.Namespace, study: Any, resources: Any) -> None:
                       neve_signal=args.neve_signal)
 
 
+def _check_name(flag: str, value: str, folder: bool = True) -> None:
+    """``--name`` is one plain folder name under --storage-path; a path's parts must fit."""
+    from .._names import check_folder_name, check_path_fits
+
+    try:
+        check_folder_name(flag, value) if folder else check_path_fits(flag, value)
+    except (TypeError, ValueError) as e:
+        raise cli.CLIError(str(e)) from None
+
+
 def _run(args: argparse.Namespace) -> int:
     """Run a Ray Tune search of a study file: NeVe-controlled trials, NeVeStopper and the
     NeVeASHAScheduler (or the validation ASHA baseline), on a local Ray or a cluster."""
     import ray
 
-    from ..ray import run_search, summarize
+    from ..ray import CLUSTER_MAX_FAILURES, run_search, summarize
 
     device = cli.check_device(args.device)
     cli.check_output_paths(files={"--json": args.json_path}, dirs={"--storage-path": args.storage_path})
@@ -224,6 +241,9 @@ def _run(args: argparse.Namespace) -> int:
     _check_flags(args, study, resources)  # all of them before ray.init: a bad flag costs no cluster start
     if args.address:
         check_address(args.address)  # before ray.init, which would retry for a minute
+    max_failures = args.max_failures
+    if max_failures is None and args.address:  # a lost node's trials resume from their checkpoints
+        max_failures = CLUSTER_MAX_FAILURES
     started = False
     if not ray.is_initialized():
         _init(ray, args.address, args.num_cpus)
@@ -240,7 +260,7 @@ def _run(args: argparse.Namespace) -> int:
             name=args.name,
             resources=resources,
             max_concurrent_trials=args.max_concurrent,
-            max_failures=args.max_failures,
+            max_failures=max_failures,
             min_resource=args.min_resource,
             neve_signal=args.neve_signal,
             reduction_factor=args.reduction_factor,

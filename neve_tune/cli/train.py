@@ -52,6 +52,10 @@ def _train(args: argparse.Namespace) -> int:
     device = cli.check_device(args.device)
     cli.check_output_paths(files={"--json": args.json_path, "--plot": args.plot, "--checkpoint": args.checkpoint},
                        dirs={"--out": args.out})
+    plot_path = _plot_path(args)
+    if plot_path and not args.plot:  # the implicit plot, checked before training like the flags
+        label = "--out (its history.png)" if args.out else "--json (the plot beside it)"
+        cli.check_output_paths(files={label: plot_path})
     if args.min_epochs is not None:
         check_int("--min-epochs", args.min_epochs, minimum=0)
     study = cli.study_from_args(args, data=args.data, model=args.model, min_epochs=args.min_epochs,
@@ -99,12 +103,6 @@ def _train(args: argparse.Namespace) -> int:
         f"train_samples={result.cost.train_samples} probe_samples={result.cost.probe_samples} "
         f"wall_s={result.cost.wall_s:.1f}"
     )
-    if args.plot:
-        plot_path: str | None = args.plot
-    elif args.out:
-        plot_path = str(Path(args.out) / "history.png")
-    else:
-        plot_path = str(Path(args.json_path).with_suffix(".png")) if args.json_path else None
     if args.json_path:
         write_json(args.json_path, result.to_dict())
         print(f"wrote {args.json_path}")
@@ -114,3 +112,12 @@ def _train(args: argparse.Namespace) -> int:
         plot_history(result.history, plot_path, title=f"{study.name}: lr={config['lr']:g}, threshold={config['threshold']:g}")
         print(f"wrote {plot_path}")
     return 0
+
+
+def _plot_path(args: argparse.Namespace) -> str | None:
+    """Where the history plot goes: --plot, else --out/history.png, else beside --json."""
+    if args.plot:
+        return str(args.plot)
+    if args.out:
+        return str(Path(args.out) / "history.png")
+    return str(Path(args.json_path).with_suffix(".png")) if args.json_path else None

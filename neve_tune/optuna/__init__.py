@@ -35,7 +35,7 @@ from ._plots import plot_study
 from ._pruner import SETTINGS_ATTR, NeVePruner
 from ._report import EPOCH_ATTR_PREFIX, epoch_key, report_epoch, trial_history
 from ._sampler import TrialSeededTPESampler
-from ._stop import WorkerInterrupted
+from ._stop import TrialLeft, WorkerInterrupted
 from ._storage import StorageError, make_storage, redact_url
 from ._worker import StudyNotFoundError, open_study, run_worker
 from ._search import search_trials
@@ -50,6 +50,7 @@ __all__ = [
     "StorageError",
     "StudyNotFoundError",
     "TrialSeededTPESampler",
+    "TrialLeft",
     "WorkerInterrupted",
     "checkpoint_path_for",
     "epoch_key",

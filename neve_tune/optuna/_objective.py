@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import re
 import socket
@@ -14,13 +15,15 @@ from typing import Any, Callable, Mapping
 import optuna
 import torch
 from optuna.trial import BaseTrial
+from sqlalchemy.exc import SQLAlchemyError
 
 from .._checks import check_choice
 from ..data import DataBundle
 from ..records import SEARCH_METHODS, Cost, TrialResult
 from ..space import Choice, IntUniform, LogUniform, Uniform
 from ..study import Study, load_study
-from ..train import load_checkpoint
+from ..checkpoint import CheckpointError, CheckpointWriteError, DamagedCheckpointError, first_line
+from ..train import load_checkpoint, warn_damaged
 from ..trial import run_trial
 from ._report import report_epoch, running_trial, trial_history
 from ._stop import Abandon, PoliteStop
@@ -29,6 +32,8 @@ __all__ = ["make_objective", "suggest_config", "checkpoint_path_for", "SUMMARY_A
 
 OBJECTIVE_METHODS = SEARCH_METHODS
 # user attributes a finished (COMPLETE or PRUNED) trial carries besides its epoch series
+# what a storage that takes no writes raises (Optuna wraps SQLAlchemy's errors on commit)
+STORAGE_WRITE_ERRORS = (SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError)
 SUMMARY_ATTRS = ("method", "seed", "stopped_by", "epochs", "objective", "best_epoch", "test_acc", "test_loss", "cost")
 
 
@@ -65,13 +70,21 @@ def _root_trial_number(trial: BaseTrial) -> int:
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "study"
+    """A folder name for a study name: other characters than letters, digits, ``._-``
+    become ``_``; a long one keeps its first 80 and a hash of the whole (a study name may
+    have 512 characters, a folder name 255 bytes)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "study"
+    if len(safe) > 100:
+        safe = f"{safe[:80]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return safe
 
 
 def checkpoint_path_for(checkpoint_dir: str | os.PathLike, trial: BaseTrial) -> Path:
     """Where ``trial`` checkpoints: ``checkpoint_dir/<study name>/trial_<n>.pt``, ``n``
     being the number of the trial it retries (if any), so a retry resumes from its
-    checkpoint. Workers on several machines need ``checkpoint_dir`` on shared storage."""
+    checkpoint. The study name becomes one folder name, whatever it holds (``/``, ``..``,
+    512 characters: see ``_safe``). Workers on several machines need ``checkpoint_dir``
+    on shared storage."""
     study = getattr(trial, "study", None)
     name = _safe(study.study_name) if study is not None else "study"
     return Path(checkpoint_dir) / name / f"trial_{_root_trial_number(trial):06d}.pt"
@@ -106,6 +119,10 @@ def make_objective(
     :func:`checkpoint_path_for`; a trial retried after its worker died
     (``RetryHeartbeatStaleTrialCallback``) resumes from that checkpoint and reports only
     the epochs its predecessor had not, so its velocity series is the uninterrupted one.
+    A damaged checkpoint (it fails its checksum) is logged in one line and removed, and the
+    trial starts over from epoch 0 (the same series again). A checkpoint that cannot be
+    written, or one of another run, makes the trial leave (:class:`~neve_tune.optuna.
+    _stop.TrialLeft` from :func:`~neve_tune.optuna.run_worker`, the trial re-queued).
     Temporary files a killed save left beside that checkpoint are removed first. The
     checkpoint is deleted when the trial finishes unless ``keep_checkpoints``.
 
@@ -150,6 +167,7 @@ class _TrialRun:
         self.cache: dict[str, DataBundle] = {}
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.current_trial: int | None = None  # the trial a polite stop left (None once it ended)
+        self.left: BaseException | None = None  # why the worker left current_trial, if not a signal
 
     def data(self) -> DataBundle:
         with self.lock:
@@ -163,6 +181,13 @@ class _TrialRun:
             value = self._train(trial)
         except Abandon:
             raise
+        except (CheckpointError, CheckpointWriteError, *STORAGE_WRITE_ERRORS) as e:
+            # its checkpoint or the storage cannot be written, or the checkpoint is no run's
+            # of this trial: failing it here (a traceback, a lost trial; Optuna's own FAIL
+            # write fails too on a full disk) would not help; the worker re-queues it
+            ours = isinstance(e, (CheckpointError, CheckpointWriteError))
+            self.left = e if ours else _storage_error(e)
+            raise Abandon() from None
         except BaseException:
             self.current_trial = None
             raise
@@ -215,7 +240,12 @@ class _TrialRun:
         (report_epoch skips the others), then judge them once."""
         if ckpt is None or not ckpt.exists():
             return
-        history = list(load_checkpoint(ckpt).get("history", []))
+        try:
+            history = list(load_checkpoint(ckpt).get("history", []))
+        except DamagedCheckpointError as e:  # never resumed from: the trial starts over
+            warn_damaged(e)
+            ckpt.unlink(missing_ok=True)
+            return
         for m in history:
             report_epoch(trial, m, signal=self.signal)
         if history:
@@ -235,6 +265,12 @@ class _TrialRun:
             trial.set_user_attr(key, value)
         _drop(ckpt, self.keep)
         return float(record.objective)
+
+
+def _storage_error(error: BaseException) -> RuntimeError:
+    """A storage error mid-trial in one line (SQLAlchemy's own text spans several)."""
+    cause = first_line(error.__cause__ or error, 200)
+    return RuntimeError(f"the storage failed mid-trial ({cause})")
 
 
 def _drop(ckpt: Path | None, keep: bool) -> None:

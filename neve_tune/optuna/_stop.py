@@ -26,7 +26,7 @@ import signal
 import threading
 from typing import Any, Iterator
 
-__all__ = ["PoliteStop", "WorkerInterrupted", "Abandon"]
+__all__ = ["PoliteStop", "WorkerInterrupted", "Abandon", "TrialLeft"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -49,6 +49,30 @@ class WorkerInterrupted(KeyboardInterrupt):
         kept = f"checkpoint kept at epoch {self.epochs}" if self.epochs else "no epoch finished"
         where = f"re-queued as trial {self.retry}" if self.retry is not None else "not re-queued (retries used up)"
         return f"stopped by {self.signal_name}: trial {self.trial} {where}, {kept}"
+
+
+class TrialLeft(RuntimeError):
+    """A worker that stopped because its running trial could not go on with its
+    checkpoint: one that cannot be written (disk full, read-only folder) or that belongs
+    to no run of this trial, or a storage that stopped taking writes (disk full). The
+    trial was marked FAIL and re-queued like after a polite stop, so once the cause is
+    fixed the next worker resumes it from its checkpoint (``stored`` False: the storage
+    refused even that, and the trial waits RUNNING for the heartbeat's retry).
+    ``cause`` is the error, ``trial``/``retry``/``epochs`` as for :class:`WorkerInterrupted`."""
+
+    def __init__(self, cause: BaseException, trial: int, retry: int | None = None, epochs: int = 0,
+                 stored: bool = True) -> None:
+        super().__init__(str(cause))
+        self.cause, self.trial, self.retry, self.epochs = cause, trial, retry, epochs
+        self.stored = stored
+
+    def __str__(self) -> str:
+        if not self.stored:  # the storage itself refused the FAIL: the heartbeat retries the trial
+            return (f"{self.cause}; trial {self.trial} left RUNNING (the storage takes no writes): "
+                    "a worker with heartbeats retries it once it does")
+        where = f"re-queued as trial {self.retry}" if self.retry is not None else "not re-queued (retries used up)"
+        kept = f"checkpoint kept at epoch {self.epochs}" if self.epochs else "no epoch finished"
+        return f"{self.cause}; trial {self.trial} {where}, {kept}"
 
 
 class Abandon(BaseException):

@@ -17,6 +17,11 @@ The rules :func:`run_worker` follows (``neve-tune optuna worker`` on each machin
 - **Polite stops**: SIGINT/SIGTERM leave the running trial with its checkpoint and
   re-queue it at once (:mod:`neve_tune.optuna._stop`), then :class:`WorkerInterrupted`
   (a ``KeyboardInterrupt``) is raised.
+- **Checkpoints that fail**: a checkpoint that cannot be written (disk full, read-only
+  folder) or that is no run's of the trial stops the worker the same way: the trial is
+  failed and re-queued, then :class:`~neve_tune.optuna._stop.TrialLeft` says why in one
+  line. A damaged checkpoint (it fails its checksum) is not resumed from: the trial
+  starts over from epoch 0.
 """
 
 from __future__ import annotations
@@ -33,14 +38,15 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from .._checks import check_choice, check_device, check_float, check_int, check_seed
+from ..checkpoint import first_line
 from ..study import Study, load_study
 from ..trial import resolve_device
-from ._objective import OBJECTIVE_METHODS, make_objective
+from ._objective import OBJECTIVE_METHODS, STORAGE_WRITE_ERRORS, make_objective
 from ._pruner import SETTINGS_ATTR, NeVePruner
 from ._sampler import TrialSeededTPESampler
 from ._selection import pick_trial
-from ._stop import Abandon, PoliteStop, WorkerInterrupted
-from ._storage import make_storage, redact_url, storage_kind
+from ._stop import Abandon, PoliteStop, TrialLeft, WorkerInterrupted
+from ._storage import StorageError, make_storage, redact_url, storage_kind
 
 __all__ = ["run_worker", "open_study", "StudyNotFoundError", "METHOD_ATTR", "format_trial", "check_direction",
            "WorkerInterrupted"]
@@ -150,7 +156,8 @@ def run_worker(
     ``grace_period`` is the deprecated name of ``heartbeat_grace_period``. Every argument
     is checked before any storage or data is touched. Raises :class:`StorageError`,
     :class:`StudyNotFoundError`, ``ValueError``, ``FileNotFoundError``; and
-    :class:`WorkerInterrupted` after a polite stop.
+    :class:`WorkerInterrupted` after a polite stop, :class:`~neve_tune.optuna._stop.TrialLeft`
+    when a checkpoint could not be written.
 
     Example::
 
@@ -167,10 +174,10 @@ def run_worker(
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
     data = study.load_data()  # fail here, not inside a trial, when the data set is missing
-    search = open_study(study_name or study.name, storage, create=create, direction=direction,
-                        sampler=_sampler(sampler_seed), heartbeat_interval=heartbeat_interval,
-                        heartbeat_grace_period=heartbeat_grace_period, max_retry=max_retry)
-    _check_search(search, method)
+    search = _writable_study(study_name or study.name, storage, method, create=create,
+                             direction=direction, sampler=_sampler(sampler_seed),
+                             heartbeat_interval=heartbeat_interval,
+                             heartbeat_grace_period=heartbeat_grace_period, max_retry=max_retry)
     search.pruner = _pruner(search, method, pruner, pruner_options, study)
     if checkpoint_dir is None and storage_kind(storage) == "rdb" and heartbeat_interval is not None and log:
         log("note: no checkpoint directory, so a retried trial restarts from epoch 0 (pass --checkpoint-dir)")
@@ -187,6 +194,20 @@ def run_worker(
     if log:
         log(_closing_line(search, len(mine), time.perf_counter() - t0,
                           study.selection if method == "neve" else "objective"))
+    return search
+
+
+def _writable_study(name: str, storage: str | None, method: str,
+                    **open_kwargs: Any) -> optuna.Study:
+    """:func:`open_study`, checked (:func:`_check_search`) and written to once, so a
+    read-only or full database is a :class:`StorageError` before any trial."""
+    try:
+        search = open_study(name, storage, **open_kwargs)
+        _check_search(search, method)
+        search.set_user_attr(METHOD_ATTR, method)  # one write now: a read-only storage fails here
+    except STORAGE_WRITE_ERRORS as e:  # read-only or full database file, unwritable journal
+        raise StorageError(f"storage {redact_url(storage)!r} cannot be written: "
+                           f"{redact_url(storage, first_line(e.__cause__ or e, 200))}") from None
     return search
 
 
@@ -285,11 +306,26 @@ def _optimize(search: optuna.Study, objective: Callable[[optuna.Trial], float], 
             search.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=callbacks, gc_after_trial=False)
         except Abandon:
             pass
-    if not stop.requested:
+    left = getattr(objective, "left", None)
+    if not stop.requested and left is None:
         return
     number = getattr(objective, "current_trial", None)
     if number is None or search.get_trials(deepcopy=False)[number].state != TrialState.RUNNING:
         raise WorkerInterrupted(stop.signal_name or "a signal")
+    try:
+        retry, epochs = _requeue(search, number, max_retry)
+    except STORAGE_WRITE_ERRORS:  # the storage takes no writes (full disk)
+        if left is None:
+            raise
+        raise TrialLeft(left, number, stored=False) from None
+    if left is not None:
+        raise TrialLeft(left, number, retry, epochs)
+    raise WorkerInterrupted(stop.signal_name or "a signal", number, retry, epochs)
+
+
+def _requeue(search: optuna.Study, number: int, max_retry: int | None) -> tuple[int | None, int]:
+    """Fail the running trial ``number`` and re-queue it with the heartbeat's retry
+    callback; (the retry's number or None, the epochs it reported)."""
     search.tell(number, state=TrialState.FAIL)
     failed = search.get_trials(deepcopy=False)[number]
     before = {t.number for t in search.get_trials(deepcopy=False)}
@@ -297,11 +333,7 @@ def _optimize(search: optuna.Study, objective: Callable[[optuna.Trial], float], 
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)(search, failed)
     added = sorted({t.number for t in search.get_trials(deepcopy=False)} - before)
-    epochs = max(failed.intermediate_values, default=0)
-    raise WorkerInterrupted(stop.signal_name or "a signal", number, added[0] if added else None, epochs)
-
-
-
+    return (added[0] if added else None), max(failed.intermediate_values, default=0)
 
 
 def _closing_line(search: optuna.Study, ran: int, seconds: float, selection: str = "objective") -> str:

@@ -26,16 +26,19 @@ Example::
 from ._scheduler import NeVeASHAScheduler, NeVeASHAStateCallback
 from ._report import report_epoch
 from ._stopper import NeVeStopper, velocity_verdict
-from ._search import asha_scheduler, run_search, search_trials, summarize
+from ._search import (CLUSTER_MAX_FAILURES, asha_scheduler, default_max_failures, run_search,
+                      search_trials, summarize)
 from ._trainable import check_resources, check_resources_available, neve_trainable, reported_metrics, to_ray_space
 
 __all__ = [
+    "CLUSTER_MAX_FAILURES",
     "NeVeASHAScheduler",
     "NeVeASHAStateCallback",
     "NeVeStopper",
     "asha_scheduler",
     "check_resources",
     "check_resources_available",
+    "default_max_failures",
     "neve_trainable",
     "report_epoch",
     "reported_metrics",

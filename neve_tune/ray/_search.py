@@ -16,6 +16,7 @@ from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from .._checks import check_choice, check_float, check_int, check_seed
+from .._names import check_folder_name, check_path_fits, shown
 from ..compare._records import SearchTrial, rank_by_consensus
 from ..records import SCHEDULERS, Cost, val_metric_key
 from ..study import Study, load_study
@@ -23,9 +24,11 @@ from ._scheduler import NeVeASHAScheduler
 from ._stopper import NeVeStopper
 from ._trainable import TRAINABLE_METHODS, check_resources, check_resources_available, neve_trainable, reported_metrics, to_ray_space
 
-__all__ = ["APIS", "SCHEDULERS", "asha_scheduler", "check_search_args", "run_search", "search_trials", "summarize"]
+__all__ = ["APIS", "CLUSTER_MAX_FAILURES", "SCHEDULERS", "asha_scheduler", "check_search_args",
+           "default_max_failures", "run_search", "search_trials", "summarize"]
 
 APIS = ("tuner", "run")
+CLUSTER_MAX_FAILURES = 2  # retries of a trial on a multi-node cluster: survives a lost node, twice
 
 
 def asha_scheduler(study: "Study | str | os.PathLike", **overrides: Any) -> Any:
@@ -99,7 +102,8 @@ def run_search(
     study: "Study | str | os.PathLike", *, method: str = "neve", num_samples: int = 8, scheduler: str = "auto",
     stopper: bool | NeVeStopper = True, seed: int = 0, storage_path: str | os.PathLike | None = None,
     name: str | None = None, resources: Mapping[str, float] | None = None, max_concurrent_trials: int | None = None,
-    max_failures: int = 0, min_resource: int | None = None, reduction_factor: float = 4, api: str = "tuner",
+    max_failures: int | None = None, min_resource: int | None = None, reduction_factor: float = 4,
+    api: str = "tuner",
     resume: bool = False, device: str | None = None, callbacks: list | None = None, reuse_actors: bool = True,
     verbose: int = 0, data: Any = None, model_fn: Any = None, neve_signal: str | None = None,
     grace_period: int | None = None,
@@ -117,6 +121,11 @@ def run_search(
     configurations; not TPE, unlike the Optuna backend); trial ``i`` trains with seed
     ``seed``. ``storage_path`` must be shared by every node on a cluster. ``data``/
     ``model_fn`` replace the study's data set and model (see :func:`neve_trainable`).
+    ``max_failures``: retries of a failed trial from its last checkpoint (Tune's
+    ``FailureConfig``; -1: always); default (None) :func:`default_max_failures`: 2 on a
+    cluster of several nodes, where a lost node fails the trials it ran, 0 on one machine.
+    ``name`` (the experiment folder under ``storage_path``) and the study's name must be
+    plain folder names (:func:`neve_tune._names.check_folder_name`).
     ``resume=True`` restores the experiment ``storage_path/name`` with ``Tuner.restore``
     and finishes it. ``reuse_actors`` (on by default) keeps trial processes between
     trials: a fresh one spends seconds importing torch (see ``benchmarks/ray_trials.py``).
@@ -134,6 +143,7 @@ def run_search(
     if not ray.is_initialized():
         ray.init(address="local", include_dashboard=False)
     check_resources_available(res)
+    max_failures = default_max_failures() if max_failures is None else max_failures
     trainable = neve_trainable(study, method=method, seed=seed, device=device, resources=res, data=data, model_fn=model_fn)
     sched = _scheduler(scheduler, study, method, min_resource, reduction_factor, neve_signal)
     storage = str(Path(storage_path).resolve()) if storage_path is not None else None
@@ -150,6 +160,14 @@ def run_search(
                reuse_actors=reuse_actors, callbacks=cbs, verbose=verbose)
 
 
+def default_max_failures() -> int:
+    """:data:`CLUSTER_MAX_FAILURES` when the connected Ray has more than one alive node (a
+    node lost mid-search fails its trials, which then resume from their checkpoints), 0 on
+    one machine (there a failure is the trial's own error: retrying repeats it)."""
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    return CLUSTER_MAX_FAILURES if len(alive) > 1 else 0
+
+
 def _renamed_min_resource(grace_period: int | None, min_resource: int | None) -> int:
     if grace_period is None:
         return 1 if min_resource is None else min_resource
@@ -161,7 +179,8 @@ def _renamed_min_resource(grace_period: int | None, min_resource: int | None) ->
 
 def check_search_args(study: Study, *, method: str = "neve", num_samples: int = 8, scheduler: str = "auto",
                       seed: int = 0, resources: Mapping[str, float] | None = None,
-                      max_concurrent_trials: int | None = None, max_failures: int = 0, min_resource: int = 1,
+                      max_concurrent_trials: int | None = None, max_failures: int | None = None,
+                      min_resource: int = 1,
                       reduction_factor: float = 4, api: str = "tuner", neve_signal: str | None = None,
                       resume: bool = False, storage_path: Any = None, name: str | None = None) -> dict[str, float]:
     """Every argument of :func:`run_search` that can be judged without Ray, each error
@@ -175,7 +194,13 @@ def check_search_args(study: Study, *, method: str = "neve", num_samples: int = 
     check_int("num_samples", num_samples, minimum=1)
     check_int("min_resource", min_resource, minimum=1)
     check_float("reduction_factor", reduction_factor, low=1.0, low_open=True)
-    check_int("max_failures", max_failures, minimum=-1)
+    check_int("max_failures", max_failures, minimum=-1, allow_none=True)
+    check_folder_name(f"study {shown(study.name)}'s name (it names the trials' folders)",
+                      study.name)
+    if name is not None:
+        check_folder_name("name", name)
+    if storage_path is not None:
+        check_path_fits("storage_path", storage_path)
     check_int("max_concurrent_trials", max_concurrent_trials, minimum=1, allow_none=True)
     check_seed("seed", seed)
     _scheduler(scheduler, study, method, min_resource, reduction_factor, neve_signal, build=False)

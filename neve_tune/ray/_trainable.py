@@ -3,11 +3,15 @@
 Every epoch it reports the metric names (:data:`neve_tune.records.METRIC_NAMES`) with ``tune.report`` together with a
 ``tune.Checkpoint`` holding the whole trial state (model, optimizer, controller with the
 velocity state, history, cost counters, RNG); a restarted or retried trial resumes from
-``tune.get_checkpoint()`` and continues the same velocity series.
+``tune.get_checkpoint()`` and continues the same velocity series. A damaged checkpoint
+(it fails its checksum) is not resumed from: the trial starts over from epoch 0 and
+reports only the epochs after those Tune already has, so ``training_iteration`` and the
+series stay those of an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -35,6 +39,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FILE = "neve_trial.pt"
+EPOCH_FILE = "neve_epoch.json"  # beside it in a Tune checkpoint: the epoch reported with it
 # keys of the last result of a trial that ran to its end (the test set is read only there)
 SUMMARY_KEYS = ("test_acc", "test_loss", "objective", "stopped_by", "epochs", "best_epoch", "epochs_equiv", "wall_s")
 TRAINABLE_METHODS = SEARCH_METHODS
@@ -152,11 +157,21 @@ def _summary(result: TrialResult) -> dict[str, Any]:
 
 
 def _report(metrics: dict[str, Any], checkpoint_file: Path) -> None:
-    """``tune.report`` with a copy of the trial's checkpoint file (Tune persists it to the
-    run's storage during the call, so the copy can go right after)."""
+    """``tune.report`` with a copy of the trial's checkpoint file and the epoch it reports
+    (:data:`EPOCH_FILE`; Tune persists both to the run's storage during the call, so the
+    copy can go right after)."""
     with tempfile.TemporaryDirectory(prefix="neve_ckpt_") as d:
         shutil.copy2(checkpoint_file, Path(d, CHECKPOINT_FILE))
+        Path(d, EPOCH_FILE).write_text(json.dumps({"epoch": int(metrics["epoch"])}))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _reported_epoch(folder: str) -> int:
+    """The epoch a Tune checkpoint was reported with (0 when it does not say)."""
+    try:
+        return int(json.loads(Path(folder, EPOCH_FILE).read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def _set_threads() -> None:
@@ -182,6 +197,7 @@ def _make_train_fn(
         workdir = Path(tempfile.mkdtemp(prefix="neve_trial_"))
         local = workdir / CHECKPOINT_FILE
         last: dict[str, Any] = {}
+        reported = 0  # epochs Tune has results of: a run started over does not report them again
         try:
             checkpoint = tune.get_checkpoint()
             if checkpoint is not None:
@@ -190,8 +206,11 @@ def _make_train_fn(
                     if not src.is_file():
                         raise FileNotFoundError(f"checkpoint {checkpoint.path} has no {CHECKPOINT_FILE}: not a neve_trainable checkpoint")
                     shutil.copy2(src, local)
+                    reported = _reported_epoch(d)
 
             def on_epoch(m: dict[str, Any]) -> None:
+                if m["epoch"] <= reported and m["stopped_by"] is None:
+                    return  # a damaged checkpoint: fit started over; Tune has this epoch already
                 cost = Cost.from_dict(m)
                 metrics = dict(m, epochs_equiv=cost.epochs_equiv(len(bundle.train)), node_id=node_id)
                 del metrics["stopped_by"]  # reported with the summary, on the last epoch only

@@ -1,0 +1,101 @@
+"""How many times a Ray trial is retried from its checkpoint when nobody says: on a
+cluster (``--address``, or a Ray of several nodes) 2, so a lost node costs no trial; on
+one machine 0. And what a trial asking for a share of a GPU requests from Ray. No Ray is
+started here: the search and ``ray.init`` are stand-ins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytest.importorskip("ray.tune")
+
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+import neve_tune.ray as neve_ray  # noqa: E402
+import neve_tune.ray._search as search_module  # noqa: E402
+from neve_tune.cli import main  # noqa: E402
+from neve_tune.cli import ray as ray_cli  # noqa: E402
+from neve_tune.ray import CLUSTER_MAX_FAILURES, default_max_failures, neve_trainable  # noqa: E402
+
+ARGS = ["ray", "run", "digits", "--trials", "1", "--max-epochs", "1"]
+
+
+def _nodes(*alive: bool) -> list[dict[str, Any]]:
+    return [{"Alive": a, "Resources": {"CPU": 1.0}} for a in alive]
+
+
+@pytest.mark.parametrize(
+    "alive, expected", [((True,), 0), ((True, False), 0), ((True, True), CLUSTER_MAX_FAILURES)]
+)
+def test_the_default_retries_follow_the_alive_nodes(alive, expected, monkeypatch) -> None:
+    monkeypatch.setattr(ray, "nodes", lambda: _nodes(*alive))
+    assert default_max_failures() == expected
+    assert CLUSTER_MAX_FAILURES == 2
+
+
+@pytest.fixture
+def searches(monkeypatch) -> list[dict[str, Any]]:
+    """The ``run_search`` calls ``neve-tune ray run`` makes (Ray itself is not started)."""
+    calls: list[dict[str, Any]] = []
+
+    def run_search(study: Any, **kw: Any) -> Any:
+        calls.append(kw)
+        return "results"
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray_cli, "check_address", lambda address: None)
+    monkeypatch.setattr(neve_ray, "run_search", run_search)
+    monkeypatch.setattr(
+        neve_ray,
+        "summarize",
+        lambda results, selection: {
+            "trials": [],
+            "errors": 0,
+            "total_epochs_equiv": 0.0,
+            "best": None,
+        },
+    )
+    return calls
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], None),  # run_search decides: 0 on the local Ray of one node
+        (["--address", "10.0.0.5:6379"], CLUSTER_MAX_FAILURES),
+        (["--address", "10.0.0.5:6379", "--max-failures", "0"], 0),  # said explicitly: kept
+        (["--max-failures", "-1"], -1),
+    ],
+)
+def test_ray_run_retries_trials_on_a_cluster_by_default(flags, expected, searches, capsys) -> None:
+    assert main([*ARGS, *flags]) == 0
+    assert [c["max_failures"] for c in searches] == [expected]
+
+
+def test_run_search_fills_in_the_default_from_the_cluster(monkeypatch) -> None:
+    """``max_failures=None`` becomes :func:`default_max_failures` of the connected Ray,
+    passed to Tune's ``FailureConfig``."""
+    given: list[int] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "nodes", lambda: _nodes(True, True))
+    monkeypatch.setattr(
+        search_module, "_tuner_api", lambda *a, max_failures, **k: given.append(max_failures)
+    )
+    neve_ray.run_search("digits", num_samples=1)
+    neve_ray.run_search("digits", num_samples=1, max_failures=0)
+    assert given == [CLUSTER_MAX_FAILURES, 0]
+
+
+def test_a_fractional_gpu_trial_asks_ray_for_a_gpu_share() -> None:
+    """``{"gpu": 0.5}``: Tune's placement request holds ``GPU: 0.5``, so Ray places the
+    trial only on a node that declares GPUs (``ray start --num-gpus=N``), two per GPU."""
+    request = neve_trainable(
+        "digits", resources={"cpu": 1, "gpu": 0.5}
+    )._resources  # set by tune.with_resources
+    assert isinstance(request, tune.PlacementGroupFactory)
+    assert request.required_resources == {"CPU": 1.0, "GPU": 0.5}
+    cpu_only = neve_trainable("digits", resources={"cpu": 1})._resources
+    assert "GPU" not in cpu_only.required_resources or cpu_only.required_resources["GPU"] == 0
