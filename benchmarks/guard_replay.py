@@ -219,9 +219,11 @@ def guard_settled(rows: list[dict[str, Any]], n: int, patience: int = 3, window:
             continue
         level = sum(series[-window:]) / window
         misfit = _misfit(r, n)
-        if (best is None or level < best) and level <= settle * misfit:
+        if best is None or level < best:
             best, best_epoch, best_misfit = level, r["epoch"], misfit
-        if best is not None and r["epoch"] - best_epoch >= patience and misfit <= (1 - memorise) * best_misfit:
+            continue
+        settled = best < settle * best_misfit
+        if settled and r["epoch"] - best_epoch >= patience and misfit <= (1 - memorise) * best_misfit:
             return r["epoch"], best_epoch
     return None
 
@@ -254,6 +256,9 @@ GUARDS: dict[str, Callable[..., tuple[int, int] | None] | None] = {
     "s.5+t.2": lambda rows, n: guard_settled(rows, n, settle=0.5, memorise=0.2),
     "p6+s.5+t.1": lambda rows, n: guard_settled(rows, n, patience=6, settle=0.5, memorise=0.1),
     "s1+t.1": lambda rows, n: guard_settled(rows, n, settle=1.0, memorise=0.1),
+    "s.75+t.1": lambda rows, n: guard_settled(rows, n, settle=0.75, memorise=0.1),
+    "s1+t.05": lambda rows, n: guard_settled(rows, n, settle=1.0, memorise=0.05),
+    "turn.05": lambda rows, n: guard_settled(rows, n, settle=1e9, memorise=0.05),
 }
 
 

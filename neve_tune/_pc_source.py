@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .prediction_changes import PredictionChanges, SubsetPredictionChanges, eval_forward
+from .prediction_changes import LABEL_KEYS, PredictionChanges, SubsetPredictionChanges, eval_forward
 
 __all__ = ["PCSource", "SUBSET_SIZE", "batch_labels"]
 
@@ -78,14 +78,14 @@ class PCSource:
 
 
 def batch_labels(batch: Any) -> torch.Tensor | None:
-    """The labels of a training batch: a tuple's second entry, a dict's ``"labels"`` /
-    ``"label"`` / ``"y"``; None where the batch holds none (the guard then says what to pass).
+    """The labels of a training batch: a tuple's second entry, a dict's ``LABEL_KEYS``
+    entry; None where the batch holds none (the guard then says what to pass).
 
     >>> batch_labels((torch.zeros(2, 3), torch.tensor([1, 0]), torch.tensor([5, 6]))).tolist()
     [1, 0]
     """
     if isinstance(batch, dict):
-        found = next((batch[k] for k in ("labels", "label", "y") if k in batch), None)
+        found = next((batch[k] for k in LABEL_KEYS if k in batch), None)
     elif isinstance(batch, (tuple, list)) and len(batch) >= 2:
         found = batch[1]
     else:

@@ -98,10 +98,10 @@ class NeVe(_Stoppable):
        - ``"prediction_changes"``: the memorisation guard (``pc_patience`` set;
          :class:`~neve_tune.guard.MemorisationGuard`): the moving average over
          ``pc_window`` epochs of the training examples whose predicted class changed
-         (``prediction_changes``) had a settled minimum (below half the examples whose
-         predicted class is not their label, ``unfit``), has not reached a new one for
-         ``pc_patience`` epochs, and the network has since fitted a tenth of the labels
-         it refused there (Label Wave, with evidence of memorisation); with
+         (``prediction_changes``) has not reached a new minimum for ``pc_patience``
+         epochs, that minimum was settled (fewer changes than examples whose predicted
+         class is not their label, ``unfit``), and the network has since fitted a tenth
+         of the labels it refused there (Label Wave, with evidence of memorisation); with
          ``pc_restore`` the model's weights of the epoch of that minimum
          (``pc_best_epoch``) are put back, since the epochs after it memorise;
        - ``"stalled"``: either stop above (or the ``max_epochs`` cap) on a run that did not

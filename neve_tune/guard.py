@@ -8,11 +8,11 @@ A network still learning (a slow start, a small set, a high learning rate) also 
 so a turn in the count alone is not evidence. :class:`MemorisationGuard` asks for two
 more facts, both from the same examples the count is taken on:
 
-1. **settled**: at the minimum it keeps, the predictions are stable while some labels
-   are still not fitted: the moving average of the changes is below ``settle`` times
-   ``unfit`` (the examples whose predicted class is not their label). A learning run
-   changes many predictions for each label it does not fit yet; a clean run that fits
-   every label has nothing left to memorise;
+1. **settled**: at the minimum it keeps, fewer predictions change than there are labels
+   the network does not fit (``unfit``: the examples whose predicted class is not their
+   label), times ``settle``: the network refuses some labels, and refuses them stably.
+   A network still learning changes more predictions than it has labels left to fit; a
+   clean run that fits every label has nothing left to memorise;
 2. **memorising**: when it stops, ``patience`` or more epochs after that minimum, the
    network has since fitted labels it refused there: ``unfit`` has fallen by at least
    ``memorise`` times its value at the minimum.
@@ -25,8 +25,8 @@ memorisation guard, measured").
     >>> series = [(1, None, 600), (2, 300, 400), (3, 40, 300), (4, 60, 290), (5, 90, 240)]
     >>> [guard.update(epoch, changes, unfit) for epoch, changes, unfit in series]
     [False, False, False, False, True]
-    >>> guard.best_epoch
-    3
+    >>> guard.best_epoch, guard.settled     # 40 changes against 300 refused labels
+    (3, True)
 """
 
 from __future__ import annotations
@@ -37,15 +37,15 @@ from ._checks import check_float, check_int
 
 __all__ = ["MemorisationGuard"]
 
-#: the moving average of changes at a kept minimum is below this share of the unfit labels
-SETTLE = 0.5
+#: the moving average of changes at the minimum is below this share of the unfit labels
+SETTLE = 1.0
 #: at the stop, the unfit labels have fallen by this share since the minimum
 MEMORISE = 0.1
 
 
 class MemorisationGuard:
-    """Stops once the network memorises: after a settled minimum of the prediction
-    changes, ``patience`` epochs without a new one and the refused labels being fitted.
+    """Stops once the network memorises: ``patience`` epochs without a new minimum of the
+    prediction changes, that minimum settled, and the labels refused there being fitted.
 
     :meth:`update` takes, after each epoch, the epoch number, ``prediction_changes`` (None
     on the first epoch) and ``unfit``, counted on the same examples; it returns whether the
@@ -55,7 +55,7 @@ class MemorisationGuard:
     Args:
         patience: epochs after the kept minimum before a stop may fire (``pc_patience``).
         window: epochs in the moving average of the changes (``pc_window``).
-        settle: a minimum is kept only where that average is below ``settle * unfit``.
+        settle: the minimum counts only where that average is below ``settle * unfit``.
         memorise: the stop needs ``unfit <= (1 - memorise) * unfit`` at the minimum.
     """
 
@@ -79,19 +79,26 @@ class MemorisationGuard:
 
     def update(self, epoch: int, prediction_changes: float | None, unfit: float | None) -> bool:
         """Record one epoch; whether the run memorises and should stop now. The first
-        epoch's count is None (nothing to compare with) and is skipped."""
+        epoch's count is None (nothing to compare with) and is skipped. :attr:`kept` tells
+        whether this epoch became the minimum (its weights are the ones to restore)."""
+        self.kept = False
         if prediction_changes is None:
             return False
         self.series.append(float(prediction_changes))
         level = self.level()
         if level is None or unfit is None:
             return False
-        if (self.best is None or level < self.best) and level < self.settle * unfit:
+        if self.best is None or level < self.best:
             self.best, self.best_epoch, self.best_unfit = level, epoch, float(unfit)
             self.kept = True
             return False
-        return (self.best is not None and epoch - self.best_epoch >= self.patience
+        return (self.settled and epoch - self.best_epoch >= self.patience
                 and unfit <= (1.0 - self.memorise) * self.best_unfit)
+
+    @property
+    def settled(self) -> bool:
+        """Whether the kept minimum is settled (rule 1)."""
+        return self.best is not None and self.best < self.settle * self.best_unfit
 
     def state_dict(self) -> dict[str, Any]:
         return {"series": list(self.series), "best": self.best, "best_epoch": self.best_epoch,

@@ -36,6 +36,8 @@ __all__ = ["PREDICTION_CHANGES", "PredictionChanges", "SubsetPredictionChanges",
 
 #: where fit counts prediction changes: in the training pass, or on a fixed subset
 PREDICTION_CHANGES = ("in_pass", "subset")
+#: where a dict item or batch holds its labels (the unfit count needs them)
+LABEL_KEYS = ("labels", "label", "y")
 
 Forward = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -230,7 +232,7 @@ class SubsetPredictionChanges:
         with ``seed`` (all of them when it has fewer), in a fixed order. Each item is an
         ``(x, y)`` tuple (``input_key=0`` picks ``x``) or a dict (``input_key`` names the
         input, or ``None`` keeps every entry but ``"labels"``/``"label"`` and strings).
-        The labels (``y``, or a dict's ``"labels"``/``"label"``) are kept too, so
+        The labels (``y``, or a dict's :data:`LABEL_KEYS`) are kept too, so
         :meth:`measure` also counts :attr:`unfit`."""
         k = check_int("num_examples", num_examples, minimum=1)
         n = len(dataset)  # type: ignore[arg-type]
@@ -317,9 +319,9 @@ def _check_labels(labels: Any, k: int) -> torch.Tensor:
 
 def _pick_label(item: Any, input_key: Any) -> Any:
     """The label of a data set item (a tuple's entry after the input, a dict's
-    ``"labels"``/``"label"``), as an int; None where it has none."""
+    :data:`LABEL_KEYS`), as an int; None where it has none."""
     if isinstance(item, Mapping):
-        label = item.get("labels", item.get("label"))
+        label = next((item[k] for k in LABEL_KEYS if k in item), None)
     elif isinstance(item, (tuple, list)) and input_key == 0 and len(item) >= 2:
         label = item[1]
     else:
