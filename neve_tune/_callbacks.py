@@ -19,7 +19,7 @@ import torch
 
 from ._checks import check_float, check_int
 from ._forward import check_probe_target
-from .control import NeVe
+from .control import NeVe, auto_patience, resolve_patience
 from .prediction_changes import PredictionChanges, SubsetPredictionChanges
 
 __all__ = ["CallbackSettings", "auto_patience", "check_controller_options", "check_trial"]
@@ -30,15 +30,6 @@ _OWN = {"self", "optimizer", "velocity", "threshold"}
 STUDY_DEFAULTS: dict[str, Any] = {"patience": "auto", "threshold_mode": "relative", "pc_patience": 3, "pc_window": 3,
                                   "pc_restore": True}
 DEFAULT_THRESHOLD = 1e-2  # the studies' default: with threshold_mode="relative", V / peak V < 1e-2
-
-
-def auto_patience(max_epochs: int) -> int:
-    """``patience="auto"``: ``max(2, max_epochs // 20)`` epochs, as ``Study(lr_patience="auto")``.
-
-    >>> auto_patience(60), auto_patience(250), auto_patience(10)
-    (3, 12, 2)
-    """
-    return max(2, int(max_epochs) // 20)
 
 
 def check_controller_options(options: Mapping[str, Any], who: str) -> None:
@@ -125,8 +116,7 @@ class CallbackSettings:
         self.layers = layers
         self.probe_module, self.probe_fn, self.verbose = probe_module, probe_fn, verbose
         options = {**STUDY_DEFAULTS, **controller_options}
-        if options["patience"] != "auto":
-            check_int("patience", options["patience"], minimum=0)
+        resolve_patience(options["patience"], 100)  # checked here, resolved against the run's budget
         check_int("pc_patience", options["pc_patience"], minimum=1, allow_none=True)
         self.prediction_changes = self._check_source(prediction_changes)
         self.source_spec = _check_guard(options, self.prediction_changes, set(controller_options), who)
@@ -148,8 +138,7 @@ class CallbackSettings:
         options = dict(self.controller_options)
         if "max_epochs" not in options and max_epochs is not None:
             options["max_epochs"] = max(1, int(max_epochs))
-        if options["patience"] == "auto":
-            options["patience"] = auto_patience(options.get("max_epochs", 100))
+        options["patience"] = resolve_patience(options["patience"], options.get("max_epochs", 100))
         return options
 
     def stop_line(self, unit: str = "epoch") -> str:
