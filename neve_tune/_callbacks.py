@@ -13,6 +13,7 @@ the callback is built; one it cannot honour is refused there, never accepted and
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Mapping
 
 import torch
@@ -22,7 +23,7 @@ from ._forward import check_probe_target
 from .control import NeVe, auto_patience, resolve_patience
 from .prediction_changes import PredictionChanges, SubsetPredictionChanges
 
-__all__ = ["CallbackSettings", "auto_patience", "check_controller_options", "check_trial"]
+__all__ = ["CallbackSettings", "auto_patience", "check_controller_options", "check_trial", "stop_reason"]
 
 # set by the callback itself, never through **controller_options
 _OWN = {"self", "optimizer", "velocity", "threshold"}
@@ -142,15 +143,53 @@ class CallbackSettings:
         return options
 
     def stop_line(self, unit: str = "epoch") -> str:
-        """One line: why the run stopped, when, and which weights the model holds."""
+        """One line: why the run stopped (the rule that fired, with its numbers), when, and
+        which weights the model holds (:func:`stop_reason`)."""
         neve = self.neve
         assert neve is not None and neve.stopped_by is not None
         last = self.history[-1] if self.history else {}
-        velocity = last.get("velocity")
-        text = f"{self.who}: stopped by {neve.stopped_by} at {unit} {neve.epoch}"
-        if velocity is not None:
-            text += f" (velocity {velocity:.3g}, threshold {self.threshold:g})"
+        text = f"{self.who}: stopped by {neve.stopped_by} at {unit} {neve.epoch} ({stop_reason(neve, last, unit)})"
         if neve.best_epoch != neve.epoch:
-            text += f"; weights restored to {unit} {neve.best_epoch}, the prediction-changes minimum"
+            text += (f"; weights restored to {unit} {neve.best_epoch}, the prediction-changes minimum "
+                     f"(training loss {_g(last.get('kept_train_loss'))})")
         return text
 
+
+def _g(x: Any) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def stop_reason(neve: NeVe, last: Mapping[str, Any], unit: str = "epoch") -> str:
+    """The rule that ended ``neve``'s run, in words and numbers: for a velocity stop the
+    quantity the threshold applies to (``V / peak V`` for a relative threshold, ``V`` for an
+    absolute one); for a guard stop the guard's reason, not the velocity.
+
+    >>> import torch
+    >>> from neve_tune import NeVe, NeuralVelocity, gaussian_probe
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> neve = NeVe(opt, NeuralVelocity(model, gaussian_probe((4,), 8)), min_epochs=1, stall_patience=None)
+    >>> neve.start()
+    >>> neve.peak_velocity, neve.stopped_by = 0.5, "velocity"
+    >>> stop_reason(neve, {"velocity": 0.002})
+    'V / peak V = 0.004 < threshold 0.01 (relative)'
+    """
+    why = neve.stopped_by
+    velocity, loss = last.get("velocity"), last.get("train_loss")
+    if why == "prediction_changes":
+        return (f"memorisation guard: the training examples whose prediction changed (mean over {neve.pc_window} "
+                f"{unit}s) reached no new minimum in {neve.epoch - neve.pc_best_epoch} {unit}s since {unit} "
+                f"{neve.pc_best_epoch}, patience {neve.pc_patience}")
+    if why == "diverged":
+        return f"non-finite training loss or velocity (training loss {_g(loss)}, velocity {_g(velocity)})"
+    if why == "max_epochs":
+        return f"the cap, max_epochs={neve.max_epochs}"
+    if why == "stalled":
+        chance = "" if neve.num_classes is None else f" and chance {math.log(neve.num_classes):.4g}"
+        return (f"did not learn: training loss {_g(loss)}, lowest {_g(min(neve.train_losses, default=None))}, "
+                f"not {neve.stall_margin:g} below the first {unit}'s {_g(neve.first_loss)}{chance}")
+    if velocity is None:
+        return f"velocity not measured, threshold {neve.threshold:g} ({neve.threshold_mode})"
+    if neve.threshold_mode == "relative" and neve.peak_velocity > 0:
+        return f"V / peak V = {velocity / neve.peak_velocity:.3g} < threshold {neve.threshold:g} (relative)"
+    return f"velocity {velocity:.3g} < threshold {neve.threshold:g} (absolute)"

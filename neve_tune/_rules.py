@@ -20,13 +20,11 @@ from ._checks import check_int
 
 __all__ = ["STALL_PATIENCE", "auto_patience", "learned", "resolve_patience", "stalled_early"]
 
-#: epochs after the first that a run may spend without its training loss falling below
-#: ``(1 - stall_margin)`` times the first epoch's before it ends ``"stalled"``. A fixed
-#: number, not scaled to a budget, since a Ray stopper judging a trainable's raw results
-#: does not know the budget. Five epochs: a run that cuts its loss by 2.6 % an epoch or
-#: more gets 10 % below its first epoch's within them (0.974 ** 4 < 0.9); a dead run
-#: (learning rate 1e-6: V / peak V stays near 1, so no velocity stop comes) ends after
-#: 6 epochs instead of at the cap.
+#: epochs after the first over which :func:`stalled_early` measures a run's pace before it
+#: may end the run. A fixed number, not scaled to the budget: five epochs give the pace of
+#: a slow learner (a loss that falls a little every epoch) apart from a dead run's (a
+#: learning rate of 1e-6: the loss does not move and V / peak V stays near 1, so no
+#: velocity stop comes), which then ends at epoch 6 instead of at the cap.
 STALL_PATIENCE = 5
 
 
@@ -72,17 +70,27 @@ def learned(train_loss: float, first_loss: float | None, *, stall_margin: float 
     return num_classes is None or train_loss < keep * math.log(num_classes)
 
 
-def stalled_early(epoch: int, best_loss: float | None, first_loss: float | None, *,
+def stalled_early(epoch: int, best_loss: float | None, first_loss: float | None, *, max_epochs: int,
                   stall_patience: int | None = STALL_PATIENCE, stall_margin: float = 0.1) -> bool:
     """Whether a run ends ``"stalled"`` at ``epoch`` before any stop fired: ``stall_patience``
-    epochs after the first have passed and its lowest training loss so far (``best_loss``)
-    never fell below ``(1 - stall_margin) * first_loss``. Chance is not checked here (a
-    run still above chance may be learning slowly); it is at the stop (:func:`learned`).
+    epochs after the first have passed, its lowest training loss so far (``best_loss``) is
+    not below ``(1 - stall_margin) * first_loss``, and at its pace so far (that loss's drop
+    per epoch since the first) it would not get there by ``max_epochs`` either. The pace
+    is extrapolated linearly, which overrates a loss curve that flattens: a slow learner is
+    given the benefit of the doubt, a dead run (no drop) is not. Chance is not checked
+    here (a run above chance may be learning slowly); it is at the stop (:func:`learned`).
     ``stall_patience=None`` turns the check off.
 
-    >>> stalled_early(6, 0.69, 0.693), stalled_early(5, 0.69, 0.693), stalled_early(6, 0.6, 0.693)
-    (True, False, False)
+    >>> stalled_early(6, 0.7549, 0.755, max_epochs=60)   # lr 1e-6: the loss does not move
+    True
+    >>> stalled_early(6, 0.688, 0.749, max_epochs=60)    # slow: 8 % in 5 epochs, 10 % on pace
+    False
+    >>> stalled_early(5, 0.755, 0.755, max_epochs=60), stalled_early(6, 0.6, 0.755, max_epochs=60)
+    (False, False)
     """
     if stall_patience is None or best_loss is None or first_loss is None:
         return False
-    return epoch - 1 >= stall_patience and not learned(best_loss, first_loss, stall_margin=stall_margin)
+    if epoch - 1 < stall_patience or learned(best_loss, first_loss, stall_margin=stall_margin):
+        return False
+    pace = max(0.0, first_loss - best_loss) / (epoch - 1)  # loss drop per epoch so far
+    return not pace * (max_epochs - 1) > stall_margin * first_loss

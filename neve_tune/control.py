@@ -93,18 +93,19 @@ class NeVe(_Stoppable):
          epoch's, or not below ``(1 - stall_margin) * log(num_classes)`` (chance) when
          ``num_classes`` is given; or, with no stop, ``stall_patience`` epochs (5) after
          the first with the training loss never below ``(1 - stall_margin)`` times the
-         first epoch's (:func:`neve_tune._rules.stalled_early`: a dead learning rate,
-         whose V / peak V stays near 1, ends within a few epochs, not at the cap). A
-         stalled run is not converged;
+         first epoch's and, at its pace so far, not getting there by ``max_epochs``
+         (:func:`neve_tune._rules.stalled_early`: a dead learning rate, whose V / peak V
+         stays near 1, ends within a few epochs, not at the cap; a slow learner goes on).
+         A stalled run is not converged;
        - ``"max_epochs"``: the cap;
     4. a non-finite training loss or velocity ends the run as ``"diverged"`` (no exception).
 
     ``neve_stop`` is true on the epoch the run ends as converged (``"velocity"`` or
     ``"prediction_changes"``); ``stalled`` on the epoch it ends as stalled; ``stopped_by``
-    is None until that epoch. The epoch the run ends on also carries ``kept_epoch``, the
-    epoch whose weights the model holds (:attr:`best_epoch`: earlier after a restoring
-    guard stop), and ``kept_train_loss``, that epoch's training loss: the objective that
-    describes the weights kept. The rule is
+    is None until that epoch. Every epoch carries ``kept_epoch``, the epoch whose weights
+    the model holds after it (:attr:`best_epoch`: itself, or an earlier one after a
+    restoring guard stop), and ``kept_train_loss``, that epoch's training loss: the
+    objective that describes the weights kept, to return from an objective. The rule is
     written out in docs/design.md, "The controller".
 
     Example::
@@ -113,11 +114,11 @@ class NeVe(_Stoppable):
         >>> from neve_tune import NeVe, NeuralVelocity, gaussian_probe
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        >>> neve = NeVe(opt, NeuralVelocity(model, gaussian_probe((4,), 16)), threshold=1e-3, min_epochs=2, max_epochs=5)
+        >>> neve = NeVe(opt, NeuralVelocity(model, gaussian_probe((4,), 16)), threshold=1e-3, max_epochs=5)
         >>> neve.start()
         >>> metrics = neve.step(train_loss=0.7)    # after one training epoch
         >>> sorted(metrics)  # the inputs come back too, ready for report_epoch / tune.report
-        ['diverged', 'epoch', 'lr', 'neve_stop', 'prediction_changes', 'stalled', 'stopped_by', 'train_loss', 'velocity', 'velocity_change']
+        ['diverged', 'epoch', 'kept_epoch', 'kept_train_loss', 'lr', 'neve_stop', 'prediction_changes', 'stalled', 'stopped_by', 'train_loss', 'velocity', 'velocity_change']
     """
 
     def __init__(
@@ -251,9 +252,8 @@ class NeVe(_Stoppable):
             "stalled": self.stopped_by == "stalled",
             "diverged": diverged,
             "stopped_by": self.stopped_by,
+            **self.kept(),
         }
-        if self.stopped_by is not None:
-            metrics.update(self.kept())
         if val_loss is not None:
             metrics["val_loss"] = val_loss
         return metrics
@@ -268,7 +268,7 @@ class NeVe(_Stoppable):
     def _stalled_early(self) -> bool:
         """:func:`stalled_early` on this run's losses (the lowest finite one so far)."""
         finite = [x for x in self.train_losses if _finite(x)]
-        return stalled_early(self.epoch, min(finite, default=None), self.first_loss,
+        return stalled_early(self.epoch, min(finite, default=None), self.first_loss, max_epochs=self.max_epochs,
                              stall_patience=self.stall_patience, stall_margin=self.stall_margin)
 
     def _inputs(self, train_loss: Any, val_loss: Any, prediction_changes: Any) -> tuple[float, float | None, Any]:

@@ -578,8 +578,9 @@ def test_the_stop_is_printed_with_verbose_and_logged(capsys):
     neve = NeVeCallback(threshold=1e-2, min_epochs=2, verbose=True)
     _trainer([neve], logger=record).fit(Net(lr=0.5), _loader())
     stop = [line for line in capsys.readouterr().out.splitlines() if line.startswith("NeVeCallback")]
+    ratio = neve.velocities[-1] / max(v for v in neve.velocities if v is not None)
     assert stop == [f"NeVeCallback: stopped by velocity at epoch {len(neve.history)} "
-                    f"(velocity {neve.velocities[-1]:.3g}, threshold 0.01)"]
+                    f"(V / peak V = {ratio:.3g} < threshold 0.01 (relative))"]
     assert record.hparams["neve_stopped_by"] == "velocity" and record.hparams["neve_stop_epoch"] == len(neve.history)
     torch.manual_seed(0)
     quiet = NeVeCallback(threshold=1e-2, min_epochs=2)

@@ -41,8 +41,11 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
     training starts. When the controller stops (``stopped_by``: ``"velocity"``,
     ``"prediction_changes"``, ``"stalled"``, ``"max_epochs"``, ``"diverged"``)
     ``control.should_training_stop`` is set, ``state.log_history`` gets
-    ``{"neve_stopped_by": ..., "neve_stop_measurement": ..., "neve_best_measurement": ...}``
-    and, with ``verbose``, one line is printed. A guard stop has restored the weights of
+    ``{"neve_stopped_by": ..., "neve_stop_measurement": ..., "neve_best_measurement": ...,
+    "neve_kept_train_loss": ...}`` (the training loss of the measurement whose weights the
+    model holds: the objective of the weights kept) and, with ``verbose``, one line is
+    printed: the rule that fired with its numbers (``V / peak V`` next to a relative
+    threshold, the velocity next to an absolute one, the guard's reason for a guard stop). A guard stop has restored the weights of
     the measurement of the prediction-changes minimum (``pc_restore``), as ``fit`` does.
     Every measurement's metrics (with ``train_loss``, ``prediction_changes`` and ``step``)
     go to :attr:`history`.
@@ -381,6 +384,7 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         neve = self.neve
         assert neve is not None
         state.log_history.append({"neve_stopped_by": neve.stopped_by, "neve_stop_measurement": neve.epoch,
-                                  "neve_best_measurement": neve.best_epoch, "step": state.global_step})
+                                  "neve_best_measurement": neve.best_epoch,
+                                  "neve_kept_train_loss": neve.kept()["kept_train_loss"], "step": state.global_step})
         if self.verbose and state.is_world_process_zero:
             print(self.stop_line("epoch" if not self.every_n_steps else "measurement"), flush=True)
