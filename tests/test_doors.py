@@ -196,3 +196,25 @@ def test_the_ray_stopper_applies_the_same_early_stall_check_to_raw_results():
     without_budget = NeVeStopper(threshold=1e-9)  # no budget: no pace to judge, the check is off
     assert not any(without_budget("flat", {"training_iteration": i, "velocity": 0.3, "train_loss": 0.755})
                    for i in range(1, 9))
+
+
+# ---------------------------------------------------------------- the stop line
+def test_the_stop_reason_names_the_rule_that_fired_with_its_numbers():
+    neve, out = _guarded_run()
+    guard = _callbacks.stop_reason(neve, out[-1])
+    assert guard.startswith("memorisation guard") and f"since epoch {neve.pc_best_epoch}" in guard
+    assert "threshold" not in guard and "velocity" not in guard  # the velocity did not stop this run
+    for mode, text in (("relative", "V / peak V = {:.3g} < threshold 0.5 (relative)"),
+                       ("absolute", "velocity {:.3g} < threshold 0.5 (absolute)")):
+        model, neve = _neve(threshold=0.5, threshold_mode=mode, max_epochs=30, stall_patience=None)
+        neve.start()
+        for i in range(30):  # ever smaller steps: the velocity falls
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.5 ** i)
+            last = neve.step(train_loss=1.0 / (i + 1))
+            if neve.should_stop:
+                break
+        assert neve.stopped_by == "velocity"
+        value = last["velocity"] / neve.peak_velocity if mode == "relative" else last["velocity"]
+        assert _callbacks.stop_reason(neve, last) == text.format(value)

@@ -77,7 +77,7 @@ def test_hyperparameter_search_optuna_without_eval_dataset_takes_neves_objective
 
 
 @pytest.mark.ray
-@pytest.mark.slow  # 30-90 s: a local Ray and two Trainer runs in a fresh process
+@pytest.mark.slow  # 1-3 min on a shared 2-core machine: a local Ray, two Trainer runs, a fresh process
 def test_hyperparameter_search_ray_without_eval_dataset_takes_neves_objective(tmp_path):
     script = Path(__file__).with_name("_hf_ray_search.py")
     done = subprocess.run([sys.executable, str(script), str(tmp_path), "neve-objective"], capture_output=True,
