@@ -5,6 +5,7 @@ stopper applies too."""
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -15,7 +16,7 @@ from neve_tune import NeVe, NeuralVelocity, Study, gaussian_probe
 from neve_tune import _callbacks, _rules
 from neve_tune.optuna import report_epoch, trial_history
 from neve_tune.records import METRIC_NAMES
-from neve_tune.ray import NeVeStopper
+from neve_tune.ray import NeVeASHAScheduler, NeVeStopper
 from neve_tune.ray._report import check_epoch_metrics
 
 
@@ -218,3 +219,61 @@ def test_the_stop_reason_names_the_rule_that_fired_with_its_numbers():
         assert neve.stopped_by == "velocity"
         value = last["velocity"] / neve.peak_velocity if mode == "relative" else last["velocity"]
         assert _callbacks.stop_reason(neve, last) == text.format(value)
+
+
+# ---------------------------------------------------------------- a scheduler's stop is recorded
+def _fake_trial(tid: str) -> SimpleNamespace:
+    return SimpleNamespace(trial_id=tid, status="PENDING")
+
+
+def test_a_trial_the_scheduler_stopped_records_why_in_its_last_result():
+    sched = NeVeASHAScheduler(max_t=16, grace_period=1, reduction_factor=2)
+    callback = sched.callback()
+    trials = [_fake_trial(f"t{i}") for i in range(3)]
+    for t in trials:
+        sched.on_trial_add(None, t)
+    results = [{"training_iteration": 1, "velocity": 0.5, "train_loss": loss, "neve_stop": False}
+               for loss in (1.0, 0.5, 2.0)]
+    decisions = [sched.on_trial_result(None, t, r) for t, r in zip(trials, results)]
+    assert decisions == ["CONTINUE", "CONTINUE", "STOP"]
+    for t, r, decision in zip(trials, results, decisions):
+        if decision == "STOP":
+            r["done"] = True  # what Tune does to a result it stops the trial on
+        callback.on_trial_result(iteration=1, trials=trials, trial=t, result=r)
+    assert [r.get("stopped_by") for r in results] == [None, None, "pruned"]
+    own = {"training_iteration": 2, "done": True, "stopped_by": "velocity"}  # the controller's own word stays
+    callback.on_trial_result(iteration=2, trials=trials, trial=trials[0], result=own)
+    assert own["stopped_by"] == "velocity"
+    by_stopper = {"training_iteration": 2, "done": True, "stopped_by": None}  # the scheduler never saw it
+    callback.on_trial_result(iteration=2, trials=trials, trial=_fake_trial("other"), result=by_stopper)
+    assert by_stopper["stopped_by"] == "tune"
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # a local Ray: 30-90 s on a shared 2-core machine
+def test_under_tune_a_pruned_trial_reports_stopped_by(tmp_path, monkeypatch):
+    import ray
+    import ray.train.constants
+    from ray import tune
+
+    monkeypatch.setattr(ray.train.constants, "DEFAULT_STORAGE_PATH", str(tmp_path))
+
+    def trainable(config):
+        for epoch in range(1, 9):  # a loss that falls at the trial's own pace; velocity never settles
+            tune.report({"epoch": epoch, "velocity": 0.5, "train_loss": config["scale"] / epoch, "neve_stop": False,
+                         "stopped_by": None})
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        sched = NeVeASHAScheduler(max_t=8, grace_period=1, reduction_factor=2)
+        results = tune.Tuner(trainable, param_space={"scale": tune.grid_search([1.0, 2.0, 3.0, 4.0])},
+                             tune_config=tune.TuneConfig(scheduler=sched, max_concurrent_trials=1),
+                             run_config=tune.RunConfig(callbacks=[sched.callback()], verbose=0)).fit()
+    finally:
+        ray.shutdown()
+    ended = {r.config["scale"]: (r.metrics["training_iteration"], r.metrics["stopped_by"]) for r in results}
+    pruned = [s for s, (it, _) in ended.items() if it < 8]
+    assert pruned and all(ended[s][1] == "pruned" for s in pruned), ended
+    assert all(ended[s][1] in ("max_t", None) for s in ended if s not in pruned), ended
