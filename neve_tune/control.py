@@ -69,9 +69,9 @@ class NeVe(_Stoppable):
     After every epoch, :meth:`step`:
 
     1. measures the velocity ``V^t`` and its change ``D^t`` on the probe;
-    2. steps ``ReduceLROnPlateau(mode="min", factor, patience, threshold=0)`` on ``D^t``
+    2. steps ``ReduceLROnPlateau(mode="min", factor, patience, threshold=0)``
        (``patience="auto"``, the default: ``max(2, max_epochs // 20)`` epochs, as every
-       study and callback, :func:`auto_patience`)
+       study and callback, :func:`auto_patience`) on ``D^t``
        (``lr_signal="velocity_change"``, from the 2nd epoch), on ``V^t``
        (``"velocity"``), or on the moving average of ``prediction_changes`` over
        ``pc_window`` epochs (``"prediction_changes"``: the LR decays once the predictions

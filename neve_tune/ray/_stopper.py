@@ -12,8 +12,8 @@ from typing import Any, Mapping
 from ray.tune.stopper import Stopper
 
 from .._checks import _is_bool, _unwrap, check_float, check_int, is_finite, to_float
-from .._rules import STALL_PATIENCE, learned, stalled_early
-from ._losses import remember_best_loss, remember_first_loss
+from .._rules import STALL_PATIENCE, learned
+from ._losses import remember_best_loss, remember_first_loss, stalls_early
 
 __all__ = ["NeVeStopper", "velocity_verdict", "remember_best_loss", "remember_first_loss", "CONVERGED", "DIVERGED", "STALLED", "MIN_RAW_EPOCHS"]
 
@@ -115,18 +115,13 @@ def _trial_threshold(result: Mapping[str, Any], threshold_key: str, default: flo
 def velocity_verdict(
     result: Mapping[str, Any],
     *,
-    metric: str = "velocity",
-    threshold_key: str = "threshold",
-    threshold: float | None = None,
-    grace_period: int = MIN_RAW_EPOCHS,
-    who: str = "NeVeStopper",
+    metric: str = "velocity", threshold_key: str = "threshold", threshold: float | None = None,
+    grace_period: int = MIN_RAW_EPOCHS, who: str = "NeVeStopper",
     first_loss: float | None = None,
     loss_metric: str = "train_loss",
     num_classes: int | None = None,
     stall_margin: float = 0.1,
-    best_loss: float | None = None,
-    max_epochs: int | None = None,
-    stall_patience: int | None = STALL_PATIENCE,
+    best_loss: float | None = None, max_epochs: int | None = None, stall_patience: int | None = STALL_PATIENCE,
 ) -> str | None:
     """``"diverged"``, ``"stalled"``, ``"converged"`` or ``None`` (go on) for one Tune result.
 
@@ -145,10 +140,7 @@ def velocity_verdict(
        against ``first_loss``, its first result's, and chance with ``num_classes``),
        else ``"stalled"``. Without ``first_loss`` this result is the first, so it cannot
        have learned. ``result[metric] = None`` means "not measured": go on. With
-       ``max_epochs`` (the trial's budget), a raw result also ends ``"stalled"`` by the
-       controller's early stall check (:func:`neve_tune._rules.stalled_early`: no 10 % loss
-       drop after ``stall_patience`` epochs and none in sight at its pace; ``best_loss``
-       is the trial's lowest loss so far).
+       ``max_epochs``, :func:`~neve_tune.ray._losses.stalls_early` may end a raw result ``"stalled"`` first.
 
     Raises ``ValueError`` naming the key when a result with training metrics has neither
     ``metric`` nor ``neve_stop``, when a raw-velocity result has no ``loss_metric``, or
@@ -175,13 +167,8 @@ def velocity_verdict(
         return STALLED
     if "neve_stop" in result:
         return CONVERGED if _flag(result, "neve_stop", who) else None
-    if max_epochs is not None and loss is not None and metric in result:
-        iteration = int(to_float("training_iteration", result.get("training_iteration", 0)))
-        lowest = loss if best_loss is None else min(best_loss, loss)
-        if stalled_early(iteration, lowest, first_loss, max_epochs=max_epochs, stall_patience=stall_patience,
-                         stall_margin=stall_margin):
-            return STALLED
-    rule = dict(grace_period=grace_period, first_loss=first_loss, num_classes=num_classes, stall_margin=stall_margin)
+    rule = dict(grace_period=grace_period, first_loss=first_loss, num_classes=num_classes, stall_margin=stall_margin,
+                best_loss=best_loss, max_epochs=max_epochs, stall_patience=stall_patience)
     return _raw_velocity_verdict(result, value, loss, metric, loss_metric, threshold_key, threshold, who, **rule)
 
 
@@ -192,7 +179,8 @@ def _number(result: Mapping[str, Any], key: str, who: str) -> float | None:
 def _raw_velocity_verdict(result: Mapping[str, Any], value: float | None, loss: float | None, metric: str,
                           loss_metric: str, threshold_key: str, threshold: float | None, who: str, *,
                           grace_period: int, first_loss: float | None, num_classes: int | None,
-                          stall_margin: float) -> str | None:
+                          stall_margin: float, best_loss: float | None, max_epochs: int | None,
+                          stall_patience: int | None) -> str | None:
     """Rule 4 of :func:`velocity_verdict`: a result without ``neve_stop``."""
     if metric not in result:
         if _bare(result):
@@ -207,6 +195,9 @@ def _raw_velocity_verdict(result: Mapping[str, Any], value: float | None, loss: 
             f"{who}: a result with a raw {metric!r} and no 'neve_stop' needs {loss_metric!r} (the epoch's mean "
             f"training loss) to tell a converged trial from a stalled one; it reports {keys}"
         )
+    if max_epochs is not None and stalls_early(result, loss, best_loss, first_loss, max_epochs, stall_patience,
+                                               stall_margin):
+        return STALLED
     if to_float("training_iteration", result.get("training_iteration", grace_period)) < grace_period:
         return None
     if not value < _trial_threshold(result, threshold_key, threshold, who):
