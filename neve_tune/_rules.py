@@ -53,8 +53,13 @@ def resolve_patience(patience: int | str, max_epochs: int, name: str = "patience
     return int(check_int(name, patience, minimum=0))  # type: ignore[arg-type]
 
 
-def learned(train_loss: float, first_loss: float | None, *, stall_margin: float = 0.1,
-            num_classes: int | None = None) -> bool:
+def learned(
+    train_loss: float,
+    first_loss: float | None,
+    *,
+    stall_margin: float = 0.1,
+    num_classes: int | None = None,
+) -> bool:
     """The stall rule: whether a run whose first epoch's training loss was ``first_loss``
     learned by the epoch whose loss is ``train_loss``. It did when that loss is below
     ``(1 - stall_margin) * first_loss`` and, when ``num_classes`` is known, below
@@ -70,8 +75,15 @@ def learned(train_loss: float, first_loss: float | None, *, stall_margin: float 
     return num_classes is None or train_loss < keep * math.log(num_classes)
 
 
-def stalled_early(epoch: int, best_loss: float | None, first_loss: float | None, *, max_epochs: int,
-                  stall_patience: int | None = STALL_PATIENCE, stall_margin: float = 0.1) -> bool:
+def stalled_early(
+    epoch: int,
+    best_loss: float | None,
+    first_loss: float | None,
+    *,
+    max_epochs: int,
+    stall_patience: int | None = STALL_PATIENCE,
+    stall_margin: float = 0.1,
+) -> bool:
     """Whether a run ends ``"stalled"`` at ``epoch`` before any stop fired: ``stall_patience``
     epochs after the first have passed, its lowest training loss so far (``best_loss``) is
     not below ``(1 - stall_margin) * first_loss``, and at its pace so far (that loss's drop

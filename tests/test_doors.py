@@ -107,15 +107,21 @@ def test_the_last_epoch_carries_the_kept_epoch_and_its_loss():
     assert last["kept_epoch"] == neve.best_epoch < last["epoch"]
     assert last["kept_train_loss"] == out[neve.best_epoch - 1]["train_loss"] != last["train_loss"]
     # before the stop every epoch keeps its own weights
-    assert all((m["kept_epoch"], m["kept_train_loss"], m["stopped_by"]) == (m["epoch"], m["train_loss"], None)
-               for m in out[:-1])
+    assert all(
+        (m["kept_epoch"], m["kept_train_loss"], m["stopped_by"])
+        == (m["epoch"], m["train_loss"], None)
+        for m in out[:-1]
+    )
 
 
 def test_the_kept_loss_survives_a_resume():
     neve, out = _guarded_run()
     model, fresh = _neve(threshold=1e-12, max_epochs=50, pc_patience=2, pc_window=1)
     fresh.load_state_dict(neve.state_dict())
-    assert fresh.kept() == {"kept_epoch": out[-1]["kept_epoch"], "kept_train_loss": out[-1]["kept_train_loss"]}
+    assert fresh.kept() == {
+        "kept_epoch": out[-1]["kept_epoch"],
+        "kept_train_loss": out[-1]["kept_train_loss"],
+    }
 
 
 def test_kept_metrics_are_metric_names_every_report_accepts():
@@ -123,7 +129,10 @@ def test_kept_metrics_are_metric_names_every_report_accepts():
     _, out = _guarded_run()
     # kept_train_loss is one typo away from train_loss; Ray's report_epoch must not refuse it
     reported = check_epoch_metrics(out[-1])
-    assert reported["kept_train_loss"] == out[-1]["kept_train_loss"] and reported["stopped_by"] == "prediction_changes"
+    assert (
+        reported["kept_train_loss"] == out[-1]["kept_train_loss"]
+        and reported["stopped_by"] == "prediction_changes"
+    )
 
 
 def test_an_own_loop_optuna_objective_returns_the_kept_epochs_loss():
@@ -139,7 +148,10 @@ def test_an_own_loop_optuna_objective_returns_the_kept_epochs_loss():
     (trial,) = study.trials
     history = trial_history(trial)
     kept = history[-1]["kept_epoch"]
-    assert kept < len(history) and trial.value == history[kept - 1]["train_loss"] != history[-1]["train_loss"]
+    assert (
+        kept < len(history)
+        and trial.value == history[kept - 1]["train_loss"] != history[-1]["train_loss"]
+    )
 
 
 # ---------------------------------------------------------------- the early stall check
@@ -150,8 +162,12 @@ def _train(lr: float, max_epochs: int, epochs: int | None = None) -> tuple[NeVe,
     y = (x[:, :2].sum(1) > 0).long()
     model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 2))
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    neve = NeVe(optimizer, NeuralVelocity(model, gaussian_probe((20,), 100, seed=0)), max_epochs=max_epochs,
-                num_classes=2)
+    neve = NeVe(
+        optimizer,
+        NeuralVelocity(model, gaussian_probe((20,), 100, seed=0)),
+        max_epochs=max_epochs,
+        num_classes=2,
+    )
     neve.start()
     out = []
     while not neve.should_stop and len(out) < (epochs or max_epochs):
@@ -193,10 +209,14 @@ def test_the_ray_stopper_applies_the_same_early_stall_check_to_raw_results():
             if stopper(name, {"training_iteration": i, "velocity": 0.3, "train_loss": loss}):
                 stopped[name] = i
                 break
-    assert stopped == {"flat": 1 + _rules.STALL_PATIENCE} and stopper.stopped_by("flat") == "stalled"
+    assert (
+        stopped == {"flat": 1 + _rules.STALL_PATIENCE} and stopper.stopped_by("flat") == "stalled"
+    )
     without_budget = NeVeStopper(threshold=1e-9)  # no budget: no pace to judge, the check is off
-    assert not any(without_budget("flat", {"training_iteration": i, "velocity": 0.3, "train_loss": 0.755})
-                   for i in range(1, 9))
+    assert not any(
+        without_budget("flat", {"training_iteration": i, "velocity": 0.3, "train_loss": 0.755})
+        for i in range(1, 9)
+    )
 
 
 # ---------------------------------------------------------------- the stop line
@@ -204,15 +224,19 @@ def test_the_stop_reason_names_the_rule_that_fired_with_its_numbers():
     neve, out = _guarded_run()
     guard = _callbacks.stop_reason(neve, out[-1])
     assert guard.startswith("memorisation guard") and f"since epoch {neve.pc_best_epoch}" in guard
-    assert "threshold" not in guard and "velocity" not in guard  # the velocity did not stop this run
-    for mode, text in (("relative", "V / peak V = {:.3g} < threshold 0.5 (relative)"),
-                       ("absolute", "velocity {:.3g} < threshold 0.5 (absolute)")):
+    assert (
+        "threshold" not in guard and "velocity" not in guard
+    )  # the velocity did not stop this run
+    for mode, text in (
+        ("relative", "V / peak V = {:.3g} < threshold 0.5 (relative)"),
+        ("absolute", "velocity {:.3g} < threshold 0.5 (absolute)"),
+    ):
         model, neve = _neve(threshold=0.5, threshold_mode=mode, max_epochs=30, stall_patience=None)
         neve.start()
         for i in range(30):  # ever smaller steps: the velocity falls
             with torch.no_grad():
                 for p in model.parameters():
-                    p.add_(0.5 ** i)
+                    p.add_(0.5**i)
             last = neve.step(train_loss=1.0 / (i + 1))
             if neve.should_stop:
                 break
@@ -232,8 +256,10 @@ def test_a_trial_the_scheduler_stopped_records_why_in_its_last_result():
     trials = [_fake_trial(f"t{i}") for i in range(3)]
     for t in trials:
         sched.on_trial_add(None, t)
-    results = [{"training_iteration": 1, "velocity": 0.5, "train_loss": loss, "neve_stop": False}
-               for loss in (1.0, 0.5, 2.0)]
+    results = [
+        {"training_iteration": 1, "velocity": 0.5, "train_loss": loss, "neve_stop": False}
+        for loss in (1.0, 0.5, 2.0)
+    ]
     decisions = [sched.on_trial_result(None, t, r) for t, r in zip(trials, results)]
     assert decisions == ["CONTINUE", "CONTINUE", "STOP"]
     for t, r, decision in zip(trials, results, decisions):
@@ -241,11 +267,21 @@ def test_a_trial_the_scheduler_stopped_records_why_in_its_last_result():
             r["done"] = True  # what Tune does to a result it stops the trial on
         callback.on_trial_result(iteration=1, trials=trials, trial=t, result=r)
     assert [r.get("stopped_by") for r in results] == [None, None, "pruned"]
-    own = {"training_iteration": 2, "done": True, "stopped_by": "velocity"}  # the controller's own word stays
+    own = {
+        "training_iteration": 2,
+        "done": True,
+        "stopped_by": "velocity",
+    }  # the controller's own word stays
     callback.on_trial_result(iteration=2, trials=trials, trial=trials[0], result=own)
     assert own["stopped_by"] == "velocity"
-    by_stopper = {"training_iteration": 2, "done": True, "stopped_by": None}  # the scheduler never saw it
-    callback.on_trial_result(iteration=2, trials=trials, trial=_fake_trial("other"), result=by_stopper)
+    by_stopper = {
+        "training_iteration": 2,
+        "done": True,
+        "stopped_by": None,
+    }  # the scheduler never saw it
+    callback.on_trial_result(
+        iteration=2, trials=trials, trial=_fake_trial("other"), result=by_stopper
+    )
     assert by_stopper["stopped_by"] == "tune"
 
 
@@ -259,21 +295,36 @@ def test_under_tune_a_pruned_trial_reports_stopped_by(tmp_path, monkeypatch):
     monkeypatch.setattr(ray.train.constants, "DEFAULT_STORAGE_PATH", str(tmp_path))
 
     def trainable(config):
-        for epoch in range(1, 9):  # a loss that falls at the trial's own pace; velocity never settles
-            tune.report({"epoch": epoch, "velocity": 0.5, "train_loss": config["scale"] / epoch, "neve_stop": False,
-                         "stopped_by": None})
+        for epoch in range(
+            1, 9
+        ):  # a loss that falls at the trial's own pace; velocity never settles
+            tune.report(
+                {
+                    "epoch": epoch,
+                    "velocity": 0.5,
+                    "train_loss": config["scale"] / epoch,
+                    "neve_stop": False,
+                    "stopped_by": None,
+                }
+            )
 
     if ray.is_initialized():
         ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         sched = NeVeASHAScheduler(max_t=8, grace_period=1, reduction_factor=2)
-        results = tune.Tuner(trainable, param_space={"scale": tune.grid_search([1.0, 2.0, 3.0, 4.0])},
-                             tune_config=tune.TuneConfig(scheduler=sched, max_concurrent_trials=1),
-                             run_config=tune.RunConfig(callbacks=[sched.callback()], verbose=0)).fit()
+        results = tune.Tuner(
+            trainable,
+            param_space={"scale": tune.grid_search([1.0, 2.0, 3.0, 4.0])},
+            tune_config=tune.TuneConfig(scheduler=sched, max_concurrent_trials=1),
+            run_config=tune.RunConfig(callbacks=[sched.callback()], verbose=0),
+        ).fit()
     finally:
         ray.shutdown()
-    ended = {r.config["scale"]: (r.metrics["training_iteration"], r.metrics["stopped_by"]) for r in results}
+    ended = {
+        r.config["scale"]: (r.metrics["training_iteration"], r.metrics["stopped_by"])
+        for r in results
+    }
     pruned = [s for s, (it, _) in ended.items() if it < 8]
     assert pruned and all(ended[s][1] == "pruned" for s in pruned), ended
     assert all(ended[s][1] in ("max_t", None) for s in ended if s not in pruned), ended

@@ -25,18 +25,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_hf import Tokens, _args, tiny_bert  # noqa: E402
 
 transformers.logging.set_verbosity_error()
-WHERE = f"(checked against transformers {CHECKED_TRANSFORMERS}; installed {transformers.__version__})"
+WHERE = (
+    f"(checked against transformers {CHECKED_TRANSFORMERS}; installed {transformers.__version__})"
+)
 
 
 def test_the_search_hooks_the_compat_module_relies_on():
     # each runner evaluates only when trainer.objective is still None, and returns/reports it
     for runner in (integration_utils.run_hp_search_optuna, integration_utils.run_hp_search_ray):
         source = inspect.getsource(runner)
-        assert 'getattr(trainer, "objective", None) is None' in source or \
-            'getattr(local_trainer, "objective", None) is None' in source, f"{runner.__name__} {WHERE}"
-        assert ".objective = None" in source, f"{runner.__name__} no longer resets the objective {WHERE}"
+        assert (
+            'getattr(trainer, "objective", None) is None' in source
+            or 'getattr(local_trainer, "objective", None) is None' in source
+        ), f"{runner.__name__} {WHERE}"
+        assert ".objective = None" in source, (
+            f"{runner.__name__} no longer resets the objective {WHERE}"
+        )
     trainer = Trainer(model=tiny_bert(), args=_args(Path("/nonexistent")), train_dataset=Tokens())
-    assert search_backend(trainer) is None, f"Trainer.hp_search_backend is not None outside a search {WHERE}"
+    assert search_backend(trainer) is None, (
+        f"Trainer.hp_search_backend is not None outside a search {WHERE}"
+    )
 
 
 def test_attach_refuses_what_it_cannot_use(tmp_path):
@@ -52,8 +60,12 @@ def test_hyperparameter_search_optuna_without_eval_dataset_takes_neves_objective
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     neve = NeVeTrainerCallback(threshold=1e-2, min_epochs=2)
     storage = optuna.storages.InMemoryStorage()
-    trainer = Trainer(model_init=neve.track_trial(tiny_bert), args=_args(tmp_path, num_train_epochs=10),
-                      train_dataset=Tokens(), callbacks=[neve])  # no eval_dataset
+    trainer = Trainer(
+        model_init=neve.track_trial(tiny_bert),
+        args=_args(tmp_path, num_train_epochs=10),
+        train_dataset=Tokens(),
+        callbacks=[neve],
+    )  # no eval_dataset
     neve.attach(trainer)
     lrs = [3e-2, 2e-2, 2e-4]  # the low LR loses at the first rung
 
@@ -63,8 +75,15 @@ def test_hyperparameter_search_optuna_without_eval_dataset_takes_neves_objective
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
-        best = trainer.hyperparameter_search(hp_space=hp_space, backend="optuna", direction="minimize", n_trials=3,
-                                             storage=storage, study_name="hf", pruner=NeVePruner())
+        best = trainer.hyperparameter_search(
+            hp_space=hp_space,
+            backend="optuna",
+            direction="minimize",
+            n_trials=3,
+            storage=storage,
+            study_name="hf",
+            pruner=NeVePruner(),
+        )
     study = optuna.load_study(study_name="hf", storage=storage)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert complete and any(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
@@ -77,11 +96,15 @@ def test_hyperparameter_search_optuna_without_eval_dataset_takes_neves_objective
 
 
 @pytest.mark.ray
-@pytest.mark.slow  # 1-3 min on a shared 2-core machine: a local Ray, two Trainer runs, a fresh process
+@pytest.mark.slow  # 1-3 min on 2 shared cores: a local Ray, two Trainer runs, a fresh process
 def test_hyperparameter_search_ray_without_eval_dataset_takes_neves_objective(tmp_path):
     script = Path(__file__).with_name("_hf_ray_search.py")
-    done = subprocess.run([sys.executable, str(script), str(tmp_path), "neve-objective"], capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), "neve-objective"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(report["trials"]) == 2 and all(t["status"] == "TERMINATED" for t in report["trials"])
@@ -89,4 +112,6 @@ def test_hyperparameter_search_ray_without_eval_dataset_takes_neves_objective(tm
         assert t["epoch"] is not None and t["objective"] == pytest.approx(t["kept_train_loss"])
         assert t["eval_loss"] is None
     best = min(report["trials"], key=lambda t: t["objective"])
-    assert report["best_lr"] == best["lr"] and report["best_objective"] == pytest.approx(best["objective"])
+    assert report["best_lr"] == best["lr"] and report["best_objective"] == pytest.approx(
+        best["objective"]
+    )

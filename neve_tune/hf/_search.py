@@ -30,8 +30,10 @@ def check_trainer(trainer: Any, callback: Any) -> None:
     if not isinstance(trainer, Trainer):
         raise TypeError(f"attach() needs a transformers.Trainer, got {type(trainer).__name__}")
     if callback not in trainer.callback_handler.callbacks:
-        raise ValueError("attach(): this NeVeTrainerCallback is not among the Trainer's callbacks; "
-                         "pass it in Trainer(callbacks=[...]) first")
+        raise ValueError(
+            "attach(): this NeVeTrainerCallback is not among the Trainer's callbacks; "
+            "pass it in Trainer(callbacks=[...]) first"
+        )
 
 
 def report_to_search(trainer: Any, metrics: Mapping[str, Any], is_main: bool) -> None:
