@@ -273,8 +273,8 @@ def replay(rows: list[dict[str, Any]], mode: str, threshold: float, num_classes:
         if fired or r["epoch"] >= max_epochs:
             ok = learned(r["train_loss"], first, stall_margin=stall_margin, num_classes=num_classes)
             return r["epoch"], ("velocity" if fired else "max_epochs") if ok else "stalled"
-        if stalled_early(r["epoch"], best, first, max_epochs=max_epochs, stall_patience=STALL_PATIENCE,
-                         stall_margin=stall_margin):
+        if stalled_early(r["epoch"], best, first, max_epochs=max_epochs,
+                         stall_patience=STALL_PATIENCE, stall_margin=stall_margin):
             return r["epoch"], "stalled"
     raise ValueError("the record ends before max_epochs")
 

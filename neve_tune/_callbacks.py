@@ -23,7 +23,8 @@ from ._forward import check_probe_target
 from .control import NeVe, auto_patience, resolve_patience
 from .prediction_changes import PredictionChanges, SubsetPredictionChanges
 
-__all__ = ["CallbackSettings", "auto_patience", "check_controller_options", "check_trial", "stop_reason"]
+__all__ = ["CallbackSettings", "auto_patience", "check_controller_options", "check_trial",
+           "stop_reason"]
 
 # set by the callback itself, never through **controller_options
 _OWN = {"self", "optimizer", "velocity", "threshold"}
@@ -117,7 +118,7 @@ class CallbackSettings:
         self.layers = layers
         self.probe_module, self.probe_fn, self.verbose = probe_module, probe_fn, verbose
         options = {**STUDY_DEFAULTS, **controller_options}
-        resolve_patience(options["patience"], 100)  # checked here, resolved against the run's budget
+        resolve_patience(options["patience"], 100)  # checked here, resolved against the budget
         check_int("pc_patience", options["pc_patience"], minimum=1, allow_none=True)
         self.prediction_changes = self._check_source(prediction_changes)
         self.source_spec = _check_guard(options, self.prediction_changes, set(controller_options), who)
@@ -148,10 +149,11 @@ class CallbackSettings:
         neve = self.neve
         assert neve is not None and neve.stopped_by is not None
         last = self.history[-1] if self.history else {}
-        text = f"{self.who}: stopped by {neve.stopped_by} at {unit} {neve.epoch} ({stop_reason(neve, last, unit)})"
+        why = stop_reason(neve, last, unit)
+        text = f"{self.who}: stopped by {neve.stopped_by} at {unit} {neve.epoch} ({why})"
         if neve.best_epoch != neve.epoch:
-            text += (f"; weights restored to {unit} {neve.best_epoch}, the prediction-changes minimum "
-                     f"(training loss {_g(last.get('kept_train_loss'))})")
+            text += (f"; weights restored to {unit} {neve.best_epoch}, the prediction-changes "
+                     f"minimum (training loss {_g(last.get('kept_train_loss'))})")
         return text
 
 
@@ -168,7 +170,7 @@ def stop_reason(neve: NeVe, last: Mapping[str, Any], unit: str = "epoch") -> str
     >>> from neve_tune import NeVe, NeuralVelocity, gaussian_probe
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 2))
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    >>> neve = NeVe(opt, NeuralVelocity(model, gaussian_probe((4,), 8)), min_epochs=1, stall_patience=None)
+    >>> neve = NeVe(opt, NeuralVelocity(model, gaussian_probe((4,), 8)), min_epochs=1)
     >>> neve.start()
     >>> neve.peak_velocity, neve.stopped_by = 0.5, "velocity"
     >>> stop_reason(neve, {"velocity": 0.002})
@@ -177,19 +179,22 @@ def stop_reason(neve: NeVe, last: Mapping[str, Any], unit: str = "epoch") -> str
     why = neve.stopped_by
     velocity, loss = last.get("velocity"), last.get("train_loss")
     if why == "prediction_changes":
-        return (f"memorisation guard: the training examples whose prediction changed (mean over {neve.pc_window} "
-                f"{unit}s) reached no new minimum in {neve.epoch - neve.pc_best_epoch} {unit}s since {unit} "
+        since = neve.epoch - neve.pc_best_epoch
+        return (f"memorisation guard: the training examples whose prediction changed (mean over "
+                f"{neve.pc_window} {unit}s) reached no new minimum in {since} {unit}s since {unit} "
                 f"{neve.pc_best_epoch}, patience {neve.pc_patience}")
     if why == "diverged":
-        return f"non-finite training loss or velocity (training loss {_g(loss)}, velocity {_g(velocity)})"
+        return f"non-finite training loss or velocity (loss {_g(loss)}, velocity {_g(velocity)})"
     if why == "max_epochs":
         return f"the cap, max_epochs={neve.max_epochs}"
     if why == "stalled":
         chance = "" if neve.num_classes is None else f" and chance {math.log(neve.num_classes):.4g}"
-        return (f"did not learn: training loss {_g(loss)}, lowest {_g(min(neve.train_losses, default=None))}, "
-                f"not {neve.stall_margin:g} below the first {unit}'s {_g(neve.first_loss)}{chance}")
+        lowest = _g(min(neve.train_losses, default=None))
+        return (f"did not learn: training loss {_g(loss)}, lowest {lowest}, not "
+                f"{neve.stall_margin:g} below the first {unit}'s {_g(neve.first_loss)}{chance}")
     if velocity is None:
         return f"velocity not measured, threshold {neve.threshold:g} ({neve.threshold_mode})"
     if neve.threshold_mode == "relative" and neve.peak_velocity > 0:
-        return f"V / peak V = {velocity / neve.peak_velocity:.3g} < threshold {neve.threshold:g} (relative)"
+        ratio = velocity / neve.peak_velocity
+        return f"V / peak V = {ratio:.3g} < threshold {neve.threshold:g} (relative)"
     return f"velocity {velocity:.3g} < threshold {neve.threshold:g} (absolute)"

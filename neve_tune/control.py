@@ -26,8 +26,8 @@ from ._rules import STALL_PATIENCE, auto_patience, learned, resolve_patience, st
 from .baselines import LRReplay, ValidationControl
 from .velocity import NeuralVelocity
 
-__all__ = ["Controller", "LRReplay", "NeVe", "ValidationControl", "auto_patience", "check_epochs", "learned",
-           "resolve_patience", "resolve_threshold"]
+__all__ = ["Controller", "LRReplay", "NeVe", "ValidationControl", "auto_patience", "check_epochs",
+           "learned", "resolve_patience", "resolve_threshold"]
 
 LR_SIGNALS = ("velocity_change", "velocity", "prediction_changes")
 THRESHOLD_MODES = ("absolute", "relative")
@@ -117,8 +117,9 @@ class NeVe(_Stoppable):
         >>> neve = NeVe(opt, NeuralVelocity(model, gaussian_probe((4,), 16)), threshold=1e-3, max_epochs=5)
         >>> neve.start()
         >>> metrics = neve.step(train_loss=0.7)    # after one training epoch
-        >>> sorted(metrics)  # the inputs come back too, ready for report_epoch / tune.report
-        ['diverged', 'epoch', 'kept_epoch', 'kept_train_loss', 'lr', 'neve_stop', 'prediction_changes', 'stalled', 'stopped_by', 'train_loss', 'velocity', 'velocity_change']
+        >>> sorted(metrics)  # doctest: +NORMALIZE_WHITESPACE
+        ['diverged', 'epoch', 'kept_epoch', 'kept_train_loss', 'lr', 'neve_stop',
+         'prediction_changes', 'stalled', 'stopped_by', 'train_loss', 'velocity', 'velocity_change']
     """
 
     def __init__(
@@ -156,7 +157,8 @@ class NeVe(_Stoppable):
         self.lr_signal = lr_signal
         self.num_classes = check_int("num_classes", num_classes, minimum=2, allow_none=True)
         self.stall_margin = check_float("stall_margin", stall_margin, low=0.0, high=1.0, high_open=True)
-        self.stall_patience = check_int("stall_patience", stall_patience, minimum=1, allow_none=True)
+        self.stall_patience = check_int("stall_patience", stall_patience, minimum=1,
+                                        allow_none=True)
         self.pc_patience = check_int("pc_patience", pc_patience, minimum=1, allow_none=True)
         self.pc_window = check_int("pc_window", pc_window, minimum=1)
         self.pc_restore = bool(pc_restore)
@@ -268,8 +270,9 @@ class NeVe(_Stoppable):
     def _stalled_early(self) -> bool:
         """:func:`stalled_early` on this run's losses (the lowest finite one so far)."""
         finite = [x for x in self.train_losses if _finite(x)]
-        return stalled_early(self.epoch, min(finite, default=None), self.first_loss, max_epochs=self.max_epochs,
-                             stall_patience=self.stall_patience, stall_margin=self.stall_margin)
+        return stalled_early(self.epoch, min(finite, default=None), self.first_loss,
+                             max_epochs=self.max_epochs, stall_patience=self.stall_patience,
+                             stall_margin=self.stall_margin)
 
     def _inputs(self, train_loss: Any, val_loss: Any, prediction_changes: Any) -> tuple[float, float | None, Any]:
         """The step's inputs checked (before anything changes) and as plain numbers."""
@@ -298,10 +301,11 @@ class NeVe(_Stoppable):
             return
         self._pc_warned = True
         warnings.warn(
-            f"NeVe(pc_patience={self.pc_patience}) got no prediction_changes at epoch {self.epoch + 1}: the "
-            "memorisation guard cannot stop this run. Pass step(..., prediction_changes=n) after every epoch, "
-            "n = training examples whose predicted class changed since the previous epoch "
-            "(PredictionChanges.epoch_end() or SubsetPredictionChanges.measure(model)), or NeVe(pc_patience=None)",
+            f"NeVe(pc_patience={self.pc_patience}) got no prediction_changes at epoch "
+            f"{self.epoch + 1}: the memorisation guard cannot stop this run. Pass "
+            "step(..., prediction_changes=n) after every epoch, n = training examples whose "
+            "predicted class changed since the previous epoch (PredictionChanges.epoch_end() or "
+            "SubsetPredictionChanges.measure(model)), or NeVe(pc_patience=None)",
             UserWarning,
             stacklevel=4,
         )
@@ -363,7 +367,8 @@ class NeVe(_Stoppable):
         self.velocity.load_state_dict(state_dict["velocity"])
         self.first_loss = state_dict.get("first_loss")
         # a state saved before the loss series: its losses are unknown (NaN), the count kept
-        self.train_losses = [float(x) for x in state_dict.get("train_losses", [float("nan")] * self.epoch)]
+        losses = state_dict.get("train_losses", [float("nan")] * self.epoch)
+        self.train_losses = [float(x) for x in losses]
         self.peak_velocity = float(state_dict.get("peak_velocity", 0.0))
         self.pc_series = [float(x) for x in state_dict.get("pc_series", [])]
         self.pc_best = state_dict.get("pc_best")

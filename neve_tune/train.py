@@ -319,7 +319,8 @@ def _fit_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Da
         "diverged": bool(step["diverged"]),
         # the epoch whose weights the model holds (a guard stop may restore an earlier one)
         "kept_epoch": step.get("kept_epoch", epoch),
-        "kept_train_loss": step.get("kept_train_loss", train_loss if math.isfinite(train_loss) else float("nan")),
+        "kept_train_loss": step.get("kept_train_loss",
+                                    train_loss if math.isfinite(train_loss) else float("nan")),
         "epoch_time_s": dt,
         "train_samples": cost.train_samples,
         "probe_samples": cost.probe_samples,

@@ -67,9 +67,8 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
     (:mod:`neve_tune.hf._state`); it asks the Trainer to log at each save, since the
     Trainer's checkpoint drops the loss it has not logged yet.
     ``trainer.train(resume_from_checkpoint=...)`` loads the file of the checkpoint whose
-    ``trainer_state.json`` is the resumed state. A checkpoint without it gives one warning and a fresh
-    series; an unreadable one raises ``ValueError`` naming it. A given ``probe`` is not
-    saved: pass the same one when resuming.
+    ``trainer_state.json`` is the resumed state. One without it gives a warning and a fresh
+    series, an unreadable one a ``ValueError``. Pass a given ``probe`` again to resume.
 
     With a ``trial`` (given here, or learnt through :meth:`track_trial` under
     ``Trainer.hyperparameter_search(backend="optuna")``) each measurement is reported with
@@ -395,6 +394,7 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         assert neve is not None
         state.log_history.append({"neve_stopped_by": neve.stopped_by, "neve_stop_measurement": neve.epoch,
                                   "neve_best_measurement": neve.best_epoch,
-                                  "neve_kept_train_loss": neve.kept()["kept_train_loss"], "step": state.global_step})
+                                  "neve_kept_train_loss": neve.kept()["kept_train_loss"],
+                                  "step": state.global_step})
         if self.verbose and state.is_world_process_zero:
             print(self.stop_line("epoch" if not self.every_n_steps else "measurement"), flush=True)

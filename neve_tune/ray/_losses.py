@@ -25,7 +25,7 @@ def remember_first_loss(
     >>> first = {}
     >>> remember_first_loss(first, "t", {"training_iteration": 2, "train_loss": 0.6})
     0.6
-    >>> remember_first_loss(first, "t", {"training_iteration": 1, "train_loss": 0.7})  # earlier wins
+    >>> remember_first_loss(first, "t", {"training_iteration": 1, "train_loss": 0.7})  # earlier
     0.7
     """
     loss = _unwrap(result.get(loss_metric))

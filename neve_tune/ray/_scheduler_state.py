@@ -50,7 +50,8 @@ class NeVeASHAStateCallback(Callback):
             raise TypeError(f"NeVeASHAStateCallback: the callback needs a NeVeASHAScheduler, got {type(scheduler).__name__}")
         self.scheduler = scheduler
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
         """A result Tune stopped (``done``: the scheduler or a stopper decided) that names no
         ``stopped_by`` gets one: the scheduler's outcome (``"pruned"``, ``"converged"``,
         ``"stalled"``, ``"diverged"``, ``"max_t"``), else ``"tune"`` (a stopper or a
@@ -58,7 +59,8 @@ class NeVeASHAStateCallback(Callback):
         write it, so the trial's last recorded result says why it ended."""
         if result.get("done") and result.get("stopped_by") is None:
             outcome = getattr(self.scheduler, "outcome", None)
-            result["stopped_by"] = (outcome(trial.trial_id) if callable(outcome) else None) or STOPPED_BY_TUNE
+            why = outcome(trial.trial_id) if callable(outcome) else None
+            result["stopped_by"] = why or STOPPED_BY_TUNE
 
     def get_state(self) -> dict[str, Any] | None:
         if not getattr(self.scheduler, "persist", True):

@@ -15,7 +15,8 @@ from .._checks import _is_bool, _unwrap, check_float, check_int, is_finite, to_f
 from .._rules import STALL_PATIENCE, learned
 from ._losses import remember_best_loss, remember_first_loss, stalls_early
 
-__all__ = ["NeVeStopper", "velocity_verdict", "remember_best_loss", "remember_first_loss", "CONVERGED", "DIVERGED", "STALLED", "MIN_RAW_EPOCHS"]
+__all__ = ["NeVeStopper", "velocity_verdict", "remember_best_loss", "remember_first_loss",
+           "CONVERGED", "DIVERGED", "STALLED", "MIN_RAW_EPOCHS"]
 
 CONVERGED = "converged"
 DIVERGED = "diverged"
@@ -121,7 +122,8 @@ def velocity_verdict(
     loss_metric: str = "train_loss",
     num_classes: int | None = None,
     stall_margin: float = 0.1,
-    best_loss: float | None = None, max_epochs: int | None = None, stall_patience: int | None = STALL_PATIENCE,
+    best_loss: float | None = None, max_epochs: int | None = None,
+    stall_patience: int | None = STALL_PATIENCE,
 ) -> str | None:
     """``"diverged"``, ``"stalled"``, ``"converged"`` or ``None`` (go on) for one Tune result.
 
@@ -140,7 +142,7 @@ def velocity_verdict(
        against ``first_loss``, its first result's, and chance with ``num_classes``),
        else ``"stalled"``. Without ``first_loss`` this result is the first, so it cannot
        have learned. ``result[metric] = None`` means "not measured": go on. With
-       ``max_epochs``, :func:`~neve_tune.ray._losses.stalls_early` may end a raw result ``"stalled"`` first.
+       ``max_epochs``, :func:`~neve_tune.ray._losses.stalls_early` may end it ``"stalled"``.
 
     Raises ``ValueError`` naming the key when a result with training metrics has neither
     ``metric`` nor ``neve_stop``, when a raw-velocity result has no ``loss_metric``, or
@@ -167,8 +169,9 @@ def velocity_verdict(
         return STALLED
     if "neve_stop" in result:
         return CONVERGED if _flag(result, "neve_stop", who) else None
-    rule = dict(grace_period=grace_period, first_loss=first_loss, num_classes=num_classes, stall_margin=stall_margin,
-                best_loss=best_loss, max_epochs=max_epochs, stall_patience=stall_patience)
+    rule = dict(grace_period=grace_period, first_loss=first_loss, num_classes=num_classes,
+                stall_margin=stall_margin, best_loss=best_loss, max_epochs=max_epochs,
+                stall_patience=stall_patience)
     return _raw_velocity_verdict(result, value, loss, metric, loss_metric, threshold_key, threshold, who, **rule)
 
 
@@ -195,8 +198,8 @@ def _raw_velocity_verdict(result: Mapping[str, Any], value: float | None, loss: 
             f"{who}: a result with a raw {metric!r} and no 'neve_stop' needs {loss_metric!r} (the epoch's mean "
             f"training loss) to tell a converged trial from a stalled one; it reports {keys}"
         )
-    if max_epochs is not None and stalls_early(result, loss, best_loss, first_loss, max_epochs, stall_patience,
-                                               stall_margin):
+    if max_epochs is not None and stalls_early(result, loss, best_loss, first_loss, max_epochs,
+                                               stall_patience, stall_margin):
         return STALLED
     if to_float("training_iteration", result.get("training_iteration", grace_period)) < grace_period:
         return None
@@ -316,7 +319,8 @@ class NeVeStopper(Stopper):
         self._counts: dict[str, int] = {CONVERGED: 0, DIVERGED: 0, STALLED: 0}
         self._first_loss: dict[str, tuple[float, float]] = {}  # trial_id -> (iteration, loss) of its first result
         self._max_epochs = check_int("max_epochs", max_epochs, minimum=1, allow_none=True)
-        self._stall_patience = check_int("stall_patience", stall_patience, minimum=1, allow_none=True)
+        self._stall_patience = check_int("stall_patience", stall_patience, minimum=1,
+                                         allow_none=True)
         self._best_loss: dict[str, float] = {}  # trial_id -> its lowest reported loss
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
@@ -357,8 +361,10 @@ class NeVeStopper(Stopper):
             for _, verdict in self._stopped.values():
                 self._counts[verdict] += 1
         self.__dict__.pop("_last_iteration", None)
-        for key, default in (("_loss_metric", "train_loss"), ("_num_classes", None), ("_stall_margin", 0.1), ("_first_loss", {}),
-                             ("_max_epochs", None), ("_stall_patience", STALL_PATIENCE), ("_best_loss", {})):
+        defaults = {"_loss_metric": "train_loss", "_num_classes": None, "_stall_margin": 0.1,
+                    "_first_loss": {}, "_max_epochs": None, "_stall_patience": STALL_PATIENCE,
+                    "_best_loss": {}}
+        for key, default in defaults.items():
             self.__dict__.setdefault(key, default)
 
     # ------------------------------------------------------------ introspection
