@@ -328,3 +328,55 @@ def test_under_tune_a_pruned_trial_reports_stopped_by(tmp_path, monkeypatch):
     pruned = [s for s, (it, _) in ended.items() if it < 8]
     assert pruned and all(ended[s][1] == "pruned" for s in pruned), ended
     assert all(ended[s][1] in ("max_t", None) for s in ended if s not in pruned), ended
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # a local Ray: 30-90 s on a shared 2-core machine
+def test_under_tune_a_dead_learning_rate_ends_stalled_within_a_few_epochs(tmp_path, monkeypatch):
+    """The README trainable at LR 1e-6 (and a learning LR beside it), 15-epoch budget, under
+    Tuner with NeVeStopper and NeVeASHAScheduler: the dead trial ends stalled at epoch 6."""
+    import ray
+    import ray.train.constants
+    from ray import tune
+
+    from neve_tune.ray import report_epoch
+
+    monkeypatch.setattr(ray.train.constants, "DEFAULT_STORAGE_PATH", str(tmp_path))
+
+    def trainable(config):
+        torch.manual_seed(0)
+        x = torch.randn(512, 20)
+        y = (x[:, :2].sum(1) > 0).long()
+        model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 2))
+        optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"])
+        velocity = NeuralVelocity(model, gaussian_probe((20,), 100, seed=0))
+        neve = NeVe(optimizer, velocity, max_epochs=15, num_classes=2)
+        neve.start()
+        while not neve.should_stop:
+            total = 0.0
+            for xb, yb in zip(x.split(64), y.split(64)):
+                loss = nn.functional.cross_entropy(model(xb), yb)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += loss.item()
+            report_epoch(neve.step(train_loss=total / 8))
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        sched = NeVeASHAScheduler(max_t=15, grace_period=1, reduction_factor=2)
+        results = tune.Tuner(
+            trainable,
+            param_space={"lr": tune.grid_search([1e-6, 0.5])},
+            tune_config=tune.TuneConfig(scheduler=sched, max_concurrent_trials=1),
+            run_config=tune.RunConfig(
+                stop=NeVeStopper(num_classes=2), callbacks=[sched.callback()], verbose=0
+            ),
+        ).fit()
+    finally:
+        ray.shutdown()
+    ended = {r.config["lr"]: (r.metrics["epoch"], r.metrics["stopped_by"]) for r in results}
+    assert ended[1e-6] == (1 + _rules.STALL_PATIENCE, "stalled"), ended
+    assert ended[0.5][1] != "stalled", ended
