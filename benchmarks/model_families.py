@@ -259,17 +259,23 @@ def run(family: str, seed: int, max_epochs: int, rule: tuple[str, float] | None 
 
 def replay(rows: list[dict[str, Any]], mode: str, threshold: float, num_classes: int,
            max_epochs: int, stall_margin: float = 0.1) -> tuple[int, str]:
-    """(stop epoch, stopped_by) of ``NeVe`` under one rule, from a run recorded without a stop."""
-    first, peak = rows[0]["train_loss"], 0.0
-    keep = 1.0 - stall_margin
+    """(stop epoch, stopped_by) of ``NeVe`` under one rule, from a run recorded without a stop
+    (the stall checks are the controller's own functions, neve_tune._rules)."""
+    from neve_tune._rules import STALL_PATIENCE, learned, stalled_early
+
+    first, peak, best = rows[0]["train_loss"], 0.0, math.inf
     for r in rows:
         v = r["velocity"]
         peak = max(peak, v)
+        best = min(best, r["train_loss"])
         settled = v / peak if mode == "relative" and peak > 0 else v
         fired = settled < threshold
         if fired or r["epoch"] >= max_epochs:
-            learned = r["train_loss"] < keep * first and r["train_loss"] < keep * math.log(num_classes)
-            return r["epoch"], ("velocity" if fired else "max_epochs") if learned else "stalled"
+            ok = learned(r["train_loss"], first, stall_margin=stall_margin, num_classes=num_classes)
+            return r["epoch"], ("velocity" if fired else "max_epochs") if ok else "stalled"
+        if stalled_early(r["epoch"], best, first, max_epochs=max_epochs,
+                         stall_patience=STALL_PATIENCE, stall_margin=stall_margin):
+            return r["epoch"], "stalled"
     raise ValueError("the record ends before max_epochs")
 
 

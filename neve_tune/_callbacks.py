@@ -13,16 +13,18 @@ the callback is built; one it cannot honour is refused there, never accepted and
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Mapping
 
 import torch
 
 from ._checks import check_float, check_int
 from ._forward import check_probe_target
-from .control import NeVe
+from .control import NeVe, auto_patience, resolve_patience
 from .prediction_changes import PredictionChanges, SubsetPredictionChanges
 
-__all__ = ["CallbackSettings", "auto_patience", "check_controller_options", "check_trial"]
+__all__ = ["CallbackSettings", "auto_patience", "check_controller_options", "check_trial",
+           "stop_reason"]
 
 # set by the callback itself, never through **controller_options
 _OWN = {"self", "optimizer", "velocity", "threshold"}
@@ -30,15 +32,6 @@ _OWN = {"self", "optimizer", "velocity", "threshold"}
 STUDY_DEFAULTS: dict[str, Any] = {"patience": "auto", "threshold_mode": "relative", "pc_patience": 3, "pc_window": 3,
                                   "pc_restore": True}
 DEFAULT_THRESHOLD = 1e-2  # the studies' default: with threshold_mode="relative", V / peak V < 1e-2
-
-
-def auto_patience(max_epochs: int) -> int:
-    """``patience="auto"``: ``max(2, max_epochs // 20)`` epochs, as ``Study(lr_patience="auto")``.
-
-    >>> auto_patience(60), auto_patience(250), auto_patience(10)
-    (3, 12, 2)
-    """
-    return max(2, int(max_epochs) // 20)
 
 
 def check_controller_options(options: Mapping[str, Any], who: str) -> None:
@@ -125,8 +118,7 @@ class CallbackSettings:
         self.layers = layers
         self.probe_module, self.probe_fn, self.verbose = probe_module, probe_fn, verbose
         options = {**STUDY_DEFAULTS, **controller_options}
-        if options["patience"] != "auto":
-            check_int("patience", options["patience"], minimum=0)
+        resolve_patience(options["patience"], 100)  # checked here, resolved against the budget
         check_int("pc_patience", options["pc_patience"], minimum=1, allow_none=True)
         self.prediction_changes = self._check_source(prediction_changes)
         self.source_spec = _check_guard(options, self.prediction_changes, set(controller_options), who)
@@ -148,20 +140,61 @@ class CallbackSettings:
         options = dict(self.controller_options)
         if "max_epochs" not in options and max_epochs is not None:
             options["max_epochs"] = max(1, int(max_epochs))
-        if options["patience"] == "auto":
-            options["patience"] = auto_patience(options.get("max_epochs", 100))
+        options["patience"] = resolve_patience(options["patience"], options.get("max_epochs", 100))
         return options
 
     def stop_line(self, unit: str = "epoch") -> str:
-        """One line: why the run stopped, when, and which weights the model holds."""
+        """One line: why the run stopped (the rule that fired, with its numbers), when, and
+        which weights the model holds (:func:`stop_reason`)."""
         neve = self.neve
         assert neve is not None and neve.stopped_by is not None
         last = self.history[-1] if self.history else {}
-        velocity = last.get("velocity")
-        text = f"{self.who}: stopped by {neve.stopped_by} at {unit} {neve.epoch}"
-        if velocity is not None:
-            text += f" (velocity {velocity:.3g}, threshold {self.threshold:g})"
+        why = stop_reason(neve, last, unit)
+        text = f"{self.who}: stopped by {neve.stopped_by} at {unit} {neve.epoch} ({why})"
         if neve.best_epoch != neve.epoch:
-            text += f"; weights restored to {unit} {neve.best_epoch}, the prediction-changes minimum"
+            text += (f"; weights restored to {unit} {neve.best_epoch}, the prediction-changes "
+                     f"minimum (training loss {_g(last.get('kept_train_loss'))})")
         return text
 
+
+def _g(x: Any) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def stop_reason(neve: NeVe, last: Mapping[str, Any], unit: str = "epoch") -> str:
+    """The rule that ended ``neve``'s run, in words and numbers: for a velocity stop the
+    quantity the threshold applies to (``V / peak V`` for a relative threshold, ``V`` for an
+    absolute one); for a guard stop the guard's reason, not the velocity.
+
+    >>> import torch
+    >>> from neve_tune import NeVe, NeuralVelocity, gaussian_probe
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> neve = NeVe(opt, NeuralVelocity(model, gaussian_probe((4,), 8)), min_epochs=1)
+    >>> neve.start()
+    >>> neve.peak_velocity, neve.stopped_by = 0.5, "velocity"
+    >>> stop_reason(neve, {"velocity": 0.002})
+    'V / peak V = 0.004 < threshold 0.01 (relative)'
+    """
+    why = neve.stopped_by
+    velocity, loss = last.get("velocity"), last.get("train_loss")
+    if why == "prediction_changes":
+        since = neve.epoch - neve.pc_best_epoch
+        return (f"memorisation guard: the training examples whose prediction changed (mean over "
+                f"{neve.pc_window} {unit}s) reached no new minimum in {since} {unit}s since {unit} "
+                f"{neve.pc_best_epoch}, patience {neve.pc_patience}")
+    if why == "diverged":
+        return f"non-finite training loss or velocity (loss {_g(loss)}, velocity {_g(velocity)})"
+    if why == "max_epochs":
+        return f"the cap, max_epochs={neve.max_epochs}"
+    if why == "stalled":
+        chance = "" if neve.num_classes is None else f" and chance {math.log(neve.num_classes):.4g}"
+        lowest = _g(min(neve.train_losses, default=None))
+        return (f"did not learn: training loss {_g(loss)}, lowest {lowest}, not "
+                f"{neve.stall_margin:g} below the first {unit}'s {_g(neve.first_loss)}{chance}")
+    if velocity is None:
+        return f"velocity not measured, threshold {neve.threshold:g} ({neve.threshold_mode})"
+    if neve.threshold_mode == "relative" and neve.peak_velocity > 0:
+        ratio = velocity / neve.peak_velocity
+        return f"V / peak V = {ratio:.3g} < threshold {neve.threshold:g} (relative)"
+    return f"velocity {velocity:.3g} < threshold {neve.threshold:g} (absolute)"

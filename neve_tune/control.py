@@ -14,7 +14,7 @@ All three implement :class:`Controller` (:mod:`neve_tune._controller`), the inte
 
 from __future__ import annotations
 
-import math
+import warnings
 from typing import Any, Mapping
 
 import torch
@@ -22,16 +22,18 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ._checks import check_choice, check_float, check_int, to_float
 from ._controller import Controller, _finite, _lr, _reopened, _Stoppable, check_epochs
+from ._rules import STALL_PATIENCE, auto_patience, learned, resolve_patience, stalled_early
 from .baselines import LRReplay, ValidationControl
 from .guard import MemorisationGuard
 from .velocity import NeuralVelocity
 
-__all__ = ["Controller", "LRReplay", "NeVe", "ValidationControl", "check_epochs", "learned", "resolve_threshold"]
+__all__ = ["Controller", "LRReplay", "NeVe", "ValidationControl", "auto_patience", "check_epochs",
+           "learned", "resolve_patience", "resolve_threshold"]
 
 LR_SIGNALS = ("velocity_change", "velocity", "prediction_changes")
 THRESHOLD_MODES = ("absolute", "relative")
 # the velocity stop when no threshold is given: V / peak V < 1e-2, chosen from the model-family
-# table (docs/measurements.md, "One stop rule for every model family"; docs/design.md, "The controller")
+# table (README, "One stop rule for every model family"; docs/design.md, "The controller")
 DEFAULT_THRESHOLD_MODE = "relative"
 DEFAULT_THRESHOLDS = {"relative": 1e-2, "absolute": 1e-3}
 
@@ -54,22 +56,6 @@ def resolve_threshold(threshold: float | None = None, threshold_mode: str | None
     return float(check_float("threshold", threshold, positive=True)), threshold_mode  # type: ignore[arg-type]
 
 
-def learned(train_loss: float, first_loss: float | None, *, stall_margin: float = 0.1, num_classes: int | None = None) -> bool:
-    """The stall rule: whether a run whose first epoch's training loss was ``first_loss``
-    learned by the epoch whose loss is ``train_loss``. It did when that loss is below
-    ``(1 - stall_margin) * first_loss`` and, when ``num_classes`` is known, below
-    ``(1 - stall_margin) * log(num_classes)`` (chance). A run with no first loss has not.
-    :class:`NeVe` and ``neve_tune.ray.NeVeStopper`` judge by this one rule.
-
-    >>> learned(0.5, 0.7), learned(0.68, 0.7), learned(0.64, 0.73, num_classes=2)
-    (True, False, False)
-    """
-    keep = 1.0 - stall_margin
-    if first_loss is None or not train_loss < keep * first_loss:
-        return False
-    return num_classes is None or train_loss < keep * math.log(num_classes)
-
-
 def _count(name: str, value: Any) -> int | float | None:
     """A reported count (Python, NumPy or 0-d tensor) as a plain number: an int when whole."""
     number = to_float(name, value, allow_none=True)
@@ -84,7 +70,9 @@ class NeVe(_Stoppable):
     After every epoch, :meth:`step`:
 
     1. measures the velocity ``V^t`` and its change ``D^t`` on the probe;
-    2. steps ``ReduceLROnPlateau(mode="min", factor, patience, threshold=0)`` on ``D^t``
+    2. steps ``ReduceLROnPlateau(mode="min", factor, patience, threshold=0)``
+       (``patience="auto"``, the default: ``max(2, max_epochs // 20)`` epochs, as every
+       study and callback, :func:`auto_patience`) on ``D^t``
        (``lr_signal="velocity_change"``, from the 2nd epoch), on ``V^t``
        (``"velocity"``), or on the moving average of ``prediction_changes`` over
        ``pc_window`` epochs (``"prediction_changes"``: the LR decays once the predictions
@@ -107,12 +95,21 @@ class NeVe(_Stoppable):
        - ``"stalled"``: either stop above (or the ``max_epochs`` cap) on a run that did not
          learn: its training loss is not below ``(1 - stall_margin)`` times its first
          epoch's, or not below ``(1 - stall_margin) * log(num_classes)`` (chance) when
-         ``num_classes`` is given. A stalled run is not converged;
+         ``num_classes`` is given; or, with no stop, ``stall_patience`` epochs (5) after
+         the first with the training loss never below ``(1 - stall_margin)`` times the
+         first epoch's and, at its pace so far, not getting there by ``max_epochs``
+         (:func:`neve_tune._rules.stalled_early`: a dead learning rate, whose V / peak V
+         stays near 1, ends within a few epochs, not at the cap; a slow learner goes on).
+         A stalled run is not converged;
        - ``"max_epochs"``: the cap;
     4. a non-finite training loss or velocity ends the run as ``"diverged"`` (no exception).
 
     ``neve_stop`` is true on the epoch the run ends as converged (``"velocity"`` or
-    ``"prediction_changes"``); ``stalled`` on the epoch it ends as stalled. The rule is
+    ``"prediction_changes"``); ``stalled`` on the epoch it ends as stalled; ``stopped_by``
+    is None until that epoch. Every epoch carries ``kept_epoch``, the epoch whose weights
+    the model holds after it (:attr:`best_epoch`: itself, or an earlier one after a
+    restoring guard stop), and ``kept_train_loss``, that epoch's training loss: the
+    objective that describes the weights kept, to return from an objective. The rule is
     written out in docs/design.md, "The controller".
 
     Example::
@@ -124,8 +121,9 @@ class NeVe(_Stoppable):
         >>> neve = NeVe(opt, NeuralVelocity(model, gaussian_probe((4,), 16)), threshold=1e-3, max_epochs=5)
         >>> neve.start()
         >>> metrics = neve.step(train_loss=0.7)    # after one training epoch
-        >>> sorted(metrics)  # the inputs come back too, ready for report_epoch / tune.report
-        ['diverged', 'epoch', 'lr', 'neve_stop', 'prediction_changes', 'stalled', 'train_loss', 'unfit', 'velocity', 'velocity_change']
+        >>> sorted(metrics)  # doctest: +NORMALIZE_WHITESPACE
+        ['diverged', 'epoch', 'kept_epoch', 'kept_train_loss', 'lr', 'neve_stop',
+         'prediction_changes', 'stalled', 'stopped_by', 'train_loss', 'unfit', 'velocity', 'velocity_change']
     """
 
     def __init__(
@@ -138,10 +136,11 @@ class NeVe(_Stoppable):
         max_epochs: int = 100,
         lr_signal: str = "velocity_change",
         factor: float = 0.5,
-        patience: int = 10,
+        patience: int | str = "auto",
         threshold_mode: str | None = None,
         num_classes: int | None = None,
         stall_margin: float = 0.1,
+        stall_patience: int | None = STALL_PATIENCE,
         pc_patience: int | None = None,
         pc_window: int = 3,
         pc_restore: bool = True,
@@ -151,7 +150,7 @@ class NeVe(_Stoppable):
         if not isinstance(velocity, NeuralVelocity):
             raise TypeError(f"velocity must be a NeuralVelocity, got {type(velocity).__name__}")
         check_epochs(min_epochs, max_epochs)
-        check_int("patience", patience, minimum=0)
+        patience = resolve_patience(patience, max_epochs)
         check_float("factor", factor, low=0.0, high=1.0, low_open=True, high_open=True)
         self.optimizer = optimizer
         self.velocity = velocity
@@ -162,15 +161,20 @@ class NeVe(_Stoppable):
         self.lr_signal = lr_signal
         self.num_classes = check_int("num_classes", num_classes, minimum=2, allow_none=True)
         self.stall_margin = check_float("stall_margin", stall_margin, low=0.0, high=1.0, high_open=True)
+        self.stall_patience = check_int("stall_patience", stall_patience, minimum=1,
+                                        allow_none=True)
         self.pc_patience = check_int("pc_patience", pc_patience, minimum=1, allow_none=True)
         self.pc_window = check_int("pc_window", pc_window, minimum=1)
         self.pc_restore = bool(pc_restore)
+        self.patience = patience
+        self._pc_warned = False  # the missing-prediction-changes warning, once per controller
         self.guard = None if self.pc_patience is None else MemorisationGuard(self.pc_patience, self.pc_window)
         self._best_weights: dict[str, torch.Tensor] | None = None
         self.scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience, threshold=0.0)
         self.epoch = 0
         self.stopped_by: str | None = None
         self.first_loss: float | None = None
+        self.train_losses: list[float] = []  # per epoch: the kept epoch's loss, the stall check
         self.peak_velocity = 0.0
         self.pc_series: list[float] = []
 
@@ -203,7 +207,7 @@ class NeVe(_Stoppable):
 
     @property
     def pc_best_epoch(self) -> int:
-        """The epoch of the guard's kept minimum (0: none, or the guard is off)."""
+        """The epoch of the guard's minimum (0: none yet, or the guard is off)."""
         return 0 if self.guard is None else self.guard.best_epoch
 
     def _prediction_changes_stop(self, prediction_changes: Any, unfit: Any) -> bool:
@@ -239,11 +243,14 @@ class NeVe(_Stoppable):
         self.epoch += 1
         if self.first_loss is None and _finite(train_loss):
             self.first_loss = float(train_loss)
+        self.train_losses.append(float(train_loss))
         velocity, change, diverged = self._measure(train_loss)
         if diverged:
             self.stopped_by = "diverged"
         else:
             self._decide(train_loss, velocity, change, prediction_changes, unfit)  # type: ignore[arg-type]
+            if self.stopped_by is None and self.epoch >= self.min_epochs and self._stalled_early():
+                self.stopped_by = "stalled"
         metrics = {
             "epoch": self.epoch,
             "velocity": velocity,
@@ -255,10 +262,26 @@ class NeVe(_Stoppable):
             "neve_stop": self.stopped_by in ("velocity", "prediction_changes"),
             "stalled": self.stopped_by == "stalled",
             "diverged": diverged,
+            "stopped_by": self.stopped_by,
+            **self.kept(),
         }
         if val_loss is not None:
             metrics["val_loss"] = val_loss
         return metrics
+
+    def kept(self) -> dict[str, Any]:
+        """``kept_epoch`` (:attr:`best_epoch`) and ``kept_train_loss``, its training loss
+        (NaN when a restored run's state predates the loss series)."""
+        epoch = self.best_epoch
+        loss = self.train_losses[epoch - 1] if 0 < epoch <= len(self.train_losses) else float("nan")
+        return {"kept_epoch": epoch, "kept_train_loss": loss}
+
+    def _stalled_early(self) -> bool:
+        """:func:`stalled_early` on this run's losses (the lowest finite one so far)."""
+        finite = [x for x in self.train_losses if _finite(x)]
+        return stalled_early(self.epoch, min(finite, default=None), self.first_loss,
+                             max_epochs=self.max_epochs, stall_patience=self.stall_patience,
+                             stall_margin=self.stall_margin)
 
     def _inputs(self, train_loss: Any, val_loss: Any, prediction_changes: Any,
                 unfit: Any) -> tuple[float, float | None, Any, Any]:
@@ -270,6 +293,8 @@ class NeVe(_Stoppable):
                 "n = training examples whose predicted class changed since the previous epoch"
             )
         train_loss = to_float("train_loss", train_loss)
+        if self.pc_patience is not None and prediction_changes is None and self.epoch >= 1:
+            self._warn_no_prediction_changes()
         if self.velocity.epoch < 0:
             raise RuntimeError(
                 "NeVe.step() before start(): call neve.start() once before the first training epoch "
@@ -285,6 +310,22 @@ class NeVe(_Stoppable):
                 "after update(index, output, target); SubsetPredictionChanges.unfit), or pc_patience=None"
             )
         return train_loss, val_loss, prediction_changes, unfit
+
+    def _warn_no_prediction_changes(self) -> None:
+        """The guard is on but gets no counts: say so once, rather than run without it in
+        silence (the 1st epoch has none to give: nothing to compare with yet)."""
+        if self._pc_warned:
+            return
+        self._pc_warned = True
+        warnings.warn(
+            f"NeVe(pc_patience={self.pc_patience}) got no prediction_changes at epoch "
+            f"{self.epoch + 1}: the memorisation guard cannot stop this run. Pass "
+            "step(..., prediction_changes=n) after every epoch, n = training examples whose "
+            "predicted class changed since the previous epoch (PredictionChanges.epoch_end() or "
+            "SubsetPredictionChanges.measure(model)), or NeVe(pc_patience=None)",
+            UserWarning,
+            stacklevel=4,
+        )
 
     def _measure(self, train_loss: float) -> tuple[float | None, float | None, bool]:
         """(velocity, velocity change, diverged); nothing is measured after a non-finite loss."""
@@ -326,6 +367,7 @@ class NeVe(_Stoppable):
             "scheduler": self.scheduler.state_dict(),
             "velocity": self.velocity.state_dict(),
             "first_loss": self.first_loss,
+            "train_losses": list(self.train_losses),
             "peak_velocity": self.peak_velocity,
             "pc_series": list(self.pc_series),
             "guard": None if self.guard is None else self.guard.state_dict(),
@@ -342,6 +384,9 @@ class NeVe(_Stoppable):
         self.scheduler.load_state_dict(dict(state_dict["scheduler"]))
         self.velocity.load_state_dict(state_dict["velocity"])
         self.first_loss = state_dict.get("first_loss")
+        # a state saved before the loss series: its losses are unknown (NaN), the count kept
+        losses = state_dict.get("train_losses", [float("nan")] * self.epoch)
+        self.train_losses = [float(x) for x in losses]
         self.peak_velocity = float(state_dict.get("peak_velocity", 0.0))
         self.pc_series = [float(x) for x in state_dict.get("pc_series", [])]
         if self.guard is not None:

@@ -88,7 +88,11 @@ class NeVeCallback(CallbackSettings, pl.Callback):
        every rank stops and :meth:`check_pruned` raises after ``fit``);
     6. once the controller stops (``stopped_by``) ``trainer.should_stop`` is set, the
        reason goes to every logger's hyperparameters (``neve_stopped_by``,
-       ``neve_stop_epoch``, ``neve_best_epoch``) and, with ``verbose``, one line is printed.
+       ``neve_stop_epoch``, ``neve_best_epoch``, ``neve_kept_train_loss``: the training
+       loss of the epoch whose weights the model holds), the last epoch's logged metrics
+       carry ``kept_epoch`` and ``kept_train_loss``, and, with ``verbose``, one line is
+       printed: the rule that fired with its numbers (``V / peak V`` next to a relative
+       threshold, the velocity next to an absolute one, the guard's reason for a guard stop).
        A guard stop (``"prediction_changes"``) has restored the weights of the epoch of the
        prediction-changes minimum (``pc_restore``), as ``fit`` does.
 
@@ -350,7 +354,8 @@ class NeVeCallback(CallbackSettings, pl.Callback):
             return
         for logger in trainer.loggers:
             logger.log_hyperparams({"neve_stopped_by": neve.stopped_by, "neve_stop_epoch": neve.epoch,
-                                    "neve_best_epoch": neve.best_epoch})
+                                    "neve_best_epoch": neve.best_epoch,
+                                    "neve_kept_train_loss": neve.kept()["kept_train_loss"]})
         if self.verbose:
             print(self.stop_line("epoch"), flush=True)
 

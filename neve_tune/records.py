@@ -78,6 +78,8 @@ METRIC_NAMES = (
     "train_samples",
     "probe_samples",
     "eval_samples",
+    "kept_epoch",  # the epoch whose weights the model holds (a guard stop may restore one)
+    "kept_train_loss",  # that epoch's training loss: the objective of the weights kept
 )
 
 #: why a run ended (``stopped_by``). ``velocity`` and ``prediction_changes`` are the

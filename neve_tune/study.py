@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ._checks import check_choice, check_float, check_int, check_seed
-from .control import LR_SIGNALS, check_epochs
+from .control import LR_SIGNALS, auto_patience, check_epochs
 from .data import DataBundle, check_data_changes, get_dataset
 from .prediction_changes import PREDICTION_CHANGES
 from .records import FINAL_MODELS, VAL_METRICS
@@ -179,7 +179,7 @@ class Study:
         """``lr_patience`` in epochs: ``"auto"`` scales it to the budget, ``max(2, max_epochs // 20)``
         (3 for 60 epochs, 12 for the paper's 250); the same for NeVe and the baselines."""
         if self.lr_patience == "auto":
-            return max(2, self.max_epochs // 20)
+            return auto_patience(self.max_epochs)
         return int(self.lr_patience)
 
     def config(self, sampled: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -353,6 +353,10 @@ def _fit_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Da
         "neve_stop": bool(step.get("neve_stop", False)),
         "stalled": bool(step.get("stalled", False)),
         "diverged": bool(step["diverged"]),
+        # the epoch whose weights the model holds (a guard stop may restore an earlier one)
+        "kept_epoch": step.get("kept_epoch", epoch),
+        "kept_train_loss": step.get("kept_train_loss",
+                                    train_loss if math.isfinite(train_loss) else float("nan")),
         "epoch_time_s": dt,
         "train_samples": cost.train_samples,
         "probe_samples": cost.probe_samples,

@@ -32,8 +32,33 @@ def _trial(t, output_dir: Path) -> dict:
                     key=lambda p: int(Path(p).parent.name.rsplit("-", 1)[1]))
     last = read_state(states[-1]) if states else {"history": [{}]}
     return {"status": t.status, "epoch": t.last_result.get("epoch"), "objective": t.last_result.get("objective"),
+            "kept_train_loss": t.last_result.get("kept_train_loss"), "eval_loss": t.last_result.get("eval_loss"),
             "trial_id": t.trial_id, "lr": t.config["learning_rate"], "states": states,
             "state_lr": last["history"][0].get("lr"), "state_measurements": len(last["history"])}
+
+
+def neve_objective(out: Path) -> None:
+    """No eval_dataset: the callback, attached to the Trainer, gives each trial NeVe's
+    objective and reports every measurement to Tune, ranked by NeVeASHAScheduler."""
+    from neve_tune.ray import NeVeASHAScheduler
+
+    warnings.filterwarnings("ignore")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        neve = NeVeTrainerCallback(threshold=1e-2, min_epochs=2)
+        trainer = Trainer(model_init=tiny_bert, args=_args(out, num_train_epochs=15), train_dataset=Tokens(),
+                          callbacks=[neve])
+        neve.attach(trainer)
+        best = trainer.hyperparameter_search(
+            hp_space=lambda _: {"learning_rate": tune.grid_search([1e-2, 2e-2])},
+            backend="ray", direction="minimize", n_trials=1, storage_path=str(out / "ray"), verbose=0,
+            scheduler=NeVeASHAScheduler(max_t=15, grace_period=2, reduction_factor=2),
+        )
+        trials = [_trial(t, out / "out") for t in best.run_summary.trials]
+        print(json.dumps({"trials": trials, "best_lr": best.hyperparameters["learning_rate"],
+                          "best_objective": best.objective}))
+    finally:
+        ray.shutdown()
 
 
 def main(out: Path) -> None:
@@ -60,4 +85,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    (neve_objective if sys.argv[2:] == ["neve-objective"] else main)(Path(sys.argv[1]))

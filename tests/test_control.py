@@ -43,8 +43,9 @@ def test_max_epochs_cap_and_result_names():
     for i in range(3):
         _nudge(model, 0.1 * (i + 1))
         m = neve.step(train_loss=1.0 / (i + 1))
-    assert set(m) == {"epoch", "velocity", "velocity_change", "train_loss", "prediction_changes", "unfit", "lr", "neve_stop",
-                      "stalled", "diverged"}
+    assert set(m) == {"epoch", "velocity", "velocity_change", "train_loss", "prediction_changes", "unfit", "lr",
+                      "neve_stop", "stalled", "diverged", "stopped_by", "kept_epoch", "kept_train_loss"}
+    assert (m["stopped_by"], m["kept_epoch"], m["kept_train_loss"]) == ("max_epochs", 3, 1.0 / 3)
     assert neve.stopped_by == "max_epochs" and m["velocity"] > 1e-9
 
 
@@ -198,7 +199,8 @@ def test_non_finite_velocity_marks_diverged():
 
 @pytest.mark.parametrize("signal", ["velocity_change", "velocity"])
 def test_lr_decays_on_plateau_of_the_signal(signal):
-    model, opt, neve = _setup(lr=1.0, threshold=1e-12, max_epochs=40, patience=2, lr_signal=signal)
+    model, opt, neve = _setup(lr=1.0, threshold=1e-12, max_epochs=40, patience=2, lr_signal=signal,
+                              stall_patience=None)  # a flat loss: the stall check would end it
     neve.start()
     lrs = []
     for i in range(20):

@@ -345,11 +345,18 @@ def _same(a: dict, b: dict) -> bool:
 def test_guard_stops_on_noisy_labels_and_restores_its_restore_point():
     torch.manual_seed(0)
     weights, neve = _Weights(), NeVeCallback(threshold=1e-9)  # the studies' guard: pc_patience=3, pc_window=3
-    model = Net(lr=0.5)
-    _trainer([weights, neve], max_epochs=40).fit(model, _noisy_loader())
+    model, record = Net(lr=0.5), _Hparams()
+    trainer = _trainer([weights, neve], max_epochs=40, logger=record)
+    trainer.fit(model, _noisy_loader())
     assert neve.stopped_by == "prediction_changes" and neve.neve.epoch < 40
     best = neve.neve.best_epoch
     assert best < neve.neve.epoch and neve.history[-1]["neve_stop"] is True
+    # the logged objective describes the weights kept, not the last epoch's
+    kept_loss = neve.history[best - 1]["train_loss"]
+    assert (neve.history[-1]["kept_epoch"], neve.history[-1]["kept_train_loss"]) == (best, kept_loss)
+    assert float(trainer.callback_metrics["kept_epoch"]) == best
+    assert float(trainer.callback_metrics["kept_train_loss"]) == pytest.approx(kept_loss)
+    assert record.hparams["neve_kept_train_loss"] == kept_loss
     assert _same(model.state_dict(), weights.saved[best - 1]) and not _same(model.state_dict(), weights.saved[-1])
     changes = [m["prediction_changes"] for m in neve.history]
     assert changes[0] is None and all(isinstance(c, int) for c in changes[1:])  # the subset: all 256 examples
@@ -578,8 +585,9 @@ def test_the_stop_is_printed_with_verbose_and_logged(capsys):
     neve = NeVeCallback(threshold=1e-2, min_epochs=2, verbose=True)
     _trainer([neve], logger=record).fit(Net(lr=0.5), _loader())
     stop = [line for line in capsys.readouterr().out.splitlines() if line.startswith("NeVeCallback")]
+    ratio = neve.velocities[-1] / max(v for v in neve.velocities if v is not None)
     assert stop == [f"NeVeCallback: stopped by velocity at epoch {len(neve.history)} "
-                    f"(velocity {neve.velocities[-1]:.3g}, threshold 0.01)"]
+                    f"(V / peak V = {ratio:.3g} < threshold 0.01 (relative))"]
     assert record.hparams["neve_stopped_by"] == "velocity" and record.hparams["neve_stop_epoch"] == len(neve.history)
     torch.manual_seed(0)
     quiet = NeVeCallback(threshold=1e-2, min_epochs=2)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -205,21 +208,54 @@ def test_core_imports_neither_optuna_nor_ray() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_wheel_ships_the_studies_and_load_study_works_from_it(tmp_path: Path) -> None:
+# a module named __main__ runs the CLI when imported
+_WALK = """
+import importlib, json, pkgutil, sys
+import neve_tune
+from neve_tune.study import bundled_studies, load_study
+names = ["neve_tune"] + [m.name for m in pkgutil.walk_packages(neve_tune.__path__, "neve_tune.")
+                         if not m.name.endswith("__main__")]
+files = {name: importlib.import_module(name).__file__ for name in names}
+studies = {name: load_study(name).name for name in bundled_studies()}
+print(json.dumps({"files": files, "studies": studies}))
+"""
+
+
+def _tree_modules() -> set[str]:
+    """Every module of the source tree, as the wheel must ship it (studies/ is neve_tune.studies)."""
+    found = {"/".join(p.relative_to(ROOT).parts) for p in SOURCES}
+    found |= {f"neve_tune/studies/{p.name}" for p in (ROOT / "studies").glob("*.py")}
+    return found
+
+
+# about 13 s: builds and installs the wheel, then imports every module from it
+def test_the_wheel_is_the_tree(tmp_path: Path) -> None:
+    """The wheel ships every module of the tree (packages are discovered, not listed), and
+    from the installed wheel alone, outside the checkout, every module imports and every
+    bundled study loads."""
+    src = tmp_path / "src"  # a clean copy: no build/ left over from an earlier build
+    junk = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("neve_tune", "studies"):
+        shutil.copytree(ROOT / name, src / name, ignore=junk)
+    for name in ("pyproject.toml", "setup.py", "setup.cfg", "README.md"):
+        if (ROOT / name).exists():
+            shutil.copy(ROOT / name, src / name)
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT),
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(src),
                     "-w", str(wheels)], check=True, capture_output=True, cwd=tmp_path)
     (wheel,) = wheels.glob("neve_tune-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    assert "neve_tune/studies/digits.py" in names and "neve_tune/studies/cifar10_resnet32.py" in names
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
+    assert shipped == _tree_modules(), (sorted(_tree_modules() - shipped), sorted(shipped - _tree_modules()))
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, capture_output=True, cwd=tmp_path)
-    code = ("import neve_tune; from neve_tune import load_study; "
-            "s = load_study('digits'); c = load_study('cifar100_resnet32'); "
-            "print(neve_tune.__file__, s.name, c.data)")
-    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {code}"],
-                         capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    path, name, data = out.stdout.split()
-    assert path.startswith(str(site)) and name == "digits" and data == "cifar100"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", _WALK], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    found = json.loads(out.stdout.splitlines()[-1])
+    assert {"neve_tune.hf", "neve_tune.hf._callback", "neve_tune.lightning", "neve_tune.ray._stopper",
+            "neve_tune.optuna._pruner", "neve_tune.studies"} <= set(found["files"])
+    outside = {name: f for name, f in found["files"].items() if not f.startswith(str(site))}
+    assert not outside, f"imported from outside the installed wheel: {outside}"
+    studies = sorted(p.stem for p in (ROOT / "studies").glob("*.py") if not p.stem.startswith("_"))
+    assert sorted(found["studies"]) == studies and all(found["studies"][n] == n for n in studies)

@@ -22,9 +22,11 @@ With ``Trainer.hyperparameter_search(backend="optuna", pruner=NeVePruner(), ...)
 ``model_init`` with :meth:`NeVeTrainerCallback.track_trial`: the Trainer passes each Optuna
 trial to ``model_init``, and the callback then reports every measurement to it
 (:func:`neve_tune.optuna.report_epoch`) and raises ``optuna.TrialPruned`` when the pruner says so.
-With ``backend="ray"`` each trial stops itself and the Trainer reports its final
-evaluation to Tune (pass the training set as ``eval_dataset`` for a validation-free
-objective). Either way each trial run keeps its own callback state, in its own run folder.
+With no ``eval_dataset``, :meth:`NeVeTrainerCallback.attach` (``neve.attach(trainer)``)
+makes each search trial's objective NeVe's, the training loss of the measurement whose
+weights it keeps, with no evaluation; under ``backend="ray"`` every measurement then goes
+to Tune, so ``scheduler=NeVeASHAScheduler(...)`` passes through. Either way each trial run
+keeps its own callback state, in its own run folder.
 
 Resuming: every Trainer checkpoint gets the callback's state (``neve_state.pt``, see
 :data:`STATE_FILE`), and ``trainer.train(resume_from_checkpoint=...)`` continues the same

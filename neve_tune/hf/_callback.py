@@ -21,7 +21,7 @@ from .._pc_source import PCSource, check_classes
 from ..control import NeVe
 from ..train import save_checkpoint
 from ..velocity import NeuralVelocity
-from . import _state
+from . import _search, _state
 from ._probe import logits_forward, probe_from_example
 
 __all__ = ["NeVeTrainerCallback"]
@@ -41,9 +41,10 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
     training starts. When the controller stops (``stopped_by``: ``"velocity"``,
     ``"prediction_changes"``, ``"stalled"``, ``"max_epochs"``, ``"diverged"``)
     ``control.should_training_stop`` is set, ``state.log_history`` gets
-    ``{"neve_stopped_by": ..., "neve_stop_measurement": ..., "neve_best_measurement": ...}``
-    and, with ``verbose``, one line is printed. A guard stop has restored the weights of
-    the measurement of the prediction-changes minimum (``pc_restore``), as ``fit`` does.
+    ``{"neve_stopped_by", "neve_stop_measurement", "neve_best_measurement",
+    "neve_kept_train_loss"}`` (the loss of the weights kept) and, with ``verbose``, one line
+    names the rule that fired with its numbers (``V / peak V`` for a relative threshold).
+    A guard stop has restored the weights of its minimum (``pc_restore``), as ``fit`` does.
     Every measurement's metrics (with ``train_loss``, ``prediction_changes`` and ``step``)
     go to :attr:`history`.
 
@@ -60,22 +61,20 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
     :class:`neve_tune.PredictionChanges` you update (e.g. in ``compute_loss``) is used as
     given; None turns the guard off.
 
-    Checkpoints: at every Trainer save the callback writes its state to
-    :data:`neve_tune.hf.STATE_FILE` in the folder just saved (``checkpoint-<step>`` in
-    ``output_dir``, or in a run folder of it under ``Trainer.hyperparameter_search``:
-    :mod:`neve_tune.hf._state`): the controller, :attr:`history`, the prediction-change
-    series, the loss logged since the last point and a built probe; it asks the Trainer to
-    log at each save, since the Trainer's checkpoint drops the loss it has not logged yet.
-    ``trainer.train(resume_from_checkpoint=...)`` loads it in ``on_train_begin``: the file
-    of the checkpoint whose ``trainer_state.json`` is the resumed state (also in
-    ``args.resume_from_checkpoint``). A checkpoint without it gives one warning and a fresh
-    series; an unreadable one raises ``ValueError`` naming it. A given ``probe`` is not
-    saved: pass the same one when resuming (another raises ``ValueError``).
+    Checkpoints: at every Trainer save the callback writes its state (the controller,
+    :attr:`history`, the prediction-change series, the loss logged since the last point, a
+    built probe) to :data:`neve_tune.hf.STATE_FILE` in the folder just saved
+    (:mod:`neve_tune.hf._state`); it asks the Trainer to log at each save, since the
+    Trainer's checkpoint drops the loss it has not logged yet.
+    ``trainer.train(resume_from_checkpoint=...)`` loads the file of the checkpoint whose
+    ``trainer_state.json`` is the resumed state. One without it gives a warning and a fresh
+    series, an unreadable one a ``ValueError``. Pass a given ``probe`` again to resume.
 
     With a ``trial`` (given here, or learnt through :meth:`track_trial` under
     ``Trainer.hyperparameter_search(backend="optuna")``) each measurement is reported with
     :func:`neve_tune.optuna.report_epoch` and ``optuna.TrialPruned`` is raised when
-    ``trial.should_prune()``. Keep ``eval_strategy="no"``.
+    ``trial.should_prune()``. :meth:`attach` makes a search's objective NeVe's, with no
+    ``eval_dataset`` (:mod:`neve_tune.hf._search`). Keep ``eval_strategy="no"``.
 
     The probe: ``probe``, or one built from ``train_dataset[0][probe_key]`` (integer ids:
     :func:`neve_tune.hf.token_probe` over ``model.config.vocab_size``; floats: a seeded
@@ -100,9 +99,7 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         state_key: a name for this callback's state file (``neve_state-<name>.pt``), needed
             by a second NeVeTrainerCallback in one Trainer.
         **controller_options: more :class:`neve_tune.NeVe` options (``min_epochs``,
-            ``max_epochs`` (counted in measurements), ``factor``, ``patience``,
-            ``lr_signal``, ``threshold_mode``, ``num_classes``, ``stall_margin``,
-            ``pc_patience``, ``pc_window``, ``pc_restore``).
+            ``max_epochs`` counted in measurements, ``patience``, ``num_classes``, ...).
     """
 
     who = "NeVeTrainerCallback"
@@ -142,6 +139,7 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         self.input_key = probe_key if input_key is None else input_key
         self.state_file = _state.STATE_FILE if state_key is None else f"neve_state-{state_key}.pt"
         self._warned: set[str] = set()
+        self._trainer: Any = None  # set by attach(): a search's objective needs no evaluation
         self._reset_run()
 
     def _reset_run(self) -> None:
@@ -182,6 +180,19 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
             return model_init(trial) if takes_trial else model_init()
 
         return wrapped
+
+    def attach(self, trainer: Any) -> Any:
+        """Give this callback its Trainer, so that ``trainer.hyperparameter_search`` takes
+        NeVe's objective with no ``eval_dataset`` (:mod:`neve_tune.hf._search`): each trial's
+        value is the training loss of the measurement whose weights it keeps, and under
+        Ray every measurement is reported to Tune. Returns ``trainer``."""
+        _search.check_trainer(trainer, self)
+        self._trainer = trainer
+        return trainer
+
+    def on_train_end(self, args, state, control, **kwargs):
+        _search.set_trial_objective(self._trainer, self.history)
+        return control
 
     # ------------------------------------------------------------ setup
     def _probe_for(self, model: nn.Module, dataset: Any, saved: dict[str, Any] | None) -> torch.Tensor:
@@ -364,6 +375,7 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         metrics.setdefault("prediction_changes", changes)
         metrics["step"] = state.global_step
         self.history.append(metrics)
+        _search.report_to_search(self._trainer, metrics, state.is_world_process_zero)
         if self.trial is not None and state.is_world_process_zero:
             from ..optuna import report_epoch
 
@@ -382,6 +394,8 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         neve = self.neve
         assert neve is not None
         state.log_history.append({"neve_stopped_by": neve.stopped_by, "neve_stop_measurement": neve.epoch,
-                                  "neve_best_measurement": neve.best_epoch, "step": state.global_step})
+                                  "neve_best_measurement": neve.best_epoch,
+                                  "neve_kept_train_loss": neve.kept()["kept_train_loss"],
+                                  "step": state.global_step})
         if self.verbose and state.is_world_process_zero:
             print(self.stop_line("epoch" if not self.every_n_steps else "measurement"), flush=True)

@@ -21,10 +21,13 @@ __all__ = ["NeVeASHAStateCallback"]
 logger = logging.getLogger(__name__)
 
 _STATE_KEY = "neve_asha_scheduler"
+#: ``stopped_by`` of a trial Tune stopped without the scheduler (a stopper, a ``stop`` criterion)
+STOPPED_BY_TUNE = "tune"
 
 
 class NeVeASHAStateCallback(Callback):
-    """Carries a :class:`~neve_tune.ray.NeVeASHAScheduler`'s state in Ray Tune's experiment checkpoint.
+    """Carries a :class:`~neve_tune.ray.NeVeASHAScheduler`'s state in Ray Tune's experiment
+    checkpoint, and records in a stopped trial's last result why it stopped (``stopped_by``).
 
     Tune calls ``get_state`` when it checkpoints the experiment (periodically, not on
     every result) and ``set_state`` on ``Tuner.restore`` before the restored trials are
@@ -46,6 +49,18 @@ class NeVeASHAStateCallback(Callback):
         if not all(callable(getattr(scheduler, m, None)) for m in ("state_dict", "load_state_dict")):
             raise TypeError(f"NeVeASHAStateCallback: the callback needs a NeVeASHAScheduler, got {type(scheduler).__name__}")
         self.scheduler = scheduler
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        """A result Tune stopped (``done``: the scheduler or a stopper decided) that names no
+        ``stopped_by`` gets one: the scheduler's outcome (``"pruned"``, ``"converged"``,
+        ``"stalled"``, ``"diverged"``, ``"max_t"``), else ``"tune"`` (a stopper or a
+        ``stop`` criterion). Tune lets callbacks amend a result in place before its loggers
+        write it, so the trial's last recorded result says why it ended."""
+        if result.get("done") and result.get("stopped_by") is None:
+            outcome = getattr(self.scheduler, "outcome", None)
+            why = outcome(trial.trial_id) if callable(outcome) else None
+            result["stopped_by"] = why or STOPPED_BY_TUNE
 
     def get_state(self) -> dict[str, Any] | None:
         if not getattr(self.scheduler, "persist", True):

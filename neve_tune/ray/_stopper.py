@@ -12,9 +12,11 @@ from typing import Any, Mapping
 from ray.tune.stopper import Stopper
 
 from .._checks import _is_bool, _unwrap, check_float, check_int, is_finite, to_float
-from ..control import learned
+from .._rules import STALL_PATIENCE, learned
+from ._losses import remember_best_loss, remember_first_loss, stalls_early
 
-__all__ = ["NeVeStopper", "velocity_verdict", "remember_first_loss", "CONVERGED", "DIVERGED", "STALLED", "MIN_RAW_EPOCHS"]
+__all__ = ["NeVeStopper", "velocity_verdict", "remember_best_loss", "remember_first_loss",
+           "CONVERGED", "DIVERGED", "STALLED", "MIN_RAW_EPOCHS"]
 
 CONVERGED = "converged"
 DIVERGED = "diverged"
@@ -114,15 +116,14 @@ def _trial_threshold(result: Mapping[str, Any], threshold_key: str, default: flo
 def velocity_verdict(
     result: Mapping[str, Any],
     *,
-    metric: str = "velocity",
-    threshold_key: str = "threshold",
-    threshold: float | None = None,
-    grace_period: int = MIN_RAW_EPOCHS,
-    who: str = "NeVeStopper",
+    metric: str = "velocity", threshold_key: str = "threshold", threshold: float | None = None,
+    grace_period: int = MIN_RAW_EPOCHS, who: str = "NeVeStopper",
     first_loss: float | None = None,
     loss_metric: str = "train_loss",
     num_classes: int | None = None,
     stall_margin: float = 0.1,
+    best_loss: float | None = None, max_epochs: int | None = None,
+    stall_patience: int | None = STALL_PATIENCE,
 ) -> str | None:
     """``"diverged"``, ``"stalled"``, ``"converged"`` or ``None`` (go on) for one Tune result.
 
@@ -140,7 +141,8 @@ def velocity_verdict(
        ``"converged"`` if it learned by :func:`neve_tune.control.learned` (its loss
        against ``first_loss``, its first result's, and chance with ``num_classes``),
        else ``"stalled"``. Without ``first_loss`` this result is the first, so it cannot
-       have learned. ``result[metric] = None`` means "not measured": go on.
+       have learned. ``result[metric] = None`` means "not measured": go on. With
+       ``max_epochs``, :func:`~neve_tune.ray._losses.stalls_early` may end it ``"stalled"``.
 
     Raises ``ValueError`` naming the key when a result with training metrics has neither
     ``metric`` nor ``neve_stop``, when a raw-velocity result has no ``loss_metric``, or
@@ -167,7 +169,9 @@ def velocity_verdict(
         return STALLED
     if "neve_stop" in result:
         return CONVERGED if _flag(result, "neve_stop", who) else None
-    rule = dict(grace_period=grace_period, first_loss=first_loss, num_classes=num_classes, stall_margin=stall_margin)
+    rule = dict(grace_period=grace_period, first_loss=first_loss, num_classes=num_classes,
+                stall_margin=stall_margin, best_loss=best_loss, max_epochs=max_epochs,
+                stall_patience=stall_patience)
     return _raw_velocity_verdict(result, value, loss, metric, loss_metric, threshold_key, threshold, who, **rule)
 
 
@@ -178,7 +182,8 @@ def _number(result: Mapping[str, Any], key: str, who: str) -> float | None:
 def _raw_velocity_verdict(result: Mapping[str, Any], value: float | None, loss: float | None, metric: str,
                           loss_metric: str, threshold_key: str, threshold: float | None, who: str, *,
                           grace_period: int, first_loss: float | None, num_classes: int | None,
-                          stall_margin: float) -> str | None:
+                          stall_margin: float, best_loss: float | None, max_epochs: int | None,
+                          stall_patience: int | None) -> str | None:
     """Rule 4 of :func:`velocity_verdict`: a result without ``neve_stop``."""
     if metric not in result:
         if _bare(result):
@@ -193,33 +198,15 @@ def _raw_velocity_verdict(result: Mapping[str, Any], value: float | None, loss: 
             f"{who}: a result with a raw {metric!r} and no 'neve_stop' needs {loss_metric!r} (the epoch's mean "
             f"training loss) to tell a converged trial from a stalled one; it reports {keys}"
         )
+    if max_epochs is not None and stalls_early(result, loss, best_loss, first_loss, max_epochs,
+                                               stall_patience, stall_margin):
+        return STALLED
     if to_float("training_iteration", result.get("training_iteration", grace_period)) < grace_period:
         return None
     if not value < _trial_threshold(result, threshold_key, threshold, who):
         return None
     first = loss if first_loss is None else first_loss
     return CONVERGED if learned(loss, first, stall_margin=stall_margin, num_classes=num_classes) else STALLED
-
-
-def remember_first_loss(first: dict[str, tuple[float, float]], trial_id: str, result: Mapping[str, Any],
-                        loss_metric: str = "train_loss") -> float | None:
-    """Keep in ``first`` (trial id -> (iteration, loss)) the finite ``loss_metric`` of the
-    earliest iteration seen for the trial, and return it (None before any).
-
-    >>> first = {}
-    >>> remember_first_loss(first, "t", {"training_iteration": 2, "train_loss": 0.6})
-    0.6
-    >>> remember_first_loss(first, "t", {"training_iteration": 1, "train_loss": 0.7})  # an earlier one wins
-    0.7
-    """
-    loss = _unwrap(result.get(loss_metric))
-    if is_finite(loss):
-        iteration = to_float("training_iteration", result.get("training_iteration", 0))
-        known = first.get(trial_id)
-        if known is None or iteration < known[0]:
-            first[trial_id] = (float(iteration), float(loss))  # type: ignore[arg-type]
-    known = first.get(trial_id)
-    return None if known is None else known[1]
 
 
 class NeVeStopper(Stopper):
@@ -239,7 +226,9 @@ class NeVeStopper(Stopper):
       stall rule judges it: converged only if ``loss_metric`` (``"train_loss"``) fell
       below ``(1 - stall_margin)`` times the trial's first reported loss and, with
       ``num_classes``, below ``(1 - stall_margin) * log(num_classes)`` (chance);
-      otherwise stalled. Such results must carry ``loss_metric``.
+      otherwise stalled. Such results must carry ``loss_metric``. With ``max_epochs``
+      (the trials' budget) such a trial also ends stalled by the controller's early
+      stall check, without waiting for a velocity stop (a dead learning rate).
 
     The threshold is searched, so each trial has its own: it is read from the result
     (``threshold_key``, default ``"threshold"``), else from the trial's config, else the
@@ -268,6 +257,9 @@ class NeVeStopper(Stopper):
         num_classes: the task's number of classes: a raw-velocity trial whose loss
             stays near chance (``log(num_classes)``) ends stalled.
         stall_margin: the relative loss drop that counts as learning (the controller's).
+        max_epochs: the trials' epoch budget: turns on the early stall check for raw
+            velocity results (a reported ``stalled`` flag already carries it).
+        stall_patience: epochs after the first before that check may fire (the controller's).
 
     Example::
 
@@ -311,6 +303,8 @@ class NeVeStopper(Stopper):
         loss_metric: str = "train_loss",
         num_classes: int | None = None,
         stall_margin: float = 0.1,
+        max_epochs: int | None = None,
+        stall_patience: int | None = STALL_PATIENCE,
     ) -> None:
         self._threshold = None if threshold is None else check_threshold(threshold)
         self._metric = _check_key(metric, "metric")
@@ -324,6 +318,10 @@ class NeVeStopper(Stopper):
         self._stopped: dict[str, tuple[int, str]] = {}
         self._counts: dict[str, int] = {CONVERGED: 0, DIVERGED: 0, STALLED: 0}
         self._first_loss: dict[str, tuple[float, float]] = {}  # trial_id -> (iteration, loss) of its first result
+        self._max_epochs = check_int("max_epochs", max_epochs, minimum=1, allow_none=True)
+        self._stall_patience = check_int("stall_patience", stall_patience, minimum=1,
+                                         allow_none=True)
+        self._best_loss: dict[str, float] = {}  # trial_id -> its lowest reported loss
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         iteration = int(to_float("training_iteration", result.get("training_iteration", 0)))
@@ -340,6 +338,9 @@ class NeVeStopper(Stopper):
             loss_metric=self._loss_metric,
             num_classes=self._num_classes,
             stall_margin=self._stall_margin,
+            best_loss=remember_best_loss(self._best_loss, trial_id, result, self._loss_metric),
+            max_epochs=self._max_epochs,
+            stall_patience=self._stall_patience,
         )
         if verdict is None:
             return False
@@ -360,7 +361,10 @@ class NeVeStopper(Stopper):
             for _, verdict in self._stopped.values():
                 self._counts[verdict] += 1
         self.__dict__.pop("_last_iteration", None)
-        for key, default in (("_loss_metric", "train_loss"), ("_num_classes", None), ("_stall_margin", 0.1), ("_first_loss", {})):
+        defaults = {"_loss_metric": "train_loss", "_num_classes": None, "_stall_margin": 0.1,
+                    "_first_loss": {}, "_max_epochs": None, "_stall_patience": STALL_PATIENCE,
+                    "_best_loss": {}}
+        for key, default in defaults.items():
             self.__dict__.setdefault(key, default)
 
     # ------------------------------------------------------------ introspection
