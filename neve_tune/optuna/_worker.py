@@ -21,6 +21,7 @@ The rules :func:`run_worker` follows (``neve-tune optuna worker`` on each machin
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -33,6 +34,9 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from .._checks import check_choice, check_device, check_float, check_int, check_seed
+from .._json import json_safe
+from ..data import data_identity
+from ..models import check_model_available
 from ..study import Study, load_study
 from ..trial import resolve_device
 from ._objective import OBJECTIVE_METHODS, make_objective
@@ -42,10 +46,13 @@ from ._selection import pick_trial
 from ._stop import Abandon, PoliteStop, WorkerInterrupted
 from ._storage import make_storage, redact_url, storage_kind
 
-__all__ = ["run_worker", "open_study", "StudyNotFoundError", "METHOD_ATTR", "format_trial", "check_direction",
+__all__ = ["run_worker", "open_study", "StudyNotFoundError", "METHOD_ATTR", "IDENTITY_ATTR", "study_identity", "format_trial", "check_direction",
            "WorkerInterrupted"]
 
 METHOD_ATTR = "neve_method"  # study user attribute: the method every worker must run
+IDENTITY_ATTR = "neve_study"  # study user attribute: the study file, data and epoch budget of every trial
+MAX_STUDY_NAME = 512  # Optuna's RDB schema holds study names of up to 512 characters
+MAX_THREADS_PER_CPU = 4  # torch threads beyond this many per core only oversubscribe (100000 crashed)
 
 
 class StudyNotFoundError(LookupError):
@@ -120,6 +127,37 @@ def format_trial(trial: FrozenTrial) -> str:
     )
 
 
+def study_identity(study: Study) -> dict[str, Any]:
+    """What every trial of one Optuna study must share: the study file's name, its data
+    (:func:`neve_tune.data.data_identity`: not where the files lie) and its epoch budget."""
+    identity = {"study": study.name, "data": data_identity(study.data, study.data_options), "max_epochs": study.max_epochs}
+    return json.loads(json.dumps(json_safe(identity), default=str))  # as the storage gives it back
+
+
+def _check_identity(search: optuna.Study, identity: dict[str, Any]) -> None:
+    """Refuse a worker whose study file, data or epoch budget differ from those the
+    Optuna study was created with (its trials would not be comparable)."""
+    stored = search.user_attrs.get(IDENTITY_ATTR)
+    if stored is None or stored == identity:
+        return
+    names = {"study": "study file", "data": "data", "max_epochs": "max_epochs"}
+    diffs = [f"{names.get(k, k)}: {stored.get(k)!r} in the storage, {identity.get(k)!r} here"
+             for k in identity if stored.get(k) != identity.get(k)]
+    raise ValueError(f"study {search.study_name!r} was created from another study ({'; '.join(diffs)}); "
+                     "run its workers with the study file and settings it was created with, or use another --study-name")
+
+
+def check_study_name(name: Any, label: str = "study_name") -> str:
+    """An Optuna study name: a non-empty string of at most 512 characters (what its
+    storages hold), checked before any storage is opened."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{label} must be a non-empty string, got {name!r}")
+    if len(name) > MAX_STUDY_NAME:
+        raise ValueError(f"{label} must be at most {MAX_STUDY_NAME} characters (what Optuna's storages hold), "
+                         f"got {len(name)}")
+    return name
+
+
 def _check_method(study: optuna.Study, method: str) -> None:
     stored = study.user_attrs.get(METHOD_ATTR)
     if stored is None:
@@ -164,13 +202,16 @@ def run_worker(
     _check_arguments(n_trials=n_trials, total_trials=total_trials, torch_threads=torch_threads, timeout=timeout,
                      method=method, seed=seed, device=device, sampler_seed=sampler_seed, direction=direction,
                      max_retry=max_retry)
+    check_study_name(study_name if study_name is not None else study.name,
+                     "study_name" if study_name is not None else f"study {study.name!r}'s name (the study name)")
+    check_model_available(study.model, f"study {study.name!r}: model")  # not as a FAIL trial
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
     data = study.load_data()  # fail here, not inside a trial, when the data set is missing
     search = open_study(study_name or study.name, storage, create=create, direction=direction,
                         sampler=_sampler(sampler_seed), heartbeat_interval=heartbeat_interval,
                         heartbeat_grace_period=heartbeat_grace_period, max_retry=max_retry)
-    _check_search(search, method)
+    _check_search(search, method, study_identity(study))
     search.pruner = _pruner(search, method, pruner, pruner_options, study)
     if checkpoint_dir is None and storage_kind(storage) == "rdb" and heartbeat_interval is not None and log:
         log("note: no checkpoint directory, so a retried trial restarts from epoch 0 (pass --checkpoint-dir)")
@@ -195,7 +236,10 @@ def _check_arguments(**kw: Any) -> None:
     check_choice("method", kw["method"], OBJECTIVE_METHODS)
     check_int("n_trials", kw["n_trials"], minimum=1, allow_none=True)
     check_int("total_trials", kw["total_trials"], minimum=1, allow_none=True)
-    check_int("torch_threads", kw["torch_threads"], minimum=1, allow_none=True)
+    threads = check_int("torch_threads", kw["torch_threads"], minimum=1, allow_none=True)
+    most = MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
+    if threads is not None and threads > most:
+        raise ValueError(f"torch_threads must be at most {most} ({MAX_THREADS_PER_CPU} per CPU core here), got {threads}")
     check_float("timeout", kw["timeout"], positive=True, allow_none=True)
     check_seed("seed", kw["seed"])
     check_seed("sampler_seed", kw["sampler_seed"], allow_none=True)
@@ -220,15 +264,20 @@ def _sampler(sampler_seed: int | None) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler() if sampler_seed is None else TrialSeededTPESampler(sampler_seed)
 
 
-def _check_search(search: optuna.Study, method: str) -> None:
-    """One objective, minimized, run with the method stored in the study."""
+def _check_search(search: optuna.Study, method: str, identity: dict[str, Any] | None = None) -> None:
+    """One objective, minimized, run with the method and the study identity stored in the
+    study (both stored by its first worker, once every check passed)."""
     if len(search.directions) != 1:
         raise ValueError(f"study {search.study_name!r} has {len(search.directions)} objectives; "
                          "a worker needs a single-objective study")
     if search.direction != optuna.study.StudyDirection.MINIMIZE:
         raise ValueError(f"study {search.study_name!r} maximizes; its objective is a loss, so it must minimize "
                          f"(create it with --direction minimize)")
+    if identity is not None:
+        _check_identity(search, identity)
     _check_method(search, method)
+    if identity is not None and IDENTITY_ATTR not in search.user_attrs:
+        search.set_user_attr(IDENTITY_ATTR, identity)
 
 
 def _pruner(search: optuna.Study, method: str, pruner: BasePruner | None, options: dict[str, Any] | None,

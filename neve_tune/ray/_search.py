@@ -9,7 +9,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import ray
 from ray import tune
@@ -225,6 +225,8 @@ def summarize(results: Any, selection: str = "objective") -> dict[str, Any]:
     from ..selection import consensus_winner, selection_mode
 
     check_choice("selection", selection, ("objective", "consensus", "auto"))
+    if not hasattr(results, "trials") and not (isinstance(results, Iterable) and all(hasattr(r, "metrics") for r in results)):
+        raise TypeError(f"results must be a Tune ResultGrid or ExperimentAnalysis, got {results!r}")
     if hasattr(results, "trials"):  # ExperimentAnalysis
         items = [(t.trial_id, t.config, t.last_result or {}, t.error_file) for t in results.trials]
     else:  # ResultGrid
