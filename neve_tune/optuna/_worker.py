@@ -46,7 +46,8 @@ from ._selection import pick_trial
 from ._stop import Abandon, PoliteStop, WorkerInterrupted
 from ._storage import make_storage, redact_url, storage_kind
 
-__all__ = ["run_worker", "open_study", "StudyNotFoundError", "METHOD_ATTR", "IDENTITY_ATTR", "study_identity", "format_trial", "check_direction",
+__all__ = ["run_worker", "open_study", "StudyNotFoundError", "METHOD_ATTR", "IDENTITY_ATTR", "study_identity",
+           "check_study_name", "check_threads", "format_trial", "check_direction",
            "WorkerInterrupted"]
 
 METHOD_ATTR = "neve_method"  # study user attribute: the method every worker must run
@@ -56,7 +57,12 @@ MAX_THREADS_PER_CPU = 4  # torch threads beyond this many per core only oversubs
 
 
 class StudyNotFoundError(LookupError):
-    """The study does not exist in the storage (and ``create`` was not asked)."""
+    """The study does not exist in the storage (and ``create`` was not asked). ``where``
+    says so without the hint on how to create it (for readers that cannot create)."""
+
+    def __init__(self, message: str, where: str | None = None) -> None:
+        super().__init__(message)
+        self.where = where or message
 
 
 def open_study(
@@ -97,11 +103,10 @@ def open_study(
             known = [s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)]
         except Exception:  # pragma: no cover - the listing is only a hint
             known = []
+        where = f"study {study_name!r} does not exist in storage {redact_url(storage)!r} (studies there: {known})"
         raise StudyNotFoundError(
-            f"study {study_name!r} does not exist in storage {redact_url(storage)!r} (studies there: {known}); "
-            f"create it with `optuna create-study --study-name {study_name} --storage URL --direction minimize`, "
-            "or pass --create"
-        ) from None
+            f"{where}; create it with `optuna create-study --study-name {study_name} --storage URL --direction minimize`, "
+            "or pass --create", where) from None
 
 
 def _renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
@@ -145,6 +150,16 @@ def _check_identity(search: optuna.Study, identity: dict[str, Any]) -> None:
              for k in identity if stored.get(k) != identity.get(k)]
     raise ValueError(f"study {search.study_name!r} was created from another study ({'; '.join(diffs)}); "
                      "run its workers with the study file and settings it was created with, or use another --study-name")
+
+
+def check_threads(name: str, threads: Any) -> int | None:
+    """torch CPU threads: None (torch's default), or 1 to 4 per CPU core of this machine
+    (more only oversubscribe it; 100000 made torch crash)."""
+    threads = check_int(name, threads, minimum=1, allow_none=True)
+    most = MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
+    if threads is not None and threads > most:
+        raise ValueError(f"{name} must be at most {most} ({MAX_THREADS_PER_CPU} per CPU core here), got {threads}")
+    return threads
 
 
 def check_study_name(name: Any, label: str = "study_name") -> str:
@@ -203,7 +218,7 @@ def run_worker(
                      method=method, seed=seed, device=device, sampler_seed=sampler_seed, direction=direction,
                      max_retry=max_retry)
     check_study_name(study_name if study_name is not None else study.name,
-                     "study_name" if study_name is not None else f"study {study.name!r}'s name (the study name)")
+                     "study_name" if study_name is not None else "the study file's name (Study.name, the default study_name)")
     check_model_available(study.model, f"study {study.name!r}: model")  # not as a FAIL trial
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
@@ -236,10 +251,7 @@ def _check_arguments(**kw: Any) -> None:
     check_choice("method", kw["method"], OBJECTIVE_METHODS)
     check_int("n_trials", kw["n_trials"], minimum=1, allow_none=True)
     check_int("total_trials", kw["total_trials"], minimum=1, allow_none=True)
-    threads = check_int("torch_threads", kw["torch_threads"], minimum=1, allow_none=True)
-    most = MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
-    if threads is not None and threads > most:
-        raise ValueError(f"torch_threads must be at most {most} ({MAX_THREADS_PER_CPU} per CPU core here), got {threads}")
+    check_threads("torch_threads", kw["torch_threads"])
     check_float("timeout", kw["timeout"], positive=True, allow_none=True)
     check_seed("seed", kw["seed"])
     check_seed("sampler_seed", kw["sampler_seed"], allow_none=True)
