@@ -177,12 +177,12 @@ def _plot(args: argparse.Namespace) -> int:
 
     if not args.storage:
         raise cli.CLIError("--storage is required: an in-memory study has nothing to plot")
-    missing = missing_storage(args.storage)
-    if missing:  # opening it would create an empty database
-        raise cli.CLIError(f"--storage: {missing}; nothing to plot")
     cli.check_output_paths(dirs={"--out": args.out})
     for name in ("velocity_curves.png", "search_history.png"):  # the files plot_study writes there
         cli.check_output_paths(files={"--out": Path(args.out) / name})
+    missing = missing_storage(args.storage)
+    if missing:  # opening it would create an empty database
+        raise cli.CLIError(f"--storage: {missing}; nothing to plot")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         search = open_study(args.study_name, args.storage, heartbeat_interval=None)
