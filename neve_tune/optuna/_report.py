@@ -126,15 +126,11 @@ def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = 
     - ``epoch`` is required, an int >= 0 (``1.7`` is refused, not truncated);
     - ``metrics[signal]`` is required (the ``ValueError`` names it and the keys given);
       it may be ``None`` only on an epoch flagged ``diverged``;
-    - ``train_loss`` and ``velocity``, when present, must be numbers or ``None``, the
-      velocity not negative; :class:`~neve_tune.optuna.NeVePruner` reads it from the
-      stored epoch;
-    - a key one typo away from a metric NeVe reads (``"velocty"``) is refused, and the
-      flags (``neve_stop``, ``stalled``, ``diverged``) are booleans: the rule
-      :func:`neve_tune.ray.report_epoch` applies too;
-    - ``trial`` is the running trial the objective received (an ``optuna.Trial``, not the
-      ``FrozenTrial`` record of a finished one), and the same epoch is not reported
-      twice in a row (a replayed history going back to earlier epochs is skipped).
+    - ``train_loss`` and ``velocity`` are numbers or ``None``, the velocity not negative; a
+      key one typo away from a metric name (``"velocty"``) is refused, flags are bools:
+      the rule of :func:`neve_tune.ray.report_epoch` too (:mod:`neve_tune._metrics`);
+    - ``trial`` is the running ``optuna.Trial`` (not a ``FrozenTrial``), and the same
+      epoch is not reported twice in a row (a replayed, earlier history is skipped).
 
     Example::
 
@@ -155,10 +151,7 @@ def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = 
         ...
         ValueError: metrics has 'train_los': did you mean 'train_loss'? (a metric NeVe reads); its keys: ['epoch', 'train_los', 'velocity']
     """
-    _check_trial(trial)
-    step, raw, diverged = _checked_epoch(metrics, signal)
-    if _LAST_EPOCH.get(trial) == step:
-        raise ValueError(f"metrics['epoch'] {step} was just reported for trial {trial.number}: report each epoch once")
+    step, raw, diverged = _checked_report(trial, metrics, signal)
     sign = direction_sign(_study_direction(trial))
     value = sign * raw if (raw is not None and is_finite(raw) and not diverged) else float("nan")
 
@@ -173,6 +166,15 @@ def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = 
         trial.report(value, step)
     _LAST_EPOCH[trial] = step
     return value
+
+
+def _checked_report(trial: Any, metrics: Mapping[str, Any], signal: str) -> tuple[int, float | None, bool]:
+    """:func:`_checked_epoch` of a running trial, refusing the epoch it just reported."""
+    _check_trial(trial)
+    step, raw, diverged = _checked_epoch(metrics, signal)
+    if _LAST_EPOCH.get(trial) == step:
+        raise ValueError(f"metrics['epoch'] {step} was just reported for trial {trial.number}: report each epoch once")
+    return step, raw, diverged
 
 
 def check_optuna_study(name: str, search: Any) -> Any:
