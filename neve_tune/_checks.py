@@ -22,7 +22,8 @@ import math
 import numbers
 from typing import Any, Mapping
 
-__all__ = ["MAX_SEED", "RESOURCE_KEYS", "check_choice", "check_device", "check_mapping", "check_resources", "check_float", "check_int", "check_seed", "is_finite", "to_float"]
+__all__ = ["MAX_SEED", "RESOURCE_KEYS", "check_choice", "check_device", "check_float", "check_int",
+           "check_mapping", "check_resources", "check_seed", "is_finite", "to_float"]
 
 MAX_SEED = 2**32 - 1  # NumPy and scikit-learn take seeds in [0, 2**32 - 1]; torch takes them too
 
@@ -204,7 +205,8 @@ def check_resources(resources: Mapping[str, Any], *, name: str = "resources") ->
         out[key.lower() if key.lower() in RESOURCE_KEYS else key] = float(value)
     gpu = out.get("gpu", 0.0)
     if gpu > 1 and not float(gpu).is_integer():
-        raise ValueError(f"{name}['gpu'] must be below 1 (a shared GPU) or a whole number, got {gpu}")
+        raise ValueError(f"{name}['gpu'] must be below 1 (a shared GPU) or a whole number, "
+                         f"got {gpu}")
     out.setdefault("cpu", 1.0)
     out.setdefault("gpu", 0.0)
     if out["cpu"] == 0 and out["gpu"] == 0 and len(out) == 2:

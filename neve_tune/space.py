@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 FLOAT32_MAX = 3.4028234663852886e38  # weights are float32: a larger step overflows in the optimizer
-FLOAT32_TINY = 1.1754943508222875e-38  # the smallest normal float32: a smaller lr is 0 or subnormal there
+FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32: a smaller lr is 0 or subnormal
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,8 @@ class Choice:
 
     def __init__(self, values: Sequence) -> None:
         if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
-            raise TypeError(f"Choice values must be a list of values, like Choice([32, 64]), got {values!r}")
+            raise TypeError(f"Choice values must be a list of values, like Choice([32, 64]), "
+                            f"got {values!r}")
         object.__setattr__(self, "values", tuple(values))
 
     def validate(self, name: str) -> None:
@@ -99,7 +100,8 @@ class Choice:
             raise ValueError(f"search space {name!r}: Choice needs at least one value, got none")
         for value in self.values:  # Optuna stores only these (CategoricalDistribution); Ray follows
             if value is not None and not isinstance(value, (bool, int, float, str)):
-                raise TypeError(f"search space {name!r}: Choice values must be None, bool, int, float or str "
+                raise TypeError(f"search space {name!r}: Choice values must be None, bool, int, "
+                                "float or str "
                                 f"(what Optuna can store), got {value!r}")
 
 
@@ -120,8 +122,8 @@ def _check_lr(name: str, value: Any) -> float:
     lr = check_float(name, value, positive=True, high=FLOAT32_MAX)
     assert lr is not None
     if lr < FLOAT32_TINY:
-        raise ValueError(f"{name} must be a normal float32 (>= {FLOAT32_TINY:g}; smaller is 0 or subnormal in the "
-                         f"float32 weights), got {lr!r}")
+        raise ValueError(f"{name} must be a normal float32 (>= {FLOAT32_TINY:g}; smaller is 0 "
+                         f"or subnormal in the float32 weights), got {lr!r}")
     return lr
 
 
@@ -131,10 +133,10 @@ def check_threshold(name: str, value: Any, mode: str = "relative") -> float:
     the peak and a larger one means nothing more), or a finite positive float32
     (``"absolute"``).
 
-    >>> check_threshold("--threshold", 1e308)
+    >>> check_threshold("--threshold", 1e308)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: --threshold must be a finite number > 0 and <= 1 (relative rule: a ratio to the peak velocity), got 1e+308
+    ValueError: --threshold must be a finite number > 0 and <= 1 (relative rule: ...), got 1e+308
     """
     check_choice("threshold_mode", mode, ("absolute", "relative"))
     try:
@@ -143,7 +145,8 @@ def check_threshold(name: str, value: Any, mode: str = "relative") -> float:
         else:
             out = check_float(name, value, positive=True, high=FLOAT32_MAX)
     except ValueError as e:
-        rule = "relative rule: a ratio to the peak velocity" if mode == "relative" else "absolute rule: the velocity"
+        rule = ("relative rule: a ratio to the peak velocity" if mode == "relative"
+                else "absolute rule: the velocity")
         head, _, got = str(e).rpartition(", got ")
         raise ValueError(f"{head} ({rule}), got {got}") from None
     assert out is not None
@@ -163,7 +166,8 @@ HYPERPARAMETERS: dict[str, Callable[[str, Any], Any]] = {
 }
 
 
-def check_hyperparameter(name: str, value: Any, label: str | None = None, *, threshold_mode: str | None = None) -> Any:
+def check_hyperparameter(name: str, value: Any, label: str | None = None, *,
+                         threshold_mode: str | None = None) -> Any:
     """``value`` if hyperparameter ``name`` may take it (:data:`HYPERPARAMETERS`; other
     names pass unchecked); else the error of that check, naming ``label`` (default ``name``).
     With ``threshold_mode``, a ``threshold`` is checked under that rule (:func:`check_threshold`).
@@ -215,8 +219,8 @@ def validate_space(space: Mapping[str, Any], threshold_mode: str | None = None) 
         dist.validate(name)
         if name in INT_HYPERPARAMETERS and isinstance(dist, (Uniform, LogUniform)):
             # a float search would train with batch_size=52.27
-            raise TypeError(f"search space {name!r}: {name} is an int: use IntUniform({dist.low}, {dist.high}) "
-                            f"or a Choice of ints, got {dist!r}")
+            raise TypeError(f"search space {name!r}: {name} is an int: use IntUniform("
+                            f"{dist.low}, {dist.high}) or a Choice of ints, got {dist!r}")
         for where, value in _space_values(dist):
             try:
                 check_hyperparameter(name, value, threshold_mode=threshold_mode)

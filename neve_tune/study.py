@@ -20,7 +20,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from ._checks import check_choice, check_float, check_int, check_mapping, check_resources, check_seed
+from ._checks import (check_choice, check_float, check_int, check_mapping, check_resources,
+                      check_seed)
 from .control import LR_SIGNALS, check_epochs
 from .data import DataBundle, check_data_changes, check_data_options, get_dataset
 from .models import check_model_name
@@ -118,7 +119,8 @@ class Study:
         check_choice("threshold_mode", self.threshold_mode, ("absolute", "relative"))
         validate_space(self.search_space, threshold_mode=self.threshold_mode)
         for key, value in self.defaults.items():
-            check_hyperparameter(key, value, f"defaults[{key!r}]", threshold_mode=self.threshold_mode)
+            check_hyperparameter(key, value, f"defaults[{key!r}]",
+                                 threshold_mode=self.threshold_mode)
         check_int("max_epochs", self.max_epochs, minimum=1)
         check_int("min_epochs", self.min_epochs, minimum=0)
         check_epochs(self.min_epochs, self.max_epochs)
@@ -195,9 +197,11 @@ def _check_objective(objective: Any, max_epochs: int) -> None:
         return
     n = objective[5:] if isinstance(objective, str) and objective.startswith("tse_e") else ""
     if not (n.isascii() and n.isdigit() and int(n) >= 1):
-        raise ValueError(f"objective must be 'tse_e<N>' (N >= 1), 'tse_ema' or 'pc_min', got {objective!r}")
+        raise ValueError(f"objective must be 'tse_e<N>' (N >= 1), 'tse_ema' or 'pc_min', "
+                         f"got {objective!r}")
     if len(n) > 9 or int(n) > max_epochs:  # no trial trains more epochs than max_epochs
-        raise ValueError(f"objective {objective!r} averages the last {n} epochs; N must be <= max_epochs ({max_epochs})")
+        raise ValueError(f"objective {objective!r} averages the last {n} epochs; "
+                         f"N must be <= max_epochs ({max_epochs})")
 
 
 def load_study(study: "str | os.PathLike | Study") -> Study:
@@ -216,7 +220,8 @@ def load_study(study: "str | os.PathLike | Study") -> Study:
     try:
         source = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"study file {str(path)!r} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+        raise ValueError(f"study file {str(path)!r} is not UTF-8 text (byte {e.start}: "
+                         f"{e.reason})") from None
     return _exec_study(path.stem, source, str(path))
 
 
@@ -234,9 +239,9 @@ def _exec_study(stem: str, source: str, origin: str) -> Study:
         exec(compile(source, origin, "exec"), module.__dict__)
     except SyntaxError as e:
         raise ValueError(f"study file {origin!r} has a syntax error at line {e.lineno}: {e.msg}") from None
-    except SystemExit as e:  # a study file is loaded, not run: exiting would end the caller silently
-        raise ValueError(f"study file {origin!r} called sys.exit({e.code!r}) while loading; it must define STUDY "
-                         "instead") from None
+    except SystemExit as e:  # loaded, not run: exiting would end the caller in silence
+        raise ValueError(f"study file {origin!r} called sys.exit({e.code!r}) while loading; "
+                         "it must define STUDY instead") from None
     except Exception as e:  # the file's own code failed: say which file, keep the cause
         raise ValueError(f"study file {origin!r} failed to load: {type(e).__name__}: {e}") from e
     obj = getattr(module, "STUDY", None)

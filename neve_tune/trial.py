@@ -328,7 +328,8 @@ def run_trial(
 def _trial_config(study: Study, config: Mapping[str, Any], method: str) -> dict[str, Any]:
     """The trial's full hyperparameters (study defaults overwritten by ``config``), with
     those every trial of ``method`` needs."""
-    if not callable(getattr(study, "config", None)) or not hasattr(study, "search_space"):  # Study: a type here
+    # a Study (only a type here: study.py names this module)
+    if not callable(getattr(study, "config", None)) or not hasattr(study, "search_space"):
         raise TypeError(f"study must be a neve_tune.Study (load_study(...)), got {study!r}")
     if config is not None and not isinstance(config, Mapping):
         raise TypeError(f"config must be a dict of hyperparameters, got {config!r}")

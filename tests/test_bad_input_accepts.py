@@ -327,3 +327,11 @@ def test_a_worker_stores_the_identity_its_study_was_created_with(tmp_path: Path)
     with pytest.raises(ValueError, match=r"max_epochs: 1 in the storage, 2 here"):
         run_worker(study.replace(max_epochs=2), storage=url, n_trials=1, log=None, checkpoint_dir=None, device="cpu")
     assert len(optuna.load_study(study_name=study.name, storage=url).trials) == 2
+
+
+def test_an_empty_storage_string_in_the_api_says_in_memory() -> None:
+    """The API keeps ``storage=""`` as in-memory (documented); its line says so, where it
+    printed ``study 'x' in ,`` (the command line refuses ``--storage ''``)."""
+    lines: list[str] = []
+    run_worker(_study(), storage="", n_trials=1, log=lines.append, checkpoint_dir=None, device="cpu")
+    assert f"study 'digits' in <in-memory>, method=neve" in lines[0]

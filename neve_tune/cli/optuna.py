@@ -53,7 +53,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                                                     "trial number, so workers given one seed sample apart")
     cli.add_device(w)
     w.add_argument("--threads", type=cli.positive_int,
-                   help="torch CPU threads of this worker, at most 4 per CPU core (default: torch's)")
+                   help="torch CPU threads of this worker, at most 4 per CPU core "
+                        "(default: torch's)")
     cli.add_max_epochs(w)
     cli.add_data_changes(w)
     cli.add_trial_control(w)
@@ -109,7 +110,8 @@ def _check_worker_flags(args: argparse.Namespace) -> str:
 
     device = cli.check_device(args.device)
     if args.storage is not None and not args.storage.strip():
-        raise cli.CLIError("--storage is empty; omit it for an in-memory study (this process only), or give a URL")
+        raise cli.CLIError("--storage is empty; omit it for an in-memory study "
+                           "(this process only), or give a URL")
     cli.check_output_paths(dirs={"--out": args.out, "--checkpoint-dir": None if args.no_checkpoints else args.checkpoint_dir})
     if args.timeout is not None:
         check_float("--timeout", args.timeout, positive=True)

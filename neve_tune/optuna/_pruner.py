@@ -269,7 +269,8 @@ class NeVePruner(BasePruner):
     def prune(self, study: "optuna.study.Study", trial: "optuna.trial.FrozenTrial") -> bool:
         check_optuna_study("study", study)
         if not isinstance(trial, FrozenTrial):
-            raise TypeError(f"trial must be an optuna FrozenTrial (what Optuna passes to prune), got {trial!r}")
+            raise TypeError(f"trial must be an optuna FrozenTrial (what Optuna passes to prune), "
+                            f"got {trial!r}")
         step = trial.last_step
         if step is None:
             return False

@@ -42,13 +42,15 @@ def sqlite_file_problem(url: str) -> str | None:
     try:
         con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            tables = sorted(row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+            rows = con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            tables = sorted(row[0] for row in rows)
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
         return f"{path} is not an SQLite database ({e})"
     if tables and _OPTUNA_MARKER not in tables:
-        return f"{path} holds tables Optuna did not create ({', '.join(tables[:8])}); give another file"
+        shown = ", ".join(tables[:8])
+        return f"{path} holds tables Optuna did not create ({shown}); give another file"
     return None
 
 

@@ -46,7 +46,7 @@ def redact_url(url: str | None, text: str | None = None) -> str:
         >>> redact_url("sqlite:///search.db")
         'sqlite:///search.db'
     """
-    if url is None or url in ("", ":memory:"):
+    if url is None:
         return "<in-memory>" if text is None else text
     if not isinstance(url, str):
         raise TypeError(f"url must be a storage URL string or None, got {url!r}")
@@ -170,7 +170,8 @@ def storage_kind(url: str | None) -> str:
     if url is None or url in ("", ":memory:") or url in IN_MEMORY_SQLITE:
         return "memory"
     if not isinstance(url, str):
-        raise TypeError(f"storage must be a URL string (sqlite:///FILE, postgresql://...) or None, got {url!r}")
+        raise TypeError(f"storage must be a URL string (sqlite:///FILE, postgresql://...) or None, "
+                        f"got {url!r}")
     if url.startswith("journal:"):
         return "journal"
     if "://" in url:

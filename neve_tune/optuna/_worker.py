@@ -46,14 +46,14 @@ from ._selection import pick_trial
 from ._stop import Abandon, PoliteStop, WorkerInterrupted
 from ._storage import make_storage, redact_url, storage_kind
 
-__all__ = ["run_worker", "open_study", "StudyNotFoundError", "METHOD_ATTR", "IDENTITY_ATTR", "study_identity",
-           "check_study_name", "check_threads", "format_trial", "check_direction",
+__all__ = ["run_worker", "open_study", "StudyNotFoundError", "METHOD_ATTR", "IDENTITY_ATTR",
+           "study_identity", "check_study_name", "check_threads", "format_trial", "check_direction",
            "WorkerInterrupted"]
 
 METHOD_ATTR = "neve_method"  # study user attribute: the method every worker must run
-IDENTITY_ATTR = "neve_study"  # study user attribute: the study file, data and epoch budget of every trial
+IDENTITY_ATTR = "neve_study"  # study user attribute: study file, data, epoch budget of every trial
 MAX_STUDY_NAME = 512  # Optuna's RDB schema holds study names of up to 512 characters
-MAX_THREADS_PER_CPU = 4  # torch threads beyond this many per core only oversubscribe (100000 crashed)
+MAX_THREADS_PER_CPU = 4  # more torch threads per core only oversubscribe it (100000 crashed)
 
 
 class StudyNotFoundError(LookupError):
@@ -103,10 +103,11 @@ def open_study(
             known = [s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)]
         except Exception:  # pragma: no cover - the listing is only a hint
             known = []
-        where = f"study {study_name!r} does not exist in storage {redact_url(storage)!r} (studies there: {known})"
+        where = (f"study {study_name!r} does not exist in storage {redact_url(storage)!r} "
+                 f"(studies there: {known})")
         raise StudyNotFoundError(
-            f"{where}; create it with `optuna create-study --study-name {study_name} --storage URL --direction minimize`, "
-            "or pass --create", where) from None
+            f"{where}; create it with `optuna create-study --study-name {study_name} --storage URL "
+            "--direction minimize`, or pass --create", where) from None
 
 
 def _renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
@@ -135,7 +136,8 @@ def format_trial(trial: FrozenTrial) -> str:
 def study_identity(study: Study) -> dict[str, Any]:
     """What every trial of one Optuna study must share: the study file's name, its data
     (:func:`neve_tune.data.data_identity`: not where the files lie) and its epoch budget."""
-    identity = {"study": study.name, "data": data_identity(study.data, study.data_options), "max_epochs": study.max_epochs}
+    identity = {"study": study.name, "data": data_identity(study.data, study.data_options),
+                "max_epochs": study.max_epochs}
     return json.loads(json.dumps(json_safe(identity), default=str))  # as the storage gives it back
 
 
@@ -148,8 +150,9 @@ def _check_identity(search: optuna.Study, identity: dict[str, Any]) -> None:
     names = {"study": "study file", "data": "data", "max_epochs": "max_epochs"}
     diffs = [f"{names.get(k, k)}: {stored.get(k)!r} in the storage, {identity.get(k)!r} here"
              for k in identity if stored.get(k) != identity.get(k)]
-    raise ValueError(f"study {search.study_name!r} was created from another study ({'; '.join(diffs)}); "
-                     "run its workers with the study file and settings it was created with, or use another --study-name")
+    raise ValueError(f"study {search.study_name!r} was created from another study "
+                     f"({'; '.join(diffs)}); run its workers with the study file and settings it "
+                     "was created with, or use another --study-name")
 
 
 def check_threads(name: str, threads: Any) -> int | None:
@@ -158,7 +161,8 @@ def check_threads(name: str, threads: Any) -> int | None:
     threads = check_int(name, threads, minimum=1, allow_none=True)
     most = MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
     if threads is not None and threads > most:
-        raise ValueError(f"{name} must be at most {most} ({MAX_THREADS_PER_CPU} per CPU core here), got {threads}")
+        raise ValueError(f"{name} must be at most {most} ({MAX_THREADS_PER_CPU} per CPU core "
+                         f"here), got {threads}")
     return threads
 
 
@@ -168,7 +172,8 @@ def check_study_name(name: Any, label: str = "study_name") -> str:
     if not isinstance(name, str) or not name:
         raise ValueError(f"{label} must be a non-empty string, got {name!r}")
     if len(name) > MAX_STUDY_NAME:
-        raise ValueError(f"{label} must be at most {MAX_STUDY_NAME} characters (what Optuna's storages hold), "
+        raise ValueError(f"{label} must be at most {MAX_STUDY_NAME} characters "
+                         "(what Optuna's storages hold), "
                          f"got {len(name)}")
     return name
 
@@ -217,8 +222,9 @@ def run_worker(
     _check_arguments(n_trials=n_trials, total_trials=total_trials, torch_threads=torch_threads, timeout=timeout,
                      method=method, seed=seed, device=device, sampler_seed=sampler_seed, direction=direction,
                      max_retry=max_retry)
+    default_name = "the study file's name (Study.name, the default study_name)"
     check_study_name(study_name if study_name is not None else study.name,
-                     "study_name" if study_name is not None else "the study file's name (Study.name, the default study_name)")
+                     "study_name" if study_name is not None else default_name)
     check_model_available(study.model, f"study {study.name!r}: model")  # not as a FAIL trial
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
@@ -236,7 +242,9 @@ def run_worker(
     mine: list[int] = []
     cbs, n_trials = _callbacks(mine, log, callbacks, total_trials, n_trials, timeout, stop)
     if log:
-        log(f"worker {os.getpid()}: study {search.study_name!r} in {redact_url(storage)}, method={method}, "
+        memory = storage_kind(storage) == "memory"  # "" too
+        where = "<in-memory>" if memory else redact_url(storage)
+        log(f"worker {os.getpid()}: study {search.study_name!r} in {where}, method={method}, "
             f"pruner={search.pruner!r}, sampler={search.sampler!r}, trials={n_trials or 'unbounded'}")
     t0 = time.perf_counter()
     _optimize(search, objective, stop, n_trials=n_trials, timeout=timeout, callbacks=cbs, max_retry=max_retry)
@@ -276,7 +284,8 @@ def _sampler(sampler_seed: int | None) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler() if sampler_seed is None else TrialSeededTPESampler(sampler_seed)
 
 
-def _check_search(search: optuna.Study, method: str, identity: dict[str, Any] | None = None) -> None:
+def _check_search(search: optuna.Study, method: str,
+                  identity: dict[str, Any] | None = None) -> None:
     """One objective, minimized, run with the method and the study identity stored in the
     study (both stored by its first worker, once every check passed)."""
     if len(search.directions) != 1:

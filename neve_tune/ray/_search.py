@@ -225,7 +225,8 @@ def summarize(results: Any, selection: str = "objective") -> dict[str, Any]:
     from ..selection import consensus_winner, selection_mode
 
     check_choice("selection", selection, ("objective", "consensus", "auto"))
-    if not hasattr(results, "trials") and not (isinstance(results, Iterable) and all(hasattr(r, "metrics") for r in results)):
+    grid = isinstance(results, Iterable) and all(hasattr(r, "metrics") for r in results)
+    if not hasattr(results, "trials") and not grid:
         raise TypeError(f"results must be a Tune ResultGrid or ExperimentAnalysis, got {results!r}")
     if hasattr(results, "trials"):  # ExperimentAnalysis
         items = [(t.trial_id, t.config, t.last_result or {}, t.error_file) for t in results.trials]
