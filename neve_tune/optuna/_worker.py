@@ -222,10 +222,7 @@ def run_worker(
     _check_arguments(n_trials=n_trials, total_trials=total_trials, torch_threads=torch_threads, timeout=timeout,
                      method=method, seed=seed, device=device, sampler_seed=sampler_seed, direction=direction,
                      max_retry=max_retry)
-    default_name = "the study file's name (Study.name, the default study_name)"
-    check_study_name(study_name if study_name is not None else study.name,
-                     "study_name" if study_name is not None else default_name)
-    check_model_available(study.model, f"study {study.name!r}: model")  # not as a FAIL trial
+    _check_study(study, study_name)
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
     data = study.load_data()  # fail here, not inside a trial, when the data set is missing
@@ -242,8 +239,7 @@ def run_worker(
     mine: list[int] = []
     cbs, n_trials = _callbacks(mine, log, callbacks, total_trials, n_trials, timeout, stop)
     if log:
-        memory = storage_kind(storage) == "memory"  # "" too
-        where = "<in-memory>" if memory else redact_url(storage)
+        where = "<in-memory>" if storage_kind(storage) == "memory" else redact_url(storage)
         log(f"worker {os.getpid()}: study {search.study_name!r} in {where}, method={method}, "
             f"pruner={search.pruner!r}, sampler={search.sampler!r}, trials={n_trials or 'unbounded'}")
     t0 = time.perf_counter()
@@ -252,6 +248,14 @@ def run_worker(
         log(_closing_line(search, len(mine), time.perf_counter() - t0,
                           study.selection if method == "neve" else "objective"))
     return search
+
+
+def _check_study(study: Study, study_name: str | None) -> None:
+    """The Optuna study's name fits its storage, and the model exists (not a FAIL trial)."""
+    default_name = "the study file's name (Study.name, the default study_name)"
+    check_study_name(study_name if study_name is not None else study.name,
+                     "study_name" if study_name is not None else default_name)
+    check_model_available(study.model, f"study {study.name!r}: model")
 
 
 def _check_arguments(**kw: Any) -> None:
