@@ -21,7 +21,7 @@ import inspect
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
@@ -109,7 +109,7 @@ _LOCATION_OPTIONS = ("data_root", "verify")
 _COMMON_OPTIONS = ("train_fraction", "label_noise", "noise_seed", "data_root", "seed")
 
 
-def check_data_options(name: str, options: Any, label: str = "data_options") -> dict[str, Any]:
+def check_data_options(name: str, options: Any, label: str = "data_options") -> Mapping[str, Any]:
     """``options`` if data set ``name`` knows every key (its loader's parameters, the data
     changes, ``data_root`` and ``seed``); else one line naming the unknown key and the
     known ones. A loader of your own that takes ``**kwargs`` accepts any key; the bundled
@@ -120,7 +120,7 @@ def check_data_options(name: str, options: Any, label: str = "data_options") -> 
     ...
     ValueError: data_options has unknown key 'label_nosie' for data 'digits'; known: [...]
     """
-    if not isinstance(options, dict):
+    if not isinstance(options, Mapping):
         raise TypeError(f"{label} must be a dict, got {options!r}")
     if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"data must be one of {sorted(DATASETS)}, got {name!r}")
