@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Mapping
 
-__all__ = ["MAX_SEED", "check_choice", "check_device", "check_float", "check_int", "check_seed", "is_finite", "to_float"]
+__all__ = ["MAX_SEED", "RESOURCE_KEYS", "check_choice", "check_device", "check_float", "check_int",
+           "check_mapping", "check_resources", "check_seed", "is_finite", "to_float"]
 
 MAX_SEED = 2**32 - 1  # NumPy and scikit-learn take seeds in [0, 2**32 - 1]; torch takes them too
 
@@ -176,3 +177,38 @@ def is_finite(value: Any) -> bool:
     if value is None or _is_bool(value) or not isinstance(value, numbers.Real):
         return False
     return math.isfinite(float(value))
+
+
+def check_mapping(name: str, value: Any, what: str = "a dict") -> Mapping:
+    """``value`` if it is a mapping (a ``dict``); else a ``TypeError`` naming ``name``."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    return value
+
+
+# the resource names Ray spells in capitals; other keys are custom resources
+RESOURCE_KEYS = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}
+
+
+def check_resources(resources: Mapping[str, Any], *, name: str = "resources") -> dict[str, float]:
+    """Per-trial resources as Tune wants them: ``{"cpu": c, "gpu": g, ...}``.
+
+    ``cpu`` >= 0, ``gpu`` >= 0 and either below 1 (several trials share a GPU; Ray does
+    not split its memory) or a whole number; other keys are custom Ray resources.
+    """
+    check_mapping(name, resources, "a dict like {'cpu': 1, 'gpu': 0.5}")
+    out: dict[str, float] = {}
+    for key, value in resources.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"{name}: keys must be resource names, got {key!r}")
+        value = check_float(f"{name}[{key!r}]", value, low=0.0)
+        out[key.lower() if key.lower() in RESOURCE_KEYS else key] = float(value)
+    gpu = out.get("gpu", 0.0)
+    if gpu > 1 and not float(gpu).is_integer():
+        raise ValueError(f"{name}['gpu'] must be below 1 (a shared GPU) or a whole number, "
+                         f"got {gpu}")
+    out.setdefault("cpu", 1.0)
+    out.setdefault("gpu", 0.0)
+    if out["cpu"] == 0 and out["gpu"] == 0 and len(out) == 2:
+        raise ValueError(f"{name} must ask for some CPU or GPU, got {dict(resources)!r}")
+    return out

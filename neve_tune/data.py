@@ -17,10 +17,11 @@ Example::
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ __all__ = [
     "DATASETS",
     "DataBundle",
     "check_data_changes",
+    "check_data_options",
     "data_identity",
     "dataset_labels",
     "get_dataset",
@@ -105,6 +107,33 @@ def check_data_changes(train_fraction: Any = 1.0, label_noise: Any = 0.0, noise_
 
 # options that say where the files lie or how they are checked, not what the data is
 _LOCATION_OPTIONS = ("data_root", "verify")
+# options every data set takes: the data changes, its location, the split seed
+_COMMON_OPTIONS = ("train_fraction", "label_noise", "noise_seed", "data_root", "seed")
+
+
+def check_data_options(name: str, options: Any, label: str = "data_options") -> Mapping[str, Any]:
+    """``options`` if data set ``name`` knows every key (its loader's parameters, the data
+    changes, ``data_root`` and ``seed``); else one line naming the unknown key and the
+    known ones. A loader of your own that takes ``**kwargs`` accepts any key; the bundled
+    loaders' catch-all is named ``_`` (ignored), so a misspelled key is refused there.
+
+    >>> check_data_options("digits", {"label_nosie": 0.2})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: data_options has unknown key 'label_nosie' for data 'digits'; known: [...]
+    """
+    if not isinstance(options, Mapping):
+        raise TypeError(f"{label} must be a dict, got {options!r}")
+    if not isinstance(name, str) or name not in DATASETS:
+        raise ValueError(f"data must be one of {sorted(DATASETS)}, got {name!r}")
+    params = inspect.signature(DATASETS[name]).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD and p.name != "_" for p in params):
+        return options
+    known = sorted({p.name for p in params if p.kind is not p.VAR_KEYWORD} | set(_COMMON_OPTIONS))
+    for key in options:
+        if key not in known:
+            raise ValueError(f"{label} has unknown key {key!r} for data {name!r}; known: {known}")
+    return options
 
 
 def data_identity(name: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -12,13 +12,15 @@ Example::
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MODELS", "create_model", "register_model", "SmallCNN", "SmallCNN1d", "CifarResNet"]
+__all__ = ["MODELS", "check_model_available", "check_model_name", "create_model",
+           "register_model", "SmallCNN", "SmallCNN1d", "CifarResNet"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -51,6 +53,37 @@ def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **op
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, 'timm:<name>' or 'torchvision:<name>', got {name!r}")
     return MODELS[name](num_classes=num_classes, input_shape=tuple(input_shape), **options)
+
+
+_LIBRARIES = ("timm:", "torchvision:")
+
+
+def check_model_name(name: object, label: str = "model") -> str:
+    """``name`` if it names a model: a registered one, or ``timm:<arch>`` /
+    ``torchvision:<arch>`` (whether that library has ``arch`` is
+    :func:`check_model_available`'s question, as it imports the library)."""
+    if isinstance(name, str):
+        if name in MODELS or any(name.startswith(p) and name[len(p):] for p in _LIBRARIES):
+            return name
+    raise ValueError(f"{label} must be one of {sorted(MODELS)}, 'timm:<name>' or "
+                     f"'torchvision:<name>', got {name!r}")
+
+
+def check_model_available(name: str, label: str = "model") -> str:
+    """``name`` if :func:`create_model` can build it here: for ``timm:``/``torchvision:``
+    the library is installed and has the architecture."""
+    check_model_name(name, label)
+    for prefix, module in (("timm:", "timm"), ("torchvision:", "torchvision.models")):
+        if name.startswith(prefix):
+            library, arch = prefix[:-1], name[len(prefix):]
+            try:
+                lib = importlib.import_module(module)
+            except ImportError:
+                raise ValueError(f"{label} {name!r} needs {library}, which is not installed"
+                                 ) from None
+            if arch not in lib.list_models():
+                raise ValueError(f"{label} {name!r}: {library} has no architecture {arch!r}")
+    return name
 
 
 def _accepts_img_size(arch: str) -> bool:

@@ -18,23 +18,26 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ._checks import check_choice, check_float, check_int
 
 __all__ = [
     "HYPERPARAMETERS",
+    "INT_HYPERPARAMETERS",
     "Choice",
     "Distribution",
     "IntUniform",
     "LogUniform",
     "Uniform",
     "check_hyperparameter",
+    "check_threshold",
     "default_space",
     "validate_space",
 ]
 
 FLOAT32_MAX = 3.4028234663852886e38  # weights are float32: a larger step overflows in the optimizer
+FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32: a smaller lr is 0 or subnormal
 
 
 @dataclass(frozen=True)
@@ -87,11 +90,19 @@ class Choice:
     values: tuple
 
     def __init__(self, values: Sequence) -> None:
+        if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+            raise TypeError(f"Choice values must be a list of values, like Choice([32, 64]), "
+                            f"got {values!r}")
         object.__setattr__(self, "values", tuple(values))
 
     def validate(self, name: str) -> None:
         if not self.values:
             raise ValueError(f"search space {name!r}: Choice needs at least one value, got none")
+        for value in self.values:  # Optuna stores only these (CategoricalDistribution); Ray follows
+            if value is not None and not isinstance(value, (bool, int, float, str)):
+                raise TypeError(f"search space {name!r}: Choice values must be None, bool, int, "
+                                "float or str "
+                                f"(what Optuna can store), got {value!r}")
 
 
 Distribution = LogUniform | Uniform | IntUniform | Choice
@@ -106,8 +117,47 @@ def _finite_bounds(name: str, dist: Any) -> None:
 
 # What each known hyperparameter may be: the one check a study's defaults, the bounds and
 # choices of its search space and the command-line flags all go through.
+def _check_lr(name: str, value: Any) -> float:
+    """A learning rate: positive, and a normal float32 (1e-320 is 0 in float32)."""
+    lr = check_float(name, value, positive=True, high=FLOAT32_MAX)
+    assert lr is not None
+    if lr < FLOAT32_TINY:
+        raise ValueError(f"{name} must be a normal float32 (>= {FLOAT32_TINY:g}; smaller is 0 "
+                         f"or subnormal in the float32 weights), got {lr!r}")
+    return lr
+
+
+def check_threshold(name: str, value: Any, mode: str = "relative") -> float:
+    """NeVe's velocity threshold under ``mode``: a ratio to the peak velocity in (0, 1]
+    (``"relative"``: V / peak V is at most 1, so 1 already stops at the first epoch below
+    the peak and a larger one means nothing more), or a finite positive float32
+    (``"absolute"``).
+
+    >>> check_threshold("--threshold", 1e308)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: --threshold must be a finite number > 0 and <= 1 (relative rule: ...), got 1e+308
+    """
+    check_choice("threshold_mode", mode, ("absolute", "relative"))
+    try:
+        if mode == "relative":
+            out = check_float(name, value, low=0.0, high=1.0, low_open=True)
+        else:
+            out = check_float(name, value, positive=True, high=FLOAT32_MAX)
+    except ValueError as e:
+        rule = ("relative rule: a ratio to the peak velocity" if mode == "relative"
+                else "absolute rule: the velocity")
+        head, _, got = str(e).rpartition(", got ")
+        raise ValueError(f"{head} ({rule}), got {got}") from None
+    assert out is not None
+    return out
+
+
+#: hyperparameters that are integers: they need IntUniform or a Choice of ints
+INT_HYPERPARAMETERS = ("batch_size",)
+
 HYPERPARAMETERS: dict[str, Callable[[str, Any], Any]] = {
-    "lr": lambda n, v: check_float(n, v, positive=True, high=FLOAT32_MAX),
+    "lr": _check_lr,
     "threshold": lambda n, v: check_float(n, v, positive=True),
     "batch_size": lambda n, v: check_int(n, v, minimum=1),
     "momentum": lambda n, v: check_float(n, v, low=0.0, high=1.0, high_open=True),
@@ -116,15 +166,19 @@ HYPERPARAMETERS: dict[str, Callable[[str, Any], Any]] = {
 }
 
 
-def check_hyperparameter(name: str, value: Any, label: str | None = None) -> Any:
+def check_hyperparameter(name: str, value: Any, label: str | None = None, *,
+                         threshold_mode: str | None = None) -> Any:
     """``value`` if hyperparameter ``name`` may take it (:data:`HYPERPARAMETERS`; other
     names pass unchecked); else the error of that check, naming ``label`` (default ``name``).
+    With ``threshold_mode``, a ``threshold`` is checked under that rule (:func:`check_threshold`).
 
     >>> check_hyperparameter("batch_size", 0, "--batch-size")
     Traceback (most recent call last):
     ...
     ValueError: --batch-size must be an int >= 1, got 0
     """
+    if name == "threshold" and threshold_mode is not None:
+        return check_threshold(label or name, value, threshold_mode)
     check = HYPERPARAMETERS.get(name)
     return value if check is None else check(label or name, value)
 
@@ -146,7 +200,7 @@ def default_space() -> dict[str, Distribution]:
     }
 
 
-def validate_space(space: Mapping[str, Any]) -> None:
+def validate_space(space: Mapping[str, Any], threshold_mode: str | None = None) -> None:
     """Raise naming the first entry of ``space`` that is not a valid distribution, or whose
     bounds or choices a known hyperparameter may not take (:func:`check_hyperparameter`).
 
@@ -155,14 +209,20 @@ def validate_space(space: Mapping[str, Any]) -> None:
     ...
     ValueError: search space 'batch_size': Choice value 0: batch_size must be an int >= 1, got 0
     """
+    if not isinstance(space, Mapping):
+        raise TypeError(f"search_space must be a dict of names to distributions, got {space!r}")
     if not space:
         raise ValueError("search_space is empty")
     for name, dist in space.items():
         if not isinstance(dist, (LogUniform, Uniform, IntUniform, Choice)):
             raise TypeError(f"search space {name!r}: expected LogUniform/Uniform/IntUniform/Choice, got {dist!r}")
         dist.validate(name)
+        if name in INT_HYPERPARAMETERS and isinstance(dist, (Uniform, LogUniform)):
+            # a float search would train with batch_size=52.27
+            raise TypeError(f"search space {name!r}: {name} is an int: use IntUniform("
+                            f"{dist.low}, {dist.high}) or a Choice of ints, got {dist!r}")
         for where, value in _space_values(dist):
             try:
-                check_hyperparameter(name, value)
+                check_hyperparameter(name, value, threshold_mode=threshold_mode)
             except (TypeError, ValueError) as e:
                 raise type(e)(f"search space {name!r}: {where}: {e}") from None

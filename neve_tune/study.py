@@ -20,9 +20,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from ._checks import check_choice, check_float, check_int, check_seed
+from ._checks import (check_choice, check_float, check_int, check_mapping, check_resources,
+                      check_seed)
 from .control import LR_SIGNALS, auto_patience, check_epochs
-from .data import DataBundle, check_data_changes, get_dataset
+from .data import DataBundle, check_data_changes, check_data_options, get_dataset
+from .models import check_model_name
 from .prediction_changes import PREDICTION_CHANGES
 from .records import FINAL_MODELS, VAL_METRICS
 from .space import Choice, Distribution, IntUniform, LogUniform, Uniform, check_hyperparameter, default_space, validate_space
@@ -122,11 +124,15 @@ class Study:
     def _validate(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name must be a non-empty string, got {self.name!r}")
-        if not self.search_space:
-            raise ValueError("search_space is empty")
-        validate_space(self.search_space)
+        check_data_options(self.data, self.data_options)
+        check_model_name(self.model)
+        check_mapping("model_options", self.model_options)
+        check_mapping("defaults", self.defaults)
+        check_choice("threshold_mode", self.threshold_mode, ("absolute", "relative"))
+        validate_space(self.search_space, threshold_mode=self.threshold_mode)
         for key, value in self.defaults.items():
-            check_hyperparameter(key, value, f"defaults[{key!r}]")
+            check_hyperparameter(key, value, f"defaults[{key!r}]",
+                                 threshold_mode=self.threshold_mode)
         check_int("max_epochs", self.max_epochs, minimum=1)
         check_int("min_epochs", self.min_epochs, minimum=0)
         check_epochs(self.min_epochs, self.max_epochs)
@@ -135,18 +141,17 @@ class Study:
         check_data_changes(opts.get("train_fraction", 1.0), opts.get("label_noise", 0.0), opts.get("noise_seed", 0))
         if self.probe not in ("noise", "train"):
             raise ValueError(f"probe must be 'noise' or 'train', got {self.probe!r}")
-        if not isinstance(self.objective, str) or not (self.objective in ("tse_ema", "pc_min") or (
-                self.objective.startswith("tse_e") and self.objective[5:].isdigit() and int(self.objective[5:]) >= 1)):
-            raise ValueError(f"objective must be 'tse_e<N>' (N >= 1), 'tse_ema' or 'pc_min', got {self.objective!r}")
+        _check_objective(self.objective, self.max_epochs)
         check_choice("lr_signal", self.lr_signal, LR_SIGNALS)
         if not 0.0 < self.lr_factor < 1.0:
             raise ValueError(f"lr_factor must be in (0, 1), got {self.lr_factor!r}")
         if self.lr_patience != "auto":
             check_int("lr_patience", self.lr_patience, minimum=0)
-        check_choice("threshold_mode", self.threshold_mode, ("absolute", "relative"))
         check_float("stall_margin", self.stall_margin, low=0.0, high=1.0, high_open=True)
         check_int("pc_patience", self.pc_patience, minimum=1, allow_none=True)
         check_int("pc_window", self.pc_window, minimum=1)
+        if not isinstance(self.pc_restore, bool):
+            raise TypeError(f"pc_restore must be a bool, got {self.pc_restore!r}")
         check_choice("prediction_changes", self.prediction_changes, PREDICTION_CHANGES)
         check_int("pc_subset_size", self.pc_subset_size, minimum=1)
         check_int("selection_subset", self.selection_subset, minimum=0)
@@ -160,11 +165,12 @@ class Study:
         check_int("probe_samples", self.probe_samples, minimum=1)
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
-        for key in ("lr", "batch_size"):
+        for key in ("lr", "batch_size", "threshold"):  # every NeVe trial needs them
             if key not in self.defaults and key not in self.search_space:
                 raise ValueError(f"{key!r} is neither in defaults nor in search_space")
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
+        check_resources(self.resources)
 
     @property
     def rung_signal(self) -> str:
@@ -198,6 +204,20 @@ class Study:
         return get_dataset(self.data, **opts)
 
 
+def _check_objective(objective: Any, max_epochs: int) -> None:
+    """``tse_e<N>`` (1 <= N <= max_epochs: the mean of the last N epochs' training losses),
+    ``tse_ema`` or ``pc_min``."""
+    if isinstance(objective, str) and objective in ("tse_ema", "pc_min"):
+        return
+    n = objective[5:] if isinstance(objective, str) and objective.startswith("tse_e") else ""
+    if not (n.isascii() and n.isdigit() and int(n) >= 1):
+        raise ValueError(f"objective must be 'tse_e<N>' (N >= 1), 'tse_ema' or 'pc_min', "
+                         f"got {objective!r}")
+    if len(n) > 9 or int(n) > max_epochs:  # no trial trains more epochs than max_epochs
+        raise ValueError(f"objective {objective!r} averages the last {n} epochs; "
+                         f"N must be <= max_epochs ({max_epochs})")
+
+
 def load_study(study: "str | os.PathLike | Study") -> Study:
     """A :class:`Study` from a file path, a bundled study name (``"digits"``) or itself."""
     if isinstance(study, Study):
@@ -211,7 +231,12 @@ def load_study(study: "str | os.PathLike | Study") -> Study:
             return _exec_study(str(study), real.read_text(), str(real))
     if not path.is_file():
         raise FileNotFoundError(f"study file {str(study)!r} not found; bundled studies: {bundled_studies()}")
-    return _exec_study(path.stem, path.read_text(), str(path))
+    try:
+        source = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"study file {str(path)!r} is not UTF-8 text (byte {e.start}: "
+                         f"{e.reason})") from None
+    return _exec_study(path.stem, source, str(path))
 
 
 def bundled_studies() -> list[str]:
@@ -228,6 +253,9 @@ def _exec_study(stem: str, source: str, origin: str) -> Study:
         exec(compile(source, origin, "exec"), module.__dict__)
     except SyntaxError as e:
         raise ValueError(f"study file {origin!r} has a syntax error at line {e.lineno}: {e.msg}") from None
+    except SystemExit as e:  # loaded, not run: exiting would end the caller in silence
+        raise ValueError(f"study file {origin!r} called sys.exit({e.code!r}) while loading; "
+                         "it must define STUDY instead") from None
     except Exception as e:  # the file's own code failed: say which file, keep the cause
         raise ValueError(f"study file {origin!r} failed to load: {type(e).__name__}: {e}") from e
     obj = getattr(module, "STUDY", None)

@@ -169,6 +169,8 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
 ) -> tuple[float, float, int]:
     """(mean loss, accuracy, samples) of ``model`` on ``dataset`` in eval mode."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {model!r}")
     device = torch.device(device)
     was_training = model.training
     model.eval()

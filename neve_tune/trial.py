@@ -38,6 +38,7 @@ from .data import DataBundle, data_identity, validation_split
 from .models import create_model
 from .probe import dataset_probe, gaussian_probe
 from .records import METHODS, TrialResult, val_metric_key
+from .space import check_hyperparameter
 from .train import evaluate, fit
 from .velocity import NeuralVelocity
 
@@ -347,8 +348,15 @@ def run_trial(
 def _trial_config(study: Study, config: Mapping[str, Any], method: str) -> dict[str, Any]:
     """The trial's full hyperparameters (study defaults overwritten by ``config``), with
     those every trial of ``method`` needs."""
+    # a Study (only a type here: study.py names this module)
+    if not callable(getattr(study, "config", None)) or not hasattr(study, "search_space"):
+        raise TypeError(f"study must be a neve_tune.Study (load_study(...)), got {study!r}")
+    if config is not None and not isinstance(config, Mapping):
+        raise TypeError(f"config must be a dict of hyperparameters, got {config!r}")
     cfg = study.config(config)
     for key in ("lr", "batch_size") + (("threshold",) if method == "neve" else ()):
         if key not in cfg:
             raise ValueError(f"config has no {key!r} (and study {study.name!r} has no default for it)")
+    for key in config or {}:  # the checks a study's defaults and the command-line flags pass
+        check_hyperparameter(key, cfg[key], f"config[{key!r}]", threshold_mode=study.threshold_mode)
     return cfg

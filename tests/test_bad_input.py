@@ -116,7 +116,7 @@ CLI_CASES = [
                  id="checkpoint-other-data"),
     pytest.param(["train", "--lr", "inf", *FAST], 2, "--lr must be a finite number > 0 and <= 3.40282e+38, got inf", id="lr-inf"),
     pytest.param(["train", "--lr", "-1", *FAST], 2, "--lr must be a finite number > 0 and <= 3.40282e+38, got -1.0", id="lr-negative"),
-    pytest.param(["train", "--threshold", "0", *FAST], 2, "--threshold must be a finite number > 0, got 0.0",
+    pytest.param(["train", "--threshold", "0", *FAST], 2, "--threshold must be a finite number > 0 and <= 1 (relative rule: a ratio to the peak velocity), got 0.0",
                  id="threshold-zero"),
     pytest.param(["optuna", "worker", "digits", "--timeout", "-5", "--max-epochs", "1"], 2,
                  "--timeout must be a finite number > 0, got -5.0", id="worker-timeout-negative"),

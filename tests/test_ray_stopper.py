@@ -285,13 +285,13 @@ class TestNeVeASHAScheduler:
         assert _Rung(1).cutoff(0.5) is None
 
     @pytest.mark.parametrize("kw", [{"reduction_factor": 2}, {"reduction_factor": 3, "max_t": 27}, {"reduction_factor": 2, "stop_last_trials": False},
-                                    {"reduction_factor": 4, "mode": "max"}])
+                                    {"reduction_factor": 4, "mode": "max", "metric": "train_acc"}])
     def test_same_decisions_as_rays_asha(self, kw):
         # with no velocity decision (neve_stop false), the scheduler is ASHA: on a random
         # asynchronous stream it takes Ray's decision for every result
-        kw = {"max_t": 16, "grace_period": 1, **kw}
+        kw = {"max_t": 16, "grace_period": 1, "metric": "train_loss", **kw}
         ours = NeVeASHAScheduler(**kw)
-        ray_asha = AsyncHyperBandScheduler(metric="train_loss", **{"mode": "min", **kw})
+        ray_asha = AsyncHyperBandScheduler(**{"mode": "min", **kw})
         rng = random.Random(1)
         trials = [fake_trial(f"t{i}") for i in range(60)]
         for t in trials:
@@ -303,7 +303,8 @@ class TestNeVeASHAScheduler:
         while live:
             t = rng.choice(live)
             epoch[t.trial_id] += 1
-            r = go(epoch[t.trial_id], round(rng.uniform(0, 2), 1))  # rounded: ties happen
+            value = round(rng.uniform(0, 2), 1)  # rounded: ties happen
+            r = go(epoch[t.trial_id], value, train_acc=value)
             a, b = ours.on_trial_result(None, t, dict(r)), ray_asha.on_trial_result(None, t, dict(r))
             assert a == b, (t.trial_id, r)
             decisions[a] += 1
@@ -545,7 +546,7 @@ def test_neve_trainable_rejects_bad_arguments():
     study = load_study("digits")
     with pytest.raises(ValueError, match=r"method must be one of \('neve', 'asha', 'asha_es'\), got 'retrain' \('retrain' is not a search method\)"):
         neve_trainable(study, method="retrain")
-    with pytest.raises(ValueError, match=r"study 'digits' resources\['gpu'\] must be below 1"):
+    with pytest.raises(ValueError, match=r"study 'digits': resources\['gpu'\] must be below 1"):
         neve_trainable(study.replace(resources={"cpu": 1, "gpu": 2.5}))
     with pytest.raises(TypeError, match="seed must be an int or None"):
         neve_trainable(study, seed="0")

@@ -62,10 +62,13 @@ def positive_int(text: str) -> int:
 
 
 def add_study(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    trust = "; a study file is Python code that is executed: load only files you trust"
     if required:
-        p.add_argument("study", help="study file (studies/digits.py) or bundled name (digits)")
+        p.add_argument("study", help="study file (studies/digits.py) or bundled name (digits)"
+                       + trust)
     else:
-        p.add_argument("study", nargs="?", default="digits", help="study file or bundled name (default: digits)")
+        p.add_argument("study", nargs="?", default="digits",
+                       help="study file or bundled name (default: digits)" + trust)
 
 
 def add_trials(p: argparse.ArgumentParser, help: str, default: int | None = None, *aliases: str) -> None:

@@ -53,7 +53,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     w.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler; each trial's TPE is seeded from it and the "
                                                     "trial number, so workers given one seed sample apart")
     cli.add_device(w)
-    w.add_argument("--threads", type=cli.positive_int, help="torch CPU threads of this worker (default: torch's)")
+    w.add_argument("--threads", type=cli.positive_int,
+                   help="torch CPU threads of this worker, at most 4 per CPU core "
+                        "(default: torch's)")
     cli.add_max_epochs(w)
     cli.add_data_changes(w)
     cli.add_trial_control(w)
@@ -105,9 +107,12 @@ def _pruner_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_worker_flags(args: argparse.Namespace) -> str:
     """Every flag of ``worker`` checked under its own name, before any storage or data."""
-    from ..optuna._worker import check_direction
+    from ..optuna._worker import check_direction, check_study_name, check_threads
 
     device = cli.check_device(args.device)
+    if args.storage is not None and not args.storage.strip():
+        raise cli.CLIError("--storage is empty; omit it for an in-memory study "
+                           "(this process only), or give a URL")
     cli.check_output_paths(dirs={"--out": args.out, "--checkpoint-dir": None if args.no_checkpoints else args.checkpoint_dir})
     if args.out:
         for name in ("velocity_curves.png", "search_history.png"):  # what plot_study writes there
@@ -117,6 +122,9 @@ def _check_worker_flags(args: argparse.Namespace) -> str:
     if args.trials is None and args.timeout is None and args.total_trials is None:
         raise cli.CLIError("give --trials N, --total-trials N or --timeout SECONDS")
     check_seed("--seed", args.seed)
+    check_threads("--threads", args.threads)
+    if args.study_name is not None:
+        check_study_name(args.study_name, "--study-name")
     if args.sampler_seed is not None:
         check_seed("--sampler-seed", args.sampler_seed)
     check_int("--max-retry", args.max_retry, minimum=0)
@@ -175,16 +183,22 @@ def _plot(args: argparse.Namespace) -> int:
     import optuna
 
     from ..optuna import StorageError, StudyNotFoundError, open_study, plot_study
+    from ..optuna._storage import missing_storage
 
-    if args.storage is None:
+    if not args.storage:
         raise cli.CLIError("--storage is required: an in-memory study has nothing to plot")
     cli.check_output_paths(dirs={"--out": args.out})
     for name in ("velocity_curves.png", "search_history.png"):  # the files plot_study writes there
         cli.check_output_paths(files={"--out": Path(args.out) / name})
+    missing = missing_storage(args.storage)
+    if missing:  # opening it would create an empty database
+        raise cli.CLIError(f"--storage: {missing}; nothing to plot")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         search = open_study(args.study_name, args.storage, heartbeat_interval=None)
-    except (StorageError, StudyNotFoundError) as e:
+    except StudyNotFoundError as e:  # plot reads: no hint on creating it
+        raise cli.CLIError(e.where) from None
+    except StorageError as e:
         raise cli.CLIError(str(e)) from None
     for path in plot_study(search, args.out).values():
         print(f"wrote {path}")

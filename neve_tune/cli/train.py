@@ -65,7 +65,9 @@ def _train(args: argparse.Namespace) -> int:
     config = study.config()
     for key in ("lr", "threshold", "batch_size"):  # the study's own values were checked when it loaded
         if getattr(args, key) is not None:
-            config[key] = check_hyperparameter(key, getattr(args, key), "--" + key.replace("_", "-"))
+            flag = "--" + key.replace("_", "-")
+            config[key] = check_hyperparameter(key, getattr(args, key), flag,
+                                               threshold_mode=study.threshold_mode)
     if args.checkpoint:
         cli.clean_stale_temporaries(args.checkpoint)
 

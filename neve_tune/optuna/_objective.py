@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 import optuna
 import torch
-from optuna.trial import BaseTrial
+from optuna.trial import BaseTrial, FrozenTrial
 from sqlalchemy.exc import SQLAlchemyError
 
 from .._checks import check_choice
@@ -40,6 +40,10 @@ SUMMARY_ATTRS = ("method", "seed", "stopped_by", "epochs", "objective", "best_ep
 def suggest_config(trial: BaseTrial, study: Study) -> dict[str, Any]:
     """Sample ``study.search_space`` with ``trial.suggest_*`` and return the full config
     (the study's defaults overwritten by the sampled values)."""
+    if not isinstance(trial, BaseTrial) or isinstance(trial, FrozenTrial):
+        raise TypeError(f"trial must be an optuna.Trial (the objective's argument), got {trial!r}")
+    if not isinstance(study, Study):
+        raise TypeError(f"study must be a neve_tune.Study (load_study(...)), got {study!r}")
     sampled: dict[str, Any] = {}
     for name, dist in study.search_space.items():
         if isinstance(dist, LogUniform):

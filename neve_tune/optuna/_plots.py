@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from os import PathLike
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
-from ._report import trial_history
+from ._report import check_optuna_study, trial_history
 
 __all__ = ["plot_study"]
 
@@ -29,6 +30,9 @@ def plot_study(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
     """
     from ..plots import plot_velocity_curves  # imported here: it selects the Agg backend
 
+    check_optuna_study("study", study)
+    if not isinstance(out_dir, (str, PathLike)):
+        raise TypeError(f"out_dir must be a folder path, got {out_dir!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     trials = study.get_trials(deepcopy=False)

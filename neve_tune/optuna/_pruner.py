@@ -8,11 +8,12 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from optuna.pruners import BasePruner, SuccessiveHalvingPruner
+from optuna.trial import FrozenTrial
 
 from .._checks import check_choice, check_int, is_finite, to_float
 from ._compat import with_step_value
 from ._consensus import consensus_rung, finished_fits, rung_index
-from ._report import direction_sign, epoch_key
+from ._report import check_optuna_study, direction_sign, epoch_key
 
 if TYPE_CHECKING:
     import optuna
@@ -266,6 +267,10 @@ class NeVePruner(BasePruner):
 
     # ------------------------------------------------------------ the rule
     def prune(self, study: "optuna.study.Study", trial: "optuna.trial.FrozenTrial") -> bool:
+        check_optuna_study("study", study)
+        if not isinstance(trial, FrozenTrial):
+            raise TypeError(f"trial must be an optuna FrozenTrial (what Optuna passes to prune), "
+                            f"got {trial!r}")
         step = trial.last_step
         if step is None:
             return False

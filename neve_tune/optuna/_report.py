@@ -31,6 +31,7 @@ replay a restored history through it.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Mapping
 
 from optuna.study import StudyDirection
@@ -38,6 +39,7 @@ from optuna.trial import BaseTrial, FrozenTrial, TrialState
 
 from .._checks import check_choice, check_int, is_finite, to_float
 from .._json import json_safe
+from .._metrics import check_metric_keys
 
 __all__ = [
     "EPOCH_ATTR_PREFIX",
@@ -50,6 +52,10 @@ __all__ = [
 
 EPOCH_ATTR_PREFIX = "epoch_"
 REPORT_SIGNALS = ("velocity", "val_loss", "val_error", "train_loss")
+
+# the epoch each live trial object last reported: the same epoch twice in a row is a loop
+# that reports twice (a replayed or restarted history goes back, which is allowed)
+_LAST_EPOCH: "weakref.WeakKeyDictionary[BaseTrial, int]" = weakref.WeakKeyDictionary()
 
 
 def epoch_key(epoch: int) -> str:
@@ -122,8 +128,11 @@ def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = 
     - ``epoch`` is required, an int >= 0 (``1.7`` is refused, not truncated);
     - ``metrics[signal]`` is required (the ``ValueError`` names it and the keys given);
       it may be ``None`` only on an epoch flagged ``diverged``;
-    - ``train_loss`` and ``velocity``, when present, must be numbers or ``None``;
-      :class:`~neve_tune.optuna.NeVePruner` reads the velocity from the stored epoch.
+    - ``train_loss`` and ``velocity`` are numbers or ``None``, the velocity not negative; a
+      key one typo away from a metric name (``"velocty"``) is refused, flags are bools:
+      the rule of :func:`neve_tune.ray.report_epoch` too (:mod:`neve_tune._metrics`);
+    - ``trial`` is the running ``optuna.Trial`` (not a ``FrozenTrial``), and the same
+      epoch is not reported twice in a row (a replayed, earlier history is skipped).
 
     Example::
 
@@ -139,12 +148,12 @@ def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = 
         1.0
         >>> trial.user_attrs["epoch_0001"]["velocity"]
         0.25
-        >>> report_epoch(trial, {"epoch": 3, "velocity": 0.1, "train_los": 0.9})
+        >>> report_epoch(trial, {"epoch": 3, "train_los": 0.9})  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: metrics has no 'train_loss' (the signal reported to Optuna); its keys: ['epoch', 'train_los', 'velocity']
+        ValueError: metrics has 'train_los': did you mean 'train_loss'? (a metric NeVe reads); ...
     """
-    step, raw, diverged = _checked_epoch(metrics, signal)
+    step, raw, diverged = _checked_report(trial, metrics, signal)
     sign = direction_sign(_study_direction(trial))
     value = sign * raw if (raw is not None and is_finite(raw) and not diverged) else float("nan")
 
@@ -157,15 +166,45 @@ def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = 
         trial.report(value, step)
     elif step not in _reported_steps(trial):
         trial.report(value, step)
+    _LAST_EPOCH[trial] = step
     return value
+
+
+def _checked_report(trial: Any, metrics: Mapping[str, Any],
+                    signal: str) -> tuple[int, float | None, bool]:
+    """:func:`_checked_epoch` of a running trial, refusing the epoch it just reported."""
+    _check_trial(trial)
+    step, raw, diverged = _checked_epoch(metrics, signal)
+    if _LAST_EPOCH.get(trial) == step:
+        raise ValueError(f"metrics['epoch'] {step} was just reported for trial {trial.number}: "
+                         "report each epoch once")
+    return step, raw, diverged
+
+
+def check_optuna_study(name: str, search: Any) -> Any:
+    """``search`` if it is an ``optuna.Study``; else a ``TypeError`` naming ``name``."""
+    import optuna
+
+    if not isinstance(search, optuna.Study):
+        raise TypeError(f"{name} must be an optuna.Study (optuna.create_study/load_study), "
+                        f"got {search!r}")
+    return search
+
+
+def _check_trial(trial: Any) -> None:
+    if isinstance(trial, FrozenTrial):
+        raise TypeError("trial must be the running optuna.Trial the objective received, "
+                        "got a FrozenTrial "
+                        f"(trial {trial.number}'s stored record, which cannot report)")
+    if not isinstance(trial, BaseTrial):
+        raise TypeError(f"trial must be an optuna.Trial (the objective's argument), got {trial!r}")
 
 
 def _checked_epoch(metrics: Mapping[str, Any], signal: str) -> tuple[int, float | None, bool]:
     """(step, the signal's value, diverged) of one epoch's metrics, checked by the rule of
     :func:`report_epoch`; a non-finite training loss or velocity counts as divergence."""
     check_choice("signal", signal, REPORT_SIGNALS)
-    if not isinstance(metrics, Mapping):
-        raise TypeError(f"metrics must be a mapping of metric names to values (one epoch), got {metrics!r}")
+    check_metric_keys(metrics)  # the rule both backends share: names, velocity, flags
     if "epoch" not in metrics:
         raise ValueError(f"metrics has no 'epoch' (the step); its keys: {sorted(map(str, metrics))}")
     step = check_int("metrics['epoch']", metrics["epoch"], minimum=0)
@@ -188,6 +227,8 @@ def _checked_epoch(metrics: Mapping[str, Any], signal: str) -> tuple[int, float 
 
 def trial_history(trial: FrozenTrial | BaseTrial) -> list[dict[str, Any]]:
     """The per-epoch metric dicts stored by :func:`report_epoch`, in epoch order."""
+    if not isinstance(trial, (FrozenTrial, BaseTrial)):
+        raise TypeError(f"trial must be an optuna trial (Trial or FrozenTrial), got {trial!r}")
     attrs = trial.user_attrs
     keys = [k for k in attrs if k.startswith(EPOCH_ATTR_PREFIX) and k[len(EPOCH_ATTR_PREFIX):].isdigit()]
     return [dict(attrs[k]) for k in sorted(keys, key=lambda k: int(k[len(EPOCH_ATTR_PREFIX):]))]

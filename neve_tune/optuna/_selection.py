@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._checks import check_choice
-from ._report import trial_history
+from ._report import check_optuna_study, trial_history
 
 if TYPE_CHECKING:
     import optuna
@@ -36,6 +36,7 @@ def _last(search: "optuna.Study", key: str, kind: type | tuple[type, ...], state
     """Each trial's (of ``states``, default all) last recorded epoch value of ``key`` of
     type ``kind``, by trial number; trials that recorded none are left out."""
     last = {}
+    check_optuna_study("search", search)
     for t in search.get_trials(deepcopy=False, states=states):
         values = [m[key] for m in trial_history(t) if isinstance(m.get(key), kind)]
         if values:
@@ -64,6 +65,7 @@ def pick_trial(search: "optuna.Study", selection: str = "objective") -> "FrozenT
 
     from ..selection import consensus_winner, selection_mode
 
+    check_optuna_study("search", search)
     check_choice("selection", selection, SELECTIONS)
     complete = (optuna.trial.TrialState.COMPLETE,)
     done = search.get_trials(deepcopy=False, states=complete)

@@ -6,11 +6,52 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+from pathlib import Path
 from typing import Any
 
 from optuna.storages import RDBStorage
 
-__all__ = ["SQLiteRDBStorage", "sqlite_engine_kwargs"]
+__all__ = ["SQLiteRDBStorage", "sqlite_engine_kwargs", "sqlite_file", "sqlite_file_problem"]
+
+# a table every Optuna schema since 1.x holds (its schema version); a database with tables
+# but not this one is someone else's: Optuna would add its tables beside them and fail
+_OPTUNA_MARKER = "version_info"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file an SQLite URL opens (``sqlite:///search.db`` -> ``search.db``); ``None``
+    for other URLs and in-memory SQLite."""
+    if not url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(url).database
+    except Exception:  # sqlalchemy.exc.ArgumentError: the storage factory says why
+        return None
+    return Path(database).expanduser() if database and database != ":memory:" else None
+
+
+def sqlite_file_problem(url: str) -> str | None:
+    """Why the existing file of SQLite URL ``url`` is no Optuna database (not SQLite at
+    all, or tables of something else), read without writing; ``None`` when it is one, is
+    empty or does not exist yet."""
+    path = sqlite_file(url)
+    if path is None or not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            tables = sorted(row[0] for row in rows)
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        return f"{path} is not an SQLite database ({e})"
+    if tables and _OPTUNA_MARKER not in tables:
+        shown = ", ".join(tables[:8])
+        return f"{path} holds tables Optuna did not create ({shown}); give another file"
+    return None
 
 
 _TRANSACTIONAL = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|REPLACE|WITH|CREATE|DROP|ALTER)\b", re.IGNORECASE)

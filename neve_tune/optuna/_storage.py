@@ -29,10 +29,11 @@ import optuna
 from optuna.storages import BaseStorage
 
 from .._checks import check_int
-from ._sqlite import SQLiteRDBStorage, sqlite_engine_kwargs
+from ._sqlite import SQLiteRDBStorage, sqlite_engine_kwargs, sqlite_file, sqlite_file_problem
 from ._urls import normalize_url, redact_url, storage_kind, url_problem
 
-__all__ = ["redact_url", "make_storage", "normalize_url", "storage_kind", "StorageError", "SQLiteRDBStorage", "sqlite_engine_kwargs"]
+__all__ = ["redact_url", "make_storage", "missing_storage", "normalize_url",
+           "storage_kind", "StorageError", "SQLiteRDBStorage", "sqlite_engine_kwargs"]
 
 
 class StorageError(Exception):
@@ -71,6 +72,9 @@ def make_storage(
     problem = url_problem(url)
     if problem:
         raise StorageError(f"storage {redact_url(url)!r} is not a valid URL: {problem}")
+    problem = sqlite_file_problem(url)
+    if problem:  # before Optuna adds its tables to someone else's database
+        raise StorageError(f"storage {redact_url(url)!r}: {problem}")
     kwargs = _heartbeat_kwargs(heartbeat_interval, heartbeat_grace_period, max_retry)
     given, url = url, normalize_url(url)
     engine_kwargs: dict[str, Any] = {}
@@ -88,6 +92,22 @@ def make_storage(
     except Exception as e:  # sqlalchemy.exc.OperationalError, ArgumentError, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StorageError(f"cannot reach storage {redact_url(given)!r}: {redact_url(url, redact_url(given, first))}") from None
+
+
+def missing_storage(url: str | None) -> str | None:
+    """Why ``url`` holds no study to read: an SQLite or journal file that does not exist
+    (opening it would create an empty one); ``None`` otherwise."""
+    kind = storage_kind(url)
+    if kind == "memory":
+        return "an in-memory storage holds no study from another process"
+    assert url is not None
+    if kind == "journal":
+        path = Path(url[len("journal:"):] if url.startswith("journal:") else url).expanduser()
+    else:
+        path = sqlite_file(url)  # type: ignore[assignment]
+    if path is not None and not path.is_file():
+        return f"{path} does not exist"
+    return None
 
 
 def _renamed_grace(grace_period: int | None, heartbeat_grace_period: int | None) -> int | None:

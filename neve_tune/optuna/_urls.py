@@ -48,6 +48,8 @@ def redact_url(url: str | None, text: str | None = None) -> str:
     """
     if url is None:
         return "<in-memory>" if text is None else text
+    if not isinstance(url, str):
+        raise TypeError(f"url must be a storage URL string or None, got {url!r}")
     found = _redacted(url)
     if found is None:
         return url if text is None else text
@@ -167,6 +169,9 @@ def storage_kind(url: str | None) -> str:
     database lives in one connection, so Optuna's in-memory storage stands in for it."""
     if url is None or url in ("", ":memory:") or url in IN_MEMORY_SQLITE:
         return "memory"
+    if not isinstance(url, str):
+        raise TypeError(f"storage must be a URL string (sqlite:///FILE, postgresql://...) or None, "
+                        f"got {url!r}")
     if url.startswith("journal:"):
         return "journal"
     if "://" in url:

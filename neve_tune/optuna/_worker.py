@@ -26,6 +26,7 @@ The rules :func:`run_worker` follows (``neve-tune optuna worker`` on each machin
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -38,7 +39,10 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from .._checks import check_choice, check_device, check_float, check_int, check_seed
+from .._json import json_safe
 from ..checkpoint import first_line
+from ..data import data_identity
+from ..models import check_model_available
 from ..study import Study, load_study
 from ..trial import resolve_device
 from ._objective import OBJECTIVE_METHODS, STORAGE_WRITE_ERRORS, make_objective
@@ -48,14 +52,23 @@ from ._selection import pick_trial
 from ._stop import Abandon, PoliteStop, TrialLeft, WorkerInterrupted
 from ._storage import StorageError, make_storage, redact_url, storage_kind
 
-__all__ = ["run_worker", "open_study", "StudyNotFoundError", "METHOD_ATTR", "format_trial", "check_direction",
+__all__ = ["run_worker", "open_study", "StudyNotFoundError", "METHOD_ATTR", "IDENTITY_ATTR",
+           "study_identity", "check_study_name", "check_threads", "format_trial", "check_direction",
            "WorkerInterrupted"]
 
 METHOD_ATTR = "neve_method"  # study user attribute: the method every worker must run
+IDENTITY_ATTR = "neve_study"  # study user attribute: study file, data, epoch budget of every trial
+MAX_STUDY_NAME = 512  # Optuna's RDB schema holds study names of up to 512 characters
+MAX_THREADS_PER_CPU = 4  # more torch threads per core only oversubscribe it (100000 crashed)
 
 
 class StudyNotFoundError(LookupError):
-    """The study does not exist in the storage (and ``create`` was not asked)."""
+    """The study does not exist in the storage (and ``create`` was not asked). ``where``
+    says so without the hint on how to create it (for readers that cannot create)."""
+
+    def __init__(self, message: str, where: str | None = None) -> None:
+        super().__init__(message)
+        self.where = where or message
 
 
 def open_study(
@@ -96,11 +109,11 @@ def open_study(
             known = [s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)]
         except Exception:  # pragma: no cover - the listing is only a hint
             known = []
+        where = (f"study {study_name!r} does not exist in storage {redact_url(storage)!r} "
+                 f"(studies there: {known})")
         raise StudyNotFoundError(
-            f"study {study_name!r} does not exist in storage {redact_url(storage)!r} (studies there: {known}); "
-            f"create it with `optuna create-study --study-name {study_name} --storage URL --direction minimize`, "
-            "or pass --create"
-        ) from None
+            f"{where}; create it with `optuna create-study --study-name {study_name} --storage URL "
+            "--direction minimize`, or pass --create", where) from None
 
 
 def _renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
@@ -124,6 +137,51 @@ def format_trial(trial: FrozenTrial) -> str:
         f"trial {trial.number} {trial.state.name} value={value} epochs={a.get('epochs', '-')} "
         f"stopped_by={a.get('stopped_by', '-')} test_acc={'-' if acc is None else f'{acc:.4f}'} {params} [{dur:.1f}s]"
     )
+
+
+def study_identity(study: Study) -> dict[str, Any]:
+    """What every trial of one Optuna study must share: the study file's name, its data
+    (:func:`neve_tune.data.data_identity`: not where the files lie) and its epoch budget."""
+    identity = {"study": study.name, "data": data_identity(study.data, study.data_options),
+                "max_epochs": study.max_epochs}
+    return json.loads(json.dumps(json_safe(identity), default=str))  # as the storage gives it back
+
+
+def _check_identity(search: optuna.Study, identity: dict[str, Any]) -> None:
+    """Refuse a worker whose study file, data or epoch budget differ from those the
+    Optuna study was created with (its trials would not be comparable)."""
+    stored = search.user_attrs.get(IDENTITY_ATTR)
+    if stored is None or stored == identity:
+        return
+    names = {"study": "study file", "data": "data", "max_epochs": "max_epochs"}
+    diffs = [f"{names.get(k, k)}: {stored.get(k)!r} in the storage, {identity.get(k)!r} here"
+             for k in identity if stored.get(k) != identity.get(k)]
+    raise ValueError(f"study {search.study_name!r} was created from another study "
+                     f"({'; '.join(diffs)}); run its workers with the study file and settings it "
+                     "was created with, or use another --study-name")
+
+
+def check_threads(name: str, threads: Any) -> int | None:
+    """torch CPU threads: None (torch's default), or 1 to 4 per CPU core of this machine
+    (more only oversubscribe it; 100000 made torch crash)."""
+    threads = check_int(name, threads, minimum=1, allow_none=True)
+    most = MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
+    if threads is not None and threads > most:
+        raise ValueError(f"{name} must be at most {most} ({MAX_THREADS_PER_CPU} per CPU core "
+                         f"here), got {threads}")
+    return threads
+
+
+def check_study_name(name: Any, label: str = "study_name") -> str:
+    """An Optuna study name: a non-empty string of at most 512 characters (what its
+    storages hold), checked before any storage is opened."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{label} must be a non-empty string, got {name!r}")
+    if len(name) > MAX_STUDY_NAME:
+        raise ValueError(f"{label} must be at most {MAX_STUDY_NAME} characters "
+                         "(what Optuna's storages hold), "
+                         f"got {len(name)}")
+    return name
 
 
 def _check_method(study: optuna.Study, method: str) -> None:
@@ -171,11 +229,12 @@ def run_worker(
     _check_arguments(n_trials=n_trials, total_trials=total_trials, torch_threads=torch_threads, timeout=timeout,
                      method=method, seed=seed, device=device, sampler_seed=sampler_seed, direction=direction,
                      max_retry=max_retry)
+    _check_study(study, study_name)
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
     data = study.load_data()  # fail here, not inside a trial, when the data set is missing
-    search = _writable_study(study_name or study.name, storage, method, create=create,
-                             direction=direction, sampler=_sampler(sampler_seed),
+    search = _writable_study(study_name or study.name, storage, method, study_identity(study),
+                             create=create, direction=direction, sampler=_sampler(sampler_seed),
                              heartbeat_interval=heartbeat_interval,
                              heartbeat_grace_period=heartbeat_grace_period, max_retry=max_retry)
     search.pruner = _pruner(search, method, pruner, pruner_options, study)
@@ -187,7 +246,8 @@ def run_worker(
     mine: list[int] = []
     cbs, n_trials = _callbacks(mine, log, callbacks, total_trials, n_trials, timeout, stop)
     if log:
-        log(f"worker {os.getpid()}: study {search.study_name!r} in {redact_url(storage)}, method={method}, "
+        where = "<in-memory>" if storage_kind(storage) == "memory" else redact_url(storage)
+        log(f"worker {os.getpid()}: study {search.study_name!r} in {where}, method={method}, "
             f"pruner={search.pruner!r}, sampler={search.sampler!r}, trials={n_trials or 'unbounded'}")
     t0 = time.perf_counter()
     _optimize(search, objective, stop, n_trials=n_trials, timeout=timeout, callbacks=cbs, max_retry=max_retry)
@@ -197,13 +257,13 @@ def run_worker(
     return search
 
 
-def _writable_study(name: str, storage: str | None, method: str,
+def _writable_study(name: str, storage: str | None, method: str, identity: dict[str, Any],
                     **open_kwargs: Any) -> optuna.Study:
     """:func:`open_study`, checked (:func:`_check_search`) and written to once, so a
     read-only or full database is a :class:`StorageError` before any trial."""
     try:
         search = open_study(name, storage, **open_kwargs)
-        _check_search(search, method)
+        _check_search(search, method, identity)
         search.set_user_attr(METHOD_ATTR, method)  # one write now: a read-only storage fails here
     except STORAGE_WRITE_ERRORS as e:  # read-only or full database file, unwritable journal
         raise StorageError(f"storage {redact_url(storage)!r} cannot be written: "
@@ -211,12 +271,20 @@ def _writable_study(name: str, storage: str | None, method: str,
     return search
 
 
+def _check_study(study: Study, study_name: str | None) -> None:
+    """The Optuna study's name fits its storage, and the model exists (not a FAIL trial)."""
+    default_name = "the study file's name (Study.name, the default study_name)"
+    check_study_name(study_name if study_name is not None else study.name,
+                     "study_name" if study_name is not None else default_name)
+    check_model_available(study.model, f"study {study.name!r}: model")
+
+
 def _check_arguments(**kw: Any) -> None:
     """The worker's own arguments, under their names, before any storage or data."""
     check_choice("method", kw["method"], OBJECTIVE_METHODS)
     check_int("n_trials", kw["n_trials"], minimum=1, allow_none=True)
     check_int("total_trials", kw["total_trials"], minimum=1, allow_none=True)
-    check_int("torch_threads", kw["torch_threads"], minimum=1, allow_none=True)
+    check_threads("torch_threads", kw["torch_threads"])
     check_float("timeout", kw["timeout"], positive=True, allow_none=True)
     check_seed("seed", kw["seed"])
     check_seed("sampler_seed", kw["sampler_seed"], allow_none=True)
@@ -241,15 +309,21 @@ def _sampler(sampler_seed: int | None) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler() if sampler_seed is None else TrialSeededTPESampler(sampler_seed)
 
 
-def _check_search(search: optuna.Study, method: str) -> None:
-    """One objective, minimized, run with the method stored in the study."""
+def _check_search(search: optuna.Study, method: str,
+                  identity: dict[str, Any] | None = None) -> None:
+    """One objective, minimized, run with the method and the study identity stored in the
+    study (both stored by its first worker, once every check passed)."""
     if len(search.directions) != 1:
         raise ValueError(f"study {search.study_name!r} has {len(search.directions)} objectives; "
                          "a worker needs a single-objective study")
     if search.direction != optuna.study.StudyDirection.MINIMIZE:
         raise ValueError(f"study {search.study_name!r} maximizes; its objective is a loss, so it must minimize "
                          f"(create it with --direction minimize)")
+    if identity is not None:
+        _check_identity(search, identity)
     _check_method(search, method)
+    if identity is not None and IDENTITY_ATTR not in search.user_attrs:
+        search.set_user_attr(IDENTITY_ATTR, identity)
 
 
 def _pruner(search: optuna.Study, method: str, pruner: BasePruner | None, options: dict[str, Any] | None,

@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from .._checks import check_choice
+
 __all__: list[str] = []
 
 
@@ -74,3 +76,19 @@ def _choose_bracket(brackets: list[list[_Rung]]) -> int:
     sizes = np.array([len(b) for b in brackets])
     probs = np.e ** (sizes - sizes.max())
     return int(np.random.choice(len(brackets), p=probs / probs.sum()))
+
+
+def check_mode(metric: str, mode: str) -> str:
+    """``mode`` (``"min"``/``"max"``) of the rung ``metric``; ``"max"`` on a loss would keep
+    the trials that fit worst at every rung, so it is refused.
+
+    >>> check_mode("train_loss", "max")
+    Traceback (most recent call last):
+    ...
+    ValueError: mode must be 'min' for metric 'train_loss': a loss is minimised, got 'max'
+    """
+    check_choice("mode", mode, ("min", "max"))
+    if mode == "max" and metric.endswith("loss"):
+        raise ValueError(f"mode must be 'min' for metric {metric!r}: a loss is minimised, "
+                         "got 'max'")
+    return mode

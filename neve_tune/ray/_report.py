@@ -10,19 +10,17 @@ function trainable API; ``ray.train.report`` fails a Tune trial), with an option
 
 from __future__ import annotations
 
-import difflib
 import numbers
 from typing import Any, Mapping
 
 from .._checks import _is_bool, _unwrap, to_float
-from ..records import METRIC_NAMES
+from .._metrics import check_metric_keys
 
 __all__ = ["report_epoch", "check_epoch_metrics"]
 
 # keys Tune fills in itself: a trainable reporting them would overwrite Tune's bookkeeping
 _TUNE_KEYS = frozenset({"training_iteration", "done", "trial_id", "config", "time_total_s", "time_this_iter_s",
                         "timestamp", "date", "pid", "hostname", "node_ip", "experiment_id"})
-_FLAGS = ("neve_stop", "stalled", "diverged")
 
 
 def _plain(key: str, value: Any) -> Any:
@@ -41,11 +39,6 @@ def _plain(key: str, value: Any) -> Any:
     return value
 
 
-def _close_name(key: str) -> str | None:
-    match = difflib.get_close_matches(key, METRIC_NAMES, n=1, cutoff=0.8)
-    return match[0] if match and match[0] != key else None
-
-
 def check_epoch_metrics(metrics: Mapping[str, Any], *, metric: str = "velocity", loss_metric: str = "train_loss") -> dict[str, Any]:
     """One epoch's metrics, checked and converted (see :func:`report_epoch` for the rule).
 
@@ -57,17 +50,11 @@ def check_epoch_metrics(metrics: Mapping[str, Any], *, metric: str = "velocity",
     ...
     ValueError: metrics has 'velocty': did you mean 'velocity'? (a metric NeVe reads); its keys: ['train_loss', 'velocty']
     """
-    if not isinstance(metrics, Mapping):
-        raise TypeError(f"metrics must be a mapping of metric names to values (one epoch), got {metrics!r}")
+    check_metric_keys(metrics)  # the rule both backends share: names, velocity, flags
     keys = sorted(map(str, metrics))
     for key in metrics:
-        if not isinstance(key, str):
-            raise TypeError(f"metrics keys must be str, got {key!r}")
         if key in _TUNE_KEYS:
             raise ValueError(f"metrics must not set {key!r}: Tune fills it in itself; its keys: {keys}")
-        near = _close_name(key)
-        if near is not None and near not in metrics:
-            raise ValueError(f"metrics has {key!r}: did you mean {near!r}? (a metric NeVe reads); its keys: {keys}")
     out = {key: _plain(key, value) for key, value in metrics.items()}
     for key in (metric, loss_metric):
         if key not in out:
@@ -80,9 +67,6 @@ def check_epoch_metrics(metrics: Mapping[str, Any], *, metric: str = "velocity",
             raise ValueError(f"metrics[{key!r}] is None on an epoch not flagged 'diverged'")
         if out[key] is not None:
             to_float(f"metrics[{key!r}]", out[key])
-    for key in _FLAGS:
-        if key in out and out[key] is not None and not isinstance(out[key], bool):
-            raise TypeError(f"metrics[{key!r}] must be a bool, got {out[key]!r}")
     return out
 
 

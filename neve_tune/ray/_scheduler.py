@@ -18,7 +18,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from .._checks import check_choice, check_float, check_int, to_float
 from ._consensus import ConsensusRungs, check_predictions
-from ._halving import _bracket_milestones, _choose_bracket, _Rung
+from ._halving import _bracket_milestones, _choose_bracket, _Rung, check_mode
 from ._scheduler_state import NeVeASHAStateCallback
 from ._stopper import CONVERGED, DIVERGED, STALLED, _check_key, check_threshold, remember_first_loss, velocity_verdict
 
@@ -142,7 +142,7 @@ class NeVeASHAScheduler(FIFOScheduler):
         self._time_attr = _check_key(time_attr, "time_attr")
         self._velocity_metric = _check_key(velocity_metric, "velocity_metric")
         self._threshold_key = _check_key(threshold_key, "threshold_key")
-        self._mode = check_choice("mode", mode, ("min", "max"))
+        self._mode = check_mode(self._rung_metric, mode)
         self._sign = -1.0 if mode == "min" else 1.0
         self._max_t = check_int("max_t", max_t, minimum=1)
         grace_period = check_int("grace_period", grace_period, minimum=1)

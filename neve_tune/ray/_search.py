@@ -247,6 +247,17 @@ def _tuner_api(trainable: Any, space: Any, *, num_samples: int, search_alg: Any,
     return tuner.fit()
 
 
+def _results(results: Any) -> list[Any]:
+    """The ``Result`` objects of a ResultGrid (indexable, not always ``Iterable``)."""
+    try:
+        out = list(results)
+    except TypeError:
+        out = None
+    if out is None or not all(hasattr(r, "metrics") for r in out):
+        raise TypeError(f"results must be a Tune ResultGrid or ExperimentAnalysis, got {results!r}")
+    return out
+
+
 def summarize(results: Any, selection: str = "objective") -> dict[str, Any]:
     """Per-trial rows and the winning finished trial of a search: the lowest ``objective``,
     or by ``selection`` (``"consensus"``, or ``"auto"``: the consensus once the finished
@@ -257,7 +268,8 @@ def summarize(results: Any, selection: str = "objective") -> dict[str, Any]:
     if hasattr(results, "trials"):  # ExperimentAnalysis
         items = [(t.trial_id, t.config, t.last_result or {}, t.error_file) for t in results.trials]
     else:  # ResultGrid
-        items = [(r.metrics.get("trial_id"), r.config, r.metrics or {}, str(r.error) if r.error else None) for r in results]
+        items = [(r.metrics.get("trial_id"), r.config, r.metrics or {}, str(r.error) if r.error else None)
+                 for r in _results(results)]
     keep = reported_metrics("asha") + ("training_iteration", "trial_id")
     rows, cost, preds, fits = [], 0.0, {}, {}
     for tid, config, metrics, error in items:

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from ray.tune.stopper import Stopper
 
-from .._checks import _is_bool, _unwrap, check_float, check_int, is_finite, to_float
+from .._checks import _is_bool, _unwrap, check_float, check_int, check_mapping, is_finite, to_float
 from .._rules import STALL_PATIENCE, learned
 from ._losses import remember_best_loss, remember_first_loss, stalls_early
 
@@ -160,6 +160,7 @@ def velocity_verdict(
     ...
     ValueError: NeVeStopper: the trial's result has neither 'velocity' nor 'neve_stop'; it reports ['train_loss']
     """
+    check_mapping("result", result, "a dict of one epoch's reported metrics")
     if _flag(result, "diverged", who):
         return DIVERGED
     value, loss = _number(result, metric, who), _number(result, loss_metric, who)
@@ -324,6 +325,7 @@ class NeVeStopper(Stopper):
         self._best_loss: dict[str, float] = {}  # trial_id -> its lowest reported loss
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        check_mapping("result", result, "a dict of one epoch's reported metrics")
         iteration = int(to_float("training_iteration", result.get("training_iteration", 0)))
         done = self._stopped.get(trial_id)
         if done is not None and iteration <= done[0]:

@@ -22,7 +22,7 @@ import ray
 from ray import tune
 
 from ..data import DataBundle
-from .._checks import check_float, check_int
+from .._checks import RESOURCE_KEYS as _RESOURCE_KEYS, check_float, check_int, check_resources
 from ..records import METHODS, METRIC_NAMES, SEARCH_METHODS, Cost, TrialResult
 from ..space import Choice, IntUniform, LogUniform, Uniform
 from ..study import Study, load_study
@@ -81,33 +81,6 @@ def to_ray_space(study: "Study | str | os.PathLike", *, seed: int | None = None)
 
 
 # ---------------------------------------------------------------- resources
-_RESOURCE_KEYS = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}
-
-
-def check_resources(resources: Mapping[str, Any], *, name: str = "resources") -> dict[str, float]:
-    """Per-trial resources as Tune wants them: ``{"cpu": c, "gpu": g, ...}``.
-
-    ``cpu`` >= 0, ``gpu`` >= 0 and either below 1 (several trials share a GPU; Ray does
-    not split its memory) or a whole number; other keys are custom Ray resources.
-    """
-    if not isinstance(resources, Mapping):
-        raise TypeError(f"{name} must be a dict like {{'cpu': 1, 'gpu': 0.5}}, got {resources!r}")
-    out: dict[str, float] = {}
-    for key, value in resources.items():
-        if not isinstance(key, str) or not key:
-            raise TypeError(f"{name}: keys must be resource names, got {key!r}")
-        value = check_float(f"{name}[{key!r}]", value, low=0.0)
-        out[key.lower() if key.lower() in _RESOURCE_KEYS else key] = float(value)
-    gpu = out.get("gpu", 0.0)
-    if gpu > 1 and not float(gpu).is_integer():
-        raise ValueError(f"{name}['gpu'] must be below 1 (a shared GPU) or a whole number, got {gpu}")
-    out.setdefault("cpu", 1.0)
-    out.setdefault("gpu", 0.0)
-    if out["cpu"] == 0 and out["gpu"] == 0 and len(out) == 2:
-        raise ValueError(f"{name} must ask for some CPU or GPU, got {dict(resources)!r}")
-    return out
-
-
 def check_resources_available(resources: Mapping[str, float]) -> None:
     """Raise ``ValueError`` when no alive node of the connected Ray cluster can hold one
     trial with ``resources`` (Tune would otherwise wait for them forever)."""

@@ -1,0 +1,65 @@
+"""One epoch's metric dict, checked the same way for every backend.
+
+Both ``report_epoch`` functions (:func:`neve_tune.optuna.report_epoch` and
+:func:`neve_tune.ray.report_epoch`) hand what a training loop reports to a pruner or a
+scheduler that reads it by name. :func:`check_metric_keys` refuses what would be read
+wrong without a word: a key one typo away from a metric NeVe reads (``"velocty"``), a
+negative velocity, a flag that is not a bool.
+
+    >>> check_metric_keys({"epoch": 1, "velocity": 0.5, "train_los": 0.2})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: metrics has 'train_los': did you mean 'train_loss'? (a metric NeVe reads); ...
+    >>> check_metric_keys({"velocity": -0.1})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: metrics['velocity'] must be >= 0 (a velocity is a mean absolute change; ...
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+from typing import Any, Mapping
+
+from ._checks import _is_bool, _unwrap
+from .records import METRIC_NAMES
+
+__all__ = ["FLAGS", "check_metric_keys", "close_metric_name"]
+
+#: the controller's flags: booleans when given
+FLAGS = ("neve_stop", "stalled", "diverged")
+
+
+def close_metric_name(key: str) -> str | None:
+    """The metric name ``key`` is one typo away from (``"velocty"`` -> ``"velocity"``), if any."""
+    match = difflib.get_close_matches(key, METRIC_NAMES, n=1, cutoff=0.8)
+    return match[0] if match and match[0] != key else None
+
+
+def check_metric_keys(metrics: Any) -> Mapping[str, Any]:
+    """``metrics`` if it is a mapping with str keys, none of them a misspelled metric name,
+    a velocity that is not negative (NaN and inf pass: they mark a diverged epoch) and
+    boolean flags; else a ``TypeError``/``ValueError`` naming the key."""
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must be a mapping of metric names to values (one epoch), "
+                        f"got {metrics!r}")
+    keys = sorted(map(str, metrics))
+    for key in metrics:
+        if not isinstance(key, str):
+            raise TypeError(f"metrics keys must be str, got {key!r}")
+        near = close_metric_name(key)
+        if near is not None and near not in metrics:
+            raise ValueError(f"metrics has {key!r}: did you mean {near!r}? (a metric NeVe reads); "
+                             f"its keys: {keys}")
+    velocity = _unwrap(metrics.get("velocity"))  # its type: each backend's check (arrays, strings)
+    number = isinstance(velocity, numbers.Real) and not _is_bool(velocity)
+    if number and not math.isnan(velocity) and velocity < 0:
+        raise ValueError(f"metrics['velocity'] must be >= 0 (a velocity is a mean absolute change; "
+                         f"NaN or inf mark divergence), got {velocity!r}")
+    for key in FLAGS:
+        value = _unwrap(metrics.get(key))
+        if value is not None and not _is_bool(value):
+            raise TypeError(f"metrics[{key!r}] must be a bool, got {value!r}")
+    return metrics
