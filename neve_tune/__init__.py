@@ -6,6 +6,7 @@ library only there.
 """
 
 from .control import Controller, LRReplay, NeVe, ValidationControl
+from .guard import MemorisationGuard
 from .prediction_changes import PredictionChanges, SubsetPredictionChanges
 from .probe import dataset_probe, gaussian_probe
 from .records import Cost, TrialResult
@@ -25,6 +26,7 @@ __all__ = [
     "IntUniform",
     "LRReplay",
     "LogUniform",
+    "MemorisationGuard",
     "NeVe",
     "NeuralVelocity",
     "PredictionChanges",

@@ -179,10 +179,11 @@ def stop_reason(neve: NeVe, last: Mapping[str, Any], unit: str = "epoch") -> str
     why = neve.stopped_by
     velocity, loss = last.get("velocity"), last.get("train_loss")
     if why == "prediction_changes":
-        since = neve.epoch - neve.pc_best_epoch
+        since, guard = neve.epoch - neve.pc_best_epoch, neve.guard
         return (f"memorisation guard: the training examples whose prediction changed (mean over "
                 f"{neve.pc_window} {unit}s) reached no new minimum in {since} {unit}s since {unit} "
-                f"{neve.pc_best_epoch}, patience {neve.pc_patience}")
+                f"{neve.pc_best_epoch} ({_g(guard.best)} against {_g(guard.best_unfit)} labels "
+                f"refused), and {_g(last.get('unfit'))} are refused now, patience {neve.pc_patience}")
     if why == "diverged":
         return f"non-finite training loss or velocity (loss {_g(loss)}, velocity {_g(velocity)})"
     if why == "max_epochs":

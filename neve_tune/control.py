@@ -33,7 +33,7 @@ __all__ = ["Controller", "LRReplay", "NeVe", "ValidationControl", "auto_patience
 LR_SIGNALS = ("velocity_change", "velocity", "prediction_changes")
 THRESHOLD_MODES = ("absolute", "relative")
 # the velocity stop when no threshold is given: V / peak V < 1e-2, chosen from the model-family
-# table (README, "One stop rule for every model family"; docs/design.md, "The controller")
+# table (docs/measurements.md, "One stop rule for every model family"; docs/design.md, "The controller")
 DEFAULT_THRESHOLD_MODE = "relative"
 DEFAULT_THRESHOLDS = {"relative": 1e-2, "absolute": 1e-3}
 

@@ -18,8 +18,8 @@ more facts, both from the same examples the count is taken on:
    ``memorise`` times its value at the minimum.
 
 The rule and its constants were chosen by replaying recorded runs against the epoch where
-each run's held-out accuracy peaked (``benchmarks/guard_replay.py``; README, "The
-memorisation guard, measured").
+each run's held-out accuracy peaked (``benchmarks/guard_replay.py``; docs/measurements.md,
+"The memorisation guard, measured").
 
     >>> guard = MemorisationGuard(patience=2, window=1)
     >>> series = [(1, None, 600), (2, 300, 400), (3, 40, 300), (4, 60, 290), (5, 90, 240)]

@@ -81,7 +81,7 @@ def test_the_guard_fed_its_signal_does_not_warn():
         warnings.simplefilter("error")
         for i, pc in enumerate([None, 30, 20, 10]):
             _nudge(model)
-            neve.step(train_loss=1.0 / (i + 1), prediction_changes=pc)
+            neve.step(train_loss=1.0 / (i + 1), prediction_changes=pc, unfit=100 - 10 * i)
 
 
 # ---------------------------------------------------------------- the kept epoch
@@ -92,9 +92,10 @@ def _guarded_run(**kw) -> tuple[NeVe, list[dict]]:
     neve.start()
     out = []
     changes = [None, 40, 20, 30, 35, 40, 45, 50, 55, 60]
-    for i, pc in enumerate(changes):
+    unfit = [300, 200, 100, 95, 80, 70, 60, 50, 40, 30]  # labels refused at the minimum get fitted
+    for i, (pc, u) in enumerate(zip(changes, unfit)):
         _nudge(model)
-        out.append(neve.step(train_loss=1.0 / (i + 1), prediction_changes=pc))
+        out.append(neve.step(train_loss=1.0 / (i + 1), prediction_changes=pc, unfit=u))
         if neve.should_stop:
             break
     return neve, out
