@@ -23,14 +23,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from ._checks import check_float, check_int
+from ._data_changes import (  # re-exported: the data changes' own module
+    NOISE_STREAM,
+    check_data_changes,
+    dataset_labels,
+    stratified_subset,
+    symmetric_label_noise,
+    validation_split,
+)
 
 __all__ = [
     "DATASETS",
+    "NOISE_STREAM",
     "DataBundle",
     "check_data_changes",
     "check_data_options",
@@ -95,16 +103,6 @@ def get_dataset(
     return bundle
 
 
-def check_data_changes(train_fraction: Any = 1.0, label_noise: Any = 0.0, noise_seed: Any = 0) -> tuple[float, float, int]:
-    """The data changes checked (``0 < train_fraction <= 1``, ``0 <= label_noise < 1``,
-    an int ``noise_seed``) and converted; a ``ValueError``/``TypeError`` naming the bad one."""
-    return (
-        check_float("train_fraction", train_fraction, low=0.0, high=1.0, low_open=True),  # type: ignore[return-value]
-        check_float("label_noise", label_noise, low=0.0, high=1.0, high_open=True),
-        check_int("noise_seed", noise_seed, minimum=0),
-    )
-
-
 # options that say where the files lie or how they are checked, not what the data is
 _LOCATION_OPTIONS = ("data_root", "verify")
 # options every data set takes: the data changes, its location, the split seed
@@ -142,97 +140,6 @@ def data_identity(name: str, options: dict[str, Any]) -> dict[str, Any]:
     (``data_root``, ``verify``): moving the data does not change a run."""
     opts = {"train_fraction": 1.0, "label_noise": 0.0, "noise_seed": 0, **options}
     return {"name": name, **{k: opts[k] for k in sorted(opts) if k not in _LOCATION_OPTIONS}}
-
-
-def dataset_labels(dataset: Dataset) -> torch.Tensor:
-    """Every label of ``dataset`` as a long tensor, without loading inputs where the
-    dataset keeps its labels apart (tensor datasets, torchvision ``targets``)."""
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors[1].long()
-    if isinstance(dataset, Subset):
-        return dataset_labels(dataset.dataset)[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
-    targets = getattr(dataset, "targets", None)
-    if targets is not None:
-        return torch.as_tensor(targets, dtype=torch.long)
-    return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)  # type: ignore[arg-type]
-
-
-def stratified_subset(dataset: Dataset, fraction: float, seed: int = 0) -> Subset:
-    """``fraction`` of every class of ``dataset`` (at least one example each), seeded.
-
-        >>> import torch
-        >>> ds = TensorDataset(torch.zeros(100, 2), torch.arange(100) % 4)
-        >>> sub = stratified_subset(ds, 0.25, seed=0)
-        >>> len(sub), torch.bincount(dataset_labels(sub)).tolist()
-        (24, [6, 6, 6, 6])
-    """
-    fraction = check_float("fraction", fraction, low=0.0, high=1.0, low_open=True)
-    labels = dataset_labels(dataset)
-    gen = torch.Generator().manual_seed(int(seed))
-    keep: list[int] = []
-    for c in torch.unique(labels).tolist():
-        idx = torch.nonzero(labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        keep += idx[: max(1, int(round(fraction * len(idx))))].tolist()
-    return Subset(dataset, sorted(keep))
-
-
-class _Relabeled(Dataset):
-    """``dataset`` with its labels replaced (inputs untouched)."""
-
-    def __init__(self, dataset: Dataset, labels: torch.Tensor) -> None:
-        self.dataset, self.labels = dataset, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[Any, torch.Tensor]:
-        return self.dataset[i][0], self.labels[i]
-
-
-#: keys the flips' NumPy stream apart from every torch-seeded draw of the package
-NOISE_STREAM = 0x6E6F697365  # "noise"
-
-
-def symmetric_label_noise(dataset: Dataset, rate: float, num_classes: int, seed: int = 0) -> tuple[Dataset, torch.Tensor]:
-    """``dataset`` with exactly ``round(rate * len)`` labels flipped, each to one of the
-    other ``num_classes - 1`` classes chosen uniformly; returns it and the flipped positions.
-
-        >>> import torch
-        >>> ds = TensorDataset(torch.zeros(50, 2), torch.arange(50) % 5)
-        >>> noisy, flipped = symmetric_label_noise(ds, 0.2, 5, seed=1)
-        >>> len(flipped), bool((dataset_labels(noisy) != dataset_labels(ds)).sum() == 10)
-        (10, True)
-    """
-    rate = check_float("label_noise", rate, low=0.0, high=1.0, high_open=True)
-    check_int("num_classes", num_classes, minimum=2)
-    labels = dataset_labels(dataset)
-    n = len(labels)
-    # a random stream of its own (NumPy's, keyed by NOISE_STREAM): a validation split,
-    # selection subset or probe seeded alike draws torch.randperm(n) from torch's stream, and
-    # with the flips drawn there too would hold exactly the flipped labels
-    rng = np.random.default_rng([int(seed), NOISE_STREAM])
-    drawn = rng.permutation(n)[: int(round(rate * n))]
-    flipped = torch.as_tensor(drawn, dtype=torch.long).sort().values
-    shift = torch.as_tensor(rng.integers(1, num_classes, size=len(flipped)), dtype=torch.long)
-    noisy = labels.clone()
-    noisy[flipped] = (labels[flipped] + shift) % num_classes
-    source = dataset
-    if isinstance(source, Subset) and isinstance(source.dataset, TensorDataset):
-        source = TensorDataset(*(t[torch.as_tensor(list(source.indices), dtype=torch.long)] for t in source.dataset.tensors))
-    if isinstance(source, TensorDataset):
-        return TensorDataset(source.tensors[0], noisy, *source.tensors[2:]), flipped
-    return _Relabeled(dataset, noisy), flipped
-
-
-def validation_split(dataset: Dataset, fraction: float = 0.1, seed: int = 0) -> tuple[Subset, Subset]:
-    """(train, validation) subsets, ``fraction`` of ``dataset`` held out, seeded."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
-    n = len(dataset)  # type: ignore[arg-type]
-    n_val = max(1, int(round(n * fraction)))
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
-    return Subset(dataset, sorted(perm[n_val:])), Subset(dataset, sorted(perm[:n_val]))
 
 
 @functools.lru_cache(maxsize=8)

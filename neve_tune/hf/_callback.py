@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import re
 import warnings
 from typing import Any, Callable
 
@@ -123,8 +122,7 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         state_key: str | None = None,
         **controller_options: Any,
     ) -> None:
-        if state_key is not None and not (isinstance(state_key, str) and re.fullmatch(r"[\w.-]+", state_key)):
-            raise ValueError(f"state_key must be a name of letters, digits, '_', '.' or '-', got {state_key!r}")
+        state_file = _state.state_file_name(state_key)
         for name, key in (("probe_key", probe_key), ("input_key", input_key)):
             if not (isinstance(key, str) and key) and not (key is None and name == "input_key"):
                 raise TypeError(f"{name} must be a non-empty str, got {key!r}")
@@ -137,7 +135,7 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
                              "it is unused: drop it")
         self.probe_key = probe_key
         self.input_key = probe_key if input_key is None else input_key
-        self.state_file = _state.STATE_FILE if state_key is None else f"neve_state-{state_key}.pt"
+        self.state_file = state_file
         self._warned: set[str] = set()
         self._trainer: Any = None  # set by attach(): a search's objective needs no evaluation
         self._reset_run()
@@ -304,10 +302,7 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
     def _find_saved_state(self, args: Any, state: Any) -> dict[str, Any] | None:
         """The saved state of the checkpoint this run resumes (``state.global_step`` > 0 at
         ``on_train_begin`` only after the Trainer restored a checkpoint's ``TrainerState``)."""
-        folders = []
-        if isinstance(args.resume_from_checkpoint, str) and args.resume_from_checkpoint:
-            folders.append(args.resume_from_checkpoint)
-        folders += _state.candidate_folders(args.output_dir, state.global_step)
+        folders = _state.resume_folders(args.resume_from_checkpoint, args.output_dir, state.global_step)
         path, saved, other = _state.find_saved(folders, state, self.state_file)
         if saved is not None:
             self.resumed_from = path

@@ -15,6 +15,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import weakref
 from typing import Any
 
@@ -25,11 +26,22 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..train import CheckpointError, load_state_file
 
 __all__ = ["STATE_FILE", "candidate_folders", "claim", "find_saved", "log_digest", "probe_digest", "read_state",
-           "saved_folder"]
+           "resume_folders", "saved_folder", "state_file_name"]
 
 #: The callback's state in each Trainer checkpoint folder (``checkpoint-<global_step>``).
 STATE_FILE = "neve_state.pt"
 STATE_KEYS = ("format", "global_step", "log_digest", "neve", "history", "probe", "probe_digest", "loss")
+
+
+def state_file_name(state_key: Any) -> str:
+    """The file a callback saves its state in: :data:`STATE_FILE`, or
+    ``neve_state-<state_key>.pt`` for a second callback of one Trainer (``state_key``: a
+    name of letters, digits, '_', '.' or '-', so the file stays in its folder)."""
+    if state_key is None:
+        return STATE_FILE
+    if not (isinstance(state_key, str) and re.fullmatch(r"[\w.-]+", state_key)):
+        raise ValueError(f"state_key must be a name of letters, digits, '_', '.' or '-', got {state_key!r}")
+    return f"neve_state-{state_key}.pt"
 
 
 def log_digest(log_history: list[dict[str, Any]]) -> str:
@@ -61,6 +73,15 @@ def candidate_folders(output_dir: str, global_step: int) -> list[str]:
     name = f"{PREFIX_CHECKPOINT_DIR}-{global_step}"
     inside = sorted(glob.glob(os.path.join(glob.escape(output_dir), "*", name)))
     return [os.path.join(output_dir, name), *inside]
+
+
+def resume_folders(resume_from_checkpoint: Any, output_dir: str, global_step: int) -> list[str]:
+    """Where a resumed run's state file may lie: the folder given as the Trainer's
+    ``resume_from_checkpoint`` (a non-empty str), then :func:`candidate_folders`."""
+    folders = []
+    if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint:
+        folders.append(resume_from_checkpoint)
+    return folders + candidate_folders(output_dir, global_step)
 
 
 def _written_state(folder: str) -> dict[str, Any] | None:

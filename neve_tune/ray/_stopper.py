@@ -11,9 +11,10 @@ from typing import Any, Mapping
 
 from ray.tune.stopper import Stopper
 
-from .._checks import _is_bool, _unwrap, check_float, check_int, check_mapping, is_finite, to_float
+from .._checks import check_float, check_int, check_mapping, is_finite, to_float
 from .._rules import STALL_PATIENCE, learned
 from ._losses import remember_best_loss, remember_first_loss, stalls_early
+from ._result import is_bare, reported_flag, reported_number, training_keys
 
 __all__ = ["NeVeStopper", "velocity_verdict", "remember_best_loss", "remember_first_loss",
            "CONVERGED", "DIVERGED", "STALLED", "MIN_RAW_EPOCHS"]
@@ -26,31 +27,6 @@ STALLED = "stalled"
 #: rule (:func:`neve_tune.control.learned`) needs the first epoch's loss and a later one,
 #: so a velocity stop at iteration 1 could only ever be "stalled".
 MIN_RAW_EPOCHS = 2
-
-# Keys Tune fills in by itself, or that a bare final result carries: a result holding only
-# these carries no training metrics (e.g. a function trainable that returned early).
-_AUTO_KEYS = frozenset(
-    {
-        "done",
-        "training_iteration",
-        "trial_id",
-        "experiment_id",
-        "date",
-        "timestamp",
-        "time_this_iter_s",
-        "time_total_s",
-        "pid",
-        "hostname",
-        "node_ip",
-        "config",
-        "time_since_restore",
-        "iterations_since_restore",
-        "timesteps_since_restore",
-        "checkpoint_dir_name",
-        "should_checkpoint",
-        "__duplicate__",
-    }
-)
 
 
 def check_threshold(value: Any, name: str = "threshold") -> float:
@@ -71,25 +47,6 @@ def _check_key(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise TypeError(f"{name} must be a non-empty str, got {value!r}")
     return value
-
-
-def _flag(result: Mapping[str, Any], key: str, who: str) -> bool:
-    """A reported boolean (Python, NumPy or 0-d tensor); missing or ``None`` is false."""
-    value = result.get(key)
-    if value is True or value is False:  # the common case, without the conversion
-        return value
-    value = _unwrap(value)
-    if value is None:
-        return False
-    if not _is_bool(value):
-        if isinstance(value, (int, float)) and value in (0, 1):  # Lightning logs flags as 0.0/1.0
-            return bool(value)
-        raise TypeError(f"{who}: {key!r} must be a bool (or 0/1), got {value!r}")
-    return bool(value)
-
-
-def _bare(result: Mapping[str, Any]) -> bool:
-    return all(k in _AUTO_KEYS for k in result)
 
 
 def _trial_threshold(result: Mapping[str, Any], threshold_key: str, default: float | None, who: str) -> float:
@@ -161,23 +118,27 @@ def velocity_verdict(
     ValueError: NeVeStopper: the trial's result has neither 'velocity' nor 'neve_stop'; it reports ['train_loss']
     """
     check_mapping("result", result, "a dict of one epoch's reported metrics")
-    if _flag(result, "diverged", who):
+    diverged, value, loss = _diverged(result, metric, loss_metric, who)
+    if diverged:
         return DIVERGED
-    value, loss = _number(result, metric, who), _number(result, loss_metric, who)
-    if any(x is not None and not math.isfinite(x) for x in (value, loss)):
-        return DIVERGED
-    if _flag(result, "stalled", who):
+    if reported_flag(result, "stalled", who):
         return STALLED
     if "neve_stop" in result:
-        return CONVERGED if _flag(result, "neve_stop", who) else None
+        return CONVERGED if reported_flag(result, "neve_stop", who) else None
     rule = dict(grace_period=grace_period, first_loss=first_loss, num_classes=num_classes,
                 stall_margin=stall_margin, best_loss=best_loss, max_epochs=max_epochs,
                 stall_patience=stall_patience)
     return _raw_velocity_verdict(result, value, loss, metric, loss_metric, threshold_key, threshold, who, **rule)
 
 
-def _number(result: Mapping[str, Any], key: str, who: str) -> float | None:
-    return to_float(f"{who}: metric {key!r}", result[key], allow_none=True) if key in result else None
+def _diverged(result: Mapping[str, Any], metric: str, loss_metric: str,
+              who: str) -> tuple[bool, float | None, float | None]:
+    """Rule 1 of :func:`velocity_verdict`, and the result's ``metric`` and ``loss_metric``
+    as numbers: (diverged, value, loss). A true ``diverged`` flag is read first and decides."""
+    if reported_flag(result, "diverged", who):
+        return True, None, None
+    value, loss = reported_number(result, metric, who), reported_number(result, loss_metric, who)
+    return any(x is not None and not math.isfinite(x) for x in (value, loss)), value, loss
 
 
 def _raw_velocity_verdict(result: Mapping[str, Any], value: float | None, loss: float | None, metric: str,
@@ -187,14 +148,14 @@ def _raw_velocity_verdict(result: Mapping[str, Any], value: float | None, loss: 
                           stall_patience: int | None) -> str | None:
     """Rule 4 of :func:`velocity_verdict`: a result without ``neve_stop``."""
     if metric not in result:
-        if _bare(result):
+        if is_bare(result):
             return None
-        keys = sorted(k for k in result if k not in _AUTO_KEYS)
+        keys = training_keys(result)
         raise ValueError(f"{who}: the trial's result has neither {metric!r} nor 'neve_stop'; it reports {keys}")
     if value is None:  # not measured this iteration
         return None
     if loss is None:
-        keys = sorted(k for k in result if k not in _AUTO_KEYS)
+        keys = training_keys(result)
         raise ValueError(
             f"{who}: a result with a raw {metric!r} and no 'neve_stop' needs {loss_metric!r} (the epoch's mean "
             f"training loss) to tell a converged trial from a stalled one; it reports {keys}"
