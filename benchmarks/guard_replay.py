@@ -24,7 +24,8 @@ the default, a high LR) x seed. Conditions are fixed here before the first run:
 
     OMP_NUM_THREADS=1 python benchmarks/guard_replay.py --domains digits,mnist1d --jobs 2
     OMP_NUM_THREADS=1 python benchmarks/guard_replay.py --table            # replay the records
-    OMP_NUM_THREADS=1 python benchmarks/guard_replay.py --verify digits:0.2:1:0
+    python benchmarks/guard_replay.py --table --markdown --guards off,today,default \
+        --domains digits,mnist1d,mnist1d_g7,tabular5,tokens,vit                   # the docs' table
 """
 
 from __future__ import annotations
@@ -126,8 +127,19 @@ DOMAINS: dict[str, Callable[[int], Any]] = {
 }
 
 
-def record(domain: str, noise: float, lr_scale: float, seed: int, max_epochs: int) -> dict[str, Any]:
-    """One run to ``max_epochs`` with no stop: its per-epoch rows."""
+def _library_controller(s: Any, optimizer: Any, max_epochs: int) -> Any:
+    """NeVe as the studies run it: the default velocity stop and the guard on."""
+    from neve_tune import NeVe, NeuralVelocity
+
+    return NeVe(optimizer, NeuralVelocity(s.model, s.probe), threshold=VELOCITY_RULE[1],
+                threshold_mode=VELOCITY_RULE[0], max_epochs=max_epochs, patience=max(2, max_epochs // 20),
+                factor=0.5, num_classes=s.num_classes, pc_patience=3, pc_window=3, stall_patience=None)
+
+
+def record(domain: str, noise: float, lr_scale: float, seed: int, max_epochs: int,
+           live: bool = False) -> dict[str, Any]:
+    """One run to ``max_epochs`` with no stop: its per-epoch rows (``live``: under the
+    library's own stop rules instead, to check the replay)."""
     import model_families
 
     from neve_tune.data import symmetric_label_noise
@@ -140,7 +152,10 @@ def record(domain: str, noise: float, lr_scale: float, seed: int, max_epochs: in
         s.train, _ = symmetric_label_noise(s.train, noise, s.num_classes, seed=seed)
     s.optimizer = {**s.optimizer, "lr": s.optimizer["lr"] * lr_scale}
     optimizer = make_optimizer(s.model, s.optimizer)
-    neve = model_families._controller(s, optimizer, max_epochs, None, None)
+    if live:
+        neve = _library_controller(s, optimizer, max_epochs)
+    else:
+        neve = model_families._controller(s, optimizer, max_epochs, None, None)
     rows: list[dict[str, Any]] = []
     keys = ("epoch", "velocity", "train_loss", "train_acc", "prediction_changes", "lr")
 
@@ -152,7 +167,8 @@ def record(domain: str, noise: float, lr_scale: float, seed: int, max_epochs: in
     else:
         fit(s.model, optimizer, s.train, neve, batch_size=s.batch_size, seed=seed, on_epoch=on_epoch)
     return {"domain": domain, "noise": noise, "lr_scale": lr_scale, "seed": seed, "max_epochs": max_epochs,
-            "num_classes": s.num_classes, "num_train": len(s.train), "rows": rows}
+            "num_classes": s.num_classes, "num_train": len(s.train), "rows": rows,
+            "live": (neve.epoch, neve.best_epoch, neve.stopped_by) if live else None}
 
 
 # ---- the guard rules, replayed -------------------------------------------------------------
@@ -293,6 +309,30 @@ def table(recs: list[dict[str, Any]], guards: list[str]) -> str:
     return "\n".join(lines)
 
 
+def markdown(recs: list[dict[str, Any]], guards: list[str]) -> str:
+    """The docs' table: per (domain, noise) and guard, the kept model's mean test accuracy,
+    its mean and worst difference from the guard off (points), the share of runs within
+    1 point of their best epoch, and the runs the guard ended."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for rec in recs:
+        groups.setdefault((rec["domain"], rec["noise"]), []).append(rec)
+    head = ["domain", "noise", "runs"] + [f"{g}: acc / mean d / worst d / <=1pt best / ends" for g in guards]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (domain, noise), group in sorted(groups.items(), key=lambda kv: (kv[0][0] not in DESIGN, kv[0])):
+        off = [outcome(r, "off")["acc"] for r in group]
+        best = [max(row["test_acc"] for row in r["rows"]) for r in group]
+        cells = [f"`{domain}`{'' if domain in DESIGN else ' (held out)'}", f"{noise:.0%}", str(len(group))]
+        for g in guards:
+            outs = [outcome(r, g) for r in group]
+            d = [(o["acc"] - a) * 100 for o, a in zip(outs, off)]
+            near = sum((b - o["acc"]) * 100 <= 1.0 for o, b in zip(outs, best)) / len(group)
+            ends = sum(o["why"] == "prediction_changes" for o in outs)
+            mean = sum(o["acc"] for o in outs) / len(outs) * 100
+            cells.append(f"{mean:.2f} / {sum(d) / len(d):+.2f} / {min(d):+.2f} / {near:.0%} / {ends}")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def _path(out: Path, domain: str, noise: float, lr_scale: float, seed: int) -> Path:
     return out / f"{domain}_n{noise:g}_lr{lr_scale:g}_s{seed}.json"
 
@@ -327,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--table", action="store_true", help="replay the recorded runs only")
     p.add_argument("--guards", default=",".join(GUARDS), help=f"rules to replay, of {list(GUARDS)}")
+    p.add_argument("--markdown", action="store_true", help="print the docs' summary table instead")
+    p.add_argument("--verify", metavar="DOMAIN:NOISE:LR:SEED", help="rerun one recorded run live under the "
+                   "library's rules and compare its stop and kept epoch with the replay")
     args = p.parse_args(argv)
     domains = [d for d in args.domains.split(",") if d]
     unknown = sorted(set(domains) - set(DOMAINS))
@@ -334,6 +377,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--domains: unknown {unknown}; known {sorted(DOMAINS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.verify:
+        domain, noise, lr, seed = args.verify.split(":")
+        torch.set_num_threads(1)
+        rec = json.loads(_path(out, domain, float(noise), float(lr), int(seed)).read_text())
+        stop, kept, why = replay(rec, GUARDS["default"])
+        live = record(domain, float(noise), float(lr), int(seed), rec["max_epochs"], live=True)["live"]
+        same = tuple(live) == (stop, kept, why)
+        print(f"verify {args.verify}: live (stop, kept, why) {tuple(live)}, replay {(stop, kept, why)}: "
+              f"{'same' if same else 'DIFFERENT'}")
+        return 0 if same else 1
     if not args.table:
         todo = [(d, float(nz), float(lr), int(s)) for d in domains for nz in args.noises.split(",")
                 for lr in args.lr_scales.split(",") for s in args.seeds.split(",")]
@@ -342,7 +395,11 @@ def main(argv: list[str] | None = None) -> int:
             futures = [pool.submit(_job, *t, args.max_epochs, str(out)) for t in todo]
             for f in as_completed(futures):
                 print(f.result(), flush=True)
-    print(table(load(out, domains), [g for g in args.guards.split(",") if g]))
+    guards = [g for g in args.guards.split(",") if g]
+    unknown = sorted(set(guards) - set(GUARDS))
+    if unknown:
+        p.error(f"--guards: unknown {unknown}; known {list(GUARDS)}")
+    print(markdown(load(out, domains), guards) if args.markdown else table(load(out, domains), guards))
     return 0
 
 

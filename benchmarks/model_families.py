@@ -214,9 +214,9 @@ def _plain_loop(s: Setup, optimizer, neve, seed: int, on_epoch: Callable[[dict],
             loss = F.cross_entropy(out, y[idx])
             optimizer.zero_grad(); loss.backward(); optimizer.step()
             total += loss.item() * len(idx); correct += int((out.argmax(1) == y[idx]).sum())
-            tracker.update(idx, out.detach())
+            tracker.update(idx, out.detach(), y[idx])
         changes = tracker.epoch_end()
-        m = neve.step(train_loss=total / len(y), prediction_changes=changes)
+        m = neve.step(train_loss=total / len(y), prediction_changes=changes, unfit=tracker.unfit)
         on_epoch({**m, "train_loss": total / len(y), "train_acc": correct / len(y),
                   "prediction_changes": changes, "stopped_by": neve.stopped_by})
 
