@@ -10,7 +10,7 @@ STUDY = Study(
     model="small_cnn1d",
     search_space={
         "lr": LogUniform(1e-3, 0.5),
-        "threshold": LogUniform(1e-4, 1e-2),
+        "threshold": LogUniform(1e-3, 1e-1),  # V / peak V (threshold_mode="relative", the default)
         "batch_size": Choice([32, 64, 128]),
     },
     max_epochs=60,
