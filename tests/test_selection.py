@@ -216,6 +216,27 @@ def test_pick_trial_by_objective_or_consensus_from_the_storage(tmp_path):
         pick_trial(bare, "consensus")
 
 
+def test_auto_without_the_subsets_fit_says_so_and_picks_by_the_objective():
+    """An own-loop objective that records no subset_fit: 'auto' cannot tell noisy labels,
+    says what to record, and picks by the objective; with subset_fit recorded it is silent."""
+    import warnings
+
+    from neve_tune.optuna import pick_trial, report_epoch
+
+    bare = optuna.create_study()
+    bare.optimize(lambda t: float(t.number), n_trials=2)
+    with pytest.warns(UserWarning, match=r"no finished trial reported subset_fit.*SelectionSubset"):
+        assert pick_trial(bare, "auto").number == 0
+    recorded = optuna.create_study()
+    for loss in (0.3, 0.1):
+        t = recorded.ask()
+        report_epoch(t, {"epoch": 1, "train_loss": loss, "velocity": 0.1, "subset_pred": "0123", "subset_fit": 0.99})
+        recorded.tell(t, loss)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pick_trial(recorded, "auto").number == 1  # clean labels: by the objective, no warning
+
+
 def test_worker_prunes_and_picks_by_consensus(tmp_path, capsys):
     """``neve-tune optuna worker --signal consensus --selection consensus``: the flags record
     500 predictions per epoch (the default subset), the pruner ranks on them, and the

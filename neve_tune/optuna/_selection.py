@@ -18,6 +18,7 @@ so any worker, or a script after the search, can pick.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from .._checks import check_choice
@@ -55,12 +56,23 @@ def last_fits(search: "optuna.Study", states: Any = None) -> dict[int, float]:
     return {k: float(v) for k, v in _last(search, "subset_fit", (int, float), states).items()}
 
 
+#: what pick_trial(..., "auto") says when no finished trial recorded what it decides on
+AUTO_WITHOUT_DATA = (
+    "pick_trial(selection='auto'): no finished trial reported subset_fit, so 'auto' cannot tell "
+    "noisy labels and picks by the objective; record it in your objective with "
+    "neve_tune.selection.SelectionSubset.from_dataset(train_set, 500, seed=0) (the same seed in "
+    "every trial): codes = subset.predict(model); metrics.update(subset_pred=codes, "
+    "subset_fit=subset.fit(codes)) before report_epoch (docs/own_loop.md)"
+)
+
+
 def pick_trial(search: "optuna.Study", selection: str = "objective") -> "FrozenTrial | None":
     """The winning COMPLETE trial by ``selection`` (see the module doc), or None when no
     trial finished. ``"consensus"`` needs predictions on the finished trials (record them
     with ``Study(selection_subset=500)``); ties go to the lower trial number. ``"auto"``
     picks by the consensus when the finished trials' ``subset_fit`` says the labels are
-    noisy (:func:`neve_tune.selection.selection_mode`), else by the objective."""
+    noisy (:func:`neve_tune.selection.selection_mode`), else by the objective; with no
+    ``subset_fit`` recorded it warns (:data:`AUTO_WITHOUT_DATA`) and picks by the objective."""
     import optuna
 
     from ..selection import consensus_winner, selection_mode
@@ -73,6 +85,8 @@ def pick_trial(search: "optuna.Study", selection: str = "objective") -> "FrozenT
         return None
     if selection == "auto":
         fits = last_fits(search, complete)
+        if not fits:
+            warnings.warn(AUTO_WITHOUT_DATA, UserWarning, stacklevel=2)
         selection = selection_mode([fits.get(t.number) for t in done])
     if selection == "objective":
         return search.best_trial
