@@ -308,3 +308,24 @@ def test_compare_with_auto_rungs_and_pick():
     assert r["runs"][0]["neve"]["test_acc"] == min(done, key=lambda t: t["objective"])["test_acc"]
     with pytest.raises(ValueError, match="selection='auto' needs selection_subset > 0"):
         study.replace(selection_subset=0)
+
+
+def test_optuna_best_prints_the_pick_and_its_rule(tmp_path, capsys):
+    """`neve-tune optuna best`: the study's pick without running a trial, and why."""
+    from neve_tune.cli import main
+    from neve_tune.optuna import report_epoch
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    search = optuna.create_study(storage=storage, study_name="s")
+    for preds, loss, fit in (("0123", 0.1, 0.7), ("0120", 0.3, 0.75), ("0100", 0.2, 0.72)):
+        t = search.ask()
+        report_epoch(t, {"epoch": 1, "train_loss": loss, "velocity": 0.1, "subset_pred": preds, "subset_fit": fit})
+        search.tell(t, loss)
+    assert main(["optuna", "best", "--study-name", "s", "--storage", storage]) == 0
+    out = capsys.readouterr().out
+    assert "best trial 1 (auto: the finished trials' subset fit suggests 28% label noise, so by the consensus)" in out
+    assert main(["optuna", "best", "--study-name", "s", "--storage", storage, "--selection", "objective"]) == 0
+    assert "best trial 0 (by the objective) value=0.1" in capsys.readouterr().out
+    missing = tmp_path / "none.db"
+    assert main(["optuna", "best", "--study-name", "s", "--storage", f"sqlite:///{missing}"]) == 2
+    assert "does not exist; nothing to pick from" in capsys.readouterr().err and not missing.exists()

@@ -1,4 +1,4 @@
-"""``neve-tune optuna worker|plot``: the command line of the Optuna backend (:mod:`neve_tune.optuna`)."""
+"""``neve-tune optuna worker|plot|best``: the command line of the Optuna backend (:mod:`neve_tune.optuna`)."""
 
 from __future__ import annotations
 
@@ -96,6 +96,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(out="plots")
     p.set_defaults(func=_plot)
 
+    b = sub.add_parser("best", help="the study's pick and the rule that made it (runs no trial)")
+    b.add_argument("--study-name", required=True)
+    cli.add_storage(b)
+    b.add_argument("--selection", choices=("auto", "objective", "consensus"), default="auto",
+                   help="how to pick (default: auto, the studies' rule: the consensus when the "
+                        "finished trials' subset_fit says the labels are noisy, else the objective)")
+    b.set_defaults(func=_best)
+
 
 def _pruner_options(args: argparse.Namespace) -> dict[str, Any]:
     names = ("signal", "min_resource", "reduction_factor", "min_early_stopping_rate", "unsettled_bound", "unsettled_patience")
@@ -179,27 +187,61 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plot(args: argparse.Namespace) -> int:
+def _read_study(args: argparse.Namespace, what: str) -> Any:
+    """The Optuna study ``args`` name, opened for reading: a missing database or study is
+    one line, and nothing is created."""
     import optuna
 
-    from ..optuna import StorageError, StudyNotFoundError, open_study, plot_study
+    from ..optuna import StorageError, StudyNotFoundError, open_study
     from ..optuna._storage import missing_storage
 
     if not args.storage:
-        raise cli.CLIError("--storage is required: an in-memory study has nothing to plot")
-    cli.check_output_paths(dirs={"--out": args.out})
-    for name in ("velocity_curves.png", "search_history.png"):  # the files plot_study writes there
-        cli.check_output_paths(files={"--out": Path(args.out) / name})
+        raise cli.CLIError(f"--storage is required: an in-memory study has nothing to {what}")
     missing = missing_storage(args.storage)
     if missing:  # opening it would create an empty database
-        raise cli.CLIError(f"--storage: {missing}; nothing to plot")
+        raise cli.CLIError(f"--storage: {missing}; nothing to {what}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        search = open_study(args.study_name, args.storage, heartbeat_interval=None)
-    except StudyNotFoundError as e:  # plot reads: no hint on creating it
+        return open_study(args.study_name, args.storage, heartbeat_interval=None)
+    except StudyNotFoundError as e:  # a reader: no hint on creating it
         raise cli.CLIError(e.where) from None
     except StorageError as e:
         raise cli.CLIError(str(e)) from None
+
+
+def _best(args: argparse.Namespace) -> int:
+    """One line: the winning trial, its value and parameters, and the rule that picked it."""
+    from optuna.trial import TrialState
+
+    from ..optuna import pick_trial
+    from ..optuna._selection import last_fits
+    from ..selection import noise_from_fits, selection_mode
+
+    search = _read_study(args, "pick from")
+    rule = args.selection
+    if rule == "auto":
+        fits = last_fits(search, (TrialState.COMPLETE,))
+        noise = noise_from_fits(list(fits.values()))
+        rule = selection_mode(list(fits.values()))
+        why = ("auto: no finished trial recorded subset_fit, so by the objective" if not fits else
+               f"auto: the finished trials' subset fit suggests {noise:.0%} label noise, so by the {rule}")
+    else:
+        why = f"by the {rule}"
+    best = pick_trial(search, rule)
+    if best is None:
+        raise cli.CLIError(f"study {args.study_name!r} has no finished trial to pick from")
+    print(f"study {args.study_name!r}: best trial {best.number} ({why}) value={best.value:.5g} "
+          f"params={best.params}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from ..optuna import plot_study
+
+    cli.check_output_paths(dirs={"--out": args.out})
+    for name in ("velocity_curves.png", "search_history.png"):  # the files plot_study writes there
+        cli.check_output_paths(files={"--out": Path(args.out) / name})
+    search = _read_study(args, "plot")
     for path in plot_study(search, args.out).values():
         print(f"wrote {path}")
     return 0
