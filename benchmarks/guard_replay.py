@@ -221,11 +221,11 @@ def _misfit(r: dict[str, Any], n: int) -> float:
 
 def guard_settled(rows: list[dict[str, Any]], n: int, patience: int = 3, window: int = 3,
                   settle: float = 0.5, memorise: float = 0.0) -> tuple[int, int] | None:
-    """The guard with evidence: a minimum of the moving average counts only where the
-    predictions have settled while labels are still unfit (level <= ``settle`` x misfit:
-    the model refuses some labels, stably), and the stop needs, ``patience`` epochs later,
-    the misfit to have fallen by ``memorise`` x its value at that minimum (the refused
-    labels being fitted: memorisation)."""
+    """The guard with evidence, as candidates of :class:`neve_tune.guard.MemorisationGuard`:
+    every new minimum of the moving average restarts the patience; the stop, ``patience``
+    epochs later, needs that minimum settled (level < ``settle`` x misfit: the model refuses
+    some labels, stably) and the misfit fallen by ``memorise`` x its value there (the
+    refused labels being fitted: memorisation). ``default`` replays the library's class."""
     best, best_epoch, best_misfit, series = None, 0, 0.0, []
     for r in rows:
         if r["prediction_changes"] is None:
