@@ -165,24 +165,18 @@ def test_run_trial_starts_over_from_a_damaged_checkpoint(tmp_path: Path, how: st
     )
 
 
+def _train_argv(path: Path, max_epochs: int = 2) -> list[str]:
+    """`neve-tune train` on the synthetic data, checkpointed at ``path``."""
+    return ["train", "--data", "synthetic", "--max-epochs", str(max_epochs), "--device", "cpu",
+            "--quiet", "--checkpoint", str(path)]
+
+
 def test_train_cli_starts_over_from_a_damaged_checkpoint(tmp_path: Path, capsys) -> None:
     path = tmp_path / "run.pt"
-    argv = [
-        "train",
-        "--data",
-        "synthetic",
-        "--max-epochs",
-        "2",
-        "--device",
-        "cpu",
-        "--quiet",
-        "--checkpoint",
-        str(path),
-    ]
-    assert main(argv) == 0
+    assert main(_train_argv(path)) == 0
     damage(path, "middle")
     capsys.readouterr()
-    assert main([*argv[:4], "3", *argv[5:]]) == 0
+    assert main(_train_argv(path, max_epochs=3)) == 0
     out, err = capsys.readouterr()
     assert f"checkpoint {str(path)!r} is damaged" in err and len(err.strip().splitlines()) == 1
     assert "epochs=3" in out and load_checkpoint(path)["epoch"] == 3
@@ -336,23 +330,7 @@ def test_train_cli_says_disk_full_in_one_line(tmp_path: Path, capsys, monkeypatc
     monkeypatch.setattr(checkpoint_module.os, "fsync", disk_full)
     path = tmp_path / "run.pt"
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                "synthetic",
-                "--max-epochs",
-                "2",
-                "--device",
-                "cpu",
-                "--quiet",
-                "--checkpoint",
-                str(path),
-            ]
-        )
-        == 1
-    )
+    assert main(_train_argv(path)) == 1
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [
         f"neve-tune train: error: cannot write checkpoint {str(path)!r}: "
