@@ -44,17 +44,26 @@ def _study(noise: float, seed: int, guard: bool, prediction_changes: str = "in_p
     from neve_tune import load_study
 
     options = {"label_noise": noise, "noise_seed": seed} if noise > 0 else {}
-    return load_study("digits").replace(data_options=options, pc_patience=3 if guard else None,
-                                        prediction_changes=prediction_changes)
+    return load_study("digits").replace(
+        data_options=options,
+        pc_patience=3 if guard else None,
+        prediction_changes=prediction_changes,
+    )
 
 
-def run_train(noise: float, seed: int, guard: bool, prediction_changes: str = "in_pass") -> dict[str, Any]:
+def run_train(
+    noise: float, seed: int, guard: bool, prediction_changes: str = "in_pass"
+) -> dict[str, Any]:
     from neve_tune import run_trial
 
     study = _study(noise, seed, guard, prediction_changes)
     result = run_trial(study, study.config(), seed=seed, device="cpu")
-    return {"epochs": result.epochs, "stopped_by": result.stopped_by, "best_epoch": result.best_epoch,
-            "test_acc": result.test_acc}
+    return {
+        "epochs": result.epochs,
+        "stopped_by": result.stopped_by,
+        "best_epoch": result.best_epoch,
+        "test_acc": result.test_acc,
+    }
 
 
 def _parts(noise: float, seed: int, guard: bool):
@@ -68,8 +77,12 @@ def _parts(noise: float, seed: int, guard: bool):
     model = create_model(study.model, bundle.num_classes, bundle.input_shape)
     optimizer = make_optimizer(model, study.config())
     probe = gaussian_probe(bundle.input_shape, study.probe_samples, seed=seed)
-    options = {"threshold": study.config()["threshold"], "threshold_mode": study.threshold_mode,
-               "num_classes": bundle.num_classes, "pc_patience": 3 if guard else None}
+    options = {
+        "threshold": study.config()["threshold"],
+        "threshold_mode": study.threshold_mode,
+        "num_classes": bundle.num_classes,
+        "pc_patience": 3 if guard else None,
+    }
     return study, bundle, model, optimizer, probe, options
 
 
@@ -97,15 +110,30 @@ def run_lightning(noise: float, seed: int, guard: bool) -> dict[str, Any]:
         def configure_optimizers(self):
             return optimizer
 
-    loader = torch.utils.data.DataLoader(bundle.train, batch_size=int(study.config()["batch_size"]), shuffle=True,
-                                         generator=torch.Generator().manual_seed(seed))
+    loader = torch.utils.data.DataLoader(
+        bundle.train,
+        batch_size=int(study.config()["batch_size"]),
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
     neve = NeVeCallback(probe=probe, **options)
-    trainer = pl.Trainer(max_epochs=study.max_epochs, callbacks=[neve], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer = pl.Trainer(
+        max_epochs=study.max_epochs,
+        callbacks=[neve],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(Module(), loader)
     _, acc, _ = evaluate(model, bundle.test)
-    return {"epochs": neve.neve.epoch, "stopped_by": neve.stopped_by, "best_epoch": neve.neve.best_epoch,
-            "test_acc": acc}
+    return {
+        "epochs": neve.neve.epoch,
+        "stopped_by": neve.stopped_by,
+        "best_epoch": neve.neve.best_epoch,
+        "test_acc": acc,
+    }
 
 
 def run_hf(noise: float, seed: int, guard: bool) -> dict[str, Any]:
@@ -130,24 +158,49 @@ def run_hf(noise: float, seed: int, guard: bool) -> dict[str, Any]:
     train = [{"pixel_values": x, "labels": y} for x, y in bundle.train]
     neve = NeVeTrainerCallback(probe=probe, probe_key="pixel_values", **options)
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(out, num_train_epochs=study.max_epochs, per_device_train_batch_size=64,
-                                 learning_rate=float(study.config()["lr"]), lr_scheduler_type="constant",
-                                 max_grad_norm=0.0, logging_steps=5, save_strategy="no", report_to=[], use_cpu=True,
-                                 disable_tqdm=True, seed=seed, dataloader_num_workers=0)
-        trainer = Trainer(model=Classifier(), args=args, train_dataset=train, callbacks=[neve],
-                          optimizers=(optimizer, None))
+        args = TrainingArguments(
+            out,
+            num_train_epochs=study.max_epochs,
+            per_device_train_batch_size=64,
+            learning_rate=float(study.config()["lr"]),
+            lr_scheduler_type="constant",
+            max_grad_norm=0.0,
+            logging_steps=5,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=seed,
+            dataloader_num_workers=0,
+        )
+        trainer = Trainer(
+            model=Classifier(),
+            args=args,
+            train_dataset=train,
+            callbacks=[neve],
+            optimizers=(optimizer, None),
+        )
         trainer.remove_callback(PrinterCallback)  # the Trainer's per-log prints
         trainer.train()
     _, acc, _ = evaluate(model, bundle.test)
-    return {"epochs": neve.neve.epoch, "stopped_by": neve.stopped_by, "best_epoch": neve.neve.best_epoch,
-            "test_acc": acc}
+    return {
+        "epochs": neve.neve.epoch,
+        "stopped_by": neve.stopped_by,
+        "best_epoch": neve.neve.best_epoch,
+        "test_acc": acc,
+    }
 
 
 def run_train_subset(noise: float, seed: int, guard: bool) -> dict[str, Any]:
     return run_train(noise, seed, guard, prediction_changes="subset")
 
 
-RUNNERS = {"train": run_train, "train_subset": run_train_subset, "lightning": run_lightning, "hf": run_hf}
+RUNNERS = {
+    "train": run_train,
+    "train_subset": run_train_subset,
+    "lightning": run_lightning,
+    "hf": run_hf,
+}
 
 
 def settings(noise: float, only: str | None) -> list[tuple[str, float, str, bool]]:
@@ -158,7 +211,9 @@ def settings(noise: float, only: str | None) -> list[tuple[str, float, str, bool
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--noise", type=float, default=0.25)
     p.add_argument("--only", choices=["noisy", "clean"])
@@ -170,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    print(f"{'data':<10} {'loop':<12} {'guard':<6} {'seed':>4} {'epochs':>6} {'stopped_by':<19} {'restored':>8} "
-          f"{'test_acc':>8} {'wall_s':>7}", flush=True)
+    print(
+        f"{'data':<10} {'loop':<12} {'guard':<6} {'seed':>4} {'epochs':>6} {'stopped_by':<19} {'restored':>8} "
+        f"{'test_acc':>8} {'wall_s':>7}",
+        flush=True,
+    )
     summary = []
     for label, noise, runner, guard in settings(args.noise, args.only):
         accs = []
@@ -179,12 +237,17 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             r = RUNNERS[runner](noise, seed, guard)
             accs.append(100 * r["test_acc"])
-            print(f"{label:<10} {runner:<12} {'on' if guard else 'off':<6} {seed:>4} {r['epochs']:>6} "
-                  f"{r['stopped_by']:<19} {r['best_epoch']:>8} {100 * r['test_acc']:>8.2f} "
-                  f"{time.perf_counter() - t0:>7.1f}", flush=True)
+            print(
+                f"{label:<10} {runner:<12} {'on' if guard else 'off':<6} {seed:>4} {r['epochs']:>6} "
+                f"{r['stopped_by']:<19} {r['best_epoch']:>8} {100 * r['test_acc']:>8.2f} "
+                f"{time.perf_counter() - t0:>7.1f}",
+                flush=True,
+            )
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        summary.append(f"{label:<10} {runner:<12} {'on' if guard else 'off':<6} test_acc {statistics.mean(accs):6.2f}"
-                       f" +- {sd:.2f} over seeds {args.seeds}")
+        summary.append(
+            f"{label:<10} {runner:<12} {'on' if guard else 'off':<6} test_acc {statistics.mean(accs):6.2f}"
+            f" +- {sd:.2f} over seeds {args.seeds}"
+        )
     print("\nmean test accuracy (%) of the model each run ends with")
     print("\n".join(summary))
     return 0

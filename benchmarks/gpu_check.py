@@ -56,9 +56,9 @@ import tempfile
 import textwrap
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -91,7 +91,13 @@ def sizes(dry_run: bool) -> Sizes:
             probe=8,
             rounds=2,
             amp=(torch.bfloat16,),
-            study={"input_shape": (1, 8, 8), "num_train": 128, "num_test": 32, "model": "small_cnn", "max_epochs": 2},
+            study={
+                "input_shape": (1, 8, 8),
+                "num_train": 128,
+                "num_test": 32,
+                "model": "small_cnn",
+                "max_epochs": 2,
+            },
             ray_epochs=40,
             trials=1,
             ray_gpus=0.25,
@@ -104,7 +110,13 @@ def sizes(dry_run: bool) -> Sizes:
         probe=100,
         rounds=20,
         amp=(torch.bfloat16, torch.float16),
-        study={"input_shape": (3, 32, 32), "num_train": 2048, "num_test": 512, "model": "resnet20", "max_epochs": 6},
+        study={
+            "input_shape": (3, 32, 32),
+            "num_train": 2048,
+            "num_test": 512,
+            "model": "resnet20",
+            "max_epochs": 6,
+        },
         ray_epochs=6,
         trials=3,
         ray_gpus=0.25,
@@ -120,7 +132,9 @@ def _perturb(model: torch.nn.Module, seed: int, scale: float = 0.02) -> None:
             p.add_(scale * p.detach().abs().mean().cpu() * torch.randn(p.shape, generator=g))
 
 
-def _series(model_cpu: torch.nn.Module, device: str, probe: torch.Tensor, **kw) -> list[tuple[float, float | None]]:
+def _series(
+    model_cpu: torch.nn.Module, device: str, probe: torch.Tensor, **kw
+) -> list[tuple[float, float | None]]:
     """V and D over three epochs of the same weight changes, measured on ``device``."""
     from neve_tune import NeuralVelocity
 
@@ -158,7 +172,10 @@ def check_velocity(sz: Sizes) -> tuple[bool, str]:
     for label, kw, limit in (
         ("fp32", exact, 1e-5),
         ("sketch fp32", {"reference": "sketch"}, 1e-5),
-        *((f"{str(dt).split('.')[-1]} autocast", {**exact, "autocast_dtype": dt}, 1e-3) for dt in sz.amp),
+        *(
+            (f"{str(dt).split('.')[-1]} autocast", {**exact, "autocast_dtype": dt}, 1e-3)
+            for dt in sz.amp
+        ),
     ):
         # autocast is compared with the CPU under the same autocast (where the CPU runs it):
         # against float32 the half-precision rounding alone moves V far more than 1e-3
@@ -169,8 +186,10 @@ def check_velocity(sz: Sizes) -> tuple[bool, str]:
         got = _series(model, sz.device, probe, **kw)
         diff = _max_rel(ref, got)
         ok &= diff <= limit
-        parts.append(f"{label} vs {against}: max rel diff {diff:.1e} (<= {limit:g})"
-                     + (f", vs cpu fp32 {_max_rel(fp32_cpu, got):.1e}" if "autocast" in label else ""))
+        parts.append(
+            f"{label} vs {against}: max rel diff {diff:.1e} (<= {limit:g})"
+            + (f", vs cpu fp32 {_max_rel(fp32_cpu, got):.1e}" if "autocast" in label else "")
+        )
     return ok, "; ".join(parts)
 
 
@@ -205,7 +224,10 @@ def _overhead_one(name: str, shape: tuple[int, ...], opts: dict, sz: Sizes) -> s
         if cuda:
             peaks[ref] = torch.cuda.max_memory_allocated() - base
         monitors[ref] = nv
-    fns: dict[str, Callable[[], object]] = {"bare": bare, **{k: nv.measure for k, nv in monitors.items()}}
+    fns: dict[str, Callable[[], object]] = {
+        "bare": bare,
+        **{k: nv.measure for k, nv in monitors.items()},
+    }
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(sz.rounds):
         for k, fn in fns.items():
@@ -215,10 +237,15 @@ def _overhead_one(name: str, shape: tuple[int, ...], opts: dict, sz: Sizes) -> s
             _sync(sz.device)
             times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    mem = "".join(f", {k} refs {nv.nbytes / 1e6:.1f} MB" + (f" peak {peaks[k] / 1e6:.0f} MB" if k in peaks else "")
-                  for k, nv in monitors.items())
-    return (f"{name.replace('timm:', '')}: bare {med['bare']:.1f} ms, exact {med['exact']:.1f} ms "
-            f"({med['exact'] / med['bare']:.2f}x), sketch {med['sketch']:.1f} ms ({med['sketch'] / med['bare']:.2f}x){mem}")
+    mem = "".join(
+        f", {k} refs {nv.nbytes / 1e6:.1f} MB"
+        + (f" peak {peaks[k] / 1e6:.0f} MB" if k in peaks else "")
+        for k, nv in monitors.items()
+    )
+    return (
+        f"{name.replace('timm:', '')}: bare {med['bare']:.1f} ms, exact {med['exact']:.1f} ms "
+        f"({med['exact'] / med['bare']:.2f}x), sketch {med['sketch']:.1f} ms ({med['sketch'] / med['bare']:.2f}x){mem}"
+    )
 
 
 def check_overhead(sz: Sizes) -> tuple[bool, str]:
@@ -226,13 +253,16 @@ def check_overhead(sz: Sizes) -> tuple[bool, str]:
     vit, opts = sz.vit
     opts = dict(opts)
     vshape = opts.pop("input")
-    return True, " | ".join([_overhead_one(name, shape, {}, sz), _overhead_one(vit, vshape, opts, sz)])
+    return True, " | ".join(
+        [_overhead_one(name, shape, {}, sz), _overhead_one(vit, vshape, opts, sz)]
+    )
 
 
 def _study_file(tmp: Path, sz: Sizes, max_epochs: int | None = None) -> Path:
     s = dict(sz.study, max_epochs=max_epochs or sz.study["max_epochs"])
     path = tmp / "gpu_check_study.py"
-    path.write_text(textwrap.dedent(f'''\
+    path.write_text(
+        textwrap.dedent(f'''\
         """CIFAR-shaped (or, in the dry run, tiny) synthetic data for benchmarks/gpu_check.py."""
         from neve_tune import Choice, LogUniform, Study
 
@@ -247,12 +277,15 @@ def _study_file(tmp: Path, sz: Sizes, max_epochs: int | None = None) -> Path:
             max_epochs={s["max_epochs"]},
             resources={{"cpu": 1, "gpu": 0}},
         )
-        '''))
+        ''')
+    )
     return path
 
 
 def _run(cmd: list[str], timeout: int, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 def check_optuna(sz: Sizes, tmp: Path) -> tuple[bool, str]:
@@ -260,20 +293,49 @@ def check_optuna(sz: Sizes, tmp: Path) -> tuple[bool, str]:
 
     study_file = _study_file(tmp, sz)
     storage = f"journal:{tmp / 'optuna.log'}"
-    cmd = [sys.executable, "-m", "neve_tune", "optuna", "worker", str(study_file), "--study-name", "gpu_check",
-           "--storage", storage, "--trials", str(sz.trials), "--create", "--device", sz.device, "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "neve_tune",
+        "optuna",
+        "worker",
+        str(study_file),
+        "--study-name",
+        "gpu_check",
+        "--storage",
+        storage,
+        "--trials",
+        str(sz.trials),
+        "--create",
+        "--device",
+        sz.device,
+        "--quiet",
+    ]
     t0 = time.perf_counter()
-    procs = [subprocess.Popen(cmd + ["--seed", str(i)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            cmd + ["--seed", str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=sz.timeout)[0] for p in procs]
     wall = time.perf_counter() - t0
     if any(p.returncode for p in procs):
         bad = next(i for i, p in enumerate(procs) if p.returncode)
-        return False, f"worker {bad} exited {procs[bad].returncode}: {outs[bad].strip().splitlines()[-3:]}"
+        return (
+            False,
+            f"worker {bad} exited {procs[bad].returncode}: {outs[bad].strip().splitlines()[-3:]}",
+        )
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    study = optuna.load_study(study_name="gpu_check", storage=JournalStorage(JournalFileBackend(str(tmp / "optuna.log"))))
+    study = optuna.load_study(
+        study_name="gpu_check", storage=JournalStorage(JournalFileBackend(str(tmp / "optuna.log")))
+    )
     states = [t.state.name for t in study.trials]
     done = sum(s in ("COMPLETE", "PRUNED") for s in states)
     ok = done == len(states) == 2 * sz.trials
@@ -289,15 +351,31 @@ def check_ray(sz: Sizes, tmp: Path) -> tuple[bool, str]:
 
     study_file = _study_file(tmp, sz, sz.ray_epochs)  # long enough to see the trials overlap
     cpus = max(2, min(os.cpu_count() or 2, 8))
-    ray.init(num_cpus=cpus, num_gpus=1 if sz.device == "cpu" else None, include_dashboard=False,
-             log_to_driver=False, ignore_reinit_error=True)
+    ray.init(
+        num_cpus=cpus,
+        num_gpus=1 if sz.device == "cpu" else None,
+        include_dashboard=False,
+        log_to_driver=False,
+        ignore_reinit_error=True,
+    )
     try:
         per_trial = {"cpu": cpus / 4, "gpu": sz.ray_gpus}
-        trainable = neve_trainable(str(study_file), device=None if sz.device.startswith("cuda") else "cpu",
-                                   resources=per_trial)
-        space = {"lr": 0.05, "batch_size": 64, "threshold": 1e-9, "seed": tune.grid_search([0, 1, 2, 3])}
-        tuner = tune.Tuner(trainable, param_space=space,
-                           run_config=tune.RunConfig(storage_path=str(tmp / "ray"), name="gpu_check", verbose=0))
+        trainable = neve_trainable(
+            str(study_file),
+            device=None if sz.device.startswith("cuda") else "cpu",
+            resources=per_trial,
+        )
+        space = {
+            "lr": 0.05,
+            "batch_size": 64,
+            "threshold": 1e-9,
+            "seed": tune.grid_search([0, 1, 2, 3]),
+        }
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            run_config=tune.RunConfig(storage_path=str(tmp / "ray"), name="gpu_check", verbose=0),
+        )
         with contextlib.redirect_stdout(sys.stderr):  # Tune's progress stays out of the table
             grid = tuner.fit()
         spans = []
@@ -311,32 +389,58 @@ def check_ray(sz: Sizes, tmp: Path) -> tuple[bool, str]:
         ray.shutdown()
     together = max(s for s, _ in spans) < min(e for _, e in spans)
     ok = len(spans) == 4 and together
-    return ok, (f"4 trials at {per_trial}: intervals {'overlap' if together else 'DO NOT overlap'} "
-                f"(latest start {max(s for s, _ in spans) - min(s for s, _ in spans):.0f} s after the first, "
-                f"first end {min(e for _, e in spans) - min(s for s, _ in spans):.0f} s)")
+    return ok, (
+        f"4 trials at {per_trial}: intervals {'overlap' if together else 'DO NOT overlap'} "
+        f"(latest start {max(s for s, _ in spans) - min(s for s, _ in spans):.0f} s after the first, "
+        f"first end {min(e for _, e in spans) - min(s for s, _ in spans):.0f} s)"
+    )
 
 
 def check_compare(sz: Sizes, tmp: Path) -> tuple[bool, str]:
     study_file = _study_file(tmp, sz)
     out = tmp / "compare.json"
-    cmd = [sys.executable, "-m", "neve_tune", "compare", str(study_file), "--trials", str(max(2, sz.trials)),
-           "--max-epochs", str(sz.study["max_epochs"]), "--device", sz.device, "--json", str(out), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "neve_tune",
+        "compare",
+        str(study_file),
+        "--trials",
+        str(max(2, sz.trials)),
+        "--max-epochs",
+        str(sz.study["max_epochs"]),
+        "--device",
+        sz.device,
+        "--json",
+        str(out),
+        "--quiet",
+    ]
     t0 = time.perf_counter()
     proc = _run(cmd, sz.timeout, {"OMP_NUM_THREADS": "1"})
     wall = time.perf_counter() - t0
     if proc.returncode:
-        return False, f"exit {proc.returncode}: {(proc.stderr or proc.stdout).strip().splitlines()[-3:]}"
+        return (
+            False,
+            f"exit {proc.returncode}: {(proc.stderr or proc.stdout).strip().splitlines()[-3:]}",
+        )
     text = out.read_text()
     found = [s for s in ("neve", "asha", "asha_es") if f'"{s}"' in text]
     json.loads(text)
-    return len(found) == 3, f"{max(2, sz.trials)} trials x 3 searches on {sz.device}, {wall:.0f} s, in the JSON: {found}"
+    return (
+        len(found) == 3,
+        f"{max(2, sz.trials)} trials x 3 searches on {sz.device}, {wall:.0f} s, in the JSON: {found}",
+    )
 
 
 # ----------------------------------------------------------------------------- driver
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--dry-run", action="store_true", help="every check on the CPU with tiny sizes")
-    ap.add_argument("--only", default=",".join(CHECKS), help=f"comma-separated subset of {','.join(CHECKS)}")
+    ap.add_argument(
+        "--only", default=",".join(CHECKS), help=f"comma-separated subset of {','.join(CHECKS)}"
+    )
     args = ap.parse_args(argv)
     only = [c.strip() for c in args.only.split(",") if c.strip()]
     bad = [c for c in only if c not in CHECKS]
@@ -344,12 +448,17 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--only: unknown checks {bad}; choose from {CHECKS}")
     cuda = torch.cuda.is_available()
     if not cuda and not args.dry_run:
-        print("gpu_check: CUDA is not available on this machine; nothing to check (--dry-run runs the checks on the CPU)")
+        print(
+            "gpu_check: CUDA is not available on this machine; nothing to check (--dry-run runs the checks on the CPU)"
+        )
         return 0
     sz = sizes(args.dry_run)
     name = torch.cuda.get_device_name(0) if sz.device == "cuda" else "cpu"
-    print(f"gpu_check  device={name.replace(' ', '_')}  torch={torch.__version__}  cuda={torch.version.cuda or 'none'}"
-          f"  mode={'dry-run' if args.dry_run else 'gpu'}", flush=True)
+    print(
+        f"gpu_check  device={name.replace(' ', '_')}  torch={torch.__version__}  cuda={torch.version.cuda or 'none'}"
+        f"  mode={'dry-run' if args.dry_run else 'gpu'}",
+        flush=True,
+    )
     print(f"{'check':10s}  result  seconds  details", flush=True)
     failed = 0
     t_all = time.perf_counter()
@@ -366,11 +475,18 @@ def main(argv: list[str] | None = None) -> int:
                 result, details = "SKIP", f"missing library: {e}"
             except Exception as e:  # a failed check is reported, the others still run
                 result = "FAIL"
-                details = f"{type(e).__name__}: {e} | " + " / ".join(traceback.format_exc().strip().splitlines()[-3:])
+                details = f"{type(e).__name__}: {e} | " + " / ".join(
+                    traceback.format_exc().strip().splitlines()[-3:]
+                )
             failed += result == "FAIL"
-            print(f"{check:10s}  {result:6s}  {time.perf_counter() - t0:7.1f}  {details}", flush=True)
-    print(f"{'summary':10s}  {'FAIL' if failed else 'PASS':6s}  {time.perf_counter() - t_all:7.1f}  "
-          f"{len(only)} checks, {failed} failed", flush=True)
+            print(
+                f"{check:10s}  {result:6s}  {time.perf_counter() - t0:7.1f}  {details}", flush=True
+            )
+    print(
+        f"{'summary':10s}  {'FAIL' if failed else 'PASS':6s}  {time.perf_counter() - t_all:7.1f}  "
+        f"{len(only)} checks, {failed} failed",
+        flush=True,
+    )
     return 1 if failed else 0
 
 

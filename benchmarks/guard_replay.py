@@ -35,9 +35,10 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,8 +66,15 @@ def _bundle_setup(data: str, model: str, seed: int, **options: Any) -> Any:
 
     b = get_dataset(data, seed=seed, **options)
     torch.manual_seed(seed)
-    return Setup(create_model(model, b.num_classes, b.input_shape), b.train, b.test,
-                 gaussian_probe(b.input_shape, 100, seed=seed), b.num_classes, _sgd(0.05), 64)
+    return Setup(
+        create_model(model, b.num_classes, b.input_shape),
+        b.train,
+        b.test,
+        gaussian_probe(b.input_shape, 100, seed=seed),
+        b.num_classes,
+        _sgd(0.05),
+        64,
+    )
 
 
 def _mnist1d_g7(seed: int) -> Any:
@@ -84,11 +92,19 @@ def _mnist1d_g7(seed: int) -> Any:
     d = make_dataset(args)
     x, y = np.concatenate([d["x"], d["x_test"]]), np.concatenate([d["y"], d["y_test"]])
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
-    xt, xe = _standardised(torch.tensor(x_tr, dtype=torch.float32), torch.tensor(x_te, dtype=torch.float32))
+    xt, xe = _standardised(
+        torch.tensor(x_tr, dtype=torch.float32), torch.tensor(x_te, dtype=torch.float32)
+    )
     torch.manual_seed(seed)
-    return Setup(create_model("small_cnn1d", 10, (1, 40)), TensorDataset(xt[:, None], torch.tensor(y_tr)),
-                 TensorDataset(xe[:, None], torch.tensor(y_te)), gaussian_probe((1, 40), 100, seed=seed), 10,
-                 _sgd(0.05), 64)
+    return Setup(
+        create_model("small_cnn1d", 10, (1, 40)),
+        TensorDataset(xt[:, None], torch.tensor(y_tr)),
+        TensorDataset(xe[:, None], torch.tensor(y_te)),
+        gaussian_probe((1, 40), 100, seed=seed),
+        10,
+        _sgd(0.05),
+        64,
+    )
 
 
 def _tabular5(seed: int) -> Any:
@@ -99,13 +115,33 @@ def _tabular5(seed: int) -> Any:
 
     from neve_tune import gaussian_probe
 
-    x, y = make_classification(n_samples=4000, n_features=20, n_informative=8, n_redundant=4, n_classes=5,
-                               n_clusters_per_class=2, class_sep=1.5, flip_y=0.15, random_state=100 + seed)
-    xt, xe = _standardised(torch.tensor(x[:3000], dtype=torch.float32), torch.tensor(x[3000:], dtype=torch.float32))
+    x, y = make_classification(
+        n_samples=4000,
+        n_features=20,
+        n_informative=8,
+        n_redundant=4,
+        n_classes=5,
+        n_clusters_per_class=2,
+        class_sep=1.5,
+        flip_y=0.15,
+        random_state=100 + seed,
+    )
+    xt, xe = _standardised(
+        torch.tensor(x[:3000], dtype=torch.float32), torch.tensor(x[3000:], dtype=torch.float32)
+    )
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(20, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 5))
-    return Setup(model, TensorDataset(xt, torch.tensor(y[:3000])), TensorDataset(xe, torch.tensor(y[3000:])),
-                 gaussian_probe((20,), 100, seed=seed), 5, _sgd(0.05), 64)
+    model = nn.Sequential(
+        nn.Linear(20, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 5)
+    )
+    return Setup(
+        model,
+        TensorDataset(xt, torch.tensor(y[:3000])),
+        TensorDataset(xe, torch.tensor(y[3000:])),
+        gaussian_probe((20,), 100, seed=seed),
+        5,
+        _sgd(0.05),
+        64,
+    )
 
 
 def _from_families(name: str) -> Callable[[int], Any]:
@@ -129,15 +165,26 @@ DOMAINS: dict[str, Callable[[int], Any]] = {
 
 def _library_controller(s: Any, optimizer: Any, max_epochs: int) -> Any:
     """NeVe as the studies run it: the default velocity stop and the guard on."""
-    from neve_tune import NeVe, NeuralVelocity
+    from neve_tune import NeuralVelocity, NeVe
 
-    return NeVe(optimizer, NeuralVelocity(s.model, s.probe), threshold=VELOCITY_RULE[1],
-                threshold_mode=VELOCITY_RULE[0], max_epochs=max_epochs, patience=max(2, max_epochs // 20),
-                factor=0.5, num_classes=s.num_classes, pc_patience=3, pc_window=3, stall_patience=None)
+    return NeVe(
+        optimizer,
+        NeuralVelocity(s.model, s.probe),
+        threshold=VELOCITY_RULE[1],
+        threshold_mode=VELOCITY_RULE[0],
+        max_epochs=max_epochs,
+        patience=max(2, max_epochs // 20),
+        factor=0.5,
+        num_classes=s.num_classes,
+        pc_patience=3,
+        pc_window=3,
+        stall_patience=None,
+    )
 
 
-def record(domain: str, noise: float, lr_scale: float, seed: int, max_epochs: int,
-           live: bool = False) -> dict[str, Any]:
+def record(
+    domain: str, noise: float, lr_scale: float, seed: int, max_epochs: int, live: bool = False
+) -> dict[str, Any]:
     """One run to ``max_epochs`` with no stop: its per-epoch rows (``live``: under the
     library's own stop rules instead, to check the replay)."""
     import model_families
@@ -160,21 +207,35 @@ def record(domain: str, noise: float, lr_scale: float, seed: int, max_epochs: in
     keys = ("epoch", "velocity", "train_loss", "train_acc", "prediction_changes", "lr")
 
     def on_epoch(m: dict) -> None:
-        rows.append({**{k: m.get(k) for k in keys}, "test_acc": model_families._test_acc(s.model, s.test)})
+        rows.append(
+            {**{k: m.get(k) for k in keys}, "test_acc": model_families._test_acc(s.model, s.test)}
+        )
 
     if s.plain_loop:
         model_families._plain_loop(s, optimizer, neve, seed, on_epoch)
     else:
-        fit(s.model, optimizer, s.train, neve, batch_size=s.batch_size, seed=seed, on_epoch=on_epoch)
-    return {"domain": domain, "noise": noise, "lr_scale": lr_scale, "seed": seed, "max_epochs": max_epochs,
-            "num_classes": s.num_classes, "num_train": len(s.train), "rows": rows,
-            "live": (neve.epoch, neve.best_epoch, neve.stopped_by) if live else None}
+        fit(
+            s.model, optimizer, s.train, neve, batch_size=s.batch_size, seed=seed, on_epoch=on_epoch
+        )
+    return {
+        "domain": domain,
+        "noise": noise,
+        "lr_scale": lr_scale,
+        "seed": seed,
+        "max_epochs": max_epochs,
+        "num_classes": s.num_classes,
+        "num_train": len(s.train),
+        "rows": rows,
+        "live": (neve.epoch, neve.best_epoch, neve.stopped_by) if live else None,
+    }
 
 
 # ---- the guard rules, replayed -------------------------------------------------------------
 
 
-def guard_today(rows: list[dict[str, Any]], n: int, patience: int = 3, window: int = 3) -> tuple[int, int] | None:
+def guard_today(
+    rows: list[dict[str, Any]], n: int, patience: int = 3, window: int = 3
+) -> tuple[int, int] | None:
     """(stop epoch, kept epoch) of the guard of 0.1.0: the moving average of prediction
     changes has not reached a new minimum for ``patience`` epochs."""
     best, best_epoch, series = None, 0, []
@@ -192,7 +253,9 @@ def guard_today(rows: list[dict[str, Any]], n: int, patience: int = 3, window: i
     return None
 
 
-def replay(rec: dict[str, Any], guard: Callable[..., tuple[int, int] | None] | None) -> tuple[int, int, str]:
+def replay(
+    rec: dict[str, Any], guard: Callable[..., tuple[int, int] | None] | None
+) -> tuple[int, int, str]:
     """(stop epoch, kept epoch, stopped_by) of ``NeVe`` with the default velocity stop and
     the given guard (None: off), from a run recorded without a stop."""
     rows, k = rec["rows"], rec["num_classes"]
@@ -219,8 +282,14 @@ def _misfit(r: dict[str, Any], n: int) -> float:
     return n * (1.0 - r["train_acc"])
 
 
-def guard_settled(rows: list[dict[str, Any]], n: int, patience: int = 3, window: int = 3,
-                  settle: float = 0.5, memorise: float = 0.0) -> tuple[int, int] | None:
+def guard_settled(
+    rows: list[dict[str, Any]],
+    n: int,
+    patience: int = 3,
+    window: int = 3,
+    settle: float = 0.5,
+    memorise: float = 0.0,
+) -> tuple[int, int] | None:
     """The guard with evidence, as candidates of :class:`neve_tune.guard.MemorisationGuard`:
     every new minimum of the moving average restarts the patience; the stop, ``patience``
     epochs later, needs that minimum settled (level < ``settle`` x misfit: the model refuses
@@ -239,7 +308,11 @@ def guard_settled(rows: list[dict[str, Any]], n: int, patience: int = 3, window:
             best, best_epoch, best_misfit = level, r["epoch"], misfit
             continue
         settled = best < settle * best_misfit
-        if settled and r["epoch"] - best_epoch >= patience and misfit <= (1 - memorise) * best_misfit:
+        if (
+            settled
+            and r["epoch"] - best_epoch >= patience
+            and misfit <= (1 - memorise) * best_misfit
+        ):
             return r["epoch"], best_epoch
     return None
 
@@ -290,8 +363,10 @@ def table(recs: list[dict[str, Any]], guards: list[str]) -> str:
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for rec in recs:
         groups.setdefault((rec["domain"], rec["noise"]), []).append(rec)
-    lines = [f"{'domain':<11} {'noise':>5} {'guard':<10} {'acc':>6} {'d_off':>6} {'worst':>6} "
-             f"{'<=1pt best':>10} {'guard ends':>10}  per run (kept epoch: acc; *: guard ended)"]
+    lines = [
+        f"{'domain':<11} {'noise':>5} {'guard':<10} {'acc':>6} {'d_off':>6} {'worst':>6} "
+        f"{'<=1pt best':>10} {'guard ends':>10}  per run (kept epoch: acc; *: guard ended)"
+    ]
     for (domain, noise), group in sorted(groups.items()):
         group.sort(key=lambda r: (r["lr_scale"], r["seed"]))
         off = [outcome(r, "off")["acc"] for r in group]
@@ -301,10 +376,14 @@ def table(recs: list[dict[str, Any]], guards: list[str]) -> str:
             d = [(o["acc"] - a) * 100 for o, a in zip(outs, off)]
             near = sum((b - o["acc"]) * 100 <= 1.0 for o, b in zip(outs, best)) / len(group)
             ends = sum(o["why"] == "prediction_changes" for o in outs)
-            runs = " ".join(f"{o['kept']}{'*' if o['why'] == 'prediction_changes' else ''}:{o['acc'] * 100:.0f}"
-                            for o in outs)
-            lines.append(f"{domain:<11} {noise:5.1f} {g:<10} {sum(o['acc'] for o in outs) / len(outs) * 100:6.2f} "
-                         f"{sum(d) / len(d):+6.2f} {min(d):+6.2f} {near:10.0%} {ends:>6}/{len(group):<3}  {runs}")
+            runs = " ".join(
+                f"{o['kept']}{'*' if o['why'] == 'prediction_changes' else ''}:{o['acc'] * 100:.0f}"
+                for o in outs
+            )
+            lines.append(
+                f"{domain:<11} {noise:5.1f} {g:<10} {sum(o['acc'] for o in outs) / len(outs) * 100:6.2f} "
+                f"{sum(d) / len(d):+6.2f} {min(d):+6.2f} {near:10.0%} {ends:>6}/{len(group):<3}  {runs}"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -316,19 +395,29 @@ def markdown(recs: list[dict[str, Any]], guards: list[str]) -> str:
     groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for rec in recs:
         groups.setdefault((rec["domain"], rec["noise"]), []).append(rec)
-    head = ["domain", "noise", "runs"] + [f"{g}: acc / mean d / worst d / <=1pt best / ends" for g in guards]
+    head = ["domain", "noise", "runs"] + [
+        f"{g}: acc / mean d / worst d / <=1pt best / ends" for g in guards
+    ]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (domain, noise), group in sorted(groups.items(), key=lambda kv: (kv[0][0] not in DESIGN, kv[0])):
+    for (domain, noise), group in sorted(
+        groups.items(), key=lambda kv: (kv[0][0] not in DESIGN, kv[0])
+    ):
         off = [outcome(r, "off")["acc"] for r in group]
         best = [max(row["test_acc"] for row in r["rows"]) for r in group]
-        cells = [f"`{domain}`{'' if domain in DESIGN else ' (held out)'}", f"{noise:.0%}", str(len(group))]
+        cells = [
+            f"`{domain}`{'' if domain in DESIGN else ' (held out)'}",
+            f"{noise:.0%}",
+            str(len(group)),
+        ]
         for g in guards:
             outs = [outcome(r, g) for r in group]
             d = [(o["acc"] - a) * 100 for o, a in zip(outs, off)]
             near = sum((b - o["acc"]) * 100 <= 1.0 for o, b in zip(outs, best)) / len(group)
             ends = sum(o["why"] == "prediction_changes" for o in outs)
             mean = sum(o["acc"] for o in outs) / len(outs) * 100
-            cells.append(f"{mean:.2f} / {sum(d) / len(d):+.2f} / {min(d):+.2f} / {near:.0%} / {ends}")
+            cells.append(
+                f"{mean:.2f} / {sum(d) / len(d):+.2f} / {min(d):+.2f} / {near:.0%} / {ends}"
+            )
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -357,7 +446,9 @@ def load(out: Path, domains: list[str]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--domains", default=",".join(DESIGN))
     p.add_argument("--noises", default=",".join(f"{x:g}" for x in NOISES))
     p.add_argument("--lr-scales", default=",".join(f"{x:g}" for x in LR_SCALES))
@@ -368,8 +459,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", action="store_true", help="replay the recorded runs only")
     p.add_argument("--guards", default=",".join(GUARDS), help=f"rules to replay, of {list(GUARDS)}")
     p.add_argument("--markdown", action="store_true", help="print the docs' summary table instead")
-    p.add_argument("--verify", metavar="DOMAIN:NOISE:LR:SEED", help="rerun one recorded run live under the "
-                   "library's rules and compare its stop and kept epoch with the replay")
+    p.add_argument(
+        "--verify",
+        metavar="DOMAIN:NOISE:LR:SEED",
+        help="rerun one recorded run live under the "
+        "library's rules and compare its stop and kept epoch with the replay",
+    )
     args = p.parse_args(argv)
     domains = [d for d in args.domains.split(",") if d]
     unknown = sorted(set(domains) - set(DOMAINS))
@@ -382,14 +477,23 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
         rec = json.loads(_path(out, domain, float(noise), float(lr), int(seed)).read_text())
         stop, kept, why = replay(rec, GUARDS["default"])
-        live = record(domain, float(noise), float(lr), int(seed), rec["max_epochs"], live=True)["live"]
+        live = record(domain, float(noise), float(lr), int(seed), rec["max_epochs"], live=True)[
+            "live"
+        ]
         same = tuple(live) == (stop, kept, why)
-        print(f"verify {args.verify}: live (stop, kept, why) {tuple(live)}, replay {(stop, kept, why)}: "
-              f"{'same' if same else 'DIFFERENT'}")
+        print(
+            f"verify {args.verify}: live (stop, kept, why) {tuple(live)}, replay {(stop, kept, why)}: "
+            f"{'same' if same else 'DIFFERENT'}"
+        )
         return 0 if same else 1
     if not args.table:
-        todo = [(d, float(nz), float(lr), int(s)) for d in domains for nz in args.noises.split(",")
-                for lr in args.lr_scales.split(",") for s in args.seeds.split(",")]
+        todo = [
+            (d, float(nz), float(lr), int(s))
+            for d in domains
+            for nz in args.noises.split(",")
+            for lr in args.lr_scales.split(",")
+            for s in args.seeds.split(",")
+        ]
         todo = [t for t in todo if not _path(out, *t).exists()]
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             futures = [pool.submit(_job, *t, args.max_epochs, str(out)) for t in todo]
@@ -399,7 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(guards) - set(GUARDS))
     if unknown:
         p.error(f"--guards: unknown {unknown}; known {list(GUARDS)}")
-    print(markdown(load(out, domains), guards) if args.markdown else table(load(out, domains), guards))
+    print(
+        markdown(load(out, domains), guards) if args.markdown else table(load(out, domains), guards)
+    )
     return 0
 
 

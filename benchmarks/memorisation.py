@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--noise", type=float, default=0.2)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=64)
@@ -32,21 +34,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "docs" / "memorisation.png"))
     args = p.parse_args(argv)
 
-    from neve_tune import NeVe, NeuralVelocity, gaussian_probe, load_study
+    from neve_tune import NeuralVelocity, NeVe, gaussian_probe, load_study
     from neve_tune.models import create_model
     from neve_tune.train import evaluate, fit
     from neve_tune.trial import make_optimizer
 
     torch.set_num_threads(1)
-    study = load_study("digits").replace(data_options={"label_noise": args.noise}, max_epochs=args.epochs)
+    study = load_study("digits").replace(
+        data_options={"label_noise": args.noise}, max_epochs=args.epochs
+    )
     bundle = study.load_data(seed=args.seed)
     torch.manual_seed(args.seed)
     model = create_model(study.model, bundle.num_classes, bundle.input_shape)
     optimizer = make_optimizer(model, study.config({"lr": args.lr}))
     # threshold too small to fire: the run goes to the cap, the guard only watches
-    neve = NeVe(optimizer, NeuralVelocity(model, gaussian_probe(bundle.input_shape, 100, seed=args.seed)),
-                threshold=1e-12, max_epochs=args.epochs, patience=study.plateau_patience,
-                num_classes=bundle.num_classes, pc_patience=None)
+    neve = NeVe(
+        optimizer,
+        NeuralVelocity(model, gaussian_probe(bundle.input_shape, 100, seed=args.seed)),
+        threshold=1e-12,
+        max_epochs=args.epochs,
+        patience=study.plateau_patience,
+        num_classes=bundle.num_classes,
+        pc_patience=None,
+    )
     flipped = bundle.flipped
     x_noisy, y_noisy = bundle.train.tensors[0][flipped], bundle.train.tensors[1][flipped]
     rows = []
@@ -59,11 +69,23 @@ def main(argv: list[str] | None = None) -> int:
             model.train()
         rows.append({**m, "test_acc": test_acc, "memorised": memorised})
 
-    fit(model, optimizer, bundle.train, neve, batch_size=args.batch_size, seed=args.seed, on_epoch=on_epoch)
+    fit(
+        model,
+        optimizer,
+        bundle.train,
+        neve,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        on_epoch=on_epoch,
+    )
 
     # where each rule would have stopped (the guard: pc_window 3, pc_patience 3)
     pcs = [r["prediction_changes"] for r in rows]
-    ma = {i + 1: sum(pcs[i - 2 : i + 1]) / 3 for i in range(3, len(pcs)) if None not in pcs[i - 2 : i + 1]}
+    ma = {
+        i + 1: sum(pcs[i - 2 : i + 1]) / 3
+        for i in range(3, len(pcs))
+        if None not in pcs[i - 2 : i + 1]
+    }
     best, best_epoch, guard_stop = None, None, None
     for epoch, level in ma.items():  # the first local minimum, as the guard sees it
         if best is None or level < best:
@@ -72,15 +94,21 @@ def main(argv: list[str] | None = None) -> int:
             guard_stop = epoch
             break
     peak_test = max(rows, key=lambda r: r["test_acc"])
-    print(f"{'epoch':>5s} {'velocity':>9s} {'PC':>5s} {'train acc':>9s} {'noise fit':>9s} {'test acc':>8s} {'lr':>7s}")
+    print(
+        f"{'epoch':>5s} {'velocity':>9s} {'PC':>5s} {'train acc':>9s} {'noise fit':>9s} {'test acc':>8s} {'lr':>7s}"
+    )
     for r in rows:
         pc = "-" if r["prediction_changes"] is None else str(r["prediction_changes"])
-        print(f"{r['epoch']:5d} {r['velocity']:9.5f} {pc:>5s} {r['train_acc']:9.3f} {r['memorised']:9.3f} "
-              f"{r['test_acc']:8.4f} {r['lr']:7.4f}")
-    print(f"noise {args.noise:.0%}, lr {args.lr}: best test accuracy {peak_test['test_acc']:.4f} at epoch {peak_test['epoch']}; "
-          f"prediction-changes minimum at epoch {best_epoch} (test {rows[best_epoch - 1]['test_acc']:.4f}), "
-          f"guard stop at epoch {guard_stop}; last epoch test {rows[-1]['test_acc']:.4f}, "
-          f"{rows[-1]['memorised']:.1%} of the flipped labels memorised")
+        print(
+            f"{r['epoch']:5d} {r['velocity']:9.5f} {pc:>5s} {r['train_acc']:9.3f} {r['memorised']:9.3f} "
+            f"{r['test_acc']:8.4f} {r['lr']:7.4f}"
+        )
+    print(
+        f"noise {args.noise:.0%}, lr {args.lr}: best test accuracy {peak_test['test_acc']:.4f} at epoch {peak_test['epoch']}; "
+        f"prediction-changes minimum at epoch {best_epoch} (test {rows[best_epoch - 1]['test_acc']:.4f}), "
+        f"guard stop at epoch {guard_stop}; last epoch test {rows[-1]['test_acc']:.4f}, "
+        f"{rows[-1]['memorised']:.1%} of the flipped labels memorised"
+    )
 
     import matplotlib
 
@@ -107,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
             ax.axvline(best_epoch, color="gray", ls=":", lw=1)
         if guard_stop:
             ax.axvline(guard_stop, color="black", ls=":", lw=1)
-    fig.suptitle(f"digits, {args.noise:.0%} symmetric label noise, lr {args.lr}: "
-                 f"PC minimum (grey) and guard stop (black)", fontsize=10)
+    fig.suptitle(
+        f"digits, {args.noise:.0%} symmetric label noise, lr {args.lr}: "
+        f"PC minimum (grey) and guard stop (black)",
+        fontsize=10,
+    )
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)

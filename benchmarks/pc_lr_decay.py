@@ -28,10 +28,18 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = [(2, 0.015, 64), (0, 0.03, 32), (1, 0.013, 64)]
 
 
-def run(seed: int, lr: float, batch_size: int, noise: float, rule: str, patience: int, factor: float,
-        epochs: int) -> list[tuple[int, float, float]]:
+def run(
+    seed: int,
+    lr: float,
+    batch_size: int,
+    noise: float,
+    rule: str,
+    patience: int,
+    factor: float,
+    epochs: int,
+) -> list[tuple[int, float, float]]:
     """(epoch, test accuracy, lr) per epoch of one run under ``rule``."""
-    from neve_tune import NeVe, NeuralVelocity, gaussian_probe, load_study
+    from neve_tune import NeuralVelocity, NeVe, gaussian_probe, load_study
     from neve_tune.models import create_model
     from neve_tune.train import evaluate, fit
     from neve_tune.trial import make_optimizer
@@ -43,9 +51,17 @@ def run(seed: int, lr: float, batch_size: int, noise: float, rule: str, patience
     optimizer = make_optimizer(model, study.config({"lr": lr, "batch_size": batch_size}))
     on_pc = rule == "prediction_changes"
     # threshold too small to fire: the run goes to the cap
-    neve = NeVe(optimizer, NeuralVelocity(model, gaussian_probe(bundle.input_shape, 100, seed=seed)),
-                threshold=1e-12, max_epochs=epochs, num_classes=bundle.num_classes, lr_signal=rule,
-                patience=patience if on_pc else 3, factor=factor if on_pc else 0.5, pc_window=3)
+    neve = NeVe(
+        optimizer,
+        NeuralVelocity(model, gaussian_probe(bundle.input_shape, 100, seed=seed)),
+        threshold=1e-12,
+        max_epochs=epochs,
+        num_classes=bundle.num_classes,
+        lr_signal=rule,
+        patience=patience if on_pc else 3,
+        factor=factor if on_pc else 0.5,
+        pc_window=3,
+    )
     rows: list[tuple[int, float, float]] = []
 
     def on_epoch(m: dict) -> None:
@@ -56,20 +72,29 @@ def run(seed: int, lr: float, batch_size: int, noise: float, rule: str, patience
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--noise", type=float, default=0.2)
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--patience", type=int, default=2, help="of the prediction-changes rule (default 2)")
-    p.add_argument("--factor", type=float, default=0.2, help="of the prediction-changes rule (default 0.2)")
+    p.add_argument(
+        "--patience", type=int, default=2, help="of the prediction-changes rule (default 2)"
+    )
+    p.add_argument(
+        "--factor", type=float, default=0.2, help="of the prediction-changes rule (default 0.2)"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     for seed, lr, bs in CONFIGS:
         for rule in ("velocity_change", "prediction_changes"):
             rows = run(seed, lr, bs, args.noise, rule, args.patience, args.factor, args.epochs)
             best = max(rows, key=lambda r: r[1])
-            print(f"seed {seed} lr {lr} batch {bs} {rule:18s}: best {100 * best[1]:.2f} % at epoch {best[0]}, "
-                  f"last {100 * rows[-1][1]:.2f} % (lr {rows[-1][2]:.2g}) | every other epoch: "
-                  + " ".join(f"{100 * r[1]:.1f}" for r in rows[::2]), flush=True)
+            print(
+                f"seed {seed} lr {lr} batch {bs} {rule:18s}: best {100 * best[1]:.2f} % at epoch {best[0]}, "
+                f"last {100 * rows[-1][1]:.2f} % (lr {rows[-1][2]:.2g}) | every other epoch: "
+                + " ".join(f"{100 * r[1]:.1f}" for r in rows[::2]),
+                flush=True,
+            )
     return 0
 
 

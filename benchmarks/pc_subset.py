@@ -52,25 +52,39 @@ VARIANTS = {
 DEFAULT_VARIANTS = ["in_pass", "subset1000", "subset_all", "subset300"]
 
 
-def run(condition: str, variant: str, seed: int, rule: tuple[str, float] | None = None) -> dict[str, Any]:
+def run(
+    condition: str, variant: str, seed: int, rule: tuple[str, float] | None = None
+) -> dict[str, Any]:
     """One ``neve-tune train digits`` run (``rule``: another velocity threshold mode and
     threshold than the study's); its summary."""
     from neve_tune import load_study, run_trial
 
     source, size, window = VARIANTS[variant]
     study = load_study("digits")
-    study = study.replace(data_options={**study.data_options, **CONDITIONS[condition]},
-                          prediction_changes=source, pc_subset_size=size, pc_window=window)
+    study = study.replace(
+        data_options={**study.data_options, **CONDITIONS[condition]},
+        prediction_changes=source,
+        pc_subset_size=size,
+        pc_window=window,
+    )
     config = study.config()
     if rule is not None:
         study = study.replace(threshold_mode=rule[0])
         config["threshold"] = rule[1]
     result = run_trial(study, config, seed=seed)
-    return {"condition": condition, "variant": variant, "seed": seed, "rule": [study.threshold_mode, config["threshold"]],
-            "stopped_by": result.stopped_by,
-            "epochs": result.epochs, "best_epoch": result.best_epoch, "test_acc": 100 * result.test_acc,
-            "cost": result.cost.epochs_equiv(result.train_size), "train_size": result.train_size,
-            "pc": [m["prediction_changes"] for m in result.history]}
+    return {
+        "condition": condition,
+        "variant": variant,
+        "seed": seed,
+        "rule": [study.threshold_mode, config["threshold"]],
+        "stopped_by": result.stopped_by,
+        "epochs": result.epochs,
+        "best_epoch": result.best_epoch,
+        "test_acc": 100 * result.test_acc,
+        "cost": result.cost.epochs_equiv(result.train_size),
+        "train_size": result.train_size,
+        "pc": [m["prediction_changes"] for m in result.history],
+    }
 
 
 def _ms(xs: list[float], fmt: str = ".2f", signed: bool = False) -> str:
@@ -80,11 +94,17 @@ def _ms(xs: list[float], fmt: str = ".2f", signed: bool = False) -> str:
 
 def table(rows: list[dict[str, Any]], variants: list[str]) -> str:
     by = {(r["condition"], r["variant"], r["seed"]): r for r in rows}
-    lines = ["| condition | variant | stop epoch | stop reasons | test acc % | cost (epochs-equiv) "
-             "| Δ acc vs in_pass | Δ cost vs in_pass | Δ acc per seed |", "|---" * 9 + "|"]
+    lines = [
+        "| condition | variant | stop epoch | stop reasons | test acc % | cost (epochs-equiv) "
+        "| Δ acc vs in_pass | Δ cost vs in_pass | Δ acc per seed |",
+        "|---" * 9 + "|",
+    ]
     for cond in CONDITIONS:
         for var in variants:
-            mine = sorted((r for r in rows if r["condition"] == cond and r["variant"] == var), key=lambda r: r["seed"])
+            mine = sorted(
+                (r for r in rows if r["condition"] == cond and r["variant"] == var),
+                key=lambda r: r["seed"],
+            )
             if not mine:
                 continue
             reasons: dict[str, int] = {}
@@ -100,21 +120,34 @@ def table(rows: list[dict[str, Any]], variants: list[str]) -> str:
                 f"| {', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))} "
                 f"| {_ms([r['test_acc'] for r in mine])} | {_ms([r['cost'] for r in mine], '.1f')} "
                 f"| {_ms(dacc, signed=True) if paired else ''} | {_ms(dcost, '.1f', signed=True) if paired else ''} "
-                f"| {' '.join(f'{d:+.2f}' for d in dacc) if paired else ''} |")
-    n = {len({r['seed'] for r in rows if r['condition'] == c}) for c in CONDITIONS} - {0}
+                f"| {' '.join(f'{d:+.2f}' for d in dacc) if paired else ''} |"
+            )
+    n = {len({r["seed"] for r in rows if r["condition"] == c}) for c in CONDITIONS} - {0}
     return "\n".join(lines) + f"\n(seeds per condition: {sorted(n)})"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=list(CONDITIONS))
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=DEFAULT_VARIANTS,
-                   help="_w5: the guard's moving average over 5 epochs instead of 3 (default: the first four)")
-    p.add_argument("--threshold-mode", choices=["absolute", "relative"],
-                   help="the velocity stop's rule, with --threshold (default: the study's)")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=DEFAULT_VARIANTS,
+        help="_w5: the guard's moving average over 5 epochs instead of 3 (default: the first four)",
+    )
+    p.add_argument(
+        "--threshold-mode",
+        choices=["absolute", "relative"],
+        help="the velocity stop's rule, with --threshold (default: the study's)",
+    )
     p.add_argument("--threshold", type=float, help="the velocity threshold (default: the study's)")
-    p.add_argument("--table-only", action="store_true", help="print the table of the stored runs only")
+    p.add_argument(
+        "--table-only", action="store_true", help="print the table of the stored runs only"
+    )
     args = p.parse_args(argv)
     if (args.threshold_mode is None) != (args.threshold is None):
         p.error("--threshold-mode and --threshold go together")
@@ -129,14 +162,25 @@ def main(argv: list[str] | None = None) -> int:
                     path = out / f"{cond}_{var}_s{seed}.json"
                     if path.exists():
                         continue
-                    same = out / f"{cond}_subset1000_s{seed}.json"  # all <= 1000 examples: the same run
-                    if var == "subset_all" and same.exists() and json.loads(same.read_text())["train_size"] <= 1000:
-                        path.write_text(json.dumps({**json.loads(same.read_text()), "variant": var}))
+                    same = (
+                        out / f"{cond}_subset1000_s{seed}.json"
+                    )  # all <= 1000 examples: the same run
+                    if (
+                        var == "subset_all"
+                        and same.exists()
+                        and json.loads(same.read_text())["train_size"] <= 1000
+                    ):
+                        path.write_text(
+                            json.dumps({**json.loads(same.read_text()), "variant": var})
+                        )
                         continue
                     r = run(cond, var, seed, rule)
                     path.write_text(json.dumps(r))
-                    print(f"{cond:8s} {var:10s} seed {seed}: {r['stopped_by']} at {r['epochs']} "
-                          f"(restored {r['best_epoch']}), test {r['test_acc']:.2f} %, cost {r['cost']:.1f}", flush=True)
+                    print(
+                        f"{cond:8s} {var:10s} seed {seed}: {r['stopped_by']} at {r['epochs']} "
+                        f"(restored {r['best_epoch']}), test {r['test_acc']:.2f} %, cost {r['cost']:.1f}",
+                        flush=True,
+                    )
     rows = [json.loads(f.read_text()) for f in sorted(out.glob("*.json"))]
     rows = [r for r in rows if r["seed"] in args.seeds and r["condition"] in args.conditions]
     print(table(rows, [v for v in VARIANTS if v in args.variants]))

@@ -35,7 +35,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=4, help="digits trials per setting (default: 4)")
     ap.add_argument("--epochs", type=int, default=5, help="epochs per digits trial (default: 5)")
-    ap.add_argument("--overhead-trials", type=int, default=8, help="empty trials per setting (default: 8)")
+    ap.add_argument(
+        "--overhead-trials", type=int, default=8, help="empty trials per setting (default: 8)"
+    )
     args = ap.parse_args()
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -44,11 +46,13 @@ def main() -> None:
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from neve_tune.ray import neve_trainable
     from neve_tune import load_study, run_trial
+    from neve_tune.ray import neve_trainable
 
     study = load_study("digits").replace(max_epochs=args.epochs)
-    configs = [{"lr": 0.05, "threshold": 1e-9, "batch_size": 64, "seed": i} for i in range(args.trials)]
+    configs = [
+        {"lr": 0.05, "threshold": 1e-9, "batch_size": 64, "seed": i} for i in range(args.trials)
+    ]
 
     # in-process reference: the same trials, no Ray, one thread like a 1-CPU trial
     torch.set_num_threads(1)
@@ -70,7 +74,9 @@ def main() -> None:
                 trainable,
                 param_space=space,
                 tune_config=tune.TuneConfig(
-                    num_samples=n, search_alg=BasicVariantGenerator(max_concurrent=concurrent), reuse_actors=reuse
+                    num_samples=n,
+                    search_alg=BasicVariantGenerator(max_concurrent=concurrent),
+                    reuse_actors=reuse,
                 ),
                 run_config=tune.RunConfig(storage_path=storage, verbose=0),
             ).fit()
@@ -80,28 +86,62 @@ def main() -> None:
         noop = tune.with_resources(_noop, {"cpu": 1})
         for conc in (1, 2):
             wall = run(noop, {}, args.overhead_trials, conc)
-            rows.append((f"empty trials, {conc} at a time", args.overhead_trials, wall, wall / args.overhead_trials, None))
+            rows.append(
+                (
+                    f"empty trials, {conc} at a time",
+                    args.overhead_trials,
+                    wall,
+                    wall / args.overhead_trials,
+                    None,
+                )
+            )
         trainable = neve_trainable(study)
-        space = {"lr": 0.05, "threshold": 1e-9, "batch_size": 64, "seed": tune.grid_search(list(range(args.trials)))}
+        space = {
+            "lr": 0.05,
+            "threshold": 1e-9,
+            "batch_size": 64,
+            "seed": tune.grid_search(list(range(args.trials))),
+        }
         for conc, reuse in ((1, False), (2, False), (1, True), (2, True)):
-            wall = run(trainable, dict(space), 1, conc, reuse)  # grid over seeds: args.trials trials
+            wall = run(
+                trainable, dict(space), 1, conc, reuse
+            )  # grid over seeds: args.trials trials
             name = f"digits trials, {conc} at a time" + (", reuse_actors" if reuse else "")
-            rows.append((name, args.trials, wall, wall / args.trials, args.trials * args.epochs / wall))
+            rows.append(
+                (name, args.trials, wall, wall / args.trials, args.trials * args.epochs / wall)
+            )
     ray.shutdown()
-    rows.insert(0, ("digits trials, in-process (no Ray)", args.trials, inline_s, inline_s / args.trials, args.trials * args.epochs / inline_s))
+    rows.insert(
+        0,
+        (
+            "digits trials, in-process (no Ray)",
+            args.trials,
+            inline_s,
+            inline_s / args.trials,
+            args.trials * args.epochs / inline_s,
+        ),
+    )
 
     load = os.getloadavg()
-    print(f"\nray_trials: {os.cpu_count()} CPUs, load average {load[0]:.2f}, ray.init {init_s:.1f} s, "
-          f"{args.epochs} epochs per digits trial")
-    print(f"{'setting':42s} {'trials':>6s} {'wall s':>8s} {'s/trial':>8s} {'trials/min':>10s} {'epochs/s':>9s}")
+    print(
+        f"\nray_trials: {os.cpu_count()} CPUs, load average {load[0]:.2f}, ray.init {init_s:.1f} s, "
+        f"{args.epochs} epochs per digits trial"
+    )
+    print(
+        f"{'setting':42s} {'trials':>6s} {'wall s':>8s} {'s/trial':>8s} {'trials/min':>10s} {'epochs/s':>9s}"
+    )
     for name, n, wall, per, eps in rows:
         eps_s = "-" if eps is None else f"{eps:.2f}"
         print(f"{name:42s} {n:6d} {wall:8.1f} {per:8.2f} {60 * n / wall:10.1f} {eps_s:>9s}")
     inline, empty1, empty2, ray1, ray2, reuse1, reuse2 = rows
-    print(f"Ray per-trial start overhead: {empty1[3]:.2f} s (empty trial, one at a time), {empty2[3]:.2f} s/trial two at a time; "
-          f"Ray vs in-process, 1 at a time: +{(ray1[2] - inline[2]) / args.trials:.2f} s/trial")
-    print(f"2 concurrent trials vs 1: {ray1[2] / ray2[2]:.2f}x trial throughput (fresh actors), "
-          f"{reuse1[2] / reuse2[2]:.2f}x (reuse_actors); reuse_actors vs fresh, 1 at a time: {ray1[2] / reuse1[2]:.2f}x")
+    print(
+        f"Ray per-trial start overhead: {empty1[3]:.2f} s (empty trial, one at a time), {empty2[3]:.2f} s/trial two at a time; "
+        f"Ray vs in-process, 1 at a time: +{(ray1[2] - inline[2]) / args.trials:.2f} s/trial"
+    )
+    print(
+        f"2 concurrent trials vs 1: {ray1[2] / ray2[2]:.2f}x trial throughput (fresh actors), "
+        f"{reuse1[2] / reuse2[2]:.2f}x (reuse_actors); reuse_actors vs fresh, 1 at a time: {ray1[2] / reuse1[2]:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PARTS = {"ray": (HERE / "scale_ray.py", []), "optuna": (HERE / "scale_optuna.py", ["--trials", "1000", "10000"])}
+PARTS = {
+    "ray": (HERE / "scale_ray.py", []),
+    "optuna": (HERE / "scale_optuna.py", ["--trials", "1000", "10000"]),
+}
 
 
 def main(argv: list[str]) -> int:
@@ -30,7 +33,9 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] not in PARTS:
         print(f"scale.py: unknown part {argv[0]!r}; parts: {', '.join(PARTS)}", file=sys.stderr)
         return 2
-    runs = [(argv[0], argv[1:])] if argv else [(name, default) for name, (_, default) in PARTS.items()]
+    runs = (
+        [(argv[0], argv[1:])] if argv else [(name, default) for name, (_, default) in PARTS.items()]
+    )
     status = 0
     for name, args in runs:
         print(f"== {name} ==", flush=True)

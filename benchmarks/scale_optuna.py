@@ -60,14 +60,24 @@ class _Timed(optuna.pruners.BasePruner):
 
 def _pruner(name: str) -> optuna.pruners.BasePruner:
     if name == "NeVePruner":  # no unsettled rule: only the rungs decide, as in Optuna's pruner
-        return NeVePruner("train_loss", min_resource=1, reduction_factor=4, divergence_bound=float("inf"))
+        return NeVePruner(
+            "train_loss", min_resource=1, reduction_factor=4, divergence_bound=float("inf")
+        )
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=4)
 
 
 def _epoch(rng: random.Random, e: int, lr: float) -> dict:
     velocity = lr / e * rng.uniform(0.5, 1.5)
-    return {"epoch": e, "velocity": velocity, "train_loss": 2.3 * (1 - lr / 2) ** e, "lr": lr,
-            "neve_stop": False, "diverged": False, "train_samples": 1000 * e, "epoch_time_s": 1.0}
+    return {
+        "epoch": e,
+        "velocity": velocity,
+        "train_loss": 2.3 * (1 - lr / 2) ** e,
+        "lr": lr,
+        "neve_stop": False,
+        "diverged": False,
+        "train_samples": 1000 * e,
+        "epoch_time_s": 1.0,
+    }
 
 
 def seed(study: optuna.Study, n: int, epochs: int, seed_: int) -> None:
@@ -83,14 +93,17 @@ def seed(study: optuna.Study, n: int, epochs: int, seed_: int) -> None:
             if e <= last:
                 m = hist[e - 1]
                 system[f"completed_rung_{r}"] = m["train_loss"]
-        batch.append(optuna.trial.create_trial(
-            state=TrialState.PRUNED if last < epochs else TrialState.COMPLETE,
-            value=hist[-1]["train_loss"] if last == epochs else None,
-            params={"lr": lr}, distributions=dist,
-            intermediate_values={m["epoch"]: m["velocity"] for m in hist},
-            user_attrs={epoch_key(m["epoch"]): m for m in hist},
-            system_attrs=system,
-        ))
+        batch.append(
+            optuna.trial.create_trial(
+                state=TrialState.PRUNED if last < epochs else TrialState.COMPLETE,
+                value=hist[-1]["train_loss"] if last == epochs else None,
+                params={"lr": lr},
+                distributions=dist,
+                intermediate_values={m["epoch"]: m["velocity"] for m in hist},
+                user_attrs={epoch_key(m["epoch"]): m for m in hist},
+                system_attrs=system,
+            )
+        )
         if len(batch) == 500:
             study.add_trials(batch)
             batch = []
@@ -98,19 +111,29 @@ def seed(study: optuna.Study, n: int, epochs: int, seed_: int) -> None:
         study.add_trials(batch)
 
 
-def worker(url: str, name: str, pruner: str, trials: int, epochs: int, seed_: int, out: "mp.Queue") -> None:
+def worker(
+    url: str, name: str, pruner: str, trials: int, epochs: int, seed_: int, out: mp.Queue
+) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rng = random.Random(seed_)
     timed = _Timed(_pruner(pruner))
-    study = optuna.load_study(study_name=name, storage=make_storage(url, heartbeat_interval=None),
-                              pruner=timed, sampler=optuna.samplers.RandomSampler(seed=seed_))
+    study = optuna.load_study(
+        study_name=name,
+        storage=make_storage(url, heartbeat_interval=None),
+        pruner=timed,
+        sampler=optuna.samplers.RandomSampler(seed=seed_),
+    )
     times: list[tuple[int, float, float]] = []
     for _ in range(trials):
         trial = study.ask()
         lr = trial.suggest_float("lr", 1e-3, 1.0, log=True)
         state, value = TrialState.COMPLETE, None
         for e in range(1, epochs + 1):
-            m = {**_epoch(rng, e, lr), "velocity": 1e-4 / e, "train_loss": 1e-2 / e}  # best so far: promoted
+            m = {
+                **_epoch(rng, e, lr),
+                "velocity": 1e-4 / e,
+                "train_loss": 1e-2 / e,
+            }  # best so far: promoted
             report_epoch(trial, m)
             t0 = time.perf_counter()
             pruned = trial.should_prune()
@@ -126,7 +149,10 @@ def worker(url: str, name: str, pruner: str, trials: int, epochs: int, seed_: in
 def run_workers(url: str, name: str, pruner: str, workers: int, trials: int, epochs: int) -> list:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=worker, args=(url, name, pruner, trials, epochs, 100 + w, out)) for w in range(workers)]
+    procs = [
+        ctx.Process(target=worker, args=(url, name, pruner, trials, epochs, 100 + w, out))
+        for w in range(workers)
+    ]
     for p in procs:
         p.start()
     times = [x for _ in procs for x in out.get()]
@@ -149,9 +175,14 @@ def summary(n: int, pruner: str, times: list) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--storage", default=os.environ.get("NEVE_TEST_POSTGRES_URL"),
-                    help="RDB URL (default: $NEVE_TEST_POSTGRES_URL, set by `source .ci/postgres.sh`)")
-    ap.add_argument("--trials", type=int, nargs="+", default=[1000], help="seeded finished trials per study")
+    ap.add_argument(
+        "--storage",
+        default=os.environ.get("NEVE_TEST_POSTGRES_URL"),
+        help="RDB URL (default: $NEVE_TEST_POSTGRES_URL, set by `source .ci/postgres.sh`)",
+    )
+    ap.add_argument(
+        "--trials", type=int, nargs="+", default=[1000], help="seeded finished trials per study"
+    )
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--trials-per-worker", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=6)
@@ -159,11 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.storage:
         ap.error("--storage is required (or source .ci/postgres.sh first)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    print(f"storage {redact_url(args.storage)}, {args.workers} worker processes x {args.trials_per_worker} trials x "
-          f"up to {args.epochs} epochs; rungs at epochs {RUNG_EPOCHS}")
+    print(
+        f"storage {redact_url(args.storage)}, {args.workers} worker processes x {args.trials_per_worker} trials x "
+        f"up to {args.epochs} epochs; rungs at epochs {RUNG_EPOCHS}"
+    )
     print(f"{'':>7} {'':<24} {'':>5} {'should_prune() ms':^24} {'the pruner own prune() ms':^35}")
-    print(f"{'trials':>7} {'pruner':<24} {'calls':>5} {'mean':>8} {'median':>7} {'p95':>7} {'mean':>8} "
-          f"{'at rung':>8} {'between':>8} {'max':>7}")
+    print(
+        f"{'trials':>7} {'pruner':<24} {'calls':>5} {'mean':>8} {'median':>7} {'p95':>7} {'mean':>8} "
+        f"{'at rung':>8} {'between':>8} {'max':>7}"
+    )
     for n in args.trials:
         name = f"scale_{n}_{uuid.uuid4().hex[:6]}"
         storage = make_storage(args.storage, heartbeat_interval=None)
@@ -172,8 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         seed(study, n, args.epochs, seed_=n)
         print(f"{n:>7} (seeded in {time.perf_counter() - t0:.0f} s)", flush=True)
         times: dict[str, list] = {p: [] for p in PRUNERS}
-        for pruner in (*PRUNERS, *reversed(PRUNERS)):  # A B B A: the study grows and the server warms up
-            times[pruner] += run_workers(args.storage, name, pruner, args.workers, args.trials_per_worker, args.epochs)
+        for pruner in (
+            *PRUNERS,
+            *reversed(PRUNERS),
+        ):  # A B B A: the study grows and the server warms up
+            times[pruner] += run_workers(
+                args.storage, name, pruner, args.workers, args.trials_per_worker, args.epochs
+            )
         for pruner in PRUNERS:
             print(summary(n, pruner, times[pruner]), flush=True)
         optuna.delete_study(study_name=name, storage=storage)

@@ -28,8 +28,9 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
@@ -38,7 +39,9 @@ from neve_tune.ray import NeVeASHAScheduler, NeVeStopper
 STOP = TrialScheduler.STOP
 
 
-def trial_results(index: int, max_t: int, min_epochs: int) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+def trial_results(
+    index: int, max_t: int, min_epochs: int
+) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     """The (raw, flattened) results of trial ``index``, epoch by epoch, until its own
     controller ends it or ``max_t``."""
     rng = random.Random(index)
@@ -69,7 +72,12 @@ def trial_results(index: int, max_t: int, min_epochs: int) -> Iterator[tuple[dic
             "diverged": diverged,
             "stalled": stalled,
         }
-        auto = {"training_iteration": epoch, "trial_id": tid, "time_this_iter_s": 1.0, "done": False}
+        auto = {
+            "training_iteration": epoch,
+            "trial_id": tid,
+            "time_this_iter_s": 1.0,
+            "done": False,
+        }
         raw = {**metrics, **auto, "config": {"lr": 0.1, "threshold": threshold}}
         flat = {**metrics, **auto, "config/lr": 0.1, "config/threshold": threshold}
         yield raw, flat
@@ -77,7 +85,9 @@ def trial_results(index: int, max_t: int, min_epochs: int) -> Iterator[tuple[dic
             return
 
 
-def drive(n_trials: int, concurrent: int, max_t: int, hooks: dict[str, Callable], seed: int = 0) -> tuple[int, float]:
+def drive(
+    n_trials: int, concurrent: int, max_t: int, hooks: dict[str, Callable], seed: int = 0
+) -> tuple[int, float]:
     """Tune's call pattern over ``n_trials`` trials; returns (results, seconds in hooks)."""
     rng = random.Random(seed)
     clock = time.perf_counter
@@ -103,7 +113,9 @@ def drive(n_trials: int, concurrent: int, max_t: int, hooks: dict[str, Callable]
         k = rng.randrange(len(running))
         trial, stream = running[k]
         raw, flat = next(stream)
-        own_end = bool(flat["neve_stop"] or flat["diverged"] or flat["stalled"]) or flat["epoch"] >= max_t
+        own_end = (
+            bool(flat["neve_stop"] or flat["diverged"] or flat["stalled"]) or flat["epoch"] >= max_t
+        )
         t0 = clock()
         stop = hooks["result"](trial, raw, flat)
         if stop or own_end:
@@ -117,7 +129,9 @@ def drive(n_trials: int, concurrent: int, max_t: int, hooks: dict[str, Callable]
     return results, spent
 
 
-def neve_hooks(max_t: int, grace_period: int, rf: float) -> tuple[dict[str, Callable], NeVeASHAScheduler]:
+def neve_hooks(
+    max_t: int, grace_period: int, rf: float
+) -> tuple[dict[str, Callable], NeVeASHAScheduler]:
     stopper = NeVeStopper()
     sched = NeVeASHAScheduler(max_t=max_t, grace_period=grace_period, reduction_factor=rf)
 
@@ -134,7 +148,9 @@ def neve_hooks(max_t: int, grace_period: int, rf: float) -> tuple[dict[str, Call
 
 
 def ray_hooks(max_t: int, grace_period: int, rf: float) -> dict[str, Callable]:
-    sched = AsyncHyperBandScheduler(metric="train_loss", mode="min", max_t=max_t, grace_period=grace_period, reduction_factor=rf)
+    sched = AsyncHyperBandScheduler(
+        metric="train_loss", mode="min", max_t=max_t, grace_period=grace_period, reduction_factor=rf
+    )
     return {
         "add": lambda trial: sched.on_trial_add(None, trial),
         "result": lambda trial, raw, flat: sched.on_trial_result(None, trial, flat) == STOP,
@@ -144,35 +160,52 @@ def ray_hooks(max_t: int, grace_period: int, rf: float) -> dict[str, Callable]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", default="1000,10000", help="comma-separated trial counts (default: 1000,10000)")
-    ap.add_argument("--concurrent", type=int, default=64, help="trials running at once (default: 64)")
+    ap.add_argument(
+        "--trials", default="1000,10000", help="comma-separated trial counts (default: 1000,10000)"
+    )
+    ap.add_argument(
+        "--concurrent", type=int, default=64, help="trials running at once (default: 64)"
+    )
     ap.add_argument("--max-t", type=int, default=60, help="max epochs (default: 60)")
     ap.add_argument("--grace-period", type=int, default=1, help="first rung (default: 1)")
     ap.add_argument("--reduction-factor", type=float, default=4, help="(default: 4, as run_search)")
     args = ap.parse_args()
     counts = [int(x) for x in args.trials.split(",")]
 
-    print(f"scheduler + stopper overhead per result; {args.concurrent} trials at once, max_t={args.max_t}, "
-          f"grace_period={args.grace_period}, reduction_factor={args.reduction_factor:g}; load average "
-          f"{os.getloadavg()[0]:.2f}")
-    print(f"{'trials':>7} {'NeVe results':>12} {'us/result':>9} {'Ray results':>11} {'us/result':>9} {'ratio':>6} "
-          f"{'pruned':>7} {'converged':>9} {'get_state ms':>12}")
+    print(
+        f"scheduler + stopper overhead per result; {args.concurrent} trials at once, max_t={args.max_t}, "
+        f"grace_period={args.grace_period}, reduction_factor={args.reduction_factor:g}; load average "
+        f"{os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"{'trials':>7} {'NeVe results':>12} {'us/result':>9} {'Ray results':>11} {'us/result':>9} {'ratio':>6} "
+        f"{'pruned':>7} {'converged':>9} {'get_state ms':>12}"
+    )
     for n in counts:
         hooks, sched = neve_hooks(args.max_t, args.grace_period, args.reduction_factor)
         n_ours, t_ours = drive(n, args.concurrent, args.max_t, hooks)
-        n_ray, t_ray = drive(n, args.concurrent, args.max_t, ray_hooks(args.max_t, args.grace_period, args.reduction_factor))
+        n_ray, t_ray = drive(
+            n,
+            args.concurrent,
+            args.max_t,
+            ray_hooks(args.max_t, args.grace_period, args.reduction_factor),
+        )
         cb = sched.callback()
         t0 = time.perf_counter()
         cb.get_state()
         t_state = time.perf_counter() - t0
         ours, ray_ = 1e6 * t_ours / n_ours, 1e6 * t_ray / n_ray
         converged = sum(1 for v in sched.state_dict()["outcome"].values() if v == "converged")
-        print(f"{n:>7} {n_ours:>12} {ours:>9.1f} {n_ray:>11} {ray_:>9.1f} {ours / ray_:>6.2f} "
-              f"{sched.num_pruned:>7} {converged:>9} {1e3 * t_state:>12.1f}")
-    print("ratio: NeVe (NeVeStopper + NeVeASHAScheduler) / Ray's AsyncHyperBandScheduler, microseconds per result in the "
-          "hooks.\nresults: how many each side processed (equal when NeVe's rungs take Ray's decisions; a trial's own "
-          "controller ends it on both sides);\npruned/converged: NeVe's outcomes; get_state: the state callback once, "
-          "at the end.")
+        print(
+            f"{n:>7} {n_ours:>12} {ours:>9.1f} {n_ray:>11} {ray_:>9.1f} {ours / ray_:>6.2f} "
+            f"{sched.num_pruned:>7} {converged:>9} {1e3 * t_state:>12.1f}"
+        )
+    print(
+        "ratio: NeVe (NeVeStopper + NeVeASHAScheduler) / Ray's AsyncHyperBandScheduler, microseconds per result in the "
+        "hooks.\nresults: how many each side processed (equal when NeVe's rungs take Ray's decisions; a trial's own "
+        "controller ends it on both sides);\npruned/converged: NeVe's outcomes; get_state: the state callback once, "
+        "at the end."
+    )
 
 
 if __name__ == "__main__":

@@ -101,7 +101,9 @@ def _codes(t: Any) -> str:
     return "".join(chr(48 + int(c)) for c in t.tolist())  # one character per class index
 
 
-def record_trial(study: Any, config: dict[str, Any], seed: int, bundle: Any, sig: dict[str, Any]) -> dict[str, Any]:
+def record_trial(
+    study: Any, config: dict[str, Any], seed: int, bundle: Any, sig: dict[str, Any]
+) -> dict[str, Any]:
     """Train one configuration without pruning; its record with the extra per-epoch signals."""
     from neve_tune import run_trial
     from neve_tune.models import create_model
@@ -110,36 +112,66 @@ def record_trial(study: Any, config: dict[str, Any], seed: int, bundle: Any, sig
     holder: dict[str, Any] = {}
 
     def model_fn() -> Any:  # the study's own model (built under the trial's seed), kept at hand
-        holder["model"] = create_model(study.model, bundle.num_classes, bundle.input_shape, **study.model_options)
+        holder["model"] = create_model(
+            study.model, bundle.num_classes, bundle.input_shape, **study.model_options
+        )
         return holder["model"]
 
     extra: list[dict[str, Any]] = []
 
     def on_epoch(metrics: dict[str, Any]) -> None:
         model = holder["model"]
-        extra.append({"zeta_drop": random_label_drop(model, sig["zeta_inputs"], sig["zeta_labels"], metrics["lr"]),
-                      # the study's own subset when it records one (Study.selection_subset), else the pool's
-                      "subset_pred": metrics.get("subset_pred") or _codes(subset_predictions(model, sig["inputs"]))})
+        extra.append(
+            {
+                "zeta_drop": random_label_drop(
+                    model, sig["zeta_inputs"], sig["zeta_labels"], metrics["lr"]
+                ),
+                # the study's own subset when it records one (Study.selection_subset), else the pool's
+                "subset_pred": metrics.get("subset_pred")
+                or _codes(subset_predictions(model, sig["inputs"])),
+            }
+        )
 
     r = run_trial(study, config, seed=seed, data=bundle, on_epoch=on_epoch, model_fn=model_fn)
     history = [{**m, **e} for m, e in zip(r.history, extra)]
-    return {"config": r.config, "stopped_by": r.stopped_by, "epochs": r.epochs, "best_epoch": r.best_epoch,
-            "objective": r.objective, "test_acc": r.test_acc, "cost": r.cost.as_dict(r.train_size),
-            "final_pred": _codes(subset_predictions(holder["model"], sig["inputs"])), "history": history}
+    return {
+        "config": r.config,
+        "stopped_by": r.stopped_by,
+        "epochs": r.epochs,
+        "best_epoch": r.best_epoch,
+        "objective": r.objective,
+        "test_acc": r.test_acc,
+        "cost": r.cost.as_dict(r.train_size),
+        "final_pred": _codes(subset_predictions(holder["model"], sig["inputs"])),
+        "history": history,
+    }
 
 
-def new_pool(study: Any, bundle: Any, seed: int, configs: list[dict[str, Any]], **info: Any) -> dict[str, Any]:
+def new_pool(
+    study: Any, bundle: Any, seed: int, configs: list[dict[str, Any]], **info: Any
+) -> dict[str, Any]:
     """An empty pool of ``configs`` on ``bundle`` (its fixed subset's given labels included)."""
     sig = signal_inputs(bundle, bundle.num_classes)
-    return {**info, "seed": seed, "data_options": dict(study.data_options), "num_classes": bundle.num_classes,
-            "train_size": len(bundle.train), "subset_labels": _codes(sig["labels"]),
-            "subset_positions": sig["positions"].tolist(), "configs": configs, "trials": [], "seconds": 0.0}
+    return {
+        **info,
+        "seed": seed,
+        "data_options": dict(study.data_options),
+        "num_classes": bundle.num_classes,
+        "train_size": len(bundle.train),
+        "subset_labels": _codes(sig["labels"]),
+        "subset_positions": sig["positions"].tolist(),
+        "configs": configs,
+        "trials": [],
+        "seconds": 0.0,
+    }
 
 
-def fill_pool(pool: dict[str, Any], study: Any, bundle: Any, upto: int, save: Any = None) -> dict[str, Any]:
+def fill_pool(
+    pool: dict[str, Any], study: Any, bundle: Any, upto: int, save: Any = None
+) -> dict[str, Any]:
     """Record the pool's trials up to ``upto`` (those already recorded are kept)."""
     sig = signal_inputs(bundle, bundle.num_classes)
-    for cfg in pool["configs"][len(pool["trials"]):upto]:
+    for cfg in pool["configs"][len(pool["trials"]) : upto]:
         t0 = time.perf_counter()
         pool["trials"].append(record_trial(study, cfg, pool["seed"], bundle, sig))
         pool["seconds"] += time.perf_counter() - t0
@@ -164,32 +196,63 @@ def run_pool(data: str, condition: str, seed: int, configs: int, out: str) -> st
     if path.exists():
         pool = json.loads(path.read_text())
     else:
-        pool = new_pool(study, bundle, seed, sample_configs(study, configs, seed), data=data, condition=condition)
+        pool = new_pool(
+            study,
+            bundle,
+            seed,
+            sample_configs(study, configs, seed),
+            data=data,
+            condition=condition,
+        )
         pool["subset_noise_rate"] = None
         if "label_noise" in opts:  # for the report only: the subset's true noise rate
-            clean = dataset_labels(study.replace(data_options={**study.data_options, "label_noise": 0.0})
-                                   .load_data(seed=seed).train)[torch.tensor(pool["subset_positions"])]
-            pool["subset_noise_rate"] = float((clean != torch.tensor([ord(c) - 48 for c in pool["subset_labels"]]))
-                                              .float().mean())
+            clean = dataset_labels(
+                study.replace(data_options={**study.data_options, "label_noise": 0.0})
+                .load_data(seed=seed)
+                .train
+            )[torch.tensor(pool["subset_positions"])]
+            pool["subset_noise_rate"] = float(
+                (clean != torch.tensor([ord(c) - 48 for c in pool["subset_labels"]])).float().mean()
+            )
     fill_pool(pool, study, bundle, configs, save=lambda p: write_json(path, p))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--pools", default="", help="data:condition,... to record (default: none)")
     p.add_argument("--seeds", default=None, help="seeds to record (default: the condition's own)")
     p.add_argument("--configs", type=int, default=16)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default=str(OUT))
-    p.add_argument("--table", action="store_true", help="replay every cached pool and print the table")
-    p.add_argument("--rungs", default="train_loss,velocity,consensus", help="rung signals to replay")
+    p.add_argument(
+        "--table", action="store_true", help="replay every cached pool and print the table"
+    )
+    p.add_argument(
+        "--rungs", default="train_loss,velocity,consensus", help="rung signals to replay"
+    )
     p.add_argument("--criteria", default=None, help="final criteria to print (default: all)")
-    p.add_argument("--reduction-factor", type=int, default=None, help="replay other rungs (default: the pruner's)")
-    p.add_argument("--min-resource", type=int, default=None, help="replay another first rung (default: the pruner's)")
+    p.add_argument(
+        "--reduction-factor",
+        type=int,
+        default=None,
+        help="replay other rungs (default: the pruner's)",
+    )
+    p.add_argument(
+        "--min-resource",
+        type=int,
+        default=None,
+        help="replay another first rung (default: the pruner's)",
+    )
     p.add_argument("--partial", action="store_true", help="include pools still recording")
     p.add_argument("--markdown", action="store_true", help="print the README's tables")
-    p.add_argument("--summary", default=None, help="conditions to summarise choices over (e.g. the design ones)")
+    p.add_argument(
+        "--summary",
+        default=None,
+        help="conditions to summarise choices over (e.g. the design ones)",
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,16 +260,24 @@ def main(argv: list[str] | None = None) -> int:
     for item in [x for x in args.pools.split(",") if x]:
         data, cond = item.split(":")
         if data not in DATASETS or cond not in CONDITIONS:
-            p.error(f"unknown pool {item!r}; data sets {list(DATASETS)}, conditions {list(CONDITIONS)}")
+            p.error(
+                f"unknown pool {item!r}; data sets {list(DATASETS)}, conditions {list(CONDITIONS)}"
+            )
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(CONDITIONS[cond][1])
         todo += [(data, cond, s) for s in seeds]
     # seed by seed, so that every condition has its first seeds when time runs out
-    todo.sort(key=lambda dcs: CONDITIONS[dcs[1]][1].index(dcs[2]) if dcs[2] in CONDITIONS[dcs[1]][1] else dcs[2])
+    todo.sort(
+        key=lambda dcs: (
+            CONDITIONS[dcs[1]][1].index(dcs[2]) if dcs[2] in CONDITIONS[dcs[1]][1] else dcs[2]
+        )
+    )
     if todo:
         print(f"{len(todo)} pools, {args.jobs} at a time", flush=True)
         with ProcessPoolExecutor(max_workers=args.jobs) as ex:
-            futs = {ex.submit(run_pool, d, c, s, args.configs, str(pool_path(d, c, s, out))): (d, c, s)
-                    for d, c, s in todo}
+            futs = {
+                ex.submit(run_pool, d, c, s, args.configs, str(pool_path(d, c, s, out))): (d, c, s)
+                for d, c, s in todo
+            }
             for f in as_completed(futs):
                 f.result()
                 print("done", *futs[f], flush=True)
@@ -224,8 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.summary:
             from selection_replay import print_summary
 
-            conds = list(DESIGN) if args.summary == "design" else list(HELDOUT) if args.summary == "heldout" \
+            conds = (
+                list(DESIGN)
+                if args.summary == "design"
+                else list(HELDOUT)
+                if args.summary == "heldout"
                 else args.summary.split(",")
+            )
             print_summary(out, args.rungs.split(","), crit, conds, **rungs)
         else:
             print_tables(out, args.rungs.split(","), crit, partial=args.partial, **rungs)

@@ -64,19 +64,41 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "baselines_rf8": (("asha", "asha_es"), ("--reduction-factor", "8")),
     "consensus_rf8": (("neve",), (*CONSENSUS, "--reduction-factor", "8")),
     "today_rf8": (("neve",), (*OBJECTIVE, "--reduction-factor", "8")),
-    "auto_rf8": (("neve",), ("--neve-signal", "auto", "--selection", "auto", "--reduction-factor", "8")),
+    "auto_rf8": (
+        ("neve",),
+        ("--neve-signal", "auto", "--selection", "auto", "--reduction-factor", "8"),
+    ),
 }
 # the table's rows: a NeVe variant against the baselines run with the same rungs, and the
 # cheaper-rung variants also against the default baselines
-PAIRS = [("today", "baselines"), ("consensus", "baselines"), ("auto", "baselines"), ("today_rf8", "baselines_rf8"),
-         ("consensus_rf8", "baselines_rf8"), ("auto_rf8", "baselines_rf8"), ("today_rf8", "baselines"),
-         ("consensus_rf8", "baselines"), ("auto_rf8", "baselines")]
+PAIRS = [
+    ("today", "baselines"),
+    ("consensus", "baselines"),
+    ("auto", "baselines"),
+    ("today_rf8", "baselines_rf8"),
+    ("consensus_rf8", "baselines_rf8"),
+    ("auto_rf8", "baselines_rf8"),
+    ("today_rf8", "baselines"),
+    ("consensus_rf8", "baselines"),
+    ("auto_rf8", "baselines"),
+]
 
 
 def cli_args(data: str, condition: str, variant: str, seeds: int, trials: int) -> list[str]:
     options, first = CONDITIONS[condition]
-    flags = ["compare", data, "--trials", str(trials), "--seed", str(first), "--repeats", str(seeds),
-             "--searches", ",".join(VARIANTS[variant][0]), *VARIANTS[variant][1]]
+    flags = [
+        "compare",
+        data,
+        "--trials",
+        str(trials),
+        "--seed",
+        str(first),
+        "--repeats",
+        str(seeds),
+        "--searches",
+        ",".join(VARIANTS[variant][0]),
+        *VARIANTS[variant][1],
+    ]
     for key, value in options.items():
         flags += ["--" + key.replace("_", "-"), str(value)]
     return flags
@@ -93,7 +115,12 @@ def run_job(data: str, condition: str, variant: str, seeds: int, trials: int, ou
     if rc:
         raise RuntimeError(f"compare {data} {condition} {variant} exited {rc}")
     record = json.loads(Path(out).read_text())
-    record["job"] = {"data": data, "condition": condition, "variant": variant, "seconds": time.perf_counter() - t0}
+    record["job"] = {
+        "data": data,
+        "condition": condition,
+        "variant": variant,
+        "seconds": time.perf_counter() - t0,
+    }
     Path(out).write_text(json.dumps(record))
     return out
 
@@ -118,7 +145,9 @@ def _per_seed(record: Any, search: str, key: str) -> list[float]:
     return [run[search]["cost"]["epochs_equiv"] for run in record["runs"]]
 
 
-def rows(results: dict[tuple[str, str, str], Any], data: str, variants: list[str]) -> list[list[str]]:
+def rows(
+    results: dict[tuple[str, str, str], Any], data: str, variants: list[str]
+) -> list[list[str]]:
     """One row per condition and pair (NeVe variant, baselines), paired seed by seed."""
     out = []
     for cond in CONDITIONS:
@@ -127,20 +156,35 @@ def rows(results: dict[tuple[str, str, str], Any], data: str, variants: list[str
             if v not in variants or r is None or base is None:
                 continue
             acc, cost = _per_seed(r, "neve", "acc"), _per_seed(r, "neve", "cost")
-            row = [cond + (" (held out)" if cond in HELDOUT else ""), f"{v} vs {b_name}",
-                   f"{_stats(acc)} / {statistics.median(acc):.2f}"]
+            row = [
+                cond + (" (held out)" if cond in HELDOUT else ""),
+                f"{v} vs {b_name}",
+                f"{_stats(acc)} / {statistics.median(acc):.2f}",
+            ]
             for b in ("asha", "asha_es"):
                 b_acc, b_cost = _per_seed(base, b, "acc"), _per_seed(base, b, "cost")
-                row += [f"{_stats(b_acc)} / {statistics.median(b_acc):.2f}",
-                        _stats([a - c for a, c in zip(acc, b_acc)]),
-                        _stats([a / c for a, c in zip(cost, b_cost)])]
+                row += [
+                    f"{_stats(b_acc)} / {statistics.median(b_acc):.2f}",
+                    _stats([a - c for a, c in zip(acc, b_acc)]),
+                    _stats([a / c for a, c in zip(cost, b_cost)]),
+                ]
             row.append(" ".join(f"{a:.2f}" for a in acc))
             out.append(row)
     return out
 
 
-HEADER = ["condition", "NeVe variant vs baselines", "NeVe: mean ± std / median", "asha", "NeVe − asha", "cost ratio vs asha",
-          "asha_es", "NeVe − asha_es", "cost ratio vs asha_es", "NeVe per seed"]
+HEADER = [
+    "condition",
+    "NeVe variant vs baselines",
+    "NeVe: mean ± std / median",
+    "asha",
+    "NeVe − asha",
+    "cost ratio vs asha",
+    "asha_es",
+    "NeVe − asha_es",
+    "cost ratio vs asha_es",
+    "NeVe per seed",
+]
 
 
 def table(folder: Path, variants: list[str], markdown: bool) -> str:
@@ -166,12 +210,17 @@ def _baseline_seeds(results: dict[tuple[str, str, str], Any], data: str) -> str:
         for name in ("baselines", "baselines_rf8"):
             base = results.get((data, cond, name))
             for b in ("asha", "asha_es") if base else ():
-                out.append(f"  {cond:12s} {name:14s} {b:8s} " + " ".join(f"{a:.2f}" for a in _per_seed(base, b, "acc")))
+                out.append(
+                    f"  {cond:12s} {name:14s} {b:8s} "
+                    + " ".join(f"{a:.2f}" for a in _per_seed(base, b, "acc"))
+                )
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", default=",".join(DATASETS))
     p.add_argument("--conditions", default=",".join(CONDITIONS))
     p.add_argument("--variants", default="baselines,today,consensus,auto")
@@ -181,15 +230,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--table", action="store_true", help="print the table of finished jobs only")
     p.add_argument("--markdown", action="store_true")
-    p.add_argument("--commands", action="store_true", help="print the CLI line of each job, run nothing")
+    p.add_argument(
+        "--commands", action="store_true", help="print the CLI line of each job, run nothing"
+    )
     args = p.parse_args(argv)
-    chosen = {"data": args.data.split(","), "conditions": args.conditions.split(","), "variants": args.variants.split(",")}
+    chosen = {
+        "data": args.data.split(","),
+        "conditions": args.conditions.split(","),
+        "variants": args.variants.split(","),
+    }
     for name, known in (("data", DATASETS), ("conditions", CONDITIONS), ("variants", VARIANTS)):
         bad = [x for x in chosen[name] if x not in known]
         if bad:
             p.error(f"unknown --{name} {bad}; known: {list(known)}")
     out = Path(args.out)
-    jobs = [(d, c, v) for d in chosen["data"] for c in chosen["conditions"] for v in chosen["variants"]]
+    jobs = [
+        (d, c, v) for d in chosen["data"] for c in chosen["conditions"] for v in chosen["variants"]
+    ]
     if args.commands:
         for d, c, v in jobs:
             print("neve-tune " + " ".join(cli_args(d, c, v, args.seeds, args.trials)))
@@ -197,11 +254,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table:
         out.mkdir(parents=True, exist_ok=True)
         todo = [j for j in jobs if not (out / f"{j[0]}__{j[1]}__{j[2]}.json").exists()]
-        todo.sort(key=lambda j: (j[2] != "baselines", j[1] not in DESIGN, j[0]))  # slow baselines first
+        todo.sort(
+            key=lambda j: (j[2] != "baselines", j[1] not in DESIGN, j[0])
+        )  # slow baselines first
         print(f"{len(todo)} jobs, {args.jobs} at a time", flush=True)
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {pool.submit(run_job, *j, args.seeds, args.trials, str(out / f"{j[0]}__{j[1]}__{j[2]}.json")): j
-                       for j in todo}
+            futures = {
+                pool.submit(
+                    run_job, *j, args.seeds, args.trials, str(out / f"{j[0]}__{j[1]}__{j[2]}.json")
+                ): j
+                for j in todo
+            }
             for f in as_completed(futures):
                 f.result()
                 print("done", *futures[f], flush=True)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -33,13 +34,16 @@ def _preds(codes: str) -> torch.Tensor:
 def _static(metric: Callable[[dict[str, Any]], float]) -> RungSignal:
     def values(pool: Pool, i: int, epoch: int, at_rung: list[int]) -> dict[int, float]:
         return {j: metric(pool["trials"][j]["history"][epoch - 1]) for j in at_rung}
+
     return values
 
 
 def _consensus_rung(pool: Pool, i: int, epoch: int, at_rung: list[int]) -> dict[int, float]:
     """Minus the agreement with the other trials' vote, every trial at this rung judged
     again against the same vote (their predictions at the rung epoch)."""
-    preds = torch.stack([_preds(pool["trials"][j]["history"][epoch - 1]["subset_pred"]) for j in at_rung])
+    preds = torch.stack(
+        [_preds(pool["trials"][j]["history"][epoch - 1]["subset_pred"]) for j in at_rung]
+    )
     agree = sel.consensus_agreement(preds, pool["num_classes"])
     if len(at_rung) < 2:
         return {j: 0.0 for j in at_rung}
@@ -55,7 +59,9 @@ def _fit_excess_rung(pool: Pool, i: int, epoch: int, at_rung: list[int]) -> dict
     """|fit of the given labels - the vote's| at the rung epoch, among the trials there."""
     if len(at_rung) < 2:
         return {j: 0.0 for j in at_rung}
-    preds = torch.stack([_preds(pool["trials"][j]["history"][epoch - 1]["subset_pred"]) for j in at_rung])
+    preds = torch.stack(
+        [_preds(pool["trials"][j]["history"][epoch - 1]["subset_pred"]) for j in at_rung]
+    )
     ex = sel.fit_excess(preds, _preds(pool["subset_labels"]), pool["num_classes"])
     return {j: abs(float(x)) for j, x in zip(at_rung, ex)}
 
@@ -67,8 +73,12 @@ def _zeta_rung(pool: Pool, i: int, epoch: int, at_rung: list[int]) -> dict[int, 
 RUNG_SIGNALS: dict[str, RungSignal] = {
     "zeta": _zeta_rung,
     "fit_excess": _fit_excess_rung,
-    "train_loss": _static(lambda m: float(m["train_loss"]) if m.get("train_loss") is not None else math.nan),
-    "velocity": _static(lambda m: float(m["velocity"]) if m.get("velocity") is not None else math.nan),
+    "train_loss": _static(
+        lambda m: float(m["train_loss"]) if m.get("train_loss") is not None else math.nan
+    ),
+    "velocity": _static(
+        lambda m: float(m["velocity"]) if m.get("velocity") is not None else math.nan
+    ),
     "tse": _tse_rung,
     "consensus": _consensus_rung,
     "consensus_frozen": _consensus_rung,
@@ -80,7 +90,13 @@ FROZEN = {"train_loss", "velocity", "tse", "consensus_frozen"}
 
 def _reported(m: dict[str, Any]) -> float:
     v, loss = m.get("velocity"), m.get("train_loss")
-    if m.get("diverged") or v is None or loss is None or not math.isfinite(v) or not math.isfinite(loss):
+    if (
+        m.get("diverged")
+        or v is None
+        or loss is None
+        or not math.isfinite(v)
+        or not math.isfinite(loss)
+    ):
         return math.nan
     return float(v)
 
@@ -98,13 +114,26 @@ def pruner_rungs() -> dict[str, Any]:
     from neve_tune.optuna import NeVePruner
 
     s = NeVePruner().settings
-    keys = ("min_resource", "reduction_factor", "min_early_stopping_rate", "unsettled_bound", "unsettled_patience")
+    keys = (
+        "min_resource",
+        "reduction_factor",
+        "min_early_stopping_rate",
+        "unsettled_bound",
+        "unsettled_patience",
+    )
     return {k: (math.inf if s[k] == "inf" else s[k]) for k in keys}
 
 
-def replay_search(pool: Pool, rung_signal: str | RungSignal = "train_loss", *, min_resource: int = 1,
-                  reduction_factor: int = 4, min_early_stopping_rate: int = 0, unsettled_bound: float = 0.6,
-                  unsettled_patience: int = 5) -> list[dict[str, Any]]:
+def replay_search(
+    pool: Pool,
+    rung_signal: str | RungSignal = "train_loss",
+    *,
+    min_resource: int = 1,
+    reduction_factor: int = 4,
+    min_early_stopping_rate: int = 0,
+    unsettled_bound: float = 0.6,
+    unsettled_patience: int = 5,
+) -> list[dict[str, Any]]:
     """Per trial: ``{"state": "COMPLETE"|"PRUNED", "epochs": last epoch run}``; the
     keyword arguments are ``NeVePruner``'s (:func:`pruner_rungs` gives its defaults)."""
     signal = RUNG_SIGNALS[rung_signal] if isinstance(rung_signal, str) else rung_signal
@@ -113,7 +142,13 @@ def replay_search(pool: Pool, rung_signal: str | RungSignal = "train_loss", *, m
     frozen = rung_signal in FROZEN
     out = []
     for i, trial in enumerate(pool["trials"]):
-        hist, rung, velocities, state, last = trial["history"], 0, [], "COMPLETE", len(trial["history"])
+        hist, rung, velocities, state, last = (
+            trial["history"],
+            0,
+            [],
+            "COMPLETE",
+            len(trial["history"]),
+        )
         for epoch, m in enumerate(hist, start=1):
             rep = _reported(m)
             velocities.append(rep)
@@ -121,8 +156,11 @@ def replay_search(pool: Pool, rung_signal: str | RungSignal = "train_loss", *, m
             if not math.isfinite(rep):
                 state, last = "PRUNED", epoch
                 break
-            unsettled = (len(velocities) >= unsettled_patience and math.isfinite(unsettled_bound)
-                         and all(v > unsettled_bound for v in velocities[-unsettled_patience:]))
+            unsettled = (
+                len(velocities) >= unsettled_patience
+                and math.isfinite(unsettled_bound)
+                and all(v > unsettled_bound for v in velocities[-unsettled_patience:])
+            )
             if not converged and (m.get("stalled") or unsettled):
                 state, last = "PRUNED", epoch
                 break
@@ -156,10 +194,16 @@ def replay_search(pool: Pool, rung_signal: str | RungSignal = "train_loss", *, m
 
 # ---------------------------------------------------------------- final criteria
 def _finished(t: dict[str, Any]) -> bool:
-    return t["stopped_by"] not in ("diverged", "stalled") and t["objective"] is not None and math.isfinite(t["objective"])
+    return (
+        t["stopped_by"] not in ("diverged", "stalled")
+        and t["objective"] is not None
+        and math.isfinite(t["objective"])
+    )
 
 
-def final_scores(pool: Pool, idx: Sequence[int], voters: Sequence[str] = ()) -> dict[str, list[float]]:
+def final_scores(
+    pool: Pool, idx: Sequence[int], voters: Sequence[str] = ()
+) -> dict[str, list[float]]:
     """Each criterion's score (lower is better) of the trials ``idx`` at their stop or restore
     epoch; the consensus among those trials, and for ``consensus_all`` with the predictions
     ``voters`` (pruned trials' last ones) voting too."""
@@ -196,7 +240,14 @@ def final_scores(pool: Pool, idx: Sequence[int], voters: Sequence[str] = ()) -> 
         else:
             out["consensus_all"] = out["consensus"]
     else:
-        for name in ("consensus", "consensus_all", "fit_excess", "cons_gate+loss", "auto_eps", "eps"):
+        for name in (
+            "consensus",
+            "consensus_all",
+            "fit_excess",
+            "cons_gate+loss",
+            "auto_eps",
+            "eps",
+        ):
             out[name] = [0.0] * n
     return out
 
@@ -207,8 +258,20 @@ def _gated(gate: Sequence[bool], score: Sequence[float]) -> list[float]:
     return [s if g else (s + big if math.isfinite(s) else math.nan) for g, s in zip(gate, score)]
 
 
-CRITERIA = ("loss", "pc_min", "tse5", "tse16", "zeta", "zeta_gate+zeta", "zeta_gate+loss", "consensus",
-            "consensus_all", "fit_excess", "cons_gate+loss", "auto_eps")
+CRITERIA = (
+    "loss",
+    "pc_min",
+    "tse5",
+    "tse16",
+    "zeta",
+    "zeta_gate+zeta",
+    "zeta_gate+loss",
+    "consensus",
+    "consensus_all",
+    "fit_excess",
+    "cons_gate+loss",
+    "auto_eps",
+)
 
 
 def kendall_tau(scores: Sequence[float], accs: Sequence[float]) -> float:
@@ -235,8 +298,9 @@ def trial_cost(pool: Pool, i: int, epochs: int) -> float:
     return (m["train_samples"] + fwd / 3.0) / pool["train_size"]
 
 
-def evaluate_pool(pool: Pool, rung_signals: Sequence[str] = ("train_loss", "velocity", "consensus"),
-                  **rungs: Any) -> dict[str, Any]:
+def evaluate_pool(
+    pool: Pool, rung_signals: Sequence[str] = ("train_loss", "velocity", "consensus"), **rungs: Any
+) -> dict[str, Any]:
     """Per criterion: on the unpruned pool (tau, pick, regret) and inside a replayed search
     per rung signal (pick, regret, cost). Test accuracy is read here only to report."""
     trials = pool["trials"]
@@ -244,18 +308,31 @@ def evaluate_pool(pool: Pool, rung_signals: Sequence[str] = ("train_loss", "velo
     best_acc = max(a for t, a in zip(trials, accs) if _finished(t))
     idx = [i for i, t in enumerate(trials) if _finished(t)]
     scores = final_scores(pool, idx)
-    res: dict[str, Any] = {"best": best_acc, "eps": scores["eps"][0] if idx else math.nan,
-                           "true_eps": pool.get("subset_noise_rate"), "pool": {}, "search": {}}
+    res: dict[str, Any] = {
+        "best": best_acc,
+        "eps": scores["eps"][0] if idx else math.nan,
+        "true_eps": pool.get("subset_noise_rate"),
+        "pool": {},
+        "search": {},
+    }
     for c in CRITERIA:
         p = pick(scores[c], idx)
-        res["pool"][c] = {"tau": kendall_tau(scores[c], [accs[i] for i in idx]),
-                          "acc": None if p is None else accs[p], "regret": None if p is None else best_acc - accs[p]}
+        res["pool"][c] = {
+            "tau": kendall_tau(scores[c], [accs[i] for i in idx]),
+            "acc": None if p is None else accs[p],
+            "regret": None if p is None else best_acc - accs[p],
+        }
     for rs in rung_signals:
         decisions = replay_search(pool, rs, **{**pruner_rungs(), **rungs})
-        done = [i for i, d in enumerate(decisions) if d["state"] == "COMPLETE" and _finished(trials[i])]
+        done = [
+            i for i, d in enumerate(decisions) if d["state"] == "COMPLETE" and _finished(trials[i])
+        ]
         cost = sum(trial_cost(pool, i, d["epochs"]) for i, d in enumerate(decisions))
-        voters = [trials[i]["history"][d["epochs"] - 1]["subset_pred"] for i, d in enumerate(decisions)
-                  if d["state"] == "PRUNED" and "subset_pred" in trials[i]["history"][d["epochs"] - 1]]
+        voters = [
+            trials[i]["history"][d["epochs"] - 1]["subset_pred"]
+            for i, d in enumerate(decisions)
+            if d["state"] == "PRUNED" and "subset_pred" in trials[i]["history"][d["epochs"] - 1]
+        ]
         sc = final_scores(pool, done, voters)
         res["search"][rs] = {"cost": cost, "complete": len(done), "picks": {}}
         for c in CRITERIA:
@@ -269,8 +346,13 @@ def _m(xs: Sequence[float | None], scale: float = 1.0, fmt: str = "{:+.2f}") -> 
     return fmt.format(statistics.fmean(v)) if v else "-"
 
 
-def print_tables(folder: Path, rung_signals: Sequence[str] = ("train_loss", "velocity", "consensus"),
-                 criteria: Sequence[str] = CRITERIA, partial: bool = False, **rungs: Any) -> None:
+def print_tables(
+    folder: Path,
+    rung_signals: Sequence[str] = ("train_loss", "velocity", "consensus"),
+    criteria: Sequence[str] = CRITERIA,
+    partial: bool = False,
+    **rungs: Any,
+) -> None:
     import json
 
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -278,21 +360,30 @@ def print_tables(folder: Path, rung_signals: Sequence[str] = ("train_loss", "vel
         pool = json.loads(path.read_text())
         if len(pool["trials"]) < len(pool["configs"]) and not partial:
             continue  # still recording
-        groups.setdefault((pool["data"], pool["condition"]), []).append(evaluate_pool(pool, rung_signals, **rungs))
+        groups.setdefault((pool["data"], pool["condition"]), []).append(
+            evaluate_pool(pool, rung_signals, **rungs)
+        )
     for (data, cond), rs in sorted(groups.items()):
         eps = _m([r["eps"] for r in rs], 100, "{:.1f}")
         true = _m([r["true_eps"] for r in rs], 100, "{:.1f}")
-        print(f"\n{data} {cond}: {len(rs)} seeds; pool best {_m([r['best'] for r in rs], 100, '{:.2f}')}%; "
-              f"consensus noise estimate {eps}% (subset's true {true}%)")
-        cost = "  ".join(f"{s} {_m([r['search'][s]['cost'] for r in rs], 1, '{:.1f}')} ep "
-                         f"({_m([r['search'][s]['complete'] for r in rs], 1, '{:.1f}')} complete)" for s in rung_signals)
+        print(
+            f"\n{data} {cond}: {len(rs)} seeds; pool best {_m([r['best'] for r in rs], 100, '{:.2f}')}%; "
+            f"consensus noise estimate {eps}% (subset's true {true}%)"
+        )
+        cost = "  ".join(
+            f"{s} {_m([r['search'][s]['cost'] for r in rs], 1, '{:.1f}')} ep "
+            f"({_m([r['search'][s]['complete'] for r in rs], 1, '{:.1f}')} complete)"
+            for s in rung_signals
+        )
         print(f"  search cost by rung signal: {cost}")
         head = "".join(f" {'rungs ' + s + ': pick, regret':>31s}" for s in rung_signals)
         print(f"  {'criterion':15s} {'pool: tau':>9s} {'pick %':>7s} {'regret':>7s}{head}")
         for c in criteria:
-            row = (f"  {c:15s} {_m([r['pool'][c]['tau'] for r in rs]):>9s} "
-                   f"{_m([r['pool'][c]['acc'] for r in rs], 100, '{:.2f}'):>7s} "
-                   f"{_m([r['pool'][c]['regret'] for r in rs], 100, '{:.2f}'):>7s}")
+            row = (
+                f"  {c:15s} {_m([r['pool'][c]['tau'] for r in rs]):>9s} "
+                f"{_m([r['pool'][c]['acc'] for r in rs], 100, '{:.2f}'):>7s} "
+                f"{_m([r['pool'][c]['regret'] for r in rs], 100, '{:.2f}'):>7s}"
+            )
             for s in rung_signals:
                 accs = [r["search"][s]["picks"][c] for r in rs]
                 reg = [r["best"] - a if a is not None else None for r, a in zip(rs, accs)]
@@ -300,8 +391,13 @@ def print_tables(folder: Path, rung_signals: Sequence[str] = ("train_loss", "vel
             print(row)
 
 
-def print_summary(folder: Path, rung_signals: Sequence[str], criteria: Sequence[str], conditions: Sequence[str],
-                  **rungs: Any) -> None:
+def print_summary(
+    folder: Path,
+    rung_signals: Sequence[str],
+    criteria: Sequence[str],
+    conditions: Sequence[str],
+    **rungs: Any,
+) -> None:
     """Per data set, over ``conditions``: each (rung signal, criterion)'s mean search regret
     (points) and mean cost, plus the worst condition's mean regret: how a choice is made."""
     import json
@@ -315,20 +411,32 @@ def print_summary(folder: Path, rung_signals: Sequence[str], criteria: Sequence[
             by.setdefault(pool["data"], []).append(r)
     for data, rs in sorted(by.items()):
         conds = sorted({r["condition"] for r in rs})
-        print(f"\n{data}: {len(rs)} pools over {conds}; search regret (pt) mean / worst condition, cost (epochs)")
+        print(
+            f"\n{data}: {len(rs)} pools over {conds}; search regret (pt) mean / worst condition, cost (epochs)"
+        )
         for s in rung_signals:
             cost = statistics.fmean(r["search"][s]["cost"] for r in rs)
             cells = []
             for c in criteria:
-                reg = {cd: [100 * (r["best"] - r["search"][s]["picks"][c]) for r in rs
-                            if r["condition"] == cd and r["search"][s]["picks"][c] is not None] for cd in conds}
+                reg = {
+                    cd: [
+                        100 * (r["best"] - r["search"][s]["picks"][c])
+                        for r in rs
+                        if r["condition"] == cd and r["search"][s]["picks"][c] is not None
+                    ]
+                    for cd in conds
+                }
                 per = [statistics.fmean(v) for v in reg.values() if v]
                 cells.append(f"{c} {statistics.fmean(per):.2f}/{max(per):.2f}" if per else f"{c} -")
             print(f"  rungs {s:16s} cost {cost:6.1f} | " + "  ".join(cells))
 
 
-def print_markdown(folder: Path, criteria: Sequence[str], rung_signals: Sequence[str] = ("train_loss", "consensus"),
-                   **rungs: Any) -> None:
+def print_markdown(
+    folder: Path,
+    criteria: Sequence[str],
+    rung_signals: Sequence[str] = ("train_loss", "consensus"),
+    **rungs: Any,
+) -> None:
     """The README's tables: per data set, each criterion's Kendall tau and regret on the
     unpruned pools, and its regret inside replayed searches per rung signal, by condition."""
     import json
@@ -337,25 +445,38 @@ def print_markdown(folder: Path, criteria: Sequence[str], rung_signals: Sequence
     for path in sorted(folder.glob("*.json")):
         pool = json.loads(path.read_text())
         if len(pool["trials"]) == len(pool["configs"]):
-            groups.setdefault((pool["data"], pool["condition"]), []).append(evaluate_pool(pool, rung_signals, **rungs))
+            groups.setdefault((pool["data"], pool["condition"]), []).append(
+                evaluate_pool(pool, rung_signals, **rungs)
+            )
     for data in sorted({d for d, _ in groups}):
         conds = [c for (d, c) in groups if d == data]
         head = " | ".join(f"{c} ({len(groups[(data, c)])})" for c in conds)
-        print(f"\n{data}: tau / pick regret (pt) on the unpruned pools; then regret inside searches by rung signal\n")
+        print(
+            f"\n{data}: tau / pick regret (pt) on the unpruned pools; then regret inside searches by rung signal\n"
+        )
         print(f"| criterion | {head} |\n|---|" + "---|" * len(conds))
         for c in criteria:
             cells = []
             for cd in conds:
                 rs = groups[(data, cd)]
-                cells.append(f"{_m([r['pool'][c]['tau'] for r in rs])} / {_m([r['pool'][c]['regret'] for r in rs], 100, '{:.2f}')}")
+                cells.append(
+                    f"{_m([r['pool'][c]['tau'] for r in rs])} / {_m([r['pool'][c]['regret'] for r in rs], 100, '{:.2f}')}"
+                )
             print(f"| {c} | " + " | ".join(cells) + " |")
         for s in rung_signals:
-            costs = " | ".join(_m([r["search"][s]["cost"] for r in groups[(data, cd)]], 1, "{:.1f}") for cd in conds)
+            costs = " | ".join(
+                _m([r["search"][s]["cost"] for r in groups[(data, cd)]], 1, "{:.1f}")
+                for cd in conds
+            )
             print(f"| *search, rungs on {s}: cost (epochs)* | {costs} |")
             for c in criteria:
                 cells = []
                 for cd in conds:
                     rs = groups[(data, cd)]
-                    reg = [r["best"] - r["search"][s]["picks"][c] for r in rs if r["search"][s]["picks"][c] is not None]
+                    reg = [
+                        r["best"] - r["search"][s]["picks"][c]
+                        for r in rs
+                        if r["search"][s]["picks"][c] is not None
+                    ]
                     cells.append(_m(reg, 100, "{:.2f}"))
                 print(f"| rungs {s}, pick {c} | " + " | ".join(cells) + " |")

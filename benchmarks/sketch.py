@@ -26,12 +26,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from neve_tune import NeVe, NeuralVelocity, gaussian_probe
+from neve_tune import NeuralVelocity, NeVe, gaussian_probe
 from neve_tune.data import get_dataset
 from neve_tune.models import create_model
 from neve_tune.train import fit
@@ -40,7 +41,9 @@ THRESHOLDS = (1e-2, 5e-3, 2e-3, 1e-3, 5e-4)
 
 
 def _vit(input_shape: tuple[int, ...] = (3, 32, 32), num_classes: int = 10) -> nn.Module:
-    return create_model("timm:vit_tiny_patch16_224", num_classes, input_shape, patch_size=4, depth=6)
+    return create_model(
+        "timm:vit_tiny_patch16_224", num_classes, input_shape, patch_size=4, depth=6
+    )
 
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
@@ -78,9 +81,11 @@ def memory_and_time(name: str, sketch_dim: int, rounds: int) -> None:
             times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     sketched = sum(1 for s in sketch._state.values() if s.width)
-    print(f"{name:18s} {_mb(exact.nbytes)} {_mb(half.nbytes)} {_mb(sketch.nbytes)} {exact.nbytes / sketch.nbytes:7.1f}x"
-          f" {med['bare'] * 1e3:8.1f} {med['exact'] * 1e3:8.1f} {med['sketch'] * 1e3:8.1f} {med['sketch'] / med['exact']:6.3f}"
-          f"   {sketched}/{len(sketch._state)} layers, {exact.num_neurons} neurons")
+    print(
+        f"{name:18s} {_mb(exact.nbytes)} {_mb(half.nbytes)} {_mb(sketch.nbytes)} {exact.nbytes / sketch.nbytes:7.1f}x"
+        f" {med['bare'] * 1e3:8.1f} {med['exact'] * 1e3:8.1f} {med['sketch'] * 1e3:8.1f} {med['sketch'] / med['exact']:6.3f}"
+        f"   {sketched}/{len(sketch._state)} layers, {exact.num_neurons} neurons"
+    )
 
 
 def _first_under(series: list[float], thr: float) -> int | None:
@@ -88,13 +93,23 @@ def _first_under(series: list[float], thr: float) -> int | None:
 
 
 def training_errors(name: str, sketch_dim: int, epochs: int, seed: int = 0) -> None:
-    data = get_dataset("synthetic", seed=seed, num_train=512, num_test=16, input_shape=(3, 32, 32), num_classes=10,
-                       noise=2.0)
+    data = get_dataset(
+        "synthetic",
+        seed=seed,
+        num_train=512,
+        num_test=16,
+        input_shape=(3, 32, 32),
+        num_classes=10,
+        noise=2.0,
+    )
     torch.manual_seed(seed)
     model = MODELS[name]()
     probe = gaussian_probe((3, 32, 32), 100, seed=seed)
-    opt = (torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9) if name == "resnet32"
-           else torch.optim.AdamW(model.parameters(), lr=1e-3))
+    opt = (
+        torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        if name == "resnet32"
+        else torch.optim.AdamW(model.parameters(), lr=1e-3)
+    )
     exact = NeuralVelocity(model, probe, reference="exact")
     sketch = NeuralVelocity(model, probe, reference="sketch", sketch_dim=sketch_dim)
     sketch.measure()
@@ -102,13 +117,31 @@ def training_errors(name: str, sketch_dim: int, epochs: int, seed: int = 0) -> N
 
     def on_epoch(m: dict[str, Any]) -> None:
         r = sketch.measure()
-        rows.append((m["epoch"], m["train_loss"], m["velocity"], r.model_velocity, m["velocity_change"], r.velocity_change))
+        rows.append(
+            (
+                m["epoch"],
+                m["train_loss"],
+                m["velocity"],
+                r.model_velocity,
+                m["velocity_change"],
+                r.velocity_change,
+            )
+        )
 
     t0 = time.perf_counter()
-    fit(model, opt, data.train, NeVe(opt, exact, threshold=1e-6, max_epochs=epochs), batch_size=64, seed=seed,
-        on_epoch=on_epoch)
-    print(f"\n{name}: {epochs} epochs of synthetic CIFAR-shaped data (512 samples, SGD/AdamW), "
-          f"sketch_dim {sketch_dim}, {time.perf_counter() - t0:.0f} s")
+    fit(
+        model,
+        opt,
+        data.train,
+        NeVe(opt, exact, threshold=1e-6, max_epochs=epochs),
+        batch_size=64,
+        seed=seed,
+        on_epoch=on_epoch,
+    )
+    print(
+        f"\n{name}: {epochs} epochs of synthetic CIFAR-shaped data (512 samples, SGD/AdamW), "
+        f"sketch_dim {sketch_dim}, {time.perf_counter() - t0:.0f} s"
+    )
     print("epoch  train_loss   V exact    V sketch  rel.err   D exact    D sketch  rel.err")
     for ep, loss, ve, vs, de, ds in rows:
         d = "" if de is None else f"{de:9.3e} {ds:9.3e} {100 * (ds - de) / de:+6.2f}%"
@@ -119,14 +152,22 @@ def training_errors(name: str, sketch_dim: int, epochs: int, seed: int = 0) -> N
     ds_ = [(r[4], r[5]) for r in rows if r[4] is not None]
     worst_d = max((abs(b - a) / a for a, b in ds_), default=float("nan"))
     print(f"max |rel.err| V {100 * worst_v:.2f}%  D {100 * worst_d:.2f}%")
-    print("stop epoch (V < thr), exact / sketch: " + "  ".join(
-        f"{thr:g}: {_first_under(ve, thr)}/{_first_under(vs, thr)}" for thr in THRESHOLDS))
+    print(
+        "stop epoch (V < thr), exact / sketch: "
+        + "  ".join(
+            f"{thr:g}: {_first_under(ve, thr)}/{_first_under(vs, thr)}" for thr in THRESHOLDS
+        )
+    )
 
 
 def digits_agreement(sketch_dim: int, runs: int) -> None:
     lrs = (0.01, 0.03, 0.1, 0.3)
-    print(f"\ndigits small_cnn, threshold 1e-3, max 60 epochs, batch 64, SGD momentum 0.9, sketch_dim {sketch_dim}")
-    print("seed     lr   exact stop      sketch stop     same  max|rel.err V| while the runs are identical")
+    print(
+        f"\ndigits small_cnn, threshold 1e-3, max 60 epochs, batch 64, SGD momentum 0.9, sketch_dim {sketch_dim}"
+    )
+    print(
+        "seed     lr   exact stop      sketch stop     same  max|rel.err V| while the runs are identical"
+    )
     same = 0
     t0 = time.perf_counter()
     for i in range(runs):
@@ -137,9 +178,20 @@ def digits_agreement(sketch_dim: int, runs: int) -> None:
             torch.manual_seed(seed)
             model = create_model("small_cnn", data.num_classes, data.input_shape)
             opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-            nv = NeuralVelocity(model, gaussian_probe(data.input_shape, 100, seed=seed), reference=ref,
-                                sketch_dim=sketch_dim)
-            res = fit(model, opt, data.train, NeVe(opt, nv, threshold=1e-3, max_epochs=60), batch_size=64, seed=seed)
+            nv = NeuralVelocity(
+                model,
+                gaussian_probe(data.input_shape, 100, seed=seed),
+                reference=ref,
+                sketch_dim=sketch_dim,
+            )
+            res = fit(
+                model,
+                opt,
+                data.train,
+                NeVe(opt, nv, threshold=1e-3, max_epochs=60),
+                batch_size=64,
+                seed=seed,
+            )
             out[ref] = res
         he, hs = out["exact"].history, out["sketch"].history
         errs = []
@@ -147,11 +199,16 @@ def digits_agreement(sketch_dim: int, runs: int) -> None:
             if a["lr"] != b["lr"] or a["train_loss"] != b["train_loss"]:
                 break  # LR schedules differ from here on: no longer the same model
             errs.append(abs(b["velocity"] - a["velocity"]) / a["velocity"])
-        agree = out["exact"].epochs == out["sketch"].epochs and out["exact"].stopped_by == out["sketch"].stopped_by
+        agree = (
+            out["exact"].epochs == out["sketch"].epochs
+            and out["exact"].stopped_by == out["sketch"].stopped_by
+        )
         same += agree
-        print(f"{seed:4d} {lr:6.2f}   {out['exact'].epochs:3d} {out['exact'].stopped_by:10s}  "
-              f"{out['sketch'].epochs:3d} {out['sketch'].stopped_by:10s}  {'yes' if agree else 'NO ':3s}   "
-              f"{100 * max(errs):.2f}% over {len(errs)} epochs")
+        print(
+            f"{seed:4d} {lr:6.2f}   {out['exact'].epochs:3d} {out['exact'].stopped_by:10s}  "
+            f"{out['sketch'].epochs:3d} {out['sketch'].stopped_by:10s}  {'yes' if agree else 'NO ':3s}   "
+            f"{100 * max(errs):.2f}% over {len(errs)} epochs"
+        )
     print(f"same stop epoch in {same} of {runs} runs ({time.perf_counter() - t0:.0f} s)")
 
 
@@ -162,22 +219,32 @@ def vit_b_memory(sketch_dim: int) -> None:
         model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=1000)
     probe = torch.empty(100, 3, 224, 224, device="meta")
     rows = []
-    for label, kw in (("exact float32", {"reference": "exact"}),
-                      ("half (bf16)", {"reference": "exact", "storage_dtype": torch.bfloat16}),
-                      (f"sketch k={sketch_dim}", {"reference": "sketch", "sketch_dim": sketch_dim})):
+    for label, kw in (
+        ("exact float32", {"reference": "exact"}),
+        ("half (bf16)", {"reference": "exact", "storage_dtype": torch.bfloat16}),
+        (f"sketch k={sketch_dim}", {"reference": "sketch", "sketch_dim": sketch_dim}),
+    ):
         nv = NeuralVelocity(model, probe, **kw)
         nv.measure()  # shapes only: every tensor lives on the meta device
         rows.append((label, nv.nbytes, nv.num_neurons))
     auto = NeuralVelocity(model, probe)
-    print(f"\nViT-B/16: exact_reference_bytes() {auto.exact_reference_bytes() / 1e9:.3f} GB "
-          f"(from one probe sample) > sketch_above {auto.sketch_above / 2**30:g} GiB: reference='auto' picks sketch")
-    print(f"\nViT-B/16 at 224 px, 100 probe samples, {rows[0][2]} neurons (meta-device forward, nothing allocated)")
+    print(
+        f"\nViT-B/16: exact_reference_bytes() {auto.exact_reference_bytes() / 1e9:.3f} GB "
+        f"(from one probe sample) > sketch_above {auto.sketch_above / 2**30:g} GiB: reference='auto' picks sketch"
+    )
+    print(
+        f"\nViT-B/16 at 224 px, 100 probe samples, {rows[0][2]} neurons (meta-device forward, nothing allocated)"
+    )
     for label, nbytes, _ in rows:
-        print(f"  {label:16s} {nbytes / 1e9:8.3f} GB   ({rows[0][1] / nbytes:6.1f}x less than float32)")
+        print(
+            f"  {label:16s} {nbytes / 1e9:8.3f} GB   ({rows[0][1] / nbytes:6.1f}x less than float32)"
+        )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sketch-dim", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--epochs", type=int, default=8)
@@ -185,10 +252,14 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], choices=["memory", "train", "digits", "vit_b"])
     args = ap.parse_args()
     t0 = time.perf_counter()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, sketch_dim {args.sketch_dim}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, sketch_dim {args.sketch_dim}"
+    )
     if "memory" not in args.skip:
-        print("\nmodel                exact MB   half MB  sketch MB   saved   bare ms  exact ms sketch ms  ratio"
-              f"   (measure() medians of {args.rounds} interleaved rounds)")
+        print(
+            "\nmodel                exact MB   half MB  sketch MB   saved   bare ms  exact ms sketch ms  ratio"
+            f"   (measure() medians of {args.rounds} interleaved rounds)"
+        )
         for name in MODELS:
             memory_and_time(name, args.sketch_dim, args.rounds)
     if "train" not in args.skip:

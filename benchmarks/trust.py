@@ -57,14 +57,33 @@ VARIANTS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "noguard_auto": (("neve",), {"pc_patience": None, "lr_patience": "auto"}),
     "noguard_p10": (("neve",), {"pc_patience": None, "lr_patience": 10}),
     "guard_auto_norestore": (("neve",), {**GUARD, "pc_restore": False, "lr_patience": "auto"}),
-    "guard_auto_relative": (("neve",), {**GUARD, "lr_patience": "auto", "threshold_mode": "relative",
-                                        "search_space": "relative"}),
+    "guard_auto_relative": (
+        ("neve",),
+        {**GUARD, "lr_patience": "auto", "threshold_mode": "relative", "search_space": "relative"},
+    ),
     # the LR decays when the prediction changes stop settling (not on the velocity change)
-    "pcdecay_auto": (("neve",), {"lr_signal": "prediction_changes", "pc_patience": None, "lr_patience": "auto"}),
-    "pcdecay_guard8_auto": (("neve",), {"lr_signal": "prediction_changes", "pc_patience": 8, "pc_window": 3,
-                                        "lr_patience": "auto"}),
-    "pcdecay_auto_f02": (("neve",), {"lr_signal": "prediction_changes", "pc_patience": None, "lr_patience": "auto",
-                                     "lr_factor": 0.2}),
+    "pcdecay_auto": (
+        ("neve",),
+        {"lr_signal": "prediction_changes", "pc_patience": None, "lr_patience": "auto"},
+    ),
+    "pcdecay_guard8_auto": (
+        ("neve",),
+        {
+            "lr_signal": "prediction_changes",
+            "pc_patience": 8,
+            "pc_window": 3,
+            "lr_patience": "auto",
+        },
+    ),
+    "pcdecay_auto_f02": (
+        ("neve",),
+        {
+            "lr_signal": "prediction_changes",
+            "pc_patience": None,
+            "lr_patience": "auto",
+            "lr_factor": 0.2,
+        },
+    ),
     # selection: how settled the predictions became, not how low the training loss went
     "guard_auto_pcmin": (("neve",), {**GUARD, "lr_patience": "auto", "objective": "pc_min"}),
     "baselines_auto": (("asha", "asha_es"), {"lr_patience": "auto"}),
@@ -96,9 +115,19 @@ def run_job(condition: str, variant: str, seeds: int, trials: int, out: str) -> 
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    result = compare(_study(condition, variant), trials=trials, seed=CONDITIONS[condition][1], repeats=seeds,
-                     searches=VARIANTS[variant][0], progress=False)
-    result["job"] = {"condition": condition, "variant": variant, "seconds": time.perf_counter() - t0}
+    result = compare(
+        _study(condition, variant),
+        trials=trials,
+        seed=CONDITIONS[condition][1],
+        repeats=seeds,
+        searches=VARIANTS[variant][0],
+        progress=False,
+    )
+    result["job"] = {
+        "condition": condition,
+        "variant": variant,
+        "seconds": time.perf_counter() - t0,
+    }
     write_json(out, result)
     return out
 
@@ -119,8 +148,10 @@ def _mean_std(xs: list[float]) -> tuple[float | None, float | None]:
 def table(folder: Path, neve_variants: list[str], baseline_variant: dict[str, str]) -> str:
     """One block per condition: each NeVe variant and each baseline, NeVe's paired diffs."""
     results = _load(folder)
-    lines = [f"{'condition':16s} {'search':28s} {'test acc %':>14s} {'cost (epochs)':>15s} "
-             f"{'vs asha_es: acc pt':>19s} {'cost ratio':>12s} {'vs asha: acc pt':>16s} {'cost ratio':>12s}"]
+    lines = [
+        f"{'condition':16s} {'search':28s} {'test acc %':>14s} {'cost (epochs)':>15s} "
+        f"{'vs asha_es: acc pt':>19s} {'cost ratio':>12s} {'vs asha: acc pt':>16s} {'cost ratio':>12s}"
+    ]
     for cond in CONDITIONS:
         for variant in neve_variants + sorted({v for v in baseline_variant.values()}):
             r = results.get((cond, variant))
@@ -128,9 +159,11 @@ def table(folder: Path, neve_variants: list[str], baseline_variant: dict[str, st
                 continue
             for search in VARIANTS[variant][0]:
                 s = r[search]
-                row = (f"{cond:16s} {search + ' [' + variant + ']':28s} "
-                       f"{_fmt(s['test_acc'], s['test_acc_std'], 100):>14s} "
-                       f"{_fmt(s['cost']['epochs_equiv'], s['cost_std']['epochs_equiv'], 1, 1):>15s}")
+                row = (
+                    f"{cond:16s} {search + ' [' + variant + ']':28s} "
+                    f"{_fmt(s['test_acc'], s['test_acc_std'], 100):>14s} "
+                    f"{_fmt(s['cost']['epochs_equiv'], s['cost_std']['epochs_equiv'], 1, 1):>15s}"
+                )
                 if search == "neve":
                     base = results.get((cond, baseline_variant[variant]))
                     for b in ("asha_es", "asha"):
@@ -138,9 +171,13 @@ def table(folder: Path, neve_variants: list[str], baseline_variant: dict[str, st
                             row += f" {'-':>19s} {'-':>12s}"
                             continue
                         pairs = list(zip(s["test_acc_runs"], base[b]["test_acc_runs"]))
-                        costs = [(rn["neve"]["cost"]["epochs_equiv"], rb[b]["cost"]["epochs_equiv"])
-                                 for rn, rb in zip(r["runs"], base["runs"])]
-                        d = _mean_std([100 * (a - c) for a, c in pairs if a is not None and c is not None])
+                        costs = [
+                            (rn["neve"]["cost"]["epochs_equiv"], rb[b]["cost"]["epochs_equiv"])
+                            for rn, rb in zip(r["runs"], base["runs"])
+                        ]
+                        d = _mean_std(
+                            [100 * (a - c) for a, c in pairs if a is not None and c is not None]
+                        )
                         q = _mean_std([a / c for a, c in costs if c])
                         row += f" {_fmt(*d, digits=2):>19s} {_fmt(*q, digits=3):>12s}"
                 lines.append(row)
@@ -164,15 +201,22 @@ def per_seed(folder: Path, variant: str = "guard_auto", baselines: str = "baseli
         neve, base = results.get((cond, variant)), results.get((cond, baselines))
         if neve is None or base is None:
             continue
-        for name, runs in (("neve", neve["neve"]["test_acc_runs"]), ("asha", base["asha"]["test_acc_runs"]),
-                           ("asha_es", base["asha_es"]["test_acc_runs"])):
+        for name, runs in (
+            ("neve", neve["neve"]["test_acc_runs"]),
+            ("asha", base["asha"]["test_acc_runs"]),
+            ("asha_es", base["asha_es"]["test_acc_runs"]),
+        ):
             xs = [x for x in runs if x is not None]
             cells = " ".join(f"{100 * x:6.2f}" for x in xs)
-            lines.append(f"{cond:16s} {name:8s} {cells}   median {100 * statistics.median(xs):6.2f}")
+            lines.append(
+                f"{cond:16s} {name:8s} {cells}   median {100 * statistics.median(xs):6.2f}"
+            )
     return "\n".join(lines)
 
 
-def plot_data_size(folder: Path, path: Path, variant: str = "guard_auto", baselines: str = "baselines_auto") -> None:
+def plot_data_size(
+    folder: Path, path: Path, variant: str = "guard_auto", baselines: str = "baselines_auto"
+) -> None:
     """NeVe's accuracy difference and cost ratio against both baselines over the training fraction."""
     import matplotlib
 
@@ -188,22 +232,53 @@ def plot_data_size(folder: Path, path: Path, variant: str = "guard_auto", baseli
             neve, base = results.get((cond, variant)), results.get((cond, baselines))
             if neve is None or base is None:
                 continue
-            d = _mean_std([100 * (a - c) for a, c in zip(neve["neve"]["test_acc_runs"], base[b]["test_acc_runs"])
-                           if a is not None and c is not None])
-            q = _mean_std([rn["neve"]["cost"]["epochs_equiv"] / rb[b]["cost"]["epochs_equiv"]
-                           for rn, rb in zip(neve["runs"], base["runs"]) if rb[b]["cost"]["epochs_equiv"]])
-            xs.append(frac), acc.append(d[0]), acc_sd.append(d[1]), cost.append(q[0]), cost_sd.append(q[1])
-        ax_acc.errorbar(xs, acc, yerr=acc_sd, marker="o", capsize=3, color=color, label=f"NeVe - {b}")
-        ax_cost.errorbar(xs, cost, yerr=cost_sd, marker="o", capsize=3, color=color, label=f"NeVe / {b}")
+            d = _mean_std(
+                [
+                    100 * (a - c)
+                    for a, c in zip(neve["neve"]["test_acc_runs"], base[b]["test_acc_runs"])
+                    if a is not None and c is not None
+                ]
+            )
+            q = _mean_std(
+                [
+                    rn["neve"]["cost"]["epochs_equiv"] / rb[b]["cost"]["epochs_equiv"]
+                    for rn, rb in zip(neve["runs"], base["runs"])
+                    if rb[b]["cost"]["epochs_equiv"]
+                ]
+            )
+            (
+                xs.append(frac),
+                acc.append(d[0]),
+                acc_sd.append(d[1]),
+                cost.append(q[0]),
+                cost_sd.append(q[1]),
+            )
+        ax_acc.errorbar(
+            xs, acc, yerr=acc_sd, marker="o", capsize=3, color=color, label=f"NeVe - {b}"
+        )
+        ax_cost.errorbar(
+            xs, cost, yerr=cost_sd, marker="o", capsize=3, color=color, label=f"NeVe / {b}"
+        )
     ax_acc.axhline(0, color="grey", lw=0.8)
     ax_cost.axhline(1, color="grey", lw=0.8)
-    ax_acc.set(xlabel="fraction of the digits training set", ylabel="test acc difference (pt)", xscale="log")
-    ax_cost.set(xlabel="fraction of the digits training set", ylabel="cost ratio to final model", xscale="log")
+    ax_acc.set(
+        xlabel="fraction of the digits training set",
+        ylabel="test acc difference (pt)",
+        xscale="log",
+    )
+    ax_cost.set(
+        xlabel="fraction of the digits training set",
+        ylabel="cost ratio to final model",
+        xscale="log",
+    )
     for ax in (ax_acc, ax_cost):
         ax.set_xticks([0.25, 0.5, 1.0], ["25%", "50%", "100%"])
         ax.set_xticks([], minor=True)
         ax.legend(fontsize=8)
-    fig.suptitle("NeVe search vs validation-based ASHA by data size (digits, 5 seeds, mean ± std)", fontsize=9)
+    fig.suptitle(
+        "NeVe search vs validation-based ASHA by data size (digits, 5 seeds, mean ± std)",
+        fontsize=9,
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -211,7 +286,9 @@ def plot_data_size(folder: Path, path: Path, variant: str = "guard_auto", baseli
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--conditions", default=",".join(CONDITIONS))
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--seeds", type=int, default=5)
@@ -220,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "runs" / "trust"))
     p.add_argument("--table-only", action="store_true")
     p.add_argument("--per-seed", action="store_true", help="also print each seed's test accuracy")
-    p.add_argument("--plot", default=None, help="write accuracy difference and cost ratio by data size (PNG)")
+    p.add_argument(
+        "--plot", default=None, help="write accuracy difference and cost ratio by data size (PNG)"
+    )
     args = p.parse_args(argv)
     conditions = [c for c in args.conditions.split(",") if c]
     variants = [v for v in args.variants.split(",") if v]
@@ -231,20 +310,35 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
-        todo = [(c, v) for c in conditions for v in variants if not (out / f"{c}__{v}.json").exists()]
+        todo = [
+            (c, v) for c in conditions for v in variants if not (out / f"{c}__{v}.json").exists()
+        ]
         # the slow jobs (baselines) first, so the pool ends together
         todo.sort(key=lambda cv: (not cv[1].startswith("baselines"), cv[0]))
         print(f"{len(todo)} jobs, {args.jobs} at a time", flush=True)
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {pool.submit(run_job, c, v, args.seeds, args.trials, str(out / f"{c}__{v}.json")): (c, v)
-                       for c, v in todo}
+            futures = {
+                pool.submit(run_job, c, v, args.seeds, args.trials, str(out / f"{c}__{v}.json")): (
+                    c,
+                    v,
+                )
+                for c, v in todo
+            }
             for f in as_completed(futures):
                 c, v = futures[f]
                 f.result()
                 print(f"done {c} / {v}", flush=True)
     neve_variants = [v for v in VARIANTS if not v.startswith("baselines")]
-    pairing = {v: ("baselines_p10" if "_p10" in v else "baselines_auto_f02" if "_f02" in v else "baselines_auto")
-               for v in neve_variants}
+    pairing = {
+        v: (
+            "baselines_p10"
+            if "_p10" in v
+            else "baselines_auto_f02"
+            if "_f02" in v
+            else "baselines_auto"
+        )
+        for v in neve_variants
+    }
     print(table(out, neve_variants, pairing))
     if args.per_seed:
         print(per_seed(out))

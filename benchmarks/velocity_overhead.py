@@ -37,7 +37,9 @@ def _timed(fn, device: torch.device) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--device", default="cpu")
@@ -56,7 +58,10 @@ def main() -> None:
 
     def copy():
         stored.clear()
-        hooks = [m.register_forward_hook(lambda m, i, o: stored.append(o.detach().clone())) for m in layers.values()]
+        hooks = [
+            m.register_forward_hook(lambda m, i, o: stored.append(o.detach().clone()))
+            for m in layers.values()
+        ]
         try:
             with torch.no_grad():
                 model(probe)
@@ -79,13 +84,17 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     spread = {k: (min(v), max(v)) for k, v in times.items()}
 
-    print(f"ResNet-32, {args.samples} probe samples, {len(layers)} monitored layers, {nv.num_neurons} neurons, "
-          f"device={device}, threads={torch.get_num_threads()}, rounds={args.rounds}")
+    print(
+        f"ResNet-32, {args.samples} probe samples, {len(layers)} monitored layers, {nv.num_neurons} neurons, "
+        f"device={device}, threads={torch.get_num_threads()}, rounds={args.rounds}"
+    )
     for k in ("bare", "copy", "measure"):
         lo, hi = spread[k]
         print(f"  {k:8s} median {med[k] * 1e3:8.1f} ms   (min {lo * 1e3:.1f}, max {hi * 1e3:.1f})")
     print(f"  measure / bare forward : {med['measure'] / med['bare']:.2f}x   (target <= 1.5)")
-    print(f"  copy    / bare forward : {med['copy'] / med['bare']:.2f}x   (merely storing every activation)")
+    print(
+        f"  copy    / bare forward : {med['copy'] / med['bare']:.2f}x   (merely storing every activation)"
+    )
     print(f"  bytes held, float32 refs : {nv.nbytes / 1e6:.1f} MB")
     print(f"  bytes held, float16 refs : {half.nbytes / 1e6:.1f} MB")
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -23,14 +24,24 @@ from ._forward import check_probe_target
 from .control import NeVe, auto_patience, resolve_patience
 from .prediction_changes import PredictionChanges, SubsetPredictionChanges
 
-__all__ = ["CallbackSettings", "auto_patience", "check_controller_options", "check_trial",
-           "stop_reason"]
+__all__ = [
+    "CallbackSettings",
+    "auto_patience",
+    "check_controller_options",
+    "check_trial",
+    "stop_reason",
+]
 
 # set by the callback itself, never through **controller_options
 _OWN = {"self", "optimizer", "velocity", "threshold"}
 # the studies' trial control (neve_tune.Study), which the callbacks share
-STUDY_DEFAULTS: dict[str, Any] = {"patience": "auto", "threshold_mode": "relative", "pc_patience": 3, "pc_window": 3,
-                                  "pc_restore": True}
+STUDY_DEFAULTS: dict[str, Any] = {
+    "patience": "auto",
+    "threshold_mode": "relative",
+    "pc_patience": 3,
+    "pc_window": 3,
+    "pc_restore": True,
+}
 DEFAULT_THRESHOLD = 1e-2  # the studies' default: with threshold_mode="relative", V / peak V < 1e-2
 
 
@@ -59,7 +70,9 @@ def check_trial(trial: Any) -> Any:
     except ImportError:  # pragma: no cover - optuna is a core dependency
         BaseTrial = ()  # type: ignore[assignment,misc]
     if not isinstance(trial, BaseTrial):
-        raise TypeError(f"trial must be an optuna trial (optuna.Trial) or None, got {type(trial).__name__}")
+        raise TypeError(
+            f"trial must be an optuna trial (optuna.Trial) or None, got {type(trial).__name__}"
+        )
     return trial
 
 
@@ -69,22 +82,30 @@ def _check_guard(options: dict[str, Any], source: Any, given: set[str], who: str
     uses_pc = options["pc_patience"] is not None or options.get("lr_signal") == "prediction_changes"
     if source is None:
         if "pc_patience" in given and options["pc_patience"] is not None:
-            raise ValueError(f"{who}(pc_patience=...) needs prediction changes; pass prediction_changes='subset' "
-                             "(or a PredictionChanges / SubsetPredictionChanges), or pc_patience=None")
+            raise ValueError(
+                f"{who}(pc_patience=...) needs prediction changes; pass prediction_changes='subset' "
+                "(or a PredictionChanges / SubsetPredictionChanges), or pc_patience=None"
+            )
         if options.get("lr_signal") == "prediction_changes":
-            raise ValueError(f"{who}(lr_signal='prediction_changes') needs prediction changes; pass "
-                             "prediction_changes='subset' (the default), or another lr_signal")
+            raise ValueError(
+                f"{who}(lr_signal='prediction_changes') needs prediction changes; pass "
+                "prediction_changes='subset' (the default), or another lr_signal"
+            )
         options["pc_patience"] = None  # the guard is off
         uses_pc = False
     if not uses_pc:
         unused = sorted(given & {"pc_window", "pc_restore"})
         if unused or (source is not None and not isinstance(source, str)):
             what = unused or ["prediction_changes"]
-            raise ValueError(f"{who}: {what} are unused with the guard off (pc_patience=None) and "
-                             "lr_signal != 'prediction_changes'; drop them, or turn the guard on")
+            raise ValueError(
+                f"{who}: {what} are unused with the guard off (pc_patience=None) and "
+                "lr_signal != 'prediction_changes'; drop them, or turn the guard on"
+            )
         return None
     if options["pc_patience"] is None and "pc_restore" in given:
-        raise ValueError(f"{who}: pc_restore is unused with the guard off (pc_patience=None); drop it")
+        raise ValueError(
+            f"{who}: pc_restore is unused with the guard off (pc_patience=None); drop it"
+        )
     return source
 
 
@@ -98,14 +119,29 @@ class CallbackSettings:
     who = "callback"
     sources: tuple[str, ...] = ("subset",)
 
-    def _settings(self, probe: torch.Tensor | None, threshold: float, trial: Any, probe_samples: int | None,
-                  probe_seed: int, layers: Any, probe_module: str | None, probe_fn: Any, prediction_changes: Any,
-                  verbose: bool, controller_options: Mapping[str, Any]) -> None:
+    def _settings(
+        self,
+        probe: torch.Tensor | None,
+        threshold: float,
+        trial: Any,
+        probe_samples: int | None,
+        probe_seed: int,
+        layers: Any,
+        probe_module: str | None,
+        probe_fn: Any,
+        prediction_changes: Any,
+        verbose: bool,
+        controller_options: Mapping[str, Any],
+    ) -> None:
         who = self.who
         if probe is not None and not isinstance(probe, torch.Tensor):
-            raise TypeError(f"probe must be a torch.Tensor [N, ...] or None, got {type(probe).__name__}")
+            raise TypeError(
+                f"probe must be a torch.Tensor [N, ...] or None, got {type(probe).__name__}"
+            )
         if probe is not None and probe_samples is not None:
-            raise ValueError("probe_samples sizes a built probe; with probe= given it is unused: drop one")
+            raise ValueError(
+                "probe_samples sizes a built probe; with probe= given it is unused: drop one"
+            )
         check_controller_options(controller_options, who)
         check_probe_target(probe_module, probe_fn)
         if not isinstance(verbose, bool):
@@ -113,7 +149,9 @@ class CallbackSettings:
         self.threshold = check_float("threshold", threshold, positive=True)
         self.probe = probe
         self.trial = check_trial(trial)
-        self.probe_samples = check_int("probe_samples", 100 if probe_samples is None else probe_samples, minimum=1)
+        self.probe_samples = check_int(
+            "probe_samples", 100 if probe_samples is None else probe_samples, minimum=1
+        )
         self.probe_seed = check_int("probe_seed", probe_seed, minimum=0)
         self.layers = layers
         self.probe_module, self.probe_fn, self.verbose = probe_module, probe_fn, verbose
@@ -121,7 +159,9 @@ class CallbackSettings:
         resolve_patience(options["patience"], 100)  # checked here, resolved against the budget
         check_int("pc_patience", options["pc_patience"], minimum=1, allow_none=True)
         self.prediction_changes = self._check_source(prediction_changes)
-        self.source_spec = _check_guard(options, self.prediction_changes, set(controller_options), who)
+        self.source_spec = _check_guard(
+            options, self.prediction_changes, set(controller_options), who
+        )
         self.controller_options = options
         self.neve: NeVe | None = None
         self.history: list[dict[str, Any]] = []
@@ -131,8 +171,10 @@ class CallbackSettings:
             return source
         if isinstance(source, (PredictionChanges, SubsetPredictionChanges)):
             return source
-        raise ValueError(f"prediction_changes must be one of {list(self.sources)}, a PredictionChanges, a "
-                         f"SubsetPredictionChanges or None (the guard off), got {source!r}")
+        raise ValueError(
+            f"prediction_changes must be one of {list(self.sources)}, a PredictionChanges, a "
+            f"SubsetPredictionChanges or None (the guard off), got {source!r}"
+        )
 
     def controller_kwargs(self, max_epochs: int | None) -> dict[str, Any]:
         """The :class:`neve_tune.NeVe` keyword options for a run of ``max_epochs``
@@ -152,8 +194,10 @@ class CallbackSettings:
         why = stop_reason(neve, last, unit)
         text = f"{self.who}: stopped by {neve.stopped_by} at {unit} {neve.epoch} ({why})"
         if neve.best_epoch != neve.epoch:
-            text += (f"; weights restored to {unit} {neve.best_epoch}, the prediction-changes "
-                     f"minimum (training loss {_g(last.get('kept_train_loss'))})")
+            text += (
+                f"; weights restored to {unit} {neve.best_epoch}, the prediction-changes "
+                f"minimum (training loss {_g(last.get('kept_train_loss'))})"
+            )
         return text
 
 
@@ -180,10 +224,12 @@ def stop_reason(neve: NeVe, last: Mapping[str, Any], unit: str = "epoch") -> str
     velocity, loss = last.get("velocity"), last.get("train_loss")
     if why == "prediction_changes":
         since, guard = neve.epoch - neve.pc_best_epoch, neve.guard
-        return (f"memorisation guard: the training examples whose prediction changed (mean over "
-                f"{neve.pc_window} {unit}s) reached no new minimum in {since} {unit}s since {unit} "
-                f"{neve.pc_best_epoch} ({_g(guard.best)} against {_g(guard.best_unfit)} labels "
-                f"refused), and {_g(last.get('unfit'))} are refused now, patience {neve.pc_patience}")
+        return (
+            f"memorisation guard: the training examples whose prediction changed (mean over "
+            f"{neve.pc_window} {unit}s) reached no new minimum in {since} {unit}s since {unit} "
+            f"{neve.pc_best_epoch} ({_g(guard.best)} against {_g(guard.best_unfit)} labels "
+            f"refused), and {_g(last.get('unfit'))} are refused now, patience {neve.pc_patience}"
+        )
     if why == "diverged":
         return f"non-finite training loss or velocity (loss {_g(loss)}, velocity {_g(velocity)})"
     if why == "max_epochs":
@@ -191,8 +237,10 @@ def stop_reason(neve: NeVe, last: Mapping[str, Any], unit: str = "epoch") -> str
     if why == "stalled":
         chance = "" if neve.num_classes is None else f" and chance {math.log(neve.num_classes):.4g}"
         lowest = _g(min(neve.train_losses, default=None))
-        return (f"did not learn: training loss {_g(loss)}, lowest {lowest}, not "
-                f"{neve.stall_margin:g} below the first {unit}'s {_g(neve.first_loss)}{chance}")
+        return (
+            f"did not learn: training loss {_g(loss)}, lowest {lowest}, not "
+            f"{neve.stall_margin:g} below the first {unit}'s {_g(neve.first_loss)}{chance}"
+        )
     if velocity is None:
         return f"velocity not measured, threshold {neve.threshold:g} ({neve.threshold_mode})"
     if neve.threshold_mode == "relative" and neve.peak_velocity > 0:

@@ -20,10 +20,22 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["MAX_SEED", "RESOURCE_KEYS", "check_choice", "check_device", "check_float", "check_int",
-           "check_mapping", "check_resources", "check_seed", "is_finite", "to_float"]
+__all__ = [
+    "MAX_SEED",
+    "RESOURCE_KEYS",
+    "check_choice",
+    "check_device",
+    "check_float",
+    "check_int",
+    "check_mapping",
+    "check_resources",
+    "check_seed",
+    "is_finite",
+    "to_float",
+]
 
 MAX_SEED = 2**32 - 1  # NumPy and scikit-learn take seeds in [0, 2**32 - 1]; torch takes them too
 
@@ -51,12 +63,18 @@ def _is_bool(value: Any) -> bool:
     return isinstance(value, bool) or type(value).__name__ in ("bool_", "bool")
 
 
-def check_int(name: str, value: Any, *, minimum: int | None = None, allow_none: bool = False) -> int | None:
+def check_int(
+    name: str, value: Any, *, minimum: int | None = None, allow_none: bool = False
+) -> int | None:
     """``value`` as an ``int`` (bools refused), at least ``minimum`` when given."""
     value = _unwrap(value)
     if value is None and allow_none:
         return None
-    allowed = "an int" + (f" >= {minimum}" if minimum is not None else "") + (" or None" if allow_none else "")
+    allowed = (
+        "an int"
+        + (f" >= {minimum}" if minimum is not None else "")
+        + (" or None" if allow_none else "")
+    )
     if _is_bool(value) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be {allowed}, got {value!r}")
     value = int(value)
@@ -78,9 +96,17 @@ def check_seed(name: str, value: Any, *, allow_none: bool = False) -> int | None
     value = _unwrap(value)
     if value is None and allow_none:
         return None
-    if _is_bool(value) or not isinstance(value, numbers.Integral) or not 0 <= int(value) <= MAX_SEED:
-        kind = TypeError if _is_bool(value) or not isinstance(value, numbers.Integral) else ValueError
-        raise kind(f"{name} must be an int in [0, {MAX_SEED}]{' or None' if allow_none else ''}, got {value!r}")
+    if (
+        _is_bool(value)
+        or not isinstance(value, numbers.Integral)
+        or not 0 <= int(value) <= MAX_SEED
+    ):
+        kind = (
+            TypeError if _is_bool(value) or not isinstance(value, numbers.Integral) else ValueError
+        )
+        raise kind(
+            f"{name} must be an int in [0, {MAX_SEED}]{' or None' if allow_none else ''}, got {value!r}"
+        )
     return int(value)
 
 
@@ -101,14 +127,22 @@ def check_device(name: str, device: Any) -> str:
         raise ValueError(f"{name} must be {forms}, got {text!r}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{name} {text}: CUDA is not available on this machine (use auto or cpu)")
+            raise ValueError(
+                f"{name} {text}: CUDA is not available on this machine (use auto or cpu)"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"{name} {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise ValueError(
+                f"{name} {text}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
     elif dev.type == "mps":
         if not torch.backends.mps.is_available():
-            raise ValueError(f"{name} {text}: Apple's MPS backend is not available on this machine (use auto or cpu)")
+            raise ValueError(
+                f"{name} {text}: Apple's MPS backend is not available on this machine (use auto or cpu)"
+            )
     elif dev.type != "cpu":
-        raise ValueError(f"{name} must be {forms}, got {text!r} (torch cannot train on a {dev.type!r} device here)")
+        raise ValueError(
+            f"{name} must be {forms}, got {text!r} (torch cannot train on a {dev.type!r} device here)"
+        )
     return text
 
 
@@ -134,7 +168,11 @@ def check_float(
         parts.append(f"{'>' if low_open else '>='} {low:g}")
     if high is not None:
         parts.append(f"{'<' if high_open else '<='} {high:g}")
-    allowed = "a finite number" + (" " + " and ".join(parts) if parts else "") + (" or None" if allow_none else "")
+    allowed = (
+        "a finite number"
+        + (" " + " and ".join(parts) if parts else "")
+        + (" or None" if allow_none else "")
+    )
     if _is_bool(value) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {allowed}, got {value!r}")
     value = float(value)
@@ -205,8 +243,9 @@ def check_resources(resources: Mapping[str, Any], *, name: str = "resources") ->
         out[key.lower() if key.lower() in RESOURCE_KEYS else key] = float(value)
     gpu = out.get("gpu", 0.0)
     if gpu > 1 and not float(gpu).is_integer():
-        raise ValueError(f"{name}['gpu'] must be below 1 (a shared GPU) or a whole number, "
-                         f"got {gpu}")
+        raise ValueError(
+            f"{name}['gpu'] must be below 1 (a shared GPU) or a whole number, got {gpu}"
+        )
     out.setdefault("cpu", 1.0)
     out.setdefault("gpu", 0.0)
     if out["cpu"] == 0 and out["gpu"] == 0 and len(out) == 2:

@@ -13,7 +13,8 @@ baselines' :class:`~neve_tune.baselines.ValidationControl` and
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -46,7 +47,11 @@ class Controller(Protocol):
     def start(self) -> None: ...
 
     def step(
-        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None,
+        self,
+        train_loss: float,
+        val_loss: float | None = None,
+        *,
+        prediction_changes: int | None = None,
         unfit: int | None = None,
     ) -> dict[str, Any]: ...
 

@@ -30,7 +30,9 @@ __all__ = [
 ]
 
 
-def check_data_changes(train_fraction: Any = 1.0, label_noise: Any = 0.0, noise_seed: Any = 0) -> tuple[float, float, int]:
+def check_data_changes(
+    train_fraction: Any = 1.0, label_noise: Any = 0.0, noise_seed: Any = 0
+) -> tuple[float, float, int]:
     """The data changes checked (``0 < train_fraction <= 1``, ``0 <= label_noise < 1``,
     an int ``noise_seed``) and converted; a ``ValueError``/``TypeError`` naming the bad one."""
     return (
@@ -46,7 +48,9 @@ def dataset_labels(dataset: Dataset) -> torch.Tensor:
     if isinstance(dataset, TensorDataset):
         return dataset.tensors[1].long()
     if isinstance(dataset, Subset):
-        return dataset_labels(dataset.dataset)[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
+        return dataset_labels(dataset.dataset)[
+            torch.as_tensor(list(dataset.indices), dtype=torch.long)
+        ]
     targets = getattr(dataset, "targets", None)
     if targets is not None:
         return torch.as_tensor(targets, dtype=torch.long)
@@ -56,11 +60,11 @@ def dataset_labels(dataset: Dataset) -> torch.Tensor:
 def stratified_subset(dataset: Dataset, fraction: float, seed: int = 0) -> Subset:
     """``fraction`` of every class of ``dataset`` (at least one example each), seeded.
 
-        >>> import torch
-        >>> ds = TensorDataset(torch.zeros(100, 2), torch.arange(100) % 4)
-        >>> sub = stratified_subset(ds, 0.25, seed=0)
-        >>> len(sub), torch.bincount(dataset_labels(sub)).tolist()
-        (24, [6, 6, 6, 6])
+    >>> import torch
+    >>> ds = TensorDataset(torch.zeros(100, 2), torch.arange(100) % 4)
+    >>> sub = stratified_subset(ds, 0.25, seed=0)
+    >>> len(sub), torch.bincount(dataset_labels(sub)).tolist()
+    (24, [6, 6, 6, 6])
     """
     fraction = check_float("fraction", fraction, low=0.0, high=1.0, low_open=True)
     labels = dataset_labels(dataset)
@@ -90,7 +94,9 @@ class _Relabeled(Dataset):
 NOISE_STREAM = 0x6E6F697365  # "noise"
 
 
-def symmetric_label_noise(dataset: Dataset, rate: float, num_classes: int, seed: int = 0) -> tuple[Dataset, torch.Tensor]:
+def symmetric_label_noise(
+    dataset: Dataset, rate: float, num_classes: int, seed: int = 0
+) -> tuple[Dataset, torch.Tensor]:
     """``dataset`` with exactly ``round(rate * len)`` labels flipped, each to one of the
     other ``num_classes - 1`` classes chosen uniformly; returns it and the flipped positions.
 
@@ -115,13 +121,20 @@ def symmetric_label_noise(dataset: Dataset, rate: float, num_classes: int, seed:
     noisy[flipped] = (labels[flipped] + shift) % num_classes
     source = dataset
     if isinstance(source, Subset) and isinstance(source.dataset, TensorDataset):
-        source = TensorDataset(*(t[torch.as_tensor(list(source.indices), dtype=torch.long)] for t in source.dataset.tensors))
+        source = TensorDataset(
+            *(
+                t[torch.as_tensor(list(source.indices), dtype=torch.long)]
+                for t in source.dataset.tensors
+            )
+        )
     if isinstance(source, TensorDataset):
         return TensorDataset(source.tensors[0], noisy, *source.tensors[2:]), flipped
     return _Relabeled(dataset, noisy), flipped
 
 
-def validation_split(dataset: Dataset, fraction: float = 0.1, seed: int = 0) -> tuple[Subset, Subset]:
+def validation_split(
+    dataset: Dataset, fraction: float = 0.1, seed: int = 0
+) -> tuple[Subset, Subset]:
     """(train, validation) subsets, ``fraction`` of ``dataset`` held out, seeded."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")

@@ -23,8 +23,18 @@ from ._layers import HookError, LayerState
 __all__ = ["exact_call", "neuron_dot", "reference_sq", "similarity"]
 
 
-def exact_call(name: str, state: LayerState, y: torch.Tensor, axis: int, sq: torch.Tensor, *,
-               first: bool, store_device: torch.device, storage_dtype: torch.dtype, keep: bool) -> None:
+def exact_call(
+    name: str,
+    state: LayerState,
+    y: torch.Tensor,
+    axis: int,
+    sq: torch.Tensor,
+    *,
+    first: bool,
+    store_device: torch.device,
+    storage_dtype: torch.dtype,
+    keep: bool,
+) -> None:
     """Add one call's output to the layer's sums against its reference, which it replaces
     (``keep``: by ``y`` itself, else by a copy into the reference's buffer); on the first
     measurement ``y`` only becomes the reference."""
@@ -82,4 +92,3 @@ def similarity(dot: torch.Tensor, sq: torch.Tensor, ref_sq: torch.Tensor) -> tor
     rho = torch.where(zero_cur & zero_ref, torch.ones_like(rho), rho)
     rho = torch.where(zero_cur ^ zero_ref, torch.zeros_like(rho), rho)
     return rho
-

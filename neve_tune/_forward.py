@@ -19,7 +19,8 @@ those of the user's model: :func:`prefixed_layers` maps a ``layers`` spec onto t
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,26 +41,39 @@ def has_forward(module: nn.Module, placeholders: tuple[Any, ...] = ()) -> bool:
 def check_probe_target(probe_module: Any, probe_fn: Any) -> None:
     """Refuse a bad ``probe_module`` / ``probe_fn`` when a callback is built."""
     if probe_module is not None and (not isinstance(probe_module, str) or not probe_module):
-        raise TypeError(f"probe_module must be a submodule name (e.g. 'encoder') or None, got {probe_module!r}")
+        raise TypeError(
+            f"probe_module must be a submodule name (e.g. 'encoder') or None, got {probe_module!r}"
+        )
     if probe_fn is not None and not callable(probe_fn):
-        raise TypeError(f"probe_fn must be a function (model, inputs) -> outputs, or None, got {probe_fn!r}")
+        raise TypeError(
+            f"probe_fn must be a function (model, inputs) -> outputs, or None, got {probe_fn!r}"
+        )
     if probe_module is not None and probe_fn is not None:
-        raise ValueError("pass probe_module= or probe_fn=, not both: probe_fn decides the whole probe forward")
+        raise ValueError(
+            "pass probe_module= or probe_fn=, not both: probe_fn decides the whole probe forward"
+        )
 
 
 class ProbeForward(nn.Module):
     """Forwards probe inputs through ``model`` (as the keyword ``key`` when given), its
     submodule ``module_name``, or ``fn(model, x)``."""
 
-    def __init__(self, model: nn.Module, module_name: str | None = None,
-                 fn: Callable[[nn.Module, torch.Tensor], Any] | None = None, key: str | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        module_name: str | None = None,
+        fn: Callable[[nn.Module, torch.Tensor], Any] | None = None,
+        key: str | None = None,
+    ) -> None:
         super().__init__()
         if module_name is not None:
             names = dict(model.named_modules())
             if module_name not in names or not module_name:
                 children = sorted(n for n, _ in model.named_children())
-                raise ValueError(f"probe_module={module_name!r} is not a submodule of {type(model).__name__} "
-                                 f"(its children are {children})")
+                raise ValueError(
+                    f"probe_module={module_name!r} is not a submodule of {type(model).__name__} "
+                    f"(its children are {children})"
+                )
             if not has_forward(names[module_name]):
                 raise ValueError(f"probe_module={module_name!r} has no forward(); pass probe_fn=")
         self.model = model
@@ -84,7 +98,7 @@ def prefixed_layers(layers: Any, module_name: str | None) -> Any:
         inside = PREFIX + module_name + "."
         return lambda n, m: (n + ".").startswith(inside) and isinstance(m, DEFAULT_LAYER_TYPES)
     if callable(layers) and not isinstance(layers, type):
-        return lambda n, m: n.startswith(PREFIX) and bool(layers(n[len(PREFIX):], m))
+        return lambda n, m: n.startswith(PREFIX) and bool(layers(n[len(PREFIX) :], m))
     if isinstance(layers, (list, tuple, set)):
         return [PREFIX + x if isinstance(x, str) else x for x in layers]
     return layers
@@ -122,5 +136,7 @@ def batch_inputs(batch: Any, input_key: str | int = 0) -> torch.Tensor:
             "(a tensor [N, ...] of probe inputs)"
         )
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"the training batch's input {input_key!r} is a {type(x).__name__}, not a tensor; pass probe=")
+        raise TypeError(
+            f"the training batch's input {input_key!r} is a {type(x).__name__}, not a tensor; pass probe="
+        )
     return x

@@ -1,16 +1,17 @@
 """Strict JSON for records, CLI output and Optuna user attributes.
 
-    >>> import math
-    >>> json_safe({"v": math.nan, "n": [1, 2.5]})
-    {'v': None, 'n': [1, 2.5]}
+>>> import math
+>>> json_safe({"v": math.nan, "n": [1, 2.5]})
+{'v': None, 'n': [1, 2.5]}
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["json_safe", "write_json"]
 

@@ -13,7 +13,8 @@ probe (docs/design.md, "Velocity").
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -35,7 +36,7 @@ DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
 # Neuron axis by layer type; the first matching base class wins, anything else uses dim 1.
 _NEURON_AXIS: dict[type[nn.Module], int] = {nn.Linear: -1, nn.LayerNorm: -1}
 
-LayerSpec = Union[None, Sequence[Union[str, type]], Callable[[str, nn.Module], bool]]
+LayerSpec = Union[None, Sequence[str | type], Callable[[str, nn.Module], bool]]
 
 
 def neuron_axis(module: nn.Module) -> int:
@@ -109,8 +110,23 @@ def first_tensor(output: Any) -> torch.Tensor | None:
 class LayerState:
     """Reference outputs and running sums of one monitored layer."""
 
-    __slots__ = ("axis", "refs", "ref_sq", "dot", "cur_sq", "calls", "velocity",
-                 "width", "row_shape", "rows", "ref_rows", "index", "signs", "sketch", "cur_sketch")
+    __slots__ = (
+        "axis",
+        "refs",
+        "ref_sq",
+        "dot",
+        "cur_sq",
+        "calls",
+        "velocity",
+        "width",
+        "row_shape",
+        "rows",
+        "ref_rows",
+        "index",
+        "signs",
+        "sketch",
+        "cur_sketch",
+    )
 
     def __init__(self, axis: int, index: int = 0) -> None:
         self.axis = axis
@@ -133,7 +149,13 @@ class LayerState:
     @property
     def nbytes(self) -> int:
         """Bytes held: reference outputs or sketch, per-neuron sums and velocities, signs."""
-        held = [*self.refs, self.ref_sq, self.velocity, self.sketch, *(t for call in self.signs for t in call)]
+        held = [
+            *self.refs,
+            self.ref_sq,
+            self.velocity,
+            self.sketch,
+            *(t for call in self.signs for t in call),
+        ]
         return sum(t.numel() * t.element_size() for t in held if t is not None)
 
     def state_dict(self, *, sketch: bool) -> dict[str, Any]:
@@ -144,20 +166,29 @@ class LayerState:
             "velocity": _cpu_copy(self.velocity),
         }
         if sketch:
-            state.update(sketch=_cpu_copy(self.sketch), rows=self.ref_rows, width=self.width,
-                         row_shape=None if self.row_shape is None else list(self.row_shape))
+            state.update(
+                sketch=_cpu_copy(self.sketch),
+                rows=self.ref_rows,
+                width=self.width,
+                row_shape=None if self.row_shape is None else list(self.row_shape),
+            )
         return state
 
-    def load_state_dict(self, d: Mapping[str, Any], *, device: Any, dtype: torch.dtype, sketch: bool) -> None:
+    def load_state_dict(
+        self, d: Mapping[str, Any], *, device: Any, dtype: torch.dtype, sketch: bool
+    ) -> None:
         """Restore :meth:`state_dict` onto ``device``, references in ``dtype``."""
         self.refs = [r.to(device=device, dtype=dtype, copy=True) for r in d["refs"]]
         self.ref_sq, self.velocity = (
-            None if d[k] is None else d[k].to(device=device, copy=True) for k in ("ref_sq", "velocity")
+            None if d[k] is None else d[k].to(device=device, copy=True)
+            for k in ("ref_sq", "velocity")
         )
         if sketch:
             self.sketch = None if d["sketch"] is None else d["sketch"].to(device=device, copy=True)
             self.ref_rows, self.width = int(d["rows"]), d["width"]
-            self.row_shape = None if d["row_shape"] is None else tuple(int(x) for x in d["row_shape"])
+            self.row_shape = (
+                None if d["row_shape"] is None else tuple(int(x) for x in d["row_shape"])
+            )
 
 
 def _cpu_copy(t: torch.Tensor | None) -> torch.Tensor | None:

@@ -25,7 +25,8 @@ refused when training starts, in one line naming the fix.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch.optim import lr_scheduler as torch_sched
@@ -33,7 +34,12 @@ from torch.optim import lr_scheduler as torch_sched
 __all__ = ["check_composable", "follow_decay", "lrs"]
 
 # they set the LR from values of their own, or drive sub-schedulers whose base_lrs NeVe would miss
-_REFUSED = (torch_sched.OneCycleLR, torch_sched.CyclicLR, torch_sched.SequentialLR, torch_sched.ChainedScheduler)
+_REFUSED = (
+    torch_sched.OneCycleLR,
+    torch_sched.CyclicLR,
+    torch_sched.SequentialLR,
+    torch_sched.ChainedScheduler,
+)
 
 
 def lrs(optimizer: torch.optim.Optimizer) -> list[float]:
@@ -50,14 +56,18 @@ def check_composable(schedulers: Iterable[Any], who: str) -> None:
                 f"{who} cannot compose NeVe's LR decay with {name}, which sets the LR from values of its own; "
                 f"remove the {name} (NeVe decays the LR), or use a LambdaLR/StepLR/CosineAnnealingLR schedule"
             )
-        if not isinstance(s, torch_sched.LRScheduler) or not isinstance(getattr(s, "base_lrs", []), list):
+        if not isinstance(s, torch_sched.LRScheduler) or not isinstance(
+            getattr(s, "base_lrs", []), list
+        ):
             raise ValueError(
                 f"{who} cannot compose NeVe's LR decay with a {type(s).__name__} (not a torch.optim.lr_scheduler "
                 "scheduler with base_lrs); remove it, or use a LambdaLR/StepLR/CosineAnnealingLR schedule"
             )
 
 
-def follow_decay(schedulers: Iterable[Any], optimizer: torch.optim.Optimizer, before: list[float]) -> None:
+def follow_decay(
+    schedulers: Iterable[Any], optimizer: torch.optim.Optimizer, before: list[float]
+) -> None:
     """Scale ``base_lrs`` of the schedulers of ``optimizer`` by the ratio of each group's
     ``lr`` now to ``before`` (the LRs before NeVe's step), so their next step keeps the decay."""
     after = lrs(optimizer)

@@ -21,7 +21,8 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ._checks import _is_bool, _unwrap
 from .records import METRIC_NAMES
@@ -43,21 +44,26 @@ def check_metric_keys(metrics: Any) -> Mapping[str, Any]:
     a velocity that is not negative (NaN and inf pass: they mark a diverged epoch) and
     boolean flags; else a ``TypeError``/``ValueError`` naming the key."""
     if not isinstance(metrics, Mapping):
-        raise TypeError(f"metrics must be a mapping of metric names to values (one epoch), "
-                        f"got {metrics!r}")
+        raise TypeError(
+            f"metrics must be a mapping of metric names to values (one epoch), got {metrics!r}"
+        )
     keys = sorted(map(str, metrics))
     for key in metrics:
         if not isinstance(key, str):
             raise TypeError(f"metrics keys must be str, got {key!r}")
         near = close_metric_name(key)
         if near is not None and near not in metrics:
-            raise ValueError(f"metrics has {key!r}: did you mean {near!r}? (a metric NeVe reads); "
-                             f"its keys: {keys}")
+            raise ValueError(
+                f"metrics has {key!r}: did you mean {near!r}? (a metric NeVe reads); "
+                f"its keys: {keys}"
+            )
     velocity = _unwrap(metrics.get("velocity"))  # its type: each backend's check (arrays, strings)
     number = isinstance(velocity, numbers.Real) and not _is_bool(velocity)
     if number and not math.isnan(velocity) and velocity < 0:
-        raise ValueError(f"metrics['velocity'] must be >= 0 (a velocity is a mean absolute change; "
-                         f"NaN or inf mark divergence), got {velocity!r}")
+        raise ValueError(
+            f"metrics['velocity'] must be >= 0 (a velocity is a mean absolute change; "
+            f"NaN or inf mark divergence), got {velocity!r}"
+        )
     for key in FLAGS:
         value = _unwrap(metrics.get(key))
         if value is not None and not _is_bool(value):

@@ -18,7 +18,8 @@ themselves); a ``SubsetPredictionChanges`` they built is used as given.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,20 +39,36 @@ class PCSource:
         self.counter = counter
 
     @classmethod
-    def subset(cls, dataset: Any, *, seed: int, input_key: Any, who: str,
-               forward: Callable[[nn.Module, Any], torch.Tensor] | None = None) -> "PCSource":
+    def subset(
+        cls,
+        dataset: Any,
+        *,
+        seed: int,
+        input_key: Any,
+        who: str,
+        forward: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    ) -> PCSource:
         """The default: ``SUBSET_SIZE`` inputs of ``dataset`` drawn with ``seed``."""
-        if dataset is None or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-            raise ValueError(f"{who}(prediction_changes='subset') draws its subset from the training set, which is not "
-                             f"an indexable data set here ({type(dataset).__name__}); pass a SubsetPredictionChanges you "
-                             "built, or pc_patience=None to turn the guard off")
+        if (
+            dataset is None
+            or not hasattr(dataset, "__getitem__")
+            or not hasattr(dataset, "__len__")
+        ):
+            raise ValueError(
+                f"{who}(prediction_changes='subset') draws its subset from the training set, which is not "
+                f"an indexable data set here ({type(dataset).__name__}); pass a SubsetPredictionChanges you "
+                "built, or pc_patience=None to turn the guard off"
+            )
         try:
-            counter = SubsetPredictionChanges.from_dataset(dataset, num_examples=SUBSET_SIZE, seed=seed, input_key=input_key,
-                                                forward=forward)
+            counter = SubsetPredictionChanges.from_dataset(
+                dataset, num_examples=SUBSET_SIZE, seed=seed, input_key=input_key, forward=forward
+            )
         except (KeyError, IndexError, ValueError, TypeError) as e:
-            raise ValueError(f"{who}(prediction_changes='subset') cannot draw its subset of training inputs with "
-                             f"input_key={input_key!r} ({e}); pass input_key= naming the examples' model input, "
-                             "or pc_patience=None to turn the guard off") from e
+            raise ValueError(
+                f"{who}(prediction_changes='subset') cannot draw its subset of training inputs with "
+                f"input_key={input_key!r} ({e}); pass input_key= naming the examples' model input, "
+                "or pc_patience=None to turn the guard off"
+            ) from e
         return cls(counter)
 
     @property
@@ -98,23 +115,34 @@ def batch_logits(outputs: Any, who: str) -> torch.Tensor:
     logits = outputs.get("logits") if isinstance(outputs, dict) else None
     if not isinstance(logits, torch.Tensor):
         got = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
-        raise ValueError(f"{who}(prediction_changes='batch') counts the training pass's predictions: return "
-                         f"{{'loss': loss, 'logits': logits}} from training_step (it returned {got})")
+        raise ValueError(
+            f"{who}(prediction_changes='batch') counts the training pass's predictions: return "
+            f"{{'loss': loss, 'logits': logits}} from training_step (it returned {got})"
+        )
     return logits
 
 
-def check_classes(forward: Callable[[nn.Module, Any], Any], model: nn.Module, dataset: Any, input_key: Any,
-                  who: str) -> None:
+def check_classes(
+    forward: Callable[[nn.Module, Any], Any],
+    model: nn.Module,
+    dataset: Any,
+    input_key: Any,
+    who: str,
+) -> None:
     """Refuse, when training starts, a model whose outputs are not class logits
     ``[batch, classes]``: prediction changes count changed argmax classes per example.
     One training input goes through ``forward`` in eval mode under ``no_grad``."""
     item = dataset[0]
-    x = torch.as_tensor(item[input_key] if isinstance(item, (dict, tuple, list)) else item).unsqueeze(0)
+    x = torch.as_tensor(
+        item[input_key] if isinstance(item, (dict, tuple, list)) else item
+    ).unsqueeze(0)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with eval_forward(model):
         out = forward(model, x.to(device))
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"{who}'s memorisation guard counts changed class predictions, but the model's output for "
-                         f"one example is {got}, not logits [1, classes]; pass pc_patience=None to turn the guard off, "
-                         "or a SubsetPredictionChanges with forward= giving logits")
+        raise ValueError(
+            f"{who}'s memorisation guard counts changed class predictions, but the model's output for "
+            f"one example is {got}, not logits [1, classes]; pass pc_patience=None to turn the guard off, "
+            "or a SubsetPredictionChanges with forward= giving logits"
+        )

@@ -28,17 +28,34 @@ import torch
 
 from ._layers import HookError, LayerState
 
-__all__ = ["call_signs", "keep_first_sketch", "random_signs", "sketch", "sketch_call", "sketch_rho", "sketch_similarity"]
+__all__ = [
+    "call_signs",
+    "keep_first_sketch",
+    "random_signs",
+    "sketch",
+    "sketch_call",
+    "sketch_rho",
+    "sketch_similarity",
+]
 
 
-def sketch_call(name: str, state: LayerState, y: torch.Tensor, axis: int, sq: torch.Tensor, *,
-                sketch_dim: int, sketch_seed: int, element_signs: dict) -> bool:
+def sketch_call(
+    name: str,
+    state: LayerState,
+    y: torch.Tensor,
+    axis: int,
+    sq: torch.Tensor,
+    *,
+    sketch_dim: int,
+    sketch_seed: int,
+    element_signs: dict,
+) -> bool:
     """Add one call's output to the layer's sketch; False when the layer keeps exact references.
 
     ``element_signs`` is the monitor's cache of the shared signs ``s`` (:func:`call_signs`)."""
     c = y.shape[axis]
     a = math.prod(y.shape[:axis])
-    r = math.prod(y.shape[axis + 1:])
+    r = math.prod(y.shape[axis + 1 :])
     if state.width is None:  # the first call of the first measurement decides
         if a * r <= sketch_dim:
             state.width = 0
@@ -62,7 +79,11 @@ def sketch_call(name: str, state: LayerState, y: torch.Tensor, axis: int, sq: to
 
 
 def call_signs(
-    state: LayerState, shape: tuple[int, int, int], device: torch.device, sketch_seed: int, element_signs: dict
+    state: LayerState,
+    shape: tuple[int, int, int],
+    device: torch.device,
+    sketch_seed: int,
+    element_signs: dict,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The seeded random +-1 signs ``(s, u, v)`` of this call of the layer (see :func:`sketch`),
     as float32 on ``device``, drawn on the CPU so that every device sees the same, and
@@ -79,11 +100,15 @@ def call_signs(
     if k == len(state.signs):
         gen = torch.Generator().manual_seed((sketch_seed * 1_000_003 + state.index) * 65_537 + k)
         sizes = [(u_rows, c)] + ([(c, r)] if r > state.width else [])
-        state.signs.append(tuple(random_signs(n, gen).to(device=device, dtype=torch.float32) for n in sizes))
+        state.signs.append(
+            tuple(random_signs(n, gen).to(device=device, dtype=torch.float32) for n in sizes)
+        )
     signs = state.signs[k]
     if signs[0].shape != (u_rows, c):
-        raise HookError(f"call {k} of a sketched layer produced {a} rows, unlike the reference; "
-                        "the probe or the model changed")
+        raise HookError(
+            f"call {k} of a sketched layer produced {a} rows, unlike the reference; "
+            "the probe or the model changed"
+        )
     key = (a * r, device)
     if key not in element_signs:
         gen = torch.Generator().manual_seed(sketch_seed * 1_000_003 + 7_919 * a * r)
@@ -94,15 +119,23 @@ def call_signs(
 def keep_first_sketch(state: LayerState, store_device: torch.device) -> None:
     """After the first measurement: its sketch and norms become the reference."""
     state.sketch = state.cur_sketch.to(store_device)
-    state.ref_sq, state.ref_rows, state.cur_sketch = state.cur_sq.to(state.sketch.device), state.rows, None
+    state.ref_sq, state.ref_rows, state.cur_sketch = (
+        state.cur_sq.to(state.sketch.device),
+        state.rows,
+        None,
+    )
 
 
 def sketch_rho(name: str, state: LayerState) -> torch.Tensor:
     """Per-neuron cosine of this measurement against the reference sketch, which it then replaces."""
     if state.rows != state.ref_rows:
-        raise RuntimeError(f"layer {name!r} produced {state.rows} rows, {state.ref_rows} in the reference")
+        raise RuntimeError(
+            f"layer {name!r} produced {state.rows} rows, {state.ref_rows} in the reference"
+        )
     dev = state.cur_sketch.device
-    rho = sketch_similarity(state.cur_sketch, state.cur_sq, state.sketch.to(dev), state.ref_sq.to(dev))
+    rho = sketch_similarity(
+        state.cur_sketch, state.cur_sq, state.sketch.to(dev), state.ref_sq.to(dev)
+    )
     if state.sketch.device == dev:
         state.sketch.copy_(state.cur_sketch)
     else:
@@ -116,7 +149,13 @@ def random_signs(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
 
 
 def sketch(
-    y: torch.Tensor, s: torch.Tensor, u: torch.Tensor, v: torch.Tensor | None, *, row0: int, width: int
+    y: torch.Tensor,
+    s: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor | None,
+    *,
+    row0: int,
+    width: int,
 ) -> torch.Tensor:
     """Sketch ``[width, C]`` of one call's output ``y``, viewed as ``[A, C, R]`` (rows,
     neurons, positions), whose rows start at ``row0`` in the layer's forward.
@@ -141,15 +180,15 @@ def sketch(
         start = row0 % width
         head = min(a, width - start) if start else 0
         if head:
-            out[start:start + head] += z[:head] * u[0]
+            out[start : start + head] += z[:head] * u[0]
         rest = z[head:]
         j = 1 if head else 0
         q = rest.shape[0] // width
         if q:
-            out += rest[: q * width].view(q, width, c).mul_(u[j:j + q].unsqueeze(1)).sum(0)
+            out += rest[: q * width].view(q, width, c).mul_(u[j : j + q].unsqueeze(1)).sum(0)
         tail = rest.shape[0] - q * width
         if tail:
-            out[:tail] += rest[q * width:] * u[j + q]
+            out[:tail] += rest[q * width :] * u[j + q]
         return out
     z = y.float() * s.view(a, 1, r)
     if r >= width:
@@ -160,7 +199,7 @@ def sketch(
         q = r // width
         out = w[:, : q * width].reshape(c, q, width).sum(1)
         if r > q * width:
-            out[:, : r - q * width] += w[:, q * width:]
+            out[:, : r - q * width] += w[:, q * width :]
         return out.t()
     g = width // r
     z.mul_(u.unsqueeze(2))
@@ -175,14 +214,19 @@ def sketch(
     return w.permute(0, 2, 1).reshape(g * r, c)
 
 
-def sketch_similarity(cur: torch.Tensor, sq: torch.Tensor, ref: torch.Tensor, ref_sq: torch.Tensor) -> torch.Tensor:
+def sketch_similarity(
+    cur: torch.Tensor, sq: torch.Tensor, ref: torch.Tensor, ref_sq: torch.Tensor
+) -> torch.Tensor:
     """Per-neuron cosine from sketches ``[width, C]`` and exact squared norms ``[C]``:
     ``rho = 1 - |S y/|y| - S y'/|y'| |^2 / 2``, with the zero-vector conventions of docs/design.md, "Velocity"."""
     norm, ref_norm = sq.sqrt(), ref_sq.sqrt()
     one = torch.ones_like(norm)
-    dist = (cur / torch.where(norm > 0, norm, one) - ref / torch.where(ref_norm > 0, ref_norm, one)).square().sum(0)
+    dist = (
+        (cur / torch.where(norm > 0, norm, one) - ref / torch.where(ref_norm > 0, ref_norm, one))
+        .square()
+        .sum(0)
+    )
     rho = (1.0 - 0.5 * dist).clamp(-1.0, 1.0)
     zero_cur, zero_ref = sq == 0, ref_sq == 0
     rho = torch.where(zero_cur & zero_ref, torch.ones_like(rho), rho)
     return torch.where(zero_cur ^ zero_ref, torch.zeros_like(rho), rho)
-

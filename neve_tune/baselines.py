@@ -19,7 +19,8 @@ validation-free one.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -70,8 +71,9 @@ class ValidationControl(_Stoppable):
         self.early_stopping = early_stopping
         self.metric = metric
         self.model = model if keep_best_weights else None
-        self.scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience,
-                                           threshold=0.0)
+        self.scheduler = ReduceLROnPlateau(
+            optimizer, mode=mode, factor=factor, patience=patience, threshold=0.0
+        )
         self.epoch = 0
         self.best = math.inf if mode == "min" else -math.inf
         self.best_epoch = 0
@@ -82,15 +84,22 @@ class ValidationControl(_Stoppable):
         return value < self.best if self.metric == "loss" else value > self.best
 
     def step(
-        self, train_loss: float, val_loss: float | None = None, *,
-        prediction_changes: int | None = None, unfit: int | None = None, val_acc: float | None = None,
+        self,
+        train_loss: float,
+        val_loss: float | None = None,
+        *,
+        prediction_changes: int | None = None,
+        unfit: int | None = None,
+        val_acc: float | None = None,
     ) -> dict[str, Any]:
         """Close one epoch on its validation loss and accuracy; the one ``metric`` names is
         required (a ``ValueError`` names it)."""
         value = val_loss if self.metric == "loss" else val_acc
         if value is None:
-            raise ValueError(f"{self.metric_key} is required: ValidationControl decides on it "
-                             f"(metric={self.metric!r})")
+            raise ValueError(
+                f"{self.metric_key} is required: ValidationControl decides on it "
+                f"(metric={self.metric!r})"
+            )
         self._check_open()
         lr = _lr(self.optimizer)
         self.epoch += 1
@@ -104,7 +113,10 @@ class ValidationControl(_Stoppable):
                 if self.model is not None:  # a copy: training goes on from the live weights
                     state = self.model.state_dict()
                     self.best_weights = {k: v.detach().clone() for k, v in state.items()}
-            if self.early_stopping is not None and self.epoch - self.best_epoch >= self.early_stopping:
+            if (
+                self.early_stopping is not None
+                and self.epoch - self.best_epoch >= self.early_stopping
+            ):
                 self.stopped_by = "early_stopping"
             elif self.epoch >= self.max_epochs:
                 self.stopped_by = "max_epochs"
@@ -169,7 +181,11 @@ class LRReplay(_Stoppable):
             g["lr"] = float(self.lrs[i])
 
     def step(
-        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None,
+        self,
+        train_loss: float,
+        val_loss: float | None = None,
+        *,
+        prediction_changes: int | None = None,
         unfit: int | None = None,
     ) -> dict[str, Any]:
         lr = _lr(self.optimizer)

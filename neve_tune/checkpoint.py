@@ -69,8 +69,12 @@ class CheckpointError(ValueError):
     or made by another run. Its text is one line: the parameter, the path, what is wrong
     and what to do; :meth:`message` words it for another name (the CLI's ``--checkpoint``)."""
 
-    def __init__(self, path: str | os.PathLike, problem: str,
-                 advice: str = "delete it to start over, or pass another path") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        problem: str,
+        advice: str = "delete it to start over, or pass another path",
+    ) -> None:
         self.path, self.problem, self.advice = str(path), problem, advice
         super().__init__(self.message())
 
@@ -117,24 +121,31 @@ def _verified_payload(path: str | os.PathLike, data: bytes, advice: str) -> byte
     """The payload of a file's bytes ``data`` once its header vouches for it; None when
     the file has no header; :class:`DamagedCheckpointError` when the bytes do not match."""
     if 0 < len(data) < len(_MAGIC) and _MAGIC.startswith(data):
-        raise DamagedCheckpointError(path, "is damaged (cut short inside its checksum header)",
-                                     advice)
+        raise DamagedCheckpointError(
+            path, "is damaged (cut short inside its checksum header)", advice
+        )
     if not data.startswith(_MAGIC):
         return None
     header = data[:_HEADER_LEN]
-    match = header[len(_MAGIC):].decode("ascii", "replace").split()
+    match = header[len(_MAGIC) :].decode("ascii", "replace").split()
     try:
         digest, size = match[0].removeprefix("sha256="), int(match[1].removeprefix("bytes="))
     except (IndexError, ValueError):
-        raise DamagedCheckpointError(path, "is damaged (its checksum header is cut short or "
-                                           "garbled)", advice) from None
+        raise DamagedCheckpointError(
+            path, "is damaged (its checksum header is cut short or garbled)", advice
+        ) from None
     payload = data[_HEADER_LEN:]
     if len(payload) != size:
-        raise DamagedCheckpointError(path, f"is damaged ({len(payload)} bytes after its header, "
-                                           f"{size} written: truncated or grown)", advice)
+        raise DamagedCheckpointError(
+            path,
+            f"is damaged ({len(payload)} bytes after its header, "
+            f"{size} written: truncated or grown)",
+            advice,
+        )
     if hashlib.sha256(payload).hexdigest() != digest:
-        raise DamagedCheckpointError(path, "is damaged (its SHA-256 differs from the one written "
-                                           "with it)", advice)
+        raise DamagedCheckpointError(
+            path, "is damaged (its SHA-256 differs from the one written with it)", advice
+        )
     return payload
 
 
@@ -179,8 +190,12 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
-def load_state_file(path: str | os.PathLike, required: tuple[str, ...], kind: str,
-                    advice: str = "delete it to start over, or pass another path") -> dict[str, Any]:
+def load_state_file(
+    path: str | os.PathLike,
+    required: tuple[str, ...],
+    kind: str,
+    advice: str = "delete it to start over, or pass another path",
+) -> dict[str, Any]:
     """The dict a state file written by :func:`save_checkpoint` holds (``weights_only``
     loading, after its checksum is verified); a :class:`DamagedCheckpointError` when its
     bytes are not those written, a :class:`CheckpointError` when ``path`` is missing, a
@@ -188,7 +203,9 @@ def load_state_file(path: str | os.PathLike, required: tuple[str, ...], kind: st
     dict without the ``required`` keys)."""
     p = Path(path)
     if p.is_dir():
-        raise CheckpointError(path, "is a folder, not a checkpoint file", "pass the path of a checkpoint file")
+        raise CheckpointError(
+            path, "is a folder, not a checkpoint file", "pass the path of a checkpoint file"
+        )
     if not p.is_file():
         raise CheckpointError(path, "does not exist", "pass the path of an existing checkpoint")
     if p.stat().st_size == 0:
@@ -203,16 +220,25 @@ def load_state_file(path: str | os.PathLike, required: tuple[str, ...], kind: st
         source = io.BytesIO(data if payload is None else payload)
         state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as e:  # any failure to unpickle: truncated, text, another format
-        raise CheckpointError(path, "cannot be read as a torch checkpoint (truncated or another format; "
-                                    f"{first_line(e)})", advice) from None
+        raise CheckpointError(
+            path,
+            f"cannot be read as a torch checkpoint (truncated or another format; {first_line(e)})",
+            advice,
+        ) from None
     if payload is None and isinstance(state, dict) and all(k in state for k in required):
-        raise CheckpointError(path, f"has no checksum (a {kind} of a neve_tune before 0.1.0?), "
-                                    "so nothing vouches for its bytes", advice)
+        raise CheckpointError(
+            path,
+            f"has no checksum (a {kind} of a neve_tune before 0.1.0?), "
+            "so nothing vouches for its bytes",
+            advice,
+        )
     if not isinstance(state, dict):
         raise CheckpointError(path, f"holds a {type(state).__name__}, not a {kind}", advice)
     missing = [k for k in required if k not in state]
     if missing:
-        raise CheckpointError(path, f"is not a {kind} (it has no {', '.join(map(repr, missing))})", advice)
+        raise CheckpointError(
+            path, f"is not a {kind} (it has no {', '.join(map(repr, missing))})", advice
+        )
     return state
 
 
@@ -221,13 +247,24 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     it cannot be one (see :func:`load_state_file`) or has another format version."""
     ckpt = load_state_file(path, CHECKPOINT_KEYS, "neve_tune checkpoint")
     if ckpt["version"] != CHECKPOINT_VERSION:
-        raise CheckpointError(path, f"has version {ckpt['version']!r}; this neve_tune reads version {CHECKPOINT_VERSION}")
+        raise CheckpointError(
+            path,
+            f"has version {ckpt['version']!r}; this neve_tune reads version {CHECKPOINT_VERSION}",
+        )
     return ckpt
 
 
-def fit_payload(epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, controller: Any,
-                history: list[dict[str, Any]], cost: Cost, scaler: Any, predictions: dict[str, Any],
-                meta: dict[str, Any] | None) -> dict[str, Any]:
+def fit_payload(
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    controller: Any,
+    history: list[dict[str, Any]],
+    cost: Cost,
+    scaler: Any,
+    predictions: dict[str, Any],
+    meta: dict[str, Any] | None,
+) -> dict[str, Any]:
     """What :func:`~neve_tune.train.fit` saves after ``epoch``: everything to resume the run
     (``predictions``: the prediction-change counter's own entries)."""
     return {
@@ -260,7 +297,9 @@ def meta_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[st
         if isinstance(old, dict) and isinstance(new, dict):
             for sub in sorted(set(old) | set(new), key=str):
                 if old.get(sub) != new.get(sub):
-                    out.append(f"{key} {sub}: {old.get(sub)!r} in the checkpoint, {new.get(sub)!r} now")
+                    out.append(
+                        f"{key} {sub}: {old.get(sub)!r} in the checkpoint, {new.get(sub)!r} now"
+                    )
         else:
             out.append(f"{key}: {_shown(old)} in the checkpoint, {_shown(new)} now")
     return out
@@ -277,12 +316,18 @@ def check_guard(path: str | os.PathLike, stored: Any, current: dict[str, Any] | 
     if current is None:
         return
     if not isinstance(stored, dict):
-        raise CheckpointError(path, "has no run record ('meta'), so nothing says it belongs to this run",
-                              "delete it to start over, or use another path")
+        raise CheckpointError(
+            path,
+            "has no run record ('meta'), so nothing says it belongs to this run",
+            "delete it to start over, or use another path",
+        )
     differences = meta_differences(stored, current)
     if differences:
-        raise CheckpointError(path, f"belongs to another run ({'; '.join(differences)})",
-                              "delete it to start over, or use another path")
+        raise CheckpointError(
+            path,
+            f"belongs to another run ({'; '.join(differences)})",
+            "delete it to start over, or use another path",
+        )
 
 
 def rng_state() -> dict[str, Any]:

@@ -15,7 +15,8 @@ All three implement :class:`Controller` (:mod:`neve_tune._controller`), the inte
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -27,8 +28,17 @@ from .baselines import LRReplay, ValidationControl
 from .guard import MemorisationGuard
 from .velocity import NeuralVelocity
 
-__all__ = ["Controller", "LRReplay", "NeVe", "ValidationControl", "auto_patience", "check_epochs",
-           "learned", "resolve_patience", "resolve_threshold"]
+__all__ = [
+    "Controller",
+    "LRReplay",
+    "NeVe",
+    "ValidationControl",
+    "auto_patience",
+    "check_epochs",
+    "learned",
+    "resolve_patience",
+    "resolve_threshold",
+]
 
 LR_SIGNALS = ("velocity_change", "velocity", "prediction_changes")
 THRESHOLD_MODES = ("absolute", "relative")
@@ -38,7 +48,9 @@ DEFAULT_THRESHOLD_MODE = "relative"
 DEFAULT_THRESHOLDS = {"relative": 1e-2, "absolute": 1e-3}
 
 
-def resolve_threshold(threshold: float | None = None, threshold_mode: str | None = None) -> tuple[float, str]:
+def resolve_threshold(
+    threshold: float | None = None, threshold_mode: str | None = None
+) -> tuple[float, str]:
     """The velocity stop's ``(threshold, threshold_mode)``.
 
     No threshold: the default rule, relative 1e-2 (1e-3 with ``threshold_mode="absolute"``).
@@ -160,17 +172,26 @@ class NeVe(_Stoppable):
         self.max_epochs = max_epochs
         self.lr_signal = lr_signal
         self.num_classes = check_int("num_classes", num_classes, minimum=2, allow_none=True)
-        self.stall_margin = check_float("stall_margin", stall_margin, low=0.0, high=1.0, high_open=True)
-        self.stall_patience = check_int("stall_patience", stall_patience, minimum=1,
-                                        allow_none=True)
+        self.stall_margin = check_float(
+            "stall_margin", stall_margin, low=0.0, high=1.0, high_open=True
+        )
+        self.stall_patience = check_int(
+            "stall_patience", stall_patience, minimum=1, allow_none=True
+        )
         self.pc_patience = check_int("pc_patience", pc_patience, minimum=1, allow_none=True)
         self.pc_window = check_int("pc_window", pc_window, minimum=1)
         self.pc_restore = bool(pc_restore)
         self.patience = patience
         self._pc_warned = False  # the missing-prediction-changes warning, once per controller
-        self.guard = None if self.pc_patience is None else MemorisationGuard(self.pc_patience, self.pc_window)
+        self.guard = (
+            None
+            if self.pc_patience is None
+            else MemorisationGuard(self.pc_patience, self.pc_window)
+        )
         self._best_weights: dict[str, torch.Tensor] | None = None
-        self.scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience, threshold=0.0)
+        self.scheduler = ReduceLROnPlateau(
+            optimizer, mode="min", factor=factor, patience=patience, threshold=0.0
+        )
         self.epoch = 0
         self.stopped_by: str | None = None
         self.first_loss: float | None = None
@@ -182,7 +203,11 @@ class NeVe(_Stoppable):
     def best_epoch(self) -> int:
         """The epoch whose weights the model holds at the end: the prediction-changes
         minimum after a restoring guard stop, else the last epoch."""
-        if self.stopped_by == "prediction_changes" and self.pc_restore and self._best_weights is not None:
+        if (
+            self.stopped_by == "prediction_changes"
+            and self.pc_restore
+            and self._best_weights is not None
+        ):
             return self.pc_best_epoch
         return self.epoch
 
@@ -197,7 +222,12 @@ class NeVe(_Stoppable):
 
     def learned(self, train_loss: float) -> bool:
         """Whether ``train_loss`` shows the run learned (:func:`learned`)."""
-        return learned(train_loss, self.first_loss, stall_margin=self.stall_margin, num_classes=self.num_classes)
+        return learned(
+            train_loss,
+            self.first_loss,
+            stall_margin=self.stall_margin,
+            num_classes=self.num_classes,
+        )
 
     def _pc_level(self) -> float | None:
         """The moving average of prediction changes over the last ``pc_window`` epochs."""
@@ -218,11 +248,17 @@ class NeVe(_Stoppable):
             return False
         stop = self.guard.update(self.epoch, prediction_changes, unfit)
         if self.guard.kept and self.pc_restore:
-            self._best_weights = {k: v.detach().clone() for k, v in self.velocity.module.state_dict().items()}
+            self._best_weights = {
+                k: v.detach().clone() for k, v in self.velocity.module.state_dict().items()
+            }
         return stop
 
     def step(
-        self, train_loss: float, val_loss: float | None = None, *, prediction_changes: int | None = None,
+        self,
+        train_loss: float,
+        val_loss: float | None = None,
+        *,
+        prediction_changes: int | None = None,
         unfit: int | None = None,
     ) -> dict[str, Any]:
         """Close one training epoch; ``val_loss`` is ignored (NeVe needs none);
@@ -238,7 +274,9 @@ class NeVe(_Stoppable):
         refused (measuring the reference now would give epoch 1 a velocity of 0 and a
         bogus stop); a controller restored with :meth:`load_state_dict` needs no start.
         """
-        train_loss, val_loss, prediction_changes, unfit = self._inputs(train_loss, val_loss, prediction_changes, unfit)
+        train_loss, val_loss, prediction_changes, unfit = self._inputs(
+            train_loss, val_loss, prediction_changes, unfit
+        )
         lr = _lr(self.optimizer)
         self.epoch += 1
         if self.first_loss is None and _finite(train_loss):
@@ -279,15 +317,25 @@ class NeVe(_Stoppable):
     def _stalled_early(self) -> bool:
         """:func:`stalled_early` on this run's losses (the lowest finite one so far)."""
         finite = [x for x in self.train_losses if _finite(x)]
-        return stalled_early(self.epoch, min(finite, default=None), self.first_loss,
-                             max_epochs=self.max_epochs, stall_patience=self.stall_patience,
-                             stall_margin=self.stall_margin)
+        return stalled_early(
+            self.epoch,
+            min(finite, default=None),
+            self.first_loss,
+            max_epochs=self.max_epochs,
+            stall_patience=self.stall_patience,
+            stall_margin=self.stall_margin,
+        )
 
-    def _inputs(self, train_loss: Any, val_loss: Any, prediction_changes: Any,
-                unfit: Any) -> tuple[float, float | None, Any, Any]:
+    def _inputs(
+        self, train_loss: Any, val_loss: Any, prediction_changes: Any, unfit: Any
+    ) -> tuple[float, float | None, Any, Any]:
         """The step's inputs checked (before anything changes) and as plain numbers."""
         self._check_open()
-        if self.lr_signal == "prediction_changes" and prediction_changes is None and self.epoch >= 1:
+        if (
+            self.lr_signal == "prediction_changes"
+            and prediction_changes is None
+            and self.epoch >= 1
+        ):
             raise ValueError(
                 "lr_signal='prediction_changes' needs step(..., prediction_changes=n) from the 2nd epoch on: "
                 "n = training examples whose predicted class changed since the previous epoch"
@@ -302,7 +350,10 @@ class NeVe(_Stoppable):
             )
         if val_loss is not None:
             val_loss = to_float("val_loss", val_loss)
-        prediction_changes, unfit = _count("prediction_changes", prediction_changes), _count("unfit", unfit)
+        prediction_changes, unfit = (
+            _count("prediction_changes", prediction_changes),
+            _count("unfit", unfit),
+        )
         if self.guard is not None and prediction_changes is not None and unfit is None:
             raise ValueError(
                 "the memorisation guard (pc_patience set) needs step(..., unfit=m) with prediction_changes: m = the "
@@ -335,8 +386,14 @@ class NeVe(_Stoppable):
         velocity, change = report.model_velocity, report.velocity_change
         return velocity, change, not (_finite(velocity) and _finite(change))
 
-    def _decide(self, train_loss: float, velocity: float, change: float | None, prediction_changes: Any,
-                unfit: Any) -> None:
+    def _decide(
+        self,
+        train_loss: float,
+        velocity: float,
+        change: float | None,
+        prediction_changes: Any,
+        unfit: Any,
+    ) -> None:
         """Step the LR schedule and set ``stopped_by`` when a stop fires (class docstring, 2-3)."""
         pc_stop = self._prediction_changes_stop(prediction_changes, unfit)
         if self.lr_signal == "prediction_changes":
@@ -346,7 +403,11 @@ class NeVe(_Stoppable):
         if signal is not None:
             self.scheduler.step(signal)
         self.peak_velocity = max(self.peak_velocity, float(velocity))
-        settled = velocity / self.peak_velocity if self.threshold_mode == "relative" and self.peak_velocity > 0 else velocity
+        settled = (
+            velocity / self.peak_velocity
+            if self.threshold_mode == "relative" and self.peak_velocity > 0
+            else velocity
+        )
         may_stop = self.epoch >= self.min_epochs
         velocity_stop = may_stop and settled < self.threshold
         pc_stop = may_stop and pc_stop
@@ -355,8 +416,14 @@ class NeVe(_Stoppable):
         if not self.learned(train_loss):
             self.stopped_by = "stalled"
         else:
-            self.stopped_by = "velocity" if velocity_stop else "prediction_changes" if pc_stop else "max_epochs"
-        if self.stopped_by == "prediction_changes" and self.pc_restore and self._best_weights is not None:
+            self.stopped_by = (
+                "velocity" if velocity_stop else "prediction_changes" if pc_stop else "max_epochs"
+            )
+        if (
+            self.stopped_by == "prediction_changes"
+            and self.pc_restore
+            and self._best_weights is not None
+        ):
             self.velocity.module.load_state_dict(self._best_weights)
 
     def state_dict(self) -> dict[str, Any]:

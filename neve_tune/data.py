@@ -19,9 +19,10 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
@@ -82,7 +83,12 @@ def register_dataset(name: str) -> Callable:
 
 
 def get_dataset(
-    name: str, *, train_fraction: float = 1.0, label_noise: float = 0.0, noise_seed: int = 0, **options: Any
+    name: str,
+    *,
+    train_fraction: float = 1.0,
+    label_noise: float = 0.0,
+    noise_seed: int = 0,
+    **options: Any,
 ) -> DataBundle:
     """The data set registered as ``name``, built with ``options``.
 
@@ -93,12 +99,19 @@ def get_dataset(
     """
     if name not in DATASETS:
         raise ValueError(f"data must be one of {sorted(DATASETS)}, got {name!r}")
-    train_fraction, label_noise, noise_seed = check_data_changes(train_fraction, label_noise, noise_seed)
+    train_fraction, label_noise, noise_seed = check_data_changes(
+        train_fraction, label_noise, noise_seed
+    )
     bundle = DATASETS[name](**options)
     if train_fraction < 1.0:
-        bundle = replace(bundle, train=stratified_subset(bundle.train, train_fraction, seed=int(options.get("seed", 0))))
+        bundle = replace(
+            bundle,
+            train=stratified_subset(bundle.train, train_fraction, seed=int(options.get("seed", 0))),
+        )
     if label_noise > 0.0:
-        train, flipped = symmetric_label_noise(bundle.train, label_noise, bundle.num_classes, seed=noise_seed)
+        train, flipped = symmetric_label_noise(
+            bundle.train, label_noise, bundle.num_classes, seed=noise_seed
+        )
         bundle = replace(bundle, train=train, flipped=flipped)
     return bundle
 
@@ -148,7 +161,9 @@ def _digits_arrays(seed: int, test_fraction: float):
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=test_fraction, random_state=seed, stratify=y
+    )
     return x_tr, x_te, y_tr, y_te
 
 
@@ -163,7 +178,9 @@ def digits(seed: int = 0, test_fraction: float = 0.2, **_: object) -> DataBundle
     return _standardised("digits", xt, xe, y_tr, y_te)
 
 
-def _standardised(name: str, xt: torch.Tensor, xe: torch.Tensor, y_tr: Any, y_te: Any) -> DataBundle:
+def _standardised(
+    name: str, xt: torch.Tensor, xe: torch.Tensor, y_tr: Any, y_te: Any
+) -> DataBundle:
     """Train and test inputs standardised with the training mean and std, as a 10-class bundle."""
     mean, std = xt.mean(), xt.std()
     xt, xe = (xt - mean) / std, (xe - mean) / std
@@ -199,7 +216,9 @@ def _mnist1d_pool(num_samples: int) -> tuple[Any, Any]:
 
 
 @register_dataset("mnist1d")
-def mnist1d(seed: int = 0, test_fraction: float = 0.2, num_samples: int = 5000, **_: object) -> DataBundle:
+def mnist1d(
+    seed: int = 0, test_fraction: float = 0.2, num_samples: int = 5000, **_: object
+) -> DataBundle:
     """MNIST-1D (Greydanus 2020): 40-sample 1-D signals of ten digit templates, padded,
     sheared, scaled, translated and noised. The 5,000 examples of the standard generation
     (about 1 s, offline, cached per process) are split 4,000 train / 1,000 test, stratified
@@ -212,9 +231,13 @@ def mnist1d(seed: int = 0, test_fraction: float = 0.2, num_samples: int = 5000, 
     from sklearn.model_selection import train_test_split
 
     num_samples = check_int("num_samples", num_samples, minimum=100)
-    test_fraction = check_float("test_fraction", test_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+    test_fraction = check_float(
+        "test_fraction", test_fraction, low=0.0, high=1.0, low_open=True, high_open=True
+    )
     x, y = _mnist1d_pool(num_samples)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=int(seed), stratify=y)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=test_fraction, random_state=int(seed), stratify=y
+    )
     xt = torch.tensor(x_tr, dtype=torch.float32).unsqueeze(1)
     xe = torch.tensor(x_te, dtype=torch.float32).unsqueeze(1)
     return _standardised("mnist1d", xt, xe, y_tr, y_te)
@@ -250,26 +273,43 @@ def _missing(name: str, root: Path, expected: str) -> FileNotFoundError:
 
 
 def _cifar(name: str, root: str | os.PathLike | None, augment: bool, verify: bool) -> DataBundle:
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     root = Path(root or os.environ.get("NEVE_DATA", "data")).expanduser()
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     if not verify:  # same parser, without the md5 check of the official archive files
-        cls = type(cls.__name__, (cls,), {"_check_integrity": lambda self: True, "meta": {**cls.meta, "md5": None}})
+        cls = type(
+            cls.__name__,
+            (cls,),
+            {"_check_integrity": lambda self: True, "meta": {**cls.meta, "md5": None}},
+        )
     norm = T.Normalize(CIFAR_MEAN[name], CIFAR_STD[name])
     train_tf = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []
     folder = cls.base_folder
     try:
-        train = cls(str(root), train=True, download=False, transform=T.Compose([*train_tf, T.ToTensor(), norm]))
-        test = cls(str(root), train=False, download=False, transform=T.Compose([T.ToTensor(), norm]))
+        train = cls(
+            str(root),
+            train=True,
+            download=False,
+            transform=T.Compose([*train_tf, T.ToTensor(), norm]),
+        )
+        test = cls(
+            str(root), train=False, download=False, transform=T.Compose([T.ToTensor(), norm])
+        )
     except RuntimeError as e:
-        raise _missing(name, root, f"the python version of the data set, unpacked as {folder}/") from e
+        raise _missing(
+            name, root, f"the python version of the data set, unpacked as {folder}/"
+        ) from e
     return DataBundle(name, train, test, (3, 32, 32), 100 if name == "cifar100" else 10)
 
 
 @register_dataset("cifar10")
 def cifar10(
-    data_root: str | os.PathLike | None = None, augment: bool = True, verify: bool = True, **_: object
+    data_root: str | os.PathLike | None = None,
+    augment: bool = True,
+    verify: bool = True,
+    **_: object,
 ) -> DataBundle:
     """CIFAR-10 from ``data_root/cifar-10-batches-py`` (torchvision format), with the
     usual random crop + flip on the training set. ``verify=False`` skips the md5 check of
@@ -279,7 +319,10 @@ def cifar10(
 
 @register_dataset("cifar100")
 def cifar100(
-    data_root: str | os.PathLike | None = None, augment: bool = True, verify: bool = True, **_: object
+    data_root: str | os.PathLike | None = None,
+    augment: bool = True,
+    verify: bool = True,
+    **_: object,
 ) -> DataBundle:
     """CIFAR-100 from ``data_root/cifar-100-python`` (torchvision format)."""
     return _cifar("cifar100", data_root, augment, verify)
@@ -296,18 +339,25 @@ def imagefolder(
 ) -> DataBundle:
     """An ImageNet-style tree: ``data_root/train/<class>/*.jpg`` and
     ``data_root/val/<class>/*.jpg`` (torchvision ``ImageFolder``)."""
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     root = Path(data_root or os.environ.get("NEVE_DATA", "data")).expanduser()
     for sub in (train_dir, test_dir):
         if not (root / sub).is_dir():
-            raise _missing("imagefolder", root, f"{train_dir}/<class>/<images> and {test_dir}/<class>/<images>")
+            raise _missing(
+                "imagefolder", root, f"{train_dir}/<class>/<images> and {test_dir}/<class>/<images>"
+            )
     norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     if augment:
-        train_tf = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+        train_tf = T.Compose(
+            [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm]
+        )
     else:
         train_tf = T.Compose([T.Resize(image_size), T.CenterCrop(image_size), T.ToTensor(), norm])
-    test_tf = T.Compose([T.Resize(int(image_size * 8 / 7)), T.CenterCrop(image_size), T.ToTensor(), norm])
+    test_tf = T.Compose(
+        [T.Resize(int(image_size * 8 / 7)), T.CenterCrop(image_size), T.ToTensor(), norm]
+    )
     train = datasets.ImageFolder(str(root / train_dir), transform=train_tf)
     test = datasets.ImageFolder(str(root / test_dir), transform=test_tf)
     if train.classes != test.classes:

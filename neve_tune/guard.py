@@ -31,7 +31,8 @@ each run's held-out accuracy peaked (``benchmarks/guard_replay.py``; docs/measur
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ._checks import check_float, check_int
 
@@ -59,8 +60,14 @@ class MemorisationGuard:
         memorise: the stop needs ``unfit <= (1 - memorise) * unfit`` at the minimum.
     """
 
-    def __init__(self, patience: int = 3, window: int = 3, *, settle: float = SETTLE,
-                 memorise: float = MEMORISE) -> None:
+    def __init__(
+        self,
+        patience: int = 3,
+        window: int = 3,
+        *,
+        settle: float = SETTLE,
+        memorise: float = MEMORISE,
+    ) -> None:
         self.patience = check_int("pc_patience", patience, minimum=1)
         self.window = check_int("pc_window", window, minimum=1)
         self.settle = check_float("settle", settle, positive=True)
@@ -92,8 +99,11 @@ class MemorisationGuard:
             self.best, self.best_epoch, self.best_unfit = level, epoch, float(unfit)
             self.kept = True
             return False
-        return (self.settled and epoch - self.best_epoch >= self.patience
-                and unfit <= (1.0 - self.memorise) * self.best_unfit)
+        return (
+            self.settled
+            and epoch - self.best_epoch >= self.patience
+            and unfit <= (1.0 - self.memorise) * self.best_unfit
+        )
 
     @property
     def settled(self) -> bool:
@@ -101,8 +111,12 @@ class MemorisationGuard:
         return self.best is not None and self.best < self.settle * self.best_unfit
 
     def state_dict(self) -> dict[str, Any]:
-        return {"series": list(self.series), "best": self.best, "best_epoch": self.best_epoch,
-                "best_unfit": self.best_unfit}
+        return {
+            "series": list(self.series),
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "best_unfit": self.best_unfit,
+        }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self.series = [float(x) for x in state_dict["series"]]

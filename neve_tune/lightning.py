@@ -38,7 +38,8 @@ Importing this module needs ``lightning`` (``pip install neve_tune[lightning]``)
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -53,10 +54,10 @@ from ._callbacks import DEFAULT_THRESHOLD, CallbackSettings
 from ._checks import to_float
 from ._forward import ProbeForward, batch_inputs, has_forward, prefixed_layers
 from ._lr_compose import check_composable, follow_decay, lrs
-from .control import NeVe
-from .probe import gaussian_probe
 from ._pc_source import PCSource, batch_labels, batch_logits
+from .control import NeVe
 from .prediction_changes import PredictionChanges
+from .probe import gaussian_probe
 from .velocity import NeuralVelocity
 
 __all__ = ["NeVeCallback", "batch_inputs"]
@@ -164,13 +165,30 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         if not isinstance(loss_key, str) or not loss_key:
             raise TypeError(f"loss_key must be a non-empty str, got {loss_key!r}")
         for name, key in (("input_key", input_key), ("index_key", index_key)):
-            if isinstance(key, bool) or not isinstance(key, (str, int, type(None))) or (key is None and name == "input_key"):
+            if (
+                isinstance(key, bool)
+                or not isinstance(key, (str, int, type(None)))
+                or (key is None and name == "input_key")
+            ):
                 raise TypeError(f"{name} must be a str or an int, got {key!r}")
-        self._settings(probe, threshold, trial, probe_samples, probe_seed, layers, probe_module, probe_fn,
-                       prediction_changes, verbose, controller_options)
+        self._settings(
+            probe,
+            threshold,
+            trial,
+            probe_samples,
+            probe_seed,
+            layers,
+            probe_module,
+            probe_fn,
+            prediction_changes,
+            verbose,
+            controller_options,
+        )
         if (self.source_spec == "batch") != (index_key is not None):
-            raise ValueError("prediction_changes='batch' and index_key= go together: index_key names where each "
-                             "batch holds its examples' indices (with the guard on)")
+            raise ValueError(
+                "prediction_changes='batch' and index_key= go together: index_key names where each "
+                "batch holds its examples' indices (with the guard on)"
+            )
         self.loss_key, self.input_key, self.index_key = loss_key, input_key, index_key
         self.pruned = False
         self._source: PCSource | None = None
@@ -181,10 +199,20 @@ class NeVeCallback(CallbackSettings, pl.Callback):
     @property
     def state_key(self) -> str:
         """Unique per configuration, so two NeVeCallbacks in one Trainer keep their own state."""
-        options = {k: v for k, v in sorted(self.controller_options.items()) if isinstance(v, (int, float, str, type(None)))}
-        return self._generate_state_key(threshold=self.threshold, loss_key=self.loss_key, input_key=self.input_key,
-                                        probe_module=self.probe_module, probe_seed=self.probe_seed,
-                                        layers=repr(self.layers), **options)
+        options = {
+            k: v
+            for k, v in sorted(self.controller_options.items())
+            if isinstance(v, (int, float, str, type(None)))
+        }
+        return self._generate_state_key(
+            threshold=self.threshold,
+            loss_key=self.loss_key,
+            input_key=self.input_key,
+            probe_module=self.probe_module,
+            probe_seed=self.probe_seed,
+            layers=repr(self.layers),
+            **options,
+        )
 
     # ------------------------------------------------------------ results
     @property
@@ -205,16 +233,18 @@ class NeVeCallback(CallbackSettings, pl.Callback):
             raise optuna.TrialPruned(f"trial pruned at epoch {len(self.history)}")
 
     # ------------------------------------------------------------ setup
-    def _forward(self, pl_module: "pl.LightningModule") -> torch.nn.Module:
+    def _forward(self, pl_module: pl.LightningModule) -> torch.nn.Module:
         """What the probe goes through (see :mod:`neve_tune._forward`)."""
         if self.probe_module is not None or self.probe_fn is not None:
             return ProbeForward(pl_module, self.probe_module, self.probe_fn)
         if not has_forward(pl_module, _PLACEHOLDERS):
-            raise ValueError(f"{type(pl_module).__name__} has no forward() for the probe; pass "
-                             "NeVeCallback(probe_module='<submodule>') or probe_fn=lambda module, x: ...")
+            raise ValueError(
+                f"{type(pl_module).__name__} has no forward() for the probe; pass "
+                "NeVeCallback(probe_module='<submodule>') or probe_fn=lambda module, x: ..."
+            )
         return pl_module
 
-    def _build_source(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> PCSource | None:
+    def _build_source(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> PCSource | None:
         spec = self.source_spec
         if spec is None:
             return None
@@ -223,19 +253,38 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         dataset = getattr(trainer.train_dataloader, "dataset", None)
         if spec == "batch":
             if trainer.world_size > 1:
-                raise ValueError("prediction_changes='batch' sees one process's batches only; under DDP use "
-                                 "prediction_changes='subset'")
+                raise ValueError(
+                    "prediction_changes='batch' sees one process's batches only; under DDP use "
+                    "prediction_changes='subset'"
+                )
             return PCSource(PredictionChanges(len(dataset)))  # type: ignore[arg-type]
         if self.probe_fn is None and not has_forward(pl_module, _PLACEHOLDERS):
-            raise ValueError(f"{type(pl_module).__name__} has no forward() for the guard's subset; pass probe_fn= "
-                             "(returning logits), or pc_patience=None to turn the guard off")
-        return PCSource.subset(dataset, seed=self.probe_seed, input_key=self.input_key,
-                               who=self.who, forward=self.probe_fn)
+            raise ValueError(
+                f"{type(pl_module).__name__} has no forward() for the guard's subset; pass probe_fn= "
+                "(returning logits), or pc_patience=None to turn the guard off"
+            )
+        return PCSource.subset(
+            dataset,
+            seed=self.probe_seed,
+            input_key=self.input_key,
+            who=self.who,
+            forward=self.probe_fn,
+        )
 
-    def _build(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", probe: torch.Tensor) -> None:
-        budget = trainer.max_epochs if isinstance(trainer.max_epochs, int) and trainer.max_epochs > 0 else None
+    def _build(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: torch.Tensor
+    ) -> None:
+        budget = (
+            trainer.max_epochs
+            if isinstance(trainer.max_epochs, int) and trainer.max_epochs > 0
+            else None
+        )
         options = self.controller_kwargs(budget)
-        layers = prefixed_layers(self.layers, self.probe_module) if self.probe_module or self.probe_fn else self.layers
+        layers = (
+            prefixed_layers(self.layers, self.probe_module)
+            if self.probe_module or self.probe_fn
+            else self.layers
+        )
         velocity = NeuralVelocity(self._forward(pl_module), probe, layers=layers)
         self.neve = NeVe(trainer.optimizers[0], velocity, threshold=self.threshold, **options)
         state, self._pending_state = self._pending_state, None
@@ -246,10 +295,12 @@ class NeVeCallback(CallbackSettings, pl.Callback):
                 self._source.load_state_dict(state["prediction_changes"])
         self.neve.start()
 
-    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.pruned = False
         if len(trainer.optimizers) != 1:
-            raise ValueError(f"NeVeCallback drives one optimizer; configure_optimizers returned {len(trainer.optimizers)}")
+            raise ValueError(
+                f"NeVeCallback drives one optimizer; configure_optimizers returned {len(trainer.optimizers)}"
+            )
         self._schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
         check_composable(self._schedulers, self.who)
         if self.neve is not None and self._pending_state is None:
@@ -258,14 +309,18 @@ class NeVeCallback(CallbackSettings, pl.Callback):
             self.neve = None
         self._source = self._build_source(trainer, pl_module)
         probe = self.probe
-        if probe is None and self._pending_state is not None and self._pending_state.get("probe_shape"):
+        if (
+            probe is None
+            and self._pending_state is not None
+            and self._pending_state.get("probe_shape")
+        ):
             self._probe_shape = tuple(self._pending_state["probe_shape"])
             probe = gaussian_probe(self._probe_shape, self.probe_samples, self.probe_seed)
         if probe is not None:
             self._build(trainer, pl_module, probe)
 
     def on_train_batch_start(
-        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", batch: Any, batch_idx: int
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self.neve is not None:
             return
@@ -281,16 +336,29 @@ class NeVeCallback(CallbackSettings, pl.Callback):
                 "with ids, e.g. torch.randint(vocab_size, (100, seq_len), generator=torch.Generator().manual_seed(0))"
             )
         self._probe_shape = tuple(int(s) for s in x.shape[1:])
-        self._build(trainer, pl_module, gaussian_probe(self._probe_shape, self.probe_samples, self.probe_seed, x.dtype))
+        self._build(
+            trainer,
+            pl_module,
+            gaussian_probe(self._probe_shape, self.probe_samples, self.probe_seed, x.dtype),
+        )
 
-    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         if self.source_spec == "batch" and self._source is not None:
-            self._source.counter.update(batch_inputs(batch, self.index_key), batch_logits(outputs, self.who),
-                                        batch_labels(batch))
+            self._source.counter.update(
+                batch_inputs(batch, self.index_key),
+                batch_logits(outputs, self.who),
+                batch_labels(batch),
+            )
 
     # ------------------------------------------------------------ per epoch
-    def _train_loss(self, trainer: "pl.Trainer") -> float:
+    def _train_loss(self, trainer: pl.Trainer) -> float:
         metrics = trainer.callback_metrics
         for key in (f"{self.loss_key}_epoch", self.loss_key):
             if key in metrics:
@@ -301,7 +369,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
             f"logged loss; logged keys are {sorted(metrics)}"
         )
 
-    def _log(self, pl_module: "pl.LightningModule", metrics: Mapping[str, Any]) -> None:
+    def _log(self, pl_module: pl.LightningModule, metrics: Mapping[str, Any]) -> None:
         for name, value in metrics.items():
             if name in _NOT_LOGGED or value is None or isinstance(value, str):
                 continue
@@ -311,7 +379,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
                 continue  # not a number: kept in history only
             pl_module.log(name, value, on_step=False, on_epoch=True)
 
-    def _prune(self, trainer: "pl.Trainer", metrics: dict[str, Any]) -> bool:
+    def _prune(self, trainer: pl.Trainer, metrics: dict[str, Any]) -> bool:
         prune = False
         if trainer.is_global_zero:
             from .optuna import report_epoch
@@ -325,7 +393,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
             return True
         return False
 
-    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.neve is None:
             return
         if self.neve.should_stop:  # e.g. resumed past the controller's own stop
@@ -335,7 +403,9 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         changes = None if self._source is None else self._source.measure(pl_module)
         before = lrs(self.neve.optimizer)
         unfit = None if self._source is None else self._source.unfit
-        metrics = dict(self.neve.step(train_loss=train_loss, prediction_changes=changes, unfit=unfit))
+        metrics = dict(
+            self.neve.step(train_loss=train_loss, prediction_changes=changes, unfit=unfit)
+        )
         follow_decay(self._schedulers, self.neve.optimizer, before)
         metrics.setdefault("train_loss", train_loss)
         metrics.setdefault("prediction_changes", changes)
@@ -347,15 +417,20 @@ class NeVeCallback(CallbackSettings, pl.Callback):
             trainer.should_stop = True
             self._report_stop(trainer)
 
-    def _report_stop(self, trainer: "pl.Trainer") -> None:
+    def _report_stop(self, trainer: pl.Trainer) -> None:
         """The stop reason in every logger's hyperparameters, and one printed line with ``verbose``."""
         neve = self.neve
         if neve is None or neve.stopped_by is None or not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
-            logger.log_hyperparams({"neve_stopped_by": neve.stopped_by, "neve_stop_epoch": neve.epoch,
-                                    "neve_best_epoch": neve.best_epoch,
-                                    "neve_kept_train_loss": neve.kept()["kept_train_loss"]})
+            logger.log_hyperparams(
+                {
+                    "neve_stopped_by": neve.stopped_by,
+                    "neve_stop_epoch": neve.epoch,
+                    "neve_best_epoch": neve.best_epoch,
+                    "neve_kept_train_loss": neve.kept()["kept_train_loss"],
+                }
+            )
         if self.verbose:
             print(self.stop_line("epoch"), flush=True)
 
@@ -366,7 +441,9 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         return {
             "neve": self.neve.state_dict(),
             "history": [dict(m) for m in self.history],
-            "probe_shape": list(self._probe_shape) if self.probe is None and self._probe_shape else None,
+            "probe_shape": list(self._probe_shape)
+            if self.probe is None and self._probe_shape
+            else None,
             "prediction_changes": None if self._source is None else self._source.state_dict(),
         }
 

@@ -13,14 +13,22 @@ Example::
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MODELS", "check_model_available", "check_model_name", "create_model",
-           "register_model", "SmallCNN", "SmallCNN1d", "CifarResNet"]
+__all__ = [
+    "MODELS",
+    "check_model_available",
+    "check_model_name",
+    "create_model",
+    "register_model",
+    "SmallCNN",
+    "SmallCNN1d",
+    "CifarResNet",
+]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -42,7 +50,14 @@ def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **op
         if arch not in timm.list_models():
             raise ValueError(f"model {name!r}: timm has no architecture {arch!r}")
         extra = {"img_size": input_shape[-1]} if _accepts_img_size(arch) else {}
-        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=input_shape[0], **extra, **options)
+        return timm.create_model(
+            arch,
+            pretrained=False,
+            num_classes=num_classes,
+            in_chans=input_shape[0],
+            **extra,
+            **options,
+        )
     if name.startswith("torchvision:"):
         import torchvision
 
@@ -51,7 +66,9 @@ def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **op
             raise ValueError(f"model {name!r}: torchvision has no architecture {arch!r}")
         return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **options)
     if name not in MODELS:
-        raise ValueError(f"model must be one of {sorted(MODELS)}, 'timm:<name>' or 'torchvision:<name>', got {name!r}")
+        raise ValueError(
+            f"model must be one of {sorted(MODELS)}, 'timm:<name>' or 'torchvision:<name>', got {name!r}"
+        )
     return MODELS[name](num_classes=num_classes, input_shape=tuple(input_shape), **options)
 
 
@@ -63,10 +80,12 @@ def check_model_name(name: object, label: str = "model") -> str:
     ``torchvision:<arch>`` (whether that library has ``arch`` is
     :func:`check_model_available`'s question, as it imports the library)."""
     if isinstance(name, str):
-        if name in MODELS or any(name.startswith(p) and name[len(p):] for p in _LIBRARIES):
+        if name in MODELS or any(name.startswith(p) and name[len(p) :] for p in _LIBRARIES):
             return name
-    raise ValueError(f"{label} must be one of {sorted(MODELS)}, 'timm:<name>' or "
-                     f"'torchvision:<name>', got {name!r}")
+    raise ValueError(
+        f"{label} must be one of {sorted(MODELS)}, 'timm:<name>' or "
+        f"'torchvision:<name>', got {name!r}"
+    )
 
 
 def check_model_available(name: str, label: str = "model") -> str:
@@ -75,12 +94,13 @@ def check_model_available(name: str, label: str = "model") -> str:
     check_model_name(name, label)
     for prefix, module in (("timm:", "timm"), ("torchvision:", "torchvision.models")):
         if name.startswith(prefix):
-            library, arch = prefix[:-1], name[len(prefix):]
+            library, arch = prefix[:-1], name[len(prefix) :]
             try:
                 lib = importlib.import_module(module)
             except ImportError:
-                raise ValueError(f"{label} {name!r} needs {library}, which is not installed"
-                                 ) from None
+                raise ValueError(
+                    f"{label} {name!r} needs {library}, which is not installed"
+                ) from None
             if arch not in lib.list_models():
                 raise ValueError(f"{label} {name!r}: {library} has no architecture {arch!r}")
     return name
@@ -93,7 +113,9 @@ def _accepts_img_size(arch: str) -> bool:
 class SmallCNN(nn.Module):
     """Two 3x3 conv blocks with batch norm, a pooled flatten and a two-layer head."""
 
-    def __init__(self, num_classes: int = 10, input_shape: tuple[int, ...] = (1, 8, 8), width: int = 32) -> None:
+    def __init__(
+        self, num_classes: int = 10, input_shape: tuple[int, ...] = (1, 8, 8), width: int = 32
+    ) -> None:
         super().__init__()
         c, h, w = input_shape
         self.features = nn.Sequential(
@@ -130,16 +152,22 @@ class SmallCNN1d(nn.Module):
         torch.Size([2, 10])
     """
 
-    def __init__(self, num_classes: int = 10, input_shape: tuple[int, ...] = (1, 40), width: int = 32) -> None:
+    def __init__(
+        self, num_classes: int = 10, input_shape: tuple[int, ...] = (1, 40), width: int = 32
+    ) -> None:
         super().__init__()
         if len(input_shape) != 2:
-            raise ValueError(f"input_shape must be (channels, length) for a 1-D CNN, got {tuple(input_shape)}")
+            raise ValueError(
+                f"input_shape must be (channels, length) for a 1-D CNN, got {tuple(input_shape)}"
+            )
         c, length = input_shape
 
         def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
             return [nn.Conv1d(cin, cout, 5, stride, 2, bias=False), nn.BatchNorm1d(cout), nn.ReLU()]
 
-        self.features = nn.Sequential(*block(c, width, 1), *block(width, width, 2), *block(width, 2 * width, 2))
+        self.features = nn.Sequential(
+            *block(c, width, 1), *block(width, width, 2), *block(width, 2 * width, 2)
+        )
         out_len = ((length - 1) // 2) // 2 + 1  # two stride-2 convs with padding 2, kernel 5
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * out_len, num_classes))
 
@@ -148,7 +176,9 @@ class SmallCNN1d(nn.Module):
 
 
 @register_model("small_cnn1d")
-def small_cnn1d(num_classes: int, input_shape: tuple[int, ...] = (1, 40), width: int = 32) -> nn.Module:
+def small_cnn1d(
+    num_classes: int, input_shape: tuple[int, ...] = (1, 40), width: int = 32
+) -> nn.Module:
     return SmallCNN1d(num_classes, input_shape, width)
 
 

@@ -5,8 +5,9 @@ Uses matplotlib's Agg backend, so it works on headless machines.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -57,7 +58,9 @@ def plot_history(history: Sequence[Mapping[str, Any]], path: str | Path, title: 
 
 
 def plot_velocity_curves(
-    histories: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, title: str = "velocity per trial"
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | Path,
+    title: str = "velocity per trial",
 ) -> Path:
     """Velocity against epoch for many trials on one log-scale axis."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -91,7 +94,10 @@ def plot_anytime(
             finals.append(ys[-1])
     if finals:  # zoom on where the searches end up; earlier, worse points fall below the axis
         low = min(finals)
-        ax.set_ylim(max(0.0, low - 3 * (1.0 - low) - 0.01), min(1.0, max(finals) + 0.01) if max(finals) < 0.99 else 1.0)
+        ax.set_ylim(
+            max(0.0, low - 3 * (1.0 - low) - 0.01),
+            min(1.0, max(finals) + 0.01) if max(finals) < 0.99 else 1.0,
+        )
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy")

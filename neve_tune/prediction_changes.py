@@ -23,7 +23,8 @@ Either count goes to ``NeVe.step(..., prediction_changes=)``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,10 +46,14 @@ Forward = Callable[[nn.Module, Any], torch.Tensor]
 def _check_classes(name: str, value: torch.Tensor, what: str) -> torch.Tensor:
     """``value`` as int64 on the CPU if it holds integers (not bools, not floats)."""
     if value.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer {what}, got a bool tensor (a mask: pass the indices it selects, "
-                        "e.g. mask.nonzero().squeeze(1))")
+        raise TypeError(
+            f"{name} must hold integer {what}, got a bool tensor (a mask: pass the indices it selects, "
+            "e.g. mask.nonzero().squeeze(1))"
+        )
     if value.is_floating_point() or value.is_complex():
-        raise TypeError(f"{name} must hold integer {what}, got a {value.dtype} tensor (floats would be truncated)")
+        raise TypeError(
+            f"{name} must hold integer {what}, got a {value.dtype} tensor (floats would be truncated)"
+        )
     return value.to("cpu", torch.long)
 
 
@@ -80,37 +85,59 @@ class PredictionChanges:
 
     def __init__(self, num_examples: int) -> None:
         n = check_int("num_examples", num_examples, minimum=1)
-        self.predictions = torch.full((n,), -1, dtype=torch.long)  # the last class seen per example; -1: unseen
+        self.predictions = torch.full(
+            (n,), -1, dtype=torch.long
+        )  # the last class seen per example; -1: unseen
         self._previous = self.predictions.clone()
         self.targets = torch.full((n,), -1, dtype=torch.long)  # each example's label; -1: not given
-        self.unfit: int | None = None  # examples whose predicted class is not their label, at epoch_end()
+        self.unfit: int | None = (
+            None  # examples whose predicted class is not their label, at epoch_end()
+        )
 
-    def update(self, index: torch.Tensor, output: torch.Tensor, target: torch.Tensor | None = None) -> None:
+    def update(
+        self, index: torch.Tensor, output: torch.Tensor, target: torch.Tensor | None = None
+    ) -> None:
         """Record the classes predicted for the examples ``index`` (logits ``[B, C]`` or ids
         ``[B]``) and, with ``target``, their labels."""
         if not isinstance(index, torch.Tensor):
-            raise TypeError(f"index must be a tensor of example indices, got {type(index).__name__}")
+            raise TypeError(
+                f"index must be a tensor of example indices, got {type(index).__name__}"
+            )
         if not isinstance(output, torch.Tensor):
-            raise TypeError(f"output must be a tensor of logits or class ids, got {type(output).__name__}")
+            raise TypeError(
+                f"output must be a tensor of logits or class ids, got {type(output).__name__}"
+            )
         index = _check_classes("index", index, "example indices")
         if output.is_floating_point():
             classes = output.detach().argmax(-1).to("cpu")
         else:
-            classes = _check_classes("output", output.detach(), "class ids (or floating-point logits)")
+            classes = _check_classes(
+                "output", output.detach(), "class ids (or floating-point logits)"
+            )
         if classes.shape != index.shape:
-            raise ValueError(f"index has shape {tuple(index.shape)} but output gives classes of shape "
-                             f"{tuple(classes.shape)}: pass one index per example of the batch")
+            raise ValueError(
+                f"index has shape {tuple(index.shape)} but output gives classes of shape "
+                f"{tuple(classes.shape)}: pass one index per example of the batch"
+            )
         n = self.predictions.numel()
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):  # a negative one would wrap silently
-            raise IndexError(f"index must hold example indices in [0, {n}), got {int(index.min())}..{int(index.max())}")
-        if classes.numel() and int(classes.min()) < 0:  # -1 marks "unseen": the count would stay None for good
+        if index.numel() and (
+            int(index.min()) < 0 or int(index.max()) >= n
+        ):  # a negative one would wrap silently
+            raise IndexError(
+                f"index must hold example indices in [0, {n}), got {int(index.min())}..{int(index.max())}"
+            )
+        if (
+            classes.numel() and int(classes.min()) < 0
+        ):  # -1 marks "unseen": the count would stay None for good
             raise ValueError(f"output must hold class ids >= 0, got {int(classes.min())}")
         if target is not None:
             if not isinstance(target, torch.Tensor):
                 raise TypeError(f"target must be a tensor of labels, got {type(target).__name__}")
             target = _check_classes("target", target.detach(), "labels")
             if target.shape != index.shape:
-                raise ValueError(f"target has shape {tuple(target.shape)}, index {tuple(index.shape)}: one label per example")
+                raise ValueError(
+                    f"target has shape {tuple(target.shape)}, index {tuple(index.shape)}: one label per example"
+                )
             if target.numel() and int(target.min()) < 0:
                 raise ValueError(f"target must hold labels >= 0, got {int(target.min())}")
             self.targets[index] = target
@@ -131,8 +158,10 @@ class PredictionChanges:
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         predictions = state_dict["predictions"]
         if tuple(predictions.shape) != tuple(self.predictions.shape):
-            raise ValueError(f"its training set had {predictions.numel()} examples, "
-                             f"this one has {self.predictions.numel()}")
+            raise ValueError(
+                f"its training set had {predictions.numel()} examples, "
+                f"this one has {self.predictions.numel()}"
+            )
         self.predictions = predictions.clone()
         self._previous = predictions.clone()  # saved at an epoch's end
         self.targets = state_dict["targets"].clone()
@@ -180,16 +209,26 @@ def _rows(inputs: Any, start: int, stop: int) -> Any:
 def _check_inputs(inputs: Any) -> Any:
     if isinstance(inputs, torch.Tensor):
         if inputs.dim() == 0 or inputs.shape[0] == 0:
-            raise ValueError(f"inputs must be a batch [K, ...] of at least one example, got shape {tuple(inputs.shape)}")
+            raise ValueError(
+                f"inputs must be a batch [K, ...] of at least one example, got shape {tuple(inputs.shape)}"
+            )
         return inputs
     if isinstance(inputs, Mapping):
-        if not inputs or not all(isinstance(v, torch.Tensor) and v.dim() >= 1 for v in inputs.values()):
-            raise TypeError("inputs must be a tensor [K, ...] or a non-empty dict of tensors [K, ...]")
+        if not inputs or not all(
+            isinstance(v, torch.Tensor) and v.dim() >= 1 for v in inputs.values()
+        ):
+            raise TypeError(
+                "inputs must be a tensor [K, ...] or a non-empty dict of tensors [K, ...]"
+            )
         sizes = {k: int(v.shape[0]) for k, v in inputs.items()}
         if len(set(sizes.values())) != 1 or 0 in sizes.values():
-            raise ValueError(f"inputs must hold one positive number of examples in every entry, got {sizes}")
+            raise ValueError(
+                f"inputs must hold one positive number of examples in every entry, got {sizes}"
+            )
         return dict(inputs)
-    raise TypeError(f"inputs must be a tensor [K, ...] or a dict of tensors [K, ...], got {type(inputs).__name__}")
+    raise TypeError(
+        f"inputs must be a tensor [K, ...] or a dict of tensors [K, ...], got {type(inputs).__name__}"
+    )
 
 
 class SubsetPredictionChanges:
@@ -214,20 +253,38 @@ class SubsetPredictionChanges:
         (1000, None, 0)
     """
 
-    def __init__(self, inputs: Any, *, labels: torch.Tensor | None = None, batch_size: int = 256,
-                 forward: Forward | None = None) -> None:
+    def __init__(
+        self,
+        inputs: Any,
+        *,
+        labels: torch.Tensor | None = None,
+        batch_size: int = 256,
+        forward: Forward | None = None,
+    ) -> None:
         self.inputs = _check_inputs(inputs)
         self.labels = None if labels is None else _check_labels(labels, self.num_examples)
-        self.unfit: int | None = None  # examples whose predicted class is not their label, at measure()
+        self.unfit: int | None = (
+            None  # examples whose predicted class is not their label, at measure()
+        )
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         if forward is not None and not callable(forward):
-            raise TypeError(f"forward must be a callable (model, batch) -> logits, got {type(forward).__name__}")
+            raise TypeError(
+                f"forward must be a callable (model, batch) -> logits, got {type(forward).__name__}"
+            )
         self.forward = forward
         self.predictions: torch.Tensor | None = None  # the classes of the last measure()
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset, num_examples: int = 1000, seed: int = 0, input_key: Any = 0, *,
-                     batch_size: int = 256, forward: Forward | None = None) -> "SubsetPredictionChanges":
+    def from_dataset(
+        cls,
+        dataset: Dataset,
+        num_examples: int = 1000,
+        seed: int = 0,
+        input_key: Any = 0,
+        *,
+        batch_size: int = 256,
+        forward: Forward | None = None,
+    ) -> SubsetPredictionChanges:
         """The inputs of ``num_examples`` items of ``dataset`` drawn without replacement
         with ``seed`` (all of them when it has fewer), in a fixed order. Each item is an
         ``(x, y)`` tuple (``input_key=0`` picks ``x``) or a dict (``input_key`` names the
@@ -240,7 +297,9 @@ class SubsetPredictionChanges:
             raise ValueError("dataset is empty; SubsetPredictionChanges needs at least one example")
         gen = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
         rows = torch.randperm(n, generator=gen)[: min(k, n)].sort().values.tolist()
-        with torch.random.fork_rng(devices=[]):  # an augmenting dataset must not advance training's RNG
+        with torch.random.fork_rng(
+            devices=[]
+        ):  # an augmenting dataset must not advance training's RNG
             items = [dataset[i] for i in rows]
         inputs = _stack([_pick_input(item, input_key) for item in items], "dataset inputs")
         labels = [_pick_label(item, input_key) for item in items]
@@ -259,24 +318,49 @@ class SubsetPredictionChanges:
                 batch = _to_model(_rows(self.inputs, start, start + self.batch_size), model)
                 logits = self.forward(model, batch) if self.forward is not None else model(batch)
                 if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-                    got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-                    raise ValueError(f"forward must return logits [batch, classes] for each batch, got {got}"
-                                     " (pass forward=lambda model, batch: model(batch).logits or similar)")
+                    got = (
+                        tuple(logits.shape)
+                        if isinstance(logits, torch.Tensor)
+                        else type(logits).__name__
+                    )
+                    raise ValueError(
+                        f"forward must return logits [batch, classes] for each batch, got {got}"
+                        " (pass forward=lambda model, batch: model(batch).logits or similar)"
+                    )
                 out.append(logits.argmax(-1).cpu())
         return torch.cat(out)
 
     def fingerprint(self) -> float:
         """A checksum of the inputs (position-weighted sum), so a resumed run can tell
         that it measures the same subset."""
-        values = [self.inputs] if isinstance(self.inputs, torch.Tensor) else [self.inputs[k] for k in sorted(self.inputs, key=str)]
+        values = (
+            [self.inputs]
+            if isinstance(self.inputs, torch.Tensor)
+            else [self.inputs[k] for k in sorted(self.inputs, key=str)]
+        )
         total = 0.0
         for v in values:
             flat = v.reshape(v.shape[0], -1)
-            cols = torch.arange(1, flat.shape[1] + 1, dtype=torch.float64, device=v.device) / flat.shape[1]
-            for start in range(0, flat.shape[0], self.batch_size):  # in chunks: no float64 copy of everything
+            cols = (
+                torch.arange(1, flat.shape[1] + 1, dtype=torch.float64, device=v.device)
+                / flat.shape[1]
+            )
+            for start in range(
+                0, flat.shape[0], self.batch_size
+            ):  # in chunks: no float64 copy of everything
                 rows = flat[start : start + self.batch_size].to(torch.float64)
                 per_row = rows @ cols
-                total += float((per_row * torch.arange(start + 1, start + 1 + per_row.numel(), dtype=torch.float64, device=v.device)).sum())
+                total += float(
+                    (
+                        per_row
+                        * torch.arange(
+                            start + 1,
+                            start + 1 + per_row.numel(),
+                            dtype=torch.float64,
+                            device=v.device,
+                        )
+                    ).sum()
+                )
         return total
 
     def measure(self, model: nn.Module) -> int | None:
@@ -292,20 +376,31 @@ class SubsetPredictionChanges:
 
     def state_dict(self) -> dict[str, Any]:
         """The last predictions (the inputs are rebuilt by the user: same data, same seed)."""
-        return {"num_examples": self.num_examples, "fingerprint": self.fingerprint(),
-                "predictions": None if self.predictions is None else self.predictions.clone()}
+        return {
+            "num_examples": self.num_examples,
+            "fingerprint": self.fingerprint(),
+            "predictions": None if self.predictions is None else self.predictions.clone(),
+        }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Continue the series of a saved run: the next :meth:`measure` compares with its last."""
         predictions = state_dict["predictions"]
         if int(state_dict["num_examples"]) != self.num_examples:
-            raise ValueError(f"state_dict was measured on {int(state_dict['num_examples'])} examples, "
-                             f"this subset has {self.num_examples}")
+            raise ValueError(
+                f"state_dict was measured on {int(state_dict['num_examples'])} examples, "
+                f"this subset has {self.num_examples}"
+            )
         stored = state_dict.get("fingerprint")
-        if stored is not None and abs(float(stored) - self.fingerprint()) > 1e-6 * max(1.0, abs(float(stored))):
-            raise ValueError("state_dict was measured on other inputs (another data set or seed): "
-                             "rebuild the subset as the saved run did")
-        self.predictions = None if predictions is None else torch.as_tensor(predictions, dtype=torch.long).clone()
+        if stored is not None and abs(float(stored) - self.fingerprint()) > 1e-6 * max(
+            1.0, abs(float(stored))
+        ):
+            raise ValueError(
+                "state_dict was measured on other inputs (another data set or seed): "
+                "rebuild the subset as the saved run did"
+            )
+        self.predictions = (
+            None if predictions is None else torch.as_tensor(predictions, dtype=torch.long).clone()
+        )
 
 
 def _check_labels(labels: Any, k: int) -> torch.Tensor:
@@ -313,7 +408,9 @@ def _check_labels(labels: Any, k: int) -> torch.Tensor:
         raise TypeError(f"labels must be a tensor of class ids, got {type(labels).__name__}")
     labels = _check_classes("labels", labels, "class ids")
     if tuple(labels.shape) != (k,):
-        raise ValueError(f"labels must hold one class id per input ({k}), got shape {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must hold one class id per input ({k}), got shape {tuple(labels.shape)}"
+        )
     return labels
 
 
@@ -335,13 +432,21 @@ def _pick_label(item: Any, input_key: Any) -> Any:
 def _pick_input(item: Any, input_key: Any) -> Any:
     if isinstance(item, Mapping):
         if input_key is None:
-            return {k: v for k, v in item.items() if k not in ("labels", "label") and not isinstance(v, str)}
+            return {
+                k: v
+                for k, v in item.items()
+                if k not in ("labels", "label") and not isinstance(v, str)
+            }
         if input_key not in item:
-            raise KeyError(f"input_key {input_key!r} is not a key of the dataset's items (keys: {sorted(item, key=str)})")
+            raise KeyError(
+                f"input_key {input_key!r} is not a key of the dataset's items (keys: {sorted(item, key=str)})"
+            )
         return item[input_key]
     if isinstance(item, (tuple, list)):
         if not isinstance(input_key, int) or not -len(item) <= input_key < len(item):
-            raise ValueError(f"input_key must be a position in the dataset's items (of length {len(item)}), got {input_key!r}")
+            raise ValueError(
+                f"input_key must be a position in the dataset's items (of length {len(item)}), got {input_key!r}"
+            )
         return item[input_key]
     return item
 
@@ -352,23 +457,34 @@ class FitPredictionChanges:
     ``"subset"`` (``subset_size`` training examples drawn with ``seed``, forwarded after
     each epoch; their forward-only samples are returned with the count)."""
 
-    def __init__(self, source: str, train_set: Dataset, *, seed: int, subset_size: int = 1000) -> None:
+    def __init__(
+        self, source: str, train_set: Dataset, *, seed: int, subset_size: int = 1000
+    ) -> None:
         if source not in PREDICTION_CHANGES:
-            raise ValueError(f"prediction_changes must be one of {PREDICTION_CHANGES}, got {source!r}")
+            raise ValueError(
+                f"prediction_changes must be one of {PREDICTION_CHANGES}, got {source!r}"
+            )
         check_int("pc_subset_size", subset_size, minimum=1)
         self.source = source
         n = len(train_set)  # type: ignore[arg-type]
         self.in_pass = PredictionChanges(n) if source == "in_pass" else None
-        self.subset = (SubsetPredictionChanges.from_dataset(train_set, subset_size, seed=abs(int(seed)))
-                       if source == "subset" else None)
+        self.subset = (
+            SubsetPredictionChanges.from_dataset(train_set, subset_size, seed=abs(int(seed)))
+            if source == "subset"
+            else None
+        )
 
-    def epoch_end(self, model: nn.Module, amp_dtype: torch.dtype | None = None) -> tuple[int | None, int | None, int]:
+    def epoch_end(
+        self, model: nn.Module, amp_dtype: torch.dtype | None = None
+    ) -> tuple[int | None, int | None, int]:
         """(this epoch's count, its unfit examples, forward-only samples it cost)."""
         if self.in_pass is not None:
             return self.in_pass.epoch_end(), self.in_pass.unfit, 0
         assert self.subset is not None
         device = module_device(model)
-        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with torch.autocast(
+            device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None
+        ):
             changes = self.subset.measure(model)
         return changes, self.subset.unfit, self.subset.num_examples
 
@@ -382,7 +498,9 @@ class FitPredictionChanges:
         """Continue from a checkpoint :meth:`checkpoint` wrote; another source is refused."""
         saved = "subset" if ckpt.get("pc_subset") is not None else "in_pass"
         if saved != self.source:
-            raise ValueError(f"it counted prediction_changes={saved!r}, this run counts {self.source!r}")
+            raise ValueError(
+                f"it counted prediction_changes={saved!r}, this run counts {self.source!r}"
+            )
         if self.subset is not None:
             self.subset.load_state_dict(ckpt["pc_subset"])
         elif ckpt.get("predictions") is not None:

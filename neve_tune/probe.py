@@ -16,7 +16,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -24,13 +24,22 @@ from torch.utils.data import Dataset
 
 from ._checks import check_int
 
-__all__ = ["check_probe", "dataset_probe", "gaussian_probe", "module_device", "probe_inputs", "probe_mode"]
+__all__ = [
+    "check_probe",
+    "dataset_probe",
+    "gaussian_probe",
+    "module_device",
+    "probe_inputs",
+    "probe_mode",
+]
 
 
 def _check_count(num_samples: int) -> int:
     num_samples = check_int("num_samples", num_samples)  # type: ignore[assignment]
     if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1, got {num_samples} (an empty probe measures nothing)")
+        raise ValueError(
+            f"num_samples must be at least 1, got {num_samples} (an empty probe measures nothing)"
+        )
     return num_samples
 
 
@@ -44,7 +53,9 @@ def gaussian_probe(
     _check_count(num_samples)
     shape = tuple(int(s) for s in input_shape)
     if not shape or any(s < 1 for s in shape):
-        raise ValueError(f"input_shape must be a non-empty shape of positive sizes, got {tuple(input_shape)}")
+        raise ValueError(
+            f"input_shape must be a non-empty shape of positive sizes, got {tuple(input_shape)}"
+        )
     gen = torch.Generator().manual_seed(int(seed))
     return torch.randn((num_samples, *shape), generator=gen, dtype=dtype)
 
@@ -71,11 +82,15 @@ def check_probe(probe: object) -> None:
     if not isinstance(probe, torch.Tensor):
         raise TypeError(f"probe must be a torch.Tensor, got {type(probe).__name__}")
     if probe.ndim == 0 or probe.shape[0] == 0:
-        raise ValueError(f"probe is empty (shape {tuple(probe.shape)}); it needs at least one sample")
+        raise ValueError(
+            f"probe is empty (shape {tuple(probe.shape)}); it needs at least one sample"
+        )
     if probe.is_floating_point() and probe.device.type != "meta":  # a meta probe has no values
         bad = int((~torch.isfinite(probe.detach())).sum())
         if bad:
-            raise ValueError(f"probe must be finite: {bad} of {probe.numel()} values are NaN or inf")
+            raise ValueError(
+                f"probe must be finite: {bad} of {probe.numel()} values are NaN or inf"
+            )
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -112,7 +127,9 @@ def probe_mode(module: nn.Module, autocast_dtype: torch.dtype | None = None) -> 
     device = module_device(module)
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=rng_devices, device_type=device.type if device.type == "cuda" else "cuda"):
+        with torch.random.fork_rng(
+            devices=rng_devices, device_type=device.type if device.type == "cuda" else "cuda"
+        ):
             module.eval()
             with torch.no_grad():
                 if autocast_dtype is not None:

@@ -14,8 +14,9 @@ reasons, the counted :class:`Cost` and the :class:`TrialResult` that
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = [
     "Cost",
@@ -53,8 +54,8 @@ FINAL_MODELS = ("retrain", "best_checkpoint")
 def val_metric_key(val_metric: str) -> tuple[str, str]:
     """The reported metric name and its mode (Ray's ``metric``/``mode``) of ``val_metric``.
 
-        >>> val_metric_key("acc")
-        ('val_acc', 'max')
+    >>> val_metric_key("acc")
+    ('val_acc', 'max')
     """
     if val_metric not in VAL_METRICS:
         raise ValueError(f"val_metric must be one of {VAL_METRICS}, got {val_metric!r}")
@@ -85,7 +86,14 @@ METRIC_NAMES = (
 #: why a run ended (``stopped_by``). ``velocity`` and ``prediction_changes`` are the
 #: validation-free convergence stops (``neve_stop``); ``stalled`` is a velocity stop of
 #: a run that did not learn, never a converged one.
-STOP_REASONS = ("velocity", "prediction_changes", "stalled", "max_epochs", "early_stopping", "diverged")
+STOP_REASONS = (
+    "velocity",
+    "prediction_changes",
+    "stalled",
+    "max_epochs",
+    "early_stopping",
+    "diverged",
+)
 
 FORWARD_FRACTION = 1.0 / 3.0  # cost of a forward-only sample relative to a trained one
 
@@ -99,7 +107,7 @@ class Cost:
     eval_samples: int = 0
     wall_s: float = 0.0
 
-    def __add__(self, other: "Cost") -> "Cost":
+    def __add__(self, other: Cost) -> Cost:
         return Cost(
             self.train_samples + other.train_samples,
             self.probe_samples + other.probe_samples,
@@ -119,7 +127,7 @@ class Cost:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Cost":
+    def from_dict(cls, d: Mapping[str, Any]) -> Cost:
         """The inverse of :meth:`as_dict` (``epochs_equiv`` and missing counters ignored)."""
         return cls(
             int(d.get("train_samples") or 0),

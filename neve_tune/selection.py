@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -90,8 +91,11 @@ def pc_min(history: History, window: int = 3, epoch: int | None = None) -> float
     """The lowest ``window``-epoch moving average of ``prediction_changes`` up to ``epoch``
     (NaN before ``window`` measured epochs): how settled the predictions became."""
     pcs = [m.get("prediction_changes") for m in _upto(history, epoch)]
-    levels = [sum(pcs[i - window + 1:i + 1]) / window for i in range(window - 1, len(pcs))
-              if None not in pcs[i - window + 1:i + 1]]
+    levels = [
+        sum(pcs[i - window + 1 : i + 1]) / window
+        for i in range(window - 1, len(pcs))
+        if None not in pcs[i - window + 1 : i + 1]
+    ]
     return float(min(levels)) if levels else NAN
 
 
@@ -123,7 +127,10 @@ def zeta_gate(train_acc: Sequence[float], zeta: Sequence[float]) -> list[bool]:
     if not accs:
         return [False] * len(ok)
     mean_acc, mean_z = sum(accs) / len(accs), sum(zs) / len(zs)
-    return [k and float(a) >= mean_acc - 1e-12 and float(z) <= mean_z + 1e-12 for a, z, k in zip(train_acc, zeta, ok)]
+    return [
+        k and float(a) >= mean_acc - 1e-12 and float(z) <= mean_z + 1e-12
+        for a, z, k in zip(train_acc, zeta, ok)
+    ]
 
 
 def majority_vote(predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -194,20 +201,27 @@ def selection_mode(fits: Sequence[float | None], threshold: float = NOISE_THRESH
 
 
 @torch.no_grad()
-def subset_predictions(model: nn.Module, inputs: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+def subset_predictions(
+    model: nn.Module, inputs: torch.Tensor, batch_size: int = 500
+) -> torch.Tensor:
     """The classes ``model`` predicts for ``inputs`` (the fixed subset) in eval mode; the
     model's mode is restored. Forward only: ``len(inputs)`` forward samples of cost."""
     was_training = model.training
     model.eval()
     try:
         device = next(model.parameters()).device
-        out = [model(inputs[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(inputs), batch_size)]
+        out = [
+            model(inputs[i : i + batch_size].to(device)).argmax(1).cpu()
+            for i in range(0, len(inputs), batch_size)
+        ]
     finally:
         model.train(was_training)
     return torch.cat(out)
 
 
-def random_label_drop(model: nn.Module, inputs: torch.Tensor, random_labels: torch.Tensor, lr: float) -> float:
+def random_label_drop(
+    model: nn.Module, inputs: torch.Tensor, random_labels: torch.Tensor, lr: float
+) -> float:
     """The loss drop on ``(inputs, random_labels)`` after one plain SGD step at ``lr`` from
     a copy of ``model`` (the model itself is untouched): how easily it fits labels that
     carry no signal. Losses are measured in eval mode; the step is taken in train mode.
@@ -253,7 +267,9 @@ def decode_predictions(codes: str) -> torch.Tensor:
     return torch.tensor([ord(c) - _CODE_OFFSET for c in codes], dtype=torch.long)
 
 
-def consensus_scores(predictions: Mapping[Any, str], candidates: Sequence[Any] | None = None) -> dict[Any, float]:
+def consensus_scores(
+    predictions: Mapping[Any, str], candidates: Sequence[Any] | None = None
+) -> dict[Any, float]:
     """Minus :func:`consensus_agreement` (lower is better) of each of ``candidates`` (default:
     every trial), from the encoded predictions of the same subset by each trial (key: any
     trial id); every trial in ``predictions`` votes. One trial alone scores 0; predictions
@@ -268,7 +284,9 @@ def consensus_scores(predictions: Mapping[Any, str], candidates: Sequence[Any] |
         return {k: 0.0 for k in wanted}
     lengths = {len(predictions[k]) for k in keys}
     if len(lengths) != 1:
-        raise ValueError(f"predictions must cover the same subset in every trial, got lengths {sorted(lengths)}")
+        raise ValueError(
+            f"predictions must cover the same subset in every trial, got lengths {sorted(lengths)}"
+        )
     preds = torch.stack([decode_predictions(predictions[k]) for k in keys])
     agree = dict(zip(keys, consensus_agreement(preds, int(preds.max()) + 1).tolist()))
     return {k: -float(agree[k]) for k in wanted}
@@ -299,8 +317,10 @@ def consensus_winner(predictions: Mapping[Any, str], finished: Sequence[Any]) ->
         return None
     candidates = [k for k in finished if k in predictions]
     if not candidates:
-        raise ValueError("the consensus found no 'subset_pred' on the finished trials: record the predictions on "
-                         "the fixed subset with Study(selection_subset=500)")
+        raise ValueError(
+            "the consensus found no 'subset_pred' on the finished trials: record the predictions on "
+            "the fixed subset with Study(selection_subset=500)"
+        )
     return pick_by_consensus({k: predictions[k] for k in candidates}, candidates)
 
 
@@ -322,7 +342,7 @@ class SelectionSubset:
         self.labels = None if labels is None else torch.as_tensor(labels).long()
 
     @classmethod
-    def from_dataset(cls, dataset: Any, num_examples: int = 500, seed: int = 0) -> "SelectionSubset":
+    def from_dataset(cls, dataset: Any, num_examples: int = 500, seed: int = 0) -> SelectionSubset:
         from ._checks import check_int
 
         check_int("num_examples", num_examples, minimum=1)
@@ -330,7 +350,10 @@ class SelectionSubset:
         gen = torch.Generator().manual_seed(int(seed))
         pos = torch.randperm(n, generator=gen)[: min(num_examples, n)].sort().values
         items = [dataset[int(i)] for i in pos]
-        return cls(torch.stack([torch.as_tensor(x) for x, _ in items]), torch.tensor([int(y) for _, y in items]))
+        return cls(
+            torch.stack([torch.as_tensor(x) for x, _ in items]),
+            torch.tensor([int(y) for _, y in items]),
+        )
 
     @property
     def num_examples(self) -> int:
@@ -344,5 +367,7 @@ class SelectionSubset:
         """The fraction of the subset on which encoded predictions match the given labels
         (``subset_fit``); ``ValueError`` for a subset built without labels."""
         if self.labels is None:
-            raise ValueError("this SelectionSubset has no labels: build it with SelectionSubset.from_dataset")
+            raise ValueError(
+                "this SelectionSubset has no labels: build it with SelectionSubset.from_dataset"
+            )
         return float((decode_predictions(codes) == self.labels).float().mean())

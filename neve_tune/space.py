@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from ._checks import check_choice, check_float, check_int
 
@@ -50,7 +51,9 @@ class LogUniform:
     def validate(self, name: str) -> None:
         _finite_bounds(name, self)
         if not (0 < self.low < self.high):
-            raise ValueError(f"search space {name!r}: LogUniform needs 0 < low < high, got [{self.low}, {self.high}]")
+            raise ValueError(
+                f"search space {name!r}: LogUniform needs 0 < low < high, got [{self.low}, {self.high}]"
+            )
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,9 @@ class Uniform:
     def validate(self, name: str) -> None:
         _finite_bounds(name, self)
         if not self.low < self.high:
-            raise ValueError(f"search space {name!r}: Uniform needs low < high, got [{self.low}, {self.high}]")
+            raise ValueError(
+                f"search space {name!r}: Uniform needs low < high, got [{self.low}, {self.high}]"
+            )
 
 
 @dataclass(frozen=True)
@@ -78,9 +83,13 @@ class IntUniform:
         for bound in ("low", "high"):
             value = getattr(self, bound)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"search space {name!r}: IntUniform {bound} must be an int, got {value!r}")
+                raise TypeError(
+                    f"search space {name!r}: IntUniform {bound} must be an int, got {value!r}"
+                )
         if not self.low < self.high or (self.log and self.low < 1):
-            raise ValueError(f"search space {name!r}: IntUniform needs low < high (low >= 1 if log), got [{self.low}, {self.high}]")
+            raise ValueError(
+                f"search space {name!r}: IntUniform needs low < high (low >= 1 if log), got [{self.low}, {self.high}]"
+            )
 
 
 @dataclass(frozen=True)
@@ -91,8 +100,9 @@ class Choice:
 
     def __init__(self, values: Sequence) -> None:
         if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
-            raise TypeError(f"Choice values must be a list of values, like Choice([32, 64]), "
-                            f"got {values!r}")
+            raise TypeError(
+                f"Choice values must be a list of values, like Choice([32, 64]), got {values!r}"
+            )
         object.__setattr__(self, "values", tuple(values))
 
     def validate(self, name: str) -> None:
@@ -100,9 +110,11 @@ class Choice:
             raise ValueError(f"search space {name!r}: Choice needs at least one value, got none")
         for value in self.values:  # Optuna stores only these (CategoricalDistribution); Ray follows
             if value is not None and not isinstance(value, (bool, int, float, str)):
-                raise TypeError(f"search space {name!r}: Choice values must be None, bool, int, "
-                                "float or str "
-                                f"(what Optuna can store), got {value!r}")
+                raise TypeError(
+                    f"search space {name!r}: Choice values must be None, bool, int, "
+                    "float or str "
+                    f"(what Optuna can store), got {value!r}"
+                )
 
 
 Distribution = LogUniform | Uniform | IntUniform | Choice
@@ -111,8 +123,14 @@ Distribution = LogUniform | Uniform | IntUniform | Choice
 def _finite_bounds(name: str, dist: Any) -> None:
     for bound in ("low", "high"):
         value = getattr(dist, bound)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise ValueError(f"search space {name!r}: {type(dist).__name__} {bound} must be a finite number, got {value!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)
+        ):
+            raise ValueError(
+                f"search space {name!r}: {type(dist).__name__} {bound} must be a finite number, got {value!r}"
+            )
 
 
 # What each known hyperparameter may be: the one check a study's defaults, the bounds and
@@ -122,8 +140,10 @@ def _check_lr(name: str, value: Any) -> float:
     lr = check_float(name, value, positive=True, high=FLOAT32_MAX)
     assert lr is not None
     if lr < FLOAT32_TINY:
-        raise ValueError(f"{name} must be a normal float32 (>= {FLOAT32_TINY:g}; smaller is 0 "
-                         f"or subnormal in the float32 weights), got {lr!r}")
+        raise ValueError(
+            f"{name} must be a normal float32 (>= {FLOAT32_TINY:g}; smaller is 0 "
+            f"or subnormal in the float32 weights), got {lr!r}"
+        )
     return lr
 
 
@@ -145,8 +165,11 @@ def check_threshold(name: str, value: Any, mode: str = "relative") -> float:
         else:
             out = check_float(name, value, positive=True, high=FLOAT32_MAX)
     except ValueError as e:
-        rule = ("relative rule: a ratio to the peak velocity" if mode == "relative"
-                else "absolute rule: the velocity")
+        rule = (
+            "relative rule: a ratio to the peak velocity"
+            if mode == "relative"
+            else "absolute rule: the velocity"
+        )
         head, _, got = str(e).rpartition(", got ")
         raise ValueError(f"{head} ({rule}), got {got}") from None
     assert out is not None
@@ -162,12 +185,15 @@ HYPERPARAMETERS: dict[str, Callable[[str, Any], Any]] = {
     "batch_size": lambda n, v: check_int(n, v, minimum=1),
     "momentum": lambda n, v: check_float(n, v, low=0.0, high=1.0, high_open=True),
     "weight_decay": lambda n, v: check_float(n, v, low=0.0),
-    "optimizer": lambda n, v: check_choice(n, v.lower() if isinstance(v, str) else v, ("sgd", "adam", "adamw")),
+    "optimizer": lambda n, v: check_choice(
+        n, v.lower() if isinstance(v, str) else v, ("sgd", "adam", "adamw")
+    ),
 }
 
 
-def check_hyperparameter(name: str, value: Any, label: str | None = None, *,
-                         threshold_mode: str | None = None) -> Any:
+def check_hyperparameter(
+    name: str, value: Any, label: str | None = None, *, threshold_mode: str | None = None
+) -> Any:
     """``value`` if hyperparameter ``name`` may take it (:data:`HYPERPARAMETERS`; other
     names pass unchecked); else the error of that check, naming ``label`` (default ``name``).
     With ``threshold_mode``, a ``threshold`` is checked under that rule (:func:`check_threshold`).
@@ -215,12 +241,16 @@ def validate_space(space: Mapping[str, Any], threshold_mode: str | None = None) 
         raise ValueError("search_space is empty")
     for name, dist in space.items():
         if not isinstance(dist, (LogUniform, Uniform, IntUniform, Choice)):
-            raise TypeError(f"search space {name!r}: expected LogUniform/Uniform/IntUniform/Choice, got {dist!r}")
+            raise TypeError(
+                f"search space {name!r}: expected LogUniform/Uniform/IntUniform/Choice, got {dist!r}"
+            )
         dist.validate(name)
         if name in INT_HYPERPARAMETERS and isinstance(dist, (Uniform, LogUniform)):
             # a float search would train with batch_size=52.27
-            raise TypeError(f"search space {name!r}: {name} is an int: use IntUniform("
-                            f"{dist.low}, {dist.high}) or a Choice of ints, got {dist!r}")
+            raise TypeError(
+                f"search space {name!r}: {name} is an int: use IntUniform("
+                f"{dist.low}, {dist.high}) or a Choice of ints, got {dist!r}"
+            )
         for where, value in _space_values(dist):
             try:
                 check_hyperparameter(name, value, threshold_mode=threshold_mode)

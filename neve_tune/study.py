@@ -15,21 +15,45 @@ from __future__ import annotations
 
 import os
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from ._checks import (check_choice, check_float, check_int, check_mapping, check_resources,
-                      check_seed)
+from ._checks import (
+    check_choice,
+    check_float,
+    check_int,
+    check_mapping,
+    check_resources,
+    check_seed,
+)
 from .control import LR_SIGNALS, auto_patience, check_epochs
 from .data import DataBundle, check_data_changes, check_data_options, get_dataset
 from .models import check_model_name
 from .prediction_changes import PREDICTION_CHANGES
 from .records import FINAL_MODELS, VAL_METRICS
-from .space import Choice, Distribution, IntUniform, LogUniform, Uniform, check_hyperparameter, default_space, validate_space
+from .space import (
+    Choice,
+    Distribution,
+    IntUniform,
+    LogUniform,
+    Uniform,
+    check_hyperparameter,
+    default_space,
+    validate_space,
+)
 
-__all__ = ["Choice", "IntUniform", "LogUniform", "Study", "Uniform", "bundled_studies", "load_study"]
+__all__ = [
+    "Choice",
+    "IntUniform",
+    "LogUniform",
+    "Study",
+    "Uniform",
+    "bundled_studies",
+    "load_study",
+]
 
 
 def _default_params() -> dict[str, Any]:
@@ -131,14 +155,17 @@ class Study:
         check_choice("threshold_mode", self.threshold_mode, ("absolute", "relative"))
         validate_space(self.search_space, threshold_mode=self.threshold_mode)
         for key, value in self.defaults.items():
-            check_hyperparameter(key, value, f"defaults[{key!r}]",
-                                 threshold_mode=self.threshold_mode)
+            check_hyperparameter(
+                key, value, f"defaults[{key!r}]", threshold_mode=self.threshold_mode
+            )
         check_int("max_epochs", self.max_epochs, minimum=1)
         check_int("min_epochs", self.min_epochs, minimum=0)
         check_epochs(self.min_epochs, self.max_epochs)
         opts = self.data_options
         check_seed("data_options['noise_seed']", opts.get("noise_seed", 0))
-        check_data_changes(opts.get("train_fraction", 1.0), opts.get("label_noise", 0.0), opts.get("noise_seed", 0))
+        check_data_changes(
+            opts.get("train_fraction", 1.0), opts.get("label_noise", 0.0), opts.get("noise_seed", 0)
+        )
         if self.probe not in ("noise", "train"):
             raise ValueError(f"probe must be 'noise' or 'train', got {self.probe!r}")
         _check_objective(self.objective, self.max_epochs)
@@ -157,8 +184,10 @@ class Study:
         check_int("selection_subset", self.selection_subset, minimum=0)
         check_choice("selection", self.selection, ("objective", "consensus", "auto"))
         if self.selection in ("consensus", "auto") and not self.selection_subset:
-            raise ValueError(f"selection={self.selection!r} needs selection_subset > 0 (e.g. 500): the trials' predictions "
-                             "on that fixed subset are what it compares")
+            raise ValueError(
+                f"selection={self.selection!r} needs selection_subset > 0 (e.g. 500): the trials' predictions "
+                "on that fixed subset are what it compares"
+            )
         check_int("early_stopping", self.early_stopping, minimum=1)
         check_choice("val_metric", self.val_metric, VAL_METRICS)
         check_choice("final", self.final, FINAL_MODELS)
@@ -178,7 +207,11 @@ class Study:
         ``run_search`` and a worker creating a study's pruner use unless told otherwise):
         ``"auto"`` or ``"consensus"`` as the selection, ``"train_loss"`` for ``"objective"``
         or without a selection subset."""
-        return self.selection if self.selection_subset and self.selection != "objective" else "train_loss"
+        return (
+            self.selection
+            if self.selection_subset and self.selection != "objective"
+            else "train_loss"
+        )
 
     @property
     def plateau_patience(self) -> int:
@@ -194,7 +227,7 @@ class Study:
         cfg.update(sampled or {})
         return cfg
 
-    def replace(self, **changes: Any) -> "Study":
+    def replace(self, **changes: Any) -> Study:
         return replace(self, **changes)
 
     def load_data(self, seed: int | None = None) -> DataBundle:
@@ -211,38 +244,48 @@ def _check_objective(objective: Any, max_epochs: int) -> None:
         return
     n = objective[5:] if isinstance(objective, str) and objective.startswith("tse_e") else ""
     if not (n.isascii() and n.isdigit() and int(n) >= 1):
-        raise ValueError(f"objective must be 'tse_e<N>' (N >= 1), 'tse_ema' or 'pc_min', "
-                         f"got {objective!r}")
+        raise ValueError(
+            f"objective must be 'tse_e<N>' (N >= 1), 'tse_ema' or 'pc_min', got {objective!r}"
+        )
     if len(n) > 9 or int(n) > max_epochs:  # no trial trains more epochs than max_epochs
-        raise ValueError(f"objective {objective!r} averages the last {n} epochs; "
-                         f"N must be <= max_epochs ({max_epochs})")
+        raise ValueError(
+            f"objective {objective!r} averages the last {n} epochs; "
+            f"N must be <= max_epochs ({max_epochs})"
+        )
 
 
-def load_study(study: "str | os.PathLike | Study") -> Study:
+def load_study(study: str | os.PathLike | Study) -> Study:
     """A :class:`Study` from a file path, a bundled study name (``"digits"``) or itself."""
     if isinstance(study, Study):
         return study
     if not isinstance(study, (str, os.PathLike)):
-        raise TypeError(f"study must be a Study, a study file path or a bundled study name, got {study!r}")
+        raise TypeError(
+            f"study must be a Study, a study file path or a bundled study name, got {study!r}"
+        )
     path = Path(study)
     if not path.exists() and not path.suffix and str(study) in bundled_studies():
         bundled = resources.files("neve_tune.studies").joinpath(f"{study}.py")
         with resources.as_file(bundled) as real:  # a real file, so the study's own __file__ works
             return _exec_study(str(study), real.read_text(), str(real))
     if not path.is_file():
-        raise FileNotFoundError(f"study file {str(study)!r} not found; bundled studies: {bundled_studies()}")
+        raise FileNotFoundError(
+            f"study file {str(study)!r} not found; bundled studies: {bundled_studies()}"
+        )
     try:
         source = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"study file {str(path)!r} is not UTF-8 text (byte {e.start}: "
-                         f"{e.reason})") from None
+        raise ValueError(
+            f"study file {str(path)!r} is not UTF-8 text (byte {e.start}: {e.reason})"
+        ) from None
     return _exec_study(path.stem, source, str(path))
 
 
 def bundled_studies() -> list[str]:
     """Names of the study files shipped with the package (``studies/`` in the source tree)."""
     root = resources.files("neve_tune.studies")
-    return sorted(p.name[:-3] for p in root.iterdir() if p.name.endswith(".py") and not p.name.startswith("_"))
+    return sorted(
+        p.name[:-3] for p in root.iterdir() if p.name.endswith(".py") and not p.name.startswith("_")
+    )
 
 
 def _exec_study(stem: str, source: str, origin: str) -> Study:
@@ -252,10 +295,14 @@ def _exec_study(stem: str, source: str, origin: str) -> Study:
     try:
         exec(compile(source, origin, "exec"), module.__dict__)
     except SyntaxError as e:
-        raise ValueError(f"study file {origin!r} has a syntax error at line {e.lineno}: {e.msg}") from None
+        raise ValueError(
+            f"study file {origin!r} has a syntax error at line {e.lineno}: {e.msg}"
+        ) from None
     except SystemExit as e:  # loaded, not run: exiting would end the caller in silence
-        raise ValueError(f"study file {origin!r} called sys.exit({e.code!r}) while loading; "
-                         "it must define STUDY instead") from None
+        raise ValueError(
+            f"study file {origin!r} called sys.exit({e.code!r}) while loading; "
+            "it must define STUDY instead"
+        ) from None
     except Exception as e:  # the file's own code failed: say which file, keep the cause
         raise ValueError(f"study file {origin!r} failed to load: {type(e).__name__}: {e}") from e
     obj = getattr(module, "STUDY", None)

@@ -26,9 +26,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +37,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ._checks import check_int
-from .checkpoint import (CheckpointError, CheckpointWriteError, DamagedCheckpointError, check_guard,
-                         first_line, fit_payload, load_checkpoint, load_state_file, save_checkpoint,
-                         set_rng_state)
+from .checkpoint import (
+    CheckpointError,
+    CheckpointWriteError,
+    DamagedCheckpointError,
+    check_guard,
+    first_line,
+    fit_payload,
+    load_checkpoint,
+    load_state_file,
+    save_checkpoint,
+    set_rng_state,
+)
 from .prediction_changes import FitPredictionChanges, PredictionChanges
 from .records import METRIC_NAMES, Cost
 
@@ -105,7 +115,9 @@ def batches(
             batch = (tensors[0][sel], tensors[1][sel])
             yield (*batch, order[start : start + batch_size]) if with_positions else batch
         return
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=order.tolist(), num_workers=num_workers)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, sampler=order.tolist(), num_workers=num_workers
+    )
     for start, (x, y) in zip(range(0, n, batch_size), loader):
         yield (x, y, order[start : start + batch_size]) if with_positions else (x, y)
 
@@ -120,7 +132,7 @@ def train_epoch(
     seed: int,
     loss_fn: Callable = F.cross_entropy,
     amp_dtype: torch.dtype | None = None,
-    scaler: "torch.amp.GradScaler | None" = None,
+    scaler: torch.amp.GradScaler | None = None,
     num_workers: int = 0,
     predictions: PredictionChanges | None = None,
 ) -> tuple[float, float, int]:
@@ -134,10 +146,14 @@ def train_epoch(
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     n = 0
-    for x, y, pos in batches(dataset, batch_size, shuffle=True, seed=seed, num_workers=num_workers, with_positions=True):
+    for x, y, pos in batches(
+        dataset, batch_size, shuffle=True, seed=seed, num_workers=num_workers, with_positions=True
+    ):
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with torch.autocast(
+            device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None
+        ):
             out = model(x)
             loss = loss_fn(out, y)
         optimizer.zero_grad(set_to_none=True)
@@ -178,7 +194,9 @@ def evaluate(
     try:
         for x, y in batches(dataset, batch_size):
             x, y = x.to(device), y.to(device)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            with torch.autocast(
+                device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None
+            ):
                 out = model(x)
             loss_sum += float(loss_fn(out.float(), y, reduction="sum"))
             correct += int((out.argmax(1) == y).sum())
@@ -231,20 +249,52 @@ def fit(
     if len(train_set) == 0:  # type: ignore[arg-type]
         raise ValueError("train_set is empty")
     device = torch.device(device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
-    tracker = FitPredictionChanges(prediction_changes, train_set, seed=seed, subset_size=pc_subset_size)
-    history, cost = _resume(checkpoint_path, checkpoint_meta, model, optimizer, controller, scaler,
-                            tracker)
+    scaler = (
+        torch.amp.GradScaler("cuda")
+        if amp_dtype == torch.float16 and device.type == "cuda"
+        else None
+    )
+    tracker = FitPredictionChanges(
+        prediction_changes, train_set, seed=seed, subset_size=pc_subset_size
+    )
+    history, cost = _resume(
+        checkpoint_path, checkpoint_meta, model, optimizer, controller, scaler, tracker
+    )
     if not history:  # epoch 0: the reference measurement
         _start(controller, cost)
     while not controller.should_stop:
-        metrics = _fit_epoch(model, optimizer, train_set, controller, tracker, cost, batch_size=batch_size,
-                             val_set=val_set, device=device, seed=seed, loss_fn=loss_fn, amp_dtype=amp_dtype,
-                             scaler=scaler, num_workers=num_workers)
+        metrics = _fit_epoch(
+            model,
+            optimizer,
+            train_set,
+            controller,
+            tracker,
+            cost,
+            batch_size=batch_size,
+            val_set=val_set,
+            device=device,
+            seed=seed,
+            loss_fn=loss_fn,
+            amp_dtype=amp_dtype,
+            scaler=scaler,
+            num_workers=num_workers,
+        )
         history.append(metrics)
         if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, fit_payload(metrics["epoch"], model, optimizer, controller, history, cost,
-                                                         scaler, tracker.checkpoint(), checkpoint_meta))
+            save_checkpoint(
+                checkpoint_path,
+                fit_payload(
+                    metrics["epoch"],
+                    model,
+                    optimizer,
+                    controller,
+                    history,
+                    cost,
+                    scaler,
+                    tracker.checkpoint(),
+                    checkpoint_meta,
+                ),
+            )
         if on_epoch is not None:
             on_epoch(metrics)
     return FitResult(controller.stopped_by, len(history), history, cost)
@@ -253,8 +303,11 @@ def fit(
 def warn_damaged(error: DamagedCheckpointError) -> None:
     """The one line a damaged checkpoint gets (logger ``neve_tune``) before its run
     starts over."""
-    logger.warning("checkpoint %r %s; not resuming from it: the run starts over from epoch 0",
-                   error.path, error.problem)
+    logger.warning(
+        "checkpoint %r %s; not resuming from it: the run starts over from epoch 0",
+        error.path,
+        error.problem,
+    )
 
 
 def _start(controller: Any, cost: Cost) -> None:
@@ -266,10 +319,15 @@ def _start(controller: Any, cost: Cost) -> None:
     cost.wall_s += time.perf_counter() - t0
 
 
-def _resume(checkpoint_path: str | os.PathLike | None, checkpoint_meta: dict[str, Any] | None,
-            model: nn.Module,
-            optimizer: torch.optim.Optimizer, controller: Any, scaler: Any,
-            tracker: FitPredictionChanges) -> tuple[list[dict[str, Any]], Cost]:
+def _resume(
+    checkpoint_path: str | os.PathLike | None,
+    checkpoint_meta: dict[str, Any] | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    controller: Any,
+    scaler: Any,
+    tracker: FitPredictionChanges,
+) -> tuple[list[dict[str, Any]], Cost]:
     """Load the checkpoint, if there is one, into the run's objects; its (history, cost),
     empty for a fresh start (no checkpoint, or a damaged one: logged). Refused, as a
     :class:`CheckpointError`, when it belongs to another run or does not fit this one."""
@@ -307,10 +365,23 @@ def _takes_val_acc(controller: Any) -> bool:
         return False
 
 
-def _fit_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset, controller: Any,
-               tracker: FitPredictionChanges, cost: Cost, *, batch_size: int, val_set: Dataset | None,
-               device: torch.device, seed: int, loss_fn: Callable, amp_dtype: torch.dtype | None, scaler: Any,
-               num_workers: int) -> dict[str, Any]:
+def _fit_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_set: Dataset,
+    controller: Any,
+    tracker: FitPredictionChanges,
+    cost: Cost,
+    *,
+    batch_size: int,
+    val_set: Dataset | None,
+    device: torch.device,
+    seed: int,
+    loss_fn: Callable,
+    amp_dtype: torch.dtype | None,
+    scaler: Any,
+    num_workers: int,
+) -> dict[str, Any]:
     """One epoch of :func:`fit`: train, evaluate (``val_set``), step the controller; its
     metrics (the counters in ``cost`` updated)."""
     t0 = time.perf_counter()
@@ -334,7 +405,9 @@ def _fit_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Da
     extra: dict[str, Any] = {}
     val_loss, step_kw = None, {}
     if val_set is not None:
-        val_loss, val_acc, nv = evaluate(model, val_set, device=device, loss_fn=loss_fn, amp_dtype=amp_dtype)
+        val_loss, val_acc, nv = evaluate(
+            model, val_set, device=device, loss_fn=loss_fn, amp_dtype=amp_dtype
+        )
         cost.eval_samples += nv
         extra = {"val_loss": val_loss, "val_acc": val_acc}
         if _takes_val_acc(controller):  # a controller that may decide on accuracy gets it too
@@ -357,8 +430,9 @@ def _fit_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Da
         "diverged": bool(step["diverged"]),
         # the epoch whose weights the model holds (a guard stop may restore an earlier one)
         "kept_epoch": step.get("kept_epoch", epoch),
-        "kept_train_loss": step.get("kept_train_loss",
-                                    train_loss if math.isfinite(train_loss) else float("nan")),
+        "kept_train_loss": step.get(
+            "kept_train_loss", train_loss if math.isfinite(train_loss) else float("nan")
+        ),
         "epoch_time_s": dt,
         "train_samples": cost.train_samples,
         "probe_samples": cost.probe_samples,

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -42,7 +43,9 @@ from .space import check_hyperparameter
 from .train import evaluate, fit
 from .velocity import NeuralVelocity
 
-if TYPE_CHECKING:  # a type only: study.py names run_trial's module for its old names, so no import back
+if (
+    TYPE_CHECKING
+):  # a type only: study.py names run_trial's module for its old names, so no import back
     from .study import Study
 
 __all__ = [
@@ -68,9 +71,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine (use 'auto' or 'cpu')")
+        raise ValueError(
+            f"device {str(device)!r}: CUDA is not available on this machine (use 'auto' or 'cpu')"
+        )
     return dev
 
 
@@ -86,8 +93,14 @@ def _plain(value: Any) -> Any:
     return repr(value)
 
 
-def run_guard(study: Study, config: Mapping[str, Any], method: str, seed: int,
-              model: torch.nn.Module | None = None, model_fn: Callable[[], torch.nn.Module] | None = None) -> dict[str, Any]:
+def run_guard(
+    study: Study,
+    config: Mapping[str, Any],
+    method: str,
+    seed: int,
+    model: torch.nn.Module | None = None,
+    model_fn: Callable[[], torch.nn.Module] | None = None,
+) -> dict[str, Any]:
     """What a checkpoint must share with a run to be resumed by it: the configuration,
     method, seed, data (:func:`neve_tune.data.data_identity`: not where it lies), model and
     controller settings (:func:`controller_settings`). ``max_epochs`` is not part of it: a
@@ -118,14 +131,32 @@ def controller_settings(study: Study, method: str) -> dict[str, Any]:
         ['early_stopping', 'lr_factor', 'lr_patience', 'val_fraction']
     """
     if method == "neve":
-        names: tuple[str, ...] = ("lr_signal", "lr_factor", "lr_patience", "threshold_mode", "min_epochs",
-                                  "stall_margin", "pc_patience", "pc_window", "pc_restore", "prediction_changes",
-                                  "pc_subset_size", "probe", "probe_samples", "amp")
+        names: tuple[str, ...] = (
+            "lr_signal",
+            "lr_factor",
+            "lr_patience",
+            "threshold_mode",
+            "min_epochs",
+            "stall_margin",
+            "pc_patience",
+            "pc_window",
+            "pc_restore",
+            "prediction_changes",
+            "pc_subset_size",
+            "probe",
+            "probe_samples",
+            "amp",
+        )
     elif method in ("asha", "asha_es"):
-        names = ("lr_factor", "lr_patience", "val_fraction") + (("early_stopping",) if method == "asha_es" else ())
+        names = ("lr_factor", "lr_patience", "val_fraction") + (
+            ("early_stopping",) if method == "asha_es" else ()
+        )
         # held only when not the defaults: a checkpoint written before they existed has those
-        names += tuple(n for n, default in (("val_metric", "loss"), ("final", "retrain"))
-                       if getattr(study, n) != default)
+        names += tuple(
+            n
+            for n, default in (("val_metric", "loss"), ("final", "retrain"))
+            if getattr(study, n) != default
+        )
     else:  # retrain: the replayed schedule is the run's; a longer one continues it
         names = ()
     return {name: getattr(study, name) for name in names}
@@ -137,7 +168,10 @@ def amp_dtype(study: Study) -> torch.dtype | None:
 
 
 def trial_objective(
-    study: Study, method: str, history: Sequence[Mapping[str, Any]], controller_state: Mapping[str, Any]
+    study: Study,
+    method: str,
+    history: Sequence[Mapping[str, Any]],
+    controller_state: Mapping[str, Any],
 ) -> tuple[float, int]:
     """(objective, best epoch) of a finished run, lower is better.
 
@@ -163,7 +197,11 @@ def trial_objective(
         return error(best), int(controller_state.get("best_epoch", 0))
     # a NeVe run whose guard restored an earlier epoch's weights is judged at that epoch
     best = len(history)
-    if method == "neve" and controller_state.get("stopped_by") == "prediction_changes" and controller_state.get("best_weights"):
+    if (
+        method == "neve"
+        and controller_state.get("stopped_by") == "prediction_changes"
+        and controller_state.get("best_weights")
+    ):
         best = int(controller_state.get("pc_best_epoch") or best)
     if study.objective == "pc_min":
         return prediction_changes_minimum(history[:best], study.pc_window), best
@@ -175,12 +213,17 @@ def prediction_changes_minimum(history: Sequence[Mapping[str, Any]], window: int
     """The lowest moving average (over ``window`` epochs) of the prediction changes: how
     settled the run's predictions became before it stopped (NaN before ``window`` epochs)."""
     pcs = [m.get("prediction_changes") for m in history]
-    levels = [sum(pcs[i - window + 1:i + 1]) / window for i in range(window - 1, len(pcs))
-              if None not in pcs[i - window + 1:i + 1]]
+    levels = [
+        sum(pcs[i - window + 1 : i + 1]) / window
+        for i in range(window - 1, len(pcs))
+        if None not in pcs[i - window + 1 : i + 1]
+    ]
     return float(min(levels)) if levels else float("nan")
 
 
-def training_speed_estimate(losses: Sequence[float], kind: str = "tse_e1", ema_decay: float = 0.9) -> float:
+def training_speed_estimate(
+    losses: Sequence[float], kind: str = "tse_e1", ema_decay: float = 0.9
+) -> float:
     """A validation-free estimate from per-epoch mean training losses (Ru et al. 2021)."""
     if not losses:
         return float("nan")
@@ -189,7 +232,7 @@ def training_speed_estimate(losses: Sequence[float], kind: str = "tse_e1", ema_d
         for x in losses[1:]:
             ema = ema_decay * ema + (1 - ema_decay) * x
         return float(ema)
-    e = int(kind[len("tse_e"):])
+    e = int(kind[len("tse_e") :])
     tail = losses[-e:]
     return float(sum(tail) / len(tail))
 
@@ -200,7 +243,9 @@ def make_optimizer(model: torch.nn.Module, config: Mapping[str, Any]) -> torch.o
     lr = check_float("lr", config["lr"], positive=True)
     wd = check_float("weight_decay", config.get("weight_decay", 0.0), low=0.0)
     if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(config.get("momentum", 0.9)), weight_decay=wd)
+        return torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=float(config.get("momentum", 0.9)), weight_decay=wd
+        )
     if name == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
     if name == "adam":
@@ -259,9 +304,14 @@ def make_controller(
     )
 
 
-def _selection_hook(study: Study, method: str, train_set: Any, seed: int, model: torch.nn.Module,
-                    on_epoch: Callable[[dict[str, Any]], None] | None
-                    ) -> tuple[Callable[[dict[str, Any]], None] | None, Callable[[], int]]:
+def _selection_hook(
+    study: Study,
+    method: str,
+    train_set: Any,
+    seed: int,
+    model: torch.nn.Module,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> tuple[Callable[[dict[str, Any]], None] | None, Callable[[], int]]:
     """With ``study.selection_subset``, an ``on_epoch`` that first adds ``subset_pred`` (the
     classes the model predicts for a fixed subset drawn with ``seed``: the same for every
     trial of a search) and ``subset_fit`` (their agreement with the given labels) to the epoch's metrics and counts its forward samples as probe
@@ -316,29 +366,62 @@ def run_trial(
         train_set, val_set = validation_split(bundle.train, study.val_fraction, seed=seed)
 
     torch.manual_seed(seed)
-    model = model_fn() if model_fn is not None else create_model(
-        study.model, bundle.num_classes, bundle.input_shape, **study.model_options
+    model = (
+        model_fn()
+        if model_fn is not None
+        else create_model(
+            study.model, bundle.num_classes, bundle.input_shape, **study.model_options
+        )
     )
     model = model.to(device)
     optimizer = make_optimizer(model, cfg)
     on_epoch, extra_forward = _selection_hook(study, method, bundle.train, seed, model, on_epoch)
-    controller = make_controller(study, method, model, optimizer, cfg, train_set=train_set,
-                                 input_shape=bundle.input_shape, seed=seed, lr_schedule=lr_schedule,
-                                 num_classes=bundle.num_classes)
-    fitted = fit(model, optimizer, train_set, controller, batch_size=int(cfg["batch_size"]), val_set=val_set,
-                 device=device, seed=seed, amp_dtype=amp_dtype(study), checkpoint_path=checkpoint_path,
-                 on_epoch=on_epoch, checkpoint_meta=run_guard(study, cfg, method, seed, model, model_fn),
-                 # only NeVe's guard reads them; the baselines keep the free in-pass count
-                 prediction_changes=study.prediction_changes if method == "neve" else "in_pass",
-                 pc_subset_size=study.pc_subset_size)
+    controller = make_controller(
+        study,
+        method,
+        model,
+        optimizer,
+        cfg,
+        train_set=train_set,
+        input_shape=bundle.input_shape,
+        seed=seed,
+        lr_schedule=lr_schedule,
+        num_classes=bundle.num_classes,
+    )
+    fitted = fit(
+        model,
+        optimizer,
+        train_set,
+        controller,
+        batch_size=int(cfg["batch_size"]),
+        val_set=val_set,
+        device=device,
+        seed=seed,
+        amp_dtype=amp_dtype(study),
+        checkpoint_path=checkpoint_path,
+        on_epoch=on_epoch,
+        checkpoint_meta=run_guard(study, cfg, method, seed, model, model_fn),
+        # only NeVe's guard reads them; the baselines keep the free in-pass count
+        prediction_changes=study.prediction_changes if method == "neve" else "in_pass",
+        pc_subset_size=study.pc_subset_size,
+    )
     fitted.cost.probe_samples += extra_forward()
     best_weights = getattr(controller, "best_weights", None)
     if best_weights is not None:  # final="best_checkpoint": the run delivers its best epoch
         model.load_state_dict(best_weights)
     objective, best_epoch = trial_objective(study, method, fitted.history, controller.state_dict())
-    result = TrialResult(config=cfg, method=method, seed=seed, stopped_by=fitted.stopped_by, epochs=fitted.epochs,
-                         objective=float(objective), best_epoch=best_epoch, cost=fitted.cost, history=fitted.history,
-                         train_size=len(bundle.train))  # type: ignore[arg-type]
+    result = TrialResult(
+        config=cfg,
+        method=method,
+        seed=seed,
+        stopped_by=fitted.stopped_by,
+        epochs=fitted.epochs,
+        objective=float(objective),
+        best_epoch=best_epoch,
+        cost=fitted.cost,
+        history=fitted.history,
+        train_size=len(bundle.train),
+    )  # type: ignore[arg-type]
     if evaluate_test:
         loss, acc, n = evaluate(model, bundle.test, device=device, amp_dtype=amp_dtype(study))
         result.test_acc, result.test_loss, result.test_samples = acc, loss, n
@@ -356,7 +439,9 @@ def _trial_config(study: Study, config: Mapping[str, Any], method: str) -> dict[
     cfg = study.config(config)
     for key in ("lr", "batch_size") + (("threshold",) if method == "neve" else ()):
         if key not in cfg:
-            raise ValueError(f"config has no {key!r} (and study {study.name!r} has no default for it)")
+            raise ValueError(
+                f"config has no {key!r} (and study {study.name!r} has no default for it)"
+            )
     for key in config or {}:  # the checks a study's defaults and the command-line flags pass
         check_hyperparameter(key, cfg[key], f"config[{key!r}]", threshold_mode=study.threshold_mode)
     return cfg

@@ -34,16 +34,25 @@ Example::
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from ._checks import check_choice, check_float, check_int
 from ._exact import exact_call, neuron_dot, reference_sq, similarity
-from ._layers import (DEFAULT_LAYER_TYPES, HookError, LayerSpec, LayerState, first_tensor, neuron_axis, select_layers,
-                      unwrap_model)
+from ._layers import (
+    DEFAULT_LAYER_TYPES,
+    HookError,
+    LayerSpec,
+    LayerState,
+    first_tensor,
+    neuron_axis,
+    select_layers,
+    unwrap_model,
+)
 from ._sketch import keep_first_sketch, sketch_call, sketch_rho
 from .probe import check_probe, module_device, probe_inputs, probe_mode
 
@@ -153,8 +162,18 @@ class NeuralVelocity:
         sketch_above: int = SKETCH_ABOVE,
     ) -> None:
         momentum, sketch_dim, sketch_seed, sketch_above, storage = _check_arguments(
-            model, probe, momentum, storage, storage_dtype, batch_size, autocast_dtype,
-            reference, sketch_dim, sketch_seed, sketch_above)
+            model,
+            probe,
+            momentum,
+            storage,
+            storage_dtype,
+            batch_size,
+            autocast_dtype,
+            reference,
+            sketch_dim,
+            sketch_seed,
+            sketch_above,
+        )
         self.model = model
         self.module = unwrap_model(model)
         self.probe = probe.detach()
@@ -169,10 +188,14 @@ class NeuralVelocity:
         self.sketch_above = sketch_above
         self.layers = select_layers(self.module, layers)
         self._default_layers = layers is None
-        self._state = {n: LayerState(neuron_axis(m), i) for i, (n, m) in enumerate(self.layers.items())}
+        self._state = {
+            n: LayerState(neuron_axis(m), i) for i, (n, m) in enumerate(self.layers.items())
+        }
         self._copied: set[str] = set()  # layers whose outputs are modified in place downstream
         self._watch: list[tuple[str, torch.Tensor, int]] = []
-        self._element_signs: dict[tuple[int, torch.device], torch.Tensor] = {}  # sketch signs s, by length
+        self._element_signs: dict[
+            tuple[int, torch.device], torch.Tensor
+        ] = {}  # sketch signs s, by length
         self.epoch = -1  # epoch of the last measurement
 
     # ------------------------------------------------------------------ measurement
@@ -187,17 +210,37 @@ class NeuralVelocity:
             y = y.detach()
             axis = state.axis % y.ndim
             sq = neuron_dot(y, y, axis)
-            if self.reference == "sketch" and sketch_call(name, state, y, axis, sq, sketch_dim=self.sketch_dim,
-                                                          sketch_seed=self.sketch_seed,
-                                                          element_signs=self._element_signs):
+            if self.reference == "sketch" and sketch_call(
+                name,
+                state,
+                y,
+                axis,
+                sq,
+                sketch_dim=self.sketch_dim,
+                sketch_seed=self.sketch_seed,
+                element_signs=self._element_signs,
+            ):
                 return
             store_dev = y.device if self.storage == "model" else self.storage
             # a float32 output stored on its own device can be kept as it is, not copied, unless
             # something downstream modifies it in place (checked after the forward)
-            keep = self.storage == "model" and self.storage_dtype == y.dtype and name not in self._copied
+            keep = (
+                self.storage == "model"
+                and self.storage_dtype == y.dtype
+                and name not in self._copied
+            )
             self._watch.append((name, y, y._version))
-            exact_call(name, state, y, axis, sq, first=first, store_device=store_dev,
-                       storage_dtype=self.storage_dtype, keep=keep)
+            exact_call(
+                name,
+                state,
+                y,
+                axis,
+                sq,
+                first=first,
+                store_device=store_dev,
+                storage_dtype=self.storage_dtype,
+                keep=keep,
+            )
 
         return hook
 
@@ -225,16 +268,23 @@ class NeuralVelocity:
         modified = {n for n, y, version in self._watch if y._version != version}
         self._watch = []
         if modified - self._copied:
-            if self.epoch >= 0:  # kept outputs were changed after the hook: this epoch's references are off
-                warnings.warn(f"layers {sorted(modified - self._copied)} had their outputs modified in place after "
-                              "the hook; their references are copied from now on", stacklevel=3)
+            if (
+                self.epoch >= 0
+            ):  # kept outputs were changed after the hook: this epoch's references are off
+                warnings.warn(
+                    f"layers {sorted(modified - self._copied)} had their outputs modified in place after "
+                    "the hook; their references are copied from now on",
+                    stacklevel=3,
+                )
             self._copied |= modified
 
     def measure(self) -> VelocityReport:
         """Forward the probe once and update every neuron's velocity."""
         first = self.epoch < 0
         if self.reference == "auto":
-            self.reference = "sketch" if self.exact_reference_bytes() > self.sketch_above else "exact"
+            self.reference = (
+                "sketch" if self.exact_reference_bytes() > self.sketch_above else "exact"
+            )
         for s in self._state.values():
             s.calls, s.dot, s.cur_sq, s.rows, s.cur_sketch = 0, None, None, 0, None
             if first:
@@ -265,7 +315,11 @@ class NeuralVelocity:
             count += v.numel()
         self.epoch += 1
         model_v = float(abs_sum / count)
-        change = float(torch.stack([c.to(layer_v[next(iter(layer_v))].device) for c in changes]).mean()) if changes else None
+        change = (
+            float(torch.stack([c.to(layer_v[next(iter(layer_v))].device) for c in changes]).mean())
+            if changes
+            else None
+        )
         return VelocityReport(self.epoch, model_v, change, layer_v, int(self.probe.shape[0]))
 
     def _first_measurement(self) -> VelocityReport:
@@ -274,7 +328,9 @@ class NeuralVelocity:
         if silent and not self._default_layers:
             raise ValueError(f"monitored layers {silent} were not called by the probe forward")
         if silent:  # e.g. MultiheadAttention.out_proj (used through its weight), train-only heads
-            warnings.warn(f"not monitoring {silent}: the probe forward never calls them", stacklevel=3)
+            warnings.warn(
+                f"not monitoring {silent}: the probe forward never calls them", stacklevel=3
+            )
             for n in silent:
                 del self._state[n], self.layers[n]
             if not self._state:
@@ -292,7 +348,9 @@ class NeuralVelocity:
         if s.width:
             return sketch_rho(name, s)
         if s.calls != len(s.refs):
-            raise RuntimeError(f"layer {name!r} was called {s.calls} times, {len(s.refs)} in the reference")
+            raise RuntimeError(
+                f"layer {name!r} was called {s.calls} times, {len(s.refs)} in the reference"
+            )
         return similarity(s.dot, s.cur_sq, s.ref_sq.to(s.dot.device))
 
     def _store_device(self, compute: torch.device) -> torch.device:
@@ -336,19 +394,30 @@ class NeuralVelocity:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the same velocity series after a restart."""
-        layers = {name: s.state_dict(sketch=self.reference == "sketch") for name, s in self._state.items()}
+        layers = {
+            name: s.state_dict(sketch=self.reference == "sketch") for name, s in self._state.items()
+        }
         state: dict[str, Any] = {"epoch": self.epoch, "momentum": self.momentum, "layers": layers}
         if self.reference == "sketch":
-            state.update(reference="sketch", sketch_dim=self.sketch_dim, sketch_seed=self.sketch_seed)
+            state.update(
+                reference="sketch", sketch_dim=self.sketch_dim, sketch_seed=self.sketch_seed
+            )
         return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; the reference kind (exact or sketch, with its size and
         seed) must match this monitor's (``"auto"`` takes the saved kind)."""
-        saved = (state_dict.get("reference", "exact"), state_dict.get("sketch_dim"), state_dict.get("sketch_seed"))
+        saved = (
+            state_dict.get("reference", "exact"),
+            state_dict.get("sketch_dim"),
+            state_dict.get("sketch_seed"),
+        )
         if self.reference == "auto" and saved[0] in ("exact", "sketch"):
             self.reference = saved[0]
-        mine = (self.reference, *((self.sketch_dim, self.sketch_seed) if self.reference == "sketch" else (None, None)))
+        mine = (
+            self.reference,
+            *((self.sketch_dim, self.sketch_seed) if self.reference == "sketch" else (None, None)),
+        )
         if saved != mine:
             raise ValueError(
                 f"state_dict holds reference/sketch_dim/sketch_seed {saved}, this monitor uses {mine}; "
@@ -363,14 +432,29 @@ class NeuralVelocity:
             )
         device = module_device(self.module) if self.storage == "model" else self.storage
         for name, s in self._state.items():
-            s.load_state_dict(state_dict["layers"][name], device=device, dtype=self.storage_dtype,
-                              sketch=self.reference == "sketch")
+            s.load_state_dict(
+                state_dict["layers"][name],
+                device=device,
+                dtype=self.storage_dtype,
+                sketch=self.reference == "sketch",
+            )
         self.epoch = int(state_dict["epoch"])
         self.momentum = float(state_dict["momentum"])
 
 
-def _check_arguments(model: Any, probe: Any, momentum: Any, storage: Any, storage_dtype: Any, batch_size: Any,
-                     autocast_dtype: Any, reference: Any, sketch_dim: Any, sketch_seed: Any, sketch_above: Any) -> tuple:
+def _check_arguments(
+    model: Any,
+    probe: Any,
+    momentum: Any,
+    storage: Any,
+    storage_dtype: Any,
+    batch_size: Any,
+    autocast_dtype: Any,
+    reference: Any,
+    sketch_dim: Any,
+    sketch_seed: Any,
+    sketch_above: Any,
+) -> tuple:
     """:class:`NeuralVelocity`'s arguments checked, one line naming the bad one; returns
     ``(momentum, sketch_dim, sketch_seed, sketch_above, storage)`` as the checks convert them."""
     if not isinstance(model, nn.Module):
@@ -380,7 +464,9 @@ def _check_arguments(model: Any, probe: Any, momentum: Any, storage: Any, storag
     if storage_dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"storage_dtype must be float32, float16 or bfloat16, got {storage_dtype}")
     if autocast_dtype not in (None, torch.float16, torch.bfloat16):
-        raise ValueError(f"autocast_dtype must be None, torch.float16 or torch.bfloat16, got {autocast_dtype!r}")
+        raise ValueError(
+            f"autocast_dtype must be None, torch.float16 or torch.bfloat16, got {autocast_dtype!r}"
+        )
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
     check_choice("reference", reference, REFERENCES)
@@ -391,6 +477,7 @@ def _check_arguments(model: Any, probe: Any, momentum: Any, storage: Any, storag
         try:
             storage = torch.device(storage)
         except (RuntimeError, TypeError) as e:
-            raise ValueError(f"storage must be 'model', 'cpu' or a torch.device, got {storage!r}") from e
+            raise ValueError(
+                f"storage must be 'model', 'cpu' or a torch.device, got {storage!r}"
+            ) from e
     return momentum, sketch_dim, sketch_seed, sketch_above, storage
-

@@ -28,13 +28,25 @@ from neve_tune.hf._state import read_state  # noqa: E402
 
 
 def _trial(t, output_dir: Path) -> dict:
-    states = sorted(glob.glob(str(output_dir / f"run-{t.trial_id}" / f"{PREFIX_CHECKPOINT_DIR}-*" / STATE_FILE)),
-                    key=lambda p: int(Path(p).parent.name.rsplit("-", 1)[1]))
+    states = sorted(
+        glob.glob(
+            str(output_dir / f"run-{t.trial_id}" / f"{PREFIX_CHECKPOINT_DIR}-*" / STATE_FILE)
+        ),
+        key=lambda p: int(Path(p).parent.name.rsplit("-", 1)[1]),
+    )
     last = read_state(states[-1]) if states else {"history": [{}]}
-    return {"status": t.status, "epoch": t.last_result.get("epoch"), "objective": t.last_result.get("objective"),
-            "kept_train_loss": t.last_result.get("kept_train_loss"), "eval_loss": t.last_result.get("eval_loss"),
-            "trial_id": t.trial_id, "lr": t.config["learning_rate"], "states": states,
-            "state_lr": last["history"][0].get("lr"), "state_measurements": len(last["history"])}
+    return {
+        "status": t.status,
+        "epoch": t.last_result.get("epoch"),
+        "objective": t.last_result.get("objective"),
+        "kept_train_loss": t.last_result.get("kept_train_loss"),
+        "eval_loss": t.last_result.get("eval_loss"),
+        "trial_id": t.trial_id,
+        "lr": t.config["learning_rate"],
+        "states": states,
+        "state_lr": last["history"][0].get("lr"),
+        "state_measurements": len(last["history"]),
+    }
 
 
 def neve_objective(out: Path) -> None:
@@ -46,17 +58,32 @@ def neve_objective(out: Path) -> None:
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         neve = NeVeTrainerCallback(threshold=1e-2, min_epochs=2)
-        trainer = Trainer(model_init=tiny_bert, args=_args(out, num_train_epochs=15), train_dataset=Tokens(),
-                          callbacks=[neve])
+        trainer = Trainer(
+            model_init=tiny_bert,
+            args=_args(out, num_train_epochs=15),
+            train_dataset=Tokens(),
+            callbacks=[neve],
+        )
         neve.attach(trainer)
         best = trainer.hyperparameter_search(
             hp_space=lambda _: {"learning_rate": tune.grid_search([1e-2, 2e-2])},
-            backend="ray", direction="minimize", n_trials=1, storage_path=str(out / "ray"), verbose=0,
+            backend="ray",
+            direction="minimize",
+            n_trials=1,
+            storage_path=str(out / "ray"),
+            verbose=0,
             scheduler=NeVeASHAScheduler(max_t=15, grace_period=2, reduction_factor=2),
         )
         trials = [_trial(t, out / "out") for t in best.run_summary.trials]
-        print(json.dumps({"trials": trials, "best_lr": best.hyperparameters["learning_rate"],
-                          "best_objective": best.objective}))
+        print(
+            json.dumps(
+                {
+                    "trials": trials,
+                    "best_lr": best.hyperparameters["learning_rate"],
+                    "best_objective": best.objective,
+                }
+            )
+        )
     finally:
         ray.shutdown()
 
@@ -68,8 +95,9 @@ def main(out: Path) -> None:
         data = Tokens()
         neve = NeVeTrainerCallback(threshold=1e-2, min_epochs=2)
         args = _args(out, num_train_epochs=15, save_strategy="epoch")
-        trainer = Trainer(model_init=tiny_bert, args=args, train_dataset=data,
-                          eval_dataset=data, callbacks=[neve])  # objective: final training-set loss
+        trainer = Trainer(
+            model_init=tiny_bert, args=args, train_dataset=data, eval_dataset=data, callbacks=[neve]
+        )  # objective: final training-set loss
         best = trainer.hyperparameter_search(
             hp_space=lambda _: {"learning_rate": tune.grid_search([1e-2, 2e-2])},
             backend="ray",

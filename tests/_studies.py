@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -51,8 +52,14 @@ def slow_probe_study(max_epochs: int) -> str:
     return _SLOW.replace("MAX_EPOCHS", str(int(max_epochs)))
 
 
-def signal_when_reported(proc: subprocess.Popen, reported: Callable[[], int], epochs: int, signum: int,
-                         pause: float = 0.0, timeout: float = 300) -> int | None:
+def signal_when_reported(
+    proc: subprocess.Popen,
+    reported: Callable[[], int],
+    epochs: int,
+    signum: int,
+    pause: float = 0.0,
+    timeout: float = 300,
+) -> int | None:
     """Send ``signum`` to the worker ``proc`` once its trial has reported ``epochs`` epochs
     (``reported()``), ``pause`` seconds later (into the next epoch); return the epochs
     reported then, or None when the worker ended (or ``timeout`` passed) first."""
@@ -77,5 +84,7 @@ def assert_resumed_like_uninterrupted(retried: Any, study_file: Any, params: dic
     finally:
         torch.set_num_threads(before)
     assert retried.intermediate_values == {m["epoch"]: m["train_loss"] for m in reference.history}
-    assert [m["velocity"] for m in trial_history(retried)] == [m["velocity"] for m in reference.history]
+    assert [m["velocity"] for m in trial_history(retried)] == [
+        m["velocity"] for m in reference.history
+    ]
     return reference

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 import pytest
 import torch
 
-from neve_tune import NeVe, NeuralVelocity, gaussian_probe, load_study, run_trial
+from neve_tune import NeuralVelocity, NeVe, gaussian_probe, load_study, run_trial
 from neve_tune.cli import main
 from neve_tune.optuna import report_epoch, run_worker
 from neve_tune.train import load_checkpoint
@@ -58,7 +59,10 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (d / f"{name}.py").write_text(BAD_STUDY.format(fields=fields))
     # a real checkpoint of `train --data synthetic --max-epochs 1`, and its payload without the
     # checksum header (as neve_tune wrote checkpoints before 0.1.0)
-    assert main(["train", *FAST, "--device", "cpu", "--checkpoint", str(d / "good.pt"), "--quiet"]) == 0
+    assert (
+        main(["train", *FAST, "--device", "cpu", "--checkpoint", str(d / "good.pt"), "--quiet"])
+        == 0
+    )
     torch.save(load_checkpoint(d / "good.pt"), d / "unchecked.pt")
     return d
 
@@ -66,140 +70,448 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _no_fail_trial(url: str) -> None:
     """The worker refused before any trial: no FAIL trial in its storage."""
     for summary in optuna.get_all_study_summaries(url, include_best_trial=False):
-        trials = optuna.load_study(study_name=summary.study_name, storage=url).get_trials(deepcopy=False)
+        trials = optuna.load_study(study_name=summary.study_name, storage=url).get_trials(
+            deepcopy=False
+        )
         assert not [t.number for t in trials if t.state == optuna.trial.TrialState.FAIL]
 
 
 def _worker(device: str, db: str) -> list[str]:
-    return ["optuna", "worker", "digits", "--device", device, "--trials", "1", "--create",
-            "--storage", f"sqlite:///{{d}}/{db}.db", "--max-epochs", "1"]
+    return [
+        "optuna",
+        "worker",
+        "digits",
+        "--device",
+        device,
+        "--trials",
+        "1",
+        "--create",
+        "--storage",
+        f"sqlite:///{{d}}/{db}.db",
+        "--max-epochs",
+        "1",
+    ]
 
 
 # (argv, expected exit status, a substring of the one error line; {d} is the inputs folder)
 CLI_CASES = [
-    pytest.param(["train", "{d}/syntax_error.py"], 2, "study file '{d}/syntax_error.py' has a syntax error at line 2",
-                 id="study-syntax-error"),
-    pytest.param(["train", "{d}/raises.py"], 2, "study file '{d}/raises.py' failed to load: RuntimeError: no GPU quota",
-                 id="study-raises-on-import"),
-    pytest.param(["train", "--device", "cuda", *FAST], 2, "--device cuda: CUDA is not available", id="train-device-cuda"),
-    pytest.param(["train", "--device", "banana", *FAST], 2, "--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'banana'",
-                 id="train-device-banana"),
-    pytest.param(["compare", "--device", "cuda", "--trials", "1", "--max-epochs", "1"], 2, "--device cuda: CUDA is not available",
-                 id="compare-device-cuda"),
-    pytest.param(["compare", "--device", "banana", "--trials", "1", "--max-epochs", "1"], 2,
-                 "--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'banana'", id="compare-device-banana"),
-    pytest.param(_worker("cuda", "w_cuda"), 2, "--device cuda: CUDA is not available", id="worker-device-cuda"),
-    pytest.param(_worker("banana", "w_banana"), 2, "--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'banana'",
-                 id="worker-device-banana"),
-    pytest.param(["train", *FAST, "--checkpoint", "{d}/empty.pt"], 2,
-                 "--checkpoint '{d}/empty.pt' is empty; delete it to start over", id="checkpoint-empty"),
-    pytest.param(["train", *FAST, "--checkpoint", "{d}/unchecked.pt"], 2,
-                 "--checkpoint '{d}/unchecked.pt' has no checksum (a neve_tune checkpoint of a "
-                 "neve_tune before 0.1.0?)",
-                 id="checkpoint-without-checksum"),
-    pytest.param(["train", *FAST, "--checkpoint", "{d}/text.pt"], 2,
-                 "--checkpoint '{d}/text.pt' cannot be read as a torch checkpoint", id="checkpoint-text"),
-    pytest.param(["train", *FAST, "--checkpoint", "{d}/tensor.pt"], 2,
-                 "--checkpoint '{d}/tensor.pt' holds a Tensor, not a neve_tune checkpoint; delete it", id="checkpoint-tensor"),
-    pytest.param(["train", *FAST, "--checkpoint", "{d}/other_dict.pt"], 2,
-                 "--checkpoint '{d}/other_dict.pt' is not a neve_tune checkpoint", id="checkpoint-other-dict"),
-    pytest.param(["train", *FAST, "--checkpoint", "{d}/folder.pt"], 2, "--checkpoint {d}/folder.pt: is a directory",
-                 id="checkpoint-directory"),
-    pytest.param(["train", *FAST, "--checkpoint", "{d}/good.pt", "--label-noise", "0.2"], 2,
-                 "--checkpoint '{d}/good.pt' belongs to another run (data label_noise: 0.0 in the checkpoint, 0.2 now)",
-                 id="checkpoint-other-data-options"),
-    pytest.param(["train", *FAST, "--checkpoint", "{d}/good.pt", "--model", "resnet20"], 2,
-                 "belongs to another run (model name: 'small_cnn' in the checkpoint, 'resnet20' now)",
-                 id="checkpoint-other-model"),
-    pytest.param(["train", "--max-epochs", "1", "--checkpoint", "{d}/good.pt"], 2,
-                 "belongs to another run (data name: 'synthetic' in the checkpoint, 'digits' now)",
-                 id="checkpoint-other-data"),
-    pytest.param(["train", "--lr", "inf", *FAST], 2, "--lr must be a finite number > 0 and <= 3.40282e+38, got inf", id="lr-inf"),
-    pytest.param(["train", "--lr", "-1", *FAST], 2, "--lr must be a finite number > 0 and <= 3.40282e+38, got -1.0", id="lr-negative"),
-    pytest.param(["train", "--threshold", "0", *FAST], 2, "--threshold must be a finite number > 0 and <= 1 (relative rule: a ratio to the peak velocity), got 0.0",
-                 id="threshold-zero"),
-    pytest.param(["optuna", "worker", "digits", "--timeout", "-5", "--max-epochs", "1"], 2,
-                 "--timeout must be a finite number > 0, got -5.0", id="worker-timeout-negative"),
-    pytest.param(["train", *FAST, "--json", "{d}/a_file/run.json"], 2, "--json {d}/a_file/run.json: {d}/a_file is not a folder",
-                 id="json-unwritable"),
-    pytest.param(["train", *FAST, "--out", "{d}/a_file/plots"], 2, "--out {d}/a_file/plots: {d}/a_file is not a folder",
-                 id="out-unwritable"),
-    pytest.param(["optuna", "worker", "digits", "--trials", "1", "--max-epochs", "1", "--checkpoint-dir", "{d}/a_file/ck"], 2,
-                 "--checkpoint-dir {d}/a_file/ck: {d}/a_file is not a folder", id="checkpoint-dir-unwritable"),
-    pytest.param(["train", "--lr-patience", "soon", *FAST], 2, "--lr-patience must be an int or 'auto', got 'soon'",
-                 id="lr-patience-word"),
-    pytest.param(["train", "--pc-patience", "-1", *FAST], 2, "--pc-patience must be >= 0 (0: off), got -1",
-                 id="pc-patience-negative"),
-    pytest.param(["train", "--label-noise", "1.5", *FAST], 2, "label_noise must be a finite number >= 0 and < 1, got 1.5",
-                 id="label-noise-above-1"),
-    pytest.param(["train", "--train-fraction", "0", *FAST], 2, "train_fraction must be a finite number > 0 and <= 1, got 0.0",
-                 id="train-fraction-zero"),
+    pytest.param(
+        ["train", "{d}/syntax_error.py"],
+        2,
+        "study file '{d}/syntax_error.py' has a syntax error at line 2",
+        id="study-syntax-error",
+    ),
+    pytest.param(
+        ["train", "{d}/raises.py"],
+        2,
+        "study file '{d}/raises.py' failed to load: RuntimeError: no GPU quota",
+        id="study-raises-on-import",
+    ),
+    pytest.param(
+        ["train", "--device", "cuda", *FAST],
+        2,
+        "--device cuda: CUDA is not available",
+        id="train-device-cuda",
+    ),
+    pytest.param(
+        ["train", "--device", "banana", *FAST],
+        2,
+        "--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'banana'",
+        id="train-device-banana",
+    ),
+    pytest.param(
+        ["compare", "--device", "cuda", "--trials", "1", "--max-epochs", "1"],
+        2,
+        "--device cuda: CUDA is not available",
+        id="compare-device-cuda",
+    ),
+    pytest.param(
+        ["compare", "--device", "banana", "--trials", "1", "--max-epochs", "1"],
+        2,
+        "--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'banana'",
+        id="compare-device-banana",
+    ),
+    pytest.param(
+        _worker("cuda", "w_cuda"),
+        2,
+        "--device cuda: CUDA is not available",
+        id="worker-device-cuda",
+    ),
+    pytest.param(
+        _worker("banana", "w_banana"),
+        2,
+        "--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'banana'",
+        id="worker-device-banana",
+    ),
+    pytest.param(
+        ["train", *FAST, "--checkpoint", "{d}/empty.pt"],
+        2,
+        "--checkpoint '{d}/empty.pt' is empty; delete it to start over",
+        id="checkpoint-empty",
+    ),
+    pytest.param(
+        ["train", *FAST, "--checkpoint", "{d}/unchecked.pt"],
+        2,
+        "--checkpoint '{d}/unchecked.pt' has no checksum (a neve_tune checkpoint of a "
+        "neve_tune before 0.1.0?)",
+        id="checkpoint-without-checksum",
+    ),
+    pytest.param(
+        ["train", *FAST, "--checkpoint", "{d}/text.pt"],
+        2,
+        "--checkpoint '{d}/text.pt' cannot be read as a torch checkpoint",
+        id="checkpoint-text",
+    ),
+    pytest.param(
+        ["train", *FAST, "--checkpoint", "{d}/tensor.pt"],
+        2,
+        "--checkpoint '{d}/tensor.pt' holds a Tensor, not a neve_tune checkpoint; delete it",
+        id="checkpoint-tensor",
+    ),
+    pytest.param(
+        ["train", *FAST, "--checkpoint", "{d}/other_dict.pt"],
+        2,
+        "--checkpoint '{d}/other_dict.pt' is not a neve_tune checkpoint",
+        id="checkpoint-other-dict",
+    ),
+    pytest.param(
+        ["train", *FAST, "--checkpoint", "{d}/folder.pt"],
+        2,
+        "--checkpoint {d}/folder.pt: is a directory",
+        id="checkpoint-directory",
+    ),
+    pytest.param(
+        ["train", *FAST, "--checkpoint", "{d}/good.pt", "--label-noise", "0.2"],
+        2,
+        "--checkpoint '{d}/good.pt' belongs to another run (data label_noise: 0.0 in the checkpoint, 0.2 now)",
+        id="checkpoint-other-data-options",
+    ),
+    pytest.param(
+        ["train", *FAST, "--checkpoint", "{d}/good.pt", "--model", "resnet20"],
+        2,
+        "belongs to another run (model name: 'small_cnn' in the checkpoint, 'resnet20' now)",
+        id="checkpoint-other-model",
+    ),
+    pytest.param(
+        ["train", "--max-epochs", "1", "--checkpoint", "{d}/good.pt"],
+        2,
+        "belongs to another run (data name: 'synthetic' in the checkpoint, 'digits' now)",
+        id="checkpoint-other-data",
+    ),
+    pytest.param(
+        ["train", "--lr", "inf", *FAST],
+        2,
+        "--lr must be a finite number > 0 and <= 3.40282e+38, got inf",
+        id="lr-inf",
+    ),
+    pytest.param(
+        ["train", "--lr", "-1", *FAST],
+        2,
+        "--lr must be a finite number > 0 and <= 3.40282e+38, got -1.0",
+        id="lr-negative",
+    ),
+    pytest.param(
+        ["train", "--threshold", "0", *FAST],
+        2,
+        "--threshold must be a finite number > 0 and <= 1 (relative rule: a ratio to the peak velocity), got 0.0",
+        id="threshold-zero",
+    ),
+    pytest.param(
+        ["optuna", "worker", "digits", "--timeout", "-5", "--max-epochs", "1"],
+        2,
+        "--timeout must be a finite number > 0, got -5.0",
+        id="worker-timeout-negative",
+    ),
+    pytest.param(
+        ["train", *FAST, "--json", "{d}/a_file/run.json"],
+        2,
+        "--json {d}/a_file/run.json: {d}/a_file is not a folder",
+        id="json-unwritable",
+    ),
+    pytest.param(
+        ["train", *FAST, "--out", "{d}/a_file/plots"],
+        2,
+        "--out {d}/a_file/plots: {d}/a_file is not a folder",
+        id="out-unwritable",
+    ),
+    pytest.param(
+        [
+            "optuna",
+            "worker",
+            "digits",
+            "--trials",
+            "1",
+            "--max-epochs",
+            "1",
+            "--checkpoint-dir",
+            "{d}/a_file/ck",
+        ],
+        2,
+        "--checkpoint-dir {d}/a_file/ck: {d}/a_file is not a folder",
+        id="checkpoint-dir-unwritable",
+    ),
+    pytest.param(
+        ["train", "--lr-patience", "soon", *FAST],
+        2,
+        "--lr-patience must be an int or 'auto', got 'soon'",
+        id="lr-patience-word",
+    ),
+    pytest.param(
+        ["train", "--pc-patience", "-1", *FAST],
+        2,
+        "--pc-patience must be >= 0 (0: off), got -1",
+        id="pc-patience-negative",
+    ),
+    pytest.param(
+        ["train", "--label-noise", "1.5", *FAST],
+        2,
+        "label_noise must be a finite number >= 0 and < 1, got 1.5",
+        id="label-noise-above-1",
+    ),
+    pytest.param(
+        ["train", "--train-fraction", "0", *FAST],
+        2,
+        "train_fraction must be a finite number > 0 and <= 1, got 0.0",
+        id="train-fraction-zero",
+    ),
     # outputs that could not take the record: refused before training, not after it
-    pytest.param(["train", *FAST, "--json", "/proc/x.json"], 2, "--json /proc/x.json: /proc is not writable", id="json-proc"),
-    pytest.param(["train", *FAST, "--json", "/dev/full"], 2, "--json /dev/full: is not a regular file", id="json-dev-full"),
-    pytest.param(["train", *FAST, "--out", "/proc/plots"], 2, "--out /proc/plots: /proc is not writable", id="out-proc"),
-    pytest.param(["train", *FAST, "--checkpoint", "/proc/ck.pt"], 2, "--checkpoint /proc/ck.pt: /proc is not writable",
-                 id="checkpoint-proc"),
-    pytest.param(["optuna", "plot", "--study-name", "x", "--storage", "sqlite:///{d}/plot.db", "--out", "{d}/a_file"], 2,
-                 "--out {d}/a_file: is a file, expected a folder", id="plot-out-is-a-file"),
-    pytest.param(["optuna", "plot", "--study-name", "x", "--storage", "sqlite:///{d}/plot.db", "--out", "/proc/plots"], 2,
-                 "--out /proc/plots: /proc is not writable", id="plot-out-unwritable"),
-    pytest.param(["optuna", "worker", "digits", "--trials", "1", "--max-epochs", "1", "--out", "/proc/plots"], 2,
-                 "--out /proc/plots: /proc is not writable", id="worker-out-unwritable"),
+    pytest.param(
+        ["train", *FAST, "--json", "/proc/x.json"],
+        2,
+        "--json /proc/x.json: /proc is not writable",
+        id="json-proc",
+    ),
+    pytest.param(
+        ["train", *FAST, "--json", "/dev/full"],
+        2,
+        "--json /dev/full: is not a regular file",
+        id="json-dev-full",
+    ),
+    pytest.param(
+        ["train", *FAST, "--out", "/proc/plots"],
+        2,
+        "--out /proc/plots: /proc is not writable",
+        id="out-proc",
+    ),
+    pytest.param(
+        ["train", *FAST, "--checkpoint", "/proc/ck.pt"],
+        2,
+        "--checkpoint /proc/ck.pt: /proc is not writable",
+        id="checkpoint-proc",
+    ),
+    pytest.param(
+        [
+            "optuna",
+            "plot",
+            "--study-name",
+            "x",
+            "--storage",
+            "sqlite:///{d}/plot.db",
+            "--out",
+            "{d}/a_file",
+        ],
+        2,
+        "--out {d}/a_file: is a file, expected a folder",
+        id="plot-out-is-a-file",
+    ),
+    pytest.param(
+        [
+            "optuna",
+            "plot",
+            "--study-name",
+            "x",
+            "--storage",
+            "sqlite:///{d}/plot.db",
+            "--out",
+            "/proc/plots",
+        ],
+        2,
+        "--out /proc/plots: /proc is not writable",
+        id="plot-out-unwritable",
+    ),
+    pytest.param(
+        [
+            "optuna",
+            "worker",
+            "digits",
+            "--trials",
+            "1",
+            "--max-epochs",
+            "1",
+            "--out",
+            "/proc/plots",
+        ],
+        2,
+        "--out /proc/plots: /proc is not writable",
+        id="worker-out-unwritable",
+    ),
     # numbers out of range, named by their flag
-    pytest.param(["train", "--lr", "1e39", *FAST], 2, "--lr must be a finite number > 0 and <= 3.40282e+38, got 1e+39",
-                 id="lr-overflows-float32"),
-    pytest.param(["train", "--batch-size", "0", *FAST], 2, "--batch-size must be an int >= 1, got 0", id="batch-size-zero"),
-    pytest.param(["train", "--seed", "99999999999999999999", *FAST], 2,
-                 "--seed must be an int in [0, 4294967295], got 99999999999999999999", id="train-seed-huge"),
-    pytest.param(["train", "--noise-seed", "-1", *FAST], 2, "--noise-seed must be an int in [0, 4294967295], got -1",
-                 id="noise-seed-negative"),
-    pytest.param(["compare", "--seed", "4294967295", "--repeats", "2", "--trials", "1", "--max-epochs", "1"], 2,
-                 "--seed + --repeats - 1 must be an int in [0, 4294967295], got 4294967296", id="compare-last-seed-huge"),
-    pytest.param([*_worker("cpu", "w_seed"), "--seed", "99999999999999999999"], 2,
-                 "--seed must be an int in [0, 4294967295], got 99999999999999999999", id="worker-seed-huge"),
-    pytest.param([*_worker("cpu", "w_sseed"), "--sampler-seed", "-3"], 2, "--sampler-seed must be an int in [0, 4294967295], got -3",
-                 id="worker-sampler-seed-negative"),
-    pytest.param([*_worker("cpu", "w_retry"), "--max-retry", "-1"], 2, "--max-retry must be an int >= 0, got -1",
-                 id="worker-max-retry-negative"),
-    pytest.param([*_worker("cpu", "w_dir"), "--direction", "maximize"], 2,
-                 "--direction must be 'minimize': the objective is a loss", id="worker-direction-maximize"),
+    pytest.param(
+        ["train", "--lr", "1e39", *FAST],
+        2,
+        "--lr must be a finite number > 0 and <= 3.40282e+38, got 1e+39",
+        id="lr-overflows-float32",
+    ),
+    pytest.param(
+        ["train", "--batch-size", "0", *FAST],
+        2,
+        "--batch-size must be an int >= 1, got 0",
+        id="batch-size-zero",
+    ),
+    pytest.param(
+        ["train", "--seed", "99999999999999999999", *FAST],
+        2,
+        "--seed must be an int in [0, 4294967295], got 99999999999999999999",
+        id="train-seed-huge",
+    ),
+    pytest.param(
+        ["train", "--noise-seed", "-1", *FAST],
+        2,
+        "--noise-seed must be an int in [0, 4294967295], got -1",
+        id="noise-seed-negative",
+    ),
+    pytest.param(
+        ["compare", "--seed", "4294967295", "--repeats", "2", "--trials", "1", "--max-epochs", "1"],
+        2,
+        "--seed + --repeats - 1 must be an int in [0, 4294967295], got 4294967296",
+        id="compare-last-seed-huge",
+    ),
+    pytest.param(
+        [*_worker("cpu", "w_seed"), "--seed", "99999999999999999999"],
+        2,
+        "--seed must be an int in [0, 4294967295], got 99999999999999999999",
+        id="worker-seed-huge",
+    ),
+    pytest.param(
+        [*_worker("cpu", "w_sseed"), "--sampler-seed", "-3"],
+        2,
+        "--sampler-seed must be an int in [0, 4294967295], got -3",
+        id="worker-sampler-seed-negative",
+    ),
+    pytest.param(
+        [*_worker("cpu", "w_retry"), "--max-retry", "-1"],
+        2,
+        "--max-retry must be an int >= 0, got -1",
+        id="worker-max-retry-negative",
+    ),
+    pytest.param(
+        [*_worker("cpu", "w_dir"), "--direction", "maximize"],
+        2,
+        "--direction must be 'minimize': the objective is a loss",
+        id="worker-direction-maximize",
+    ),
     # devices torch cannot train on here
-    pytest.param(["train", "--device", "meta", *FAST], 2, "--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'meta'",
-                 id="train-device-meta"),
-    pytest.param(["train", "--device", "mps", *FAST], 2, "--device mps: Apple's MPS backend is not available", id="train-device-mps"),
-    pytest.param(_worker("meta", "w_meta"), 2, "got 'meta' (torch cannot train on a 'meta' device here)", id="worker-device-meta"),
+    pytest.param(
+        ["train", "--device", "meta", *FAST],
+        2,
+        "--device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'meta'",
+        id="train-device-meta",
+    ),
+    pytest.param(
+        ["train", "--device", "mps", *FAST],
+        2,
+        "--device mps: Apple's MPS backend is not available",
+        id="train-device-mps",
+    ),
+    pytest.param(
+        _worker("meta", "w_meta"),
+        2,
+        "got 'meta' (torch cannot train on a 'meta' device here)",
+        id="worker-device-meta",
+    ),
     # storages
-    pytest.param(["optuna", "worker", "digits", "--trials", "1", "--max-epochs", "1", "--storage",
-                  "postgresql://neve:p@ss@127.0.0.1:1/db"], 2,
-                 "storage 'postgresql://neve:***@127.0.0.1:1/db' is not a valid URL: its user or password holds an unencoded '@'",
-                 id="storage-password-with-at"),
+    pytest.param(
+        [
+            "optuna",
+            "worker",
+            "digits",
+            "--trials",
+            "1",
+            "--max-epochs",
+            "1",
+            "--storage",
+            "postgresql://neve:p@ss@127.0.0.1:1/db",
+        ],
+        2,
+        "storage 'postgresql://neve:***@127.0.0.1:1/db' is not a valid URL: its user or password holds an unencoded '@'",
+        id="storage-password-with-at",
+    ),
     # study files: one line naming the field, in every verb, before storage or training
-    pytest.param(["train", "{d}/batch_choice.py"], 2,
-                 "study 'bad': search space 'batch_size': Choice value 0: batch_size must be an int >= 1, got 0",
-                 id="study-batch-size-choice"),
-    pytest.param(["train", "{d}/lr_negative.py"], 2, "study 'bad': search space 'lr': low: lr must be a finite number > 0",
-                 id="study-lr-negative"),
-    pytest.param(["train", "{d}/lr_infinite.py"], 2, "study 'bad': search space 'lr': LogUniform high must be a finite number, got inf",
-                 id="study-lr-infinite"),
-    pytest.param(["train", "{d}/lr_word.py"], 2, "study 'bad': defaults['lr'] must be a finite number > 0",
-                 id="study-default-lr-word"),
-    pytest.param(["optuna", "worker", "{d}/batch_choice.py", "--trials", "1", "--create", "--storage", "sqlite:///{d}/w_study.db"],
-                 2, "search space 'batch_size': Choice value 0", id="worker-study-batch-size-choice"),
-    pytest.param(["compare", "{d}/lr_infinite.py", "--trials", "1"], 2, "search space 'lr': LogUniform high must be a finite number",
-                 id="compare-study-lr-infinite"),
-    pytest.param(["compare", "--selection", "consensus", "--selection-subset", "0", "--trials", "1"], 2,
-                 "--selection-subset 0 leaves no predictions for the consensus", id="compare-consensus-no-subset"),
-    pytest.param(["compare", "--selection-subset", "-5", "--trials", "1"], 2,
-                 "--selection-subset must be >= 0 (0: off), got -5", id="compare-selection-subset-negative"),
-    pytest.param([*_worker("cpu", "w_cons"), "--signal", "consensus", "--selection-subset", "0"], 2,
-                 "--selection-subset 0 leaves no predictions for the consensus", id="worker-consensus-no-subset"),
+    pytest.param(
+        ["train", "{d}/batch_choice.py"],
+        2,
+        "study 'bad': search space 'batch_size': Choice value 0: batch_size must be an int >= 1, got 0",
+        id="study-batch-size-choice",
+    ),
+    pytest.param(
+        ["train", "{d}/lr_negative.py"],
+        2,
+        "study 'bad': search space 'lr': low: lr must be a finite number > 0",
+        id="study-lr-negative",
+    ),
+    pytest.param(
+        ["train", "{d}/lr_infinite.py"],
+        2,
+        "study 'bad': search space 'lr': LogUniform high must be a finite number, got inf",
+        id="study-lr-infinite",
+    ),
+    pytest.param(
+        ["train", "{d}/lr_word.py"],
+        2,
+        "study 'bad': defaults['lr'] must be a finite number > 0",
+        id="study-default-lr-word",
+    ),
+    pytest.param(
+        [
+            "optuna",
+            "worker",
+            "{d}/batch_choice.py",
+            "--trials",
+            "1",
+            "--create",
+            "--storage",
+            "sqlite:///{d}/w_study.db",
+        ],
+        2,
+        "search space 'batch_size': Choice value 0",
+        id="worker-study-batch-size-choice",
+    ),
+    pytest.param(
+        ["compare", "{d}/lr_infinite.py", "--trials", "1"],
+        2,
+        "search space 'lr': LogUniform high must be a finite number",
+        id="compare-study-lr-infinite",
+    ),
+    pytest.param(
+        ["compare", "--selection", "consensus", "--selection-subset", "0", "--trials", "1"],
+        2,
+        "--selection-subset 0 leaves no predictions for the consensus",
+        id="compare-consensus-no-subset",
+    ),
+    pytest.param(
+        ["compare", "--selection-subset", "-5", "--trials", "1"],
+        2,
+        "--selection-subset must be >= 0 (0: off), got -5",
+        id="compare-selection-subset-negative",
+    ),
+    pytest.param(
+        [*_worker("cpu", "w_cons"), "--signal", "consensus", "--selection-subset", "0"],
+        2,
+        "--selection-subset 0 leaves no predictions for the consensus",
+        id="worker-consensus-no-subset",
+    ),
 ]
 
 
 @pytest.mark.parametrize("argv, status, message", CLI_CASES)
-def test_cli_bad_input(argv: list[str], status: int, message: str, inputs: Path, capsys: pytest.CaptureFixture[str],
-                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_bad_input(
+    argv: list[str],
+    status: int,
+    message: str,
+    inputs: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     before = sorted(p.name for p in inputs.rglob("*"))
     argv = [a.format(d=inputs) for a in argv]
@@ -222,7 +534,11 @@ def _model() -> torch.nn.Module:
 
 def _neve(**kw: Any) -> NeVe:
     model = _model()
-    return NeVe(torch.optim.SGD(model.parameters(), lr=0.1), NeuralVelocity(model, gaussian_probe((4,), 8)), **kw)
+    return NeVe(
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        NeuralVelocity(model, gaussian_probe((4,), 8)),
+        **kw,
+    )
 
 
 def _step_none() -> None:
@@ -239,55 +555,148 @@ def _run_from_checkpoint(name: str) -> Callable[[Path], Any]:
     def run(d: Path) -> Any:
         study = load_study("digits").replace(data="synthetic", max_epochs=1)
         return run_trial(study, {}, checkpoint_path=d / name, evaluate_test=False)
+
     return run
 
 
 # (call, expected exception, a substring of its message naming the parameter); calls take the inputs folder
 API_CASES = [
-    pytest.param(lambda d: _neve(patience=-1), ValueError, "patience must be an int >= 0, got -1", id="neve-patience"),
-    pytest.param(lambda d: _step_none(), TypeError, "train_loss must be a number, got None", id="neve-step-none"),
-    pytest.param(lambda d: NeuralVelocity(_model(), torch.full((8, 4), math.nan)), ValueError,
-                 "probe must be finite: 32 of 32 values are NaN or inf", id="probe-nan"),
-    pytest.param(lambda d: _report({"epoch": 1.7, "velocity": 0.1}), TypeError, "metrics['epoch'] must be an int >= 0, got 1.7",
-                 id="report-epoch-float"),
-    pytest.param(lambda d: _report({"epoch": "x", "velocity": 0.1}), TypeError, "metrics['epoch'] must be an int >= 0, got 'x'",
-                 id="report-epoch-str"),
-    pytest.param(lambda d: _report(None), TypeError, "metrics must be a mapping", id="report-metrics-none"),
-    pytest.param(_run_from_checkpoint("empty.pt"), ValueError, "checkpoint_path '{d}/empty.pt' is empty; delete it",
-                 id="checkpoint-empty"),
-    pytest.param(_run_from_checkpoint("unchecked.pt"), ValueError,
-                 "checkpoint_path '{d}/unchecked.pt' has no checksum",
-                 id="checkpoint-without-checksum"),
-    pytest.param(_run_from_checkpoint("text.pt"), ValueError, "checkpoint_path '{d}/text.pt' cannot be read",
-                 id="checkpoint-text"),
-    pytest.param(_run_from_checkpoint("tensor.pt"), ValueError, "checkpoint_path '{d}/tensor.pt' holds a Tensor",
-                 id="checkpoint-tensor"),
-    pytest.param(_run_from_checkpoint("other_dict.pt"), ValueError,
-                 "checkpoint_path '{d}/other_dict.pt' is not a neve_tune checkpoint", id="checkpoint-other-dict"),
-    pytest.param(_run_from_checkpoint("folder.pt"), ValueError, "checkpoint_path '{d}/folder.pt' is a folder",
-                 id="checkpoint-directory"),
-    pytest.param(lambda d: run_worker("digits", device="banana", n_trials=1, log=None, create=True,
-                                      storage=f"sqlite:///{d}/api_worker.db"), ValueError,
-                 "device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'banana'", id="worker-device-banana"),
-    pytest.param(lambda d: run_worker("digits", timeout=-5, log=None), ValueError,
-                 "timeout must be a finite number > 0 or None, got -5", id="worker-timeout-negative"),
-    pytest.param(lambda d: run_worker("digits", seed=10**20, n_trials=1, log=None, create=True,
-                                      storage=f"sqlite:///{d}/api_worker.db"), ValueError,
-                 "seed must be an int in [0, 4294967295], got 100000000000000000000", id="worker-seed-huge"),
-    pytest.param(lambda d: run_worker("digits", direction="maximize", n_trials=1, log=None), ValueError,
-                 "direction must be 'minimize': the objective is a loss", id="worker-direction-maximize"),
-    pytest.param(lambda d: run_worker("digits", max_retry=-1, n_trials=1, log=None), ValueError,
-                 "max_retry must be an int >= 0 or None, got -1", id="worker-max-retry-negative"),
-    pytest.param(lambda d: run_worker("digits", device="meta", n_trials=1, log=None), ValueError,
-                 "device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'meta'", id="worker-device-meta"),
-    pytest.param(lambda d: load_study("digits").replace(defaults={"lr": "fast", "batch_size": 64}), TypeError,
-                 "study 'digits': defaults['lr'] must be a finite number > 0", id="study-default-lr-word"),
+    pytest.param(
+        lambda d: _neve(patience=-1),
+        ValueError,
+        "patience must be an int >= 0, got -1",
+        id="neve-patience",
+    ),
+    pytest.param(
+        lambda d: _step_none(),
+        TypeError,
+        "train_loss must be a number, got None",
+        id="neve-step-none",
+    ),
+    pytest.param(
+        lambda d: NeuralVelocity(_model(), torch.full((8, 4), math.nan)),
+        ValueError,
+        "probe must be finite: 32 of 32 values are NaN or inf",
+        id="probe-nan",
+    ),
+    pytest.param(
+        lambda d: _report({"epoch": 1.7, "velocity": 0.1}),
+        TypeError,
+        "metrics['epoch'] must be an int >= 0, got 1.7",
+        id="report-epoch-float",
+    ),
+    pytest.param(
+        lambda d: _report({"epoch": "x", "velocity": 0.1}),
+        TypeError,
+        "metrics['epoch'] must be an int >= 0, got 'x'",
+        id="report-epoch-str",
+    ),
+    pytest.param(
+        lambda d: _report(None), TypeError, "metrics must be a mapping", id="report-metrics-none"
+    ),
+    pytest.param(
+        _run_from_checkpoint("empty.pt"),
+        ValueError,
+        "checkpoint_path '{d}/empty.pt' is empty; delete it",
+        id="checkpoint-empty",
+    ),
+    pytest.param(
+        _run_from_checkpoint("unchecked.pt"),
+        ValueError,
+        "checkpoint_path '{d}/unchecked.pt' has no checksum",
+        id="checkpoint-without-checksum",
+    ),
+    pytest.param(
+        _run_from_checkpoint("text.pt"),
+        ValueError,
+        "checkpoint_path '{d}/text.pt' cannot be read",
+        id="checkpoint-text",
+    ),
+    pytest.param(
+        _run_from_checkpoint("tensor.pt"),
+        ValueError,
+        "checkpoint_path '{d}/tensor.pt' holds a Tensor",
+        id="checkpoint-tensor",
+    ),
+    pytest.param(
+        _run_from_checkpoint("other_dict.pt"),
+        ValueError,
+        "checkpoint_path '{d}/other_dict.pt' is not a neve_tune checkpoint",
+        id="checkpoint-other-dict",
+    ),
+    pytest.param(
+        _run_from_checkpoint("folder.pt"),
+        ValueError,
+        "checkpoint_path '{d}/folder.pt' is a folder",
+        id="checkpoint-directory",
+    ),
+    pytest.param(
+        lambda d: run_worker(
+            "digits",
+            device="banana",
+            n_trials=1,
+            log=None,
+            create=True,
+            storage=f"sqlite:///{d}/api_worker.db",
+        ),
+        ValueError,
+        "device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'banana'",
+        id="worker-device-banana",
+    ),
+    pytest.param(
+        lambda d: run_worker("digits", timeout=-5, log=None),
+        ValueError,
+        "timeout must be a finite number > 0 or None, got -5",
+        id="worker-timeout-negative",
+    ),
+    pytest.param(
+        lambda d: run_worker(
+            "digits",
+            seed=10**20,
+            n_trials=1,
+            log=None,
+            create=True,
+            storage=f"sqlite:///{d}/api_worker.db",
+        ),
+        ValueError,
+        "seed must be an int in [0, 4294967295], got 100000000000000000000",
+        id="worker-seed-huge",
+    ),
+    pytest.param(
+        lambda d: run_worker("digits", direction="maximize", n_trials=1, log=None),
+        ValueError,
+        "direction must be 'minimize': the objective is a loss",
+        id="worker-direction-maximize",
+    ),
+    pytest.param(
+        lambda d: run_worker("digits", max_retry=-1, n_trials=1, log=None),
+        ValueError,
+        "max_retry must be an int >= 0 or None, got -1",
+        id="worker-max-retry-negative",
+    ),
+    pytest.param(
+        lambda d: run_worker("digits", device="meta", n_trials=1, log=None),
+        ValueError,
+        "device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'meta'",
+        id="worker-device-meta",
+    ),
+    pytest.param(
+        lambda d: load_study("digits").replace(defaults={"lr": "fast", "batch_size": 64}),
+        TypeError,
+        "study 'digits': defaults['lr'] must be a finite number > 0",
+        id="study-default-lr-word",
+    ),
 ]
 
 
 @pytest.mark.parametrize("call, error, message", API_CASES)
-def test_api_bad_input(call: Callable[[Path], Any], error: type[Exception], message: str, inputs: Path,
-                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_api_bad_input(
+    call: Callable[[Path], Any],
+    error: type[Exception],
+    message: str,
+    inputs: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     with pytest.raises(error) as caught:
         call(inputs)
     text = str(caught.value)
@@ -310,7 +719,9 @@ def test_a_checkpoint_that_cannot_be_read_is_left_in_place(inputs: Path, tmp_pat
         assert ckpt.read_bytes() == (inputs / name).read_bytes()
 
 
-def test_train_removes_what_a_killed_save_left_beside_its_checkpoint(inputs: Path, tmp_path: Path) -> None:
+def test_train_removes_what_a_killed_save_left_beside_its_checkpoint(
+    inputs: Path, tmp_path: Path
+) -> None:
     """A save killed mid-write leaves ``CHECKPOINT.tmp<PID>``; the next run on that
     checkpoint removes it (it is the checkpoint's only writer), and nothing else."""
     ckpt = tmp_path / "run.pt"

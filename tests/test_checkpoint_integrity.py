@@ -167,8 +167,18 @@ def test_run_trial_starts_over_from_a_damaged_checkpoint(tmp_path: Path, how: st
 
 def _train_argv(path: Path, max_epochs: int = 2) -> list[str]:
     """`neve-tune train` on the synthetic data, checkpointed at ``path``."""
-    return ["train", "--data", "synthetic", "--max-epochs", str(max_epochs), "--device", "cpu",
-            "--quiet", "--checkpoint", str(path)]
+    return [
+        "train",
+        "--data",
+        "synthetic",
+        "--max-epochs",
+        str(max_epochs),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--checkpoint",
+        str(path),
+    ]
 
 
 def test_train_cli_starts_over_from_a_damaged_checkpoint(tmp_path: Path, capsys) -> None:

@@ -50,7 +50,12 @@ def _schema_diff(a, b, path="") -> list[str]:
     if isinstance(a, list) and isinstance(b, list):
         return _schema_diff(a[0], b[0], f"{path}[0]") if a and b else []
     num = (int, float)
-    if isinstance(a, num) and isinstance(b, num) and not isinstance(a, bool) and not isinstance(b, bool):
+    if (
+        isinstance(a, num)
+        and isinstance(b, num)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
         return []
     return [] if type(a) is type(b) else [f"{path}: {type(a).__name__} vs {type(b).__name__}"]
 
@@ -61,9 +66,15 @@ def test_cost_of_a_search_adds_up_over_its_trials_and_retrain():
     n = len(get_dataset("synthetic").train)
     for m in SEARCHES:
         rec = run[m]
-        assert rec["search_cost"]["train_samples"] == sum(t["cost"]["train_samples"] for t in rec["trials"])
-        assert rec["search_cost"]["probe_samples"] == sum(t["cost"]["probe_samples"] for t in rec["trials"])
-        assert rec["search_cost"]["eval_samples"] == sum(t["cost"]["eval_samples"] for t in rec["trials"])
+        assert rec["search_cost"]["train_samples"] == sum(
+            t["cost"]["train_samples"] for t in rec["trials"]
+        )
+        assert rec["search_cost"]["probe_samples"] == sum(
+            t["cost"]["probe_samples"] for t in rec["trials"]
+        )
+        assert rec["search_cost"]["eval_samples"] == sum(
+            t["cost"]["eval_samples"] for t in rec["trials"]
+        )
         epochs = sum(t["epochs"] for t in rec["trials"])
         assert sum(rec["epochs_by_rung"].values()) == epochs
         if m == "neve":
@@ -76,18 +87,29 @@ def test_cost_of_a_search_adds_up_over_its_trials_and_retrain():
             assert rec["search_cost"]["probe_samples"] == 0
             rt = rec["retrain"]
             assert rt["cost"]["train_samples"] == rt["epochs"] * n
-            assert rec["cost"]["train_samples"] == rec["search_cost"]["train_samples"] + rt["cost"]["train_samples"]
+            assert (
+                rec["cost"]["train_samples"]
+                == rec["search_cost"]["train_samples"] + rt["cost"]["train_samples"]
+            )
             assert rec["test_acc"] == rt["test_acc"]
         assert rec["cost"]["epochs_equiv"] == pytest.approx(
-            (rec["cost"]["train_samples"] + (rec["cost"]["probe_samples"] + rec["cost"]["eval_samples"]) / 3) / n
+            (
+                rec["cost"]["train_samples"]
+                + (rec["cost"]["probe_samples"] + rec["cost"]["eval_samples"]) / 3
+            )
+            / n
         )
-    assert res["cost_ratio"] == pytest.approx(run["neve"]["cost"]["epochs_equiv"] / run["asha"]["cost"]["epochs_equiv"])
-    assert res["vs_asha_es"]["test_acc_diff"] == pytest.approx(run["neve"]["test_acc"] - run["asha_es"]["test_acc"])
+    assert res["cost_ratio"] == pytest.approx(
+        run["neve"]["cost"]["epochs_equiv"] / run["asha"]["cost"]["epochs_equiv"]
+    )
+    assert res["vs_asha_es"]["test_acc_diff"] == pytest.approx(
+        run["neve"]["test_acc"] - run["asha_es"]["test_acc"]
+    )
 
 
 def test_test_set_is_never_read_while_training_and_decides_nothing(monkeypatch):
-    import neve_tune.trial as study_mod
     import neve_tune.train as train_mod
+    import neve_tune.trial as study_mod
     from neve_tune.data import DataBundle
 
     base = get_dataset("synthetic")
@@ -110,8 +132,13 @@ def test_test_set_is_never_read_while_training_and_decides_nothing(monkeypatch):
     assert guarded.reads >= len(base.test)
     # the same searches against a test set with shuffled labels make the same decisions
     shuffled = TensorDataset(base.test.tensors[0], base.test.tensors[1].roll(1))
-    b = compare(_study(), trials=3, seed=1, data=DataBundle("synthetic", base.train, shuffled, base.input_shape,
-                                                             base.num_classes), progress=False)
+    b = compare(
+        _study(),
+        trials=3,
+        seed=1,
+        data=DataBundle("synthetic", base.train, shuffled, base.input_shape, base.num_classes),
+        progress=False,
+    )
     for m in SEARCHES:
         ta, tb = a["runs"][0][m]["trials"], b["runs"][0][m]["trials"]
         assert [(t["config"], t["state"], t["epochs"], t["objective"]) for t in ta] == [
@@ -128,13 +155,46 @@ def test_repeats_give_means_with_spread_and_one_run_per_seed(tmp_path):
         "from neve_tune import load_study\n"
         f"STUDY = load_study('digits').replace(name='tiny', **{TINY!r})\n"
     )
-    assert main(["compare", str(study_file), "--trials", "2", "--repeats", "2", "--max-epochs", "3", "--seed", "5",
-                 "--json", str(out), "--out", str(tmp_path), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(study_file),
+                "--trials",
+                "2",
+                "--repeats",
+                "2",
+                "--max-epochs",
+                "3",
+                "--seed",
+                "5",
+                "--json",
+                str(out),
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert res["seeds"] == [5, 6] and [r["seed"] for r in res["runs"]] == [5, 6]
     for m in SEARCHES:
-        assert set(res[m]) >= {"cost", "best_config", "test_acc", "trials", "anytime", "test_acc_std"}
-        assert set(res[m]["cost"]) == {"train_samples", "probe_samples", "eval_samples", "wall_s", "epochs_equiv"}
+        assert set(res[m]) >= {
+            "cost",
+            "best_config",
+            "test_acc",
+            "trials",
+            "anytime",
+            "test_acc_std",
+        }
+        assert set(res[m]["cost"]) == {
+            "train_samples",
+            "probe_samples",
+            "eval_samples",
+            "wall_s",
+            "epochs_equiv",
+        }
         accs = [r[m]["test_acc"] for r in res["runs"]]
         assert res[m]["test_acc"] == pytest.approx(sum(accs) / 2)
     assert {"cost_ratio", "test_acc_diff", "search_cost_ratio", "cost_ratio_std"} <= set(res)

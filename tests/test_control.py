@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from neve_tune import NeVe, NeuralVelocity, ValidationControl, gaussian_probe
+from neve_tune import NeuralVelocity, NeVe, ValidationControl, gaussian_probe
 
 
 def _setup(lr=0.1, **kw):
@@ -43,19 +43,37 @@ def test_max_epochs_cap_and_result_names():
     for i in range(3):
         _nudge(model, 0.1 * (i + 1))
         m = neve.step(train_loss=1.0 / (i + 1))
-    assert set(m) == {"epoch", "velocity", "velocity_change", "train_loss", "prediction_changes", "unfit", "lr",
-                      "neve_stop", "stalled", "diverged", "stopped_by", "kept_epoch", "kept_train_loss"}
+    assert set(m) == {
+        "epoch",
+        "velocity",
+        "velocity_change",
+        "train_loss",
+        "prediction_changes",
+        "unfit",
+        "lr",
+        "neve_stop",
+        "stalled",
+        "diverged",
+        "stopped_by",
+        "kept_epoch",
+        "kept_train_loss",
+    }
     assert (m["stopped_by"], m["kept_epoch"], m["kept_train_loss"]) == ("max_epochs", 3, 1.0 / 3)
     assert neve.stopped_by == "max_epochs" and m["velocity"] > 1e-9
 
 
-@pytest.mark.parametrize("losses, num_classes", [
-    ([2.0, 1.95, 1.9, 1.85], None),       # within 10% of the first epoch's loss
-    ([2.30, 2.0, 1.5, 1.0], 2),           # dropped, but still above 0.9 * log(2) = 0.62 (chance)
-    ([0.69, 0.69, 0.69, 0.69], 2),        # a dead network at chance
-])
+@pytest.mark.parametrize(
+    "losses, num_classes",
+    [
+        ([2.0, 1.95, 1.9, 1.85], None),  # within 10% of the first epoch's loss
+        ([2.30, 2.0, 1.5, 1.0], 2),  # dropped, but still above 0.9 * log(2) = 0.62 (chance)
+        ([0.69, 0.69, 0.69, 0.69], 2),  # a dead network at chance
+    ],
+)
 def test_a_velocity_stop_without_learning_ends_as_stalled_never_converged(losses, num_classes):
-    model, opt, neve = _setup(threshold=1e-2, min_epochs=len(losses), max_epochs=50, num_classes=num_classes)
+    model, opt, neve = _setup(
+        threshold=1e-2, min_epochs=len(losses), max_epochs=50, num_classes=num_classes
+    )
     neve.start()
     for loss in losses:
         m = neve.step(train_loss=loss)  # model unchanged: the velocity stop fires at min_epochs
@@ -87,7 +105,7 @@ def test_relative_threshold_is_scale_free():
         model, opt, neve = _setup(threshold=0.5, max_epochs=20, threshold_mode="relative")
         neve.start()
         for i in range(20):
-            _nudge(model, scale * 0.5 ** i)
+            _nudge(model, scale * 0.5**i)
             neve.step(train_loss=1.0 / (i + 1))
             if neve.should_stop:
                 break
@@ -110,7 +128,9 @@ def _guarded(changes, unfit, **kw):
 def test_prediction_changes_guard_stops_once_the_refused_labels_are_fitted():
     # falls to a settled minimum (5 changes, 100 labels refused) at epoch 5, then rises while
     # the refused labels get fitted (100 -> 85): memorisation
-    neve, m = _guarded([None, 40, 20, 10, 5, 8, 12, 20, 30], [300, 200, 150, 110, 100, 98, 85, 70, 60])
+    neve, m = _guarded(
+        [None, 40, 20, 10, 5, 8, 12, 20, 30], [300, 200, 150, 110, 100, 98, 85, 70, 60]
+    )
     # two epochs after the minimum (epoch 7) 85 <= 0.9 * 100: stop there
     assert neve.stopped_by == "prediction_changes" and neve.epoch == 7 and m["neve_stop"]
     assert neve.pc_best_epoch == 5
@@ -119,14 +139,19 @@ def test_prediction_changes_guard_stops_once_the_refused_labels_are_fitted():
 def test_prediction_changes_guard_waits_for_evidence_of_memorisation():
     # the same turn in the changes, but the refused labels stay refused: the network churns,
     # it does not memorise; the guard waits and stops once they are being fitted (epoch 9)
-    neve, m = _guarded([None, 40, 20, 10, 5, 8, 12, 20, 30, 30], [300, 200, 150, 110, 100, 99, 97, 95, 88, 80])
+    neve, m = _guarded(
+        [None, 40, 20, 10, 5, 8, 12, 20, 30, 30], [300, 200, 150, 110, 100, 99, 97, 95, 88, 80]
+    )
     assert neve.stopped_by == "prediction_changes" and neve.epoch == 9 and neve.pc_best_epoch == 5
 
 
 def test_prediction_changes_guard_ignores_churn_of_a_learning_run():
     # a slow learner: the changes dip and rise, but more predictions change than there are
     # labels left to fit, so no minimum is settled and the guard never fires while it learns
-    neve, m = _guarded([None, 900, 800, 700, 750, 800, 720, 650, 500], [1000, 800, 700, 600, 560, 520, 480, 440, 400])
+    neve, m = _guarded(
+        [None, 900, 800, 700, 750, 800, 720, 650, 500],
+        [1000, 800, 700, 600, 560, 520, 480, 440, 400],
+    )
     assert neve.stopped_by is None and neve.pc_best_epoch == 9 and not neve.guard.settled
 
 
@@ -140,13 +165,17 @@ def test_prediction_changes_guard_needs_the_unfit_count():
     model, opt, neve = _setup(threshold=1e-9, max_epochs=50, pc_patience=2)
     neve.start()
     neve.step(train_loss=1.0)
-    with pytest.raises(ValueError, match=r"memorisation guard \(pc_patience set\) needs step\(\.\.\., unfit=m\)"):
+    with pytest.raises(
+        ValueError, match=r"memorisation guard \(pc_patience set\) needs step\(\.\.\., unfit=m\)"
+    ):
         neve.step(train_loss=0.5, prediction_changes=12)
     assert neve.epoch == 1  # refused before anything changed
 
 
 def test_lr_decays_when_prediction_changes_stop_settling():
-    model, opt, neve = _setup(threshold=1e-9, max_epochs=50, lr_signal="prediction_changes", patience=1, pc_window=1)
+    model, opt, neve = _setup(
+        threshold=1e-9, max_epochs=50, lr_signal="prediction_changes", patience=1, pc_window=1
+    )
     neve.start()
     lrs = []
     for i, pc in enumerate([None, 40, 20, 10, 12, 15, 9, 11, 13]):
@@ -178,7 +207,11 @@ def test_prediction_changes_guard_state_round_trip():
     other.load_state_dict(state)
     assert neve.pc_best_epoch == 4  # moving averages 8, 7.5: the minimum at epoch 4
     assert (other.pc_series, other.guard.state_dict(), other.pc_best_epoch, other.first_loss) == (
-        neve.pc_series, neve.guard.state_dict(), neve.pc_best_epoch, neve.first_loss)
+        neve.pc_series,
+        neve.guard.state_dict(),
+        neve.pc_best_epoch,
+        neve.first_loss,
+    )
 
 
 def test_non_finite_loss_marks_diverged_without_raising():
@@ -199,8 +232,9 @@ def test_non_finite_velocity_marks_diverged():
 
 @pytest.mark.parametrize("signal", ["velocity_change", "velocity"])
 def test_lr_decays_on_plateau_of_the_signal(signal):
-    model, opt, neve = _setup(lr=1.0, threshold=1e-12, max_epochs=40, patience=2, lr_signal=signal,
-                              stall_patience=None)  # a flat loss: the stall check would end it
+    model, opt, neve = _setup(
+        lr=1.0, threshold=1e-12, max_epochs=40, patience=2, lr_signal=signal, stall_patience=None
+    )  # a flat loss: the stall check would end it
     neve.start()
     lrs = []
     for i in range(20):
@@ -283,14 +317,26 @@ def test_step_returns_its_inputs_as_plain_numbers(kind):
     assert first["train_loss"] == 0.75 and type(first["train_loss"]) is float
     assert first["prediction_changes"] is None and "val_loss" not in first
     second = neve.step(cast(0.5), cast(0.625), prediction_changes=count(12), unfit=count(30))
-    assert (second["train_loss"], second["val_loss"], second["prediction_changes"], second["unfit"]) == (0.5, 0.625, 12, 30)
-    assert type(second["prediction_changes"]) is int and type(second["unfit"]) is int and type(second["val_loss"]) is float
+    assert (
+        second["train_loss"],
+        second["val_loss"],
+        second["prediction_changes"],
+        second["unfit"],
+    ) == (0.5, 0.625, 12, 30)
+    assert (
+        type(second["prediction_changes"]) is int
+        and type(second["unfit"]) is int
+        and type(second["val_loss"]) is float
+    )
     assert neve.pc_series == [12.0]
 
 
 def test_step_without_start_is_refused_and_changes_nothing():
     model, opt, neve = _setup(threshold=1e-2, max_epochs=5)
-    with pytest.raises(RuntimeError, match=r"^NeVe.step\(\) before start\(\): call neve.start\(\) once before the first"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"^NeVe.step\(\) before start\(\): call neve.start\(\) once before the first",
+    ):
         neve.step(train_loss=0.7)
     assert neve.epoch == 0 and neve.stopped_by is None and neve.velocity.epoch < 0
     neve.start()

@@ -64,7 +64,9 @@ def _get(base: str, path: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def reported(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[int, list[tuple[dict, float]]]]:
+def reported(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[str, dict[int, list[tuple[dict, float]]]]:
     """A 2-trial worker run on digits into an SQLite file: its URL and, per trial number,
     each ``report_epoch`` call as ``(stored metrics, reported value)``."""
     calls: dict[int, list[tuple[dict, float]]] = {}
@@ -80,8 +82,25 @@ def reported(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[int, l
     mp.setattr(objective_module, "report_epoch", recording)
     threads = torch.get_num_threads()
     try:
-        code = main(["optuna", "worker", "digits", "--storage", url, "--study-name", STUDY_NAME, "--create",
-                     "--trials", "2", "--max-epochs", str(EPOCHS), "--threads", "1", "--quiet"])
+        code = main(
+            [
+                "optuna",
+                "worker",
+                "digits",
+                "--storage",
+                url,
+                "--study-name",
+                STUDY_NAME,
+                "--create",
+                "--trials",
+                "2",
+                "--max-epochs",
+                str(EPOCHS),
+                "--threads",
+                "1",
+                "--quiet",
+            ]
+        )
     finally:
         mp.undo()
         torch.set_num_threads(threads)
@@ -97,20 +116,36 @@ def dashboard(reported) -> Iterator[str]:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [_dashboard_command(), url, "--host", "127.0.0.1", "--port", str(port), "--server", "wsgiref", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            _dashboard_command(),
+            url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--server",
+            "wsgiref",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"optuna-dashboard exited with {proc.returncode}: {proc.stdout.read()[-2000:]}")
+                pytest.fail(
+                    f"optuna-dashboard exited with {proc.returncode}: {proc.stdout.read()[-2000:]}"
+                )
             try:
                 _get(base, "/api/meta")
                 break
             except (urllib.error.URLError, ConnectionError):
                 if time.monotonic() > deadline:
-                    pytest.fail(f"optuna-dashboard did not answer on {base} within {START_TIMEOUT_S:g} s")
+                    pytest.fail(
+                        f"optuna-dashboard did not answer on {base} within {START_TIMEOUT_S:g} s"
+                    )
                 time.sleep(0.2)
         yield base
     finally:
@@ -153,7 +188,10 @@ def test_dashboard_shows_every_epoch_as_reported(reported, dashboard) -> None:
         for metrics, value in epochs:
             step = metrics["epoch"]
             # the intermediate value is what report_epoch reported: the oriented training loss
-            assert shown[step] == value or (math.isnan(shown[step]) and math.isnan(value)), (number, step)
+            assert shown[step] == value or (math.isnan(shown[step]) and math.isnan(value)), (
+                number,
+                step,
+            )
             if math.isfinite(value):
                 assert value == sign * metrics["train_loss"]
             # the user attribute is the whole epoch's metric dict, complete (the dashboard
@@ -164,7 +202,9 @@ def test_dashboard_shows_every_epoch_as_reported(reported, dashboard) -> None:
             assert epoch == metrics
             assert {"epoch", "velocity", "train_loss", "lr"} <= set(epoch)
             assert isinstance(epoch["velocity"], float) and isinstance(epoch["train_loss"], float)
-        assert not [k for k in attrs if k.startswith("epoch_") and k not in {epoch_key(s) for s in steps}]
+        assert not [
+            k for k in attrs if k.startswith("epoch_") and k not in {epoch_key(s) for s in steps}
+        ]
     assert {"epoch_0001"} <= {a["key"] for a in detail["union_user_attrs"]}
 
 
@@ -177,7 +217,12 @@ def test_dashboard_agrees_with_the_storage(reported, dashboard) -> None:
     for frozen in stored:
         trial = trials[frozen.number]
         assert trial["state"].upper() == frozen.state.name
-        assert {v["step"]: _as_float(v["value"]) for v in trial["intermediate_values"]} == pytest.approx(
-            frozen.intermediate_values, nan_ok=True)
-        epochs = {a["key"]: json.loads(a["value"]) for a in trial["user_attrs"] if a["key"].startswith("epoch_")}
+        assert {
+            v["step"]: _as_float(v["value"]) for v in trial["intermediate_values"]
+        } == pytest.approx(frozen.intermediate_values, nan_ok=True)
+        epochs = {
+            a["key"]: json.loads(a["value"])
+            for a in trial["user_attrs"]
+            if a["key"].startswith("epoch_")
+        }
         assert epochs == {k: v for k, v in frozen.user_attrs.items() if k.startswith("epoch_")}

@@ -44,7 +44,9 @@ def test_cifar_loaders_read_the_real_format(tmp_path, name, train_n):
 
 
 def test_missing_dataset_says_where_to_put_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"cifar10 was not found under data_root=.*cifar-10-batches-py"):
+    with pytest.raises(
+        FileNotFoundError, match=r"cifar10 was not found under data_root=.*cifar-10-batches-py"
+    ):
         get_dataset("cifar10", data_root=tmp_path)
     with pytest.raises(FileNotFoundError, match="train/<class>"):
         get_dataset("imagefolder", data_root=tmp_path)
@@ -67,7 +69,11 @@ def test_imagefolder_reads_a_tree_of_images(tmp_path):
 
 
 def test_digits_split_is_fixed_by_seed_and_validation_split_holds_out_ten_percent():
-    a, b, c = get_dataset("digits", seed=0), get_dataset("digits", seed=0), get_dataset("digits", seed=1)
+    a, b, c = (
+        get_dataset("digits", seed=0),
+        get_dataset("digits", seed=0),
+        get_dataset("digits", seed=1),
+    )
     assert torch.equal(a.train.tensors[0], b.train.tensors[0])
     assert not torch.equal(a.train.tensors[0], c.train.tensors[0])
     tr, va = validation_split(a.train, 0.1, seed=0)
@@ -85,7 +91,9 @@ def test_resnet32_has_the_papers_63_monitored_layers():
     assert create_model("resnet20", 100, (3, 32, 32))(torch.zeros(1, 3, 32, 32)).shape == (1, 100)
 
 
-@pytest.mark.parametrize("name", ["timm:resnet18", "torchvision:resnet18", "timm:vit_tiny_patch16_224"])
+@pytest.mark.parametrize(
+    "name", ["timm:resnet18", "torchvision:resnet18", "timm:vit_tiny_patch16_224"]
+)
 def test_models_by_name_without_pretrained_weights(name):
     model = create_model(name, num_classes=7, input_shape=(3, 32, 32))
     out = model(torch.zeros(2, 3, 32, 32))
@@ -102,7 +110,9 @@ def test_unknown_model_names_are_refused():
         create_model("timm:not_a_model", 10, (3, 32, 32))
 
 
-def test_mnist1d_is_generated_offline_fixed_by_seed_and_leaves_global_rngs_alone(tmp_path, monkeypatch):
+def test_mnist1d_is_generated_offline_fixed_by_seed_and_leaves_global_rngs_alone(
+    tmp_path, monkeypatch
+):
     import random
     import socket
 
@@ -128,9 +138,16 @@ def test_mnist1d_is_generated_offline_fixed_by_seed_and_leaves_global_rngs_alone
 
     assert a.name == "mnist1d" and a.input_shape == (1, 40) and a.num_classes == 10
     x, y = a.train.tensors
-    assert x.shape == (4000, 1, 40) and x.dtype == torch.float32 and a.test.tensors[0].shape == (1000, 1, 40)
+    assert (
+        x.shape == (4000, 1, 40)
+        and x.dtype == torch.float32
+        and a.test.tensors[0].shape == (1000, 1, 40)
+    )
     # stratified: the 500 examples of each class split 400 / 100
-    assert torch.bincount(y).tolist() == [400] * 10 and torch.bincount(a.test.tensors[1]).tolist() == [100] * 10
+    assert (
+        torch.bincount(y).tolist() == [400] * 10
+        and torch.bincount(a.test.tensors[1]).tolist() == [100] * 10
+    )
     assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1.0) < 1e-4
     b, c = get_dataset("mnist1d", seed=0), get_dataset("mnist1d", seed=1)
     assert torch.equal(x, b.train.tensors[0]) and torch.equal(y, b.train.tensors[1])
@@ -142,7 +159,10 @@ def test_mnist1d_is_generated_offline_fixed_by_seed_and_leaves_global_rngs_alone
 def test_mnist1d_takes_the_data_changes():
     clean = get_dataset("mnist1d", seed=2)
     small = get_dataset("mnist1d", seed=2, train_fraction=0.25)
-    assert len(small.train) == 1000 and torch.bincount(dataset_labels(small.train)).tolist() == [100] * 10
+    assert (
+        len(small.train) == 1000
+        and torch.bincount(dataset_labels(small.train)).tolist() == [100] * 10
+    )
     noisy = get_dataset("mnist1d", seed=2, label_noise=0.2, noise_seed=3)
     changed = torch.nonzero(dataset_labels(noisy.train) != clean.train.tensors[1]).flatten()
     assert len(changed) == 800 and torch.equal(changed, noisy.flipped)
@@ -153,7 +173,11 @@ def test_small_cnn1d_forwards_and_velocity_monitors_its_layers():
     model = create_model("small_cnn1d", 10, (1, 40))
     assert model(torch.zeros(3, 1, 40)).shape == (3, 10)
     kinds = [type(m).__name__ for m in select_layers(model).values()]
-    assert kinds.count("Conv1d") == 3 and kinds.count("BatchNorm1d") == 3 and kinds.count("Linear") == 1
+    assert (
+        kinds.count("Conv1d") == 3
+        and kinds.count("BatchNorm1d") == 3
+        and kinds.count("Linear") == 1
+    )
     assert create_model("small_cnn1d", 4, (2, 33))(torch.zeros(1, 2, 33)).shape == (1, 4)
     with pytest.raises(ValueError, match="input_shape must be"):
         create_model("small_cnn1d", 10, (1, 8, 8))
@@ -170,7 +194,16 @@ def test_mnist1d_study_trains_through_the_cli(tmp_path):
     study = load_study("mnist1d")
     assert (study.data, study.model) == ("mnist1d", "small_cnn1d")
     out = tmp_path / "run.json"
-    args = ["train", "mnist1d", "--max-epochs", "2", "--train-fraction", "0.25", "--label-noise", "0.2"]
+    args = [
+        "train",
+        "mnist1d",
+        "--max-epochs",
+        "2",
+        "--train-fraction",
+        "0.25",
+        "--label-noise",
+        "0.2",
+    ]
     assert main([*args, "--device", "cpu", "--json", str(out), "--quiet"]) == 0
     rec = json.loads(out.read_text())
     assert rec["epochs"] == 2 and rec["history"][0]["train_samples"] == 1000

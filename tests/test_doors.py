@@ -12,12 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from neve_tune import NeVe, NeuralVelocity, Study, gaussian_probe
-from neve_tune import _callbacks, _rules
+from neve_tune import NeuralVelocity, NeVe, Study, _callbacks, _rules, gaussian_probe
 from neve_tune.optuna import report_epoch, trial_history
-from neve_tune.records import METRIC_NAMES
 from neve_tune.ray import NeVeASHAScheduler, NeVeStopper
 from neve_tune.ray._report import check_epoch_metrics
+from neve_tune.records import METRIC_NAMES
 
 
 def _neve(lr: float = 0.1, **kw) -> tuple[nn.Module, NeVe]:

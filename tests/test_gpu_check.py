@@ -59,9 +59,13 @@ def test_unknown_check_is_refused(capsys):
     assert "--only: unknown checks ['warp']" in err
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has CUDA: the real check would run")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="the machine has CUDA: the real check would run"
+)
 def test_without_cuda_it_says_so_and_exits_0():
-    proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0
     assert "CUDA is not available" in proc.stdout
 
@@ -69,7 +73,9 @@ def test_without_cuda_it_says_so_and_exits_0():
 @pytest.mark.slow
 @pytest.mark.ray
 def test_full_dry_run_end_to_end():
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run"], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dry-run"], capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = _rows(proc.stdout)
     assert [k for k in rows] == ["velocity", "overhead", "optuna", "ray", "compare", "summary"]

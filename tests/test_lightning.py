@@ -37,7 +37,9 @@ class Net(pl.LightningModule):
     def __init__(self, lr: float = 0.5, loss_name: str = "train_loss") -> None:
         super().__init__()
         self.lr, self.loss_name = lr, loss_name
-        self.net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -77,8 +79,13 @@ def _quiet():
 def test_import_neve_tune_needs_no_lightning():
     # a fresh interpreter: this one has imported lightning already
     code = "import sys, neve_tune; print(sorted(m for m in sys.modules if m.split('.')[0] == 'lightning'))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
 
@@ -130,7 +137,9 @@ def test_divergence_stops_the_run():
     trainer = _trainer([neve])
     trainer.fit(Net(lr=30.0), _loader())
     assert neve.stopped_by == "diverged" and len(neve.history) == 2
-    assert neve.history[-1]["diverged"] is True and float(trainer.callback_metrics["diverged"]) == 1.0
+    assert (
+        neve.history[-1]["diverged"] is True and float(trainer.callback_metrics["diverged"]) == 1.0
+    )
 
 
 def test_dict_batches_and_explicit_probe():
@@ -210,16 +219,26 @@ def test_resume_from_a_model_checkpoint_saved_mid_run(tmp_path):
     def run(max_epochs, callbacks, ckpt=None, **kwargs):
         torch.manual_seed(0)
         neve = NeVeCallback(threshold=1e-9)
-        trainer = pl.Trainer(max_epochs=max_epochs, callbacks=[neve, *callbacks], logger=False,
-                             enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                             default_root_dir=str(tmp_path), **kwargs)
+        trainer = pl.Trainer(
+            max_epochs=max_epochs,
+            callbacks=[neve, *callbacks],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            default_root_dir=str(tmp_path),
+            **kwargs,
+        )
         trainer.fit(Net(lr=0.5), _loader(), ckpt_path=ckpt)
         return neve
 
-    every = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", save_top_k=-1, every_n_epochs=1,
-                                         filename="{epoch}")
+    every = pl.callbacks.ModelCheckpoint(
+        dirpath=tmp_path / "ck", save_top_k=-1, every_n_epochs=1, filename="{epoch}"
+    )
     whole = run(5, [every])
-    resumed = run(5, [], ckpt=str(tmp_path / "ck" / "epoch=1.ckpt"), enable_checkpointing=False)  # after 2 epochs
+    resumed = run(
+        5, [], ckpt=str(tmp_path / "ck" / "epoch=1.ckpt"), enable_checkpointing=False
+    )  # after 2 epochs
     assert len(resumed.history) == 5
     assert resumed.velocities == pytest.approx(whole.velocities, rel=1e-5)
 
@@ -266,9 +285,17 @@ class _DestroyProcessGroup(pl.Callback):
 def test_ddp_ranks_stop_together():
     # each rank measures the same weights on the same probe; rank 0's decision is broadcast
     neve = NeVeCallback(threshold=1e-2, min_epochs=2)
-    trainer = pl.Trainer(max_epochs=MAX_EPOCHS, callbacks=[neve, _DestroyProcessGroup()], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=2,
-                         strategy="ddp_spawn")
+    trainer = pl.Trainer(
+        max_epochs=MAX_EPOCHS,
+        callbacks=[neve, _DestroyProcessGroup()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+    )
     trainer.fit(Net(lr=0.5), _loader())
     logged = trainer.callback_metrics  # sent back from rank 0
     assert float(logged["neve_stop"]) == 1.0 and float(logged["velocity"]) < 1e-2
@@ -290,7 +317,9 @@ def test_ray_tune_lightning_reporting_and_neve_stopper(tmp_path):
         report = TuneReportCheckpointCallback(on="train_epoch_end", save_checkpoints=False)
         _trainer([neve, report], max_epochs=MAX_EPOCHS).fit(Net(lr=config["lr"]), _loader())
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this module
+    ray.cloudpickle.register_pickle_by_value(
+        sys.modules[__name__]
+    )  # Ray workers cannot import this module
     if ray.is_initialized():
         ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -317,6 +346,7 @@ def test_ray_tune_lightning_reporting_and_neve_stopper(tmp_path):
 
 # ---------------------------------------------------------------- the whole controller
 
+
 def _noisy_loader(noise: float = 0.2, with_index: bool = False) -> DataLoader:
     """256 examples, ``noise`` of their labels flipped: the MLP memorises them at LR 0.5."""
     g = torch.Generator().manual_seed(0)
@@ -325,7 +355,12 @@ def _noisy_loader(noise: float = 0.2, with_index: bool = False) -> DataLoader:
     flip = torch.rand(256, generator=g) < noise
     y[flip] = 1 - y[flip]
     tensors = (x, y, torch.arange(256)) if with_index else (x, y)
-    return DataLoader(TensorDataset(*tensors), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    return DataLoader(
+        TensorDataset(*tensors),
+        batch_size=32,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 class _Weights(pl.Callback):
@@ -344,7 +379,10 @@ def _same(a: dict, b: dict) -> bool:
 
 def test_guard_stops_on_noisy_labels_and_restores_its_restore_point():
     torch.manual_seed(0)
-    weights, neve = _Weights(), NeVeCallback(threshold=1e-9)  # the studies' guard: pc_patience=3, pc_window=3
+    weights, neve = (
+        _Weights(),
+        NeVeCallback(threshold=1e-9),
+    )  # the studies' guard: pc_patience=3, pc_window=3
     model, record = Net(lr=0.5), _Hparams()
     trainer = _trainer([weights, neve], max_epochs=40, logger=record)
     trainer.fit(model, _noisy_loader())
@@ -353,13 +391,20 @@ def test_guard_stops_on_noisy_labels_and_restores_its_restore_point():
     assert best < neve.neve.epoch and neve.history[-1]["neve_stop"] is True
     # the logged objective describes the weights kept, not the last epoch's
     kept_loss = neve.history[best - 1]["train_loss"]
-    assert (neve.history[-1]["kept_epoch"], neve.history[-1]["kept_train_loss"]) == (best, kept_loss)
+    assert (neve.history[-1]["kept_epoch"], neve.history[-1]["kept_train_loss"]) == (
+        best,
+        kept_loss,
+    )
     assert float(trainer.callback_metrics["kept_epoch"]) == best
     assert float(trainer.callback_metrics["kept_train_loss"]) == pytest.approx(kept_loss)
     assert record.hparams["neve_kept_train_loss"] == kept_loss
-    assert _same(model.state_dict(), weights.saved[best - 1]) and not _same(model.state_dict(), weights.saved[-1])
+    assert _same(model.state_dict(), weights.saved[best - 1]) and not _same(
+        model.state_dict(), weights.saved[-1]
+    )
     changes = [m["prediction_changes"] for m in neve.history]
-    assert changes[0] is None and all(isinstance(c, int) for c in changes[1:])  # the subset: all 256 examples
+    assert changes[0] is None and all(
+        isinstance(c, int) for c in changes[1:]
+    )  # the subset: all 256 examples
 
 
 def test_guard_without_restore_keeps_the_last_weights():
@@ -374,13 +419,24 @@ def test_guard_off_runs_on_and_refuses_its_options():
     torch.manual_seed(0)
     neve = NeVeCallback(threshold=1e-9, pc_patience=None)
     _trainer([neve], max_epochs=12).fit(Net(lr=0.5), _noisy_loader())
-    assert neve.stopped_by == "max_epochs" and all(m["prediction_changes"] is None for m in neve.history)
+    assert neve.stopped_by == "max_epochs" and all(
+        m["prediction_changes"] is None for m in neve.history
+    )
     for kwargs, error in [
-        ({"prediction_changes": None, "pc_patience": 3}, r"pc_patience=\.\.\.\) needs prediction changes"),
-        ({"prediction_changes": None, "lr_signal": "prediction_changes"}, r"lr_signal='prediction_changes'\) needs"),
+        (
+            {"prediction_changes": None, "pc_patience": 3},
+            r"pc_patience=\.\.\.\) needs prediction changes",
+        ),
+        (
+            {"prediction_changes": None, "lr_signal": "prediction_changes"},
+            r"lr_signal='prediction_changes'\) needs",
+        ),
         ({"pc_patience": None, "pc_window": 5}, r"\['pc_window'\] are unused with the guard off"),
         ({"pc_patience": None, "pc_restore": False}, "unused with the guard off"),
-        ({"pc_patience": None, "prediction_changes": neve_tune.PredictionChanges(4)}, "unused with the guard off"),
+        (
+            {"pc_patience": None, "prediction_changes": neve_tune.PredictionChanges(4)},
+            "unused with the guard off",
+        ),
         ({"prediction_changes": "batch"}, "index_key= go together"),
         ({"index_key": 2}, "index_key= go together"),
         ({"prediction_changes": "all"}, "prediction_changes must be one of"),
@@ -391,7 +447,9 @@ def test_guard_off_runs_on_and_refuses_its_options():
 
 def test_lr_signal_prediction_changes_decays_on_the_subset():
     torch.manual_seed(0)
-    neve = NeVeCallback(threshold=1e-9, lr_signal="prediction_changes", patience=0, pc_window=1, pc_patience=None)
+    neve = NeVeCallback(
+        threshold=1e-9, lr_signal="prediction_changes", patience=0, pc_window=1, pc_patience=None
+    )
     _trainer([neve], max_epochs=8).fit(Net(lr=0.5), _noisy_loader())
     lrs = [m["lr"] for m in neve.history]
     assert neve.stopped_by == "max_epochs" and lrs[0] == 0.5 and lrs[-1] < 0.5
@@ -420,9 +478,12 @@ def test_batch_indices_count_the_training_pass():
         def training_step(self, batch, batch_idx):
             return super().training_step(batch, batch_idx)["loss"]
 
-    with pytest.raises(ValueError, match=r"return \{'loss': loss, 'logits': logits\} from training_step"):
+    with pytest.raises(
+        ValueError, match=r"return \{'loss': loss, 'logits': logits\} from training_step"
+    ):
         _trainer([NeVeCallback(prediction_changes="batch", index_key=2)], max_epochs=1).fit(
-            LossOnly(), _noisy_loader(with_index=True))
+            LossOnly(), _noisy_loader(with_index=True)
+        )
 
 
 def test_a_users_prediction_changes_is_read_at_each_epoch_end():
@@ -437,7 +498,9 @@ def test_a_users_prediction_changes_is_read_at_each_epoch_end():
     torch.manual_seed(0)
     neve = NeVeCallback(threshold=1e-9, prediction_changes=counter)
     _trainer([neve], max_epochs=3).fit(Counting(lr=0.5), _noisy_loader(with_index=True))
-    assert neve.history[0]["prediction_changes"] is None and isinstance(neve.history[1]["prediction_changes"], int)
+    assert neve.history[0]["prediction_changes"] is None and isinstance(
+        neve.history[1]["prediction_changes"], int
+    )
 
 
 def test_an_untrained_run_ends_stalled_not_converged():
@@ -449,8 +512,13 @@ def test_an_untrained_run_ends_stalled_not_converged():
 
 
 def test_patience_auto_follows_the_trainer_budget():
-    for max_epochs, options, expected in [(60, {}, 3), (100, {}, 5), (10, {}, 2), (60, {"patience": 7}, 7),
-                                          (60, {"max_epochs": 200}, 10)]:
+    for max_epochs, options, expected in [
+        (60, {}, 3),
+        (100, {}, 5),
+        (10, {}, 2),
+        (60, {"patience": 7}, 7),
+        (60, {"max_epochs": 200}, 10),
+    ]:
         neve = NeVeCallback(threshold=1e-9, **options)
         _trainer([neve], max_epochs=max_epochs, limit_train_batches=1).fit(Net(), _loader())
         assert neve.neve.scheduler.patience == expected, (max_epochs, options)
@@ -470,7 +538,9 @@ class ScheduledNet(Net):
 
 def _lrs_with(scheduler, max_epochs=5, patience=0, factor=0.5) -> tuple[list[float], float]:
     torch.manual_seed(0)
-    neve = NeVeCallback(threshold=1e-9, patience=patience, factor=factor, lr_signal="velocity", pc_patience=None)
+    neve = NeVeCallback(
+        threshold=1e-9, patience=patience, factor=factor, lr_signal="velocity", pc_patience=None
+    )
     trainer = _trainer([neve], max_epochs=max_epochs)
     trainer.fit(ScheduledNet(8.0, scheduler) if scheduler else Net(lr=8.0), _loader())
     return [m["lr"] for m in neve.history], trainer.optimizers[0].param_groups[0]["lr"]
@@ -484,20 +554,36 @@ def test_neve_decay_composes_with_the_users_lr_scheduler():
     # StepLR halves every 2 epochs; NeVe's halvings multiply that schedule
     step = lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)  # noqa: E731
     schedule, _ = _lrs_with(step, patience=100)  # NeVe never decays: the schedule alone
-    assert schedule == [8.0, 4.0, 4.0, 2.0, 2.0]  # Lightning steps epoch schedulers before epoch-end callbacks
+    assert schedule == [
+        8.0,
+        4.0,
+        4.0,
+        2.0,
+        2.0,
+    ]  # Lightning steps epoch schedulers before epoch-end callbacks
     stepped, final = _lrs_with(step)
     ratios = [a / b for a, b in zip(stepped, schedule)]
-    assert all(r in (1.0, 0.5, 0.25, 0.125) for r in ratios) and ratios == sorted(ratios, reverse=True), stepped
+    assert all(r in (1.0, 0.5, 0.25, 0.125) for r in ratios) and ratios == sorted(
+        ratios, reverse=True
+    ), stepped
     assert ratios[-1] < 1.0 and final <= stepped[-1]
 
 
-@pytest.mark.parametrize("make, name", [
-    (lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=100), "OneCycleLR"),
-    (lambda opt: torch.optim.lr_scheduler.CyclicLR(opt, 0.1, 1.0), "CyclicLR"),
-])
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (
+            lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=100),
+            "OneCycleLR",
+        ),
+        (lambda opt: torch.optim.lr_scheduler.CyclicLR(opt, 0.1, 1.0), "CyclicLR"),
+    ],
+)
 def test_schedulers_that_cannot_compose_are_refused_at_fit_start(make, name):
     neve = NeVeCallback()
-    with pytest.raises(ValueError, match=rf"cannot compose NeVe's LR decay with {name}.*remove the {name}"):
+    with pytest.raises(
+        ValueError, match=rf"cannot compose NeVe's LR decay with {name}.*remove the {name}"
+    ):
         _trainer([neve], max_epochs=2).fit(ScheduledNet(0.5, make), _loader())
     assert neve.history == []
 
@@ -520,7 +606,10 @@ class NoForward(pl.LightningModule):
 
 
 def test_a_module_without_forward_is_probed_through_a_submodule_or_a_function():
-    with pytest.raises(ValueError, match=r"NoForward has no forward\(\) for the probe; pass NeVeCallback\(probe_module="):
+    with pytest.raises(
+        ValueError,
+        match=r"NoForward has no forward\(\) for the probe; pass NeVeCallback\(probe_module=",
+    ):
         _trainer([NeVeCallback(pc_patience=None)], max_epochs=1).fit(NoForward(), _loader())
     with pytest.raises(ValueError, match=r"no forward\(\) for the guard's subset; pass probe_fn="):
         _trainer([NeVeCallback(probe_module="encoder")], max_epochs=1).fit(NoForward(), _loader())
@@ -529,15 +618,21 @@ def test_a_module_without_forward_is_probed_through_a_submodule_or_a_function():
     _trainer([encoder], max_epochs=2).fit(NoForward(), _loader())
     assert set(encoder.neve.velocity.layers) == {"model.encoder.0"} and len(encoder.history) == 2
     torch.manual_seed(0)
-    whole = NeVeCallback(probe_fn=lambda m, x: m.head(m.encoder(x)), threshold=1e-9)  # the guard's subset too
+    whole = NeVeCallback(
+        probe_fn=lambda m, x: m.head(m.encoder(x)), threshold=1e-9
+    )  # the guard's subset too
     _trainer([whole], max_epochs=2).fit(NoForward(), _loader())
     assert set(whole.neve.velocity.layers) == {"model.encoder.0", "model.head"}
     assert isinstance(whole.history[1]["prediction_changes"], int)
-    named = NeVeCallback(probe_fn=lambda m, x: m.head(m.encoder(x)), layers=["head"], pc_patience=None)
+    named = NeVeCallback(
+        probe_fn=lambda m, x: m.head(m.encoder(x)), layers=["head"], pc_patience=None
+    )
     _trainer([named], max_epochs=1).fit(NoForward(), _loader())
     assert set(named.neve.velocity.layers) == {"model.head"}
     with pytest.raises(ValueError, match="probe_module='decoder' is not a submodule"):
-        _trainer([NeVeCallback(probe_module="decoder", pc_patience=None)], max_epochs=1).fit(NoForward(), _loader())
+        _trainer([NeVeCallback(probe_module="decoder", pc_patience=None)], max_epochs=1).fit(
+            NoForward(), _loader()
+        )
     with pytest.raises(ValueError, match="not both"):
         NeVeCallback(probe_module="encoder", probe_fn=lambda m, x: x)
 
@@ -555,10 +650,18 @@ def test_two_callbacks_in_one_trainer_keep_their_own_state(tmp_path):
     trainer, a, b = run()
     trainer.save_checkpoint(tmp_path / "two.ckpt")
     saved = torch.load(tmp_path / "two.ckpt", weights_only=False)["callbacks"]
-    assert {a.state_key, b.state_key} <= set(saved) and saved[a.state_key]["neve"]["threshold"] == 1e-9
+    assert {a.state_key, b.state_key} <= set(saved) and saved[a.state_key]["neve"][
+        "threshold"
+    ] == 1e-9
     _, a2, b2 = run(ckpt=str(tmp_path / "two.ckpt"), max_epochs=4)
-    assert a2.neve.threshold == 1e-9 and b2.neve.threshold == 1e-8 and len(a2.history) == len(b2.history) == 4
-    with pytest.raises(RuntimeError, match="state_key"):  # Lightning's own check: the same configuration twice
+    assert (
+        a2.neve.threshold == 1e-9
+        and b2.neve.threshold == 1e-8
+        and len(a2.history) == len(b2.history) == 4
+    )
+    with pytest.raises(
+        RuntimeError, match="state_key"
+    ):  # Lightning's own check: the same configuration twice
         _trainer([NeVeCallback(), NeVeCallback()], max_epochs=1).fit(Net(), _loader())
 
 
@@ -584,11 +687,17 @@ def test_the_stop_is_printed_with_verbose_and_logged(capsys):
     record = _Hparams()
     neve = NeVeCallback(threshold=1e-2, min_epochs=2, verbose=True)
     _trainer([neve], logger=record).fit(Net(lr=0.5), _loader())
-    stop = [line for line in capsys.readouterr().out.splitlines() if line.startswith("NeVeCallback")]
+    stop = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("NeVeCallback")
+    ]
     ratio = neve.velocities[-1] / max(v for v in neve.velocities if v is not None)
-    assert stop == [f"NeVeCallback: stopped by velocity at epoch {len(neve.history)} "
-                    f"(V / peak V = {ratio:.3g} < threshold 0.01 (relative))"]
-    assert record.hparams["neve_stopped_by"] == "velocity" and record.hparams["neve_stop_epoch"] == len(neve.history)
+    assert stop == [
+        f"NeVeCallback: stopped by velocity at epoch {len(neve.history)} "
+        f"(V / peak V = {ratio:.3g} < threshold 0.01 (relative))"
+    ]
+    assert record.hparams["neve_stopped_by"] == "velocity" and record.hparams[
+        "neve_stop_epoch"
+    ] == len(neve.history)
     torch.manual_seed(0)
     quiet = NeVeCallback(threshold=1e-2, min_epochs=2)
     _trainer([quiet], max_epochs=MAX_EPOCHS).fit(Net(lr=0.5), _loader())
@@ -608,11 +717,15 @@ def test_controller_options_change_the_run():
     assert base.stopped_by == "velocity"
     assert len(run(min_epochs=len(base.history) + 2).history) == len(base.history) + 2
     assert run(max_epochs=2).stopped_by == "max_epochs"
-    relative = run(threshold_mode="relative", threshold=0.05)  # V / peak V < 0.05, whatever V's scale
+    relative = run(
+        threshold_mode="relative", threshold=0.05
+    )  # V / peak V < 0.05, whatever V's scale
     ratios = [v / max(relative.velocities[: i + 1]) for i, v in enumerate(relative.velocities)]
     assert relative.stopped_by == "velocity" and ratios[-1] < 0.05 <= min(ratios[:-1])
     assert relative.velocities[-1] > 1e-2 or len(relative.history) != len(base.history)
-    assert run(num_classes=2, stall_margin=0.9).stopped_by == "stalled"  # loss not under 10% of chance
+    assert (
+        run(num_classes=2, stall_margin=0.9).stopped_by == "stalled"
+    )  # loss not under 10% of chance
     assert run(stall_margin=0.99).stopped_by == "stalled"
     assert _lrs_with(None, factor=0.25)[0] == [8.0, 8.0, 8.0, 2.0, 2.0]
 
@@ -627,7 +740,9 @@ def test_probe_options():
     assert list(layers.neve.velocity.layers) == ["net.2"]
     with pytest.raises(ValueError, match="probe_samples sizes a built probe"):
         NeVeCallback(probe=torch.zeros(4, 8), probe_samples=4)
-    with pytest.raises(TypeError, match=r"trial must be an optuna trial \(optuna.Trial\) or None, got str"):
+    with pytest.raises(
+        TypeError, match=r"trial must be an optuna trial \(optuna.Trial\) or None, got str"
+    ):
         NeVeCallback(trial="not a trial")
     with pytest.raises(TypeError, match="index_key must be"):
         NeVeCallback(index_key=1.5)

@@ -29,7 +29,9 @@ def _running(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
     return next(t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.number == number)
 
 
-def test_successive_halving_ranks_the_given_value_and_records_it_on_the_stored_trial(storage) -> None:
+def test_successive_halving_ranks_the_given_value_and_records_it_on_the_stored_trial(
+    storage,
+) -> None:
     sha = SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
     study = optuna.create_study(storage=storage)
     first, second = study.ask(), study.ask()
@@ -38,9 +40,13 @@ def test_successive_halving_ranks_the_given_value_and_records_it_on_the_stored_t
 
     promoted = not sha.prune(study, with_step_value(_running(study, 0), 1, 0.1))
     pruned = sha.prune(study, with_step_value(_running(study, 1), 1, 0.9))
-    assert promoted and pruned, f"SuccessiveHalvingPruner no longer ranks the trial it is given {WHERE}"
+    assert promoted and pruned, (
+        f"SuccessiveHalvingPruner no longer ranks the trial it is given {WHERE}"
+    )
     rungs = [_running(study, n).system_attrs.get("completed_rung_0") for n in (0, 1)]
-    assert rungs == [0.1, 0.9], f"SuccessiveHalvingPruner no longer records the given value on the stored trial {WHERE}"
+    assert rungs == [0.1, 0.9], (
+        f"SuccessiveHalvingPruner no longer records the given value on the stored trial {WHERE}"
+    )
     # the stored intermediate values are untouched
     assert [_running(study, n).intermediate_values for n in (0, 1)] == [{1: 0.9}, {1: 0.1}]
 
@@ -48,17 +54,25 @@ def test_successive_halving_ranks_the_given_value_and_records_it_on_the_stored_t
 def test_neve_pruner_on_train_loss_records_the_loss_as_rung_value(storage) -> None:
     """End to end through the public pruner: the rung holds the training loss, not the
     reported velocity."""
-    study = optuna.create_study(storage=storage, pruner=NeVePruner("train_loss", min_resource=1, reduction_factor=2))
+    study = optuna.create_study(
+        storage=storage, pruner=NeVePruner("train_loss", min_resource=1, reduction_factor=2)
+    )
     trial = study.ask()
     report_epoch(trial, {"epoch": 1, "velocity": 0.5, "train_loss": 0.25}, signal="velocity")
     assert trial.should_prune() is False
     frozen = study.trials[0]
     assert frozen.intermediate_values == {1: 0.5}
-    assert frozen.system_attrs.get("completed_rung_0") == 0.25, f"rung value is not the training loss {WHERE}"
+    assert frozen.system_attrs.get("completed_rung_0") == 0.25, (
+        f"rung value is not the training loss {WHERE}"
+    )
 
 
 def test_with_step_value_leaves_the_trial_alone() -> None:
     trial = optuna.trial.create_trial(value=1.0, intermediate_values={1: 0.5, 3: 0.25})
     view = with_step_value(trial, 3, 0.75)
-    assert view.intermediate_values == {3: 0.75} and view.last_step == 3 and view.number == trial.number
+    assert (
+        view.intermediate_values == {3: 0.75}
+        and view.last_step == 3
+        and view.number == trial.number
+    )
     assert trial.intermediate_values == {1: 0.5, 3: 0.25}

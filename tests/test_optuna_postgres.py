@@ -27,7 +27,11 @@ try:
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     from _postgres import postgres_url  # noqa: F401
 try:
-    from tests._studies import assert_resumed_like_uninterrupted, signal_when_reported, slow_probe_study
+    from tests._studies import (
+        assert_resumed_like_uninterrupted,
+        signal_when_reported,
+        slow_probe_study,
+    )
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     from _studies import assert_resumed_like_uninterrupted, signal_when_reported, slow_probe_study
 
@@ -35,7 +39,11 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 pytestmark = pytest.mark.postgres
 
 BIN = Path(sys.executable).parent
-NEVE = [str(BIN / "neve-tune")] if (BIN / "neve-tune").exists() else [sys.executable, "-m", "neve_tune.cli"]
+NEVE = (
+    [str(BIN / "neve-tune")]
+    if (BIN / "neve-tune").exists()
+    else [sys.executable, "-m", "neve_tune.cli"]
+)
 OPTUNA = str(BIN / "optuna")
 
 TINY = """
@@ -55,8 +63,19 @@ SLOW = slow_probe_study(8)
 def _create_study(url: str, name: str) -> None:
     """Exactly what a user runs first: ``optuna create-study``."""
     proc = subprocess.run(
-        [OPTUNA, "create-study", "--study-name", name, "--storage", normalize_url(url), "--direction", "minimize"],
-        capture_output=True, text=True, timeout=120,
+        [
+            OPTUNA,
+            "create-study",
+            "--study-name",
+            name,
+            "--storage",
+            normalize_url(url),
+            "--direction",
+            "minimize",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
@@ -64,7 +83,9 @@ def _create_study(url: str, name: str) -> None:
 PARAMS = {"lr": 0.05, "threshold": 1e-4, "batch_size": 128}
 
 
-def _queued_slow_trial(url: str, tmp_path: Path, prefix: str) -> tuple[str, Path, optuna.storages.RDBStorage]:
+def _queued_slow_trial(
+    url: str, tmp_path: Path, prefix: str
+) -> tuple[str, Path, optuna.storages.RDBStorage]:
     """A fresh study with one queued trial (``PARAMS``) of the slow-probe study file."""
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     _create_study(url, name)
@@ -77,9 +98,11 @@ def _queued_slow_trial(url: str, tmp_path: Path, prefix: str) -> tuple[str, Path
 
 def _reported(storage: optuna.storages.RDBStorage, name: str):
     """The epochs the study's first trial has reported, read from the storage."""
+
     def count() -> int:
         trials = storage.get_all_trials(storage.get_study_id_from_name(name))
         return len(trials[0].intermediate_values) if trials else 0
+
     return count
 
 
@@ -88,8 +111,21 @@ def _storage(url: str) -> optuna.storages.RDBStorage:
 
 
 def _worker_cmd(study_file: Path, name: str, url: str, tmp_path: Path, *extra: str) -> list[str]:
-    return [*NEVE, "optuna", "worker", str(study_file), "--study-name", name, "--storage", url,
-            "--threads", "1", "--checkpoint-dir", str(tmp_path / "ckpt"), *extra]
+    return [
+        *NEVE,
+        "optuna",
+        "worker",
+        str(study_file),
+        "--study-name",
+        name,
+        "--storage",
+        url,
+        "--threads",
+        "1",
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -99,9 +135,22 @@ def test_two_workers_share_a_study(postgres_url, tmp_path) -> None:
     study_file = tmp_path / "tiny.py"
     study_file.write_text(TINY)
     # one sampler seed for both: each trial's TPE is seeded from it and the trial number
-    cmd = _worker_cmd(study_file, name, postgres_url, tmp_path, "--trials", "2", "--heartbeat-interval", "5",
-                      "--sampler-seed", "7")
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    cmd = _worker_cmd(
+        study_file,
+        name,
+        postgres_url,
+        tmp_path,
+        "--trials",
+        "2",
+        "--heartbeat-interval",
+        "5",
+        "--sampler-seed",
+        "7",
+    )
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
@@ -113,15 +162,22 @@ def test_two_workers_share_a_study(postgres_url, tmp_path) -> None:
     trials = search.get_trials(deepcopy=False)
     assert len(trials) == 4  # none lost
     assert sorted(t.number for t in trials) == list(range(4))
-    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4  # no configuration trained twice
+    assert (
+        len({tuple(sorted(t.params.items())) for t in trials}) == 4
+    )  # no configuration trained twice
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     # none run twice: each trial finished in exactly one worker, 2 each
-    ran = [set(int(n) for n in re.findall(r"^trial (\d+) (?:COMPLETE|PRUNED)", out, re.M)) for out, _ in outs]
+    ran = [
+        set(int(n) for n in re.findall(r"^trial (\d+) (?:COMPLETE|PRUNED)", out, re.M))
+        for out, _ in outs
+    ]
     assert [len(r) for r in ran] == [2, 2]
     assert ran[0].isdisjoint(ran[1]) and ran[0] | ran[1] == set(range(4))
     assert len({t.user_attrs["worker"] for t in trials}) == 2
     # both workers pruned by the one rule stored in the study
-    assert search.user_attrs["neve_pruner"]["signal"] == "auto"  # a new study takes the study file's rung signal
+    assert (
+        search.user_attrs["neve_pruner"]["signal"] == "auto"
+    )  # a new study takes the study file's rung signal
     for t in trials:
         assert len(trial_history(t)) == t.user_attrs["epochs"] == len(t.intermediate_values)
 
@@ -133,11 +189,15 @@ def test_killed_worker_trial_is_retried_and_resumes(postgres_url, tmp_path) -> N
     recovery = ("--trials", "1", "--heartbeat-interval", "1", "--heartbeat-grace-period", "2")
     first = subprocess.Popen(
         _worker_cmd(study_file, name, postgres_url, tmp_path, *recovery),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     killed_after = None
     try:
-        killed_after = signal_when_reported(first, _reported(storage, name), 3, signal.SIGKILL)  # mid-trial
+        killed_after = signal_when_reported(
+            first, _reported(storage, name), 3, signal.SIGKILL
+        )  # mid-trial
     finally:
         if first.poll() is None and killed_after is None:
             first.kill()
@@ -146,7 +206,10 @@ def test_killed_worker_trial_is_retried_and_resumes(postgres_url, tmp_path) -> N
 
     time.sleep(3)  # past the grace period: the killed trial's heartbeat is stale
     second = subprocess.run(
-        _worker_cmd(study_file, name, postgres_url, tmp_path, *recovery), capture_output=True, text=True, timeout=600
+        _worker_cmd(study_file, name, postgres_url, tmp_path, *recovery),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert second.returncode == 0, second.stderr[-3000:]
 
@@ -173,23 +236,37 @@ def test_ctrl_c_on_a_worker_keeps_its_trial_for_the_next_worker(postgres_url, tm
     wait), and the next worker resumes it from its checkpoint with the uninterrupted series."""
     name, study_file, storage = _queued_slow_trial(postgres_url, tmp_path, "ctrl_c")
     recovery = ("--trials", "1", "--heartbeat-interval", "1", "--heartbeat-grace-period", "60")
-    first = subprocess.Popen(_worker_cmd(study_file, name, postgres_url, tmp_path, *recovery),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        _worker_cmd(study_file, name, postgres_url, tmp_path, *recovery),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        stopped_after = signal_when_reported(first, _reported(storage, name), 3, signal.SIGINT, pause=0.3)
+        stopped_after = signal_when_reported(
+            first, _reported(storage, name), 3, signal.SIGINT, pause=0.3
+        )
         _, err = first.communicate(timeout=120)
     finally:
         if first.poll() is None:
             first.kill()
     assert stopped_after is not None, "the worker ended before it could be stopped"
-    assert first.returncode == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert (
+        first.returncode == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    ), err
     assert "stopped by SIGINT: trial 0 re-queued as trial 1" in err
 
     # the grace period is 60 s: only the immediate re-queue lets this worker resume it now
-    second = subprocess.run(_worker_cmd(study_file, name, postgres_url, tmp_path, *recovery),
-                            capture_output=True, text=True, timeout=600)
+    second = subprocess.run(
+        _worker_cmd(study_file, name, postgres_url, tmp_path, *recovery),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert second.returncode == 0, second.stderr[-3000:]
-    stopped, retried = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    stopped, retried = optuna.load_study(study_name=name, storage=storage).get_trials(
+        deepcopy=False
+    )
     assert (stopped.state, retried.state) == (TrialState.FAIL, TrialState.COMPLETE)
     assert retried.params == PARAMS and retried.system_attrs["failed_trial"] == 0
     assert retried.user_attrs["resumed_from_epoch"] >= stopped_after

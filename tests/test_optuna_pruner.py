@@ -33,8 +33,15 @@ def _study(pruner: NeVePruner, direction: str = "minimize", storage=None) -> opt
 
 
 def _epoch(epoch: int, velocity: float | None, train_loss: float = 1.0, **extra) -> dict:
-    return {"epoch": epoch, "velocity": velocity, "train_loss": train_loss, "lr": 0.1, "diverged": False,
-            "neve_stop": False, **extra}
+    return {
+        "epoch": epoch,
+        "velocity": velocity,
+        "train_loss": train_loss,
+        "lr": 0.1,
+        "diverged": False,
+        "neve_stop": False,
+        **extra,
+    }
 
 
 def _report(trial, epoch, velocity, train_loss=1.0, **extra) -> bool:
@@ -110,7 +117,9 @@ def test_velocity_rung_second_rung(direction) -> None:
 
 
 def test_min_early_stopping_rate_moves_first_rung() -> None:
-    study = _study(NeVePruner("velocity", min_resource=1, reduction_factor=2, min_early_stopping_rate=2))
+    study = _study(
+        NeVePruner("velocity", min_resource=1, reduction_factor=2, min_early_stopping_rate=2)
+    )
     t0, t1 = study.ask(), study.ask()
     for e in (1, 2, 3):
         assert _report(t0, e, 0.01) is False
@@ -125,7 +134,10 @@ def test_seeded_history_rung_values() -> None:
     for i, v in enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]):
         study.add_trial(
             optuna.trial.create_trial(
-                state=TrialState.COMPLETE, value=1.0, intermediate_values={1: v}, system_attrs={"completed_rung_0": v}
+                state=TrialState.COMPLETE,
+                value=1.0,
+                intermediate_values={1: v},
+                system_attrs={"completed_rung_0": v},
             )
         )
     # with 9 values the top 9 // 4 = 2 are promoted: 0.1 and 0.2
@@ -178,7 +190,9 @@ def test_raw_nan_report_is_pruned() -> None:
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_velocity_above_bound_for_patience(direction, storage) -> None:
-    study = _study(NeVePruner(min_resource=100, unsettled_bound=0.6, unsettled_patience=3), direction, storage)
+    study = _study(
+        NeVePruner(min_resource=100, unsettled_bound=0.6, unsettled_patience=3), direction, storage
+    )
     trial = study.ask()
     assert _report(trial, 1, 0.9) is False
     assert _report(trial, 2, 0.8) is False  # 2 epochs above the bound: not yet
@@ -211,7 +225,9 @@ def test_converged_trial_is_never_pruned(direction, storage) -> None:
     study.tell(t1, 0.42)
     assert study.trials[1].state == TrialState.COMPLETE
     # ... and its rung value was recorded, so it competes with later trials
-    assert study.trials[1].system_attrs["completed_rung_0"] == pytest.approx((1 if direction == "minimize" else -1) * 0.0005)
+    assert study.trials[1].system_attrs["completed_rung_0"] == pytest.approx(
+        (1 if direction == "minimize" else -1) * 0.0005
+    )
 
 
 @pytest.mark.parametrize("signal", ["velocity", "train_loss"])
@@ -241,10 +257,16 @@ def test_train_loss_signal_without_train_loss_raises(missing) -> None:
     study = _study(NeVePruner("train_loss", min_resource=100))
     trial = study.ask()
     if missing == "key":  # an epoch without train_loss, its velocity reported
-        report_epoch(trial, {"epoch": 1, "velocity": 0.2, "lr": 0.1, "neve_stop": False, "diverged": False}, signal="velocity")
+        report_epoch(
+            trial,
+            {"epoch": 1, "velocity": 0.2, "lr": 0.1, "neve_stop": False, "diverged": False},
+            signal="velocity",
+        )
     else:  # an objective that reports without report_epoch
         trial.report(0.2, 1)
-    with pytest.raises(ValueError, match="report the epoch's mean training loss.*signal='velocity'"):
+    with pytest.raises(
+        ValueError, match="report the epoch's mean training loss.*signal='velocity'"
+    ):
         trial.should_prune()
     # the velocity signal needs no training loss
     other = _study(NeVePruner("velocity", min_resource=100)).ask()
@@ -257,10 +279,18 @@ def test_numpy_and_tensor_scalars_rank_like_floats() -> None:
     torch = pytest.importorskip("torch")
     study = _study(NeVePruner("train_loss", min_resource=1, reduction_factor=2))
     t0 = study.ask()
-    report_epoch(t0, {"epoch": 1, "velocity": np.float32(0.5), "train_loss": torch.tensor(0.3)}, signal="velocity")
+    report_epoch(
+        t0,
+        {"epoch": 1, "velocity": np.float32(0.5), "train_loss": torch.tensor(0.3)},
+        signal="velocity",
+    )
     assert t0.should_prune() is False
     t1 = study.ask()
-    report_epoch(t1, {"epoch": 1, "velocity": torch.tensor(0.05), "train_loss": np.float64(0.9)}, signal="velocity")
+    report_epoch(
+        t1,
+        {"epoch": 1, "velocity": torch.tensor(0.05), "train_loss": np.float64(0.9)},
+        signal="velocity",
+    )
     assert t1.should_prune() is True  # a higher training loss, not a NaN
     assert study.trials[1].intermediate_values == {1: pytest.approx(0.05)}
 
@@ -286,7 +316,9 @@ def test_settings_stored_in_study_on_first_use(storage) -> None:
 def test_conflicting_settings_refused(storage) -> None:
     study = _study(NeVePruner("velocity"), storage=storage)
     _report(study.ask(), 1, 0.1)
-    other = optuna.load_study(study_name=study.study_name, storage=storage, pruner=NeVePruner("train_loss"))
+    other = optuna.load_study(
+        study_name=study.study_name, storage=storage, pruner=NeVePruner("train_loss")
+    )
     trial = other.ask()
     report_epoch(trial, _epoch(1, 0.2))
     with pytest.raises(ValueError, match="signal"):
@@ -296,11 +328,16 @@ def test_conflicting_settings_refused(storage) -> None:
 
 
 def test_same_settings_accepted_and_from_study_adopts(storage) -> None:
-    study = _study(NeVePruner("train_loss", reduction_factor=3, unsettled_bound=math.inf), storage=storage)
+    study = _study(
+        NeVePruner("train_loss", reduction_factor=3, unsettled_bound=math.inf), storage=storage
+    )
     _report(study.ask(), 1, 0.1)
     NeVePruner("train_loss", reduction_factor=3, unsettled_bound=math.inf).bind(study)  # no error
     adopted = NeVePruner.from_study(study)
-    assert adopted.settings == NeVePruner("train_loss", reduction_factor=3, unsettled_bound=math.inf).settings
+    assert (
+        adopted.settings
+        == NeVePruner("train_loss", reduction_factor=3, unsettled_bound=math.inf).settings
+    )
     adopted.bind(study)
     with pytest.raises(ValueError):
         NeVePruner.from_study(study, signal="velocity").bind(study)
@@ -329,7 +366,9 @@ def test_optimize_with_pruner(direction) -> None:
         return loss if direction == "minimize" else -loss
 
     study = optuna.create_study(
-        direction=direction, pruner=NeVePruner(), sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5)
+        direction=direction,
+        pruner=NeVePruner(),
+        sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5),
     )
     study.optimize(objective, n_trials=25)
     states = {t.state for t in study.trials}
@@ -343,7 +382,9 @@ def test_optimize_with_pruner(direction) -> None:
 
 
 def test_deprecated_names_of_the_unsettled_rule_still_work_and_adopt_old_studies() -> None:
-    with pytest.warns(DeprecationWarning, match="divergence_bound=...\\) is deprecated, use unsettled_bound"):
+    with pytest.warns(
+        DeprecationWarning, match="divergence_bound=...\\) is deprecated, use unsettled_bound"
+    ):
         old = NeVePruner(divergence_bound=0.7, divergence_patience=2)
     assert old.settings == NeVePruner(unsettled_bound=0.7, unsettled_patience=2).settings
     with pytest.raises(ValueError, match="give unsettled_bound only"):

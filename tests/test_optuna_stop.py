@@ -20,26 +20,50 @@ from neve_tune.optuna import TrialSeededTPESampler, trial_history
 from neve_tune.optuna._stop import Abandon, PoliteStop
 
 try:
-    from tests._studies import assert_resumed_like_uninterrupted, signal_when_reported, slow_probe_study
+    from tests._studies import (
+        assert_resumed_like_uninterrupted,
+        signal_when_reported,
+        slow_probe_study,
+    )
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     from _studies import assert_resumed_like_uninterrupted, signal_when_reported, slow_probe_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 BIN = Path(sys.executable).parent
-NEVE = [str(BIN / "neve-tune")] if (BIN / "neve-tune").exists() else [sys.executable, "-m", "neve_tune.cli"]
+NEVE = (
+    [str(BIN / "neve-tune")]
+    if (BIN / "neve-tune").exists()
+    else [sys.executable, "-m", "neve_tune.cli"]
+)
 
 SLOW = slow_probe_study(6)
 
 
 def _worker(study_file: Path, url: str, tmp_path: Path) -> list[str]:
-    return [*NEVE, "optuna", "worker", str(study_file), "--storage", url, "--trials", "1", "--threads", "1",
-            "--checkpoint-dir", str(tmp_path / "ckpt"), "--device", "cpu"]
+    return [
+        *NEVE,
+        "optuna",
+        "worker",
+        str(study_file),
+        "--storage",
+        url,
+        "--trials",
+        "1",
+        "--threads",
+        "1",
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        "--device",
+        "cpu",
+    ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_polite_stop_keeps_the_trial_and_the_next_worker_resumes_it(tmp_path: Path, signum: int) -> None:
+def test_polite_stop_keeps_the_trial_and_the_next_worker_resumes_it(
+    tmp_path: Path, signum: int
+) -> None:
     study_file = tmp_path / "slow.py"
     study_file.write_text(SLOW)
     url = f"sqlite:///{tmp_path / 's.db'}"
@@ -47,13 +71,21 @@ def test_polite_stop_keeps_the_trial_and_the_next_worker_resumes_it(tmp_path: Pa
     search = optuna.create_study(study_name="slow", storage=url)
     search.enqueue_trial(params)
 
-    first = subprocess.Popen(_worker(study_file, url, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        _worker(study_file, url, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
     def reported() -> int:
         trials = search.get_trials(deepcopy=False)
         return len(trials[0].intermediate_values) if trials else 0
 
     try:
-        stopped_after = signal_when_reported(first, reported, 2, signum, pause=0.3)  # into the next epoch's probe
+        stopped_after = signal_when_reported(
+            first, reported, 2, signum, pause=0.3
+        )  # into the next epoch's probe
         out, err = first.communicate(timeout=120)
     finally:
         if first.poll() is None:
@@ -67,14 +99,21 @@ def test_polite_stop_keeps_the_trial_and_the_next_worker_resumes_it(tmp_path: Pa
     assert not list((tmp_path / "ckpt").rglob("*.tmp*"))
 
     trials = search.get_trials(deepcopy=False)
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]  # re-queued at once, no grace wait
+    assert [t.state for t in trials] == [
+        TrialState.FAIL,
+        TrialState.WAITING,
+    ]  # re-queued at once, no grace wait
 
-    second = subprocess.run(_worker(study_file, url, tmp_path), capture_output=True, text=True, timeout=600)
+    second = subprocess.run(
+        _worker(study_file, url, tmp_path), capture_output=True, text=True, timeout=600
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     stopped, retried = search.get_trials(deepcopy=False)
     assert retried.state == TrialState.COMPLETE and retried.params == stopped.params == params
     assert retried.system_attrs["failed_trial"] == 0
-    assert retried.user_attrs["resumed_from_epoch"] >= stopped_after  # from the checkpoint, not epoch 0
+    assert (
+        retried.user_attrs["resumed_from_epoch"] >= stopped_after
+    )  # from the checkpoint, not epoch 0
     assert trial_history(retried)[:stopped_after] == trial_history(stopped)[:stopped_after]
 
     reference = assert_resumed_like_uninterrupted(retried, study_file, params)
@@ -97,7 +136,9 @@ def test_a_signal_while_writing_waits_for_the_write_then_stops() -> None:
 def test_a_signal_while_training_abandons_at_once() -> None:
     stop = PoliteStop()
     reached = []
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # SIG_IGN in some CI shells
+    before = {
+        s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)
+    }  # SIG_IGN in some CI shells
     with stop.installed(), pytest.raises(Abandon):
         with stop.abandonable():
             signal.raise_signal(signal.SIGTERM)
@@ -128,7 +169,10 @@ def test_two_samplers_with_one_seed_sample_apart() -> None:
     for _ in range(12):  # past TPE's 10 startup trials
         for study in (a, b):
             t = study.ask()
-            x = (t.suggest_float("lr", 1e-3, 1.0, log=True), t.suggest_categorical("bs", [32, 64, 128]))
+            x = (
+                t.suggest_float("lr", 1e-3, 1.0, log=True),
+                t.suggest_categorical("bs", [32, 64, 128]),
+            )
             study.tell(t, x[0])
             seen.append(x)
     assert len(set(seen)) == len(seen) == 24
@@ -146,12 +190,32 @@ def test_one_seed_one_worker_is_reproducible() -> None:
 @pytest.mark.slow
 def test_two_worker_processes_with_one_seed_train_distinct_configurations(tmp_path: Path) -> None:
     study_file = tmp_path / "tiny.py"
-    study_file.write_text(SLOW.replace("max_epochs=6", "max_epochs=1").replace("time.sleep(0.2)", "pass"))
+    study_file.write_text(
+        SLOW.replace("max_epochs=6", "max_epochs=1").replace("time.sleep(0.2)", "pass")
+    )
     url = f"sqlite:///{tmp_path / 's.db'}"
     optuna.create_study(study_name="slow", storage=url)
-    cmd = [*NEVE, "optuna", "worker", str(study_file), "--storage", url, "--trials", "3", "--threads", "1",
-           "--sampler-seed", "7", "--no-checkpoints", "--device", "cpu"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    cmd = [
+        *NEVE,
+        "optuna",
+        "worker",
+        str(study_file),
+        "--storage",
+        url,
+        "--trials",
+        "3",
+        "--threads",
+        "1",
+        "--sampler-seed",
+        "7",
+        "--no-checkpoints",
+        "--device",
+        "cpu",
+    ]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]

@@ -16,7 +16,7 @@ import torch
 from optuna.trial import TrialState
 
 import neve_tune.optuna._objective as objective_module
-from neve_tune import load_study
+from neve_tune import Choice, IntUniform, LogUniform, Study, Uniform, load_study, run_trial
 from neve_tune.cli import main
 from neve_tune.optuna import (
     SETTINGS_ATTR,
@@ -31,7 +31,6 @@ from neve_tune.optuna import (
     trial_history,
 )
 from neve_tune.optuna._storage import SQLiteRDBStorage, normalize_url, storage_kind
-from neve_tune import Choice, IntUniform, LogUniform, Study, Uniform, run_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -52,7 +51,9 @@ STUDY = Study(
 """
 
 
-def _study_file(tmp_path: Path, epochs: int = 2, low: float = 0.01, high: float = 0.2, name: str = "tiny") -> str:
+def _study_file(
+    tmp_path: Path, epochs: int = 2, low: float = 0.01, high: float = 0.2, name: str = "tiny"
+) -> str:
     path = tmp_path / f"{name}.py"
     path.write_text(TINY.format(epochs=epochs, low=low, high=high))
     return str(path)
@@ -76,7 +77,10 @@ def digits():
 # ------------------------------------------------------------------ storage helpers
 def test_redact_url() -> None:
     assert redact_url("postgresql://neve:hunter2@db:5432/s") == "postgresql://neve:***@db:5432/s"
-    assert redact_url("postgresql+psycopg2://neve:p%40ss@db/s") == "postgresql+psycopg2://neve:***@db/s"
+    assert (
+        redact_url("postgresql+psycopg2://neve:p%40ss@db/s")
+        == "postgresql+psycopg2://neve:***@db/s"
+    )
     assert redact_url("mysql://root@db/s") == "mysql://root@db/s"
     assert redact_url("sqlite:///a.db") == "sqlite:///a.db"
     assert redact_url(None) == "<in-memory>"
@@ -86,7 +90,10 @@ def test_redact_url() -> None:
 
 def test_normalize_and_kind() -> None:
     assert normalize_url("sqlite:///a.db") == "sqlite:///a.db"
-    assert normalize_url("postgres://u:p@h/d").split("://")[0] in ("postgresql", "postgresql+psycopg2")
+    assert normalize_url("postgres://u:p@h/d").split("://")[0] in (
+        "postgresql",
+        "postgresql+psycopg2",
+    )
     assert storage_kind(None) == storage_kind(":memory:") == "memory"
     assert storage_kind("sqlite:///a.db") == "rdb"
     assert storage_kind("journal:x") == storage_kind("search.log") == "journal"
@@ -105,7 +112,9 @@ def _pop_concurrently(url: str, workers: int = 3, each: int = 20) -> list[int]:
     """Enqueue ``workers * each`` trials, then let ``workers`` threads (each with its own
     storage, i.e. its own SQLite connections, as separate worker processes have) ask for
     ``each`` trials at once; the trial numbers they got."""
-    study = optuna.create_study(study_name="queue", storage=make_storage(url, heartbeat_interval=None))
+    study = optuna.create_study(
+        study_name="queue", storage=make_storage(url, heartbeat_interval=None)
+    )
     for i in range(workers * each):
         study.enqueue_trial({"x": float(i)})
     barrier = threading.Barrier(workers)
@@ -114,7 +123,9 @@ def _pop_concurrently(url: str, workers: int = 3, each: int = 20) -> list[int]:
 
     def work() -> None:
         try:
-            s = optuna.load_study(study_name="queue", storage=make_storage(url, heartbeat_interval=None))
+            s = optuna.load_study(
+                study_name="queue", storage=make_storage(url, heartbeat_interval=None)
+            )
             barrier.wait()
             for _ in range(each):
                 popped.append(s.ask().number)
@@ -169,7 +180,9 @@ def test_sqlite_workers_retry_a_dead_workers_trial_once(tmp_path) -> None:
     study = optuna.create_study(study_name="stale", storage=storage)
     study_id = storage.get_study_id_from_name("stale")
     for _ in range(STALE):  # trials whose worker died right after its first heartbeat
-        storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, study.ask().number))
+        storage.record_heartbeat(
+            storage.get_trial_id_from_study_id_trial_number(study_id, study.ask().number)
+        )
     time.sleep(2.5)  # past the grace period
     workers = 3
     barrier = threading.Barrier(workers)
@@ -177,7 +190,10 @@ def test_sqlite_workers_retry_a_dead_workers_trial_once(tmp_path) -> None:
 
     def check() -> None:
         try:
-            s = optuna.load_study(study_name="stale", storage=make_storage(url, heartbeat_interval=1, heartbeat_grace_period=1))
+            s = optuna.load_study(
+                study_name="stale",
+                storage=make_storage(url, heartbeat_interval=1, heartbeat_grace_period=1),
+            )
             barrier.wait()
             optuna.storages.fail_stale_trials(s)
         except BaseException as e:  # pragma: no cover - reported below
@@ -236,7 +252,9 @@ def test_objective_reports_velocity_and_summary(digits) -> None:
 def test_objective_asha_reports_val_loss(digits) -> None:
     study, data = digits
     search = optuna.create_study(pruner=optuna.pruners.NopPruner())
-    search.optimize(make_objective(study.replace(max_epochs=2), method="asha", data=data), n_trials=1)
+    search.optimize(
+        make_objective(study.replace(max_epochs=2), method="asha", data=data), n_trials=1
+    )
     t = search.trials[0]
     hist = trial_history(t)
     assert [t.intermediate_values[m["epoch"]] for m in hist] == [m["val_loss"] for m in hist]
@@ -250,7 +268,11 @@ def test_objective_rejects_bad_method(digits) -> None:
 
 def test_diverged_trial_is_pruned_not_failed(digits) -> None:
     study, data = digits
-    space = {"lr": LogUniform(50.0, 100.0), "threshold": LogUniform(1e-4, 1e-3), "batch_size": Choice([32])}
+    space = {
+        "lr": LogUniform(50.0, 100.0),
+        "threshold": LogUniform(1e-4, 1e-3),
+        "batch_size": Choice([32]),
+    }
     search = optuna.create_study(pruner=optuna.pruners.NopPruner())  # even without NeVePruner
     search.optimize(make_objective(study.replace(search_space=space), data=data), n_trials=1)
     t = search.trials[0]
@@ -261,12 +283,22 @@ def test_stalled_trial_is_pruned_and_says_stalled(digits) -> None:
     """A trial that settles without learning (here: an LR too small to move, cut at
     max_epochs) is pruned by NeVePruner on its stalled epoch, and its summary says why."""
     study, data = digits
-    space = {"lr": LogUniform(1e-7, 2e-7), "threshold": LogUniform(1e-4, 1e-3), "batch_size": Choice([128])}
+    space = {
+        "lr": LogUniform(1e-7, 2e-7),
+        "threshold": LogUniform(1e-4, 1e-3),
+        "batch_size": Choice([128]),
+    }
     search = optuna.create_study(pruner=NeVePruner(min_resource=100))
-    search.optimize(make_objective(study.replace(search_space=space, max_epochs=2), data=data), n_trials=1)
+    search.optimize(
+        make_objective(study.replace(search_space=space, max_epochs=2), data=data), n_trials=1
+    )
     t = search.trials[0]
     assert trial_history(t)[-1]["stalled"] is True
-    assert t.state == TrialState.PRUNED and t.user_attrs["stopped_by"] == "stalled" and t.last_step == 2
+    assert (
+        t.state == TrialState.PRUNED
+        and t.user_attrs["stopped_by"] == "stalled"
+        and t.last_step == 2
+    )
 
 
 class _Killed(BaseException):
@@ -282,7 +314,9 @@ def test_retried_trial_resumes_from_checkpoint(digits, tmp_path, monkeypatch, in
     ref_velocity = {m["epoch"]: m["velocity"] for m in reference.history}
     ref_loss = {m["epoch"]: m["train_loss"] for m in reference.history}
 
-    search = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", pruner=NeVePruner(min_resource=100))
+    search = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 's.db'}", pruner=NeVePruner(min_resource=100)
+    )
     search.enqueue_trial(params)
     ckpt_dir = tmp_path / "ckpt"
     objective = make_objective(study, data=data, checkpoint_dir=ckpt_dir, evaluate_test=False)
@@ -298,13 +332,17 @@ def test_retried_trial_resumes_from_checkpoint(digits, tmp_path, monkeypatch, in
     trial = search.ask()
     with pytest.raises(_Killed):
         objective(trial)
-    search.tell(trial, state=TrialState.FAIL)  # what the heartbeat check does to a dead worker's trial
+    search.tell(
+        trial, state=TrialState.FAIL
+    )  # what the heartbeat check does to a dead worker's trial
     ckpt = checkpoint_path_for(ckpt_dir, trial)
     assert ckpt.exists()
 
     monkeypatch.setattr(objective_module, "report_epoch", real_report)
     with pytest.warns(optuna.exceptions.ExperimentalWarning):
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=inherit)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(
+            inherit_intermediate_values=inherit
+        )
     retry(search, search.trials[0])
     search.optimize(objective, n_trials=1)
 
@@ -321,16 +359,35 @@ def test_retried_trial_resumes_from_checkpoint(digits, tmp_path, monkeypatch, in
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_cli_worker_runs_trials(tmp_path, capsys, kind) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}" if kind == "sqlite" else f"journal:{tmp_path / 's.log'}"
-    args = ["optuna", "worker", _study_file(tmp_path), "--storage", url, "--create", "--trials", "2",
-            "--sampler-seed", "0", "--threads", "1", "--checkpoint-dir", str(tmp_path / "ckpt"),
-            "--out", str(tmp_path / "plots")]
+    args = [
+        "optuna",
+        "worker",
+        _study_file(tmp_path),
+        "--storage",
+        url,
+        "--create",
+        "--trials",
+        "2",
+        "--sampler-seed",
+        "0",
+        "--threads",
+        "1",
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        "--out",
+        str(tmp_path / "plots"),
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count("trial ") >= 2 and "ran 2 trials" in out
-    search = optuna.load_study(study_name="tiny", storage=make_storage(url, heartbeat_interval=None))
+    search = optuna.load_study(
+        study_name="tiny", storage=make_storage(url, heartbeat_interval=None)
+    )
     assert len(search.trials) == 2
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in search.trials)
-    assert search.user_attrs[SETTINGS_ATTR]["signal"] == "auto"  # the default: the study's rung signal
+    assert (
+        search.user_attrs[SETTINGS_ATTR]["signal"] == "auto"
+    )  # the default: the study's rung signal
     assert (tmp_path / "plots" / "velocity_curves.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "search_history.png").stat().st_size > 1000
 
@@ -342,7 +399,21 @@ def test_cli_worker_runs_trials(tmp_path, capsys, kind) -> None:
     assert main([*args[:-2], "--method", "asha"]) == 2
     assert "method" in capsys.readouterr().err
 
-    assert main(["optuna", "plot", "--study-name", "tiny", "--storage", url, "--out", str(tmp_path / "p2")]) == 0
+    assert (
+        main(
+            [
+                "optuna",
+                "plot",
+                "--study-name",
+                "tiny",
+                "--storage",
+                url,
+                "--out",
+                str(tmp_path / "p2"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "p2" / "search_history.png").exists()
 
 
@@ -368,7 +439,13 @@ def test_cli_bad_input(tmp_path, capsys, case, message) -> None:
     args = {
         "unknown_study": [str(tmp_path / "nope.py"), "--trials", "1"],
         "empty_range": [_study_file(tmp_path, low=0.1, high=0.1, name="empty"), "--trials", "1"],
-        "unreachable": [good, "--storage", "postgresql://neve:hunter2@127.0.0.1:1/db", "--trials", "1"],
+        "unreachable": [
+            good,
+            "--storage",
+            "postgresql://neve:hunter2@127.0.0.1:1/db",
+            "--trials",
+            "1",
+        ],
         "bad_storage": [good, "--storage", "no-such-thing", "--trials", "1"],
         "no_trials": [good],
     }[case]
@@ -381,15 +458,33 @@ def test_cli_bad_input(tmp_path, capsys, case, message) -> None:
 def test_cli_missing_dataset_fails_before_any_trial(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("NEVE_DATA", str(tmp_path / "no-data"))
     url = f"sqlite:///{tmp_path / 's.db'}"
-    assert main(["optuna", "worker", "cifar10_resnet32", "--storage", url, "--create", "--trials", "1"]) == 2
+    assert (
+        main(
+            ["optuna", "worker", "cifar10_resnet32", "--storage", url, "--create", "--trials", "1"]
+        )
+        == 2
+    )
     assert "cifar10 was not found" in capsys.readouterr().err
 
 
 def test_cli_bad_input_in_a_real_process(tmp_path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "neve_tune.cli", "optuna", "worker", "digits", "--trials", "1",
-         "--storage", "postgresql://neve:hunter2@127.0.0.1:1/db"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "neve_tune.cli",
+            "optuna",
+            "worker",
+            "digits",
+            "--trials",
+            "1",
+            "--storage",
+            "postgresql://neve:hunter2@127.0.0.1:1/db",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert proc.returncode == 2
     assert "cannot reach storage" in proc.stderr and "Traceback" not in proc.stderr
@@ -413,7 +508,12 @@ def test_bundled_studies_load(name, data, model) -> None:
     assert {"lr", "threshold", "batch_size"} <= set(study.search_space)
     if name.startswith("cifar"):
         cfg = study.config()
-        assert (cfg["lr"], cfg["momentum"], cfg["weight_decay"], cfg["batch_size"]) == (0.1, 0.9, 5e-4, 100)
+        assert (cfg["lr"], cfg["momentum"], cfg["weight_decay"], cfg["batch_size"]) == (
+            0.1,
+            0.9,
+            5e-4,
+            100,
+        )
         assert study.max_epochs == 250 and 0 < study.resources["gpu"] < 1
     # the search space maps onto Optuna distributions
     trial = optuna.create_study().ask()
@@ -427,7 +527,9 @@ def test_plot_study(tmp_path) -> None:
         for e in (1, 2):
             from neve_tune.optuna import report_epoch
 
-            report_epoch(t, {"epoch": e, "velocity": 0.1 / (e + i), "train_loss": 1.0, "diverged": False})
+            report_epoch(
+                t, {"epoch": e, "velocity": 0.1 / (e + i), "train_loss": 1.0, "diverged": False}
+            )
         search.tell(t, 1.0 - 0.1 * i) if i != 1 else search.tell(t, state=TrialState.PRUNED)
     paths = plot_study(search, tmp_path)
     assert all(p.stat().st_size > 1000 for p in paths.values())
@@ -436,8 +538,10 @@ def test_plot_study(tmp_path) -> None:
 
 
 def test_importing_the_optuna_backend_leaves_the_matplotlib_backend_alone() -> None:
-    code = ("import matplotlib; matplotlib.use('svg'); import neve_tune.optuna, neve_tune.cli.optuna; "
-            "print(matplotlib.get_backend())")
+    code = (
+        "import matplotlib; matplotlib.use('svg'); import neve_tune.optuna, neve_tune.cli.optuna; "
+        "print(matplotlib.get_backend())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "svg"
@@ -453,7 +557,9 @@ def test_checkpoint_dir_defaults_to_the_environment(tmp_path, monkeypatch) -> No
     monkeypatch.delenv("NEVE_CHECKPOINT_DIR")
     args = build_parser(["optuna"]).parse_args(["optuna", "worker", "digits", "--trials", "1"])
     assert args.checkpoint_dir == "neve_checkpoints"
-    args = build_parser(["optuna"]).parse_args(["optuna", "worker", "digits", "--checkpoint-dir", "x", "--trials", "1"])
+    args = build_parser(["optuna"]).parse_args(
+        ["optuna", "worker", "digits", "--checkpoint-dir", "x", "--trials", "1"]
+    )
     assert args.checkpoint_dir == "x"
 
 
@@ -461,15 +567,21 @@ def test_a_retry_removes_the_temporary_files_a_killed_save_left(digits, tmp_path
     """``trial_N.pt.tmp<PID>`` beside a trial's checkpoint: its previous worker died mid-save.
     The trial that takes the checkpoint over removes them; other trials' files stay."""
     study, data = digits
-    search = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", pruner=NeVePruner(min_resource=100))
+    search = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 's.db'}", pruner=NeVePruner(min_resource=100)
+    )
     search.enqueue_trial({"lr": 0.05, "threshold": 1e-3, "batch_size": 128})
     ckpt_dir = tmp_path / "ckpt"
     folder = ckpt_dir / search.study_name
     folder.mkdir(parents=True)
     (folder / "trial_000000.pt.tmp4242").write_bytes(b"half a save")
     (folder / "trial_000007.pt.tmp4242").write_bytes(b"another trial's")
-    search.optimize(make_objective(study.replace(max_epochs=1), data=data, checkpoint_dir=ckpt_dir,
-                                   evaluate_test=False), n_trials=1)
+    search.optimize(
+        make_objective(
+            study.replace(max_epochs=1), data=data, checkpoint_dir=ckpt_dir, evaluate_test=False
+        ),
+        n_trials=1,
+    )
     assert sorted(p.name for p in folder.iterdir()) == ["trial_000007.pt.tmp4242"]
 
 
@@ -478,8 +590,23 @@ def test_an_in_memory_sqlite_url_runs_as_an_in_memory_study(tmp_path, capsys, ur
     """Such a database lives in one connection (the heartbeat thread's own connection saw
     no tables and raised); it is run as Optuna's in-memory storage instead."""
     assert storage_kind(url) == "memory" and make_storage(url) is None
-    assert main(["optuna", "worker", _study_file(tmp_path, epochs=1), "--storage", url, "--trials", "1",
-                 "--threads", "1", "--no-checkpoints"]) == 0
+    assert (
+        main(
+            [
+                "optuna",
+                "worker",
+                _study_file(tmp_path, epochs=1),
+                "--storage",
+                url,
+                "--trials",
+                "1",
+                "--threads",
+                "1",
+                "--no-checkpoints",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and "ran 1 trials" in captured.out
 
@@ -494,6 +621,12 @@ def test_worker_adopts_a_stored_signal_over_the_study_files(tmp_path) -> None:
     NeVePruner(signal="train_loss").bind(old)
     search = run_worker("digits", storage=storage, n_trials=1, changes={"max_epochs": 1}, log=None)
     assert search.pruner.signal == "train_loss"
-    fresh = run_worker("digits", storage=f"sqlite:///{tmp_path / 'new.db'}", create=True, n_trials=1,
-                       changes={"max_epochs": 1}, log=None)
+    fresh = run_worker(
+        "digits",
+        storage=f"sqlite:///{tmp_path / 'new.db'}",
+        create=True,
+        n_trials=1,
+        changes={"max_epochs": 1},
+        log=None,
+    )
     assert fresh.pruner.signal == "auto"

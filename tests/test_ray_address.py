@@ -37,7 +37,9 @@ def dead_port() -> Iterator[int]:
 @pytest.fixture
 def no_ray_init(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
-        pytest.fail(f"ray.init{args or ''}{kwargs} was called: the address check should have stopped the run first")
+        pytest.fail(
+            f"ray.init{args or ''}{kwargs} was called: the address check should have stopped the run first"
+        )
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", refuse)
@@ -59,14 +61,18 @@ def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 @pytest.mark.parametrize("form", ["127.0.0.1:{port}", "ray://127.0.0.1:{port}", "localhost:{port}"])
-def test_nothing_listening_is_a_clear_error(form, dead_port, no_ray_init, no_ray_env, capsys) -> None:
+def test_nothing_listening_is_a_clear_error(
+    form, dead_port, no_ray_init, no_ray_env, capsys
+) -> None:
     address = form.format(port=dead_port)
     assert cli_main([*ARGS, "--address", address]) == 2
     err = _one_line_error(capsys)
     assert f"--address {address}" in err and f":{dead_port}" in err and "nothing listens" in err
 
 
-def test_auto_checks_ray_address_env(dead_port, no_ray_init, no_ray_env, monkeypatch, capsys) -> None:
+def test_auto_checks_ray_address_env(
+    dead_port, no_ray_init, no_ray_env, monkeypatch, capsys
+) -> None:
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{dead_port}")
     assert cli_main([*ARGS, "--address", "auto"]) == 2
     err = _one_line_error(capsys)
@@ -83,27 +89,43 @@ def test_auto_checks_the_recorded_cluster(dead_port, no_ray_init, no_ray_env, ca
     assert str(record) in err and f"127.0.0.1:{dead_port}" in err
 
 
-@pytest.mark.parametrize("address", ["10.0.0.5", "10.0.0.5:port", "10.0.0.5:99999", "http://10.0.0.5:8265", "ray://", "10.0.0.5:6379/x"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "10.0.0.5",
+        "10.0.0.5:port",
+        "10.0.0.5:99999",
+        "http://10.0.0.5:8265",
+        "ray://",
+        "10.0.0.5:6379/x",
+    ],
+)
 def test_malformed_address(address, no_ray_init, no_ray_env, capsys) -> None:
     assert cli_main([*ARGS, "--address", address]) == 2
     assert "expected HOST:PORT" in _one_line_error(capsys)
 
 
-def test_auto_without_a_cluster_reports_ray_inits_connection_error(no_ray_env, monkeypatch, capsys) -> None:
+def test_auto_without_a_cluster_reports_ray_inits_connection_error(
+    no_ray_env, monkeypatch, capsys
+) -> None:
     """Neither RAY_ADDRESS nor a recorded cluster: ``ray.init`` decides (it may find a Ray
     started otherwise); its ConnectionError is one line naming --address."""
     calls: list[dict] = []
 
     def init(**kwargs: object) -> None:
         calls.append(kwargs)
-        raise ConnectionError("Could not find any running Ray instance.\nPlease specify the one to connect to.")
+        raise ConnectionError(
+            "Could not find any running Ray instance.\nPlease specify the one to connect to."
+        )
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", init)
     assert cli_main([*ARGS, "--address", "auto"]) == 2
     assert calls == [{"address": "auto"}]
     err = _one_line_error(capsys)
-    assert err.endswith("--address auto: cannot join the Ray cluster: Could not find any running Ray instance."), err
+    assert err.endswith(
+        "--address auto: cannot join the Ray cluster: Could not find any running Ray instance."
+    ), err
 
 
 @contextlib.contextmanager
@@ -161,13 +183,19 @@ def test_a_grpc_head_passes_the_check(no_ray_env, monkeypatch, capsys) -> None:
     assert "stand-in for ray.init" in _one_line_error(capsys)
 
 
-@pytest.mark.parametrize("answer, close, said", [
-    (None, False, "sent nothing within 3 s"),
-    (b"HTTP/1.1 400 Bad Request\r\n\r\n", False, "its answer is not HTTP/2"),
-    (b"\xff" * 64, False, "its answer is not HTTP/2"),
-    (b"", True, "HTTP/2"),  # closed or reset, as the timing falls
-], ids=["silent", "http1", "garbage", "closes"])
-def test_a_port_that_is_not_ray_fails_fast(answer, close, said, no_ray_init, no_ray_env, capsys) -> None:
+@pytest.mark.parametrize(
+    "answer, close, said",
+    [
+        (None, False, "sent nothing within 3 s"),
+        (b"HTTP/1.1 400 Bad Request\r\n\r\n", False, "its answer is not HTTP/2"),
+        (b"\xff" * 64, False, "its answer is not HTTP/2"),
+        (b"", True, "HTTP/2"),  # closed or reset, as the timing falls
+    ],
+    ids=["silent", "http1", "garbage", "closes"],
+)
+def test_a_port_that_is_not_ray_fails_fast(
+    answer, close, said, no_ray_init, no_ray_env, capsys
+) -> None:
     """A port that accepts TCP but is no Ray head: exit 2 in seconds (ray.init would hang)."""
     start = time.monotonic()
     with _server(answer, close) as address:
@@ -178,10 +206,12 @@ def test_a_port_that_is_not_ray_fails_fast(answer, close, said, no_ray_init, no_
 
 
 def test_bad_ray_flags_are_refused_before_ray_starts(no_ray_init, no_ray_env, capsys) -> None:
-    for flag, value, said in [("--reduction-factor", "1", "--reduction-factor must be a finite number > 1"),
-                              ("--max-concurrent", "0", "--max-concurrent must be an int >= 1"),
-                              ("--seed", "99999999999999999999", "--seed must be an int in [0, 4294967295]"),
-                              ("--num-cpus", "0", "--num-cpus must be an int >= 1")]:
+    for flag, value, said in [
+        ("--reduction-factor", "1", "--reduction-factor must be a finite number > 1"),
+        ("--max-concurrent", "0", "--max-concurrent must be an int >= 1"),
+        ("--seed", "99999999999999999999", "--seed must be an int in [0, 4294967295]"),
+        ("--num-cpus", "0", "--num-cpus must be an int >= 1"),
+    ]:
         assert cli_main([*ARGS, flag, value]) == 2
         err = capsys.readouterr().err.strip()
         assert said in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
@@ -192,7 +222,9 @@ def test_in_a_real_process_no_traceback_no_retries(dead_port, no_ray_env) -> Non
     The subprocess timeout keeps a regression (Ray retrying) from hanging the suite."""
     proc = subprocess.run(
         [sys.executable, "-m", "neve_tune.cli", *ARGS, "--address", f"127.0.0.1:{dead_port}"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = proc.stderr.strip()

@@ -39,9 +39,16 @@ def _free_ports(n: int) -> list[int]:
 def _node_args(ports: list[int]) -> list[str]:
     nm, om, agent, agent_grpc, metrics, runtime_env = ports
     return [
-        f"--node-manager-port={nm}", f"--object-manager-port={om}", f"--dashboard-agent-listen-port={agent}",
-        f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-        f"--runtime-env-agent-port={runtime_env}", "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats", "--block",
+        f"--node-manager-port={nm}",
+        f"--object-manager-port={om}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={runtime_env}",
+        "--num-cpus=1",
+        "--num-gpus=0",
+        "--disable-usage-stats",
+        "--block",
     ]
 
 
@@ -76,19 +83,47 @@ def two_node_cluster(tmp_path):
     logs.mkdir()
     # Ray 2.60 enables token authentication on `ray start --head`; the joining node and
     # the driver must then use the token too (~/.ray/auth_token, written by the head)
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="2")
+    env = dict(
+        os.environ,
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_AUTH_MODE="token",
+        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="2",
+    )
     procs = []
     try:
-        procs.append(subprocess.Popen(
-            [str(RAY), "start", "--head", f"--port={head_port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
-             *_node_args(ports[:6])],
-            stdout=open(logs / "head.log", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        ))
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(RAY),
+                    "start",
+                    "--head",
+                    f"--port={head_port}",
+                    "--node-ip-address=127.0.0.1",
+                    "--include-dashboard=false",
+                    *_node_args(ports[:6]),
+                ],
+                stdout=open(logs / "head.log", "w"),
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        )
         time.sleep(3)
-        procs.append(subprocess.Popen(
-            [str(RAY), "start", f"--address={address}", "--node-ip-address=127.0.0.1", *_node_args(ports[6:12])],
-            stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        ))
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(RAY),
+                    "start",
+                    f"--address={address}",
+                    "--node-ip-address=127.0.0.1",
+                    *_node_args(ports[6:12]),
+                ],
+                stdout=open(logs / "worker.log", "w"),
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        )
         _wait_for_nodes(address, 2, env)
         yield address, env
     finally:
@@ -110,8 +145,24 @@ def test_trials_spread_over_two_nodes_with_shared_storage(two_node_cluster, tmp_
     address, env = two_node_cluster
     storage = tmp_path / "shared"
     out = tmp_path / "two_nodes.json"
-    cmd = [sys.executable, "-m", "neve_tune.cli", "ray", "run", str(study_file), "--address", address,
-           "--num-samples", "4", "--storage-path", str(storage), "--name", "two_nodes", "--json", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "neve_tune.cli",
+        "ray",
+        "run",
+        str(study_file),
+        "--address",
+        address,
+        "--num-samples",
+        "4",
+        "--storage-path",
+        str(storage),
+        "--name",
+        "two_nodes",
+        "--json",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads(out.read_text())

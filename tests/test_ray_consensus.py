@@ -21,7 +21,13 @@ CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
 
 def go(it: int, preds: str | None, **extra) -> dict:
-    r = {"training_iteration": it, "velocity": 0.5, "train_loss": 1.0 / it, "neve_stop": False, **extra}
+    r = {
+        "training_iteration": it,
+        "velocity": 0.5,
+        "train_loss": 1.0 / it,
+        "neve_stop": False,
+        **extra,
+    }
     if preds is not None:
         r["subset_pred"] = preds
     return r
@@ -85,7 +91,9 @@ def test_state_round_trip_and_pickle():
     fresh.load_state_dict(s.state_dict())
     for other in (fresh, pickle.loads(pickle.dumps(s))):
         assert other.state_dict() == s.state_dict()
-        assert other.on_trial_result(None, c, go(1, "1100")) == STOP  # judged against a and b's votes
+        assert (
+            other.on_trial_result(None, c, go(1, "1100")) == STOP
+        )  # judged against a and b's votes
     old = s.state_dict()
     del old["votes"]  # a state saved before the consensus signal
     sched().load_state_dict(old)
@@ -94,7 +102,9 @@ def test_state_round_trip_and_pickle():
 def test_missing_predictions_are_a_clear_error():
     s = sched()
     (a,) = added(s, "a")
-    with pytest.raises(ValueError, match=r"signal='consensus'\) needs each result's 'subset_pred'.*SelectionSubset"):
+    with pytest.raises(
+        ValueError, match=r"signal='consensus'\) needs each result's 'subset_pred'.*SelectionSubset"
+    ):
         s.on_trial_result(None, a, go(1, None))
     with pytest.raises(ValueError, match="'preds'"):
         sched(predictions_key="preds").on_trial_result(None, a, go(1, "01"))
@@ -106,7 +116,10 @@ def test_ray_search_needs_the_subset():
     from neve_tune.ray import run_search
 
     with pytest.raises(ValueError, match="selection_subset > 0"):
-        run_search(load_study("digits").replace(selection_subset=0, selection="objective"), neve_signal="consensus")
+        run_search(
+            load_study("digits").replace(selection_subset=0, selection="objective"),
+            neve_signal="consensus",
+        )
 
 
 def test_compare_on_ray_prunes_and_picks_by_consensus():
@@ -115,9 +128,18 @@ def test_compare_on_ray_prunes_and_picks_by_consensus():
     trial that agrees most with the other finished trials' vote."""
     from neve_tune.compare import compare
 
-    study = load_study("digits").replace(data="synthetic", max_epochs=4, lr_patience=1, selection_subset=32,
-                                         selection="consensus")
-    r = compare(study, backend="ray", trials=4, seed=2, searches=("neve",), neve_signal="consensus", progress=False)
+    study = load_study("digits").replace(
+        data="synthetic", max_epochs=4, lr_patience=1, selection_subset=32, selection="consensus"
+    )
+    r = compare(
+        study,
+        backend="ray",
+        trials=4,
+        seed=2,
+        searches=("neve",),
+        neve_signal="consensus",
+        progress=False,
+    )
     neve = r["runs"][0]["neve"]
     done = [t for t in neve["trials"] if t["state"] == "COMPLETE"]
     assert done and all(-1.0 <= t["objective"] <= 0.0 for t in done)  # minus an agreement
@@ -133,8 +155,10 @@ def test_auto_ranks_on_the_consensus_once_finished_trials_look_noisy(fit: float,
     done, a, b, c = added(s, "done", "a", "b", "c")
     s.on_trial_complete(None, done, go(1, "0000", subset_fit=fit, train_loss=0.1))
     assert s.on_trial_result(None, a, go(1, "0000", train_loss=0.05)) == CONTINUE
-    verdicts = {"b": s.on_trial_result(None, b, go(1, "0000", train_loss=5.0)),
-                "c": s.on_trial_result(None, c, go(1, "1111", train_loss=0.05))}
+    verdicts = {
+        "b": s.on_trial_result(None, b, go(1, "0000", train_loss=5.0)),
+        "c": s.on_trial_result(None, c, go(1, "1111", train_loss=0.05)),
+    }
     assert {k for k, v in verdicts.items() if v == STOP} == {stopped}
     assert sorted(s.rung_values()[-1][1]) == ["a", "b", "c", "done"]  # the metric is recorded too
 
@@ -146,12 +170,22 @@ def test_summarize_picks_by_the_studys_selection():
     from neve_tune.ray import summarize
 
     def trial(tid, objective, preds, fit):
-        result = {"objective": objective, "subset_pred": preds, "subset_fit": fit, "epochs_equiv": 1.0}
+        result = {
+            "objective": objective,
+            "subset_pred": preds,
+            "subset_fit": fit,
+            "epochs_equiv": 1.0,
+        }
         return SimpleNamespace(trial_id=tid, config={}, last_result=result, error_file=None)
 
     for fit, auto_pick in ((0.7, "b"), (0.99, "a")):
-        results = SimpleNamespace(trials=[trial("a", 0.1, "1111", fit), trial("b", 0.5, "0000", fit),
-                                          trial("c", 0.9, "0000", fit)])
+        results = SimpleNamespace(
+            trials=[
+                trial("a", 0.1, "1111", fit),
+                trial("b", 0.5, "0000", fit),
+                trial("c", 0.9, "0000", fit),
+            ]
+        )
         assert summarize(results)["best"]["trial_id"] == "a"
         assert summarize(results, "consensus")["best"]["trial_id"] == "b"
         assert summarize(results, "auto")["best"]["trial_id"] == auto_pick

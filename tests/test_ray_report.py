@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("ray.tune")
 
 import neve_tune.ray._report as report_module  # noqa: E402
-from neve_tune import NeVe, NeuralVelocity, gaussian_probe  # noqa: E402
+from neve_tune import NeuralVelocity, NeVe, gaussian_probe  # noqa: E402
 from neve_tune.ray import NeVeStopper, report_epoch  # noqa: E402
 
 
@@ -22,14 +22,18 @@ def reported(monkeypatch):
     calls: list[tuple[dict, object]] = []
     from ray import tune
 
-    monkeypatch.setattr(tune, "report", lambda metrics, *, checkpoint=None: calls.append((metrics, checkpoint)))
+    monkeypatch.setattr(
+        tune, "report", lambda metrics, *, checkpoint=None: calls.append((metrics, checkpoint))
+    )
     return calls
 
 
 def _neve_metrics() -> dict:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    neve = NeVe(torch.optim.SGD(model.parameters(), lr=0.1), NeuralVelocity(model, gaussian_probe((4,), 16)))
+    neve = NeVe(
+        torch.optim.SGD(model.parameters(), lr=0.1), NeuralVelocity(model, gaussian_probe((4,), 16))
+    )
     neve.start()
     return neve.step(train_loss=torch.tensor(0.7))
 
@@ -42,58 +46,136 @@ def test_the_output_of_neve_step_is_reported_as_it_is(reported):
 
 
 def test_numpy_and_tensor_scalars_become_python_numbers(reported):
-    out = report_epoch({"epoch": np.int64(2), "velocity": np.float32(0.25), "train_loss": torch.tensor(0.5),
-                        "stalled": np.bool_(False), "train_acc": torch.tensor([0.75]), "note": "x"})
-    assert out == {"epoch": 2, "velocity": 0.25, "train_loss": 0.5, "stalled": False, "train_acc": 0.75, "note": "x"}
-    assert [type(out[k]) for k in ("epoch", "velocity", "train_loss", "stalled")] == [int, float, float, bool]
+    out = report_epoch(
+        {
+            "epoch": np.int64(2),
+            "velocity": np.float32(0.25),
+            "train_loss": torch.tensor(0.5),
+            "stalled": np.bool_(False),
+            "train_acc": torch.tensor([0.75]),
+            "note": "x",
+        }
+    )
+    assert out == {
+        "epoch": 2,
+        "velocity": 0.25,
+        "train_loss": 0.5,
+        "stalled": False,
+        "train_acc": 0.75,
+        "note": "x",
+    }
+    assert [type(out[k]) for k in ("epoch", "velocity", "train_loss", "stalled")] == [
+        int,
+        float,
+        float,
+        bool,
+    ]
     assert reported[0][0] == out
 
 
 @pytest.mark.parametrize(
     "metrics, error, message",
     [
-        ({"velocty": 0.1, "train_loss": 0.5}, ValueError, r"has 'velocty': did you mean 'velocity'\?"),
-        ({"velocity": 0.1, "train_los": 0.5}, ValueError, r"has 'train_los': did you mean 'train_loss'\?"),
-        ({"velocity": 0.1, "train_loss": 0.5, "neve_stopped": True}, ValueError, "did you mean 'neve_stop'"),
-        ({"train_loss": 0.5}, ValueError, r"metrics has no 'velocity' .*its keys: \['train_loss'\]"),
+        (
+            {"velocty": 0.1, "train_loss": 0.5},
+            ValueError,
+            r"has 'velocty': did you mean 'velocity'\?",
+        ),
+        (
+            {"velocity": 0.1, "train_los": 0.5},
+            ValueError,
+            r"has 'train_los': did you mean 'train_loss'\?",
+        ),
+        (
+            {"velocity": 0.1, "train_loss": 0.5, "neve_stopped": True},
+            ValueError,
+            "did you mean 'neve_stop'",
+        ),
+        (
+            {"train_loss": 0.5},
+            ValueError,
+            r"metrics has no 'velocity' .*its keys: \['train_loss'\]",
+        ),
         ({"velocity": 0.1, "loss": 0.5}, ValueError, r"metrics has no 'train_loss'"),
-        ({"velocity": 0.1, "train_loss": 0.5, "training_iteration": 3}, ValueError, "must not set 'training_iteration'"),
-        ({"velocity": torch.ones(3), "train_loss": 0.5}, TypeError, r"metrics\['velocity'\] must be a scalar, got an array of shape \(3,\)"),
-        ({"velocity": None, "train_loss": 0.5}, ValueError, r"metrics\['velocity'\] is None on an epoch not flagged 'diverged'"),
-        ({"velocity": "fast", "train_loss": 0.5}, TypeError, r"metrics\['velocity'\] must be a number"),
-        ({"velocity": 0.1, "train_loss": 0.5, "neve_stop": 1.0}, TypeError, r"metrics\['neve_stop'\] must be a bool"),
+        (
+            {"velocity": 0.1, "train_loss": 0.5, "training_iteration": 3},
+            ValueError,
+            "must not set 'training_iteration'",
+        ),
+        (
+            {"velocity": torch.ones(3), "train_loss": 0.5},
+            TypeError,
+            r"metrics\['velocity'\] must be a scalar, got an array of shape \(3,\)",
+        ),
+        (
+            {"velocity": None, "train_loss": 0.5},
+            ValueError,
+            r"metrics\['velocity'\] is None on an epoch not flagged 'diverged'",
+        ),
+        (
+            {"velocity": "fast", "train_loss": 0.5},
+            TypeError,
+            r"metrics\['velocity'\] must be a number",
+        ),
+        (
+            {"velocity": 0.1, "train_loss": 0.5, "neve_stop": 1.0},
+            TypeError,
+            r"metrics\['neve_stop'\] must be a bool",
+        ),
         ([("velocity", 0.1)], TypeError, "metrics must be a mapping"),
     ],
 )
-def test_bad_metrics_are_refused_naming_the_key_and_nothing_is_reported(reported, metrics, error, message):
+def test_bad_metrics_are_refused_naming_the_key_and_nothing_is_reported(
+    reported, metrics, error, message
+):
     with pytest.raises(error, match=message):
         report_epoch(metrics)
     assert reported == []
 
 
 def test_a_diverged_epoch_may_carry_no_velocity(reported):
-    assert report_epoch({"velocity": None, "train_loss": float("nan"), "diverged": True})["diverged"] is True
+    assert (
+        report_epoch({"velocity": None, "train_loss": float("nan"), "diverged": True})["diverged"]
+        is True
+    )
 
 
 def test_own_metric_names(reported):
-    assert report_epoch({"vel": 0.1, "loss": 0.5}, metric="vel", loss_metric="loss") == {"vel": 0.1, "loss": 0.5}
-    assert report_module.check_epoch_metrics({"velocity": 0.1, "train_loss": 0.5, "velocity_layer1": 0.2})
+    assert report_epoch({"vel": 0.1, "loss": 0.5}, metric="vel", loss_metric="loss") == {
+        "vel": 0.1,
+        "loss": 0.5,
+    }
+    assert report_module.check_epoch_metrics(
+        {"velocity": 0.1, "train_loss": 0.5, "velocity_layer1": 0.2}
+    )
 
 
 # ------------------------------------------------------------ the stopper's stall rule on raw velocity
 def _raw(it: int, velocity: float, loss: float) -> dict:
-    return {"training_iteration": it, "velocity": velocity, "train_loss": loss, "config": {"threshold": 1e-3}}
+    return {
+        "training_iteration": it,
+        "velocity": velocity,
+        "train_loss": loss,
+        "config": {"threshold": 1e-3},
+    }
 
 
 def test_the_binary_task_case_is_never_converged():
     # loss 0.73 on a binary task (chance log 2 = 0.69) with the velocity already under the threshold
     s = NeVeStopper(num_classes=2)
     assert s("t", _raw(1, 1e-5, 0.73)) is False  # one epoch cannot show learning: go on
-    assert s("t", _raw(2, 1e-5, 0.64)) is True  # 12% below its first loss, but not 10% below chance (0.62)
+    assert (
+        s("t", _raw(2, 1e-5, 0.64)) is True
+    )  # 12% below its first loss, but not 10% below chance (0.62)
     assert s.stopped_by("t") == "stalled" and s.num_converged == 0
-    without_classes = NeVeStopper()  # the same trial without num_classes: it learned by its own first loss
+    without_classes = (
+        NeVeStopper()
+    )  # the same trial without num_classes: it learned by its own first loss
     without_classes("t", _raw(1, 1e-5, 0.73))
-    assert without_classes("t", _raw(2, 1e-5, 0.64)) is True and without_classes.stopped_by("t") == "converged"
+    assert (
+        without_classes("t", _raw(2, 1e-5, 0.64)) is True
+        and without_classes.stopped_by("t") == "converged"
+    )
 
 
 def test_a_flat_loss_is_stalled_and_a_falling_one_converged():
@@ -108,8 +190,12 @@ def test_a_flat_loss_is_stalled_and_a_falling_one_converged():
 def test_grace_period_and_stall_margin():
     s = NeVeStopper(grace_period=3, stall_margin=0.5)
     assert s("t", _raw(1, 1e-5, 1.0)) is False and s("t", _raw(2, 1e-5, 0.4)) is False
-    assert s("t", _raw(3, 1e-5, 0.6)) is True and s.stopped_by("t") == "stalled"  # not 50% below 1.0
-    assert NeVeStopper(grace_period=1)("u", _raw(1, 1e-5, 0.1)) is True  # iteration 1: cannot have learned
+    assert (
+        s("t", _raw(3, 1e-5, 0.6)) is True and s.stopped_by("t") == "stalled"
+    )  # not 50% below 1.0
+    assert (
+        NeVeStopper(grace_period=1)("u", _raw(1, 1e-5, 0.1)) is True
+    )  # iteration 1: cannot have learned
 
 
 def test_the_first_loss_is_the_earliest_iteration_and_survives_pickling():
@@ -119,7 +205,9 @@ def test_the_first_loss_is_the_earliest_iteration_and_survives_pickling():
     s("t", _raw(2, 0.5, 0.5))  # a restored trial seen from iteration 2 first...
     s("t", _raw(1, 0.5, 1.0))  # ...then its earlier result (a retry from the start)
     s2 = pickle.loads(pickle.dumps(s))
-    assert s2("t", _raw(3, 1e-4, 0.85)) is True and s2.stopped_by("t") == "converged"  # judged against 1.0
+    assert (
+        s2("t", _raw(3, 1e-4, 0.85)) is True and s2.stopped_by("t") == "converged"
+    )  # judged against 1.0
 
 
 def test_a_non_finite_loss_is_divergence():
@@ -148,7 +236,8 @@ def _raw_velocity_trainable(config: dict) -> None:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    x = torch.randn(512, 20); y = (x[:, :2].sum(1) > 0).long()
+    x = torch.randn(512, 20)
+    y = (x[:, :2].sum(1) > 0).long()
     model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
     optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"])
     velocity = NeuralVelocity(model, gaussian_probe((20,), 100, seed=0))
@@ -157,8 +246,13 @@ def _raw_velocity_trainable(config: dict) -> None:
         total = 0.0
         for xb, yb in zip(x.split(64), y.split(64)):
             loss = torch.nn.functional.cross_entropy(model(xb), yb)
-            optimizer.zero_grad(); loss.backward(); optimizer.step(); total += loss.item()
-        report_epoch({"velocity": velocity.measure().model_velocity, "train_loss": np.float32(total / 8)})
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+        report_epoch(
+            {"velocity": velocity.measure().model_velocity, "train_loss": np.float32(total / 8)}
+        )
 
 
 @pytest.mark.ray
@@ -168,7 +262,9 @@ def test_a_user_trainable_at_lr_1e_5_ends_stalled_never_converged(tmp_path):
     import ray.cloudpickle
     from ray import tune
 
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this module
+    ray.cloudpickle.register_pickle_by_value(
+        sys.modules[__name__]
+    )  # Ray workers cannot import this module
     if ray.is_initialized():
         ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -182,7 +278,9 @@ def test_a_user_trainable_at_lr_1e_5_ends_stalled_never_converged(tmp_path):
     finally:
         ray.shutdown()
     assert not results.errors
-    ended = {r.config["lr"]: (stopper.stopped_by(r.metrics["trial_id"]), r.metrics) for r in results}
+    ended = {
+        r.config["lr"]: (stopper.stopped_by(r.metrics["trial_id"]), r.metrics) for r in results
+    }
     why, last = ended[1e-5]
     assert why == "stalled" and last["training_iteration"] == 2 and last["velocity"] < 1e-3
     assert last["train_loss"] > 0.9 * 0.69  # it really did not learn

@@ -19,11 +19,12 @@ import torch
 
 pytest.importorskip("ray.tune")
 
-from ray.tune import Callback, Stopper  # noqa: E402
+from ray.tune import Callback  # noqa: E402
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler  # noqa: E402
 from ray.tune.search.sample import Categorical, Float, Integer  # noqa: E402
 from ray.tune.stopper import CombinedStopper, MaximumIterationStopper  # noqa: E402
 
+from neve_tune import Choice, IntUniform, LogUniform, Uniform, load_study  # noqa: E402
 from neve_tune.ray import (  # noqa: E402
     NeVeASHAScheduler,
     NeVeStopper,
@@ -32,7 +33,6 @@ from neve_tune.ray import (  # noqa: E402
     reported_metrics,
     to_ray_space,
 )
-from neve_tune import Choice, IntUniform, LogUniform, Uniform, load_study  # noqa: E402
 from neve_tune.ray._scheduler import NeVeASHAStateCallback, _Rung  # noqa: E402
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
@@ -41,7 +41,12 @@ CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 def res(it: int, velocity: float | None, threshold: float | None = 0.01, **extra) -> dict:
     """A result of iteration ``it``; by default the training loss halves each iteration
     (a trial that learns)."""
-    r = {"training_iteration": it, "epoch": it, "velocity": velocity, "train_loss": extra.pop("train_loss", 1.0 / it)}
+    r = {
+        "training_iteration": it,
+        "epoch": it,
+        "velocity": velocity,
+        "train_loss": extra.pop("train_loss", 1.0 / it),
+    }
     if threshold is not None:
         r["config"] = {"threshold": threshold, "lr": 0.1}
     r.update(extra)
@@ -80,8 +85,30 @@ class TestNeVeStopper:
     def test_threshold_from_a_flattened_result(self):
         # what schedulers get from Tune: {"config/threshold": ...}
         s = NeVeStopper()
-        assert s("a", {"training_iteration": 1, "velocity": 0.5, "train_loss": 1.0, "config/threshold": 0.05}) is False
-        assert s("a", {"training_iteration": 2, "velocity": 0.02, "train_loss": 0.5, "config/threshold": 0.05}) is True
+        assert (
+            s(
+                "a",
+                {
+                    "training_iteration": 1,
+                    "velocity": 0.5,
+                    "train_loss": 1.0,
+                    "config/threshold": 0.05,
+                },
+            )
+            is False
+        )
+        assert (
+            s(
+                "a",
+                {
+                    "training_iteration": 2,
+                    "velocity": 0.02,
+                    "train_loss": 0.5,
+                    "config/threshold": 0.05,
+                },
+            )
+            is True
+        )
         assert s.stopped_by("a") == "converged"
 
     def test_neve_stop_and_diverged(self):
@@ -90,7 +117,9 @@ class TestNeVeStopper:
         assert s.stopped_by("a") == "converged"
         assert s("b", res(2, None, diverged=True)) is True
         assert s("c", res(2, float("nan"))) is True
-        assert s("d", res(2, math.inf, neve_stop=False)) is True  # a NaN/inf velocity is divergence, whatever neve_stop says
+        assert (
+            s("d", res(2, math.inf, neve_stop=False)) is True
+        )  # a NaN/inf velocity is divergence, whatever neve_stop says
         assert s.stopped_by("b") == s.stopped_by("c") == s.stopped_by("d") == "diverged"
         assert (s.num_converged, s.num_diverged) == (1, 3)
 
@@ -107,14 +136,22 @@ class TestNeVeStopper:
     def test_stalled_stops_as_not_converged(self):
         s = NeVeStopper(max_converged_trials=1)
         assert s("a", res(4, 1e-6, neve_stop=False, stalled=True)) is True
-        assert s("b", res(4, 1e-6, stalled=np.bool_(True))) is True  # no neve_stop: stalled still wins
+        assert (
+            s("b", res(4, 1e-6, stalled=np.bool_(True))) is True
+        )  # no neve_stop: stalled still wins
         assert s.stopped_by("a") == s.stopped_by("b") == "stalled"
         assert (s.num_converged, s.num_stalled) == (0, 2) and s.stop_all() is False
         assert s("c", res(4, 0.5, stalled=False, neve_stop=False)) is False
 
     @pytest.mark.parametrize(
         "make",
-        [float, np.float32, np.float64, lambda v: torch.tensor(v), lambda v: torch.tensor(v, dtype=torch.float16)],
+        [
+            float,
+            np.float32,
+            np.float64,
+            lambda v: torch.tensor(v),
+            lambda v: torch.tensor(v, dtype=torch.float16),
+        ],
         ids=["python", "np.float32", "np.float64", "tensor", "tensor-fp16"],
     )
     def test_numpy_and_tensor_scalars(self, make):
@@ -125,7 +162,11 @@ class TestNeVeStopper:
         assert s("b", {**res(1, make(float("nan")))}) is True
         assert s("c", res(1, make(0.5), neve_stop=np.bool_(True))) is True
         assert s("d", res(1, make(0.5), neve_stop=torch.tensor(False))) is False
-        assert (s.stopped_by("a"), s.stopped_by("b"), s.stopped_by("c")) == ("converged", "diverged", "converged")
+        assert (s.stopped_by("a"), s.stopped_by("b"), s.stopped_by("c")) == (
+            "converged",
+            "diverged",
+            "converged",
+        )
 
     def test_velocity_none_is_not_a_decision(self):
         assert NeVeStopper()("a", res(1, None)) is False
@@ -134,7 +175,9 @@ class TestNeVeStopper:
         s = NeVeStopper(grace_period=3)
         assert s("a", res(2, 1e-6)) is False
         assert s("a", res(3, 1e-6)) is True
-        assert NeVeStopper(grace_period=3)("b", res(1, 1e-6, neve_stop=True)) is True  # the controller decided
+        assert (
+            NeVeStopper(grace_period=3)("b", res(1, 1e-6, neve_stop=True)) is True
+        )  # the controller decided
 
     def test_repeated_final_result_does_not_count_twice(self):
         s = NeVeStopper(max_converged_trials=2)
@@ -170,8 +213,15 @@ class TestNeVeStopper:
 
     def test_state_of_an_earlier_version_loads(self):
         old = NeVeStopper.__new__(NeVeStopper)
-        old.__dict__.update(_threshold=None, _metric="velocity", _threshold_key="threshold", _grace_period=0,
-                            _max_converged=None, _last_iteration={"a": 2}, _stopped={"a": (2, "converged")})
+        old.__dict__.update(
+            _threshold=None,
+            _metric="velocity",
+            _threshold_key="threshold",
+            _grace_period=0,
+            _max_converged=None,
+            _last_iteration={"a": 2},
+            _stopped={"a": (2, "converged")},
+        )
         s = pickle.loads(pickle.dumps(old))
         assert s("b", res(1, 0.5)) is False
         assert s.num_converged == 1 and s("b", res(2, 0.001)) is True and s.num_converged == 2
@@ -180,21 +230,46 @@ class TestNeVeStopper:
         s = CombinedStopper(NeVeStopper(), MaximumIterationStopper(max_iter=3))
         assert s("a", res(1, 0.5)) is False
         assert s("a", res(2, 0.001)) is True
-        assert [s("b", res(i, 0.5)) for i in (1, 2, 3)] == [False, False, True]  # MaximumIterationStopper counts calls
+        assert [s("b", res(i, 0.5)) for i in (1, 2, 3)] == [
+            False,
+            False,
+            True,
+        ]  # MaximumIterationStopper counts calls
 
     def test_user_trainable_with_only_velocity_is_told_to_report_its_loss(self):
-        with pytest.raises(ValueError, match=r"a result with a raw 'velocity' and no 'neve_stop' needs 'train_loss'.*reports \['velocity'\]"):
-            NeVeStopper()("a", {"training_iteration": 1, "velocity": 0.02, "config": {"threshold": 0.05}})
+        with pytest.raises(
+            ValueError,
+            match=r"a result with a raw 'velocity' and no 'neve_stop' needs 'train_loss'.*reports \['velocity'\]",
+        ):
+            NeVeStopper()(
+                "a", {"training_iteration": 1, "velocity": 0.02, "config": {"threshold": 0.05}}
+            )
         with pytest.raises(ValueError, match=r"needs 'loss'.*reports \['train_loss', 'velocity'\]"):
-            NeVeStopper(loss_metric="loss")("a", {"training_iteration": 1, "velocity": 0.5, "train_loss": 1.0, "config": {"threshold": 0.05}})
+            NeVeStopper(loss_metric="loss")(
+                "a",
+                {
+                    "training_iteration": 1,
+                    "velocity": 0.5,
+                    "train_loss": 1.0,
+                    "config": {"threshold": 0.05},
+                },
+            )
 
     def test_bare_result_is_ignored(self):
         assert NeVeStopper()("a", {"training_iteration": 0, "done": True, "config": {}}) is False
 
     def test_missing_velocity_is_a_clear_error(self):
-        with pytest.raises(ValueError, match=r"the trial's result has neither 'velocity' nor 'neve_stop'; it reports \['train_loss'\]"):
-            NeVeStopper()("a", {"training_iteration": 1, "train_loss": 0.3, "config": {"threshold": 0.1}})
-        with pytest.raises(ValueError, match=r"has neither 'velocty' nor 'neve_stop'; it reports \['epoch', 'train_loss', 'velocity'\]"):
+        with pytest.raises(
+            ValueError,
+            match=r"the trial's result has neither 'velocity' nor 'neve_stop'; it reports \['train_loss'\]",
+        ):
+            NeVeStopper()(
+                "a", {"training_iteration": 1, "train_loss": 0.3, "config": {"threshold": 0.1}}
+            )
+        with pytest.raises(
+            ValueError,
+            match=r"has neither 'velocty' nor 'neve_stop'; it reports \['epoch', 'train_loss', 'velocity'\]",
+        ):
             NeVeStopper(metric="velocty")("a", res(1, 0.5))
 
     def test_missing_threshold_is_a_clear_error(self):
@@ -217,16 +292,28 @@ class TestNeVeStopper:
             NeVeStopper(grace_period=-1)
         with pytest.raises(TypeError, match="grace_period must be an int >= 0, got True"):
             NeVeStopper(grace_period=True)
-        with pytest.raises(ValueError, match="max_converged_trials must be an int >= 1 or None, got 0"):
+        with pytest.raises(
+            ValueError, match="max_converged_trials must be an int >= 1 or None, got 0"
+        ):
             NeVeStopper(max_converged_trials=0)
-        assert NeVeStopper(grace_period=np.int64(2), max_converged_trials=torch.tensor(3)).stop_all() is False
+        assert (
+            NeVeStopper(grace_period=np.int64(2), max_converged_trials=torch.tensor(3)).stop_all()
+            is False
+        )
 
     def test_non_numeric_values(self):
-        with pytest.raises(TypeError, match=r"NeVeStopper: metric 'velocity' must be a number \(Python, NumPy or 0-d tensor\), got 'fast'"):
+        with pytest.raises(
+            TypeError,
+            match=r"NeVeStopper: metric 'velocity' must be a number \(Python, NumPy or 0-d tensor\), got 'fast'",
+        ):
             NeVeStopper()("a", res(1, "fast"))
-        with pytest.raises(TypeError, match=r"NeVeStopper: 'neve_stop' must be a bool \(or 0/1\), got 'yes'"):
+        with pytest.raises(
+            TypeError, match=r"NeVeStopper: 'neve_stop' must be a bool \(or 0/1\), got 'yes'"
+        ):
             NeVeStopper()("a", res(1, 0.5, neve_stop="yes"))
-        with pytest.raises(TypeError, match=r"NeVeStopper: 'stalled' must be a bool \(or 0/1\), got 0.5"):
+        with pytest.raises(
+            TypeError, match=r"NeVeStopper: 'stalled' must be a bool \(or 0/1\), got 0.5"
+        ):
             NeVeStopper()("a", res(1, 0.5, stalled=0.5))
 
     def test_flags_logged_as_floats_by_lightning(self):
@@ -261,11 +348,17 @@ class TestNeVeASHAScheduler:
     def rungs(scheduler) -> list[str]:
         """The bracket lines of ``debug_string()``: every rung's milestone and cutoff, in
         Ray's format (public output, no private attribute)."""
-        return [line for line in scheduler.debug_string().splitlines() if line.startswith("Bracket:")]
+        return [
+            line for line in scheduler.debug_string().splitlines() if line.startswith("Bracket:")
+        ]
 
     def test_same_rungs_as_rays_asha(self):
-        for kw in ({"max_t": 16, "grace_period": 1, "reduction_factor": 2}, {"max_t": 60, "grace_period": 1, "reduction_factor": 4},
-                   {"max_t": 100, "grace_period": 3, "reduction_factor": 3, "brackets": 3}, {"max_t": 81, "grace_period": 1, "reduction_factor": 3}):
+        for kw in (
+            {"max_t": 16, "grace_period": 1, "reduction_factor": 2},
+            {"max_t": 60, "grace_period": 1, "reduction_factor": 4},
+            {"max_t": 100, "grace_period": 3, "reduction_factor": 3, "brackets": 3},
+            {"max_t": 81, "grace_period": 1, "reduction_factor": 3},
+        ):
             ours = self.rungs(NeVeASHAScheduler(**kw))
             assert ours == self.rungs(AsyncHyperBandScheduler(metric="x", mode="min", **kw)), kw
             assert len(ours) == kw.get("brackets", 1) and ours[0].startswith("Bracket: Iter ")
@@ -276,16 +369,34 @@ class TestNeVeASHAScheduler:
             q = ((1 - 1 / rf) * 100) / 100
             for n in (1, 2, 3, 5, 17, 100):
                 rung = _Rung(1)
-                values = [rng.choice([rng.gauss(0, 1), float(rng.randint(-3, 3)), math.nan]) for _ in range(n)]
+                values = [
+                    rng.choice([rng.gauss(0, 1), float(rng.randint(-3, 3)), math.nan])
+                    for _ in range(n)
+                ]
                 for i, v in enumerate(values):
                     rung.add(str(i), v)
-                expected = np.nanpercentile(values, (1 - 1 / rf) * 100) if not all(map(math.isnan, values)) else math.nan
+                expected = (
+                    np.nanpercentile(values, (1 - 1 / rf) * 100)
+                    if not all(map(math.isnan, values))
+                    else math.nan
+                )
                 got = rung.cutoff(q)
-                assert (math.isnan(got) and math.isnan(expected)) or got == expected, (rf, n, values)
+                assert (math.isnan(got) and math.isnan(expected)) or got == expected, (
+                    rf,
+                    n,
+                    values,
+                )
         assert _Rung(1).cutoff(0.5) is None
 
-    @pytest.mark.parametrize("kw", [{"reduction_factor": 2}, {"reduction_factor": 3, "max_t": 27}, {"reduction_factor": 2, "stop_last_trials": False},
-                                    {"reduction_factor": 4, "mode": "max", "metric": "train_acc"}])
+    @pytest.mark.parametrize(
+        "kw",
+        [
+            {"reduction_factor": 2},
+            {"reduction_factor": 3, "max_t": 27},
+            {"reduction_factor": 2, "stop_last_trials": False},
+            {"reduction_factor": 4, "mode": "max", "metric": "train_acc"},
+        ],
+    )
     def test_same_decisions_as_rays_asha(self, kw):
         # with no velocity decision (neve_stop false), the scheduler is ASHA: on a random
         # asynchronous stream it takes Ray's decision for every result
@@ -305,7 +416,10 @@ class TestNeVeASHAScheduler:
             epoch[t.trial_id] += 1
             value = round(rng.uniform(0, 2), 1)  # rounded: ties happen
             r = go(epoch[t.trial_id], value, train_acc=value)
-            a, b = ours.on_trial_result(None, t, dict(r)), ray_asha.on_trial_result(None, t, dict(r))
+            a, b = (
+                ours.on_trial_result(None, t, dict(r)),
+                ray_asha.on_trial_result(None, t, dict(r)),
+            )
             assert a == b, (t.trial_id, r)
             decisions[a] += 1
             if a == STOP or epoch[t.trial_id] >= kw["max_t"]:
@@ -345,16 +459,25 @@ class TestNeVeASHAScheduler:
         s = self.sched()
         a = fake_trial("a")
         s.on_trial_add(None, a)
-        assert s.on_trial_result(None, a, res(1, 1e-6, train_loss=0.73)) == CONTINUE  # too early to judge
+        assert (
+            s.on_trial_result(None, a, res(1, 1e-6, train_loss=0.73)) == CONTINUE
+        )  # too early to judge
         assert s.on_trial_result(None, a, res(2, 1e-6, train_loss=0.70)) == STOP
-        assert s.outcome("a") == "stalled" and all("a" not in rec for _, rec in s.rung_values()[:-1])
+        assert s.outcome("a") == "stalled" and all(
+            "a" not in rec for _, rec in s.rung_values()[:-1]
+        )
 
     def test_a_reported_neve_stop_is_trusted(self):
         s = self.sched()
         a = fake_trial("a")
         s.on_trial_add(None, a)
-        assert s.on_trial_result(None, a, res(1, 1e-6, train_loss=0.3, neve_stop=False)) == CONTINUE  # min_epochs not reached
-        assert s.on_trial_result(None, a, res(2, 1e-6, threshold=None, train_loss=0.2, neve_stop=True)) == STOP
+        assert (
+            s.on_trial_result(None, a, res(1, 1e-6, train_loss=0.3, neve_stop=False)) == CONTINUE
+        )  # min_epochs not reached
+        assert (
+            s.on_trial_result(None, a, res(2, 1e-6, threshold=None, train_loss=0.2, neve_stop=True))
+            == STOP
+        )
         assert s.outcome("a") == "converged"
 
     def test_neve_stop_converges_and_diverged_stops_unrecorded(self):
@@ -363,7 +486,9 @@ class TestNeVeASHAScheduler:
         s.on_trial_add(None, a)
         s.on_trial_add(None, b)
         assert s.on_trial_result(None, a, res(2, 0.5, neve_stop=True)) == STOP
-        assert s.on_trial_result(None, b, res(2, None, diverged=True, train_loss=float("nan"))) == STOP
+        assert (
+            s.on_trial_result(None, b, res(2, None, diverged=True, train_loss=float("nan"))) == STOP
+        )
         assert (s.outcome("a"), s.outcome("b")) == ("converged", "diverged")
         assert all("b" not in rec for _, rec in s.rung_values())
         s.on_trial_complete(None, b, res(2, None, diverged=True, train_loss=float("nan")))
@@ -376,7 +501,10 @@ class TestNeVeASHAScheduler:
         s.on_trial_add(None, a)
         s.on_trial_add(None, b)
         assert s.on_trial_result(None, a, go(1, 2.3)) == CONTINUE
-        assert s.on_trial_result(None, a, res(2, 1e-6, train_loss=2.3, neve_stop=False, stalled=True)) == STOP
+        assert (
+            s.on_trial_result(None, a, res(2, 1e-6, train_loss=2.3, neve_stop=False, stalled=True))
+            == STOP
+        )
         s.on_trial_complete(None, a, res(2, 1e-6, train_loss=2.3, neve_stop=False, stalled=True))
         # b stalled and was stopped by a NeVeStopper: the scheduler only sees it complete
         s.on_trial_complete(None, b, res(2, 1e-6, train_loss=2.2, stalled=torch.tensor(True)))
@@ -410,7 +538,10 @@ class TestNeVeASHAScheduler:
         s = self.sched(velocity_metric="vel")
         t = fake_trial("a")
         s.on_trial_add(None, t)
-        with pytest.raises(ValueError, match="NeVeASHAScheduler: the trial's result has neither 'vel' nor 'neve_stop'"):
+        with pytest.raises(
+            ValueError,
+            match="NeVeASHAScheduler: the trial's result has neither 'vel' nor 'neve_stop'",
+        ):
             s.on_trial_result(None, t, res(1, 0.5))
 
     def test_pickle_round_trip(self):
@@ -449,11 +580,21 @@ class TestNeVeASHAScheduler:
         fresh_cb = fresh.callback()
         fresh_cb.set_state(pickle.loads(saved))
         for t in trials:
-            fresh.on_trial_add(None, fake_trial(t.trial_id, status="TERMINATED" if t is not trials[0] else "PENDING"))
+            fresh.on_trial_add(
+                None,
+                fake_trial(t.trial_id, status="TERMINATED" if t is not trials[0] else "PENDING"),
+            )
         assert fresh.state_dict() == s.state_dict()
-        assert (fresh.outcome("t1"), fresh.outcome("t2"), fresh.num_pruned) == ("converged", "pruned", 1)
+        assert (fresh.outcome("t1"), fresh.outcome("t2"), fresh.num_pruned) == (
+            "converged",
+            "pruned",
+            1,
+        )
         assert fresh.on_trial_result(None, trials[0], go(2, 0.3)) == CONTINUE
-        assert fresh.rung_values() == s.rung_values()[:-2] + [(2, {"t1": 0.4, "t0": 0.3}), s.rung_values()[-1]]
+        assert fresh.rung_values() == s.rung_values()[:-2] + [
+            (2, {"t1": 0.4, "t0": 0.3}),
+            s.rung_values()[-1],
+        ]
 
     def test_restore_without_state_warns_and_starts_fresh(self, caplog):
         s = self.sched()
@@ -481,7 +622,9 @@ class TestNeVeASHAScheduler:
             other.load_state_dict({**s.state_dict(), "version": 7})
 
     def test_bad_arguments(self):
-        with pytest.raises(ValueError, match=r"mode must be one of \('min', 'max'\), got 'minimize'"):
+        with pytest.raises(
+            ValueError, match=r"mode must be one of \('min', 'max'\), got 'minimize'"
+        ):
             NeVeASHAScheduler(mode="minimize")
         with pytest.raises(ValueError, match="grace_period must be <= max_t=4, got 5"):
             NeVeASHAScheduler(max_t=4, grace_period=5)
@@ -513,8 +656,14 @@ def test_to_ray_space_converts_every_distribution():
     space = to_ray_space(study, seed=7)
     assert isinstance(space["lr"], Float) and space["lr"].lower == 1e-3 and space["lr"].upper == 0.5
     assert isinstance(space["momentum"], Float)
-    assert isinstance(space["batch_size"], Categorical) and space["batch_size"].categories == [32, 64]
-    assert isinstance(space["width"], Integer) and (space["width"].lower, space["width"].upper) == (8, 65)
+    assert isinstance(space["batch_size"], Categorical) and space["batch_size"].categories == [
+        32,
+        64,
+    ]
+    assert isinstance(space["width"], Integer) and (space["width"].lower, space["width"].upper) == (
+        8,
+        65,
+    )
     assert (space["depth"].lower, space["depth"].upper) == (1, 4)  # both ends included
     assert space["seed"] == 7
     samples = [space["depth"].sample() for _ in range(200)]
@@ -523,8 +672,23 @@ def test_to_ray_space_converts_every_distribution():
 
 def test_reported_metrics_use_the_design_names():
     names = reported_metrics("neve")
-    for k in ("epoch", "velocity", "velocity_change", "train_loss", "train_acc", "lr", "neve_stop", "diverged",
-              "epoch_time_s", "train_samples", "probe_samples", "eval_samples", "test_acc", "objective", "stopped_by"):
+    for k in (
+        "epoch",
+        "velocity",
+        "velocity_change",
+        "train_loss",
+        "train_acc",
+        "lr",
+        "neve_stop",
+        "diverged",
+        "epoch_time_s",
+        "train_samples",
+        "probe_samples",
+        "eval_samples",
+        "test_acc",
+        "objective",
+        "stopped_by",
+    ):
         assert k in names
     assert "val_loss" not in names and "val_loss" in reported_metrics("asha")
 
@@ -532,9 +696,14 @@ def test_reported_metrics_use_the_design_names():
 def test_check_resources():
     assert check_resources({"cpu": 2, "gpu": 0.25}) == {"cpu": 2.0, "gpu": 0.25}
     assert check_resources({"GPU": 1}) == {"gpu": 1.0, "cpu": 1.0}
-    with pytest.raises(ValueError, match=r"resources\['gpu'\] must be below 1 \(a shared GPU\) or a whole number, got 1.5"):
+    with pytest.raises(
+        ValueError,
+        match=r"resources\['gpu'\] must be below 1 \(a shared GPU\) or a whole number, got 1.5",
+    ):
         check_resources({"cpu": 1, "gpu": 1.5})
-    with pytest.raises(ValueError, match=r"resources\['cpu'\] must be a finite number >= 0, got -1.0"):
+    with pytest.raises(
+        ValueError, match=r"resources\['cpu'\] must be a finite number >= 0, got -1.0"
+    ):
         check_resources({"cpu": -1})
     with pytest.raises(ValueError, match="must ask for some CPU or GPU"):
         check_resources({"cpu": 0, "gpu": 0})
@@ -544,7 +713,10 @@ def test_check_resources():
 
 def test_neve_trainable_rejects_bad_arguments():
     study = load_study("digits")
-    with pytest.raises(ValueError, match=r"method must be one of \('neve', 'asha', 'asha_es'\), got 'retrain' \('retrain' is not a search method\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"method must be one of \('neve', 'asha', 'asha_es'\), got 'retrain' \('retrain' is not a search method\)",
+    ):
         neve_trainable(study, method="retrain")
     with pytest.raises(ValueError, match=r"study 'digits': resources\['gpu'\] must be below 1"):
         neve_trainable(study.replace(resources={"cpu": 1, "gpu": 2.5}))
@@ -582,8 +754,14 @@ def _synthetic_trainable(config: dict) -> None:
     for epoch in range(start + 1, 9):
         time.sleep(0.3)
         velocity = 0.5 * 0.7**epoch
-        metrics = {"epoch": epoch, "train_loss": config["loss"] * 0.9**epoch, "velocity": velocity,
-                   "neve_stop": bool(velocity < config["threshold"]), "diverged": False, "stalled": False}
+        metrics = {
+            "epoch": epoch,
+            "train_loss": config["loss"] * 0.9**epoch,
+            "velocity": velocity,
+            "neve_stop": bool(velocity < config["threshold"]),
+            "diverged": False,
+            "stalled": False,
+        }
         with tempfile.TemporaryDirectory() as d:
             with open(os.path.join(d, "e.json"), "w") as f:
                 json.dump({"epoch": epoch}, f)
@@ -602,7 +780,11 @@ class _InterruptOnce(Callback):
         if os.path.exists(self.marker):
             return
         done = [t.trial_id for t in trials if t.status == "TERMINATED"]
-        running = [t for t in trials if t.status == "RUNNING" and (t.last_result or {}).get("training_iteration", 0) >= 1]
+        running = [
+            t
+            for t in trials
+            if t.status == "RUNNING" and (t.last_result or {}).get("training_iteration", 0) >= 1
+        ]
         if len(done) >= 2 and running:
             Path(self.marker).write_text(",".join(done))
             raise RuntimeError("injected driver interrupt")
@@ -638,14 +820,26 @@ def test_rungs_survive_a_real_tuner_restore(tmp_path, monkeypatch):
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         sched = NeVeASHAScheduler(max_t=8, grace_period=1, reduction_factor=2)
-        space = {"loss": tune.grid_search([1.0, 0.5, 2.0]), "threshold": tune.grid_search([0.1, 0.03])}
+        space = {
+            "loss": tune.grid_search([1.0, 0.5, 2.0]),
+            "threshold": tune.grid_search([0.1, 0.03]),
+        }
         marker = str(tmp_path / "interrupted")
         tuner = tune.Tuner(
             _synthetic_trainable,
             param_space=space,
             tune_config=tune.TuneConfig(scheduler=sched, max_concurrent_trials=2),
-            run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), stop=NeVeStopper(), verbose=0,
-                                      callbacks=[sched.callback(), _InterruptOnce(marker), _DumpScheduler(sched, str(tmp_path))]),
+            run_config=tune.RunConfig(
+                name="exp",
+                storage_path=str(tmp_path),
+                stop=NeVeStopper(),
+                verbose=0,
+                callbacks=[
+                    sched.callback(),
+                    _InterruptOnce(marker),
+                    _DumpScheduler(sched, str(tmp_path)),
+                ],
+            ),
         )
         with pytest.raises(Exception, match="injected driver interrupt"):
             tuner.fit()
@@ -653,7 +847,9 @@ def test_rungs_survive_a_real_tuner_restore(tmp_path, monkeypatch):
         before = pickle.loads((tmp_path / "before").read_bytes())
         assert finished_before <= set(before["outcome"])
 
-        grid = tune.Tuner.restore(str(tmp_path / "exp"), trainable=_synthetic_trainable, resume_unfinished=True).fit()
+        grid = tune.Tuner.restore(
+            str(tmp_path / "exp"), trainable=_synthetic_trainable, resume_unfinished=True
+        ).fit()
         assert len(grid) == 6 and not grid.errors
         after = pickle.loads((tmp_path / "after").read_bytes())
     finally:

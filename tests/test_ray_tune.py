@@ -22,6 +22,7 @@ from ray import tune  # noqa: E402
 from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
+from neve_tune import Choice, LogUniform, load_study, run_trial  # noqa: E402
 from neve_tune.cli import main as cli_main  # noqa: E402
 from neve_tune.data import DataBundle  # noqa: E402
 from neve_tune.ray import (  # noqa: E402
@@ -33,7 +34,6 @@ from neve_tune.ray import (  # noqa: E402
     run_search,
     to_ray_space,
 )
-from neve_tune import Choice, LogUniform, load_study, run_trial  # noqa: E402
 from neve_tune.records import METRIC_NAMES
 from neve_tune.train import load_checkpoint  # noqa: E402
 
@@ -59,7 +59,11 @@ def study():
     # thresholds the digits velocity crosses after 3-5 epochs: NeVe stops before MAX_EPOCHS
     return load_study("digits").replace(
         max_epochs=MAX_EPOCHS,
-        search_space={"lr": LogUniform(0.03, 0.08), "threshold": LogUniform(0.09, 0.2), "batch_size": Choice([64, 128])},
+        search_space={
+            "lr": LogUniform(0.03, 0.08),
+            "threshold": LogUniform(0.09, 0.2),
+            "batch_size": Choice([64, 128]),
+        },
     )
 
 
@@ -97,9 +101,15 @@ def test_tuner_with_scheduler_and_stopper(ray_2cpus, study, tmp_path):
     tuner = tune.Tuner(
         neve_trainable(study),
         param_space=to_ray_space(study),
-        tune_config=tune.TuneConfig(num_samples=4, scheduler=scheduler, search_alg=BasicVariantGenerator(random_state=1),
-                                    reuse_actors=True),
-        run_config=tune.RunConfig(name="tuner", storage_path=str(tmp_path), stop=NeVeStopper(), verbose=0),
+        tune_config=tune.TuneConfig(
+            num_samples=4,
+            scheduler=scheduler,
+            search_alg=BasicVariantGenerator(random_state=1),
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name="tuner", storage_path=str(tmp_path), stop=NeVeStopper(), verbose=0
+        ),
     )
     grid = tuner.fit()
     assert len(grid) == 4 and not grid.errors
@@ -131,8 +141,23 @@ def test_cli_ray_run_neve(ray_2cpus, study, tmp_path, capsys):
         "'threshold': LogUniform(0.09, 0.2), 'batch_size': Choice([64, 128])})\n"
     )
     out_json = tmp_path / "out.json"
-    code = cli_main(["ray", "run", str(study_file), "--trials", "2", "--storage-path", str(tmp_path / "runs"),
-                     "--name", "cli", "--json", str(out_json), "--seed", "3"])
+    code = cli_main(
+        [
+            "ray",
+            "run",
+            str(study_file),
+            "--trials",
+            "2",
+            "--storage-path",
+            str(tmp_path / "runs"),
+            "--name",
+            "cli",
+            "--json",
+            str(out_json),
+            "--seed",
+            "3",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert out.count(" done: ") == 2 and "best: " in out
@@ -142,14 +167,35 @@ def test_cli_ray_run_neve(ray_2cpus, study, tmp_path, capsys):
 
 
 def test_cli_ray_run_asha_baseline(ray_2cpus, tmp_path, capsys):
-    code = cli_main(["ray", "run", "digits", "--method", "asha", "--max-epochs", "3", "--num-samples", "2",
-                     "--storage-path", str(tmp_path), "--name", "asha", "--json", str(tmp_path / "a.json")])
+    code = cli_main(
+        [
+            "ray",
+            "run",
+            "digits",
+            "--method",
+            "asha",
+            "--max-epochs",
+            "3",
+            "--num-samples",
+            "2",
+            "--storage-path",
+            str(tmp_path),
+            "--name",
+            "asha",
+            "--json",
+            str(tmp_path / "a.json"),
+        ]
+    )
     assert code == 0, capsys.readouterr()
     data = json.loads((tmp_path / "a.json").read_text())
     for t in data["trials"]:
         assert "val_loss" in t and t["eval_samples"] > 0  # 10% held out, evaluated every epoch
         if "stopped_by" in t:
-            assert t["stopped_by"] == "max_epochs" and t["epoch"] == 3 and t["objective"] == t["val_loss"]
+            assert (
+                t["stopped_by"] == "max_epochs"
+                and t["epoch"] == 3
+                and t["objective"] == t["val_loss"]
+            )
 
 
 def test_asha_scheduler_is_rays_on_val_loss(study):
@@ -161,14 +207,22 @@ def test_asha_scheduler_is_rays_on_val_loss(study):
 
 
 def test_resources_that_cannot_be_met(ray_2cpus, study, tmp_path, capsys):
-    with pytest.raises(ValueError, match=r"resources per trial \{'cpu': 4.0, 'gpu': 0.0\} cannot be met: no node"):
+    with pytest.raises(
+        ValueError, match=r"resources per trial \{'cpu': 4.0, 'gpu': 0.0\} cannot be met: no node"
+    ):
         run_search(study.replace(resources={"cpu": 4, "gpu": 0}), storage_path=tmp_path)
-    assert cli_main(["ray", "run", "digits", "--gpus-per-trial", "1", "--storage-path", str(tmp_path)]) == 2
+    assert (
+        cli_main(["ray", "run", "digits", "--gpus-per-trial", "1", "--storage-path", str(tmp_path)])
+        == 2
+    )
     assert "cannot be met" in capsys.readouterr().err
     assert cli_main(["ray", "run", "digits", "--gpus-per-trial", "1.5"]) == 2
     assert "must be below 1 (a shared GPU) or a whole number" in capsys.readouterr().err
     # a bad search space is refused when the study is made, before any search
-    with pytest.raises(ValueError, match=r"search space 'threshold': Choice value 0.0: threshold must be a finite number > 0"):
+    with pytest.raises(
+        ValueError,
+        match=r"search space 'threshold': Choice value 0.0: threshold must be a finite number > 0",
+    ):
         study.replace(search_space={**study.search_space, "threshold": Choice([0.0, 0.1])})
 
 
@@ -178,7 +232,9 @@ def test_unknown_hyperparameter_fails_the_trial_clearly(ray_2cpus, study, tmp_pa
         param_space={"learning_rate": 0.1},
         run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
     ).fit()
-    assert len(grid.errors) == 1 and "config has unknown hyperparameters ['learning_rate']" in str(grid.errors[0])
+    assert len(grid.errors) == 1 and "config has unknown hyperparameters ['learning_rate']" in str(
+        grid.errors[0]
+    )
 
 
 # ------------------------------------------------------------------ faults
@@ -195,7 +251,11 @@ class CrashOnce(Dataset):
 
     def __getitem__(self, i):
         self.calls += 1
-        if self.crash_after is not None and self.calls == self.crash_after and not os.path.exists(self.marker):
+        if (
+            self.crash_after is not None
+            and self.calls == self.crash_after
+            and not os.path.exists(self.marker)
+        ):
             Path(self.marker).write_text(str(os.getpid()))
             raise RuntimeError("injected crash")
         return self.x[i], self.y[i]
@@ -221,7 +281,11 @@ class InterruptOnce(tune.Callback):
         if os.path.exists(self.marker):
             return
         done = [t for t in trials if t.status == "TERMINATED"]
-        running = [t for t in trials if t.status == "RUNNING" and (t.last_result or {}).get("training_iteration", 0) >= 1]
+        running = [
+            t
+            for t in trials
+            if t.status == "RUNNING" and (t.last_result or {}).get("training_iteration", 0) >= 1
+        ]
         if done and running:
             Path(self.marker).write_text(",".join(t.trial_id for t in done))
             raise RuntimeError("injected driver interrupt")
@@ -232,27 +296,50 @@ def test_crashed_trial_resumes_with_the_same_velocity_series(ray_2cpus, study, t
     bundle = study.load_data()
     marker = str(tmp_path / "crashed")
     n = len(bundle.train)
-    crashing = DataBundle(bundle.name, CrashOnce(bundle.train, 2 * n + n // 2, marker), bundle.test,
-                          bundle.input_shape, bundle.num_classes)
+    crashing = DataBundle(
+        bundle.name,
+        CrashOnce(bundle.train, 2 * n + n // 2, marker),
+        bundle.test,
+        bundle.input_shape,
+        bundle.num_classes,
+    )
     config = {"lr": 0.05, "threshold": 0.09, "batch_size": 64, "seed": 5}
     grid = tune.Tuner(
         neve_trainable(study, data=crashing),
         param_space=config,
-        run_config=tune.RunConfig(storage_path=str(tmp_path), failure_config=tune.FailureConfig(max_failures=2), verbose=0),
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path), failure_config=tune.FailureConfig(max_failures=2), verbose=0
+        ),
     ).fit()
-    assert not grid.errors and os.path.exists(marker)  # it crashed once, in epoch 3, and was retried
+    assert not grid.errors and os.path.exists(
+        marker
+    )  # it crashed once, in epoch 3, and was retried
     result = grid[0]
     history = result.metrics_dataframe
     assert history["pid"].nunique() == 2  # two processes: the crashed one, the retry
-    assert list(history["epoch"]) == list(range(1, len(history) + 1))  # resumed after epoch 2, nothing repeated
+    assert list(history["epoch"]) == list(
+        range(1, len(history) + 1)
+    )  # resumed after epoch 2, nothing repeated
     assert result.metrics["stopped_by"] == "velocity" and len(history) >= 3
 
     # the same trial, never interrupted, outside Ray (same seed, one thread like the trial)
-    clean = DataBundle(bundle.name, CrashOnce(bundle.train, None, marker), bundle.test, bundle.input_shape, bundle.num_classes)
+    clean = DataBundle(
+        bundle.name,
+        CrashOnce(bundle.train, None, marker),
+        bundle.test,
+        bundle.input_shape,
+        bundle.num_classes,
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        ref = run_trial(study, {k: v for k, v in config.items() if k != "seed"}, seed=5, data=clean, evaluate_test=False)
+        ref = run_trial(
+            study,
+            {k: v for k, v in config.items() if k != "seed"},
+            seed=5,
+            data=clean,
+            evaluate_test=False,
+        )
     finally:
         torch.set_num_threads(threads)
     assert list(history["velocity"]) == [h["velocity"] for h in ref.history]
@@ -267,11 +354,21 @@ def test_tuner_restore_finishes_an_interrupted_experiment(ray_2cpus, study, tmp_
         neve_trainable(study),
         param_space=to_ray_space(study),
         tune_config=tune.TuneConfig(
-            num_samples=4, search_alg=BasicVariantGenerator(random_state=2, max_concurrent=2), scheduler=scheduler,
+            num_samples=4,
+            search_alg=BasicVariantGenerator(random_state=2, max_concurrent=2),
+            scheduler=scheduler,
         ),
-        run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), stop=NeVeStopper(),
-                                  callbacks=[scheduler.callback(), InterruptOnce(marker),
-                                             DumpScheduler(scheduler, str(tmp_path / "scheduler.pkl"))], verbose=0),
+        run_config=tune.RunConfig(
+            name="exp",
+            storage_path=str(tmp_path),
+            stop=NeVeStopper(),
+            callbacks=[
+                scheduler.callback(),
+                InterruptOnce(marker),
+                DumpScheduler(scheduler, str(tmp_path / "scheduler.pkl")),
+            ],
+            verbose=0,
+        ),
     )
     with pytest.raises(Exception, match="injected driver interrupt"):
         tuner.fit()
@@ -294,7 +391,9 @@ def test_tuner_restore_finishes_an_interrupted_experiment(ray_2cpus, study, tmp_
         assert epochs == list(range(1, epochs[-1] + 1)) and r.metrics["epoch"] in epochs
         assert (df.groupby("epoch")["velocity"].nunique() == 1).all()
         assert (df.groupby("epoch")["train_loss"].nunique() == 1).all()
-        assert r.metrics.get("stopped_by") == "velocity" or "test_acc" not in r.metrics  # converged or pruned
+        assert (
+            r.metrics.get("stopped_by") == "velocity" or "test_acc" not in r.metrics
+        )  # converged or pruned
     # the restored scheduler reloaded its rungs (through its callback): it knows the trials
     # finished before the interrupt, which are not run again
     state = pickle.loads((tmp_path / "scheduler.pkl").read_bytes())

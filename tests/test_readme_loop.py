@@ -14,7 +14,7 @@ import optuna
 import pytest
 import torch
 
-from neve_tune import NeVe, NeuralVelocity, gaussian_probe
+from neve_tune import NeuralVelocity, NeVe, gaussian_probe
 from neve_tune.optuna import NeVePruner, report_epoch, trial_history
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,12 +22,21 @@ DOCS = ROOT / "docs"
 SNIPPET = DOCS / "plain_loop.py"
 
 #: the docs files the pages show; each has a test below that runs it as written
-RECIPES = ("plain_loop.py", "optuna_loop.py", "lightning_example.py", "hf_example.py", "ray_trainable.py")
+RECIPES = (
+    "plain_loop.py",
+    "optuna_loop.py",
+    "lightning_example.py",
+    "hf_example.py",
+    "ray_trainable.py",
+)
 
 
 def _page_blocks() -> list[str]:
-    return [b.strip() for page in sorted(DOCS.rglob("*.md"))
-            for b in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)]
+    return [
+        b.strip()
+        for page in sorted(DOCS.rglob("*.md"))
+        for b in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    ]
 
 
 def _run(name: str, capsys) -> tuple[dict, str]:
@@ -66,7 +75,11 @@ def test_plain_loop_in_optuna_runs_as_written(capsys):
     # training loss of its last epoch (the loss step() handed back)
     for t in trials:
         last = trial_history(t)[-1]
-        want = last["kept_train_loss"] if t.state == optuna.trial.TrialState.COMPLETE else last["train_loss"]
+        want = (
+            last["kept_train_loss"]
+            if t.state == optuna.trial.TrialState.COMPLETE
+            else last["train_loss"]
+        )
         assert t.value == pytest.approx(want)
     assert scope["study"].best_params["lr"] > 0.1 and out.startswith("{'lr': ")
 
@@ -85,7 +98,9 @@ def test_ray_trainable_runs_as_written(tmp_path, monkeypatch, capsys):
     import ray
     import ray.train.constants
 
-    monkeypatch.setattr(ray.train.constants, "DEFAULT_STORAGE_PATH", str(tmp_path))  # not ~/ray_results
+    monkeypatch.setattr(
+        ray.train.constants, "DEFAULT_STORAGE_PATH", str(tmp_path)
+    )  # not ~/ray_results
     if ray.is_initialized():
         ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -97,22 +112,35 @@ def test_ray_trainable_runs_as_written(tmp_path, monkeypatch, capsys):
     assert not results.errors and len(results) == 2
     ended = {r.config["lr"]: stopper.stopped_by(r.metrics["trial_id"]) for r in results}
     assert ended == {1e-05: "stalled", 0.5: "converged"}
-    assert out.splitlines()[-1] == "{1e-05: ('stalled', 1), 0.5: ('converged', 7)}"  # docs/ray.md quotes it
+    assert (
+        out.splitlines()[-1] == "{1e-05: ('stalled', 1), 0.5: ('converged', 7)}"
+    )  # docs/ray.md quotes it
 
 
 def _objective(trial: optuna.Trial) -> float:
     """The plain loop with two more lines per epoch: report, then maybe prune."""
     torch.manual_seed(0)
-    x = torch.randn(512, 20); y = (x[:, :2].sum(1) > 0).long()
+    x = torch.randn(512, 20)
+    y = (x[:, :2].sum(1) > 0).long()
     model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
-    optimizer = torch.optim.SGD(model.parameters(), lr=trial.suggest_float("lr", 1e-3, 1.0, log=True))
-    neve = NeVe(optimizer, NeuralVelocity(model, gaussian_probe((20,), 100, seed=0)), threshold=1e-2, min_epochs=2)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=trial.suggest_float("lr", 1e-3, 1.0, log=True)
+    )
+    neve = NeVe(
+        optimizer,
+        NeuralVelocity(model, gaussian_probe((20,), 100, seed=0)),
+        threshold=1e-2,
+        min_epochs=2,
+    )
     neve.start()
     while not neve.should_stop:
         total = 0.0
         for xb, yb in zip(x.split(64), y.split(64)):
             loss = torch.nn.functional.cross_entropy(model(xb), yb)
-            optimizer.zero_grad(); loss.backward(); optimizer.step(); total += loss.item()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
         metrics = neve.step(train_loss=total / 8)  # step() hands the loss back
         report_epoch(trial, metrics)
         if trial.should_prune():
@@ -128,7 +156,10 @@ def test_plain_loop_in_an_optuna_study_prunes():
         study.enqueue_trial({"lr": lr})
     study.optimize(_objective, n_trials=4)
     states = {t.params["lr"]: t.state for t in study.trials}
-    assert {lr for lr, s in states.items() if s == optuna.trial.TrialState.PRUNED} == {0.003, 0.002}, states
+    assert {lr for lr, s in states.items() if s == optuna.trial.TrialState.PRUNED} == {
+        0.003,
+        0.002,
+    }, states
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert done and all(t.user_attrs["stopped_by"] == "velocity" for t in done)
     assert all(trial_history(t)[-1]["neve_stop"] for t in done)

@@ -109,7 +109,9 @@ def test_subset_predictions_restore_the_mode():
 def test_gated_ranking_and_pick():
     assert replay.pick(replay._gated([False, True, True], [0.1, 0.5, 0.3]), [7, 8, 9]) == 9
     assert replay.pick([float("nan"), 2.0], [0, 1]) == 1
-    assert replay._promotable(1.0, [1.0, 2.0, 3.0], 4) and not replay._promotable(2.0, [1.0, 2.0, 3.0], 4)
+    assert replay._promotable(1.0, [1.0, 2.0, 3.0], 4) and not replay._promotable(
+        2.0, [1.0, 2.0, 3.0], 4
+    )
 
 
 @pytest.mark.parametrize("signal", ["train_loss", "velocity", "consensus"])
@@ -117,7 +119,9 @@ def test_replay_takes_the_decisions_of_a_real_search(signal):
     """The same six configurations trained unpruned (the pool) and searched with
     NeVePruner: the replay prunes the same trials at the same epochs."""
     torch.set_num_threads(1)
-    study = load_study("digits").replace(data="synthetic", max_epochs=8, lr_patience=1, selection_subset=64)
+    study = load_study("digits").replace(
+        data="synthetic", max_epochs=8, lr_patience=1, selection_subset=64
+    )
     bundle = study.load_data(seed=3)
     configs = harness.sample_configs(study, 6, seed=3)
     pool = harness.fill_pool(harness.new_pool(study, bundle, 3, configs), study, bundle, 6)
@@ -129,25 +133,33 @@ def test_replay_takes_the_decisions_of_a_real_search(signal):
     search.optimize(make_objective(study, seed=3, data=bundle), n_trials=6)
     real = [(t.state.name, int(t.user_attrs["epochs"])) for t in search.trials]
     s = pruner.settings
-    mine = replay.replay_search(pool, signal, min_resource=s["min_resource"], reduction_factor=s["reduction_factor"])
+    mine = replay.replay_search(
+        pool, signal, min_resource=s["min_resource"], reduction_factor=s["reduction_factor"]
+    )
     assert [(d["state"], d["epochs"]) for d in mine] == real
     assert {st for st, _ in real} == {"COMPLETE", "PRUNED"}  # the check means something
     # the recorded histories are the search's (the extra signals perturb nothing)
     for t, rec in zip(search.trials, pool["trials"]):
         e = int(t.user_attrs["epochs"])
-        assert t.user_attrs[f"epoch_{e:04d}"]["train_loss"] == pytest.approx(rec["history"][e - 1]["train_loss"], abs=0)
+        assert t.user_attrs[f"epoch_{e:04d}"]["train_loss"] == pytest.approx(
+            rec["history"][e - 1]["train_loss"], abs=0
+        )
         assert t.user_attrs[f"epoch_{e:04d}"]["subset_pred"] == rec["history"][e - 1]["subset_pred"]
 
 
 def test_selection_subset_records_predictions_and_counts_their_cost():
     study = load_study("digits").replace(data="synthetic", max_epochs=2)
     assert study.selection_subset == 500 and study.rung_signal == "auto"  # the defaults
-    plain = run_trial(study.replace(selection_subset=0, selection="objective"), {"lr": 0.05}, seed=1)
+    plain = run_trial(
+        study.replace(selection_subset=0, selection="objective"), {"lr": 0.05}, seed=1
+    )
     rec = run_trial(study.replace(selection_subset=40), {"lr": 0.05}, seed=1)
     assert [len(m["subset_pred"]) for m in rec.history] == [40, 40]
     assert "subset_pred" not in plain.history[-1]
     assert rec.history[-1]["train_loss"] == plain.history[-1]["train_loss"]  # nothing else changes
-    assert rec.cost.probe_samples == plain.cost.probe_samples + 80 == rec.history[-1]["probe_samples"]
+    assert (
+        rec.cost.probe_samples == plain.cost.probe_samples + 80 == rec.history[-1]["probe_samples"]
+    )
     with pytest.raises(ValueError, match="selection_subset"):
         study.replace(selection_subset=-1)
 
@@ -175,17 +187,25 @@ def test_compare_with_consensus_and_pick():
     """A NeVe search pruning on the consensus and picking the most consensual finished trial."""
     from neve_tune.compare import compare
 
-    study = load_study("digits").replace(data="synthetic", max_epochs=4, lr_patience=1, selection_subset=32,
-                                         selection="consensus")
-    r = compare(study, trials=4, seed=2, searches=("neve",), neve_signal="consensus", progress=False)
+    study = load_study("digits").replace(
+        data="synthetic", max_epochs=4, lr_patience=1, selection_subset=32, selection="consensus"
+    )
+    r = compare(
+        study, trials=4, seed=2, searches=("neve",), neve_signal="consensus", progress=False
+    )
     trials = r["runs"][0]["neve"]["trials"]
     done = [t for t in trials if t["state"] == "COMPLETE"]
     assert done and all(-1.0 <= t["objective"] <= 0.0 for t in done)  # minus an agreement
     best = min(done, key=lambda t: t["objective"])
     assert r["runs"][0]["neve"]["test_acc"] == best["test_acc"]
     with pytest.raises(ValueError, match="selection_subset"):
-        compare(study.replace(selection="objective", selection_subset=0), trials=1, searches=("neve",),
-                neve_signal="consensus", progress=False)
+        compare(
+            study.replace(selection="objective", selection_subset=0),
+            trials=1,
+            searches=("neve",),
+            neve_signal="consensus",
+            progress=False,
+        )
     with pytest.raises(ValueError, match="selection_subset > 0"):
         study.replace(selection_subset=0)
 
@@ -197,7 +217,9 @@ def test_pick_trial_by_objective_or_consensus_from_the_storage(tmp_path):
 
     storage = f"sqlite:///{tmp_path}/s.db"
     search = optuna.create_study(storage=storage, study_name="s")
-    assert pick_trial(search) is None and pick_trial(search, "consensus") is None  # nothing finished
+    assert (
+        pick_trial(search) is None and pick_trial(search, "consensus") is None
+    )  # nothing finished
     for preds, loss in (("0123", 0.1), ("0120", 0.3), ("0100", 0.2), ("0100", 0.05)):
         t = search.ask()
         report_epoch(t, {"epoch": 1, "train_loss": loss, "velocity": 0.1, "subset_pred": preds})
@@ -207,7 +229,9 @@ def test_pick_trial_by_objective_or_consensus_from_the_storage(tmp_path):
             search.tell(t, loss)
     again = optuna.load_study(study_name="s", storage=storage)
     assert pick_trial(again).number == 0  # the lowest training loss
-    assert pick_trial(again, "consensus").number == 1  # agreements 0.5 / 0.75 / 0.75, tie to the first
+    assert (
+        pick_trial(again, "consensus").number == 1
+    )  # agreements 0.5 / 0.75 / 0.75, tie to the first
     with pytest.raises(ValueError, match="selection must be one of"):
         pick_trial(again, "vote")
     bare = optuna.create_study()
@@ -230,11 +254,22 @@ def test_auto_without_the_subsets_fit_says_so_and_picks_by_the_objective():
     recorded = optuna.create_study()
     for loss in (0.3, 0.1):
         t = recorded.ask()
-        report_epoch(t, {"epoch": 1, "train_loss": loss, "velocity": 0.1, "subset_pred": "0123", "subset_fit": 0.99})
+        report_epoch(
+            t,
+            {
+                "epoch": 1,
+                "train_loss": loss,
+                "velocity": 0.1,
+                "subset_pred": "0123",
+                "subset_fit": 0.99,
+            },
+        )
         recorded.tell(t, loss)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert pick_trial(recorded, "auto").number == 1  # clean labels: by the objective, no warning
+        assert (
+            pick_trial(recorded, "auto").number == 1
+        )  # clean labels: by the objective, no warning
 
 
 def test_worker_prunes_and_picks_by_consensus(tmp_path, capsys):
@@ -245,8 +280,24 @@ def test_worker_prunes_and_picks_by_consensus(tmp_path, capsys):
     from neve_tune.optuna import epoch_key, pick_trial
 
     storage = f"sqlite:///{tmp_path}/w.db"
-    argv = ["optuna", "worker", "digits", "--create", "--storage", storage, "--trials", "4", "--max-epochs", "3",
-            "--signal", "consensus", "--selection", "consensus", "--no-checkpoints", "--no-heartbeat"]
+    argv = [
+        "optuna",
+        "worker",
+        "digits",
+        "--create",
+        "--storage",
+        storage,
+        "--trials",
+        "4",
+        "--max-epochs",
+        "3",
+        "--signal",
+        "consensus",
+        "--selection",
+        "consensus",
+        "--no-checkpoints",
+        "--no-heartbeat",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     search = optuna.load_study(study_name="digits", storage=storage)
@@ -259,7 +310,9 @@ def test_auto_decides_from_the_finished_trials_fit():
     """``"auto"``: 1 - the median fit of the subset's labels over the finished trials is the
     noise estimate; from 10% on, the consensus decides."""
     assert sel.noise_from_fits([1.0, 0.98, 0.5]) == pytest.approx(0.02)
-    assert sel.noise_from_fits([0.7, 0.9]) == pytest.approx(0.2)  # even count: mean of the middle two
+    assert sel.noise_from_fits([0.7, 0.9]) == pytest.approx(
+        0.2
+    )  # even count: mean of the middle two
     assert math.isnan(sel.noise_from_fits([None, float("nan")]))
     assert sel.selection_mode([0.9]) == "consensus"  # exactly 10% estimated noise
     assert sel.selection_mode([0.91]) == "objective"
@@ -274,7 +327,10 @@ def _finished(search: optuna.Study, fit: float) -> None:
     from neve_tune.optuna import report_epoch
 
     t = search.ask()
-    report_epoch(t, {"epoch": 1, "train_loss": 3.0, "velocity": 0.1, "subset_pred": "0000", "subset_fit": fit})
+    report_epoch(
+        t,
+        {"epoch": 1, "train_loss": 3.0, "velocity": 0.1, "subset_pred": "0000", "subset_fit": fit},
+    )
     search.tell(t, 3.0)
 
 
@@ -288,8 +344,14 @@ def test_auto_pruner_ranks_on_the_consensus_only_when_labels_look_noisy(fit: flo
     search = optuna.create_study(pruner=NeVePruner(signal="auto", reduction_factor=2))
     _finished(search, fit)
     a, b = search.ask(), search.ask()
-    report_epoch(a, {"epoch": 1, "train_loss": 2.0, "velocity": 0.5, "subset_pred": "0000", "subset_fit": 0.5})
-    report_epoch(b, {"epoch": 1, "train_loss": 0.5, "velocity": 0.5, "subset_pred": "1111", "subset_fit": 0.5})
+    report_epoch(
+        a,
+        {"epoch": 1, "train_loss": 2.0, "velocity": 0.5, "subset_pred": "0000", "subset_fit": 0.5},
+    )
+    report_epoch(
+        b,
+        {"epoch": 1, "train_loss": 0.5, "velocity": 0.5, "subset_pred": "1111", "subset_fit": 0.5},
+    )
     # b is judged first: Optuna's halving ranks a trial among those judged at the rung before it
     pruned = {name for name, t in (("consensus", b), ("train_loss", a)) if t.should_prune()}
     assert pruned == {pruned_by}
@@ -298,8 +360,9 @@ def test_auto_pruner_ranks_on_the_consensus_only_when_labels_look_noisy(fit: flo
 def test_compare_with_auto_rungs_and_pick():
     from neve_tune.compare import compare
 
-    study = load_study("digits").replace(data="synthetic", max_epochs=4, lr_patience=1, selection_subset=32,
-                                         selection="auto")
+    study = load_study("digits").replace(
+        data="synthetic", max_epochs=4, lr_patience=1, selection_subset=32, selection="auto"
+    )
     r = compare(study, trials=4, seed=2, searches=("neve",), neve_signal="auto", progress=False)
     done = [t for t in r["runs"][0]["neve"]["trials"] if t["state"] == "COMPLETE"]
     assert done
@@ -319,13 +382,41 @@ def test_optuna_best_prints_the_pick_and_its_rule(tmp_path, capsys):
     search = optuna.create_study(storage=storage, study_name="s")
     for preds, loss, fit in (("0123", 0.1, 0.7), ("0120", 0.3, 0.75), ("0100", 0.2, 0.72)):
         t = search.ask()
-        report_epoch(t, {"epoch": 1, "train_loss": loss, "velocity": 0.1, "subset_pred": preds, "subset_fit": fit})
+        report_epoch(
+            t,
+            {
+                "epoch": 1,
+                "train_loss": loss,
+                "velocity": 0.1,
+                "subset_pred": preds,
+                "subset_fit": fit,
+            },
+        )
         search.tell(t, loss)
     assert main(["optuna", "best", "--study-name", "s", "--storage", storage]) == 0
     out = capsys.readouterr().out
-    assert "best trial 1 (auto: the finished trials' subset fit suggests 28% label noise, so by the consensus)" in out
-    assert main(["optuna", "best", "--study-name", "s", "--storage", storage, "--selection", "objective"]) == 0
+    assert (
+        "best trial 1 (auto: the finished trials' subset fit suggests 28% label noise, so by the consensus)"
+        in out
+    )
+    assert (
+        main(
+            [
+                "optuna",
+                "best",
+                "--study-name",
+                "s",
+                "--storage",
+                storage,
+                "--selection",
+                "objective",
+            ]
+        )
+        == 0
+    )
     assert "best trial 0 (by the objective) value=0.1" in capsys.readouterr().out
     missing = tmp_path / "none.db"
     assert main(["optuna", "best", "--study-name", "s", "--storage", f"sqlite:///{missing}"]) == 2
-    assert "does not exist; nothing to pick from" in capsys.readouterr().err and not missing.exists()
+    assert (
+        "does not exist; nothing to pick from" in capsys.readouterr().err and not missing.exists()
+    )

@@ -43,11 +43,16 @@ def test_private_library_internals_only_in_compat_modules(path: Path) -> None:
         return
     text = _code(path)
     used = [name for name in PRIVATE_NAMES if name in text]
-    assert not used, f"{path.relative_to(ROOT)} touches {used}: move it into the backend's _compat.py"
+    assert not used, (
+        f"{path.relative_to(ROOT)} touches {used}: move it into the backend's _compat.py"
+    )
 
 
-@pytest.mark.parametrize("path", [p for p in SOURCES if "cli" not in p.relative_to(PACKAGE).parts and p.name != "__main__.py"],
-                         ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize(
+    "path",
+    [p for p in SOURCES if "cli" not in p.relative_to(PACKAGE).parts and p.name != "__main__.py"],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
 def test_the_library_never_imports_the_cli(path: Path) -> None:
     text = _code(path)
     assert not re.search(r"from \.+cli\b|import neve_tune\.cli|from neve_tune\.cli", text), path
@@ -58,11 +63,15 @@ CITATION = re.compile(r'(docs/[\w.-]+\.md|README)(?:\s*,\s*"([^"]+)")?')
 
 
 def _headings(path: Path) -> list[str]:
-    return [line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("#")]
+    return [
+        line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("#")
+    ]
 
 
 def _citations(text: str) -> list[tuple[str, str | None]]:
-    return [(m.group(1), m.group(2) and " ".join(m.group(2).split())) for m in CITATION.finditer(text)]
+    return [
+        (m.group(1), m.group(2) and " ".join(m.group(2).split())) for m in CITATION.finditer(text)
+    ]
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -82,17 +91,28 @@ def test_docstrings_cite_documents_and_sections_that_exist(path: Path) -> None:
 def _module_map() -> str:
     text = (ROOT / "docs" / "design.md").read_text()
     start = text.index("Module map")
-    return text[start:text.index("```", text.index("```", start) + 3)]
+    return text[start : text.index("```", text.index("```", start) + 3)]
 
 
 def test_design_document_has_its_sections_and_maps_every_module() -> None:
     headings = _headings(ROOT / "docs" / "design.md")
-    for section in ("Velocity", "The controller", "The memorisation guard", "Metric names", "Cost model",
-                    "Comparison protocol", "Module map"):
+    for section in (
+        "Velocity",
+        "The controller",
+        "The memorisation guard",
+        "Metric names",
+        "Cost model",
+        "Comparison protocol",
+        "Module map",
+    ):
         assert any(section in h for h in headings), f"docs/design.md has no heading {section!r}"
     listed = set(re.findall(r"[\w]+\.py|[\w]+/", _module_map()))
-    expected = {p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
-    expected |= {f"{p.parent.name}/" for p in PACKAGE.glob("*/__init__.py") if p.parent.name != "studies"}
+    expected = {
+        p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")
+    }
+    expected |= {
+        f"{p.parent.name}/" for p in PACKAGE.glob("*/__init__.py") if p.parent.name != "studies"
+    }
     missing = sorted(expected - listed)
     assert not missing, f"docs/design.md's Module map does not list {missing}"
 
@@ -111,7 +131,11 @@ MODULES = {_module_name(p): p for p in SOURCES}
 
 
 def test_no_module_is_over_400_lines() -> None:
-    long = {str(p.relative_to(ROOT)): n for p in SOURCES if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in SOURCES
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
     assert not long, f"modules over {MAX_MODULE_LINES} lines (split them by idea): {long}"
 
 
@@ -132,8 +156,13 @@ def _imports(path: Path) -> set[str]:
     """The neve_tune modules ``path`` imports, at module level or inside functions; imports
     under ``if TYPE_CHECKING:`` are for type checkers only and never run."""
     tree = ast.parse(path.read_text())
-    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-               for child in node.body for n in ast.walk(child)}
+    skipped = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for child in node.body
+        for n in ast.walk(child)
+    }
     package = _module_name(path).split(".")
     if path.name != "__init__.py":
         package = package[:-1]
@@ -148,9 +177,13 @@ def _imports(path: Path) -> set[str]:
             target = ".".join(base + (node.module.split(".") if node.module else []))
             if target.split(".")[0] != "neve_tune":
                 continue
-            submodules = {f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in MODULES}
+            submodules = {
+                f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in MODULES
+            }
             found |= submodules
-            if node.module or len(submodules) < len(node.names):  # "from . import x": x's module, not the package
+            if node.module or len(submodules) < len(
+                node.names
+            ):  # "from . import x": x's module, not the package
                 found.add(target)
     return {m for m in found if m in MODULES and m != _module_name(path)}
 
@@ -202,8 +235,10 @@ def test_no_import_cycle_among_the_modules() -> None:
 
 
 def test_core_imports_neither_optuna_nor_ray() -> None:
-    code = ("import sys, neve_tune, neve_tune.trial, neve_tune.compare, neve_tune.cli; "
-            "bad = [m for m in ('optuna', 'ray') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, neve_tune, neve_tune.trial, neve_tune.compare, neve_tune.cli; "
+        "bad = [m for m in ('optuna', 'ray') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -241,20 +276,60 @@ def test_the_wheel_is_the_tree(tmp_path: Path) -> None:
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, src / name)
     wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(src),
-                    "-w", str(wheels)], check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            str(src),
+            "-w",
+            str(wheels),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     (wheel,) = wheels.glob("neve_tune-*.whl")
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
-    assert shipped == _tree_modules(), (sorted(_tree_modules() - shipped), sorted(shipped - _tree_modules()))
+    assert shipped == _tree_modules(), (
+        sorted(_tree_modules() - shipped),
+        sorted(shipped - _tree_modules()),
+    )
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
-    out = subprocess.run([sys.executable, "-c", _WALK], capture_output=True, text=True, cwd=tmp_path, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", _WALK], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     found = json.loads(out.stdout.splitlines()[-1])
-    assert {"neve_tune.hf", "neve_tune.hf._callback", "neve_tune.lightning", "neve_tune.ray._stopper",
-            "neve_tune.optuna._pruner", "neve_tune.studies"} <= set(found["files"])
+    assert {
+        "neve_tune.hf",
+        "neve_tune.hf._callback",
+        "neve_tune.lightning",
+        "neve_tune.ray._stopper",
+        "neve_tune.optuna._pruner",
+        "neve_tune.studies",
+    } <= set(found["files"])
     outside = {name: f for name, f in found["files"].items() if not f.startswith(str(site))}
     assert not outside, f"imported from outside the installed wheel: {outside}"
     studies = sorted(p.stem for p in (ROOT / "studies").glob("*.py") if not p.stem.startswith("_"))

@@ -4,15 +4,15 @@ stalled runs never complete, label noise exactly as asked and never on the test 
 from __future__ import annotations
 
 import math
+import warnings
 
 import optuna
-import warnings
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from neve_tune import NeVe, NeuralVelocity, gaussian_probe, load_study, run_trial
+from neve_tune import NeuralVelocity, NeVe, gaussian_probe, load_study, run_trial
 from neve_tune.data import dataset_labels, get_dataset, stratified_subset, symmetric_label_noise
 from neve_tune.optuna import NeVePruner, make_objective
 from neve_tune.train import PredictionChanges, fit, train_epoch
@@ -45,7 +45,9 @@ class _ParityFlipper(nn.Module):
 
 def test_prediction_changes_counted_by_hand():
     n, bs = 10, 3
-    data = TensorDataset(torch.arange(n, dtype=torch.float32).view(n, 1), torch.zeros(n, dtype=torch.long))
+    data = TensorDataset(
+        torch.arange(n, dtype=torch.float32).view(n, 1), torch.zeros(n, dtype=torch.long)
+    )
     model = _ParityFlipper(n, bs)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     ctl = CountingController(4)
@@ -61,19 +63,34 @@ def test_train_epoch_writes_each_prediction_at_its_example_despite_shuffling():
     data = TensorDataset(x, torch.zeros(n, dtype=torch.long))
     model = _ParityFlipper(n, 5)
     predictions = PredictionChanges(n)
-    train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), data, 5, device=torch.device("cpu"), seed=3,
-                predictions=predictions)
-    expected = torch.where(x[:, 0].long() % 2 == 0, x[:, 0].long() % 2, torch.zeros(n, dtype=torch.long))
+    train_epoch(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        data,
+        5,
+        device=torch.device("cpu"),
+        seed=3,
+        predictions=predictions,
+    )
+    expected = torch.where(
+        x[:, 0].long() % 2 == 0, x[:, 0].long() % 2, torch.zeros(n, dtype=torch.long)
+    )
     assert torch.equal(predictions.predictions, expected)
 
 
 def test_a_run_that_does_not_learn_ends_stalled_end_to_end():
     # an LR so small the loss stays within 10% of its first epoch; a threshold it meets at once
     study = load_study("digits").replace(max_epochs=6, min_epochs=3)
-    result = run_trial(study, {"lr": 1e-7, "threshold": 1.0, "batch_size": 128}, evaluate_test=False)
+    result = run_trial(
+        study, {"lr": 1e-7, "threshold": 1.0, "batch_size": 128}, evaluate_test=False
+    )
     first, last = result.history[0]["train_loss"], result.history[-1]["train_loss"]
     assert last > 0.9 * first
-    assert result.stopped_by == "stalled" and result.history[-1]["stalled"] and not result.history[-1]["neve_stop"]
+    assert (
+        result.stopped_by == "stalled"
+        and result.history[-1]["stalled"]
+        and not result.history[-1]["neve_stop"]
+    )
     assert not result.finished
 
 
@@ -120,12 +137,15 @@ def test_train_fraction_is_stratified_and_noise_applies_to_the_kept_part():
     assert len(small.test) == len(clean.test)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"label_noise": 1.0}, "label_noise must be a finite number >= 0 and < 1"),
-    ({"label_noise": -0.1}, "label_noise must be"),
-    ({"train_fraction": 0.0}, "train_fraction must be a finite number > 0 and <= 1"),
-    ({"noise_seed": 1.5}, "noise_seed must be an int"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"label_noise": 1.0}, "label_noise must be a finite number >= 0 and < 1"),
+        ({"label_noise": -0.1}, "label_noise must be"),
+        ({"train_fraction": 0.0}, "train_fraction must be a finite number > 0 and <= 1"),
+        ({"noise_seed": 1.5}, "noise_seed must be an int"),
+    ],
+)
 def test_bad_data_options_are_clear_errors(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         get_dataset("digits", **kwargs)
@@ -148,7 +168,9 @@ def test_noise_on_a_generic_dataset_keeps_inputs_and_relabels():
 
 def test_neve_step_rejects_a_missing_loss():
     model = nn.Sequential(nn.Linear(3, 2))
-    neve = NeVe(torch.optim.SGD(model.parameters(), lr=0.1), NeuralVelocity(model, gaussian_probe((3,), 4)))
+    neve = NeVe(
+        torch.optim.SGD(model.parameters(), lr=0.1), NeuralVelocity(model, gaussian_probe((3,), 4))
+    )
     with pytest.raises(TypeError, match="train_loss must be a number"):
         neve.step(None)
 
@@ -156,8 +178,10 @@ def test_neve_step_rejects_a_missing_loss():
 def test_objectives_by_hand():
     from neve_tune.trial import prediction_changes_minimum, training_speed_estimate, trial_objective
 
-    history = [{"train_loss": l, "prediction_changes": pc}
-               for l, pc in zip([2.0, 1.0, 0.6, 0.5, 0.4], [None, 30, 12, 9, 15])]
+    history = [
+        {"train_loss": l, "prediction_changes": pc}
+        for l, pc in zip([2.0, 1.0, 0.6, 0.5, 0.4], [None, 30, 12, 9, 15])
+    ]
     assert training_speed_estimate([2.0, 1.0, 0.6]) == 0.6
     assert training_speed_estimate([2.0, 1.0, 0.6], "tse_e2") == pytest.approx(0.8)
     # moving averages over 2 epochs: (30+12)/2, (12+9)/2, (9+15)/2 -> lowest 10.5
@@ -175,13 +199,21 @@ def test_objectives_by_hand():
 
 def test_prediction_changes_in_your_own_loop_feed_the_guard():
     torch.manual_seed(0)
-    x = torch.randn(256, 8); y = (x[:, 0] > 0).long()
+    x = torch.randn(256, 8)
+    y = (x[:, 0] > 0).long()
     flip = torch.randperm(256)[:64]
     y[flip] = 1 - y[flip]  # 25% wrong labels: the guard should stop before memorising them
     model = nn.Sequential(nn.Linear(8, 256), nn.ReLU(), nn.Linear(256, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
-    neve = NeVe(opt, NeuralVelocity(model, gaussian_probe((8,), 64, seed=0)), threshold=1e-9, max_epochs=300,
-                num_classes=2, pc_patience=3, pc_window=3)
+    neve = NeVe(
+        opt,
+        NeuralVelocity(model, gaussian_probe((8,), 64, seed=0)),
+        threshold=1e-9,
+        max_epochs=300,
+        num_classes=2,
+        pc_patience=3,
+        pc_window=3,
+    )
     pc = PredictionChanges(len(x))
     neve.start()
     counts = []
@@ -191,7 +223,9 @@ def test_prediction_changes_in_your_own_loop_feed_the_guard():
         for idx in torch.randperm(len(x), generator=g).split(32):
             out = model(x[idx])
             loss = nn.functional.cross_entropy(out, y[idx])
-            opt.zero_grad(); loss.backward(); opt.step()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
             pc.update(idx, out, y[idx])
             total += loss.item()
         counts.append(pc.epoch_end())
@@ -206,5 +240,7 @@ def test_prediction_changes_in_your_own_loop_feed_the_guard():
     assert again.epoch_end() == 0
     with pytest.raises(ValueError, match="one index per example"):
         again.update(torch.arange(3), torch.zeros(4, 2))
-    with pytest.raises(IndexError, match=r"index must hold example indices in \[0, 256\), got -1\.\.1"):
+    with pytest.raises(
+        IndexError, match=r"index must hold example indices in \[0, 256\), got -1\.\.1"
+    ):
         again.update(torch.tensor([-1, 0, 1]), torch.zeros(3, 2))

@@ -51,7 +51,10 @@ def test_formula_matches_hand_computation_on_tiny_layers():
     def snapshot():
         with torch.no_grad():
             h = model[0](probe)
-            return [h.numpy().astype(np.float64), model[2](torch.tanh(h)).numpy().astype(np.float64)]
+            return [
+                h.numpy().astype(np.float64),
+                model[2](torch.tanh(h)).numpy().astype(np.float64),
+            ]
 
     outs.append(snapshot())
     first = nv.measure()
@@ -114,7 +117,9 @@ def test_conv_neurons_are_channels():
 def test_linear_over_tokens_uses_last_dim_in_a_timm_vit():
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=5, depth=2)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=5, depth=2
+    )
     probe = gaussian_probe((3, 32, 32), num_samples=3, seed=0)
     nv = NeuralVelocity(vit, probe)
     qkv = vit.blocks[0].attn.qkv
@@ -184,7 +189,14 @@ def test_probe_forward_leaves_model_state_and_rng_untouched():
             return x + 0.0 * torch.rand_like(x)  # consumes the global RNG
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), Noisy(), nn.Flatten(), nn.Linear(4 * 36, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.Dropout(0.5),
+        Noisy(),
+        nn.Flatten(),
+        nn.Linear(4 * 36, 3),
+    )
     model.train()
     model[1].eval()  # a frozen BN must stay in eval
     x = torch.randn(16, 1, 8, 8)
@@ -221,7 +233,9 @@ def test_wrapped_and_compiled_models_measure_like_the_plain_one():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_storage_halves_memory_and_stays_close(dtype):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 5))
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 5)
+    )
     probe = gaussian_probe((1, 8, 8), 20)
     full = NeuralVelocity(model, probe)
     half = NeuralVelocity(model, probe, storage_dtype=dtype, storage="cpu")
@@ -231,7 +245,9 @@ def test_half_precision_storage_halves_memory_and_stays_close(dtype):
         a, b = full.measure(), half.measure()
         tol = 0.02 if dtype == torch.float16 else 0.1
         assert b.model_velocity == pytest.approx(a.model_velocity, rel=tol)
-    ref_bytes = lambda nv: sum(r.numel() * r.element_size() for s in nv._state.values() for r in s.refs)
+    ref_bytes = lambda nv: sum(
+        r.numel() * r.element_size() for s in nv._state.values() for r in s.refs
+    )
     assert ref_bytes(half) * 2 == ref_bytes(full)
     assert half.nbytes < full.nbytes
 
@@ -279,7 +295,9 @@ def test_state_dict_round_trip_continues_the_series():
 
 
 def test_select_layers_by_name_type_and_predicate():
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(2, 2))
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(2, 2)
+    )
     assert list(select_layers(model)) == ["0", "1", "4"]
     assert list(select_layers(model, ["1"])) == ["1"]
     assert list(select_layers(model, [nn.Conv2d])) == ["0"]
@@ -333,7 +351,13 @@ def test_default_layers_the_probe_never_calls_are_dropped_with_a_warning():
 def test_outputs_modified_in_place_downstream_are_copied_not_kept():
     torch.manual_seed(0)
     # BatchNorm output is rewritten by ReLU(inplace=True); the Linear output is not touched
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(144, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace=True),
+        nn.Flatten(),
+        nn.Linear(144, 3),
+    )
     probe = gaussian_probe((1, 8, 8), 6)
     nv = NeuralVelocity(model, probe)
     nv.measure()
@@ -357,7 +381,13 @@ def _tokens_model() -> nn.Module:
 
 
 def _conv_model() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 64, 4))
+    return nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 64, 4),
+    )
 
 
 @pytest.mark.parametrize(
@@ -374,7 +404,10 @@ def test_sketch_is_an_unbiased_estimate_of_the_exact_velocity(make, shape, dim):
     model = make()
     probe = gaussian_probe(shape, 40, seed=1)
     exact = NeuralVelocity(model, probe)
-    sketches = [NeuralVelocity(model, probe, reference="sketch", sketch_dim=dim, sketch_seed=s) for s in range(60)]
+    sketches = [
+        NeuralVelocity(model, probe, reference="sketch", sketch_dim=dim, sketch_seed=s)
+        for s in range(60)
+    ]
     for nv in (exact, *sketches):
         nv.measure()
     assert any(s.width for s in sketches[0]._state.values())
@@ -388,13 +421,21 @@ def test_sketch_is_an_unbiased_estimate_of_the_exact_velocity(make, shape, dim):
 
 def test_sketch_tracks_the_exact_series_and_holds_far_less():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
-                          nn.Flatten(), nn.Linear(16 * 256, 10))
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.Flatten(),
+        nn.Linear(16 * 256, 10),
+    )
     probe = gaussian_probe((3, 16, 16), 50, seed=0)
     exact = NeuralVelocity(model, probe)
     sketch = NeuralVelocity(model, probe, reference="sketch", sketch_dim=256)
     exact.measure(), sketch.measure()
-    assert [n for n, s in sketch._state.items() if not s.width] == ["5"]  # the head: 50 values per neuron
+    assert [n for n, s in sketch._state.items() if not s.width] == [
+        "5"
+    ]  # the head: 50 values per neuron
     assert sketch.nbytes * 20 < exact.nbytes
     for step in range(4):
         _perturb(model, step, scale=0.03)
@@ -440,7 +481,9 @@ def test_sketch_with_a_chunked_probe_stays_close():
     exact.measure(), chunked.measure()
     for s in range(2):
         _perturb(model, s, scale=0.05)
-        assert chunked.measure().model_velocity == pytest.approx(exact.measure().model_velocity, rel=0.1)
+        assert chunked.measure().model_velocity == pytest.approx(
+            exact.measure().model_velocity, rel=0.1
+        )
 
 
 def test_sketch_state_dict_round_trip_continues_identically(tmp_path):
@@ -457,7 +500,11 @@ def test_sketch_state_dict_round_trip_continues_identically(tmp_path):
     for s in (2, 3):
         _perturb(model, s, scale=0.05)
         ra, rb = a.measure(), b.measure()
-        assert (rb.epoch, rb.model_velocity, rb.velocity_change) == (ra.epoch, ra.model_velocity, ra.velocity_change)
+        assert (rb.epoch, rb.model_velocity, rb.velocity_change) == (
+            ra.epoch,
+            ra.model_velocity,
+            ra.velocity_change,
+        )
     assert b.nbytes == a.nbytes
 
 
@@ -468,8 +515,11 @@ def test_sketch_state_dict_must_match_the_settings():
     src.measure()
     state = src.state_dict()
     assert (state["reference"], state["sketch_dim"], state["sketch_seed"]) == ("sketch", 32, 1)
-    for other in (NeuralVelocity(model, probe), NeuralVelocity(model, probe, reference="sketch", sketch_dim=32),
-                  NeuralVelocity(model, probe, reference="sketch", sketch_dim=64, sketch_seed=1)):
+    for other in (
+        NeuralVelocity(model, probe),
+        NeuralVelocity(model, probe, reference="sketch", sketch_dim=32),
+        NeuralVelocity(model, probe, reference="sketch", sketch_dim=64, sketch_seed=1),
+    ):
         with pytest.raises(ValueError, match="sketch_seed"):
             other.load_state_dict(state)
     exact = NeuralVelocity(model, probe)
@@ -486,7 +536,9 @@ def test_sketch_memory_from_a_meta_device_forward():
     sketch = NeuralVelocity(model, probe, reference="sketch", sketch_dim=64)
     exact.measure(), sketch.measure()  # shapes only, nothing allocated
     assert exact.nbytes == 2 * 100 * 6 * 64 * 4 + 100 * 4 * 4 + (6 + 6 + 4) * 4
-    assert sketch.nbytes < exact.nbytes / 5  # on so small a model the signs (100 x 64 positions) dominate
+    assert (
+        sketch.nbytes < exact.nbytes / 5
+    )  # on so small a model the signs (100 x 64 positions) dominate
 
 
 def test_bad_sketch_arguments():
@@ -508,7 +560,10 @@ def test_auto_reference_sketches_only_above_the_memory_threshold():
     exact_bytes = 20 * (6 * 64 * 2 + 4) * 4  # conv + bn outputs and the head, float32
     default = NeuralVelocity(model, probe)
     assert default.reference == "auto" and default.exact_reference_bytes() == exact_bytes
-    small, big = NeuralVelocity(model, probe, sketch_above=exact_bytes), NeuralVelocity(model, probe, sketch_above=exact_bytes - 1)
+    small, big = (
+        NeuralVelocity(model, probe, sketch_above=exact_bytes),
+        NeuralVelocity(model, probe, sketch_above=exact_bytes - 1),
+    )
     exact = NeuralVelocity(model, probe, reference="exact")
     for nv in (default, small, big, exact):
         nv.measure()

@@ -17,7 +17,7 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from .._json import json_safe, write_json
 from ._args import CLIError
@@ -29,12 +29,17 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("neve_tune.cli.train", "one NeVe-controlled training run"),
     "optuna": ("neve_tune.cli.optuna", "Optuna: workers on a shared study, NeVe pruner"),
     "ray": ("neve_tune.cli.ray", "Ray Tune: searches with NeVeStopper, locally or on a cluster"),
-    "compare": ("neve_tune.cli.compare", "NeVe search vs validation-based ASHA: cost and test accuracy"),
+    "compare": (
+        "neve_tune.cli.compare",
+        "NeVe search vs validation-based ASHA: cost and test accuracy",
+    ),
 }
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="neve-tune", description="Neural Velocity for hyperparameter search.")
+    parser = argparse.ArgumentParser(
+        prog="neve-tune", description="Neural Velocity for hyperparameter search."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = argv[0] if argv else None
     for name, (module, help_) in VERBS.items():

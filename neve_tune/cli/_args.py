@@ -64,27 +64,44 @@ def positive_int(text: str) -> int:
 def add_study(p: argparse.ArgumentParser, *, required: bool = False) -> None:
     trust = "; a study file is Python code that is executed: load only files you trust"
     if required:
-        p.add_argument("study", help="study file (studies/digits.py) or bundled name (digits)"
-                       + trust)
+        p.add_argument(
+            "study", help="study file (studies/digits.py) or bundled name (digits)" + trust
+        )
     else:
-        p.add_argument("study", nargs="?", default="digits",
-                       help="study file or bundled name (default: digits)" + trust)
+        p.add_argument(
+            "study",
+            nargs="?",
+            default="digits",
+            help="study file or bundled name (default: digits)" + trust,
+        )
 
 
-def add_trials(p: argparse.ArgumentParser, help: str, default: int | None = None, *aliases: str) -> None:
-    p.add_argument("--trials", *aliases, dest="trials", type=positive_int, default=default, help=help)
+def add_trials(
+    p: argparse.ArgumentParser, help: str, default: int | None = None, *aliases: str
+) -> None:
+    p.add_argument(
+        "--trials", *aliases, dest="trials", type=positive_int, default=default, help=help
+    )
 
 
 def add_max_epochs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-epochs", type=positive_int, help="epoch cap of every trial (default: the study's)")
+    p.add_argument(
+        "--max-epochs", type=positive_int, help="epoch cap of every trial (default: the study's)"
+    )
 
 
-def add_seed(p: argparse.ArgumentParser, help: str = "training and sampling seed (default: 0)") -> None:
+def add_seed(
+    p: argparse.ArgumentParser, help: str = "training and sampling seed (default: 0)"
+) -> None:
     p.add_argument("--seed", type=int, default=0, help=help)
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ... (default: auto)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ... (default: auto)",
+    )
 
 
 def add_out(p: argparse.ArgumentParser, help: str = "folder for the PNG plots") -> None:
@@ -112,7 +129,13 @@ class _DeprecatedAlias(argparse.Action):
         self.new = new
         super().__init__(option_strings, dest, **kw)
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         print(f"neve-tune: {option_string} is deprecated, use {self.new}", file=sys.stderr)
         setattr(namespace, self.dest, values)
 
@@ -132,7 +155,9 @@ def check_device(device: str | None) -> str:
         raise CLIError(str(e)) from None
 
 
-def check_output_paths(files: dict[str, Any] | None = None, dirs: dict[str, Any] | None = None) -> None:
+def check_output_paths(
+    files: dict[str, Any] | None = None, dirs: dict[str, Any] | None = None
+) -> None:
     """Before any work: each output file (``{"--json": path}``) and output folder
     (``{"--out": path}``) can be created and written; else a one-line error naming the flag.
 
@@ -165,7 +190,9 @@ def _check_output(flag: str, path: Path, is_dir: bool) -> None:
         raise CLIError(f"{flag} {path}: is a file, expected a folder")
     if not is_dir and path.exists():
         if not path.is_file():
-            raise CLIError(f"{flag} {path}: is not a regular file (a device or a pipe); give a file path")
+            raise CLIError(
+                f"{flag} {path}: is not a regular file (a device or a pipe); give a file path"
+            )
         if not os.access(path, os.W_OK):
             raise CLIError(f"{flag} {path}: is not writable")
     existing = path if is_dir else path.parent
@@ -185,7 +212,9 @@ def clean_stale_temporaries(checkpoint: str | os.PathLike) -> list[Path]:
     """Remove the ``CHECKPOINT.tmp<PID>`` files saves killed mid-write left beside
     ``checkpoint`` (a run about to use it is its only writer); return them."""
     path = Path(checkpoint)
-    stale = sorted(path.parent.glob(glob.escape(path.name) + ".tmp*")) if path.parent.is_dir() else []
+    stale = (
+        sorted(path.parent.glob(glob.escape(path.name) + ".tmp*")) if path.parent.is_dir() else []
+    )
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
@@ -193,41 +222,74 @@ def clean_stale_temporaries(checkpoint: str | os.PathLike) -> list[Path]:
 
 def add_data_changes(p: argparse.ArgumentParser) -> None:
     """--train-fraction, --label-noise, --noise-seed: change the training data, never the test set."""
-    g = p.add_argument_group("data (the training set only; the test set only scores the final models)")
-    g.add_argument("--train-fraction", type=float, help="keep this stratified fraction of the training set (default 1)")
-    g.add_argument("--label-noise", type=float, help="flip this fraction of the training labels to another class")
+    g = p.add_argument_group(
+        "data (the training set only; the test set only scores the final models)"
+    )
+    g.add_argument(
+        "--train-fraction",
+        type=float,
+        help="keep this stratified fraction of the training set (default 1)",
+    )
+    g.add_argument(
+        "--label-noise",
+        type=float,
+        help="flip this fraction of the training labels to another class",
+    )
     g.add_argument("--noise-seed", type=int, help="seed of the flipped labels (default 0)")
 
 
 def add_trial_control(p: argparse.ArgumentParser) -> None:
     """--lr-patience, --threshold-mode, --pc-patience: the controller of every trial."""
     g = p.add_argument_group("trial control (a rule the searches share applies to all of them)")
-    g.add_argument("--lr-patience", help="ReduceLROnPlateau patience in epochs, or 'auto' (max(2, max_epochs // 20); "
-                                         "the default)")
-    g.add_argument("--threshold-mode", choices=["absolute", "relative"],
-                   help="NeVe's velocity stop: V / peak V < t (the studies' default), or V < t; "
-                        "the searched range of t stays the study's")
-    g.add_argument("--pc-patience", type=int, help="NeVe's memorisation guard: stop when prediction changes have not "
-                                                    "reached a new low for this many epochs (default 3; 0: off)")
-    g.add_argument("--prediction-changes", choices=["in_pass", "subset"],
-                   help="where the guard counts prediction changes: in the training pass (default), or on a fixed "
-                        "subset of --pc-subset-size training examples forwarded after each epoch")
-    g.add_argument("--pc-subset-size", type=int, help="examples in that subset (default 1000, or all when fewer)")
+    g.add_argument(
+        "--lr-patience",
+        help="ReduceLROnPlateau patience in epochs, or 'auto' (max(2, max_epochs // 20); "
+        "the default)",
+    )
+    g.add_argument(
+        "--threshold-mode",
+        choices=["absolute", "relative"],
+        help="NeVe's velocity stop: V / peak V < t (the studies' default), or V < t; "
+        "the searched range of t stays the study's",
+    )
+    g.add_argument(
+        "--pc-patience",
+        type=int,
+        help="NeVe's memorisation guard: stop when prediction changes have not "
+        "reached a new low for this many epochs (default 3; 0: off)",
+    )
+    g.add_argument(
+        "--prediction-changes",
+        choices=["in_pass", "subset"],
+        help="where the guard counts prediction changes: in the training pass (default), or on a fixed "
+        "subset of --pc-subset-size training examples forwarded after each epoch",
+    )
+    g.add_argument(
+        "--pc-subset-size",
+        type=int,
+        help="examples in that subset (default 1000, or all when fewer)",
+    )
 
 
 def add_selection(p: argparse.ArgumentParser) -> None:
     """--selection, --selection-subset: which finished NeVe trial wins (docs/measurements.md,
     "Which trial wins")."""
     g = p.add_argument_group("selection (which NeVe trial wins; no validation set either way)")
-    g.add_argument("--selection", choices=["objective", "consensus", "auto"],
-                   help="pick the finished trial with the lowest objective, or the one whose predictions on "
-                        "a fixed training subset agree most with the other trials' majority vote, or (auto) the "
-                        "latter only when the finished trials' fit of the subset's labels says they are noisy "
-                        "(default: the study's; auto for every study unless its file says otherwise)")
-    g.add_argument("--selection-subset", type=int,
-                   help="training examples whose predicted classes each trial records for the vote (default: the "
-                        "study's, 500 unless its file says otherwise; 500 whenever --selection or the rung signal is "
-                        "consensus or auto; 0: off, only with --selection objective and a train_loss or velocity signal)")
+    g.add_argument(
+        "--selection",
+        choices=["objective", "consensus", "auto"],
+        help="pick the finished trial with the lowest objective, or the one whose predictions on "
+        "a fixed training subset agree most with the other trials' majority vote, or (auto) the "
+        "latter only when the finished trials' fit of the subset's labels says they are noisy "
+        "(default: the study's; auto for every study unless its file says otherwise)",
+    )
+    g.add_argument(
+        "--selection-subset",
+        type=int,
+        help="training examples whose predicted classes each trial records for the vote (default: the "
+        "study's, 500 unless its file says otherwise; 500 whenever --selection or the rung signal is "
+        "consensus or auto; 0: off, only with --selection objective and a train_loss or velocity signal)",
+    )
 
 
 def _lr_patience(text: str) -> int | str:
@@ -250,12 +312,18 @@ def _selection_changes(args: argparse.Namespace) -> dict[str, Any]:
         if size < 0:
             raise CLIError(f"--selection-subset must be >= 0 (0: off), got {size}")
         out["selection_subset"] = size
-    asked = (getattr(args, "selection", None), getattr(args, "neve_signal", None), getattr(args, "signal", None))
+    asked = (
+        getattr(args, "selection", None),
+        getattr(args, "neve_signal", None),
+        getattr(args, "signal", None),
+    )
     wants_votes = "consensus" in asked or "auto" in asked
     if wants_votes and size is None:
         out["selection_subset"] = 500
     if wants_votes and size == 0:
-        raise CLIError("--selection-subset 0 leaves no predictions for the consensus: give a size > 0 or omit it")
+        raise CLIError(
+            "--selection-subset 0 leaves no predictions for the consensus: give a size > 0 or omit it"
+        )
     return out
 
 
@@ -269,8 +337,11 @@ def study_from_args(args: argparse.Namespace, **extra_changes: Any) -> Any:
     changes: dict[str, Any] = {}
     if getattr(args, "max_epochs", None) is not None:
         changes["max_epochs"] = args.max_epochs
-    data = {key: getattr(args, key) for key in ("data_root", "train_fraction", "label_noise", "noise_seed")
-            if getattr(args, key, None) is not None}
+    data = {
+        key: getattr(args, key)
+        for key in ("data_root", "train_fraction", "label_noise", "noise_seed")
+        if getattr(args, key, None) is not None
+    }
     if data:
         changes["data_options"] = {**study.data_options, **data}
     if getattr(args, "noise_seed", None) is not None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from .._checks import check_seed
 from ..compare._api import BACKENDS, NEVE_SIGNALS
 from ..records import SEARCH_METHODS
-from .._checks import check_seed
 from . import _args as cli
 
 __all__ = ["add_cli"]
@@ -15,32 +15,62 @@ __all__ = ["add_cli"]
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     import neve_tune.compare as compare_module
 
-    p = subparsers.add_parser("compare", help="NeVe search vs validation-based ASHA", description=compare_module.__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "compare",
+        help="NeVe search vs validation-based ASHA",
+        description=compare_module.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     cli.add_study(p)
     p.add_argument("--backend", choices=BACKENDS, default="optuna")
     cli.add_trials(p, "trials per search (default 20)", 20)
     cli.add_seed(p)
-    p.add_argument("--repeats", type=cli.positive_int, default=1, help="run the comparison K times, seeds seed..seed+K-1")
+    p.add_argument(
+        "--repeats",
+        type=cli.positive_int,
+        default=1,
+        help="run the comparison K times, seeds seed..seed+K-1",
+    )
     cli.add_max_epochs(p)
-    p.add_argument("--searches", default=",".join(SEARCH_METHODS), help="comma-separated subset of neve,asha,asha_es")
-    p.add_argument("--neve-signal", choices=NEVE_SIGNALS,
-                   help="rung signal of the NeVe search's pruner/scheduler (default: the study's, auto: the consensus "
-                        "once the finished trials say the labels are noisy, else train_loss; "
-                        "docs/measurements.md, \"Which trial wins\")")
-    p.add_argument("--reduction-factor", type=int, default=4,
-                   help="every search's successive halving: rungs at epochs 1, rf, rf^2, ..., each keeping the best "
-                        "1/rf (default 4)")
-    p.add_argument("--objective", help="NeVe's validation-free objective: tse_e1 (default), tse_e<N>, tse_ema, pc_min")
-    p.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=True,
-                   help="retrain the validation searches' best configuration on all training data (default on)")
-    p.add_argument("--baseline-variants", metavar="METHOD:METRIC:FINAL,...",
-                   help="also run these validation searches, each named so in the table and the "
-                        "JSON: method asha|asha_es, the validation metric its rungs, early "
-                        "stopping, LR plateau and pick decide on (loss|acc), its final model "
-                        "(retrain: on all data; best_checkpoint: the winner's weights of its best "
-                        "validation epoch); parts left out are the study's, e.g. "
-                        "asha_es:acc:best_checkpoint,asha:acc")
+    p.add_argument(
+        "--searches",
+        default=",".join(SEARCH_METHODS),
+        help="comma-separated subset of neve,asha,asha_es",
+    )
+    p.add_argument(
+        "--neve-signal",
+        choices=NEVE_SIGNALS,
+        help="rung signal of the NeVe search's pruner/scheduler (default: the study's, auto: the consensus "
+        "once the finished trials say the labels are noisy, else train_loss; "
+        'docs/measurements.md, "Which trial wins")',
+    )
+    p.add_argument(
+        "--reduction-factor",
+        type=int,
+        default=4,
+        help="every search's successive halving: rungs at epochs 1, rf, rf^2, ..., each keeping the best "
+        "1/rf (default 4)",
+    )
+    p.add_argument(
+        "--objective",
+        help="NeVe's validation-free objective: tse_e1 (default), tse_e<N>, tse_ema, pc_min",
+    )
+    p.add_argument(
+        "--retrain",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="retrain the validation searches' best configuration on all training data (default on)",
+    )
+    p.add_argument(
+        "--baseline-variants",
+        metavar="METHOD:METRIC:FINAL,...",
+        help="also run these validation searches, each named so in the table and the "
+        "JSON: method asha|asha_es, the validation metric its rungs, early "
+        "stopping, LR plateau and pick decide on (loss|acc), its final model "
+        "(retrain: on all data; best_checkpoint: the winner's weights of its best "
+        "validation epoch); parts left out are the study's, e.g. "
+        "asha_es:acc:best_checkpoint,asha:acc",
+    )
     cli.add_data_changes(p)
     cli.add_trial_control(p)
     cli.add_selection(p)
@@ -62,11 +92,20 @@ def _compare(args: argparse.Namespace) -> int:
     check_seed("--seed + --repeats - 1", args.seed + args.repeats - 1)  # the last repeat's seed
     study = cli.study_from_args(args, objective=args.objective)
     searches = [s.strip() for s in args.searches.split(",") if s.strip()]
-    result = compare(study, backend=args.backend, trials=args.trials, seed=args.seed, repeats=args.repeats,
-                     retrain=args.retrain, device=device, neve_signal=args.neve_signal, searches=searches,
-                     reduction_factor=args.reduction_factor,
-                     baseline_variants=args.baseline_variants,
-                     progress=not args.quiet)
+    result = compare(
+        study,
+        backend=args.backend,
+        trials=args.trials,
+        seed=args.seed,
+        repeats=args.repeats,
+        retrain=args.retrain,
+        device=device,
+        neve_signal=args.neve_signal,
+        searches=searches,
+        reduction_factor=args.reduction_factor,
+        baseline_variants=args.baseline_variants,
+        progress=not args.quiet,
+    )
     print(summary_table(result))
     for path in write_outputs(result, args.out, args.json_path):
         print(f"wrote {path}")

@@ -30,59 +30,119 @@ trial whose worker died is retried by the next worker and resumes from its check
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``neve-tune optuna`` and its subcommands."""
-    top = subparsers.add_parser("optuna", help="Optuna: workers on a shared study, NeVe pruner", description=__doc__)
+    top = subparsers.add_parser(
+        "optuna", help="Optuna: workers on a shared study, NeVe pruner", description=__doc__
+    )
     top.set_defaults(func=lambda args: (top.print_help(), 2)[1])
     sub = top.add_subparsers(dest="optuna_command", metavar="SUBCOMMAND")
 
     w = sub.add_parser(
-        "worker", help="run trials against a shared study", description=_WORKER_DOC,
+        "worker",
+        help="run trials against a shared study",
+        description=_WORKER_DOC,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cli.add_study(w, required=True)
     w.add_argument("--study-name", help="name of the Optuna study (default: the study file's name)")
     cli.add_storage(w)
     cli.add_trials(w, "trials this worker runs (default: until --timeout or --total-trials)")
-    w.add_argument("--total-trials", type=cli.positive_int, help="stop once the study holds this many complete+pruned trials")
+    w.add_argument(
+        "--total-trials",
+        type=cli.positive_int,
+        help="stop once the study holds this many complete+pruned trials",
+    )
     w.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     w.add_argument("--create", action="store_true", help="create the study if it does not exist")
-    w.add_argument("--direction", default="minimize",
-                   help="with --create; only 'minimize' is accepted: the objective is a loss")
-    w.add_argument("--method", choices=SEARCH_METHODS, default="neve",
-                   help="neve (default), or the validation-based baselines with SuccessiveHalvingPruner")
+    w.add_argument(
+        "--direction",
+        default="minimize",
+        help="with --create; only 'minimize' is accepted: the objective is a loss",
+    )
+    w.add_argument(
+        "--method",
+        choices=SEARCH_METHODS,
+        default="neve",
+        help="neve (default), or the validation-based baselines with SuccessiveHalvingPruner",
+    )
     cli.add_seed(w, "training seed of every trial (default 0)")
-    w.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler; each trial's TPE is seeded from it and the "
-                                                    "trial number, so workers given one seed sample apart")
+    w.add_argument(
+        "--sampler-seed",
+        type=int,
+        help="seed of the TPE sampler; each trial's TPE is seeded from it and the "
+        "trial number, so workers given one seed sample apart",
+    )
     cli.add_device(w)
-    w.add_argument("--threads", type=cli.positive_int,
-                   help="torch CPU threads of this worker, at most 4 per CPU core "
-                        "(default: torch's)")
+    w.add_argument(
+        "--threads",
+        type=cli.positive_int,
+        help="torch CPU threads of this worker, at most 4 per CPU core (default: torch's)",
+    )
     cli.add_max_epochs(w)
     cli.add_data_changes(w)
     cli.add_trial_control(w)
     cli.add_selection(w)
-    w.add_argument("--checkpoint-dir", default=os.environ.get("NEVE_CHECKPOINT_DIR") or "neve_checkpoints",
-                   help="per-trial checkpoints, so a retried trial resumes (shared storage across machines; "
-                        "default: $NEVE_CHECKPOINT_DIR, else ./neve_checkpoints)")
+    w.add_argument(
+        "--checkpoint-dir",
+        default=os.environ.get("NEVE_CHECKPOINT_DIR") or "neve_checkpoints",
+        help="per-trial checkpoints, so a retried trial resumes (shared storage across machines; "
+        "default: $NEVE_CHECKPOINT_DIR, else ./neve_checkpoints)",
+    )
     w.add_argument("--no-checkpoints", action="store_true", help="do not checkpoint trials")
-    w.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints of finished trials")
-    g = w.add_argument_group("NeVePruner (default: the settings stored in the study, else the defaults)")
-    g.add_argument("--signal", choices=["velocity", "train_loss", "consensus", "auto"],
-                   help="rung signal (consensus: agreement with the other trials' vote; auto: that when the finished "
-                        "trials say the labels are noisy, else train_loss; both record --selection-subset)")
+    w.add_argument(
+        "--keep-checkpoints", action="store_true", help="keep checkpoints of finished trials"
+    )
+    g = w.add_argument_group(
+        "NeVePruner (default: the settings stored in the study, else the defaults)"
+    )
+    g.add_argument(
+        "--signal",
+        choices=["velocity", "train_loss", "consensus", "auto"],
+        help="rung signal (consensus: agreement with the other trials' vote; auto: that when the finished "
+        "trials say the labels are noisy, else train_loss; both record --selection-subset)",
+    )
     g.add_argument("--min-resource", type=cli.positive_int)
     g.add_argument("--reduction-factor", type=int)
     g.add_argument("--min-early-stopping-rate", type=int)
-    g.add_argument("--unsettled-bound", type=float, help="velocity above which a trial counts as unsettled (inf: off)")
-    g.add_argument("--unsettled-patience", type=cli.positive_int,
-                   help="epochs in a row above --unsettled-bound that prune a trial")
-    cli.deprecated_alias(g, "--divergence-bound", "--unsettled-bound", "unsettled_bound", type=float)
-    cli.deprecated_alias(g, "--divergence-patience", "--unsettled-patience", "unsettled_patience", type=cli.positive_int)
+    g.add_argument(
+        "--unsettled-bound",
+        type=float,
+        help="velocity above which a trial counts as unsettled (inf: off)",
+    )
+    g.add_argument(
+        "--unsettled-patience",
+        type=cli.positive_int,
+        help="epochs in a row above --unsettled-bound that prune a trial",
+    )
+    cli.deprecated_alias(
+        g, "--divergence-bound", "--unsettled-bound", "unsettled_bound", type=float
+    )
+    cli.deprecated_alias(
+        g,
+        "--divergence-patience",
+        "--unsettled-patience",
+        "unsettled_patience",
+        type=cli.positive_int,
+    )
     h = w.add_argument_group("recovery (RDB storages)")
-    h.add_argument("--heartbeat-interval", type=cli.positive_int, default=60, help="seconds (default 60)")
-    h.add_argument("--heartbeat-grace-period", dest="heartbeat_grace_period", type=cli.positive_int,
-                   help="seconds without heartbeat before a trial is failed (default 2x the interval)")
-    cli.deprecated_alias(h, "--grace-period", "--heartbeat-grace-period", "heartbeat_grace_period", type=cli.positive_int)
-    h.add_argument("--max-retry", type=int, default=3, help="retries of a trial whose worker died (default 3)")
+    h.add_argument(
+        "--heartbeat-interval", type=cli.positive_int, default=60, help="seconds (default 60)"
+    )
+    h.add_argument(
+        "--heartbeat-grace-period",
+        dest="heartbeat_grace_period",
+        type=cli.positive_int,
+        help="seconds without heartbeat before a trial is failed (default 2x the interval)",
+    )
+    cli.deprecated_alias(
+        h,
+        "--grace-period",
+        "--heartbeat-grace-period",
+        "heartbeat_grace_period",
+        type=cli.positive_int,
+    )
+    h.add_argument(
+        "--max-retry", type=int, default=3, help="retries of a trial whose worker died (default 3)"
+    )
     h.add_argument("--no-heartbeat", action="store_true", help="no heartbeats, no retries")
     cli.add_out(w, "write velocity_curves.png and search_history.png here when done")
     cli.deprecated_alias(w, "--plots", "--out", "out")
@@ -99,14 +159,25 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     b = sub.add_parser("best", help="the study's pick and the rule that made it (runs no trial)")
     b.add_argument("--study-name", required=True)
     cli.add_storage(b)
-    b.add_argument("--selection", choices=("auto", "objective", "consensus"), default="auto",
-                   help="how to pick (default: auto, the studies' rule: the consensus when the "
-                        "finished trials' subset_fit says the labels are noisy, else the objective)")
+    b.add_argument(
+        "--selection",
+        choices=("auto", "objective", "consensus"),
+        default="auto",
+        help="how to pick (default: auto, the studies' rule: the consensus when the "
+        "finished trials' subset_fit says the labels are noisy, else the objective)",
+    )
     b.set_defaults(func=_best)
 
 
 def _pruner_options(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("signal", "min_resource", "reduction_factor", "min_early_stopping_rate", "unsettled_bound", "unsettled_patience")
+    names = (
+        "signal",
+        "min_resource",
+        "reduction_factor",
+        "min_early_stopping_rate",
+        "unsettled_bound",
+        "unsettled_patience",
+    )
     opts = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     if "unsettled_bound" in opts and math.isinf(opts["unsettled_bound"]):
         opts["unsettled_bound"] = math.inf
@@ -119,9 +190,15 @@ def _check_worker_flags(args: argparse.Namespace) -> str:
 
     device = cli.check_device(args.device)
     if args.storage is not None and not args.storage.strip():
-        raise cli.CLIError("--storage is empty; omit it for an in-memory study "
-                           "(this process only), or give a URL")
-    cli.check_output_paths(dirs={"--out": args.out, "--checkpoint-dir": None if args.no_checkpoints else args.checkpoint_dir})
+        raise cli.CLIError(
+            "--storage is empty; omit it for an in-memory study (this process only), or give a URL"
+        )
+    cli.check_output_paths(
+        dirs={
+            "--out": args.out,
+            "--checkpoint-dir": None if args.no_checkpoints else args.checkpoint_dir,
+        }
+    )
     if args.out:
         for name in ("velocity_curves.png", "search_history.png"):  # what plot_study writes there
             cli.check_output_paths(files={"--out": Path(args.out) / name})
@@ -139,15 +216,26 @@ def _check_worker_flags(args: argparse.Namespace) -> str:
     check_direction("--direction", args.direction)
     for flag in ("reduction_factor", "min_early_stopping_rate"):
         value = getattr(args, flag)
-        check_int("--" + flag.replace("_", "-"), value, minimum=2 if flag == "reduction_factor" else 0, allow_none=True)
+        check_int(
+            "--" + flag.replace("_", "-"),
+            value,
+            minimum=2 if flag == "reduction_factor" else 0,
+            allow_none=True,
+        )
     return device
 
 
 def _worker(args: argparse.Namespace) -> int:
     import optuna
 
-    from ..optuna import (StorageError, StudyNotFoundError, TrialLeft, plot_study, redact_url,
-                          run_worker)
+    from ..optuna import (
+        StorageError,
+        StudyNotFoundError,
+        TrialLeft,
+        plot_study,
+        redact_url,
+        run_worker,
+    )
 
     device = _check_worker_flags(args)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -223,15 +311,20 @@ def _best(args: argparse.Namespace) -> int:
         fits = last_fits(search, (TrialState.COMPLETE,))
         noise = noise_from_fits(list(fits.values()))
         rule = selection_mode(list(fits.values()))
-        why = ("auto: no finished trial recorded subset_fit, so by the objective" if not fits else
-               f"auto: the finished trials' subset fit suggests {noise:.0%} label noise, so by the {rule}")
+        why = (
+            "auto: no finished trial recorded subset_fit, so by the objective"
+            if not fits
+            else f"auto: the finished trials' subset fit suggests {noise:.0%} label noise, so by the {rule}"
+        )
     else:
         why = f"by the {rule}"
     best = pick_trial(search, rule)
     if best is None:
         raise cli.CLIError(f"study {args.study_name!r} has no finished trial to pick from")
-    print(f"study {args.study_name!r}: best trial {best.number} ({why}) value={best.value:.5g} "
-          f"params={best.params}")
+    print(
+        f"study {args.study_name!r}: best trial {best.number} ({why}) value={best.value:.5g} "
+        f"params={best.params}"
+    )
     return 0
 
 

@@ -21,7 +21,9 @@ APIS = ("tuner", "run")
 TRAINABLE_METHODS = SEARCH_METHODS
 RAY_CLIENT_PORT = 10001  # Ray Client's default server port (ray start --ray-client-server-port)
 ADDRESS_TIMEOUT_S = 3.0
-ADDRESS_FORMS = "HOST:PORT (the head's GCS, e.g. 10.0.0.5:6379), ray://HOST:PORT (Ray Client) or 'auto'"
+ADDRESS_FORMS = (
+    "HOST:PORT (the head's GCS, e.g. 10.0.0.5:6379), ray://HOST:PORT (Ray Client) or 'auto'"
+)
 
 
 def _fmt(x: Any) -> str:
@@ -31,41 +33,93 @@ def _fmt(x: Any) -> str:
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("ray", help="Ray Tune searches with NeVeStopper, locally or on a cluster", description="Ray Tune backend.")
+    p = subparsers.add_parser(
+        "ray",
+        help="Ray Tune searches with NeVeStopper, locally or on a cluster",
+        description="Ray Tune backend.",
+    )
     sub = p.add_subparsers(dest="ray_command", metavar="VERB")
     r = sub.add_parser("run", help="run a search of a study file", description=_run.__doc__)
     cli.add_study(r)
-    r.add_argument("--address", help="Ray cluster to join ('auto', 'HOST:6379', 'ray://HOST:10001'); default: start a local Ray")
+    r.add_argument(
+        "--address",
+        help="Ray cluster to join ('auto', 'HOST:6379', 'ray://HOST:10001'); default: start a local Ray",
+    )
     r.add_argument("--num-cpus", type=int, help="CPUs of the local Ray started without --address")
-    r.add_argument("--method", choices=TRAINABLE_METHODS, default="neve", help="neve (default), or the validation baselines")
+    r.add_argument(
+        "--method",
+        choices=TRAINABLE_METHODS,
+        default="neve",
+        help="neve (default), or the validation baselines",
+    )
     cli.add_trials(r, "trials to run (default: 8)", 8, "--num-samples")
-    r.add_argument("--scheduler", choices=SCHEDULERS, default="auto", help="auto: neve_asha for neve, asha for the baselines")
-    r.add_argument("--no-stopper", action="store_true", help="no NeVeStopper (the trial's own controller still stops it)")
+    r.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        default="auto",
+        help="auto: neve_asha for neve, asha for the baselines",
+    )
+    r.add_argument(
+        "--no-stopper",
+        action="store_true",
+        help="no NeVeStopper (the trial's own controller still stops it)",
+    )
     cli.add_max_epochs(r)
     cli.add_data_changes(r)
     cli.add_trial_control(r)
     cli.add_selection(r)
-    r.add_argument("--neve-signal", choices=["train_loss", "velocity", "consensus", "auto"],
-                   help="rung signal of the NeVe scheduler (default: the study's, auto for the bundled studies)")
-    r.add_argument("--min-resource", dest="min_resource", type=cli.positive_int, default=1,
-                   help="first rung, in epochs (Ray's grace_period; default: 1)")
-    cli.deprecated_alias(r, "--grace-period", "--min-resource", "min_resource", type=cli.positive_int)
-    r.add_argument("--reduction-factor", type=float, default=4, help="rung reduction factor (default: 4)")
+    r.add_argument(
+        "--neve-signal",
+        choices=["train_loss", "velocity", "consensus", "auto"],
+        help="rung signal of the NeVe scheduler (default: the study's, auto for the bundled studies)",
+    )
+    r.add_argument(
+        "--min-resource",
+        dest="min_resource",
+        type=cli.positive_int,
+        default=1,
+        help="first rung, in epochs (Ray's grace_period; default: 1)",
+    )
+    cli.deprecated_alias(
+        r, "--grace-period", "--min-resource", "min_resource", type=cli.positive_int
+    )
+    r.add_argument(
+        "--reduction-factor", type=float, default=4, help="rung reduction factor (default: 4)"
+    )
     r.add_argument("--cpus-per-trial", type=float, help="default: the study's resources")
-    r.add_argument("--gpus-per-trial", type=float, help="fractional GPUs share one GPU (default: the study's)")
-    r.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as resources allow)")
-    r.add_argument("--storage-path", help="where results and checkpoints go; shared by all nodes on a cluster")
+    r.add_argument(
+        "--gpus-per-trial", type=float, help="fractional GPUs share one GPU (default: the study's)"
+    )
+    r.add_argument(
+        "--max-concurrent", type=int, help="trials at once (default: as many as resources allow)"
+    )
+    r.add_argument(
+        "--storage-path", help="where results and checkpoints go; shared by all nodes on a cluster"
+    )
     r.add_argument("--name", help="experiment name (a folder under --storage-path)")
-    r.add_argument("--max-failures", type=int,
-                   help="retries of a failed trial from its last checkpoint (-1: always; "
-                        "default: 2 with --address or on a Ray of several nodes, where a lost "
-                        "node fails its trials; else 0)")
-    r.add_argument("--resume", action="store_true", help="restore --storage-path/--name with Tuner.restore and finish it")
+    r.add_argument(
+        "--max-failures",
+        type=int,
+        help="retries of a failed trial from its last checkpoint (-1: always; "
+        "default: 2 with --address or on a Ray of several nodes, where a lost "
+        "node fails its trials; else 0)",
+    )
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="restore --storage-path/--name with Tuner.restore and finish it",
+    )
     r.add_argument("--api", choices=APIS, default="tuner", help="tune.Tuner (default) or tune.run")
     cli.add_seed(r)
     cli.add_device(r)
     cli.add_json(r, "write trials and the best one here")
-    r.add_argument("--verbose", type=int, default=0, choices=[0, 1, 2, 3], help="Ray Tune's own progress output")
+    r.add_argument(
+        "--verbose",
+        type=int,
+        default=0,
+        choices=[0, 1, 2, 3],
+        help="Ray Tune's own progress output",
+    )
     r.set_defaults(func=_run)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -89,7 +143,11 @@ def _ray_address_file() -> Path:
     """Where ``ray start`` records the running cluster and ``ray.init(address="auto")``
     reads it: ``/tmp/ray/ray_current_cluster`` (``$RAY_TMPDIR``, or ``$TMPDIR`` on Linux,
     in place of ``/tmp``, as Ray itself does)."""
-    tmp = os.environ.get("RAY_TMPDIR") or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None) or "/tmp"
+    tmp = (
+        os.environ.get("RAY_TMPDIR")
+        or (os.environ.get("TMPDIR") if sys.platform.startswith("linux") else None)
+        or "/tmp"
+    )
     return Path(tmp) / "ray" / "ray_current_cluster"
 
 
@@ -132,13 +190,19 @@ def check_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
     except socket.gaierror as e:
         raise cli.CLIError(f"{source}: cannot resolve host {host!r} ({e.strerror})") from None
     except TimeoutError:
-        raise cli.CLIError(f"{source}: no answer from {host}:{port} within {timeout:g} s; is the Ray head running and reachable?") from None
+        raise cli.CLIError(
+            f"{source}: no answer from {host}:{port} within {timeout:g} s; is the Ray head running and reachable?"
+        ) from None
     except OSError as e:
-        raise cli.CLIError(f"{source}: nothing listens at {host}:{port} ({e.strerror or e}); start the head with "
-                       f"`ray start --head` or give the address it printed") from None
+        raise cli.CLIError(
+            f"{source}: nothing listens at {host}:{port} ({e.strerror or e}); start the head with "
+            f"`ray start --head` or give the address it printed"
+        ) from None
     if answer is not None:
-        raise cli.CLIError(f"{source}: {host}:{port} is not a Ray head ({answer}); give the address `ray start --head` "
-                           f"printed (GCS port, 6379 by default) or ray://HOST:10001")
+        raise cli.CLIError(
+            f"{source}: {host}:{port} is not a Ray head ({answer}); give the address `ray start --head` "
+            f"printed (GCS port, 6379 by default) or ray://HOST:10001"
+        )
 
 
 # The client connection preface of HTTP/2 (RFC 9113, section 3.4) and an empty SETTINGS frame.
@@ -161,7 +225,11 @@ def _http2_handshake(conn: socket.socket, timeout: float) -> str | None:
         while len(header) < 9:
             chunk = conn.recv(9 - len(header))
             if not chunk:
-                return "it closed the connection without an HTTP/2 answer" if not header else "its answer is not HTTP/2"
+                return (
+                    "it closed the connection without an HTTP/2 answer"
+                    if not header
+                    else "its answer is not HTTP/2"
+                )
             header += chunk
     except TimeoutError:
         return f"it sent {'nothing' if not header else 'too little'} within {timeout:g} s in answer to an HTTP/2 handshake"
@@ -199,14 +267,29 @@ def _check_flags(args: argparse.Namespace, study: Any, resources: Any) -> None:
         _check_name("--storage-path", args.storage_path, folder=False)
     check_float("--reduction-factor", args.reduction_factor, low=1.0, low_open=True)
     check_seed("--seed", args.seed)
-    for flag, value in (("--cpus-per-trial", args.cpus_per_trial), ("--gpus-per-trial", args.gpus_per_trial)):
+    for flag, value in (
+        ("--cpus-per-trial", args.cpus_per_trial),
+        ("--gpus-per-trial", args.gpus_per_trial),
+    ):
         check_float(flag, value, low=0.0, allow_none=True)
     if args.resume and not (args.storage_path and args.name):
-        raise cli.CLIError("--resume needs --storage-path and --name (the experiment folder to restore)")
-    check_search_args(study, method=args.method, num_samples=args.trials, scheduler=args.scheduler, seed=args.seed,
-                      resources=resources, max_concurrent_trials=args.max_concurrent, max_failures=args.max_failures,
-                      min_resource=args.min_resource, reduction_factor=args.reduction_factor, api=args.api,
-                      neve_signal=args.neve_signal)
+        raise cli.CLIError(
+            "--resume needs --storage-path and --name (the experiment folder to restore)"
+        )
+    check_search_args(
+        study,
+        method=args.method,
+        num_samples=args.trials,
+        scheduler=args.scheduler,
+        seed=args.seed,
+        resources=resources,
+        max_concurrent_trials=args.max_concurrent,
+        max_failures=args.max_failures,
+        min_resource=args.min_resource,
+        reduction_factor=args.reduction_factor,
+        api=args.api,
+        neve_signal=args.neve_signal,
+    )
 
 
 def _check_name(flag: str, value: str, folder: bool = True) -> None:
@@ -227,7 +310,9 @@ def _run(args: argparse.Namespace) -> int:
     from ..ray import CLUSTER_MAX_FAILURES, run_search, summarize
 
     device = cli.check_device(args.device)
-    cli.check_output_paths(files={"--json": args.json_path}, dirs={"--storage-path": args.storage_path})
+    cli.check_output_paths(
+        files={"--json": args.json_path}, dirs={"--storage-path": args.storage_path}
+    )
     study = cli.study_from_args(args)
     resources = None
     if args.cpus_per_trial is not None or args.gpus_per_trial is not None:
@@ -237,8 +322,12 @@ def _run(args: argparse.Namespace) -> int:
         if args.gpus_per_trial is not None:
             resources["gpu"] = args.gpus_per_trial
     if args.address and args.num_cpus is not None:
-        raise cli.CLIError("--num-cpus is for a local Ray; a cluster joined with --address has its own")
-    _check_flags(args, study, resources)  # all of them before ray.init: a bad flag costs no cluster start
+        raise cli.CLIError(
+            "--num-cpus is for a local Ray; a cluster joined with --address has its own"
+        )
+    _check_flags(
+        args, study, resources
+    )  # all of them before ray.init: a bad flag costs no cluster start
     if args.address:
         check_address(args.address)  # before ray.init, which would retry for a minute
     max_failures = args.max_failures
@@ -275,13 +364,17 @@ def _run(args: argparse.Namespace) -> int:
             ray.shutdown()
     n = len(summary["trials"])
     done = sum(1 for t in summary["trials"] if t.get("stopped_by"))
-    print(f"{n} trials: {done} stopped themselves, {n - done - summary['errors']} stopped by Tune, {summary['errors']} failed; "
-          f"total cost {summary['total_epochs_equiv']:.1f} epochs")
+    print(
+        f"{n} trials: {done} stopped themselves, {n - done - summary['errors']} stopped by Tune, {summary['errors']} failed; "
+        f"total cost {summary['total_epochs_equiv']:.1f} epochs"
+    )
     best = summary["best"]
     if best:
         cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in best["config"].items())
-        print(f"best: {cfg}  objective={best['objective']:.4f}  test_acc={_fmt(best.get('test_acc'))}  "
-              f"epochs={best.get('epochs')}  stopped_by={best.get('stopped_by')}")
+        print(
+            f"best: {cfg}  objective={best['objective']:.4f}  test_acc={_fmt(best.get('test_acc'))}  "
+            f"epochs={best.get('epochs')}  stopped_by={best.get('stopped_by')}"
+        )
     if args.json_path:
         write_json(args.json_path, {"study": study.name, "method": args.method, **summary})
         print(f"wrote {args.json_path}")

@@ -19,24 +19,43 @@ __all__ = ["add_cli"]
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="one NeVe-controlled training run", description=_train.__doc__)
     cli.add_study(p)
-    p.add_argument("--data", help="data set: digits, mnist1d, cifar10, cifar100, imagefolder, synthetic (default: the study's)")
+    p.add_argument(
+        "--data",
+        help="data set: digits, mnist1d, cifar10, cifar100, imagefolder, synthetic (default: the study's)",
+    )
     p.add_argument("--data-root", help="folder holding the data set files (CIFAR, imagefolder)")
-    p.add_argument("--model", help="small_cnn, small_cnn1d, resnet20, resnet32, timm:<name>, torchvision:<name>")
+    p.add_argument(
+        "--model",
+        help="small_cnn, small_cnn1d, resnet20, resnet32, timm:<name>, torchvision:<name>",
+    )
     p.add_argument("--lr", type=float, help="initial learning rate (default: the study's)")
-    p.add_argument("--threshold", type=float, help="velocity threshold under which training stops "
-                                                   "(under the default relative rule, a ratio to the peak velocity)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="velocity threshold under which training stops "
+        "(under the default relative rule, a ratio to the peak velocity)",
+    )
     p.add_argument("--batch-size", type=int)
     cli.add_max_epochs(p)
     p.add_argument("--min-epochs", type=int)
-    p.add_argument("--lr-signal", choices=list(LR_SIGNALS), help="what NeVe's ReduceLROnPlateau watches (default: the study's)")
+    p.add_argument(
+        "--lr-signal",
+        choices=list(LR_SIGNALS),
+        help="what NeVe's ReduceLROnPlateau watches (default: the study's)",
+    )
     p.add_argument("--seed", type=int, default=0)
     cli.add_data_changes(p)
     cli.add_trial_control(p)
     cli.add_device(p)
     p.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision")
-    p.add_argument("--checkpoint", help="checkpoint file: written every epoch, resumed from if it exists")
+    p.add_argument(
+        "--checkpoint", help="checkpoint file: written every epoch, resumed from if it exists"
+    )
     cli.add_json(p, "write the run's record here")
-    cli.add_out(p, "folder for history.png: velocity, LR and loss per epoch (default: next to --json, else none)")
+    cli.add_out(
+        p,
+        "folder for history.png: velocity, LR and loss per epoch (default: next to --json, else none)",
+    )
     cli.deprecated_alias(p, "--plot", "--out", "plot")
     cli.add_quiet(p)
     p.set_defaults(func=_train, plot=None)
@@ -50,24 +69,37 @@ def _train(args: argparse.Namespace) -> int:
     from ..trial import run_trial
 
     device = cli.check_device(args.device)
-    cli.check_output_paths(files={"--json": args.json_path, "--plot": args.plot, "--checkpoint": args.checkpoint},
-                       dirs={"--out": args.out})
+    cli.check_output_paths(
+        files={"--json": args.json_path, "--plot": args.plot, "--checkpoint": args.checkpoint},
+        dirs={"--out": args.out},
+    )
     plot_path = _plot_path(args)
     if plot_path and not args.plot:  # the implicit plot, checked before training like the flags
         label = "--out (its history.png)" if args.out else "--json (the plot beside it)"
         cli.check_output_paths(files={label: plot_path})
     if args.min_epochs is not None:
         check_int("--min-epochs", args.min_epochs, minimum=0)
-    study = cli.study_from_args(args, data=args.data, model=args.model, min_epochs=args.min_epochs,
-                            lr_signal=args.lr_signal, amp=args.amp)
+    study = cli.study_from_args(
+        args,
+        data=args.data,
+        model=args.model,
+        min_epochs=args.min_epochs,
+        lr_signal=args.lr_signal,
+        amp=args.amp,
+    )
     # one run has no other trials to vote with: no selection subset to forward
     study = study.replace(selection_subset=0, selection="objective")
     config = study.config()
-    for key in ("lr", "threshold", "batch_size"):  # the study's own values were checked when it loaded
+    for key in (
+        "lr",
+        "threshold",
+        "batch_size",
+    ):  # the study's own values were checked when it loaded
         if getattr(args, key) is not None:
             flag = "--" + key.replace("_", "-")
-            config[key] = check_hyperparameter(key, getattr(args, key), flag,
-                                               threshold_mode=study.threshold_mode)
+            config[key] = check_hyperparameter(
+                key, getattr(args, key), flag, threshold_mode=study.threshold_mode
+            )
     if args.checkpoint:
         cli.clean_stale_temporaries(args.checkpoint)
 
@@ -78,8 +110,14 @@ def _train(args: argparse.Namespace) -> int:
     def on_epoch(m: dict[str, Any]) -> None:
         nonlocal bar
         if bar is None:  # created on the first trained epoch: a refused checkpoint prints no bar
-            bar = tqdm(total=study.max_epochs, initial=m["epoch"] - 1, desc="epochs", unit="ep",
-                       disable=args.quiet, file=sys.stderr)
+            bar = tqdm(
+                total=study.max_epochs,
+                initial=m["epoch"] - 1,
+                desc="epochs",
+                unit="ep",
+                disable=args.quiet,
+                file=sys.stderr,
+            )
         trained.append(m["epoch"])
         bar.update(1)
         if not args.quiet:
@@ -90,8 +128,16 @@ def _train(args: argparse.Namespace) -> int:
             )
 
     try:
-        result = run_trial(study, config, method="neve", seed=args.seed, device=device,
-                           checkpoint_path=args.checkpoint, on_epoch=on_epoch, data=data)
+        result = run_trial(
+            study,
+            config,
+            method="neve",
+            seed=args.seed,
+            device=device,
+            checkpoint_path=args.checkpoint,
+            on_epoch=on_epoch,
+            data=data,
+        )
     except CheckpointError as e:
         raise cli.CLIError(e.message("--checkpoint")) from None
     finally:
@@ -99,7 +145,9 @@ def _train(args: argparse.Namespace) -> int:
             bar.close()
     if args.checkpoint and not trained and result.history:
         hint = " (a larger --max-epochs continues it)" if result.stopped_by == "max_epochs" else ""
-        print(f"the run already stopped by {result.stopped_by} at epoch {result.epochs}; nothing to continue{hint}")
+        print(
+            f"the run already stopped by {result.stopped_by} at epoch {result.epochs}; nothing to continue{hint}"
+        )
     print(
         f"stopped_by={result.stopped_by} epochs={result.epochs} test_acc={result.test_acc:.4f} "
         f"train_samples={result.cost.train_samples} probe_samples={result.cost.probe_samples} "
@@ -111,7 +159,11 @@ def _train(args: argparse.Namespace) -> int:
     if plot_path:
         from ..plots import plot_history
 
-        plot_history(result.history, plot_path, title=f"{study.name}: lr={config['lr']:g}, threshold={config['threshold']:g}")
+        plot_history(
+            result.history,
+            plot_path,
+            title=f"{study.name}: lr={config['lr']:g}, threshold={config['threshold']:g}",
+        )
         print(f"wrote {plot_path}")
     return 0
 

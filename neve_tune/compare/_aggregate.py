@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 __all__ = ["aggregate", "mean_curve", "mean_std", "ratios"]
 
@@ -38,11 +39,17 @@ def ratios(neve: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, float 
     def ratio(a: float, b: float) -> float | None:
         return a / b if b else None
 
-    acc = None if neve["test_acc"] is None or base["test_acc"] is None else neve["test_acc"] - base["test_acc"]
+    acc = (
+        None
+        if neve["test_acc"] is None or base["test_acc"] is None
+        else neve["test_acc"] - base["test_acc"]
+    )
     return {
         "cost_ratio": ratio(neve["cost"]["epochs_equiv"], base["cost"]["epochs_equiv"]),
         "test_acc_diff": acc,
-        "search_cost_ratio": ratio(neve["search_cost"]["epochs_equiv"], base["search_cost"]["epochs_equiv"]),
+        "search_cost_ratio": ratio(
+            neve["search_cost"]["epochs_equiv"], base["search_cost"]["epochs_equiv"]
+        ),
     }
 
 
@@ -63,11 +70,16 @@ def aggregate(runs: Sequence[Mapping[str, Any]], searches: Sequence[str]) -> dic
             for name in recs[0][key]:
                 agg[key][name], agg[key + "_std"][name] = mean_std([r[key][name] for r in recs])
         agg["test_acc"], agg["test_acc_std"] = mean_std([r["test_acc"] for r in recs])
-        agg["search_test_acc"], agg["search_test_acc_std"] = mean_std([r["search_test_acc"] for r in recs])
+        agg["search_test_acc"], agg["search_test_acc_std"] = mean_std(
+            [r["search_test_acc"] for r in recs]
+        )
         agg["test_acc_runs"] = [r["test_acc"] for r in recs]
         agg["best_config"] = [r["best_config"] for r in recs]
         agg["anytime"] = mean_curve([r["anytime"] for r in recs])
-        agg["epochs_by_rung"] = {k: statistics.fmean(r["epochs_by_rung"][k] for r in recs) for k in recs[0]["epochs_by_rung"]}
+        agg["epochs_by_rung"] = {
+            k: statistics.fmean(r["epochs_by_rung"][k] for r in recs)
+            for k in recs[0]["epochs_by_rung"]
+        }
         stopped: dict[str, float] = {}
         for r in recs:
             for k, v in r["stopped_by"].items():

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -14,7 +15,14 @@ from ..records import SEARCH_METHODS as SEARCHES
 from ..study import Study, load_study
 from ..trial import run_trial
 from ._aggregate import aggregate, ratios
-from ._records import GRACE_PERIOD, REDUCTION_FACTOR, SearchTrial, anytime_curve, epochs_by_rung, total_cost
+from ._records import (
+    GRACE_PERIOD,
+    REDUCTION_FACTOR,
+    SearchTrial,
+    anytime_curve,
+    epochs_by_rung,
+    total_cost,
+)
 from ._report import _run_line
 from ._variants import BaselineVariant, final_model_note, parse_variants, strongest_baseline
 
@@ -68,17 +76,29 @@ def _search_record(
     if best is not None and method != "neve" and retrain and study.final == "retrain":
         epochs = int(best.best_epoch or best.epochs) if method == "asha_es" else best.epochs
         lrs = [float(x) for x in best.lrs[:epochs]]  # type: ignore[arg-type]
-        rt = run_trial(study, best.config, method="retrain", seed=seed, device=device, data=data,
-                       lr_schedule=lrs, model_fn=model_fn)
+        rt = run_trial(
+            study,
+            best.config,
+            method="retrain",
+            seed=seed,
+            device=device,
+            data=data,
+            lr_schedule=lrs,
+            model_fn=model_fn,
+        )
         final_cost = search_cost + rt.cost
-        record["retrain"] = {"epochs": rt.epochs, "test_acc": rt.test_acc,
-                             "cost": rt.cost.as_dict(full),
-                             "train_acc": rt.history[-1].get("train_acc") if rt.history else None}
+        record["retrain"] = {
+            "epochs": rt.epochs,
+            "test_acc": rt.test_acc,
+            "cost": rt.cost.as_dict(full),
+            "train_acc": rt.history[-1].get("train_acc") if rt.history else None,
+        }
         record["test_acc"] = rt.test_acc
         curve = curve + [[final_cost.epochs_equiv(full), float(rt.test_acc)]]  # type: ignore[arg-type]
     if method != "neve":
-        record["note"] = final_model_note(name or method, method, study.val_metric, study.final,
-                                          best, record["retrain"])
+        record["note"] = final_model_note(
+            name or method, method, study.val_metric, study.final, best, record["retrain"]
+        )
     stopped: dict[str, int] = {}
     for t in trials:
         key = t.stopped_by or t.state.lower()
@@ -115,11 +135,30 @@ def _one_run(
     run: dict[str, Any] = {"seed": seed, "searches": [name for name, _, _ in plan]}
     for name, method, own in plan:
         t0 = time.perf_counter()
-        found = search_trials(own, method, trials=trials, seed=seed, data=data, model_fn=model_fn,
-                              device=device, neve_signal=neve_signal, on_trial=on_trial,
-                              grace_period=GRACE_PERIOD, reduction_factor=reduction_factor)
-        run[name] = _search_record(own, method, found, data=data, seed=seed, device=device,
-                                   retrain=retrain, model_fn=model_fn, name=name)
+        found = search_trials(
+            own,
+            method,
+            trials=trials,
+            seed=seed,
+            data=data,
+            model_fn=model_fn,
+            device=device,
+            neve_signal=neve_signal,
+            on_trial=on_trial,
+            grace_period=GRACE_PERIOD,
+            reduction_factor=reduction_factor,
+        )
+        run[name] = _search_record(
+            own,
+            method,
+            found,
+            data=data,
+            seed=seed,
+            device=device,
+            retrain=retrain,
+            model_fn=model_fn,
+            name=name,
+        )
         run[name]["elapsed_s"] = time.perf_counter() - t0
     baselines = [name for name, method, _ in plan if method != "neve"]
     if "neve" in run:
@@ -132,13 +171,15 @@ def _one_run(
     return run
 
 
-def _plan(study: Study, searches: Sequence[str], variants: Sequence[BaselineVariant]
-          ) -> list[tuple[str, str, Study]]:
+def _plan(
+    study: Study, searches: Sequence[str], variants: Sequence[BaselineVariant]
+) -> list[tuple[str, str, Study]]:
     """(name, method, study) of every search to run: ``searches`` with the study's own
     settings, then each baseline variant under its ``method:val_metric:final`` name."""
     plan = [(m, m, study) for m in searches]
-    plan += [(v.name, v.method, study.replace(val_metric=v.val_metric, final=v.final))
-             for v in variants]
+    plan += [
+        (v.name, v.method, study.replace(val_metric=v.val_metric, final=v.final)) for v in variants
+    ]
     return plan
 
 
@@ -182,26 +223,57 @@ def compare(
     variants = _check_variants(baseline_variants, study, searches)
     names = [name for name, _, _ in _plan(study, searches, variants)]
     t0, seeds = time.perf_counter(), [seed + k for k in range(repeats)]
-    runs, train_size = _repeats(study, backend=backend, trials=trials, seeds=seeds, data=data,
-                                model_fn=model_fn, device=device, retrain=retrain,
-                                neve_signal=neve_signal, searches=searches, variants=variants,
-                                reduction_factor=reduction_factor, progress=progress)
+    runs, train_size = _repeats(
+        study,
+        backend=backend,
+        trials=trials,
+        seeds=seeds,
+        data=data,
+        model_fn=model_fn,
+        device=device,
+        retrain=retrain,
+        neve_signal=neve_signal,
+        searches=searches,
+        variants=variants,
+        reduction_factor=reduction_factor,
+        progress=progress,
+    )
     agg = aggregate(runs, names)
     baselines = [n for n in names if n != "neve"]
     return {
-        "study": study.name, "backend": backend, "trials": trials, "seeds": seeds,
-        "max_epochs": study.max_epochs, "data_options": dict(study.data_options),
-        "retrain": retrain, "neve_signal": neve_signal, "reduction_factor": reduction_factor,
-        "train_size": train_size, "val_metric": study.val_metric, "final": study.final,
-        "searches": names, **agg, "strongest_baseline": strongest_baseline(agg, baselines),
-        "notes": [n for r in runs for n in r["notes"]], "runs": runs,
+        "study": study.name,
+        "backend": backend,
+        "trials": trials,
+        "seeds": seeds,
+        "max_epochs": study.max_epochs,
+        "data_options": dict(study.data_options),
+        "retrain": retrain,
+        "neve_signal": neve_signal,
+        "reduction_factor": reduction_factor,
+        "train_size": train_size,
+        "val_metric": study.val_metric,
+        "final": study.final,
+        "searches": names,
+        **agg,
+        "strongest_baseline": strongest_baseline(agg, baselines),
+        "notes": [n for r in runs for n in r["notes"]],
+        "runs": runs,
         "elapsed_s": time.perf_counter() - t0,
     }
 
 
-def _repeats(study: Study, *, seeds: list[int], data: DataBundle | None, progress: bool,
-             backend: str, trials: int, searches: Sequence[str],
-             variants: Sequence[BaselineVariant], **kw: Any) -> tuple[list[dict[str, Any]], int]:
+def _repeats(
+    study: Study,
+    *,
+    seeds: list[int],
+    data: DataBundle | None,
+    progress: bool,
+    backend: str,
+    trials: int,
+    searches: Sequence[str],
+    variants: Sequence[BaselineVariant],
+    **kw: Any,
+) -> tuple[list[dict[str, Any]], int]:
     """One run per seed (its own data split for a bundled data set), with a progress bar;
     the runs and the training set's size. A Ray that this started is stopped at the end."""
     from tqdm.auto import tqdm
@@ -216,9 +288,17 @@ def _repeats(study: Study, *, seeds: list[int], data: DataBundle | None, progres
             bundle = data if data is not None else study.load_data(seed=s)
             train_size = len(bundle.train)  # type: ignore[arg-type]
             bar.set_postfix_str(f"seed {s}")
-            run = _one_run(study, backend=backend, trials=trials, seed=s, data=bundle,
-                           searches=searches, variants=variants, on_trial=lambda: bar.update(1),
-                           **kw)
+            run = _one_run(
+                study,
+                backend=backend,
+                trials=trials,
+                seed=s,
+                data=bundle,
+                searches=searches,
+                variants=variants,
+                on_trial=lambda: bar.update(1),
+                **kw,
+            )
             runs.append(run)
             if progress and "cost_ratio" in run:
                 bar.write(_run_line(run))
@@ -231,21 +311,31 @@ def _repeats(study: Study, *, seeds: list[int], data: DataBundle | None, progres
     return runs, train_size
 
 
-def _check_variants(specs: str | Sequence[str] | None, study: Study, searches: Sequence[str]
-                    ) -> list[BaselineVariant]:
+def _check_variants(
+    specs: str | Sequence[str] | None, study: Study, searches: Sequence[str]
+) -> list[BaselineVariant]:
     """The baseline variants, each refused in one line naming ``baseline_variants``; one
     that is a search of ``searches`` as the study runs it already is refused too."""
     variants = parse_variants(specs, study)
     for v in variants:
         if v.method in searches and (v.val_metric, v.final) == (study.val_metric, study.final):
-            raise ValueError(f"baseline_variants: {v.name!r} is the search {v.method!r} already run "
-                             f"(the study's val_metric={study.val_metric!r}, "
-                             f"final={study.final!r}); leave it out")
+            raise ValueError(
+                f"baseline_variants: {v.name!r} is the search {v.method!r} already run "
+                f"(the study's val_metric={study.val_metric!r}, "
+                f"final={study.final!r}); leave it out"
+            )
     return variants
 
 
-def _check_arguments(backend: str, trials: int, repeats: int, neve_signal: str, searches: Sequence[str],
-                     study: Study, reduction_factor: int = REDUCTION_FACTOR) -> None:
+def _check_arguments(
+    backend: str,
+    trials: int,
+    repeats: int,
+    neve_signal: str,
+    searches: Sequence[str],
+    study: Study,
+    reduction_factor: int = REDUCTION_FACTOR,
+) -> None:
     """:func:`compare`'s settings, each refused in one line naming it."""
     check_choice("backend", backend, BACKENDS)
     check_int("reduction_factor", reduction_factor, minimum=2)
@@ -253,8 +343,10 @@ def _check_arguments(backend: str, trials: int, repeats: int, neve_signal: str, 
     check_int("repeats", repeats, minimum=1)
     check_choice("neve_signal", neve_signal, NEVE_SIGNALS)
     if neve_signal in ("consensus", "auto") and not study.selection_subset:
-        raise ValueError(f"neve_signal={neve_signal!r} needs a study with selection_subset > 0 (e.g. "
-                         "study.replace(selection_subset=500)): the predictions it compares")
+        raise ValueError(
+            f"neve_signal={neve_signal!r} needs a study with selection_subset > 0 (e.g. "
+            "study.replace(selection_subset=500)): the predictions it compares"
+        )
     bad = [s for s in searches if s not in SEARCHES]
     if bad or not searches:
         raise ValueError(f"searches must be a non-empty subset of {SEARCHES}, got {list(searches)}")
@@ -302,5 +394,14 @@ def compare_searches(
         base = Study(name="defaults").defaults
         fields["defaults"] = {**base, **defaults}
     study = Study(**fields)
-    return compare(study, backend=backend, trials=trials, seed=seed, repeats=repeats, data=bundle,
-                   model_fn=model_fn, progress=progress, baseline_variants=baseline_variants)
+    return compare(
+        study,
+        backend=backend,
+        trials=trials,
+        seed=seed,
+        repeats=repeats,
+        data=bundle,
+        model_fn=model_fn,
+        progress=progress,
+        baseline_variants=baseline_variants,
+    )

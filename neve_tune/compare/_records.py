@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from ..records import Cost
 
-__all__ = ["GRACE_PERIOD", "REDUCTION_FACTOR", "SearchTrial", "anytime_curve", "epochs_by_rung", "total_cost"]
+__all__ = [
+    "GRACE_PERIOD",
+    "REDUCTION_FACTOR",
+    "SearchTrial",
+    "anytime_curve",
+    "epochs_by_rung",
+    "total_cost",
+]
 
 REDUCTION_FACTOR = 4
 GRACE_PERIOD = 1
@@ -40,7 +48,11 @@ class SearchTrial:
 
     @property
     def complete(self) -> bool:
-        return self.state == "COMPLETE" and self.objective is not None and math.isfinite(self.objective)
+        return (
+            self.state == "COMPLETE"
+            and self.objective is not None
+            and math.isfinite(self.objective)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The trial's JSON entry (``lrs`` and ``val_acc`` left out)."""
@@ -67,7 +79,9 @@ def rung_edges(max_epochs: int) -> list[int]:
     return edges + [max_epochs]
 
 
-def epochs_by_rung(trials: Sequence[SearchTrial | Mapping[str, Any]], max_epochs: int) -> dict[str, int]:
+def epochs_by_rung(
+    trials: Sequence[SearchTrial | Mapping[str, Any]], max_epochs: int
+) -> dict[str, int]:
     """Epochs spent between successive rungs (1, 4, 16, ... max_epochs), all trials."""
     out: dict[str, int] = {}
     lo = 0
@@ -103,8 +117,12 @@ def total_cost(trials: Iterable[SearchTrial]) -> Cost:
     return total
 
 
-def rank_by_consensus(records: list[SearchTrial], last_predictions: dict[int, str], selection: str = "consensus",
-                      last_fits: dict[int, float] | None = None) -> str:
+def rank_by_consensus(
+    records: list[SearchTrial],
+    last_predictions: dict[int, str],
+    selection: str = "consensus",
+    last_fits: dict[int, float] | None = None,
+) -> str:
     """``Study.selection="consensus"``: each finished trial's objective becomes minus its
     agreement with the majority vote of the other finished trials' last predictions on the
     subset (``last_predictions``: by trial number), so the search picks the most consensual
@@ -119,7 +137,9 @@ def rank_by_consensus(records: list[SearchTrial], last_predictions: dict[int, st
         selection = selection_mode([(last_fits or {}).get(k) for k in done])
     if selection != "consensus":
         return selection
-    candidates = [r.number for r in records if r.state == "COMPLETE" and r.number in last_predictions]
+    candidates = [
+        r.number for r in records if r.state == "COMPLETE" and r.number in last_predictions
+    ]
     scores = consensus_scores({k: last_predictions[k] for k in candidates})
     for r in records:
         if r.number in scores:

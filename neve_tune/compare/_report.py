@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .._json import write_json
 from ..records import SEARCH_METHODS as SEARCHES
@@ -24,7 +25,9 @@ def _run_line(run: Mapping[str, Any]) -> str:
     parts = [f"seed {run['seed']}:"]
     for m in _names(run):
         if m in run:
-            parts.append(f"{m} acc {_fmt(run[m]['test_acc'], 4)} cost {_fmt(run[m]['cost']['epochs_equiv'], 1)}ep")
+            parts.append(
+                f"{m} acc {_fmt(run[m]['test_acc'], 4)} cost {_fmt(run[m]['cost']['epochs_equiv'], 1)}ep"
+            )
     parts.append(f"cost_ratio {_fmt(run.get('cost_ratio'))}")
     return "  ".join(parts)
 
@@ -33,16 +36,24 @@ def summary_table(result: Mapping[str, Any]) -> str:
     """The terminal table: one row per search (means over seeds, ± std); each block is
     explained in docs/compare.md, "Reading the output"."""
     n = len(result["runs"])
-    data = "".join(f" · {k} {v}" for k, v in (result.get("data_options") or {}).items() if k != "data_root")
-    head = (f"{result['study']}{data} · backend {result['backend']} · {result['trials']} trials · "
-            f"max_epochs {result['max_epochs']} · {n} seed{'s' if n > 1 else ''}")
+    data = "".join(
+        f" · {k} {v}" for k, v in (result.get("data_options") or {}).items() if k != "data_root"
+    )
+    head = (
+        f"{result['study']}{data} · backend {result['backend']} · {result['trials']} trials · "
+        f"max_epochs {result['max_epochs']} · {n} seed{'s' if n > 1 else ''}"
+    )
     names = _names(result)
     strongest = result.get("strongest_baseline")
     w = max([9] + [len(m) + 2 for m in names])
-    rows = [head, "",
-            f"{'search':{w}s} {'test acc (final model)':>24s} {'cost to final model':>22s} "
-            f"{'search cost':>18s} {'wall s':>8s}",
-            f"{'':{w}s} {'mean ± std':>24s} {'epochs-equiv':>22s} {'epochs-equiv':>18s} {'':>8s}"]
+    rows = [
+        head,
+        "",
+        f"{'search':{w}s} {'test acc (final model)':>24s} {'cost to final model':>22s} "
+        f"{'search cost':>18s} {'wall s':>8s}",
+        f"{'':{w}s} {'mean ± std':>24s} {'epochs-equiv':>22s} {'epochs-equiv':>18s} {'':>8s}",
+    ]
+
     def pm(d: Mapping[str, Any], key: str, scale: float = 1.0, fmt: str = ".3f") -> str:
         if d.get(key) is None:
             return "-"
@@ -50,9 +61,19 @@ def summary_table(result: Mapping[str, Any]) -> str:
 
     for m in names:
         r = result[m]
-        acc = f"{100 * r['test_acc']:.2f} ± {100 * (r['test_acc_std'] or 0):.2f} %" if r["test_acc"] is not None else "-"
-        cost = pm({"c": r["cost"]["epochs_equiv"], "c_std": r["cost_std"]["epochs_equiv"]}, "c", fmt=".1f")
-        scost = pm({"c": r["search_cost"]["epochs_equiv"], "c_std": r["search_cost_std"]["epochs_equiv"]}, "c", fmt=".1f")
+        acc = (
+            f"{100 * r['test_acc']:.2f} ± {100 * (r['test_acc_std'] or 0):.2f} %"
+            if r["test_acc"] is not None
+            else "-"
+        )
+        cost = pm(
+            {"c": r["cost"]["epochs_equiv"], "c_std": r["cost_std"]["epochs_equiv"]}, "c", fmt=".1f"
+        )
+        scost = pm(
+            {"c": r["search_cost"]["epochs_equiv"], "c_std": r["search_cost_std"]["epochs_equiv"]},
+            "c",
+            fmt=".1f",
+        )
         label = m + (" *" if m == strongest else "")
         wall = r["cost"]["wall_s"] or 0.0
         rows.append(f"{label:{w}s} {acc:>24s} {cost:>22s} {scost:>18s} {wall:8.1f}")
@@ -65,8 +86,9 @@ def summary_table(result: Mapping[str, Any]) -> str:
                 f"test acc diff {pm(d, 'test_acc_diff', 100, '+.2f')} pt"
             )
     if strongest:
-        rows.append(f"* strongest baseline: {strongest} "
-                    "(highest mean test accuracy; ties by lower cost)")
+        rows.append(
+            f"* strongest baseline: {strongest} (highest mean test accuracy; ties by lower cost)"
+        )
     rows.append("")
     rows.append("epochs spent per rung interval (mean per seed):")
     for m in names:
@@ -78,7 +100,9 @@ def summary_table(result: Mapping[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def write_outputs(result: Mapping[str, Any], out_dir: str | Path | None, json_path: str | Path | None) -> list[Path]:
+def write_outputs(
+    result: Mapping[str, Any], out_dir: str | Path | None, json_path: str | Path | None
+) -> list[Path]:
     """The JSON record at ``json_path``; ``anytime.png`` and ``velocity.png`` in ``out_dir``."""
     from ..plots import plot_anytime, plot_velocity_curves
 
@@ -89,12 +113,26 @@ def write_outputs(result: Mapping[str, Any], out_dir: str | Path | None, json_pa
     if out_dir:
         out = Path(out_dir)
         curves = {m: result[m]["anytime"] for m in _names(result) if m in result}
-        written.append(plot_anytime(curves, out / "anytime.png",
-                                    title=f"{result['study']}: best-so-far test accuracy vs cost (mean of {len(result['runs'])} seeds)"))
+        written.append(
+            plot_anytime(
+                curves,
+                out / "anytime.png",
+                title=f"{result['study']}: best-so-far test accuracy vs cost (mean of {len(result['runs'])} seeds)",
+            )
+        )
         if "neve" in result:
             first = result["runs"][0]["neve"]["trials"]
-            hists = {f"#{t['number']} lr={t['config']['lr']:.3g}": [
-                {"epoch": i + 1, "velocity": v} for i, v in enumerate(t["velocity"])] for t in first}
-            written.append(plot_velocity_curves(hists, out / "velocity.png",
-                                                title=f"NeVe trials, seed {result['runs'][0]['seed']}"))
+            hists = {
+                f"#{t['number']} lr={t['config']['lr']:.3g}": [
+                    {"epoch": i + 1, "velocity": v} for i, v in enumerate(t["velocity"])
+                ]
+                for t in first
+            }
+            written.append(
+                plot_velocity_curves(
+                    hists,
+                    out / "velocity.png",
+                    title=f"NeVe trials, seed {result['runs'][0]['seed']}",
+                )
+            )
     return written

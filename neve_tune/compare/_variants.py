@@ -14,8 +14,9 @@ final model (``retrain``, ``best_checkpoint``); parts left out are the study's.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..records import FINAL_MODELS, VAL_METRICS
 from ._records import SearchTrial
@@ -120,8 +121,10 @@ def final_model_note(
     if top is None:
         return None
     peak, peak_epoch = top
-    at = (f"the winner reached {100 * peak:.1f}% validation accuracy "
-          f"(epoch {peak_epoch} of {best.epochs})")
+    at = (
+        f"the winner reached {100 * peak:.1f}% validation accuracy "
+        f"(epoch {peak_epoch} of {best.epochs})"
+    )
     which = f"its best validation {val_metric}"
     if retrain is not None:
         reached, n = retrain.get("train_acc"), int(retrain["epochs"])

@@ -41,7 +41,9 @@ from __future__ import annotations
 try:
     import transformers  # noqa: F401
 except ImportError as e:  # pragma: no cover - exercised only without the extra
-    raise ImportError("neve_tune.hf needs transformers: pip install 'neve_tune[hf]' (or transformers>=4.40)") from e
+    raise ImportError(
+        "neve_tune.hf needs transformers: pip install 'neve_tune[hf]' (or transformers>=4.40)"
+    ) from e
 
 from ._callback import NeVeTrainerCallback
 from ._probe import KeywordInput, token_probe

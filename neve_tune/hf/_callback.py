@@ -6,7 +6,8 @@ import inspect
 import math
 import os
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -126,13 +127,26 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         for name, key in (("probe_key", probe_key), ("input_key", input_key)):
             if not (isinstance(key, str) and key) and not (key is None and name == "input_key"):
                 raise TypeError(f"{name} must be a non-empty str, got {key!r}")
-        self._settings(probe, threshold, trial, probe_samples, probe_seed, layers, probe_module, probe_fn,
-                       prediction_changes, verbose, controller_options)
+        self._settings(
+            probe,
+            threshold,
+            trial,
+            probe_samples,
+            probe_seed,
+            layers,
+            probe_module,
+            probe_fn,
+            prediction_changes,
+            verbose,
+            controller_options,
+        )
         self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1, allow_none=True)
         if input_key is not None and self.source_spec != "subset":
-            raise ValueError("input_key names the data set's input for the guard's subset; with "
-                             f"prediction_changes={prediction_changes!r} and pc_patience={self.controller_options['pc_patience']!r} "
-                             "it is unused: drop it")
+            raise ValueError(
+                "input_key names the data set's input for the guard's subset; with "
+                f"prediction_changes={prediction_changes!r} and pc_patience={self.controller_options['pc_patience']!r} "
+                "it is unused: drop it"
+            )
         self.probe_key = probe_key
         self.input_key = probe_key if input_key is None else input_key
         self.state_file = state_file
@@ -193,9 +207,14 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         return control
 
     # ------------------------------------------------------------ setup
-    def _probe_for(self, model: nn.Module, dataset: Any, saved: dict[str, Any] | None) -> torch.Tensor:
+    def _probe_for(
+        self, model: nn.Module, dataset: Any, saved: dict[str, Any] | None
+    ) -> torch.Tensor:
         if self.probe is not None:
-            if saved is not None and saved["probe_digest"] not in (None, _state.probe_digest(self.probe)):
+            if saved is not None and saved["probe_digest"] not in (
+                None,
+                _state.probe_digest(self.probe),
+            ):
                 raise ValueError(
                     f"the probe given to NeVeTrainerCallback differs from the one the velocity series in "
                     f"{self.resumed_from!r} was measured on; pass the same probe= to resume it"
@@ -207,8 +226,12 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         try:
             example = dataset[0]  # type: ignore[index]
         except Exception as e:  # iterable datasets, or none
-            raise ValueError(f"probe=None needs an indexable train_dataset to shape the probe; pass probe= ({e})") from e
-        self._built_probe = probe_from_example(example, self.probe_key, model, self.probe_samples, self.probe_seed)
+            raise ValueError(
+                f"probe=None needs an indexable train_dataset to shape the probe; pass probe= ({e})"
+            ) from e
+        self._built_probe = probe_from_example(
+            example, self.probe_key, model, self.probe_samples, self.probe_seed
+        )
         return self._built_probe
 
     def _build_source(self, model: nn.Module, dataset: Any) -> PCSource | None:
@@ -218,8 +241,9 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         if not isinstance(spec, str):
             return PCSource(spec)
         forward = self.probe_fn or logits_forward(self.input_key)
-        source = PCSource.subset(dataset, seed=self.probe_seed, input_key=self.input_key,
-                                 who=self.who, forward=forward)
+        source = PCSource.subset(
+            dataset, seed=self.probe_seed, input_key=self.input_key, who=self.who, forward=forward
+        )
         check_classes(forward, model, dataset, self.input_key, self.who)
         return source
 
@@ -228,10 +252,21 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
             return max(1, math.ceil(state.max_steps / self.every_n_steps))
         return max(1, math.ceil(state.num_train_epochs))
 
-    def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None,
-                       train_dataloader=None, **kwargs):
+    def on_train_begin(
+        self,
+        args,
+        state,
+        control,
+        model=None,
+        optimizer=None,
+        lr_scheduler=None,
+        train_dataloader=None,
+        **kwargs,
+    ):
         if model is None or optimizer is None:
-            raise RuntimeError("NeVeTrainerCallback needs the Trainer's model and optimizer at on_train_begin")
+            raise RuntimeError(
+                "NeVeTrainerCallback needs the Trainer's model and optimizer at on_train_begin"
+            )
         self._reset_run()
         _state.claim(state, self.state_file, self)
         check_composable([lr_scheduler] if lr_scheduler is not None else [], self.who)
@@ -241,9 +276,15 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         self._probe_digest = _state.probe_digest(probe)
         self._source = self._build_source(model, dataset)
         forward = ProbeForward(model, self.probe_module, self.probe_fn, key=self.probe_key)
-        velocity = NeuralVelocity(forward, probe, layers=prefixed_layers(self.layers, self.probe_module))
-        self.neve = NeVe(optimizer, velocity, threshold=self.threshold,
-                         **self.controller_kwargs(self._max_measurements(state)))
+        velocity = NeuralVelocity(
+            forward, probe, layers=prefixed_layers(self.layers, self.probe_module)
+        )
+        self.neve = NeVe(
+            optimizer,
+            velocity,
+            threshold=self.threshold,
+            **self.controller_kwargs(self._max_measurements(state)),
+        )
         self._lr_scheduler, self._model = lr_scheduler, model
         self._last_log_step = state.global_step
         if saved is not None:
@@ -302,13 +343,16 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
     def _find_saved_state(self, args: Any, state: Any) -> dict[str, Any] | None:
         """The saved state of the checkpoint this run resumes (``state.global_step`` > 0 at
         ``on_train_begin`` only after the Trainer restored a checkpoint's ``TrainerState``)."""
-        folders = _state.resume_folders(args.resume_from_checkpoint, args.output_dir, state.global_step)
+        folders = _state.resume_folders(
+            args.resume_from_checkpoint, args.output_dir, state.global_step
+        )
         path, saved, other = _state.find_saved(folders, state, self.state_file)
         if saved is not None:
             self.resumed_from = path
             return saved
         where = f"{self.state_file} in {sorted(set(folders))}" + (
-            f" (found {other}, saved by other runs or steps)" if other else "")
+            f" (found {other}, saved by other runs or steps)" if other else ""
+        )
         self._warn_once(
             f"NeVeTrainerCallback resumes at step {state.global_step} but found no NeVe state of this checkpoint "
             f"({where}); the velocity series starts over from the resumed weights. For a checkpoint outside output_dir, "
@@ -378,7 +422,9 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
             if self.trial.should_prune():
                 import optuna
 
-                raise optuna.TrialPruned(f"pruned at measurement {metrics['epoch']} (step {state.global_step})")
+                raise optuna.TrialPruned(
+                    f"pruned at measurement {metrics['epoch']} (step {state.global_step})"
+                )
         if neve.should_stop:
             control.should_training_stop = True
             self._report_stop(state)
@@ -388,9 +434,14 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         """The stop reason in the Trainer's ``log_history``, and one printed line with ``verbose``."""
         neve = self.neve
         assert neve is not None
-        state.log_history.append({"neve_stopped_by": neve.stopped_by, "neve_stop_measurement": neve.epoch,
-                                  "neve_best_measurement": neve.best_epoch,
-                                  "neve_kept_train_loss": neve.kept()["kept_train_loss"],
-                                  "step": state.global_step})
+        state.log_history.append(
+            {
+                "neve_stopped_by": neve.stopped_by,
+                "neve_stop_measurement": neve.epoch,
+                "neve_best_measurement": neve.best_epoch,
+                "neve_kept_train_loss": neve.kept()["kept_train_loss"],
+                "step": state.global_step,
+            }
+        )
         if self.verbose and state.is_world_process_zero:
             print(self.stop_line("epoch" if not self.every_n_steps else "measurement"), flush=True)

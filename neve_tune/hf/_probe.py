@@ -19,7 +19,9 @@ from ..probe import gaussian_probe
 __all__ = ["KeywordInput", "logits_forward", "probe_from_example", "token_probe"]
 
 
-def token_probe(vocab_size: int, seq_len: int, num_samples: int = 100, seed: int = 0) -> torch.Tensor:
+def token_probe(
+    vocab_size: int, seq_len: int, num_samples: int = 100, seed: int = 0
+) -> torch.Tensor:
     """``num_samples`` sequences of ``seq_len`` token ids drawn uniformly from
     ``[0, vocab_size)`` by a seeded generator (the global RNG is untouched).
 
@@ -71,16 +73,26 @@ class logits_forward:  # noqa: N801 - a picklable function object (Ray pickles t
 
     def __call__(self, model: Any, inputs: torch.Tensor) -> torch.Tensor:
         out = model(**{self.key: inputs})
-        return out.logits if hasattr(out, "logits") else out[0] if isinstance(out, (tuple, list)) else out
+        return (
+            out.logits
+            if hasattr(out, "logits")
+            else out[0]
+            if isinstance(out, (tuple, list))
+            else out
+        )
 
 
-def probe_from_example(example: Any, key: str, model: nn.Module, num_samples: int, seed: int) -> torch.Tensor:
+def probe_from_example(
+    example: Any, key: str, model: nn.Module, num_samples: int, seed: int
+) -> torch.Tensor:
     """A probe shaped like ``example[key]``: integer ids give :func:`token_probe` over
     ``model.config.vocab_size`` with that sequence length; floats a seeded Gaussian probe."""
     if not isinstance(example, dict) or key not in example:
         keys = sorted(example) if isinstance(example, dict) else type(example).__name__
-        raise ValueError(f"probe=None shapes the probe on train_dataset[0][{key!r}], but the example holds {keys}; "
-                         "pass probe_key= or probe=")
+        raise ValueError(
+            f"probe=None shapes the probe on train_dataset[0][{key!r}], but the example holds {keys}; "
+            "pass probe_key= or probe="
+        )
     x = torch.as_tensor(example[key])
     if x.ndim == 0:
         raise ValueError(f"train_dataset[0][{key!r}] is a scalar; a probe needs one input's shape")
@@ -88,5 +100,7 @@ def probe_from_example(example: Any, key: str, model: nn.Module, num_samples: in
         return gaussian_probe(tuple(x.shape), num_samples, seed)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab is None:
-        raise ValueError("token inputs need model.config.vocab_size to draw a token probe; pass probe=")
+        raise ValueError(
+            "token inputs need model.config.vocab_size to draw a token probe; pass probe="
+        )
     return token_probe(vocab, x.shape[-1], num_samples, seed)

@@ -16,7 +16,8 @@ callback its Trainer. Then, in every search trial:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from . import _compat
 

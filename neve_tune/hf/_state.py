@@ -25,12 +25,31 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..train import CheckpointError, load_state_file
 
-__all__ = ["STATE_FILE", "candidate_folders", "claim", "find_saved", "log_digest", "probe_digest", "read_state",
-           "resume_folders", "saved_folder", "state_file_name"]
+__all__ = [
+    "STATE_FILE",
+    "candidate_folders",
+    "claim",
+    "find_saved",
+    "log_digest",
+    "probe_digest",
+    "read_state",
+    "resume_folders",
+    "saved_folder",
+    "state_file_name",
+]
 
 #: The callback's state in each Trainer checkpoint folder (``checkpoint-<global_step>``).
 STATE_FILE = "neve_state.pt"
-STATE_KEYS = ("format", "global_step", "log_digest", "neve", "history", "probe", "probe_digest", "loss")
+STATE_KEYS = (
+    "format",
+    "global_step",
+    "log_digest",
+    "neve",
+    "history",
+    "probe",
+    "probe_digest",
+    "loss",
+)
 
 
 def state_file_name(state_key: Any) -> str:
@@ -40,7 +59,9 @@ def state_file_name(state_key: Any) -> str:
     if state_key is None:
         return STATE_FILE
     if not (isinstance(state_key, str) and re.fullmatch(r"[\w.-]+", state_key)):
-        raise ValueError(f"state_key must be a name of letters, digits, '_', '.' or '-', got {state_key!r}")
+        raise ValueError(
+            f"state_key must be a name of letters, digits, '_', '.' or '-', got {state_key!r}"
+        )
     return f"neve_state-{state_key}.pt"
 
 
@@ -61,9 +82,13 @@ def probe_digest(probe: torch.Tensor) -> str:
 def read_state(path: str) -> dict[str, Any]:
     """A NeVe state file, or a ValueError naming it."""
     try:
-        return load_state_file(path, STATE_KEYS, "NeVeTrainerCallback state",
-                               "delete it to start the velocity series over from this checkpoint, "
-                               "or resume from another checkpoint")
+        return load_state_file(
+            path,
+            STATE_KEYS,
+            "NeVeTrainerCallback state",
+            "delete it to start the velocity series over from this checkpoint, "
+            "or resume from another checkpoint",
+        )
     except CheckpointError as e:
         raise ValueError(e.message("NeVe state file")) from None
 
@@ -99,13 +124,18 @@ def saved_folder(output_dir: str, state: Any) -> str | None:
     found = []
     for folder in candidate_folders(output_dir, state.global_step):
         written = _written_state(folder)
-        if written is not None and written.get("global_step") == state.global_step \
-                and log_digest(written.get("log_history", [])) == digest:
+        if (
+            written is not None
+            and written.get("global_step") == state.global_step
+            and log_digest(written.get("log_history", [])) == digest
+        ):
             found.append((os.path.getmtime(os.path.join(folder, TRAINER_STATE_NAME)), folder))
     return max(found)[1] if found else None
 
 
-def find_saved(folders: list[str], state: Any, state_file: str) -> tuple[str | None, dict[str, Any] | None, list[str]]:
+def find_saved(
+    folders: list[str], state: Any, state_file: str
+) -> tuple[str | None, dict[str, Any] | None, list[str]]:
     """(path, saved state) of the first ``state_file`` in ``folders`` saved at this very
     ``state`` (same ``global_step`` and log history), else ``(None, None, [other files])``."""
     digest = log_digest(state.log_history)
@@ -130,8 +160,10 @@ def claim(state: Any, state_file: str, owner: Any) -> None:
     key = (id(state), state_file)
     held = _CLAIMS.get(key)
     if held is not None and held[0]() is state and held[1]() not in (None, owner):
-        raise ValueError(f"another NeVeTrainerCallback of this Trainer already saves {state_file}; "
-                         "pass state_key='<name>' to one of them (its state goes to neve_state-<name>.pt)")
+        raise ValueError(
+            f"another NeVeTrainerCallback of this Trainer already saves {state_file}; "
+            "pass state_key='<name>' to one of them (its state goes to neve_state-<name>.pt)"
+        )
     for k in [k for k, v in _CLAIMS.items() if v[0]() is None]:
         del _CLAIMS[k]
     _CLAIMS[key] = (weakref.ref(state), weakref.ref(owner))

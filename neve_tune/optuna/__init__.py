@@ -35,11 +35,11 @@ from ._plots import plot_study
 from ._pruner import SETTINGS_ATTR, NeVePruner
 from ._report import EPOCH_ATTR_PREFIX, epoch_key, report_epoch, trial_history
 from ._sampler import TrialSeededTPESampler
+from ._search import search_trials
+from ._selection import SELECTIONS, last_fits, last_predictions, pick_trial
 from ._stop import TrialLeft, WorkerInterrupted
 from ._storage import StorageError, make_storage, redact_url
 from ._worker import StudyNotFoundError, open_study, run_worker
-from ._search import search_trials
-from ._selection import SELECTIONS, last_fits, last_predictions, pick_trial
 
 __all__ = [
     "EPOCH_ATTR_PREFIX",

@@ -23,6 +23,7 @@ Everything else in the backend uses public Optuna API only.
 from __future__ import annotations
 
 import copy
+
 from optuna.trial import FrozenTrial
 
 __all__ = ["CHECKED_OPTUNA", "with_step_value"]
@@ -45,4 +46,3 @@ def with_step_value(trial: FrozenTrial, step: int, value: float) -> FrozenTrial:
     view = copy.copy(trial)
     view.intermediate_values = {int(step): float(value)}
     return view
-

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 __all__ = ["consensus_rung", "finished_fits", "rung_index"]
 
 
-def rung_index(step: int, min_resource: int, reduction_factor: int, min_early_stopping_rate: int) -> int | None:
+def rung_index(
+    step: int, min_resource: int, reduction_factor: int, min_early_stopping_rate: int
+) -> int | None:
     """The rung ``step`` is (0 for the first), or None when it is no rung epoch.
 
     >>> [rung_index(s, 1, 4, 0) for s in (1, 2, 4, 16)]
@@ -29,24 +31,33 @@ def rung_index(step: int, min_resource: int, reduction_factor: int, min_early_st
     return k if min_resource * reduction_factor ** (min_early_stopping_rate + k) == step else None
 
 
-def consensus_rung(study: "optuna.study.Study", trial: "optuna.trial.FrozenTrial", step: int, mine: str,
-                   reduction_factor: int) -> bool:
+def consensus_rung(
+    study: optuna.study.Study,
+    trial: optuna.trial.FrozenTrial,
+    step: int,
+    mine: str,
+    reduction_factor: int,
+) -> bool:
     """Pruned at rung epoch ``step`` when the trial's agreement with the others' vote is
     not in the best ``1 / reduction_factor`` of the trials that reported this epoch
     (Optuna's successive-halving rule, the best one always kept)."""
     from ..selection import consensus_scores
 
     key = epoch_key(step)
-    preds = {t.number: t.user_attrs[key]["subset_pred"] for t in study.get_trials(deepcopy=False)
-             if t.number != trial.number and isinstance(t.user_attrs.get(key), dict)
-             and isinstance(t.user_attrs[key].get("subset_pred"), str)}
+    preds = {
+        t.number: t.user_attrs[key]["subset_pred"]
+        for t in study.get_trials(deepcopy=False)
+        if t.number != trial.number
+        and isinstance(t.user_attrs.get(key), dict)
+        and isinstance(t.user_attrs[key].get("subset_pred"), str)
+    }
     preds[trial.number] = mine
     scores = consensus_scores(preds)
     ranked = sorted(scores.values())
     return not scores[trial.number] <= ranked[max(len(ranked) // reduction_factor - 1, 0)]
 
 
-def finished_fits(study: "optuna.study.Study") -> list[float]:
+def finished_fits(study: optuna.study.Study) -> list[float]:
     """The last recorded ``subset_fit`` of every COMPLETE trial (what ``"auto"`` estimates
     the label noise from, :func:`neve_tune.selection.selection_mode`)."""
     import optuna

@@ -9,8 +9,9 @@ import re
 import socket
 import threading
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import optuna
 import torch
@@ -18,11 +19,11 @@ from optuna.trial import BaseTrial, FrozenTrial
 from sqlalchemy.exc import SQLAlchemyError
 
 from .._checks import check_choice
+from ..checkpoint import CheckpointError, CheckpointWriteError, DamagedCheckpointError, first_line
 from ..data import DataBundle
 from ..records import SEARCH_METHODS, Cost, TrialResult
 from ..space import Choice, IntUniform, LogUniform, Uniform
 from ..study import Study, load_study
-from ..checkpoint import CheckpointError, CheckpointWriteError, DamagedCheckpointError, first_line
 from ..train import load_checkpoint, warn_damaged
 from ..trial import run_trial
 from ._report import report_epoch, running_trial, trial_history
@@ -34,7 +35,17 @@ OBJECTIVE_METHODS = SEARCH_METHODS
 # user attributes a finished (COMPLETE or PRUNED) trial carries besides its epoch series
 # what a storage that takes no writes raises (Optuna wraps SQLAlchemy's errors on commit)
 STORAGE_WRITE_ERRORS = (SQLAlchemyError, optuna.exceptions.StorageInternalError, OSError)
-SUMMARY_ATTRS = ("method", "seed", "stopped_by", "epochs", "objective", "best_epoch", "test_acc", "test_loss", "cost")
+SUMMARY_ATTRS = (
+    "method",
+    "seed",
+    "stopped_by",
+    "epochs",
+    "objective",
+    "best_epoch",
+    "test_acc",
+    "test_loss",
+    "cost",
+)
 
 
 def suggest_config(trial: BaseTrial, study: Study) -> dict[str, Any]:
@@ -55,7 +66,9 @@ def suggest_config(trial: BaseTrial, study: Study) -> dict[str, Any]:
         elif isinstance(dist, Choice):
             sampled[name] = trial.suggest_categorical(name, list(dist.values))
         else:
-            raise TypeError(f"search space {name!r}: expected LogUniform/Uniform/IntUniform/Choice, got {dist!r}")
+            raise TypeError(
+                f"search space {name!r}: expected LogUniform/Uniform/IntUniform/Choice, got {dist!r}"
+            )
     return study.config(sampled)
 
 
@@ -100,10 +113,17 @@ def _summary(result: TrialResult) -> dict[str, Any]:
 
 
 def make_objective(
-    study: Study | str | os.PathLike, *, method: str = "neve", seed: int = 0,
-    device: str | torch.device | None = None, checkpoint_dir: str | os.PathLike | None = None,
-    data: DataBundle | None = None, evaluate_test: bool = True, keep_checkpoints: bool = False,
-    model_fn: Callable[[], torch.nn.Module] | None = None, stop: PoliteStop | None = None,
+    study: Study | str | os.PathLike,
+    *,
+    method: str = "neve",
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    data: DataBundle | None = None,
+    evaluate_test: bool = True,
+    keep_checkpoints: bool = False,
+    model_fn: Callable[[], torch.nn.Module] | None = None,
+    stop: PoliteStop | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """An Optuna objective that trains one sampled configuration of ``study``.
 
@@ -149,8 +169,17 @@ def make_objective(
     """
     study = load_study(study)
     check_choice("method", method, OBJECTIVE_METHODS)
-    run = _TrialRun(study, method, seed, device, checkpoint_dir, evaluate_test, keep_checkpoints, model_fn,
-                    stop or PoliteStop())
+    run = _TrialRun(
+        study,
+        method,
+        seed,
+        device,
+        checkpoint_dir,
+        evaluate_test,
+        keep_checkpoints,
+        model_fn,
+        stop or PoliteStop(),
+    )
     if data is not None:
         run.cache["data"] = data
     return run
@@ -159,10 +188,25 @@ def make_objective(
 class _TrialRun:
     """The objective :func:`make_objective` returns: one call trains one trial."""
 
-    def __init__(self, study: Study, method: str, seed: int, device: Any, checkpoint_dir: Any, evaluate_test: bool,
-                 keep: bool, model_fn: Any, stop: PoliteStop) -> None:
+    def __init__(
+        self,
+        study: Study,
+        method: str,
+        seed: int,
+        device: Any,
+        checkpoint_dir: Any,
+        evaluate_test: bool,
+        keep: bool,
+        model_fn: Any,
+        stop: PoliteStop,
+    ) -> None:
         self.study, self.method, self.seed, self.device = study, method, seed, device
-        self.checkpoint_dir, self.evaluate_test, self.keep, self.model_fn = checkpoint_dir, evaluate_test, keep, model_fn
+        self.checkpoint_dir, self.evaluate_test, self.keep, self.model_fn = (
+            checkpoint_dir,
+            evaluate_test,
+            keep,
+            model_fn,
+        )
         self.stop = stop
         # what the trial's objective measures: the pruner ranks on it, lower is better
         val_signal = {"loss": "val_loss", "acc": "val_error"}[study.val_metric]
@@ -218,12 +262,23 @@ class _TrialRun:
 
         try:
             with self.stop.abandonable():
-                record = run_trial(self.study, config, method=self.method, seed=self.seed, device=self.device,
-                                   checkpoint_path=ckpt, on_epoch=on_epoch, data=bundle,
-                                   evaluate_test=self.evaluate_test, model_fn=self.model_fn)
+                record = run_trial(
+                    self.study,
+                    config,
+                    method=self.method,
+                    seed=self.seed,
+                    device=self.device,
+                    checkpoint_path=ckpt,
+                    on_epoch=on_epoch,
+                    data=bundle,
+                    evaluate_test=self.evaluate_test,
+                    model_fn=self.model_fn,
+                )
         except optuna.TrialPruned:
             with self.stop.writing(then_stop=False):
-                _finish_pruned(trial, self.method, self.seed, last, ckpt, self.keep, len(bundle.train))  # type: ignore[arg-type]
+                _finish_pruned(
+                    trial, self.method, self.seed, last, ckpt, self.keep, len(bundle.train)
+                )  # type: ignore[arg-type]
             raise
         with self.stop.writing(then_stop=False):
             return self._finish(trial, record, ckpt, len(bundle.train))  # type: ignore[arg-type]
@@ -239,7 +294,9 @@ class _TrialRun:
                 stale.unlink(missing_ok=True)
         return ckpt
 
-    def _replay(self, trial: BaseTrial, ckpt: Path | None, last: dict[str, Any], train_size: int) -> None:
+    def _replay(
+        self, trial: BaseTrial, ckpt: Path | None, last: dict[str, Any], train_size: int
+    ) -> None:
         """A retry: report the epochs the checkpoint holds that this trial does not
         (report_epoch skips the others), then judge them once."""
         if ckpt is None or not ckpt.exists():
@@ -259,11 +316,15 @@ class _TrialRun:
                 _finish_pruned(trial, self.method, self.seed, last, ckpt, self.keep, train_size)
                 raise optuna.TrialPruned(f"pruned at epoch {last['epoch']} (restored)")
 
-    def _finish(self, trial: BaseTrial, record: TrialResult, ckpt: Path | None, train_size: int) -> float:
+    def _finish(
+        self, trial: BaseTrial, record: TrialResult, ckpt: Path | None, train_size: int
+    ) -> float:
         """A diverged or stalled trial is pruned; a finished one stores its summary."""
         if record.stopped_by in ("diverged", "stalled"):
             final = record.history[-1] if record.history else {}
-            _finish_pruned(trial, self.method, self.seed, final, ckpt, self.keep, train_size, record.stopped_by)
+            _finish_pruned(
+                trial, self.method, self.seed, final, ckpt, self.keep, train_size, record.stopped_by
+            )
             raise optuna.TrialPruned(f"{record.stopped_by} at epoch {record.epochs}")
         for key, value in _summary(record).items():
             trial.set_user_attr(key, value)
@@ -300,7 +361,11 @@ def _finish_pruned(
     summary = {
         "method": method,
         "seed": seed,
-        "stopped_by": "diverged" if last.get("diverged") else "stalled" if last.get("stalled") else stopped_by,
+        "stopped_by": "diverged"
+        if last.get("diverged")
+        else "stalled"
+        if last.get("stalled")
+        else stopped_by,
         "epochs": epochs,
         "objective": None,
         "best_epoch": None,

@@ -75,7 +75,11 @@ def _search_history(study: optuna.Study, trials: list, path: Path) -> Path:
     ax1.set_title(f"{study.study_name}: search history")
     ax1.grid(alpha=0.3)
     for state, (color, marker) in _STATE_STYLE.items():
-        pts = [(t.number, len(trial_history(t)) or (t.last_step or 0)) for t in trials if t.state == state]
+        pts = [
+            (t.number, len(trial_history(t)) or (t.last_step or 0))
+            for t in trials
+            if t.state == state
+        ]
         if pts:
             ax2.scatter(*zip(*pts), color=color, marker=marker, label=state.name.lower())
     ax2.xaxis.set_major_locator(MaxNLocator(integer=True))

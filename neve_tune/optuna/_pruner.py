@@ -157,16 +157,24 @@ class NeVePruner(BasePruner):
         divergence_bound: float | None = None,
         divergence_patience: int | None = None,
     ) -> None:
-        unsettled_bound = _renamed("divergence_bound", divergence_bound, "unsettled_bound", unsettled_bound, 0.6)
-        unsettled_patience = _renamed("divergence_patience", divergence_patience, "unsettled_patience", unsettled_patience, 5)
+        unsettled_bound = _renamed(
+            "divergence_bound", divergence_bound, "unsettled_bound", unsettled_bound, 0.6
+        )
+        unsettled_patience = _renamed(
+            "divergence_patience", divergence_patience, "unsettled_patience", unsettled_patience, 5
+        )
         check_choice("signal", signal, PRUNER_SIGNALS)
         min_resource = check_int("min_resource", min_resource, minimum=1)
         reduction_factor = check_int("reduction_factor", reduction_factor, minimum=2)
-        min_early_stopping_rate = check_int("min_early_stopping_rate", min_early_stopping_rate, minimum=0)
+        min_early_stopping_rate = check_int(
+            "min_early_stopping_rate", min_early_stopping_rate, minimum=0
+        )
         unsettled_patience = check_int("unsettled_patience", unsettled_patience, minimum=1)
         unsettled_bound = to_float("unsettled_bound", unsettled_bound)
         if not unsettled_bound > 0:  # inf is allowed: turns the unsettled rule off
-            raise ValueError(f"unsettled_bound must be a number > 0 (inf turns the rule off), got {unsettled_bound!r}")
+            raise ValueError(
+                f"unsettled_bound must be a number > 0 (inf turns the rule off), got {unsettled_bound!r}"
+            )
         self._signal = signal
         self._min_resource = min_resource
         self._reduction_factor = reduction_factor
@@ -196,7 +204,9 @@ class NeVePruner(BasePruner):
             "min_resource": self._min_resource,
             "reduction_factor": self._reduction_factor,
             "min_early_stopping_rate": self._min_early_stopping_rate,
-            "unsettled_bound": self._unsettled_bound if math.isfinite(self._unsettled_bound) else "inf",
+            "unsettled_bound": self._unsettled_bound
+            if math.isfinite(self._unsettled_bound)
+            else "inf",
             "unsettled_patience": self._unsettled_patience,
         }
 
@@ -205,14 +215,14 @@ class NeVePruner(BasePruner):
         return f"NeVePruner({args})"
 
     @classmethod
-    def _from_settings(cls, settings: dict[str, Any]) -> "NeVePruner":
+    def _from_settings(cls, settings: dict[str, Any]) -> NeVePruner:
         s = _current_names({k: v for k, v in settings.items() if k != "version"})
         if s.get("unsettled_bound") == "inf":
             s["unsettled_bound"] = math.inf
         return cls(**s)
 
     @classmethod
-    def from_study(cls, study: "optuna.study.Study", **overrides: Any) -> "NeVePruner":
+    def from_study(cls, study: optuna.study.Study, **overrides: Any) -> NeVePruner:
         """A pruner with the settings stored in ``study`` (defaults where none are stored),
         with ``overrides`` applied; :meth:`bind` then refuses overrides that conflict with
         stored settings."""
@@ -221,7 +231,7 @@ class NeVePruner(BasePruner):
         settings.update(overrides)
         return cls._from_settings(settings)
 
-    def bind(self, study: "optuna.study.Study") -> None:
+    def bind(self, study: optuna.study.Study) -> None:
         """Store this pruner's settings in ``study`` if it holds none; raise
         :class:`ValueError` if it holds different ones. :meth:`prune` calls it once per
         trial, so every worker on a shared study prunes by the same rule."""
@@ -229,12 +239,22 @@ class NeVePruner(BasePruner):
         stored = study.user_attrs.get(SETTINGS_ATTR)
         if stored is None:
             study.set_user_attr(SETTINGS_ATTR, mine)
-            stored = study.user_attrs.get(SETTINGS_ATTR)  # read back: a concurrent first writer wins
+            stored = study.user_attrs.get(
+                SETTINGS_ATTR
+            )  # read back: a concurrent first writer wins
         if isinstance(stored, dict):
             stored = _current_names(stored)  # a study stored under the deprecated names
         if stored != mine:
-            theirs = {k: v for k, v in dict(stored).items() if k != "version"} if isinstance(stored, dict) else stored
-            diff = {k: (theirs.get(k), v) for k, v in self.settings.items() if isinstance(theirs, dict) and theirs.get(k) != v}
+            theirs = (
+                {k: v for k, v in dict(stored).items() if k != "version"}
+                if isinstance(stored, dict)
+                else stored
+            )
+            diff = {
+                k: (theirs.get(k), v)
+                for k, v in self.settings.items()
+                if isinstance(theirs, dict) and theirs.get(k) != v
+            }
             raise ValueError(
                 f"study {study.study_name!r} prunes with NeVePruner settings {theirs} (stored in its user attribute "
                 f"{SETTINGS_ATTR!r} by the first worker), but this worker uses {self.settings}; differing "
@@ -242,7 +262,7 @@ class NeVePruner(BasePruner):
                 "the study's (NeVePruner.from_study)."
             )
 
-    def _check_once_per_trial(self, study: "optuna.study.Study", number: int) -> float:
+    def _check_once_per_trial(self, study: optuna.study.Study, number: int) -> float:
         """Bind to ``study`` once per trial; the study's direction sign."""
         key = (id(study), study.study_name)
         with self._lock:
@@ -266,11 +286,12 @@ class NeVePruner(BasePruner):
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ the rule
-    def prune(self, study: "optuna.study.Study", trial: "optuna.trial.FrozenTrial") -> bool:
+    def prune(self, study: optuna.study.Study, trial: optuna.trial.FrozenTrial) -> bool:
         check_optuna_study("study", study)
         if not isinstance(trial, FrozenTrial):
-            raise TypeError(f"trial must be an optuna FrozenTrial (what Optuna passes to prune), "
-                            f"got {trial!r}")
+            raise TypeError(
+                f"trial must be an optuna FrozenTrial (what Optuna passes to prune), got {trial!r}"
+            )
         step = trial.last_step
         if step is None:
             return False
@@ -285,7 +306,11 @@ class NeVePruner(BasePruner):
             return True
         if "train_loss" in epoch and not is_finite(epoch["train_loss"]):
             return True
-        if "velocity" in epoch and epoch["velocity"] is not None and not is_finite(epoch["velocity"]):
+        if (
+            "velocity" in epoch
+            and epoch["velocity"] is not None
+            and not is_finite(epoch["velocity"])
+        ):
             return True
         if self._signal in ("consensus", "auto") and not isinstance(epoch.get("subset_pred"), str):
             raise ValueError(
@@ -314,15 +339,24 @@ class NeVePruner(BasePruner):
 
         # 5. successive-halving rungs on the signal, oriented so "better" = lower signal
         if self._signal_at(study) == "consensus":
-            index = rung_index(step, self._min_resource, self._reduction_factor, self._min_early_stopping_rate)
-            return (index is not None and not converged
-                    and consensus_rung(study, trial, step, epoch["subset_pred"], self._reduction_factor))
-        value = self._velocity(trial, step, sign) if self._signal == "velocity" else float(epoch["train_loss"])
+            index = rung_index(
+                step, self._min_resource, self._reduction_factor, self._min_early_stopping_rate
+            )
+            return (
+                index is not None
+                and not converged
+                and consensus_rung(study, trial, step, epoch["subset_pred"], self._reduction_factor)
+            )
+        value = (
+            self._velocity(trial, step, sign)
+            if self._signal == "velocity"
+            else float(epoch["train_loss"])
+        )
         view = with_step_value(trial, step, sign * value)
         pruned = self._sha.prune(study, view)
         return pruned and not converged
 
-    def _signal_at(self, study: "optuna.study.Study") -> str:
+    def _signal_at(self, study: optuna.study.Study) -> str:
         """The rung signal of this decision: ``"auto"`` resolved from the finished trials."""
         if self._signal != "auto":
             return self._signal
@@ -330,7 +364,7 @@ class NeVePruner(BasePruner):
 
         return "consensus" if selection_mode(finished_fits(study)) == "consensus" else "train_loss"
 
-    def _unsettled(self, trial: "optuna.trial.FrozenTrial", sign: float) -> bool:
+    def _unsettled(self, trial: optuna.trial.FrozenTrial, sign: float) -> bool:
         if not math.isfinite(self._unsettled_bound):
             return False
         steps = sorted(trial.intermediate_values)[-self._unsettled_patience :]
@@ -339,7 +373,7 @@ class NeVePruner(BasePruner):
         return all(self._velocity(trial, s, sign) > self._unsettled_bound for s in steps)
 
     @staticmethod
-    def _velocity(trial: "optuna.trial.FrozenTrial", step: int, sign: float) -> float:
+    def _velocity(trial: optuna.trial.FrozenTrial, step: int, sign: float) -> float:
         """The velocity of epoch ``step``, from the epoch ``report_epoch`` stored; a trial
         that reported its velocity by hand (``trial.report``, no epoch attribute) has it
         as the reported value, oriented by ``sign``."""
@@ -362,5 +396,7 @@ def _renamed(old: str, old_value: Any, new: str, new_value: Any, default: Any) -
         return default if new_value is None else new_value
     if new_value is not None:
         raise ValueError(f"give {new} only ({old} is its deprecated name)")
-    warnings.warn(f"NeVePruner({old}=...) is deprecated, use {new}", DeprecationWarning, stacklevel=3)
+    warnings.warn(
+        f"NeVePruner({old}=...) is deprecated, use {new}", DeprecationWarning, stacklevel=3
+    )
     return old_value

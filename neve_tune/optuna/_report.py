@@ -32,7 +32,8 @@ replay a restored history through it.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from optuna.study import StudyDirection
 from optuna.trial import BaseTrial, FrozenTrial, TrialState
@@ -55,7 +56,7 @@ REPORT_SIGNALS = ("velocity", "val_loss", "val_error", "train_loss")
 
 # the epoch each live trial object last reported: the same epoch twice in a row is a loop
 # that reports twice (a replayed or restarted history goes back, which is allowed)
-_LAST_EPOCH: "weakref.WeakKeyDictionary[BaseTrial, int]" = weakref.WeakKeyDictionary()
+_LAST_EPOCH: weakref.WeakKeyDictionary[BaseTrial, int] = weakref.WeakKeyDictionary()
 
 
 def epoch_key(epoch: int) -> str:
@@ -86,7 +87,9 @@ def _study_direction(trial: BaseTrial) -> StudyDirection:
         return StudyDirection.MINIMIZE
     directions = study.directions
     if len(directions) != 1:
-        raise ValueError("report_epoch needs a single-objective study; Optuna cannot report intermediate values otherwise")
+        raise ValueError(
+            "report_epoch needs a single-objective study; Optuna cannot report intermediate values otherwise"
+        )
     return directions[0]
 
 
@@ -109,7 +112,9 @@ def _reported_steps(trial: BaseTrial) -> set[int]:
     return set(frozen.intermediate_values) if frozen is not None else set()
 
 
-def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = "train_loss") -> float:
+def report_epoch(
+    trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = "train_loss"
+) -> float:
     """Report one finished epoch of ``trial`` and return the reported value.
 
     ``metrics`` is the epoch's metric dict (``neve_tune.run_trial``'s ``on_epoch``
@@ -170,14 +175,17 @@ def report_epoch(trial: BaseTrial, metrics: Mapping[str, Any], *, signal: str = 
     return value
 
 
-def _checked_report(trial: Any, metrics: Mapping[str, Any],
-                    signal: str) -> tuple[int, float | None, bool]:
+def _checked_report(
+    trial: Any, metrics: Mapping[str, Any], signal: str
+) -> tuple[int, float | None, bool]:
     """:func:`_checked_epoch` of a running trial, refusing the epoch it just reported."""
     _check_trial(trial)
     step, raw, diverged = _checked_epoch(metrics, signal)
     if _LAST_EPOCH.get(trial) == step:
-        raise ValueError(f"metrics['epoch'] {step} was just reported for trial {trial.number}: "
-                         "report each epoch once")
+        raise ValueError(
+            f"metrics['epoch'] {step} was just reported for trial {trial.number}: "
+            "report each epoch once"
+        )
     return step, raw, diverged
 
 
@@ -186,16 +194,19 @@ def check_optuna_study(name: str, search: Any) -> Any:
     import optuna
 
     if not isinstance(search, optuna.Study):
-        raise TypeError(f"{name} must be an optuna.Study (optuna.create_study/load_study), "
-                        f"got {search!r}")
+        raise TypeError(
+            f"{name} must be an optuna.Study (optuna.create_study/load_study), got {search!r}"
+        )
     return search
 
 
 def _check_trial(trial: Any) -> None:
     if isinstance(trial, FrozenTrial):
-        raise TypeError("trial must be the running optuna.Trial the objective received, "
-                        "got a FrozenTrial "
-                        f"(trial {trial.number}'s stored record, which cannot report)")
+        raise TypeError(
+            "trial must be the running optuna.Trial the objective received, "
+            "got a FrozenTrial "
+            f"(trial {trial.number}'s stored record, which cannot report)"
+        )
     if not isinstance(trial, BaseTrial):
         raise TypeError(f"trial must be an optuna.Trial (the objective's argument), got {trial!r}")
 
@@ -206,20 +217,26 @@ def _checked_epoch(metrics: Mapping[str, Any], signal: str) -> tuple[int, float 
     check_choice("signal", signal, REPORT_SIGNALS)
     check_metric_keys(metrics)  # the rule both backends share: names, velocity, flags
     if "epoch" not in metrics:
-        raise ValueError(f"metrics has no 'epoch' (the step); its keys: {sorted(map(str, metrics))}")
+        raise ValueError(
+            f"metrics has no 'epoch' (the step); its keys: {sorted(map(str, metrics))}"
+        )
     step = check_int("metrics['epoch']", metrics["epoch"], minimum=0)
     if signal == "val_error" and signal not in metrics and "val_acc" in metrics:
         # the validation error of an accuracy: lower is better, like every other signal
         acc = to_float("metrics['val_acc']", metrics["val_acc"], allow_none=True)
         metrics = {**metrics, "val_error": None if acc is None else 1.0 - acc}
     if signal not in metrics:
-        raise ValueError(f"metrics has no {signal!r} (the signal reported to Optuna); its keys: {sorted(map(str, metrics))}")
+        raise ValueError(
+            f"metrics has no {signal!r} (the signal reported to Optuna); its keys: {sorted(map(str, metrics))}"
+        )
     raw = to_float(f"metrics[{signal!r}]", metrics[signal], allow_none=True)
     train_loss = to_float("metrics['train_loss']", metrics.get("train_loss"), allow_none=True)
     velocity = to_float("metrics['velocity']", metrics.get("velocity"), allow_none=True)
     diverged = bool(metrics.get("diverged", False))
     if raw is None and not diverged:
-        raise ValueError(f"metrics[{signal!r}] is None on an epoch not flagged 'diverged' (epoch {step})")
+        raise ValueError(
+            f"metrics[{signal!r}] is None on an epoch not flagged 'diverged' (epoch {step})"
+        )
     diverged = diverged or ("train_loss" in metrics and not is_finite(train_loss))
     diverged = diverged or (velocity is not None and not is_finite(velocity))
     return step, raw, diverged  # type: ignore[return-value]
@@ -230,5 +247,9 @@ def trial_history(trial: FrozenTrial | BaseTrial) -> list[dict[str, Any]]:
     if not isinstance(trial, (FrozenTrial, BaseTrial)):
         raise TypeError(f"trial must be an optuna trial (Trial or FrozenTrial), got {trial!r}")
     attrs = trial.user_attrs
-    keys = [k for k in attrs if k.startswith(EPOCH_ATTR_PREFIX) and k[len(EPOCH_ATTR_PREFIX):].isdigit()]
-    return [dict(attrs[k]) for k in sorted(keys, key=lambda k: int(k[len(EPOCH_ATTR_PREFIX):]))]
+    keys = [
+        k
+        for k in attrs
+        if k.startswith(EPOCH_ATTR_PREFIX) and k[len(EPOCH_ATTR_PREFIX) :].isdigit()
+    ]
+    return [dict(attrs[k]) for k in sorted(keys, key=lambda k: int(k[len(EPOCH_ATTR_PREFIX) :]))]

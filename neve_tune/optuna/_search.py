@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 import torch
@@ -84,4 +85,3 @@ def _record(t: optuna.trial.FrozenTrial, study: Study, train_size: int) -> Searc
         velocity=[m.get("velocity") for m in history],
         val_acc=[m.get("val_acc") for m in history],
     )
-

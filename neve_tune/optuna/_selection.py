@@ -33,7 +33,9 @@ __all__ = ["SELECTIONS", "last_fits", "last_predictions", "pick_trial"]
 SELECTIONS = ("objective", "consensus", "auto")
 
 
-def _last(search: "optuna.Study", key: str, kind: type | tuple[type, ...], states: Any = None) -> dict[int, Any]:
+def _last(
+    search: optuna.Study, key: str, kind: type | tuple[type, ...], states: Any = None
+) -> dict[int, Any]:
     """Each trial's (of ``states``, default all) last recorded epoch value of ``key`` of
     type ``kind``, by trial number; trials that recorded none are left out."""
     last = {}
@@ -45,13 +47,13 @@ def _last(search: "optuna.Study", key: str, kind: type | tuple[type, ...], state
     return last
 
 
-def last_predictions(search: "optuna.Study", states: Any = None) -> dict[int, str]:
+def last_predictions(search: optuna.Study, states: Any = None) -> dict[int, str]:
     """Each trial's last recorded predictions on the selection subset, by trial number
     (trials that recorded none are left out; ``states``: only trials in these states)."""
     return _last(search, "subset_pred", str, states)
 
 
-def last_fits(search: "optuna.Study", states: Any = None) -> dict[int, float]:
+def last_fits(search: optuna.Study, states: Any = None) -> dict[int, float]:
     """Each trial's last recorded fit of the subset's given labels (``subset_fit``)."""
     return {k: float(v) for k, v in _last(search, "subset_fit", (int, float), states).items()}
 
@@ -66,7 +68,7 @@ AUTO_WITHOUT_DATA = (
 )
 
 
-def pick_trial(search: "optuna.Study", selection: str = "objective") -> "FrozenTrial | None":
+def pick_trial(search: optuna.Study, selection: str = "objective") -> FrozenTrial | None:
     """The winning COMPLETE trial by ``selection`` (see the module doc), or None when no
     trial finished. ``"consensus"`` needs predictions on the finished trials (record them
     with ``Study(selection_subset=500)``); ties go to the lower trial number. ``"auto"``

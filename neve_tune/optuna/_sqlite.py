@@ -54,7 +54,9 @@ def sqlite_file_problem(url: str) -> str | None:
     return None
 
 
-_TRANSACTIONAL = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|REPLACE|WITH|CREATE|DROP|ALTER)\b", re.IGNORECASE)
+_TRANSACTIONAL = re.compile(
+    r"\s*(SELECT|INSERT|UPDATE|DELETE|REPLACE|WITH|CREATE|DROP|ALTER)\b", re.IGNORECASE
+)
 
 
 # Connections of this thread now inside a BEGIN IMMEDIATE transaction. A connection the
@@ -85,11 +87,11 @@ class _ImmediateCursor(sqlite3.Cursor):
             super().execute("BEGIN IMMEDIATE")  # waits for the write lock under the busy timeout
             held.add(id(con))
 
-    def execute(self, sql: str, parameters: Any = (), /) -> "_ImmediateCursor":
+    def execute(self, sql: str, parameters: Any = (), /) -> _ImmediateCursor:
         self._begin(sql)
         return super().execute(sql, parameters)
 
-    def executemany(self, sql: str, seq_of_parameters: Any, /) -> "_ImmediateCursor":
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> _ImmediateCursor:
         self._begin(sql)
         return super().executemany(sql, seq_of_parameters)
 
@@ -151,12 +153,12 @@ class SQLiteRDBStorage(RDBStorage):
     across processes: it opens ``url`` with :func:`sqlite_engine_kwargs` (merged into
     any ``engine_kwargs`` given)."""
 
-    def __init__(self, url: str, engine_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, url: str, engine_kwargs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         merged = dict(engine_kwargs or {})
         given = dict(merged.get("connect_args") or {})
         connect_args = sqlite_engine_kwargs(given.pop("timeout", 60.0))["connect_args"]
         connect_args.update(given)
         merged["connect_args"] = connect_args
         super().__init__(url, engine_kwargs=merged, **kwargs)
-
-

@@ -24,7 +24,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["PoliteStop", "WorkerInterrupted", "Abandon", "TrialLeft"]
 
@@ -39,7 +40,9 @@ class WorkerInterrupted(KeyboardInterrupt):
     resumes it (None when it was not re-queued); ``epochs`` the epochs its checkpoint
     holds."""
 
-    def __init__(self, signal_name: str, trial: int | None = None, retry: int | None = None, epochs: int = 0) -> None:
+    def __init__(
+        self, signal_name: str, trial: int | None = None, retry: int | None = None, epochs: int = 0
+    ) -> None:
         super().__init__(signal_name)
         self.signal_name, self.trial, self.retry, self.epochs = signal_name, trial, retry, epochs
 
@@ -47,7 +50,11 @@ class WorkerInterrupted(KeyboardInterrupt):
         if self.trial is None:
             return f"stopped by {self.signal_name} between trials"
         kept = f"checkpoint kept at epoch {self.epochs}" if self.epochs else "no epoch finished"
-        where = f"re-queued as trial {self.retry}" if self.retry is not None else "not re-queued (retries used up)"
+        where = (
+            f"re-queued as trial {self.retry}"
+            if self.retry is not None
+            else "not re-queued (retries used up)"
+        )
         return f"stopped by {self.signal_name}: trial {self.trial} {where}, {kept}"
 
 
@@ -60,17 +67,29 @@ class TrialLeft(RuntimeError):
     refused even that, and the trial waits RUNNING for the heartbeat's retry).
     ``cause`` is the error, ``trial``/``retry``/``epochs`` as for :class:`WorkerInterrupted`."""
 
-    def __init__(self, cause: BaseException, trial: int, retry: int | None = None, epochs: int = 0,
-                 stored: bool = True) -> None:
+    def __init__(
+        self,
+        cause: BaseException,
+        trial: int,
+        retry: int | None = None,
+        epochs: int = 0,
+        stored: bool = True,
+    ) -> None:
         super().__init__(str(cause))
         self.cause, self.trial, self.retry, self.epochs = cause, trial, retry, epochs
         self.stored = stored
 
     def __str__(self) -> str:
         if not self.stored:  # the storage itself refused the FAIL: the heartbeat retries the trial
-            return (f"{self.cause}; trial {self.trial} left RUNNING (the storage takes no writes): "
-                    "a worker with heartbeats retries it once it does")
-        where = f"re-queued as trial {self.retry}" if self.retry is not None else "not re-queued (retries used up)"
+            return (
+                f"{self.cause}; trial {self.trial} left RUNNING (the storage takes no writes): "
+                "a worker with heartbeats retries it once it does"
+            )
+        where = (
+            f"re-queued as trial {self.retry}"
+            if self.retry is not None
+            else "not re-queued (retries used up)"
+        )
         kept = f"checkpoint kept at epoch {self.epochs}" if self.epochs else "no epoch finished"
         return f"{self.cause}; trial {self.trial} {where}, {kept}"
 
@@ -105,7 +124,7 @@ class PoliteStop:
             raise Abandon()
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator["PoliteStop"]:
+    def installed(self) -> Iterator[PoliteStop]:
         """Handle SIGINT/SIGTERM inside the block (main thread only; elsewhere no-op)."""
         if threading.current_thread() is not threading.main_thread():
             yield self

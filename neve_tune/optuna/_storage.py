@@ -32,8 +32,16 @@ from .._checks import check_int
 from ._sqlite import SQLiteRDBStorage, sqlite_engine_kwargs, sqlite_file, sqlite_file_problem
 from ._urls import normalize_url, redact_url, storage_kind, url_problem
 
-__all__ = ["redact_url", "make_storage", "missing_storage", "normalize_url",
-           "storage_kind", "StorageError", "SQLiteRDBStorage", "sqlite_engine_kwargs"]
+__all__ = [
+    "redact_url",
+    "make_storage",
+    "missing_storage",
+    "normalize_url",
+    "storage_kind",
+    "StorageError",
+    "SQLiteRDBStorage",
+    "sqlite_engine_kwargs",
+]
 
 
 class StorageError(Exception):
@@ -78,7 +86,9 @@ def make_storage(
     kwargs = _heartbeat_kwargs(heartbeat_interval, heartbeat_grace_period, max_retry)
     given, url = url, normalize_url(url)
     engine_kwargs: dict[str, Any] = {}
-    if url.startswith("postgresql"):  # a server connection can go stale between trials; a file cannot
+    if url.startswith(
+        "postgresql"
+    ):  # a server connection can go stale between trials; a file cannot
         engine_kwargs.update(pool_pre_ping=True, connect_args={"connect_timeout": 10})
     elif not url.startswith("sqlite"):
         engine_kwargs["pool_pre_ping"] = True
@@ -88,10 +98,14 @@ def make_storage(
             cls = SQLiteRDBStorage if url.startswith("sqlite") else optuna.storages.RDBStorage
             return cls(url, engine_kwargs=engine_kwargs, **kwargs)
     except ImportError as e:
-        raise StorageError(f"storage {redact_url(given)!r} needs a database driver that is not installed: {e}") from None
+        raise StorageError(
+            f"storage {redact_url(given)!r} needs a database driver that is not installed: {e}"
+        ) from None
     except Exception as e:  # sqlalchemy.exc.OperationalError, ArgumentError, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StorageError(f"cannot reach storage {redact_url(given)!r}: {redact_url(url, redact_url(given, first))}") from None
+        raise StorageError(
+            f"cannot reach storage {redact_url(given)!r}: {redact_url(url, redact_url(given, first))}"
+        ) from None
 
 
 def missing_storage(url: str | None) -> str | None:
@@ -102,7 +116,7 @@ def missing_storage(url: str | None) -> str | None:
         return "an in-memory storage holds no study from another process"
     assert url is not None
     if kind == "journal":
-        path = Path(url[len("journal:"):] if url.startswith("journal:") else url).expanduser()
+        path = Path(url[len("journal:") :] if url.startswith("journal:") else url).expanduser()
     else:
         path = sqlite_file(url)  # type: ignore[assignment]
     if path is not None and not path.is_file():
@@ -115,12 +129,14 @@ def _renamed_grace(grace_period: int | None, heartbeat_grace_period: int | None)
         return heartbeat_grace_period
     if heartbeat_grace_period is not None:
         raise ValueError("give heartbeat_grace_period only (grace_period is its deprecated name)")
-    warnings.warn("grace_period is deprecated, use heartbeat_grace_period", DeprecationWarning, stacklevel=3)
+    warnings.warn(
+        "grace_period is deprecated, use heartbeat_grace_period", DeprecationWarning, stacklevel=3
+    )
     return grace_period
 
 
 def _journal(url: str) -> BaseStorage:
-    path = url[len("journal:"):] if url.startswith("journal:") else url
+    path = url[len("journal:") :] if url.startswith("journal:") else url
     if not path:
         raise ValueError("storage 'journal:' needs a file path, e.g. journal:search.log")
     Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -132,14 +148,23 @@ def _journal(url: str) -> BaseStorage:
         raise StorageError(f"cannot open journal file {path!r}: {e}") from None
 
 
-def _heartbeat_kwargs(interval: int | None, grace: int | None, max_retry: int | None) -> dict[str, Any]:
+def _heartbeat_kwargs(
+    interval: int | None, grace: int | None, max_retry: int | None
+) -> dict[str, Any]:
     """``RDBStorage`` arguments for heartbeats and the retry of a dead worker's trial."""
     if interval is None:
         return {}
     interval = check_int("heartbeat_interval", interval, minimum=1)
     grace = check_int("heartbeat_grace_period", grace, minimum=1, allow_none=True)
-    with warnings.catch_warnings():  # heartbeats and the retry callback are "experimental" since 2.8
+    with (
+        warnings.catch_warnings()
+    ):  # heartbeats and the retry callback are "experimental" since 2.8
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        callback = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
-    return {"heartbeat_interval": interval, "grace_period": grace if grace is not None else 2 * interval,
-            "heartbeat_stale_trial_callback": callback}
+        callback = optuna.storages.RetryHeartbeatStaleTrialCallback(
+            max_retry=max_retry, inherit_intermediate_values=True
+        )
+    return {
+        "heartbeat_interval": interval,
+        "grace_period": grace if grace is not None else 2 * interval,
+        "heartbeat_stale_trial_callback": callback,
+    }

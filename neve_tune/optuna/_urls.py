@@ -13,7 +13,14 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-__all__ = ["redact_url", "normalize_url", "storage_kind", "url_problem", "JOURNAL_SUFFIXES", "IN_MEMORY_SQLITE"]
+__all__ = [
+    "redact_url",
+    "normalize_url",
+    "storage_kind",
+    "url_problem",
+    "JOURNAL_SUFFIXES",
+    "IN_MEMORY_SQLITE",
+]
 
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 # SQLite databases private to one connection: the heartbeat thread would see none of it
@@ -57,7 +64,9 @@ def redact_url(url: str | None, text: str | None = None) -> str:
     if text is None:
         return shown
     text = text.replace(url, shown)
-    for secret in sorted(secrets, key=len, reverse=True):  # longest first: a short form inside a long one
+    for secret in sorted(
+        secrets, key=len, reverse=True
+    ):  # longest first: a short form inside a long one
         text = _hide_word(text, secret)
     return text
 
@@ -73,7 +82,13 @@ def _hide_word(text: str, secret: str) -> str:
 
 def _forms(secret: str, *, written: str | None = None) -> set[str]:
     """The forms a secret can take in a message: as written in the URL, decoded, encoded."""
-    forms = {secret, unquote(secret), unquote_plus(secret), quote(secret, safe=""), quote_plus(secret)}
+    forms = {
+        secret,
+        unquote(secret),
+        unquote_plus(secret),
+        quote(secret, safe=""),
+        quote_plus(secret),
+    }
     if written is not None:
         forms.add(written)
     return {f for f in forms if f and f != _HIDDEN}
@@ -133,7 +148,7 @@ def _redacted(url: str) -> tuple[str, set[str]] | None:
     secrets |= query_secrets
     if not secrets:
         return None
-    return scheme + "://" + _render(tail)[len("neve://"):], secrets
+    return scheme + "://" + _render(tail)[len("neve://") :], secrets
 
 
 def _importable(module: str) -> bool:
@@ -156,7 +171,7 @@ def normalize_url(url: str) -> str:
     """
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            rest = url[len(prefix):]
+            rest = url[len(prefix) :]
             if not _importable("psycopg") and _importable("psycopg2"):
                 return "postgresql+psycopg2://" + rest
             return "postgresql://" + rest
@@ -170,8 +185,9 @@ def storage_kind(url: str | None) -> str:
     if url is None or url in ("", ":memory:") or url in IN_MEMORY_SQLITE:
         return "memory"
     if not isinstance(url, str):
-        raise TypeError(f"storage must be a URL string (sqlite:///FILE, postgresql://...) or None, "
-                        f"got {url!r}")
+        raise TypeError(
+            f"storage must be a URL string (sqlite:///FILE, postgresql://...) or None, got {url!r}"
+        )
     if url.startswith("journal:"):
         return "journal"
     if "://" in url:
@@ -182,8 +198,6 @@ def storage_kind(url: str | None) -> str:
         f"storage {redact_url(url)!r} is neither an SQLAlchemy URL (sqlite:///FILE, postgresql://...), "
         f"a journal file (journal:PATH or *.log) nor ':memory:'"
     )
-
-
 
 
 def url_problem(url: str) -> str | None:

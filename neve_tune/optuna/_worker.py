@@ -29,7 +29,8 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import optuna
 import torch
@@ -58,9 +59,19 @@ from ._worker_checks import (  # re-exported: the worker's checks, in their own 
     study_identity,
 )
 
-__all__ = ["run_worker", "open_study", "StudyNotFoundError", "METHOD_ATTR", "IDENTITY_ATTR",
-           "study_identity", "check_study_name", "check_threads", "format_trial", "check_direction",
-           "WorkerInterrupted"]
+__all__ = [
+    "run_worker",
+    "open_study",
+    "StudyNotFoundError",
+    "METHOD_ATTR",
+    "IDENTITY_ATTR",
+    "study_identity",
+    "check_study_name",
+    "check_threads",
+    "format_trial",
+    "check_direction",
+    "WorkerInterrupted",
+]
 
 
 class StudyNotFoundError(LookupError):
@@ -90,9 +101,15 @@ def open_study(
     unreachable storage and :class:`StudyNotFoundError` for a missing study, both with
     the password redacted. ``grace_period`` is the deprecated name of
     ``heartbeat_grace_period``."""
-    heartbeat_grace_period = _renamed("grace_period", grace_period, "heartbeat_grace_period", heartbeat_grace_period)
-    backend = make_storage(storage, heartbeat_interval=heartbeat_interval, heartbeat_grace_period=heartbeat_grace_period,
-                           max_retry=max_retry)
+    heartbeat_grace_period = _renamed(
+        "grace_period", grace_period, "heartbeat_grace_period", heartbeat_grace_period
+    )
+    backend = make_storage(
+        storage,
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_grace_period=heartbeat_grace_period,
+        max_retry=max_retry,
+    )
     if backend is None or create:
         check_choice("direction", direction, ("minimize", "maximize"))
         return optuna.create_study(
@@ -104,17 +121,26 @@ def open_study(
             load_if_exists=True,
         )
     try:
-        return optuna.load_study(study_name=study_name, storage=backend, sampler=sampler, pruner=pruner)
+        return optuna.load_study(
+            study_name=study_name, storage=backend, sampler=sampler, pruner=pruner
+        )
     except KeyError:
         try:
-            known = [s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)]
+            known = [
+                s.study_name
+                for s in optuna.get_all_study_summaries(backend, include_best_trial=False)
+            ]
         except Exception:  # pragma: no cover - the listing is only a hint
             known = []
-        where = (f"study {study_name!r} does not exist in storage {redact_url(storage)!r} "
-                 f"(studies there: {known})")
+        where = (
+            f"study {study_name!r} does not exist in storage {redact_url(storage)!r} "
+            f"(studies there: {known})"
+        )
         raise StudyNotFoundError(
             f"{where}; create it with `optuna create-study --study-name {study_name} --storage URL "
-            "--direction minimize`, or pass --create", where) from None
+            "--direction minimize`, or pass --create",
+            where,
+        ) from None
 
 
 def _renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
@@ -132,7 +158,9 @@ def format_trial(trial: FrozenTrial) -> str:
     a = trial.user_attrs
     value = "-" if trial.value is None else f"{trial.value:.5g}"
     acc = a.get("test_acc")
-    params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    params = " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
+    )
     dur = trial.duration.total_seconds() if trial.duration is not None else float("nan")
     return (
         f"trial {trial.number} {trial.state.name} value={value} epochs={a.get('epochs', '-')} "
@@ -141,14 +169,31 @@ def format_trial(trial: FrozenTrial) -> str:
 
 
 def run_worker(
-    study_file: Study | str | os.PathLike, *, study_name: str | None = None, storage: str | None = None,
-    n_trials: int | None = None, timeout: float | None = None, total_trials: int | None = None, method: str = "neve",
-    seed: int = 0, device: str | None = None, checkpoint_dir: str | os.PathLike | None = None,
-    keep_checkpoints: bool = False, pruner: BasePruner | None = None, pruner_options: dict[str, Any] | None = None,
-    sampler_seed: int | None = None, create: bool = False, direction: str = "minimize",
-    heartbeat_interval: int | None = 60, heartbeat_grace_period: int | None = None, max_retry: int | None = 3,
-    torch_threads: int | None = None, changes: dict[str, Any] | None = None, log: Callable[[str], None] | None = print,
-    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (), grace_period: int | None = None,
+    study_file: Study | str | os.PathLike,
+    *,
+    study_name: str | None = None,
+    storage: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    total_trials: int | None = None,
+    method: str = "neve",
+    seed: int = 0,
+    device: str | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    keep_checkpoints: bool = False,
+    pruner: BasePruner | None = None,
+    pruner_options: dict[str, Any] | None = None,
+    sampler_seed: int | None = None,
+    create: bool = False,
+    direction: str = "minimize",
+    heartbeat_interval: int | None = 60,
+    heartbeat_grace_period: int | None = None,
+    max_retry: int | None = 3,
+    torch_threads: int | None = None,
+    changes: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = print,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    grace_period: int | None = None,
 ) -> optuna.Study:
     """Run trials of ``study_file`` against the Optuna study ``study_name`` in ``storage``
     (what ``neve-tune optuna worker`` runs on each machine; the rules are in the module doc).
@@ -168,41 +213,92 @@ def run_worker(
         >>> len(search.trials)
         2
     """
-    heartbeat_grace_period = _renamed("grace_period", grace_period, "heartbeat_grace_period", heartbeat_grace_period)
+    heartbeat_grace_period = _renamed(
+        "grace_period", grace_period, "heartbeat_grace_period", heartbeat_grace_period
+    )
     study = load_study(study_file).replace(**(changes or {}))
-    check_worker_arguments(n_trials=n_trials, total_trials=total_trials, torch_threads=torch_threads,
-                           timeout=timeout, method=method, seed=seed, device=device, sampler_seed=sampler_seed,
-                           direction=direction, max_retry=max_retry)
+    check_worker_arguments(
+        n_trials=n_trials,
+        total_trials=total_trials,
+        torch_threads=torch_threads,
+        timeout=timeout,
+        method=method,
+        seed=seed,
+        device=device,
+        sampler_seed=sampler_seed,
+        direction=direction,
+        max_retry=max_retry,
+    )
     check_study_file(study, study_name)
     if torch_threads is not None:
         torch.set_num_threads(torch_threads)
     data = study.load_data()  # fail here, not inside a trial, when the data set is missing
-    search = _writable_study(study_name or study.name, storage, method, study_identity(study),
-                             create=create, direction=direction, sampler=_sampler(sampler_seed),
-                             heartbeat_interval=heartbeat_interval,
-                             heartbeat_grace_period=heartbeat_grace_period, max_retry=max_retry)
+    search = _writable_study(
+        study_name or study.name,
+        storage,
+        method,
+        study_identity(study),
+        create=create,
+        direction=direction,
+        sampler=_sampler(sampler_seed),
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_grace_period=heartbeat_grace_period,
+        max_retry=max_retry,
+    )
     search.pruner = _pruner(search, method, pruner, pruner_options, study)
-    if checkpoint_dir is None and storage_kind(storage) == "rdb" and heartbeat_interval is not None and log:
-        log("note: no checkpoint directory, so a retried trial restarts from epoch 0 (pass --checkpoint-dir)")
+    if (
+        checkpoint_dir is None
+        and storage_kind(storage) == "rdb"
+        and heartbeat_interval is not None
+        and log
+    ):
+        log(
+            "note: no checkpoint directory, so a retried trial restarts from epoch 0 (pass --checkpoint-dir)"
+        )
     stop = PoliteStop()
-    objective = make_objective(study, method=method, seed=seed, device=device, checkpoint_dir=checkpoint_dir,
-                               data=data, keep_checkpoints=keep_checkpoints, stop=stop)
+    objective = make_objective(
+        study,
+        method=method,
+        seed=seed,
+        device=device,
+        checkpoint_dir=checkpoint_dir,
+        data=data,
+        keep_checkpoints=keep_checkpoints,
+        stop=stop,
+    )
     mine: list[int] = []
     cbs, n_trials = _callbacks(mine, log, callbacks, total_trials, n_trials, timeout, stop)
     if log:
         where = "<in-memory>" if storage_kind(storage) == "memory" else redact_url(storage)
-        log(f"worker {os.getpid()}: study {search.study_name!r} in {where}, method={method}, "
-            f"pruner={search.pruner!r}, sampler={search.sampler!r}, trials={n_trials or 'unbounded'}")
+        log(
+            f"worker {os.getpid()}: study {search.study_name!r} in {where}, method={method}, "
+            f"pruner={search.pruner!r}, sampler={search.sampler!r}, trials={n_trials or 'unbounded'}"
+        )
     t0 = time.perf_counter()
-    _optimize(search, objective, stop, n_trials=n_trials, timeout=timeout, callbacks=cbs, max_retry=max_retry)
+    _optimize(
+        search,
+        objective,
+        stop,
+        n_trials=n_trials,
+        timeout=timeout,
+        callbacks=cbs,
+        max_retry=max_retry,
+    )
     if log:
-        log(_closing_line(search, len(mine), time.perf_counter() - t0,
-                          study.selection if method == "neve" else "objective"))
+        log(
+            _closing_line(
+                search,
+                len(mine),
+                time.perf_counter() - t0,
+                study.selection if method == "neve" else "objective",
+            )
+        )
     return search
 
 
-def _writable_study(name: str, storage: str | None, method: str, identity: dict[str, Any],
-                    **open_kwargs: Any) -> optuna.Study:
+def _writable_study(
+    name: str, storage: str | None, method: str, identity: dict[str, Any], **open_kwargs: Any
+) -> optuna.Study:
     """:func:`open_study`, checked (:func:`~neve_tune.optuna._worker_checks.check_search`) and written to once, so a
     read-only or full database is a :class:`StorageError` before any trial."""
     try:
@@ -210,19 +306,30 @@ def _writable_study(name: str, storage: str | None, method: str, identity: dict[
         check_search(search, method, identity)
         search.set_user_attr(METHOD_ATTR, method)  # one write now: a read-only storage fails here
     except STORAGE_WRITE_ERRORS as e:  # read-only or full database file, unwritable journal
-        raise StorageError(f"storage {redact_url(storage)!r} cannot be written: "
-                           f"{redact_url(storage, first_line(e.__cause__ or e, 200))}") from None
+        raise StorageError(
+            f"storage {redact_url(storage)!r} cannot be written: "
+            f"{redact_url(storage, first_line(e.__cause__ or e, 200))}"
+        ) from None
     return search
 
 
 def _sampler(sampler_seed: int | None) -> optuna.samplers.BaseSampler:
     """Seeded: TPE seeded per trial (workers sharing a seed sample apart); else TPE
     seeded from the OS (every worker its own stream)."""
-    return optuna.samplers.TPESampler() if sampler_seed is None else TrialSeededTPESampler(sampler_seed)
+    return (
+        optuna.samplers.TPESampler()
+        if sampler_seed is None
+        else TrialSeededTPESampler(sampler_seed)
+    )
 
 
-def _pruner(search: optuna.Study, method: str, pruner: BasePruner | None, options: dict[str, Any] | None,
-            study: Study | None = None) -> BasePruner:
+def _pruner(
+    search: optuna.Study,
+    method: str,
+    pruner: BasePruner | None,
+    options: dict[str, Any] | None,
+    study: Study | None = None,
+) -> BasePruner:
     """The given pruner, else NeVe's (settings: ``options``, else those stored in the
     Optuna study, else the study file's rung signal) or successive halving on validation
     loss for the baselines."""
@@ -241,9 +348,15 @@ def _pruner(search: optuna.Study, method: str, pruner: BasePruner | None, option
     return pruner
 
 
-def _callbacks(mine: list[int], log: Callable[[str], None] | None, extra: Sequence[Callable[..., None]],
-               total_trials: int | None, n_trials: int | None, timeout: float | None,
-               stop: PoliteStop) -> tuple[list[Callable[[optuna.Study, FrozenTrial], None]], int | None]:
+def _callbacks(
+    mine: list[int],
+    log: Callable[[str], None] | None,
+    extra: Sequence[Callable[..., None]],
+    total_trials: int | None,
+    n_trials: int | None,
+    timeout: float | None,
+    stop: PoliteStop,
+) -> tuple[list[Callable[[optuna.Study, FrozenTrial], None]], int | None]:
     """The callbacks after each trial (its line, the study's total, a polite stop) and
     the trial count ``optimize`` runs."""
 
@@ -256,23 +369,44 @@ def _callbacks(mine: list[int], log: Callable[[str], None] | None, extra: Sequen
         if stop.requested:
             s.stop()
 
-    cbs: list[Callable[[optuna.Study, FrozenTrial], None]] = [on_finish, *extra, stop_between_trials]
+    cbs: list[Callable[[optuna.Study, FrozenTrial], None]] = [
+        on_finish,
+        *extra,
+        stop_between_trials,
+    ]
     if total_trials is not None:
-        cbs.append(optuna.study.MaxTrialsCallback(total_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        cbs.append(
+            optuna.study.MaxTrialsCallback(
+                total_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)
+            )
+        )
         if n_trials is None and timeout is None:
             n_trials = total_trials
     return cbs, n_trials
 
 
-def _optimize(search: optuna.Study, objective: Callable[[optuna.Trial], float], stop: PoliteStop, *,
-              n_trials: int | None, timeout: float | None, callbacks: list[Callable[..., None]],
-              max_retry: int | None) -> None:
+def _optimize(
+    search: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    stop: PoliteStop,
+    *,
+    n_trials: int | None,
+    timeout: float | None,
+    callbacks: list[Callable[..., None]],
+    max_retry: int | None,
+) -> None:
     """``search.optimize`` under SIGINT/SIGTERM handlers: a trial left by a polite stop is
     failed and re-queued at once with the heartbeat's retry callback (its checkpoint,
     intermediate values and rung state carry over), then :class:`WorkerInterrupted`."""
     with stop.installed():
         try:
-            search.optimize(objective, n_trials=n_trials, timeout=timeout, callbacks=callbacks, gc_after_trial=False)
+            search.optimize(
+                objective,
+                n_trials=n_trials,
+                timeout=timeout,
+                callbacks=callbacks,
+                gc_after_trial=False,
+            )
         except Abandon:
             pass
     left = getattr(objective, "left", None)
@@ -300,15 +434,28 @@ def _requeue(search: optuna.Study, number: int, max_retry: int | None) -> tuple[
     before = {t.number for t in search.get_trials(deepcopy=False)}
     with warnings.catch_warnings():  # "experimental" since Optuna 2.8
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)(search, failed)
+        RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)(
+            search, failed
+        )
     added = sorted({t.number for t in search.get_trials(deepcopy=False)} - before)
     return (added[0] if added else None), max(failed.intermediate_values, default=0)
 
 
-def _closing_line(search: optuna.Study, ran: int, seconds: float, selection: str = "objective") -> str:
+def _closing_line(
+    search: optuna.Study, ran: int, seconds: float, selection: str = "objective"
+) -> str:
     """The worker's last line: its trials, the study's states, the winning trial
     (:func:`~neve_tune.optuna.pick_trial` by the study's ``selection``)."""
-    counts = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
+    counts = {
+        s.name: 0
+        for s in (
+            TrialState.COMPLETE,
+            TrialState.PRUNED,
+            TrialState.FAIL,
+            TrialState.RUNNING,
+            TrialState.WAITING,
+        )
+    }
     for t in search.get_trials(deepcopy=False):
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     line = f"worker {os.getpid()}: ran {ran} trials in {seconds:.1f}s; study: " + ", ".join(

@@ -24,9 +24,21 @@ from ..study import Study
 from ..trial import resolve_device
 from ._objective import OBJECTIVE_METHODS
 
-__all__ = ["IDENTITY_ATTR", "MAX_STUDY_NAME", "MAX_THREADS_PER_CPU", "METHOD_ATTR", "check_direction",
-           "check_identity", "check_method", "check_search", "check_study_file", "check_study_name",
-           "check_threads", "check_worker_arguments", "study_identity"]
+__all__ = [
+    "IDENTITY_ATTR",
+    "MAX_STUDY_NAME",
+    "MAX_THREADS_PER_CPU",
+    "METHOD_ATTR",
+    "check_direction",
+    "check_identity",
+    "check_method",
+    "check_search",
+    "check_study_file",
+    "check_study_name",
+    "check_threads",
+    "check_worker_arguments",
+    "study_identity",
+]
 
 METHOD_ATTR = "neve_method"  # study user attribute: the method every worker must run
 IDENTITY_ATTR = "neve_study"  # study user attribute: study file, data, epoch budget of every trial
@@ -37,8 +49,11 @@ MAX_THREADS_PER_CPU = 4  # more torch threads per core only oversubscribe it (10
 def study_identity(study: Study) -> dict[str, Any]:
     """What every trial of one Optuna study must share: the study file's name, its data
     (:func:`neve_tune.data.data_identity`: not where the files lie) and its epoch budget."""
-    identity = {"study": study.name, "data": data_identity(study.data, study.data_options),
-                "max_epochs": study.max_epochs}
+    identity = {
+        "study": study.name,
+        "data": data_identity(study.data, study.data_options),
+        "max_epochs": study.max_epochs,
+    }
     return json.loads(json.dumps(json_safe(identity), default=str))  # as the storage gives it back
 
 
@@ -49,11 +64,16 @@ def check_identity(search: optuna.Study, identity: dict[str, Any]) -> None:
     if stored is None or stored == identity:
         return
     names = {"study": "study file", "data": "data", "max_epochs": "max_epochs"}
-    diffs = [f"{names.get(k, k)}: {stored.get(k)!r} in the storage, {identity.get(k)!r} here"
-             for k in identity if stored.get(k) != identity.get(k)]
-    raise ValueError(f"study {search.study_name!r} was created from another study "
-                     f"({'; '.join(diffs)}); run its workers with the study file and settings it "
-                     "was created with, or use another --study-name")
+    diffs = [
+        f"{names.get(k, k)}: {stored.get(k)!r} in the storage, {identity.get(k)!r} here"
+        for k in identity
+        if stored.get(k) != identity.get(k)
+    ]
+    raise ValueError(
+        f"study {search.study_name!r} was created from another study "
+        f"({'; '.join(diffs)}); run its workers with the study file and settings it "
+        "was created with, or use another --study-name"
+    )
 
 
 def check_threads(name: str, threads: Any) -> int | None:
@@ -62,8 +82,10 @@ def check_threads(name: str, threads: Any) -> int | None:
     threads = check_int(name, threads, minimum=1, allow_none=True)
     most = MAX_THREADS_PER_CPU * (os.cpu_count() or 1)
     if threads is not None and threads > most:
-        raise ValueError(f"{name} must be at most {most} ({MAX_THREADS_PER_CPU} per CPU core "
-                         f"here), got {threads}")
+        raise ValueError(
+            f"{name} must be at most {most} ({MAX_THREADS_PER_CPU} per CPU core "
+            f"here), got {threads}"
+        )
     return threads
 
 
@@ -73,9 +95,11 @@ def check_study_name(name: Any, label: str = "study_name") -> str:
     if not isinstance(name, str) or not name:
         raise ValueError(f"{label} must be a non-empty string, got {name!r}")
     if len(name) > MAX_STUDY_NAME:
-        raise ValueError(f"{label} must be at most {MAX_STUDY_NAME} characters "
-                         "(what Optuna's storages hold), "
-                         f"got {len(name)}")
+        raise ValueError(
+            f"{label} must be at most {MAX_STUDY_NAME} characters "
+            "(what Optuna's storages hold), "
+            f"got {len(name)}"
+        )
     return name
 
 
@@ -96,8 +120,10 @@ def check_method(study: optuna.Study, method: str) -> None:
 def check_study_file(study: Study, study_name: str | None) -> None:
     """The Optuna study's name fits its storage, and the model exists (not a FAIL trial)."""
     default_name = "the study file's name (Study.name, the default study_name)"
-    check_study_name(study_name if study_name is not None else study.name,
-                     "study_name" if study_name is not None else default_name)
+    check_study_name(
+        study_name if study_name is not None else study.name,
+        "study_name" if study_name is not None else default_name,
+    )
     check_model_available(study.model, f"study {study.name!r}: model")
 
 
@@ -112,7 +138,9 @@ def check_worker_arguments(**kw: Any) -> None:
     check_seed("sampler_seed", kw["sampler_seed"], allow_none=True)
     check_int("max_retry", kw["max_retry"], minimum=0, allow_none=True)
     check_direction("direction", kw["direction"])
-    resolve_device(check_device("device", kw["device"]))  # absent devices fail here, not as FAIL trials
+    resolve_device(
+        check_device("device", kw["device"])
+    )  # absent devices fail here, not as FAIL trials
 
 
 def check_direction(name: str, direction: Any) -> str:
@@ -120,21 +148,26 @@ def check_direction(name: str, direction: Any) -> str:
     must minimize it; ``maximize`` would search for the worst configuration."""
     check_choice(name, direction, ("minimize", "maximize"))
     if direction != "minimize":
-        raise ValueError(f"{name} must be 'minimize': the objective is a loss (training loss for neve, "
-                         f"validation loss for the baselines), got {direction!r}")
+        raise ValueError(
+            f"{name} must be 'minimize': the objective is a loss (training loss for neve, "
+            f"validation loss for the baselines), got {direction!r}"
+        )
     return direction
 
 
-def check_search(search: optuna.Study, method: str,
-                 identity: dict[str, Any] | None = None) -> None:
+def check_search(search: optuna.Study, method: str, identity: dict[str, Any] | None = None) -> None:
     """One objective, minimized, run with the method and the study identity stored in the
     study (both stored by its first worker, once every check passed)."""
     if len(search.directions) != 1:
-        raise ValueError(f"study {search.study_name!r} has {len(search.directions)} objectives; "
-                         "a worker needs a single-objective study")
+        raise ValueError(
+            f"study {search.study_name!r} has {len(search.directions)} objectives; "
+            "a worker needs a single-objective study"
+        )
     if search.direction != optuna.study.StudyDirection.MINIMIZE:
-        raise ValueError(f"study {search.study_name!r} maximizes; its objective is a loss, so it must minimize "
-                         f"(create it with --direction minimize)")
+        raise ValueError(
+            f"study {search.study_name!r} maximizes; its objective is a loss, so it must minimize "
+            f"(create it with --direction minimize)"
+        )
     if identity is not None:
         check_identity(search, identity)
     check_method(search, method)

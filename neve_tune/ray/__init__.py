@@ -23,12 +23,24 @@ Example::
              stop=NeVeStopper(), num_samples=20)
 """
 
-from ._scheduler import NeVeASHAScheduler, NeVeASHAStateCallback
 from ._report import report_epoch
+from ._scheduler import NeVeASHAScheduler, NeVeASHAStateCallback
+from ._search import (
+    CLUSTER_MAX_FAILURES,
+    asha_scheduler,
+    default_max_failures,
+    run_search,
+    search_trials,
+    summarize,
+)
 from ._stopper import NeVeStopper, velocity_verdict
-from ._search import (CLUSTER_MAX_FAILURES, asha_scheduler, default_max_failures, run_search,
-                      search_trials, summarize)
-from ._trainable import check_resources, check_resources_available, neve_trainable, reported_metrics, to_ray_space
+from ._trainable import (
+    check_resources,
+    check_resources_available,
+    neve_trainable,
+    reported_metrics,
+    to_ray_space,
+)
 
 __all__ = [
     "CLUSTER_MAX_FAILURES",

@@ -60,8 +60,15 @@ class ConsensusRungs:
 
         return selection_mode(list(self._fits.values())) == "consensus"
 
-    def decide(self, bracket: int, trial_id: str, t: float, predictions: str, quantile: float,
-               stop_last_trials: bool = True) -> bool:
+    def decide(
+        self,
+        bracket: int,
+        trial_id: str,
+        t: float,
+        predictions: str,
+        quantile: float,
+        stop_last_trials: bool = True,
+    ) -> bool:
         """Record ``predictions`` at the highest rung ``t`` reached that the trial has not
         reached before and return whether to stop it there (False when no new rung)."""
         for milestone, preds in zip(self._milestones[bracket], self._preds[bracket]):
@@ -94,13 +101,20 @@ class ConsensusRungs:
         return _agreements(preds) if len(preds) > 1 else {k: float("nan") for k in preds}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rungs": [[(m, dict(p)) for m, p in zip(ms, ps)] for ms, ps in zip(self._milestones, self._preds)],
-                "fits": dict(self._fits)}
+        return {
+            "rungs": [
+                [(m, dict(p)) for m, p in zip(ms, ps)]
+                for ms, ps in zip(self._milestones, self._preds)
+            ],
+            "fits": dict(self._fits),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if [[m for m, _ in b] for b in state["rungs"]] != self._milestones:
             raise ValueError("consensus rung state has other rungs than this scheduler")
-        self._preds = [[{str(k): str(v) for k, v in p.items()} for _, p in b] for b in state["rungs"]]
+        self._preds = [
+            [{str(k): str(v) for k, v in p.items()} for _, p in b] for b in state["rungs"]
+        ]
         self._fits = {str(k): float(v) for k, v in state.get("fits", {}).items()}
 
 

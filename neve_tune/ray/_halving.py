@@ -89,6 +89,7 @@ def check_mode(metric: str, mode: str) -> str:
     """
     check_choice("mode", mode, ("min", "max"))
     if mode == "max" and metric.endswith("loss"):
-        raise ValueError(f"mode must be 'min' for metric {metric!r}: a loss is minimised, "
-                         "got 'max'")
+        raise ValueError(
+            f"mode must be 'min' for metric {metric!r}: a loss is minimised, got 'max'"
+        )
     return mode

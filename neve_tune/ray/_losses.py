@@ -5,7 +5,8 @@ here :func:`stalls_early`) reads."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .._checks import _unwrap, is_finite, to_float
 from .._rules import stalled_early

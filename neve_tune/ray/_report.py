@@ -11,7 +11,8 @@ function trainable API; ``ray.train.report`` fails a Tune trial), with an option
 from __future__ import annotations
 
 import numbers
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .._checks import _is_bool, _unwrap, to_float
 from .._metrics import check_metric_keys
@@ -19,8 +20,22 @@ from .._metrics import check_metric_keys
 __all__ = ["report_epoch", "check_epoch_metrics"]
 
 # keys Tune fills in itself: a trainable reporting them would overwrite Tune's bookkeeping
-_TUNE_KEYS = frozenset({"training_iteration", "done", "trial_id", "config", "time_total_s", "time_this_iter_s",
-                        "timestamp", "date", "pid", "hostname", "node_ip", "experiment_id"})
+_TUNE_KEYS = frozenset(
+    {
+        "training_iteration",
+        "done",
+        "trial_id",
+        "config",
+        "time_total_s",
+        "time_this_iter_s",
+        "timestamp",
+        "date",
+        "pid",
+        "hostname",
+        "node_ip",
+        "experiment_id",
+    }
+)
 
 
 def _plain(key: str, value: Any) -> Any:
@@ -35,11 +50,15 @@ def _plain(key: str, value: Any) -> Any:
     if isinstance(value, numbers.Real):
         return float(value)
     if hasattr(value, "shape") and getattr(value, "ndim", 0) > 0:
-        raise TypeError(f"metrics[{key!r}] must be a scalar, got an array of shape {tuple(value.shape)} (reduce it first)")
+        raise TypeError(
+            f"metrics[{key!r}] must be a scalar, got an array of shape {tuple(value.shape)} (reduce it first)"
+        )
     return value
 
 
-def check_epoch_metrics(metrics: Mapping[str, Any], *, metric: str = "velocity", loss_metric: str = "train_loss") -> dict[str, Any]:
+def check_epoch_metrics(
+    metrics: Mapping[str, Any], *, metric: str = "velocity", loss_metric: str = "train_loss"
+) -> dict[str, Any]:
     """One epoch's metrics, checked and converted (see :func:`report_epoch` for the rule).
 
     >>> import numpy as np
@@ -54,7 +73,9 @@ def check_epoch_metrics(metrics: Mapping[str, Any], *, metric: str = "velocity",
     keys = sorted(map(str, metrics))
     for key in metrics:
         if key in _TUNE_KEYS:
-            raise ValueError(f"metrics must not set {key!r}: Tune fills it in itself; its keys: {keys}")
+            raise ValueError(
+                f"metrics must not set {key!r}: Tune fills it in itself; its keys: {keys}"
+            )
     out = {key: _plain(key, value) for key, value in metrics.items()}
     for key in (metric, loss_metric):
         if key not in out:
@@ -70,8 +91,13 @@ def check_epoch_metrics(metrics: Mapping[str, Any], *, metric: str = "velocity",
     return out
 
 
-def report_epoch(metrics: Mapping[str, Any], checkpoint: Any = None, *, metric: str = "velocity",
-                 loss_metric: str = "train_loss") -> dict[str, Any]:
+def report_epoch(
+    metrics: Mapping[str, Any],
+    checkpoint: Any = None,
+    *,
+    metric: str = "velocity",
+    loss_metric: str = "train_loss",
+) -> dict[str, Any]:
     """Report one finished epoch from your own Ray Tune function trainable; returns what
     was reported.
 

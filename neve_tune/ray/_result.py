@@ -7,7 +7,8 @@ and the keys Tune fills in by itself, which carry no training metrics.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .._checks import _is_bool, _unwrap, to_float
 
@@ -61,7 +62,9 @@ def is_bare(result: Mapping[str, Any]) -> bool:
 
 def reported_number(result: Mapping[str, Any], key: str, who: str) -> float | None:
     """``result[key]`` as a float; missing or ``None`` is None, a non-number a ``TypeError``."""
-    return to_float(f"{who}: metric {key!r}", result[key], allow_none=True) if key in result else None
+    return (
+        to_float(f"{who}: metric {key!r}", result[key], allow_none=True) if key in result else None
+    )
 
 
 def training_keys(result: Mapping[str, Any]) -> list[str]:

@@ -20,7 +20,15 @@ from .._checks import check_choice, check_float, check_int, to_float
 from ._consensus import ConsensusRungs, check_predictions
 from ._halving import _bracket_milestones, _choose_bracket, _Rung, check_mode
 from ._scheduler_state import NeVeASHAStateCallback
-from ._stopper import CONVERGED, DIVERGED, STALLED, _check_key, check_threshold, remember_first_loss, velocity_verdict
+from ._stopper import (
+    CONVERGED,
+    DIVERGED,
+    STALLED,
+    _check_key,
+    check_threshold,
+    remember_first_loss,
+    velocity_verdict,
+)
 
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
@@ -162,7 +170,8 @@ class NeVeASHAScheduler(FIFOScheduler):
         self._signal = check_choice("signal", signal, ("metric", "consensus", "auto"))
         self._predictions_key = _check_key(predictions_key, "predictions_key")
         self._brackets: list[list[_Rung]] = [
-            [_Rung(m) for m in _bracket_milestones(grace_period, self._max_t, self._rf, s)] for s in range(n_brackets)
+            [_Rung(m) for m in _bracket_milestones(grace_period, self._max_t, self._rf, s)]
+            for s in range(n_brackets)
         ]
         self._votes = ConsensusRungs([[r.milestone for r in b] for b in self._brackets])
         self._active: dict[str, int] = {}  # trial_id -> bracket index, while the trial may report
@@ -186,7 +195,7 @@ class NeVeASHAScheduler(FIFOScheduler):
         # metric and mode are set here already; Tune may still pass the TuneConfig's
         return not ((metric and metric != self._rung_metric) or (mode and mode != self._mode))
 
-    def callback(self) -> "NeVeASHAStateCallback":
+    def callback(self) -> NeVeASHAStateCallback:
         """A ``ray.tune.Callback`` that saves this scheduler's state with the experiment
         checkpoint and loads it back on ``Tuner.restore``: put it in
         ``RunConfig(callbacks=[...])`` (or ``tune.run(callbacks=[...])``)."""
@@ -198,11 +207,13 @@ class NeVeASHAScheduler(FIFOScheduler):
         return self._persist
 
     # ------------------------------------------------------------------ Tune hooks
-    def on_trial_add(self, tune_controller: "TuneController", trial: Trial) -> None:
+    def on_trial_add(self, tune_controller: TuneController, trial: Trial) -> None:
         tid = trial.trial_id
         if tid in self._active:  # a retried trial, or one known from the restored state
             return
-        if getattr(trial, "status", None) == Trial.TERMINATED:  # a finished trial re-added by a restore
+        if (
+            getattr(trial, "status", None) == Trial.TERMINATED
+        ):  # a finished trial re-added by a restore
             if not self._restored and tid not in self._outcome and not self._warned_unrestored:
                 self._warned_unrestored = True
                 logger.warning(
@@ -212,7 +223,7 @@ class NeVeASHAScheduler(FIFOScheduler):
             return
         self._active[tid] = self._choose_bracket()
 
-    def on_trial_result(self, tune_controller: "TuneController", trial: Trial, result: dict) -> str:
+    def on_trial_result(self, tune_controller: TuneController, trial: Trial, result: dict) -> str:
         tid = trial.trial_id
         verdict = self._verdict(tid, result)
         if verdict in (DIVERGED, STALLED):
@@ -235,7 +246,9 @@ class NeVeASHAScheduler(FIFOScheduler):
                 self._set_outcome(tid, MAX_T if t >= self._max_t else PRUNED)
         return action
 
-    def on_trial_complete(self, tune_controller: "TuneController", trial: Trial, result: dict) -> None:
+    def on_trial_complete(
+        self, tune_controller: TuneController, trial: Trial, result: dict
+    ) -> None:
         tid = trial.trial_id
         if tid not in self._active:
             return
@@ -249,13 +262,14 @@ class NeVeASHAScheduler(FIFOScheduler):
             self._votes.add_fit(tid, result.get("subset_fit"))
         del self._active[tid]
 
-    def on_trial_remove(self, tune_controller: "TuneController", trial: Trial) -> None:
+    def on_trial_remove(self, tune_controller: TuneController, trial: Trial) -> None:
         self._active.pop(trial.trial_id, None)
 
     def debug_string(self) -> str:
         c = self._counts
         rungs = "\n".join(
-            "Bracket: " + " | ".join(f"Iter {r.milestone:.3f}: {r.cutoff(self._quantile)}" for r in bracket)
+            "Bracket: "
+            + " | ".join(f"Iter {r.milestone:.3f}: {r.cutoff(self._quantile)}" for r in bracket)
             for bracket in self._brackets
         )
         return (
@@ -277,13 +291,19 @@ class NeVeASHAScheduler(FIFOScheduler):
     def rung_values(self, bracket: int = 0) -> list[tuple[float, dict[str, float]]]:
         """The rungs of one bracket, highest first: ``(milestone, {trial_id: metric})``,
         in the metric's own units."""
-        return [(r.milestone, {k: self._sign * v for k, v in r.values.items()}) for r in self._brackets[bracket]]
+        return [
+            (r.milestone, {k: self._sign * v for k, v in r.values.items()})
+            for r in self._brackets[bracket]
+        ]
 
     # ------------------------------------------------------------------ internals
     def _verdict(self, trial_id: str, result: dict) -> str | None:
         return velocity_verdict(
-            result, metric=self._velocity_metric, threshold_key=self._threshold_key,
-            threshold=self._threshold, who=type(self).__name__,
+            result,
+            metric=self._velocity_metric,
+            threshold_key=self._threshold_key,
+            threshold=self._threshold,
+            who=type(self).__name__,
             first_loss=remember_first_loss(self._first_loss, trial_id, result),
         )
 
@@ -291,7 +311,9 @@ class NeVeASHAScheduler(FIFOScheduler):
         return _choose_bracket(self._brackets)
 
     def _bracket_index(self, trial_id: str) -> int:
-        if trial_id not in self._active:  # a result of a trial never added (e.g. restored without state)
+        if (
+            trial_id not in self._active
+        ):  # a result of a trial never added (e.g. restored without state)
             self._active[trial_id] = self._choose_bracket()
         return self._active[trial_id]
 
@@ -307,7 +329,9 @@ class NeVeASHAScheduler(FIFOScheduler):
             if t < rung.milestone or trial_id in rung.values:
                 continue
             if value is None:
-                logger.warning("NeVeASHAScheduler: metric %r is None; not recorded", self._rung_metric)
+                logger.warning(
+                    "NeVeASHAScheduler: metric %r is None; not recorded", self._rung_metric
+                )
                 break
             reward = self._sign * value
             cutoff = rung.cutoff(self._quantile)
@@ -318,15 +342,27 @@ class NeVeASHAScheduler(FIFOScheduler):
         return action
 
     def _metric(self, result: dict) -> float | None:
-        return to_float(f"{type(self).__name__}: metric {self._rung_metric!r}", result[self._rung_metric], allow_none=True)
+        return to_float(
+            f"{type(self).__name__}: metric {self._rung_metric!r}",
+            result[self._rung_metric],
+            allow_none=True,
+        )
 
     def _rung_decision(self, trial_id: str, t: float, result: dict) -> str:
         """Rule 4 on the metric, on the consensus, or (``"auto"``, which records both) on
         the consensus once the finished trials say the labels are noisy."""
         if self._signal != "metric":
-            preds = check_predictions(result.get(self._predictions_key), self._predictions_key, type(self).__name__)
-            stop = self._votes.decide(self._bracket_index(trial_id), trial_id, t, preds, self._quantile,
-                                      self._stop_last_trials)
+            preds = check_predictions(
+                result.get(self._predictions_key), self._predictions_key, type(self).__name__
+            )
+            stop = self._votes.decide(
+                self._bracket_index(trial_id),
+                trial_id,
+                t,
+                preds,
+                self._quantile,
+                self._stop_last_trials,
+            )
             if self._signal == "consensus" or self._votes.noisy():
                 if self._signal == "auto":
                     self._on_rung(trial_id, t, self._metric(result))  # recorded, not deciding
@@ -336,9 +372,23 @@ class NeVeASHAScheduler(FIFOScheduler):
     def _record(self, trial_id: str, result: dict) -> None:
         """Put a finished trial's value in the rung it reached (no decision)."""
         preds = result.get(self._predictions_key)
-        if self._signal != "metric" and self._time_attr in result and isinstance(preds, str) and preds:
-            self._votes.record(self._bracket_index(trial_id), trial_id, to_float(self._time_attr, result[self._time_attr]), preds)
-        if self._signal == "consensus" or self._time_attr not in result or self._rung_metric not in result:
+        if (
+            self._signal != "metric"
+            and self._time_attr in result
+            and isinstance(preds, str)
+            and preds
+        ):
+            self._votes.record(
+                self._bracket_index(trial_id),
+                trial_id,
+                to_float(self._time_attr, result[self._time_attr]),
+                preds,
+            )
+        if (
+            self._signal == "consensus"
+            or self._time_attr not in result
+            or self._rung_metric not in result
+        ):
             return
         value = self._metric(result)
         if value is None:
@@ -367,7 +417,9 @@ class NeVeASHAScheduler(FIFOScheduler):
         """Rungs, trial brackets, outcomes and counters as plain picklable data."""
         return {
             "version": _STATE_VERSION,
-            "rungs": [[(r.milestone, dict(r.values)) for r in bracket] for bracket in self._brackets],
+            "rungs": [
+                [(r.milestone, dict(r.values)) for r in bracket] for bracket in self._brackets
+            ],
             "trial_bracket": dict(self._active),
             "outcome": dict(self._outcome),
             "num_stopped": self._stops,
@@ -379,8 +431,12 @@ class NeVeASHAScheduler(FIFOScheduler):
         """Load a :meth:`state_dict`; ``ValueError`` when it was made with other rungs
         (another ``max_t``, ``grace_period``, ``reduction_factor`` or ``brackets``)."""
         if state.get("version") != _STATE_VERSION:
-            raise ValueError(f"NeVeASHAScheduler state version {state.get('version')!r} is not supported")
-        if [[m for m, _ in b] for b in state["rungs"]] != [[r.milestone for r in b] for b in self._brackets]:
+            raise ValueError(
+                f"NeVeASHAScheduler state version {state.get('version')!r} is not supported"
+            )
+        if [[m for m, _ in b] for b in state["rungs"]] != [
+            [r.milestone for r in b] for b in self._brackets
+        ]:
             raise ValueError(
                 "NeVeASHAScheduler state has other rungs than this scheduler "
                 "(max_t, grace_period, reduction_factor or brackets changed?)"
@@ -394,7 +450,9 @@ class NeVeASHAScheduler(FIFOScheduler):
         for tid, why in state["outcome"].items():
             self._set_outcome(tid, why)
         self._stops = int(state["num_stopped"])
-        self._first_loss = {str(k): (float(i), float(v)) for k, (i, v) in state.get("first_loss", {}).items()}
+        self._first_loss = {
+            str(k): (float(i), float(v)) for k, (i, v) in state.get("first_loss", {}).items()
+        }
         if "votes" in state:  # states saved before the consensus signal have none
             self._votes.load_state_dict(state["votes"])
         self._restored = True

@@ -45,13 +45,18 @@ class NeVeASHAStateCallback(Callback):
         True
     """
 
-    def __init__(self, scheduler: "NeVeASHAScheduler") -> None:
-        if not all(callable(getattr(scheduler, m, None)) for m in ("state_dict", "load_state_dict")):
-            raise TypeError(f"NeVeASHAStateCallback: the callback needs a NeVeASHAScheduler, got {type(scheduler).__name__}")
+    def __init__(self, scheduler: NeVeASHAScheduler) -> None:
+        if not all(
+            callable(getattr(scheduler, m, None)) for m in ("state_dict", "load_state_dict")
+        ):
+            raise TypeError(
+                f"NeVeASHAStateCallback: the callback needs a NeVeASHAScheduler, got {type(scheduler).__name__}"
+            )
         self.scheduler = scheduler
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         """A result Tune stopped (``done``: the scheduler or a stopper decided) that names no
         ``stopped_by`` gets one: the scheduler's outcome (``"pruned"``, ``"converged"``,
         ``"stalled"``, ``"diverged"``, ``"max_t"``), else ``"tune"`` (a stopper or a
@@ -74,5 +79,6 @@ class NeVeASHAStateCallback(Callback):
         self.scheduler.load_state_dict(saved)
         logger.info(
             "NeVeASHAScheduler: restored its rung state: %d trials ended, %d still in a bracket",
-            len(saved["outcome"]), len(saved["trial_bracket"]),
+            len(saved["outcome"]),
+            len(saved["trial_bracket"]),
         )

@@ -4,12 +4,13 @@ comparison's adapter ``search_trials``."""
 from __future__ import annotations
 
 import math
-import tempfile
 import os
 import sys
+import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import ray
 from ray import tune
@@ -22,16 +23,32 @@ from ..records import SCHEDULERS, Cost, val_metric_key
 from ..study import Study, load_study
 from ._scheduler import NeVeASHAScheduler
 from ._stopper import NeVeStopper
-from ._trainable import TRAINABLE_METHODS, check_resources, check_resources_available, neve_trainable, reported_metrics, to_ray_space
+from ._trainable import (
+    TRAINABLE_METHODS,
+    check_resources,
+    check_resources_available,
+    neve_trainable,
+    reported_metrics,
+    to_ray_space,
+)
 
-__all__ = ["APIS", "CLUSTER_MAX_FAILURES", "SCHEDULERS", "asha_scheduler", "check_search_args",
-           "default_max_failures", "run_search", "search_trials", "summarize"]
+__all__ = [
+    "APIS",
+    "CLUSTER_MAX_FAILURES",
+    "SCHEDULERS",
+    "asha_scheduler",
+    "check_search_args",
+    "default_max_failures",
+    "run_search",
+    "search_trials",
+    "summarize",
+]
 
 APIS = ("tuner", "run")
 CLUSTER_MAX_FAILURES = 2  # retries of a trial on a multi-node cluster: survives a lost node, twice
 
 
-def asha_scheduler(study: "Study | str | os.PathLike", **overrides: Any) -> Any:
+def asha_scheduler(study: Study | str | os.PathLike, **overrides: Any) -> Any:
     """The validation baseline's scheduler: Ray's ``ASHAScheduler`` on the study's
     validation metric (``val_loss``, mode ``min``; ``val_acc``, mode ``max``, with
     ``study.val_metric="acc"``; ``grace_period=1, reduction_factor=4,
@@ -40,14 +57,22 @@ def asha_scheduler(study: "Study | str | os.PathLike", **overrides: Any) -> Any:
 
     study = load_study(study)
     metric, mode = val_metric_key(study.val_metric)
-    kw: dict[str, Any] = dict(metric=metric, mode=mode, grace_period=1, reduction_factor=4,
-                              max_t=study.max_epochs)
+    kw: dict[str, Any] = dict(
+        metric=metric, mode=mode, grace_period=1, reduction_factor=4, max_t=study.max_epochs
+    )
     kw.update(overrides)
     return ASHAScheduler(**kw)
 
 
-def _scheduler(kind: str, study: Study, method: str, min_resource: int, reduction_factor: float, signal: str,
-               build: bool = True) -> Any:
+def _scheduler(
+    kind: str,
+    study: Study,
+    method: str,
+    min_resource: int,
+    reduction_factor: float,
+    signal: str,
+    build: bool = True,
+) -> Any:
     """The trial scheduler ``kind`` names for ``method`` (``build=False``: only check
     that the pair fits)."""
     if kind == "auto":
@@ -56,18 +81,38 @@ def _scheduler(kind: str, study: Study, method: str, min_resource: int, reductio
         return None
     if kind == "asha":
         if method == "neve":
-            raise ValueError("scheduler 'asha' decides on val_loss or val_acc, which method 'neve' does not "
-                             "report; use 'neve_asha'")
-        return asha_scheduler(study, grace_period=min_resource, reduction_factor=reduction_factor) if build else None
+            raise ValueError(
+                "scheduler 'asha' decides on val_loss or val_acc, which method 'neve' does not "
+                "report; use 'neve_asha'"
+            )
+        return (
+            asha_scheduler(study, grace_period=min_resource, reduction_factor=reduction_factor)
+            if build
+            else None
+        )
     if kind == "neve_asha":
         if method != "neve":
-            raise ValueError(f"scheduler 'neve_asha' needs method 'neve', got {method!r}; use 'asha'")
+            raise ValueError(
+                f"scheduler 'neve_asha' needs method 'neve', got {method!r}; use 'asha'"
+            )
         if signal in ("consensus", "auto") and not study.selection_subset:
-            raise ValueError(f"neve_signal={signal!r} needs a study with selection_subset > 0 (e.g. "
-                             "study.replace(selection_subset=500)): the predictions it compares")
-        kw: dict[str, Any] = {"signal": signal} if signal in ("consensus", "auto") else {"metric": signal}
-        return NeVeASHAScheduler(max_t=study.max_epochs, grace_period=min_resource, reduction_factor=reduction_factor,
-                                 **kw) if build else None
+            raise ValueError(
+                f"neve_signal={signal!r} needs a study with selection_subset > 0 (e.g. "
+                "study.replace(selection_subset=500)): the predictions it compares"
+            )
+        kw: dict[str, Any] = (
+            {"signal": signal} if signal in ("consensus", "auto") else {"metric": signal}
+        )
+        return (
+            NeVeASHAScheduler(
+                max_t=study.max_epochs,
+                grace_period=min_resource,
+                reduction_factor=reduction_factor,
+                **kw,
+            )
+            if build
+            else None
+        )
     raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {kind!r}")
 
 
@@ -89,7 +134,11 @@ class _TrialLines(tune.Callback):
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        print(f"trial {trial.trial_id} failed: {trial.error_file}", file=self.out or sys.stderr, flush=True)
+        print(
+            f"trial {trial.trial_id} failed: {trial.error_file}",
+            file=self.out or sys.stderr,
+            flush=True,
+        )
 
 
 def _fmt(x: Any) -> str:
@@ -99,13 +148,29 @@ def _fmt(x: Any) -> str:
 
 
 def run_search(
-    study: "Study | str | os.PathLike", *, method: str = "neve", num_samples: int = 8, scheduler: str = "auto",
-    stopper: bool | NeVeStopper = True, seed: int = 0, storage_path: str | os.PathLike | None = None,
-    name: str | None = None, resources: Mapping[str, float] | None = None, max_concurrent_trials: int | None = None,
-    max_failures: int | None = None, min_resource: int | None = None, reduction_factor: float = 4,
+    study: Study | str | os.PathLike,
+    *,
+    method: str = "neve",
+    num_samples: int = 8,
+    scheduler: str = "auto",
+    stopper: bool | NeVeStopper = True,
+    seed: int = 0,
+    storage_path: str | os.PathLike | None = None,
+    name: str | None = None,
+    resources: Mapping[str, float] | None = None,
+    max_concurrent_trials: int | None = None,
+    max_failures: int | None = None,
+    min_resource: int | None = None,
+    reduction_factor: float = 4,
     api: str = "tuner",
-    resume: bool = False, device: str | None = None, callbacks: list | None = None, reuse_actors: bool = True,
-    verbose: int = 0, data: Any = None, model_fn: Any = None, neve_signal: str | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    callbacks: list | None = None,
+    reuse_actors: bool = True,
+    verbose: int = 0,
+    data: Any = None,
+    model_fn: Any = None,
+    neve_signal: str | None = None,
     grace_period: int | None = None,
 ) -> Any:
     """Run one Ray Tune search of ``study`` on the connected Ray cluster (``ray.init``
@@ -136,28 +201,58 @@ def run_search(
     min_resource = _renamed_min_resource(grace_period, min_resource)
     study = load_study(study)
     neve_signal = study.rung_signal if neve_signal is None else neve_signal
-    res = check_search_args(study, method=method, num_samples=num_samples, scheduler=scheduler, seed=seed,
-                            resources=resources, max_concurrent_trials=max_concurrent_trials, max_failures=max_failures,
-                            min_resource=min_resource, reduction_factor=reduction_factor, api=api,
-                            neve_signal=neve_signal, resume=resume, storage_path=storage_path, name=name)
+    res = check_search_args(
+        study,
+        method=method,
+        num_samples=num_samples,
+        scheduler=scheduler,
+        seed=seed,
+        resources=resources,
+        max_concurrent_trials=max_concurrent_trials,
+        max_failures=max_failures,
+        min_resource=min_resource,
+        reduction_factor=reduction_factor,
+        api=api,
+        neve_signal=neve_signal,
+        resume=resume,
+        storage_path=storage_path,
+        name=name,
+    )
     if not ray.is_initialized():
         ray.init(address="local", include_dashboard=False)
     check_resources_available(res)
     max_failures = default_max_failures() if max_failures is None else max_failures
-    trainable = neve_trainable(study, method=method, seed=seed, device=device, resources=res, data=data, model_fn=model_fn)
+    trainable = neve_trainable(
+        study, method=method, seed=seed, device=device, resources=res, data=data, model_fn=model_fn
+    )
     sched = _scheduler(scheduler, study, method, min_resource, reduction_factor, neve_signal)
     storage = str(Path(storage_path).resolve()) if storage_path is not None else None
     if resume:
         return _restore(trainable, storage, name)
     # the scheduler's rungs travel in Tune's experiment checkpoint through its callback
-    cbs = [_TrialLines()] + ([sched.callback()] if isinstance(sched, NeVeASHAScheduler) else []) + list(callbacks or [])
+    cbs = (
+        [_TrialLines()]
+        + ([sched.callback()] if isinstance(sched, NeVeASHAScheduler) else [])
+        + list(callbacks or [])
+    )
     # a seeded sampler; it enforces the concurrency limit itself (Tune ignores
     # max_concurrent_trials for a search generator)
     search_alg = BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent_trials or 0)
     run = _run_api if api == "run" else _tuner_api
-    return run(trainable, to_ray_space(study), num_samples=num_samples, search_alg=search_alg, scheduler=sched,
-               stop=_stopper(method, stopper), storage=storage, name=name, max_failures=max_failures,
-               reuse_actors=reuse_actors, callbacks=cbs, verbose=verbose)
+    return run(
+        trainable,
+        to_ray_space(study),
+        num_samples=num_samples,
+        search_alg=search_alg,
+        scheduler=sched,
+        stop=_stopper(method, stopper),
+        storage=storage,
+        name=name,
+        max_failures=max_failures,
+        reuse_actors=reuse_actors,
+        callbacks=cbs,
+        verbose=verbose,
+    )
 
 
 def default_max_failures() -> int:
@@ -177,12 +272,24 @@ def _renamed_min_resource(grace_period: int | None, min_resource: int | None) ->
     return grace_period
 
 
-def check_search_args(study: Study, *, method: str = "neve", num_samples: int = 8, scheduler: str = "auto",
-                      seed: int = 0, resources: Mapping[str, float] | None = None,
-                      max_concurrent_trials: int | None = None, max_failures: int | None = None,
-                      min_resource: int = 1,
-                      reduction_factor: float = 4, api: str = "tuner", neve_signal: str | None = None,
-                      resume: bool = False, storage_path: Any = None, name: str | None = None) -> dict[str, float]:
+def check_search_args(
+    study: Study,
+    *,
+    method: str = "neve",
+    num_samples: int = 8,
+    scheduler: str = "auto",
+    seed: int = 0,
+    resources: Mapping[str, float] | None = None,
+    max_concurrent_trials: int | None = None,
+    max_failures: int | None = None,
+    min_resource: int = 1,
+    reduction_factor: float = 4,
+    api: str = "tuner",
+    neve_signal: str | None = None,
+    resume: bool = False,
+    storage_path: Any = None,
+    name: str | None = None,
+) -> dict[str, float]:
     """Every argument of :func:`run_search` that can be judged without Ray, each error
     naming its argument; returns the per-trial resources. The command line calls it before
     ``ray.init``, so a bad flag costs no cluster start."""
@@ -195,8 +302,9 @@ def check_search_args(study: Study, *, method: str = "neve", num_samples: int = 
     check_int("min_resource", min_resource, minimum=1)
     check_float("reduction_factor", reduction_factor, low=1.0, low_open=True)
     check_int("max_failures", max_failures, minimum=-1, allow_none=True)
-    check_folder_name(f"study {shown(study.name)}'s name (it names the trials' folders)",
-                      study.name)
+    check_folder_name(
+        f"study {shown(study.name)}'s name (it names the trials' folders)", study.name
+    )
     if name is not None:
         check_folder_name("name", name)
     if storage_path is not None:
@@ -220,29 +328,76 @@ def _restore(trainable: Any, storage: str | None, name: str | None) -> Any:
     path = os.path.join(storage or "", name or "")
     if not tune.Tuner.can_restore(path):
         raise FileNotFoundError(f"no Ray Tune experiment to restore at {path!r}")
-    return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True).fit()
+    return tune.Tuner.restore(
+        path, trainable=trainable, resume_unfinished=True, resume_errored=True
+    ).fit()
 
 
-def _run_api(trainable: Any, space: Any, *, num_samples: int, search_alg: Any, scheduler: Any, stop: Any,
-             storage: str | None, name: str | None, max_failures: int, reuse_actors: bool, callbacks: list,
-             verbose: int) -> Any:
-    return tune.run(trainable, config=space, num_samples=num_samples, search_alg=search_alg, scheduler=scheduler,
-                    stop=stop, storage_path=storage, name=name, max_failures=max_failures, reuse_actors=reuse_actors,
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2), callbacks=callbacks, verbose=verbose)
+def _run_api(
+    trainable: Any,
+    space: Any,
+    *,
+    num_samples: int,
+    search_alg: Any,
+    scheduler: Any,
+    stop: Any,
+    storage: str | None,
+    name: str | None,
+    max_failures: int,
+    reuse_actors: bool,
+    callbacks: list,
+    verbose: int,
+) -> Any:
+    return tune.run(
+        trainable,
+        config=space,
+        num_samples=num_samples,
+        search_alg=search_alg,
+        scheduler=scheduler,
+        stop=stop,
+        storage_path=storage,
+        name=name,
+        max_failures=max_failures,
+        reuse_actors=reuse_actors,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        callbacks=callbacks,
+        verbose=verbose,
+    )
 
 
-def _tuner_api(trainable: Any, space: Any, *, num_samples: int, search_alg: Any, scheduler: Any, stop: Any,
-               storage: str | None, name: str | None, max_failures: int, reuse_actors: bool, callbacks: list,
-               verbose: int) -> Any:
+def _tuner_api(
+    trainable: Any,
+    space: Any,
+    *,
+    num_samples: int,
+    search_alg: Any,
+    scheduler: Any,
+    stop: Any,
+    storage: str | None,
+    name: str | None,
+    max_failures: int,
+    reuse_actors: bool,
+    callbacks: list,
+    verbose: int,
+) -> Any:
     tuner = tune.Tuner(
         trainable,
         param_space=space,
-        tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=search_alg, scheduler=scheduler,
-                                    reuse_actors=reuse_actors),
-        run_config=tune.RunConfig(name=name, storage_path=storage, stop=stop,
-                                  failure_config=tune.FailureConfig(max_failures=max_failures),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2), callbacks=callbacks,
-                                  verbose=verbose),
+        tune_config=tune.TuneConfig(
+            num_samples=num_samples,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            reuse_actors=reuse_actors,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            stop=stop,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+            verbose=verbose,
+        ),
     )
     return tuner.fit()
 
@@ -268,8 +423,15 @@ def summarize(results: Any, selection: str = "objective") -> dict[str, Any]:
     if hasattr(results, "trials"):  # ExperimentAnalysis
         items = [(t.trial_id, t.config, t.last_result or {}, t.error_file) for t in results.trials]
     else:  # ResultGrid
-        items = [(r.metrics.get("trial_id"), r.config, r.metrics or {}, str(r.error) if r.error else None)
-                 for r in _results(results)]
+        items = [
+            (
+                r.metrics.get("trial_id"),
+                r.config,
+                r.metrics or {},
+                str(r.error) if r.error else None,
+            )
+            for r in _results(results)
+        ]
     keep = reported_metrics("asha") + ("training_iteration", "trial_id")
     rows, cost, preds, fits = [], 0.0, {}, {}
     for tid, config, metrics, error in items:
@@ -281,7 +443,9 @@ def summarize(results: Any, selection: str = "objective") -> dict[str, Any]:
             preds[tid] = metrics["subset_pred"]
         if isinstance(metrics.get("subset_fit"), (int, float)):
             fits[tid] = float(metrics["subset_fit"])
-    finished = [r for r in rows if isinstance(r.get("objective"), float) and math.isfinite(r["objective"])]
+    finished = [
+        r for r in rows if isinstance(r.get("objective"), float) and math.isfinite(r["objective"])
+    ]
     if selection == "auto":
         selection = selection_mode([fits.get(r["trial_id"]) for r in finished])
     if selection == "consensus" and finished:
@@ -289,9 +453,12 @@ def summarize(results: Any, selection: str = "objective") -> dict[str, Any]:
         best = next(r for r in finished if r["trial_id"] == winner)
     else:
         best = min(finished, key=lambda r: r["objective"]) if finished else None
-    return {"trials": rows, "best": best, "total_epochs_equiv": cost, "errors": sum(1 for r in rows if r["error"])}
-
-
+    return {
+        "trials": rows,
+        "best": best,
+        "total_epochs_equiv": cost,
+        "errors": sum(1 for r in rows if r["error"]),
+    }
 
 
 def search_trials(
@@ -323,9 +490,18 @@ def search_trials(
     train_size = len(data.train)
     with tempfile.TemporaryDirectory(prefix="neve_compare_") as tmp:
         results = run_search(
-            study, method=method, num_samples=trials, seed=seed, storage_path=tmp,
-            name=f"{study.name}-{method}-{seed}", device=device, callbacks=[_Done()],
-            min_resource=grace_period, reduction_factor=reduction_factor, data=data, model_fn=model_fn,
+            study,
+            method=method,
+            num_samples=trials,
+            seed=seed,
+            storage_path=tmp,
+            name=f"{study.name}-{method}-{seed}",
+            device=device,
+            callbacks=[_Done()],
+            min_resource=grace_period,
+            reduction_factor=reduction_factor,
+            data=data,
+            model_fn=model_fn,
             neve_signal=neve_signal,
         )
         ordered = sorted(results, key=lambda r: r.metrics.get("trial_id", ""))
@@ -333,8 +509,12 @@ def search_trials(
         if method == "neve" and study.selection in ("consensus", "auto"):
             last = {i: (r.metrics or {}).get("subset_pred") for i, r in enumerate(ordered)}
             fits = {i: (r.metrics or {}).get("subset_fit") for i, r in enumerate(ordered)}
-            rank_by_consensus(out, {i: p for i, p in last.items() if isinstance(p, str)}, study.selection,
-                              {i: float(f) for i, f in fits.items() if isinstance(f, (int, float))})
+            rank_by_consensus(
+                out,
+                {i: p for i, p in last.items() if isinstance(p, str)},
+                study.selection,
+                {i: float(f) for i, f in fits.items() if isinstance(f, (int, float))},
+            )
         return out
 
 
@@ -351,8 +531,11 @@ def _record(i: int, r: Any, study: Study, train_size: int) -> SearchTrial:
     if finished:
         stopped_by = last.get("stopped_by")
     else:
-        stopped_by = last.get("stopped_by") if last.get("stopped_by") in ("diverged", "stalled") else (
-            "diverged" if last.get("diverged") else "pruned")
+        stopped_by = (
+            last.get("stopped_by")
+            if last.get("stopped_by") in ("diverged", "stalled")
+            else ("diverged" if last.get("diverged") else "pruned")
+        )
     return SearchTrial(
         number=i,
         config=study.config({k: r.config[k] for k in study.search_space if k in r.config}),

@@ -7,17 +7,26 @@ scheduler (:mod:`neve_tune.ray._scheduler`) apply exactly the same rule.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ray.tune.stopper import Stopper
 
-from .._checks import check_float, check_int, check_mapping, is_finite, to_float
+from .._checks import check_float, check_int, check_mapping, to_float
 from .._rules import STALL_PATIENCE, learned
 from ._losses import remember_best_loss, remember_first_loss, stalls_early
 from ._result import is_bare, reported_flag, reported_number, training_keys
 
-__all__ = ["NeVeStopper", "velocity_verdict", "remember_best_loss", "remember_first_loss",
-           "CONVERGED", "DIVERGED", "STALLED", "MIN_RAW_EPOCHS"]
+__all__ = [
+    "NeVeStopper",
+    "velocity_verdict",
+    "remember_best_loss",
+    "remember_first_loss",
+    "CONVERGED",
+    "DIVERGED",
+    "STALLED",
+    "MIN_RAW_EPOCHS",
+]
 
 CONVERGED = "converged"
 DIVERGED = "diverged"
@@ -49,7 +58,9 @@ def _check_key(value: Any, name: str) -> str:
     return value
 
 
-def _trial_threshold(result: Mapping[str, Any], threshold_key: str, default: float | None, who: str) -> float:
+def _trial_threshold(
+    result: Mapping[str, Any], threshold_key: str, default: float | None, who: str
+) -> float:
     thr: Any = result.get(threshold_key)
     if thr is None:
         config = result.get("config")
@@ -73,13 +84,17 @@ def _trial_threshold(result: Mapping[str, Any], threshold_key: str, default: flo
 def velocity_verdict(
     result: Mapping[str, Any],
     *,
-    metric: str = "velocity", threshold_key: str = "threshold", threshold: float | None = None,
-    grace_period: int = MIN_RAW_EPOCHS, who: str = "NeVeStopper",
+    metric: str = "velocity",
+    threshold_key: str = "threshold",
+    threshold: float | None = None,
+    grace_period: int = MIN_RAW_EPOCHS,
+    who: str = "NeVeStopper",
     first_loss: float | None = None,
     loss_metric: str = "train_loss",
     num_classes: int | None = None,
     stall_margin: float = 0.1,
-    best_loss: float | None = None, max_epochs: int | None = None,
+    best_loss: float | None = None,
+    max_epochs: int | None = None,
     stall_patience: int | None = STALL_PATIENCE,
 ) -> str | None:
     """``"diverged"``, ``"stalled"``, ``"converged"`` or ``None`` (go on) for one Tune result.
@@ -125,14 +140,23 @@ def velocity_verdict(
         return STALLED
     if "neve_stop" in result:
         return CONVERGED if reported_flag(result, "neve_stop", who) else None
-    rule = dict(grace_period=grace_period, first_loss=first_loss, num_classes=num_classes,
-                stall_margin=stall_margin, best_loss=best_loss, max_epochs=max_epochs,
-                stall_patience=stall_patience)
-    return _raw_velocity_verdict(result, value, loss, metric, loss_metric, threshold_key, threshold, who, **rule)
+    rule = dict(
+        grace_period=grace_period,
+        first_loss=first_loss,
+        num_classes=num_classes,
+        stall_margin=stall_margin,
+        best_loss=best_loss,
+        max_epochs=max_epochs,
+        stall_patience=stall_patience,
+    )
+    return _raw_velocity_verdict(
+        result, value, loss, metric, loss_metric, threshold_key, threshold, who, **rule
+    )
 
 
-def _diverged(result: Mapping[str, Any], metric: str, loss_metric: str,
-              who: str) -> tuple[bool, float | None, float | None]:
+def _diverged(
+    result: Mapping[str, Any], metric: str, loss_metric: str, who: str
+) -> tuple[bool, float | None, float | None]:
     """Rule 1 of :func:`velocity_verdict`, and the result's ``metric`` and ``loss_metric``
     as numbers: (diverged, value, loss). A true ``diverged`` flag is read first and decides."""
     if reported_flag(result, "diverged", who):
@@ -141,17 +165,32 @@ def _diverged(result: Mapping[str, Any], metric: str, loss_metric: str,
     return any(x is not None and not math.isfinite(x) for x in (value, loss)), value, loss
 
 
-def _raw_velocity_verdict(result: Mapping[str, Any], value: float | None, loss: float | None, metric: str,
-                          loss_metric: str, threshold_key: str, threshold: float | None, who: str, *,
-                          grace_period: int, first_loss: float | None, num_classes: int | None,
-                          stall_margin: float, best_loss: float | None, max_epochs: int | None,
-                          stall_patience: int | None) -> str | None:
+def _raw_velocity_verdict(
+    result: Mapping[str, Any],
+    value: float | None,
+    loss: float | None,
+    metric: str,
+    loss_metric: str,
+    threshold_key: str,
+    threshold: float | None,
+    who: str,
+    *,
+    grace_period: int,
+    first_loss: float | None,
+    num_classes: int | None,
+    stall_margin: float,
+    best_loss: float | None,
+    max_epochs: int | None,
+    stall_patience: int | None,
+) -> str | None:
     """Rule 4 of :func:`velocity_verdict`: a result without ``neve_stop``."""
     if metric not in result:
         if is_bare(result):
             return None
         keys = training_keys(result)
-        raise ValueError(f"{who}: the trial's result has neither {metric!r} nor 'neve_stop'; it reports {keys}")
+        raise ValueError(
+            f"{who}: the trial's result has neither {metric!r} nor 'neve_stop'; it reports {keys}"
+        )
     if value is None:  # not measured this iteration
         return None
     if loss is None:
@@ -160,15 +199,23 @@ def _raw_velocity_verdict(result: Mapping[str, Any], value: float | None, loss: 
             f"{who}: a result with a raw {metric!r} and no 'neve_stop' needs {loss_metric!r} (the epoch's mean "
             f"training loss) to tell a converged trial from a stalled one; it reports {keys}"
         )
-    if max_epochs is not None and stalls_early(result, loss, best_loss, first_loss, max_epochs,
-                                               stall_patience, stall_margin):
+    if max_epochs is not None and stalls_early(
+        result, loss, best_loss, first_loss, max_epochs, stall_patience, stall_margin
+    ):
         return STALLED
-    if to_float("training_iteration", result.get("training_iteration", grace_period)) < grace_period:
+    if (
+        to_float("training_iteration", result.get("training_iteration", grace_period))
+        < grace_period
+    ):
         return None
     if not value < _trial_threshold(result, threshold_key, threshold, who):
         return None
     first = loss if first_loss is None else first_loss
-    return CONVERGED if learned(loss, first, stall_margin=stall_margin, num_classes=num_classes) else STALLED
+    return (
+        CONVERGED
+        if learned(loss, first, stall_margin=stall_margin, num_classes=num_classes)
+        else STALLED
+    )
 
 
 class NeVeStopper(Stopper):
@@ -272,17 +319,24 @@ class NeVeStopper(Stopper):
         self._metric = _check_key(metric, "metric")
         self._threshold_key = _check_key(threshold_key, "threshold_key")
         self._grace_period = check_int("grace_period", grace_period, minimum=0)
-        self._max_converged = check_int("max_converged_trials", max_converged_trials, minimum=1, allow_none=True)
+        self._max_converged = check_int(
+            "max_converged_trials", max_converged_trials, minimum=1, allow_none=True
+        )
         self._loss_metric = _check_key(loss_metric, "loss_metric")
         self._num_classes = check_int("num_classes", num_classes, minimum=2, allow_none=True)
-        self._stall_margin = check_float("stall_margin", stall_margin, low=0.0, high=1.0, high_open=True)
+        self._stall_margin = check_float(
+            "stall_margin", stall_margin, low=0.0, high=1.0, high_open=True
+        )
         # trial_id -> (iteration, verdict) at stop; counts by verdict (stop_all is called every step)
         self._stopped: dict[str, tuple[int, str]] = {}
         self._counts: dict[str, int] = {CONVERGED: 0, DIVERGED: 0, STALLED: 0}
-        self._first_loss: dict[str, tuple[float, float]] = {}  # trial_id -> (iteration, loss) of its first result
+        self._first_loss: dict[
+            str, tuple[float, float]
+        ] = {}  # trial_id -> (iteration, loss) of its first result
         self._max_epochs = check_int("max_epochs", max_epochs, minimum=1, allow_none=True)
-        self._stall_patience = check_int("stall_patience", stall_patience, minimum=1,
-                                         allow_none=True)
+        self._stall_patience = check_int(
+            "stall_patience", stall_patience, minimum=1, allow_none=True
+        )
         self._best_loss: dict[str, float] = {}  # trial_id -> its lowest reported loss
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
@@ -324,9 +378,15 @@ class NeVeStopper(Stopper):
             for _, verdict in self._stopped.values():
                 self._counts[verdict] += 1
         self.__dict__.pop("_last_iteration", None)
-        defaults = {"_loss_metric": "train_loss", "_num_classes": None, "_stall_margin": 0.1,
-                    "_first_loss": {}, "_max_epochs": None, "_stall_patience": STALL_PATIENCE,
-                    "_best_loss": {}}
+        defaults = {
+            "_loss_metric": "train_loss",
+            "_num_classes": None,
+            "_stall_margin": 0.1,
+            "_first_loss": {},
+            "_max_epochs": None,
+            "_stall_patience": STALL_PATIENCE,
+            "_best_loss": {},
+        }
         for key, default in defaults.items():
             self.__dict__.setdefault(key, default)
 

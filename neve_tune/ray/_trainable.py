@@ -15,14 +15,16 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import ray
 from ray import tune
 
+from .._checks import RESOURCE_KEYS as _RESOURCE_KEYS
+from .._checks import check_int, check_resources
 from ..data import DataBundle
-from .._checks import RESOURCE_KEYS as _RESOURCE_KEYS, check_float, check_int, check_resources
 from ..records import METHODS, METRIC_NAMES, SEARCH_METHODS, Cost, TrialResult
 from ..space import Choice, IntUniform, LogUniform, Uniform
 from ..study import Study, load_study
@@ -41,7 +43,16 @@ __all__ = [
 CHECKPOINT_FILE = "neve_trial.pt"
 EPOCH_FILE = "neve_epoch.json"  # beside it in a Tune checkpoint: the epoch reported with it
 # keys of the last result of a trial that ran to its end (the test set is read only there)
-SUMMARY_KEYS = ("test_acc", "test_loss", "objective", "stopped_by", "epochs", "best_epoch", "epochs_equiv", "wall_s")
+SUMMARY_KEYS = (
+    "test_acc",
+    "test_loss",
+    "objective",
+    "stopped_by",
+    "epochs",
+    "best_epoch",
+    "epochs_equiv",
+    "wall_s",
+)
 TRAINABLE_METHODS = SEARCH_METHODS
 
 
@@ -50,11 +61,16 @@ def reported_metrics(method: str = "neve") -> tuple[str, ...]:
     if method not in TRAINABLE_METHODS:
         raise ValueError(f"method must be one of {TRAINABLE_METHODS}, got {method!r}")
     extra = ("val_loss", "val_acc") if method != "neve" else ()
-    return METRIC_NAMES + extra + ("epochs_equiv", "node_id") + tuple(k for k in SUMMARY_KEYS if k != "epochs_equiv")
+    return (
+        METRIC_NAMES
+        + extra
+        + ("epochs_equiv", "node_id")
+        + tuple(k for k in SUMMARY_KEYS if k != "epochs_equiv")
+    )
 
 
 # ---------------------------------------------------------------- search space
-def to_ray_space(study: "Study | str | os.PathLike", *, seed: int | None = None) -> dict[str, Any]:
+def to_ray_space(study: Study | str | os.PathLike, *, seed: int | None = None) -> dict[str, Any]:
     """The study's search space as a Ray Tune ``param_space``/``config``.
 
     ``LogUniform`` -> ``tune.loguniform``, ``Uniform`` -> ``tune.uniform``, ``IntUniform``
@@ -85,15 +101,31 @@ def check_resources_available(resources: Mapping[str, float]) -> None:
     """Raise ``ValueError`` when no alive node of the connected Ray cluster can hold one
     trial with ``resources`` (Tune would otherwise wait for them forever)."""
     if not ray.is_initialized():
-        raise RuntimeError("check_resources_available needs a connected Ray cluster: call ray.init() first")
+        raise RuntimeError(
+            "check_resources_available needs a connected Ray cluster: call ray.init() first"
+        )
     need = {_RESOURCE_KEYS.get(k, k): v for k, v in check_resources(resources).items() if v > 0}
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     for node in nodes:
         have = node.get("Resources", {})
         if all(have.get(k, 0.0) + 1e-9 >= v for k, v in need.items()):
             return
-    offer = [{k: v for k, v in n.get("Resources", {}).items() if k in ("CPU", "GPU") or not k.startswith("node:")} for n in nodes]
-    offer = [{k: v for k, v in o.items() if k not in ("object_store_memory",) and not k.startswith("accelerator_type")} for o in offer]
+    offer = [
+        {
+            k: v
+            for k, v in n.get("Resources", {}).items()
+            if k in ("CPU", "GPU") or not k.startswith("node:")
+        }
+        for n in nodes
+    ]
+    offer = [
+        {
+            k: v
+            for k, v in o.items()
+            if k not in ("object_store_memory",) and not k.startswith("accelerator_type")
+        }
+        for o in offer
+    ]
     raise ValueError(
         f"resources per trial {dict(resources)} cannot be met: no node of this Ray cluster has them "
         f"(alive nodes offer {offer}); lower them (--cpus-per-trial/--gpus-per-trial, study.resources) "
@@ -108,7 +140,9 @@ def _check_config(study: Study, config: Mapping[str, Any]) -> tuple[dict[str, An
     known = set(study.defaults) | set(study.search_space) | {"seed"}
     unknown = sorted(set(config) - known)
     if unknown:
-        raise ValueError(f"config has unknown hyperparameters {unknown}; study {study.name!r} knows {sorted(known)}")
+        raise ValueError(
+            f"config has unknown hyperparameters {unknown}; study {study.name!r} knows {sorted(known)}"
+        )
     sampled = {k: v for k, v in config.items() if k != "seed"}
     seed = config.get("seed")
     seed = check_int("config['seed']", seed, allow_none=True)
@@ -158,7 +192,11 @@ def _set_threads() -> None:
 
 
 def _make_train_fn(
-    study: Study, method: str, seed: int | None, device: Any, user_model_fn: Callable[[], Any] | None = None
+    study: Study,
+    method: str,
+    seed: int | None,
+    device: Any,
+    user_model_fn: Callable[[], Any] | None = None,
 ) -> Callable[..., None]:
     def train(config: dict[str, Any], data: DataBundle | None = None) -> None:
         cfg, config_seed = _check_config(study, config)
@@ -177,7 +215,9 @@ def _make_train_fn(
                 with checkpoint.as_directory() as d:
                     src = Path(d, CHECKPOINT_FILE)
                     if not src.is_file():
-                        raise FileNotFoundError(f"checkpoint {checkpoint.path} has no {CHECKPOINT_FILE}: not a neve_trainable checkpoint")
+                        raise FileNotFoundError(
+                            f"checkpoint {checkpoint.path} has no {CHECKPOINT_FILE}: not a neve_trainable checkpoint"
+                        )
                     shutil.copy2(src, local)
                     reported = _reported_epoch(d)
 
@@ -185,16 +225,28 @@ def _make_train_fn(
                 if m["epoch"] <= reported and m["stopped_by"] is None:
                     return  # a damaged checkpoint: fit started over; Tune has this epoch already
                 cost = Cost.from_dict(m)
-                metrics = dict(m, epochs_equiv=cost.epochs_equiv(len(bundle.train)), node_id=node_id)
+                metrics = dict(
+                    m, epochs_equiv=cost.epochs_equiv(len(bundle.train)), node_id=node_id
+                )
                 del metrics["stopped_by"]  # reported with the summary, on the last epoch only
-                if m["stopped_by"] is not None:  # the last epoch: reported with the final record below
+                if (
+                    m["stopped_by"] is not None
+                ):  # the last epoch: reported with the final record below
                     last.update(metrics)
                     return
                 _report(metrics, local)
 
             result = run_trial(
-                study, cfg, method=method, seed=trial_seed, device=dev, checkpoint_path=local,
-                on_epoch=on_epoch, data=bundle, evaluate_test=True, model_fn=user_model_fn,
+                study,
+                cfg,
+                method=method,
+                seed=trial_seed,
+                device=dev,
+                checkpoint_path=local,
+                on_epoch=on_epoch,
+                data=bundle,
+                evaluate_test=True,
+                model_fn=user_model_fn,
             )
             if result.history:
                 # the last epoch (or, restored from a checkpoint of the last epoch whose
@@ -206,12 +258,14 @@ def _make_train_fn(
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    train.__name__ = train.__qualname__ = f"neve_{study.name}" if method == "neve" else f"{method}_{study.name}"
+    train.__name__ = train.__qualname__ = (
+        f"neve_{study.name}" if method == "neve" else f"{method}_{study.name}"
+    )
     return train
 
 
 def neve_trainable(
-    study: "Study | str | os.PathLike",
+    study: Study | str | os.PathLike,
     *,
     method: str = "neve",
     seed: int | None = None,
@@ -260,8 +314,10 @@ def neve_trainable(
     """
     study = load_study(study)
     _check_arguments(study, method, seed, data)
-    res = check_resources(resources if resources is not None else study.resources,
-                          name="resources" if resources is not None else f"study {study.name!r} resources")
+    res = check_resources(
+        resources if resources is not None else study.resources,
+        name="resources" if resources is not None else f"study {study.name!r} resources",
+    )
     fn: Any = _make_train_fn(study, method, seed, device, model_fn)
     if data is not None:
         fn = tune.with_parameters(fn, data=data)
@@ -276,4 +332,6 @@ def _check_arguments(study: Study, method: str, seed: int | None, data: DataBund
         raise ValueError(f"method must be one of {TRAINABLE_METHODS}, got {method!r}{hint}")
     check_int("seed", seed, allow_none=True)
     if data is not None and not isinstance(data, DataBundle):
-        raise TypeError(f"data must be a neve_tune.data.DataBundle or None, got {type(data).__name__}")
+        raise TypeError(
+            f"data must be a neve_tune.data.DataBundle or None, got {type(data).__name__}"
+        )
