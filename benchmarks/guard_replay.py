@@ -340,7 +340,21 @@ def guard_library(rows: list[dict[str, Any]], n: int, **options: Any) -> tuple[i
     guard = MemorisationGuard(3, 3, **options)
     for r in rows:
         unfit = round(_misfit(r, n))
-        if guard.update(r["epoch"], r["prediction_changes"], unfit):
+        if guard.update(r["epoch"], r["prediction_changes"], unfit, train_loss=r["train_loss"]):
+            return r["epoch"], guard.best_epoch
+    return None
+
+
+def guard_library_unclocked(
+    rows: list[dict[str, Any]], n: int, **options: Any
+) -> tuple[int, int] | None:
+    """The library's guard fed no training losses: rules 1-2 with ``pc_patience`` alone
+    (the default before the run's clock, rule 3)."""
+    from neve_tune.guard import MemorisationGuard
+
+    guard = MemorisationGuard(3, 3, **options)
+    for r in rows:
+        if guard.update(r["epoch"], r["prediction_changes"], round(_misfit(r, n))):
             return r["epoch"], guard.best_epoch
     return None
 
@@ -382,6 +396,7 @@ GUARDS: dict[str, Callable[..., tuple[int, int] | None] | None] = {
     "s1+t.05": lambda rows, n: guard_settled(rows, n, settle=1.0, memorise=0.05),
     "turn.05": lambda rows, n: guard_settled(rows, n, settle=1e9, memorise=0.05),
     "onset": guard_onset,
+    "unclocked": lambda rows, n: guard_library_unclocked(rows, n),
 }
 
 

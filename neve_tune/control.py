@@ -240,13 +240,15 @@ class NeVe(_Stoppable):
         """The epoch of the guard's minimum (0: none yet, or the guard is off)."""
         return 0 if self.guard is None else self.guard.best_epoch
 
-    def _prediction_changes_stop(self, prediction_changes: Any, unfit: Any) -> bool:
-        if prediction_changes is None:
-            return False
-        self.pc_series.append(float(prediction_changes))
+    def _prediction_changes_stop(
+        self, prediction_changes: Any, unfit: Any, train_loss: float
+    ) -> bool:
+        if prediction_changes is not None:
+            self.pc_series.append(float(prediction_changes))
         if self.guard is None:
             return False
-        stop = self.guard.update(self.epoch, prediction_changes, unfit)
+        # every epoch, the first too: the guard's clock starts at the first training loss
+        stop = self.guard.update(self.epoch, prediction_changes, unfit, train_loss=train_loss)
         if self.guard.kept and self.pc_restore:
             self._best_weights = {
                 k: v.detach().clone() for k, v in self.velocity.module.state_dict().items()
@@ -395,7 +397,7 @@ class NeVe(_Stoppable):
         unfit: Any,
     ) -> None:
         """Step the LR schedule and set ``stopped_by`` when a stop fires (class docstring, 2-3)."""
-        pc_stop = self._prediction_changes_stop(prediction_changes, unfit)
+        pc_stop = self._prediction_changes_stop(prediction_changes, unfit, train_loss)
         if self.lr_signal == "prediction_changes":
             signal = self._pc_level()
         else:

@@ -17,20 +17,31 @@ more facts, both from the same examples the count is taken on:
    network has since fitted labels it refused there: ``unfit`` has fallen by at least
    ``memorise`` times its value at the minimum.
 
+3. **on the run's clock**: the run has begun to learn (its training loss fell under
+   ``1 - margin`` times its first epoch's, the stall rule's margin) and the stop comes at
+   least ``max(patience, onset)`` epochs after the minimum, where ``onset`` is the epoch
+   learning began. A run that needed six epochs to start (a small learning rate, AdamW's
+   slow start on a transformer) moves six times slower than one that started at once,
+   and its churn before a second learning phase is not memorisation. Without
+   ``train_loss`` the clock is off (patience alone).
+
 The rule and its constants were chosen by replaying recorded runs against the epoch where
 each run's held-out accuracy peaked (``benchmarks/guard_replay.py``; docs/measurements.md,
 "The memorisation guard, measured").
 
     >>> guard = MemorisationGuard(patience=2, window=1)
     >>> series = [(1, None, 600), (2, 300, 400), (3, 40, 300), (4, 60, 290), (5, 90, 240)]
-    >>> [guard.update(epoch, changes, unfit) for epoch, changes, unfit in series]
+    >>> losses = [2.3, 1.5, 1.1, 1.0, 0.9]     # learning began at epoch 2
+    >>> [guard.update(e, changes, unfit, train_loss=loss)
+    ...  for (e, changes, unfit), loss in zip(series, losses)]
     [False, False, False, False, True]
-    >>> guard.best_epoch, guard.settled     # 40 changes against 300 refused labels
-    (3, True)
+    >>> guard.best_epoch, guard.settled, guard.onset    # 40 changes against 300 refused labels
+    (3, True, 2)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,22 +53,28 @@ __all__ = ["MemorisationGuard"]
 SETTLE = 1.0
 #: at the stop, the unfit labels have fallen by this share since the minimum
 MEMORISE = 0.1
+#: learning began once the training loss is under (1 - MARGIN) x the first epoch's
+MARGIN = 0.1
 
 
 class MemorisationGuard:
-    """Stops once the network memorises: ``patience`` epochs without a new minimum of the
-    prediction changes, that minimum settled, and the labels refused there being fitted.
+    """Stops once the network memorises: ``max(patience, onset)`` epochs without a new
+    minimum of the prediction changes, that minimum settled, and the labels refused there
+    being fitted.
 
     :meth:`update` takes, after each epoch, the epoch number, ``prediction_changes`` (None
-    on the first epoch) and ``unfit``, counted on the same examples; it returns whether the
-    run should stop now. :attr:`best_epoch` is the epoch of the kept minimum (0: none yet),
-    whose weights the caller restores.
+    on the first epoch) and ``unfit``, counted on the same examples, and the epoch's mean
+    ``train_loss`` (the run's clock); it returns whether the run should stop now.
+    :attr:`best_epoch` is the epoch of the kept minimum (0: none yet), whose weights the
+    caller restores.
 
     Args:
         patience: epochs after the kept minimum before a stop may fire (``pc_patience``).
         window: epochs in the moving average of the changes (``pc_window``).
         settle: the minimum counts only where that average is below ``settle * unfit``.
         memorise: the stop needs ``unfit <= (1 - memorise) * unfit`` at the minimum.
+        margin: learning began at the first epoch whose ``train_loss`` is under
+            ``(1 - margin)`` times the first epoch's (``onset``).
     """
 
     def __init__(
@@ -67,12 +84,17 @@ class MemorisationGuard:
         *,
         settle: float = SETTLE,
         memorise: float = MEMORISE,
+        margin: float = MARGIN,
     ) -> None:
         self.patience = check_int("pc_patience", patience, minimum=1)
         self.window = check_int("pc_window", window, minimum=1)
         self.settle = check_float("settle", settle, positive=True)
         self.memorise = check_float("memorise", memorise, low=0.0, high=1.0, high_open=True)
+        self.margin = check_float("margin", margin, low=0.0, high=1.0, high_open=True)
         self.series: list[float] = []
+        self.first_loss: float | None = None
+        self.onset = 0  # the epoch learning began (0: not yet, or no losses given)
+        self.clocked = False  # whether update() is given training losses
         self.best: float | None = None
         self.best_epoch = 0
         self.best_unfit = 0.0
@@ -84,11 +106,19 @@ class MemorisationGuard:
             return None
         return sum(self.series[-self.window :]) / self.window
 
-    def update(self, epoch: int, prediction_changes: float | None, unfit: float | None) -> bool:
+    def update(
+        self,
+        epoch: int,
+        prediction_changes: float | None,
+        unfit: float | None,
+        *,
+        train_loss: float | None = None,
+    ) -> bool:
         """Record one epoch; whether the run memorises and should stop now. The first
         epoch's count is None (nothing to compare with) and is skipped. :attr:`kept` tells
         whether this epoch became the minimum (its weights are the ones to restore)."""
         self.kept = False
+        self._clock(epoch, train_loss)
         if prediction_changes is None:
             return False
         self.series.append(float(prediction_changes))
@@ -101,9 +131,25 @@ class MemorisationGuard:
             return False
         return (
             self.settled
-            and epoch - self.best_epoch >= self.patience
+            and self._on_clock(epoch)
             and unfit <= (1.0 - self.memorise) * self.best_unfit
         )
+
+    def _clock(self, epoch: int, train_loss: float | None) -> None:
+        """Track when learning began (rule 3), from the epochs' training losses."""
+        if train_loss is None or not math.isfinite(float(train_loss)):
+            return
+        self.clocked = True
+        if self.first_loss is None:
+            self.first_loss = float(train_loss)
+        elif not self.onset and train_loss < (1.0 - self.margin) * self.first_loss:
+            self.onset = epoch
+
+    def _on_clock(self, epoch: int) -> bool:
+        """Rule 3 (patience alone when no training losses are given)."""
+        if not self.clocked:
+            return epoch - self.best_epoch >= self.patience
+        return self.onset > 0 and epoch - self.best_epoch >= max(self.patience, self.onset)
 
     @property
     def settled(self) -> bool:
@@ -112,6 +158,9 @@ class MemorisationGuard:
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "first_loss": self.first_loss,
+            "onset": self.onset,
+            "clocked": self.clocked,
             "series": list(self.series),
             "best": self.best,
             "best_epoch": self.best_epoch,
@@ -123,3 +172,7 @@ class MemorisationGuard:
         self.best = state_dict["best"]
         self.best_epoch = int(state_dict["best_epoch"])
         self.best_unfit = float(state_dict["best_unfit"])
+        first = state_dict["first_loss"]
+        self.first_loss = None if first is None else float(first)
+        self.onset = int(state_dict["onset"])
+        self.clocked = bool(state_dict["clocked"])

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from neve_tune import NeuralVelocity, NeVe, ValidationControl, gaussian_probe
+from neve_tune import MemorisationGuard, NeuralVelocity, NeVe, ValidationControl, gaussian_probe
 
 
 def _setup(lr=0.1, **kw):
@@ -159,6 +159,63 @@ def test_prediction_changes_guard_leaves_a_run_that_fits_every_label():
     # clean labels, all fitted: nothing to memorise, whatever the changes do
     neve, m = _guarded([None, 40, 10, 2, 0, 0, 1, 3, 0], [100, 30, 5, 1, 0, 0, 1, 2, 0])
     assert neve.stopped_by is None
+
+
+def _guarded_losses(changes, unfit, losses):
+    """As _guarded, with the epochs' training losses given (the guard's clock)."""
+    model, opt, neve = _setup(threshold=1e-9, max_epochs=50, pc_patience=2, pc_window=1)
+    neve.start()
+    for pc, u, loss in zip(changes, unfit, losses):
+        _nudge(model, 0.1)
+        neve.step(train_loss=loss, prediction_changes=pc, unfit=u)
+        if neve.should_stop:
+            break
+    return neve
+
+
+# the memorising series of the test above: a settled minimum at epoch 5, labels fitted after
+TURN = (
+    [None, 40, 20, 10, 5, 8, 12, 20, 30, 30, 30, 30],
+    [300, 200, 150, 110, 100, 98, 85] + [70] * 5,
+)
+
+
+def test_prediction_changes_guard_runs_on_the_runs_clock():
+    # a slow start: the loss first falls under 0.9 x the first at epoch 4, so the guard
+    # waits max(pc_patience 2, onset 4) = 4 epochs after the minimum: epoch 9, not 7
+    slow = [2.3, 2.3, 2.25, 2.0, 1.8, 1.7, 1.6, 1.5, 1.45, 1.4, 1.35, 1.3]
+    neve = _guarded_losses(*TURN, slow)
+    assert (neve.stopped_by, neve.epoch, neve.pc_best_epoch, neve.guard.onset) == (
+        "prediction_changes",
+        9,
+        5,
+        4,
+    )
+    fast = [2.3, 1.5, 1.2] + [1.0] * 9  # learning began at epoch 2: patience alone
+    assert _guarded_losses(*TURN, fast).epoch == 7
+
+
+def test_prediction_changes_guard_never_stops_a_run_that_has_not_begun_to_learn():
+    # the same evidence of memorisation, but the loss never falls under 0.9 x the first:
+    # the guard leaves the decision to the stall rule
+    neve = _guarded_losses(*TURN, [2.3] * 12)
+    assert neve.stopped_by != "prediction_changes" and neve.guard.onset == 0
+
+
+def test_the_guard_without_losses_runs_on_patience_alone():
+    guard = MemorisationGuard(patience=2, window=1)
+    fired = [guard.update(e, pc, u) for e, (pc, u) in enumerate(zip(*TURN), start=1)]
+    assert fired.index(True) + 1 == 7 and not guard.clocked and guard.onset == 0
+
+
+def test_the_guards_clock_survives_a_resume():
+    guard = MemorisationGuard(patience=2, window=1)
+    for e, loss in enumerate([2.3, 2.3, 2.0, 1.8], start=1):
+        guard.update(e, None if e == 1 else 10.0, 50, train_loss=loss)
+    other = MemorisationGuard(patience=2, window=1)
+    other.load_state_dict(guard.state_dict())
+    assert (other.onset, other.first_loss, other.clocked) == (3, 2.3, True)
+    assert other.state_dict() == guard.state_dict()
 
 
 def test_prediction_changes_guard_needs_the_unfit_count():
