@@ -1,0 +1,127 @@
+"""Whether the first rungs of a NeVe search keep the configuration that wins: per rung
+signal and rung schedule, how often the pool's winner survives each rung.
+
+A pool (benchmarks/selection.py) holds configurations sampled from the study's space,
+each trained to its own NeVe stop without pruning, with its per-epoch history. The
+*winner* is the finished trial with the highest test accuracy: the configuration that
+wins with full training (the test accuracy scores the rule; no rule reads it). Each search
+is replayed on the pool in its order (:func:`selection_replay.replay_search`: the pruner's
+rules, successive halving at ``min_resource * reduction_factor ** k``), and per rung we
+count whether the winner was still running when that rung's epoch passed (a trial that
+stopped on its own before a rung survived it). Also reported: how many trials finished
+(the pick's choice) and the search's cost in epochs.
+
+Conditions, written before the first run:
+
+- design (choose on these): digits and MNIST-1D, ``clean`` and ``noise20``, seeds 0-2,
+  16 configurations per pool;
+- held out (confirm on these): digits ``clean_ho`` and ``noise30_ho`` (other splits,
+  sampler seeds, noise rate and noise seed), seeds 10-12, 16 configurations.
+
+Candidates: the rung signals ``train_loss`` (``NeVePruner()``'s default), ``velocity``,
+``consensus``, ``tse`` (the sum of training losses to the rung), each with the first rung
+at epoch 1 (today), 2 or 4, reduction factor 4. Target: the winner survives the first
+rung in at least 90% of pools per condition, with at least 3 finished trials to pick from
+(the consensus needs three voters for a majority that is not a tie).
+
+    python benchmarks/selection.py --pools digits:clean,digits:noise20,mnist1d:clean,\\
+        mnist1d:noise20 --seeds 0,1,2 --configs 16 --jobs 2
+    python benchmarks/selection.py --pools digits:clean_ho,digits:noise30_ho --configs 16
+    python benchmarks/rung_survival.py                 # the table, from the recorded pools
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import selection_replay as replay  # noqa: E402  (the benchmarks folder is put on the path above)
+
+OUT = ROOT / "runs" / "selection"
+DESIGN = [(d, c, s) for d in ("digits", "mnist1d") for c in ("clean", "noise20") for s in (0, 1, 2)]
+HELDOUT = [("digits", c, s) for c in ("clean_ho", "noise30_ho") for s in (10, 11, 12)]
+SIGNALS = ("train_loss", "velocity", "consensus", "tse")
+FIRST_RUNGS = (1, 2, 4)
+REDUCTION_FACTOR = 4
+
+
+def winner(pool: dict[str, Any]) -> int | None:
+    """The finished trial with the highest test accuracy (None: none finished)."""
+    done = [i for i, t in enumerate(pool["trials"]) if replay._finished(t)]
+    return max(done, key=lambda i: pool["trials"][i]["test_acc"]) if done else None
+
+
+def survival(pool: dict[str, Any], signal: str, first_rung: int) -> dict[str, Any]:
+    """Whether the winner passed rungs 1 and 2 of one replayed search; finished trials;
+    cost (epochs run, all trials)."""
+    rungs = {**replay.pruner_rungs(), "min_resource": first_rung}
+    rungs["reduction_factor"] = REDUCTION_FACTOR
+    decisions = replay.replay_search(pool, signal, **rungs)
+    w = winner(pool)
+    trials = pool["trials"]
+    done = [
+        i
+        for i, d in enumerate(decisions)
+        if d["state"] == "COMPLETE" and replay._finished(trials[i])
+    ]
+    out: dict[str, Any] = {"finished": len(done), "epochs": sum(d["epochs"] for d in decisions)}
+    for k in (1, 2):
+        epoch = first_rung * REDUCTION_FACTOR ** (k - 1)
+        if w is None:
+            out[f"rung{k}"] = None
+        else:
+            d = decisions[w]
+            out[f"rung{k}"] = d["state"] == "COMPLETE" or d["epochs"] > epoch
+    return out
+
+
+def table(pools: list[tuple[str, str, int]], out: Path) -> str:
+    """Per condition and candidate: winner survival at rungs 1 and 2, finished trials
+    (mean, min), epochs run (mean)."""
+    lines = [
+        f"{'condition':<22} {'signal':<11} {'first':>5} {'rung1':>6} {'rung2':>6} "
+        f"{'finished':>9} {'min':>4} {'epochs':>7}  pools"
+    ]
+    by_cond: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for data, cond, seed in pools:
+        path = out / f"{data}__{cond}__s{seed}.json"
+        if path.exists():
+            by_cond.setdefault((data, cond), []).append(json.loads(path.read_text()))
+    for (data, cond), recs in sorted(by_cond.items()):
+        for signal in SIGNALS:
+            for first in FIRST_RUNGS:
+                rows = [survival(p, signal, first) for p in recs]
+                r1 = [r["rung1"] for r in rows if r["rung1"] is not None]
+                r2 = [r["rung2"] for r in rows if r["rung2"] is not None]
+                fin = [r["finished"] for r in rows]
+                lines.append(
+                    f"{data + ':' + cond:<22} {signal:<11} {first:>5} "
+                    f"{sum(r1) / max(len(r1), 1):6.0%} {sum(r2) / max(len(r2), 1):6.0%} "
+                    f"{sum(fin) / len(fin):9.1f} {min(fin):>4} "
+                    f"{sum(r['epochs'] for r in rows) / len(rows):7.0f}  {len(recs)}"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--set", choices=("design", "heldout", "all"), default="all")
+    p.add_argument("--out", default=str(OUT), help="where benchmarks/selection.py wrote the pools")
+    args = p.parse_args(argv)
+    pools = {"design": DESIGN, "heldout": HELDOUT, "all": DESIGN + HELDOUT}[args.set]
+    print(table(pools, Path(args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
