@@ -17,11 +17,11 @@ MLP on scikit-learn's breast cancer, standardised), ``wine_mlp`` (the same on wi
 task, in a plain loop with ``token_probe``) and ``vit`` (timm ``VisionTransformer`` on the
 8x8 digits, patch 2, depth 3, width 48). ``FAMILY@LR`` trains a family at another initial LR.
 
-    OMP_NUM_THREADS=1 python benchmarks/model_families.py               # all, seeds 0-2, 60 epochs
-    OMP_NUM_THREADS=1 python benchmarks/model_families.py --table-only  # from runs/model_families
-    OMP_NUM_THREADS=1 python benchmarks/model_families.py --verify relative:0.01
-    OMP_NUM_THREADS=1 python benchmarks/model_families.py --lr-patience 10 \
-        --out runs/model_families_p10
+    export OMP_NUM_THREADS=1   # one torch thread, as the figures were recorded
+    python benchmarks/model_families.py                  # all, seeds 0-2, 60 epochs
+    python benchmarks/model_families.py --table-only     # reprint from runs/model_families
+    python benchmarks/model_families.py --verify relative:0.01
+    python benchmarks/model_families.py --lr-patience 10 --out runs/model_families_p10
 """
 
 from __future__ import annotations
