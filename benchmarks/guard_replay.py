@@ -1,4 +1,4 @@
-"""The memorisation guard measured directly: where it stops each run, against where that
+r"""The memorisation guard measured directly: where it stops each run, against where that
 run's held-out accuracy peaked.
 
 Each run trains one model under NeVe's controller with the studies' LR decay
