@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    the main job: NeVe search vs validation-based ASHA on digits
 #   make test   the test suite (fast tests; `make test-slow` runs the long end-to-end ones)
+#   make lint   ruff: lint and format check of the whole tree (config in pyproject.toml)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.neve-installed
 
-.PHONY: run test test-slow test-all bench gpu-check docs setup clean
+.PHONY: run test test-slow test-all lint bench gpu-check docs setup clean
 
 setup: $(STAMP)
 
@@ -29,6 +30,11 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# ruff (from the dev extra): the lint rules, then the formatter's check; it changes nothing
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
 	$(PY) benchmarks/velocity_overhead.py

@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers.logging.set_verbosity_error()
     print(
-        f"{'data':<10} {'loop':<12} {'guard':<6} {'seed':>4} {'epochs':>6} {'stopped_by':<19} {'restored':>8} "
+        f"{'data':<10} {'loop':<12} {'guard':<6} {'seed':>4} {'epochs':>6} {'stopped_by':<19} "
+        f"{'restored':>8} "
         f"{'test_acc':>8} {'wall_s':>7}",
         flush=True,
     )
@@ -238,14 +239,16 @@ def main(argv: list[str] | None = None) -> int:
             r = RUNNERS[runner](noise, seed, guard)
             accs.append(100 * r["test_acc"])
             print(
-                f"{label:<10} {runner:<12} {'on' if guard else 'off':<6} {seed:>4} {r['epochs']:>6} "
+                f"{label:<10} {runner:<12} {'on' if guard else 'off':<6} {seed:>4} "
+                f"{r['epochs']:>6} "
                 f"{r['stopped_by']:<19} {r['best_epoch']:>8} {100 * r['test_acc']:>8.2f} "
                 f"{time.perf_counter() - t0:>7.1f}",
                 flush=True,
             )
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
         summary.append(
-            f"{label:<10} {runner:<12} {'on' if guard else 'off':<6} test_acc {statistics.mean(accs):6.2f}"
+            f"{label:<10} {runner:<12} {'on' if guard else 'off':<6} test_acc "
+            f"{statistics.mean(accs):6.2f}"
             f" +- {sd:.2f} over seeds {args.seeds}"
         )
     print("\nmean test accuracy (%) of the model each run ends with")

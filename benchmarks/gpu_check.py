@@ -1,7 +1,7 @@
 """One prepared check of neve_tune on a lent GPU: run it, read the table, done.
 
     python benchmarks/gpu_check.py              # on a CUDA machine: at most ~8 minutes on one H200
-    python benchmarks/gpu_check.py --dry-run    # every check on the CPU, tiny sizes (the test suite runs it)
+    python benchmarks/gpu_check.py --dry-run    # every check on the CPU, tiny sizes (tests run it)
     make gpu-check
 
 Without CUDA (and without ``--dry-run``) it prints one line saying so and exits 0.
@@ -31,7 +31,7 @@ libraries' own progress and logs go to stderr)::
 
     gpu_check  device=<name>  torch=<version>  cuda=<version|none>  mode=<gpu|dry-run>
     check       result  seconds  details
-    velocity    PASS       12.3  fp32 V/D max rel diff 2.1e-07 (<= 1e-05); sketch ...; bf16 ...; fp16 ...
+    velocity    PASS       12.3  fp32 V/D max rel diff 2.1e-07 (<= 1e-05); sketch ...; bf16 ...
     overhead    PASS       40.1  resnet32: bare 3.1 ms, exact 4.0 ms (1.29x), ...
     ...
     summary     PASS      123.4  5 checks, 0 failed
@@ -244,7 +244,8 @@ def _overhead_one(name: str, shape: tuple[int, ...], opts: dict, sz: Sizes) -> s
     )
     return (
         f"{name.replace('timm:', '')}: bare {med['bare']:.1f} ms, exact {med['exact']:.1f} ms "
-        f"({med['exact'] / med['bare']:.2f}x), sketch {med['sketch']:.1f} ms ({med['sketch'] / med['bare']:.2f}x){mem}"
+        f"({med['exact'] / med['bare']:.2f}x), sketch {med['sketch']:.1f} ms "
+        f"({med['sketch'] / med['bare']:.2f}x){mem}"
     )
 
 
@@ -391,7 +392,8 @@ def check_ray(sz: Sizes, tmp: Path) -> tuple[bool, str]:
     ok = len(spans) == 4 and together
     return ok, (
         f"4 trials at {per_trial}: intervals {'overlap' if together else 'DO NOT overlap'} "
-        f"(latest start {max(s for s, _ in spans) - min(s for s, _ in spans):.0f} s after the first, "
+        f"(latest start {max(s for s, _ in spans) - min(s for s, _ in spans):.0f} s after the "
+        "first, "
         f"first end {min(e for _, e in spans) - min(s for s, _ in spans):.0f} s)"
     )
 
@@ -428,7 +430,8 @@ def check_compare(sz: Sizes, tmp: Path) -> tuple[bool, str]:
     json.loads(text)
     return (
         len(found) == 3,
-        f"{max(2, sz.trials)} trials x 3 searches on {sz.device}, {wall:.0f} s, in the JSON: {found}",
+        f"{max(2, sz.trials)} trials x 3 searches on {sz.device}, {wall:.0f} s, in the JSON: "
+        f"{found}",
     )
 
 
@@ -449,13 +452,15 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     if not cuda and not args.dry_run:
         print(
-            "gpu_check: CUDA is not available on this machine; nothing to check (--dry-run runs the checks on the CPU)"
+            "gpu_check: CUDA is not available on this machine; nothing to check (--dry-run runs "
+            "the checks on the CPU)"
         )
         return 0
     sz = sizes(args.dry_run)
     name = torch.cuda.get_device_name(0) if sz.device == "cuda" else "cpu"
     print(
-        f"gpu_check  device={name.replace(' ', '_')}  torch={torch.__version__}  cuda={torch.version.cuda or 'none'}"
+        f"gpu_check  device={name.replace(' ', '_')}  torch={torch.__version__}  "
+        f"cuda={torch.version.cuda or 'none'}"
         f"  mode={'dry-run' if args.dry_run else 'gpu'}",
         flush=True,
     )

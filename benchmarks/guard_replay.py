@@ -1,4 +1,4 @@
-"""The memorisation guard measured directly: where it stops each run, against where that
+r"""The memorisation guard measured directly: where it stops each run, against where that
 run's held-out accuracy peaked.
 
 Each run trains one model under NeVe's controller with the studies' LR decay
@@ -430,8 +430,10 @@ def table(recs: list[dict[str, Any]], guards: list[str]) -> str:
                 for o in outs
             )
             lines.append(
-                f"{domain:<11} {noise:5.1f} {g:<10} {sum(o['acc'] for o in outs) / len(outs) * 100:6.2f} "
-                f"{sum(d) / len(d):+6.2f} {min(d):+6.2f} {near:10.0%} {ends:>6}/{len(group):<3}  {runs}"
+                f"{domain:<11} {noise:5.1f} {g:<10} "
+                f"{sum(o['acc'] for o in outs) / len(outs) * 100:6.2f} "
+                f"{sum(d) / len(d):+6.2f} {min(d):+6.2f} {near:10.0%} {ends:>6}/{len(group):<3}  "
+                f"{runs}"
             )
         lines.append("")
     return "\n".join(lines)
@@ -531,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         same = tuple(live) == (stop, kept, why)
         print(
-            f"verify {args.verify}: live (stop, kept, why) {tuple(live)}, replay {(stop, kept, why)}: "
+            f"verify {args.verify}: live (stop, kept, why) {tuple(live)}, replay "
+            f"{(stop, kept, why)}: "
             f"{'same' if same else 'DIFFERENT'}"
         )
         return 0 if same else 1

@@ -95,17 +95,21 @@ def main(argv: list[str] | None = None) -> int:
             break
     peak_test = max(rows, key=lambda r: r["test_acc"])
     print(
-        f"{'epoch':>5s} {'velocity':>9s} {'PC':>5s} {'train acc':>9s} {'noise fit':>9s} {'test acc':>8s} {'lr':>7s}"
+        f"{'epoch':>5s} {'velocity':>9s} {'PC':>5s} {'train acc':>9s} {'noise fit':>9s} "
+        f"{'test acc':>8s} {'lr':>7s}"
     )
     for r in rows:
         pc = "-" if r["prediction_changes"] is None else str(r["prediction_changes"])
         print(
-            f"{r['epoch']:5d} {r['velocity']:9.5f} {pc:>5s} {r['train_acc']:9.3f} {r['memorised']:9.3f} "
+            f"{r['epoch']:5d} {r['velocity']:9.5f} {pc:>5s} {r['train_acc']:9.3f} "
+            f"{r['memorised']:9.3f} "
             f"{r['test_acc']:8.4f} {r['lr']:7.4f}"
         )
     print(
-        f"noise {args.noise:.0%}, lr {args.lr}: best test accuracy {peak_test['test_acc']:.4f} at epoch {peak_test['epoch']}; "
-        f"prediction-changes minimum at epoch {best_epoch} (test {rows[best_epoch - 1]['test_acc']:.4f}), "
+        f"noise {args.noise:.0%}, lr {args.lr}: best test accuracy {peak_test['test_acc']:.4f} at "
+        f"epoch {peak_test['epoch']}; "
+        f"prediction-changes minimum at epoch {best_epoch} (test "
+        f"{rows[best_epoch - 1]['test_acc']:.4f}), "
         f"guard stop at epoch {guard_stop}; last epoch test {rows[-1]['test_acc']:.4f}, "
         f"{rows[-1]['memorised']:.1%} of the flipped labels memorised"
     )

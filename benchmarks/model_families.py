@@ -17,10 +17,11 @@ MLP on scikit-learn's breast cancer, standardised), ``wine_mlp`` (the same on wi
 task, in a plain loop with ``token_probe``) and ``vit`` (timm ``VisionTransformer`` on the
 8x8 digits, patch 2, depth 3, width 48). ``FAMILY@LR`` trains a family at another initial LR.
 
-    OMP_NUM_THREADS=1 python benchmarks/model_families.py                  # all, seeds 0-2, 60 epochs
-    OMP_NUM_THREADS=1 python benchmarks/model_families.py --table-only     # reprint from runs/model_families
-    OMP_NUM_THREADS=1 python benchmarks/model_families.py --verify relative:0.01
-    OMP_NUM_THREADS=1 python benchmarks/model_families.py --lr-patience 10 --out runs/model_families_p10
+    export OMP_NUM_THREADS=1   # one torch thread, as the figures were recorded
+    python benchmarks/model_families.py                  # all, seeds 0-2, 60 epochs
+    python benchmarks/model_families.py --table-only     # reprint from runs/model_families
+    python benchmarks/model_families.py --verify relative:0.01
+    python benchmarks/model_families.py --lr-patience 10 --out runs/model_families_p10
 """
 
 from __future__ import annotations
@@ -182,7 +183,8 @@ def mnist1d_cnn(seed: int) -> Setup:
 
 
 def _token_task(n: int, gen: torch.Generator, vocab: int = 64, length: int = 16, k: int = 4):
-    """Label = the token group (vocab split in ``k``) planted in 6 of ``length`` random positions."""
+    """Label = the token group (vocab split in ``k``) planted in 6 of ``length`` random
+    positions."""
     y = torch.randint(k, (n,), generator=gen)
     ids = torch.randint(vocab, (n, length), generator=gen)
     group = vocab // k
@@ -344,7 +346,8 @@ def run(
     rule: tuple[str, float] | None = None,
     lr_patience: int | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
-    """One run's per-epoch record and class count (``rule`` None: to ``max_epochs`` without a stop)."""
+    """One run's per-epoch record and class count (``rule`` None: to ``max_epochs`` without a
+    stop)."""
     from neve_tune.train import fit
     from neve_tune.trial import make_optimizer
 
@@ -443,7 +446,8 @@ def _mean(xs: list[float]) -> float:
 def table(out: Path, families: list[str], seeds: list[int]) -> str:
     """Velocity's scale per family, then every rule's stop per seed."""
     lines = [
-        "velocity scale (mean over seeds): epoch 1 | median | min over the run;  final train/test acc at the cap",
+        "velocity scale (mean over seeds): epoch 1 | median | min over the run;  final train/test "
+        "acc at the cap",
         f"{'family':<18} {'V1':>8} {'median':>9} {'min':>9}  {'acc@cap':>11}  epochs",
     ]
     stops = []
@@ -451,8 +455,10 @@ def table(out: Path, families: list[str], seeds: list[int]) -> str:
         recs = _records(out, fam, seeds)
         vs = [[r["velocity"] for r in rec["rows"]] for rec in recs]
         lines.append(
-            f"{fam:<18} {_mean([v[0] for v in vs]):8.4f} {_mean([statistics.median(v) for v in vs]):9.2e} "
-            f"{_mean([min(v) for v in vs]):9.2e}  {_mean([r['rows'][-1]['train_acc'] for r in recs]):5.3f}/"
+            f"{fam:<18} {_mean([v[0] for v in vs]):8.4f} "
+            f"{_mean([statistics.median(v) for v in vs]):9.2e} "
+            f"{_mean([min(v) for v in vs]):9.2e}  "
+            f"{_mean([r['rows'][-1]['train_acc'] for r in recs]):5.3f}/"
             f"{_mean([r['rows'][-1]['test_acc'] for r in recs]):5.3f}  {recs[0]['max_epochs']}"
         )
         for mode, thr in RULES:
@@ -463,7 +469,8 @@ def table(out: Path, families: list[str], seeds: list[int]) -> str:
             stops.append(f"{fam:<18} {_rule_name(mode, thr):<10} " + "  ".join(cells))
     lines += [
         "",
-        "stop epoch per seed (v: velocity, m: max_epochs, s: stalled)  train acc/test acc at that epoch",
+        "stop epoch per seed (v: velocity, m: max_epochs, s: stalled)  train acc/test acc at that "
+        "epoch",
     ]
     return "\n".join(lines + stops)
 
@@ -491,7 +498,8 @@ def markdown(out: Path, families: list[str], seeds: list[int], default: tuple[st
         cap = [rec["rows"][-1] for rec in recs]
         for picked in (at, cap):
             cells.append(
-                f"{_mean([r['train_acc'] for r in picked]) * 100:.1f} / {_mean([r['test_acc'] for r in picked]) * 100:.1f}"
+                f"{_mean([r['train_acc'] for r in picked]) * 100:.1f} / "
+                f"{_mean([r['test_acc'] for r in picked]) * 100:.1f}"
             )
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
@@ -536,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             path = _record_path(out, fam, seed)
             if path.exists() and json.loads(path.read_text())["max_epochs"] == caps[fam]:
-                continue  # recorded already (a record holds its lr_patience; use another --out for another)
+                # recorded already (a record holds its lr_patience; use another --out for another)
+                continue
             t0 = time.perf_counter()
             rows, k = run(fam, seed, caps[fam], lr_patience=patience)
             path.write_text(

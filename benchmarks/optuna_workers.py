@@ -57,7 +57,8 @@ def _configs(n: int, seed: int) -> list[dict]:
 def throughput(
     storage_url: str, workers: int, n_trials: int, max_epochs: int, seed: int
 ) -> tuple[float, float, float]:
-    """(trials per minute summed over workers, mean seconds per trial, wall-clock trials per minute)."""
+    """(trials per minute summed over workers, mean seconds per trial, wall-clock trials per
+    minute)."""
     name = f"bench_{workers}w_{uuid.uuid4().hex[:6]}"
     storage = make_storage(storage_url, heartbeat_interval=None)
     study = optuna.create_study(study_name=name, storage=storage)
@@ -104,7 +105,8 @@ def throughput(
     by_worker: dict[str, list] = {}
     for t in trials:
         by_worker.setdefault(t.user_attrs.get("worker", "?"), []).append(t)
-    rate = 0.0  # sum of each worker's steady rate: its trials / (its last completion - its first start)
+    # sum of each worker's steady rate: its trials / (its last completion - its first start)
+    rate = 0.0
     for ts in by_worker.values():
         span = (
             max(t.datetime_complete for t in ts) - min(t.datetime_start for t in ts)
@@ -198,22 +200,26 @@ def main() -> None:
         url = args.storage or f"sqlite:///{Path(tmp) / 'bench.db'}"
         if not args.skip_throughput:
             print(
-                f"throughput: {args.trials} digits trials x {args.max_epochs} epochs, storage {redact_url(url)}, "
+                f"throughput: {args.trials} digits trials x {args.max_epochs} epochs, storage "
+                f"{redact_url(url)}, "
                 f"{os.cpu_count()} CPUs, load average before {os.getloadavg()[0]:.1f}"
             )
             one, one_s, one_wall = throughput(url, 1, args.trials, args.max_epochs, args.seed)
             print(
-                f"  1 worker : {one:6.1f} trials/min  ({one_s:.2f} s per trial; wall {one_wall:.1f} trials/min)"
+                f"  1 worker : {one:6.1f} trials/min  ({one_s:.2f} s per trial; wall "
+                f"{one_wall:.1f} trials/min)"
             )
             two, two_s, two_wall = throughput(url, 2, args.trials, args.max_epochs, args.seed)
             print(
-                f"  2 workers: {two:6.1f} trials/min  ({two_s:.2f} s per trial; {two / one:.2f}x one worker; "
+                f"  2 workers: {two:6.1f} trials/min  ({two_s:.2f} s per trial; {two / one:.2f}x "
+                "one worker; "
                 f"wall {two_wall:.1f} trials/min, {two_wall / one_wall:.2f}x)"
             )
         if args.skip_pruner:
             return
         print(
-            f"NeVePruner.prune per call, {args.existing} finished trials in the study, {args.calls} calls:"
+            f"NeVePruner.prune per call, {args.existing} finished trials in the study, "
+            f"{args.calls} calls:"
         )
         for label, storage in (
             ("in-memory", None),
@@ -221,7 +227,8 @@ def main() -> None:
         ):
             r = pruner_call_time(storage, args.existing, 16, args.calls)
             print(
-                f"  {label:9s}: {r['mean_ms']:7.2f} ms mean  ({r['between_rungs_ms']:.2f} ms between rungs, "
+                f"  {label:9s}: {r['mean_ms']:7.2f} ms mean  ({r['between_rungs_ms']:.2f} ms "
+                "between rungs, "
                 f"{r['at_rung_ms']:.2f} ms at a rung; seeding took {r['seed_s']:.1f}s)"
             )
 

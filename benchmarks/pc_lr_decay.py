@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = run(seed, lr, bs, args.noise, rule, args.patience, args.factor, args.epochs)
             best = max(rows, key=lambda r: r[1])
             print(
-                f"seed {seed} lr {lr} batch {bs} {rule:18s}: best {100 * best[1]:.2f} % at epoch {best[0]}, "
+                f"seed {seed} lr {lr} batch {bs} {rule:18s}: best {100 * best[1]:.2f} % at epoch "
+                f"{best[0]}, "
                 f"last {100 * rows[-1][1]:.2f} % (lr {rows[-1][2]:.2g}) | every other epoch: "
                 + " ".join(f"{100 * r[1]:.1f}" for r in rows[::2]),
                 flush=True,

@@ -13,7 +13,8 @@ counted), mean ± std over seeds, and the paired differences against ``in_pass``
     python benchmarks/pc_subset.py                       # 4 conditions x 5 seeds x 4 variants
     python benchmarks/pc_subset.py --table-only          # reprint from runs/pc_subset/
     python benchmarks/pc_subset.py --variants in_pass in_pass_w5 subset1000 subset1000_w5
-    python benchmarks/pc_subset.py --threshold-mode absolute --threshold 1e-3   # the rule before studies went relative
+    # the rule before studies went relative
+    python benchmarks/pc_subset.py --threshold-mode absolute --threshold 1e-3
     python benchmarks/pc_subset.py --seeds 0 1 --conditions noise20 --variants in_pass subset1000
 
 Each run is stored in runs/pc_subset/ (runs/pc_subset_<mode>_<threshold>/ with another
@@ -119,7 +120,8 @@ def table(rows: list[dict[str, Any]], variants: list[str]) -> str:
                 f"| {cond} | {var} | {_ms([r['epochs'] for r in mine], '.1f')} "
                 f"| {', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))} "
                 f"| {_ms([r['test_acc'] for r in mine])} | {_ms([r['cost'] for r in mine], '.1f')} "
-                f"| {_ms(dacc, signed=True) if paired else ''} | {_ms(dcost, '.1f', signed=True) if paired else ''} "
+                f"| {_ms(dacc, signed=True) if paired else ''} | "
+                f"{_ms(dcost, '.1f', signed=True) if paired else ''} "
                 f"| {' '.join(f'{d:+.2f}' for d in dacc) if paired else ''} |"
             )
     n = {len({r["seed"] for r in rows if r["condition"] == c}) for c in CONDITIONS} - {0}
@@ -178,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                     path.write_text(json.dumps(r))
                     print(
                         f"{cond:8s} {var:10s} seed {seed}: {r['stopped_by']} at {r['epochs']} "
-                        f"(restored {r['best_epoch']}), test {r['test_acc']:.2f} %, cost {r['cost']:.1f}",
+                        f"(restored {r['best_epoch']}), test {r['test_acc']:.2f} %, cost "
+                        f"{r['cost']:.1f}",
                         flush=True,
                     )
     rows = [json.loads(f.read_text()) for f in sorted(out.glob("*.json"))]

@@ -124,23 +124,27 @@ def main() -> None:
 
     load = os.getloadavg()
     print(
-        f"\nray_trials: {os.cpu_count()} CPUs, load average {load[0]:.2f}, ray.init {init_s:.1f} s, "
+        f"\nray_trials: {os.cpu_count()} CPUs, load average {load[0]:.2f}, ray.init {init_s:.1f} "
+        "s, "
         f"{args.epochs} epochs per digits trial"
     )
     print(
-        f"{'setting':42s} {'trials':>6s} {'wall s':>8s} {'s/trial':>8s} {'trials/min':>10s} {'epochs/s':>9s}"
+        f"{'setting':42s} {'trials':>6s} {'wall s':>8s} {'s/trial':>8s} {'trials/min':>10s} "
+        f"{'epochs/s':>9s}"
     )
     for name, n, wall, per, eps in rows:
         eps_s = "-" if eps is None else f"{eps:.2f}"
         print(f"{name:42s} {n:6d} {wall:8.1f} {per:8.2f} {60 * n / wall:10.1f} {eps_s:>9s}")
     inline, empty1, empty2, ray1, ray2, reuse1, reuse2 = rows
     print(
-        f"Ray per-trial start overhead: {empty1[3]:.2f} s (empty trial, one at a time), {empty2[3]:.2f} s/trial two at a time; "
+        f"Ray per-trial start overhead: {empty1[3]:.2f} s (empty trial, one at a time), "
+        f"{empty2[3]:.2f} s/trial two at a time; "
         f"Ray vs in-process, 1 at a time: +{(ray1[2] - inline[2]) / args.trials:.2f} s/trial"
     )
     print(
         f"2 concurrent trials vs 1: {ray1[2] / ray2[2]:.2f}x trial throughput (fresh actors), "
-        f"{reuse1[2] / reuse2[2]:.2f}x (reuse_actors); reuse_actors vs fresh, 1 at a time: {ray1[2] / reuse1[2]:.2f}x"
+        f"{reuse1[2] / reuse2[2]:.2f}x (reuse_actors); reuse_actors vs fresh, 1 at a time: "
+        f"{ray1[2] / reuse1[2]:.2f}x"
     )
 
 

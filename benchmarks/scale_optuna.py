@@ -9,11 +9,12 @@ nothing.
 For each study size N a study is seeded with N finished trials (``study.add_trials``:
 every epoch stored as ``report_epoch`` stores it, the rung values as ``NeVePruner``
 stores them, a quarter of the trials PRUNED). Then, for each pruner in turn, on that same
-study, ``--workers`` fresh processes each run ``--trials-per-worker`` new trials of ``--epochs`` epochs against it: every
-epoch is reported with ``report_epoch`` (the same writes for both pruners) and followed
-by one timed ``trial.should_prune()``, and the pruner's own ``prune`` inside it is timed
-too. The new trials beat every seeded one, so they are promoted at each rung and every
-epoch is timed. The pruners run in the order A B B A and each row merges its two runs. ``should_prune`` includes Optuna's own read of the
+study, ``--workers`` fresh processes each run ``--trials-per-worker`` new trials of
+``--epochs`` epochs against it: every epoch is reported with ``report_epoch`` (the same
+writes for both pruners) and followed by one timed ``trial.should_prune()``, and the
+pruner's own ``prune`` inside it is timed too. The new trials beat every seeded one, so
+they are promoted at each rung and every epoch is timed. The pruners run in the order
+A B B A and each row merges its two runs. ``should_prune`` includes Optuna's own read of the
 trial; at a rung (epochs 1 and 4 here) the pruner also reads the other trials' rung
 values. Columns: calls timed; ``should_prune`` mean / median / p95 in ms; the pruner's own
 ``prune``: mean, mean at rung epochs, mean between rungs, max.
@@ -167,9 +168,11 @@ def summary(n: int, pruner: str, times: list) -> str:
     at = [p * 1e3 for e, _, p in times if e in RUNG_EPOCHS]
     off = [p * 1e3 for e, _, p in times if e not in RUNG_EPOCHS]
     return (
-        f"{n:>7} {pruner:<24} {len(total):>5} {statistics.fmean(total):>8.2f} {statistics.median(total):>7.2f} "
+        f"{n:>7} {pruner:<24} {len(total):>5} {statistics.fmean(total):>8.2f} "
+        f"{statistics.median(total):>7.2f} "
         f"{total[int(0.95 * (len(total) - 1))]:>7.2f} {statistics.fmean(own):>8.2f} "
-        f"{statistics.fmean(at) if at else float('nan'):>8.2f} {statistics.fmean(off) if off else float('nan'):>8.2f} {own[-1]:>7.1f}"
+        f"{statistics.fmean(at) if at else float('nan'):>8.2f} "
+        f"{statistics.fmean(off) if off else float('nan'):>8.2f} {own[-1]:>7.1f}"
     )
 
 
@@ -191,12 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--storage is required (or source .ci/postgres.sh first)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(
-        f"storage {redact_url(args.storage)}, {args.workers} worker processes x {args.trials_per_worker} trials x "
+        f"storage {redact_url(args.storage)}, {args.workers} worker processes x "
+        f"{args.trials_per_worker} trials x "
         f"up to {args.epochs} epochs; rungs at epochs {RUNG_EPOCHS}"
     )
     print(f"{'':>7} {'':<24} {'':>5} {'should_prune() ms':^24} {'the pruner own prune() ms':^35}")
     print(
-        f"{'trials':>7} {'pruner':<24} {'calls':>5} {'mean':>8} {'median':>7} {'p95':>7} {'mean':>8} "
+        f"{'trials':>7} {'pruner':<24} {'calls':>5} {'mean':>8} {'median':>7} {'p95':>7} "
+        f"{'mean':>8} "
         f"{'at rung':>8} {'between':>8} {'max':>7}"
     )
     for n in args.trials:

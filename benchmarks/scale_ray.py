@@ -173,12 +173,15 @@ def main() -> None:
     counts = [int(x) for x in args.trials.split(",")]
 
     print(
-        f"scheduler + stopper overhead per result; {args.concurrent} trials at once, max_t={args.max_t}, "
-        f"grace_period={args.grace_period}, reduction_factor={args.reduction_factor:g}; load average "
+        f"scheduler + stopper overhead per result; {args.concurrent} trials at once, "
+        f"max_t={args.max_t}, "
+        f"grace_period={args.grace_period}, reduction_factor={args.reduction_factor:g}; load "
+        "average "
         f"{os.getloadavg()[0]:.2f}"
     )
     print(
-        f"{'trials':>7} {'NeVe results':>12} {'us/result':>9} {'Ray results':>11} {'us/result':>9} {'ratio':>6} "
+        f"{'trials':>7} {'NeVe results':>12} {'us/result':>9} {'Ray results':>11} "
+        f"{'us/result':>9} {'ratio':>6} "
         f"{'pruned':>7} {'converged':>9} {'get_state ms':>12}"
     )
     for n in counts:
@@ -201,9 +204,12 @@ def main() -> None:
             f"{sched.num_pruned:>7} {converged:>9} {1e3 * t_state:>12.1f}"
         )
     print(
-        "ratio: NeVe (NeVeStopper + NeVeASHAScheduler) / Ray's AsyncHyperBandScheduler, microseconds per result in the "
-        "hooks.\nresults: how many each side processed (equal when NeVe's rungs take Ray's decisions; a trial's own "
-        "controller ends it on both sides);\npruned/converged: NeVe's outcomes; get_state: the state callback once, "
+        "ratio: NeVe (NeVeStopper + NeVeASHAScheduler) / Ray's AsyncHyperBandScheduler, "
+        "microseconds per result in the "
+        "hooks.\nresults: how many each side processed (equal when NeVe's rungs take Ray's "
+        "decisions; a trial's own "
+        "controller ends it on both sides);\npruned/converged: NeVe's outcomes; get_state: the "
+        "state callback once, "
         "at the end."
     )
 

@@ -126,7 +126,8 @@ def record_trial(
                 "zeta_drop": random_label_drop(
                     model, sig["zeta_inputs"], sig["zeta_labels"], metrics["lr"]
                 ),
-                # the study's own subset when it records one (Study.selection_subset), else the pool's
+                # the study's own subset when it records one (Study.selection_subset), else the
+                # pool's
                 "subset_pred": metrics.get("subset_pred")
                 or _codes(subset_predictions(model, sig["inputs"])),
             }

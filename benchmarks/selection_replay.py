@@ -23,7 +23,8 @@ import torch
 from neve_tune import selection as sel
 
 Pool = dict[str, Any]
-# rung signal: (pool, trial index, epoch, trials at this rung incl. the trial) -> values (lower is better)
+# rung signal: (pool, trial index, epoch, trials at this rung incl. the trial) -> values
+# (lower is better)
 RungSignal = Callable[[Pool, int, int, list[int]], dict[int, float]]
 
 
@@ -367,7 +368,8 @@ def print_tables(
         eps = _m([r["eps"] for r in rs], 100, "{:.1f}")
         true = _m([r["true_eps"] for r in rs], 100, "{:.1f}")
         print(
-            f"\n{data} {cond}: {len(rs)} seeds; pool best {_m([r['best'] for r in rs], 100, '{:.2f}')}%; "
+            f"\n{data} {cond}: {len(rs)} seeds; pool best "
+            f"{_m([r['best'] for r in rs], 100, '{:.2f}')}%; "
             f"consensus noise estimate {eps}% (subset's true {true}%)"
         )
         cost = "  ".join(
@@ -412,7 +414,8 @@ def print_summary(
     for data, rs in sorted(by.items()):
         conds = sorted({r["condition"] for r in rs})
         print(
-            f"\n{data}: {len(rs)} pools over {conds}; search regret (pt) mean / worst condition, cost (epochs)"
+            f"\n{data}: {len(rs)} pools over {conds}; search regret (pt) mean / worst condition, "
+            "cost (epochs)"
         )
         for s in rung_signals:
             cost = statistics.fmean(r["search"][s]["cost"] for r in rs)
@@ -452,7 +455,8 @@ def print_markdown(
         conds = [c for (d, c) in groups if d == data]
         head = " | ".join(f"{c} ({len(groups[(data, c)])})" for c in conds)
         print(
-            f"\n{data}: tau / pick regret (pt) on the unpruned pools; then regret inside searches by rung signal\n"
+            f"\n{data}: tau / pick regret (pt) on the unpruned pools; then regret inside searches "
+            "by rung signal\n"
         )
         print(f"| criterion | {head} |\n|---|" + "---|" * len(conds))
         for c in criteria:
@@ -460,7 +464,8 @@ def print_markdown(
             for cd in conds:
                 rs = groups[(data, cd)]
                 cells.append(
-                    f"{_m([r['pool'][c]['tau'] for r in rs])} / {_m([r['pool'][c]['regret'] for r in rs], 100, '{:.2f}')}"
+                    f"{_m([r['pool'][c]['tau'] for r in rs])} / "
+                    f"{_m([r['pool'][c]['regret'] for r in rs], 100, '{:.2f}')}"
                 )
             print(f"| {c} | " + " | ".join(cells) + " |")
         for s in rung_signals:

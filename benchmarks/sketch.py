@@ -82,8 +82,10 @@ def memory_and_time(name: str, sketch_dim: int, rounds: int) -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     sketched = sum(1 for s in sketch._state.values() if s.width)
     print(
-        f"{name:18s} {_mb(exact.nbytes)} {_mb(half.nbytes)} {_mb(sketch.nbytes)} {exact.nbytes / sketch.nbytes:7.1f}x"
-        f" {med['bare'] * 1e3:8.1f} {med['exact'] * 1e3:8.1f} {med['sketch'] * 1e3:8.1f} {med['sketch'] / med['exact']:6.3f}"
+        f"{name:18s} {_mb(exact.nbytes)} {_mb(half.nbytes)} {_mb(sketch.nbytes)} "
+        f"{exact.nbytes / sketch.nbytes:7.1f}x"
+        f" {med['bare'] * 1e3:8.1f} {med['exact'] * 1e3:8.1f} {med['sketch'] * 1e3:8.1f} "
+        f"{med['sketch'] / med['exact']:6.3f}"
         f"   {sketched}/{len(sketch._state)} layers, {exact.num_neurons} neurons"
     )
 
@@ -163,10 +165,12 @@ def training_errors(name: str, sketch_dim: int, epochs: int, seed: int = 0) -> N
 def digits_agreement(sketch_dim: int, runs: int) -> None:
     lrs = (0.01, 0.03, 0.1, 0.3)
     print(
-        f"\ndigits small_cnn, threshold 1e-3, max 60 epochs, batch 64, SGD momentum 0.9, sketch_dim {sketch_dim}"
+        "\ndigits small_cnn, threshold 1e-3, max 60 epochs, batch 64, SGD momentum 0.9, "
+        f"sketch_dim {sketch_dim}"
     )
     print(
-        "seed     lr   exact stop      sketch stop     same  max|rel.err V| while the runs are identical"
+        "seed     lr   exact stop      sketch stop     same  max|rel.err V| while the runs are "
+        "identical"
     )
     same = 0
     t0 = time.perf_counter()
@@ -206,7 +210,8 @@ def digits_agreement(sketch_dim: int, runs: int) -> None:
         same += agree
         print(
             f"{seed:4d} {lr:6.2f}   {out['exact'].epochs:3d} {out['exact'].stopped_by:10s}  "
-            f"{out['sketch'].epochs:3d} {out['sketch'].stopped_by:10s}  {'yes' if agree else 'NO ':3s}   "
+            f"{out['sketch'].epochs:3d} {out['sketch'].stopped_by:10s}  "
+            f"{'yes' if agree else 'NO ':3s}   "
             f"{100 * max(errs):.2f}% over {len(errs)} epochs"
         )
     print(f"same stop epoch in {same} of {runs} runs ({time.perf_counter() - t0:.0f} s)")
@@ -230,14 +235,17 @@ def vit_b_memory(sketch_dim: int) -> None:
     auto = NeuralVelocity(model, probe)
     print(
         f"\nViT-B/16: exact_reference_bytes() {auto.exact_reference_bytes() / 1e9:.3f} GB "
-        f"(from one probe sample) > sketch_above {auto.sketch_above / 2**30:g} GiB: reference='auto' picks sketch"
+        f"(from one probe sample) > sketch_above {auto.sketch_above / 2**30:g} GiB: "
+        "reference='auto' picks sketch"
     )
     print(
-        f"\nViT-B/16 at 224 px, 100 probe samples, {rows[0][2]} neurons (meta-device forward, nothing allocated)"
+        f"\nViT-B/16 at 224 px, 100 probe samples, {rows[0][2]} neurons (meta-device forward, "
+        "nothing allocated)"
     )
     for label, nbytes, _ in rows:
         print(
-            f"  {label:16s} {nbytes / 1e9:8.3f} GB   ({rows[0][1] / nbytes:6.1f}x less than float32)"
+            f"  {label:16s} {nbytes / 1e9:8.3f} GB   ({rows[0][1] / nbytes:6.1f}x less than "
+            "float32)"
         )
 
 
@@ -253,11 +261,13 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     print(
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, sketch_dim {args.sketch_dim}"
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, sketch_dim "
+        f"{args.sketch_dim}"
     )
     if "memory" not in args.skip:
         print(
-            "\nmodel                exact MB   half MB  sketch MB   saved   bare ms  exact ms sketch ms  ratio"
+            "\nmodel                exact MB   half MB  sketch MB   saved   bare ms  exact ms "
+            "sketch ms  ratio"
             f"   (measure() medians of {args.rounds} interleaved rounds)"
         )
         for name in MODELS:

@@ -150,7 +150,8 @@ def table(folder: Path, neve_variants: list[str], baseline_variant: dict[str, st
     results = _load(folder)
     lines = [
         f"{'condition':16s} {'search':28s} {'test acc %':>14s} {'cost (epochs)':>15s} "
-        f"{'vs asha_es: acc pt':>19s} {'cost ratio':>12s} {'vs asha: acc pt':>16s} {'cost ratio':>12s}"
+        f"{'vs asha_es: acc pt':>19s} {'cost ratio':>12s} {'vs asha: acc pt':>16s} "
+        f"{'cost ratio':>12s}"
     ]
     for cond in CONDITIONS:
         for variant in neve_variants + sorted({v for v in baseline_variant.values()}):
@@ -217,7 +218,8 @@ def per_seed(folder: Path, variant: str = "guard_auto", baselines: str = "baseli
 def plot_data_size(
     folder: Path, path: Path, variant: str = "guard_auto", baselines: str = "baselines_auto"
 ) -> None:
-    """NeVe's accuracy difference and cost ratio against both baselines over the training fraction."""
+    """NeVe's accuracy difference and cost ratio against both baselines over the training
+    fraction."""
     import matplotlib
 
     matplotlib.use("Agg")

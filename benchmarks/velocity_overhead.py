@@ -85,7 +85,8 @@ def main() -> None:
     spread = {k: (min(v), max(v)) for k, v in times.items()}
 
     print(
-        f"ResNet-32, {args.samples} probe samples, {len(layers)} monitored layers, {nv.num_neurons} neurons, "
+        f"ResNet-32, {args.samples} probe samples, {len(layers)} monitored layers, "
+        f"{nv.num_neurons} neurons, "
         f"device={device}, threads={torch.get_num_threads()}, rounds={args.rounds}"
     )
     for k in ("bare", "copy", "measure"):
@@ -93,7 +94,8 @@ def main() -> None:
         print(f"  {k:8s} median {med[k] * 1e3:8.1f} ms   (min {lo * 1e3:.1f}, max {hi * 1e3:.1f})")
     print(f"  measure / bare forward : {med['measure'] / med['bare']:.2f}x   (target <= 1.5)")
     print(
-        f"  copy    / bare forward : {med['copy'] / med['bare']:.2f}x   (merely storing every activation)"
+        f"  copy    / bare forward : {med['copy'] / med['bare']:.2f}x   (merely storing every "
+        "activation)"
     )
     print(f"  bytes held, float32 refs : {nv.nbytes / 1e6:.1f} MB")
     print(f"  bytes held, float16 refs : {half.nbytes / 1e6:.1f} MB")

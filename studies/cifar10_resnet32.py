@@ -29,7 +29,8 @@ STUDY = Study(
         "weight_decay": 5e-4,
         "optimizer": "sgd",
     },
-    threshold_mode="absolute",  # the velocity itself, as searched above (the relative default is unmeasured here)
+    # the velocity itself, as searched above (the relative default is unmeasured here)
+    threshold_mode="absolute",
     max_epochs=250,
     lr_signal="velocity_change",
     lr_factor=0.5,

@@ -29,7 +29,8 @@ STUDY = Study(
         "weight_decay": 1e-4,
         "optimizer": "sgd",
     },
-    threshold_mode="absolute",  # the velocity itself, as searched above (the relative default is unmeasured here)
+    # the velocity itself, as searched above (the relative default is unmeasured here)
+    threshold_mode="absolute",
     max_epochs=90,
     lr_patience=5,
     amp="bf16",

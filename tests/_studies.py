@@ -41,7 +41,11 @@ STUDY = Study(
     name="slow",
     data="digits",
     model="slow_probe_cnn",
-    search_space={"lr": LogUniform(0.01, 0.2), "threshold": LogUniform(1e-4, 1e-2), "batch_size": Choice([64, 128])},
+    search_space={
+        "lr": LogUniform(0.01, 0.2),
+        "threshold": LogUniform(1e-4, 1e-2),
+        "batch_size": Choice([64, 128]),
+    },
     max_epochs=MAX_EPOCHS,
 )
 """

@@ -38,7 +38,10 @@ BAD_STUDIES = {
     "batch_choice": 'search_space={"lr": LogUniform(1e-3, 0.1), "batch_size": Choice([0, -5])}',
     "lr_negative": 'search_space={"lr": Uniform(-1, -0.5)}',
     "lr_infinite": 'search_space={"lr": LogUniform(1e-3, float("inf"))}',
-    "lr_word": 'search_space={"threshold": LogUniform(1e-4, 1e-2)}, defaults={"lr": "fast", "batch_size": 64}',
+    "lr_word": (
+        'search_space={"threshold": LogUniform(1e-4, 1e-2)}, '
+        'defaults={"lr": "fast", "batch_size": 64}'
+    ),
 }
 
 
@@ -183,7 +186,8 @@ CLI_CASES = [
     pytest.param(
         ["train", *FAST, "--checkpoint", "{d}/good.pt", "--label-noise", "0.2"],
         2,
-        "--checkpoint '{d}/good.pt' belongs to another run (data label_noise: 0.0 in the checkpoint, 0.2 now)",
+        "--checkpoint '{d}/good.pt' belongs to another run "
+        "(data label_noise: 0.0 in the checkpoint, 0.2 now)",
         id="checkpoint-other-data-options",
     ),
     pytest.param(
@@ -213,7 +217,8 @@ CLI_CASES = [
     pytest.param(
         ["train", "--threshold", "0", *FAST],
         2,
-        "--threshold must be a finite number > 0 and <= 1 (relative rule: a ratio to the peak velocity), got 0.0",
+        "--threshold must be a finite number > 0 and <= 1 "
+        "(relative rule: a ratio to the peak velocity), got 0.0",
         id="threshold-zero",
     ),
     pytest.param(
@@ -433,14 +438,16 @@ CLI_CASES = [
             "postgresql://neve:p@ss@127.0.0.1:1/db",
         ],
         2,
-        "storage 'postgresql://neve:***@127.0.0.1:1/db' is not a valid URL: its user or password holds an unencoded '@'",
+        "storage 'postgresql://neve:***@127.0.0.1:1/db' is not a valid URL: "
+        "its user or password holds an unencoded '@'",
         id="storage-password-with-at",
     ),
     # study files: one line naming the field, in every verb, before storage or training
     pytest.param(
         ["train", "{d}/batch_choice.py"],
         2,
-        "study 'bad': search space 'batch_size': Choice value 0: batch_size must be an int >= 1, got 0",
+        "study 'bad': search space 'batch_size': Choice value 0: "
+        "batch_size must be an int >= 1, got 0",
         id="study-batch-size-choice",
     ),
     pytest.param(
@@ -559,7 +566,8 @@ def _run_from_checkpoint(name: str) -> Callable[[Path], Any]:
     return run
 
 
-# (call, expected exception, a substring of its message naming the parameter); calls take the inputs folder
+# (call, expected exception, a substring of its message naming the parameter);
+# calls take the inputs folder
 API_CASES = [
     pytest.param(
         lambda d: _neve(patience=-1),

@@ -59,7 +59,9 @@ STUDIES = {
     "batch_uniform": 'search_space={"lr": LogUniform(1e-3, 0.1), "batch_size": Uniform(16, 64)}',
     "nested_choice": 'search_space={"lr": LogUniform(1e-3, 0.1), "widths": Choice([[1, 2], [3]])}',
     "data_option_typo": 'data_options={"label_nosie": 0.2}',
-    "no_threshold": 'search_space={"lr": LogUniform(1e-3, 0.1)}, defaults={"lr": 0.05, "batch_size": 32}',
+    "no_threshold": (
+        'search_space={"lr": LogUniform(1e-3, 0.1)}, defaults={"lr": 0.05, "batch_size": 32}'
+    ),
     "unknown_model": 'model="resnet999"',
     "torchvision_unknown": 'model="torchvision:no_such_net"',
     "threshold_above_one": 'search_space={"threshold": LogUniform(1e-3, 2.0)}',
@@ -110,7 +112,8 @@ def _worker(*extra: str, db: str = "w") -> list[str]:
 CLI_CASES = [
     pytest.param(
         ["train", "{d}/batch_uniform.py"],
-        "search space 'batch_size': batch_size is an int: use IntUniform(16, 64) or a Choice of ints",
+        "search space 'batch_size': batch_size is an int: "
+        "use IntUniform(16, 64) or a Choice of ints",
         id="batch-size-uniform",
     ),
     pytest.param(
@@ -118,8 +121,8 @@ CLI_CASES = [
     ),
     pytest.param(
         ["train", "{d}/nested_choice.py"],
-        "search space 'widths': Choice values must be None, bool, int, float or str (what Optuna can store), "
-        "got [1, 2]",
+        "search space 'widths': Choice values must be None, bool, int, float or str "
+        "(what Optuna can store), got [1, 2]",
         id="choice-nested",
     ),
     pytest.param(
@@ -134,18 +137,20 @@ CLI_CASES = [
     ),
     pytest.param(
         ["train", "--threshold", "1e308", *FAST],
-        "--threshold must be a finite number > 0 and <= 1 (relative rule: a ratio to the peak velocity), "
-        "got 1e+308",
+        "--threshold must be a finite number > 0 and <= 1 "
+        "(relative rule: a ratio to the peak velocity), got 1e+308",
         id="threshold-huge-relative",
     ),
     pytest.param(
         ["train", "--threshold-mode", "absolute", "--threshold", "1e308", *FAST],
-        "--threshold must be a finite number > 0 and <= 3.40282e+38 (absolute rule: the velocity), got 1e+308",
+        "--threshold must be a finite number > 0 and <= 3.40282e+38 "
+        "(absolute rule: the velocity), got 1e+308",
         id="threshold-huge-absolute",
     ),
     pytest.param(
         ["train", "{d}/threshold_above_one.py"],
-        "search space 'threshold': high: threshold must be a finite number > 0 and <= 1 (relative rule",
+        "search space 'threshold': high: threshold must be a finite number > 0 and <= 1 "
+        "(relative rule",
         id="study-threshold-above-one",
     ),
     pytest.param(
@@ -277,7 +282,8 @@ CLI_CASES = [
             "--storage",
             "sqlite:///{d}/shared.db",
         ],
-        "study 'shared' was created from another study (study file: 'digits' in the storage, 'mnist1d' here;",
+        "study 'shared' was created from another study "
+        "(study file: 'digits' in the storage, 'mnist1d' here;",
         id="worker-other-study-file",
     ),
     pytest.param(
@@ -415,7 +421,8 @@ def _ray(name: str) -> Callable[[], Any]:
     return call
 
 
-# (call, expected exception, a substring of its message naming the parameter); calls take the inputs folder
+# (call, expected exception, a substring of its message naming the parameter);
+# calls take the inputs folder
 API_CASES = [
     pytest.param(
         lambda d: _study(search_space={"lr": LogUniform(1e-3, 0.1), "batch_size": Uniform(16, 64)}),

@@ -99,7 +99,8 @@ def test_max_epochs_without_learning_is_stalled():
 
 
 def test_relative_threshold_is_scale_free():
-    # the same velocity series, scaled: a relative stop fires on the same epoch, an absolute one does not
+    # the same velocity series, scaled: a relative stop fires on the same epoch, an absolute one
+    # does not
     fired = {}
     for scale in (1.0, 0.01):
         model, opt, neve = _setup(threshold=0.5, max_epochs=20, threshold_mode="relative")

@@ -12,7 +12,8 @@ from neve_tune.velocity import select_layers
 
 
 def _write_cifar(root, name):
-    """The python version of CIFAR: pickled dicts (protocol 2, str keys as the py2 originals load)."""
+    """The python version of CIFAR: pickled dicts (protocol 2, str keys as the py2 originals
+    load)."""
     rng = np.random.default_rng(0)
     if name == "cifar10":
         folder, label_key = root / "cifar-10-batches-py", "labels"

@@ -245,7 +245,8 @@ def test_hyperparameter_search_ray_trials_stop_by_velocity(tmp_path):
         "trials"
     ]:  # the Trainer's final evaluation comes after the callback stopped training
         assert t["epoch"] < 15 and t["objective"] < 0.1
-        # one callback state per trial run, in its run-<trial id> folder, measured at that trial's LR
+        # one callback state per trial run, in its run-<trial id> folder, measured at that
+        # trial's LR
         assert t["states"] and all(
             f"/run-{t['trial_id']}/checkpoint-" in path for path in t["states"]
         )
@@ -484,7 +485,8 @@ def test_an_untrained_run_ends_stalled(tmp_path, capsys):
         if line.startswith("NeVeTrainerCallback")
     ]
     assert len(out) == 1 and out[0].startswith(
-        f"NeVeTrainerCallback: stopped by stalled at epoch {neve.neve.epoch} (did not learn: training loss "
+        f"NeVeTrainerCallback: stopped by stalled at epoch {neve.neve.epoch} "
+        "(did not learn: training loss "
     )
     assert "threshold" not in out[0]  # the velocity did not end this run: no velocity comparison
     assert [e["neve_stopped_by"] for e in trainer.state.log_history if "neve_stopped_by" in e] == [

@@ -78,7 +78,10 @@ def _quiet():
 
 def test_import_neve_tune_needs_no_lightning():
     # a fresh interpreter: this one has imported lightning already
-    code = "import sys, neve_tune; print(sorted(m for m in sys.modules if m.split('.')[0] == 'lightning'))"
+    code = (
+        "import sys, neve_tune; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'lightning'))"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -215,7 +218,8 @@ def test_resume_from_checkpoint_keeps_the_velocity_series(tmp_path):
 
 
 def test_resume_from_a_model_checkpoint_saved_mid_run(tmp_path):
-    # ModelCheckpoint saves after this callback's epoch end: the checkpoint holds that epoch's measurement
+    # ModelCheckpoint saves after this callback's epoch end: the checkpoint holds that epoch's
+    # measurement
     def run(max_epochs, callbacks, ckpt=None, **kwargs):
         torch.manual_seed(0)
         neve = NeVeCallback(threshold=1e-9)

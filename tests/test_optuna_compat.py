@@ -15,7 +15,10 @@ from neve_tune.optuna._compat import CHECKED_OPTUNA, with_step_value
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-WHERE = f"(checked against Optuna {CHECKED_OPTUNA}; installed {optuna.__version__}): update neve_tune/optuna/_compat.py"
+WHERE = (
+    f"(checked against Optuna {CHECKED_OPTUNA}; installed {optuna.__version__}): "
+    "update neve_tune/optuna/_compat.py"
+)
 
 
 @pytest.fixture(params=["memory", "sqlite"])

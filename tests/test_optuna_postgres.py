@@ -52,7 +52,11 @@ from neve_tune import Choice, LogUniform, Study
 STUDY = Study(
     name="tiny",
     data="digits",
-    search_space={"lr": LogUniform(0.01, 0.2), "threshold": LogUniform(1e-4, 1e-2), "batch_size": Choice([64, 128])},
+    search_space={
+        "lr": LogUniform(0.01, 0.2),
+        "threshold": LogUniform(1e-4, 1e-2),
+        "batch_size": Choice([64, 128]),
+    },
     max_epochs=2,
 )
 """

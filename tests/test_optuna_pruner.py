@@ -131,7 +131,7 @@ def test_min_early_stopping_rate_moves_first_rung() -> None:
 def test_seeded_history_rung_values() -> None:
     # 8 finished trials already competed at rung 0 (as SuccessiveHalvingPruner stores it)
     study = _study(NeVePruner("velocity", min_resource=1, reduction_factor=4))
-    for i, v in enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]):
+    for v in [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]:
         study.add_trial(
             optuna.trial.create_trial(
                 state=TrialState.COMPLETE,

@@ -38,7 +38,8 @@ def dead_port() -> Iterator[int]:
 def no_ray_init(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         pytest.fail(
-            f"ray.init{args or ''}{kwargs} was called: the address check should have stopped the run first"
+            f"ray.init{args or ''}{kwargs} was called: "
+            "the address check should have stopped the run first"
         )
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)

@@ -66,9 +66,11 @@ def _wait_for_nodes(address: str, n: int, env: dict, timeout: float = 90) -> Non
     code = (
         "import ray, sys, time\n"
         f"ray.init(address={address!r}, log_to_driver=False)\n"
-        f"t0 = time.time()\n"
-        f"while len([x for x in ray.nodes() if x['Alive']]) < {n} and time.time() - t0 < {timeout}: time.sleep(0.5)\n"
-        f"sys.exit(0 if len([x for x in ray.nodes() if x['Alive']]) >= {n} else 1)\n"
+        "t0 = time.time()\n"
+        "def alive(): return len([x for x in ray.nodes() if x['Alive']])\n"
+        f"while alive() < {n} and time.time() - t0 < {timeout}:\n"
+        "    time.sleep(0.5)\n"
+        f"sys.exit(0 if alive() >= {n} else 1)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=timeout + 60, env=env)
 
@@ -139,8 +141,9 @@ def test_trials_spread_over_two_nodes_with_shared_storage(two_node_cluster, tmp_
     study_file = tmp_path / "tiny_digits.py"
     study_file.write_text(
         "from neve_tune import Choice, LogUniform, Study\n"
-        "STUDY = Study(name='tiny_digits', max_epochs=6, resources={'cpu': 1, 'gpu': 0}, search_space={"
-        "'lr': LogUniform(0.03, 0.08), 'threshold': LogUniform(0.09, 0.2), 'batch_size': Choice([64, 128])})\n"
+        "STUDY = Study(name='tiny_digits', max_epochs=6, resources={'cpu': 1, 'gpu': 0}, "
+        "search_space={'lr': LogUniform(0.03, 0.08), 'threshold': LogUniform(0.09, 0.2), "
+        "'batch_size': Choice([64, 128])})\n"
     )
     address, env = two_node_cluster
     storage = tmp_path / "shared"

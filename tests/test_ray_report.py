@@ -150,7 +150,7 @@ def test_own_metric_names(reported):
     )
 
 
-# ------------------------------------------------------------ the stopper's stall rule on raw velocity
+# ---------------------------------------------------- the stopper's stall rule on raw velocity
 def _raw(it: int, velocity: float, loss: float) -> dict:
     return {
         "training_iteration": it,

@@ -239,7 +239,10 @@ class TestNeVeStopper:
     def test_user_trainable_with_only_velocity_is_told_to_report_its_loss(self):
         with pytest.raises(
             ValueError,
-            match=r"a result with a raw 'velocity' and no 'neve_stop' needs 'train_loss'.*reports \['velocity'\]",
+            match=(
+                r"a result with a raw 'velocity' and no 'neve_stop' needs 'train_loss'"
+                r".*reports \['velocity'\]"
+            ),
         ):
             NeVeStopper()(
                 "a", {"training_iteration": 1, "velocity": 0.02, "config": {"threshold": 0.05}}
@@ -261,14 +264,20 @@ class TestNeVeStopper:
     def test_missing_velocity_is_a_clear_error(self):
         with pytest.raises(
             ValueError,
-            match=r"the trial's result has neither 'velocity' nor 'neve_stop'; it reports \['train_loss'\]",
+            match=(
+                r"the trial's result has neither 'velocity' nor 'neve_stop'; "
+                r"it reports \['train_loss'\]"
+            ),
         ):
             NeVeStopper()(
                 "a", {"training_iteration": 1, "train_loss": 0.3, "config": {"threshold": 0.1}}
             )
         with pytest.raises(
             ValueError,
-            match=r"has neither 'velocty' nor 'neve_stop'; it reports \['epoch', 'train_loss', 'velocity'\]",
+            match=(
+                r"has neither 'velocty' nor 'neve_stop'; "
+                r"it reports \['epoch', 'train_loss', 'velocity'\]"
+            ),
         ):
             NeVeStopper(metric="velocty")("a", res(1, 0.5))
 
@@ -304,7 +313,10 @@ class TestNeVeStopper:
     def test_non_numeric_values(self):
         with pytest.raises(
             TypeError,
-            match=r"NeVeStopper: metric 'velocity' must be a number \(Python, NumPy or 0-d tensor\), got 'fast'",
+            match=(
+                r"NeVeStopper: metric 'velocity' must be a number "
+                r"\(Python, NumPy or 0-d tensor\), got 'fast'"
+            ),
         ):
             NeVeStopper()("a", res(1, "fast"))
         with pytest.raises(
@@ -450,7 +462,8 @@ class TestNeVeASHAScheduler:
         assert s.on_trial_result(None, a, res(1, 0.5, train_loss=0.1)) == CONTINUE
         assert s.on_trial_result(None, b, res(1, 0.5, train_loss=0.05)) == CONTINUE
         assert s.on_trial_result(None, a, res(2, 0.5, train_loss=0.01)) == CONTINUE
-        # b would lose at rung 2, but its velocity is under its threshold and its loss fell: converged
+        # b would lose at rung 2, but its velocity is under its threshold and its loss fell:
+        # converged
         assert s.on_trial_result(None, b, res(2, 0.001, threshold=0.01, train_loss=0.04)) == STOP
         assert s.outcome("b") == "converged" and s.num_pruned == 0
         assert s.rung_values()[-2][1]["b"] == 0.04  # recorded at rung 2
@@ -602,7 +615,8 @@ class TestNeVeASHAScheduler:
             s.on_trial_add(None, fake_trial("a", status="TERMINATED"))
             s.on_trial_add(None, fake_trial("b", status="TERMINATED"))
         assert [r.getMessage() for r in caplog.records] == [
-            "NeVeASHAScheduler: a restored experiment, but no rung state was restored: its rungs start empty. "
+            "NeVeASHAScheduler: a restored experiment, but no rung state was restored: "
+            "its rungs start empty. "
             "Pass RunConfig(callbacks=[scheduler.callback()]) to keep them across Tuner.restore."
         ]
         assert all(not rec for _, rec in s.rung_values())
@@ -642,7 +656,7 @@ class TestNeVeASHAScheduler:
             NeVeASHAStateCallback(AsyncHyperBandScheduler())
 
 
-# ------------------------------------------------------------------ space, resources, trainable args
+# ---------------------------------------------------------- space, resources, trainable args
 def test_to_ray_space_converts_every_distribution():
     study = load_study("digits").replace(
         search_space={
@@ -715,7 +729,10 @@ def test_neve_trainable_rejects_bad_arguments():
     study = load_study("digits")
     with pytest.raises(
         ValueError,
-        match=r"method must be one of \('neve', 'asha', 'asha_es'\), got 'retrain' \('retrain' is not a search method\)",
+        match=(
+            r"method must be one of \('neve', 'asha', 'asha_es'\), got 'retrain' "
+            r"\('retrain' is not a search method\)"
+        ),
     ):
         neve_trainable(study, method="retrain")
     with pytest.raises(ValueError, match=r"study 'digits': resources\['gpu'\] must be below 1"):

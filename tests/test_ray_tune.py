@@ -137,7 +137,8 @@ def test_cli_ray_run_neve(ray_2cpus, study, tmp_path, capsys):
     study_file = tmp_path / "small_digits.py"
     study_file.write_text(
         "from neve_tune import Choice, LogUniform, Study\n"
-        f"STUDY = Study(name='small_digits', max_epochs={MAX_EPOCHS}, search_space={{'lr': LogUniform(0.03, 0.08), "
+        f"STUDY = Study(name='small_digits', max_epochs={MAX_EPOCHS}, "
+        "search_space={'lr': LogUniform(0.03, 0.08), "
         "'threshold': LogUniform(0.09, 0.2), 'batch_size': Choice([64, 128])})\n"
     )
     out_json = tmp_path / "out.json"

@@ -396,8 +396,8 @@ def test_optuna_best_prints_the_pick_and_its_rule(tmp_path, capsys):
     assert main(["optuna", "best", "--study-name", "s", "--storage", storage]) == 0
     out = capsys.readouterr().out
     assert (
-        "best trial 1 (auto: the finished trials' subset fit suggests 28% label noise, so by the consensus)"
-        in out
+        "best trial 1 (auto: the finished trials' subset fit suggests 28% label noise, "
+        "so by the consensus)" in out
     )
     assert (
         main(

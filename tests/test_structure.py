@@ -237,7 +237,8 @@ def test_no_import_cycle_among_the_modules() -> None:
 def test_core_imports_neither_optuna_nor_ray() -> None:
     code = (
         "import sys, neve_tune, neve_tune.trial, neve_tune.compare, neve_tune.cli; "
-        "bad = [m for m in ('optuna', 'ray') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+        "bad = [m for m in ('optuna', 'ray') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -257,7 +258,8 @@ print(json.dumps({"files": files, "studies": studies}))
 
 
 def _tree_modules() -> set[str]:
-    """Every module of the source tree, as the wheel must ship it (studies/ is neve_tune.studies)."""
+    """Every module of the source tree, as the wheel must ship it (studies/ is
+    neve_tune.studies)."""
     found = {"/".join(p.relative_to(ROOT).parts) for p in SOURCES}
     found |= {f"neve_tune/studies/{p.name}" for p in (ROOT / "studies").glob("*.py")}
     return found

@@ -75,7 +75,8 @@ def test_relative_reference_is_the_running_peak_not_the_first_epoch():
 
 
 def test_relative_rule_stops_a_slow_scale_run_that_the_absolute_default_kills_as_stalled():
-    # the wine MLP at LR 0.005 in the model-family table: V starts at 1e-4, far under an absolute 1e-3
+    # the wine MLP at LR 0.005 in the model-family table: V starts at 1e-4, far under an
+    # absolute 1e-3
     series = [1e-4 * 0.8**i for i in range(60)]
     losses = [
         1.1 * 0.9**i for i in range(60)
@@ -115,7 +116,8 @@ def test_no_threshold_means_the_default_rule_and_a_given_one_keeps_its_meaning()
     assert (default.threshold, default.threshold_mode) == (1e-2, "relative")
     given = NeVe(opt, NeuralVelocity(model, gaussian_probe((4,), 4)), threshold=1e-3)
     assert (given.threshold, given.threshold_mode) == (1e-3, "absolute")
-    # the default rule decides: the scripted slow-scale run stops on velocity, not at epoch 1 as stalled
+    # the default rule decides: the scripted slow-scale run stops on velocity, not at epoch 1
+    # as stalled
     series, losses = [1e-4 * 0.8**i for i in range(60)], [1.1 * 0.9**i for i in range(60)]
     assert _run(series, losses, num_classes=3) == ("velocity", 22)
 

@@ -171,7 +171,8 @@ def test_a_checkpoint_of_another_configuration_is_refused(tmp_path):
 
 
 def test_train_takes_the_shared_data_and_control_flags(tmp_path, capsys):
-    # 20% noisy labels at LR 0.05: the guard stops within 12 epochs; without it the run goes on memorising
+    # 20% noisy labels at LR 0.05: the guard stops within 12 epochs; without it the run goes on
+    # memorising
     args = ["train", "--label-noise", "0.2", "--lr", "0.05", "--max-epochs", "30", "--quiet"]
     guarded, free = tmp_path / "guard.json", tmp_path / "free.json"
     assert main(args + ["--pc-patience", "3", "--json", str(guarded)]) == 0
@@ -261,8 +262,8 @@ def test_a_finished_run_is_not_continued_and_the_cli_says_why(tmp_path, capsys):
     assert main(base + ["--max-epochs", "2"]) == 0
     assert main(base + ["--max-epochs", "2"]) == 0
     assert (
-        "the run already stopped by max_epochs at epoch 2; nothing to continue (a larger --max-epochs"
-        in capsys.readouterr().out
+        "the run already stopped by max_epochs at epoch 2; nothing to continue "
+        "(a larger --max-epochs" in capsys.readouterr().out
     )
     assert main(base + ["--max-epochs", "3", "--json", str(tmp_path / "c.json")]) == 0
     assert "nothing to continue" not in capsys.readouterr().out

@@ -179,8 +179,8 @@ def test_objectives_by_hand():
     from neve_tune.trial import prediction_changes_minimum, training_speed_estimate, trial_objective
 
     history = [
-        {"train_loss": l, "prediction_changes": pc}
-        for l, pc in zip([2.0, 1.0, 0.6, 0.5, 0.4], [None, 30, 12, 9, 15])
+        {"train_loss": loss, "prediction_changes": pc}
+        for loss, pc in zip([2.0, 1.0, 0.6, 0.5, 0.4], [None, 30, 12, 9, 15])
     ]
     assert training_speed_estimate([2.0, 1.0, 0.6]) == 0.6
     assert training_speed_estimate([2.0, 1.0, 0.6], "tse_e2") == pytest.approx(0.8)
