@@ -106,15 +106,20 @@ def test_design_document_has_its_sections_and_maps_every_module() -> None:
         "Module map",
     ):
         assert any(section in h for h in headings), f"docs/design.md has no heading {section!r}"
-    listed = set(re.findall(r"[\w]+\.py|[\w]+/", _module_map()))
+    # an entry is the first word of a line indented two spaces under ``neve_tune/``; a name
+    # mentioned in another entry's description is not an entry
+    entries = re.findall(r"^  ([\w]+\.py|[\w]+/)(?:\s|$)", _module_map(), flags=re.M)
     expected = {
         p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")
     }
     expected |= {
         f"{p.parent.name}/" for p in PACKAGE.glob("*/__init__.py") if p.parent.name != "studies"
     }
-    missing = sorted(expected - listed)
+    twice = sorted({e for e in entries if entries.count(e) > 1})
+    assert not twice, f"docs/design.md's Module map lists {twice} more than once"
+    missing, stale = sorted(expected - set(entries)), sorted(set(entries) - expected)
     assert not missing, f"docs/design.md's Module map does not list {missing}"
+    assert not stale, f"docs/design.md's Module map lists {stale}, not in neve_tune/"
 
 
 # ------------------------------------------------------------------ size, length, cycles
