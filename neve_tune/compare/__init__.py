@@ -29,8 +29,9 @@ The test set is read once per finished trial, after training, to draw the anytim
 (test accuracy of the best configuration so far against the cost so far); no decision
 (sampling, pruning, stopping, selection) reads it.
 
-Modules: ``_records`` (a search's trials, cost, anytime curve), ``_aggregate`` (means
-over seeds), ``_variants`` (baseline variants, the strongest, notes), ``_report``
+Modules: ``_records`` (a search's trials, cost, anytime curve), ``_final`` (a search's
+record: its final model and costs), ``_aggregate`` (means over seeds), ``_variants``
+(baseline variants, the strongest, notes), ``_report``
 (table, JSON, plots), ``_api`` (:func:`compare`,
 :func:`compare_searches`). Each backend's search adapter lives in its own package
 (``neve_tune.optuna.search_trials``, ``neve_tune.ray.search_trials``). The protocol is

@@ -127,8 +127,8 @@ def rank_by_consensus(
     agreement with the majority vote of the other finished trials' last predictions on the
     subset (``last_predictions``: by trial number), so the search picks the most consensual
     trial. Pruned trials do not vote: with their votes the pick measured worse on MNIST-1D
-    (docs/measurements.md, "Which trial wins"). ``"auto"`` does so only when the finished trials' last
-    fits of the subset's labels (``last_fits``) say the labels are noisy. Returns the rule
+    (docs/measurements.md, "Which trial wins"). ``"auto"`` does so only when the finished trials'
+    last fits of the subset's labels (``last_fits``) say the labels are noisy. Returns the rule
     applied (``"consensus"`` or ``"objective"``)."""
     from ..selection import consensus_scores, selection_mode
 
