@@ -45,10 +45,11 @@ Example::
     print(result["cost_ratio"], result["test_acc_diff"])
 """
 
+from .._search_records import SearchTrial
 from ..records import SEARCH_METHODS as SEARCHES
 from ._aggregate import aggregate, mean_std
 from ._api import BACKENDS, NEVE_SIGNALS, compare, compare_searches
-from ._records import SearchTrial, anytime_curve, epochs_by_rung, total_cost
+from ._records import anytime_curve, epochs_by_rung, total_cost
 from ._report import summary_table, write_outputs
 
 __all__ = [

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._checks import check_choice, check_int
+from .._search_records import SearchTrial
 from ..data import DataBundle
 from ..records import SEARCH_METHODS as SEARCHES
 from ..study import Study, load_study
@@ -18,7 +19,6 @@ from ._final import search_record
 from ._records import (
     GRACE_PERIOD,
     REDUCTION_FACTOR,
-    SearchTrial,
 )
 from ._report import _run_line
 from ._variants import BaselineVariant, parse_variants, strongest_baseline

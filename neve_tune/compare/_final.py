@@ -9,10 +9,11 @@ from typing import Any
 
 import torch
 
+from .._search_records import SearchTrial
 from ..data import DataBundle
 from ..study import Study
 from ..trial import run_trial
-from ._records import SearchTrial, anytime_curve, epochs_by_rung, total_cost
+from ._records import anytime_curve, epochs_by_rung, total_cost
 from ._variants import final_model_note
 
 __all__ = ["search_record"]

@@ -10,7 +10,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from ..compare._records import SearchTrial, rank_by_consensus
+from .._search_records import SearchTrial, rank_by_consensus
 from ..records import Cost
 from ..study import Study
 from ._search import run_search
