@@ -239,6 +239,61 @@ def test_no_import_cycle_among_the_modules() -> None:
     assert not cycles, f"modules that import each other (directly or through others): {cycles}"
 
 
+def _package(module: str) -> str:
+    """A module's node in the package graph: its subpackage of neve_tune (``neve_tune.optuna``
+    for ``neve_tune.optuna._pruner``), or the module itself at the package's root."""
+    sub = ".".join(module.split(".")[:2])
+    return sub if sub in MODULES and MODULES[sub].name == "__init__.py" else module
+
+
+def _package_graph() -> dict[str, dict[str, str]]:
+    """package -> {package it imports: one importing file, as evidence}."""
+    graph: dict[str, dict[str, str]] = {}
+    for name, path in MODULES.items():
+        edges = graph.setdefault(_package(name), {})
+        for target in sorted(_imports(path)):
+            if _package(target) != _package(name):
+                edges.setdefault(_package(target), str(path.relative_to(ROOT)))
+    return graph
+
+
+def _cycle_path(graph: dict[str, dict[str, str]], component: list[str]) -> list[str]:
+    """One closed path through ``component`` (a strongly connected set) from its first
+    package, as ``a -> b (the file that imports)`` steps."""
+    inside, start = set(component), component[0]
+
+    def walk(path: list[str]) -> list[str] | None:
+        for w in sorted(graph[path[-1]]):
+            if w == start:
+                return path + [start]
+            if w in inside and w not in path and (found := walk(path + [w])):
+                return found
+        return None
+
+    path = walk([start]) or [start]
+    return [f"{a} -> {b} ({graph[a][b]})" for a, b in zip(path, path[1:])]
+
+
+def test_the_package_graph_sees_an_import_inside_a_function() -> None:
+    graph = _package_graph()
+    # compare imports each backend inside a function, only when that backend is asked for
+    assert {"neve_tune.optuna", "neve_tune.ray"} <= graph["neve_tune.compare"].keys()
+    assert _package("neve_tune.optuna._pruner") == "neve_tune.optuna"
+    assert _package("neve_tune.velocity") == "neve_tune.velocity"
+    planted = {"a": {"b": "a.py"}, "b": {"c": "b.py"}, "c": {"a": "c.py"}, "d": {"a": "d.py"}}
+    (component,) = _cycles({k: set(v) for k, v in planted.items()})
+    assert _cycle_path(planted, component) == ["a -> b (a.py)", "b -> c (b.py)", "c -> a (c.py)"]
+
+
+def test_no_import_cycle_among_the_packages() -> None:
+    """The subpackages (optuna, ray, compare, hf, cli) and the root's modules import each
+    other one way only: e.g. compare reads the backends, never the reverse."""
+    graph = _package_graph()
+    cycles = _cycles({k: set(v) for k, v in graph.items()})
+    named = ["; ".join(_cycle_path(graph, c)) for c in cycles]
+    assert not cycles, f"packages that import each other: {named}"
+
+
 def test_core_imports_neither_optuna_nor_ray() -> None:
     code = (
         "import sys, neve_tune, neve_tune.trial, neve_tune.compare, neve_tune.cli; "
