@@ -5,7 +5,9 @@ backends live in :mod:`neve_tune.optuna` and :mod:`neve_tune.ray` and import the
 library only there.
 """
 
-from .control import Controller, LRReplay, NeVe, ValidationControl
+from ._controller import Controller
+from .baselines import LRReplay, ValidationControl
+from .control import NeVe
 from .guard import MemorisationGuard
 from .prediction_changes import PredictionChanges, SubsetPredictionChanges
 from .probe import dataset_probe, gaussian_probe

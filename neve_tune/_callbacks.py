@@ -2,12 +2,13 @@
 
 Both callbacks run the controller :func:`neve_tune.train.fit` runs, with the studies'
 defaults (docs/design.md, "The callbacks"): the relative velocity threshold
-(``threshold_mode="relative"``, ``threshold=1e-2``: stop when V / peak V < 1e-2), the memorisation guard on (``pc_patience=3``,
-``pc_window=3``, ``pc_restore=True``), its prediction changes counted on a fixed seeded
-subset of 1,000 training inputs (:class:`neve_tune.SubsetPredictionChanges`, since a
-callback sees batches, not example indices), ``patience="auto"`` (``max(2, max_epochs //
-20)``, the budget being the Trainer's) and the stall check. Every option is checked when
-the callback is built; one it cannot honour is refused there, never accepted and ignored.
+(``threshold_mode="relative"``, ``threshold=1e-2``: stop when V / peak V < 1e-2), the memorisation
+guard on (``pc_patience=3``, ``pc_window=3``, ``pc_restore=True``), its prediction changes counted
+on a fixed seeded subset of 1,000 training inputs (:class:`neve_tune.SubsetPredictionChanges`, since
+a callback sees batches, not example indices), ``patience="auto"``
+(``max(2, max_epochs // 20)``, the budget being the Trainer's) and the stall check. Every option is
+checked when the callback is built; one it cannot honour is refused there, never accepted and
+ignored.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import torch
 
 from ._checks import check_float, check_int
 from ._forward import check_probe_target
-from .control import NeVe, auto_patience, resolve_patience
+from ._rules import auto_patience, resolve_patience
+from .control import NeVe
 from .prediction_changes import PredictionChanges, SubsetPredictionChanges
 
 __all__ = [
@@ -46,7 +48,8 @@ DEFAULT_THRESHOLD = 1e-2  # the studies' default: with threshold_mode="relative"
 
 
 def check_controller_options(options: Mapping[str, Any], who: str) -> None:
-    """Refuse, when the callback is built, keyword options that :class:`neve_tune.NeVe` does not take.
+    """Refuse, when the callback is built, keyword options that :class:`neve_tune.NeVe` does not
+    take.
 
     >>> check_controller_options({"min_epochs": 3}, "NeVeCallback")
     >>> check_controller_options({"patients": 3}, "NeVeCallback")  # doctest: +ELLIPSIS
@@ -83,8 +86,9 @@ def _check_guard(options: dict[str, Any], source: Any, given: set[str], who: str
     if source is None:
         if "pc_patience" in given and options["pc_patience"] is not None:
             raise ValueError(
-                f"{who}(pc_patience=...) needs prediction changes; pass prediction_changes='subset' "
-                "(or a PredictionChanges / SubsetPredictionChanges), or pc_patience=None"
+                f"{who}(pc_patience=...) needs prediction changes; pass "
+                "prediction_changes='subset' (or a PredictionChanges / SubsetPredictionChanges), "
+                "or pc_patience=None"
             )
         if options.get("lr_signal") == "prediction_changes":
             raise ValueError(

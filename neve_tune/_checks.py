@@ -105,7 +105,8 @@ def check_seed(name: str, value: Any, *, allow_none: bool = False) -> int | None
             TypeError if _is_bool(value) or not isinstance(value, numbers.Integral) else ValueError
         )
         raise kind(
-            f"{name} must be an int in [0, {MAX_SEED}]{' or None' if allow_none else ''}, got {value!r}"
+            f"{name} must be an int in [0, {MAX_SEED}]{' or None' if allow_none else ''}, got "
+            f"{value!r}"
         )
     return int(value)
 
@@ -137,11 +138,13 @@ def check_device(name: str, device: Any) -> str:
     elif dev.type == "mps":
         if not torch.backends.mps.is_available():
             raise ValueError(
-                f"{name} {text}: Apple's MPS backend is not available on this machine (use auto or cpu)"
+                f"{name} {text}: Apple's MPS backend is not available on this machine (use auto or "
+                "cpu)"
             )
     elif dev.type != "cpu":
         raise ValueError(
-            f"{name} must be {forms}, got {text!r} (torch cannot train on a {dev.type!r} device here)"
+            f"{name} must be {forms}, got {text!r} (torch cannot train on a {dev.type!r} device "
+            "here)"
         )
     return text
 

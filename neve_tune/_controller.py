@@ -29,8 +29,8 @@ class Controller(Protocol):
 
     ``start()`` runs before the first epoch (NeVe records its reference outputs there);
     ``step(train_loss, val_loss=None, *, prediction_changes=None, unfit=None)`` closes an epoch and
-    returns its metrics (at least ``epoch``, ``lr``, ``diverged``); ``stopped_by`` is None while the run goes on;
-    ``probe_samples`` is the forward-only samples one ``step`` costs. A ``step`` that
+    returns its metrics (at least ``epoch``, ``lr``, ``diverged``); ``stopped_by`` is None while the
+    run goes on; ``probe_samples`` is the forward-only samples one ``step`` costs. A ``step`` that
     also takes a ``val_acc`` keyword gets the validation accuracy from
     :func:`~neve_tune.train.fit` (run with a ``val_set``).
     """

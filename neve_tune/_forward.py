@@ -9,7 +9,8 @@ those of the user's model: :func:`prefixed_layers` maps a ``layers`` spec onto t
     >>> import torch
     >>> class Net(torch.nn.Module):           # no forward(), as many LightningModules
     ...     def __init__(self):
-    ...         super().__init__(); self.encoder = torch.nn.Linear(3, 4); self.head = torch.nn.Linear(4, 2)
+    ...         super().__init__()
+    ...         self.encoder, self.head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
     >>> net = Net()
     >>> ProbeForward(net, module_name="encoder")(torch.zeros(5, 3)).shape
     torch.Size([5, 4])
@@ -34,7 +35,8 @@ PREFIX = "model."
 
 def has_forward(module: nn.Module, placeholders: tuple[Any, ...] = ()) -> bool:
     """Whether ``module`` defines its own ``forward``: not ``nn.Module``'s (it raises
-    NotImplementedError) nor one of ``placeholders`` (e.g. ``LightningModule.forward``, which calls it)."""
+    NotImplementedError) nor one of ``placeholders`` (e.g. ``LightningModule.forward``, which calls
+    it)."""
     return type(module).forward not in (nn.Module.forward, *placeholders)
 
 
@@ -119,24 +121,25 @@ def batch_inputs(batch: Any, input_key: str | int = 0) -> torch.Tensor:
     if isinstance(batch, Mapping):
         if input_key not in batch:
             raise ValueError(
-                f"input_key={input_key!r} is not in the training batch, which holds {sorted(map(str, batch))}; "
-                "pass input_key= naming the model's input, or probe="
+                f"input_key={input_key!r} is not in the training batch, which holds "
+                f"{sorted(map(str, batch))}; pass input_key= naming the model's input, or probe="
             )
         x = batch[input_key]
     elif isinstance(batch, (tuple, list)):
         if not isinstance(input_key, int) or not -len(batch) <= input_key < len(batch):
             raise ValueError(
-                f"input_key={input_key!r} does not index the training batch (a {type(batch).__name__} of "
-                f"{len(batch)}); pass an int position, or probe="
+                f"input_key={input_key!r} does not index the training batch (a "
+                f"{type(batch).__name__} of {len(batch)}); pass an int position, or probe="
             )
         x = batch[input_key]
     else:
         raise TypeError(
-            f"cannot find the inputs in a training batch of type {type(batch).__name__}; pass probe= "
-            "(a tensor [N, ...] of probe inputs)"
+            f"cannot find the inputs in a training batch of type {type(batch).__name__}; pass "
+            "probe= (a tensor [N, ...] of probe inputs)"
         )
     if not isinstance(x, torch.Tensor):
         raise TypeError(
-            f"the training batch's input {input_key!r} is a {type(x).__name__}, not a tensor; pass probe="
+            f"the training batch's input {input_key!r} is a {type(x).__name__}, not a tensor; pass "
+            "probe="
         )
     return x

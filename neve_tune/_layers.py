@@ -14,7 +14,7 @@ probe (docs/design.md, "Velocity").
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,7 +36,7 @@ DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
 # Neuron axis by layer type; the first matching base class wins, anything else uses dim 1.
 _NEURON_AXIS: dict[type[nn.Module], int] = {nn.Linear: -1, nn.LayerNorm: -1}
 
-LayerSpec = Union[None, Sequence[str | type], Callable[[str, nn.Module], bool]]
+LayerSpec = Sequence[str | type] | Callable[[str, nn.Module], bool] | None
 
 
 def neuron_axis(module: nn.Module) -> int:

@@ -53,15 +53,17 @@ def check_composable(schedulers: Iterable[Any], who: str) -> None:
         if isinstance(s, _REFUSED):
             name = type(s).__name__
             raise ValueError(
-                f"{who} cannot compose NeVe's LR decay with {name}, which sets the LR from values of its own; "
-                f"remove the {name} (NeVe decays the LR), or use a LambdaLR/StepLR/CosineAnnealingLR schedule"
+                f"{who} cannot compose NeVe's LR decay with {name}, which sets the LR from values "
+                f"of its own; remove the {name} (NeVe decays the LR), or use a "
+                "LambdaLR/StepLR/CosineAnnealingLR schedule"
             )
         if not isinstance(s, torch_sched.LRScheduler) or not isinstance(
             getattr(s, "base_lrs", []), list
         ):
             raise ValueError(
-                f"{who} cannot compose NeVe's LR decay with a {type(s).__name__} (not a torch.optim.lr_scheduler "
-                "scheduler with base_lrs); remove it, or use a LambdaLR/StepLR/CosineAnnealingLR schedule"
+                f"{who} cannot compose NeVe's LR decay with a {type(s).__name__} (not a "
+                "torch.optim.lr_scheduler scheduler with base_lrs); remove it, or use a "
+                "LambdaLR/StepLR/CosineAnnealingLR schedule"
             )
 
 

@@ -12,7 +12,7 @@ themselves); a ``SubsetPredictionChanges`` they built is used as given.
     >>> pc = PredictionChanges(2)
     >>> source = PCSource(pc)
     >>> pc.update(torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([1, 1]))
-    >>> source.measure(torch.nn.Identity()) is None, source.unfit  # the first epoch: nothing to compare with
+    >>> source.measure(torch.nn.Identity()) is None, source.unfit  # nothing to compare with yet
     (True, 1)
 """
 
@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .prediction_changes import LABEL_KEYS, PredictionChanges, SubsetPredictionChanges, eval_forward
+from ._pc_inputs import LABEL_KEYS
+from .prediction_changes import PredictionChanges, SubsetPredictionChanges, eval_forward
 
 __all__ = ["PCSource", "SUBSET_SIZE", "batch_labels"]
 
@@ -55,9 +56,9 @@ class PCSource:
             or not hasattr(dataset, "__len__")
         ):
             raise ValueError(
-                f"{who}(prediction_changes='subset') draws its subset from the training set, which is not "
-                f"an indexable data set here ({type(dataset).__name__}); pass a SubsetPredictionChanges you "
-                "built, or pc_patience=None to turn the guard off"
+                f"{who}(prediction_changes='subset') draws its subset from the training set, which "
+                f"is not an indexable data set here ({type(dataset).__name__}); pass a "
+                "SubsetPredictionChanges you built, or pc_patience=None to turn the guard off"
             )
         try:
             counter = SubsetPredictionChanges.from_dataset(
@@ -65,9 +66,9 @@ class PCSource:
             )
         except (KeyError, IndexError, ValueError, TypeError) as e:
             raise ValueError(
-                f"{who}(prediction_changes='subset') cannot draw its subset of training inputs with "
-                f"input_key={input_key!r} ({e}); pass input_key= naming the examples' model input, "
-                "or pc_patience=None to turn the guard off"
+                f"{who}(prediction_changes='subset') cannot draw its subset of training inputs "
+                f"with input_key={input_key!r} ({e}); pass input_key= naming the examples' model "
+                "input, or pc_patience=None to turn the guard off"
             ) from e
         return cls(counter)
 
@@ -142,7 +143,7 @@ def check_classes(
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(
-            f"{who}'s memorisation guard counts changed class predictions, but the model's output for "
-            f"one example is {got}, not logits [1, classes]; pass pc_patience=None to turn the guard off, "
-            "or a SubsetPredictionChanges with forward= giving logits"
+            f"{who}'s memorisation guard counts changed class predictions, but the model's output "
+            f"for one example is {got}, not logits [1, classes]; pass pc_patience=None to turn the "
+            "guard off, or a SubsetPredictionChanges with forward= giving logits"
         )

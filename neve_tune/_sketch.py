@@ -66,8 +66,9 @@ def sketch_call(
         return False
     if state.row_shape != (c, r):
         raise HookError(
-            f"layer {name!r} produced output {tuple(y.shape)} with (neurons, positions) {(c, r)} in call "
-            f"{state.calls}, unlike {state.row_shape} in its first call; use reference='exact' for it"
+            f"layer {name!r} produced output {tuple(y.shape)} with (neurons, positions) {(c, r)} "
+            f"in call {state.calls}, unlike {state.row_shape} in its first call; use "
+            "reference='exact' for it"
         )
     sg, u, v = call_signs(state, (a, c, r), y.device, sketch_seed, element_signs)
     part = sketch(y.reshape(a, c, r), sg, u, v, row0=state.rows, width=state.width)
@@ -127,7 +128,8 @@ def keep_first_sketch(state: LayerState, store_device: torch.device) -> None:
 
 
 def sketch_rho(name: str, state: LayerState) -> torch.Tensor:
-    """Per-neuron cosine of this measurement against the reference sketch, which it then replaces."""
+    """Per-neuron cosine of this measurement against the reference sketch, which it then
+    replaces."""
     if state.rows != state.ref_rows:
         raise RuntimeError(
             f"layer {name!r} produced {state.rows} rows, {state.ref_rows} in the reference"
@@ -218,7 +220,8 @@ def sketch_similarity(
     cur: torch.Tensor, sq: torch.Tensor, ref: torch.Tensor, ref_sq: torch.Tensor
 ) -> torch.Tensor:
     """Per-neuron cosine from sketches ``[width, C]`` and exact squared norms ``[C]``:
-    ``rho = 1 - |S y/|y| - S y'/|y'| |^2 / 2``, with the zero-vector conventions of docs/design.md, "Velocity"."""
+    ``rho = 1 - |S y/|y| - S y'/|y'| |^2 / 2``, with the zero-vector conventions of docs/design.md,
+    "Velocity"."""
     norm, ref_norm = sq.sqrt(), ref_sq.sqrt()
     one = torch.ones_like(norm)
     dist = (

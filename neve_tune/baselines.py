@@ -6,7 +6,7 @@ accuracy), with a fixed epoch cap and, optionally, early stopping on that metric
 :class:`LRReplay` replays a recorded learning-rate schedule: the final retrain of a
 validation search's best configuration on all training data (docs/design.md,
 "Comparison protocol"). Both implement
-:class:`~neve_tune.control.Controller`; :class:`~neve_tune.control.NeVe` is the
+:class:`~neve_tune._controller.Controller`; :class:`~neve_tune.control.NeVe` is the
 validation-free one.
 
     >>> import torch

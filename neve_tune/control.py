@@ -1,12 +1,12 @@
 """Per-trial controllers: what happens to the learning rate and whether to go on.
 
-:class:`NeVe` (docs/design.md, "The controller") needs no held-out data: after each epoch it measures the
-velocity, steps torch's ``ReduceLROnPlateau`` on the velocity change (or the velocity),
+:class:`NeVe` (docs/design.md, "The controller") needs no held-out data: after each epoch it
+measures the velocity, steps torch's ``ReduceLROnPlateau`` on the velocity change (or the velocity),
 and stops once the velocity is under ``threshold``. :class:`ValidationControl` is the
 validation-based baseline: ``ReduceLROnPlateau`` on validation loss, a fixed epoch cap and,
 optionally, early stopping on validation loss. :class:`LRReplay` replays a recorded
 learning-rate schedule (the final retrain of a validation-based search). The two
-baselines live in :mod:`neve_tune.baselines` and are importable from here too.
+baselines live in :mod:`neve_tune.baselines`.
 
 All three implement :class:`Controller` (:mod:`neve_tune._controller`), the interface
 :func:`neve_tune.train.fit` uses.
@@ -14,36 +14,26 @@ All three implement :class:`Controller` (:mod:`neve_tune._controller`), the inte
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from ._checks import check_choice, check_float, check_int, to_float
-from ._controller import Controller, _finite, _lr, _reopened, _Stoppable, check_epochs
-from ._rules import STALL_PATIENCE, auto_patience, learned, resolve_patience, stalled_early
-from .baselines import LRReplay, ValidationControl
+from ._checks import check_choice, check_float, check_int
+from ._controller import _finite, _lr, _reopened, _Stoppable, check_epochs
+from ._rules import STALL_PATIENCE, learned, resolve_patience, stalled_early
+from ._step_inputs import check_step_inputs
 from .guard import MemorisationGuard
 from .velocity import NeuralVelocity
 
-__all__ = [
-    "Controller",
-    "LRReplay",
-    "NeVe",
-    "ValidationControl",
-    "auto_patience",
-    "check_epochs",
-    "learned",
-    "resolve_patience",
-    "resolve_threshold",
-]
+__all__ = ["LR_SIGNALS", "NeVe", "resolve_threshold"]
 
 LR_SIGNALS = ("velocity_change", "velocity", "prediction_changes")
 THRESHOLD_MODES = ("absolute", "relative")
-# the velocity stop when no threshold is given: V / peak V < 1e-2, chosen from the model-family
-# table (docs/measurements.md, "One stop rule for every model family"; docs/design.md, "The controller")
+# the velocity stop when no threshold is given: V / peak V < 1e-2, chosen from the
+# model-family table (docs/measurements.md, "One stop rule for every model family";
+# docs/design.md, "The controller")
 DEFAULT_THRESHOLD_MODE = "relative"
 DEFAULT_THRESHOLDS = {"relative": 1e-2, "absolute": 1e-3}
 
@@ -66,14 +56,6 @@ def resolve_threshold(
     if threshold is None:
         threshold = DEFAULT_THRESHOLDS[threshold_mode]
     return float(check_float("threshold", threshold, positive=True)), threshold_mode  # type: ignore[arg-type]
-
-
-def _count(name: str, value: Any) -> int | float | None:
-    """A reported count (Python, NumPy or 0-d tensor) as a plain number: an int when whole."""
-    number = to_float(name, value, allow_none=True)
-    if number is None or not number.is_integer():
-        return number
-    return int(number)
 
 
 class NeVe(_Stoppable):
@@ -128,14 +110,17 @@ class NeVe(_Stoppable):
 
         >>> import torch
         >>> from neve_tune import NeVe, NeuralVelocity, gaussian_probe
-        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> nn = torch.nn
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        >>> neve = NeVe(opt, NeuralVelocity(model, gaussian_probe((4,), 16)), threshold=1e-3, max_epochs=5)
+        >>> velocity = NeuralVelocity(model, gaussian_probe((4,), 16))
+        >>> neve = NeVe(opt, velocity, threshold=1e-3, max_epochs=5)
         >>> neve.start()
         >>> metrics = neve.step(train_loss=0.7)    # after one training epoch
         >>> sorted(metrics)  # doctest: +NORMALIZE_WHITESPACE
         ['diverged', 'epoch', 'kept_epoch', 'kept_train_loss', 'lr', 'neve_stop',
-         'prediction_changes', 'stalled', 'stopped_by', 'train_loss', 'unfit', 'velocity', 'velocity_change']
+         'prediction_changes', 'stalled', 'stopped_by', 'train_loss', 'unfit', 'velocity',
+         'velocity_change']
     """
 
     def __init__(
@@ -276,8 +261,8 @@ class NeVe(_Stoppable):
         refused (measuring the reference now would give epoch 1 a velocity of 0 and a
         bogus stop); a controller restored with :meth:`load_state_dict` needs no start.
         """
-        train_loss, val_loss, prediction_changes, unfit = self._inputs(
-            train_loss, val_loss, prediction_changes, unfit
+        train_loss, val_loss, prediction_changes, unfit = check_step_inputs(
+            self, train_loss, val_loss, prediction_changes, unfit
         )
         lr = _lr(self.optimizer)
         self.epoch += 1
@@ -326,58 +311,6 @@ class NeVe(_Stoppable):
             max_epochs=self.max_epochs,
             stall_patience=self.stall_patience,
             stall_margin=self.stall_margin,
-        )
-
-    def _inputs(
-        self, train_loss: Any, val_loss: Any, prediction_changes: Any, unfit: Any
-    ) -> tuple[float, float | None, Any, Any]:
-        """The step's inputs checked (before anything changes) and as plain numbers."""
-        self._check_open()
-        if (
-            self.lr_signal == "prediction_changes"
-            and prediction_changes is None
-            and self.epoch >= 1
-        ):
-            raise ValueError(
-                "lr_signal='prediction_changes' needs step(..., prediction_changes=n) from the 2nd epoch on: "
-                "n = training examples whose predicted class changed since the previous epoch"
-            )
-        train_loss = to_float("train_loss", train_loss)
-        if self.pc_patience is not None and prediction_changes is None and self.epoch >= 1:
-            self._warn_no_prediction_changes()
-        if self.velocity.epoch < 0:
-            raise RuntimeError(
-                "NeVe.step() before start(): call neve.start() once before the first training epoch "
-                "(it records the probe's reference outputs)"
-            )
-        if val_loss is not None:
-            val_loss = to_float("val_loss", val_loss)
-        prediction_changes, unfit = (
-            _count("prediction_changes", prediction_changes),
-            _count("unfit", unfit),
-        )
-        if self.guard is not None and prediction_changes is not None and unfit is None:
-            raise ValueError(
-                "the memorisation guard (pc_patience set) needs step(..., unfit=m) with prediction_changes: m = the "
-                "examples prediction_changes counts whose predicted class is not their label (PredictionChanges.unfit "
-                "after update(index, output, target); SubsetPredictionChanges.unfit), or pc_patience=None"
-            )
-        return train_loss, val_loss, prediction_changes, unfit
-
-    def _warn_no_prediction_changes(self) -> None:
-        """The guard is on but gets no counts: say so once, rather than run without it in
-        silence (the 1st epoch has none to give: nothing to compare with yet)."""
-        if self._pc_warned:
-            return
-        self._pc_warned = True
-        warnings.warn(
-            f"NeVe(pc_patience={self.pc_patience}) got no prediction_changes at epoch "
-            f"{self.epoch + 1}: the memorisation guard cannot stop this run. Pass "
-            "step(..., prediction_changes=n) after every epoch, n = training examples whose "
-            "predicted class changed since the previous epoch (PredictionChanges.epoch_end() or "
-            "SubsetPredictionChanges.measure(model)), or NeVe(pc_patience=None)",
-            UserWarning,
-            stacklevel=4,
         )
 
     def _measure(self, train_loss: float) -> tuple[float | None, float | None, bool]:

@@ -1,6 +1,7 @@
 """Datasets, by name: ``digits`` (bundled with scikit-learn, the offline default),
-``mnist1d`` (1-D signals generated offline by the ``mnist1d`` package), ``cifar10``/``cifar100`` and ``imagefolder`` (torchvision loaders over files already on
-disk; nothing is downloaded at run time) and ``synthetic`` (for tests).
+``mnist1d`` (1-D signals generated offline by the ``mnist1d`` package), ``cifar10``/``cifar100`` and
+``imagefolder`` (torchvision loaders over files already on disk; nothing is downloaded at run time)
+and ``synthetic`` (for tests).
 
 Every loader returns a :class:`DataBundle` with a train and a test set; the test set is
 only for the final evaluation. :func:`validation_split` carves the held-out part that the

@@ -25,7 +25,7 @@ Example (the training loss must be logged per epoch under ``loss_key``)::
 
     neve = NeVeCallback(threshold=1e-3, num_classes=10, verbose=True)
     pl.Trainer(max_epochs=100, callbacks=[neve]).fit(Net(), train_loader)
-    print(neve.stopped_by)    # "velocity", "prediction_changes", "stalled", "max_epochs", "diverged"
+    print(neve.stopped_by)  # "velocity", "prediction_changes", "stalled", "max_epochs", "diverged"
 
 Under Ray Tune, list ``NeVeCallback`` *before* Ray's
 ``ray.tune.integration.pytorch_lightning.TuneReportCheckpointCallback(on="train_epoch_end")``:
@@ -38,7 +38,6 @@ Importing this module needs ``lightning`` (``pip install neve_tune[lightning]``)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -47,29 +46,26 @@ try:
     import lightning.pytorch as pl
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "neve_tune.lightning needs Lightning 2: pip install 'neve_tune[lightning]' (or lightning>=2.2)"
+        "neve_tune.lightning needs Lightning 2: pip install 'neve_tune[lightning]' (or "
+        "lightning>=2.2)"
     ) from e
 
 from ._callbacks import DEFAULT_THRESHOLD, CallbackSettings
-from ._checks import to_float
-from ._forward import ProbeForward, batch_inputs, has_forward, prefixed_layers
+from ._forward import batch_inputs, prefixed_layers
+from ._lightning_logs import log_epoch, log_stop, train_loss_of
+from ._lightning_probe import pc_source, probe_forward, probe_from_batch
 from ._lr_compose import check_composable, follow_decay, lrs
 from ._pc_source import PCSource, batch_labels, batch_logits
 from .control import NeVe
-from .prediction_changes import PredictionChanges
 from .probe import gaussian_probe
 from .velocity import NeuralVelocity
 
 __all__ = ["NeVeCallback", "batch_inputs"]
 
-# names NeVe.step() returns that are not logged: Lightning keeps its own "epoch"
-_NOT_LOGGED = frozenset({"epoch"})
-# LightningModule.forward only passes on to nn.Module's: a module without its own has none
-_PLACEHOLDERS = (pl.LightningModule.forward,)
-
 
 class NeVeCallback(CallbackSettings, pl.Callback):
-    """NeVe LR decay, stopping and memorisation guard (optionally Optuna pruning) for a Lightning run.
+    """NeVe LR decay, stopping and memorisation guard (optionally Optuna pruning) for a Lightning
+    run.
 
     At the end of every training epoch (never during the sanity check):
 
@@ -235,40 +231,17 @@ class NeVeCallback(CallbackSettings, pl.Callback):
     # ------------------------------------------------------------ setup
     def _forward(self, pl_module: pl.LightningModule) -> torch.nn.Module:
         """What the probe goes through (see :mod:`neve_tune._forward`)."""
-        if self.probe_module is not None or self.probe_fn is not None:
-            return ProbeForward(pl_module, self.probe_module, self.probe_fn)
-        if not has_forward(pl_module, _PLACEHOLDERS):
-            raise ValueError(
-                f"{type(pl_module).__name__} has no forward() for the probe; pass "
-                "NeVeCallback(probe_module='<submodule>') or probe_fn=lambda module, x: ..."
-            )
-        return pl_module
+        return probe_forward(pl_module, self.probe_module, self.probe_fn)
 
     def _build_source(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> PCSource | None:
-        spec = self.source_spec
-        if spec is None:
-            return None
-        if not isinstance(spec, str):
-            return PCSource(spec)
-        dataset = getattr(trainer.train_dataloader, "dataset", None)
-        if spec == "batch":
-            if trainer.world_size > 1:
-                raise ValueError(
-                    "prediction_changes='batch' sees one process's batches only; under DDP use "
-                    "prediction_changes='subset'"
-                )
-            return PCSource(PredictionChanges(len(dataset)))  # type: ignore[arg-type]
-        if self.probe_fn is None and not has_forward(pl_module, _PLACEHOLDERS):
-            raise ValueError(
-                f"{type(pl_module).__name__} has no forward() for the guard's subset; pass probe_fn= "
-                "(returning logits), or pc_patience=None to turn the guard off"
-            )
-        return PCSource.subset(
-            dataset,
+        return pc_source(
+            self.source_spec,
+            trainer,
+            pl_module,
+            probe_fn=self.probe_fn,
             seed=self.probe_seed,
             input_key=self.input_key,
             who=self.who,
-            forward=self.probe_fn,
         )
 
     def _build(
@@ -299,7 +272,8 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         self.pruned = False
         if len(trainer.optimizers) != 1:
             raise ValueError(
-                f"NeVeCallback drives one optimizer; configure_optimizers returned {len(trainer.optimizers)}"
+                "NeVeCallback drives one optimizer; configure_optimizers returned "
+                f"{len(trainer.optimizers)}"
             )
         self._schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
         check_composable(self._schedulers, self.who)
@@ -324,23 +298,9 @@ class NeVeCallback(CallbackSettings, pl.Callback):
     ) -> None:
         if self.neve is not None:
             return
-        x = batch_inputs(batch, self.input_key)
-        if x.ndim < 2:
-            raise ValueError(
-                f"the training batch's inputs have shape {tuple(x.shape)}; a probe needs [batch, ...] inputs, "
-                "pass probe="
-            )
-        if not x.is_floating_point():
-            raise ValueError(
-                f"the training batch's inputs are {x.dtype} (token ids?): Gaussian noise does not fit them; pass probe= "
-                "with ids, e.g. torch.randint(vocab_size, (100, seq_len), generator=torch.Generator().manual_seed(0))"
-            )
-        self._probe_shape = tuple(int(s) for s in x.shape[1:])
-        self._build(
-            trainer,
-            pl_module,
-            gaussian_probe(self._probe_shape, self.probe_samples, self.probe_seed, x.dtype),
-        )
+        probe = probe_from_batch(batch, self.input_key, self.probe_samples, self.probe_seed)
+        self._probe_shape = tuple(probe.shape[1:])
+        self._build(trainer, pl_module, probe)
 
     def on_train_batch_end(
         self,
@@ -358,27 +318,6 @@ class NeVeCallback(CallbackSettings, pl.Callback):
             )
 
     # ------------------------------------------------------------ per epoch
-    def _train_loss(self, trainer: pl.Trainer) -> float:
-        metrics = trainer.callback_metrics
-        for key in (f"{self.loss_key}_epoch", self.loss_key):
-            if key in metrics:
-                return to_float(key, metrics[key])
-        raise ValueError(
-            f"NeVeCallback needs the epoch's training loss in trainer.callback_metrics[{self.loss_key!r}]: log it in "
-            f"training_step with self.log({self.loss_key!r}, loss, on_epoch=True), or pass loss_key= naming the "
-            f"logged loss; logged keys are {sorted(metrics)}"
-        )
-
-    def _log(self, pl_module: pl.LightningModule, metrics: Mapping[str, Any]) -> None:
-        for name, value in metrics.items():
-            if name in _NOT_LOGGED or value is None or isinstance(value, str):
-                continue
-            try:
-                value = float(value) if isinstance(value, bool) else to_float(name, value)
-            except TypeError:
-                continue  # not a number: kept in history only
-            pl_module.log(name, value, on_step=False, on_epoch=True)
-
     def _prune(self, trainer: pl.Trainer, metrics: dict[str, Any]) -> bool:
         prune = False
         if trainer.is_global_zero:
@@ -399,7 +338,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         if self.neve.should_stop:  # e.g. resumed past the controller's own stop
             trainer.should_stop = True
             return
-        train_loss = self._train_loss(trainer)
+        train_loss = train_loss_of(trainer, self.loss_key)
         changes = None if self._source is None else self._source.measure(pl_module)
         before = lrs(self.neve.optimizer)
         unfit = None if self._source is None else self._source.unfit
@@ -410,7 +349,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         metrics.setdefault("train_loss", train_loss)
         metrics.setdefault("prediction_changes", changes)
         self.history.append(metrics)
-        self._log(pl_module, metrics)
+        log_epoch(pl_module, metrics)
         if self.trial is not None and self._prune(trainer, metrics):
             return
         if bool(trainer.strategy.broadcast(self.neve.should_stop)):
@@ -418,19 +357,11 @@ class NeVeCallback(CallbackSettings, pl.Callback):
             self._report_stop(trainer)
 
     def _report_stop(self, trainer: pl.Trainer) -> None:
-        """The stop reason in every logger's hyperparameters, and one printed line with ``verbose``."""
-        neve = self.neve
-        if neve is None or neve.stopped_by is None or not trainer.is_global_zero:
+        """The stop reason in every logger's hyperparameters, and one printed line with
+        ``verbose``."""
+        if self.neve is None or self.neve.stopped_by is None or not trainer.is_global_zero:
             return
-        for logger in trainer.loggers:
-            logger.log_hyperparams(
-                {
-                    "neve_stopped_by": neve.stopped_by,
-                    "neve_stop_epoch": neve.epoch,
-                    "neve_best_epoch": neve.best_epoch,
-                    "neve_kept_train_loss": neve.kept()["kept_train_loss"],
-                }
-            )
+        log_stop(trainer, self.neve)
         if self.verbose:
             print(self.stop_line("epoch"), flush=True)
 

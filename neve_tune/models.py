@@ -1,6 +1,7 @@
-"""Models by name: ``small_cnn`` (digits), ``small_cnn1d`` (1-D signals, MNIST-1D), ``resnet20``/``resnet32`` (CIFAR ResNets of
-He et al. 2016, option-A shortcuts, as used in the NeVe paper), ``timm:<name>`` and
-``torchvision:<name>`` (any model of those libraries, never with pretrained weights).
+"""Models by name: ``small_cnn`` (digits), ``small_cnn1d`` (1-D signals, MNIST-1D),
+``resnet20``/``resnet32`` (CIFAR ResNets of He et al. 2016, option-A shortcuts, as used in the NeVe
+paper), ``timm:<name>`` and ``torchvision:<name>`` (any model of those libraries, never with
+pretrained weights).
 
 Example::
 
@@ -42,7 +43,8 @@ def register_model(name: str) -> Callable:
 
 
 def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **options) -> nn.Module:
-    """Build ``name`` for inputs of ``input_shape`` ((C, H, W) images, (C, L) signals) and ``num_classes`` outputs."""
+    """Build ``name`` for inputs of ``input_shape`` ((C, H, W) images, (C, L) signals) and
+    ``num_classes`` outputs."""
     if name.startswith("timm:"):
         import timm
 
@@ -67,7 +69,8 @@ def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **op
         return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **options)
     if name not in MODELS:
         raise ValueError(
-            f"model must be one of {sorted(MODELS)}, 'timm:<name>' or 'torchvision:<name>', got {name!r}"
+            f"model must be one of {sorted(MODELS)}, 'timm:<name>' or 'torchvision:<name>', got "
+            f"{name!r}"
         )
     return MODELS[name](num_classes=num_classes, input_shape=tuple(input_shape), **options)
 

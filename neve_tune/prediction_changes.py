@@ -1,4 +1,5 @@
-"""Prediction changes: the signal of the memorisation guard (docs/design.md, "The memorisation guard").
+"""Prediction changes: the signal of the memorisation guard (docs/design.md, "The memorisation
+guard").
 
 The count of training examples whose predicted class changed since the previous epoch,
 measured in one of two ways:
@@ -31,30 +32,25 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ._checks import check_int
-from .probe import module_device, probe_inputs, probe_mode
+from ._pc_inputs import (
+    check_classes,
+    check_inputs,
+    check_labels,
+    num_rows,
+    pick_input,
+    pick_label,
+    rows,
+    stack_items,
+    to_model,
+)
+from .probe import probe_mode
 
 __all__ = ["PREDICTION_CHANGES", "PredictionChanges", "SubsetPredictionChanges", "eval_forward"]
 
 #: where fit counts prediction changes: in the training pass, or on a fixed subset
 PREDICTION_CHANGES = ("in_pass", "subset")
-#: where a dict item or batch holds its labels (the unfit count needs them)
-LABEL_KEYS = ("labels", "label", "y")
 
 Forward = Callable[[nn.Module, Any], torch.Tensor]
-
-
-def _check_classes(name: str, value: torch.Tensor, what: str) -> torch.Tensor:
-    """``value`` as int64 on the CPU if it holds integers (not bools, not floats)."""
-    if value.dtype == torch.bool:
-        raise TypeError(
-            f"{name} must hold integer {what}, got a bool tensor (a mask: pass the indices it selects, "
-            "e.g. mask.nonzero().squeeze(1))"
-        )
-    if value.is_floating_point() or value.is_complex():
-        raise TypeError(
-            f"{name} must hold integer {what}, got a {value.dtype} tensor (floats would be truncated)"
-        )
-    return value.to("cpu", torch.long)
 
 
 class PredictionChanges:
@@ -74,11 +70,12 @@ class PredictionChanges:
 
         >>> import torch
         >>> pc = PredictionChanges(4)
-        >>> pc.update(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 1, 1]))
+        >>> t = torch.tensor
+        >>> pc.update(t([0, 1, 2, 3]), t([0, 1, 1, 0]), t([0, 1, 1, 1]))
         >>> pc.epoch_end() is None, pc.unfit
         (True, 1)
-        >>> pc.update(torch.tensor([2, 0]), torch.tensor([[0.1, 0.9], [0.8, 0.2]]), torch.tensor([1, 0]))  # logits
-        >>> pc.update(torch.tensor([1, 3]), torch.tensor([1, 1]), torch.tensor([1, 1]))
+        >>> pc.update(t([2, 0]), t([[0.1, 0.9], [0.8, 0.2]]), t([1, 0]))  # logits
+        >>> pc.update(t([1, 3]), t([1, 1]), t([1, 1]))
         >>> pc.epoch_end(), pc.unfit         # example 3 changed from class 0 to 1, its label
         (1, 0)
     """
@@ -107,11 +104,11 @@ class PredictionChanges:
             raise TypeError(
                 f"output must be a tensor of logits or class ids, got {type(output).__name__}"
             )
-        index = _check_classes("index", index, "example indices")
+        index = check_classes("index", index, "example indices")
         if output.is_floating_point():
             classes = output.detach().argmax(-1).to("cpu")
         else:
-            classes = _check_classes(
+            classes = check_classes(
                 "output", output.detach(), "class ids (or floating-point logits)"
             )
         if classes.shape != index.shape:
@@ -124,7 +121,8 @@ class PredictionChanges:
             int(index.min()) < 0 or int(index.max()) >= n
         ):  # a negative one would wrap silently
             raise IndexError(
-                f"index must hold example indices in [0, {n}), got {int(index.min())}..{int(index.max())}"
+                f"index must hold example indices in [0, {n}), got "
+                f"{int(index.min())}..{int(index.max())}"
             )
         if (
             classes.numel() and int(classes.min()) < 0
@@ -133,10 +131,11 @@ class PredictionChanges:
         if target is not None:
             if not isinstance(target, torch.Tensor):
                 raise TypeError(f"target must be a tensor of labels, got {type(target).__name__}")
-            target = _check_classes("target", target.detach(), "labels")
+            target = check_classes("target", target.detach(), "labels")
             if target.shape != index.shape:
                 raise ValueError(
-                    f"target has shape {tuple(target.shape)}, index {tuple(index.shape)}: one label per example"
+                    f"target has shape {tuple(target.shape)}, index {tuple(index.shape)}: one "
+                    "label per example"
                 )
             if target.numel() and int(target.min()) < 0:
                 raise ValueError(f"target must hold labels >= 0, got {int(target.min())}")
@@ -144,7 +143,8 @@ class PredictionChanges:
         self.predictions[index] = classes
 
     def epoch_end(self) -> int | None:
-        """The count of changed predictions against the previous epoch (None if not comparable yet)."""
+        """The count of changed predictions against the previous epoch (None if not comparable
+        yet)."""
         seen = bool((self._previous >= 0).all())
         changes = int((self.predictions != self._previous).sum()) if seen else None
         labelled = bool((self.targets >= 0).all() and (self.predictions >= 0).all())
@@ -170,65 +170,6 @@ class PredictionChanges:
 # a measuring forward: eval mode, no grad, forked RNG, every module's training flag restored
 # after (in eval mode BatchNorm uses its running statistics and does not update them)
 eval_forward = probe_mode
-
-
-def _to_model(batch: Any, model: nn.Module) -> Any:
-    """Every tensor of ``batch`` on ``model``'s device, floating ones in its dtype."""
-    if isinstance(batch, torch.Tensor):
-        return probe_inputs(batch, model)
-    if isinstance(batch, Mapping):
-        return {k: _to_model(v, model) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_model(v, model) for v in batch)
-    return batch
-
-
-def _stack(items: list[Any], name: str) -> Any:
-    """One batch from single inputs: tensors stacked, dicts stacked key by key."""
-    first = items[0]
-    if isinstance(first, Mapping):
-        return {k: _stack([it[k] for it in items], f"{name}[{k!r}]") for k in first}
-    try:
-        return torch.stack([torch.as_tensor(it) for it in items])
-    except (TypeError, RuntimeError, ValueError) as e:
-        raise TypeError(f"{name} must hold tensors of one shape (or dicts of them): {e}") from None
-
-
-def _length(inputs: Any) -> int:
-    if isinstance(inputs, torch.Tensor):
-        return int(inputs.shape[0]) if inputs.dim() else 0
-    return len(next(iter(inputs.values()))) if inputs else 0
-
-
-def _rows(inputs: Any, start: int, stop: int) -> Any:
-    if isinstance(inputs, torch.Tensor):
-        return inputs[start:stop]
-    return {k: v[start:stop] for k, v in inputs.items()}
-
-
-def _check_inputs(inputs: Any) -> Any:
-    if isinstance(inputs, torch.Tensor):
-        if inputs.dim() == 0 or inputs.shape[0] == 0:
-            raise ValueError(
-                f"inputs must be a batch [K, ...] of at least one example, got shape {tuple(inputs.shape)}"
-            )
-        return inputs
-    if isinstance(inputs, Mapping):
-        if not inputs or not all(
-            isinstance(v, torch.Tensor) and v.dim() >= 1 for v in inputs.values()
-        ):
-            raise TypeError(
-                "inputs must be a tensor [K, ...] or a non-empty dict of tensors [K, ...]"
-            )
-        sizes = {k: int(v.shape[0]) for k, v in inputs.items()}
-        if len(set(sizes.values())) != 1 or 0 in sizes.values():
-            raise ValueError(
-                f"inputs must hold one positive number of examples in every entry, got {sizes}"
-            )
-        return dict(inputs)
-    raise TypeError(
-        f"inputs must be a tensor [K, ...] or a dict of tensors [K, ...], got {type(inputs).__name__}"
-    )
 
 
 class SubsetPredictionChanges:
@@ -261,8 +202,8 @@ class SubsetPredictionChanges:
         batch_size: int = 256,
         forward: Forward | None = None,
     ) -> None:
-        self.inputs = _check_inputs(inputs)
-        self.labels = None if labels is None else _check_labels(labels, self.num_examples)
+        self.inputs = check_inputs(inputs)
+        self.labels = None if labels is None else check_labels(labels, self.num_examples)
         self.unfit: int | None = (
             None  # examples whose predicted class is not their label, at measure()
         )
@@ -289,7 +230,7 @@ class SubsetPredictionChanges:
         with ``seed`` (all of them when it has fewer), in a fixed order. Each item is an
         ``(x, y)`` tuple (``input_key=0`` picks ``x``) or a dict (``input_key`` names the
         input, or ``None`` keeps every entry but ``"labels"``/``"label"`` and strings).
-        The labels (``y``, or a dict's :data:`LABEL_KEYS`) are kept too, so
+        The labels (``y``, or a dict's :data:`~neve_tune._pc_inputs.LABEL_KEYS`) are kept too, so
         :meth:`measure` also counts :attr:`unfit`."""
         k = check_int("num_examples", num_examples, minimum=1)
         n = len(dataset)  # type: ignore[arg-type]
@@ -301,21 +242,21 @@ class SubsetPredictionChanges:
             devices=[]
         ):  # an augmenting dataset must not advance training's RNG
             items = [dataset[i] for i in rows]
-        inputs = _stack([_pick_input(item, input_key) for item in items], "dataset inputs")
-        labels = [_pick_label(item, input_key) for item in items]
+        inputs = stack_items([pick_input(item, input_key) for item in items], "dataset inputs")
+        labels = [pick_label(item, input_key) for item in items]
         found = None if any(y is None for y in labels) else torch.as_tensor(labels)
         return cls(inputs, labels=found, batch_size=batch_size, forward=forward)
 
     @property
     def num_examples(self) -> int:
         """K: the examples forwarded by each :meth:`measure` (its cost in forward-only samples)."""
-        return _length(self.inputs)
+        return num_rows(self.inputs)
 
     def _classes(self, model: nn.Module) -> torch.Tensor:
         out = []
         with eval_forward(model):
             for start in range(0, self.num_examples, self.batch_size):
-                batch = _to_model(_rows(self.inputs, start, start + self.batch_size), model)
+                batch = to_model(rows(self.inputs, start, start + self.batch_size), model)
                 logits = self.forward(model, batch) if self.forward is not None else model(batch)
                 if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
                     got = (
@@ -401,107 +342,3 @@ class SubsetPredictionChanges:
         self.predictions = (
             None if predictions is None else torch.as_tensor(predictions, dtype=torch.long).clone()
         )
-
-
-def _check_labels(labels: Any, k: int) -> torch.Tensor:
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(f"labels must be a tensor of class ids, got {type(labels).__name__}")
-    labels = _check_classes("labels", labels, "class ids")
-    if tuple(labels.shape) != (k,):
-        raise ValueError(
-            f"labels must hold one class id per input ({k}), got shape {tuple(labels.shape)}"
-        )
-    return labels
-
-
-def _pick_label(item: Any, input_key: Any) -> Any:
-    """The label of a data set item (a tuple's entry after the input, a dict's
-    :data:`LABEL_KEYS`), as an int; None where it has none."""
-    if isinstance(item, Mapping):
-        label = next((item[k] for k in LABEL_KEYS if k in item), None)
-    elif isinstance(item, (tuple, list)) and input_key == 0 and len(item) >= 2:
-        label = item[1]
-    else:
-        return None
-    try:
-        return int(label)
-    except (TypeError, ValueError):
-        return None  # not a class id (a sequence label, a string): no unfit count
-
-
-def _pick_input(item: Any, input_key: Any) -> Any:
-    if isinstance(item, Mapping):
-        if input_key is None:
-            return {
-                k: v
-                for k, v in item.items()
-                if k not in ("labels", "label") and not isinstance(v, str)
-            }
-        if input_key not in item:
-            raise KeyError(
-                f"input_key {input_key!r} is not a key of the dataset's items (keys: {sorted(item, key=str)})"
-            )
-        return item[input_key]
-    if isinstance(item, (tuple, list)):
-        if not isinstance(input_key, int) or not -len(item) <= input_key < len(item):
-            raise ValueError(
-                f"input_key must be a position in the dataset's items (of length {len(item)}), got {input_key!r}"
-            )
-        return item[input_key]
-    return item
-
-
-class FitPredictionChanges:
-    """The prediction changes :func:`neve_tune.train.fit` reports, from either source:
-    ``"in_pass"`` (:attr:`in_pass` goes to ``train_epoch``, no extra forward) or
-    ``"subset"`` (``subset_size`` training examples drawn with ``seed``, forwarded after
-    each epoch; their forward-only samples are returned with the count)."""
-
-    def __init__(
-        self, source: str, train_set: Dataset, *, seed: int, subset_size: int = 1000
-    ) -> None:
-        if source not in PREDICTION_CHANGES:
-            raise ValueError(
-                f"prediction_changes must be one of {PREDICTION_CHANGES}, got {source!r}"
-            )
-        check_int("pc_subset_size", subset_size, minimum=1)
-        self.source = source
-        n = len(train_set)  # type: ignore[arg-type]
-        self.in_pass = PredictionChanges(n) if source == "in_pass" else None
-        self.subset = (
-            SubsetPredictionChanges.from_dataset(train_set, subset_size, seed=abs(int(seed)))
-            if source == "subset"
-            else None
-        )
-
-    def epoch_end(
-        self, model: nn.Module, amp_dtype: torch.dtype | None = None
-    ) -> tuple[int | None, int | None, int]:
-        """(this epoch's count, its unfit examples, forward-only samples it cost)."""
-        if self.in_pass is not None:
-            return self.in_pass.epoch_end(), self.in_pass.unfit, 0
-        assert self.subset is not None
-        device = module_device(model)
-        with torch.autocast(
-            device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None
-        ):
-            changes = self.subset.measure(model)
-        return changes, self.subset.unfit, self.subset.num_examples
-
-    def checkpoint(self) -> dict[str, Any]:
-        """What a checkpoint holds of it (``predictions``: the in-pass tracker's state)."""
-        if self.in_pass is not None:
-            return {"predictions": self.in_pass.state_dict()}
-        return {"predictions": None, "pc_subset": self.subset.state_dict()}  # type: ignore[union-attr]
-
-    def load_checkpoint(self, ckpt: Mapping[str, Any]) -> None:
-        """Continue from a checkpoint :meth:`checkpoint` wrote; another source is refused."""
-        saved = "subset" if ckpt.get("pc_subset") is not None else "in_pass"
-        if saved != self.source:
-            raise ValueError(
-                f"it counted prediction_changes={saved!r}, this run counts {self.source!r}"
-            )
-        if self.subset is not None:
-            self.subset.load_state_dict(ckpt["pc_subset"])
-        elif ckpt.get("predictions") is not None:
-            self.in_pass.load_state_dict(ckpt["predictions"])  # type: ignore[union-attr]

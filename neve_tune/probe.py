@@ -78,7 +78,8 @@ def dataset_probe(dataset: Dataset, num_samples: int = 100, seed: int = 0) -> to
 
 
 def check_probe(probe: object) -> None:
-    """A probe is a non-empty tensor of finite inputs ``[N, ...]``; else one line naming ``probe``."""
+    """A probe is a non-empty tensor of finite inputs ``[N, ...]``; else one line naming
+    ``probe``."""
     if not isinstance(probe, torch.Tensor):
         raise TypeError(f"probe must be a torch.Tensor, got {type(probe).__name__}")
     if probe.ndim == 0 or probe.shape[0] == 0:

@@ -318,8 +318,8 @@ def consensus_winner(predictions: Mapping[Any, str], finished: Sequence[Any]) ->
     candidates = [k for k in finished if k in predictions]
     if not candidates:
         raise ValueError(
-            "the consensus found no 'subset_pred' on the finished trials: record the predictions on "
-            "the fixed subset with Study(selection_subset=500)"
+            "the consensus found no 'subset_pred' on the finished trials: record the predictions "
+            "on the fixed subset with Study(selection_subset=500)"
         )
     return pick_by_consensus({k: predictions[k] for k in candidates}, candidates)
 

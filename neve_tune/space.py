@@ -52,7 +52,8 @@ class LogUniform:
         _finite_bounds(name, self)
         if not (0 < self.low < self.high):
             raise ValueError(
-                f"search space {name!r}: LogUniform needs 0 < low < high, got [{self.low}, {self.high}]"
+                f"search space {name!r}: LogUniform needs 0 < low < high, got [{self.low}, "
+                f"{self.high}]"
             )
 
 
@@ -88,7 +89,8 @@ class IntUniform:
                 )
         if not self.low < self.high or (self.log and self.low < 1):
             raise ValueError(
-                f"search space {name!r}: IntUniform needs low < high (low >= 1 if log), got [{self.low}, {self.high}]"
+                f"search space {name!r}: IntUniform needs low < high (low >= 1 if log), got "
+                f"[{self.low}, {self.high}]"
             )
 
 
@@ -129,7 +131,8 @@ def _finite_bounds(name: str, dist: Any) -> None:
             or not math.isfinite(value)
         ):
             raise ValueError(
-                f"search space {name!r}: {type(dist).__name__} {bound} must be a finite number, got {value!r}"
+                f"search space {name!r}: {type(dist).__name__} {bound} must be a finite number, "
+                f"got {value!r}"
             )
 
 
@@ -242,7 +245,8 @@ def validate_space(space: Mapping[str, Any], threshold_mode: str | None = None) 
     for name, dist in space.items():
         if not isinstance(dist, (LogUniform, Uniform, IntUniform, Choice)):
             raise TypeError(
-                f"search space {name!r}: expected LogUniform/Uniform/IntUniform/Choice, got {dist!r}"
+                f"search space {name!r}: expected LogUniform/Uniform/IntUniform/Choice, got "
+                f"{dist!r}"
             )
         dist.validate(name)
         if name in INT_HYPERPARAMETERS and isinstance(dist, (Uniform, LogUniform)):

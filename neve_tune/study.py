@@ -29,7 +29,9 @@ from ._checks import (
     check_resources,
     check_seed,
 )
-from .control import LR_SIGNALS, auto_patience, check_epochs
+from ._controller import check_epochs
+from ._rules import auto_patience
+from .control import LR_SIGNALS
 from .data import DataBundle, check_data_changes, check_data_options, get_dataset
 from .models import check_model_name
 from .prediction_changes import PREDICTION_CHANGES
@@ -78,19 +80,20 @@ class Study:
     ``ReduceLROnPlateau`` patience of NeVe and of the validation baselines alike
     (``"auto"``: ``max(2, max_epochs // 20)``); ``threshold_mode`` ``"relative"`` (the
     default: velocity over its running peak, the ``threshold`` a ratio, 1e-2 by default,
-    searched over 1e-3–1e-1) or ``"absolute"`` (velocity itself); ``stall_margin`` the drop in training loss
-    (from the first epoch, and from chance) that counts as learning; ``pc_patience`` /
+    searched over 1e-3–1e-1) or ``"absolute"`` (velocity itself); ``stall_margin`` the drop in
+    training loss (from the first epoch, and from chance) that counts as learning; ``pc_patience`` /
     ``pc_window`` / ``pc_restore`` the memorisation guard (None: off), counted
-    ``prediction_changes="in_pass"`` or on a subset of ``pc_subset_size`` examples. The defaults are the
-    measured ones (docs/measurements.md,
+    ``prediction_changes="in_pass"`` or on a subset of ``pc_subset_size`` examples. The defaults are
+    the measured ones (docs/measurements.md,
     "Which validation-free defaults, and why"). ``selection_subset`` (0: off) makes each
     NeVe trial record, every epoch, the classes it predicts for that many training examples
-    (a fixed seeded subset, ``subset_pred``, 500 by default), which ``NeVePruner(signal="consensus")``
-    compares across trials; ``selection="consensus"`` (it needs ``selection_subset``) makes the
-    comparison's NeVe search pick, among its finished trials, the one that agrees most with
-    the majority vote of the others instead of the lowest objective; ``"auto"`` (the default)
-    does so only when the finished trials' fit of the subset's labels says the labels are noisy
-    (:func:`neve_tune.selection.selection_mode`) (docs/design.md, "Selection criteria").
+    (a fixed seeded subset, ``subset_pred``, 500 by default), which
+    ``NeVePruner(signal="consensus")`` compares across trials; ``selection="consensus"`` (it needs
+    ``selection_subset``) makes the comparison's NeVe search pick, among its finished trials, the
+    one that agrees most with the majority vote of the others instead of the lowest objective;
+    ``"auto"`` (the default) does so only when the finished trials' fit of the subset's labels says
+    the labels are noisy (:func:`neve_tune.selection.selection_mode`) (docs/design.md, "Selection
+    criteria").
 
     The validation baselines (``asha``, ``asha_es``) hold out ``val_fraction`` and decide
     on ``val_metric`` (``"loss"``, or ``"acc"``: validation accuracy, the objective its
@@ -185,8 +188,8 @@ class Study:
         check_choice("selection", self.selection, ("objective", "consensus", "auto"))
         if self.selection in ("consensus", "auto") and not self.selection_subset:
             raise ValueError(
-                f"selection={self.selection!r} needs selection_subset > 0 (e.g. 500): the trials' predictions "
-                "on that fixed subset are what it compares"
+                f"selection={self.selection!r} needs selection_subset > 0 (e.g. 500): the trials' "
+                "predictions on that fixed subset are what it compares"
             )
         check_int("early_stopping", self.early_stopping, minimum=1)
         check_choice("val_metric", self.val_metric, VAL_METRICS)
@@ -215,8 +218,9 @@ class Study:
 
     @property
     def plateau_patience(self) -> int:
-        """``lr_patience`` in epochs: ``"auto"`` scales it to the budget, ``max(2, max_epochs // 20)``
-        (3 for 60 epochs, 12 for the paper's 250); the same for NeVe and the baselines."""
+        """``lr_patience`` in epochs: ``"auto"`` scales it to the budget,
+        ``max(2, max_epochs // 20)`` (3 for 60 epochs, 12 for the paper's 250); the same for NeVe
+        and the baselines."""
         if self.lr_patience == "auto":
             return auto_patience(self.max_epochs)
         return int(self.lr_patience)

@@ -1,7 +1,8 @@
-"""The reference epoch loop every backend uses, with counted cost and checkpoints.
+"""The reference epoch loop every backend uses, with counted cost and checkpoints (the
+passes over the data it runs: :mod:`neve_tune._passes`).
 
 :func:`fit` trains until its controller (:class:`~neve_tune.control.NeVe` or
-:class:`~neve_tune.control.ValidationControl`) stops, and after every epoch writes a
+:class:`~neve_tune.baselines.ValidationControl`) stops, and after every epoch writes a
 checkpoint (model, optimizer, controller with its velocity state, history, cost, RNG)
 atomically; the format is :mod:`neve_tune.checkpoint`'s. Called again with the same
 ``checkpoint_path`` it resumes after the last finished epoch, so the velocity series
@@ -26,7 +27,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset
 
 from ._checks import check_int
+from ._passes import batches, evaluate, train_epoch
 from .checkpoint import (
     CheckpointError,
     CheckpointWriteError,
@@ -49,7 +51,12 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .prediction_changes import FitPredictionChanges, PredictionChanges
+from .prediction_changes import (
+    PREDICTION_CHANGES,
+    PredictionChanges,
+    SubsetPredictionChanges,
+)
+from .probe import module_device
 from .records import METRIC_NAMES, Cost
 
 __all__ = [
@@ -80,130 +87,6 @@ class FitResult:
     epochs: int
     history: list[dict[str, Any]]
     cost: Cost
-
-
-def _tensor_source(dataset: Dataset) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None] | None:
-    """(tensors, indices) when ``dataset`` is a TensorDataset or a Subset of one."""
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors, None
-    if isinstance(dataset, Subset) and isinstance(dataset.dataset, TensorDataset):
-        return dataset.dataset.tensors, torch.as_tensor(list(dataset.indices), dtype=torch.long)
-    return None
-
-
-def batches(
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    shuffle: bool = False,
-    seed: int = 0,
-    num_workers: int = 0,
-    with_positions: bool = False,
-) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Batches of ``(inputs, targets)`` in a seeded order (``+ (positions,)`` with
-    ``with_positions``: each example's index in ``dataset``); in-memory tensor datasets
-    are sliced directly, anything else goes through a ``DataLoader``."""
-    gen = torch.Generator().manual_seed(int(seed))
-    n = len(dataset)  # type: ignore[arg-type]
-    order = torch.randperm(n, generator=gen) if shuffle else torch.arange(n)
-    source = _tensor_source(dataset)
-    if source is not None:
-        tensors, idx = source
-        rows = order if idx is None else idx[order]
-        for start in range(0, n, batch_size):
-            sel = rows[start : start + batch_size]
-            batch = (tensors[0][sel], tensors[1][sel])
-            yield (*batch, order[start : start + batch_size]) if with_positions else batch
-        return
-    loader = DataLoader(
-        dataset, batch_size=batch_size, sampler=order.tolist(), num_workers=num_workers
-    )
-    for start, (x, y) in zip(range(0, n, batch_size), loader):
-        yield (x, y, order[start : start + batch_size]) if with_positions else (x, y)
-
-
-def train_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    dataset: Dataset,
-    batch_size: int,
-    *,
-    device: torch.device,
-    seed: int,
-    loss_fn: Callable = F.cross_entropy,
-    amp_dtype: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    num_workers: int = 0,
-    predictions: PredictionChanges | None = None,
-) -> tuple[float, float, int]:
-    """One pass over ``dataset``: (mean loss, accuracy, samples).
-
-    With ``predictions`` (a :class:`PredictionChanges` of ``len(dataset)``), the class each
-    example was predicted as in this pass is recorded at its position: what the training
-    pass already computes, so prediction changes between epochs cost no extra forward.
-    """
-    model.train()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    n = 0
-    for x, y, pos in batches(
-        dataset, batch_size, shuffle=True, seed=seed, num_workers=num_workers, with_positions=True
-    ):
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        with torch.autocast(
-            device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None
-        ):
-            out = model(x)
-            loss = loss_fn(out, y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        b = y.shape[0]
-        pred = out.detach().argmax(1)
-        loss_sum += loss.detach().float() * b
-        correct += (pred == y).sum()
-        if predictions is not None:
-            predictions.update(pos, pred, y)
-        n += b
-    return float(loss_sum) / max(n, 1), float(correct) / max(n, 1), n
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    dataset: Dataset,
-    *,
-    batch_size: int = 500,
-    device: torch.device | str = "cpu",
-    loss_fn: Callable = F.cross_entropy,
-    amp_dtype: torch.dtype | None = None,
-) -> tuple[float, float, int]:
-    """(mean loss, accuracy, samples) of ``model`` on ``dataset`` in eval mode."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {model!r}")
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    loss_sum, correct, n = 0.0, 0, 0
-    try:
-        for x, y in batches(dataset, batch_size):
-            x, y = x.to(device), y.to(device)
-            with torch.autocast(
-                device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None
-            ):
-                out = model(x)
-            loss_sum += float(loss_fn(out.float(), y, reduction="sum"))
-            correct += int((out.argmax(1) == y).sum())
-            n += int(y.shape[0])
-    finally:
-        model.train(was_training)
-    return loss_sum / max(n, 1), correct / max(n, 1), n
 
 
 def fit(
@@ -440,3 +323,59 @@ def _fit_epoch(
         "stopped_by": controller.stopped_by,  # None until the run's last epoch
         **extra,
     }
+
+
+class FitPredictionChanges:
+    """The prediction changes :func:`neve_tune.train.fit` reports, from either source:
+    ``"in_pass"`` (:attr:`in_pass` goes to ``train_epoch``, no extra forward) or
+    ``"subset"`` (``subset_size`` training examples drawn with ``seed``, forwarded after
+    each epoch; their forward-only samples are returned with the count)."""
+
+    def __init__(
+        self, source: str, train_set: Dataset, *, seed: int, subset_size: int = 1000
+    ) -> None:
+        if source not in PREDICTION_CHANGES:
+            raise ValueError(
+                f"prediction_changes must be one of {PREDICTION_CHANGES}, got {source!r}"
+            )
+        check_int("pc_subset_size", subset_size, minimum=1)
+        self.source = source
+        n = len(train_set)  # type: ignore[arg-type]
+        self.in_pass = PredictionChanges(n) if source == "in_pass" else None
+        self.subset = (
+            SubsetPredictionChanges.from_dataset(train_set, subset_size, seed=abs(int(seed)))
+            if source == "subset"
+            else None
+        )
+
+    def epoch_end(
+        self, model: nn.Module, amp_dtype: torch.dtype | None = None
+    ) -> tuple[int | None, int | None, int]:
+        """(this epoch's count, its unfit examples, forward-only samples it cost)."""
+        if self.in_pass is not None:
+            return self.in_pass.epoch_end(), self.in_pass.unfit, 0
+        assert self.subset is not None
+        device = module_device(model)
+        with torch.autocast(
+            device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None
+        ):
+            changes = self.subset.measure(model)
+        return changes, self.subset.unfit, self.subset.num_examples
+
+    def checkpoint(self) -> dict[str, Any]:
+        """What a checkpoint holds of it (``predictions``: the in-pass tracker's state)."""
+        if self.in_pass is not None:
+            return {"predictions": self.in_pass.state_dict()}
+        return {"predictions": None, "pc_subset": self.subset.state_dict()}  # type: ignore[union-attr]
+
+    def load_checkpoint(self, ckpt: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint :meth:`checkpoint` wrote; another source is refused."""
+        saved = "subset" if ckpt.get("pc_subset") is not None else "in_pass"
+        if saved != self.source:
+            raise ValueError(
+                f"it counted prediction_changes={saved!r}, this run counts {self.source!r}"
+            )
+        if self.subset is not None:
+            self.subset.load_state_dict(ckpt["pc_subset"])
+        elif ckpt.get("predictions") is not None:
+            self.in_pass.load_state_dict(ckpt["predictions"])  # type: ignore[union-attr]

@@ -33,13 +33,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ._checks import check_choice, check_float
+from ._subset_epochs import selection_hook
+from ._trial_inputs import resolve_device, trial_config
 from .baselines import LRReplay, ValidationControl
 from .control import NeVe
 from .data import DataBundle, data_identity, validation_split
 from .models import create_model
 from .probe import dataset_probe, gaussian_probe
 from .records import METHODS, TrialResult, val_metric_key
-from .space import check_hyperparameter
 from .train import evaluate, fit
 from .velocity import NeuralVelocity
 
@@ -53,7 +54,6 @@ __all__ = [
     "controller_settings",
     "make_controller",
     "make_optimizer",
-    "resolve_device",
     "run_guard",
     "run_trial",
     "training_speed_estimate",
@@ -61,24 +61,6 @@ __all__ = [
 ]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/None: CUDA when available, else CPU; otherwise the device named, which
-    must be one torch knows and, for CUDA, present here (else a ``ValueError`` naming ``device``)."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(
-            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {str(device)!r}: CUDA is not available on this machine (use 'auto' or 'cpu')"
-        )
-    return dev
 
 
 def _plain(value: Any) -> Any:
@@ -268,7 +250,7 @@ def make_controller(
 ) -> Any:
     """The per-trial controller of ``method``: :class:`~neve_tune.NeVe` with the study's
     probe and budget, :class:`~neve_tune.ValidationControl` for the baselines, or
-    :class:`~neve_tune.control.LRReplay` for a retrain."""
+    :class:`~neve_tune.baselines.LRReplay` for a retrain."""
     if method == "neve":
         if study.probe == "noise":
             probe = gaussian_probe(input_shape, study.probe_samples, seed=seed)
@@ -304,36 +286,6 @@ def make_controller(
     )
 
 
-def _selection_hook(
-    study: Study,
-    method: str,
-    train_set: Any,
-    seed: int,
-    model: torch.nn.Module,
-    on_epoch: Callable[[dict[str, Any]], None] | None,
-) -> tuple[Callable[[dict[str, Any]], None] | None, Callable[[], int]]:
-    """With ``study.selection_subset``, an ``on_epoch`` that first adds ``subset_pred`` (the
-    classes the model predicts for a fixed subset drawn with ``seed``: the same for every
-    trial of a search) and ``subset_fit`` (their agreement with the given labels) to the epoch's metrics and counts its forward samples as probe
-    samples; and the count of those samples so far."""
-    if not study.selection_subset or method != "neve":
-        return on_epoch, lambda: 0
-    from .selection import SelectionSubset
-
-    subset = SelectionSubset.from_dataset(train_set, study.selection_subset, seed=seed)
-    done = [0]
-
-    def hook(metrics: dict[str, Any]) -> None:
-        metrics["subset_pred"] = subset.predict(model)
-        metrics["subset_fit"] = subset.fit(metrics["subset_pred"])
-        done[0] += subset.num_examples
-        metrics["probe_samples"] = int(metrics.get("probe_samples") or 0) + done[0]
-        if on_epoch is not None:
-            on_epoch(metrics)
-
-    return hook, lambda: done[0]
-
-
 def run_trial(
     study: Study,
     config: Mapping[str, Any],
@@ -358,7 +310,7 @@ def run_trial(
     only when ``evaluate_test``. ``model_fn`` builds the model instead of ``study.model``.
     """
     check_choice("method", method, METHODS)
-    cfg = _trial_config(study, config, method)
+    cfg = trial_config(study, config, method)
     device = resolve_device(device)
     bundle = data if data is not None else study.load_data()
     train_set, val_set = bundle.train, None
@@ -375,7 +327,7 @@ def run_trial(
     )
     model = model.to(device)
     optimizer = make_optimizer(model, cfg)
-    on_epoch, extra_forward = _selection_hook(study, method, bundle.train, seed, model, on_epoch)
+    on_epoch, extra_forward = selection_hook(study, method, bundle.train, seed, model, on_epoch)
     controller = make_controller(
         study,
         method,
@@ -426,22 +378,3 @@ def run_trial(
         loss, acc, n = evaluate(model, bundle.test, device=device, amp_dtype=amp_dtype(study))
         result.test_acc, result.test_loss, result.test_samples = acc, loss, n
     return result
-
-
-def _trial_config(study: Study, config: Mapping[str, Any], method: str) -> dict[str, Any]:
-    """The trial's full hyperparameters (study defaults overwritten by ``config``), with
-    those every trial of ``method`` needs."""
-    # a Study (only a type here: study.py names this module)
-    if not callable(getattr(study, "config", None)) or not hasattr(study, "search_space"):
-        raise TypeError(f"study must be a neve_tune.Study (load_study(...)), got {study!r}")
-    if config is not None and not isinstance(config, Mapping):
-        raise TypeError(f"config must be a dict of hyperparameters, got {config!r}")
-    cfg = study.config(config)
-    for key in ("lr", "batch_size") + (("threshold",) if method == "neve" else ()):
-        if key not in cfg:
-            raise ValueError(
-                f"config has no {key!r} (and study {study.name!r} has no default for it)"
-            )
-    for key in config or {}:  # the checks a study's defaults and the command-line flags pass
-        check_hyperparameter(key, cfg[key], f"config[{key!r}]", threshold_mode=study.threshold_mode)
-    return cfg

@@ -34,27 +34,32 @@ Example::
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_float, check_int
-from ._exact import exact_call, neuron_dot, reference_sq, similarity
+from ._exact import reference_sq, similarity
 from ._layers import (
     DEFAULT_LAYER_TYPES,
-    HookError,
     LayerSpec,
     LayerState,
-    first_tensor,
     neuron_axis,
     select_layers,
     unwrap_model,
 )
-from ._sketch import keep_first_sketch, sketch_call, sketch_rho
-from .probe import check_probe, module_device, probe_inputs, probe_mode
+from ._probe_forward import forward_probe
+from ._sketch import keep_first_sketch, sketch_rho
+from ._velocity_settings import (
+    REFERENCES,
+    SKETCH_ABOVE,
+    check_arguments,
+    check_saved_settings,
+    exact_reference_bytes,
+)
+from .probe import module_device
 
 __all__ = [
     "DEFAULT_LAYER_TYPES",
@@ -65,9 +70,6 @@ __all__ = [
     "select_layers",
     "unwrap_model",
 ]
-
-REFERENCES = ("exact", "sketch", "auto")
-SKETCH_ABOVE = 1 << 30  # reference="auto": sketch when exact references would hold more bytes
 
 
 @dataclass
@@ -136,7 +138,7 @@ class NeuralVelocity:
         >>> exact = NeuralVelocity(model, probe)
         >>> sketch = NeuralVelocity(model, probe, reference="sketch", sketch_dim=256)
         >>> _ = exact.measure(), sketch.measure()
-        >>> exact.nbytes > 5 * sketch.nbytes   # conv: 64 x 256 numbers per neuron -> 256, plus the signs
+        >>> exact.nbytes > 5 * sketch.nbytes  # conv: 64 x 256 numbers per neuron -> 256, + signs
         True
         >>> with torch.no_grad():
         ...     _ = model[0].weight.mul_(1.1).add_(0.05)
@@ -161,7 +163,7 @@ class NeuralVelocity:
         sketch_seed: int = 0,
         sketch_above: int = SKETCH_ABOVE,
     ) -> None:
-        momentum, sketch_dim, sketch_seed, sketch_above, storage = _check_arguments(
+        momentum, sketch_dim, sketch_seed, sketch_above, storage = check_arguments(
             model,
             probe,
             momentum,
@@ -199,85 +201,6 @@ class NeuralVelocity:
         self.epoch = -1  # epoch of the last measurement
 
     # ------------------------------------------------------------------ measurement
-    def _hook(self, name: str) -> Callable:
-        state = self._state[name]
-        first = self.epoch < 0
-
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            y = first_tensor(output)
-            if y is None:
-                raise HookError(f"layer {name!r} returned no tensor; it cannot be monitored")
-            y = y.detach()
-            axis = state.axis % y.ndim
-            sq = neuron_dot(y, y, axis)
-            if self.reference == "sketch" and sketch_call(
-                name,
-                state,
-                y,
-                axis,
-                sq,
-                sketch_dim=self.sketch_dim,
-                sketch_seed=self.sketch_seed,
-                element_signs=self._element_signs,
-            ):
-                return
-            store_dev = y.device if self.storage == "model" else self.storage
-            # a float32 output stored on its own device can be kept as it is, not copied, unless
-            # something downstream modifies it in place (checked after the forward)
-            keep = (
-                self.storage == "model"
-                and self.storage_dtype == y.dtype
-                and name not in self._copied
-            )
-            self._watch.append((name, y, y._version))
-            exact_call(
-                name,
-                state,
-                y,
-                axis,
-                sq,
-                first=first,
-                store_device=store_dev,
-                storage_dtype=self.storage_dtype,
-                keep=keep,
-            )
-
-        return hook
-
-    def _forward_probe(self) -> None:
-        probe = probe_inputs(self.probe, self.module)
-        chunks = [probe] if self.batch_size is None else list(probe.split(self.batch_size))
-        handles = [m.register_forward_hook(self._hook(n)) for n, m in self.layers.items()]
-        self._watch = []
-        try:
-            with probe_mode(self.module, self.autocast_dtype):
-                for chunk in chunks:
-                    try:
-                        self.module(chunk)
-                    except (RuntimeError, ValueError, TypeError, IndexError) as e:
-                        if self.epoch < 0 and not isinstance(e, HookError):
-                            raise ValueError(
-                                f"probe of shape {tuple(self.probe.shape)} does not fit the model "
-                                f"{type(self.module).__name__} (it expects a batch of inputs "
-                                f"[N, ...] like one training batch): {e}"
-                            ) from e
-                        raise
-        finally:
-            for h in handles:
-                h.remove()
-        modified = {n for n, y, version in self._watch if y._version != version}
-        self._watch = []
-        if modified - self._copied:
-            if (
-                self.epoch >= 0
-            ):  # kept outputs were changed after the hook: this epoch's references are off
-                warnings.warn(
-                    f"layers {sorted(modified - self._copied)} had their outputs modified in place after "
-                    "the hook; their references are copied from now on",
-                    stacklevel=3,
-                )
-            self._copied |= modified
-
     def measure(self) -> VelocityReport:
         """Forward the probe once and update every neuron's velocity."""
         first = self.epoch < 0
@@ -289,7 +212,7 @@ class NeuralVelocity:
             s.calls, s.dot, s.cur_sq, s.rows, s.cur_sketch = 0, None, None, 0, None
             if first:
                 s.refs = []
-        self._forward_probe()
+        forward_probe(self)
         if first:
             return self._first_measurement()
         mu = self.momentum
@@ -360,25 +283,9 @@ class NeuralVelocity:
         """Bytes that exact references in ``storage_dtype`` would hold, from a forward of the
         first probe sample scaled to the whole probe (outputs are assumed to grow with the
         batch). 0 when that forward fails: the first measurement then reports the error."""
-        sizes: list[int] = []
-
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            y = first_tensor(output)
-            if y is not None:
-                sizes.append(y.numel())
-
-        one = probe_inputs(self.probe[:1], self.module)
-        handles = [m.register_forward_hook(hook) for m in self.layers.values()]
-        try:
-            with probe_mode(self.module, self.autocast_dtype):
-                self.module(one)
-        except (RuntimeError, ValueError, TypeError, IndexError):
-            return 0
-        finally:
-            for h in handles:
-                h.remove()
-        item = torch.empty((), dtype=self.storage_dtype).element_size()
-        return sum(sizes) * int(self.probe.shape[0]) * item
+        return exact_reference_bytes(
+            self.module, self.probe, self.layers, self.autocast_dtype, self.storage_dtype
+        )
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -407,29 +314,11 @@ class NeuralVelocity:
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`; the reference kind (exact or sketch, with its size and
         seed) must match this monitor's (``"auto"`` takes the saved kind)."""
-        saved = (
-            state_dict.get("reference", "exact"),
-            state_dict.get("sketch_dim"),
-            state_dict.get("sketch_seed"),
-        )
-        if self.reference == "auto" and saved[0] in ("exact", "sketch"):
-            self.reference = saved[0]
-        mine = (
-            self.reference,
-            *((self.sketch_dim, self.sketch_seed) if self.reference == "sketch" else (None, None)),
-        )
-        if saved != mine:
-            raise ValueError(
-                f"state_dict holds reference/sketch_dim/sketch_seed {saved}, this monitor uses {mine}; "
-                "build the NeuralVelocity with the same settings"
-            )
-        missing = set(self._state) - set(state_dict["layers"])
-        extra = set(state_dict["layers"]) - set(self._state)
-        if missing or extra:
-            raise ValueError(
-                f"state_dict layers do not match the monitored layers (missing {sorted(missing)}, "
-                f"unexpected {sorted(extra)})"
-            )
+        saved = state_dict.get("reference", "exact")
+        if self.reference == "auto" and saved in ("exact", "sketch"):
+            self.reference = saved
+        sketch = (self.sketch_dim, self.sketch_seed) if self.reference == "sketch" else (None, None)
+        check_saved_settings(state_dict, (self.reference, *sketch), self._state)
         device = module_device(self.module) if self.storage == "model" else self.storage
         for name, s in self._state.items():
             s.load_state_dict(
@@ -440,44 +329,3 @@ class NeuralVelocity:
             )
         self.epoch = int(state_dict["epoch"])
         self.momentum = float(state_dict["momentum"])
-
-
-def _check_arguments(
-    model: Any,
-    probe: Any,
-    momentum: Any,
-    storage: Any,
-    storage_dtype: Any,
-    batch_size: Any,
-    autocast_dtype: Any,
-    reference: Any,
-    sketch_dim: Any,
-    sketch_seed: Any,
-    sketch_above: Any,
-) -> tuple:
-    """:class:`NeuralVelocity`'s arguments checked, one line naming the bad one; returns
-    ``(momentum, sketch_dim, sketch_seed, sketch_above, storage)`` as the checks convert them."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    check_probe(probe)
-    momentum = check_float("momentum", momentum, low=0.0, high=1.0, high_open=True)
-    if storage_dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"storage_dtype must be float32, float16 or bfloat16, got {storage_dtype}")
-    if autocast_dtype not in (None, torch.float16, torch.bfloat16):
-        raise ValueError(
-            f"autocast_dtype must be None, torch.float16 or torch.bfloat16, got {autocast_dtype!r}"
-        )
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-    check_choice("reference", reference, REFERENCES)
-    sketch_dim = check_int("sketch_dim", sketch_dim, minimum=1)
-    sketch_seed = check_int("sketch_seed", sketch_seed, minimum=0)
-    sketch_above = check_int("sketch_above", sketch_above, minimum=0)
-    if storage != "model" and not isinstance(storage, torch.device):
-        try:
-            storage = torch.device(storage)
-        except (RuntimeError, TypeError) as e:
-            raise ValueError(
-                f"storage must be 'model', 'cpu' or a torch.device, got {storage!r}"
-            ) from e
-    return momentum, sketch_dim, sketch_seed, sketch_above, storage

@@ -4,6 +4,7 @@ NeVeStopper, and resumes from a Lightning checkpoint with the same velocity seri
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -449,14 +450,34 @@ def test_guard_off_runs_on_and_refuses_its_options():
             NeVeCallback(**kwargs)
 
 
+def _plateaus(series: list) -> set[int]:
+    """Indices after which ``ReduceLROnPlateau(mode="min", patience=0, threshold=0)`` on
+    ``series`` decays the LR: a value not below the lowest before it (None: not stepped)."""
+    best, out = math.inf, set()
+    for i, value in enumerate(series):
+        if value is None:
+            continue
+        if value >= best:
+            out.add(i)
+        best = min(best, value)
+    return out
+
+
 def test_lr_signal_prediction_changes_decays_on_the_subset():
     torch.manual_seed(0)
     neve = NeVeCallback(
         threshold=1e-9, lr_signal="prediction_changes", patience=0, pc_window=1, pc_patience=None
     )
-    _trainer([neve], max_epochs=8).fit(Net(lr=0.5), _noisy_loader())
-    lrs = [m["lr"] for m in neve.history]
-    assert neve.stopped_by == "max_epochs" and lrs[0] == 0.5 and lrs[-1] < 0.5
+    _trainer([neve], max_epochs=14).fit(Net(lr=0.5), _noisy_loader())
+    rows = neve.history
+    assert neve.stopped_by == "max_epochs" and len(rows) == 14 and rows[0]["lr"] == 0.5
+    # each row holds the LR its epoch trained with: a decay after epoch i shows in row i + 1
+    decayed = {i for i in range(len(rows) - 1) if rows[i + 1]["lr"] < rows[i]["lr"]}
+    by_pc = _plateaus([r["prediction_changes"] for r in rows]) - {len(rows) - 1}
+    by_change = _plateaus([r["velocity_change"] for r in rows]) - {len(rows) - 1}
+    # the run tells the signals apart (else this test could not see lr_signal ignored)
+    assert by_pc != by_change
+    assert decayed == by_pc
 
 
 class IndexedNet(Net):

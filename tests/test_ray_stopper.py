@@ -33,7 +33,8 @@ from neve_tune.ray import (  # noqa: E402
     reported_metrics,
     to_ray_space,
 )
-from neve_tune.ray._scheduler import NeVeASHAStateCallback, _Rung  # noqa: E402
+from neve_tune.ray._halving import Rung  # noqa: E402
+from neve_tune.ray._scheduler import NeVeASHAStateCallback  # noqa: E402
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
@@ -380,7 +381,7 @@ class TestNeVeASHAScheduler:
         for rf in (2, 3, 4, 1.5, 2.7):
             q = ((1 - 1 / rf) * 100) / 100
             for n in (1, 2, 3, 5, 17, 100):
-                rung = _Rung(1)
+                rung = Rung(1)
                 values = [
                     rng.choice([rng.gauss(0, 1), float(rng.randint(-3, 3)), math.nan])
                     for _ in range(n)
@@ -398,7 +399,7 @@ class TestNeVeASHAScheduler:
                     n,
                     values,
                 )
-        assert _Rung(1).cutoff(0.5) is None
+        assert Rung(1).cutoff(0.5) is None
 
     @pytest.mark.parametrize(
         "kw",

@@ -119,8 +119,8 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
 def add_storage(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--storage",
-        help="sqlite:///FILE, postgresql://USER:PW@HOST/DB, mysql+pymysql://..., journal:FILE or FILE.log "
-        "(default: in-memory, this process only)",
+        help="sqlite:///FILE, postgresql://USER:PW@HOST/DB, mysql+pymysql://..., journal:FILE or "
+        "FILE.log (default: in-memory, this process only)",
     )
 
 
@@ -221,7 +221,8 @@ def clean_stale_temporaries(checkpoint: str | os.PathLike) -> list[Path]:
 
 
 def add_data_changes(p: argparse.ArgumentParser) -> None:
-    """--train-fraction, --label-noise, --noise-seed: change the training data, never the test set."""
+    """--train-fraction, --label-noise, --noise-seed: change the training data, never the test
+    set."""
     g = p.add_argument_group(
         "data (the training set only; the test set only scores the final models)"
     )
@@ -261,8 +262,8 @@ def add_trial_control(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--prediction-changes",
         choices=["in_pass", "subset"],
-        help="where the guard counts prediction changes: in the training pass (default), or on a fixed "
-        "subset of --pc-subset-size training examples forwarded after each epoch",
+        help="where the guard counts prediction changes: in the training pass (default), or on a "
+        "fixed subset of --pc-subset-size training examples forwarded after each epoch",
     )
     g.add_argument(
         "--pc-subset-size",
@@ -286,9 +287,10 @@ def add_selection(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--selection-subset",
         type=int,
-        help="training examples whose predicted classes each trial records for the vote (default: the "
-        "study's, 500 unless its file says otherwise; 500 whenever --selection or the rung signal is "
-        "consensus or auto; 0: off, only with --selection objective and a train_loss or velocity signal)",
+        help="training examples whose predicted classes each trial records for the vote "
+        "(default: the study's, 500 unless its file says otherwise; 500 whenever --selection or "
+        "the rung signal is consensus or auto; 0: off, only with --selection objective and a "
+        "train_loss or velocity signal)",
     )
 
 
@@ -322,7 +324,8 @@ def _selection_changes(args: argparse.Namespace) -> dict[str, Any]:
         out["selection_subset"] = 500
     if wants_votes and size == 0:
         raise CLIError(
-            "--selection-subset 0 leaves no predictions for the consensus: give a size > 0 or omit it"
+            "--selection-subset 0 leaves no predictions for the consensus: give a size > 0 or "
+            "omit it"
         )
     return out
 

@@ -40,16 +40,16 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--neve-signal",
         choices=NEVE_SIGNALS,
-        help="rung signal of the NeVe search's pruner/scheduler (default: the study's, auto: the consensus "
-        "once the finished trials say the labels are noisy, else train_loss; "
+        help="rung signal of the NeVe search's pruner/scheduler (default: the study's, auto: the "
+        "consensus once the finished trials say the labels are noisy, else train_loss; "
         'docs/measurements.md, "Which trial wins")',
     )
     p.add_argument(
         "--reduction-factor",
         type=int,
         default=4,
-        help="every search's successive halving: rungs at epochs 1, rf, rf^2, ..., each keeping the best "
-        "1/rf (default 4)",
+        help="every search's successive halving: rungs at epochs 1, rf, rf^2, ..., each keeping "
+        "the best 1/rf (default 4)",
     )
     p.add_argument(
         "--objective",
@@ -59,7 +59,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "--retrain",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="retrain the validation searches' best configuration on all training data (default on)",
+        help="retrain the validation searches' best configuration on all training data (default "
+        "on)",
     )
     p.add_argument(
         "--baseline-variants",

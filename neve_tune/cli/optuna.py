@@ -1,4 +1,5 @@
-"""``neve-tune optuna worker|plot|best``: the command line of the Optuna backend (:mod:`neve_tune.optuna`)."""
+"""``neve-tune optuna worker|plot|best``: the command line of the Optuna backend
+(:mod:`neve_tune.optuna`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ _WORKER_DOC = """Run trials of a study file against a shared Optuna study, as on
 distributed Optuna search:
 
   optuna create-study --study-name digits --storage postgresql://... --direction minimize
-  neve-tune optuna worker studies/digits.py --study-name digits --storage postgresql://... --trials 20
+  neve-tune optuna worker studies/digits.py --study-name digits \\
+      --storage postgresql://... --trials 20
 
 Every trial samples the study's search space (TPE), trains on the whole training set under
 NeVe control and reports its velocity each epoch to the NeVePruner. The first worker
@@ -97,8 +99,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--signal",
         choices=["velocity", "train_loss", "consensus", "auto"],
-        help="rung signal (consensus: agreement with the other trials' vote; auto: that when the finished "
-        "trials say the labels are noisy, else train_loss; both record --selection-subset)",
+        help="rung signal (consensus: agreement with the other trials' vote; auto: that when the "
+        "finished trials say the labels are noisy, else train_loss; both record "
+        "--selection-subset)",
     )
     g.add_argument("--min-resource", type=cli.positive_int)
     g.add_argument("--reduction-factor", type=int)
@@ -314,7 +317,8 @@ def _best(args: argparse.Namespace) -> int:
         why = (
             "auto: no finished trial recorded subset_fit, so by the objective"
             if not fits
-            else f"auto: the finished trials' subset fit suggests {noise:.0%} label noise, so by the {rule}"
+            else f"auto: the finished trials' subset fit suggests {noise:.0%} label noise, "
+            f"so by the {rule}"
         )
     else:
         why = f"by the {rule}"

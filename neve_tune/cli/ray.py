@@ -43,7 +43,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     cli.add_study(r)
     r.add_argument(
         "--address",
-        help="Ray cluster to join ('auto', 'HOST:6379', 'ray://HOST:10001'); default: start a local Ray",
+        help="Ray cluster to join ('auto', 'HOST:6379', 'ray://HOST:10001'); default: start a "
+        "local Ray",
     )
     r.add_argument("--num-cpus", type=int, help="CPUs of the local Ray started without --address")
     r.add_argument(
@@ -71,7 +72,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--neve-signal",
         choices=["train_loss", "velocity", "consensus", "auto"],
-        help="rung signal of the NeVe scheduler (default: the study's, auto for the bundled studies)",
+        help="rung signal of the NeVe scheduler (default: the study's, auto for the bundled "
+        "studies)",
     )
     r.add_argument(
         "--min-resource",
@@ -191,7 +193,8 @@ def check_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
         raise cli.CLIError(f"{source}: cannot resolve host {host!r} ({e.strerror})") from None
     except TimeoutError:
         raise cli.CLIError(
-            f"{source}: no answer from {host}:{port} within {timeout:g} s; is the Ray head running and reachable?"
+            f"{source}: no answer from {host}:{port} within {timeout:g} s; is the Ray head running "
+            "and reachable?"
         ) from None
     except OSError as e:
         raise cli.CLIError(
@@ -200,8 +203,8 @@ def check_address(address: str, timeout: float = ADDRESS_TIMEOUT_S) -> None:
         ) from None
     if answer is not None:
         raise cli.CLIError(
-            f"{source}: {host}:{port} is not a Ray head ({answer}); give the address `ray start --head` "
-            f"printed (GCS port, 6379 by default) or ray://HOST:10001"
+            f"{source}: {host}:{port} is not a Ray head ({answer}); give the address `ray start "
+            "--head` printed (GCS port, 6379 by default) or ray://HOST:10001"
         )
 
 
@@ -232,7 +235,10 @@ def _http2_handshake(conn: socket.socket, timeout: float) -> str | None:
                 )
             header += chunk
     except TimeoutError:
-        return f"it sent {'nothing' if not header else 'too little'} within {timeout:g} s in answer to an HTTP/2 handshake"
+        return (
+            f"it sent {'nothing' if not header else 'too little'} within {timeout:g} s in "
+            "answer to an HTTP/2 handshake"
+        )
     except OSError as e:
         return f"it dropped the HTTP/2 handshake ({e.strerror or e})"
     frame_type, stream = header[3], int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
@@ -365,15 +371,16 @@ def _run(args: argparse.Namespace) -> int:
     n = len(summary["trials"])
     done = sum(1 for t in summary["trials"] if t.get("stopped_by"))
     print(
-        f"{n} trials: {done} stopped themselves, {n - done - summary['errors']} stopped by Tune, {summary['errors']} failed; "
-        f"total cost {summary['total_epochs_equiv']:.1f} epochs"
+        f"{n} trials: {done} stopped themselves, {n - done - summary['errors']} stopped by Tune, "
+        f"{summary['errors']} failed; total cost {summary['total_epochs_equiv']:.1f} epochs"
     )
     best = summary["best"]
     if best:
         cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in best["config"].items())
         print(
-            f"best: {cfg}  objective={best['objective']:.4f}  test_acc={_fmt(best.get('test_acc'))}  "
-            f"epochs={best.get('epochs')}  stopped_by={best.get('stopped_by')}"
+            f"best: {cfg}  objective={best['objective']:.4f}  "
+            f"test_acc={_fmt(best.get('test_acc'))}  epochs={best.get('epochs')}  "
+            f"stopped_by={best.get('stopped_by')}"
         )
     if args.json_path:
         write_json(args.json_path, {"study": study.name, "method": args.method, **summary})

@@ -21,7 +21,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     cli.add_study(p)
     p.add_argument(
         "--data",
-        help="data set: digits, mnist1d, cifar10, cifar100, imagefolder, synthetic (default: the study's)",
+        help="data set: digits, mnist1d, cifar10, cifar100, imagefolder, synthetic (default: the "
+        "study's)",
     )
     p.add_argument("--data-root", help="folder holding the data set files (CIFAR, imagefolder)")
     p.add_argument(
@@ -54,7 +55,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     cli.add_json(p, "write the run's record here")
     cli.add_out(
         p,
-        "folder for history.png: velocity, LR and loss per epoch (default: next to --json, else none)",
+        "folder for history.png: velocity, LR and loss per epoch (default: next to --json, else "
+        "none)",
     )
     cli.deprecated_alias(p, "--plot", "--out", "plot")
     cli.add_quiet(p)
@@ -146,7 +148,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.checkpoint and not trained and result.history:
         hint = " (a larger --max-epochs continues it)" if result.stopped_by == "max_epochs" else ""
         print(
-            f"the run already stopped by {result.stopped_by} at epoch {result.epochs}; nothing to continue{hint}"
+            f"the run already stopped by {result.stopped_by} at epoch {result.epochs}; nothing to "
+            f"continue{hint}"
         )
     print(
         f"stopped_by={result.stopped_by} epochs={result.epochs} test_acc={result.test_acc:.4f} "

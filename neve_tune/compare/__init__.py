@@ -29,8 +29,9 @@ The test set is read once per finished trial, after training, to draw the anytim
 (test accuracy of the best configuration so far against the cost so far); no decision
 (sampling, pruning, stopping, selection) reads it.
 
-Modules: ``_records`` (a search's trials, cost, anytime curve), ``_aggregate`` (means
-over seeds), ``_variants`` (baseline variants, the strongest, notes), ``_report``
+Modules: ``_records`` (a search's trials, cost, anytime curve), ``_final`` (a search's
+record: its final model and costs), ``_aggregate`` (means over seeds), ``_variants``
+(baseline variants, the strongest, notes), ``_report``
 (table, JSON, plots), ``_api`` (:func:`compare`,
 :func:`compare_searches`). Each backend's search adapter lives in its own package
 (``neve_tune.optuna.search_trials``, ``neve_tune.ray.search_trials``). The protocol is
@@ -44,10 +45,11 @@ Example::
     print(result["cost_ratio"], result["test_acc_diff"])
 """
 
+from .._search_records import SearchTrial
 from ..records import SEARCH_METHODS as SEARCHES
 from ._aggregate import aggregate, mean_std
 from ._api import BACKENDS, NEVE_SIGNALS, compare, compare_searches
-from ._records import SearchTrial, anytime_curve, epochs_by_rung, total_cost
+from ._records import anytime_curve, epochs_by_rung, total_cost
 from ._report import summary_table, write_outputs
 
 __all__ = [

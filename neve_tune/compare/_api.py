@@ -10,21 +10,18 @@ import torch
 from torch.utils.data import Dataset
 
 from .._checks import check_choice, check_int
+from .._search_records import SearchTrial
 from ..data import DataBundle
 from ..records import SEARCH_METHODS as SEARCHES
 from ..study import Study, load_study
-from ..trial import run_trial
 from ._aggregate import aggregate, ratios
+from ._final import search_record
 from ._records import (
     GRACE_PERIOD,
     REDUCTION_FACTOR,
-    SearchTrial,
-    anytime_curve,
-    epochs_by_rung,
-    total_cost,
 )
 from ._report import _run_line
-from ._variants import BaselineVariant, final_model_note, parse_variants, strongest_baseline
+from ._variants import BaselineVariant, parse_variants, strongest_baseline
 
 __all__ = ["BACKENDS", "NEVE_SIGNALS", "compare", "compare_searches"]
 
@@ -40,78 +37,6 @@ def _search_fn(backend: str) -> SearchFn:
     else:
         from ..ray import search_trials
     return search_trials
-
-
-def _search_record(
-    study: Study,
-    method: str,
-    trials: list[SearchTrial],
-    *,
-    data: DataBundle,
-    seed: int,
-    device: str | None,
-    retrain: bool,
-    model_fn: Callable[[], torch.nn.Module] | None,
-    name: str | None = None,
-) -> dict[str, Any]:
-    """One search's record. A validation search's final model is, with ``study.final``
-    ``"retrain"``, its best configuration retrained on all training data, replaying its
-    learning rates (``asha``: every epoch it ran; ``asha_es``: up to its best epoch), that
-    retrain part of its cost; with ``"best_checkpoint"``, the winner's own weights of its
-    best validation epoch (its trial's score), at no further cost. ``note`` says why the
-    final model ends far below its winner (:func:`final_model_note`), else None."""
-    full = len(data.train)  # type: ignore[arg-type]
-    curve, best = anytime_curve(trials)
-    search_cost = total_cost(trials)
-    final_cost = search_cost
-    record: dict[str, Any] = {
-        "method": method,
-        "best_config": None if best is None else best.config,
-        "search_test_acc": None if best is None else best.test_acc,
-        "test_acc": None if best is None else best.test_acc,
-        "retrain": None,
-    }
-    if method != "neve":
-        record.update(val_metric=study.val_metric, final=study.final)
-    if best is not None and method != "neve" and retrain and study.final == "retrain":
-        epochs = int(best.best_epoch or best.epochs) if method == "asha_es" else best.epochs
-        lrs = [float(x) for x in best.lrs[:epochs]]  # type: ignore[arg-type]
-        rt = run_trial(
-            study,
-            best.config,
-            method="retrain",
-            seed=seed,
-            device=device,
-            data=data,
-            lr_schedule=lrs,
-            model_fn=model_fn,
-        )
-        final_cost = search_cost + rt.cost
-        record["retrain"] = {
-            "epochs": rt.epochs,
-            "test_acc": rt.test_acc,
-            "cost": rt.cost.as_dict(full),
-            "train_acc": rt.history[-1].get("train_acc") if rt.history else None,
-        }
-        record["test_acc"] = rt.test_acc
-        curve = curve + [[final_cost.epochs_equiv(full), float(rt.test_acc)]]  # type: ignore[arg-type]
-    if method != "neve":
-        record["note"] = final_model_note(
-            name or method, method, study.val_metric, study.final, best, record["retrain"]
-        )
-    stopped: dict[str, int] = {}
-    for t in trials:
-        key = t.stopped_by or t.state.lower()
-        stopped[key] = stopped.get(key, 0) + 1
-    record.update(
-        cost=final_cost.as_dict(full),
-        search_cost=search_cost.as_dict(full),
-        anytime=curve,
-        epochs_by_rung=epochs_by_rung(trials, study.max_epochs),
-        stopped_by=stopped,
-        trials=[t.to_dict() for t in trials],
-    )
-    return record
 
 
 def _one_run(
@@ -148,7 +73,7 @@ def _one_run(
             grace_period=GRACE_PERIOD,
             reduction_factor=reduction_factor,
         )
-        run[name] = _search_record(
+        run[name] = search_record(
             own,
             method,
             found,

@@ -26,7 +26,8 @@ def _run_line(run: Mapping[str, Any]) -> str:
     for m in _names(run):
         if m in run:
             parts.append(
-                f"{m} acc {_fmt(run[m]['test_acc'], 4)} cost {_fmt(run[m]['cost']['epochs_equiv'], 1)}ep"
+                f"{m} acc {_fmt(run[m]['test_acc'], 4)} cost "
+                f"{_fmt(run[m]['cost']['epochs_equiv'], 1)}ep"
             )
     parts.append(f"cost_ratio {_fmt(run.get('cost_ratio'))}")
     return "  ".join(parts)
@@ -117,7 +118,8 @@ def write_outputs(
             plot_anytime(
                 curves,
                 out / "anytime.png",
-                title=f"{result['study']}: best-so-far test accuracy vs cost (mean of {len(result['runs'])} seeds)",
+                title=f"{result['study']}: best-so-far test accuracy vs cost (mean of "
+                f"{len(result['runs'])} seeds)",
             )
         )
         if "neve" in result:

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._search_records import SearchTrial
 from ..records import FINAL_MODELS, VAL_METRICS
-from ._records import SearchTrial
 
 __all__ = [
     "BASELINE_METHODS",

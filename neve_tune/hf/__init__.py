@@ -14,7 +14,8 @@ Example::
     from neve_tune.hf import NeVeTrainerCallback
 
     neve = NeVeTrainerCallback(threshold=1e-3, num_classes=2, verbose=True)
-    args = TrainingArguments("out", num_train_epochs=50, lr_scheduler_type="constant", logging_steps=10)
+    args = TrainingArguments("out", num_train_epochs=50, lr_scheduler_type="constant",
+                             logging_steps=10)
     Trainer(model=model, args=args, train_dataset=train_set, callbacks=[neve]).train()
     print(neve.stopped_by)
 

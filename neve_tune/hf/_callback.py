@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -19,16 +17,17 @@ from .._forward import ProbeForward, prefixed_layers
 from .._lr_compose import check_composable, follow_decay, lrs
 from .._pc_source import PCSource, check_classes
 from ..control import NeVe
-from ..train import save_checkpoint
 from ..velocity import NeuralVelocity
 from . import _search, _state
-from ._probe import logits_forward, probe_from_example
+from ._probe import choose_probe, logits_forward
+from ._state import StateInCheckpoints
 
 __all__ = ["NeVeTrainerCallback"]
 
 
-class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
-    """NeVe LR decay, stopping and memorisation guard for ``transformers.Trainer`` (optionally with Optuna).
+class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback):
+    """NeVe LR decay, stopping and memorisation guard for ``transformers.Trainer`` (optionally with
+    Optuna).
 
     Measurement points are every epoch end, or every ``every_n_steps`` optimizer steps.
     At each one the callback takes the mean training loss since the previous point (the
@@ -144,8 +143,8 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         if input_key is not None and self.source_spec != "subset":
             raise ValueError(
                 "input_key names the data set's input for the guard's subset; with "
-                f"prediction_changes={prediction_changes!r} and pc_patience={self.controller_options['pc_patience']!r} "
-                "it is unused: drop it"
+                f"prediction_changes={prediction_changes!r} and "
+                f"pc_patience={self.controller_options['pc_patience']!r} it is unused: drop it"
             )
         self.probe_key = probe_key
         self.input_key = probe_key if input_key is None else input_key
@@ -210,29 +209,17 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
     def _probe_for(
         self, model: nn.Module, dataset: Any, saved: dict[str, Any] | None
     ) -> torch.Tensor:
-        if self.probe is not None:
-            if saved is not None and saved["probe_digest"] not in (
-                None,
-                _state.probe_digest(self.probe),
-            ):
-                raise ValueError(
-                    f"the probe given to NeVeTrainerCallback differs from the one the velocity series in "
-                    f"{self.resumed_from!r} was measured on; pass the same probe= to resume it"
-                )
-            return self.probe
-        if saved is not None and saved["probe"] is not None:
-            self._built_probe = saved["probe"]
-            return self._built_probe
-        try:
-            example = dataset[0]  # type: ignore[index]
-        except Exception as e:  # iterable datasets, or none
-            raise ValueError(
-                f"probe=None needs an indexable train_dataset to shape the probe; pass probe= ({e})"
-            ) from e
-        self._built_probe = probe_from_example(
-            example, self.probe_key, model, self.probe_samples, self.probe_seed
+        probe, self._built_probe = choose_probe(
+            self.probe,
+            saved,
+            dataset,
+            model,
+            key=self.probe_key,
+            samples=self.probe_samples,
+            seed=self.probe_seed,
+            resumed_from=self.resumed_from,
         )
-        return self._built_probe
+        return probe
 
     def _build_source(self, model: nn.Module, dataset: Any) -> PCSource | None:
         spec = self.source_spec
@@ -291,74 +278,6 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
             self._load(saved, control)
         self.neve.start()
         return control
-
-    def _load(self, saved: dict[str, Any], control: Any) -> None:
-        assert self.neve is not None
-        self.neve.load_state_dict(saved["neve"])
-        self.history = [dict(m) for m in saved["history"]]
-        if saved.get("prediction_changes") is not None and self._source is not None:
-            self._source.load_state_dict(saved["prediction_changes"])
-        loss = saved["loss"]
-        self._loss_sum, self._loss_steps = float(loss["sum"]), int(loss["steps"])
-        self._pending = bool(loss.get("pending", False))
-        if self.neve.should_stop:  # the run had ended by the controller: end it again
-            control.should_training_stop = True
-
-    # ------------------------------------------------------------ checkpoints
-    def state_dict(self, state: Any = None) -> dict[str, Any]:
-        """What :data:`neve_tune.hf.STATE_FILE` holds (``state``: the Trainer's
-        ``TrainerState``, whose ``global_step`` and log history identify the checkpoint)."""
-        if self.neve is None:
-            raise RuntimeError("NeVeTrainerCallback has no state before on_train_begin")
-        return {
-            "format": 1,
-            "global_step": None if state is None else int(state.global_step),
-            "log_digest": None if state is None else _state.log_digest(state.log_history),
-            "neve": self.neve.state_dict(),
-            "history": [dict(m) for m in self.history],
-            "probe": self._built_probe,
-            "probe_digest": self._probe_digest,
-            "loss": {"sum": self._loss_sum, "steps": self._loss_steps, "pending": self._pending},
-            "prediction_changes": None if self._source is None else self._source.state_dict(),
-        }
-
-    def _warn_once(self, message: str) -> None:
-        if message not in self._warned:
-            self._warned.add(message)
-            warnings.warn(message, stacklevel=3)
-
-    def on_save(self, args, state, control, **kwargs):
-        if self.neve is None or not args.should_save:  # only the process that writes the checkpoint
-            return control
-        folder = _state.saved_folder(args.output_dir, state)
-        if folder is None:
-            self._warn_once(
-                f"NeVeTrainerCallback found no checkpoint-{state.global_step} folder with this run's trainer_state.json "
-                f"under {args.output_dir!r}; the NeVe state is not saved, a resumed run will start a new velocity series"
-            )
-            return control
-        save_checkpoint(os.path.join(folder, self.state_file), self.state_dict(state))
-        return control
-
-    def _find_saved_state(self, args: Any, state: Any) -> dict[str, Any] | None:
-        """The saved state of the checkpoint this run resumes (``state.global_step`` > 0 at
-        ``on_train_begin`` only after the Trainer restored a checkpoint's ``TrainerState``)."""
-        folders = _state.resume_folders(
-            args.resume_from_checkpoint, args.output_dir, state.global_step
-        )
-        path, saved, other = _state.find_saved(folders, state, self.state_file)
-        if saved is not None:
-            self.resumed_from = path
-            return saved
-        where = f"{self.state_file} in {sorted(set(folders))}" + (
-            f" (found {other}, saved by other runs or steps)" if other else ""
-        )
-        self._warn_once(
-            f"NeVeTrainerCallback resumes at step {state.global_step} but found no NeVe state of this checkpoint "
-            f"({where}); the velocity series starts over from the resumed weights. For a checkpoint outside output_dir, "
-            "set TrainingArguments(resume_from_checkpoint=...) to its folder"
-        )
-        return None
 
     # ------------------------------------------------------------ measurement points
     def _measure_point(self, state, control):
@@ -431,7 +350,8 @@ class NeVeTrainerCallback(CallbackSettings, TrainerCallback):
         return control
 
     def _report_stop(self, state: Any) -> None:
-        """The stop reason in the Trainer's ``log_history``, and one printed line with ``verbose``."""
+        """The stop reason in the Trainer's ``log_history``, and one printed line with
+        ``verbose``."""
         neve = self.neve
         assert neve is not None
         state.log_history.append(

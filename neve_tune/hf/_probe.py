@@ -15,8 +15,9 @@ from torch import nn
 
 from .._checks import check_int
 from ..probe import gaussian_probe
+from ._state import probe_digest
 
-__all__ = ["KeywordInput", "logits_forward", "probe_from_example", "token_probe"]
+__all__ = ["KeywordInput", "choose_probe", "logits_forward", "probe_from_example", "token_probe"]
 
 
 def token_probe(
@@ -90,8 +91,8 @@ def probe_from_example(
     if not isinstance(example, dict) or key not in example:
         keys = sorted(example) if isinstance(example, dict) else type(example).__name__
         raise ValueError(
-            f"probe=None shapes the probe on train_dataset[0][{key!r}], but the example holds {keys}; "
-            "pass probe_key= or probe="
+            f"probe=None shapes the probe on train_dataset[0][{key!r}], but the example holds "
+            f"{keys}; pass probe_key= or probe="
         )
     x = torch.as_tensor(example[key])
     if x.ndim == 0:
@@ -104,3 +105,37 @@ def probe_from_example(
             "token inputs need model.config.vocab_size to draw a token probe; pass probe="
         )
     return token_probe(vocab, x.shape[-1], num_samples, seed)
+
+
+def choose_probe(
+    given: torch.Tensor | None,
+    saved: dict[str, Any] | None,
+    dataset: Any,
+    model: nn.Module,
+    *,
+    key: str,
+    samples: int | None,
+    seed: int,
+    resumed_from: str | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the run's probe, the probe built here, None when given): the ``given`` one (on a
+    resumed run, the one its velocity series was measured on), else the ``saved`` one of a
+    resumed run, else one shaped on the first example of ``dataset``."""
+    if given is not None:
+        if saved is not None and saved["probe_digest"] not in (None, probe_digest(given)):
+            raise ValueError(
+                "the probe given to NeVeTrainerCallback differs from the one the velocity "
+                f"series in {resumed_from!r} was measured on; pass the same probe= to "
+                "resume it"
+            )
+        return given, None
+    if saved is not None and saved["probe"] is not None:
+        return saved["probe"], saved["probe"]
+    try:
+        example = dataset[0]  # type: ignore[index]
+    except Exception as e:  # iterable datasets, or none
+        raise ValueError(
+            f"probe=None needs an indexable train_dataset to shape the probe; pass probe= ({e})"
+        ) from e
+    built = probe_from_example(example, key, model, samples, seed)
+    return built, built

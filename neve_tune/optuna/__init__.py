@@ -32,7 +32,8 @@ Only this package imports Optuna; ``import neve_tune`` does not.
 
 from ._objective import SUMMARY_ATTRS, checkpoint_path_for, make_objective, suggest_config
 from ._plots import plot_study
-from ._pruner import SETTINGS_ATTR, NeVePruner
+from ._pruner import NeVePruner
+from ._pruner_settings import SETTINGS_ATTR
 from ._report import EPOCH_ATTR_PREFIX, epoch_key, report_epoch, trial_history
 from ._sampler import TrialSeededTPESampler
 from ._search import search_trials

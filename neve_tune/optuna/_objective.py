@@ -67,7 +67,8 @@ def suggest_config(trial: BaseTrial, study: Study) -> dict[str, Any]:
             sampled[name] = trial.suggest_categorical(name, list(dist.values))
         else:
             raise TypeError(
-                f"search space {name!r}: expected LogUniform/Uniform/IntUniform/Choice, got {dist!r}"
+                f"search space {name!r}: expected LogUniform/Uniform/IntUniform/Choice, got "
+                f"{dist!r}"
             )
     return study.config(sampled)
 
@@ -162,7 +163,8 @@ def make_objective(
         >>> from neve_tune.optuna import NeVePruner, make_objective
         >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
         >>> study = load_study("digits").replace(max_epochs=2)
-        >>> search = optuna.create_study(pruner=NeVePruner(), sampler=optuna.samplers.TPESampler(seed=0))
+        >>> sampler = optuna.samplers.TPESampler(seed=0)
+        >>> search = optuna.create_study(pruner=NeVePruner(), sampler=sampler)
         >>> search.optimize(make_objective(study), n_trials=2)
         >>> sorted(search.trials[0].user_attrs)[:3]
         ['best_epoch', 'cost', 'epoch_0001']

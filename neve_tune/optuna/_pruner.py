@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 from typing import TYPE_CHECKING, Any
 
 from optuna.pruners import BasePruner, SuccessiveHalvingPruner
@@ -13,16 +12,19 @@ from optuna.trial import FrozenTrial
 from .._checks import check_choice, check_int, is_finite, to_float
 from ._compat import with_step_value
 from ._consensus import consensus_rung, finished_fits, rung_index
+from ._pruner_settings import (
+    bind_settings,
+    renamed_setting,
+    settings_from_study,
+)
 from ._report import check_optuna_study, direction_sign, epoch_key
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["NeVePruner", "PRUNER_SIGNALS", "SETTINGS_ATTR"]
+__all__ = ["NeVePruner", "PRUNER_SIGNALS"]
 
 PRUNER_SIGNALS = ("velocity", "train_loss", "consensus", "auto")
-SETTINGS_ATTR = "neve_pruner"  # study user attribute holding the settings every worker must share
-_SETTINGS_VERSION = 1
 
 
 class NeVePruner(BasePruner):
@@ -116,7 +118,8 @@ class NeVePruner(BasePruner):
                 return loss  # validation-free objective: the last epoch's training loss
 
 
-            study = optuna.create_study(pruner=NeVePruner(), sampler=optuna.samplers.TPESampler(seed=0))
+            sampler = optuna.samplers.TPESampler(seed=0)
+            study = optuna.create_study(pruner=NeVePruner(), sampler=sampler)
             study.optimize(objective, n_trials=20)
 
         With real training, :func:`neve_tune.optuna.make_objective` builds that objective
@@ -157,10 +160,10 @@ class NeVePruner(BasePruner):
         divergence_bound: float | None = None,
         divergence_patience: int | None = None,
     ) -> None:
-        unsettled_bound = _renamed(
+        unsettled_bound = renamed_setting(
             "divergence_bound", divergence_bound, "unsettled_bound", unsettled_bound, 0.6
         )
-        unsettled_patience = _renamed(
+        unsettled_patience = renamed_setting(
             "divergence_patience", divergence_patience, "unsettled_patience", unsettled_patience, 5
         )
         check_choice("signal", signal, PRUNER_SIGNALS)
@@ -173,7 +176,8 @@ class NeVePruner(BasePruner):
         unsettled_bound = to_float("unsettled_bound", unsettled_bound)
         if not unsettled_bound > 0:  # inf is allowed: turns the unsettled rule off
             raise ValueError(
-                f"unsettled_bound must be a number > 0 (inf turns the rule off), got {unsettled_bound!r}"
+                "unsettled_bound must be a number > 0 (inf turns the rule off), got "
+                f"{unsettled_bound!r}"
             )
         self._signal = signal
         self._min_resource = min_resource
@@ -215,52 +219,17 @@ class NeVePruner(BasePruner):
         return f"NeVePruner({args})"
 
     @classmethod
-    def _from_settings(cls, settings: dict[str, Any]) -> NeVePruner:
-        s = _current_names({k: v for k, v in settings.items() if k != "version"})
-        if s.get("unsettled_bound") == "inf":
-            s["unsettled_bound"] = math.inf
-        return cls(**s)
-
-    @classmethod
     def from_study(cls, study: optuna.study.Study, **overrides: Any) -> NeVePruner:
         """A pruner with the settings stored in ``study`` (defaults where none are stored),
         with ``overrides`` applied; :meth:`bind` then refuses overrides that conflict with
         stored settings."""
-        stored = study.user_attrs.get(SETTINGS_ATTR)
-        settings: dict[str, Any] = dict(stored) if isinstance(stored, dict) else {}
-        settings.update(overrides)
-        return cls._from_settings(settings)
+        return cls(**settings_from_study(study, overrides))
 
     def bind(self, study: optuna.study.Study) -> None:
         """Store this pruner's settings in ``study`` if it holds none; raise
         :class:`ValueError` if it holds different ones. :meth:`prune` calls it once per
         trial, so every worker on a shared study prunes by the same rule."""
-        mine = {**self.settings, "version": _SETTINGS_VERSION}
-        stored = study.user_attrs.get(SETTINGS_ATTR)
-        if stored is None:
-            study.set_user_attr(SETTINGS_ATTR, mine)
-            stored = study.user_attrs.get(
-                SETTINGS_ATTR
-            )  # read back: a concurrent first writer wins
-        if isinstance(stored, dict):
-            stored = _current_names(stored)  # a study stored under the deprecated names
-        if stored != mine:
-            theirs = (
-                {k: v for k, v in dict(stored).items() if k != "version"}
-                if isinstance(stored, dict)
-                else stored
-            )
-            diff = {
-                k: (theirs.get(k), v)
-                for k, v in self.settings.items()
-                if isinstance(theirs, dict) and theirs.get(k) != v
-            }
-            raise ValueError(
-                f"study {study.study_name!r} prunes with NeVePruner settings {theirs} (stored in its user attribute "
-                f"{SETTINGS_ATTR!r} by the first worker), but this worker uses {self.settings}; differing "
-                f"(study, this worker): {diff}. Start every worker with the same settings, or with none to adopt "
-                "the study's (NeVePruner.from_study)."
-            )
+        bind_settings(study, self.settings)
 
     def _check_once_per_trial(self, study: optuna.study.Study, number: int) -> float:
         """Bind to ``study`` once per trial; the study's direction sign."""
@@ -314,15 +283,17 @@ class NeVePruner(BasePruner):
             return True
         if self._signal in ("consensus", "auto") and not isinstance(epoch.get("subset_pred"), str):
             raise ValueError(
-                f"NeVePruner(signal={self._signal!r}) found no 'subset_pred' in epoch {step} of trial {trial.number}: "
-                "record the predictions on the fixed subset with Study(selection_subset=500) (or report "
-                "'subset_pred', neve_tune.selection.SelectionSubset.predict, each epoch)"
+                f"NeVePruner(signal={self._signal!r}) found no 'subset_pred' in epoch {step} of "
+                f"trial {trial.number}: record the predictions on the fixed subset with "
+                "Study(selection_subset=500) (or report 'subset_pred', "
+                "neve_tune.selection.SelectionSubset.predict, each epoch)"
             )
         if self._signal in ("train_loss", "auto") and "train_loss" not in epoch:
             raise ValueError(
-                f"NeVePruner(signal='train_loss') found no 'train_loss' in epoch {step} of trial {trial.number} "
-                f"(user attribute {epoch_key(step)!r}): report the epoch's mean training loss, e.g. "
-                "report_epoch(trial, {'epoch': e, 'velocity': v, 'train_loss': loss}), "
+                f"NeVePruner(signal='train_loss') found no 'train_loss' in epoch {step} of trial "
+                f"{trial.number} "
+                f"(user attribute {epoch_key(step)!r}): report the epoch's mean training loss, "
+                "e.g. report_epoch(trial, {'epoch': e, 'velocity': v, 'train_loss': loss}), "
                 "or prune on velocity alone with NeVePruner(signal='velocity')"
             )
 
@@ -381,22 +352,3 @@ class NeVePruner(BasePruner):
         if isinstance(epoch, dict) and epoch.get("velocity") is not None:
             return float(epoch["velocity"])
         return sign * trial.intermediate_values[step]
-
-
-_OLD_NAMES = {"divergence_bound": "unsettled_bound", "divergence_patience": "unsettled_patience"}
-
-
-def _current_names(settings: dict[str, Any]) -> dict[str, Any]:
-    """Stored settings with the deprecated names of rule 4's parameters replaced."""
-    return {_OLD_NAMES.get(k, k): v for k, v in settings.items()}
-
-
-def _renamed(old: str, old_value: Any, new: str, new_value: Any, default: Any) -> Any:
-    if old_value is None:
-        return default if new_value is None else new_value
-    if new_value is not None:
-        raise ValueError(f"give {new} only ({old} is its deprecated name)")
-    warnings.warn(
-        f"NeVePruner({old}=...) is deprecated, use {new}", DeprecationWarning, stacklevel=3
-    )
-    return old_value

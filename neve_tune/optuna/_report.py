@@ -88,7 +88,8 @@ def _study_direction(trial: BaseTrial) -> StudyDirection:
     directions = study.directions
     if len(directions) != 1:
         raise ValueError(
-            "report_epoch needs a single-objective study; Optuna cannot report intermediate values otherwise"
+            "report_epoch needs a single-objective study; Optuna cannot report intermediate "
+            "values otherwise"
         )
     return directions[0]
 
@@ -123,8 +124,8 @@ def report_epoch(
     the default, ``"val_loss"``, ``"val_error"`` (``1 - metrics["val_acc"]`` unless given)
     or ``"velocity"``) at ``step = metrics["epoch"]``,
     ``sign`` being ``+1`` for a minimize and ``-1`` for a maximize study; NaN when that
-    value, the training loss or the velocity is not finite, or when the epoch diverged. The whole dict
-    goes into the user attribute :func:`epoch_key(epoch) <epoch_key>`. A step the trial
+    value, the training loss or the velocity is not finite, or when the epoch diverged. The whole
+    dict goes into the user attribute :func:`epoch_key(epoch) <epoch_key>`. A step the trial
     already holds is skipped (nothing is written twice).
 
     The rule for the input, so that nothing turns into NaN silently:
@@ -149,7 +150,8 @@ def report_epoch(
         >>> trial = study.ask()
         >>> report_epoch(trial, {"epoch": 1, "velocity": 0.25, "train_loss": 1.25, "lr": 0.1})
         1.25
-        >>> report_epoch(trial, {"epoch": 2, "velocity": np.float32(0.125), "train_loss": np.float32(1.0)})
+        >>> report_epoch(trial, {"epoch": 2, "velocity": np.float32(0.125),
+        ...                      "train_loss": np.float32(1.0)})
         1.0
         >>> trial.user_attrs["epoch_0001"]["velocity"]
         0.25
@@ -227,7 +229,8 @@ def _checked_epoch(metrics: Mapping[str, Any], signal: str) -> tuple[int, float 
         metrics = {**metrics, "val_error": None if acc is None else 1.0 - acc}
     if signal not in metrics:
         raise ValueError(
-            f"metrics has no {signal!r} (the signal reported to Optuna); its keys: {sorted(map(str, metrics))}"
+            f"metrics has no {signal!r} (the signal reported to Optuna); its keys: "
+            f"{sorted(map(str, metrics))}"
         )
     raw = to_float(f"metrics[{signal!r}]", metrics[signal], allow_none=True)
     train_loss = to_float("metrics['train_loss']", metrics.get("train_loss"), allow_none=True)

@@ -12,8 +12,10 @@ trials beyond its random generator, so a fresh one per trial samples as TPE does
     >>> import optuna
     >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
     >>> storage = optuna.storages.InMemoryStorage()
-    >>> a = optuna.create_study(storage=storage, study_name="s", sampler=TrialSeededTPESampler(seed=0))
-    >>> b = optuna.load_study(storage=storage, study_name="s", sampler=TrialSeededTPESampler(seed=0))
+    >>> a = optuna.create_study(storage=storage, study_name="s",
+    ...                         sampler=TrialSeededTPESampler(seed=0))
+    >>> b = optuna.load_study(storage=storage, study_name="s",
+    ...                       sampler=TrialSeededTPESampler(seed=0))
     >>> x, y = a.ask(), b.ask()
     >>> x.suggest_float("lr", 1e-3, 1.0, log=True) != y.suggest_float("lr", 1e-3, 1.0, log=True)
     True

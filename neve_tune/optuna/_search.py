@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 import torch
 
-from ..compare._records import SearchTrial, rank_by_consensus
+from .._search_records import SearchTrial, rank_by_consensus
 from ..data import DataBundle
 from ..records import Cost
 from ..study import Study

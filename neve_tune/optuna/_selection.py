@@ -10,7 +10,8 @@ so any worker, or a script after the search, can pick.
     >>> search = optuna.create_study()
     >>> for preds, loss in (("0123", 0.1), ("0120", 0.3), ("0100", 0.2)):
     ...     t = search.ask()
-    ...     _ = report_epoch(t, {"epoch": 1, "train_loss": loss, "velocity": 0.1, "subset_pred": preds})
+    ...     epoch = {"epoch": 1, "train_loss": loss, "velocity": 0.1, "subset_pred": preds}
+    ...     _ = report_epoch(t, epoch)
     ...     _ = search.tell(t, loss)
     >>> pick_trial(search).number, pick_trial(search, "consensus").number
     (0, 1)

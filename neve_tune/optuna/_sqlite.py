@@ -141,7 +141,9 @@ def sqlite_engine_kwargs(timeout: float = 60.0) -> dict[str, Any]:
     Example::
 
         >>> import optuna
-        >>> storage = optuna.storages.RDBStorage("sqlite:///:memory:", engine_kwargs=sqlite_engine_kwargs())
+        >>> storage = optuna.storages.RDBStorage(
+        ...     "sqlite:///:memory:", engine_kwargs=sqlite_engine_kwargs()
+        ... )
         >>> optuna.create_study(storage=storage).study_name.startswith("no-name")
         True
     """

@@ -104,7 +104,8 @@ def make_storage(
     except Exception as e:  # sqlalchemy.exc.OperationalError, ArgumentError, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StorageError(
-            f"cannot reach storage {redact_url(given)!r}: {redact_url(url, redact_url(given, first))}"
+            f"cannot reach storage {redact_url(given)!r}: "
+            f"{redact_url(url, redact_url(given, first))}"
         ) from None
 
 

@@ -195,8 +195,8 @@ def storage_kind(url: str | None) -> str:
     if url.endswith(JOURNAL_SUFFIXES) or Path(url).is_file():
         return "journal"
     raise ValueError(
-        f"storage {redact_url(url)!r} is neither an SQLAlchemy URL (sqlite:///FILE, postgresql://...), "
-        f"a journal file (journal:PATH or *.log) nor ':memory:'"
+        f"storage {redact_url(url)!r} is neither an SQLAlchemy URL (sqlite:///FILE, "
+        "postgresql://...), a journal file (journal:PATH or *.log) nor ':memory:'"
     )
 
 
@@ -220,5 +220,8 @@ def url_problem(url: str) -> str | None:
         parsed = make_url(url)
         parsed.port  # noqa: B018 - parsing the port raises for a password split at '/' or ':'
     except (ArgumentError, ValueError):
-        return f"its user, password, host or port cannot be read (an unencoded '/', '@' or ':' in the password?): {hint}"
+        return (
+            "its user, password, host or port cannot be read (an unencoded '/', '@' or ':' in "
+            f"the password?): {hint}"
+        )
     return None

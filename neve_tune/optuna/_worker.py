@@ -28,25 +28,23 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
 import torch
 from optuna.pruners import BasePruner, SuccessiveHalvingPruner
-from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
-from .._checks import check_choice
 from ..checkpoint import first_line
 from ..study import Study, load_study
 from ._objective import STORAGE_WRITE_ERRORS, make_objective
-from ._pruner import SETTINGS_ATTR, NeVePruner
+from ._open import StudyNotFoundError, open_study, renamed_argument
+from ._pruner import NeVePruner
+from ._pruner_settings import SETTINGS_ATTR
 from ._sampler import TrialSeededTPESampler
-from ._selection import pick_trial
-from ._stop import Abandon, PoliteStop, TrialLeft, WorkerInterrupted
-from ._storage import StorageError, make_storage, redact_url, storage_kind
+from ._stop import PoliteStop, WorkerInterrupted
+from ._storage import StorageError, redact_url, storage_kind
 from ._worker_checks import (  # re-exported: the worker's checks, in their own module
     IDENTITY_ATTR,
     METHOD_ATTR,
@@ -58,6 +56,7 @@ from ._worker_checks import (  # re-exported: the worker's checks, in their own 
     check_worker_arguments,
     study_identity,
 )
+from ._worker_loop import closing_line, format_trial, optimize, trial_callbacks
 
 __all__ = [
     "run_worker",
@@ -72,100 +71,6 @@ __all__ = [
     "check_direction",
     "WorkerInterrupted",
 ]
-
-
-class StudyNotFoundError(LookupError):
-    """The study does not exist in the storage (and ``create`` was not asked). ``where``
-    says so without the hint on how to create it (for readers that cannot create)."""
-
-    def __init__(self, message: str, where: str | None = None) -> None:
-        super().__init__(message)
-        self.where = where or message
-
-
-def open_study(
-    study_name: str,
-    storage: str | None,
-    *,
-    create: bool = False,
-    direction: str = "minimize",
-    sampler: optuna.samplers.BaseSampler | None = None,
-    pruner: BasePruner | None = None,
-    heartbeat_interval: int | None = 60,
-    heartbeat_grace_period: int | None = None,
-    max_retry: int | None = 3,
-    grace_period: int | None = None,
-) -> optuna.Study:
-    """Load ``study_name`` from ``storage`` (a URL, see :func:`make_storage`); create it
-    when ``create`` or when the storage is in-memory. Raises :class:`StorageError` for an
-    unreachable storage and :class:`StudyNotFoundError` for a missing study, both with
-    the password redacted. ``grace_period`` is the deprecated name of
-    ``heartbeat_grace_period``."""
-    heartbeat_grace_period = _renamed(
-        "grace_period", grace_period, "heartbeat_grace_period", heartbeat_grace_period
-    )
-    backend = make_storage(
-        storage,
-        heartbeat_interval=heartbeat_interval,
-        heartbeat_grace_period=heartbeat_grace_period,
-        max_retry=max_retry,
-    )
-    if backend is None or create:
-        check_choice("direction", direction, ("minimize", "maximize"))
-        return optuna.create_study(
-            study_name=study_name,
-            storage=backend,
-            direction=direction,
-            sampler=sampler,
-            pruner=pruner,
-            load_if_exists=True,
-        )
-    try:
-        return optuna.load_study(
-            study_name=study_name, storage=backend, sampler=sampler, pruner=pruner
-        )
-    except KeyError:
-        try:
-            known = [
-                s.study_name
-                for s in optuna.get_all_study_summaries(backend, include_best_trial=False)
-            ]
-        except Exception:  # pragma: no cover - the listing is only a hint
-            known = []
-        where = (
-            f"study {study_name!r} does not exist in storage {redact_url(storage)!r} "
-            f"(studies there: {known})"
-        )
-        raise StudyNotFoundError(
-            f"{where}; create it with `optuna create-study --study-name {study_name} --storage URL "
-            "--direction minimize`, or pass --create",
-            where,
-        ) from None
-
-
-def _renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
-    """The value of a renamed parameter given under its deprecated name (one release)."""
-    if old_value is None:
-        return new_value
-    if new_value is not None:
-        raise ValueError(f"give {new} only ({old} is its deprecated name)")
-    warnings.warn(f"{old} is deprecated, use {new}", DeprecationWarning, stacklevel=3)
-    return old_value
-
-
-def format_trial(trial: FrozenTrial) -> str:
-    """One line per finished trial: number, state, value, epochs, test accuracy, params."""
-    a = trial.user_attrs
-    value = "-" if trial.value is None else f"{trial.value:.5g}"
-    acc = a.get("test_acc")
-    params = " ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
-    )
-    dur = trial.duration.total_seconds() if trial.duration is not None else float("nan")
-    return (
-        f"trial {trial.number} {trial.state.name} value={value} epochs={a.get('epochs', '-')} "
-        f"stopped_by={a.get('stopped_by', '-')} test_acc={'-' if acc is None else f'{acc:.4f}'} {params} [{dur:.1f}s]"
-    )
 
 
 def run_worker(
@@ -213,7 +118,7 @@ def run_worker(
         >>> len(search.trials)
         2
     """
-    heartbeat_grace_period = _renamed(
+    heartbeat_grace_period = renamed_argument(
         "grace_period", grace_period, "heartbeat_grace_period", heartbeat_grace_period
     )
     study = load_study(study_file).replace(**(changes or {}))
@@ -253,7 +158,8 @@ def run_worker(
         and log
     ):
         log(
-            "note: no checkpoint directory, so a retried trial restarts from epoch 0 (pass --checkpoint-dir)"
+            "note: no checkpoint directory, so a retried trial restarts from epoch 0 (pass "
+            "--checkpoint-dir)"
         )
     stop = PoliteStop()
     objective = make_objective(
@@ -267,15 +173,16 @@ def run_worker(
         stop=stop,
     )
     mine: list[int] = []
-    cbs, n_trials = _callbacks(mine, log, callbacks, total_trials, n_trials, timeout, stop)
+    cbs, n_trials = trial_callbacks(mine, log, callbacks, total_trials, n_trials, timeout, stop)
     if log:
         where = "<in-memory>" if storage_kind(storage) == "memory" else redact_url(storage)
         log(
             f"worker {os.getpid()}: study {search.study_name!r} in {where}, method={method}, "
-            f"pruner={search.pruner!r}, sampler={search.sampler!r}, trials={n_trials or 'unbounded'}"
+            f"pruner={search.pruner!r}, sampler={search.sampler!r}, "
+            f"trials={n_trials or 'unbounded'}"
         )
     t0 = time.perf_counter()
-    _optimize(
+    optimize(
         search,
         objective,
         stop,
@@ -286,7 +193,7 @@ def run_worker(
     )
     if log:
         log(
-            _closing_line(
+            closing_line(
                 search,
                 len(mine),
                 time.perf_counter() - t0,
@@ -299,7 +206,8 @@ def run_worker(
 def _writable_study(
     name: str, storage: str | None, method: str, identity: dict[str, Any], **open_kwargs: Any
 ) -> optuna.Study:
-    """:func:`open_study`, checked (:func:`~neve_tune.optuna._worker_checks.check_search`) and written to once, so a
+    """:func:`open_study`, checked (:func:`~neve_tune.optuna._worker_checks.check_search`) and
+    written to once, so a
     read-only or full database is a :class:`StorageError` before any trial."""
     try:
         search = open_study(name, storage, **open_kwargs)
@@ -346,123 +254,3 @@ def _pruner(
     if isinstance(pruner, NeVePruner):
         pruner.bind(search)  # refuse now, not in the middle of a trial
     return pruner
-
-
-def _callbacks(
-    mine: list[int],
-    log: Callable[[str], None] | None,
-    extra: Sequence[Callable[..., None]],
-    total_trials: int | None,
-    n_trials: int | None,
-    timeout: float | None,
-    stop: PoliteStop,
-) -> tuple[list[Callable[[optuna.Study, FrozenTrial], None]], int | None]:
-    """The callbacks after each trial (its line, the study's total, a polite stop) and
-    the trial count ``optimize`` runs."""
-
-    def on_finish(s: optuna.Study, t: FrozenTrial) -> None:
-        mine.append(t.number)
-        if log:
-            log(format_trial(t))
-
-    def stop_between_trials(s: optuna.Study, t: FrozenTrial) -> None:
-        if stop.requested:
-            s.stop()
-
-    cbs: list[Callable[[optuna.Study, FrozenTrial], None]] = [
-        on_finish,
-        *extra,
-        stop_between_trials,
-    ]
-    if total_trials is not None:
-        cbs.append(
-            optuna.study.MaxTrialsCallback(
-                total_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)
-            )
-        )
-        if n_trials is None and timeout is None:
-            n_trials = total_trials
-    return cbs, n_trials
-
-
-def _optimize(
-    search: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
-    stop: PoliteStop,
-    *,
-    n_trials: int | None,
-    timeout: float | None,
-    callbacks: list[Callable[..., None]],
-    max_retry: int | None,
-) -> None:
-    """``search.optimize`` under SIGINT/SIGTERM handlers: a trial left by a polite stop is
-    failed and re-queued at once with the heartbeat's retry callback (its checkpoint,
-    intermediate values and rung state carry over), then :class:`WorkerInterrupted`."""
-    with stop.installed():
-        try:
-            search.optimize(
-                objective,
-                n_trials=n_trials,
-                timeout=timeout,
-                callbacks=callbacks,
-                gc_after_trial=False,
-            )
-        except Abandon:
-            pass
-    left = getattr(objective, "left", None)
-    if not stop.requested and left is None:
-        return
-    number = getattr(objective, "current_trial", None)
-    if number is None or search.get_trials(deepcopy=False)[number].state != TrialState.RUNNING:
-        raise WorkerInterrupted(stop.signal_name or "a signal")
-    try:
-        retry, epochs = _requeue(search, number, max_retry)
-    except STORAGE_WRITE_ERRORS:  # the storage takes no writes (full disk)
-        if left is None:
-            raise
-        raise TrialLeft(left, number, stored=False) from None
-    if left is not None:
-        raise TrialLeft(left, number, retry, epochs)
-    raise WorkerInterrupted(stop.signal_name or "a signal", number, retry, epochs)
-
-
-def _requeue(search: optuna.Study, number: int, max_retry: int | None) -> tuple[int | None, int]:
-    """Fail the running trial ``number`` and re-queue it with the heartbeat's retry
-    callback; (the retry's number or None, the epochs it reported)."""
-    search.tell(number, state=TrialState.FAIL)
-    failed = search.get_trials(deepcopy=False)[number]
-    before = {t.number for t in search.get_trials(deepcopy=False)}
-    with warnings.catch_warnings():  # "experimental" since Optuna 2.8
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)(
-            search, failed
-        )
-    added = sorted({t.number for t in search.get_trials(deepcopy=False)} - before)
-    return (added[0] if added else None), max(failed.intermediate_values, default=0)
-
-
-def _closing_line(
-    search: optuna.Study, ran: int, seconds: float, selection: str = "objective"
-) -> str:
-    """The worker's last line: its trials, the study's states, the winning trial
-    (:func:`~neve_tune.optuna.pick_trial` by the study's ``selection``)."""
-    counts = {
-        s.name: 0
-        for s in (
-            TrialState.COMPLETE,
-            TrialState.PRUNED,
-            TrialState.FAIL,
-            TrialState.RUNNING,
-            TrialState.WAITING,
-        )
-    }
-    for t in search.get_trials(deepcopy=False):
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    line = f"worker {os.getpid()}: ran {ran} trials in {seconds:.1f}s; study: " + ", ".join(
-        f"{k.lower()}={v}" for k, v in counts.items() if v
-    )
-    best = pick_trial(search, selection)
-    if best is not None:
-        by = "" if selection == "objective" else f" (by {selection})"
-        line += f"; best trial {best.number}{by} value={best.value:.5g} params={best.params}"
-    return line

@@ -18,10 +18,10 @@ import optuna
 
 from .._checks import check_choice, check_device, check_float, check_int, check_seed
 from .._json import json_safe
+from .._trial_inputs import resolve_device
 from ..data import data_identity
 from ..models import check_model_available
 from ..study import Study
-from ..trial import resolve_device
 from ._objective import OBJECTIVE_METHODS
 
 __all__ = [
@@ -112,8 +112,9 @@ def check_method(study: optuna.Study, method: str) -> None:
         stored = study.user_attrs.get(METHOD_ATTR)
     if stored != method:
         raise ValueError(
-            f"study {study.study_name!r} runs method {stored!r} (stored in its user attribute {METHOD_ATTR!r}); "
-            f"this worker was started with method {method!r}: use --method {stored}"
+            f"study {study.study_name!r} runs method {stored!r} (stored in its user attribute "
+            f"{METHOD_ATTR!r}); this worker was started with method {method!r}: use --method "
+            f"{stored}"
         )
 
 

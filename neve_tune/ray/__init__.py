@@ -8,7 +8,8 @@
   when ``RunConfig(callbacks=[scheduler.callback()])`` carries it
   (:class:`NeVeASHAStateCallback`).
 - :func:`neve_trainable`: a function trainable over a study file, reporting the
-  metric names of docs/design.md and a ``tune.Checkpoint`` every epoch, resuming from ``tune.get_checkpoint()``.
+  metric names of docs/design.md and a ``tune.Checkpoint`` every epoch, resuming from
+  ``tune.get_checkpoint()``.
 - :func:`report_epoch`: what a trainable of your own reports each epoch (checked keys,
   plain numbers, ``ray.tune.report``), the sibling of :func:`neve_tune.optuna.report_epoch`.
 - :func:`to_ray_space`, :func:`run_search`, :func:`asha_scheduler` (the validation
@@ -25,15 +26,11 @@ Example::
 
 from ._report import report_epoch
 from ._scheduler import NeVeASHAScheduler, NeVeASHAStateCallback
-from ._search import (
-    CLUSTER_MAX_FAILURES,
-    asha_scheduler,
-    default_max_failures,
-    run_search,
-    search_trials,
-    summarize,
-)
-from ._stopper import NeVeStopper, velocity_verdict
+from ._scheduler_choice import asha_scheduler
+from ._search import CLUSTER_MAX_FAILURES, default_max_failures, run_search
+from ._search_trials import search_trials
+from ._stopper import NeVeStopper
+from ._summary import summarize
 from ._trainable import (
     check_resources,
     check_resources_available,
@@ -41,6 +38,7 @@ from ._trainable import (
     reported_metrics,
     to_ray_space,
 )
+from ._verdict import velocity_verdict
 
 __all__ = [
     "CLUSTER_MAX_FAILURES",

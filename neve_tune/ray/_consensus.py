@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._halving import _Rung
+from ._halving import Rung
 
 __all__ = ["ConsensusRungs", "check_predictions"]
 
@@ -34,9 +34,9 @@ def check_predictions(value: Any, key: str, who: str) -> str:
     if isinstance(value, str) and value:
         return value
     raise ValueError(
-        f"{who}(signal='consensus') needs each result's {key!r}: the predicted classes of a fixed training subset, "
-        f"encoded (neve_tune.selection.SelectionSubset(...).predict(model), or Study(selection_subset=500) in "
-        f"neve_trainable); got {type(value).__name__}"
+        f"{who}(signal='consensus') needs each result's {key!r}: the predicted classes of a fixed "
+        "training subset, encoded (neve_tune.selection.SelectionSubset(...).predict(model), or "
+        f"Study(selection_subset=500) in neve_trainable); got {type(value).__name__}"
     )
 
 
@@ -81,7 +81,7 @@ class ConsensusRungs:
             if not others:
                 return False
             scores = _agreements(preds)
-            earlier = _Rung(milestone)
+            earlier = Rung(milestone)
             for k in others:
                 earlier.add(k, scores[k])
             cutoff = earlier.cutoff(quantile)

@@ -51,7 +51,8 @@ def _plain(key: str, value: Any) -> Any:
         return float(value)
     if hasattr(value, "shape") and getattr(value, "ndim", 0) > 0:
         raise TypeError(
-            f"metrics[{key!r}] must be a scalar, got an array of shape {tuple(value.shape)} (reduce it first)"
+            f"metrics[{key!r}] must be a scalar, got an array of shape {tuple(value.shape)} "
+            "(reduce it first)"
         )
     return value
 
@@ -64,10 +65,10 @@ def check_epoch_metrics(
     >>> import numpy as np
     >>> check_epoch_metrics({"epoch": np.int64(3), "velocity": np.float32(0.5), "train_loss": 0.25})
     {'epoch': 3, 'velocity': 0.5, 'train_loss': 0.25}
-    >>> check_epoch_metrics({"velocty": 0.5, "train_loss": 0.25})
+    >>> check_epoch_metrics({"velocty": 0.5, "train_loss": 0.25})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: metrics has 'velocty': did you mean 'velocity'? (a metric NeVe reads); its keys: ['train_loss', 'velocty']
+    ValueError: metrics has 'velocty': did you mean 'velocity'? (a metric NeVe reads); its keys: ...
     """
     check_metric_keys(metrics)  # the rule both backends share: names, velocity, flags
     keys = sorted(map(str, metrics))
@@ -80,7 +81,8 @@ def check_epoch_metrics(
     for key in (metric, loss_metric):
         if key not in out:
             raise ValueError(
-                f"metrics has no {key!r} (NeVeStopper needs {metric!r} and {loss_metric!r} every epoch); its keys: {keys}"
+                f"metrics has no {key!r} (NeVeStopper needs {metric!r} and {loss_metric!r} every "
+                f"epoch); its keys: {keys}"
             )
     diverged = out.get("diverged") is True
     for key in (metric, loss_metric):

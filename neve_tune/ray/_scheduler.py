@@ -16,17 +16,18 @@ from typing import TYPE_CHECKING, Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from .._checks import check_choice, check_float, check_int, to_float
+from .._checks import check_choice, to_float
 from ._consensus import ConsensusRungs, check_predictions
-from ._halving import _bracket_milestones, _choose_bracket, _Rung, check_mode
+from ._halving import Brackets, check_mode
+from ._losses import remember_first_loss
+from ._outcomes import COMPLETED, MAX_T, PRUNED, Outcomes
 from ._scheduler_state import NeVeASHAStateCallback
-from ._stopper import (
+from ._verdict import (
     CONVERGED,
     DIVERGED,
     STALLED,
-    _check_key,
+    check_key,
     check_threshold,
-    remember_first_loss,
     velocity_verdict,
 )
 
@@ -38,8 +39,6 @@ __all__ = ["NeVeASHAScheduler", "NeVeASHAStateCallback"]
 logger = logging.getLogger(__name__)
 
 _STATE_VERSION = 2
-PRUNED, MAX_T, COMPLETED = "pruned", "max_t", "completed"
-_OUTCOMES = (CONVERGED, DIVERGED, STALLED, PRUNED, MAX_T, COMPLETED)
 
 
 class NeVeASHAScheduler(FIFOScheduler):
@@ -108,7 +107,8 @@ class NeVeASHAScheduler(FIFOScheduler):
         >>> from types import SimpleNamespace
         >>> from neve_tune.ray import NeVeASHAScheduler
         >>> sched = NeVeASHAScheduler(max_t=16, grace_period=1, reduction_factor=2)
-        >>> a, b = SimpleNamespace(trial_id="a", status="PENDING"), SimpleNamespace(trial_id="b", status="PENDING")
+        >>> a = SimpleNamespace(trial_id="a", status="PENDING")
+        >>> b = SimpleNamespace(trial_id="b", status="PENDING")
         >>> sched.on_trial_add(None, a), sched.on_trial_add(None, b)
         (None, None)
         >>> epoch1 = {"training_iteration": 1, "velocity": 0.2, "neve_stop": False}
@@ -124,7 +124,8 @@ class NeVeASHAScheduler(FIFOScheduler):
             sched = NeVeASHAScheduler(max_t=60)
             tune.Tuner(neve_trainable("digits"), param_space=to_ray_space("digits"),
                        tune_config=tune.TuneConfig(scheduler=sched, num_samples=20),
-                       run_config=tune.RunConfig(stop=NeVeStopper(), callbacks=[sched.callback()])).fit()
+                       run_config=tune.RunConfig(stop=NeVeStopper(),
+                                                 callbacks=[sched.callback()])).fit()
     """
 
     def __init__(
@@ -146,20 +147,14 @@ class NeVeASHAScheduler(FIFOScheduler):
         predictions_key: str = "subset_pred",
     ) -> None:
         super().__init__()
-        self._rung_metric = _check_key(metric, "metric")
-        self._time_attr = _check_key(time_attr, "time_attr")
-        self._velocity_metric = _check_key(velocity_metric, "velocity_metric")
-        self._threshold_key = _check_key(threshold_key, "threshold_key")
+        self._rung_metric = check_key(metric, "metric")
+        self._time_attr = check_key(time_attr, "time_attr")
+        self._velocity_metric = check_key(velocity_metric, "velocity_metric")
+        self._threshold_key = check_key(threshold_key, "threshold_key")
         self._mode = check_mode(self._rung_metric, mode)
         self._sign = -1.0 if mode == "min" else 1.0
-        self._max_t = check_int("max_t", max_t, minimum=1)
-        grace_period = check_int("grace_period", grace_period, minimum=1)
-        if grace_period > self._max_t:
-            raise ValueError(f"grace_period must be <= max_t={self._max_t}, got {grace_period}")
-        self._grace_period = grace_period
-        self._rf = check_float("reduction_factor", reduction_factor, low=1.0, low_open=True)
-        self._quantile = ((1 - 1 / self._rf) * 100) / 100  # as Ray computes it, for equal cutoffs
-        n_brackets = check_int("brackets", brackets, minimum=1)
+        self._brackets = Brackets(grace_period, max_t, reduction_factor, brackets)
+        self._max_t, self._quantile = self._brackets.max_t, self._brackets.quantile
         if not isinstance(stop_last_trials, bool):
             raise TypeError(f"stop_last_trials must be a bool, got {stop_last_trials!r}")
         self._stop_last_trials = stop_last_trials
@@ -168,17 +163,10 @@ class NeVeASHAScheduler(FIFOScheduler):
             raise TypeError(f"persist must be a bool, got {persist!r}")
         self._persist = persist
         self._signal = check_choice("signal", signal, ("metric", "consensus", "auto"))
-        self._predictions_key = _check_key(predictions_key, "predictions_key")
-        self._brackets: list[list[_Rung]] = [
-            [_Rung(m) for m in _bracket_milestones(grace_period, self._max_t, self._rf, s)]
-            for s in range(n_brackets)
-        ]
-        self._votes = ConsensusRungs([[r.milestone for r in b] for b in self._brackets])
-        self._active: dict[str, int] = {}  # trial_id -> bracket index, while the trial may report
-        self._outcome: dict[str, str] = {}  # trial_id -> one of _OUTCOMES
+        self._predictions_key = check_key(predictions_key, "predictions_key")
+        self._votes = ConsensusRungs(self._brackets.milestones())
+        self._outcomes = Outcomes()
         self._first_loss: dict[str, tuple[float, float]] = {}  # for the stall rule on raw velocity
-        self._counts: dict[str, int] = dict.fromkeys(_OUTCOMES, 0)
-        self._stops = 0
         self._restored = False
         self._warned_unrestored = False
 
@@ -209,29 +197,30 @@ class NeVeASHAScheduler(FIFOScheduler):
     # ------------------------------------------------------------------ Tune hooks
     def on_trial_add(self, tune_controller: TuneController, trial: Trial) -> None:
         tid = trial.trial_id
-        if tid in self._active:  # a retried trial, or one known from the restored state
+        if tid in self._brackets.active:  # a retried trial, or one known from the restored state
             return
         if (
             getattr(trial, "status", None) == Trial.TERMINATED
         ):  # a finished trial re-added by a restore
-            if not self._restored and tid not in self._outcome and not self._warned_unrestored:
+            if not self._restored and tid not in self._outcomes and not self._warned_unrestored:
                 self._warned_unrestored = True
                 logger.warning(
-                    "NeVeASHAScheduler: a restored experiment, but no rung state was restored: its rungs start "
-                    "empty. Pass RunConfig(callbacks=[scheduler.callback()]) to keep them across Tuner.restore."
+                    "NeVeASHAScheduler: a restored experiment, but no rung state was restored: its "
+                    "rungs start empty. Pass RunConfig(callbacks=[scheduler.callback()]) to keep "
+                    "them across Tuner.restore."
                 )
             return
-        self._active[tid] = self._choose_bracket()
+        self._brackets.add(tid)
 
     def on_trial_result(self, tune_controller: TuneController, trial: Trial, result: dict) -> str:
         tid = trial.trial_id
         verdict = self._verdict(tid, result)
         if verdict in (DIVERGED, STALLED):
-            self._finish(tid, verdict)
+            self._outcomes.finish(tid, verdict)
             return TrialScheduler.STOP
         if verdict == CONVERGED:
             self._record(tid, result)
-            self._finish(tid, CONVERGED)
+            self._outcomes.finish(tid, CONVERGED)
             return TrialScheduler.STOP
         if self._time_attr not in result or self._rung_metric not in result:
             return TrialScheduler.CONTINUE
@@ -241,40 +230,40 @@ class NeVeASHAScheduler(FIFOScheduler):
         else:
             action = self._rung_decision(tid, t, result)
         if action == TrialScheduler.STOP:
-            self._stops += 1
-            if tid not in self._outcome:
-                self._set_outcome(tid, MAX_T if t >= self._max_t else PRUNED)
+            self._outcomes.stops += 1
+            if tid not in self._outcomes:
+                self._outcomes.set(tid, MAX_T if t >= self._max_t else PRUNED)
         return action
 
     def on_trial_complete(
         self, tune_controller: TuneController, trial: Trial, result: dict
     ) -> None:
         tid = trial.trial_id
-        if tid not in self._active:
+        if tid not in self._brackets.active:
             return
         verdict = self._verdict(tid, result)
         if verdict is not None:
-            self._finish(tid, verdict)
-        elif tid not in self._outcome:
-            self._set_outcome(tid, COMPLETED)
-        if self._outcome[tid] not in (DIVERGED, STALLED):
+            self._outcomes.finish(tid, verdict)
+        elif tid not in self._outcomes:
+            self._outcomes.set(tid, COMPLETED)
+        if self._outcomes.get(tid) not in (DIVERGED, STALLED):
             self._record(tid, result)
             self._votes.add_fit(tid, result.get("subset_fit"))
-        del self._active[tid]
+        del self._brackets.active[tid]
 
     def on_trial_remove(self, tune_controller: TuneController, trial: Trial) -> None:
-        self._active.pop(trial.trial_id, None)
+        self._brackets.active.pop(trial.trial_id, None)
 
     def debug_string(self) -> str:
-        c = self._counts
+        c = self._outcomes.counts
         rungs = "\n".join(
             "Bracket: "
             + " | ".join(f"Iter {r.milestone:.3f}: {r.cutoff(self._quantile)}" for r in bracket)
-            for bracket in self._brackets
+            for bracket in self._brackets.rungs
         )
         return (
-            f"Using NeVeASHA on {self._rung_metric!r} ({self._mode}): pruned={c[PRUNED]} converged={c[CONVERGED]} "
-            f"diverged={c[DIVERGED]} stalled={c[STALLED]}\n{rungs}"
+            f"Using NeVeASHA on {self._rung_metric!r} ({self._mode}): pruned={c[PRUNED]} "
+            f"converged={c[CONVERGED]} diverged={c[DIVERGED]} stalled={c[STALLED]}\n{rungs}"
         )
 
     # ------------------------------------------------------------------ outcomes
@@ -282,18 +271,18 @@ class NeVeASHAScheduler(FIFOScheduler):
         """How the trial ended: ``"converged"``, ``"diverged"``, ``"stalled"``,
         ``"pruned"`` (lost at a rung), ``"max_t"``, ``"completed"`` (ended by itself
         otherwise), or ``None``."""
-        return self._outcome.get(trial_id)
+        return self._outcomes.get(trial_id)
 
     @property
     def num_pruned(self) -> int:
-        return self._counts[PRUNED]
+        return self._outcomes.counts[PRUNED]
 
     def rung_values(self, bracket: int = 0) -> list[tuple[float, dict[str, float]]]:
         """The rungs of one bracket, highest first: ``(milestone, {trial_id: metric})``,
         in the metric's own units."""
         return [
             (r.milestone, {k: self._sign * v for k, v in r.values.items()})
-            for r in self._brackets[bracket]
+            for r in self._brackets.rungs[bracket]
         ]
 
     # ------------------------------------------------------------------ internals
@@ -307,39 +296,22 @@ class NeVeASHAScheduler(FIFOScheduler):
             first_loss=remember_first_loss(self._first_loss, trial_id, result),
         )
 
-    def _choose_bracket(self) -> int:
-        return _choose_bracket(self._brackets)
-
-    def _bracket_index(self, trial_id: str) -> int:
-        if (
-            trial_id not in self._active
-        ):  # a result of a trial never added (e.g. restored without state)
-            self._active[trial_id] = self._choose_bracket()
-        return self._active[trial_id]
-
-    def _bracket(self, trial_id: str) -> list[_Rung]:
-        return self._brackets[self._bracket_index(trial_id)]
-
     def _on_rung(self, trial_id: str, t: float, value: float | None) -> str:
         """Ray's asynchronous successive halving decision for one result."""
-        action = TrialScheduler.CONTINUE
-        for rung in self._bracket(trial_id):  # highest milestone first
-            if t >= rung.milestone and trial_id in rung.values and not self._stop_last_trials:
-                break  # decided at this rung already
-            if t < rung.milestone or trial_id in rung.values:
-                continue
-            if value is None:
-                logger.warning(
-                    "NeVeASHAScheduler: metric %r is None; not recorded", self._rung_metric
-                )
-                break
-            reward = self._sign * value
-            cutoff = rung.cutoff(self._quantile)
-            if cutoff is not None and reward < cutoff:
-                action = TrialScheduler.STOP
-            rung.add(trial_id, reward)
-            break
-        return action
+        rung = self._brackets.pending(trial_id, t, self._stop_last_trials)
+        if rung is None:
+            return TrialScheduler.CONTINUE
+        if value is None:
+            logger.warning("NeVeASHAScheduler: metric %r is None; not recorded", self._rung_metric)
+            return TrialScheduler.CONTINUE
+        reward = self._sign * value
+        cutoff = rung.cutoff(self._quantile)
+        rung.add(trial_id, reward)
+        return (
+            TrialScheduler.STOP
+            if cutoff is not None and reward < cutoff
+            else TrialScheduler.CONTINUE
+        )
 
     def _metric(self, result: dict) -> float | None:
         return to_float(
@@ -356,7 +328,7 @@ class NeVeASHAScheduler(FIFOScheduler):
                 result.get(self._predictions_key), self._predictions_key, type(self).__name__
             )
             stop = self._votes.decide(
-                self._bracket_index(trial_id),
+                self._brackets.index(trial_id),
                 trial_id,
                 t,
                 preds,
@@ -379,7 +351,7 @@ class NeVeASHAScheduler(FIFOScheduler):
             and preds
         ):
             self._votes.record(
-                self._bracket_index(trial_id),
+                self._brackets.index(trial_id),
                 trial_id,
                 to_float(self._time_attr, result[self._time_attr]),
                 preds,
@@ -394,35 +366,16 @@ class NeVeASHAScheduler(FIFOScheduler):
         if value is None:
             return
         t = to_float(self._time_attr, result[self._time_attr])
-        for rung in self._bracket(trial_id):
-            if t >= rung.milestone and trial_id not in rung.values:
-                rung.add(trial_id, self._sign * value)
-                break
-
-    def _set_outcome(self, trial_id: str, why: str) -> None:
-        old = self._outcome.get(trial_id)
-        if old is not None:
-            self._counts[old] -= 1
-        self._outcome[trial_id] = why
-        self._counts[why] += 1
-
-    def _finish(self, trial_id: str, why: str) -> None:
-        if self._outcome.get(trial_id) in (CONVERGED, DIVERGED, STALLED):
-            return  # the repeated final result
-        self._set_outcome(trial_id, why)
-        self._stops += 1
+        self._brackets.record(trial_id, t, self._sign * value)
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
         """Rungs, trial brackets, outcomes and counters as plain picklable data."""
         return {
             "version": _STATE_VERSION,
-            "rungs": [
-                [(r.milestone, dict(r.values)) for r in bracket] for bracket in self._brackets
-            ],
-            "trial_bracket": dict(self._active),
-            "outcome": dict(self._outcome),
-            "num_stopped": self._stops,
+            "rungs": self._brackets.state_dict(),
+            "trial_bracket": dict(self._brackets.active),
+            **self._outcomes.state_dict(),
             "first_loss": dict(self._first_loss),
             "votes": self._votes.state_dict(),
         }
@@ -434,22 +387,9 @@ class NeVeASHAScheduler(FIFOScheduler):
             raise ValueError(
                 f"NeVeASHAScheduler state version {state.get('version')!r} is not supported"
             )
-        if [[m for m, _ in b] for b in state["rungs"]] != [
-            [r.milestone for r in b] for b in self._brackets
-        ]:
-            raise ValueError(
-                "NeVeASHAScheduler state has other rungs than this scheduler "
-                "(max_t, grace_period, reduction_factor or brackets changed?)"
-            )
-        for bracket, rungs in zip(self._brackets, state["rungs"]):
-            for rung, (_, values) in zip(bracket, rungs):
-                rung.load(values)
-        self._active = {str(k): int(v) for k, v in state["trial_bracket"].items()}
-        self._outcome = {}
-        self._counts = dict.fromkeys(_OUTCOMES, 0)
-        for tid, why in state["outcome"].items():
-            self._set_outcome(tid, why)
-        self._stops = int(state["num_stopped"])
+        self._brackets.load_state_dict(state["rungs"])
+        self._brackets.active = {str(k): int(v) for k, v in state["trial_bracket"].items()}
+        self._outcomes.load_state_dict(state)
         self._first_loss = {
             str(k): (float(i), float(v)) for k, (i, v) in state.get("first_loss", {}).items()
         }

@@ -50,7 +50,8 @@ class NeVeASHAStateCallback(Callback):
             callable(getattr(scheduler, m, None)) for m in ("state_dict", "load_state_dict")
         ):
             raise TypeError(
-                f"NeVeASHAStateCallback: the callback needs a NeVeASHAScheduler, got {type(scheduler).__name__}"
+                "NeVeASHAStateCallback: the callback needs a NeVeASHAScheduler, got "
+                f"{type(scheduler).__name__}"
             )
         self.scheduler = scheduler
 

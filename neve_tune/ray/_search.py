@@ -1,12 +1,10 @@
-"""Whole Ray Tune searches of a study file: ``run_search``, its summary, and the
-comparison's adapter ``search_trials``."""
+"""Whole Ray Tune searches of a study file: ``run_search``, its arguments checked before Ray
+starts, and the two Tune APIs it runs through."""
 
 from __future__ import annotations
 
-import math
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,17 +16,16 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from .._checks import check_choice, check_float, check_int, check_seed
 from .._names import check_folder_name, check_path_fits, shown
-from ..compare._records import SearchTrial, rank_by_consensus
-from ..records import SCHEDULERS, Cost, val_metric_key
+from ..records import SCHEDULERS
 from ..study import Study, load_study
 from ._scheduler import NeVeASHAScheduler
+from ._scheduler_choice import pick_scheduler
 from ._stopper import NeVeStopper
 from ._trainable import (
     TRAINABLE_METHODS,
     check_resources,
     check_resources_available,
     neve_trainable,
-    reported_metrics,
     to_ray_space,
 )
 
@@ -36,84 +33,13 @@ __all__ = [
     "APIS",
     "CLUSTER_MAX_FAILURES",
     "SCHEDULERS",
-    "asha_scheduler",
     "check_search_args",
     "default_max_failures",
     "run_search",
-    "search_trials",
-    "summarize",
 ]
 
 APIS = ("tuner", "run")
 CLUSTER_MAX_FAILURES = 2  # retries of a trial on a multi-node cluster: survives a lost node, twice
-
-
-def asha_scheduler(study: Study | str | os.PathLike, **overrides: Any) -> Any:
-    """The validation baseline's scheduler: Ray's ``ASHAScheduler`` on the study's
-    validation metric (``val_loss``, mode ``min``; ``val_acc``, mode ``max``, with
-    ``study.val_metric="acc"``; ``grace_period=1, reduction_factor=4,
-    max_t=study.max_epochs``); use it with ``neve_trainable(study, method="asha")``."""
-    from ray.tune.schedulers import ASHAScheduler
-
-    study = load_study(study)
-    metric, mode = val_metric_key(study.val_metric)
-    kw: dict[str, Any] = dict(
-        metric=metric, mode=mode, grace_period=1, reduction_factor=4, max_t=study.max_epochs
-    )
-    kw.update(overrides)
-    return ASHAScheduler(**kw)
-
-
-def _scheduler(
-    kind: str,
-    study: Study,
-    method: str,
-    min_resource: int,
-    reduction_factor: float,
-    signal: str,
-    build: bool = True,
-) -> Any:
-    """The trial scheduler ``kind`` names for ``method`` (``build=False``: only check
-    that the pair fits)."""
-    if kind == "auto":
-        kind = "neve_asha" if method == "neve" else "asha"
-    if kind == "fifo":
-        return None
-    if kind == "asha":
-        if method == "neve":
-            raise ValueError(
-                "scheduler 'asha' decides on val_loss or val_acc, which method 'neve' does not "
-                "report; use 'neve_asha'"
-            )
-        return (
-            asha_scheduler(study, grace_period=min_resource, reduction_factor=reduction_factor)
-            if build
-            else None
-        )
-    if kind == "neve_asha":
-        if method != "neve":
-            raise ValueError(
-                f"scheduler 'neve_asha' needs method 'neve', got {method!r}; use 'asha'"
-            )
-        if signal in ("consensus", "auto") and not study.selection_subset:
-            raise ValueError(
-                f"neve_signal={signal!r} needs a study with selection_subset > 0 (e.g. "
-                "study.replace(selection_subset=500)): the predictions it compares"
-            )
-        kw: dict[str, Any] = (
-            {"signal": signal} if signal in ("consensus", "auto") else {"metric": signal}
-        )
-        return (
-            NeVeASHAScheduler(
-                max_t=study.max_epochs,
-                grace_period=min_resource,
-                reduction_factor=reduction_factor,
-                **kw,
-            )
-            if build
-            else None
-        )
-    raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {kind!r}")
 
 
 class _TrialLines(tune.Callback):
@@ -126,9 +52,10 @@ class _TrialLines(tune.Callback):
         r = trial.last_result or {}
         acc = r.get("test_acc")
         print(
-            f"trial {trial.trial_id} done: epochs={r.get('epoch')} stopped_by={r.get('stopped_by') or 'tune'} "
-            f"train_loss={_fmt(r.get('train_loss'))} velocity={_fmt(r.get('velocity'))} "
-            f"test_acc={_fmt(acc)} lr={_fmt(trial.config.get('lr'))} threshold={_fmt(trial.config.get('threshold'))}",
+            f"trial {trial.trial_id} done: epochs={r.get('epoch')} "
+            f"stopped_by={r.get('stopped_by') or 'tune'} train_loss={_fmt(r.get('train_loss'))} "
+            f"velocity={_fmt(r.get('velocity'))} test_acc={_fmt(acc)} "
+            f"lr={_fmt(trial.config.get('lr'))} threshold={_fmt(trial.config.get('threshold'))}",
             file=self.out or sys.stdout,
             flush=True,
         )
@@ -196,7 +123,8 @@ def run_search(
     trials: a fresh one spends seconds importing torch (see ``benchmarks/ray_trials.py``).
     ``neve_signal`` (default: the study's :attr:`~neve_tune.Study.rung_signal`) is the rung
     signal of :class:`NeVeASHAScheduler` (``"train_loss"``,
-    ``"velocity"``, ``"consensus"`` or ``"auto"``: both need ``study.selection_subset``). Every argument is checked (:func:`check_search_args`) before Ray starts.
+    ``"velocity"``, ``"consensus"`` or ``"auto"``: both need ``study.selection_subset``). Every
+    argument is checked (:func:`check_search_args`) before Ray starts.
     """
     min_resource = _renamed_min_resource(grace_period, min_resource)
     study = load_study(study)
@@ -225,7 +153,7 @@ def run_search(
     trainable = neve_trainable(
         study, method=method, seed=seed, device=device, resources=res, data=data, model_fn=model_fn
     )
-    sched = _scheduler(scheduler, study, method, min_resource, reduction_factor, neve_signal)
+    sched = pick_scheduler(scheduler, study, method, min_resource, reduction_factor, neve_signal)
     storage = str(Path(storage_path).resolve()) if storage_path is not None else None
     if resume:
         return _restore(trainable, storage, name)
@@ -311,7 +239,9 @@ def check_search_args(
         check_path_fits("storage_path", storage_path)
     check_int("max_concurrent_trials", max_concurrent_trials, minimum=1, allow_none=True)
     check_seed("seed", seed)
-    _scheduler(scheduler, study, method, min_resource, reduction_factor, neve_signal, build=False)
+    pick_scheduler(
+        scheduler, study, method, min_resource, reduction_factor, neve_signal, build=False
+    )
     if resume and (storage_path is None or not name):
         raise ValueError("resume needs storage_path and name (the experiment folder to restore)")
     return check_resources(resources if resources is not None else study.resources)
@@ -400,158 +330,3 @@ def _tuner_api(
         ),
     )
     return tuner.fit()
-
-
-def _results(results: Any) -> list[Any]:
-    """The ``Result`` objects of a ResultGrid (indexable, not always ``Iterable``)."""
-    try:
-        out = list(results)
-    except TypeError:
-        out = None
-    if out is None or not all(hasattr(r, "metrics") for r in out):
-        raise TypeError(f"results must be a Tune ResultGrid or ExperimentAnalysis, got {results!r}")
-    return out
-
-
-def summarize(results: Any, selection: str = "objective") -> dict[str, Any]:
-    """Per-trial rows and the winning finished trial of a search: the lowest ``objective``,
-    or by ``selection`` (``"consensus"``, or ``"auto"``: the consensus once the finished
-    trials' ``subset_fit`` says the labels are noisy; :mod:`neve_tune.selection`)."""
-    from ..selection import consensus_winner, selection_mode
-
-    check_choice("selection", selection, ("objective", "consensus", "auto"))
-    if hasattr(results, "trials"):  # ExperimentAnalysis
-        items = [(t.trial_id, t.config, t.last_result or {}, t.error_file) for t in results.trials]
-    else:  # ResultGrid
-        items = [
-            (
-                r.metrics.get("trial_id"),
-                r.config,
-                r.metrics or {},
-                str(r.error) if r.error else None,
-            )
-            for r in _results(results)
-        ]
-    keep = reported_metrics("asha") + ("training_iteration", "trial_id")
-    rows, cost, preds, fits = [], 0.0, {}, {}
-    for tid, config, metrics, error in items:
-        row = {"trial_id": tid, "config": dict(config or {}), "error": error}
-        row.update({k: metrics[k] for k in keep if k in metrics and k != "trial_id"})
-        rows.append(row)
-        cost += float(metrics.get("epochs_equiv") or 0.0)
-        if isinstance(metrics.get("subset_pred"), str):
-            preds[tid] = metrics["subset_pred"]
-        if isinstance(metrics.get("subset_fit"), (int, float)):
-            fits[tid] = float(metrics["subset_fit"])
-    finished = [
-        r for r in rows if isinstance(r.get("objective"), float) and math.isfinite(r["objective"])
-    ]
-    if selection == "auto":
-        selection = selection_mode([fits.get(r["trial_id"]) for r in finished])
-    if selection == "consensus" and finished:
-        winner = consensus_winner(preds, [r["trial_id"] for r in finished])
-        best = next(r for r in finished if r["trial_id"] == winner)
-    else:
-        best = min(finished, key=lambda r: r["objective"]) if finished else None
-    return {
-        "trials": rows,
-        "best": best,
-        "total_epochs_equiv": cost,
-        "errors": sum(1 for r in rows if r["error"]),
-    }
-
-
-def search_trials(
-    study: Study,
-    method: str,
-    *,
-    trials: int,
-    seed: int,
-    data: Any,
-    model_fn: Any = None,
-    device: str | None = None,
-    neve_signal: str = "train_loss",
-    on_trial: Any = lambda: None,
-    grace_period: int = 1,
-    reduction_factor: int = 4,
-) -> list[SearchTrial]:
-    """The comparison's Ray adapter: :func:`run_search` in a temporary folder, its trials
-    as records (``neve_signal``: the :class:`NeVeASHAScheduler` rung metric)."""
-
-    class _Done(tune.Callback):
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            on_trial()
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            on_trial()
-
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    train_size = len(data.train)
-    with tempfile.TemporaryDirectory(prefix="neve_compare_") as tmp:
-        results = run_search(
-            study,
-            method=method,
-            num_samples=trials,
-            seed=seed,
-            storage_path=tmp,
-            name=f"{study.name}-{method}-{seed}",
-            device=device,
-            callbacks=[_Done()],
-            min_resource=grace_period,
-            reduction_factor=reduction_factor,
-            data=data,
-            model_fn=model_fn,
-            neve_signal=neve_signal,
-        )
-        ordered = sorted(results, key=lambda r: r.metrics.get("trial_id", ""))
-        out = [_record(i, r, study, train_size) for i, r in enumerate(ordered)]
-        if method == "neve" and study.selection in ("consensus", "auto"):
-            last = {i: (r.metrics or {}).get("subset_pred") for i, r in enumerate(ordered)}
-            fits = {i: (r.metrics or {}).get("subset_fit") for i, r in enumerate(ordered)}
-            rank_by_consensus(
-                out,
-                {i: p for i, p in last.items() if isinstance(p, str)},
-                study.selection,
-                {i: float(f) for i, f in fits.items() if isinstance(f, (int, float))},
-            )
-        return out
-
-
-def _record(i: int, r: Any, study: Study, train_size: int) -> SearchTrial:
-    """One Tune result as the comparison's record (a trial Tune stopped counts as pruned)."""
-    df = r.metrics_dataframe
-    rows = [] if df is None else df.sort_values("training_iteration").to_dict("records")
-    last = r.metrics or {}
-    objective = last.get("objective")
-    finished = bool(last.get("done")) and last.get("stopped_by") not in ("diverged", "stalled")
-    complete = finished and isinstance(objective, float) and math.isfinite(objective)
-    cost = Cost.from_dict(last)
-    cost.wall_s = float(sum(x.get("epoch_time_s") or 0.0 for x in rows))
-    if finished:
-        stopped_by = last.get("stopped_by")
-    else:
-        stopped_by = (
-            last.get("stopped_by")
-            if last.get("stopped_by") in ("diverged", "stalled")
-            else ("diverged" if last.get("diverged") else "pruned")
-        )
-    return SearchTrial(
-        number=i,
-        config=study.config({k: r.config[k] for k in study.search_space if k in r.config}),
-        state="COMPLETE" if complete else ("FAIL" if r.error else "PRUNED"),
-        stopped_by=stopped_by,
-        epochs=int(last.get("epoch") or len(rows)),
-        best_epoch=last.get("best_epoch"),
-        objective=float(objective) if complete else None,
-        test_acc=last.get("test_acc") if complete else None,
-        cost=cost,
-        train_size=train_size,
-        lrs=[x.get("lr") for x in rows],
-        velocity=[_nan_to_none(x.get("velocity")) for x in rows],
-        val_acc=[_nan_to_none(x.get("val_acc")) for x in rows],
-    )
-
-
-def _nan_to_none(x: Any) -> float | None:
-    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)

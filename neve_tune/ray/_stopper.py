@@ -1,221 +1,29 @@
 """``NeVeStopper``: stop each Ray Tune trial on its own NeVe verdict.
 
-The decision rule lives in :func:`velocity_verdict`, so that the stopper and the
-scheduler (:mod:`neve_tune.ray._scheduler`) apply exactly the same rule.
+The decision rule lives in :func:`~neve_tune.ray._verdict.velocity_verdict`, so that the
+stopper and the scheduler (:mod:`neve_tune.ray._scheduler`) apply exactly the same rule.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from typing import Any
 
 from ray.tune.stopper import Stopper
 
 from .._checks import check_float, check_int, check_mapping, to_float
-from .._rules import STALL_PATIENCE, learned
-from ._losses import remember_best_loss, remember_first_loss, stalls_early
-from ._result import is_bare, reported_flag, reported_number, training_keys
+from .._rules import STALL_PATIENCE
+from ._losses import remember_best_loss, remember_first_loss
+from ._verdict import (
+    CONVERGED,
+    DIVERGED,
+    MIN_RAW_EPOCHS,
+    STALLED,
+    check_key,
+    check_threshold,
+    velocity_verdict,
+)
 
-__all__ = [
-    "NeVeStopper",
-    "velocity_verdict",
-    "remember_best_loss",
-    "remember_first_loss",
-    "CONVERGED",
-    "DIVERGED",
-    "STALLED",
-    "MIN_RAW_EPOCHS",
-]
-
-CONVERGED = "converged"
-DIVERGED = "diverged"
-STALLED = "stalled"
-
-#: No stop on a raw velocity before this ``training_iteration``: the controller's stall
-#: rule (:func:`neve_tune.control.learned`) needs the first epoch's loss and a later one,
-#: so a velocity stop at iteration 1 could only ever be "stalled".
-MIN_RAW_EPOCHS = 2
-
-
-def check_threshold(value: Any, name: str = "threshold") -> float:
-    """``value`` (Python, NumPy or 0-d tensor) as a positive finite float, else a
-    ``TypeError``/``ValueError`` naming ``name``.
-
-    >>> check_threshold(1e-3)
-    0.001
-    >>> check_threshold(0.0)
-    Traceback (most recent call last):
-    ...
-    ValueError: threshold must be a finite number > 0, got 0.0
-    """
-    return check_float(name, value, positive=True)
-
-
-def _check_key(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"{name} must be a non-empty str, got {value!r}")
-    return value
-
-
-def _trial_threshold(
-    result: Mapping[str, Any], threshold_key: str, default: float | None, who: str
-) -> float:
-    thr: Any = result.get(threshold_key)
-    if thr is None:
-        config = result.get("config")
-        if isinstance(config, Mapping):
-            thr = config.get(threshold_key)
-        else:  # schedulers get flattened results
-            thr = result.get(f"config/{threshold_key}")
-    if thr is None:
-        thr = default
-    if thr is None:
-        raise ValueError(
-            f"{who}: no velocity threshold for this trial: put {threshold_key!r} in the trial's config "
-            f"(it is searched) or in its result, or pass threshold= to {who}"
-        )
-    try:
-        return check_threshold(thr, f"{who}: the trial's {threshold_key!r}")
-    except TypeError as e:
-        raise ValueError(str(e)) from None
-
-
-def velocity_verdict(
-    result: Mapping[str, Any],
-    *,
-    metric: str = "velocity",
-    threshold_key: str = "threshold",
-    threshold: float | None = None,
-    grace_period: int = MIN_RAW_EPOCHS,
-    who: str = "NeVeStopper",
-    first_loss: float | None = None,
-    loss_metric: str = "train_loss",
-    num_classes: int | None = None,
-    stall_margin: float = 0.1,
-    best_loss: float | None = None,
-    max_epochs: int | None = None,
-    stall_patience: int | None = STALL_PATIENCE,
-) -> str | None:
-    """``"diverged"``, ``"stalled"``, ``"converged"`` or ``None`` (go on) for one Tune result.
-
-    In this order (numbers may be Python, NumPy or 0-d torch scalars):
-
-    1. diverged: ``result["diverged"]`` is true, or ``result[metric]`` or
-       ``result[loss_metric]`` is NaN or infinite;
-    2. stalled: ``result["stalled"]`` is true (the trial did not learn). Never converged;
-    3. a ``neve_stop`` key decides: converged if true, go on if false (the trial's
-       controller applied its threshold and ``min_epochs`` already);
-    4. otherwise the raw velocity, judged as the controller would
-       (:func:`_raw_velocity_verdict`): from ``training_iteration >= grace_period``
-       (default :data:`MIN_RAW_EPOCHS` = 2), ``result[metric] <`` the trial's threshold
-       (``result[threshold_key]``, else its config's, else ``threshold``) ends it
-       ``"converged"`` if it learned by :func:`neve_tune.control.learned` (its loss
-       against ``first_loss``, its first result's, and chance with ``num_classes``),
-       else ``"stalled"``. Without ``first_loss`` this result is the first, so it cannot
-       have learned. ``result[metric] = None`` means "not measured": go on. With
-       ``max_epochs``, :func:`~neve_tune.ray._losses.stalls_early` may end it ``"stalled"``.
-
-    Raises ``ValueError`` naming the key when a result with training metrics has neither
-    ``metric`` nor ``neve_stop``, when a raw-velocity result has no ``loss_metric``, or
-    when the threshold is missing or not positive; ``TypeError`` for a non-number metric
-    or a non-bool flag.
-
-    >>> velocity_verdict({"velocity": 0.5, "neve_stop": True})
-    'converged'
-    >>> velocity_verdict({"velocity": 0.001, "neve_stop": False})  # trusted: min_epochs not reached
-    >>> raw = {"training_iteration": 3, "velocity": 0.001, "train_loss": 0.2, "config": {"threshold": 0.01}}
-    >>> velocity_verdict(raw, first_loss=0.7), velocity_verdict(raw, first_loss=0.21)
-    ('converged', 'stalled')
-    >>> velocity_verdict({"train_loss": 0.3})
-    Traceback (most recent call last):
-    ...
-    ValueError: NeVeStopper: the trial's result has neither 'velocity' nor 'neve_stop'; it reports ['train_loss']
-    """
-    check_mapping("result", result, "a dict of one epoch's reported metrics")
-    diverged, value, loss = _diverged(result, metric, loss_metric, who)
-    if diverged:
-        return DIVERGED
-    if reported_flag(result, "stalled", who):
-        return STALLED
-    if "neve_stop" in result:
-        return CONVERGED if reported_flag(result, "neve_stop", who) else None
-    rule = dict(
-        grace_period=grace_period,
-        first_loss=first_loss,
-        num_classes=num_classes,
-        stall_margin=stall_margin,
-        best_loss=best_loss,
-        max_epochs=max_epochs,
-        stall_patience=stall_patience,
-    )
-    return _raw_velocity_verdict(
-        result, value, loss, metric, loss_metric, threshold_key, threshold, who, **rule
-    )
-
-
-def _diverged(
-    result: Mapping[str, Any], metric: str, loss_metric: str, who: str
-) -> tuple[bool, float | None, float | None]:
-    """Rule 1 of :func:`velocity_verdict`, and the result's ``metric`` and ``loss_metric``
-    as numbers: (diverged, value, loss). A true ``diverged`` flag is read first and decides."""
-    if reported_flag(result, "diverged", who):
-        return True, None, None
-    value, loss = reported_number(result, metric, who), reported_number(result, loss_metric, who)
-    return any(x is not None and not math.isfinite(x) for x in (value, loss)), value, loss
-
-
-def _raw_velocity_verdict(
-    result: Mapping[str, Any],
-    value: float | None,
-    loss: float | None,
-    metric: str,
-    loss_metric: str,
-    threshold_key: str,
-    threshold: float | None,
-    who: str,
-    *,
-    grace_period: int,
-    first_loss: float | None,
-    num_classes: int | None,
-    stall_margin: float,
-    best_loss: float | None,
-    max_epochs: int | None,
-    stall_patience: int | None,
-) -> str | None:
-    """Rule 4 of :func:`velocity_verdict`: a result without ``neve_stop``."""
-    if metric not in result:
-        if is_bare(result):
-            return None
-        keys = training_keys(result)
-        raise ValueError(
-            f"{who}: the trial's result has neither {metric!r} nor 'neve_stop'; it reports {keys}"
-        )
-    if value is None:  # not measured this iteration
-        return None
-    if loss is None:
-        keys = training_keys(result)
-        raise ValueError(
-            f"{who}: a result with a raw {metric!r} and no 'neve_stop' needs {loss_metric!r} (the epoch's mean "
-            f"training loss) to tell a converged trial from a stalled one; it reports {keys}"
-        )
-    if max_epochs is not None and stalls_early(
-        result, loss, best_loss, first_loss, max_epochs, stall_patience, stall_margin
-    ):
-        return STALLED
-    if (
-        to_float("training_iteration", result.get("training_iteration", grace_period))
-        < grace_period
-    ):
-        return None
-    if not value < _trial_threshold(result, threshold_key, threshold, who):
-        return None
-    first = loss if first_loss is None else first_loss
-    return (
-        CONVERGED
-        if learned(loss, first, stall_margin=stall_margin, num_classes=num_classes)
-        else STALLED
-    )
+__all__ = ["NeVeStopper"]
 
 
 class NeVeStopper(Stopper):
@@ -275,20 +83,24 @@ class NeVeStopper(Stopper):
         >>> import numpy as np
         >>> from neve_tune.ray import NeVeStopper
         >>> stopper = NeVeStopper(num_classes=2)
-        >>> cfg = {"threshold": 0.01}
-        >>> stopper("t1", {"training_iteration": 1, "velocity": 0.3, "train_loss": 0.69, "config": cfg})
+        >>> def epoch(i, velocity, loss):
+        ...     return {"training_iteration": i, "velocity": velocity, "train_loss": loss,
+        ...             "config": {"threshold": 0.01}}
+        >>> stopper("t1", epoch(1, 0.3, 0.69))
         False
-        >>> stopper("t1", {"training_iteration": 2, "velocity": np.float32(0.005), "train_loss": 0.3, "config": cfg})
+        >>> stopper("t1", epoch(2, np.float32(0.005), 0.3))
         True
-        >>> stopper("t3", {"training_iteration": 1, "velocity": 1e-6, "train_loss": 0.73, "config": cfg})  # too early
+        >>> stopper("t3", epoch(1, 1e-6, 0.73))  # too early
         False
-        >>> stopper("t3", {"training_iteration": 2, "velocity": 1e-6, "train_loss": 0.72, "config": cfg})
+        >>> stopper("t3", epoch(2, 1e-6, 0.72))
         True
         >>> stopper.stopped_by("t1"), stopper.stopped_by("t3")
         ('converged', 'stalled')
-        >>> stopper("t2", {"training_iteration": 2, "velocity": 0.005, "neve_stop": False})  # trusted
+        >>> trusted = {"training_iteration": 2, "velocity": 0.005, "neve_stop": False}
+        >>> stopper("t2", trusted)  # the trial's own controller decides
         False
-        >>> stopper("t2", {"training_iteration": 3, "velocity": 0.004, "neve_stop": False, "stalled": True})
+        >>> stopper("t2", {"training_iteration": 3, "velocity": 0.004, "neve_stop": False,
+        ...                "stalled": True})
         True
         >>> stopper.stopped_by("t2"), stopper.num_converged, stopper.num_stalled
         ('stalled', 1, 2)
@@ -316,18 +128,19 @@ class NeVeStopper(Stopper):
         stall_patience: int | None = STALL_PATIENCE,
     ) -> None:
         self._threshold = None if threshold is None else check_threshold(threshold)
-        self._metric = _check_key(metric, "metric")
-        self._threshold_key = _check_key(threshold_key, "threshold_key")
+        self._metric = check_key(metric, "metric")
+        self._threshold_key = check_key(threshold_key, "threshold_key")
         self._grace_period = check_int("grace_period", grace_period, minimum=0)
         self._max_converged = check_int(
             "max_converged_trials", max_converged_trials, minimum=1, allow_none=True
         )
-        self._loss_metric = _check_key(loss_metric, "loss_metric")
+        self._loss_metric = check_key(loss_metric, "loss_metric")
         self._num_classes = check_int("num_classes", num_classes, minimum=2, allow_none=True)
         self._stall_margin = check_float(
             "stall_margin", stall_margin, low=0.0, high=1.0, high_open=True
         )
-        # trial_id -> (iteration, verdict) at stop; counts by verdict (stop_all is called every step)
+        # trial_id -> (iteration, verdict) at stop; counts by verdict (stop_all is called every
+        # step)
         self._stopped: dict[str, tuple[int, str]] = {}
         self._counts: dict[str, int] = {CONVERGED: 0, DIVERGED: 0, STALLED: 0}
         self._first_loss: dict[
@@ -392,7 +205,8 @@ class NeVeStopper(Stopper):
 
     # ------------------------------------------------------------ introspection
     def stopped_by(self, trial_id: str) -> str | None:
-        """``"converged"``, ``"diverged"``, ``"stalled"`` or ``None`` (not stopped by this stopper)."""
+        """``"converged"``, ``"diverged"``, ``"stalled"`` or ``None`` (not stopped by this
+        stopper)."""
         done = self._stopped.get(trial_id)
         return done[1] if done else None
 
@@ -410,8 +224,10 @@ class NeVeStopper(Stopper):
 
     def __repr__(self) -> str:
         return (
-            f"NeVeStopper(threshold={self._threshold}, metric={self._metric!r}, threshold_key={self._threshold_key!r}, "
-            f"grace_period={self._grace_period}, max_converged_trials={self._max_converged}, "
-            f"loss_metric={self._loss_metric!r}, num_classes={self._num_classes}, stall_margin={self._stall_margin}; "
-            f"converged={self.num_converged}, diverged={self.num_diverged}, stalled={self.num_stalled})"
+            f"NeVeStopper(threshold={self._threshold}, metric={self._metric!r}, "
+            f"threshold_key={self._threshold_key!r}, grace_period={self._grace_period}, "
+            f"max_converged_trials={self._max_converged}, loss_metric={self._loss_metric!r}, "
+            f"num_classes={self._num_classes}, stall_margin={self._stall_margin}; "
+            f"converged={self.num_converged}, diverged={self.num_diverged}, "
+            f"stalled={self.num_stalled})"
         )

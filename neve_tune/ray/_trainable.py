@@ -1,9 +1,9 @@
 """``neve_trainable``: a Ray Tune function trainable built on :func:`neve_tune.run_trial`.
 
-Every epoch it reports the metric names (:data:`neve_tune.records.METRIC_NAMES`) with ``tune.report`` together with a
-``tune.Checkpoint`` holding the whole trial state (model, optimizer, controller with the
-velocity state, history, cost counters, RNG); a restarted or retried trial resumes from
-``tune.get_checkpoint()`` and continues the same velocity series. A damaged checkpoint
+Every epoch it reports the metric names (:data:`neve_tune.records.METRIC_NAMES`) with
+``tune.report`` together with a ``tune.Checkpoint`` holding the whole trial state (model, optimizer,
+controller with the velocity state, history, cost counters, RNG); a restarted or retried trial
+resumes from ``tune.get_checkpoint()`` and continues the same velocity series. A damaged checkpoint
 (it fails its checksum) is not resumed from: the trial starts over from epoch 0 and
 reports only the epochs after those Tune already has, so ``training_iteration`` and the
 series stay those of an uninterrupted run.
@@ -24,11 +24,12 @@ from ray import tune
 
 from .._checks import RESOURCE_KEYS as _RESOURCE_KEYS
 from .._checks import check_int, check_resources
+from .._trial_inputs import resolve_device
 from ..data import DataBundle
 from ..records import METHODS, METRIC_NAMES, SEARCH_METHODS, Cost, TrialResult
 from ..space import Choice, IntUniform, LogUniform, Uniform
 from ..study import Study, load_study
-from ..trial import resolve_device, run_trial
+from ..trial import run_trial
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -127,9 +128,9 @@ def check_resources_available(resources: Mapping[str, float]) -> None:
         for o in offer
     ]
     raise ValueError(
-        f"resources per trial {dict(resources)} cannot be met: no node of this Ray cluster has them "
-        f"(alive nodes offer {offer}); lower them (--cpus-per-trial/--gpus-per-trial, study.resources) "
-        f"or add nodes"
+        f"resources per trial {dict(resources)} cannot be met: no node of this Ray cluster has "
+        f"them (alive nodes offer {offer}); lower them (--cpus-per-trial/--gpus-per-trial, "
+        "study.resources) or add nodes"
     )
 
 
@@ -141,7 +142,8 @@ def _check_config(study: Study, config: Mapping[str, Any]) -> tuple[dict[str, An
     unknown = sorted(set(config) - known)
     if unknown:
         raise ValueError(
-            f"config has unknown hyperparameters {unknown}; study {study.name!r} knows {sorted(known)}"
+            f"config has unknown hyperparameters {unknown}; study {study.name!r} knows "
+            f"{sorted(known)}"
         )
     sampled = {k: v for k, v in config.items() if k != "seed"}
     seed = config.get("seed")
@@ -216,7 +218,8 @@ def _make_train_fn(
                     src = Path(d, CHECKPOINT_FILE)
                     if not src.is_file():
                         raise FileNotFoundError(
-                            f"checkpoint {checkpoint.path} has no {CHECKPOINT_FILE}: not a neve_trainable checkpoint"
+                            f"checkpoint {checkpoint.path} has no {CHECKPOINT_FILE}: not a "
+                            "neve_trainable checkpoint"
                         )
                     shutil.copy2(src, local)
                     reported = _reported_epoch(d)

@@ -1,0 +1,60 @@
+"""What a :class:`~neve_tune.lightning.NeVeCallback` reads from Lightning's logs and writes to
+them: the epoch's training loss from ``trainer.callback_metrics``, the epoch's metrics through
+``pl_module.log``, and the stop in every logger's hyperparameters."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+
+from ._checks import to_float
+from .control import NeVe
+
+__all__ = ["log_epoch", "log_stop", "train_loss_of"]
+
+# names NeVe.step() returns that are not logged: Lightning keeps its own "epoch"
+NOT_LOGGED = frozenset({"epoch"})
+
+
+def train_loss_of(trainer: pl.Trainer, loss_key: str) -> float:
+    """The epoch's training loss the module logged under ``loss_key`` (its epoch
+    aggregate), or a ValueError saying how to log it."""
+    metrics = trainer.callback_metrics
+    for key in (f"{loss_key}_epoch", loss_key):
+        if key in metrics:
+            return to_float(key, metrics[key])
+    raise ValueError(
+        "NeVeCallback needs the epoch's training loss in "
+        f"trainer.callback_metrics[{loss_key!r}]: log it in training_step with "
+        f"self.log({loss_key!r}, loss, on_epoch=True), or pass loss_key= naming the "
+        f"logged loss; logged keys are {sorted(metrics)}"
+    )
+
+
+def log_epoch(pl_module: pl.LightningModule, metrics: Mapping[str, Any]) -> None:
+    """Every number of the epoch's metrics through ``pl_module.log`` (flags as 0/1; text
+    and missing values stay in the callback's history only)."""
+    for name, value in metrics.items():
+        if name in NOT_LOGGED or value is None or isinstance(value, str):
+            continue
+        try:
+            value = float(value) if isinstance(value, bool) else to_float(name, value)
+        except TypeError:
+            continue  # not a number: kept in history only
+        pl_module.log(name, value, on_step=False, on_epoch=True)
+
+
+def log_stop(trainer: pl.Trainer, neve: NeVe) -> None:
+    """The controller's stop (reason, epoch, the epoch kept and its loss) in every logger's
+    hyperparameters."""
+    for logger in trainer.loggers:
+        logger.log_hyperparams(
+            {
+                "neve_stopped_by": neve.stopped_by,
+                "neve_stop_epoch": neve.epoch,
+                "neve_best_epoch": neve.best_epoch,
+                "neve_kept_train_loss": neve.kept()["kept_train_loss"],
+            }
+        )
