@@ -63,10 +63,6 @@ NOT_APPLICABLE = {
 }
 #: cells that fail today, with the true reason (strict: a fix turns them into failures)
 XFAIL: dict[tuple[str, str], str] = {
-    ("lightning", "stop_reason"): "a trial the Optuna pruner stops raises `TrialPruned` "
-    "with nothing logged: the loggers get no `neve_stopped_by`",
-    ("hf", "stop_reason"): "a trial the Optuna pruner stops raises `TrialPruned` with "
-    "nothing in the log history: no `neve_stopped_by`",
     ("ray", "auto_pick"): '`summarize(results, "auto")` on results without `subset_fit` '
     "picks by the objective in silence (the Optuna door warns)",
 }
