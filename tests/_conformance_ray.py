@@ -44,6 +44,9 @@ def trainable(config: dict[str, Any]) -> None:
         if config.get("subset"):
             codes = subset.predict(loop.model)
             metrics.update(subset_pred=codes, subset_fit=subset.fit(codes))
+        if "crash_after" not in config:  # only the run killed once needs its checkpoints
+            report_epoch(metrics)
+            continue
         with tempfile.TemporaryDirectory() as folder:
             torch.save(loop.state(), os.path.join(folder, "loop.pt"))
             report_epoch(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
@@ -79,7 +82,7 @@ def _tune(name: str, runs: list[dict[str, Any]], tmp: Path, **tune_config: Any) 
     return tune.Tuner(
         tune.with_resources(lambda config: trainable(config["run"]), {"cpu": 0.5}),
         param_space={"run": tune.grid_search(runs)},
-        tune_config=tune.TuneConfig(**tune_config),
+        tune_config=tune.TuneConfig(reuse_actors=True, **tune_config),
         run_config=tune.RunConfig(
             name=name,
             storage_path=str(tmp),
@@ -131,7 +134,16 @@ def search() -> dict[str, Any]:
     runs += [_config(C.Case(lr, noise=n), subset=True) for n in (0.0, 0.2) for lr in C.PICK_LRS]
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # the workers import this module (and tests/_conformance.py) by name, as the driver did
+    root = Path(__file__).resolve().parents[1]
+    path = [str(root), str(root / "tests"), os.environ.get("PYTHONPATH", "")]
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in path if p)}},
+    )
     try:
         results = list(_tune("cells", runs, tmp, max_concurrent_trials=4))
         # a scheduler's stop: the slow learner loses to the clean run at the first rung
