@@ -62,10 +62,7 @@ NOT_APPLICABLE = {
     "study or results the search leaves",
 }
 #: cells that fail today, with the true reason (strict: a fix turns them into failures)
-XFAIL: dict[tuple[str, str], str] = {
-    ("ray", "auto_pick"): '`summarize(results, "auto")` on results without `subset_fit` '
-    "picks by the objective in silence (the Optuna door warns)",
-}
+XFAIL: dict[tuple[str, str], str] = {}
 #: cells that start a local Ray cluster: the slow suite
 SLOW_DOORS = {"ray"}
 
