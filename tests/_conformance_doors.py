@@ -1,4 +1,5 @@
-"""The conformance suite's doors (Ray's is tests/_conformance_ray.py): each trains a
+"""The conformance suite's doors without a Trainer (the callbacks' are in
+tests/_conformance_callbacks.py, Ray's in tests/_conformance_ray.py): each trains a
 :data:`~_conformance.CASES` case through one entrance to the library and returns an
 :class:`~_conformance.Outcome`: the stop reason, the per-epoch metrics and what the door
 records about the stop (``record``), in the door's own words."""
@@ -11,7 +12,6 @@ from typing import Any
 
 import optuna
 import torch
-from torch import nn
 
 try:
     from tests import _conformance as C
@@ -60,6 +60,48 @@ def fit_resumed(tmp: Path) -> C.Outcome:
     except Crash:
         pass
     return fit_run(C.CASES["clean"], path)
+
+
+# ---------------------------------------------------------------- the CLI's trial runner
+def cli_run(case: C.Case, checkpoint: Path | None = None, crash_after: int | None = None):
+    """``run_trial`` (what ``neve-tune train`` runs) with a :class:`neve_tune.Study`'s own
+    defaults: only the budget, the guard's source (the subset, as the callbacks') and, for
+    an unguarded case, ``pc_patience=None`` are set; plain SGD as in every door."""
+    from neve_tune import Study, run_trial
+    from neve_tune.data import DataBundle
+
+    study = Study(
+        name="conformance",
+        max_epochs=C.MAX_EPOCHS,
+        prediction_changes="subset",
+        pc_patience=C.rules(case)["pc_patience"],
+    )
+    ds = C.dataset(case.noise)
+
+    def on_epoch(metrics: dict[str, Any]) -> None:
+        if metrics["epoch"] == crash_after:
+            raise Crash
+
+    result = run_trial(
+        study,
+        {"lr": case.lr, "batch_size": C.BATCH, "momentum": 0.0},
+        data=DataBundle("synthetic", ds, ds, (C.DIM,), C.CLASSES),
+        model_fn=C.mlp,
+        evaluate_test=False,
+        checkpoint_path=checkpoint,
+        on_epoch=on_epoch,
+    )
+    record = {"TrialResult.stopped_by": result.stopped_by}
+    return C.Outcome(result.stopped_by, result.history, record)
+
+
+def cli_resumed(tmp: Path) -> C.Outcome:
+    path = tmp / "trial.pt"
+    try:
+        cli_run(C.CASES["clean"], path, crash_after=C.STOPPED_AT)
+    except Crash:
+        pass
+    return cli_run(C.CASES["clean"], path)
 
 
 # ---------------------------------------------------------------- own loop + Optuna
@@ -158,181 +200,6 @@ def optuna_picks() -> dict[str, Any]:
         pick_trial(bare, "auto")
     out["without_data_warns"] = any("subset_fit" in str(w.message) for w in caught)
     return out
-
-
-# ---------------------------------------------------------------- Lightning
-def lightning_run(
-    case: C.Case,
-    *,
-    trial: Any = None,
-    max_epochs: int = C.MAX_EPOCHS,
-    ckpt: str | None = None,
-    save: Path | None = None,
-) -> C.Outcome:
-    import lightning.pytorch as pl
-    from lightning.pytorch.loggers import Logger
-    from torch.utils.data import DataLoader
-
-    from neve_tune.lightning import NeVeCallback
-
-    class Net(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = C.mlp()
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net(x)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            loss = nn.functional.cross_entropy(self(x), y)
-            self.log("train_loss", loss, on_step=False, on_epoch=True)
-            return loss
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=case.lr)
-
-    class Recorder(Logger):
-        """A logger that keeps what it is given (the stop reason goes to hyperparameters)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.hyperparams: dict[str, Any] = {}
-
-        name, version = "recorder", 0
-
-        def log_hyperparams(self, params, *args, **kwargs) -> None:
-            self.hyperparams.update(dict(params))
-
-        def log_metrics(self, metrics, step=None) -> None:
-            pass
-
-    ds = C.dataset(case.noise)
-    loader = DataLoader(ds, batch_size=C.BATCH, sampler=C.EpochSampler(C.N))
-    neve = NeVeCallback(
-        trial=trial,
-        prediction_changes="subset" if case.guard else None,
-        **{k: v for k, v in C.rules(case).items() if case.guard or k != "pc_patience"},
-    )
-    recorder = Recorder()
-    trainer = pl.Trainer(
-        max_epochs=max_epochs,
-        callbacks=[neve],
-        logger=recorder,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        num_sanity_val_steps=0,
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*log_every_n_steps.*")
-        try:
-            trainer.fit(Net(), loader, ckpt_path=ckpt)
-        except optuna.TrialPruned:
-            pass
-    if save is not None:
-        trainer.save_checkpoint(save)
-    record = {k: v for k, v in recorder.hyperparams.items() if k.startswith("neve_")}
-    return C.Outcome(neve.stopped_by, neve.history, record)
-
-
-def lightning_resumed(tmp: Path) -> C.Outcome:
-    path = tmp / "four.ckpt"
-    lightning_run(C.CASES["clean"], max_epochs=C.STOPPED_AT, save=path)
-    return lightning_run(C.CASES["clean"], ckpt=str(path))
-
-
-# ---------------------------------------------------------------- Hugging Face
-def hf_run(
-    case: C.Case,
-    tmp: Path,
-    *,
-    trial: Any = None,
-    save: bool = False,
-    stop_after: int | None = None,
-    resume: str | None = None,
-) -> C.Outcome:
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-    from transformers.modeling_outputs import SequenceClassifierOutput
-
-    from neve_tune.hf import NeVeTrainerCallback
-
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = C.mlp()
-
-        def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):
-            logits = self.net(x)
-            loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
-            return SequenceClassifierOutput(loss=loss, logits=logits)
-
-    class Items(torch.utils.data.Dataset):
-        def __init__(self) -> None:
-            self.x, self.y = C.tensors(case.noise)
-
-        def __len__(self) -> int:
-            return C.N
-
-        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-            return {"x": self.x[i], "labels": self.y[i]}
-
-    class StopAfter(TrainerCallback):
-        def on_epoch_end(self, args, state, control, **kwargs):
-            if state.epoch >= stop_after:
-                control.should_training_stop = True
-            return control
-
-    neve = NeVeTrainerCallback(
-        trial=trial,
-        probe_key="x",
-        prediction_changes="subset" if case.guard else None,
-        **{k: v for k, v in C.rules(case).items() if case.guard or k != "pc_patience"},
-    )
-    args = TrainingArguments(
-        output_dir=str(tmp / "hf"),
-        num_train_epochs=C.MAX_EPOCHS,
-        per_device_train_batch_size=C.BATCH,
-        learning_rate=case.lr,
-        lr_scheduler_type="constant",
-        logging_steps=8,
-        save_strategy="epoch" if save else "no",
-        eval_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-        dataloader_drop_last=False,
-    )
-    model = Net()
-    optimizer = torch.optim.SGD(model.parameters(), lr=case.lr)
-    callbacks = [neve] + ([StopAfter()] if stop_after else [])
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=Items(),
-        callbacks=callbacks,
-        optimizers=(optimizer, None),
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            trainer.train(resume_from_checkpoint=resume)
-        except optuna.TrialPruned:
-            pass
-    record = next(
-        (e for e in trainer.state.log_history if "neve_stopped_by" in e), {}
-    )  # the stop, in the Trainer's log history
-    return C.Outcome(neve.stopped_by, neve.history, dict(record))
-
-
-def hf_resumed(tmp: Path) -> C.Outcome:
-    clean = C.CASES["clean"]
-    hf_run(clean, tmp, save=True, stop_after=C.STOPPED_AT)
-    steps = C.STOPPED_AT * (C.N // C.BATCH)
-    return hf_run(clean, tmp, save=True, resume=str(tmp / "hf" / f"checkpoint-{steps}"))
 
 
 def pruner_at_once() -> optuna.pruners.BasePruner:

@@ -17,9 +17,11 @@ import pytest
 
 try:
     from tests import _conformance as C
+    from tests import _conformance_callbacks as K
     from tests import _conformance_doors as D
 except ImportError:  # tests/ on sys.path (pytest's default import mode)
     import _conformance as C  # type: ignore[no-redef]
+    import _conformance_callbacks as K  # type: ignore[no-redef]
     import _conformance_doors as D  # type: ignore[no-redef]
 
 from neve_tune._rules import STALL_PATIENCE
@@ -29,7 +31,8 @@ PAGE = ROOT / "docs" / "conformance.md"
 
 #: the doors: how a user's training reaches the trial rules
 DOORS = {
-    "fit": "`fit` / CLI",
+    "fit": "`fit`",
+    "cli": "`neve-tune train` (`run_trial`)",
     "optuna": "own loop + Optuna",
     "ray": "Ray trainable",
     "lightning": "Lightning",
@@ -53,6 +56,8 @@ BEHAVIOURS = {
 }
 #: cells that do not apply, with the reason (shown in the docs table; never skipped in silence)
 NOT_APPLICABLE = {
+    ("cli", "auto_pick"): "`neve-tune train` trains one configuration; the CLI's searches "
+    "pick with the Optuna and Ray doors' `pick_trial` and `summarize`",
     ("fit", "auto_pick"): "`fit` trains one configuration; a search over `fit` runs is "
     "the Optuna or Ray door (`make_objective`, `neve_trainable`)",
     ("lightning", "auto_pick"): "a Trainer trains one configuration; with `trial=` the "
@@ -92,12 +97,14 @@ def run(door: str, case: str, ctx: Any) -> C.Outcome:
         setting = C.CASES[case]
         if door == "fit":
             out = D.fit_run(setting)
+        elif door == "cli":
+            out = D.cli_run(setting)
         elif door == "optuna":
             out = D.optuna_run(setting)
         elif door == "lightning":
-            out = D.lightning_run(setting)
+            out = K.lightning_run(setting)
         elif door == "hf":
-            out = D.hf_run(setting, ctx.tmp(f"hf-{case}"))
+            out = K.hf_run(setting, ctx.tmp(f"hf-{case}"))
         else:
             out = ctx.ray()["runs"][case]
         _RUNS[door, case] = out
@@ -167,12 +174,14 @@ def resume(door: str, ctx: Ctx) -> None:
     whole = run(door, "clean", ctx)
     if door == "fit":
         resumed = D.fit_resumed(ctx.tmp("fit-resume"))
+    elif door == "cli":
+        resumed = D.cli_resumed(ctx.tmp("cli-resume"))
     elif door == "optuna":
         resumed = D.optuna_resumed()
     elif door == "lightning":
-        resumed = D.lightning_resumed(ctx.tmp("lightning-resume"))
+        resumed = K.lightning_resumed(ctx.tmp("lightning-resume"))
     elif door == "hf":
-        resumed = D.hf_resumed(ctx.tmp("hf-resume"))
+        resumed = K.hf_resumed(ctx.tmp("hf-resume"))
     else:
         resumed = ctx.ray()["resumed"]
     assert resumed.velocities == whole.velocities
@@ -183,6 +192,7 @@ def resume(door: str, ctx: Ctx) -> None:
 #: where each door records a run's stop: a key of :attr:`Outcome.record`
 RECORD_KEY = {
     "fit": "FitResult.stopped_by",
+    "cli": "TrialResult.stopped_by",
     "optuna": "stopped_by",  # the last epoch's user attribute; the trial's state beside it
     "ray": "stopped_by",  # the trial's last result
     "lightning": "neve_stopped_by",  # every logger's hyperparameters
@@ -195,17 +205,17 @@ def stop_reason(door: str, ctx: Ctx) -> None:
     for case, why in (("clean", "velocity"), ("dead", "stalled"), ("noisy", "prediction_changes")):
         out = run(door, case, ctx)
         assert out.record.get(key) == out.stopped_by == why, (case, out.record)
-    if door == "fit":
-        return  # fit has no pruner or scheduler of its own: its stops are the controller's
+    if door in ("fit", "cli"):
+        return  # no pruner or scheduler of their own: their stops are the controller's
     if door == "optuna":
         pruned = D.optuna_run(C.CASES["clean"], pruner=D.pruner_at_once())
         assert pruned.record == {"trial.state": "PRUNED", "stopped_by": None}
         assert run(door, "dead", ctx).record["trial.state"] == "PRUNED"  # NeVePruner: stalled
         return
     if door == "lightning":
-        pruned = D.lightning_run(C.CASES["clean"], trial=D.pruned_at_once())
+        pruned = K.lightning_run(C.CASES["clean"], trial=D.pruned_at_once())
     elif door == "hf":
-        pruned = D.hf_run(C.CASES["clean"], ctx.tmp("hf-pruned"), trial=D.pruned_at_once())
+        pruned = K.hf_run(C.CASES["clean"], ctx.tmp("hf-pruned"), trial=D.pruned_at_once())
     else:
         pruned = ctx.ray()["pruned"]
     assert pruned.record.get(key) == "pruned" and len(pruned.history) < C.MAX_EPOCHS, pruned.record
