@@ -120,14 +120,13 @@ def _picks(results: list[Any]) -> dict[str, Any]:
     return out
 
 
-def search() -> dict[str, Any]:
+def search(tmp: Path) -> dict[str, Any]:
     """Every Ray cell's trials in one local Ray session: the four cases, the clean run
     killed once after epoch 4, two searches for the ``auto`` pick, and a scheduler's stop."""
     import ray
 
     from neve_tune.ray import NeVeASHAScheduler
 
-    tmp = Path(tempfile.mkdtemp())
     runs = [{**_config(case), "case": name} for name, case in C.CASES.items()]
     killed = _config(C.CASES["clean"], crash_after=C.STOPPED_AT, marker=str(tmp / "killed"))
     runs.append({**killed, "case": "resumed"})

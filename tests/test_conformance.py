@@ -127,12 +127,12 @@ class Ctx:
 
 
 @pytest.fixture(scope="module")
-def ray_search() -> dict[str, Any]:
+def ray_search(tmp_path_factory) -> dict[str, Any]:
     try:
         from tests import _conformance_ray as R
     except ImportError:
         import _conformance_ray as R  # type: ignore[no-redef]
-    return R.search()
+    return R.search(tmp_path_factory.mktemp("ray"))
 
 
 # ---------------------------------------------------------------- the behaviours
