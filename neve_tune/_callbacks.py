@@ -204,6 +204,11 @@ class CallbackSettings:
             )
         return text
 
+    def pruned_line(self, unit: str = "epoch") -> str:
+        """One line for a run the trial's pruner stopped (the controller had not)."""
+        assert self.neve is not None
+        return f"{self.who}: stopped by the trial's pruner at {unit} {self.neve.epoch} (pruned)"
+
 
 def _g(x: Any) -> str:
     return "-" if x is None else f"{x:.4g}"

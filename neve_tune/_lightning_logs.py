@@ -46,13 +46,13 @@ def log_epoch(pl_module: pl.LightningModule, metrics: Mapping[str, Any]) -> None
         pl_module.log(name, value, on_step=False, on_epoch=True)
 
 
-def log_stop(trainer: pl.Trainer, neve: NeVe) -> None:
-    """The controller's stop (reason, epoch, the epoch kept and its loss) in every logger's
-    hyperparameters."""
+def log_stop(trainer: pl.Trainer, neve: NeVe, why: str | None = None) -> None:
+    """The stop (``why``, else the controller's reason; the epoch, the epoch kept and its
+    loss) in every logger's hyperparameters."""
     for logger in trainer.loggers:
         logger.log_hyperparams(
             {
-                "neve_stopped_by": neve.stopped_by,
+                "neve_stopped_by": why or neve.stopped_by,
                 "neve_stop_epoch": neve.epoch,
                 "neve_best_epoch": neve.best_epoch,
                 "neve_kept_train_loss": neve.kept()["kept_train_loss"],

@@ -82,7 +82,8 @@ class NeVeCallback(CallbackSettings, pl.Callback):
     5. with ``trial``: on global rank zero, :func:`neve_tune.optuna.report_epoch` and
        ``trial.should_prune()``; the decision is shared with ``trainer.strategy.broadcast``;
        a pruned run stops and raises ``optuna.TrialPruned`` (on one process; under DDP
-       every rank stops and :meth:`check_pruned` raises after ``fit``);
+       every rank stops and :meth:`check_pruned` raises after ``fit``), its stop recorded as
+       in 6. (the controller's reason, else ``"pruned"``);
     6. once the controller stops (``stopped_by``) ``trainer.should_stop`` is set, the
        reason goes to every logger's hyperparameters (``neve_stopped_by``,
        ``neve_stop_epoch``, ``neve_best_epoch``, ``neve_kept_train_loss``: the training
@@ -327,6 +328,9 @@ class NeVeCallback(CallbackSettings, pl.Callback):
             prune = bool(self.trial.should_prune())
         if bool(trainer.strategy.broadcast(prune)):
             self.pruned = trainer.should_stop = True
+            # recorded as the Ray scheduler's stop is: the controller's own word, else "pruned"
+            why = metrics["stopped_by"] = self.neve.stopped_by or "pruned"  # type: ignore[union-attr]
+            self._report_stop(trainer, why)
             if trainer.world_size == 1:
                 self.check_pruned()
             return True
@@ -356,14 +360,17 @@ class NeVeCallback(CallbackSettings, pl.Callback):
             trainer.should_stop = True
             self._report_stop(trainer)
 
-    def _report_stop(self, trainer: pl.Trainer) -> None:
-        """The stop reason in every logger's hyperparameters, and one printed line with
-        ``verbose``."""
-        if self.neve is None or self.neve.stopped_by is None or not trainer.is_global_zero:
+    def _report_stop(self, trainer: pl.Trainer, why: str | None = None) -> None:
+        """The stop reason (``why``: the controller's, or ``"pruned"`` by the trial's pruner)
+        in every logger's hyperparameters, and one printed line with ``verbose``."""
+        neve = self.neve
+        why = why or (None if neve is None else neve.stopped_by)
+        if neve is None or why is None or not trainer.is_global_zero:
             return
-        log_stop(trainer, self.neve)
+        log_stop(trainer, neve, why)
         if self.verbose:
-            print(self.stop_line("epoch"), flush=True)
+            line = self.stop_line("epoch") if neve.stopped_by else self.pruned_line("epoch")
+            print(line, flush=True)
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

@@ -317,15 +317,7 @@ def run_trial(
     if method in ("asha", "asha_es"):
         train_set, val_set = validation_split(bundle.train, study.val_fraction, seed=seed)
 
-    torch.manual_seed(seed)
-    model = (
-        model_fn()
-        if model_fn is not None
-        else create_model(
-            study.model, bundle.num_classes, bundle.input_shape, **study.model_options
-        )
-    )
-    model = model.to(device)
+    model = _trial_model(study, bundle, seed, model_fn).to(device)
     optimizer = make_optimizer(model, cfg)
     on_epoch, extra_forward = selection_hook(study, method, bundle.train, seed, model, on_epoch)
     controller = make_controller(
@@ -358,9 +350,7 @@ def run_trial(
         pc_subset_size=study.pc_subset_size,
     )
     fitted.cost.probe_samples += extra_forward()
-    best_weights = getattr(controller, "best_weights", None)
-    if best_weights is not None:  # final="best_checkpoint": the run delivers its best epoch
-        model.load_state_dict(best_weights)
+    _deliver_best_epoch(model, controller)
     objective, best_epoch = trial_objective(study, method, fitted.history, controller.state_dict())
     result = TrialResult(
         config=cfg,
@@ -378,3 +368,20 @@ def run_trial(
         loss, acc, n = evaluate(model, bundle.test, device=device, amp_dtype=amp_dtype(study))
         result.test_acc, result.test_loss, result.test_samples = acc, loss, n
     return result
+
+
+def _deliver_best_epoch(model: torch.nn.Module, controller: Any) -> None:
+    """``final="best_checkpoint"``: a baseline's run delivers its best epoch's weights."""
+    best_weights = getattr(controller, "best_weights", None)
+    if best_weights is not None:
+        model.load_state_dict(best_weights)
+
+
+def _trial_model(
+    study: Study, bundle: DataBundle, seed: int, model_fn: Callable[[], torch.nn.Module] | None
+) -> torch.nn.Module:
+    """The trial's model, initialised under its seed: ``model_fn``'s, else the study's."""
+    torch.manual_seed(seed)
+    if model_fn is not None:
+        return model_fn()
+    return create_model(study.model, bundle.num_classes, bundle.input_shape, **study.model_options)

@@ -494,6 +494,23 @@ def test_an_untrained_run_ends_stalled(tmp_path, capsys):
     ]
 
 
+def test_a_pruned_run_records_and_prints_its_stop(tmp_path, capsys):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0)).ask()
+    neve = NeVeTrainerCallback(trial=trial, verbose=True)
+    trainer = Trainer(
+        model=tiny_bert(), args=_args(tmp_path), train_dataset=Tokens(), callbacks=[neve]
+    )
+    with pytest.raises(optuna.TrialPruned):
+        trainer.train()
+    # the pruner stopped it at the first measurement, the controller had not: "pruned"
+    assert neve.stopped_by is None and neve.history[-1]["stopped_by"] == "pruned"
+    logged = [e["neve_stopped_by"] for e in trainer.state.log_history if "neve_stopped_by" in e]
+    assert logged == ["pruned"]
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("NeVeTrainer")]
+    assert lines == ["NeVeTrainerCallback: stopped by the trial's pruner at epoch 1 (pruned)"]
+
+
 def test_patience_auto_follows_the_trainer_budget(tmp_path):
     for epochs, every, options, budget, expected in [
         (100, None, {}, 100, 5),

@@ -275,6 +275,31 @@ def test_optuna_study_prunes_and_converges():
         assert all("train_loss" in m and "velocity" in m for m in history)
 
 
+def test_a_pruned_run_records_and_prints_its_stop(capsys):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0)).ask()
+    neve = NeVeCallback(trial=trial, verbose=True)
+    recorded: list[dict] = []
+
+    class Recorder(pl.loggers.Logger):
+        name, version = "recorder", 0
+
+        def log_hyperparams(self, params, *args, **kwargs) -> None:
+            recorded.append(dict(params))
+
+        def log_metrics(self, metrics, step=None) -> None:
+            pass
+
+    trainer = _trainer([neve], logger=Recorder(), max_epochs=5)
+    with pytest.raises(optuna.TrialPruned):
+        trainer.fit(Net(lr=0.5), _loader())
+    # the pruner stopped it at the first epoch, the controller had not: "pruned", everywhere
+    assert neve.stopped_by is None and neve.history[-1]["stopped_by"] == "pruned"
+    assert [p["neve_stopped_by"] for p in recorded if "neve_stopped_by" in p] == ["pruned"]
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("NeVeCallback")]
+    assert lines == ["NeVeCallback: stopped by the trial's pruner at epoch 1 (pruned)"]
+
+
 class _DestroyProcessGroup(pl.Callback):
     """Tears the gloo group down in step on every rank. A spawned rank that exits with the
     group alive can abort in gloo's worker threads at interpreter exit (SIGABRT, "terminate

@@ -191,3 +191,23 @@ def test_summarize_picks_by_the_studys_selection():
         assert summarize(results, "auto")["best"]["trial_id"] == auto_pick
     with pytest.raises(ValueError, match="selection must be one of"):
         summarize(results, "vote")
+
+
+def test_summarize_auto_without_the_subsets_fit_warns_and_picks_by_the_objective():
+    """As ``pick_trial(study, "auto")`` does: no finished trial recorded ``subset_fit``."""
+    import warnings
+
+    from neve_tune.ray import summarize
+
+    def trial(tid, objective, fit=None):
+        result = {"objective": objective, **({} if fit is None else {"subset_fit": fit})}
+        return SimpleNamespace(trial_id=tid, config={}, last_result=result, error_file=None)
+
+    bare = SimpleNamespace(trials=[trial("a", 0.3), trial("b", 0.1)])
+    with pytest.warns(UserWarning, match="no finished trial reported subset_fit") as caught:
+        assert summarize(bare, "auto")["best"]["trial_id"] == "b"
+    assert len(caught) == 1 and "SelectionSubset" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # with the fit recorded, or another rule: no warning
+        summarize(SimpleNamespace(trials=[trial("a", 0.3, 0.99), trial("b", 0.1)]), "auto")
+        summarize(bare, "objective")

@@ -72,7 +72,9 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
     With a ``trial`` (given here, or learnt through :meth:`track_trial` under
     ``Trainer.hyperparameter_search(backend="optuna")``) each measurement is reported with
     :func:`neve_tune.optuna.report_epoch` and ``optuna.TrialPruned`` is raised when
-    ``trial.should_prune()``. :meth:`attach` makes a search's objective NeVe's, with no
+    ``trial.should_prune()``, the stop recorded first (``neve_stopped_by`` in ``log_history``
+    and the last measurement's ``stopped_by``: the controller's reason, else ``"pruned"``).
+    :meth:`attach` makes a search's objective NeVe's, with no
     ``eval_dataset`` (:mod:`neve_tune.hf._search`). Keep ``eval_strategy="no"``.
 
     The probe: ``probe``, or one built from ``train_dataset[0][probe_key]`` (integer ids:
@@ -341,6 +343,9 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
             if self.trial.should_prune():
                 import optuna
 
+                # recorded as the Ray scheduler's stop is: the controller's own word, else "pruned"
+                metrics["stopped_by"] = neve.stopped_by or "pruned"
+                self._report_stop(state, metrics["stopped_by"])
                 raise optuna.TrialPruned(
                     f"pruned at measurement {metrics['epoch']} (step {state.global_step})"
                 )
@@ -349,14 +354,14 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
             self._report_stop(state)
         return control
 
-    def _report_stop(self, state: Any) -> None:
-        """The stop reason in the Trainer's ``log_history``, and one printed line with
-        ``verbose``."""
+    def _report_stop(self, state: Any, why: str | None = None) -> None:
+        """The stop reason (``why``: the controller's, or ``"pruned"`` by the trial's pruner)
+        in the Trainer's ``log_history``, and one printed line with ``verbose``."""
         neve = self.neve
         assert neve is not None
         state.log_history.append(
             {
-                "neve_stopped_by": neve.stopped_by,
+                "neve_stopped_by": why or neve.stopped_by,
                 "neve_stop_measurement": neve.epoch,
                 "neve_best_measurement": neve.best_epoch,
                 "neve_kept_train_loss": neve.kept()["kept_train_loss"],
@@ -364,4 +369,5 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
             }
         )
         if self.verbose and state.is_world_process_zero:
-            print(self.stop_line("epoch" if not self.every_n_steps else "measurement"), flush=True)
+            unit = "epoch" if not self.every_n_steps else "measurement"
+            print(self.stop_line(unit) if neve.stopped_by else self.pruned_line(unit), flush=True)

@@ -27,6 +27,17 @@ __all__ = ["NeVePruner", "PRUNER_SIGNALS"]
 PRUNER_SIGNALS = ("velocity", "train_loss", "consensus", "auto")
 
 
+def _diverged(reported: float, epoch: dict[str, Any]) -> bool:
+    """Rule 1: a non-finite velocity (reported NaN) or loss, or the controller's flag (JSON
+    stores NaN and inf as null, so a present null is a non-finite value)."""
+    if not math.isfinite(reported) or epoch.get("diverged"):
+        return True
+    if "train_loss" in epoch and not is_finite(epoch["train_loss"]):
+        return True
+    velocity = epoch.get("velocity")
+    return "velocity" in epoch and velocity is not None and not is_finite(velocity)
+
+
 class NeVePruner(BasePruner):
     """Pruner for NeVe searches: asynchronous successive halving on a validation-free
     signal, plus divergence pruning.
@@ -270,32 +281,9 @@ class NeVePruner(BasePruner):
         epoch = epoch if isinstance(epoch, dict) else {}
 
         # 1. diverged: non-finite velocity (reported NaN) or loss, or flagged by the controller
-        #    (JSON stores NaN/inf as null, so a present null is a non-finite value)
-        if not math.isfinite(reported) or epoch.get("diverged"):
+        if _diverged(reported, epoch):
             return True
-        if "train_loss" in epoch and not is_finite(epoch["train_loss"]):
-            return True
-        if (
-            "velocity" in epoch
-            and epoch["velocity"] is not None
-            and not is_finite(epoch["velocity"])
-        ):
-            return True
-        if self._signal in ("consensus", "auto") and not isinstance(epoch.get("subset_pred"), str):
-            raise ValueError(
-                f"NeVePruner(signal={self._signal!r}) found no 'subset_pred' in epoch {step} of "
-                f"trial {trial.number}: record the predictions on the fixed subset with "
-                "Study(selection_subset=500) (or report 'subset_pred', "
-                "neve_tune.selection.SelectionSubset.predict, each epoch)"
-            )
-        if self._signal in ("train_loss", "auto") and "train_loss" not in epoch:
-            raise ValueError(
-                f"NeVePruner(signal='train_loss') found no 'train_loss' in epoch {step} of trial "
-                f"{trial.number} "
-                f"(user attribute {epoch_key(step)!r}): report the epoch's mean training loss, "
-                "e.g. report_epoch(trial, {'epoch': e, 'velocity': v, 'train_loss': loss}), "
-                "or prune on velocity alone with NeVePruner(signal='velocity')"
-            )
+        self._check_epoch(trial.number, step, epoch)
 
         # 2. converged: never pruned (but its values still enter the rungs below)
         converged = bool(epoch.get("neve_stop"))
@@ -309,6 +297,19 @@ class NeVePruner(BasePruner):
             return True
 
         # 5. successive-halving rungs on the signal, oriented so "better" = lower signal
+        return self._rung_prunes(study, trial, step, epoch, sign, converged)
+
+    def _rung_prunes(
+        self,
+        study: optuna.study.Study,
+        trial: optuna.trial.FrozenTrial,
+        step: int,
+        epoch: dict[str, Any],
+        sign: float,
+        converged: bool,
+    ) -> bool:
+        """Rule 5: whether the trial loses at a rung of the signal this decision uses (a
+        converged trial never does, though its value still enters the halving rungs)."""
         if self._signal_at(study) == "consensus":
             index = rung_index(
                 step, self._min_resource, self._reduction_factor, self._min_early_stopping_rate
@@ -323,9 +324,26 @@ class NeVePruner(BasePruner):
             if self._signal == "velocity"
             else float(epoch["train_loss"])
         )
-        view = with_step_value(trial, step, sign * value)
-        pruned = self._sha.prune(study, view)
+        pruned = self._sha.prune(study, with_step_value(trial, step, sign * value))
         return pruned and not converged
+
+    def _check_epoch(self, number: int, step: int, epoch: dict[str, Any]) -> None:
+        """Refuse an epoch that lacks what the rung signal reads, naming what to report."""
+        if self._signal in ("consensus", "auto") and not isinstance(epoch.get("subset_pred"), str):
+            raise ValueError(
+                f"NeVePruner(signal={self._signal!r}) found no 'subset_pred' in epoch {step} of "
+                f"trial {number}: record the predictions on the fixed subset with "
+                "Study(selection_subset=500) (or report 'subset_pred', "
+                "neve_tune.selection.SelectionSubset.predict, each epoch)"
+            )
+        if self._signal in ("train_loss", "auto") and "train_loss" not in epoch:
+            raise ValueError(
+                f"NeVePruner(signal='train_loss') found no 'train_loss' in epoch {step} of trial "
+                f"{number} "
+                f"(user attribute {epoch_key(step)!r}): report the epoch's mean training loss, "
+                "e.g. report_epoch(trial, {'epoch': e, 'velocity': v, 'train_loss': loss}), "
+                "or prune on velocity alone with NeVePruner(signal='velocity')"
+            )
 
     def _signal_at(self, study: optuna.study.Study) -> str:
         """The rung signal of this decision: ``"auto"`` resolved from the finished trials."""

@@ -151,12 +151,7 @@ def run_worker(
         max_retry=max_retry,
     )
     search.pruner = _pruner(search, method, pruner, pruner_options, study)
-    if (
-        checkpoint_dir is None
-        and storage_kind(storage) == "rdb"
-        and heartbeat_interval is not None
-        and log
-    ):
+    if checkpoint_dir is None and storage_kind(storage) == "rdb" and heartbeat_interval and log:
         log(
             "note: no checkpoint directory, so a retried trial restarts from epoch 0 (pass "
             "--checkpoint-dir)"
@@ -175,32 +170,40 @@ def run_worker(
     mine: list[int] = []
     cbs, n_trials = trial_callbacks(mine, log, callbacks, total_trials, n_trials, timeout, stop)
     if log:
-        where = "<in-memory>" if storage_kind(storage) == "memory" else redact_url(storage)
-        log(
-            f"worker {os.getpid()}: study {search.study_name!r} in {where}, method={method}, "
-            f"pruner={search.pruner!r}, sampler={search.sampler!r}, "
-            f"trials={n_trials or 'unbounded'}"
-        )
-    t0 = time.perf_counter()
-    optimize(
-        search,
-        objective,
-        stop,
-        n_trials=n_trials,
-        timeout=timeout,
-        callbacks=cbs,
-        max_retry=max_retry,
-    )
-    if log:
-        log(
-            closing_line(
-                search,
-                len(mine),
-                time.perf_counter() - t0,
-                study.selection if method == "neve" else "objective",
-            )
-        )
+        log(_opening_line(search, storage, method, n_trials))
+    selection = study.selection if method == "neve" else "objective"
+    run = {"n_trials": n_trials, "timeout": timeout, "callbacks": cbs, "max_retry": max_retry}
+    _optimize_and_close(search, objective, stop, run, mine, selection, log)
     return search
+
+
+def _optimize_and_close(
+    search: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    stop: PoliteStop,
+    run: dict[str, Any],
+    mine: list[int],
+    selection: str,
+    log: Callable[[str], None] | None,
+) -> None:
+    """Run the trials (``run``: :func:`optimize`'s options), then print the closing line:
+    this worker's trials, its time, and the study's pick by ``selection``."""
+    t0 = time.perf_counter()
+    optimize(search, objective, stop, **run)
+    if log:
+        log(closing_line(search, len(mine), time.perf_counter() - t0, selection))
+
+
+def _opening_line(
+    search: optuna.Study, storage: str | None, method: str, n_trials: int | None
+) -> str:
+    """What a worker prints as it starts: its study, storage, method, pruner, sampler."""
+    where = "<in-memory>" if storage_kind(storage) == "memory" else redact_url(storage)
+    return (
+        f"worker {os.getpid()}: study {search.study_name!r} in {where}, method={method}, "
+        f"pruner={search.pruner!r}, sampler={search.sampler!r}, "
+        f"trials={n_trials or 'unbounded'}"
+    )
 
 
 def _writable_study(

@@ -4,12 +4,22 @@ objective or by the consensus of the trials' predictions)."""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 from .._checks import check_choice
 from ._trainable import reported_metrics
 
-__all__ = ["summarize"]
+__all__ = ["AUTO_WITHOUT_DATA", "summarize"]
+
+#: what summarize(..., "auto") says when no finished trial recorded what it decides on
+AUTO_WITHOUT_DATA = (
+    "summarize(selection='auto'): no finished trial reported subset_fit, so 'auto' cannot tell "
+    "noisy labels and picks by the objective; record it in your trainable with "
+    "neve_tune.selection.SelectionSubset.from_dataset(train_set, 500, seed=0) (the same seed in "
+    "every trial): codes = subset.predict(model); metrics.update(subset_pred=codes, "
+    "subset_fit=subset.fit(codes)) before report_epoch (docs/ray.md)"
+)
 
 
 def _results(results: Any) -> list[Any]:
@@ -26,7 +36,9 @@ def _results(results: Any) -> list[Any]:
 def summarize(results: Any, selection: str = "objective") -> dict[str, Any]:
     """Per-trial rows and the winning finished trial of a search: the lowest ``objective``,
     or by ``selection`` (``"consensus"``, or ``"auto"``: the consensus once the finished
-    trials' ``subset_fit`` says the labels are noisy; :mod:`neve_tune.selection`)."""
+    trials' ``subset_fit`` says the labels are noisy; :mod:`neve_tune.selection`). ``"auto"``
+    with no finished trial's ``subset_fit`` warns (:data:`AUTO_WITHOUT_DATA`) and picks by
+    the objective, as :func:`neve_tune.optuna.pick_trial` does."""
     from ..selection import consensus_winner, selection_mode
 
     check_choice("selection", selection, ("objective", "consensus", "auto"))
@@ -57,6 +69,8 @@ def summarize(results: Any, selection: str = "objective") -> dict[str, Any]:
         r for r in rows if isinstance(r.get("objective"), float) and math.isfinite(r["objective"])
     ]
     if selection == "auto":
+        if finished and not any(r["trial_id"] in fits for r in finished):
+            warnings.warn(AUTO_WITHOUT_DATA, UserWarning, stacklevel=2)
         selection = selection_mode([fits.get(r["trial_id"]) for r in finished])
     if selection == "consensus" and finished:
         winner = consensus_winner(preds, [r["trial_id"] for r in finished])

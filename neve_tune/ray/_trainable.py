@@ -193,6 +193,23 @@ def _set_threads() -> None:
     torch.set_num_threads(max(1, int(cpus)))
 
 
+def _restore_checkpoint(local: Path) -> int:
+    """Copy the trial's Tune checkpoint (if any) to ``local``; the epochs Tune already has
+    results of (0 without a checkpoint)."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as d:
+        src = Path(d, CHECKPOINT_FILE)
+        if not src.is_file():
+            raise FileNotFoundError(
+                f"checkpoint {checkpoint.path} has no {CHECKPOINT_FILE}: not a "
+                "neve_trainable checkpoint"
+            )
+        shutil.copy2(src, local)
+        return _reported_epoch(d)
+
+
 def _make_train_fn(
     study: Study,
     method: str,
@@ -212,17 +229,7 @@ def _make_train_fn(
         last: dict[str, Any] = {}
         reported = 0  # epochs Tune has results of: a run started over does not report them again
         try:
-            checkpoint = tune.get_checkpoint()
-            if checkpoint is not None:
-                with checkpoint.as_directory() as d:
-                    src = Path(d, CHECKPOINT_FILE)
-                    if not src.is_file():
-                        raise FileNotFoundError(
-                            f"checkpoint {checkpoint.path} has no {CHECKPOINT_FILE}: not a "
-                            "neve_trainable checkpoint"
-                        )
-                    shutil.copy2(src, local)
-                    reported = _reported_epoch(d)
+            reported = _restore_checkpoint(local)
 
             def on_epoch(m: dict[str, Any]) -> None:
                 if m["epoch"] <= reported and m["stopped_by"] is None:
@@ -232,9 +239,7 @@ def _make_train_fn(
                     m, epochs_equiv=cost.epochs_equiv(len(bundle.train)), node_id=node_id
                 )
                 del metrics["stopped_by"]  # reported with the summary, on the last epoch only
-                if (
-                    m["stopped_by"] is not None
-                ):  # the last epoch: reported with the final record below
+                if m["stopped_by"] is not None:  # the last epoch: reported with the final record
                     last.update(metrics)
                     return
                 _report(metrics, local)
