@@ -22,17 +22,11 @@ import torch
 
 from ._checks import check_float, check_int
 from ._forward import check_probe_target
-from ._rules import auto_patience, resolve_patience
+from ._rules import resolve_patience
 from .control import NeVe
 from .prediction_changes import PredictionChanges, SubsetPredictionChanges
 
-__all__ = [
-    "CallbackSettings",
-    "auto_patience",
-    "check_controller_options",
-    "check_trial",
-    "stop_reason",
-]
+__all__ = ["CallbackSettings", "check_controller_options", "check_trial", "stop_reason"]
 
 # set by the callback itself, never through **controller_options
 _OWN = {"self", "optimizer", "velocity", "threshold"}

@@ -41,13 +41,11 @@ from ._checks import check_int
 from ._passes import batches, evaluate, train_epoch
 from .checkpoint import (
     CheckpointError,
-    CheckpointWriteError,
     DamagedCheckpointError,
     check_guard,
     first_line,
     fit_payload,
     load_checkpoint,
-    load_state_file,
     save_checkpoint,
     set_rng_state,
 )
@@ -57,24 +55,9 @@ from .prediction_changes import (
     SubsetPredictionChanges,
 )
 from .probe import module_device
-from .records import METRIC_NAMES, Cost
+from .records import Cost
 
-__all__ = [
-    "CheckpointError",
-    "CheckpointWriteError",
-    "Cost",
-    "DamagedCheckpointError",
-    "FitResult",
-    "METRIC_NAMES",
-    "PredictionChanges",
-    "batches",
-    "evaluate",
-    "fit",
-    "load_checkpoint",
-    "load_state_file",
-    "save_checkpoint",
-    "train_epoch",
-]
+__all__ = ["FitResult", "batches", "evaluate", "fit", "train_epoch"]
 
 logger = logging.getLogger("neve_tune")
 

@@ -20,7 +20,7 @@ from ._records import (
     GRACE_PERIOD,
     REDUCTION_FACTOR,
 )
-from ._report import _run_line
+from ._report import run_line
 from ._variants import BaselineVariant, parse_variants, strongest_baseline
 
 __all__ = ["BACKENDS", "NEVE_SIGNALS", "compare", "compare_searches"]
@@ -226,7 +226,7 @@ def _repeats(
             )
             runs.append(run)
             if progress and "cost_ratio" in run:
-                bar.write(_run_line(run))
+                bar.write(run_line(run))
     finally:
         bar.close()
         if started_ray:  # a Ray that compare started is compare's to stop

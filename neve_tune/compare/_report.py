@@ -9,7 +9,7 @@ from typing import Any
 from .._json import write_json
 from ..records import SEARCH_METHODS as SEARCHES
 
-__all__ = ["summary_table", "write_outputs"]
+__all__ = ["run_line", "summary_table", "write_outputs"]
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -21,7 +21,7 @@ def _names(record: Mapping[str, Any]) -> list[str]:
     return list(record.get("searches") or [m for m in SEARCHES if m in record])
 
 
-def _run_line(run: Mapping[str, Any]) -> str:
+def run_line(run: Mapping[str, Any]) -> str:
     parts = [f"seed {run['seed']}:"]
     for m in _names(run):
         if m in run:

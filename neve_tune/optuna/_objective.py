@@ -19,12 +19,18 @@ from optuna.trial import BaseTrial, FrozenTrial
 from sqlalchemy.exc import SQLAlchemyError
 
 from .._checks import check_choice
-from ..checkpoint import CheckpointError, CheckpointWriteError, DamagedCheckpointError, first_line
+from ..checkpoint import (
+    CheckpointError,
+    CheckpointWriteError,
+    DamagedCheckpointError,
+    first_line,
+    load_checkpoint,
+)
 from ..data import DataBundle
 from ..records import SEARCH_METHODS, Cost, TrialResult
 from ..space import Choice, IntUniform, LogUniform, Uniform
 from ..study import Study, load_study
-from ..train import load_checkpoint, warn_damaged
+from ..train import warn_damaged
 from ..trial import run_trial
 from ._report import report_epoch, running_trial, trial_history
 from ._stop import Abandon, PoliteStop

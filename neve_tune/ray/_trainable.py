@@ -34,7 +34,6 @@ from ..trial import run_trial
 __all__ = [
     "CHECKPOINT_FILE",
     "SUMMARY_KEYS",
-    "check_resources",
     "check_resources_available",
     "neve_trainable",
     "reported_metrics",
