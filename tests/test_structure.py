@@ -356,11 +356,11 @@ def _hub_names(path: Path) -> list[str]:
     """Re-exports that make ``path`` a hub: any re-export of a private module (its names
     have one home), and a public module's re-export of another public module's names (a
     public module may gather its own private parts, as ``velocity`` does ``_layers``)."""
-    private = path.stem.startswith("_")
+    private = any(part.startswith("_") for part in _module_name(path).split(".")[1:])
     return [
         f"{name} (from {source})"
         for name, source in _reexports(path).items()
-        if private or not source.rsplit(".", 1)[-1].startswith("_")
+        if private or not any(part.startswith("_") for part in source.split(".")[1:])
     ]
 
 
@@ -390,11 +390,7 @@ def test_no_module_re_exports_another_module_s_names(path: Path) -> None:
 
 # the Lightning and Hugging Face callbacks and the helpers they share
 INTEGRATIONS = [
-    p
-    for p in SOURCES
-    if p.relative_to(PACKAGE).parts[0] in ("hf", "lightning.py")
-    or p.name.startswith("_lightning")
-    or p.name in ("_callbacks.py", "_forward.py", "_pc_source.py", "_lr_compose.py")
+    p for p in SOURCES if p.relative_to(PACKAGE).parts[0] in ("hf", "lightning.py", "_callbacks")
 ]
 
 
@@ -425,9 +421,66 @@ def _optuna_imports_outside_functions(path: Path) -> list[str]:
 def test_the_callbacks_import_optuna_only_when_given_a_trial() -> None:
     """Optuna is imported by a callback's methods once the user gave it an Optuna trial
     (checking it, reporting to it, pruning), never when the callback's module is imported."""
-    assert {"lightning.py", "_callback.py", "_callbacks.py"} <= {p.name for p in INTEGRATIONS}
+    assert {"lightning.py", "_callback.py", "forward.py"} <= {p.name for p in INTEGRATIONS}
     found = [hit for path in INTEGRATIONS for hit in _optuna_imports_outside_functions(path)]
     assert not found, f"Optuna imported at import time by the callbacks: {found}"
+
+
+def _layers() -> list[tuple[int, str, list[str]]]:
+    """docs/layout.md's layer table: (number, name, the files and packages it holds)."""
+    text = (ROOT / "docs" / "layout.md").read_text()
+    block = text[text.index("## Layers") :].split("```")[1]
+    layers: list[tuple[int, str, list[str]]] = []
+    for line in block.strip("\n").splitlines():
+        head = re.match(r"(\d+) (\w+)\s+(.*)", line)
+        entries = head.group(3) if head else line
+        if head:
+            layers.append((int(head.group(1)), head.group(2), []))
+        layers[-1][2].extend(e.strip() for e in entries.split(",") if e.strip())
+    return layers
+
+
+def _layer_of() -> dict[str, tuple[int, str]]:
+    """Every module of the package -> (layer number, layer name), by docs/layout.md."""
+    where: dict[str, tuple[int, str]] = {}
+    for number, name, entries in _layers():
+        for entry in entries:
+            prefix = "neve_tune" + ("." + entry.rstrip("/") if entry != "__init__.py" else "")
+            prefix = prefix.removesuffix(".py")
+            for module in MODULES:
+                inside = entry.endswith("/") and module.startswith(prefix + ".")
+                if module == prefix or inside:
+                    where[module] = (number, name)
+    return where
+
+
+def _upward_imports(graph: dict[str, set[str]], where: dict[str, tuple[int, str]]) -> list[str]:
+    return [
+        f"{src} ({where[src][1]}) imports {dst} ({where[dst][1]})"
+        for src, targets in sorted(graph.items())
+        for dst in sorted(targets)
+        if where[dst][0] > where[src][0]
+    ]
+
+
+def test_the_layer_table_places_every_module_once() -> None:
+    layers = _layers()
+    assert [n for n, _, _ in layers] == sorted((n for n, _, _ in layers), reverse=True)
+    entries = [e for _, _, es in layers for e in es]
+    assert len(entries) == len(set(entries)), "a file is in two layers of docs/layout.md"
+    missing = sorted(set(MODULES) - set(_layer_of()))
+    assert not missing, f"docs/layout.md's layer table does not place {missing}"
+    where = {"a": (0, "low"), "b": (1, "high")}
+    assert _upward_imports({"a": {"b"}, "b": {"a"}}, where) == ["a (low) imports b (high)"]
+
+
+def test_no_layer_imports_a_higher_one() -> None:
+    """velocity -> rules -> signals -> training -> backends -> integrations -> cli: a layer
+    imports only its own and lower ones (docs/layout.md, "Layers"), function-level imports
+    included."""
+    graph = {name: _imports(path) for name, path in MODULES.items()}
+    upward = _upward_imports(graph, _layer_of())
+    assert not upward, f"imports that point up a layer: {upward}"
 
 
 def test_core_imports_neither_optuna_nor_ray() -> None:
