@@ -36,55 +36,24 @@ def run_line(run: Mapping[str, Any]) -> str:
 def summary_table(result: Mapping[str, Any]) -> str:
     """The terminal table: one row per search (means over seeds, ± std); each block is
     explained in docs/compare.md, "Reading the output"."""
-    n = len(result["runs"])
-    data = "".join(
-        f" · {k} {v}" for k, v in (result.get("data_options") or {}).items() if k != "data_root"
-    )
-    head = (
-        f"{result['study']}{data} · backend {result['backend']} · {result['trials']} trials · "
-        f"max_epochs {result['max_epochs']} · {n} seed{'s' if n > 1 else ''}"
-    )
     names = _names(result)
     strongest = result.get("strongest_baseline")
     w = max([9] + [len(m) + 2 for m in names])
     rows = [
-        head,
+        _head(result),
         "",
         f"{'search':{w}s} {'test acc (final model)':>24s} {'cost to final model':>22s} "
         f"{'search cost':>18s} {'wall s':>8s}",
         f"{'':{w}s} {'mean ± std':>24s} {'epochs-equiv':>22s} {'epochs-equiv':>18s} {'':>8s}",
     ]
-
-    def pm(d: Mapping[str, Any], key: str, scale: float = 1.0, fmt: str = ".3f") -> str:
-        if d.get(key) is None:
-            return "-"
-        return f"{scale * d[key]:{fmt}} ± {scale * (d.get(key + '_std') or 0.0):{fmt.lstrip('+')}}"
-
-    for m in names:
-        r = result[m]
-        acc = (
-            f"{100 * r['test_acc']:.2f} ± {100 * (r['test_acc_std'] or 0):.2f} %"
-            if r["test_acc"] is not None
-            else "-"
-        )
-        cost = pm(
-            {"c": r["cost"]["epochs_equiv"], "c_std": r["cost_std"]["epochs_equiv"]}, "c", fmt=".1f"
-        )
-        scost = pm(
-            {"c": r["search_cost"]["epochs_equiv"], "c_std": r["search_cost_std"]["epochs_equiv"]},
-            "c",
-            fmt=".1f",
-        )
-        label = m + (" *" if m == strongest else "")
-        wall = r["cost"]["wall_s"] or 0.0
-        rows.append(f"{label:{w}s} {acc:>24s} {cost:>22s} {scost:>18s} {wall:8.1f}")
+    rows += [_search_row(m + (" *" if m == strongest else ""), result[m], w) for m in names]
     vs = result.get("vs") or {"asha": result, "asha_es": result.get("vs_asha_es")}
     for base, d in vs.items():
         if d and "cost_ratio" in d:
             rows.append(
-                f"NeVe vs {base:{w - 1}s} cost ratio {pm(d, 'cost_ratio')}   search cost ratio "
-                f"{pm(d, 'search_cost_ratio')}   "
-                f"test acc diff {pm(d, 'test_acc_diff', 100, '+.2f')} pt"
+                f"NeVe vs {base:{w - 1}s} cost ratio {_pm(d, 'cost_ratio')}   search cost ratio "
+                f"{_pm(d, 'search_cost_ratio')}   "
+                f"test acc diff {_pm(d, 'test_acc_diff', 100, '+.2f')} pt"
             )
     if strongest:
         rows.append(
@@ -99,6 +68,44 @@ def summary_table(result: Mapping[str, Any]) -> str:
     for note in result.get("notes") or []:
         rows.append(f"note (seed {note['seed']}): {note['text']}")
     return "\n".join(rows)
+
+
+def _head(result: Mapping[str, Any]) -> str:
+    """The table's first line: the study, its data options, the search settings."""
+    n = len(result["runs"])
+    data = "".join(
+        f" · {k} {v}" for k, v in (result.get("data_options") or {}).items() if k != "data_root"
+    )
+    return (
+        f"{result['study']}{data} · backend {result['backend']} · {result['trials']} trials · "
+        f"max_epochs {result['max_epochs']} · {n} seed{'s' if n > 1 else ''}"
+    )
+
+
+def _pm(d: Mapping[str, Any], key: str, scale: float = 1.0, fmt: str = ".3f") -> str:
+    """``d[key] ± d[key_std]`` (scaled), or ``-`` without a value."""
+    if d.get(key) is None:
+        return "-"
+    return f"{scale * d[key]:{fmt}} ± {scale * (d.get(key + '_std') or 0.0):{fmt.lstrip('+')}}"
+
+
+def _search_row(label: str, r: Mapping[str, Any], w: int) -> str:
+    """One search's row: final model's test accuracy, cost to it, search cost, wall time."""
+    acc = (
+        f"{100 * r['test_acc']:.2f} ± {100 * (r['test_acc_std'] or 0):.2f} %"
+        if r["test_acc"] is not None
+        else "-"
+    )
+    cost = _pm(
+        {"c": r["cost"]["epochs_equiv"], "c_std": r["cost_std"]["epochs_equiv"]}, "c", fmt=".1f"
+    )
+    scost = _pm(
+        {"c": r["search_cost"]["epochs_equiv"], "c_std": r["search_cost_std"]["epochs_equiv"]},
+        "c",
+        fmt=".1f",
+    )
+    wall = r["cost"]["wall_s"] or 0.0
+    return f"{label:{w}s} {acc:>24s} {cost:>22s} {scost:>18s} {wall:8.1f}"
 
 
 def write_outputs(

@@ -269,33 +269,9 @@ class NeVePruner(BasePruner):
         epoch = trial.user_attrs.get(epoch_key(step))
         epoch = epoch if isinstance(epoch, dict) else {}
 
-        # 1. diverged: non-finite velocity (reported NaN) or loss, or flagged by the controller
-        #    (JSON stores NaN/inf as null, so a present null is a non-finite value)
-        if not math.isfinite(reported) or epoch.get("diverged"):
+        if _diverged(reported, epoch):  # 1.
             return True
-        if "train_loss" in epoch and not is_finite(epoch["train_loss"]):
-            return True
-        if (
-            "velocity" in epoch
-            and epoch["velocity"] is not None
-            and not is_finite(epoch["velocity"])
-        ):
-            return True
-        if self._signal in ("consensus", "auto") and not isinstance(epoch.get("subset_pred"), str):
-            raise ValueError(
-                f"NeVePruner(signal={self._signal!r}) found no 'subset_pred' in epoch {step} of "
-                f"trial {trial.number}: record the predictions on the fixed subset with "
-                "Study(selection_subset=500) (or report 'subset_pred', "
-                "neve_tune.selection.SelectionSubset.predict, each epoch)"
-            )
-        if self._signal in ("train_loss", "auto") and "train_loss" not in epoch:
-            raise ValueError(
-                f"NeVePruner(signal='train_loss') found no 'train_loss' in epoch {step} of trial "
-                f"{trial.number} "
-                f"(user attribute {epoch_key(step)!r}): report the epoch's mean training loss, "
-                "e.g. report_epoch(trial, {'epoch': e, 'velocity': v, 'train_loss': loss}), "
-                "or prune on velocity alone with NeVePruner(signal='velocity')"
-            )
+        self._check_signal_reported(epoch, step, trial.number)
 
         # 2. converged: never pruned (but its values still enter the rungs below)
         converged = bool(epoch.get("neve_stop"))
@@ -327,6 +303,24 @@ class NeVePruner(BasePruner):
         pruned = self._sha.prune(study, view)
         return pruned and not converged
 
+    def _check_signal_reported(self, epoch: dict[str, Any], step: int, number: int) -> None:
+        """Refuse an epoch without what this pruner's signal ranks on."""
+        if self._signal in ("consensus", "auto") and not isinstance(epoch.get("subset_pred"), str):
+            raise ValueError(
+                f"NeVePruner(signal={self._signal!r}) found no 'subset_pred' in epoch {step} of "
+                f"trial {number}: record the predictions on the fixed subset with "
+                "Study(selection_subset=500) (or report 'subset_pred', "
+                "neve_tune.selection.SelectionSubset.predict, each epoch)"
+            )
+        if self._signal in ("train_loss", "auto") and "train_loss" not in epoch:
+            raise ValueError(
+                "NeVePruner(signal='train_loss') found no 'train_loss' in epoch "
+                f"{step} of trial {number} (user attribute {epoch_key(step)!r}): report the "
+                "epoch's mean training loss, e.g. report_epoch(trial, {'epoch': e, 'velocity': "
+                "v, 'train_loss': loss}), or prune on velocity alone with "
+                "NeVePruner(signal='velocity')"
+            )
+
     def _signal_at(self, study: optuna.study.Study) -> str:
         """The rung signal of this decision: ``"auto"`` resolved from the finished trials."""
         if self._signal != "auto":
@@ -352,3 +346,15 @@ class NeVePruner(BasePruner):
         if isinstance(epoch, dict) and epoch.get("velocity") is not None:
             return float(epoch["velocity"])
         return sign * trial.intermediate_values[step]
+
+
+def _diverged(reported: float, epoch: dict[str, Any]) -> bool:
+    """Rule 1: a non-finite reported value, velocity or training loss, or an epoch the
+    controller flagged ``diverged`` (JSON stores NaN/inf as null, so a present null
+    velocity is a non-finite value only where the epoch reports one)."""
+    if not math.isfinite(reported) or epoch.get("diverged"):
+        return True
+    if "train_loss" in epoch and not is_finite(epoch["train_loss"]):
+        return True
+    velocity = epoch.get("velocity")
+    return velocity is not None and not is_finite(velocity)

@@ -182,6 +182,23 @@ def _reported_epoch(folder: str) -> int:
         return 0
 
 
+def _restore_checkpoint(local: Path) -> int:
+    """Copy the trial's file out of the Tune checkpoint it resumes from, if any, to
+    ``local``; the epoch that checkpoint was reported with (0: a fresh start)."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as d:
+        src = Path(d, CHECKPOINT_FILE)
+        if not src.is_file():
+            raise FileNotFoundError(
+                f"checkpoint {checkpoint.path} has no {CHECKPOINT_FILE}: not a "
+                "neve_trainable checkpoint"
+            )
+        shutil.copy2(src, local)
+        return _reported_epoch(d)
+
+
 def _set_threads() -> None:
     import torch
 
@@ -209,19 +226,9 @@ def _make_train_fn(
         workdir = Path(tempfile.mkdtemp(prefix="neve_trial_"))
         local = workdir / CHECKPOINT_FILE
         last: dict[str, Any] = {}
-        reported = 0  # epochs Tune has results of: a run started over does not report them again
         try:
-            checkpoint = tune.get_checkpoint()
-            if checkpoint is not None:
-                with checkpoint.as_directory() as d:
-                    src = Path(d, CHECKPOINT_FILE)
-                    if not src.is_file():
-                        raise FileNotFoundError(
-                            f"checkpoint {checkpoint.path} has no {CHECKPOINT_FILE}: not a "
-                            "neve_trainable checkpoint"
-                        )
-                    shutil.copy2(src, local)
-                    reported = _reported_epoch(d)
+            # epochs Tune has results of: a run started over does not report them again
+            reported = _restore_checkpoint(local)
 
             def on_epoch(m: dict[str, Any]) -> None:
                 if m["epoch"] <= reported and m["stopped_by"] is None:
@@ -231,9 +238,7 @@ def _make_train_fn(
                     m, epochs_equiv=cost.epochs_equiv(len(bundle.train)), node_id=node_id
                 )
                 del metrics["stopped_by"]  # reported with the summary, on the last epoch only
-                if (
-                    m["stopped_by"] is not None
-                ):  # the last epoch: reported with the final record below
+                if m["stopped_by"] is not None:  # the last epoch: reported with the final record
                     last.update(metrics)
                     return
                 _report(metrics, local)
