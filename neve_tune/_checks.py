@@ -33,14 +33,16 @@ __all__ = [
     "check_mapping",
     "check_resources",
     "check_seed",
+    "is_bool",
     "is_finite",
     "to_float",
+    "unwrap_scalar",
 ]
 
 MAX_SEED = 2**32 - 1  # NumPy and scikit-learn take seeds in [0, 2**32 - 1]; torch takes them too
 
 
-def _unwrap(value: Any) -> Any:
+def unwrap_scalar(value: Any) -> Any:
     """A NumPy scalar or a one-element tensor/array as a Python scalar; others unchanged."""
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
@@ -59,7 +61,8 @@ def _unwrap(value: Any) -> Any:
     return value
 
 
-def _is_bool(value: Any) -> bool:
+def is_bool(value: Any) -> bool:
+    """A Python or NumPy bool (a flag, never a number)."""
     return isinstance(value, bool) or type(value).__name__ in ("bool_", "bool")
 
 
@@ -67,7 +70,7 @@ def check_int(
     name: str, value: Any, *, minimum: int | None = None, allow_none: bool = False
 ) -> int | None:
     """``value`` as an ``int`` (bools refused), at least ``minimum`` when given."""
-    value = _unwrap(value)
+    value = unwrap_scalar(value)
     if value is None and allow_none:
         return None
     allowed = (
@@ -75,7 +78,7 @@ def check_int(
         + (f" >= {minimum}" if minimum is not None else "")
         + (" or None" if allow_none else "")
     )
-    if _is_bool(value) or not isinstance(value, numbers.Integral):
+    if is_bool(value) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be {allowed}, got {value!r}")
     value = int(value)
     if minimum is not None and value < minimum:
@@ -93,16 +96,12 @@ def check_seed(name: str, value: Any, *, allow_none: bool = False) -> int | None
     ...
     ValueError: --seed must be an int in [0, 4294967295], got 4294967296
     """
-    value = _unwrap(value)
+    value = unwrap_scalar(value)
     if value is None and allow_none:
         return None
-    if (
-        _is_bool(value)
-        or not isinstance(value, numbers.Integral)
-        or not 0 <= int(value) <= MAX_SEED
-    ):
+    if is_bool(value) or not isinstance(value, numbers.Integral) or not 0 <= int(value) <= MAX_SEED:
         kind = (
-            TypeError if _is_bool(value) or not isinstance(value, numbers.Integral) else ValueError
+            TypeError if is_bool(value) or not isinstance(value, numbers.Integral) else ValueError
         )
         raise kind(
             f"{name} must be an int in [0, {MAX_SEED}]{' or None' if allow_none else ''}, got "
@@ -161,7 +160,7 @@ def check_float(
     allow_none: bool = False,
 ) -> float | None:
     """``value`` as a finite ``float`` (bools refused) inside the given bounds."""
-    value = _unwrap(value)
+    value = unwrap_scalar(value)
     if value is None and allow_none:
         return None
     if positive:
@@ -176,7 +175,7 @@ def check_float(
         + (" " + " and ".join(parts) if parts else "")
         + (" or None" if allow_none else "")
     )
-    if _is_bool(value) or not isinstance(value, numbers.Real):
+    if is_bool(value) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {allowed}, got {value!r}")
     value = float(value)
     ok = math.isfinite(value)
@@ -202,20 +201,20 @@ def to_float(name: str, value: Any, *, allow_none: bool = False) -> float | None
     ``None`` is returned only when ``allow_none``; anything that is not a real number
     raises ``TypeError`` naming ``name``.
     """
-    value = _unwrap(value)
+    value = unwrap_scalar(value)
     if value is None:
         if allow_none:
             return None
         raise TypeError(f"{name} must be a number, got None")
-    if _is_bool(value) or not isinstance(value, numbers.Real):
+    if is_bool(value) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number (Python, NumPy or 0-d tensor), got {value!r}")
     return float(value)
 
 
 def is_finite(value: Any) -> bool:
     """True for a finite real number (Python, NumPy or 0-d tensor); False for None, NaN, inf."""
-    value = _unwrap(value)
-    if value is None or _is_bool(value) or not isinstance(value, numbers.Real):
+    value = unwrap_scalar(value)
+    if value is None or is_bool(value) or not isinstance(value, numbers.Real):
         return False
     return math.isfinite(float(value))
 

@@ -20,7 +20,14 @@ import torch
 
 from ._checks import check_int, is_finite
 
-__all__ = ["Controller", "check_epochs"]
+__all__ = [
+    "Controller",
+    "Stoppable",
+    "check_epochs",
+    "current_lr",
+    "finite_or_absent",
+    "reopened",
+]
 
 
 @runtime_checkable
@@ -67,12 +74,12 @@ def check_epochs(min_epochs: int, max_epochs: int) -> None:
         raise ValueError(f"min_epochs must be in [0, max_epochs={max_epochs}], got {min_epochs}")
 
 
-def _finite(x: float | None) -> bool:
+def finite_or_absent(x: float | None) -> bool:
     """A metric that is absent (None) or a finite number; NaN/inf mean divergence."""
     return x is None or is_finite(x)
 
 
-def _reopened(stopped_by: str | None, epoch: int, max_epochs: int) -> str | None:
+def reopened(stopped_by: str | None, epoch: int, max_epochs: int) -> str | None:
     """A restored ``stopped_by``, None when the run had stopped only at a cap smaller than
     ``max_epochs``: the cap is a setting, not part of the run, so a larger one continues
     it. Any other stop (velocity, prediction_changes, stalled, diverged, early_stopping)
@@ -82,11 +89,11 @@ def _reopened(stopped_by: str | None, epoch: int, max_epochs: int) -> str | None
     return stopped_by
 
 
-def _lr(optimizer: torch.optim.Optimizer) -> float:
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
-class _Stoppable:
+class Stoppable:
     """What every controller shares: it is over once ``stopped_by`` is set; ``start`` does
     nothing unless the controller has something to record before the first epoch."""
 

@@ -24,7 +24,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-from ._checks import _is_bool, _unwrap
+from ._checks import is_bool, unwrap_scalar
 from .records import METRIC_NAMES
 
 __all__ = ["FLAGS", "check_metric_keys", "close_metric_name"]
@@ -57,15 +57,16 @@ def check_metric_keys(metrics: Any) -> Mapping[str, Any]:
                 f"metrics has {key!r}: did you mean {near!r}? (a metric NeVe reads); "
                 f"its keys: {keys}"
             )
-    velocity = _unwrap(metrics.get("velocity"))  # its type: each backend's check (arrays, strings)
-    number = isinstance(velocity, numbers.Real) and not _is_bool(velocity)
+    # its type is each backend's check (arrays, strings)
+    velocity = unwrap_scalar(metrics.get("velocity"))
+    number = isinstance(velocity, numbers.Real) and not is_bool(velocity)
     if number and not math.isnan(velocity) and velocity < 0:
         raise ValueError(
             f"metrics['velocity'] must be >= 0 (a velocity is a mean absolute change; "
             f"NaN or inf mark divergence), got {velocity!r}"
         )
     for key in FLAGS:
-        value = _unwrap(metrics.get(key))
-        if value is not None and not _is_bool(value):
+        value = unwrap_scalar(metrics.get(key))
+        if value is not None and not is_bool(value):
             raise TypeError(f"metrics[{key!r}] must be a bool, got {value!r}")
     return metrics

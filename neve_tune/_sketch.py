@@ -176,33 +176,11 @@ def sketch(
     average the errors out.
     """
     a, c, r = y.shape
-    if r == 1:  # rows; u[j] signs the j-th block of width rows this call touches
-        z = y.view(a, c).float() * s.view(a, 1)  # 2-D: a trailing size-1 dim makes the product slow
-        out = z.new_zeros(width, c)
-        start = row0 % width
-        head = min(a, width - start) if start else 0
-        if head:
-            out[start : start + head] += z[:head] * u[0]
-        rest = z[head:]
-        j = 1 if head else 0
-        q = rest.shape[0] // width
-        if q:
-            out += rest[: q * width].view(q, width, c).mul_(u[j : j + q].unsqueeze(1)).sum(0)
-        tail = rest.shape[0] - q * width
-        if tail:
-            out[:tail] += rest[q * width :] * u[j + q]
-        return out
+    if r == 1:
+        return _sketch_rows(y.view(a, c), s, u, row0=row0, width=width)
     z = y.float() * s.view(a, 1, r)
     if r >= width:
-        w = z.mul_(u.unsqueeze(2)).sum(0)  # [C, R]: sum over rows
-        if v is None:
-            return w.t()
-        w = w * v
-        q = r // width
-        out = w[:, : q * width].reshape(c, q, width).sum(1)
-        if r > q * width:
-            out[:, : r - q * width] += w[:, q * width :]
-        return out.t()
+        return _sketch_positions(z, u, v, width)
     g = width // r
     z.mul_(u.unsqueeze(2))
     pre = row0 % g
@@ -214,6 +192,46 @@ def sketch(
     if a > full:
         w[: a - full] += z[full:]
     return w.permute(0, 2, 1).reshape(g * r, c)
+
+
+def _sketch_rows(
+    y: torch.Tensor, s: torch.Tensor, u: torch.Tensor, *, row0: int, width: int
+) -> torch.Tensor:
+    """:func:`sketch` of an output ``[A, C]`` (``R == 1``): row ``n`` to bucket ``n mod
+    width``, ``u[j]`` signing the j-th block of ``width`` rows this call touches."""
+    a, c = y.shape
+    z = y.float() * s.view(a, 1)  # 2-D: a trailing size-1 dim makes the product slow
+    out = z.new_zeros(width, c)
+    start = row0 % width
+    head = min(a, width - start) if start else 0
+    if head:
+        out[start : start + head] += z[:head] * u[0]
+    rest = z[head:]
+    j = 1 if head else 0
+    q = rest.shape[0] // width
+    if q:
+        out += rest[: q * width].view(q, width, c).mul_(u[j : j + q].unsqueeze(1)).sum(0)
+    tail = rest.shape[0] - q * width
+    if tail:
+        out[:tail] += rest[q * width :] * u[j + q]
+    return out
+
+
+def _sketch_positions(
+    z: torch.Tensor, u: torch.Tensor, v: torch.Tensor | None, width: int
+) -> torch.Tensor:
+    """:func:`sketch` of a signed output ``[A, C, R]`` with ``R >= width``: position ``r``
+    to bucket ``r mod width`` (``v[c, r]`` signing positions when ``R > width``)."""
+    c, r = z.shape[1], z.shape[2]
+    w = z.mul_(u.unsqueeze(2)).sum(0)  # [C, R]: sum over rows
+    if v is None:
+        return w.t()
+    w = w * v
+    q = r // width
+    out = w[:, : q * width].reshape(c, q, width).sum(1)
+    if r > q * width:
+        out[:, : r - q * width] += w[:, q * width :]
+    return out.t()
 
 
 def sketch_similarity(

@@ -26,13 +26,13 @@ import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ._checks import check_choice, check_float, check_int
-from ._controller import _finite, _lr, _reopened, _Stoppable, check_epochs
+from ._controller import Stoppable, check_epochs, current_lr, finite_or_absent, reopened
 from .records import VAL_METRICS, val_metric_key
 
 __all__ = ["LRReplay", "ValidationControl"]
 
 
-class ValidationControl(_Stoppable):
+class ValidationControl(Stoppable):
     """The validation-based baseline controller.
 
     After every epoch, :meth:`step` steps ``ReduceLROnPlateau(mode, factor, patience,
@@ -101,9 +101,11 @@ class ValidationControl(_Stoppable):
                 f"(metric={self.metric!r})"
             )
         self._check_open()
-        lr = _lr(self.optimizer)
+        lr = current_lr(self.optimizer)
         self.epoch += 1
-        diverged = not (_finite(train_loss) and _finite(val_loss) and _finite(value))
+        diverged = not (
+            finite_or_absent(train_loss) and finite_or_absent(val_loss) and finite_or_absent(value)
+        )
         if diverged:
             self.stopped_by = "diverged"
         else:
@@ -142,7 +144,7 @@ class ValidationControl(_Stoppable):
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a run; one stopped only by a smaller ``max_epochs`` cap is reopened."""
         self.epoch = int(state_dict["epoch"])
-        self.stopped_by = _reopened(state_dict["stopped_by"], self.epoch, self.max_epochs)
+        self.stopped_by = reopened(state_dict["stopped_by"], self.epoch, self.max_epochs)
         self.best = float(state_dict[f"best_{self.metric}"])
         self.best_epoch = int(state_dict["best_epoch"])
         self.scheduler.load_state_dict(dict(state_dict["scheduler"]))
@@ -151,7 +153,7 @@ class ValidationControl(_Stoppable):
             self.best_weights = None if best is None else {k: v.clone() for k, v in best.items()}
 
 
-class LRReplay(_Stoppable):
+class LRReplay(Stoppable):
     """Replays a recorded per-epoch learning-rate schedule for ``len(lrs)`` epochs.
 
     A validation-based search retrains its best configuration on all training data this
@@ -188,9 +190,9 @@ class LRReplay(_Stoppable):
         prediction_changes: int | None = None,
         unfit: int | None = None,
     ) -> dict[str, Any]:
-        lr = _lr(self.optimizer)
+        lr = current_lr(self.optimizer)
         self.epoch += 1
-        diverged = not _finite(train_loss)
+        diverged = not finite_or_absent(train_loss)
         if diverged:
             self.stopped_by = "diverged"
         elif self.epoch >= len(self.lrs):
@@ -205,6 +207,6 @@ class LRReplay(_Stoppable):
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a replay; one that ended with a shorter schedule goes on with this one."""
         self.epoch = int(state_dict["epoch"])
-        self.stopped_by = _reopened(state_dict["stopped_by"], self.epoch, len(self.lrs))
+        self.stopped_by = reopened(state_dict["stopped_by"], self.epoch, len(self.lrs))
         if self.stopped_by is None:
             self._set(self.epoch)

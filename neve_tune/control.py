@@ -21,7 +21,7 @@ import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ._checks import check_choice, check_float, check_int
-from ._controller import _finite, _lr, _reopened, _Stoppable, check_epochs
+from ._controller import Stoppable, check_epochs, current_lr, finite_or_absent, reopened
 from ._rules import STALL_PATIENCE, learned, resolve_patience, stalled_early
 from ._step_inputs import check_step_inputs
 from .guard import MemorisationGuard
@@ -58,7 +58,7 @@ def resolve_threshold(
     return float(check_float("threshold", threshold, positive=True)), threshold_mode  # type: ignore[arg-type]
 
 
-class NeVe(_Stoppable):
+class NeVe(Stoppable):
     """Velocity-driven LR decay and stopping for one training run, with no held-out data.
 
     After every epoch, :meth:`step`:
@@ -264,9 +264,9 @@ class NeVe(_Stoppable):
         train_loss, val_loss, prediction_changes, unfit = check_step_inputs(
             self, train_loss, val_loss, prediction_changes, unfit
         )
-        lr = _lr(self.optimizer)
+        lr = current_lr(self.optimizer)
         self.epoch += 1
-        if self.first_loss is None and _finite(train_loss):
+        if self.first_loss is None and finite_or_absent(train_loss):
             self.first_loss = float(train_loss)
         self.train_losses.append(float(train_loss))
         velocity, change, diverged = self._measure(train_loss)
@@ -303,7 +303,7 @@ class NeVe(_Stoppable):
 
     def _stalled_early(self) -> bool:
         """:func:`stalled_early` on this run's losses (the lowest finite one so far)."""
-        finite = [x for x in self.train_losses if _finite(x)]
+        finite = [x for x in self.train_losses if finite_or_absent(x)]
         return stalled_early(
             self.epoch,
             min(finite, default=None),
@@ -315,11 +315,11 @@ class NeVe(_Stoppable):
 
     def _measure(self, train_loss: float) -> tuple[float | None, float | None, bool]:
         """(velocity, velocity change, diverged); nothing is measured after a non-finite loss."""
-        if not _finite(train_loss):
+        if not finite_or_absent(train_loss):
             return None, None, True
         report = self.velocity.measure()
         velocity, change = report.model_velocity, report.velocity_change
-        return velocity, change, not (_finite(velocity) and _finite(change))
+        return velocity, change, not (finite_or_absent(velocity) and finite_or_absent(change))
 
     def _decide(
         self,
@@ -379,9 +379,9 @@ class NeVe(_Stoppable):
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a run; one stopped only by a smaller ``max_epochs`` cap than this
-        controller's is reopened (:func:`_reopened`) and goes on up to this cap."""
+        controller's is reopened (:func:`reopened`) and goes on up to this cap."""
         self.epoch = int(state_dict["epoch"])
-        self.stopped_by = _reopened(state_dict["stopped_by"], self.epoch, self.max_epochs)
+        self.stopped_by = reopened(state_dict["stopped_by"], self.epoch, self.max_epochs)
         self.threshold = float(state_dict["threshold"])
         self.scheduler.load_state_dict(dict(state_dict["scheduler"]))
         self.velocity.load_state_dict(state_dict["velocity"])

@@ -51,11 +51,11 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     ) from e
 
 from ._callbacks import DEFAULT_THRESHOLD, CallbackSettings
-from ._forward import batch_inputs, prefixed_layers
-from ._lightning_logs import log_epoch, log_stop, train_loss_of
-from ._lightning_probe import pc_source, probe_forward, probe_from_batch
-from ._lr_compose import check_composable, follow_decay, lrs
-from ._pc_source import PCSource, batch_labels, batch_logits
+from ._callbacks.forward import batch_inputs, prefixed_layers
+from ._callbacks.lightning_logs import log_epoch, log_stop, train_loss_of
+from ._callbacks.lightning_probe import pc_source, probe_forward, probe_from_batch
+from ._callbacks.lr_compose import check_composable, follow_decay, lrs
+from ._callbacks.pc_source import PCSource, batch_labels, batch_logits
 from .control import NeVe
 from .probe import gaussian_probe
 from .velocity import NeuralVelocity
@@ -231,7 +231,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
 
     # ------------------------------------------------------------ setup
     def _forward(self, pl_module: pl.LightningModule) -> torch.nn.Module:
-        """What the probe goes through (see :mod:`neve_tune._forward`)."""
+        """What the probe goes through (see :mod:`neve_tune._callbacks.forward`)."""
         return probe_forward(pl_module, self.probe_module, self.probe_fn)
 
     def _build_source(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> PCSource | None:

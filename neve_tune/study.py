@@ -37,25 +37,13 @@ from .models import check_model_name
 from .prediction_changes import PREDICTION_CHANGES
 from .records import FINAL_MODELS, VAL_METRICS
 from .space import (
-    Choice,
     Distribution,
-    IntUniform,
-    LogUniform,
-    Uniform,
     check_hyperparameter,
     default_space,
     validate_space,
 )
 
-__all__ = [
-    "Choice",
-    "IntUniform",
-    "LogUniform",
-    "Study",
-    "Uniform",
-    "bundled_studies",
-    "load_study",
-]
+__all__ = ["Study", "bundled_studies", "load_study"]
 
 
 def _default_params() -> dict[str, Any]:

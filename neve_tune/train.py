@@ -41,13 +41,11 @@ from ._checks import check_int
 from ._passes import batches, evaluate, train_epoch
 from .checkpoint import (
     CheckpointError,
-    CheckpointWriteError,
     DamagedCheckpointError,
     check_guard,
     first_line,
     fit_payload,
     load_checkpoint,
-    load_state_file,
     save_checkpoint,
     set_rng_state,
 )
@@ -57,24 +55,9 @@ from .prediction_changes import (
     SubsetPredictionChanges,
 )
 from .probe import module_device
-from .records import METRIC_NAMES, Cost
+from .records import Cost
 
-__all__ = [
-    "CheckpointError",
-    "CheckpointWriteError",
-    "Cost",
-    "DamagedCheckpointError",
-    "FitResult",
-    "METRIC_NAMES",
-    "PredictionChanges",
-    "batches",
-    "evaluate",
-    "fit",
-    "load_checkpoint",
-    "load_state_file",
-    "save_checkpoint",
-    "train_epoch",
-]
+__all__ = ["FitResult", "batches", "evaluate", "fit", "train_epoch"]
 
 logger = logging.getLogger("neve_tune")
 
@@ -300,10 +283,32 @@ def _fit_epoch(
     dt = time.perf_counter() - t0
     cost.wall_s += dt
     return {
+        **_epoch_metrics(epoch, step, train_loss, train_acc, changes, unfit),
+        "epoch_time_s": dt,
+        "train_samples": cost.train_samples,
+        "probe_samples": cost.probe_samples,
+        "eval_samples": cost.eval_samples,
+        "stopped_by": controller.stopped_by,  # None until the run's last epoch
+        **extra,
+    }
+
+
+def _epoch_metrics(
+    epoch: int,
+    step: dict[str, Any],
+    train_loss: float,
+    train_acc: float,
+    changes: int | None,
+    unfit: int | None,
+) -> dict[str, Any]:
+    """What the epoch measured and what its controller's ``step`` decided, under the
+    metric names (a non-finite training loss as NaN)."""
+    loss = train_loss if math.isfinite(train_loss) else float("nan")
+    return {
         "epoch": epoch,
         "velocity": step.get("velocity"),
         "velocity_change": step.get("velocity_change"),
-        "train_loss": train_loss if math.isfinite(train_loss) else float("nan"),
+        "train_loss": loss,
         "train_acc": train_acc,
         "prediction_changes": changes,
         "unfit": unfit,
@@ -313,15 +318,7 @@ def _fit_epoch(
         "diverged": bool(step["diverged"]),
         # the epoch whose weights the model holds (a guard stop may restore an earlier one)
         "kept_epoch": step.get("kept_epoch", epoch),
-        "kept_train_loss": step.get(
-            "kept_train_loss", train_loss if math.isfinite(train_loss) else float("nan")
-        ),
-        "epoch_time_s": dt,
-        "train_samples": cost.train_samples,
-        "probe_samples": cost.probe_samples,
-        "eval_samples": cost.eval_samples,
-        "stopped_by": controller.stopped_by,  # None until the run's last epoch
-        **extra,
+        "kept_train_loss": step.get("kept_train_loss", loss),
     }
 
 

@@ -50,7 +50,6 @@ if (
     from .study import Study
 
 __all__ = [
-    "METHODS",
     "controller_settings",
     "make_controller",
     "make_optimizer",

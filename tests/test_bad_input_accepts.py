@@ -42,7 +42,7 @@ from neve_tune.optuna import (
     suggest_config,
     trial_history,
 )
-from neve_tune.optuna._worker import IDENTITY_ATTR, study_identity
+from neve_tune.optuna._worker_checks import IDENTITY_ATTR, study_identity
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

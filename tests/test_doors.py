@@ -45,8 +45,8 @@ def test_neve_defaults_to_the_studies_patience_against_its_budget(max_epochs, pa
 
 
 def test_one_definition_of_auto_patience():
-    # the callbacks re-export the controller's rule rather than keep a copy
-    assert _callbacks.auto_patience is _rules.auto_patience
+    # the callbacks resolve "auto" with the controller's rule rather than keep a copy
+    assert _callbacks.resolve_patience is _rules.resolve_patience
 
 
 @pytest.mark.parametrize("bad, error", [("soon", ValueError), (-1, ValueError), (2.5, TypeError)])

@@ -309,6 +309,200 @@ def test_no_import_cycle_among_the_packages() -> None:
     assert not cycles, f"packages that import each other: {named}"
 
 
+def _private_names_imported(path: Path) -> list[str]:
+    """``file:line from M import _name`` for each private name ``path`` imports from another
+    neve_tune module (a private module, ``from . import _checks``, is fine: its public names
+    are its interface)."""
+    package = _module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        base = package[: len(package) - node.level + 1] if node.level else []
+        target = ".".join(base + (node.module.split(".") if node.module else []))
+        if target.split(".")[0] != "neve_tune":
+            continue
+        for alias in node.names:
+            private = alias.name.startswith("_") and not alias.name.startswith("__")
+            if private and f"{target}.{alias.name}" not in MODULES:
+                where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                found.append(f"{where} from {target} import {alias.name}")
+    return found
+
+
+def test_the_private_name_check_tells_a_name_from_a_module(tmp_path: Path) -> None:
+    names = _private_names_imported(PACKAGE / "hf" / "_callback.py")
+    assert not any("_state" in n or "_search" in n for n in names)  # private modules
+    planted = PACKAGE / "optuna" / "_planted_private_import.py"
+    planted.write_text("from ._pruner import _helper\nfrom .. import _checks\n")
+    try:
+        assert _private_names_imported(planted) == [
+            "neve_tune/optuna/_planted_private_import.py:1 "
+            "from neve_tune.optuna._pruner import _helper"
+        ]
+    finally:
+        planted.unlink()
+
+
+def test_no_private_name_is_imported_across_modules() -> None:
+    """A name with a leading underscore is its module's own; what another module needs is
+    public in its (possibly private) module."""
+    found = [hit for path in SOURCES for hit in _private_names_imported(path)]
+    assert not found, f"private names imported across modules: {found}"
+
+
+def _reexports(path: Path) -> dict[str, str]:
+    """The names in a module's ``__all__`` that it imports rather than defines: name -> the
+    module it imports it from."""
+    package = _module_name(path).split(".")[:-1]
+    tree = ast.parse(path.read_text())
+    exported: list[str] = []
+    sources: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            target = ".".join(base + (node.module.split(".") if node.module else []))
+            sources.update({(a.asname or a.name): target for a in node.names})
+        elif isinstance(node, ast.Assign) and any(
+            isinstance(x, ast.Name) and x.id == "__all__" for x in node.targets
+        ):
+            exported = list(ast.literal_eval(node.value))
+    return {name: sources[name] for name in exported if name in sources}
+
+
+def _hub_names(path: Path) -> list[str]:
+    """Re-exports that make ``path`` a hub: any re-export of a private module (its names
+    have one home), and a public module's re-export of another public module's names (a
+    public module may gather its own private parts, as ``velocity`` does ``_layers``)."""
+    private = any(part.startswith("_") for part in _module_name(path).split(".")[1:])
+    return [
+        f"{name} (from {source})"
+        for name, source in _reexports(path).items()
+        if private or not any(part.startswith("_") for part in source.split(".")[1:])
+    ]
+
+
+def test_the_hub_check_tells_a_module_s_own_parts_from_another_module() -> None:
+    assert _reexports(PACKAGE / "velocity.py")["select_layers"] == "neve_tune._layers"
+    assert not _hub_names(PACKAGE / "velocity.py")  # its own private parts
+    planted = PACKAGE / "_planted_hub.py"
+    planted.write_text('from .checkpoint import CheckpointError\n__all__ = ["CheckpointError"]\n')
+    try:
+        assert _hub_names(planted) == ["CheckpointError (from neve_tune.checkpoint)"]
+    finally:
+        planted.unlink()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in SOURCES if p.name not in ("__init__.py", "__main__.py")],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_no_module_re_exports_another_module_s_names(path: Path) -> None:
+    """No re-export hubs: a name has one home, and code imports it from there; only the
+    package ``__init__`` files (the public faces) and a public module's own private parts
+    gather names."""
+    names = _hub_names(path)
+    assert not names, f"{path.relative_to(ROOT)} re-exports {names}: import them from their home"
+
+
+# the Lightning and Hugging Face callbacks and the helpers they share
+INTEGRATIONS = [
+    p for p in SOURCES if p.relative_to(PACKAGE).parts[0] in ("hf", "lightning.py", "_callbacks")
+]
+
+
+def _optuna_imports_outside_functions(path: Path) -> list[str]:
+    """``file:line`` of each import of ``optuna`` or ``neve_tune.optuna`` that runs when the
+    module is imported or a class is built (not inside a function)."""
+    found = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                visit(child, True)
+                continue
+            names: list[str] = []
+            if isinstance(child, ast.Import):
+                names = [a.name for a in child.names]
+            elif isinstance(child, ast.ImportFrom):
+                names = [("." * child.level) + (child.module or "")]
+            optuna = any(n.split(".")[0] == "optuna" or n.lstrip(".") == "optuna" for n in names)
+            if optuna and not in_function:
+                found.append(f"{path.relative_to(ROOT)}:{child.lineno}")
+            visit(child, in_function)
+
+    visit(ast.parse(path.read_text()), False)
+    return found
+
+
+def test_the_callbacks_import_optuna_only_when_given_a_trial() -> None:
+    """Optuna is imported by a callback's methods once the user gave it an Optuna trial
+    (checking it, reporting to it, pruning), never when the callback's module is imported."""
+    assert {"lightning.py", "_callback.py", "forward.py"} <= {p.name for p in INTEGRATIONS}
+    found = [hit for path in INTEGRATIONS for hit in _optuna_imports_outside_functions(path)]
+    assert not found, f"Optuna imported at import time by the callbacks: {found}"
+
+
+def _layers() -> list[tuple[int, str, list[str]]]:
+    """docs/layout.md's layer table: (number, name, the files and packages it holds)."""
+    text = (ROOT / "docs" / "layout.md").read_text()
+    block = text[text.index("## Layers") :].split("```")[1]
+    layers: list[tuple[int, str, list[str]]] = []
+    for line in block.strip("\n").splitlines():
+        head = re.match(r"(\d+) (\w+)\s+(.*)", line)
+        entries = head.group(3) if head else line
+        if head:
+            layers.append((int(head.group(1)), head.group(2), []))
+        layers[-1][2].extend(e.strip() for e in entries.split(",") if e.strip())
+    return layers
+
+
+def _layer_of() -> dict[str, tuple[int, str]]:
+    """Every module of the package -> (layer number, layer name), by docs/layout.md."""
+    where: dict[str, tuple[int, str]] = {}
+    for number, name, entries in _layers():
+        for entry in entries:
+            prefix = "neve_tune" + ("." + entry.rstrip("/") if entry != "__init__.py" else "")
+            prefix = prefix.removesuffix(".py")
+            for module in MODULES:
+                inside = entry.endswith("/") and module.startswith(prefix + ".")
+                if module == prefix or inside:
+                    where[module] = (number, name)
+    return where
+
+
+def _upward_imports(graph: dict[str, set[str]], where: dict[str, tuple[int, str]]) -> list[str]:
+    return [
+        f"{src} ({where[src][1]}) imports {dst} ({where[dst][1]})"
+        for src, targets in sorted(graph.items())
+        for dst in sorted(targets)
+        if where[dst][0] > where[src][0]
+    ]
+
+
+def test_the_layer_table_places_every_module_once() -> None:
+    layers = _layers()
+    assert [n for n, _, _ in layers] == sorted((n for n, _, _ in layers), reverse=True)
+    entries = [e for _, _, es in layers for e in es]
+    assert len(entries) == len(set(entries)), "a file is in two layers of docs/layout.md"
+    missing = sorted(set(MODULES) - set(_layer_of()))
+    assert not missing, f"docs/layout.md's layer table does not place {missing}"
+    where = {"a": (0, "low"), "b": (1, "high")}
+    assert _upward_imports({"a": {"b"}, "b": {"a"}}, where) == ["a (low) imports b (high)"]
+
+
+def test_no_layer_imports_a_higher_one() -> None:
+    """velocity -> rules -> signals -> training -> backends -> integrations -> cli: a layer
+    imports only its own and lower ones (docs/layout.md, "Layers"), function-level imports
+    included."""
+    graph = {name: _imports(path) for name, path in MODULES.items()}
+    upward = _upward_imports(graph, _layer_of())
+    assert not upward, f"imports that point up a layer: {upward}"
+
+
 def test_core_imports_neither_optuna_nor_ray() -> None:
     code = (
         "import sys, neve_tune, neve_tune.trial, neve_tune.compare, neve_tune.cli; "

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from neve_tune import load_study, run_trial
+from neve_tune.checkpoint import CheckpointError, load_checkpoint, load_state_file, save_checkpoint
 from neve_tune.cli import main
 from neve_tune.data import get_dataset
 from neve_tune.records import Cost
-from neve_tune.train import CheckpointError, load_checkpoint, load_state_file, save_checkpoint
 
 SMALL = dict(data="synthetic", max_epochs=8, lr_patience=0)
 

@@ -189,7 +189,7 @@ def _pruner_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_worker_flags(args: argparse.Namespace) -> str:
     """Every flag of ``worker`` checked under its own name, before any storage or data."""
-    from ..optuna._worker import check_direction, check_study_name, check_threads
+    from ..optuna._worker_checks import check_direction, check_study_name, check_threads
 
     device = cli.check_device(args.device)
     if args.storage is not None and not args.storage.strip():

@@ -67,7 +67,7 @@ def _train(args: argparse.Namespace) -> int:
     """Train one configuration under NeVe control: velocity decays the LR and stops the run."""
     from tqdm.auto import tqdm
 
-    from ..train import CheckpointError
+    from ..checkpoint import CheckpointError
     from ..trial import run_trial
 
     device = cli.check_device(args.device)

@@ -20,7 +20,7 @@ from ._records import (
     GRACE_PERIOD,
     REDUCTION_FACTOR,
 )
-from ._report import _run_line
+from ._report import run_line
 from ._variants import BaselineVariant, parse_variants, strongest_baseline
 
 __all__ = ["BACKENDS", "NEVE_SIGNALS", "compare", "compare_searches"]
@@ -148,33 +148,49 @@ def compare(
     variants = _check_variants(baseline_variants, study, searches)
     names = [name for name, _, _ in _plan(study, searches, variants)]
     t0, seeds = time.perf_counter(), [seed + k for k in range(repeats)]
-    runs, train_size = _repeats(
-        study,
+    settings = dict(
         backend=backend,
         trials=trials,
         seeds=seeds,
+        retrain=retrain,
+        neve_signal=neve_signal,
+        reduction_factor=reduction_factor,
+    )
+    runs, train_size = _repeats(
+        study,
         data=data,
         model_fn=model_fn,
         device=device,
-        retrain=retrain,
-        neve_signal=neve_signal,
         searches=searches,
         variants=variants,
-        reduction_factor=reduction_factor,
         progress=progress,
+        **settings,
     )
+    return _record(study, runs, names, train_size, time.perf_counter() - t0, settings)
+
+
+def _record(
+    study: Study,
+    runs: list[dict[str, Any]],
+    names: list[str],
+    train_size: int,
+    elapsed_s: float,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """:func:`compare`'s record: its settings, the means over seeds, the strongest baseline,
+    the notes and every seed's run."""
     agg = aggregate(runs, names)
     baselines = [n for n in names if n != "neve"]
     return {
         "study": study.name,
-        "backend": backend,
-        "trials": trials,
-        "seeds": seeds,
+        "backend": settings["backend"],
+        "trials": settings["trials"],
+        "seeds": settings["seeds"],
         "max_epochs": study.max_epochs,
         "data_options": dict(study.data_options),
-        "retrain": retrain,
-        "neve_signal": neve_signal,
-        "reduction_factor": reduction_factor,
+        "retrain": settings["retrain"],
+        "neve_signal": settings["neve_signal"],
+        "reduction_factor": settings["reduction_factor"],
         "train_size": train_size,
         "val_metric": study.val_metric,
         "final": study.final,
@@ -183,7 +199,7 @@ def compare(
         "strongest_baseline": strongest_baseline(agg, baselines),
         "notes": [n for r in runs for n in r["notes"]],
         "runs": runs,
-        "elapsed_s": time.perf_counter() - t0,
+        "elapsed_s": elapsed_s,
     }
 
 
@@ -226,7 +242,7 @@ def _repeats(
             )
             runs.append(run)
             if progress and "cost_ratio" in run:
-                bar.write(_run_line(run))
+                bar.write(run_line(run))
     finally:
         bar.close()
         if started_ray:  # a Ray that compare started is compare's to stop

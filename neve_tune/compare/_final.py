@@ -4,6 +4,7 @@ its anytime curve and what stopped its trials."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 
 from .._search_records import SearchTrial
 from ..data import DataBundle
+from ..records import TrialResult
 from ..study import Study
 from ..trial import run_trial
 from ._records import anytime_curve, epochs_by_rung, total_cost
@@ -51,18 +53,7 @@ def search_record(
     if method != "neve":
         record.update(val_metric=study.val_metric, final=study.final)
     if best is not None and method != "neve" and retrain and study.final == "retrain":
-        epochs = int(best.best_epoch or best.epochs) if method == "asha_es" else best.epochs
-        lrs = [float(x) for x in best.lrs[:epochs]]  # type: ignore[arg-type]
-        rt = run_trial(
-            study,
-            best.config,
-            method="retrain",
-            seed=seed,
-            device=device,
-            data=data,
-            lr_schedule=lrs,
-            model_fn=model_fn,
-        )
+        rt = _retrain(study, method, best, data=data, seed=seed, device=device, model_fn=model_fn)
         final_cost = search_cost + rt.cost
         record["retrain"] = {
             "epochs": rt.epochs,
@@ -76,16 +67,39 @@ def search_record(
         record["note"] = final_model_note(
             name or method, method, study.val_metric, study.final, best, record["retrain"]
         )
-    stopped: dict[str, int] = {}
-    for t in trials:
-        key = t.stopped_by or t.state.lower()
-        stopped[key] = stopped.get(key, 0) + 1
+    stopped = Counter(t.stopped_by or t.state.lower() for t in trials)
     record.update(
         cost=final_cost.as_dict(full),
         search_cost=search_cost.as_dict(full),
         anytime=curve,
         epochs_by_rung=epochs_by_rung(trials, study.max_epochs),
-        stopped_by=stopped,
+        stopped_by=dict(stopped),
         trials=[t.to_dict() for t in trials],
     )
     return record
+
+
+def _retrain(
+    study: Study,
+    method: str,
+    best: SearchTrial,
+    *,
+    data: DataBundle,
+    seed: int,
+    device: str | None,
+    model_fn: Callable[[], torch.nn.Module] | None,
+) -> TrialResult:
+    """The validation search's winner retrained on all training data, replaying its
+    learning rates: every epoch it ran (``asha``), or up to its best epoch (``asha_es``)."""
+    epochs = int(best.best_epoch or best.epochs) if method == "asha_es" else best.epochs
+    lrs = [float(x) for x in best.lrs[:epochs]]  # type: ignore[arg-type]
+    return run_trial(
+        study,
+        best.config,
+        method="retrain",
+        seed=seed,
+        device=device,
+        data=data,
+        lr_schedule=lrs,
+        model_fn=model_fn,
+    )

@@ -9,7 +9,7 @@ from typing import Any
 from .._json import write_json
 from ..records import SEARCH_METHODS as SEARCHES
 
-__all__ = ["summary_table", "write_outputs"]
+__all__ = ["run_line", "summary_table", "write_outputs"]
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -21,7 +21,7 @@ def _names(record: Mapping[str, Any]) -> list[str]:
     return list(record.get("searches") or [m for m in SEARCHES if m in record])
 
 
-def _run_line(run: Mapping[str, Any]) -> str:
+def run_line(run: Mapping[str, Any]) -> str:
     parts = [f"seed {run['seed']}:"]
     for m in _names(run):
         if m in run:
@@ -33,56 +33,20 @@ def _run_line(run: Mapping[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def _pm(d: Mapping[str, Any], key: str, scale: float = 1.0, fmt: str = ".3f") -> str:
-    """``d[key] ± d[key_std]`` (``-`` when missing)."""
-    if d.get(key) is None:
-        return "-"
-    return f"{scale * d[key]:{fmt}} ± {scale * (d.get(key + '_std') or 0.0):{fmt.lstrip('+')}}"
-
-
-def _search_row(name: str, r: Mapping[str, Any], w: int, strongest: bool) -> str:
-    """One search's row: final-model accuracy, cost to it, search cost, wall time."""
-    acc = (
-        f"{100 * r['test_acc']:.2f} ± {100 * (r['test_acc_std'] or 0):.2f} %"
-        if r["test_acc"] is not None
-        else "-"
-    )
-    cost = _pm(
-        {"c": r["cost"]["epochs_equiv"], "c_std": r["cost_std"]["epochs_equiv"]}, "c", fmt=".1f"
-    )
-    scost = _pm(
-        {"c": r["search_cost"]["epochs_equiv"], "c_std": r["search_cost_std"]["epochs_equiv"]},
-        "c",
-        fmt=".1f",
-    )
-    label = name + (" *" if strongest else "")
-    wall = r["cost"]["wall_s"] or 0.0
-    return f"{label:{w}s} {acc:>24s} {cost:>22s} {scost:>18s} {wall:8.1f}"
-
-
 def summary_table(result: Mapping[str, Any]) -> str:
     """The terminal table: one row per search (means over seeds, ± std); each block is
     explained in docs/compare.md, "Reading the output"."""
-    n = len(result["runs"])
-    data = "".join(
-        f" · {k} {v}" for k, v in (result.get("data_options") or {}).items() if k != "data_root"
-    )
-    head = (
-        f"{result['study']}{data} · backend {result['backend']} · {result['trials']} trials · "
-        f"max_epochs {result['max_epochs']} · {n} seed{'s' if n > 1 else ''}"
-    )
     names = _names(result)
     strongest = result.get("strongest_baseline")
     w = max([9] + [len(m) + 2 for m in names])
     rows = [
-        head,
+        _head(result),
         "",
         f"{'search':{w}s} {'test acc (final model)':>24s} {'cost to final model':>22s} "
         f"{'search cost':>18s} {'wall s':>8s}",
         f"{'':{w}s} {'mean ± std':>24s} {'epochs-equiv':>22s} {'epochs-equiv':>18s} {'':>8s}",
     ]
-
-    rows += [_search_row(m, result[m], w, m == strongest) for m in names]
+    rows += [_search_row(m + (" *" if m == strongest else ""), result[m], w) for m in names]
     vs = result.get("vs") or {"asha": result, "asha_es": result.get("vs_asha_es")}
     for base, d in vs.items():
         if d and "cost_ratio" in d:
@@ -104,6 +68,44 @@ def summary_table(result: Mapping[str, Any]) -> str:
     for note in result.get("notes") or []:
         rows.append(f"note (seed {note['seed']}): {note['text']}")
     return "\n".join(rows)
+
+
+def _head(result: Mapping[str, Any]) -> str:
+    """The table's first line: the study, its data options, the search settings."""
+    n = len(result["runs"])
+    data = "".join(
+        f" · {k} {v}" for k, v in (result.get("data_options") or {}).items() if k != "data_root"
+    )
+    return (
+        f"{result['study']}{data} · backend {result['backend']} · {result['trials']} trials · "
+        f"max_epochs {result['max_epochs']} · {n} seed{'s' if n > 1 else ''}"
+    )
+
+
+def _pm(d: Mapping[str, Any], key: str, scale: float = 1.0, fmt: str = ".3f") -> str:
+    """``d[key] ± d[key_std]`` (scaled), or ``-`` without a value."""
+    if d.get(key) is None:
+        return "-"
+    return f"{scale * d[key]:{fmt}} ± {scale * (d.get(key + '_std') or 0.0):{fmt.lstrip('+')}}"
+
+
+def _search_row(label: str, r: Mapping[str, Any], w: int) -> str:
+    """One search's row: final model's test accuracy, cost to it, search cost, wall time."""
+    acc = (
+        f"{100 * r['test_acc']:.2f} ± {100 * (r['test_acc_std'] or 0):.2f} %"
+        if r["test_acc"] is not None
+        else "-"
+    )
+    cost = _pm(
+        {"c": r["cost"]["epochs_equiv"], "c_std": r["cost_std"]["epochs_equiv"]}, "c", fmt=".1f"
+    )
+    scost = _pm(
+        {"c": r["search_cost"]["epochs_equiv"], "c_std": r["search_cost_std"]["epochs_equiv"]},
+        "c",
+        fmt=".1f",
+    )
+    wall = r["cost"]["wall_s"] or 0.0
+    return f"{label:{w}s} {acc:>24s} {cost:>22s} {scost:>18s} {wall:8.1f}"
 
 
 def write_outputs(

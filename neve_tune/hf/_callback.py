@@ -12,10 +12,10 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .._callbacks import DEFAULT_THRESHOLD, CallbackSettings, check_trial
+from .._callbacks.forward import ProbeForward, prefixed_layers
+from .._callbacks.lr_compose import check_composable, follow_decay, lrs
+from .._callbacks.pc_source import PCSource, check_classes
 from .._checks import check_int
-from .._forward import ProbeForward, prefixed_layers
-from .._lr_compose import check_composable, follow_decay, lrs
-from .._pc_source import PCSource, check_classes
 from ..control import NeVe
 from ..velocity import NeuralVelocity
 from . import _search, _state

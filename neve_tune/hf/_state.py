@@ -24,7 +24,7 @@ import torch
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..train import CheckpointError, load_state_file, save_checkpoint
+from ..checkpoint import CheckpointError, load_state_file, save_checkpoint
 
 __all__ = [
     "STATE_FILE",

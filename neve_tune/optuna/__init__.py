@@ -31,6 +31,7 @@ Only this package imports Optuna; ``import neve_tune`` does not.
 """
 
 from ._objective import SUMMARY_ATTRS, checkpoint_path_for, make_objective, suggest_config
+from ._open import StudyNotFoundError, open_study
 from ._plots import plot_study
 from ._pruner import NeVePruner
 from ._pruner_settings import SETTINGS_ATTR
@@ -39,8 +40,9 @@ from ._sampler import TrialSeededTPESampler
 from ._search import search_trials
 from ._selection import SELECTIONS, last_fits, last_predictions, pick_trial
 from ._stop import TrialLeft, WorkerInterrupted
-from ._storage import StorageError, make_storage, redact_url
-from ._worker import StudyNotFoundError, open_study, run_worker
+from ._storage import StorageError, make_storage
+from ._urls import redact_url
+from ._worker import run_worker
 
 __all__ = [
     "EPOCH_ATTR_PREFIX",

@@ -1,4 +1,18 @@
-"""The objective builder: a study file -> an Optuna objective."""
+"""The objective builder: a study file -> an Optuna objective (:func:`make_objective`).
+
+Example: two trials of the digits study, each trained for two epochs::
+
+    >>> import optuna
+    >>> from neve_tune import load_study
+    >>> from neve_tune.optuna import NeVePruner, make_objective
+    >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
+    >>> study = load_study("digits").replace(max_epochs=2)
+    >>> sampler = optuna.samplers.TPESampler(seed=0)
+    >>> search = optuna.create_study(pruner=NeVePruner(), sampler=sampler)
+    >>> search.optimize(make_objective(study), n_trials=2)
+    >>> sorted(search.trials[0].user_attrs)[:3]
+    ['best_epoch', 'cost', 'epoch_0001']
+"""
 
 from __future__ import annotations
 
@@ -19,12 +33,18 @@ from optuna.trial import BaseTrial, FrozenTrial
 from sqlalchemy.exc import SQLAlchemyError
 
 from .._checks import check_choice
-from ..checkpoint import CheckpointError, CheckpointWriteError, DamagedCheckpointError, first_line
+from ..checkpoint import (
+    CheckpointError,
+    CheckpointWriteError,
+    DamagedCheckpointError,
+    first_line,
+    load_checkpoint,
+)
 from ..data import DataBundle
 from ..records import SEARCH_METHODS, Cost, TrialResult
 from ..space import Choice, IntUniform, LogUniform, Uniform
 from ..study import Study, load_study
-from ..train import load_checkpoint, warn_damaged
+from ..train import warn_damaged
 from ..trial import run_trial
 from ._report import report_epoch, running_trial, trial_history
 from ._stop import Abandon, PoliteStop
@@ -155,19 +175,6 @@ def make_objective(
     replaces the study's model (a factory of fresh models, for your own architecture).
     ``stop`` (used by :func:`~neve_tune.optuna.run_worker`) lets SIGINT/SIGTERM leave
     a trial between epochs or mid-epoch without failing it (``neve_tune.optuna._stop``).
-
-    Example::
-
-        >>> import optuna
-        >>> from neve_tune import load_study
-        >>> from neve_tune.optuna import NeVePruner, make_objective
-        >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
-        >>> study = load_study("digits").replace(max_epochs=2)
-        >>> sampler = optuna.samplers.TPESampler(seed=0)
-        >>> search = optuna.create_study(pruner=NeVePruner(), sampler=sampler)
-        >>> search.optimize(make_objective(study), n_trials=2)
-        >>> sorted(search.trials[0].user_attrs)[:3]
-        ['best_epoch', 'cost', 'epoch_0001']
     """
     study = load_study(study)
     check_choice("method", method, OBJECTIVE_METHODS)

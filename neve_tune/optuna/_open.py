@@ -11,7 +11,8 @@ import optuna
 from optuna.pruners import BasePruner
 
 from .._checks import check_choice
-from ._storage import make_storage, redact_url
+from ._storage import make_storage
+from ._urls import redact_url
 
 __all__ = ["StudyNotFoundError", "open_study", "renamed_argument"]
 

@@ -27,17 +27,6 @@ __all__ = ["NeVePruner", "PRUNER_SIGNALS"]
 PRUNER_SIGNALS = ("velocity", "train_loss", "consensus", "auto")
 
 
-def _diverged(reported: float, epoch: dict[str, Any]) -> bool:
-    """Rule 1: a non-finite velocity (reported NaN) or loss, or the controller's flag (JSON
-    stores NaN and inf as null, so a present null is a non-finite value)."""
-    if not math.isfinite(reported) or epoch.get("diverged"):
-        return True
-    if "train_loss" in epoch and not is_finite(epoch["train_loss"]):
-        return True
-    velocity = epoch.get("velocity")
-    return "velocity" in epoch and velocity is not None and not is_finite(velocity)
-
-
 class NeVePruner(BasePruner):
     """Pruner for NeVe searches: asynchronous successive halving on a validation-free
     signal, plus divergence pruning.
@@ -280,10 +269,9 @@ class NeVePruner(BasePruner):
         epoch = trial.user_attrs.get(epoch_key(step))
         epoch = epoch if isinstance(epoch, dict) else {}
 
-        # 1. diverged: non-finite velocity (reported NaN) or loss, or flagged by the controller
-        if _diverged(reported, epoch):
+        if _diverged(reported, epoch):  # 1.
             return True
-        self._check_epoch(trial.number, step, epoch)
+        self._check_signal_reported(epoch, step, trial.number)
 
         # 2. converged: never pruned (but its values still enter the rungs below)
         converged = bool(epoch.get("neve_stop"))
@@ -297,19 +285,6 @@ class NeVePruner(BasePruner):
             return True
 
         # 5. successive-halving rungs on the signal, oriented so "better" = lower signal
-        return self._rung_prunes(study, trial, step, epoch, sign, converged)
-
-    def _rung_prunes(
-        self,
-        study: optuna.study.Study,
-        trial: optuna.trial.FrozenTrial,
-        step: int,
-        epoch: dict[str, Any],
-        sign: float,
-        converged: bool,
-    ) -> bool:
-        """Rule 5: whether the trial loses at a rung of the signal this decision uses (a
-        converged trial never does, though its value still enters the halving rungs)."""
         if self._signal_at(study) == "consensus":
             index = rung_index(
                 step, self._min_resource, self._reduction_factor, self._min_early_stopping_rate
@@ -324,11 +299,12 @@ class NeVePruner(BasePruner):
             if self._signal == "velocity"
             else float(epoch["train_loss"])
         )
-        pruned = self._sha.prune(study, with_step_value(trial, step, sign * value))
+        view = with_step_value(trial, step, sign * value)
+        pruned = self._sha.prune(study, view)
         return pruned and not converged
 
-    def _check_epoch(self, number: int, step: int, epoch: dict[str, Any]) -> None:
-        """Refuse an epoch that lacks what the rung signal reads, naming what to report."""
+    def _check_signal_reported(self, epoch: dict[str, Any], step: int, number: int) -> None:
+        """Refuse an epoch without what this pruner's signal ranks on."""
         if self._signal in ("consensus", "auto") and not isinstance(epoch.get("subset_pred"), str):
             raise ValueError(
                 f"NeVePruner(signal={self._signal!r}) found no 'subset_pred' in epoch {step} of "
@@ -338,11 +314,11 @@ class NeVePruner(BasePruner):
             )
         if self._signal in ("train_loss", "auto") and "train_loss" not in epoch:
             raise ValueError(
-                f"NeVePruner(signal='train_loss') found no 'train_loss' in epoch {step} of trial "
-                f"{number} "
-                f"(user attribute {epoch_key(step)!r}): report the epoch's mean training loss, "
-                "e.g. report_epoch(trial, {'epoch': e, 'velocity': v, 'train_loss': loss}), "
-                "or prune on velocity alone with NeVePruner(signal='velocity')"
+                "NeVePruner(signal='train_loss') found no 'train_loss' in epoch "
+                f"{step} of trial {number} (user attribute {epoch_key(step)!r}): report the "
+                "epoch's mean training loss, e.g. report_epoch(trial, {'epoch': e, 'velocity': "
+                "v, 'train_loss': loss}), or prune on velocity alone with "
+                "NeVePruner(signal='velocity')"
             )
 
     def _signal_at(self, study: optuna.study.Study) -> str:
@@ -370,3 +346,15 @@ class NeVePruner(BasePruner):
         if isinstance(epoch, dict) and epoch.get("velocity") is not None:
             return float(epoch["velocity"])
         return sign * trial.intermediate_values[step]
+
+
+def _diverged(reported: float, epoch: dict[str, Any]) -> bool:
+    """Rule 1: a non-finite reported value, velocity or training loss, or an epoch the
+    controller flagged ``diverged`` (JSON stores NaN/inf as null, so a present null
+    velocity is a non-finite value only where the epoch reports one)."""
+    if not math.isfinite(reported) or epoch.get("diverged"):
+        return True
+    if "train_loss" in epoch and not is_finite(epoch["train_loss"]):
+        return True
+    velocity = epoch.get("velocity")
+    return velocity is not None and not is_finite(velocity)

@@ -164,6 +164,13 @@ def report_epoch(
     sign = direction_sign(_study_direction(trial))
     value = sign * raw if (raw is not None and is_finite(raw) and not diverged) else float("nan")
 
+    _write_once(trial, step, metrics, value)
+    _LAST_EPOCH[trial] = step
+    return value
+
+
+def _write_once(trial: BaseTrial, step: int, metrics: Mapping[str, Any], value: float) -> None:
+    """The epoch's user attribute and its reported value, each written once."""
     # The epoch attribute is written before the report, so an epoch without it was never
     # reported. One with it may come from a predecessor this trial retries (user attributes
     # are inherited, intermediate values only on request): check the stored steps then.
@@ -173,8 +180,6 @@ def report_epoch(
         trial.report(value, step)
     elif step not in _reported_steps(trial):
         trial.report(value, step)
-    _LAST_EPOCH[trial] = step
-    return value
 
 
 def _checked_report(

@@ -29,19 +29,10 @@ import optuna
 from optuna.storages import BaseStorage
 
 from .._checks import check_int
-from ._sqlite import SQLiteRDBStorage, sqlite_engine_kwargs, sqlite_file, sqlite_file_problem
+from ._sqlite import SQLiteRDBStorage, sqlite_file, sqlite_file_problem
 from ._urls import normalize_url, redact_url, storage_kind, url_problem
 
-__all__ = [
-    "redact_url",
-    "make_storage",
-    "missing_storage",
-    "normalize_url",
-    "storage_kind",
-    "StorageError",
-    "SQLiteRDBStorage",
-    "sqlite_engine_kwargs",
-]
+__all__ = ["make_storage", "missing_storage", "StorageError"]
 
 
 class StorageError(Exception):

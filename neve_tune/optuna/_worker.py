@@ -39,38 +39,23 @@ from optuna.trial import FrozenTrial
 from ..checkpoint import first_line
 from ..study import Study, load_study
 from ._objective import STORAGE_WRITE_ERRORS, make_objective
-from ._open import StudyNotFoundError, open_study, renamed_argument
+from ._open import open_study, renamed_argument
 from ._pruner import NeVePruner
 from ._pruner_settings import SETTINGS_ATTR
 from ._sampler import TrialSeededTPESampler
-from ._stop import PoliteStop, WorkerInterrupted
-from ._storage import StorageError, redact_url, storage_kind
+from ._stop import PoliteStop
+from ._storage import StorageError
+from ._urls import redact_url, storage_kind
 from ._worker_checks import (  # re-exported: the worker's checks, in their own module
-    IDENTITY_ATTR,
     METHOD_ATTR,
-    check_direction,
     check_search,
     check_study_file,
-    check_study_name,
-    check_threads,
     check_worker_arguments,
     study_identity,
 )
-from ._worker_loop import closing_line, format_trial, optimize, trial_callbacks
+from ._worker_loop import closing_line, optimize, trial_callbacks
 
-__all__ = [
-    "run_worker",
-    "open_study",
-    "StudyNotFoundError",
-    "METHOD_ATTR",
-    "IDENTITY_ATTR",
-    "study_identity",
-    "check_study_name",
-    "check_threads",
-    "format_trial",
-    "check_direction",
-    "WorkerInterrupted",
-]
+__all__ = ["run_worker"]
 
 
 def run_worker(

@@ -24,15 +24,16 @@ Example::
              stop=NeVeStopper(), num_samples=20)
 """
 
+from .._checks import check_resources
 from ._report import report_epoch
-from ._scheduler import NeVeASHAScheduler, NeVeASHAStateCallback
+from ._scheduler import NeVeASHAScheduler
 from ._scheduler_choice import asha_scheduler
+from ._scheduler_state import NeVeASHAStateCallback
 from ._search import CLUSTER_MAX_FAILURES, default_max_failures, run_search
 from ._search_trials import search_trials
 from ._stopper import NeVeStopper
 from ._summary import summarize
 from ._trainable import (
-    check_resources,
     check_resources_available,
     neve_trainable,
     reported_metrics,

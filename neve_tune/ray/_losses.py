@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .._checks import _unwrap, is_finite, to_float
+from .._checks import is_finite, to_float, unwrap_scalar
 from .._rules import stalled_early
 
 __all__ = ["remember_best_loss", "remember_first_loss", "stalls_early"]
@@ -29,7 +29,7 @@ def remember_first_loss(
     >>> remember_first_loss(first, "t", {"training_iteration": 1, "train_loss": 0.7})  # earlier
     0.7
     """
-    loss = _unwrap(result.get(loss_metric))
+    loss = unwrap_scalar(result.get(loss_metric))
     if is_finite(loss):
         iteration = to_float("training_iteration", result.get("training_iteration", 0))
         known = first.get(trial_id)
@@ -54,7 +54,7 @@ def remember_best_loss(
     >>> remember_best_loss(best, "t", {"train_loss": 0.7})
     0.6
     """
-    loss = _unwrap(result.get(loss_metric))
+    loss = unwrap_scalar(result.get(loss_metric))
     if is_finite(loss) and (trial_id not in best or float(loss) < best[trial_id]):  # type: ignore
         best[trial_id] = float(loss)  # type: ignore[arg-type]
     return best.get(trial_id)

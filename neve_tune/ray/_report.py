@@ -14,7 +14,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-from .._checks import _is_bool, _unwrap, to_float
+from .._checks import is_bool, to_float, unwrap_scalar
 from .._metrics import check_metric_keys
 
 __all__ = ["report_epoch", "check_epoch_metrics"]
@@ -40,10 +40,10 @@ _TUNE_KEYS = frozenset(
 
 def _plain(key: str, value: Any) -> Any:
     """A reported value as Tune should store it: NumPy/tensor scalars as Python ones."""
-    value = _unwrap(value)
+    value = unwrap_scalar(value)
     if value is None or isinstance(value, str):
         return value
-    if _is_bool(value):
+    if is_bool(value):
         return bool(value)
     if isinstance(value, numbers.Integral):
         return int(value)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .._checks import _is_bool, _unwrap, to_float
+from .._checks import is_bool, to_float, unwrap_scalar
 
 __all__ = ["AUTO_KEYS", "is_bare", "reported_flag", "reported_number", "training_keys"]
 
@@ -45,10 +45,10 @@ def reported_flag(result: Mapping[str, Any], key: str, who: str) -> bool:
     value = result.get(key)
     if value is True or value is False:  # the common case, without the conversion
         return value
-    value = _unwrap(value)
+    value = unwrap_scalar(value)
     if value is None:
         return False
-    if not _is_bool(value):
+    if not is_bool(value):
         if isinstance(value, (int, float)) and value in (0, 1):  # Lightning logs flags as 0.0/1.0
             return bool(value)
         raise TypeError(f"{who}: {key!r} must be a bool (or 0/1), got {value!r}")

@@ -34,7 +34,7 @@ from ._verdict import (
 if TYPE_CHECKING:
     from ray.tune.execution.tune_controller import TuneController
 
-__all__ = ["NeVeASHAScheduler", "NeVeASHAStateCallback"]
+__all__ = ["NeVeASHAScheduler"]
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,6 @@ from ._trainable import (
 __all__ = [
     "APIS",
     "CLUSTER_MAX_FAILURES",
-    "SCHEDULERS",
     "check_search_args",
     "default_max_failures",
     "run_search",

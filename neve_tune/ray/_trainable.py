@@ -34,7 +34,6 @@ from ..trial import run_trial
 __all__ = [
     "CHECKPOINT_FILE",
     "SUMMARY_KEYS",
-    "check_resources",
     "check_resources_available",
     "neve_trainable",
     "reported_metrics",
@@ -183,19 +182,9 @@ def _reported_epoch(folder: str) -> int:
         return 0
 
 
-def _set_threads() -> None:
-    import torch
-
-    try:
-        cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
-    except Exception:  # not inside a Tune trial
-        return
-    torch.set_num_threads(max(1, int(cpus)))
-
-
 def _restore_checkpoint(local: Path) -> int:
-    """Copy the trial's Tune checkpoint (if any) to ``local``; the epochs Tune already has
-    results of (0 without a checkpoint)."""
+    """Copy the trial's file out of the Tune checkpoint it resumes from, if any, to
+    ``local``; the epoch that checkpoint was reported with (0: a fresh start)."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return 0
@@ -208,6 +197,16 @@ def _restore_checkpoint(local: Path) -> int:
             )
         shutil.copy2(src, local)
         return _reported_epoch(d)
+
+
+def _set_threads() -> None:
+    import torch
+
+    try:
+        cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    except Exception:  # not inside a Tune trial
+        return
+    torch.set_num_threads(max(1, int(cpus)))
 
 
 def _make_train_fn(
@@ -227,8 +226,8 @@ def _make_train_fn(
         workdir = Path(tempfile.mkdtemp(prefix="neve_trial_"))
         local = workdir / CHECKPOINT_FILE
         last: dict[str, Any] = {}
-        reported = 0  # epochs Tune has results of: a run started over does not report them again
         try:
+            # epochs Tune has results of: a run started over does not report them again
             reported = _restore_checkpoint(local)
 
             def on_epoch(m: dict[str, Any]) -> None:

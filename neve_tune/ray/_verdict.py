@@ -1,6 +1,19 @@
 """One Tune result's NeVe verdict (converged, diverged, stalled or go on): the rule that
 :class:`~neve_tune.ray.NeVeStopper` and :class:`~neve_tune.ray.NeVeASHAScheduler` both apply,
-so that they stop a trial on exactly the same evidence."""
+so that they stop a trial on exactly the same evidence (:func:`velocity_verdict`).
+
+    >>> velocity_verdict({"velocity": 0.5, "neve_stop": True})
+    'converged'
+    >>> velocity_verdict({"velocity": 0.001, "neve_stop": False})  # trusted: min_epochs not reached
+    >>> raw = {"training_iteration": 3, "velocity": 0.001, "train_loss": 0.2,
+    ...        "config": {"threshold": 0.01}}
+    >>> velocity_verdict(raw, first_loss=0.7), velocity_verdict(raw, first_loss=0.21)
+    ('converged', 'stalled')
+    >>> velocity_verdict({"train_loss": 0.3})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: NeVeStopper: the trial's result has neither 'velocity' nor 'neve_stop'; ...
+"""
 
 from __future__ import annotations
 
@@ -121,18 +134,6 @@ def velocity_verdict(
     ``metric`` nor ``neve_stop``, when a raw-velocity result has no ``loss_metric``, or
     when the threshold is missing or not positive; ``TypeError`` for a non-number metric
     or a non-bool flag.
-
-    >>> velocity_verdict({"velocity": 0.5, "neve_stop": True})
-    'converged'
-    >>> velocity_verdict({"velocity": 0.001, "neve_stop": False})  # trusted: min_epochs not reached
-    >>> raw = {"training_iteration": 3, "velocity": 0.001, "train_loss": 0.2,
-    ...        "config": {"threshold": 0.01}}
-    >>> velocity_verdict(raw, first_loss=0.7), velocity_verdict(raw, first_loss=0.21)
-    ('converged', 'stalled')
-    >>> velocity_verdict({"train_loss": 0.3})  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: NeVeStopper: the trial's result has neither 'velocity' nor 'neve_stop'; ...
     """
     check_mapping("result", result, "a dict of one epoch's reported metrics")
     diverged, value, loss = _diverged(result, metric, loss_metric, who)

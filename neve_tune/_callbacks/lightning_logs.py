@@ -9,8 +9,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from ._checks import to_float
-from .control import NeVe
+from .._checks import to_float
+from ..control import NeVe
 
 __all__ = ["log_epoch", "log_stop", "train_loss_of"]
 

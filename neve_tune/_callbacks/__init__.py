@@ -1,4 +1,10 @@
-"""Shared by the Lightning and Hugging Face callbacks (no third-party import here).
+"""The integrations' shared layer: what the Lightning and Hugging Face callbacks share.
+
+This package holds their settings and checks (here; no third-party import), what the
+probe is forwarded through (:mod:`.forward`), where the guard's prediction changes come
+from (:mod:`.pc_source`), NeVe's LR decay on top of a user's scheduler (:mod:`.lr_compose`)
+and the Lightning callback's probe and logs (:mod:`.lightning_probe`, :mod:`.lightning_logs`,
+which import Lightning).
 
 Both callbacks run the controller :func:`neve_tune.train.fit` runs, with the studies'
 defaults (docs/design.md, "The callbacks"): the relative velocity threshold
@@ -20,19 +26,13 @@ from typing import Any
 
 import torch
 
-from ._checks import check_float, check_int
-from ._forward import check_probe_target
-from ._rules import auto_patience, resolve_patience
-from .control import NeVe
-from .prediction_changes import PredictionChanges, SubsetPredictionChanges
+from .._checks import check_float, check_int
+from .._rules import resolve_patience
+from ..control import NeVe
+from ..prediction_changes import PredictionChanges, SubsetPredictionChanges
+from .forward import check_probe_target
 
-__all__ = [
-    "CallbackSettings",
-    "auto_patience",
-    "check_controller_options",
-    "check_trial",
-    "stop_reason",
-]
+__all__ = ["CallbackSettings", "check_controller_options", "check_trial", "stop_reason"]
 
 # set by the callback itself, never through **controller_options
 _OWN = {"self", "optimizer", "velocity", "threshold"}

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._pc_inputs import LABEL_KEYS
-from .prediction_changes import PredictionChanges, SubsetPredictionChanges, eval_forward
+from .._pc_inputs import LABEL_KEYS
+from ..prediction_changes import PredictionChanges, SubsetPredictionChanges, eval_forward
 
 __all__ = ["PCSource", "SUBSET_SIZE", "batch_labels"]
 

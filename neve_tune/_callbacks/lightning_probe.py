@@ -10,10 +10,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ._forward import ProbeForward, batch_inputs, has_forward
-from ._pc_source import PCSource
-from .prediction_changes import PredictionChanges
-from .probe import gaussian_probe
+from ..prediction_changes import PredictionChanges
+from ..probe import gaussian_probe
+from .forward import ProbeForward, batch_inputs, has_forward
+from .pc_source import PCSource
 
 __all__ = ["pc_source", "probe_forward", "probe_from_batch"]
 
@@ -24,7 +24,7 @@ PLACEHOLDERS = (pl.LightningModule.forward,)
 def probe_forward(
     pl_module: pl.LightningModule, probe_module: str | None, probe_fn: Any
 ) -> torch.nn.Module:
-    """What the probe goes through (see :mod:`neve_tune._forward`): the module itself, or
+    """What the probe goes through (see :mod:`neve_tune._callbacks.forward`): the module itself, or
     ``probe_module``/``probe_fn`` of it; a module without a ``forward`` of its own is refused."""
     if probe_module is not None or probe_fn is not None:
         return ProbeForward(pl_module, probe_module, probe_fn)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .velocity import DEFAULT_LAYER_TYPES
+from .._layers import DEFAULT_LAYER_TYPES
 
 __all__ = ["ProbeForward", "batch_inputs", "check_probe_target", "has_forward", "prefixed_layers"]
 
