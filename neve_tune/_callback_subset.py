@@ -16,7 +16,7 @@ from torch import nn
 
 from .selection import SelectionSubset, encode_predictions
 
-__all__ = ["check_selection_subset", "record_subset"]
+__all__ = ["call_model", "check_selection_subset", "record_subset"]
 
 BATCH = 500  # subset inputs per forward pass
 
