@@ -615,14 +615,33 @@ def test_an_in_memory_sqlite_url_runs_as_an_in_memory_study(tmp_path, capsys, ur
 
 def test_worker_adopts_a_stored_signal_over_the_study_files(tmp_path) -> None:
     """A study created before the default became the study file's rung signal keeps its
-    stored pruner settings: a new worker adopts them instead of refusing."""
+    stored pruner settings: a new worker adopts them instead of refusing, and says in one
+    line that its rungs and its pick (the study file's selection) follow two rules."""
     from neve_tune.optuna import NeVePruner, run_worker
 
     storage = f"sqlite:///{tmp_path / 'old.db'}"
     old = optuna.create_study(study_name="digits", storage=storage)
     NeVePruner(signal="train_loss").bind(old)
-    search = run_worker("digits", storage=storage, n_trials=1, changes={"max_epochs": 1}, log=None)
+    lines: list[str] = []
+    search = run_worker(
+        "digits", storage=storage, n_trials=1, changes={"max_epochs": 1}, log=lines.append
+    )
     assert search.pruner.signal == "train_loss"
+    notes = [line for line in lines if "prunes on signal 'train_loss'" in line]
+    assert len(notes) == 1 and "not 'auto'" in notes[0] and "--selection objective" in notes[0]
+    assert "\n" not in notes[0]
+    with pytest.warns(UserWarning, match="the rungs keep 'train_loss', the pick is by 'auto'"):
+        run_worker("digits", storage=storage, n_trials=1, changes={"max_epochs": 1}, log=None)
+    # a worker whose study file agrees with the stored signal says nothing
+    agreeing: list[str] = []
+    run_worker(
+        "digits",
+        storage=storage,
+        n_trials=1,
+        changes={"max_epochs": 1, "selection": "objective"},
+        log=agreeing.append,
+    )
+    assert not [line for line in agreeing if "prunes on signal" in line]
     fresh = run_worker(
         "digits",
         storage=f"sqlite:///{tmp_path / 'new.db'}",

@@ -142,8 +142,10 @@ def test_compare_on_ray_prunes_and_picks_by_consensus():
     )
     neve = r["runs"][0]["neve"]
     done = [t for t in neve["trials"] if t["state"] == "COMPLETE"]
-    assert done and all(-1.0 <= t["objective"] <= 0.0 for t in done)  # minus an agreement
-    assert neve["test_acc"] == min(done, key=lambda t: t["objective"])["test_acc"]
+    # the objective stays the training loss; the agreement has its own field
+    assert done and all(t["objective"] > 0 and 0.0 <= t["agreement"] <= 1.0 for t in done)
+    assert neve["test_acc"] == max(done, key=lambda t: t["agreement"])["test_acc"]
+    assert neve["selection"]["rule"] == "consensus" and neve["selection"]["finished"] == len(done)
 
 
 @pytest.mark.parametrize("fit, stopped", [(0.99, "b"), (0.7, "c")])

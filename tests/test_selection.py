@@ -193,11 +193,14 @@ def test_compare_with_consensus_and_pick():
     r = compare(
         study, trials=4, seed=2, searches=("neve",), neve_signal="consensus", progress=False
     )
-    trials = r["runs"][0]["neve"]["trials"]
-    done = [t for t in trials if t["state"] == "COMPLETE"]
-    assert done and all(-1.0 <= t["objective"] <= 0.0 for t in done)  # minus an agreement
-    best = min(done, key=lambda t: t["objective"])
-    assert r["runs"][0]["neve"]["test_acc"] == best["test_acc"]
+    neve = r["runs"][0]["neve"]
+    done = [t for t in neve["trials"] if t["state"] == "COMPLETE"]
+    # the objective stays the training loss; the agreement has its own field
+    assert done and all(t["objective"] > 0 and 0.0 <= t["agreement"] <= 1.0 for t in done)
+    best = max(done, key=lambda t: t["agreement"])
+    assert neve["test_acc"] == best["test_acc"]
+    assert neve["selection"]["rule"] == "consensus" == neve["selection"]["selection"]
+    assert neve["selection"]["finished"] == len(done)
     with pytest.raises(ValueError, match="selection_subset"):
         compare(
             study.replace(selection="objective", selection_subset=0),
@@ -303,7 +306,9 @@ def test_worker_prunes_and_picks_by_consensus(tmp_path, capsys):
     search = optuna.load_study(study_name="digits", storage=storage)
     assert len(search.trials[0].user_attrs[epoch_key(1)]["subset_pred"]) == 500
     best = pick_trial(search, "consensus")
-    assert f"best trial {best.number} (by consensus)" in out, out
+    assert f"best trial {best.number} (by the consensus)" in out, out
+    record = search.user_attrs["neve_selection"]
+    assert (record["rule"], record["trial"], record["by"]) == ("consensus", best.number, "worker")
 
 
 def test_auto_decides_from_the_finished_trials_fit():
@@ -399,6 +404,19 @@ def test_optuna_best_prints_the_pick_and_its_rule(tmp_path, capsys):
         "best trial 1 (auto: the finished trials' subset fit suggests 28% label noise, "
         "so by the consensus)" in out
     )
+    # the rule applied is recorded in the study, with the pick and who made it
+    stored = optuna.load_study(study_name="s", storage=storage).user_attrs["neve_selection"]
+    assert stored == {
+        "selection": "auto",
+        "rule": "consensus",
+        "noise": pytest.approx(0.28),
+        "finished": 3,
+        "fits": 3,
+        "reason": "auto: the finished trials' subset fit suggests 28% label noise, so by the "
+        "consensus",
+        "trial": 1,
+        "by": "neve-tune optuna best",
+    }
     assert (
         main(
             [

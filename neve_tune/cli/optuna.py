@@ -301,33 +301,23 @@ def _read_study(args: argparse.Namespace, what: str) -> Any:
 
 
 def _best(args: argparse.Namespace) -> int:
-    """One line: the winning trial, its value and parameters, and the rule that picked it."""
-    from optuna.trial import TrialState
-
-    from ..optuna import pick_trial
-    from ..optuna._selection import last_fits
-    from ..selection import noise_from_fits, selection_mode
+    """One line: the winning trial, its value and parameters, and the rule that picked it
+    (also stored in the study user attribute ``neve_selection``)."""
+    from ..optuna import record_selection, select_trial
+    from ..optuna._objective import STORAGE_WRITE_ERRORS
 
     search = _read_study(args, "pick from")
-    rule = args.selection
-    if rule == "auto":
-        fits = last_fits(search, (TrialState.COMPLETE,))
-        noise = noise_from_fits(list(fits.values()))
-        rule = selection_mode(list(fits.values()))
-        why = (
-            "auto: no finished trial recorded subset_fit, so by the objective"
-            if not fits
-            else f"auto: the finished trials' subset fit suggests {noise:.0%} label noise, "
-            f"so by the {rule}"
-        )
-    else:
-        why = f"by the {rule}"
-    best = pick_trial(search, rule)
+    best, decision = select_trial(search, args.selection)
     if best is None:
         raise cli.CLIError(f"study {args.study_name!r} has no finished trial to pick from")
+    try:
+        record_selection(search, best, decision, by="neve-tune optuna best")
+        kept = ""
+    except STORAGE_WRITE_ERRORS:  # a read-only storage: the pick is still printed
+        kept = "; not recorded: the storage is read-only"
     print(
-        f"study {args.study_name!r}: best trial {best.number} ({why}) value={best.value:.5g} "
-        f"params={best.params}"
+        f"study {args.study_name!r}: best trial {best.number} ({decision.reason}) "
+        f"value={best.value:.5g} params={best.params}{kept}"
     )
     return 0
 

@@ -380,7 +380,7 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"best: {cfg}  objective={best['objective']:.4f}  "
             f"test_acc={_fmt(best.get('test_acc'))}  epochs={best.get('epochs')}  "
-            f"stopped_by={best.get('stopped_by')}"
+            f"stopped_by={best.get('stopped_by')}  ({summary['selection']['reason']})"
         )
     if args.json_path:
         write_json(args.json_path, {"study": study.name, "method": args.method, **summary})

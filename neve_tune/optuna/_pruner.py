@@ -10,14 +10,16 @@ from optuna.pruners import BasePruner, SuccessiveHalvingPruner
 from optuna.trial import FrozenTrial
 
 from .._checks import check_choice, check_int, is_finite, to_float
+from ..selection_policy import SelectionPolicy
 from ._compat import with_step_value
-from ._consensus import consensus_rung, finished_fits, rung_index
+from ._consensus import consensus_rung, rung_index
 from ._pruner_settings import (
     bind_settings,
     renamed_setting,
     settings_from_study,
 )
 from ._report import check_optuna_study, direction_sign, epoch_key
+from ._selection import trial_outcomes
 
 if TYPE_CHECKING:
     import optuna
@@ -63,9 +65,9 @@ class NeVePruner(BasePruner):
        trials at the same epoch lose; every trial at the rung is judged again against the
        same vote (trials that reported that epoch, in the storage), with Optuna's rule.
        With ``signal="auto"`` each rung decides by the consensus when the study's
-       COMPLETE trials fit the given labels on the subset so poorly that the labels look
-       noisy (``subset_fit``, :func:`neve_tune.selection.selection_mode`: estimated noise
-       >= 10%), else by the training loss (also before any trial finished).
+       finished trials fit the given labels on the subset so poorly that the labels look
+       noisy (``subset_fit``, :class:`neve_tune.selection_policy.SelectionPolicy`: estimated
+       noise >= 10%), else by the training loss (also before any trial finished).
 
     The default signal is ``"train_loss"``, because it measured better. On digits (20
     trials of TPE, ``max_epochs=60``, 5 seeds), the final model's test accuracy was
@@ -322,12 +324,12 @@ class NeVePruner(BasePruner):
             )
 
     def _signal_at(self, study: optuna.study.Study) -> str:
-        """The rung signal of this decision: ``"auto"`` resolved from the finished trials."""
+        """The rung signal of this decision: ``"auto"`` resolved from the finished trials by
+        the selection policy (:mod:`neve_tune.selection_policy`), as the pick is."""
         if self._signal != "auto":
             return self._signal
-        from ..selection import selection_mode
-
-        return "consensus" if selection_mode(finished_fits(study)) == "consensus" else "train_loss"
+        rule = SelectionPolicy().decide(trial_outcomes(study), "auto").rule
+        return "consensus" if rule == "consensus" else "train_loss"
 
     def _unsettled(self, trial: optuna.trial.FrozenTrial, sign: float) -> bool:
         if not math.isfinite(self._unsettled_bound):

@@ -12,11 +12,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["SETTINGS_ATTR", "bind_settings", "renamed_setting", "settings_from_study"]
+__all__ = [
+    "SETTINGS_ATTR",
+    "bind_settings",
+    "stored_signal_note",
+    "renamed_setting",
+    "settings_from_study",
+]
 
 SETTINGS_ATTR = "neve_pruner"  # study user attribute holding the settings every worker must share
 SETTINGS_VERSION = 1
 
+#: the selection each rung signal goes with (Study.rung_signal's inverse)
+_SELECTION_OF = {"auto": "auto", "consensus": "consensus", "train_loss": "objective"}
 _OLD_NAMES = {"divergence_bound": "unsettled_bound", "divergence_patience": "unsettled_patience"}
 
 
@@ -63,6 +71,26 @@ def bind_settings(study: optuna.study.Study, settings: dict[str, Any]) -> None:
             f"{settings}; differing (study, this worker): {diff}. Start every worker with "
             "the same settings, or with none to adopt the study's (NeVePruner.from_study)."
         )
+
+
+def stored_signal_note(study: optuna.study.Study, rung_signal: str, selection: str) -> str | None:
+    """One line when the signal stored in ``study`` by its first worker differs from the study
+    file's rung signal (``rung_signal``, what its ``selection`` goes with), else None. The
+    stored rungs are kept (every worker of a study prunes by one rule, and studies stored
+    before keep running); the line says that this worker's pick follows another rule and
+    how to make them agree."""
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    theirs = stored.get("signal") if isinstance(stored, dict) else None
+    if theirs is None or theirs == rung_signal:
+        return None
+    same = _SELECTION_OF.get(theirs)
+    fix = f"--selection {same} or " if same else ""
+    return (
+        f"note: study {study.study_name!r} prunes on signal {theirs!r} (stored in "
+        f"{SETTINGS_ATTR!r} by its first worker), not {rung_signal!r}, which this study file's "
+        f"selection {selection!r} goes with: the rungs keep {theirs!r}, the pick is by "
+        f"{selection!r} (pass {fix}--signal {theirs} to say so and silence this)"
+    )
 
 
 def renamed_setting(old: str, old_value: Any, new: str, new_value: Any, default: Any) -> Any:

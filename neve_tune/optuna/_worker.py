@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,7 +42,7 @@ from ..study import Study, load_study
 from ._objective import STORAGE_WRITE_ERRORS, make_objective
 from ._open import open_study, renamed_argument
 from ._pruner import NeVePruner
-from ._pruner_settings import SETTINGS_ATTR
+from ._pruner_settings import stored_signal_note
 from ._sampler import TrialSeededTPESampler
 from ._stop import PoliteStop
 from ._storage import StorageError
@@ -135,7 +136,7 @@ def run_worker(
         heartbeat_grace_period=heartbeat_grace_period,
         max_retry=max_retry,
     )
-    search.pruner = _pruner(search, method, pruner, pruner_options, study)
+    search.pruner = _pruner(search, method, pruner, pruner_options, study, log)
     if checkpoint_dir is None and storage_kind(storage) == "rdb" and heartbeat_interval and log:
         log(
             "note: no checkpoint directory, so a retried trial restarts from epoch 0 (pass "
@@ -209,6 +210,10 @@ def _writable_study(
     return search
 
 
+def _warn(line: str) -> None:
+    warnings.warn(line, UserWarning, stacklevel=4)
+
+
 def _sampler(sampler_seed: int | None) -> optuna.samplers.BaseSampler:
     """Seeded: TPE seeded per trial (workers sharing a seed sample apart); else TPE
     seeded from the OS (every worker its own stream)."""
@@ -225,15 +230,22 @@ def _pruner(
     pruner: BasePruner | None,
     options: dict[str, Any] | None,
     study: Study | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> BasePruner:
     """The given pruner, else NeVe's (settings: ``options``, else those stored in the
-    Optuna study, else the study file's rung signal) or successive halving on validation
-    loss for the baselines."""
+    Optuna study, else the study file's rung signal; a stored signal that differs from the
+    study file's is kept and announced in one line, on ``log`` or as a warning) or successive
+    halving on validation loss for the baselines."""
     if pruner is None:
         if method == "neve":
             options = dict(options or {})
-            if study is not None and SETTINGS_ATTR not in search.user_attrs:
-                options.setdefault("signal", study.rung_signal)
+            if study is not None and "signal" not in options:
+                # a stored signal is kept (one rule per study), and a differing one announced
+                note = stored_signal_note(search, study.rung_signal, study.selection)
+                if note:
+                    (log or _warn)(note)
+                else:
+                    options["signal"] = study.rung_signal
             pruner = NeVePruner.from_study(search, **options)
         else:
             if options:

@@ -17,7 +17,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from .._checks import check_choice, to_float
-from ._consensus import ConsensusRungs, check_predictions
+from ._consensus import ConsensusRungs, check_predictions, ended_trial
 from ._halving import Brackets, check_mode
 from ._losses import remember_first_loss
 from ._outcomes import COMPLETED, MAX_T, PRUNED, Outcomes
@@ -246,9 +246,10 @@ class NeVeASHAScheduler(FIFOScheduler):
             self._outcomes.finish(tid, verdict)
         elif tid not in self._outcomes:
             self._outcomes.set(tid, COMPLETED)
-        if self._outcomes.get(tid) not in (DIVERGED, STALLED):
+        ended = self._outcomes.get(tid)
+        if ended not in (DIVERGED, STALLED):
             self._record(tid, result)
-            self._votes.add_fit(tid, result.get("subset_fit"))
+        self._votes.add_outcome(ended_trial(tid, ended, result, self._rung_metric))
         del self._brackets.active[tid]
 
     def on_trial_remove(self, tune_controller: TuneController, trial: Trial) -> None:
