@@ -384,20 +384,3 @@ def test_optimize_with_pruner(direction) -> None:
     for t in study.trials:
         if t.state == TrialState.COMPLETE:
             assert t.user_attrs[f"epoch_{t.last_step:04d}"]["neve_stop"] or t.last_step == 30
-
-
-def test_deprecated_names_of_the_unsettled_rule_still_work_and_adopt_old_studies() -> None:
-    with pytest.warns(
-        DeprecationWarning, match="divergence_bound=...\\) is deprecated, use unsettled_bound"
-    ):
-        old = NeVePruner(divergence_bound=0.7, divergence_patience=2)
-    assert old.settings == NeVePruner(unsettled_bound=0.7, unsettled_patience=2).settings
-    with pytest.raises(ValueError, match="give unsettled_bound only"):
-        NeVePruner(unsettled_bound=0.7, divergence_bound=0.7)
-    study = optuna.create_study()
-    stored = {**NeVePruner().settings, "version": 1}
-    stored["divergence_bound"] = stored.pop("unsettled_bound")  # a study stored before the rename
-    stored["divergence_patience"] = stored.pop("unsettled_patience")
-    study.set_user_attr(SETTINGS_ATTR, stored)
-    NeVePruner().bind(study)  # the same settings under the old names: adopted, not a conflict
-    assert NeVePruner.from_study(study).settings == NeVePruner().settings

@@ -212,21 +212,6 @@ class TestNeVeStopper:
         assert s2("b", res(2, 0.001)) is True and s2.num_converged == 1
         assert s2("a", res(2, 0.001)) is True and s2.stop_all() is True
 
-    def test_state_of_an_earlier_version_loads(self):
-        old = NeVeStopper.__new__(NeVeStopper)
-        old.__dict__.update(
-            _threshold=None,
-            _metric="velocity",
-            _threshold_key="threshold",
-            _grace_period=0,
-            _max_converged=None,
-            _last_iteration={"a": 2},
-            _stopped={"a": (2, "converged")},
-        )
-        s = pickle.loads(pickle.dumps(old))
-        assert s("b", res(1, 0.5)) is False
-        assert s.num_converged == 1 and s("b", res(2, 0.001)) is True and s.num_converged == 2
-
     def test_combined_with_ray_stoppers(self):
         s = CombinedStopper(NeVeStopper(), MaximumIterationStopper(max_iter=3))
         assert s("a", res(1, 0.5)) is False

@@ -116,16 +116,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         type=cli.positive_int,
         help="epochs in a row above --unsettled-bound that prune a trial",
     )
-    cli.deprecated_alias(
-        g, "--divergence-bound", "--unsettled-bound", "unsettled_bound", type=float
-    )
-    cli.deprecated_alias(
-        g,
-        "--divergence-patience",
-        "--unsettled-patience",
-        "unsettled_patience",
-        type=cli.positive_int,
-    )
     h = w.add_argument_group("recovery (RDB storages)")
     h.add_argument(
         "--heartbeat-interval", type=cli.positive_int, default=60, help="seconds (default 60)"
@@ -136,19 +126,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         type=cli.positive_int,
         help="seconds without heartbeat before a trial is failed (default 2x the interval)",
     )
-    cli.deprecated_alias(
-        h,
-        "--grace-period",
-        "--heartbeat-grace-period",
-        "heartbeat_grace_period",
-        type=cli.positive_int,
-    )
     h.add_argument(
         "--max-retry", type=int, default=3, help="retries of a trial whose worker died (default 3)"
     )
     h.add_argument("--no-heartbeat", action="store_true", help="no heartbeats, no retries")
     cli.add_out(w, "write velocity_curves.png and search_history.png here when done")
-    cli.deprecated_alias(w, "--plots", "--out", "out")
     cli.add_quiet(w)
     w.set_defaults(func=_worker)
 

@@ -82,9 +82,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="first rung, in epochs (Ray's grace_period; default: 1)",
     )
-    cli.deprecated_alias(
-        r, "--grace-period", "--min-resource", "min_resource", type=cli.positive_int
-    )
     r.add_argument(
         "--reduction-factor", type=float, default=4, help="rung reduction factor (default: 4)"
     )

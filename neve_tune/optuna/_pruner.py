@@ -14,7 +14,6 @@ from ._compat import with_step_value
 from ._consensus import consensus_rung, finished_fits, rung_index
 from ._pruner_settings import (
     bind_settings,
-    renamed_setting,
     settings_from_study,
 )
 from ._report import check_optuna_study, direction_sign, epoch_key
@@ -154,9 +153,6 @@ class NeVePruner(BasePruner):
             rule off).
         unsettled_patience:
             How many consecutive reported epochs above ``unsettled_bound`` prune a trial.
-        divergence_bound, divergence_patience:
-            Deprecated names of ``unsettled_bound`` and ``unsettled_patience`` (they
-            configure rule 4, not rule 1); removed in the next release.
     """
 
     def __init__(
@@ -166,17 +162,9 @@ class NeVePruner(BasePruner):
         min_resource: int = 1,
         reduction_factor: int = 4,
         min_early_stopping_rate: int = 0,
-        unsettled_bound: float | None = None,
-        unsettled_patience: int | None = None,
-        divergence_bound: float | None = None,
-        divergence_patience: int | None = None,
+        unsettled_bound: float = 0.6,
+        unsettled_patience: int = 5,
     ) -> None:
-        unsettled_bound = renamed_setting(
-            "divergence_bound", divergence_bound, "unsettled_bound", unsettled_bound, 0.6
-        )
-        unsettled_patience = renamed_setting(
-            "divergence_patience", divergence_patience, "unsettled_patience", unsettled_patience, 5
-        )
         check_choice("signal", signal, PRUNER_SIGNALS)
         min_resource = check_int("min_resource", min_resource, minimum=1)
         reduction_factor = check_int("reduction_factor", reduction_factor, minimum=2)

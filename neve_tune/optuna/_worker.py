@@ -39,7 +39,7 @@ from optuna.trial import FrozenTrial
 from ..checkpoint import first_line
 from ..study import Study, load_study
 from ._objective import STORAGE_WRITE_ERRORS, make_objective
-from ._open import StudyNotFoundError, open_study, renamed_argument
+from ._open import StudyNotFoundError, open_study
 from ._pruner import NeVePruner
 from ._pruner_settings import SETTINGS_ATTR
 from ._sampler import TrialSeededTPESampler
@@ -98,15 +98,13 @@ def run_worker(
     changes: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = print,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
-    grace_period: int | None = None,
 ) -> optuna.Study:
     """Run trials of ``study_file`` against the Optuna study ``study_name`` in ``storage``
     (what ``neve-tune optuna worker`` runs on each machine; the rules are in the module doc).
 
     ``n_trials`` trials, or until ``timeout`` seconds, or until the study holds
     ``total_trials`` finished ones. ``changes`` overrides fields of the study file.
-    ``grace_period`` is the deprecated name of ``heartbeat_grace_period``. Every argument
-    is checked before any storage or data is touched. Raises :class:`StorageError`,
+    Every argument is checked before any storage or data is touched. Raises :class:`StorageError`,
     :class:`StudyNotFoundError`, ``ValueError``, ``FileNotFoundError``; and
     :class:`WorkerInterrupted` after a polite stop, :class:`~neve_tune.optuna._stop.TrialLeft`
     when a checkpoint could not be written.
@@ -118,9 +116,6 @@ def run_worker(
         >>> len(search.trials)
         2
     """
-    heartbeat_grace_period = renamed_argument(
-        "grace_period", grace_period, "heartbeat_grace_period", heartbeat_grace_period
-    )
     study = load_study(study_file).replace(**(changes or {}))
     check_worker_arguments(
         n_trials=n_trials,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -87,7 +86,7 @@ def run_search(
     resources: Mapping[str, float] | None = None,
     max_concurrent_trials: int | None = None,
     max_failures: int | None = None,
-    min_resource: int | None = None,
+    min_resource: int = 1,
     reduction_factor: float = 4,
     api: str = "tuner",
     resume: bool = False,
@@ -98,7 +97,6 @@ def run_search(
     data: Any = None,
     model_fn: Any = None,
     neve_signal: str | None = None,
-    grace_period: int | None = None,
 ) -> Any:
     """Run one Ray Tune search of ``study`` on the connected Ray cluster (``ray.init``
     first; a local one is started if none is) and return its ``ResultGrid``
@@ -107,8 +105,8 @@ def run_search(
     ``method="neve"``: :func:`neve_trainable` + :class:`NeVeStopper` +
     :class:`NeVeASHAScheduler` (``scheduler="auto"``); ``method="asha"``/``"asha_es"``:
     the validation baseline with Ray's ``ASHAScheduler`` on ``val_loss``. Both start their
-    first rung at ``min_resource`` epochs (default 1; Ray calls it ``grace_period``, the
-    deprecated name of this argument). Trials are sampled at random from
+    first rung at ``min_resource`` epochs (default 1; Ray's schedulers call it
+    ``grace_period``). Trials are sampled at random from
     :func:`to_ray_space` with a seeded ``BasicVariantGenerator`` (same seed, same
     configurations; not TPE, unlike the Optuna backend); trial ``i`` trains with seed
     ``seed``. ``storage_path`` must be shared by every node on a cluster. ``data``/
@@ -126,7 +124,6 @@ def run_search(
     ``"velocity"``, ``"consensus"`` or ``"auto"``: both need ``study.selection_subset``). Every
     argument is checked (:func:`check_search_args`) before Ray starts.
     """
-    min_resource = _renamed_min_resource(grace_period, min_resource)
     study = load_study(study)
     neve_signal = study.rung_signal if neve_signal is None else neve_signal
     res = check_search_args(
@@ -189,15 +186,6 @@ def default_max_failures() -> int:
     one machine (there a failure is the trial's own error: retrying repeats it)."""
     alive = [n for n in ray.nodes() if n.get("Alive")]
     return CLUSTER_MAX_FAILURES if len(alive) > 1 else 0
-
-
-def _renamed_min_resource(grace_period: int | None, min_resource: int | None) -> int:
-    if grace_period is None:
-        return 1 if min_resource is None else min_resource
-    if min_resource is not None:
-        raise ValueError("give min_resource only (grace_period is its deprecated name)")
-    warnings.warn("grace_period is deprecated, use min_resource", DeprecationWarning, stacklevel=3)
-    return grace_period
 
 
 def check_search_args(

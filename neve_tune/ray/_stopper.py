@@ -183,26 +183,6 @@ class NeVeStopper(Stopper):
     def stop_all(self) -> bool:
         return self._max_converged is not None and self._counts[CONVERGED] >= self._max_converged
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # stoppers pickled by an earlier neve_tune (in an experiment to restore) had no counts
-        self.__dict__.update(state)
-        if "_counts" not in state:
-            self._counts = {CONVERGED: 0, DIVERGED: 0, STALLED: 0}
-            for _, verdict in self._stopped.values():
-                self._counts[verdict] += 1
-        self.__dict__.pop("_last_iteration", None)
-        defaults = {
-            "_loss_metric": "train_loss",
-            "_num_classes": None,
-            "_stall_margin": 0.1,
-            "_first_loss": {},
-            "_max_epochs": None,
-            "_stall_patience": STALL_PATIENCE,
-            "_best_loss": {},
-        }
-        for key, default in defaults.items():
-            self.__dict__.setdefault(key, default)
-
     # ------------------------------------------------------------ introspection
     def stopped_by(self, trial_id: str) -> str | None:
         """``"converged"``, ``"diverged"``, ``"stalled"`` or ``None`` (not stopped by this
