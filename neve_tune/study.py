@@ -217,7 +217,7 @@ class Study:
         )
 
     @property
-    def plateau_patience(self) -> int:
+    def lr_patience_epochs(self) -> int:
         """``lr_patience`` in epochs: ``"auto"`` scales it to the budget,
         ``max(2, max_epochs // 20)`` (3 for 60 epochs, 12 for the paper's 250); the same for NeVe
         and the baselines."""

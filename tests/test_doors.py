@@ -36,11 +36,11 @@ def _nudge(model: nn.Module) -> None:
 @pytest.mark.parametrize("max_epochs, patience", [(60, 3), (250, 12), (15, 2), (100, 5)])
 def test_neve_defaults_to_the_studies_patience_against_its_budget(max_epochs, patience):
     _, neve = _neve(max_epochs=max_epochs)
-    assert neve.patience == neve.scheduler.patience == patience
-    assert Study(name="x", max_epochs=max_epochs).plateau_patience == patience
-    _, explicit = _neve(max_epochs=max_epochs, patience="auto")
+    assert neve.lr_patience == neve.scheduler.patience == patience
+    assert Study(name="x", max_epochs=max_epochs).lr_patience_epochs == patience
+    _, explicit = _neve(max_epochs=max_epochs, lr_patience="auto")
     assert explicit.scheduler.patience == patience
-    _, fixed = _neve(max_epochs=max_epochs, patience=7)
+    _, fixed = _neve(max_epochs=max_epochs, lr_patience=7)
     assert fixed.scheduler.patience == 7
 
 
@@ -51,8 +51,8 @@ def test_one_definition_of_auto_patience():
 
 @pytest.mark.parametrize("bad, error", [("soon", ValueError), (-1, ValueError), (2.5, TypeError)])
 def test_a_bad_patience_is_refused_naming_it(bad, error):
-    with pytest.raises(error, match="patience"):
-        _neve(patience=bad)
+    with pytest.raises(error, match="lr_patience"):
+        _neve(lr_patience=bad)
 
 
 # ---------------------------------------------------------------- the guard without its signal
