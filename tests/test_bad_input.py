@@ -502,7 +502,7 @@ CLI_CASES = [
         id="compare-selection-subset-negative",
     ),
     pytest.param(
-        [*_worker("cpu", "w_cons"), "--signal", "consensus", "--selection-subset", "0"],
+        [*_worker("cpu", "w_cons"), "--rung-signal", "consensus", "--selection-subset", "0"],
         2,
         "--selection-subset 0 leaves no predictions for the consensus",
         id="worker-consensus-no-subset",

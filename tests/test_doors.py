@@ -251,7 +251,7 @@ def _fake_trial(tid: str) -> SimpleNamespace:
 
 
 def test_a_trial_the_scheduler_stopped_records_why_in_its_last_result():
-    sched = NeVeASHAScheduler(max_t=16, grace_period=1, reduction_factor=2)
+    sched = NeVeASHAScheduler(max_t=16, min_resource=1, reduction_factor=2)
     callback = sched.callback()
     trials = [_fake_trial(f"t{i}") for i in range(3)]
     for t in trials:
@@ -312,7 +312,7 @@ def test_under_tune_a_pruned_trial_reports_stopped_by(tmp_path, monkeypatch):
         ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        sched = NeVeASHAScheduler(max_t=8, grace_period=1, reduction_factor=2)
+        sched = NeVeASHAScheduler(max_t=8, min_resource=1, reduction_factor=2)
         results = tune.Tuner(
             trainable,
             param_space={"scale": tune.grid_search([1.0, 2.0, 3.0, 4.0])},
@@ -366,7 +366,7 @@ def test_under_tune_a_dead_learning_rate_ends_stalled_within_a_few_epochs(tmp_pa
         ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        sched = NeVeASHAScheduler(max_t=15, grace_period=1, reduction_factor=2)
+        sched = NeVeASHAScheduler(max_t=15, min_resource=1, reduction_factor=2)
         results = tune.Tuner(
             trainable,
             param_space={"lr": tune.grid_search([1e-6, 0.5])},

@@ -196,7 +196,7 @@ def test_hyperparameter_search_optuna_prunes(tmp_path):
         n_trials=4,
         storage=storage,
         study_name="hf",
-        pruner=NeVePruner(signal="train_loss"),
+        pruner=NeVePruner(rung_signal="train_loss"),
     )
     study = optuna.load_study(study_name="hf", storage=storage)
     states = {t.params["learning_rate"]: t.state for t in study.trials}

@@ -250,7 +250,7 @@ def test_resume_from_a_model_checkpoint_saved_mid_run(tmp_path):
 
 def test_optuna_study_prunes_and_converges():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize", pruner=NeVePruner(signal="train_loss"))
+    study = optuna.create_study(direction="minimize", pruner=NeVePruner(rung_signal="train_loss"))
     for lr in (0.3, 0.5, 0.003, 0.002):  # the low LRs lose at the first rung on training loss
         study.enqueue_trial({"lr": lr})
 

@@ -293,8 +293,7 @@ def _selection_changes(args: argparse.Namespace) -> dict[str, Any]:
         out["selection_subset"] = size
     asked = (
         getattr(args, "selection", None),
-        getattr(args, "neve_signal", None),
-        getattr(args, "signal", None),
+        getattr(args, "rung_signal", None),
     )
     wants_votes = "consensus" in asked or "auto" in asked
     if wants_votes and size is None:

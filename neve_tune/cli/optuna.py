@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .._checks import check_float, check_int, check_seed
-from ..records import SEARCH_METHODS
+from ..records import RUNG_SIGNALS, SEARCH_METHODS
 from . import _args as cli
 
 __all__ = ["add_cli"]
@@ -97,8 +97,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "NeVePruner (default: the settings stored in the study, else the defaults)"
     )
     g.add_argument(
-        "--signal",
-        choices=["velocity", "train_loss", "consensus", "auto"],
+        "--rung-signal",
+        choices=RUNG_SIGNALS,
         help="rung signal (consensus: agreement with the other trials' vote; auto: that when the "
         "finished trials say the labels are noisy, else train_loss; both record "
         "--selection-subset)",
@@ -156,7 +156,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 def _pruner_options(args: argparse.Namespace) -> dict[str, Any]:
     names = (
-        "signal",
+        "rung_signal",
         "min_resource",
         "reduction_factor",
         "min_early_stopping_rate",

@@ -70,7 +70,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     cli.add_trial_control(r)
     cli.add_selection(r)
     r.add_argument(
-        "--neve-signal",
+        "--rung-signal",
         choices=["train_loss", "velocity", "consensus", "auto"],
         help="rung signal of the NeVe scheduler (default: the study's, auto for the bundled "
         "studies)",
@@ -291,7 +291,7 @@ def _check_flags(args: argparse.Namespace, study: Any, resources: Any) -> None:
         min_resource=args.min_resource,
         reduction_factor=args.reduction_factor,
         api=args.api,
-        neve_signal=args.neve_signal,
+        rung_signal=args.rung_signal,
     )
 
 
@@ -354,7 +354,7 @@ def _run(args: argparse.Namespace) -> int:
             max_concurrent_trials=args.max_concurrent,
             max_failures=max_failures,
             min_resource=args.min_resource,
-            neve_signal=args.neve_signal,
+            rung_signal=args.rung_signal,
             reduction_factor=args.reduction_factor,
             api=args.api,
             resume=args.resume,

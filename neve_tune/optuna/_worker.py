@@ -243,7 +243,7 @@ def _pruner(
         if method == "neve":
             options = dict(options or {})
             if study is not None and SETTINGS_ATTR not in search.user_attrs:
-                options.setdefault("signal", study.rung_signal)
+                options.setdefault("rung_signal", study.rung_signal)
             pruner = NeVePruner.from_study(search, **options)
         else:
             if options:
