@@ -93,7 +93,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
 
     The defaults are the studies' (docs/design.md, "The callbacks"): the relative velocity
     threshold (``threshold_mode="relative"``, ``threshold=1e-2``), the guard on
-    (``pc_patience=3``, ``pc_window=3``, ``pc_restore=True``), ``patience="auto"``
+    (``pc_patience=3``, ``pc_window=3``, ``pc_restore=True``), ``lr_patience="auto"``
     (``max(2, max_epochs // 20)``), ``max_epochs`` the trainer's. Pass ``num_classes`` so
     a run that stays at chance ends ``"stalled"``.
 
@@ -133,7 +133,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
             trial): each epoch records ``subset_pred`` and ``subset_fit`` (the ``auto`` pick).
         verbose: print one line when the callback stops the run.
         **controller_options: more :class:`neve_tune.NeVe` options (``min_epochs``,
-            ``max_epochs``, ``factor``, ``patience``, ``lr_signal``, ``threshold_mode``,
+            ``max_epochs``, ``lr_factor``, ``lr_patience``, ``lr_signal``, ``threshold_mode``,
             ``num_classes``, ``stall_margin``, ``pc_patience``, ``pc_window``, ``pc_restore``).
     """
 

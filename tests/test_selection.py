@@ -125,7 +125,7 @@ def test_replay_takes_the_decisions_of_a_real_search(signal):
     bundle = study.load_data(seed=3)
     configs = harness.sample_configs(study, 6, seed=3)
     pool = harness.fill_pool(harness.new_pool(study, bundle, 3, configs), study, bundle, 6)
-    pruner = NeVePruner(signal=signal, min_resource=1, reduction_factor=2)
+    pruner = NeVePruner(rung_signal=signal, min_resource=1, reduction_factor=2)
     search = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), pruner=pruner)
     for cfg in configs:
         search.enqueue_trial(cfg)
@@ -176,7 +176,7 @@ def test_consensus_scores_and_encoding():
 
 
 def test_consensus_pruner_refuses_epochs_without_predictions():
-    search = optuna.create_study(pruner=NeVePruner(signal="consensus"))
+    search = optuna.create_study(pruner=NeVePruner(rung_signal="consensus"))
     trial = search.ask()
     report_epoch(trial, {"epoch": 1, "velocity": 0.3, "train_loss": 1.0})
     with pytest.raises(ValueError, match="selection_subset"):
@@ -191,7 +191,7 @@ def test_compare_with_consensus_and_pick():
         data="synthetic", max_epochs=4, lr_patience=1, selection_subset=32, selection="consensus"
     )
     r = compare(
-        study, trials=4, seed=2, searches=("neve",), neve_signal="consensus", progress=False
+        study, trials=4, seed=2, searches=("neve",), rung_signal="consensus", progress=False
     )
     neve = r["runs"][0]["neve"]
     done = [t for t in neve["trials"] if t["state"] == "COMPLETE"]
@@ -206,7 +206,7 @@ def test_compare_with_consensus_and_pick():
             study.replace(selection="objective", selection_subset=0),
             trials=1,
             searches=("neve",),
-            neve_signal="consensus",
+            rung_signal="consensus",
             progress=False,
         )
     with pytest.raises(ValueError, match="selection_subset > 0"):
@@ -276,7 +276,7 @@ def test_auto_without_the_subsets_fit_says_so_and_picks_by_the_objective():
 
 
 def test_worker_prunes_and_picks_by_consensus(tmp_path, capsys):
-    """``neve-tune optuna worker --signal consensus --selection consensus``: the flags record
+    """``neve-tune optuna worker --rung-signal consensus --selection consensus``: the flags record
     500 predictions per epoch (the default subset), the pruner ranks on them, and the
     closing line names the consensus pick."""
     from neve_tune.cli import main
@@ -294,7 +294,7 @@ def test_worker_prunes_and_picks_by_consensus(tmp_path, capsys):
         "4",
         "--max-epochs",
         "3",
-        "--signal",
+        "--rung-signal",
         "consensus",
         "--selection",
         "consensus",
@@ -346,7 +346,7 @@ def test_auto_pruner_ranks_on_the_consensus_only_when_labels_look_noisy(fit: flo
     loss (A pruned); with one that fit 70% (30% estimated noise) on the consensus (B pruned)."""
     from neve_tune.optuna import NeVePruner, report_epoch
 
-    search = optuna.create_study(pruner=NeVePruner(signal="auto", reduction_factor=2))
+    search = optuna.create_study(pruner=NeVePruner(rung_signal="auto", reduction_factor=2))
     _finished(search, fit)
     a, b = search.ask(), search.ask()
     report_epoch(
@@ -368,7 +368,7 @@ def test_compare_with_auto_rungs_and_pick():
     study = load_study("digits").replace(
         data="synthetic", max_epochs=4, lr_patience=1, selection_subset=32, selection="auto"
     )
-    r = compare(study, trials=4, seed=2, searches=("neve",), neve_signal="auto", progress=False)
+    r = compare(study, trials=4, seed=2, searches=("neve",), rung_signal="auto", progress=False)
     done = [t for t in r["runs"][0]["neve"]["trials"] if t["state"] == "COMPLETE"]
     assert done
     # synthetic data has clean labels: the finished trials fit them, so the objective picks

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .._checks import check_float, check_int, check_seed
-from ..records import SEARCH_METHODS
+from ..records import RUNG_SIGNALS, SEARCH_METHODS
 from . import _args as cli
 
 __all__ = ["add_cli"]
@@ -97,8 +97,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "NeVePruner (default: the settings stored in the study, else the defaults)"
     )
     g.add_argument(
-        "--signal",
-        choices=["velocity", "train_loss", "consensus", "auto"],
+        "--rung-signal",
+        choices=RUNG_SIGNALS,
         help="rung signal (consensus: agreement with the other trials' vote; auto: that when the "
         "finished trials say the labels are noisy, else train_loss; both record "
         "--selection-subset)",
@@ -116,16 +116,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         type=cli.positive_int,
         help="epochs in a row above --unsettled-bound that prune a trial",
     )
-    cli.deprecated_alias(
-        g, "--divergence-bound", "--unsettled-bound", "unsettled_bound", type=float
-    )
-    cli.deprecated_alias(
-        g,
-        "--divergence-patience",
-        "--unsettled-patience",
-        "unsettled_patience",
-        type=cli.positive_int,
-    )
     h = w.add_argument_group("recovery (RDB storages)")
     h.add_argument(
         "--heartbeat-interval", type=cli.positive_int, default=60, help="seconds (default 60)"
@@ -136,19 +126,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         type=cli.positive_int,
         help="seconds without heartbeat before a trial is failed (default 2x the interval)",
     )
-    cli.deprecated_alias(
-        h,
-        "--grace-period",
-        "--heartbeat-grace-period",
-        "heartbeat_grace_period",
-        type=cli.positive_int,
-    )
     h.add_argument(
         "--max-retry", type=int, default=3, help="retries of a trial whose worker died (default 3)"
     )
     h.add_argument("--no-heartbeat", action="store_true", help="no heartbeats, no retries")
     cli.add_out(w, "write velocity_curves.png and search_history.png here when done")
-    cli.deprecated_alias(w, "--plots", "--out", "out")
     cli.add_quiet(w)
     w.set_defaults(func=_worker)
 
@@ -174,7 +156,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 def _pruner_options(args: argparse.Namespace) -> dict[str, Any]:
     names = (
-        "signal",
+        "rung_signal",
         "min_resource",
         "reduction_factor",
         "min_early_stopping_rate",

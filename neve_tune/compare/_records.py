@@ -10,7 +10,7 @@ from .._search_records import SearchTrial, selection_rows
 from ..records import Cost
 
 __all__ = [
-    "GRACE_PERIOD",
+    "MIN_RESOURCE",
     "REDUCTION_FACTOR",
     "anytime_curve",
     "epochs_by_rung",
@@ -18,12 +18,12 @@ __all__ = [
 ]
 
 REDUCTION_FACTOR = 4
-GRACE_PERIOD = 1
+MIN_RESOURCE = 1
 
 
 def rung_edges(max_epochs: int) -> list[int]:
     """Rungs of the comparison's successive halving (1, 4, 16, ...) and ``max_epochs``."""
-    edges, r = [], GRACE_PERIOD
+    edges, r = [], MIN_RESOURCE
     while r < max_epochs:
         edges.append(r)
         r *= REDUCTION_FACTOR

@@ -50,7 +50,7 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
 
     Defaults are the studies' (docs/design.md, "The callbacks"): the relative velocity
     threshold (``threshold_mode="relative"``, ``threshold=1e-2``), the guard on
-    (``pc_patience=3``, ``pc_window=3``, ``pc_restore=True``), ``patience="auto"``
+    (``pc_patience=3``, ``pc_window=3``, ``pc_restore=True``), ``lr_patience="auto"``
     (``max(2, max_epochs // 20)``), ``max_epochs`` the Trainer's epochs (or, with
     ``every_n_steps``, its measurement points). Pass ``num_classes`` so a run that stays at
     chance ends ``"stalled"``. The guard's prediction changes (``prediction_changes``):
@@ -104,7 +104,7 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
         state_key: a name for this callback's state file (``neve_state-<name>.pt``), needed
             by a second NeVeTrainerCallback in one Trainer.
         **controller_options: more :class:`neve_tune.NeVe` options (``min_epochs``,
-            ``max_epochs`` counted in measurements, ``patience``, ``num_classes``, ...).
+            ``max_epochs`` counted in measurements, ``lr_patience``, ``num_classes``, ...).
     """
 
     who = "NeVeTrainerCallback"

@@ -1,4 +1,4 @@
-"""The consensus rungs of :class:`~neve_tune.optuna.NeVePruner` (``signal="consensus"`` and
+"""The consensus rungs of :class:`~neve_tune.optuna.NeVePruner` (``rung_signal="consensus"`` and
 ``"auto"``), read from the storage: the trials' predictions on the fixed training subset
 (``subset_pred``) and their fit of the given labels (``subset_fit``) travel in each epoch's
 user attribute, so every worker decides on the same data.

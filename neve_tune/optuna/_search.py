@@ -28,25 +28,25 @@ def search_trials(
     data: DataBundle,
     model_fn: Callable[[], torch.nn.Module] | None = None,
     device: str | None = None,
-    neve_signal: str = "train_loss",
+    rung_signal: str = "train_loss",
     on_trial: Callable[[], None] = lambda: None,
-    grace_period: int = 1,
+    min_resource: int = 1,
     reduction_factor: int = 4,
 ) -> list[SearchTrial]:
     """Run ``trials`` trials of ``method`` with a seeded TPE sampler and return them.
 
-    ``neve``: :class:`NeVePruner` on ``neve_signal``; ``asha``/``asha_es``: Optuna's
+    ``neve``: :class:`NeVePruner` on ``rung_signal``; ``asha``/``asha_es``: Optuna's
     ``SuccessiveHalvingPruner`` on the study's validation metric (loss, or the error
     ``1 - val_acc``: the study minimises either); both with the same rungs.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if method == "neve":
         pruner: optuna.pruners.BasePruner = NeVePruner(
-            signal=neve_signal, min_resource=grace_period, reduction_factor=reduction_factor
+            rung_signal=rung_signal, min_resource=min_resource, reduction_factor=reduction_factor
         )
     else:
         pruner = optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=grace_period, reduction_factor=reduction_factor, min_early_stopping_rate=0
+            min_resource=min_resource, reduction_factor=reduction_factor, min_early_stopping_rate=0
         )
     search = optuna.create_study(
         study_name=f"{study.name}-{method}-{seed}",

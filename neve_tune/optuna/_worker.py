@@ -40,7 +40,7 @@ from optuna.trial import FrozenTrial
 from ..checkpoint import first_line
 from ..study import Study, load_study
 from ._objective import STORAGE_WRITE_ERRORS, make_objective
-from ._open import open_study, renamed_argument
+from ._open import open_study
 from ._pruner import NeVePruner
 from ._pruner_settings import stored_signal_note
 from ._sampler import TrialSeededTPESampler
@@ -84,15 +84,13 @@ def run_worker(
     changes: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = print,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
-    grace_period: int | None = None,
 ) -> optuna.Study:
     """Run trials of ``study_file`` against the Optuna study ``study_name`` in ``storage``
     (what ``neve-tune optuna worker`` runs on each machine; the rules are in the module doc).
 
     ``n_trials`` trials, or until ``timeout`` seconds, or until the study holds
     ``total_trials`` finished ones. ``changes`` overrides fields of the study file.
-    ``grace_period`` is the deprecated name of ``heartbeat_grace_period``. Every argument
-    is checked before any storage or data is touched. Raises :class:`StorageError`,
+    Every argument is checked before any storage or data is touched. Raises :class:`StorageError`,
     :class:`StudyNotFoundError`, ``ValueError``, ``FileNotFoundError``; and
     :class:`WorkerInterrupted` after a polite stop, :class:`~neve_tune.optuna._stop.TrialLeft`
     when a checkpoint could not be written.
@@ -104,9 +102,6 @@ def run_worker(
         >>> len(search.trials)
         2
     """
-    heartbeat_grace_period = renamed_argument(
-        "grace_period", grace_period, "heartbeat_grace_period", heartbeat_grace_period
-    )
     study = load_study(study_file).replace(**(changes or {}))
     check_worker_arguments(
         n_trials=n_trials,
@@ -239,13 +234,13 @@ def _pruner(
     if pruner is None:
         if method == "neve":
             options = dict(options or {})
-            if study is not None and "signal" not in options:
+            if study is not None and "rung_signal" not in options:
                 # a stored signal is kept (one rule per study), and a differing one announced
                 note = stored_signal_note(search, study.rung_signal, study.selection)
                 if note:
                     (log or _warn)(note)
                 else:
-                    options["signal"] = study.rung_signal
+                    options["rung_signal"] = study.rung_signal
             pruner = NeVePruner.from_study(search, **options)
         else:
             if options:

@@ -1,4 +1,4 @@
-"""The consensus rungs of :class:`~neve_tune.ray.NeVeASHAScheduler` (``signal="consensus"``):
+"""The consensus rungs of :class:`~neve_tune.ray.NeVeASHAScheduler` (``rung_signal="consensus"``):
 asynchronous successive halving where a trial's value at a rung is its agreement with the
 majority vote of the other trials that reached the same rung (their predicted classes on
 one fixed training subset, :class:`~neve_tune.selection.SelectionSubset`). No validation
@@ -35,8 +35,9 @@ def check_predictions(value: Any, key: str, who: str) -> str:
     if isinstance(value, str) and value:
         return value
     raise ValueError(
-        f"{who}(signal='consensus') needs each result's {key!r}: the predicted classes of a fixed "
-        "training subset, encoded (neve_tune.selection.SelectionSubset(...).predict(model), or "
+        f"{who}(rung_signal='consensus') needs each result's {key!r}: the predicted classes of a "
+        "fixed training subset, encoded (neve_tune.selection.SelectionSubset(...).predict(model), "
+        "or "
         f"Study(selection_subset=500) in neve_trainable); got {type(value).__name__}"
     )
 

@@ -27,13 +27,13 @@ def search_trials(
     data: Any,
     model_fn: Any = None,
     device: str | None = None,
-    neve_signal: str = "train_loss",
+    rung_signal: str = "train_loss",
     on_trial: Any = lambda: None,
-    grace_period: int = 1,
+    min_resource: int = 1,
     reduction_factor: int = 4,
 ) -> list[SearchTrial]:
     """The comparison's Ray adapter: :func:`run_search` in a temporary folder, its trials
-    as records (``neve_signal``: the :class:`NeVeASHAScheduler` rung metric)."""
+    as records (``rung_signal``: the :class:`NeVeASHAScheduler` rung metric)."""
 
     class _Done(tune.Callback):
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -55,11 +55,11 @@ def search_trials(
             name=f"{study.name}-{method}-{seed}",
             device=device,
             callbacks=[_Done()],
-            min_resource=grace_period,
+            min_resource=min_resource,
             reduction_factor=reduction_factor,
             data=data,
             model_fn=model_fn,
-            neve_signal=neve_signal,
+            rung_signal=rung_signal,
         )
         ordered = sorted(results, key=lambda r: r.metrics.get("trial_id", ""))
         return [_record(i, r, study, train_size) for i, r in enumerate(ordered)]
