@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from .._checks import check_seed
-from ..compare._api import BACKENDS, RUNG_SIGNALS
-from ..records import SEARCH_METHODS
+from ..compare._api import BACKENDS
+from ..records import RUNG_SIGNALS, SEARCH_METHODS
 from . import _args as cli
 
 __all__ = ["add_cli"]

@@ -24,7 +24,7 @@ from ._records import (
 from ._report import run_line
 from ._variants import BaselineVariant, parse_variants, strongest_baseline
 
-__all__ = ["BACKENDS", "RUNG_SIGNALS", "compare", "compare_searches"]
+__all__ = ["BACKENDS", "compare", "compare_searches"]
 
 BACKENDS = ("optuna", "ray")
 
