@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         NeuralVelocity(model, gaussian_probe(bundle.input_shape, 100, seed=args.seed)),
         threshold=1e-12,
         max_epochs=args.epochs,
-        patience=study.plateau_patience,
+        lr_patience=study.lr_patience_epochs,
         num_classes=bundle.num_classes,
         pc_patience=None,
     )

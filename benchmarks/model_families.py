@@ -282,8 +282,8 @@ def _controller(
         threshold_mode=mode,
         max_epochs=max_epochs,
         min_epochs=max_epochs if rule is None else 0,  # None: never stop early
-        patience=patience,
-        factor=0.5,
+        lr_patience=patience,
+        lr_factor=0.5,
         num_classes=s.num_classes,
         pc_patience=None,
     )

@@ -82,7 +82,7 @@ def throughput(
         str(max_epochs),
         "--min-resource",
         "1000",
-        "--divergence-bound",
+        "--unsettled-bound",
         "inf",
         "--no-checkpoints",
         "--quiet",

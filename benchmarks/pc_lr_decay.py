@@ -58,8 +58,8 @@ def run(
         max_epochs=epochs,
         num_classes=bundle.num_classes,
         lr_signal=rule,
-        patience=patience if on_pc else 3,
-        factor=factor if on_pc else 0.5,
+        lr_patience=patience if on_pc else 3,
+        lr_factor=factor if on_pc else 0.5,
         pc_window=3,
     )
     rows: list[tuple[int, float, float]] = []

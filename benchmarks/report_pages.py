@@ -85,8 +85,8 @@ def command(record: Mapping[str, Any]) -> str:
     args += ["--repeats", str(len(seeds))]
     if record["max_epochs"] != max_epochs:
         args += ["--max-epochs", str(record["max_epochs"])]
-    if record.get("neve_signal") != signal:
-        args += ["--neve-signal", str(record["neve_signal"])]
+    if record.get("rung_signal") != signal:
+        args += ["--rung-signal", str(record["rung_signal"])]
     if record.get("reduction_factor", 4) != 4:
         args += ["--reduction-factor", str(record["reduction_factor"])]
     if record.get("retrain") is False:
@@ -187,7 +187,7 @@ def render(record: Mapping[str, Any], json_name: str, results: Path | None = Non
         f"| trials per search | {record['trials']} |",
         f"| seeds | {', '.join(map(str, seeds))} |",
         f"| max epochs | {record['max_epochs']} |",
-        f"| NeVe rung signal | {record.get('neve_signal')} |",
+        f"| NeVe rung signal | {record.get('rung_signal')} |",
         f"| reduction factor | {record.get('reduction_factor', 4)} |",
         f"| retrain of the validation searches' pick | {retrain} |",
         f"| training set size | {record.get('train_size', '–')} |",

@@ -62,7 +62,7 @@ class _Timed(optuna.pruners.BasePruner):
 def _pruner(name: str) -> optuna.pruners.BasePruner:
     if name == "NeVePruner":  # no unsettled rule: only the rungs decide, as in Optuna's pruner
         return NeVePruner(
-            "train_loss", min_resource=1, reduction_factor=4, divergence_bound=float("inf")
+            "train_loss", min_resource=1, reduction_factor=4, unsettled_bound=float("inf")
         )
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=4)
 

@@ -130,10 +130,10 @@ def drive(
 
 
 def neve_hooks(
-    max_t: int, grace_period: int, rf: float
+    max_t: int, min_resource: int, rf: float
 ) -> tuple[dict[str, Callable], NeVeASHAScheduler]:
     stopper = NeVeStopper()
-    sched = NeVeASHAScheduler(max_t=max_t, grace_period=grace_period, reduction_factor=rf)
+    sched = NeVeASHAScheduler(max_t=max_t, min_resource=min_resource, reduction_factor=rf)
 
     def result(trial: Any, raw: dict, flat: dict) -> bool:
         if stopper(trial.trial_id, raw):  # Tune asks the stopper first
@@ -147,9 +147,9 @@ def neve_hooks(
     }, sched
 
 
-def ray_hooks(max_t: int, grace_period: int, rf: float) -> dict[str, Callable]:
+def ray_hooks(max_t: int, min_resource: int, rf: float) -> dict[str, Callable]:
     sched = AsyncHyperBandScheduler(
-        metric="train_loss", mode="min", max_t=max_t, grace_period=grace_period, reduction_factor=rf
+        metric="train_loss", mode="min", max_t=max_t, grace_period=min_resource, reduction_factor=rf
     )
     return {
         "add": lambda trial: sched.on_trial_add(None, trial),
@@ -167,7 +167,7 @@ def main() -> None:
         "--concurrent", type=int, default=64, help="trials running at once (default: 64)"
     )
     ap.add_argument("--max-t", type=int, default=60, help="max epochs (default: 60)")
-    ap.add_argument("--grace-period", type=int, default=1, help="first rung (default: 1)")
+    ap.add_argument("--min-resource", type=int, default=1, help="first rung (default: 1)")
     ap.add_argument("--reduction-factor", type=float, default=4, help="(default: 4, as run_search)")
     args = ap.parse_args()
     counts = [int(x) for x in args.trials.split(",")]
@@ -175,7 +175,7 @@ def main() -> None:
     print(
         f"scheduler + stopper overhead per result; {args.concurrent} trials at once, "
         f"max_t={args.max_t}, "
-        f"grace_period={args.grace_period}, reduction_factor={args.reduction_factor:g}; load "
+        f"min_resource={args.min_resource}, reduction_factor={args.reduction_factor:g}; load "
         "average "
         f"{os.getloadavg()[0]:.2f}"
     )
@@ -185,13 +185,13 @@ def main() -> None:
         f"{'pruned':>7} {'converged':>9} {'get_state ms':>12}"
     )
     for n in counts:
-        hooks, sched = neve_hooks(args.max_t, args.grace_period, args.reduction_factor)
+        hooks, sched = neve_hooks(args.max_t, args.min_resource, args.reduction_factor)
         n_ours, t_ours = drive(n, args.concurrent, args.max_t, hooks)
         n_ray, t_ray = drive(
             n,
             args.concurrent,
             args.max_t,
-            ray_hooks(args.max_t, args.grace_period, args.reduction_factor),
+            ray_hooks(args.max_t, args.min_resource, args.reduction_factor),
         )
         cb = sched.callback()
         t0 = time.perf_counter()

@@ -49,9 +49,9 @@ HELDOUT: dict[str, tuple[dict[str, Any], int]] = {
 }
 CONDITIONS = {**DESIGN, **HELDOUT}
 
-CONSENSUS = ("--neve-signal", "consensus", "--selection", "consensus")
+CONSENSUS = ("--rung-signal", "consensus", "--selection", "consensus")
 # the rule before the consensus: rungs on the training loss, the lowest objective wins
-OBJECTIVE = ("--neve-signal", "train_loss", "--selection", "objective", "--selection-subset", "0")
+OBJECTIVE = ("--rung-signal", "train_loss", "--selection", "objective", "--selection-subset", "0")
 # variant -> (searches, CLI flags)
 VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "baselines": (("asha", "asha_es"), ()),
@@ -59,14 +59,14 @@ VARIANTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "consensus": (("neve",), CONSENSUS),
     # the data-decided rule: consensus rungs and pick once the finished trials' fit of the
     # subset's labels says they are noisy (estimated noise >= 10%), else today's
-    "auto": (("neve",), ("--neve-signal", "auto", "--selection", "auto")),
+    "auto": (("neve",), ("--rung-signal", "auto", "--selection", "auto")),
     # cheaper rungs: every search keeps 1/8 at epochs 1 and 8 (not 1/4 at 1, 4, 16)
     "baselines_rf8": (("asha", "asha_es"), ("--reduction-factor", "8")),
     "consensus_rf8": (("neve",), (*CONSENSUS, "--reduction-factor", "8")),
     "today_rf8": (("neve",), (*OBJECTIVE, "--reduction-factor", "8")),
     "auto_rf8": (
         ("neve",),
-        ("--neve-signal", "auto", "--selection", "auto", "--reduction-factor", "8"),
+        ("--rung-signal", "auto", "--selection", "auto", "--reduction-factor", "8"),
     ),
 }
 # the table's rows: a NeVe variant against the baselines run with the same rungs, and the

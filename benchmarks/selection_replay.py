@@ -169,7 +169,7 @@ def replay_search(
             while epoch >= min_resource * reduction_factor ** (min_early_stopping_rate + rung):
                 if frozen:  # those that recorded a value at this rung (Optuna's successive halving)
                     at_rung = reached.setdefault(rung, []) + [i]
-                else:  # those that reported this epoch (NeVePruner(signal="consensus"))
+                else:  # those that reported this epoch (NeVePruner(rung_signal="consensus"))
                     at_rung = [j for j in range(i) if out[j]["epochs"] >= epoch] + [i]
                     reached.setdefault(rung, [])
                 values = signal(pool, i, epoch, at_rung)

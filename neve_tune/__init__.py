@@ -12,6 +12,7 @@ from .guard import MemorisationGuard
 from .prediction_changes import PredictionChanges, SubsetPredictionChanges
 from .probe import dataset_probe, gaussian_probe
 from .records import Cost, TrialResult
+from .selection_policy import SelectionDecision, SelectionPolicy, TrialOutcome
 from .space import Choice, IntUniform, LogUniform, Uniform
 from .study import Study, load_study
 from .train import FitResult, evaluate, fit
@@ -32,8 +33,11 @@ __all__ = [
     "NeVe",
     "NeuralVelocity",
     "PredictionChanges",
+    "SelectionDecision",
+    "SelectionPolicy",
     "Study",
     "SubsetPredictionChanges",
+    "TrialOutcome",
     "TrialResult",
     "Uniform",
     "ValidationControl",

@@ -29,9 +29,9 @@ STALL_PATIENCE = 5
 
 
 def auto_patience(max_epochs: int) -> int:
-    """``patience="auto"``: ``max(2, max_epochs // 20)`` epochs (3 for 60 epochs, 12 for 250).
+    """``lr_patience="auto"``: ``max(2, max_epochs // 20)`` epochs (3 for 60 epochs, 12 for 250).
 
-    The one definition of the LR patience scaled to the run's budget: ``NeVe(patience="auto")``
+    The one definition of the LR patience scaled to the run's budget: ``NeVe(lr_patience="auto")``
     (its default), ``Study(lr_patience="auto")`` and both callbacks use it.
 
     >>> auto_patience(60), auto_patience(250), auto_patience(10)
@@ -40,7 +40,7 @@ def auto_patience(max_epochs: int) -> int:
     return max(2, int(max_epochs) // 20)
 
 
-def resolve_patience(patience: int | str, max_epochs: int, name: str = "patience") -> int:
+def resolve_patience(patience: int | str, max_epochs: int, name: str = "lr_patience") -> int:
     """``patience`` in epochs: an int >= 0 as given, ``"auto"`` by :func:`auto_patience`.
 
     >>> resolve_patience("auto", 100), resolve_patience(7, 100)

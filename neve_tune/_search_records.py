@@ -1,7 +1,7 @@
 """What a search's trials leave for the comparison, below both backends: each trial as a
 :class:`SearchTrial` record (the Optuna and Ray adapters write them, ``compare`` reads them)
-and the consensus ranking that replaces a finished trial's objective with its agreement
-with the others (``Study.selection="consensus"``)."""
+and the selection policy's decision on them (:func:`select_trials`: the rule applied, and
+with the consensus each finished trial's ``agreement`` with the others, in its own field)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .records import Cost
+from .selection_policy import SelectionDecision, SelectionPolicy, TrialOutcome
 
-__all__ = ["SearchTrial", "rank_by_consensus"]
+__all__ = ["SearchTrial", "select_trials", "selection_rows"]
 
 
 @dataclass
@@ -22,6 +23,9 @@ class SearchTrial:
     ``objective`` and ``test_acc`` are None unless COMPLETE. ``lrs`` is the per-epoch
     learning rate (a validation search's retrain replays it); ``val_acc`` the per-epoch
     validation accuracy of a validation search's trial (the report's notes read it).
+    ``subset_fit``/``subset_pred``: the trial's last fit of the selection subset's labels and
+    its predictions there (what the selection policy reads); ``agreement``: its agreement
+    with the other finished trials' vote when the consensus picked (else None).
     """
 
     number: int
@@ -37,6 +41,9 @@ class SearchTrial:
     lrs: list[float | None] = field(default_factory=list)
     velocity: list[float | None] = field(default_factory=list)
     val_acc: list[float | None] = field(default_factory=list)
+    subset_fit: float | None = None
+    subset_pred: str | None = None
+    agreement: float | None = None
 
     @property
     def complete(self) -> bool:
@@ -47,7 +54,7 @@ class SearchTrial:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The trial's JSON entry (``lrs`` and ``val_acc`` left out)."""
+        """The trial's JSON entry (``lrs``, ``val_acc`` and the subset's values left out)."""
         return {
             "number": self.number,
             "config": self.config,
@@ -59,34 +66,40 @@ class SearchTrial:
             "test_acc": self.test_acc,
             "cost": self.cost.as_dict(self.train_size),
             "velocity": self.velocity,
+            "agreement": self.agreement,
         }
 
 
-def rank_by_consensus(
-    records: list[SearchTrial],
-    last_predictions: dict[int, str],
-    selection: str = "consensus",
-    last_fits: dict[int, float] | None = None,
-) -> str:
-    """``Study.selection="consensus"``: each finished trial's objective becomes minus its
-    agreement with the majority vote of the other finished trials' last predictions on the
-    subset (``last_predictions``: by trial number), so the search picks the most consensual
-    trial. Pruned trials do not vote: with their votes the pick measured worse on MNIST-1D
-    (docs/measurements.md, "Which trial wins"). ``"auto"`` does so only when the finished trials'
-    last fits of the subset's labels (``last_fits``) say the labels are noisy. Returns the rule
-    applied (``"consensus"`` or ``"objective"``)."""
-    from .selection import consensus_scores, selection_mode
+#: a search record's state -> how the trial ended, for a trial that did not COMPLETE
+_ENDED = {"PRUNED": "pruned", "FAIL": "failed"}
 
-    if selection == "auto":
-        done = [r.number for r in records if r.state == "COMPLETE"]
-        selection = selection_mode([(last_fits or {}).get(k) for k in done])
-    if selection != "consensus":
-        return selection
-    candidates = [
-        r.number for r in records if r.state == "COMPLETE" and r.number in last_predictions
+
+def selection_rows(records: list[SearchTrial]) -> list[TrialOutcome]:
+    """The records as the selection policy reads them (a COMPLETE trial ended by its
+    ``stopped_by``; a PRUNED or FAIL one by that state)."""
+    return [
+        TrialOutcome(
+            r.number,
+            r.objective,
+            _ENDED.get(r.state, r.stopped_by),
+            r.subset_fit,
+            r.subset_pred,
+        )
+        for r in records
     ]
-    scores = consensus_scores({k: last_predictions[k] for k in candidates})
-    for r in records:
-        if r.number in scores:
-            r.objective = scores[r.number]
-    return selection
+
+
+def select_trials(records: list[SearchTrial], selection: str = "auto") -> SelectionDecision:
+    """The selection policy's decision on a search's records (``Study.selection``); with
+    the consensus, each finished trial with predictions gets its ``agreement`` with the
+    majority vote of the other finished trials' last predictions (pruned trials do not
+    vote: with their votes the pick measured worse on MNIST-1D, docs/measurements.md, "Which
+    trial wins"). The objective is never changed."""
+    policy = SelectionPolicy()
+    rows = selection_rows(records)
+    decision = policy.decide(rows, selection)
+    if decision.rule == "consensus":
+        agree = policy.agreements(rows)
+        for r in records:
+            r.agreement = agree.get(r.number)
+    return decision

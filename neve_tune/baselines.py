@@ -35,7 +35,7 @@ __all__ = ["LRReplay", "ValidationControl"]
 class ValidationControl(Stoppable):
     """The validation-based baseline controller.
 
-    After every epoch, :meth:`step` steps ``ReduceLROnPlateau(mode, factor, patience,
+    After every epoch, :meth:`step` steps ``ReduceLROnPlateau(mode, lr_factor, lr_patience,
     threshold=0)`` on the validation metric ``metric`` (``"loss"``: ``val_loss``, mode
     ``min``; ``"acc"``: ``val_acc``, mode ``max``); it stops at ``max_epochs``
     (``"max_epochs"``), after ``early_stopping`` epochs without a strictly better value when
@@ -53,8 +53,8 @@ class ValidationControl(Stoppable):
         optimizer: torch.optim.Optimizer,
         *,
         max_epochs: int = 100,
-        factor: float = 0.5,
-        patience: int = 10,
+        lr_factor: float = 0.5,
+        lr_patience: int = 10,
         early_stopping: int | None = None,
         metric: str = "loss",
         keep_best_weights: bool = False,
@@ -72,7 +72,7 @@ class ValidationControl(Stoppable):
         self.metric = metric
         self.model = model if keep_best_weights else None
         self.scheduler = ReduceLROnPlateau(
-            optimizer, mode=mode, factor=factor, patience=patience, threshold=0.0
+            optimizer, mode=mode, factor=lr_factor, patience=lr_patience, threshold=0.0
         )
         self.epoch = 0
         self.best = math.inf if mode == "min" else -math.inf

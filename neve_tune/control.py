@@ -64,8 +64,8 @@ class NeVe(Stoppable):
     After every epoch, :meth:`step`:
 
     1. measures the velocity ``V^t`` and its change ``D^t`` on the probe;
-    2. steps ``ReduceLROnPlateau(mode="min", factor, patience, threshold=0)``
-       (``patience="auto"``, the default: ``max(2, max_epochs // 20)`` epochs, as every
+    2. steps ``ReduceLROnPlateau(mode="min", lr_factor, lr_patience, threshold=0)``
+       (``lr_patience="auto"``, the default: ``max(2, max_epochs // 20)`` epochs, as every
        study and callback, :func:`auto_patience`) on ``D^t``
        (``lr_signal="velocity_change"``, from the 2nd epoch), on ``V^t``
        (``"velocity"``), or on the moving average of ``prediction_changes`` over
@@ -132,8 +132,8 @@ class NeVe(Stoppable):
         min_epochs: int = 0,
         max_epochs: int = 100,
         lr_signal: str = "velocity_change",
-        factor: float = 0.5,
-        patience: int | str = "auto",
+        lr_factor: float = 0.5,
+        lr_patience: int | str = "auto",
         threshold_mode: str | None = None,
         num_classes: int | None = None,
         stall_margin: float = 0.1,
@@ -147,8 +147,8 @@ class NeVe(Stoppable):
         if not isinstance(velocity, NeuralVelocity):
             raise TypeError(f"velocity must be a NeuralVelocity, got {type(velocity).__name__}")
         check_epochs(min_epochs, max_epochs)
-        patience = resolve_patience(patience, max_epochs)
-        check_float("factor", factor, low=0.0, high=1.0, low_open=True, high_open=True)
+        lr_patience = resolve_patience(lr_patience, max_epochs, "lr_patience")
+        check_float("lr_factor", lr_factor, low=0.0, high=1.0, low_open=True, high_open=True)
         self.optimizer = optimizer
         self.velocity = velocity
         self.threshold = float(threshold)
@@ -166,7 +166,7 @@ class NeVe(Stoppable):
         self.pc_patience = check_int("pc_patience", pc_patience, minimum=1, allow_none=True)
         self.pc_window = check_int("pc_window", pc_window, minimum=1)
         self.pc_restore = bool(pc_restore)
-        self.patience = patience
+        self.lr_patience = lr_patience
         self._pc_warned = False  # the missing-prediction-changes warning, once per controller
         self.guard = (
             None
@@ -175,7 +175,7 @@ class NeVe(Stoppable):
         )
         self._best_weights: dict[str, torch.Tensor] | None = None
         self.scheduler = ReduceLROnPlateau(
-            optimizer, mode="min", factor=factor, patience=patience, threshold=0.0
+            optimizer, mode="min", factor=lr_factor, patience=lr_patience, threshold=0.0
         )
         self.epoch = 0
         self.stopped_by: str | None = None

@@ -27,13 +27,9 @@ Example (the training loss must be logged per epoch under ``loss_key``)::
     pl.Trainer(max_epochs=100, callbacks=[neve]).fit(Net(), train_loader)
     print(neve.stopped_by)  # "velocity", "prediction_changes", "stalled", "max_epochs", "diverged"
 
-Under Ray Tune, list ``NeVeCallback`` *before* Ray's
-``ray.tune.integration.pytorch_lightning.TuneReportCheckpointCallback(on="train_epoch_end")``:
-the metrics logged here are then in ``trainer.callback_metrics`` when Ray reports them,
-and :class:`neve_tune.ray.NeVeStopper` reads ``velocity`` from the result.
-
-Importing this module needs ``lightning`` (``pip install neve_tune[lightning]``);
-``import neve_tune`` does not.
+Under Ray Tune, list ``NeVeCallback`` *before* Ray's ``TuneReportCheckpointCallback(
+on="train_epoch_end")``: the metrics logged here are then in ``trainer.callback_metrics``
+when Ray reports them. Needs ``lightning`` (``pip install neve_tune[lightning]``).
 """
 
 from __future__ import annotations
@@ -56,6 +52,7 @@ from ._callbacks.lightning_logs import log_epoch, log_stop, train_loss_of
 from ._callbacks.lightning_probe import pc_source, probe_forward, probe_from_batch
 from ._callbacks.lr_compose import check_composable, follow_decay, lrs
 from ._callbacks.pc_source import PCSource, batch_labels, batch_logits
+from ._callbacks.subset import call_model, check_selection_subset, record_subset
 from .control import NeVe
 from .probe import gaussian_probe
 from .velocity import NeuralVelocity
@@ -96,7 +93,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
 
     The defaults are the studies' (docs/design.md, "The callbacks"): the relative velocity
     threshold (``threshold_mode="relative"``, ``threshold=1e-2``), the guard on
-    (``pc_patience=3``, ``pc_window=3``, ``pc_restore=True``), ``patience="auto"``
+    (``pc_patience=3``, ``pc_window=3``, ``pc_restore=True``), ``lr_patience="auto"``
     (``max(2, max_epochs // 20)``), ``max_epochs`` the trainer's. Pass ``num_classes`` so
     a run that stays at chance ends ``"stalled"``.
 
@@ -132,9 +129,11 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         probe_module, probe_fn: what the probe goes through (see above).
         prediction_changes: the guard's source (see above).
         index_key: where a batch holds the examples' indices (``prediction_changes="batch"``).
+        selection_subset: a :class:`neve_tune.selection.SelectionSubset` (the same for every
+            trial): each epoch records ``subset_pred`` and ``subset_fit`` (the ``auto`` pick).
         verbose: print one line when the callback stops the run.
         **controller_options: more :class:`neve_tune.NeVe` options (``min_epochs``,
-            ``max_epochs``, ``factor``, ``patience``, ``lr_signal``, ``threshold_mode``,
+            ``max_epochs``, ``lr_factor``, ``lr_patience``, ``lr_signal``, ``threshold_mode``,
             ``num_classes``, ``stall_margin``, ``pc_patience``, ``pc_window``, ``pc_restore``).
     """
 
@@ -156,6 +155,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         probe_fn: Any = None,
         prediction_changes: Any = "subset",
         index_key: str | int | None = None,
+        selection_subset: Any = None,
         verbose: bool = False,
         **controller_options: Any,
     ) -> None:
@@ -187,6 +187,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
                 "batch holds its examples' indices (with the guard on)"
             )
         self.loss_key, self.input_key, self.index_key = loss_key, input_key, index_key
+        self.selection_subset = check_selection_subset(selection_subset, self.who)
         self.pruned = False
         self._source: PCSource | None = None
         self._schedulers: list[Any] = []
@@ -352,6 +353,8 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         follow_decay(self._schedulers, self.neve.optimizer, before)
         metrics.setdefault("train_loss", train_loss)
         metrics.setdefault("prediction_changes", changes)
+        if self.selection_subset is not None:  # what the `auto` pick reads (kept weights)
+            record_subset(metrics, self.selection_subset, pl_module, self.probe_fn or call_model)
         self.history.append(metrics)
         log_epoch(pl_module, metrics)
         if self.trial is not None and self._prune(trainer, metrics):

@@ -24,6 +24,7 @@ __all__ = [
     "FORWARD_FRACTION",
     "METHODS",
     "METRIC_NAMES",
+    "RUNG_SIGNALS",
     "SCHEDULERS",
     "SEARCH_METHODS",
     "STOP_REASONS",
@@ -40,6 +41,12 @@ SEARCH_METHODS = tuple(m for m in METHODS if m != "retrain")
 #: how a Ray search schedules its trials (``auto``: ``neve_asha`` for NeVe, ``asha`` for
 #: the validation baselines)
 SCHEDULERS = ("auto", "neve_asha", "asha", "fifo")
+#: what a NeVe search ranks trials on at a rung, the same for ``NeVePruner`` (Optuna) and
+#: ``NeVeASHAScheduler`` (Ray): ``train_loss`` (the epoch's mean training loss),
+#: ``velocity``, ``consensus`` (agreement with the other trials' vote on the selection
+#: subset) or ``auto`` (the consensus once the finished trials say the labels are noisy,
+#: else ``train_loss``)
+RUNG_SIGNALS = ("train_loss", "velocity", "consensus", "auto")
 
 #: the validation metric a baseline search decides on: its rungs, early stopping, LR plateau
 #: and pick (``Study.val_metric``): ``loss`` (reported as ``val_loss``, lower is better) or

@@ -76,9 +76,10 @@ class Study:
     "Which validation-free defaults, and why"). ``selection_subset`` (0: off) makes each
     NeVe trial record, every epoch, the classes it predicts for that many training examples
     (a fixed seeded subset, ``subset_pred``, 500 by default), which
-    ``NeVePruner(signal="consensus")`` compares across trials; ``selection="consensus"`` (it needs
-    ``selection_subset``) makes the comparison's NeVe search pick, among its finished trials, the
-    one that agrees most with the majority vote of the others instead of the lowest objective;
+    ``NeVePruner(rung_signal="consensus")`` compares across trials; ``selection="consensus"``
+    (it needs ``selection_subset``) makes the comparison's NeVe search pick, among its finished
+    trials, the one that agrees most with the majority vote of the others instead of the lowest
+    objective;
     ``"auto"`` (the default) does so only when the finished trials' fit of the subset's labels says
     the labels are noisy (:func:`neve_tune.selection.selection_mode`) (docs/design.md, "Selection
     criteria").
@@ -205,7 +206,7 @@ class Study:
         )
 
     @property
-    def plateau_patience(self) -> int:
+    def lr_patience_epochs(self) -> int:
         """``lr_patience`` in epochs: ``"auto"`` scales it to the budget,
         ``max(2, max_epochs // 20)`` (3 for 60 epochs, 12 for the paper's 250); the same for NeVe
         and the baselines."""

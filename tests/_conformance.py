@@ -3,7 +3,7 @@
 Every door trains the same thing: a 20-64-2 MLP (seed 0) with plain SGD, batch 64, on 512
 Gaussian points labelled by the sign of their first two coordinates (the README's task),
 clean or with 20 % of the labels flipped. The trial rules are the studies' in every door:
-the relative velocity stop at 1e-2, ``patience="auto"``, the memorisation guard
+the relative velocity stop at 1e-2, ``lr_patience="auto"``, the memorisation guard
 (``pc_patience=3``) fed by the whole training set's predictions in eval mode, the stall
 check with ``num_classes=2``, a budget of :data:`MAX_EPOCHS` epochs.
 """

@@ -26,6 +26,7 @@ def lightning_run(
     max_epochs: int = C.MAX_EPOCHS,
     ckpt: str | None = None,
     save: Path | None = None,
+    subset: Any = None,
 ) -> C.Outcome:
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import Logger
@@ -69,6 +70,7 @@ def lightning_run(
     loader = DataLoader(ds, batch_size=C.BATCH, sampler=C.EpochSampler(C.N))
     neve = NeVeCallback(
         trial=trial,
+        selection_subset=subset,
         prediction_changes="subset" if case.guard else None,
         **{k: v for k, v in C.rules(case).items() if case.guard or k != "pc_patience"},
     )
@@ -111,6 +113,7 @@ def hf_run(
     save: bool = False,
     stop_after: int | None = None,
     resume: str | None = None,
+    subset: Any = None,
 ) -> C.Outcome:
     from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.modeling_outputs import SequenceClassifierOutput
@@ -145,6 +148,7 @@ def hf_run(
 
     neve = NeVeTrainerCallback(
         trial=trial,
+        selection_subset=subset,
         probe_key="x",
         prediction_changes="subset" if case.guard else None,
         **{k: v for k, v in C.rules(case).items() if case.guard or k != "pc_patience"},
@@ -191,3 +195,47 @@ def hf_resumed(tmp: Path) -> C.Outcome:
     hf_run(clean, tmp, save=True, stop_after=C.STOPPED_AT)
     steps = C.STOPPED_AT * (C.N // C.BATCH)
     return hf_run(clean, tmp, save=True, resume=str(tmp / "hf" / f"checkpoint-{steps}"))
+
+
+# ---------------------------------------------------------------- the `auto` pick
+def callback_search(door: str, noise: float, lrs: tuple[float, ...], tmp: Path, record: bool):
+    """An Optuna search over ``lrs`` through a callback door (the callback reports every epoch
+    to the trial; no pruning, as in the own-loop door); with ``record``, the callback records
+    the fixed subset's predictions and fit (``selection_subset=``)."""
+    from neve_tune.selection import SelectionSubset
+
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+
+    def objective(trial: optuna.Trial) -> float:
+        case = C.Case(trial.suggest_categorical("lr", lrs), noise=noise)
+        subset = SelectionSubset.from_dataset(C.dataset(noise), 500, seed=0) if record else None
+        if door == "lightning":
+            out = lightning_run(case, trial=trial, subset=subset)
+        else:
+            out = hf_run(case, tmp / f"t{trial.number}", trial=trial, subset=subset)
+        return out.history[-1]["kept_train_loss"]  # the objective of the weights kept
+
+    for lr in lrs:
+        study.enqueue_trial({"lr": lr})
+    study.optimize(objective, n_trials=len(lrs))
+    return study
+
+
+def callback_picks(door: str, tmp: Path) -> dict[str, Any]:
+    """:func:`_conformance_doors.optuna_picks` through a callback door."""
+    from neve_tune.optuna import pick_trial, select_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out: dict[str, Any] = {}
+    for name, noise in (("clean", 0.0), ("noisy", 0.2)):
+        study = callback_search(door, noise, C.PICK_LRS, tmp / name, record=True)
+        best, decision = select_trial(study, "auto")
+        out[name] = (decision.rule, best.number)
+        for rule in ("objective", "consensus"):
+            out[f"{name}_{rule}"] = pick_trial(study, rule).number
+    bare = callback_search(door, 0.0, C.PICK_LRS[:2], tmp / "bare", record=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pick_trial(bare, "auto")
+    out["without_data_warns"] = any("subset_fit" in str(w.message) for w in caught)
+    return out

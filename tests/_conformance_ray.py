@@ -146,7 +146,7 @@ def search(tmp: Path) -> dict[str, Any]:
     try:
         results = list(_tune("cells", runs, tmp, max_concurrent_trials=4))
         # a scheduler's stop: the slow learner loses to the clean run at the first rung
-        sched = NeVeASHAScheduler(max_t=C.MAX_EPOCHS, grace_period=1, reduction_factor=2)
+        sched = NeVeASHAScheduler(max_t=C.MAX_EPOCHS, min_resource=1, reduction_factor=2)
         slow = C.Case(0.02)
         rung = _tune(
             "rung",

@@ -72,7 +72,7 @@ def neve_objective(out: Path) -> None:
             n_trials=1,
             storage_path=str(out / "ray"),
             verbose=0,
-            scheduler=NeVeASHAScheduler(max_t=15, grace_period=2, reduction_factor=2),
+            scheduler=NeVeASHAScheduler(max_t=15, min_resource=2, reduction_factor=2),
         )
         trials = [_trial(t, out / "out") for t in best.run_summary.trials]
         print(

@@ -502,7 +502,7 @@ CLI_CASES = [
         id="compare-selection-subset-negative",
     ),
     pytest.param(
-        [*_worker("cpu", "w_cons"), "--signal", "consensus", "--selection-subset", "0"],
+        [*_worker("cpu", "w_cons"), "--rung-signal", "consensus", "--selection-subset", "0"],
         2,
         "--selection-subset 0 leaves no predictions for the consensus",
         id="worker-consensus-no-subset",
@@ -570,10 +570,10 @@ def _run_from_checkpoint(name: str) -> Callable[[Path], Any]:
 # calls take the inputs folder
 API_CASES = [
     pytest.param(
-        lambda d: _neve(patience=-1),
+        lambda d: _neve(lr_patience=-1),
         ValueError,
-        "patience must be an int >= 0, got -1",
-        id="neve-patience",
+        "lr_patience must be an int >= 0, got -1",
+        id="neve-lr-patience",
     ),
     pytest.param(
         lambda d: _step_none(),

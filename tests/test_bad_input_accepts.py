@@ -406,8 +406,8 @@ def _ray(name: str) -> Callable[[], Any]:
         pytest.importorskip("ray")
         from neve_tune import ray as nr
 
-        if name == "scheduler_max":
-            return nr.NeVeASHAScheduler(mode="max")
+        if name == "scheduler_signal":
+            return nr.NeVeASHAScheduler(rung_signal="val_loss")
         if name == "report_negative_velocity":
             from neve_tune.ray._report import check_epoch_metrics
 
@@ -667,10 +667,11 @@ API_CASES = [
         id="worker-threads-huge",
     ),
     pytest.param(
-        lambda d: _ray("scheduler_max")(),
+        lambda d: _ray("scheduler_signal")(),
         ValueError,
-        "mode must be 'min' for metric 'train_loss': a loss is minimised, got 'max'",
-        id="ray-scheduler-mode-max",
+        "rung_signal must be one of ('train_loss', 'velocity', 'consensus', 'auto'), "
+        "got 'val_loss'",
+        id="ray-scheduler-rung-signal",
     ),
     pytest.param(
         lambda d: _ray("report_negative_velocity")(),

@@ -41,7 +41,7 @@ def test_early_stopping_on_accuracy_stops_where_accuracy_stopped_improving():
 
     def run(metric):
         opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
-        ctl = ValidationControl(opt, max_epochs=30, patience=1, early_stopping=3, metric=metric)
+        ctl = ValidationControl(opt, max_epochs=30, lr_patience=1, early_stopping=3, metric=metric)
         lrs = []
         for v, a in zip(losses, accs):
             lrs.append(ctl.step(0.1, v, val_acc=a)["lr"])

@@ -60,13 +60,6 @@ NOT_APPLICABLE = {
     "the Optuna or Ray door (`make_objective`, `neve_trainable`)",
     ("cli", "auto_pick"): "`neve-tune train` trains one configuration; the CLI's searches "
     "pick with the Optuna and Ray doors' `pick_trial` and `summarize`",
-    ("lightning", "auto_pick"): "a Trainer trains one configuration. A search with "
-    "`trial=` picks with `pick_trial` on its study, but the callback does not record the "
-    "subset predictions `auto` needs: there `auto` warns and picks by the objective",
-    ("hf", "auto_pick"): "`hyperparameter_search` returns the trial with the best "
-    "objective (NeVe's kept loss). The callback does not record the subset predictions "
-    "`auto` needs: `pick_trial` or `summarize` on what the search leaves warns and picks "
-    "by the objective",
 }
 #: cells that fail today, with the true reason (strict: a fix turns them into failures)
 XFAIL: dict[tuple[str, str], str] = {}
@@ -227,6 +220,8 @@ def stop_reason(door: str, ctx: Ctx) -> None:
 def auto_pick(door: str, ctx: Ctx) -> None:
     if door == "ray":
         picks = ctx.ray()["picks"]
+    elif door in ("lightning", "hf"):
+        picks = K.callback_picks(door, ctx.tmp(f"{door}-picks"))
     else:
         picks = D.optuna_picks()
     assert picks["noisy"] == ("consensus", picks["noisy_consensus"]), picks

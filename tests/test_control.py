@@ -232,7 +232,7 @@ def test_prediction_changes_guard_needs_the_unfit_count():
 
 def test_lr_decays_when_prediction_changes_stop_settling():
     model, opt, neve = _setup(
-        threshold=1e-9, max_epochs=50, lr_signal="prediction_changes", patience=1, pc_window=1
+        threshold=1e-9, max_epochs=50, lr_signal="prediction_changes", lr_patience=1, pc_window=1
     )
     neve.start()
     lrs = []
@@ -291,7 +291,7 @@ def test_non_finite_velocity_marks_diverged():
 @pytest.mark.parametrize("signal", ["velocity_change", "velocity"])
 def test_lr_decays_on_plateau_of_the_signal(signal):
     model, opt, neve = _setup(
-        lr=1.0, threshold=1e-12, max_epochs=40, patience=2, lr_signal=signal, stall_patience=None
+        lr=1.0, threshold=1e-12, max_epochs=40, lr_patience=2, lr_signal=signal, stall_patience=None
     )  # a flat loss: the stall check would end it
     neve.start()
     lrs = []
@@ -304,13 +304,13 @@ def test_lr_decays_on_plateau_of_the_signal(signal):
 
 
 def test_state_dict_round_trip():
-    model, opt, neve = _setup(threshold=1e-12, patience=1)
+    model, opt, neve = _setup(threshold=1e-12, lr_patience=1)
     neve.start()
     for i in range(5):
         _nudge(model, 0.05 * (-1) ** i)
         neve.step(1.0)
     state = neve.state_dict()
-    _, opt2, neve2 = _setup(threshold=1e-12, patience=1)
+    _, opt2, neve2 = _setup(threshold=1e-12, lr_patience=1)
     neve2.velocity.model.load_state_dict(model.state_dict())
     opt2.load_state_dict(opt.state_dict())
     neve2.load_state_dict(state)
@@ -339,7 +339,7 @@ def test_bad_arguments_name_the_parameter(kw, match):
 def test_validation_control_plateau_early_stopping_and_cap():
     model = nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    ctl = ValidationControl(opt, max_epochs=30, patience=1, early_stopping=3)
+    ctl = ValidationControl(opt, max_epochs=30, lr_patience=1, early_stopping=3)
     losses = [1.0, 0.9, 0.95, 0.96, 0.97, 0.98]
     out = [ctl.step(0.1, v) for v in losses[:5]]
     assert ctl.stopped_by == "early_stopping" and ctl.best_epoch == 2 and ctl.epoch == 5

@@ -36,11 +36,11 @@ def _nudge(model: nn.Module) -> None:
 @pytest.mark.parametrize("max_epochs, patience", [(60, 3), (250, 12), (15, 2), (100, 5)])
 def test_neve_defaults_to_the_studies_patience_against_its_budget(max_epochs, patience):
     _, neve = _neve(max_epochs=max_epochs)
-    assert neve.patience == neve.scheduler.patience == patience
-    assert Study(name="x", max_epochs=max_epochs).plateau_patience == patience
-    _, explicit = _neve(max_epochs=max_epochs, patience="auto")
+    assert neve.lr_patience == neve.scheduler.patience == patience
+    assert Study(name="x", max_epochs=max_epochs).lr_patience_epochs == patience
+    _, explicit = _neve(max_epochs=max_epochs, lr_patience="auto")
     assert explicit.scheduler.patience == patience
-    _, fixed = _neve(max_epochs=max_epochs, patience=7)
+    _, fixed = _neve(max_epochs=max_epochs, lr_patience=7)
     assert fixed.scheduler.patience == 7
 
 
@@ -51,8 +51,8 @@ def test_one_definition_of_auto_patience():
 
 @pytest.mark.parametrize("bad, error", [("soon", ValueError), (-1, ValueError), (2.5, TypeError)])
 def test_a_bad_patience_is_refused_naming_it(bad, error):
-    with pytest.raises(error, match="patience"):
-        _neve(patience=bad)
+    with pytest.raises(error, match="lr_patience"):
+        _neve(lr_patience=bad)
 
 
 # ---------------------------------------------------------------- the guard without its signal
@@ -251,7 +251,7 @@ def _fake_trial(tid: str) -> SimpleNamespace:
 
 
 def test_a_trial_the_scheduler_stopped_records_why_in_its_last_result():
-    sched = NeVeASHAScheduler(max_t=16, grace_period=1, reduction_factor=2)
+    sched = NeVeASHAScheduler(max_t=16, min_resource=1, reduction_factor=2)
     callback = sched.callback()
     trials = [_fake_trial(f"t{i}") for i in range(3)]
     for t in trials:
@@ -312,7 +312,7 @@ def test_under_tune_a_pruned_trial_reports_stopped_by(tmp_path, monkeypatch):
         ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        sched = NeVeASHAScheduler(max_t=8, grace_period=1, reduction_factor=2)
+        sched = NeVeASHAScheduler(max_t=8, min_resource=1, reduction_factor=2)
         results = tune.Tuner(
             trainable,
             param_space={"scale": tune.grid_search([1.0, 2.0, 3.0, 4.0])},
@@ -366,7 +366,7 @@ def test_under_tune_a_dead_learning_rate_ends_stalled_within_a_few_epochs(tmp_pa
         ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        sched = NeVeASHAScheduler(max_t=15, grace_period=1, reduction_factor=2)
+        sched = NeVeASHAScheduler(max_t=15, min_resource=1, reduction_factor=2)
         results = tune.Tuner(
             trainable,
             param_space={"lr": tune.grid_search([1e-6, 0.5])},

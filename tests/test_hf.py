@@ -143,7 +143,7 @@ def test_trainer_stops_by_velocity_at_epoch_end(tmp_path):
 def test_every_n_steps_and_the_lr_follows_the_trainer_schedule(tmp_path):
     # measured every 2 steps, logged every 3: the callback asks the Trainer to log at each point
     neve = NeVeTrainerCallback(
-        threshold=1e-9, every_n_steps=2, patience=0, lr_signal="velocity", max_epochs=6
+        threshold=1e-9, every_n_steps=2, lr_patience=0, lr_signal="velocity", max_epochs=6
     )
     args = _args(tmp_path, logging_steps=3, num_train_epochs=5, learning_rate=5e-2)
     trainer = Trainer(model=tiny_bert(), args=args, train_dataset=Tokens(), callbacks=[neve])
@@ -196,7 +196,7 @@ def test_hyperparameter_search_optuna_prunes(tmp_path):
         n_trials=4,
         storage=storage,
         study_name="hf",
-        pruner=NeVePruner(signal="train_loss"),
+        pruner=NeVePruner(rung_signal="train_loss"),
     )
     study = optuna.load_study(study_name="hf", storage=storage)
     states = {t.params["learning_rate"]: t.state for t in study.trials}
@@ -267,7 +267,7 @@ class _KillAfter(TrainerCallback):
 
 
 def _resumable_run(tmp_path, name, *, kill_after=None, resume=None, epochs=8):
-    neve = NeVeTrainerCallback(threshold=1e-9, patience=0, lr_signal="velocity")
+    neve = NeVeTrainerCallback(threshold=1e-9, lr_patience=0, lr_signal="velocity")
     callbacks = [neve] + ([_KillAfter(kill_after)] if kill_after else [])
     args = _args(
         tmp_path, output_dir=str(tmp_path / name), num_train_epochs=epochs, save_strategy="epoch"
@@ -325,7 +325,7 @@ def test_resume_between_measurement_points(tmp_path):
     # Trainer logs it before saving; its own checkpoint would drop it)
     def run(name, resume=None, kill_at=None) -> NeVeTrainerCallback:
         neve = NeVeTrainerCallback(
-            threshold=1e-9, every_n_steps=3, patience=0, lr_signal="velocity"
+            threshold=1e-9, every_n_steps=3, lr_patience=0, lr_signal="velocity"
         )
         args = _args(
             tmp_path,
@@ -514,7 +514,7 @@ def test_a_pruned_run_records_and_prints_its_stop(tmp_path, capsys):
 def test_patience_auto_follows_the_trainer_budget(tmp_path):
     for epochs, every, options, budget, expected in [
         (100, None, {}, 100, 5),
-        (60, None, {"patience": 4}, 60, 4),
+        (60, None, {"lr_patience": 4}, 60, 4),
         (15, 1, {}, 60, 3),
     ]:  # 60 steps: 60 measurement points
         neve = NeVeTrainerCallback(threshold=1e-9, pc_patience=None, every_n_steps=every, **options)
@@ -669,8 +669,8 @@ def test_controller_options_reach_the_controller(tmp_path):
     options = {
         "min_epochs": 4,
         "max_epochs": 9,
-        "factor": 0.3,
-        "patience": 1,
+        "lr_factor": 0.3,
+        "lr_patience": 1,
         "lr_signal": "velocity",
         "threshold_mode": "relative",
         "num_classes": 2,
@@ -690,8 +690,8 @@ def test_controller_options_reach_the_controller(tmp_path):
     got = {
         "min_epochs": c.min_epochs,
         "max_epochs": c.max_epochs,
-        "factor": c.scheduler.factor,
-        "patience": c.scheduler.patience,
+        "lr_factor": c.scheduler.factor,
+        "lr_patience": c.scheduler.patience,
         "lr_signal": c.lr_signal,
         "threshold_mode": c.threshold_mode,
         "num_classes": c.num_classes,
@@ -710,7 +710,7 @@ def test_hyperparameter_search_optuna_keeps_one_state_per_run_and_resumes_inside
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    neve = NeVeTrainerCallback(threshold=1e-9, lr_signal="velocity", patience=0)
+    neve = NeVeTrainerCallback(threshold=1e-9, lr_signal="velocity", lr_patience=0)
     data = Tokens()
     args = _args(tmp_path, num_train_epochs=3, save_strategy="epoch")
     trainer = Trainer(
@@ -746,7 +746,7 @@ def test_hyperparameter_search_optuna_keeps_one_state_per_run_and_resumes_inside
         )
     # resume trial 1 from its run folder: the series goes on from its second measurement
     whole = trial_history(study.trials[1])
-    resumed = NeVeTrainerCallback(threshold=1e-9, lr_signal="velocity", patience=0)
+    resumed = NeVeTrainerCallback(threshold=1e-9, lr_signal="velocity", lr_patience=0)
     again = Trainer(
         model=tiny_bert(),
         args=_args(tmp_path, num_train_epochs=3, learning_rate=lrs[1]),

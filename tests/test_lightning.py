@@ -105,7 +105,7 @@ def test_the_default_rule_is_the_studies_relative_threshold():
 
 def test_run_stops_by_velocity_and_logs_metrics():
     torch.manual_seed(0)
-    neve = NeVeCallback(threshold=1e-2, threshold_mode="absolute", min_epochs=2, patience=1)
+    neve = NeVeCallback(threshold=1e-2, threshold_mode="absolute", min_epochs=2, lr_patience=1)
     trainer = _trainer([neve])
     trainer.fit(Net(lr=0.5), _loader())
     assert neve.stopped_by == "velocity"
@@ -126,7 +126,7 @@ def test_run_stops_by_velocity_and_logs_metrics():
 
 def test_lr_decays_on_the_velocity_and_the_trainer_cap_applies():
     torch.manual_seed(0)
-    neve = NeVeCallback(threshold=1e-9, patience=0, factor=0.5, lr_signal="velocity")
+    neve = NeVeCallback(threshold=1e-9, lr_patience=0, lr_factor=0.5, lr_signal="velocity")
     trainer = _trainer([neve], max_epochs=5)
     trainer.fit(Net(lr=8.0), _loader())  # velocity rises at epoch 3: the LR halves
     lrs = [m["lr"] for m in neve.history]
@@ -250,7 +250,7 @@ def test_resume_from_a_model_checkpoint_saved_mid_run(tmp_path):
 
 def test_optuna_study_prunes_and_converges():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize", pruner=NeVePruner(signal="train_loss"))
+    study = optuna.create_study(direction="minimize", pruner=NeVePruner(rung_signal="train_loss"))
     for lr in (0.3, 0.5, 0.003, 0.002):  # the low LRs lose at the first rung on training loss
         study.enqueue_trial({"lr": lr})
 
@@ -491,7 +491,7 @@ def _plateaus(series: list) -> set[int]:
 def test_lr_signal_prediction_changes_decays_on_the_subset():
     torch.manual_seed(0)
     neve = NeVeCallback(
-        threshold=1e-9, lr_signal="prediction_changes", patience=0, pc_window=1, pc_patience=None
+        threshold=1e-9, lr_signal="prediction_changes", lr_patience=0, pc_window=1, pc_patience=None
     )
     _trainer([neve], max_epochs=14).fit(Net(lr=0.5), _noisy_loader())
     rows = neve.history
@@ -566,14 +566,14 @@ def test_patience_auto_follows_the_trainer_budget():
         (60, {}, 3),
         (100, {}, 5),
         (10, {}, 2),
-        (60, {"patience": 7}, 7),
+        (60, {"lr_patience": 7}, 7),
         (60, {"max_epochs": 200}, 10),
     ]:
         neve = NeVeCallback(threshold=1e-9, **options)
         _trainer([neve], max_epochs=max_epochs, limit_train_batches=1).fit(Net(), _loader())
         assert neve.neve.scheduler.patience == expected, (max_epochs, options)
-    with pytest.raises(ValueError, match="patience must be"):
-        NeVeCallback(patience=-1)
+    with pytest.raises(ValueError, match="lr_patience must be"):
+        NeVeCallback(lr_patience=-1)
 
 
 class ScheduledNet(Net):
@@ -589,7 +589,11 @@ class ScheduledNet(Net):
 def _lrs_with(scheduler, max_epochs=5, patience=0, factor=0.5) -> tuple[list[float], float]:
     torch.manual_seed(0)
     neve = NeVeCallback(
-        threshold=1e-9, patience=patience, factor=factor, lr_signal="velocity", pc_patience=None
+        threshold=1e-9,
+        lr_patience=patience,
+        lr_factor=factor,
+        lr_signal="velocity",
+        pc_patience=None,
     )
     trainer = _trainer([neve], max_epochs=max_epochs)
     trainer.fit(ScheduledNet(8.0, scheduler) if scheduler else Net(lr=8.0), _loader())

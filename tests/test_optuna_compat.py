@@ -1,6 +1,6 @@
 """The Optuna behaviour ``neve_tune/optuna/_compat.py`` relies on, checked against Optuna
 5.0.0 (``CHECKED_OPTUNA``). These tests never skip: when one fails on a newer Optuna,
-``_compat.py`` must change (NeVePruner(signal="train_loss") would otherwise rank trials
+``_compat.py`` must change (NeVePruner(rung_signal="train_loss") would otherwise rank trials
 on velocity without saying so)."""
 
 from __future__ import annotations

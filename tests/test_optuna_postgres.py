@@ -180,7 +180,7 @@ def test_two_workers_share_a_study(postgres_url, tmp_path) -> None:
     assert len({t.user_attrs["worker"] for t in trials}) == 2
     # both workers pruned by the one rule stored in the study
     assert (
-        search.user_attrs["neve_pruner"]["signal"] == "auto"
+        search.user_attrs["neve_pruner"]["rung_signal"] == "auto"
     )  # a new study takes the study file's rung signal
     for t in trials:
         assert len(trial_history(t)) == t.user_attrs["epochs"] == len(t.intermediate_values)

@@ -60,7 +60,7 @@ def test_no_report_never_prunes() -> None:
 @pytest.mark.parametrize(
     "kwargs, error",
     [
-        ({"signal": "val_loss"}, ValueError),
+        ({"rung_signal": "val_loss"}, ValueError),
         ({"min_resource": 0}, ValueError),
         ({"reduction_factor": 1}, ValueError),
         ({"min_early_stopping_rate": -1}, ValueError),
@@ -71,7 +71,7 @@ def test_no_report_never_prunes() -> None:
     ],
 )
 def test_bad_arguments(kwargs, error) -> None:
-    signal = kwargs.pop("signal", "velocity")
+    signal = kwargs.pop("rung_signal", "velocity")
     with pytest.raises(error):
         NeVePruner(signal, **kwargs)
 
@@ -154,7 +154,7 @@ def test_train_loss_rung_uses_loss_not_velocity(direction, storage) -> None:
     t0 = study.ask()
     assert _report(t0, 1, velocity=0.50, train_loss=0.3) is False
     t1 = study.ask()
-    # more settled, but a higher training loss -> pruned under signal="train_loss"
+    # more settled, but a higher training loss -> pruned under rung_signal="train_loss"
     assert _report(t1, 1, velocity=0.05, train_loss=0.9) is True
     t2 = study.ask()
     assert _report(t2, 1, velocity=0.55, train_loss=0.2) is False
@@ -310,7 +310,7 @@ def test_settings_stored_in_study_on_first_use(storage) -> None:
     trial = study.ask()
     _report(trial, 1, 0.1)
     stored = study.user_attrs[SETTINGS_ATTR]
-    assert stored["reduction_factor"] == 3 and stored["signal"] == "velocity"
+    assert stored["reduction_factor"] == 3 and stored["rung_signal"] == "velocity"
 
 
 def test_conflicting_settings_refused(storage) -> None:
@@ -321,7 +321,7 @@ def test_conflicting_settings_refused(storage) -> None:
     )
     trial = other.ask()
     report_epoch(trial, _epoch(1, 0.2))
-    with pytest.raises(ValueError, match="signal"):
+    with pytest.raises(ValueError, match="rung_signal"):
         trial.should_prune()
     with pytest.raises(ValueError, match="same settings"):
         NeVePruner(unsettled_patience=9).bind(study)
@@ -340,7 +340,7 @@ def test_same_settings_accepted_and_from_study_adopts(storage) -> None:
     )
     adopted.bind(study)
     with pytest.raises(ValueError):
-        NeVePruner.from_study(study, signal="velocity").bind(study)
+        NeVePruner.from_study(study, rung_signal="velocity").bind(study)
 
 
 def test_from_study_without_stored_settings_gives_defaults() -> None:
@@ -384,20 +384,3 @@ def test_optimize_with_pruner(direction) -> None:
     for t in study.trials:
         if t.state == TrialState.COMPLETE:
             assert t.user_attrs[f"epoch_{t.last_step:04d}"]["neve_stop"] or t.last_step == 30
-
-
-def test_deprecated_names_of_the_unsettled_rule_still_work_and_adopt_old_studies() -> None:
-    with pytest.warns(
-        DeprecationWarning, match="divergence_bound=...\\) is deprecated, use unsettled_bound"
-    ):
-        old = NeVePruner(divergence_bound=0.7, divergence_patience=2)
-    assert old.settings == NeVePruner(unsettled_bound=0.7, unsettled_patience=2).settings
-    with pytest.raises(ValueError, match="give unsettled_bound only"):
-        NeVePruner(unsettled_bound=0.7, divergence_bound=0.7)
-    study = optuna.create_study()
-    stored = {**NeVePruner().settings, "version": 1}
-    stored["divergence_bound"] = stored.pop("unsettled_bound")  # a study stored before the rename
-    stored["divergence_patience"] = stored.pop("unsettled_patience")
-    study.set_user_attr(SETTINGS_ATTR, stored)
-    NeVePruner().bind(study)  # the same settings under the old names: adopted, not a conflict
-    assert NeVePruner.from_study(study).settings == NeVePruner().settings

@@ -388,15 +388,15 @@ def test_cli_worker_runs_trials(tmp_path, capsys, kind) -> None:
     assert len(search.trials) == 2
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in search.trials)
     assert (
-        search.user_attrs[SETTINGS_ATTR]["signal"] == "auto"
+        search.user_attrs[SETTINGS_ATTR]["rung_signal"] == "auto"
     )  # the default: the study's rung signal
     assert (tmp_path / "plots" / "velocity_curves.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "search_history.png").stat().st_size > 1000
 
     # a second worker with other pruner settings is refused, with what differs
-    assert main([*args[:-2], "--signal", "velocity"]) == 2
+    assert main([*args[:-2], "--rung-signal", "velocity"]) == 2
     err = capsys.readouterr().err
-    assert "NeVePruner settings" in err and "signal" in err and "Traceback" not in err
+    assert "NeVePruner settings" in err and "rung_signal" in err and "Traceback" not in err
     # ... and one with another method too
     assert main([*args[:-2], "--method", "asha"]) == 2
     assert "method" in capsys.readouterr().err
@@ -615,14 +615,33 @@ def test_an_in_memory_sqlite_url_runs_as_an_in_memory_study(tmp_path, capsys, ur
 
 def test_worker_adopts_a_stored_signal_over_the_study_files(tmp_path) -> None:
     """A study created before the default became the study file's rung signal keeps its
-    stored pruner settings: a new worker adopts them instead of refusing."""
+    stored pruner settings: a new worker adopts them instead of refusing, and says in one
+    line that its rungs and its pick (the study file's selection) follow two rules."""
     from neve_tune.optuna import NeVePruner, run_worker
 
     storage = f"sqlite:///{tmp_path / 'old.db'}"
     old = optuna.create_study(study_name="digits", storage=storage)
-    NeVePruner(signal="train_loss").bind(old)
-    search = run_worker("digits", storage=storage, n_trials=1, changes={"max_epochs": 1}, log=None)
-    assert search.pruner.signal == "train_loss"
+    NeVePruner(rung_signal="train_loss").bind(old)
+    lines: list[str] = []
+    search = run_worker(
+        "digits", storage=storage, n_trials=1, changes={"max_epochs": 1}, log=lines.append
+    )
+    assert search.pruner.rung_signal == "train_loss"
+    notes = [line for line in lines if "prunes on rung signal 'train_loss'" in line]
+    assert len(notes) == 1 and "not 'auto'" in notes[0] and "--selection objective" in notes[0]
+    assert "\n" not in notes[0]
+    with pytest.warns(UserWarning, match="the rungs keep 'train_loss', the pick is by 'auto'"):
+        run_worker("digits", storage=storage, n_trials=1, changes={"max_epochs": 1}, log=None)
+    # a worker whose study file agrees with the stored signal says nothing
+    agreeing: list[str] = []
+    run_worker(
+        "digits",
+        storage=storage,
+        n_trials=1,
+        changes={"max_epochs": 1, "selection": "objective"},
+        log=agreeing.append,
+    )
+    assert not [line for line in agreeing if "prunes on rung signal" in line]
     fresh = run_worker(
         "digits",
         storage=f"sqlite:///{tmp_path / 'new.db'}",
@@ -631,4 +650,4 @@ def test_worker_adopts_a_stored_signal_over_the_study_files(tmp_path) -> None:
         changes={"max_epochs": 1},
         log=None,
     )
-    assert fresh.pruner.signal == "auto"
+    assert fresh.pruner.rung_signal == "auto"

@@ -187,14 +187,14 @@ def test_a_flat_loss_is_stalled_and_a_falling_one_converged():
     assert (s.num_stalled, s.num_converged) == (1, 1)
 
 
-def test_grace_period_and_stall_margin():
-    s = NeVeStopper(grace_period=3, stall_margin=0.5)
+def test_min_raw_epochs_and_stall_margin():
+    s = NeVeStopper(min_raw_epochs=3, stall_margin=0.5)
     assert s("t", _raw(1, 1e-5, 1.0)) is False and s("t", _raw(2, 1e-5, 0.4)) is False
     assert (
         s("t", _raw(3, 1e-5, 0.6)) is True and s.stopped_by("t") == "stalled"
     )  # not 50% below 1.0
     assert (
-        NeVeStopper(grace_period=1)("u", _raw(1, 1e-5, 0.1)) is True
+        NeVeStopper(min_raw_epochs=1)("u", _raw(1, 1e-5, 0.1)) is True
     )  # iteration 1: cannot have learned
 
 

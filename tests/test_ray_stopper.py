@@ -172,12 +172,12 @@ class TestNeVeStopper:
     def test_velocity_none_is_not_a_decision(self):
         assert NeVeStopper()("a", res(1, None)) is False
 
-    def test_grace_period_applies_to_raw_velocity_only(self):
-        s = NeVeStopper(grace_period=3)
+    def test_min_raw_epochs_applies_to_raw_velocity_only(self):
+        s = NeVeStopper(min_raw_epochs=3)
         assert s("a", res(2, 1e-6)) is False
         assert s("a", res(3, 1e-6)) is True
         assert (
-            NeVeStopper(grace_period=3)("b", res(1, 1e-6, neve_stop=True)) is True
+            NeVeStopper(min_raw_epochs=3)("b", res(1, 1e-6, neve_stop=True)) is True
         )  # the controller decided
 
     def test_repeated_final_result_does_not_count_twice(self):
@@ -211,21 +211,6 @@ class TestNeVeStopper:
         assert s2.stopped_by("b") == "converged" and s2.stopped_by("a") is None
         assert s2("b", res(2, 0.001)) is True and s2.num_converged == 1
         assert s2("a", res(2, 0.001)) is True and s2.stop_all() is True
-
-    def test_state_of_an_earlier_version_loads(self):
-        old = NeVeStopper.__new__(NeVeStopper)
-        old.__dict__.update(
-            _threshold=None,
-            _metric="velocity",
-            _threshold_key="threshold",
-            _grace_period=0,
-            _max_converged=None,
-            _last_iteration={"a": 2},
-            _stopped={"a": (2, "converged")},
-        )
-        s = pickle.loads(pickle.dumps(old))
-        assert s("b", res(1, 0.5)) is False
-        assert s.num_converged == 1 and s("b", res(2, 0.001)) is True and s.num_converged == 2
 
     def test_combined_with_ray_stoppers(self):
         s = CombinedStopper(NeVeStopper(), MaximumIterationStopper(max_iter=3))
@@ -298,16 +283,16 @@ class TestNeVeStopper:
             NeVeStopper(threshold="0.1")
         with pytest.raises(TypeError, match="metric must be a non-empty str"):
             NeVeStopper(metric="")
-        with pytest.raises(ValueError, match="grace_period must be an int >= 0, got -1"):
-            NeVeStopper(grace_period=-1)
-        with pytest.raises(TypeError, match="grace_period must be an int >= 0, got True"):
-            NeVeStopper(grace_period=True)
+        with pytest.raises(ValueError, match="min_raw_epochs must be an int >= 0, got -1"):
+            NeVeStopper(min_raw_epochs=-1)
+        with pytest.raises(TypeError, match="min_raw_epochs must be an int >= 0, got True"):
+            NeVeStopper(min_raw_epochs=True)
         with pytest.raises(
             ValueError, match="max_converged_trials must be an int >= 1 or None, got 0"
         ):
             NeVeStopper(max_converged_trials=0)
         assert (
-            NeVeStopper(grace_period=np.int64(2), max_converged_trials=torch.tensor(3)).stop_all()
+            NeVeStopper(min_raw_epochs=np.int64(2), max_converged_trials=torch.tensor(3)).stop_all()
             is False
         )
 
@@ -341,10 +326,21 @@ def go(it: int, train_loss: float, **extra) -> dict:
     return res(it, 0.5, train_loss=train_loss, neve_stop=False, **extra)
 
 
+def _first_rung_as_ours(kw: dict) -> dict:
+    """Ray's ASHA arguments as NeVeASHAScheduler's: ``grace_period`` is ``min_resource``,
+    ``metric`` the ``rung_signal``."""
+    ours = {k: v for k, v in kw.items() if k not in ("grace_period", "metric")}
+    return {
+        **ours,
+        "min_resource": kw["grace_period"],
+        "rung_signal": kw.get("metric", "train_loss"),
+    }
+
+
 class TestNeVeASHAScheduler:
     def sched(self, **kw) -> NeVeASHAScheduler:
         kw.setdefault("max_t", 16)
-        kw.setdefault("grace_period", 1)
+        kw.setdefault("min_resource", 1)
         kw.setdefault("reduction_factor", 2)
         return NeVeASHAScheduler(**kw)
 
@@ -372,7 +368,7 @@ class TestNeVeASHAScheduler:
             {"max_t": 100, "grace_period": 3, "reduction_factor": 3, "brackets": 3},
             {"max_t": 81, "grace_period": 1, "reduction_factor": 3},
         ):
-            ours = self.rungs(NeVeASHAScheduler(**kw))
+            ours = self.rungs(NeVeASHAScheduler(**_first_rung_as_ours(kw)))
             assert ours == self.rungs(AsyncHyperBandScheduler(metric="x", mode="min", **kw)), kw
             assert len(ours) == kw.get("brackets", 1) and ours[0].startswith("Bracket: Iter ")
 
@@ -407,14 +403,14 @@ class TestNeVeASHAScheduler:
             {"reduction_factor": 2},
             {"reduction_factor": 3, "max_t": 27},
             {"reduction_factor": 2, "stop_last_trials": False},
-            {"reduction_factor": 4, "mode": "max", "metric": "train_acc"},
+            {"reduction_factor": 4, "metric": "velocity"},
         ],
     )
     def test_same_decisions_as_rays_asha(self, kw):
         # with no velocity decision (neve_stop false), the scheduler is ASHA: on a random
         # asynchronous stream it takes Ray's decision for every result
         kw = {"max_t": 16, "grace_period": 1, "metric": "train_loss", **kw}
-        ours = NeVeASHAScheduler(**kw)
+        ours = NeVeASHAScheduler(**_first_rung_as_ours(kw))
         ray_asha = AsyncHyperBandScheduler(**{"mode": "min", **kw})
         rng = random.Random(1)
         trials = [fake_trial(f"t{i}") for i in range(60)]
@@ -428,7 +424,8 @@ class TestNeVeASHAScheduler:
             t = rng.choice(live)
             epoch[t.trial_id] += 1
             value = round(rng.uniform(0, 2), 1)  # rounded: ties happen
-            r = go(epoch[t.trial_id], value, train_acc=value)
+            r = go(epoch[t.trial_id], value)
+            r["velocity"] = value if kw["metric"] == "velocity" else 0.5
             a, b = (
                 ours.on_trial_result(None, t, dict(r)),
                 ray_asha.on_trial_result(None, t, dict(r)),
@@ -637,12 +634,10 @@ class TestNeVeASHAScheduler:
             other.load_state_dict({**s.state_dict(), "version": 7})
 
     def test_bad_arguments(self):
-        with pytest.raises(
-            ValueError, match=r"mode must be one of \('min', 'max'\), got 'minimize'"
-        ):
-            NeVeASHAScheduler(mode="minimize")
-        with pytest.raises(ValueError, match="grace_period must be <= max_t=4, got 5"):
-            NeVeASHAScheduler(max_t=4, grace_period=5)
+        with pytest.raises(ValueError, match=r"rung_signal must be one of .*, got 'metric'"):
+            NeVeASHAScheduler(rung_signal="metric")
+        with pytest.raises(ValueError, match="min_resource must be <= max_t=4, got 5"):
+            NeVeASHAScheduler(max_t=4, min_resource=5)
         with pytest.raises(ValueError, match="reduction_factor must be a finite number > 1"):
             NeVeASHAScheduler(reduction_factor=1)
         with pytest.raises(TypeError, match="max_t must be an int >= 1, got 10.5"):
@@ -651,8 +646,8 @@ class TestNeVeASHAScheduler:
             NeVeASHAScheduler(brackets=True)
         with pytest.raises(ValueError, match="threshold must be a finite number > 0"):
             NeVeASHAScheduler(threshold=0.0)
-        with pytest.raises(TypeError, match="metric must be a non-empty str"):
-            NeVeASHAScheduler(metric="")
+        with pytest.raises(TypeError, match="velocity_metric must be a non-empty str"):
+            NeVeASHAScheduler(velocity_metric="")
         with pytest.raises(TypeError, match="callback needs a NeVeASHAScheduler"):
             NeVeASHAStateCallback(AsyncHyperBandScheduler())
 
@@ -837,7 +832,7 @@ def test_rungs_survive_a_real_tuner_restore(tmp_path, monkeypatch):
         ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        sched = NeVeASHAScheduler(max_t=8, grace_period=1, reduction_factor=2)
+        sched = NeVeASHAScheduler(max_t=8, min_resource=1, reduction_factor=2)
         space = {
             "loss": tune.grid_search([1.0, 0.5, 2.0]),
             "threshold": tune.grid_search([0.1, 0.03]),

@@ -97,7 +97,7 @@ def test_tune_run_with_neve_stopper(ray_2cpus, study, tmp_path):
 
 
 def test_tuner_with_scheduler_and_stopper(ray_2cpus, study, tmp_path):
-    scheduler = NeVeASHAScheduler(max_t=MAX_EPOCHS, grace_period=1, reduction_factor=2)
+    scheduler = NeVeASHAScheduler(max_t=MAX_EPOCHS, min_resource=1, reduction_factor=2)
     tuner = tune.Tuner(
         neve_trainable(study),
         param_space=to_ray_space(study),
@@ -350,7 +350,7 @@ def test_crashed_trial_resumes_with_the_same_velocity_series(ray_2cpus, study, t
 @pytest.mark.slow
 def test_tuner_restore_finishes_an_interrupted_experiment(ray_2cpus, study, tmp_path):
     marker = str(tmp_path / "interrupted")
-    scheduler = NeVeASHAScheduler(max_t=MAX_EPOCHS, grace_period=1, reduction_factor=2)
+    scheduler = NeVeASHAScheduler(max_t=MAX_EPOCHS, min_resource=1, reduction_factor=2)
     tuner = tune.Tuner(
         neve_trainable(study),
         param_space=to_ray_space(study),

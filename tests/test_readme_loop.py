@@ -151,7 +151,7 @@ def _objective(trial: optuna.Trial) -> float:
 
 def test_plain_loop_in_an_optuna_study_prunes():
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize", pruner=NeVePruner(signal="train_loss"))
+    study = optuna.create_study(direction="minimize", pruner=NeVePruner(rung_signal="train_loss"))
     for lr in (0.3, 0.5, 0.003, 0.002):  # the low LRs lose at the first rung on training loss
         study.enqueue_trial({"lr": lr})
     study.optimize(_objective, n_trials=4)

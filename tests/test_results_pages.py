@@ -89,7 +89,7 @@ def test_the_command_carries_what_differs_from_the_defaults() -> None:
         seeds=[10, 11],
         data_options={"label_noise": 0.2, "noise_seed": 1},
         reduction_factor=8,
-        neve_signal="train_loss",
+        rung_signal="train_loss",
     )
     cmd = report_pages.command(record).split()
     assert cmd[:5] == ["neve-tune", "compare", "digits", "--trials", "3"]
@@ -100,7 +100,7 @@ def test_the_command_carries_what_differs_from_the_defaults() -> None:
         ("--label-noise", "0.2"),
         ("--noise-seed", "1"),
         ("--reduction-factor", "8"),
-        ("--neve-signal", "train_loss"),
+        ("--rung-signal", "train_loss"),
     ):
         assert cmd[cmd.index(flag) + 1] == value, flag
     assert report_pages.page_name(record) == "compare_digits_label_noise0.2_noise_seed1"

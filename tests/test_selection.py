@@ -125,7 +125,7 @@ def test_replay_takes_the_decisions_of_a_real_search(signal):
     bundle = study.load_data(seed=3)
     configs = harness.sample_configs(study, 6, seed=3)
     pool = harness.fill_pool(harness.new_pool(study, bundle, 3, configs), study, bundle, 6)
-    pruner = NeVePruner(signal=signal, min_resource=1, reduction_factor=2)
+    pruner = NeVePruner(rung_signal=signal, min_resource=1, reduction_factor=2)
     search = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), pruner=pruner)
     for cfg in configs:
         search.enqueue_trial(cfg)
@@ -176,7 +176,7 @@ def test_consensus_scores_and_encoding():
 
 
 def test_consensus_pruner_refuses_epochs_without_predictions():
-    search = optuna.create_study(pruner=NeVePruner(signal="consensus"))
+    search = optuna.create_study(pruner=NeVePruner(rung_signal="consensus"))
     trial = search.ask()
     report_epoch(trial, {"epoch": 1, "velocity": 0.3, "train_loss": 1.0})
     with pytest.raises(ValueError, match="selection_subset"):
@@ -191,19 +191,22 @@ def test_compare_with_consensus_and_pick():
         data="synthetic", max_epochs=4, lr_patience=1, selection_subset=32, selection="consensus"
     )
     r = compare(
-        study, trials=4, seed=2, searches=("neve",), neve_signal="consensus", progress=False
+        study, trials=4, seed=2, searches=("neve",), rung_signal="consensus", progress=False
     )
-    trials = r["runs"][0]["neve"]["trials"]
-    done = [t for t in trials if t["state"] == "COMPLETE"]
-    assert done and all(-1.0 <= t["objective"] <= 0.0 for t in done)  # minus an agreement
-    best = min(done, key=lambda t: t["objective"])
-    assert r["runs"][0]["neve"]["test_acc"] == best["test_acc"]
+    neve = r["runs"][0]["neve"]
+    done = [t for t in neve["trials"] if t["state"] == "COMPLETE"]
+    # the objective stays the training loss; the agreement has its own field
+    assert done and all(t["objective"] > 0 and 0.0 <= t["agreement"] <= 1.0 for t in done)
+    best = max(done, key=lambda t: t["agreement"])
+    assert neve["test_acc"] == best["test_acc"]
+    assert neve["selection"]["rule"] == "consensus" == neve["selection"]["selection"]
+    assert neve["selection"]["finished"] == len(done)
     with pytest.raises(ValueError, match="selection_subset"):
         compare(
             study.replace(selection="objective", selection_subset=0),
             trials=1,
             searches=("neve",),
-            neve_signal="consensus",
+            rung_signal="consensus",
             progress=False,
         )
     with pytest.raises(ValueError, match="selection_subset > 0"):
@@ -273,7 +276,7 @@ def test_auto_without_the_subsets_fit_says_so_and_picks_by_the_objective():
 
 
 def test_worker_prunes_and_picks_by_consensus(tmp_path, capsys):
-    """``neve-tune optuna worker --signal consensus --selection consensus``: the flags record
+    """``neve-tune optuna worker --rung-signal consensus --selection consensus``: the flags record
     500 predictions per epoch (the default subset), the pruner ranks on them, and the
     closing line names the consensus pick."""
     from neve_tune.cli import main
@@ -291,7 +294,7 @@ def test_worker_prunes_and_picks_by_consensus(tmp_path, capsys):
         "4",
         "--max-epochs",
         "3",
-        "--signal",
+        "--rung-signal",
         "consensus",
         "--selection",
         "consensus",
@@ -303,7 +306,9 @@ def test_worker_prunes_and_picks_by_consensus(tmp_path, capsys):
     search = optuna.load_study(study_name="digits", storage=storage)
     assert len(search.trials[0].user_attrs[epoch_key(1)]["subset_pred"]) == 500
     best = pick_trial(search, "consensus")
-    assert f"best trial {best.number} (by consensus)" in out, out
+    assert f"best trial {best.number} (by the consensus)" in out, out
+    record = search.user_attrs["neve_selection"]
+    assert (record["rule"], record["trial"], record["by"]) == ("consensus", best.number, "worker")
 
 
 def test_auto_decides_from_the_finished_trials_fit():
@@ -341,7 +346,7 @@ def test_auto_pruner_ranks_on_the_consensus_only_when_labels_look_noisy(fit: flo
     loss (A pruned); with one that fit 70% (30% estimated noise) on the consensus (B pruned)."""
     from neve_tune.optuna import NeVePruner, report_epoch
 
-    search = optuna.create_study(pruner=NeVePruner(signal="auto", reduction_factor=2))
+    search = optuna.create_study(pruner=NeVePruner(rung_signal="auto", reduction_factor=2))
     _finished(search, fit)
     a, b = search.ask(), search.ask()
     report_epoch(
@@ -363,7 +368,7 @@ def test_compare_with_auto_rungs_and_pick():
     study = load_study("digits").replace(
         data="synthetic", max_epochs=4, lr_patience=1, selection_subset=32, selection="auto"
     )
-    r = compare(study, trials=4, seed=2, searches=("neve",), neve_signal="auto", progress=False)
+    r = compare(study, trials=4, seed=2, searches=("neve",), rung_signal="auto", progress=False)
     done = [t for t in r["runs"][0]["neve"]["trials"] if t["state"] == "COMPLETE"]
     assert done
     # synthetic data has clean labels: the finished trials fit them, so the objective picks
@@ -399,6 +404,19 @@ def test_optuna_best_prints_the_pick_and_its_rule(tmp_path, capsys):
         "best trial 1 (auto: the finished trials' subset fit suggests 28% label noise, "
         "so by the consensus)" in out
     )
+    # the rule applied is recorded in the study, with the pick and who made it
+    stored = optuna.load_study(study_name="s", storage=storage).user_attrs["neve_selection"]
+    assert stored == {
+        "selection": "auto",
+        "rule": "consensus",
+        "noise": pytest.approx(0.28),
+        "finished": 3,
+        "fits": 3,
+        "reason": "auto: the finished trials' subset fit suggests 28% label noise, so by the "
+        "consensus",
+        "trial": 1,
+        "by": "neve-tune optuna best",
+    }
     assert (
         main(
             [

@@ -11,7 +11,7 @@ defaults (docs/design.md, "The callbacks"): the relative velocity threshold
 (``threshold_mode="relative"``, ``threshold=1e-2``: stop when V / peak V < 1e-2), the memorisation
 guard on (``pc_patience=3``, ``pc_window=3``, ``pc_restore=True``), its prediction changes counted
 on a fixed seeded subset of 1,000 training inputs (:class:`neve_tune.SubsetPredictionChanges`, since
-a callback sees batches, not example indices), ``patience="auto"``
+a callback sees batches, not example indices), ``lr_patience="auto"``
 (``max(2, max_epochs // 20)``, the budget being the Trainer's) and the stall check. Every option is
 checked when the callback is built; one it cannot honour is refused there, never accepted and
 ignored.
@@ -38,7 +38,7 @@ __all__ = ["CallbackSettings", "check_controller_options", "check_trial", "stop_
 _OWN = {"self", "optimizer", "velocity", "threshold"}
 # the studies' trial control (neve_tune.Study), which the callbacks share
 STUDY_DEFAULTS: dict[str, Any] = {
-    "patience": "auto",
+    "lr_patience": "auto",
     "threshold_mode": "relative",
     "pc_patience": 3,
     "pc_window": 3,
@@ -55,7 +55,7 @@ def check_controller_options(options: Mapping[str, Any], who: str) -> None:
     >>> check_controller_options({"patients": 3}, "NeVeCallback")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    TypeError: unknown NeVeCallback options ['patients']; NeVe options are [..., 'patience'...]
+    TypeError: unknown NeVeCallback options ['patients']; NeVe options are [..., 'lr_patience'...]
     """
     params = inspect.signature(NeVe.__init__).parameters
     allowed = sorted(n for n, p in params.items() if n not in _OWN and p.kind is not p.VAR_KEYWORD)
@@ -160,7 +160,7 @@ class CallbackSettings:
         self.layers = layers
         self.probe_module, self.probe_fn, self.verbose = probe_module, probe_fn, verbose
         options = {**STUDY_DEFAULTS, **controller_options}
-        resolve_patience(options["patience"], 100)  # checked here, resolved against the budget
+        resolve_patience(options["lr_patience"], 100)  # checked here, resolved against the budget
         check_int("pc_patience", options["pc_patience"], minimum=1, allow_none=True)
         self.prediction_changes = self._check_source(prediction_changes)
         self.source_spec = _check_guard(
@@ -182,11 +182,13 @@ class CallbackSettings:
 
     def controller_kwargs(self, max_epochs: int | None) -> dict[str, Any]:
         """The :class:`neve_tune.NeVe` keyword options for a run of ``max_epochs``
-        measurements (the Trainer's budget when not given), ``patience="auto"`` resolved."""
+        measurements (the Trainer's budget when not given), ``lr_patience="auto"`` resolved."""
         options = dict(self.controller_options)
         if "max_epochs" not in options and max_epochs is not None:
             options["max_epochs"] = max(1, int(max_epochs))
-        options["patience"] = resolve_patience(options["patience"], options.get("max_epochs", 100))
+        options["lr_patience"] = resolve_patience(
+            options["lr_patience"], options.get("max_epochs", 100)
+        )
         return options
 
     def stop_line(self, unit: str = "epoch") -> str:

@@ -1,6 +1,6 @@
 """NeVe's LR decay on top of a user's LR scheduler (Lightning and Hugging Face callbacks).
 
-NeVe decays the LR by multiplying each param group's ``lr`` by ``factor``
+NeVe decays the LR by multiplying each param group's ``lr`` by ``lr_factor``
 (``ReduceLROnPlateau``). A torch scheduler that recomputes the LR from its ``base_lrs``
 (``LambdaLR``, and the closed forms of ``StepLR``, ``CosineAnnealingLR``, ...) would undo
 that at its next step. The rule (docs/design.md, "The callbacks"): after every NeVe decay

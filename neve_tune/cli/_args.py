@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,6 @@ __all__ = [
     "add_trials",
     "check_output_paths",
     "clean_stale_temporaries",
-    "deprecated_alias",
     "positive_int",
     "study_from_args",
 ]
@@ -122,27 +120,6 @@ def add_storage(p: argparse.ArgumentParser) -> None:
         help="sqlite:///FILE, postgresql://USER:PW@HOST/DB, mysql+pymysql://..., journal:FILE or "
         "FILE.log (default: in-memory, this process only)",
     )
-
-
-class _DeprecatedAlias(argparse.Action):
-    def __init__(self, option_strings: list[str], dest: str, new: str = "", **kw: Any) -> None:
-        self.new = new
-        super().__init__(option_strings, dest, **kw)
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        print(f"neve-tune: {option_string} is deprecated, use {self.new}", file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-def deprecated_alias(p: argparse.ArgumentParser, old: str, new: str, dest: str, **kw: Any) -> None:
-    """``old`` keeps working (hidden from help, with a warning) and sets ``dest`` like ``new``."""
-    p.add_argument(old, dest=dest, action=_DeprecatedAlias, new=new, help=argparse.SUPPRESS, **kw)
 
 
 def check_device(device: str | None) -> str:
@@ -316,8 +293,7 @@ def _selection_changes(args: argparse.Namespace) -> dict[str, Any]:
         out["selection_subset"] = size
     asked = (
         getattr(args, "selection", None),
-        getattr(args, "neve_signal", None),
-        getattr(args, "signal", None),
+        getattr(args, "rung_signal", None),
     )
     wants_votes = "consensus" in asked or "auto" in asked
     if wants_votes and size is None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from .._checks import check_seed
-from ..compare._api import BACKENDS, NEVE_SIGNALS
-from ..records import SEARCH_METHODS
+from ..compare._api import BACKENDS
+from ..records import RUNG_SIGNALS, SEARCH_METHODS
 from . import _args as cli
 
 __all__ = ["add_cli"]
@@ -38,8 +38,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated subset of neve,asha,asha_es",
     )
     p.add_argument(
-        "--neve-signal",
-        choices=NEVE_SIGNALS,
+        "--rung-signal",
+        choices=RUNG_SIGNALS,
         help="rung signal of the NeVe search's pruner/scheduler (default: the study's, auto: the "
         "consensus once the finished trials say the labels are noisy, else train_loss; "
         'docs/measurements.md, "Which trial wins")',
@@ -101,7 +101,7 @@ def _compare(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         retrain=args.retrain,
         device=device,
-        neve_signal=args.neve_signal,
+        rung_signal=args.rung_signal,
         searches=searches,
         reduction_factor=args.reduction_factor,
         baseline_variants=args.baseline_variants,

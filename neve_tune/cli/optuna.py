@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .._checks import check_float, check_int, check_seed
-from ..records import SEARCH_METHODS
+from ..records import RUNG_SIGNALS, SEARCH_METHODS
 from . import _args as cli
 
 __all__ = ["add_cli"]
@@ -97,8 +97,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "NeVePruner (default: the settings stored in the study, else the defaults)"
     )
     g.add_argument(
-        "--signal",
-        choices=["velocity", "train_loss", "consensus", "auto"],
+        "--rung-signal",
+        choices=RUNG_SIGNALS,
         help="rung signal (consensus: agreement with the other trials' vote; auto: that when the "
         "finished trials say the labels are noisy, else train_loss; both record "
         "--selection-subset)",
@@ -116,16 +116,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         type=cli.positive_int,
         help="epochs in a row above --unsettled-bound that prune a trial",
     )
-    cli.deprecated_alias(
-        g, "--divergence-bound", "--unsettled-bound", "unsettled_bound", type=float
-    )
-    cli.deprecated_alias(
-        g,
-        "--divergence-patience",
-        "--unsettled-patience",
-        "unsettled_patience",
-        type=cli.positive_int,
-    )
     h = w.add_argument_group("recovery (RDB storages)")
     h.add_argument(
         "--heartbeat-interval", type=cli.positive_int, default=60, help="seconds (default 60)"
@@ -136,19 +126,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         type=cli.positive_int,
         help="seconds without heartbeat before a trial is failed (default 2x the interval)",
     )
-    cli.deprecated_alias(
-        h,
-        "--grace-period",
-        "--heartbeat-grace-period",
-        "heartbeat_grace_period",
-        type=cli.positive_int,
-    )
     h.add_argument(
         "--max-retry", type=int, default=3, help="retries of a trial whose worker died (default 3)"
     )
     h.add_argument("--no-heartbeat", action="store_true", help="no heartbeats, no retries")
     cli.add_out(w, "write velocity_curves.png and search_history.png here when done")
-    cli.deprecated_alias(w, "--plots", "--out", "out")
     cli.add_quiet(w)
     w.set_defaults(func=_worker)
 
@@ -174,7 +156,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 def _pruner_options(args: argparse.Namespace) -> dict[str, Any]:
     names = (
-        "signal",
+        "rung_signal",
         "min_resource",
         "reduction_factor",
         "min_early_stopping_rate",
@@ -301,33 +283,23 @@ def _read_study(args: argparse.Namespace, what: str) -> Any:
 
 
 def _best(args: argparse.Namespace) -> int:
-    """One line: the winning trial, its value and parameters, and the rule that picked it."""
-    from optuna.trial import TrialState
-
-    from ..optuna import pick_trial
-    from ..optuna._selection import last_fits
-    from ..selection import noise_from_fits, selection_mode
+    """One line: the winning trial, its value and parameters, and the rule that picked it
+    (also stored in the study user attribute ``neve_selection``)."""
+    from ..optuna import record_selection, select_trial
+    from ..optuna._objective import STORAGE_WRITE_ERRORS
 
     search = _read_study(args, "pick from")
-    rule = args.selection
-    if rule == "auto":
-        fits = last_fits(search, (TrialState.COMPLETE,))
-        noise = noise_from_fits(list(fits.values()))
-        rule = selection_mode(list(fits.values()))
-        why = (
-            "auto: no finished trial recorded subset_fit, so by the objective"
-            if not fits
-            else f"auto: the finished trials' subset fit suggests {noise:.0%} label noise, "
-            f"so by the {rule}"
-        )
-    else:
-        why = f"by the {rule}"
-    best = pick_trial(search, rule)
+    best, decision = select_trial(search, args.selection)
     if best is None:
         raise cli.CLIError(f"study {args.study_name!r} has no finished trial to pick from")
+    try:
+        record_selection(search, best, decision, by="neve-tune optuna best")
+        kept = ""
+    except STORAGE_WRITE_ERRORS:  # a read-only storage: the pick is still printed
+        kept = "; not recorded: the storage is read-only"
     print(
-        f"study {args.study_name!r}: best trial {best.number} ({why}) value={best.value:.5g} "
-        f"params={best.params}"
+        f"study {args.study_name!r}: best trial {best.number} ({decision.reason}) "
+        f"value={best.value:.5g} params={best.params}{kept}"
     )
     return 0
 

@@ -70,7 +70,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     cli.add_trial_control(r)
     cli.add_selection(r)
     r.add_argument(
-        "--neve-signal",
+        "--rung-signal",
         choices=["train_loss", "velocity", "consensus", "auto"],
         help="rung signal of the NeVe scheduler (default: the study's, auto for the bundled "
         "studies)",
@@ -81,9 +81,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         type=cli.positive_int,
         default=1,
         help="first rung, in epochs (Ray's grace_period; default: 1)",
-    )
-    cli.deprecated_alias(
-        r, "--grace-period", "--min-resource", "min_resource", type=cli.positive_int
     )
     r.add_argument(
         "--reduction-factor", type=float, default=4, help="rung reduction factor (default: 4)"
@@ -294,7 +291,7 @@ def _check_flags(args: argparse.Namespace, study: Any, resources: Any) -> None:
         min_resource=args.min_resource,
         reduction_factor=args.reduction_factor,
         api=args.api,
-        neve_signal=args.neve_signal,
+        rung_signal=args.rung_signal,
     )
 
 
@@ -357,7 +354,7 @@ def _run(args: argparse.Namespace) -> int:
             max_concurrent_trials=args.max_concurrent,
             max_failures=max_failures,
             min_resource=args.min_resource,
-            neve_signal=args.neve_signal,
+            rung_signal=args.rung_signal,
             reduction_factor=args.reduction_factor,
             api=args.api,
             resume=args.resume,
@@ -380,7 +377,7 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"best: {cfg}  objective={best['objective']:.4f}  "
             f"test_acc={_fmt(best.get('test_acc'))}  epochs={best.get('epochs')}  "
-            f"stopped_by={best.get('stopped_by')}"
+            f"stopped_by={best.get('stopped_by')}  ({summary['selection']['reason']})"
         )
     if args.json_path:
         write_json(args.json_path, {"study": study.name, "method": args.method, **summary})

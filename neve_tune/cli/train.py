@@ -58,9 +58,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         "folder for history.png: velocity, LR and loss per epoch (default: next to --json, else "
         "none)",
     )
-    cli.deprecated_alias(p, "--plot", "--out", "plot")
     cli.add_quiet(p)
-    p.set_defaults(func=_train, plot=None)
+    p.set_defaults(func=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -72,11 +71,11 @@ def _train(args: argparse.Namespace) -> int:
 
     device = cli.check_device(args.device)
     cli.check_output_paths(
-        files={"--json": args.json_path, "--plot": args.plot, "--checkpoint": args.checkpoint},
+        files={"--json": args.json_path, "--checkpoint": args.checkpoint},
         dirs={"--out": args.out},
     )
     plot_path = _plot_path(args)
-    if plot_path and not args.plot:  # the implicit plot, checked before training like the flags
+    if plot_path:  # the implicit plot, checked before training like the flags
         label = "--out (its history.png)" if args.out else "--json (the plot beside it)"
         cli.check_output_paths(files={label: plot_path})
     if args.min_epochs is not None:
@@ -172,9 +171,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _plot_path(args: argparse.Namespace) -> str | None:
-    """Where the history plot goes: --plot, else --out/history.png, else beside --json."""
-    if args.plot:
-        return str(args.plot)
+    """Where the history plot goes: --out/history.png, else beside --json."""
     if args.out:
         return str(Path(args.out) / "history.png")
     return str(Path(args.json_path).with_suffix(".png")) if args.json_path else None

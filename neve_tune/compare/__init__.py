@@ -46,15 +46,16 @@ Example::
 """
 
 from .._search_records import SearchTrial
+from ..records import RUNG_SIGNALS
 from ..records import SEARCH_METHODS as SEARCHES
 from ._aggregate import aggregate, mean_std
-from ._api import BACKENDS, NEVE_SIGNALS, compare, compare_searches
+from ._api import BACKENDS, compare, compare_searches
 from ._records import anytime_curve, epochs_by_rung, total_cost
 from ._report import summary_table, write_outputs
 
 __all__ = [
     "BACKENDS",
-    "NEVE_SIGNALS",
+    "RUNG_SIGNALS",
     "SEARCHES",
     "SearchTrial",
     "aggregate",

@@ -12,21 +12,21 @@ from torch.utils.data import Dataset
 from .._checks import check_choice, check_int
 from .._search_records import SearchTrial
 from ..data import DataBundle
+from ..records import RUNG_SIGNALS
 from ..records import SEARCH_METHODS as SEARCHES
 from ..study import Study, load_study
 from ._aggregate import aggregate, ratios
 from ._final import search_record
 from ._records import (
-    GRACE_PERIOD,
+    MIN_RESOURCE,
     REDUCTION_FACTOR,
 )
 from ._report import run_line
 from ._variants import BaselineVariant, parse_variants, strongest_baseline
 
-__all__ = ["BACKENDS", "NEVE_SIGNALS", "compare", "compare_searches"]
+__all__ = ["BACKENDS", "compare", "compare_searches"]
 
 BACKENDS = ("optuna", "ray")
-NEVE_SIGNALS = ("train_loss", "velocity", "consensus", "auto")
 
 SearchFn = Callable[..., list[SearchTrial]]
 
@@ -49,7 +49,7 @@ def _one_run(
     model_fn: Callable[[], torch.nn.Module] | None,
     device: str | None,
     retrain: bool,
-    neve_signal: str,
+    rung_signal: str,
     searches: Sequence[str],
     on_trial: Callable[[], None],
     reduction_factor: int = REDUCTION_FACTOR,
@@ -68,9 +68,9 @@ def _one_run(
             data=data,
             model_fn=model_fn,
             device=device,
-            neve_signal=neve_signal,
+            rung_signal=rung_signal,
             on_trial=on_trial,
-            grace_period=GRACE_PERIOD,
+            min_resource=MIN_RESOURCE,
             reduction_factor=reduction_factor,
         )
         run[name] = search_record(
@@ -117,7 +117,7 @@ def compare(
     repeats: int = 1,
     retrain: bool = True,
     device: str | None = None,
-    neve_signal: str | None = None,
+    rung_signal: str | None = None,
     searches: Sequence[str] = SEARCHES,
     reduction_factor: int = REDUCTION_FACTOR,
     baseline_variants: str | Sequence[str] | None = None,
@@ -129,7 +129,7 @@ def compare(
 
     Each repeat uses its own seed for the sampler, the trials and, for bundled data sets,
     the train/test split. The top-level figures are means over repeats with ``*_std``
-    beside them; ``runs`` holds one full record per seed. ``neve_signal`` is the rung
+    beside them; ``runs`` holds one full record per seed. ``rung_signal`` is the rung
     signal of the NeVe search's pruner (Optuna) or scheduler (Ray); by default the study's
     :attr:`~neve_tune.Study.rung_signal` (``"auto"`` for the bundled studies). ``reduction_factor``
     sets every search's successive halving alike (rungs at epochs 1, rf, rf², ...; each
@@ -143,8 +143,8 @@ def compare(
     ``notes`` says why a baseline's final model ended far below its own winner.
     """
     study = load_study(study)
-    neve_signal = study.rung_signal if neve_signal is None else neve_signal
-    _check_arguments(backend, trials, repeats, neve_signal, searches, study, reduction_factor)
+    rung_signal = study.rung_signal if rung_signal is None else rung_signal
+    _check_arguments(backend, trials, repeats, rung_signal, searches, study, reduction_factor)
     variants = _check_variants(baseline_variants, study, searches)
     names = [name for name, _, _ in _plan(study, searches, variants)]
     t0, seeds = time.perf_counter(), [seed + k for k in range(repeats)]
@@ -153,7 +153,7 @@ def compare(
         trials=trials,
         seeds=seeds,
         retrain=retrain,
-        neve_signal=neve_signal,
+        rung_signal=rung_signal,
         reduction_factor=reduction_factor,
     )
     runs, train_size = _repeats(
@@ -189,7 +189,7 @@ def _record(
         "max_epochs": study.max_epochs,
         "data_options": dict(study.data_options),
         "retrain": settings["retrain"],
-        "neve_signal": settings["neve_signal"],
+        "rung_signal": settings["rung_signal"],
         "reduction_factor": settings["reduction_factor"],
         "train_size": train_size,
         "val_metric": study.val_metric,
@@ -272,7 +272,7 @@ def _check_arguments(
     backend: str,
     trials: int,
     repeats: int,
-    neve_signal: str,
+    rung_signal: str,
     searches: Sequence[str],
     study: Study,
     reduction_factor: int = REDUCTION_FACTOR,
@@ -282,10 +282,10 @@ def _check_arguments(
     check_int("reduction_factor", reduction_factor, minimum=2)
     check_int("trials", trials, minimum=1)
     check_int("repeats", repeats, minimum=1)
-    check_choice("neve_signal", neve_signal, NEVE_SIGNALS)
-    if neve_signal in ("consensus", "auto") and not study.selection_subset:
+    check_choice("rung_signal", rung_signal, RUNG_SIGNALS)
+    if rung_signal in ("consensus", "auto") and not study.selection_subset:
         raise ValueError(
-            f"neve_signal={neve_signal!r} needs a study with selection_subset > 0 (e.g. "
+            f"rung_signal={rung_signal!r} needs a study with selection_subset > 0 (e.g. "
             "study.replace(selection_subset=500)): the predictions it compares"
         )
     bad = [s for s in searches if s not in SEARCHES]

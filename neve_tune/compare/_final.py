@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .._search_records import SearchTrial
+from .._search_records import SearchTrial, select_trials
 from ..data import DataBundle
 from ..records import TrialResult
 from ..study import Study
@@ -38,9 +38,13 @@ def search_record(
     learning rates (``asha``: every epoch it ran; ``asha_es``: up to its best epoch), that
     retrain part of its cost; with ``"best_checkpoint"``, the winner's own weights of its
     best validation epoch (its trial's score), at no further cost. ``note`` says why the
-    final model ends far below its winner (:func:`final_model_note`), else None."""
+    final model ends far below its winner (:func:`final_model_note`), else None.
+    ``selection``: the selection policy's decision that picked the winner (the rule applied,
+    the noise estimate, the finished trials, why)."""
     full = len(data.train)  # type: ignore[arg-type]
-    curve, best = anytime_curve(trials)
+    # the NeVe search picks by Study.selection, the validation searches by their objective
+    decision = select_trials(trials, study.selection if method == "neve" else "objective")
+    curve, best = anytime_curve(trials, decision.rule)
     search_cost = total_cost(trials)
     final_cost = search_cost
     record: dict[str, Any] = {
@@ -49,6 +53,7 @@ def search_record(
         "search_test_acc": None if best is None else best.test_acc,
         "test_acc": None if best is None else best.test_acc,
         "retrain": None,
+        "selection": decision.as_dict(),
     }
     if method != "neve":
         record.update(val_metric=study.val_metric, final=study.final)

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .._search_records import SearchTrial
+from .._search_records import SearchTrial, selection_rows
 from ..records import Cost
 
 __all__ = [
-    "GRACE_PERIOD",
+    "MIN_RESOURCE",
     "REDUCTION_FACTOR",
     "anytime_curve",
     "epochs_by_rung",
@@ -18,12 +18,12 @@ __all__ = [
 ]
 
 REDUCTION_FACTOR = 4
-GRACE_PERIOD = 1
+MIN_RESOURCE = 1
 
 
 def rung_edges(max_epochs: int) -> list[int]:
     """Rungs of the comparison's successive halving (1, 4, 16, ...) and ``max_epochs``."""
-    edges, r = [], GRACE_PERIOD
+    edges, r = [], MIN_RESOURCE
     while r < max_epochs:
         edges.append(r)
         r *= REDUCTION_FACTOR
@@ -46,19 +46,34 @@ def _epochs(t: SearchTrial | Mapping[str, Any]) -> int:
     return t.epochs if isinstance(t, SearchTrial) else int(t["epochs"])
 
 
-def anytime_curve(trials: Sequence[SearchTrial]) -> tuple[list[list[float]], SearchTrial | None]:
+def anytime_curve(
+    trials: Sequence[SearchTrial], rule: str = "objective"
+) -> tuple[list[list[float]], SearchTrial | None]:
     """[cumulative cost, test acc of the best-so-far configuration] after each trial,
-    and the best trial (lowest objective among the complete ones)."""
+    and the best trial: among the finished ones, the lowest objective, or with ``rule``
+    ``"consensus"`` the highest ``agreement`` (the selection policy's pick, ties to the
+    first)."""
     curve: list[list[float]] = []
     spent = 0.0
     best: SearchTrial | None = None
     for t in trials:
         spent += t.cost.epochs_equiv(t.train_size)
-        if t.complete and (best is None or t.objective < best.objective):  # type: ignore[operator]
+        score = _score(t, rule)
+        if score is not None and (best is None or score < _score(best, rule)):  # type: ignore[operator]
             best = t
         if best is not None and best.test_acc is not None:
             curve.append([spent, float(best.test_acc)])
     return curve, best
+
+
+def _score(t: SearchTrial, rule: str) -> float | None:
+    """Lower is better; None: not a candidate under ``rule`` (not finished by the selection
+    policy's definition, or no agreement under the consensus)."""
+    if not selection_rows([t])[0].finished:
+        return None
+    if rule == "consensus":
+        return None if t.agreement is None else -t.agreement
+    return t.objective
 
 
 def total_cost(trials: Iterable[SearchTrial]) -> Cost:

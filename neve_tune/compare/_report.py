@@ -25,9 +25,11 @@ def run_line(run: Mapping[str, Any]) -> str:
     parts = [f"seed {run['seed']}:"]
     for m in _names(run):
         if m in run:
+            rule = (run[m].get("selection") or {}).get("rule")
             parts.append(
                 f"{m} acc {_fmt(run[m]['test_acc'], 4)} cost "
                 f"{_fmt(run[m]['cost']['epochs_equiv'], 1)}ep"
+                + (f" (by the {rule})" if m == "neve" and rule else "")
             )
     parts.append(f"cost_ratio {_fmt(run.get('cost_ratio'))}")
     return "  ".join(parts)

@@ -15,6 +15,7 @@ from .._callbacks import DEFAULT_THRESHOLD, CallbackSettings, check_trial
 from .._callbacks.forward import ProbeForward, prefixed_layers
 from .._callbacks.lr_compose import check_composable, follow_decay, lrs
 from .._callbacks.pc_source import PCSource, check_classes
+from .._callbacks.subset import check_selection_subset, record_subset
 from .._checks import check_int
 from ..control import NeVe
 from ..velocity import NeuralVelocity
@@ -49,7 +50,7 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
 
     Defaults are the studies' (docs/design.md, "The callbacks"): the relative velocity
     threshold (``threshold_mode="relative"``, ``threshold=1e-2``), the guard on
-    (``pc_patience=3``, ``pc_window=3``, ``pc_restore=True``), ``patience="auto"``
+    (``pc_patience=3``, ``pc_window=3``, ``pc_restore=True``), ``lr_patience="auto"``
     (``max(2, max_epochs // 20)``), ``max_epochs`` the Trainer's epochs (or, with
     ``every_n_steps``, its measurement points). Pass ``num_classes`` so a run that stays at
     chance ends ``"stalled"``. The guard's prediction changes (``prediction_changes``):
@@ -96,11 +97,14 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
         layers: monitored layers (see :class:`neve_tune.NeuralVelocity`; names of the model).
         probe_module, probe_fn: what the probe goes through (see above).
         prediction_changes: the guard's source (see above).
+        selection_subset: a :class:`neve_tune.selection.SelectionSubset` (the same for every
+            trial; its inputs go to the model as ``input_key=``): each measurement records
+            ``subset_pred`` and ``subset_fit``, what ``pick_trial(study, "auto")`` reads.
         verbose: print one line when the callback stops the run.
         state_key: a name for this callback's state file (``neve_state-<name>.pt``), needed
             by a second NeVeTrainerCallback in one Trainer.
         **controller_options: more :class:`neve_tune.NeVe` options (``min_epochs``,
-            ``max_epochs`` counted in measurements, ``patience``, ``num_classes``, ...).
+            ``max_epochs`` counted in measurements, ``lr_patience``, ``num_classes``, ...).
     """
 
     who = "NeVeTrainerCallback"
@@ -120,6 +124,7 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
         probe_module: str | None = None,
         probe_fn: Any = None,
         prediction_changes: Any = "subset",
+        selection_subset: Any = None,
         verbose: bool = False,
         state_key: str | None = None,
         **controller_options: Any,
@@ -150,6 +155,7 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
             )
         self.probe_key = probe_key
         self.input_key = probe_key if input_key is None else input_key
+        self.selection_subset = check_selection_subset(selection_subset, self.who)
         self.state_file = state_file
         self._warned: set[str] = set()
         self._trainer: Any = None  # set by attach(): a search's objective needs no evaluation
@@ -334,6 +340,9 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
         metrics.setdefault("train_loss", train_loss)
         metrics.setdefault("prediction_changes", changes)
         metrics["step"] = state.global_step
+        if self.selection_subset is not None:  # what the `auto` pick reads (kept weights)
+            forward = self.probe_fn or logits_forward(self.input_key)
+            record_subset(metrics, self.selection_subset, self._model, forward)
         self.history.append(metrics)
         _search.report_to_search(self._trainer, metrics, state.is_world_process_zero)
         if self.trial is not None and state.is_world_process_zero:

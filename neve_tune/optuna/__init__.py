@@ -30,6 +30,7 @@ Example::
 Only this package imports Optuna; ``import neve_tune`` does not.
 """
 
+from ..selection_policy import SELECTIONS
 from ._objective import SUMMARY_ATTRS, checkpoint_path_for, make_objective, suggest_config
 from ._open import StudyNotFoundError, open_study
 from ._plots import plot_study
@@ -38,7 +39,15 @@ from ._pruner_settings import SETTINGS_ATTR
 from ._report import EPOCH_ATTR_PREFIX, epoch_key, report_epoch, trial_history
 from ._sampler import TrialSeededTPESampler
 from ._search import search_trials
-from ._selection import SELECTIONS, last_fits, last_predictions, pick_trial
+from ._selection import (
+    SELECTION_ATTR,
+    last_fits,
+    last_predictions,
+    pick_trial,
+    record_selection,
+    select_trial,
+    trial_outcomes,
+)
 from ._stop import TrialLeft, WorkerInterrupted
 from ._storage import StorageError, make_storage
 from ._urls import redact_url
@@ -48,6 +57,7 @@ __all__ = [
     "EPOCH_ATTR_PREFIX",
     "NeVePruner",
     "SELECTIONS",
+    "SELECTION_ATTR",
     "SETTINGS_ATTR",
     "SUMMARY_ATTRS",
     "StorageError",
@@ -64,10 +74,13 @@ __all__ = [
     "open_study",
     "pick_trial",
     "plot_study",
+    "record_selection",
     "redact_url",
     "report_epoch",
     "run_worker",
     "search_trials",
+    "select_trial",
     "suggest_config",
     "trial_history",
+    "trial_outcomes",
 ]

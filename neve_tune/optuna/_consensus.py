@@ -1,4 +1,4 @@
-"""The consensus rungs of :class:`~neve_tune.optuna.NeVePruner` (``signal="consensus"`` and
+"""The consensus rungs of :class:`~neve_tune.optuna.NeVePruner` (``rung_signal="consensus"`` and
 ``"auto"``), read from the storage: the trials' predictions on the fixed training subset
 (``subset_pred``) and their fit of the given labels (``subset_fit``) travel in each epoch's
 user attribute, so every worker decides on the same data.
@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._report import epoch_key
-from ._selection import last_fits
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["consensus_rung", "finished_fits", "rung_index"]
+__all__ = ["consensus_rung", "rung_index"]
 
 
 def rung_index(
@@ -55,11 +54,3 @@ def consensus_rung(
     scores = consensus_scores(preds)
     ranked = sorted(scores.values())
     return not scores[trial.number] <= ranked[max(len(ranked) // reduction_factor - 1, 0)]
-
-
-def finished_fits(study: optuna.study.Study) -> list[float]:
-    """The last recorded ``subset_fit`` of every COMPLETE trial (what ``"auto"`` estimates
-    the label noise from, :func:`neve_tune.selection.selection_mode`)."""
-    import optuna
-
-    return list(last_fits(study, (optuna.trial.TrialState.COMPLETE,)).values())

@@ -4,9 +4,6 @@ password redacted."""
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
-
 import optuna
 from optuna.pruners import BasePruner
 
@@ -14,7 +11,7 @@ from .._checks import check_choice
 from ._storage import make_storage
 from ._urls import redact_url
 
-__all__ = ["StudyNotFoundError", "open_study", "renamed_argument"]
+__all__ = ["StudyNotFoundError", "open_study"]
 
 
 class StudyNotFoundError(LookupError):
@@ -37,16 +34,11 @@ def open_study(
     heartbeat_interval: int | None = 60,
     heartbeat_grace_period: int | None = None,
     max_retry: int | None = 3,
-    grace_period: int | None = None,
 ) -> optuna.Study:
     """Load ``study_name`` from ``storage`` (a URL, see :func:`make_storage`); create it
     when ``create`` or when the storage is in-memory. Raises :class:`StorageError` for an
     unreachable storage and :class:`StudyNotFoundError` for a missing study, both with
-    the password redacted. ``grace_period`` is the deprecated name of
-    ``heartbeat_grace_period``."""
-    heartbeat_grace_period = renamed_argument(
-        "grace_period", grace_period, "heartbeat_grace_period", heartbeat_grace_period
-    )
+    the password redacted."""
     backend = make_storage(
         storage,
         heartbeat_interval=heartbeat_interval,
@@ -84,13 +76,3 @@ def open_study(
             "--direction minimize`, or pass --create",
             where,
         ) from None
-
-
-def renamed_argument(old: str, old_value: Any, new: str, new_value: Any) -> Any:
-    """The value of a renamed parameter given under its deprecated name (one release)."""
-    if old_value is None:
-        return new_value
-    if new_value is not None:
-        raise ValueError(f"give {new} only ({old} is its deprecated name)")
-    warnings.warn(f"{old} is deprecated, use {new}", DeprecationWarning, stacklevel=3)
-    return old_value

@@ -10,21 +10,21 @@ from optuna.pruners import BasePruner, SuccessiveHalvingPruner
 from optuna.trial import FrozenTrial
 
 from .._checks import check_choice, check_int, is_finite, to_float
+from ..records import RUNG_SIGNALS
+from ..selection_policy import SelectionPolicy
 from ._compat import with_step_value
-from ._consensus import consensus_rung, finished_fits, rung_index
+from ._consensus import consensus_rung, rung_index
 from ._pruner_settings import (
     bind_settings,
-    renamed_setting,
     settings_from_study,
 )
 from ._report import check_optuna_study, direction_sign, epoch_key
+from ._selection import trial_outcomes
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["NeVePruner", "PRUNER_SIGNALS"]
-
-PRUNER_SIGNALS = ("velocity", "train_loss", "consensus", "auto")
+__all__ = ["NeVePruner"]
 
 
 class NeVePruner(BasePruner):
@@ -54,18 +54,18 @@ class NeVePruner(BasePruner):
        :class:`~optuna.pruners.SuccessiveHalvingPruner`, rung state in the storage): at
        epoch ``min_resource * reduction_factor ** (min_early_stopping_rate + rung)`` a
        trial is promoted only if its signal is in the best ``1 / reduction_factor`` of
-       all trials that reached that rung, else it is pruned. With ``signal="velocity"``
+       all trials that reached that rung, else it is pruned. With ``rung_signal="velocity"``
        the trials with the **highest velocity** (the least settled) lose; with
-       ``signal="train_loss"`` those with the highest mean training loss of the epoch.
-       Neither needs a validation set. With ``signal="consensus"`` those whose predictions
+       ``rung_signal="train_loss"`` those with the highest mean training loss of the epoch.
+       Neither needs a validation set. With ``rung_signal="consensus"`` those whose predictions
        on the study's fixed subset (``subset_pred``, recorded when
        ``Study.selection_subset > 0``) agree least with the majority vote of the other
        trials at the same epoch lose; every trial at the rung is judged again against the
        same vote (trials that reported that epoch, in the storage), with Optuna's rule.
-       With ``signal="auto"`` each rung decides by the consensus when the study's
-       COMPLETE trials fit the given labels on the subset so poorly that the labels look
-       noisy (``subset_fit``, :func:`neve_tune.selection.selection_mode`: estimated noise
-       >= 10%), else by the training loss (also before any trial finished).
+       With ``rung_signal="auto"`` each rung decides by the consensus when the study's
+       finished trials fit the given labels on the subset so poorly that the labels look
+       noisy (``subset_fit``, :class:`neve_tune.selection_policy.SelectionPolicy`: estimated
+       noise >= 10%), else by the training loss (also before any trial finished).
 
     The default signal is ``"train_loss"``, because it measured better. On digits (20
     trials of TPE, ``max_epochs=60``, 5 seeds), the final model's test accuracy was
@@ -74,7 +74,7 @@ class NeVePruner(BasePruner):
     from its own stop. At the first rungs the high learning rates are the least settled,
     so ``"velocity"`` pruned them and kept slow, low-LR trials. The training loss ranks how
     well the training set is already fit and keeps the fast learners. Neither signal needs
-    a validation set. ``neve-tune compare --neve-signal velocity`` reruns that measurement.
+    a validation set. ``neve-tune compare --rung-signal velocity`` reruns that measurement.
     Either way the velocity is read from the stored epoch, whatever value the trial
     reports (a trial reporting by hand with ``trial.report`` and no stored epoch has its
     reported value taken as its velocity).
@@ -126,7 +126,7 @@ class NeVePruner(BasePruner):
         from a study file: ``study.optimize(make_objective(load_study("digits")), 20)``.
 
     Args:
-        signal:
+        rung_signal:
             ``"train_loss"`` (default; the epoch's mean training loss), ``"velocity"``,
             ``"consensus"`` or ``"auto"`` (rule 5), all read from the epoch stored in
             the trial's user attributes.
@@ -143,30 +143,19 @@ class NeVePruner(BasePruner):
             rule off).
         unsettled_patience:
             How many consecutive reported epochs above ``unsettled_bound`` prune a trial.
-        divergence_bound, divergence_patience:
-            Deprecated names of ``unsettled_bound`` and ``unsettled_patience`` (they
-            configure rule 4, not rule 1); removed in the next release.
     """
 
     def __init__(
         self,
-        signal: str = "train_loss",
+        rung_signal: str = "train_loss",
         *,
         min_resource: int = 1,
         reduction_factor: int = 4,
         min_early_stopping_rate: int = 0,
-        unsettled_bound: float | None = None,
-        unsettled_patience: int | None = None,
-        divergence_bound: float | None = None,
-        divergence_patience: int | None = None,
+        unsettled_bound: float = 0.6,
+        unsettled_patience: int = 5,
     ) -> None:
-        unsettled_bound = renamed_setting(
-            "divergence_bound", divergence_bound, "unsettled_bound", unsettled_bound, 0.6
-        )
-        unsettled_patience = renamed_setting(
-            "divergence_patience", divergence_patience, "unsettled_patience", unsettled_patience, 5
-        )
-        check_choice("signal", signal, PRUNER_SIGNALS)
+        check_choice("rung_signal", rung_signal, RUNG_SIGNALS)
         min_resource = check_int("min_resource", min_resource, minimum=1)
         reduction_factor = check_int("reduction_factor", reduction_factor, minimum=2)
         min_early_stopping_rate = check_int(
@@ -179,7 +168,7 @@ class NeVePruner(BasePruner):
                 "unsettled_bound must be a number > 0 (inf turns the rule off), got "
                 f"{unsettled_bound!r}"
             )
-        self._signal = signal
+        self._signal = rung_signal
         self._min_resource = min_resource
         self._reduction_factor = reduction_factor
         self._min_early_stopping_rate = min_early_stopping_rate
@@ -197,14 +186,14 @@ class NeVePruner(BasePruner):
 
     # ------------------------------------------------------------ settings
     @property
-    def signal(self) -> str:
+    def rung_signal(self) -> str:
         return self._signal
 
     @property
     def settings(self) -> dict[str, Any]:
         """The constructor arguments, as stored in the study (JSON)."""
         return {
-            "signal": self._signal,
+            "rung_signal": self._signal,
             "min_resource": self._min_resource,
             "reduction_factor": self._reduction_factor,
             "min_early_stopping_rate": self._min_early_stopping_rate,
@@ -307,27 +296,27 @@ class NeVePruner(BasePruner):
         """Refuse an epoch without what this pruner's signal ranks on."""
         if self._signal in ("consensus", "auto") and not isinstance(epoch.get("subset_pred"), str):
             raise ValueError(
-                f"NeVePruner(signal={self._signal!r}) found no 'subset_pred' in epoch {step} of "
-                f"trial {number}: record the predictions on the fixed subset with "
+                f"NeVePruner(rung_signal={self._signal!r}) found no 'subset_pred' in epoch "
+                f"{step} of trial {number}: record the predictions on the fixed subset with "
                 "Study(selection_subset=500) (or report 'subset_pred', "
                 "neve_tune.selection.SelectionSubset.predict, each epoch)"
             )
         if self._signal in ("train_loss", "auto") and "train_loss" not in epoch:
             raise ValueError(
-                "NeVePruner(signal='train_loss') found no 'train_loss' in epoch "
-                f"{step} of trial {number} (user attribute {epoch_key(step)!r}): report the "
-                "epoch's mean training loss, e.g. report_epoch(trial, {'epoch': e, 'velocity': "
-                "v, 'train_loss': loss}), or prune on velocity alone with "
-                "NeVePruner(signal='velocity')"
+                f"NeVePruner(rung_signal='train_loss') found no 'train_loss' in epoch {step} of "
+                f"trial {number} "
+                f"(user attribute {epoch_key(step)!r}): report the epoch's mean training loss, "
+                "e.g. report_epoch(trial, {'epoch': e, 'velocity': v, 'train_loss': loss}), "
+                "or prune on velocity alone with NeVePruner(rung_signal='velocity')"
             )
 
     def _signal_at(self, study: optuna.study.Study) -> str:
-        """The rung signal of this decision: ``"auto"`` resolved from the finished trials."""
+        """The rung signal of this decision: ``"auto"`` resolved from the finished trials by
+        the selection policy (:mod:`neve_tune.selection_policy`), as the pick is."""
         if self._signal != "auto":
             return self._signal
-        from ..selection import selection_mode
-
-        return "consensus" if selection_mode(finished_fits(study)) == "consensus" else "train_loss"
+        rule = SelectionPolicy().decide(trial_outcomes(study), "auto").rule
+        return "consensus" if rule == "consensus" else "train_loss"
 
     def _unsettled(self, trial: optuna.trial.FrozenTrial, sign: float) -> bool:
         if not math.isfinite(self._unsettled_bound):

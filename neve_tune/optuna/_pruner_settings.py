@@ -6,23 +6,18 @@ its own differ."""
 from __future__ import annotations
 
 import math
-import warnings
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["SETTINGS_ATTR", "bind_settings", "renamed_setting", "settings_from_study"]
+__all__ = ["SETTINGS_ATTR", "bind_settings", "settings_from_study", "stored_signal_note"]
 
 SETTINGS_ATTR = "neve_pruner"  # study user attribute holding the settings every worker must share
 SETTINGS_VERSION = 1
 
-_OLD_NAMES = {"divergence_bound": "unsettled_bound", "divergence_patience": "unsettled_patience"}
-
-
-def _current_names(settings: dict[str, Any]) -> dict[str, Any]:
-    """Stored settings with the deprecated names of rule 4's parameters replaced."""
-    return {_OLD_NAMES.get(k, k): v for k, v in settings.items()}
+#: the selection each rung signal goes with (Study.rung_signal's inverse)
+_SELECTION_OF = {"auto": "auto", "consensus": "consensus", "train_loss": "objective"}
 
 
 def settings_from_study(study: optuna.study.Study, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -30,7 +25,7 @@ def settings_from_study(study: optuna.study.Study, overrides: dict[str, Any]) ->
     stored = study.user_attrs.get(SETTINGS_ATTR)
     settings: dict[str, Any] = dict(stored) if isinstance(stored, dict) else {}
     settings.update(overrides)
-    s = _current_names({k: v for k, v in settings.items() if k != "version"})
+    s = {k: v for k, v in settings.items() if k != "version"}
     if s.get("unsettled_bound") == "inf":
         s["unsettled_bound"] = math.inf
     return s
@@ -44,8 +39,6 @@ def bind_settings(study: optuna.study.Study, settings: dict[str, Any]) -> None:
     if stored is None:
         study.set_user_attr(SETTINGS_ATTR, mine)
         stored = study.user_attrs.get(SETTINGS_ATTR)  # read back: a concurrent first writer wins
-    if isinstance(stored, dict):
-        stored = _current_names(stored)  # a study stored under the deprecated names
     if stored != mine:
         theirs = (
             {k: v for k, v in dict(stored).items() if k != "version"}
@@ -65,14 +58,21 @@ def bind_settings(study: optuna.study.Study, settings: dict[str, Any]) -> None:
         )
 
 
-def renamed_setting(old: str, old_value: Any, new: str, new_value: Any, default: Any) -> Any:
-    """A pruner argument given under its deprecated name ``old`` (warned), else ``new``'s
-    value, else ``default``; both names given is an error."""
-    if old_value is None:
-        return default if new_value is None else new_value
-    if new_value is not None:
-        raise ValueError(f"give {new} only ({old} is its deprecated name)")
-    warnings.warn(
-        f"NeVePruner({old}=...) is deprecated, use {new}", DeprecationWarning, stacklevel=3
+def stored_signal_note(study: optuna.study.Study, rung_signal: str, selection: str) -> str | None:
+    """One line when the signal stored in ``study`` by its first worker differs from the study
+    file's rung signal (``rung_signal``, what its ``selection`` goes with), else None. The
+    stored rungs are kept (every worker of a study prunes by one rule, and studies stored
+    before keep running); the line says that this worker's pick follows another rule and
+    how to make them agree."""
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    theirs = stored.get("rung_signal") if isinstance(stored, dict) else None
+    if theirs is None or theirs == rung_signal:
+        return None
+    same = _SELECTION_OF.get(theirs)
+    fix = f"--selection {same} or " if same else ""
+    return (
+        f"note: study {study.study_name!r} prunes on rung signal {theirs!r} (stored in "
+        f"{SETTINGS_ATTR!r} by its first worker), not {rung_signal!r}, which this study file's "
+        f"selection {selection!r} goes with: the rungs keep {theirs!r}, the pick is by "
+        f"{selection!r} (pass {fix}--rung-signal {theirs} to say so and silence this)"
     )
-    return old_value

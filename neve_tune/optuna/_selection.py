@@ -22,16 +22,25 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from .._checks import check_choice
-from ._report import check_optuna_study, trial_history
+from ..selection_policy import SelectionDecision, SelectionPolicy, TrialOutcome
+from ._report import check_optuna_study, direction_sign, trial_history
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-__all__ = ["SELECTIONS", "last_fits", "last_predictions", "pick_trial"]
+__all__ = [
+    "SELECTION_ATTR",
+    "last_fits",
+    "last_predictions",
+    "pick_trial",
+    "record_selection",
+    "select_trial",
+    "trial_outcomes",
+]
 
-SELECTIONS = ("objective", "consensus", "auto")
+#: study user attribute: the rule the last recorded pick applied (SelectionDecision.as_dict())
+SELECTION_ATTR = "neve_selection"
 
 
 def _last(
@@ -67,31 +76,72 @@ AUTO_WITHOUT_DATA = (
     "every trial): codes = subset.predict(model); metrics.update(subset_pred=codes, "
     "subset_fit=subset.fit(codes)) before report_epoch (docs/own_loop.md)"
 )
+#: an Optuna state -> how the trial ended, for a trial that did not COMPLETE
+_ENDED = {"PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "running"}
+
+
+def _outcome(t: FrozenTrial, sign: float) -> TrialOutcome:
+    """One Optuna trial as the selection policy reads it: a COMPLETE trial ended by the
+    reason its objective recorded (``stopped_by``: the summary attribute, else its last
+    epoch's), with its value oriented so lower is better."""
+    history = trial_history(t)
+    last = history[-1] if history else {}
+    ended = _ENDED.get(t.state.name)
+    if ended is None:
+        ended = t.user_attrs.get("stopped_by") or last.get("stopped_by")
+    fits = [m["subset_fit"] for m in history if isinstance(m.get("subset_fit"), (int, float))]
+    preds = [m["subset_pred"] for m in history if isinstance(m.get("subset_pred"), str)]
+    return TrialOutcome(
+        t.number,
+        None if t.value is None else sign * float(t.value),
+        ended,
+        float(fits[-1]) if fits else None,
+        preds[-1] if preds else None,
+    )
+
+
+def trial_outcomes(search: optuna.Study) -> list[TrialOutcome]:
+    """Every trial of ``search`` as :class:`~neve_tune.selection_policy.TrialOutcome` rows,
+    by trial number (what the selection policy decides on)."""
+    check_optuna_study("search", search)
+    sign = direction_sign(search.direction)
+    return [_outcome(t, sign) for t in search.get_trials(deepcopy=False)]
+
+
+def select_trial(
+    search: optuna.Study, selection: str = "auto", policy: SelectionPolicy | None = None
+) -> tuple[FrozenTrial | None, SelectionDecision]:
+    """The winning finished trial by ``selection`` (None when none finished) and the
+    policy's decision (the rule applied, the noise estimate, why): :func:`pick_trial`
+    with its reason."""
+    check_optuna_study("search", search)
+    policy = policy or SelectionPolicy()
+    policy.decide([], selection)  # the selection is checked before the storage is read
+    number, decision = policy.pick(trial_outcomes(search), selection)
+    best = next((t for t in search.get_trials(deepcopy=False) if t.number == number), None)
+    return best, decision
+
+
+def record_selection(
+    search: optuna.Study, best: FrozenTrial | None, decision: SelectionDecision, by: str
+) -> dict[str, Any]:
+    """Store the pick in the study user attribute :data:`SELECTION_ATTR`: the decision, the
+    trial picked and who picked (``by``); returns what was stored."""
+    record = {**decision.as_dict(), "trial": None if best is None else best.number, "by": by}
+    search.set_user_attr(SELECTION_ATTR, record)
+    return record
 
 
 def pick_trial(search: optuna.Study, selection: str = "objective") -> FrozenTrial | None:
-    """The winning COMPLETE trial by ``selection`` (see the module doc), or None when no
-    trial finished. ``"consensus"`` needs predictions on the finished trials (record them
-    with ``Study(selection_subset=500)``); ties go to the lower trial number. ``"auto"``
-    picks by the consensus when the finished trials' ``subset_fit`` says the labels are
-    noisy (:func:`neve_tune.selection.selection_mode`), else by the objective; with no
-    ``subset_fit`` recorded it warns (:data:`AUTO_WITHOUT_DATA`) and picks by the objective."""
-    import optuna
-
-    from ..selection import consensus_winner, selection_mode
-
-    check_optuna_study("search", search)
-    check_choice("selection", selection, SELECTIONS)
-    complete = (optuna.trial.TrialState.COMPLETE,)
-    done = search.get_trials(deepcopy=False, states=complete)
-    if not done:
-        return None
-    if selection == "auto":
-        fits = last_fits(search, complete)
-        if not fits:
-            warnings.warn(AUTO_WITHOUT_DATA, UserWarning, stacklevel=2)
-        selection = selection_mode([fits.get(t.number) for t in done])
-    if selection == "objective":
-        return search.best_trial
-    number = consensus_winner(last_predictions(search, complete), [t.number for t in done])
-    return next(t for t in done if t.number == number)
+    """The winning finished trial by ``selection`` (see the module doc), or None when no
+    trial finished (:mod:`neve_tune.selection_policy`: a trial that ended by its own rule
+    with a finite objective; a COMPLETE trial whose ``stopped_by`` says stalled or diverged
+    is not). ``"consensus"`` needs predictions on the finished trials (record them with
+    ``Study(selection_subset=500)``); ties go to the lower trial number. ``"auto"`` picks by
+    the consensus when the finished trials' ``subset_fit`` says the labels are noisy, else
+    by the objective; with no ``subset_fit`` recorded it warns (:data:`AUTO_WITHOUT_DATA`)
+    and picks by the objective. :func:`select_trial` also returns the rule applied."""
+    best, decision = select_trial(search, selection)
+    if selection == "auto" and decision.finished and not decision.fits:
+        warnings.warn(AUTO_WITHOUT_DATA, UserWarning, stacklevel=2)
+    return best

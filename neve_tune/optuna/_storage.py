@@ -45,7 +45,6 @@ def make_storage(
     heartbeat_interval: int | None = 60,
     heartbeat_grace_period: int | None = None,
     max_retry: int | None = 3,
-    grace_period: int | None = None,
 ) -> BaseStorage | None:
     """The storage for ``url``; ``None`` means in-memory (what ``optuna.create_study`` takes).
 
@@ -54,13 +53,11 @@ def make_storage(
     the interval) is failed by the next worker that starts a trial, and retried up to
     ``max_retry`` times (``None``: always) as a new trial that inherits its parameters,
     user attributes, system attributes (rung state) and intermediate values, so the retry
-    resumes from the same checkpoint and keeps its velocity series. ``grace_period`` is the
-    deprecated name of ``heartbeat_grace_period``.
+    resumes from the same checkpoint and keeps its velocity series.
 
     Raises :class:`StorageError` (with the password redacted) when the storage cannot be
     opened, ``ValueError`` for a bad setting.
     """
-    heartbeat_grace_period = _renamed_grace(grace_period, heartbeat_grace_period)
     max_retry = check_int("max_retry", max_retry, minimum=0, allow_none=True)
     kind = storage_kind(url)
     if kind == "memory":
@@ -114,17 +111,6 @@ def missing_storage(url: str | None) -> str | None:
     if path is not None and not path.is_file():
         return f"{path} does not exist"
     return None
-
-
-def _renamed_grace(grace_period: int | None, heartbeat_grace_period: int | None) -> int | None:
-    if grace_period is None:
-        return heartbeat_grace_period
-    if heartbeat_grace_period is not None:
-        raise ValueError("give heartbeat_grace_period only (grace_period is its deprecated name)")
-    warnings.warn(
-        "grace_period is deprecated, use heartbeat_grace_period", DeprecationWarning, stacklevel=3
-    )
-    return grace_period
 
 
 def _journal(url: str) -> BaseStorage:

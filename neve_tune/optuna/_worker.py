@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,9 +40,9 @@ from optuna.trial import FrozenTrial
 from ..checkpoint import first_line
 from ..study import Study, load_study
 from ._objective import STORAGE_WRITE_ERRORS, make_objective
-from ._open import open_study, renamed_argument
+from ._open import open_study
 from ._pruner import NeVePruner
-from ._pruner_settings import SETTINGS_ATTR
+from ._pruner_settings import stored_signal_note
 from ._sampler import TrialSeededTPESampler
 from ._stop import PoliteStop
 from ._storage import StorageError
@@ -83,15 +84,13 @@ def run_worker(
     changes: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = print,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
-    grace_period: int | None = None,
 ) -> optuna.Study:
     """Run trials of ``study_file`` against the Optuna study ``study_name`` in ``storage``
     (what ``neve-tune optuna worker`` runs on each machine; the rules are in the module doc).
 
     ``n_trials`` trials, or until ``timeout`` seconds, or until the study holds
     ``total_trials`` finished ones. ``changes`` overrides fields of the study file.
-    ``grace_period`` is the deprecated name of ``heartbeat_grace_period``. Every argument
-    is checked before any storage or data is touched. Raises :class:`StorageError`,
+    Every argument is checked before any storage or data is touched. Raises :class:`StorageError`,
     :class:`StudyNotFoundError`, ``ValueError``, ``FileNotFoundError``; and
     :class:`WorkerInterrupted` after a polite stop, :class:`~neve_tune.optuna._stop.TrialLeft`
     when a checkpoint could not be written.
@@ -103,9 +102,6 @@ def run_worker(
         >>> len(search.trials)
         2
     """
-    heartbeat_grace_period = renamed_argument(
-        "grace_period", grace_period, "heartbeat_grace_period", heartbeat_grace_period
-    )
     study = load_study(study_file).replace(**(changes or {}))
     check_worker_arguments(
         n_trials=n_trials,
@@ -135,7 +131,7 @@ def run_worker(
         heartbeat_grace_period=heartbeat_grace_period,
         max_retry=max_retry,
     )
-    search.pruner = _pruner(search, method, pruner, pruner_options, study)
+    search.pruner = _pruner(search, method, pruner, pruner_options, study, log)
     if checkpoint_dir is None and storage_kind(storage) == "rdb" and heartbeat_interval and log:
         log(
             "note: no checkpoint directory, so a retried trial restarts from epoch 0 (pass "
@@ -209,6 +205,10 @@ def _writable_study(
     return search
 
 
+def _warn(line: str) -> None:
+    warnings.warn(line, UserWarning, stacklevel=4)
+
+
 def _sampler(sampler_seed: int | None) -> optuna.samplers.BaseSampler:
     """Seeded: TPE seeded per trial (workers sharing a seed sample apart); else TPE
     seeded from the OS (every worker its own stream)."""
@@ -225,15 +225,22 @@ def _pruner(
     pruner: BasePruner | None,
     options: dict[str, Any] | None,
     study: Study | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> BasePruner:
     """The given pruner, else NeVe's (settings: ``options``, else those stored in the
-    Optuna study, else the study file's rung signal) or successive halving on validation
-    loss for the baselines."""
+    Optuna study, else the study file's rung signal; a stored signal that differs from the
+    study file's is kept and announced in one line, on ``log`` or as a warning) or successive
+    halving on validation loss for the baselines."""
     if pruner is None:
         if method == "neve":
             options = dict(options or {})
-            if study is not None and SETTINGS_ATTR not in search.user_attrs:
-                options.setdefault("signal", study.rung_signal)
+            if study is not None and "rung_signal" not in options:
+                # a stored signal is kept (one rule per study), and a differing one announced
+                note = stored_signal_note(search, study.rung_signal, study.selection)
+                if note:
+                    (log or _warn)(note)
+                else:
+                    options["rung_signal"] = study.rung_signal
             pruner = NeVePruner.from_study(search, **options)
         else:
             if options:

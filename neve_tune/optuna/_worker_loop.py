@@ -13,7 +13,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from ._objective import STORAGE_WRITE_ERRORS
-from ._selection import pick_trial
+from ._selection import record_selection, select_trial
 from ._stop import Abandon, PoliteStop, TrialLeft, WorkerInterrupted
 
 __all__ = ["closing_line", "format_trial", "optimize", "requeue", "trial_callbacks"]
@@ -132,7 +132,8 @@ def closing_line(
     search: optuna.Study, ran: int, seconds: float, selection: str = "objective"
 ) -> str:
     """The worker's last line: its trials, the study's states, the winning trial
-    (:func:`~neve_tune.optuna.pick_trial` by the study's ``selection``)."""
+    (:func:`~neve_tune.optuna.select_trial` by the study's ``selection``) and the rule that
+    picked it, also stored in the study user attribute ``neve_selection``."""
     counts = {
         s.name: 0
         for s in (
@@ -148,8 +149,11 @@ def closing_line(
     line = f"worker {os.getpid()}: ran {ran} trials in {seconds:.1f}s; study: " + ", ".join(
         f"{k.lower()}={v}" for k, v in counts.items() if v
     )
-    best = pick_trial(search, selection)
+    best, decision = select_trial(search, selection)
     if best is not None:
-        by = "" if selection == "objective" else f" (by {selection})"
-        line += f"; best trial {best.number}{by} value={best.value:.5g} params={best.params}"
+        record_selection(search, best, decision, by="worker")
+        line += (
+            f"; best trial {best.number} ({decision.reason}) value={best.value:.5g} "
+            f"params={best.params}"
+        )
     return line

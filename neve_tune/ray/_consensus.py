@@ -1,4 +1,4 @@
-"""The consensus rungs of :class:`~neve_tune.ray.NeVeASHAScheduler` (``signal="consensus"``):
+"""The consensus rungs of :class:`~neve_tune.ray.NeVeASHAScheduler` (``rung_signal="consensus"``):
 asynchronous successive halving where a trial's value at a rung is its agreement with the
 majority vote of the other trials that reached the same rung (their predicted classes on
 one fixed training subset, :class:`~neve_tune.selection.SelectionSubset`). No validation
@@ -23,9 +23,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..selection_policy import SelectionPolicy, TrialOutcome
 from ._halving import Rung
 
-__all__ = ["ConsensusRungs", "check_predictions"]
+__all__ = ["ConsensusRungs", "check_predictions", "ended_trial"]
 
 
 def check_predictions(value: Any, key: str, who: str) -> str:
@@ -34,9 +35,24 @@ def check_predictions(value: Any, key: str, who: str) -> str:
     if isinstance(value, str) and value:
         return value
     raise ValueError(
-        f"{who}(signal='consensus') needs each result's {key!r}: the predicted classes of a fixed "
-        "training subset, encoded (neve_tune.selection.SelectionSubset(...).predict(model), or "
+        f"{who}(rung_signal='consensus') needs each result's {key!r}: the predicted classes of a "
+        "fixed training subset, encoded (neve_tune.selection.SelectionSubset(...).predict(model), "
+        "or "
         f"Study(selection_subset=500) in neve_trainable); got {type(value).__name__}"
+    )
+
+
+def ended_trial(trial_id: str, ended: str | None, result: dict, metric: str) -> TrialOutcome:
+    """A trial the scheduler saw end, as the selection policy reads it: the scheduler's
+    outcome (a trial it pruned is not finished; ``max_t`` is the budget's end), the result's
+    ``objective`` (else the rung ``metric``: only its finiteness counts here) and subset fit."""
+    objective = result.get("objective", result.get(metric))
+    fit = result.get("subset_fit")
+    return TrialOutcome(
+        trial_id,
+        float(objective) if isinstance(objective, (int, float)) else None,
+        ended,
+        float(fit) if isinstance(fit, (int, float)) and not isinstance(fit, bool) else None,
     )
 
 
@@ -47,18 +63,19 @@ class ConsensusRungs:
     def __init__(self, milestones: list[list[float]]) -> None:
         self._milestones = [list(b) for b in milestones]
         self._preds: list[list[dict[str, str]]] = [[{} for _ in b] for b in milestones]
-        self._fits: dict[str, float] = {}  # finished trials' last subset_fit, for "auto"
+        self._fits: dict[str, float] = {}  # the finished trials' last subset_fit, for "auto"
 
-    def add_fit(self, trial_id: str, fit: Any) -> None:
-        """A finished trial's last fit of the subset's given labels (ignored when absent)."""
-        if isinstance(fit, (int, float)) and not isinstance(fit, bool):
-            self._fits[trial_id] = float(fit)
+    def add_outcome(self, outcome: TrialOutcome) -> None:
+        """A trial that ended: its last fit of the subset's given labels counts for ``"auto"``
+        when the selection policy calls it finished (not pruned, stalled or diverged)."""
+        if outcome.finished and outcome.subset_fit is not None:
+            self._fits[str(outcome.key)] = float(outcome.subset_fit)
 
     def noisy(self) -> bool:
-        """Whether the finished trials' fits say the labels are noisy (``"auto"``)."""
-        from ..selection import selection_mode
-
-        return selection_mode(list(self._fits.values())) == "consensus"
+        """Whether the finished trials' fits say the labels are noisy (``"auto"``), by the
+        selection policy's rule (:class:`~neve_tune.selection_policy.SelectionPolicy`)."""
+        rows = [TrialOutcome(k, 0.0, subset_fit=f) for k, f in self._fits.items()]
+        return SelectionPolicy().decide(rows, "auto").rule == "consensus"
 
     def decide(
         self,

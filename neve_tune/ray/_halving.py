@@ -19,9 +19,9 @@ import math
 
 import numpy as np
 
-from .._checks import check_choice, check_float, check_int
+from .._checks import check_float, check_int
 
-__all__ = ["Brackets", "Rung", "bracket_milestones", "check_mode", "choose_bracket"]
+__all__ = ["Brackets", "Rung", "bracket_milestones", "choose_bracket"]
 
 
 class Rung:
@@ -79,40 +79,23 @@ def choose_bracket(brackets: list[list[Rung]]) -> int:
     return int(np.random.choice(len(brackets), p=probs / probs.sum()))
 
 
-def check_mode(metric: str, mode: str) -> str:
-    """``mode`` (``"min"``/``"max"``) of the rung ``metric``; ``"max"`` on a loss would keep
-    the trials that fit worst at every rung, so it is refused.
-
-    >>> check_mode("train_loss", "max")
-    Traceback (most recent call last):
-    ...
-    ValueError: mode must be 'min' for metric 'train_loss': a loss is minimised, got 'max'
-    """
-    check_choice("mode", mode, ("min", "max"))
-    if mode == "max" and metric.endswith("loss"):
-        raise ValueError(
-            f"mode must be 'min' for metric {metric!r}: a loss is minimised, got 'max'"
-        )
-    return mode
-
-
 class Brackets:
-    """The brackets of rungs (each highest milestone first; ``grace_period``, ``max_t``,
+    """The brackets of rungs (each highest milestone first; ``min_resource``, ``max_t``,
     ``reduction_factor`` and ``brackets`` as in Ray's scheduler, checked here) and the
     bracket each trial that may still report is in. Values are recorded as
     ``sign * metric`` (higher is better)."""
 
     def __init__(
-        self, grace_period: int, max_t: int, reduction_factor: float, brackets: int
+        self, min_resource: int, max_t: int, reduction_factor: float, brackets: int
     ) -> None:
         self.max_t = check_int("max_t", max_t, minimum=1)
-        grace_period = check_int("grace_period", grace_period, minimum=1)
-        if grace_period > self.max_t:
-            raise ValueError(f"grace_period must be <= max_t={self.max_t}, got {grace_period}")
+        min_resource = check_int("min_resource", min_resource, minimum=1)
+        if min_resource > self.max_t:
+            raise ValueError(f"min_resource must be <= max_t={self.max_t}, got {min_resource}")
         rf = check_float("reduction_factor", reduction_factor, low=1.0, low_open=True)
         self.quantile = ((1 - 1 / rf) * 100) / 100  # as Ray computes it, for equal cutoffs
         self.rungs: list[list[Rung]] = [
-            [Rung(m) for m in bracket_milestones(grace_period, self.max_t, rf, s)]
+            [Rung(m) for m in bracket_milestones(min_resource, self.max_t, rf, s)]
             for s in range(check_int("brackets", brackets, minimum=1))
         ]
         self.active: dict[str, int] = {}  # trial_id -> bracket index, while it may report
@@ -159,7 +142,7 @@ class Brackets:
         if [[m for m, _ in b] for b in rungs] != self.milestones():
             raise ValueError(
                 "NeVeASHAScheduler state has other rungs than this scheduler "
-                "(max_t, grace_period, reduction_factor or brackets changed?)"
+                "(max_t, min_resource, reduction_factor or brackets changed?)"
             )
         for bracket, saved in zip(self.rungs, rungs):
             for rung, (_, values) in zip(bracket, saved):

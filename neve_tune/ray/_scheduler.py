@@ -17,8 +17,9 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from .._checks import check_choice, to_float
-from ._consensus import ConsensusRungs, check_predictions
-from ._halving import Brackets, check_mode
+from ..records import RUNG_SIGNALS
+from ._consensus import ConsensusRungs, check_predictions, ended_trial
+from ._halving import Brackets
 from ._losses import remember_first_loss
 from ._outcomes import COMPLETED, MAX_T, PRUNED, Outcomes
 from ._scheduler_state import NeVeASHAStateCallback
@@ -55,27 +56,28 @@ class NeVeASHAScheduler(FIFOScheduler):
        ``velocity <`` the trial's own threshold, from its result or config, from
        iteration 2, on a trial whose training loss fell from its first result's, else
        stalled): its
-       ``metric`` is recorded at the rung it reached, then STOP. A converged trial is
+       rung value is recorded at the rung it reached, then STOP. A converged trial is
        finished, never counted as pruned;
     4. otherwise asynchronous successive halving, the rule of Ray's
-       ``AsyncHyperBandScheduler``: rungs at ``grace_period * reduction_factor**k``
+       ``AsyncHyperBandScheduler``: rungs at ``min_resource * reduction_factor**k``
        (``time_attr`` units) up to ``max_t``. The first time a trial reaches a rung its
-       ``metric`` (default ``"train_loss"``, the epoch's mean training loss,
-       ``mode="min"``) is recorded there, and the trial is stopped (pruned) if it is
-       worse than the ``1 - 1/reduction_factor`` quantile of the values already recorded
-       at that rung (the first trial at a rung always continues). At ``max_t`` the trial
-       is stopped (``stop_last_trials``). No validation data is needed. With
-       ``signal="consensus"`` the value at a rung is instead the trial's agreement with
+       ``rung_signal`` (default ``"train_loss"``, the epoch's mean training loss, or
+       ``"velocity"``; lower is better) is recorded there, and the trial is stopped
+       (pruned) if it is worse than the ``1 - 1/reduction_factor`` quantile of the values
+       already recorded at that rung (the first trial at a rung always continues). At
+       ``max_t`` the trial is stopped (``stop_last_trials``). No validation data is needed. With
+       ``rung_signal="consensus"`` the value at a rung is instead the trial's agreement with
        the majority vote of the other trials at that rung, from each result's
        ``predictions_key`` (a :class:`~neve_tune.selection.SelectionSubset` prediction;
-       :mod:`neve_tune.ray._consensus` gives the rule). ``signal="auto"`` ranks on the
+       :mod:`neve_tune.ray._consensus` gives the rule). ``rung_signal="auto"`` ranks on the
        consensus once the finished trials' ``subset_fit`` says the labels are noisy
-       (:func:`neve_tune.selection.selection_mode`), else on ``metric``.
+       (:func:`neve_tune.selection.selection_mode`), else on the training loss.
 
     A trial that a :class:`~neve_tune.ray.NeVeStopper` stopped (Tune asks the stopper
     first) reaches only ``on_trial_complete``; it is classified by the same rule and
     recorded unless it diverged or stalled. A result costs O(log n) for n trials at a rung
-    on ``metric``, O(n·K) on the consensus (K subset examples); nothing is written to disk.
+    on the training loss or velocity, O(n·K) on the consensus (K subset examples); nothing
+    is written to disk.
 
     **Restoring** (``Tuner.restore``): Ray saves callbacks, not schedulers, in its
     experiment checkpoint. Pass the scheduler's :meth:`callback` in the run config and
@@ -90,23 +92,23 @@ class NeVeASHAScheduler(FIFOScheduler):
     a warning says so. The state matches the experiment snapshot it was saved with.
 
     Args:
-        metric: the rung metric (``"train_loss"``; any reported key works).
-        mode: ``"min"`` or ``"max"`` for ``metric``.
+        rung_signal: what rule 4 ranks on, as in :class:`~neve_tune.optuna.NeVePruner`:
+            ``"train_loss"`` (default), ``"velocity"``, ``"consensus"`` or ``"auto"``.
         time_attr: the progress key (``"training_iteration"``, or ``"epoch"``).
         max_t: last rung; trials are stopped there (``stop_last_trials``).
-        grace_period, reduction_factor, brackets, stop_last_trials: as in
+        min_resource: the first rung (``grace_period`` of Ray's ASHA).
+        reduction_factor, brackets, stop_last_trials: as in
             :class:`~ray.tune.schedulers.AsyncHyperBandScheduler`.
         velocity_metric, threshold_key, threshold: the convergence rule (see above).
         persist: whether :meth:`callback` saves the rung state (``False``: Ray's
             behaviour, fresh rungs after a restore).
-        signal: ``"metric"`` (rank on ``metric``), ``"consensus"`` or ``"auto"`` (rule 4).
         predictions_key: the result key of the encoded subset predictions (consensus).
 
     Example::
 
         >>> from types import SimpleNamespace
         >>> from neve_tune.ray import NeVeASHAScheduler
-        >>> sched = NeVeASHAScheduler(max_t=16, grace_period=1, reduction_factor=2)
+        >>> sched = NeVeASHAScheduler(max_t=16, min_resource=1, reduction_factor=2)
         >>> a = SimpleNamespace(trial_id="a", status="PENDING")
         >>> b = SimpleNamespace(trial_id="b", status="PENDING")
         >>> sched.on_trial_add(None, a), sched.on_trial_add(None, b)
@@ -131,11 +133,10 @@ class NeVeASHAScheduler(FIFOScheduler):
     def __init__(
         self,
         *,
-        metric: str = "train_loss",
-        mode: str = "min",
+        rung_signal: str = "train_loss",
         time_attr: str = "training_iteration",
         max_t: int = 100,
-        grace_period: int = 1,
+        min_resource: int = 1,
         reduction_factor: float = 4,
         brackets: int = 1,
         stop_last_trials: bool = True,
@@ -143,17 +144,19 @@ class NeVeASHAScheduler(FIFOScheduler):
         threshold_key: str = "threshold",
         threshold: float | None = None,
         persist: bool = True,
-        signal: str = "metric",
         predictions_key: str = "subset_pred",
     ) -> None:
         super().__init__()
-        self._rung_metric = check_key(metric, "metric")
+        self._signal = check_choice("rung_signal", rung_signal, RUNG_SIGNALS)
+        # the reported value ranked at a rung: the consensus signals record the training loss
+        # beside the votes ("auto" falls back to it)
+        self._rung_metric = "velocity" if rung_signal == "velocity" else "train_loss"
         self._time_attr = check_key(time_attr, "time_attr")
         self._velocity_metric = check_key(velocity_metric, "velocity_metric")
         self._threshold_key = check_key(threshold_key, "threshold_key")
-        self._mode = check_mode(self._rung_metric, mode)
-        self._sign = -1.0 if mode == "min" else 1.0
-        self._brackets = Brackets(grace_period, max_t, reduction_factor, brackets)
+        self._mode = "min"  # a loss and a velocity: lower is better
+        self._sign = -1.0
+        self._brackets = Brackets(min_resource, max_t, reduction_factor, brackets)
         self._max_t, self._quantile = self._brackets.max_t, self._brackets.quantile
         if not isinstance(stop_last_trials, bool):
             raise TypeError(f"stop_last_trials must be a bool, got {stop_last_trials!r}")
@@ -162,7 +165,6 @@ class NeVeASHAScheduler(FIFOScheduler):
         if not isinstance(persist, bool):
             raise TypeError(f"persist must be a bool, got {persist!r}")
         self._persist = persist
-        self._signal = check_choice("signal", signal, ("metric", "consensus", "auto"))
         self._predictions_key = check_key(predictions_key, "predictions_key")
         self._votes = ConsensusRungs(self._brackets.milestones())
         self._outcomes = Outcomes()
@@ -246,9 +248,10 @@ class NeVeASHAScheduler(FIFOScheduler):
             self._outcomes.finish(tid, verdict)
         elif tid not in self._outcomes:
             self._outcomes.set(tid, COMPLETED)
-        if self._outcomes.get(tid) not in (DIVERGED, STALLED):
+        ended = self._outcomes.get(tid)
+        if ended not in (DIVERGED, STALLED):
             self._record(tid, result)
-            self._votes.add_fit(tid, result.get("subset_fit"))
+        self._votes.add_outcome(ended_trial(tid, ended, result, self._rung_metric))
         del self._brackets.active[tid]
 
     def on_trial_remove(self, tune_controller: TuneController, trial: Trial) -> None:
@@ -323,7 +326,7 @@ class NeVeASHAScheduler(FIFOScheduler):
     def _rung_decision(self, trial_id: str, t: float, result: dict) -> str:
         """Rule 4 on the metric, on the consensus, or (``"auto"``, which records both) on
         the consensus once the finished trials say the labels are noisy."""
-        if self._signal != "metric":
+        if self._signal in ("consensus", "auto"):
             preds = check_predictions(
                 result.get(self._predictions_key), self._predictions_key, type(self).__name__
             )
@@ -345,7 +348,7 @@ class NeVeASHAScheduler(FIFOScheduler):
         """Put a finished trial's value in the rung it reached (no decision)."""
         preds = result.get(self._predictions_key)
         if (
-            self._signal != "metric"
+            self._signal in ("consensus", "auto")
             and self._time_attr in result
             and isinstance(preds, str)
             and preds
@@ -382,7 +385,7 @@ class NeVeASHAScheduler(FIFOScheduler):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Load a :meth:`state_dict`; ``ValueError`` when it was made with other rungs
-        (another ``max_t``, ``grace_period``, ``reduction_factor`` or ``brackets``)."""
+        (another ``max_t``, ``min_resource``, ``reduction_factor`` or ``brackets``)."""
         if state.get("version") != _STATE_VERSION:
             raise ValueError(
                 f"NeVeASHAScheduler state version {state.get('version')!r} is not supported"
@@ -391,8 +394,7 @@ class NeVeASHAScheduler(FIFOScheduler):
         self._brackets.active = {str(k): int(v) for k, v in state["trial_bracket"].items()}
         self._outcomes.load_state_dict(state)
         self._first_loss = {
-            str(k): (float(i), float(v)) for k, (i, v) in state.get("first_loss", {}).items()
+            str(k): (float(i), float(v)) for k, (i, v) in state["first_loss"].items()
         }
-        if "votes" in state:  # states saved before the consensus signal have none
-            self._votes.load_state_dict(state["votes"])
+        self._votes.load_state_dict(state["votes"])
         self._restored = True

@@ -36,7 +36,7 @@ def pick_scheduler(
     method: str,
     min_resource: int,
     reduction_factor: float,
-    signal: str,
+    rung_signal: str,
     build: bool = True,
 ) -> Any:
     """The trial scheduler ``kind`` names for ``method`` (``build=False``: only check
@@ -61,20 +61,17 @@ def pick_scheduler(
             raise ValueError(
                 f"scheduler 'neve_asha' needs method 'neve', got {method!r}; use 'asha'"
             )
-        if signal in ("consensus", "auto") and not study.selection_subset:
+        if rung_signal in ("consensus", "auto") and not study.selection_subset:
             raise ValueError(
-                f"neve_signal={signal!r} needs a study with selection_subset > 0 (e.g. "
+                f"rung_signal={rung_signal!r} needs a study with selection_subset > 0 (e.g. "
                 "study.replace(selection_subset=500)): the predictions it compares"
             )
-        kw: dict[str, Any] = (
-            {"signal": signal} if signal in ("consensus", "auto") else {"metric": signal}
-        )
         return (
             NeVeASHAScheduler(
+                rung_signal=rung_signal,
                 max_t=study.max_epochs,
-                grace_period=min_resource,
+                min_resource=min_resource,
                 reduction_factor=reduction_factor,
-                **kw,
             )
             if build
             else None

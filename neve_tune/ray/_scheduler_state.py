@@ -37,9 +37,9 @@ class NeVeASHAStateCallback(Callback):
     scheduler.
 
         >>> from neve_tune.ray import NeVeASHAScheduler
-        >>> sched = NeVeASHAScheduler(max_t=16, grace_period=1, reduction_factor=2)
+        >>> sched = NeVeASHAScheduler(max_t=16, min_resource=1, reduction_factor=2)
         >>> cb = sched.callback()
-        >>> fresh = NeVeASHAScheduler(max_t=16, grace_period=1, reduction_factor=2)
+        >>> fresh = NeVeASHAScheduler(max_t=16, min_resource=1, reduction_factor=2)
         >>> fresh.callback().set_state(cb.get_state())
         >>> fresh.state_dict() == sched.state_dict()
         True

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from .._checks import check_choice, check_float, check_int, check_seed
 from .._names import check_folder_name, check_path_fits, shown
-from ..records import SCHEDULERS
+from ..records import RUNG_SIGNALS, SCHEDULERS
 from ..study import Study, load_study
 from ._scheduler import NeVeASHAScheduler
 from ._scheduler_choice import pick_scheduler
@@ -86,7 +85,7 @@ def run_search(
     resources: Mapping[str, float] | None = None,
     max_concurrent_trials: int | None = None,
     max_failures: int | None = None,
-    min_resource: int | None = None,
+    min_resource: int = 1,
     reduction_factor: float = 4,
     api: str = "tuner",
     resume: bool = False,
@@ -96,8 +95,7 @@ def run_search(
     verbose: int = 0,
     data: Any = None,
     model_fn: Any = None,
-    neve_signal: str | None = None,
-    grace_period: int | None = None,
+    rung_signal: str | None = None,
 ) -> Any:
     """Run one Ray Tune search of ``study`` on the connected Ray cluster (``ray.init``
     first; a local one is started if none is) and return its ``ResultGrid``
@@ -106,8 +104,8 @@ def run_search(
     ``method="neve"``: :func:`neve_trainable` + :class:`NeVeStopper` +
     :class:`NeVeASHAScheduler` (``scheduler="auto"``); ``method="asha"``/``"asha_es"``:
     the validation baseline with Ray's ``ASHAScheduler`` on ``val_loss``. Both start their
-    first rung at ``min_resource`` epochs (default 1; Ray calls it ``grace_period``, the
-    deprecated name of this argument). Trials are sampled at random from
+    first rung at ``min_resource`` epochs (default 1; Ray's schedulers call it
+    ``grace_period``). Trials are sampled at random from
     :func:`to_ray_space` with a seeded ``BasicVariantGenerator`` (same seed, same
     configurations; not TPE, unlike the Optuna backend); trial ``i`` trains with seed
     ``seed``. ``storage_path`` must be shared by every node on a cluster. ``data``/
@@ -120,14 +118,13 @@ def run_search(
     ``resume=True`` restores the experiment ``storage_path/name`` with ``Tuner.restore``
     and finishes it. ``reuse_actors`` (on by default) keeps trial processes between
     trials: a fresh one spends seconds importing torch (see ``benchmarks/ray_trials.py``).
-    ``neve_signal`` (default: the study's :attr:`~neve_tune.Study.rung_signal`) is the rung
+    ``rung_signal`` (default: the study's :attr:`~neve_tune.Study.rung_signal`) is the rung
     signal of :class:`NeVeASHAScheduler` (``"train_loss"``,
     ``"velocity"``, ``"consensus"`` or ``"auto"``: both need ``study.selection_subset``). Every
     argument is checked (:func:`check_search_args`) before Ray starts.
     """
-    min_resource = _renamed_min_resource(grace_period, min_resource)
     study = load_study(study)
-    neve_signal = study.rung_signal if neve_signal is None else neve_signal
+    rung_signal = study.rung_signal if rung_signal is None else rung_signal
     res = check_search_args(
         study,
         method=method,
@@ -140,7 +137,7 @@ def run_search(
         min_resource=min_resource,
         reduction_factor=reduction_factor,
         api=api,
-        neve_signal=neve_signal,
+        rung_signal=rung_signal,
         resume=resume,
         storage_path=storage_path,
         name=name,
@@ -152,7 +149,7 @@ def run_search(
     trainable = neve_trainable(
         study, method=method, seed=seed, device=device, resources=res, data=data, model_fn=model_fn
     )
-    sched = pick_scheduler(scheduler, study, method, min_resource, reduction_factor, neve_signal)
+    sched = pick_scheduler(scheduler, study, method, min_resource, reduction_factor, rung_signal)
     storage = str(Path(storage_path).resolve()) if storage_path is not None else None
     if resume:
         return _restore(trainable, storage, name)
@@ -190,15 +187,6 @@ def default_max_failures() -> int:
     return CLUSTER_MAX_FAILURES if len(alive) > 1 else 0
 
 
-def _renamed_min_resource(grace_period: int | None, min_resource: int | None) -> int:
-    if grace_period is None:
-        return 1 if min_resource is None else min_resource
-    if min_resource is not None:
-        raise ValueError("give min_resource only (grace_period is its deprecated name)")
-    warnings.warn("grace_period is deprecated, use min_resource", DeprecationWarning, stacklevel=3)
-    return grace_period
-
-
 def check_search_args(
     study: Study,
     *,
@@ -212,7 +200,7 @@ def check_search_args(
     min_resource: int = 1,
     reduction_factor: float = 4,
     api: str = "tuner",
-    neve_signal: str | None = None,
+    rung_signal: str | None = None,
     resume: bool = False,
     storage_path: Any = None,
     name: str | None = None,
@@ -222,8 +210,8 @@ def check_search_args(
     ``ray.init``, so a bad flag costs no cluster start."""
     check_choice("method", method, TRAINABLE_METHODS)
     check_choice("api", api, APIS)
-    neve_signal = study.rung_signal if neve_signal is None else neve_signal
-    check_choice("neve_signal", neve_signal, ("train_loss", "velocity", "consensus", "auto"))
+    rung_signal = study.rung_signal if rung_signal is None else rung_signal
+    check_choice("rung_signal", rung_signal, RUNG_SIGNALS)
     check_choice("scheduler", scheduler, SCHEDULERS)
     check_int("num_samples", num_samples, minimum=1)
     check_int("min_resource", min_resource, minimum=1)
@@ -239,7 +227,7 @@ def check_search_args(
     check_int("max_concurrent_trials", max_concurrent_trials, minimum=1, allow_none=True)
     check_seed("seed", seed)
     pick_scheduler(
-        scheduler, study, method, min_resource, reduction_factor, neve_signal, build=False
+        scheduler, study, method, min_resource, reduction_factor, rung_signal, build=False
     )
     if resume and (storage_path is None or not name):
         raise ValueError("resume needs storage_path and name (the experiment folder to restore)")

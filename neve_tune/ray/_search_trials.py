@@ -10,7 +10,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from .._search_records import SearchTrial, rank_by_consensus
+from .._search_records import SearchTrial
 from ..records import Cost
 from ..study import Study
 from ._search import run_search
@@ -27,13 +27,13 @@ def search_trials(
     data: Any,
     model_fn: Any = None,
     device: str | None = None,
-    neve_signal: str = "train_loss",
+    rung_signal: str = "train_loss",
     on_trial: Any = lambda: None,
-    grace_period: int = 1,
+    min_resource: int = 1,
     reduction_factor: int = 4,
 ) -> list[SearchTrial]:
     """The comparison's Ray adapter: :func:`run_search` in a temporary folder, its trials
-    as records (``neve_signal``: the :class:`NeVeASHAScheduler` rung metric)."""
+    as records (``rung_signal``: the :class:`NeVeASHAScheduler` rung metric)."""
 
     class _Done(tune.Callback):
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -55,24 +55,14 @@ def search_trials(
             name=f"{study.name}-{method}-{seed}",
             device=device,
             callbacks=[_Done()],
-            min_resource=grace_period,
+            min_resource=min_resource,
             reduction_factor=reduction_factor,
             data=data,
             model_fn=model_fn,
-            neve_signal=neve_signal,
+            rung_signal=rung_signal,
         )
         ordered = sorted(results, key=lambda r: r.metrics.get("trial_id", ""))
-        out = [_record(i, r, study, train_size) for i, r in enumerate(ordered)]
-        if method == "neve" and study.selection in ("consensus", "auto"):
-            last = {i: (r.metrics or {}).get("subset_pred") for i, r in enumerate(ordered)}
-            fits = {i: (r.metrics or {}).get("subset_fit") for i, r in enumerate(ordered)}
-            rank_by_consensus(
-                out,
-                {i: p for i, p in last.items() if isinstance(p, str)},
-                study.selection,
-                {i: float(f) for i, f in fits.items() if isinstance(f, (int, float))},
-            )
-        return out
+        return [_record(i, r, study, train_size) for i, r in enumerate(ordered)]
 
 
 def _record(i: int, r: Any, study: Study, train_size: int) -> SearchTrial:
@@ -84,6 +74,7 @@ def _record(i: int, r: Any, study: Study, train_size: int) -> SearchTrial:
     finished = bool(last.get("done")) and last.get("stopped_by") not in ("diverged", "stalled")
     complete = finished and isinstance(objective, float) and math.isfinite(objective)
     cost = Cost.from_dict(last)
+    fit, pred = last.get("subset_fit"), last.get("subset_pred")
     cost.wall_s = float(sum(x.get("epoch_time_s") or 0.0 for x in rows))
     if finished:
         stopped_by = last.get("stopped_by")
@@ -107,6 +98,8 @@ def _record(i: int, r: Any, study: Study, train_size: int) -> SearchTrial:
         lrs=[x.get("lr") for x in rows],
         velocity=[_nan_to_none(x.get("velocity")) for x in rows],
         val_acc=[_nan_to_none(x.get("val_acc")) for x in rows],
+        subset_fit=fit if isinstance(fit, float) and math.isfinite(fit) else None,
+        subset_pred=pred if isinstance(pred, str) else None,
     )
 
 

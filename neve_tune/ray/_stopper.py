@@ -38,7 +38,7 @@ class NeVeStopper(Stopper):
       trusts it and does not judge the velocity itself, so ``min_epochs`` is set once,
       in the trial's controller;
     - only when no ``neve_stop`` is reported (a raw velocity, e.g. from a trainable of
-      your own): ``metric < threshold`` and ``training_iteration >= grace_period``
+      your own): ``metric < threshold`` and ``training_iteration >= min_raw_epochs``
       (default 2, :data:`MIN_RAW_EPOCHS`) fire the velocity stop, and the controller's
       stall rule judges it: converged only if ``loss_metric`` (``"train_loss"``) fell
       below ``(1 - stall_margin)`` times the trial's first reported loss and, with
@@ -66,7 +66,7 @@ class NeVeStopper(Stopper):
         threshold: fallback threshold for trials whose config/result has none.
         metric: the velocity key in the results.
         threshold_key: the threshold key in the trial's config or result.
-        grace_period: no raw-velocity stop before this ``training_iteration`` (a
+        min_raw_epochs: no raw-velocity stop before this ``training_iteration`` (a
             reported ``neve_stop`` is trusted at any iteration); at least 2 lets the
             stall rule see a loss drop.
         max_converged_trials: stop the experiment after this many converged trials.
@@ -119,7 +119,7 @@ class NeVeStopper(Stopper):
         *,
         metric: str = "velocity",
         threshold_key: str = "threshold",
-        grace_period: int = MIN_RAW_EPOCHS,
+        min_raw_epochs: int = MIN_RAW_EPOCHS,
         max_converged_trials: int | None = None,
         loss_metric: str = "train_loss",
         num_classes: int | None = None,
@@ -130,7 +130,7 @@ class NeVeStopper(Stopper):
         self._threshold = None if threshold is None else check_threshold(threshold)
         self._metric = check_key(metric, "metric")
         self._threshold_key = check_key(threshold_key, "threshold_key")
-        self._grace_period = check_int("grace_period", grace_period, minimum=0)
+        self._min_raw_epochs = check_int("min_raw_epochs", min_raw_epochs, minimum=0)
         self._max_converged = check_int(
             "max_converged_trials", max_converged_trials, minimum=1, allow_none=True
         )
@@ -163,7 +163,7 @@ class NeVeStopper(Stopper):
             metric=self._metric,
             threshold_key=self._threshold_key,
             threshold=self._threshold,
-            grace_period=self._grace_period,
+            min_raw_epochs=self._min_raw_epochs,
             first_loss=remember_first_loss(self._first_loss, trial_id, result, self._loss_metric),
             loss_metric=self._loss_metric,
             num_classes=self._num_classes,
@@ -182,26 +182,6 @@ class NeVeStopper(Stopper):
 
     def stop_all(self) -> bool:
         return self._max_converged is not None and self._counts[CONVERGED] >= self._max_converged
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # stoppers pickled by an earlier neve_tune (in an experiment to restore) had no counts
-        self.__dict__.update(state)
-        if "_counts" not in state:
-            self._counts = {CONVERGED: 0, DIVERGED: 0, STALLED: 0}
-            for _, verdict in self._stopped.values():
-                self._counts[verdict] += 1
-        self.__dict__.pop("_last_iteration", None)
-        defaults = {
-            "_loss_metric": "train_loss",
-            "_num_classes": None,
-            "_stall_margin": 0.1,
-            "_first_loss": {},
-            "_max_epochs": None,
-            "_stall_patience": STALL_PATIENCE,
-            "_best_loss": {},
-        }
-        for key, default in defaults.items():
-            self.__dict__.setdefault(key, default)
 
     # ------------------------------------------------------------ introspection
     def stopped_by(self, trial_id: str) -> str | None:
@@ -225,7 +205,7 @@ class NeVeStopper(Stopper):
     def __repr__(self) -> str:
         return (
             f"NeVeStopper(threshold={self._threshold}, metric={self._metric!r}, "
-            f"threshold_key={self._threshold_key!r}, grace_period={self._grace_period}, "
+            f"threshold_key={self._threshold_key!r}, min_raw_epochs={self._min_raw_epochs}, "
             f"max_converged_trials={self._max_converged}, loss_metric={self._loss_metric!r}, "
             f"num_classes={self._num_classes}, stall_margin={self._stall_margin}; "
             f"converged={self.num_converged}, diverged={self.num_diverged}, "

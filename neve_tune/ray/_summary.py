@@ -1,13 +1,13 @@
 """A finished Ray search read back: per-trial rows, the cost spent, the winning trial (by
-objective or by the consensus of the trials' predictions)."""
+objective or by the consensus of the trials' predictions) and the rule that picked it."""
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
 from .._checks import check_choice
+from ..selection_policy import SELECTIONS, SelectionPolicy, TrialOutcome
 from ._trainable import reported_metrics
 
 __all__ = ["AUTO_WITHOUT_DATA", "summarize"]
@@ -33,15 +33,35 @@ def _results(results: Any) -> list[Any]:
     return out
 
 
-def summarize(results: Any, selection: str = "objective") -> dict[str, Any]:
-    """Per-trial rows and the winning finished trial of a search: the lowest ``objective``,
-    or by ``selection`` (``"consensus"``, or ``"auto"``: the consensus once the finished
-    trials' ``subset_fit`` says the labels are noisy; :mod:`neve_tune.selection`). ``"auto"``
-    with no finished trial's ``subset_fit`` warns (:data:`AUTO_WITHOUT_DATA`) and picks by
-    the objective, as :func:`neve_tune.optuna.pick_trial` does."""
-    from ..selection import consensus_winner, selection_mode
+def _outcome(tid: Any, metrics: dict[str, Any], error: Any) -> TrialOutcome:
+    """One Tune trial as the selection policy reads it: its last result's ``objective``,
+    why it ended (``stopped_by``: the trial's own reason, or the scheduler's outcome that
+    :meth:`~neve_tune.ray.NeVeASHAScheduler.callback` writes, e.g. ``"pruned"``; an error:
+    ``"failed"``) and its last subset fit and predictions."""
+    objective, fit, pred = (metrics.get(k) for k in ("objective", "subset_fit", "subset_pred"))
+    ended = "failed" if error else metrics.get("stopped_by")
+    number = (int, float)
+    return TrialOutcome(
+        tid,
+        float(objective) if isinstance(objective, number) else None,
+        ended if isinstance(ended, str) else None,
+        float(fit) if isinstance(fit, number) and not isinstance(fit, bool) else None,
+        pred if isinstance(pred, str) else None,
+    )
 
-    check_choice("selection", selection, ("objective", "consensus", "auto"))
+
+def summarize(results: Any, selection: str = "objective") -> dict[str, Any]:
+    """Per-trial rows and the winning finished trial of a search by ``selection``
+    (``"objective"``: the lowest; ``"consensus"``; ``"auto"``: the consensus once the finished
+    trials' ``subset_fit`` says the labels are noisy), decided by the selection policy
+    (:mod:`neve_tune.selection_policy`: a finished trial ended by its own rule with a finite
+    objective; a last result whose ``stopped_by`` says pruned, stalled or diverged, or an
+    error, is not finished: pass the scheduler's callback so a pruned trial says so).
+    ``"selection"`` in the returned dict is the decision (the rule applied, the noise
+    estimate, the finished trials, why). ``"auto"`` with no finished trial's ``subset_fit``
+    warns (:data:`AUTO_WITHOUT_DATA`) and picks by the objective, as
+    :func:`neve_tune.optuna.pick_trial` does."""
+    check_choice("selection", selection, SELECTIONS)
     if hasattr(results, "trials"):  # ExperimentAnalysis
         items = [(t.trial_id, t.config, t.last_result or {}, t.error_file) for t in results.trials]
     else:  # ResultGrid
@@ -55,31 +75,20 @@ def summarize(results: Any, selection: str = "objective") -> dict[str, Any]:
             for r in _results(results)
         ]
     keep = reported_metrics("asha") + ("training_iteration", "trial_id")
-    rows, cost, preds, fits = [], 0.0, {}, {}
+    rows, cost, outcomes = [], 0.0, []
     for tid, config, metrics, error in items:
         row = {"trial_id": tid, "config": dict(config or {}), "error": error}
         row.update({k: metrics[k] for k in keep if k in metrics and k != "trial_id"})
         rows.append(row)
         cost += float(metrics.get("epochs_equiv") or 0.0)
-        if isinstance(metrics.get("subset_pred"), str):
-            preds[tid] = metrics["subset_pred"]
-        if isinstance(metrics.get("subset_fit"), (int, float)):
-            fits[tid] = float(metrics["subset_fit"])
-    finished = [
-        r for r in rows if isinstance(r.get("objective"), float) and math.isfinite(r["objective"])
-    ]
-    if selection == "auto":
-        if finished and not any(r["trial_id"] in fits for r in finished):
-            warnings.warn(AUTO_WITHOUT_DATA, UserWarning, stacklevel=2)
-        selection = selection_mode([fits.get(r["trial_id"]) for r in finished])
-    if selection == "consensus" and finished:
-        winner = consensus_winner(preds, [r["trial_id"] for r in finished])
-        best = next(r for r in finished if r["trial_id"] == winner)
-    else:
-        best = min(finished, key=lambda r: r["objective"]) if finished else None
+        outcomes.append(_outcome(tid, metrics, error))
+    winner, decision = SelectionPolicy().pick(outcomes, selection)
+    if selection == "auto" and decision.finished and not decision.fits:
+        warnings.warn(AUTO_WITHOUT_DATA, UserWarning, stacklevel=2)
     return {
         "trials": rows,
-        "best": best,
+        "best": next((r for r in rows if winner is not None and r["trial_id"] == winner), None),
+        "selection": decision.as_dict(),
         "total_epochs_equiv": cost,
         "errors": sum(1 for r in rows if r["error"]),
     }

@@ -101,7 +101,7 @@ def velocity_verdict(
     metric: str = "velocity",
     threshold_key: str = "threshold",
     threshold: float | None = None,
-    grace_period: int = MIN_RAW_EPOCHS,
+    min_raw_epochs: int = MIN_RAW_EPOCHS,
     who: str = "NeVeStopper",
     first_loss: float | None = None,
     loss_metric: str = "train_loss",
@@ -121,7 +121,7 @@ def velocity_verdict(
     3. a ``neve_stop`` key decides: converged if true, go on if false (the trial's
        controller applied its threshold and ``min_epochs`` already);
     4. otherwise the raw velocity, judged as the controller would
-       (:func:`_raw_velocity_verdict`): from ``training_iteration >= grace_period``
+       (:func:`_raw_velocity_verdict`): from ``training_iteration >= min_raw_epochs``
        (default :data:`MIN_RAW_EPOCHS` = 2), ``result[metric] <`` the trial's threshold
        (``result[threshold_key]``, else its config's, else ``threshold``) ends it
        ``"converged"`` if it learned by :func:`neve_tune._rules.learned` (its loss
@@ -144,7 +144,7 @@ def velocity_verdict(
     if "neve_stop" in result:
         return CONVERGED if reported_flag(result, "neve_stop", who) else None
     rule = dict(
-        grace_period=grace_period,
+        min_raw_epochs=min_raw_epochs,
         first_loss=first_loss,
         num_classes=num_classes,
         stall_margin=stall_margin,
@@ -178,7 +178,7 @@ def _raw_velocity_verdict(
     threshold: float | None,
     who: str,
     *,
-    grace_period: int,
+    min_raw_epochs: int,
     first_loss: float | None,
     num_classes: int | None,
     stall_margin: float,
@@ -208,8 +208,8 @@ def _raw_velocity_verdict(
     ):
         return STALLED
     if (
-        to_float("training_iteration", result.get("training_iteration", grace_period))
-        < grace_period
+        to_float("training_iteration", result.get("training_iteration", min_raw_epochs))
+        < min_raw_epochs
     ):
         return None
     if not value < _trial_threshold(result, threshold_key, threshold, who):
