@@ -39,7 +39,7 @@ def _settings(p: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _table(entry: Mapping[str, Any]) -> list[str]:
+def _table(entry: Mapping[str, Any], tolerance: float) -> list[str]:
     head = [
         "point",
         "settings",
@@ -48,7 +48,7 @@ def _table(entry: Mapping[str, Any]) -> list[str]:
         "test acc % per seed",
         "cost per seed",
         "on the frontier",
-        "NeVe point as accurate (−0.1) for less",
+        f"cheaper NeVe point at most {tolerance:g} points below",
     ]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     pts = sorted(entry["points"], key=lambda p: (p["family"] != "neve", p["cost_mean"] or 0.0))
@@ -112,7 +112,7 @@ def _condition(name: str, entry: Mapping[str, Any], tolerance: float) -> list[st
         "",
         *_summary(entry, tolerance),
         "",
-        *_table(entry),
+        *_table(entry, tolerance),
         "",
     ]
 

@@ -264,68 +264,6 @@ def build(
     return out
 
 
-def plot(entry: Mapping[str, Any], condition: str, path: Path) -> None:
-    """Cost (x) against test accuracy (y) with std error bars both ways: NeVe points
-    circles, baselines squares, their own frontiers as step lines, the frontier ringed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    style = {
-        "neve": ("o", "tab:blue", "NeVe", "NeVe's frontier"),
-        "baseline": ("s", "tab:orange", "baselines", "baselines' frontier"),
-    }
-    by_name = {p["name"]: p for p in entry["points"]}
-    taken: dict[tuple[float, float], int] = {}
-    for family, (marker, color, label, front_label) in style.items():
-        pts = [p for p in entry["points"] if p["family"] == family and p["cost_mean"] is not None]
-        for i, p in enumerate(pts):
-            ax.errorbar(
-                p["cost_mean"],
-                100 * (p["test_acc_mean"] or 0.0),
-                xerr=p["cost_std"],
-                yerr=100 * (p["test_acc_std"] or 0.0),
-                fmt=marker,
-                color=color,
-                capsize=3,
-                label=label if i == 0 else None,
-            )
-            xy = (p["cost_mean"], 100 * (p["test_acc_mean"] or 0.0))
-            key = (round(xy[0], 1), round(xy[1], 1))  # coinciding points: labels stacked
-            taken[key] = taken.get(key, -1) + 1
-            ax.annotate(
-                p["name"],
-                xy,
-                textcoords="offset points",
-                xytext=(5, 4 + 9 * taken[key]),
-                fontsize=7,
-            )
-        line = [by_name[n] for n in entry[f"{family}_frontier"]]
-        xs = [p["cost_mean"] for p in line]
-        ys = [100 * p["test_acc_mean"] for p in line]
-        ax.step(xs, ys, where="post", color=color, alpha=0.6, label=front_label)
-    front = [by_name[n] for n in entry["frontier"]]
-    ax.scatter(
-        [p["cost_mean"] for p in front],
-        [100 * p["test_acc_mean"] for p in front],
-        s=220,
-        facecolors="none",
-        edgecolors="black",
-        label="frontier (all points)",
-    )
-    seeds = ", ".join(map(str, entry["seeds"]))
-    ax.set_title(f"{condition}: test accuracy vs cost to a final model (seeds {seeds})")
-    ax.set_xlabel("cost to the final model (full-data epochs, mean ± std over seeds)")
-    ax.set_ylabel("test accuracy % (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def publish(
     out: Path,
     conditions: Sequence[str],
@@ -337,6 +275,7 @@ def publish(
     """Write ``frontier.json``, one plot per condition and the page; 1 when no condition
     has a complete seed."""
     import frontier_page
+    import frontier_plot
 
     results = RESULTS if results is None else results
     records = load_records(out)
@@ -365,7 +304,7 @@ def publish(
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "frontier.json").write_text(json.dumps(data, indent=1) + "\n")
     for c, entry in data["conditions"].items():
-        plot(entry, c, folder / f"{c}.png")
+        frontier_plot.plot(entry, c, folder / f"{c}.png")
     (results / PAGE).write_text(frontier_page.render(data))
     print(f"wrote {folder / 'frontier.json'}, {len(data['conditions'])} plots, {results / PAGE}")
     return 0

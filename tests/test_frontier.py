@@ -163,3 +163,13 @@ def test_bad_options_are_refused_before_any_work(argv, tmp_path, capsys) -> None
     assert e.value.code == 2
     assert argv[0] in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_plot_of_a_condition_is_written(tmp_path) -> None:
+    import frontier_plot
+
+    entry = frontier_report.condition_entry(_points(), [0, 1])
+    frontier_plot.plot(entry, "digits_noise20", tmp_path / "digits_noise20.png")
+    assert (tmp_path / "digits_noise20.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lift = frontier_plot._label_levels(entry["points"])
+    assert set(lift) == {p["name"] for p in entry["points"]} and min(lift.values()) == 0
