@@ -278,7 +278,11 @@ def publish(
     import frontier_plot
 
     results = RESULTS if results is None else results
-    records = load_records(out)
+    records = {  # only what the command asked for: other seeds may be running
+        k: r
+        for k, r in load_records(out).items()
+        if k[0] in conditions and k[1] in groups and k[2] in seeds
+    }
     extra = {c: _neve_extra(c, groups) for c in conditions}
     command = (
         "python benchmarks/frontier.py --conditions "
