@@ -49,6 +49,7 @@ $(DOCS_STAMP): $(STAMP)
 
 docs: $(DOCS_STAMP)
 	$(PY) benchmarks/report_pages.py --check
+	$(PY) benchmarks/frontier_report.py --check
 	$(VENV)/bin/mkdocs build --strict
 
 # on a lent GPU: one table, exit status 1 on any failure (see benchmarks/gpu_check.py)
