@@ -66,7 +66,8 @@ def _settings(record: Mapping[str, Any], search: str, group_settings: str) -> di
         "data_options": record["data_options"],
     }
     if search == "neve":
-        out["rung_signal"] = record["neve_signal"]
+        # compare's key; records cached under runs/frontier before its rename say neve_signal
+        out["rung_signal"] = record.get("rung_signal", record.get("neve_signal"))
     else:
         out.update(val_metric=run.get("val_metric"), final=run.get("final"))
     return out
