@@ -22,7 +22,10 @@ Candidates: the rung signals ``train_loss`` (``NeVePruner()``'s default), ``velo
 ``consensus``, ``tse`` (the sum of training losses to the rung), each with the first rung
 at epoch 1 (today), 2 or 4, reduction factor 4. Target: the winner survives the first
 rung in at least 90% of pools per condition, with at least 3 finished trials to pick from
-(the consensus needs three voters for a majority that is not a tie).
+(the consensus needs three voters for a majority that is not a tie). Added after the design
+table was read: ``near kept``, whether some configuration within half a point of the
+winner finished (the argmax is a coin toss between configurations one test image apart),
+and ``--reduction-factor`` 2 and 3.
 
     python benchmarks/selection.py --pools digits:clean,digits:noise20,mnist1d:clean,\\
         mnist1d:noise20 --seeds 0,1,2 --configs 16 --jobs 2
@@ -52,17 +55,32 @@ FIRST_RUNGS = (1, 2, 4)
 REDUCTION_FACTOR = 4
 
 
+#: a configuration "near the winner": within this much test accuracy of it (half a point:
+#: 1.8 digits test images, 5 MNIST-1D signals), where the argmax is a coin toss between ties
+NEAR = 0.005
+
+
+def near_winners(pool: dict[str, Any]) -> list[int]:
+    """The finished trials within :data:`NEAR` of the best finished test accuracy."""
+    done = [i for i, t in enumerate(pool["trials"]) if replay._finished(t)]
+    if not done:
+        return []
+    best = max(pool["trials"][i]["test_acc"] for i in done)
+    return [i for i in done if pool["trials"][i]["test_acc"] >= best - NEAR]
+
+
 def winner(pool: dict[str, Any]) -> int | None:
     """The finished trial with the highest test accuracy (None: none finished)."""
     done = [i for i, t in enumerate(pool["trials"]) if replay._finished(t)]
     return max(done, key=lambda i: pool["trials"][i]["test_acc"]) if done else None
 
 
-def survival(pool: dict[str, Any], signal: str, first_rung: int) -> dict[str, Any]:
-    """Whether the winner passed rungs 1 and 2 of one replayed search; finished trials;
-    cost (epochs run, all trials)."""
-    rungs = {**replay.pruner_rungs(), "min_resource": first_rung}
-    rungs["reduction_factor"] = REDUCTION_FACTOR
+def survival(
+    pool: dict[str, Any], signal: str, first_rung: int, rf: int = REDUCTION_FACTOR
+) -> dict[str, Any]:
+    """Whether the winner passed rungs 1 and 2 of one replayed search (reduction factor
+    ``rf``); finished trials; cost (epochs run, all trials)."""
+    rungs = {**replay.pruner_rungs(), "min_resource": first_rung, "reduction_factor": rf}
     decisions = replay.replay_search(pool, signal, **rungs)
     w = winner(pool)
     trials = pool["trials"]
@@ -72,8 +90,12 @@ def survival(pool: dict[str, Any], signal: str, first_rung: int) -> dict[str, An
         if d["state"] == "COMPLETE" and replay._finished(trials[i])
     ]
     out: dict[str, Any] = {"finished": len(done), "epochs": sum(d["epochs"] for d in decisions)}
+    near = near_winners(pool)
+    out["near_kept"] = any(
+        decisions[i]["state"] == "COMPLETE" and replay._finished(trials[i]) for i in near
+    )
     for k in (1, 2):
-        epoch = first_rung * REDUCTION_FACTOR ** (k - 1)
+        epoch = first_rung * rf ** (k - 1)
         if w is None:
             out[f"rung{k}"] = None
         else:
@@ -82,12 +104,13 @@ def survival(pool: dict[str, Any], signal: str, first_rung: int) -> dict[str, An
     return out
 
 
-def table(pools: list[tuple[str, str, int]], out: Path) -> str:
+def table(pools: list[tuple[str, str, int]], out: Path, rf: int = REDUCTION_FACTOR) -> str:
     """Per condition and candidate: winner survival at rungs 1 and 2, finished trials
     (mean, min), epochs run (mean)."""
     lines = [
+        f"reduction factor {rf}",
         f"{'condition':<22} {'signal':<11} {'first':>5} {'rung1':>6} {'rung2':>6} "
-        f"{'finished':>9} {'min':>4} {'epochs':>7}  pools"
+        f"{'finished':>9} {'min':>4} {'epochs':>7} {'near kept':>9}  pools",
     ]
     by_cond: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for data, cond, seed in pools:
@@ -97,7 +120,7 @@ def table(pools: list[tuple[str, str, int]], out: Path) -> str:
     for (data, cond), recs in sorted(by_cond.items()):
         for signal in SIGNALS:
             for first in FIRST_RUNGS:
-                rows = [survival(p, signal, first) for p in recs]
+                rows = [survival(p, signal, first, rf) for p in recs]
                 r1 = [r["rung1"] for r in rows if r["rung1"] is not None]
                 r2 = [r["rung2"] for r in rows if r["rung2"] is not None]
                 fin = [r["finished"] for r in rows]
@@ -105,7 +128,8 @@ def table(pools: list[tuple[str, str, int]], out: Path) -> str:
                     f"{data + ':' + cond:<22} {signal:<11} {first:>5} "
                     f"{sum(r1) / max(len(r1), 1):6.0%} {sum(r2) / max(len(r2), 1):6.0%} "
                     f"{sum(fin) / len(fin):9.1f} {min(fin):>4} "
-                    f"{sum(r['epochs'] for r in rows) / len(rows):7.0f}  {len(recs)}"
+                    f"{sum(r['epochs'] for r in rows) / len(rows):7.0f} "
+                    f"{sum(r['near_kept'] for r in rows) / len(rows):9.0%}  {len(recs)}"
                 )
         lines.append("")
     return "\n".join(lines)
@@ -117,9 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--set", choices=("design", "heldout", "all"), default="all")
     p.add_argument("--out", default=str(OUT), help="where benchmarks/selection.py wrote the pools")
+    p.add_argument(
+        "--reduction-factor",
+        type=int,
+        default=REDUCTION_FACTOR,
+        help="successive halving's factor (4: NeVePruner's default)",
+    )
     args = p.parse_args(argv)
+    if args.reduction_factor < 2:
+        p.error(f"--reduction-factor must be >= 2, got {args.reduction_factor}")
     pools = {"design": DESIGN, "heldout": HELDOUT, "all": DESIGN + HELDOUT}[args.set]
-    print(table(pools, Path(args.out)))
+    print(table(pools, Path(args.out), args.reduction_factor))
     return 0
 
 
