@@ -94,7 +94,6 @@ class MemorisationGuard:
         self.series: list[float] = []
         self.first_loss: float | None = None
         self.onset = 0  # the epoch learning began (0: not yet, or no losses given)
-        self.clocked = False  # whether update() is given training losses
         self.best: float | None = None
         self.best_epoch = 0
         self.best_unfit = 0.0
@@ -136,17 +135,21 @@ class MemorisationGuard:
         )
 
     def _clock(self, epoch: int, train_loss: float | None) -> None:
-        """Track when learning began (rule 3), from the epochs' training losses."""
+        """Track when learning began (the run's clock), from the epochs' training losses."""
         if train_loss is None or not math.isfinite(float(train_loss)):
             return
-        self.clocked = True
         if self.first_loss is None:
             self.first_loss = float(train_loss)
         elif not self.onset and train_loss < (1.0 - self.margin) * self.first_loss:
             self.onset = epoch
 
+    @property
+    def clocked(self) -> bool:
+        """Whether :meth:`update` has been given a finite training loss (the clock runs)."""
+        return self.first_loss is not None
+
     def _on_clock(self, epoch: int) -> bool:
-        """Rule 3 (patience alone when no training losses are given)."""
+        """The run's clock (patience alone when no training losses are given)."""
         if not self.clocked:
             return epoch - self.best_epoch >= self.patience
         return self.onset > 0 and epoch - self.best_epoch >= max(self.patience, self.onset)
@@ -160,7 +163,6 @@ class MemorisationGuard:
         return {
             "first_loss": self.first_loss,
             "onset": self.onset,
-            "clocked": self.clocked,
             "series": list(self.series),
             "best": self.best,
             "best_epoch": self.best_epoch,
@@ -175,4 +177,3 @@ class MemorisationGuard:
         first = state_dict["first_loss"]
         self.first_loss = None if first is None else float(first)
         self.onset = int(state_dict["onset"])
-        self.clocked = bool(state_dict["clocked"])
