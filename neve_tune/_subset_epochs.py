@@ -1,11 +1,12 @@
-"""The selection subset in a NeVe trial: with ``study.selection_subset``, every epoch's metrics
-get the classes the model predicts for a fixed subset drawn with the trial's seed (the same
+"""The selection subset in a NeVe trial: with ``study.selection_subset``, the metrics of the
+epochs where a reader needs them (every epoch, or the search's rung epochs and the last) get the
+classes the model predicts for a fixed subset drawn with the trial's seed (the same
 subset for every trial of a search, ``subset_pred``) and their agreement with the given
 labels (``subset_fit``); the subset's forward samples count as probe samples."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,12 +24,14 @@ def selection_hook(
     seed: int,
     model: torch.nn.Module,
     on_epoch: Callable[[dict[str, Any]], None] | None,
+    epochs: Collection[int] | None = None,
 ) -> tuple[Callable[[dict[str, Any]], None] | None, Callable[[], int]]:
     """With ``study.selection_subset``, an ``on_epoch`` that first adds ``subset_pred`` (the
     classes the model predicts for a fixed subset drawn with ``seed``: the same for every
     trial of a search) and ``subset_fit`` (their agreement with the given labels) to the epoch's
-    metrics and counts its forward samples as probe
-    samples; and the count of those samples so far."""
+    metrics and counts its forward samples as probe samples; and the count of those samples so
+    far. ``epochs``: record only at these epochs and at the run's last (``stopped_by`` set),
+    the only ones the rungs and the pick read (None: every epoch)."""
     if not study.selection_subset or method != "neve":
         return on_epoch, lambda: 0
     from .selection import SelectionSubset
@@ -37,9 +40,10 @@ def selection_hook(
     done = [0]
 
     def hook(metrics: dict[str, Any]) -> None:
-        metrics["subset_pred"] = subset.predict(model)
-        metrics["subset_fit"] = subset.fit(metrics["subset_pred"])
-        done[0] += subset.num_examples
+        if epochs is None or metrics["epoch"] in epochs or metrics["stopped_by"] is not None:
+            metrics["subset_pred"] = subset.predict(model)
+            metrics["subset_fit"] = subset.fit(metrics["subset_pred"])
+            done[0] += subset.num_examples
         metrics["probe_samples"] = int(metrics.get("probe_samples") or 0) + done[0]
         if on_epoch is not None:
             on_epoch(metrics)

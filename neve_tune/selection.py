@@ -329,8 +329,9 @@ def consensus_winner(predictions: Mapping[Any, str], finished: Sequence[Any]) ->
 
 class SelectionSubset:
     """A fixed, seeded subset of training inputs whose predicted classes a trial records
-    each epoch (``subset_pred`` in its metrics), so that trials can be compared with the
-    other trials' majority vote (:func:`consensus_scores`). The same ``seed`` and data give
+    (``subset_pred`` in its metrics: each epoch, or at the rung epochs and the last), so
+    that trials can be compared with the other trials' majority vote
+    (:func:`consensus_scores`). The same ``seed`` and data give
     every trial the same subset; its size bounds what each trial stores.
 
     >>> from torch.utils.data import TensorDataset

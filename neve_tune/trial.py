@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -298,6 +298,7 @@ def run_trial(
     evaluate_test: bool = True,
     lr_schedule: Sequence[float] | None = None,
     model_fn: Callable[[], torch.nn.Module] | None = None,
+    subset_epochs: Collection[int] | None = None,
 ) -> TrialResult:
     """Train one configuration and return its :class:`~neve_tune.records.TrialResult`.
 
@@ -307,6 +308,8 @@ def run_trial(
     of :data:`neve_tune.records.METRIC_NAMES`; ``val_loss``/``val_acc`` too for validation
     methods) after its checkpoint is saved. The test set is touched once, after training,
     only when ``evaluate_test``. ``model_fn`` builds the model instead of ``study.model``.
+    ``subset_epochs``: with ``study.selection_subset``, record ``subset_pred``/``subset_fit``
+    only at these epochs and the last (the search's rung epochs; None: every epoch).
     """
     check_choice("method", method, METHODS)
     cfg = trial_config(study, config, method)
@@ -318,7 +321,9 @@ def run_trial(
 
     model = _trial_model(study, bundle, seed, model_fn).to(device)
     optimizer = make_optimizer(model, cfg)
-    on_epoch, extra_forward = selection_hook(study, method, bundle.train, seed, model, on_epoch)
+    on_epoch, extra_forward = selection_hook(
+        study, method, bundle.train, seed, model, on_epoch, subset_epochs
+    )
     controller = make_controller(
         study,
         method,
@@ -364,9 +369,16 @@ def run_trial(
         train_size=len(bundle.train),
     )  # type: ignore[arg-type]
     if evaluate_test:
-        loss, acc, n = evaluate(model, bundle.test, device=device, amp_dtype=amp_dtype(study))
-        result.test_acc, result.test_loss, result.test_samples = acc, loss, n
+        _score_on_test(result, model, bundle.test, device, amp_dtype(study))
     return result
+
+
+def _score_on_test(
+    result: TrialResult, model: torch.nn.Module, test_set: Any, device: Any, dtype: Any
+) -> None:
+    """The final model's test loss and accuracy, touched once, after training."""
+    loss, acc, n = evaluate(model, test_set, device=device, amp_dtype=dtype)
+    result.test_acc, result.test_loss, result.test_samples = acc, loss, n
 
 
 def _deliver_best_epoch(model: torch.nn.Module, controller: Any) -> None:

@@ -164,6 +164,40 @@ def test_selection_subset_records_predictions_and_counts_their_cost():
         study.replace(selection_subset=-1)
 
 
+def test_subset_is_recorded_only_where_it_is_read():
+    """With the search's rung epochs, the predictions are recorded at those and at the last
+    epoch, equal to those of a run recording every epoch; nothing else changes, and the
+    forwards skipped are not counted."""
+    torch.set_num_threads(1)
+    study = load_study("digits").replace(
+        data="synthetic", max_epochs=6, selection_subset=40, pc_patience=None
+    )
+    every = run_trial(study, {"lr": 0.05, "threshold": 1e-9}, seed=1)
+    rungs = run_trial(study, {"lr": 0.05, "threshold": 1e-9}, seed=1, subset_epochs=(1, 4))
+    assert [m["epoch"] for m in rungs.history if "subset_pred" in m] == [1, 4, 6]
+    for m, n in zip(every.history, rungs.history):
+        assert m["train_loss"] == n["train_loss"]
+        if "subset_pred" in n:
+            assert (n["subset_pred"], n["subset_fit"]) == (m["subset_pred"], m["subset_fit"])
+    assert every.cost.probe_samples - rungs.cost.probe_samples == 3 * 40
+    assert rungs.history[-1]["probe_samples"] == rungs.cost.probe_samples
+
+
+def test_pruner_reads_the_subset_at_its_rung_epochs():
+    pruner = NeVePruner(rung_signal="consensus", reduction_factor=2)
+    assert pruner.rung_epochs(20) == (1, 2, 4, 8, 16)
+    assert NeVePruner(min_resource=3, min_early_stopping_rate=1).rung_epochs(60) == (12, 48)
+    search = optuna.create_study(pruner=NeVePruner(rung_signal="consensus"))
+    trial = search.ask()
+    report_epoch(trial, {"epoch": 1, "velocity": 0.3, "train_loss": 1.0, "subset_pred": "01"})
+    trial.should_prune()
+    report_epoch(trial, {"epoch": 2, "velocity": 0.3, "train_loss": 0.9})  # no rung: not read
+    trial.should_prune()
+    report_epoch(trial, {"epoch": 4, "velocity": 0.3, "train_loss": 0.8})
+    with pytest.raises(ValueError, match="no 'subset_pred' in epoch 4"):
+        trial.should_prune()
+
+
 def test_consensus_scores_and_encoding():
     codes = {"a": sel.encode_predictions(torch.tensor([0, 1, 2, 3])), "b": "0120", "c": "0100"}
     assert sel.decode_predictions(codes["a"]).tolist() == [0, 1, 2, 3]
@@ -305,6 +339,10 @@ def test_worker_prunes_and_picks_by_consensus(tmp_path, capsys):
     out = capsys.readouterr().out
     search = optuna.load_study(study_name="digits", storage=storage)
     assert len(search.trials[0].user_attrs[epoch_key(1)]["subset_pred"]) == 500
+    # epoch 2 is no rung (1, 4, 16): recorded only by a trial whose last epoch it was
+    for t in search.trials:
+        if epoch_key(2) in t.user_attrs:
+            assert ("subset_pred" in t.user_attrs[epoch_key(2)]) == (t.user_attrs["epochs"] == 2)
     best = pick_trial(search, "consensus")
     assert f"best trial {best.number} (by the consensus)" in out, out
     record = search.user_attrs["neve_selection"]

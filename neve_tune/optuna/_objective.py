@@ -46,6 +46,7 @@ from ..space import Choice, IntUniform, LogUniform, Uniform
 from ..study import Study, load_study
 from ..train import warn_damaged
 from ..trial import run_trial
+from ._pruner import NeVePruner
 from ._report import report_epoch, running_trial, trial_history
 from ._stop import Abandon, PoliteStop
 
@@ -282,6 +283,7 @@ class _TrialRun:
                     data=bundle,
                     evaluate_test=self.evaluate_test,
                     model_fn=self.model_fn,
+                    subset_epochs=self._rung_epochs(trial),
                 )
         except optuna.TrialPruned:
             with self.stop.writing(then_stop=False):
@@ -291,6 +293,14 @@ class _TrialRun:
             raise
         with self.stop.writing(then_stop=False):
             return self._finish(trial, record, ckpt, len(bundle.train))  # type: ignore[arg-type]
+
+    def _rung_epochs(self, trial: BaseTrial) -> tuple[int, ...] | None:
+        """Under a :class:`NeVePruner`, the epochs it reads the subset's predictions at (the
+        rest need them only at the end); under any other pruner, every epoch."""
+        pruner = getattr(getattr(trial, "study", None), "pruner", None)
+        if isinstance(pruner, NeVePruner):
+            return pruner.rung_epochs(self.study.max_epochs)
+        return None
 
     def _checkpoint(self, trial: BaseTrial) -> Path | None:
         """The trial's checkpoint path; temporary files a killed save left there are removed

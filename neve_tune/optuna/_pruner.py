@@ -203,6 +203,21 @@ class NeVePruner(BasePruner):
             "unsettled_patience": self._unsettled_patience,
         }
 
+    def rung_epochs(self, max_epochs: int) -> tuple[int, ...]:
+        """The epochs up to ``max_epochs`` at which a rung decides: where a trial must have
+        reported what its rung signal ranks on (``subset_pred`` for ``"consensus"`` and
+        ``"auto"``).
+
+        >>> NeVePruner(reduction_factor=4).rung_epochs(60)
+        (1, 4, 16)
+        """
+        check_int("max_epochs", max_epochs, minimum=1)
+        epochs, k = [], self._min_early_stopping_rate
+        while self._min_resource * self._reduction_factor**k <= max_epochs:
+            epochs.append(self._min_resource * self._reduction_factor**k)
+            k += 1
+        return tuple(epochs)
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.settings.items())
         return f"NeVePruner({args})"
@@ -294,12 +309,19 @@ class NeVePruner(BasePruner):
 
     def _check_signal_reported(self, epoch: dict[str, Any], step: int, number: int) -> None:
         """Refuse an epoch without what this pruner's signal ranks on."""
-        if self._signal in ("consensus", "auto") and not isinstance(epoch.get("subset_pred"), str):
+        at_rung = rung_index(
+            step, self._min_resource, self._reduction_factor, self._min_early_stopping_rate
+        )
+        if (
+            self._signal in ("consensus", "auto")
+            and at_rung is not None
+            and not isinstance(epoch.get("subset_pred"), str)
+        ):
             raise ValueError(
                 f"NeVePruner(rung_signal={self._signal!r}) found no 'subset_pred' in epoch "
                 f"{step} of trial {number}: record the predictions on the fixed subset with "
                 "Study(selection_subset=500) (or report 'subset_pred', "
-                "neve_tune.selection.SelectionSubset.predict, each epoch)"
+                "neve_tune.selection.SelectionSubset.predict, at each of rung_epochs())"
             )
         if self._signal in ("train_loss", "auto") and "train_loss" not in epoch:
             raise ValueError(
