@@ -135,6 +135,60 @@ def table(pools: list[tuple[str, str, int]], out: Path, rf: int = REDUCTION_FACT
     return "\n".join(lines)
 
 
+def winner_ranks(pool: dict[str, Any], epoch: int) -> dict[str, int | None]:
+    """Where the winner stands among all the pool's trials at ``epoch`` (1: the best), by each
+    rung signal read as its rung ranks it: ``train_loss`` and ``velocity`` low first,
+    ``consensus`` most agreement first; a trial that stopped earlier counts with its last
+    epoch. Also the best rank of a near-winner under the consensus (``consensus_near``)."""
+    from neve_tune.selection import consensus_scores
+
+    w = winner(pool)
+    if w is None:
+        return {}
+    trials = pool["trials"]
+    at = [t["history"][min(epoch, len(t["history"])) - 1] for t in trials]
+    order = {
+        "train_loss": sorted(range(len(at)), key=lambda i: at[i]["train_loss"]),
+        "velocity": sorted(range(len(at)), key=lambda i: at[i]["velocity"]),
+    }
+    if all(isinstance(m.get("subset_pred"), str) for m in at):
+        scores = consensus_scores({i: m["subset_pred"] for i, m in enumerate(at)})
+        order["consensus"] = sorted(scores, key=lambda i: scores[i])
+    ranks: dict[str, int | None] = {k: o.index(w) + 1 for k, o in order.items()}
+    if "consensus" in order:
+        ranks["consensus_near"] = min(order["consensus"].index(i) + 1 for i in near_winners(pool))
+    return ranks
+
+
+def ranks_table(pools: list[tuple[str, str, int]], out: Path, epochs: tuple[int, ...]) -> str:
+    """Per pool: the winner's configuration, its margin over the next finished trial, and its
+    rank at each of ``epochs`` under each rung signal (a rung at reduction factor 4 keeps
+    the best quarter: ranks 1-4 of 16)."""
+    lines = []
+    for data, cond, seed in pools:
+        path = out / f"{data}__{cond}__s{seed}.json"
+        if not path.exists():
+            continue
+        pool = json.loads(path.read_text())
+        w = winner(pool)
+        if w is None:
+            continue
+        trials = pool["trials"]
+        accs = sorted((t["test_acc"] for t in trials if replay._finished(t)), reverse=True)
+        cfg = trials[w]["config"]
+        head = (
+            f"{data}:{cond}:s{seed}".ljust(26)
+            + f" lr {cfg['lr']:.4f} batch {cfg['batch_size']:>3} epochs {trials[w]['epochs']:>2}"
+            + f" margin {100 * (accs[0] - (accs[1] if len(accs) > 1 else 0)):+.2f}"
+        )
+        cells = []
+        for e in epochs:
+            r = winner_ranks(pool, e)
+            cells.append(f"@{e}: " + " ".join(f"{k} {v}" for k, v in r.items()))
+        lines.append(head + " | " + " | ".join(cells) + f" | of {len(trials)}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -147,10 +201,18 @@ def main(argv: list[str] | None = None) -> int:
         default=REDUCTION_FACTOR,
         help="successive halving's factor (4: NeVePruner's default)",
     )
+    p.add_argument(
+        "--ranks",
+        action="store_true",
+        help="instead of the table: each pool's winner, its margin, and its rank at epochs 1 and 4",
+    )
     args = p.parse_args(argv)
     if args.reduction_factor < 2:
         p.error(f"--reduction-factor must be >= 2, got {args.reduction_factor}")
     pools = {"design": DESIGN, "heldout": HELDOUT, "all": DESIGN + HELDOUT}[args.set]
+    if args.ranks:
+        print(ranks_table(pools, Path(args.out), (1, 4)))
+        return 0
     print(table(pools, Path(args.out), args.reduction_factor))
     return 0
 
