@@ -104,7 +104,12 @@ def survival(
     return out
 
 
-def table(pools: list[tuple[str, str, int]], out: Path, rf: int = REDUCTION_FACTOR) -> str:
+def table(
+    pools: list[tuple[str, str, int]],
+    out: Path,
+    rf: int = REDUCTION_FACTOR,
+    first_rungs: tuple[int, ...] = FIRST_RUNGS,
+) -> str:
     """Per condition and candidate: winner survival at rungs 1 and 2, finished trials
     (mean, min), epochs run (mean)."""
     lines = [
@@ -119,7 +124,7 @@ def table(pools: list[tuple[str, str, int]], out: Path, rf: int = REDUCTION_FACT
             by_cond.setdefault((data, cond), []).append(json.loads(path.read_text()))
     for (data, cond), recs in sorted(by_cond.items()):
         for signal in SIGNALS:
-            for first in FIRST_RUNGS:
+            for first in first_rungs:
                 rows = [survival(p, signal, first, rf) for p in recs]
                 r1 = [r["rung1"] for r in rows if r["rung1"] is not None]
                 r2 = [r["rung2"] for r in rows if r["rung2"] is not None]
@@ -202,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         help="successive halving's factor (4: NeVePruner's default)",
     )
     p.add_argument(
+        "--first-rungs",
+        default=",".join(map(str, FIRST_RUNGS)),
+        help="comma-separated epochs of the first rung to replay (default 1,2,4)",
+    )
+    p.add_argument(
         "--ranks",
         action="store_true",
         help="instead of the table: each pool's winner, its margin, and its rank at epochs 1 and 4",
@@ -210,10 +220,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.reduction_factor < 2:
         p.error(f"--reduction-factor must be >= 2, got {args.reduction_factor}")
     pools = {"design": DESIGN, "heldout": HELDOUT, "all": DESIGN + HELDOUT}[args.set]
+    try:
+        first_rungs = tuple(int(x) for x in args.first_rungs.split(","))
+    except ValueError:
+        p.error(f"--first-rungs must be comma-separated epochs, got {args.first_rungs!r}")
+    if not first_rungs or min(first_rungs) < 1:
+        p.error(f"--first-rungs must be epochs >= 1, got {args.first_rungs!r}")
     if args.ranks:
         print(ranks_table(pools, Path(args.out), (1, 4)))
         return 0
-    print(table(pools, Path(args.out), args.reduction_factor))
+    print(table(pools, Path(args.out), args.reduction_factor, first_rungs))
     return 0
 
 
