@@ -200,10 +200,17 @@ def _library_controller(s: Any, optimizer: Any, max_epochs: int) -> Any:
 
 
 def record(
-    domain: str, noise: float, lr_scale: float, seed: int, max_epochs: int, live: bool = False
+    domain: str,
+    noise: float,
+    lr_scale: float,
+    seed: int,
+    max_epochs: int,
+    live: bool = False,
+    measure: Callable[[Any], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """One run to ``max_epochs`` with no stop: its per-epoch rows (``live``: under the
-    library's own stop rules instead, to check the replay)."""
+    library's own stop rules instead, to check the replay). ``measure(setup)``: more columns
+    for each epoch's row (it sees the model after that epoch; scoring only)."""
     import model_families
 
     from neve_tune.data import symmetric_label_noise
@@ -227,6 +234,8 @@ def record(
         rows.append(
             {**{k: m.get(k) for k in keys}, "test_acc": model_families._test_acc(s.model, s.test)}
         )
+        if measure is not None:
+            rows[-1].update(measure(s))
 
     if s.plain_loop:
         model_families._plain_loop(s, optimizer, neve, seed, on_epoch)
