@@ -54,7 +54,6 @@ import statistics
 import sys
 import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -118,16 +117,11 @@ def table(recs: list[dict[str, Any]]) -> str:
     """Per (domain, noise) and restore: mean kept accuracy, its mean and worst difference
     from the guard off (points), the share of runs within 1 point of the run's best single
     epoch, and how many runs the guard ended."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
-    for rec in recs:
-        groups.setdefault((rec["domain"], rec["noise"]), []).append(rec)
     lines = [
         f"{'domain':<11} {'noise':>5} {'restore':<11} {'acc':>6} {'d_off':>6} {'worst':>6} "
         f"{'<=1pt best':>10} {'guard ends':>10}"
     ]
-    for (domain, noise), group in sorted(groups.items()):
-        off = [guard_replay.outcome(r, "off")["acc"] for r in group]
-        best = [max(row["test_acc"] for row in r["rows"]) for r in group]
+    for (domain, noise), group, off, best in guard_replay.by_condition(recs):
         for restore in RESTORES:
             outs = [kept_accuracy(r, restore) for r in group]
             d = [(a - o) * 100 for (a, _), o in zip(outs, off)]
@@ -199,18 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.table:
-        todo = [
-            (d, float(nz), float(lr), int(s))
-            for d in domains
-            for nz in args.noises.split(",")
-            for lr in args.lr_scales.split(",")
-            for s in args.seeds.split(",")
-        ]
-        todo = [t for t in todo if not guard_replay._path(out, *t).exists()]
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(_job, *t, args.max_epochs, str(out)) for t in todo]
-            for f in as_completed(futures):
-                print(f.result(), flush=True)
+        guard_replay.record_all(
+            _job, out, domains, args.noises, args.lr_scales, args.seeds, args.max_epochs, args.jobs
+        )
     print(table(guard_replay.load(out, domains)))
     return 0
 

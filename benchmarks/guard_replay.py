@@ -397,21 +397,58 @@ def outcome(rec: dict[str, Any], guard: str) -> dict[str, Any]:
     return {"stop": stop, "kept": kept, "why": why, "acc": rec["rows"][kept - 1]["test_acc"]}
 
 
+def by_condition(
+    recs: list[dict[str, Any]],
+) -> list[tuple[tuple[str, float], list[dict[str, Any]], list[float], list[float]]]:
+    """The runs grouped by (domain, noise), each group in (LR scale, seed) order, with each
+    run's test accuracy under the guard off and at its best epoch."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for rec in recs:
+        groups.setdefault((rec["domain"], rec["noise"]), []).append(rec)
+    out = []
+    for key, group in sorted(groups.items()):
+        group.sort(key=lambda r: (r["lr_scale"], r["seed"]))
+        off = [outcome(r, "off")["acc"] for r in group]
+        best = [max(row["test_acc"] for row in r["rows"]) for r in group]
+        out.append((key, group, off, best))
+    return out
+
+
+def record_all(
+    job: Callable[..., str],
+    out: Path,
+    domains: list[str],
+    noises: str,
+    lr_scales: str,
+    seeds: str,
+    max_epochs: int,
+    jobs: int,
+) -> None:
+    """Record, ``jobs`` at a time, every (domain, noise, LR scale, seed) run not yet in
+    ``out`` with ``job(domain, noise, lr_scale, seed, max_epochs, out)``."""
+    todo = [
+        (d, float(nz), float(lr), int(s))
+        for d in domains
+        for nz in noises.split(",")
+        for lr in lr_scales.split(",")
+        for s in seeds.split(",")
+    ]
+    todo = [t for t in todo if not _path(out, *t).exists()]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(job, *t, max_epochs, str(out)) for t in todo]
+        for f in as_completed(futures):
+            print(f.result(), flush=True)
+
+
 def table(recs: list[dict[str, Any]], guards: list[str]) -> str:
     """Per (domain, noise): under each guard, the mean test accuracy of the kept model, its
     mean and worst difference from the guard off, the share of runs within 1 point of the
     run's best epoch, and how many runs the guard ended."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
-    for rec in recs:
-        groups.setdefault((rec["domain"], rec["noise"]), []).append(rec)
     lines = [
         f"{'domain':<11} {'noise':>5} {'guard':<10} {'acc':>6} {'d_off':>6} {'worst':>6} "
         f"{'<=1pt best':>10} {'guard ends':>10}  per run (kept epoch: acc; *: guard ended)"
     ]
-    for (domain, noise), group in sorted(groups.items()):
-        group.sort(key=lambda r: (r["lr_scale"], r["seed"]))
-        off = [outcome(r, "off")["acc"] for r in group]
-        best = [max(row["test_acc"] for row in r["rows"]) for r in group]
+    for (domain, noise), group, off, best in by_condition(recs):
         for g in guards:
             outs = [outcome(r, g) for r in group]
             d = [(o["acc"] - a) * 100 for o, a in zip(outs, off)]
@@ -531,18 +568,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0 if same else 1
     if not args.table:
-        todo = [
-            (d, float(nz), float(lr), int(s))
-            for d in domains
-            for nz in args.noises.split(",")
-            for lr in args.lr_scales.split(",")
-            for s in args.seeds.split(",")
-        ]
-        todo = [t for t in todo if not _path(out, *t).exists()]
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(_job, *t, args.max_epochs, str(out)) for t in todo]
-            for f in as_completed(futures):
-                print(f.result(), flush=True)
+        record_all(
+            _job, out, domains, args.noises, args.lr_scales, args.seeds, args.max_epochs, args.jobs
+        )
     guards = [g for g in args.guards.split(",") if g]
     unknown = sorted(set(guards) - set(GUARDS))
     if unknown:
