@@ -198,6 +198,19 @@ def test_run_search_takes_a_run_config_under_either_api(ray_2cpus, study, tmp_pa
         assert results.trials[0].max_failures == 1
 
 
+def test_run_search_resumes_the_experiment_its_run_config_names(ray_2cpus, study, tmp_path):
+    """``resume=True`` restores ``storage_path/name`` of the RunConfig (a finished experiment
+    comes back as it was); a RunConfig naming no experiment there is refused."""
+    config = tune.RunConfig(name="again", storage_path=str(tmp_path), verbose=0)
+    first = run_search(study, num_samples=1, seed=2, run_config=config)
+    again = run_search(study, num_samples=1, seed=2, run_config=config, resume=True)
+    assert [r.metrics["trial_id"] for r in again] == [r.metrics["trial_id"] for r in first]
+    assert again[0].metrics["epoch"] == first[0].metrics["epoch"]
+    elsewhere = tune.RunConfig(name="none", storage_path=str(tmp_path), verbose=0)
+    with pytest.raises(FileNotFoundError, match="no Ray Tune experiment to restore at"):
+        run_search(study, num_samples=1, run_config=elsewhere, resume=True)
+
+
 def test_cli_ray_run_asha_baseline(ray_2cpus, tmp_path, capsys):
     code = cli_main(
         [
