@@ -46,7 +46,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         "lightning>=2.2)"
     ) from e
 
-from ._callbacks import DEFAULT_THRESHOLD, CallbackSettings
+from ._callbacks import DEFAULT_THRESHOLD, CallbackArguments, CallbackSettings
 from ._callbacks.forward import batch_inputs, prefixed_layers
 from ._callbacks.lightning_logs import log_epoch, log_stop, train_loss_of
 from ._callbacks.lightning_probe import pc_source, probe_forward, probe_from_batch
@@ -168,19 +168,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
                 or (key is None and name == "input_key")
             ):
                 raise TypeError(f"{name} must be a str or an int, got {key!r}")
-        self._settings(
-            probe,
-            threshold,
-            trial,
-            probe_samples,
-            probe_seed,
-            layers,
-            probe_module,
-            probe_fn,
-            prediction_changes,
-            verbose,
-            controller_options,
-        )
+        self._settings(CallbackArguments.pick(locals()))
         if (self.source_spec == "batch") != (index_key is not None):
             raise ValueError(
                 "prediction_changes='batch' and index_key= go together: index_key names where each "

@@ -21,7 +21,7 @@ import torch
 
 from neve_tune import NeuralVelocity, NeVe, gaussian_probe, load_study, run_trial
 from neve_tune.cli import main
-from neve_tune.optuna import report_epoch, run_worker
+from neve_tune.optuna import RecoveryConfig, report_epoch, run_worker
 from neve_tune.train import load_checkpoint
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -671,15 +671,9 @@ API_CASES = [
         id="worker-seed-huge",
     ),
     pytest.param(
-        lambda d: run_worker("digits", direction="maximize", n_trials=1, log=None),
+        lambda d: run_worker("digits", recovery=RecoveryConfig(max_retry=-1), log=None),
         ValueError,
-        "direction must be 'minimize': the objective is a loss",
-        id="worker-direction-maximize",
-    ),
-    pytest.param(
-        lambda d: run_worker("digits", max_retry=-1, n_trials=1, log=None),
-        ValueError,
-        "max_retry must be an int >= 0 or None, got -1",
+        "RecoveryConfig.max_retry must be an int >= 0 or None, got -1",
         id="worker-max-retry-negative",
     ),
     pytest.param(

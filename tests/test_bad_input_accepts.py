@@ -715,12 +715,10 @@ def test_a_worker_stores_the_identity_its_study_was_created_with(tmp_path: Path)
     joins (and runs its trial)."""
     url = f"sqlite:///{tmp_path}/s.db"
     study = _study()
-    search = run_worker(
-        study, storage=url, n_trials=1, create=True, log=None, checkpoint_dir=None, device="cpu"
-    )
+    search = run_worker(study, storage=url, n_trials=1, create=True, log=None, device="cpu")
     assert search.user_attrs[IDENTITY_ATTR] == study_identity(study)
     assert search.user_attrs[IDENTITY_ATTR]["max_epochs"] == 1
-    again = run_worker(study, storage=url, n_trials=1, log=None, checkpoint_dir=None, device="cpu")
+    again = run_worker(study, storage=url, n_trials=1, log=None, device="cpu")
     assert len(again.trials) == 2
     with pytest.raises(ValueError, match=r"max_epochs: 1 in the storage, 2 here"):
         run_worker(
@@ -728,7 +726,6 @@ def test_a_worker_stores_the_identity_its_study_was_created_with(tmp_path: Path)
             storage=url,
             n_trials=1,
             log=None,
-            checkpoint_dir=None,
             device="cpu",
         )
     assert len(optuna.load_study(study_name=study.name, storage=url).trials) == 2
@@ -738,7 +735,5 @@ def test_an_empty_storage_string_in_the_api_says_in_memory() -> None:
     """The API keeps ``storage=""`` as in-memory (documented); its line says so, where it
     printed ``study 'x' in ,`` (the command line refuses ``--storage ''``)."""
     lines: list[str] = []
-    run_worker(
-        _study(), storage="", n_trials=1, log=lines.append, checkpoint_dir=None, device="cpu"
-    )
+    run_worker(_study(), storage="", n_trials=1, log=lines.append, device="cpu")
     assert "study 'digits' in <in-memory>, method=neve" in lines[0]

@@ -141,25 +141,30 @@ def test_worker_checks_the_plot_files_of_out_before_any_storage(tmp_path: Path, 
 
 
 def test_ray_search_arguments_refuse_names_that_leave_their_folder() -> None:
-    """The API: ``run_search(name=...)`` and the study's own name (it names the trials'
-    folders when no name is given), checked with the other arguments before Ray starts."""
+    """The API: ``run_search(run_config=RunConfig(name=...))`` and the study's own name (it
+    names the trials' folders when no name is given), checked with the other arguments
+    before Ray starts."""
     pytest.importorskip("ray.tune")
+    from ray.tune import RunConfig
+
     from neve_tune.ray._search import check_search_args
 
     study = load_study("digits")
-    check_search_args(study, name="digits-neve-0")
-    with pytest.raises(ValueError, match=r"^name must be a plain folder name .*got '\.\./x'$"):
-        check_search_args(study, name="../x")
+    check_search_args(study, run_config=RunConfig(name="digits-neve-0"))
+    with pytest.raises(
+        ValueError, match=r"^run_config.name must be a plain folder name .*got '\.\./x'$"
+    ):
+        check_search_args(study, run_config=RunConfig(name="../x"))
     with pytest.raises(
         ValueError, match=r"^study 'a/b''s name \(it names the trials' folders\) must be a plain"
     ):
-        check_search_args(study.replace(name="a/b"), name="ok")
+        check_search_args(study.replace(name="a/b"), run_config=RunConfig(name="ok"))
     with pytest.raises(
         ValueError, match=r"study '.*\.\.\. \(600 characters\)'s name .* at most 200 characters"
     ):
         check_search_args(study.replace(name="s" * 600))
-    with pytest.raises(ValueError, match="storage_path .* is 300 bytes long"):
-        check_search_args(study, storage_path=f"/tmp/{LONG}")
+    with pytest.raises(ValueError, match="run_config.storage_path .* is 300 bytes long"):
+        check_search_args(study, run_config=RunConfig(storage_path=f"/tmp/{LONG}"))
 
 
 def test_names_and_path_parts() -> None:

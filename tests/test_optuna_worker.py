@@ -21,12 +21,14 @@ from neve_tune.cli import main
 from neve_tune.optuna import (
     SETTINGS_ATTR,
     NeVePruner,
+    RecoveryConfig,
     StorageError,
     checkpoint_path_for,
     make_objective,
     make_storage,
     plot_study,
     redact_url,
+    run_worker,
     suggest_config,
     trial_history,
 )
@@ -357,6 +359,47 @@ def test_retried_trial_resumes_from_checkpoint(digits, tmp_path, monkeypatch, in
     assert not ckpt.exists()  # deleted once the trial finished
 
 
+def test_run_worker_resumes_a_dead_workers_trial_from_its_checkpoint(tmp_path, monkeypatch) -> None:
+    """``RecoveryConfig`` end to end: a worker dies in epoch 4, after epoch 3 was checkpointed
+    and reported; the next worker, once the heartbeat grace period has passed, fails that
+    trial, retries it and resumes the retry from epoch 3's checkpoint (then deletes it)."""
+    study = load_study("digits").replace(max_epochs=4)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    ckpt_dir = tmp_path / "ckpt"
+    recovery = RecoveryConfig(
+        checkpoint_dir=ckpt_dir, heartbeat_interval=1, heartbeat_grace_period=1, max_retry=1
+    )
+    first = optuna.create_study(
+        study_name=study.name, storage=make_storage(url, heartbeat_interval=None)
+    )
+    first.enqueue_trial({"lr": 0.05, "threshold": 1e-3, "batch_size": 128})
+    worker = {"storage": url, "n_trials": 1, "recovery": recovery, "log": None, "device": "cpu"}
+    worker["pruner"] = {"min_resource": 100}  # no rung inside 4 epochs
+    real_report = objective_module.report_epoch
+
+    def dies_after_epoch_3(trial, metrics, **kw):
+        real_report(trial, metrics, **kw)
+        if metrics["epoch"] == 3:
+            raise _Killed()
+
+    monkeypatch.setattr(objective_module, "report_epoch", dies_after_epoch_3)
+    with pytest.raises(_Killed):
+        run_worker(study, **worker)
+    monkeypatch.setattr(objective_module, "report_epoch", real_report)
+    dead = optuna.load_study(study_name=study.name, storage=url).trials[0]
+    assert dead.state == TrialState.RUNNING and sorted(dead.intermediate_values) == [1, 2, 3]
+    assert any(ckpt_dir.rglob("trial_000000.pt"))
+    time.sleep(2.5)  # past the grace period: the trial's heartbeat is stale
+
+    search = run_worker(study, **worker)
+    assert [t.state for t in search.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    retry = search.trials[1]
+    assert retry.system_attrs["failed_trial"] == 0
+    assert retry.user_attrs["resumed_from_epoch"] == 3
+    assert sorted(retry.intermediate_values) == [1, 2, 3, 4]
+    assert not any(ckpt_dir.rglob("*.pt"))  # deleted once the trial finished
+
+
 # ------------------------------------------------------------------ CLI worker
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_cli_worker_runs_trials(tmp_path, capsys, kind) -> None:
@@ -617,37 +660,26 @@ def test_worker_adopts_a_stored_signal_over_the_study_files(tmp_path) -> None:
     """A study created before the default became the study file's rung signal keeps its
     stored pruner settings: a new worker adopts them instead of refusing, and says in one
     line that its rungs and its pick (the study file's selection) follow two rules."""
-    from neve_tune.optuna import NeVePruner, run_worker
 
     storage = f"sqlite:///{tmp_path / 'old.db'}"
     old = optuna.create_study(study_name="digits", storage=storage)
     NeVePruner(rung_signal="train_loss").bind(old)
     lines: list[str] = []
-    search = run_worker(
-        "digits", storage=storage, n_trials=1, changes={"max_epochs": 1}, log=lines.append
-    )
+    one_epoch = load_study("digits").replace(max_epochs=1)
+    search = run_worker(one_epoch, storage=storage, n_trials=1, log=lines.append)
     assert search.pruner.rung_signal == "train_loss"
     notes = [line for line in lines if "prunes on rung signal 'train_loss'" in line]
     assert len(notes) == 1 and "not 'auto'" in notes[0] and "--selection objective" in notes[0]
     assert "\n" not in notes[0]
     with pytest.warns(UserWarning, match="the rungs keep 'train_loss', the pick is by 'auto'"):
-        run_worker("digits", storage=storage, n_trials=1, changes={"max_epochs": 1}, log=None)
+        run_worker(one_epoch, storage=storage, n_trials=1, log=None)
     # a worker whose study file agrees with the stored signal says nothing
     agreeing: list[str] = []
     run_worker(
-        "digits",
-        storage=storage,
-        n_trials=1,
-        changes={"max_epochs": 1, "selection": "objective"},
-        log=agreeing.append,
+        one_epoch.replace(selection="objective"), storage=storage, n_trials=1, log=agreeing.append
     )
     assert not [line for line in agreeing if "prunes on rung signal" in line]
     fresh = run_worker(
-        "digits",
-        storage=f"sqlite:///{tmp_path / 'new.db'}",
-        create=True,
-        n_trials=1,
-        changes={"max_epochs": 1},
-        log=None,
+        one_epoch, storage=f"sqlite:///{tmp_path / 'new.db'}", create=True, n_trials=1, log=None
     )
     assert fresh.pruner.rung_signal == "auto"

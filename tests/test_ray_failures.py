@@ -46,6 +46,7 @@ def searches(monkeypatch) -> list[dict[str, Any]]:
         return "results"
 
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "nodes", lambda: _nodes(True))  # a local Ray: one node
     monkeypatch.setattr(ray_cli, "check_address", lambda address: None)
     monkeypatch.setattr(neve_ray, "run_search", run_search)
     monkeypatch.setattr(
@@ -64,7 +65,7 @@ def searches(monkeypatch) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(
     "flags, expected",
     [
-        ([], None),  # run_search decides: 0 on the local Ray of one node
+        ([], 0),  # default_max_failures() of the local Ray of one node
         (["--address", "10.0.0.5:6379"], CLUSTER_MAX_FAILURES),
         (["--address", "10.0.0.5:6379", "--max-failures", "0"], 0),  # said explicitly: kept
         (["--max-failures", "-1"], -1),
@@ -72,21 +73,36 @@ def searches(monkeypatch) -> list[dict[str, Any]]:
 )
 def test_ray_run_retries_trials_on_a_cluster_by_default(flags, expected, searches, capsys) -> None:
     assert main([*ARGS, *flags]) == 0
-    assert [c["max_failures"] for c in searches] == [expected]
+    assert [c["run_config"].failure_config.max_failures for c in searches] == [expected]
+
+
+def test_ray_run_passes_its_flags_in_a_run_config(searches, tmp_path) -> None:
+    """``--name``, ``--storage-path`` and ``--verbose`` reach Tune through one
+    ``ray.tune.RunConfig``."""
+    flags = ["--name", "exp", "--storage-path", str(tmp_path), "--verbose", "2"]
+    assert main([*ARGS, *flags]) == 0
+    (config,) = [c["run_config"] for c in searches]
+    assert isinstance(config, tune.RunConfig)
+    assert (config.name, config.storage_path, config.verbose) == ("exp", str(tmp_path), 2)
 
 
 def test_run_search_fills_in_the_default_from_the_cluster(monkeypatch) -> None:
-    """``max_failures=None`` becomes :func:`default_max_failures` of the connected Ray,
-    passed to Tune's ``FailureConfig``."""
+    """No ``run_config``: :func:`default_max_failures` of the connected Ray, passed to Tune's
+    ``FailureConfig``; a given ``RunConfig``'s ``FailureConfig`` is taken as it is (Tune's
+    default: no retries)."""
     given: list[int] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: True)
     monkeypatch.setattr(ray, "nodes", lambda: _nodes(True, True))
     monkeypatch.setattr(
-        search_module, "_tuner_api", lambda *a, max_failures, **k: given.append(max_failures)
+        search_module,
+        "_tuner_api",
+        lambda *a, run_config, **k: given.append(run_config.failure_config.max_failures),
     )
     neve_ray.run_search("digits", num_samples=1)
-    neve_ray.run_search("digits", num_samples=1, max_failures=0)
-    assert given == [CLUSTER_MAX_FAILURES, 0]
+    once = tune.RunConfig(failure_config=tune.FailureConfig(max_failures=1))
+    neve_ray.run_search("digits", num_samples=1, run_config=once)
+    neve_ray.run_search("digits", num_samples=1, run_config=tune.RunConfig())
+    assert given == [CLUSTER_MAX_FAILURES, 1, 0]
 
 
 def test_a_fractional_gpu_trial_asks_ray_for_a_gpu_share() -> None:

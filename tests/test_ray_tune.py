@@ -167,6 +167,50 @@ def test_cli_ray_run_neve(ray_2cpus, study, tmp_path, capsys):
     assert data["best"]["stopped_by"] == "velocity" and data["total_epochs_equiv"] > 0
 
 
+class _Ended(tune.Callback):
+    """Counts the trials that ended (the user's callback in a RunConfig)."""
+
+    def __init__(self) -> None:
+        self.ended = 0
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.ended += 1
+
+
+@pytest.mark.parametrize("api", ["run", "tuner"])
+def test_run_search_takes_a_run_config_under_either_api(ray_2cpus, study, tmp_path, api):
+    """The RunConfig's folder, callbacks and retries reach Tune under ``tune.run`` (its
+    fields one by one) and under the ``Tuner``; the NeVeStopper is still the stop."""
+    ended = _Ended()
+    config = tune.RunConfig(
+        name=f"exp-{api}",
+        storage_path=str(tmp_path),
+        callbacks=[ended],
+        verbose=0,
+        failure_config=tune.FailureConfig(max_failures=1),
+    )
+    results = run_search(study, num_samples=1, seed=1, api=api, run_config=config)
+    metrics = (results.trials[0].last_result if api == "run" else results[0].metrics) or {}
+    assert metrics["stopped_by"] == "velocity" and metrics["epoch"] < MAX_EPOCHS
+    assert ended.ended == 1  # the given RunConfig keeps its callbacks, and no copy runs
+    assert (tmp_path / f"exp-{api}").is_dir()
+    if api == "run":  # tune.run got the FailureConfig's retries as max_failures
+        assert results.trials[0].max_failures == 1
+
+
+def test_run_search_resumes_the_experiment_its_run_config_names(ray_2cpus, study, tmp_path):
+    """``resume=True`` restores ``storage_path/name`` of the RunConfig (a finished experiment
+    comes back as it was); a RunConfig naming no experiment there is refused."""
+    config = tune.RunConfig(name="again", storage_path=str(tmp_path), verbose=0)
+    first = run_search(study, num_samples=1, seed=2, run_config=config)
+    again = run_search(study, num_samples=1, seed=2, run_config=config, resume=True)
+    assert [r.metrics["trial_id"] for r in again] == [r.metrics["trial_id"] for r in first]
+    assert again[0].metrics["epoch"] == first[0].metrics["epoch"]
+    elsewhere = tune.RunConfig(name="none", storage_path=str(tmp_path), verbose=0)
+    with pytest.raises(FileNotFoundError, match="no Ray Tune experiment to restore at"):
+        run_search(study, num_samples=1, run_config=elsewhere, resume=True)
+
+
 def test_cli_ray_run_asha_baseline(ray_2cpus, tmp_path, capsys):
     code = cli_main(
         [
@@ -211,7 +255,10 @@ def test_resources_that_cannot_be_met(ray_2cpus, study, tmp_path, capsys):
     with pytest.raises(
         ValueError, match=r"resources per trial \{'cpu': 4.0, 'gpu': 0.0\} cannot be met: no node"
     ):
-        run_search(study.replace(resources={"cpu": 4, "gpu": 0}), storage_path=tmp_path)
+        run_search(
+            study.replace(resources={"cpu": 4, "gpu": 0}),
+            run_config=tune.RunConfig(storage_path=str(tmp_path)),
+        )
     assert (
         cli_main(["ray", "run", "digits", "--gpus-per-trial", "1", "--storage-path", str(tmp_path)])
         == 2

@@ -19,6 +19,7 @@ ignored.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Mapping
@@ -32,7 +33,13 @@ from ..control import NeVe
 from ..prediction_changes import PredictionChanges, SubsetPredictionChanges
 from .forward import check_probe_target
 
-__all__ = ["CallbackSettings", "check_controller_options", "check_trial", "stop_reason"]
+__all__ = [
+    "CallbackArguments",
+    "CallbackSettings",
+    "check_controller_options",
+    "check_trial",
+    "stop_reason",
+]
 
 # set by the callback itself, never through **controller_options
 _OWN = {"self", "optimizer", "velocity", "threshold"}
@@ -113,6 +120,30 @@ def _check_guard(options: dict[str, Any], source: Any, given: set[str], who: str
     return source
 
 
+@dataclasses.dataclass(frozen=True)
+class CallbackArguments:
+    """The constructor arguments both callbacks take under the same names, as given (each
+    callback's own arguments stay its own); :meth:`CallbackSettings._settings` checks them."""
+
+    probe: torch.Tensor | None
+    threshold: float
+    trial: Any
+    probe_samples: int | None
+    probe_seed: int
+    layers: Any
+    probe_module: str | None
+    probe_fn: Any
+    prediction_changes: Any
+    verbose: bool
+    controller_options: Mapping[str, Any]
+
+    @classmethod
+    def pick(cls, given: Mapping[str, Any]) -> CallbackArguments:
+        """The shared arguments out of a constructor's ``locals()`` (its other names are
+        left out), so each callback passes them in one line, by name."""
+        return cls(**{f.name: given[f.name] for f in dataclasses.fields(cls)})
+
+
 class CallbackSettings:
     """The settings both callbacks take, checked once: the probe (given, or built from the
     first batch or example) and what it is forwarded through, the velocity threshold, an
@@ -123,21 +154,11 @@ class CallbackSettings:
     who = "callback"
     sources: tuple[str, ...] = ("subset",)
 
-    def _settings(
-        self,
-        probe: torch.Tensor | None,
-        threshold: float,
-        trial: Any,
-        probe_samples: int | None,
-        probe_seed: int,
-        layers: Any,
-        probe_module: str | None,
-        probe_fn: Any,
-        prediction_changes: Any,
-        verbose: bool,
-        controller_options: Mapping[str, Any],
-    ) -> None:
-        who = self.who
+    def _settings(self, given: CallbackArguments) -> None:
+        """Check ``given`` and keep it (see the class doc)."""
+        who, probe, probe_samples = self.who, given.probe, given.probe_samples
+        probe_module, probe_fn, verbose = given.probe_module, given.probe_fn, given.verbose
+        controller_options = given.controller_options
         if probe is not None and not isinstance(probe, torch.Tensor):
             raise TypeError(
                 f"probe must be a torch.Tensor [N, ...] or None, got {type(probe).__name__}"
@@ -150,19 +171,19 @@ class CallbackSettings:
         check_probe_target(probe_module, probe_fn)
         if not isinstance(verbose, bool):
             raise TypeError(f"verbose must be a bool, got {verbose!r}")
-        self.threshold = check_float("threshold", threshold, positive=True)
+        self.threshold = check_float("threshold", given.threshold, positive=True)
         self.probe = probe
-        self.trial = check_trial(trial)
+        self.trial = check_trial(given.trial)
         self.probe_samples = check_int(
             "probe_samples", 100 if probe_samples is None else probe_samples, minimum=1
         )
-        self.probe_seed = check_int("probe_seed", probe_seed, minimum=0)
-        self.layers = layers
+        self.probe_seed = check_int("probe_seed", given.probe_seed, minimum=0)
+        self.layers = given.layers
         self.probe_module, self.probe_fn, self.verbose = probe_module, probe_fn, verbose
         options = {**STUDY_DEFAULTS, **controller_options}
         resolve_patience(options["lr_patience"], 100)  # checked here, resolved against the budget
         check_int("pc_patience", options["pc_patience"], minimum=1, allow_none=True)
-        self.prediction_changes = self._check_source(prediction_changes)
+        self.prediction_changes = self._check_source(given.prediction_changes)
         self.source_spec = _check_guard(
             options, self.prediction_changes, set(controller_options), who
         )

@@ -214,6 +214,7 @@ def _worker(args: argparse.Namespace) -> int:
     import optuna
 
     from ..optuna import (
+        RecoveryConfig,
         StorageError,
         StudyNotFoundError,
         TrialLeft,
@@ -223,6 +224,13 @@ def _worker(args: argparse.Namespace) -> int:
     )
 
     device = _check_worker_flags(args)
+    recovery = RecoveryConfig(
+        checkpoint_dir=None if args.no_checkpoints else args.checkpoint_dir,
+        keep_checkpoints=args.keep_checkpoints,
+        heartbeat_interval=None if args.no_heartbeat else args.heartbeat_interval,
+        heartbeat_grace_period=args.heartbeat_grace_period,
+        max_retry=args.max_retry,
+    )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         search = run_worker(
@@ -235,15 +243,10 @@ def _worker(args: argparse.Namespace) -> int:
             method=args.method,
             seed=args.seed,
             device=device,
-            checkpoint_dir=None if args.no_checkpoints else args.checkpoint_dir,
-            keep_checkpoints=args.keep_checkpoints,
-            pruner_options=_pruner_options(args),
+            recovery=recovery,
+            pruner=_pruner_options(args),
             sampler_seed=args.sampler_seed,
             create=args.create,
-            direction=args.direction,
-            heartbeat_interval=None if args.no_heartbeat else args.heartbeat_interval,
-            heartbeat_grace_period=args.heartbeat_grace_period,
-            max_retry=args.max_retry,
             torch_threads=args.threads,
             log=None if args.quiet else (lambda line: print(line, flush=True)),
         )

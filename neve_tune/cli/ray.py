@@ -287,7 +287,6 @@ def _check_flags(args: argparse.Namespace, study: Any, resources: Any) -> None:
         seed=args.seed,
         resources=resources,
         max_concurrent_trials=args.max_concurrent,
-        max_failures=args.max_failures,
         min_resource=args.min_resource,
         reduction_factor=args.reduction_factor,
         api=args.api,
@@ -309,8 +308,9 @@ def _run(args: argparse.Namespace) -> int:
     """Run a Ray Tune search of a study file: NeVe-controlled trials, NeVeStopper and the
     NeVeASHAScheduler (or the validation ASHA baseline), on a local Ray or a cluster."""
     import ray
+    from ray import tune
 
-    from ..ray import CLUSTER_MAX_FAILURES, run_search, summarize
+    from ..ray import CLUSTER_MAX_FAILURES, default_max_failures, run_search, summarize
 
     device = cli.check_device(args.device)
     cli.check_output_paths(
@@ -341,6 +341,13 @@ def _run(args: argparse.Namespace) -> int:
         _init(ray, args.address, args.num_cpus)
         started = True
     try:
+        failures = default_max_failures() if max_failures is None else max_failures
+        run_config = tune.RunConfig(
+            name=args.name,
+            storage_path=args.storage_path,
+            verbose=args.verbose,
+            failure_config=tune.FailureConfig(max_failures=failures),
+        )
         results = run_search(
             study,
             method=args.method,
@@ -348,18 +355,15 @@ def _run(args: argparse.Namespace) -> int:
             scheduler=args.scheduler,
             stopper=not args.no_stopper,
             seed=args.seed,
-            storage_path=args.storage_path,
-            name=args.name,
+            run_config=run_config,
             resources=resources,
             max_concurrent_trials=args.max_concurrent,
-            max_failures=max_failures,
             min_resource=args.min_resource,
             rung_signal=args.rung_signal,
             reduction_factor=args.reduction_factor,
             api=args.api,
             resume=args.resume,
             device=device,
-            verbose=args.verbose,
         )
         summary = summarize(results, study.selection if args.method == "neve" else "objective")
     finally:

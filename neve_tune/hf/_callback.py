@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from .._callbacks import DEFAULT_THRESHOLD, CallbackSettings, check_trial
+from .._callbacks import DEFAULT_THRESHOLD, CallbackArguments, CallbackSettings, check_trial
 from .._callbacks.forward import ProbeForward, prefixed_layers
 from .._callbacks.lr_compose import check_composable, follow_decay, lrs
 from .._callbacks.pc_source import PCSource, check_classes
@@ -133,19 +133,7 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
         for name, key in (("probe_key", probe_key), ("input_key", input_key)):
             if not (isinstance(key, str) and key) and not (key is None and name == "input_key"):
                 raise TypeError(f"{name} must be a non-empty str, got {key!r}")
-        self._settings(
-            probe,
-            threshold,
-            trial,
-            probe_samples,
-            probe_seed,
-            layers,
-            probe_module,
-            probe_fn,
-            prediction_changes,
-            verbose,
-            controller_options,
-        )
+        self._settings(CallbackArguments.pick(locals()))
         self.every_n_steps = check_int("every_n_steps", every_n_steps, minimum=1, allow_none=True)
         if input_key is not None and self.source_spec != "subset":
             raise ValueError(

@@ -11,7 +11,8 @@ stalled trials and, at successive-halving rungs, those that fit the training set
 - :func:`report_epoch`: the one call an objective makes per epoch.
 - :func:`make_objective`: a study file -> an Optuna objective.
 - :func:`run_worker` / ``neve-tune optuna worker``: trials against a shared study in any
-  storage (in-memory, SQLite, journal file, PostgreSQL), heartbeats and retries.
+  storage (in-memory, SQLite, journal file, PostgreSQL), heartbeats and retries
+  (:class:`RecoveryConfig`).
 - :func:`plot_study`: velocity curves and search history as PNG.
 - :func:`pick_trial`: the winning trial, by objective or by the cross-trial consensus.
 - :func:`search_trials`: the comparison's adapter (one seeded search -> its trials).
@@ -36,6 +37,7 @@ from ._open import StudyNotFoundError, open_study
 from ._plots import plot_study
 from ._pruner import NeVePruner
 from ._pruner_settings import SETTINGS_ATTR
+from ._recovery import RecoveryConfig
 from ._report import EPOCH_ATTR_PREFIX, epoch_key, report_epoch, trial_history
 from ._sampler import TrialSeededTPESampler
 from ._search import search_trials
@@ -56,6 +58,7 @@ from ._worker import run_worker
 __all__ = [
     "EPOCH_ATTR_PREFIX",
     "NeVePruner",
+    "RecoveryConfig",
     "SELECTIONS",
     "SELECTION_ATTR",
     "SETTINGS_ATTR",

@@ -8,12 +8,14 @@ The rules :func:`run_worker` follows (``neve-tune optuna worker`` on each machin
 - **Training**: :func:`~neve_tune.optuna.make_objective` (NeVe, or the validation
   baselines ``"asha"``/``"asha_es"``). The objective is a loss, so a study must minimize.
 - **Pruning**: a :class:`~neve_tune.optuna.NeVePruner` for ``method="neve"`` (settings
-  from ``pruner_options``, else those stored in the study, else the defaults), Optuna's
-  ``SuccessiveHalvingPruner`` on validation loss for the baselines.
-- **Recovery**: with an RDB storage, trials send heartbeats every ``heartbeat_interval``
-  s; a trial silent for ``heartbeat_grace_period`` s (its worker died) is retried and
-  resumes from its checkpoint under ``checkpoint_dir`` (shared storage when the workers
-  run on several machines).
+  from the ``pruner`` dict, else those stored in the study, else the defaults), Optuna's
+  ``SuccessiveHalvingPruner`` on validation loss for the baselines; a ``BasePruner``
+  given as ``pruner`` is used as it is.
+- **Recovery** (:class:`~neve_tune.optuna.RecoveryConfig`): with an RDB storage, trials
+  send heartbeats every ``heartbeat_interval`` s; a trial silent for
+  ``heartbeat_grace_period`` s (its worker died) is retried and resumes from its
+  checkpoint under ``checkpoint_dir`` (shared storage when the workers run on several
+  machines).
 - **Polite stops**: SIGINT/SIGTERM leave the running trial with its checkpoint and
   re-queue it at once (:mod:`neve_tune.optuna._stop`), then :class:`WorkerInterrupted`
   (a ``KeyboardInterrupt``) is raised.
@@ -29,7 +31,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -43,6 +45,7 @@ from ._objective import STORAGE_WRITE_ERRORS, make_objective
 from ._open import open_study
 from ._pruner import NeVePruner
 from ._pruner_settings import stored_signal_note
+from ._recovery import RecoveryConfig
 from ._sampler import TrialSeededTPESampler
 from ._stop import PoliteStop
 from ._storage import StorageError
@@ -70,18 +73,11 @@ def run_worker(
     method: str = "neve",
     seed: int = 0,
     device: str | None = None,
-    checkpoint_dir: str | os.PathLike | None = None,
-    keep_checkpoints: bool = False,
-    pruner: BasePruner | None = None,
-    pruner_options: dict[str, Any] | None = None,
+    recovery: RecoveryConfig | None = None,
+    pruner: BasePruner | Mapping[str, Any] | None = None,
     sampler_seed: int | None = None,
     create: bool = False,
-    direction: str = "minimize",
-    heartbeat_interval: int | None = 60,
-    heartbeat_grace_period: int | None = None,
-    max_retry: int | None = 3,
     torch_threads: int | None = None,
-    changes: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = print,
     callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
 ) -> optuna.Study:
@@ -89,7 +85,10 @@ def run_worker(
     (what ``neve-tune optuna worker`` runs on each machine; the rules are in the module doc).
 
     ``n_trials`` trials, or until ``timeout`` seconds, or until the study holds
-    ``total_trials`` finished ones. ``changes`` overrides fields of the study file.
+    ``total_trials`` finished ones. ``recovery``: checkpoints, heartbeats and retries
+    (default ``RecoveryConfig()``: heartbeats every 60 s, 3 retries, no checkpoints).
+    ``pruner``: a dict of :class:`NeVePruner` settings (``method="neve"`` only), or a
+    pruner of your own. A study created here minimizes (every objective is a loss).
     Every argument is checked before any storage or data is touched. Raises :class:`StorageError`,
     :class:`StudyNotFoundError`, ``ValueError``, ``FileNotFoundError``; and
     :class:`WorkerInterrupted` after a polite stop, :class:`~neve_tune.optuna._stop.TrialLeft`
@@ -98,11 +97,14 @@ def run_worker(
     Example::
 
         >>> from neve_tune.optuna import run_worker
-        >>> search = run_worker("digits", n_trials=2, changes={"max_epochs": 2}, log=None)
+        >>> from neve_tune import load_study
+        >>> study = load_study("digits").replace(max_epochs=2)
+        >>> search = run_worker(study, n_trials=2, log=None)
         >>> len(search.trials)
         2
     """
-    study = load_study(study_file).replace(**(changes or {}))
+    study = load_study(study_file)
+    recovery = _recovery(recovery)
     check_worker_arguments(
         n_trials=n_trials,
         total_trials=total_trials,
@@ -112,8 +114,7 @@ def run_worker(
         seed=seed,
         device=device,
         sampler_seed=sampler_seed,
-        direction=direction,
-        max_retry=max_retry,
+        pruner=pruner,
     )
     check_study_file(study, study_name)
     if torch_threads is not None:
@@ -125,14 +126,15 @@ def run_worker(
         method,
         study_identity(study),
         create=create,
-        direction=direction,
+        direction="minimize",
         sampler=_sampler(sampler_seed),
-        heartbeat_interval=heartbeat_interval,
-        heartbeat_grace_period=heartbeat_grace_period,
-        max_retry=max_retry,
+        heartbeat_interval=recovery.heartbeat_interval,
+        heartbeat_grace_period=recovery.heartbeat_grace_period,
+        max_retry=recovery.max_retry,
     )
-    search.pruner = _pruner(search, method, pruner, pruner_options, study, log)
-    if checkpoint_dir is None and storage_kind(storage) == "rdb" and heartbeat_interval and log:
+    search.pruner = _pruner(search, method, pruner, study, log)
+    rdb = storage_kind(storage) == "rdb"
+    if recovery.checkpoint_dir is None and rdb and recovery.heartbeat_interval and log:
         log(
             "note: no checkpoint directory, so a retried trial restarts from epoch 0 (pass "
             "--checkpoint-dir)"
@@ -143,9 +145,9 @@ def run_worker(
         method=method,
         seed=seed,
         device=device,
-        checkpoint_dir=checkpoint_dir,
+        checkpoint_dir=recovery.checkpoint_dir,
         data=data,
-        keep_checkpoints=keep_checkpoints,
+        keep_checkpoints=recovery.keep_checkpoints,
         stop=stop,
     )
     mine: list[int] = []
@@ -153,7 +155,7 @@ def run_worker(
     if log:
         log(_opening_line(search, storage, method, n_trials))
     selection = study.selection if method == "neve" else "objective"
-    run = {"n_trials": n_trials, "timeout": timeout, "callbacks": cbs, "max_retry": max_retry}
+    run = dict(n_trials=n_trials, timeout=timeout, callbacks=cbs, max_retry=recovery.max_retry)
     _optimize_and_close(search, objective, stop, run, mine, selection, log)
     return search
 
@@ -219,19 +221,31 @@ def _sampler(sampler_seed: int | None) -> optuna.samplers.BaseSampler:
     )
 
 
+def _recovery(recovery: Any) -> RecoveryConfig:
+    """``recovery``, or the defaults when None; anything else is refused by name."""
+    if recovery is None:
+        return RecoveryConfig()
+    if not isinstance(recovery, RecoveryConfig):
+        raise TypeError(
+            f"recovery must be a neve_tune.optuna.RecoveryConfig or None, "
+            f"got {type(recovery).__name__}"
+        )
+    return recovery
+
+
 def _pruner(
     search: optuna.Study,
     method: str,
-    pruner: BasePruner | None,
-    options: dict[str, Any] | None,
+    pruner: BasePruner | Mapping[str, Any] | None,
     study: Study | None = None,
     log: Callable[[str], None] | None = None,
 ) -> BasePruner:
-    """The given pruner, else NeVe's (settings: ``options``, else those stored in the
-    Optuna study, else the study file's rung signal; a stored signal that differs from the
-    study file's is kept and announced in one line, on ``log`` or as a warning) or successive
-    halving on validation loss for the baselines."""
-    if pruner is None:
+    """A given ``BasePruner`` as it is, else NeVe's (settings: the ``pruner`` mapping, else
+    those stored in the Optuna study, else the study file's rung signal; a stored signal
+    that differs from the study file's is kept and announced in one line, on ``log`` or as
+    a warning) or successive halving on validation loss for the baselines."""
+    if not isinstance(pruner, BasePruner):
+        options = pruner
         if method == "neve":
             options = dict(options or {})
             if study is not None and "rung_signal" not in options:
@@ -242,9 +256,7 @@ def _pruner(
                 else:
                     options["rung_signal"] = study.rung_signal
             pruner = NeVePruner.from_study(search, **options)
-        else:
-            if options:
-                raise ValueError(f"pruner options {sorted(options)} apply to method 'neve' only")
+        else:  # settings for another method were refused by check_pruner
             pruner = SuccessiveHalvingPruner(min_resource=1, reduction_factor=4)
     if isinstance(pruner, NeVePruner):
         pruner.bind(search)  # refuse now, not in the middle of a trial

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -32,6 +33,7 @@ __all__ = [
     "check_direction",
     "check_identity",
     "check_method",
+    "check_pruner",
     "check_search",
     "check_study_file",
     "check_study_name",
@@ -137,11 +139,27 @@ def check_worker_arguments(**kw: Any) -> None:
     check_float("timeout", kw["timeout"], positive=True, allow_none=True)
     check_seed("seed", kw["seed"])
     check_seed("sampler_seed", kw["sampler_seed"], allow_none=True)
-    check_int("max_retry", kw["max_retry"], minimum=0, allow_none=True)
-    check_direction("direction", kw["direction"])
+    check_pruner("pruner", kw["pruner"], kw["method"])
     resolve_device(
         check_device("device", kw["device"])
     )  # absent devices fail here, not as FAIL trials
+
+
+def check_pruner(name: str, pruner: Any, method: str) -> None:
+    """An Optuna ``BasePruner`` (used as it is), a mapping of :class:`NeVePruner` settings
+    (for ``method="neve"`` only; the pruner checks their values), or None."""
+    if pruner is None or isinstance(pruner, optuna.pruners.BasePruner):
+        return
+    if not isinstance(pruner, Mapping):
+        raise TypeError(
+            f"{name} must be an optuna BasePruner, a dict of NeVePruner settings or None, "
+            f"got {type(pruner).__name__}"
+        )
+    if pruner and method != "neve":
+        raise ValueError(
+            f"{name} settings {sorted(map(str, pruner))} are NeVePruner's: they apply to "
+            f"method 'neve' only, not {method!r}"
+        )
 
 
 def check_direction(name: str, direction: Any) -> str:

@@ -1,12 +1,12 @@
 """Whole Ray Tune searches of a study file: ``run_search``, its arguments checked before Ray
-starts, and the two Tune APIs it runs through."""
+starts, and the two Tune APIs it runs through. Where the experiment lives, its callbacks,
+output and retries come in Tune's own ``RunConfig`` (:mod:`neve_tune.ray._run_config`)."""
 
 from __future__ import annotations
 
 import os
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -14,9 +14,10 @@ from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from .._checks import check_choice, check_float, check_int, check_seed
-from .._names import check_folder_name, check_path_fits, shown
+from .._names import check_folder_name, shown
 from ..records import RUNG_SIGNALS, SCHEDULERS
 from ..study import Study, load_study
+from ._run_config import check_run_config, run_config_for, run_kwargs
 from ._scheduler import NeVeASHAScheduler
 from ._scheduler_choice import pick_scheduler
 from ._stopper import NeVeStopper
@@ -80,19 +81,15 @@ def run_search(
     scheduler: str = "auto",
     stopper: bool | NeVeStopper = True,
     seed: int = 0,
-    storage_path: str | os.PathLike | None = None,
-    name: str | None = None,
+    run_config: tune.RunConfig | None = None,
     resources: Mapping[str, float] | None = None,
     max_concurrent_trials: int | None = None,
-    max_failures: int | None = None,
     min_resource: int = 1,
     reduction_factor: float = 4,
     api: str = "tuner",
     resume: bool = False,
     device: str | None = None,
-    callbacks: list | None = None,
     reuse_actors: bool = True,
-    verbose: int = 0,
     data: Any = None,
     model_fn: Any = None,
     rung_signal: str | None = None,
@@ -108,13 +105,20 @@ def run_search(
     ``grace_period``). Trials are sampled at random from
     :func:`to_ray_space` with a seeded ``BasicVariantGenerator`` (same seed, same
     configurations; not TPE, unlike the Optuna backend); trial ``i`` trains with seed
-    ``seed``. ``storage_path`` must be shared by every node on a cluster. ``data``/
-    ``model_fn`` replace the study's data set and model (see :func:`neve_trainable`).
-    ``max_failures``: retries of a failed trial from its last checkpoint (Tune's
-    ``FailureConfig``; -1: always); default (None) :func:`default_max_failures`: 2 on a
-    cluster of several nodes, where a lost node fails the trials it ran, 0 on one machine.
-    ``name`` (the experiment folder under ``storage_path``) and the study's name must be
-    plain folder names (:func:`neve_tune._names.check_folder_name`).
+    ``seed``. ``data``/``model_fn`` replace the study's data set and model (see
+    :func:`neve_trainable`).
+
+    ``run_config`` (Tune's ``ray.tune.RunConfig``, for either ``api``) says where the
+    experiment lives (``storage_path``, shared by every node on a cluster; ``name``, the
+    experiment folder, a plain folder name as is the study's,
+    :func:`neve_tune._names.check_folder_name`), its ``callbacks`` (run after the search's
+    own), ``verbose`` and its retries (``failure_config=FailureConfig(max_failures=N)``: a
+    failed trial restarts from its last checkpoint; -1: always). Without one: Tune's
+    defaults, ``verbose=0``, and :func:`default_max_failures` retries (2 on a cluster of
+    several nodes, where a lost node fails the trials it ran; 0 on one machine); a given
+    ``RunConfig``'s ``FailureConfig`` is taken as it is (Tune's default: no retries). Its
+    ``stop`` and ``checkpoint_config`` are the search's (the :class:`NeVeStopper`; the last 2
+    checkpoints of each trial): setting them is refused (:func:`check_run_config`).
     ``resume=True`` restores the experiment ``storage_path/name`` with ``Tuner.restore``
     and finishes it. ``reuse_actors`` (on by default) keeps trial processes between
     trials: a fresh one spends seconds importing torch (see ``benchmarks/ray_trials.py``).
@@ -133,32 +137,29 @@ def run_search(
         seed=seed,
         resources=resources,
         max_concurrent_trials=max_concurrent_trials,
-        max_failures=max_failures,
         min_resource=min_resource,
         reduction_factor=reduction_factor,
         api=api,
         rung_signal=rung_signal,
         resume=resume,
-        storage_path=storage_path,
-        name=name,
+        run_config=run_config,
     )
     if not ray.is_initialized():
         ray.init(address="local", include_dashboard=False)
     check_resources_available(res)
-    max_failures = default_max_failures() if max_failures is None else max_failures
+    if run_config is None:
+        run_config = tune.RunConfig(
+            verbose=0, failure_config=tune.FailureConfig(max_failures=default_max_failures())
+        )
     trainable = neve_trainable(
         study, method=method, seed=seed, device=device, resources=res, data=data, model_fn=model_fn
     )
     sched = pick_scheduler(scheduler, study, method, min_resource, reduction_factor, rung_signal)
-    storage = str(Path(storage_path).resolve()) if storage_path is not None else None
-    if resume:
-        return _restore(trainable, storage, name)
     # the scheduler's rungs travel in Tune's experiment checkpoint through its callback
-    cbs = (
-        [_TrialLines()]
-        + ([sched.callback()] if isinstance(sched, NeVeASHAScheduler) else [])
-        + list(callbacks or [])
-    )
+    own = [_TrialLines()] + ([sched.callback()] if isinstance(sched, NeVeASHAScheduler) else [])
+    config = run_config_for(run_config, _stopper(method, stopper), own)
+    if resume:
+        return _restore(trainable, config)
     # a seeded sampler; it enforces the concurrency limit itself (Tune ignores
     # max_concurrent_trials for a search generator)
     search_alg = BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent_trials or 0)
@@ -169,13 +170,8 @@ def run_search(
         num_samples=num_samples,
         search_alg=search_alg,
         scheduler=sched,
-        stop=_stopper(method, stopper),
-        storage=storage,
-        name=name,
-        max_failures=max_failures,
         reuse_actors=reuse_actors,
-        callbacks=cbs,
-        verbose=verbose,
+        run_config=config,
     )
 
 
@@ -196,14 +192,12 @@ def check_search_args(
     seed: int = 0,
     resources: Mapping[str, float] | None = None,
     max_concurrent_trials: int | None = None,
-    max_failures: int | None = None,
     min_resource: int = 1,
     reduction_factor: float = 4,
     api: str = "tuner",
     rung_signal: str | None = None,
     resume: bool = False,
-    storage_path: Any = None,
-    name: str | None = None,
+    run_config: Any = None,
 ) -> dict[str, float]:
     """Every argument of :func:`run_search` that can be judged without Ray, each error
     naming its argument; returns the per-trial resources. The command line calls it before
@@ -216,21 +210,20 @@ def check_search_args(
     check_int("num_samples", num_samples, minimum=1)
     check_int("min_resource", min_resource, minimum=1)
     check_float("reduction_factor", reduction_factor, low=1.0, low_open=True)
-    check_int("max_failures", max_failures, minimum=-1, allow_none=True)
     check_folder_name(
         f"study {shown(study.name)}'s name (it names the trials' folders)", study.name
     )
-    if name is not None:
-        check_folder_name("name", name)
-    if storage_path is not None:
-        check_path_fits("storage_path", storage_path)
+    check_run_config(run_config)
     check_int("max_concurrent_trials", max_concurrent_trials, minimum=1, allow_none=True)
     check_seed("seed", seed)
     pick_scheduler(
         scheduler, study, method, min_resource, reduction_factor, rung_signal, build=False
     )
-    if resume and (storage_path is None or not name):
-        raise ValueError("resume needs storage_path and name (the experiment folder to restore)")
+    if resume and (run_config is None or not run_config.name):
+        raise ValueError(
+            "resume needs run_config=RunConfig(storage_path=..., name=...): the experiment "
+            "folder to restore"
+        )
     return check_resources(resources if resources is not None else study.resources)
 
 
@@ -241,8 +234,9 @@ def _stopper(method: str, stopper: Any) -> Any:
     return None if isinstance(stopper, bool) else stopper
 
 
-def _restore(trainable: Any, storage: str | None, name: str | None) -> Any:
-    path = os.path.join(storage or "", name or "")
+def _restore(trainable: Any, run_config: tune.RunConfig) -> Any:
+    """Finish the experiment ``storage_path/name`` (Tune keeps its run config there)."""
+    path = os.path.join(run_config.storage_path or "", run_config.name or "")
     if not tune.Tuner.can_restore(path):
         raise FileNotFoundError(f"no Ray Tune experiment to restore at {path!r}")
     return tune.Tuner.restore(
@@ -257,28 +251,18 @@ def _run_api(
     num_samples: int,
     search_alg: Any,
     scheduler: Any,
-    stop: Any,
-    storage: str | None,
-    name: str | None,
-    max_failures: int,
     reuse_actors: bool,
-    callbacks: list,
-    verbose: int,
+    run_config: tune.RunConfig,
 ) -> Any:
+    """``tune.run``, given the ``RunConfig``'s fields one by one."""
     return tune.run(
         trainable,
         config=space,
         num_samples=num_samples,
         search_alg=search_alg,
         scheduler=scheduler,
-        stop=stop,
-        storage_path=storage,
-        name=name,
-        max_failures=max_failures,
         reuse_actors=reuse_actors,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        callbacks=callbacks,
-        verbose=verbose,
+        **run_kwargs(run_config),
     )
 
 
@@ -289,13 +273,8 @@ def _tuner_api(
     num_samples: int,
     search_alg: Any,
     scheduler: Any,
-    stop: Any,
-    storage: str | None,
-    name: str | None,
-    max_failures: int,
     reuse_actors: bool,
-    callbacks: list,
-    verbose: int,
+    run_config: tune.RunConfig,
 ) -> Any:
     tuner = tune.Tuner(
         trainable,
@@ -306,14 +285,6 @@ def _tuner_api(
             scheduler=scheduler,
             reuse_actors=reuse_actors,
         ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=storage,
-            stop=stop,
-            failure_config=tune.FailureConfig(max_failures=max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks,
-            verbose=verbose,
-        ),
+        run_config=run_config,
     )
     return tuner.fit()

@@ -13,7 +13,7 @@ from ray import tune
 from .._search_records import SearchTrial
 from ..records import Cost
 from ..study import Study
-from ._search import run_search
+from ._search import default_max_failures, run_search
 
 __all__ = ["search_trials"]
 
@@ -51,10 +51,14 @@ def search_trials(
             method=method,
             num_samples=trials,
             seed=seed,
-            storage_path=tmp,
-            name=f"{study.name}-{method}-{seed}",
+            run_config=tune.RunConfig(
+                storage_path=tmp,
+                name=f"{study.name}-{method}-{seed}",
+                callbacks=[_Done()],
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=default_max_failures()),
+            ),
             device=device,
-            callbacks=[_Done()],
             min_resource=min_resource,
             reduction_factor=reduction_factor,
             data=data,
