@@ -86,6 +86,7 @@ def fit(
     amp_dtype: torch.dtype | None = None,
     checkpoint_path: str | os.PathLike | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    measure: Callable[[dict[str, Any]], None] | None = None,
     num_workers: int = 0,
     checkpoint_meta: dict[str, Any] | None = None,
     prediction_changes: str = "in_pass",
@@ -93,23 +94,24 @@ def fit(
 ) -> FitResult:
     """Train ``model`` until ``controller`` stops.
 
-    ``on_epoch(metrics)`` is called after each epoch's checkpoint is written, with the
-    metric names (:data:`neve_tune.records.METRIC_NAMES`) plus ``stopped_by`` (None until
-    the last epoch; and ``val_loss``/``val_acc`` with ``val_set``); it may raise (e.g.
+    ``on_epoch(metrics)`` is called after each epoch's checkpoint is written, with the metric
+    names (:data:`neve_tune.records.METRIC_NAMES`) plus ``stopped_by`` (None until the last
+    epoch; and ``val_loss``/``val_acc`` with ``val_set``); it may raise (e.g.
     ``optuna.TrialPruned``) to end the run. Epochs restored from ``checkpoint_path`` are not
-    reported again. ``checkpoint_meta`` (the run guard: config, method, seed, data, model,
-    controller settings) is stored with each checkpoint; resuming from one whose meta
-    differs, or that has none, raises :class:`CheckpointError` naming what differs.
-    ``max_epochs`` is not part of it: a run that stopped only at the cap continues up to a
-    larger one with the same velocity series as an uninterrupted run; a run stopped for
-    any other reason is finished and returned as it is. A damaged checkpoint (it fails
-    its checksum) is logged in one line and the run starts over; a checkpoint that cannot
-    be written raises :class:`CheckpointWriteError` naming it.
+    reported again. ``measure(metrics)`` may add entries to each epoch's metrics before its
+    checkpoint is written (a resumed run replays them as they were). ``checkpoint_meta`` (the
+    run guard: config, method, seed, data, model, controller settings) is stored with each
+    checkpoint; resuming from one whose meta differs, or that has none, raises
+    :class:`CheckpointError` naming what differs. ``max_epochs`` is not part of it: a run that
+    stopped only at the cap continues up to a larger one with the same velocity series as an
+    uninterrupted run; a run stopped for any other reason is finished and returned as it is. A
+    damaged checkpoint (it fails its checksum) is logged in one line and the run starts over; a
+    checkpoint that cannot be written raises :class:`CheckpointWriteError` naming it.
 
     ``prediction_changes``: ``"in_pass"`` counts the class of every training example in the
     training pass (no extra forward); ``"subset"`` (:class:`~neve_tune.SubsetPredictionChanges`)
-    forwards ``pc_subset_size`` training examples drawn with ``seed`` in eval mode after
-    each epoch, their samples counted in ``probe_samples``.
+    forwards ``pc_subset_size`` training examples drawn with ``seed`` in eval mode after each
+    epoch, their samples counted in ``probe_samples``.
     """
     check_int("batch_size", batch_size, minimum=1)
     if len(train_set) == 0:  # type: ignore[arg-type]
@@ -145,6 +147,8 @@ def fit(
             scaler=scaler,
             num_workers=num_workers,
         )
+        if measure is not None:
+            measure(metrics)
         history.append(metrics)
         if checkpoint_path is not None:
             save_checkpoint(

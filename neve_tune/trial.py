@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ._checks import check_choice, check_float
-from ._subset_epochs import selection_hook
+from ._subset_epochs import selection_measure
 from ._trial_inputs import resolve_device, trial_config
 from .baselines import LRReplay, ValidationControl
 from .control import NeVe
@@ -321,9 +321,7 @@ def run_trial(
 
     model = _trial_model(study, bundle, seed, model_fn).to(device)
     optimizer = make_optimizer(model, cfg)
-    on_epoch, extra_forward = selection_hook(
-        study, method, bundle.train, seed, model, on_epoch, subset_epochs
-    )
+    measure, forwards = selection_measure(study, method, bundle.train, seed, model, subset_epochs)
     controller = make_controller(
         study,
         method,
@@ -348,12 +346,13 @@ def run_trial(
         amp_dtype=amp_dtype(study),
         checkpoint_path=checkpoint_path,
         on_epoch=on_epoch,
+        measure=measure,
         checkpoint_meta=run_guard(study, cfg, method, seed, model, model_fn),
         # only NeVe's guard reads them; the baselines keep the free in-pass count
         prediction_changes=study.prediction_changes if method == "neve" else "in_pass",
         pc_subset_size=study.pc_subset_size,
     )
-    fitted.cost.probe_samples += extra_forward()
+    fitted.cost.probe_samples += forwards()  # the selection subset's
     _deliver_best_epoch(model, controller)
     objective, best_epoch = trial_objective(study, method, fitted.history, controller.state_dict())
     result = TrialResult(

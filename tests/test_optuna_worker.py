@@ -24,6 +24,7 @@ from neve_tune.optuna import (
     RecoveryConfig,
     StorageError,
     checkpoint_path_for,
+    epoch_key,
     make_objective,
     make_storage,
     plot_study,
@@ -398,6 +399,42 @@ def test_run_worker_resumes_a_dead_workers_trial_from_its_checkpoint(tmp_path, m
     assert retry.user_attrs["resumed_from_epoch"] == 3
     assert sorted(retry.intermediate_values) == [1, 2, 3, 4]
     assert not any(ckpt_dir.rglob("*.pt"))  # deleted once the trial finished
+
+
+def test_a_retried_trial_replays_its_rung_epoch_with_the_subset_predictions(
+    tmp_path, monkeypatch
+) -> None:
+    """A worker dies after epoch 2 (a rung of the consensus pruner) was checkpointed but
+    before it was reported: the retry reports that epoch from the checkpoint, with the
+    selection subset's predictions the rung reads, and finishes."""
+    study = load_study("digits").replace(max_epochs=3, selection_subset=50)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    recovery = RecoveryConfig(
+        checkpoint_dir=tmp_path / "ckpt", heartbeat_interval=1, heartbeat_grace_period=1
+    )
+    first = optuna.create_study(
+        study_name=study.name, storage=make_storage(url, heartbeat_interval=None)
+    )
+    first.enqueue_trial({"lr": 0.05, "threshold": 1e-3, "batch_size": 128})
+    worker = {"storage": url, "n_trials": 1, "recovery": recovery, "log": None, "device": "cpu"}
+    worker["pruner"] = {"rung_signal": "consensus", "min_resource": 2}
+    real_report = objective_module.report_epoch
+
+    def dies_before_reporting_epoch_2(trial, metrics, **kw):
+        if metrics["epoch"] == 2:
+            raise _Killed()
+        real_report(trial, metrics, **kw)
+
+    monkeypatch.setattr(objective_module, "report_epoch", dies_before_reporting_epoch_2)
+    with pytest.raises(_Killed):
+        run_worker(study, **worker)
+    monkeypatch.setattr(objective_module, "report_epoch", real_report)
+    time.sleep(2.5)  # past the grace period: the trial's heartbeat is stale
+
+    search = run_worker(study, **worker)
+    retry = search.trials[1]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] == 2
+    assert len(retry.user_attrs[epoch_key(2)]["subset_pred"]) == 50
 
 
 # ------------------------------------------------------------------ CLI worker
