@@ -56,7 +56,7 @@ VARIANTS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "guard_p10": (("neve",), {**GUARD, "lr_patience": 10}),
     "noguard_auto": (("neve",), {"pc_patience": None, "lr_patience": "auto"}),
     "noguard_p10": (("neve",), {"pc_patience": None, "lr_patience": 10}),
-    "guard_auto_norestore": (("neve",), {**GUARD, "pc_restore": False, "lr_patience": "auto"}),
+    "guard_auto_norestore": (("neve",), {**GUARD, "pc_restore": None, "lr_patience": "auto"}),
     "guard_auto_relative": (
         ("neve",),
         {**GUARD, "lr_patience": "auto", "threshold_mode": "relative", "search_space": "relative"},

@@ -22,6 +22,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from ._checks import check_choice, check_float, check_int
 from ._controller import Stoppable, check_epochs, current_lr, finite_or_absent, reopened
+from ._guard_weights import GuardWeights, check_restore
 from ._rules import STALL_PATIENCE, learned, resolve_patience, stalled_early
 from ._step_inputs import check_step_inputs
 from .guard import MemorisationGuard
@@ -83,9 +84,12 @@ class NeVe(Stoppable):
          (``prediction_changes``) has not reached a new minimum for ``pc_patience``
          epochs, that minimum was settled (fewer changes than examples whose predicted
          class is not their label, ``unfit``), and the network has since fitted a tenth
-         of the labels it refused there (Label Wave, with evidence of memorisation); with
-         ``pc_restore`` the model's weights of the epoch of that minimum
-         (``pc_best_epoch``) are put back, since the epochs after it memorise;
+         of the labels it refused there (Label Wave, with evidence of memorisation); the
+         epochs after that minimum memorise, so the weights of its window are put back
+         (``pc_restore="mean"``, the default: the mean of the weights of the ``pc_window``
+         epochs ending at the minimum, ``pc_best_epoch``, which the held-out accuracy's
+         epoch-to-epoch jitter under noise makes better than any one of them;
+         ``"epoch"``: that epoch's weights alone; None: none);
        - ``"stalled"``: either stop above (or the ``max_epochs`` cap) on a run that did not
          learn: its training loss is not below ``(1 - stall_margin)`` times its first
          epoch's, or not below ``(1 - stall_margin) * log(num_classes)`` (chance) when
@@ -140,7 +144,7 @@ class NeVe(Stoppable):
         stall_patience: int | None = STALL_PATIENCE,
         pc_patience: int | None = None,
         pc_window: int = 3,
-        pc_restore: bool = True,
+        pc_restore: str | None = "mean",
     ) -> None:
         threshold, threshold_mode = resolve_threshold(threshold, threshold_mode)
         check_choice("lr_signal", lr_signal, LR_SIGNALS)
@@ -165,7 +169,7 @@ class NeVe(Stoppable):
         )
         self.pc_patience = check_int("pc_patience", pc_patience, minimum=1, allow_none=True)
         self.pc_window = check_int("pc_window", pc_window, minimum=1)
-        self.pc_restore = bool(pc_restore)
+        self.pc_restore = check_restore(pc_restore)
         self.lr_patience = lr_patience
         self._pc_warned = False  # the missing-prediction-changes warning, once per controller
         self.guard = (
@@ -173,7 +177,7 @@ class NeVe(Stoppable):
             if self.pc_patience is None
             else MemorisationGuard(self.pc_patience, self.pc_window)
         )
-        self._best_weights: dict[str, torch.Tensor] | None = None
+        self._weights = GuardWeights(self.pc_restore, self.pc_window)
         self.scheduler = ReduceLROnPlateau(
             optimizer, mode="min", factor=lr_factor, patience=lr_patience, threshold=0.0
         )
@@ -188,11 +192,7 @@ class NeVe(Stoppable):
     def best_epoch(self) -> int:
         """The epoch whose weights the model holds at the end: the prediction-changes
         minimum after a restoring guard stop, else the last epoch."""
-        if (
-            self.stopped_by == "prediction_changes"
-            and self.pc_restore
-            and self._best_weights is not None
-        ):
+        if self.stopped_by == "prediction_changes" and self._weights.holds:
             return self.pc_best_epoch
         return self.epoch
 
@@ -234,10 +234,7 @@ class NeVe(Stoppable):
             return False
         # every epoch, the first too: the guard's clock starts at the first training loss
         stop = self.guard.update(self.epoch, prediction_changes, unfit, train_loss=train_loss)
-        if self.guard.kept and self.pc_restore:
-            self._best_weights = {
-                k: v.detach().clone() for k, v in self.velocity.module.state_dict().items()
-            }
+        self._weights.observe(self.velocity.module, self.guard.kept)
         return stop
 
     def step(
@@ -354,12 +351,8 @@ class NeVe(Stoppable):
             self.stopped_by = (
                 "velocity" if velocity_stop else "prediction_changes" if pc_stop else "max_epochs"
             )
-        if (
-            self.stopped_by == "prediction_changes"
-            and self.pc_restore
-            and self._best_weights is not None
-        ):
-            self.velocity.module.load_state_dict(self._best_weights)
+        if self.stopped_by == "prediction_changes":
+            self._weights.restore(self.velocity.module)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -374,7 +367,7 @@ class NeVe(Stoppable):
             "pc_series": list(self.pc_series),
             "guard": None if self.guard is None else self.guard.state_dict(),
             "pc_best_epoch": self.pc_best_epoch,
-            "best_weights": None if self._best_weights is None else dict(self._best_weights),
+            **self._weights.state_dict(),  # best_weights (what a stop restores), recent_weights
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -393,5 +386,4 @@ class NeVe(Stoppable):
         self.pc_series = [float(x) for x in state_dict.get("pc_series", [])]
         if self.guard is not None:
             self.guard.load_state_dict(state_dict["guard"])
-        best = state_dict.get("best_weights")
-        self._best_weights = None if best is None else {k: v.clone() for k, v in best.items()}
+        self._weights.load_state_dict(state_dict)

@@ -88,12 +88,12 @@ class NeVeCallback(CallbackSettings, pl.Callback):
        carry ``kept_epoch`` and ``kept_train_loss``, and, with ``verbose``, one line is
        printed: the rule that fired with its numbers (``V / peak V`` next to a relative
        threshold, the velocity next to an absolute one, the guard's reason for a guard stop).
-       A guard stop (``"prediction_changes"``) has restored the weights of the epoch of the
-       prediction-changes minimum (``pc_restore``), as ``fit`` does.
+       A guard stop (``"prediction_changes"``) has restored the mean weights of the window of
+       the prediction-changes minimum (``pc_restore``), as ``fit`` does.
 
     The defaults are the studies' (docs/design.md, "The callbacks"): the relative velocity
     threshold (``threshold_mode="relative"``, ``threshold=1e-2``), the guard on
-    (``pc_patience=3``, ``pc_window=3``, ``pc_restore=True``), ``lr_patience="auto"``
+    (``pc_patience=3``, ``pc_window=3``, ``pc_restore="mean"``), ``lr_patience="auto"``
     (``max(2, max_epochs // 20)``), ``max_epochs`` the trainer's. Pass ``num_classes`` so
     a run that stays at chance ends ``"stalled"``.
 

@@ -30,6 +30,7 @@ from ._checks import (
     check_seed,
 )
 from ._controller import check_epochs
+from ._guard_weights import check_restore
 from ._rules import auto_patience
 from .control import LR_SIGNALS
 from .data import DataBundle, check_data_changes, check_data_options, get_dataset
@@ -112,7 +113,7 @@ class Study:
     stall_margin: float = 0.1
     pc_patience: int | None = 3
     pc_window: int = 3
-    pc_restore: bool = True
+    pc_restore: str | None = "mean"
     prediction_changes: str = "in_pass"
     pc_subset_size: int = 1000
     selection_subset: int = 500
@@ -170,8 +171,7 @@ class Study:
         check_float("stall_margin", self.stall_margin, low=0.0, high=1.0, high_open=True)
         check_int("pc_patience", self.pc_patience, minimum=1, allow_none=True)
         check_int("pc_window", self.pc_window, minimum=1)
-        if not isinstance(self.pc_restore, bool):
-            raise TypeError(f"pc_restore must be a bool, got {self.pc_restore!r}")
+        check_restore(self.pc_restore)
         check_choice("prediction_changes", self.prediction_changes, PREDICTION_CHANGES)
         check_int("pc_subset_size", self.pc_subset_size, minimum=1)
         check_int("selection_subset", self.selection_subset, minimum=0)

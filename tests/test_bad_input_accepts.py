@@ -531,8 +531,14 @@ API_CASES = [
     pytest.param(
         lambda d: _study(pc_restore="yes"),
         TypeError,
-        "pc_restore must be a bool, got 'yes'",
+        "pc_restore must be 'mean', 'epoch' or None (no restore), got 'yes'",
         id="pc-restore-str",
+    ),
+    pytest.param(
+        lambda d: _study(pc_restore=True),
+        TypeError,
+        "pc_restore must be 'mean', 'epoch' or None (no restore), got True",
+        id="pc-restore-bool",
     ),
     pytest.param(
         lambda d: load_study(d / "exits.py"),

@@ -114,6 +114,56 @@ def test_the_last_epoch_carries_the_kept_epoch_and_its_loss():
     )
 
 
+def _window_run(restore, resume_at: int | None = None) -> tuple[NeVe, list[dict], nn.Module]:
+    """The guarded run of :func:`_guarded_run` with a window of 2: each epoch's weights kept,
+    optionally resumed (a new controller from ``state_dict``) after epoch ``resume_at``."""
+    model, neve = _neve(threshold=1e-12, max_epochs=50, pc_patience=2, pc_window=2)
+    neve = NeVe(neve.optimizer, neve.velocity, threshold=1e-12, max_epochs=50, pc_patience=2,
+                pc_window=2, pc_restore=restore)  # fmt: skip
+    neve.start()
+    saved = []
+    changes = [None, 40, 20, 10, 30, 35, 40, 45, 50, 55, 60]
+    unfit = [300, 200, 100, 95, 80, 70, 60, 50, 40, 30, 20]
+    for i, (pc, u) in enumerate(zip(changes, unfit)):
+        _nudge(model)
+        with torch.no_grad():
+            model[0].weight[0, 0] += float(i % 3)  # epochs differ unevenly: a mean is no epoch
+        saved.append({k: v.clone() for k, v in model.state_dict().items()})
+        neve.step(train_loss=1.0 / (i + 1), prediction_changes=pc, unfit=u)
+        if neve.should_stop:
+            break
+        if resume_at == i + 1:
+            state = neve.state_dict()
+            neve = NeVe(neve.optimizer, neve.velocity, threshold=1e-12, max_epochs=50,
+                        pc_patience=2, pc_window=2, pc_restore=restore)  # fmt: skip
+            neve.load_state_dict(state)
+    return neve, saved, model
+
+
+@pytest.mark.parametrize("restore", ["mean", "epoch", None])
+def test_a_guard_stop_restores_its_windows_mean_one_epoch_or_nothing(restore):
+    neve, saved, model = _window_run(restore)
+    best, now = neve.best_epoch, model.state_dict()
+    assert neve.stopped_by == "prediction_changes"
+    if restore is None:
+        assert best == neve.epoch and all(torch.equal(now[k], saved[-1][k]) for k in now)
+        return
+    assert best == neve.pc_best_epoch < neve.epoch
+    window = saved[best - 2 : best] if restore == "mean" else saved[best - 1 : best]
+    expected = {k: torch.stack([s[k] for s in window]).mean(0) for k in now}
+    assert all(torch.equal(now[k], expected[k]) for k in now)
+    if restore == "mean":  # a model of its own, no epoch's
+        assert not any(all(torch.equal(now[k], s[k]) for k in now) for s in saved)
+
+
+def test_the_window_survives_a_resume_inside_it():
+    uninterrupted = _window_run("mean")[2].state_dict()
+    # the minimum is epoch 4, its window epochs 3-4: the resumed controller needs epoch 3's
+    neve, _, model = _window_run("mean", resume_at=3)
+    assert neve.stopped_by == "prediction_changes"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in uninterrupted.items())
+
+
 def test_the_kept_loss_survives_a_resume():
     neve, out = _guarded_run()
     model, fresh = _neve(threshold=1e-12, max_epochs=50, pc_patience=2, pc_window=1)

@@ -407,6 +407,15 @@ def _same(a: dict, b: dict) -> bool:
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _window_mean(states: list[dict]) -> dict:
+    """What ``pc_restore="mean"`` restores: the entry-wise mean of the window's states (the
+    last state's counters)."""
+    return {
+        k: torch.stack([s[k] for s in states]).mean(0) if v.is_floating_point() else v
+        for k, v in states[-1].items()
+    }
+
+
 def test_guard_stops_on_noisy_labels_and_restores_its_restore_point():
     torch.manual_seed(0)
     weights, neve = (
@@ -428,18 +437,27 @@ def test_guard_stops_on_noisy_labels_and_restores_its_restore_point():
     assert float(trainer.callback_metrics["kept_epoch"]) == best
     assert float(trainer.callback_metrics["kept_train_loss"]) == pytest.approx(kept_loss)
     assert record.hparams["neve_kept_train_loss"] == kept_loss
-    assert _same(model.state_dict(), weights.saved[best - 1]) and not _same(
-        model.state_dict(), weights.saved[-1]
-    )
+    assert _same(model.state_dict(), _window_mean(weights.saved[best - 3 : best]))
+    assert not _same(model.state_dict(), weights.saved[-1])
     changes = [m["prediction_changes"] for m in neve.history]
     assert changes[0] is None and all(
         isinstance(c, int) for c in changes[1:]
     )  # the subset: all 256 examples
 
 
+def test_guard_restoring_one_epoch_keeps_the_minimums_weights():
+    torch.manual_seed(0)
+    weights, neve = _Weights(), NeVeCallback(threshold=1e-9, pc_restore="epoch")
+    model = Net(lr=0.5)
+    _trainer([weights, neve], max_epochs=40).fit(model, _noisy_loader())
+    best = neve.neve.best_epoch
+    assert neve.stopped_by == "prediction_changes" and best < neve.neve.epoch
+    assert _same(model.state_dict(), weights.saved[best - 1])
+
+
 def test_guard_without_restore_keeps_the_last_weights():
     torch.manual_seed(0)
-    weights, neve = _Weights(), NeVeCallback(threshold=1e-9, pc_restore=False)
+    weights, neve = _Weights(), NeVeCallback(threshold=1e-9, pc_restore=None)
     model = Net(lr=0.5)
     _trainer([weights, neve], max_epochs=40).fit(model, _noisy_loader())
     assert neve.stopped_by == "prediction_changes" and _same(model.state_dict(), weights.saved[-1])
@@ -462,7 +480,7 @@ def test_guard_off_runs_on_and_refuses_its_options():
             r"lr_signal='prediction_changes'\) needs",
         ),
         ({"pc_patience": None, "pc_window": 5}, r"\['pc_window'\] are unused with the guard off"),
-        ({"pc_patience": None, "pc_restore": False}, "unused with the guard off"),
+        ({"pc_patience": None, "pc_restore": None}, "unused with the guard off"),
         (
             {"pc_patience": None, "prediction_changes": neve_tune.PredictionChanges(4)},
             "unused with the guard off",

@@ -9,7 +9,7 @@ which import Lightning).
 Both callbacks run the controller :func:`neve_tune.train.fit` runs, with the studies'
 defaults (docs/design.md, "The callbacks"): the relative velocity threshold
 (``threshold_mode="relative"``, ``threshold=1e-2``: stop when V / peak V < 1e-2), the memorisation
-guard on (``pc_patience=3``, ``pc_window=3``, ``pc_restore=True``), its prediction changes counted
+guard on (``pc_patience=3``, ``pc_window=3``, ``pc_restore="mean"``), its prediction changes counted
 on a fixed seeded subset of 1,000 training inputs (:class:`neve_tune.SubsetPredictionChanges`, since
 a callback sees batches, not example indices), ``lr_patience="auto"``
 (``max(2, max_epochs // 20)``, the budget being the Trainer's) and the stall check. Every option is
@@ -49,7 +49,7 @@ STUDY_DEFAULTS: dict[str, Any] = {
     "threshold_mode": "relative",
     "pc_patience": 3,
     "pc_window": 3,
-    "pc_restore": True,
+    "pc_restore": "mean",
 }
 DEFAULT_THRESHOLD = 1e-2  # the studies' default: with threshold_mode="relative", V / peak V < 1e-2
 

@@ -44,13 +44,14 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
     ``{"neve_stopped_by", "neve_stop_measurement", "neve_best_measurement",
     "neve_kept_train_loss"}`` (the loss of the weights kept) and, with ``verbose``, one line
     names the rule that fired with its numbers (``V / peak V`` for a relative threshold).
-    A guard stop has restored the weights of its minimum (``pc_restore``), as ``fit`` does.
+    A guard stop has restored the mean weights of its minimum's window (``pc_restore``), as
+    ``fit`` does.
     Every measurement's metrics (with ``train_loss``, ``prediction_changes`` and ``step``)
     go to :attr:`history`.
 
     Defaults are the studies' (docs/design.md, "The callbacks"): the relative velocity
     threshold (``threshold_mode="relative"``, ``threshold=1e-2``), the guard on
-    (``pc_patience=3``, ``pc_window=3``, ``pc_restore=True``), ``lr_patience="auto"``
+    (``pc_patience=3``, ``pc_window=3``, ``pc_restore="mean"``), ``lr_patience="auto"``
     (``max(2, max_epochs // 20)``), ``max_epochs`` the Trainer's epochs (or, with
     ``every_n_steps``, its measurement points). Pass ``num_classes`` so a run that stays at
     chance ends ``"stalled"``. The guard's prediction changes (``prediction_changes``):
