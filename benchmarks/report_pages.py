@@ -286,7 +286,12 @@ def readme_block(record: Mapping[str, Any], name: str, results: Path) -> str:
 
     figure = results / f"{name}_anytime.png"
     rel = "docs/results/"
-    image = f"{rel}{figure.name}" if figure.is_file() else "docs/anytime.png"
+    # the figure of the same run, or none (never one of another run)
+    image = (
+        [f"![anytime curves: best-so-far test accuracy against cost]({rel}{figure.name})", ""]
+        if figure.is_file()
+        else []
+    )
 
     def diff(d: Mapping[str, Any], base: str) -> str:
         x = 100 * float(d["test_acc_diff"])
@@ -306,8 +311,7 @@ def readme_block(record: Mapping[str, Any], name: str, results: Path) -> str:
             summary_table(record),
             "```",
             "",
-            f"![anytime curves: best-so-far test accuracy against cost]({image})",
-            "",
+            *image,
             f"NeVe reaches its final model for {record['cost_ratio']:.2f} of `asha`'s cost and "
             f"{es['cost_ratio']:.2f} of `asha_es`'s, and is {diff(record, 'asha')} and "
             f"{diff(es, 'asha_es')} (means over {len(record['seeds'])} seeds).",
