@@ -86,7 +86,7 @@ METRIC_NAMES = (
     "train_samples",
     "probe_samples",
     "eval_samples",
-    "kept_epoch",  # the epoch whose weights the model holds (a guard stop may restore one)
+    "kept_epoch",  # the epoch whose weights the model holds (a guard stop restores its window)
     "kept_train_loss",  # that epoch's training loss: the objective of the weights kept
 )
 
