@@ -8,7 +8,9 @@ prediction changes counted in the training pass and, to score the rules only, th
 accuracy. No rule reads the test accuracy. A stop does not change the run before it fires,
 so every guard rule is replayed on the recorded series together with the default velocity
 stop (relative, 1e-2) and the stall check, exactly as ``NeVe.step`` decides
-(:func:`replay`); ``--verify`` reruns one run live under the library's default rule and
+(:func:`replay`); a guard stop is scored at the weights of its minimum's epoch
+(``pc_restore="epoch"``; ``benchmarks/guard_average.py`` scores the default, the mean of the
+minimum's window); ``--verify`` reruns one run live under the library's default rule and
 checks that the controller stops and keeps the epoch the replay says.
 
 Runs: domain x label noise x initial LR (the domain's LR times 1/4, 1, 4: a slow start,
