@@ -37,7 +37,8 @@ def check_restore(value: Any) -> str | None:
 
 
 def _copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+    # on the CPU: the window holds pc_window copies, which a large model on a GPU cannot spare
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 def _mean(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
