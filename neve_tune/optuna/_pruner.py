@@ -212,11 +212,8 @@ class NeVePruner(BasePruner):
         (1, 4, 16)
         """
         check_int("max_epochs", max_epochs, minimum=1)
-        epochs, k = [], self._min_early_stopping_rate
-        while self._min_resource * self._reduction_factor**k <= max_epochs:
-            epochs.append(self._min_resource * self._reduction_factor**k)
-            k += 1
-        return tuple(epochs)
+        rung = (self._min_resource, self._reduction_factor, self._min_early_stopping_rate)
+        return tuple(e for e in range(1, max_epochs + 1) if rung_index(e, *rung) is not None)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.settings.items())
