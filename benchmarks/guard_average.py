@@ -53,7 +53,6 @@ import json
 import statistics
 import sys
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -72,22 +71,21 @@ RESTORES = ("single", "window", "window_all")
 
 
 class WindowMean:
-    """The test accuracy of the mean of the last :data:`WINDOW` epochs' model states."""
+    """The test accuracy of the model the library's ``pc_restore="mean"`` would restore if the
+    guard kept this epoch (:class:`neve_tune._guard_weights.GuardWeights`: the mean of the last
+    :data:`WINDOW` epochs' states)."""
 
     def __init__(self) -> None:
-        self.states: deque[dict[str, torch.Tensor]] = deque(maxlen=WINDOW)
+        from neve_tune._guard_weights import GuardWeights
+
+        self.weights = GuardWeights("mean", WINDOW)
         self.twin: torch.nn.Module | None = None
 
     def __call__(self, s: Any) -> dict[str, Any]:
-        state = {k: v.detach().clone() for k, v in s.model.state_dict().items()}
-        self.states.append(state)
+        self.weights.observe(s.model, kept=True)
         if self.twin is None:
             self.twin = copy.deepcopy(s.model)
-        mean = {
-            k: torch.stack([st[k] for st in self.states]).mean(0) if v.is_floating_point() else v
-            for k, v in state.items()
-        }
-        self.twin.load_state_dict(mean)
+        self.weights.restore(self.twin)
         return {"avg_acc": model_families._test_acc(self.twin, s.test)}
 
 
