@@ -66,6 +66,14 @@ def is_bool(value: Any) -> bool:
     return isinstance(value, bool) or type(value).__name__ in ("bool_", "bool")
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` as a bool (a Python or NumPy bool), or a ``TypeError`` naming ``name``: a
+    flag is never a number or a string."""
+    if not is_bool(value):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
 def check_int(
     name: str, value: Any, *, minimum: int | None = None, allow_none: bool = False
 ) -> int | None:

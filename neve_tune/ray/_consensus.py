@@ -77,6 +77,18 @@ class ConsensusRungs:
         rows = [TrialOutcome(k, 0.0, subset_fit=f) for k, f in self._fits.items()]
         return SelectionPolicy().decide(rows, "auto").rule == "consensus"
 
+    def pending(
+        self, bracket: int, trial_id: str, t: float, stop_last_trials: bool = True
+    ) -> float | None:
+        """The milestone of the highest rung ``t`` reached that the trial has not reached
+        before: where a result at ``t`` is decided (None: no new rung, nothing to read)."""
+        for milestone, preds in zip(self._milestones[bracket], self._preds[bracket]):
+            if t >= milestone and trial_id in preds and not stop_last_trials:
+                return None  # decided at this rung already
+            if t >= milestone and trial_id not in preds:
+                return milestone
+        return None
+
     def decide(
         self,
         bracket: int,
@@ -88,22 +100,20 @@ class ConsensusRungs:
     ) -> bool:
         """Record ``predictions`` at the highest rung ``t`` reached that the trial has not
         reached before and return whether to stop it there (False when no new rung)."""
-        for milestone, preds in zip(self._milestones[bracket], self._preds[bracket]):
-            if t >= milestone and trial_id in preds and not stop_last_trials:
-                return False  # decided at this rung already
-            if t < milestone or trial_id in preds:
-                continue
-            others = list(preds)
-            preds[trial_id] = predictions
-            if not others:
-                return False
-            scores = _agreements(preds)
-            earlier = Rung(milestone)
-            for k in others:
-                earlier.add(k, scores[k])
-            cutoff = earlier.cutoff(quantile)
-            return cutoff is not None and scores[trial_id] < cutoff
-        return False
+        milestone = self.pending(bracket, trial_id, t, stop_last_trials)
+        if milestone is None:
+            return False
+        preds = self._preds[bracket][self._milestones[bracket].index(milestone)]
+        others = list(preds)
+        preds[trial_id] = predictions
+        if not others:
+            return False
+        scores = _agreements(preds)
+        earlier = Rung(milestone)
+        for k in others:
+            earlier.add(k, scores[k])
+        cutoff = earlier.cutoff(quantile)
+        return cutoff is not None and scores[trial_id] < cutoff
 
     def record(self, bracket: int, trial_id: str, t: float, predictions: str) -> None:
         """Put a finished trial's predictions at the highest rung it reached (no decision)."""

@@ -103,6 +103,11 @@ class Brackets:
     def milestones(self) -> list[list[float]]:
         return [[r.milestone for r in b] for b in self.rungs]
 
+    def rung_epochs(self) -> tuple[int, ...]:
+        """The whole ``time_attr`` values where a result first meets a milestone of any
+        bracket (a milestone's ceiling), ascending."""
+        return tuple(sorted({math.ceil(m) for b in self.milestones() for m in b}))
+
     def add(self, trial_id: str) -> None:
         """Put a new trial in a bracket (Ray's rule)."""
         self.active[trial_id] = choose_bracket(self.rungs)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from .._checks import check_choice, to_float
+from .._checks import check_bool, check_choice, to_float
 from ..records import RUNG_SIGNALS
 from ._consensus import ConsensusRungs, check_predictions, ended_trial
 from ._halving import Brackets
@@ -158,13 +158,9 @@ class NeVeASHAScheduler(FIFOScheduler):
         self._sign = -1.0
         self._brackets = Brackets(min_resource, max_t, reduction_factor, brackets)
         self._max_t, self._quantile = self._brackets.max_t, self._brackets.quantile
-        if not isinstance(stop_last_trials, bool):
-            raise TypeError(f"stop_last_trials must be a bool, got {stop_last_trials!r}")
-        self._stop_last_trials = stop_last_trials
+        self._stop_last_trials = check_bool("stop_last_trials", stop_last_trials)
         self._threshold = None if threshold is None else check_threshold(threshold)
-        if not isinstance(persist, bool):
-            raise TypeError(f"persist must be a bool, got {persist!r}")
-        self._persist = persist
+        self._persist = check_bool("persist", persist)
         self._predictions_key = check_key(predictions_key, "predictions_key")
         self._votes = ConsensusRungs(self._brackets.milestones())
         self._outcomes = Outcomes()
@@ -190,6 +186,12 @@ class NeVeASHAScheduler(FIFOScheduler):
         checkpoint and loads it back on ``Tuner.restore``: put it in
         ``RunConfig(callbacks=[...])`` (or ``tune.run(callbacks=[...])``)."""
         return NeVeASHAStateCallback(self)
+
+    def rung_epochs(self) -> tuple[int, ...]:
+        """The epochs (``time_attr`` values) where a result can meet a rung of any bracket: the
+        only ones besides the last whose ``predictions_key`` the consensus reads
+        (``neve_trainable(subset_epochs=...)``)."""
+        return self._brackets.rung_epochs()
 
     @property
     def persist(self) -> bool:
@@ -327,17 +329,14 @@ class NeVeASHAScheduler(FIFOScheduler):
         """Rule 4 on the metric, on the consensus, or (``"auto"``, which records both) on
         the consensus once the finished trials say the labels are noisy."""
         if self._signal in ("consensus", "auto"):
-            preds = check_predictions(
-                result.get(self._predictions_key), self._predictions_key, type(self).__name__
-            )
-            stop = self._votes.decide(
-                self._brackets.index(trial_id),
-                trial_id,
-                t,
-                preds,
-                self._quantile,
-                self._stop_last_trials,
-            )
+            bracket, stop = self._brackets.index(trial_id), False
+            if self._votes.pending(bracket, trial_id, t, self._stop_last_trials) is not None:
+                preds = check_predictions(
+                    result.get(self._predictions_key), self._predictions_key, type(self).__name__
+                )
+                stop = self._votes.decide(
+                    bracket, trial_id, t, preds, self._quantile, self._stop_last_trials
+                )
             if self._signal == "consensus" or self._votes.noisy():
                 if self._signal == "auto":
                     self._on_rung(trial_id, t, self._metric(result))  # recorded, not deciding

@@ -151,10 +151,18 @@ def run_search(
         run_config = tune.RunConfig(
             verbose=0, failure_config=tune.FailureConfig(max_failures=default_max_failures())
         )
-    trainable = neve_trainable(
-        study, method=method, seed=seed, device=device, resources=res, data=data, model_fn=model_fn
-    )
     sched = pick_scheduler(scheduler, study, method, min_resource, reduction_factor, rung_signal)
+    trainable = neve_trainable(
+        study,
+        method=method,
+        seed=seed,
+        device=device,
+        resources=res,
+        data=data,
+        model_fn=model_fn,
+        # the subset's predictions are read at the rungs and the end only
+        subset_epochs=sched.rung_epochs() if isinstance(sched, NeVeASHAScheduler) else None,
+    )
     # the scheduler's rungs travel in Tune's experiment checkpoint through its callback
     own = [_TrialLines()] + ([sched.callback()] if isinstance(sched, NeVeASHAScheduler) else [])
     config = run_config_for(run_config, _stopper(method, stopper), own)

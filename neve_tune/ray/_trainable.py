@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +215,7 @@ def _make_train_fn(
     seed: int | None,
     device: Any,
     user_model_fn: Callable[[], Any] | None = None,
+    subset_epochs: tuple[int, ...] | None = None,
 ) -> Callable[..., None]:
     def train(config: dict[str, Any], data: DataBundle | None = None) -> None:
         cfg, config_seed = _check_config(study, config)
@@ -254,6 +255,7 @@ def _make_train_fn(
                 data=bundle,
                 evaluate_test=True,
                 model_fn=user_model_fn,
+                subset_epochs=subset_epochs,
             )
             if result.history:
                 # the last epoch (or, restored from a checkpoint of the last epoch whose
@@ -280,6 +282,7 @@ def neve_trainable(
     data: DataBundle | None = None,
     resources: Mapping[str, float] | None = None,
     model_fn: Callable[[], Any] | None = None,
+    subset_epochs: Collection[int] | None = None,
 ) -> Any:
     """A Ray Tune function trainable that trains one configuration of ``study``.
 
@@ -311,6 +314,10 @@ def neve_trainable(
             ``{"cpu": 1, "gpu": 0.25}``: four trials share one GPU).
         model_fn: a factory of fresh models replacing the study's model (pickled to the
             workers with the trainable).
+        subset_epochs: with ``study.selection_subset``, report ``subset_pred``/``subset_fit``
+            only at these epochs and the last: the scheduler's
+            :meth:`~neve_tune.ray.NeVeASHAScheduler.rung_epochs`, as
+            :func:`~neve_tune.ray.run_search` passes them (None: every epoch).
 
     Example::
 
@@ -325,7 +332,8 @@ def neve_trainable(
         resources if resources is not None else study.resources,
         name="resources" if resources is not None else f"study {study.name!r} resources",
     )
-    fn: Any = _make_train_fn(study, method, seed, device, model_fn)
+    epochs = _check_subset_epochs(subset_epochs)
+    fn: Any = _make_train_fn(study, method, seed, device, model_fn, epochs)
     if data is not None:
         fn = tune.with_parameters(fn, data=data)
     return tune.with_resources(fn, res)
@@ -342,3 +350,12 @@ def _check_arguments(study: Study, method: str, seed: int | None, data: DataBund
         raise TypeError(
             f"data must be a neve_tune.data.DataBundle or None, got {type(data).__name__}"
         )
+
+
+def _check_subset_epochs(epochs: Collection[int] | None) -> tuple[int, ...] | None:
+    """``subset_epochs`` as sorted epochs, each an int >= 1, or an error naming it."""
+    if epochs is None:
+        return None
+    if isinstance(epochs, (str, bytes)) or not isinstance(epochs, Collection):
+        raise TypeError(f"subset_epochs must be a collection of epochs, got {epochs!r}")
+    return tuple(sorted({int(check_int("subset_epochs", e, minimum=1)) for e in epochs}))
