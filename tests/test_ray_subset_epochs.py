@@ -17,14 +17,58 @@ from ray.tune.schedulers import TrialScheduler  # noqa: E402
 import neve_tune.ray._search as search_module  # noqa: E402
 from neve_tune import load_study  # noqa: E402
 from neve_tune.ray import NeVeASHAScheduler, neve_trainable, run_search  # noqa: E402
+from neve_tune.ray._trainable import _check_subset_epochs  # noqa: E402
 
 
-def test_rung_epochs_are_the_ceilings_of_every_brackets_milestones() -> None:
-    assert NeVeASHAScheduler(max_t=60, reduction_factor=4).rung_epochs() == (1, 4, 16)
+def test_rung_epochs_are_the_ceilings_of_every_brackets_milestones_and_max_t() -> None:
+    assert NeVeASHAScheduler(max_t=60, reduction_factor=4).rung_epochs() == (1, 4, 16, 60)
     # Ray's milestones 1, 3.5, 12.25, 42.875: a result first meets each at its ceiling
-    assert NeVeASHAScheduler(max_t=60, reduction_factor=3.5).rung_epochs() == (1, 4, 13, 43)
+    rf = NeVeASHAScheduler(max_t=60, reduction_factor=3.5)
+    assert rf.rung_epochs() == (1, 4, 13, 43, 60)
     two = NeVeASHAScheduler(max_t=60, min_resource=2, reduction_factor=2, brackets=2)
-    assert two.rung_epochs() == (2, 4, 8, 16, 32)
+    assert two.rung_epochs() == (2, 4, 8, 16, 32, 60)
+    # trials go on past max_t: nothing is read there
+    on = NeVeASHAScheduler(max_t=60, reduction_factor=4, stop_last_trials=False)
+    assert on.rung_epochs() == (1, 4, 16)
+    assert NeVeASHAScheduler(max_t=16, reduction_factor=4).rung_epochs() == (1, 4, 16)
+
+
+def _result(epoch: int, **extra: Any) -> dict[str, Any]:
+    r = {"training_iteration": epoch, "velocity": 0.5, "train_loss": 1 / epoch}
+    return {**r, "neve_stop": False, **extra}
+
+
+def test_auto_counts_the_fit_of_a_trial_stopped_at_max_t() -> None:
+    """max_t below the trials' own budget: the scheduler ends them at max_t, and that
+    result's subset_fit is what "auto" estimates the noise from."""
+    s = NeVeASHAScheduler(rung_signal="auto", max_t=10, reduction_factor=4)
+    trial = type("T", (), {"trial_id": "a", "status": "PENDING"})()
+    s.on_trial_add(None, trial)
+    for epoch in range(1, 11):
+        subset = {"subset_pred": "0123", "subset_fit": 0.5}  # what the trainable records
+        last = _result(epoch, **(subset if epoch in s.rung_epochs() else {}))
+        action = s.on_trial_result(None, trial, last)
+    s.on_trial_complete(None, trial, last)
+    assert (action, s.outcome("a")) == ("STOP", "max_t")
+    assert s._votes.noisy()  # a fit of 0.5: the labels look noisy
+
+
+def test_a_rung_passed_while_the_state_was_lost_is_passed_over() -> None:
+    """An experiment restored without its rung state: a trial resumed at epoch 7 reported
+    the subset at 4, which this scheduler never saw; it is decided at the next rung."""
+    s = NeVeASHAScheduler(rung_signal="consensus", max_t=64, reduction_factor=4)
+    for tid in ("a", "b"):
+        s.on_trial_add(None, type("T", (), {"trial_id": tid, "status": "PENDING"})())
+    resumed = type("T", (), {"trial_id": "a", "status": "RUNNING"})()
+    for epoch in range(7, 16):
+        assert s.on_trial_result(None, resumed, _result(epoch)) == TrialScheduler.CONTINUE
+    fresh = type("T", (), {"trial_id": "b", "status": "RUNNING"})()
+    with pytest.raises(ValueError, match="needs each result's 'subset_pred'"):
+        s.on_trial_result(None, fresh, _result(1))  # a rung met here: still owed
+    assert s.on_trial_result(None, resumed, _result(16, subset_pred="0123")) == "CONTINUE"
+    assert s.on_trial_result(None, resumed, _result(17)) == "CONTINUE"  # 4 and 1 passed over
+    rungs = dict(s.state_dict()["votes"]["rungs"][0])
+    assert {m: sorted(p) for m, p in rungs.items()} == {64: [], 16: ["a"], 4: [], 1: []}
 
 
 def test_the_consensus_reads_predictions_only_where_a_rung_is_met() -> None:
@@ -32,15 +76,11 @@ def test_the_consensus_reads_predictions_only_where_a_rung_is_met() -> None:
     trial = type("T", (), {"trial_id": "a", "status": "PENDING"})()
     s.on_trial_add(None, trial)
 
-    def result(epoch: int, **extra: Any) -> dict[str, Any]:
-        r = {"training_iteration": epoch, "velocity": 0.5, "train_loss": 1 / epoch}
-        return {**r, "neve_stop": False, **extra}
-
-    assert s.on_trial_result(None, trial, result(1, subset_pred="0123")) == "CONTINUE"
+    assert s.on_trial_result(None, trial, _result(1, subset_pred="0123")) == "CONTINUE"
     for epoch in (2, 3):  # between rungs: no predictions needed, none read
-        assert s.on_trial_result(None, trial, result(epoch)) == TrialScheduler.CONTINUE
+        assert s.on_trial_result(None, trial, _result(epoch)) == TrialScheduler.CONTINUE
     with pytest.raises(ValueError, match="needs each result's 'subset_pred'"):
-        s.on_trial_result(None, trial, result(4))  # the rung at 4 cannot be decided without
+        s.on_trial_result(None, trial, _result(4))  # the rung at 4 cannot be decided without
 
 
 @pytest.mark.parametrize(
@@ -53,7 +93,8 @@ def test_bad_subset_epochs_name_the_parameter(bad: Any, error: type) -> None:
 
 
 def test_numpy_epochs_are_accepted() -> None:
-    assert neve_trainable("digits", subset_epochs=np.array([4, 1, 4], dtype=np.int64))
+    assert _check_subset_epochs(np.array([4, 1, 4], dtype=np.int64)) == (1, 4)
+    neve_trainable("digits", subset_epochs=np.array([4, 1, 4], dtype=np.int64))
 
 
 def test_run_search_passes_the_schedulers_rung_epochs(monkeypatch) -> None:
@@ -71,7 +112,7 @@ def test_run_search_passes_the_schedulers_rung_epochs(monkeypatch) -> None:
     run_search("digits", num_samples=1)
     run_search("digits", num_samples=1, reduction_factor=8)
     run_search("digits", num_samples=1, method="asha")  # Ray's own ASHA: no subset at all
-    assert made == [(1, 4, 16), (1, 8), None]
+    assert made == [(1, 4, 16, 60), (1, 8, 60), None]  # digits: max_epochs=60, max_t
 
 
 @pytest.mark.ray

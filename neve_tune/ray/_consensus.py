@@ -21,6 +21,7 @@ trial at a rung always continues).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..selection_policy import SelectionPolicy, TrialOutcome
@@ -88,6 +89,25 @@ class ConsensusRungs:
             if t >= milestone and trial_id not in preds:
                 return milestone
         return None
+
+    def owed(
+        self,
+        bracket: int,
+        trial_id: str,
+        t: float,
+        stop_last_trials: bool,
+        predictions: Any,
+    ) -> bool:
+        """Whether a result at ``t`` is decided at a rung (:meth:`pending`), so must carry
+        ``predictions``. A result without any (None) that lies past the rung's first whole
+        ``t`` is not: the result that met the rung was never seen here (an experiment
+        restored without its rung state, whose trials report the subset only at the rung
+        epochs), so that rung is passed over for the trial instead of decided elsewhere."""
+        milestone = self.pending(bracket, trial_id, t, stop_last_trials)
+        if milestone is None:
+            return False
+        missed = float(t).is_integer() and t > math.ceil(milestone)
+        return predictions is not None or not missed
 
     def decide(
         self,

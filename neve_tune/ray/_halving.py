@@ -103,10 +103,12 @@ class Brackets:
     def milestones(self) -> list[list[float]]:
         return [[r.milestone for r in b] for b in self.rungs]
 
-    def rung_epochs(self) -> tuple[int, ...]:
+    def rung_epochs(self, stop_last_trials: bool = True) -> tuple[int, ...]:
         """The whole ``time_attr`` values where a result first meets a milestone of any
-        bracket (a milestone's ceiling), ascending."""
-        return tuple(sorted({math.ceil(m) for b in self.milestones() for m in b}))
+        bracket (a milestone's ceiling), and ``max_t`` where ``stop_last_trials`` ends a
+        trial there, ascending."""
+        last = {self.max_t} if stop_last_trials else set()
+        return tuple(sorted({math.ceil(m) for b in self.milestones() for m in b} | last))
 
     def add(self, trial_id: str) -> None:
         """Put a new trial in a bracket (Ray's rule)."""

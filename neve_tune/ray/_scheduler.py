@@ -188,10 +188,11 @@ class NeVeASHAScheduler(FIFOScheduler):
         return NeVeASHAStateCallback(self)
 
     def rung_epochs(self) -> tuple[int, ...]:
-        """The epochs (``time_attr`` values) where a result can meet a rung of any bracket: the
-        only ones besides the last whose ``predictions_key`` the consensus reads
+        """The epochs (``time_attr`` values) where a result can meet a rung of any bracket, and
+        ``max_t`` (``stop_last_trials``: the trial's last there, whose ``subset_fit`` counts for
+        ``"auto"``): with the trial's own last, the only ones this scheduler reads the subset at
         (``neve_trainable(subset_epochs=...)``)."""
-        return self._brackets.rung_epochs()
+        return self._brackets.rung_epochs(self._stop_last_trials)
 
     @property
     def persist(self) -> bool:
@@ -330,10 +331,9 @@ class NeVeASHAScheduler(FIFOScheduler):
         the consensus once the finished trials say the labels are noisy."""
         if self._signal in ("consensus", "auto"):
             bracket, stop = self._brackets.index(trial_id), False
-            if self._votes.pending(bracket, trial_id, t, self._stop_last_trials) is not None:
-                preds = check_predictions(
-                    result.get(self._predictions_key), self._predictions_key, type(self).__name__
-                )
+            preds = result.get(self._predictions_key)
+            if self._votes.owed(bracket, trial_id, t, self._stop_last_trials, preds):
+                preds = check_predictions(preds, self._predictions_key, type(self).__name__)
                 stop = self._votes.decide(
                     bracket, trial_id, t, preds, self._quantile, self._stop_last_trials
                 )
