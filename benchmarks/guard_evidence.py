@@ -16,7 +16,15 @@ stops into the two groups):
 
 A feature separates the two groups if the cuts lie outside the helpful stops' range.
 
+``--veto`` replays a candidate that needs evidence from outside the run (designed after the
+token cuts had been read, so these records cannot confirm it): a search's estimate of the
+label noise, here one minus the median training fit at the kept epoch of the other runs of the
+same domain and noise (leave one out), and no guard stop while the run's unfit share at the
+minimum exceeds that estimate by more than the margin. Per (domain, noise) where a stop moves:
+the mean and worst difference from the guard off and the mean stop epoch, default -> veto.
+
     python benchmarks/guard_evidence.py            # the records of guard_average.py first
+    python benchmarks/guard_evidence.py --veto 0.1,0.2
 
 Figures are deterministic on one machine, not across machines.
 """
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,20 +82,74 @@ def evidence(rec: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def collect(folders: list[Path]) -> list[dict[str, Any]]:
-    """Every run once (the first folder that holds it), with the guard's stop."""
-    seen, out = set(), []
+def load(folders: list[Path]) -> dict[tuple, dict[str, Any]]:
+    """Every run once, by (domain, noise, LR scale, seed): the first folder holding it."""
+    recs: dict[tuple, dict[str, Any]] = {}
     for folder in folders:
         for path in sorted(folder.glob("*.json")):
             rec = json.loads(path.read_text())
-            key = (rec["domain"], rec["noise"], rec["lr_scale"], rec["seed"])
-            if key in seen:
+            recs.setdefault((rec["domain"], rec["noise"], rec["lr_scale"], rec["seed"]), rec)
+    return recs
+
+
+def collect(folders: list[Path]) -> list[dict[str, Any]]:
+    """Every run's guard stop with its evidence (runs the guard does not end left out)."""
+    return [e for rec in load(folders).values() if (e := evidence(rec)) is not None]
+
+
+def _kept_acc(rec: dict[str, Any], outcome: tuple[int, int, str]) -> float:
+    """The kept model's test accuracy: the window mean after a guard stop where recorded."""
+    row = rec["rows"][outcome[1] - 1]
+    mean = row.get("avg_acc") if outcome[2] == "prediction_changes" else None
+    return row["test_acc"] if mean is None else mean
+
+
+def vetoed(estimate: float, margin: float) -> Any:
+    """The library's guard, its stops allowed only where the unfit share at the minimum is
+    at most ``estimate + margin``; a vetoed stop waits for a new minimum that passes."""
+    from guard_replay import _misfit
+
+    from neve_tune.guard import MemorisationGuard
+
+    def guard(rows: list[dict[str, Any]], n: int) -> tuple[int, int] | None:
+        g = MemorisationGuard(3, 3)
+        for r in rows:
+            unfit = round(_misfit(r, n))
+            fired = g.update(r["epoch"], r["prediction_changes"], unfit, train_loss=r["train_loss"])
+            if fired and 1 - rows[g.best_epoch - 1]["train_acc"] <= estimate + margin:
+                return r["epoch"], g.best_epoch
+        return None
+
+    return guard
+
+
+def veto_report(recs: dict[tuple, dict[str, Any]], margins: list[float]) -> str:
+    """Per margin and (domain, noise) where a stop moves: the default guard against the veto."""
+    from guard_replay import GUARDS, replay
+
+    default = {k: replay(r, GUARDS["default"]) for k, r in recs.items()}
+    fit = {k: recs[k]["rows"][o[1] - 1]["train_acc"] for k, o in default.items()}
+    m = statistics.mean
+    lines = []
+    for margin in margins:
+        groups: dict[tuple, list[tuple[float, float, int, int]]] = {}
+        for k, rec in recs.items():
+            estimate = 1 - statistics.median(f for j, f in fit.items() if j[:2] == k[:2] and j != k)
+            new = replay(rec, vetoed(estimate, margin))
+            off = rec["rows"][replay(rec, None)[1] - 1]["test_acc"]
+            row = (_kept_acc(rec, default[k]) - off, _kept_acc(rec, new) - off)
+            groups.setdefault(k[:2], []).append((100 * row[0], 100 * row[1], default[k][0], new[0]))
+        lines.append(f"veto margin {margin:g}:")
+        for (domain, noise), v in sorted(groups.items()):
+            base, veto, stop, stop_veto = (list(c) for c in zip(*v))
+            if stop == stop_veto:
                 continue
-            seen.add(key)
-            e = evidence(rec)
-            if e is not None:
-                out.append(e)
-    return out
+            lines.append(
+                f"  {domain} noise {noise:g} ({len(v)} runs): default {m(base):+.2f} (worst "
+                f"{min(base):+.2f}, stop {m(stop):.1f}) -> veto {m(veto):+.2f} (worst "
+                f"{min(veto):+.2f}, stop {m(stop_veto):.1f})"
+            )
+    return "\n".join(lines)
 
 
 def report(stops: list[dict[str, Any]], cut: float) -> str:
@@ -116,9 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     # the records with the window mean first: a run is read from the first folder holding it
     p.add_argument("--records", default=RECORDS)
     p.add_argument("--cut", type=float, default=5.0, help="points below the guard off")
+    p.add_argument("--veto", default=None, help="margins of the veto candidate, e.g. 0.1,0.2")
     args = p.parse_args(argv)
     folders = [ROOT / x.strip() for x in args.records.split(",") if x.strip()]
-    print(report(collect(folders), args.cut))
+    if args.veto:
+        print(veto_report(load(folders), [float(x) for x in args.veto.split(",")]))
+    else:
+        print(report(collect(folders), args.cut))
     return 0
 
 
