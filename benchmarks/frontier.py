@@ -48,6 +48,9 @@ CONDITIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "digits_noise20": ("digits", {"label_noise": 0.2}),
     "mnist1d_clean": ("mnist1d", {}),
     "mnist1d_noise20": ("mnist1d", {"label_noise": 0.2}),
+    # the other targets: 40% noise, and a quarter of the data (underfitting)
+    "digits_noise40": ("digits", {"label_noise": 0.4}),
+    "mnist1d_data25": ("mnist1d", {"train_fraction": 0.25}),
 }
 BASELINE_VARIANTS = "asha_es:acc:retrain,asha_es:acc:best_checkpoint"
 SUBSET_SMALL = 200
