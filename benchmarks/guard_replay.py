@@ -128,21 +128,11 @@ def _tabular5(seed: int) -> Any:
     """5 classes, 20 features (8 informative), 3,000 train / 1,000 test; ``flip_y`` makes
     ~15% of all labels (train and test) irreducibly random: the task's own error."""
     from model_families import Setup, _sgd, _standardised
-    from sklearn.datasets import make_classification
+    from tabular_compare import tabular5_arrays
 
     from neve_tune import gaussian_probe
 
-    x, y = make_classification(
-        n_samples=4000,
-        n_features=20,
-        n_informative=8,
-        n_redundant=4,
-        n_classes=5,
-        n_clusters_per_class=2,
-        class_sep=1.5,
-        flip_y=0.15,
-        random_state=100 + seed,
-    )
+    x, y = tabular5_arrays(seed)
     xt, xe = _standardised(
         torch.tensor(x[:3000], dtype=torch.float32), torch.tensor(x[3000:], dtype=torch.float32)
     )

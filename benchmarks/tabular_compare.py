@@ -48,13 +48,11 @@ VARIANTS = "asha_es:acc:retrain,asha_es:acc:best_checkpoint"
 TARGET_SEED_GAP = 3.0  # points: no seed further below asha_es
 
 
-@register_dataset("tabular5")
-def tabular5(seed: int = 0, **_: object) -> DataBundle:
-    """The draw of ``guard_replay.py``'s ``tabular5`` for ``seed``, standardised on the
-    training set's statistics."""
+def tabular5_arrays(seed: int) -> tuple[Any, Any]:
+    """The task's 4,000 examples (features, labels) for ``seed``: the first 3,000 train."""
     from sklearn.datasets import make_classification
 
-    x, y = make_classification(
+    return make_classification(
         n_samples=4000,
         n_features=20,
         n_informative=8,
@@ -65,6 +63,13 @@ def tabular5(seed: int = 0, **_: object) -> DataBundle:
         flip_y=0.15,
         random_state=100 + int(seed),
     )
+
+
+@register_dataset("tabular5")
+def tabular5(seed: int = 0, **_: object) -> DataBundle:
+    """The draw of ``guard_replay.py``'s ``tabular5`` for ``seed``, standardised on the
+    training set's statistics."""
+    x, y = tabular5_arrays(seed)
     xt = torch.tensor(x[:3000], dtype=torch.float32)
     xe = torch.tensor(x[3000:], dtype=torch.float32)
     mean, std = xt.mean(0), xt.std(0).clamp_min(1e-8)
