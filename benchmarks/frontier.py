@@ -15,6 +15,11 @@ plot per condition and the page ``docs/results/frontier.md`` are written
     python benchmarks/frontier.py --conditions digits_clean,digits_noise20 --seeds 0,1,2 \\
         --groups default,threshold_x0.5,threshold_x2
     python benchmarks/frontier.py --report              # JSON, plots and page from the records
+    python benchmarks/frontier.py --rerun-neve --groups default  # after a change to NeVe's rules
+
+``--rerun-neve`` runs only the NeVe search of each job again and puts it in the job's record
+in place of the old one (with NeVe's paired ratios recomputed); the baselines' searches are
+kept: their code did not change, and they are deterministic on one machine.
 
 Groups (each a NeVe point, and the baselines' points where it runs them):
 
@@ -157,6 +162,51 @@ def run_job(
     return path
 
 
+def rerun_neve(
+    out: Path,
+    condition: str,
+    group: str,
+    seed: int,
+    *,
+    trials: int,
+    max_epochs: int | None = None,
+) -> Path:
+    """The job's NeVe search run again, in place of the one its record holds (module doc);
+    the record's means over seeds are recomputed as ``compare`` computes them."""
+    import torch
+
+    from neve_tune.compare import aggregate, compare
+    from neve_tune.compare._api import paired
+    from neve_tune.compare._variants import strongest_baseline
+
+    torch.set_num_threads(1)
+    path = job_path(out, condition, group, seed)
+    record = json.loads(path.read_text())
+    if record["trials"] != trials:
+        raise ValueError(f"{path.name} ran {record['trials']} trials, not {trials}")
+    _, rf, _, _ = GROUPS[group]
+    t0 = time.perf_counter()
+    fresh = compare(
+        job_study(condition, group, max_epochs),
+        trials=trials,
+        seed=seed,
+        searches=("neve",),
+        reduction_factor=rf,
+        progress=False,
+    )
+    names = record["searches"]
+    run = paired({**record["runs"][0], "neve": fresh["runs"][0]["neve"]})
+    whole = aggregate([run], names)
+    record.update(whole, runs=[run], rung_signal=fresh["rung_signal"])
+    record["strongest_baseline"] = strongest_baseline(whole, [n for n in names if n != "neve"])
+    record["notes"] = run["notes"]
+    record["job"]["neve_rerun_seconds"] = time.perf_counter() - t0
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(path)
+    return path
+
+
 def _list(text: str, known: Any, name: str, parser: argparse.ArgumentParser) -> list[str]:
     items = [x.strip() for x in text.split(",") if x.strip()]
     bad = [x for x in items if x not in known]
@@ -188,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(OUT), help="folder of the per-job records")
     p.add_argument("--report", action="store_true", help="write JSON, plots, page; run nothing")
     p.add_argument("--no-report", action="store_true", help="run the jobs only")
+    p.add_argument(
+        "--rerun-neve",
+        action="store_true",
+        help="run the NeVe search of every existing job again (module doc)",
+    )
     p.add_argument("--results", default=None, help="where the JSON, plots and page go")
     args = p.parse_args(argv)
     conditions = _list(args.conditions, CONDITIONS, "conditions", p)
@@ -205,7 +260,16 @@ def main(argv: list[str] | None = None) -> int:
         except (TypeError, ValueError) as e:
             p.error(f"--baseline-variants: {e}")
     out = Path(args.out)
-    if not args.report:
+    if args.rerun_neve and not args.report:
+        jobs = [(c, g, s) for s in seeds for c in conditions for g in groups]
+        missing = [job_path(out, *j).name for j in jobs if not job_path(out, *j).exists()]
+        if missing:
+            p.error(f"--rerun-neve: no record to update for {', '.join(missing)}")
+        for c, g, s in jobs:
+            t0 = time.perf_counter()
+            rerun_neve(out, c, g, s, trials=args.trials, max_epochs=args.max_epochs)
+            print(f"reran NeVe {c} {g} seed {s} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    elif not args.report:
         out.mkdir(parents=True, exist_ok=True)
         # seed-major: an interrupted run leaves every condition with the same seeds
         jobs = [(c, g, s) for s in seeds for c in conditions for g in groups]

@@ -45,7 +45,7 @@ SCHEDULERS = ("auto", "neve_asha", "asha", "fifo")
 #: ``NeVeASHAScheduler`` (Ray): ``train_loss`` (the epoch's mean training loss),
 #: ``velocity``, ``consensus`` (agreement with the other trials' vote on the selection
 #: subset) or ``auto`` (the consensus once the finished trials say the labels are noisy,
-#: else ``train_loss``)
+#: their fit low and a memorisation-guard stop among them, else ``train_loss``)
 RUNG_SIGNALS = ("train_loss", "velocity", "consensus", "auto")
 
 #: the validation metric a baseline search decides on: its rungs, early stopping, LR plateau

@@ -196,8 +196,9 @@ def selection_mode(fits: Sequence[float | None], threshold: float = NOISE_THRESH
     >>> selection_mode([0.99, 1.0]), selection_mode([0.8, 0.85]), selection_mode([])
     ('objective', 'consensus', 'objective')
 
-    The rule of :class:`neve_tune.selection_policy.SelectionPolicy`, which also decides
-    which trials are finished (only their fits count) and records why.
+    The fit half of :class:`neve_tune.selection_policy.SelectionPolicy`'s rule, which also
+    decides which trials are finished (only their fits count), asks that the memorisation
+    guard stopped one of them (a low fit without it reads as underfitting), and records why.
     """
     eps = noise_from_fits(fits)
     return "consensus" if math.isfinite(eps) and eps >= threshold else "objective"

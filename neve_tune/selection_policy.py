@@ -26,6 +26,21 @@ search, where diverged and stalled trials are pruned.
     (1, 'consensus', 0.18, 3)
     >>> policy.pick(trials, "objective")[0]
     0
+
+**Noisy, or underfit.** A low subset fit says labels the trials did not fit: flipped labels,
+or a model that stopped before it fitted clean ones. ``"auto"`` takes the consensus only
+when a finished trial was also stopped by the memorisation guard (``prediction_changes``):
+its predictions turned to following labels after fitting the pattern, which flipped labels
+cause. Without such a stop the low fit reads as underfitting and the objective picks:
+
+    >>> underfit = [
+    ...     TrialOutcome(0, 1.31, "velocity", subset_fit=0.68, subset_pred="0120"),
+    ...     TrialOutcome(1, 0.02, "velocity", subset_fit=0.99, subset_pred="0123"),
+    ...     TrialOutcome(2, 1.58, "velocity", subset_fit=0.55, subset_pred="0110"),
+    ... ]
+    >>> winner, decision = policy.pick(underfit, "auto")
+    >>> winner, decision.rule, decision.noise
+    (1, 'objective', 0.32)
 """
 
 from __future__ import annotations
@@ -38,6 +53,7 @@ from typing import Any
 from ._checks import check_choice, check_float
 
 __all__ = [
+    "MEMORISATION_STOP",
     "NOT_FINISHED",
     "SELECTIONS",
     "SelectionDecision",
@@ -46,6 +62,8 @@ __all__ = [
 ]
 
 SELECTIONS = ("objective", "consensus", "auto")
+#: the memorisation guard's stop reason: the evidence ``"auto"`` needs that labels are flipped
+MEMORISATION_STOP = "prediction_changes"
 #: how a trial ended when it did not end by its own rule: never a candidate, never counted
 NOT_FINISHED = ("pruned", "failed", "running", "diverged", "stalled")
 
@@ -99,10 +117,15 @@ class SelectionPolicy:
 
     ``"auto"`` ranks by the consensus when the noise estimate (one minus the median of the
     finished trials' last ``subset_fit``, :func:`neve_tune.selection.noise_from_fits`) is at
-    least ``threshold``, else by the objective (also when no finished trial has a fit).
+    least ``threshold`` and a finished trial ended by the memorisation guard
+    (:data:`MEMORISATION_STOP`), else by the objective (also when no finished trial has a
+    fit). With the guard off (``pc_patience=None``) nothing tells flipped labels from
+    underfitting: ask for ``"consensus"`` when the labels are known to be noisy.
     By the objective the lowest wins; by the consensus the finished trial whose predictions
     agree most with the majority vote of the other finished trials' (only finished trials
-    with predictions vote). Ties go to the first trial in the order given."""
+    with predictions vote); among equal agreements (two finished trials always agree equally
+    with each other) a trial the memorisation guard stopped wins, restored to before it
+    memorised labels. Other ties go to the first trial in the order given."""
 
     def __init__(self, threshold: float | None = None) -> None:
         from .selection import NOISE_THRESHOLD
@@ -132,11 +155,24 @@ class SelectionPolicy:
         elif noise is None:
             rule = "objective"
             reason = "auto: no finished trial recorded subset_fit, so by the objective"
-        else:
-            rule = selection_mode(fits, self.threshold)
+        elif selection_mode(fits, self.threshold) == "objective":
+            rule = "objective"
             reason = (
                 f"auto: the finished trials' subset fit suggests {noise:.0%} label noise, "
-                f"so by the {rule}"
+                "so by the objective"
+            )
+        elif any(t.ended_by == MEMORISATION_STOP for t in done):
+            rule = "consensus"
+            reason = (
+                f"auto: the finished trials' subset fit suggests {noise:.0%} label noise, "
+                "so by the consensus"
+            )
+        else:
+            rule = "objective"
+            reason = (
+                f"auto: the finished trials' subset fit suggests {noise:.0%} label noise, "
+                "but the memorisation guard stopped none of them: read as underfitting, "
+                "so by the objective"
             )
         return SelectionDecision(selection, rule, noise, len(done), len(fits), reason)
 
@@ -166,7 +202,10 @@ class SelectionPolicy:
                 "predictions on the fixed subset with Study(selection_subset=500), or "
                 "neve_tune.selection.SelectionSubset in your own loop"
             )
-        return max((t.key for t in done if t.key in agree), key=lambda k: agree[k]), decision
+        voters = [t for t in done if t.key in agree]
+        return max(
+            voters, key=lambda t: (agree[t.key], t.ended_by == MEMORISATION_STOP)
+        ).key, decision
 
 
 def _finite(x: Any) -> bool:

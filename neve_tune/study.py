@@ -83,7 +83,8 @@ class Study:
     trials, the one that agrees most with the majority vote of the others instead of the lowest
     objective;
     ``"auto"`` (the default) does so only when the finished trials' fit of the subset's labels says
-    the labels are noisy (:func:`neve_tune.selection.selection_mode`) (docs/design.md, "Selection
+    the labels are noisy and the memorisation guard stopped one of them
+    (:class:`neve_tune.selection_policy.SelectionPolicy`) (docs/design.md, "Selection
     criteria").
 
     The validation baselines (``asha``, ``asha_es``) hold out ``val_fraction`` and decide

@@ -173,3 +173,45 @@ def test_the_plot_of_a_condition_is_written(tmp_path) -> None:
     assert (tmp_path / "digits_noise20.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lift = frontier_plot._label_levels(entry["points"])
     assert set(lift) == {p["name"] for p in entry["points"]} and min(lift.values()) == 0
+
+
+def test_rerun_neve_refuses_a_job_without_a_record(tmp_path, capsys) -> None:
+    argv = ["--rerun-neve", "--conditions", "digits_clean", "--groups", "default", "--seeds", "0"]
+    with pytest.raises(SystemExit) as e:
+        frontier.main([*argv, "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert "no record to update for digits_clean__default__seed0.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_rerun_neve_replaces_only_the_neve_search_and_reproduces_it(tmp_path) -> None:
+    """A job, then its NeVe search run again with the same code: the record comes back the
+    same (deterministic on one machine), baselines untouched, paired ratios recomputed."""
+    argv = ["--conditions", "digits_clean", "--groups", "default", "--seeds", "0"]
+    argv += ["--trials", "2", "--max-epochs", "2", "--out", str(tmp_path), "--no-report"]
+    assert frontier.main(argv) == 0
+    path = tmp_path / "digits_clean__default__seed0.json"
+    before = json.loads(path.read_text())
+    assert frontier.main(["--rerun-neve", *argv]) == 0
+    after = json.loads(path.read_text())
+    assert after["job"]["neve_rerun_seconds"] > 0
+
+    keep = ("seed", "searches", "notes")
+    assert {k: after["runs"][0][k] for k in keep} == {k: before["runs"][0][k] for k in keep}
+    for name in before["searches"]:
+        if name != "neve":
+            assert after["runs"][0][name] == before["runs"][0][name]
+    # every figure but the clock's: the same trials, stops, pick, costs and paired ratios
+    assert _no_clock(after["runs"][0]) == _no_clock(before["runs"][0])
+    assert after["strongest_baseline"] == before["strongest_baseline"]
+    neve = after["runs"][0]["neve"]["cost"]["epochs_equiv"]
+    asha = after["runs"][0]["asha"]["cost"]["epochs_equiv"]
+    assert after["runs"][0]["cost_ratio"] == pytest.approx(neve / asha)
+
+
+def _no_clock(x):
+    if isinstance(x, dict):
+        return {k: _no_clock(v) for k, v in x.items() if k not in ("wall_s", "elapsed_s")}
+    if isinstance(x, list):
+        return [_no_clock(v) for v in x]
+    return x

@@ -148,14 +148,21 @@ def test_compare_on_ray_prunes_and_picks_by_consensus():
     assert neve["selection"]["rule"] == "consensus" and neve["selection"]["finished"] == len(done)
 
 
-@pytest.mark.parametrize("fit, stopped", [(0.99, "b"), (0.7, "c")])
-def test_auto_ranks_on_the_consensus_once_finished_trials_look_noisy(fit: float, stopped: str):
+@pytest.mark.parametrize(
+    "fit, ended_by, stopped",
+    [(0.99, "prediction_changes", "b"), (0.7, "velocity", "b"), (0.7, "prediction_changes", "c")],
+)
+def test_auto_ranks_on_the_consensus_once_finished_trials_look_noisy(
+    fit: float, ended_by: str, stopped: str
+):
     """A finished trial that fit 99% of the subset's labels leaves the rungs on the metric
-    (b, the higher loss, stops); one that fit 70% turns them to the consensus (c, which
-    disagrees with the vote, stops). Both are recorded either way."""
+    (b, the higher loss, stops); one that fit 70% and was stopped by the memorisation guard
+    turns them to the consensus (c, which disagrees with the vote, stops); one that fit 70%
+    and stopped on its velocity reads as underfit, the metric decides. All are recorded."""
     s = NeVeASHAScheduler(rung_signal="auto", max_t=16, min_resource=1, reduction_factor=2)
     done, a, b, c = added(s, "done", "a", "b", "c")
-    s.on_trial_complete(None, done, go(1, "0000", subset_fit=fit, train_loss=0.1))
+    end = go(1, "0000", subset_fit=fit, train_loss=0.1, stopped_by=ended_by)
+    s.on_trial_complete(None, done, end)
     assert s.on_trial_result(None, a, go(1, "0000", train_loss=0.05)) == CONTINUE
     verdicts = {
         "b": s.on_trial_result(None, b, go(1, "0000", train_loss=5.0)),
@@ -165,31 +172,67 @@ def test_auto_ranks_on_the_consensus_once_finished_trials_look_noisy(fit: float,
     assert sorted(s.rung_values()[-1][1]) == ["a", "b", "c", "done"]  # the metric is recorded too
 
 
+def test_the_guards_stop_survives_the_schedulers_state():
+    """The evidence ``auto`` reads (which finished trials the guard stopped) is part of the
+    scheduler's state: a restored scheduler decides on the consensus as the one it replaces
+    (c stops); a state saved before it was kept reads no guard stop (b stops)."""
+
+    def stopped_after_restore(state: dict) -> set[str]:
+        restored = NeVeASHAScheduler(
+            rung_signal="auto", max_t=16, min_resource=1, reduction_factor=2
+        )
+        restored.load_state_dict(state)
+        a, b, c = added(restored, "a", "b", "c")
+        assert restored.on_trial_result(None, a, go(1, "0000", train_loss=0.05)) == CONTINUE
+        verdicts = {
+            "b": restored.on_trial_result(None, b, go(1, "0000", train_loss=5.0)),
+            "c": restored.on_trial_result(None, c, go(1, "1111", train_loss=0.05)),
+        }
+        return {k for k, v in verdicts.items() if v == STOP}
+
+    s = NeVeASHAScheduler(rung_signal="auto", max_t=16, min_resource=1, reduction_factor=2)
+    (done,) = added(s, "done")
+    end = go(1, "0000", subset_fit=0.7, train_loss=0.1, stopped_by="prediction_changes")
+    s.on_trial_complete(None, done, end)
+    assert stopped_after_restore(s.state_dict()) == {"c"}
+    state = s.state_dict()
+    del state["votes"]["guarded"]
+    assert stopped_after_restore(state) == {"b"}
+
+
 def test_summarize_picks_by_the_studys_selection():
     """``neve-tune ray`` reports the winner by the study's selection: a, the lowest
-    objective, disagrees with b and c; with fits of 70% (30% estimated noise) ``auto``
-    takes the consensus (b, the first of the two that agree), with 99% the objective."""
+    objective, disagrees with b and c, which agree equally. With fits of 70% (30% estimated
+    noise) and c stopped by the memorisation guard, ``auto`` takes the consensus and c wins
+    the tie (restored to before it memorised); with 99%, or 70% and no guard stop
+    (underfit), the objective. The consensus asked for breaks a tie without a guard stop
+    to the first (b)."""
     from neve_tune.ray import summarize
 
-    def trial(tid, objective, preds, fit):
+    def trial(tid, objective, preds, fit, stopped_by="velocity"):
         result = {
             "objective": objective,
             "subset_pred": preds,
             "subset_fit": fit,
             "epochs_equiv": 1.0,
+            "stopped_by": stopped_by,
         }
         return SimpleNamespace(trial_id=tid, config={}, last_result=result, error_file=None)
 
-    for fit, auto_pick in ((0.7, "b"), (0.99, "a")):
+    for fit, guard, auto_pick, consensus_pick in (
+        (0.7, "prediction_changes", "c", "c"),
+        (0.7, "velocity", "a", "b"),
+        (0.99, "prediction_changes", "a", "c"),
+    ):
         results = SimpleNamespace(
             trials=[
                 trial("a", 0.1, "1111", fit),
                 trial("b", 0.5, "0000", fit),
-                trial("c", 0.9, "0000", fit),
+                trial("c", 0.9, "0000", fit, guard),
             ]
         )
         assert summarize(results)["best"]["trial_id"] == "a"
-        assert summarize(results, "consensus")["best"]["trial_id"] == "b"
+        assert summarize(results, "consensus")["best"]["trial_id"] == consensus_pick
         assert summarize(results, "auto")["best"]["trial_id"] == auto_pick
     with pytest.raises(ValueError, match="selection must be one of"):
         summarize(results, "vote")

@@ -40,8 +40,14 @@ def _result(epoch: int, **extra: Any) -> dict[str, Any]:
 
 def test_auto_counts_the_fit_of_a_trial_stopped_at_max_t() -> None:
     """max_t below the trials' own budget: the scheduler ends them at max_t, and that
-    result's subset_fit is what "auto" estimates the noise from."""
+    result's subset_fit is what "auto" estimates the noise from (g, stopped by the
+    memorisation guard, fits 99%: not noisy alone; with a's 50% the median says 25%)."""
     s = NeVeASHAScheduler(rung_signal="auto", max_t=10, reduction_factor=4)
+    guarded = type("T", (), {"trial_id": "g", "status": "PENDING"})()
+    s.on_trial_add(None, guarded)
+    end = {"subset_pred": "0123", "subset_fit": 0.99, "stopped_by": "prediction_changes"}
+    s.on_trial_complete(None, guarded, _result(1, **end))
+    assert not s._votes.noisy()
     trial = type("T", (), {"trial_id": "a", "status": "PENDING"})()
     s.on_trial_add(None, trial)
     for epoch in range(1, 11):
@@ -50,7 +56,7 @@ def test_auto_counts_the_fit_of_a_trial_stopped_at_max_t() -> None:
         action = s.on_trial_result(None, trial, last)
     s.on_trial_complete(None, trial, last)
     assert (action, s.outcome("a")) == ("STOP", "max_t")
-    assert s._votes.noisy()  # a fit of 0.5: the labels look noisy
+    assert s._votes.noisy()  # with a's fit of 0.5 the labels look noisy
 
 
 def test_a_rung_passed_while_the_state_was_lost_is_passed_over() -> None:

@@ -366,26 +366,35 @@ def test_auto_decides_from_the_finished_trials_fit():
         sel.SelectionSubset(torch.zeros(3, 2)).fit("012")
 
 
-def _finished(search: optuna.Study, fit: float) -> None:
+def _finished(search: optuna.Study, fit: float, stopped_by: str) -> None:
     from neve_tune.optuna import report_epoch
 
     t = search.ask()
-    report_epoch(
-        t,
-        {"epoch": 1, "train_loss": 3.0, "velocity": 0.1, "subset_pred": "0000", "subset_fit": fit},
-    )
+    last = {"epoch": 1, "train_loss": 3.0, "velocity": 0.1, "subset_pred": "0000"}
+    report_epoch(t, {**last, "subset_fit": fit, "stopped_by": stopped_by})
     search.tell(t, 3.0)
 
 
-@pytest.mark.parametrize("fit, pruned_by", [(0.99, "train_loss"), (0.7, "consensus")])
-def test_auto_pruner_ranks_on_the_consensus_only_when_labels_look_noisy(fit: float, pruned_by: str):
+@pytest.mark.parametrize(
+    "fit, stopped_by, pruned_by",
+    [
+        (0.99, "prediction_changes", "train_loss"),
+        (0.7, "velocity", "train_loss"),
+        (0.7, "prediction_changes", "consensus"),
+    ],
+)
+def test_auto_pruner_ranks_on_the_consensus_only_when_labels_look_noisy(
+    fit: float, stopped_by: str, pruned_by: str
+):
     """At rung 1, trial B has the lower training loss but disagrees with the vote; trial A
     the reverse. With a finished trial that fit 99% of the labels the pruner ranks on the
-    loss (A pruned); with one that fit 70% (30% estimated noise) on the consensus (B pruned)."""
+    loss (A pruned); with one that fit 70% (30% estimated noise) and was stopped by the
+    memorisation guard on the consensus (B pruned); with 70% and a velocity stop the low fit
+    reads as underfitting, on the loss."""
     from neve_tune.optuna import NeVePruner, report_epoch
 
     search = optuna.create_study(pruner=NeVePruner(rung_signal="auto", reduction_factor=2))
-    _finished(search, fit)
+    _finished(search, fit, stopped_by)
     a, b = search.ask(), search.ask()
     report_epoch(
         a,
@@ -423,7 +432,12 @@ def test_optuna_best_prints_the_pick_and_its_rule(tmp_path, capsys):
 
     storage = f"sqlite:///{tmp_path}/s.db"
     search = optuna.create_study(storage=storage, study_name="s")
-    for preds, loss, fit in (("0123", 0.1, 0.7), ("0120", 0.3, 0.75), ("0100", 0.2, 0.72)):
+    rows = (
+        ("0123", 0.1, 0.7, "velocity"),
+        ("0120", 0.3, 0.75, "prediction_changes"),
+        ("0100", 0.2, 0.72, "velocity"),
+    )
+    for preds, loss, fit, stopped_by in rows:
         t = search.ask()
         report_epoch(
             t,
@@ -433,6 +447,7 @@ def test_optuna_best_prints_the_pick_and_its_rule(tmp_path, capsys):
                 "velocity": 0.1,
                 "subset_pred": preds,
                 "subset_fit": fit,
+                "stopped_by": stopped_by,
             },
         )
         search.tell(t, loss)

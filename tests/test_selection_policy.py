@@ -25,6 +25,8 @@ NOISY = [
     (0.02, "stalled", 0.99, "1111"),
 ]
 CLEAN = [(o, e, 0.99, p) for o, e, _, p in NOISY]
+#: NOISY's fits without a memorisation-guard stop: underfit trials, not flipped labels
+UNDERFIT = [(o, "velocity" if e == "prediction_changes" else e, f, p) for o, e, f, p in NOISY]
 
 
 def rows(spec) -> list[TrialOutcome]:
@@ -48,6 +50,19 @@ def test_auto_takes_the_consensus_when_the_finished_trials_look_noisy():
         "auto: the finished trials' subset fit suggests 28% label noise, so by the consensus"
     )
     assert winner == 1  # agrees with the other finished trial; the lowest objective does not
+
+
+def test_auto_reads_a_low_fit_without_a_guard_stop_as_underfitting():
+    """The same fits, but no finished trial was stopped by the memorisation guard: nothing
+    says labels were memorised, so the low fit reads as underfit trials and the objective
+    picks; asked for, the consensus still applies."""
+    winner, d = SelectionPolicy().pick(rows(UNDERFIT), "auto")
+    assert (winner, d.rule, d.noise, d.finished) == (0, "objective", pytest.approx(0.28), 3)
+    assert d.reason == (
+        "auto: the finished trials' subset fit suggests 28% label noise, but the memorisation "
+        "guard stopped none of them: read as underfitting, so by the objective"
+    )
+    assert SelectionPolicy().pick(rows(UNDERFIT), "consensus")[0] == 1  # asked for, it applies
 
 
 def test_auto_takes_the_objective_on_clean_labels_and_without_fits():
@@ -141,7 +156,8 @@ def _compare_records(spec) -> list:
 
 
 @pytest.mark.parametrize(
-    "spec, selection", [(NOISY, "auto"), (CLEAN, "auto"), (NOISY, "objective")]
+    "spec, selection",
+    [(NOISY, "auto"), (CLEAN, "auto"), (UNDERFIT, "auto"), (NOISY, "objective")],
 )
 def test_every_adapter_gives_the_same_decision(spec, selection):
     from neve_tune._search_records import select_trials
@@ -166,8 +182,9 @@ def test_every_adapter_gives_the_same_decision(spec, selection):
 
 
 def test_the_ray_schedulers_auto_counts_only_finished_trials():
-    """A trial the scheduler pruned (its fit says 70%) does not turn the rungs to the
-    consensus; one that ran to ``max_t`` (the budget's end) does."""
+    """A trial the scheduler pruned (its fit says 70%) does not count; one that ran to
+    ``max_t`` (the budget's end) does, and the rungs turn to the consensus once a finished
+    trial was stopped by the memorisation guard (a converged trial's ``stopped_by``)."""
     from neve_tune.ray._consensus import ConsensusRungs, ended_trial
 
     votes = ConsensusRungs([[4.0, 1.0]])
@@ -177,7 +194,10 @@ def test_the_ray_schedulers_auto_counts_only_finished_trials():
     votes.add_outcome(
         ended_trial("m", "max_t", {"train_loss": 0.3, "subset_fit": 0.7}, "train_loss")
     )
-    assert votes.noisy() and votes.state_dict()["fits"] == {"m": 0.7}
+    assert not votes.noisy() and votes.state_dict()["fits"] == {"m": 0.7}
+    guarded = {"train_loss": 0.3, "subset_fit": 0.72, "stopped_by": "prediction_changes"}
+    votes.add_outcome(ended_trial("g", "converged", guarded, "train_loss"))
+    assert votes.noisy() and votes.state_dict()["guarded"] == ["g"]
 
 
 def test_summarize_auto_warns_only_with_finished_trials_and_no_fit():
@@ -190,3 +210,20 @@ def test_summarize_auto_warns_only_with_finished_trials_and_no_fit():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert summarize(_ray_results(bare[3:]), "auto")["best"] is None  # nothing finished
+
+
+def test_a_consensus_tie_goes_to_the_trial_the_guard_stopped():
+    """Two finished trials always agree equally with each other's vote: the vote cannot
+    rank them, and the one the memorisation guard stopped (restored to before it memorised
+    labels) wins, wherever it stands in the order; without a guard stop, the first."""
+    pair = [
+        TrialOutcome(0, 1.47, "velocity", 0.60, "0120"),
+        TrialOutcome(1, 1.45, "prediction_changes", 0.61, "0123"),
+    ]
+    winner, d = SelectionPolicy().pick(pair, "auto")
+    assert (winner, d.rule) == (1, "consensus")
+    assert SelectionPolicy().agreements(pair) == {0: 0.75, 1: 0.75}
+    both_velocity = [
+        TrialOutcome(t.key, t.objective, "velocity", t.subset_fit, t.subset_pred) for t in pair
+    ]
+    assert SelectionPolicy().pick(both_velocity, "consensus")[0] == 0

@@ -85,14 +85,21 @@ def _one_run(
             name=name,
         )
         run[name]["elapsed_s"] = time.perf_counter() - t0
-    baselines = [name for name, method, _ in plan if method != "neve"]
+    return paired(run)
+
+
+def paired(run: dict[str, Any]) -> dict[str, Any]:
+    """``run`` (one seed's searches, by name) with NeVe's ratios to each baseline (``vs``,
+    ``vs_asha_es``, and against ``asha`` at the top) and the baselines' notes."""
+    baselines = [name for name in run["searches"] if name != "neve"]
     if "neve" in run:
         run["vs"] = {b: ratios(run["neve"], run[b]) for b in baselines}
     if "neve" in run and "asha" in run:
         run.update(ratios(run["neve"], run["asha"]))
     if "neve" in run and "asha_es" in run:
         run["vs_asha_es"] = ratios(run["neve"], run["asha_es"])
-    run["notes"] = [dict(run[b]["note"], seed=seed) for b in baselines if run[b].get("note")]
+    notes = [dict(run[b]["note"], seed=run["seed"]) for b in baselines if run[b].get("note")]
+    run["notes"] = notes
     return run
 
 

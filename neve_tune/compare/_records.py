@@ -8,6 +8,7 @@ from typing import Any
 
 from .._search_records import SearchTrial, selection_rows
 from ..records import Cost
+from ..selection_policy import MEMORISATION_STOP
 
 __all__ = [
     "MIN_RESOURCE",
@@ -51,8 +52,8 @@ def anytime_curve(
 ) -> tuple[list[list[float]], SearchTrial | None]:
     """[cumulative cost, test acc of the best-so-far configuration] after each trial,
     and the best trial: among the finished ones, the lowest objective, or with ``rule``
-    ``"consensus"`` the highest ``agreement`` (the selection policy's pick, ties to the
-    first)."""
+    ``"consensus"`` the highest ``agreement`` (the selection policy's pick: among equal
+    agreements a memorisation-guard stop, then the first)."""
     curve: list[list[float]] = []
     spent = 0.0
     best: SearchTrial | None = None
@@ -66,14 +67,16 @@ def anytime_curve(
     return curve, best
 
 
-def _score(t: SearchTrial, rule: str) -> float | None:
+def _score(t: SearchTrial, rule: str) -> tuple[float, ...] | None:
     """Lower is better; None: not a candidate under ``rule`` (not finished by the selection
     policy's definition, or no agreement under the consensus)."""
-    if not selection_rows([t])[0].finished:
+    row = selection_rows([t])[0]
+    if not row.finished:
         return None
     if rule == "consensus":
-        return None if t.agreement is None else -t.agreement
-    return t.objective
+        guarded = row.ended_by == MEMORISATION_STOP
+        return None if t.agreement is None else (-t.agreement, 0.0 if guarded else 1.0)
+    return (float(t.objective),)  # type: ignore[arg-type]  # finished: a finite objective
 
 
 def total_cost(trials: Iterable[SearchTrial]) -> Cost:

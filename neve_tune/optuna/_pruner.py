@@ -65,7 +65,8 @@ class NeVePruner(BasePruner):
        With ``rung_signal="auto"`` each rung decides by the consensus when the study's
        finished trials fit the given labels on the subset so poorly that the labels look
        noisy (``subset_fit``, :class:`neve_tune.selection_policy.SelectionPolicy`: estimated
-       noise >= 10%), else by the training loss (also before any trial finished).
+       noise >= 10%) and the memorisation guard stopped one of them, else by the training
+       loss (also before any trial finished).
 
     The default signal is ``"train_loss"``, because it measured better. On digits (20
     trials of TPE, ``max_epochs=60``, 5 seeds), the final model's test accuracy was

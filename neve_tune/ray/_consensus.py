@@ -24,8 +24,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..selection_policy import SelectionPolicy, TrialOutcome
+from ..selection_policy import MEMORISATION_STOP, SelectionPolicy, TrialOutcome
 from ._halving import Rung
+from ._outcomes import COMPLETED
+from ._verdict import CONVERGED
 
 __all__ = ["ConsensusRungs", "check_predictions", "ended_trial"]
 
@@ -45,10 +47,15 @@ def check_predictions(value: Any, key: str, who: str) -> str:
 
 def ended_trial(trial_id: str, ended: str | None, result: dict, metric: str) -> TrialOutcome:
     """A trial the scheduler saw end, as the selection policy reads it: the scheduler's
-    outcome (a trial it pruned is not finished; ``max_t`` is the budget's end), the result's
-    ``objective`` (else the rung ``metric``: only its finiteness counts here) and subset fit."""
+    outcome (a trial it pruned is not finished; ``max_t`` is the budget's end; a trial that
+    converged or completed ended by the result's ``stopped_by`` when it names one, so a
+    memorisation-guard stop counts as such), the result's ``objective`` (else the rung
+    ``metric``: only its finiteness counts here) and subset fit."""
     objective = result.get("objective", result.get(metric))
     fit = result.get("subset_fit")
+    reason = result.get("stopped_by")
+    if ended in (CONVERGED, COMPLETED) and isinstance(reason, str):
+        ended = reason
     return TrialOutcome(
         trial_id,
         float(objective) if isinstance(objective, (int, float)) else None,
@@ -65,17 +72,24 @@ class ConsensusRungs:
         self._milestones = [list(b) for b in milestones]
         self._preds: list[list[dict[str, str]]] = [[{} for _ in b] for b in milestones]
         self._fits: dict[str, float] = {}  # the finished trials' last subset_fit, for "auto"
+        self._guarded: set[str] = set()  # those of them the memorisation guard stopped
 
     def add_outcome(self, outcome: TrialOutcome) -> None:
         """A trial that ended: its last fit of the subset's given labels counts for ``"auto"``
         when the selection policy calls it finished (not pruned, stalled or diverged)."""
         if outcome.finished and outcome.subset_fit is not None:
             self._fits[str(outcome.key)] = float(outcome.subset_fit)
+            if outcome.ended_by == MEMORISATION_STOP:
+                self._guarded.add(str(outcome.key))
 
     def noisy(self) -> bool:
-        """Whether the finished trials' fits say the labels are noisy (``"auto"``), by the
-        selection policy's rule (:class:`~neve_tune.selection_policy.SelectionPolicy`)."""
-        rows = [TrialOutcome(k, 0.0, subset_fit=f) for k, f in self._fits.items()]
+        """Whether the finished trials say the labels are noisy (``"auto"``: their fits, and a
+        memorisation-guard stop among them), by the selection policy's rule
+        (:class:`~neve_tune.selection_policy.SelectionPolicy`)."""
+        rows = [
+            TrialOutcome(k, 0.0, MEMORISATION_STOP if k in self._guarded else None, f)
+            for k, f in self._fits.items()
+        ]
         return SelectionPolicy().decide(rows, "auto").rule == "consensus"
 
     def pending(
@@ -154,6 +168,7 @@ class ConsensusRungs:
                 for ms, ps in zip(self._milestones, self._preds)
             ],
             "fits": dict(self._fits),
+            "guarded": sorted(self._guarded),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -163,6 +178,7 @@ class ConsensusRungs:
             [{str(k): str(v) for k, v in p.items()} for _, p in b] for b in state["rungs"]
         ]
         self._fits = {str(k): float(v) for k, v in state.get("fits", {}).items()}
+        self._guarded = {str(k) for k in state.get("guarded", ())}
 
 
 def _agreements(preds: dict[str, str]) -> dict[str, float]:

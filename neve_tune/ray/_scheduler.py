@@ -70,8 +70,9 @@ class NeVeASHAScheduler(FIFOScheduler):
        the majority vote of the other trials at that rung, from each result's
        ``predictions_key`` (a :class:`~neve_tune.selection.SelectionSubset` prediction;
        :mod:`neve_tune.ray._consensus` gives the rule). ``rung_signal="auto"`` ranks on the
-       consensus once the finished trials' ``subset_fit`` says the labels are noisy
-       (:func:`neve_tune.selection.selection_mode`), else on the training loss.
+       consensus once the finished trials' ``subset_fit`` says the labels are noisy and the
+       memorisation guard stopped one of them
+       (:class:`~neve_tune.selection_policy.SelectionPolicy`), else on the training loss.
 
     A trial that a :class:`~neve_tune.ray.NeVeStopper` stopped (Tune asks the stopper
     first) reaches only ``on_trial_complete``; it is classified by the same rule and

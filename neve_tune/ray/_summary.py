@@ -53,7 +53,8 @@ def _outcome(tid: Any, metrics: dict[str, Any], error: Any) -> TrialOutcome:
 def summarize(results: Any, selection: str = "objective") -> dict[str, Any]:
     """Per-trial rows and the winning finished trial of a search by ``selection``
     (``"objective"``: the lowest; ``"consensus"``; ``"auto"``: the consensus once the finished
-    trials' ``subset_fit`` says the labels are noisy), decided by the selection policy
+    trials' ``subset_fit`` says the labels are noisy and the memorisation guard stopped one of
+    them), decided by the selection policy
     (:mod:`neve_tune.selection_policy`: a finished trial ended by its own rule with a finite
     objective; a last result whose ``stopped_by`` says pruned, stalled or diverged, or an
     error, is not finished: pass the scheduler's callback so a pruned trial says so).
