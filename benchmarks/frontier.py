@@ -184,10 +184,16 @@ def rerun_neve(
     record = json.loads(path.read_text())
     if record["trials"] != trials:
         raise ValueError(f"{path.name} ran {record['trials']} trials, not {trials}")
+    study = job_study(condition, group, max_epochs)
+    if record["max_epochs"] != study.max_epochs:
+        raise ValueError(
+            f"{path.name} ran max_epochs={record['max_epochs']}, not {study.max_epochs}: pass "
+            "the --max-epochs it ran with"
+        )
     _, rf, _, _ = GROUPS[group]
     t0 = time.perf_counter()
     fresh = compare(
-        job_study(condition, group, max_epochs),
+        study,
         trials=trials,
         seed=seed,
         searches=("neve",),
@@ -195,6 +201,8 @@ def rerun_neve(
         progress=False,
     )
     names = record["searches"]
+    old_s, new_s = record["runs"][0]["neve"]["elapsed_s"], fresh["runs"][0]["neve"]["elapsed_s"]
+    record["elapsed_s"] += new_s - old_s
     run = paired({**record["runs"][0], "neve": fresh["runs"][0]["neve"]})
     whole = aggregate([run], names)
     record.update(whole, runs=[run], rung_signal=fresh["rung_signal"])
@@ -248,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     conditions = _list(args.conditions, CONDITIONS, "conditions", p)
     groups = _list(args.groups, GROUPS, "groups", p)
     seeds = _seeds(args.seeds, p)
+    if args.rerun_neve and args.report:
+        p.error("--rerun-neve runs jobs and --report runs none: pass one of them")
     if args.trials < 1:
         p.error(f"--trials must be >= 1, got {args.trials}")
     if args.max_epochs is not None and args.max_epochs < 1:

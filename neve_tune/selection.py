@@ -17,9 +17,10 @@ validation or test set. docs/design.md, "Selection criteria", gives the rules.
 - :func:`consensus_agreement`: agreement of each trial's predictions with the majority
   vote of the other trials; :func:`noise_rate_estimate` (``eps``) and :func:`fit_excess`
   (the trial's fit of the given labels minus the vote's, ``1 - eps``);
-- :func:`selection_mode`: the data-decided rule (``"auto"``): rank by the consensus when
-  the finished trials' fit of the given labels says the labels are noisy
-  (:func:`noise_from_fits` >= :data:`NOISE_THRESHOLD`), else by the objective.
+- :func:`selection_mode`: the fit half of the data-decided rule (``"auto"``): the consensus
+  when the finished trials' fit of the given labels says the labels are noisy
+  (:func:`noise_from_fits` >= :data:`NOISE_THRESHOLD`), else the objective;
+  :class:`~neve_tune.selection_policy.SelectionPolicy` also asks for a memorisation-guard stop.
 
     >>> import torch
     >>> preds = torch.tensor([[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 0, 0]])
@@ -299,7 +300,8 @@ def consensus_scores(
 def pick_by_consensus(last_predictions: Mapping[Any, str], candidates: Sequence[Any]) -> Any:
     """The candidate (a finished trial) whose predictions agree most with the majority vote
     of all the other trials (``last_predictions``: every trial's latest predictions on the
-    subset, pruned ones included); ties go to the first candidate. None without candidates.
+    subset, pruned ones included); ties go to the first candidate (the selection policy's
+    pick gives a tie to a memorisation-guard stop first). None without candidates.
 
     >>> pick_by_consensus({1: "0123", 2: "0120", 3: "0100", 4: "0100"}, candidates=[1, 2])
     2

@@ -183,15 +183,15 @@ def optuna_search(noise: float, lrs: tuple[float, ...], record_subset: bool = Tr
 
 def optuna_picks() -> dict[str, Any]:
     """The picks of own-loop searches over :data:`C.PICK_LRS`: by ``auto`` (with the rule the
-    recorded fits decide), by each rule, and whether ``auto`` warns without the data."""
-    from neve_tune.optuna import last_fits, pick_trial
-    from neve_tune.selection import selection_mode
+    selection policy applied), by each rule, and whether ``auto`` warns without the data."""
+    from neve_tune.optuna import pick_trial, select_trial
 
     out: dict[str, Any] = {}
     for name, noise in (("clean", 0.0), ("noisy", 0.2)):
         study = optuna_search(noise, C.PICK_LRS)
-        rule = selection_mode(list(last_fits(study, (optuna.trial.TrialState.COMPLETE,)).values()))
-        out[name] = (rule, pick_trial(study, "auto").number)
+        best, decision = select_trial(study, "auto")
+        assert pick_trial(study, "auto").number == best.number
+        out[name] = (decision.rule, best.number)
         for rule in ("objective", "consensus"):
             out[f"{name}_{rule}"] = pick_trial(study, rule).number
     bare = optuna_search(0.0, C.PICK_LRS[:2], record_subset=False)

@@ -98,7 +98,6 @@ def _picks(results: list[Any]) -> dict[str, Any]:
     """``summarize``'s picks of two searches (clean, noisy) by each rule, and whether
     ``auto`` warns on results without the subset's fit."""
     from neve_tune.ray import summarize
-    from neve_tune.selection import selection_mode
 
     out: dict[str, Any] = {}
     for name, noise in (("clean", 0.0), ("noisy", 0.2)):
@@ -108,8 +107,8 @@ def _picks(results: list[Any]) -> dict[str, Any]:
             if r.config["run"].get("subset") and r.config["run"]["noise"] == noise
         ]
         assert len(mine) == len(C.PICK_LRS) and not any(r.error for r in mine)
-        rule = selection_mode([r.metrics["subset_fit"] for r in mine])
-        out[name] = (rule, summarize(mine, "auto")["best"]["config"]["run"]["lr"])
+        auto = summarize(mine, "auto")
+        out[name] = (auto["selection"]["rule"], auto["best"]["config"]["run"]["lr"])
         for rule in ("objective", "consensus"):
             out[f"{name}_{rule}"] = summarize(mine, rule)["best"]["config"]["run"]["lr"]
     bare = [r for r in results if not r.config["run"].get("subset")]

@@ -26,6 +26,8 @@ NOISY = [
 ]
 CLEAN = [(o, e, 0.99, p) for o, e, _, p in NOISY]
 #: NOISY's fits without a memorisation-guard stop: underfit trials, not flipped labels
+#: two finished trials agree equally with each other: the guard stop (second) wins the tie
+TIE = [(0.10, "velocity", 0.70, "0120"), (0.50, "prediction_changes", 0.72, "0123")]
 UNDERFIT = [(o, "velocity" if e == "prediction_changes" else e, f, p) for o, e, f, p in NOISY]
 
 
@@ -157,7 +159,7 @@ def _compare_records(spec) -> list:
 
 @pytest.mark.parametrize(
     "spec, selection",
-    [(NOISY, "auto"), (CLEAN, "auto"), (UNDERFIT, "auto"), (NOISY, "objective")],
+    [(NOISY, "auto"), (CLEAN, "auto"), (UNDERFIT, "auto"), (TIE, "auto"), (NOISY, "objective")],
 )
 def test_every_adapter_gives_the_same_decision(spec, selection):
     from neve_tune._search_records import select_trials
@@ -195,9 +197,10 @@ def test_the_ray_schedulers_auto_counts_only_finished_trials():
         ended_trial("m", "max_t", {"train_loss": 0.3, "subset_fit": 0.7}, "train_loss")
     )
     assert not votes.noisy() and votes.state_dict()["fits"] == {"m": 0.7}
-    guarded = {"train_loss": 0.3, "subset_fit": 0.72, "stopped_by": "prediction_changes"}
+    guarded = {"train_loss": 0.3, "stopped_by": "prediction_changes"}  # no fit of its own
     votes.add_outcome(ended_trial("g", "converged", guarded, "train_loss"))
-    assert votes.noisy() and votes.state_dict()["guarded"] == ["g"]
+    state = votes.state_dict()
+    assert votes.noisy() and state["guarded"] == ["g"] and state["fits"] == {"m": 0.7}
 
 
 def test_summarize_auto_warns_only_with_finished_trials_and_no_fit():

@@ -258,7 +258,8 @@ def add_selection(p: argparse.ArgumentParser) -> None:
         choices=["objective", "consensus", "auto"],
         help="pick the finished trial with the lowest objective, or the one whose predictions on "
         "a fixed training subset agree most with the other trials' majority vote, or (auto) the "
-        "latter only when the finished trials' fit of the subset's labels says they are noisy "
+        "latter only when the finished trials' fit of the subset's labels says they are noisy and "
+        "the memorisation guard stopped one of them "
         "(default: the study's; auto for every study unless its file says otherwise)",
     )
     g.add_argument(

@@ -41,7 +41,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "--rung-signal",
         choices=RUNG_SIGNALS,
         help="rung signal of the NeVe search's pruner/scheduler (default: the study's, auto: the "
-        "consensus once the finished trials say the labels are noisy, else train_loss; "
+        "consensus once the finished trials' subset fit is low and the guard stopped one of them, "
+        "else train_loss; "
         'docs/measurements.md, "Which trial wins")',
     )
     p.add_argument(

@@ -100,7 +100,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "--rung-signal",
         choices=RUNG_SIGNALS,
         help="rung signal (consensus: agreement with the other trials' vote; auto: that when the "
-        "finished trials say the labels are noisy, else train_loss; both record "
+        "finished trials' subset fit is low and the guard stopped one of them, else train_loss; "
+        "both record "
         "--selection-subset)",
     )
     g.add_argument("--min-resource", type=cli.positive_int)
@@ -149,7 +150,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         choices=("auto", "objective", "consensus"),
         default="auto",
         help="how to pick (default: auto, the studies' rule: the consensus when the "
-        "finished trials' subset_fit says the labels are noisy, else the objective)",
+        "finished trials' subset_fit says the labels are noisy and the memorisation guard "
+        "stopped one of them, else the objective)",
     )
     b.set_defaults(func=_best)
 

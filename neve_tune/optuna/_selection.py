@@ -137,9 +137,10 @@ def pick_trial(search: optuna.Study, selection: str = "objective") -> FrozenTria
     trial finished (:mod:`neve_tune.selection_policy`: a trial that ended by its own rule
     with a finite objective; a COMPLETE trial whose ``stopped_by`` says stalled or diverged
     is not). ``"consensus"`` needs predictions on the finished trials (record them with
-    ``Study(selection_subset=500)``); ties go to the lower trial number. ``"auto"`` picks by
-    the consensus when the finished trials' ``subset_fit`` says the labels are noisy, else
-    by the objective; with no ``subset_fit`` recorded it warns (:data:`AUTO_WITHOUT_DATA`)
+    ``Study(selection_subset=500)``); ties go to a trial the memorisation guard stopped, then
+    to the lower trial number. ``"auto"`` picks by the consensus when the finished trials'
+    ``subset_fit`` says the labels are noisy and the guard stopped one of them, else by the
+    objective; with no ``subset_fit`` recorded it warns (:data:`AUTO_WITHOUT_DATA`)
     and picks by the objective. :func:`select_trial` also returns the rule applied."""
     best, decision = select_trial(search, selection)
     if selection == "auto" and decision.finished and not decision.fits:

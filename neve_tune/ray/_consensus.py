@@ -72,23 +72,26 @@ class ConsensusRungs:
         self._milestones = [list(b) for b in milestones]
         self._preds: list[list[dict[str, str]]] = [[{} for _ in b] for b in milestones]
         self._fits: dict[str, float] = {}  # the finished trials' last subset_fit, for "auto"
-        self._guarded: set[str] = set()  # those of them the memorisation guard stopped
+        self._guarded: set[str] = set()  # finished trials the memorisation guard stopped
 
     def add_outcome(self, outcome: TrialOutcome) -> None:
-        """A trial that ended: its last fit of the subset's given labels counts for ``"auto"``
-        when the selection policy calls it finished (not pruned, stalled or diverged)."""
+        """A trial that ended: its last fit of the subset's given labels, and whether the
+        memorisation guard stopped it, count for ``"auto"`` when the selection policy calls it
+        finished (not pruned, stalled or diverged)."""
+        if outcome.finished and outcome.ended_by == MEMORISATION_STOP:
+            self._guarded.add(str(outcome.key))
         if outcome.finished and outcome.subset_fit is not None:
             self._fits[str(outcome.key)] = float(outcome.subset_fit)
-            if outcome.ended_by == MEMORISATION_STOP:
-                self._guarded.add(str(outcome.key))
 
     def noisy(self) -> bool:
         """Whether the finished trials say the labels are noisy (``"auto"``: their fits, and a
         memorisation-guard stop among them), by the selection policy's rule
         (:class:`~neve_tune.selection_policy.SelectionPolicy`)."""
         rows = [
-            TrialOutcome(k, 0.0, MEMORISATION_STOP if k in self._guarded else None, f)
-            for k, f in self._fits.items()
+            TrialOutcome(
+                k, 0.0, MEMORISATION_STOP if k in self._guarded else None, self._fits.get(k)
+            )
+            for k in sorted(self._fits.keys() | self._guarded)
         ]
         return SelectionPolicy().decide(rows, "auto").rule == "consensus"
 
