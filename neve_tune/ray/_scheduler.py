@@ -329,8 +329,7 @@ class NeVeASHAScheduler(FIFOScheduler):
 
     def _rung_decision(self, trial_id: str, t: float, result: dict) -> str:
         """Rule 4 on the metric, on the consensus, or (``"auto"``, which records both) on
-        the consensus once the finished trials say the labels are noisy (a low subset fit and
-        a memorisation-guard stop among them)."""
+        whichever of the two the class doc's ``"auto"`` rule names."""
         if self._signal in ("consensus", "auto"):
             bracket, stop = self._brackets.index(trial_id), False
             preds = result.get(self._predictions_key)
