@@ -155,10 +155,13 @@ def run_job(
         "settings": GROUP_SETTINGS[group],
         "seconds": time.perf_counter() - t0,
     }
-    path = job_path(out, condition, group, seed)
+    return _write_record(job_path(out, condition, group, seed), record)
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> Path:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record))
-    tmp.replace(path)  # a job cut off mid-write leaves no record: it runs again
+    tmp.replace(path)  # a job cut off mid-write leaves no record (or the old one)
     return path
 
 
@@ -209,10 +212,7 @@ def rerun_neve(
     record["strongest_baseline"] = strongest_baseline(whole, [n for n in names if n != "neve"])
     record["notes"] = run["notes"]
     record["job"]["neve_rerun_seconds"] = time.perf_counter() - t0
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(path)
-    return path
+    return _write_record(path, record)
 
 
 def _list(text: str, known: Any, name: str, parser: argparse.ArgumentParser) -> list[str]:
@@ -270,8 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         except (TypeError, ValueError) as e:
             p.error(f"--baseline-variants: {e}")
     out = Path(args.out)
-    if args.rerun_neve and not args.report:
-        jobs = [(c, g, s) for s in seeds for c in conditions for g in groups]
+    # seed-major: an interrupted run leaves every condition with the same seeds
+    jobs = [(c, g, s) for s in seeds for c in conditions for g in groups]
+    if args.rerun_neve:
         missing = [job_path(out, *j).name for j in jobs if not job_path(out, *j).exists()]
         if missing:
             p.error(f"--rerun-neve: no record to update for {', '.join(missing)}")
@@ -281,8 +282,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"reran NeVe {c} {g} seed {s} ({time.perf_counter() - t0:.0f} s)", flush=True)
     elif not args.report:
         out.mkdir(parents=True, exist_ok=True)
-        # seed-major: an interrupted run leaves every condition with the same seeds
-        jobs = [(c, g, s) for s in seeds for c in conditions for g in groups]
         todo = [j for j in jobs if not job_path(out, *j).exists()]
         print(f"{len(todo)} of {len(jobs)} jobs to run", flush=True)
         for c, g, s in todo:

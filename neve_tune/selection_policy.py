@@ -59,6 +59,7 @@ __all__ = [
     "SelectionDecision",
     "SelectionPolicy",
     "TrialOutcome",
+    "consensus_rank",
 ]
 
 SELECTIONS = ("objective", "consensus", "auto")
@@ -155,24 +156,18 @@ class SelectionPolicy:
         elif noise is None:
             rule = "objective"
             reason = "auto: no finished trial recorded subset_fit, so by the objective"
-        elif selection_mode(fits, self.threshold) == "objective":
-            rule = "objective"
-            reason = (
-                f"auto: the finished trials' subset fit suggests {noise:.0%} label noise, "
-                "so by the objective"
-            )
-        elif any(t.ended_by == MEMORISATION_STOP for t in done):
-            rule = "consensus"
-            reason = (
-                f"auto: the finished trials' subset fit suggests {noise:.0%} label noise, "
-                "so by the consensus"
-            )
         else:
-            rule = "objective"
+            noisy = selection_mode(fits, self.threshold) == "consensus"
+            underfit = noisy and not any(t.ended_by == MEMORISATION_STOP for t in done)
+            rule = "consensus" if noisy and not underfit else "objective"
+            but = (
+                "but the memorisation guard stopped none of them: read as underfitting, "
+                if underfit
+                else ""
+            )
             reason = (
                 f"auto: the finished trials' subset fit suggests {noise:.0%} label noise, "
-                "but the memorisation guard stopped none of them: read as underfitting, "
-                "so by the objective"
+                f"{but}so by the {rule}"
             )
         return SelectionDecision(selection, rule, noise, len(done), len(fits), reason)
 
@@ -203,9 +198,14 @@ class SelectionPolicy:
                 "neve_tune.selection.SelectionSubset in your own loop"
             )
         voters = [t for t in done if t.key in agree]
-        return max(
-            voters, key=lambda t: (agree[t.key], t.ended_by == MEMORISATION_STOP)
-        ).key, decision
+        return max(voters, key=lambda t: consensus_rank(t, agree[t.key])).key, decision
+
+
+def consensus_rank(trial: TrialOutcome, agreement: float) -> tuple[float, bool]:
+    """A finished trial's rank under the consensus, higher wins: its agreement, then (a tie)
+    whether the memorisation guard stopped it. :meth:`SelectionPolicy.pick` and
+    ``compare``'s anytime curve both rank by it."""
+    return agreement, trial.ended_by == MEMORISATION_STOP
 
 
 def _finite(x: Any) -> bool:

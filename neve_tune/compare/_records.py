@@ -8,7 +8,7 @@ from typing import Any
 
 from .._search_records import SearchTrial, selection_rows
 from ..records import Cost
-from ..selection_policy import MEMORISATION_STOP
+from ..selection_policy import consensus_rank
 
 __all__ = [
     "MIN_RESOURCE",
@@ -74,8 +74,10 @@ def _score(t: SearchTrial, rule: str) -> tuple[float, ...] | None:
     if not row.finished:
         return None
     if rule == "consensus":
-        guarded = row.ended_by == MEMORISATION_STOP
-        return None if t.agreement is None else (-t.agreement, 0.0 if guarded else 1.0)
+        if t.agreement is None:
+            return None
+        agreement, guarded = consensus_rank(row, t.agreement)
+        return -agreement, -float(guarded)
     return (float(t.objective),)  # type: ignore[arg-type]  # finished: a finite objective
 
 
