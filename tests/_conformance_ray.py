@@ -31,10 +31,13 @@ def trainable(config: dict[str, Any]) -> None:
     case = C.Case(config["lr"], noise=config["noise"], guard=config["guard"])
     loop = C.OwnLoop(case)
     subset = SelectionSubset.from_dataset(C.dataset(case.noise), 500, seed=0)
+    rows: list[dict[str, Any]] = []  # what was reported, kept in the checkpoint (see _outcome)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            loop.load(torch.load(os.path.join(folder, "loop.pt"), weights_only=False))
+            saved = torch.load(os.path.join(folder, "loop.pt"), weights_only=False)
+        loop.load(saved)
+        rows = saved["rows"]
     while not loop.neve.should_stop:
         if loop.neve.epoch == config.get("crash_after") and not os.path.exists(config["marker"]):
             Path(config["marker"]).touch()
@@ -47,24 +50,40 @@ def trainable(config: dict[str, Any]) -> None:
         if "crash_after" not in config:  # only the run killed once needs its checkpoints
             report_epoch(metrics)
             continue
+        rows.append({k: metrics.get(k) for k in ROW})
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(loop.state(), os.path.join(folder, "loop.pt"))
+            torch.save({**loop.state(), "rows": rows}, os.path.join(folder, "loop.pt"))
             report_epoch(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def _outcome(result: Any) -> C.Outcome:
+#: the per-epoch metrics an outcome compares across doors
+ROW = ("epoch", "velocity", "lr", "train_loss", "prediction_changes", "kept_epoch")
+ROW += ("kept_train_loss", "neve_stop", "stalled", "stopped_by")
+
+
+def _reported(result: Any) -> list[dict[str, Any]]:
+    """The rows of Ray's progress file, as ``neve.step()`` returned them."""
     frame = result.metrics_dataframe.drop_duplicates("epoch", keep="last").sort_values("epoch")
-    keep = ("epoch", "velocity", "lr", "train_loss", "prediction_changes", "kept_epoch")
-    keep += ("kept_train_loss", "neve_stop", "stalled", "stopped_by")
-    history = [
-        {k: (None if k == "prediction_changes" and row[k] != row[k] else row[k]) for k in keep}
-        for row in frame.to_dict("records")
-    ]
+    history = [{k: row[k] for k in ROW} for row in frame.to_dict("records")]
     for m in history:
-        if m["prediction_changes"] is not None:
-            m["prediction_changes"] = int(m["prediction_changes"])
+        changes = m["prediction_changes"]
+        m["prediction_changes"] = None if changes is None or changes != changes else int(changes)
         if m["stopped_by"] != m["stopped_by"]:  # NaN: not stopped yet
             m["stopped_by"] = None
+    return history
+
+
+def _outcome(result: Any) -> C.Outcome:
+    """A trial's outcome. A retried trial's series comes from its last checkpoint: on a
+    retry Ray copies the progress file back from storage, which can lag the driver's copy
+    and drop the rows before the failure; the rows Ray kept must match it."""
+    history = _reported(result)
+    if "crash_after" in result.config["run"]:
+        with result.checkpoint.as_directory() as folder:
+            rows = torch.load(os.path.join(folder, "loop.pt"), weights_only=False)["rows"]
+        assert rows[-1]["epoch"] == history[-1]["epoch"], (rows[-1], history[-1])
+        assert all(row in rows for row in history), (history, rows)
+        history = rows
     last = result.metrics
     return C.Outcome(last.get("stopped_by"), history, {"stopped_by": last.get("stopped_by")})
 

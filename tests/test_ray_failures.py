@@ -115,3 +115,24 @@ def test_a_fractional_gpu_trial_asks_ray_for_a_gpu_share() -> None:
     assert request.required_resources == {"CPU": 1.0, "GPU": 0.5}
     cpu_only = neve_trainable("digits", resources={"cpu": 1})._resources
     assert "GPU" not in cpu_only.required_resources or cpu_only.required_resources["GPU"] == 0
+
+
+def test_a_record_whose_progress_file_lost_rows_to_a_retry_says_so() -> None:
+    """On a retry Ray copies a trial's progress file back from storage, which can lag the
+    driver's copy: the comparison's record warns that its series are partial."""
+    import pandas as pd
+
+    from neve_tune.ray._search_trials import _record
+    from neve_tune.study import Study
+
+    class Result:
+        config = {"lr": 0.05}
+        error = None
+        metrics = {"epoch": 8, "done": True, "stopped_by": "velocity", "objective": 0.1}
+        metrics_dataframe = pd.DataFrame(
+            {"training_iteration": [5, 6, 7, 8], "lr": [0.05] * 4, "velocity": [0.1] * 4}
+        )
+
+    with pytest.warns(RuntimeWarning, match=r"trial 3: Ray's progress file holds 4 of its 8"):
+        record = _record(3, Result(), Study(name="s", data="digits"), 1000)
+    assert record.epochs == 8 and len(record.velocity) == 4

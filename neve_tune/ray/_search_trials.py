@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import warnings
 from typing import Any
 
 import ray
@@ -80,6 +81,16 @@ def _record(i: int, r: Any, study: Study, train_size: int) -> SearchTrial:
     cost = Cost.from_dict(last)
     fit, pred = last.get("subset_fit"), last.get("subset_pred")
     cost.wall_s = float(sum(x.get("epoch_time_s") or 0.0 for x in rows))
+    epochs = int(last.get("epoch") or len(rows))
+    if len(rows) < epochs:
+        # on a retry Ray copies the progress file back from storage, which can lag
+        warnings.warn(
+            f"trial {i}: Ray's progress file holds {len(rows)} of its {epochs} epochs (a "
+            "retry restored it from storage before the lost rows were synced): its LR and "
+            "velocity series and wall time are partial; its cost in epochs is whole",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     if finished:
         stopped_by = last.get("stopped_by")
     else:
@@ -93,7 +104,7 @@ def _record(i: int, r: Any, study: Study, train_size: int) -> SearchTrial:
         config=study.config({k: r.config[k] for k in study.search_space if k in r.config}),
         state="COMPLETE" if complete else ("FAIL" if r.error else "PRUNED"),
         stopped_by=stopped_by,
-        epochs=int(last.get("epoch") or len(rows)),
+        epochs=epochs,
         best_epoch=last.get("best_epoch"),
         objective=float(objective) if complete else None,
         test_acc=last.get("test_acc") if complete else None,
