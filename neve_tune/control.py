@@ -14,6 +14,7 @@ All three implement :class:`Controller` (:mod:`neve_tune._controller`), the inte
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -93,7 +94,9 @@ class NeVe(Stoppable):
        - ``"stalled"``: either stop above (or the ``max_epochs`` cap) on a run that did not
          learn: its training loss is not below ``(1 - stall_margin)`` times its first
          epoch's, or not below ``(1 - stall_margin) * log(num_classes)`` (chance) when
-         ``num_classes`` is given; or, with no stop, ``stall_patience`` epochs (5) after
+         ``num_classes`` is given (for the guard's stop, the loss of the epoch it restores: a
+         minimum reached before learning, such as a collapse to one class, is no
+         memorisation); or, with no stop, ``stall_patience`` epochs (5) after
          the first with the training loss never below ``(1 - stall_margin)`` times the
          first epoch's and, at its pace so far, not getting there by ``max_epochs``
          (:func:`neve_tune._rules.stalled_early`: a dead learning rate, whose V / peak V
@@ -213,6 +216,13 @@ class NeVe(Stoppable):
             stall_margin=self.stall_margin,
             num_classes=self.num_classes,
         )
+
+    def _restores_unlearned(self) -> bool:
+        """Whether a guard stop would restore an epoch that had not learned (unknown: no)."""
+        if not self._weights.holds or not 0 < self.pc_best_epoch <= len(self.train_losses):
+            return False
+        loss = self.train_losses[self.pc_best_epoch - 1]
+        return math.isfinite(loss) and not self.learned(loss)
 
     def _pc_level(self) -> float | None:
         """The moving average of prediction changes over the last ``pc_window`` epochs."""
@@ -345,7 +355,8 @@ class NeVe(Stoppable):
         pc_stop = may_stop and pc_stop
         if not (velocity_stop or pc_stop or self.epoch >= self.max_epochs):
             return
-        if not self.learned(train_loss):
+        guard_only = pc_stop and not velocity_stop
+        if not self.learned(train_loss) or (guard_only and self._restores_unlearned()):
             self.stopped_by = "stalled"
         else:
             self.stopped_by = (

@@ -162,9 +162,11 @@ def test_prediction_changes_guard_leaves_a_run_that_fits_every_label():
     assert neve.stopped_by is None
 
 
-def _guarded_losses(changes, unfit, losses):
+def _guarded_losses(changes, unfit, losses, num_classes=None):
     """As _guarded, with the epochs' training losses given (the guard's clock)."""
-    model, opt, neve = _setup(threshold=1e-9, max_epochs=50, pc_patience=2, pc_window=1)
+    model, opt, neve = _setup(
+        threshold=1e-9, max_epochs=50, pc_patience=2, pc_window=1, num_classes=num_classes
+    )
     neve.start()
     for pc, u, loss in zip(changes, unfit, losses):
         _nudge(model, 0.1)
@@ -201,6 +203,21 @@ def test_prediction_changes_guard_never_stops_a_run_that_has_not_begun_to_learn(
     # the guard leaves the decision to the stall rule
     neve = _guarded_losses(*TURN, [2.3] * 12)
     assert neve.stopped_by != "prediction_changes" and neve.guard.onset == 0
+
+
+def test_a_guard_stop_that_would_restore_weights_that_never_learned_is_stalled():
+    # a learning rate too high: the first epoch blows the loss up to 9.0, the network
+    # collapses to a few classes (few changes) and the minimum at epoch 5 sits at loss 2.25,
+    # above 0.9 x log(10) = 2.07 (chance); at the stop (epoch 7) the loss is 1.7
+    losses = [9.0, 4.0, 2.5, 2.3, 2.25, 1.9, 1.7, 1.5, 1.4, 1.3, 1.2, 1.1]
+    neve = _guarded_losses(*TURN, losses, num_classes=10)
+    assert (neve.stopped_by, neve.epoch, neve.pc_best_epoch) == ("stalled", 7, 5)
+    assert neve.learned(losses[6]) and not neve.learned(losses[4])
+    # judged on the first epoch's loss alone (no class count) epoch 5 learned: a guard stop
+    assert _guarded_losses(*TURN, losses).stopped_by == "prediction_changes"
+    # with the minimum's loss under chance the same series is a guard stop
+    learned = losses[:4] + [2.0] + losses[5:]
+    assert _guarded_losses(*TURN, learned, num_classes=10).stopped_by == "prediction_changes"
 
 
 def test_the_guard_without_losses_runs_on_patience_alone():
