@@ -29,7 +29,9 @@ Groups (each a NeVe point, and the baselines' points where it runs them):
   search range (``LogUniform(1e-3, 1e-1)`` for the bundled studies) and default alike;
 - ``rf8``: NeVe, ``asha`` and ``asha_es`` with reduction factor 8 (rungs at 1 and 8);
 - ``subset_off``: NeVe without the selection subset (objective pick, training-loss rungs);
-- ``subset_200``: NeVe with a selection subset of 200 examples instead of 500.
+- ``subset_200``: NeVe with a selection subset of 200 examples instead of 500;
+- ``rungs_train_loss``: NeVe with the ``auto`` pick and its rungs on the training loss
+  (``rung_signal="train_loss"``) instead of ``auto``'s consensus rungs under noise.
 
 Figures are deterministic on one machine, not across machines.
 """
@@ -89,7 +91,10 @@ GROUPS: dict[str, tuple[tuple[str, ...], int, bool, Any]] = {
         lambda s: s.replace(selection_subset=0, selection="objective"),
     ),
     "subset_200": (("neve",), 4, False, lambda s: s.replace(selection_subset=SUBSET_SMALL)),
+    "rungs_train_loss": (("neve",), 4, False, None),
 }
+# group -> the NeVe search's rung signal where it is not the study's (compare's rung_signal)
+RUNG_SIGNAL: dict[str, str] = {"rungs_train_loss": "train_loss"}
 # what each group changes, in words (the page and the JSON carry it)
 GROUP_SETTINGS: dict[str, str] = {
     "default": "the study as it ships, reduction factor 4",
@@ -98,6 +103,7 @@ GROUP_SETTINGS: dict[str, str] = {
     "rf8": "reduction factor 8 (rungs at epochs 1 and 8, each keeps 1/8)",
     "subset_off": "selection subset off (objective pick, training-loss rungs)",
     "subset_200": f"selection subset of {SUBSET_SMALL} examples (not 500)",
+    "rungs_train_loss": "rungs on the training loss, the auto pick (not auto's consensus rungs)",
 }
 
 
@@ -144,6 +150,7 @@ def run_job(
         seed=seed,
         searches=searches,
         reduction_factor=rf,
+        rung_signal=RUNG_SIGNAL.get(group),
         baseline_variants=baseline_variants if with_variants and baseline_variants else None,
         progress=False,
     )
@@ -201,6 +208,7 @@ def rerun_neve(
         seed=seed,
         searches=("neve",),
         reduction_factor=rf,
+        rung_signal=RUNG_SIGNAL.get(group),
         progress=False,
     )
     names = record["searches"]

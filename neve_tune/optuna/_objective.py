@@ -295,12 +295,14 @@ class _TrialRun:
             return self._finish(trial, record, ckpt, len(bundle.train))  # type: ignore[arg-type]
 
     def _rung_epochs(self, trial: BaseTrial) -> tuple[int, ...] | None:
-        """Under a :class:`NeVePruner`, the epochs it reads the subset's predictions at (the
-        rest need them only at the end); under any other pruner, every epoch."""
+        """Under a :class:`NeVePruner`, its rung epochs when it ranks on the subset, else none
+        (the end, which the pick reads, is always recorded); under another pruner, every epoch."""
         pruner = getattr(getattr(trial, "study", None), "pruner", None)
-        if isinstance(pruner, NeVePruner):
+        if not isinstance(pruner, NeVePruner):
+            return None
+        if pruner.rung_signal in ("consensus", "auto"):
             return pruner.rung_epochs(self.study.max_epochs)
-        return None
+        return ()
 
     def _checkpoint(self, trial: BaseTrial) -> Path | None:
         """The trial's checkpoint path; temporary files a killed save left there are removed
