@@ -95,7 +95,7 @@ class NeVe(Stoppable):
          learn: its training loss is not below ``(1 - stall_margin)`` times its first
          epoch's, or not below ``(1 - stall_margin) * log(num_classes)`` (chance) when
          ``num_classes`` is given (for the guard's stop, the loss of the epoch it restores: a
-         minimum reached before learning, such as a collapse to one class, is no
+         minimum reached before learning, such as a network near chance, is no
          memorisation); or, with no stop, ``stall_patience`` epochs (5) after
          the first with the training loss never below ``(1 - stall_margin)`` times the
          first epoch's and, at its pace so far, not getting there by ``max_epochs``

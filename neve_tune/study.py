@@ -75,9 +75,9 @@ class Study:
     ``prediction_changes="in_pass"`` or on a subset of ``pc_subset_size`` examples. The defaults are
     the measured ones (docs/measurements.md,
     "Which validation-free defaults, and why"). ``selection_subset`` (0: off) makes each
-    NeVe trial record (every epoch, or under a ``NeVePruner`` its rung epochs and the last)
-    the classes it predicts for that many training examples (a fixed seeded subset,
-    ``subset_pred``, 500 by default), which
+    NeVe trial record (every epoch, or under a ``NeVePruner`` ranking on them its rung
+    epochs, and the last) the classes it predicts for that many training examples (a fixed
+    seeded subset, ``subset_pred``, 500 by default), which
     ``NeVePruner(rung_signal="consensus")`` compares across trials; ``selection="consensus"``
     (it needs ``selection_subset``) makes the comparison's NeVe search pick, among its finished
     trials, the one that agrees most with the majority vote of the others instead of the lowest
