@@ -118,7 +118,9 @@ def test_run_search_passes_the_schedulers_rung_epochs(monkeypatch) -> None:
     run_search("digits", num_samples=1)
     run_search("digits", num_samples=1, reduction_factor=8)
     run_search("digits", num_samples=1, method="asha")  # Ray's own ASHA: no subset at all
-    assert made == [(1, 4, 16, 60), (1, 8, 60), None]  # digits: max_epochs=60, max_t
+    run_search("digits", num_samples=1, rung_signal="train_loss")  # rungs read no predictions
+    # digits: max_epochs=60, max_t; a trial's own last epoch records them in every case
+    assert made == [(1, 4, 16, 60), (1, 8, 60), None, (60,)]
 
 
 @pytest.mark.ray

@@ -73,6 +73,17 @@ def _fmt(x: Any) -> str:
     return "-" if x is None else str(x)
 
 
+def _subset_epochs(sched: Any, rung_signal: str) -> tuple[int, ...] | None:
+    """Where a trial records the subset's predictions: under a :class:`NeVeASHAScheduler`, its
+    rung epochs when it ranks on them (``"consensus"``, ``"auto"``), else only ``max_t``, the
+    last of them (a trial ended there reads as finished by that result, whose fit the pick
+    reads); a trial's own last epoch always records them. Without it, every epoch."""
+    if not isinstance(sched, NeVeASHAScheduler):
+        return None
+    epochs = sched.rung_epochs()
+    return epochs if rung_signal in ("consensus", "auto") else epochs[-1:]
+
+
 def run_search(
     study: Study | str | os.PathLike,
     *,
@@ -160,8 +171,7 @@ def run_search(
         resources=res,
         data=data,
         model_fn=model_fn,
-        # the subset's predictions are read at the rungs and the end only
-        subset_epochs=sched.rung_epochs() if isinstance(sched, NeVeASHAScheduler) else None,
+        subset_epochs=_subset_epochs(sched, rung_signal),
     )
     # the scheduler's rungs travel in Tune's experiment checkpoint through its callback
     own = [_TrialLines()] + ([sched.callback()] if isinstance(sched, NeVeASHAScheduler) else [])
