@@ -217,6 +217,7 @@ def final_scores(
         "tse16": [sel.tse(t["history"], 16) for t in ts],
         "zeta": [sel.susceptibility(t["history"], e) for t, e in zip(ts, at)],
     }
+    out["auto"] = _shipped_auto(ts, idx, pool["subset_labels"])
     acc = [float(t["history"][e - 1]["train_acc"]) for t, e in zip(ts, at)]
     gate = sel.zeta_gate(acc, out["zeta"])
     out["zeta_gate+zeta"] = _gated(gate, out["zeta"])
@@ -253,6 +254,27 @@ def final_scores(
     return out
 
 
+def _shipped_auto(ts: Sequence[dict[str, Any]], idx: Sequence[int], labels: str) -> list[float]:
+    """``selection="auto"`` as the library ships it (:class:`SelectionPolicy`: the finished
+    trials' median fit of the subset's labels, the memorisation guard's stop, the consensus
+    tie rule), as scores: 0 for its pick, 1 for the others (``auto_eps`` is the replay's
+    older criterion: the vote's noise estimate alone)."""
+    from neve_tune.selection_policy import SelectionPolicy, TrialOutcome
+
+    rows = [
+        TrialOutcome(
+            i,
+            t["objective"],
+            t["stopped_by"],
+            subset_fit=sum(a == b for a, b in zip(t["final_pred"], labels)) / len(labels),
+            subset_pred=t["final_pred"],
+        )
+        for i, t in zip(idx, ts)
+    ]
+    winner, _ = SelectionPolicy().pick(rows, "auto")
+    return [0.0 if i == winner else 1.0 for i in idx]
+
+
 def _gated(gate: Sequence[bool], score: Sequence[float]) -> list[float]:
     """Trials through the gate first (by ``score``), then the others (by ``score``)."""
     big = 1e6
@@ -272,7 +294,10 @@ CRITERIA = (
     "fit_excess",
     "cons_gate+loss",
     "auto_eps",
+    "auto",
 )
+#: criteria that name a pick, not a ranking: no Kendall tau
+PICK_ONLY = ("auto",)
 
 
 def kendall_tau(scores: Sequence[float], accs: Sequence[float]) -> float:
@@ -319,7 +344,7 @@ def evaluate_pool(
     for c in CRITERIA:
         p = pick(scores[c], idx)
         res["pool"][c] = {
-            "tau": kendall_tau(scores[c], [accs[i] for i in idx]),
+            "tau": math.nan if c in PICK_ONLY else kendall_tau(scores[c], [accs[i] for i in idx]),
             "acc": None if p is None else accs[p],
             "regret": None if p is None else best_acc - accs[p],
         }
