@@ -284,15 +284,23 @@ def replay(
         velocity_stop = r["velocity"] / peak < VELOCITY_RULE[1]
         guard_stop = fired is not None and fired[0] == r["epoch"]
         if velocity_stop or guard_stop or r["epoch"] >= rec["max_epochs"]:
-            learned = r["train_loss"] < 0.9 * first and r["train_loss"] < 0.9 * math.log(k)
-            if not learned:
+            if not _learned(r["train_loss"], first, k):
                 return r["epoch"], r["epoch"], "stalled"
+            # a guard stop is judged at the epoch it restores too (the controller's rule)
+            if guard_stop and not velocity_stop and fired is not None:
+                if not _learned(rows[fired[1] - 1]["train_loss"], first, k):
+                    return r["epoch"], r["epoch"], "stalled"
             if velocity_stop:
                 return r["epoch"], r["epoch"], "velocity"
             if guard_stop:
                 return r["epoch"], fired[1], "prediction_changes"  # type: ignore[index]
             return r["epoch"], r["epoch"], "max_epochs"
     raise ValueError("the record ends before max_epochs")
+
+
+def _learned(loss: float, first: float, k: int) -> bool:
+    """The stall rule (``neve_tune._rules.learned``, margin 0.1, the class count known)."""
+    return loss < 0.9 * first and loss < 0.9 * math.log(k)
 
 
 def _misfit(r: dict[str, Any], n: int) -> float:
