@@ -14,7 +14,8 @@ FULL_GRID = "python benchmarks/frontier.py"
 FULL_GRID_TEXT = (
     "digits and MNIST-1D, clean and 20% label noise, digits at 40% noise, MNIST-1D with 25% "
     "of its training data, seeds 0–4, 20 trials, every group "
-    "(`default`, `threshold_x0.5`, `threshold_x2`, `rf8`, `subset_off`, `subset_200`)"
+    "(`default`, `threshold_x0.5`, `threshold_x2`, `rf8`, `subset_off`, `subset_200`, "
+    "`rungs_train_loss`)"
 )
 
 
