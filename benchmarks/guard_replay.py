@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -276,6 +275,8 @@ def replay(
 ) -> tuple[int, int, str]:
     """(stop epoch, kept epoch, stopped_by) of ``NeVe`` with the default velocity stop and
     the given guard (None: off), from a run recorded without a stop."""
+    from neve_tune._rules import learned  # the controller's stall rule
+
     rows, k = rec["rows"], rec["num_classes"]
     first, peak = rows[0]["train_loss"], 0.0
     fired = guard(rows, rec["num_train"]) if guard is not None else None
@@ -284,11 +285,11 @@ def replay(
         velocity_stop = r["velocity"] / peak < VELOCITY_RULE[1]
         guard_stop = fired is not None and fired[0] == r["epoch"]
         if velocity_stop or guard_stop or r["epoch"] >= rec["max_epochs"]:
-            if not _learned(r["train_loss"], first, k):
+            if not learned(r["train_loss"], first, num_classes=k):
                 return r["epoch"], r["epoch"], "stalled"
             # a guard stop is judged at the epoch it restores too (the controller's rule)
             if guard_stop and not velocity_stop and fired is not None:
-                if not _learned(rows[fired[1] - 1]["train_loss"], first, k):
+                if not learned(rows[fired[1] - 1]["train_loss"], first, num_classes=k):
                     return r["epoch"], r["epoch"], "stalled"
             if velocity_stop:
                 return r["epoch"], r["epoch"], "velocity"
@@ -296,11 +297,6 @@ def replay(
                 return r["epoch"], fired[1], "prediction_changes"  # type: ignore[index]
             return r["epoch"], r["epoch"], "max_epochs"
     raise ValueError("the record ends before max_epochs")
-
-
-def _learned(loss: float, first: float, k: int) -> bool:
-    """The stall rule (``neve_tune._rules.learned``, margin 0.1, the class count known)."""
-    return loss < 0.9 * first and loss < 0.9 * math.log(k)
 
 
 def _misfit(r: dict[str, Any], n: int) -> float:

@@ -47,6 +47,9 @@ SCHEDULERS = ("auto", "neve_asha", "asha", "fifo")
 #: subset) or ``auto`` (the consensus once the finished trials say the labels are noisy,
 #: their fit low and a memorisation-guard stop among them, else ``train_loss``)
 RUNG_SIGNALS = ("train_loss", "velocity", "consensus", "auto")
+#: the rung signals that rank on the selection subset's predictions (``subset_pred``), so a
+#: trial records them at the rung epochs; the others read them only at a trial's end
+SUBSET_SIGNALS = ("consensus", "auto")
 
 #: the validation metric a baseline search decides on: its rungs, early stopping, LR plateau
 #: and pick (``Study.val_metric``): ``loss`` (reported as ``val_loss``, lower is better) or

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from .._checks import check_choice, check_int
 from .._search_records import SearchTrial
 from ..data import DataBundle
-from ..records import RUNG_SIGNALS
+from ..records import RUNG_SIGNALS, SUBSET_SIGNALS
 from ..records import SEARCH_METHODS as SEARCHES
 from ..study import Study, load_study
 from ._aggregate import aggregate, ratios
@@ -290,7 +290,7 @@ def _check_arguments(
     check_int("trials", trials, minimum=1)
     check_int("repeats", repeats, minimum=1)
     check_choice("rung_signal", rung_signal, RUNG_SIGNALS)
-    if rung_signal in ("consensus", "auto") and not study.selection_subset:
+    if rung_signal in SUBSET_SIGNALS and not study.selection_subset:
         raise ValueError(
             f"rung_signal={rung_signal!r} needs a study with selection_subset > 0 (e.g. "
             "study.replace(selection_subset=500)): the predictions it compares"

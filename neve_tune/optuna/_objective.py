@@ -41,7 +41,7 @@ from ..checkpoint import (
     load_checkpoint,
 )
 from ..data import DataBundle
-from ..records import SEARCH_METHODS, Cost, TrialResult
+from ..records import SEARCH_METHODS, SUBSET_SIGNALS, Cost, TrialResult
 from ..space import Choice, IntUniform, LogUniform, Uniform
 from ..study import Study, load_study
 from ..train import warn_damaged
@@ -300,7 +300,7 @@ class _TrialRun:
         pruner = getattr(getattr(trial, "study", None), "pruner", None)
         if not isinstance(pruner, NeVePruner):
             return None
-        if pruner.rung_signal in ("consensus", "auto"):
+        if pruner.rung_signal in SUBSET_SIGNALS:
             return pruner.rung_epochs(self.study.max_epochs)
         return ()
 

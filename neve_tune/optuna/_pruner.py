@@ -10,7 +10,7 @@ from optuna.pruners import BasePruner, SuccessiveHalvingPruner
 from optuna.trial import FrozenTrial
 
 from .._checks import check_choice, check_int, is_finite, to_float
-from ..records import RUNG_SIGNALS
+from ..records import RUNG_SIGNALS, SUBSET_SIGNALS
 from ..selection_policy import SelectionPolicy
 from ._compat import with_step_value
 from ._consensus import consensus_rung, rung_index
@@ -311,7 +311,7 @@ class NeVePruner(BasePruner):
             step, self._min_resource, self._reduction_factor, self._min_early_stopping_rate
         )
         if (
-            self._signal in ("consensus", "auto")
+            self._signal in SUBSET_SIGNALS
             and at_rung is not None
             and not isinstance(epoch.get("subset_pred"), str)
         ):

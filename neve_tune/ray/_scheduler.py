@@ -17,7 +17,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from .._checks import check_bool, check_choice, to_float
-from ..records import RUNG_SIGNALS
+from ..records import RUNG_SIGNALS, SUBSET_SIGNALS
 from ._consensus import ConsensusRungs, check_predictions, ended_trial
 from ._halving import Brackets
 from ._losses import remember_first_loss
@@ -191,8 +191,8 @@ class NeVeASHAScheduler(FIFOScheduler):
     def rung_epochs(self) -> tuple[int, ...]:
         """The epochs (``time_attr`` values) where a result can meet a rung of any bracket, and
         ``max_t`` (``stop_last_trials``: the trial's last there, whose ``subset_fit`` counts for
-        ``"auto"``): with the trial's own last, the only ones this scheduler reads the subset at
-        (``neve_trainable(subset_epochs=...)``)."""
+        ``"auto"``): with the trial's own last, where a subset-ranking signal reads the subset
+        (``neve_trainable(subset_epochs=...)``; the others read it at ``max_t`` alone)."""
         return self._brackets.rung_epochs(self._stop_last_trials)
 
     @property
@@ -330,7 +330,7 @@ class NeVeASHAScheduler(FIFOScheduler):
     def _rung_decision(self, trial_id: str, t: float, result: dict) -> str:
         """Rule 4 on the metric, on the consensus, or (``"auto"``, which records both) on
         whichever of the two the class doc's ``"auto"`` rule names."""
-        if self._signal in ("consensus", "auto"):
+        if self._signal in SUBSET_SIGNALS:
             bracket, stop = self._brackets.index(trial_id), False
             preds = result.get(self._predictions_key)
             if self._votes.owed(bracket, trial_id, t, self._stop_last_trials, preds):
@@ -348,7 +348,7 @@ class NeVeASHAScheduler(FIFOScheduler):
         """Put a finished trial's value in the rung it reached (no decision)."""
         preds = result.get(self._predictions_key)
         if (
-            self._signal in ("consensus", "auto")
+            self._signal in SUBSET_SIGNALS
             and self._time_attr in result
             and isinstance(preds, str)
             and preds

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..records import SCHEDULERS, val_metric_key
+from ..records import SCHEDULERS, SUBSET_SIGNALS, val_metric_key
 from ..study import Study, load_study
 from ._scheduler import NeVeASHAScheduler
 
@@ -61,7 +61,7 @@ def pick_scheduler(
             raise ValueError(
                 f"scheduler 'neve_asha' needs method 'neve', got {method!r}; use 'asha'"
             )
-        if rung_signal in ("consensus", "auto") and not study.selection_subset:
+        if rung_signal in SUBSET_SIGNALS and not study.selection_subset:
             raise ValueError(
                 f"rung_signal={rung_signal!r} needs a study with selection_subset > 0 (e.g. "
                 "study.replace(selection_subset=500)): the predictions it compares"
