@@ -33,6 +33,27 @@ def test_rung_epochs_are_the_ceilings_of_every_brackets_milestones_and_max_t() -
     assert NeVeASHAScheduler(max_t=16, reduction_factor=4).rung_epochs() == (1, 4, 16)
 
 
+@pytest.mark.parametrize(
+    ("signal", "stop_last", "expected"),
+    [
+        ("consensus", True, (1, 4, 16, 60)),
+        ("auto", True, (1, 4, 16, 60)),
+        ("train_loss", True, (60,)),
+        ("velocity", True, (60,)),
+        ("consensus", False, (1, 4, 16)),
+        # trials go on past max_t: no result there reads as finished, so nothing is owed
+        ("train_loss", False, ()),
+    ],
+)
+def test_subset_epochs_are_the_rungs_only_where_the_signal_ranks_on_the_subset(
+    signal: str, stop_last: bool, expected: tuple[int, ...]
+) -> None:
+    sched = NeVeASHAScheduler(
+        rung_signal=signal, max_t=60, reduction_factor=4, stop_last_trials=stop_last
+    )
+    assert sched.subset_epochs() == expected
+
+
 def _result(epoch: int, **extra: Any) -> dict[str, Any]:
     r = {"training_iteration": epoch, "velocity": 0.5, "train_loss": 1 / epoch}
     return {**r, "neve_stop": False, **extra}

@@ -103,6 +103,14 @@ class Brackets:
     def milestones(self) -> list[list[float]]:
         return [[r.milestone for r in b] for b in self.rungs]
 
+    def describe(self) -> str:
+        """One line per bracket, each rung's milestone and cutoff (Tune's status table)."""
+        return "\n".join(
+            "Bracket: "
+            + " | ".join(f"Iter {r.milestone:.3f}: {r.cutoff(self.quantile)}" for r in bracket)
+            for bracket in self.rungs
+        )
+
     def rung_epochs(self, stop_last_trials: bool = True) -> tuple[int, ...]:
         """The whole ``time_attr`` values where a result first meets a milestone of any
         bracket (a milestone's ceiling), and ``max_t`` where ``stop_last_trials`` ends a

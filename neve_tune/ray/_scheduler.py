@@ -1,11 +1,7 @@
 """``NeVeASHAScheduler``: asynchronous successive halving on a validation-free signal.
 
-The scheduler keeps its own rung bookkeeping (the rule of Ray's
-:class:`~ray.tune.schedulers.AsyncHyperBandScheduler`, same rungs, same cutoffs) and uses
-only Ray Tune's public scheduler and callback interfaces. Ray does not save schedulers in
-its experiment checkpoint (ray issue #30838) but does save callbacks, so the rung state
-travels through :meth:`NeVeASHAScheduler.callback`, a ``ray.tune.Callback`` whose
-``get_state``/``set_state`` carry :meth:`NeVeASHAScheduler.state_dict`.
+Its own rung bookkeeping (Ray's ``AsyncHyperBandScheduler`` rule) through Ray Tune's public
+scheduler and callback interfaces only; the class doc says how its state survives a restore.
 """
 
 from __future__ import annotations
@@ -80,8 +76,8 @@ class NeVeASHAScheduler(FIFOScheduler):
     on the training loss or velocity, O(n·K) on the consensus (K subset examples); nothing
     is written to disk.
 
-    **Restoring** (``Tuner.restore``): Ray saves callbacks, not schedulers, in its
-    experiment checkpoint. Pass the scheduler's :meth:`callback` in the run config and
+    **Restoring** (``Tuner.restore``): Ray saves callbacks, not schedulers (ray issue #30838),
+    in its experiment checkpoint. Pass the scheduler's :meth:`callback` in the run config and
     the rungs, outcomes and trial brackets come back with the experiment::
 
         sched = NeVeASHAScheduler(max_t=60)
@@ -190,10 +186,17 @@ class NeVeASHAScheduler(FIFOScheduler):
 
     def rung_epochs(self) -> tuple[int, ...]:
         """The epochs (``time_attr`` values) where a result can meet a rung of any bracket, and
-        ``max_t`` (``stop_last_trials``: the trial's last there, whose ``subset_fit`` counts for
-        ``"auto"``): with the trial's own last, where a subset-ranking signal reads the subset
-        (``neve_trainable(subset_epochs=...)``; the others read it at ``max_t`` alone)."""
+        ``max_t`` where ``stop_last_trials`` ends a trial."""
         return self._brackets.rung_epochs(self._stop_last_trials)
+
+    def subset_epochs(self) -> tuple[int, ...]:
+        """Where a trial reports the subset's predictions besides its own last epoch
+        (``neve_trainable(subset_epochs=...)``): :meth:`rung_epochs` when the signal ranks on
+        them (:data:`~neve_tune.records.SUBSET_SIGNALS`), else ``max_t`` alone, where a trial
+        this scheduler ends reads as finished and its ``subset_fit`` counts for the pick."""
+        if self._signal in SUBSET_SIGNALS:
+            return self.rung_epochs()
+        return (self._max_t,) if self._stop_last_trials else ()
 
     @property
     def persist(self) -> bool:
@@ -205,9 +208,8 @@ class NeVeASHAScheduler(FIFOScheduler):
         tid = trial.trial_id
         if tid in self._brackets.active:  # a retried trial, or one known from the restored state
             return
-        if (
-            getattr(trial, "status", None) == Trial.TERMINATED
-        ):  # a finished trial re-added by a restore
+        # a finished trial re-added by a restore
+        if getattr(trial, "status", None) == Trial.TERMINATED:
             if not self._restored and tid not in self._outcomes and not self._warned_unrestored:
                 self._warned_unrestored = True
                 logger.warning(
@@ -263,14 +265,10 @@ class NeVeASHAScheduler(FIFOScheduler):
 
     def debug_string(self) -> str:
         c = self._outcomes.counts
-        rungs = "\n".join(
-            "Bracket: "
-            + " | ".join(f"Iter {r.milestone:.3f}: {r.cutoff(self._quantile)}" for r in bracket)
-            for bracket in self._brackets.rungs
-        )
         return (
             f"Using NeVeASHA on {self._rung_metric!r} ({self._mode}): pruned={c[PRUNED]} "
-            f"converged={c[CONVERGED]} diverged={c[DIVERGED]} stalled={c[STALLED]}\n{rungs}"
+            f"converged={c[CONVERGED]} diverged={c[DIVERGED]} stalled={c[STALLED]}\n"
+            + self._brackets.describe()
         )
 
     # ------------------------------------------------------------------ outcomes

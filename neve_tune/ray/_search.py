@@ -15,7 +15,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from .._checks import check_choice, check_float, check_int, check_seed
 from .._names import check_folder_name, shown
-from ..records import RUNG_SIGNALS, SCHEDULERS, SUBSET_SIGNALS
+from ..records import RUNG_SIGNALS, SCHEDULERS
 from ..study import Study, load_study
 from ._run_config import check_run_config, run_config_for, run_kwargs
 from ._scheduler import NeVeASHAScheduler
@@ -71,18 +71,6 @@ def _fmt(x: Any) -> str:
     if isinstance(x, float):
         return f"{x:.4g}"
     return "-" if x is None else str(x)
-
-
-def _subset_epochs(sched: Any, rung_signal: str) -> tuple[int, ...] | None:
-    """Where a trial records the subset's predictions: under a :class:`NeVeASHAScheduler`, its
-    rung epochs when it ranks on them (:data:`~neve_tune.records.SUBSET_SIGNALS`), else only
-    ``max_t``, the last of them (a trial ended there reads as finished by that result, whose
-    fit the pick reads); a trial's own last epoch always records them. Without it, every
-    epoch."""
-    if not isinstance(sched, NeVeASHAScheduler):
-        return None
-    epochs = sched.rung_epochs()
-    return epochs if rung_signal in SUBSET_SIGNALS else epochs[-1:]
 
 
 def run_search(
@@ -172,7 +160,7 @@ def run_search(
         resources=res,
         data=data,
         model_fn=model_fn,
-        subset_epochs=_subset_epochs(sched, rung_signal),
+        subset_epochs=sched.subset_epochs() if isinstance(sched, NeVeASHAScheduler) else None,
     )
     # the scheduler's rungs travel in Tune's experiment checkpoint through its callback
     own = [_TrialLines()] + ([sched.callback()] if isinstance(sched, NeVeASHAScheduler) else [])
