@@ -27,15 +27,39 @@ from typing import Any
 from ._checks import is_bool, unwrap_scalar
 from .records import METRIC_NAMES
 
-__all__ = ["FLAGS", "check_metric_keys", "close_metric_name"]
+__all__ = ["FLAGS", "KNOWN_NAMES", "check_metric_keys", "close_metric_name"]
 
 #: the controller's flags: booleans when given
 FLAGS = ("neve_stop", "stalled", "diverged")
 
+#: every name a NeVe door reports or reads by name: the per-epoch names, the validation
+#: baselines', the selection subset's, and a trial's last result (docs/design.md, "Metric
+#: names"). A key one typo away from one of them is refused; the names themselves never are
+#: (``best_epoch`` is no typo of ``kept_epoch``).
+KNOWN_NAMES = METRIC_NAMES + (
+    "val_loss",
+    "val_acc",
+    "subset_pred",
+    "subset_fit",
+    "stopped_by",
+    "objective",
+    "epochs",
+    "best_epoch",
+    "epochs_equiv",
+    "test_acc",
+    "test_loss",
+    "wall_s",
+)
+
 
 def close_metric_name(key: str) -> str | None:
-    """The metric name ``key`` is one typo away from (``"velocty"`` -> ``"velocity"``), if any."""
-    match = difflib.get_close_matches(key, METRIC_NAMES, n=1, cutoff=0.8)
+    """The name ``key`` is one typo away from (``"velocty"`` -> ``"velocity"``), if any, among
+    :data:`KNOWN_NAMES`.
+
+    >>> [close_metric_name(k) for k in ("velocty", "stoped_by", "best_epoch")]
+    ['velocity', 'stopped_by', None]
+    """
+    match = difflib.get_close_matches(key, KNOWN_NAMES, n=1, cutoff=0.8)
     return match[0] if match and match[0] != key else None
 
 

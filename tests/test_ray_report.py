@@ -133,6 +133,30 @@ def test_bad_metrics_are_refused_naming_the_key_and_nothing_is_reported(
     assert reported == []
 
 
+def test_every_name_neve_reports_passes_and_a_typo_of_one_is_refused(reported):
+    """A trainable of your own may report what ``neve_trainable`` reports (``best_epoch`` is
+    no typo of ``kept_epoch``, ``epochs`` none of ``epoch``); a typo of a name the pick or
+    the scheduler's callback reads (``stopped_by``, ``subset_fit``, ``objective``) is refused."""
+    from neve_tune.ray import reported_metrics
+
+    names = [k for k in reported_metrics("asha") if k not in ("velocity", "train_loss")]
+    flags, text = ("neve_stop", "stalled", "diverged"), ("stopped_by", "node_id")
+    values = {k: False if k in flags else "velocity" if k in text else 1.0 for k in names}
+    metrics = {"velocity": 0.1, "train_loss": 0.5, **values}
+    assert set(report_epoch(metrics)) == set(metrics)
+    last = {"velocity": 0.1, "train_loss": 0.5, "best_epoch": 3, "epochs": 4}  # no kept_epoch
+    assert report_epoch(last) == last
+    for typo, name in (
+        ("stoped_by", "stopped_by"),
+        ("subset_fitt", "subset_fit"),
+        ("subset_prd", "subset_pred"),
+        ("objectve", "objective"),
+    ):
+        with pytest.raises(ValueError, match=rf"has '{typo}': did you mean '{name}'\?"):
+            report_epoch({"velocity": 0.1, "train_loss": 0.5, typo: 1.0})
+    assert len(reported) == 2
+
+
 def test_a_diverged_epoch_may_carry_no_velocity(reported):
     assert (
         report_epoch({"velocity": None, "train_loss": float("nan"), "diverged": True})["diverged"]
