@@ -639,6 +639,16 @@ def test_the_guard_refuses_a_model_without_class_logits(tmp_path):
         ({"probe_fn": "f"}, "probe_fn must be a function"),
         ({"probe_module": 3}, "probe_module must be a submodule name"),
         ({"verbose": 1}, "verbose must be a bool"),
+        # values NeVe refuses: refused when the callback is built, not when training starts
+        ({"num_classes": 1}, "num_classes must be an int >= 2"),
+        ({"threshold_mode": "relatve"}, "threshold_mode must be one of"),
+        ({"lr_signal": "velocty"}, "lr_signal must be one of"),
+        ({"lr_factor": 5}, "lr_factor must be"),
+        ({"min_epochs": -1}, "min_epochs must be"),
+        ({"max_epochs": "10"}, "max_epochs must be"),
+        ({"stall_margin": 2}, "stall_margin must be"),
+        ({"pc_window": 0}, "pc_window must be"),
+        ({"pc_restore": "meen"}, "pc_restore must be"),
     ],
 )
 def test_options_it_cannot_honour_are_refused(kwargs, error):

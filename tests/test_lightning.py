@@ -174,11 +174,37 @@ def test_missing_train_loss_is_a_clear_error():
         ({"loss_key": ""}, "loss_key must be"),
         ({"patients": 3}, "unknown NeVeCallback options"),
         ({"probe_samples": 0}, "probe_samples must be"),
+        # values NeVe refuses: refused when the callback is built, not when training starts
+        ({"num_classes": 1}, "num_classes must be an int >= 2"),
+        ({"threshold_mode": "relatve"}, "threshold_mode must be one of"),
+        ({"lr_signal": "velocty"}, "lr_signal must be one of"),
+        ({"lr_factor": 5}, "lr_factor must be"),
+        ({"min_epochs": -1}, "min_epochs must be"),
+        ({"max_epochs": "10"}, "max_epochs must be"),
+        ({"stall_margin": 2}, "stall_margin must be"),
+        ({"pc_window": 0}, "pc_window must be"),
+        ({"pc_restore": "meen"}, "pc_restore must be"),
     ],
 )
 def test_bad_arguments(kwargs, error):
     with pytest.raises((TypeError, ValueError), match=error):
         NeVeCallback(**kwargs)
+
+
+def test_min_epochs_beyond_the_default_budget_waits_for_the_trainers():
+    """Without ``max_epochs`` the Trainer's budget is known only when fit starts: a
+    ``min_epochs`` above NeVe's default of 100 is not refused when the callback is built."""
+    assert NeVeCallback(min_epochs=150).controller_options["min_epochs"] == 150
+    with pytest.raises(ValueError, match=r"min_epochs must be in \[0, max_epochs=100\]"):
+        NeVeCallback(min_epochs=150, max_epochs=100)
+
+
+def test_building_the_callback_leaves_the_seeded_rng_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    NeVeCallback(num_classes=2)
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_token_batches_need_a_probe():

@@ -31,12 +31,14 @@ from .._checks import check_float, check_int
 from .._rules import resolve_patience
 from ..control import NeVe
 from ..prediction_changes import PredictionChanges, SubsetPredictionChanges
+from ..velocity import NeuralVelocity
 from .forward import check_probe_target
 
 __all__ = [
     "CallbackArguments",
     "CallbackSettings",
     "check_controller_options",
+    "check_controller_values",
     "check_trial",
     "stop_reason",
 ]
@@ -69,6 +71,24 @@ def check_controller_options(options: Mapping[str, Any], who: str) -> None:
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise TypeError(f"unknown {who} options {unknown}; NeVe options are {allowed}")
+
+
+def check_controller_values(options: Mapping[str, Any], threshold: float) -> None:
+    """Refuse, when the callback is built, option values :class:`neve_tune.NeVe` would refuse
+    when training starts (``num_classes=1``, ``threshold_mode="relatve"``, ...): a throwaway
+    controller on a one-neuron model applies NeVe's own checks. Without ``max_epochs`` (the
+    Trainer's budget, known at the start) ``min_epochs`` is checked alone.
+
+    >>> check_controller_values({"lr_patience": "auto", "num_classes": 1}, 1e-2)
+    Traceback (most recent call last):
+    ...
+    ValueError: num_classes must be an int >= 2 or None, got 1
+    """
+    with torch.random.fork_rng(devices=[]):  # the user's seeded RNG stays as it was
+        model = torch.nn.Sequential(torch.nn.Linear(1, 1))
+    options = {"max_epochs": 2**31, **options}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    NeVe(optimizer, NeuralVelocity(model, torch.zeros(1, 1)), threshold=threshold, **options)
 
 
 def check_trial(trial: Any) -> Any:
@@ -187,6 +207,7 @@ class CallbackSettings:
         self.source_spec = _check_guard(
             options, self.prediction_changes, set(controller_options), who
         )
+        check_controller_values(options, self.threshold)
         self.controller_options = options
         self.neve: NeVe | None = None
         self.history: list[dict[str, Any]] = []
