@@ -680,6 +680,18 @@ def test_to_ray_space_converts_every_distribution():
     assert set(samples) == {1, 2, 3}
 
 
+@pytest.mark.parametrize(
+    "seed, error", [("1", TypeError), (1.7, TypeError), (True, TypeError), (None, None)]
+)
+def test_to_ray_space_refuses_a_seed_that_is_no_int(seed, error):
+    if error is None:
+        assert "seed" not in to_ray_space("digits", seed=seed)
+        assert to_ray_space("digits", seed=np.int64(3))["seed"] == 3
+        return
+    with pytest.raises(error, match="seed must be an int"):
+        to_ray_space("digits", seed=seed)
+
+
 def test_reported_metrics_use_the_design_names():
     names = reported_metrics("neve")
     for k in (

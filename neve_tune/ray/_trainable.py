@@ -75,8 +75,9 @@ def to_ray_space(study: Study | str | os.PathLike, *, seed: int | None = None) -
 
     ``LogUniform`` -> ``tune.loguniform``, ``Uniform`` -> ``tune.uniform``, ``IntUniform``
     -> ``tune.randint``/``tune.lograndint`` (both ends included, as in the study), ``Choice``
-    -> ``tune.choice``. With ``seed``, every trial also gets ``config["seed"] = seed``.
+    -> ``tune.choice``. With ``seed`` (an int), every trial also gets ``config["seed"] = seed``.
     """
+    seed = check_int("seed", seed, allow_none=True)  # not int("1") or int(1.7): refused
     study = load_study(study)
     study.validate()
     space: dict[str, Any] = {}
@@ -92,7 +93,7 @@ def to_ray_space(study: Study | str | os.PathLike, *, seed: int | None = None) -
         else:  # validate() rejects this already
             raise TypeError(f"search space {name!r}: cannot convert {d!r}")
     if seed is not None:
-        space["seed"] = int(seed)
+        space["seed"] = seed
     return space
 
 
