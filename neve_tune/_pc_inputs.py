@@ -17,6 +17,7 @@ __all__ = [
     "check_classes",
     "check_inputs",
     "check_labels",
+    "class_id_pairs",
     "num_rows",
     "pick_input",
     "pick_label",
@@ -115,6 +116,30 @@ def check_labels(labels: Any, k: int) -> torch.Tensor:
             f"labels must hold one class id per input ({k}), got shape {tuple(labels.shape)}"
         )
     return labels
+
+
+def class_id_pairs(items: list[Any], who: str) -> tuple[list[Any], torch.Tensor]:
+    """The inputs and the labels, one class id each (whole-number floats pass), of
+    ``(input, label, ...)`` data set items; else a ``TypeError`` saying what ``who`` needs
+    (a label truncated or broadcast would give a wrong fit without a word)."""
+    labels = []
+    for item in items:
+        pair = isinstance(item, (tuple, list)) and len(item) >= 2
+        label = item[1] if pair else item
+        try:
+            label = torch.as_tensor(label) if pair else None
+        except (TypeError, ValueError, RuntimeError):
+            label = None
+        if label is None or label.numel() != 1 or label.dtype == torch.bool:
+            what = f"a {type(item).__name__}" if not pair else f"the label {item[1]!r:.60}"
+            raise TypeError(
+                f"{who} needs (input, label) items, the label one class id, got {what}: "
+                "build SelectionSubset(inputs, labels) instead"
+            )
+        if label.is_floating_point() and label == label.round():
+            label = label.long()
+        labels.append(check_classes("the dataset's labels", label.reshape(()), "class ids"))
+    return [item[0] for item in items], torch.stack(labels)
 
 
 def pick_label(item: Any, input_key: Any) -> Any:

@@ -350,17 +350,18 @@ class SelectionSubset:
 
     @classmethod
     def from_dataset(cls, dataset: Any, num_examples: int = 500, seed: int = 0) -> SelectionSubset:
+        """``num_examples`` ``(input, label)`` items drawn with ``seed`` (an int >= 0), labels
+        class ids; the training RNG is left as it was (an augmenting data set)."""
         from ._checks import check_int
+        from ._pc_inputs import class_id_pairs
 
         check_int("num_examples", num_examples, minimum=1)
-        n = len(dataset)
-        gen = torch.Generator().manual_seed(int(seed))
-        pos = torch.randperm(n, generator=gen)[: min(num_examples, n)].sort().values
-        items = [dataset[int(i)] for i in pos]
-        return cls(
-            torch.stack([torch.as_tensor(x) for x, _ in items]),
-            torch.tensor([int(y) for _, y in items]),
-        )
+        gen = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
+        pos = torch.randperm(len(dataset), generator=gen)[:num_examples].sort().values
+        with torch.random.fork_rng(devices=[]):
+            items = [dataset[int(i)] for i in pos]
+        inputs, labels = class_id_pairs(items, "SelectionSubset.from_dataset")
+        return cls(torch.stack([torch.as_tensor(x) for x in inputs]), labels)
 
     @property
     def num_examples(self) -> int:

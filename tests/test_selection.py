@@ -98,6 +98,48 @@ def test_random_label_drop_leaves_the_model_and_rng_alone():
     assert torch.equal(rng, torch.get_rng_state())
 
 
+class _Augmenting(torch.utils.data.Dataset):
+    """(input, label) items drawn with the global RNG, as a random augmentation does."""
+
+    def __init__(self, labels: torch.Tensor) -> None:
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return torch.randn(3), self.labels[i]
+
+
+def test_selection_subset_from_dataset_draws_class_ids_and_leaves_the_rng_alone():
+    y = torch.arange(40) % 3
+    torch.manual_seed(0)
+    expected = torch.rand(2)
+    torch.manual_seed(0)
+    sub = sel.SelectionSubset.from_dataset(_Augmenting(y), 10, seed=4)
+    assert torch.equal(torch.rand(2), expected)  # training's RNG untouched
+    pos = torch.randperm(40, generator=torch.Generator().manual_seed(4))[:10].sort().values
+    assert torch.equal(sub.labels, y[pos])  # the same draw as ever, for the same seed
+    # a label [1] is one class id (no broadcast in fit); a whole float is one too
+    column = torch.utils.data.TensorDataset(torch.randn(40, 3), y[:, None].float())
+    assert torch.equal(sel.SelectionSubset.from_dataset(column, 10, seed=4).labels, y[pos])
+
+
+@pytest.mark.parametrize(
+    "dataset, seed, error",
+    [
+        ([(torch.zeros(3), 1)] * 4, "0", "seed must be an int"),
+        ([(torch.zeros(3), 1)] * 4, 1.5, "seed must be an int"),
+        ([{"input_ids": torch.zeros(3), "labels": 1}] * 4, 0, "needs \\(input, label\\) items"),
+        ([(torch.zeros(3), 0.5)] * 4, 0, "must hold integer class ids"),
+        ([(torch.zeros(3), torch.tensor([0, 1]))] * 4, 0, "the label one class id"),
+    ],
+)
+def test_selection_subset_from_dataset_refuses_what_it_would_misread(dataset, seed, error):
+    with pytest.raises((TypeError, ValueError), match=error):
+        sel.SelectionSubset.from_dataset(dataset, 2, seed=seed)
+
+
 def test_subset_predictions_restore_the_mode():
     model = nn.Sequential(nn.Linear(4, 3))
     x = torch.randn(7, 4)
