@@ -48,7 +48,7 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from ._callbacks import DEFAULT_THRESHOLD, CallbackArguments, CallbackSettings
 from ._callbacks.forward import batch_inputs, prefixed_layers
-from ._callbacks.lightning_logs import log_epoch, log_stop, train_loss_of
+from ._callbacks.lightning_logs import epoch_budget, log_epoch, log_stop, train_loss_of
 from ._callbacks.lightning_probe import pc_source, probe_forward, probe_from_batch
 from ._callbacks.lr_compose import check_composable, follow_decay, lrs
 from ._callbacks.pc_source import PCSource, batch_labels, batch_logits
@@ -94,8 +94,8 @@ class NeVeCallback(CallbackSettings, pl.Callback):
     The defaults are the studies' (docs/design.md, "The callbacks"): the relative velocity
     threshold (``threshold_mode="relative"``, ``threshold=1e-2``), the guard on
     (``pc_patience=3``, ``pc_window=3``, ``pc_restore="mean"``), ``lr_patience="auto"``
-    (``max(2, max_epochs // 20)``), ``max_epochs`` the trainer's. Pass ``num_classes`` so
-    a run that stays at chance ends ``"stalled"``.
+    (``max(2, max_epochs // 20)``), ``max_epochs`` the trainer's (or its ``max_steps`` in
+    epochs). Pass ``num_classes`` so a run that stays at chance ends ``"stalled"``.
 
     Prediction changes (``prediction_changes``): ``"subset"`` (default) forwards a fixed
     subset of 1,000 training inputs (drawn with ``probe_seed``; found in each item with
@@ -237,12 +237,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
     def _build(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, probe: torch.Tensor
     ) -> None:
-        budget = (
-            trainer.max_epochs
-            if isinstance(trainer.max_epochs, int) and trainer.max_epochs > 0
-            else None
-        )
-        options = self.controller_kwargs(budget)
+        options = self.controller_kwargs(epoch_budget(trainer))
         layers = (
             prefixed_layers(self.layers, self.probe_module)
             if self.probe_module or self.probe_fn

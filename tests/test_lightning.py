@@ -620,6 +620,17 @@ def test_patience_auto_follows_the_trainer_budget():
         NeVeCallback(lr_patience=-1)
 
 
+def test_a_trainer_given_max_steps_is_the_budget_in_epochs():
+    """``Trainer(max_steps=...)`` has no ``max_epochs``: the budget is its steps in epochs
+    (here 8 batches, 2 per optimizer step: 24 steps are 6 epochs), not NeVe's default 100."""
+    neve = NeVeCallback(threshold=1e-9, pc_patience=None, prediction_changes=None)
+    trainer = _trainer([neve], max_epochs=None, max_steps=24, accumulate_grad_batches=2)
+    trainer.fit(Net(), _loader())
+    assert trainer.global_step == 24 and len(neve.history) == 6
+    assert neve.neve.max_epochs == 6 and neve.stopped_by == "max_epochs"
+    assert neve.neve.scheduler.patience == 2  # "auto" against those 6 epochs
+
+
 class ScheduledNet(Net):
     def __init__(self, lr: float, scheduler) -> None:
         super().__init__(lr=lr)

@@ -1,9 +1,10 @@
-"""What a :class:`~neve_tune.lightning.NeVeCallback` reads from Lightning's logs and writes to
-them: the epoch's training loss from ``trainer.callback_metrics``, the epoch's metrics through
-``pl_module.log``, and the stop in every logger's hyperparameters."""
+"""What a :class:`~neve_tune.lightning.NeVeCallback` reads from Lightning's Trainer and logs and
+writes to them: its epoch budget, the epoch's training loss from ``trainer.callback_metrics``,
+the epoch's metrics through ``pl_module.log``, and the stop in every logger's hyperparameters."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,10 +13,23 @@ import lightning.pytorch as pl
 from .._checks import to_float
 from ..control import NeVe
 
-__all__ = ["log_epoch", "log_stop", "train_loss_of"]
+__all__ = ["epoch_budget", "log_epoch", "log_stop", "train_loss_of"]
 
 # names NeVe.step() returns that are not logged: Lightning keeps its own "epoch"
 NOT_LOGGED = frozenset({"epoch"})
+
+
+def epoch_budget(trainer: pl.Trainer) -> int | None:
+    """The epochs the Trainer will run: ``max_epochs``, else its ``max_steps`` in epochs
+    (``Trainer(max_steps=...)`` has no ``max_epochs``); None when unbounded. Read once the
+    training data is set up (``on_train_start`` and later)."""
+    if isinstance(trainer.max_epochs, int) and trainer.max_epochs > 0:
+        return trainer.max_epochs
+    steps = trainer.estimated_stepping_batches  # max_steps when the epochs are unbounded
+    per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+    if not (math.isfinite(steps) and math.isfinite(per_epoch) and per_epoch > 0):
+        return None
+    return max(1, math.ceil(steps / per_epoch))
 
 
 def train_loss_of(trainer: pl.Trainer, loss_key: str) -> float:
