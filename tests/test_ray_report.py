@@ -38,10 +38,13 @@ def _neve_metrics() -> dict:
     return neve.step(train_loss=torch.tensor(0.7))
 
 
-def test_the_output_of_neve_step_is_reported_as_it_is(reported):
+def test_the_output_of_neve_step_is_reported_as_it_is(reported, tmp_path):
+    from ray import tune
+
     metrics = _neve_metrics()
-    out = report_epoch(metrics, checkpoint="ckpt")
-    assert reported == [(out, "ckpt")]
+    checkpoint = tune.Checkpoint.from_directory(tmp_path)
+    out = report_epoch(metrics, checkpoint=checkpoint)
+    assert reported == [(out, checkpoint)]
     assert out == metrics and out["train_loss"] == pytest.approx(0.7) and out["neve_stop"] is False
 
 
@@ -155,6 +158,14 @@ def test_every_name_neve_reports_passes_and_a_typo_of_one_is_refused(reported):
         with pytest.raises(ValueError, match=rf"has '{typo}': did you mean '{name}'\?"):
             report_epoch({"velocity": 0.1, "train_loss": 0.5, typo: 1.0})
     assert len(reported) == 2
+
+
+@pytest.mark.parametrize("checkpoint", [{"model": 1}, "ckpt_dir"])
+def test_a_checkpoint_that_is_no_tune_checkpoint_is_refused_before_reporting(reported, checkpoint):
+    # Ray itself would fail the trial with "'dict' object has no attribute 'path'"
+    with pytest.raises(TypeError, match="checkpoint must be a ray.tune.Checkpoint"):
+        report_epoch({"velocity": 0.1, "train_loss": 0.5}, checkpoint)
+    assert reported == []
 
 
 def test_a_diverged_epoch_may_carry_no_velocity(reported):

@@ -118,7 +118,7 @@ def report_epoch(
 
     The output of :meth:`neve_tune.NeVe.step` passes as it is (it holds the velocity,
     the training loss and the controller's flags). ``checkpoint`` is a
-    ``ray.tune.Checkpoint`` (or ``None``), saved with this result.
+    ``ray.tune.Checkpoint`` (or ``None``; anything else is refused), saved with this result.
 
     Example, inside a trainable (``docs/ray_trainable.py`` is a complete one)::
 
@@ -129,5 +129,11 @@ def report_epoch(
     out = check_epoch_metrics(metrics, metric=metric, loss_metric=loss_metric)
     from ray import tune
 
+    if checkpoint is not None and not isinstance(checkpoint, tune.Checkpoint):
+        # else Ray fails the trial with "'dict' object has no attribute 'path'"
+        raise TypeError(
+            "checkpoint must be a ray.tune.Checkpoint (e.g. tune.Checkpoint.from_directory(dir)) "
+            f"or None, got {type(checkpoint).__name__}"
+        )
     tune.report(out, checkpoint=checkpoint)
     return out
