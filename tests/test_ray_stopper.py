@@ -692,6 +692,19 @@ def test_to_ray_space_refuses_a_seed_that_is_no_int(seed, error):
         to_ray_space("digits", seed=seed)
 
 
+def test_run_search_uses_a_given_stopper_and_refuses_what_is_none_before_ray():
+    from neve_tune.ray._search import _stopper, check_search_args
+
+    study = load_study("digits")
+    given = CombinedStopper(NeVeStopper(), MaximumIterationStopper(5))
+    assert _stopper("neve", given) is given  # not swapped for a fresh NeVeStopper
+    assert isinstance(_stopper("neve", True), NeVeStopper) and _stopper("neve", False) is None
+    assert _stopper("asha", True) is None and _stopper("asha", given) is given
+    for bad in ("yes", 1, NeVeStopper):  # a truthy value, the class itself
+        with pytest.raises(TypeError, match="stopper must be True"):
+            check_search_args(study, stopper=bad)
+
+
 def test_reported_metrics_use_the_design_names():
     names = reported_metrics("neve")
     for k in (

@@ -12,6 +12,7 @@ from typing import Any
 import ray
 from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.stopper import Stopper
 
 from .._checks import check_choice, check_float, check_int, check_seed
 from .._names import check_folder_name, shown
@@ -79,7 +80,7 @@ def run_search(
     method: str = "neve",
     num_samples: int = 8,
     scheduler: str = "auto",
-    stopper: bool | NeVeStopper = True,
+    stopper: bool | Stopper = True,
     seed: int = 0,
     run_config: tune.RunConfig | None = None,
     resources: Mapping[str, float] | None = None,
@@ -143,6 +144,7 @@ def run_search(
         rung_signal=rung_signal,
         resume=resume,
         run_config=run_config,
+        stopper=stopper,
     )
     if not ray.is_initialized():
         ray.init(address="local", include_dashboard=False)
@@ -205,6 +207,7 @@ def check_search_args(
     rung_signal: str | None = None,
     resume: bool = False,
     run_config: Any = None,
+    stopper: Any = True,
 ) -> dict[str, float]:
     """Every argument of :func:`run_search` that can be judged without Ray, each error
     naming its argument; returns the per-trial resources. The command line calls it before
@@ -223,6 +226,11 @@ def check_search_args(
     check_run_config(run_config)
     check_int("max_concurrent_trials", max_concurrent_trials, minimum=1, allow_none=True)
     check_seed("seed", seed)
+    if not isinstance(stopper, (bool, Stopper)):
+        raise TypeError(
+            "stopper must be True (a NeVeStopper for method 'neve'), False or a ray.tune.Stopper "
+            f"instance, got {stopper!r}"
+        )
     pick_scheduler(
         scheduler, study, method, min_resource, reduction_factor, rung_signal, build=False
     )
@@ -236,9 +244,9 @@ def check_search_args(
 
 def _stopper(method: str, stopper: Any) -> Any:
     """NeVeStopper for NeVe searches (``True``), a given stopper as is, else none."""
-    if method == "neve" and stopper:
-        return stopper if isinstance(stopper, NeVeStopper) else NeVeStopper()
-    return None if isinstance(stopper, bool) else stopper
+    if isinstance(stopper, bool):
+        return NeVeStopper() if stopper and method == "neve" else None
+    return stopper
 
 
 def _restore(trainable: Any, run_config: tune.RunConfig) -> Any:
