@@ -705,6 +705,29 @@ def test_run_search_uses_a_given_stopper_and_refuses_what_is_none_before_ray():
             check_search_args(study, stopper=bad)
 
 
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"device": "cdua"}, "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'cdua'"),
+        ({"reuse_actors": "no"}, "reuse_actors must be a bool"),
+    ],
+)
+def test_run_search_refuses_a_bad_device_or_reuse_actors_before_ray_starts(
+    monkeypatch, kwargs, error
+):
+    import neve_tune.ray._search as search
+
+    def started(*args, **kw):
+        raise AssertionError("Ray started before the arguments were checked")
+
+    monkeypatch.setattr(search.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(search.ray, "init", started)
+    with pytest.raises((TypeError, ValueError), match=error):
+        search.run_search("digits", **kwargs)
+    with pytest.raises(ValueError, match="device must be"):
+        neve_trainable("digits", device="cdua")  # else every trial fails on its node
+
+
 def test_reported_metrics_use_the_design_names():
     names = reported_metrics("neve")
     for k in (

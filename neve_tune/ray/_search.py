@@ -14,7 +14,7 @@ from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.stopper import Stopper
 
-from .._checks import check_choice, check_float, check_int, check_seed
+from .._checks import check_bool, check_choice, check_float, check_int, check_seed
 from .._names import check_folder_name, shown
 from ..records import RUNG_SIGNALS, SCHEDULERS
 from ..study import Study, load_study
@@ -24,6 +24,7 @@ from ._scheduler_choice import pick_scheduler
 from ._stopper import NeVeStopper
 from ._trainable import (
     TRAINABLE_METHODS,
+    check_device_name,
     check_resources,
     check_resources_available,
     neve_trainable,
@@ -146,6 +147,8 @@ def run_search(
         run_config=run_config,
         stopper=stopper,
     )
+    check_device_name(device)
+    check_bool("reuse_actors", reuse_actors)
     if not ray.is_initialized():
         ray.init(address="local", include_dashboard=False)
     check_resources_available(res)

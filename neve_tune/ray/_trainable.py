@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from ray import tune
 
 from .._checks import RESOURCE_KEYS as _RESOURCE_KEYS
@@ -34,6 +35,7 @@ from ..trial import run_trial
 __all__ = [
     "CHECKPOINT_FILE",
     "SUMMARY_KEYS",
+    "check_device_name",
     "check_resources_available",
     "neve_trainable",
     "reported_metrics",
@@ -329,6 +331,7 @@ def neve_trainable(
     """
     study = load_study(study)
     _check_arguments(study, method, seed, data)
+    check_device_name(device)
     res = check_resources(
         resources if resources is not None else study.resources,
         name="resources" if resources is not None else f"study {study.name!r} resources",
@@ -351,6 +354,19 @@ def _check_arguments(study: Study, method: str, seed: int | None, data: DataBund
         raise TypeError(
             f"data must be a neve_tune.data.DataBundle or None, got {type(data).__name__}"
         )
+
+
+def check_device_name(device: Any) -> None:
+    """``device`` refused in one line naming it unless torch knows the name (or it is None,
+    ``"auto"``): whether the trial's node has that device is judged there, on the node."""
+    if device is None or device == "auto":
+        return
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+        ) from None
 
 
 def _check_subset_epochs(epochs: Collection[int] | None) -> tuple[int, ...] | None:
