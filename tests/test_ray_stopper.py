@@ -728,6 +728,17 @@ def test_run_search_refuses_a_bad_device_or_reuse_actors_before_ray_starts(
         neve_trainable("digits", device="cdua")  # else every trial fails on its node
 
 
+def test_run_search_refuses_a_rung_signal_no_scheduler_of_it_reads():
+    from neve_tune.ray._search import check_search_args
+
+    study = load_study("digits")
+    for kw in ({"method": "asha"}, {"method": "neve", "scheduler": "fifo"}):
+        with pytest.raises(ValueError, match="rung_signal ranks the NeVe scheduler's rungs"):
+            check_search_args(study, rung_signal="velocity", **kw)
+        check_search_args(study, **kw)  # the study's own signal, unread there, is no error
+    check_search_args(study, method="neve", rung_signal="velocity")
+
+
 def test_reported_metrics_use_the_design_names():
     names = reported_metrics("neve")
     for k in (

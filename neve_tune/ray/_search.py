@@ -130,7 +130,6 @@ def run_search(
     argument is checked (:func:`check_search_args`) before Ray starts.
     """
     study = load_study(study)
-    rung_signal = study.rung_signal if rung_signal is None else rung_signal
     res = check_search_args(
         study,
         method=method,
@@ -147,6 +146,7 @@ def run_search(
         run_config=run_config,
         stopper=stopper,
     )
+    rung_signal = study.rung_signal if rung_signal is None else rung_signal
     check_device_name(device)
     check_bool("reuse_actors", reuse_actors)
     if not ray.is_initialized():
@@ -217,9 +217,15 @@ def check_search_args(
     ``ray.init``, so a bad flag costs no cluster start."""
     check_choice("method", method, TRAINABLE_METHODS)
     check_choice("api", api, APIS)
+    check_choice("scheduler", scheduler, SCHEDULERS)
+    ranks = scheduler == "neve_asha" or (scheduler == "auto" and method == "neve")
+    if rung_signal is not None and not ranks:
+        raise ValueError(
+            f"rung_signal ranks the NeVe scheduler's rungs; scheduler {scheduler!r} with method "
+            f"{method!r} has none: drop rung_signal"
+        )
     rung_signal = study.rung_signal if rung_signal is None else rung_signal
     check_choice("rung_signal", rung_signal, RUNG_SIGNALS)
-    check_choice("scheduler", scheduler, SCHEDULERS)
     check_int("num_samples", num_samples, minimum=1)
     check_int("min_resource", min_resource, minimum=1)
     check_float("reduction_factor", reduction_factor, low=1.0, low_open=True)

@@ -64,7 +64,7 @@ def search_trials(
             reduction_factor=reduction_factor,
             data=data,
             model_fn=model_fn,
-            rung_signal=rung_signal,
+            rung_signal=rung_signal if method == "neve" else None,  # the baselines rank on val
         )
         ordered = sorted(results, key=lambda r: r.metrics.get("trial_id", ""))
         return [_record(i, r, study, train_size) for i, r in enumerate(ordered)]
