@@ -111,6 +111,12 @@ def test_bad_arguments():
         NeVeTrainerCallback(min_epoch=2)
 
 
+def test_track_trial_names_a_model_init_that_is_no_function():
+    for bad in (None, tiny_bert()):  # a model instead of the function that builds one
+        with pytest.raises(TypeError, match="model_init must be a function"):
+            NeVeTrainerCallback().track_trial(bad)
+
+
 def test_keyword_input_feeds_input_ids():
     model = tiny_bert().eval()
     ids = token_probe(VOCAB, SEQ, 4)

@@ -181,6 +181,11 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
         values under Ray, which has no trial to report to); the wrapper records an Optuna
         trial and calls ``model_init`` with it if it takes an argument.
         """
+        if not callable(model_init) or isinstance(model_init, nn.Module):
+            raise TypeError(
+                "model_init must be a function returning a fresh model, got "
+                f"{type(model_init).__name__}"
+            )
         takes_trial = len(inspect.signature(model_init).parameters) >= 1
 
         def wrapped(trial: Any = None) -> nn.Module:
