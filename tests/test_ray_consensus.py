@@ -256,3 +256,22 @@ def test_summarize_auto_without_the_subsets_fit_warns_and_picks_by_the_objective
         warnings.simplefilter("error")  # with the fit recorded, or another rule: no warning
         summarize(SimpleNamespace(trials=[trial("a", 0.3, 0.99), trial("b", 0.1)]), "auto")
         summarize(bare, "objective")
+
+
+def test_summarize_reads_numpy_and_tensor_scalars_a_trainable_reported():
+    """A trainable's own ``tune.report`` keeps ``np.float32(0.5)`` as it is in the ResultGrid:
+    such a trial is finished and, with the lowest objective, the pick."""
+    import numpy as np
+    import torch
+
+    from neve_tune.ray import summarize
+
+    def result(tid, objective, fit):
+        metrics = {"trial_id": tid, "objective": objective, "stopped_by": "velocity"}
+        return SimpleNamespace(metrics={**metrics, "subset_fit": fit}, config={}, error=None)
+
+    for scalar in (np.float32, torch.tensor):
+        grid = [result("a", scalar(0.5), scalar(0.9)), result("b", 0.9, 0.9)]
+        out = summarize(grid)
+        assert out["best"]["trial_id"] == "a"
+        assert out["selection"]["finished"] == 2 and out["selection"]["fits"] == 2

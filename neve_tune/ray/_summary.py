@@ -3,10 +3,11 @@ objective or by the consensus of the trials' predictions) and the rule that pick
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Any
 
-from .._checks import check_choice
+from .._checks import check_choice, is_bool, unwrap_scalar
 from ..selection_policy import SELECTIONS, SelectionPolicy, TrialOutcome
 from ._trainable import reported_metrics
 
@@ -38,14 +39,20 @@ def _outcome(tid: Any, metrics: dict[str, Any], error: Any) -> TrialOutcome:
     why it ended (``stopped_by``: the trial's own reason, or the scheduler's outcome that
     :meth:`~neve_tune.ray.NeVeASHAScheduler.callback` writes, e.g. ``"pruned"``; an error:
     ``"failed"``) and its last subset fit and predictions."""
-    objective, fit, pred = (metrics.get(k) for k in ("objective", "subset_fit", "subset_pred"))
+    # NumPy and 0-d tensor scalars too: a trainable's own tune.report keeps them as given
+    objective, fit, pred = (
+        unwrap_scalar(metrics.get(k)) for k in ("objective", "subset_fit", "subset_pred")
+    )
     ended = "failed" if error else metrics.get("stopped_by")
-    number = (int, float)
+
+    def number(x: Any) -> float | None:
+        return float(x) if isinstance(x, numbers.Real) and not is_bool(x) else None
+
     return TrialOutcome(
         tid,
-        float(objective) if isinstance(objective, number) else None,
+        number(objective),
         ended if isinstance(ended, str) else None,
-        float(fit) if isinstance(fit, number) and not isinstance(fit, bool) else None,
+        number(fit),
         pred if isinstance(pred, str) else None,
     )
 
