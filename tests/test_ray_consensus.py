@@ -15,7 +15,7 @@ from ray.tune.schedulers import TrialScheduler  # noqa: E402
 
 from neve_tune import load_study  # noqa: E402
 from neve_tune.ray import NeVeASHAScheduler  # noqa: E402
-from neve_tune.ray._consensus import ConsensusRungs  # noqa: E402
+from neve_tune.ray._consensus import ConsensusRungs, ended_trial  # noqa: E402
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
@@ -275,3 +275,8 @@ def test_summarize_reads_numpy_and_tensor_scalars_a_trainable_reported():
         out = summarize(grid)
         assert out["best"]["trial_id"] == "a"
         assert out["selection"]["finished"] == 2 and out["selection"]["fits"] == 2
+        # the scheduler's "auto" reads the trials it saw end by the same rule
+        seen = ended_trial(
+            "a", "converged", {"objective": scalar(0.5), "subset_fit": scalar(0.9)}, "x"
+        )
+        assert (seen.objective, seen.subset_fit) == (0.5, pytest.approx(0.9))

@@ -27,6 +27,7 @@ from typing import Any
 from ..selection_policy import MEMORISATION_STOP, SelectionPolicy, TrialOutcome
 from ._halving import Rung
 from ._outcomes import COMPLETED
+from ._result import plain_number
 from ._verdict import CONVERGED
 
 __all__ = ["ConsensusRungs", "check_predictions", "ended_trial"]
@@ -56,12 +57,7 @@ def ended_trial(trial_id: str, ended: str | None, result: dict, metric: str) -> 
     reason = result.get("stopped_by")
     if ended in (CONVERGED, COMPLETED) and isinstance(reason, str):
         ended = reason
-    return TrialOutcome(
-        trial_id,
-        float(objective) if isinstance(objective, (int, float)) else None,
-        ended,
-        float(fit) if isinstance(fit, (int, float)) and not isinstance(fit, bool) else None,
-    )
+    return TrialOutcome(trial_id, plain_number(objective), ended, plain_number(fit))
 
 
 class ConsensusRungs:

@@ -7,12 +7,20 @@ and the keys Tune fills in by itself, which carry no training metrics.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
 from .._checks import is_bool, to_float, unwrap_scalar
 
-__all__ = ["AUTO_KEYS", "is_bare", "reported_flag", "reported_number", "training_keys"]
+__all__ = [
+    "AUTO_KEYS",
+    "is_bare",
+    "plain_number",
+    "reported_flag",
+    "reported_number",
+    "training_keys",
+]
 
 # Keys Tune fills in by itself, or that a bare final result carries: a result holding only
 # these carries no training metrics (e.g. a function trainable that returned early).
@@ -65,6 +73,18 @@ def reported_number(result: Mapping[str, Any], key: str, who: str) -> float | No
     return (
         to_float(f"{who}: metric {key!r}", result[key], allow_none=True) if key in result else None
     )
+
+
+def plain_number(value: Any) -> float | None:
+    """A reported real number (Python, NumPy or 0-d tensor: a trainable's own ``tune.report``
+    keeps them as given) as a float; a bool, text or anything else None.
+
+    >>> import numpy as np
+    >>> plain_number(np.float32(0.5)), plain_number(True), plain_number("0.5")
+    (0.5, None, None)
+    """
+    value = unwrap_scalar(value)
+    return float(value) if isinstance(value, numbers.Real) and not is_bool(value) else None
 
 
 def training_keys(result: Mapping[str, Any]) -> list[str]:

@@ -3,12 +3,12 @@ objective or by the consensus of the trials' predictions) and the rule that pick
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from typing import Any
 
-from .._checks import check_choice, is_bool, unwrap_scalar
+from .._checks import check_choice
 from ..selection_policy import SELECTIONS, SelectionPolicy, TrialOutcome
+from ._result import plain_number
 from ._trainable import reported_metrics
 
 __all__ = ["AUTO_WITHOUT_DATA", "summarize"]
@@ -39,20 +39,13 @@ def _outcome(tid: Any, metrics: dict[str, Any], error: Any) -> TrialOutcome:
     why it ended (``stopped_by``: the trial's own reason, or the scheduler's outcome that
     :meth:`~neve_tune.ray.NeVeASHAScheduler.callback` writes, e.g. ``"pruned"``; an error:
     ``"failed"``) and its last subset fit and predictions."""
-    # NumPy and 0-d tensor scalars too: a trainable's own tune.report keeps them as given
-    objective, fit, pred = (
-        unwrap_scalar(metrics.get(k)) for k in ("objective", "subset_fit", "subset_pred")
-    )
+    objective, fit, pred = (metrics.get(k) for k in ("objective", "subset_fit", "subset_pred"))
     ended = "failed" if error else metrics.get("stopped_by")
-
-    def number(x: Any) -> float | None:
-        return float(x) if isinstance(x, numbers.Real) and not is_bool(x) else None
-
     return TrialOutcome(
         tid,
-        number(objective),
+        plain_number(objective),  # NumPy and 0-d tensor scalars too
         ended if isinstance(ended, str) else None,
-        number(fit),
+        plain_number(fit),
         pred if isinstance(pred, str) else None,
     )
 
