@@ -33,9 +33,9 @@ __all__ = ["FLAGS", "KNOWN_NAMES", "check_metric_keys", "close_metric_name"]
 FLAGS = ("neve_stop", "stalled", "diverged")
 
 #: every name a NeVe door reports or reads by name: the per-epoch names, the validation
-#: baselines', the selection subset's, and a trial's last result (docs/design.md, "Metric
-#: names"). A key one typo away from one of them is refused; the names themselves never are
-#: (``best_epoch`` is no typo of ``kept_epoch``).
+#: baselines', the selection subset's, and a trial's last result
+#: (docs/design.md, "Metric names"). A key one typo away from one of them is refused; the
+#: names themselves never are (``best_epoch`` is no typo of ``kept_epoch``).
 KNOWN_NAMES = METRIC_NAMES + (
     "val_loss",
     "val_acc",
