@@ -345,8 +345,21 @@ class SelectionSubset:
     """
 
     def __init__(self, inputs: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        """``inputs`` ``[K, ...]``; ``labels`` None or one class id per input (whole floats
+        pass; ``0.5`` or one label for K inputs would give a wrong fit without a word)."""
+        from ._pc_inputs import check_labels
+
+        if not isinstance(inputs, torch.Tensor) or inputs.dim() == 0 or len(inputs) == 0:
+            raise TypeError(
+                f"inputs must be a tensor [K, ...] of K >= 1 inputs, got {inputs!r:.80}"
+            )
         self.inputs = inputs
-        self.labels = None if labels is None else torch.as_tensor(labels).long()
+        if labels is not None:
+            labels = torch.as_tensor(labels)
+            if labels.is_floating_point() and bool((labels == labels.round()).all()):
+                labels = labels.long()
+            labels = check_labels(labels, len(inputs))
+        self.labels = labels
 
     @classmethod
     def from_dataset(cls, dataset: Any, num_examples: int = 500, seed: int = 0) -> SelectionSubset:

@@ -140,6 +140,22 @@ def test_selection_subset_from_dataset_refuses_what_it_would_misread(dataset, se
         sel.SelectionSubset.from_dataset(dataset, 2, seed=seed)
 
 
+@pytest.mark.parametrize(
+    "inputs, labels, error",
+    [
+        (torch.zeros(3, 2), [1], r"one class id per input \(3\), got shape \(1,\)"),
+        (torch.zeros(3, 2), [0.5, 1.7, 2.2], "must hold integer class ids"),
+        ([[0.0, 0.0]], [0], "inputs must be a tensor"),
+    ],
+)
+def test_selection_subset_refuses_labels_its_fit_would_misread(inputs, labels, error):
+    # one label for three inputs broadcast in fit(); 0.5 was truncated to class 0
+    with pytest.raises((TypeError, ValueError), match=error):
+        sel.SelectionSubset(inputs, labels)
+    whole = sel.SelectionSubset(torch.zeros(3, 2), [0.0, 1.0, 2.0])  # whole floats are ids
+    assert whole.labels.tolist() == [0, 1, 2] and whole.labels.dtype == torch.long
+
+
 def test_subset_predictions_restore_the_mode():
     model = nn.Sequential(nn.Linear(4, 3))
     x = torch.randn(7, 4)
