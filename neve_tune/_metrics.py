@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from ._checks import is_bool, unwrap_scalar
@@ -63,8 +63,9 @@ def close_metric_name(key: str) -> str | None:
     return match[0] if match and match[0] != key else None
 
 
-def check_metric_keys(metrics: Any) -> Mapping[str, Any]:
-    """``metrics`` if it is a mapping with str keys, none of them a misspelled metric name,
+def check_metric_keys(metrics: Any, own: Collection[str] = ()) -> Mapping[str, Any]:
+    """``metrics`` if it is a mapping with str keys, none of them a misspelled metric name
+    (the caller's ``own`` names, e.g. a ``metric=`` it was given, are never taken for one),
     a velocity that is not negative (NaN and inf pass: they mark a diverged epoch) and
     boolean flags; else a ``TypeError``/``ValueError`` naming the key."""
     if not isinstance(metrics, Mapping):
@@ -75,7 +76,7 @@ def check_metric_keys(metrics: Any) -> Mapping[str, Any]:
     for key in metrics:
         if not isinstance(key, str):
             raise TypeError(f"metrics keys must be str, got {key!r}")
-        near = close_metric_name(key)
+        near = None if key in own else close_metric_name(key)
         if near is not None and near not in metrics:
             raise ValueError(
                 f"metrics has {key!r}: did you mean {near!r}? (a metric NeVe reads); "

@@ -183,6 +183,11 @@ def test_own_metric_names(reported):
     assert report_module.check_epoch_metrics(
         {"velocity": 0.1, "train_loss": 0.5, "velocity_layer1": 0.2}
     )
+    # names one typo away from NeVe's are the caller's own once it names them
+    own = {"velocity_ema": 0.1, "train_loss_avg": 0.5}
+    assert report_epoch(own, metric="velocity_ema", loss_metric="train_loss_avg") == own
+    with pytest.raises(ValueError, match="did you mean 'velocity'"):
+        report_epoch(own, loss_metric="train_loss_avg")  # velocity_ema is not named: a typo
 
 
 # ---------------------------------------------------- the stopper's stall rule on raw velocity

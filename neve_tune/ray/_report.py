@@ -70,7 +70,8 @@ def check_epoch_metrics(
     ...
     ValueError: metrics has 'velocty': did you mean 'velocity'? (a metric NeVe reads); its keys: ...
     """
-    check_metric_keys(metrics)  # the rule both backends share: names, velocity, flags
+    # the rule both backends share (names, velocity, flags); the caller's own names are no typos
+    check_metric_keys(metrics, own=(metric, loss_metric))
     keys = sorted(map(str, metrics))
     for key in metrics:
         if key in _TUNE_KEYS:
