@@ -20,7 +20,7 @@ Example::
 
     from ray import tune
     from neve_tune.ray import NeVeStopper, neve_trainable, to_ray_space
-    tune.run(neve_trainable("studies/digits.py"), config=to_ray_space("digits"),
+    tune.run(neve_trainable("digits"), config=to_ray_space("digits"),
              stop=NeVeStopper(), num_samples=20)
 """
 
