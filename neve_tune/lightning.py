@@ -48,7 +48,13 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from ._callbacks import DEFAULT_THRESHOLD, CallbackArguments, CallbackSettings
 from ._callbacks.forward import batch_inputs, prefixed_layers
-from ._callbacks.lightning_logs import epoch_budget, log_epoch, log_stop, train_loss_of
+from ._callbacks.lightning_logs import (
+    StepLoggedLoss,
+    epoch_budget,
+    log_epoch,
+    log_stop,
+    train_loss_of,
+)
 from ._callbacks.lightning_probe import pc_source, probe_forward, probe_from_batch
 from ._callbacks.lr_compose import check_composable, follow_decay, lrs
 from ._callbacks.pc_source import PCSource, batch_labels, batch_logits
@@ -175,6 +181,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
                 "batch holds its examples' indices (with the guard on)"
             )
         self.loss_key, self.input_key, self.index_key = loss_key, input_key, index_key
+        self._loss_check = StepLoggedLoss(loss_key)
         self.selection_subset = check_selection_subset(selection_subset, self.who)
         self.pruned = False
         self._source: PCSource | None = None
@@ -295,6 +302,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
+        self._loss_check.batch_end(trainer)
         if self.source_spec == "batch" and self._source is not None:
             self._source.counter.update(
                 batch_inputs(batch, self.index_key),
@@ -326,6 +334,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         if self.neve.should_stop:  # e.g. resumed past the controller's own stop
             trainer.should_stop = True
             return
+        self._loss_check.epoch_end()
         train_loss = train_loss_of(trainer, self.loss_key)
         changes = None if self._source is None else self._source.measure(pl_module)
         before = lrs(self.neve.optimizer)

@@ -166,6 +166,31 @@ def test_missing_train_loss_is_a_clear_error():
     assert other.history[0]["train_loss"] > 0
 
 
+class StepLoggedNet(Net):
+    """Logs the loss as ``self.log`` does by default in ``training_step``: per step only, or
+    per step and per epoch (``train_loss_step`` and ``train_loss_epoch``)."""
+
+    def __init__(self, on_epoch: bool) -> None:
+        super().__init__()
+        self.on_epoch = on_epoch
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.cross_entropy(self(x), y)
+        self.log("train_loss", loss, on_epoch=self.on_epoch)
+        return loss
+
+
+def test_a_loss_logged_per_step_only_is_refused_not_read_as_the_epochs():
+    neve = NeVeCallback(threshold=1e-2)
+    with pytest.raises(ValueError, match="logged per step only.*on_epoch=True"):
+        _trainer([neve], max_epochs=2).fit(StepLoggedNet(on_epoch=False), _loader())
+    assert neve.history == []  # refused at the first epoch's end, before any step
+    both = NeVeCallback(threshold=1e-2)
+    _trainer([both], max_epochs=2).fit(StepLoggedNet(on_epoch=True), _loader())
+    assert len(both.history) == 2 and both.history[0]["train_loss"] > 0
+
+
 @pytest.mark.parametrize(
     "kwargs, error",
     [

@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 from .._checks import to_float
 from ..control import NeVe
 
-__all__ = ["epoch_budget", "log_epoch", "log_stop", "train_loss_of"]
+__all__ = ["StepLoggedLoss", "epoch_budget", "log_epoch", "log_stop", "train_loss_of"]
 
 # names NeVe.step() returns that are not logged: Lightning keeps its own "epoch"
 NOT_LOGGED = frozenset({"epoch"})
@@ -45,6 +45,38 @@ def train_loss_of(trainer: pl.Trainer, loss_key: str) -> float:
         f"self.log({loss_key!r}, loss, on_epoch=True), or pass loss_key= naming the "
         f"logged loss; logged keys are {sorted(metrics)}"
     )
+
+
+class StepLoggedLoss:
+    """Tells a training loss logged per step only (``self.log(key, loss)`` in
+    ``training_step``: Lightning's default there is ``on_step=True, on_epoch=False``), whose
+    last batch's value :func:`train_loss_of` would read as the epoch's. Such a value changes
+    in ``trainer.callback_metrics`` at every step with no ``<key>_step`` beside it; an epoch
+    aggregate (``on_epoch=True``) does not. Compared by identity: no device sync per batch."""
+
+    def __init__(self, loss_key: str) -> None:
+        self.loss_key = loss_key
+        self.last: Any = None
+        self.per_step = False
+
+    def batch_end(self, trainer: pl.Trainer) -> None:
+        metrics = trainer.callback_metrics
+        value = metrics.get(self.loss_key)
+        if value is None or f"{self.loss_key}_step" in metrics:
+            self.last = None
+            return
+        self.per_step = self.per_step or (self.last is not None and value is not self.last)
+        self.last = value
+
+    def epoch_end(self) -> None:
+        """Raise, saying how to log it, when this epoch's loss was logged per step only."""
+        self.last = None
+        if self.per_step:
+            raise ValueError(
+                f"NeVeCallback reads the epoch's training loss, but {self.loss_key!r} is logged "
+                "per step only (self.log's default in training_step), so it would read the last "
+                f"batch's: log it with self.log({self.loss_key!r}, loss, on_epoch=True)"
+            )
 
 
 def log_epoch(pl_module: pl.LightningModule, metrics: Mapping[str, Any]) -> None:
