@@ -15,6 +15,7 @@ Each backend converts them to its own kind: Optuna's ``trial.suggest_*``
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,6 +33,7 @@ __all__ = [
     "LogUniform",
     "Uniform",
     "check_hyperparameter",
+    "check_hyperparameter_name",
     "check_threshold",
     "default_space",
     "validate_space",
@@ -194,11 +196,30 @@ HYPERPARAMETERS: dict[str, Callable[[str, Any], Any]] = {
 }
 
 
+def check_hyperparameter_name(name: str, label: str | None = None) -> None:
+    """Refuse a name one typo away from a hyperparameter a trial reads (``"treshold"``): a
+    trial would sample it and train without it. Other unknown names pass.
+
+    >>> check_hyperparameter_name("treshold")
+    Traceback (most recent call last):
+    ...
+    ValueError: treshold is no hyperparameter a trial reads: did you mean 'threshold'?
+    """
+    if not isinstance(name, str) or name in HYPERPARAMETERS:
+        return
+    match = difflib.get_close_matches(name, HYPERPARAMETERS, n=1, cutoff=0.8)
+    if match:
+        raise ValueError(
+            f"{label or name} is no hyperparameter a trial reads: did you mean {match[0]!r}?"
+        )
+
+
 def check_hyperparameter(
     name: str, value: Any, label: str | None = None, *, threshold_mode: str | None = None
 ) -> Any:
     """``value`` if hyperparameter ``name`` may take it (:data:`HYPERPARAMETERS`; other
-    names pass unchecked); else the error of that check, naming ``label`` (default ``name``).
+    names pass unchecked, unless one typo away from one); else the error of that check, naming
+    ``label`` (default ``name``).
     With ``threshold_mode``, a ``threshold`` is checked under that rule (:func:`check_threshold`).
 
     >>> check_hyperparameter("batch_size", 0, "--batch-size")
@@ -206,6 +227,7 @@ def check_hyperparameter(
     ...
     ValueError: --batch-size must be an int >= 1, got 0
     """
+    check_hyperparameter_name(name, label)
     if name == "threshold" and threshold_mode is not None:
         return check_threshold(label or name, value, threshold_mode)
     check = HYPERPARAMETERS.get(name)
@@ -243,6 +265,7 @@ def validate_space(space: Mapping[str, Any], threshold_mode: str | None = None) 
     if not space:
         raise ValueError("search_space is empty")
     for name, dist in space.items():
+        check_hyperparameter_name(name, f"search space {name!r}")
         if not isinstance(dist, (LogUniform, Uniform, IntUniform, Choice)):
             raise TypeError(
                 f"search space {name!r}: expected LogUniform/Uniform/IntUniform/Choice, got "

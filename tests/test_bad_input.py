@@ -42,6 +42,11 @@ BAD_STUDIES = {
         'search_space={"threshold": LogUniform(1e-4, 1e-2)}, '
         'defaults={"lr": "fast", "batch_size": 64}'
     ),
+    # a name one typo away from a hyperparameter: sampled, then never read by any trial
+    "threshold_typo": (
+        'search_space={"lr": LogUniform(1e-3, 0.1), "treshold": LogUniform(1e-3, 0.1)}'
+    ),
+    "momentum_typo": 'defaults={"lr": 0.1, "batch_size": 64, "threshold": 1e-2, "momentun": 0.5}',
 }
 
 
@@ -467,6 +472,20 @@ CLI_CASES = [
         2,
         "study 'bad': defaults['lr'] must be a finite number > 0",
         id="study-default-lr-word",
+    ),
+    pytest.param(
+        ["train", "{d}/threshold_typo.py"],
+        2,
+        "study 'bad': search space 'treshold' is no hyperparameter a trial reads: "
+        "did you mean 'threshold'?",
+        id="study-search-space-typo",
+    ),
+    pytest.param(
+        ["train", "{d}/momentum_typo.py"],
+        2,
+        "study 'bad': defaults['momentun'] is no hyperparameter a trial reads: "
+        "did you mean 'momentum'?",
+        id="study-default-typo",
     ),
     pytest.param(
         [
