@@ -86,6 +86,20 @@ def test_non_finite_values_become_nan_and_null(storage) -> None:
     assert hist[0]["diverged"] is True
 
 
+def test_array_and_tensor_metrics_are_stored_as_lists(storage) -> None:
+    """An objective may add a per-class array or tensor to the epoch: it is stored as a JSON
+    list (non-finite entries null), not refused with NumPy's or torch's own message."""
+    import numpy as np
+    import torch
+
+    study = _create("minimize", storage)
+    trial = study.ask()
+    extra = {"per_class": np.array([0.5, math.nan]), "counts": torch.tensor([[1, 2], [3, 4]])}
+    assert report_epoch(trial, _metrics(1, 0.25, **extra)) == 1.0
+    hist = trial_history(study.trials[0])
+    assert hist[0]["per_class"] == [0.5, None] and hist[0]["counts"] == [[1, 2], [3, 4]]
+
+
 def test_the_same_epoch_twice_in_a_row_is_refused_and_the_first_report_stays() -> None:
     """A loop that reports each epoch twice (a callback and the loop itself) is a bug:
     refused, not skipped in silence."""
