@@ -495,3 +495,16 @@ def test_optuna_best_prints_the_pick_and_its_rule(tmp_path, capsys):
     assert (
         "does not exist; nothing to pick from" in capsys.readouterr().err and not missing.exists()
     )
+
+
+@pytest.mark.parametrize("verb", ["best", "plot"])
+def test_best_and_plot_help_says_storage_is_required(verb, capsys) -> None:
+    """They read what workers stored: ``--help`` does not promise an in-memory default."""
+    from neve_tune.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["optuna", verb, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(required: the storage the workers used)" in text and "in-memory" not in text
+    assert main(["optuna", verb, "--study-name", "s"]) == 2
+    assert "--storage is required" in capsys.readouterr().err

@@ -137,14 +137,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("plot", help="velocity curves of all trials and the search history (PNG)")
     p.add_argument("--study-name", required=True)
-    cli.add_storage(p)
+    cli.add_storage(p, needed=True)
     cli.add_out(p, "output folder (default: plots)")
     p.set_defaults(out="plots")
     p.set_defaults(func=_plot)
 
     b = sub.add_parser("best", help="the study's pick and the rule that made it (runs no trial)")
     b.add_argument("--study-name", required=True)
-    cli.add_storage(b)
+    cli.add_storage(b, needed=True)
     b.add_argument(
         "--selection",
         choices=("auto", "objective", "consensus"),
