@@ -27,6 +27,7 @@ from ._guard_weights import GuardWeights, check_restore
 from ._rules import STALL_PATIENCE, learned, resolve_patience, stalled_early
 from ._step_inputs import check_step_inputs
 from .guard import MemorisationGuard
+from .space import check_threshold
 from .velocity import NeuralVelocity
 
 __all__ = ["LR_SIGNALS", "NeVe", "resolve_threshold"]
@@ -57,7 +58,8 @@ def resolve_threshold(
     check_choice("threshold_mode", threshold_mode, THRESHOLD_MODES)
     if threshold is None:
         threshold = DEFAULT_THRESHOLDS[threshold_mode]
-    return float(check_float("threshold", threshold, positive=True)), threshold_mode  # type: ignore[arg-type]
+    # the rule's own range, as a study and the command line check it (V / peak V <= 1)
+    return check_threshold("threshold", threshold, threshold_mode), threshold_mode
 
 
 class NeVe(Stoppable):

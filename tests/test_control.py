@@ -448,3 +448,14 @@ def test_negative_or_non_finite_counts_name_the_parameter(name, bad):
     with pytest.raises(ValueError, match=f"{name} must be a finite count >= 0"):
         neve.step(train_loss=0.5, **counts)
     assert neve.epoch == 0
+
+
+@pytest.mark.parametrize(
+    "threshold, mode, rule",
+    [(2.0, "relative", "<= 1 \\(relative rule"), (1e300, None, "<= 3.4.* \\(absolute rule")],
+)
+def test_a_threshold_out_of_its_rule_is_refused_as_in_a_study(threshold, mode, rule):
+    """V / peak V never exceeds 1, so a relative threshold above 1 would stop at once; a
+    study and the command line refuse it, and so does NeVe."""
+    with pytest.raises(ValueError, match=f"threshold must be a finite number > 0 and {rule}"):
+        _setup(threshold=threshold, threshold_mode=mode)
