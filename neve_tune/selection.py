@@ -377,4 +377,9 @@ class SelectionSubset:
             raise ValueError(
                 "this SelectionSubset has no labels: build it with SelectionSubset.from_dataset"
             )
+        if not isinstance(codes, str) or len(codes) != len(self.labels):
+            got = f"{len(codes)} codes" if isinstance(codes, str) else repr(codes)
+            raise ValueError(
+                f"codes must be this subset's predict(model), {len(self.labels)} codes; got {got}"
+            )
         return float((decode_predictions(codes) == self.labels).float().mean())

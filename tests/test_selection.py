@@ -368,6 +368,8 @@ def test_auto_decides_from_the_finished_trials_fit():
     assert sub.fit("012") == 1.0 and sub.fit("010") == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="no labels"):
         sel.SelectionSubset(torch.zeros(3, 2)).fit("012")
+    with pytest.raises(ValueError, match="codes must be this subset's predict.*got 2 codes"):
+        sub.fit("01")  # another subset's predictions
 
 
 def _finished(search: optuna.Study, fit: float, stopped_by: str) -> None:
