@@ -515,6 +515,13 @@ CLI_CASES = [
         id="compare-consensus-no-subset",
     ),
     pytest.param(
+        ["compare", "--searches", "neve,neve", "--trials", "1"],
+        2,
+        "searches must be a non-empty subset of ('neve', 'asha', 'asha_es'), each once, "
+        "got ['neve', 'neve']",
+        id="compare-search-twice",
+    ),
+    pytest.param(
         ["compare", "--selection-subset", "-5", "--trials", "1"],
         2,
         "--selection-subset must be >= 0 (0: off), got -5",

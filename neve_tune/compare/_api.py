@@ -296,8 +296,10 @@ def _check_arguments(
             "study.replace(selection_subset=500)): the predictions it compares"
         )
     bad = [s for s in searches if s not in SEARCHES]
-    if bad or not searches:
-        raise ValueError(f"searches must be a non-empty subset of {SEARCHES}, got {list(searches)}")
+    if bad or not searches or len(set(searches)) < len(searches):  # a repeat would run twice
+        raise ValueError(
+            f"searches must be a non-empty subset of {SEARCHES}, each once, got {list(searches)}"
+        )
 
 
 def _ray_running() -> bool:
