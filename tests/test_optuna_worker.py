@@ -720,3 +720,20 @@ def test_worker_adopts_a_stored_signal_over_the_study_files(tmp_path) -> None:
         one_epoch, storage=f"sqlite:///{tmp_path / 'new.db'}", create=True, n_trials=1, log=None
     )
     assert fresh.pruner.rung_signal == "auto"
+
+
+def test_total_trials_already_reached_runs_no_trial(tmp_path) -> None:
+    """``total_trials`` counts the study's complete and pruned trials: a worker joining a
+    study that holds them all runs none (Optuna's MaxTrialsCallback counts only after a
+    trial), and one joining a study one short runs one."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    search = optuna.create_study(study_name="s", storage=url)
+    for value in (0.5, 0.4):
+        trial = search.ask()
+        search.tell(trial, value)
+    study = load_study("digits").replace(max_epochs=1)
+    run_worker(study, study_name="s", storage=url, total_trials=2, log=None)
+    assert len(search.get_trials(deepcopy=False)) == 2
+    run_worker(study, study_name="s", storage=url, total_trials=3, log=None)
+    states = [t.state for t in search.get_trials(deepcopy=False)]
+    assert len(states) == 3 and states[2] in (TrialState.COMPLETE, TrialState.PRUNED)
