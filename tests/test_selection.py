@@ -510,3 +510,18 @@ def test_best_and_plot_help_says_storage_is_required(verb, capsys) -> None:
     assert "(required: the storage the workers used)" in text and "in-memory" not in text
     assert main(["optuna", verb, "--study-name", "s"]) == 2
     assert "--storage is required" in capsys.readouterr().err
+
+
+def test_a_multi_objective_study_is_refused_in_one_line(tmp_path, capsys) -> None:
+    """``optuna create-study --directions minimize minimize`` makes a study no pick can
+    rank: refused naming it, not Optuna's RuntimeError from ``study.direction``."""
+    from neve_tune.cli import main
+    from neve_tune.optuna import pick_trial
+
+    storage = f"sqlite:///{tmp_path / 'mo.db'}"
+    search = optuna.create_study(study_name="mo", storage=storage, directions=["minimize"] * 2)
+    with pytest.raises(ValueError, match="study 'mo' has 2 objectives"):
+        pick_trial(search, "objective")
+    assert main(["optuna", "best", "--study-name", "mo", "--storage", storage]) == 2
+    err = capsys.readouterr().err
+    assert "has 2 objectives" in err and len(err.strip().splitlines()) == 1
