@@ -21,6 +21,7 @@ import torch
 
 from neve_tune import NeuralVelocity, NeVe, gaussian_probe, load_study, run_trial
 from neve_tune.cli import main
+from neve_tune.compare import compare, compare_searches
 from neve_tune.optuna import RecoveryConfig, report_epoch, run_worker
 from neve_tune.train import load_checkpoint
 
@@ -714,7 +715,28 @@ API_CASES = [
         "study 'digits': defaults['lr'] must be a finite number > 0",
         id="study-default-lr-word",
     ),
+    pytest.param(
+        lambda d: compare_searches(*_user_data(), _model(), trials=1, max_epochs=1),
+        TypeError,
+        "model_fn must be a function that builds a fresh model (e.g. lambda: Net()), "
+        "got Sequential",
+        id="compare-model-not-factory",
+    ),
+    pytest.param(
+        lambda d: compare("digits", trials=1, searches="neve"),
+        TypeError,
+        "searches must be a list of names like ['neve', 'asha'], got 'neve'",
+        id="compare-searches-string",
+    ),
 ]
+
+
+def _user_data() -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    x = torch.randn(40, 4)
+    y = (x[:, 0] > 0).long()
+    return torch.utils.data.TensorDataset(x[:30], y[:30]), torch.utils.data.TensorDataset(
+        x[30:], y[30:]
+    )
 
 
 @pytest.mark.parametrize("call, error, message", API_CASES)

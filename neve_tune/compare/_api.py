@@ -152,6 +152,12 @@ def compare(
     study = load_study(study)
     rung_signal = study.rung_signal if rung_signal is None else rung_signal
     _check_arguments(backend, trials, repeats, rung_signal, searches, study, reduction_factor)
+    if model_fn is not None and (isinstance(model_fn, torch.nn.Module) or not callable(model_fn)):
+        # a model is callable too: each trial would call its forward() with no input
+        raise TypeError(
+            "model_fn must be a function that builds a fresh model (e.g. lambda: Net()), "
+            f"got {type(model_fn).__name__}"
+        )
     variants = _check_variants(baseline_variants, study, searches)
     names = [name for name, _, _ in _plan(study, searches, variants)]
     t0, seeds = time.perf_counter(), [seed + k for k in range(repeats)]
@@ -295,6 +301,8 @@ def _check_arguments(
             f"rung_signal={rung_signal!r} needs a study with selection_subset > 0 (e.g. "
             "study.replace(selection_subset=500)): the predictions it compares"
         )
+    if isinstance(searches, str):  # a string would be read letter by letter
+        raise TypeError(f"searches must be a list of names like ['neve', 'asha'], got {searches!r}")
     bad = [s for s in searches if s not in SEARCHES]
     if bad or not searches or len(set(searches)) < len(searches):  # a repeat would run twice
         raise ValueError(
