@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._checks import check_choice, check_float, check_int
+from ._rules import FLOAT32_MAX, check_threshold  # re-exported: the rule is NeVe's own
 
 __all__ = [
     "HYPERPARAMETERS",
@@ -39,7 +40,6 @@ __all__ = [
     "validate_space",
 ]
 
-FLOAT32_MAX = 3.4028234663852886e38  # weights are float32: a larger step overflows in the optimizer
 FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32: a smaller lr is 0 or subnormal
 
 
@@ -150,35 +150,6 @@ def _check_lr(name: str, value: Any) -> float:
             f"or subnormal in the float32 weights), got {lr!r}"
         )
     return lr
-
-
-def check_threshold(name: str, value: Any, mode: str = "relative") -> float:
-    """NeVe's velocity threshold under ``mode``: a ratio to the peak velocity in (0, 1]
-    (``"relative"``: V / peak V is at most 1, so 1 already stops at the first epoch below
-    the peak and a larger one means nothing more), or a finite positive float32
-    (``"absolute"``).
-
-    >>> check_threshold("--threshold", 1e308)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: --threshold must be a finite number > 0 and <= 1 (relative rule: ...), got 1e+308
-    """
-    check_choice("threshold_mode", mode, ("absolute", "relative"))
-    try:
-        if mode == "relative":
-            out = check_float(name, value, low=0.0, high=1.0, low_open=True)
-        else:
-            out = check_float(name, value, positive=True, high=FLOAT32_MAX)
-    except ValueError as e:
-        rule = (
-            "relative rule: a ratio to the peak velocity"
-            if mode == "relative"
-            else "absolute rule: the velocity"
-        )
-        head, _, got = str(e).rpartition(", got ")
-        raise ValueError(f"{head} ({rule}), got {got}") from None
-    assert out is not None
-    return out
 
 
 #: hyperparameters that are integers: they need IntUniform or a Choice of ints
