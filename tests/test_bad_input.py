@@ -22,7 +22,7 @@ import torch
 from neve_tune import NeuralVelocity, NeVe, gaussian_probe, load_study, run_trial
 from neve_tune.cli import main
 from neve_tune.compare import compare, compare_searches
-from neve_tune.optuna import RecoveryConfig, report_epoch, run_worker
+from neve_tune.optuna import RecoveryConfig, make_objective, report_epoch, run_worker
 from neve_tune.train import load_checkpoint
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -721,6 +721,20 @@ API_CASES = [
         "model_fn must be a function that builds a fresh model (e.g. lambda: Net()), "
         "got Sequential",
         id="compare-model-not-factory",
+    ),
+    pytest.param(
+        lambda d: make_objective("digits", model_fn=_model()),
+        TypeError,
+        "model_fn must be a function that builds a fresh model (e.g. lambda: Net()), "
+        "got Sequential",
+        id="objective-model-not-factory",
+    ),
+    pytest.param(
+        lambda d: run_trial(load_study("digits"), {}, model_fn=_model()),
+        TypeError,
+        "model_fn must be a function that builds a fresh model (e.g. lambda: Net()), "
+        "got Sequential",
+        id="run-trial-model-not-factory",
     ),
     pytest.param(
         lambda d: compare("digits", trials=1, searches="neve"),

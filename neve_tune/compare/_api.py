@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_int, check_model_fn
 from .._search_records import SearchTrial
 from ..data import DataBundle
 from ..records import RUNG_SIGNALS, SUBSET_SIGNALS
@@ -152,12 +152,7 @@ def compare(
     study = load_study(study)
     rung_signal = study.rung_signal if rung_signal is None else rung_signal
     _check_arguments(backend, trials, repeats, rung_signal, searches, study, reduction_factor)
-    if model_fn is not None and (isinstance(model_fn, torch.nn.Module) or not callable(model_fn)):
-        # a model is callable too: each trial would call its forward() with no input
-        raise TypeError(
-            "model_fn must be a function that builds a fresh model (e.g. lambda: Net()), "
-            f"got {type(model_fn).__name__}"
-        )
+    check_model_fn(model_fn)
     variants = _check_variants(baseline_variants, study, searches)
     names = [name for name, _, _ in _plan(study, searches, variants)]
     t0, seeds = time.perf_counter(), [seed + k for k in range(repeats)]
