@@ -14,7 +14,9 @@ Example::
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,7 @@ __all__ = [
     "MODELS",
     "check_model_available",
     "check_model_name",
+    "check_model_options",
     "create_model",
     "register_model",
     "SmallCNN",
@@ -89,6 +92,30 @@ def check_model_name(name: object, label: str = "model") -> str:
         f"{label} must be one of {sorted(MODELS)}, 'timm:<name>' or "
         f"'torchvision:<name>', got {name!r}"
     )
+
+
+def check_model_options(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse an option a registered model's builder does not take (``{"widht": 16}``), so a
+    study file's typo fails as it loads, not in its first trial. ``timm:``/``torchvision:``
+    models take their library's options, checked when built.
+
+    >>> check_model_options("small_cnn", {"widht": 16})
+    Traceback (most recent call last):
+    ...
+    ValueError: model_options has 'widht', which model 'small_cnn' does not take; it takes ['width']
+    """
+    builder = MODELS.get(name)
+    if builder is None:
+        return
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    takes = [n for n in params if n not in ("num_classes", "input_shape")]
+    for key in options:
+        if key not in takes:
+            raise ValueError(
+                f"model_options has {key!r}, which model {name!r} does not take; it takes {takes}"
+            )
 
 
 def check_model_available(name: str, label: str = "model") -> str:

@@ -47,6 +47,7 @@ BAD_STUDIES = {
     "threshold_typo": (
         'search_space={"lr": LogUniform(1e-3, 0.1), "treshold": LogUniform(1e-3, 0.1)}'
     ),
+    "model_option_typo": 'model="small_cnn", model_options={"widht": 16}',
     "momentum_typo": 'defaults={"lr": 0.1, "batch_size": 64, "threshold": 1e-2, "momentun": 0.5}',
 }
 
@@ -487,6 +488,22 @@ CLI_CASES = [
         "study 'bad': defaults['momentun'] is no hyperparameter a trial reads: "
         "did you mean 'momentum'?",
         id="study-default-typo",
+    ),
+    pytest.param(
+        [
+            "optuna",
+            "worker",
+            "{d}/model_option_typo.py",
+            "--trials",
+            "1",
+            "--create",
+            "--storage",
+            "sqlite:///{d}/w_model.db",
+        ],
+        2,
+        "study 'bad': model_options has 'widht', which model 'small_cnn' does not take; "
+        "it takes ['width']",
+        id="worker-study-model-option-typo",
     ),
     pytest.param(
         [
