@@ -147,6 +147,11 @@ class SmallCNN(nn.Module):
         self, num_classes: int = 10, input_shape: tuple[int, ...] = (1, 8, 8), width: int = 32
     ) -> None:
         super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"input_shape must be (channels, height, width) for a 2-D CNN, got "
+                f"{tuple(input_shape)}"
+            )
         c, h, w = input_shape
         self.features = nn.Sequential(
             nn.Conv2d(c, width, 3, padding=1, bias=False),
