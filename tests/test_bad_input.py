@@ -509,6 +509,27 @@ CLI_CASES = [
         [
             "optuna",
             "worker",
+            "digits",
+            "--trials",
+            "1",
+            "--no-checkpoints",
+            "--checkpoint-dir",
+            "x",
+        ],
+        2,
+        "--no-checkpoints and --checkpoint-dir contradict each other: give one of them",
+        id="worker-no-checkpoints-with-a-folder",
+    ),
+    pytest.param(
+        ["optuna", "worker", "digits", "--trials", "1", "--no-heartbeat", "--max-retry", "5"],
+        2,
+        "--no-heartbeat and --max-retry contradict each other: give one of them",
+        id="worker-no-heartbeat-with-retries",
+    ),
+    pytest.param(
+        [
+            "optuna",
+            "worker",
             "{d}/batch_choice.py",
             "--trials",
             "1",

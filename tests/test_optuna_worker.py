@@ -630,19 +630,23 @@ def test_importing_the_optuna_backend_leaves_the_matplotlib_backend_alone() -> N
 
 
 def test_checkpoint_dir_defaults_to_the_environment(tmp_path, monkeypatch) -> None:
-    """NEVE_CHECKPOINT_DIR (documented) is the worker's default checkpoint folder."""
+    """NEVE_CHECKPOINT_DIR (documented) is the worker's default checkpoint folder (filled in
+    once the flags are parsed, so ``--no-checkpoints`` can tell a folder given from none)."""
     from neve_tune.cli import build_parser
+    from neve_tune.cli.optuna import _recovery_flags
+
+    def parsed(*flags: str):
+        argv = ["optuna", "worker", "digits", "--trials", "1", *flags]
+        args = build_parser(["optuna"]).parse_args(argv)
+        _recovery_flags(args)
+        return args
 
     monkeypatch.setenv("NEVE_CHECKPOINT_DIR", str(tmp_path / "shared"))
-    args = build_parser(["optuna"]).parse_args(["optuna", "worker", "digits", "--trials", "1"])
-    assert args.checkpoint_dir == str(tmp_path / "shared")
+    assert parsed().checkpoint_dir == str(tmp_path / "shared")
     monkeypatch.delenv("NEVE_CHECKPOINT_DIR")
-    args = build_parser(["optuna"]).parse_args(["optuna", "worker", "digits", "--trials", "1"])
-    assert args.checkpoint_dir == "neve_checkpoints"
-    args = build_parser(["optuna"]).parse_args(
-        ["optuna", "worker", "digits", "--checkpoint-dir", "x", "--trials", "1"]
-    )
-    assert args.checkpoint_dir == "x"
+    assert parsed().checkpoint_dir == "neve_checkpoints"
+    assert parsed("--checkpoint-dir", "x").checkpoint_dir == "x"
+    assert (parsed().heartbeat_interval, parsed().max_retry) == (60, 3)
 
 
 def test_a_retry_removes_the_temporary_files_a_killed_save_left(digits, tmp_path) -> None:
