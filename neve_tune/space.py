@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._checks import check_choice, check_float, check_int
+from ._checks import check_choice, check_float, check_int, unwrap_scalar
 from ._rules import FLOAT32_MAX, check_threshold  # re-exported: the rule is NeVe's own
 
 __all__ = [
@@ -43,12 +43,21 @@ __all__ = [
 FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32: a smaller lr is 0 or subnormal
 
 
+def _plain_bounds(dist: Any) -> None:
+    """A distribution's bounds as plain Python numbers: NumPy and 0-d tensor scalars are
+    unwrapped (what Optuna and Ray take; a tensor bound is a number like any other)."""
+    for bound in ("low", "high"):
+        object.__setattr__(dist, bound, unwrap_scalar(getattr(dist, bound)))
+
+
 @dataclass(frozen=True)
 class LogUniform:
     """A float between ``low`` and ``high``, sampled uniformly in log scale."""
 
     low: float
     high: float
+
+    __post_init__ = _plain_bounds
 
     def validate(self, name: str) -> None:
         _finite_bounds(name, self)
@@ -66,6 +75,8 @@ class Uniform:
     low: float
     high: float
 
+    __post_init__ = _plain_bounds
+
     def validate(self, name: str) -> None:
         _finite_bounds(name, self)
         if not self.low < self.high:
@@ -81,6 +92,8 @@ class IntUniform:
     low: int
     high: int
     log: bool = False
+
+    __post_init__ = _plain_bounds
 
     def validate(self, name: str) -> None:
         for bound in ("low", "high"):

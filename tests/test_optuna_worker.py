@@ -234,6 +234,23 @@ def test_suggest_config_every_distribution() -> None:
     assert dists["lr"].log and dists["width"].log and not dists["momentum"].log
 
 
+def test_numpy_and_tensor_bounds_are_plain_numbers() -> None:
+    """A bound may be a NumPy or 0-d tensor scalar, as numbers are everywhere else; it is
+    stored as a Python number (a tensor bound was refused as "not a finite number")."""
+    import numpy as np
+
+    space = {
+        "lr": LogUniform(torch.tensor(1e-3), np.float32(0.1)),
+        "momentum": Uniform(torch.tensor(0.5), 0.99),
+        "batch_size": IntUniform(torch.tensor(16), np.int64(64)),
+    }
+    study = Study(name="space", search_space=space)
+    bounds = [getattr(d, b) for d in study.search_space.values() for b in ("low", "high")]
+    assert all(type(v) in (int, float) for v in bounds), bounds
+    cfg = suggest_config(optuna.create_study().ask(), study)
+    assert 1e-3 <= cfg["lr"] <= 0.1 and isinstance(cfg["batch_size"], int)
+
+
 # ------------------------------------------------------------------ objective
 def test_objective_reports_velocity_and_summary(digits) -> None:
     study, data = digits
