@@ -636,6 +636,23 @@ def test_plot_study(tmp_path) -> None:
     assert os.path.basename(paths["velocity_curves"]) == "velocity_curves.png"
 
 
+def test_plot_study_without_a_velocity_warns_nothing(tmp_path) -> None:
+    """A validation search's trials record no velocity: the figure is written without
+    matplotlib's "no artists with labels" warning reaching the user."""
+    import warnings
+
+    from neve_tune.optuna import report_epoch
+
+    search = optuna.create_study()
+    trial = search.ask()
+    report_epoch(trial, {"epoch": 1, "val_loss": 0.5, "train_loss": 0.6}, signal="val_loss")
+    search.tell(trial, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = plot_study(search, tmp_path)["velocity_curves"]
+    assert path.stat().st_size > 1000
+
+
 def test_importing_the_optuna_backend_leaves_the_matplotlib_backend_alone() -> None:
     code = (
         "import matplotlib; matplotlib.use('svg'); import neve_tune.optuna, neve_tune.cli.optuna; "
