@@ -521,10 +521,19 @@ CLI_CASES = [
         id="worker-no-checkpoints-with-a-folder",
     ),
     pytest.param(
-        ["optuna", "worker", "digits", "--trials", "1", "--no-heartbeat", "--max-retry", "5"],
+        [
+            "optuna",
+            "worker",
+            "digits",
+            "--trials",
+            "1",
+            "--no-heartbeat",
+            "--heartbeat-interval",
+            "5",
+        ],
         2,
-        "--no-heartbeat and --max-retry contradict each other: give one of them",
-        id="worker-no-heartbeat-with-retries",
+        "--no-heartbeat and --heartbeat-interval contradict each other: give one of them",
+        id="worker-no-heartbeat-with-an-interval",
     ),
     pytest.param(
         [

@@ -171,10 +171,8 @@ def _recovery_flags(args: argparse.Namespace) -> None:
     would be ignored in silence); then the recovery flags' defaults are filled in."""
     switched_off = {
         "--no-checkpoints": (args.no_checkpoints, ["--checkpoint-dir", "--keep-checkpoints"]),
-        "--no-heartbeat": (
-            args.no_heartbeat,
-            ["--heartbeat-interval", "--heartbeat-grace-period", "--max-retry"],
-        ),
+        # --max-retry stays: it also bounds the re-queues of a politely stopped trial
+        "--no-heartbeat": (args.no_heartbeat, ["--heartbeat-interval", "--heartbeat-grace-period"]),
     }
     for off, (on, flags) in switched_off.items():
         values = {f: getattr(args, f[2:].replace("-", "_")) for f in flags}
