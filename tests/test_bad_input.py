@@ -539,6 +539,23 @@ CLI_CASES = [
         [
             "optuna",
             "worker",
+            "digits",
+            "--trials",
+            "1",
+            "--storage",
+            "journal:{d}/search.log",
+            "--heartbeat-grace-period",
+            "30",
+        ],
+        2,
+        "--heartbeat-grace-period needs an RDB storage (sqlite:///FILE, postgresql://...): a "
+        "journal file or an in-memory study sends no heartbeats",
+        id="worker-journal-with-a-heartbeat",
+    ),
+    pytest.param(
+        [
+            "optuna",
+            "worker",
             "{d}/batch_choice.py",
             "--trials",
             "1",

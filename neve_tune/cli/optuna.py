@@ -179,6 +179,21 @@ def _recovery_flags(args: argparse.Namespace) -> None:
         given = [f for f, v in values.items() if v is not None and v is not False]
         if on and given:
             raise cli.CLIError(f"{off} and {given[0]} contradict each other: give one of them")
+    from ..optuna._urls import storage_kind
+
+    beat = [
+        flag
+        for flag, value in (
+            ("--heartbeat-interval", args.heartbeat_interval),
+            ("--heartbeat-grace-period", args.heartbeat_grace_period),
+        )
+        if value is not None
+    ]
+    if beat and storage_kind(args.storage) != "rdb":
+        raise cli.CLIError(
+            f"{beat[0]} needs an RDB storage (sqlite:///FILE, postgresql://...): a journal file "
+            "or an in-memory study sends no heartbeats"
+        )
     if args.checkpoint_dir is None:
         args.checkpoint_dir = os.environ.get("NEVE_CHECKPOINT_DIR") or "neve_checkpoints"
     args.heartbeat_interval = 60 if args.heartbeat_interval is None else args.heartbeat_interval
