@@ -9,6 +9,7 @@ import warnings
 
 import optuna
 import pytest
+import torch
 from optuna.samplers._tpe.sampler import _get_pruned_trial_score
 from optuna.trial import TrialState
 
@@ -254,6 +255,18 @@ def test_numpy_and_tensor_scalars_are_numbers(kind, direction, sign) -> None:
             "velocity",
             TypeError,
             r"metrics\['train_loss'\]",
+        ),
+        (  # the pick reads the encoded string only: a tensor of classes would be ignored
+            {"epoch": 1, "velocity": 0.1, "train_loss": 0.5, "subset_pred": torch.tensor([1, 0])},
+            "train_loss",
+            TypeError,
+            r"metrics\['subset_pred'\] must be the string SelectionSubset.predict\(model\)",
+        ),
+        (
+            {"epoch": 1, "velocity": 0.1, "train_loss": 0.5, "subset_fit": "high"},
+            "train_loss",
+            TypeError,
+            r"metrics\['subset_fit'\] must be a number",
         ),
         (
             {"epoch": 1, "velocity": None},
