@@ -31,6 +31,7 @@ __all__ = [
     "check_float",
     "check_int",
     "check_mapping",
+    "check_model_fn",
     "check_resources",
     "check_seed",
     "is_bool",
@@ -261,3 +262,15 @@ def check_resources(resources: Mapping[str, Any], *, name: str = "resources") ->
     if out["cpu"] == 0 and out["gpu"] == 0 and len(out) == 2:
         raise ValueError(f"{name} must ask for some CPU or GPU, got {dict(resources)!r}")
     return out
+
+
+def check_model_fn(model_fn: Any) -> None:
+    """``model_fn`` is None or a factory of fresh models; a model itself (callable too: each
+    trial would call its ``forward()`` with no input) is a ``TypeError`` naming it."""
+    import torch
+
+    if model_fn is not None and (isinstance(model_fn, torch.nn.Module) or not callable(model_fn)):
+        raise TypeError(
+            "model_fn must be a function that builds a fresh model (e.g. lambda: Net()), "
+            f"got {type(model_fn).__name__}"
+        )

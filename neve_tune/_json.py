@@ -3,6 +3,9 @@
 >>> import math
 >>> json_safe({"v": math.nan, "n": [1, 2.5]})
 {'v': None, 'n': [1, 2.5]}
+>>> import numpy as np
+>>> json_safe({"per_class": np.array([0.5, math.nan]), "n": np.int64(3)})
+{'per_class': [0.5, None], 'n': 3}
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ __all__ = ["json_safe", "write_json"]
 
 
 def json_safe(x: Any) -> Any:
-    """``x`` as strict JSON values: tensors/numpy scalars unwrapped, NaN and inf as None."""
+    """``x`` as strict JSON values: tensors/NumPy scalars unwrapped, tensors/arrays as (nested)
+    lists, NaN and inf as None."""
     if isinstance(x, Mapping):
         return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [json_safe(v) for v in x]
+    if hasattr(x, "tolist") and callable(x.tolist):  # NumPy arrays and scalars, tensors
+        return json_safe(x.tolist())
     if hasattr(x, "item") and callable(x.item):
         x = x.item()
     if isinstance(x, float) and not math.isfinite(x):

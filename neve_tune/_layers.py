@@ -82,9 +82,12 @@ def select_layers(model: nn.Module, layers: LayerSpec = None) -> dict[str, nn.Mo
             f"(name, module) -> bool, got {type(layers).__name__}"
         )
     if not chosen:
+        # the model's own module is not one of its layers: a bare nn.Linear has none
+        alone = " (a model that is itself one layer has none: wrap it in nn.Sequential)"
         raise ValueError(
             f"layers={layers!r} selects no layer to monitor in {type(model).__name__}; "
             f"default types are {[t.__name__ for t in DEFAULT_LAYER_TYPES]}"
+            + (alone if not named else "")
         )
     return chosen
 

@@ -18,6 +18,7 @@ __all__ = [
     "check_inputs",
     "check_labels",
     "class_id_pairs",
+    "logit_classes",
     "num_rows",
     "pick_input",
     "pick_label",
@@ -29,6 +30,24 @@ __all__ = [
 
 #: where a dict item or batch holds its labels (the unfit count needs them)
 LABEL_KEYS = ("labels", "label", "y")
+
+
+def logit_classes(name: str, logits: torch.Tensor) -> torch.Tensor:
+    """The argmax class of each row of ``logits`` ``[..., classes]``, on the CPU. One logit
+    per example (a binary model's ``[batch, 1]``) is refused: its argmax is always class 0,
+    so no prediction would ever change.
+
+    >>> logit_classes("output", torch.zeros(4, 1))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: output has one logit per example (shape (4, 1)): its argmax is always class 0; ...
+    """
+    if logits.dim() >= 2 and logits.shape[-1] == 1:
+        raise ValueError(
+            f"{name} has one logit per example (shape {tuple(logits.shape)}): its argmax is "
+            "always class 0; give two logits, or class ids such as (logits[:, 0] > 0).long()"
+        )
+    return logits.detach().argmax(-1).cpu()
 
 
 def check_classes(name: str, value: torch.Tensor, what: str) -> torch.Tensor:

@@ -7,7 +7,8 @@ Face callbacks, the Ray stopper and scheduler all judge a run by these functions
 - :func:`auto_patience`: the LR patience ``"auto"``, scaled to the run's budget;
 - :func:`learned`: whether a run learned (the stall rule at a stop);
 - :func:`stalled_early`: a run whose loss has not moved for ``stall_patience`` epochs
-  ends ``"stalled"`` without waiting for a velocity stop or the cap.
+  ends ``"stalled"`` without waiting for a velocity stop or the cap;
+- :func:`check_threshold`: the velocity threshold each stop rule may take.
 
 These functions import nothing from the rest of the package.
 """
@@ -15,10 +16,21 @@ These functions import nothing from the rest of the package.
 from __future__ import annotations
 
 import math
+from typing import Any
 
-from ._checks import check_int
+from ._checks import check_choice, check_float, check_int
 
-__all__ = ["STALL_PATIENCE", "auto_patience", "learned", "resolve_patience", "stalled_early"]
+__all__ = [
+    "FLOAT32_MAX",
+    "STALL_PATIENCE",
+    "auto_patience",
+    "check_threshold",
+    "learned",
+    "resolve_patience",
+    "stalled_early",
+]
+
+FLOAT32_MAX = 3.4028234663852886e38  # weights are float32: a larger step overflows in the optimizer
 
 #: epochs after the first over which :func:`stalled_early` measures a run's pace before it
 #: may end the run. A fixed number, not scaled to the budget: five epochs give the pace of
@@ -106,3 +118,32 @@ def stalled_early(
         return False
     pace = max(0.0, first_loss - best_loss) / (epoch - 1)  # loss drop per epoch so far
     return not pace * (max_epochs - 1) > stall_margin * first_loss
+
+
+def check_threshold(name: str, value: Any, mode: str = "relative") -> float:
+    """NeVe's velocity threshold under ``mode``: a ratio to the peak velocity in (0, 1]
+    (``"relative"``: V / peak V is at most 1, so 1 already stops at the first epoch below
+    the peak and a larger one means nothing more), or a finite positive float32
+    (``"absolute"``).
+
+    >>> check_threshold("--threshold", 1e308)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: --threshold must be a finite number > 0 and <= 1 (relative rule: ...), got 1e+308
+    """
+    check_choice("threshold_mode", mode, ("absolute", "relative"))
+    try:
+        if mode == "relative":
+            out = check_float(name, value, low=0.0, high=1.0, low_open=True)
+        else:
+            out = check_float(name, value, positive=True, high=FLOAT32_MAX)
+    except ValueError as e:
+        rule = (
+            "relative rule: a ratio to the peak velocity"
+            if mode == "relative"
+            else "absolute rule: the velocity"
+        )
+        head, _, got = str(e).rpartition(", got ")
+        raise ValueError(f"{head} ({rule}), got {got}") from None
+    assert out is not None
+    return out

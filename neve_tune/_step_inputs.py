@@ -4,6 +4,7 @@ memorisation guard needs (refused, or warned about once, when missing)."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +17,11 @@ __all__ = ["check_step_inputs"]
 
 
 def _count(name: str, value: Any) -> int | float | None:
-    """A reported count (Python, NumPy or 0-d tensor) as a plain number: an int when whole."""
+    """A reported count (Python, NumPy or 0-d tensor) as a plain number: an int when whole.
+    A count is finite and >= 0: a negative or NaN one would read as a new low to the guard."""
     number = to_float(name, value, allow_none=True)
+    if number is not None and not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"{name} must be a finite count >= 0, got {value!r}")
     if number is None or not number.is_integer():
         return number
     return int(number)

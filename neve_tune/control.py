@@ -24,7 +24,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from ._checks import check_choice, check_float, check_int
 from ._controller import Stoppable, check_epochs, current_lr, finite_or_absent, reopened
 from ._guard_weights import GuardWeights, check_restore
-from ._rules import STALL_PATIENCE, learned, resolve_patience, stalled_early
+from ._rules import STALL_PATIENCE, check_threshold, learned, resolve_patience, stalled_early
 from ._step_inputs import check_step_inputs
 from .guard import MemorisationGuard
 from .velocity import NeuralVelocity
@@ -57,7 +57,7 @@ def resolve_threshold(
     check_choice("threshold_mode", threshold_mode, THRESHOLD_MODES)
     if threshold is None:
         threshold = DEFAULT_THRESHOLDS[threshold_mode]
-    return float(check_float("threshold", threshold, positive=True)), threshold_mode  # type: ignore[arg-type]
+    return check_threshold("threshold", threshold, threshold_mode), threshold_mode
 
 
 class NeVe(Stoppable):

@@ -14,7 +14,9 @@ Example::
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,7 @@ __all__ = [
     "MODELS",
     "check_model_available",
     "check_model_name",
+    "check_model_options",
     "create_model",
     "register_model",
     "SmallCNN",
@@ -91,6 +94,30 @@ def check_model_name(name: object, label: str = "model") -> str:
     )
 
 
+def check_model_options(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse an option a registered model's builder does not take (``{"widht": 16}``), so a
+    study file's typo fails as it loads, not in its first trial. ``timm:``/``torchvision:``
+    models take their library's options, checked when built.
+
+    >>> check_model_options("small_cnn", {"widht": 16})
+    Traceback (most recent call last):
+    ...
+    ValueError: model_options has 'widht', which model 'small_cnn' does not take; it takes ['width']
+    """
+    builder = MODELS.get(name)
+    if builder is None:
+        return
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    takes = [n for n in params if n not in ("num_classes", "input_shape")]
+    for key in options:
+        if key not in takes:
+            raise ValueError(
+                f"model_options has {key!r}, which model {name!r} does not take; it takes {takes}"
+            )
+
+
 def check_model_available(name: str, label: str = "model") -> str:
     """``name`` if :func:`create_model` can build it here: for ``timm:``/``torchvision:``
     the library is installed and has the architecture."""
@@ -120,6 +147,11 @@ class SmallCNN(nn.Module):
         self, num_classes: int = 10, input_shape: tuple[int, ...] = (1, 8, 8), width: int = 32
     ) -> None:
         super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(
+                f"input_shape must be (channels, height, width) for a 2-D CNN, got "
+                f"{tuple(input_shape)}"
+            )
         c, h, w = input_shape
         self.features = nn.Sequential(
             nn.Conv2d(c, width, 3, padding=1, bias=False),

@@ -73,8 +73,11 @@ def plot_velocity_curves(
     ax.set_ylabel("model velocity")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if 0 < len(histories) <= 12:
+    drawn = len(ax.get_lines())
+    if 0 < drawn <= 12:
         ax.legend(fontsize=7)
+    elif not drawn:  # a validation search, or trials that never finished an epoch
+        ax.text(0.5, 0.5, "no trial recorded a velocity", ha="center", transform=ax.transAxes)
     return _save(fig, path)
 
 

@@ -36,6 +36,7 @@ from ._pc_inputs import (
     check_classes,
     check_inputs,
     check_labels,
+    logit_classes,
     num_rows,
     pick_input,
     pick_label,
@@ -106,7 +107,7 @@ class PredictionChanges:
             )
         index = check_classes("index", index, "example indices")
         if output.is_floating_point():
-            classes = output.detach().argmax(-1).to("cpu")
+            classes = logit_classes("output", output)
         else:
             classes = check_classes(
                 "output", output.detach(), "class ids (or floating-point logits)"
@@ -268,7 +269,7 @@ class SubsetPredictionChanges:
                         f"forward must return logits [batch, classes] for each batch, got {got}"
                         " (pass forward=lambda model, batch: model(batch).logits or similar)"
                     )
-                out.append(logits.argmax(-1).cpu())
+                out.append(logit_classes("forward's logits", logits))
         return torch.cat(out)
 
     def fingerprint(self) -> float:

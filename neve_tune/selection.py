@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._pc_inputs import logit_classes
+
 __all__ = [
     "NOISE_THRESHOLD",
     "SelectionSubset",
@@ -216,7 +218,7 @@ def subset_predictions(
     try:
         device = next(model.parameters()).device
         out = [
-            model(inputs[i : i + batch_size].to(device)).argmax(1).cpu()
+            logit_classes("the model's output", model(inputs[i : i + batch_size].to(device)))
             for i in range(0, len(inputs), batch_size)
         ]
     finally:
@@ -390,5 +392,10 @@ class SelectionSubset:
         if self.labels is None:
             raise ValueError(
                 "this SelectionSubset has no labels: build it with SelectionSubset.from_dataset"
+            )
+        if not isinstance(codes, str) or len(codes) != len(self.labels):
+            got = f"{len(codes)} codes" if isinstance(codes, str) else repr(codes)
+            raise ValueError(
+                f"codes must be this subset's predict(model), {len(self.labels)} codes; got {got}"
             )
         return float((decode_predictions(codes) == self.labels).float().mean())

@@ -15,13 +15,15 @@ Each backend converts them to its own kind: Optuna's ``trial.suggest_*``
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._checks import check_choice, check_float, check_int
+from ._checks import check_choice, check_float, check_int, unwrap_scalar
+from ._rules import FLOAT32_MAX, check_threshold  # re-exported: the rule is NeVe's own
 
 __all__ = [
     "HYPERPARAMETERS",
@@ -32,13 +34,20 @@ __all__ = [
     "LogUniform",
     "Uniform",
     "check_hyperparameter",
+    "check_hyperparameter_name",
     "check_threshold",
     "default_space",
     "validate_space",
 ]
 
-FLOAT32_MAX = 3.4028234663852886e38  # weights are float32: a larger step overflows in the optimizer
 FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32: a smaller lr is 0 or subnormal
+
+
+def _plain_bounds(dist: Any) -> None:
+    """A distribution's bounds as plain Python numbers: NumPy and 0-d tensor scalars are
+    unwrapped (what Optuna and Ray take; a tensor bound is a number like any other)."""
+    for bound in ("low", "high"):
+        object.__setattr__(dist, bound, unwrap_scalar(getattr(dist, bound)))
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,8 @@ class LogUniform:
 
     low: float
     high: float
+
+    __post_init__ = _plain_bounds
 
     def validate(self, name: str) -> None:
         _finite_bounds(name, self)
@@ -64,6 +75,8 @@ class Uniform:
     low: float
     high: float
 
+    __post_init__ = _plain_bounds
+
     def validate(self, name: str) -> None:
         _finite_bounds(name, self)
         if not self.low < self.high:
@@ -79,6 +92,8 @@ class IntUniform:
     low: int
     high: int
     log: bool = False
+
+    __post_init__ = _plain_bounds
 
     def validate(self, name: str) -> None:
         for bound in ("low", "high"):
@@ -150,35 +165,6 @@ def _check_lr(name: str, value: Any) -> float:
     return lr
 
 
-def check_threshold(name: str, value: Any, mode: str = "relative") -> float:
-    """NeVe's velocity threshold under ``mode``: a ratio to the peak velocity in (0, 1]
-    (``"relative"``: V / peak V is at most 1, so 1 already stops at the first epoch below
-    the peak and a larger one means nothing more), or a finite positive float32
-    (``"absolute"``).
-
-    >>> check_threshold("--threshold", 1e308)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: --threshold must be a finite number > 0 and <= 1 (relative rule: ...), got 1e+308
-    """
-    check_choice("threshold_mode", mode, ("absolute", "relative"))
-    try:
-        if mode == "relative":
-            out = check_float(name, value, low=0.0, high=1.0, low_open=True)
-        else:
-            out = check_float(name, value, positive=True, high=FLOAT32_MAX)
-    except ValueError as e:
-        rule = (
-            "relative rule: a ratio to the peak velocity"
-            if mode == "relative"
-            else "absolute rule: the velocity"
-        )
-        head, _, got = str(e).rpartition(", got ")
-        raise ValueError(f"{head} ({rule}), got {got}") from None
-    assert out is not None
-    return out
-
-
 #: hyperparameters that are integers: they need IntUniform or a Choice of ints
 INT_HYPERPARAMETERS = ("batch_size",)
 
@@ -194,11 +180,30 @@ HYPERPARAMETERS: dict[str, Callable[[str, Any], Any]] = {
 }
 
 
+def check_hyperparameter_name(name: str, label: str | None = None) -> None:
+    """Refuse a name one typo away from a hyperparameter a trial reads (``"treshold"``): a
+    trial would sample it and train without it. Other unknown names pass.
+
+    >>> check_hyperparameter_name("treshold")
+    Traceback (most recent call last):
+    ...
+    ValueError: treshold is no hyperparameter a trial reads: did you mean 'threshold'?
+    """
+    if not isinstance(name, str) or name in HYPERPARAMETERS:
+        return
+    match = difflib.get_close_matches(name, HYPERPARAMETERS, n=1, cutoff=0.8)
+    if match:
+        raise ValueError(
+            f"{label or name} is no hyperparameter a trial reads: did you mean {match[0]!r}?"
+        )
+
+
 def check_hyperparameter(
     name: str, value: Any, label: str | None = None, *, threshold_mode: str | None = None
 ) -> Any:
     """``value`` if hyperparameter ``name`` may take it (:data:`HYPERPARAMETERS`; other
-    names pass unchecked); else the error of that check, naming ``label`` (default ``name``).
+    names pass unchecked, unless one typo away from one); else the error of that check, naming
+    ``label`` (default ``name``).
     With ``threshold_mode``, a ``threshold`` is checked under that rule (:func:`check_threshold`).
 
     >>> check_hyperparameter("batch_size", 0, "--batch-size")
@@ -206,6 +211,7 @@ def check_hyperparameter(
     ...
     ValueError: --batch-size must be an int >= 1, got 0
     """
+    check_hyperparameter_name(name, label)
     if name == "threshold" and threshold_mode is not None:
         return check_threshold(label or name, value, threshold_mode)
     check = HYPERPARAMETERS.get(name)
@@ -243,6 +249,7 @@ def validate_space(space: Mapping[str, Any], threshold_mode: str | None = None) 
     if not space:
         raise ValueError("search_space is empty")
     for name, dist in space.items():
+        check_hyperparameter_name(name, f"search space {name!r}")
         if not isinstance(dist, (LogUniform, Uniform, IntUniform, Choice)):
             raise TypeError(
                 f"search space {name!r}: expected LogUniform/Uniform/IntUniform/Choice, got "

@@ -34,7 +34,7 @@ from ._guard_weights import check_restore
 from ._rules import auto_patience
 from .control import LR_SIGNALS
 from .data import DataBundle, check_data_changes, check_data_options, get_dataset
-from .models import check_model_name
+from .models import check_model_name, check_model_options
 from .prediction_changes import PREDICTION_CHANGES
 from .records import FINAL_MODELS, VAL_METRICS
 from .space import (
@@ -146,6 +146,7 @@ class Study:
         check_data_options(self.data, self.data_options)
         check_model_name(self.model)
         check_mapping("model_options", self.model_options)
+        check_model_options(self.model, self.model_options)
         check_mapping("defaults", self.defaults)
         check_choice("threshold_mode", self.threshold_mode, ("absolute", "relative"))
         validate_space(self.search_space, threshold_mode=self.threshold_mode)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._checks import check_choice, check_float
+from ._checks import check_choice, check_float, check_model_fn
 from ._subset_epochs import selection_measure
 from ._trial_inputs import resolve_device, trial_config
 from .baselines import LRReplay, ValidationControl
@@ -312,6 +312,7 @@ def run_trial(
     only at these epochs and the last (the search's rung epochs; None: every epoch).
     """
     check_choice("method", method, METHODS)
+    check_model_fn(model_fn)
     cfg = trial_config(study, config, method)
     device = resolve_device(device)
     bundle = data if data is not None else study.load_data()

@@ -21,7 +21,8 @@ import torch
 
 from neve_tune import NeuralVelocity, NeVe, gaussian_probe, load_study, run_trial
 from neve_tune.cli import main
-from neve_tune.optuna import RecoveryConfig, report_epoch, run_worker
+from neve_tune.compare import compare, compare_searches
+from neve_tune.optuna import RecoveryConfig, make_objective, report_epoch, run_worker
 from neve_tune.train import load_checkpoint
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -42,6 +43,12 @@ BAD_STUDIES = {
         'search_space={"threshold": LogUniform(1e-4, 1e-2)}, '
         'defaults={"lr": "fast", "batch_size": 64}'
     ),
+    # a name one typo away from a hyperparameter: sampled, then never read by any trial
+    "threshold_typo": (
+        'search_space={"lr": LogUniform(1e-3, 0.1), "treshold": LogUniform(1e-3, 0.1)}'
+    ),
+    "model_option_typo": 'model="small_cnn", model_options={"widht": 16}',
+    "momentum_typo": 'defaults={"lr": 0.1, "batch_size": 64, "threshold": 1e-2, "momentun": 0.5}',
 }
 
 
@@ -469,6 +476,83 @@ CLI_CASES = [
         id="study-default-lr-word",
     ),
     pytest.param(
+        ["train", "{d}/threshold_typo.py"],
+        2,
+        "study 'bad': search space 'treshold' is no hyperparameter a trial reads: "
+        "did you mean 'threshold'?",
+        id="study-search-space-typo",
+    ),
+    pytest.param(
+        ["train", "{d}/momentum_typo.py"],
+        2,
+        "study 'bad': defaults['momentun'] is no hyperparameter a trial reads: "
+        "did you mean 'momentum'?",
+        id="study-default-typo",
+    ),
+    pytest.param(
+        [
+            "optuna",
+            "worker",
+            "{d}/model_option_typo.py",
+            "--trials",
+            "1",
+            "--create",
+            "--storage",
+            "sqlite:///{d}/w_model.db",
+        ],
+        2,
+        "study 'bad': model_options has 'widht', which model 'small_cnn' does not take; "
+        "it takes ['width']",
+        id="worker-study-model-option-typo",
+    ),
+    pytest.param(
+        [
+            "optuna",
+            "worker",
+            "digits",
+            "--trials",
+            "1",
+            "--no-checkpoints",
+            "--checkpoint-dir",
+            "x",
+        ],
+        2,
+        "--no-checkpoints and --checkpoint-dir contradict each other: give one of them",
+        id="worker-no-checkpoints-with-a-folder",
+    ),
+    pytest.param(
+        [
+            "optuna",
+            "worker",
+            "digits",
+            "--trials",
+            "1",
+            "--no-heartbeat",
+            "--heartbeat-interval",
+            "5",
+        ],
+        2,
+        "--no-heartbeat and --heartbeat-interval contradict each other: give one of them",
+        id="worker-no-heartbeat-with-an-interval",
+    ),
+    pytest.param(
+        [
+            "optuna",
+            "worker",
+            "digits",
+            "--trials",
+            "1",
+            "--storage",
+            "journal:{d}/search.log",
+            "--heartbeat-grace-period",
+            "30",
+        ],
+        2,
+        "--heartbeat-grace-period needs an RDB storage (sqlite:///FILE, postgresql://...): a "
+        "journal file or an in-memory study sends no heartbeats",
+        id="worker-journal-with-a-heartbeat",
+    ),
+    pytest.param(
         [
             "optuna",
             "worker",
@@ -494,6 +578,13 @@ CLI_CASES = [
         2,
         "--selection-subset 0 leaves no predictions for the consensus",
         id="compare-consensus-no-subset",
+    ),
+    pytest.param(
+        ["compare", "--searches", "neve,neve", "--trials", "1"],
+        2,
+        "searches must be a non-empty subset of ('neve', 'asha', 'asha_es'), each once, "
+        "got ['neve', 'neve']",
+        id="compare-search-twice",
     ),
     pytest.param(
         ["compare", "--selection-subset", "-5", "--trials", "1"],
@@ -688,7 +779,42 @@ API_CASES = [
         "study 'digits': defaults['lr'] must be a finite number > 0",
         id="study-default-lr-word",
     ),
+    pytest.param(
+        lambda d: compare_searches(*_user_data(), _model(), trials=1, max_epochs=1),
+        TypeError,
+        "model_fn must be a function that builds a fresh model (e.g. lambda: Net()), "
+        "got Sequential",
+        id="compare-model-not-factory",
+    ),
+    pytest.param(
+        lambda d: make_objective("digits", model_fn=_model()),
+        TypeError,
+        "model_fn must be a function that builds a fresh model (e.g. lambda: Net()), "
+        "got Sequential",
+        id="objective-model-not-factory",
+    ),
+    pytest.param(
+        lambda d: run_trial(load_study("digits"), {}, model_fn=_model()),
+        TypeError,
+        "model_fn must be a function that builds a fresh model (e.g. lambda: Net()), "
+        "got Sequential",
+        id="run-trial-model-not-factory",
+    ),
+    pytest.param(
+        lambda d: compare("digits", trials=1, searches="neve"),
+        TypeError,
+        "searches must be a list of names like ['neve', 'asha'], got 'neve'",
+        id="compare-searches-string",
+    ),
 ]
+
+
+def _user_data() -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    x = torch.randn(40, 4)
+    y = (x[:, 0] > 0).long()
+    return torch.utils.data.TensorDataset(x[:30], y[:30]), torch.utils.data.TensorDataset(
+        x[30:], y[30:]
+    )
 
 
 @pytest.mark.parametrize("call, error, message", API_CASES)

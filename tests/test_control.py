@@ -437,3 +437,25 @@ def test_bad_prediction_changes_name_the_parameter(bad, error):
     with pytest.raises(error, match="prediction_changes must be a number"):
         neve.step(train_loss=0.5, prediction_changes=bad)
     assert neve.epoch == 0
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), -0.5])
+@pytest.mark.parametrize("name", ["prediction_changes", "unfit"])
+def test_negative_or_non_finite_counts_name_the_parameter(name, bad):
+    model, opt, neve = _setup(threshold=1e-2, max_epochs=5)
+    neve.start()
+    counts = {"prediction_changes": 3, "unfit": 2, name: bad}
+    with pytest.raises(ValueError, match=f"{name} must be a finite count >= 0"):
+        neve.step(train_loss=0.5, **counts)
+    assert neve.epoch == 0
+
+
+@pytest.mark.parametrize(
+    "threshold, mode, rule",
+    [(2.0, "relative", "<= 1 \\(relative rule"), (1e300, None, "<= 3.4.* \\(absolute rule")],
+)
+def test_a_threshold_out_of_its_rule_is_refused_as_in_a_study(threshold, mode, rule):
+    """V / peak V never exceeds 1, so a relative threshold above 1 would stop at once; a
+    study and the command line refuse it, and so does NeVe."""
+    with pytest.raises(ValueError, match=f"threshold must be a finite number > 0 and {rule}"):
+        _setup(threshold=threshold, threshold_mode=mode)

@@ -1,4 +1,5 @@
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -209,3 +210,14 @@ def test_mnist1d_study_trains_through_the_cli(tmp_path):
     rec = json.loads(out.read_text())
     assert rec["epochs"] == 2 and rec["history"][0]["train_samples"] == 1000
     assert rec["history"][-1]["train_acc"] > 0.2 and 0.0 <= rec["test_acc"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "name, shape, expected",
+    [("small_cnn", (1, 40), "(channels, height, width)"), ("small_cnn1d", (1, 8, 8), "length")],
+)
+def test_a_cnn_given_another_inputs_shape_names_input_shape(name, shape, expected):
+    """``neve-tune train mnist1d --model small_cnn``: one line naming the shape it needs,
+    not the tuple unpacking's own error."""
+    with pytest.raises(ValueError, match="input_shape must be .*" + re.escape(expected)):
+        create_model(name, 10, shape)

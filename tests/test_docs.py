@@ -242,3 +242,15 @@ def test_every_page_is_in_the_site_navigation() -> None:
             for p in listed
             if p.startswith("api/")
         ), module
+
+
+@pytest.mark.parametrize("block", BASH, ids=_id)
+def test_a_worker_on_a_storage_finds_or_creates_its_study(block: Block) -> None:
+    """A worker on a storage refuses a study that does not exist there: each documented
+    worker line passes ``--create``, or its block runs ``optuna create-study`` first."""
+    created = False
+    for line in _commands(block):
+        argv = shlex.split(line, comments=True)
+        created = created or argv[:2] == ["optuna", "create-study"]
+        if argv[:3] == ["neve-tune", "optuna", "worker"] and "--storage" in argv:
+            assert created or "--create" in argv, f"{block.id}: `{line}` finds no study"

@@ -9,6 +9,7 @@ import warnings
 
 import optuna
 import pytest
+import torch
 from optuna.samplers._tpe.sampler import _get_pruned_trial_score
 from optuna.trial import TrialState
 
@@ -84,6 +85,20 @@ def test_non_finite_values_become_nan_and_null(storage) -> None:
         hist[0]["train_loss"] is None and hist[1]["velocity"] is None
     )  # JSON-safe for every storage
     assert hist[0]["diverged"] is True
+
+
+def test_array_and_tensor_metrics_are_stored_as_lists(storage) -> None:
+    """An objective may add a per-class array or tensor to the epoch: it is stored as a JSON
+    list (non-finite entries null), not refused with NumPy's or torch's own message."""
+    import numpy as np
+    import torch
+
+    study = _create("minimize", storage)
+    trial = study.ask()
+    extra = {"per_class": np.array([0.5, math.nan]), "counts": torch.tensor([[1, 2], [3, 4]])}
+    assert report_epoch(trial, _metrics(1, 0.25, **extra)) == 1.0
+    hist = trial_history(study.trials[0])
+    assert hist[0]["per_class"] == [0.5, None] and hist[0]["counts"] == [[1, 2], [3, 4]]
 
 
 def test_the_same_epoch_twice_in_a_row_is_refused_and_the_first_report_stays() -> None:
@@ -240,6 +255,18 @@ def test_numpy_and_tensor_scalars_are_numbers(kind, direction, sign) -> None:
             "velocity",
             TypeError,
             r"metrics\['train_loss'\]",
+        ),
+        (  # the pick reads the encoded string only: a tensor of classes would be ignored
+            {"epoch": 1, "velocity": 0.1, "train_loss": 0.5, "subset_pred": torch.tensor([1, 0])},
+            "train_loss",
+            TypeError,
+            r"metrics\['subset_pred'\] must be the string SelectionSubset.predict\(model\)",
+        ),
+        (
+            {"epoch": 1, "velocity": 0.1, "train_loss": 0.5, "subset_fit": "high"},
+            "train_loss",
+            TypeError,
+            r"metrics\['subset_fit'\] must be a number",
         ),
         (
             {"epoch": 1, "velocity": None},

@@ -234,6 +234,23 @@ def test_suggest_config_every_distribution() -> None:
     assert dists["lr"].log and dists["width"].log and not dists["momentum"].log
 
 
+def test_numpy_and_tensor_bounds_are_plain_numbers() -> None:
+    """A bound may be a NumPy or 0-d tensor scalar, as numbers are everywhere else; it is
+    stored as a Python number (a tensor bound was refused as "not a finite number")."""
+    import numpy as np
+
+    space = {
+        "lr": LogUniform(torch.tensor(1e-3), np.float32(0.1)),
+        "momentum": Uniform(torch.tensor(0.5), 0.99),
+        "batch_size": IntUniform(torch.tensor(16), np.int64(64)),
+    }
+    study = Study(name="space", search_space=space)
+    bounds = [getattr(d, b) for d in study.search_space.values() for b in ("low", "high")]
+    assert all(type(v) in (int, float) for v in bounds), bounds
+    cfg = suggest_config(optuna.create_study().ask(), study)
+    assert 1e-3 <= cfg["lr"] <= 0.1 and isinstance(cfg["batch_size"], int)
+
+
 # ------------------------------------------------------------------ objective
 def test_objective_reports_velocity_and_summary(digits) -> None:
     study, data = digits
@@ -619,6 +636,23 @@ def test_plot_study(tmp_path) -> None:
     assert os.path.basename(paths["velocity_curves"]) == "velocity_curves.png"
 
 
+def test_plot_study_without_a_velocity_warns_nothing(tmp_path) -> None:
+    """A validation search's trials record no velocity: the figure is written without
+    matplotlib's "no artists with labels" warning reaching the user."""
+    import warnings
+
+    from neve_tune.optuna import report_epoch
+
+    search = optuna.create_study()
+    trial = search.ask()
+    report_epoch(trial, {"epoch": 1, "val_loss": 0.5, "train_loss": 0.6}, signal="val_loss")
+    search.tell(trial, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = plot_study(search, tmp_path)["velocity_curves"]
+    assert path.stat().st_size > 1000
+
+
 def test_importing_the_optuna_backend_leaves_the_matplotlib_backend_alone() -> None:
     code = (
         "import matplotlib; matplotlib.use('svg'); import neve_tune.optuna, neve_tune.cli.optuna; "
@@ -630,19 +664,23 @@ def test_importing_the_optuna_backend_leaves_the_matplotlib_backend_alone() -> N
 
 
 def test_checkpoint_dir_defaults_to_the_environment(tmp_path, monkeypatch) -> None:
-    """NEVE_CHECKPOINT_DIR (documented) is the worker's default checkpoint folder."""
+    """NEVE_CHECKPOINT_DIR (documented) is the worker's default checkpoint folder (filled in
+    once the flags are parsed, so ``--no-checkpoints`` can tell a folder given from none)."""
     from neve_tune.cli import build_parser
+    from neve_tune.cli.optuna import _recovery_flags
+
+    def parsed(*flags: str):
+        argv = ["optuna", "worker", "digits", "--trials", "1", *flags]
+        args = build_parser(["optuna"]).parse_args(argv)
+        _recovery_flags(args)
+        return args
 
     monkeypatch.setenv("NEVE_CHECKPOINT_DIR", str(tmp_path / "shared"))
-    args = build_parser(["optuna"]).parse_args(["optuna", "worker", "digits", "--trials", "1"])
-    assert args.checkpoint_dir == str(tmp_path / "shared")
+    assert parsed().checkpoint_dir == str(tmp_path / "shared")
     monkeypatch.delenv("NEVE_CHECKPOINT_DIR")
-    args = build_parser(["optuna"]).parse_args(["optuna", "worker", "digits", "--trials", "1"])
-    assert args.checkpoint_dir == "neve_checkpoints"
-    args = build_parser(["optuna"]).parse_args(
-        ["optuna", "worker", "digits", "--checkpoint-dir", "x", "--trials", "1"]
-    )
-    assert args.checkpoint_dir == "x"
+    assert parsed().checkpoint_dir == "neve_checkpoints"
+    assert parsed("--checkpoint-dir", "x").checkpoint_dir == "x"
+    assert (parsed().heartbeat_interval, parsed().max_retry) == (60, 3)
 
 
 def test_a_retry_removes_the_temporary_files_a_killed_save_left(digits, tmp_path) -> None:
@@ -720,3 +758,20 @@ def test_worker_adopts_a_stored_signal_over_the_study_files(tmp_path) -> None:
         one_epoch, storage=f"sqlite:///{tmp_path / 'new.db'}", create=True, n_trials=1, log=None
     )
     assert fresh.pruner.rung_signal == "auto"
+
+
+def test_total_trials_already_reached_runs_no_trial(tmp_path) -> None:
+    """``total_trials`` counts the study's complete and pruned trials: a worker joining a
+    study that holds them all runs none (Optuna's MaxTrialsCallback counts only after a
+    trial), and one joining a study one short runs one."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    search = optuna.create_study(study_name="s", storage=url)
+    for value in (0.5, 0.4):
+        trial = search.ask()
+        search.tell(trial, value)
+    study = load_study("digits").replace(max_epochs=1)
+    run_worker(study, study_name="s", storage=url, total_trials=2, log=None)
+    assert len(search.get_trials(deepcopy=False)) == 2
+    run_worker(study, study_name="s", storage=url, total_trials=3, log=None)
+    states = [t.state for t in search.get_trials(deepcopy=False)]
+    assert len(states) == 3 and states[2] in (TrialState.COMPLETE, TrialState.PRUNED)

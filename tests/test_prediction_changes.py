@@ -368,3 +368,18 @@ def test_inputs_follow_the_models_dtype():
     pc = SubsetPredictionChanges(torch.randn(10, 4))
     assert pc.measure(model) is None and pc.measure(model) == 0
     assert pc.inputs.dtype == torch.float32  # the stored subset is left as it is
+
+
+def test_one_logit_per_example_is_refused_where_classes_are_read():
+    """A binary model's ``[batch, 1]`` logit has argmax 0 for every example: the in-pass
+    count, the subset count and the selection subset would see no prediction ever change."""
+    from neve_tune.selection import SelectionSubset
+
+    one_logit = torch.nn.Linear(3, 1)
+    x, y = torch.randn(6, 3), torch.zeros(6, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"output has one logit per example \(shape \(6, 1\)\)"):
+        PredictionChanges(6).update(torch.arange(6), one_logit(x), y)
+    with pytest.raises(ValueError, match="one logit per example"):
+        SubsetPredictionChanges(x, labels=y).measure(one_logit)
+    with pytest.raises(ValueError, match="one logit per example"):
+        SelectionSubset(x, labels=y).predict(one_logit)

@@ -426,6 +426,8 @@ def test_auto_decides_from_the_finished_trials_fit():
     assert sub.fit("012") == 1.0 and sub.fit("010") == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="no labels"):
         sel.SelectionSubset(torch.zeros(3, 2)).fit("012")
+    with pytest.raises(ValueError, match="codes must be this subset's predict.*got 2 codes"):
+        sub.fit("01")  # another subset's predictions
 
 
 def _finished(search: optuna.Study, fit: float, stopped_by: str) -> None:
@@ -553,3 +555,31 @@ def test_optuna_best_prints_the_pick_and_its_rule(tmp_path, capsys):
     assert (
         "does not exist; nothing to pick from" in capsys.readouterr().err and not missing.exists()
     )
+
+
+@pytest.mark.parametrize("verb", ["best", "plot"])
+def test_best_and_plot_help_says_storage_is_required(verb, capsys) -> None:
+    """They read what workers stored: ``--help`` does not promise an in-memory default."""
+    from neve_tune.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["optuna", verb, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(required: the storage the workers used)" in text and "in-memory" not in text
+    assert main(["optuna", verb, "--study-name", "s"]) == 2
+    assert "--storage is required" in capsys.readouterr().err
+
+
+def test_a_multi_objective_study_is_refused_in_one_line(tmp_path, capsys) -> None:
+    """``optuna create-study --directions minimize minimize`` makes a study no pick can
+    rank: refused naming it, not Optuna's RuntimeError from ``study.direction``."""
+    from neve_tune.cli import main
+    from neve_tune.optuna import pick_trial
+
+    storage = f"sqlite:///{tmp_path / 'mo.db'}"
+    search = optuna.create_study(study_name="mo", storage=storage, directions=["minimize"] * 2)
+    with pytest.raises(ValueError, match="study 'mo' has 2 objectives"):
+        pick_trial(search, "objective")
+    assert main(["optuna", "best", "--study-name", "mo", "--storage", storage]) == 2
+    err = capsys.readouterr().err
+    assert "has 2 objectives" in err and len(err.strip().splitlines()) == 1

@@ -334,6 +334,15 @@ def test_model_with_no_layer_to_monitor():
         NeuralVelocity(nn.Sequential(nn.Linear(2, 2)), torch.zeros(2, 2), layers=["nope"])
 
 
+def test_a_model_that_is_one_layer_is_told_to_wrap_it():
+    """A bare nn.Linear is of a default type, yet has no layer below it: the error says so
+    instead of listing Linear among the types it did not find."""
+    with pytest.raises(ValueError, match=r"is itself one layer has none: wrap it in nn.Sequential"):
+        NeuralVelocity(nn.Linear(2, 2), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match=r"selects no layer[^(]*$"):
+        NeuralVelocity(nn.Sequential(nn.ReLU()), torch.zeros(2, 2))
+
+
 def test_default_layers_the_probe_never_calls_are_dropped_with_a_warning():
     # MultiheadAttention uses out_proj through its weight, never calls it
     model = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, batch_first=True)

@@ -114,11 +114,17 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-trial lines")
 
 
-def add_storage(p: argparse.ArgumentParser) -> None:
+def add_storage(p: argparse.ArgumentParser, *, needed: bool = False) -> None:
+    """``--storage``; ``needed``: a verb that reads what workers stored (no in-memory default)."""
+    last = (
+        "required: the storage the workers used"
+        if needed
+        else "default: in-memory, this process only"
+    )
     p.add_argument(
         "--storage",
         help="sqlite:///FILE, postgresql://USER:PW@HOST/DB, mysql+pymysql://..., journal:FILE or "
-        "FILE.log (default: in-memory, this process only)",
+        f"FILE.log ({last})",
     )
 
 

@@ -85,7 +85,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     cli.add_selection(w)
     w.add_argument(
         "--checkpoint-dir",
-        default=os.environ.get("NEVE_CHECKPOINT_DIR") or "neve_checkpoints",
         help="per-trial checkpoints, so a retried trial resumes (shared storage across machines; "
         "default: $NEVE_CHECKPOINT_DIR, else ./neve_checkpoints)",
     )
@@ -118,18 +117,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         help="epochs in a row above --unsettled-bound that prune a trial",
     )
     h = w.add_argument_group("recovery (RDB storages)")
-    h.add_argument(
-        "--heartbeat-interval", type=cli.positive_int, default=60, help="seconds (default 60)"
-    )
+    h.add_argument("--heartbeat-interval", type=cli.positive_int, help="seconds (default 60)")
     h.add_argument(
         "--heartbeat-grace-period",
         dest="heartbeat_grace_period",
         type=cli.positive_int,
         help="seconds without heartbeat before a trial is failed (default 2x the interval)",
     )
-    h.add_argument(
-        "--max-retry", type=int, default=3, help="retries of a trial whose worker died (default 3)"
-    )
+    h.add_argument("--max-retry", type=int, help="retries of a trial whose worker died (default 3)")
     h.add_argument("--no-heartbeat", action="store_true", help="no heartbeats, no retries")
     cli.add_out(w, "write velocity_curves.png and search_history.png here when done")
     cli.add_quiet(w)
@@ -137,14 +132,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("plot", help="velocity curves of all trials and the search history (PNG)")
     p.add_argument("--study-name", required=True)
-    cli.add_storage(p)
+    cli.add_storage(p, needed=True)
     cli.add_out(p, "output folder (default: plots)")
     p.set_defaults(out="plots")
     p.set_defaults(func=_plot)
 
     b = sub.add_parser("best", help="the study's pick and the rule that made it (runs no trial)")
     b.add_argument("--study-name", required=True)
-    cli.add_storage(b)
+    cli.add_storage(b, needed=True)
     b.add_argument(
         "--selection",
         choices=("auto", "objective", "consensus"),
@@ -171,10 +166,45 @@ def _pruner_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+def _recovery_flags(args: argparse.Namespace) -> None:
+    """``--no-checkpoints`` and ``--no-heartbeat`` refuse the flags they switch off (one
+    would be ignored in silence); then the recovery flags' defaults are filled in."""
+    switched_off = {
+        "--no-checkpoints": (args.no_checkpoints, ["--checkpoint-dir", "--keep-checkpoints"]),
+        # --max-retry stays: it also bounds the re-queues of a politely stopped trial
+        "--no-heartbeat": (args.no_heartbeat, ["--heartbeat-interval", "--heartbeat-grace-period"]),
+    }
+    for off, (on, flags) in switched_off.items():
+        values = {f: getattr(args, f[2:].replace("-", "_")) for f in flags}
+        given = [f for f, v in values.items() if v is not None and v is not False]
+        if on and given:
+            raise cli.CLIError(f"{off} and {given[0]} contradict each other: give one of them")
+    from ..optuna._urls import storage_kind
+
+    beat = [
+        flag
+        for flag, value in (
+            ("--heartbeat-interval", args.heartbeat_interval),
+            ("--heartbeat-grace-period", args.heartbeat_grace_period),
+        )
+        if value is not None
+    ]
+    if beat and storage_kind(args.storage) != "rdb":
+        raise cli.CLIError(
+            f"{beat[0]} needs an RDB storage (sqlite:///FILE, postgresql://...): a journal file "
+            "or an in-memory study sends no heartbeats"
+        )
+    if args.checkpoint_dir is None:
+        args.checkpoint_dir = os.environ.get("NEVE_CHECKPOINT_DIR") or "neve_checkpoints"
+    args.heartbeat_interval = 60 if args.heartbeat_interval is None else args.heartbeat_interval
+    args.max_retry = 3 if args.max_retry is None else args.max_retry
+
+
 def _check_worker_flags(args: argparse.Namespace) -> str:
     """Every flag of ``worker`` checked under its own name, before any storage or data."""
     from ..optuna._worker_checks import check_direction, check_study_name, check_threads
 
+    _recovery_flags(args)
     device = cli.check_device(args.device)
     if args.storage is not None and not args.storage.strip():
         raise cli.CLIError(

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_int, check_model_fn
 from .._search_records import SearchTrial
 from ..data import DataBundle
 from ..records import RUNG_SIGNALS, SUBSET_SIGNALS
@@ -152,6 +152,7 @@ def compare(
     study = load_study(study)
     rung_signal = study.rung_signal if rung_signal is None else rung_signal
     _check_arguments(backend, trials, repeats, rung_signal, searches, study, reduction_factor)
+    check_model_fn(model_fn)
     variants = _check_variants(baseline_variants, study, searches)
     names = [name for name, _, _ in _plan(study, searches, variants)]
     t0, seeds = time.perf_counter(), [seed + k for k in range(repeats)]
@@ -295,9 +296,13 @@ def _check_arguments(
             f"rung_signal={rung_signal!r} needs a study with selection_subset > 0 (e.g. "
             "study.replace(selection_subset=500)): the predictions it compares"
         )
+    if isinstance(searches, str):  # a string would be read letter by letter
+        raise TypeError(f"searches must be a list of names like ['neve', 'asha'], got {searches!r}")
     bad = [s for s in searches if s not in SEARCHES]
-    if bad or not searches:
-        raise ValueError(f"searches must be a non-empty subset of {SEARCHES}, got {list(searches)}")
+    if bad or not searches or len(set(searches)) < len(searches):  # a repeat would run twice
+        raise ValueError(
+            f"searches must be a non-empty subset of {SEARCHES}, each once, got {list(searches)}"
+        )
 
 
 def _ray_running() -> bool:

@@ -32,7 +32,7 @@ import torch
 from optuna.trial import BaseTrial, FrozenTrial
 from sqlalchemy.exc import SQLAlchemyError
 
-from .._checks import check_choice
+from .._checks import check_choice, check_model_fn
 from ..checkpoint import (
     CheckpointError,
     CheckpointWriteError,
@@ -179,6 +179,7 @@ def make_objective(
     """
     study = load_study(study)
     check_choice("method", method, OBJECTIVE_METHODS)
+    check_model_fn(model_fn)
     run = _TrialRun(
         study,
         method,

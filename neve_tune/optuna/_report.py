@@ -223,6 +223,13 @@ def _checked_epoch(metrics: Mapping[str, Any], signal: str) -> tuple[int, float 
     :func:`report_epoch`; a non-finite training loss or velocity counts as divergence."""
     check_choice("signal", signal, REPORT_SIGNALS)
     check_metric_keys(metrics)  # the rule both backends share: names, velocity, flags
+    pred = metrics.get("subset_pred")
+    if pred is not None and not isinstance(pred, str):  # the pick reads that string only
+        raise TypeError(
+            "metrics['subset_pred'] must be the string SelectionSubset.predict(model) returns, "
+            f"got {type(pred).__name__}"
+        )
+    to_float("metrics['subset_fit']", metrics.get("subset_fit"), allow_none=True)
     if "epoch" not in metrics:
         raise ValueError(
             f"metrics has no 'epoch' (the step); its keys: {sorted(map(str, metrics))}"

@@ -104,6 +104,11 @@ def trial_outcomes(search: optuna.Study) -> list[TrialOutcome]:
     """Every trial of ``search`` as :class:`~neve_tune.selection_policy.TrialOutcome` rows,
     by trial number (what the selection policy decides on)."""
     check_optuna_study("search", search)
+    if len(search.directions) != 1:  # Optuna's search.direction raises its own RuntimeError
+        raise ValueError(
+            f"search: study {search.study_name!r} has {len(search.directions)} objectives; "
+            "picking a trial needs a single-objective study"
+        )
     sign = direction_sign(search.direction)
     return [_outcome(t, sign) for t in search.get_trials(deepcopy=False)]
 

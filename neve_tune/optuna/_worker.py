@@ -37,7 +37,7 @@ from typing import Any
 import optuna
 import torch
 from optuna.pruners import BasePruner, SuccessiveHalvingPruner
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from ..checkpoint import first_line
 from ..study import Study, load_study
@@ -151,7 +151,11 @@ def run_worker(
         stop=stop,
     )
     mine: list[int] = []
-    cbs, n_trials = trial_callbacks(mine, log, callbacks, total_trials, n_trials, timeout, stop)
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)  # what total_trials counts
+    held = len(search.get_trials(deepcopy=False, states=finished)) if total_trials else 0
+    cbs, n_trials = trial_callbacks(
+        mine, log, callbacks, total_trials, n_trials, timeout, stop, held
+    )
     if log:
         log(_opening_line(search, storage, method, n_trials))
     selection = study.selection if method == "neve" else "objective"
@@ -185,7 +189,7 @@ def _opening_line(
     return (
         f"worker {os.getpid()}: study {search.study_name!r} in {where}, method={method}, "
         f"pruner={search.pruner!r}, sampler={search.sampler!r}, "
-        f"trials={n_trials or 'unbounded'}"
+        f"trials={'unbounded' if n_trials is None else n_trials}"
     )
 
 

@@ -43,9 +43,11 @@ def trial_callbacks(
     n_trials: int | None,
     timeout: float | None,
     stop: PoliteStop,
+    held: int = 0,
 ) -> tuple[list[Callable[[optuna.Study, FrozenTrial], None]], int | None]:
     """The callbacks after each trial (its line, the study's total, a polite stop) and
-    the trial count ``optimize`` runs."""
+    the trial count ``optimize`` runs (none when the study already ``held`` ``total_trials``
+    complete or pruned trials)."""
 
     def on_finish(s: optuna.Study, t: FrozenTrial) -> None:
         mine.append(t.number)
@@ -67,7 +69,9 @@ def trial_callbacks(
                 total_trials, states=(TrialState.COMPLETE, TrialState.PRUNED)
             )
         )
-        if n_trials is None and timeout is None:
+        if held >= total_trials:  # the callback counts only after a trial: run none
+            n_trials = 0
+        elif n_trials is None and timeout is None:
             n_trials = total_trials
     return cbs, n_trials
 
