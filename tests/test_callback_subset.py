@@ -59,3 +59,16 @@ def test_a_callback_refuses_anything_but_a_selection_subset():
             cls(selection_subset=500)
         with pytest.raises(TypeError, match="SelectionSubset"):
             cls(selection_subset=torch.zeros(3, 2))
+
+
+def test_the_callbacks_subset_refuses_one_logit_per_example():
+    """A binary model's [batch, 1] output: its argmax is class 0 for every example, so the
+    pick would see no prediction ever change; refused as the library's own subset does."""
+    from neve_tune._callbacks.subset import call_model, record_subset
+
+    subset = SelectionSubset(torch.randn(6, 3), torch.tensor([0, 1, 0, 1, 1, 0]))
+    metrics: dict = {}
+    with pytest.raises(ValueError, match="one logit per example"):
+        record_subset(metrics, subset, torch.nn.Linear(3, 1), call_model)
+    record_subset(metrics, subset, torch.nn.Linear(3, 2), call_model)
+    assert len(metrics["subset_pred"]) == 6 and 0.0 <= metrics["subset_fit"] <= 1.0

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._pc_inputs import logit_classes
 from ..selection import SelectionSubset, encode_predictions
 
 __all__ = ["call_model", "check_selection_subset", "record_subset"]
@@ -56,7 +57,7 @@ def record_subset(
                     f"[batch, classes], got {getattr(logits, 'shape', type(logits).__name__)}; "
                     "pass probe_fn= returning them"
                 )
-            out.append(logits.argmax(1).cpu())
+            out.append(logit_classes("selection_subset: the model's output", logits))
     finally:
         model.train(was_training)
     codes = encode_predictions(torch.cat(out))
