@@ -103,6 +103,11 @@ def _worker(device: str, db: str) -> list[str]:
     ]
 
 
+def _one_trial_worker(*flags: str) -> list[str]:
+    """``neve-tune optuna worker digits --trials 1`` with ``flags``."""
+    return ["optuna", "worker", "digits", "--trials", "1", *flags]
+
+
 # (argv, expected exit status, a substring of the one error line; {d} is the inputs folder)
 CLI_CASES = [
     pytest.param(
@@ -247,17 +252,7 @@ CLI_CASES = [
         id="out-unwritable",
     ),
     pytest.param(
-        [
-            "optuna",
-            "worker",
-            "digits",
-            "--trials",
-            "1",
-            "--max-epochs",
-            "1",
-            "--checkpoint-dir",
-            "{d}/a_file/ck",
-        ],
+        _one_trial_worker("--max-epochs", "1", "--checkpoint-dir", "{d}/a_file/ck"),
         2,
         "--checkpoint-dir {d}/a_file/ck: {d}/a_file is not a folder",
         id="checkpoint-dir-unwritable",
@@ -342,17 +337,7 @@ CLI_CASES = [
         id="plot-out-unwritable",
     ),
     pytest.param(
-        [
-            "optuna",
-            "worker",
-            "digits",
-            "--trials",
-            "1",
-            "--max-epochs",
-            "1",
-            "--out",
-            "/proc/plots",
-        ],
+        _one_trial_worker("--max-epochs", "1", "--out", "/proc/plots"),
         2,
         "--out /proc/plots: /proc is not writable",
         id="worker-out-unwritable",
@@ -433,17 +418,9 @@ CLI_CASES = [
     ),
     # storages
     pytest.param(
-        [
-            "optuna",
-            "worker",
-            "digits",
-            "--trials",
-            "1",
-            "--max-epochs",
-            "1",
-            "--storage",
-            "postgresql://neve:p@ss@127.0.0.1:1/db",
-        ],
+        _one_trial_worker(
+            "--max-epochs", "1", "--storage", "postgresql://neve:p@ss@127.0.0.1:1/db"
+        ),
         2,
         "storage 'postgresql://neve:***@127.0.0.1:1/db' is not a valid URL: "
         "its user or password holds an unencoded '@'",
@@ -506,47 +483,19 @@ CLI_CASES = [
         id="worker-study-model-option-typo",
     ),
     pytest.param(
-        [
-            "optuna",
-            "worker",
-            "digits",
-            "--trials",
-            "1",
-            "--no-checkpoints",
-            "--checkpoint-dir",
-            "x",
-        ],
+        _one_trial_worker("--no-checkpoints", "--checkpoint-dir", "x"),
         2,
         "--no-checkpoints and --checkpoint-dir contradict each other: give one of them",
         id="worker-no-checkpoints-with-a-folder",
     ),
     pytest.param(
-        [
-            "optuna",
-            "worker",
-            "digits",
-            "--trials",
-            "1",
-            "--no-heartbeat",
-            "--heartbeat-interval",
-            "5",
-        ],
+        _one_trial_worker("--no-heartbeat", "--heartbeat-interval", "5"),
         2,
         "--no-heartbeat and --heartbeat-interval contradict each other: give one of them",
         id="worker-no-heartbeat-with-an-interval",
     ),
     pytest.param(
-        [
-            "optuna",
-            "worker",
-            "digits",
-            "--trials",
-            "1",
-            "--storage",
-            "journal:{d}/search.log",
-            "--heartbeat-grace-period",
-            "30",
-        ],
+        _one_trial_worker("--storage", "journal:{d}/search.log", "--heartbeat-grace-period", "30"),
         2,
         "--heartbeat-grace-period needs an RDB storage (sqlite:///FILE, postgresql://...): a "
         "journal file or an in-memory study sends no heartbeats",
