@@ -124,8 +124,16 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         type=cli.positive_int,
         help="seconds without heartbeat before a trial is failed (default 2x the interval)",
     )
-    h.add_argument("--max-retry", type=int, help="retries of a trial whose worker died (default 3)")
-    h.add_argument("--no-heartbeat", action="store_true", help="no heartbeats, no retries")
+    h.add_argument(
+        "--max-retry",
+        type=int,
+        help="retries of a trial whose worker died or was stopped (Ctrl-C, SIGTERM) (default 3)",
+    )
+    h.add_argument(
+        "--no-heartbeat",
+        action="store_true",
+        help="no heartbeats: a dead worker's trial is not retried (a stopped one still is)",
+    )
     cli.add_out(w, "write velocity_curves.png and search_history.png here when done")
     cli.add_quiet(w)
     w.set_defaults(func=_worker)

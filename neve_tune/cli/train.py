@@ -55,8 +55,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     cli.add_json(p, "write the run's record here")
     cli.add_out(
         p,
-        "folder for history.png: velocity, LR and loss per epoch (default: next to --json, else "
-        "none)",
+        "folder for history.png: velocity, LR and loss per epoch (default: beside --json, named "
+        "as it with .png, else none)",
     )
     cli.add_quiet(p)
     p.set_defaults(func=_train)
