@@ -653,6 +653,20 @@ def test_a_trainer_given_max_steps_is_the_budget_in_epochs():
     assert neve.neve.scheduler.patience == 2  # "auto" against those 6 epochs
 
 
+def test_an_unbounded_trainer_is_told_that_neves_cap_applies():
+    """``Trainer(max_epochs=-1)``: no budget to read, so NeVe's own ``max_epochs`` (100) is the
+    cap; said once, with the option that sets it. Given ``max_epochs=``, nothing is said."""
+    neve = NeVeCallback(threshold=0.5, pc_patience=None, prediction_changes=None)
+    with pytest.warns(UserWarning, match=r"no budget.*max_epochs=100.*NeVeCallback\(max_epochs"):
+        _trainer([neve], max_epochs=-1).fit(Net(), _loader())
+    assert neve.neve.max_epochs == 100 and neve.stopped_by == "velocity"
+    capped = NeVeCallback(threshold=0.5, pc_patience=None, prediction_changes=None, max_epochs=3)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", ".*no budget.*")
+        _trainer([capped], max_epochs=-1).fit(Net(), _loader())
+    assert capped.neve.max_epochs == 3
+
+
 class ScheduledNet(Net):
     def __init__(self, lr: float, scheduler) -> None:
         super().__init__(lr=lr)
