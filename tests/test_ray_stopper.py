@@ -270,6 +270,9 @@ class TestNeVeStopper:
     def test_missing_threshold_is_a_clear_error(self):
         with pytest.raises(ValueError, match="no velocity threshold for this trial"):
             NeVeStopper()("a", res(2, 0.5, threshold=None))
+        # at the trial's first result, not only once the rule starts comparing (iteration 2)
+        with pytest.raises(ValueError, match="no velocity threshold for this trial"):
+            NeVeStopper()("b", res(1, 0.5, threshold=None))
 
     @pytest.mark.parametrize("bad", [0, -1e-3, float("nan"), float("inf")])
     def test_threshold_must_be_positive(self, bad):

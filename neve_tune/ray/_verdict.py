@@ -203,6 +203,9 @@ def _raw_velocity_verdict(
             "epoch's mean training loss) to tell a converged trial from a stalled one; it reports "
             f"{keys}"
         )
+    # read before any early return: a trial with no threshold anywhere is refused at its first
+    # result, not at the first one the rule compares
+    limit = _trial_threshold(result, threshold_key, threshold, who)
     if max_epochs is not None and stalls_early(
         result, loss, best_loss, first_loss, max_epochs, stall_patience, stall_margin
     ):
@@ -212,7 +215,7 @@ def _raw_velocity_verdict(
         < min_raw_epochs
     ):
         return None
-    if not value < _trial_threshold(result, threshold_key, threshold, who):
+    if not value < limit:
         return None
     first = loss if first_loss is None else first_loss
     return (
