@@ -356,6 +356,23 @@ class TestNeVeASHAScheduler:
         assert s.set_search_properties("val_loss", "min") is False
         assert s.set_search_properties("train_loss", "max") is False
 
+    def test_a_result_without_what_the_rungs_need_is_refused_not_left_unranked(self):
+        """A trainable reporting its loss as "loss", or a time_attr it never reports: the
+        trial would never meet a rung. Tune's own keys alone (a bare result) rank nothing."""
+        s = self.sched()
+        trial = SimpleNamespace(trial_id="a", status="PENDING")
+        s.on_trial_add(None, trial)
+        epoch = {"training_iteration": 1, "velocity": 0.2, "neve_stop": False}
+        with pytest.raises(ValueError, match=r"no 'train_loss', which its rungs need.*'loss'"):
+            s.on_trial_result(None, trial, {**epoch, "loss": 0.5})
+        by_epoch = self.sched(time_attr="epoch")
+        by_epoch.on_trial_add(None, trial)
+        with pytest.raises(ValueError, match="no 'epoch', which its rungs need"):
+            by_epoch.on_trial_result(None, trial, {**epoch, "train_loss": 0.5})
+        assert s.on_trial_result(None, trial, {"training_iteration": 1, "done": False}) == (
+            "CONTINUE"
+        )
+
     @staticmethod
     def rungs(scheduler) -> list[str]:
         """The bracket lines of ``debug_string()``: every rung's milestone and cutoff, in

@@ -14,6 +14,7 @@ from typing import Any
 from .._checks import is_bool, to_float, unwrap_scalar
 
 __all__ = [
+    "has_rung_keys",
     "AUTO_KEYS",
     "is_bare",
     "plain_number",
@@ -90,3 +91,19 @@ def plain_number(value: Any) -> float | None:
 def training_keys(result: Mapping[str, Any]) -> list[str]:
     """The keys of ``result`` that Tune did not fill in, sorted (for error messages)."""
     return sorted(k for k in result if k not in AUTO_KEYS)
+
+
+def has_rung_keys(result: Mapping[str, Any], keys: tuple[str, ...], who: str) -> bool:
+    """Whether a scheduler can place ``result`` at a rung: it holds every one of ``keys``
+    (the progress key and the ranked metric). A result of Tune's own keys only has nothing to
+    rank (False); one with training metrics but without one of ``keys`` is a ``ValueError``
+    naming it, since the trial would never be ranked, in silence."""
+    if is_bare(result):
+        return False
+    missing = [k for k in keys if k not in result]
+    if missing:
+        raise ValueError(
+            f"{who}: the trial's result has no {missing[0]!r}, which its rungs need (without "
+            f"it the trial is never ranked); it reports {training_keys(result)}"
+        )
+    return True

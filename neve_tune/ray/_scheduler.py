@@ -18,6 +18,7 @@ from ._consensus import ConsensusRungs, check_predictions, ended_trial
 from ._halving import Brackets
 from ._losses import remember_first_loss
 from ._outcomes import COMPLETED, MAX_T, PRUNED, Outcomes
+from ._result import has_rung_keys
 from ._scheduler_state import NeVeASHAStateCallback
 from ._verdict import (
     CONVERGED,
@@ -230,7 +231,7 @@ class NeVeASHAScheduler(FIFOScheduler):
             self._record(tid, result)
             self._outcomes.finish(tid, CONVERGED)
             return TrialScheduler.STOP
-        if self._time_attr not in result or self._rung_metric not in result:
+        if not has_rung_keys(result, (self._time_attr, self._rung_metric), type(self).__name__):
             return TrialScheduler.CONTINUE
         t = to_float(self._time_attr, result[self._time_attr])
         if t >= self._max_t and self._stop_last_trials:
