@@ -264,13 +264,16 @@ def check_resources(resources: Mapping[str, Any], *, name: str = "resources") ->
     return out
 
 
-def check_model_fn(model_fn: Any) -> None:
-    """``model_fn`` is None or a factory of fresh models; a model itself (callable too: each
-    trial would call its ``forward()`` with no input) is a ``TypeError`` naming it."""
+def check_model_fn(model_fn: Any, name: str = "model_fn", *, optional: bool = True) -> None:
+    """``model_fn`` is a factory of fresh models (or None when ``optional``); a model itself
+    (callable too: each trial would call its ``forward()`` with no input) is a ``TypeError``
+    naming ``name``."""
     import torch
 
-    if model_fn is not None and (isinstance(model_fn, torch.nn.Module) or not callable(model_fn)):
+    if model_fn is None and optional:
+        return
+    if isinstance(model_fn, torch.nn.Module) or not callable(model_fn):
         raise TypeError(
-            "model_fn must be a function that builds a fresh model (e.g. lambda: Net()), "
+            f"{name} must be a function that builds a fresh model (e.g. lambda: Net()), "
             f"got {type(model_fn).__name__}"
         )

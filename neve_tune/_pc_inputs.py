@@ -138,15 +138,15 @@ def check_labels(labels: Any, k: int) -> torch.Tensor:
 
 
 def class_id_pairs(items: list[Any], who: str) -> tuple[list[Any], torch.Tensor]:
-    """The inputs and the labels, one class id each (whole-number floats pass), of
-    ``(input, label, ...)`` data set items; else a ``TypeError`` saying what ``who`` needs
-    (a label truncated or broadcast would give a wrong fit without a word)."""
+    """The inputs and the labels of ``(input, label, ...)`` data set items, one label each
+    (whether it is a class id is :class:`~neve_tune.selection.SelectionSubset`'s check); else
+    a ``TypeError`` saying what ``who`` needs (a label broadcast would give a wrong fit without
+    a word)."""
     labels = []
     for item in items:
         pair = isinstance(item, (tuple, list)) and len(item) >= 2
-        label = item[1] if pair else item
         try:
-            label = torch.as_tensor(label) if pair else None
+            label = torch.as_tensor(item[1]) if pair else None
         except (TypeError, ValueError, RuntimeError):
             label = None
         if label is None or label.numel() != 1 or label.dtype == torch.bool:
@@ -155,9 +155,7 @@ def class_id_pairs(items: list[Any], who: str) -> tuple[list[Any], torch.Tensor]
                 f"{who} needs (input, label) items, the label one class id, got {what}: "
                 "build SelectionSubset(inputs, labels) instead"
             )
-        if label.is_floating_point() and label == label.round():
-            label = label.long()
-        labels.append(check_classes("the dataset's labels", label.reshape(()), "class ids"))
+        labels.append(label.reshape(()))
     return [item[0] for item in items], torch.stack(labels)
 
 

@@ -14,21 +14,30 @@ from .space import check_hyperparameter
 if TYPE_CHECKING:
     from .study import Study
 
-__all__ = ["resolve_device", "trial_config"]
+__all__ = ["check_device_name", "resolve_device", "trial_config"]
+
+
+def check_device_name(device: Any) -> torch.device | None:
+    """The device ``device`` names (None for None and ``"auto"``), or a ``ValueError`` naming
+    ``device`` when torch does not know the name. Whether a machine has it is not judged here:
+    a Ray trial's node judges that, :func:`resolve_device` this machine."""
+    if device is None or device == "auto":
+        return None
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
+        ) from None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``"auto"``/None: CUDA when available, else CPU; otherwise the device named, which
     must be one torch knows and, for CUDA, present here (else a ``ValueError`` naming
     ``device``)."""
-    if device is None or device == "auto":
+    dev = check_device_name(device)
+    if dev is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(
-            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
-        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device {str(device)!r}: CUDA is not available on this machine (use 'auto' or 'cpu')"

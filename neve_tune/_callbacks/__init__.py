@@ -230,17 +230,15 @@ class CallbackSettings:
         if "max_epochs" not in options and max_epochs is not None:
             options["max_epochs"] = max(1, int(max_epochs))
         elif "max_epochs" not in options:  # an unbounded Trainer: NeVe's own cap applies
-            default = inspect.signature(NeVe).parameters["max_epochs"].default
+            options["max_epochs"] = inspect.signature(NeVe).parameters["max_epochs"].default
             warnings.warn(
                 f"{self.who}: the Trainer sets no budget (max_epochs=-1, no max_steps), so the "
-                f"run ends at NeVe's max_epochs={default} at the latest; pass "
+                f"run ends at NeVe's max_epochs={options['max_epochs']} at the latest; pass "
                 f"{self.who}(max_epochs=...) to set it",
                 UserWarning,
                 stacklevel=2,
             )
-        options["lr_patience"] = resolve_patience(
-            options["lr_patience"], options.get("max_epochs", 100)
-        )
+        options["lr_patience"] = resolve_patience(options["lr_patience"], options["max_epochs"])
         return options
 
     def stop_line(self, unit: str = "epoch") -> str:

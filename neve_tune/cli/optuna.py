@@ -177,26 +177,21 @@ def _pruner_options(args: argparse.Namespace) -> dict[str, Any]:
 def _recovery_flags(args: argparse.Namespace) -> None:
     """``--no-checkpoints`` and ``--no-heartbeat`` refuse the flags they switch off (one
     would be ignored in silence); then the recovery flags' defaults are filled in."""
-    switched_off = {
-        "--no-checkpoints": (args.no_checkpoints, ["--checkpoint-dir", "--keep-checkpoints"]),
-        # --max-retry stays: it also bounds the re-queues of a politely stopped trial
-        "--no-heartbeat": (args.no_heartbeat, ["--heartbeat-interval", "--heartbeat-grace-period"]),
-    }
-    for off, (on, flags) in switched_off.items():
-        values = {f: getattr(args, f[2:].replace("-", "_")) for f in flags}
-        given = [f for f, v in values.items() if v is not None and v is not False]
-        if on and given:
-            raise cli.CLIError(f"{off} and {given[0]} contradict each other: give one of them")
     from ..optuna._urls import storage_kind
 
-    beat = [
-        flag
-        for flag, value in (
-            ("--heartbeat-interval", args.heartbeat_interval),
-            ("--heartbeat-grace-period", args.heartbeat_grace_period),
-        )
-        if value is not None
-    ]
+    def given(*flags: str) -> list[str]:
+        values = {f: getattr(args, f[2:].replace("-", "_")) for f in flags}
+        return [f for f, v in values.items() if v is not None and v is not False]
+
+    beat = given("--heartbeat-interval", "--heartbeat-grace-period")
+    switched_off = {
+        "--no-checkpoints": (args.no_checkpoints, given("--checkpoint-dir", "--keep-checkpoints")),
+        # --max-retry stays: it also bounds the re-queues of a politely stopped trial
+        "--no-heartbeat": (args.no_heartbeat, beat),
+    }
+    for off, (on, flags) in switched_off.items():
+        if on and flags:
+            raise cli.CLIError(f"{off} and {flags[0]} contradict each other: give one of them")
     if beat and storage_kind(args.storage) != "rdb":
         raise cli.CLIError(
             f"{beat[0]} needs an RDB storage (sqlite:///FILE, postgresql://...): a journal file "

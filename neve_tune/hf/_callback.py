@@ -16,7 +16,7 @@ from .._callbacks.forward import ProbeForward, prefixed_layers
 from .._callbacks.lr_compose import check_composable, follow_decay, lrs
 from .._callbacks.pc_source import PCSource, check_classes
 from .._callbacks.subset import check_selection_subset, record_subset
-from .._checks import check_int
+from .._checks import check_int, check_model_fn
 from ..control import NeVe
 from ..velocity import NeuralVelocity
 from . import _search, _state
@@ -181,11 +181,7 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
         values under Ray, which has no trial to report to); the wrapper records an Optuna
         trial and calls ``model_init`` with it if it takes an argument.
         """
-        if not callable(model_init) or isinstance(model_init, nn.Module):
-            raise TypeError(
-                "model_init must be a function returning a fresh model, got "
-                f"{type(model_init).__name__}"
-            )
+        check_model_fn(model_init, "model_init", optional=False)
         takes_trial = len(inspect.signature(model_init).parameters) >= 1
 
         def wrapped(trial: Any = None) -> nn.Module:

@@ -14,8 +14,8 @@ from typing import Any
 from .._checks import is_bool, to_float, unwrap_scalar
 
 __all__ = [
-    "has_rung_keys",
     "AUTO_KEYS",
+    "has_rung_keys",
     "is_bare",
     "plain_number",
     "reported_flag",

@@ -16,6 +16,7 @@ from ray.tune.stopper import Stopper
 
 from .._checks import check_bool, check_choice, check_float, check_int, check_seed
 from .._names import check_folder_name, shown
+from .._trial_inputs import check_device_name
 from ..records import RUNG_SIGNALS, SCHEDULERS
 from ..study import Study, load_study
 from ._run_config import check_run_config, run_config_for, run_kwargs
@@ -24,7 +25,6 @@ from ._scheduler_choice import pick_scheduler
 from ._stopper import NeVeStopper
 from ._trainable import (
     TRAINABLE_METHODS,
-    check_device_name,
     check_resources,
     check_resources_available,
     neve_trainable,

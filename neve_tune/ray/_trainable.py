@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from ray import tune
 
 from .._checks import RESOURCE_KEYS as _RESOURCE_KEYS
 from .._checks import check_int, check_resources
-from .._trial_inputs import resolve_device
+from .._trial_inputs import check_device_name, resolve_device
 from ..data import DataBundle
 from ..records import METHODS, METRIC_NAMES, SEARCH_METHODS, Cost, TrialResult
 from ..space import Choice, IntUniform, LogUniform, Uniform
@@ -35,7 +34,6 @@ from ..trial import run_trial
 __all__ = [
     "CHECKPOINT_FILE",
     "SUMMARY_KEYS",
-    "check_device_name",
     "check_resources_available",
     "neve_trainable",
     "reported_metrics",
@@ -354,19 +352,6 @@ def _check_arguments(study: Study, method: str, seed: int | None, data: DataBund
         raise TypeError(
             f"data must be a neve_tune.data.DataBundle or None, got {type(data).__name__}"
         )
-
-
-def check_device_name(device: Any) -> None:
-    """``device`` refused in one line naming it unless torch knows the name (or it is None,
-    ``"auto"``): whether the trial's node has that device is judged there, on the node."""
-    if device is None or device == "auto":
-        return
-    try:
-        torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(
-            f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
-        ) from None
 
 
 def _check_subset_epochs(epochs: Collection[int] | None) -> tuple[int, ...] | None:
