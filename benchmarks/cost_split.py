@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
@@ -76,17 +75,13 @@ def segments(search: Mapping[str, Any]) -> dict[str, int]:
     return {s: int(by.get(s, 0)) if s != "retrain" else _retrain_epochs(search) for s in SEGMENTS}
 
 
-def _geomean(xs: Sequence[float]) -> float:
-    return math.exp(statistics.mean(math.log(x) for x in xs))
-
-
 def condition_split(runs: Sequence[Mapping[str, Any]], against: str) -> dict[str, Any]:
     """A condition's factors over its seeds (``runs``: each seed's compare run)."""
     per_seed = [split(r["neve"], r[against]) for r in runs]
     out: dict[str, Any] = {"seeds": len(runs)}
     out["cost_mean"] = statistics.mean(s["cost"] for s in per_seed)
     for key in ("cost", "epochs", "samples_per_epoch", "forward"):
-        out[key] = _geomean([s[key] for s in per_seed])
+        out[key] = statistics.geometric_mean(s[key] for s in per_seed)
     for name, search in (("neve", "neve"), ("against", against)):
         segs = [segments(r[search]) for r in runs]
         out[f"{name}_segments"] = {s: statistics.mean(x[s] for x in segs) for s in SEGMENTS}
@@ -96,11 +91,15 @@ def condition_split(runs: Sequence[Mapping[str, Any]], against: str) -> dict[str
 def load(records: Path, frontier: Path, against: str | None) -> dict[str, dict[str, Any]]:
     """Per condition of the frontier page, the split against ``against`` (None: the
     condition's strongest baseline), from the default group's records."""
+    from frontier_report import load_records
+
     conditions = json.loads(frontier.read_text())["conditions"]
+    found = load_records(records)
     out = {}
     for cond, entry in conditions.items():
-        paths = sorted(records.glob(f"{cond}__default__seed*.json"))
-        runs = [json.loads(p.read_text())["runs"][0] for p in paths]
+        runs = [
+            r["runs"][0] for (c, g, _), r in sorted(found.items()) if (c, g) == (cond, "default")
+        ]
         if not runs:
             continue
         name = against or entry["strongest_baseline"]

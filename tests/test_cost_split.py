@@ -51,7 +51,8 @@ def test_a_condition_gives_geometric_means_segments_and_the_strongest_baseline(t
     records = tmp_path / "frontier"
     records.mkdir()
     for seed, extra in ((0, 0), (1, 30)):
-        record = {"runs": [_run(seed, extra)]}
+        job = {"condition": "digits_noise20", "group": "default", "seed": seed}
+        record = {"runs": [_run(seed, extra)], "job": job}
         (records / f"digits_noise20__default__seed{seed}.json").write_text(json.dumps(record))
     frontier = tmp_path / "frontier.json"
     entry = {"strongest_baseline": "asha_es:acc:retrain"}
