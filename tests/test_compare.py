@@ -253,5 +253,10 @@ def test_both_backends_produce_the_same_json_schema():
     assert _schema_diff(a, b) == []
     for m in SEARCHES:
         assert set(a["runs"][0][m]["trials"][0]) == set(b["runs"][0][m]["trials"][0])
+    # every search samples the whole space, so trial i draws one configuration in all of them
+    # (docs/design.md, section 7); the start-up trials here are the only trials
+    for res in (a, b):
+        configs = [[t["config"] for t in res["runs"][0][m]["trials"]] for m in SEARCHES]
+        assert all(c == configs[0] for c in configs[1:]) and len(configs[0]) == 2
     assert _schema_diff({"x": 1, "y": None}, {"x": 2.5, "y": "s"}) == []
     assert _schema_diff({"x": 1}, {"x": "s", "z": 0}) != []
