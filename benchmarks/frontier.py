@@ -31,7 +31,10 @@ Groups (each a NeVe point, and the baselines' points where it runs them):
 - ``subset_off``: NeVe without the selection subset (objective pick, training-loss rungs);
 - ``subset_200``: NeVe with a selection subset of 200 examples instead of 500;
 - ``rungs_train_loss``: NeVe with the ``auto`` pick and its rungs on the training loss
-  (``rung_signal="train_loss"``) instead of ``auto``'s consensus rungs under noise.
+  (``rung_signal="train_loss"``) instead of ``auto``'s consensus rungs under noise;
+- ``es_patience5`` / ``es_patience20``: no NeVe search; ``asha_es`` and the
+  ``--baseline-variants`` with an early-stopping patience (``Study.early_stopping``) of 5 or 20
+  epochs instead of 10.
 
 Figures are deterministic on one machine, not across machines.
 """
@@ -92,6 +95,8 @@ GROUPS: dict[str, tuple[tuple[str, ...], int, bool, Any]] = {
     ),
     "subset_200": (("neve",), 4, False, lambda s: s.replace(selection_subset=SUBSET_SMALL)),
     "rungs_train_loss": (("neve",), 4, False, None),
+    "es_patience5": (("asha_es",), 4, True, lambda s: s.replace(early_stopping=5)),
+    "es_patience20": (("asha_es",), 4, True, lambda s: s.replace(early_stopping=20)),
 }
 # group -> the NeVe search's rung signal where it is not the study's (compare's rung_signal)
 RUNG_SIGNAL: dict[str, str] = {"rungs_train_loss": "train_loss"}
@@ -104,6 +109,8 @@ GROUP_SETTINGS: dict[str, str] = {
     "subset_off": "selection subset off (objective pick, training-loss rungs)",
     "subset_200": f"selection subset of {SUBSET_SMALL} examples (not 500)",
     "rungs_train_loss": "rungs on the training loss, the auto pick (not auto's consensus rungs)",
+    "es_patience5": "early stopping after 5 epochs without a better validation value (not 10)",
+    "es_patience20": "early stopping after 20 epochs without a better validation value (not 10)",
 }
 
 
@@ -281,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     # seed-major: an interrupted run leaves every condition with the same seeds
     jobs = [(c, g, s) for s in seeds for c in conditions for g in groups]
     if args.rerun_neve:
+        jobs = [j for j in jobs if "neve" in GROUPS[j[1]][0]]  # the baselines-only groups
         missing = [job_path(out, *j).name for j in jobs if not job_path(out, *j).exists()]
         if missing:
             p.error(f"--rerun-neve: no record to update for {', '.join(missing)}")

@@ -147,6 +147,21 @@ def test_the_threshold_groups_scale_the_search_range_and_the_default_alike() -> 
     assert off.selection_subset == 0 and off.rung_signal == "train_loss"
 
 
+def test_the_patience_groups_change_only_the_baselines_early_stopping() -> None:
+    base = frontier.job_study("digits_noise20", "default")
+    for group, patience in (("es_patience5", 5), ("es_patience20", 20)):
+        study = frontier.job_study("digits_noise20", group)
+        assert study == base.replace(early_stopping=patience)
+        searches, _, with_variants, _ = frontier.GROUPS[group]
+        assert searches == ("asha_es",) and with_variants  # no NeVe search to rerun
+
+
+def test_rerun_neve_passes_over_the_groups_without_a_neve_search(tmp_path, capsys) -> None:
+    argv = ["--rerun-neve", "--groups", "es_patience5", "--seeds", "0", "--no-report"]
+    assert frontier.main([*argv, "--out", str(tmp_path)]) == 0
+    assert "reran" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "argv",
     [
