@@ -260,8 +260,8 @@ class NeVe(Stoppable):
         predicted class is not their label) feed the memorisation guard, which needs both.
 
         Returns the epoch's metrics with its inputs: ``train_loss`` (as a float),
-        ``prediction_changes`` (``None`` when not given) and ``val_loss`` when given, so
-        the dict goes straight to ``neve_tune.optuna.report_epoch`` or ``ray.tune.report``.
+        ``prediction_changes`` and ``unfit`` (``None`` when not given) and ``val_loss`` when
+        given, so the dict goes straight to either ``report_epoch`` (Optuna's or Ray's).
         :meth:`start` must have run before the first epoch, as a torch LR scheduler
         records its initial state when it is built before training: it records the
         untrained outputs the first velocity compares with. A ``step`` without it is
