@@ -68,7 +68,7 @@ class NeVe(Stoppable):
     1. measures the velocity ``V^t`` and its change ``D^t`` on the probe;
     2. steps ``ReduceLROnPlateau(mode="min", lr_factor, lr_patience, threshold=0)``
        (``lr_patience="auto"``, the default: ``max(2, max_epochs // 20)`` epochs, as every
-       study and callback, :func:`auto_patience`) on ``D^t``
+       study and callback, :func:`~neve_tune._rules.auto_patience`) on ``D^t``
        (``lr_signal="velocity_change"``, from the 2nd epoch), on ``V^t``
        (``"velocity"``), or on the moving average of ``prediction_changes`` over
        ``pc_window`` epochs (``"prediction_changes"``: the LR decays once the predictions
