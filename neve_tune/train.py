@@ -222,8 +222,9 @@ def _resume(
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise CheckpointError(checkpoint_path, f"does not fit this run ({first_line(e)})") from None
     if history and not controller.should_stop and history[-1].get("stopped_by") is not None:
-        # reopened (a run stopped by a smaller max_epochs cap): its last epoch is no longer the last
-        history[-1] = {**history[-1], "stopped_by": None}
+        # reopened (a run stopped by a smaller max_epochs cap, learned or not): its last epoch is
+        # no longer the last, nor a stall
+        history[-1] = {**history[-1], "stopped_by": None, "stalled": False}
     return history, cost
 
 
