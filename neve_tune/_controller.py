@@ -27,6 +27,7 @@ __all__ = [
     "current_lr",
     "finite_or_absent",
     "reopened",
+    "reopened_history",
 ]
 
 
@@ -103,6 +104,14 @@ def reopened(
     if not cap_only or epoch >= max_epochs:
         return stopped_by
     return "stalled" if stalls is not None and stalls() else None
+
+
+def reopened_history(history: list[dict[str, Any]], controller: Any) -> list[dict[str, Any]]:
+    """``history`` restored with ``controller``: when :func:`reopened` continued the run (a
+    larger cap), its last epoch is no longer its end, nor a stall: the uninterrupted run's."""
+    if history and not controller.should_stop and history[-1].get("stopped_by") is not None:
+        return [*history[:-1], {**history[-1], "stopped_by": None, "stalled": False}]
+    return history
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
