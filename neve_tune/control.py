@@ -2,11 +2,11 @@
 
 :class:`NeVe` (docs/design.md, "The controller") needs no held-out data: after each epoch it
 measures the velocity, steps torch's ``ReduceLROnPlateau`` on the velocity change (or the velocity),
-and stops once the velocity is under ``threshold``. :class:`ValidationControl` is the
-validation-based baseline: ``ReduceLROnPlateau`` on validation loss, a fixed epoch cap and,
-optionally, early stopping on validation loss. :class:`LRReplay` replays a recorded
-learning-rate schedule (the final retrain of a validation-based search). The two
-baselines live in :mod:`neve_tune.baselines`.
+and stops once the velocity is under ``threshold`` (given no threshold: V / peak V < 1e-2).
+:class:`ValidationControl` is the validation-based baseline: ``ReduceLROnPlateau`` on
+validation loss, a fixed epoch cap and, optionally, early stopping on validation loss.
+:class:`LRReplay` replays a recorded learning-rate schedule (the final retrain of a
+validation-based search). The two baselines live in :mod:`neve_tune.baselines`.
 
 All three implement :class:`Controller` (:mod:`neve_tune._controller`), the interface
 :func:`neve_tune.train.fit` uses.

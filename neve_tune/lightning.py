@@ -6,8 +6,8 @@ it measures the velocity on a fixed probe and the prediction changes of the memo
 guard on a fixed subset of training inputs, drives the learning rate of the module's
 optimizer through :class:`neve_tune.NeVe` (on top of the user's LR scheduler), logs the
 epoch's metrics with ``pl_module.log`` and stops the trainer once the velocity is under
-``threshold``, the guard fires (restoring the weights of its restore point), or the run
-stalls. Given an Optuna ``trial`` it also reports every epoch
+``threshold`` (by default a ratio to its own peak), the guard fires (restoring the weights
+of its restore point), or the run stalls. Given an Optuna ``trial`` it also reports every epoch
 (:func:`neve_tune.optuna.report_epoch`) and prunes, as optuna-integration's
 ``PyTorchLightningPruningCallback`` does but on validation-free signals.
 
