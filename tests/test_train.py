@@ -228,7 +228,7 @@ def test_a_larger_max_epochs_continues_a_run_stopped_by_the_cap(tmp_path):
 
 
 def test_a_larger_max_epochs_continues_a_run_the_cap_ended_before_it_learned(tmp_path):
-    """A cap of 1 ends every run ``"stalled"`` (no run has learned at epoch 1); that stop is the
+    """A cap of 1 ends this run ``"stalled"`` (no run has learned at epoch 1); that stop is the
     cap's, so a larger cap continues it with the uninterrupted run's series (docs/cli.md)."""
     cfg = {"lr": 0.2, "threshold": 1e-6, "batch_size": 32}
     full = run_trial(_study(max_epochs=3), cfg, seed=3, evaluate_test=False)
