@@ -13,7 +13,7 @@ baselines' :class:`~neve_tune.baselines.ValidationControl` and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -27,6 +27,7 @@ __all__ = [
     "current_lr",
     "finite_or_absent",
     "reopened",
+    "reopened_history",
 ]
 
 
@@ -79,14 +80,38 @@ def finite_or_absent(x: float | None) -> bool:
     return x is None or is_finite(x)
 
 
-def reopened(stopped_by: str | None, epoch: int, max_epochs: int) -> str | None:
+def reopened(
+    stopped_by: str | None,
+    epoch: int,
+    max_epochs: int,
+    capped: bool = False,
+    stalls: Callable[[], bool] | None = None,
+) -> str | None:
     """A restored ``stopped_by``, None when the run had stopped only at a cap smaller than
     ``max_epochs``: the cap is a setting, not part of the run, so a larger one continues
-    it. Any other stop (velocity, prediction_changes, stalled, diverged, early_stopping)
-    is the run's own end and stays."""
-    if stopped_by == "max_epochs" and epoch < max_epochs:
-        return None
-    return stopped_by
+    it. That holds for a NeVe run the cap ended before it had learned (``"stalled"``,
+    ``capped``) too, unless ``stalls()`` (the early stall check under the larger cap, which
+    the cap pre-empted) ends it there, as it ends the uninterrupted run. Any other stop
+    (velocity, prediction_changes, a stall they called, diverged, early_stopping) is the
+    run's own end and stays.
+
+    >>> reopened("max_epochs", 2, 4), reopened("stalled", 2, 4, capped=True)
+    (None, None)
+    >>> reopened("stalled", 2, 4), reopened("stalled", 4, 4, capped=True)
+    ('stalled', 'stalled')
+    """
+    cap_only = stopped_by == "max_epochs" or (stopped_by == "stalled" and capped)
+    if not cap_only or epoch >= max_epochs:
+        return stopped_by
+    return "stalled" if stalls is not None and stalls() else None
+
+
+def reopened_history(history: list[dict[str, Any]], controller: Any) -> list[dict[str, Any]]:
+    """``history`` restored with ``controller``: when :func:`reopened` continued the run (a
+    larger cap), its last epoch is no longer its end, nor a stall: the uninterrupted run's."""
+    if history and not controller.should_stop and history[-1].get("stopped_by") is not None:
+        return [*history[:-1], {**history[-1], "stopped_by": None, "stalled": False}]
+    return history
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:

@@ -8,7 +8,8 @@ Face callbacks, the Ray stopper and scheduler all judge a run by these functions
 - :func:`learned`: whether a run learned (the stall rule at a stop);
 - :func:`stalled_early`: a run whose loss has not moved for ``stall_patience`` epochs
   ends ``"stalled"`` without waiting for a velocity stop or the cap;
-- :func:`check_threshold`: the velocity threshold each stop rule may take.
+- :func:`check_threshold`: the velocity threshold each stop rule may take;
+- :func:`resolve_threshold`: the stop rule of a threshold given with or without its mode.
 
 These functions import nothing from the rest of the package.
 """
@@ -27,6 +28,7 @@ __all__ = [
     "check_threshold",
     "learned",
     "resolve_patience",
+    "resolve_threshold",
     "stalled_early",
 ]
 
@@ -147,3 +149,31 @@ def check_threshold(name: str, value: Any, mode: str = "relative") -> float:
         raise ValueError(f"{head} ({rule}), got {got}") from None
     assert out is not None
     return out
+
+
+THRESHOLD_MODES = ("absolute", "relative")
+# the velocity stop when no threshold is given: V / peak V < 1e-2, chosen from the
+# model-family table (docs/measurements.md, "One stop rule for every model family";
+# docs/design.md, "The controller")
+DEFAULT_THRESHOLD_MODE = "relative"
+DEFAULT_THRESHOLDS = {"relative": 1e-2, "absolute": 1e-3}
+
+
+def resolve_threshold(
+    threshold: float | None = None, threshold_mode: str | None = None
+) -> tuple[float, str]:
+    """The velocity stop's ``(threshold, threshold_mode)``.
+
+    No threshold: the default rule, relative 1e-2 (1e-3 with ``threshold_mode="absolute"``).
+    A threshold without a mode is a velocity (``"absolute"``), as it always was, so a
+    value written for the absolute rule keeps its meaning.
+
+    >>> resolve_threshold(), resolve_threshold(1e-3), resolve_threshold(0.05, "relative")
+    ((0.01, 'relative'), (0.001, 'absolute'), (0.05, 'relative'))
+    """
+    if threshold_mode is None:
+        threshold_mode = DEFAULT_THRESHOLD_MODE if threshold is None else "absolute"
+    check_choice("threshold_mode", threshold_mode, THRESHOLD_MODES)
+    if threshold is None:
+        threshold = DEFAULT_THRESHOLDS[threshold_mode]
+    return check_threshold("threshold", threshold, threshold_mode), threshold_mode

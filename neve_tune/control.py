@@ -2,11 +2,11 @@
 
 :class:`NeVe` (docs/design.md, "The controller") needs no held-out data: after each epoch it
 measures the velocity, steps torch's ``ReduceLROnPlateau`` on the velocity change (or the velocity),
-and stops once the velocity is under ``threshold``. :class:`ValidationControl` is the
-validation-based baseline: ``ReduceLROnPlateau`` on validation loss, a fixed epoch cap and,
-optionally, early stopping on validation loss. :class:`LRReplay` replays a recorded
-learning-rate schedule (the final retrain of a validation-based search). The two
-baselines live in :mod:`neve_tune.baselines`.
+and stops once the velocity is under ``threshold`` (given no threshold: V / peak V < 1e-2).
+:class:`ValidationControl` is the validation-based baseline: ``ReduceLROnPlateau`` on
+validation loss, a fixed epoch cap and, optionally, early stopping on validation loss.
+:class:`LRReplay` replays a recorded learning-rate schedule (the final retrain of a
+validation-based search). The two baselines live in :mod:`neve_tune.baselines`.
 
 All three implement :class:`Controller` (:mod:`neve_tune._controller`), the interface
 :func:`neve_tune.train.fit` uses.
@@ -24,7 +24,13 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from ._checks import check_choice, check_float, check_int
 from ._controller import Stoppable, check_epochs, current_lr, finite_or_absent, reopened
 from ._guard_weights import GuardWeights, check_restore
-from ._rules import STALL_PATIENCE, check_threshold, learned, resolve_patience, stalled_early
+from ._rules import (
+    STALL_PATIENCE,
+    learned,
+    resolve_patience,
+    resolve_threshold,
+    stalled_early,
+)
 from ._step_inputs import check_step_inputs
 from .guard import MemorisationGuard
 from .velocity import NeuralVelocity
@@ -32,32 +38,6 @@ from .velocity import NeuralVelocity
 __all__ = ["LR_SIGNALS", "NeVe", "resolve_threshold"]
 
 LR_SIGNALS = ("velocity_change", "velocity", "prediction_changes")
-THRESHOLD_MODES = ("absolute", "relative")
-# the velocity stop when no threshold is given: V / peak V < 1e-2, chosen from the
-# model-family table (docs/measurements.md, "One stop rule for every model family";
-# docs/design.md, "The controller")
-DEFAULT_THRESHOLD_MODE = "relative"
-DEFAULT_THRESHOLDS = {"relative": 1e-2, "absolute": 1e-3}
-
-
-def resolve_threshold(
-    threshold: float | None = None, threshold_mode: str | None = None
-) -> tuple[float, str]:
-    """The velocity stop's ``(threshold, threshold_mode)``.
-
-    No threshold: the default rule, relative 1e-2 (1e-3 with ``threshold_mode="absolute"``).
-    A threshold without a mode is a velocity (``"absolute"``), as it always was, so a
-    value written for the absolute rule keeps its meaning.
-
-    >>> resolve_threshold(), resolve_threshold(1e-3), resolve_threshold(0.05, "relative")
-    ((0.01, 'relative'), (0.001, 'absolute'), (0.05, 'relative'))
-    """
-    if threshold_mode is None:
-        threshold_mode = DEFAULT_THRESHOLD_MODE if threshold is None else "absolute"
-    check_choice("threshold_mode", threshold_mode, THRESHOLD_MODES)
-    if threshold is None:
-        threshold = DEFAULT_THRESHOLDS[threshold_mode]
-    return check_threshold("threshold", threshold, threshold_mode), threshold_mode
 
 
 class NeVe(Stoppable):
@@ -68,7 +48,7 @@ class NeVe(Stoppable):
     1. measures the velocity ``V^t`` and its change ``D^t`` on the probe;
     2. steps ``ReduceLROnPlateau(mode="min", lr_factor, lr_patience, threshold=0)``
        (``lr_patience="auto"``, the default: ``max(2, max_epochs // 20)`` epochs, as every
-       study and callback, :func:`auto_patience`) on ``D^t``
+       study and callback, :func:`~neve_tune._rules.auto_patience`) on ``D^t``
        (``lr_signal="velocity_change"``, from the 2nd epoch), on ``V^t``
        (``"velocity"``), or on the moving average of ``prediction_changes`` over
        ``pc_window`` epochs (``"prediction_changes"``: the LR decays once the predictions
@@ -186,6 +166,7 @@ class NeVe(Stoppable):
         )
         self.epoch = 0
         self.stopped_by: str | None = None
+        self.capped = False  # the run's stop was the cap's alone
         self.first_loss: float | None = None
         self.train_losses: list[float] = []  # per epoch: the kept epoch's loss, the stall check
         self.peak_velocity = 0.0
@@ -260,8 +241,8 @@ class NeVe(Stoppable):
         predicted class is not their label) feed the memorisation guard, which needs both.
 
         Returns the epoch's metrics with its inputs: ``train_loss`` (as a float),
-        ``prediction_changes`` (``None`` when not given) and ``val_loss`` when given, so
-        the dict goes straight to ``neve_tune.optuna.report_epoch`` or ``ray.tune.report``.
+        ``prediction_changes`` and ``unfit`` (``None`` when not given) and ``val_loss`` when
+        given, so the dict goes straight to either ``report_epoch`` (Optuna's or Ray's).
         :meth:`start` must have run before the first epoch, as a torch LR scheduler
         records its initial state when it is built before training: it records the
         untrained outputs the first velocity compares with. A ``step`` without it is
@@ -353,8 +334,10 @@ class NeVe(Stoppable):
         may_stop = self.epoch >= self.min_epochs
         velocity_stop = may_stop and settled < self.threshold
         pc_stop = may_stop and pc_stop
-        if not (velocity_stop or pc_stop or self.epoch >= self.max_epochs):
+        cap_only = not (velocity_stop or pc_stop)
+        if cap_only and self.epoch < self.max_epochs:
             return
+        self.capped = cap_only  # a larger cap reopens the run (load_state_dict)
         guard_only = pc_stop and not velocity_stop
         if not self.learned(train_loss) or (guard_only and self._restores_unlearned()):
             self.stopped_by = "stalled"
@@ -369,6 +352,7 @@ class NeVe(Stoppable):
         return {
             "epoch": self.epoch,
             "stopped_by": self.stopped_by,
+            "capped": self.capped,
             "threshold": self.threshold,
             "scheduler": self.scheduler.state_dict(),
             "velocity": self.velocity.state_dict(),
@@ -383,9 +367,9 @@ class NeVe(Stoppable):
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a run; one stopped only by a smaller ``max_epochs`` cap than this
-        controller's is reopened (:func:`reopened`) and goes on up to this cap."""
+        controller's, learned or not, is reopened (:func:`reopened`) and goes on up to this
+        cap, unless the early stall check under this cap ends it there."""
         self.epoch = int(state_dict["epoch"])
-        self.stopped_by = reopened(state_dict["stopped_by"], self.epoch, self.max_epochs)
         self.threshold = float(state_dict["threshold"])
         self.scheduler.load_state_dict(dict(state_dict["scheduler"]))
         self.velocity.load_state_dict(state_dict["velocity"])
@@ -398,3 +382,7 @@ class NeVe(Stoppable):
         if self.guard is not None:
             self.guard.load_state_dict(state_dict["guard"])
         self._weights.load_state_dict(state_dict)
+        capped = bool(state_dict.get("capped", False))  # absent: saved before it was kept
+        stopped, stalls = state_dict["stopped_by"], self._stalled_early  # the losses restored
+        self.stopped_by = reopened(stopped, self.epoch, self.max_epochs, capped, stalls)
+        self.capped = capped and self.stopped_by is not None  # reopened: no stop yet

@@ -6,8 +6,8 @@ it measures the velocity on a fixed probe and the prediction changes of the memo
 guard on a fixed subset of training inputs, drives the learning rate of the module's
 optimizer through :class:`neve_tune.NeVe` (on top of the user's LR scheduler), logs the
 epoch's metrics with ``pl_module.log`` and stops the trainer once the velocity is under
-``threshold``, the guard fires (restoring the weights of its restore point), or the run
-stalls. Given an Optuna ``trial`` it also reports every epoch
+``threshold`` (by default a ratio to its own peak), the guard fires (restoring the weights
+of its restore point), or the run stalls. Given an Optuna ``trial`` it also reports every epoch
 (:func:`neve_tune.optuna.report_epoch`) and prunes, as optuna-integration's
 ``PyTorchLightningPruningCallback`` does but on validation-free signals.
 
@@ -59,6 +59,7 @@ from ._callbacks.lightning_probe import pc_source, probe_forward, probe_from_bat
 from ._callbacks.lr_compose import check_composable, follow_decay, lrs
 from ._callbacks.pc_source import PCSource, batch_labels, batch_logits
 from ._callbacks.subset import call_model, check_selection_subset, record_subset
+from ._controller import reopened_history
 from .control import NeVe
 from .probe import gaussian_probe
 from .velocity import NeuralVelocity
@@ -255,7 +256,8 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         state, self._pending_state = self._pending_state, None
         if state is not None:
             self.neve.load_state_dict(state["neve"])
-            self.history = [dict(m) for m in state.get("history", [])]
+            history = [dict(m) for m in state.get("history", [])]
+            self.history = reopened_history(history, self.neve)  # a larger cap: not the end
             if state.get("prediction_changes") is not None and self._source is not None:
                 self._source.load_state_dict(state["prediction_changes"])
         self.neve.start()

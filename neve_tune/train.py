@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ._checks import check_int
+from ._controller import reopened_history
 from ._passes import batches, evaluate, train_epoch
 from .checkpoint import (
     CheckpointError,
@@ -221,10 +222,7 @@ def _resume(
         set_rng_state(ckpt["rng"])
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise CheckpointError(checkpoint_path, f"does not fit this run ({first_line(e)})") from None
-    if history and not controller.should_stop and history[-1].get("stopped_by") is not None:
-        # reopened (a run stopped by a smaller max_epochs cap): its last epoch is no longer the last
-        history[-1] = {**history[-1], "stopped_by": None}
-    return history, cost
+    return reopened_history(history, controller), cost
 
 
 def _takes_val_acc(controller: Any) -> bool:

@@ -337,6 +337,66 @@ def test_state_dict_round_trip():
     assert a == b
 
 
+def _run_capped(losses, max_epochs, more_epochs):
+    """NeVe over ``losses`` (the model nudged each epoch: no velocity stop) with ``max_epochs``,
+    its state restored into a controller with ``more_epochs``, which then runs to its end; and
+    the same run uninterrupted under ``more_epochs``. Both: (stopped_by per epoch, velocities)."""
+
+    def epochs(model, neve, start):
+        out = []
+        for i in range(start, len(losses)):
+            if neve.should_stop:
+                break
+            _nudge(model, 0.1 * (-1) ** i)
+            m = neve.step(train_loss=losses[i])
+            out.append((m["stopped_by"], m["velocity"]))
+        return out
+
+    model, opt, neve = _setup(threshold=1e-9, max_epochs=max_epochs)
+    neve.start()
+    first = epochs(model, neve, 0)
+    resumed = NeVe(
+        opt, NeuralVelocity(model, gaussian_probe((4,), 16)), threshold=1e-9, max_epochs=more_epochs
+    )
+    resumed.load_state_dict(neve.state_dict())
+    reopened = resumed.stopped_by
+    resumed_run = first + epochs(model, resumed, len(first))
+    model, _, whole = _setup(threshold=1e-9, max_epochs=more_epochs)
+    whole.start()
+    return reopened, resumed_run, epochs(model, whole, 0)
+
+
+def test_a_run_the_cap_ended_before_it_learned_goes_on_under_a_larger_cap():
+    """docs/design.md, "The controller": the cap is a setting, not part of the run. A run the
+    cap ended on an epoch where it had not learned ends ``"stalled"``; a larger cap continues it
+    with the series of an uninterrupted run, as it does a run the cap ended after learning."""
+    losses = [1.0, 0.95, 0.5, 0.3]  # learned from epoch 3 on
+    reopened, resumed, whole = _run_capped(losses, max_epochs=2, more_epochs=4)
+    assert resumed[1][0] == "stalled", "the cap of 2 ends it unlearned"
+    assert reopened is None, "a cap of 4 reopens it"
+    assert [s for s, _ in whole] == [None, None, None, "max_epochs"]
+    assert resumed[2:] == whole[2:] and [v for _, v in resumed] == [v for _, v in whole]
+
+
+def test_a_capped_stall_reopened_meets_the_early_stall_check_of_the_larger_cap():
+    """A dead run (its loss never moves) that the cap of 6 ended stays ``"stalled"`` under a cap
+    of 60: the early stall check, which the cap pre-empted at epoch 6, ends it there, as it
+    ends the uninterrupted run; a stop that was not the cap's (the velocity's) stays final."""
+    reopened, resumed, whole = _run_capped([1.0] * 8, max_epochs=6, more_epochs=60)
+    assert reopened == "stalled" and len(resumed) == 6 and resumed[-1][0] == "stalled"
+    assert [s for s, _ in whole] == [None] * 5 + ["stalled"]
+    model, opt, neve = _setup(threshold=1e-2, min_epochs=2, max_epochs=3)
+    neve.start()
+    for _ in range(2):
+        neve.step(train_loss=1.0)  # model unchanged: velocity stop at epoch 2, not learned
+    assert neve.stopped_by == "stalled"
+    again = NeVe(
+        opt, NeuralVelocity(model, gaussian_probe((4,), 16)), threshold=1e-2, max_epochs=10
+    )
+    again.load_state_dict(neve.state_dict())
+    assert again.stopped_by == "stalled"
+
+
 @pytest.mark.parametrize(
     "kw,match",
     [

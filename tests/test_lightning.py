@@ -263,6 +263,8 @@ def test_resume_from_checkpoint_keeps_the_velocity_series(tmp_path):
     assert len(resumed.history) == 6 and resumed.stopped_by == "max_epochs"
     assert resumed.velocities == pytest.approx(whole.velocities, rel=1e-5)
     assert [m["lr"] for m in resumed.history] == [m["lr"] for m in whole.history]
+    # epoch 3 is no longer the run's end (the cap of 3 was a setting): as uninterrupted
+    assert [m["stopped_by"] for m in resumed.history] == [m["stopped_by"] for m in whole.history]
     assert resumed.neve.epoch == resumed.neve.velocity.epoch == 6
 
 

@@ -227,6 +227,20 @@ def test_a_larger_max_epochs_continues_a_run_stopped_by_the_cap(tmp_path):
     assert (more.stopped_by, more.epochs) == (full.stopped_by, full.epochs)
 
 
+def test_a_larger_max_epochs_continues_a_run_the_cap_ended_before_it_learned(tmp_path):
+    """A cap of 1 ends this run ``"stalled"`` (no run has learned at epoch 1); that stop is the
+    cap's, so a larger cap continues it with the uninterrupted run's series (docs/cli.md)."""
+    cfg = {"lr": 0.2, "threshold": 1e-6, "batch_size": 32}
+    full = run_trial(_study(max_epochs=3), cfg, seed=3, evaluate_test=False)
+    ckpt = tmp_path / "trial.pt"
+    capped = run_trial(_study(max_epochs=1), cfg, seed=3, checkpoint_path=ckpt, evaluate_test=False)
+    assert (capped.stopped_by, capped.epochs) == ("stalled", 1)
+    more = run_trial(_study(max_epochs=3), cfg, seed=3, checkpoint_path=ckpt, evaluate_test=False)
+    for key in ("velocity", "lr", "train_loss", "stalled", "stopped_by"):
+        assert [m[key] for m in more.history] == [m[key] for m in full.history], key
+    assert (more.stopped_by, more.epochs) == (full.stopped_by, 3)
+
+
 def test_a_finished_run_is_not_continued_and_the_cli_says_why(tmp_path, capsys):
     ckpt = tmp_path / "ck.pt"
     base = [

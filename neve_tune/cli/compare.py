@@ -66,8 +66,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--baseline-variants",
         metavar="METHOD:METRIC:FINAL,...",
-        help="also run these validation searches, each named so in the table and the "
-        "JSON: method asha|asha_es, the validation metric its rungs, early "
+        help="also run these validation searches, each named METHOD:METRIC:FINAL in full in "
+        "the table and the JSON: method asha|asha_es, the validation metric its rungs, early "
         "stopping, LR plateau and pick decide on (loss|acc), its final model "
         "(retrain: on all data; best_checkpoint: the winner's weights of its best "
         "validation epoch); parts left out are the study's, e.g. "

@@ -16,18 +16,19 @@ from . import _args as cli
 
 __all__ = ["add_cli"]
 
-_WORKER_DOC = """Run trials of a study file against a shared Optuna study, as on any machine of a
-distributed Optuna search:
+_WORKER_DOC = """Run trials of a study (a bundled name or a study file) against a shared Optuna
+study, as on any machine of a distributed Optuna search:
 
   optuna create-study --study-name digits --storage postgresql://... --direction minimize
-  neve-tune optuna worker studies/digits.py --study-name digits \\
+  neve-tune optuna worker digits --study-name digits \\
       --storage postgresql://... --trials 20
 
 Every trial samples the study's search space (TPE), trains on the whole training set under
-NeVe control and reports its velocity each epoch to the NeVePruner. The first worker
-stores the pruner's settings in the study; the others adopt them and refuse conflicting
-ones. With an RDB storage (sqlite:///..., postgresql://...) trials send heartbeats, and a
-trial whose worker died is retried by the next worker and resumes from its checkpoint."""
+NeVe control and reports each epoch (its training loss, velocity and flags) to the
+NeVePruner. The first worker stores the pruner's settings in the study; the others adopt
+them and refuse conflicting ones. With an RDB storage (sqlite:///..., postgresql://...)
+trials send heartbeats, and a trial whose worker died is retried by the next worker and
+resumes from its checkpoint."""
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:

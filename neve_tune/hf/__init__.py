@@ -5,7 +5,8 @@
 memorisation guard's prediction changes on a fixed subset of training inputs, decays the
 learning rate through :class:`neve_tune.NeVe` (on top of the Trainer's LR schedule) and
 ends training with ``control.should_training_stop`` once the velocity is under
-``threshold``, the guard fires (restoring its restore point's weights) or the run stalls.
+``threshold`` (by default a ratio to its own peak), the guard fires (restoring its restore
+point's weights) or the run stalls.
 Token models get a :func:`token_probe` (seeded random token ids, passed as ``input_ids``).
 
 Example::

@@ -1,6 +1,6 @@
 """The one place the Hugging Face backend leans on ``transformers`` behaviour that is not
 documented API. Checked against transformers :data:`CHECKED_TRANSFORMERS`;
-``tests/test_hf.py::test_the_search_hooks_the_compat_module_relies_on`` checks each
+``tests/test_hf_search.py::test_the_search_hooks_the_compat_module_relies_on`` checks each
 assumption and fails (it does not skip) when a release breaks one.
 
 **A search trial's objective without an evaluation.** ``Trainer.hyperparameter_search``

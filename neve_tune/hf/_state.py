@@ -24,6 +24,7 @@ import torch
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .._controller import reopened_history
 from ..checkpoint import CheckpointError, load_state_file, save_checkpoint
 
 __all__ = [
@@ -216,7 +217,7 @@ class StateInCheckpoints:
     def _load(self, saved: dict[str, Any], control: Any) -> None:
         assert self.neve is not None
         self.neve.load_state_dict(saved["neve"])
-        self.history = [dict(m) for m in saved["history"]]
+        self.history = reopened_history([dict(m) for m in saved["history"]], self.neve)
         if saved.get("prediction_changes") is not None and self._source is not None:
             self._source.load_state_dict(saved["prediction_changes"])
         loss = saved["loss"]

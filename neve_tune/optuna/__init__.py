@@ -17,7 +17,7 @@ stalled trials and, at successive-halving rungs, those that fit the training set
 - :func:`pick_trial`: the winning trial, by objective or by the cross-trial consensus.
 - :func:`search_trials`: the comparison's adapter (one seeded search -> its trials).
 
-The command line ``neve-tune optuna worker|plot`` lives in :mod:`neve_tune.cli.optuna`.
+The command line ``neve-tune optuna worker|plot|best`` lives in :mod:`neve_tune.cli.optuna`.
 
 Example::
 

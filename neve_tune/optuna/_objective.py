@@ -154,12 +154,12 @@ def make_objective(
     :func:`~neve_tune.optuna.report_epoch` (training loss for ``method="neve"``; validation
     loss for the validation baselines ``"asha"``/``"asha_es"``, or their validation error
     ``1 - val_acc`` with ``study.val_metric="acc"``, so the study still minimises) and
-    ``trial.should_prune()``, raising :class:`optuna.TrialPruned` when told to. It
-    returns the record's objective (NeVe: the last epoch's mean training loss; the
-    baselines: validation loss) and stores the summary (``test_acc``, ``stopped_by``,
-    ``epochs``, ``cost``, ``objective``, ...) in the trial's user attributes; a pruned
-    trial stores the same summary (``stopped_by="pruned"``, ``test_acc=None``). A trial
-    that diverges is pruned, never failed.
+    ``trial.should_prune()``, raising :class:`optuna.TrialPruned` when told to. It returns
+    the record's objective (NeVe: by default the training loss of the kept epoch, the guard's
+    restored one or the last; the baselines: validation loss or error, last or best) and
+    stores the summary (``test_acc``, ``stopped_by``, ``epochs``, ``cost``, ...) in the
+    trial's user attributes, as a pruned trial does (``stopped_by="pruned"``,
+    ``test_acc=None``). A trial that diverges is pruned, never failed.
 
     With ``checkpoint_dir``, every epoch is checkpointed to
     :func:`checkpoint_path_for`; a trial retried after its worker died

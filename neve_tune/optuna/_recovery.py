@@ -30,11 +30,12 @@ class RecoveryConfig:
       died; ``None``: no checkpoints, a retried trial restarts from epoch 0.
     - ``keep_checkpoints``: keep the checkpoints of finished trials (else deleted).
     - ``heartbeat_interval``: seconds between a running trial's heartbeats, RDB storages only
-      (``None``: no heartbeats and no retries).
+      (``None``: no heartbeats, so a dead worker's trial is not retried; a trial left by a
+      polite stop, Ctrl-C or SIGTERM, still is).
     - ``heartbeat_grace_period``: seconds without a heartbeat before a trial counts as dead
       and is failed by the next worker that starts a trial (``None``: twice the interval).
-    - ``max_retry``: retries of a dead worker's trial, each a new trial with its parameters,
-      intermediate values and checkpoint (``None``: always).
+    - ``max_retry``: retries of a trial whose worker died or was stopped politely, each a new
+      trial with its parameters, intermediate values and checkpoint (``None``: always).
 
     A bad value raises ``TypeError``/``ValueError`` naming the field, when it is built.
     """

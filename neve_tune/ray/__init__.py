@@ -4,7 +4,8 @@
   convergence (``neve_stop``), or (without that key) whose velocity is under its own
   (searched) threshold, or that diverged or stalled.
 - :class:`NeVeASHAScheduler`: asynchronous successive halving on the epoch's training loss
-  (or velocity), velocity deciding convergence; its rung state survives ``Tuner.restore``
+  (or the velocity, or the agreement with the other trials' vote: ``rung_signal``), velocity
+  deciding convergence; its rung state survives ``Tuner.restore``
   when ``RunConfig(callbacks=[scheduler.callback()])`` carries it
   (:class:`NeVeASHAStateCallback`).
 - :func:`neve_trainable`: a function trainable over a study file, reporting the

@@ -290,11 +290,12 @@ def neve_trainable(
     The trial's ``config`` holds sampled hyperparameters (``lr``, ``threshold``,
     ``batch_size``, ...; missing ones come from ``study.defaults``; unknown keys are an
     error) and optionally ``seed`` (else ``seed``, else 0). Each epoch it reports the
-    metrics of docs/design.md (``epoch``, ``velocity``, ``velocity_change``, ``train_loss``,
-    ``train_acc``, ``lr``, ``neve_stop``, ``diverged``, ``epoch_time_s``, the cumulative
-    ``train_samples``/``probe_samples``/``eval_samples``; ``val_loss``/``val_acc`` for the
-    validation baselines) plus ``node_id``, with a ``tune.Checkpoint`` of the whole trial
-    state. A trial restarted by Tune (``FailureConfig(max_failures=...)``,
+    metric names of docs/design.md, "Metric names" (``epoch``, ``velocity``, ``train_loss``,
+    the flags ``neve_stop``/``stalled``/``diverged``, ``prediction_changes``, ``unfit``,
+    ``kept_epoch``/``kept_train_loss``, the cumulative cost counters, ...;
+    ``val_loss``/``val_acc`` for the validation baselines; :func:`reported_metrics` lists
+    them) plus ``epochs_equiv`` and ``node_id``, with a ``tune.Checkpoint`` of the whole
+    trial state. A trial restarted by Tune (``FailureConfig(max_failures=...)``,
     ``Tuner.restore``) resumes from its last checkpoint with the same velocity series.
 
     The result of the epoch on which the trial stops itself (velocity under its threshold,
@@ -317,7 +318,7 @@ def neve_trainable(
             workers with the trainable).
         subset_epochs: with ``study.selection_subset``, report ``subset_pred``/``subset_fit``
             only at these epochs and the last: the scheduler's
-            :meth:`~neve_tune.ray.NeVeASHAScheduler.rung_epochs`, as
+            :meth:`~neve_tune.ray.NeVeASHAScheduler.subset_epochs`, as
             :func:`~neve_tune.ray.run_search` passes them (None: every epoch).
 
     Example::
