@@ -1,0 +1,102 @@
+"""The data and model doors refuse what users get wrong, by name, before any training: a
+misspelled or mistyped data option, a model that cannot take the data or gives another
+number of outputs than it has classes, and own data whose labels are not class ids."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from neve_tune import Study
+from neve_tune.data import get_dataset
+
+
+@pytest.mark.parametrize(
+    "name, options, error, message",
+    [
+        ("digits", {"label_nosie": 0.2}, ValueError, "unknown key 'label_nosie' for data 'digits'"),
+        ("synthetic", {"num_clases": 3}, ValueError, "unknown key 'num_clases'"),
+        ("digits", {"seed": "1"}, TypeError, "seed must be an int in [0, 4294967295], got '1'"),
+        ("digits", {"seed": 1.7}, TypeError, "seed must be an int"),
+        ("digits", {"seed": -1}, ValueError, "seed must be an int in [0, 4294967295], got -1"),
+        ("digits", {"test_fraction": 0}, ValueError, "test_fraction must be a finite number > 0"),
+        ("digits", {"test_fraction": 1.5}, ValueError, "test_fraction must be"),
+        ("digits", {"test_fraction": "0.2"}, TypeError, "test_fraction must be"),
+        ("mnist1d", {"seed": "0"}, TypeError, "seed must be an int"),
+        ("synthetic", {"num_classes": 1}, ValueError, "num_classes must be an int >= 2, got 1"),
+        ("synthetic", {"num_classes": "3"}, TypeError, "num_classes must be an int >= 2"),
+        ("synthetic", {"num_train": 0}, ValueError, "num_train must be an int >= 1, got 0"),
+        ("synthetic", {"num_test": -1}, ValueError, "num_test must be an int >= 1"),
+        ("synthetic", {"noise": -1.0}, ValueError, "noise must be a finite number >= 0"),
+        ("synthetic", {"input_shape": 4}, TypeError, "input_shape must be a tuple of positive"),
+        ("synthetic", {"input_shape": (1, 0)}, ValueError, "input_shape[1] must be an int >= 1"),
+    ],
+)
+def test_get_dataset_refuses_a_bad_option_by_name(name, options, error, message):
+    """Before, a misspelled option fell into the loader's ``**_`` unread, a string or
+    fractional seed was read as another split and the others failed in the library below."""
+    with pytest.raises(error) as caught:
+        get_dataset(name, **options)
+    assert message in str(caught.value)
+
+
+def test_numpy_and_tensor_scalars_still_load_the_same_data():
+    a = get_dataset("synthetic", seed=np.int64(3), num_classes=np.int64(3), noise=np.float32(1))
+    b = get_dataset("synthetic", seed=3, num_classes=3, noise=1.0)
+    assert a.num_classes == 3 and type(a.num_classes) is int
+    assert torch.equal(a.train.tensors[0], b.train.tensors[0])
+    c = get_dataset("digits", seed=torch.tensor(1), test_fraction=np.float64(0.2))
+    assert torch.equal(c.train.tensors[0], get_dataset("digits", seed=1).train.tensors[0])
+
+
+def test_a_study_refuses_a_split_seed_that_is_not_an_int():
+    with pytest.raises(TypeError, match=r"data_options\['seed'\] must be an int"):
+        Study(name="x", data="digits", data_options={"seed": "3"})
+
+
+def _write_cifar10(root) -> None:
+    """The python version of CIFAR-10 (pickled batches), four images per batch."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 3]}
+        with open(folder / f, "wb") as fh:
+            pickle.dump(batch, fh, protocol=2)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, fh, protocol=2)
+
+
+def test_cifar_flags_must_be_bools(tmp_path):
+    """``augment="False"`` was true: the crops and flips it meant to turn off stayed on."""
+    _write_cifar10(tmp_path)
+    with pytest.raises(TypeError, match="augment must be a bool, got 'False'"):
+        get_dataset("cifar10", data_root=tmp_path, verify=False, augment="False")
+    with pytest.raises(TypeError, match="verify must be a bool, got 'False'"):
+        get_dataset("cifar10", data_root=tmp_path, verify="False")
+    plain = get_dataset("cifar10", data_root=tmp_path, verify=False, augment=False)
+    assert torch.equal(plain.train[0][0], plain.train[0][0])  # no random crop any more
+
+
+def _image_tree(root, classes) -> None:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(root / split / c / "0.png")
+
+
+def test_imagefolder_refuses_bad_options_and_a_single_class(tmp_path):
+    _image_tree(tmp_path / "two", ("cat", "dog"))
+    with pytest.raises(TypeError, match="augment must be a bool, got 'no'"):
+        get_dataset("imagefolder", data_root=tmp_path / "two", augment="no")
+    with pytest.raises(TypeError, match="image_size must be an int >= 1, got '8'"):
+        get_dataset("imagefolder", data_root=tmp_path / "two", image_size="8")
+    assert get_dataset("imagefolder", data_root=tmp_path / "two", image_size=8).num_classes == 2
+    _image_tree(tmp_path / "one", ("cat",))
+    with pytest.raises(ValueError, match="holds 1 class folder"):
+        get_dataset("imagefolder", data_root=tmp_path / "one", image_size=8)
