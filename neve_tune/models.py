@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import check_int, check_shape
+
 __all__ = [
     "MODELS",
     "check_model_available",
@@ -47,7 +49,10 @@ def register_model(name: str) -> Callable:
 
 def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **options) -> nn.Module:
     """Build ``name`` for inputs of ``input_shape`` ((C, H, W) images, (C, L) signals) and
-    ``num_classes`` outputs."""
+    ``num_classes`` outputs (at least 2: timm reads 0 as "no head" and would return features)."""
+    check_model_name(name)
+    num_classes = check_int("num_classes", num_classes, minimum=2)  # type: ignore[assignment]
+    input_shape = check_shape("input_shape", input_shape)
     if name.startswith("timm:"):
         import timm
 
@@ -75,7 +80,7 @@ def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **op
             f"model must be one of {sorted(MODELS)}, 'timm:<name>' or 'torchvision:<name>', got "
             f"{name!r}"
         )
-    return MODELS[name](num_classes=num_classes, input_shape=tuple(input_shape), **options)
+    return MODELS[name](num_classes=num_classes, input_shape=input_shape, **options)
 
 
 _LIBRARIES = ("timm:", "torchvision:")
@@ -153,6 +158,9 @@ class SmallCNN(nn.Module):
                 f"{tuple(input_shape)}"
             )
         c, h, w = input_shape
+        width = check_int("width", width, minimum=1)  # type: ignore[assignment]
+        if h < 2 or w < 2:  # the max-pool halves them
+            raise ValueError(f"input_shape must be at least 2x2 for small_cnn, got {input_shape}")
         self.features = nn.Sequential(
             nn.Conv2d(c, width, 3, padding=1, bias=False),
             nn.BatchNorm2d(width),
@@ -196,6 +204,7 @@ class SmallCNN1d(nn.Module):
                 f"input_shape must be (channels, length) for a 1-D CNN, got {tuple(input_shape)}"
             )
         c, length = input_shape
+        width = check_int("width", width, minimum=1)  # type: ignore[assignment]
 
         def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
             return [nn.Conv1d(cin, cout, 5, stride, 2, bias=False), nn.BatchNorm1d(cout), nn.ReLU()]
@@ -272,9 +281,20 @@ class CifarResNet(nn.Module):
 
 @register_model("resnet20")
 def resnet20(num_classes: int, input_shape: tuple[int, ...] = (3, 32, 32)) -> nn.Module:
-    return CifarResNet(20, num_classes, input_shape[0])
+    return CifarResNet(20, num_classes, _image_channels(input_shape))
 
 
 @register_model("resnet32")
 def resnet32(num_classes: int, input_shape: tuple[int, ...] = (3, 32, 32)) -> nn.Module:
-    return CifarResNet(32, num_classes, input_shape[0])
+    return CifarResNet(32, num_classes, _image_channels(input_shape))
+
+
+def _image_channels(input_shape: tuple[int, ...]) -> int:
+    """The channels of a (channels, height, width) input; another shape is refused by name
+    (a 1-D signal's (C, L) would fail in the first forward)."""
+    if len(input_shape) != 3:
+        raise ValueError(
+            "input_shape must be (channels, height, width) for a CIFAR ResNet, got "
+            f"{tuple(input_shape)}"
+        )
+    return int(input_shape[0])

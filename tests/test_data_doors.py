@@ -12,6 +12,7 @@ import torch
 
 from neve_tune import Study
 from neve_tune.data import get_dataset
+from neve_tune.models import create_model
 
 
 @pytest.mark.parametrize(
@@ -100,3 +101,25 @@ def test_imagefolder_refuses_bad_options_and_a_single_class(tmp_path):
     _image_tree(tmp_path / "one", ("cat",))
     with pytest.raises(ValueError, match="holds 1 class folder"):
         get_dataset("imagefolder", data_root=tmp_path / "one", image_size=8)
+
+
+@pytest.mark.parametrize(
+    "name, num_classes, shape, options, error, message",
+    [
+        ("timm:resnet18", 0, (3, 32, 32), {}, ValueError, "num_classes must be an int >= 2"),
+        ("small_cnn", 1, (1, 8, 8), {}, ValueError, "num_classes must be an int >= 2, got 1"),
+        ("small_cnn", "10", (1, 8, 8), {}, TypeError, "num_classes must be an int >= 2"),
+        ("small_cnn", 10, (1, 8, 8), {"width": "8"}, TypeError, "width must be an int >= 1"),
+        ("small_cnn", 10, (1, 8, 8), {"width": 0}, ValueError, "width must be an int >= 1"),
+        ("small_cnn", 10, (1, 1, 1), {}, ValueError, "at least 2x2"),
+        ("small_cnn1d", 10, (1, 0), {}, ValueError, "input_shape[1] must be an int >= 1"),
+        ("resnet20", 10, (1, 40), {}, ValueError, "(channels, height, width) for a CIFAR ResNet"),
+        (3, 10, (1, 8, 8), {}, ValueError, "model must be one of"),
+    ],
+)
+def test_create_model_refuses_bad_arguments_by_name(
+    name, num_classes, shape, options, error, message
+):
+    with pytest.raises(error) as caught:
+        create_model(name, num_classes, shape, **options)
+    assert message in str(caught.value)
