@@ -5,14 +5,20 @@ number of outputs than it has classes, and own data whose labels are not class i
 from __future__ import annotations
 
 import pickle
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
-from neve_tune import Study
+from neve_tune import Study, load_study, run_trial
+from neve_tune.cli import main
+from neve_tune.compare import compare
 from neve_tune.data import get_dataset
 from neve_tune.models import create_model
+
+SMALL = dict(data="synthetic", max_epochs=1, selection_subset=0, selection="objective")
 
 
 @pytest.mark.parametrize(
@@ -123,3 +129,75 @@ def test_create_model_refuses_bad_arguments_by_name(
     with pytest.raises(error) as caught:
         create_model(name, num_classes, shape, **options)
     assert message in str(caught.value)
+
+
+def _mlp(outputs: int, inputs: int = 64):
+    return lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(inputs, outputs))
+
+
+@pytest.mark.parametrize("method", ["neve", "asha"])
+@pytest.mark.parametrize("outputs", [3, 5])
+def test_run_trial_refuses_a_model_with_another_number_of_outputs(method, outputs):
+    """Synthetic data has 4 classes: 5 outputs trained silently; 3 failed in the first
+    batch (for the baselines, which have no probe, after their validation split)."""
+    epochs: list[Any] = []
+    with pytest.raises(ValueError, match=f"gives {outputs} outputs per example, but data "):
+        run_trial(
+            load_study("digits").replace(**SMALL),
+            {},
+            method=method,
+            model_fn=_mlp(outputs),
+            on_epoch=epochs.append,
+        )
+    assert epochs == []
+
+
+def test_run_trial_refuses_a_model_that_cannot_take_the_inputs():
+    """A torchvision ResNet wants 3 channels: the baselines failed in their first batch."""
+    study = load_study("digits").replace(model="torchvision:resnet18", **SMALL)
+    with pytest.raises(ValueError, match="model 'torchvision:resnet18' cannot take the inputs of"):
+        run_trial(study, {}, method="asha")
+
+
+def test_the_check_leaves_the_random_streams_and_the_model_as_they_were():
+    from neve_tune._model_fit import check_model_fits
+
+    data = TensorDataset(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout(0.5))
+    state = torch.get_rng_state()
+    check_model_fits(model, data, 2)
+    assert torch.equal(torch.get_rng_state(), state) and model.training
+    with pytest.raises(ValueError, match="for a batch of 2 it returned shape"):
+        check_model_fits(torch.nn.Sequential(torch.nn.Linear(3, 1), torch.nn.Flatten(0)), data, 2)
+    with pytest.raises(TypeError, match="must return a logits tensor"):
+        check_model_fits(_Dict(), data, 2)
+
+
+class _Dict(torch.nn.Module):
+    """A model returning a dict (as a Hugging Face model returns its output object)."""
+
+    def forward(self, x: torch.Tensor) -> dict:
+        return {"logits": x[:, :2]}
+
+
+def test_train_cli_names_the_model_that_cannot_take_the_data(capsys):
+    args = ["train", "digits", "--data", "synthetic", "--model", "torchvision:resnet18"]
+    assert main([*args, "--max-epochs", "1", "--device", "cpu", "--quiet"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "cannot take the inputs of data 'synthetic'" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def no_search(monkeypatch):
+    """Fails a test whose bad input reached a search."""
+
+    def search_fn(backend):
+        raise AssertionError("a search started")
+
+    monkeypatch.setattr("neve_tune.compare._api._search_fn", search_fn)
+
+
+def test_compare_refuses_a_model_fn_that_does_not_fit_the_study_data(no_search):
+    with pytest.raises(ValueError, match="model_fn's model gives 3 outputs per example"):
+        compare(load_study("digits").replace(**SMALL), trials=1, model_fn=_mlp(3))

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._checks import check_choice, check_int, check_model_fn
+from .._model_fit import trial_model
 from .._search_records import SearchTrial
 from ..data import DataBundle
 from ..records import RUNG_SIGNALS, SUBSET_SIGNALS
@@ -235,6 +236,8 @@ def _repeats(
     try:
         for s in seeds:
             bundle = data if data is not None else study.load_data(seed=s)
+            with torch.random.fork_rng(devices=[]):  # refused before a search, not in each trial
+                trial_model(study, bundle, s, kw.get("model_fn"))
             train_size = len(bundle.train)  # type: ignore[arg-type]
             bar.set_postfix_str(f"seed {s}")
             run = _one_run(
