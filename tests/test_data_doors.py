@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 
 from neve_tune import Study, load_study, run_trial
 from neve_tune.cli import main
-from neve_tune.compare import compare
+from neve_tune.compare import compare, compare_searches
 from neve_tune.data import get_dataset
 from neve_tune.models import create_model
 
@@ -201,3 +201,61 @@ def no_search(monkeypatch):
 def test_compare_refuses_a_model_fn_that_does_not_fit_the_study_data(no_search):
     with pytest.raises(ValueError, match="model_fn's model gives 3 outputs per example"):
         compare(load_study("digits").replace(**SMALL), trials=1, model_fn=_mlp(3))
+
+
+def _sets(y_train: Any, y_test: Any = None, x_test: Any = None):
+    x = torch.randn(len(y_train), 4)
+    y_test = y_train[:6] if y_test is None else y_test
+    x_test = x[: len(y_test)] if x_test is None else x_test
+    return TensorDataset(x, y_train), TensorDataset(x_test, y_test)
+
+
+Y = torch.arange(12) % 3
+
+
+class _Items(torch.utils.data.Dataset):
+    """(input, label) items as a user's own dataset gives them."""
+
+    def __init__(self, labels: list) -> None:
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple:
+        return np.zeros(4, np.float32), self.labels[i]
+
+
+@pytest.mark.parametrize(
+    "sets, num_classes, outputs, error, message",
+    [
+        (_sets(Y), 2, 3, ValueError, "num_classes=2, but train_set has label 2"),
+        (_sets(Y), None, 5, ValueError, "gives 5 outputs per example, but data 'user' has "),
+        (_sets(Y + 1), None, 3, ValueError, "has num_classes=4"),
+        (_sets(Y - 1), None, 3, ValueError, "train_set has label -1"),
+        (_sets(Y, Y[:6] + 3), None, 3, ValueError, "num_classes=3, but test_set has label 3"),
+        (_sets(Y.float() + 0.5), None, 3, TypeError, "labels must be integer class ids"),
+        (_sets(torch.nn.functional.one_hot(Y)), None, 3, ValueError, "one class id per example"),
+        (_sets(Y), "3", 3, TypeError, "num_classes must be an int >= 2"),
+        (_sets(Y * 0), None, 3, ValueError, "train_set holds one class"),
+        (_sets(Y[:0]), None, 3, ValueError, "train_set is empty"),
+        (_sets(Y, Y[:0]), None, 3, ValueError, "test_set is empty"),
+        (_sets(Y, x_test=torch.zeros(6, 5)), None, 3, ValueError, "test_set's inputs have shape"),
+        ((_Items([np.array([1])] * 4), _sets(Y)[1]), 3, 3, ValueError, "got shape (1,)"),
+        ((_Items([0, 1.5, 2]), _sets(Y)[1]), None, 3, TypeError, "got 1.5 at 1"),
+    ],
+)
+def test_compare_searches_refuses_bad_data_before_any_search(
+    sets, num_classes, outputs, error, message, no_search
+):
+    with pytest.raises(error) as caught:
+        compare_searches(*sets, _mlp(outputs, 4), trials=1, max_epochs=1, num_classes=num_classes)
+    assert message in str(caught.value)
+
+
+def test_compare_searches_takes_numpy_labels_and_more_classes_than_seen(no_search):
+    """Labels as NumPy ints are class ids; num_classes above the labels is allowed (a class
+    absent from the training set) when the model has that many outputs."""
+    items = _Items([np.int64(i % 3) for i in range(12)])
+    with pytest.raises(AssertionError, match="a search started"):  # checks passed
+        compare_searches(items, items, _mlp(5, 4), trials=1, max_epochs=1, num_classes=5)

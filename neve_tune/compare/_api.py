@@ -23,6 +23,7 @@ from ._records import (
     REDUCTION_FACTOR,
 )
 from ._report import run_line
+from ._user_data import user_bundle
 from ._variants import BaselineVariant, parse_variants, strongest_baseline
 
 __all__ = ["BACKENDS", "compare", "compare_searches"]
@@ -336,13 +337,11 @@ def compare_searches(
     model. ``budget`` sets any :class:`~neve_tune.Study` field (``max_epochs``,
     ``min_epochs``, ``probe_samples``, ``val_fraction``, ``early_stopping``, ...);
     ``search_space``/``defaults`` override the default LR/threshold/batch-size search;
-    ``baseline_variants`` as in :func:`compare`.
+    ``baseline_variants`` as in :func:`compare`. ``num_classes`` (None: one more than the
+    largest training label) must exceed every label, test labels included, and equal the
+    model's number of outputs; both are checked before any search starts.
     """
-    x0, _ = train_set[0]
-    if num_classes is None:
-        labels = [int(train_set[i][1]) for i in range(len(train_set))]  # type: ignore[arg-type]
-        num_classes = max(labels) + 1
-    bundle = DataBundle("user", train_set, test_set, tuple(torch.as_tensor(x0).shape), num_classes)
+    bundle = user_bundle(train_set, test_set, num_classes)
     fields: dict[str, Any] = {"name": "user", **budget}
     if search_space is not None:
         fields["search_space"] = dict(search_space)
