@@ -188,6 +188,15 @@ def test_train_cli_names_the_model_that_cannot_take_the_data(capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("verb", ["train", "compare"])
+def test_data_root_for_data_that_is_not_read_from_files_is_refused(verb, capsys, tmp_path):
+    """``neve-tune train digits --data-root /data`` (a forgotten ``--data cifar10``) trained
+    on digits as if the folder had been read."""
+    assert main([verb, "digits", "--data-root", str(tmp_path), "--max-epochs", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "--data-root: data 'digits' is not read from files" in err
+
+
 @pytest.fixture
 def no_search(monkeypatch):
     """Fails a test whose bad input reached a search."""
