@@ -315,6 +315,12 @@ def _cifar(name: str, root: str | os.PathLike | None, augment: bool, verify: boo
             str(root), train=False, download=False, transform=T.Compose([T.ToTensor(), norm])
         )
     except RuntimeError as e:
+        if (root / folder).is_dir():  # there, but a file is missing or differs from the official
+            raise FileNotFoundError(
+                f"{name} under data_root={str(root)!r}: {folder}/ is incomplete or not the "
+                "official files (md5 check): put the python version of the data set there, or "
+                "set data_options verify=False for a re-packed copy"
+            ) from e
         raise _missing(
             name, root, f"the python version of the data set, unpacked as {folder}/"
         ) from e

@@ -88,6 +88,15 @@ def test_cifar_flags_must_be_bools(tmp_path):
     assert torch.equal(plain.train[0][0], plain.train[0][0])  # no random crop any more
 
 
+def test_cifar_files_that_fail_the_md5_check_are_not_called_missing(tmp_path):
+    """They were reported "not found under data_root", with the files right there."""
+    _write_cifar10(tmp_path)
+    with pytest.raises(FileNotFoundError) as caught:
+        get_dataset("cifar10", data_root=tmp_path)
+    assert "cifar-10-batches-py/ is incomplete or not the official files" in str(caught.value)
+    assert "verify=False" in str(caught.value) and "not found" not in str(caught.value)
+
+
 def _image_tree(root, classes) -> None:
     from PIL import Image
 
