@@ -15,7 +15,7 @@ from torch.utils.data import TensorDataset
 from neve_tune import Study, load_study, run_trial
 from neve_tune.cli import main
 from neve_tune.compare import compare, compare_searches
-from neve_tune.data import get_dataset
+from neve_tune.data import DataBundle, get_dataset
 from neve_tune.models import create_model
 
 SMALL = dict(data="synthetic", max_epochs=1, selection_subset=0, selection="objective")
@@ -277,3 +277,14 @@ def test_compare_searches_takes_numpy_labels_and_more_classes_than_seen(no_searc
     items = _Items([np.int64(i % 3) for i in range(12)])
     with pytest.raises(AssertionError, match="a search started"):  # checks passed
         compare_searches(items, items, _mlp(5, 4), trials=1, max_epochs=1, num_classes=5)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_compare_refuses_a_bundle_whose_labels_exceed_its_num_classes(split, no_search):
+    """A test label out of range failed only once every search had run."""
+    x = torch.randn(12, 4)
+    good, bad = TensorDataset(x, Y), TensorDataset(x, Y + 2)
+    sets = (bad, good) if split == "train" else (good, bad)
+    bundle = DataBundle("own", *sets, (4,), 3)
+    with pytest.raises(ValueError, match=f"data.num_classes=3, but data.{split} has label 3"):
+        compare(load_study("digits").replace(**SMALL), trials=1, data=bundle, model_fn=_mlp(3, 4))

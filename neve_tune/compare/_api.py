@@ -23,7 +23,7 @@ from ._records import (
     REDUCTION_FACTOR,
 )
 from ._report import run_line
-from ._user_data import user_bundle
+from ._user_data import check_bundle_labels, user_bundle
 from ._variants import BaselineVariant, parse_variants, strongest_baseline
 
 __all__ = ["BACKENDS", "compare", "compare_searches"]
@@ -155,6 +155,8 @@ def compare(
     rung_signal = study.rung_signal if rung_signal is None else rung_signal
     _check_arguments(backend, trials, repeats, rung_signal, searches, study, reduction_factor)
     check_model_fn(model_fn)
+    if data is not None:  # labels out of range would fail only in training or at the test
+        check_bundle_labels(data)
     variants = _check_variants(baseline_variants, study, searches)
     names = [name for name, _, _ in _plan(study, searches, variants)]
     t0, seeds = time.perf_counter(), [seed + k for k in range(repeats)]

@@ -1,4 +1,5 @@
-"""The data of :func:`~neve_tune.compare.compare_searches`, checked before any search: both
+"""The data of :func:`~neve_tune.compare.compare_searches` (and a bundle given to
+:func:`~neve_tune.compare.compare`), checked before any search: both
 sets hold examples, every label is one integer class id in ``0..num_classes-1`` (test
 labels too: a test label out of range would fail only after every search had run),
 and the test inputs have the training inputs' shape.
@@ -25,7 +26,7 @@ from torch.utils.data import Dataset, TensorDataset
 from .._checks import check_int, is_bool
 from ..data import DataBundle
 
-__all__ = ["user_bundle"]
+__all__ = ["check_bundle_labels", "class_ids", "user_bundle"]
 
 
 def user_bundle(train_set: Dataset, test_set: Dataset, num_classes: Any) -> DataBundle:
@@ -44,13 +45,7 @@ def user_bundle(train_set: Dataset, test_set: Dataset, num_classes: Any) -> Data
             )
     else:
         num_classes = check_int("num_classes", num_classes, minimum=2)
-    for name, labels in (("train_set", train_labels), ("test_set", test_labels)):
-        bad = labels[(labels < 0) | (labels >= num_classes)]
-        if len(bad):
-            raise ValueError(
-                f"num_classes={num_classes}, but {name} has label {int(bad[0])}: labels must "
-                "be class ids 0..num_classes-1"
-            )
+    _check_range(num_classes, ("train_set", train_labels), ("test_set", test_labels))
     shape = _input_shape("train_set", train_set)
     if _input_shape("test_set", test_set) != shape:
         raise ValueError(
@@ -58,6 +53,28 @@ def user_bundle(train_set: Dataset, test_set: Dataset, num_classes: Any) -> Data
             f"{shape}: the final models are scored on inputs like those they trained on"
         )
     return DataBundle("user", train_set, test_set, shape, num_classes)
+
+
+def check_bundle_labels(bundle: DataBundle) -> None:
+    """A bundle of your own (``compare(data=...)``): every label of ``data.train`` and
+    ``data.test`` a class id below ``data.num_classes`` (an int >= 2)."""
+    num_classes = check_int("data.num_classes", bundle.num_classes, minimum=2)
+    for name, ds in (("data.train", bundle.train), ("data.test", bundle.test)):
+        if len(ds) == 0:  # type: ignore[arg-type]
+            raise ValueError(f"{name} is empty")
+        _check_range(num_classes, (name, class_ids(name, ds)), label="data.num_classes")
+
+
+def _check_range(
+    num_classes: int, *named: tuple[str, torch.Tensor], label: str = "num_classes"
+) -> None:
+    for name, labels in named:
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        if len(bad):
+            raise ValueError(
+                f"{label}={num_classes}, but {name} has label {int(bad[0])}: labels must be "
+                f"class ids 0..{label}-1"
+            )
 
 
 def class_ids(name: str, dataset: Dataset) -> torch.Tensor:
