@@ -84,6 +84,11 @@ def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **op
 
 
 _LIBRARIES = ("timm:", "torchvision:")
+# the arguments create_model passes a library's builder itself (a second value is a TypeError)
+_SET_BY_CREATE = {
+    "timm:": ("pretrained", "num_classes", "in_chans"),
+    "torchvision:": ("weights", "num_classes"),
+}
 
 
 def check_model_name(name: object, label: str = "model") -> str:
@@ -102,13 +107,22 @@ def check_model_name(name: object, label: str = "model") -> str:
 def check_model_options(name: str, options: Mapping[str, Any]) -> None:
     """Refuse an option a registered model's builder does not take (``{"widht": 16}``), so a
     study file's typo fails as it loads, not in its first trial. ``timm:``/``torchvision:``
-    models take their library's options, checked when built.
+    models take their library's options, checked when built, except those
+    :func:`create_model` sets itself (``pretrained``/``weights``, ``num_classes``,
+    ``in_chans``), refused here.
 
     >>> check_model_options("small_cnn", {"widht": 16})
     Traceback (most recent call last):
     ...
     ValueError: model_options has 'widht', which model 'small_cnn' does not take; it takes ['width']
     """
+    for prefix, keys in _SET_BY_CREATE.items():
+        taken = sorted(set(options) & set(keys)) if name.startswith(prefix) else []
+        if taken:
+            raise ValueError(
+                f"model_options has {taken[0]!r}, which create_model sets for {prefix}<name> "
+                "models (outputs and input channels from the data; never pretrained weights)"
+            )
     builder = MODELS.get(name)
     if builder is None:
         return

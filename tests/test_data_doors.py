@@ -140,6 +140,20 @@ def test_create_model_refuses_bad_arguments_by_name(
     assert message in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "model, key",
+    [
+        ("timm:resnet18", "pretrained"),
+        ("timm:resnet18", "in_chans"),
+        ("torchvision:resnet18", "weights"),
+    ],
+)
+def test_a_study_refuses_model_options_that_create_model_sets(model, key):
+    """They failed in the first trial, as a second value for the same argument."""
+    with pytest.raises(ValueError, match=f"model_options has '{key}', which create_model sets"):
+        Study(name="x", model=model, model_options={key: "DEFAULT"})
+
+
 def _mlp(outputs: int, inputs: int = 64):
     return lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(inputs, outputs))
 
