@@ -64,6 +64,18 @@ def test_a_study_refuses_a_split_seed_that_is_not_an_int():
         Study(name="x", data="digits", data_options={"seed": "3"})
 
 
+@pytest.mark.parametrize("change", [{"label_noise": 0.2}, {"train_fraction": 0.5}])
+def test_the_data_changes_refuse_labels_that_are_not_class_ids(change, monkeypatch):
+    """A registered data set's float labels were truncated (1.5 -> 1) in silence."""
+    from neve_tune.data import DATASETS
+
+    x, y = torch.randn(20, 3), (torch.arange(20) % 4).float() + 0.5
+    bundle = DataBundle("floats", TensorDataset(x, y), TensorDataset(x, y), (3,), 4)
+    monkeypatch.setitem(DATASETS, "floats", lambda seed=0: bundle)
+    with pytest.raises(TypeError, match="labels must be integer class ids, got a torch.float32"):
+        get_dataset("floats", **change)
+
+
 def _write_cifar10(root) -> None:
     """The python version of CIFAR-10 (pickled batches), four images per batch."""
     folder = root / "cifar-10-batches-py"

@@ -17,16 +17,15 @@ and the test inputs have the training inputs' shape.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
-from .._checks import check_int, is_bool
-from ..data import DataBundle
+from .._checks import check_int
+from ..data import DataBundle, dataset_labels
 
-__all__ = ["check_bundle_labels", "class_ids", "user_bundle"]
+__all__ = ["check_bundle_labels", "user_bundle"]
 
 
 def user_bundle(train_set: Dataset, test_set: Dataset, num_classes: Any) -> DataBundle:
@@ -35,7 +34,10 @@ def user_bundle(train_set: Dataset, test_set: Dataset, num_classes: Any) -> Data
     for name, ds in (("train_set", train_set), ("test_set", test_set)):
         if len(ds) == 0:  # type: ignore[arg-type]
             raise ValueError(f"{name} is empty")
-    train_labels, test_labels = class_ids("train_set", train_set), class_ids("test_set", test_set)
+    train_labels, test_labels = (
+        dataset_labels(train_set, "train_set"),
+        dataset_labels(test_set, "test_set"),
+    )
     if num_classes is None:
         num_classes = int(train_labels.max()) + 1
         if num_classes < 2:
@@ -62,7 +64,7 @@ def check_bundle_labels(bundle: DataBundle) -> None:
     for name, ds in (("data.train", bundle.train), ("data.test", bundle.test)):
         if len(ds) == 0:  # type: ignore[arg-type]
             raise ValueError(f"{name} is empty")
-        _check_range(num_classes, (name, class_ids(name, ds)), label="data.num_classes")
+        _check_range(num_classes, (name, dataset_labels(ds, name)), label="data.num_classes")
 
 
 def _check_range(
@@ -75,44 +77,6 @@ def _check_range(
                 f"{label}={num_classes}, but {name} has label {int(bad[0])}: labels must be "
                 f"class ids 0..{label}-1"
             )
-
-
-def class_ids(name: str, dataset: Dataset) -> torch.Tensor:
-    """Every label of ``dataset`` as int64, each one integer class id (not a float, a bool,
-    a one-hot row or a one-element array, which training would batch as ``[N, 1]``); else an
-    error naming ``name`` and the first bad label."""
-    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
-        return _id_tensor(name, dataset.tensors[1])
-    targets = getattr(dataset, "targets", None)
-    if targets is not None:
-        return _id_tensor(name, torch.as_tensor(targets))
-    return torch.tensor([_class_id(name, i, dataset[i][1]) for i in range(len(dataset))])  # type: ignore[arg-type]
-
-
-def _id_tensor(name: str, labels: torch.Tensor) -> torch.Tensor:
-    if labels.dim() != 1:
-        raise ValueError(
-            f"{name}'s labels must be one class id per example, got shape {tuple(labels.shape)} "
-            "(one-hot rows? pass their argmax)"
-        )
-    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-        raise TypeError(
-            f"{name}'s labels must be integer class ids, got a {labels.dtype} tensor "
-            "(floats would be truncated)"
-        )
-    return labels.long()
-
-
-def _class_id(name: str, i: int, label: Any) -> int:
-    if getattr(label, "ndim", 0) != 0:  # a tensor or array of one id would batch as [N, 1]
-        raise ValueError(
-            f"{name}[{i}]'s label must be one class id, got shape {tuple(label.shape)} "
-            "(one-hot rows? pass their argmax)"
-        )
-    value = label.item() if hasattr(label, "item") else label
-    if is_bool(value) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}'s labels must be integer class ids, got {label!r} at {i}")
-    return int(value)
 
 
 def _input_shape(name: str, dataset: Dataset) -> tuple[int, ...]:
