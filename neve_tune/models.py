@@ -59,15 +59,14 @@ def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **op
         arch = name[5:]
         if arch not in timm.list_models():
             raise ValueError(f"model {name!r}: timm has no architecture {arch!r}")
-        extra = {"img_size": input_shape[-1]} if _accepts_img_size(arch) else {}
-        return timm.create_model(
-            arch,
-            pretrained=False,
-            num_classes=num_classes,
-            in_chans=input_shape[0],
-            **extra,
-            **options,
-        )
+        kwargs = dict(pretrained=False, num_classes=num_classes, in_chans=input_shape[0])
+        if _accepts_img_size(arch) and "img_size" not in options:  # the option's own wins
+            try:
+                return timm.create_model(arch, img_size=input_shape[-1], **kwargs, **options)
+            except TypeError as e:  # a name the guess matches, whose builder takes no size
+                if "img_size" not in str(e):
+                    raise
+        return timm.create_model(arch, **kwargs, **options)
     if name.startswith("torchvision:"):
         import torchvision
 

@@ -166,6 +166,17 @@ def test_a_study_refuses_model_options_that_create_model_sets(model, key):
         Study(name="x", model=model, model_options={key: "DEFAULT"})
 
 
+@pytest.mark.parametrize(
+    "model, options",
+    [("timm:fastvit_t8", {}), ("timm:vit_tiny_patch16_224", {"img_size": 16, "depth": 1})],
+)
+def test_timm_models_named_like_a_vit_build_with_or_without_an_image_size(model, options):
+    """FastViT's builder takes no img_size (refused with a TypeError, though a valid model);
+    an img_size of the study's own was a second value for the same argument."""
+    net = create_model(model, 3, (3, 16, 16), **options).eval()
+    assert net(torch.zeros(2, 3, 16, 16)).shape == (2, 3)
+
+
 def _mlp(outputs: int, inputs: int = 64):
     return lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(inputs, outputs))
 
