@@ -116,6 +116,11 @@ def symmetric_label_noise(
     check_int("num_classes", num_classes, minimum=2)
     labels = dataset_labels(dataset)
     n = len(labels)
+    if n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):  # % would wrap them
+        raise ValueError(
+            f"num_classes={num_classes}, but the labels run from {int(labels.min())} to "
+            f"{int(labels.max())}: label noise needs class ids 0..num_classes-1"
+        )
     # a random stream of its own (NumPy's, keyed by NOISE_STREAM): a validation split,
     # selection subset or probe seeded alike draws torch.randperm(n) from torch's stream, and
     # with the flips drawn there too would hold exactly the flipped labels

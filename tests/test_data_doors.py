@@ -76,6 +76,18 @@ def test_the_data_changes_refuse_labels_that_are_not_class_ids(change, monkeypat
         get_dataset("floats", **change)
 
 
+def test_label_noise_refuses_labels_beyond_num_classes(monkeypatch):
+    """A data set registered with num_classes=5 over labels 0..9: a flip computed modulo 5
+    turned a 7 into a class below 5, in silence."""
+    from neve_tune.data import DATASETS
+
+    x, y = torch.randn(20, 3), torch.arange(20) % 10
+    bundle = DataBundle("wrong", TensorDataset(x, y), TensorDataset(x, y), (3,), 5)
+    monkeypatch.setitem(DATASETS, "wrong", lambda seed=0: bundle)
+    with pytest.raises(ValueError, match="num_classes=5, but the labels run from 0 to 9"):
+        get_dataset("wrong", label_noise=0.2)
+
+
 def _write_cifar10(root) -> None:
     """The python version of CIFAR-10 (pickled batches), four images per batch."""
     folder = root / "cifar-10-batches-py"
