@@ -34,6 +34,7 @@ __all__ = [
     "check_model_fn",
     "check_resources",
     "check_seed",
+    "check_shape",
     "is_bool",
     "is_finite",
     "to_float",
@@ -93,6 +94,21 @@ def check_int(
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
     return value
+
+
+def check_shape(name: str, value: Any) -> tuple[int, ...]:
+    """``value`` (one input's shape) as a non-empty tuple of positive ints, or an error
+    naming ``name``.
+
+    >>> check_shape("input_shape", [1, 8, 8])
+    (1, 8, 8)
+    """
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name} must be a tuple of positive ints like (1, 8, 8), got {value!r}")
+    dims = tuple(check_int(f"{name}[{i}]", d, minimum=1) for i, d in enumerate(value))
+    if not dims:
+        raise ValueError(f"{name} must be a tuple of positive ints like (1, 8, 8), got {value!r}")
+    return dims  # type: ignore[return-value]
 
 
 def check_seed(name: str, value: Any, *, allow_none: bool = False) -> int | None:

@@ -12,13 +12,14 @@ baselines. :func:`neve_tune.data.get_dataset` applies them; they are re-exported
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from ._checks import check_float, check_int
+from ._checks import check_float, check_int, is_bool
 
 __all__ = [
     "NOISE_STREAM",
@@ -42,19 +43,24 @@ def check_data_changes(
     )
 
 
-def dataset_labels(dataset: Dataset) -> torch.Tensor:
+def dataset_labels(dataset: Dataset, name: str = "dataset") -> torch.Tensor:
     """Every label of ``dataset`` as a long tensor, without loading inputs where the
-    dataset keeps its labels apart (tensor datasets, torchvision ``targets``)."""
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors[1].long()
+    dataset keeps its labels apart (tensor datasets, subsets, torchvision ``targets``).
+    Each must be one integer class id: a float (which would be truncated), a bool, a one-hot
+    row or a one-element array (batched as ``[N, 1]``) is an error naming ``name``."""
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+        return _id_tensor(name, dataset.tensors[1])
     if isinstance(dataset, Subset):
-        return dataset_labels(dataset.dataset)[
+        return dataset_labels(dataset.dataset, name)[
             torch.as_tensor(list(dataset.indices), dtype=torch.long)
         ]
     targets = getattr(dataset, "targets", None)
     if targets is not None:
-        return torch.as_tensor(targets, dtype=torch.long)
-    return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)  # type: ignore[arg-type]
+        return _id_tensor(name, torch.as_tensor(targets))
+    return torch.tensor(
+        [_class_id(name, i, dataset[i][1]) for i in range(len(dataset))],  # type: ignore[arg-type]
+        dtype=torch.long,
+    )
 
 
 def stratified_subset(dataset: Dataset, fraction: float, seed: int = 0) -> Subset:
@@ -110,6 +116,11 @@ def symmetric_label_noise(
     check_int("num_classes", num_classes, minimum=2)
     labels = dataset_labels(dataset)
     n = len(labels)
+    if n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):  # % would wrap them
+        raise ValueError(
+            f"num_classes={num_classes}, but the labels run from {int(labels.min())} to "
+            f"{int(labels.max())}: label noise needs class ids 0..num_classes-1"
+        )
     # a random stream of its own (NumPy's, keyed by NOISE_STREAM): a validation split,
     # selection subset or probe seeded alike draws torch.randperm(n) from torch's stream, and
     # with the flips drawn there too would hold exactly the flipped labels
@@ -142,3 +153,29 @@ def validation_split(
     n_val = max(1, int(round(n * fraction)))
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
     return Subset(dataset, sorted(perm[n_val:])), Subset(dataset, sorted(perm[:n_val]))
+
+
+def _id_tensor(name: str, labels: torch.Tensor) -> torch.Tensor:
+    if labels.dim() != 1:
+        raise ValueError(
+            f"{name}'s labels must be one class id per example, got shape {tuple(labels.shape)} "
+            "(one-hot rows? pass their argmax)"
+        )
+    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
+        raise TypeError(
+            f"{name}'s labels must be integer class ids, got a {labels.dtype} tensor "
+            "(floats would be truncated)"
+        )
+    return labels.long()
+
+
+def _class_id(name: str, i: int, label: Any) -> int:
+    if getattr(label, "ndim", 0) != 0:  # a tensor or array of one id would batch as [N, 1]
+        raise ValueError(
+            f"{name}[{i}]'s label must be one class id, got shape {tuple(label.shape)} "
+            "(one-hot rows? pass their argmax)"
+        )
+    value = label.item() if hasattr(label, "item") else label
+    if is_bool(value) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}'s labels must be integer class ids, got {label!r} at {i}")
+    return int(value)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from ._checks import check_float, check_int
+from ._checks import check_bool, check_float, check_int, check_seed, check_shape
 from ._data_changes import (  # re-exported: the data changes' own module
     NOISE_STREAM,
     check_data_changes,
@@ -98,17 +98,15 @@ def get_dataset(
     (:func:`symmetric_label_noise`, seeded by ``noise_seed``). The test set is never changed;
     it only scores the final models.
     """
-    if name not in DATASETS:
-        raise ValueError(f"data must be one of {sorted(DATASETS)}, got {name!r}")
+    # a misspelled option would otherwise fall into a bundled loader's ``**_`` unread
+    check_data_options(name, options)
     train_fraction, label_noise, noise_seed = check_data_changes(
         train_fraction, label_noise, noise_seed
     )
+    seed = check_seed("seed", options.get("seed", 0))
     bundle = DATASETS[name](**options)
     if train_fraction < 1.0:
-        bundle = replace(
-            bundle,
-            train=stratified_subset(bundle.train, train_fraction, seed=int(options.get("seed", 0))),
-        )
+        bundle = replace(bundle, train=stratified_subset(bundle.train, train_fraction, seed=seed))
     if label_noise > 0.0:
         train, flipped = symmetric_label_noise(
             bundle.train, label_noise, bundle.num_classes, seed=noise_seed
@@ -128,6 +126,7 @@ def check_data_options(name: str, options: Any, label: str = "data_options") -> 
     changes, ``data_root`` and ``seed``); else one line naming the unknown key and the
     known ones. A loader of your own that takes ``**kwargs`` accepts any key; the bundled
     loaders' catch-all is named ``_`` (ignored), so a misspelled key is refused there.
+    :func:`get_dataset` applies it to its own options too.
 
     >>> check_data_options("digits", {"label_nosie": 0.2})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -173,10 +172,21 @@ def digits(seed: int = 0, test_fraction: float = 0.2, **_: object) -> DataBundle
     """The 1,797 8x8 handwritten digits of scikit-learn: 1,437 train / 360 test images
     (stratified, split by ``seed``), scaled to [0, 1] and standardised with the training
     mean and std."""
-    x_tr, x_te, y_tr, y_te = _digits_arrays(int(seed), float(test_fraction))
+    seed, test_fraction = _split_options(seed, test_fraction)
+    x_tr, x_te, y_tr, y_te = _digits_arrays(seed, test_fraction)
     xt = torch.tensor(x_tr, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
     xe = torch.tensor(x_te, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
     return _standardised("digits", xt, xe, y_tr, y_te)
+
+
+def _split_options(seed: Any, test_fraction: Any) -> tuple[int, float]:
+    """The train/test split's ``seed`` and ``test_fraction`` (in (0, 1)), checked by name:
+    a string or a fraction of a seed is refused, not read as another split."""
+    seed = check_seed("seed", seed)
+    test_fraction = check_float(
+        "test_fraction", test_fraction, low=0.0, high=1.0, low_open=True, high_open=True
+    )
+    return seed, test_fraction  # type: ignore[return-value]
 
 
 def _standardised(
@@ -232,12 +242,10 @@ def mnist1d(
     from sklearn.model_selection import train_test_split
 
     num_samples = check_int("num_samples", num_samples, minimum=100)
-    test_fraction = check_float(
-        "test_fraction", test_fraction, low=0.0, high=1.0, low_open=True, high_open=True
-    )
+    seed, test_fraction = _split_options(seed, test_fraction)
     x, y = _mnist1d_pool(num_samples)
     x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=test_fraction, random_state=int(seed), stratify=y
+        x, y, test_size=test_fraction, random_state=seed, stratify=y
     )
     xt = torch.tensor(x_tr, dtype=torch.float32).unsqueeze(1)
     xe = torch.tensor(x_te, dtype=torch.float32).unsqueeze(1)
@@ -254,8 +262,15 @@ def synthetic(
     noise: float = 1.0,
     **_: object,
 ) -> DataBundle:
-    """Gaussian class clusters around seeded random centres: small, learnable, instant."""
-    gen = torch.Generator().manual_seed(int(seed))
+    """Gaussian class clusters around seeded random centres: small, learnable, instant.
+    Every option is checked by name (at least one example per set, two classes)."""
+    seed = check_seed("seed", seed)
+    num_train = check_int("num_train", num_train, minimum=1)
+    num_test = check_int("num_test", num_test, minimum=1)
+    num_classes = check_int("num_classes", num_classes, minimum=2)
+    noise = check_float("noise", noise, low=0.0)
+    input_shape = check_shape("input_shape", input_shape)
+    gen = torch.Generator().manual_seed(seed)
     centres = torch.randn((num_classes, *input_shape), generator=gen) * 1.5
 
     def draw(n: int) -> TensorDataset:
@@ -263,7 +278,7 @@ def synthetic(
         x = centres[y] + noise * torch.randn((n, *input_shape), generator=gen)
         return TensorDataset(x, y)
 
-    return DataBundle("synthetic", draw(num_train), draw(num_test), tuple(input_shape), num_classes)
+    return DataBundle("synthetic", draw(num_train), draw(num_test), input_shape, num_classes)
 
 
 def _missing(name: str, root: Path, expected: str) -> FileNotFoundError:
@@ -277,6 +292,7 @@ def _cifar(name: str, root: str | os.PathLike | None, augment: bool, verify: boo
     from torchvision import datasets
     from torchvision import transforms as T
 
+    augment, verify = check_bool("augment", augment), check_bool("verify", verify)
     root = Path(root or os.environ.get("NEVE_DATA", "data")).expanduser()
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     if not verify:  # same parser, without the md5 check of the official archive files
@@ -299,6 +315,12 @@ def _cifar(name: str, root: str | os.PathLike | None, augment: bool, verify: boo
             str(root), train=False, download=False, transform=T.Compose([T.ToTensor(), norm])
         )
     except RuntimeError as e:
+        if (root / folder).is_dir():  # there, but a file is missing or differs from the official
+            raise FileNotFoundError(
+                f"{name} under data_root={str(root)!r}: {folder}/ is incomplete or not the "
+                "official files (md5 check): put the python version of the data set there, or "
+                "set data_options verify=False for a re-packed copy"
+            ) from e
         raise _missing(
             name, root, f"the python version of the data set, unpacked as {folder}/"
         ) from e
@@ -343,6 +365,8 @@ def imagefolder(
     from torchvision import datasets
     from torchvision import transforms as T
 
+    augment = check_bool("augment", augment)  # a string "False" would be true
+    image_size = check_int("image_size", image_size, minimum=1)
     root = Path(data_root or os.environ.get("NEVE_DATA", "data")).expanduser()
     for sub in (train_dir, test_dir):
         if not (root / sub).is_dir():
@@ -363,4 +387,9 @@ def imagefolder(
     test = datasets.ImageFolder(str(root / test_dir), transform=test_tf)
     if train.classes != test.classes:
         raise ValueError(f"{train_dir}/ and {test_dir}/ under {root} hold different classes")
+    if len(train.classes) < 2:  # nothing to classify: every trial would refuse it later
+        raise ValueError(
+            f"{train_dir}/ under {root} holds {len(train.classes)} class folder(s); a classifier "
+            "needs at least 2"
+        )
     return DataBundle("imagefolder", train, test, (3, image_size, image_size), len(train.classes))

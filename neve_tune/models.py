@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import check_int, check_shape
+
 __all__ = [
     "MODELS",
     "check_model_available",
@@ -47,22 +49,24 @@ def register_model(name: str) -> Callable:
 
 def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **options) -> nn.Module:
     """Build ``name`` for inputs of ``input_shape`` ((C, H, W) images, (C, L) signals) and
-    ``num_classes`` outputs."""
+    ``num_classes`` outputs (at least 2: timm reads 0 as "no head" and would return features)."""
+    check_model_name(name)
+    num_classes = check_int("num_classes", num_classes, minimum=2)  # type: ignore[assignment]
+    input_shape = check_shape("input_shape", input_shape)
     if name.startswith("timm:"):
         import timm
 
         arch = name[5:]
         if arch not in timm.list_models():
             raise ValueError(f"model {name!r}: timm has no architecture {arch!r}")
-        extra = {"img_size": input_shape[-1]} if _accepts_img_size(arch) else {}
-        return timm.create_model(
-            arch,
-            pretrained=False,
-            num_classes=num_classes,
-            in_chans=input_shape[0],
-            **extra,
-            **options,
-        )
+        kwargs = dict(pretrained=False, num_classes=num_classes, in_chans=input_shape[0])
+        if _accepts_img_size(arch) and "img_size" not in options:  # the option's own wins
+            try:
+                return timm.create_model(arch, img_size=input_shape[-1], **kwargs, **options)
+            except TypeError as e:  # a name the guess matches, whose builder takes no size
+                if "img_size" not in str(e):
+                    raise
+        return timm.create_model(arch, **kwargs, **options)
     if name.startswith("torchvision:"):
         import torchvision
 
@@ -75,10 +79,15 @@ def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **op
             f"model must be one of {sorted(MODELS)}, 'timm:<name>' or 'torchvision:<name>', got "
             f"{name!r}"
         )
-    return MODELS[name](num_classes=num_classes, input_shape=tuple(input_shape), **options)
+    return MODELS[name](num_classes=num_classes, input_shape=input_shape, **options)
 
 
 _LIBRARIES = ("timm:", "torchvision:")
+# the arguments create_model passes a library's builder itself (a second value is a TypeError)
+_SET_BY_CREATE = {
+    "timm:": ("pretrained", "num_classes", "in_chans"),
+    "torchvision:": ("weights", "num_classes"),
+}
 
 
 def check_model_name(name: object, label: str = "model") -> str:
@@ -97,13 +106,22 @@ def check_model_name(name: object, label: str = "model") -> str:
 def check_model_options(name: str, options: Mapping[str, Any]) -> None:
     """Refuse an option a registered model's builder does not take (``{"widht": 16}``), so a
     study file's typo fails as it loads, not in its first trial. ``timm:``/``torchvision:``
-    models take their library's options, checked when built.
+    models take their library's options, checked when built, except those
+    :func:`create_model` sets itself (``pretrained``/``weights``, ``num_classes``,
+    ``in_chans``), refused here.
 
     >>> check_model_options("small_cnn", {"widht": 16})
     Traceback (most recent call last):
     ...
     ValueError: model_options has 'widht', which model 'small_cnn' does not take; it takes ['width']
     """
+    for prefix, keys in _SET_BY_CREATE.items():
+        taken = sorted(set(options) & set(keys)) if name.startswith(prefix) else []
+        if taken:
+            raise ValueError(
+                f"model_options has {taken[0]!r}, which create_model sets for {prefix}<name> "
+                "models (outputs and input channels from the data; never pretrained weights)"
+            )
     builder = MODELS.get(name)
     if builder is None:
         return
@@ -153,6 +171,9 @@ class SmallCNN(nn.Module):
                 f"{tuple(input_shape)}"
             )
         c, h, w = input_shape
+        width = check_int("width", width, minimum=1)  # type: ignore[assignment]
+        if h < 2 or w < 2:  # the max-pool halves them
+            raise ValueError(f"input_shape must be at least 2x2 for small_cnn, got {input_shape}")
         self.features = nn.Sequential(
             nn.Conv2d(c, width, 3, padding=1, bias=False),
             nn.BatchNorm2d(width),
@@ -196,6 +217,7 @@ class SmallCNN1d(nn.Module):
                 f"input_shape must be (channels, length) for a 1-D CNN, got {tuple(input_shape)}"
             )
         c, length = input_shape
+        width = check_int("width", width, minimum=1)  # type: ignore[assignment]
 
         def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
             return [nn.Conv1d(cin, cout, 5, stride, 2, bias=False), nn.BatchNorm1d(cout), nn.ReLU()]
@@ -272,9 +294,20 @@ class CifarResNet(nn.Module):
 
 @register_model("resnet20")
 def resnet20(num_classes: int, input_shape: tuple[int, ...] = (3, 32, 32)) -> nn.Module:
-    return CifarResNet(20, num_classes, input_shape[0])
+    return CifarResNet(20, num_classes, _image_channels(input_shape))
 
 
 @register_model("resnet32")
 def resnet32(num_classes: int, input_shape: tuple[int, ...] = (3, 32, 32)) -> nn.Module:
-    return CifarResNet(32, num_classes, input_shape[0])
+    return CifarResNet(32, num_classes, _image_channels(input_shape))
+
+
+def _image_channels(input_shape: tuple[int, ...]) -> int:
+    """The channels of a (channels, height, width) input; another shape is refused by name
+    (a 1-D signal's (C, L) would fail in the first forward)."""
+    if len(input_shape) != 3:
+        raise ValueError(
+            "input_shape must be (channels, height, width) for a CIFAR ResNet, got "
+            f"{tuple(input_shape)}"
+        )
+    return int(input_shape[0])

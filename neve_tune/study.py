@@ -159,6 +159,7 @@ class Study:
         check_epochs(self.min_epochs, self.max_epochs)
         opts = self.data_options
         check_seed("data_options['noise_seed']", opts.get("noise_seed", 0))
+        check_seed("data_options['seed']", opts.get("seed", 0))
         check_data_changes(
             opts.get("train_fraction", 1.0), opts.get("label_noise", 0.0), opts.get("noise_seed", 0)
         )

@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ._checks import check_choice, check_float, check_model_fn
+from ._model_fit import trial_model
 from ._subset_epochs import selection_measure
 from ._trial_inputs import resolve_device, trial_config
 from .baselines import LRReplay, ValidationControl
 from .control import NeVe
 from .data import DataBundle, data_identity, validation_split
-from .models import create_model
 from .probe import dataset_probe, gaussian_probe
 from .records import METHODS, TrialResult, val_metric_key
 from .train import evaluate, fit
@@ -320,7 +320,7 @@ def run_trial(
     if method in ("asha", "asha_es"):
         train_set, val_set = validation_split(bundle.train, study.val_fraction, seed=seed)
 
-    model = _trial_model(study, bundle, seed, model_fn).to(device)
+    model = trial_model(study, bundle, seed, model_fn).to(device)
     optimizer = make_optimizer(model, cfg)
     measure, forwards = selection_measure(study, method, bundle.train, seed, model, subset_epochs)
     controller = make_controller(
@@ -386,13 +386,3 @@ def _deliver_best_epoch(model: torch.nn.Module, controller: Any) -> None:
     best_weights = getattr(controller, "best_weights", None)
     if best_weights is not None:
         model.load_state_dict(best_weights)
-
-
-def _trial_model(
-    study: Study, bundle: DataBundle, seed: int, model_fn: Callable[[], torch.nn.Module] | None
-) -> torch.nn.Module:
-    """The trial's model, initialised under its seed: ``model_fn``'s, else the study's."""
-    torch.manual_seed(seed)
-    if model_fn is not None:
-        return model_fn()
-    return create_model(study.model, bundle.num_classes, bundle.input_shape, **study.model_options)

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._checks import check_choice, check_int, check_model_fn
+from .._model_fit import trial_model
 from .._search_records import SearchTrial
 from ..data import DataBundle
 from ..records import RUNG_SIGNALS, SUBSET_SIGNALS
@@ -22,6 +23,7 @@ from ._records import (
     REDUCTION_FACTOR,
 )
 from ._report import run_line
+from ._user_data import check_bundle_labels, user_bundle
 from ._variants import BaselineVariant, parse_variants, strongest_baseline
 
 __all__ = ["BACKENDS", "compare", "compare_searches"]
@@ -153,6 +155,8 @@ def compare(
     rung_signal = study.rung_signal if rung_signal is None else rung_signal
     _check_arguments(backend, trials, repeats, rung_signal, searches, study, reduction_factor)
     check_model_fn(model_fn)
+    if data is not None:  # labels out of range would fail only in training or at the test
+        check_bundle_labels(data)
     variants = _check_variants(baseline_variants, study, searches)
     names = [name for name, _, _ in _plan(study, searches, variants)]
     t0, seeds = time.perf_counter(), [seed + k for k in range(repeats)]
@@ -235,6 +239,8 @@ def _repeats(
     try:
         for s in seeds:
             bundle = data if data is not None else study.load_data(seed=s)
+            with torch.random.fork_rng(devices=[]):  # refused before a search, not in each trial
+                trial_model(study, bundle, s, kw.get("model_fn"))
             train_size = len(bundle.train)  # type: ignore[arg-type]
             bar.set_postfix_str(f"seed {s}")
             run = _one_run(
@@ -333,13 +339,11 @@ def compare_searches(
     model. ``budget`` sets any :class:`~neve_tune.Study` field (``max_epochs``,
     ``min_epochs``, ``probe_samples``, ``val_fraction``, ``early_stopping``, ...);
     ``search_space``/``defaults`` override the default LR/threshold/batch-size search;
-    ``baseline_variants`` as in :func:`compare`.
+    ``baseline_variants`` as in :func:`compare`. ``num_classes`` (None: one more than the
+    largest training label) must exceed every label, test labels included, and equal the
+    model's number of outputs; both are checked before any search starts.
     """
-    x0, _ = train_set[0]
-    if num_classes is None:
-        labels = [int(train_set[i][1]) for i in range(len(train_set))]  # type: ignore[arg-type]
-        num_classes = max(labels) + 1
-    bundle = DataBundle("user", train_set, test_set, tuple(torch.as_tensor(x0).shape), num_classes)
+    bundle = user_bundle(train_set, test_set, num_classes)
     fields: dict[str, Any] = {"name": "user", **budget}
     if search_space is not None:
         fields["search_space"] = dict(search_space)
