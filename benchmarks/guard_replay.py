@@ -339,12 +339,15 @@ def guard_settled(
     return None
 
 
-def guard_library(rows: list[dict[str, Any]], n: int, **options: Any) -> tuple[int, int] | None:
+def guard_library(
+    rows: list[dict[str, Any]], n: int, patience: int = 3, **options: Any
+) -> tuple[int, int] | None:
     """(stop epoch, kept epoch) of the library's :class:`neve_tune.guard.MemorisationGuard`
-    with the studies' ``pc_patience=3``, ``pc_window=3``, fed as ``fit`` feeds it."""
+    with the studies' ``pc_patience=3`` (or ``patience``), ``pc_window=3``, fed as ``fit``
+    feeds it."""
     from neve_tune.guard import MemorisationGuard
 
-    guard = MemorisationGuard(3, 3, **options)
+    guard = MemorisationGuard(patience, 3, **options)
     for r in rows:
         unfit = round(_misfit(r, n))
         if guard.update(r["epoch"], r["prediction_changes"], unfit, train_loss=r["train_loss"]):
@@ -385,6 +388,7 @@ GUARDS: dict[str, Callable[..., tuple[int, int] | None] | None] = {
     "s1+t.05": lambda rows, n: guard_settled(rows, n, settle=1.0, memorise=0.05),
     "turn.05": lambda rows, n: guard_settled(rows, n, settle=1e9, memorise=0.05),
     "unclocked": lambda rows, n: guard_library_unclocked(rows, n),
+    "pc_patience2": lambda rows, n: guard_library(rows, n, patience=2),
 }
 
 
