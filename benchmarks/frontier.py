@@ -32,6 +32,9 @@ Groups (each a NeVe point, and the baselines' points where it runs them):
 - ``subset_200``: NeVe with a selection subset of 200 examples instead of 500;
 - ``rungs_train_loss``: NeVe with the ``auto`` pick and its rungs on the training loss
   (``rung_signal="train_loss"``) instead of ``auto``'s consensus rungs under noise;
+- ``threshold_x4``: the threshold scaled ×4 (NeVe's cheapest stop measured);
+- ``rungs_train_loss_threshold_x2``: both changes of ``rungs_train_loss`` and
+  ``threshold_x2``;
 - ``es_patience5`` / ``es_patience20``: no NeVe search; ``asha_es`` and the
   ``--baseline-variants`` with an early-stopping patience (``Study.early_stopping``) of 5 or 20
   epochs instead of 10.
@@ -95,11 +98,16 @@ GROUPS: dict[str, tuple[tuple[str, ...], int, bool, Any]] = {
     ),
     "subset_200": (("neve",), 4, False, lambda s: s.replace(selection_subset=SUBSET_SMALL)),
     "rungs_train_loss": (("neve",), 4, False, None),
+    "threshold_x4": (("neve",), 4, False, lambda s: _scaled_threshold(s, 4.0)),
+    "rungs_train_loss_threshold_x2": (("neve",), 4, False, lambda s: _scaled_threshold(s, 2.0)),
     "es_patience5": (("asha_es",), 4, True, lambda s: s.replace(early_stopping=5)),
     "es_patience20": (("asha_es",), 4, True, lambda s: s.replace(early_stopping=20)),
 }
 # group -> the NeVe search's rung signal where it is not the study's (compare's rung_signal)
-RUNG_SIGNAL: dict[str, str] = {"rungs_train_loss": "train_loss"}
+RUNG_SIGNAL: dict[str, str] = {
+    "rungs_train_loss": "train_loss",
+    "rungs_train_loss_threshold_x2": "train_loss",
+}
 # what each group changes, in words (the page and the JSON carry it)
 GROUP_SETTINGS: dict[str, str] = {
     "default": "the study as it ships, reduction factor 4",
@@ -109,6 +117,8 @@ GROUP_SETTINGS: dict[str, str] = {
     "subset_off": "selection subset off (objective pick, training-loss rungs)",
     "subset_200": f"selection subset of {SUBSET_SMALL} examples (not 500)",
     "rungs_train_loss": "rungs on the training loss, the auto pick (not auto's consensus rungs)",
+    "threshold_x4": "velocity threshold range and default ×4",
+    "rungs_train_loss_threshold_x2": "rungs on the training loss and the threshold ×2",
     "es_patience5": "early stopping after 5 epochs without a better validation value (not 10)",
     "es_patience20": "early stopping after 20 epochs without a better validation value (not 10)",
 }

@@ -145,6 +145,11 @@ def test_the_threshold_groups_scale_the_search_range_and_the_default_alike() -> 
     assert half.data_options["label_noise"] == 0.2
     off = frontier.job_study("digits_clean", "subset_off")
     assert off.selection_subset == 0 and off.rung_signal == "train_loss"
+    x4 = frontier.job_study("digits_noise20", "threshold_x4").search_space["threshold"]
+    assert (x4.low, x4.high) == pytest.approx((t.low * 4, t.high * 4))
+    both = frontier.job_study("digits_noise20", "rungs_train_loss_threshold_x2")
+    assert both == frontier.job_study("digits_noise20", "threshold_x2")
+    assert frontier.RUNG_SIGNAL["rungs_train_loss_threshold_x2"] == "train_loss"
 
 
 def test_the_patience_groups_change_only_the_baselines_early_stopping() -> None:
