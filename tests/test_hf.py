@@ -320,6 +320,16 @@ def test_resume_from_checkpoint_keeps_the_velocity_series(tmp_path):
     )
 
 
+def test_a_run_the_cap_ended_continues_under_a_larger_cap_as_the_whole_run(tmp_path):
+    _, whole = _resumable_run(tmp_path, "whole")
+    _, capped = _resumable_run(tmp_path, "capped", epochs=2)
+    assert capped.stopped_by == "max_epochs" and capped.history[-1]["stopped_by"] == "max_epochs"
+    _, resumed = _resumable_run(tmp_path, "capped", resume=str(tmp_path / "capped/checkpoint-8"))
+    # epoch 2 is no longer the run's end (the cap of 2 was a setting): as uninterrupted
+    assert [m["stopped_by"] for m in resumed.history] == [m["stopped_by"] for m in whole.history]
+    assert resumed.velocities == pytest.approx(whole.velocities, rel=1e-9, abs=0)
+
+
 class _KillAtStep(TrainerCallback):
     def __init__(self, step: int) -> None:
         self.step = step
