@@ -20,7 +20,7 @@ shown). Then, per segment of the epoch axis (the rungs at reduction factor 4: ep
 2-4, 5-16, 17-60, and a retrain), the mean epochs each search trained there.
 
     python benchmarks/cost_split.py                     # NeVe against the strongest baseline
-    python benchmarks/cost_split.py --against asha_es   # or any search in the records
+    python benchmarks/cost_split.py --against asha_es   # or any point of the frontier page
     python benchmarks/cost_split.py --markdown
 
 Figures are deterministic on one machine, not across machines.
@@ -75,37 +75,44 @@ def segments(search: Mapping[str, Any]) -> dict[str, int]:
     return {s: int(by.get(s, 0)) if s != "retrain" else _retrain_epochs(search) for s in SEGMENTS}
 
 
-def condition_split(runs: Sequence[Mapping[str, Any]], against: str) -> dict[str, Any]:
-    """A condition's factors over its seeds (``runs``: each seed's compare run)."""
-    per_seed = [split(r["neve"], r[against]) for r in runs]
-    out: dict[str, Any] = {"seeds": len(runs)}
+def condition_split(pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> dict[str, Any]:
+    """A condition's factors over its seeds (``pairs``: each seed's NeVe search and the
+    search it is set against)."""
+    per_seed = [split(neve, base) for neve, base in pairs]
+    out: dict[str, Any] = {"seeds": len(pairs)}
     out["cost_mean"] = statistics.mean(s["cost"] for s in per_seed)
     for key in ("cost", "epochs", "samples_per_epoch", "forward"):
         out[key] = statistics.geometric_mean(s[key] for s in per_seed)
-    for name, search in (("neve", "neve"), ("against", against)):
-        segs = [segments(r[search]) for r in runs]
+    for name, i in (("neve", 0), ("against", 1)):
+        segs = [segments(pair[i]) for pair in pairs]
         out[f"{name}_segments"] = {s: statistics.mean(x[s] for x in segs) for s in SEGMENTS}
     return out
 
 
 def load(records: Path, frontier: Path, against: str | None) -> dict[str, dict[str, Any]]:
-    """Per condition of the frontier page, the split against ``against`` (None: the
-    condition's strongest baseline), from the default group's records."""
+    """Per condition of the frontier page, the default NeVe search's split against
+    ``against`` (None: the condition's strongest baseline), a point name of the page: a
+    search of the default group's records, or ``"<search> <group>"`` from that group's record
+    of the same seed (``"asha_es:acc:best_checkpoint es_patience5"``)."""
     from frontier_report import load_records
 
     conditions = json.loads(frontier.read_text())["conditions"]
     found = load_records(records)
     out = {}
     for cond, entry in conditions.items():
-        runs = [
-            r["runs"][0] for (c, g, _), r in sorted(found.items()) if (c, g) == (cond, "default")
-        ]
-        if not runs:
+        seeds = sorted(s for (c, g, s) in found if (c, g) == (cond, "default"))
+        if not seeds:
             continue
         name = against or entry["strongest_baseline"]
-        if any(name not in r for r in runs):
-            raise SystemExit(f"--against: {name!r} is not in every record of {cond}")
-        out[cond] = {"against": name, **condition_split(runs, name)}
+        search, _, group = name.partition(" ")
+        group = group or "default"
+        pairs = []
+        for seed in seeds:
+            other = found.get((cond, group, seed), {}).get("runs", [{}])[0]
+            if search not in other:
+                raise SystemExit(f"--against: {name!r} is not in every record of {cond}")
+            pairs.append((found[(cond, "default", seed)]["runs"][0]["neve"], other[search]))
+        out[cond] = {"against": name, **condition_split(pairs)}
     return out
 
 

@@ -72,6 +72,18 @@ def test_a_condition_gives_geometric_means_segments_and_the_strongest_baseline(t
     assert "| digits_noise20 | asha_es:acc:retrain |" in table
     with pytest.raises(SystemExit, match="'asha' is not in every record of digits_noise20"):
         cost_split.load(records, frontier, "asha")
+    # a point of another group: its record of the same seed, NeVe still the default group's
+    for seed in (0, 1):
+        job = {"condition": "digits_noise20", "group": "es_patience5", "seed": seed}
+        base = _search({"1-1": 20, "2-4": 12, "5-16": 20}, 0.9, 2000, retrain=8)
+        record = {"runs": [{"seed": seed, "asha_es:acc:retrain": base}], "job": job}
+        (records / f"digits_noise20__es_patience5__seed{seed}.json").write_text(json.dumps(record))
+    short = cost_split.load(records, frontier, "asha_es:acc:retrain es_patience5")
+    assert short["digits_noise20"]["against_segments"]["5-16"] == 20
+    assert short["digits_noise20"]["neve_segments"]["5-16"] == 45
+    assert short["digits_noise20"]["cost"] > got["cost"]  # a cheaper baseline
+    with pytest.raises(SystemExit, match="'asha es_patience5' is not in every record"):
+        cost_split.load(records, frontier, "asha es_patience5")
 
 
 def test_no_records_is_an_error_that_says_how_to_make_them(tmp_path, capsys) -> None:
