@@ -108,6 +108,7 @@ def test_the_page_holds_every_point_per_seed_the_frontier_and_the_commands(tmp_p
     assert "a reduced grid" in page and "seeds 0, 1" in page
     assert "python benchmarks/frontier.py --conditions digits_noise20 --seeds 0,1" in page
     assert f"```bash\n{frontier_page.FULL_GRID}\n```" in page
+    assert all(f"`{g}`" in frontier_page.FULL_GRID_TEXT for g in frontier.GROUPS)
     assert "| asha | " in page and "97.00 97.50" in page and "20.0 22.0" in page
     assert "| **NeVe** | " in page and "96.50 ± 0.71" in page
     assert "- Frontier, by increasing cost: NeVe threshold_x2, NeVe, asha." in page
