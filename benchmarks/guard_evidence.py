@@ -120,14 +120,14 @@ def _kept_acc(rec: dict[str, Any], outcome: tuple[int, int, str]) -> float:
     return row["test_acc"] if mean is None else mean
 
 
-def noise_estimates(recs: dict[tuple, dict[str, Any]], kind: str) -> dict[tuple, float]:
+def noise_estimates(
+    recs: dict[tuple, dict[str, Any]], default: dict[tuple, tuple[int, int, str]], kind: str
+) -> dict[tuple, float]:
     """Per run, the label noise its search would estimate from the other runs of the same
-    domain and noise (leave one out): ``"kept"``, one minus their median training fit at the
-    default guard's kept epoch; ``"guard"``, the median unfit share at the restored epoch of
-    those the guard ended (1.0, no veto, when none did)."""
-    from guard_replay import GUARDS, replay
-
-    default = {k: replay(r, GUARDS["default"]) for k, r in recs.items()}
+    domain and noise (leave one out), given each run's ``default`` guard outcome: ``"kept"``,
+    one minus their median training fit at the default guard's kept epoch; ``"guard"``, the
+    median unfit share at the restored epoch of those the guard ended (1.0, no veto, when
+    none did)."""
     unfit = {k: 1 - recs[k]["rows"][o[1] - 1]["train_acc"] for k, o in default.items()}
     out = {}
     for k in recs:
@@ -162,15 +162,15 @@ def veto_report(recs: dict[tuple, dict[str, Any]], margins: list[float], kind: s
     from guard_replay import GUARDS, replay
 
     default = {k: replay(r, GUARDS["default"]) for k, r in recs.items()}
-    estimates = noise_estimates(recs, kind)
+    off = {k: r["rows"][replay(r, None)[1] - 1]["test_acc"] for k, r in recs.items()}
+    estimates = noise_estimates(recs, default, kind)
     m = statistics.mean
     lines = []
     for margin in margins:
         groups: dict[tuple, list[tuple[float, float, int, int]]] = {}
         for k, rec in recs.items():
             new = replay(rec, vetoed(estimates[k], margin))
-            off = rec["rows"][replay(rec, None)[1] - 1]["test_acc"]
-            row = (_kept_acc(rec, default[k]) - off, _kept_acc(rec, new) - off)
+            row = (_kept_acc(rec, default[k]) - off[k], _kept_acc(rec, new) - off[k])
             groups.setdefault(k[:2], []).append((100 * row[0], 100 * row[1], default[k][0], new[0]))
         lines.append(f"veto margin {margin:g}:")
         for (domain, noise), v in sorted(groups.items()):
