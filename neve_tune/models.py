@@ -74,20 +74,16 @@ def create_model(name: str, num_classes: int, input_shape: tuple[int, ...], **op
         if arch not in torchvision.models.list_models():
             raise ValueError(f"model {name!r}: torchvision has no architecture {arch!r}")
         return torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **options)
-    if name not in MODELS:
-        raise ValueError(
-            f"model must be one of {sorted(MODELS)}, 'timm:<name>' or 'torchvision:<name>', got "
-            f"{name!r}"
-        )
     return MODELS[name](num_classes=num_classes, input_shape=input_shape, **options)
 
 
-_LIBRARIES = ("timm:", "torchvision:")
-# the arguments create_model passes a library's builder itself (a second value is a TypeError)
+# the libraries' prefixes, each with the arguments create_model passes their builders
+# itself (a second value is a TypeError)
 _SET_BY_CREATE = {
     "timm:": ("pretrained", "num_classes", "in_chans"),
     "torchvision:": ("weights", "num_classes"),
 }
+_LIBRARIES = tuple(_SET_BY_CREATE)
 
 
 def check_model_name(name: object, label: str = "model") -> str:
