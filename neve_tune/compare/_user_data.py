@@ -48,11 +48,11 @@ def user_bundle(train_set: Dataset, test_set: Dataset, num_classes: Any) -> Data
     else:
         num_classes = check_int("num_classes", num_classes, minimum=2)
     _check_range(num_classes, ("train_set", train_labels), ("test_set", test_labels))
-    shape = _input_shape("train_set", train_set)
-    if _input_shape("test_set", test_set) != shape:
+    shape, test_shape = _input_shape("train_set", train_set), _input_shape("test_set", test_set)
+    if test_shape != shape:
         raise ValueError(
-            f"test_set's inputs have shape {_input_shape('test_set', test_set)}, train_set's "
-            f"{shape}: the final models are scored on inputs like those they trained on"
+            f"test_set's inputs have shape {test_shape}, train_set's {shape}: the final models "
+            "are scored on inputs like those they trained on"
         )
     return DataBundle("user", train_set, test_set, shape, num_classes)
 
