@@ -11,7 +11,7 @@ from ..records import SCHEDULERS, SUBSET_SIGNALS, val_metric_key
 from ..study import Study, load_study
 from ._scheduler import NeVeASHAScheduler
 
-__all__ = ["asha_scheduler", "pick_scheduler"]
+__all__ = ["asha_scheduler", "pick_scheduler", "scheduler_kind"]
 
 
 def asha_scheduler(study: Study | str | os.PathLike, **overrides: Any) -> Any:
@@ -30,6 +30,14 @@ def asha_scheduler(study: Study | str | os.PathLike, **overrides: Any) -> Any:
     return ASHAScheduler(**kw)
 
 
+def scheduler_kind(kind: str, method: str) -> str:
+    """The scheduler ``kind`` stands for with ``method``: ``"auto"`` is ``"neve_asha"`` for
+    NeVe and ``"asha"`` for a validation baseline; any other kind is itself."""
+    if kind == "auto":
+        return "neve_asha" if method == "neve" else "asha"
+    return kind
+
+
 def pick_scheduler(
     kind: str,
     study: Study,
@@ -41,8 +49,7 @@ def pick_scheduler(
 ) -> Any:
     """The trial scheduler ``kind`` names for ``method`` (``build=False``: only check
     that the pair fits)."""
-    if kind == "auto":
-        kind = "neve_asha" if method == "neve" else "asha"
+    kind = scheduler_kind(kind, method)
     if kind == "fifo":
         return None
     if kind == "asha":

@@ -21,7 +21,7 @@ from ..records import RUNG_SIGNALS, SCHEDULERS
 from ..study import Study, load_study
 from ._run_config import check_run_config, run_config_for, run_kwargs
 from ._scheduler import NeVeASHAScheduler
-from ._scheduler_choice import pick_scheduler
+from ._scheduler_choice import pick_scheduler, scheduler_kind
 from ._stopper import NeVeStopper
 from ._trainable import (
     TRAINABLE_METHODS,
@@ -218,8 +218,7 @@ def check_search_args(
     check_choice("method", method, TRAINABLE_METHODS)
     check_choice("api", api, APIS)
     check_choice("scheduler", scheduler, SCHEDULERS)
-    ranks = scheduler == "neve_asha" or (scheduler == "auto" and method == "neve")
-    if rung_signal is not None and not ranks:
+    if rung_signal is not None and scheduler_kind(scheduler, method) != "neve_asha":
         raise ValueError(
             f"rung_signal ranks the NeVe scheduler's rungs; scheduler {scheduler!r} with method "
             f"{method!r} has none: drop rung_signal"
