@@ -8,7 +8,7 @@ library only there.
 from ._controller import Controller
 from .baselines import LRReplay, ValidationControl
 from .control import NeVe
-from .guard import MemorisationGuard
+from .guard import GuardVeto, MemorisationGuard
 from .prediction_changes import PredictionChanges, SubsetPredictionChanges
 from .probe import dataset_probe, gaussian_probe
 from .records import Cost, TrialResult
@@ -26,6 +26,7 @@ __all__ = [
     "Controller",
     "Cost",
     "FitResult",
+    "GuardVeto",
     "IntUniform",
     "LRReplay",
     "LogUniform",

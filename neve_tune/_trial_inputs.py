@@ -14,7 +14,7 @@ from .space import check_hyperparameter
 if TYPE_CHECKING:
     from .study import Study
 
-__all__ = ["check_device_name", "resolve_device", "trial_config"]
+__all__ = ["check_device_name", "counted_by", "resolve_device", "trial_config"]
 
 
 def check_device_name(device: Any) -> torch.device | None:
@@ -62,3 +62,9 @@ def trial_config(study: Study, config: Mapping[str, Any], method: str) -> dict[s
     for key in config or {}:  # the checks a study's defaults and the command-line flags pass
         check_hyperparameter(key, cfg[key], f"config[{key!r}]", threshold_mode=study.threshold_mode)
     return cfg
+
+
+def counted_by(study: Study, method: str) -> str:
+    """How a ``method`` trial counts its prediction changes: NeVe's guard reads them as the
+    study says; the baselines keep the free in-pass count."""
+    return study.prediction_changes if method == "neve" else "in_pass"

@@ -32,7 +32,7 @@ from ._rules import (
     stalled_early,
 )
 from ._step_inputs import check_step_inputs
-from .guard import MemorisationGuard
+from .guard import GuardVeto, MemorisationGuard
 from .velocity import NeuralVelocity
 
 __all__ = ["LR_SIGNALS", "NeVe", "resolve_threshold"]
@@ -70,7 +70,9 @@ class NeVe(Stoppable):
          (``pc_restore="mean"``, the default: the mean of the weights of the ``pc_window``
          epochs ending at the minimum, ``pc_best_epoch``, which the held-out accuracy's
          epoch-to-epoch jitter under noise makes better than any one of them;
-         ``"epoch"``: that epoch's weights alone; None: none);
+         ``"epoch"``: that epoch's weights alone; None: none); a search's ``veto``
+         (:class:`~neve_tune.guard.GuardVeto`) refuses a stop that leaves far more labels
+         unfit than the noise it estimates;
        - ``"stalled"``: either stop above (or the ``max_epochs`` cap) on a run that did not
          learn: its training loss is not below ``(1 - stall_margin)`` times its first
          epoch's, or not below ``(1 - stall_margin) * log(num_classes)`` (chance) when
@@ -128,6 +130,7 @@ class NeVe(Stoppable):
         pc_patience: int | None = None,
         pc_window: int = 3,
         pc_restore: str | None = "mean",
+        veto: GuardVeto | None = None,
     ) -> None:
         threshold, threshold_mode = resolve_threshold(threshold, threshold_mode)
         check_choice("lr_signal", lr_signal, LR_SIGNALS)
@@ -153,6 +156,9 @@ class NeVe(Stoppable):
         self.pc_patience = check_int("pc_patience", pc_patience, minimum=1, allow_none=True)
         self.pc_window = check_int("pc_window", pc_window, minimum=1)
         self.pc_restore = check_restore(pc_restore)
+        if veto is not None and not isinstance(veto, GuardVeto):
+            raise TypeError(f"veto must be a neve_tune.GuardVeto or None, got {veto!r}")
+        self.veto = veto
         self.lr_patience = lr_patience
         self._pc_warned = False  # the missing-prediction-changes warning, once per controller
         self.guard = (
@@ -226,6 +232,8 @@ class NeVe(Stoppable):
         # every epoch, the first too: the guard's clock starts at the first training loss
         stop = self.guard.update(self.epoch, prediction_changes, unfit, train_loss=train_loss)
         self._weights.observe(self.velocity.module, self.guard.kept)
+        if stop and self.veto is not None and self.epoch >= self.min_epochs:
+            return not self.veto.refuses(self.epoch, self.guard.best_unfit)
         return stop
 
     def step(
@@ -362,6 +370,7 @@ class NeVe(Stoppable):
             "pc_series": list(self.pc_series),
             "guard": None if self.guard is None else self.guard.state_dict(),
             "pc_best_epoch": self.pc_best_epoch,
+            "veto": None if self.veto is None else self.veto.state_dict(),
             **self._weights.state_dict(),  # best_weights (what a stop restores), recent_weights
         }
 
@@ -382,6 +391,8 @@ class NeVe(Stoppable):
         if self.guard is not None:
             self.guard.load_state_dict(state_dict["guard"])
         self._weights.load_state_dict(state_dict)
+        if self.veto is not None:
+            self.veto.load_state_dict(state_dict.get("veto") or {})
         capped = bool(state_dict.get("capped", False))  # absent: saved before it was kept
         stopped, stalls = state_dict["stopped_by"], self._stalled_early  # the losses restored
         self.stopped_by = reopened(stopped, self.epoch, self.max_epochs, capped, stalls)

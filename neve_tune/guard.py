@@ -25,6 +25,11 @@ more facts, both from the same examples the count is taken on:
    and its churn before a second learning phase is not memorisation. Without
    ``train_loss`` the clock is off (patience alone).
 
+A search adds evidence no single run holds: :class:`GuardVeto` refuses a stop while the
+share of labels the run does not fit at its minimum exceeds, by more than ``margin``, the
+label noise the search estimates from the runs the guard already ended (a slow learner
+still refuses far more labels than the noise explains; docs/design.md, "The guard's veto").
+
 The rule and its constants were chosen by replaying recorded runs against the epoch where
 each run's held-out accuracy peaked (``benchmarks/guard_replay.py``; docs/measurements.md,
 "The memorisation guard, measured").
@@ -42,12 +47,12 @@ each run's held-out accuracy peaked (``benchmarks/guard_replay.py``; docs/measur
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._checks import check_float, check_int
 
-__all__ = ["MemorisationGuard"]
+__all__ = ["VETO_MARGIN", "GuardVeto", "MemorisationGuard"]
 
 #: the moving average of changes at the minimum is below this share of the unfit labels
 SETTLE = 1.0
@@ -55,6 +60,8 @@ SETTLE = 1.0
 MEMORISE = 0.1
 #: learning began once the training loss is under (1 - MARGIN) x the first epoch's
 MARGIN = 0.1
+#: the veto's margin over the noise estimate (benchmarks/guard_evidence.py, ``--estimate guard``)
+VETO_MARGIN = 0.1
 
 
 class MemorisationGuard:
@@ -177,3 +184,65 @@ class MemorisationGuard:
         first = state_dict["first_loss"]
         self.first_loss = None if first is None else float(first)
         self.onset = int(state_dict["onset"])
+
+
+class GuardVeto:
+    """A search's veto on the guard's stops: no stop while the share of the counted labels
+    the run does not fit at the guard's minimum exceeds the search's label-noise estimate
+    by more than ``margin``.
+
+    ``noise_estimate`` is that estimate (a share in ``[0, 1]``), or a callable returning it
+    or None (no estimate yet: no veto), asked only when a stop would fire (a search's
+    estimate grows as its trials finish; :func:`neve_tune.optuna.guard_noise_estimate`
+    reads one from an Optuna study). ``examples`` is the number of examples
+    ``prediction_changes`` and ``unfit`` are counted on. A vetoed stop waits for the next
+    one the guard would take, at a new minimum or at the same one once the estimate moves.
+
+        >>> veto = GuardVeto(0.2, examples=1000)
+        >>> veto.refuses(12, best_unfit=250), veto.refuses(13, best_unfit=400)  # 25%: noise
+        (False, True)
+        >>> veto.vetoed_epochs
+        [13]
+        >>> GuardVeto(lambda: None, examples=1000).refuses(9, best_unfit=900)  # no estimate yet
+        False
+    """
+
+    def __init__(
+        self,
+        noise_estimate: float | Callable[[], float | None],
+        examples: int,
+        margin: float = VETO_MARGIN,
+    ) -> None:
+        if not callable(noise_estimate):
+            _check_share(noise_estimate)
+        self.noise_estimate = noise_estimate
+        self.examples = check_int("examples", examples, minimum=1)
+        self.margin = check_float("margin", margin, low=0.0)
+        self.vetoed_epochs: list[int] = []  # the epochs whose stop it refused
+
+    def estimate(self) -> float | None:
+        """The search's noise estimate now (None: none yet)."""
+        if not callable(self.noise_estimate):
+            return float(self.noise_estimate)
+        noise = self.noise_estimate()
+        return None if noise is None else _check_share(noise)
+
+    def refuses(self, epoch: int, best_unfit: float) -> bool:
+        """Whether the guard's stop at ``epoch``, whose minimum left ``best_unfit`` labels
+        unfit, is refused (the epoch is then recorded in :attr:`vetoed_epochs`)."""
+        noise = self.estimate()
+        refused = noise is not None and best_unfit / self.examples > noise + self.margin
+        if refused:
+            self.vetoed_epochs.append(int(epoch))
+        return refused
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"vetoed_epochs": list(self.vetoed_epochs)}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.vetoed_epochs = [int(e) for e in state_dict.get("vetoed_epochs", [])]
+
+
+def _check_share(noise: Any) -> float:
+    """``noise`` as a float in [0, 1] (NumPy and 0-d tensor scalars too)."""
+    return check_float("noise_estimate", noise, low=0.0, high=1.0)  # type: ignore[return-value]

@@ -155,8 +155,9 @@ class TrialResult:
     the baselines: validation loss, or validation error ``1 - val_acc`` with
     ``Study.val_metric="acc"``) and NaN when the run has none (diverged, stalled).
     ``train_size`` is the size of the full training set that ``cost`` is measured
-    against (``epochs_equiv``). ``test_acc``/``test_loss`` are None unless the test set
-    was read (once, after training).
+    against (``epochs_equiv``). ``unfit_share`` (NeVe) is the share of the examples the
+    prediction changes are counted on whose label the kept epoch did not fit.
+    ``test_acc``/``test_loss`` are None unless the test set was read (once, after training).
     """
 
     config: dict[str, Any]
@@ -172,6 +173,7 @@ class TrialResult:
     test_acc: float | None = None
     test_loss: float | None = None
     test_samples: int | None = None
+    unfit_share: float | None = None
 
     @property
     def converged(self) -> bool:
@@ -200,6 +202,8 @@ class TrialResult:
         }
         if self.test_samples is not None:
             d["test_samples"] = self.test_samples
+        if self.unfit_share is not None:
+            d["unfit_share"] = self.unfit_share
         return d
 
     def summary(self) -> dict[str, Any]:

@@ -72,7 +72,9 @@ class Study:
     searched over 1e-3–1e-1) or ``"absolute"`` (velocity itself); ``stall_margin`` the drop in
     training loss (from the first epoch, and from chance) that counts as learning; ``pc_patience`` /
     ``pc_window`` / ``pc_restore`` the memorisation guard (None: off), counted
-    ``prediction_changes="in_pass"`` or on a subset of ``pc_subset_size`` examples. The defaults are
+    ``prediction_changes="in_pass"`` or on a subset of ``pc_subset_size`` examples;
+    ``pc_veto_margin`` the search's veto on its stops (:class:`~neve_tune.guard.GuardVeto`;
+    None, the default: off; the replays chose 0.1, ``VETO_MARGIN``). The defaults are
     the measured ones (docs/measurements.md,
     "Which validation-free defaults, and why"). ``selection_subset`` (0: off) makes each
     NeVe trial record (every epoch, or under a ``NeVePruner`` ranking on them its rung
@@ -115,6 +117,7 @@ class Study:
     pc_patience: int | None = 3
     pc_window: int = 3
     pc_restore: str | None = "mean"
+    pc_veto_margin: float | None = None
     prediction_changes: str = "in_pass"
     pc_subset_size: int = 1000
     selection_subset: int = 500
@@ -175,6 +178,7 @@ class Study:
         check_int("pc_patience", self.pc_patience, minimum=1, allow_none=True)
         check_int("pc_window", self.pc_window, minimum=1)
         check_restore(self.pc_restore)
+        check_float("pc_veto_margin", self.pc_veto_margin, low=0.0, allow_none=True)
         check_choice("prediction_changes", self.prediction_changes, PREDICTION_CHANGES)
         check_int("pc_subset_size", self.pc_subset_size, minimum=1)
         check_int("selection_subset", self.selection_subset, minimum=0)

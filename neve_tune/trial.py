@@ -35,7 +35,8 @@ import torch
 from ._checks import check_choice, check_float, check_model_fn
 from ._model_fit import trial_model
 from ._subset_epochs import selection_measure
-from ._trial_inputs import resolve_device, trial_config
+from ._trial_inputs import counted_by, resolve_device, trial_config
+from ._trial_veto import NoiseEstimate, trial_unfit_share, trial_veto
 from .baselines import LRReplay, ValidationControl
 from .control import NeVe
 from .data import DataBundle, data_identity, validation_split
@@ -246,10 +247,12 @@ def make_controller(
     seed: int,
     lr_schedule: Sequence[float] | None = None,
     num_classes: int | None = None,
+    noise_estimate: NoiseEstimate | None = None,
 ) -> Any:
     """The per-trial controller of ``method``: :class:`~neve_tune.NeVe` with the study's
     probe and budget, :class:`~neve_tune.ValidationControl` for the baselines, or
-    :class:`~neve_tune.baselines.LRReplay` for a retrain."""
+    :class:`~neve_tune.baselines.LRReplay` for a retrain. ``noise_estimate`` is NeVe's
+    search's label-noise estimate, which vetoes guard stops (``study.pc_veto_margin``)."""
     if method == "neve":
         if study.probe == "noise":
             probe = gaussian_probe(input_shape, study.probe_samples, seed=seed)
@@ -270,6 +273,7 @@ def make_controller(
             pc_patience=study.pc_patience,
             pc_window=study.pc_window,
             pc_restore=study.pc_restore,
+            veto=trial_veto(study, train_set, noise_estimate),
         )
     if method == "retrain":
         return LRReplay(optimizer, lr_schedule or [])
@@ -299,6 +303,7 @@ def run_trial(
     lr_schedule: Sequence[float] | None = None,
     model_fn: Callable[[], torch.nn.Module] | None = None,
     subset_epochs: Collection[int] | None = None,
+    noise_estimate: NoiseEstimate | None = None,
 ) -> TrialResult:
     """Train one configuration and return its :class:`~neve_tune.records.TrialResult`.
 
@@ -310,7 +315,8 @@ def run_trial(
     only when ``evaluate_test``. ``model_fn`` builds the model instead of ``study.model``.
     ``subset_epochs``: with ``study.selection_subset``, record ``subset_pred``/``subset_fit``
     only at these epochs and the last (the search's rung epochs; None: every epoch).
-    """
+    ``noise_estimate``: the label noise NeVe's search estimates (a share, or a callable giving
+    one or None), for the guard's veto (``study.pc_veto_margin``; docs/design.md)."""
     check_choice("method", method, METHODS)
     check_model_fn(model_fn)
     cfg = trial_config(study, config, method)
@@ -319,7 +325,6 @@ def run_trial(
     train_set, val_set = bundle.train, None
     if method in ("asha", "asha_es"):
         train_set, val_set = validation_split(bundle.train, study.val_fraction, seed=seed)
-
     model = trial_model(study, bundle, seed, model_fn).to(device)
     optimizer = make_optimizer(model, cfg)
     measure, forwards = selection_measure(study, method, bundle.train, seed, model, subset_epochs)
@@ -334,6 +339,7 @@ def run_trial(
         seed=seed,
         lr_schedule=lr_schedule,
         num_classes=bundle.num_classes,
+        noise_estimate=noise_estimate,
     )
     fitted = fit(
         model,
@@ -349,8 +355,7 @@ def run_trial(
         on_epoch=on_epoch,
         measure=measure,
         checkpoint_meta=run_guard(study, cfg, method, seed, model, model_fn),
-        # only NeVe's guard reads them; the baselines keep the free in-pass count
-        prediction_changes=study.prediction_changes if method == "neve" else "in_pass",
+        prediction_changes=counted_by(study, method),
         pc_subset_size=study.pc_subset_size,
     )
     fitted.cost.probe_samples += forwards()  # the selection subset's
@@ -367,6 +372,7 @@ def run_trial(
         cost=fitted.cost,
         history=fitted.history,
         train_size=len(bundle.train),
+        unfit_share=trial_unfit_share(study, method, fitted.history, len(train_set)),
     )  # type: ignore[arg-type]
     if evaluate_test:
         _score_on_test(result, model, bundle.test, device, amp_dtype(study))

@@ -15,6 +15,7 @@ stalled trials and, at successive-halving rungs, those that fit the training set
   (:class:`RecoveryConfig`).
 - :func:`plot_study`: velocity curves and search history as PNG.
 - :func:`pick_trial`: the winning trial, by objective or by the cross-trial consensus.
+- :func:`guard_noise_estimate`: the label noise the guard's veto compares a stop with.
 - :func:`search_trials`: the comparison's adapter (one seeded search -> its trials).
 
 The command line ``neve-tune optuna worker|plot|best`` lives in :mod:`neve_tune.cli.optuna`.
@@ -32,6 +33,7 @@ Only this package imports Optuna; ``import neve_tune`` does not.
 """
 
 from ..selection_policy import SELECTIONS
+from ._guard_noise import guard_noise_estimate
 from ._objective import SUMMARY_ATTRS, checkpoint_path_for, make_objective, suggest_config
 from ._open import StudyNotFoundError, open_study
 from ._plots import plot_study
@@ -70,6 +72,7 @@ __all__ = [
     "WorkerInterrupted",
     "checkpoint_path_for",
     "epoch_key",
+    "guard_noise_estimate",
     "last_fits",
     "last_predictions",
     "make_objective",

@@ -46,6 +46,7 @@ from ..space import Choice, IntUniform, LogUniform, Uniform
 from ..study import Study, load_study
 from ..train import warn_damaged
 from ..trial import run_trial
+from ._guard_noise import study_noise_estimate
 from ._pruner import NeVePruner
 from ._report import report_epoch, running_trial, trial_history
 from ._stop import Abandon, PoliteStop
@@ -66,6 +67,7 @@ SUMMARY_ATTRS = (
     "test_acc",
     "test_loss",
     "cost",
+    "unfit_share",
 )
 
 
@@ -285,6 +287,7 @@ class _TrialRun:
                     evaluate_test=self.evaluate_test,
                     model_fn=self.model_fn,
                     subset_epochs=self._rung_epochs(trial),
+                    noise_estimate=study_noise_estimate(trial, self.method),
                 )
         except optuna.TrialPruned:
             with self.stop.writing(then_stop=False):
@@ -376,25 +379,12 @@ def _finish_pruned(
     stopped_by: str = "pruned",
 ) -> None:
     """Summary attributes of a pruned trial, from its last epoch's metrics."""
-    epochs = int(last.get("epoch", 0))
     spent = Cost.from_dict(last)
     spent.wall_s = float(sum((m.get("epoch_time_s") or 0.0) for m in trial_history(trial)))
-    cost = spent.as_dict(full_train_size)
-    summary = {
-        "method": method,
-        "seed": seed,
-        "stopped_by": "diverged"
-        if last.get("diverged")
-        else "stalled"
-        if last.get("stalled")
-        else stopped_by,
-        "epochs": epochs,
-        "objective": None,
-        "best_epoch": None,
-        "test_acc": None,
-        "test_loss": None,
-        "cost": cost,
-    }
+    summary = dict.fromkeys(SUMMARY_ATTRS)  # None: the objective, test scores, ... it lacks
+    why = "diverged" if last.get("diverged") else "stalled" if last.get("stalled") else stopped_by
+    summary.update(method=method, seed=seed, stopped_by=why, epochs=int(last.get("epoch", 0)))
+    summary["cost"] = spent.as_dict(full_train_size)
     for key, value in summary.items():
         trial.set_user_attr(key, value)
     _drop(ckpt, keep)

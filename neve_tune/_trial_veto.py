@@ -1,0 +1,67 @@
+"""A trial's part in its search's guard veto (docs/design.md, "The guard's veto"): the
+:class:`~neve_tune.guard.GuardVeto` a study's NeVe trial runs under, and the evidence the
+trial leaves for the next ones, the share of the counted labels its kept epoch did not fit.
+
+    >>> from neve_tune import load_study
+    >>> study = load_study("digits").replace(pc_veto_margin=0.1)   # off by default
+    >>> veto = trial_veto(study, range(1437), noise_estimate=0.2)
+    >>> veto.examples, veto.margin         # the training pass counts every example
+    (1437, 0.1)
+    >>> kept_unfit_share([{"unfit": 300, "kept_epoch": 1}, {"unfit": 200, "kept_epoch": 1}], 1000)
+    0.3
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence, Sized
+from typing import TYPE_CHECKING, Any
+
+from ._checks import is_finite
+from .guard import GuardVeto
+
+if TYPE_CHECKING:
+    from .study import Study
+
+__all__ = ["counted_examples", "kept_unfit_share", "trial_unfit_share", "trial_veto"]
+
+NoiseEstimate = float | Callable[[], float | None]
+
+
+def counted_examples(study: Study, train_size: int) -> int:
+    """How many examples a NeVe trial of ``study`` counts ``prediction_changes`` and
+    ``unfit`` on: the whole training set in the pass, or the subset (all of a smaller set)."""
+    if study.prediction_changes == "in_pass":
+        return int(train_size)
+    return min(int(study.pc_subset_size), int(train_size))
+
+
+def trial_veto(
+    study: Study, train_set: Sized, noise_estimate: NoiseEstimate | None
+) -> GuardVeto | None:
+    """The veto a NeVe trial of ``study`` on ``train_set`` runs under: None with no
+    estimate, the guard off, or ``study.pc_veto_margin`` None (the default)."""
+    if noise_estimate is None or study.pc_patience is None or study.pc_veto_margin is None:
+        return None
+    examples = counted_examples(study, len(train_set))
+    return GuardVeto(noise_estimate, examples, margin=study.pc_veto_margin)
+
+
+def kept_unfit_share(history: Sequence[Mapping[str, Any]], examples: int) -> float | None:
+    """The share of the ``examples`` counted whose label the epoch the run kept did not fit
+    (its last epoch's ``kept_epoch``); None where that count is not in the history."""
+    if not history:
+        return None
+    kept = history[-1].get("kept_epoch")
+    if not isinstance(kept, int) or not 0 < kept <= len(history):
+        return None
+    unfit = history[kept - 1].get("unfit")
+    return float(unfit) / examples if is_finite(unfit) else None
+
+
+def trial_unfit_share(
+    study: Study, method: str, history: Sequence[Mapping[str, Any]], train_size: int
+) -> float | None:
+    """A ``method`` trial's :func:`kept_unfit_share` (NeVe's; the baselines' None)."""
+    if method != "neve":
+        return None
+    return kept_unfit_share(history, counted_examples(study, train_size))
