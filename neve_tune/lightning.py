@@ -59,6 +59,7 @@ from ._callbacks.lightning_probe import pc_source, probe_forward, probe_from_bat
 from ._callbacks.lr_compose import check_composable, follow_decay, lrs
 from ._callbacks.pc_source import PCSource, batch_labels, batch_logits
 from ._callbacks.subset import call_model, check_selection_subset, record_subset
+from ._callbacks.veto import record_stop
 from ._controller import reopened_history
 from .control import NeVe
 from .probe import gaussian_probe
@@ -141,7 +142,8 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         verbose: print one line when the callback stops the run.
         **controller_options: more :class:`neve_tune.NeVe` options (``min_epochs``,
             ``max_epochs``, ``lr_factor``, ``lr_patience``, ``lr_signal``, ``threshold_mode``,
-            ``num_classes``, ``stall_margin``, ``pc_patience``, ``pc_window``, ``pc_restore``).
+            ``num_classes``, ``stall_margin``, ``pc_patience``, ``pc_window``, ``pc_restore``);
+            ``pc_veto_margin``, the guard's veto with a trial (docs/design.md).
     """
 
     who = "NeVeCallback"
@@ -252,7 +254,9 @@ class NeVeCallback(CallbackSettings, pl.Callback):
             else self.layers
         )
         velocity = NeuralVelocity(self._forward(pl_module), probe, layers=layers)
-        self.neve = NeVe(trainer.optimizers[0], velocity, threshold=self.threshold, **options)
+        self.neve = NeVe(
+            trainer.optimizers[0], velocity, threshold=self.threshold, veto=self.veto(), **options
+        )
         state, self._pending_state = self._pending_state, None
         if state is not None:
             self.neve.load_state_dict(state["neve"])
@@ -356,6 +360,8 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         if bool(trainer.strategy.broadcast(self.neve.should_stop)):
             trainer.should_stop = True
             self._report_stop(trainer)
+            if trainer.is_global_zero:
+                record_stop(self.trial, self.neve.stopped_by, self.history, self._source)
 
     def _report_stop(self, trainer: pl.Trainer, why: str | None = None) -> None:
         """The stop reason (``why``: the controller's, or ``"pruned"`` by the trial's pruner)

@@ -179,7 +179,7 @@ def test_missing_probe_key_is_a_clear_error(tmp_path):
 
 def test_hyperparameter_search_optuna_prunes(tmp_path):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    neve = NeVeTrainerCallback(threshold=1e-2, min_epochs=2)
+    neve = NeVeTrainerCallback(threshold=1e-2, min_epochs=2, pc_veto_margin=0.1)
     storage = optuna.storages.InMemoryStorage()
     data = Tokens()
     trainer = Trainer(
@@ -224,6 +224,11 @@ def test_hyperparameter_search_optuna_prunes(tmp_path):
     for t in complete:  # each completed trial stopped itself by velocity before 10 epochs
         last = trial_history(t)[-1]
         assert last["neve_stop"] is True and last["epoch"] < 10
+        # the evidence the guard's veto reads (docs/design.md, "The guard's veto")
+        assert t.user_attrs["stopped_by"] == "velocity"
+        kept = trial_history(t)[last["kept_epoch"] - 1]
+        assert t.user_attrs["unfit_share"] == pytest.approx(kept["unfit"] / len(data))
+    assert neve.neve.veto is not None and neve.neve.veto.examples == len(data)
 
 
 def test_embedding_level_noise_probe(tmp_path):

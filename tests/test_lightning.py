@@ -325,6 +325,34 @@ def test_optuna_study_prunes_and_converges():
         assert all("train_loss" in m and "velocity" in m for m in history)
 
 
+def test_with_an_optuna_trial_the_guard_runs_under_its_studys_veto():
+    # docs/design.md, "The guard's veto": the study's estimate, and the evidence a run leaves
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    attrs = {"method": "neve", "stopped_by": "prediction_changes", "unfit_share": 0.25}
+    study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs=attrs))
+    trial = study.ask()
+    neve = NeVeCallback(trial=trial, max_epochs=4, pc_veto_margin=0.1)
+    _trainer([neve], max_epochs=4).fit(Net(lr=0.5), _loader())
+    veto = neve.neve.veto
+    assert isinstance(veto, neve_tune.GuardVeto) and veto.examples == 256  # the subset: all
+    assert veto.estimate() == 0.25
+    last = neve.history[-1]
+    share = neve.history[last["kept_epoch"] - 1]["unfit"] / 256
+    assert trial.study.trials[-1].user_attrs["stopped_by"] == neve.stopped_by
+    assert trial.study.trials[-1].user_attrs["unfit_share"] == pytest.approx(share)
+    alone = NeVeCallback(max_epochs=2, pc_veto_margin=0.1)  # no trial, no other runs: no veto
+    _trainer([alone], max_epochs=2).fit(Net(lr=0.5), _loader())
+    assert alone.neve.veto is None
+    off = NeVeCallback(trial=study.ask(), max_epochs=2)  # the veto is off by default
+    _trainer([off], max_epochs=2).fit(Net(lr=0.5), _loader())
+    assert off.neve.veto is None and study.trials[-1].user_attrs["stopped_by"] == "max_epochs"
+    with pytest.raises(ValueError, match="pc_veto_margin must be"):
+        NeVeCallback(pc_veto_margin=-1)
+    with pytest.raises(ValueError, match="pc_veto_margin is unused with the guard off"):
+        NeVeCallback(pc_patience=None, pc_veto_margin=0.1)
+
+
 def test_a_pruned_run_records_and_prints_its_stop(capsys):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     trial = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0)).ask()

@@ -31,9 +31,11 @@ import torch
 from .._checks import check_float, check_int
 from .._rules import resolve_patience
 from ..control import NeVe
+from ..guard import GuardVeto
 from ..prediction_changes import PredictionChanges, SubsetPredictionChanges
 from ..velocity import NeuralVelocity
 from .forward import check_probe_target
+from .veto import search_veto
 
 __all__ = [
     "CallbackArguments",
@@ -45,7 +47,7 @@ __all__ = [
 ]
 
 # set by the callback itself, never through **controller_options
-_OWN = {"self", "optimizer", "velocity", "threshold"}
+_OWN = {"self", "optimizer", "velocity", "threshold", "veto"}
 # the studies' trial control (neve_tune.Study), which the callbacks share
 STUDY_DEFAULTS: dict[str, Any] = {
     "lr_patience": "auto",
@@ -179,7 +181,10 @@ class CallbackSettings:
         """Check ``given`` and keep it (see the class doc)."""
         who, probe, probe_samples = self.who, given.probe, given.probe_samples
         probe_module, probe_fn, verbose = given.probe_module, given.probe_fn, given.verbose
-        controller_options = given.controller_options
+        controller_options = dict(given.controller_options)
+        # the guard's veto with an Optuna trial (docs/design.md, "The guard's veto"): not NeVe's
+        margin = controller_options.pop("pc_veto_margin", None)
+        self.pc_veto_margin = check_float("pc_veto_margin", margin, low=0.0, allow_none=True)
         if probe is not None and not isinstance(probe, torch.Tensor):
             raise TypeError(
                 f"probe must be a torch.Tensor [N, ...] or None, got {type(probe).__name__}"
@@ -209,9 +214,16 @@ class CallbackSettings:
             options, self.prediction_changes, set(controller_options), who
         )
         check_controller_values(options, self.threshold)
+        if self.pc_veto_margin is not None and self.source_spec is None:
+            raise ValueError(f"{who}: pc_veto_margin is unused with the guard off; drop it")
         self.controller_options = options
         self.neve: NeVe | None = None
         self.history: list[dict[str, Any]] = []
+
+    def veto(self) -> GuardVeto | None:
+        """The guard's veto of this run: with an Optuna trial and ``pc_veto_margin``, one
+        reading the trial's study (:func:`~neve_tune._callbacks.veto.search_veto`)."""
+        return search_veto(self.trial, getattr(self, "_source", None), self.pc_veto_margin)
 
     def _check_source(self, source: Any) -> Any:
         if source is None or (isinstance(source, str) and source in self.sources):

@@ -73,6 +73,13 @@ class PCSource:
         return cls(counter)
 
     @property
+    def examples(self) -> int:
+        """How many examples the counts are taken on (the subset, or the whole set in the pass)."""
+        if isinstance(self.counter, PredictionChanges):
+            return int(self.counter.predictions.numel())
+        return int(self.counter.num_examples)
+
+    @property
     def forward_samples(self) -> int:
         """Forward-only samples one :meth:`measure` costs (0 when counted in the training pass)."""
         return 0 if isinstance(self.counter, PredictionChanges) else int(self.counter.num_examples)

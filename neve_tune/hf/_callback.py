@@ -16,6 +16,7 @@ from .._callbacks.forward import ProbeForward, prefixed_layers
 from .._callbacks.lr_compose import check_composable, follow_decay, lrs
 from .._callbacks.pc_source import PCSource, check_classes
 from .._callbacks.subset import check_selection_subset, record_subset
+from .._callbacks.veto import record_stop
 from .._checks import check_int, check_model_fn
 from ..control import NeVe
 from ..velocity import NeuralVelocity
@@ -268,6 +269,7 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
             optimizer,
             velocity,
             threshold=self.threshold,
+            veto=self.veto(),
             **self.controller_kwargs(self._max_measurements(state)),
         )
         self._lr_scheduler, self._model = lr_scheduler, model
@@ -351,6 +353,8 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
         if neve.should_stop:
             control.should_training_stop = True
             self._report_stop(state)
+            if state.is_world_process_zero:
+                record_stop(self.trial, neve.stopped_by, self.history, self._source)
         return control
 
     def _report_stop(self, state: Any, why: str | None = None) -> None:
