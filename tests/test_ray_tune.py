@@ -446,3 +446,37 @@ def test_tuner_restore_finishes_an_interrupted_experiment(ray_2cpus, study, tmp_
     # finished before the interrupt, which are not run again
     state = pickle.loads((tmp_path / "scheduler.pkl").read_bytes())
     assert set(state["outcome"]) == ids
+
+
+def test_the_guard_noise_board_holds_the_searchs_estimate(ray_2cpus, study, tmp_path):
+    # docs/design.md, "The guard's veto": the shares of the trials the guard ended, their median
+    from neve_tune.ray import guard_noise_board
+    from neve_tune.ray._guard_noise import board_estimate, post_result
+    from neve_tune.records import Cost, TrialResult
+
+    def ended(stopped_by, share):
+        return TrialResult({}, "neve", 0, stopped_by, 3, 0.1, 3, Cost(), [], 10, unfit_share=share)
+
+    board = guard_noise_board()
+    try:
+        estimate = board_estimate(board)
+        assert estimate() is None  # no trial ended by the guard yet: no veto
+        post_result(board, ended("velocity", 0.02))  # memorised before it stopped: not evidence
+        post_result(board, ended("prediction_changes", None))
+        assert estimate() is None
+        post_result(board, ended("prediction_changes", 0.2))
+        post_result(board, ended("prediction_changes", 0.3))
+        assert estimate() == pytest.approx(0.25)
+        # the trials of a search read and post from their worker processes
+        grid = tune.Tuner(
+            neve_trainable(study.replace(max_epochs=2), guard_noise=board),
+            param_space=to_ray_space(study),
+            tune_config=tune.TuneConfig(num_samples=2),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
+        ).fit()
+        assert not grid.errors
+        assert estimate() == pytest.approx(0.25)  # two epochs: no guard stop posted
+    finally:
+        ray.kill(board)
+    with pytest.raises(TypeError, match="guard_noise must be a board"):
+        neve_trainable(study, guard_noise=0.2)

@@ -13,6 +13,8 @@
   ``tune.get_checkpoint()``.
 - :func:`report_epoch`: what a trainable of your own reports each epoch (checked keys,
   plain numbers, ``ray.tune.report``), the sibling of :func:`neve_tune.optuna.report_epoch`.
+- :func:`guard_noise_board`: the search's label-noise estimate for the guard's veto, an
+  actor the trials post to and read (``run_search`` starts one per NeVe search).
 - :func:`to_ray_space`, :func:`run_search`, :func:`asha_scheduler` (the validation
   baseline), :func:`search_trials` (the comparison's adapter); the command line
   ``neve-tune ray run`` lives in :mod:`neve_tune.cli.ray`.
@@ -26,6 +28,7 @@ Example::
 """
 
 from .._checks import check_resources
+from ._guard_noise import guard_noise_board
 from ._report import report_epoch
 from ._scheduler import NeVeASHAScheduler
 from ._scheduler_choice import asha_scheduler
@@ -51,6 +54,7 @@ __all__ = [
     "check_resources",
     "check_resources_available",
     "default_max_failures",
+    "guard_noise_board",
     "neve_trainable",
     "report_epoch",
     "reported_metrics",

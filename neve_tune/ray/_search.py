@@ -19,6 +19,7 @@ from .._names import check_folder_name, shown
 from .._trial_inputs import check_device_name
 from ..records import RUNG_SIGNALS, SCHEDULERS
 from ..study import Study, load_study
+from ._guard_noise import search_board
 from ._run_config import check_run_config, run_config_for, run_kwargs
 from ._scheduler import NeVeASHAScheduler
 from ._scheduler_choice import pick_scheduler, scheduler_kind
@@ -157,34 +158,38 @@ def run_search(
             verbose=0, failure_config=tune.FailureConfig(max_failures=default_max_failures())
         )
     sched = pick_scheduler(scheduler, study, method, min_resource, reduction_factor, rung_signal)
-    trainable = neve_trainable(
-        study,
-        method=method,
-        seed=seed,
-        device=device,
-        resources=res,
-        data=data,
-        model_fn=model_fn,
-        subset_epochs=sched.subset_epochs() if isinstance(sched, NeVeASHAScheduler) else None,
-    )
-    # the scheduler's rungs travel in Tune's experiment checkpoint through its callback
-    own = [_TrialLines()] + ([sched.callback()] if isinstance(sched, NeVeASHAScheduler) else [])
-    config = run_config_for(run_config, _stopper(method, stopper), own)
-    if resume:
-        return _restore(trainable, config)
-    # a seeded sampler; it enforces the concurrency limit itself (Tune ignores
-    # max_concurrent_trials for a search generator)
-    search_alg = BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent_trials or 0)
-    run = _run_api if api == "run" else _tuner_api
-    return run(
-        trainable,
-        to_ray_space(study),
-        num_samples=num_samples,
-        search_alg=search_alg,
-        scheduler=sched,
-        reuse_actors=reuse_actors,
-        run_config=config,
-    )
+    with search_board(study, method) as board:  # the guard's veto: the search's noise estimate
+        trainable = neve_trainable(
+            study,
+            method=method,
+            seed=seed,
+            device=device,
+            resources=res,
+            data=data,
+            model_fn=model_fn,
+            subset_epochs=sched.subset_epochs() if isinstance(sched, NeVeASHAScheduler) else None,
+            guard_noise=board,
+        )
+        # the scheduler's rungs travel in Tune's experiment checkpoint through its callback
+        own = [_TrialLines()] + ([sched.callback()] if isinstance(sched, NeVeASHAScheduler) else [])
+        config = run_config_for(run_config, _stopper(method, stopper), own)
+        if resume:
+            return _restore(trainable, config)
+        # a seeded sampler; it enforces the concurrency limit itself (Tune ignores
+        # max_concurrent_trials for a search generator)
+        search_alg = BasicVariantGenerator(
+            random_state=seed, max_concurrent=max_concurrent_trials or 0
+        )
+        run = _run_api if api == "run" else _tuner_api
+        return run(
+            trainable,
+            to_ray_space(study),
+            num_samples=num_samples,
+            search_alg=search_alg,
+            scheduler=sched,
+            reuse_actors=reuse_actors,
+            run_config=config,
+        )
 
 
 def default_max_failures() -> int:

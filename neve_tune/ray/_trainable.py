@@ -30,6 +30,7 @@ from ..records import METHODS, METRIC_NAMES, SEARCH_METHODS, Cost, TrialResult
 from ..space import Choice, IntUniform, LogUniform, Uniform
 from ..study import Study, load_study
 from ..trial import run_trial
+from ._guard_noise import board_estimate, check_board, post_result
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -217,6 +218,7 @@ def _make_train_fn(
     device: Any,
     user_model_fn: Callable[[], Any] | None = None,
     subset_epochs: tuple[int, ...] | None = None,
+    board: Any = None,
 ) -> Callable[..., None]:
     def train(config: dict[str, Any], data: DataBundle | None = None) -> None:
         cfg, config_seed = _check_config(study, config)
@@ -257,7 +259,10 @@ def _make_train_fn(
                 evaluate_test=True,
                 model_fn=user_model_fn,
                 subset_epochs=subset_epochs,
+                noise_estimate=None if board is None else board_estimate(board),
             )
+            if board is not None:
+                post_result(board, result)
             if result.history:
                 # the last epoch (or, restored from a checkpoint of the last epoch whose
                 # report never arrived, that epoch) with the final record
@@ -284,6 +289,7 @@ def neve_trainable(
     resources: Mapping[str, float] | None = None,
     model_fn: Callable[[], Any] | None = None,
     subset_epochs: Collection[int] | None = None,
+    guard_noise: Any = None,
 ) -> Any:
     """A Ray Tune function trainable that trains one configuration of ``study``.
 
@@ -320,6 +326,10 @@ def neve_trainable(
             only at these epochs and the last: the scheduler's
             :meth:`~neve_tune.ray.NeVeASHAScheduler.subset_epochs`, as
             :func:`~neve_tune.ray.run_search` passes them (None: every epoch).
+        guard_noise: a board from :func:`~neve_tune.ray.guard_noise_board` (``run_search``
+            passes one to NeVe): each trial the guard ends posts its ``unfit_share`` there,
+            and the guard's veto reads the search's noise estimate from it (docs/design.md,
+            "The guard's veto"); None: no veto.
 
     Example::
 
@@ -336,7 +346,8 @@ def neve_trainable(
         name="resources" if resources is not None else f"study {study.name!r} resources",
     )
     epochs = _check_subset_epochs(subset_epochs)
-    fn: Any = _make_train_fn(study, method, seed, device, model_fn, epochs)
+    board = check_board(guard_noise)
+    fn: Any = _make_train_fn(study, method, seed, device, model_fn, epochs, board)
     if data is not None:
         fn = tune.with_parameters(fn, data=data)
     return tune.with_resources(fn, res)

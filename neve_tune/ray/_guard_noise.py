@@ -1,0 +1,91 @@
+"""The guard's veto in a Ray Tune search (docs/design.md, "The guard's veto").
+
+Tune has no channel from one trial to another, so the search's label-noise estimate lives in
+a small actor, a *board*: a trial the memorisation guard ended posts its ``unfit_share``, and
+a trial whose guard would stop asks for the median of those posted so far (as
+:func:`neve_tune.optuna.guard_noise_estimate` reads it from an Optuna study).
+:func:`~neve_tune.ray.run_search` starts one per NeVe search and ends it after; a user's own
+``Tuner`` passes one to :func:`~neve_tune.ray.neve_trainable` (``guard_noise=``). A search
+restored after its driver ended starts a new, empty board.
+
+    >>> import ray
+    >>> _ = ray.init(address="local", include_dashboard=False, num_cpus=1)  # doctest: +SKIP
+    >>> board = guard_noise_board()                                         # doctest: +SKIP
+    >>> ray.get([board.add.remote(s) for s in (0.2, 0.3)])                  # doctest: +SKIP
+    >>> board_estimate(board)()                                             # doctest: +SKIP
+    0.25
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import ray
+from ray.actor import ActorHandle
+
+from ..records import TrialResult
+from ..study import Study
+
+__all__ = [
+    "board_estimate",
+    "check_board",
+    "guard_noise_board",
+    "post_result",
+    "search_board",
+]
+
+
+@ray.remote(num_cpus=0)
+class GuardNoiseBoard:
+    """The unfit shares of a search's trials the guard ended; their median on request."""
+
+    def __init__(self) -> None:
+        self.shares: list[float] = []
+
+    def add(self, share: float) -> None:
+        self.shares.append(float(share))
+
+    def estimate(self) -> float | None:
+        return statistics.median(self.shares) if self.shares else None
+
+
+def guard_noise_board() -> ActorHandle:
+    """A new, empty board on the connected Ray cluster (``ray.kill`` it after the search)."""
+    return GuardNoiseBoard.remote()
+
+
+def check_board(board: Any) -> ActorHandle | None:
+    """``board`` if it is an actor handle or None; else a TypeError naming ``guard_noise``."""
+    if board is not None and not isinstance(board, ActorHandle):
+        raise TypeError(
+            f"guard_noise must be a board from neve_tune.ray.guard_noise_board() or None, got "
+            f"{type(board).__name__}"
+        )
+    return board
+
+
+def board_estimate(board: ActorHandle) -> Callable[[], float | None]:
+    """The ``noise_estimate`` a trial passes to :func:`neve_tune.run_trial`."""
+    return lambda: ray.get(board.estimate.remote())
+
+
+def post_result(board: ActorHandle, result: TrialResult) -> None:
+    """Post a finished trial's evidence: its unfit share, if the guard ended it."""
+    if result.stopped_by == "prediction_changes" and result.unfit_share is not None:
+        ray.get(board.add.remote(result.unfit_share))
+
+
+@contextmanager
+def search_board(study: Study, method: str) -> Iterator[ActorHandle | None]:
+    """A board for one search while it runs: NeVe's, with the guard and its veto on
+    (``study.pc_veto_margin``); None otherwise."""
+    on = method == "neve" and None not in (study.pc_patience, study.pc_veto_margin)
+    board = guard_noise_board() if on else None
+    try:
+        yield board
+    finally:
+        if board is not None:
+            ray.kill(board)
