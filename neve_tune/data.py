@@ -18,15 +18,13 @@ Example::
 from __future__ import annotations
 
 import functools
-import inspect
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
 from ._checks import check_bool, check_float, check_int, check_seed, check_shape
 from ._data_changes import (  # re-exported: the data changes' own module
@@ -37,6 +35,15 @@ from ._data_changes import (  # re-exported: the data changes' own module
     symmetric_label_noise,
     validation_split,
 )
+from ._data_registry import (  # re-exported: the registry's own module
+    DATASETS,
+    DataBundle,
+    check_data_options,
+    data_identity,
+    file_datasets,
+    reads_files,
+    register_dataset,
+)
 
 __all__ = [
     "DATASETS",
@@ -46,7 +53,9 @@ __all__ = [
     "check_data_options",
     "data_identity",
     "dataset_labels",
+    "file_datasets",
     "get_dataset",
+    "reads_files",
     "register_dataset",
     "stratified_subset",
     "symmetric_label_noise",
@@ -56,31 +65,6 @@ __all__ = [
 CIFAR_MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
 CIFAR_STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-@dataclass
-class DataBundle:
-    """A training set, a test set (read only for the final evaluation), one input's shape
-    and the number of classes. ``flipped`` holds the training positions whose label
-    :func:`symmetric_label_noise` changed (None: no noise added)."""
-
-    name: str
-    train: Dataset
-    test: Dataset
-    input_shape: tuple[int, ...]
-    num_classes: int
-    flipped: torch.Tensor | None = None
-
-
-DATASETS: dict[str, Callable[..., DataBundle]] = {}
-
-
-def register_dataset(name: str) -> Callable:
-    def deco(fn: Callable[..., DataBundle]) -> Callable[..., DataBundle]:
-        DATASETS[name] = fn
-        return fn
-
-    return deco
 
 
 def get_dataset(
@@ -113,46 +97,6 @@ def get_dataset(
         )
         bundle = replace(bundle, train=train, flipped=flipped)
     return bundle
-
-
-# options that say where the files lie or how they are checked, not what the data is
-_LOCATION_OPTIONS = ("data_root", "verify")
-# options every data set takes: the data changes, its location, the split seed
-_COMMON_OPTIONS = ("train_fraction", "label_noise", "noise_seed", "data_root", "seed")
-
-
-def check_data_options(name: str, options: Any, label: str = "data_options") -> Mapping[str, Any]:
-    """``options`` if data set ``name`` knows every key (its loader's parameters, the data
-    changes, ``data_root`` and ``seed``); else one line naming the unknown key and the
-    known ones. A loader of your own that takes ``**kwargs`` accepts any key; the bundled
-    loaders' catch-all is named ``_`` (ignored), so a misspelled key is refused there.
-    :func:`get_dataset` applies it to its own options too.
-
-    >>> check_data_options("digits", {"label_nosie": 0.2})  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: data_options has unknown key 'label_nosie' for data 'digits'; known: [...]
-    """
-    if not isinstance(options, Mapping):
-        raise TypeError(f"{label} must be a dict, got {options!r}")
-    if not isinstance(name, str) or name not in DATASETS:
-        raise ValueError(f"data must be one of {sorted(DATASETS)}, got {name!r}")
-    params = inspect.signature(DATASETS[name]).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD and p.name != "_" for p in params):
-        return options
-    known = sorted({p.name for p in params if p.kind is not p.VAR_KEYWORD} | set(_COMMON_OPTIONS))
-    for key in options:
-        if key not in known:
-            raise ValueError(f"{label} has unknown key {key!r} for data {name!r}; known: {known}")
-    return options
-
-
-def data_identity(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """What makes a training set what it is: ``name`` and its options with the data
-    changes' defaults filled in, without those that only say where the files lie
-    (``data_root``, ``verify``): moving the data does not change a run."""
-    opts = {"train_fraction": 1.0, "label_noise": 0.0, "noise_seed": 0, **options}
-    return {"name": name, **{k: opts[k] for k in sorted(opts) if k not in _LOCATION_OPTIONS}}
 
 
 @functools.lru_cache(maxsize=8)

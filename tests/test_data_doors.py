@@ -15,7 +15,7 @@ from torch.utils.data import TensorDataset
 from neve_tune import Study, load_study, run_trial
 from neve_tune.cli import main
 from neve_tune.compare import compare, compare_searches
-from neve_tune.data import DataBundle, get_dataset
+from neve_tune.data import DataBundle, file_datasets, get_dataset, reads_files
 from neve_tune.models import create_model
 
 SMALL = dict(data="synthetic", max_epochs=1, selection_subset=0, selection="objective")
@@ -337,3 +337,14 @@ def test_compare_refuses_a_bundle_whose_labels_exceed_its_num_classes(split, no_
     bundle = DataBundle("own", *sets, (4,), 3)
     with pytest.raises(ValueError, match=f"data.num_classes=3, but data.{split} has label 3"):
         compare(load_study("digits").replace(**SMALL), trials=1, data=bundle, model_fn=_mlp(3, 4))
+
+
+def test_the_library_refuses_data_root_for_data_not_read_from_files(tmp_path):
+    """The command line refused ``--data-root digits``; the library read it in silence."""
+    with pytest.raises(ValueError, match=r"data_options\['data_root'\]: data 'digits' is not read"):
+        get_dataset("digits", data_root=tmp_path)
+    with pytest.raises(ValueError, match=r"data 'mnist1d' is not read from files"):
+        load_study("mnist1d").replace(data_options={"data_root": str(tmp_path)})
+    assert reads_files("cifar10") and not reads_files("synthetic")
+    assert {"cifar10", "cifar100", "imagefolder"} <= set(file_datasets())
+    assert not {"digits", "mnist1d", "synthetic"} & set(file_datasets())

@@ -347,27 +347,18 @@ def study_from_args(args: argparse.Namespace, **extra_changes: Any) -> Any:
         if getattr(args, key, None) is not None:
             changes[key] = getattr(args, key)
     changes.update({k: v for k, v in extra_changes.items() if v is not None})
-    study = study.replace(**changes) if changes else study
-    if getattr(args, "data_root", None) is not None:
-        _check_reads_files(study.data)
-    return study
+    if "data_root" in data:  # before the study's own check, which names data_options
+        _check_reads_files(changes.get("data", study.data))
+    return study.replace(**changes) if changes else study
 
 
 def _check_reads_files(data: str) -> None:
     """--data-root only for a data set read from files: digits, mnist1d and synthetic would
     train on as if the folder were read (a forgotten --data cifar10)."""
-    import inspect
+    from ..data import file_datasets, reads_files
 
-    from ..data import DATASETS
-
-    params = inspect.signature(DATASETS[data]).parameters.values()
-    if not any(
-        p.name == "data_root" or (p.kind is p.VAR_KEYWORD and p.name != "_") for p in params
-    ):
-        readers = sorted(
-            name for name, fn in DATASETS.items() if "data_root" in inspect.signature(fn).parameters
-        )
+    if not reads_files(data):
         raise CLIError(
-            f"--data-root: data {data!r} is not read from files (only {readers} are), so the "
-            "folder would be ignored"
+            f"--data-root: data {data!r} is not read from files (only {file_datasets()} are), "
+            "so the folder would be ignored"
         )
