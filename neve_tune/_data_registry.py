@@ -5,6 +5,7 @@ loader returns), ``DATASETS`` / :func:`register_dataset`, the options a data set
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,10 +14,14 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from ._checks import check_bool, check_float, check_int, check_seed, check_shape
+
 __all__ = [
     "DATASETS",
     "DataBundle",
+    "OPTION_CHECKS",
     "check_data_options",
+    "check_option",
     "data_identity",
     "file_datasets",
     "reads_files",
@@ -55,12 +60,47 @@ _LOCATION_OPTIONS = ("data_root", "verify")
 _COMMON_OPTIONS = ("train_fraction", "label_noise", "noise_seed", "data_root", "seed")
 
 
-def check_data_options(name: str, options: Any, label: str = "data_options") -> Mapping[str, Any]:
+#: the bundled loaders' options, each checked by name: the loaders apply these checks, and a
+#: study applies them when it is built (not at the first trial's load)
+OPTION_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "seed": check_seed,
+    "test_fraction": functools.partial(
+        check_float, low=0.0, high=1.0, low_open=True, high_open=True
+    ),
+    "num_samples": functools.partial(check_int, minimum=100),
+    "num_train": functools.partial(check_int, minimum=1),
+    "num_test": functools.partial(check_int, minimum=1),
+    "num_classes": functools.partial(check_int, minimum=2),
+    "noise": functools.partial(check_float, low=0.0),
+    "input_shape": check_shape,
+    "augment": check_bool,  # a string "False" would be true
+    "verify": check_bool,
+    "image_size": functools.partial(check_int, minimum=1),
+}
+
+
+def check_option(key: str, value: Any, label: str | None = None) -> Any:
+    """``value`` of the bundled loaders' option ``key``, checked (:data:`OPTION_CHECKS`); the
+    error names ``label`` (default: ``key``).
+
+    >>> check_option("test_fraction", 1.5, "data_options['test_fraction']")
+    Traceback (most recent call last):
+    ...
+    ValueError: data_options['test_fraction'] must be a finite number > 0 and < 1, got 1.5
+    """
+    return OPTION_CHECKS[key](label or key, value)
+
+
+def check_data_options(
+    name: str, options: Any, label: str = "data_options", *, values: bool = True
+) -> Mapping[str, Any]:
     """``options`` if data set ``name`` knows every key (its loader's parameters, the data
     changes, ``data_root`` and ``seed``); else one line naming the unknown key and the
     known ones. A loader of your own that takes ``**kwargs`` accepts any key; the bundled
-    loaders' catch-all is named ``_`` (ignored), so a misspelled key is refused there.
-    :func:`get_dataset` applies it to its own options too.
+    loaders' catch-all is named ``_`` (ignored), so a misspelled key is refused there. With
+    ``values``, the bundled loaders' option values too (:data:`OPTION_CHECKS`), each named
+    ``label[key]``; ``data_root`` only where the data set reads files.
+    :func:`get_dataset` applies it to its own options too (the loader checks the values).
 
     >>> check_data_options("digits", {"label_nosie": 0.2})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -78,6 +118,9 @@ def check_data_options(name: str, options: Any, label: str = "data_options") -> 
     for key in options:
         if key not in known:
             raise ValueError(f"{label} has unknown key {key!r} for data {name!r}; known: {known}")
+    bundled = {p.name for p in params} & set(OPTION_CHECKS) if values else set()
+    for key in sorted(bundled & set(options)):
+        check_option(key, options[key], f"{label}[{key!r}]")
     if "data_root" in options and not reads_files(name):
         raise ValueError(
             f"{label}['data_root']: data {name!r} is not read from files (only "

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from ._checks import check_bool, check_float, check_int, check_seed, check_shape
+from ._checks import check_seed
 from ._data_changes import (  # re-exported: the data changes' own module
     NOISE_STREAM,
     check_data_changes,
@@ -37,8 +37,10 @@ from ._data_changes import (  # re-exported: the data changes' own module
 )
 from ._data_registry import (  # re-exported: the registry's own module
     DATASETS,
+    OPTION_CHECKS,
     DataBundle,
     check_data_options,
+    check_option,
     data_identity,
     file_datasets,
     reads_files,
@@ -48,9 +50,11 @@ from ._data_registry import (  # re-exported: the registry's own module
 __all__ = [
     "DATASETS",
     "NOISE_STREAM",
+    "OPTION_CHECKS",
     "DataBundle",
     "check_data_changes",
     "check_data_options",
+    "check_option",
     "data_identity",
     "dataset_labels",
     "file_datasets",
@@ -83,7 +87,7 @@ def get_dataset(
     it only scores the final models.
     """
     # a misspelled option would otherwise fall into a bundled loader's ``**_`` unread
-    check_data_options(name, options)
+    check_data_options(name, options, values=False)  # the loader checks the values by name
     train_fraction, label_noise, noise_seed = check_data_changes(
         train_fraction, label_noise, noise_seed
     )
@@ -126,11 +130,7 @@ def digits(seed: int = 0, test_fraction: float = 0.2, **_: object) -> DataBundle
 def _split_options(seed: Any, test_fraction: Any) -> tuple[int, float]:
     """The train/test split's ``seed`` and ``test_fraction`` (in (0, 1)), checked by name:
     a string or a fraction of a seed is refused, not read as another split."""
-    seed = check_seed("seed", seed)
-    test_fraction = check_float(
-        "test_fraction", test_fraction, low=0.0, high=1.0, low_open=True, high_open=True
-    )
-    return seed, test_fraction  # type: ignore[return-value]
+    return check_option("seed", seed), check_option("test_fraction", test_fraction)
 
 
 def _standardised(
@@ -185,7 +185,7 @@ def mnist1d(
     """
     from sklearn.model_selection import train_test_split
 
-    num_samples = check_int("num_samples", num_samples, minimum=100)
+    num_samples = check_option("num_samples", num_samples)
     seed, test_fraction = _split_options(seed, test_fraction)
     x, y = _mnist1d_pool(num_samples)
     x_tr, x_te, y_tr, y_te = train_test_split(
@@ -208,12 +208,12 @@ def synthetic(
 ) -> DataBundle:
     """Gaussian class clusters around seeded random centres: small, learnable, instant.
     Every option is checked by name (at least one example per set, two classes)."""
-    seed = check_seed("seed", seed)
-    num_train = check_int("num_train", num_train, minimum=1)
-    num_test = check_int("num_test", num_test, minimum=1)
-    num_classes = check_int("num_classes", num_classes, minimum=2)
-    noise = check_float("noise", noise, low=0.0)
-    input_shape = check_shape("input_shape", input_shape)
+    seed = check_option("seed", seed)
+    num_train = check_option("num_train", num_train)
+    num_test = check_option("num_test", num_test)
+    num_classes = check_option("num_classes", num_classes)
+    noise = check_option("noise", noise)
+    input_shape = check_option("input_shape", input_shape)
     gen = torch.Generator().manual_seed(seed)
     centres = torch.randn((num_classes, *input_shape), generator=gen) * 1.5
 
@@ -236,7 +236,7 @@ def _cifar(name: str, root: str | os.PathLike | None, augment: bool, verify: boo
     from torchvision import datasets
     from torchvision import transforms as T
 
-    augment, verify = check_bool("augment", augment), check_bool("verify", verify)
+    augment, verify = check_option("augment", augment), check_option("verify", verify)
     root = Path(root or os.environ.get("NEVE_DATA", "data")).expanduser()
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     if not verify:  # same parser, without the md5 check of the official archive files
@@ -309,8 +309,8 @@ def imagefolder(
     from torchvision import datasets
     from torchvision import transforms as T
 
-    augment = check_bool("augment", augment)  # a string "False" would be true
-    image_size = check_int("image_size", image_size, minimum=1)
+    augment = check_option("augment", augment)
+    image_size = check_option("image_size", image_size)
     root = Path(data_root or os.environ.get("NEVE_DATA", "data")).expanduser()
     for sub in (train_dir, test_dir):
         if not (root / sub).is_dir():

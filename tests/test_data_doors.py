@@ -348,3 +348,28 @@ def test_the_library_refuses_data_root_for_data_not_read_from_files(tmp_path):
     assert reads_files("cifar10") and not reads_files("synthetic")
     assert {"cifar10", "cifar100", "imagefolder"} <= set(file_datasets())
     assert not {"digits", "mnist1d", "synthetic"} & set(file_datasets())
+
+
+@pytest.mark.parametrize(
+    ("data", "options", "error", "message"),
+    [
+        ("digits", {"test_fraction": 1.5}, ValueError, r"data_options\['test_fraction'\] must be"),
+        ("mnist1d", {"num_samples": "3000"}, TypeError, r"data_options\['num_samples'\] must be"),
+        ("synthetic", {"num_classes": 1}, ValueError, r"data_options\['num_classes'\] must be"),
+        ("cifar10", {"augment": "False"}, TypeError, r"data_options\['augment'\] must be"),
+        ("imagefolder", {"image_size": 0}, ValueError, r"data_options\['image_size'\] must be"),
+    ],
+)
+def test_a_study_refuses_a_bad_loader_option_when_it_is_built(data, options, error, message):
+    """They were refused only when the first trial loaded the data (on every worker)."""
+    with pytest.raises(error, match=message):
+        Study(name="x", data=data, data_options=options)
+
+
+def test_good_loader_options_pass_and_the_loader_checks_them_alike():
+    study = Study(
+        name="x", data="mnist1d", data_options={"num_samples": 3000, "test_fraction": 0.25}
+    )
+    assert study.data_options["num_samples"] == 3000
+    with pytest.raises(ValueError, match="num_train must be an int >= 1"):
+        get_dataset("synthetic", num_train=0)  # the loader's own check, the same rule
