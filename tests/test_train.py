@@ -241,6 +241,20 @@ def test_a_larger_max_epochs_continues_a_run_the_cap_ended_before_it_learned(tmp
     assert (more.stopped_by, more.epochs) == (full.stopped_by, 3)
 
 
+def test_the_cli_says_a_larger_cap_continues_a_run_the_cap_ended_stalled(tmp_path, capsys):
+    """The hint was given for ``max_epochs`` stops only, not for the cap's ``stalled`` one."""
+    ckpt = tmp_path / "ck.pt"
+    base = ["train", "--data", "synthetic", "--checkpoint", str(ckpt), "--quiet"]
+    assert main(base + ["--max-epochs", "1", "--json", str(tmp_path / "a.json")]) == 0
+    assert json.loads((tmp_path / "a.json").read_text())["stopped_by"] == "stalled"
+    capsys.readouterr()
+    assert main(base + ["--max-epochs", "1"]) == 0
+    assert (
+        "the run already stopped by stalled at epoch 1; nothing to continue (a larger "
+        "--max-epochs continues it)" in capsys.readouterr().out
+    )
+
+
 def test_a_finished_run_is_not_continued_and_the_cli_says_why(tmp_path, capsys):
     ckpt = tmp_path / "ck.pt"
     base = [

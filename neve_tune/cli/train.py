@@ -145,7 +145,7 @@ def _train(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     if args.checkpoint and not trained and result.history:
-        hint = " (a larger --max-epochs continues it)" if result.stopped_by == "max_epochs" else ""
+        hint = " (a larger --max-epochs continues it)" if _capped(args.checkpoint) else ""
         print(
             f"the run already stopped by {result.stopped_by} at epoch {result.epochs}; nothing to "
             f"continue{hint}"
@@ -168,6 +168,15 @@ def _train(args: argparse.Namespace) -> int:
         )
         print(f"wrote {plot_path}")
     return 0
+
+
+def _capped(checkpoint: str) -> bool:
+    """Whether the checkpointed run's stop was the cap's alone (``"max_epochs"``, or
+    ``"stalled"`` at the cap before it learned): a larger ``--max-epochs`` continues it."""
+    from ..checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint).get("controller") or {}
+    return bool(state.get("capped")) or state.get("stopped_by") == "max_epochs"
 
 
 def _plot_path(args: argparse.Namespace) -> str | None:
