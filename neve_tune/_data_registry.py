@@ -118,10 +118,11 @@ def check_data_options(
     for key in options:
         if key not in known:
             raise ValueError(f"{label} has unknown key {key!r} for data {name!r}; known: {known}")
-    bundled = {p.name for p in params} & set(OPTION_CHECKS) if values else set()
+    builtin = values and DATASETS[name].__module__ == "neve_tune.data"  # a user's: its own
+    bundled = {p.name for p in params} & set(OPTION_CHECKS) if builtin else set()
     for key in sorted(bundled & set(options)):
         check_option(key, options[key], f"{label}[{key!r}]")
-    if "data_root" in options and not reads_files(name):
+    if options.get("data_root") is not None and not reads_files(name):
         raise ValueError(
             f"{label}['data_root']: data {name!r} is not read from files (only "
             f"{file_datasets()} are), so the folder would be ignored"

@@ -7,7 +7,7 @@ trial leaves for the next ones, the share of the counted labels its kept epoch d
     >>> veto = trial_veto(study, range(1437), noise_estimate=0.2)
     >>> veto.examples, veto.margin         # the training pass counts every example
     (1437, 0.1)
-    >>> kept_unfit_share([{"unfit": 300, "kept_epoch": 1}, {"unfit": 200, "kept_epoch": 1}], 1000)
+    >>> unfit_share([{"unfit": 300, "kept_epoch": 1}, {"unfit": 200, "kept_epoch": 1}], 1000)
     0.3
 """
 
@@ -22,7 +22,13 @@ from .guard import GuardVeto
 if TYPE_CHECKING:
     from .study import Study
 
-__all__ = ["counted_examples", "kept_unfit_share", "trial_unfit_share", "trial_veto"]
+__all__ = [
+    "check_noise_estimate",
+    "counted_examples",
+    "trial_unfit_share",
+    "trial_veto",
+    "unfit_share",
+]
 
 NoiseEstimate = float | Callable[[], float | None]
 
@@ -46,22 +52,42 @@ def trial_veto(
     return GuardVeto(noise_estimate, examples, margin=study.pc_veto_margin)
 
 
-def kept_unfit_share(history: Sequence[Mapping[str, Any]], examples: int) -> float | None:
-    """The share of the ``examples`` counted whose label the epoch the run kept did not fit
-    (its last epoch's ``kept_epoch``); None where that count is not in the history."""
+def unfit_share(
+    history: Sequence[Mapping[str, Any]], examples: int, controller: Any = None
+) -> float | None:
+    """The share of the ``examples`` counted whose label the run left unfit: after a guard
+    stop of ``controller`` (a :class:`~neve_tune.NeVe`) at the guard's minimum, whether or
+    not its weights were restored (memorisation lowers it after); else at the epoch the run
+    kept (its last ``kept_epoch``). None where that count is not in the history."""
     if not history:
         return None
-    kept = history[-1].get("kept_epoch")
-    if not isinstance(kept, int) or not 0 < kept <= len(history):
+    epoch = history[-1].get("kept_epoch")
+    if getattr(controller, "stopped_by", None) == "prediction_changes":
+        epoch = controller.pc_best_epoch
+    if not isinstance(epoch, int) or not 0 < epoch <= len(history):
         return None
-    unfit = history[kept - 1].get("unfit")
+    unfit = history[epoch - 1].get("unfit")
     return float(unfit) / examples if is_finite(unfit) else None
 
 
 def trial_unfit_share(
-    study: Study, method: str, history: Sequence[Mapping[str, Any]], train_size: int
+    study: Study,
+    method: str,
+    history: Sequence[Mapping[str, Any]],
+    controller: Any,
+    train_size: int,
 ) -> float | None:
-    """A ``method`` trial's :func:`kept_unfit_share` (NeVe's; the baselines' None)."""
+    """A ``method`` trial's :func:`unfit_share` (NeVe's; the baselines' None)."""
     if method != "neve":
         return None
-    return kept_unfit_share(history, counted_examples(study, train_size))
+    return unfit_share(history, counted_examples(study, train_size), controller)
+
+
+def check_noise_estimate(noise_estimate: Any, method: str) -> None:
+    """``run_trial``'s ``noise_estimate``: NeVe's only, a share in [0, 1] or a callable."""
+    if noise_estimate is None:
+        return
+    if method != "neve":
+        raise ValueError(f"noise_estimate is for NeVe's guard veto; method={method!r} has no guard")
+    if not callable(noise_estimate):
+        GuardVeto(noise_estimate, examples=1)  # its own check, naming noise_estimate

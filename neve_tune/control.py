@@ -32,7 +32,7 @@ from ._rules import (
     stalled_early,
 )
 from ._step_inputs import check_step_inputs
-from .guard import GuardVeto, MemorisationGuard
+from .guard import GuardVeto, MemorisationGuard, check_veto
 from .velocity import NeuralVelocity
 
 __all__ = ["LR_SIGNALS", "NeVe", "resolve_threshold"]
@@ -156,9 +156,7 @@ class NeVe(Stoppable):
         self.pc_patience = check_int("pc_patience", pc_patience, minimum=1, allow_none=True)
         self.pc_window = check_int("pc_window", pc_window, minimum=1)
         self.pc_restore = check_restore(pc_restore)
-        if veto is not None and not isinstance(veto, GuardVeto):
-            raise TypeError(f"veto must be a neve_tune.GuardVeto or None, got {veto!r}")
-        self.veto = veto
+        self.veto = check_veto(veto, self.pc_patience)
         self.lr_patience = lr_patience
         self._pc_warned = False  # the missing-prediction-changes warning, once per controller
         self.guard = (

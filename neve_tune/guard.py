@@ -52,7 +52,7 @@ from typing import Any
 
 from ._checks import check_float, check_int
 
-__all__ = ["VETO_MARGIN", "GuardVeto", "MemorisationGuard"]
+__all__ = ["VETO_MARGIN", "GuardVeto", "MemorisationGuard", "check_veto"]
 
 #: the moving average of changes at the minimum is below this share of the unfit labels
 SETTLE = 1.0
@@ -218,7 +218,8 @@ class GuardVeto:
         self.noise_estimate = noise_estimate
         self.examples = check_int("examples", examples, minimum=1)
         self.margin = check_float("margin", margin, low=0.0)
-        self.vetoed_epochs: list[int] = []  # the epochs whose stop it refused
+        # the epochs whose guard stop it refused (a velocity stop may still end the run there)
+        self.vetoed_epochs: list[int] = []
 
     def estimate(self) -> float | None:
         """The search's noise estimate now (None: none yet)."""
@@ -241,6 +242,15 @@ class GuardVeto:
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self.vetoed_epochs = [int(e) for e in state_dict.get("vetoed_epochs", [])]
+
+
+def check_veto(veto: Any, pc_patience: int | None) -> GuardVeto | None:
+    """``NeVe``'s ``veto``: a :class:`GuardVeto` for a run with the guard on, or None."""
+    if veto is not None and not isinstance(veto, GuardVeto):
+        raise TypeError(f"veto must be a neve_tune.GuardVeto or None, got {veto!r}")
+    if veto is not None and pc_patience is None:
+        raise ValueError("veto vetoes the memorisation guard's stops; pass pc_patience too")
+    return veto
 
 
 def _check_share(noise: Any) -> float:

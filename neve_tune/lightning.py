@@ -254,8 +254,9 @@ class NeVeCallback(CallbackSettings, pl.Callback):
             else self.layers
         )
         velocity = NeuralVelocity(self._forward(pl_module), probe, layers=layers)
+        veto = self.veto(trainer.world_size)
         self.neve = NeVe(
-            trainer.optimizers[0], velocity, threshold=self.threshold, veto=self.veto(), **options
+            trainer.optimizers[0], velocity, threshold=self.threshold, veto=veto, **options
         )
         state, self._pending_state = self._pending_state, None
         if state is not None:
@@ -361,7 +362,7 @@ class NeVeCallback(CallbackSettings, pl.Callback):
             trainer.should_stop = True
             self._report_stop(trainer)
             if trainer.is_global_zero:
-                record_stop(self.trial, self.neve.stopped_by, self.history, self._source)
+                record_stop(self.trial, self.neve, self.history, self._source)
 
     def _report_stop(self, trainer: pl.Trainer, why: str | None = None) -> None:
         """The stop reason (``why``: the controller's, or ``"pruned"`` by the trial's pruner)

@@ -156,7 +156,8 @@ class TrialResult:
     ``Study.val_metric="acc"``) and NaN when the run has none (diverged, stalled).
     ``train_size`` is the size of the full training set that ``cost`` is measured
     against (``epochs_equiv``). ``unfit_share`` (NeVe) is the share of the examples the
-    prediction changes are counted on whose label the kept epoch did not fit.
+    prediction changes are counted on whose label the run left unfit (at the guard's minimum
+    after a guard stop, else at the kept epoch).
     ``test_acc``/``test_loss`` are None unless the test set was read (once, after training).
     """
 

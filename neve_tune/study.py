@@ -179,6 +179,8 @@ class Study:
         check_int("pc_window", self.pc_window, minimum=1)
         check_restore(self.pc_restore)
         check_float("pc_veto_margin", self.pc_veto_margin, low=0.0, allow_none=True)
+        if self.pc_veto_margin is not None and self.pc_patience is None:
+            raise ValueError("pc_veto_margin is unused with the guard off (pc_patience=None)")
         check_choice("prediction_changes", self.prediction_changes, PREDICTION_CHANGES)
         check_int("pc_subset_size", self.pc_subset_size, minimum=1)
         check_int("selection_subset", self.selection_subset, minimum=0)

@@ -36,7 +36,7 @@ from ._checks import check_choice, check_float, check_model_fn
 from ._model_fit import trial_model
 from ._subset_epochs import selection_measure
 from ._trial_inputs import counted_by, resolve_device, trial_config
-from ._trial_veto import NoiseEstimate, trial_unfit_share, trial_veto
+from ._trial_veto import NoiseEstimate, check_noise_estimate, trial_unfit_share, trial_veto
 from .baselines import LRReplay, ValidationControl
 from .control import NeVe
 from .data import DataBundle, data_identity, validation_split
@@ -253,6 +253,7 @@ def make_controller(
     probe and budget, :class:`~neve_tune.ValidationControl` for the baselines, or
     :class:`~neve_tune.baselines.LRReplay` for a retrain. ``noise_estimate`` is NeVe's
     search's label-noise estimate, which vetoes guard stops (``study.pc_veto_margin``)."""
+    check_noise_estimate(noise_estimate, method)
     if method == "neve":
         if study.probe == "noise":
             probe = gaussian_probe(input_shape, study.probe_samples, seed=seed)
@@ -372,7 +373,7 @@ def run_trial(
         cost=fitted.cost,
         history=fitted.history,
         train_size=len(bundle.train),
-        unfit_share=trial_unfit_share(study, method, fitted.history, len(train_set)),
+        unfit_share=trial_unfit_share(study, method, fitted.history, controller, len(train_set)),
     )  # type: ignore[arg-type]
     if evaluate_test:
         _score_on_test(result, model, bundle.test, device, amp_dtype(study))

@@ -373,3 +373,20 @@ def test_good_loader_options_pass_and_the_loader_checks_them_alike():
     assert study.data_options["num_samples"] == 3000
     with pytest.raises(ValueError, match="num_train must be an int >= 1"):
         get_dataset("synthetic", num_train=0)  # the loader's own check, the same rule
+
+
+def test_a_users_own_loader_keeps_its_own_option_values(tmp_path):
+    """The bundled loaders' value checks are theirs: a loader of your own with an option of
+    the same name (``noise="gaussian"``) checks it itself."""
+    from neve_tune.data import DATASETS, register_dataset
+
+    @register_dataset("own_blobs")
+    def own_blobs(seed: int = 0, noise: str = "gaussian", **_: object) -> DataBundle:
+        return get_dataset("synthetic", seed=seed)
+
+    try:
+        study = Study(name="x", data="own_blobs", data_options={"noise": "uniform"})
+        assert study.data_options == {"noise": "uniform"}
+    finally:
+        del DATASETS["own_blobs"]
+    assert load_study("digits").replace(data_options={"data_root": None}).data == "digits"

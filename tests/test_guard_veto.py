@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from neve_tune import GuardVeto, NeuralVelocity, NeVe, gaussian_probe, load_study, run_trial
-from neve_tune._trial_veto import counted_examples, kept_unfit_share, trial_veto
+from neve_tune._trial_veto import counted_examples, trial_veto, unfit_share
 from neve_tune.optuna import SUMMARY_ATTRS, guard_noise_estimate, make_objective
 from neve_tune.optuna import _objective as objective_module
 
@@ -135,7 +135,7 @@ def test_the_study_margin_is_checked_and_turns_the_veto_off():
     with pytest.raises(TypeError, match="pc_veto_margin must be"):
         study.replace(pc_veto_margin="0.1")
     assert trial_veto(study.replace(pc_veto_margin=None), range(100), 0.2) is None
-    assert trial_veto(study.replace(pc_patience=None), range(100), 0.2) is None
+    assert trial_veto(study.replace(pc_patience=None, pc_veto_margin=None), range(100), 0.2) is None
     assert trial_veto(study, range(100), None) is None
     veto = trial_veto(study.replace(pc_veto_margin=0.05), range(100), 0.2)
     assert (veto.examples, veto.margin) == (100, 0.05)
@@ -149,12 +149,38 @@ def test_the_examples_counted_are_the_training_set_or_the_subset():
     assert counted_examples(subset, 300) == 300
 
 
-def test_kept_unfit_share_reads_the_kept_epoch():
+def test_unfit_share_reads_the_kept_epoch():
     history = [{"unfit": 50, "kept_epoch": 1}, {"unfit": 20, "kept_epoch": 2}]
     history.append({"unfit": 10, "kept_epoch": 2})  # a guard stop restored epoch 2
-    assert kept_unfit_share(history, 100) == 0.2
-    assert kept_unfit_share([{"unfit": None, "kept_epoch": 1}], 100) is None
-    assert kept_unfit_share([], 100) is None
+    assert unfit_share(history, 100) == 0.2
+    assert unfit_share([{"unfit": None, "kept_epoch": 1}], 100) is None
+    assert unfit_share([], 100) is None
+
+
+def test_after_a_guard_stop_the_share_is_read_at_its_minimum_restored_or_not():
+    # memorisation has lowered the unfit count by the stop: the estimate must not read it there
+    for restore in ("mean", None):
+        neve = _run(pc_restore=restore)
+        history = [{"unfit": u, "kept_epoch": neve.best_epoch} for u in UNFIT[: neve.epoch]]
+        assert neve.stopped_by == "prediction_changes" and neve.pc_best_epoch == 5
+        assert unfit_share(history, 1000, neve) == 0.1  # 100 unfit at epoch 5, not 85 at 7
+
+
+def test_a_veto_needs_the_guard_and_noise_estimates_need_neve():
+    model = nn.Sequential(nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="pass pc_patience too"):
+        NeVe(
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            NeuralVelocity(model, gaussian_probe((4,), 4)),
+            veto=GuardVeto(0.2, examples=10),
+        )
+    with pytest.raises(ValueError, match="pc_veto_margin is unused with the guard off"):
+        load_study("digits").replace(pc_patience=None, pc_veto_margin=0.1)
+    study = load_study("digits").replace(max_epochs=1)
+    with pytest.raises(ValueError, match="method='asha_es' has no guard"):
+        run_trial(study, {"lr": 0.05}, method="asha_es", noise_estimate=0.2)
+    with pytest.raises(ValueError, match="noise_estimate must be"):
+        run_trial(study, {"lr": 0.05}, noise_estimate=5.0)  # checked with the veto off too
 
 
 def test_a_neve_trial_records_its_unfit_share_and_the_baselines_none():

@@ -351,6 +351,8 @@ def test_with_an_optuna_trial_the_guard_runs_under_its_studys_veto():
         NeVeCallback(pc_veto_margin=-1)
     with pytest.raises(ValueError, match="pc_veto_margin is unused with the guard off"):
         NeVeCallback(pc_patience=None, pc_veto_margin=0.1)
+    with pytest.raises(ValueError, match="pc_veto_margin is unused with the guard off"):
+        NeVeCallback(pc_patience=None, lr_signal="prediction_changes", pc_veto_margin=0.1)
 
 
 def test_a_pruned_run_records_and_prints_its_stop(capsys):

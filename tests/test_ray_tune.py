@@ -467,9 +467,10 @@ def test_the_guard_noise_board_holds_the_searchs_estimate(ray_2cpus, study, tmp_
         post_result(board, ended("prediction_changes", 0.2))
         post_result(board, ended("prediction_changes", 0.3))
         assert estimate() == pytest.approx(0.25)
-        # the trials of a search read and post from their worker processes
+        # the board travels to the trials' worker processes; two epochs end no trial by the
+        # guard, so none posts (the veto and the posting are the library's, tested above)
         grid = tune.Tuner(
-            neve_trainable(study.replace(max_epochs=2), guard_noise=board),
+            neve_trainable(study.replace(max_epochs=2, pc_veto_margin=0.1), guard_noise=board),
             param_space=to_ray_space(study),
             tune_config=tune.TuneConfig(num_samples=2),
             run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
@@ -480,3 +481,11 @@ def test_the_guard_noise_board_holds_the_searchs_estimate(ray_2cpus, study, tmp_
         ray.kill(board)
     with pytest.raises(TypeError, match="guard_noise must be a board"):
         neve_trainable(study, guard_noise=0.2)
+    board = guard_noise_board()
+    try:
+        with pytest.raises(ValueError, match="guard_noise serves NeVe's guard veto"):
+            neve_trainable(study, guard_noise=board)  # the study's veto is off
+        with pytest.raises(ValueError, match="guard_noise serves NeVe's guard veto"):
+            neve_trainable(study.replace(pc_veto_margin=0.1), method="asha", guard_noise=board)
+    finally:
+        ray.kill(board)

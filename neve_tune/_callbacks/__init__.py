@@ -214,15 +214,22 @@ class CallbackSettings:
             options, self.prediction_changes, set(controller_options), who
         )
         check_controller_values(options, self.threshold)
-        if self.pc_veto_margin is not None and self.source_spec is None:
+        if self.pc_veto_margin is not None and options["pc_patience"] is None:
             raise ValueError(f"{who}: pc_veto_margin is unused with the guard off; drop it")
         self.controller_options = options
         self.neve: NeVe | None = None
         self.history: list[dict[str, Any]] = []
 
-    def veto(self) -> GuardVeto | None:
+    def veto(self, world_size: int = 1) -> GuardVeto | None:
         """The guard's veto of this run: with an Optuna trial and ``pc_veto_margin``, one
-        reading the trial's study (:func:`~neve_tune._callbacks.veto.search_veto`)."""
+        reading the trial's study (:func:`~neve_tune._callbacks.veto.search_veto`). Refused
+        with several processes: each would read the study at its own moment and could
+        decide apart from the others."""
+        if self.pc_veto_margin is not None and world_size > 1:
+            raise ValueError(
+                f"{self.who}(pc_veto_margin=...) runs in one process; this Trainer has "
+                f"{world_size}: drop pc_veto_margin"
+            )
         return search_veto(self.trial, getattr(self, "_source", None), self.pc_veto_margin)
 
     def _check_source(self, source: Any) -> Any:

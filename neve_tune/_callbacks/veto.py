@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._trial_veto import kept_unfit_share
+from .._trial_veto import unfit_share
 from ..guard import GuardVeto
 from .pc_source import PCSource
 
@@ -32,13 +32,14 @@ def search_veto(trial: Any, source: PCSource | None, margin: float | None) -> Gu
 
 def record_stop(
     trial: Any,
-    stopped_by: str | None,
+    neve: Any,
     history: Sequence[Mapping[str, Any]],
     source: PCSource | None,
 ) -> None:
-    """On the trial, how the run ended and the share of labels its kept epoch left unfit."""
-    if trial is None or stopped_by is None:
+    """On the trial, how ``neve`` ended the run and the share of labels it left unfit
+    (:func:`~neve_tune._trial_veto.unfit_share`)."""
+    if trial is None or neve.stopped_by is None:
         return
-    share = None if source is None else kept_unfit_share(history, source.examples)
-    trial.set_user_attr("stopped_by", stopped_by)
+    share = None if source is None else unfit_share(history, source.examples, neve)
+    trial.set_user_attr("stopped_by", neve.stopped_by)
     trial.set_user_attr("unfit_share", share)

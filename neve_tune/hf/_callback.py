@@ -269,7 +269,7 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
             optimizer,
             velocity,
             threshold=self.threshold,
-            veto=self.veto(),
+            veto=self.veto(args.world_size),
             **self.controller_kwargs(self._max_measurements(state)),
         )
         self._lr_scheduler, self._model = lr_scheduler, model
@@ -354,7 +354,7 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
             control.should_training_stop = True
             self._report_stop(state)
             if state.is_world_process_zero:
-                record_stop(self.trial, neve.stopped_by, self.history, self._source)
+                record_stop(self.trial, neve, self.history, self._source)
         return control
 
     def _report_stop(self, state: Any, why: str | None = None) -> None:

@@ -1,9 +1,9 @@
 """The label noise a NeVe search estimates for its guard's veto (docs/design.md, "The
 guard's veto"), read from the study's finished trials.
 
-A guard stop restores weights from before memorisation, so the share of labels such a
-trial's kept epoch did not fit (its ``unfit_share`` attribute) estimates the noise without
-the fit memorisation adds later; trials ended otherwise (velocity after memorising, the cap)
+The guard's minimum comes before memorisation, so the share of labels such a trial left
+unfit there (its ``unfit_share`` attribute) estimates the noise without the fit
+memorisation adds later; trials ended otherwise (velocity after memorising, the cap)
 would read less noise than there is, so only the guard's own stops count.
 
     >>> import optuna

@@ -57,12 +57,20 @@ def guard_noise_board() -> ActorHandle:
     return GuardNoiseBoard.remote()
 
 
-def check_board(board: Any) -> ActorHandle | None:
-    """``board`` if it is an actor handle or None; else a TypeError naming ``guard_noise``."""
-    if board is not None and not isinstance(board, ActorHandle):
+def check_board(board: Any, study: Study, method: str) -> ActorHandle | None:
+    """``board`` if it is an actor handle for a NeVe trial whose study has the veto on, or
+    None; else an error naming ``guard_noise``."""
+    if board is None:
+        return None
+    if not isinstance(board, ActorHandle):
         raise TypeError(
             f"guard_noise must be a board from neve_tune.ray.guard_noise_board() or None, got "
             f"{type(board).__name__}"
+        )
+    if method != "neve" or study.pc_veto_margin is None:
+        raise ValueError(
+            "guard_noise serves NeVe's guard veto: it needs method='neve' and the study's "
+            f"pc_veto_margin (got method={method!r}, pc_veto_margin={study.pc_veto_margin!r})"
         )
     return board
 

@@ -346,7 +346,7 @@ def neve_trainable(
         name="resources" if resources is not None else f"study {study.name!r} resources",
     )
     epochs = _check_subset_epochs(subset_epochs)
-    board = check_board(guard_noise)
+    board = check_board(guard_noise, study, method)
     fn: Any = _make_train_fn(study, method, seed, device, model_fn, epochs, board)
     if data is not None:
         fn = tune.with_parameters(fn, data=data)
