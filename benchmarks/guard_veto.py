@@ -76,7 +76,7 @@ TOKEN_CONDITIONS = {"tokens_clean": 0.0, "tokens_noise20": 0.2}
 def token_setup(condition: str, seed: int, veto: bool) -> tuple[Any, Any, Any]:
     """(study, data, model_fn) of a token condition: the BERT of ``model_families.bert``."""
     import torch
-    from model_families import _token_task
+    from model_families import _token_task, bert_classifier
     from torch import nn
 
     from neve_tune import Choice, LogUniform, load_study
@@ -90,21 +90,10 @@ def token_setup(condition: str, seed: int, veto: bool) -> tuple[Any, Any, Any]:
         train, _ = symmetric_label_noise(train, noise, 4, seed=seed)
     bundle = DataBundle("tokens", train, test, (16,), 4)
 
-    class Logits(nn.Module):
+    class Logits(nn.Module):  # the classifier's logits, as fit and the velocity take them
         def __init__(self) -> None:
             super().__init__()
-            from transformers import BertConfig, BertForSequenceClassification
-
-            cfg = BertConfig(
-                vocab_size=64,
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                intermediate_size=64,
-                max_position_embeddings=32,
-                num_labels=4,
-            )
-            self.bert = BertForSequenceClassification(cfg)
+            self.bert = bert_classifier()
 
         def forward(self, ids: torch.Tensor) -> torch.Tensor:
             return self.bert(input_ids=ids.long()).logits

@@ -194,14 +194,10 @@ def _token_task(n: int, gen: torch.Generator, vocab: int = 64, length: int = 16,
     return TensorDataset(ids, y)
 
 
-def bert(seed: int) -> Setup:
+def bert_classifier() -> nn.Module:
+    """The token task's model: a 2-layer BERT, hidden 32, 4 classes."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from neve_tune.hf import token_probe
-
-    gen = torch.Generator().manual_seed(1000 + seed)
-    train, test = _token_task(2000, gen), _token_task(500, gen)
-    torch.manual_seed(seed)
     cfg = BertConfig(
         vocab_size=64,
         hidden_size=32,
@@ -211,8 +207,17 @@ def bert(seed: int) -> Setup:
         max_position_embeddings=32,
         num_labels=4,
     )
+    return BertForSequenceClassification(cfg)
+
+
+def bert(seed: int) -> Setup:
+    from neve_tune.hf import token_probe
+
+    gen = torch.Generator().manual_seed(1000 + seed)
+    train, test = _token_task(2000, gen), _token_task(500, gen)
+    torch.manual_seed(seed)
     return Setup(
-        BertForSequenceClassification(cfg),
+        bert_classifier(),
         train,
         test,
         token_probe(64, 16, 100, seed=seed),
