@@ -30,6 +30,11 @@ with the data and model given (``probe="train"``: token ids, not noise; AdamW, w
 0.01; LR searched in 1e-4 to 1e-2 around the family's 1e-3, batch 32/64/128). It is the veto's
 design domain, so it informs, it does not decide: the mean and worst seed on and off.
 
+A second look, written before it runs, after both tables had been read: seeds 5-14 on the
+two conditions where the veto acted (``digits_noise40``, ``mnist1d_n3000_noise40``), to see
+whether its effect there is a loss or a gain over more seeds. It does not change the default
+(the rule above was missed); it is reported beside the first table.
+
 Per condition it prints the mean ± std and the median of the final model's test accuracy,
 on and off, the worst paired seed, the cost ratio and the trials the guard ended (the veto
 turns some of them into longer runs). Each job's record goes to
