@@ -86,7 +86,6 @@ def token_setup(condition: str, seed: int, veto: bool) -> tuple[Any, Any, Any]:
 
     from neve_tune import Choice, LogUniform, load_study
     from neve_tune.data import DataBundle, symmetric_label_noise
-    from neve_tune.guard import VETO_MARGIN
 
     gen = torch.Generator().manual_seed(1000 + seed)
     train, test = _token_task(2000, gen), _token_task(500, gen)
@@ -119,9 +118,8 @@ def token_setup(condition: str, seed: int, veto: bool) -> tuple[Any, Any, Any]:
             "weight_decay": 0.01,
             "momentum": 0.9,
         },
-        pc_veto_margin=VETO_MARGIN if veto else None,
     )
-    return study, bundle, Logits
+    return with_veto(study, veto), bundle, Logits
 
 
 def job_study(condition: str, veto: bool) -> Any:
@@ -135,13 +133,22 @@ def job_study(condition: str, veto: bool) -> Any:
     else:
         study = load_study(name)
         study = study.replace(data_options={**study.data_options, **options})
+    return with_veto(study, veto)
+
+
+def with_veto(study: Any, veto: bool) -> Any:
+    """``study`` with the guard's veto on (``VETO_MARGIN``) or off."""
     from neve_tune.guard import VETO_MARGIN
 
     return study.replace(pc_veto_margin=VETO_MARGIN if veto else None)
 
 
+def job_path(out: Path, condition: str, veto: bool, seed: int) -> Path:
+    return out / f"{condition}__{'on' if veto else 'off'}__seed{seed}.json"
+
+
 def run_job(out: Path, condition: str, veto: bool, seed: int, trials: int) -> dict[str, Any]:
-    path = out / f"{condition}__{'on' if veto else 'off'}__seed{seed}.json"
+    path = job_path(out, condition, veto, seed)
     if path.exists():
         return json.loads(path.read_text())
     import torch
@@ -220,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     for condition in conditions:
         for seed in seeds:
             for veto in (False, True):
-                path = out / f"{condition}__{'on' if veto else 'off'}__seed{seed}.json"
+                path = job_path(out, condition, veto, seed)
                 if args.report:
                     if path.exists():
                         results[condition, veto, seed] = json.loads(path.read_text())

@@ -112,7 +112,7 @@ def check_data_options(
     if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"data must be one of {sorted(DATASETS)}, got {name!r}")
     params = inspect.signature(DATASETS[name]).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD and p.name != "_" for p in params):
+    if _any_keyword(params):
         return options
     known = sorted({p.name for p in params if p.kind is not p.VAR_KEYWORD} | set(_COMMON_OPTIONS))
     for key in options:
@@ -134,7 +134,13 @@ def reads_files(name: str) -> bool:
     """Whether data set ``name``'s loader reads files (it takes ``data_root``, or any
     keyword: a loader of your own)."""
     params = inspect.signature(DATASETS[name]).parameters.values()
-    return any(p.name == "data_root" or (p.kind is p.VAR_KEYWORD and p.name != "_") for p in params)
+    return _any_keyword(params) or any(p.name == "data_root" for p in params)
+
+
+def _any_keyword(params: Any) -> bool:
+    """Whether a loader takes any keyword (a ``**kwargs`` of its own; the bundled loaders'
+    catch-all ``**_`` ignores what it gets, so it does not count)."""
+    return any(p.kind is p.VAR_KEYWORD and p.name != "_" for p in params)
 
 
 def file_datasets() -> list[str]:

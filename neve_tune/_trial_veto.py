@@ -13,11 +13,12 @@ trial leaves for the next ones, the share of the counted labels its kept epoch d
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Mapping, Sequence, Sized
 from typing import TYPE_CHECKING, Any
 
 from ._checks import is_finite
-from .guard import GuardVeto
+from .guard import GuardVeto, check_share
 
 if TYPE_CHECKING:
     from .study import Study
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 __all__ = [
     "check_noise_estimate",
     "counted_examples",
+    "guard_evidence",
+    "noise_from_shares",
     "trial_unfit_share",
     "trial_veto",
     "unfit_share",
@@ -45,8 +48,9 @@ def trial_veto(
     study: Study, train_set: Sized, noise_estimate: NoiseEstimate | None
 ) -> GuardVeto | None:
     """The veto a NeVe trial of ``study`` on ``train_set`` runs under: None with no
-    estimate, the guard off, or ``study.pc_veto_margin`` None (the default)."""
-    if noise_estimate is None or study.pc_patience is None or study.pc_veto_margin is None:
+    estimate or ``study.pc_veto_margin`` None (the default; a study refuses a margin with
+    the guard off)."""
+    if noise_estimate is None or study.pc_veto_margin is None:
         return None
     examples = counted_examples(study, len(train_set))
     return GuardVeto(noise_estimate, examples, margin=study.pc_veto_margin)
@@ -56,14 +60,15 @@ def unfit_share(
     history: Sequence[Mapping[str, Any]], examples: int, controller: Any = None
 ) -> float | None:
     """The share of the ``examples`` counted whose label the run left unfit: after a guard
-    stop of ``controller`` (a :class:`~neve_tune.NeVe`) at the guard's minimum, whether or
-    not its weights were restored (memorisation lowers it after); else at the epoch the run
-    kept (its last ``kept_epoch``). None where that count is not in the history."""
+    stop of ``controller`` (a :class:`~neve_tune.NeVe`) at the guard's minimum, the count
+    its veto compares too, whether or not its weights were restored (memorisation lowers it
+    after); else at the epoch the run kept (its last ``kept_epoch``). None where that count
+    is not in the history."""
+    if getattr(controller, "stopped_by", None) == "prediction_changes":
+        return controller.guard.best_unfit / examples
     if not history:
         return None
     epoch = history[-1].get("kept_epoch")
-    if getattr(controller, "stopped_by", None) == "prediction_changes":
-        epoch = controller.pc_best_epoch
     if not isinstance(epoch, int) or not 0 < epoch <= len(history):
         return None
     unfit = history[epoch - 1].get("unfit")
@@ -90,4 +95,16 @@ def check_noise_estimate(noise_estimate: Any, method: str) -> None:
     if method != "neve":
         raise ValueError(f"noise_estimate is for NeVe's guard veto; method={method!r} has no guard")
     if not callable(noise_estimate):
-        GuardVeto(noise_estimate, examples=1)  # its own check, naming noise_estimate
+        check_share(noise_estimate)
+
+
+def guard_evidence(stopped_by: Any, share: Any) -> float | None:
+    """What a finished NeVe trial adds to its search's noise estimate: its ``unfit_share``
+    if the guard ended it (the guard's minimum comes before memorisation); a trial ended
+    otherwise (velocity after memorising, the cap) would read less noise than there is."""
+    return float(share) if stopped_by == "prediction_changes" and is_finite(share) else None
+
+
+def noise_from_shares(shares: Sequence[float]) -> float | None:
+    """The search's noise estimate: the median of its :func:`guard_evidence` (None: none)."""
+    return statistics.median(shares) if shares else None

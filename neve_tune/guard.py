@@ -52,7 +52,7 @@ from typing import Any
 
 from ._checks import check_float, check_int
 
-__all__ = ["VETO_MARGIN", "GuardVeto", "MemorisationGuard", "check_veto"]
+__all__ = ["VETO_MARGIN", "GuardVeto", "MemorisationGuard", "check_share", "check_veto"]
 
 #: the moving average of changes at the minimum is below this share of the unfit labels
 SETTLE = 1.0
@@ -214,7 +214,7 @@ class GuardVeto:
         margin: float = VETO_MARGIN,
     ) -> None:
         if not callable(noise_estimate):
-            _check_share(noise_estimate)
+            check_share(noise_estimate)
         self.noise_estimate = noise_estimate
         self.examples = check_int("examples", examples, minimum=1)
         self.margin = check_float("margin", margin, low=0.0)
@@ -226,7 +226,7 @@ class GuardVeto:
         if not callable(self.noise_estimate):
             return float(self.noise_estimate)
         noise = self.noise_estimate()
-        return None if noise is None else _check_share(noise)
+        return None if noise is None else check_share(noise)
 
     def refuses(self, epoch: int, best_unfit: float) -> bool:
         """Whether the guard's stop at ``epoch``, whose minimum left ``best_unfit`` labels
@@ -253,6 +253,7 @@ def check_veto(veto: Any, pc_patience: int | None) -> GuardVeto | None:
     return veto
 
 
-def _check_share(noise: Any) -> float:
-    """``noise`` as a float in [0, 1] (NumPy and 0-d tensor scalars too)."""
+def check_share(noise: Any) -> float:
+    """A noise estimate ``noise`` as a float in [0, 1] (NumPy and 0-d tensor scalars too),
+    else an error naming ``noise_estimate``."""
     return check_float("noise_estimate", noise, low=0.0, high=1.0)  # type: ignore[return-value]

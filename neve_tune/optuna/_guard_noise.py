@@ -1,10 +1,9 @@
 """The label noise a NeVe search estimates for its guard's veto (docs/design.md, "The
 guard's veto"), read from the study's finished trials.
 
-The guard's minimum comes before memorisation, so the share of labels such a trial left
-unfit there (its ``unfit_share`` attribute) estimates the noise without the fit
-memorisation adds later; trials ended otherwise (velocity after memorising, the cap)
-would read less noise than there is, so only the guard's own stops count.
+Only the trials the guard itself ended count (:func:`neve_tune._trial_veto.guard_evidence`):
+its minimum comes before memorisation, so the share of labels such a trial left unfit there
+(its ``unfit_share`` attribute) estimates the noise without the fit memorisation adds later.
 
     >>> import optuna
     >>> optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -19,14 +18,13 @@ would read less noise than there is, so only the guard's own stops count.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from .._checks import is_finite
+from .._trial_veto import guard_evidence, noise_from_shares
 
 __all__ = ["guard_noise_estimate", "study_noise_estimate"]
 
@@ -41,14 +39,12 @@ def guard_noise_estimate(study: optuna.Study) -> float | None:
     """
     if not isinstance(study, optuna.Study):
         raise TypeError(f"study must be an optuna.Study, got {type(study).__name__}")
-    shares = [
-        float(t.user_attrs["unfit_share"])
+    evidence = (
+        guard_evidence(t.user_attrs.get("stopped_by"), t.user_attrs.get("unfit_share"))
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if t.user_attrs.get("method", "neve") == "neve"
-        and t.user_attrs.get("stopped_by") == "prediction_changes"
-        and is_finite(t.user_attrs.get("unfit_share"))
-    ]
-    return statistics.median(shares) if shares else None
+    )
+    return noise_from_shares([share for share in evidence if share is not None])
 
 
 def study_noise_estimate(trial: Any, method: str) -> Callable[[], float | None] | None:

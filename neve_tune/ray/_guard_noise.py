@@ -18,7 +18,6 @@ restored after its driver ended starts a new, empty board.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import ray
 from ray.actor import ActorHandle
 
+from .._trial_veto import guard_evidence, noise_from_shares
 from ..records import TrialResult
 from ..study import Study
 
@@ -49,7 +49,7 @@ class GuardNoiseBoard:
         self.shares.append(float(share))
 
     def estimate(self) -> float | None:
-        return statistics.median(self.shares) if self.shares else None
+        return noise_from_shares(self.shares)
 
 
 def guard_noise_board() -> ActorHandle:
@@ -82,15 +82,16 @@ def board_estimate(board: ActorHandle) -> Callable[[], float | None]:
 
 def post_result(board: ActorHandle, result: TrialResult) -> None:
     """Post a finished trial's evidence: its unfit share, if the guard ended it."""
-    if result.stopped_by == "prediction_changes" and result.unfit_share is not None:
-        ray.get(board.add.remote(result.unfit_share))
+    share = guard_evidence(result.stopped_by, result.unfit_share)
+    if share is not None:
+        ray.get(board.add.remote(share))
 
 
 @contextmanager
 def search_board(study: Study, method: str) -> Iterator[ActorHandle | None]:
-    """A board for one search while it runs: NeVe's, with the guard and its veto on
-    (``study.pc_veto_margin``); None otherwise."""
-    on = method == "neve" and None not in (study.pc_patience, study.pc_veto_margin)
+    """A board for one search while it runs: NeVe's, with the veto on
+    (``study.pc_veto_margin``; a study refuses it with the guard off); None otherwise."""
+    on = method == "neve" and study.pc_veto_margin is not None
     board = guard_noise_board() if on else None
     try:
         yield board
