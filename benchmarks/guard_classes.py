@@ -30,6 +30,14 @@ accuracy. Conditions, written here before the first run:
   no worse than ``default``'s by more than 0.25 points. The table is reported whatever it
   says.
 
+Added after both tables had been read, to replay what the library does rather than a proxy
+(no new candidate): the records also keep the class fit counted in the training pass
+(``class_fit_pass``, the ``PredictionChanges`` the library's guard reads, in training mode
+with the weights of the moment), replayed as ``classes_pass``; ``--verify`` reruns a run live
+and checks the library stops where ``classes_pass`` says. ``--verify wine:0.4:4:3`` is what
+showed the two can differ (the eval-mode fit had a class below chance at the minimum, the
+pass did not).
+
     OMP_NUM_THREADS=1 python benchmarks/guard_classes.py --set design --jobs 2
     OMP_NUM_THREADS=1 python benchmarks/guard_classes.py --set heldout --jobs 2
     python benchmarks/guard_classes.py --set design --table      # replay the records only
@@ -62,9 +70,31 @@ SETS: dict[str, list[tuple[str, str, str]]] = {  # (domains, noises, seeds)
 }
 
 
+_PASS: list[list[float] | None] = [None]  # the class fit the training pass just counted
+
+
+def _keep_pass_counts() -> None:
+    """Keep each epoch's in-pass class fit (what the library's guard reads) for
+    :func:`class_fit`: ``fit`` and the plain loop both count with ``PredictionChanges``."""
+    from neve_tune.prediction_changes import PredictionChanges
+
+    counted = PredictionChanges.epoch_end
+    if getattr(counted, "keeps_pass_counts", False):  # a pool worker's second job
+        return
+
+    def epoch_end(self: PredictionChanges) -> int | None:
+        changes = counted(self)
+        _PASS[0] = self.class_fit
+        return changes
+
+    epoch_end.keeps_pass_counts = True  # type: ignore[attr-defined]
+    PredictionChanges.epoch_end = epoch_end  # type: ignore[method-assign]
+
+
 def class_fit(s: Any) -> dict[str, Any]:
-    """Per class, the share of its training examples the model (eval mode) predicts as
-    their label."""
+    """Per class, the share of its training examples the model (eval mode, after the epoch)
+    predicts as their label (``class_fit``), and the same counted in the training pass
+    (``class_fit_pass``, as the library's guard reads it)."""
     import model_families
 
     model, was = s.model, s.model.training
@@ -73,39 +103,62 @@ def class_fit(s: Any) -> dict[str, Any]:
     with torch.no_grad():
         pred = torch.cat([model_families._logits(model, xb).argmax(1) for xb in x.split(512)])
     model.train(was)
-    fits = [
-        float((pred[y == c] == c).float().mean()) for c in range(s.num_classes) if (y == c).any()
-    ]
-    return {"class_fit": fits}
+    present = [c for c in range(s.num_classes) if (y == c).any()]
+    return {
+        "class_fit": [float((pred[y == c] == c).float().mean()) for c in present],
+        "class_fit_pass": _PASS[0],
+    }
 
 
-def guard_classes(rows: list[dict[str, Any]], n: int) -> tuple[int, int] | None:
+def guard_classes(
+    rows: list[dict[str, Any]], n: int, key: str = "class_fit"
+) -> tuple[int, int] | None:
     """The library's guard, its minimum settled only where every class is fitted above
-    chance (replayed as ``fit`` feeds the guard)."""
+    chance (replayed as ``fit`` feeds the guard), the class fit read from ``key``."""
     from neve_tune.guard import MemorisationGuard
 
     guard, worst = MemorisationGuard(3, 3), 1.0
     for r in rows:
         unfit = round(guard_replay._misfit(r, n))
         stop = guard.update(r["epoch"], r["prediction_changes"], unfit, train_loss=r["train_loss"])
+        fits = r.get(key)
         if guard.kept:
-            worst = min(r["class_fit"]) * len(r["class_fit"])  # > 1: every class above chance
+            worst = 2.0 if fits is None else min(fits) * len(fits)  # > 1: above chance
         if stop and worst > 1.0:
             return r["epoch"], guard.best_epoch
     return None
 
 
 guard_replay.GUARDS["classes"] = guard_classes
+guard_replay.GUARDS["classes_pass"] = lambda rows, n: guard_classes(rows, n, "class_fit_pass")
 
 
 def _job(domain: str, noise: float, lr_scale: float, seed: int, max_epochs: int, out: str) -> str:
     torch.set_num_threads(1)
+    _keep_pass_counts()
     path = guard_replay._path(Path(out), domain, noise, lr_scale, seed)
     t0 = time.perf_counter()
     rec = guard_replay.record(domain, noise, lr_scale, seed, max_epochs, measure=class_fit)
     rec["wall_s"] = time.perf_counter() - t0
     path.write_text(json.dumps(rec))
     return f"{path.name}: {len(rec['rows'])} epochs in {rec['wall_s']:.0f} s"
+
+
+def verify(out: Path, run: str) -> int:
+    """Rerun ``run`` live with the library's guard (its class fit counted in the pass) and
+    compare its (stop, kept, reason) with the ``classes_pass`` replay of the record."""
+    torch.set_num_threads(1)
+    domain, noise, lr, seed = run.split(":")
+    path = guard_replay._path(out, domain, float(noise), float(lr), int(seed))
+    rec = json.loads(path.read_text())
+    replayed = guard_replay.replay(rec, guard_replay.GUARDS["classes_pass"])
+    live = guard_replay.record(domain, float(noise), float(lr), int(seed), 60, live=True)["live"]
+    same = tuple(live) == tuple(replayed)
+    print(
+        f"verify {run}: live {tuple(live)}, replay {tuple(replayed)}: "
+        f"{'same' if same else 'DIFFERENT'}"
+    )
+    return 0 if same else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,9 +170,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--table", action="store_true", help="replay the recorded runs only")
     p.add_argument("--markdown", action="store_true", help="the docs' table")
+    p.add_argument(
+        "--verify",
+        metavar="DOMAIN:NOISE:LR:SEED",
+        help="rerun one recorded run live under the library's rules (the class fit counted "
+        "in the training pass) and compare its stop and kept epoch with the replay",
+    )
     args = p.parse_args(argv)
     out = args.out / args.set
     out.mkdir(parents=True, exist_ok=True)
+    if args.verify:
+        return verify(out, args.verify)
     domains: list[str] = []
     for names, noises, seeds in SETS[args.set]:
         if not args.table:
@@ -127,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         domains += [d for d in names.split(",") if d not in domains]
     guard_replay.DESIGN = tuple(domains) if args.set == "design" else ()  # the table's labels
     recs = guard_replay.load(out, domains)
-    guards = ["off", "default", "classes"]
+    guards = ["off", "default", "classes", "classes_pass"]
     show = guard_replay.markdown if args.markdown else guard_replay.table
     print(show(recs, guards))
     return 0

@@ -322,7 +322,12 @@ def _plain_loop(s: Setup, optimizer, neve, seed: int, on_epoch: Callable[[dict],
             correct += int((out.argmax(1) == y[idx]).sum())
             tracker.update(idx, out.detach(), y[idx])
         changes = tracker.epoch_end()
-        m = neve.step(train_loss=total / len(y), prediction_changes=changes, unfit=tracker.unfit)
+        m = neve.step(
+            train_loss=total / len(y),
+            prediction_changes=changes,
+            unfit=tracker.unfit,
+            class_fit=tracker.class_fit,
+        )
         on_epoch(
             {
                 **m,

@@ -31,7 +31,10 @@ def objective(trial):
             loss.backward()
             optimizer.step()
             total += loss.item()
-        metrics = neve.step(train_loss=total / 8, prediction_changes=pc.epoch_end(), unfit=pc.unfit)
+        changes = pc.epoch_end()                # then pc.unfit, pc.class_fit: of this epoch
+        metrics = neve.step(
+            train_loss=total / 8, prediction_changes=changes, unfit=pc.unfit, class_fit=pc.class_fit
+        )
         report_epoch(trial, metrics)            # the epoch's velocity, loss, flags -> the trial
         if trial.should_prune():                # diverged, stalled, or lost at a rung
             raise optuna.TrialPruned()

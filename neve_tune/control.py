@@ -15,7 +15,7 @@ All three implement :class:`Controller` (:mod:`neve_tune._controller`), the inte
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -31,7 +31,7 @@ from ._rules import (
     resolve_threshold,
     stalled_early,
 )
-from ._step_inputs import check_step_inputs
+from ._step_inputs import check_class_fit, check_step_inputs
 from .guard import GuardVeto, MemorisationGuard, check_veto
 from .velocity import NeuralVelocity
 
@@ -59,13 +59,11 @@ class NeVe(Stoppable):
          scale-free, since velocity follows the learning rate), or ``V^t < threshold``
          (``"absolute"``). With neither given, the default rule: relative, 1e-2; a
          ``threshold`` given alone is absolute (:func:`resolve_threshold`);
-       - ``"prediction_changes"``: the memorisation guard (``pc_patience`` set;
-         :class:`~neve_tune.guard.MemorisationGuard`): the moving average over
-         ``pc_window`` epochs of the training examples whose predicted class changed
-         (``prediction_changes``) has not reached a new minimum for ``pc_patience``
-         epochs, that minimum was settled (fewer changes than examples whose predicted
-         class is not their label, ``unfit``), and the network has since fitted a tenth
-         of the labels it refused there (Label Wave, with evidence of memorisation); the
+       - ``"prediction_changes"``: the memorisation guard (``pc_patience`` set; its
+         rules are :class:`~neve_tune.guard.MemorisationGuard`'s) finds the network
+         memorising after a settled minimum of the moving average over ``pc_window``
+         epochs of ``prediction_changes``, read with ``unfit``, ``class_fit`` and the
+         training loss (Label Wave, with evidence of memorisation); the
          epochs after that minimum memorise, so the weights of its window are put back
          (``pc_restore="mean"``, the default: the mean of the weights of the ``pc_window``
          epochs ending at the minimum, ``pc_best_epoch``, which the held-out accuracy's
@@ -221,14 +219,15 @@ class NeVe(Stoppable):
         return 0 if self.guard is None else self.guard.best_epoch
 
     def _prediction_changes_stop(
-        self, prediction_changes: Any, unfit: Any, train_loss: float
+        self, prediction_changes: Any, unfit: Any, train_loss: float, class_fit: Any
     ) -> bool:
         if prediction_changes is not None:
             self.pc_series.append(float(prediction_changes))
         if self.guard is None:
             return False
         # every epoch, the first too: the guard's clock starts at the first training loss
-        stop = self.guard.update(self.epoch, prediction_changes, unfit, train_loss=train_loss)
+        counts = {"train_loss": train_loss, "class_fit": class_fit}
+        stop = self.guard.update(self.epoch, prediction_changes, unfit, **counts)
         self._weights.observe(self.velocity.module, self.guard.kept)
         if stop and self.veto is not None and self.epoch >= self.min_epochs:
             return not self.veto.refuses(self.epoch, self.guard.best_unfit)
@@ -241,10 +240,12 @@ class NeVe(Stoppable):
         *,
         prediction_changes: int | None = None,
         unfit: int | None = None,
+        class_fit: Sequence[float] | None = None,
     ) -> dict[str, Any]:
         """Close one training epoch; ``val_loss`` is ignored (NeVe needs none);
         ``prediction_changes`` and ``unfit`` (counted on the same examples: those whose
-        predicted class is not their label) feed the memorisation guard, which needs both.
+        predicted class is not their label) feed the memorisation guard, which needs both,
+        and reads ``class_fit`` when given (``PredictionChanges.class_fit``).
 
         Returns the epoch's metrics with its inputs: ``train_loss`` (as a float),
         ``prediction_changes`` and ``unfit`` (``None`` when not given) and ``val_loss`` when
@@ -258,6 +259,7 @@ class NeVe(Stoppable):
         train_loss, val_loss, prediction_changes, unfit = check_step_inputs(
             self, train_loss, val_loss, prediction_changes, unfit
         )
+        class_fit = check_class_fit(class_fit)
         lr = current_lr(self.optimizer)
         self.epoch += 1
         if self.first_loss is None and finite_or_absent(train_loss):
@@ -267,7 +269,7 @@ class NeVe(Stoppable):
         if diverged:
             self.stopped_by = "diverged"
         else:
-            self._decide(train_loss, velocity, change, prediction_changes, unfit)  # type: ignore[arg-type]
+            self._decide(train_loss, velocity, change, prediction_changes, unfit, class_fit)  # type: ignore[arg-type]
             if self.stopped_by is None and self.epoch >= self.min_epochs and self._stalled_early():
                 self.stopped_by = "stalled"
         metrics = {
@@ -322,9 +324,10 @@ class NeVe(Stoppable):
         change: float | None,
         prediction_changes: Any,
         unfit: Any,
+        class_fit: list[float] | None = None,
     ) -> None:
         """Step the LR schedule and set ``stopped_by`` when a stop fires (class docstring, 2-3)."""
-        pc_stop = self._prediction_changes_stop(prediction_changes, unfit, train_loss)
+        pc_stop = self._prediction_changes_stop(prediction_changes, unfit, train_loss, class_fit)
         if self.lr_signal == "prediction_changes":
             signal = self._pc_level()
         else:

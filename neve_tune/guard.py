@@ -12,7 +12,12 @@ more facts, both from the same examples the count is taken on:
    the network does not fit (``unfit``: the examples whose predicted class is not their
    label), times ``settle``: the network refuses some labels, and refuses them stably.
    A network still learning changes more predictions than it has labels left to fit; a
-   clean run that fits every label has nothing left to memorise;
+   clean run that fits every label has nothing left to memorise. Given each class's
+   share of its examples fitted (``class_fit``), every class is also fitted above chance
+   (more than 1/K of its examples, K classes): a network that fits some class no better
+   than chance has not finished learning the clean pattern (a plateau where it has
+   learned half the classes), while label noise at rate p leaves every class fitted on
+   about 1 - p of its examples;
 2. **memorising**: when it stops, ``patience`` or more epochs after that minimum, the
    network has since fitted labels it refused there: ``unfit`` has fallen by at least
    ``memorise`` times its value at the minimum.
@@ -42,12 +47,16 @@ each run's held-out accuracy peaked (``benchmarks/guard_replay.py``; docs/measur
     [False, False, False, False, True]
     >>> guard.best_epoch, guard.settled, guard.onset    # 40 changes against 300 refused labels
     (3, True, 2)
+    >>> plateau = MemorisationGuard(patience=2, window=1)   # two of four classes unlearned
+    >>> [plateau.update(e, changes, unfit, train_loss=loss, class_fit=[0.9, 0.05, 0.9, 0.1])
+    ...  for (e, changes, unfit), loss in zip(series, losses)]
+    [False, False, False, False, False]
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._checks import check_float, check_int
@@ -71,7 +80,9 @@ class MemorisationGuard:
 
     :meth:`update` takes, after each epoch, the epoch number, ``prediction_changes`` (None
     on the first epoch) and ``unfit``, counted on the same examples, and the epoch's mean
-    ``train_loss`` (the run's clock); it returns whether the run should stop now.
+    ``train_loss`` (the run's clock) and ``class_fit`` (per class, the share of its counted
+    examples whose predicted class is its label); it returns whether the run should stop
+    now.
     :attr:`best_epoch` is the epoch of the kept minimum (0: none yet), whose weights the
     caller restores.
 
@@ -104,6 +115,7 @@ class MemorisationGuard:
         self.best: float | None = None
         self.best_epoch = 0
         self.best_unfit = 0.0
+        self.best_class_fit: list[float] | None = None  # class_fit at the minimum (None: not given)
         self.kept = False
 
     def level(self) -> float | None:
@@ -119,6 +131,7 @@ class MemorisationGuard:
         unfit: float | None,
         *,
         train_loss: float | None = None,
+        class_fit: Sequence[float] | None = None,
     ) -> bool:
         """Record one epoch; whether the run memorises and should stop now. The first
         epoch's count is None (nothing to compare with) and is skipped. :attr:`kept` tells
@@ -133,6 +146,7 @@ class MemorisationGuard:
             return False
         if self.best is None or level < self.best:
             self.best, self.best_epoch, self.best_unfit = level, epoch, float(unfit)
+            self.best_class_fit = None if class_fit is None else [float(f) for f in class_fit]
             self.kept = True
             return False
         return (
@@ -164,7 +178,18 @@ class MemorisationGuard:
     @property
     def settled(self) -> bool:
         """Whether the kept minimum is settled (rule 1)."""
-        return self.best is not None and self.best < self.settle * self.best_unfit
+        return (
+            self.best is not None
+            and self.best < self.settle * self.best_unfit
+            and self.classes_learned
+        )
+
+    @property
+    def classes_learned(self) -> bool:
+        """Whether every class was fitted above chance at the kept minimum (True when
+        ``class_fit`` was not given)."""
+        fits = self.best_class_fit
+        return not fits or min(fits) * len(fits) > 1.0
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -174,6 +199,7 @@ class MemorisationGuard:
             "best": self.best,
             "best_epoch": self.best_epoch,
             "best_unfit": self.best_unfit,
+            "best_class_fit": self.best_class_fit,
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -181,6 +207,8 @@ class MemorisationGuard:
         self.best = state_dict["best"]
         self.best_epoch = int(state_dict["best_epoch"])
         self.best_unfit = float(state_dict["best_unfit"])
+        fits = state_dict.get("best_class_fit")  # absent from checkpoints before it
+        self.best_class_fit = None if fits is None else [float(f) for f in fits]
         first = state_dict["first_loss"]
         self.first_loss = None if first is None else float(first)
         self.onset = int(state_dict["onset"])

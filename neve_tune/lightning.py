@@ -345,10 +345,8 @@ class NeVeCallback(CallbackSettings, pl.Callback):
         train_loss = train_loss_of(trainer, self.loss_key)
         changes = None if self._source is None else self._source.measure(pl_module)
         before = lrs(self.neve.optimizer)
-        unfit = None if self._source is None else self._source.unfit
-        metrics = dict(
-            self.neve.step(train_loss=train_loss, prediction_changes=changes, unfit=unfit)
-        )
+        counts = {} if self._source is None else self._source.counts()
+        metrics = dict(self.neve.step(train_loss=train_loss, prediction_changes=changes, **counts))
         follow_decay(self._schedulers, self.neve.optimizer, before)
         metrics.setdefault("train_loss", train_loss)
         metrics.setdefault("prediction_changes", changes)

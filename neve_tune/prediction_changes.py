@@ -46,7 +46,13 @@ from ._pc_inputs import (
 )
 from .probe import probe_mode
 
-__all__ = ["PREDICTION_CHANGES", "PredictionChanges", "SubsetPredictionChanges", "eval_forward"]
+__all__ = [
+    "PREDICTION_CHANGES",
+    "PredictionChanges",
+    "SubsetPredictionChanges",
+    "class_fit",
+    "eval_forward",
+]
 
 #: where fit counts prediction changes: in the training pass, or on a fixed subset
 PREDICTION_CHANGES = ("in_pass", "subset")
@@ -91,6 +97,7 @@ class PredictionChanges:
         self.unfit: int | None = (
             None  # examples whose predicted class is not their label, at epoch_end()
         )
+        self.class_fit: list[float] | None = None  # per class, its share fitted, at epoch_end()
 
     def update(
         self, index: torch.Tensor, output: torch.Tensor, target: torch.Tensor | None = None
@@ -150,6 +157,7 @@ class PredictionChanges:
         changes = int((self.predictions != self._previous).sum()) if seen else None
         labelled = bool((self.targets >= 0).all() and (self.predictions >= 0).all())
         self.unfit = int((self.predictions != self.targets).sum()) if labelled else None
+        self.class_fit = class_fit(self.predictions, self.targets) if labelled else None
         self._previous = self.predictions.clone()
         return changes
 
@@ -166,6 +174,22 @@ class PredictionChanges:
         self.predictions = predictions.clone()
         self._previous = predictions.clone()  # saved at an epoch's end
         self.targets = state_dict["targets"].clone()
+
+
+def class_fit(predictions: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """Per class present among ``labels`` (in class order), the share of its examples whose
+    predicted class is their label: what the memorisation guard reads to tell a network that
+    has not learned some class yet (fitted no better than chance) from one memorising.
+
+        >>> class_fit(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 1]))
+        [1.0, 0.3333333333333333]
+    """
+    labels = labels.to(predictions.device)
+    hits = (predictions == labels).double()
+    counts = torch.bincount(labels)
+    fitted = torch.bincount(labels, weights=hits, minlength=counts.numel())
+    present = counts > 0
+    return (fitted[present] / counts[present]).tolist()
 
 
 # a measuring forward: eval mode, no grad, forked RNG, every module's training flag restored
@@ -208,6 +232,7 @@ class SubsetPredictionChanges:
         self.unfit: int | None = (
             None  # examples whose predicted class is not their label, at measure()
         )
+        self.class_fit: list[float] | None = None  # per class, its share fitted, at measure()
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         if forward is not None and not callable(forward):
             raise TypeError(
@@ -314,6 +339,7 @@ class SubsetPredictionChanges:
         changes = None if self.predictions is None else int((classes != self.predictions).sum())
         self.predictions = classes
         self.unfit = None if self.labels is None else int((classes != self.labels).sum())
+        self.class_fit = None if self.labels is None else class_fit(classes, self.labels)
         return changes
 
     def state_dict(self) -> dict[str, Any]:

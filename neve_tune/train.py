@@ -225,10 +225,11 @@ def _resume(
     return reopened_history(history, controller), cost
 
 
-def _takes_val_acc(controller: Any) -> bool:
-    """Whether ``controller.step`` has a ``val_acc`` keyword (the validation baselines')."""
+def _takes(controller: Any, keyword: str) -> bool:
+    """Whether ``controller.step`` has ``keyword`` (``val_acc``: the validation baselines';
+    ``class_fit``: NeVe's), so a user's own controller is never given one it does not take."""
     try:
-        return "val_acc" in inspect.signature(controller.step).parameters
+        return keyword in inspect.signature(controller.step).parameters
     except (TypeError, ValueError):  # a callable without a signature
         return False
 
@@ -272,13 +273,15 @@ def _fit_epoch(
     cost.probe_samples += forwarded
     extra: dict[str, Any] = {}
     val_loss, step_kw = None, {}
+    if tracker.class_fit is not None and _takes(controller, "class_fit"):
+        step_kw["class_fit"] = tracker.class_fit
     if val_set is not None:
         val_loss, val_acc, nv = evaluate(
             model, val_set, device=device, loss_fn=loss_fn, amp_dtype=amp_dtype
         )
         cost.eval_samples += nv
         extra = {"val_loss": val_loss, "val_acc": val_acc}
-        if _takes_val_acc(controller):  # a controller that may decide on accuracy gets it too
+        if _takes(controller, "val_acc"):  # a controller that may decide on accuracy gets it too
             step_kw["val_acc"] = val_acc
     step = controller.step(train_loss, val_loss, prediction_changes=changes, unfit=unfit, **step_kw)
     cost.probe_samples += controller.probe_samples
@@ -360,6 +363,12 @@ class FitPredictionChanges:
         ):
             changes = self.subset.measure(model)
         return changes, self.subset.unfit, self.subset.num_examples
+
+    @property
+    def class_fit(self) -> list[float] | None:
+        """The last count's per-class shares fitted (None: no labels counted yet)."""
+        source = self.in_pass if self.in_pass is not None else self.subset
+        return source.class_fit  # type: ignore[union-attr]
 
     def checkpoint(self) -> dict[str, Any]:
         """What a checkpoint holds of it (``predictions``: the in-pass tracker's state)."""

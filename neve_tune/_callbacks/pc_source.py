@@ -95,6 +95,17 @@ class PCSource:
         (None where the labels are unknown)."""
         return self.counter.unfit
 
+    @property
+    def class_fit(self) -> list[float] | None:
+        """Per class, the share of the last :meth:`measure`'s examples fitted (None where
+        the labels are unknown)."""
+        return self.counter.class_fit
+
+    def counts(self) -> dict[str, Any]:
+        """What the guard reads of the last :meth:`measure` besides the count:
+        ``NeVe.step``'s ``unfit`` and ``class_fit``."""
+        return {"unfit": self.unfit, "class_fit": self.class_fit}
+
     def state_dict(self) -> dict[str, Any]:
         return self.counter.state_dict()
 

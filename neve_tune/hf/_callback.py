@@ -326,8 +326,8 @@ class NeVeTrainerCallback(CallbackSettings, StateInCheckpoints, TrainerCallback)
         neve = self.neve
         changes = None if self._source is None else self._source.measure(self._model)
         before = lrs(neve.optimizer)
-        unfit = None if self._source is None else self._source.unfit
-        metrics = dict(neve.step(train_loss=train_loss, prediction_changes=changes, unfit=unfit))
+        counts = {} if self._source is None else self._source.counts()
+        metrics = dict(neve.step(train_loss=train_loss, prediction_changes=changes, **counts))
         follow_decay([self._lr_scheduler], neve.optimizer, before)
         metrics.setdefault("train_loss", train_loss)
         metrics.setdefault("prediction_changes", changes)
