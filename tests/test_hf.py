@@ -480,6 +480,8 @@ def test_guard_stops_on_noisy_labels_and_restores_its_restore_point(tmp_path):
     assert changes[0] is None and all(
         isinstance(c, int) for c in changes[1:]
     )  # the subset: all 128 examples
+    guard = neve.neve.guard  # it read the subset's class fit at its minimum, every class learned
+    assert guard.best_class_fit is not None and guard.classes_learned
     logged = [e for e in trainer.state.log_history if "neve_stopped_by" in e]
     assert logged == [
         {
