@@ -24,6 +24,7 @@ from ._checks import check_float, check_int, is_bool
 __all__ = [
     "NOISE_STREAM",
     "check_data_changes",
+    "check_label_range",
     "dataset_labels",
     "stratified_subset",
     "symmetric_label_noise",
@@ -100,6 +101,25 @@ class _Relabeled(Dataset):
 NOISE_STREAM = 0x6E6F697365  # "noise"
 
 
+def check_label_range(
+    labels: torch.Tensor, num_classes: int, where: str, label: str = "num_classes"
+) -> None:
+    """Every one of ``labels`` (of ``where``) a class id in ``0..num_classes-1``, else a
+    ``ValueError`` naming ``label`` (the parameter that set ``num_classes``) and a bad label.
+
+        >>> check_label_range(torch.tensor([0, 3]), 3, "train_set")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: num_classes=3, but train_set has label 3: labels must be class ids 0...
+    """
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+        raise ValueError(
+            f"{label}={num_classes}, but {where} has label {int(bad[0])}: labels must be "
+            f"class ids 0..{label}-1"
+        )
+
+
 def symmetric_label_noise(
     dataset: Dataset, rate: float, num_classes: int, seed: int = 0
 ) -> tuple[Dataset, torch.Tensor]:
@@ -116,11 +136,7 @@ def symmetric_label_noise(
     check_int("num_classes", num_classes, minimum=2)
     labels = dataset_labels(dataset)
     n = len(labels)
-    if n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):  # % would wrap them
-        raise ValueError(
-            f"num_classes={num_classes}, but the labels run from {int(labels.min())} to "
-            f"{int(labels.max())}: label noise needs class ids 0..num_classes-1"
-        )
+    check_label_range(labels, num_classes, "the data set")  # a flip modulo K would wrap them
     # a random stream of its own (NumPy's, keyed by NOISE_STREAM): a validation split,
     # selection subset or probe seeded alike draws torch.randperm(n) from torch's stream, and
     # with the flips drawn there too would hold exactly the flipped labels

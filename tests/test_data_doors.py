@@ -84,7 +84,7 @@ def test_label_noise_refuses_labels_beyond_num_classes(monkeypatch):
     x, y = torch.randn(20, 3), torch.arange(20) % 10
     bundle = DataBundle("wrong", TensorDataset(x, y), TensorDataset(x, y), (3,), 5)
     monkeypatch.setitem(DATASETS, "wrong", lambda seed=0: bundle)
-    with pytest.raises(ValueError, match="num_classes=5, but the labels run from 0 to 9"):
+    with pytest.raises(ValueError, match="num_classes=5, but the data set has label 5"):
         get_dataset("wrong", label_noise=0.2)
 
 

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._checks import check_int
+from .._data_changes import check_label_range
 from ..data import DataBundle, dataset_labels
 
 __all__ = ["check_bundle_labels", "user_bundle"]
@@ -47,7 +48,8 @@ def user_bundle(train_set: Dataset, test_set: Dataset, num_classes: Any) -> Data
             )
     else:
         num_classes = check_int("num_classes", num_classes, minimum=2)
-    _check_range(num_classes, ("train_set", train_labels), ("test_set", test_labels))
+    check_label_range(train_labels, num_classes, "train_set")
+    check_label_range(test_labels, num_classes, "test_set")
     shape, test_shape = _input_shape("train_set", train_set), _input_shape("test_set", test_set)
     if test_shape != shape:
         raise ValueError(
@@ -64,19 +66,7 @@ def check_bundle_labels(bundle: DataBundle) -> None:
     for name, ds in (("data.train", bundle.train), ("data.test", bundle.test)):
         if len(ds) == 0:  # type: ignore[arg-type]
             raise ValueError(f"{name} is empty")
-        _check_range(num_classes, (name, dataset_labels(ds, name)), label="data.num_classes")
-
-
-def _check_range(
-    num_classes: int, *named: tuple[str, torch.Tensor], label: str = "num_classes"
-) -> None:
-    for name, labels in named:
-        bad = labels[(labels < 0) | (labels >= num_classes)]
-        if len(bad):
-            raise ValueError(
-                f"{label}={num_classes}, but {name} has label {int(bad[0])}: labels must be "
-                f"class ids 0..{label}-1"
-            )
+        check_label_range(dataset_labels(ds, name), num_classes, name, label="data.num_classes")
 
 
 def _input_shape(name: str, dataset: Dataset) -> tuple[int, ...]:
