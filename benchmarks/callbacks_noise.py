@@ -136,8 +136,28 @@ def run_lightning(noise: float, seed: int, guard: bool) -> dict[str, Any]:
     }
 
 
+def trainer_args(out: str, epochs: int, lr: float, seed: int, **options: Any) -> Any:
+    """The ``TrainingArguments`` of a benchmark run: batch 64 on the CPU, no checkpoints,
+    reports or progress bars; ``options`` set the rest."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        out,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=64,
+        learning_rate=lr,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=seed,
+        dataloader_num_workers=0,
+        **options,
+    )
+
+
 def run_hf(noise: float, seed: int, guard: bool) -> dict[str, Any]:
-    from transformers import PrinterCallback, Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer
     from transformers.modeling_outputs import SequenceClassifierOutput
 
     from neve_tune.hf import NeVeTrainerCallback
@@ -158,20 +178,14 @@ def run_hf(noise: float, seed: int, guard: bool) -> dict[str, Any]:
     train = [{"pixel_values": x, "labels": y} for x, y in bundle.train]
     neve = NeVeTrainerCallback(probe=probe, probe_key="pixel_values", **options)
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(
+        args = trainer_args(
             out,
-            num_train_epochs=study.max_epochs,
-            per_device_train_batch_size=64,
-            learning_rate=float(study.config()["lr"]),
+            study.max_epochs,
+            float(study.config()["lr"]),
+            seed,
             lr_scheduler_type="constant",
             max_grad_norm=0.0,
             logging_steps=5,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=True,
-            disable_tqdm=True,
-            seed=seed,
-            dataloader_num_workers=0,
         )
         trainer = Trainer(
             model=Classifier(),

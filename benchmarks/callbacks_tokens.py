@@ -64,8 +64,9 @@ def _data(noise: float, seed: int) -> tuple[list[dict[str, Any]], Any]:
 
 def run(noise: float, lr: float, seed: int, guard: bool) -> dict[str, Any]:
     """One Trainer run; the test set only scores the model it ends with."""
+    import callbacks_noise
     import model_families
-    from transformers import PrinterCallback, Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer
 
     from neve_tune.hf import NeVeTrainerCallback, token_probe
 
@@ -75,19 +76,7 @@ def run(noise: float, lr: float, seed: int, guard: bool) -> dict[str, Any]:
     options: dict[str, Any] = {} if guard else {"pc_patience": None}
     neve = NeVeTrainerCallback(probe=token_probe(64, 16, 100, seed=seed), num_classes=4, **options)
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(
-            out,
-            num_train_epochs=EPOCHS,
-            per_device_train_batch_size=64,
-            learning_rate=lr,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=True,
-            disable_tqdm=True,
-            seed=seed,
-            dataloader_num_workers=0,
-            logging_steps=10,
-        )
+        args = callbacks_noise.trainer_args(out, EPOCHS, lr, seed, logging_steps=10)
         trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=[neve])
         trainer.remove_callback(PrinterCallback)
         trainer.train()
