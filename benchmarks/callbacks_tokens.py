@@ -20,6 +20,11 @@ and the test accuracy of that model; then per (noise, LR) the mean over seeds wi
 on and off and the worst paired difference. The target it is read against (issue 20): on
 clean labels no seed more than 0.5 points below the guard off.
 
+A record is skipped when its file exists, and the records do not say which guard made them:
+the table before the guard's class check was recorded at 8c1171e into the default folder,
+the one after with ``--out runs/callbacks_tokens_classes``; a rerun into a folder reprints
+what it holds.
+
     OMP_NUM_THREADS=1 python benchmarks/callbacks_tokens.py               # every run
     OMP_NUM_THREADS=1 python benchmarks/callbacks_tokens.py --lrs 1e-3 --seeds 0 --noises 0
     python benchmarks/callbacks_tokens.py --report                       # the table, from records

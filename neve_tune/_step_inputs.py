@@ -8,12 +8,12 @@ import math
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from ._checks import check_float, to_float
+from ._checks import to_float
 
 if TYPE_CHECKING:
     from .control import NeVe
 
-__all__ = ["check_class_fit", "check_step_inputs"]
+__all__ = ["check_step_inputs"]
 
 
 def _count(name: str, value: Any) -> int | float | None:
@@ -77,23 +77,3 @@ def _warn_no_prediction_changes(neve: NeVe) -> None:
         UserWarning,
         stacklevel=4,
     )
-
-
-def check_class_fit(class_fit: Any) -> list[float] | None:
-    """``step``'s ``class_fit`` as a list of shares in [0, 1] (a sequence, NumPy array or 1-d
-    tensor), or None; anything else is refused naming it."""
-    if class_fit is None:
-        return None
-    if isinstance(class_fit, (str, bytes)) or not hasattr(class_fit, "__len__"):
-        raise TypeError(
-            "class_fit must be a sequence of per-class shares in [0, 1] "
-            f"(PredictionChanges.class_fit), got {type(class_fit).__name__}"
-        )
-    if hasattr(class_fit, "tolist"):
-        class_fit = class_fit.tolist()
-    if not class_fit:
-        raise ValueError("class_fit is empty: give one share per class of the counted labels")
-    return [
-        check_float(f"class_fit[{i}]", f, low=0.0, high=1.0)  # type: ignore[misc]
-        for i, f in enumerate(class_fit)
-    ]

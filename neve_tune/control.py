@@ -31,8 +31,8 @@ from ._rules import (
     resolve_threshold,
     stalled_early,
 )
-from ._step_inputs import check_class_fit, check_step_inputs
-from .guard import GuardVeto, MemorisationGuard, check_veto
+from ._step_inputs import check_step_inputs
+from .guard import GuardVeto, MemorisationGuard, check_class_fit, check_veto
 from .velocity import NeuralVelocity
 
 __all__ = ["LR_SIGNALS", "NeVe", "resolve_threshold"]
@@ -240,7 +240,7 @@ class NeVe(Stoppable):
         *,
         prediction_changes: int | None = None,
         unfit: int | None = None,
-        class_fit: Sequence[float] | None = None,
+        class_fit: Sequence[float | None] | None = None,
     ) -> dict[str, Any]:
         """Close one training epoch; ``val_loss`` is ignored (NeVe needs none);
         ``prediction_changes`` and ``unfit`` (counted on the same examples: those whose
@@ -324,7 +324,7 @@ class NeVe(Stoppable):
         change: float | None,
         prediction_changes: Any,
         unfit: Any,
-        class_fit: list[float] | None = None,
+        class_fit: list[float | None] | None = None,
     ) -> None:
         """Step the LR schedule and set ``stopped_by`` when a stop fires (class docstring, 2-3)."""
         pc_stop = self._prediction_changes_stop(prediction_changes, unfit, train_loss, class_fit)

@@ -61,7 +61,14 @@ from typing import Any
 
 from ._checks import check_float, check_int
 
-__all__ = ["VETO_MARGIN", "GuardVeto", "MemorisationGuard", "check_share", "check_veto"]
+__all__ = [
+    "VETO_MARGIN",
+    "GuardVeto",
+    "MemorisationGuard",
+    "check_class_fit",
+    "check_share",
+    "check_veto",
+]
 
 #: the moving average of changes at the minimum is below this share of the unfit labels
 SETTLE = 1.0
@@ -115,7 +122,7 @@ class MemorisationGuard:
         self.best: float | None = None
         self.best_epoch = 0
         self.best_unfit = 0.0
-        self.best_class_fit: list[float] | None = None  # class_fit at the minimum (None: not given)
+        self.best_class_fit: list[float | None] | None = None  # class_fit at the minimum
         self.kept = False
 
     def level(self) -> float | None:
@@ -131,7 +138,7 @@ class MemorisationGuard:
         unfit: float | None,
         *,
         train_loss: float | None = None,
-        class_fit: Sequence[float] | None = None,
+        class_fit: Sequence[float | None] | None = None,
     ) -> bool:
         """Record one epoch; whether the run memorises and should stop now. The first
         epoch's count is None (nothing to compare with) and is skipped. :attr:`kept` tells
@@ -146,7 +153,7 @@ class MemorisationGuard:
             return False
         if self.best is None or level < self.best:
             self.best, self.best_epoch, self.best_unfit = level, epoch, float(unfit)
-            self.best_class_fit = None if class_fit is None else [float(f) for f in class_fit]
+            self.best_class_fit = check_class_fit(class_fit)
             self.kept = True
             return False
         return (
@@ -186,10 +193,13 @@ class MemorisationGuard:
 
     @property
     def classes_learned(self) -> bool:
-        """Whether every class was fitted above chance at the kept minimum (True when
-        ``class_fit`` was not given)."""
+        """Whether every class was fitted above chance (1/K, K classes) at the kept minimum:
+        True when ``class_fit`` was not given or holds fewer than two classes; a class given
+        as None (too few examples to tell) is not judged."""
         fits = self.best_class_fit
-        return not fits or min(fits) * len(fits) > 1.0
+        if not fits or len(fits) < 2:
+            return True
+        return all(f * len(fits) > 1.0 for f in fits if f is not None)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -207,8 +217,8 @@ class MemorisationGuard:
         self.best = state_dict["best"]
         self.best_epoch = int(state_dict["best_epoch"])
         self.best_unfit = float(state_dict["best_unfit"])
-        fits = state_dict.get("best_class_fit")  # absent from checkpoints before it
-        self.best_class_fit = None if fits is None else [float(f) for f in fits]
+        # absent from checkpoints before it
+        self.best_class_fit = check_class_fit(state_dict.get("best_class_fit"))
         first = state_dict["first_loss"]
         self.first_loss = None if first is None else float(first)
         self.onset = int(state_dict["onset"])
@@ -285,3 +295,24 @@ def check_share(noise: Any) -> float:
     """A noise estimate ``noise`` as a float in [0, 1] (NumPy and 0-d tensor scalars too),
     else an error naming ``noise_estimate``."""
     return check_float("noise_estimate", noise, low=0.0, high=1.0)  # type: ignore[return-value]
+
+
+def check_class_fit(class_fit: Any) -> list[float | None] | None:
+    """``class_fit`` as a list of per-class shares in [0, 1] (None entries: a class too small
+    to judge), from a list, tuple, NumPy array or 1-d tensor; None stays None. Anything else
+    (a number, a string, a dict, a set, an empty sequence) is refused naming it."""
+    if class_fit is None:
+        return None
+    if hasattr(class_fit, "tolist"):  # a NumPy array or tensor (0-d: a bare number)
+        class_fit = class_fit.tolist()
+    if not isinstance(class_fit, (list, tuple)):
+        raise TypeError(
+            "class_fit must be a sequence of per-class shares in [0, 1] "
+            f"(PredictionChanges.class_fit), got {type(class_fit).__name__}"
+        )
+    if not class_fit:
+        raise ValueError("class_fit is empty: give one share per class of the counted labels")
+    return [
+        None if f is None else check_float(f"class_fit[{i}]", f, low=0.0, high=1.0)
+        for i, f in enumerate(class_fit)
+    ]

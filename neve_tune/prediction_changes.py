@@ -97,7 +97,7 @@ class PredictionChanges:
         self.unfit: int | None = (
             None  # examples whose predicted class is not their label, at epoch_end()
         )
-        self.class_fit: list[float] | None = None  # per class, its share fitted, at epoch_end()
+        self.class_fit: list[float | None] | None = None  # per class, share fitted
 
     def update(
         self, index: torch.Tensor, output: torch.Tensor, target: torch.Tensor | None = None
@@ -176,20 +176,33 @@ class PredictionChanges:
         self.targets = state_dict["targets"].clone()
 
 
-def class_fit(predictions: torch.Tensor, labels: torch.Tensor) -> list[float]:
+def class_fit(predictions: torch.Tensor, labels: torch.Tensor) -> list[float | None]:
     """Per class present among ``labels`` (in class order), the share of its examples whose
     predicted class is their label: what the memorisation guard reads to tell a network that
     has not learned some class yet (fitted no better than chance) from one memorising.
 
+    With K classes present, a class with fewer than K examples counted gets None: too few to
+    tell chance (1/K) from a weak class (a 1,000-example subset of a 100-class set). Negative
+    labels (unlabelled examples) are left out.
+
         >>> class_fit(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 1]))
-        [1.0, 0.3333333333333333]
+        [None, 0.3333333333333333]
     """
-    labels = labels.to(predictions.device)
-    hits = (predictions == labels).double()
+    for name, value in (("predictions", predictions), ("labels", labels)):
+        if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.is_floating_point():
+            raise ValueError(f"{name} must be a 1-d tensor of class ids, got {value!r}")
+    if predictions.shape != labels.shape:
+        raise ValueError(
+            f"predictions has shape {tuple(predictions.shape)}, labels {tuple(labels.shape)}: "
+            "one predicted class per label"
+        )
+    known = labels >= 0
+    labels, hits = labels[known].cpu(), (predictions[known].cpu() == labels[known].cpu())
     counts = torch.bincount(labels)
-    fitted = torch.bincount(labels, weights=hits, minlength=counts.numel())
-    present = counts > 0
-    return (fitted[present] / counts[present]).tolist()
+    fitted = torch.bincount(labels, weights=hits.double(), minlength=counts.numel())
+    present = counts[counts > 0].tolist()
+    shares = (fitted[counts > 0] / counts[counts > 0]).tolist()
+    return [share if n >= len(present) else None for share, n in zip(shares, present)]
 
 
 # a measuring forward: eval mode, no grad, forked RNG, every module's training flag restored
@@ -232,7 +245,7 @@ class SubsetPredictionChanges:
         self.unfit: int | None = (
             None  # examples whose predicted class is not their label, at measure()
         )
-        self.class_fit: list[float] | None = None  # per class, its share fitted, at measure()
+        self.class_fit: list[float | None] | None = None  # per class, share fitted
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         if forward is not None and not callable(forward):
             raise TypeError(

@@ -365,7 +365,7 @@ class FitPredictionChanges:
         return changes, self.subset.unfit, self.subset.num_examples
 
     @property
-    def class_fit(self) -> list[float] | None:
+    def class_fit(self) -> list[float | None] | None:
         """The last count's per-class shares fitted (None: no labels counted yet)."""
         source = self.in_pass if self.in_pass is not None else self.subset
         return source.class_fit  # type: ignore[union-attr]

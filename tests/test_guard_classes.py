@@ -99,10 +99,12 @@ def test_the_class_fit_at_the_minimum_survives_a_resume():
     [np.array([0.9, 0.2]), torch.tensor([0.9, 0.2]), (0.9, np.float32(0.2)), [1, 0]],
 )
 def test_class_fit_as_the_users_sequences(value):
-    _, neve = _neve(threshold=1e-9, max_epochs=5, pc_patience=2)
+    _, neve = _neve(threshold=1e-9, max_epochs=5, pc_patience=2, pc_window=1)
     neve.start()
-    neve.step(train_loss=1.0, prediction_changes=None, unfit=10, class_fit=value)
-    assert neve.epoch == 1
+    neve.step(train_loss=1.0, prediction_changes=None, unfit=10)
+    neve.step(train_loss=0.5, prediction_changes=3, unfit=10, class_fit=value)
+    assert neve.guard.best_epoch == 2  # the minimum, where the guard keeps the class fit
+    assert neve.guard.best_class_fit == pytest.approx([float(v) for v in value])
 
 
 @pytest.mark.parametrize(
@@ -114,6 +116,9 @@ def test_class_fit_as_the_users_sequences(value):
         ([0.5, 1.5], ValueError, r"class_fit\[1\] must be a finite number >= 0 and <= 1"),
         ([float("nan")], ValueError, r"class_fit\[0\]"),
         ([[0.5]], TypeError, r"class_fit\[0\]"),
+        ({0: 0.9, 1: 0.1}, TypeError, "class_fit must be a sequence"),
+        ({0.9, 0.1}, TypeError, "class_fit must be a sequence"),
+        (torch.tensor(0.5), TypeError, "class_fit must be a sequence"),
     ],
 )
 def test_bad_class_fit_is_refused_by_name_before_anything_changes(value, error, match):
@@ -199,3 +204,46 @@ def test_fit_gives_class_fit_only_to_a_controller_that_takes_it():
             assert len(fits[0]) == 3 and all(0.0 <= f <= 1.0 for f in fits[0])
         else:
             assert fits == [None, None]
+
+
+def test_the_guard_checks_class_fit_given_to_it_directly():
+    guard = MemorisationGuard(patience=1, window=1)
+    with pytest.raises(ValueError, match=r"class_fit\[0\] must be a finite number"):
+        guard.update(1, 5.0, 10, class_fit=[float("nan"), 0.9])
+
+
+def test_a_class_too_small_to_judge_is_left_out():
+    # 100 classes present, 10 examples of class 0 fitted on none: fewer examples than classes,
+    # so no evidence either way; a class with enough examples is judged
+    labels = torch.cat([torch.zeros(10, dtype=torch.long), torch.arange(1, 100).repeat(2)])
+    labels = torch.cat([labels, torch.arange(1, 100).repeat(98)])
+    fits = class_fit(labels.clamp(min=1), labels)  # class 0 always predicted as 1
+    assert fits[0] is None and fits[1] == pytest.approx(1.0) and len(fits) == 100
+    guard = MemorisationGuard(patience=1, window=1)
+    guard.update(1, 5.0, 10, class_fit=fits)
+    assert guard.classes_learned
+    guard.update(2, 4.0, 10, class_fit=[0.0] + fits[1:])  # class 0 judged: fitted on none
+    assert not guard.classes_learned
+
+
+def test_one_class_leaves_the_check_off():
+    guard = MemorisationGuard(patience=1, window=1)
+    guard.update(1, 5.0, 10, class_fit=[0.3])
+    assert guard.classes_learned
+
+
+def test_unlabelled_examples_are_left_out_of_the_subsets_class_fit():
+    labels = torch.tensor([0, 1, 2, -1] * 3)
+    pc = SubsetPredictionChanges(torch.eye(3)[labels.clamp(min=0)], labels=labels)
+    model = nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(3))
+    pc.measure(model)
+    assert pc.class_fit == [1.0, 1.0, 1.0]
+
+
+def test_class_fit_refuses_what_is_not_class_ids():
+    with pytest.raises(ValueError, match="predictions must be a 1-d tensor of class ids"):
+        class_fit(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match="one predicted class per label"):
+        class_fit(torch.tensor([0, 1]), torch.tensor([0, 1, 2]))

@@ -96,7 +96,7 @@ class PCSource:
         return self.counter.unfit
 
     @property
-    def class_fit(self) -> list[float] | None:
+    def class_fit(self) -> list[float | None] | None:
         """Per class, the share of the last :meth:`measure`'s examples fitted (None where
         the labels are unknown)."""
         return self.counter.class_fit
