@@ -232,7 +232,12 @@ def test_the_objective_passes_the_studys_estimate_and_stores_the_share(monkeypat
     monkeypatch.setattr(objective_module, "run_trial", spy)
     search = optuna.create_study()
     _finished(search, 0.25)
+    # the study's default configuration: a sampled one (a small LR) may end stalled in two
+    # epochs, and a stalled trial is pruned, with no unfit_share
+    search.enqueue_trial({"lr": 0.05, "batch_size": 64})
     search.optimize(make_objective(load_study("digits").replace(max_epochs=2)), n_trials=1)
+    assert search.trials[-1].state == optuna.trial.TrialState.COMPLETE
+    assert search.trials[-1].params["lr"] == 0.05
     assert len(seen) == 1 and seen[0]() == pytest.approx(0.25)
     trial = search.trials[-1]
     assert "unfit_share" in SUMMARY_ATTRS
