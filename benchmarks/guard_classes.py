@@ -97,40 +97,24 @@ def class_fit(s: Any) -> dict[str, Any]:
     (``class_fit_pass``, as the library's guard reads it)."""
     import model_families
 
+    from neve_tune.prediction_changes import class_fit as shares
+
     model, was = s.model, s.model.training
     model.eval()
     x, y = s.train.tensors
     with torch.no_grad():
         pred = torch.cat([model_families._logits(model, xb).argmax(1) for xb in x.split(512)])
     model.train(was)
-    present = [c for c in range(s.num_classes) if (y == c).any()]
-    return {
-        "class_fit": [float((pred[y == c] == c).float().mean()) for c in present],
-        "class_fit_pass": _PASS[0],
-    }
+    return {"class_fit": shares(pred, y), "class_fit_pass": _PASS[0]}
 
 
-def guard_classes(
-    rows: list[dict[str, Any]], n: int, key: str = "class_fit"
-) -> tuple[int, int] | None:
-    """The library's guard, its minimum settled only where every class is fitted above
-    chance (replayed as ``fit`` feeds the guard), the class fit read from ``key``."""
-    from neve_tune.guard import MemorisationGuard
-
-    guard, worst = MemorisationGuard(3, 3), 1.0
-    for r in rows:
-        unfit = round(guard_replay._misfit(r, n))
-        stop = guard.update(r["epoch"], r["prediction_changes"], unfit, train_loss=r["train_loss"])
-        fits = r.get(key)
-        if guard.kept:
-            worst = 2.0 if fits is None else min(fits) * len(fits)  # > 1: above chance
-        if stop and worst > 1.0:
-            return r["epoch"], guard.best_epoch
-    return None
-
-
-guard_replay.GUARDS["classes"] = guard_classes
-guard_replay.GUARDS["classes_pass"] = lambda rows, n: guard_classes(rows, n, "class_fit_pass")
+# the library's guard given each column as its class_fit
+guard_replay.GUARDS["classes"] = lambda rows, n: guard_replay.guard_library(
+    rows, n, class_fit="class_fit"
+)
+guard_replay.GUARDS["classes_pass"] = lambda rows, n: guard_replay.guard_library(
+    rows, n, class_fit="class_fit_pass"
+)
 
 
 def _job(domain: str, noise: float, lr_scale: float, seed: int, max_epochs: int, out: str) -> str:

@@ -340,17 +340,26 @@ def guard_settled(
 
 
 def guard_library(
-    rows: list[dict[str, Any]], n: int, patience: int = 3, **options: Any
+    rows: list[dict[str, Any]],
+    n: int,
+    patience: int = 3,
+    class_fit: str | None = None,
+    **options: Any,
 ) -> tuple[int, int] | None:
     """(stop epoch, kept epoch) of the library's :class:`neve_tune.guard.MemorisationGuard`
     with the studies' ``pc_patience=3`` (or ``patience``), ``pc_window=3``, fed as ``fit``
-    feeds it."""
+    feeds it; ``class_fit`` names the rows' column it is given as ``class_fit`` (None: none,
+    as in the records made before it)."""
     from neve_tune.guard import MemorisationGuard
 
     guard = MemorisationGuard(patience, 3, **options)
     for r in rows:
         unfit = round(_misfit(r, n))
-        if guard.update(r["epoch"], r["prediction_changes"], unfit, train_loss=r["train_loss"]):
+        fits = r.get(class_fit) if class_fit is not None else None
+        stop = guard.update(
+            r["epoch"], r["prediction_changes"], unfit, train_loss=r["train_loss"], class_fit=fits
+        )
+        if stop:
             return r["epoch"], guard.best_epoch
     return None
 
