@@ -324,7 +324,7 @@ class NeVe(Stoppable):
         change: float | None,
         prediction_changes: Any,
         unfit: Any,
-        class_fit: list[float | None] | None = None,
+        class_fit: list[float | None] | None,
     ) -> None:
         """Step the LR schedule and set ``stopped_by`` when a stop fires (class docstring, 2-3)."""
         pc_stop = self._prediction_changes_stop(prediction_changes, unfit, train_loss, class_fit)

@@ -143,6 +143,7 @@ class MemorisationGuard:
         """Record one epoch; whether the run memorises and should stop now. The first
         epoch's count is None (nothing to compare with) and is skipped. :attr:`kept` tells
         whether this epoch became the minimum (its weights are the ones to restore)."""
+        fits = check_class_fit(class_fit)  # refused before anything changes, on any epoch
         self.kept = False
         self._clock(epoch, train_loss)
         if prediction_changes is None:
@@ -153,7 +154,7 @@ class MemorisationGuard:
             return False
         if self.best is None or level < self.best:
             self.best, self.best_epoch, self.best_unfit = level, epoch, float(unfit)
-            self.best_class_fit = check_class_fit(class_fit)
+            self.best_class_fit = fits
             self.kept = True
             return False
         return (

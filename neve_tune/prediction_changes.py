@@ -197,12 +197,12 @@ def class_fit(predictions: torch.Tensor, labels: torch.Tensor) -> list[float | N
             "one predicted class per label"
         )
     known = labels >= 0
-    labels, hits = labels[known].cpu(), (predictions[known].cpu() == labels[known].cpu())
+    labels, predictions = labels[known].cpu(), predictions[known].cpu()
     counts = torch.bincount(labels)
-    fitted = torch.bincount(labels, weights=hits.double(), minlength=counts.numel())
-    present = counts[counts > 0].tolist()
-    shares = (fitted[counts > 0] / counts[counts > 0]).tolist()
-    return [share if n >= len(present) else None for share, n in zip(shares, present)]
+    fitted = torch.bincount(labels, weights=(predictions == labels).double())
+    present = counts > 0
+    shares, sizes = (fitted[present] / counts[present]).tolist(), counts[present].tolist()
+    return [share if n >= len(sizes) else None for share, n in zip(shares, sizes)]
 
 
 # a measuring forward: eval mode, no grad, forked RNG, every module's training flag restored

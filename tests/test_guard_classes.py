@@ -210,6 +210,12 @@ def test_the_guard_checks_class_fit_given_to_it_directly():
     guard = MemorisationGuard(patience=1, window=1)
     with pytest.raises(ValueError, match=r"class_fit\[0\] must be a finite number"):
         guard.update(1, 5.0, 10, class_fit=[float("nan"), 0.9])
+    guard.update(1, None, 10, class_fit=[0.9, 0.9])
+    guard.update(2, 5.0, 10, class_fit=[0.9, 0.9])  # the minimum
+    before = guard.state_dict()
+    with pytest.raises(TypeError, match="class_fit must be a sequence"):
+        guard.update(3, 6.0, 10, class_fit=0.5)  # not a minimum: refused all the same
+    assert guard.state_dict() == before  # and nothing changed
 
 
 def test_a_class_too_small_to_judge_is_left_out():
